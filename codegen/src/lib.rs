@@ -1,0 +1,152 @@
+//! Parsing and validation of Switchboard handlers, on `syn` types.
+//!
+//! This is the one implementation of what `#[message_pattern]` and `#[event_pattern]` mean:
+//! the proc-macro crate (`switchboard-macros`) calls it at expansion time, and build-time
+//! client generation calls it on a service's source files. It is a plain library so that
+//! every rule is unit-tested without a compiler in the loop.
+//!
+//! - [`attr`]: the attribute's arguments, a pattern and options → [`PatternArgs`].
+//! - [`ast`]: a handler `fn` → [`HandlerSig`] (payload and `Context` arguments, return kind).
+//! - [`check`]: the rules, every violation spanned at the token at fault, all reported at once.
+//!
+//! ```
+//! use switchboard_codegen::{HandlerDef, PatternKind};
+//!
+//! let item: syn::ItemFn = syn::parse_quote! {
+//!     async fn get_user(id: String) -> Result<User, RpcError> { todo!() }
+//! };
+//! let attr = quote::quote!(cmd = "get_user");
+//! let def = HandlerDef::parse(PatternKind::Message, attr, &item).unwrap();
+//! assert_eq!(def.pattern.route(), r#"{"cmd":"get_user"}"#);
+//! assert!(def.sig.payload().is_some());
+//! ```
+
+pub mod ast;
+pub mod attr;
+pub mod check;
+
+pub use ast::{ArgRole, HandlerArg, HandlerSig, PatternKind, ReturnKind};
+pub use attr::{PatValue, PatternArgs};
+pub use check::{check_pattern, check_signature};
+
+use proc_macro2::TokenStream;
+
+/// A handler: its kind, its pattern and its signature, all validated.
+#[derive(Debug, Clone)]
+pub struct HandlerDef {
+    /// Message or event.
+    pub kind: PatternKind,
+    /// The pattern and options.
+    pub pattern: PatternArgs,
+    /// The signature.
+    pub sig: HandlerSig,
+}
+
+impl HandlerDef {
+    /// Parses and checks a handler from its attribute's arguments and its function.
+    /// Pattern and signature errors come back together.
+    pub fn parse(kind: PatternKind, attr: TokenStream, item: &syn::ItemFn) -> syn::Result<HandlerDef> {
+        let mut errors = Errors::default();
+        let pattern = match PatternArgs::parse(attr) {
+            Ok(p) => {
+                errors.result(check_pattern(&p));
+                Some(p)
+            }
+            Err(e) => {
+                errors.push(e);
+                None
+            }
+        };
+        let sig = HandlerSig::from_fn(item);
+        errors.result(check_signature(kind, item, &sig));
+        errors.finish()?;
+        Ok(HandlerDef { kind, pattern: pattern.expect("no errors means the pattern parsed"), sig })
+    }
+
+    /// The handler marked on a function by `#[message_pattern(...)]` or
+    /// `#[event_pattern(...)]` (matched by the attribute's last path segment), for tools that
+    /// read source files; `None` when the function has neither.
+    pub fn from_marked_fn(item: &syn::ItemFn) -> Option<syn::Result<HandlerDef>> {
+        let attr = item.attrs.iter().find(|a| PatternKind::of_attr(a).is_some())?;
+        let kind = PatternKind::of_attr(attr)?;
+        Some(match &attr.meta {
+            syn::Meta::List(list) => HandlerDef::parse(kind, list.tokens.clone(), item),
+            other => Err(syn::Error::new_spanned(
+                other,
+                format!("`#[{}]` needs a pattern: `#[{}(\"name\")]`", kind.attr_name(), kind.attr_name()),
+            )),
+        })
+    }
+}
+
+/// Collects errors into one [`syn::Error`].
+#[derive(Default)]
+pub(crate) struct Errors(Option<syn::Error>);
+
+impl Errors {
+    pub(crate) fn push(&mut self, error: syn::Error) {
+        match &mut self.0 {
+            Some(all) => all.combine(error),
+            None => self.0 = Some(error),
+        }
+    }
+
+    pub(crate) fn result(&mut self, result: syn::Result<()>) {
+        if let Err(e) = result {
+            self.push(e);
+        }
+    }
+
+    pub(crate) fn finish(self) -> syn::Result<()> {
+        self.0.map_or(Ok(()), Err)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use quote::quote;
+
+    #[test]
+    fn pattern_and_signature_errors_come_together() {
+        let item: syn::ItemFn = syn::parse_quote!(fn f(a: u32, b: u32) {});
+        let err = HandlerDef::parse(PatternKind::Message, quote!(cmd = "a", cmd = "b"), &item).unwrap_err();
+        let messages: Vec<String> = err.into_iter().map(|e| e.to_string()).collect();
+        assert_eq!(messages.len(), 3, "{messages:#?}");
+    }
+
+    #[test]
+    fn syntax_errors_and_signature_errors_come_together() {
+        let item: syn::ItemFn = syn::parse_quote!(fn f() {});
+        let err = HandlerDef::parse(PatternKind::Event, quote!(), &item).unwrap_err();
+        assert_eq!(err.into_iter().count(), 2);
+    }
+
+    #[test]
+    fn marked_functions_in_source() {
+        let file: syn::File = syn::parse_quote! {
+            #[switchboard::message_pattern(cmd = "add")]
+            pub async fn add(p: (i64, i64)) -> i64 { p.0 + p.1 }
+
+            #[event_pattern("user_created")]
+            async fn welcome(user: User, ctx: Context) {}
+
+            async fn helper() {}
+        };
+        let defs: Vec<HandlerDef> = file
+            .items
+            .iter()
+            .filter_map(|i| match i {
+                syn::Item::Fn(f) => HandlerDef::from_marked_fn(f),
+                _ => None,
+            })
+            .collect::<syn::Result<_>>()
+            .unwrap();
+        assert_eq!(defs.len(), 2);
+        assert_eq!(defs[0].kind, PatternKind::Message);
+        assert_eq!(defs[0].pattern.route(), r#"{"cmd":"add"}"#);
+        assert_eq!(defs[1].kind, PatternKind::Event);
+        assert_eq!(defs[1].pattern.route(), "user_created");
+        assert_eq!(defs[1].sig.name(), "welcome");
+    }
+}

@@ -1,0 +1,276 @@
+//! [`Client`]: calls patterns on a remote (or in-process) service.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::stream::{Stream, StreamExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::descriptor::{AsPayload, Event, Message};
+use crate::error::{Error, Result};
+use crate::handler::ReplyItem;
+use crate::transport::{self, ClientOptions, ClientTransport, Outbound};
+
+/// Default deadline of a call.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A client of one service, chosen by URL. Cheap to clone; clones share connections.
+///
+/// ```ignore
+/// let users = Client::connect("tcp://127.0.0.1:3001").await?;
+/// let user = users.send(get_user, "42".to_string()).await?;      // typed
+/// users.emit(user_created, &user).await?;
+/// let v: serde_json::Value = users.send_raw(json!({"cmd": "add"}), json!({"a": 5, "b": 3})).await?;
+/// ```
+#[derive(Clone)]
+pub struct Client {
+    url: Arc<str>,
+    transport: Arc<dyn ClientTransport>,
+    timeout: Duration,
+    metadata: Option<Arc<HashMap<String, String>>>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client").field("url", &self.url).field("timeout", &self.timeout).finish()
+    }
+}
+
+/// Configures a [`Client`].
+#[derive(Debug, Clone)]
+pub struct ClientBuilder {
+    url: String,
+    timeout: Duration,
+    opts: ClientOptions,
+}
+
+impl ClientBuilder {
+    /// The deadline of every call (default 30 s).
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Connections kept to the server (default 2); each multiplexes many calls.
+    pub fn pool_size(mut self, n: usize) -> Self {
+        self.opts.pool_size = n.max(1);
+        self
+    }
+
+    /// How long one connection attempt may take (default 5 s).
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.opts.connect_timeout = timeout;
+        self
+    }
+
+    /// The largest reply frame accepted, in UTF-16 units (default 64 Mi).
+    pub fn max_frame_len(mut self, len: usize) -> Self {
+        self.opts.max_frame_len = len;
+        self
+    }
+
+    /// A client that connects on its first call.
+    pub fn build(self) -> Result<Client> {
+        let transport = transport::client(&self.url, &self.opts)?;
+        Ok(Client { url: self.url.into(), transport, timeout: self.timeout, metadata: None })
+    }
+
+    /// A client connected now: an unreachable server is an error here, not on the first call.
+    pub async fn connect(self) -> Result<Client> {
+        let client = self.build()?;
+        client.transport.connect().await?;
+        Ok(client)
+    }
+}
+
+impl Client {
+    /// Connects to the service at `url` with default settings.
+    pub async fn connect(url: &str) -> Result<Client> {
+        Self::builder(url).connect().await
+    }
+
+    /// Starts configuring a client for `url`.
+    pub fn builder(url: &str) -> ClientBuilder {
+        ClientBuilder {
+            url: url.to_owned(),
+            timeout: DEFAULT_TIMEOUT,
+            opts: ClientOptions {
+                pool_size: 2,
+                connect_timeout: Duration::from_secs(5),
+                #[cfg(feature = "tcp")]
+                max_frame_len: transport::tcp::DEFAULT_MAX_FRAME_LEN,
+                #[cfg(not(feature = "tcp"))]
+                max_frame_len: 64 * 1024 * 1024,
+            },
+        }
+    }
+
+    /// The URL this client calls.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// The same client with another deadline for its calls.
+    pub fn with_timeout(&self, timeout: Duration) -> Client {
+        Client { timeout, ..self.clone() }
+    }
+
+    /// The same client, sending these headers with every call (NestJS 12's `metadata`,
+    /// e.g. `traceparent`).
+    pub fn with_metadata(&self, metadata: HashMap<String, String>) -> Client {
+        Client { metadata: Some(Arc::new(metadata)), ..self.clone() }
+    }
+
+    /// Calls a request/response pattern and returns its reply (the last value, for
+    /// multi-value replies).
+    pub async fn send<M: Message>(&self, pattern: M, payload: impl AsPayload<M::Request>) -> Result<M::Reply> {
+        let out = self.outbound(Cow::Borrowed(pattern.pattern_json()), Cow::Borrowed(pattern.route()), payload.as_payload())?;
+        self.call(out).await
+    }
+
+    /// Calls a request/response pattern and yields each value of its reply as it arrives.
+    /// The call's deadline covers the whole stream.
+    pub async fn send_stream<M: Message>(
+        &self,
+        pattern: M,
+        payload: impl AsPayload<M::Request>,
+    ) -> Result<impl Stream<Item = Result<M::Reply>> + Send + 'static> {
+        let out = self.outbound(Cow::Borrowed(pattern.pattern_json()), Cow::Borrowed(pattern.route()), payload.as_payload())?;
+        self.call_stream(out).await
+    }
+
+    /// Emits an event; resolves once the transport has accepted it.
+    pub async fn emit<E: Event>(&self, pattern: E, payload: impl AsPayload<E::Payload>) -> Result<()> {
+        // NestJS's `emit` sends the route, not the pattern object.
+        let route = pattern.route();
+        let json = if pattern.pattern_json().starts_with('"') { Cow::Borrowed(pattern.pattern_json()) } else { Cow::Owned(json_string(route)) };
+        let out = self.outbound(json, Cow::Borrowed(route), payload.as_payload())?;
+        self.emit_outbound(out).await
+    }
+
+    /// Calls a pattern given as JSON, NestJS style: `send_raw(json!({"cmd": "add"}), json!({"a": 1}))`.
+    pub async fn send_raw<R: DeserializeOwned>(&self, pattern: impl Serialize, data: impl Serialize) -> Result<R> {
+        let (json, route) = raw_pattern(&pattern)?;
+        let out = self.outbound(Cow::Owned(json), Cow::Owned(route), &data)?;
+        self.call(out).await
+    }
+
+    /// Like [`send_raw`](Self::send_raw), yielding each value of a multi-value reply.
+    pub async fn send_raw_stream<R: DeserializeOwned + Send + 'static>(
+        &self,
+        pattern: impl Serialize,
+        data: impl Serialize,
+    ) -> Result<impl Stream<Item = Result<R>> + Send + 'static> {
+        let (json, route) = raw_pattern(&pattern)?;
+        let out = self.outbound(Cow::Owned(json), Cow::Owned(route), &data)?;
+        self.call_stream(out).await
+    }
+
+    /// Emits an event to a pattern given as JSON.
+    pub async fn emit_raw(&self, pattern: impl Serialize, data: impl Serialize) -> Result<()> {
+        let (_, route) = raw_pattern(&pattern)?;
+        let out = self.outbound(Cow::Owned(json_string(&route)), Cow::Owned(route), &data)?;
+        self.emit_outbound(out).await
+    }
+
+    /// Closes the client's connections; calls in flight fail.
+    pub async fn close(&self) {
+        self.transport.close().await
+    }
+
+    fn outbound<T: Serialize + ?Sized>(&self, pattern: Cow<'static, str>, route: Cow<'static, str>, payload: &T) -> Result<Outbound> {
+        let data = serde_json::to_vec(payload)
+            .map_err(|source| Error::Codec { context: format!("cannot encode the payload for pattern {route}"), source })?;
+        Ok(Outbound { pattern, route, data: Bytes::from(data), metadata: self.metadata.clone() })
+    }
+
+    async fn call<R: DeserializeOwned>(&self, out: Outbound) -> Result<R> {
+        let route = out.route.clone();
+        let last = async {
+            let mut replies = self.transport.request(out).await?;
+            let mut last = None;
+            while let Some(item) = replies.next().await {
+                match item? {
+                    ReplyItem::Value(v) => last = Some(v),
+                    ReplyItem::Error(e) => return Err(Error::Rpc(e)),
+                }
+            }
+            Ok(last)
+        };
+        let last = match tokio::time::timeout(self.timeout, last).await {
+            Ok(r) => r.map_err(|e| named(e, &route))?,
+            Err(_) => return Err(Error::Timeout { pattern: route.into_owned(), after: self.timeout }),
+        };
+        decode(last.as_deref().unwrap_or(b"null"), &route)
+    }
+
+    async fn call_stream<R: DeserializeOwned + Send + 'static>(
+        &self,
+        out: Outbound,
+    ) -> Result<impl Stream<Item = Result<R>> + Send + 'static> {
+        let route: Arc<str> = out.route.as_ref().into();
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let after = self.timeout;
+        let replies = match tokio::time::timeout_at(deadline, self.transport.request(out)).await {
+            Ok(r) => r.map_err(|e| named(e, &route))?,
+            Err(_) => return Err(Error::Timeout { pattern: route.to_string(), after }),
+        };
+        // Values until the reply ends, its first error, or the deadline.
+        Ok(futures_util::stream::unfold(Some(replies), move |replies| {
+            let route = route.clone();
+            async move {
+                let mut replies = replies?;
+                let item = match tokio::time::timeout_at(deadline, replies.next()).await {
+                    Ok(None) => return None,
+                    Ok(Some(Ok(ReplyItem::Value(v)))) => return Some((decode(&v, &route), Some(replies))),
+                    Ok(Some(Ok(ReplyItem::Error(e)))) => Err(Error::Rpc(e)),
+                    Ok(Some(Err(e))) => Err(named(e, &route)),
+                    Err(_) => Err(Error::Timeout { pattern: route.to_string(), after }),
+                };
+                Some((item, None))
+            }
+        }))
+    }
+
+    async fn emit_outbound(&self, out: Outbound) -> Result<()> {
+        let route = out.route.clone();
+        match tokio::time::timeout(self.timeout, self.transport.emit(out)).await {
+            Ok(r) => r,
+            Err(_) => Err(Error::Timeout { pattern: route.into_owned(), after: self.timeout }),
+        }
+    }
+}
+
+/// Fills in the pattern of a no-handler error, which the reply packet does not carry.
+fn named(e: Error, route: &str) -> Error {
+    match e {
+        Error::NoHandler { pattern, addr } if pattern.is_empty() => Error::NoHandler { pattern: route.to_owned(), addr },
+        e => e,
+    }
+}
+
+fn decode<R: DeserializeOwned>(json: &[u8], route: &str) -> Result<R> {
+    serde_json::from_slice(json).map_err(|source| Error::Codec {
+        context: format!("cannot decode the reply of {route} as {}", std::any::type_name::<R>()),
+        source,
+    })
+}
+
+fn json_string(s: &str) -> String {
+    serde_json::to_string(s).expect("strings serialise")
+}
+
+/// The JSON and route of a pattern given as any serialisable value.
+fn raw_pattern(pattern: &impl Serialize) -> Result<(String, String)> {
+    let value = serde_json::to_value(pattern)
+        .map_err(|source| Error::Codec { context: "cannot encode the pattern".into(), source })?;
+    let route = match &value {
+        serde_json::Value::String(s) => switchboard_pattern::route_of_str(s.clone()),
+        other => switchboard_pattern::Pattern::from_json_value(other).route(),
+    };
+    Ok((value.to_string(), route))
+}

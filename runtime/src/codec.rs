@@ -1,0 +1,259 @@
+//! NestJS's JSON packets (nestjs-wire.md §0): decoding requests, events and replies
+//! without copying payloads, and encoding them with NestJS's exact key order.
+
+use std::collections::HashMap;
+use std::ops::Range;
+
+use serde::{Deserialize, Deserializer};
+use serde_json::value::RawValue;
+
+use crate::error::{NO_MESSAGE_HANDLER, RpcError};
+
+/// A packet as received, fields borrowed from the frame. Every field is kept raw so that
+/// `null` is told apart from absent (`"id":null` is a request, `"response":null` a value).
+#[derive(Deserialize, Default)]
+pub(crate) struct Packet<'a> {
+    #[serde(borrow, default, deserialize_with = "present")]
+    pub pattern: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    pub data: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    pub id: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    pub metadata: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    pub response: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    pub err: Option<&'a RawValue>,
+    #[serde(borrow, default, rename = "isDisposed", deserialize_with = "present")]
+    pub is_disposed: Option<&'a RawValue>,
+}
+
+fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
+    <&RawValue>::deserialize(d).map(Some)
+}
+
+/// Why a frame's body is not a packet.
+#[derive(Debug)]
+pub(crate) enum PacketError {
+    /// Not JSON at all: the peer is broken, NestJS closes the connection.
+    InvalidJson(serde_json::Error),
+    /// Valid JSON that is not an object: NestJS treats it as an event with an undefined
+    /// pattern and ignores it.
+    NotAnObject,
+}
+
+impl<'a> Packet<'a> {
+    /// Parses a packet body.
+    pub fn parse(body: &'a [u8]) -> Result<Packet<'a>, PacketError> {
+        match serde_json::from_slice::<Packet<'a>>(body) {
+            Ok(p) => Ok(p),
+            Err(e) => match serde_json::from_slice::<serde::de::IgnoredAny>(body) {
+                Ok(_) => Err(PacketError::NotAnObject),
+                Err(_) => Err(PacketError::InvalidJson(e)),
+            },
+        }
+    }
+
+    /// Where `raw` lies inside `body` (it was borrowed from it).
+    pub fn range_in(body: &[u8], raw: &RawValue) -> Range<usize> {
+        let start = raw.get().as_ptr() as usize - body.as_ptr() as usize;
+        start..start + raw.get().len()
+    }
+
+    /// v12's `metadata`: string values only, others ignored (NestJS types it `{string: string}`).
+    pub fn metadata_map(&self) -> Option<HashMap<String, String>> {
+        let raw = self.metadata?;
+        let map: HashMap<String, serde_json::Value> = serde_json::from_str(raw.get()).ok()?;
+        Some(
+            map.into_iter()
+                .filter_map(|(k, v)| match v {
+                    serde_json::Value::String(s) => Some((k, s)),
+                    _ => None,
+                })
+                .collect(),
+        )
+    }
+
+    /// How a NestJS client reads this packet as a reply (`createObserver`, §0.3).
+    pub fn reply(&self) -> ReplyPacket<'a> {
+        if let Some(err) = self.err.filter(|e| truthy(e)) {
+            return ReplyPacket::Error(err);
+        }
+        let disposed = self.is_disposed.is_some_and(truthy);
+        match (self.response, disposed) {
+            (Some(v), true) => ReplyPacket::Last(v),
+            (None, true) => ReplyPacket::Done,
+            (Some(v), false) => ReplyPacket::Value(v),
+            // No known key at all: an "external" reply, the whole object is the final value.
+            (None, false) if self.err.is_none() => ReplyPacket::External,
+            (None, false) => ReplyPacket::Value(null()),
+        }
+    }
+}
+
+fn null() -> &'static RawValue {
+    serde_json::from_str("null").expect("null is JSON")
+}
+
+/// JavaScript truthiness of a JSON value.
+fn truthy(v: &RawValue) -> bool {
+    !matches!(v.get(), "null" | "false" | "0" | "-0" | "\"\"") && !is_zero(v.get())
+}
+
+fn is_zero(text: &str) -> bool {
+    text.parse::<f64>().is_ok_and(|n| n == 0.0)
+}
+
+/// A reply packet, as a client sees it.
+#[derive(Debug)]
+pub(crate) enum ReplyPacket<'a> {
+    /// One value; more may follow.
+    Value(&'a RawValue),
+    /// The last value.
+    Last(&'a RawValue),
+    /// Completion without a value.
+    Done,
+    /// An error; terminal.
+    Error(&'a RawValue),
+    /// The whole packet is the value, and it is final.
+    External,
+}
+
+/// The `err` value of a reply, and whether it is NestJS's "no handler" reply.
+pub(crate) fn rpc_error(raw: &RawValue) -> RpcError {
+    RpcError::from_value(serde_json::from_str(raw.get()).unwrap_or(serde_json::Value::Null))
+}
+
+/// What a server writes back for one step of a reply.
+#[derive(Debug)]
+pub(crate) enum Outgoing<'a> {
+    /// A value; `last` merges completion into it.
+    Value { json: &'a [u8], last: bool },
+    /// Completion without a value.
+    Done,
+    /// An error (terminal).
+    Error(&'a RpcError),
+    /// NestJS's no-handler reply.
+    NoHandler,
+}
+
+/// Appends a reply packet for request `id` (raw JSON, echoed verbatim) to `out`, with
+/// NestJS's key order.
+pub(crate) fn encode_reply(out: &mut Vec<u8>, id: &[u8], what: Outgoing<'_>) {
+    match what {
+        Outgoing::Value { json, last } => {
+            out.extend_from_slice(b"{\"response\":");
+            out.extend_from_slice(json);
+            if last {
+                out.extend_from_slice(b",\"isDisposed\":true");
+            }
+        }
+        Outgoing::Done => out.extend_from_slice(b"{\"isDisposed\":true"),
+        Outgoing::Error(err) => {
+            out.extend_from_slice(b"{\"err\":");
+            serde_json::to_writer(&mut *out, err.value()).expect("JSON values serialise");
+            out.extend_from_slice(b",\"isDisposed\":true");
+        }
+        Outgoing::NoHandler => {
+            out.extend_from_slice(b"{\"id\":");
+            out.extend_from_slice(id);
+            out.extend_from_slice(b",\"status\":\"error\",\"err\":\"");
+            out.extend_from_slice(NO_MESSAGE_HANDLER.as_bytes());
+            out.extend_from_slice(b"\"}");
+            return;
+        }
+    }
+    out.extend_from_slice(b",\"id\":");
+    out.extend_from_slice(id);
+    out.push(b'}');
+}
+
+/// Appends a request (`id` given) or event packet: `pattern, data[, metadata][, id]`.
+pub(crate) fn encode_request(
+    out: &mut Vec<u8>,
+    pattern: &str,
+    data: &[u8],
+    metadata: Option<&HashMap<String, String>>,
+    id: Option<&str>,
+) {
+    out.extend_from_slice(b"{\"pattern\":");
+    out.extend_from_slice(pattern.as_bytes());
+    out.extend_from_slice(b",\"data\":");
+    out.extend_from_slice(data);
+    if let Some(meta) = metadata.filter(|m| !m.is_empty()) {
+        out.extend_from_slice(b",\"metadata\":");
+        serde_json::to_writer(&mut *out, meta).expect("string maps serialise");
+    }
+    if let Some(id) = id {
+        out.extend_from_slice(b",\"id\":\"");
+        out.extend_from_slice(id.as_bytes());
+        out.push(b'"');
+    }
+    out.push(b'}');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reply(id: &str, what: Outgoing<'_>) -> String {
+        let mut out = Vec::new();
+        encode_reply(&mut out, id.as_bytes(), what);
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn replies_use_nestjs_key_order() {
+        assert_eq!(reply("\"abc1\"", Outgoing::Value { json: b"6", last: true }), r#"{"response":6,"isDisposed":true,"id":"abc1"}"#);
+        assert_eq!(reply("\"s1\"", Outgoing::Value { json: b"1", last: false }), r#"{"response":1,"id":"s1"}"#);
+        assert_eq!(reply("\"s3\"", Outgoing::Done), r#"{"isDisposed":true,"id":"s3"}"#);
+        assert_eq!(
+            reply("\"e1\"", Outgoing::Error(&RpcError::new("bad thing"))),
+            r#"{"err":{"status":"error","message":"bad thing"},"isDisposed":true,"id":"e1"}"#
+        );
+        assert_eq!(
+            reply("\"n1\"", Outgoing::NoHandler),
+            r#"{"id":"n1","status":"error","err":"There is no matching message handler defined in the remote service."}"#
+        );
+        assert_eq!(reply("7", Outgoing::Done), r#"{"isDisposed":true,"id":7}"#);
+    }
+
+    #[test]
+    fn requests_use_nestjs_key_order() {
+        let mut out = Vec::new();
+        let meta = HashMap::from([("traceparent".to_string(), "00-abc-def-01".to_string())]);
+        encode_request(&mut out, r#"{"cmd":"sum","a":1}"#, b"[1,2,3]", Some(&meta), Some("a18e27d5afe707e15ae91"));
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            r#"{"pattern":{"cmd":"sum","a":1},"data":[1,2,3],"metadata":{"traceparent":"00-abc-def-01"},"id":"a18e27d5afe707e15ae91"}"#
+        );
+    }
+
+    #[test]
+    fn null_is_not_absent() {
+        let p = Packet::parse(br#"{"pattern":"x","data":null,"id":null}"#).unwrap();
+        assert_eq!(p.data.unwrap().get(), "null");
+        assert_eq!(p.id.unwrap().get(), "null");
+        let p = Packet::parse(br#"{"pattern":"x","data":1}"#).unwrap();
+        assert!(p.id.is_none());
+    }
+
+    #[test]
+    fn replies_are_read_like_nestjs_clients_do() {
+        let kinds = |body: &str| format!("{:?}", Packet::parse(body.as_bytes()).unwrap().reply());
+        assert!(kinds(r#"{"response":null,"isDisposed":true,"id":"v2"}"#).starts_with("Last"));
+        assert!(kinds(r#"{"response":1,"id":"s1"}"#).starts_with("Value"));
+        assert_eq!(kinds(r#"{"isDisposed":true,"id":"s3"}"#), "Done");
+        assert!(kinds(r#"{"err":{"message":"x"},"id":"e"}"#).starts_with("Error"));
+        assert!(kinds(r#"{"err":null,"response":2,"isDisposed":true,"id":"e"}"#).starts_with("Last"));
+        assert_eq!(kinds(r#"{"hello":"bare","id":"b"}"#), "External");
+    }
+
+    #[test]
+    fn non_objects_and_garbage_are_told_apart() {
+        assert!(matches!(Packet::parse(br#""abc""#), Err(PacketError::NotAnObject)));
+        assert!(matches!(Packet::parse(b"{nope"), Err(PacketError::InvalidJson(_))));
+        assert!(matches!(Packet::parse(b""), Err(PacketError::InvalidJson(_))));
+    }
+}

@@ -1,0 +1,145 @@
+//! Typed descriptors: what a caller needs to know about a pattern to call it with
+//! compile-checked payload and reply types.
+//!
+//! Every `#[message_pattern]` function is a [`Message`] and every `#[event_pattern]` function
+//! an [`Event`], so `client.send(get_user, id)` type-checks `id` against the handler's
+//! argument and decodes the reply into its return type. [`MessageDef`] and [`EventDef`]
+//! describe patterns served elsewhere (another service, a NestJS app) without a handler here.
+
+use std::marker::PhantomData;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+/// A request/response pattern with its payload and reply types.
+pub trait Message: Copy + Send + Sync + 'static {
+    /// What the caller sends.
+    type Request: Serialize;
+    /// What the caller gets back (the last value for multi-value replies).
+    type Reply: DeserializeOwned + Send + 'static;
+    /// The pattern as JSON, as written (what goes in the `"pattern"` field).
+    fn pattern_json(&self) -> &'static str;
+    /// The normalised route key.
+    fn route(&self) -> &'static str;
+}
+
+/// A fire-and-forget pattern with its payload type.
+pub trait Event: Copy + Send + Sync + 'static {
+    /// What the emitter sends.
+    type Payload: Serialize;
+    /// The pattern as JSON, as written.
+    fn pattern_json(&self) -> &'static str;
+    /// The normalised route key.
+    fn route(&self) -> &'static str;
+}
+
+/// A payload argument for a pattern whose payload type is `T`: `T` itself or `&T`.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not the payload type of this pattern",
+    label = "expected `{T}` (or `&{T}`) here",
+    note = "the payload type is the handler's argument type"
+)]
+pub trait AsPayload<T> {
+    /// The payload by reference.
+    fn as_payload(&self) -> &T;
+}
+
+impl<T> AsPayload<T> for T {
+    fn as_payload(&self) -> &T {
+        self
+    }
+}
+
+impl<T> AsPayload<T> for &T {
+    fn as_payload(&self) -> &T {
+        self
+    }
+}
+
+/// A request/response pattern served elsewhere, described by hand.
+///
+/// ```
+/// use switchboard::{MessageDef, pattern};
+/// pub const ADD: MessageDef<(i64, i64), i64> = MessageDef::new(pattern!(cmd = "add"));
+/// pub const ECHO: MessageDef<String, String> = MessageDef::new(pattern!("echo"));
+/// ```
+pub struct MessageDef<Req, Rep> {
+    pattern: PatternLit,
+    _types: PhantomData<fn(Req) -> Rep>,
+}
+
+impl<Req, Rep> MessageDef<Req, Rep> {
+    /// A descriptor for the pattern made by [`pattern!`](crate::pattern!).
+    pub const fn new(pattern: PatternLit) -> Self {
+        MessageDef { pattern, _types: PhantomData }
+    }
+}
+
+impl<Req, Rep> Clone for MessageDef<Req, Rep> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<Req, Rep> Copy for MessageDef<Req, Rep> {}
+
+impl<Req, Rep> Message for MessageDef<Req, Rep>
+where
+    Req: Serialize + 'static,
+    Rep: DeserializeOwned + Send + 'static,
+{
+    type Request = Req;
+    type Reply = Rep;
+    fn pattern_json(&self) -> &'static str {
+        self.pattern.json
+    }
+    fn route(&self) -> &'static str {
+        self.pattern.route
+    }
+}
+
+/// An event pattern handled elsewhere, described by hand.
+///
+/// ```
+/// use switchboard::{EventDef, pattern};
+/// #[derive(serde::Serialize)]
+/// pub struct User { pub id: String }
+/// pub const USER_CREATED: EventDef<User> = EventDef::new(pattern!("user_created"));
+/// ```
+pub struct EventDef<T> {
+    pattern: PatternLit,
+    _types: PhantomData<fn(T)>,
+}
+
+impl<T> EventDef<T> {
+    /// A descriptor for the pattern made by [`pattern!`](crate::pattern!).
+    pub const fn new(pattern: PatternLit) -> Self {
+        EventDef { pattern, _types: PhantomData }
+    }
+}
+
+impl<T> Clone for EventDef<T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<T> Copy for EventDef<T> {}
+
+impl<T: Serialize + 'static> Event for EventDef<T> {
+    type Payload = T;
+    fn pattern_json(&self) -> &'static str {
+        self.pattern.json
+    }
+    fn route(&self) -> &'static str {
+        self.pattern.route
+    }
+}
+
+/// A pattern computed at compile time by [`pattern!`](crate::pattern!): its JSON as written
+/// and its NestJS route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PatternLit {
+    /// The pattern as JSON, as written.
+    pub json: &'static str,
+    /// The normalised route key.
+    pub route: &'static str,
+}

@@ -1,0 +1,162 @@
+//! The server's side of every transport: from a decoded packet to the handlers' reply.
+//!
+//! A transport decodes bytes into an [`Incoming`] and hands it to the [`Dispatcher`]; it
+//! never sees handlers. The dispatcher resolves the pattern as NestJS does, runs the
+//! handler (or every listener of an event) and catches panics, so one bad handler cannot
+//! take a connection down.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::ops::Range;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures_util::future::{BoxFuture, FutureExt, join_all};
+use futures_util::stream::StreamExt;
+
+use crate::context::Context;
+use crate::error::RpcError;
+use crate::handler::{Inbound, Reply, ReplyItem};
+use crate::registry::{HandlerEntry, RouteHandlers, Routes};
+
+/// A request or event as a transport decoded it.
+#[derive(Debug)]
+pub struct Incoming<'a> {
+    /// Raw JSON of the packet's `pattern` field (or, for brokers that route by channel,
+    /// the channel name as a JSON string).
+    pub pattern: &'a str,
+    /// The buffer the payload lies in.
+    pub buf: Bytes,
+    /// Where the payload's JSON lies in `buf`; `None` when the packet had no `data`.
+    pub data: Option<Range<usize>>,
+    /// Raw JSON of the request id; `None` for an event.
+    pub id: Option<&'a str>,
+    /// Headers (NestJS 12's `metadata`).
+    pub metadata: Option<HashMap<String, String>>,
+    /// The transport's name, for [`Context::transport`].
+    pub transport: &'static str,
+}
+
+/// What to do with an incoming packet.
+pub enum Dispatched {
+    /// A request: send this reply.
+    Reply(Reply),
+    /// A request nobody handles: send NestJS's no-handler reply.
+    NoHandler {
+        /// The route that missed.
+        route: String,
+    },
+    /// An event: run this to completion; nothing is sent back.
+    Event(BoxFuture<'static, ()>),
+    /// An event nobody listens to (already logged).
+    Ignored,
+}
+
+impl std::fmt::Debug for Dispatched {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Dispatched::Reply(_) => "Reply",
+            Dispatched::NoHandler { .. } => "NoHandler",
+            Dispatched::Event(_) => "Event",
+            Dispatched::Ignored => "Ignored",
+        })
+    }
+}
+
+/// Routes incoming packets to handlers. Cheap to clone; shared by all connections.
+#[derive(Debug, Clone)]
+pub struct Dispatcher {
+    routes: Arc<Routes>,
+}
+
+impl Dispatcher {
+    /// A dispatcher over a route table.
+    pub fn new(routes: Routes) -> Self {
+        Dispatcher { routes: Arc::new(routes) }
+    }
+
+    /// The route table.
+    pub fn routes(&self) -> &Routes {
+        &self.routes
+    }
+
+    /// Runs the handlers for one packet.
+    pub fn dispatch(&self, msg: Incoming<'_>) -> Dispatched {
+        let handlers = match self.routes.resolve(msg.pattern) {
+            Ok(h) => h.clone(),
+            Err(route) => {
+                if msg.id.is_some() {
+                    tracing::debug!(pattern = %route, "no matching message handler");
+                    return Dispatched::NoHandler { route };
+                }
+                tracing::warn!(
+                    "There is no matching event handler defined in the remote service. Event pattern: {route}"
+                );
+                return Dispatched::Ignored;
+            }
+        };
+        let mut ctx = Context::new(handlers.route.clone(), msg.transport);
+        if let Some(id) = msg.id {
+            ctx = ctx.with_request_id(id);
+        }
+        if let Some(meta) = msg.metadata {
+            ctx = ctx.with_metadata(meta);
+        }
+        let inbound = Inbound::new(msg.buf, msg.data, ctx);
+        match (msg.id.is_some(), handlers.message) {
+            (true, Some(entry)) => Dispatched::Reply(call(entry, inbound)),
+            // NestJS runs event listeners for a request too, and answers with completion.
+            (true, None) => Dispatched::Reply(Reply::from_unit(run_listeners(&handlers, inbound))),
+            (false, _) if !handlers.events.is_empty() => Dispatched::Event(run_listeners(&handlers, inbound).boxed()),
+            // An event for a route that only has a request handler: NestJS runs nothing.
+            (false, _) => {
+                tracing::warn!(
+                    "There is no matching event handler defined in the remote service. Event pattern: {}",
+                    handlers.route
+                );
+                Dispatched::Ignored
+            }
+        }
+    }
+}
+
+/// Calls a handler, turning a panic (while decoding, calling or replying) into NestJS's
+/// `Internal server error`.
+fn call(entry: &'static HandlerEntry, inbound: Inbound) -> Reply {
+    let reply = match std::panic::catch_unwind(AssertUnwindSafe(|| (entry.call)(inbound))) {
+        Ok(reply) => reply,
+        Err(_) => {
+            tracing::error!(handler = %entry.location(), "handler panicked");
+            return Reply::error(RpcError::internal());
+        }
+    };
+    Reply::from_items(AssertUnwindSafe(reply).catch_unwind().map(move |item| match item {
+        Ok(item) => item,
+        Err(_) => {
+            tracing::error!(handler = %entry.location(), "handler panicked");
+            ReplyItem::Error(RpcError::internal())
+        }
+    }))
+}
+
+/// Runs every listener of an event, each with its own copy of the message; failures are
+/// logged, never sent.
+fn run_listeners(handlers: &RouteHandlers, inbound: Inbound) -> impl Future<Output = ()> + Send + 'static {
+    let listeners: Vec<_> = handlers
+        .events
+        .iter()
+        .map(|&entry| {
+            let reply = call(entry, inbound.clone());
+            async move {
+                let mut reply = reply;
+                while let Some(item) = reply.next().await {
+                    if let ReplyItem::Error(err) = item {
+                        tracing::error!(handler = %entry.location(), error = %err, "event handler failed");
+                    }
+                }
+            }
+        })
+        .collect();
+    join_all(listeners).map(|_| ())
+}

@@ -1,0 +1,208 @@
+//! Error types: [`Error`] for everything the framework reports, [`RpcError`] for the error
+//! value a handler sends back over the wire.
+
+use std::fmt;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// The framework's result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The result type of a fallible handler: `async fn f(..) -> RpcResult<User>`.
+pub type RpcResult<T> = std::result::Result<T, RpcError>;
+
+/// The error NestJS puts in a reply's `err` field.
+///
+/// On the wire it is a bare JSON value, exactly as NestJS's `RpcException` produces it:
+/// [`RpcError::new("bad thing")`](RpcError::new) is `{"status":"error","message":"bad thing"}`,
+/// [`RpcError::from_value`] sends any JSON verbatim, and [`RpcError::internal`] is what
+/// NestJS sends for every other exception.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct RpcError(Value);
+
+/// The message NestJS sends for exceptions that are not `RpcException`s.
+pub const INTERNAL_SERVER_ERROR: &str = "Internal server error";
+/// The `err` text of NestJS's reply to a request nobody handles.
+pub const NO_MESSAGE_HANDLER: &str = "There is no matching message handler defined in the remote service.";
+
+impl RpcError {
+    /// `RpcException('text')`: `{"status":"error","message":"text"}`.
+    pub fn new(message: impl Into<String>) -> Self {
+        let mut map = serde_json::Map::with_capacity(2);
+        map.insert("status".into(), Value::String("error".into()));
+        map.insert("message".into(), Value::String(message.into()));
+        RpcError(Value::Object(map))
+    }
+
+    /// `RpcException(value)`: the value goes on the wire as it is.
+    pub fn from_value(value: Value) -> Self {
+        RpcError(value)
+    }
+
+    /// What NestJS answers for an unexpected exception: `Internal server error`.
+    pub fn internal() -> Self {
+        Self::new(INTERNAL_SERVER_ERROR)
+    }
+
+    /// The wire value.
+    pub fn value(&self) -> &Value {
+        &self.0
+    }
+
+    /// Consumes the error, returning the wire value.
+    pub fn into_value(self) -> Value {
+        self.0
+    }
+
+    /// The `message` field for object errors, or the text of a string error.
+    pub fn message(&self) -> Option<&str> {
+        match &self.0 {
+            Value::String(s) => Some(s),
+            Value::Object(map) => map.get("message").and_then(Value::as_str),
+            _ => None,
+        }
+    }
+
+    /// True for NestJS's "no matching message handler" reply.
+    pub fn is_no_handler(&self) -> bool {
+        self.message() == Some(NO_MESSAGE_HANDLER)
+    }
+}
+
+impl fmt::Display for RpcError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.message() {
+            Some(m) => f.write_str(m),
+            None => write!(f, "{}", self.0),
+        }
+    }
+}
+
+impl fmt::Debug for RpcError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "RpcError({})", self.0)
+    }
+}
+
+impl std::error::Error for RpcError {}
+
+impl From<String> for RpcError {
+    fn from(message: String) -> Self {
+        RpcError::new(message)
+    }
+}
+
+impl From<&str> for RpcError {
+    fn from(message: &str) -> Self {
+        RpcError::new(message)
+    }
+}
+
+impl From<Value> for RpcError {
+    fn from(value: Value) -> Self {
+        RpcError(value)
+    }
+}
+
+impl From<std::convert::Infallible> for RpcError {
+    fn from(never: std::convert::Infallible) -> Self {
+        match never {}
+    }
+}
+
+/// Everything that can go wrong in a call, a server or a transport.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The remote handler answered with an error.
+    #[error("remote error: {0}")]
+    Rpc(RpcError),
+    /// The server has no handler for the pattern (NestJS's "no matching message handler").
+    #[error("no handler for pattern `{pattern}` at {addr}")]
+    NoHandler {
+        /// The route of the call.
+        pattern: String,
+        /// The server.
+        addr: String,
+    },
+    /// No reply within the call's deadline.
+    #[error("request to pattern `{pattern}` timed out after {after:?}")]
+    Timeout {
+        /// The route of the call.
+        pattern: String,
+        /// The deadline that passed.
+        after: Duration,
+    },
+    /// The connection closed while the call was in flight.
+    #[error("connection to {addr} closed while the request was in flight")]
+    ConnectionClosed {
+        /// The peer.
+        addr: String,
+    },
+    /// Could not connect (or reconnect) to the peer.
+    #[error("cannot connect to {addr}: {reason}")]
+    Connect {
+        /// The peer.
+        addr: String,
+        /// Why.
+        reason: String,
+    },
+    /// A transport URL that does not parse or names a transport not compiled in.
+    #[error("invalid transport url `{url}`: {reason}")]
+    InvalidUrl {
+        /// The URL as given.
+        url: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A payload that could not be serialised, or a reply that could not be decoded.
+    #[error("{context}: {source}")]
+    Codec {
+        /// What was being encoded or decoded.
+        context: String,
+        /// The serde error.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// A frame or packet that breaks the protocol.
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    /// The handler set cannot be served (duplicates, nothing registered, …).
+    #[error("{0}")]
+    Registry(String),
+    /// The client has been closed.
+    #[error("client is closed")]
+    Closed,
+    /// An I/O error from a socket or listener.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl Error {
+    pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        Error::Io { context: context.into(), source }
+    }
+
+    /// The remote error value, when the remote handler answered with one.
+    pub fn as_rpc(&self) -> Option<&RpcError> {
+        match self {
+            Error::Rpc(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+impl From<RpcError> for Error {
+    fn from(e: RpcError) -> Self {
+        Error::Rpc(e)
+    }
+}

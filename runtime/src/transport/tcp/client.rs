@@ -1,0 +1,454 @@
+//! The TCP client: a small pool of connections, each multiplexing many requests by id.
+//!
+//! Callers encode their own frames and hand them to the connection's writer task, which
+//! batches whatever is queued into one write. A reader task routes reply packets to the
+//! waiting calls. A dropped connection fails its calls at once; the next call reconnects,
+//! with exponential backoff between failed attempts.
+
+use std::collections::{HashMap, VecDeque};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::task::{Context as TaskContext, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use futures_util::future::{BoxFuture, FutureExt};
+use futures_util::stream::{Stream, StreamExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::{mpsc, watch};
+
+use super::frame::{FrameDecoder, encode_frame};
+use super::{client_options, connect_socket};
+use crate::codec::{Packet, ReplyPacket, encode_request, rpc_error};
+use crate::error::{Error, NO_MESSAGE_HANDLER, Result};
+use crate::handler::ReplyItem;
+use crate::transport::{ClientOptions, ClientTransport, Endpoint, Outbound, Replies};
+
+const MIN_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// Frames queued for one connection's writer before callers wait.
+const WRITE_QUEUE: usize = 1024;
+
+/// The client side of the TCP transport.
+pub struct TcpClient {
+    url: String,
+    addr: String,
+    opts: ClientOptions,
+    slots: Vec<Arc<Slot>>,
+    next: AtomicUsize,
+    #[cfg(feature = "tls")]
+    tls: Option<super::tls::Connector>,
+}
+
+impl std::fmt::Debug for TcpClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TcpClient").field("url", &self.url).field("pool", &self.slots.len()).finish()
+    }
+}
+
+/// One pooled connection, (re)connected on demand.
+#[derive(Default)]
+struct Slot {
+    current: RwLock<Option<Arc<Conn>>>,
+    connecting: tokio::sync::Mutex<Backoff>,
+}
+
+#[derive(Default)]
+struct Backoff {
+    failures: u32,
+    retry_at: Option<Instant>,
+    last_error: String,
+}
+
+impl TcpClient {
+    /// A client for `tcp://host:port`; connects lazily.
+    pub(crate) fn new(ep: &Endpoint, defaults: &ClientOptions) -> Result<Self> {
+        let opts = client_options(ep, defaults)?;
+        Ok(TcpClient {
+            url: ep.as_str().to_owned(),
+            addr: ep.authority.clone(),
+            slots: (0..opts.pool_size).map(|_| Arc::default()).collect(),
+            opts,
+            next: AtomicUsize::new(0),
+            #[cfg(feature = "tls")]
+            tls: if ep.scheme == "tls" { Some(super::tls::connector(ep)?) } else { None },
+        })
+    }
+
+    async fn conn(&self) -> Result<Arc<Conn>> {
+        let slot = &self.slots[self.next.fetch_add(1, Ordering::Relaxed) % self.slots.len()];
+        if let Some(conn) = slot.current.read().expect("slot lock").as_ref().filter(|c| !c.is_closed()) {
+            return Ok(conn.clone());
+        }
+        let mut backoff = slot.connecting.lock().await;
+        // Someone else may have connected while we waited for the lock.
+        if let Some(conn) = slot.current.read().expect("slot lock").as_ref().filter(|c| !c.is_closed()) {
+            return Ok(conn.clone());
+        }
+        if let Some(at) = backoff.retry_at.filter(|at| *at > Instant::now()) {
+            return Err(self.connect_error(format!(
+                "{} (next attempt in {} ms)",
+                backoff.last_error,
+                at.saturating_duration_since(Instant::now()).as_millis()
+            )));
+        }
+        match self.open(slot).await {
+            Ok(conn) => {
+                *backoff = Backoff::default();
+                *slot.current.write().expect("slot lock") = Some(conn.clone());
+                Ok(conn)
+            }
+            Err(reason) => {
+                backoff.failures += 1;
+                let delay = MIN_BACKOFF.saturating_mul(1 << backoff.failures.min(6)).min(MAX_BACKOFF);
+                backoff.retry_at = Some(Instant::now() + delay);
+                backoff.last_error = reason.clone();
+                Err(self.connect_error(reason))
+            }
+        }
+    }
+
+    fn connect_error(&self, reason: String) -> Error {
+        Error::Connect { addr: self.url.clone(), reason }
+    }
+
+    async fn open(&self, slot: &Arc<Slot>) -> std::result::Result<Arc<Conn>, String> {
+        let stream = connect_socket(&self.addr, self.opts.connect_timeout).await.map_err(|e| e.to_string())?;
+        #[cfg(feature = "tls")]
+        if let Some(tls) = &self.tls {
+            let stream = tls.connect(stream, self.opts.connect_timeout).await?;
+            let (r, w) = tokio::io::split(stream);
+            return Ok(self.start(r, w, slot));
+        }
+        let (r, w) = stream.into_split();
+        Ok(self.start(r, w, slot))
+    }
+
+    fn start<R, W>(&self, r: R, w: W, slot: &Arc<Slot>) -> Arc<Conn>
+    where
+        R: AsyncRead + Unpin + Send + 'static,
+        W: AsyncWrite + Unpin + Send + 'static,
+    {
+        let (tx, rx) = mpsc::channel(WRITE_QUEUE);
+        let conn = Arc::new(Conn {
+            url: self.url.clone(),
+            tx,
+            pending: Mutex::new(Pending::default()),
+            next_id: AtomicU64::new(0),
+            prefix: id_prefix(),
+            closed: AtomicBool::new(false),
+            close: watch::Sender::new(false),
+        });
+        tokio::spawn(writer(w, rx, conn.clone()));
+        tokio::spawn(reader(r, conn.clone(), Arc::downgrade(slot), self.opts.max_frame_len));
+        conn
+    }
+}
+
+impl ClientTransport for TcpClient {
+    fn connect(&self) -> BoxFuture<'_, Result<()>> {
+        self.conn().map(|c| c.map(drop)).boxed()
+    }
+
+    fn request(&self, msg: Outbound) -> BoxFuture<'_, Result<Replies>> {
+        async move {
+            let conn = self.conn().await?;
+            let (id, rx) = conn.register()?;
+            let mut frame = Vec::with_capacity(msg.data.len() + msg.pattern.len() + 64);
+            let mut body = Vec::with_capacity(msg.data.len() + msg.pattern.len() + 48);
+            encode_request(&mut body, &msg.pattern, &msg.data, msg.metadata.as_deref(), Some(id.as_str()));
+            encode_frame(&mut frame, &body);
+            conn.send(frame).await?;
+            Ok(rx.boxed())
+        }
+        .boxed()
+    }
+
+    fn emit(&self, msg: Outbound) -> BoxFuture<'_, Result<()>> {
+        async move {
+            let conn = self.conn().await?;
+            let mut body = Vec::with_capacity(msg.data.len() + msg.pattern.len() + 32);
+            encode_request(&mut body, &msg.pattern, &msg.data, msg.metadata.as_deref(), None);
+            let mut frame = Vec::with_capacity(body.len() + 12);
+            encode_frame(&mut frame, &body);
+            conn.send(frame).await
+        }
+        .boxed()
+    }
+
+    fn close(&self) -> BoxFuture<'_, ()> {
+        async move {
+            for slot in &self.slots {
+                if let Some(conn) = slot.current.write().expect("slot lock").take() {
+                    conn.shut(|| Error::Closed);
+                }
+            }
+        }
+        .boxed()
+    }
+}
+
+impl Drop for TcpClient {
+    fn drop(&mut self) {
+        for slot in &self.slots {
+            if let Some(conn) = slot.current.write().expect("slot lock").take() {
+                conn.shut(|| Error::Closed);
+            }
+        }
+    }
+}
+
+/// A random 20-bit prefix, so ids from different connections differ.
+fn id_prefix() -> u32 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(Instant::now().elapsed().as_nanos() as u64);
+    (h.finish() & 0xF_FFFF) as u32
+}
+
+#[derive(Default)]
+struct Pending {
+    calls: HashMap<u64, Arc<Call>>,
+    closed: bool,
+}
+
+struct Conn {
+    url: String,
+    tx: mpsc::Sender<Vec<u8>>,
+    pending: Mutex<Pending>,
+    next_id: AtomicU64,
+    prefix: u32,
+    closed: AtomicBool,
+    /// Fired once when the connection is shut, so both tasks stop.
+    close: watch::Sender<bool>,
+}
+
+impl Conn {
+    fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    /// Reserves an id (21 lowercase hex characters, like NestJS's) and its reply channel.
+    fn register(self: &Arc<Self>) -> Result<(String, CallRx)> {
+        let n = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let call = Arc::new(Call::default());
+        let mut pending = self.pending.lock().expect("pending lock");
+        if pending.closed {
+            return Err(Error::ConnectionClosed { addr: self.url.clone() });
+        }
+        pending.calls.insert(n, call.clone());
+        drop(pending);
+        Ok((format!("{:05x}{n:016x}", self.prefix), CallRx { call, conn: self.clone(), id: n }))
+    }
+
+    async fn send(&self, frame: Vec<u8>) -> Result<()> {
+        self.tx.send(frame).await.map_err(|_| Error::ConnectionClosed { addr: self.url.clone() })
+    }
+
+    /// Marks the connection dead and fails every call in flight.
+    fn shut(&self, error: impl Fn() -> Error) {
+        let calls = {
+            let mut pending = self.pending.lock().expect("pending lock");
+            pending.closed = true;
+            self.closed.store(true, Ordering::Release);
+            std::mem::take(&mut pending.calls)
+        };
+        for call in calls.into_values() {
+            call.push(Err(error()), true);
+        }
+        self.close.send_replace(true);
+    }
+
+    /// Routes one reply packet to its call.
+    fn deliver(&self, body: &Bytes) {
+        let packet = match Packet::parse(body) {
+            Ok(p) => p,
+            Err(_) => {
+                tracing::warn!(url = %self.url, "ignoring a reply that is not a JSON object");
+                return;
+            }
+        };
+        let Some(id) = packet.id.and_then(|raw| parse_id(raw.get(), self.prefix)) else {
+            // NestJS ignores replies for unknown ids; so do we.
+            return;
+        };
+        let (item, last) = match packet.reply() {
+            ReplyPacket::Value(v) => (Ok(ReplyItem::Value(body.slice(Packet::range_in(body, v)))), false),
+            ReplyPacket::Last(v) => (Ok(ReplyItem::Value(body.slice(Packet::range_in(body, v)))), true),
+            ReplyPacket::External => (Ok(ReplyItem::Value(body.clone())), true),
+            ReplyPacket::Done => {
+                self.finish(id, None);
+                return;
+            }
+            ReplyPacket::Error(raw) => {
+                let err = rpc_error(raw);
+                let item = if err.value().as_str() == Some(NO_MESSAGE_HANDLER) {
+                    let pattern = packet.pattern.map(|p| p.get().to_owned()).unwrap_or_default();
+                    Err(Error::NoHandler { pattern, addr: self.url.clone() })
+                } else {
+                    Ok(ReplyItem::Error(err))
+                };
+                (item, true)
+            }
+        };
+        if last {
+            self.finish(id, Some(item));
+        } else if let Some(call) = self.pending.lock().expect("pending lock").calls.get(&id) {
+            call.push(item, false);
+        }
+    }
+
+    fn finish(&self, id: u64, item: Option<Result<ReplyItem>>) {
+        let call = self.pending.lock().expect("pending lock").calls.remove(&id);
+        if let Some(call) = call {
+            match item {
+                Some(item) => call.push(item, true),
+                None => call.end(),
+            }
+        }
+    }
+}
+
+fn parse_id(raw: &str, prefix: u32) -> Option<u64> {
+    let hex = raw.strip_prefix('"')?.strip_suffix('"')?;
+    if hex.len() != 21 || u32::from_str_radix(&hex[..5], 16).ok()? != prefix {
+        return None;
+    }
+    u64::from_str_radix(&hex[5..], 16).ok()
+}
+
+async fn writer<W: AsyncWrite + Unpin>(mut w: W, mut rx: mpsc::Receiver<Vec<u8>>, conn: Arc<Conn>) {
+    let mut batch = Vec::with_capacity(64);
+    let mut buf = Vec::with_capacity(16 * 1024);
+    let mut closed = conn.close.subscribe();
+    loop {
+        let n = tokio::select! {
+            n = rx.recv_many(&mut batch, 256) => n,
+            _ = closed.wait_for(|&c| c) => 0,
+        };
+        if n == 0 || conn.is_closed() {
+            break;
+        }
+        for frame in batch.drain(..) {
+            buf.extend_from_slice(&frame);
+        }
+        if let Err(e) = w.write_all(&buf).await {
+            tracing::debug!(url = %conn.url, error = %e, "write failed");
+            conn.shut(|| Error::ConnectionClosed { addr: conn.url.clone() });
+            break;
+        }
+        buf.clear();
+    }
+    let _ = w.shutdown().await;
+}
+
+async fn reader<R: AsyncRead + Unpin>(mut r: R, conn: Arc<Conn>, slot: std::sync::Weak<Slot>, max_frame_len: usize) {
+    let mut decoder = FrameDecoder::new(max_frame_len);
+    let mut buf = BytesMut::with_capacity(16 * 1024);
+    let mut closed = conn.close.subscribe();
+    let reason = loop {
+        if buf.capacity() - buf.len() < 4096 {
+            buf.reserve(16 * 1024);
+        }
+        let read = tokio::select! {
+            read = r.read_buf(&mut buf) => read,
+            _ = closed.wait_for(|&c| c) => break None,
+        };
+        match read {
+            Ok(0) => break Some("closed by the server".to_owned()),
+            Ok(_) => loop {
+                match decoder.decode(&mut buf) {
+                    Ok(Some(body)) => conn.deliver(&body),
+                    Ok(None) => break,
+                    Err(e) => {
+                        tracing::warn!(url = %conn.url, error = %e, "invalid frame from server; closing");
+                        conn.shut(|| Error::Protocol(format!("invalid frame from {}: {e}", conn.url)));
+                        return forget(&slot, &conn);
+                    }
+                }
+            },
+            Err(e) => break Some(e.to_string()),
+        }
+    };
+    if let Some(reason) = reason {
+        tracing::debug!(url = %conn.url, %reason, "connection lost");
+    }
+    conn.shut(|| Error::ConnectionClosed { addr: conn.url.clone() });
+    forget(&slot, &conn);
+}
+
+/// Clears the slot so the next call reconnects.
+fn forget(slot: &std::sync::Weak<Slot>, conn: &Arc<Conn>) {
+    if let Some(slot) = slot.upgrade() {
+        let mut current = slot.current.write().expect("slot lock");
+        if current.as_ref().is_some_and(|c| Arc::ptr_eq(c, conn)) {
+            *current = None;
+        }
+    }
+}
+
+/// The reply packets of one call, pushed by the reader task.
+#[derive(Default)]
+struct Call {
+    inner: Mutex<CallState>,
+}
+
+#[derive(Default)]
+struct CallState {
+    items: VecDeque<Result<ReplyItem>>,
+    done: bool,
+    waker: Option<Waker>,
+}
+
+impl Call {
+    fn push(&self, item: Result<ReplyItem>, last: bool) {
+        let mut s = self.inner.lock().expect("call lock");
+        if s.done {
+            return;
+        }
+        s.items.push_back(item);
+        s.done = last;
+        if let Some(w) = s.waker.take() {
+            w.wake();
+        }
+    }
+
+    fn end(&self) {
+        let mut s = self.inner.lock().expect("call lock");
+        s.done = true;
+        if let Some(w) = s.waker.take() {
+            w.wake();
+        }
+    }
+}
+
+/// The receiving end of a call; dropping it (a timeout, a cancelled caller) forgets the id.
+struct CallRx {
+    call: Arc<Call>,
+    conn: Arc<Conn>,
+    id: u64,
+}
+
+impl Stream for CallRx {
+    type Item = Result<ReplyItem>;
+    fn poll_next(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Option<Self::Item>> {
+        let mut s = self.call.inner.lock().expect("call lock");
+        if let Some(item) = s.items.pop_front() {
+            return Poll::Ready(Some(item));
+        }
+        if s.done {
+            return Poll::Ready(None);
+        }
+        s.waker = Some(cx.waker().clone());
+        Poll::Pending
+    }
+}
+
+impl Drop for CallRx {
+    fn drop(&mut self) {
+        if let Ok(mut pending) = self.conn.pending.lock() {
+            pending.calls.remove(&self.id);
+        }
+    }
+}

@@ -1,0 +1,121 @@
+//! NestJS's TCP transport (`tcp://host:port`, and `tls://host:port` with the `tls` feature).
+//!
+//! Byte-compatible with `@nestjs/microservices` 10–12: `<len>#<json>` frames with the
+//! length in UTF-16 units, NestJS's packets and reply shapes (nestjs-wire.md §1).
+//!
+//! URL query parameters:
+//! - both ends: `max_frame_len` (UTF-16 units, default 64 Mi);
+//! - server: `max_in_flight` (per connection, default 256), `incomplete_timeout_ms`
+//!   (a peer silent mid-frame is dropped, default 30000);
+//! - client: `pool` (connections, default 2), `connect_timeout_ms` (default 5000);
+//! - `tls://` server: `cert`, `key` (PEM files); client: `ca` (PEM file), `server_name`.
+
+use std::time::Duration;
+
+use futures_util::future::{BoxFuture, FutureExt};
+use tokio::net::TcpStream;
+
+use super::{ClientOptions, Dispatcher, Endpoint, Listener, Shutdown};
+use crate::error::{Error, Result};
+
+mod client;
+pub mod frame;
+mod server;
+#[cfg(feature = "tls")]
+mod tls;
+
+pub use client::TcpClient;
+
+/// Default cap on a frame, in UTF-16 units.
+pub const DEFAULT_MAX_FRAME_LEN: usize = 64 * 1024 * 1024;
+/// Default cap on requests being handled at once on one server connection.
+pub const DEFAULT_MAX_IN_FLIGHT: usize = 256;
+/// Default time a peer may stay silent in the middle of a frame (NestJS 11.2.5+'s default).
+pub const DEFAULT_INCOMPLETE_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Debug, Clone)]
+pub(crate) struct ServerOptions {
+    pub max_frame_len: usize,
+    pub max_in_flight: usize,
+    pub incomplete_timeout: Duration,
+}
+
+/// The server side of the TCP transport, bound to its address.
+pub struct TcpListener {
+    listener: tokio::net::TcpListener,
+    scheme: &'static str,
+    opts: ServerOptions,
+    #[cfg(feature = "tls")]
+    tls: Option<tokio_rustls::TlsAcceptor>,
+}
+
+impl std::fmt::Debug for TcpListener {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.local_url())
+    }
+}
+
+impl TcpListener {
+    /// Binds `tcp://host:port` (port 0 picks a free one).
+    pub async fn bind(ep: &Endpoint) -> Result<Self> {
+        let tls_params: &[&str] = if ep.scheme == "tls" { &["cert", "key"] } else { &[] };
+        let mut known = vec!["max_frame_len", "max_in_flight", "incomplete_timeout_ms"];
+        known.extend_from_slice(tls_params);
+        ep.only_params(&known)?;
+        let opts = ServerOptions {
+            max_frame_len: ep.param_as("max_frame_len")?.unwrap_or(DEFAULT_MAX_FRAME_LEN),
+            max_in_flight: ep.param_as::<usize>("max_in_flight")?.unwrap_or(DEFAULT_MAX_IN_FLIGHT).max(1),
+            incomplete_timeout: ep
+                .param_as("incomplete_timeout_ms")?
+                .map(Duration::from_millis)
+                .unwrap_or(DEFAULT_INCOMPLETE_TIMEOUT),
+        };
+        #[cfg(feature = "tls")]
+        let tls = if ep.scheme == "tls" { Some(tls::acceptor(ep)?) } else { None };
+        let listener = tokio::net::TcpListener::bind(&ep.authority)
+            .await
+            .map_err(|e| Error::io(format!("cannot listen on {}", ep.as_str()), e))?;
+        Ok(TcpListener {
+            listener,
+            scheme: if ep.scheme == "tls" { "tls" } else { "tcp" },
+            opts,
+            #[cfg(feature = "tls")]
+            tls,
+        })
+    }
+}
+
+impl Listener for TcpListener {
+    fn local_url(&self) -> String {
+        match self.listener.local_addr() {
+            Ok(addr) => format!("{}://{addr}", self.scheme),
+            Err(_) => format!("{}://?", self.scheme),
+        }
+    }
+
+    fn serve(self: Box<Self>, dispatcher: Dispatcher, shutdown: Shutdown) -> BoxFuture<'static, Result<()>> {
+        server::serve(*self, dispatcher, shutdown).boxed()
+    }
+}
+
+/// Connects a TCP socket the way both ends want it: no Nagle delay.
+async fn connect_socket(addr: &str, timeout: Duration) -> std::io::Result<TcpStream> {
+    let stream = tokio::time::timeout(timeout, TcpStream::connect(addr))
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, format!("no answer within {timeout:?}")))??;
+    stream.set_nodelay(true)?;
+    Ok(stream)
+}
+
+pub(crate) fn client_options(ep: &Endpoint, defaults: &ClientOptions) -> Result<ClientOptions> {
+    let mut known = vec!["max_frame_len", "pool", "connect_timeout_ms"];
+    if ep.scheme == "tls" {
+        known.extend_from_slice(&["ca", "server_name"]);
+    }
+    ep.only_params(&known)?;
+    Ok(ClientOptions {
+        pool_size: ep.param_as::<usize>("pool")?.unwrap_or(defaults.pool_size).max(1),
+        connect_timeout: ep.param_as("connect_timeout_ms")?.map(Duration::from_millis).unwrap_or(defaults.connect_timeout),
+        max_frame_len: ep.param_as("max_frame_len")?.unwrap_or(defaults.max_frame_len),
+    })
+}

@@ -1,0 +1,277 @@
+//! The TCP server: accepts connections and runs one task per connection that reads frames,
+//! dispatches them, and writes replies, batching writes and bounding in-flight work.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context as TaskContext, Poll};
+
+use bytes::{Bytes, BytesMut};
+use futures_util::FutureExt;
+use futures_util::stream::{BoxStream, SelectAll, Stream, StreamExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+use super::frame::{FrameDecoder, encode_frame};
+use super::{ServerOptions, TcpListener};
+use crate::codec::{Outgoing, Packet, PacketError};
+use crate::dispatch::{Dispatched, Dispatcher, Incoming};
+use crate::error::{Result, RpcError};
+use crate::handler::{Reply, ReplyItem};
+use crate::transport::Shutdown;
+
+pub(super) async fn serve(l: TcpListener, dispatcher: Dispatcher, mut shutdown: Shutdown) -> Result<()> {
+    let mut conns = JoinSet::new();
+    loop {
+        tokio::select! {
+            _ = shutdown.wait() => break,
+            accepted = l.listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    let _ = stream.set_nodelay(true);
+                    let (dispatcher, opts, shutdown) = (dispatcher.clone(), l.opts.clone(), shutdown.clone());
+                    #[cfg(feature = "tls")]
+                    if let Some(acceptor) = l.tls.clone() {
+                        conns.spawn(async move {
+                            match tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(stream)).await {
+                                Ok(Ok(tls)) => {
+                                    let (r, w) = tokio::io::split(tls);
+                                    connection(r, w, peer, dispatcher, opts, shutdown).await
+                                }
+                                Ok(Err(e)) => tracing::warn!(%peer, error = %e, "TLS handshake failed"),
+                                Err(_) => tracing::warn!(%peer, "TLS handshake timed out"),
+                            }
+                        });
+                        continue;
+                    }
+                    let (r, w) = stream.into_split();
+                    conns.spawn(connection(r, w, peer, dispatcher, opts, shutdown));
+                }
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::error!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+            },
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+        }
+    }
+    // Stop accepting; each connection stops reading, finishes its in-flight requests, and closes.
+    drop(l);
+    while conns.join_next().await.is_some() {}
+    Ok(())
+}
+
+/// One step of a reply, ready to encode.
+enum Step {
+    Value { json: Bytes, last: bool },
+    Done,
+    Error(RpcError),
+}
+
+/// A request's reply as a stream of steps, with completion merged into the last value when
+/// it follows at once, as NestJS does (`{"response":3,"isDisposed":true,…}`).
+struct InFlight {
+    id: Bytes,
+    reply: Reply,
+    held: Option<Bytes>,
+    error: Option<RpcError>,
+    done: bool,
+}
+
+impl Stream for InFlight {
+    type Item = (Bytes, Step);
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        if let Some(err) = this.error.take() {
+            this.done = true;
+            return Poll::Ready(Some((this.id.clone(), Step::Error(err))));
+        }
+        if this.done {
+            return Poll::Ready(None);
+        }
+        loop {
+            match this.reply.poll_next_unpin(cx) {
+                Poll::Ready(Some(ReplyItem::Value(v))) => {
+                    if let Some(prev) = this.held.replace(v) {
+                        return Poll::Ready(Some((this.id.clone(), Step::Value { json: prev, last: false })));
+                    }
+                }
+                Poll::Ready(Some(ReplyItem::Error(err))) => match this.held.take() {
+                    Some(prev) => {
+                        this.error = Some(err);
+                        return Poll::Ready(Some((this.id.clone(), Step::Value { json: prev, last: false })));
+                    }
+                    None => {
+                        this.done = true;
+                        return Poll::Ready(Some((this.id.clone(), Step::Error(err))));
+                    }
+                },
+                Poll::Ready(None) => {
+                    this.done = true;
+                    let step = match this.held.take() {
+                        Some(json) => Step::Value { json, last: true },
+                        None => Step::Done,
+                    };
+                    return Poll::Ready(Some((this.id.clone(), step)));
+                }
+                Poll::Pending => {
+                    return match this.held.take() {
+                        Some(json) => Poll::Ready(Some((this.id.clone(), Step::Value { json, last: false }))),
+                        None => Poll::Pending,
+                    };
+                }
+            }
+        }
+    }
+}
+
+/// Why a connection is being closed by us.
+#[derive(Debug, thiserror::Error)]
+enum Close {
+    #[error(transparent)]
+    Frame(#[from] super::frame::FrameError),
+    #[error("could not parse JSON: {0}")]
+    Json(serde_json::Error),
+}
+
+struct Conn {
+    peer: SocketAddr,
+    dispatcher: Dispatcher,
+    opts: ServerOptions,
+    decoder: FrameDecoder,
+    rbuf: BytesMut,
+    wbuf: Vec<u8>,
+    scratch: Vec<u8>,
+    inflight: SelectAll<BoxStream<'static, (Bytes, Step)>>,
+}
+
+async fn connection<R, W>(
+    mut rd: R,
+    mut wr: W,
+    peer: SocketAddr,
+    dispatcher: Dispatcher,
+    opts: ServerOptions,
+    mut shutdown: Shutdown,
+) where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    tracing::debug!(%peer, "connection opened");
+    let mut c = Conn {
+        peer,
+        dispatcher,
+        decoder: FrameDecoder::new(opts.max_frame_len),
+        opts,
+        rbuf: BytesMut::with_capacity(16 * 1024),
+        wbuf: Vec::with_capacity(16 * 1024),
+        scratch: Vec::with_capacity(1024),
+        inflight: SelectAll::new(),
+    };
+    let mut reading = !shutdown.is_down();
+    let silence = tokio::time::sleep(c.opts.incomplete_timeout);
+    tokio::pin!(silence);
+    loop {
+        if !c.wbuf.is_empty() {
+            // While the peer does not read, we neither read nor poll handlers: backpressure.
+            if let Err(e) = wr.write_all(&c.wbuf).await {
+                tracing::debug!(%peer, error = %e, "write failed; closing");
+                return;
+            }
+            c.wbuf.clear();
+        }
+        if !reading && c.inflight.is_empty() {
+            break;
+        }
+        let can_read = reading && c.inflight.len() < c.opts.max_in_flight;
+        let mid_frame = c.decoder.is_mid_frame(&c.rbuf);
+        if c.rbuf.capacity() - c.rbuf.len() < 4096 {
+            c.rbuf.reserve(16 * 1024);
+        }
+        tokio::select! {
+            biased;
+            Some((id, step)) = c.inflight.next(), if !c.inflight.is_empty() => {
+                c.encode(&id, step);
+                while let Some(Some((id, step))) = c.inflight.next().now_or_never() {
+                    c.encode(&id, step);
+                }
+            }
+            read = rd.read_buf(&mut c.rbuf), if can_read => match read {
+                Ok(0) => reading = false,
+                Ok(_) => {
+                    if let Err(e) = c.frames() {
+                        tracing::warn!(%peer, error = %e, "invalid data received; closing the connection");
+                        break;
+                    }
+                    silence.as_mut().reset(Instant::now() + c.opts.incomplete_timeout);
+                }
+                Err(e) => {
+                    tracing::debug!(%peer, error = %e, "read failed; closing");
+                    return;
+                }
+            },
+            _ = &mut silence, if can_read && mid_frame => {
+                tracing::warn!(%peer, timeout = ?c.opts.incomplete_timeout, "peer went silent in the middle of a frame; closing");
+                break;
+            }
+            _ = shutdown.wait(), if reading => reading = false,
+        }
+    }
+    if !c.wbuf.is_empty() {
+        let _ = wr.write_all(&c.wbuf).await;
+    }
+    let _ = wr.shutdown().await;
+    tracing::debug!(%peer, "connection closed");
+}
+
+impl Conn {
+    /// Handles every complete frame in the read buffer.
+    fn frames(&mut self) -> std::result::Result<(), Close> {
+        while let Some(body) = self.decoder.decode(&mut self.rbuf)? {
+            let packet = match Packet::parse(&body) {
+                Ok(p) => p,
+                Err(PacketError::NotAnObject) => {
+                    tracing::warn!(peer = %self.peer, "There is no matching event handler defined in the remote service. Event pattern: undefined");
+                    continue;
+                }
+                Err(PacketError::InvalidJson(e)) => return Err(Close::Json(e)),
+            };
+            if packet.pattern.is_none() && packet.data.is_none() {
+                // NestJS reads such a packet as an event with no pattern: nothing handles it.
+                continue;
+            }
+            let id = packet.id.map(|id| body.slice(Packet::range_in(&body, id)));
+            let outcome = self.dispatcher.dispatch(Incoming {
+                pattern: packet.pattern.map_or("undefined", |p| p.get()),
+                buf: body.clone(),
+                data: packet.data.map(|d| Packet::range_in(&body, d)),
+                id: packet.id.map(|id| id.get()),
+                metadata: packet.metadata_map(),
+                transport: "tcp",
+            });
+            match (outcome, id) {
+                (Dispatched::Reply(reply), Some(id)) => {
+                    self.inflight.push(InFlight { id, reply, held: None, error: None, done: false }.boxed())
+                }
+                (Dispatched::NoHandler { .. }, Some(id)) => self.write(&id, Outgoing::NoHandler),
+                (Dispatched::Event(run), _) => self.inflight.push(run.into_stream().filter_map(|()| async { None }).boxed()),
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    fn encode(&mut self, id: &[u8], step: Step) {
+        match step {
+            Step::Value { json, last } => self.write(id, Outgoing::Value { json: &json, last }),
+            Step::Done => self.write(id, Outgoing::Done),
+            Step::Error(err) => self.write(id, Outgoing::Error(&err)),
+        }
+    }
+
+    fn write(&mut self, id: &[u8], what: Outgoing<'_>) {
+        self.scratch.clear();
+        crate::codec::encode_reply(&mut self.scratch, id, what);
+        encode_frame(&mut self.wbuf, &self.scratch);
+    }
+}

@@ -1,0 +1,100 @@
+// NestJS ClientProxy (TCP) driven by a JSON script, used as the peer in Switchboard's interop tests.
+// Usage: node tests/nestjs/client.mjs --nest 11|12 --port N [--host 127.0.0.1] < ops.json
+// Reads one JSON array of operations from stdin and prints one JSON array of results
+// (one per operation) on stdout. Logs go to stderr. Exit code 2 = bad usage or bad script.
+import { createRequire } from 'node:module';
+import { pathToFileURL } from 'node:url';
+import { parseArgs } from 'node:util';
+
+function usage(msg) {
+  process.stderr.write(`${msg}\nusage: node client.mjs --nest 11|12 --port N [--host 127.0.0.1] < ops.json\n`);
+  process.exit(2);
+}
+
+let args;
+try {
+  args = parseArgs({
+    options: { nest: { type: 'string' }, port: { type: 'string' }, host: { type: 'string', default: '127.0.0.1' } },
+  }).values;
+} catch (e) {
+  usage(e.message);
+}
+if (!['11', '12'].includes(args.nest)) usage('--nest must be 11 or 12');
+if (!/^\d+$/.test(args.port ?? '') || Number(args.port) > 65535) usage('--port must be 0..65535');
+
+const REQUIRED = {
+  send: ['pattern', 'data'],
+  emit: ['pattern', 'data'],
+  send_many: ['pattern', 'data_list'],
+  sleep: ['ms'],
+  set_metadata: ['metadata'],
+};
+let ops;
+try {
+  let text = '';
+  for await (const chunk of process.stdin) text += chunk;
+  ops = JSON.parse(text);
+} catch (e) {
+  usage(`stdin is not JSON: ${e.message}`);
+}
+if (!Array.isArray(ops)) usage('stdin must be a JSON array of operations');
+ops.forEach((op, i) => {
+  const missing = REQUIRED[op?.op]?.filter((k) => !(k in op));
+  if (!missing) usage(`op #${i}: unknown op ${JSON.stringify(op?.op)}`);
+  if (missing.length) usage(`op #${i} (${op.op}): missing ${missing.join(', ')}`);
+});
+
+// Load NestJS from tests/nestjs/v<N>/node_modules (see server.mjs for why rxjs is require()d).
+const require = createRequire(new URL(`./v${args.nest}/package.json`, import.meta.url));
+const load = async (name) =>
+  args.nest === '11' ? require(name) : import(pathToFileURL(require.resolve(name)).href);
+require('reflect-metadata');
+const { Logger } = await load('@nestjs/common');
+const { ClientProxyFactory, Transport } = await load('@nestjs/microservices');
+const { lastValueFrom, toArray, timeout } = require('rxjs');
+
+// Nest's default logger writes info lines to stdout; stdout is reserved for the results.
+const toStderr = (level) => (...m) => process.stderr.write(`[nest ${level}] ${m.filter((x) => x !== undefined).map(String).join(' ')}\n`);
+Logger.overrideLogger(Object.fromEntries(['log', 'error', 'warn', 'debug', 'verbose', 'fatal'].map((l) => [l, toStderr(l)])));
+
+const client = ClientProxyFactory.create({
+  transport: Transport.TCP,
+  options: { host: args.host, port: Number(args.port) },
+});
+
+// A NestJS client errors with the server's `err` value as-is (object or string);
+// local failures (timeout, ECONNREFUSED, "Connection closed") are Error instances.
+const errValue = (e) => (e instanceof Error ? { error_message: e.message, name: e.name } : e);
+const collect = (pattern, data, ms = 5000) => lastValueFrom(client.send(pattern, data).pipe(toArray(), timeout(ms)));
+
+async function run(op) {
+  switch (op.op) {
+    case 'send':
+      return { ok: await collect(op.pattern, op.data, op.timeout_ms) };
+    case 'emit':
+      // emit() is hot and completes without a value once the frame is written.
+      await lastValueFrom(client.emit(op.pattern, op.data), { defaultValue: null });
+      return { ok: true };
+    case 'send_many':
+      return { ok: await Promise.all(op.data_list.map((d) => collect(op.pattern, d, op.timeout_ms ?? 10000))) };
+    case 'sleep':
+      await new Promise((resolve) => setTimeout(resolve, op.ms));
+      return { ok: true };
+    case 'set_metadata':
+      // v12 only: the hook sees every outgoing packet; null removes it.
+      if (typeof client.setOnDispatchHook !== 'function') return { err: 'unsupported' };
+      client.setOnDispatchHook(op.metadata === null ? undefined : (packet) => { packet.metadata = op.metadata; });
+      return { ok: true };
+  }
+}
+
+const results = [];
+for (const op of ops) {
+  try {
+    results.push(await run(op));
+  } catch (e) {
+    results.push({ err: errValue(e) });
+  }
+}
+await client.close();
+process.stdout.write(`${JSON.stringify(results)}\n`, () => process.exit(0));

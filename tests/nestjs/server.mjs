@@ -1,0 +1,121 @@
+// NestJS TCP microservice used as the peer in Switchboard's interop tests.
+// Usage: node tests/nestjs/server.mjs --nest 11|12 --port N [--host 127.0.0.1]
+// Prints exactly one line "READY <port>" on stdout once listening (--port 0 picks
+// a free port and reports it); everything else goes to stderr.
+import { createRequire } from 'node:module';
+import { pathToFileURL } from 'node:url';
+import { parseArgs } from 'node:util';
+
+function usage(msg) {
+  process.stderr.write(`${msg}\nusage: node server.mjs --nest 11|12 --port N [--host 127.0.0.1]\n`);
+  process.exit(2);
+}
+
+let args;
+try {
+  args = parseArgs({
+    options: { nest: { type: 'string' }, port: { type: 'string' }, host: { type: 'string', default: '127.0.0.1' } },
+  }).values;
+} catch (e) {
+  usage(e.message);
+}
+if (!['11', '12'].includes(args.nest)) usage('--nest must be 11 or 12');
+if (!/^\d+$/.test(args.port ?? '') || Number(args.port) > 65535) usage('--port must be 0..65535');
+
+// Load NestJS from tests/nestjs/v<N>/node_modules, whatever the cwd is.
+// v11 is CommonJS, v12 is ESM only. rxjs resolves to its CJS build under Node in
+// both cases (its "node" export condition), so require() yields the same copy Nest uses.
+const require = createRequire(new URL(`./v${args.nest}/package.json`, import.meta.url));
+const load = async (name) =>
+  args.nest === '11' ? require(name) : import(pathToFileURL(require.resolve(name)).href);
+require('reflect-metadata');
+const { Controller, Module } = await load('@nestjs/common');
+const { NestFactory } = await load('@nestjs/core');
+const { MessagePattern, EventPattern, Payload, Ctx, RpcException, Transport } = await load('@nestjs/microservices');
+const { of, interval, EMPTY, take } = require('rxjs');
+
+// Nest's default logger writes info lines to stdout; stdout is reserved for READY.
+const toStderr = (level) => (...m) => process.stderr.write(`[nest ${level}] ${m.filter((x) => x !== undefined).map(String).join(' ')}\n`);
+const logger = Object.fromEntries(['log', 'error', 'warn', 'debug', 'verbose', 'fatal'].map((l) => [l, toStderr(l)]));
+
+const eventsSeen = [];
+
+// Plain-JS stand-in for a decorated TypeScript class. Handlers get only the payload
+// unless their parameters are decorated (see `meta` below).
+class PeerController {
+  sum(data) { return data.reduce((a, b) => a + b, 0); }
+  echo(data) { return data; }
+  getUser(id) { return { id, name: 'John Doe', email: 'john@example.com' }; }
+  nested() { return 'nested-ok'; }
+  stream() { return of(1, 2, 3); }
+  slowStream() { return interval(50).pipe(take(3)); }
+  emptyStream() { return EMPTY; }
+  rpcString() { throw new RpcException('bad thing'); }
+  rpcObject() { throw new RpcException({ code: 42, message: 'custom msg', extra: true }); }
+  plainError() { throw new Error('boom'); }
+  voidRet() {}
+  nullRet() { return null; }
+  len(data) { return data.length; }
+  delay(ms) { return new Promise((resolve) => setTimeout(() => resolve(ms), ms)); }
+  evtA(data) { eventsSeen.push({ handler: 'a', data }); }
+  evtB(data) { eventsSeen.push({ handler: 'b', data }); }
+  eventsSeen() { return eventsSeen; }
+  // v12's TcpContext exposes the packet's optional `metadata`; v11 has no getMetadata.
+  meta(_data, ctx) { return ctx?.getMetadata?.() ?? null; }
+}
+
+const messages = {
+  sum: { cmd: 'sum' },
+  echo: 'echo',
+  getUser: { cmd: 'get_user' },
+  nested: { cmd: 'get', role: 'user', v: 2, nested: { b: 1, a: 'x' } },
+  stream: 'stream',
+  slowStream: 'slow_stream',
+  emptyStream: 'empty_stream',
+  rpcString: 'rpc_string',
+  rpcObject: 'rpc_object',
+  plainError: 'plain_error',
+  voidRet: 'void_ret',
+  nullRet: 'null_ret',
+  len: 'len',
+  delay: 'delay',
+  eventsSeen: 'events_seen',
+  meta: 'meta',
+};
+const decorate = (decorator, method) =>
+  decorator(PeerController.prototype, method, Object.getOwnPropertyDescriptor(PeerController.prototype, method));
+for (const [method, pattern] of Object.entries(messages)) decorate(MessagePattern(pattern), method);
+// Two listeners on one event pattern: Nest chains them, so both must run.
+decorate(EventPattern('evt'), 'evtA');
+decorate(EventPattern('evt'), 'evtB');
+// Without parameter decorators Nest passes the payload alone; `meta` needs @Payload() data, @Ctx() ctx.
+Payload()(PeerController.prototype, 'meta', 0);
+Ctx()(PeerController.prototype, 'meta', 1);
+Controller()(PeerController);
+
+class AppModule {}
+Module({ controllers: [PeerController] })(AppModule);
+
+const app = await NestFactory.createMicroservice(AppModule, {
+  transport: Transport.TCP,
+  options: { host: args.host, port: Number(args.port) },
+  logger,
+});
+await app.listen();
+process.stdout.write(`READY ${app.unwrap().address().port}\n`);
+
+let stopping = false;
+const stop = async (signal) => {
+  if (stopping) return;
+  stopping = true;
+  process.stderr.write(`[peer] ${signal}, closing\n`);
+  // ServerTCP.close() does not end open client sockets, so exit explicitly.
+  setTimeout(() => process.exit(0), 2000).unref();
+  try {
+    await app.close();
+  } finally {
+    process.exit(0);
+  }
+};
+process.on('SIGTERM', () => stop('SIGTERM'));
+process.on('SIGINT', () => stop('SIGINT'));
