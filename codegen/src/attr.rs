@@ -119,7 +119,15 @@ impl PatternArgs {
         };
 
         let starts_with_key = split_entry(first).is_some_and(|(key, _)| !is_crate_option(key));
-        let (value, options) = if starts_with_key {
+        let starts_with_option = split_entry(first).is_some_and(|(key, _)| is_crate_option(key));
+        let (value, options) = if starts_with_option {
+            errors.push(syn::Error::new(
+                first[0].span(),
+                "missing pattern before `crate = ...`: options may only follow a positional pattern, \
+                 as in `(\"math.add\", crate = path)` or `({ cmd = \"get_user\" }, crate = path)`",
+            ));
+            (None, &segments[..])
+        } else if starts_with_key {
             // A bare `k = v, ...` list: every piece is a key; there is no room for options.
             let span = first[0].span();
             let entries = segments.iter().filter_map(|seg| parse_entry(seg, true, &mut errors)).collect();
@@ -372,8 +380,8 @@ fn parse_value(seg: &[TokenTree], errors: &mut Errors) -> Option<PatValue> {
                 errors.push(syn::Error::new(
                     ident.span(),
                     format!(
-                        "`{ident}` is not a pattern value: expected {VALUE_FORMS}; constants \
-                         cannot be used because the route is computed at compile time"
+                        "`{ident}` is not a pattern value: the route is computed at compile time, \
+                         so constants cannot be used; write the value itself: {VALUE_FORMS}"
                     ),
                 ));
                 None
@@ -404,8 +412,8 @@ fn parse_value(seg: &[TokenTree], errors: &mut Errors) -> Option<PatValue> {
             errors.push(syn::Error::new_spanned(
                 tokens_of(seg),
                 format!(
-                    "unsupported pattern value: expected {VALUE_FORMS}; expressions cannot be used \
-                     because the route is computed at compile time"
+                    "unsupported pattern value: the route is computed at compile time, so \
+                     expressions cannot be used; write {VALUE_FORMS}"
                 ),
             ));
             None

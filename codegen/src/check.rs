@@ -6,7 +6,6 @@
 use std::collections::HashMap;
 
 use switchboard_pattern::{MAX_DEPTH, MAX_DEPTH_MARKER, MAX_KEYS, TOO_MANY_KEYS_MARKER};
-use syn::spanned::Spanned;
 use syn::visit::Visit;
 use syn::{FnArg, ItemFn, Type};
 
@@ -194,7 +193,7 @@ pub fn check_signature(kind: PatternKind, item: &ItemFn, handler: &HandlerSig) -
                  so it must own its data; use an owned type such as `String` for `&str`"
                     .to_owned()
             };
-            errors.push(syn::Error::new(r.and_token.span, msg));
+            errors.push(syn::Error::new_spanned(r, msg));
         }
     }
 
@@ -322,7 +321,7 @@ mod tests {
         let errors = pattern_errors(pairs(MAX_KEYS + 1));
         assert!(errors[0].starts_with("too many keys"), "{errors:?}");
         assert_eq!(PatternArgs::parse(pairs(MAX_KEYS + 1)).unwrap().route(), TOO_MANY_KEYS_MARKER);
-        let items = (0..=MAX_KEYS).map(|i| i as u32);
+        let items = (0..=MAX_KEYS).map(proc_macro2::Literal::usize_unsuffixed);
         assert!(pattern_errors(quote!(l = [#(#items),*]))[0].starts_with("too many items"));
     }
 

@@ -127,24 +127,33 @@ impl Client {
 
     /// Calls a request/response pattern and returns its reply (the last value, for
     /// multi-value replies).
-    pub async fn send<M: Message>(&self, pattern: M, payload: impl AsPayload<M::Request>) -> Result<M::Reply> {
+    pub async fn send<M>(&self, pattern: M, payload: impl AsPayload<M::Request>) -> Result<M::Reply>
+    where
+        M: Message<Request: Serialize, Reply: DeserializeOwned>,
+    {
         let out = self.outbound(Cow::Borrowed(pattern.pattern_json()), Cow::Borrowed(pattern.route()), payload.as_payload())?;
         self.call(out).await
     }
 
     /// Calls a request/response pattern and yields each value of its reply as it arrives.
     /// The call's deadline covers the whole stream.
-    pub async fn send_stream<M: Message>(
+    pub async fn send_stream<M>(
         &self,
         pattern: M,
         payload: impl AsPayload<M::Request>,
-    ) -> Result<impl Stream<Item = Result<M::Reply>> + Send + 'static> {
+    ) -> Result<impl Stream<Item = Result<M::Reply>> + Send + 'static>
+    where
+        M: Message<Request: Serialize, Reply: DeserializeOwned + Send + 'static>,
+    {
         let out = self.outbound(Cow::Borrowed(pattern.pattern_json()), Cow::Borrowed(pattern.route()), payload.as_payload())?;
         self.call_stream(out).await
     }
 
     /// Emits an event; resolves once the transport has accepted it.
-    pub async fn emit<E: Event>(&self, pattern: E, payload: impl AsPayload<E::Payload>) -> Result<()> {
+    pub async fn emit<E>(&self, pattern: E, payload: impl AsPayload<E::Payload>) -> Result<()>
+    where
+        E: Event<Payload: Serialize>,
+    {
         // NestJS's `emit` sends the route, not the pattern object.
         let route = pattern.route();
         let json = if pattern.pattern_json().starts_with('"') { Cow::Borrowed(pattern.pattern_json()) } else { Cow::Owned(json_string(route)) };
@@ -183,7 +192,7 @@ impl Client {
     }
 
     fn outbound<T: Serialize + ?Sized>(&self, pattern: Cow<'static, str>, route: Cow<'static, str>, payload: &T) -> Result<Outbound> {
-        let data = serde_json::to_vec(payload)
+        let data = crate::json::to_vec(payload)
             .map_err(|source| Error::Codec { context: format!("cannot encode the payload for pattern {route}"), source })?;
         Ok(Outbound { pattern, route, data: Bytes::from(data), metadata: self.metadata.clone() })
     }

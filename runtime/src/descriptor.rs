@@ -13,10 +13,12 @@ use serde::de::DeserializeOwned;
 
 /// A request/response pattern with its payload and reply types.
 pub trait Message: Copy + Send + Sync + 'static {
-    /// What the caller sends.
-    type Request: Serialize;
-    /// What the caller gets back (the last value for multi-value replies).
-    type Reply: DeserializeOwned + Send + 'static;
+    /// What the caller sends. (Calls require `Serialize`; a handler whose payload is not
+    /// serialisable can still be served, just not called with a typed client.)
+    type Request;
+    /// What the caller gets back, the last value for multi-value replies. (Calls require
+    /// `DeserializeOwned`.)
+    type Reply;
     /// The pattern as JSON, as written (what goes in the `"pattern"` field).
     fn pattern_json(&self) -> &'static str;
     /// The normalised route key.
@@ -25,8 +27,8 @@ pub trait Message: Copy + Send + Sync + 'static {
 
 /// A fire-and-forget pattern with its payload type.
 pub trait Event: Copy + Send + Sync + 'static {
-    /// What the emitter sends.
-    type Payload: Serialize;
+    /// What the emitter sends. (Emitting requires `Serialize`.)
+    type Payload;
     /// The pattern as JSON, as written.
     fn pattern_json(&self) -> &'static str;
     /// The normalised route key.

@@ -185,7 +185,7 @@ fn until_error(items: impl Stream<Item = ReplyItem> + Send + 'static) -> impl St
 }
 
 pub(crate) fn encode<T: Serialize + ?Sized>(value: &T) -> ReplyItem {
-    match serde_json::to_vec(value) {
+    match crate::json::to_vec(value) {
         Ok(v) => ReplyItem::Value(Bytes::from(v)),
         Err(e) => {
             tracing::error!(error = %e, "a handler's reply could not be serialised");

@@ -31,6 +31,7 @@ pub mod descriptor;
 pub mod dispatch;
 pub mod error;
 pub mod handler;
+mod json;
 pub mod registry;
 pub mod server;
 pub mod transport;
@@ -87,11 +88,46 @@ pub mod __private {
     }
 
     /// Spanned at the user's payload type.
-    pub fn assert_payload<T: DeserializeOwned>() {}
+    pub fn assert_payload<T: PayloadType>() {}
     /// Spanned at the user's return type.
-    pub fn assert_reply<T: Serialize>() {}
+    pub fn assert_reply<T: ReplyType>() {}
     /// Spanned at the user's error type.
-    pub fn assert_rpc_error<E: Into<RpcError>>() {}
+    pub fn assert_rpc_error<E>()
+    where
+        RpcError: ErrorType<E>,
+    {
+    }
+
+    // The three traits below are their bound and nothing more; they exist so that the
+    // compiler's first line tells a handler's author what is wrong in their terms.
+
+    /// `DeserializeOwned`, as a handler's payload.
+    #[diagnostic::on_unimplemented(
+        message = "`{Self}` cannot be a handler's payload: it does not implement `serde::Deserialize`",
+        label = "the payload is decoded from the message into this type",
+        note = "for a local type, add `#[derive(serde::Deserialize)]` to it"
+    )]
+    pub trait PayloadType: DeserializeOwned {}
+    impl<T: DeserializeOwned> PayloadType for T {}
+
+    /// `Serialize`, as a handler's reply.
+    #[diagnostic::on_unimplemented(
+        message = "`{Self}` cannot be a handler's reply: it does not implement `serde::Serialize`",
+        label = "the reply is encoded from this type",
+        note = "for a local type, add `#[derive(serde::Serialize)]` to it"
+    )]
+    pub trait ReplyType: Serialize {}
+    impl<T: Serialize + ?Sized> ReplyType for T {}
+
+    /// `E: Into<RpcError>`, as a handler's error. Implemented on `RpcError` so that the
+    /// compiler, whose failing bound is `RpcError: From<E>`, shows this message.
+    #[diagnostic::on_unimplemented(
+        message = "`{E}` cannot be a handler's error type: it does not convert into `RpcError`",
+        label = "errors are sent to the caller as `RpcError`",
+        note = "implement `From<{E}> for switchboard::RpcError`, or map the error with `.map_err(...)` inside the handler"
+    )]
+    pub trait ErrorType<E> {}
+    impl<E: Into<RpcError>> ErrorType<E> for RpcError {}
     /// Spanned at the user's function: its future must be `Send`.
     pub fn assert_send<T: Send>(_: &T) {}
 
@@ -102,5 +138,235 @@ pub mod __private {
         T: Send + 'static,
     {
         values.map(Ok)
+    }
+
+    // ---- Added for the attribute macros (switchboard-macros) ----
+
+    /// The error type of a fallible handler's return type, written or implied by an alias
+    /// (`RpcResult<T>`, `io::Result<T>`).
+    pub trait FallibleError {
+        /// The error type.
+        type Err;
+    }
+    impl<T, E> FallibleError for Result<T, E> {
+        type Err = E;
+    }
+
+    /// Spanned at the user's function: its future must be `Send` (and `'static`, which it
+    /// is when the arguments own their data).
+    pub fn assert_handler_future<F: std::future::Future + Send + 'static>(_: &F) {}
+
+    /// Spanned at an `impl Stream<Item = T>` return type: the stream must be `Send` and own
+    /// its data.
+    pub fn assert_stream<F>(_: &F)
+    where
+        F: std::future::Future,
+        F::Output: Stream + Send + 'static,
+        <F::Output as Stream>::Item: Send + 'static,
+    {
+    }
+
+    /// Autoref-specialised dispatch for the code the macros generate.
+    ///
+    /// Every property a handler needs (payload `Deserialize`, reply `Serialize`, future
+    /// `Send`, …) is asserted once by an `assert_*` call spanned at the user's token. If the
+    /// generated call sites required the same bounds, each mistake would be reported two or
+    /// three times, the extra copies pointing at the attribute. So the call sites go through
+    /// [`Probe`]: `(&Probe::<T>).method()` resolves to the real impl on `Probe<T>` when the
+    /// bounds hold, and otherwise to a fallback on `&Probe<T>` that type-checks without them.
+    /// A fallback is only ever chosen when an assertion fails, so it never runs; each
+    /// fallback's bounds are covered by the assertions named on it.
+    pub mod probe {
+        use std::future::Future;
+        use std::marker::PhantomData;
+
+        use futures_util::future::BoxFuture;
+        use futures_util::stream::Stream;
+        use serde::Serialize;
+        use serde::de::DeserializeOwned;
+
+        use crate::error::RpcError;
+        use crate::handler::{Inbound, Reply, ReplyStream};
+
+        const NEVER: &str = "switchboard: a handler check failed at compile time, yet the code was run";
+
+        /// A type to dispatch on.
+        pub struct Probe<T>(PhantomData<fn() -> T>);
+
+        /// The probe of a value's type.
+        pub fn of<T>(_: &T) -> Probe<T> {
+            Probe(PhantomData)
+        }
+
+        /// The probe of a future's output type.
+        pub fn output_of<F: Future>(_: &F) -> Probe<F::Output> {
+            Probe(PhantomData)
+        }
+
+        /// The probe of a named type.
+        pub fn ty<T>() -> Probe<T> {
+            Probe(PhantomData)
+        }
+
+        /// Decodes the payload (asserted by `assert_payload`).
+        pub trait Decode<T> {
+            /// Decodes the payload into `T`.
+            fn sb_decode(&self, inbound: &Inbound) -> Result<T, RpcError>;
+        }
+        impl<T: DeserializeOwned> Decode<T> for Probe<T> {
+            fn sb_decode(&self, inbound: &Inbound) -> Result<T, RpcError> {
+                inbound.decode()
+            }
+        }
+        /// Fallback of [`Decode`].
+        pub trait DecodeFallback<T> {
+            /// Never runs.
+            fn sb_decode(&self, inbound: &Inbound) -> Result<T, RpcError>;
+        }
+        impl<T> DecodeFallback<T> for &Probe<T> {
+            fn sb_decode(&self, _: &Inbound) -> Result<T, RpcError> {
+                unreachable!("{NEVER}")
+            }
+        }
+
+        /// Boxes the handler's future (asserted by `assert_handler_future`).
+        pub trait Boxed<F: Future> {
+            /// The future, boxed.
+            fn sb_boxed(&self, fut: F) -> BoxFuture<'static, F::Output>;
+        }
+        impl<F: Future + Send + 'static> Boxed<F> for Probe<F> {
+            fn sb_boxed(&self, fut: F) -> BoxFuture<'static, F::Output> {
+                Box::pin(fut)
+            }
+        }
+        /// Fallback of [`Boxed`].
+        pub trait BoxedFallback<F: Future> {
+            /// Never runs.
+            fn sb_boxed(&self, fut: F) -> BoxFuture<'static, F::Output>;
+        }
+        impl<F: Future> BoxedFallback<F> for &Probe<F> {
+            fn sb_boxed(&self, _: F) -> BoxFuture<'static, F::Output> {
+                unreachable!("{NEVER}")
+            }
+        }
+
+        /// A one-value reply (asserted by `assert_reply`).
+        pub trait ValueReply<T> {
+            /// The reply.
+            fn sb_value(&self, fut: BoxFuture<'static, T>) -> Reply;
+        }
+        impl<T: Serialize + 'static> ValueReply<T> for Probe<T> {
+            fn sb_value(&self, fut: BoxFuture<'static, T>) -> Reply {
+                Reply::from_value(fut)
+            }
+        }
+        /// Fallback of [`ValueReply`].
+        pub trait ValueReplyFallback<T> {
+            /// Never runs.
+            fn sb_value(&self, fut: BoxFuture<'static, T>) -> Reply;
+        }
+        impl<T> ValueReplyFallback<T> for &Probe<T> {
+            fn sb_value(&self, _: BoxFuture<'static, T>) -> Reply {
+                unreachable!("{NEVER}")
+            }
+        }
+
+        /// A fallible reply (asserted by `assert_reply` on the `Ok` type and
+        /// `assert_rpc_error` on the error type).
+        pub trait ResultReply<R> {
+            /// The reply.
+            fn sb_result(&self, fut: BoxFuture<'static, R>) -> Reply;
+        }
+        impl<T, E> ResultReply<Result<T, E>> for Probe<Result<T, E>>
+        where
+            T: Serialize + 'static,
+            E: Into<RpcError> + 'static,
+        {
+            fn sb_result(&self, fut: BoxFuture<'static, Result<T, E>>) -> Reply {
+                Reply::from_result(fut)
+            }
+        }
+        /// Fallback of [`ResultReply`].
+        pub trait ResultReplyFallback<R> {
+            /// Never runs.
+            fn sb_result(&self, fut: BoxFuture<'static, R>) -> Reply;
+        }
+        impl<R> ResultReplyFallback<R> for &Probe<R> {
+            fn sb_result(&self, _: BoxFuture<'static, R>) -> Reply {
+                unreachable!("{NEVER}")
+            }
+        }
+
+        /// A `ReplyStream<T>` reply (asserted by `assert_reply` on `T`).
+        pub trait ReplyStreamReply<R> {
+            /// The reply.
+            fn sb_reply_stream(&self, fut: BoxFuture<'static, R>) -> Reply;
+        }
+        impl<T: Serialize + 'static> ReplyStreamReply<ReplyStream<T>> for Probe<ReplyStream<T>> {
+            fn sb_reply_stream(&self, fut: BoxFuture<'static, ReplyStream<T>>) -> Reply {
+                Reply::from_stream(fut)
+            }
+        }
+        /// Fallback of [`ReplyStreamReply`].
+        pub trait ReplyStreamReplyFallback<R> {
+            /// Never runs.
+            fn sb_reply_stream(&self, fut: BoxFuture<'static, R>) -> Reply;
+        }
+        impl<R> ReplyStreamReplyFallback<R> for &Probe<R> {
+            fn sb_reply_stream(&self, _: BoxFuture<'static, R>) -> Reply {
+                unreachable!("{NEVER}")
+            }
+        }
+
+        /// An `impl Stream<Item = T>` reply (asserted by `assert_stream` and `assert_reply`).
+        pub trait StreamReply<S> {
+            /// The reply.
+            fn sb_stream(&self, fut: BoxFuture<'static, S>) -> Reply;
+        }
+        impl<S> StreamReply<S> for Probe<S>
+        where
+            S: Stream + Send + 'static,
+            S::Item: Serialize + Send + 'static,
+        {
+            fn sb_stream(&self, fut: BoxFuture<'static, S>) -> Reply {
+                Reply::from_stream(async move { super::ok_stream(fut.await) })
+            }
+        }
+        /// Fallback of [`StreamReply`].
+        pub trait StreamReplyFallback<S> {
+            /// Never runs.
+            fn sb_stream(&self, fut: BoxFuture<'static, S>) -> Reply;
+        }
+        impl<S> StreamReplyFallback<S> for &Probe<S> {
+            fn sb_stream(&self, _: BoxFuture<'static, S>) -> Reply {
+                unreachable!("{NEVER}")
+            }
+        }
+
+        /// An `impl Stream<Item = T>` as a `ReplyStream<T>`, for calling the handler directly
+        /// (asserted by `assert_stream`).
+        pub trait IntoReplyStream<S: Stream> {
+            /// The stream, boxed.
+            fn sb_into_reply_stream(&self, fut: BoxFuture<'static, S>) -> BoxFuture<'static, ReplyStream<S::Item>>;
+        }
+        impl<S> IntoReplyStream<S> for Probe<S>
+        where
+            S: Stream + Send + 'static,
+            S::Item: Send + 'static,
+        {
+            fn sb_into_reply_stream(&self, fut: BoxFuture<'static, S>) -> BoxFuture<'static, ReplyStream<S::Item>> {
+                Box::pin(async move { ReplyStream::from_stream(fut.await) })
+            }
+        }
+        /// Fallback of [`IntoReplyStream`].
+        pub trait IntoReplyStreamFallback<S: Stream> {
+            /// Never runs.
+            fn sb_into_reply_stream(&self, fut: BoxFuture<'static, S>) -> BoxFuture<'static, ReplyStream<S::Item>>;
+        }
+        impl<S: Stream> IntoReplyStreamFallback<S> for &Probe<S> {
+            fn sb_into_reply_stream(&self, _: BoxFuture<'static, S>) -> BoxFuture<'static, ReplyStream<S::Item>> {
+                unreachable!("{NEVER}")
+            }
+        }
     }
 }

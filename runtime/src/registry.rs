@@ -108,7 +108,8 @@ impl Registry {
         if self.entries.is_empty() {
             return Err(Error::Registry(
                 "no handlers to serve: mark async fns with #[message_pattern] or #[event_pattern] \
-                 and make sure the crate that defines them is linked into this binary"
+                 (handlers from a library crate are linked only when the binary uses them: add those \
+                 with `.handler(f)`)"
                     .into(),
             ));
         }

@@ -1,0 +1,384 @@
+//! The load generator: C connections, each keeping D NestJS requests in flight.
+//!
+//! Closed loop: every reply is checked and immediately replaced by a new request on the
+//! same connection, so exactly D requests are outstanding per connection at all times.
+//!
+//! Kept cheap because it shares the two cores with the server under test:
+//! - one thread (a current-thread tokio runtime), one task per connection, no channels,
+//!   no split socket: each task reads a batch of replies, checks them, appends the
+//!   replacement requests to one buffer and writes it with one `write_all`;
+//! - no per-request allocation: requests are written straight into the buffer, request ids
+//!   encode the slot they occupy (no hash map), replies are parsed with borrowed fields;
+//! - timestamps per batch: the replies of one read share one receive time, the requests of
+//!   one write one send time (both taken right next to the syscall).
+//!
+//! The same driver, with the same code path, measures both servers.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail, ensure};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::task::JoinSet;
+
+use crate::frame::{next_frame, put_frame, put_int};
+
+/// How long, after the measured window, outstanding replies may take before it is an error.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The load to apply.
+#[derive(Debug, Clone, Copy)]
+pub struct Load {
+    pub connections: usize,
+    pub in_flight: usize,
+    pub warmup: Duration,
+    pub duration: Duration,
+    /// Seeds the a,b values (different per run so no two runs send identical bytes).
+    pub seed: u64,
+}
+
+/// The outcome of one measurement.
+#[derive(Debug, Clone)]
+pub struct Measurement {
+    /// Replies received inside the measured window.
+    pub completed: u64,
+    /// The measured window.
+    pub window: Duration,
+    /// Latencies (ns) of requests sent and answered inside the window, sorted.
+    pub latencies_ns: Vec<u32>,
+    /// CPU time the server process used during the window.
+    pub server_cpu: Option<Duration>,
+    /// CPU time this (driver) process used during the window.
+    pub driver_cpu: Option<Duration>,
+}
+
+impl Measurement {
+    pub fn req_per_sec(&self) -> f64 {
+        self.completed as f64 / self.window.as_secs_f64()
+    }
+
+    /// The q-quantile latency in µs (nearest rank).
+    pub fn quantile_us(&self, q: f64) -> f64 {
+        if self.latencies_ns.is_empty() {
+            return f64::NAN;
+        }
+        let rank = ((q * self.latencies_ns.len() as f64).ceil() as usize).clamp(1, self.latencies_ns.len());
+        f64::from(self.latencies_ns[rank - 1]) / 1000.0
+    }
+
+    /// Server CPU per request, in µs.
+    pub fn server_cpu_us_per_req(&self) -> Option<f64> {
+        self.server_cpu.map(|c| c.as_secs_f64() * 1e6 / self.completed.max(1) as f64)
+    }
+
+    /// Share of one core the driver used during the window.
+    pub fn driver_cores(&self) -> Option<f64> {
+        self.driver_cpu.map(|c| c.as_secs_f64() / self.window.as_secs_f64())
+    }
+
+    /// Share of cores the server used during the window.
+    pub fn server_cores(&self) -> Option<f64> {
+        self.server_cpu.map(|c| c.as_secs_f64() / self.window.as_secs_f64())
+    }
+}
+
+/// When the warm-up ends and the measured window ends.
+#[derive(Debug, Clone, Copy)]
+struct Times {
+    warm_end: Instant,
+    end: Instant,
+}
+
+/// Applies `load` to the server at `port` (process `server_pid`), on a single-threaded
+/// runtime of its own. Any wrong, missing or unexpected reply is an error.
+pub fn run(port: u16, server_pid: u32, load: Load) -> anyhow::Result<Measurement> {
+    ensure!(load.connections >= 1 && load.connections <= 0xFFFF, "connections must be 1..=65535");
+    ensure!(load.in_flight >= 1 && load.in_flight <= 0xFFFF, "in-flight must be 1..=65535");
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    rt.block_on(async move {
+        // Connect everything first, so connection set-up is not part of the run.
+        let mut streams = Vec::with_capacity(load.connections);
+        for _ in 0..load.connections {
+            let stream = TcpStream::connect(("127.0.0.1", port)).await.with_context(|| format!("connect to 127.0.0.1:{port}"))?;
+            stream.set_nodelay(true)?;
+            streams.push(stream);
+        }
+        let start = Instant::now();
+        let times = Times { warm_end: start + load.warmup, end: start + load.warmup + load.duration };
+        let mut tasks = JoinSet::new();
+        for (i, stream) in streams.into_iter().enumerate() {
+            let seed = load.seed ^ (i as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            tasks.spawn(connection(i as u16, stream, load.in_flight, times, seed));
+        }
+        // CPU accounting over exactly the measured window.
+        let cpu = tokio::spawn(async move {
+            tokio::time::sleep_until(times.warm_end.into()).await;
+            let before = (cpu_time(server_pid), cpu_time(std::process::id()));
+            tokio::time::sleep_until(times.end.into()).await;
+            let after = (cpu_time(server_pid), cpu_time(std::process::id()));
+            let diff = |a: Option<Duration>, b: Option<Duration>| Some(b?.saturating_sub(a?));
+            (diff(before.0, after.0), diff(before.1, after.1))
+        });
+        let mut completed = 0;
+        let mut latencies = Vec::new();
+        while let Some(done) = tasks.join_next().await {
+            let conn = done.context("a driver task panicked")??;
+            completed += conn.completed;
+            latencies.extend_from_slice(&conn.latencies_ns);
+        }
+        let (server_cpu, driver_cpu) = cpu.await?;
+        latencies.sort_unstable();
+        Ok(Measurement { completed, window: load.duration, latencies_ns: latencies, server_cpu, driver_cpu })
+    })
+}
+
+struct ConnResult {
+    completed: u64,
+    latencies_ns: Vec<u32>,
+}
+
+/// One outstanding request.
+#[derive(Clone, Copy)]
+struct Slot {
+    seq: u64,
+    expect: i64,
+    sent: Instant,
+    busy: bool,
+}
+
+/// The per-connection closed loop.
+async fn connection(conn: u16, mut stream: TcpStream, depth: usize, times: Times, seed: u64) -> anyhow::Result<ConnResult> {
+    let now = Instant::now();
+    let mut slots = vec![Slot { seq: 0, expect: 0, sent: now, busy: false }; depth];
+    let mut reqs = Gen { rng: seed | 1, seq: 0, body: Vec::with_capacity(128) };
+    let mut rbuf: Vec<u8> = Vec::with_capacity(64 * 1024);
+    let mut wbuf: Vec<u8> = Vec::with_capacity(16 * 1024);
+    let mut reissued: Vec<usize> = Vec::with_capacity(depth);
+    let mut result = ConnResult { completed: 0, latencies_ns: Vec::with_capacity(1 << 16) };
+
+    for (i, slot) in slots.iter_mut().enumerate() {
+        reqs.request(conn, i, slot, &mut wbuf);
+    }
+    let sent = Instant::now();
+    slots.iter_mut().for_each(|s| s.sent = sent);
+    stream.write_all(&wbuf).await.context("write requests")?;
+    wbuf.clear();
+    let mut outstanding = depth;
+
+    let deadline = tokio::time::sleep_until((times.end + DRAIN_TIMEOUT).into());
+    tokio::pin!(deadline);
+    while outstanding > 0 {
+        if rbuf.capacity() - rbuf.len() < 4096 {
+            rbuf.reserve(64 * 1024);
+        }
+        let read = tokio::select! {
+            biased;
+            read = stream.read_buf(&mut rbuf) => read.context("read replies")?,
+            () = &mut deadline => bail!(
+                "connection {conn}: {outstanding} replies still missing {DRAIN_TIMEOUT:?} after the end of the run"
+            ),
+        };
+        if read == 0 {
+            bail!("connection {conn}: the server closed the connection with {outstanding} requests unanswered");
+        }
+        let now = Instant::now();
+        let in_window = now >= times.warm_end && now < times.end;
+        let stopping = now >= times.end;
+        let mut used = 0;
+        while let Some((range, len)) = next_frame(&rbuf[used..]).with_context(|| format!("connection {conn}: bad reply framing"))? {
+            let body = &rbuf[used + range.start..used + range.end];
+            let i = check_reply(conn, body, &mut slots)?;
+            outstanding -= 1;
+            if in_window {
+                result.completed += 1;
+                if slots[i].sent >= times.warm_end {
+                    let ns = now.duration_since(slots[i].sent).as_nanos();
+                    result.latencies_ns.push(u32::try_from(ns).unwrap_or(u32::MAX));
+                }
+            }
+            if !stopping {
+                reqs.request(conn, i, &mut slots[i], &mut wbuf);
+                reissued.push(i);
+                outstanding += 1;
+            }
+            used += len;
+        }
+        rbuf.drain(..used);
+        if !wbuf.is_empty() {
+            let sent = Instant::now();
+            for i in reissued.drain(..) {
+                slots[i].sent = sent;
+            }
+            stream.write_all(&wbuf).await.context("write requests")?;
+            wbuf.clear();
+        }
+    }
+    Ok(result)
+}
+
+/// Writes requests: unique ids, varying operands.
+struct Gen {
+    rng: u64,
+    seq: u64,
+    body: Vec<u8>,
+}
+
+impl Gen {
+    /// Appends a fresh framed request for slot `i` to `out` and records what to expect.
+    fn request(&mut self, conn: u16, i: usize, slot: &mut Slot, out: &mut Vec<u8>) {
+        let a = self.operand();
+        let b = self.operand();
+        self.seq += 1;
+        *slot = Slot { seq: self.seq, expect: a + b, sent: slot.sent, busy: true };
+        let body = &mut self.body;
+        body.clear();
+        body.extend_from_slice(br#"{"pattern":{"cmd":"add"},"data":{"a":"#);
+        put_int(body, a);
+        body.extend_from_slice(br#","b":"#);
+        put_int(body, b);
+        body.extend_from_slice(br#"},"id":""#);
+        put_id(body, conn, i as u16, self.seq);
+        body.extend_from_slice(b"\"}");
+        put_frame(out, body);
+    }
+
+    /// A value in ±10^9 with a varying number of digits (xorshift64*).
+    fn operand(&mut self) -> i64 {
+        self.rng ^= self.rng >> 12;
+        self.rng ^= self.rng << 25;
+        self.rng ^= self.rng >> 27;
+        let r = self.rng.wrapping_mul(0x2545_F491_4F6C_DD1D);
+        let magnitude = 10i64.pow((r >> 60) as u32 % 10); // 1 .. 10^9
+        (r as i64 >> 4) % magnitude
+    }
+}
+
+/// Request ids are 21 lowercase hex digits like NestJS's: connection (4), slot (4),
+/// sequence number (13).
+const ID_LEN: usize = 21;
+
+fn put_id(out: &mut Vec<u8>, conn: u16, slot: u16, seq: u64) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut id = [0u8; ID_LEN];
+    let fields = [(u64::from(conn), 0..4), (u64::from(slot), 4..8), (seq, 8..21)];
+    for (value, range) in fields {
+        let mut v = value;
+        for at in range.rev() {
+            id[at] = HEX[(v & 0xF) as usize];
+            v >>= 4;
+        }
+    }
+    out.extend_from_slice(&id);
+}
+
+fn parse_id(id: &str) -> Option<(u16, usize, u64)> {
+    if id.len() != ID_LEN || !id.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+        return None;
+    }
+    let hex = |r: std::ops::Range<usize>| u64::from_str_radix(&id[r], 16).ok();
+    Some((hex(0..4)? as u16, hex(4..8)? as usize, hex(8..21)?))
+}
+
+#[derive(Deserialize)]
+struct ReplyPacket<'a> {
+    #[serde(default)]
+    response: Option<AddReply>,
+    #[serde(default, rename = "isDisposed")]
+    is_disposed: Option<bool>,
+    #[serde(borrow)]
+    id: &'a str,
+    #[serde(default, borrow)]
+    err: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct AddReply {
+    result: i64,
+}
+
+/// Checks one reply against its request; frees and returns its slot.
+fn check_reply(conn: u16, body: &[u8], slots: &mut [Slot]) -> anyhow::Result<usize> {
+    let text = || String::from_utf8_lossy(body).into_owned();
+    let reply: ReplyPacket<'_> = serde_json::from_slice(body)
+        .with_context(|| format!("connection {conn}: reply is not a NestJS reply packet: {}", text()))?;
+    let Some((c, i, seq)) = parse_id(reply.id) else {
+        bail!("connection {conn}: reply carries an id that was never sent: {}", text());
+    };
+    let slot = match slots.get_mut(i) {
+        Some(slot) if c == conn && slot.busy && slot.seq == seq => slot,
+        _ => bail!("connection {conn}: reply to an unknown or already answered request: {}", text()),
+    };
+    if let Some(err) = reply.err {
+        bail!("connection {conn}: the server answered with an error {}: {}", err.get(), text());
+    }
+    ensure!(reply.is_disposed == Some(true), "connection {conn}: reply without \"isDisposed\":true: {}", text());
+    let Some(AddReply { result }) = reply.response else {
+        bail!("connection {conn}: reply without a response: {}", text());
+    };
+    ensure!(result == slot.expect, "connection {conn}: wrong result {result}, expected {}: {}", slot.expect, text());
+    slot.busy = false;
+    Ok(i)
+}
+
+/// Total CPU time of every thread of process `pid` (scheduler statistics, ns precision;
+/// falls back to `stat` ticks, assumed 100 Hz, where schedstat is missing).
+fn cpu_time(pid: u32) -> Option<Duration> {
+    let dir = PathBuf::from(format!("/proc/{pid}/task"));
+    let mut total_ns: u64 = 0;
+    let mut any = false;
+    for task in std::fs::read_dir(&dir).ok()? {
+        let path = task.ok()?.path();
+        // A thread may exit between listing and reading: skip it.
+        if let Ok(s) = std::fs::read_to_string(path.join("schedstat"))
+            && let Some(ns) = s.split_whitespace().next().and_then(|v| v.parse::<u64>().ok())
+        {
+            total_ns += ns;
+            any = true;
+        }
+    }
+    if any {
+        return Some(Duration::from_nanos(total_ns));
+    }
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some(Duration::from_millis(ticks * 10))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_round_trip() {
+        let mut out = Vec::new();
+        put_id(&mut out, 3, 63, 0x1_2345_6789);
+        let id = std::str::from_utf8(&out).unwrap();
+        assert_eq!(id.len(), 21);
+        assert_eq!(parse_id(id), Some((3, 63, 0x1_2345_6789)));
+        assert_eq!(parse_id("0003003f000012345678G"), None);
+    }
+
+    #[test]
+    fn replies_are_checked() {
+        let mut reqs = Gen { rng: 7, seq: 0, body: Vec::new() };
+        let mut slots = vec![Slot { seq: 0, expect: 0, sent: Instant::now(), busy: false }; 2];
+        let mut wire = Vec::new();
+        reqs.request(0, 1, &mut slots[1], &mut wire);
+        let (range, _) = next_frame(&wire).unwrap().unwrap();
+        let req: serde_json::Value = serde_json::from_slice(&wire[range]).unwrap();
+        let sum = req["data"]["a"].as_i64().unwrap() + req["data"]["b"].as_i64().unwrap();
+        let id = req["id"].as_str().unwrap();
+        let wrong = format!(r#"{{"response":{{"result":{}}},"isDisposed":true,"id":"{id}"}}"#, sum + 1);
+        assert!(check_reply(0, wrong.as_bytes(), &mut slots).unwrap_err().to_string().contains("wrong result"));
+        let open = format!(r#"{{"response":{{"result":{sum}}},"id":"{id}"}}"#);
+        assert!(check_reply(0, open.as_bytes(), &mut slots).is_err());
+        let good = format!(r#"{{"response":{{"result":{sum}}},"isDisposed":true,"id":"{id}"}}"#);
+        assert_eq!(check_reply(0, good.as_bytes(), &mut slots).unwrap(), 1);
+        // The same reply twice is an unknown request.
+        assert!(check_reply(0, good.as_bytes(), &mut slots).unwrap_err().to_string().contains("unknown"));
+    }
+}

@@ -1,0 +1,491 @@
+//! Switchboard's TCP transport against a bare tokio "ceiling" server, in one run.
+//!
+//! ```text
+//! cargo run --release -p switchboard-bench -- [--runs 3] [--duration-secs 5] [--scenario 4x64,1x1]
+//! ```
+//!
+//! Each server runs in its own child process (this binary re-executed with the hidden
+//! `--serve bare|switchboard`), with its own multi-threaded runtime, so that the driver and
+//! the server never share a runtime. The driver (this process, one thread) applies the same
+//! closed-loop load to both, alternating which goes first in each run, checks every reply,
+//! and prints the median of the runs. It is a measurement, not a test: it exits 0 whether or
+//! not the targets are met, and 1 only when a server gave a wrong or missing reply.
+
+mod ceiling;
+mod driver;
+mod frame;
+mod serve;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::str::FromStr;
+use std::sync::mpsc;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, ValueEnum};
+
+use driver::{Load, Measurement};
+
+/// Throughput target: switchboard/ceiling req/s in the multi-request scenarios.
+const THROUGHPUT_TARGET: f64 = 0.8;
+/// Latency target: switchboard/ceiling p50 in the 1×1 scenario.
+const LATENCY_TARGET: f64 = 1.2;
+
+#[derive(Parser, Debug)]
+#[command(about = "Throughput and latency of Switchboard's TCP transport against a bare tokio ceiling")]
+struct Args {
+    /// Scenarios as CONNECTIONSxIN_FLIGHT, comma-separated (default: 4x64,1x1).
+    #[arg(long, value_delimiter = ',')]
+    scenario: Vec<Scenario>,
+    /// Adds a scenario with this many connections (with --in-flight, default 64).
+    #[arg(long)]
+    connections: Option<usize>,
+    /// Adds a scenario with this many requests in flight per connection (with --connections, default 4).
+    #[arg(long)]
+    in_flight: Option<usize>,
+    /// Measured seconds per server, scenario and run.
+    #[arg(long, default_value_t = 5.0)]
+    duration_secs: f64,
+    /// Warm-up seconds before each measurement (load applied, nothing recorded).
+    #[arg(long, default_value_t = 1.0)]
+    warmup_secs: f64,
+    /// Runs; each run measures both servers (alternating which goes first), the table shows medians.
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    /// Worker threads of each server's runtime (0: tokio's default, one per core).
+    #[arg(long, default_value_t = 0)]
+    server_threads: usize,
+    /// Do not pin: by default the driver runs on the first allowed CPU and each server on the
+    /// others, so that the kernel cannot stack driver and server on one core (see README).
+    #[arg(long)]
+    no_pin: bool,
+    /// Measure only one server (for profiling); no ratios then.
+    #[arg(long, value_enum)]
+    only: Option<Kind>,
+    /// Internal: run as the server child process of this kind.
+    #[arg(long, value_enum, hide = true)]
+    serve: Option<Kind>,
+    /// Internal: CPUs the server child pins itself to.
+    #[arg(long, value_delimiter = ',', hide = true)]
+    cpus: Vec<usize>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Kind {
+    /// The hand-written tokio server.
+    #[value(name = "bare", alias = "ceiling")]
+    Ceiling,
+    /// `Microservice` with the `add` handler.
+    Switchboard,
+}
+
+impl Kind {
+    fn label(self) -> &'static str {
+        match self {
+            Kind::Ceiling => "ceiling",
+            Kind::Switchboard => "switchboard",
+        }
+    }
+    fn arg(self) -> &'static str {
+        match self {
+            Kind::Ceiling => "bare",
+            Kind::Switchboard => "switchboard",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Scenario {
+    connections: usize,
+    in_flight: usize,
+}
+
+impl FromStr for Scenario {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (c, d) = s.split_once(['x', 'X']).ok_or_else(|| format!("expected CONNECTIONSxIN_FLIGHT like 4x64, got {s:?}"))?;
+        let num = |v: &str| v.trim().parse::<usize>().ok().filter(|n| (1..=0xFFFF).contains(n));
+        match (num(c), num(d)) {
+            (Some(connections), Some(in_flight)) => Ok(Scenario { connections, in_flight }),
+            _ => Err(format!("expected two numbers in 1..=65535 like 4x64, got {s:?}")),
+        }
+    }
+}
+
+impl std::fmt::Display for Scenario {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}x{}", self.connections, self.in_flight)
+    }
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    if let Some(kind) = args.serve {
+        return match serve_child(kind, args.server_threads, &args.cpus) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("{} server: {e:#}", kind.label());
+                ExitCode::from(2)
+            }
+        };
+    }
+    match bench(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::WrongReply(e)) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+        Err(Failure::Setup(e)) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+// ---------------------------------------------------------------- server child processes
+
+/// Runs as a server child: exits as soon as the parent goes away (stdin closes), whatever
+/// way the parent ended — normal exit, panic, watchdog or SIGKILL.
+fn serve_child(kind: Kind, threads: usize, cpus: &[usize]) -> anyhow::Result<()> {
+    if !cpus.is_empty() {
+        // Before the runtime exists: its workers inherit the mask, and tokio's default
+        // worker count (available_parallelism) follows it.
+        pin_current_thread(cpus).context("pin the server")?;
+    }
+    std::thread::spawn(|| {
+        let mut buf = [0u8; 64];
+        let mut stdin = std::io::stdin();
+        while matches!(stdin.read(&mut buf), Ok(n) if n > 0) {}
+        std::process::exit(0);
+    });
+    match kind {
+        Kind::Ceiling => ceiling::run(threads),
+        Kind::Switchboard => serve::run(threads),
+    }
+}
+
+/// The runtime both servers use: multi-threaded, one worker per core unless told otherwise.
+pub(crate) fn server_runtime(threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    let mut b = tokio::runtime::Builder::new_multi_thread();
+    if threads > 0 {
+        b.worker_threads(threads);
+    }
+    b.enable_all().build()
+}
+
+/// Tells the parent where the child listens.
+pub(crate) fn announce_port(port: u16) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "port={port}");
+    let _ = out.flush();
+}
+
+/// A server child process; killed when dropped (also while unwinding from a panic).
+struct ServerProc {
+    kind: Kind,
+    child: Child,
+    port: u16,
+}
+
+impl ServerProc {
+    fn spawn(kind: Kind, threads: usize, cpus: &[usize]) -> anyhow::Result<ServerProc> {
+        let exe = std::env::current_exe().context("locate this executable")?;
+        let mut cmd = Command::new(exe);
+        cmd.args(["--serve", kind.arg(), "--server-threads", &threads.to_string()]);
+        if !cpus.is_empty() {
+            cmd.arg("--cpus").arg(cpus.iter().map(usize::to_string).collect::<Vec<_>>().join(","));
+        }
+        let child = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .with_context(|| format!("start the {} server", kind.label()))?;
+        let mut proc = ServerProc { kind, child, port: 0 };
+        let stdout = proc.child.stdout.take().expect("piped");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = BufReader::new(stdout).read_line(&mut line);
+            let _ = tx.send(line);
+        });
+        let line = rx
+            .recv_timeout(Duration::from_secs(30))
+            .with_context(|| format!("the {} server did not report its port within 30 s", kind.label()))?;
+        proc.port = line
+            .trim()
+            .strip_prefix("port=")
+            .and_then(|p| p.parse().ok())
+            .with_context(|| format!("the {} server did not start (said {:?})", kind.label(), line.trim()))?;
+        Ok(proc)
+    }
+
+    fn ensure_alive(&mut self) -> anyhow::Result<()> {
+        if let Some(status) = self.child.try_wait()? {
+            bail!("the {} server exited: {status}", self.kind.label());
+        }
+        Ok(())
+    }
+}
+
+impl Drop for ServerProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The CPUs this process may run on, in order.
+fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: cpu_set_t is plain data; sched_getaffinity fills it for this thread.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            return (0..std::thread::available_parallelism().map_or(1, |n| n.get())).collect();
+        }
+        (0..libc::CPU_SETSIZE as usize).filter(|&c| libc::CPU_ISSET(c, &set)).collect()
+    }
+}
+
+/// Restricts the calling thread (and threads it spawns later) to `cpus`.
+fn pin_current_thread(cpus: &[usize]) -> std::io::Result<()> {
+    // SAFETY: as above; sched_setaffinity(0, …) applies to the calling thread.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        for &c in cpus {
+            libc::CPU_SET(c, &mut set);
+        }
+        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------- orchestration
+
+enum Failure {
+    /// A server answered wrongly, not at all, or dropped the connection.
+    WrongReply(anyhow::Error),
+    /// The benchmark could not be set up.
+    Setup(anyhow::Error),
+}
+
+impl From<anyhow::Error> for Failure {
+    fn from(e: anyhow::Error) -> Self {
+        Failure::Setup(e)
+    }
+}
+
+fn bench(args: &Args) -> Result<(), Failure> {
+    let mut scenarios = args.scenario.clone();
+    if args.connections.is_some() || args.in_flight.is_some() {
+        let s = Scenario { connections: args.connections.unwrap_or(4), in_flight: args.in_flight.unwrap_or(64) };
+        if !(1..=0xFFFF).contains(&s.connections) || !(1..=0xFFFF).contains(&s.in_flight) {
+            return Err(anyhow::anyhow!("--connections and --in-flight must be in 1..=65535").into());
+        }
+        scenarios.push(s);
+    }
+    if scenarios.is_empty() {
+        scenarios = vec![Scenario { connections: 4, in_flight: 64 }, Scenario { connections: 1, in_flight: 1 }];
+    }
+    if !(args.duration_secs > 0.0 && args.warmup_secs >= 0.0 && args.runs >= 1) {
+        return Err(anyhow::anyhow!("need --duration-secs > 0, --warmup-secs >= 0, --runs >= 1").into());
+    }
+    let warmup = Duration::from_secs_f64(args.warmup_secs);
+    let duration = Duration::from_secs_f64(args.duration_secs);
+    let kinds: Vec<Kind> = match args.only {
+        Some(k) => vec![k],
+        None => vec![Kind::Ceiling, Kind::Switchboard],
+    };
+
+    // Bound the whole run: every measurement gets its time plus the driver's drain timeout
+    // and some slack. Past that, exit; the children follow when their stdin closes.
+    let measurements = (args.runs * scenarios.len() * kinds.len()) as u32;
+    let budget = (warmup + duration + Duration::from_secs(15)) * measurements + Duration::from_secs(90);
+    std::thread::spawn(move || {
+        std::thread::sleep(budget);
+        eprintln!("error: the benchmark did not finish within {budget:?}; giving up");
+        std::process::exit(3);
+    });
+
+    // Pinning: on a small machine the kernel's wake-affine placement tends to stack the
+    // driver and the busy server worker on one core while the other idles, which makes
+    // results bimodal (measured: the same ceiling at 2.7M and at 1.4M req/s). Driver on one
+    // core, servers on the rest, is stable and the same for both servers.
+    let allowed = allowed_cpus();
+    let (driver_cpus, server_cpus) = if !args.no_pin && allowed.len() >= 2 {
+        (allowed[..1].to_vec(), allowed[1..].to_vec())
+    } else {
+        (Vec::new(), Vec::new())
+    };
+    let server_cores = if server_cpus.is_empty() { allowed.len() } else { server_cpus.len() };
+    let workers = if args.server_threads == 0 { server_cores } else { args.server_threads };
+    let cpu_list = |c: &[usize]| if c.is_empty() { "any".to_owned() } else { format!("{c:?}") };
+    println!(
+        "switchboard-bench: {} CPUs, load average {}; servers: own process each, multi-threaded tokio with {workers} \
+         worker(s), CPUs {}; driver: 1 thread, CPU {}; {} run(s) x ({:?} warm-up + {:?} measured)",
+        allowed.len(),
+        std::fs::read_to_string("/proc/loadavg").unwrap_or_default().split_whitespace().take(3).collect::<Vec<_>>().join(" "),
+        cpu_list(&server_cpus),
+        cpu_list(&driver_cpus),
+        args.runs,
+        warmup,
+        duration,
+    );
+
+    let mut servers = Vec::new();
+    for &kind in &kinds {
+        servers.push(ServerProc::spawn(kind, args.server_threads, &server_cpus)?);
+    }
+    if !driver_cpus.is_empty() {
+        // The driver's runtime runs on this thread.
+        pin_current_thread(&driver_cpus).context("pin the driver")?;
+    }
+
+    // results[scenario][kind] = one Measurement per run
+    let mut results: Vec<Vec<Vec<Measurement>>> = vec![vec![Vec::new(); kinds.len()]; scenarios.len()];
+    for run in 0..args.runs {
+        for (si, &scenario) in scenarios.iter().enumerate() {
+            // Alternate the order so neither server always runs on a "warmer" machine.
+            let mut order: Vec<usize> = (0..kinds.len()).collect();
+            if run % 2 == 1 {
+                order.reverse();
+            }
+            for ki in order {
+                let server = &mut servers[ki];
+                server.ensure_alive()?;
+                let load = Load {
+                    connections: scenario.connections,
+                    in_flight: scenario.in_flight,
+                    warmup,
+                    duration,
+                    seed: 0x5EED ^ ((run as u64) << 32) ^ ((si as u64) << 16),
+                };
+                let m = driver::run(server.port, server.child.id(), load).map_err(|e| {
+                    Failure::WrongReply(e.context(format!("{} server, scenario {scenario}, run {}", server.kind.label(), run + 1)))
+                })?;
+                eprintln!(
+                    "run {}/{} {:<8} {:<12} {:>10.0} req/s  p50 {:>8.1} us  p99 {:>8.1} us  server {} cores  driver {} cores",
+                    run + 1,
+                    args.runs,
+                    scenario.to_string(),
+                    server.kind.label(),
+                    m.req_per_sec(),
+                    m.quantile_us(0.50),
+                    m.quantile_us(0.99),
+                    fmt_opt(m.server_cores(), 2),
+                    fmt_opt(m.driver_cores(), 2),
+                );
+                results[si][ki].push(m);
+                // Let the closed connections and the server settle.
+                std::thread::sleep(Duration::from_millis(300));
+            }
+        }
+    }
+    drop(servers);
+    report(&scenarios, &kinds, &results);
+    Ok(())
+}
+
+// ---------------------------------------------------------------- report
+
+/// Medians over the runs of one server in one scenario.
+#[derive(Clone, Copy)]
+struct Summary {
+    rps: f64,
+    p50: f64,
+    p99: f64,
+    cpu_per_req: Option<f64>,
+    server_cores: Option<f64>,
+    driver_cores: Option<f64>,
+}
+
+fn summarize(runs: &[Measurement]) -> Summary {
+    let opt = |v: Vec<Option<f64>>| v.into_iter().collect::<Option<Vec<f64>>>().map(median);
+    Summary {
+        rps: median(runs.iter().map(Measurement::req_per_sec).collect()),
+        p50: median(runs.iter().map(|m| m.quantile_us(0.50)).collect()),
+        p99: median(runs.iter().map(|m| m.quantile_us(0.99)).collect()),
+        cpu_per_req: opt(runs.iter().map(Measurement::server_cpu_us_per_req).collect()),
+        server_cores: opt(runs.iter().map(Measurement::server_cores).collect()),
+        driver_cores: opt(runs.iter().map(Measurement::driver_cores).collect()),
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n == 0 {
+        f64::NAN
+    } else if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+fn fmt_opt(v: Option<f64>, decimals: usize) -> String {
+    v.map_or_else(|| "-".to_owned(), |v| format!("{v:.decimals$}"))
+}
+
+fn report(scenarios: &[Scenario], kinds: &[Kind], results: &[Vec<Vec<Measurement>>]) {
+    println!();
+    println!(
+        "{:<10} {:<12} {:>10} {:>9} {:>9} {:>14} {:>10} {:>10}",
+        "scenario", "server", "req/s", "p50(us)", "p99(us)", "cpu/req(us)", "srv-cores", "drv-cores"
+    );
+    let mut verdicts = Vec::new();
+    for (si, scenario) in scenarios.iter().enumerate() {
+        let sums: Vec<Summary> = results[si].iter().map(|runs| summarize(runs)).collect();
+        for (ki, kind) in kinds.iter().enumerate() {
+            let s = sums[ki];
+            println!(
+                "{:<10} {:<12} {:>10.0} {:>9.1} {:>9.1} {:>14} {:>10} {:>10}",
+                scenario.to_string(),
+                kind.label(),
+                s.rps,
+                s.p50,
+                s.p99,
+                fmt_opt(s.cpu_per_req, 2),
+                fmt_opt(s.server_cores, 2),
+                fmt_opt(s.driver_cores, 2)
+            );
+        }
+        if kinds.len() == 2 {
+            let (c, s) = (sums[0], sums[1]);
+            let cpu_ratio = s.cpu_per_req.zip(c.cpu_per_req).map(|(s, c)| s / c);
+            println!(
+                "{:<10} {:<12} {:>10.2} {:>9.2} {:>9.2} {:>14}",
+                scenario.to_string(),
+                "ratio",
+                s.rps / c.rps,
+                s.p50 / c.p50,
+                s.p99 / c.p99,
+                fmt_opt(cpu_ratio, 2)
+            );
+            if scenario.connections * scenario.in_flight > 1 {
+                let r = s.rps / c.rps;
+                verdicts.push(format!(
+                    "{scenario}: throughput {r:.2}x the ceiling (target >= {THROUGHPUT_TARGET:.2}x): {}",
+                    if r >= THROUGHPUT_TARGET { "MET" } else { "NOT MET" }
+                ));
+            } else {
+                let r = s.p50 / c.p50;
+                verdicts.push(format!(
+                    "{scenario}: p50 latency {r:.2}x the ceiling (target <= {LATENCY_TARGET:.2}x): {}",
+                    if r <= LATENCY_TARGET { "MET" } else { "NOT MET" }
+                ));
+            }
+        }
+    }
+    println!();
+    println!(
+        "ratio = switchboard / ceiling (req/s: higher is better; latency and cpu/req: lower is better). \
+         cpu/req: server CPU time per request; srv-/drv-cores: CPU used by server / driver during the window."
+    );
+    for v in verdicts {
+        println!("target {v}");
+    }
+}

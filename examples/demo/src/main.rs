@@ -1,0 +1,154 @@
+//! Runs the example system on TCP loopback: users, math, notifications and analytics
+//! services and the HTTP gateway, each its own process; then makes a few HTTP calls and
+//! shows the calls and events flowing through the services' logs. Exits non-zero if any
+//! answer is wrong, so it doubles as a smoke test.
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{Context, bail, ensure};
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+use tokio::process::{Child, Command};
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// Starts a sibling binary, prefixing each line it prints with its name.
+fn spawn(dir: &PathBuf, name: &'static str, args: &[String]) -> anyhow::Result<Child> {
+    let path = dir.join(name);
+    let mut child = Command::new(&path)
+        .args(args)
+        .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("cannot start {} (build the examples first: scripts/demo.sh does)", path.display()))?;
+    for out in [child.stdout.take().map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Unpin + Send>), child.stderr.take().map(|s| Box::new(s) as _)]
+        .into_iter()
+        .flatten()
+    {
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(out).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                println!("{name:>13} | {}", strip_timestamp(&line));
+            }
+        });
+    }
+    Ok(child)
+}
+
+/// tracing's default format starts with a timestamp; the demo reads better without it.
+fn strip_timestamp(line: &str) -> &str {
+    match line.split_once("Z ") {
+        Some((ts, rest)) if ts.len() < 32 && ts.starts_with("20") => rest.trim_start(),
+        _ => line,
+    }
+}
+
+async fn wait_for_port(port: u16) -> anyhow::Result<()> {
+    for _ in 0..200 {
+        if TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    bail!("nothing listens on 127.0.0.1:{port} after 10 s")
+}
+
+/// A minimal HTTP/1.1 exchange, enough for the demo.
+async fn http(port: u16, method: &str, path: &str, body: Option<Value>) -> anyhow::Result<(u16, Value)> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).await?;
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await?;
+    let mut response = String::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_string(&mut response)).await??;
+    let (head, body) = response.split_once("\r\n\r\n").context("malformed HTTP response")?;
+    let status = head.split_whitespace().nth(1).context("no status")?.parse()?;
+    Ok((status, serde_json::from_str(body).unwrap_or(Value::String(body.into()))))
+}
+
+async fn call(port: u16, method: &str, path: &str, body: Option<Value>, expect: (u16, Value)) -> anyhow::Result<()> {
+    println!("{:>13} > {method} {path} {}", "demo", body.as_ref().map(|b| b.to_string()).unwrap_or_default());
+    let got = http(port, method, path, body).await?;
+    println!("{:>13} < {} {}", "demo", got.0, got.1);
+    ensure!(got == expect, "{method} {path}: expected {expect:?}, got {got:?}");
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    Ok(())
+}
+
+fn terminate(child: &Child) {
+    if let Some(pid) = child.id() {
+        let _ = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status();
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let dir = std::env::current_exe()?.parent().context("binary directory")?.to_path_buf();
+    let [users, math, notifications, analytics, http_port] = [free_port()?, free_port()?, free_port()?, free_port()?, free_port()?];
+    let url = |port: u16| format!("tcp://127.0.0.1:{port}");
+    let mut children = vec![
+        spawn(&dir, "users", &["--listen".into(), url(users)])?,
+        spawn(&dir, "math", &["--listen".into(), url(math)])?,
+        spawn(&dir, "notifications", &["--listen".into(), url(notifications)])?,
+        spawn(&dir, "analytics", &["--listen".into(), url(analytics)])?,
+    ];
+    for port in [users, math, notifications, analytics] {
+        wait_for_port(port).await?;
+    }
+    children.push(spawn(
+        &dir,
+        "gateway",
+        &[
+            "--http".into(),
+            format!("127.0.0.1:{http_port}"),
+            "--users".into(),
+            url(users),
+            "--math".into(),
+            url(math),
+            "--events".into(),
+            format!("{},{}", url(notifications), url(analytics)),
+        ],
+    )?);
+    wait_for_port(http_port).await?;
+    println!("{:>13} | all services up; gateway on http://127.0.0.1:{http_port}", "demo");
+
+    let result = async {
+        call(http_port, "GET", "/users/42", None, (200, json!({"id": "42", "name": "John Doe", "email": "john@example.com"}))).await?;
+        call(
+            http_port,
+            "POST",
+            "/users",
+            Some(json!({"name": "Ada", "email": "ada@example.com"})),
+            (201, json!({"id": "123", "name": "Ada", "email": "ada@example.com"})),
+        )
+        .await?;
+        call(http_port, "GET", "/math/add?a=5&b=3", None, (200, json!({"result": 8.0}))).await?;
+        anyhow::Ok(())
+    }
+    .await;
+
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for child in &children {
+        terminate(child);
+    }
+    for child in &mut children {
+        let _ = tokio::time::timeout(Duration::from_secs(10), child.wait()).await;
+    }
+    match &result {
+        Ok(()) => println!("{:>13} | done: every answer was right; services shut down gracefully", "demo"),
+        Err(e) => println!("{:>13} | FAILED: {e:#}", "demo"),
+    }
+    result
+}

@@ -1,0 +1,35 @@
+//! JSON output as JavaScript writes it: numbers in `Number.prototype.toString` form
+//! (`6`, not `6.0`), so replies from a Rust handler are byte-identical to a NestJS one's.
+
+use serde::Serialize;
+
+/// serde_json's compact output, with floats written as JavaScript writes them.
+#[derive(Clone, Copy, Default)]
+struct JsFormatter;
+
+impl serde_json::ser::Formatter for JsFormatter {
+    fn write_f64<W: ?Sized + std::io::Write>(&mut self, w: &mut W, value: f64) -> std::io::Result<()> {
+        w.write_all(ryu_js::Buffer::new().format_finite(value).as_bytes())
+    }
+
+    fn write_f32<W: ?Sized + std::io::Write>(&mut self, w: &mut W, value: f32) -> std::io::Result<()> {
+        self.write_f64(w, f64::from(value))
+    }
+}
+
+/// Serialises `value` to JSON bytes, JavaScript style.
+pub(crate) fn to_vec<T: Serialize + ?Sized>(value: &T) -> serde_json::Result<Vec<u8>> {
+    let mut out = Vec::with_capacity(128);
+    value.serialize(&mut serde_json::Serializer::with_formatter(&mut out, JsFormatter))?;
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn numbers_look_like_javascript() {
+        let text = |v: serde_json::Value| String::from_utf8(super::to_vec(&v).unwrap()).unwrap();
+        assert_eq!(text(serde_json::json!([6.0, 1.5, 1e21, -0.0, 1e-7, 3])), "[6,1.5,1e+21,0,1e-7,3]");
+        assert_eq!(String::from_utf8(super::to_vec(&f64::NAN).unwrap()).unwrap(), "null");
+    }
+}

@@ -1,0 +1,147 @@
+//! Handlers shared by the integration tests: the same set the NestJS peer app serves
+//! (tests/nestjs/server.mjs), so one test can run against either.
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use serde_json::{Value, json};
+use switchboard::prelude::*;
+
+#[message_pattern(cmd = "sum")]
+pub async fn sum(numbers: Vec<f64>) -> f64 {
+    numbers.iter().sum()
+}
+
+#[message_pattern("echo")]
+pub async fn echo(data: Value) -> Value {
+    data
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct User {
+    pub id: String,
+    pub name: String,
+    pub email: String,
+}
+
+#[message_pattern(cmd = "get_user")]
+pub async fn get_user(id: String) -> User {
+    User { id, name: "John Doe".into(), email: "john@example.com".into() }
+}
+
+#[message_pattern(cmd = "get", role = "user", v = 2, nested = { b = 1, a = "x" })]
+pub async fn nested() -> String {
+    "nested-ok".into()
+}
+
+#[message_pattern("stream")]
+pub async fn stream() -> ReplyStream<u32> {
+    ReplyStream::iter([1, 2, 3])
+}
+
+#[message_pattern("slow_stream")]
+pub async fn slow_stream() -> ReplyStream<u32> {
+    ReplyStream::from_stream(futures_util::stream::unfold(0u32, |n| async move {
+        if n == 3 {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        Some((n, n + 1))
+    }))
+}
+
+#[message_pattern("late_complete")]
+pub async fn late_complete() -> ReplyStream<String> {
+    let first = futures_util::stream::iter(["first".to_string()]);
+    let pause = futures_util::stream::once(tokio::time::sleep(Duration::from_millis(50))).filter_map(|()| async { None });
+    ReplyStream::from_stream(first.chain(pause))
+}
+
+#[message_pattern("empty_stream")]
+pub async fn empty_stream() -> ReplyStream<u32> {
+    ReplyStream::empty()
+}
+
+#[message_pattern("stream_err")]
+pub async fn stream_err() -> ReplyStream<u32> {
+    ReplyStream::new(futures_util::stream::iter([Ok(1), Err(RpcError::new("mid-stream")), Ok(2)]))
+}
+
+#[message_pattern("rpc_string")]
+pub async fn rpc_string() -> RpcResult<u32> {
+    Err(RpcError::new("bad thing"))
+}
+
+#[message_pattern("rpc_object")]
+pub async fn rpc_object() -> Result<u32, RpcError> {
+    Err(RpcError::from_value(json!({"code": 42, "message": "custom msg", "extra": true})))
+}
+
+#[message_pattern("panics")]
+pub async fn panics(n: u32) -> u32 {
+    if n > 0 {
+        panic!("handler bug");
+    }
+    n
+}
+
+#[message_pattern("void_ret")]
+pub async fn void_ret() {}
+
+#[message_pattern("null_ret")]
+pub async fn null_ret() -> Option<u32> {
+    None
+}
+
+#[message_pattern("len")]
+pub async fn len(text: String) -> usize {
+    // NestJS's `data.length` counts UTF-16 units; so do we, to compare like with like.
+    text.encode_utf16().count()
+}
+
+#[message_pattern("delay")]
+pub async fn delay(ms: u64) -> u64 {
+    tokio::time::sleep(Duration::from_millis(ms)).await;
+    ms
+}
+
+#[message_pattern("meta")]
+pub async fn meta(ctx: Context) -> HashMap<String, String> {
+    ctx.headers().map(|(k, v)| (k.to_owned(), v.to_owned())).collect()
+}
+
+#[message_pattern("ctx_info")]
+pub async fn ctx_info(_data: Value, ctx: Context) -> Value {
+    json!({"pattern": ctx.pattern(), "transport": ctx.transport(), "event": ctx.is_event()})
+}
+
+/// Events received by the two `evt` listeners, in arrival order.
+pub static SEEN: Mutex<Vec<Value>> = Mutex::new(Vec::new());
+
+#[event_pattern("evt")]
+pub async fn evt_a(data: Value) {
+    SEEN.lock().unwrap().push(json!({"handler": "a", "data": data}));
+}
+
+#[event_pattern("evt")]
+pub async fn evt_b(data: Value, ctx: Context) {
+    SEEN.lock().unwrap().push(json!({"handler": "b", "data": data, "event": ctx.is_event()}));
+}
+
+#[message_pattern("events_seen")]
+pub async fn events_seen() -> Vec<Value> {
+    SEEN.lock().unwrap().clone()
+}
+
+/// Fails the test when CI is set; otherwise explains loudly why it is skipped.
+pub fn missing(what: &str, fix: &str) {
+    if std::env::var_os("CI").is_some() {
+        panic!("{what} is missing (CI is set, so this fails instead of skipping): {fix}");
+    }
+    eprintln!("SKIPPED: {what} is missing: {fix}");
+}
+pub mod raw;

@@ -1,0 +1,9 @@
+use switchboard::prelude::*;
+
+#[message_pattern()]
+async fn ping() {}
+
+#[event_pattern]
+async fn tick() {}
+
+fn main() {}

@@ -1,0 +1,14 @@
+use std::rc::Rc;
+
+use switchboard::prelude::*;
+
+async fn audit() {}
+
+#[message_pattern(cmd = "get_user")]
+async fn get_user(id: String) -> String {
+    let shared = Rc::new(id);
+    audit().await;
+    shared.to_string()
+}
+
+fn main() {}

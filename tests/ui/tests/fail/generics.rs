@@ -1,0 +1,8 @@
+use switchboard::prelude::*;
+
+#[message_pattern(cmd = "echo")]
+async fn echo<T: Serialize>(value: T) -> T {
+    value
+}
+
+fn main() {}

@@ -1,0 +1,8 @@
+use switchboard::prelude::*;
+
+#[message_pattern(cmd = "get_user", role)]
+async fn get_user(id: String) -> String {
+    id
+}
+
+fn main() {}

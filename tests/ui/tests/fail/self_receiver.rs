@@ -1,0 +1,12 @@
+use switchboard::prelude::*;
+
+pub struct Users;
+
+impl Users {
+    #[message_pattern(cmd = "get_user")]
+    async fn get_user(&self, id: String) -> String {
+        id
+    }
+}
+
+fn main() {}
