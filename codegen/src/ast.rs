@@ -8,8 +8,8 @@
 use proc_macro2::Span;
 use syn::spanned::Spanned;
 use syn::{
-    Attribute, FnArg, GenericArgument, ItemFn, Pat, PathArguments, ReturnType, Signature, Type, TypeParamBound,
-    Visibility,
+    Attribute, FnArg, GenericArgument, ItemFn, Pat, PathArguments, ReturnType, Signature, Type,
+    TypeParamBound, Visibility,
 };
 
 /// Whether a handler answers requests or listens to events.
@@ -83,6 +83,7 @@ pub enum ArgRole {
 
 /// How the return type becomes a reply.
 #[derive(Debug, Clone)]
+#[allow(clippy::large_enum_variant)] // one per handler, at compile time
 pub enum ReturnKind {
     /// No return type, or `()`: the reply is completion only.
     Unit,
@@ -132,7 +133,11 @@ impl HandlerSig {
                     index,
                     pat: (*t.pat).clone(),
                     ty: (*t.ty).clone(),
-                    role: if is_context(&t.ty) { ArgRole::Context } else { ArgRole::Payload },
+                    role: if is_context(&t.ty) {
+                        ArgRole::Context
+                    } else {
+                        ArgRole::Payload
+                    },
                 }),
                 FnArg::Receiver(_) => None,
             })
@@ -141,7 +146,13 @@ impl HandlerSig {
             ReturnType::Default => (ReturnKind::Unit, sig.ident.span()),
             ReturnType::Type(_, ty) => (classify_return(ty), ty.span()),
         };
-        HandlerSig { ident: sig.ident.clone(), vis: vis.clone(), args, ret, ret_span }
+        HandlerSig {
+            ident: sig.ident.clone(),
+            vis: vis.clone(),
+            args,
+            ret,
+            ret_span,
+        }
     }
 
     /// The payload argument (the first, if several were written).
@@ -170,14 +181,19 @@ impl ReturnKind {
             ReturnKind::Unit => Some(syn::parse_quote!(())),
             ReturnKind::Value(ty) => Some(ty.clone()),
             ReturnKind::Fallible { ok, .. } => ok.clone(),
-            ReturnKind::ReplyStream { item, .. } | ReturnKind::ImplStream { item, .. } => item.clone(),
+            ReturnKind::ReplyStream { item, .. } | ReturnKind::ImplStream { item, .. } => {
+                item.clone()
+            }
             ReturnKind::ImplOther(_) => None,
         }
     }
 
     /// True for kinds that answer with several values.
     pub fn is_stream(&self) -> bool {
-        matches!(self, ReturnKind::ReplyStream { .. } | ReturnKind::ImplStream { .. })
+        matches!(
+            self,
+            ReturnKind::ReplyStream { .. } | ReturnKind::ImplStream { .. }
+        )
     }
 }
 
@@ -222,18 +238,30 @@ pub fn classify_return(ty: &Type) -> ReturnKind {
         Type::Paren(p) => return classify_return(&p.elem),
         Type::ImplTrait(imp) => {
             return match stream_bound(&imp.bounds) {
-                Some(item) => ReturnKind::ImplStream { ty: ty.clone(), item },
+                Some(item) => ReturnKind::ImplStream {
+                    ty: ty.clone(),
+                    item,
+                },
                 None => ReturnKind::ImplOther(ty.clone()),
             };
         }
         _ => {}
     }
-    let Some(seg) = last_segment(ty) else { return ReturnKind::Value(ty.clone()) };
+    let Some(seg) = last_segment(ty) else {
+        return ReturnKind::Value(ty.clone());
+    };
     let args = type_args(seg);
     if seg.ident == "Result" || seg.ident == "RpcResult" {
-        ReturnKind::Fallible { ty: ty.clone(), ok: args.first().cloned(), err: args.get(1).cloned() }
+        ReturnKind::Fallible {
+            ty: ty.clone(),
+            ok: args.first().cloned(),
+            err: args.get(1).cloned(),
+        }
     } else if seg.ident == "ReplyStream" {
-        ReturnKind::ReplyStream { ty: ty.clone(), item: args.first().cloned() }
+        ReturnKind::ReplyStream {
+            ty: ty.clone(),
+            item: args.first().cloned(),
+        }
     } else {
         ReturnKind::Value(ty.clone())
     }
@@ -241,16 +269,22 @@ pub fn classify_return(ty: &Type) -> ReturnKind {
 
 /// For `impl Stream<Item = T> + Send`: `Some(Some(T))`; `Some(None)` when the `Item` binding
 /// is missing; `None` when no bound is a `Stream`.
-fn stream_bound(bounds: &syn::punctuated::Punctuated<TypeParamBound, syn::Token![+]>) -> Option<Option<Type>> {
+fn stream_bound(
+    bounds: &syn::punctuated::Punctuated<TypeParamBound, syn::Token![+]>,
+) -> Option<Option<Type>> {
     bounds.iter().find_map(|b| {
-        let TypeParamBound::Trait(t) = b else { return None };
+        let TypeParamBound::Trait(t) = b else {
+            return None;
+        };
         let seg = t.path.segments.last()?;
         if seg.ident != "Stream" {
             return None;
         }
         let item = match &seg.arguments {
             PathArguments::AngleBracketed(a) => a.args.iter().find_map(|arg| match arg {
-                GenericArgument::AssocType(assoc) if assoc.ident == "Item" => Some(assoc.ty.clone()),
+                GenericArgument::AssocType(assoc) if assoc.ident == "Item" => {
+                    Some(assoc.ty.clone())
+                }
                 _ => None,
             }),
             _ => None,
@@ -274,13 +308,17 @@ mod tests {
 
     #[test]
     fn payload_and_context_in_any_order() {
-        let s = sig(quote!(pub async fn get_user(id: String, ctx: Context) -> User {}));
+        let s = sig(quote!(
+            pub async fn get_user(id: String, ctx: Context) -> User {}
+        ));
         assert_eq!(s.name(), "get_user");
         assert_eq!(text(&s.payload().unwrap().ty), "String");
         assert_eq!(s.payload().unwrap().index, 0);
         assert_eq!(s.context().unwrap().index, 1);
 
-        let s = sig(quote!(async fn f(ctx: switchboard::Context, mut p: Req) {}));
+        let s = sig(quote!(
+            async fn f(ctx: switchboard::Context, mut p: Req) {}
+        ));
         assert_eq!(s.context().unwrap().index, 0);
         assert_eq!(s.payload().unwrap().index, 1);
         assert_eq!(text(&s.payload().unwrap().pat), "mut p");
@@ -288,70 +326,155 @@ mod tests {
 
     #[test]
     fn no_arguments() {
-        let s = sig(quote!(async fn ping() {}));
+        let s = sig(quote!(
+            async fn ping() {}
+        ));
         assert!(s.payload().is_none() && s.context().is_none());
         assert!(matches!(s.ret, ReturnKind::Unit));
     }
 
     #[test]
     fn receivers_are_not_arguments() {
-        let s = sig(quote!(async fn f(&self, x: u32) {}));
+        let s = sig(quote!(
+            async fn f(&self, x: u32) {}
+        ));
         assert_eq!(s.args.len(), 1);
         assert_eq!(s.args[0].index, 1);
     }
 
     #[test]
     fn return_kinds() {
-        assert!(matches!(sig(quote!(async fn f() -> () {})).ret, ReturnKind::Unit));
-        assert!(matches!(sig(quote!(async fn f() -> User {})).ret, ReturnKind::Value(_)));
-        assert!(matches!(sig(quote!(async fn f() -> Option<User> {})).ret, ReturnKind::Value(_)));
+        assert!(matches!(
+            sig(quote!(
+                async fn f() -> () {}
+            ))
+            .ret,
+            ReturnKind::Unit
+        ));
+        assert!(matches!(
+            sig(quote!(
+                async fn f() -> User {}
+            ))
+            .ret,
+            ReturnKind::Value(_)
+        ));
+        assert!(matches!(
+            sig(quote!(
+                async fn f() -> Option<User> {}
+            ))
+            .ret,
+            ReturnKind::Value(_)
+        ));
 
-        let ReturnKind::Fallible { ok, err, .. } = sig(quote!(async fn f() -> Result<User, RpcError> {})).ret else {
+        let ReturnKind::Fallible { ok, err, .. } = sig(quote!(
+            async fn f() -> Result<User, RpcError> {}
+        ))
+        .ret
+        else {
             panic!("fallible")
         };
         assert_eq!(text(&ok.unwrap()), "User");
         assert_eq!(text(&err.unwrap()), "RpcError");
 
-        let ReturnKind::Fallible { ok, err, .. } = sig(quote!(async fn f() -> sb::RpcResult<u32> {})).ret else {
+        let ReturnKind::Fallible { ok, err, .. } = sig(quote!(
+            async fn f() -> sb::RpcResult<u32> {}
+        ))
+        .ret
+        else {
             panic!("fallible")
         };
         assert_eq!(text(&ok.unwrap()), "u32");
         assert!(err.is_none());
 
-        let ReturnKind::Fallible { ok, .. } = sig(quote!(async fn f() -> std::fmt::Result {})).ret else {
+        let ReturnKind::Fallible { ok, .. } = sig(quote!(
+            async fn f() -> std::fmt::Result {}
+        ))
+        .ret
+        else {
             panic!("fallible")
         };
         assert!(ok.is_none());
 
-        let ReturnKind::ReplyStream { item, .. } = sig(quote!(async fn f() -> ReplyStream<u32> {})).ret else {
+        let ReturnKind::ReplyStream { item, .. } = sig(quote!(
+            async fn f() -> ReplyStream<u32> {}
+        ))
+        .ret
+        else {
             panic!("stream")
         };
         assert_eq!(text(&item.unwrap()), "u32");
 
-        let ReturnKind::ImplStream { item, .. } =
-            sig(quote!(async fn f() -> impl futures::Stream<Item = Tick> + Send {})).ret
+        let ReturnKind::ImplStream { item, .. } = sig(quote!(
+            async fn f() -> impl futures::Stream<Item = Tick> + Send {}
+        ))
+        .ret
         else {
             panic!("impl stream")
         };
         assert_eq!(text(&item.unwrap()), "Tick");
 
-        let ReturnKind::ImplStream { item, .. } = sig(quote!(async fn f() -> impl Stream {})).ret else {
+        let ReturnKind::ImplStream { item, .. } = sig(quote!(
+            async fn f() -> impl Stream {}
+        ))
+        .ret
+        else {
             panic!("impl stream")
         };
         assert!(item.is_none());
 
-        assert!(matches!(sig(quote!(async fn f() -> impl Serialize {})).ret, ReturnKind::ImplOther(_)));
+        assert!(matches!(
+            sig(quote!(
+                async fn f() -> impl Serialize {}
+            ))
+            .ret,
+            ReturnKind::ImplOther(_)
+        ));
     }
 
     #[test]
     fn reply_types() {
         let reply = |tokens| sig(tokens).ret.reply_type().map(|t| text(&t));
-        assert_eq!(reply(quote!(async fn f() {})).as_deref(), Some("()"));
-        assert_eq!(reply(quote!(async fn f() -> User {})).as_deref(), Some("User"));
-        assert_eq!(reply(quote!(async fn f() -> Result<User, E> {})).as_deref(), Some("User"));
-        assert_eq!(reply(quote!(async fn f() -> ReplyStream<u8> {})).as_deref(), Some("u8"));
-        assert_eq!(reply(quote!(async fn f() -> impl Stream<Item = u8> {})).as_deref(), Some("u8"));
-        assert_eq!(reply(quote!(async fn f() -> io::Result {})), None);
+        assert_eq!(
+            reply(quote!(
+                async fn f() {}
+            ))
+            .as_deref(),
+            Some("()")
+        );
+        assert_eq!(
+            reply(quote!(
+                async fn f() -> User {}
+            ))
+            .as_deref(),
+            Some("User")
+        );
+        assert_eq!(
+            reply(quote!(
+                async fn f() -> Result<User, E> {}
+            ))
+            .as_deref(),
+            Some("User")
+        );
+        assert_eq!(
+            reply(quote!(
+                async fn f() -> ReplyStream<u8> {}
+            ))
+            .as_deref(),
+            Some("u8")
+        );
+        assert_eq!(
+            reply(quote!(
+                async fn f() -> impl Stream<Item = u8> {}
+            ))
+            .as_deref(),
+            Some("u8")
+        );
+        assert_eq!(
+            reply(quote!(
+                async fn f() -> io::Result {}
+            )),
+            None
+        );
     }
 
     #[test]

@@ -130,7 +130,10 @@ impl PatternArgs {
         } else if starts_with_key {
             // A bare `k = v, ...` list: every piece is a key; there is no room for options.
             let span = first[0].span();
-            let entries = segments.iter().filter_map(|seg| parse_entry(seg, true, &mut errors)).collect();
+            let entries = segments
+                .iter()
+                .filter_map(|seg| parse_entry(seg, true, &mut errors))
+                .collect();
             (Some(PatValue::Object(PatObject { span, entries })), &[][..])
         } else {
             (parse_positional(first, &mut errors), &segments[1..])
@@ -144,7 +147,10 @@ impl PatternArgs {
         }
 
         errors.finish()?;
-        Ok(PatternArgs { value: value.expect("no error means a value was parsed"), crate_path })
+        Ok(PatternArgs {
+            value: value.expect("no error means a value was parsed"),
+            crate_path,
+        })
     }
 
     /// The pattern, for route and JSON computation.
@@ -164,7 +170,9 @@ impl PatternArgs {
 
     /// The path to the `switchboard` crate: the `crate = ...` option, else `::switchboard`.
     pub fn crate_path(&self) -> Path {
-        self.crate_path.clone().unwrap_or_else(|| syn::parse_quote!(::switchboard))
+        self.crate_path
+            .clone()
+            .unwrap_or_else(|| syn::parse_quote!(::switchboard))
     }
 }
 
@@ -176,10 +184,15 @@ impl PatValue {
             PatValue::Num(n) => Pattern::Number(n.value),
             PatValue::Bool(b, _) => Pattern::Bool(*b),
             PatValue::Null(_) => Pattern::Null,
-            PatValue::Object(o) => {
-                Pattern::Object(o.entries.iter().map(|e| (e.key.name.clone(), e.value.to_pattern())).collect())
+            PatValue::Object(o) => Pattern::Object(
+                o.entries
+                    .iter()
+                    .map(|e| (e.key.name.clone(), e.value.to_pattern()))
+                    .collect(),
+            ),
+            PatValue::Array(a) => {
+                Pattern::Array(a.items.iter().map(PatValue::to_pattern).collect())
             }
-            PatValue::Array(a) => Pattern::Array(a.items.iter().map(PatValue::to_pattern).collect()),
         }
     }
 }
@@ -192,7 +205,10 @@ fn split_commas(tokens: TokenStream, errors: &mut Errors) -> Vec<Vec<TokenTree>>
         match &tt {
             TokenTree::Punct(p) if p.as_char() == ',' => {
                 if current.is_empty() {
-                    errors.push(syn::Error::new(p.span(), "unexpected `,`: expected a pattern before it"));
+                    errors.push(syn::Error::new(
+                        p.span(),
+                        "unexpected `,`: expected a pattern before it",
+                    ));
                 } else {
                     segments.push(std::mem::take(&mut current));
                 }
@@ -209,11 +225,11 @@ fn split_commas(tokens: TokenStream, errors: &mut Errors) -> Vec<Vec<TokenTree>>
 /// `key = rest`, if the piece has that shape (a key token followed by a lone `=`).
 fn split_entry(seg: &[TokenTree]) -> Option<(&TokenTree, &[TokenTree])> {
     match seg {
-        [key @ (TokenTree::Ident(_) | TokenTree::Literal(_)), TokenTree::Punct(eq), rest @ ..]
-            if eq.as_char() == '=' && !is_eq_continued(eq, rest) =>
-        {
-            Some((key, rest))
-        }
+        [
+            key @ (TokenTree::Ident(_) | TokenTree::Literal(_)),
+            TokenTree::Punct(eq),
+            rest @ ..,
+        ] if eq.as_char() == '=' && !is_eq_continued(eq, rest) => Some((key, rest)),
         _ => None,
     }
 }
@@ -250,7 +266,10 @@ fn parse_entry(seg: &[TokenTree], top_level: bool, errors: &mut Errors) -> Optio
     if rest.is_empty() {
         errors.push(syn::Error::new_spanned(
             tokens_of(&seg[..2]),
-            format!("key `{}` has no value: write `{} = <value>`, where the value is {VALUE_FORMS}", key.name, key.name),
+            format!(
+                "key `{}` has no value: write `{} = <value>`, where the value is {VALUE_FORMS}",
+                key.name, key.name
+            ),
         ));
         return None;
     }
@@ -263,14 +282,25 @@ fn entry_shape_error(seg: &[TokenTree]) -> syn::Error {
     match seg {
         [TokenTree::Ident(key)] => {
             let name = key.unraw();
-            syn::Error::new(key.span(), format!("key `{name}` has no value: write `{name} = <value>`"))
+            syn::Error::new(
+                key.span(),
+                format!("key `{name}` has no value: write `{name} = <value>`"),
+            )
         }
         [TokenTree::Literal(lit)] if matches!(Lit::new(lit.clone()), Lit::Str(_)) => {
-            syn::Error::new(lit.span(), format!("key {lit} has no value: write `{lit} = <value>`"))
+            syn::Error::new(
+                lit.span(),
+                format!("key {lit} has no value: write `{lit} = <value>`"),
+            )
         }
-        [key @ (TokenTree::Ident(_) | TokenTree::Literal(_)), TokenTree::Punct(p), ..] if p.as_char() == ':' => {
-            syn::Error::new(p.span(), format!("write `{key} = value`, not `{key}: value`"))
-        }
+        [
+            key @ (TokenTree::Ident(_) | TokenTree::Literal(_)),
+            TokenTree::Punct(p),
+            ..,
+        ] if p.as_char() == ':' => syn::Error::new(
+            p.span(),
+            format!("write `{key} = value`, not `{key}: value`"),
+        ),
         _ => syn::Error::new_spanned(
             tokens_of(seg),
             "expected `key = value`, where the key is an identifier or a string literal",
@@ -280,13 +310,22 @@ fn entry_shape_error(seg: &[TokenTree]) -> syn::Error {
 
 fn parse_key(tt: &TokenTree, errors: &mut Errors) -> Option<PatKey> {
     match tt {
-        TokenTree::Ident(ident) => Some(PatKey { name: ident.unraw().to_string(), span: ident.span() }),
+        TokenTree::Ident(ident) => Some(PatKey {
+            name: ident.unraw().to_string(),
+            span: ident.span(),
+        }),
         TokenTree::Literal(lit) => match Lit::new(lit.clone()) {
-            Lit::Str(s) => Some(PatKey { name: s.value(), span: s.span() }),
+            Lit::Str(s) => Some(PatKey {
+                name: s.value(),
+                span: s.span(),
+            }),
             _ => {
                 errors.push(syn::Error::new(
                     lit.span(),
-                    format!("a key must be an identifier or a string literal: write `\"{}\"`", lit_text_unquoted(lit)),
+                    format!(
+                        "a key must be an identifier or a string literal: write `\"{}\"`",
+                        lit_text_unquoted(lit)
+                    ),
                 ));
                 None
             }
@@ -301,19 +340,19 @@ fn lit_text_unquoted(lit: &proc_macro2::Literal) -> String {
 
 /// The first piece when it is not a `key = value` pair: a string, number, `{...}`, ….
 fn parse_positional(seg: &[TokenTree], errors: &mut Errors) -> Option<PatValue> {
-    if let [TokenTree::Ident(ident)] = seg {
-        if !matches!(ident.to_string().as_str(), "true" | "false" | "null") {
-            let name = ident.unraw();
-            errors.push(syn::Error::new(
-                ident.span(),
-                format!(
-                    "`{name}` is not a pattern: write a string (`\"{name}\"`), or `{name} = <value>` \
-                     for an object pattern; constants cannot be used because the route is computed \
-                     at compile time"
-                ),
-            ));
-            return None;
-        }
+    if let [TokenTree::Ident(ident)] = seg
+        && !matches!(ident.to_string().as_str(), "true" | "false" | "null")
+    {
+        let name = ident.unraw();
+        errors.push(syn::Error::new(
+            ident.span(),
+            format!(
+                "`{name}` is not a pattern: write a string (`\"{name}\"`), or `{name} = <value>` \
+                 for an object pattern; constants cannot be used because the route is computed \
+                 at compile time"
+            ),
+        ));
+        return None;
     }
     parse_value(seg, errors)
 }
@@ -341,11 +380,17 @@ fn parse_option(seg: &[TokenTree], seen: bool, errors: &mut Errors) -> Option<Pa
         return None;
     }
     if seen {
-        errors.push(syn::Error::new(name.span(), "`crate` is given twice: give it once"));
+        errors.push(syn::Error::new(
+            name.span(),
+            "`crate` is given twice: give it once",
+        ));
         return None;
     }
     if rest.is_empty() {
-        errors.push(syn::Error::new_spanned(tokens_of(&seg[..2]), "`crate` needs a path: `crate = ::switchboard`"));
+        errors.push(syn::Error::new_spanned(
+            tokens_of(&seg[..2]),
+            "`crate` needs a path: `crate = ::switchboard`",
+        ));
         return None;
     }
     match Path::parse_mod_style.parse2(tokens_of(rest)) {
@@ -392,19 +437,27 @@ fn parse_value(seg: &[TokenTree], errors: &mut Errors) -> Option<PatValue> {
             for piece in split_commas(g.stream(), errors) {
                 entries.extend(parse_entry(&piece, false, errors));
             }
-            Some(PatValue::Object(PatObject { span: g.span(), entries }))
+            Some(PatValue::Object(PatObject {
+                span: g.span(),
+                entries,
+            }))
         }
         [TokenTree::Group(g)] if g.delimiter() == Delimiter::Bracket => {
             let mut items = Vec::new();
             for piece in split_commas(g.stream(), errors) {
                 items.extend(parse_value(&piece, errors));
             }
-            Some(PatValue::Array(PatArray { span: g.span(), items }))
+            Some(PatValue::Array(PatArray {
+                span: g.span(),
+                items,
+            }))
         }
         [TokenTree::Group(g)] if g.delimiter() == Delimiter::Parenthesis => {
             errors.push(syn::Error::new(
                 g.span(),
-                format!("unsupported pattern value: expected {VALUE_FORMS}; write arrays with `[...]`"),
+                format!(
+                    "unsupported pattern value: expected {VALUE_FORMS}; write arrays with `[...]`"
+                ),
             ));
             None
         }
@@ -421,13 +474,21 @@ fn parse_value(seg: &[TokenTree], errors: &mut Errors) -> Option<PatValue> {
     }
 }
 
-fn parse_literal(lit: &proc_macro2::Literal, negative: bool, tokens: TokenStream, errors: &mut Errors) -> Option<PatValue> {
+fn parse_literal(
+    lit: &proc_macro2::Literal,
+    negative: bool,
+    tokens: TokenStream,
+    errors: &mut Errors,
+) -> Option<PatValue> {
     let (digits, suffix) = match Lit::new(lit.clone()) {
         Lit::Str(s) if !negative => return Some(PatValue::Str(s)),
         Lit::Int(i) => (i.base10_digits().to_owned(), i.suffix().to_owned()),
         Lit::Float(f) => (f.base10_digits().to_owned(), f.suffix().to_owned()),
         _ => {
-            errors.push(syn::Error::new_spanned(tokens, format!("unsupported pattern value: expected {VALUE_FORMS}")));
+            errors.push(syn::Error::new_spanned(
+                tokens,
+                format!("unsupported pattern value: expected {VALUE_FORMS}"),
+            ));
             return None;
         }
     };
@@ -440,10 +501,16 @@ fn parse_literal(lit: &proc_macro2::Literal, negative: bool, tokens: TokenStream
     }
     let value: f64 = digits.parse().expect("syn gives base-10 digits");
     if !value.is_finite() {
-        errors.push(syn::Error::new(lit.span(), "number out of range: JavaScript cannot represent it"));
+        errors.push(syn::Error::new(
+            lit.span(),
+            "number out of range: JavaScript cannot represent it",
+        ));
         return None;
     }
-    Some(PatValue::Num(PatNum { value: if negative { -value } else { value }, tokens }))
+    Some(PatValue::Num(PatNum {
+        value: if negative { -value } else { value },
+        tokens,
+    }))
 }
 
 impl ToTokens for PatKey {
@@ -467,7 +534,10 @@ mod tests {
 
     fn error(tokens: TokenStream) -> String {
         let err = PatternArgs::parse(tokens).expect_err("expected an error");
-        err.into_iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n")
+        err.into_iter()
+            .map(|e| e.to_string())
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 
     #[test]
@@ -501,13 +571,29 @@ mod tests {
         let args = parse(quote!(
             cmd = "get", role = "user", v = 2, nested = { b = 1, a = "x" }, Zeta = "z", _x = 1
         ));
-        assert_eq!(args.route(), r#"{"_x":1,"cmd":"get","nested":{"a":"x","b":1},"role":"user","v":2,"Zeta":"z"}"#);
-        assert_eq!(args.json(), r#"{"cmd":"get","role":"user","v":2,"nested":{"b":1,"a":"x"},"Zeta":"z","_x":1}"#);
+        assert_eq!(
+            args.route(),
+            r#"{"_x":1,"cmd":"get","nested":{"a":"x","b":1},"role":"user","v":2,"Zeta":"z"}"#
+        );
+        assert_eq!(
+            args.json(),
+            r#"{"cmd":"get","role":"user","v":2,"nested":{"b":1,"a":"x"},"Zeta":"z","_x":1}"#
+        );
     }
 
     #[test]
     fn every_value_form() {
-        let args = parse(quote!(s = "x", i = 2, n = -3, f = 1.25, t = true, no = false, z = null, l = [1, "x", [true]], o = {}));
+        let args = parse(quote!(
+            s = "x",
+            i = 2,
+            n = -3,
+            f = 1.25,
+            t = true,
+            no = false,
+            z = null,
+            l = [1, "x", [true]],
+            o = {}
+        ));
         assert_eq!(
             args.json(),
             r#"{"s":"x","i":2,"n":-3,"f":1.25,"t":true,"no":false,"z":null,"l":[1,"x",[true]],"o":{}}"#
@@ -520,15 +606,26 @@ mod tests {
 
     #[test]
     fn string_keys_and_raw_identifiers() {
-        let args = parse(quote!("Zeta" = "z", cmd = "x", r#type = 1, "with \"quote\"" = 2));
-        assert_eq!(args.route(), r#"{"cmd":"x","type":1,"with \"quote\"":2,"Zeta":"z"}"#);
+        let args = parse(quote!(
+            "Zeta" = "z",
+            cmd = "x",
+            r#type = 1,
+            "with \"quote\"" = 2
+        ));
+        assert_eq!(
+            args.route(),
+            r#"{"cmd":"x","type":1,"with \"quote\"":2,"Zeta":"z"}"#
+        );
     }
 
     #[test]
     fn options_after_positional_patterns() {
         let args = parse(quote!("math.add", crate = ::my::reexport::switchboard));
         assert_eq!(args.route(), "math.add");
-        assert_eq!(args.crate_path().to_token_stream().to_string(), ":: my :: reexport :: switchboard");
+        assert_eq!(
+            args.crate_path().to_token_stream().to_string(),
+            ":: my :: reexport :: switchboard"
+        );
         let braced = parse(quote!({ cmd = "get_user" }, crate = sb));
         assert_eq!(braced.route(), r#"{"cmd":"get_user"}"#);
         assert_eq!(braced.crate_path().to_token_stream().to_string(), "sb");
@@ -537,7 +634,13 @@ mod tests {
 
     #[test]
     fn default_crate_path() {
-        assert_eq!(parse(quote!("x")).crate_path().to_token_stream().to_string(), ":: switchboard");
+        assert_eq!(
+            parse(quote!("x"))
+                .crate_path()
+                .to_token_stream()
+                .to_string(),
+            ":: switchboard"
+        );
     }
 
     #[test]
@@ -586,11 +689,17 @@ mod tests {
     #[test]
     fn option_errors() {
         let unknown = error(quote!("x", krate = foo));
-        assert!(unknown.contains("unknown option `krate`: the only option is `crate = <path>`"), "{unknown}");
+        assert!(
+            unknown.contains("unknown option `krate`: the only option is `crate = <path>`"),
+            "{unknown}"
+        );
         assert!(error(quote!("x", crate = a, crate = b)).contains("`crate` is given twice"));
         assert!(error(quote!("x", crate = "a")).contains("expected the path"));
         assert!(error(quote!("x", crate =)).contains("`crate` needs a path"));
-        assert!(error(quote!(cmd = "x", crate = a)).contains("options may only follow a positional pattern"));
+        assert!(
+            error(quote!(cmd = "x", crate = a))
+                .contains("options may only follow a positional pattern")
+        );
         assert!(error(quote!(crate = a)).contains("options may only follow a positional pattern"));
         assert!(error(quote!("x", "y")).contains("unexpected argument after the pattern"));
     }
@@ -602,7 +711,9 @@ mod tests {
 
     #[test]
     fn bad_keys() {
-        assert!(error(quote!({ 1 = "x" })).contains("a key must be an identifier or a string literal"));
+        assert!(
+            error(quote!({ 1 = "x" })).contains("a key must be an identifier or a string literal")
+        );
     }
 
     #[test]

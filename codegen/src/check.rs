@@ -76,7 +76,10 @@ fn check_value(value: &PatValue, depth: usize, errors: &mut Errors) {
         }
         PatValue::Array(a) => {
             if len > MAX_KEYS {
-                errors.push(syn::Error::new(value_span(&a.items[MAX_KEYS]), too_many(len, what)));
+                errors.push(syn::Error::new(
+                    value_span(&a.items[MAX_KEYS]),
+                    too_many(len, what),
+                ));
             }
             for item in &a.items {
                 check_value(item, depth + 1, errors);
@@ -96,7 +99,12 @@ fn too_many(len: usize, what: &str) -> String {
 fn value_span(value: &PatValue) -> proc_macro2::Span {
     match value {
         PatValue::Str(s) => s.span(),
-        PatValue::Num(n) => n.tokens.clone().into_iter().next().map_or_else(proc_macro2::Span::call_site, |t| t.span()),
+        PatValue::Num(n) => n
+            .tokens
+            .clone()
+            .into_iter()
+            .next()
+            .map_or_else(proc_macro2::Span::call_site, |t| t.span()),
         PatValue::Bool(_, span) | PatValue::Null(span) => *span,
         PatValue::Object(o) => o.span,
         PatValue::Array(a) => a.span,
@@ -112,7 +120,10 @@ pub fn check_signature(kind: PatternKind, item: &ItemFn, handler: &HandlerSig) -
     let mut errors = Errors::default();
 
     if let Some(c) = &sig.constness {
-        errors.push(syn::Error::new(c.span, "a handler cannot be a `const fn`: remove `const`"));
+        errors.push(syn::Error::new(
+            c.span,
+            "a handler cannot be a `const fn`: remove `const`",
+        ));
     }
     if sig.asyncness.is_none() {
         errors.push(syn::Error::new(
@@ -128,7 +139,10 @@ pub fn check_signature(kind: PatternKind, item: &ItemFn, handler: &HandlerSig) -
         ));
     }
     if let Some(abi) = &sig.abi {
-        errors.push(syn::Error::new_spanned(abi, "a handler cannot be `extern`: remove the ABI"));
+        errors.push(syn::Error::new_spanned(
+            abi,
+            "a handler cannot be `extern`: remove the ABI",
+        ));
     }
     if !sig.generics.params.is_empty() {
         errors.push(syn::Error::new_spanned(
@@ -138,10 +152,16 @@ pub fn check_signature(kind: PatternKind, item: &ItemFn, handler: &HandlerSig) -
         ));
     }
     if let Some(w) = &sig.generics.where_clause {
-        errors.push(syn::Error::new_spanned(w, "a handler cannot have a `where` clause: remove it and name concrete types"));
+        errors.push(syn::Error::new_spanned(
+            w,
+            "a handler cannot have a `where` clause: remove it and name concrete types",
+        ));
     }
     if let Some(v) = &sig.variadic {
-        errors.push(syn::Error::new_spanned(v, "a handler cannot be variadic: take one payload argument"));
+        errors.push(syn::Error::new_spanned(
+            v,
+            "a handler cannot be variadic: take one payload argument",
+        ));
     }
 
     for input in &sig.inputs {
@@ -173,7 +193,10 @@ pub fn check_signature(kind: PatternKind, item: &ItemFn, handler: &HandlerSig) -
             ArgRole::Context => {
                 contexts += 1;
                 if contexts == 2 {
-                    errors.push(syn::Error::new_spanned(typed, "`Context` is taken twice: take it once"));
+                    errors.push(syn::Error::new_spanned(
+                        typed,
+                        "`Context` is taken twice: take it once",
+                    ));
                 }
             }
         }
@@ -207,10 +230,12 @@ pub fn check_signature(kind: PatternKind, item: &ItemFn, handler: &HandlerSig) -
             ty,
             "name the stream's item type: `impl Stream<Item = T>`",
         )),
-        ReturnKind::ImplStream { item: Some(item), .. } => check_nameable(item, &mut errors),
-        ReturnKind::Value(ty) | ReturnKind::Fallible { ty, .. } | ReturnKind::ReplyStream { ty, .. } => {
-            check_nameable(ty, &mut errors)
-        }
+        ReturnKind::ImplStream {
+            item: Some(item), ..
+        } => check_nameable(item, &mut errors),
+        ReturnKind::Value(ty)
+        | ReturnKind::Fallible { ty, .. }
+        | ReturnKind::ReplyStream { ty, .. } => check_nameable(ty, &mut errors),
         ReturnKind::Unit => {}
     }
 
@@ -302,13 +327,26 @@ mod tests {
         // is rejected, and indeed routes to the marker.
         let ok = nested(MAX_DEPTH + 1);
         assert!(pattern_errors(ok.clone()).is_empty());
-        assert!(!PatternArgs::parse(ok).unwrap().route().contains(MAX_DEPTH_MARKER));
+        assert!(
+            !PatternArgs::parse(ok)
+                .unwrap()
+                .route()
+                .contains(MAX_DEPTH_MARKER)
+        );
 
         let deep = nested(MAX_DEPTH + 2);
         let errors = pattern_errors(deep.clone());
         assert_eq!(errors.len(), 1);
-        assert!(errors[0].starts_with("pattern nested too deep"), "{errors:?}");
-        assert!(PatternArgs::parse(deep).unwrap().route().contains(MAX_DEPTH_MARKER));
+        assert!(
+            errors[0].starts_with("pattern nested too deep"),
+            "{errors:?}"
+        );
+        assert!(
+            PatternArgs::parse(deep)
+                .unwrap()
+                .route()
+                .contains(MAX_DEPTH_MARKER)
+        );
     }
 
     #[test]
@@ -320,7 +358,10 @@ mod tests {
         assert!(pattern_errors(pairs(MAX_KEYS)).is_empty());
         let errors = pattern_errors(pairs(MAX_KEYS + 1));
         assert!(errors[0].starts_with("too many keys"), "{errors:?}");
-        assert_eq!(PatternArgs::parse(pairs(MAX_KEYS + 1)).unwrap().route(), TOO_MANY_KEYS_MARKER);
+        assert_eq!(
+            PatternArgs::parse(pairs(MAX_KEYS + 1)).unwrap().route(),
+            TOO_MANY_KEYS_MARKER
+        );
         let items = (0..=MAX_KEYS).map(proc_macro2::Literal::usize_unsuffixed);
         assert!(pattern_errors(quote!(l = [#(#items),*]))[0].starts_with("too many items"));
     }
@@ -333,16 +374,48 @@ mod tests {
 
     #[test]
     fn valid_signatures() {
-        assert!(sig_errors(quote!(async fn f() {})).is_empty());
-        assert!(sig_errors(quote!(pub async fn f(id: String, ctx: Context) -> Result<User, RpcError> {})).is_empty());
-        assert!(sig_errors(quote!(async fn f(ctx: Context, Wrapper(x): Wrapper) -> ReplyStream<u8> {})).is_empty());
-        assert!(sig_errors(quote!(async fn f(cb: Cow<'static, str>) -> impl Stream<Item = u8> {})).is_empty());
+        assert!(
+            sig_errors(quote!(
+                async fn f() {}
+            ))
+            .is_empty()
+        );
+        assert!(
+            sig_errors(quote!(
+                pub async fn f(id: String, ctx: Context) -> Result<User, RpcError> {}
+            ))
+            .is_empty()
+        );
+        assert!(
+            sig_errors(quote!(
+                async fn f(ctx: Context, Wrapper(x): Wrapper) -> ReplyStream<u8> {}
+            ))
+            .is_empty()
+        );
+        assert!(
+            sig_errors(quote!(
+                async fn f(cb: Cow<'static, str>) -> impl Stream<Item = u8> {}
+            ))
+            .is_empty()
+        );
     }
 
     #[test]
     fn every_signature_error_at_once() {
         let errors = sig_errors(quote!(
-            unsafe extern "C" fn f<T>(&self, a: u32, b: u32, c: Context, d: Context, e: impl Send, r: &str) -> impl Serialize where T: Copy {}
+            unsafe extern "C" fn f<T>(
+                &self,
+                a: u32,
+                b: u32,
+                c: Context,
+                d: Context,
+                e: impl Send,
+                r: &str,
+            ) -> impl Serialize
+            where
+                T: Copy,
+            {
+            }
         ));
         let expected = [
             "must be `async fn`",
@@ -358,19 +431,37 @@ mod tests {
             "cannot return `impl Trait`",
         ];
         for want in expected {
-            assert!(errors.iter().any(|e| e.contains(want)), "missing {want:?} in {errors:#?}");
+            assert!(
+                errors.iter().any(|e| e.contains(want)),
+                "missing {want:?} in {errors:#?}"
+            );
         }
         assert_eq!(errors.len(), expected.len(), "{errors:#?}");
     }
 
     #[test]
     fn stream_item_must_be_named() {
-        assert!(sig_errors(quote!(async fn f() -> impl Stream {}))[0].contains("`impl Stream<Item = T>`"));
-        assert!(sig_errors(quote!(async fn f() -> Result<impl Serialize, E> {}))[0].contains("cannot contain `impl Trait`"));
+        assert!(
+            sig_errors(quote!(
+                async fn f() -> impl Stream {}
+            ))[0]
+                .contains("`impl Stream<Item = T>`")
+        );
+        assert!(
+            sig_errors(quote!(
+                async fn f() -> Result<impl Serialize, E> {}
+            ))[0]
+                .contains("cannot contain `impl Trait`")
+        );
     }
 
     #[test]
     fn context_by_reference() {
-        assert!(sig_errors(quote!(async fn f(ctx: &Context) {}))[0].contains("take `Context` by value"));
+        assert!(
+            sig_errors(quote!(
+                async fn f(ctx: &Context) {}
+            ))[0]
+                .contains("take `Context` by value")
+        );
     }
 }

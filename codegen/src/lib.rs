@@ -21,6 +21,8 @@
 //! assert!(def.sig.payload().is_some());
 //! ```
 
+#![warn(missing_docs)]
+
 pub mod ast;
 pub mod attr;
 pub mod check;
@@ -45,7 +47,11 @@ pub struct HandlerDef {
 impl HandlerDef {
     /// Parses and checks a handler from its attribute's arguments and its function.
     /// Pattern and signature errors come back together.
-    pub fn parse(kind: PatternKind, attr: TokenStream, item: &syn::ItemFn) -> syn::Result<HandlerDef> {
+    pub fn parse(
+        kind: PatternKind,
+        attr: TokenStream,
+        item: &syn::ItemFn,
+    ) -> syn::Result<HandlerDef> {
         let mut errors = Errors::default();
         let pattern = match PatternArgs::parse(attr) {
             Ok(p) => {
@@ -60,20 +66,31 @@ impl HandlerDef {
         let sig = HandlerSig::from_fn(item);
         errors.result(check_signature(kind, item, &sig));
         errors.finish()?;
-        Ok(HandlerDef { kind, pattern: pattern.expect("no errors means the pattern parsed"), sig })
+        Ok(HandlerDef {
+            kind,
+            pattern: pattern.expect("no errors means the pattern parsed"),
+            sig,
+        })
     }
 
     /// The handler marked on a function by `#[message_pattern(...)]` or
     /// `#[event_pattern(...)]` (matched by the attribute's last path segment), for tools that
     /// read source files; `None` when the function has neither.
     pub fn from_marked_fn(item: &syn::ItemFn) -> Option<syn::Result<HandlerDef>> {
-        let attr = item.attrs.iter().find(|a| PatternKind::of_attr(a).is_some())?;
+        let attr = item
+            .attrs
+            .iter()
+            .find(|a| PatternKind::of_attr(a).is_some())?;
         let kind = PatternKind::of_attr(attr)?;
         Some(match &attr.meta {
             syn::Meta::List(list) => HandlerDef::parse(kind, list.tokens.clone(), item),
             other => Err(syn::Error::new_spanned(
                 other,
-                format!("`#[{}]` needs a pattern: `#[{}(\"name\")]`", kind.attr_name(), kind.attr_name()),
+                format!(
+                    "`#[{}]` needs a pattern: `#[{}(\"name\")]`",
+                    kind.attr_name(),
+                    kind.attr_name()
+                ),
             )),
         })
     }
@@ -109,15 +126,20 @@ mod tests {
 
     #[test]
     fn pattern_and_signature_errors_come_together() {
-        let item: syn::ItemFn = syn::parse_quote!(fn f(a: u32, b: u32) {});
-        let err = HandlerDef::parse(PatternKind::Message, quote!(cmd = "a", cmd = "b"), &item).unwrap_err();
+        let item: syn::ItemFn = syn::parse_quote!(
+            fn f(a: u32, b: u32) {}
+        );
+        let err = HandlerDef::parse(PatternKind::Message, quote!(cmd = "a", cmd = "b"), &item)
+            .unwrap_err();
         let messages: Vec<String> = err.into_iter().map(|e| e.to_string()).collect();
         assert_eq!(messages.len(), 3, "{messages:#?}");
     }
 
     #[test]
     fn syntax_errors_and_signature_errors_come_together() {
-        let item: syn::ItemFn = syn::parse_quote!(fn f() {});
+        let item: syn::ItemFn = syn::parse_quote!(
+            fn f() {}
+        );
         let err = HandlerDef::parse(PatternKind::Event, quote!(), &item).unwrap_err();
         assert_eq!(err.into_iter().count(), 2);
     }

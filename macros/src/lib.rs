@@ -4,6 +4,8 @@
 //! shim: parsing and validation live in `switchboard-codegen` (shared with build-time
 //! client generation), code generation in `expand`.
 
+#![warn(missing_docs)]
+
 use proc_macro::TokenStream;
 use switchboard_codegen::PatternKind;
 

@@ -18,7 +18,10 @@ async fn get_user(id: String, ctx: Context) -> Result<User, RpcError> {
     if id == "0" {
         return Err(RpcError::new("no such user"));
     }
-    Ok(User { name: format!("user {id} via {}", ctx.pattern()), id })
+    Ok(User {
+        name: format!("user {id} via {}", ctx.pattern()),
+        id,
+    })
 }
 
 #[message_pattern("math.add")]
@@ -66,7 +69,9 @@ async fn serve(name: &str) -> (RunningServer, Client) {
         .start()
         .await
         .expect("server starts");
-    let client = Client::connect(&format!("mem://{name}")).await.expect("client connects");
+    let client = Client::connect(&format!("mem://{name}"))
+        .await
+        .expect("client connects");
     (server, client)
 }
 
@@ -75,16 +80,32 @@ async fn every_reply_kind_round_trips() {
     let (server, client) = serve("macros-e2e").await;
 
     let user = client.send(get_user, "42".to_string()).await.unwrap();
-    assert_eq!(user, User { id: "42".into(), name: r#"user 42 via {"cmd":"get_user"}"#.into() });
+    assert_eq!(
+        user,
+        User {
+            id: "42".into(),
+            name: r#"user 42 via {"cmd":"get_user"}"#.into()
+        }
+    );
 
     let err = client.send(get_user, "0".to_string()).await.unwrap_err();
     assert!(err.to_string().contains("no such user"), "{err}");
 
     assert_eq!(client.send(add, (2, 3)).await.unwrap(), 5);
     client.send(ping, ()).await.unwrap();
-    assert_eq!(client.send(count, 3).await.unwrap(), 3, "the last value of a stream");
+    assert_eq!(
+        client.send(count, 3).await.unwrap(),
+        3,
+        "the last value of a stream"
+    );
 
-    let all: Vec<u32> = client.send_stream(ticks, 3).await.unwrap().map(|r| r.unwrap()).collect().await;
+    let all: Vec<u32> = client
+        .send_stream(ticks, 3)
+        .await
+        .unwrap()
+        .map(|r| r.unwrap())
+        .collect()
+        .await;
     assert_eq!(all, vec![0, 10, 20]);
 
     assert_eq!(client.send(parse, "7".to_string()).await.unwrap(), 7);
@@ -97,7 +118,10 @@ async fn every_reply_kind_round_trips() {
 #[tokio::test]
 async fn a_payload_of_the_wrong_shape_is_an_error_not_a_crash() {
     let (server, client) = serve("macros-e2e-bad").await;
-    let err = client.send_raw::<User>(serde_json_pattern(), 42).await.unwrap_err();
+    let err = client
+        .send_raw::<User>(serde_json_pattern(), 42)
+        .await
+        .unwrap_err();
     assert!(err.to_string().contains("invalid payload"), "{err}");
     // The server is still there.
     assert_eq!(client.send(add, (1, 1)).await.unwrap(), 2);
@@ -116,7 +140,16 @@ fn serde_json_pattern() -> impl Serialize {
 async fn events_reach_their_listener() {
     let (server, client) = serve("macros-e2e-events").await;
     let before = WELCOMED.load(Ordering::SeqCst);
-    client.emit(welcome, User { id: "1".into(), name: "a".into() }).await.unwrap();
+    client
+        .emit(
+            welcome,
+            User {
+                id: "1".into(),
+                name: "a".into(),
+            },
+        )
+        .await
+        .unwrap();
     for _ in 0..100 {
         if WELCOMED.load(Ordering::SeqCst) > before {
             break;
@@ -141,7 +174,12 @@ async fn handlers_declared_inside_a_function() {
         n * 2
     }
     assert_eq!(double(21).await, 42);
-    let server = Microservice::new().handler(double).listen("mem://macros-e2e-local").start().await.unwrap();
+    let server = Microservice::new()
+        .handler(double)
+        .listen("mem://macros-e2e-local")
+        .start()
+        .await
+        .unwrap();
     let client = Client::connect("mem://macros-e2e-local").await.unwrap();
     assert_eq!(client.send(double, 4).await.unwrap(), 8);
     server.shutdown().await.unwrap();

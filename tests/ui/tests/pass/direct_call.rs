@@ -17,7 +17,9 @@ pub async fn get_user(id: String, ctx: Context) -> Result<User, RpcError> {
     if id.is_empty() {
         return Err(RpcError::new("empty id"));
     }
-    Ok(User { id: format!("{id}@{}", ctx.pattern()) })
+    Ok(User {
+        id: format!("{id}@{}", ctx.pattern()),
+    })
 }
 
 #[message_pattern("add")]
@@ -38,7 +40,10 @@ async fn user_created(user: User) {
 /// The handlers here never wait, so one poll finishes them.
 fn run<F: Future>(fut: F) -> F::Output {
     let mut fut = pin!(fut);
-    match fut.as_mut().poll(&mut TaskContext::from_waker(Waker::noop())) {
+    match fut
+        .as_mut()
+        .poll(&mut TaskContext::from_waker(Waker::noop()))
+    {
         Poll::Ready(v) => v,
         Poll::Pending => panic!("a handler here never waits"),
     }
@@ -50,7 +55,12 @@ async fn _in_async(ctx: Context) -> Result<User, RpcError> {
 
 fn main() {
     let ctx = Context::new(Arc::from("get_user"), "mem");
-    assert_eq!(run(get_user("1".into(), ctx.clone())).unwrap(), User { id: "1@get_user".into() });
+    assert_eq!(
+        run(get_user("1".into(), ctx.clone())).unwrap(),
+        User {
+            id: "1@get_user".into()
+        }
+    );
     assert!(run(get_user(String::new(), ctx)).is_err());
     assert_eq!(run(add((2, 3))), 5);
     let stream: ReplyStream<u32> = run(ticks(3));

@@ -61,7 +61,10 @@ fn main() {
     assert_eq!(message(string_pattern), ("math.add", r#""math.add""#));
     assert_eq!(message(number_pattern), ("42", "42"));
     assert_eq!(message(negative_number), ("-1.5", "-1.5"));
-    assert_eq!(message(object_pattern), (r#"{"cmd":"get_user"}"#, r#"{"cmd":"get_user"}"#));
+    assert_eq!(
+        message(object_pattern),
+        (r#"{"cmd":"get_user"}"#, r#"{"cmd":"get_user"}"#)
+    );
     assert_eq!(
         message(nested_pattern),
         (
@@ -69,11 +72,17 @@ fn main() {
             r#"{"cmd":"get","role":"user","v":2,"nested":{"b":1,"a":"x"},"flag":true,"none":null,"list":[1,"x"],"neg":-3}"#
         )
     );
-    assert_eq!(message(string_keys).0, r#"{"cmd":"x","type":"raw","with-dash":1,"Zeta":"z"}"#);
+    assert_eq!(
+        message(string_keys).0,
+        r#"{"cmd":"x","type":"raw","with-dash":1,"Zeta":"z"}"#
+    );
     assert_eq!(message(braced).0, r#"{"cmd":"braced"}"#);
     assert_eq!(message(braced_with_option).0, r#"{"cmd":"braced_opt"}"#);
     assert_eq!(message(string_with_option).0, "with_option");
-    assert_eq!(message(array_pattern), (r#"{"0":"a","1":"b"}"#, r#"["a","b"]"#));
+    assert_eq!(
+        message(array_pattern),
+        (r#"{"0":"a","1":"b"}"#, r#"["a","b"]"#)
+    );
     assert_eq!(event(event_string), ("user_created", r#""user_created""#));
     assert_eq!(event(event_object).0, r#"{"kind":"audit","level":3}"#);
     assert_eq!(
@@ -85,7 +94,13 @@ fn main() {
     assert_eq!(nested_pattern.entry().route, message(nested_pattern).0);
     assert_eq!(nested_pattern.entry().pattern, message(nested_pattern).1);
 
-    assert_eq!(ADD, PatternLit { json: r#"{"cmd":"add"}"#, route: r#"{"cmd":"add"}"# });
+    assert_eq!(
+        ADD,
+        PatternLit {
+            json: r#"{"cmd":"add"}"#,
+            route: r#"{"cmd":"add"}"#
+        }
+    );
     assert_eq!(message(ADD_DEF).0, r#"{"cmd":"add"}"#);
     assert_eq!(message(ECHO), ("echo", r#""echo""#));
     assert_eq!(event(CREATED).0, "user_created");

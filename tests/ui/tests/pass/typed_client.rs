@@ -9,7 +9,10 @@ pub struct User {
 
 #[message_pattern(cmd = "get_user")]
 pub async fn get_user(id: String) -> Result<User, RpcError> {
-    Ok(User { name: format!("user {id}"), id })
+    Ok(User {
+        name: format!("user {id}"),
+        id,
+    })
 }
 
 #[event_pattern("user_created")]
