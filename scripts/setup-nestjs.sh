@@ -50,6 +50,8 @@ for v in "${versions[@]}"; do
     continue
   fi
   echo "setup-nestjs: installing v$v (npm ci in $dir)"
+  # On Node 20, v12 prints "EBADENGINE file-type" (needs Node 22): harmless, @nestjs/common only
+  # loads it lazily for FileTypeValidator, which the microservice peer never uses.
   (cd "$dir" && npm ci --no-audit --no-fund)
   echo "$want" >"$stamp"
 done

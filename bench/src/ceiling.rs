@@ -111,10 +111,23 @@ mod tests {
     #[test]
     fn answers_like_nestjs() {
         let (mut body, mut out) = (Vec::new(), Vec::new());
-        answer(br#"{"pattern":{"cmd":"add"},"data":{"a":1,"b":2},"id":"x1"}"#, &mut body, &mut out).unwrap();
-        assert_eq!(String::from_utf8_lossy(&out), r#"53#{"response":{"result":3},"isDisposed":true,"id":"x1"}"#);
+        answer(
+            br#"{"pattern":{"cmd":"add"},"data":{"a":1,"b":2},"id":"x1"}"#,
+            &mut body,
+            &mut out,
+        )
+        .unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&out),
+            r#"53#{"response":{"result":3},"isDisposed":true,"id":"x1"}"#
+        );
         out.clear();
-        answer(br#"{"pattern":"nope","data":{"a":1,"b":2},"id":7}"#, &mut body, &mut out).unwrap();
+        answer(
+            br#"{"pattern":"nope","data":{"a":1,"b":2},"id":7}"#,
+            &mut body,
+            &mut out,
+        )
+        .unwrap();
         assert!(String::from_utf8_lossy(&out).contains(r#"{"id":7,"status":"error""#));
     }
 }

@@ -53,6 +53,8 @@ pub struct Measurement {
     pub server_cpu: Option<Duration>,
     /// CPU time this (driver) process used during the window.
     pub driver_cpu: Option<Duration>,
+    /// CPU time the whole machine was busy during the window (10 ms resolution).
+    pub machine_busy: Option<Duration>,
 }
 
 impl Measurement {
@@ -71,7 +73,8 @@ impl Measurement {
 
     /// Server CPU per request, in µs.
     pub fn server_cpu_us_per_req(&self) -> Option<f64> {
-        self.server_cpu.map(|c| c.as_secs_f64() * 1e6 / self.completed.max(1) as f64)
+        self.server_cpu
+            .map(|c| c.as_secs_f64() * 1e6 / self.completed.max(1) as f64)
     }
 
     /// Share of one core the driver used during the window.
@@ -82,6 +85,13 @@ impl Measurement {
     /// Share of cores the server used during the window.
     pub fn server_cores(&self) -> Option<f64> {
         self.server_cpu.map(|c| c.as_secs_f64() / self.window.as_secs_f64())
+    }
+
+    /// Cores busy with anything but the server and the driver (other processes, and
+    /// interrupt time the kernel does not charge to them): a measure of interference.
+    pub fn other_cores(&self) -> Option<f64> {
+        let ours = self.server_cpu? + self.driver_cpu?;
+        Some((self.machine_busy?.as_secs_f64() - ours.as_secs_f64()).max(0.0) / self.window.as_secs_f64())
     }
 }
 
@@ -95,19 +105,30 @@ struct Times {
 /// Applies `load` to the server at `port` (process `server_pid`), on a single-threaded
 /// runtime of its own. Any wrong, missing or unexpected reply is an error.
 pub fn run(port: u16, server_pid: u32, load: Load) -> anyhow::Result<Measurement> {
-    ensure!(load.connections >= 1 && load.connections <= 0xFFFF, "connections must be 1..=65535");
-    ensure!(load.in_flight >= 1 && load.in_flight <= 0xFFFF, "in-flight must be 1..=65535");
+    ensure!(
+        load.connections >= 1 && load.connections <= 0xFFFF,
+        "connections must be 1..=65535"
+    );
+    ensure!(
+        load.in_flight >= 1 && load.in_flight <= 0xFFFF,
+        "in-flight must be 1..=65535"
+    );
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     rt.block_on(async move {
         // Connect everything first, so connection set-up is not part of the run.
         let mut streams = Vec::with_capacity(load.connections);
         for _ in 0..load.connections {
-            let stream = TcpStream::connect(("127.0.0.1", port)).await.with_context(|| format!("connect to 127.0.0.1:{port}"))?;
+            let stream = TcpStream::connect(("127.0.0.1", port))
+                .await
+                .with_context(|| format!("connect to 127.0.0.1:{port}"))?;
             stream.set_nodelay(true)?;
             streams.push(stream);
         }
         let start = Instant::now();
-        let times = Times { warm_end: start + load.warmup, end: start + load.warmup + load.duration };
+        let times = Times {
+            warm_end: start + load.warmup,
+            end: start + load.warmup + load.duration,
+        };
         let mut tasks = JoinSet::new();
         for (i, stream) in streams.into_iter().enumerate() {
             let seed = load.seed ^ (i as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
@@ -116,11 +137,15 @@ pub fn run(port: u16, server_pid: u32, load: Load) -> anyhow::Result<Measurement
         // CPU accounting over exactly the measured window.
         let cpu = tokio::spawn(async move {
             tokio::time::sleep_until(times.warm_end.into()).await;
-            let before = (cpu_time(server_pid), cpu_time(std::process::id()));
+            let before = (cpu_time(server_pid), cpu_time(std::process::id()), machine_busy());
             tokio::time::sleep_until(times.end.into()).await;
-            let after = (cpu_time(server_pid), cpu_time(std::process::id()));
+            let after = (cpu_time(server_pid), cpu_time(std::process::id()), machine_busy());
             let diff = |a: Option<Duration>, b: Option<Duration>| Some(b?.saturating_sub(a?));
-            (diff(before.0, after.0), diff(before.1, after.1))
+            (
+                diff(before.0, after.0),
+                diff(before.1, after.1),
+                diff(before.2, after.2),
+            )
         });
         let mut completed = 0;
         let mut latencies = Vec::new();
@@ -129,9 +154,16 @@ pub fn run(port: u16, server_pid: u32, load: Load) -> anyhow::Result<Measurement
             completed += conn.completed;
             latencies.extend_from_slice(&conn.latencies_ns);
         }
-        let (server_cpu, driver_cpu) = cpu.await?;
+        let (server_cpu, driver_cpu, machine_busy) = cpu.await?;
         latencies.sort_unstable();
-        Ok(Measurement { completed, window: load.duration, latencies_ns: latencies, server_cpu, driver_cpu })
+        Ok(Measurement {
+            completed,
+            window: load.duration,
+            latencies_ns: latencies,
+            server_cpu,
+            driver_cpu,
+            machine_busy,
+        })
     })
 }
 
@@ -150,14 +182,35 @@ struct Slot {
 }
 
 /// The per-connection closed loop.
-async fn connection(conn: u16, mut stream: TcpStream, depth: usize, times: Times, seed: u64) -> anyhow::Result<ConnResult> {
+async fn connection(
+    conn: u16,
+    mut stream: TcpStream,
+    depth: usize,
+    times: Times,
+    seed: u64,
+) -> anyhow::Result<ConnResult> {
     let now = Instant::now();
-    let mut slots = vec![Slot { seq: 0, expect: 0, sent: now, busy: false }; depth];
-    let mut reqs = Gen { rng: seed | 1, seq: 0, body: Vec::with_capacity(128) };
+    let mut slots = vec![
+        Slot {
+            seq: 0,
+            expect: 0,
+            sent: now,
+            busy: false
+        };
+        depth
+    ];
+    let mut reqs = Gen {
+        rng: seed | 1,
+        seq: 0,
+        body: Vec::with_capacity(128),
+    };
     let mut rbuf: Vec<u8> = Vec::with_capacity(64 * 1024);
     let mut wbuf: Vec<u8> = Vec::with_capacity(16 * 1024);
     let mut reissued: Vec<usize> = Vec::with_capacity(depth);
-    let mut result = ConnResult { completed: 0, latencies_ns: Vec::with_capacity(1 << 16) };
+    let mut result = ConnResult {
+        completed: 0,
+        latencies_ns: Vec::with_capacity(1 << 16),
+    };
 
     for (i, slot) in slots.iter_mut().enumerate() {
         reqs.request(conn, i, slot, &mut wbuf);
@@ -188,7 +241,9 @@ async fn connection(conn: u16, mut stream: TcpStream, depth: usize, times: Times
         let in_window = now >= times.warm_end && now < times.end;
         let stopping = now >= times.end;
         let mut used = 0;
-        while let Some((range, len)) = next_frame(&rbuf[used..]).with_context(|| format!("connection {conn}: bad reply framing"))? {
+        while let Some((range, len)) =
+            next_frame(&rbuf[used..]).with_context(|| format!("connection {conn}: bad reply framing"))?
+        {
             let body = &rbuf[used + range.start..used + range.end];
             let i = check_reply(conn, body, &mut slots)?;
             outstanding -= 1;
@@ -232,7 +287,12 @@ impl Gen {
         let a = self.operand();
         let b = self.operand();
         self.seq += 1;
-        *slot = Slot { seq: self.seq, expect: a + b, sent: slot.sent, busy: true };
+        *slot = Slot {
+            seq: self.seq,
+            expect: a + b,
+            sent: slot.sent,
+            busy: true,
+        };
         let body = &mut self.body;
         body.clear();
         body.extend_from_slice(br#"{"pattern":{"cmd":"add"},"data":{"a":"#);
@@ -309,16 +369,32 @@ fn check_reply(conn: u16, body: &[u8], slots: &mut [Slot]) -> anyhow::Result<usi
     };
     let slot = match slots.get_mut(i) {
         Some(slot) if c == conn && slot.busy && slot.seq == seq => slot,
-        _ => bail!("connection {conn}: reply to an unknown or already answered request: {}", text()),
+        _ => bail!(
+            "connection {conn}: reply to an unknown or already answered request: {}",
+            text()
+        ),
     };
     if let Some(err) = reply.err {
-        bail!("connection {conn}: the server answered with an error {}: {}", err.get(), text());
+        bail!(
+            "connection {conn}: the server answered with an error {}: {}",
+            err.get(),
+            text()
+        );
     }
-    ensure!(reply.is_disposed == Some(true), "connection {conn}: reply without \"isDisposed\":true: {}", text());
+    ensure!(
+        reply.is_disposed == Some(true),
+        "connection {conn}: reply without \"isDisposed\":true: {}",
+        text()
+    );
     let Some(AddReply { result }) = reply.response else {
         bail!("connection {conn}: reply without a response: {}", text());
     };
-    ensure!(result == slot.expect, "connection {conn}: wrong result {result}, expected {}: {}", slot.expect, text());
+    ensure!(
+        result == slot.expect,
+        "connection {conn}: wrong result {result}, expected {}: {}",
+        slot.expect,
+        text()
+    );
     slot.busy = false;
     Ok(i)
 }
@@ -348,6 +424,16 @@ fn cpu_time(pid: u32) -> Option<Duration> {
     Some(Duration::from_millis(ticks * 10))
 }
 
+/// Busy time of all CPUs together since boot, from `/proc/stat` (user, nice, system, irq,
+/// softirq; ticks assumed 100 Hz).
+pub fn machine_busy() -> Option<Duration> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = stat.lines().next()?.strip_prefix("cpu ")?;
+    let v: Vec<u64> = line.split_whitespace().map(|f| f.parse().unwrap_or(0)).collect();
+    let ticks = v.first()? + v.get(1)? + v.get(2)? + v.get(5)? + v.get(6)?;
+    Some(Duration::from_millis(ticks * 10))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -364,21 +450,46 @@ mod tests {
 
     #[test]
     fn replies_are_checked() {
-        let mut reqs = Gen { rng: 7, seq: 0, body: Vec::new() };
-        let mut slots = vec![Slot { seq: 0, expect: 0, sent: Instant::now(), busy: false }; 2];
+        let mut reqs = Gen {
+            rng: 7,
+            seq: 0,
+            body: Vec::new(),
+        };
+        let mut slots = vec![
+            Slot {
+                seq: 0,
+                expect: 0,
+                sent: Instant::now(),
+                busy: false
+            };
+            2
+        ];
         let mut wire = Vec::new();
         reqs.request(0, 1, &mut slots[1], &mut wire);
         let (range, _) = next_frame(&wire).unwrap().unwrap();
         let req: serde_json::Value = serde_json::from_slice(&wire[range]).unwrap();
         let sum = req["data"]["a"].as_i64().unwrap() + req["data"]["b"].as_i64().unwrap();
         let id = req["id"].as_str().unwrap();
-        let wrong = format!(r#"{{"response":{{"result":{}}},"isDisposed":true,"id":"{id}"}}"#, sum + 1);
-        assert!(check_reply(0, wrong.as_bytes(), &mut slots).unwrap_err().to_string().contains("wrong result"));
+        let wrong = format!(
+            r#"{{"response":{{"result":{}}},"isDisposed":true,"id":"{id}"}}"#,
+            sum + 1
+        );
+        assert!(
+            check_reply(0, wrong.as_bytes(), &mut slots)
+                .unwrap_err()
+                .to_string()
+                .contains("wrong result")
+        );
         let open = format!(r#"{{"response":{{"result":{sum}}},"id":"{id}"}}"#);
         assert!(check_reply(0, open.as_bytes(), &mut slots).is_err());
         let good = format!(r#"{{"response":{{"result":{sum}}},"isDisposed":true,"id":"{id}"}}"#);
         assert_eq!(check_reply(0, good.as_bytes(), &mut slots).unwrap(), 1);
         // The same reply twice is an unknown request.
-        assert!(check_reply(0, good.as_bytes(), &mut slots).unwrap_err().to_string().contains("unknown"));
+        assert!(
+            check_reply(0, good.as_bytes(), &mut slots)
+                .unwrap_err()
+                .to_string()
+                .contains("unknown")
+        );
     }
 }

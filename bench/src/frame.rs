@@ -157,7 +157,10 @@ mod tests {
     fn bad_frames() {
         assert!(matches!(next_frame(b"ab#{}"), Err(FrameError::BadLength(_))));
         assert!(matches!(next_frame(b"#{}"), Err(FrameError::BadLength(_))));
-        assert!(matches!(next_frame(b"123456789012345678901234"), Err(FrameError::BadLength(_))));
+        assert!(matches!(
+            next_frame(b"123456789012345678901234"),
+            Err(FrameError::BadLength(_))
+        ));
         assert!(matches!(next_frame("1#😀".as_bytes()), Err(FrameError::BadUtf8)));
         assert!(next_frame(b"5#{}").unwrap().is_none());
     }

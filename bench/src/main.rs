@@ -56,10 +56,14 @@ struct Args {
     /// Worker threads of each server's runtime (0: tokio's default, one per core).
     #[arg(long, default_value_t = 0)]
     server_threads: usize,
-    /// Do not pin: by default the driver runs on the first allowed CPU and each server on the
-    /// others, so that the kernel cannot stack driver and server on one core (see README).
-    #[arg(long)]
-    no_pin: bool,
+    /// CPU placement. split: driver on the first allowed CPU, servers on the others;
+    /// same: driver and servers all on the first CPU; none: the kernel decides.
+    #[arg(long, value_enum, default_value = "none")]
+    pin: Pin,
+    /// Before each measurement wait (up to this long) until the machine is idle, since
+    /// other processes' bursts skew results; 0 disables.
+    #[arg(long, default_value_t = 20.0)]
+    quiet_wait_secs: f64,
     /// Measure only one server (for profiling); no ratios then.
     #[arg(long, value_enum)]
     only: Option<Kind>,
@@ -95,6 +99,13 @@ impl Kind {
     }
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Pin {
+    Split,
+    Same,
+    None,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Scenario {
     connections: usize,
@@ -104,7 +115,9 @@ struct Scenario {
 impl FromStr for Scenario {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        let (c, d) = s.split_once(['x', 'X']).ok_or_else(|| format!("expected CONNECTIONSxIN_FLIGHT like 4x64, got {s:?}"))?;
+        let (c, d) = s
+            .split_once(['x', 'X'])
+            .ok_or_else(|| format!("expected CONNECTIONSxIN_FLIGHT like 4x64, got {s:?}"))?;
         let num = |v: &str| v.trim().parse::<usize>().ok().filter(|n| (1..=0xFFFF).contains(n));
         match (num(c), num(d)) {
             (Some(connections), Some(in_flight)) => Ok(Scenario { connections, in_flight }),
@@ -194,7 +207,8 @@ impl ServerProc {
         let mut cmd = Command::new(exe);
         cmd.args(["--serve", kind.arg(), "--server-threads", &threads.to_string()]);
         if !cpus.is_empty() {
-            cmd.arg("--cpus").arg(cpus.iter().map(usize::to_string).collect::<Vec<_>>().join(","));
+            cmd.arg("--cpus")
+                .arg(cpus.iter().map(usize::to_string).collect::<Vec<_>>().join(","));
         }
         let child = cmd
             .stdin(Stdio::piped())
@@ -244,7 +258,9 @@ fn allowed_cpus() -> Vec<usize> {
         if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
             return (0..std::thread::available_parallelism().map_or(1, |n| n.get())).collect();
         }
-        (0..libc::CPU_SETSIZE as usize).filter(|&c| libc::CPU_ISSET(c, &set)).collect()
+        (0..libc::CPU_SETSIZE as usize)
+            .filter(|&c| libc::CPU_ISSET(c, &set))
+            .collect()
     }
 }
 
@@ -281,14 +297,26 @@ impl From<anyhow::Error> for Failure {
 fn bench(args: &Args) -> Result<(), Failure> {
     let mut scenarios = args.scenario.clone();
     if args.connections.is_some() || args.in_flight.is_some() {
-        let s = Scenario { connections: args.connections.unwrap_or(4), in_flight: args.in_flight.unwrap_or(64) };
+        let s = Scenario {
+            connections: args.connections.unwrap_or(4),
+            in_flight: args.in_flight.unwrap_or(64),
+        };
         if !(1..=0xFFFF).contains(&s.connections) || !(1..=0xFFFF).contains(&s.in_flight) {
             return Err(anyhow::anyhow!("--connections and --in-flight must be in 1..=65535").into());
         }
         scenarios.push(s);
     }
     if scenarios.is_empty() {
-        scenarios = vec![Scenario { connections: 4, in_flight: 64 }, Scenario { connections: 1, in_flight: 1 }];
+        scenarios = vec![
+            Scenario {
+                connections: 4,
+                in_flight: 64,
+            },
+            Scenario {
+                connections: 1,
+                in_flight: 1,
+            },
+        ];
     }
     if !(args.duration_secs > 0.0 && args.warmup_secs >= 0.0 && args.runs >= 1) {
         return Err(anyhow::anyhow!("need --duration-secs > 0, --warmup-secs >= 0, --runs >= 1").into());
@@ -310,24 +338,41 @@ fn bench(args: &Args) -> Result<(), Failure> {
         std::process::exit(3);
     });
 
-    // Pinning: on a small machine the kernel's wake-affine placement tends to stack the
-    // driver and the busy server worker on one core while the other idles, which makes
-    // results bimodal (measured: the same ceiling at 2.7M and at 1.4M req/s). Driver on one
-    // core, servers on the rest, is stable and the same for both servers.
+    // Placement (see --pin): left to the kernel by default, as in production.
     let allowed = allowed_cpus();
-    let (driver_cpus, server_cpus) = if !args.no_pin && allowed.len() >= 2 {
-        (allowed[..1].to_vec(), allowed[1..].to_vec())
-    } else {
-        (Vec::new(), Vec::new())
+    let (driver_cpus, server_cpus) = match args.pin {
+        Pin::Split if allowed.len() >= 2 => (allowed[..1].to_vec(), allowed[1..].to_vec()),
+        Pin::Split => return Err(anyhow::anyhow!("--pin split needs at least 2 CPUs").into()),
+        Pin::Same => (allowed[..1].to_vec(), allowed[..1].to_vec()),
+        Pin::None => (Vec::new(), Vec::new()),
     };
-    let server_cores = if server_cpus.is_empty() { allowed.len() } else { server_cpus.len() };
-    let workers = if args.server_threads == 0 { server_cores } else { args.server_threads };
-    let cpu_list = |c: &[usize]| if c.is_empty() { "any".to_owned() } else { format!("{c:?}") };
+    let server_cores = if server_cpus.is_empty() {
+        allowed.len()
+    } else {
+        server_cpus.len()
+    };
+    let workers = if args.server_threads == 0 {
+        server_cores
+    } else {
+        args.server_threads
+    };
+    let cpu_list = |c: &[usize]| {
+        if c.is_empty() {
+            "any".to_owned()
+        } else {
+            format!("{c:?}")
+        }
+    };
     println!(
         "switchboard-bench: {} CPUs, load average {}; servers: own process each, multi-threaded tokio with {workers} \
          worker(s), CPUs {}; driver: 1 thread, CPU {}; {} run(s) x ({:?} warm-up + {:?} measured)",
         allowed.len(),
-        std::fs::read_to_string("/proc/loadavg").unwrap_or_default().split_whitespace().take(3).collect::<Vec<_>>().join(" "),
+        std::fs::read_to_string("/proc/loadavg")
+            .unwrap_or_default()
+            .split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" "),
         cpu_list(&server_cpus),
         cpu_list(&driver_cpus),
         args.runs,
@@ -356,6 +401,7 @@ fn bench(args: &Args) -> Result<(), Failure> {
             for ki in order {
                 let server = &mut servers[ki];
                 server.ensure_alive()?;
+                wait_for_quiet(Duration::from_secs_f64(args.quiet_wait_secs));
                 let load = Load {
                     connections: scenario.connections,
                     in_flight: scenario.in_flight,
@@ -364,10 +410,14 @@ fn bench(args: &Args) -> Result<(), Failure> {
                     seed: 0x5EED ^ ((run as u64) << 32) ^ ((si as u64) << 16),
                 };
                 let m = driver::run(server.port, server.child.id(), load).map_err(|e| {
-                    Failure::WrongReply(e.context(format!("{} server, scenario {scenario}, run {}", server.kind.label(), run + 1)))
+                    Failure::WrongReply(e.context(format!(
+                        "{} server, scenario {scenario}, run {}",
+                        server.kind.label(),
+                        run + 1
+                    )))
                 })?;
                 eprintln!(
-                    "run {}/{} {:<8} {:<12} {:>10.0} req/s  p50 {:>8.1} us  p99 {:>8.1} us  server {} cores  driver {} cores",
+                    "run {}/{} {:<8} {:<12} {:>10.0} req/s  p50 {:>8.1} us  p99 {:>8.1} us  server {} driver {} other {} cores",
                     run + 1,
                     args.runs,
                     scenario.to_string(),
@@ -377,6 +427,7 @@ fn bench(args: &Args) -> Result<(), Failure> {
                     m.quantile_us(0.99),
                     fmt_opt(m.server_cores(), 2),
                     fmt_opt(m.driver_cores(), 2),
+                    fmt_opt(m.other_cores(), 2),
                 );
                 results[si][ki].push(m);
                 // Let the closed connections and the server settle.
@@ -387,6 +438,29 @@ fn bench(args: &Args) -> Result<(), Failure> {
     drop(servers);
     report(&scenarios, &kinds, &results);
     Ok(())
+}
+
+/// Waits until the machine has been nearly idle (< 0.1 core busy) for half a second, at most
+/// `limit`. Our own processes are idle between measurements, so what is busy is someone else.
+fn wait_for_quiet(limit: Duration) {
+    let start = std::time::Instant::now();
+    let mut warned = false;
+    while start.elapsed() < limit {
+        let Some(before) = driver::machine_busy() else { return };
+        std::thread::sleep(Duration::from_millis(500));
+        let Some(after) = driver::machine_busy() else { return };
+        let cores = after.saturating_sub(before).as_secs_f64() / 0.5;
+        if cores < 0.1 {
+            return;
+        }
+        if !warned {
+            eprintln!("(machine busy with other work: {cores:.2} cores; waiting up to {limit:?} for it to calm down)");
+            warned = true;
+        }
+    }
+    if warned {
+        eprintln!("(still busy; measuring anyway; see the `other` column)");
+    }
 }
 
 // ---------------------------------------------------------------- report
@@ -400,6 +474,7 @@ struct Summary {
     cpu_per_req: Option<f64>,
     server_cores: Option<f64>,
     driver_cores: Option<f64>,
+    other_cores: Option<f64>,
 }
 
 fn summarize(runs: &[Measurement]) -> Summary {
@@ -411,6 +486,7 @@ fn summarize(runs: &[Measurement]) -> Summary {
         cpu_per_req: opt(runs.iter().map(Measurement::server_cpu_us_per_req).collect()),
         server_cores: opt(runs.iter().map(Measurement::server_cores).collect()),
         driver_cores: opt(runs.iter().map(Measurement::driver_cores).collect()),
+        other_cores: opt(runs.iter().map(Measurement::other_cores).collect()),
     }
 }
 
@@ -433,8 +509,8 @@ fn fmt_opt(v: Option<f64>, decimals: usize) -> String {
 fn report(scenarios: &[Scenario], kinds: &[Kind], results: &[Vec<Vec<Measurement>>]) {
     println!();
     println!(
-        "{:<10} {:<12} {:>10} {:>9} {:>9} {:>14} {:>10} {:>10}",
-        "scenario", "server", "req/s", "p50(us)", "p99(us)", "cpu/req(us)", "srv-cores", "drv-cores"
+        "{:<10} {:<12} {:>10} {:>9} {:>9} {:>12} {:>10} {:>10} {:>10}",
+        "scenario", "server", "req/s", "p50(us)", "p99(us)", "cpu/req(us)", "srv-cores", "drv-cores", "oth-cores"
     );
     let mut verdicts = Vec::new();
     for (si, scenario) in scenarios.iter().enumerate() {
@@ -442,7 +518,7 @@ fn report(scenarios: &[Scenario], kinds: &[Kind], results: &[Vec<Vec<Measurement
         for (ki, kind) in kinds.iter().enumerate() {
             let s = sums[ki];
             println!(
-                "{:<10} {:<12} {:>10.0} {:>9.1} {:>9.1} {:>14} {:>10} {:>10}",
+                "{:<10} {:<12} {:>10.0} {:>9.1} {:>9.1} {:>12} {:>10} {:>10} {:>10}",
                 scenario.to_string(),
                 kind.label(),
                 s.rps,
@@ -450,14 +526,15 @@ fn report(scenarios: &[Scenario], kinds: &[Kind], results: &[Vec<Vec<Measurement
                 s.p99,
                 fmt_opt(s.cpu_per_req, 2),
                 fmt_opt(s.server_cores, 2),
-                fmt_opt(s.driver_cores, 2)
+                fmt_opt(s.driver_cores, 2),
+                fmt_opt(s.other_cores, 2)
             );
         }
         if kinds.len() == 2 {
             let (c, s) = (sums[0], sums[1]);
             let cpu_ratio = s.cpu_per_req.zip(c.cpu_per_req).map(|(s, c)| s / c);
             println!(
-                "{:<10} {:<12} {:>10.2} {:>9.2} {:>9.2} {:>14}",
+                "{:<10} {:<12} {:>10.2} {:>9.2} {:>9.2} {:>12}",
                 scenario.to_string(),
                 "ratio",
                 s.rps / c.rps,
@@ -483,7 +560,8 @@ fn report(scenarios: &[Scenario], kinds: &[Kind], results: &[Vec<Vec<Measurement
     println!();
     println!(
         "ratio = switchboard / ceiling (req/s: higher is better; latency and cpu/req: lower is better). \
-         cpu/req: server CPU time per request; srv-/drv-cores: CPU used by server / driver during the window."
+         cpu/req: server CPU time per request; srv-/drv-/oth-cores: CPU used by the server, the driver and \
+         everything else during the window."
     );
     for v in verdicts {
         println!("target {v}");

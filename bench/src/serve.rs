@@ -16,14 +16,20 @@ pub struct AddReply {
 
 #[message_pattern(cmd = "add")]
 async fn add(req: AddRequest) -> AddReply {
-    AddReply { result: req.a.wrapping_add(req.b) }
+    AddReply {
+        result: req.a.wrapping_add(req.b),
+    }
 }
 
 /// Serves until the process exits; prints `port=<n>` on stdout once listening.
 pub fn run(threads: usize) -> anyhow::Result<()> {
     let rt = crate::server_runtime(threads)?;
     rt.block_on(async {
-        let server = Microservice::new().handler(add).listen("tcp://127.0.0.1:0").start().await?;
+        let server = Microservice::new()
+            .handler(add)
+            .listen("tcp://127.0.0.1:0")
+            .start()
+            .await?;
         let url = server.local_url();
         let port = url
             .rsplit_once(':')

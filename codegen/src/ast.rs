@@ -8,8 +8,8 @@
 use proc_macro2::Span;
 use syn::spanned::Spanned;
 use syn::{
-    Attribute, FnArg, GenericArgument, ItemFn, Pat, PathArguments, ReturnType, Signature, Type,
-    TypeParamBound, Visibility,
+    Attribute, FnArg, GenericArgument, ItemFn, Pat, PathArguments, ReturnType, Signature, Type, TypeParamBound,
+    Visibility,
 };
 
 /// Whether a handler answers requests or listens to events.
@@ -181,19 +181,14 @@ impl ReturnKind {
             ReturnKind::Unit => Some(syn::parse_quote!(())),
             ReturnKind::Value(ty) => Some(ty.clone()),
             ReturnKind::Fallible { ok, .. } => ok.clone(),
-            ReturnKind::ReplyStream { item, .. } | ReturnKind::ImplStream { item, .. } => {
-                item.clone()
-            }
+            ReturnKind::ReplyStream { item, .. } | ReturnKind::ImplStream { item, .. } => item.clone(),
             ReturnKind::ImplOther(_) => None,
         }
     }
 
     /// True for kinds that answer with several values.
     pub fn is_stream(&self) -> bool {
-        matches!(
-            self,
-            ReturnKind::ReplyStream { .. } | ReturnKind::ImplStream { .. }
-        )
+        matches!(self, ReturnKind::ReplyStream { .. } | ReturnKind::ImplStream { .. })
     }
 }
 
@@ -238,10 +233,7 @@ pub fn classify_return(ty: &Type) -> ReturnKind {
         Type::Paren(p) => return classify_return(&p.elem),
         Type::ImplTrait(imp) => {
             return match stream_bound(&imp.bounds) {
-                Some(item) => ReturnKind::ImplStream {
-                    ty: ty.clone(),
-                    item,
-                },
+                Some(item) => ReturnKind::ImplStream { ty: ty.clone(), item },
                 None => ReturnKind::ImplOther(ty.clone()),
             };
         }
@@ -269,9 +261,7 @@ pub fn classify_return(ty: &Type) -> ReturnKind {
 
 /// For `impl Stream<Item = T> + Send`: `Some(Some(T))`; `Some(None)` when the `Item` binding
 /// is missing; `None` when no bound is a `Stream`.
-fn stream_bound(
-    bounds: &syn::punctuated::Punctuated<TypeParamBound, syn::Token![+]>,
-) -> Option<Option<Type>> {
+fn stream_bound(bounds: &syn::punctuated::Punctuated<TypeParamBound, syn::Token![+]>) -> Option<Option<Type>> {
     bounds.iter().find_map(|b| {
         let TypeParamBound::Trait(t) = b else {
             return None;
@@ -282,9 +272,7 @@ fn stream_bound(
         }
         let item = match &seg.arguments {
             PathArguments::AngleBracketed(a) => a.args.iter().find_map(|arg| match arg {
-                GenericArgument::AssocType(assoc) if assoc.ident == "Item" => {
-                    Some(assoc.ty.clone())
-                }
+                GenericArgument::AssocType(assoc) if assoc.ident == "Item" => Some(assoc.ty.clone()),
                 _ => None,
             }),
             _ => None,

@@ -190,9 +190,7 @@ impl PatValue {
                     .map(|e| (e.key.name.clone(), e.value.to_pattern()))
                     .collect(),
             ),
-            PatValue::Array(a) => {
-                Pattern::Array(a.items.iter().map(PatValue::to_pattern).collect())
-            }
+            PatValue::Array(a) => Pattern::Array(a.items.iter().map(PatValue::to_pattern).collect()),
         }
     }
 }
@@ -288,19 +286,13 @@ fn entry_shape_error(seg: &[TokenTree]) -> syn::Error {
             )
         }
         [TokenTree::Literal(lit)] if matches!(Lit::new(lit.clone()), Lit::Str(_)) => {
-            syn::Error::new(
-                lit.span(),
-                format!("key {lit} has no value: write `{lit} = <value>`"),
-            )
+            syn::Error::new(lit.span(), format!("key {lit} has no value: write `{lit} = <value>`"))
         }
         [
             key @ (TokenTree::Ident(_) | TokenTree::Literal(_)),
             TokenTree::Punct(p),
             ..,
-        ] if p.as_char() == ':' => syn::Error::new(
-            p.span(),
-            format!("write `{key} = value`, not `{key}: value`"),
-        ),
+        ] if p.as_char() == ':' => syn::Error::new(p.span(), format!("write `{key} = value`, not `{key}: value`")),
         _ => syn::Error::new_spanned(
             tokens_of(seg),
             "expected `key = value`, where the key is an identifier or a string literal",
@@ -380,10 +372,7 @@ fn parse_option(seg: &[TokenTree], seen: bool, errors: &mut Errors) -> Option<Pa
         return None;
     }
     if seen {
-        errors.push(syn::Error::new(
-            name.span(),
-            "`crate` is given twice: give it once",
-        ));
+        errors.push(syn::Error::new(name.span(), "`crate` is given twice: give it once"));
         return None;
     }
     if rest.is_empty() {
@@ -447,17 +436,12 @@ fn parse_value(seg: &[TokenTree], errors: &mut Errors) -> Option<PatValue> {
             for piece in split_commas(g.stream(), errors) {
                 items.extend(parse_value(&piece, errors));
             }
-            Some(PatValue::Array(PatArray {
-                span: g.span(),
-                items,
-            }))
+            Some(PatValue::Array(PatArray { span: g.span(), items }))
         }
         [TokenTree::Group(g)] if g.delimiter() == Delimiter::Parenthesis => {
             errors.push(syn::Error::new(
                 g.span(),
-                format!(
-                    "unsupported pattern value: expected {VALUE_FORMS}; write arrays with `[...]`"
-                ),
+                format!("unsupported pattern value: expected {VALUE_FORMS}; write arrays with `[...]`"),
             ));
             None
         }
@@ -534,10 +518,7 @@ mod tests {
 
     fn error(tokens: TokenStream) -> String {
         let err = PatternArgs::parse(tokens).expect_err("expected an error");
-        err.into_iter()
-            .map(|e| e.to_string())
-            .collect::<Vec<_>>()
-            .join("\n")
+        err.into_iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n")
     }
 
     #[test]
@@ -606,16 +587,8 @@ mod tests {
 
     #[test]
     fn string_keys_and_raw_identifiers() {
-        let args = parse(quote!(
-            "Zeta" = "z",
-            cmd = "x",
-            r#type = 1,
-            "with \"quote\"" = 2
-        ));
-        assert_eq!(
-            args.route(),
-            r#"{"cmd":"x","type":1,"with \"quote\"":2,"Zeta":"z"}"#
-        );
+        let args = parse(quote!("Zeta" = "z", cmd = "x", r#type = 1, "with \"quote\"" = 2));
+        assert_eq!(args.route(), r#"{"cmd":"x","type":1,"with \"quote\"":2,"Zeta":"z"}"#);
     }
 
     #[test]
@@ -635,10 +608,7 @@ mod tests {
     #[test]
     fn default_crate_path() {
         assert_eq!(
-            parse(quote!("x"))
-                .crate_path()
-                .to_token_stream()
-                .to_string(),
+            parse(quote!("x")).crate_path().to_token_stream().to_string(),
             ":: switchboard"
         );
     }
@@ -696,10 +666,7 @@ mod tests {
         assert!(error(quote!("x", crate = a, crate = b)).contains("`crate` is given twice"));
         assert!(error(quote!("x", crate = "a")).contains("expected the path"));
         assert!(error(quote!("x", crate =)).contains("`crate` needs a path"));
-        assert!(
-            error(quote!(cmd = "x", crate = a))
-                .contains("options may only follow a positional pattern")
-        );
+        assert!(error(quote!(cmd = "x", crate = a)).contains("options may only follow a positional pattern"));
         assert!(error(quote!(crate = a)).contains("options may only follow a positional pattern"));
         assert!(error(quote!("x", "y")).contains("unexpected argument after the pattern"));
     }
@@ -711,9 +678,7 @@ mod tests {
 
     #[test]
     fn bad_keys() {
-        assert!(
-            error(quote!({ 1 = "x" })).contains("a key must be an identifier or a string literal")
-        );
+        assert!(error(quote!({ 1 = "x" })).contains("a key must be an identifier or a string literal"));
     }
 
     #[test]

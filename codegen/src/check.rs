@@ -58,17 +58,17 @@ fn check_value(value: &PatValue, depth: usize, errors: &mut Errors) {
     match value {
         PatValue::Object(o) => {
             if len > MAX_KEYS {
-                errors.push(syn::Error::new(
-                    o.entries[MAX_KEYS].key.span,
-                    too_many(len, what),
-                ));
+                errors.push(syn::Error::new(o.entries[MAX_KEYS].key.span, too_many(len, what)));
             }
             let mut seen: HashMap<&str, ()> = HashMap::new();
             for entry in &o.entries {
                 if seen.insert(&entry.key.name, ()).is_some() {
                     errors.push(syn::Error::new(
                         entry.key.span,
-                        format!("duplicate key `{}`: a key may appear once in an object; remove this one", entry.key.name),
+                        format!(
+                            "duplicate key `{}`: a key may appear once in an object; remove this one",
+                            entry.key.name
+                        ),
                     ));
                 }
                 check_value(&entry.value, depth + 1, errors);
@@ -76,10 +76,7 @@ fn check_value(value: &PatValue, depth: usize, errors: &mut Errors) {
         }
         PatValue::Array(a) => {
             if len > MAX_KEYS {
-                errors.push(syn::Error::new(
-                    value_span(&a.items[MAX_KEYS]),
-                    too_many(len, what),
-                ));
+                errors.push(syn::Error::new(value_span(&a.items[MAX_KEYS]), too_many(len, what)));
             }
             for item in &a.items {
                 check_value(item, depth + 1, errors);
@@ -193,10 +190,7 @@ pub fn check_signature(kind: PatternKind, item: &ItemFn, handler: &HandlerSig) -
             ArgRole::Context => {
                 contexts += 1;
                 if contexts == 2 {
-                    errors.push(syn::Error::new_spanned(
-                        typed,
-                        "`Context` is taken twice: take it once",
-                    ));
+                    errors.push(syn::Error::new_spanned(typed, "`Context` is taken twice: take it once"));
                 }
             }
         }
@@ -210,13 +204,19 @@ pub fn check_signature(kind: PatternKind, item: &ItemFn, handler: &HandlerSig) -
         }
         if let Some(r) = found.reference {
             let msg = if arg.role == ArgRole::Context {
-                "take `Context` by value: `ctx: Context`".to_owned()
+                "take `Context` by value: remove the `&`".to_owned()
             } else {
                 "a handler argument cannot be a reference: the payload is decoded into a new value, \
                  so it must own its data; use an owned type such as `String` for `&str`"
                     .to_owned()
             };
             errors.push(syn::Error::new_spanned(r, msg));
+        } else if let Some(lt) = found.lifetime {
+            errors.push(syn::Error::new_spanned(
+                lt,
+                "a handler argument cannot borrow: the payload is decoded into a new value; use \
+                 `'static` or an owned type",
+            ));
         }
     }
 
@@ -230,12 +230,10 @@ pub fn check_signature(kind: PatternKind, item: &ItemFn, handler: &HandlerSig) -
             ty,
             "name the stream's item type: `impl Stream<Item = T>`",
         )),
-        ReturnKind::ImplStream {
-            item: Some(item), ..
-        } => check_nameable(item, &mut errors),
-        ReturnKind::Value(ty)
-        | ReturnKind::Fallible { ty, .. }
-        | ReturnKind::ReplyStream { ty, .. } => check_nameable(ty, &mut errors),
+        ReturnKind::ImplStream { item: Some(item), .. } => check_nameable(item, &mut errors),
+        ReturnKind::Value(ty) | ReturnKind::Fallible { ty, .. } | ReturnKind::ReplyStream { ty, .. } => {
+            check_nameable(ty, &mut errors)
+        }
         ReturnKind::Unit => {}
     }
 
@@ -257,6 +255,7 @@ fn check_nameable(ty: &Type, errors: &mut Errors) {
 struct Found<'a> {
     impl_trait: Option<&'a syn::TypeImplTrait>,
     reference: Option<&'a syn::TypeReference>,
+    lifetime: Option<&'a syn::Lifetime>,
 }
 
 fn find_in_type(ty: &Type) -> Found<'_> {
@@ -272,6 +271,11 @@ impl<'a> Visit<'a> for Found<'a> {
     fn visit_type_reference(&mut self, i: &'a syn::TypeReference) {
         self.reference.get_or_insert(i);
         syn::visit::visit_type_reference(self, i);
+    }
+    fn visit_lifetime(&mut self, i: &'a syn::Lifetime) {
+        if i.ident != "static" {
+            self.lifetime.get_or_insert(i);
+        }
     }
     // Types inside a `fn(&str)` pointer are the callee's business, not a borrow of the payload.
     fn visit_type_bare_fn(&mut self, _: &'a syn::TypeBareFn) {}
@@ -327,26 +331,13 @@ mod tests {
         // is rejected, and indeed routes to the marker.
         let ok = nested(MAX_DEPTH + 1);
         assert!(pattern_errors(ok.clone()).is_empty());
-        assert!(
-            !PatternArgs::parse(ok)
-                .unwrap()
-                .route()
-                .contains(MAX_DEPTH_MARKER)
-        );
+        assert!(!PatternArgs::parse(ok).unwrap().route().contains(MAX_DEPTH_MARKER));
 
         let deep = nested(MAX_DEPTH + 2);
         let errors = pattern_errors(deep.clone());
         assert_eq!(errors.len(), 1);
-        assert!(
-            errors[0].starts_with("pattern nested too deep"),
-            "{errors:?}"
-        );
-        assert!(
-            PatternArgs::parse(deep)
-                .unwrap()
-                .route()
-                .contains(MAX_DEPTH_MARKER)
-        );
+        assert!(errors[0].starts_with("pattern nested too deep"), "{errors:?}");
+        assert!(PatternArgs::parse(deep).unwrap().route().contains(MAX_DEPTH_MARKER));
     }
 
     #[test]
@@ -452,6 +443,29 @@ mod tests {
                 async fn f() -> Result<impl Serialize, E> {}
             ))[0]
                 .contains("cannot contain `impl Trait`")
+        );
+    }
+
+    #[test]
+    fn borrowed_lifetimes_in_arguments() {
+        assert!(
+            sig_errors(quote!(
+                async fn f(x: Cow<'_, str>) {}
+            ))[0]
+                .contains("cannot borrow")
+        );
+        assert!(
+            sig_errors(quote!(
+                async fn f(x: Cow<'static, str>) {}
+            ))
+            .is_empty()
+        );
+        assert_eq!(
+            sig_errors(quote!(
+                async fn f(x: &'static str) {}
+            ))
+            .len(),
+            1
         );
     }
 

@@ -47,20 +47,29 @@ pub struct HandlerDef {
 impl HandlerDef {
     /// Parses and checks a handler from its attribute's arguments and its function.
     /// Pattern and signature errors come back together.
-    pub fn parse(
-        kind: PatternKind,
-        attr: TokenStream,
-        item: &syn::ItemFn,
-    ) -> syn::Result<HandlerDef> {
+    pub fn parse(kind: PatternKind, attr: TokenStream, item: &syn::ItemFn) -> syn::Result<HandlerDef> {
         let mut errors = Errors::default();
-        let pattern = match PatternArgs::parse(attr) {
-            Ok(p) => {
-                errors.result(check_pattern(&p));
-                Some(p)
-            }
-            Err(e) => {
-                errors.push(e);
-                None
+        let pattern = if attr.is_empty() {
+            // Said here rather than by the parser, to name the attribute in the example.
+            let name = kind.attr_name();
+            errors.push(syn::Error::new(
+                proc_macro2::Span::call_site(),
+                format!(
+                    "missing pattern: write `#[{name}(\"name\")]` for a string pattern or \
+                     `#[{name}(cmd = \"name\")]` for an object pattern"
+                ),
+            ));
+            None
+        } else {
+            match PatternArgs::parse(attr) {
+                Ok(p) => {
+                    errors.result(check_pattern(&p));
+                    Some(p)
+                }
+                Err(e) => {
+                    errors.push(e);
+                    None
+                }
             }
         };
         let sig = HandlerSig::from_fn(item);
@@ -77,10 +86,7 @@ impl HandlerDef {
     /// `#[event_pattern(...)]` (matched by the attribute's last path segment), for tools that
     /// read source files; `None` when the function has neither.
     pub fn from_marked_fn(item: &syn::ItemFn) -> Option<syn::Result<HandlerDef>> {
-        let attr = item
-            .attrs
-            .iter()
-            .find(|a| PatternKind::of_attr(a).is_some())?;
+        let attr = item.attrs.iter().find(|a| PatternKind::of_attr(a).is_some())?;
         let kind = PatternKind::of_attr(attr)?;
         Some(match &attr.meta {
             syn::Meta::List(list) => HandlerDef::parse(kind, list.tokens.clone(), item),
@@ -129,8 +135,7 @@ mod tests {
         let item: syn::ItemFn = syn::parse_quote!(
             fn f(a: u32, b: u32) {}
         );
-        let err = HandlerDef::parse(PatternKind::Message, quote!(cmd = "a", cmd = "b"), &item)
-            .unwrap_err();
+        let err = HandlerDef::parse(PatternKind::Message, quote!(cmd = "a", cmd = "b"), &item).unwrap_err();
         let messages: Vec<String> = err.into_iter().map(|e| e.to_string()).collect();
         assert_eq!(messages.len(), 3, "{messages:#?}");
     }

@@ -19,10 +19,7 @@ pub fn handler(kind: PatternKind, attr: TokenStream, item: TokenStream) -> Token
         Err(_) => {
             let err = syn::Error::new(
                 Span::call_site(),
-                format!(
-                    "`#[{}]` can only be used on an `async fn`",
-                    kind.attr_name()
-                ),
+                format!("`#[{}]` can only be used on an `async fn`", kind.attr_name()),
             )
             .to_compile_error();
             return quote!(#item #err);
@@ -67,33 +64,20 @@ fn expand_handler(def: &HandlerDef, mut func: ItemFn) -> TokenStream {
 
     // Docs describe the handler, so they go to the descriptor (the name users see);
     // `cfg`s go everywhere, so a handler compiled out takes its descriptor with it.
-    let docs: Vec<&Attribute> = func
-        .attrs
-        .iter()
-        .filter(|a| a.path().is_ident("doc"))
-        .collect();
-    let cfgs: Vec<&Attribute> = func
-        .attrs
-        .iter()
-        .filter(|a| a.path().is_ident("cfg"))
-        .collect();
+    let docs: Vec<&Attribute> = func.attrs.iter().filter(|a| a.path().is_ident("doc")).collect();
+    let cfgs: Vec<&Attribute> = func.attrs.iter().filter(|a| a.path().is_ident("cfg")).collect();
     let docs = quote!(#(#docs)*);
     let cfgs = quote!(#(#cfgs)*);
     func.attrs.retain(|a| !a.path().is_ident("doc"));
     func.attrs.insert(0, syn::parse_quote!(#[doc(hidden)]));
     // Handlers must be `async` even when they never wait; do not let clippy say otherwise.
-    func.attrs
-        .insert(1, syn::parse_quote!(#[allow(clippy::unused_async)]));
+    func.attrs.insert(1, syn::parse_quote!(#[allow(clippy::unused_async)]));
     func.sig.ident = inner.clone();
 
     // Arguments are bound by position: the user's patterns (`mut id`, `Wrapper(x)`) stay in
     // the user's function.
     let arg_tys: Vec<&Type> = sig.args.iter().map(|a| &a.ty).collect();
-    let args: Vec<Ident> = sig
-        .args
-        .iter()
-        .map(|a| format_ident!("__sb_a{}", a.index))
-        .collect();
+    let args: Vec<Ident> = sig.args.iter().map(|a| format_ident!("__sb_a{}", a.index)).collect();
     let payload = sig.payload();
     let request = match payload {
         Some(p) => p.ty.to_token_stream(),
@@ -246,9 +230,7 @@ fn reply_types(ret: &ReturnKind) -> (TokenStream, TokenStream) {
         ReturnKind::Fallible { ty, .. } => (quote!(#ty), quote!(<#ty as __sb::Fallible>::Ok)),
         ReturnKind::ReplyStream { ty, .. } => (quote!(#ty), quote!(<#ty as __sb::Streamed>::Item)),
         ReturnKind::ImplStream { item, .. } => {
-            let item = item
-                .as_ref()
-                .expect("checked: `impl Stream` names its item");
+            let item = item.as_ref().expect("checked: `impl Stream` names its item");
             (quote!(__sb::ReplyStream<#item>), quote!(#item))
         }
     }
@@ -275,9 +257,7 @@ fn checks(def: &HandlerDef, inner: &Ident, args: &[Ident], arg_tys: &[&Type]) ->
                 None => out.extend(assert_reply(quote!(<#ty as __sb::Fallible>::Ok), ty)),
             }
             match err {
-                Some(err) => {
-                    out.extend(quote_spanned!(first_span(err)=> __sb::assert_rpc_error::<#err>();))
-                }
+                Some(err) => out.extend(quote_spanned!(first_span(err)=> __sb::assert_rpc_error::<#err>();)),
                 None => out.extend(quote_spanned!(first_span(ty)=>
                     __sb::assert_rpc_error::<<#ty as __sb::FallibleError>::Err>();
                 )),

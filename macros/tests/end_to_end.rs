@@ -93,14 +93,11 @@ async fn every_reply_kind_round_trips() {
 
     assert_eq!(client.send(add, (2, 3)).await.unwrap(), 5);
     client.send(ping, ()).await.unwrap();
-    assert_eq!(
-        client.send(count, 3).await.unwrap(),
-        3,
-        "the last value of a stream"
-    );
+    assert_eq!(client.send(count, 3).await.unwrap(), 3, "the last value of a stream");
 
     let all: Vec<u32> = client
-        .send_stream(ticks, 3)
+        .send(ticks, 3)
+        .stream()
         .await
         .unwrap()
         .map(|r| r.unwrap())
@@ -118,10 +115,7 @@ async fn every_reply_kind_round_trips() {
 #[tokio::test]
 async fn a_payload_of_the_wrong_shape_is_an_error_not_a_crash() {
     let (server, client) = serve("macros-e2e-bad").await;
-    let err = client
-        .send_raw::<User>(serde_json_pattern(), 42)
-        .await
-        .unwrap_err();
+    let err = client.send_raw::<User>(serde_json_pattern(), 42).await.unwrap_err();
     assert!(err.to_string().contains("invalid payload"), "{err}");
     // The server is still there.
     assert_eq!(client.send(add, (1, 1)).await.unwrap(), 2);

@@ -80,7 +80,9 @@ impl Pattern {
             Value::Null => Pattern::Null,
             Value::Array(items) => Pattern::Array(items.iter().map(Pattern::from_json_value).collect()),
             Value::Object(map) => Pattern::Object(
-                map.iter().map(|(k, v)| (k.clone(), Pattern::from_json_value(v))).collect(),
+                map.iter()
+                    .map(|(k, v)| (k.clone(), Pattern::from_json_value(v)))
+                    .collect(),
             ),
         }
     }
@@ -105,7 +107,10 @@ pub fn route_of_wire_pattern(raw: &str) -> Option<String> {
 pub fn route_of_str(s: String) -> String {
     let first = s.bytes().next();
     // Only text that can be JSON needs the parse; the common `"math.add"` skips it.
-    let maybe_json = matches!(first, Some(b'{' | b'[' | b'"' | b'-' | b'0'..=b'9' | b't' | b'f' | b'n'));
+    let maybe_json = matches!(
+        first,
+        Some(b'{' | b'[' | b'"' | b'-' | b'0'..=b'9' | b't' | b'f' | b'n')
+    );
     if maybe_json {
         if let Ok(value) = serde_json::from_str::<serde_json::Value>(&s) {
             return match value {

@@ -6,13 +6,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::stream::{Stream, StreamExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::call::{Call, Emit};
 use crate::descriptor::{AsPayload, Event, Message};
 use crate::error::{Error, Result};
-use crate::handler::ReplyItem;
 use crate::transport::{self, ClientOptions, ClientTransport, Outbound};
 
 /// Default deadline of a call.
@@ -29,14 +28,17 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 #[derive(Clone)]
 pub struct Client {
     url: Arc<str>,
-    transport: Arc<dyn ClientTransport>,
-    timeout: Duration,
+    pub(crate) transport: Arc<dyn ClientTransport>,
+    pub(crate) timeout: Duration,
     metadata: Option<Arc<HashMap<String, String>>>,
 }
 
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Client").field("url", &self.url).field("timeout", &self.timeout).finish()
+        f.debug_struct("Client")
+            .field("url", &self.url)
+            .field("timeout", &self.timeout)
+            .finish()
     }
 }
 
@@ -76,7 +78,12 @@ impl ClientBuilder {
     /// A client that connects on its first call.
     pub fn build(self) -> Result<Client> {
         let transport = transport::client(&self.url, &self.opts)?;
-        Ok(Client { url: self.url.into(), transport, timeout: self.timeout, metadata: None })
+        Ok(Client {
+            url: self.url.into(),
+            transport,
+            timeout: self.timeout,
+            metadata: None,
+        })
     }
 
     /// A client connected now: an unreachable server is an error here, not on the first call.
@@ -116,74 +123,68 @@ impl Client {
 
     /// The same client with another deadline for its calls.
     pub fn with_timeout(&self, timeout: Duration) -> Client {
-        Client { timeout, ..self.clone() }
+        Client {
+            timeout,
+            ..self.clone()
+        }
     }
 
     /// The same client, sending these headers with every call (NestJS 12's `metadata`,
     /// e.g. `traceparent`).
     pub fn with_metadata(&self, metadata: HashMap<String, String>) -> Client {
-        Client { metadata: Some(Arc::new(metadata)), ..self.clone() }
+        Client {
+            metadata: Some(Arc::new(metadata)),
+            ..self.clone()
+        }
     }
 
-    /// Calls a request/response pattern and returns its reply (the last value, for
-    /// multi-value replies).
-    pub async fn send<M>(&self, pattern: M, payload: impl AsPayload<M::Request>) -> Result<M::Reply>
+    /// Calls a request/response pattern; await the [`Call`] for its reply (the last value,
+    /// for multi-value replies), or use [`Call::stream`] for every value.
+    ///
+    /// ```ignore
+    /// let user = client.send(get_user, "42".to_string()).await?;
+    /// let user = client.send(get_user, &id).timeout(Duration::from_secs(1)).await?;
+    /// ```
+    pub fn send<M>(&self, pattern: M, payload: impl AsPayload<M::Request>) -> Call<'_, M::Reply>
     where
         M: Message<Request: Serialize, Reply: DeserializeOwned>,
     {
-        let out = self.outbound(Cow::Borrowed(pattern.pattern_json()), Cow::Borrowed(pattern.route()), payload.as_payload())?;
-        self.call(out).await
+        // The payload is encoded now, so the call borrows nothing of the caller's.
+        let out = self.outbound(
+            Cow::Borrowed(pattern.pattern_json()),
+            Cow::Borrowed(pattern.route()),
+            payload.as_payload(),
+        );
+        Call::new(self, out)
     }
 
-    /// Calls a request/response pattern and yields each value of its reply as it arrives.
-    /// The call's deadline covers the whole stream.
-    pub async fn send_stream<M>(
-        &self,
-        pattern: M,
-        payload: impl AsPayload<M::Request>,
-    ) -> Result<impl Stream<Item = Result<M::Reply>> + Send + 'static>
-    where
-        M: Message<Request: Serialize, Reply: DeserializeOwned + Send + 'static>,
-    {
-        let out = self.outbound(Cow::Borrowed(pattern.pattern_json()), Cow::Borrowed(pattern.route()), payload.as_payload())?;
-        self.call_stream(out).await
-    }
-
-    /// Emits an event; resolves once the transport has accepted it.
-    pub async fn emit<E>(&self, pattern: E, payload: impl AsPayload<E::Payload>) -> Result<()>
+    /// Emits an event; the [`Emit`] resolves once the transport has accepted it.
+    pub fn emit<E>(&self, pattern: E, payload: impl AsPayload<E::Payload>) -> Emit<'_>
     where
         E: Event<Payload: Serialize>,
     {
         // NestJS's `emit` sends the route, not the pattern object.
         let route = pattern.route();
-        let json = if pattern.pattern_json().starts_with('"') { Cow::Borrowed(pattern.pattern_json()) } else { Cow::Owned(json_string(route)) };
-        let out = self.outbound(json, Cow::Borrowed(route), payload.as_payload())?;
-        self.emit_outbound(out).await
+        let json = match pattern.pattern_json() {
+            json if json.starts_with('"') => Cow::Borrowed(json),
+            _ => Cow::Owned(json_string(route)),
+        };
+        Emit::new(self, self.outbound(json, Cow::Borrowed(route), payload.as_payload()))
     }
 
-    /// Calls a pattern given as JSON, NestJS style: `send_raw(json!({"cmd": "add"}), json!({"a": 1}))`.
-    pub async fn send_raw<R: DeserializeOwned>(&self, pattern: impl Serialize, data: impl Serialize) -> Result<R> {
-        let (json, route) = raw_pattern(&pattern)?;
-        let out = self.outbound(Cow::Owned(json), Cow::Owned(route), &data)?;
-        self.call(out).await
-    }
-
-    /// Like [`send_raw`](Self::send_raw), yielding each value of a multi-value reply.
-    pub async fn send_raw_stream<R: DeserializeOwned + Send + 'static>(
-        &self,
-        pattern: impl Serialize,
-        data: impl Serialize,
-    ) -> Result<impl Stream<Item = Result<R>> + Send + 'static> {
-        let (json, route) = raw_pattern(&pattern)?;
-        let out = self.outbound(Cow::Owned(json), Cow::Owned(route), &data)?;
-        self.call_stream(out).await
+    /// Calls a pattern given as JSON, NestJS style:
+    /// `let v: Value = client.send_raw(json!({"cmd": "add"}), json!({"a": 1, "b": 2})).await?`.
+    pub fn send_raw<R: DeserializeOwned>(&self, pattern: impl Serialize, data: impl Serialize) -> Call<'_, R> {
+        let out =
+            raw_pattern(&pattern).and_then(|(json, route)| self.outbound(Cow::Owned(json), Cow::Owned(route), &data));
+        Call::new(self, out)
     }
 
     /// Emits an event to a pattern given as JSON.
-    pub async fn emit_raw(&self, pattern: impl Serialize, data: impl Serialize) -> Result<()> {
-        let (_, route) = raw_pattern(&pattern)?;
-        let out = self.outbound(Cow::Owned(json_string(&route)), Cow::Owned(route), &data)?;
-        self.emit_outbound(out).await
+    pub fn emit_raw(&self, pattern: impl Serialize, data: impl Serialize) -> Emit<'_> {
+        let out = raw_pattern(&pattern)
+            .and_then(|(_, route)| self.outbound(Cow::Owned(json_string(&route)), Cow::Owned(route), &data));
+        Emit::new(self, out)
     }
 
     /// Closes the client's connections; calls in flight fail.
@@ -191,78 +192,37 @@ impl Client {
         self.transport.close().await
     }
 
-    fn outbound<T: Serialize + ?Sized>(&self, pattern: Cow<'static, str>, route: Cow<'static, str>, payload: &T) -> Result<Outbound> {
-        let data = crate::json::to_vec(payload)
-            .map_err(|source| Error::Codec { context: format!("cannot encode the payload for pattern {route}"), source })?;
-        Ok(Outbound { pattern, route, data: Bytes::from(data), metadata: self.metadata.clone() })
-    }
-
-    async fn call<R: DeserializeOwned>(&self, out: Outbound) -> Result<R> {
-        let route = out.route.clone();
-        let last = async {
-            let mut replies = self.transport.request(out).await?;
-            let mut last = None;
-            while let Some(item) = replies.next().await {
-                match item? {
-                    ReplyItem::Value(v) => last = Some(v),
-                    ReplyItem::Error(e) => return Err(Error::Rpc(e)),
-                }
-            }
-            Ok(last)
-        };
-        let last = match tokio::time::timeout(self.timeout, last).await {
-            Ok(r) => r.map_err(|e| named(e, &route))?,
-            Err(_) => return Err(Error::Timeout { pattern: route.into_owned(), after: self.timeout }),
-        };
-        decode(last.as_deref().unwrap_or(b"null"), &route)
-    }
-
-    async fn call_stream<R: DeserializeOwned + Send + 'static>(
+    pub(crate) fn outbound<T: Serialize + ?Sized>(
         &self,
-        out: Outbound,
-    ) -> Result<impl Stream<Item = Result<R>> + Send + 'static> {
-        let route: Arc<str> = out.route.as_ref().into();
-        let deadline = tokio::time::Instant::now() + self.timeout;
-        let after = self.timeout;
-        let replies = match tokio::time::timeout_at(deadline, self.transport.request(out)).await {
-            Ok(r) => r.map_err(|e| named(e, &route))?,
-            Err(_) => return Err(Error::Timeout { pattern: route.to_string(), after }),
-        };
-        // Values until the reply ends, its first error, or the deadline.
-        Ok(futures_util::stream::unfold(Some(replies), move |replies| {
-            let route = route.clone();
-            async move {
-                let mut replies = replies?;
-                let item = match tokio::time::timeout_at(deadline, replies.next()).await {
-                    Ok(None) => return None,
-                    Ok(Some(Ok(ReplyItem::Value(v)))) => return Some((decode(&v, &route), Some(replies))),
-                    Ok(Some(Ok(ReplyItem::Error(e)))) => Err(Error::Rpc(e)),
-                    Ok(Some(Err(e))) => Err(named(e, &route)),
-                    Err(_) => Err(Error::Timeout { pattern: route.to_string(), after }),
-                };
-                Some((item, None))
-            }
-        }))
-    }
-
-    async fn emit_outbound(&self, out: Outbound) -> Result<()> {
-        let route = out.route.clone();
-        match tokio::time::timeout(self.timeout, self.transport.emit(out)).await {
-            Ok(r) => r,
-            Err(_) => Err(Error::Timeout { pattern: route.into_owned(), after: self.timeout }),
-        }
+        pattern: Cow<'static, str>,
+        route: Cow<'static, str>,
+        payload: &T,
+    ) -> Result<Outbound> {
+        let data = crate::json::to_vec(payload).map_err(|source| Error::Codec {
+            context: format!("cannot encode the payload for pattern {route}"),
+            source,
+        })?;
+        Ok(Outbound {
+            pattern,
+            route,
+            data: Bytes::from(data),
+            metadata: self.metadata.clone(),
+        })
     }
 }
 
 /// Fills in the pattern of a no-handler error, which the reply packet does not carry.
-fn named(e: Error, route: &str) -> Error {
+pub(crate) fn named(e: Error, route: &str) -> Error {
     match e {
-        Error::NoHandler { pattern, addr } if pattern.is_empty() => Error::NoHandler { pattern: route.to_owned(), addr },
+        Error::NoHandler { pattern, addr } if pattern.is_empty() => Error::NoHandler {
+            pattern: route.to_owned(),
+            addr,
+        },
         e => e,
     }
 }
 
-fn decode<R: DeserializeOwned>(json: &[u8], route: &str) -> Result<R> {
+pub(crate) fn decode<R: DeserializeOwned>(json: &[u8], route: &str) -> Result<R> {
     serde_json::from_slice(json).map_err(|source| Error::Codec {
         context: format!("cannot decode the reply of {route} as {}", std::any::type_name::<R>()),
         source,
@@ -275,8 +235,10 @@ fn json_string(s: &str) -> String {
 
 /// The JSON and route of a pattern given as any serialisable value.
 fn raw_pattern(pattern: &impl Serialize) -> Result<(String, String)> {
-    let value = serde_json::to_value(pattern)
-        .map_err(|source| Error::Codec { context: "cannot encode the pattern".into(), source })?;
+    let value = serde_json::to_value(pattern).map_err(|source| Error::Codec {
+        context: "cannot encode the pattern".into(),
+        source,
+    })?;
     let route = match &value {
         serde_json::Value::String(s) => switchboard_pattern::route_of_str(s.clone()),
         other => switchboard_pattern::Pattern::from_json_value(other).route(),

@@ -205,8 +205,20 @@ mod tests {
 
     #[test]
     fn replies_use_nestjs_key_order() {
-        assert_eq!(reply("\"abc1\"", Outgoing::Value { json: b"6", last: true }), r#"{"response":6,"isDisposed":true,"id":"abc1"}"#);
-        assert_eq!(reply("\"s1\"", Outgoing::Value { json: b"1", last: false }), r#"{"response":1,"id":"s1"}"#);
+        assert_eq!(
+            reply("\"abc1\"", Outgoing::Value { json: b"6", last: true }),
+            r#"{"response":6,"isDisposed":true,"id":"abc1"}"#
+        );
+        assert_eq!(
+            reply(
+                "\"s1\"",
+                Outgoing::Value {
+                    json: b"1",
+                    last: false
+                }
+            ),
+            r#"{"response":1,"id":"s1"}"#
+        );
         assert_eq!(reply("\"s3\"", Outgoing::Done), r#"{"isDisposed":true,"id":"s3"}"#);
         assert_eq!(
             reply("\"e1\"", Outgoing::Error(&RpcError::new("bad thing"))),
@@ -223,7 +235,13 @@ mod tests {
     fn requests_use_nestjs_key_order() {
         let mut out = Vec::new();
         let meta = HashMap::from([("traceparent".to_string(), "00-abc-def-01".to_string())]);
-        encode_request(&mut out, r#"{"cmd":"sum","a":1}"#, b"[1,2,3]", Some(&meta), Some("a18e27d5afe707e15ae91"));
+        encode_request(
+            &mut out,
+            r#"{"cmd":"sum","a":1}"#,
+            b"[1,2,3]",
+            Some(&meta),
+            Some("a18e27d5afe707e15ae91"),
+        );
         assert_eq!(
             String::from_utf8(out).unwrap(),
             r#"{"pattern":{"cmd":"sum","a":1},"data":[1,2,3],"metadata":{"traceparent":"00-abc-def-01"},"id":"a18e27d5afe707e15ae91"}"#

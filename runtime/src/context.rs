@@ -22,7 +22,12 @@ pub struct Context {
 impl Context {
     /// A context for `route` received over `transport`.
     pub fn new(route: Arc<str>, transport: &'static str) -> Self {
-        Context { route, transport, request_id: None, metadata: None }
+        Context {
+            route,
+            transport,
+            request_id: None,
+            metadata: None,
+        }
     }
 
     /// Marks the message as a request with this id (the raw JSON text of the wire `id`).
@@ -66,7 +71,9 @@ impl Context {
 
     /// All headers / metadata entries.
     pub fn headers(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.metadata.iter().flat_map(|m| m.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        self.metadata
+            .iter()
+            .flat_map(|m| m.iter().map(|(k, v)| (k.as_str(), v.as_str())))
     }
 
     /// The W3C trace context (`traceparent` header), when the caller sent one.

@@ -8,10 +8,12 @@
 
 use std::marker::PhantomData;
 
-use serde::Serialize;
-use serde::de::DeserializeOwned;
-
 /// A request/response pattern with its payload and reply types.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a request/response pattern",
+    label = "not a `#[message_pattern]` handler or a `MessageDef`",
+    note = "events are sent with `emit`; request/response patterns with `send`"
+)]
 pub trait Message: Copy + Send + Sync + 'static {
     /// What the caller sends. (Calls require `Serialize`; a handler whose payload is not
     /// serialisable can still be served, just not called with a typed client.)
@@ -26,6 +28,11 @@ pub trait Message: Copy + Send + Sync + 'static {
 }
 
 /// A fire-and-forget pattern with its payload type.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not an event pattern",
+    label = "not an `#[event_pattern]` handler or an `EventDef`",
+    note = "request/response patterns are called with `send`; events with `emit`"
+)]
 pub trait Event: Copy + Send + Sync + 'static {
     /// What the emitter sends. (Emitting requires `Serialize`.)
     type Payload;
@@ -73,7 +80,10 @@ pub struct MessageDef<Req, Rep> {
 impl<Req, Rep> MessageDef<Req, Rep> {
     /// A descriptor for the pattern made by [`pattern!`](crate::pattern!).
     pub const fn new(pattern: PatternLit) -> Self {
-        MessageDef { pattern, _types: PhantomData }
+        MessageDef {
+            pattern,
+            _types: PhantomData,
+        }
     }
 }
 
@@ -84,11 +94,7 @@ impl<Req, Rep> Clone for MessageDef<Req, Rep> {
 }
 impl<Req, Rep> Copy for MessageDef<Req, Rep> {}
 
-impl<Req, Rep> Message for MessageDef<Req, Rep>
-where
-    Req: Serialize + 'static,
-    Rep: DeserializeOwned + Send + 'static,
-{
+impl<Req: 'static, Rep: 'static> Message for MessageDef<Req, Rep> {
     type Request = Req;
     type Reply = Rep;
     fn pattern_json(&self) -> &'static str {
@@ -115,7 +121,10 @@ pub struct EventDef<T> {
 impl<T> EventDef<T> {
     /// A descriptor for the pattern made by [`pattern!`](crate::pattern!).
     pub const fn new(pattern: PatternLit) -> Self {
-        EventDef { pattern, _types: PhantomData }
+        EventDef {
+            pattern,
+            _types: PhantomData,
+        }
     }
 }
 
@@ -126,7 +135,7 @@ impl<T> Clone for EventDef<T> {
 }
 impl<T> Copy for EventDef<T> {}
 
-impl<T: Serialize + 'static> Event for EventDef<T> {
+impl<T: 'static> Event for EventDef<T> {
     type Payload = T;
     fn pattern_json(&self) -> &'static str {
         self.pattern.json

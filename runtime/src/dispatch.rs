@@ -73,7 +73,9 @@ pub struct Dispatcher {
 impl Dispatcher {
     /// A dispatcher over a route table.
     pub fn new(routes: Routes) -> Self {
-        Dispatcher { routes: Arc::new(routes) }
+        Dispatcher {
+            routes: Arc::new(routes),
+        }
     }
 
     /// The route table.

@@ -52,12 +52,8 @@ impl Inbound {
 
     /// Decodes the payload into `T`, or explains why it cannot be.
     pub fn decode<T: DeserializeOwned>(&self) -> Result<T, RpcError> {
-        serde_json::from_slice(self.payload_json()).map_err(|e| {
-            RpcError::new(format!(
-                "invalid payload for pattern {}: {e}",
-                self.ctx.pattern()
-            ))
-        })
+        serde_json::from_slice(self.payload_json())
+            .map_err(|e| RpcError::new(format!("invalid payload for pattern {}: {e}", self.ctx.pattern())))
     }
 
     /// Consumes the message, keeping its context.

@@ -29,7 +29,10 @@ mod tests {
     #[test]
     fn numbers_look_like_javascript() {
         let text = |v: serde_json::Value| String::from_utf8(super::to_vec(&v).unwrap()).unwrap();
-        assert_eq!(text(serde_json::json!([6.0, 1.5, 1e21, -0.0, 1e-7, 3])), "[6,1.5,1e+21,0,1e-7,3]");
+        assert_eq!(
+            text(serde_json::json!([6.0, 1.5, 1e21, -0.0, 1e-7, 3])),
+            "[6,1.5,1e+21,0,1e-7,3]"
+        );
         assert_eq!(String::from_utf8(super::to_vec(&f64::NAN).unwrap()).unwrap(), "null");
     }
 }

@@ -24,6 +24,7 @@
 
 #![warn(missing_docs)]
 
+pub mod call;
 pub mod client;
 mod codec;
 pub mod context;
@@ -36,6 +37,7 @@ pub mod registry;
 pub mod server;
 pub mod transport;
 
+pub use call::{Call, Emit};
 pub use client::{Client, ClientBuilder};
 pub use context::Context;
 pub use descriptor::{AsPayload, Event, EventDef, Message, MessageDef, PatternLit};
@@ -48,8 +50,8 @@ pub use switchboard_macros::{event_pattern, message_pattern, pattern};
 /// The names a service or caller usually needs.
 pub mod prelude {
     pub use crate::{
-        Client, Context, Event, EventDef, Message, MessageDef, Microservice, ReplyStream, RpcError,
-        RpcResult, event_pattern, message_pattern, pattern,
+        Client, Context, Event, EventDef, Message, MessageDef, Microservice, ReplyStream, RpcError, RpcResult,
+        event_pattern, message_pattern, pattern,
     };
     pub use serde::{Deserialize, Serialize};
 }
@@ -128,6 +130,7 @@ pub mod __private {
     )]
     pub trait ErrorType<E> {}
     impl<E: Into<RpcError>> ErrorType<E> for RpcError {}
+
     /// Spanned at the user's function: its future must be `Send`.
     pub fn assert_send<T: Send>(_: &T) {}
 

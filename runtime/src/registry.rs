@@ -143,7 +143,9 @@ impl Registry {
             // A NestJS client sends an object pattern in its written key order; index that
             // form too so the common case skips normalisation.
             for e in handlers.message.iter().chain(&handlers.events) {
-                lookup.entry(Box::<str>::from(e.pattern)).or_insert_with(|| handlers.clone());
+                lookup
+                    .entry(Box::<str>::from(e.pattern))
+                    .or_insert_with(|| handlers.clone());
             }
             lookup.insert(Box::<str>::from(route), handlers);
         }

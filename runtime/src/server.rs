@@ -39,12 +39,19 @@ impl Microservice {
     /// A service of every `#[message_pattern]` and `#[event_pattern]` handler linked into
     /// this binary.
     pub fn from_registry() -> Self {
-        Microservice { registry: Registry::collect(), ..Self::new() }
+        Microservice {
+            registry: Registry::collect(),
+            ..Self::new()
+        }
     }
 
     /// A service of no handlers yet; add them with [`handler`](Self::handler).
     pub fn new() -> Self {
-        Microservice { registry: Registry::new(), urls: Vec::new(), shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT }
+        Microservice {
+            registry: Registry::new(),
+            urls: Vec::new(),
+            shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
+        }
     }
 
     /// Adds one handler: `Microservice::new().handler(get_user).handler(create_user)`.
@@ -68,7 +75,9 @@ impl Microservice {
     /// Binds every transport and starts serving in the background.
     pub async fn start(self) -> Result<RunningServer> {
         if self.urls.is_empty() {
-            return Err(Error::Registry("no transport to serve on: call .listen(\"tcp://127.0.0.1:3001\") or similar".into()));
+            return Err(Error::Registry(
+                "no transport to serve on: call .listen(\"tcp://127.0.0.1:3001\") or similar".into(),
+            ));
         }
         let dispatcher = Dispatcher::new(self.registry.routes()?);
         let mut listeners = Vec::with_capacity(self.urls.len());
@@ -87,7 +96,12 @@ impl Microservice {
         for entry in self.registry.entries() {
             tracing::debug!(route = entry.route, kind = ?entry.kind, handler = %entry.location(), "serving");
         }
-        Ok(RunningServer { urls, stop, tasks, shutdown_timeout: self.shutdown_timeout })
+        Ok(RunningServer {
+            urls,
+            stop,
+            tasks,
+            shutdown_timeout: self.shutdown_timeout,
+        })
     }
 
     /// Serves until Ctrl-C or SIGTERM, then shuts down gracefully.

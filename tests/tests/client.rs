@@ -11,16 +11,31 @@ use serde_json::{Value, json};
 use switchboard::{Client, Error, Microservice, RunningServer, pattern};
 
 async fn serve(url: &str) -> RunningServer {
-    Microservice::from_registry().listen(url).start().await.expect("server starts")
+    Microservice::from_registry()
+        .listen(url)
+        .start()
+        .await
+        .expect("server starts")
 }
 
 /// The behaviour every transport must show, run against one server URL.
 async fn suite(url: &str) {
-    let client = Client::builder(url).timeout(Duration::from_secs(10)).connect().await.expect("connect");
+    let client = Client::builder(url)
+        .timeout(Duration::from_secs(10))
+        .connect()
+        .await
+        .expect("connect");
 
     // Typed calls: object and string patterns, payload and reply types checked at compile time.
     let user = client.send(get_user, "42".to_string()).await.unwrap();
-    assert_eq!(user, User { id: "42".into(), name: "John Doe".into(), email: "john@example.com".into() });
+    assert_eq!(
+        user,
+        User {
+            id: "42".into(),
+            name: "John Doe".into(),
+            email: "john@example.com".into()
+        }
+    );
     assert_eq!(client.send(sum, vec![1.0, 2.5]).await.unwrap(), 3.5);
     assert_eq!(client.send(nested, ()).await.unwrap(), "nested-ok");
     client.send(void_ret, ()).await.unwrap();
@@ -30,43 +45,81 @@ async fn suite(url: &str) {
     let v: Value = client.send_raw(json!({"cmd": "sum"}), json!([5, 3])).await.unwrap();
     assert_eq!(v, json!(8), "numbers are written as JavaScript writes them");
     let v: String = client
-        .send_raw(json!({"nested": {"a": "x", "b": 1}, "v": 2, "cmd": "get", "role": "user"}), json!({}))
+        .send_raw(
+            json!({"nested": {"a": "x", "b": 1}, "v": 2, "cmd": "get", "role": "user"}),
+            json!({}),
+        )
         .await
         .unwrap();
     assert_eq!(v, "nested-ok");
 
-    // Multi-value replies: `send` gives the last value, `send_stream` every one.
+    // Multi-value replies: `send` gives the last value, `.stream()` every one.
     assert_eq!(client.send(stream, ()).await.unwrap(), 3);
-    let all: Vec<u32> = client.send_stream(slow_stream, ()).await.unwrap().map(|r| r.unwrap()).collect().await;
+    let all: Vec<u32> = client
+        .send(slow_stream, ())
+        .stream()
+        .await
+        .unwrap()
+        .map(|r| r.unwrap())
+        .collect()
+        .await;
     assert_eq!(all, [0, 1, 2]);
-    let none: Vec<_> = client.send_stream(empty_stream, ()).await.unwrap().collect().await;
+    let none: Vec<_> = client.send(empty_stream, ()).stream().await.unwrap().collect().await;
     assert!(none.is_empty());
-    let mixed: Vec<_> = client.send_stream(stream_err, ()).await.unwrap().collect().await;
+    let mixed: Vec<_> = client.send(stream_err, ()).stream().await.unwrap().collect().await;
     assert_eq!(mixed.len(), 2);
     assert_eq!(*mixed[0].as_ref().unwrap(), 1);
-    assert_eq!(mixed[1].as_ref().unwrap_err().as_rpc().unwrap().message(), Some("mid-stream"));
+    assert_eq!(
+        mixed[1].as_ref().unwrap_err().as_rpc().unwrap().message(),
+        Some("mid-stream")
+    );
 
     // Errors keep NestJS's shapes.
     let err = client.send(rpc_string, ()).await.unwrap_err();
-    assert_eq!(err.as_rpc().unwrap().value(), &json!({"status": "error", "message": "bad thing"}));
+    assert_eq!(
+        err.as_rpc().unwrap().value(),
+        &json!({"status": "error", "message": "bad thing"})
+    );
     let err = client.send(rpc_object, ()).await.unwrap_err();
-    assert_eq!(err.as_rpc().unwrap().value(), &json!({"code": 42, "message": "custom msg", "extra": true}));
+    assert_eq!(
+        err.as_rpc().unwrap().value(),
+        &json!({"code": 42, "message": "custom msg", "extra": true})
+    );
     let err = client.send(panics, 1).await.unwrap_err();
     assert_eq!(err.as_rpc().unwrap().message(), Some("Internal server error"));
     let err = client.send_raw::<Value>("sum_typo", json!(1)).await.unwrap_err();
-    assert!(matches!(&err, Error::NoHandler { pattern, .. } if pattern == "sum_typo"), "{err}");
-    let err = client.send_raw::<Value>(json!({"cmd": "sum"}), json!("not numbers")).await.unwrap_err();
+    assert!(
+        matches!(&err, Error::NoHandler { pattern, .. } if pattern == "sum_typo"),
+        "{err}"
+    );
+    let err = client
+        .send_raw::<Value>(json!({"cmd": "sum"}), json!("not numbers"))
+        .await
+        .unwrap_err();
     assert!(err.to_string().contains("invalid payload for pattern"), "{err}");
     let err = client.send_raw::<u32>("echo", json!("text")).await.unwrap_err();
-    assert!(matches!(err, Error::Codec { .. }), "a reply of the wrong type is a decode error: {err}");
+    assert!(
+        matches!(err, Error::Codec { .. }),
+        "a reply of the wrong type is a decode error: {err}"
+    );
 
     // Deadlines.
-    let err = client.with_timeout(Duration::from_millis(100)).send(delay, 2_000).await.unwrap_err();
-    assert!(matches!(&err, Error::Timeout { pattern, .. } if pattern == "delay"), "{err}");
+    let err = client
+        .with_timeout(Duration::from_millis(100))
+        .send(delay, 2_000)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::Timeout { pattern, .. } if pattern == "delay"),
+        "{err}"
+    );
 
     // Unicode and a 1 MiB payload.
     let text = "é😀 ünïcødé ".repeat(8);
-    assert_eq!(client.send_raw::<Value>("echo", json!({"x": text})).await.unwrap(), json!({"x": text}));
+    assert_eq!(
+        client.send_raw::<Value>("echo", json!({"x": text})).await.unwrap(),
+        json!({"x": text})
+    );
     let big = "x".repeat(1 << 20);
     assert_eq!(client.send(len, big.clone()).await.unwrap(), 1 << 20);
     let big_unicode = "😀".repeat(1 << 18);
@@ -133,21 +186,35 @@ async fn tls_transport() {
     std::fs::write(&cert_path, cert.cert.pem()).unwrap();
     std::fs::write(&key_path, cert.signing_key.serialize_pem()).unwrap();
 
-    let s = serve(&format!("tls://127.0.0.1:0?cert={}&key={}", cert_path.display(), key_path.display())).await;
+    let s = serve(&format!(
+        "tls://127.0.0.1:0?cert={}&key={}",
+        cert_path.display(),
+        key_path.display()
+    ))
+    .await;
     let port = s.local_url().rsplit(':').next().unwrap().to_owned();
-    let url = format!("tls://127.0.0.1:{port}?ca={}&server_name=localhost", cert_path.display());
+    let url = format!(
+        "tls://127.0.0.1:{port}?ca={}&server_name=localhost",
+        cert_path.display()
+    );
     suite(&url).await;
 
     // A client that does not trust the certificate cannot connect.
     let other = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
     let other_path = dir.join("other.pem");
     std::fs::write(&other_path, other.cert.pem()).unwrap();
-    let err = Client::connect(&format!("tls://127.0.0.1:{port}?ca={}&server_name=localhost", other_path.display()))
-        .await
-        .unwrap_err();
+    let err = Client::connect(&format!(
+        "tls://127.0.0.1:{port}?ca={}&server_name=localhost",
+        other_path.display()
+    ))
+    .await
+    .unwrap_err();
     assert!(err.to_string().contains("TLS handshake failed"), "{err}");
     // Plain TCP to a TLS server gets nothing back, and fails at its deadline.
-    let plain = Client::builder(&format!("tcp://127.0.0.1:{port}")).timeout(Duration::from_millis(300)).build().unwrap();
+    let plain = Client::builder(&format!("tcp://127.0.0.1:{port}"))
+        .timeout(Duration::from_millis(300))
+        .build()
+        .unwrap();
     assert!(plain.send(echo, json!(1)).await.is_err());
     s.shutdown().await.unwrap();
 }
@@ -156,7 +223,12 @@ async fn tls_transport() {
 async fn connection_loss_fails_in_flight_calls_at_once_and_the_client_reconnects() {
     let s = serve("tcp://127.0.0.1:0").await;
     let url = s.local_url().to_owned();
-    let client = Client::builder(&url).pool_size(1).timeout(Duration::from_secs(20)).connect().await.unwrap();
+    let client = Client::builder(&url)
+        .pool_size(1)
+        .timeout(Duration::from_secs(20))
+        .connect()
+        .await
+        .unwrap();
     assert_eq!(client.send(echo, json!("before")).await.unwrap(), json!("before"));
 
     // Kill the server with a call in flight: the call fails at once, not at its deadline.
@@ -207,16 +279,29 @@ async fn bad_urls_and_empty_services_are_clear_errors() {
     assert!(err.to_string().contains("no handlers to serve"), "{err}");
     let err = Microservice::new().handler(echo).start().await.unwrap_err();
     assert!(err.to_string().contains("no transport"), "{err}");
-    let err = Microservice::new().handler(echo).listen("tcp://127.0.0.1:0?frame=1").start().await.unwrap_err();
+    let err = Microservice::new()
+        .handler(echo)
+        .listen("tcp://127.0.0.1:0?frame=1")
+        .start()
+        .await
+        .unwrap_err();
     assert!(err.to_string().contains("unknown query parameter `frame`"), "{err}");
 }
 
 #[tokio::test]
 async fn selected_handlers_only() {
-    let s = Microservice::new().handler(echo).listen("mem://selected").start().await.unwrap();
+    let s = Microservice::new()
+        .handler(echo)
+        .listen("mem://selected")
+        .start()
+        .await
+        .unwrap();
     let client = Client::connect("mem://selected").await.unwrap();
     assert_eq!(client.send(echo, json!(1)).await.unwrap(), json!(1));
-    assert!(matches!(client.send(get_user, "1".to_string()).await, Err(Error::NoHandler { .. })));
+    assert!(matches!(
+        client.send(get_user, "1".to_string()).await,
+        Err(Error::NoHandler { .. })
+    ));
     s.shutdown().await.unwrap();
 }
 

@@ -22,10 +22,18 @@ fn peer_dir() -> PathBuf {
 
 /// True when NestJS `version` is installed; otherwise fails under CI or skips loudly.
 fn nest_installed(version: u8) -> bool {
-    let ok = peer_dir().join(format!("v{version}/node_modules/@nestjs/microservices/package.json")).exists()
-        && std::process::Command::new("node").arg("--version").output().is_ok_and(|o| o.status.success());
+    let ok = peer_dir()
+        .join(format!("v{version}/node_modules/@nestjs/microservices/package.json"))
+        .exists()
+        && std::process::Command::new("node")
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success());
     if !ok {
-        missing(&format!("NestJS {version} (tests/nestjs/v{version}) or node"), "run scripts/setup-nestjs.sh");
+        missing(
+            &format!("NestJS {version} (tests/nestjs/v{version}) or node"),
+            "run scripts/setup-nestjs.sh",
+        );
     }
     ok
 }
@@ -42,12 +50,26 @@ async fn nest_client(version: u8, port: u16, ops: &[Value]) -> Vec<Value> {
         .spawn()
         .expect("node runs");
     let mut stdin = child.stdin.take().unwrap();
-    stdin.write_all(Value::from(ops.to_vec()).to_string().as_bytes()).await.unwrap();
+    stdin
+        .write_all(Value::from(ops.to_vec()).to_string().as_bytes())
+        .await
+        .unwrap();
     drop(stdin);
-    let out = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output()).await.expect("NestJS client finishes").unwrap();
-    assert!(out.status.success(), "NestJS client failed: {}", String::from_utf8_lossy(&out.stderr));
-    let results: Vec<Value> = serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("NestJS client printed no JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)));
+    let out = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
+        .await
+        .expect("NestJS client finishes")
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "NestJS client failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let results: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "NestJS client printed no JSON ({e}): {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    });
     assert_eq!(results.len(), ops.len());
     results
 }
@@ -60,7 +82,11 @@ async fn nest_client_calls_our_server(version: u8) {
     if !nest_installed(version) {
         return;
     }
-    let server = Microservice::from_registry().listen("tcp://127.0.0.1:0").start().await.unwrap();
+    let server = Microservice::from_registry()
+        .listen("tcp://127.0.0.1:0")
+        .start()
+        .await
+        .unwrap();
     let port: u16 = server.local_url().rsplit(':').next().unwrap().parse().unwrap();
     let marker = format!("nest{version}-to-us");
     let big = "x".repeat(1 << 20);
@@ -68,7 +94,10 @@ async fn nest_client_calls_our_server(version: u8) {
         send(json!({"cmd": "sum"}), json!([1, 2, 3])),
         send(json!("echo"), json!({"x": "é😀 ünïcødé"})),
         send(json!({"cmd": "get_user"}), json!("42")),
-        send(json!({"nested": {"a": "x", "b": 1}, "v": 2, "role": "user", "cmd": "get"}), json!({})),
+        send(
+            json!({"nested": {"a": "x", "b": 1}, "v": 2, "role": "user", "cmd": "get"}),
+            json!({}),
+        ),
         send(json!("stream"), json!({})),
         send(json!("slow_stream"), json!({})),
         send(json!("empty_stream"), json!({})),
@@ -93,30 +122,56 @@ async fn nest_client_calls_our_server(version: u8) {
     let r = nest_client(version, port, &ops).await;
     assert_eq!(r[0], json!({"ok": [6]}));
     assert_eq!(r[1], json!({"ok": [{"x": "é😀 ünïcødé"}]}));
-    assert_eq!(r[2], json!({"ok": [{"id": "42", "name": "John Doe", "email": "john@example.com"}]}));
+    assert_eq!(
+        r[2],
+        json!({"ok": [{"id": "42", "name": "John Doe", "email": "john@example.com"}]})
+    );
     assert_eq!(r[3], json!({"ok": ["nested-ok"]}));
     assert_eq!(r[4], json!({"ok": [1, 2, 3]}));
     assert_eq!(r[5], json!({"ok": [0, 1, 2]}));
     assert_eq!(r[6], json!({"ok": []}));
     assert_eq!(r[7], json!({"err": {"status": "error", "message": "bad thing"}}));
-    assert_eq!(r[8], json!({"err": {"code": 42, "message": "custom msg", "extra": true}}));
-    assert_eq!(r[9], json!({"err": {"status": "error", "message": "Internal server error"}}));
-    assert_eq!(r[10], json!({"err": "There is no matching message handler defined in the remote service."}));
+    assert_eq!(
+        r[8],
+        json!({"err": {"code": 42, "message": "custom msg", "extra": true}})
+    );
+    assert_eq!(
+        r[9],
+        json!({"err": {"status": "error", "message": "Internal server error"}})
+    );
+    assert_eq!(
+        r[10],
+        json!({"err": "There is no matching message handler defined in the remote service."})
+    );
     assert_eq!(r[11], json!({"ok": []}));
     assert_eq!(r[12], json!({"ok": [null]}));
     assert_eq!(r[13], json!({"ok": [1 << 20]}));
     assert_eq!(r[14], json!({"ok": true}));
     let seen = r[17]["ok"][0].as_array().expect("events_seen returns a list");
     for handler in ["a", "b"] {
-        assert!(seen.iter().any(|e| e["handler"] == handler && e["data"]["marker"] == json!(marker)), "{handler}: {seen:?}");
+        assert!(
+            seen.iter()
+                .any(|e| e["handler"] == handler && e["data"]["marker"] == json!(marker)),
+            "{handler}: {seen:?}"
+        );
     }
-    assert!(!seen.iter().any(|e| e["data"]["ignored"] == json!(true)), "an unknown event runs nothing");
+    assert!(
+        !seen.iter().any(|e| e["data"]["ignored"] == json!(true)),
+        "an unknown event runs nothing"
+    );
     let many = r[18]["ok"].as_array().expect("200 replies");
     assert_eq!(many.len(), 200);
     for (i, values) in many.iter().enumerate() {
         assert_eq!(values, &json!([i]));
     }
-    assert!(r[19]["err"]["message"].as_str().unwrap().starts_with("invalid payload for pattern"), "{}", r[19]);
+    assert!(
+        r[19]["err"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("invalid payload for pattern"),
+        "{}",
+        r[19]
+    );
     if version >= 12 {
         assert_eq!(r[21], json!({"ok": [{"traceparent": "00-abc-def-01"}]}));
     }
@@ -154,7 +209,10 @@ async fn nest_server(version: u8) -> NestServer {
         .expect("NestJS server starts within 30 s")
         .unwrap()
         .expect("NestJS server prints READY <port>");
-    let port = line.strip_prefix("READY ").and_then(|p| p.trim().parse().ok()).unwrap_or_else(|| panic!("unexpected line: {line}"));
+    let port = line
+        .strip_prefix("READY ")
+        .and_then(|p| p.trim().parse().ok())
+        .unwrap_or_else(|| panic!("unexpected line: {line}"));
     NestServer { _child: child, port }
 }
 
@@ -167,47 +225,101 @@ struct NestUser {
 
 const NEST_GET_USER: MessageDef<String, NestUser> = MessageDef::new(pattern!(cmd = "get_user"));
 const NEST_SUM: MessageDef<Vec<i64>, i64> = MessageDef::new(pattern!(cmd = "sum"));
-const NEST_NESTED: MessageDef<Value, String> = MessageDef::new(pattern!(cmd = "get", role = "user", v = 2, nested = { b = 1, a = "x" }));
+const NEST_NESTED: MessageDef<Value, String> =
+    MessageDef::new(pattern!(cmd = "get", role = "user", v = 2, nested = { b = 1, a = "x" }));
 
 async fn our_client_calls_nest_server(version: u8) {
     if !nest_installed(version) {
         return;
     }
     let nest = nest_server(version).await;
-    let client = Client::builder(&format!("tcp://127.0.0.1:{}", nest.port)).timeout(Duration::from_secs(10)).connect().await.unwrap();
+    let client = Client::builder(&format!("tcp://127.0.0.1:{}", nest.port))
+        .timeout(Duration::from_secs(10))
+        .connect()
+        .await
+        .unwrap();
 
     assert_eq!(client.send(NEST_SUM, vec![1, 2, 3]).await.unwrap(), 6);
-    assert_eq!(client.send(NEST_GET_USER, "42".to_string()).await.unwrap().name, "John Doe");
+    assert_eq!(
+        client.send(NEST_GET_USER, "42".to_string()).await.unwrap().name,
+        "John Doe"
+    );
     assert_eq!(client.send(NEST_NESTED, json!({})).await.unwrap(), "nested-ok");
     let unicode = json!({"x": "é😀 ünïcødé"});
     assert_eq!(client.send_raw::<Value>("echo", &unicode).await.unwrap(), unicode);
 
     // Multi-value replies, in both of NestJS's shapes (merged and separate completion).
-    let values: Vec<u32> = client.send_raw_stream::<u32>("stream", json!({})).await.unwrap().map(|v| v.unwrap()).collect().await;
+    let values: Vec<u32> = client
+        .send_raw::<u32>("stream", json!({}))
+        .stream()
+        .await
+        .unwrap()
+        .map(|v| v.unwrap())
+        .collect()
+        .await;
     assert_eq!(values, [1, 2, 3]);
-    let values: Vec<u32> = client.send_raw_stream::<u32>("slow_stream", json!({})).await.unwrap().map(|v| v.unwrap()).collect().await;
+    let values: Vec<u32> = client
+        .send_raw::<u32>("slow_stream", json!({}))
+        .stream()
+        .await
+        .unwrap()
+        .map(|v| v.unwrap())
+        .collect()
+        .await;
     assert_eq!(values, [0, 1, 2]);
-    assert_eq!(client.send_raw::<u32>("stream", json!({})).await.unwrap(), 3, "send gives the last value");
-    let none: Vec<Result<u32, _>> = client.send_raw_stream("empty_stream", json!({})).await.unwrap().collect().await;
+    assert_eq!(
+        client.send_raw::<u32>("stream", json!({})).await.unwrap(),
+        3,
+        "send gives the last value"
+    );
+    let none: Vec<Result<u32, _>> = client
+        .send_raw::<u32>("empty_stream", json!({}))
+        .stream()
+        .await
+        .unwrap()
+        .collect()
+        .await;
     assert!(none.is_empty());
     client.send_raw::<()>("void_ret", json!({})).await.unwrap();
-    assert_eq!(client.send_raw::<Option<u32>>("null_ret", json!({})).await.unwrap(), None);
+    assert_eq!(
+        client.send_raw::<Option<u32>>("null_ret", json!({})).await.unwrap(),
+        None
+    );
 
     // Errors.
     let err = client.send_raw::<Value>("rpc_string", json!({})).await.unwrap_err();
-    assert_eq!(err.as_rpc().unwrap().value(), &json!({"status": "error", "message": "bad thing"}));
+    assert_eq!(
+        err.as_rpc().unwrap().value(),
+        &json!({"status": "error", "message": "bad thing"})
+    );
     let err = client.send_raw::<Value>("rpc_object", json!({})).await.unwrap_err();
-    assert_eq!(err.as_rpc().unwrap().value(), &json!({"code": 42, "message": "custom msg", "extra": true}));
+    assert_eq!(
+        err.as_rpc().unwrap().value(),
+        &json!({"code": 42, "message": "custom msg", "extra": true})
+    );
     let err = client.send_raw::<Value>("plain_error", json!({})).await.unwrap_err();
     assert_eq!(err.as_rpc().unwrap().message(), Some("Internal server error"));
     let err = client.send_raw::<Value>("nope", json!({})).await.unwrap_err();
-    assert!(matches!(&err, Error::NoHandler { pattern, .. } if pattern == "nope"), "{err}");
-    let err = client.with_timeout(Duration::from_millis(200)).send_raw::<Value>("delay", 2000).await.unwrap_err();
+    assert!(
+        matches!(&err, Error::NoHandler { pattern, .. } if pattern == "nope"),
+        "{err}"
+    );
+    let err = client
+        .with_timeout(Duration::from_millis(200))
+        .send_raw::<Value>("delay", 2000)
+        .await
+        .unwrap_err();
     assert!(matches!(err, Error::Timeout { .. }), "{err}");
 
     // A 1 MiB payload, in ASCII and in characters outside the BMP.
-    assert_eq!(client.send_raw::<usize>("len", "x".repeat(1 << 20)).await.unwrap(), 1 << 20);
-    assert_eq!(client.send_raw::<usize>("len", "😀".repeat(1 << 18)).await.unwrap(), 1 << 19);
+    assert_eq!(
+        client.send_raw::<usize>("len", "x".repeat(1 << 20)).await.unwrap(),
+        1 << 20
+    );
+    assert_eq!(
+        client.send_raw::<usize>("len", "😀".repeat(1 << 18)).await.unwrap(),
+        1 << 19
+    );
 
     // Events reach both NestJS listeners.
     let marker = format!("us-to-nest{version}");
@@ -221,7 +333,11 @@ async fn our_client_calls_nest_server(version: u8) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     for handler in ["a", "b"] {
-        assert!(seen.iter().any(|e| e["handler"] == handler && e["data"]["marker"] == json!(marker)), "{handler}: {seen:?}");
+        assert!(
+            seen.iter()
+                .any(|e| e["handler"] == handler && e["data"]["marker"] == json!(marker)),
+            "{handler}: {seen:?}"
+        );
     }
 
     // 200 concurrent requests over the client's pooled, multiplexed connections.

@@ -3,7 +3,6 @@
 
 mod common;
 
-
 use std::time::Duration;
 
 use common::raw::{Raw, frame};
@@ -28,10 +27,22 @@ async fn replies_are_byte_identical_to_nestjs() {
     let s = server("").await;
     let mut raw = Raw::connect(s.local_url()).await;
     let cases = [
-        (r#"{"pattern":{"cmd":"sum"},"data":[1,2,3],"id":"abc1"}"#, r#"{"response":6,"isDisposed":true,"id":"abc1"}"#),
-        (r#"{"pattern":"{\"cmd\":\"sum\"}","data":[1,2],"id":"abc2"}"#, r#"{"response":3,"isDisposed":true,"id":"abc2"}"#),
-        (r#"{"pattern":"echo","data":{"x":"é😀"},"id":"u1"}"#, r#"{"response":{"x":"é😀"},"isDisposed":true,"id":"u1"}"#),
-        (r#"{"pattern":"empty_stream","data":{},"id":"s3"}"#, r#"{"isDisposed":true,"id":"s3"}"#),
+        (
+            r#"{"pattern":{"cmd":"sum"},"data":[1,2,3],"id":"abc1"}"#,
+            r#"{"response":6,"isDisposed":true,"id":"abc1"}"#,
+        ),
+        (
+            r#"{"pattern":"{\"cmd\":\"sum\"}","data":[1,2],"id":"abc2"}"#,
+            r#"{"response":3,"isDisposed":true,"id":"abc2"}"#,
+        ),
+        (
+            r#"{"pattern":"echo","data":{"x":"é😀"},"id":"u1"}"#,
+            r#"{"response":{"x":"é😀"},"isDisposed":true,"id":"u1"}"#,
+        ),
+        (
+            r#"{"pattern":"empty_stream","data":{},"id":"s3"}"#,
+            r#"{"isDisposed":true,"id":"s3"}"#,
+        ),
         (
             r#"{"pattern":"rpc_string","data":{},"id":"e1"}"#,
             r#"{"err":{"status":"error","message":"bad thing"},"isDisposed":true,"id":"e1"}"#,
@@ -44,8 +55,14 @@ async fn replies_are_byte_identical_to_nestjs() {
             r#"{"pattern":"nope","data":{},"id":"n1"}"#,
             r#"{"id":"n1","status":"error","err":"There is no matching message handler defined in the remote service."}"#,
         ),
-        (r#"{"pattern":"void_ret","data":{},"id":"v1"}"#, r#"{"isDisposed":true,"id":"v1"}"#),
-        (r#"{"pattern":"null_ret","data":{},"id":"v2"}"#, r#"{"response":null,"isDisposed":true,"id":"v2"}"#),
+        (
+            r#"{"pattern":"void_ret","data":{},"id":"v1"}"#,
+            r#"{"isDisposed":true,"id":"v1"}"#,
+        ),
+        (
+            r#"{"pattern":"null_ret","data":{},"id":"v2"}"#,
+            r#"{"response":null,"isDisposed":true,"id":"v2"}"#,
+        ),
         (
             r#"{"pattern":{"v":2,"role":"user","nested":{"b":1,"a":"x"},"cmd":"get","Zeta":"z","_x":1},"data":{},"id":"k0"}"#,
             r#"{"id":"k0","status":"error","err":"There is no matching message handler defined in the remote service."}"#,
@@ -54,10 +71,19 @@ async fn replies_are_byte_identical_to_nestjs() {
             r#"{"pattern":{"v":2,"role":"user","nested":{"b":1,"a":"x"},"cmd":"get"},"data":{},"id":"k1"}"#,
             r#"{"response":"nested-ok","isDisposed":true,"id":"k1"}"#,
         ),
-        (r#"{"pattern":"evt","data":{"x":1},"id":"ev1"}"#, r#"{"isDisposed":true,"id":"ev1"}"#),
+        (
+            r#"{"pattern":"evt","data":{"x":1},"id":"ev1"}"#,
+            r#"{"isDisposed":true,"id":"ev1"}"#,
+        ),
         // Ids are echoed verbatim, whatever their JSON type; `null` still makes a request.
-        (r#"{"pattern":"echo","data":1,"id":7}"#, r#"{"response":1,"isDisposed":true,"id":7}"#),
-        (r#"{"pattern":"echo","data":1,"id":null}"#, r#"{"response":1,"isDisposed":true,"id":null}"#),
+        (
+            r#"{"pattern":"echo","data":1,"id":7}"#,
+            r#"{"response":1,"isDisposed":true,"id":7}"#,
+        ),
+        (
+            r#"{"pattern":"echo","data":1,"id":null}"#,
+            r#"{"response":1,"isDisposed":true,"id":null}"#,
+        ),
         // v12's metadata reaches the handler's Context.
         (
             r#"{"pattern":"meta","data":{},"metadata":{"traceparent":"00-abc-def-01"},"id":"m1"}"#,
@@ -68,9 +94,12 @@ async fn replies_are_byte_identical_to_nestjs() {
         assert_eq!(exchange(&mut raw, request).await, expected, "reply to {request}");
     }
     // The length prefix counts UTF-16 units: 52, not the 55 bytes on the wire.
-    raw.send_frame(r#"{"pattern":"echo","data":{"x":"é😀"},"id":"u2"}"#).await;
+    raw.send_frame(r#"{"pattern":"echo","data":{"x":"é😀"},"id":"u2"}"#)
+        .await;
     let mut head = [0u8; 3];
-    tokio::io::AsyncReadExt::read_exact(&mut raw.stream, &mut head).await.unwrap();
+    tokio::io::AsyncReadExt::read_exact(&mut raw.stream, &mut head)
+        .await
+        .unwrap();
     assert_eq!(&head, b"52#");
     s.shutdown().await.unwrap();
 }
@@ -91,14 +120,18 @@ async fn multi_value_replies_merge_completion_into_the_last_value() {
     assert_eq!(raw.recv().await, r#"{"response":2,"isDisposed":true,"id":"s2"}"#);
 
     // Completion that comes later than the last value is a packet of its own.
-    raw.send_frame(r#"{"pattern":"late_complete","data":{},"id":"s4"}"#).await;
+    raw.send_frame(r#"{"pattern":"late_complete","data":{},"id":"s4"}"#)
+        .await;
     assert_eq!(raw.recv().await, r#"{"response":"first","id":"s4"}"#);
     assert_eq!(raw.recv().await, r#"{"isDisposed":true,"id":"s4"}"#);
 
     // An error ends the stream, after the values before it.
     raw.send_frame(r#"{"pattern":"stream_err","data":{},"id":"e5"}"#).await;
     assert_eq!(raw.recv().await, r#"{"response":1,"id":"e5"}"#);
-    assert_eq!(raw.recv().await, r#"{"err":{"status":"error","message":"mid-stream"},"isDisposed":true,"id":"e5"}"#);
+    assert_eq!(
+        raw.recv().await,
+        r#"{"err":{"status":"error","message":"mid-stream"},"isDisposed":true,"id":"e5"}"#
+    );
     assert_eq!(raw.try_recv(Duration::from_millis(200)).await, None);
     s.shutdown().await.unwrap();
 }
@@ -145,14 +178,19 @@ async fn events_reach_every_listener_and_get_no_reply() {
     raw.send_frame(r#"{"pattern":"evt","data":{"hello":"world"}}"#).await;
     // NestJS's emit sends the route as a string: the same listeners run.
     raw.send_frame(r#"{"pattern":"evt","data":{"hello":"again"}}"#).await;
-    assert_eq!(raw.try_recv(Duration::from_millis(200)).await, None, "events get no reply");
+    assert_eq!(
+        raw.try_recv(Duration::from_millis(200)).await,
+        None,
+        "events get no reply"
+    );
     let seen = exchange(&mut raw, r#"{"pattern":"events_seen","data":null,"id":"q"}"#).await;
     let seen: Value = serde_json::from_str(&seen).unwrap();
     let seen = seen["response"].as_array().unwrap();
     for hello in ["world", "again"] {
         for handler in ["a", "b"] {
             assert!(
-                seen.iter().any(|e| e["handler"] == handler && e["data"]["hello"] == hello),
+                seen.iter()
+                    .any(|e| e["handler"] == handler && e["data"]["hello"] == hello),
                 "listener {handler} saw {hello}: {seen:?}"
             );
         }
@@ -165,12 +203,20 @@ async fn events_reach_every_listener_and_get_no_reply() {
 async fn wrong_payload_shape_is_a_clear_error_and_the_connection_stays() {
     let s = server("").await;
     let mut raw = Raw::connect(s.local_url()).await;
-    let reply: Value = serde_json::from_str(&exchange(&mut raw, r#"{"pattern":{"cmd":"sum"},"data":"not numbers","id":"w1"}"#).await).unwrap();
+    let reply: Value =
+        serde_json::from_str(&exchange(&mut raw, r#"{"pattern":{"cmd":"sum"},"data":"not numbers","id":"w1"}"#).await)
+            .unwrap();
     assert_eq!(reply["id"], "w1");
     assert_eq!(reply["isDisposed"], true);
     let message = reply["err"]["message"].as_str().unwrap();
-    assert!(message.starts_with(r#"invalid payload for pattern {"cmd":"sum"}: invalid type: string"#), "{message}");
-    assert_eq!(exchange(&mut raw, r#"{"pattern":"echo","data":"still here","id":"w2"}"#).await, r#"{"response":"still here","isDisposed":true,"id":"w2"}"#);
+    assert!(
+        message.starts_with(r#"invalid payload for pattern {"cmd":"sum"}: invalid type: string"#),
+        "{message}"
+    );
+    assert_eq!(
+        exchange(&mut raw, r#"{"pattern":"echo","data":"still here","id":"w2"}"#).await,
+        r#"{"response":"still here","isDisposed":true,"id":"w2"}"#
+    );
     s.shutdown().await.unwrap();
 }
 
@@ -182,7 +228,10 @@ async fn a_panicking_handler_answers_internal_server_error_and_the_server_keeps_
         exchange(&mut raw, r#"{"pattern":"panics","data":1,"id":"x1"}"#).await,
         r#"{"err":{"status":"error","message":"Internal server error"},"isDisposed":true,"id":"x1"}"#
     );
-    assert_eq!(exchange(&mut raw, r#"{"pattern":"panics","data":0,"id":"x2"}"#).await, r#"{"response":0,"isDisposed":true,"id":"x2"}"#);
+    assert_eq!(
+        exchange(&mut raw, r#"{"pattern":"panics","data":0,"id":"x2"}"#).await,
+        r#"{"response":0,"isDisposed":true,"id":"x2"}"#
+    );
     s.shutdown().await.unwrap();
 }
 
@@ -193,7 +242,10 @@ async fn non_object_bodies_are_ignored_like_nestjs() {
     raw.send(r#"5#"abc""#).await;
     raw.send_frame(r#"{"id":"x"}"#).await;
     assert_eq!(raw.try_recv(Duration::from_millis(200)).await, None);
-    assert_eq!(exchange(&mut raw, r#"{"pattern":"echo","data":1,"id":"ok"}"#).await, r#"{"response":1,"isDisposed":true,"id":"ok"}"#);
+    assert_eq!(
+        exchange(&mut raw, r#"{"pattern":"echo","data":1,"id":"ok"}"#).await,
+        r#"{"response":1,"isDisposed":true,"id":"ok"}"#
+    );
     s.shutdown().await.unwrap();
 }
 
@@ -201,26 +253,34 @@ async fn non_object_bodies_are_ignored_like_nestjs() {
 async fn malformed_frames_close_the_connection_but_not_the_server() {
     let s = server("?max_frame_len=1000").await;
     let bad: [&[u8]; 6] = [
-        b"abc#{}",                                             // non-numeric length
-        b"0#",                                                 // empty body is invalid JSON
-        b"8#{nope:1}",                                         // invalid JSON
-        b"5#\"a\xffb\"",                                       // invalid UTF-8
-        b"1001#",                                              // over the frame cap, refused before buffering
-        b"123456789012345678901234567890#",                    // absurd prefix
+        b"abc#{}",                          // non-numeric length
+        b"0#",                              // empty body is invalid JSON
+        b"8#{nope:1}",                      // invalid JSON
+        b"5#\"a\xffb\"",                    // invalid UTF-8
+        b"1001#",                           // over the frame cap, refused before buffering
+        b"123456789012345678901234567890#", // absurd prefix
     ];
     for bytes in bad {
         let mut raw = Raw::connect(s.local_url()).await;
         raw.send(bytes).await;
-        assert!(raw.closed_within(Duration::from_secs(2)).await, "closed after {:?}", String::from_utf8_lossy(bytes));
+        assert!(
+            raw.closed_within(Duration::from_secs(2)).await,
+            "closed after {:?}",
+            String::from_utf8_lossy(bytes)
+        );
     }
     // A byte-length prefix over non-ASCII text eats into the next frame: invalid JSON, closed.
     let mut raw = Raw::connect(s.local_url()).await;
-    raw.send(format!("50#{}", r#"{"pattern":"echo","data":{"x":"é😀"},"id":"u1"}"#)).await;
+    raw.send(format!("50#{}", r#"{"pattern":"echo","data":{"x":"é😀"},"id":"u1"}"#))
+        .await;
     raw.send_frame(r#"{"pattern":"echo","data":1,"id":"u2"}"#).await;
     assert!(raw.closed_within(Duration::from_secs(2)).await);
     // The server still serves.
     let mut raw = Raw::connect(s.local_url()).await;
-    assert_eq!(exchange(&mut raw, r#"{"pattern":"echo","data":1,"id":"ok"}"#).await, r#"{"response":1,"isDisposed":true,"id":"ok"}"#);
+    assert_eq!(
+        exchange(&mut raw, r#"{"pattern":"echo","data":1,"id":"ok"}"#).await,
+        r#"{"response":1,"isDisposed":true,"id":"ok"}"#
+    );
     s.shutdown().await.unwrap();
 }
 
@@ -231,11 +291,17 @@ async fn a_peer_silent_mid_frame_is_dropped() {
     raw.send(r#"50#{"pattern":"echo""#).await;
     let started = std::time::Instant::now();
     assert!(raw.closed_within(Duration::from_secs(3)).await);
-    assert!(started.elapsed() >= Duration::from_millis(250), "not before the timeout");
+    assert!(
+        started.elapsed() >= Duration::from_millis(250),
+        "not before the timeout"
+    );
     // An idle connection between frames is not mid-frame and stays open.
     let mut idle = Raw::connect(s.local_url()).await;
     assert!(!idle.closed_within(Duration::from_millis(600)).await);
-    assert_eq!(exchange(&mut idle, r#"{"pattern":"echo","data":1,"id":"i"}"#).await, r#"{"response":1,"isDisposed":true,"id":"i"}"#);
+    assert_eq!(
+        exchange(&mut idle, r#"{"pattern":"echo","data":1,"id":"i"}"#).await,
+        r#"{"response":1,"isDisposed":true,"id":"i"}"#
+    );
     s.shutdown().await.unwrap();
 }
 
@@ -244,7 +310,9 @@ async fn in_flight_work_per_connection_is_bounded_yet_everything_is_answered() {
     let s = server("?max_in_flight=4").await;
     let mut raw = Raw::connect(s.local_url()).await;
     let n = 200;
-    let frames: String = (0..n).map(|i| frame(&format!(r#"{{"pattern":"delay","data":1,"id":"d{i}"}}"#))).collect();
+    let frames: String = (0..n)
+        .map(|i| frame(&format!(r#"{{"pattern":"delay","data":1,"id":"d{i}"}}"#)))
+        .collect();
     raw.send(frames).await;
     let mut ids = std::collections::HashSet::new();
     for _ in 0..n {
@@ -268,5 +336,8 @@ async fn shutdown_drains_in_flight_requests_and_refuses_new_connections() {
     assert!(raw.closed_within(Duration::from_secs(2)).await, "closed once drained");
     shutdown.await.unwrap().unwrap();
     let addr = url.trim_start_matches("tcp://");
-    assert!(tokio::net::TcpStream::connect(addr).await.is_err(), "no longer listening");
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "no longer listening"
+    );
 }

@@ -37,5 +37,9 @@ async fn main() -> switchboard::Result<()> {
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .init();
     let args = Args::parse();
-    args.listen.iter().fold(Microservice::from_registry(), |m, url| m.listen(url)).run().await
+    args.listen
+        .iter()
+        .fold(Microservice::from_registry(), |m, url| m.listen(url))
+        .run()
+        .await
 }

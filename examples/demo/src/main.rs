@@ -29,10 +29,21 @@ fn spawn(dir: &PathBuf, name: &'static str, args: &[String]) -> anyhow::Result<C
         .stderr(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
-        .with_context(|| format!("cannot start {} (build the examples first: scripts/demo.sh does)", path.display()))?;
-    for out in [child.stdout.take().map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Unpin + Send>), child.stderr.take().map(|s| Box::new(s) as _)]
-        .into_iter()
-        .flatten()
+        .with_context(|| {
+            format!(
+                "cannot start {} (build the examples first: scripts/demo.sh does)",
+                path.display()
+            )
+        })?;
+    for out in [
+        child
+            .stdout
+            .take()
+            .map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Unpin + Send>),
+        child.stderr.take().map(|s| Box::new(s) as _),
+    ]
+    .into_iter()
+    .flatten()
     {
         tokio::spawn(async move {
             let mut lines = BufReader::new(out).lines();
@@ -79,7 +90,11 @@ async fn http(port: u16, method: &str, path: &str, body: Option<Value>) -> anyho
 }
 
 async fn call(port: u16, method: &str, path: &str, body: Option<Value>, expect: (u16, Value)) -> anyhow::Result<()> {
-    println!("{:>13} > {method} {path} {}", "demo", body.as_ref().map(|b| b.to_string()).unwrap_or_default());
+    println!(
+        "{:>13} > {method} {path} {}",
+        "demo",
+        body.as_ref().map(|b| b.to_string()).unwrap_or_default()
+    );
     let got = http(port, method, path, body).await?;
     println!("{:>13} < {} {}", "demo", got.0, got.1);
     ensure!(got == expect, "{method} {path}: expected {expect:?}, got {got:?}");
@@ -89,14 +104,20 @@ async fn call(port: u16, method: &str, path: &str, body: Option<Value>, expect: 
 
 fn terminate(child: &Child) {
     if let Some(pid) = child.id() {
-        let _ = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status();
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status();
     }
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let dir = std::env::current_exe()?.parent().context("binary directory")?.to_path_buf();
-    let [users, math, notifications, analytics, http_port] = [free_port()?, free_port()?, free_port()?, free_port()?, free_port()?];
+    let dir = std::env::current_exe()?
+        .parent()
+        .context("binary directory")?
+        .to_path_buf();
+    let [users, math, notifications, analytics, http_port] =
+        [free_port()?, free_port()?, free_port()?, free_port()?, free_port()?];
     let url = |port: u16| format!("tcp://127.0.0.1:{port}");
     let mut children = vec![
         spawn(&dir, "users", &["--listen".into(), url(users)])?,
@@ -122,10 +143,23 @@ async fn main() -> anyhow::Result<()> {
         ],
     )?);
     wait_for_port(http_port).await?;
-    println!("{:>13} | all services up; gateway on http://127.0.0.1:{http_port}", "demo");
+    println!(
+        "{:>13} | all services up; gateway on http://127.0.0.1:{http_port}",
+        "demo"
+    );
 
     let result = async {
-        call(http_port, "GET", "/users/42", None, (200, json!({"id": "42", "name": "John Doe", "email": "john@example.com"}))).await?;
+        call(
+            http_port,
+            "GET",
+            "/users/42",
+            None,
+            (
+                200,
+                json!({"id": "42", "name": "John Doe", "email": "john@example.com"}),
+            ),
+        )
+        .await?;
         call(
             http_port,
             "POST",
@@ -134,7 +168,14 @@ async fn main() -> anyhow::Result<()> {
             (201, json!({"id": "123", "name": "Ada", "email": "ada@example.com"})),
         )
         .await?;
-        call(http_port, "GET", "/math/add?a=5&b=3", None, (200, json!({"result": 8.0}))).await?;
+        call(
+            http_port,
+            "GET",
+            "/math/add?a=5&b=3",
+            None,
+            (200, json!({"result": 8.0})),
+        )
+        .await?;
         anyhow::Ok(())
     }
     .await;
@@ -147,7 +188,10 @@ async fn main() -> anyhow::Result<()> {
         let _ = tokio::time::timeout(Duration::from_secs(10), child.wait()).await;
     }
     match &result {
-        Ok(()) => println!("{:>13} | done: every answer was right; services shut down gracefully", "demo"),
+        Ok(()) => println!(
+            "{:>13} | done: every answer was right; services shut down gracefully",
+            "demo"
+        ),
         Err(e) => println!("{:>13} | FAILED: {e:#}", "demo"),
     }
     result

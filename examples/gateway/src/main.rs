@@ -30,7 +30,11 @@ struct Args {
     #[arg(long, default_value = "tcp://127.0.0.1:3002")]
     math: String,
     /// Services that listen to `user_created` (point-to-point on TCP, so each gets its own emit).
-    #[arg(long, value_delimiter = ',', default_value = "tcp://127.0.0.1:3003,tcp://127.0.0.1:3004")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "tcp://127.0.0.1:3003,tcp://127.0.0.1:3004"
+    )]
     events: Vec<String>,
 }
 
@@ -95,7 +99,11 @@ async fn main() -> anyhow_free::Result {
     let services = Services {
         users: Client::builder(&args.users).build()?,
         math: Client::builder(&args.math).build()?,
-        listeners: args.events.iter().map(|url| Client::builder(url).build()).collect::<Result<_, _>>()?,
+        listeners: args
+            .events
+            .iter()
+            .map(|url| Client::builder(url).build())
+            .collect::<Result<_, _>>()?,
     };
     let app = Router::new()
         .route("/users/{id}", get(user_by_id))
@@ -104,7 +112,9 @@ async fn main() -> anyhow_free::Result {
         .with_state(Arc::new(services));
     let listener = tokio::net::TcpListener::bind(args.http).await?;
     tracing::info!("gateway listening on http://{}", listener.local_addr()?);
-    axum::serve(listener, app).with_graceful_shutdown(switchboard::server::shutdown_signal()).await?;
+    axum::serve(listener, app)
+        .with_graceful_shutdown(switchboard::server::shutdown_signal())
+        .await?;
     Ok(())
 }
 

@@ -1,7 +1,7 @@
 //! Runs the math service: `math --listen tcp://127.0.0.1:PORT` (repeat --listen to serve several transports).
 
 use clap::Parser;
-use example_math::{add};
+use example_math::add;
 use switchboard::Microservice;
 
 #[derive(Parser)]
@@ -13,7 +13,9 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> switchboard::Result<()> {
-    tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into())).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .init();
     let args = Args::parse();
     // The handlers live in this package's library (so callers can name them); a library's
     // handlers are listed explicitly, as the linker keeps only what the binary uses.

@@ -31,12 +31,20 @@ pub const USER_CREATED: EventDef<User> = EventDef::new(pattern!("user_created"))
 #[message_pattern(cmd = "get_user")]
 pub async fn get_user(id: String) -> User {
     tracing::info!(%id, "get_user");
-    User { id, name: "John Doe".into(), email: "john@example.com".into() }
+    User {
+        id,
+        name: "John Doe".into(),
+        email: "john@example.com".into(),
+    }
 }
 
 /// Creates a user: `{id: "123", ...data}`.
 #[message_pattern(cmd = "create_user")]
 pub async fn create_user(data: NewUser) -> User {
     tracing::info!(name = %data.name, "create_user");
-    User { id: "123".into(), name: data.name, email: data.email }
+    User {
+        id: "123".into(),
+        name: data.name,
+        email: data.email,
+    }
 }

@@ -28,7 +28,10 @@ impl MemListener {
         ep.only_params(&[])?;
         let name = ep.authority.clone();
         if SERVERS.lock().expect("mem registry lock").contains_key(&name) {
-            return Err(Error::InvalidUrl { url: ep.as_str().into(), reason: "already bound in this process".into() });
+            return Err(Error::InvalidUrl {
+                url: ep.as_str().into(),
+                reason: "already bound in this process".into(),
+            });
         }
         Ok(MemListener { name })
     }
@@ -45,7 +48,10 @@ impl Listener for MemListener {
         let claimed = {
             let mut servers = SERVERS.lock().expect("mem registry lock");
             if servers.contains_key(&self.name) {
-                Err(Error::Registry(format!("mem://{} is already bound in this process", self.name)))
+                Err(Error::Registry(format!(
+                    "mem://{} is already bound in this process",
+                    self.name
+                )))
             } else {
                 servers.insert(self.name.clone(), dispatcher);
                 Ok(())
@@ -71,14 +77,21 @@ impl MemClient {
     /// A client for the server named in `ep` (which may start later).
     pub fn new(ep: &Endpoint) -> Result<Self> {
         ep.only_params(&[])?;
-        Ok(MemClient { name: ep.authority.clone() })
+        Ok(MemClient {
+            name: ep.authority.clone(),
+        })
     }
 
     fn dispatch(&self, msg: &Outbound, id: Option<&str>) -> Result<Dispatched> {
-        let dispatcher = SERVERS.lock().expect("mem registry lock").get(&self.name).cloned().ok_or_else(|| Error::Connect {
-            addr: format!("mem://{}", self.name),
-            reason: "no server is bound to this name in this process".into(),
-        })?;
+        let dispatcher = SERVERS
+            .lock()
+            .expect("mem registry lock")
+            .get(&self.name)
+            .cloned()
+            .ok_or_else(|| Error::Connect {
+                addr: format!("mem://{}", self.name),
+                reason: "no server is bound to this name in this process".into(),
+            })?;
         let len = msg.data.len();
         Ok(dispatcher.dispatch(Incoming {
             pattern: &msg.pattern,
@@ -100,9 +113,10 @@ impl ClientTransport for MemClient {
     fn request(&self, msg: Outbound) -> BoxFuture<'_, Result<Replies>> {
         let result = self.dispatch(&msg, Some("\"mem\"")).and_then(|d| match d {
             Dispatched::Reply(reply) => Ok(reply.map(Ok).boxed()),
-            Dispatched::NoHandler { route } => {
-                Err(Error::NoHandler { pattern: route, addr: format!("mem://{}", self.name) })
-            }
+            Dispatched::NoHandler { route } => Err(Error::NoHandler {
+                pattern: route,
+                addr: format!("mem://{}", self.name),
+            }),
             Dispatched::Event(_) | Dispatched::Ignored => unreachable!("a request always gets a reply"),
         });
         std::future::ready(result).boxed()

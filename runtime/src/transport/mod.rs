@@ -107,8 +107,13 @@ pub struct Endpoint {
 impl Endpoint {
     /// Parses a transport URL.
     pub fn parse(url: &str) -> Result<Self> {
-        let bad = |reason: &str| Error::InvalidUrl { url: url.to_owned(), reason: reason.to_owned() };
-        let (scheme, rest) = url.split_once("://").ok_or_else(|| bad("expected scheme://address, e.g. tcp://127.0.0.1:3001"))?;
+        let bad = |reason: &str| Error::InvalidUrl {
+            url: url.to_owned(),
+            reason: reason.to_owned(),
+        };
+        let (scheme, rest) = url
+            .split_once("://")
+            .ok_or_else(|| bad("expected scheme://address, e.g. tcp://127.0.0.1:3001"))?;
         let (authority, query) = rest.split_once('?').unwrap_or((rest, ""));
         let authority = authority.trim_end_matches('/');
         if authority.is_empty() {
@@ -119,10 +124,18 @@ impl Endpoint {
             .filter(|kv| !kv.is_empty())
             .map(|kv| {
                 let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
-                Ok((percent_decode(k).ok_or_else(|| bad("bad %-escape"))?, percent_decode(v).ok_or_else(|| bad("bad %-escape"))?))
+                Ok((
+                    percent_decode(k).ok_or_else(|| bad("bad %-escape"))?,
+                    percent_decode(v).ok_or_else(|| bad("bad %-escape"))?,
+                ))
             })
             .collect::<Result<_>>()?;
-        Ok(Endpoint { scheme: scheme.to_ascii_lowercase(), authority: authority.to_owned(), params, url: url.to_owned() })
+        Ok(Endpoint {
+            scheme: scheme.to_ascii_lowercase(),
+            authority: authority.to_owned(),
+            params,
+            url: url.to_owned(),
+        })
     }
 
     /// The URL as given.
@@ -153,7 +166,10 @@ impl Endpoint {
             None => Ok(()),
             Some((k, _)) => Err(Error::InvalidUrl {
                 url: self.url.clone(),
-                reason: format!("unknown query parameter `{k}`; this transport takes: {}", known.join(", ")),
+                reason: format!(
+                    "unknown query parameter `{k}`; this transport takes: {}",
+                    known.join(", ")
+                ),
             }),
         }
     }
@@ -208,9 +224,15 @@ fn unknown_scheme(ep: &Endpoint, scheme: &str) -> Error {
     let reason = match scheme {
         "tcp" => "the TCP transport is not compiled in: enable the `tcp` feature".to_owned(),
         "tls" => "TLS is not compiled in: enable the `tls` feature".to_owned(),
-        _ => format!("unknown transport `{scheme}`; this build knows: {}", known_schemes().join(", ")),
+        _ => format!(
+            "unknown transport `{scheme}`; this build knows: {}",
+            known_schemes().join(", ")
+        ),
     };
-    Error::InvalidUrl { url: ep.as_str().to_owned(), reason }
+    Error::InvalidUrl {
+        url: ep.as_str().to_owned(),
+        reason,
+    }
 }
 
 fn known_schemes() -> Vec<&'static str> {
@@ -235,9 +257,19 @@ mod tests {
         assert_eq!(ep.authority, "127.0.0.1:3001");
         assert_eq!(ep.param_as::<usize>("max_frame_len").unwrap(), Some(10));
         assert_eq!(ep.param("x"), Some("a b"));
-        assert!(ep.only_params(&["max_frame_len"]).unwrap_err().to_string().contains("unknown query parameter `x`"));
+        assert!(
+            ep.only_params(&["max_frame_len"])
+                .unwrap_err()
+                .to_string()
+                .contains("unknown query parameter `x`")
+        );
         assert!(Endpoint::parse("127.0.0.1:3001").is_err());
         assert!(Endpoint::parse("tcp://").is_err());
-        assert!(Endpoint::parse("tcp://h:1?n=abc").unwrap().param_as::<u32>("n").is_err());
+        assert!(
+            Endpoint::parse("tcp://h:1?n=abc")
+                .unwrap()
+                .param_as::<u32>("n")
+                .is_err()
+        );
     }
 }

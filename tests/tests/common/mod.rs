@@ -30,7 +30,11 @@ pub struct User {
 
 #[message_pattern(cmd = "get_user")]
 pub async fn get_user(id: String) -> User {
-    User { id, name: "John Doe".into(), email: "john@example.com".into() }
+    User {
+        id,
+        name: "John Doe".into(),
+        email: "john@example.com".into(),
+    }
 }
 
 #[message_pattern(cmd = "get", role = "user", v = 2, nested = { b = 1, a = "x" })]
@@ -57,7 +61,8 @@ pub async fn slow_stream() -> ReplyStream<u32> {
 #[message_pattern("late_complete")]
 pub async fn late_complete() -> ReplyStream<String> {
     let first = futures_util::stream::iter(["first".to_string()]);
-    let pause = futures_util::stream::once(tokio::time::sleep(Duration::from_millis(50))).filter_map(|()| async { None });
+    let pause =
+        futures_util::stream::once(tokio::time::sleep(Duration::from_millis(50))).filter_map(|()| async { None });
     ReplyStream::from_stream(first.chain(pause))
 }
 
@@ -68,7 +73,11 @@ pub async fn empty_stream() -> ReplyStream<u32> {
 
 #[message_pattern("stream_err")]
 pub async fn stream_err() -> ReplyStream<u32> {
-    ReplyStream::new(futures_util::stream::iter([Ok(1), Err(RpcError::new("mid-stream")), Ok(2)]))
+    ReplyStream::new(futures_util::stream::iter([
+        Ok(1),
+        Err(RpcError::new("mid-stream")),
+        Ok(2),
+    ]))
 }
 
 #[message_pattern("rpc_string")]
@@ -78,7 +87,9 @@ pub async fn rpc_string() -> RpcResult<u32> {
 
 #[message_pattern("rpc_object")]
 pub async fn rpc_object() -> Result<u32, RpcError> {
-    Err(RpcError::from_value(json!({"code": 42, "message": "custom msg", "extra": true})))
+    Err(RpcError::from_value(
+        json!({"code": 42, "message": "custom msg", "extra": true}),
+    ))
 }
 
 #[message_pattern("panics")]
@@ -129,7 +140,9 @@ pub async fn evt_a(data: Value) {
 
 #[event_pattern("evt")]
 pub async fn evt_b(data: Value, ctx: Context) {
-    SEEN.lock().unwrap().push(json!({"handler": "b", "data": data, "event": ctx.is_event()}));
+    SEEN.lock()
+        .unwrap()
+        .push(json!({"handler": "b", "data": data, "event": ctx.is_event()}));
 }
 
 #[message_pattern("events_seen")]

@@ -23,7 +23,10 @@ impl Raw {
         let addr = url.split_once("://").map_or(url, |(_, a)| a);
         let stream = TcpStream::connect(addr).await.expect("connect to the test server");
         stream.set_nodelay(true).unwrap();
-        Raw { stream, buf: Vec::new() }
+        Raw {
+            stream,
+            buf: Vec::new(),
+        }
     }
 
     pub async fn send(&mut self, bytes: impl AsRef<[u8]>) {
@@ -36,7 +39,9 @@ impl Raw {
 
     /// The next frame's body, as text; panics after 5 s or on EOF.
     pub async fn recv(&mut self) -> String {
-        self.try_recv(Duration::from_secs(5)).await.expect("a frame from the server")
+        self.try_recv(Duration::from_secs(5))
+            .await
+            .expect("a frame from the server")
     }
 
     /// The next frame, or `None` on EOF or when nothing comes within `wait`.
@@ -56,7 +61,10 @@ impl Raw {
 
     fn take_frame(&mut self) -> Option<String> {
         let hash = self.buf.iter().position(|&b| b == b'#')?;
-        let len: usize = std::str::from_utf8(&self.buf[..hash]).ok()?.parse().expect("numeric length prefix");
+        let len: usize = std::str::from_utf8(&self.buf[..hash])
+            .ok()?
+            .parse()
+            .expect("numeric length prefix");
         let text = std::str::from_utf8(&self.buf[hash + 1..]).ok().or_else(|| {
             // Possibly a partial multibyte character at the end: decode the valid prefix.
             let valid = std::str::from_utf8(&self.buf[hash + 1..]).unwrap_err().valid_up_to();

@@ -43,7 +43,10 @@ pub struct TcpClient {
 
 impl std::fmt::Debug for TcpClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TcpClient").field("url", &self.url).field("pool", &self.slots.len()).finish()
+        f.debug_struct("TcpClient")
+            .field("url", &self.url)
+            .field("pool", &self.slots.len())
+            .finish()
     }
 }
 
@@ -72,18 +75,34 @@ impl TcpClient {
             opts,
             next: AtomicUsize::new(0),
             #[cfg(feature = "tls")]
-            tls: if ep.scheme == "tls" { Some(super::tls::connector(ep)?) } else { None },
+            tls: if ep.scheme == "tls" {
+                Some(super::tls::connector(ep)?)
+            } else {
+                None
+            },
         })
     }
 
     async fn conn(&self) -> Result<Arc<Conn>> {
         let slot = &self.slots[self.next.fetch_add(1, Ordering::Relaxed) % self.slots.len()];
-        if let Some(conn) = slot.current.read().expect("slot lock").as_ref().filter(|c| !c.is_closed()) {
+        if let Some(conn) = slot
+            .current
+            .read()
+            .expect("slot lock")
+            .as_ref()
+            .filter(|c| !c.is_closed())
+        {
             return Ok(conn.clone());
         }
         let mut backoff = slot.connecting.lock().await;
         // Someone else may have connected while we waited for the lock.
-        if let Some(conn) = slot.current.read().expect("slot lock").as_ref().filter(|c| !c.is_closed()) {
+        if let Some(conn) = slot
+            .current
+            .read()
+            .expect("slot lock")
+            .as_ref()
+            .filter(|c| !c.is_closed())
+        {
             return Ok(conn.clone());
         }
         if let Some(at) = backoff.retry_at.filter(|at| *at > Instant::now()) {
@@ -101,7 +120,9 @@ impl TcpClient {
             }
             Err(reason) => {
                 backoff.failures += 1;
-                let delay = MIN_BACKOFF.saturating_mul(1 << backoff.failures.min(6)).min(MAX_BACKOFF);
+                let delay = MIN_BACKOFF
+                    .saturating_mul(1 << backoff.failures.min(6))
+                    .min(MAX_BACKOFF);
                 backoff.retry_at = Some(Instant::now() + delay);
                 backoff.last_error = reason.clone();
                 Err(self.connect_error(reason))
@@ -110,11 +131,16 @@ impl TcpClient {
     }
 
     fn connect_error(&self, reason: String) -> Error {
-        Error::Connect { addr: self.url.clone(), reason }
+        Error::Connect {
+            addr: self.url.clone(),
+            reason,
+        }
     }
 
     async fn open(&self, slot: &Arc<Slot>) -> std::result::Result<Arc<Conn>, String> {
-        let stream = connect_socket(&self.addr, self.opts.connect_timeout).await.map_err(|e| e.to_string())?;
+        let stream = connect_socket(&self.addr, self.opts.connect_timeout)
+            .await
+            .map_err(|e| e.to_string())?;
         #[cfg(feature = "tls")]
         if let Some(tls) = &self.tls {
             let stream = tls.connect(stream, self.opts.connect_timeout).await?;
@@ -157,7 +183,13 @@ impl ClientTransport for TcpClient {
             let (id, rx) = conn.register()?;
             let mut frame = Vec::with_capacity(msg.data.len() + msg.pattern.len() + 64);
             let mut body = Vec::with_capacity(msg.data.len() + msg.pattern.len() + 48);
-            encode_request(&mut body, &msg.pattern, &msg.data, msg.metadata.as_deref(), Some(id.as_str()));
+            encode_request(
+                &mut body,
+                &msg.pattern,
+                &msg.data,
+                msg.metadata.as_deref(),
+                Some(id.as_str()),
+            );
             encode_frame(&mut frame, &body);
             conn.send(frame).await?;
             Ok(rx.boxed())
@@ -239,11 +271,21 @@ impl Conn {
         }
         pending.calls.insert(n, call.clone());
         drop(pending);
-        Ok((format!("{:05x}{n:016x}", self.prefix), CallRx { call, conn: self.clone(), id: n }))
+        Ok((
+            format!("{:05x}{n:016x}", self.prefix),
+            CallRx {
+                call,
+                conn: self.clone(),
+                id: n,
+            },
+        ))
     }
 
     async fn send(&self, frame: Vec<u8>) -> Result<()> {
-        self.tx.send(frame).await.map_err(|_| Error::ConnectionClosed { addr: self.url.clone() })
+        self.tx
+            .send(frame)
+            .await
+            .map_err(|_| Error::ConnectionClosed { addr: self.url.clone() })
     }
 
     /// Marks the connection dead and fails every call in flight.
@@ -285,7 +327,10 @@ impl Conn {
                 let err = rpc_error(raw);
                 let item = if err.value().as_str() == Some(NO_MESSAGE_HANDLER) {
                     let pattern = packet.pattern.map(|p| p.get().to_owned()).unwrap_or_default();
-                    Err(Error::NoHandler { pattern, addr: self.url.clone() })
+                    Err(Error::NoHandler {
+                        pattern,
+                        addr: self.url.clone(),
+                    })
                 } else {
                     Ok(ReplyItem::Error(err))
                 };

@@ -41,7 +41,13 @@ pub struct FrameDecoder {
 impl FrameDecoder {
     /// A decoder refusing frames longer than `max_len` UTF-16 units.
     pub fn new(max_len: usize) -> Self {
-        FrameDecoder { max_len, header: None, scanned: 0, units: 0, owed: 0 }
+        FrameDecoder {
+            max_len,
+            header: None,
+            scanned: 0,
+            units: 0,
+            owed: 0,
+        }
     }
 
     /// True when part of a frame has been received but not all of it.
@@ -74,7 +80,9 @@ impl FrameDecoder {
         let window = &buf[..buf.len().min(MAX_PREFIX + 1)];
         let Some(hash) = window.iter().position(|&b| b == b'#') else {
             if buf.len() > MAX_PREFIX {
-                return Err(FrameError::CorruptedLength(String::from_utf8_lossy(window).into_owned()));
+                return Err(FrameError::CorruptedLength(
+                    String::from_utf8_lossy(window).into_owned(),
+                ));
             }
             return Ok(None);
         };
@@ -135,7 +143,10 @@ fn parse_length(prefix: &[u8]) -> Result<usize, FrameError> {
     if digits == 0 {
         return Err(corrupted());
     }
-    std::str::from_utf8(&trimmed[..digits]).ok().and_then(|s| s.parse().ok()).ok_or_else(corrupted)
+    std::str::from_utf8(&trimmed[..digits])
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(corrupted)
 }
 
 /// The length of UTF-8 text in UTF-16 code units.
@@ -186,7 +197,8 @@ mod tests {
 
     #[test]
     fn pipelined_and_split_frames() {
-        let input = b"37#{\"pattern\":\"echo\",\"data\":1,\"id\":\"p1\"}37#{\"pattern\":\"echo\",\"data\":2,\"id\":\"p2\"}";
+        let input =
+            b"37#{\"pattern\":\"echo\",\"data\":1,\"id\":\"p1\"}37#{\"pattern\":\"echo\",\"data\":2,\"id\":\"p2\"}";
         assert_eq!(frames(input, 1000).unwrap().len(), 2);
         // Byte by byte, including inside a multibyte character.
         let mut out = Vec::new();
@@ -214,7 +226,10 @@ mod tests {
     fn bad_prefixes_and_caps() {
         assert!(matches!(frames(b"abc#{}", 10), Err(FrameError::CorruptedLength(_))));
         assert!(matches!(frames(b"#{}", 10), Err(FrameError::CorruptedLength(_))));
-        assert!(matches!(frames(b"123456789012345678901234", 10), Err(FrameError::CorruptedLength(_))));
+        assert!(matches!(
+            frames(b"123456789012345678901234", 10),
+            Err(FrameError::CorruptedLength(_))
+        ));
         assert_eq!(frames(b"11#", 10), Err(FrameError::TooLarge { len: 11, max: 10 }));
         assert_eq!(frames(b"0#", 10).unwrap(), vec![""]);
     }

@@ -64,14 +64,21 @@ impl TcpListener {
         ep.only_params(&known)?;
         let opts = ServerOptions {
             max_frame_len: ep.param_as("max_frame_len")?.unwrap_or(DEFAULT_MAX_FRAME_LEN),
-            max_in_flight: ep.param_as::<usize>("max_in_flight")?.unwrap_or(DEFAULT_MAX_IN_FLIGHT).max(1),
+            max_in_flight: ep
+                .param_as::<usize>("max_in_flight")?
+                .unwrap_or(DEFAULT_MAX_IN_FLIGHT)
+                .max(1),
             incomplete_timeout: ep
                 .param_as("incomplete_timeout_ms")?
                 .map(Duration::from_millis)
                 .unwrap_or(DEFAULT_INCOMPLETE_TIMEOUT),
         };
         #[cfg(feature = "tls")]
-        let tls = if ep.scheme == "tls" { Some(tls::acceptor(ep)?) } else { None };
+        let tls = if ep.scheme == "tls" {
+            Some(tls::acceptor(ep)?)
+        } else {
+            None
+        };
         let listener = tokio::net::TcpListener::bind(&ep.authority)
             .await
             .map_err(|e| Error::io(format!("cannot listen on {}", ep.as_str()), e))?;
@@ -115,7 +122,10 @@ pub(crate) fn client_options(ep: &Endpoint, defaults: &ClientOptions) -> Result<
     ep.only_params(&known)?;
     Ok(ClientOptions {
         pool_size: ep.param_as::<usize>("pool")?.unwrap_or(defaults.pool_size).max(1),
-        connect_timeout: ep.param_as("connect_timeout_ms")?.map(Duration::from_millis).unwrap_or(defaults.connect_timeout),
+        connect_timeout: ep
+            .param_as("connect_timeout_ms")?
+            .map(Duration::from_millis)
+            .unwrap_or(defaults.connect_timeout),
         max_frame_len: ep.param_as("max_frame_len")?.unwrap_or(defaults.max_frame_len),
     })
 }

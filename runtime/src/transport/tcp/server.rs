@@ -94,13 +94,25 @@ impl Stream for InFlight {
             match this.reply.poll_next_unpin(cx) {
                 Poll::Ready(Some(ReplyItem::Value(v))) => {
                     if let Some(prev) = this.held.replace(v) {
-                        return Poll::Ready(Some((this.id.clone(), Step::Value { json: prev, last: false })));
+                        return Poll::Ready(Some((
+                            this.id.clone(),
+                            Step::Value {
+                                json: prev,
+                                last: false,
+                            },
+                        )));
                     }
                 }
                 Poll::Ready(Some(ReplyItem::Error(err))) => match this.held.take() {
                     Some(prev) => {
                         this.error = Some(err);
-                        return Poll::Ready(Some((this.id.clone(), Step::Value { json: prev, last: false })));
+                        return Poll::Ready(Some((
+                            this.id.clone(),
+                            Step::Value {
+                                json: prev,
+                                last: false,
+                            },
+                        )));
                     }
                     None => {
                         this.done = true;
@@ -250,11 +262,20 @@ impl Conn {
                 transport: "tcp",
             });
             match (outcome, id) {
-                (Dispatched::Reply(reply), Some(id)) => {
-                    self.inflight.push(InFlight { id, reply, held: None, error: None, done: false }.boxed())
-                }
+                (Dispatched::Reply(reply), Some(id)) => self.inflight.push(
+                    InFlight {
+                        id,
+                        reply,
+                        held: None,
+                        error: None,
+                        done: false,
+                    }
+                    .boxed(),
+                ),
                 (Dispatched::NoHandler { .. }, Some(id)) => self.write(&id, Outgoing::NoHandler),
-                (Dispatched::Event(run), _) => self.inflight.push(run.into_stream().filter_map(|()| async { None }).boxed()),
+                (Dispatched::Event(run), _) => self
+                    .inflight
+                    .push(run.into_stream().filter_map(|()| async { None }).boxed()),
                 _ => {}
             }
         }

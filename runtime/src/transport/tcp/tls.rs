@@ -18,7 +18,10 @@ use crate::error::{Error, Result};
 use crate::transport::Endpoint;
 
 fn invalid(ep: &Endpoint, reason: impl std::fmt::Display) -> Error {
-    Error::InvalidUrl { url: ep.as_str().to_owned(), reason: reason.to_string() }
+    Error::InvalidUrl {
+        url: ep.as_str().to_owned(),
+        reason: reason.to_string(),
+    }
 }
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
@@ -26,7 +29,8 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 }
 
 fn required<'a>(ep: &'a Endpoint, key: &str, what: &str) -> Result<&'a str> {
-    ep.param(key).ok_or_else(|| invalid(ep, format!("tls:// needs `{key}=<path to {what} PEM file>`")))
+    ep.param(key)
+        .ok_or_else(|| invalid(ep, format!("tls:// needs `{key}=<path to {what} PEM file>`")))
 }
 
 fn certs(ep: &Endpoint, path: &str) -> Result<Vec<CertificateDer<'static>>> {
@@ -70,14 +74,26 @@ pub(super) fn connector(ep: &Endpoint) -> Result<Connector> {
         .with_no_client_auth();
     let host = match ep.param("server_name") {
         Some(name) => name.to_owned(),
-        None => ep.authority.rsplit_once(':').map_or(ep.authority.as_str(), |(h, _)| h).trim_matches(['[', ']']).to_owned(),
+        None => ep
+            .authority
+            .rsplit_once(':')
+            .map_or(ep.authority.as_str(), |(h, _)| h)
+            .trim_matches(['[', ']'])
+            .to_owned(),
     };
     let name = ServerName::try_from(host).map_err(|e| invalid(ep, format!("invalid server name: {e}")))?;
-    Ok(Connector { inner: TlsConnector::from(Arc::new(config)), name })
+    Ok(Connector {
+        inner: TlsConnector::from(Arc::new(config)),
+        name,
+    })
 }
 
 impl Connector {
-    pub(super) async fn connect(&self, stream: TcpStream, timeout: Duration) -> std::result::Result<TlsStream<TcpStream>, String> {
+    pub(super) async fn connect(
+        &self,
+        stream: TcpStream,
+        timeout: Duration,
+    ) -> std::result::Result<TlsStream<TcpStream>, String> {
         match tokio::time::timeout(timeout, self.inner.connect(self.name.clone(), stream)).await {
             Ok(Ok(s)) => Ok(s),
             Ok(Err(e)) => Err(format!("TLS handshake failed: {e}")),

@@ -40,10 +40,7 @@ async fn user_created(user: User) {
 /// The handlers here never wait, so one poll finishes them.
 fn run<F: Future>(fut: F) -> F::Output {
     let mut fut = pin!(fut);
-    match fut
-        .as_mut()
-        .poll(&mut TaskContext::from_waker(Waker::noop()))
-    {
+    match fut.as_mut().poll(&mut TaskContext::from_waker(Waker::noop())) {
         Poll::Ready(v) => v,
         Poll::Pending => panic!("a handler here never waits"),
     }

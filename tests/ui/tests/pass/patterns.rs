@@ -79,10 +79,7 @@ fn main() {
     assert_eq!(message(braced).0, r#"{"cmd":"braced"}"#);
     assert_eq!(message(braced_with_option).0, r#"{"cmd":"braced_opt"}"#);
     assert_eq!(message(string_with_option).0, "with_option");
-    assert_eq!(
-        message(array_pattern),
-        (r#"{"0":"a","1":"b"}"#, r#"["a","b"]"#)
-    );
+    assert_eq!(message(array_pattern), (r#"{"0":"a","1":"b"}"#, r#"["a","b"]"#));
     assert_eq!(event(event_string), ("user_created", r#""user_created""#));
     assert_eq!(event(event_object).0, r#"{"kind":"audit","level":3}"#);
     assert_eq!(

@@ -34,12 +34,7 @@ fn main() {
     for name in ["get_user", "welcome", "track"] {
         assert!(names.contains(&name), "{name} missing from {names:?}");
     }
-    assert!(
-        registry
-            .entries()
-            .iter()
-            .any(|e| std::ptr::eq(*e, get_user.entry()))
-    );
+    assert!(registry.entries().iter().any(|e| std::ptr::eq(*e, get_user.entry())));
     assert!(registry.routes().is_ok());
     let _ = track;
 }
