@@ -360,11 +360,65 @@ struct AddReply {
 }
 
 /// Checks one reply against its request; frees and returns its slot.
+///
+/// Replies in exactly the form NestJS (and both servers) write are checked by a strict
+/// byte-level matcher; anything else goes through a full JSON parse and is checked field by
+/// field. Either way the id, the result and `isDisposed` are verified. The matcher halves
+/// the driver's cost per reply, which matters because the driver shares the machine with
+/// the server: a slower driver would cap the ceiling and flatter Switchboard.
 fn check_reply(conn: u16, body: &[u8], slots: &mut [Slot]) -> anyhow::Result<usize> {
+    if let Some((result, id)) = canonical_reply(body) {
+        return check_fields(conn, body, slots, id, None, Some(true), Some(result));
+    }
     let text = || String::from_utf8_lossy(body).into_owned();
     let reply: ReplyPacket<'_> = serde_json::from_slice(body)
         .with_context(|| format!("connection {conn}: reply is not a NestJS reply packet: {}", text()))?;
-    let Some((c, i, seq)) = parse_id(reply.id) else {
+    check_fields(
+        conn,
+        body,
+        slots,
+        reply.id,
+        reply.err,
+        reply.is_disposed,
+        reply.response.map(|r| r.result),
+    )
+}
+
+/// `{"response":{"result":<int>},"isDisposed":true,"id":"<21 chars>"}`, exactly.
+fn canonical_reply(body: &[u8]) -> Option<(i64, &str)> {
+    let rest = body.strip_prefix(br#"{"response":{"result":"#)?;
+    let (negative, rest) = match rest.strip_prefix(b"-") {
+        Some(r) => (true, r),
+        None => (false, rest),
+    };
+    let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+    // JSON integers: no leading zeros; at most 18 digits cannot overflow i64.
+    if digits == 0 || digits > 18 || (digits > 1 && rest[0] == b'0') {
+        return None;
+    }
+    let magnitude = rest[..digits].iter().fold(0i64, |n, &d| n * 10 + i64::from(d - b'0'));
+    let rest = rest[digits..].strip_prefix(br#"},"isDisposed":true,"id":""#)?;
+    let (id, tail) = rest.split_at_checked(ID_LEN)?;
+    if tail != b"\"}" {
+        return None;
+    }
+    Some((
+        if negative { -magnitude } else { magnitude },
+        std::str::from_utf8(id).ok()?,
+    ))
+}
+
+fn check_fields(
+    conn: u16,
+    body: &[u8],
+    slots: &mut [Slot],
+    id: &str,
+    err: Option<&RawValue>,
+    is_disposed: Option<bool>,
+    result: Option<i64>,
+) -> anyhow::Result<usize> {
+    let text = || String::from_utf8_lossy(body).into_owned();
+    let Some((c, i, seq)) = parse_id(id) else {
         bail!("connection {conn}: reply carries an id that was never sent: {}", text());
     };
     let slot = match slots.get_mut(i) {
@@ -374,7 +428,7 @@ fn check_reply(conn: u16, body: &[u8], slots: &mut [Slot]) -> anyhow::Result<usi
             text()
         ),
     };
-    if let Some(err) = reply.err {
+    if let Some(err) = err {
         bail!(
             "connection {conn}: the server answered with an error {}: {}",
             err.get(),
@@ -382,11 +436,11 @@ fn check_reply(conn: u16, body: &[u8], slots: &mut [Slot]) -> anyhow::Result<usi
         );
     }
     ensure!(
-        reply.is_disposed == Some(true),
+        is_disposed == Some(true),
         "connection {conn}: reply without \"isDisposed\":true: {}",
         text()
     );
-    let Some(AddReply { result }) = reply.response else {
+    let Some(result) = result else {
         bail!("connection {conn}: reply without a response: {}", text());
     };
     ensure!(
@@ -490,6 +544,90 @@ mod tests {
                 .unwrap_err()
                 .to_string()
                 .contains("unknown")
+        );
+    }
+
+    #[test]
+    fn fast_and_slow_paths_check_the_same_things() {
+        let mut reqs = Gen {
+            rng: 11,
+            seq: 0,
+            body: Vec::new(),
+        };
+        let mut slots = vec![
+            Slot {
+                seq: 0,
+                expect: 0,
+                sent: Instant::now(),
+                busy: false
+            };
+            1
+        ];
+        let mut wire = Vec::new();
+        reqs.request(0, 0, &mut slots[0], &mut wire);
+        let (range, _) = next_frame(&wire).unwrap().unwrap();
+        let req: serde_json::Value = serde_json::from_slice(&wire[range]).unwrap();
+        let sum = req["data"]["a"].as_i64().unwrap() + req["data"]["b"].as_i64().unwrap();
+        let id = req["id"].as_str().unwrap();
+        let good = format!(r#"{{"response":{{"result":{sum}}},"isDisposed":true,"id":"{id}"}}"#);
+        assert_eq!(canonical_reply(good.as_bytes()), Some((sum, id)));
+        // Other key orders and spacing take the slow path and are checked just the same.
+        let reordered = format!(r#"{{"isDisposed":true, "id":"{id}","response":{{"result":{sum}}}}}"#);
+        assert!(canonical_reply(reordered.as_bytes()).is_none());
+        assert_eq!(check_reply(0, reordered.as_bytes(), &mut slots).unwrap(), 0);
+        for bad in [
+            format!(r#"{{"response":{{"result":{sum}}},"isDisposed":false,"id":"{id}"}}"#),
+            format!(
+                r#"{{"response":{{"result":{}}},"isDisposed":true,"id":"{id}"}}"#,
+                sum - 1
+            ),
+            format!(r#"{{"err":{{"message":"x"}},"isDisposed":true,"id":"{id}"}}"#),
+            format!(r#"{{"isDisposed":true,"id":"{id}"}}"#),
+        ] {
+            slots[0].busy = true;
+            assert!(check_reply(0, bad.as_bytes(), &mut slots).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn canonical_matcher_is_strict() {
+        let ok = |s: &str| canonical_reply(s.as_bytes()).map(|(n, _)| n);
+        let id = "000000010000000000001";
+        assert_eq!(
+            ok(&format!(
+                r#"{{"response":{{"result":-12}},"isDisposed":true,"id":"{id}"}}"#
+            )),
+            Some(-12)
+        );
+        assert_eq!(
+            ok(&format!(
+                r#"{{"response":{{"result":0}},"isDisposed":true,"id":"{id}"}}"#
+            )),
+            Some(0)
+        );
+        assert_eq!(
+            ok(&format!(
+                r#"{{"response":{{"result":012}},"isDisposed":true,"id":"{id}"}}"#
+            )),
+            None
+        );
+        assert_eq!(
+            ok(&format!(
+                r#"{{"response":{{"result":1.5}},"isDisposed":true,"id":"{id}"}}"#
+            )),
+            None
+        );
+        assert_eq!(
+            ok(&format!(
+                r#"{{"response":{{"result":1}},"isDisposed":true,"id":"{id}"}} "#
+            )),
+            None
+        );
+        assert_eq!(
+            ok(&format!(
+                r#"{{"response":{{"result":1}},"isDisposed":true,"id":"{id}x"}}"#
+            )),
+            None
         );
     }
 }

@@ -123,23 +123,16 @@ impl Dispatcher {
     }
 }
 
-/// Calls a handler, turning a panic (while decoding, calling or replying) into NestJS's
-/// `Internal server error`.
+/// Calls a handler; a panic while decoding or calling becomes NestJS's `Internal server
+/// error` (the [`Reply`] itself catches panics while the handler runs).
 fn call(entry: &'static HandlerEntry, inbound: Inbound) -> Reply {
-    let reply = match std::panic::catch_unwind(AssertUnwindSafe(|| (entry.call)(inbound))) {
-        Ok(reply) => reply,
+    match std::panic::catch_unwind(AssertUnwindSafe(|| (entry.call)(inbound))) {
+        Ok(reply) => reply.of_handler(entry),
         Err(_) => {
             tracing::error!(handler = %entry.location(), "handler panicked");
-            return Reply::error(RpcError::internal());
+            Reply::error(RpcError::internal())
         }
-    };
-    Reply::from_items(AssertUnwindSafe(reply).catch_unwind().map(move |item| match item {
-        Ok(item) => item,
-        Err(_) => {
-            tracing::error!(handler = %entry.location(), "handler panicked");
-            ReplyItem::Error(RpcError::internal())
-        }
-    }))
+    }
 }
 
 /// Runs every listener of an event, each with its own copy of the message; failures are

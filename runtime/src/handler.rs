@@ -8,6 +8,7 @@
 use std::fmt;
 use std::future::Future;
 use std::ops::Range;
+use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::task::{Context as TaskContext, Poll};
 
@@ -18,6 +19,7 @@ use serde::de::DeserializeOwned;
 
 use crate::context::Context;
 use crate::error::RpcError;
+use crate::registry::HandlerEntry;
 
 /// The type-erased entry point of a handler.
 pub type HandlerFn = fn(Inbound) -> Reply;
@@ -83,18 +85,28 @@ pub enum ReplyItem {
 /// A handler's answer: zero or more values, or an error, then completion.
 ///
 /// A plain value is one item; `()` is none (completion only, as NestJS sends for `void`);
-/// a [`ReplyStream`] is as many as it yields (NestJS's Observable replies).
-pub struct Reply(BoxStream<'static, ReplyItem>);
+/// a [`ReplyStream`] is as many as it yields (NestJS's Observable replies). An error ends
+/// the reply, and so does a panic in the handler, which becomes NestJS's
+/// `Internal server error`.
+pub struct Reply {
+    items: BoxStream<'static, ReplyItem>,
+    done: bool,
+    handler: Option<&'static HandlerEntry>,
+}
 
 impl Reply {
+    fn new(items: impl Stream<Item = ReplyItem> + Send + 'static) -> Self {
+        Reply { items: items.boxed(), done: false, handler: None }
+    }
+
     /// A reply that completes without a value.
     pub fn empty() -> Self {
-        Reply(stream::empty().boxed())
+        Self::new(stream::empty())
     }
 
     /// A reply of one error.
     pub fn error(err: RpcError) -> Self {
-        Reply(stream::once(async move { ReplyItem::Error(err) }).boxed())
+        Self::new(stream::once(async move { ReplyItem::Error(err) }))
     }
 
     /// A reply of one value, from a handler's future.
@@ -103,7 +115,7 @@ impl Reply {
         F: Future<Output = T> + Send + 'static,
         T: Serialize,
     {
-        Reply(stream::once(async move { encode(&fut.await) }).boxed())
+        Self::new(stream::once(async move { encode(&fut.await) }))
     }
 
     /// A reply from a fallible handler's future.
@@ -113,15 +125,12 @@ impl Reply {
         T: Serialize,
         E: Into<RpcError>,
     {
-        Reply(
-            stream::once(async move {
-                match fut.await {
-                    Ok(v) => encode(&v),
-                    Err(e) => ReplyItem::Error(e.into()),
-                }
-            })
-            .boxed(),
-        )
+        Self::new(stream::once(async move {
+            match fut.await {
+                Ok(v) => encode(&v),
+                Err(e) => ReplyItem::Error(e.into()),
+            }
+        }))
     }
 
     /// A completion-only reply from a handler returning `()`.
@@ -129,7 +138,7 @@ impl Reply {
     where
         F: Future<Output = ()> + Send + 'static,
     {
-        Reply(stream::once(fut).filter_map(|()| async { None }).boxed())
+        Self::new(stream::once(fut).filter_map(|()| async { None }))
     }
 
     /// A multi-value reply from a handler returning a stream of values.
@@ -139,28 +148,50 @@ impl Reply {
         S: Stream<Item = Result<T, RpcError>> + Send + 'static,
         T: Serialize,
     {
-        let items = stream::once(fut).flatten().map(|item| match item {
+        Self::new(stream::once(fut).flatten().map(|item| match item {
             Ok(v) => encode(&v),
             Err(e) => ReplyItem::Error(e),
-        });
-        Reply(until_error(items).boxed())
+        }))
     }
 
     /// Wraps an already-built item stream.
     pub fn from_items(items: impl Stream<Item = ReplyItem> + Send + 'static) -> Self {
-        Reply(until_error(items).boxed())
+        Self::new(items)
     }
 
-    /// The reply's items.
-    pub fn into_stream(self) -> BoxStream<'static, ReplyItem> {
-        self.0
+    /// Names the handler in the log line of a panic.
+    pub(crate) fn of_handler(mut self, entry: &'static HandlerEntry) -> Self {
+        self.handler = Some(entry);
+        self
     }
 }
 
 impl Stream for Reply {
     type Item = ReplyItem;
+
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Option<ReplyItem>> {
-        self.0.as_mut().poll_next(cx)
+        let this = &mut *self;
+        if this.done {
+            return Poll::Ready(None);
+        }
+        match std::panic::catch_unwind(AssertUnwindSafe(|| this.items.as_mut().poll_next(cx))) {
+            Ok(Poll::Ready(Some(ReplyItem::Error(e)))) => {
+                this.done = true;
+                Poll::Ready(Some(ReplyItem::Error(e)))
+            }
+            Ok(Poll::Ready(None)) => {
+                this.done = true;
+                Poll::Ready(None)
+            }
+            Ok(other) => other,
+            Err(_) => {
+                // A panicked future must not be polled again.
+                this.done = true;
+                let handler = this.handler.map_or_else(|| "?".to_owned(), |h| h.location());
+                tracing::error!(%handler, "handler panicked");
+                Poll::Ready(Some(ReplyItem::Error(RpcError::internal())))
+            }
+        }
     }
 }
 
@@ -168,16 +199,6 @@ impl fmt::Debug for Reply {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("Reply")
     }
-}
-
-/// An error is terminal: nothing after it is sent.
-fn until_error(items: impl Stream<Item = ReplyItem> + Send + 'static) -> impl Stream<Item = ReplyItem> + Send {
-    let mut done = false;
-    items.take_while(move |item| {
-        let keep = !done;
-        done |= matches!(item, ReplyItem::Error(_));
-        std::future::ready(keep)
-    })
 }
 
 pub(crate) fn encode<T: Serialize + ?Sized>(value: &T) -> ReplyItem {

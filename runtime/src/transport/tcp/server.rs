@@ -6,8 +6,8 @@ use std::pin::Pin;
 use std::task::{Context as TaskContext, Poll};
 
 use bytes::{Bytes, BytesMut};
-use futures_util::FutureExt;
-use futures_util::stream::{BoxStream, SelectAll, Stream, StreamExt};
+use futures_util::future::{BoxFuture, FutureExt};
+use futures_util::stream::{SelectAll, Stream, StreamExt};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
@@ -138,6 +138,23 @@ impl Stream for InFlight {
     }
 }
 
+/// Work in flight on a connection: a request's reply, or an event's listeners.
+enum Work {
+    Reply(InFlight),
+    Event(BoxFuture<'static, ()>),
+}
+
+impl Stream for Work {
+    type Item = (Bytes, Step);
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Option<Self::Item>> {
+        match self.get_mut() {
+            Work::Reply(r) => Pin::new(r).poll_next(cx),
+            Work::Event(run) => run.as_mut().poll(cx).map(|()| None),
+        }
+    }
+}
+
 /// Why a connection is being closed by us.
 #[derive(Debug, thiserror::Error)]
 enum Close {
@@ -155,7 +172,7 @@ struct Conn {
     rbuf: BytesMut,
     wbuf: Vec<u8>,
     scratch: Vec<u8>,
-    inflight: SelectAll<BoxStream<'static, (Bytes, Step)>>,
+    inflight: SelectAll<Work>,
 }
 
 async fn connection<R, W>(
@@ -262,24 +279,33 @@ impl Conn {
                 transport: "tcp",
             });
             match (outcome, id) {
-                (Dispatched::Reply(reply), Some(id)) => self.inflight.push(
-                    InFlight {
-                        id,
-                        reply,
-                        held: None,
-                        error: None,
-                        done: false,
-                    }
-                    .boxed(),
-                ),
+                (Dispatched::Reply(reply), Some(id)) => self.start(Work::Reply(InFlight {
+                    id,
+                    reply,
+                    held: None,
+                    error: None,
+                    done: false,
+                })),
                 (Dispatched::NoHandler { .. }, Some(id)) => self.write(&id, Outgoing::NoHandler),
-                (Dispatched::Event(run), _) => self
-                    .inflight
-                    .push(run.into_stream().filter_map(|()| async { None }).boxed()),
+                (Dispatched::Event(run), _) => self.start(Work::Event(run)),
                 _ => {}
             }
         }
         Ok(())
+    }
+
+    /// Polls new work once right away: most handlers finish without waiting, and their
+    /// reply is written without a trip through the in-flight set.
+    fn start(&mut self, mut work: Work) {
+        let mut cx = TaskContext::from_waker(std::task::Waker::noop());
+        loop {
+            match Pin::new(&mut work).poll_next(&mut cx) {
+                Poll::Ready(Some((id, step))) => self.encode(&id, step),
+                Poll::Ready(None) => return,
+                // Polled again (with the connection's waker) by the in-flight set.
+                Poll::Pending => return self.inflight.push(work),
+            }
+        }
     }
 
     fn encode(&mut self, id: &[u8], step: Step) {
