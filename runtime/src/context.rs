@@ -3,6 +3,8 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use bytes::Bytes;
+
 /// Request or event details, passed to handlers that take a `Context` argument.
 ///
 /// ```ignore
@@ -15,7 +17,8 @@ use std::sync::Arc;
 pub struct Context {
     route: Arc<str>,
     transport: &'static str,
-    request_id: Option<Arc<str>>,
+    /// Raw JSON of the wire id, sliced from the received frame (no copy).
+    request_id: Option<Bytes>,
     metadata: Option<Arc<HashMap<String, String>>>,
 }
 
@@ -30,9 +33,11 @@ impl Context {
         }
     }
 
-    /// Marks the message as a request with this id (the raw JSON text of the wire `id`).
-    pub fn with_request_id(mut self, id: impl Into<Arc<str>>) -> Self {
-        self.request_id = Some(id.into());
+    /// Marks the message as a request with this id (the raw JSON text of the wire `id`,
+    /// which must be UTF-8).
+    pub fn with_request_id(mut self, id: Bytes) -> Self {
+        debug_assert!(std::str::from_utf8(&id).is_ok());
+        self.request_id = Some(id);
         self
     }
 
@@ -56,7 +61,7 @@ impl Context {
 
     /// The request id as sent by the caller (raw JSON), or `None` for an event.
     pub fn request_id(&self) -> Option<&str> {
-        self.request_id.as_deref()
+        self.request_id.as_ref().and_then(|id| std::str::from_utf8(id).ok())
     }
 
     /// True when the sender expects no reply.

@@ -31,7 +31,7 @@ pub struct Incoming<'a> {
     /// Where the payload's JSON lies in `buf`; `None` when the packet had no `data`.
     pub data: Option<Range<usize>>,
     /// Raw JSON of the request id; `None` for an event.
-    pub id: Option<&'a str>,
+    pub id: Option<Bytes>,
     /// Headers (NestJS 12's `metadata`).
     pub metadata: Option<HashMap<String, String>>,
     /// The transport's name, for [`Context::transport`].
@@ -98,6 +98,7 @@ impl Dispatcher {
                 return Dispatched::Ignored;
             }
         };
+        let is_request = msg.id.is_some();
         let mut ctx = Context::new(handlers.route.clone(), msg.transport);
         if let Some(id) = msg.id {
             ctx = ctx.with_request_id(id);
@@ -106,7 +107,7 @@ impl Dispatcher {
             ctx = ctx.with_metadata(meta);
         }
         let inbound = Inbound::new(msg.buf, msg.data, ctx);
-        match (msg.id.is_some(), handlers.message) {
+        match (is_request, handlers.message) {
             (true, Some(entry)) => Dispatched::Reply(call(entry, inbound)),
             // NestJS runs event listeners for a request too, and answers with completion.
             (true, None) => Dispatched::Reply(Reply::from_unit(run_listeners(&handlers, inbound))),

@@ -6,6 +6,7 @@
 use std::collections::HashMap;
 use std::sync::{LazyLock, Mutex};
 
+use bytes::Bytes;
 use futures_util::future::{BoxFuture, FutureExt};
 use futures_util::stream::StreamExt;
 
@@ -82,7 +83,7 @@ impl MemClient {
         })
     }
 
-    fn dispatch(&self, msg: &Outbound, id: Option<&str>) -> Result<Dispatched> {
+    fn dispatch(&self, msg: &Outbound, id: Option<Bytes>) -> Result<Dispatched> {
         let dispatcher = SERVERS
             .lock()
             .expect("mem registry lock")
@@ -111,7 +112,7 @@ impl ClientTransport for MemClient {
     }
 
     fn request(&self, msg: Outbound) -> BoxFuture<'_, Result<Replies>> {
-        let result = self.dispatch(&msg, Some("\"mem\"")).and_then(|d| match d {
+        let result = self.dispatch(&msg, Some(Bytes::from_static(b"\"mem\""))).and_then(|d| match d {
             Dispatched::Reply(reply) => Ok(reply.map(Ok).boxed()),
             Dispatched::NoHandler { route } => Err(Error::NoHandler {
                 pattern: route,

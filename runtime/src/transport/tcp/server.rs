@@ -274,7 +274,7 @@ impl Conn {
                 pattern: packet.pattern.map_or("undefined", |p| p.get()),
                 buf: body.clone(),
                 data: packet.data.map(|d| Packet::range_in(&body, d)),
-                id: packet.id.map(|id| id.get()),
+                id: id.clone(),
                 metadata: packet.metadata_map(),
                 transport: "tcp",
             });
