@@ -61,7 +61,7 @@ impl<'c, R> Call<'c, R> {
         let out = self.out?;
         let route: Arc<str> = out.route.as_ref().into();
         let after = self.timeout;
-        let deadline = tokio::time::Instant::now() + after;
+        let deadline = deadline_after(after);
         let replies = match tokio::time::timeout_at(deadline, self.client.transport.request(out)).await {
             Ok(r) => r.map_err(|e| named(e, &route))?,
             Err(_) => {
@@ -182,4 +182,11 @@ fn add_header(out: &mut Outbound, name: String, value: String) {
     let mut map: HashMap<String, String> = out.metadata.as_deref().cloned().unwrap_or_default();
     map.insert(name, value);
     out.metadata = Some(Arc::new(map));
+}
+
+/// `now + after`, saturating far in the future for "no deadline" durations.
+fn deadline_after(after: Duration) -> tokio::time::Instant {
+    let now = tokio::time::Instant::now();
+    now.checked_add(after)
+        .unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 24 * 3600))
 }

@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::ops::Range;
 
+use serde::de::{IgnoredAny, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer};
 use serde_json::value::RawValue;
 
@@ -11,26 +12,86 @@ use crate::error::{NO_MESSAGE_HANDLER, RpcError};
 
 /// A packet as received, fields borrowed from the frame. Every field is kept raw so that
 /// `null` is told apart from absent (`"id":null` is a request, `"response":null` a value).
-#[derive(Deserialize, Default)]
+/// Like `JSON.parse`, a repeated key keeps its last value; unknown keys are ignored.
+#[derive(Default)]
 pub(crate) struct Packet<'a> {
-    #[serde(borrow, default, deserialize_with = "present")]
     pub pattern: Option<&'a RawValue>,
-    #[serde(borrow, default, deserialize_with = "present")]
     pub data: Option<&'a RawValue>,
-    #[serde(borrow, default, deserialize_with = "present")]
     pub id: Option<&'a RawValue>,
-    #[serde(borrow, default, deserialize_with = "present")]
     pub metadata: Option<&'a RawValue>,
-    #[serde(borrow, default, deserialize_with = "present")]
     pub response: Option<&'a RawValue>,
-    #[serde(borrow, default, deserialize_with = "present")]
     pub err: Option<&'a RawValue>,
-    #[serde(borrow, default, rename = "isDisposed", deserialize_with = "present")]
     pub is_disposed: Option<&'a RawValue>,
 }
 
-fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
-    <&RawValue>::deserialize(d).map(Some)
+impl<'de> Deserialize<'de> for Packet<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct PacketVisitor;
+        impl<'de> Visitor<'de> for PacketVisitor {
+            type Value = Packet<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Packet<'de>, A::Error> {
+                let mut p = Packet::default();
+                while let Some(key) = map.next_key::<Field>()? {
+                    let slot = match key {
+                        Field::Pattern => &mut p.pattern,
+                        Field::Data => &mut p.data,
+                        Field::Id => &mut p.id,
+                        Field::Metadata => &mut p.metadata,
+                        Field::Response => &mut p.response,
+                        Field::Err => &mut p.err,
+                        Field::IsDisposed => &mut p.is_disposed,
+                        Field::Other => {
+                            map.next_value::<IgnoredAny>()?;
+                            continue;
+                        }
+                    };
+                    *slot = Some(map.next_value()?);
+                }
+                Ok(p)
+            }
+        }
+        d.deserialize_map(PacketVisitor)
+    }
+}
+
+/// A packet key, matched without allocating.
+enum Field {
+    Pattern,
+    Data,
+    Id,
+    Metadata,
+    Response,
+    Err,
+    IsDisposed,
+    Other,
+}
+
+impl<'de> Deserialize<'de> for Field {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct FieldVisitor;
+        impl Visitor<'_> for FieldVisitor {
+            type Value = Field;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a packet key")
+            }
+            fn visit_str<E>(self, key: &str) -> Result<Field, E> {
+                Ok(match key {
+                    "pattern" => Field::Pattern,
+                    "data" => Field::Data,
+                    "id" => Field::Id,
+                    "metadata" => Field::Metadata,
+                    "response" => Field::Response,
+                    "err" => Field::Err,
+                    "isDisposed" => Field::IsDisposed,
+                    _ => Field::Other,
+                })
+            }
+        }
+        d.deserialize_identifier(FieldVisitor)
+    }
 }
 
 /// Why a frame's body is not a packet.
@@ -48,7 +109,7 @@ impl<'a> Packet<'a> {
     pub fn parse(body: &'a [u8]) -> Result<Packet<'a>, PacketError> {
         match serde_json::from_slice::<Packet<'a>>(body) {
             Ok(p) => Ok(p),
-            Err(e) => match serde_json::from_slice::<serde::de::IgnoredAny>(body) {
+            Err(e) => match serde_json::from_slice::<IgnoredAny>(body) {
                 Ok(_) => Err(PacketError::NotAnObject),
                 Err(_) => Err(PacketError::InvalidJson(e)),
             },
@@ -86,7 +147,7 @@ impl<'a> Packet<'a> {
             (None, true) => ReplyPacket::Done,
             (Some(v), false) => ReplyPacket::Value(v),
             // No known key at all: an "external" reply, the whole object is the final value.
-            (None, false) if self.err.is_none() => ReplyPacket::External,
+            (None, false) if self.err.is_none() && self.is_disposed.is_none() => ReplyPacket::External,
             (None, false) => ReplyPacket::Value(null()),
         }
     }
@@ -152,7 +213,7 @@ pub(crate) fn encode_reply(out: &mut Vec<u8>, id: &[u8], what: Outgoing<'_>) {
         Outgoing::Done => out.extend_from_slice(b"{\"isDisposed\":true"),
         Outgoing::Error(err) => {
             out.extend_from_slice(b"{\"err\":");
-            serde_json::to_writer(&mut *out, err.value()).expect("JSON values serialise");
+            crate::json::write(out, err.value()).expect("JSON values serialise");
             out.extend_from_slice(b",\"isDisposed\":true");
         }
         Outgoing::NoHandler => {
@@ -266,6 +327,21 @@ mod tests {
         assert!(kinds(r#"{"err":{"message":"x"},"id":"e"}"#).starts_with("Error"));
         assert!(kinds(r#"{"err":null,"response":2,"isDisposed":true,"id":"e"}"#).starts_with("Last"));
         assert_eq!(kinds(r#"{"hello":"bare","id":"b"}"#), "External");
+    }
+
+    #[test]
+    fn like_json_parse_last_duplicate_wins_and_arrays_are_not_packets() {
+        let p = Packet::parse(br#"{"pattern":"echo","data":1,"id":"a","id":"b"}"#).unwrap();
+        assert_eq!(p.id.unwrap().get(), r#""b""#);
+        assert!(matches!(
+            Packet::parse(br#"["echo",42,"arr"]"#),
+            Err(PacketError::NotAnObject)
+        ));
+        let p = Packet::parse(br#"{"pattern":"x","d\u0061ta":7}"#).unwrap();
+        assert_eq!(p.data.unwrap().get(), "7", "escaped keys are keys too");
+        // `isDisposed:false` alone is not an external reply: NestJS emits undefined and waits.
+        let p = Packet::parse(br#"{"isDisposed":false,"id":"x"}"#).unwrap();
+        assert!(matches!(p.reply(), ReplyPacket::Value(_)));
     }
 
     #[test]

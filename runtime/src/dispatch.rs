@@ -112,14 +112,10 @@ impl Dispatcher {
             // NestJS runs event listeners for a request too, and answers with completion.
             (true, None) => Dispatched::Reply(Reply::from_unit(run_listeners(&handlers, inbound))),
             (false, _) if !handlers.events.is_empty() => Dispatched::Event(run_listeners(&handlers, inbound).boxed()),
-            // An event for a route that only has a request handler: NestJS runs nothing.
-            (false, _) => {
-                tracing::warn!(
-                    "There is no matching event handler defined in the remote service. Event pattern: {}",
-                    handlers.route
-                );
-                Dispatched::Ignored
-            }
+            // An event for a route with only a request handler: NestJS runs that handler and
+            // drops its answer.
+            (false, Some(entry)) => Dispatched::Event(drain(entry, call(entry, inbound)).boxed()),
+            (false, None) => Dispatched::Ignored,
         }
     }
 }
@@ -136,23 +132,21 @@ fn call(entry: &'static HandlerEntry, inbound: Inbound) -> Reply {
     }
 }
 
-/// Runs every listener of an event, each with its own copy of the message; failures are
-/// logged, never sent.
+/// Runs every listener of an event, each with its own copy of the message.
 fn run_listeners(handlers: &RouteHandlers, inbound: Inbound) -> impl Future<Output = ()> + Send + 'static {
     let listeners: Vec<_> = handlers
         .events
         .iter()
-        .map(|&entry| {
-            let reply = call(entry, inbound.clone());
-            async move {
-                let mut reply = reply;
-                while let Some(item) = reply.next().await {
-                    if let ReplyItem::Error(err) = item {
-                        tracing::error!(handler = %entry.location(), error = %err, "event handler failed");
-                    }
-                }
-            }
-        })
+        .map(|&entry| drain(entry, call(entry, inbound.clone())))
         .collect();
     join_all(listeners).map(|_| ())
+}
+
+/// Runs a reply nobody waits for; failures are logged, never sent.
+async fn drain(entry: &'static HandlerEntry, mut reply: Reply) {
+    while let Some(item) = reply.next().await {
+        if let ReplyItem::Error(err) = item {
+            tracing::error!(handler = %entry.location(), error = %err, "event handler failed");
+        }
+    }
 }

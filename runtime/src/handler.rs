@@ -96,7 +96,11 @@ pub struct Reply {
 
 impl Reply {
     fn new(items: impl Stream<Item = ReplyItem> + Send + 'static) -> Self {
-        Reply { items: items.boxed(), done: false, handler: None }
+        Reply {
+            items: items.boxed(),
+            done: false,
+            handler: None,
+        }
     }
 
     /// A reply that completes without a value.

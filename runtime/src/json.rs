@@ -17,6 +17,11 @@ impl serde_json::ser::Formatter for JsFormatter {
     }
 }
 
+/// Appends `value` as JSON to `out`, JavaScript style.
+pub(crate) fn write<T: Serialize + ?Sized>(out: &mut Vec<u8>, value: &T) -> serde_json::Result<()> {
+    value.serialize(&mut serde_json::Serializer::with_formatter(out, JsFormatter))
+}
+
 /// Serialises `value` to JSON bytes, JavaScript style.
 pub(crate) fn to_vec<T: Serialize + ?Sized>(value: &T) -> serde_json::Result<Vec<u8>> {
     let mut out = Vec::with_capacity(128);

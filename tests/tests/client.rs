@@ -289,6 +289,67 @@ async fn bad_urls_and_empty_services_are_clear_errors() {
 }
 
 #[tokio::test]
+async fn dropping_an_in_process_server_frees_its_name() {
+    let s = Microservice::new()
+        .handler(echo)
+        .listen("mem://dropped")
+        .start()
+        .await
+        .unwrap();
+    let client = Client::connect("mem://dropped").await.unwrap();
+    assert_eq!(client.send(echo, json!(1)).await.unwrap(), json!(1));
+    drop(s);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(matches!(client.send(echo, json!(1)).await, Err(Error::Connect { .. })));
+    let again = Microservice::new()
+        .handler(echo)
+        .listen("mem://dropped")
+        .start()
+        .await
+        .unwrap();
+    assert_eq!(client.send(echo, json!(2)).await.unwrap(), json!(2));
+    again.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_garbled_reply_id_does_not_break_the_client() {
+    // A hand-written server that first answers with a non-ASCII id, then correctly.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (mut sock, _) = listener.accept().await.unwrap();
+        let mut buf = vec![0u8; 4096];
+        let mut first = true;
+        loop {
+            let n = sock.read(&mut buf).await.unwrap_or(0);
+            if n == 0 {
+                return;
+            }
+            let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+            for part in text.split("\"id\":\"").skip(1) {
+                let id = &part[..21];
+                if first {
+                    first = false;
+                    let bad = common::raw::frame(r#"{"response":0,"id":"ééééééééééa"}"#);
+                    sock.write_all(bad.as_bytes()).await.unwrap();
+                }
+                let good = common::raw::frame(&format!(r#"{{"response":"ok","isDisposed":true,"id":"{id}"}}"#));
+                sock.write_all(good.as_bytes()).await.unwrap();
+            }
+        }
+    });
+    let client = Client::builder(&format!("tcp://127.0.0.1:{port}"))
+        .pool_size(1)
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    for _ in 0..3 {
+        assert_eq!(client.send_raw::<String>("x", 1).await.unwrap(), "ok");
+    }
+}
+
+#[tokio::test]
 async fn selected_handlers_only() {
     let s = Microservice::new()
         .handler(echo)

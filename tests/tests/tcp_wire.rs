@@ -311,7 +311,7 @@ async fn in_flight_work_per_connection_is_bounded_yet_everything_is_answered() {
     let mut raw = Raw::connect(s.local_url()).await;
     let n = 200;
     let frames: String = (0..n)
-        .map(|i| frame(&format!(r#"{{"pattern":"delay","data":1,"id":"d{i}"}}"#)))
+        .map(|i| frame(&format!(r#"{{"pattern":"tracked","data":1,"id":"d{i}"}}"#)))
         .collect();
     raw.send(frames).await;
     let mut ids = std::collections::HashSet::new();
@@ -321,6 +321,74 @@ async fn in_flight_work_per_connection_is_bounded_yet_everything_is_answered() {
         ids.insert(reply["id"].as_str().unwrap().to_owned());
     }
     assert_eq!(ids.len(), n);
+    // One write carried all 200 frames; still no more than 4 handlers ran at once.
+    let most = exchange(&mut raw, r#"{"pattern":"most_running","data":null,"id":"m"}"#).await;
+    let most: Value = serde_json::from_str(&most).unwrap();
+    let most = most["response"].as_u64().unwrap();
+    assert!((1..=4).contains(&most), "{most} handlers ran at once");
+    s.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_long_ready_stream_is_written_as_it_goes() {
+    let s = server("").await;
+    let mut raw = Raw::connect(s.local_url()).await;
+    let n = 100_000;
+    raw.send_frame(&format!(r#"{{"pattern":"count_to","data":{n},"id":"c"}}"#))
+        .await;
+    for i in 1..n {
+        assert_eq!(raw.recv().await, format!(r#"{{"response":{i},"id":"c"}}"#));
+    }
+    assert_eq!(
+        raw.recv().await,
+        format!(r#"{{"response":{n},"isDisposed":true,"id":"c"}}"#)
+    );
+    s.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn an_event_in_flight_when_the_peer_half_closes_still_runs() {
+    let s = server("").await;
+    let mut raw = Raw::connect(s.local_url()).await;
+    raw.send_frame(r#"{"pattern":"slow_evt","data":{"marker":"half-close"}}"#)
+        .await;
+    tokio::io::AsyncWriteExt::shutdown(&mut raw.stream).await.unwrap();
+    assert!(
+        raw.closed_within(Duration::from_secs(2)).await,
+        "closed once the event has run"
+    );
+    let mut other = Raw::connect(s.local_url()).await;
+    let seen = exchange(&mut other, r#"{"pattern":"events_seen","data":null,"id":"q"}"#).await;
+    assert!(seen.contains("half-close"), "{seen}");
+    // And during a graceful shutdown.
+    other
+        .send_frame(r#"{"pattern":"slow_evt","data":{"marker":"at-shutdown"}}"#)
+        .await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    s.shutdown().await.unwrap();
+    assert!(
+        common::SEEN
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|e| e["data"]["marker"] == "at-shutdown"),
+        "drained"
+    );
+}
+
+#[tokio::test]
+async fn an_event_to_a_request_handler_runs_it_like_nestjs() {
+    let s = server("").await;
+    let mut raw = Raw::connect(s.local_url()).await;
+    raw.send_frame(r#"{"pattern":"record","data":{"marker":"emitted-to-record"}}"#)
+        .await;
+    assert_eq!(
+        raw.try_recv(Duration::from_millis(200)).await,
+        None,
+        "no reply to an event"
+    );
+    let seen = exchange(&mut raw, r#"{"pattern":"events_seen","data":null,"id":"q"}"#).await;
+    assert!(seen.contains("emitted-to-record"), "{seen}");
     s.shutdown().await.unwrap();
 }
 

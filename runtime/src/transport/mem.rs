@@ -45,8 +45,8 @@ impl Listener for MemListener {
 
     fn serve(self: Box<Self>, dispatcher: Dispatcher, mut shutdown: Shutdown) -> BoxFuture<'static, Result<()>> {
         // Registered before the future is first polled, so the name answers as soon as the
-        // server has started.
-        let claimed = {
+        // server has started; unregistered when the future ends or is dropped (aborted).
+        let bound = {
             let mut servers = SERVERS.lock().expect("mem registry lock");
             if servers.contains_key(&self.name) {
                 Err(Error::Registry(format!(
@@ -55,16 +55,26 @@ impl Listener for MemListener {
                 )))
             } else {
                 servers.insert(self.name.clone(), dispatcher);
-                Ok(())
+                Ok(Bound(self.name.clone()))
             }
         };
         async move {
-            claimed?;
+            let _bound = bound?;
             shutdown.wait().await;
-            SERVERS.lock().expect("mem registry lock").remove(&self.name);
             Ok(())
         }
         .boxed()
+    }
+}
+
+/// A name in the in-process registry, released on drop.
+struct Bound(String);
+
+impl Drop for Bound {
+    fn drop(&mut self) {
+        if let Ok(mut servers) = SERVERS.lock() {
+            servers.remove(&self.0);
+        }
     }
 }
 
@@ -112,14 +122,16 @@ impl ClientTransport for MemClient {
     }
 
     fn request(&self, msg: Outbound) -> BoxFuture<'_, Result<Replies>> {
-        let result = self.dispatch(&msg, Some(Bytes::from_static(b"\"mem\""))).and_then(|d| match d {
-            Dispatched::Reply(reply) => Ok(reply.map(Ok).boxed()),
-            Dispatched::NoHandler { route } => Err(Error::NoHandler {
-                pattern: route,
-                addr: format!("mem://{}", self.name),
-            }),
-            Dispatched::Event(_) | Dispatched::Ignored => unreachable!("a request always gets a reply"),
-        });
+        let result = self
+            .dispatch(&msg, Some(Bytes::from_static(b"\"mem\"")))
+            .and_then(|d| match d {
+                Dispatched::Reply(reply) => Ok(reply.map(Ok).boxed()),
+                Dispatched::NoHandler { route } => Err(Error::NoHandler {
+                    pattern: route,
+                    addr: format!("mem://{}", self.name),
+                }),
+                Dispatched::Event(_) | Dispatched::Ignored => unreachable!("a request always gets a reply"),
+            });
         std::future::ready(result).boxed()
     }
 

@@ -150,6 +150,44 @@ pub async fn events_seen() -> Vec<Value> {
     SEEN.lock().unwrap().clone()
 }
 
+/// Handlers of `tracked` running right now, and the most seen at once.
+pub static RUNNING: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+pub static MOST_RUNNING: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+#[message_pattern("tracked")]
+pub async fn tracked(ms: u64) -> u64 {
+    use std::sync::atomic::Ordering::SeqCst;
+    let now = RUNNING.fetch_add(1, SeqCst) + 1;
+    MOST_RUNNING.fetch_max(now, SeqCst);
+    tokio::time::sleep(Duration::from_millis(ms)).await;
+    RUNNING.fetch_sub(1, SeqCst);
+    ms
+}
+
+#[message_pattern("most_running")]
+pub async fn most_running() -> usize {
+    MOST_RUNNING.load(std::sync::atomic::Ordering::SeqCst)
+}
+
+#[event_pattern("slow_evt")]
+pub async fn slow_evt(data: Value) {
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    SEEN.lock().unwrap().push(json!({"handler": "slow", "data": data}));
+}
+
+/// A request handler that also records its payload, to see events sent to it.
+#[message_pattern("record")]
+pub async fn record(data: Value) -> usize {
+    let mut seen = SEEN.lock().unwrap();
+    seen.push(json!({"handler": "record", "data": data}));
+    seen.len()
+}
+
+#[message_pattern("count_to")]
+pub async fn count_to(n: u64) -> ReplyStream<u64> {
+    ReplyStream::iter(1..=n)
+}
+
 /// Fails the test when CI is set; otherwise explains loudly why it is skipped.
 pub fn missing(what: &str, fix: &str) {
     if std::env::var_os("CI").is_some() {

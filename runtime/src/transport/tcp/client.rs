@@ -357,7 +357,7 @@ impl Conn {
 
 fn parse_id(raw: &str, prefix: u32) -> Option<u64> {
     let hex = raw.strip_prefix('"')?.strip_suffix('"')?;
-    if hex.len() != 21 || u32::from_str_radix(&hex[..5], 16).ok()? != prefix {
+    if hex.len() != 21 || !hex.is_ascii() || u32::from_str_radix(&hex[..5], 16).ok()? != prefix {
         return None;
     }
     u64::from_str_radix(&hex[5..], 16).ok()
@@ -378,7 +378,12 @@ async fn writer<W: AsyncWrite + Unpin>(mut w: W, mut rx: mpsc::Receiver<Vec<u8>>
         for frame in batch.drain(..) {
             buf.extend_from_slice(&frame);
         }
-        if let Err(e) = w.write_all(&buf).await {
+        let written = tokio::select! {
+            written = w.write_all(&buf) => written,
+            // A peer that does not read must not keep a closed client's socket open.
+            _ = closed.wait_for(|&c| c) => break,
+        };
+        if let Err(e) = written {
             tracing::debug!(url = %conn.url, error = %e, "write failed");
             conn.shut(|| Error::ConnectionClosed { addr: conn.url.clone() });
             break;
@@ -388,7 +393,26 @@ async fn writer<W: AsyncWrite + Unpin>(mut w: W, mut rx: mpsc::Receiver<Vec<u8>>
     let _ = w.shutdown().await;
 }
 
+/// Shuts the connection and frees its slot however the reader ends, a panic included.
+struct ReaderGuard {
+    conn: Arc<Conn>,
+    slot: std::sync::Weak<Slot>,
+}
+
+impl Drop for ReaderGuard {
+    fn drop(&mut self) {
+        self.conn.shut(|| Error::ConnectionClosed {
+            addr: self.conn.url.clone(),
+        });
+        forget(&self.slot, &self.conn);
+    }
+}
+
 async fn reader<R: AsyncRead + Unpin>(mut r: R, conn: Arc<Conn>, slot: std::sync::Weak<Slot>, max_frame_len: usize) {
+    let _guard = ReaderGuard {
+        conn: conn.clone(),
+        slot: slot.clone(),
+    };
     let mut decoder = FrameDecoder::new(max_frame_len);
     let mut buf = BytesMut::with_capacity(16 * 1024);
     let mut closed = conn.close.subscribe();

@@ -173,7 +173,12 @@ struct Conn {
     wbuf: Vec<u8>,
     scratch: Vec<u8>,
     inflight: SelectAll<Work>,
+    /// Complete frames may still be in `rbuf`, not dispatched for lack of room.
+    backlog: bool,
 }
+
+/// Replies buffered before they are written out, at most (one reply may exceed it).
+const WRITE_HIGH_WATER: usize = 64 * 1024;
 
 async fn connection<R, W>(
     mut rd: R,
@@ -196,11 +201,19 @@ async fn connection<R, W>(
         wbuf: Vec::with_capacity(16 * 1024),
         scratch: Vec::with_capacity(1024),
         inflight: SelectAll::new(),
+        backlog: false,
     };
     let mut reading = !shutdown.is_down();
     let silence = tokio::time::sleep(c.opts.incomplete_timeout);
     tokio::pin!(silence);
     loop {
+        // Frames left in the buffer while the in-flight set was full.
+        if reading && c.backlog && c.inflight.len() < c.opts.max_in_flight {
+            if let Err(e) = c.frames() {
+                tracing::warn!(%peer, error = %e, "invalid data received; closing the connection");
+                break;
+            }
+        }
         if !c.wbuf.is_empty() {
             // While the peer does not read, we neither read nor poll handlers: backpressure.
             if let Err(e) = wr.write_all(&c.wbuf).await {
@@ -212,17 +225,23 @@ async fn connection<R, W>(
         if !reading && c.inflight.is_empty() {
             break;
         }
-        let can_read = reading && c.inflight.len() < c.opts.max_in_flight;
+        let can_read = reading && !c.backlog;
         let mid_frame = c.decoder.is_mid_frame(&c.rbuf);
         if c.rbuf.capacity() - c.rbuf.len() < 4096 {
             c.rbuf.reserve(16 * 1024);
         }
         tokio::select! {
             biased;
-            Some((id, step)) = c.inflight.next(), if !c.inflight.is_empty() => {
-                c.encode(&id, step);
-                while let Some(Some((id, step))) = c.inflight.next().now_or_never() {
+            item = c.inflight.next(), if !c.inflight.is_empty() => {
+                // `None` when the last work was an event: nothing to write.
+                if let Some((id, step)) = item {
                     c.encode(&id, step);
+                }
+                while c.wbuf.len() < WRITE_HIGH_WATER {
+                    match c.inflight.next().now_or_never() {
+                        Some(Some((id, step))) => c.encode(&id, step),
+                        _ => break,
+                    }
                 }
             }
             read = rd.read_buf(&mut c.rbuf), if can_read => match read {
@@ -256,7 +275,16 @@ async fn connection<R, W>(
 impl Conn {
     /// Handles every complete frame in the read buffer.
     fn frames(&mut self) -> std::result::Result<(), Close> {
-        while let Some(body) = self.decoder.decode(&mut self.rbuf)? {
+        self.backlog = false;
+        loop {
+            if self.inflight.len() >= self.opts.max_in_flight || self.wbuf.len() >= WRITE_HIGH_WATER {
+                // Leave the rest in the buffer until work completes or the replies are written.
+                self.backlog = true;
+                return Ok(());
+            }
+            let Some(body) = self.decoder.decode(&mut self.rbuf)? else {
+                return Ok(());
+            };
             let packet = match Packet::parse(&body) {
                 Ok(p) => p,
                 Err(PacketError::NotAnObject) => {
@@ -291,7 +319,6 @@ impl Conn {
                 _ => {}
             }
         }
-        Ok(())
     }
 
     /// Polls new work once right away: most handlers finish without waiting, and their
@@ -299,6 +326,10 @@ impl Conn {
     fn start(&mut self, mut work: Work) {
         let mut cx = TaskContext::from_waker(std::task::Waker::noop());
         loop {
+            if self.wbuf.len() >= WRITE_HIGH_WATER {
+                // A long ready stream: write what we have first, poll the rest later.
+                return self.inflight.push(work);
+            }
             match Pin::new(&mut work).poll_next(&mut cx) {
                 Poll::Ready(Some((id, step))) => self.encode(&id, step),
                 Poll::Ready(None) => return,
