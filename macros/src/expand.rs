@@ -108,18 +108,18 @@ fn expand_handler(def: &HandlerDef, mut func: ItemFn) -> TokenStream {
         quote!(let #a = __sb_inbound.into_context();)
     });
     let reply = match &sig.ret {
-        ReturnKind::Unit => quote!(__sb::Reply::from_unit(__sb_fut)),
+        ReturnKind::Unit => quote!((&__sb::probe::of(&__sb_fut)).sb_unit(__sb_fut)),
         ReturnKind::Value(_) | ReturnKind::ImplOther(_) => {
-            quote!((&__sb::probe::output_of(&__sb_fut)).sb_value(__sb_fut))
+            quote!((&__sb::probe::of(&__sb_fut)).sb_value(__sb_fut))
         }
         ReturnKind::Fallible { .. } => {
-            quote!((&__sb::probe::output_of(&__sb_fut)).sb_result(__sb_fut))
+            quote!((&__sb::probe::of(&__sb_fut)).sb_result(__sb_fut))
         }
         ReturnKind::ReplyStream { .. } => {
-            quote!((&__sb::probe::output_of(&__sb_fut)).sb_reply_stream(__sb_fut))
+            quote!((&__sb::probe::of(&__sb_fut)).sb_reply_stream(__sb_fut))
         }
         ReturnKind::ImplStream { .. } => {
-            quote!((&__sb::probe::output_of(&__sb_fut)).sb_stream(__sb_fut))
+            quote!((&__sb::probe::of(&__sb_fut)).sb_stream(__sb_fut))
         }
     };
 
@@ -188,12 +188,12 @@ fn expand_handler(def: &HandlerDef, mut func: ItemFn) -> TokenStream {
                     Boxed as _, BoxedFallback as _, Decode as _, DecodeFallback as _,
                     ResultReply as _, ResultReplyFallback as _, ReplyStreamReply as _,
                     ReplyStreamReplyFallback as _, StreamReply as _, StreamReplyFallback as _,
-                    ValueReply as _, ValueReplyFallback as _,
+                    UnitReply as _, UnitReplyFallback as _, ValueReply as _, ValueReplyFallback as _,
                 };
                 #decode
                 #context
+                // Not boxed on its own: the reply boxes it together with its encoding.
                 let __sb_fut = #inner(#(#args),*);
-                let __sb_fut = (&__sb::probe::of(&__sb_fut)).sb_boxed(__sb_fut);
                 #reply
             }
 

@@ -99,6 +99,8 @@ impl<'de> Deserialize<'de> for Field {
 pub(crate) enum PacketError {
     /// Not JSON at all: the peer is broken, NestJS closes the connection.
     InvalidJson(serde_json::Error),
+    /// Not UTF-8 text.
+    InvalidUtf8,
     /// Valid JSON that is not an object: NestJS treats it as an event with an undefined
     /// pattern and ignores it.
     NotAnObject,
@@ -107,9 +109,11 @@ pub(crate) enum PacketError {
 impl<'a> Packet<'a> {
     /// Parses a packet body.
     pub fn parse(body: &'a [u8]) -> Result<Packet<'a>, PacketError> {
-        match serde_json::from_slice::<Packet<'a>>(body) {
+        // Checked once here, so the parser does not check each raw value again.
+        let text = std::str::from_utf8(body).map_err(|_| PacketError::InvalidUtf8)?;
+        match serde_json::from_str::<Packet<'a>>(text) {
             Ok(p) => Ok(p),
-            Err(e) => match serde_json::from_slice::<IgnoredAny>(body) {
+            Err(e) => match serde_json::from_str::<IgnoredAny>(text) {
                 Ok(_) => Err(PacketError::NotAnObject),
                 Err(_) => Err(PacketError::InvalidJson(e)),
             },

@@ -15,7 +15,7 @@ use bytes::Bytes;
 /// ```
 #[derive(Debug, Clone)]
 pub struct Context {
-    route: Arc<str>,
+    route: &'static str,
     transport: &'static str,
     /// Raw JSON of the wire id, sliced from the received frame (no copy).
     request_id: Option<Bytes>,
@@ -24,7 +24,7 @@ pub struct Context {
 
 impl Context {
     /// A context for `route` received over `transport`.
-    pub fn new(route: Arc<str>, transport: &'static str) -> Self {
+    pub fn new(route: &'static str, transport: &'static str) -> Self {
         Context {
             route,
             transport,
@@ -51,7 +51,7 @@ impl Context {
 
     /// The normalised route of the message (`{"cmd":"get_user"}`, `math.add`).
     pub fn pattern(&self) -> &str {
-        &self.route
+        self.route
     }
 
     /// The transport it came in on: `"tcp"`, `"mem"`, …

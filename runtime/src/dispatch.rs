@@ -86,7 +86,7 @@ impl Dispatcher {
     /// Runs the handlers for one packet.
     pub fn dispatch(&self, msg: Incoming<'_>) -> Dispatched {
         let handlers = match self.routes.resolve(msg.pattern) {
-            Ok(h) => h.clone(),
+            Ok(h) => h,
             Err(route) => {
                 if msg.id.is_some() {
                     tracing::debug!(pattern = %route, "no matching message handler");
@@ -99,7 +99,7 @@ impl Dispatcher {
             }
         };
         let is_request = msg.id.is_some();
-        let mut ctx = Context::new(handlers.route.clone(), msg.transport);
+        let mut ctx = Context::new(handlers.route, msg.transport);
         if let Some(id) = msg.id {
             ctx = ctx.with_request_id(id);
         }
@@ -110,8 +110,8 @@ impl Dispatcher {
         match (is_request, handlers.message) {
             (true, Some(entry)) => Dispatched::Reply(call(entry, inbound)),
             // NestJS runs event listeners for a request too, and answers with completion.
-            (true, None) => Dispatched::Reply(Reply::from_unit(run_listeners(&handlers, inbound))),
-            (false, _) if !handlers.events.is_empty() => Dispatched::Event(run_listeners(&handlers, inbound).boxed()),
+            (true, None) => Dispatched::Reply(Reply::from_unit(run_listeners(handlers, inbound))),
+            (false, _) if !handlers.events.is_empty() => Dispatched::Event(run_listeners(handlers, inbound).boxed()),
             // An event for a route with only a request handler: NestJS runs that handler and
             // drops its answer.
             (false, Some(entry)) => Dispatched::Event(drain(entry, call(entry, inbound)).boxed()),

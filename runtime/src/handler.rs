@@ -13,6 +13,7 @@ use std::pin::Pin;
 use std::task::{Context as TaskContext, Poll};
 
 use bytes::Bytes;
+use futures_util::future::BoxFuture;
 use futures_util::stream::{self, BoxStream, Stream, StreamExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -89,18 +90,38 @@ pub enum ReplyItem {
 /// the reply, and so does a panic in the handler, which becomes NestJS's
 /// `Internal server error`.
 pub struct Reply {
-    items: BoxStream<'static, ReplyItem>,
+    items: Items,
     done: bool,
     handler: Option<&'static HandlerEntry>,
+}
+
+/// One value (the common case, without stream machinery) or any number.
+enum Items {
+    One(BoxFuture<'static, ReplyItem>),
+    Many(BoxStream<'static, ReplyItem>),
 }
 
 impl Reply {
     fn new(items: impl Stream<Item = ReplyItem> + Send + 'static) -> Self {
         Reply {
-            items: items.boxed(),
+            items: Items::Many(items.boxed()),
             done: false,
             handler: None,
         }
+    }
+
+    pub(crate) fn one(item: impl Future<Output = ReplyItem> + Send + 'static) -> Self {
+        Reply {
+            items: Items::One(Box::pin(item)),
+            done: false,
+            handler: None,
+        }
+    }
+
+    /// True once the reply has nothing more to give, so a transport can mark the last
+    /// value as final without polling again.
+    pub fn is_done(&self) -> bool {
+        self.done
     }
 
     /// A reply that completes without a value.
@@ -110,7 +131,7 @@ impl Reply {
 
     /// A reply of one error.
     pub fn error(err: RpcError) -> Self {
-        Self::new(stream::once(async move { ReplyItem::Error(err) }))
+        Self::one(std::future::ready(ReplyItem::Error(err)))
     }
 
     /// A reply of one value, from a handler's future.
@@ -119,7 +140,7 @@ impl Reply {
         F: Future<Output = T> + Send + 'static,
         T: Serialize,
     {
-        Self::new(stream::once(async move { encode(&fut.await) }))
+        Self::one(async move { encode(&fut.await) })
     }
 
     /// A reply from a fallible handler's future.
@@ -129,12 +150,12 @@ impl Reply {
         T: Serialize,
         E: Into<RpcError>,
     {
-        Self::new(stream::once(async move {
+        Self::one(async move {
             match fut.await {
                 Ok(v) => encode(&v),
                 Err(e) => ReplyItem::Error(e.into()),
             }
-        }))
+        })
     }
 
     /// A completion-only reply from a handler returning `()`.
@@ -178,7 +199,14 @@ impl Stream for Reply {
         if this.done {
             return Poll::Ready(None);
         }
-        match std::panic::catch_unwind(AssertUnwindSafe(|| this.items.as_mut().poll_next(cx))) {
+        let polled = std::panic::catch_unwind(AssertUnwindSafe(|| match &mut this.items {
+            Items::One(fut) => fut.as_mut().poll(cx).map(|item| {
+                this.done = true;
+                Some(item)
+            }),
+            Items::Many(items) => items.as_mut().poll_next(cx),
+        }));
+        match polled {
             Ok(Poll::Ready(Some(ReplyItem::Error(e)))) => {
                 this.done = true;
                 Poll::Ready(Some(ReplyItem::Error(e)))

@@ -189,7 +189,7 @@ pub mod __private {
         use serde::de::DeserializeOwned;
 
         use crate::error::RpcError;
-        use crate::handler::{Inbound, Reply, ReplyStream};
+        use crate::handler::{Inbound, Reply, ReplyItem, ReplyStream};
 
         const NEVER: &str = "switchboard: a handler check failed at compile time, yet the code was run";
 
@@ -253,95 +253,162 @@ pub mod __private {
             }
         }
 
-        /// A one-value reply (asserted by `assert_reply`).
-        pub trait ValueReply<T> {
+        // The reply probes dispatch on the future's own type, so the handler's future is
+        // boxed once, together with its encoding, and never on its own.
+
+        /// A completion-only reply.
+        pub trait UnitReply<F> {
             /// The reply.
-            fn sb_value(&self, fut: BoxFuture<'static, T>) -> Reply;
+            fn sb_unit(&self, fut: F) -> Reply;
         }
-        impl<T: Serialize + 'static> ValueReply<T> for Probe<T> {
-            fn sb_value(&self, fut: BoxFuture<'static, T>) -> Reply {
+        impl<F> UnitReply<F> for Probe<F>
+        where
+            F: Future<Output = ()> + Send + 'static,
+        {
+            fn sb_unit(&self, fut: F) -> Reply {
+                Reply::from_unit(fut)
+            }
+        }
+        /// Fallback of [`UnitReply`].
+        pub trait UnitReplyFallback<F> {
+            /// Never runs.
+            fn sb_unit(&self, fut: F) -> Reply;
+        }
+        impl<F> UnitReplyFallback<F> for &Probe<F> {
+            fn sb_unit(&self, _: F) -> Reply {
+                unreachable!("{NEVER}")
+            }
+        }
+
+        /// A one-value reply (asserted by `assert_reply`).
+        pub trait ValueReply<F> {
+            /// The reply.
+            fn sb_value(&self, fut: F) -> Reply;
+        }
+        impl<F> ValueReply<F> for Probe<F>
+        where
+            F: Future + Send + 'static,
+            F::Output: Serialize,
+        {
+            fn sb_value(&self, fut: F) -> Reply {
                 Reply::from_value(fut)
             }
         }
         /// Fallback of [`ValueReply`].
-        pub trait ValueReplyFallback<T> {
+        pub trait ValueReplyFallback<F> {
             /// Never runs.
-            fn sb_value(&self, fut: BoxFuture<'static, T>) -> Reply;
+            fn sb_value(&self, fut: F) -> Reply;
         }
-        impl<T> ValueReplyFallback<T> for &Probe<T> {
-            fn sb_value(&self, _: BoxFuture<'static, T>) -> Reply {
+        impl<F> ValueReplyFallback<F> for &Probe<F> {
+            fn sb_value(&self, _: F) -> Reply {
                 unreachable!("{NEVER}")
+            }
+        }
+
+        /// The output of a fallible handler.
+        pub trait FallibleOutput {
+            /// The reply item for this outcome.
+            fn sb_item(self) -> ReplyItem;
+        }
+        impl<T: Serialize, E: Into<RpcError>> FallibleOutput for Result<T, E> {
+            fn sb_item(self) -> ReplyItem {
+                match self {
+                    Ok(v) => crate::handler::encode(&v),
+                    Err(e) => ReplyItem::Error(e.into()),
+                }
             }
         }
 
         /// A fallible reply (asserted by `assert_reply` on the `Ok` type and
         /// `assert_rpc_error` on the error type).
-        pub trait ResultReply<R> {
+        pub trait ResultReply<F> {
             /// The reply.
-            fn sb_result(&self, fut: BoxFuture<'static, R>) -> Reply;
+            fn sb_result(&self, fut: F) -> Reply;
         }
-        impl<T, E> ResultReply<Result<T, E>> for Probe<Result<T, E>>
+        impl<F> ResultReply<F> for Probe<F>
         where
-            T: Serialize + 'static,
-            E: Into<RpcError> + 'static,
+            F: Future + Send + 'static,
+            F::Output: FallibleOutput,
         {
-            fn sb_result(&self, fut: BoxFuture<'static, Result<T, E>>) -> Reply {
-                Reply::from_result(fut)
+            fn sb_result(&self, fut: F) -> Reply {
+                Reply::one(async move { fut.await.sb_item() })
             }
         }
         /// Fallback of [`ResultReply`].
-        pub trait ResultReplyFallback<R> {
+        pub trait ResultReplyFallback<F> {
             /// Never runs.
-            fn sb_result(&self, fut: BoxFuture<'static, R>) -> Reply;
+            fn sb_result(&self, fut: F) -> Reply;
         }
-        impl<R> ResultReplyFallback<R> for &Probe<R> {
-            fn sb_result(&self, _: BoxFuture<'static, R>) -> Reply {
+        impl<F> ResultReplyFallback<F> for &Probe<F> {
+            fn sb_result(&self, _: F) -> Reply {
                 unreachable!("{NEVER}")
             }
         }
 
-        /// A `ReplyStream<T>` reply (asserted by `assert_reply` on `T`).
-        pub trait ReplyStreamReply<R> {
-            /// The reply.
-            fn sb_reply_stream(&self, fut: BoxFuture<'static, R>) -> Reply;
+        /// The output of a handler returning a `ReplyStream`.
+        pub trait StreamOutput {
+            /// Its items.
+            fn sb_items(self) -> futures_util::stream::BoxStream<'static, ReplyItem>;
         }
-        impl<T: Serialize + 'static> ReplyStreamReply<ReplyStream<T>> for Probe<ReplyStream<T>> {
-            fn sb_reply_stream(&self, fut: BoxFuture<'static, ReplyStream<T>>) -> Reply {
-                Reply::from_stream(fut)
+        impl<T: Serialize + 'static> StreamOutput for ReplyStream<T> {
+            fn sb_items(self) -> futures_util::stream::BoxStream<'static, ReplyItem> {
+                use futures_util::stream::StreamExt;
+                self.map(|item| match item {
+                    Ok(v) => crate::handler::encode(&v),
+                    Err(e) => ReplyItem::Error(e),
+                })
+                .boxed()
+            }
+        }
+
+        /// A `ReplyStream<T>` reply (asserted by `assert_reply` on `T`).
+        pub trait ReplyStreamReply<F> {
+            /// The reply.
+            fn sb_reply_stream(&self, fut: F) -> Reply;
+        }
+        impl<F> ReplyStreamReply<F> for Probe<F>
+        where
+            F: Future + Send + 'static,
+            F::Output: StreamOutput,
+        {
+            fn sb_reply_stream(&self, fut: F) -> Reply {
+                use futures_util::stream::StreamExt;
+                Reply::from_items(futures_util::stream::once(async move { fut.await.sb_items() }).flatten())
             }
         }
         /// Fallback of [`ReplyStreamReply`].
-        pub trait ReplyStreamReplyFallback<R> {
+        pub trait ReplyStreamReplyFallback<F> {
             /// Never runs.
-            fn sb_reply_stream(&self, fut: BoxFuture<'static, R>) -> Reply;
+            fn sb_reply_stream(&self, fut: F) -> Reply;
         }
-        impl<R> ReplyStreamReplyFallback<R> for &Probe<R> {
-            fn sb_reply_stream(&self, _: BoxFuture<'static, R>) -> Reply {
+        impl<F> ReplyStreamReplyFallback<F> for &Probe<F> {
+            fn sb_reply_stream(&self, _: F) -> Reply {
                 unreachable!("{NEVER}")
             }
         }
 
         /// An `impl Stream<Item = T>` reply (asserted by `assert_stream` and `assert_reply`).
-        pub trait StreamReply<S> {
+        pub trait StreamReply<F> {
             /// The reply.
-            fn sb_stream(&self, fut: BoxFuture<'static, S>) -> Reply;
+            fn sb_stream(&self, fut: F) -> Reply;
         }
-        impl<S> StreamReply<S> for Probe<S>
+        impl<F> StreamReply<F> for Probe<F>
         where
-            S: Stream + Send + 'static,
-            S::Item: Serialize + Send + 'static,
+            F: Future + Send + 'static,
+            F::Output: Stream + Send + 'static,
+            <F::Output as Stream>::Item: Serialize + Send + 'static,
         {
-            fn sb_stream(&self, fut: BoxFuture<'static, S>) -> Reply {
+            fn sb_stream(&self, fut: F) -> Reply {
                 Reply::from_stream(async move { super::ok_stream(fut.await) })
             }
         }
         /// Fallback of [`StreamReply`].
-        pub trait StreamReplyFallback<S> {
+        pub trait StreamReplyFallback<F> {
             /// Never runs.
-            fn sb_stream(&self, fut: BoxFuture<'static, S>) -> Reply;
+            fn sb_stream(&self, fut: F) -> Reply;
         }
-        impl<S> StreamReplyFallback<S> for &Probe<S> {
-            fn sb_stream(&self, _: BoxFuture<'static, S>) -> Reply {
+        impl<F> StreamReplyFallback<F> for &Probe<F> {
+            fn sb_stream(&self, _: F) -> Reply {
                 unreachable!("{NEVER}")
             }
         }

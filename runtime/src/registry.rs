@@ -117,7 +117,7 @@ impl Registry {
         let mut duplicates = Vec::new();
         for &entry in &self.entries {
             let slot = by_route.entry(entry.route).or_insert_with(|| RouteHandlers {
-                route: Arc::from(entry.route),
+                route: entry.route,
                 message: None,
                 events: Vec::new(),
             });
@@ -137,7 +137,7 @@ impl Registry {
         if !duplicates.is_empty() {
             return Err(Error::Registry(duplicates.join("; ")));
         }
-        let mut lookup = HashMap::new();
+        let mut lookup = HashMap::default();
         for (route, handlers) in by_route {
             let handlers = Arc::new(handlers);
             // A NestJS client sends an object pattern in its written key order; index that
@@ -157,7 +157,7 @@ impl Registry {
 #[derive(Debug)]
 pub struct RouteHandlers {
     /// The normalised route key.
-    pub route: Arc<str>,
+    pub route: &'static str,
     /// The request handler, if any.
     pub message: Option<&'static HandlerEntry>,
     /// The event listeners, in registration order.
@@ -167,7 +167,8 @@ pub struct RouteHandlers {
 /// The route table: route key (or a pattern's written JSON) to handlers.
 #[derive(Debug, Clone, Default)]
 pub struct Routes {
-    lookup: HashMap<Box<str>, Arc<RouteHandlers>>,
+    // Keys are the registered routes, fixed at start-up; a fast hash is safe here.
+    lookup: HashMap<Box<str>, Arc<RouteHandlers>, rustc_hash::FxBuildHasher>,
 }
 
 impl Routes {
@@ -191,7 +192,7 @@ impl Routes {
 
     /// Every route served.
     pub fn routes(&self) -> impl Iterator<Item = &str> {
-        self.lookup.values().map(|h| &*h.route)
+        self.lookup.values().map(|h| h.route)
     }
 }
 

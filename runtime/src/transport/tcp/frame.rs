@@ -165,8 +165,19 @@ pub fn utf16_len(text: &[u8]) -> usize {
 
 /// Appends `<len>#<body>` to `out`.
 pub fn encode_frame(out: &mut Vec<u8>, body: &[u8]) {
-    use std::io::Write as _;
-    write!(out, "{}#", utf16_len(body)).expect("writing to a Vec cannot fail");
+    let mut n = utf16_len(body);
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[at..]);
+    out.push(b'#');
     out.extend_from_slice(body);
 }
 

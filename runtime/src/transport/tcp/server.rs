@@ -78,45 +78,41 @@ struct InFlight {
     done: bool,
 }
 
-impl Stream for InFlight {
-    type Item = (Bytes, Step);
-
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Option<Self::Item>> {
-        let this = &mut *self;
+impl InFlight {
+    fn poll_step(&mut self, cx: &mut TaskContext<'_>) -> Poll<Option<Step>> {
+        let this = self;
         if let Some(err) = this.error.take() {
             this.done = true;
-            return Poll::Ready(Some((this.id.clone(), Step::Error(err))));
+            return Poll::Ready(Some(Step::Error(err)));
         }
         if this.done {
             return Poll::Ready(None);
         }
         loop {
             match this.reply.poll_next_unpin(cx) {
+                Poll::Ready(Some(ReplyItem::Value(v))) if this.held.is_none() && this.reply.is_done() => {
+                    this.done = true;
+                    return Poll::Ready(Some(Step::Value { json: v, last: true }));
+                }
                 Poll::Ready(Some(ReplyItem::Value(v))) => {
                     if let Some(prev) = this.held.replace(v) {
-                        return Poll::Ready(Some((
-                            this.id.clone(),
-                            Step::Value {
-                                json: prev,
-                                last: false,
-                            },
-                        )));
+                        return Poll::Ready(Some(Step::Value {
+                            json: prev,
+                            last: false,
+                        }));
                     }
                 }
                 Poll::Ready(Some(ReplyItem::Error(err))) => match this.held.take() {
                     Some(prev) => {
                         this.error = Some(err);
-                        return Poll::Ready(Some((
-                            this.id.clone(),
-                            Step::Value {
-                                json: prev,
-                                last: false,
-                            },
-                        )));
+                        return Poll::Ready(Some(Step::Value {
+                            json: prev,
+                            last: false,
+                        }));
                     }
                     None => {
                         this.done = true;
-                        return Poll::Ready(Some((this.id.clone(), Step::Error(err))));
+                        return Poll::Ready(Some(Step::Error(err)));
                     }
                 },
                 Poll::Ready(None) => {
@@ -125,16 +121,25 @@ impl Stream for InFlight {
                         Some(json) => Step::Value { json, last: true },
                         None => Step::Done,
                     };
-                    return Poll::Ready(Some((this.id.clone(), step)));
+                    return Poll::Ready(Some(step));
                 }
                 Poll::Pending => {
                     return match this.held.take() {
-                        Some(json) => Poll::Ready(Some((this.id.clone(), Step::Value { json, last: false }))),
+                        Some(json) => Poll::Ready(Some(Step::Value { json, last: false })),
                         None => Poll::Pending,
                     };
                 }
             }
         }
+    }
+}
+
+impl Stream for InFlight {
+    type Item = (Bytes, Step);
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        this.poll_step(cx).map(|step| step.map(|step| (this.id.clone(), step)))
     }
 }
 
@@ -251,7 +256,10 @@ async fn connection<R, W>(
                         tracing::warn!(%peer, error = %e, "invalid data received; closing the connection");
                         break;
                     }
-                    silence.as_mut().reset(Instant::now() + c.opts.incomplete_timeout);
+                    // Only a partial frame needs the silence timer (re)armed.
+                    if c.decoder.is_mid_frame(&c.rbuf) {
+                        silence.as_mut().reset(Instant::now() + c.opts.incomplete_timeout);
+                    }
                 }
                 Err(e) => {
                     tracing::debug!(%peer, error = %e, "read failed; closing");
@@ -292,6 +300,7 @@ impl Conn {
                     continue;
                 }
                 Err(PacketError::InvalidJson(e)) => return Err(Close::Json(e)),
+                Err(PacketError::InvalidUtf8) => return Err(Close::Frame(super::frame::FrameError::InvalidUtf8)),
             };
             if packet.pattern.is_none() && packet.data.is_none() {
                 // NestJS reads such a packet as an event with no pattern: nothing handles it.
@@ -330,8 +339,15 @@ impl Conn {
                 // A long ready stream: write what we have first, poll the rest later.
                 return self.inflight.push(work);
             }
-            match Pin::new(&mut work).poll_next(&mut cx) {
-                Poll::Ready(Some((id, step))) => self.encode(&id, step),
+            let polled = match &mut work {
+                // No id clone on this path: the reply is usually written right here.
+                Work::Reply(r) => r
+                    .poll_step(&mut cx)
+                    .map(|step| step.map(|step| self.encode(&r.id, step))),
+                Work::Event(_) => Pin::new(&mut work).poll_next(&mut cx).map(|_| None),
+            };
+            match polled {
+                Poll::Ready(Some(())) => {}
                 Poll::Ready(None) => return,
                 // Polled again (with the connection's waker) by the in-flight set.
                 Poll::Pending => return self.inflight.push(work),

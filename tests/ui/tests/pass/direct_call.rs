@@ -1,7 +1,6 @@
 // A handler stays callable as a function, and its future runs as the user's function does.
 use std::future::Future;
 use std::pin::pin;
-use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll, Waker};
 
 use futures_util::stream::Stream;
@@ -51,7 +50,7 @@ async fn _in_async(ctx: Context) -> Result<User, RpcError> {
 }
 
 fn main() {
-    let ctx = Context::new(Arc::from("get_user"), "mem");
+    let ctx = Context::new("get_user", "mem");
     assert_eq!(
         run(get_user("1".into(), ctx.clone())).unwrap(),
         User {
