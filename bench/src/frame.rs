@@ -80,26 +80,8 @@ pub fn next_frame(buf: &[u8]) -> Result<Option<(Range<usize>, usize)>, FrameErro
     Ok(Some((start..start + i, start + i)))
 }
 
-/// Length of UTF-8 text in UTF-16 code units (JavaScript's `string.length`).
-pub fn utf16_len(text: &[u8]) -> usize {
-    if text.is_ascii() {
-        return text.len();
-    }
-    text.iter()
-        .map(|&b| match b {
-            0x80..=0xBF => 0,
-            0xF0..=0xFF => 2,
-            _ => 1,
-        })
-        .sum()
-}
-
-/// Appends the frame `<len>#<body>` to `out`.
-pub fn put_frame(out: &mut Vec<u8>, body: &[u8]) {
-    put_uint(out, utf16_len(body) as u64);
-    out.push(b'#');
-    out.extend_from_slice(body);
-}
+// Framing as the runtime writes it: the driver and the ceiling put the same bytes on the wire.
+pub use switchboard::transport::tcp::frame::{encode_frame as put_frame, utf16_len};
 
 /// Appends a decimal integer (no allocation, no `fmt` machinery).
 pub fn put_uint(out: &mut Vec<u8>, mut n: u64) {
