@@ -81,7 +81,7 @@ pub fn next_frame(buf: &[u8]) -> Result<Option<(Range<usize>, usize)>, FrameErro
 }
 
 // Framing as the runtime writes it: the driver and the ceiling put the same bytes on the wire.
-pub use switchboard::transport::tcp::frame::{encode_frame as put_frame, utf16_len};
+pub use switchboard::transport::tcp::frame::encode_frame as put_frame;
 
 /// Appends a decimal integer (no allocation, no `fmt` machinery).
 pub fn put_uint(out: &mut Vec<u8>, mut n: u64) {
