@@ -122,7 +122,7 @@ mod tests {
     #[test]
     fn utf16_lengths_and_round_trip() {
         let body = r#"{"pattern":"echo","data":{"x":"é😀"},"id":"u1"}"#;
-        assert_eq!(utf16_len(body.as_bytes()), 47);
+        assert_eq!(switchboard::transport::tcp::frame::utf16_len(body.as_bytes()), 47);
         let mut wire = Vec::new();
         put_frame(&mut wire, body.as_bytes());
         put_frame(&mut wire, b"{}");

@@ -111,15 +111,14 @@ pub fn route_of_str(s: String) -> String {
         first,
         Some(b'{' | b'[' | b'"' | b'-' | b'0'..=b'9' | b't' | b'f' | b'n')
     );
-    if maybe_json {
-        if let Ok(value) = serde_json::from_str::<serde_json::Value>(&s) {
-            return match value {
-                serde_json::Value::String(inner) => inner,
-                other => Pattern::from_json_value(&other).route(),
-            };
-        }
+    if !maybe_json {
+        return s;
     }
-    s
+    match serde_json::from_str::<serde_json::Value>(&s) {
+        Ok(serde_json::Value::String(inner)) => inner,
+        Ok(other) => Pattern::from_json_value(&other).route(),
+        Err(_) => s,
+    }
 }
 
 /// Orders two object keys as JavaScript's `a.localeCompare(b)` does in Node's default ICU

@@ -188,6 +188,7 @@ pub enum Error {
 }
 
 impl Error {
+    #[cfg_attr(not(feature = "tcp"), allow(dead_code))]
     pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> Self {
         Error::Io {
             context: context.into(),

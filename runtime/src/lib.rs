@@ -26,6 +26,7 @@
 
 pub mod call;
 pub mod client;
+#[cfg(feature = "tcp")]
 mod codec;
 pub mod context;
 pub mod descriptor;

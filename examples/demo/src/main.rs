@@ -4,7 +4,6 @@
 //! answer is wrong, so it doubles as a smoke test.
 
 use std::net::TcpListener;
-use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -19,7 +18,7 @@ fn free_port() -> anyhow::Result<u16> {
 }
 
 /// Starts a sibling binary, prefixing each line it prints with its name.
-fn spawn(dir: &PathBuf, name: &'static str, args: &[String]) -> anyhow::Result<Child> {
+fn spawn(dir: &std::path::Path, name: &'static str, args: &[String]) -> anyhow::Result<Child> {
     let path = dir.join(name);
     let mut child = Command::new(&path)
         .args(args)

@@ -213,11 +213,13 @@ async fn connection<R, W>(
     tokio::pin!(silence);
     loop {
         // Frames left in the buffer while the in-flight set was full.
-        if reading && c.backlog && c.inflight.len() < c.opts.max_in_flight {
-            if let Err(e) = c.frames() {
-                tracing::warn!(%peer, error = %e, "invalid data received; closing the connection");
-                break;
-            }
+        if reading
+            && c.backlog
+            && c.inflight.len() < c.opts.max_in_flight
+            && let Err(e) = c.frames()
+        {
+            tracing::warn!(%peer, error = %e, "invalid data received; closing the connection");
+            break;
         }
         if !c.wbuf.is_empty() {
             // While the peer does not read, we neither read nor poll handlers: backpressure.
