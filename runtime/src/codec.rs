@@ -15,13 +15,13 @@ use crate::error::{NO_MESSAGE_HANDLER, RpcError};
 /// Like `JSON.parse`, a repeated key keeps its last value; unknown keys are ignored.
 #[derive(Default)]
 pub(crate) struct Packet<'a> {
-    pub pattern: Option<&'a RawValue>,
-    pub data: Option<&'a RawValue>,
-    pub id: Option<&'a RawValue>,
-    pub metadata: Option<&'a RawValue>,
-    pub response: Option<&'a RawValue>,
-    pub err: Option<&'a RawValue>,
-    pub is_disposed: Option<&'a RawValue>,
+    pub pattern: Option<&'a str>,
+    pub data: Option<&'a str>,
+    pub id: Option<&'a str>,
+    pub metadata: Option<&'a str>,
+    pub response: Option<&'a str>,
+    pub err: Option<&'a str>,
+    pub is_disposed: Option<&'a str>,
 }
 
 impl<'de> Deserialize<'de> for Packet<'de> {
@@ -48,7 +48,7 @@ impl<'de> Deserialize<'de> for Packet<'de> {
                             continue;
                         }
                     };
-                    *slot = Some(map.next_value()?);
+                    *slot = Some(map.next_value::<&RawValue>()?.get());
                 }
                 Ok(p)
             }
@@ -121,15 +121,15 @@ impl<'a> Packet<'a> {
     }
 
     /// Where `raw` lies inside `body` (it was borrowed from it).
-    pub fn range_in(body: &[u8], raw: &RawValue) -> Range<usize> {
-        let start = raw.get().as_ptr() as usize - body.as_ptr() as usize;
-        start..start + raw.get().len()
+    pub fn range_in(body: &[u8], raw: &str) -> Range<usize> {
+        let start = raw.as_ptr() as usize - body.as_ptr() as usize;
+        start..start + raw.len()
     }
 
     /// v12's `metadata`: string values only, others ignored (NestJS types it `{string: string}`).
     pub fn metadata_map(&self) -> Option<HashMap<String, String>> {
         let raw = self.metadata?;
-        let map: HashMap<String, serde_json::Value> = serde_json::from_str(raw.get()).ok()?;
+        let map: HashMap<String, serde_json::Value> = serde_json::from_str(raw).ok()?;
         Some(
             map.into_iter()
                 .filter_map(|(k, v)| match v {
@@ -157,13 +157,13 @@ impl<'a> Packet<'a> {
     }
 }
 
-fn null() -> &'static RawValue {
-    serde_json::from_str("null").expect("null is JSON")
+fn null() -> &'static str {
+    "null"
 }
 
 /// JavaScript truthiness of a JSON value.
-fn truthy(v: &RawValue) -> bool {
-    !matches!(v.get(), "null" | "false" | "0" | "-0" | "\"\"") && !is_zero(v.get())
+fn truthy(v: &str) -> bool {
+    !matches!(v, "null" | "false" | "0" | "-0" | "\"\"") && !is_zero(v)
 }
 
 fn is_zero(text: &str) -> bool {
@@ -174,20 +174,20 @@ fn is_zero(text: &str) -> bool {
 #[derive(Debug)]
 pub(crate) enum ReplyPacket<'a> {
     /// One value; more may follow.
-    Value(&'a RawValue),
+    Value(&'a str),
     /// The last value.
-    Last(&'a RawValue),
+    Last(&'a str),
     /// Completion without a value.
     Done,
     /// An error; terminal.
-    Error(&'a RawValue),
+    Error(&'a str),
     /// The whole packet is the value, and it is final.
     External,
 }
 
 /// The `err` value of a reply, and whether it is NestJS's "no handler" reply.
-pub(crate) fn rpc_error(raw: &RawValue) -> RpcError {
-    RpcError::from_value(serde_json::from_str(raw.get()).unwrap_or(serde_json::Value::Null))
+pub(crate) fn rpc_error(raw: &str) -> RpcError {
+    RpcError::from_value(serde_json::from_str(raw).unwrap_or(serde_json::Value::Null))
 }
 
 /// What a server writes back for one step of a reply.
@@ -316,8 +316,8 @@ mod tests {
     #[test]
     fn null_is_not_absent() {
         let p = Packet::parse(br#"{"pattern":"x","data":null,"id":null}"#).unwrap();
-        assert_eq!(p.data.unwrap().get(), "null");
-        assert_eq!(p.id.unwrap().get(), "null");
+        assert_eq!(p.data.unwrap(), "null");
+        assert_eq!(p.id.unwrap(), "null");
         let p = Packet::parse(br#"{"pattern":"x","data":1}"#).unwrap();
         assert!(p.id.is_none());
     }
@@ -336,13 +336,13 @@ mod tests {
     #[test]
     fn like_json_parse_last_duplicate_wins_and_arrays_are_not_packets() {
         let p = Packet::parse(br#"{"pattern":"echo","data":1,"id":"a","id":"b"}"#).unwrap();
-        assert_eq!(p.id.unwrap().get(), r#""b""#);
+        assert_eq!(p.id.unwrap(), r#""b""#);
         assert!(matches!(
             Packet::parse(br#"["echo",42,"arr"]"#),
             Err(PacketError::NotAnObject)
         ));
         let p = Packet::parse(br#"{"pattern":"x","d\u0061ta":7}"#).unwrap();
-        assert_eq!(p.data.unwrap().get(), "7", "escaped keys are keys too");
+        assert_eq!(p.data.unwrap(), "7", "escaped keys are keys too");
         // `isDisposed:false` alone is not an external reply: NestJS emits undefined and waits.
         let p = Packet::parse(br#"{"isDisposed":false,"id":"x"}"#).unwrap();
         assert!(matches!(p.reply(), ReplyPacket::Value(_)));

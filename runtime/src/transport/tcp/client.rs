@@ -311,7 +311,7 @@ impl Conn {
                 return;
             }
         };
-        let Some(id) = packet.id.and_then(|raw| parse_id(raw.get(), self.prefix)) else {
+        let Some(id) = packet.id.and_then(|raw| parse_id(raw, self.prefix)) else {
             // NestJS ignores replies for unknown ids; so do we.
             return;
         };
@@ -326,7 +326,7 @@ impl Conn {
             ReplyPacket::Error(raw) => {
                 let err = rpc_error(raw);
                 let item = if err.value().as_str() == Some(NO_MESSAGE_HANDLER) {
-                    let pattern = packet.pattern.map(|p| p.get().to_owned()).unwrap_or_default();
+                    let pattern = packet.pattern.map(|p| p.to_owned()).unwrap_or_default();
                     Err(Error::NoHandler {
                         pattern,
                         addr: self.url.clone(),

@@ -310,7 +310,7 @@ impl Conn {
             }
             let id = packet.id.map(|id| body.slice(Packet::range_in(&body, id)));
             let outcome = self.dispatcher.dispatch(Incoming {
-                pattern: packet.pattern.map_or("undefined", |p| p.get()),
+                pattern: packet.pattern.unwrap_or("undefined"),
                 buf: body.clone(),
                 data: packet.data.map(|d| Packet::range_in(&body, d)),
                 id: id.clone(),
