@@ -246,11 +246,19 @@ pub(crate) fn encode<T: Serialize + ?Sized>(value: &T) -> ReplyItem {
 /// A stream of reply values: the return type of a handler that answers with several values
 /// (NestJS's Observable replies).
 ///
-/// ```ignore
+/// ```
+/// use switchboard::prelude::*;
+///
 /// #[message_pattern("count")]
 /// async fn count(n: u32) -> ReplyStream<u32> {
 ///     ReplyStream::iter(1..=n)
 /// }
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// use futures_util::StreamExt;
+/// let values: Vec<u32> = count(3).await.map(Result::unwrap).collect().await;
+/// assert_eq!(values, [1, 2, 3]);
+/// # }
 /// ```
 pub struct ReplyStream<T>(BoxStream<'static, Result<T, RpcError>>);
 

@@ -2,19 +2,34 @@
 //!
 //! Handlers are plain `async fn`s keyed by message patterns:
 //!
-//! ```ignore
+//! ```
 //! use switchboard::prelude::*;
 //!
+//! #[derive(Serialize, Deserialize)]
+//! struct AddRequest { a: i64, b: i64 }
+//!
+//! #[derive(Debug, PartialEq, Serialize, Deserialize)]
+//! struct AddReply { result: i64 }
+//!
 //! #[message_pattern(cmd = "add")]
-//! async fn add(req: AddRequest) -> AddReply { AddReply { result: req.a + req.b } }
+//! async fn add(req: AddRequest) -> AddReply {
+//!     AddReply { result: req.a + req.b }
+//! }
 //!
 //! #[event_pattern("user_created")]
-//! async fn send_welcome(user: User) { /* … */ }
-//!
-//! #[tokio::main]
-//! async fn main() -> switchboard::Result<()> {
-//!     Microservice::from_registry().listen("tcp://127.0.0.1:3001").run().await
+//! async fn send_welcome(name: String) {
+//!     println!("welcome, {name}");
 //! }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> switchboard::Result<()> {
+//! // A real service would `.listen("tcp://127.0.0.1:3001").run().await`.
+//! let server = Microservice::from_registry().listen("mem://math").start().await?;
+//! let client = Client::connect("mem://math").await?;
+//! assert_eq!(client.send(add, AddRequest { a: 5, b: 3 }).await?, AddReply { result: 8 });
+//! client.emit(send_welcome, "Ada".to_string()).await?;
+//! server.shutdown().await
+//! # }
 //! ```
 //!
 //! and callers get compile-checked clients: `client.send(add, AddRequest { a: 1, b: 2 })`.
