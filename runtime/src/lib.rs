@@ -191,7 +191,7 @@ pub mod __private {
     /// `Send`, …) is asserted once by an `assert_*` call spanned at the user's token. If the
     /// generated call sites required the same bounds, each mistake would be reported two or
     /// three times, the extra copies pointing at the attribute. So the call sites go through
-    /// [`Probe`]: `(&Probe::<T>).method()` resolves to the real impl on `Probe<T>` when the
+    /// `Probe`: `(&Probe::<T>).method()` resolves to the real impl on `Probe<T>` when the
     /// bounds hold, and otherwise to a fallback on `&Probe<T>` that type-checks without them.
     /// A fallback is only ever chosen when an assertion fails, so it never runs; each
     /// fallback's bounds are covered by the assertions named on it.

@@ -2,7 +2,7 @@
 //!
 //! A transport is chosen by URL: `mem://name` (in-process) and `tcp://host:port` (NestJS's
 //! TCP protocol; `tls://host:port` for TLS) are built in. Server-side a transport is a
-//! [`Listener`] that decodes packets and hands them to a [`Dispatcher`](crate::dispatch::Dispatcher);
+//! [`Listener`] that decodes packets and hands them to a [`Dispatcher`];
 //! client-side it is a [`ClientTransport`] that sends [`Outbound`] packets and yields replies.
 
 use std::borrow::Cow;
