@@ -330,6 +330,29 @@ async fn in_flight_work_per_connection_is_bounded_yet_everything_is_answered() {
 }
 
 #[tokio::test]
+async fn many_pipelined_requests_with_big_replies_are_all_answered() {
+    // More reply bytes than the write high-water mark, all ready at once.
+    let s = server("").await;
+    let mut raw = Raw::connect(s.local_url()).await;
+    // A big frame first, so the server's read buffer grows and later reads take many frames.
+    let big = "z".repeat(300 * 1024);
+    let reply = exchange(&mut raw, &format!(r#"{{"pattern":"echo","data":"{big}","id":"big"}}"#)).await;
+    assert!(reply.ends_with(r#","isDisposed":true,"id":"big"}"#));
+    let n = 2000;
+    let payload = "y".repeat(1024);
+    let frames: String = (0..n)
+        .map(|i| frame(&format!(r#"{{"pattern":"echo","data":"{payload}","id":"b{i}"}}"#)))
+        .collect();
+    raw.send(frames).await;
+    for i in 0..n {
+        let reply: Value = serde_json::from_str(&raw.recv().await).unwrap();
+        assert_eq!(reply["id"], format!("b{i}"));
+        assert_eq!(reply["response"].as_str().unwrap().len(), 1024);
+    }
+    s.shutdown().await.unwrap();
+}
+
+#[tokio::test]
 async fn a_long_ready_stream_is_written_as_it_goes() {
     let s = server("").await;
     let mut raw = Raw::connect(s.local_url()).await;

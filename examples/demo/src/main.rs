@@ -185,12 +185,17 @@ async fn main() -> anyhow::Result<()> {
     }
     // Each service drains and exits 0 on SIGTERM.
     let mut result = result;
-    for (child, name) in children.iter_mut().zip(["users", "math", "notifications", "analytics", "gateway"]) {
+    for (child, name) in children
+        .iter_mut()
+        .zip(["users", "math", "notifications", "analytics", "gateway"])
+    {
         let exit = tokio::time::timeout(Duration::from_secs(10), child.wait()).await;
         match exit {
             Ok(Ok(status)) if status.success() => {}
             other => {
-                result = result.and(Err(anyhow::anyhow!("{name} did not shut down cleanly on SIGTERM: {other:?}")));
+                result = result.and(Err(anyhow::anyhow!(
+                    "{name} did not shut down cleanly on SIGTERM: {other:?}"
+                )));
             }
         }
     }

@@ -212,15 +212,6 @@ async fn connection<R, W>(
     let silence = tokio::time::sleep(c.opts.incomplete_timeout);
     tokio::pin!(silence);
     loop {
-        // Frames left in the buffer while the in-flight set was full.
-        if reading
-            && c.backlog
-            && c.inflight.len() < c.opts.max_in_flight
-            && let Err(e) = c.frames()
-        {
-            tracing::warn!(%peer, error = %e, "invalid data received; closing the connection");
-            break;
-        }
         if !c.wbuf.is_empty() {
             // While the peer does not read, we neither read nor poll handlers: backpressure.
             if let Err(e) = wr.write_all(&c.wbuf).await {
@@ -228,6 +219,16 @@ async fn connection<R, W>(
                 return;
             }
             c.wbuf.clear();
+        }
+        // Frames left in the buffer while the in-flight set was full or replies piled up.
+        if reading && c.backlog && c.inflight.len() < c.opts.max_in_flight {
+            if let Err(e) = c.frames() {
+                tracing::warn!(%peer, error = %e, "invalid data received; closing the connection");
+                break;
+            }
+            if !c.wbuf.is_empty() {
+                continue;
+            }
         }
         if !reading && c.inflight.is_empty() {
             break;
