@@ -111,6 +111,9 @@ impl<'a> Packet<'a> {
     pub fn parse(body: &'a [u8]) -> Result<Packet<'a>, PacketError> {
         // Checked once here, so the parser does not check each raw value again.
         let text = std::str::from_utf8(body).map_err(|_| PacketError::InvalidUtf8)?;
+        if let Some(p) = Self::canonical(text) {
+            return Ok(p);
+        }
         match serde_json::from_str::<Packet<'a>>(text) {
             Ok(p) => Ok(p),
             Err(e) => match serde_json::from_str::<IgnoredAny>(text) {
@@ -118,6 +121,44 @@ impl<'a> Packet<'a> {
                 Err(_) => Err(PacketError::InvalidJson(e)),
             },
         }
+    }
+
+    /// A request or event exactly as NestJS clients write it, `{"pattern":P,"data":D,"id":I}`
+    /// (no spaces, this order, `id` a scalar), split by hand: the hot path. Anything else is
+    /// left to serde_json. `pattern` and `data` are checked later, by the route lookup and
+    /// the handler's own decoding.
+    fn canonical(text: &'a str) -> Option<Packet<'a>> {
+        const PATTERN: &[u8] = br#"{"pattern":"#;
+        const DATA: &[u8] = br#","data":"#;
+        const ID: &[u8] = br#","id":"#;
+        let b = text.as_bytes();
+        let mut at = PATTERN.len();
+        if !b.starts_with(PATTERN) {
+            return None;
+        }
+        let end = value_end(b, at)?;
+        let pattern = &text[at..end];
+        at = end;
+        if !b[at..].starts_with(DATA) {
+            return None;
+        }
+        at += DATA.len();
+        let end = value_end(b, at)?;
+        let data = &text[at..end];
+        at = end;
+        let mut id = None;
+        if b[at..].starts_with(ID) {
+            at += ID.len();
+            let end = scalar_end(b, at)?;
+            id = Some(&text[at..end]);
+            at = end;
+        }
+        (b.get(at) == Some(&b'}') && at + 1 == b.len()).then_some(Packet {
+            pattern: Some(pattern),
+            data: Some(data),
+            id,
+            ..Packet::default()
+        })
     }
 
     /// Where `raw` lies inside `body` (it was borrowed from it).
@@ -159,6 +200,92 @@ impl<'a> Packet<'a> {
 
 fn null() -> &'static str {
     "null"
+}
+
+/// End of the JSON value starting at `at`: strings and scalars exactly, objects and arrays
+/// by nesting (their contents are checked by whoever reads them).
+fn value_end(b: &[u8], at: usize) -> Option<usize> {
+    match *b.get(at)? {
+        b'"' => string_end(b, at),
+        b'{' | b'[' => {
+            let mut depth = 0usize;
+            let mut i = at;
+            while i < b.len() {
+                match b[i] {
+                    b'"' => {
+                        i = string_end(b, i)?;
+                        continue;
+                    }
+                    b'{' | b'[' => depth += 1,
+                    b'}' | b']' => {
+                        depth -= 1;
+                        if depth == 0 {
+                            return Some(i + 1);
+                        }
+                    }
+                    _ => {}
+                }
+                i += 1;
+            }
+            None
+        }
+        _ => scalar_end(b, at),
+    }
+}
+
+/// End of a JSON string starting at `at` (a `"`); control characters make it invalid.
+fn string_end(b: &[u8], at: usize) -> Option<usize> {
+    let mut i = at + 1;
+    while i < b.len() {
+        match b[i] {
+            b'"' => return Some(i + 1),
+            b'\\' => i += 2,
+            0x00..=0x1F => return None,
+            _ => i += 1,
+        }
+    }
+    None
+}
+
+/// End of a JSON string, number, `true`, `false` or `null` starting at `at`, checked.
+fn scalar_end(b: &[u8], at: usize) -> Option<usize> {
+    if *b.get(at)? == b'"' {
+        return string_end(b, at);
+    }
+    let len = b[at..].iter().position(|&c| c == b',' || c == b'}')?;
+    let token = &b[at..at + len];
+    let valid = matches!(token, b"true" | b"false" | b"null") || is_json_number(token);
+    valid.then_some(at + len)
+}
+
+/// JSON's number grammar: `-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?`.
+fn is_json_number(t: &[u8]) -> bool {
+    let digits = |t: &[u8], i: usize| i + t[i..].iter().take_while(|c| c.is_ascii_digit()).count();
+    let mut i = usize::from(t.first() == Some(&b'-'));
+    match t.get(i) {
+        Some(b'0') => i += 1,
+        Some(b'1'..=b'9') => i = digits(t, i),
+        _ => return false,
+    }
+    if t.get(i) == Some(&b'.') {
+        let j = digits(t, i + 1);
+        if j == i + 1 {
+            return false;
+        }
+        i = j;
+    }
+    if matches!(t.get(i), Some(b'e' | b'E')) {
+        i += 1;
+        if matches!(t.get(i), Some(b'+' | b'-')) {
+            i += 1;
+        }
+        let j = digits(t, i);
+        if j == i {
+            return false;
+        }
+        i = j;
+    }
+    i == t.len()
 }
 
 /// JavaScript truthiness of a JSON value.
@@ -346,6 +473,41 @@ mod tests {
         // `isDisposed:false` alone is not an external reply: NestJS emits undefined and waits.
         let p = Packet::parse(br#"{"isDisposed":false,"id":"x"}"#).unwrap();
         assert!(matches!(p.reply(), ReplyPacket::Value(_)));
+    }
+
+    #[test]
+    fn the_canonical_fast_path_agrees_with_serde() {
+        let cases = [
+            r#"{"pattern":{"cmd":"sum"},"data":[1,2,3],"id":"abc1"}"#,
+            r#"{"pattern":"echo","data":{"x":"é😀 \" }"},"id":"u1"}"#,
+            r#"{"pattern":"{\"cmd\":\"sum\"}","data":[1,2],"id":"abc2"}"#,
+            r#"{"pattern":"evt","data":{"hello":"world"}}"#,
+            r#"{"pattern":"echo","data":1,"id":7}"#,
+            r#"{"pattern":"echo","data":-1.5e3,"id":null}"#,
+            r#"{"pattern":"echo","data":null,"id":"x"}"#,
+            r#"{"pattern":"echo","data":"}","id":"x"}"#,
+        ];
+        for case in cases {
+            let fast = Packet::canonical(case).unwrap_or_else(|| panic!("fast path takes {case}"));
+            let slow: Packet<'_> = serde_json::from_str(case).unwrap();
+            assert_eq!(
+                (fast.pattern, fast.data, fast.id),
+                (slow.pattern, slow.data, slow.id),
+                "{case}"
+            );
+        }
+        // Other shapes, and ids that are not plain scalars, go to serde_json.
+        for other in [
+            r#"{"data":1,"pattern":"echo","id":"x"}"#,
+            r#"{ "pattern":"echo","data":1,"id":"x"}"#,
+            r#"{"pattern":"echo","data":1,"metadata":{"a":"b"},"id":"x"}"#,
+            r#"{"pattern":"echo","data":1,"id":{"n":1}}"#,
+            r#"{"pattern":"echo","data":1,"id":01}"#,
+            r#"{"pattern":"echo","data":1,"id":"x"} "#,
+            r#"{"pattern":"echo","data":tru,"id":"x"}"#,
+        ] {
+            assert!(Packet::canonical(other).is_none(), "{other}");
+        }
     }
 
     #[test]

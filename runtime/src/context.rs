@@ -3,8 +3,6 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use bytes::Bytes;
-
 /// Request or event details, passed to handlers that take a `Context` argument.
 ///
 /// ```ignore
@@ -17,8 +15,7 @@ use bytes::Bytes;
 pub struct Context {
     route: &'static str,
     transport: &'static str,
-    /// Raw JSON of the wire id, sliced from the received frame (no copy).
-    request_id: Option<Bytes>,
+    request: bool,
     metadata: Option<Arc<HashMap<String, String>>>,
 }
 
@@ -28,16 +25,14 @@ impl Context {
         Context {
             route,
             transport,
-            request_id: None,
+            request: false,
             metadata: None,
         }
     }
 
-    /// Marks the message as a request with this id (the raw JSON text of the wire `id`,
-    /// which must be UTF-8).
-    pub fn with_request_id(mut self, id: Bytes) -> Self {
-        debug_assert!(std::str::from_utf8(&id).is_ok());
-        self.request_id = Some(id);
+    /// Marks the message as a request (the sender waits for a reply).
+    pub fn into_request(mut self) -> Self {
+        self.request = true;
         self
     }
 
@@ -59,14 +54,9 @@ impl Context {
         self.transport
     }
 
-    /// The request id as sent by the caller (raw JSON), or `None` for an event.
-    pub fn request_id(&self) -> Option<&str> {
-        self.request_id.as_ref().and_then(|id| std::str::from_utf8(id).ok())
-    }
-
     /// True when the sender expects no reply.
     pub fn is_event(&self) -> bool {
-        self.request_id.is_none()
+        !self.request
     }
 
     /// One header / metadata entry.

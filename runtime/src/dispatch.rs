@@ -30,8 +30,8 @@ pub struct Incoming<'a> {
     pub buf: Bytes,
     /// Where the payload's JSON lies in `buf`; `None` when the packet had no `data`.
     pub data: Option<Range<usize>>,
-    /// Raw JSON of the request id; `None` for an event.
-    pub id: Option<Bytes>,
+    /// True for a request (the packet had an `id`), false for an event.
+    pub request: bool,
     /// Headers (NestJS 12's `metadata`).
     pub metadata: Option<HashMap<String, String>>,
     /// The transport's name, for [`Context::transport`].
@@ -88,7 +88,7 @@ impl Dispatcher {
         let handlers = match self.routes.resolve(msg.pattern) {
             Ok(h) => h,
             Err(route) => {
-                if msg.id.is_some() {
+                if msg.request {
                     tracing::debug!(pattern = %route, "no matching message handler");
                     return Dispatched::NoHandler { route };
                 }
@@ -98,10 +98,10 @@ impl Dispatcher {
                 return Dispatched::Ignored;
             }
         };
-        let is_request = msg.id.is_some();
+        let is_request = msg.request;
         let mut ctx = Context::new(handlers.route, msg.transport);
-        if let Some(id) = msg.id {
-            ctx = ctx.with_request_id(id);
+        if is_request {
+            ctx = ctx.into_request();
         }
         if let Some(meta) = msg.metadata {
             ctx = ctx.with_metadata(meta);

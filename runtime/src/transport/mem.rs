@@ -6,7 +6,6 @@
 use std::collections::HashMap;
 use std::sync::{LazyLock, Mutex};
 
-use bytes::Bytes;
 use futures_util::future::{BoxFuture, FutureExt};
 use futures_util::stream::StreamExt;
 
@@ -93,7 +92,7 @@ impl MemClient {
         })
     }
 
-    fn dispatch(&self, msg: &Outbound, id: Option<Bytes>) -> Result<Dispatched> {
+    fn dispatch(&self, msg: &Outbound, request: bool) -> Result<Dispatched> {
         let dispatcher = SERVERS
             .lock()
             .expect("mem registry lock")
@@ -108,7 +107,7 @@ impl MemClient {
             pattern: &msg.pattern,
             buf: msg.data.clone(),
             data: Some(0..len),
-            id,
+            request,
             metadata: msg.metadata.as_deref().cloned(),
             transport: "mem",
         }))
@@ -122,21 +121,19 @@ impl ClientTransport for MemClient {
     }
 
     fn request(&self, msg: Outbound) -> BoxFuture<'_, Result<Replies>> {
-        let result = self
-            .dispatch(&msg, Some(Bytes::from_static(b"\"mem\"")))
-            .and_then(|d| match d {
-                Dispatched::Reply(reply) => Ok(reply.map(Ok).boxed()),
-                Dispatched::NoHandler { route } => Err(Error::NoHandler {
-                    pattern: route,
-                    addr: format!("mem://{}", self.name),
-                }),
-                Dispatched::Event(_) | Dispatched::Ignored => unreachable!("a request always gets a reply"),
-            });
+        let result = self.dispatch(&msg, true).and_then(|d| match d {
+            Dispatched::Reply(reply) => Ok(reply.map(Ok).boxed()),
+            Dispatched::NoHandler { route } => Err(Error::NoHandler {
+                pattern: route,
+                addr: format!("mem://{}", self.name),
+            }),
+            Dispatched::Event(_) | Dispatched::Ignored => unreachable!("a request always gets a reply"),
+        });
         std::future::ready(result).boxed()
     }
 
     fn emit(&self, msg: Outbound) -> BoxFuture<'_, Result<()>> {
-        let result = self.dispatch(&msg, None).map(|d| {
+        let result = self.dispatch(&msg, false).map(|d| {
             if let Dispatched::Event(run) = d {
                 tokio::spawn(run);
             }

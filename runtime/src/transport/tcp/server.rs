@@ -2,6 +2,7 @@
 //! dispatches them, and writes replies, batching writes and bounding in-flight work.
 
 use std::net::SocketAddr;
+use std::ops::Range;
 use std::pin::Pin;
 use std::task::{Context as TaskContext, Poll};
 
@@ -309,52 +310,58 @@ impl Conn {
                 // NestJS reads such a packet as an event with no pattern: nothing handles it.
                 continue;
             }
-            let id = packet.id.map(|id| body.slice(Packet::range_in(&body, id)));
+            let id = packet.id.map(|id| Packet::range_in(&body, id));
             let outcome = self.dispatcher.dispatch(Incoming {
                 pattern: packet.pattern.unwrap_or("undefined"),
                 buf: body.clone(),
                 data: packet.data.map(|d| Packet::range_in(&body, d)),
-                id: id.clone(),
+                request: id.is_some(),
                 metadata: packet.metadata_map(),
                 transport: "tcp",
             });
             match (outcome, id) {
-                (Dispatched::Reply(reply), Some(id)) => self.start(Work::Reply(InFlight {
-                    id,
-                    reply,
-                    held: None,
-                    error: None,
-                    done: false,
-                })),
-                (Dispatched::NoHandler { .. }, Some(id)) => self.write(&id, Outgoing::NoHandler),
+                (Dispatched::Reply(reply), Some(id)) => self.start_reply(&body, id, reply),
+                (Dispatched::NoHandler { .. }, Some(id)) => self.write(&body[id], Outgoing::NoHandler),
                 (Dispatched::Event(run), _) => self.start(Work::Event(run)),
                 _ => {}
             }
         }
     }
 
-    /// Polls new work once right away: most handlers finish without waiting, and their
-    /// reply is written without a trip through the in-flight set.
-    fn start(&mut self, mut work: Work) {
+    /// Polls a new reply right away: most handlers finish without waiting, and their reply
+    /// is written straight from the received frame, without a trip through the in-flight set.
+    fn start_reply(&mut self, body: &Bytes, id: Range<usize>, reply: Reply) {
+        let mut flight = InFlight {
+            id: Bytes::new(),
+            reply,
+            held: None,
+            error: None,
+            done: false,
+        };
         let mut cx = TaskContext::from_waker(std::task::Waker::noop());
         loop {
-            if self.wbuf.len() >= WRITE_HIGH_WATER {
-                // A long ready stream: write what we have first, poll the rest later.
-                return self.inflight.push(work);
-            }
-            let polled = match &mut work {
-                // No id clone on this path: the reply is usually written right here.
-                Work::Reply(r) => r
-                    .poll_step(&mut cx)
-                    .map(|step| step.map(|step| self.encode(&r.id, step))),
-                Work::Event(_) => Pin::new(&mut work).poll_next(&mut cx).map(|_| None),
-            };
-            match polled {
-                Poll::Ready(Some(())) => {}
+            // A long ready stream: write what we have first, poll the rest later.
+            let step = match flight.poll_step(&mut cx) {
+                Poll::Ready(Some(step)) if self.wbuf.len() < WRITE_HIGH_WATER => step,
                 Poll::Ready(None) => return,
-                // Polled again (with the connection's waker) by the in-flight set.
-                Poll::Pending => return self.inflight.push(work),
-            }
+                polled => {
+                    flight.id = body.slice(id);
+                    if let Poll::Ready(Some(step)) = polled {
+                        self.encode(&flight.id, step);
+                    }
+                    return self.inflight.push(Work::Reply(flight));
+                }
+            };
+            self.encode(&body[id.clone()], step);
+        }
+    }
+
+    /// Polls a new event right away; most listeners finish without waiting.
+    fn start(&mut self, mut work: Work) {
+        let mut cx = TaskContext::from_waker(std::task::Waker::noop());
+        if Pin::new(&mut work).poll_next(&mut cx).is_pending() {
+            // Polled again (with the connection's waker) by the in-flight set.
+            self.inflight.push(work);
         }
     }
 
