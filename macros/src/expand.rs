@@ -182,7 +182,7 @@ fn expand_handler(def: &HandlerDef, mut func: ItemFn) -> TokenStream {
             }
 
             #[allow(unused_variables)]
-            fn __sb_call(__sb_inbound: __sb::Inbound) -> __sb::Reply {
+            fn __sb_call(__sb_inbound: __sb::Inbound<'_>) -> __sb::Reply {
                 #[allow(unused_imports)]
                 use __sb::probe::{
                     Boxed as _, BoxedFallback as _, Decode as _, DecodeFallback as _,

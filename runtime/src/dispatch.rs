@@ -7,11 +7,9 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::ops::Range;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
-use bytes::Bytes;
 use futures_util::future::{BoxFuture, FutureExt, join_all};
 use futures_util::stream::StreamExt;
 
@@ -26,10 +24,8 @@ pub struct Incoming<'a> {
     /// Raw JSON of the packet's `pattern` field (or, for brokers that route by channel,
     /// the channel name as a JSON string).
     pub pattern: &'a str,
-    /// The buffer the payload lies in.
-    pub buf: Bytes,
-    /// Where the payload's JSON lies in `buf`; `None` when the packet had no `data`.
-    pub data: Option<Range<usize>>,
+    /// The payload's JSON text; `None` when the packet had no `data`.
+    pub data: Option<&'a [u8]>,
     /// True for a request (the packet had an `id`), false for an event.
     pub request: bool,
     /// Headers (NestJS 12's `metadata`).
@@ -106,7 +102,7 @@ impl Dispatcher {
         if let Some(meta) = msg.metadata {
             ctx = ctx.with_metadata(meta);
         }
-        let inbound = Inbound::new(msg.buf, msg.data, ctx);
+        let inbound = Inbound::new(msg.data, ctx);
         match (is_request, handlers.message) {
             (true, Some(entry)) => Dispatched::Reply(call(entry, inbound)),
             // NestJS runs event listeners for a request too, and answers with completion.
@@ -122,7 +118,7 @@ impl Dispatcher {
 
 /// Calls a handler; a panic while decoding or calling becomes NestJS's `Internal server
 /// error` (the [`Reply`] itself catches panics while the handler runs).
-fn call(entry: &'static HandlerEntry, inbound: Inbound) -> Reply {
+fn call(entry: &'static HandlerEntry, inbound: Inbound<'_>) -> Reply {
     match std::panic::catch_unwind(AssertUnwindSafe(|| (entry.call)(inbound))) {
         Ok(reply) => reply.of_handler(entry),
         Err(_) => {
@@ -133,7 +129,7 @@ fn call(entry: &'static HandlerEntry, inbound: Inbound) -> Reply {
 }
 
 /// Runs every listener of an event, each with its own copy of the message.
-fn run_listeners(handlers: &RouteHandlers, inbound: Inbound) -> impl Future<Output = ()> + Send + 'static {
+fn run_listeners(handlers: &RouteHandlers, inbound: Inbound<'_>) -> impl Future<Output = ()> + Send + 'static {
     let listeners: Vec<_> = handlers
         .events
         .iter()

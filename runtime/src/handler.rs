@@ -7,7 +7,6 @@
 
 use std::fmt;
 use std::future::Future;
-use std::ops::Range;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::task::{Context as TaskContext, Poll};
@@ -22,30 +21,27 @@ use crate::context::Context;
 use crate::error::RpcError;
 use crate::registry::HandlerEntry;
 
-/// The type-erased entry point of a handler.
-pub type HandlerFn = fn(Inbound) -> Reply;
+/// The type-erased entry point of a handler. The payload is decoded before it returns, so
+/// the reply borrows nothing from the received frame.
+pub type HandlerFn = for<'a> fn(Inbound<'a>) -> Reply;
 
-/// A message on its way to a handler: the payload as JSON bytes (borrowed from the received
-/// frame, not copied) and its [`Context`].
+/// A message on its way to a handler: the payload as JSON text, borrowed from the received
+/// frame (not copied), and its [`Context`].
 #[derive(Clone)]
-pub struct Inbound {
-    buf: Bytes,
-    data: Option<Range<usize>>,
+pub struct Inbound<'a> {
+    data: Option<&'a [u8]>,
     ctx: Context,
 }
 
-impl Inbound {
-    /// A message whose payload is the JSON text `data[range]`, or absent (`None`).
-    pub fn new(buf: Bytes, data: Option<Range<usize>>, ctx: Context) -> Self {
-        Inbound { buf, data, ctx }
+impl<'a> Inbound<'a> {
+    /// A message whose payload is the JSON text `data`, or absent (`None`).
+    pub fn new(data: Option<&'a [u8]>, ctx: Context) -> Self {
+        Inbound { data, ctx }
     }
 
     /// The payload's JSON text; `null` when the sender left `data` out.
-    pub fn payload_json(&self) -> &[u8] {
-        match &self.data {
-            Some(r) => &self.buf[r.clone()],
-            None => b"null",
-        }
+    pub fn payload_json(&self) -> &'a [u8] {
+        self.data.unwrap_or(b"null")
     }
 
     /// The message's context.
@@ -65,7 +61,7 @@ impl Inbound {
     }
 }
 
-impl fmt::Debug for Inbound {
+impl fmt::Debug for Inbound<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Inbound")
             .field("pattern", &self.ctx.pattern())

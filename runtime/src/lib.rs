@@ -230,20 +230,20 @@ pub mod __private {
         /// Decodes the payload (asserted by `assert_payload`).
         pub trait Decode<T> {
             /// Decodes the payload into `T`.
-            fn sb_decode(&self, inbound: &Inbound) -> Result<T, RpcError>;
+            fn sb_decode(&self, inbound: &Inbound<'_>) -> Result<T, RpcError>;
         }
         impl<T: DeserializeOwned> Decode<T> for Probe<T> {
-            fn sb_decode(&self, inbound: &Inbound) -> Result<T, RpcError> {
+            fn sb_decode(&self, inbound: &Inbound<'_>) -> Result<T, RpcError> {
                 inbound.decode()
             }
         }
         /// Fallback of [`Decode`].
         pub trait DecodeFallback<T> {
             /// Never runs.
-            fn sb_decode(&self, inbound: &Inbound) -> Result<T, RpcError>;
+            fn sb_decode(&self, inbound: &Inbound<'_>) -> Result<T, RpcError>;
         }
         impl<T> DecodeFallback<T> for &Probe<T> {
-            fn sb_decode(&self, _: &Inbound) -> Result<T, RpcError> {
+            fn sb_decode(&self, _: &Inbound<'_>) -> Result<T, RpcError> {
                 unreachable!("{NEVER}")
             }
         }

@@ -102,11 +102,9 @@ impl MemClient {
                 addr: format!("mem://{}", self.name),
                 reason: "no server is bound to this name in this process".into(),
             })?;
-        let len = msg.data.len();
         Ok(dispatcher.dispatch(Incoming {
             pattern: &msg.pattern,
-            buf: msg.data.clone(),
-            data: Some(0..len),
+            data: Some(&msg.data),
             request,
             metadata: msg.metadata.as_deref().cloned(),
             transport: "mem",

@@ -165,20 +165,24 @@ pub fn utf16_len(text: &[u8]) -> usize {
 
 /// Appends `<len>#<body>` to `out`.
 pub fn encode_frame(out: &mut Vec<u8>, body: &[u8]) {
-    let mut n = utf16_len(body);
+    write_length(out, utf16_len(body));
+    out.extend_from_slice(body);
+}
+
+/// Appends the `<len>#` prefix of a frame whose body is `len` UTF-16 units long.
+pub fn write_length(out: &mut Vec<u8>, mut len: usize) {
     let mut digits = [0u8; 20];
     let mut at = digits.len();
     loop {
         at -= 1;
-        digits[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
+        digits[at] = b'0' + (len % 10) as u8;
+        len /= 10;
+        if len == 0 {
             break;
         }
     }
     out.extend_from_slice(&digits[at..]);
     out.push(b'#');
-    out.extend_from_slice(body);
 }
 
 #[cfg(test)]

@@ -13,7 +13,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use super::frame::{FrameDecoder, encode_frame};
+use super::frame::{FrameDecoder, encode_frame, utf16_len, write_length};
 use super::{ServerOptions, TcpListener};
 use crate::codec::{Outgoing, Packet, PacketError};
 use crate::dispatch::{Dispatched, Dispatcher, Incoming};
@@ -313,8 +313,7 @@ impl Conn {
             let id = packet.id.map(|id| Packet::range_in(&body, id));
             let outcome = self.dispatcher.dispatch(Incoming {
                 pattern: packet.pattern.unwrap_or("undefined"),
-                buf: body.clone(),
-                data: packet.data.map(|d| Packet::range_in(&body, d)),
+                data: packet.data.map(str::as_bytes),
                 request: id.is_some(),
                 metadata: packet.metadata_map(),
                 transport: "tcp",
@@ -374,6 +373,17 @@ impl Conn {
     }
 
     fn write(&mut self, id: &[u8], what: Outgoing<'_>) {
+        if let Outgoing::Value { json, last } = what {
+            // The common reply: its length is known up front, so it is written in place.
+            let fixed = if last {
+                r#"{"response":,"isDisposed":true,"id":}"#.len()
+            } else {
+                r#"{"response":,"id":}"#.len()
+            };
+            write_length(&mut self.wbuf, fixed + utf16_len(json) + utf16_len(id));
+            crate::codec::encode_reply(&mut self.wbuf, id, what);
+            return;
+        }
         self.scratch.clear();
         crate::codec::encode_reply(&mut self.scratch, id, what);
         encode_frame(&mut self.wbuf, &self.scratch);
