@@ -221,6 +221,18 @@ async fn wrong_payload_shape_is_a_clear_error_and_the_connection_stays() {
 }
 
 #[tokio::test]
+async fn invalid_utf8_that_passes_the_framing_still_closes_the_connection() {
+    let s = server("").await;
+    let mut raw = Raw::connect(s.local_url()).await;
+    // A UTF-8-encoded surrogate: well-formed bytes for the framing, not UTF-8 all the same.
+    let body = b"{\"pattern\":\"echo\",\"data\":\"a\xed\xa0\x80b\",\"id\":\"bad\"}";
+    raw.send(format!("{}#", body.len() - 2)).await;
+    raw.send(body).await;
+    assert!(raw.closed_within(Duration::from_secs(2)).await);
+    s.shutdown().await.unwrap();
+}
+
+#[tokio::test]
 async fn a_panicking_handler_answers_internal_server_error_and_the_server_keeps_serving() {
     let s = server("").await;
     let mut raw = Raw::connect(s.local_url()).await;
