@@ -5,10 +5,18 @@ use std::sync::Arc;
 
 /// Request or event details, passed to handlers that take a `Context` argument.
 ///
-/// ```ignore
+/// ```
+/// use switchboard::prelude::*;
+///
+/// #[derive(Deserialize)]
+/// struct User {
+///     id: String,
+/// }
+///
 /// #[event_pattern("user_created")]
 /// async fn track_signup(user: User, ctx: Context) {
-///     tracing::info!(pattern = ctx.pattern(), transport = ctx.transport(), "signup");
+///     let trace = ctx.traceparent().unwrap_or("-");
+///     tracing::info!(id = user.id, pattern = ctx.pattern(), transport = ctx.transport(), trace, "signup");
 /// }
 /// ```
 #[derive(Debug, Clone)]
@@ -45,7 +53,7 @@ impl Context {
     }
 
     /// The normalised route of the message (`{"cmd":"get_user"}`, `math.add`).
-    pub fn pattern(&self) -> &str {
+    pub fn pattern(&self) -> &'static str {
         self.route
     }
 
