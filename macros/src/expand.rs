@@ -93,16 +93,24 @@ fn expand_handler(def: &HandlerDef, mut func: ItemFn) -> TokenStream {
         _ => quote!((&__sb::probe::of(&__sb_fut)).sb_boxed(__sb_fut)),
     };
 
-    let decode = payload.map(|p| {
-        let a = format_ident!("__sb_a{}", p.index);
-        let ty = &p.ty;
-        quote! {
-            let #a: #ty = match (&__sb::probe::ty::<#ty>()).sb_decode(&__sb_inbound) {
-                ::core::result::Result::Ok(v) => v,
-                ::core::result::Result::Err(e) => return __sb::Reply::error(e),
-            };
+    let decode = match payload {
+        Some(p) => {
+            let a = format_ident!("__sb_a{}", p.index);
+            let ty = &p.ty;
+            quote! {
+                let #a: #ty = match (&__sb::probe::ty::<#ty>()).sb_decode(&__sb_inbound) {
+                    ::core::result::Result::Ok(v) => v,
+                    ::core::result::Result::Err(e) => return __sb::Reply::error(e),
+                };
+            }
         }
-    });
+        // No payload to decode, but it must still be JSON.
+        None => quote! {
+            if let ::core::result::Result::Err(e) = __sb_inbound.check_payload() {
+                return __sb::Reply::error(e);
+            }
+        },
+    };
     let context = sig.context().map(|c| {
         let a = format_ident!("__sb_a{}", c.index);
         quote!(let #a = __sb_inbound.into_context();)

@@ -125,8 +125,7 @@ impl<'a> Packet<'a> {
 
     /// A request or event exactly as NestJS clients write it, `{"pattern":P,"data":D,"id":I}`
     /// (no spaces, this order, `id` a scalar), split by hand: the hot path. Anything else is
-    /// left to serde_json. `pattern` and `data` are checked later, by the route lookup and
-    /// the handler's own decoding.
+    /// left to serde_json.
     fn canonical(text: &'a str) -> Option<Packet<'a>> {
         const PATTERN: &[u8] = br#"{"pattern":"#;
         const DATA: &[u8] = br#","data":"#;
@@ -159,6 +158,12 @@ impl<'a> Packet<'a> {
             id,
             ..Packet::default()
         })
+    }
+
+    /// True when a `pattern` that matched no route is valid JSON (a pattern that matched is
+    /// one of ours, so valid).
+    pub fn check_pattern(pattern: &str) -> bool {
+        serde_json::from_str::<IgnoredAny>(pattern).is_ok()
     }
 
     /// Where `raw` lies inside `body` (it was borrowed from it).
@@ -202,8 +207,9 @@ fn null() -> &'static str {
     "null"
 }
 
-/// End of the JSON value starting at `at`: strings and scalars exactly, objects and arrays
-/// by nesting (their contents are checked by whoever reads them).
+/// End of the JSON value starting at `at`: strings and scalars checked, objects and arrays
+/// found by nesting. Their insides are checked by whoever reads them: the handler's
+/// decoding for `data`, the route lookup (or `Packet::check_pattern`) for `pattern`.
 fn value_end(b: &[u8], at: usize) -> Option<usize> {
     match *b.get(at)? {
         b'"' => string_end(b, at),
@@ -239,7 +245,12 @@ fn string_end(b: &[u8], at: usize) -> Option<usize> {
     while i < b.len() {
         match b[i] {
             b'"' => return Some(i + 1),
-            b'\\' => i += 2,
+            // Only JSON's escapes: an `id` is echoed back verbatim and must stay valid JSON.
+            b'\\' => match b.get(i + 1)? {
+                b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => i += 2,
+                b'u' if b.get(i + 2..i + 6)?.iter().all(u8::is_ascii_hexdigit) => i += 6,
+                _ => return None,
+            },
             0x00..=0x1F => return None,
             _ => i += 1,
         }
@@ -505,6 +516,8 @@ mod tests {
             r#"{"pattern":"echo","data":1,"id":01}"#,
             r#"{"pattern":"echo","data":1,"id":"x"} "#,
             r#"{"pattern":"echo","data":tru,"id":"x"}"#,
+            r#"{"pattern":"echo","data":1,"id":"\q"}"#,
+            r#"{"pattern":"echo","data":1,"id":"\u12"}"#,
         ] {
             assert!(Packet::canonical(other).is_none(), "{other}");
         }

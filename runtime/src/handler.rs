@@ -55,6 +55,12 @@ impl<'a> Inbound<'a> {
             .map_err(|e| RpcError::new(format!("invalid payload for pattern {}: {e}", self.ctx.pattern())))
     }
 
+    /// Checks that the payload is JSON, for handlers that take none (the others check it by
+    /// decoding it).
+    pub fn check_payload(&self) -> Result<(), RpcError> {
+        self.decode::<serde::de::IgnoredAny>().map(drop)
+    }
+
     /// Consumes the message, keeping its context.
     pub fn into_context(self) -> Context {
         self.ctx

@@ -281,6 +281,25 @@ async fn malformed_frames_close_the_connection_but_not_the_server() {
             String::from_utf8_lossy(bytes)
         );
     }
+    // Inside a well-shaped packet: a broken pattern closes; a broken payload is an error reply.
+    let mut raw = Raw::connect(s.local_url()).await;
+    raw.send_frame(r#"{"pattern":{"cmd":,},"data":1,"id":"v"}"#).await;
+    assert!(raw.closed_within(Duration::from_secs(2)).await, "broken pattern");
+    let mut raw = Raw::connect(s.local_url()).await;
+    raw.send_frame(r#"{"pattern":"void_ret","data":[1},"id":"v"}"#).await;
+    let reply: Value = serde_json::from_str(&raw.recv().await).unwrap();
+    assert!(
+        reply["err"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("invalid payload for pattern void_ret"),
+        "{reply}"
+    );
+    raw.send_frame(r#"{"pattern":"echo","data":1,"id":"\q"}"#).await;
+    assert!(
+        raw.closed_within(Duration::from_secs(2)).await,
+        "an id that is not JSON"
+    );
     // A byte-length prefix over non-ASCII text eats into the next frame: invalid JSON, closed.
     let mut raw = Raw::connect(s.local_url()).await;
     raw.send(format!("50#{}", r#"{"pattern":"echo","data":{"x":"é😀"},"id":"u1"}"#))

@@ -168,6 +168,8 @@ enum Close {
     Frame(#[from] super::frame::FrameError),
     #[error("could not parse JSON: {0}")]
     Json(serde_json::Error),
+    #[error("the pattern is not JSON")]
+    Pattern,
 }
 
 struct Conn {
@@ -318,6 +320,12 @@ impl Conn {
                 metadata: packet.metadata_map(),
                 transport: "tcp",
             });
+            if matches!(outcome, Dispatched::NoHandler { .. } | Dispatched::Ignored)
+                && packet.pattern.is_some_and(|p| !Packet::check_pattern(p))
+            {
+                // The hand-split fast path does not parse patterns; a miss checks it here.
+                return Err(Close::Pattern);
+            }
             match (outcome, id) {
                 (Dispatched::Reply(reply), Some(id)) => self.start_reply(&body, id, reply),
                 (Dispatched::NoHandler { .. }, Some(id)) => self.write(&body[id], Outgoing::NoHandler),
