@@ -229,6 +229,10 @@ async fn connection<R, W>(
                 tracing::warn!(%peer, error = %e, "invalid data received; closing the connection");
                 break;
             }
+            if !c.backlog && c.decoder.is_mid_frame(&c.rbuf) {
+                // The peer's silence counts from when we are ready to read again.
+                silence.as_mut().reset(Instant::now() + c.opts.incomplete_timeout);
+            }
             if !c.wbuf.is_empty() {
                 continue;
             }
