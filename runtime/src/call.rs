@@ -13,7 +13,7 @@ use futures_util::future::BoxFuture;
 use futures_util::stream::{Stream, StreamExt};
 use serde::de::DeserializeOwned;
 
-use crate::client::{Client, decode, named};
+use crate::client::Client;
 use crate::error::{Error, Result};
 use crate::handler::ReplyItem;
 use crate::transport::Outbound;
@@ -63,7 +63,7 @@ impl<'c, R> Call<'c, R> {
         let after = self.timeout;
         let deadline = deadline_after(after);
         let replies = match tokio::time::timeout_at(deadline, self.client.transport.request(out)).await {
-            Ok(r) => r.map_err(|e| named(e, &route))?,
+            Ok(r) => r?,
             Err(_) => {
                 return Err(Error::Timeout {
                     pattern: route.to_string(),
@@ -80,7 +80,7 @@ impl<'c, R> Call<'c, R> {
                     Ok(None) => return None,
                     Ok(Some(Ok(ReplyItem::Value(v)))) => return Some((decode(&v, &route), Some(replies))),
                     Ok(Some(Ok(ReplyItem::Error(e)))) => Err(Error::Rpc(e)),
-                    Ok(Some(Err(e))) => Err(named(e, &route)),
+                    Ok(Some(Err(e))) => Err(e),
                     Err(_) => Err(Error::Timeout {
                         pattern: route.to_string(),
                         after,
@@ -112,7 +112,7 @@ impl<'c, R: DeserializeOwned + 'c> IntoFuture for Call<'c, R> {
                 Ok(last)
             };
             let last = match tokio::time::timeout(self.timeout, last).await {
-                Ok(r) => r.map_err(|e| named(e, &route))?,
+                Ok(r) => r?,
                 Err(_) => {
                     return Err(Error::Timeout {
                         pattern: route.into_owned(),
@@ -189,4 +189,11 @@ fn deadline_after(after: Duration) -> tokio::time::Instant {
     let now = tokio::time::Instant::now();
     now.checked_add(after)
         .unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 24 * 3600))
+}
+
+fn decode<R: DeserializeOwned>(json: &[u8], route: &str) -> Result<R> {
+    serde_json::from_slice(json).map_err(|source| Error::Codec {
+        context: format!("cannot decode the reply of {route} as {}", std::any::type_name::<R>()),
+        source,
+    })
 }

@@ -211,24 +211,6 @@ impl Client {
     }
 }
 
-/// Fills in the pattern of a no-handler error, which the reply packet does not carry.
-pub(crate) fn named(e: Error, route: &str) -> Error {
-    match e {
-        Error::NoHandler { pattern, addr } if pattern.is_empty() => Error::NoHandler {
-            pattern: route.to_owned(),
-            addr,
-        },
-        e => e,
-    }
-}
-
-pub(crate) fn decode<R: DeserializeOwned>(json: &[u8], route: &str) -> Result<R> {
-    serde_json::from_slice(json).map_err(|source| Error::Codec {
-        context: format!("cannot decode the reply of {route} as {}", std::any::type_name::<R>()),
-        source,
-    })
-}
-
 fn json_string(s: &str) -> String {
     serde_json::to_string(s).expect("strings serialise")
 }

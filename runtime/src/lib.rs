@@ -147,9 +147,6 @@ pub mod __private {
     pub trait ErrorType<E> {}
     impl<E: Into<RpcError>> ErrorType<E> for RpcError {}
 
-    /// Spanned at the user's function: its future must be `Send`.
-    pub fn assert_send<T: Send>(_: &T) {}
-
     /// An `impl Stream<Item = T>` reply as a stream of results.
     pub fn ok_stream<S, T>(values: S) -> impl Stream<Item = Result<T, RpcError>> + Send + 'static
     where

@@ -5,6 +5,7 @@
 //! waiting calls. A dropped connection fails its calls at once; the next call reconnects,
 //! with exponential backoff between failed attempts.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, VecDeque};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -180,7 +181,7 @@ impl ClientTransport for TcpClient {
     fn request(&self, msg: Outbound) -> BoxFuture<'_, Result<Replies>> {
         async move {
             let conn = self.conn().await?;
-            let (id, rx) = conn.register()?;
+            let (id, rx) = conn.register(msg.route.clone())?;
             let mut frame = Vec::with_capacity(msg.data.len() + msg.pattern.len() + 64);
             let mut body = Vec::with_capacity(msg.data.len() + msg.pattern.len() + 48);
             encode_request(
@@ -262,9 +263,12 @@ impl Conn {
     }
 
     /// Reserves an id (21 lowercase hex characters, like NestJS's) and its reply channel.
-    fn register(self: &Arc<Self>) -> Result<(String, CallRx)> {
+    fn register(self: &Arc<Self>, route: Cow<'static, str>) -> Result<(String, CallRx)> {
         let n = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let call = Arc::new(Call::default());
+        let call = Arc::new(Call {
+            route,
+            inner: Mutex::default(),
+        });
         let mut pending = self.pending.lock().expect("pending lock");
         if pending.closed {
             return Err(Error::ConnectionClosed { addr: self.url.clone() });
@@ -325,16 +329,21 @@ impl Conn {
             }
             ReplyPacket::Error(raw) => {
                 let err = rpc_error(raw);
-                let item = if err.value().as_str() == Some(NO_MESSAGE_HANDLER) {
-                    let pattern = packet.pattern.map(|p| p.to_owned()).unwrap_or_default();
-                    Err(Error::NoHandler {
-                        pattern,
-                        addr: self.url.clone(),
-                    })
-                } else {
-                    Ok(ReplyItem::Error(err))
-                };
-                (item, true)
+                if err.value().as_str() == Some(NO_MESSAGE_HANDLER) {
+                    // The packet does not say which pattern missed; the call knows.
+                    if let Some(call) = self.pending.lock().expect("pending lock").calls.remove(&id) {
+                        let pattern = call.route.to_string();
+                        call.push(
+                            Err(Error::NoHandler {
+                                pattern,
+                                addr: self.url.clone(),
+                            }),
+                            true,
+                        );
+                    }
+                    return;
+                }
+                (Ok(ReplyItem::Error(err)), true)
             }
         };
         if last {
@@ -458,8 +467,9 @@ fn forget(slot: &std::sync::Weak<Slot>, conn: &Arc<Conn>) {
 }
 
 /// The reply packets of one call, pushed by the reader task.
-#[derive(Default)]
 struct Call {
+    /// The call's route, for errors about it.
+    route: Cow<'static, str>,
     inner: Mutex<CallState>,
 }
 
