@@ -20,7 +20,19 @@ use crate::dispatch::Dispatcher;
 use crate::error::{Error, Result};
 use crate::handler::ReplyItem;
 
+#[cfg(feature = "amqp")]
+pub mod amqp;
+#[cfg(feature = "kafka")]
+pub mod kafka;
 pub mod mem;
+#[cfg(feature = "mqtt")]
+pub mod mqtt;
+#[cfg(feature = "nats")]
+pub mod nats;
+pub(crate) mod pending;
+#[cfg(feature = "redis")]
+pub mod redis;
+pub(crate) mod steps;
 #[cfg(feature = "tcp")]
 pub mod tcp;
 
@@ -205,6 +217,16 @@ pub(crate) async fn bind(url: &str) -> Result<Box<dyn Listener>> {
         "mem" => Ok(Box::new(mem::MemListener::bind(&ep)?)),
         #[cfg(feature = "tcp")]
         "tcp" | "tls" => Ok(Box::new(tcp::TcpListener::bind(&ep).await?)),
+        #[cfg(feature = "redis")]
+        "redis" => Ok(Box::new(redis::RedisListener::bind(&ep).await?)),
+        #[cfg(feature = "nats")]
+        "nats" => Ok(Box::new(nats::NatsListener::bind(&ep).await?)),
+        #[cfg(feature = "mqtt")]
+        "mqtt" => Ok(Box::new(mqtt::MqttListener::bind(&ep).await?)),
+        #[cfg(feature = "amqp")]
+        "amqp" => Ok(Box::new(amqp::AmqpListener::bind(&ep).await?)),
+        #[cfg(feature = "kafka")]
+        "kafka" => Ok(Box::new(kafka::KafkaListener::bind(&ep).await?)),
         other => Err(unknown_scheme(&ep, other)),
     }
 }
@@ -212,11 +234,20 @@ pub(crate) async fn bind(url: &str) -> Result<Box<dyn Listener>> {
 /// Creates the client side of the transport named by `url`.
 pub(crate) fn client(url: &str, opts: &ClientOptions) -> Result<Arc<dyn ClientTransport>> {
     let ep = Endpoint::parse(url)?;
-    let _ = opts; // only socket transports have options
     match ep.scheme.as_str() {
         "mem" => Ok(Arc::new(mem::MemClient::new(&ep)?)),
         #[cfg(feature = "tcp")]
         "tcp" | "tls" => Ok(Arc::new(tcp::TcpClient::new(&ep, opts)?)),
+        #[cfg(feature = "redis")]
+        "redis" => Ok(Arc::new(redis::RedisClient::new(&ep, opts)?)),
+        #[cfg(feature = "nats")]
+        "nats" => Ok(Arc::new(nats::NatsClient::new(&ep, opts)?)),
+        #[cfg(feature = "mqtt")]
+        "mqtt" => Ok(Arc::new(mqtt::MqttClient::new(&ep, opts)?)),
+        #[cfg(feature = "amqp")]
+        "amqp" => Ok(Arc::new(amqp::AmqpClient::new(&ep, opts)?)),
+        #[cfg(feature = "kafka")]
+        "kafka" => Ok(Arc::new(kafka::KafkaClient::new(&ep, opts)?)),
         other => Err(unknown_scheme(&ep, other)),
     }
 }
@@ -225,6 +256,9 @@ fn unknown_scheme(ep: &Endpoint, scheme: &str) -> Error {
     let reason = match scheme {
         "tcp" => "the TCP transport is not compiled in: enable the `tcp` feature".to_owned(),
         "tls" => "TLS is not compiled in: enable the `tls` feature".to_owned(),
+        "redis" | "nats" | "mqtt" | "amqp" | "kafka" => {
+            format!("the {scheme} transport is not compiled in: enable switchboard's `{scheme}` feature")
+        }
         _ => format!(
             "unknown transport `{scheme}`; this build knows: {}",
             known_schemes().join(", ")
@@ -243,6 +277,17 @@ fn known_schemes() -> Vec<&'static str> {
     }
     if cfg!(feature = "tls") {
         s.push("tls");
+    }
+    for (on, scheme) in [
+        (cfg!(feature = "redis"), "redis"),
+        (cfg!(feature = "nats"), "nats"),
+        (cfg!(feature = "mqtt"), "mqtt"),
+        (cfg!(feature = "amqp"), "amqp"),
+        (cfg!(feature = "kafka"), "kafka"),
+    ] {
+        if on {
+            s.push(scheme);
+        }
     }
     s
 }

@@ -6,24 +6,21 @@
 //! with exponential backoff between failed attempts.
 
 use std::borrow::Cow;
-use std::collections::{HashMap, VecDeque};
-use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
-use std::task::{Context as TaskContext, Poll, Waker};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use futures_util::future::{BoxFuture, FutureExt};
-use futures_util::stream::{Stream, StreamExt};
+use futures_util::stream::StreamExt;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, watch};
 
 use super::frame::{FrameDecoder, encode_frame};
 use super::{client_options, connect_socket};
-use crate::codec::{Packet, ReplyPacket, encode_request, rpc_error};
-use crate::error::{Error, NO_MESSAGE_HANDLER, Result};
-use crate::handler::ReplyItem;
+use crate::codec::encode_request;
+use crate::error::{Error, Result};
+use crate::transport::pending::{CallRx, Pending};
 use crate::transport::{ClientOptions, ClientTransport, Endpoint, Outbound, Replies};
 
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
@@ -161,9 +158,7 @@ impl TcpClient {
         let conn = Arc::new(Conn {
             url: self.url.clone(),
             tx,
-            pending: Mutex::new(Pending::default()),
-            next_id: AtomicU64::new(0),
-            prefix: id_prefix(),
+            pending: Pending::new(self.url.clone()),
             closed: AtomicBool::new(false),
             close: watch::Sender::new(false),
         });
@@ -232,26 +227,10 @@ impl Drop for TcpClient {
     }
 }
 
-/// A random 20-bit prefix, so ids from different connections differ.
-fn id_prefix() -> u32 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u64(Instant::now().elapsed().as_nanos() as u64);
-    (h.finish() & 0xF_FFFF) as u32
-}
-
-#[derive(Default)]
-struct Pending {
-    calls: HashMap<u64, Arc<Call>>,
-    closed: bool,
-}
-
 struct Conn {
     url: String,
     tx: mpsc::Sender<Vec<u8>>,
-    pending: Mutex<Pending>,
-    next_id: AtomicU64,
-    prefix: u32,
+    pending: Arc<Pending>,
     closed: AtomicBool,
     /// Fired once when the connection is shut, so both tasks stop.
     close: watch::Sender<bool>,
@@ -262,27 +241,8 @@ impl Conn {
         self.closed.load(Ordering::Acquire)
     }
 
-    /// Reserves an id (21 lowercase hex characters, like NestJS's) and its reply channel.
-    fn register(self: &Arc<Self>, route: Cow<'static, str>) -> Result<(String, CallRx)> {
-        let n = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let call = Arc::new(Call {
-            route,
-            inner: Mutex::default(),
-        });
-        let mut pending = self.pending.lock().expect("pending lock");
-        if pending.closed {
-            return Err(Error::ConnectionClosed { addr: self.url.clone() });
-        }
-        pending.calls.insert(n, call.clone());
-        drop(pending);
-        Ok((
-            format!("{:05x}{n:016x}", self.prefix),
-            CallRx {
-                call,
-                conn: self.clone(),
-                id: n,
-            },
-        ))
+    fn register(&self, route: Cow<'static, str>) -> Result<(String, CallRx)> {
+        self.pending.register(route)
     }
 
     async fn send(&self, frame: Vec<u8>) -> Result<()> {
@@ -294,82 +254,15 @@ impl Conn {
 
     /// Marks the connection dead and fails every call in flight.
     fn shut(&self, error: impl Fn() -> Error) {
-        let calls = {
-            let mut pending = self.pending.lock().expect("pending lock");
-            pending.closed = true;
-            self.closed.store(true, Ordering::Release);
-            std::mem::take(&mut pending.calls)
-        };
-        for call in calls.into_values() {
-            call.push(Err(error()), true);
-        }
+        self.closed.store(true, Ordering::Release);
+        self.pending.close(error);
         self.close.send_replace(true);
     }
 
     /// Routes one reply packet to its call.
     fn deliver(&self, body: &Bytes) {
-        let packet = match Packet::parse(body) {
-            Ok(p) => p,
-            Err(_) => {
-                tracing::warn!(url = %self.url, "ignoring a reply that is not a JSON object");
-                return;
-            }
-        };
-        let Some(id) = packet.id.and_then(|raw| parse_id(raw, self.prefix)) else {
-            // NestJS ignores replies for unknown ids; so do we.
-            return;
-        };
-        let (item, last) = match packet.reply() {
-            ReplyPacket::Value(v) => (Ok(ReplyItem::Value(body.slice(Packet::range_in(body, v)))), false),
-            ReplyPacket::Last(v) => (Ok(ReplyItem::Value(body.slice(Packet::range_in(body, v)))), true),
-            ReplyPacket::External => (Ok(ReplyItem::Value(body.clone())), true),
-            ReplyPacket::Done => {
-                self.finish(id, None);
-                return;
-            }
-            ReplyPacket::Error(raw) => {
-                let err = rpc_error(raw);
-                if err.value().as_str() == Some(NO_MESSAGE_HANDLER) {
-                    // The packet does not say which pattern missed; the call knows.
-                    if let Some(call) = self.pending.lock().expect("pending lock").calls.remove(&id) {
-                        let pattern = call.route.to_string();
-                        call.push(
-                            Err(Error::NoHandler {
-                                pattern,
-                                addr: self.url.clone(),
-                            }),
-                            true,
-                        );
-                    }
-                    return;
-                }
-                (Ok(ReplyItem::Error(err)), true)
-            }
-        };
-        if last {
-            self.finish(id, Some(item));
-        } else if let Some(call) = self.pending.lock().expect("pending lock").calls.get(&id) {
-            call.push(item, false);
-        }
+        self.pending.deliver(body);
     }
-
-    fn finish(&self, id: u64, item: Option<Result<ReplyItem>>) {
-        let call = self.pending.lock().expect("pending lock").calls.remove(&id);
-        if let Some(call) = call {
-            match item {
-                Some(item) => call.push(item, true),
-                None => call.end(),
-            }
-        }
-    }
-}
-
-fn parse_id(raw: &str, prefix: u32) -> Option<u64> {
-    let hex = raw.strip_prefix('"')?.strip_suffix('"')?;
-    if hex.len() != 21 || !hex.is_ascii() || u32::from_str_radix(&hex[..5], 16).ok()? != prefix {
-        return None;
-    }
-    u64::from_str_radix(&hex[5..], 16).ok()
 }
 
 async fn writer<W: AsyncWrite + Unpin>(mut w: W, mut rx: mpsc::Receiver<Vec<u8>>, conn: Arc<Conn>) {
@@ -462,72 +355,6 @@ fn forget(slot: &std::sync::Weak<Slot>, conn: &Arc<Conn>) {
         let mut current = slot.current.write().expect("slot lock");
         if current.as_ref().is_some_and(|c| Arc::ptr_eq(c, conn)) {
             *current = None;
-        }
-    }
-}
-
-/// The reply packets of one call, pushed by the reader task.
-struct Call {
-    /// The call's route, for errors about it.
-    route: Cow<'static, str>,
-    inner: Mutex<CallState>,
-}
-
-#[derive(Default)]
-struct CallState {
-    items: VecDeque<Result<ReplyItem>>,
-    done: bool,
-    waker: Option<Waker>,
-}
-
-impl Call {
-    fn push(&self, item: Result<ReplyItem>, last: bool) {
-        let mut s = self.inner.lock().expect("call lock");
-        if s.done {
-            return;
-        }
-        s.items.push_back(item);
-        s.done = last;
-        if let Some(w) = s.waker.take() {
-            w.wake();
-        }
-    }
-
-    fn end(&self) {
-        let mut s = self.inner.lock().expect("call lock");
-        s.done = true;
-        if let Some(w) = s.waker.take() {
-            w.wake();
-        }
-    }
-}
-
-/// The receiving end of a call; dropping it (a timeout, a cancelled caller) forgets the id.
-struct CallRx {
-    call: Arc<Call>,
-    conn: Arc<Conn>,
-    id: u64,
-}
-
-impl Stream for CallRx {
-    type Item = Result<ReplyItem>;
-    fn poll_next(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Option<Self::Item>> {
-        let mut s = self.call.inner.lock().expect("call lock");
-        if let Some(item) = s.items.pop_front() {
-            return Poll::Ready(Some(item));
-        }
-        if s.done {
-            return Poll::Ready(None);
-        }
-        s.waker = Some(cx.waker().clone());
-        Poll::Pending
-    }
-}
-
-impl Drop for CallRx {
-    fn drop(&mut self) {
-        if let Ok(mut pending) = self.conn.pending.lock() {
-            pending.calls.remove(&self.id);
         }
     }
 }

@@ -17,9 +17,10 @@ use super::frame::{FrameDecoder, encode_frame, utf16_len, write_length};
 use super::{ServerOptions, TcpListener};
 use crate::codec::{Outgoing, Packet, PacketError};
 use crate::dispatch::{Dispatched, Dispatcher, Incoming};
-use crate::error::{Result, RpcError};
-use crate::handler::{Reply, ReplyItem};
+use crate::error::Result;
+use crate::handler::Reply;
 use crate::transport::Shutdown;
+use crate::transport::steps::{Step, Steps};
 
 pub(super) async fn serve(l: TcpListener, dispatcher: Dispatcher, mut shutdown: Shutdown) -> Result<()> {
     let mut conns = JoinSet::new();
@@ -62,77 +63,10 @@ pub(super) async fn serve(l: TcpListener, dispatcher: Dispatcher, mut shutdown: 
     Ok(())
 }
 
-/// One step of a reply, ready to encode.
-enum Step {
-    Value { json: Bytes, last: bool },
-    Done,
-    Error(RpcError),
-}
-
-/// A request's reply as a stream of steps, with completion merged into the last value when
-/// it follows at once, as NestJS does (`{"response":3,"isDisposed":true,…}`).
+/// A request's reply in flight, with the raw id it answers.
 struct InFlight {
     id: Bytes,
-    reply: Reply,
-    held: Option<Bytes>,
-    error: Option<RpcError>,
-    done: bool,
-}
-
-impl InFlight {
-    fn poll_step(&mut self, cx: &mut TaskContext<'_>) -> Poll<Option<Step>> {
-        let this = self;
-        if let Some(err) = this.error.take() {
-            this.done = true;
-            return Poll::Ready(Some(Step::Error(err)));
-        }
-        if this.done {
-            return Poll::Ready(None);
-        }
-        loop {
-            match this.reply.poll_next_unpin(cx) {
-                Poll::Ready(Some(ReplyItem::Value(v))) if this.held.is_none() && this.reply.is_done() => {
-                    this.done = true;
-                    return Poll::Ready(Some(Step::Value { json: v, last: true }));
-                }
-                Poll::Ready(Some(ReplyItem::Value(v))) => {
-                    if let Some(prev) = this.held.replace(v) {
-                        return Poll::Ready(Some(Step::Value {
-                            json: prev,
-                            last: false,
-                        }));
-                    }
-                }
-                Poll::Ready(Some(ReplyItem::Error(err))) => match this.held.take() {
-                    Some(prev) => {
-                        this.error = Some(err);
-                        return Poll::Ready(Some(Step::Value {
-                            json: prev,
-                            last: false,
-                        }));
-                    }
-                    None => {
-                        this.done = true;
-                        return Poll::Ready(Some(Step::Error(err)));
-                    }
-                },
-                Poll::Ready(None) => {
-                    this.done = true;
-                    let step = match this.held.take() {
-                        Some(json) => Step::Value { json, last: true },
-                        None => Step::Done,
-                    };
-                    return Poll::Ready(Some(step));
-                }
-                Poll::Pending => {
-                    return match this.held.take() {
-                        Some(json) => Poll::Ready(Some(Step::Value { json, last: false })),
-                        None => Poll::Pending,
-                    };
-                }
-            }
-        }
-    }
+    steps: Steps,
 }
 
 impl Stream for InFlight {
@@ -140,7 +74,7 @@ impl Stream for InFlight {
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Option<Self::Item>> {
         let this = self.get_mut();
-        this.poll_step(cx).map(|step| step.map(|step| (this.id.clone(), step)))
+        this.steps.poll_step(cx).map(|step| step.map(|step| (this.id.clone(), step)))
     }
 }
 
@@ -344,15 +278,12 @@ impl Conn {
     fn start_reply(&mut self, body: &Bytes, id: Range<usize>, reply: Reply) {
         let mut flight = InFlight {
             id: Bytes::new(),
-            reply,
-            held: None,
-            error: None,
-            done: false,
+            steps: Steps::new(reply),
         };
         let mut cx = TaskContext::from_waker(std::task::Waker::noop());
         loop {
             // A long ready stream: write what we have first, poll the rest later.
-            let step = match flight.poll_step(&mut cx) {
+            let step = match flight.steps.poll_step(&mut cx) {
                 Poll::Ready(Some(step)) if self.wbuf.len() < WRITE_HIGH_WATER => step,
                 Poll::Ready(None) => return,
                 polled => {
@@ -377,11 +308,7 @@ impl Conn {
     }
 
     fn encode(&mut self, id: &[u8], step: Step) {
-        match step {
-            Step::Value { json, last } => self.write(id, Outgoing::Value { json: &json, last }),
-            Step::Done => self.write(id, Outgoing::Done),
-            Step::Error(err) => self.write(id, Outgoing::Error(&err)),
-        }
+        self.write(id, step.outgoing());
     }
 
     fn write(&mut self, id: &[u8], what: Outgoing<'_>) {

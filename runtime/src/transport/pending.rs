@@ -1,0 +1,297 @@
+//! The requests a client has in flight, by id: the correlation table every client transport
+//! shares. A transport registers a call, sends the request with its id, and hands each reply
+//! packet back here; the call's stream yields the values in order and ends with the final one.
+
+use std::borrow::Cow;
+use std::collections::{HashMap, VecDeque};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context as TaskContext, Poll, Waker};
+use std::time::Instant;
+
+use bytes::Bytes;
+use futures_util::stream::Stream;
+
+use crate::codec::{Packet, ReplyPacket, rpc_error};
+use crate::error::{Error, NO_MESSAGE_HANDLER, Result};
+use crate::handler::ReplyItem;
+
+/// The calls in flight on one connection (or one broker client).
+pub(crate) struct Pending {
+    url: String,
+    state: Mutex<State>,
+    next_id: AtomicU64,
+    prefix: u32,
+}
+
+#[derive(Default)]
+struct State {
+    calls: HashMap<u64, Arc<Call>>,
+    closed: bool,
+}
+
+impl Pending {
+    /// An empty table; `url` names the peer in errors.
+    pub(crate) fn new(url: impl Into<String>) -> Arc<Self> {
+        Arc::new(Pending {
+            url: url.into(),
+            state: Mutex::default(),
+            next_id: AtomicU64::new(0),
+            prefix: id_prefix(),
+        })
+    }
+
+    /// Reserves an id (21 lowercase hex characters, like NestJS's) and the stream its
+    /// replies arrive on. `route` names the call in a no-handler error. Dropping the stream
+    /// (a timeout, a cancelled caller) forgets the id.
+    pub(crate) fn register(self: &Arc<Self>, route: Cow<'static, str>) -> Result<(String, CallRx)> {
+        let n = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let call = Arc::new(Call {
+            route,
+            inner: Mutex::default(),
+        });
+        let mut state = self.state.lock().expect("pending lock");
+        if state.closed {
+            return Err(Error::ConnectionClosed { addr: self.url.clone() });
+        }
+        state.calls.insert(n, call.clone());
+        drop(state);
+        let rx = CallRx {
+            call,
+            pending: self.clone(),
+            id: n,
+        };
+        Ok((format!("{:05x}{n:016x}", self.prefix), rx))
+    }
+
+    /// Routes a NestJS reply packet (`{"response"|"err"|"isDisposed", "id"}`) to its call by
+    /// the packet's `id`. Packets for unknown ids are ignored, as NestJS does.
+    pub(crate) fn deliver(&self, body: &Bytes) {
+        let Ok(packet) = Packet::parse(body) else {
+            tracing::warn!(url = %self.url, "ignoring a reply that is not a JSON object");
+            return;
+        };
+        if let Some(id) = packet.id.and_then(|raw| raw.strip_prefix('"')?.strip_suffix('"')) {
+            self.deliver_packet(id, &packet, body);
+        }
+    }
+
+    /// Routes a reply packet whose id travels outside the body (RabbitMQ's
+    /// `correlation_id`); the body's own `id`, if any, is ignored.
+    pub(crate) fn deliver_for(&self, id: &str, body: &Bytes) {
+        match Packet::parse(body) {
+            Ok(packet) => self.deliver_packet(id, &packet, body),
+            Err(_) => tracing::warn!(url = %self.url, "ignoring a reply that is not a JSON object"),
+        }
+    }
+
+    fn deliver_packet(&self, id: &str, packet: &Packet<'_>, body: &Bytes) {
+        let (item, last) = match packet.reply() {
+            ReplyPacket::Value(v) => (ReplyItem::Value(body.slice(Packet::range_in(body, v))), false),
+            ReplyPacket::Last(v) => (ReplyItem::Value(body.slice(Packet::range_in(body, v))), true),
+            ReplyPacket::External => (ReplyItem::Value(body.clone()), true),
+            ReplyPacket::Done => return self.finish(id),
+            ReplyPacket::Error(raw) => return self.fail(id, rpc_error(raw)),
+        };
+        self.push(id, Ok(item), last);
+    }
+
+    /// Hands one reply item to call `id`; `last` ends the call.
+    pub(crate) fn push(&self, id: &str, item: Result<ReplyItem>, last: bool) {
+        let Some(n) = self.parse_id(id) else { return };
+        let mut state = self.state.lock().expect("pending lock");
+        let call = if last { state.calls.remove(&n) } else { state.calls.get(&n).cloned() };
+        drop(state);
+        if let Some(call) = call {
+            call.push(item, last);
+        }
+    }
+
+    /// Ends call `id` without a further value.
+    pub(crate) fn finish(&self, id: &str) {
+        let Some(n) = self.parse_id(id) else { return };
+        let call = self.state.lock().expect("pending lock").calls.remove(&n);
+        if let Some(call) = call {
+            call.end();
+        }
+    }
+
+    /// Ends call `id` with an error reply; NestJS's no-handler text becomes
+    /// [`Error::NoHandler`] naming the call's pattern, which the packet does not carry.
+    pub(crate) fn fail(&self, id: &str, err: crate::error::RpcError) {
+        let Some(n) = self.parse_id(id) else { return };
+        let Some(call) = self.state.lock().expect("pending lock").calls.remove(&n) else {
+            return;
+        };
+        let item = if err.value().as_str() == Some(NO_MESSAGE_HANDLER) {
+            Err(Error::NoHandler {
+                pattern: call.route.to_string(),
+                addr: self.url.clone(),
+            })
+        } else {
+            Ok(ReplyItem::Error(err))
+        };
+        call.push(item, true);
+    }
+
+    /// Fails every call in flight (the connection dropped); new calls are still taken.
+    pub(crate) fn fail_all(&self, error: impl Fn() -> Error) {
+        let calls = std::mem::take(&mut self.state.lock().expect("pending lock").calls);
+        for call in calls.into_values() {
+            call.push(Err(error()), true);
+        }
+    }
+
+    /// Fails every call in flight and refuses new ones.
+    pub(crate) fn close(&self, error: impl Fn() -> Error) {
+        self.state.lock().expect("pending lock").closed = true;
+        self.fail_all(error);
+    }
+
+    /// Number of calls in flight.
+    pub(crate) fn len(&self) -> usize {
+        self.state.lock().expect("pending lock").calls.len()
+    }
+
+    /// Our own ids only: a reply meant for another client on a shared channel is skipped.
+    fn parse_id(&self, hex: &str) -> Option<u64> {
+        if hex.len() != 21 || !hex.is_ascii() || u32::from_str_radix(&hex[..5], 16).ok()? != self.prefix {
+            return None;
+        }
+        u64::from_str_radix(&hex[5..], 16).ok()
+    }
+}
+
+impl std::fmt::Debug for Pending {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pending").field("url", &self.url).field("calls", &self.len()).finish()
+    }
+}
+
+/// A random 20-bit prefix, so that ids of clients sharing a reply channel differ.
+fn id_prefix() -> u32 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(Instant::now().elapsed().as_nanos() as u64);
+    (h.finish() & 0xF_FFFF) as u32
+}
+
+/// The reply packets of one call, pushed by the transport's reader.
+struct Call {
+    route: Cow<'static, str>,
+    inner: Mutex<CallState>,
+}
+
+#[derive(Default)]
+struct CallState {
+    items: VecDeque<Result<ReplyItem>>,
+    done: bool,
+    waker: Option<Waker>,
+}
+
+impl Call {
+    fn push(&self, item: Result<ReplyItem>, last: bool) {
+        let mut s = self.inner.lock().expect("call lock");
+        if s.done {
+            return;
+        }
+        s.items.push_back(item);
+        s.done = last;
+        if let Some(w) = s.waker.take() {
+            w.wake();
+        }
+    }
+
+    fn end(&self) {
+        let mut s = self.inner.lock().expect("call lock");
+        s.done = true;
+        if let Some(w) = s.waker.take() {
+            w.wake();
+        }
+    }
+}
+
+/// The receiving end of a call.
+pub(crate) struct CallRx {
+    call: Arc<Call>,
+    pending: Arc<Pending>,
+    id: u64,
+}
+
+impl Stream for CallRx {
+    type Item = Result<ReplyItem>;
+    fn poll_next(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Option<Self::Item>> {
+        let mut s = self.call.inner.lock().expect("call lock");
+        if let Some(item) = s.items.pop_front() {
+            return Poll::Ready(Some(item));
+        }
+        if s.done {
+            return Poll::Ready(None);
+        }
+        s.waker = Some(cx.waker().clone());
+        Poll::Pending
+    }
+}
+
+impl Drop for CallRx {
+    fn drop(&mut self) {
+        if let Ok(mut state) = self.pending.state.lock() {
+            state.calls.remove(&self.id);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use futures_util::StreamExt;
+
+    use super::*;
+
+    async fn collect(rx: CallRx) -> Vec<String> {
+        rx.map(|item| match item {
+            Ok(ReplyItem::Value(v)) => String::from_utf8(v.to_vec()).unwrap(),
+            Ok(ReplyItem::Error(e)) => format!("err {}", e.value()),
+            Err(e) => format!("error {e}"),
+        })
+        .collect()
+        .await
+    }
+
+    #[tokio::test]
+    async fn routes_packets_by_id_and_ends_on_the_last() {
+        let p = Pending::new("test://x");
+        let (id, rx) = p.register("r".into()).unwrap();
+        let (other, rx2) = p.register("r2".into()).unwrap();
+        p.deliver(&Bytes::from(format!(r#"{{"response":1,"id":"{id}"}}"#)));
+        p.deliver(&Bytes::from(format!(r#"{{"response":"x","id":"{other}"}}"#)));
+        p.deliver(&Bytes::from(r#"{"response":9,"id":"not-ours"}"#));
+        p.deliver_for(&id, &Bytes::from(r#"{"response":2,"isDisposed":true}"#));
+        p.fail(&other, crate::error::RpcError::from_value(NO_MESSAGE_HANDLER.into()));
+        assert_eq!(collect(rx).await, ["1", "2"]);
+        let got = collect(rx2).await;
+        assert_eq!(got[0], r#""x""#);
+        assert!(got[1].starts_with("error") && got[1].contains("r2"), "{got:?}");
+        assert_eq!(p.len(), 0);
+    }
+
+    #[tokio::test]
+    async fn fail_all_keeps_taking_calls_and_close_does_not() {
+        let p = Pending::new("test://x");
+        let (_, rx) = p.register("r".into()).unwrap();
+        p.fail_all(|| Error::ConnectionClosed { addr: "test://x".into() });
+        assert_eq!(collect(rx).await.len(), 1);
+        assert!(p.register("r".into()).is_ok());
+        p.close(|| Error::Closed);
+        assert!(p.register("r".into()).is_err());
+    }
+
+    #[test]
+    fn dropping_a_call_forgets_it() {
+        let p = Pending::new("test://x");
+        let (_, rx) = p.register("r".into()).unwrap();
+        assert_eq!(p.len(), 1);
+        drop(rx);
+        assert_eq!(p.len(), 0);
+    }
+}
