@@ -1,26 +1,33 @@
 // NestJS ClientProxy (TCP) driven by a JSON script, used as the peer in Switchboard's interop tests.
-// Usage: node tests/nestjs/client.mjs --nest 11|12 --port N [--host 127.0.0.1] < ops.json
+// Usage: node tests/nestjs/client.mjs --nest 11|12 (--port N [--host 127.0.0.1] | --url URL) < ops.json
+// --url picks any transport (see transport.mjs); --port means TCP.
 // Reads one JSON array of operations from stdin and prints one JSON array of results
 // (one per operation) on stdout. Logs go to stderr. Exit code 2 = bad usage or bad script.
 import { createRequire } from 'node:module';
 import { pathToFileURL } from 'node:url';
 import { parseArgs } from 'node:util';
+import { nestOptions } from './transport.mjs';
 
 function usage(msg) {
-  process.stderr.write(`${msg}\nusage: node client.mjs --nest 11|12 --port N [--host 127.0.0.1] < ops.json\n`);
+  process.stderr.write(`${msg}\nusage: node client.mjs --nest 11|12 (--port N [--host 127.0.0.1] | --url URL) < ops.json\n`);
   process.exit(2);
 }
 
 let args;
 try {
   args = parseArgs({
-    options: { nest: { type: 'string' }, port: { type: 'string' }, host: { type: 'string', default: '127.0.0.1' } },
+    options: {
+      nest: { type: 'string' },
+      port: { type: 'string' },
+      host: { type: 'string', default: '127.0.0.1' },
+      url: { type: 'string' },
+    },
   }).values;
 } catch (e) {
   usage(e.message);
 }
 if (!['11', '12'].includes(args.nest)) usage('--nest must be 11 or 12');
-if (!/^\d+$/.test(args.port ?? '') || Number(args.port) > 65535) usage('--port must be 0..65535');
+if (!args.url && (!/^\d+$/.test(args.port ?? '') || Number(args.port) > 65535)) usage('--port must be 0..65535');
 
 const REQUIRED = {
   send: ['pattern', 'data'],
@@ -57,10 +64,11 @@ const { lastValueFrom, toArray, timeout } = require('rxjs');
 const toStderr = (level) => (...m) => process.stderr.write(`[nest ${level}] ${m.filter((x) => x !== undefined).map(String).join(' ')}\n`);
 Logger.overrideLogger(Object.fromEntries(['log', 'error', 'warn', 'debug', 'verbose', 'fatal'].map((l) => [l, toStderr(l)])));
 
-const client = ClientProxyFactory.create({
-  transport: Transport.TCP,
-  options: { host: args.host, port: Number(args.port) },
-});
+const client = ClientProxyFactory.create(nestOptions(Transport, args.url ?? `tcp://${args.host}:${args.port}`));
+// Kafka clients must subscribe to every reply topic before connecting.
+if (typeof client.subscribeToResponseOf === 'function') {
+  for (const op of ops) if (op.op === 'send' || op.op === 'send_many') client.subscribeToResponseOf(op.pattern);
+}
 
 // A NestJS client errors with the server's `err` value as-is (object or string);
 // local failures (timeout, ECONNREFUSED, "Connection closed") are Error instances.

@@ -1,26 +1,34 @@
 // NestJS TCP microservice used as the peer in Switchboard's interop tests.
-// Usage: node tests/nestjs/server.mjs --nest 11|12 --port N [--host 127.0.0.1]
-// Prints exactly one line "READY <port>" on stdout once listening (--port 0 picks
-// a free port and reports it); everything else goes to stderr.
+// Usage: node tests/nestjs/server.mjs --nest 11|12 (--port N [--host 127.0.0.1] | --url URL)
+// --port serves TCP; --url serves any transport (tcp://, redis://, nats://, mqtt://, amqp://,
+// kafka://, see transport.mjs). Prints exactly one line "READY <port>" on stdout once
+// listening (--port 0 picks a free port and reports it; 0 for broker transports); everything
+// else goes to stderr.
 import { createRequire } from 'node:module';
 import { pathToFileURL } from 'node:url';
 import { parseArgs } from 'node:util';
+import { nestOptions } from './transport.mjs';
 
 function usage(msg) {
-  process.stderr.write(`${msg}\nusage: node server.mjs --nest 11|12 --port N [--host 127.0.0.1]\n`);
+  process.stderr.write(`${msg}\nusage: node server.mjs --nest 11|12 (--port N [--host 127.0.0.1] | --url URL)\n`);
   process.exit(2);
 }
 
 let args;
 try {
   args = parseArgs({
-    options: { nest: { type: 'string' }, port: { type: 'string' }, host: { type: 'string', default: '127.0.0.1' } },
+    options: {
+      nest: { type: 'string' },
+      port: { type: 'string' },
+      host: { type: 'string', default: '127.0.0.1' },
+      url: { type: 'string' },
+    },
   }).values;
 } catch (e) {
   usage(e.message);
 }
 if (!['11', '12'].includes(args.nest)) usage('--nest must be 11 or 12');
-if (!/^\d+$/.test(args.port ?? '') || Number(args.port) > 65535) usage('--port must be 0..65535');
+if (!args.url && (!/^\d+$/.test(args.port ?? '') || Number(args.port) > 65535)) usage('--port must be 0..65535');
 
 // Load NestJS from tests/nestjs/v<N>/node_modules, whatever the cwd is.
 // v11 is CommonJS, v12 is ESM only. rxjs resolves to its CJS build under Node in
@@ -96,13 +104,10 @@ Controller()(PeerController);
 class AppModule {}
 Module({ controllers: [PeerController] })(AppModule);
 
-const app = await NestFactory.createMicroservice(AppModule, {
-  transport: Transport.TCP,
-  options: { host: args.host, port: Number(args.port) },
-  logger,
-});
+const url = args.url ?? `tcp://${args.host}:${args.port}`;
+const app = await NestFactory.createMicroservice(AppModule, { ...nestOptions(Transport, url), logger });
 await app.listen();
-process.stdout.write(`READY ${app.unwrap().address().port}\n`);
+process.stdout.write(`READY ${url.startsWith('tcp:') ? app.unwrap().address().port : 0}\n`);
 
 let stopping = false;
 const stop = async (signal) => {
