@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# Makes sure the brokers the tests use are installed and running on 127.0.0.1, and the build
+# tools the broker and gRPC crates need are installed (Debian):
+#   Redis 6379, NATS with JetStream 4222, Mosquitto 1883, RabbitMQ 5672.
+# Kafka needs no broker here: the tests run librdkafka's mock cluster.
+# A broker already answering on its port is left alone. Idempotent. Exit 1 if one fails.
+set -uo pipefail
+
+as_root() { if [[ $(id -u) -eq 0 ]]; then "$@"; else sudo "$@"; fi; }
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+wait_port() { # port seconds
+  local i
+  for ((i = 0; i < $2 * 10; i++)); do port_open "$1" && return 0; sleep 0.1; done
+  return 1
+}
+
+# Packages: brokers, plus cmake/libcurl (librdkafka's build) and protoc (tonic/prost).
+need=()
+for pair in redis-server:redis-server nats-server:nats-server mosquitto:mosquitto \
+  rabbitmq-server:rabbitmq-server cmake:cmake pkg-config:pkg-config protoc:protobuf-compiler; do
+  command -v "${pair%%:*}" >/dev/null || [[ -x /usr/sbin/${pair%%:*} ]] || need+=("${pair#*:}")
+done
+[[ -f /usr/include/x86_64-linux-gnu/curl/curl.h || -f /usr/include/curl/curl.h ]] || need+=(libcurl4-openssl-dev)
+[[ -f /usr/include/sasl/sasl.h ]] || need+=(libsasl2-dev)
+if ((${#need[@]})); then
+  echo "brokers: installing ${need[*]}"
+  as_root apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+
+failed=0
+start() { # name port seconds command...
+  local name=$1 port=$2 secs=$3
+  shift 3
+  if port_open "$port"; then
+    echo "brokers: $name 127.0.0.1:$port running"
+    return
+  fi
+  echo "brokers: starting $name on 127.0.0.1:$port"
+  "$@" >/dev/null 2>&1
+  if wait_port "$port" "$secs"; then
+    echo "brokers: $name 127.0.0.1:$port ready"
+  else
+    echo "brokers: $name FAILED to start on 127.0.0.1:$port" >&2
+    failed=1
+  fi
+}
+
+# The same command lines as the project machines use (../shared/environment.md).
+mkdir -p /var/lib/redis /var/log/redis /var/lib/nats-server 2>/dev/null
+start redis 6379 10 redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" --appendonly no \
+  --dir /var/lib/redis --logfile /var/log/redis/ci.log
+start nats 4222 10 start-stop-daemon --start --oknodo --background --exec /usr/sbin/nats-server -- \
+  -a 127.0.0.1 -p 4222 -js -sd /var/lib/nats-server -l /var/log/nats-server.log
+start mosquitto 1883 10 mosquitto -d -c /etc/mosquitto/mosquitto.conf
+start rabbitmq 5672 60 rabbitmq-server -detached
+exit "$failed"
