@@ -51,7 +51,7 @@ pub fn run(threads: usize) -> anyhow::Result<()> {
     })
 }
 
-async fn connection(mut stream: TcpStream) -> anyhow::Result<()> {
+pub(crate) async fn connection(mut stream: TcpStream) -> anyhow::Result<()> {
     stream.set_nodelay(true)?;
     let mut rbuf: Vec<u8> = Vec::with_capacity(16 * 1024);
     let mut wbuf: Vec<u8> = Vec::with_capacity(16 * 1024);

@@ -22,6 +22,7 @@
 mod ceiling;
 mod driver;
 mod frame;
+mod profile;
 mod serve;
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -76,6 +77,13 @@ struct Args {
     /// Measure only one server (for profiling); no ratios then.
     #[arg(long, value_enum)]
     only: Option<Kind>,
+    /// Profiling: serve this kind and drive it with `--requests` pipelined requests in one
+    /// thread, a fixed workload for instruction counts (callgrind); prints nothing else.
+    #[arg(long, value_enum)]
+    profile: Option<Kind>,
+    /// Requests for `--profile`.
+    #[arg(long, default_value_t = 100_000)]
+    requests: usize,
     /// Internal: run as the server child process of this kind.
     #[arg(long, value_enum, hide = true)]
     serve: Option<Kind>,
@@ -153,6 +161,15 @@ fn main() -> ExitCode {
             }
         };
     }
+    if let Some(kind) = args.profile {
+        return match profile::run(kind, args.requests) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("profile: {e:#}");
+                ExitCode::from(2)
+            }
+        };
+    }
     match bench(&args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure::WrongReply(e)) => {
@@ -214,7 +231,17 @@ struct ServerProc {
 impl ServerProc {
     fn spawn(kind: Kind, threads: usize, cpus: &[usize]) -> anyhow::Result<ServerProc> {
         let exe = std::env::current_exe().context("locate this executable")?;
-        let mut cmd = Command::new(exe);
+        // For profiling: SWITCHBOARD_BENCH_WRAP="valgrind --tool=callgrind" runs the server under it.
+        let wrap = std::env::var("SWITCHBOARD_BENCH_WRAP").unwrap_or_default();
+        let mut words = wrap.split_whitespace();
+        let mut cmd = match words.next() {
+            Some(tool) => {
+                let mut cmd = Command::new(tool);
+                cmd.args(words).arg(exe);
+                cmd
+            }
+            None => Command::new(exe),
+        };
         cmd.args(["--serve", kind.arg(), "--server-threads", &threads.to_string()]);
         if !cpus.is_empty() {
             cmd.arg("--cpus")
@@ -248,6 +275,14 @@ impl ServerProc {
 
 impl Drop for ServerProc {
     fn drop(&mut self) {
+        // Closing stdin asks the server to exit, so a profiler wrapping it can write its report.
+        drop(self.child.stdin.take());
+        for _ in 0..100 {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

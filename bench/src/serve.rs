@@ -21,15 +21,20 @@ async fn add(req: AddRequest) -> AddReply {
     }
 }
 
+/// Starts the server on a free loopback port.
+pub async fn start() -> switchboard::Result<switchboard::RunningServer> {
+    Microservice::new()
+        .handler(add)
+        .listen("tcp://127.0.0.1:0")
+        .start()
+        .await
+}
+
 /// Serves until the process exits; prints `port=<n>` on stdout once listening.
 pub fn run(threads: usize) -> anyhow::Result<()> {
     let rt = crate::server_runtime(threads)?;
     rt.block_on(async {
-        let server = Microservice::new()
-            .handler(add)
-            .listen("tcp://127.0.0.1:0")
-            .start()
-            .await?;
+        let server = start().await?;
         let url = server.local_url();
         let port = url
             .rsplit_once(':')

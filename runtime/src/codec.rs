@@ -242,8 +242,17 @@ fn value_end(b: &[u8], at: usize) -> Option<usize> {
 /// End of a JSON string starting at `at` (a `"`); control characters make it invalid.
 fn string_end(b: &[u8], at: usize) -> Option<usize> {
     let mut i = at + 1;
-    while i < b.len() {
-        match b[i] {
+    loop {
+        // Eight bytes at a time, straight to the first one that needs a look.
+        while let Some(word) = b.get(i..i + 8) {
+            let look = needs_look(u64::from_le_bytes(word.try_into().expect("eight bytes")));
+            if look != 0 {
+                i += look.trailing_zeros() as usize / 8;
+                break;
+            }
+            i += 8;
+        }
+        match *b.get(i)? {
             b'"' => return Some(i + 1),
             // Only JSON's escapes: an `id` is echoed back verbatim and must stay valid JSON.
             b'\\' => match b.get(i + 1)? {
@@ -255,7 +264,16 @@ fn string_end(b: &[u8], at: usize) -> Option<usize> {
             _ => i += 1,
         }
     }
-    None
+}
+
+/// The high bit of each byte of `w` that is `"`, `\\` or a control character (below 0x20),
+/// exact up to the first such byte (the bits above it may be spurious).
+fn needs_look(w: u64) -> u64 {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let zero_byte = |v: u64| v.wrapping_sub(ONES) & !v & HIGH;
+    let below_space = w.wrapping_sub(ONES * 0x20) & !w & HIGH;
+    zero_byte(w ^ (ONES * u64::from(b'"'))) | zero_byte(w ^ (ONES * u64::from(b'\\'))) | below_space
 }
 
 /// End of a JSON string, number, `true`, `false` or `null` starting at `at`, checked.
@@ -404,6 +422,30 @@ mod tests {
         let mut out = Vec::new();
         encode_reply(&mut out, id.as_bytes(), what);
         String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn strings_end_at_their_closing_quote_wherever_it_falls() {
+        for pad in 0..20 {
+            let fill = "a".repeat(pad);
+            let ok = [
+                format!(r#""{fill}""#),
+                format!(r#""{fill}\"x""#),
+                format!(r#""{fill}\\""#),
+                format!(r#""{fill}\u00e9é""#),
+            ];
+            for text in ok {
+                let b = format!("{text},").into_bytes();
+                assert_eq!(string_end(&b, 0), Some(text.len()), "{text}");
+            }
+            for bad in [
+                format!("\"{fill}\u{1}\""),
+                format!(r#""{fill}\x""#),
+                format!(r#""{fill}"#),
+            ] {
+                assert_eq!(string_end(bad.as_bytes(), 0), None, "{bad:?}");
+            }
+        }
     }
 
     #[test]

@@ -235,9 +235,31 @@ impl fmt::Debug for Reply {
     }
 }
 
+/// Serialises a reply value. Small replies are written into a reused per-thread buffer and
+/// copied out at their exact size: one allocation instead of a growing `Vec` plus the
+/// shared header `Bytes` adds for a `Vec` with spare capacity.
 pub(crate) fn encode<T: Serialize + ?Sized>(value: &T) -> ReplyItem {
-    match crate::json::to_vec(value) {
-        Ok(v) => ReplyItem::Value(Bytes::from(v)),
+    thread_local! {
+        static SCRATCH: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(Vec::with_capacity(256));
+    }
+    const SMALL: usize = 4096;
+    let written = SCRATCH.with(|scratch| {
+        // A `Serialize` impl that itself encodes a reply gets a fresh buffer.
+        let Ok(mut buf) = scratch.try_borrow_mut() else {
+            return crate::json::to_vec(value).map(Bytes::from);
+        };
+        buf.clear();
+        let result = crate::json::write(&mut buf, value);
+        result.map(|()| {
+            if buf.len() <= SMALL {
+                Bytes::copy_from_slice(&buf)
+            } else {
+                Bytes::from(std::mem::replace(&mut *buf, Vec::with_capacity(256)))
+            }
+        })
+    });
+    match written {
+        Ok(v) => ReplyItem::Value(v),
         Err(e) => {
             tracing::error!(error = %e, "a handler's reply could not be serialised");
             ReplyItem::Error(RpcError::internal())

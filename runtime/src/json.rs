@@ -18,7 +18,6 @@ impl serde_json::ser::Formatter for JsFormatter {
 }
 
 /// Appends `value` as JSON to `out`, JavaScript style.
-#[cfg_attr(not(feature = "tcp"), allow(dead_code))]
 pub(crate) fn write<T: Serialize + ?Sized>(out: &mut Vec<u8>, value: &T) -> serde_json::Result<()> {
     value.serialize(&mut serde_json::Serializer::with_formatter(out, JsFormatter))
 }
