@@ -1,6 +1,12 @@
 #!/usr/bin/env bash
 # Builds the example services and runs the whole system on TCP loopback (nothing to install).
+#   scripts/demo.sh                                  TCP on loopback
+#   scripts/demo.sh --broker nats://127.0.0.1:4222   the same services over a broker
+#     (redis://, nats://, mqtt://, amqp://…?queue=…, kafka://; start brokers with scripts/brokers.sh)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --quiet -p example-users -p example-math -p example-notifications -p example-analytics -p example-gateway -p example-demo
+features=()
+[[ "${1:-}" == --broker ]] && features=(--features switchboard/brokers)
+cargo build --quiet -p example-users -p example-math -p example-notifications -p example-analytics \
+  -p example-gateway -p example-demo "${features[@]}"
 exec target/debug/demo "$@"

@@ -2,6 +2,9 @@
 //! services and the HTTP gateway, each its own process; then makes a few HTTP calls and
 //! shows the calls and events flowing through the services' logs. Exits non-zero if any
 //! answer is wrong, so it doubles as a smoke test.
+//!
+//! `demo --broker nats://127.0.0.1:4222` (or any broker URL) runs the same unchanged services
+//! over that broker instead: every service listens on it, and one emit reaches both listeners.
 
 use std::net::TcpListener;
 use std::process::Stdio;
@@ -109,24 +112,41 @@ fn terminate(child: &Child) {
     }
 }
 
+/// `--broker URL`, if given.
+fn broker_arg() -> anyhow::Result<Option<String>> {
+    let mut args = std::env::args().skip(1);
+    match (args.next().as_deref(), args.next(), args.next()) {
+        (None, ..) => Ok(None),
+        (Some("--broker"), Some(url), None) => Ok(Some(url)),
+        _ => bail!("usage: demo [--broker URL]   (e.g. --broker nats://127.0.0.1:4222)"),
+    }
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let dir = std::env::current_exe()?
         .parent()
         .context("binary directory")?
         .to_path_buf();
+    let broker = broker_arg()?;
     let [users, math, notifications, analytics, http_port] =
         [free_port()?, free_port()?, free_port()?, free_port()?, free_port()?];
-    let url = |port: u16| format!("tcp://127.0.0.1:{port}");
+    let url = |port: u16| broker.clone().unwrap_or_else(|| format!("tcp://127.0.0.1:{port}"));
     let mut children = vec![
         spawn(&dir, "users", &["--listen".into(), url(users)])?,
         spawn(&dir, "math", &["--listen".into(), url(math)])?,
         spawn(&dir, "notifications", &["--listen".into(), url(notifications)])?,
         spawn(&dir, "analytics", &["--listen".into(), url(analytics)])?,
     ];
-    for port in [users, math, notifications, analytics] {
-        wait_for_port(port).await?;
+    if broker.is_none() {
+        for port in [users, math, notifications, analytics] {
+            wait_for_port(port).await?;
+        }
     }
+    let events = match &broker {
+        Some(b) => b.clone(),
+        None => format!("{},{}", url(notifications), url(analytics)),
+    };
     children.push(spawn(
         &dir,
         "gateway",
@@ -138,10 +158,24 @@ async fn main() -> anyhow::Result<()> {
             "--math".into(),
             url(math),
             "--events".into(),
-            format!("{},{}", url(notifications), url(analytics)),
+            events,
         ],
     )?);
     wait_for_port(http_port).await?;
+    if broker.is_some() {
+        // Services announce nothing on a broker: wait until the users service answers.
+        let mut tries = 0;
+        while http(http_port, "GET", "/users/0", None).await.map(|r| r.0).unwrap_or(0) != 200 {
+            tries += 1;
+            ensure!(
+                tries < 100,
+                "the services did not answer through the broker within 20 s"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        // Listeners subscribe at start-up too; give the slowest a moment.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
     println!(
         "{:>13} | all services up; gateway on http://127.0.0.1:{http_port}",
         "demo"
