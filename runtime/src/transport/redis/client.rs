@@ -1,0 +1,339 @@
+//! The Redis client: one publisher connection and one subscriber connection for replies,
+//! both opened on first use and opened again after the broker went away.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::future::{BoxFuture, FutureExt};
+use futures_util::stream::StreamExt;
+use tokio::task::AbortHandle;
+
+use super::{COMMAND_TIMEOUT, Publisher, connect_error, open, pubsub};
+use crate::codec::encode_request;
+use crate::error::{Error, Result};
+use crate::transport::pending::Pending;
+use crate::transport::{ClientOptions, ClientTransport, Endpoint, Outbound, Replies};
+
+/// Reply channels a client keeps subscribed before it drops those no call waits on. NestJS
+/// unsubscribes as soon as a channel's last call ends; keeping them saves two round trips
+/// per call, and a client calls a bounded set of routes.
+const IDLE_REPLY_CHANNELS: usize = 256;
+
+/// The client side of the Redis transport.
+pub struct RedisClient {
+    shared: Arc<Shared>,
+    connect_timeout: Duration,
+    /// The subscriber connection; held while connecting and (un)subscribing.
+    sub: tokio::sync::Mutex<Option<SubConn>>,
+    /// Subscriber connection attempts so far, and the number and error of the last one that
+    /// failed: calls queued behind a failed attempt share its error instead of each waiting
+    /// for their own.
+    sub_attempts: AtomicU64,
+    sub_failed: Mutex<(u64, String)>,
+}
+
+/// What the subscriber's reader task shares with the client.
+struct Shared {
+    client: ::redis::Client,
+    addr: String,
+    pending: Arc<Pending>,
+    publisher: Publisher,
+    /// Reply channels subscribed on the current subscriber connection, with the number of
+    /// calls waiting on each.
+    channels: Mutex<Channels>,
+}
+
+#[derive(Default)]
+struct Channels {
+    /// The subscriber connection these counts belong to; 0 when there is none.
+    generation: u64,
+    refs: HashMap<String, usize>,
+}
+
+struct SubConn {
+    generation: u64,
+    sink: ::redis::aio::PubSubSink,
+    reader: AbortHandle,
+}
+
+impl std::fmt::Debug for RedisClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisClient").field("addr", &self.shared.addr).finish()
+    }
+}
+
+impl RedisClient {
+    /// A client for the broker named by `redis://host:port`; connects on first use (or on
+    /// [`ClientTransport::connect`]).
+    pub(crate) fn new(ep: &Endpoint, opts: &ClientOptions) -> Result<Self> {
+        ep.only_params(&["connect_timeout_ms"])?;
+        let connect_timeout = ep
+            .param_as("connect_timeout_ms")?
+            .map(Duration::from_millis)
+            .unwrap_or(opts.connect_timeout);
+        let (client, addr) = open(ep)?;
+        Ok(RedisClient {
+            shared: Arc::new(Shared {
+                publisher: Publisher::new(client.clone(), addr.clone(), connect_timeout),
+                client,
+                pending: Pending::new(addr.clone()),
+                addr,
+                channels: Mutex::default(),
+            }),
+            connect_timeout,
+            sub: tokio::sync::Mutex::new(None),
+            sub_attempts: AtomicU64::new(0),
+            sub_failed: Mutex::new((0, String::new())),
+        })
+    }
+
+    /// The live subscriber connection, opened if there is none (or the last one broke).
+    /// `seen` is the number of connection attempts made before the caller queued for `slot`.
+    async fn subscriber<'a>(&self, slot: &'a mut Option<SubConn>, seen: u64) -> Result<&'a mut SubConn> {
+        let live = self.shared.channels.lock().expect("channels lock").generation;
+        if slot.as_ref().is_some_and(|c| c.generation != live) {
+            // The reader saw the connection end.
+            *slot = None;
+        }
+        if slot.is_none() {
+            {
+                let failed = self.sub_failed.lock().expect("subscriber lock");
+                if failed.0 > seen {
+                    return Err(connect_error(&self.shared.addr, &failed.1));
+                }
+            }
+            let attempt = self.sub_attempts.fetch_add(1, Ordering::AcqRel) + 1;
+            let ps = match pubsub(&self.shared.client, &self.shared.addr, self.connect_timeout).await {
+                Ok(ps) => ps,
+                Err(e) => {
+                    let reason = match &e {
+                        Error::Connect { reason, .. } => reason.clone(),
+                        other => other.to_string(),
+                    };
+                    *self.sub_failed.lock().expect("subscriber lock") = (attempt, reason);
+                    return Err(e);
+                }
+            };
+            let (sink, mut messages) = ps.split();
+            let generation = {
+                let mut ch = self.shared.channels.lock().expect("channels lock");
+                let generation = next_generation();
+                *ch = Channels {
+                    generation,
+                    refs: HashMap::new(),
+                };
+                generation
+            };
+            let shared = self.shared.clone();
+            let reader = tokio::spawn(async move {
+                while let Some(msg) = messages.next().await {
+                    if msg.get_channel_name().ends_with(".reply") {
+                        shared.pending.deliver(&Bytes::copy_from_slice(msg.get_payload_bytes()));
+                    }
+                }
+                shared.lost(generation);
+            })
+            .abort_handle();
+            tracing::debug!(addr = %self.shared.addr, "redis subscriber connected");
+            *slot = Some(SubConn {
+                generation,
+                sink,
+                reader,
+            });
+        }
+        Ok(slot.as_mut().expect("just set"))
+    }
+
+    /// Makes sure `channel` is subscribed (acknowledged by Redis) and counts one more call
+    /// waiting on it until the returned lease is dropped.
+    async fn lease(&self, channel: &str) -> Result<Lease> {
+        if let Some(lease) = self.shared.take_existing(channel) {
+            return Ok(lease);
+        }
+        let seen = self.sub_attempts.load(Ordering::Acquire);
+        let mut slot = self.sub.lock().await;
+        let conn = self.subscriber(&mut slot, seen).await?;
+        let generation = conn.generation;
+        if let Some(lease) = self.shared.take_existing(channel) {
+            return Ok(lease);
+        }
+        let idle: Vec<String> = {
+            let mut ch = self.shared.channels.lock().expect("channels lock");
+            if ch.refs.len() >= IDLE_REPLY_CHANNELS {
+                let idle: Vec<String> = ch
+                    .refs
+                    .iter()
+                    .filter(|(_, n)| **n == 0)
+                    .map(|(c, _)| c.clone())
+                    .collect();
+                for c in &idle {
+                    ch.refs.remove(c);
+                }
+                idle
+            } else {
+                Vec::new()
+            }
+        };
+        let result = async {
+            if !idle.is_empty() {
+                conn.sink.unsubscribe(&idle).await?;
+            }
+            conn.sink.subscribe(channel).await
+        };
+        match tokio::time::timeout(COMMAND_TIMEOUT, result).await {
+            Ok(Ok(())) => {}
+            failed => {
+                let reason = match failed {
+                    Ok(Err(e)) => e.to_string(),
+                    _ => format!("SUBSCRIBE not acknowledged within {COMMAND_TIMEOUT:?}"),
+                };
+                // Start over with a fresh connection on the next call.
+                conn.reader.abort();
+                *slot = None;
+                self.shared.lost(generation);
+                return Err(connect_error(&self.shared.addr, reason));
+            }
+        }
+        let mut ch = self.shared.channels.lock().expect("channels lock");
+        if ch.generation != generation {
+            return Err(Error::ConnectionClosed {
+                addr: self.shared.addr.clone(),
+            });
+        }
+        *ch.refs.entry(channel.to_owned()).or_default() += 1;
+        Ok(Lease {
+            shared: self.shared.clone(),
+            generation,
+            channel: channel.to_owned(),
+        })
+    }
+
+    async fn request(&self, msg: Outbound) -> Result<Replies> {
+        let (id, rx) = self.shared.pending.register(msg.route.clone())?;
+        let lease = self.lease(&format!("{}.reply", msg.route)).await?;
+        let mut body = Vec::with_capacity(msg.pattern.len() + msg.data.len() + 48);
+        encode_request(&mut body, &msg.pattern, &msg.data, msg.metadata.as_deref(), Some(&id));
+        let receivers = self.shared.publisher.publish(&msg.route, &body).await?;
+        if receivers == 0 {
+            // NestJS would wait for its deadline; nobody is subscribed, so no reply can come.
+            return Err(Error::NoHandler {
+                pattern: msg.route.into_owned(),
+                addr: self.shared.addr.clone(),
+            });
+        }
+        // The lease lives as long as the reply stream.
+        Ok(rx
+            .inspect(move |_| {
+                let _held = &lease;
+            })
+            .boxed())
+    }
+}
+
+static GENERATIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+fn next_generation() -> u64 {
+    GENERATIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
+impl Shared {
+    /// A lease on an already subscribed channel, if it is.
+    fn take_existing(self: &Arc<Self>, channel: &str) -> Option<Lease> {
+        let mut ch = self.channels.lock().expect("channels lock");
+        let generation = ch.generation;
+        let n = ch.refs.get_mut(channel)?;
+        *n += 1;
+        Some(Lease {
+            shared: self.clone(),
+            generation,
+            channel: channel.to_owned(),
+        })
+    }
+
+    /// The subscriber connection `generation` is gone: forget its subscriptions and fail the
+    /// calls in flight, whose replies can no longer arrive.
+    fn lost(&self, generation: u64) {
+        {
+            let mut ch = self.channels.lock().expect("channels lock");
+            if ch.generation != generation {
+                return;
+            }
+            *ch = Channels::default();
+        }
+        // Same broker: the publisher's connection is gone too, though it only finds out
+        // when it next writes. Drop it now, so that the next call does not fail on it.
+        self.publisher.disconnect();
+        tracing::warn!(addr = %self.addr, "lost the redis subscriber connection; calls in flight fail");
+        self.pending.fail_all(|| Error::ConnectionClosed {
+            addr: self.addr.clone(),
+        });
+    }
+}
+
+/// One call waiting on a reply channel.
+struct Lease {
+    shared: Arc<Shared>,
+    generation: u64,
+    channel: String,
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        if let Ok(mut ch) = self.shared.channels.lock()
+            && ch.generation == self.generation
+            && let Some(n) = ch.refs.get_mut(&self.channel)
+        {
+            *n = n.saturating_sub(1);
+        }
+    }
+}
+
+impl ClientTransport for RedisClient {
+    fn connect(&self) -> BoxFuture<'_, Result<()>> {
+        async move {
+            self.shared.publisher.conn().await?;
+            let seen = self.sub_attempts.load(Ordering::Acquire);
+            let mut slot = self.sub.lock().await;
+            self.subscriber(&mut slot, seen).await?;
+            Ok(())
+        }
+        .boxed()
+    }
+
+    fn request(&self, msg: Outbound) -> BoxFuture<'_, Result<Replies>> {
+        RedisClient::request(self, msg).boxed()
+    }
+
+    fn emit(&self, msg: Outbound) -> BoxFuture<'_, Result<()>> {
+        async move {
+            let mut body = Vec::with_capacity(msg.pattern.len() + msg.data.len() + 32);
+            encode_request(&mut body, &msg.pattern, &msg.data, msg.metadata.as_deref(), None);
+            // Like NestJS, an event nobody receives is not an error.
+            self.shared.publisher.publish(&msg.route, &body).await.map(drop)
+        }
+        .boxed()
+    }
+
+    fn close(&self) -> BoxFuture<'_, ()> {
+        async move {
+            self.shared.pending.close(|| Error::Closed);
+            if let Some(conn) = self.sub.lock().await.take() {
+                conn.reader.abort();
+            }
+            self.shared.publisher.disconnect();
+        }
+        .boxed()
+    }
+}
+
+impl Drop for RedisClient {
+    fn drop(&mut self) {
+        // The reader task holds the subscriber connection open; it must not outlive us.
+        if let Some(conn) = self.sub.get_mut().take() {
+            conn.reader.abort();
+        }
+    }
+}

@@ -1,0 +1,188 @@
+//! NestJS's Redis transport (`redis://host:port`): pub/sub, byte-compatible with
+//! `@nestjs/microservices` 10–12 and ioredis (nestjs-wire.md §3).
+//!
+//! - Requests and events are published on the channel named by the normalised route
+//!   (`{"cmd":"sum"}` is a literal channel name); replies on `<route>.reply`. The server
+//!   subscribes to every route it serves; the client subscribes to a reply channel, waits
+//!   for the acknowledgement, and only then publishes the request. Unlike NestJS it stays
+//!   subscribed after the call (up to 256 reply channels), saving two round trips per call.
+//! - Unlike NestJS, a request that no server receives (PUBLISH reports 0 receivers) fails
+//!   at once with [`Error::NoHandler`] instead of waiting for its deadline.
+//! - Pub/sub fans out: with several server replicas *every* replica handles every request
+//!   and every event (NestJS behaves the same), unless they share a `group` (below). The
+//!   client completes on the first final reply and ignores the others.
+//! - Delivery is at most once: nothing is stored, so a message published while no server is
+//!   subscribed (or while a server reconnects) is lost, and a server that dies mid-request
+//!   leaves its caller to fail at the deadline. A server whose backlog outgrows Redis's
+//!   `client-output-buffer-limit pubsub` is disconnected by Redis, and reconnects.
+//! - NestJS's `wildcards: true` (PSUBSCRIBE) server mode is not offered: its replies go to
+//!   `<subscription pattern>.reply`, which only a client sending to the literal pattern hears.
+//! - A message that is not a NestJS packet (not JSON, or JSON without `pattern`/`data`)
+//!   reaches the channel's event listeners as its data, as NestJS delivers it.
+//!
+//! URL: `redis://[user:password@]host:port`, query parameters:
+//! - both ends: `connect_timeout_ms` (default 5000 on the server, the client's connect
+//!   timeout on the client);
+//! - server: `max_in_flight` (requests and events being handled at once, default 1024;
+//!   when full the server stops reading until one finishes); `group` (opt-in load
+//!   balancing, not in NestJS: the replicas started with the same `group=name` still all
+//!   receive each request, but only the one that claims it first, with `SET … NX` on a key
+//!   naming the group, channel, request id and a digest of the packet, handles it; one extra
+//!   Redis round trip per request; events still reach every replica).
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use ::redis::aio::MultiplexedConnection;
+use ::redis::{AsyncConnectionConfig, RedisError};
+
+use super::Endpoint;
+use crate::error::{Error, Result};
+
+mod client;
+mod server;
+
+pub use client::RedisClient;
+pub use server::RedisListener;
+
+/// Default time allowed to open a connection to Redis.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default cap on messages being handled at once by one server.
+pub const DEFAULT_MAX_IN_FLIGHT: usize = 1024;
+/// How long one Redis command (PUBLISH, SUBSCRIBE) may take before the call fails; generous,
+/// because a 1 MiB publish on a loaded machine is not instant.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The Redis client for `ep`, and the address used in errors (`redis://host:port`, without
+/// credentials or parameters).
+fn open(ep: &Endpoint) -> Result<(::redis::Client, String)> {
+    let client = ::redis::Client::open(format!("redis://{}", ep.authority)).map_err(|e| Error::InvalidUrl {
+        url: ep.as_str().to_owned(),
+        reason: e.to_string(),
+    })?;
+    let host = ep.authority.rsplit_once('@').map_or(ep.authority.as_str(), |(_, h)| h);
+    Ok((client, format!("redis://{host}")))
+}
+
+fn connect_error(addr: &str, e: impl std::fmt::Display) -> Error {
+    Error::Connect {
+        addr: addr.to_owned(),
+        reason: e.to_string(),
+    }
+}
+
+/// True when the connection an error came from is no longer usable.
+fn is_fatal(e: &RedisError) -> bool {
+    e.is_io_error() || e.is_connection_dropped() || e.is_unrecoverable_error() || e.is_timeout()
+}
+
+/// The publishing connection of either end: one multiplexed connection, opened on first use
+/// and opened again on the next use after it broke.
+struct Publisher {
+    client: ::redis::Client,
+    addr: String,
+    connect_timeout: Duration,
+    /// The live connection and its generation (so that a failure only drops the connection
+    /// it happened on).
+    conn: Mutex<Option<(u64, MultiplexedConnection)>>,
+    /// Serialises connection attempts; holds the number of the last attempt and its error.
+    connecting: tokio::sync::Mutex<(u64, Option<String>)>,
+    generation: AtomicU64,
+}
+
+impl Publisher {
+    fn new(client: ::redis::Client, addr: String, connect_timeout: Duration) -> Self {
+        Publisher {
+            client,
+            addr,
+            connect_timeout,
+            conn: Mutex::new(None),
+            connecting: tokio::sync::Mutex::new((0, None)),
+            generation: AtomicU64::new(0),
+        }
+    }
+
+    async fn conn(&self) -> Result<(u64, MultiplexedConnection)> {
+        if let Some(c) = self.conn.lock().expect("publisher lock").clone() {
+            return Ok(c);
+        }
+        let seen = self.generation.load(Ordering::Acquire);
+        let mut attempt = self.connecting.lock().await;
+        if let Some(c) = self.conn.lock().expect("publisher lock").clone() {
+            return Ok(c);
+        }
+        // Calls that queued behind a failed attempt share its result instead of each trying
+        // (and each waiting for) a broker that is down.
+        if let (n, Some(err)) = &*attempt
+            && *n > seen
+        {
+            return Err(connect_error(&self.addr, err));
+        }
+        let n = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(self.connect_timeout))
+            .set_response_timeout(Some(COMMAND_TIMEOUT));
+        match self.client.get_multiplexed_async_connection_with_config(&config).await {
+            Ok(c) => {
+                *attempt = (n, None);
+                *self.conn.lock().expect("publisher lock") = Some((n, c.clone()));
+                tracing::debug!(addr = %self.addr, "redis publisher connected");
+                Ok((n, c))
+            }
+            Err(e) => {
+                *attempt = (n, Some(e.to_string()));
+                Err(connect_error(&self.addr, e))
+            }
+        }
+    }
+
+    /// Publishes `body` on `channel`; returns how many subscribers received it.
+    async fn publish(&self, channel: &str, body: &[u8]) -> Result<usize> {
+        self.query("PUBLISH", ::redis::cmd("PUBLISH").arg(channel).arg(body))
+            .await
+    }
+
+    /// Sets `key` unless it exists (expiring after `ttl`); true when this call set it.
+    async fn claim(&self, key: &str, ttl: Duration) -> Result<bool> {
+        let cmd = ::redis::cmd("SET")
+            .arg(key)
+            .arg(1)
+            .arg("NX")
+            .arg("PX")
+            .arg(ttl.as_millis() as u64)
+            .to_owned();
+        Ok(self.query::<Option<String>>("SET", &cmd).await?.is_some())
+    }
+
+    async fn query<T: ::redis::FromRedisValue>(&self, what: &str, cmd: &::redis::Cmd) -> Result<T> {
+        let (generation, mut conn) = self.conn().await?;
+        cmd.query_async::<T>(&mut conn).await.map_err(|e| {
+            if is_fatal(&e) {
+                let mut slot = self.conn.lock().expect("publisher lock");
+                if slot.as_ref().is_some_and(|(g, _)| *g == generation) {
+                    *slot = None;
+                }
+                tracing::warn!(addr = %self.addr, error = %e, "redis publisher connection lost");
+                Error::ConnectionClosed {
+                    addr: self.addr.clone(),
+                }
+            } else {
+                Error::Protocol(format!("{what} on {} failed: {e}", self.addr))
+            }
+        })
+    }
+
+    fn disconnect(&self) {
+        self.conn.lock().expect("publisher lock").take();
+    }
+}
+
+/// Opens a subscriber connection within `timeout`.
+async fn pubsub(client: &::redis::Client, addr: &str, timeout: Duration) -> Result<::redis::aio::PubSub> {
+    match tokio::time::timeout(timeout, client.get_async_pubsub()).await {
+        Ok(Ok(ps)) => Ok(ps),
+        Ok(Err(e)) => Err(connect_error(addr, e)),
+        Err(_) => Err(connect_error(addr, format!("no answer within {timeout:?}"))),
+    }
+}

@@ -1,0 +1,1075 @@
+#![cfg(feature = "redis")]
+//! The Redis transport against real Redis: NestJS's exact bytes on the channels, the
+//! client and server behaviours around them (no-handler, fan-out, external messages,
+//! restarts, shutdown), and interop with NestJS 11 and 12.
+//!
+//! Tests other than the shared suite run against a private `redis-server` started for the
+//! test on a free port, so that their subscriptions and restarts never meet the suite's
+//! server (pub/sub channels are global to a Redis instance).
+
+mod common;
+
+switchboard_conformance! {
+    url: "redis://127.0.0.1:6379",
+    broker: "Redis on 127.0.0.1:6379",
+    fix: "run scripts/brokers.sh",
+    restart: restart_system_redis,
+}
+
+/// Stops the machine's Redis on 6379 and starts it again (environment.md's command), then
+/// waits until it answers.
+async fn restart_system_redis() {
+    let down = Command::new("redis-cli")
+        .args(["-p", "6379", "shutdown", "nosave"])
+        .output()
+        .await
+        .expect("redis-cli runs");
+    eprintln!("redis-cli shutdown: {}", String::from_utf8_lossy(&down.stdout).trim());
+    let until = Instant::now() + Duration::from_secs(20);
+    loop {
+        // The port may still be held for a moment after the shutdown returns.
+        let _ = Command::new("redis-server")
+            .args(["--daemonize", "yes", "--bind", "127.0.0.1", "-::1", "--port", "6379"])
+            .args(["--save", "", "--appendonly", "no", "--dir", "/var/lib/redis"])
+            .args(["--logfile", "/var/log/redis/ci.log"])
+            .status()
+            .await;
+        if wait_ready(6379, Duration::from_secs(2)).await {
+            return;
+        }
+        assert!(Instant::now() < until, "Redis on 6379 did not come back");
+    }
+}
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::{Value, json};
+use switchboard::prelude::*;
+use switchboard::{Client, Error, Microservice, RunningServer};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+use tokio::process::{Child, Command};
+
+// ---------------------------------------------------------------------------------------
+// A private redis-server, and a bare RESP connection to look at the bytes.
+
+/// A `redis-server` of our own on a free port; killed when dropped.
+struct PrivateRedis {
+    child: Option<Child>,
+    port: u16,
+}
+
+impl PrivateRedis {
+    /// Starts one, or reports it missing (fails under CI) and returns `None`.
+    async fn start() -> Option<PrivateRedis> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut r = PrivateRedis { child: None, port };
+        if r.spawn().await {
+            Some(r)
+        } else {
+            missing("redis-server (to start a private Redis)", "run scripts/brokers.sh");
+            None
+        }
+    }
+
+    async fn spawn(&mut self) -> bool {
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", ""])
+            .args(["--appendonly", "no", "--loglevel", "warning"])
+            .stdout(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn();
+        let Ok(child) = child else { return false };
+        self.child = Some(child);
+        wait_ready(self.port, Duration::from_secs(10)).await
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    async fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill().await;
+        }
+    }
+
+    async fn restart(&mut self) {
+        self.stop().await;
+        assert!(self.spawn().await, "private redis-server came back");
+    }
+
+    async fn raw(&self) -> Resp {
+        Resp::connect(self.port).await
+    }
+}
+
+/// Waits until Redis on `port` answers PING.
+async fn wait_ready(port: u16, within: Duration) -> bool {
+    let until = Instant::now() + within;
+    while Instant::now() < until {
+        if let Ok(conn) = TcpStream::connect(("127.0.0.1", port)).await {
+            let mut r = Resp::from_stream(conn);
+            r.send(&["PING"]).await;
+            if let Ok(Ok(v)) = tokio::time::timeout(Duration::from_secs(1), r.read()).await
+                && v == R::Simple("PONG".into())
+            {
+                return true;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
+
+/// A RESP2 value.
+#[derive(Debug, Clone, PartialEq)]
+enum R {
+    Simple(String),
+    Error(String),
+    Int(i64),
+    Bulk(Option<Vec<u8>>),
+    Array(Vec<R>),
+}
+
+impl R {
+    fn text(&self) -> String {
+        match self {
+            R::Bulk(Some(b)) => String::from_utf8_lossy(b).into_owned(),
+            other => panic!("not a bulk string: {other:?}"),
+        }
+    }
+}
+
+/// A hand-written RESP2 connection: what goes on the wire is exactly what we write.
+struct Resp {
+    rd: BufReader<tokio::net::tcp::OwnedReadHalf>,
+    wr: tokio::net::tcp::OwnedWriteHalf,
+}
+
+impl Resp {
+    async fn connect(port: u16) -> Resp {
+        Resp::from_stream(TcpStream::connect(("127.0.0.1", port)).await.unwrap())
+    }
+
+    fn from_stream(s: TcpStream) -> Resp {
+        let (r, w) = s.into_split();
+        Resp {
+            rd: BufReader::new(r),
+            wr: w,
+        }
+    }
+
+    async fn send_bytes(&mut self, args: &[&[u8]]) {
+        let mut out = format!("*{}\r\n", args.len()).into_bytes();
+        for a in args {
+            out.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
+            out.extend_from_slice(a);
+            out.extend_from_slice(b"\r\n");
+        }
+        self.wr.write_all(&out).await.unwrap();
+    }
+
+    async fn send(&mut self, args: &[&str]) {
+        let args: Vec<&[u8]> = args.iter().map(|a| a.as_bytes()).collect();
+        self.send_bytes(&args).await;
+    }
+
+    fn read(&mut self) -> futures_util::future::BoxFuture<'_, std::io::Result<R>> {
+        Box::pin(async move {
+            let mut line = String::new();
+            if self.rd.read_line(&mut line).await? == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+            let line = line.trim_end_matches("\r\n");
+            let (kind, rest) = line.split_at(1);
+            Ok(match kind {
+                "+" => R::Simple(rest.into()),
+                "-" => R::Error(rest.into()),
+                ":" => R::Int(rest.parse().unwrap()),
+                "$" => {
+                    let n: i64 = rest.parse().unwrap();
+                    if n < 0 {
+                        R::Bulk(None)
+                    } else {
+                        let mut buf = vec![0; n as usize + 2];
+                        self.rd.read_exact(&mut buf).await?;
+                        buf.truncate(n as usize);
+                        R::Bulk(Some(buf))
+                    }
+                }
+                "*" => {
+                    let n: usize = rest.parse().unwrap();
+                    let mut items = Vec::with_capacity(n);
+                    for _ in 0..n {
+                        items.push(self.read().await?);
+                    }
+                    R::Array(items)
+                }
+                other => panic!("unexpected RESP type {other:?}"),
+            })
+        })
+    }
+
+    async fn cmd(&mut self, args: &[&str]) -> R {
+        self.send(args).await;
+        self.read().await.unwrap()
+    }
+
+    /// SUBSCRIBE and wait for the acknowledgement.
+    async fn subscribe(&mut self, channel: &str) {
+        let ack = self.cmd(&["SUBSCRIBE", channel]).await;
+        assert!(matches!(&ack, R::Array(a) if a[0].text() == "subscribe"), "{ack:?}");
+    }
+
+    /// The next pub/sub message: (channel, payload).
+    async fn message(&mut self, within: Duration) -> (String, String) {
+        let v = tokio::time::timeout(within, self.read())
+            .await
+            .expect("a message arrives in time")
+            .unwrap();
+        match v {
+            R::Array(a) if a.len() == 3 && a[0].text() == "message" => (a[1].text(), a[2].text()),
+            other => panic!("not a message: {other:?}"),
+        }
+    }
+
+    async fn publish(&mut self, channel: &str, body: &str) -> i64 {
+        match self.cmd(&["PUBLISH", channel, body]).await {
+            R::Int(n) => n,
+            other => panic!("PUBLISH answered {other:?}"),
+        }
+    }
+}
+
+async fn serve(url: &str, ms: Microservice) -> RunningServer {
+    ms.listen(url).start().await.expect("server starts")
+}
+
+async fn client(url: &str) -> Client {
+    Client::builder(url)
+        .timeout(Duration::from_secs(10))
+        .connect()
+        .await
+        .expect("client connects")
+}
+
+// ---------------------------------------------------------------------------------------
+// Handlers of this binary's own tests (unique patterns, so the shared server's handlers
+// are not disturbed).
+
+/// Events seen by `redis_raw_evt`, for the external-message test.
+static RAW_SEEN: Mutex<Vec<Value>> = Mutex::new(Vec::new());
+
+#[event_pattern("redis_raw_evt")]
+async fn redis_raw_evt(data: Value) {
+    RAW_SEEN.lock().unwrap().push(data);
+}
+
+/// How often `redis_fanout` ran, over all servers in this process.
+static FANOUT_CALLS: AtomicUsize = AtomicUsize::new(0);
+
+#[message_pattern("redis_fanout")]
+async fn redis_fanout(n: u64) -> u64 {
+    FANOUT_CALLS.fetch_add(1, Ordering::SeqCst);
+    n
+}
+
+static FANOUT_EVENTS: AtomicUsize = AtomicUsize::new(0);
+
+#[event_pattern("redis_fanout_evt")]
+async fn redis_fanout_evt(_n: u64) {
+    FANOUT_EVENTS.fetch_add(1, Ordering::SeqCst);
+}
+
+// ---------------------------------------------------------------------------------------
+// Our server, seen from the wire.
+
+#[tokio::test]
+async fn our_server_answers_nestjs_packets_with_nestjs_bytes() {
+    let Some(redis) = PrivateRedis::start().await else {
+        return;
+    };
+    let s = serve(&redis.url(), Microservice::from_registry()).await;
+    let mut sub = redis.raw().await;
+    let mut publ = redis.raw().await;
+
+    sub.subscribe(r#"{"cmd":"sum"}.reply"#).await;
+    let n = publ
+        .publish(
+            r#"{"cmd":"sum"}"#,
+            r#"{"pattern":{"cmd":"sum"},"data":[1,2,3],"id":"416713620c9dc6ce61ad4"}"#,
+        )
+        .await;
+    assert_eq!(n, 1, "the server is subscribed to the route's literal channel");
+    assert_eq!(
+        sub.message(Duration::from_secs(5)).await,
+        (
+            r#"{"cmd":"sum"}.reply"#.to_string(),
+            r#"{"response":6,"isDisposed":true,"id":"416713620c9dc6ce61ad4"}"#.to_string()
+        )
+    );
+
+    // A multi-value reply: one PUBLISH per value, completion merged into the last.
+    sub.subscribe("stream.reply").await;
+    publ.publish("stream", r#"{"pattern":"stream","data":{},"id":"s1"}"#)
+        .await;
+    let mut got = Vec::new();
+    for _ in 0..3 {
+        got.push(sub.message(Duration::from_secs(5)).await.1);
+    }
+    assert_eq!(
+        got,
+        [
+            r#"{"response":1,"id":"s1"}"#,
+            r#"{"response":2,"id":"s1"}"#,
+            r#"{"response":3,"isDisposed":true,"id":"s1"}"#
+        ]
+    );
+
+    // Errors, and ids of any JSON type echoed back verbatim.
+    sub.subscribe("rpc_string.reply").await;
+    publ.publish("rpc_string", r#"{"pattern":"rpc_string","data":{},"id":7}"#)
+        .await;
+    assert_eq!(
+        sub.message(Duration::from_secs(5)).await.1,
+        r#"{"err":{"status":"error","message":"bad thing"},"isDisposed":true,"id":7}"#
+    );
+    sub.subscribe("void_ret.reply").await;
+    publ.publish("void_ret", r#"{"pattern":"void_ret","data":null,"id":"v"}"#)
+        .await;
+    assert_eq!(
+        sub.message(Duration::from_secs(5)).await.1,
+        r#"{"isDisposed":true,"id":"v"}"#
+    );
+
+    // The handler is chosen by the channel, as NestJS does, whatever the packet's pattern.
+    sub.subscribe("echo.reply").await;
+    publ.publish("echo", r#"{"pattern":"something else","data":"via channel","id":"c"}"#)
+        .await;
+    assert_eq!(
+        sub.message(Duration::from_secs(5)).await.1,
+        r#"{"response":"via channel","isDisposed":true,"id":"c"}"#
+    );
+
+    // v12's metadata reaches the handler's context.
+    sub.subscribe("meta.reply").await;
+    publ.publish(
+        "meta",
+        r#"{"pattern":"meta","data":{},"metadata":{"traceparent":"00-abc-def-01"},"id":"m"}"#,
+    )
+    .await;
+    assert_eq!(
+        sub.message(Duration::from_secs(5)).await.1,
+        r#"{"response":{"traceparent":"00-abc-def-01"},"isDisposed":true,"id":"m"}"#
+    );
+    s.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn non_nestjs_messages_reach_event_listeners_and_garbage_breaks_nothing() {
+    let Some(redis) = PrivateRedis::start().await else {
+        return;
+    };
+    let s = serve(
+        &redis.url(),
+        Microservice::new().handler(redis_raw_evt).handler(redis_fanout),
+    )
+    .await;
+    let mut publ = redis.raw().await;
+    // NestJS's external-message fallback: not JSON -> the text; JSON that is not a packet
+    // -> the value itself; both as events on the channel's pattern.
+    publ.publish("redis_raw_evt", "plain text, not JSON").await;
+    publ.publish("redis_raw_evt", r#"{"hello":"from a non-Nest producer"}"#)
+        .await;
+    publ.publish("redis_raw_evt", "[1,2,3]").await;
+    publ.publish("redis_raw_evt", r#"{"pattern":"redis_raw_evt","data":{"nest":true}}"#)
+        .await;
+    // Broken input: invalid UTF-8, truncated JSON, a packet with a broken id, a big message.
+    publ.send_bytes(&[b"PUBLISH", b"redis_fanout", b"\xff\xfe{\"pattern\""])
+        .await;
+    publ.read().await.unwrap();
+    publ.publish("redis_fanout", r#"{"pattern":"redis_fanout","data":1,"id":"#)
+        .await;
+    publ.publish("redis_fanout", &format!(r#"{{"junk":"{}"}}"#, "x".repeat(4 << 20)))
+        .await;
+    let until = Instant::now() + Duration::from_secs(5);
+    while RAW_SEEN.lock().unwrap().len() < 4 && Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let seen = RAW_SEEN.lock().unwrap().clone();
+    assert_eq!(
+        seen,
+        [
+            json!("plain text, not JSON"),
+            json!({"hello": "from a non-Nest producer"}),
+            json!([1, 2, 3]),
+            json!({"nest": true}),
+        ]
+    );
+    // The server still answers.
+    let c = client(&redis.url()).await;
+    assert_eq!(c.send_raw::<u64>("redis_fanout", 5).await.unwrap(), 5);
+    s.shutdown().await.unwrap();
+}
+
+// ---------------------------------------------------------------------------------------
+// Our client, seen from the wire (a hand-written peer plays the NestJS server).
+
+#[tokio::test]
+async fn our_client_sends_nestjs_bytes_after_subscribing_to_the_reply_channel() {
+    let Some(redis) = PrivateRedis::start().await else {
+        return;
+    };
+    let mut fake = redis.raw().await;
+    fake.subscribe(r#"{"cmd":"sum"}"#).await;
+    fake.subscribe("evt_wire").await;
+    let mut publ = redis.raw().await;
+    let c = client(&redis.url()).await;
+
+    let call = tokio::spawn({
+        let c = c.clone();
+        async move {
+            use futures_util::StreamExt;
+            let replies = c
+                .send_raw::<Vec<u32>>(json!({"cmd": "sum"}), [1, 2, 3])
+                .stream()
+                .await?;
+            Ok::<_, Error>(replies.collect::<Vec<_>>().await)
+        }
+    });
+    let (channel, body) = fake.message(Duration::from_secs(5)).await;
+    assert_eq!(channel, r#"{"cmd":"sum"}"#);
+    let v: Value = serde_json::from_str(&body).unwrap();
+    let id = v["id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        body,
+        format!(r#"{{"pattern":{{"cmd":"sum"}},"data":[1,2,3],"id":"{id}"}}"#)
+    );
+    assert!(
+        id.len() == 21 && id.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()),
+        "NestJS-style id: {id}"
+    );
+    // The reply channel was subscribed before the request was published.
+    let numsub = publ.cmd(&["PUBSUB", "NUMSUB", r#"{"cmd":"sum"}.reply"#]).await;
+    assert_eq!(
+        numsub,
+        R::Array(vec![R::Bulk(Some(br#"{"cmd":"sum"}.reply"#.to_vec())), R::Int(1)])
+    );
+
+    // Reply as NestJS does: intermediate values, then completion; foreign ids are ignored.
+    let reply = r#"{"cmd":"sum"}.reply"#;
+    publ.publish(reply, r#"{"response":[9],"id":"000000000000000000000"}"#)
+        .await;
+    publ.publish(reply, &format!(r#"{{"response":[1],"id":"{id}"}}"#)).await;
+    publ.publish(reply, &format!(r#"{{"response":[2],"isDisposed":true,"id":"{id}"}}"#))
+        .await;
+    publ.publish(reply, &format!(r#"{{"response":[3],"isDisposed":true,"id":"{id}"}}"#))
+        .await;
+    let got: Vec<Vec<u32>> = call.await.unwrap().unwrap().into_iter().map(Result::unwrap).collect();
+    assert_eq!(got, [vec![1], vec![2]], "completes on the first final packet");
+
+    // An event: no id, on the route's channel.
+    c.emit_raw("evt_wire", json!({"hello": "world"})).await.unwrap();
+    assert_eq!(
+        fake.message(Duration::from_secs(5)).await,
+        (
+            "evt_wire".to_string(),
+            r#"{"pattern":"evt_wire","data":{"hello":"world"}}"#.to_string()
+        )
+    );
+    // Headers travel as v12's `metadata`.
+    c.emit_raw("evt_wire", 1)
+        .header("traceparent", "00-abc-def-01")
+        .await
+        .unwrap();
+    assert_eq!(
+        fake.message(Duration::from_secs(5)).await.1,
+        r#"{"pattern":"evt_wire","data":1,"metadata":{"traceparent":"00-abc-def-01"}}"#
+    );
+}
+
+#[tokio::test]
+async fn a_request_nobody_is_subscribed_to_fails_at_once_naming_the_pattern() {
+    let Some(redis) = PrivateRedis::start().await else {
+        return;
+    };
+    let c = Client::builder(&redis.url())
+        .timeout(Duration::from_secs(30))
+        .connect()
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let err = c.send_raw::<Value>(json!({"cmd": "nobody_here"}), 1).await.unwrap_err();
+    match &err {
+        Error::NoHandler { pattern, addr } => {
+            assert_eq!(pattern, r#"{"cmd":"nobody_here"}"#);
+            assert_eq!(addr, &redis.url());
+        }
+        other => panic!("expected NoHandler, got {other}"),
+    }
+    assert!(started.elapsed() < Duration::from_secs(5), "not at the 30 s deadline");
+    // An event nobody listens to is not an error (as in NestJS).
+    c.emit_raw("nobody_here", 1).await.unwrap();
+}
+
+// ---------------------------------------------------------------------------------------
+// Fan-out, restarts, shutdown, configuration.
+
+#[tokio::test]
+async fn every_replica_receives_each_message_and_the_caller_gets_one_reply() {
+    let Some(redis) = PrivateRedis::start().await else {
+        return;
+    };
+    let one = serve(
+        &redis.url(),
+        Microservice::new().handler(redis_fanout).handler(redis_fanout_evt),
+    )
+    .await;
+    let two = serve(
+        &redis.url(),
+        Microservice::new().handler(redis_fanout).handler(redis_fanout_evt),
+    )
+    .await;
+    let c = client(&redis.url()).await;
+    let mut replies = Box::pin(c.send_raw::<u64>("redis_fanout", 7).stream().await.unwrap());
+    use futures_util::StreamExt;
+    assert_eq!(replies.next().await.unwrap().unwrap(), 7);
+    assert!(
+        replies.next().await.is_none(),
+        "one reply, though both replicas answered"
+    );
+    c.emit_raw("redis_fanout_evt", 1).await.unwrap();
+    let until = Instant::now() + Duration::from_secs(5);
+    while (FANOUT_CALLS.load(Ordering::SeqCst) < 2 || FANOUT_EVENTS.load(Ordering::SeqCst) < 2)
+        && Instant::now() < until
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Redis pub/sub has no competing consumers: both replicas handled both messages.
+    assert_eq!(FANOUT_CALLS.load(Ordering::SeqCst), 2);
+    assert_eq!(FANOUT_EVENTS.load(Ordering::SeqCst), 2);
+    one.shutdown().await.unwrap();
+    two.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn broker_restart_fails_calls_in_flight_and_both_ends_recover() {
+    let Some(mut redis) = PrivateRedis::start().await else {
+        return;
+    };
+    let s = serve(&redis.url(), Microservice::from_registry()).await;
+    let c = client(&redis.url()).await;
+    assert_eq!(c.send(echo, json!("before")).await.unwrap(), json!("before"));
+
+    let in_flight = tokio::spawn({
+        let c = c.clone();
+        async move { c.send(delay, 5_000).await }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = Instant::now();
+    redis.stop().await;
+    let err = in_flight.await.unwrap().unwrap_err();
+    assert!(matches!(err, Error::ConnectionClosed { .. }), "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "failed at once, not at the deadline"
+    );
+
+    // While Redis is down, calls fail with a connection error, quickly.
+    let started = Instant::now();
+    let err = c.send(echo, json!(1)).await.unwrap_err();
+    assert!(
+        matches!(err, Error::Connect { .. } | Error::ConnectionClosed { .. }),
+        "{err}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(3));
+    let calls = (0..100).map(|i| {
+        let c = c.clone();
+        async move { c.send(echo, json!(i)).await }
+    });
+    for r in futures_util::future::join_all(calls).await {
+        let err = r.unwrap_err();
+        assert!(
+            matches!(err, Error::Connect { .. } | Error::ConnectionClosed { .. }),
+            "{err}"
+        );
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "concurrent calls fail fast too"
+    );
+
+    // Back up: the server subscribes again (after its backoff) and the same client works.
+    redis.restart().await;
+    let mut last = None;
+    let until = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < until {
+        match c.send(echo, json!("after")).await {
+            Ok(v) => {
+                last = Some(v);
+                break;
+            }
+            Err(e) => {
+                assert!(
+                    matches!(
+                        e,
+                        Error::NoHandler { .. } | Error::Connect { .. } | Error::ConnectionClosed { .. }
+                    ),
+                    "{e}"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+    assert_eq!(last, Some(json!("after")));
+    assert_eq!(c.send(sum, vec![1.0, 2.0]).await.unwrap(), 3.0);
+    s.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn shutdown_lets_requests_in_flight_finish_then_stops_consuming() {
+    let Some(redis) = PrivateRedis::start().await else {
+        return;
+    };
+    let s = serve(&redis.url(), Microservice::from_registry()).await;
+    let c = client(&redis.url()).await;
+    let in_flight = tokio::spawn({
+        let c = c.clone();
+        async move { c.send(delay, 300).await }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    s.shutdown().await.unwrap();
+    assert_eq!(in_flight.await.unwrap().unwrap(), 300, "the reply was published");
+    let err = c.send(echo, json!(1)).await.unwrap_err();
+    assert!(matches!(err, Error::NoHandler { .. }), "unsubscribed: {err}");
+}
+
+#[tokio::test]
+async fn urls_are_checked_and_an_unreachable_broker_is_a_clear_error() {
+    let err = Client::connect("redis://127.0.0.1:6379?pool=3").await.unwrap_err();
+    assert!(err.to_string().contains("unknown query parameter `pool`"), "{err}");
+    let err = Microservice::from_registry()
+        .listen("redis://127.0.0.1:6379?queue=x")
+        .start()
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("unknown query parameter `queue`"), "{err}");
+    let err = Client::connect("redis://127.0.0.1:6379?connect_timeout_ms=soon")
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("connect_timeout_ms"), "{err}");
+
+    // Nothing listens on this port.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("redis://127.0.0.1:{port}");
+    let err = Client::connect(&url).await.unwrap_err();
+    assert!(matches!(err, Error::Connect { .. }), "{err}");
+    let c = Client::builder(&url).build().unwrap();
+    let err = c.send(echo, json!(1)).await.unwrap_err();
+    assert!(matches!(err, Error::Connect { .. }), "{err}");
+    let err = Microservice::from_registry().listen(&url).start().await.unwrap_err();
+    assert!(matches!(err, Error::Connect { .. }), "{err}");
+}
+
+// ---------------------------------------------------------------------------------------
+// Interop with NestJS 11 and 12 (tests/nestjs, installed by scripts/setup-nestjs.sh).
+
+fn peer_dir() -> std::path::PathBuf {
+    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("nestjs")
+}
+
+/// True when NestJS `version` is installed; otherwise fails under CI or skips loudly.
+fn nest_installed(version: u8) -> bool {
+    let ok = peer_dir()
+        .join(format!("v{version}/node_modules/ioredis/package.json"))
+        .exists()
+        && std::process::Command::new("node")
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success());
+    if !ok {
+        missing(
+            &format!("NestJS {version} with ioredis (tests/nestjs/v{version}) or node"),
+            "run scripts/setup-nestjs.sh",
+        );
+    }
+    ok
+}
+
+/// Runs the NestJS client on `url` with a script of operations; returns one result each.
+async fn nest_client(version: u8, url: &str, ops: &[Value]) -> Vec<Value> {
+    let mut child = Command::new("node")
+        .arg(peer_dir().join("client.mjs"))
+        .args(["--nest", &version.to_string(), "--url", url])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("node runs");
+    let mut stdin = child.stdin.take().unwrap();
+    stdin
+        .write_all(Value::from(ops.to_vec()).to_string().as_bytes())
+        .await
+        .unwrap();
+    drop(stdin);
+    let out = tokio::time::timeout(Duration::from_secs(90), child.wait_with_output())
+        .await
+        .expect("NestJS client finishes")
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "NestJS client failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let results: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "NestJS client printed no JSON ({e}): {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    });
+    assert_eq!(results.len(), ops.len());
+    results
+}
+
+fn send(pattern: Value, data: Value) -> Value {
+    json!({"op": "send", "pattern": pattern, "data": data, "timeout_ms": 10000})
+}
+
+async fn nest_client_calls_our_server(version: u8) {
+    if !nest_installed(version) {
+        return;
+    }
+    let Some(redis) = PrivateRedis::start().await else {
+        return;
+    };
+    let server = serve(&redis.url(), Microservice::from_registry()).await;
+    let marker = format!("nest{version}-to-us");
+    let mut ops = vec![
+        send(json!({"cmd": "sum"}), json!([1, 2, 3])),
+        send(json!("echo"), json!({"x": "é😀 ünïcødé"})),
+        send(json!({"cmd": "get_user"}), json!("42")),
+        send(
+            json!({"nested": {"a": "x", "b": 1}, "v": 2, "role": "user", "cmd": "get"}),
+            json!({}),
+        ),
+        send(json!("stream"), json!({})),
+        send(json!("slow_stream"), json!({})),
+        send(json!("empty_stream"), json!({})),
+        send(json!("rpc_string"), json!({})),
+        send(json!("rpc_object"), json!({})),
+        send(json!("panics"), json!(1)),
+        // Nobody subscribes to `nope`: a NestJS client on Redis waits until its timeout.
+        json!({"op": "send", "pattern": "nope", "data": {}, "timeout_ms": 1000}),
+        send(json!("void_ret"), json!({})),
+        send(json!("null_ret"), json!({})),
+        send(json!("len"), json!("x".repeat(1 << 20))),
+        json!({"op": "emit", "pattern": "evt", "data": {"marker": marker}}),
+        json!({"op": "emit", "pattern": {"evt": 1}, "data": {"ignored": true}}),
+        json!({"op": "sleep", "ms": 200}),
+        send(json!("events_seen"), json!({})),
+        json!({"op": "send_many", "pattern": "echo", "data_list": (0..200).collect::<Vec<_>>(), "timeout_ms": 20000}),
+        send(json!({"cmd": "sum"}), json!("not numbers")),
+    ];
+    if version >= 12 {
+        ops.push(json!({"op": "set_metadata", "metadata": {"traceparent": "00-abc-def-01"}}));
+        ops.push(send(json!("meta"), json!({})));
+    }
+    let r = nest_client(version, &redis.url(), &ops).await;
+    assert_eq!(r[0], json!({"ok": [6]}));
+    assert_eq!(r[1], json!({"ok": [{"x": "é😀 ünïcødé"}]}));
+    assert_eq!(
+        r[2],
+        json!({"ok": [{"id": "42", "name": "John Doe", "email": "john@example.com"}]})
+    );
+    assert_eq!(r[3], json!({"ok": ["nested-ok"]}));
+    assert_eq!(r[4], json!({"ok": [1, 2, 3]}));
+    assert_eq!(r[5], json!({"ok": [0, 1, 2]}));
+    assert_eq!(r[6], json!({"ok": []}));
+    assert_eq!(r[7], json!({"err": {"status": "error", "message": "bad thing"}}));
+    assert_eq!(
+        r[8],
+        json!({"err": {"code": 42, "message": "custom msg", "extra": true}})
+    );
+    assert_eq!(
+        r[9],
+        json!({"err": {"status": "error", "message": "Internal server error"}})
+    );
+    assert_eq!(r[10]["err"]["name"], "TimeoutError", "{}", r[10]);
+    assert_eq!(r[11], json!({"ok": []}));
+    assert_eq!(r[12], json!({"ok": [null]}));
+    assert_eq!(r[13], json!({"ok": [1 << 20]}));
+    assert_eq!(r[14], json!({"ok": true}));
+    let seen = r[17]["ok"][0].as_array().expect("events_seen returns a list");
+    for handler in ["a", "b"] {
+        assert!(
+            seen.iter()
+                .any(|e| e["handler"] == handler && e["data"]["marker"] == json!(marker)),
+            "{handler}: {seen:?}"
+        );
+    }
+    assert!(
+        !seen.iter().any(|e| e["data"]["ignored"] == json!(true)),
+        "an unknown event runs nothing"
+    );
+    let many = r[18]["ok"].as_array().expect("200 replies");
+    assert_eq!(many.len(), 200);
+    for (i, values) in many.iter().enumerate() {
+        assert_eq!(values, &json!([i]));
+    }
+    assert!(
+        r[19]["err"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("invalid payload for pattern"),
+        "{}",
+        r[19]
+    );
+    if version >= 12 {
+        assert_eq!(r[21], json!({"ok": [{"traceparent": "00-abc-def-01"}]}));
+    }
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn nestjs_11_client_calls_our_server() {
+    nest_client_calls_our_server(11).await;
+}
+
+#[tokio::test]
+async fn nestjs_12_client_calls_our_server() {
+    nest_client_calls_our_server(12).await;
+}
+
+/// A NestJS server process, stopped when dropped.
+struct NestServer {
+    _child: Child,
+}
+
+/// Starts the NestJS peer on `redis`, and waits until it has subscribed to its routes.
+async fn nest_server(version: u8, redis: &PrivateRedis) -> NestServer {
+    let mut child = Command::new("node")
+        .arg(peer_dir().join("server.mjs"))
+        .args(["--nest", &version.to_string(), "--url", &redis.url()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("node runs");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+        .await
+        .expect("NestJS server starts within 30 s")
+        .unwrap()
+        .expect("NestJS server prints READY");
+    assert!(line.starts_with("READY"), "unexpected line: {line}");
+    let mut raw = redis.raw().await;
+    let until = Instant::now() + Duration::from_secs(10);
+    loop {
+        let subs = raw.cmd(&["PUBSUB", "NUMSUB", "echo", "evt", "meta"]).await;
+        if subs
+            == R::Array(vec![
+                R::Bulk(Some(b"echo".to_vec())),
+                R::Int(1),
+                R::Bulk(Some(b"evt".to_vec())),
+                R::Int(1),
+                R::Bulk(Some(b"meta".to_vec())),
+                R::Int(1),
+            ])
+        {
+            break;
+        }
+        assert!(Instant::now() < until, "NestJS server did not subscribe: {subs:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    NestServer { _child: child }
+}
+
+const NEST_GET_USER: switchboard::MessageDef<String, User> =
+    switchboard::MessageDef::new(switchboard::pattern!(cmd = "get_user"));
+const NEST_SUM: switchboard::MessageDef<Vec<i64>, i64> =
+    switchboard::MessageDef::new(switchboard::pattern!(cmd = "sum"));
+const NEST_NESTED: switchboard::MessageDef<Value, String> =
+    switchboard::MessageDef::new(switchboard::pattern!(cmd = "get", role = "user", v = 2, nested = { b = 1, a = "x" }));
+
+async fn our_client_calls_nest_server(version: u8) {
+    use futures_util::StreamExt;
+    if !nest_installed(version) {
+        return;
+    }
+    let Some(redis) = PrivateRedis::start().await else {
+        return;
+    };
+    let _nest = nest_server(version, &redis).await;
+    let client = client(&redis.url()).await;
+
+    assert_eq!(client.send(NEST_SUM, vec![1, 2, 3]).await.unwrap(), 6);
+    assert_eq!(
+        client.send(NEST_GET_USER, "42".to_string()).await.unwrap().name,
+        "John Doe"
+    );
+    assert_eq!(client.send(NEST_NESTED, json!({})).await.unwrap(), "nested-ok");
+    let unicode = json!({"x": "é😀 ünïcødé"});
+    assert_eq!(client.send_raw::<Value>("echo", &unicode).await.unwrap(), unicode);
+
+    let values: Vec<u32> = client
+        .send_raw::<u32>("stream", json!({}))
+        .stream()
+        .await
+        .unwrap()
+        .map(|v| v.unwrap())
+        .collect()
+        .await;
+    assert_eq!(values, [1, 2, 3]);
+    let values: Vec<u32> = client
+        .send_raw::<u32>("slow_stream", json!({}))
+        .stream()
+        .await
+        .unwrap()
+        .map(|v| v.unwrap())
+        .collect()
+        .await;
+    assert_eq!(values, [0, 1, 2]);
+    let none: Vec<Result<u32, _>> = client
+        .send_raw::<u32>("empty_stream", json!({}))
+        .stream()
+        .await
+        .unwrap()
+        .collect()
+        .await;
+    assert!(none.is_empty());
+    client.send_raw::<()>("void_ret", json!({})).await.unwrap();
+    assert_eq!(
+        client.send_raw::<Option<u32>>("null_ret", json!({})).await.unwrap(),
+        None
+    );
+
+    let err = client.send_raw::<Value>("rpc_string", json!({})).await.unwrap_err();
+    assert_eq!(
+        err.as_rpc().unwrap().value(),
+        &json!({"status": "error", "message": "bad thing"})
+    );
+    let err = client.send_raw::<Value>("rpc_object", json!({})).await.unwrap_err();
+    assert_eq!(
+        err.as_rpc().unwrap().value(),
+        &json!({"code": 42, "message": "custom msg", "extra": true})
+    );
+    let err = client.send_raw::<Value>("plain_error", json!({})).await.unwrap_err();
+    assert_eq!(err.as_rpc().unwrap().message(), Some("Internal server error"));
+    // Where NestJS's own client would wait forever, ours fails at once.
+    let err = client.send_raw::<Value>("nope", json!({})).await.unwrap_err();
+    assert!(
+        matches!(&err, Error::NoHandler { pattern, .. } if pattern == "nope"),
+        "{err}"
+    );
+    assert_eq!(
+        client.send_raw::<usize>("len", "😀".repeat(1 << 18)).await.unwrap(),
+        1 << 19
+    );
+
+    let marker = format!("us-to-nest{version}");
+    client.emit_raw("evt", json!({"marker": marker})).await.unwrap();
+    let mut seen = Vec::new();
+    for _ in 0..100 {
+        seen = client.send_raw::<Vec<Value>>("events_seen", json!({})).await.unwrap();
+        if seen.iter().filter(|e| e["data"]["marker"] == json!(marker)).count() == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for handler in ["a", "b"] {
+        assert!(
+            seen.iter()
+                .any(|e| e["handler"] == handler && e["data"]["marker"] == json!(marker)),
+            "{handler}: {seen:?}"
+        );
+    }
+
+    let calls = (0..200).map(|i| {
+        let client = client.clone();
+        async move { client.send_raw::<Value>("echo", json!({"i": i})).await }
+    });
+    for (i, r) in futures_util::future::join_all(calls).await.into_iter().enumerate() {
+        assert_eq!(r.unwrap(), json!({"i": i}));
+    }
+
+    if version >= 12 {
+        let traced = client.with_metadata([("traceparent".to_string(), "00-abc-def-01".to_string())].into());
+        let metadata: Value = traced.send_raw("meta", json!({})).await.unwrap();
+        assert_eq!(metadata, json!({"traceparent": "00-abc-def-01"}));
+    }
+}
+
+#[tokio::test]
+async fn our_client_calls_nestjs_11_server() {
+    our_client_calls_nest_server(11).await;
+}
+
+#[tokio::test]
+async fn our_client_calls_nestjs_12_server() {
+    our_client_calls_nest_server(12).await;
+}
+
+// ---------------------------------------------------------------------------------------
+// Opt-in load balancing: replicas in one `group` claim each request.
+
+static GROUP_CALLS: AtomicUsize = AtomicUsize::new(0);
+
+#[message_pattern("redis_group_work")]
+async fn redis_group_work(n: u64) -> u64 {
+    GROUP_CALLS.fetch_add(1, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    n * 2
+}
+
+#[tokio::test]
+async fn replicas_in_a_group_handle_each_request_once() {
+    let Some(redis) = PrivateRedis::start().await else {
+        return;
+    };
+    let url = format!("{}?group=workers", redis.url());
+    let one = serve(&url, Microservice::new().handler(redis_group_work)).await;
+    let two = serve(&url, Microservice::new().handler(redis_group_work)).await;
+    let mut raw = redis.raw().await;
+    assert_eq!(
+        raw.cmd(&["PUBSUB", "NUMSUB", "redis_group_work"]).await,
+        R::Array(vec![R::Bulk(Some(b"redis_group_work".to_vec())), R::Int(2)]),
+        "both replicas receive every request"
+    );
+    let c = client(&redis.url()).await;
+    let calls = (0..200u64).map(|i| {
+        let c = c.clone();
+        async move { c.send_raw::<u64>("redis_group_work", i).await }
+    });
+    for (i, r) in futures_util::future::join_all(calls).await.into_iter().enumerate() {
+        assert_eq!(r.unwrap(), i as u64 * 2);
+    }
+    // Give a late duplicate every chance to show up.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        GROUP_CALLS.load(Ordering::SeqCst),
+        200,
+        "each request handled exactly once"
+    );
+    let err = Microservice::new()
+        .handler(redis_group_work)
+        .listen(format!("{}?group=", redis.url()))
+        .start()
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("`group` needs a name"), "{err}");
+    one.shutdown().await.unwrap();
+    two.shutdown().await.unwrap();
+}
