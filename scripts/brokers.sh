@@ -54,4 +54,11 @@ start nats 4222 10 start-stop-daemon --start --oknodo --background --exec /usr/s
   -a 127.0.0.1 -p 4222 -js -sd /var/lib/nats-server -l /var/log/nats-server.log
 start mosquitto 1883 10 mosquitto -d -c /etc/mosquitto/mosquitto.conf
 start rabbitmq 5672 60 rabbitmq-server -detached
+
+# --- NATS transport's conformance suite (tests/tests/nats.rs): a second nats-server on 4223
+# with an 8 MB max_payload (the suite sends 1 MiB payloads) and JetStream; the suite restarts it.
+nats_bin=$(command -v nats-server || echo /usr/sbin/nats-server)
+start nats-suite 4223 10 setsid -f "$nats_bin" -c "$(cd "$(dirname "$0")/.." && pwd)/tests/nats/nats.conf"
+# --- end NATS suite
+
 exit "$failed"

@@ -58,7 +58,8 @@ impl<'c, R> Call<'c, R> {
     where
         R: DeserializeOwned + Send + 'static,
     {
-        let out = self.out?;
+        let mut out = self.out?;
+        out.timeout = Some(self.timeout);
         let route: Arc<str> = out.route.as_ref().into();
         let after = self.timeout;
         let deadline = deadline_after(after);
@@ -98,7 +99,8 @@ impl<'c, R: DeserializeOwned + 'c> IntoFuture for Call<'c, R> {
 
     fn into_future(self) -> Self::IntoFuture {
         Box::pin(async move {
-            let out = self.out?;
+            let mut out = self.out?;
+            out.timeout = Some(self.timeout);
             let route = out.route.clone();
             let last = async {
                 let mut replies = self.client.transport.request(out).await?;
@@ -165,7 +167,8 @@ impl<'c> IntoFuture for Emit<'c> {
 
     fn into_future(self) -> Self::IntoFuture {
         Box::pin(async move {
-            let out = self.out?;
+            let mut out = self.out?;
+            out.timeout = Some(self.timeout);
             let route = out.route.clone();
             match tokio::time::timeout(self.timeout, self.client.transport.emit(out)).await {
                 Ok(r) => r,

@@ -207,6 +207,7 @@ impl Client {
             route,
             data: Bytes::from(data),
             metadata: self.metadata.clone(),
+            timeout: None,
         })
     }
 }

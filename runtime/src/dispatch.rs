@@ -81,38 +81,62 @@ impl Dispatcher {
 
     /// Runs the handlers for one packet.
     pub fn dispatch(&self, msg: Incoming<'_>) -> Dispatched {
-        let handlers = match self.routes.resolve(msg.pattern) {
-            Ok(h) => h,
-            Err(route) => {
-                if msg.request {
-                    tracing::debug!(pattern = %route, "no matching message handler");
-                    return Dispatched::NoHandler { route };
-                }
+        let is_request = msg.request;
+        let (handlers, inbound) = match self.prepare(msg) {
+            Ok(found) => found,
+            Err(route) if is_request => {
+                tracing::debug!(pattern = %route, "no matching message handler");
+                return Dispatched::NoHandler { route };
+            }
+            Err(_) => return Dispatched::Ignored,
+        };
+        match (is_request, handlers.message) {
+            (true, Some(entry)) => Dispatched::Reply(call(entry, inbound)),
+            // NestJS runs event listeners for a request too, and answers with completion.
+            (true, None) => Dispatched::Reply(Reply::from_unit(run_listeners(handlers, inbound).map(drop))),
+            (false, _) => match run_event(handlers, inbound) {
+                Some(run) => Dispatched::Event(run.map(drop).boxed()),
+                None => Dispatched::Ignored,
+            },
+        }
+    }
+
+    /// Runs an event's listeners for transports that acknowledge an event only once it has
+    /// been handled (durable consumers): the future resolves to `true` when every listener
+    /// succeeded, `false` when one failed (an error or a panic). `None` when nobody listens
+    /// (already logged). A route with only a request handler runs it, as [`dispatch`](Self::dispatch) does.
+    pub fn dispatch_event(&self, msg: Incoming<'_>) -> Option<BoxFuture<'static, bool>> {
+        let (handlers, inbound) = self.prepare(Incoming { request: false, ..msg }).ok()?;
+        run_event(handlers, inbound).map(FutureExt::boxed)
+    }
+
+    /// Finds the handlers and builds their input; a miss is the route (an event miss is logged).
+    fn prepare<'a>(&self, msg: Incoming<'a>) -> Result<(&RouteHandlers, Inbound<'a>), String> {
+        let handlers = self.routes.resolve(msg.pattern).inspect_err(|route| {
+            if !msg.request {
                 tracing::warn!(
                     "There is no matching event handler defined in the remote service. Event pattern: {route}"
                 );
-                return Dispatched::Ignored;
             }
-        };
-        let is_request = msg.request;
+        })?;
         let mut ctx = Context::new(handlers.route, msg.transport);
-        if is_request {
+        if msg.request {
             ctx = ctx.into_request();
         }
         if let Some(meta) = msg.metadata {
             ctx = ctx.with_metadata(meta);
         }
-        let inbound = Inbound::new(msg.data, ctx);
-        match (is_request, handlers.message) {
-            (true, Some(entry)) => Dispatched::Reply(call(entry, inbound)),
-            // NestJS runs event listeners for a request too, and answers with completion.
-            (true, None) => Dispatched::Reply(Reply::from_unit(run_listeners(handlers, inbound))),
-            (false, _) if !handlers.events.is_empty() => Dispatched::Event(run_listeners(handlers, inbound).boxed()),
-            // An event for a route with only a request handler: NestJS runs that handler and
-            // drops its answer.
-            (false, Some(entry)) => Dispatched::Event(drain(entry, call(entry, inbound)).boxed()),
-            (false, None) => Dispatched::Ignored,
-        }
+        Ok((handlers, Inbound::new(msg.data, ctx)))
+    }
+}
+
+/// An event's work: its listeners, or, for a route with only a request handler, that handler
+/// with its answer dropped (as NestJS does). Resolves to whether all of it succeeded.
+fn run_event(handlers: &RouteHandlers, inbound: Inbound<'_>) -> Option<impl Future<Output = bool> + Send + 'static> {
+    match handlers.message {
+        _ if !handlers.events.is_empty() => Some(run_listeners(handlers, inbound).left_future()),
+        Some(entry) => Some(drain(entry, call(entry, inbound)).right_future()),
+        None => None,
     }
 }
 
@@ -128,21 +152,25 @@ fn call(entry: &'static HandlerEntry, inbound: Inbound<'_>) -> Reply {
     }
 }
 
-/// Runs every listener of an event, each with its own copy of the message.
-fn run_listeners(handlers: &RouteHandlers, inbound: Inbound<'_>) -> impl Future<Output = ()> + Send + 'static {
+/// Runs every listener of an event, each with its own copy of the message; resolves to
+/// whether every one succeeded.
+fn run_listeners(handlers: &RouteHandlers, inbound: Inbound<'_>) -> impl Future<Output = bool> + Send + 'static {
     let listeners: Vec<_> = handlers
         .events
         .iter()
         .map(|&entry| drain(entry, call(entry, inbound.clone())))
         .collect();
-    join_all(listeners).map(|_| ())
+    join_all(listeners).map(|ok| ok.into_iter().all(|ok| ok))
 }
 
-/// Runs a reply nobody waits for; failures are logged, never sent.
-async fn drain(entry: &'static HandlerEntry, mut reply: Reply) {
+/// Runs a reply nobody waits for; failures are logged and reported as `false`.
+async fn drain(entry: &'static HandlerEntry, mut reply: Reply) -> bool {
+    let mut ok = true;
     while let Some(item) = reply.next().await {
         if let ReplyItem::Error(err) = item {
             tracing::error!(handler = %entry.location(), error = %err, "event handler failed");
+            ok = false;
         }
     }
+    ok
 }

@@ -190,9 +190,12 @@ impl Routes {
         self.lookup.get(route.as_str()).ok_or(route)
     }
 
-    /// Every route served.
+    /// Every route served, once each (the table also indexes patterns by their written form).
     pub fn routes(&self) -> impl Iterator<Item = &str> {
-        self.lookup.values().map(|h| h.route)
+        self.lookup
+            .iter()
+            .filter(|(key, h)| &***key == h.route)
+            .map(|(_, h)| h.route)
     }
 }
 

@@ -22,6 +22,8 @@ use crate::handler::ReplyItem;
 
 #[cfg(feature = "amqp")]
 pub mod amqp;
+#[cfg(feature = "grpc")]
+pub mod grpc;
 #[cfg(feature = "kafka")]
 pub mod kafka;
 pub mod mem;
@@ -47,6 +49,9 @@ pub struct Outbound {
     pub data: Bytes,
     /// Headers (sent as NestJS 12's `metadata` on TCP).
     pub metadata: Option<Arc<HashMap<String, String>>>,
+    /// The call's deadline, for transports that send it along (gRPC's `grpc-timeout`);
+    /// the caller enforces it either way.
+    pub timeout: Option<Duration>,
 }
 
 /// The packets of one reply, as a client receives them; ends after the last one.
@@ -227,6 +232,8 @@ pub(crate) async fn bind(url: &str) -> Result<Box<dyn Listener>> {
         "amqp" => Ok(Box::new(amqp::AmqpListener::bind(&ep).await?)),
         #[cfg(feature = "kafka")]
         "kafka" => Ok(Box::new(kafka::KafkaListener::bind(&ep).await?)),
+        #[cfg(feature = "grpc")]
+        "grpc" => Ok(Box::new(grpc::GrpcListener::bind(&ep).await?)),
         other => Err(unknown_scheme(&ep, other)),
     }
 }
@@ -248,6 +255,8 @@ pub(crate) fn client(url: &str, opts: &ClientOptions) -> Result<Arc<dyn ClientTr
         "amqp" => Ok(Arc::new(amqp::AmqpClient::new(&ep, opts)?)),
         #[cfg(feature = "kafka")]
         "kafka" => Ok(Arc::new(kafka::KafkaClient::new(&ep, opts)?)),
+        #[cfg(feature = "grpc")]
+        "grpc" => Ok(Arc::new(grpc::GrpcClient::new(&ep, opts)?)),
         other => Err(unknown_scheme(&ep, other)),
     }
 }
@@ -256,7 +265,7 @@ fn unknown_scheme(ep: &Endpoint, scheme: &str) -> Error {
     let reason = match scheme {
         "tcp" => "the TCP transport is not compiled in: enable the `tcp` feature".to_owned(),
         "tls" => "TLS is not compiled in: enable the `tls` feature".to_owned(),
-        "redis" | "nats" | "mqtt" | "amqp" | "kafka" => {
+        "redis" | "nats" | "mqtt" | "amqp" | "kafka" | "grpc" => {
             format!("the {scheme} transport is not compiled in: enable switchboard's `{scheme}` feature")
         }
         _ => format!(
@@ -284,6 +293,7 @@ fn known_schemes() -> Vec<&'static str> {
         (cfg!(feature = "mqtt"), "mqtt"),
         (cfg!(feature = "amqp"), "amqp"),
         (cfg!(feature = "kafka"), "kafka"),
+        (cfg!(feature = "grpc"), "grpc"),
     ] {
         if on {
             s.push(scheme);

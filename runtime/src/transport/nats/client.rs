@@ -1,0 +1,289 @@
+//! The NATS client: one connection, one wildcard inbox subscription for every call's replies.
+//!
+//! Each request gets its own reply subject `<inbox>.<id>` (a fresh subject per request, as
+//! NestJS uses), all served by one `<inbox>.*` subscription, so a call costs one publish.
+//! The reply subject also carries the id, which is how the server's 503 no-responders status
+//! (which has no body) finds its call.
+
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use async_nats::connection::State;
+use async_nats::{Event, StatusCode};
+use bytes::Bytes;
+use futures_util::future::{BoxFuture, FutureExt};
+use futures_util::stream::StreamExt;
+
+use super::{NatsOptions, map_to_headers};
+use crate::codec::encode_request;
+use crate::error::{Error, NO_MESSAGE_HANDLER, Result, RpcError};
+use crate::transport::pending::Pending;
+use crate::transport::{ClientOptions, ClientTransport, Endpoint, Outbound, Replies};
+
+const MIN_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// The client side of the NATS transport.
+pub struct NatsClient {
+    opts: NatsOptions,
+    connect_timeout: Duration,
+    pending: Arc<Pending>,
+    current: RwLock<Option<Arc<Conn>>>,
+    connecting: tokio::sync::Mutex<Backoff>,
+}
+
+impl std::fmt::Debug for NatsClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NatsClient").field("url", &self.opts.url).finish()
+    }
+}
+
+/// Failed first connections, so that calls to a dead broker fail fast instead of each
+/// waiting for a connect timeout.
+#[derive(Default)]
+struct Backoff {
+    failures: u32,
+    retry_at: Option<Instant>,
+    last_error: String,
+}
+
+/// A live connection and its reply subscription.
+struct Conn {
+    nats: async_nats::Client,
+    /// `_INBOX.<nuid>.`: a request's reply subject is this plus its id.
+    inbox: String,
+    jetstream: Option<async_nats::jetstream::Context>,
+    reader: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
+}
+
+impl NatsClient {
+    /// A client for `nats://host:port[?jetstream=<stream>]`; connects on first use.
+    pub(crate) fn new(ep: &Endpoint, defaults: &ClientOptions) -> Result<Self> {
+        let opts = NatsOptions::parse(ep)?;
+        Ok(NatsClient {
+            pending: Pending::new(opts.url.clone()),
+            opts,
+            connect_timeout: defaults.connect_timeout,
+            current: RwLock::new(None),
+            connecting: tokio::sync::Mutex::new(Backoff::default()),
+        })
+    }
+
+    async fn conn(&self) -> Result<Arc<Conn>> {
+        if let Some(conn) = self.current.read().expect("conn lock").clone() {
+            return Ok(conn);
+        }
+        let mut backoff = self.connecting.lock().await;
+        if let Some(conn) = self.current.read().expect("conn lock").clone() {
+            return Ok(conn);
+        }
+        if let Some(at) = backoff.retry_at.filter(|at| *at > Instant::now()) {
+            return Err(Error::Connect {
+                addr: self.opts.url.clone(),
+                reason: format!(
+                    "{} (next attempt in {} ms)",
+                    backoff.last_error,
+                    at.saturating_duration_since(Instant::now()).as_millis()
+                ),
+            });
+        }
+        match self.open().await {
+            Ok(conn) => {
+                *backoff = Backoff::default();
+                let conn = Arc::new(conn);
+                *self.current.write().expect("conn lock") = Some(conn.clone());
+                Ok(conn)
+            }
+            Err(e) => {
+                backoff.failures += 1;
+                backoff.retry_at = Some(
+                    Instant::now()
+                        + MIN_BACKOFF
+                            .saturating_mul(1 << backoff.failures.min(6))
+                            .min(MAX_BACKOFF),
+                );
+                backoff.last_error = match &e {
+                    Error::Connect { reason, .. } => reason.clone(),
+                    other => other.to_string(),
+                };
+                Err(e)
+            }
+        }
+    }
+
+    async fn open(&self) -> Result<Conn> {
+        let pending = Arc::downgrade(&self.pending);
+        let url = self.opts.url.clone();
+        let nats = self
+            .opts
+            .connect(self.connect_timeout, move |event| match event {
+                // Replies to calls in flight may be lost with the connection: fail them now
+                // rather than at their deadlines. New calls wait for the reconnect.
+                Event::Disconnected => {
+                    tracing::warn!(url = %url, "disconnected from the NATS server; reconnecting");
+                    if let Some(pending) = pending.upgrade() {
+                        pending.fail_all(|| Error::ConnectionClosed { addr: url.clone() });
+                    }
+                }
+                Event::Connected => tracing::info!(url = %url, "connected to the NATS server"),
+                Event::SlowConsumer(sid) => {
+                    tracing::warn!(url = %url, sid, "NATS slow consumer: replies were dropped")
+                }
+                other => tracing::debug!(url = %url, event = %other, "NATS event"),
+            })
+            .await?;
+        let inbox = format!("{}.", nats.new_inbox());
+        let mut replies = nats.subscribe(format!("{inbox}*")).await.map_err(|e| Error::Connect {
+            addr: self.opts.url.clone(),
+            reason: format!("cannot subscribe to the reply inbox: {e}"),
+        })?;
+        let pending = self.pending.clone();
+        let prefix = inbox.clone();
+        let reader = tokio::spawn(async move {
+            while let Some(msg) = replies.next().await {
+                let Some(id) = msg.subject.as_str().strip_prefix(prefix.as_str()) else {
+                    continue;
+                };
+                if msg.status == Some(StatusCode::NO_RESPONDERS) {
+                    // Nobody subscribes to the subject: the server answered for the handlers.
+                    pending.fail(id, RpcError::from_value(NO_MESSAGE_HANDLER.into()));
+                } else if msg.status.is_some() && msg.payload.is_empty() {
+                    tracing::debug!(status = ?msg.status, "ignoring a status message on the reply inbox");
+                } else {
+                    pending.deliver_for(id, &msg.payload);
+                }
+            }
+        });
+        let jetstream = self
+            .opts
+            .jetstream
+            .as_ref()
+            .map(|_| async_nats::jetstream::new(nats.clone()));
+        // The first subscription must be in place before the first request goes out.
+        nats.flush().await.map_err(|e| Error::Connect {
+            addr: self.opts.url.clone(),
+            reason: e.to_string(),
+        })?;
+        Ok(Conn {
+            nats,
+            inbox,
+            jetstream,
+            reader,
+        })
+    }
+
+    /// Connected now, or a clear error (while async-nats reconnects, messages would only be
+    /// buffered, and the caller would wait for its deadline).
+    fn check_connected(&self, conn: &Conn) -> Result<()> {
+        match conn.nats.connection_state() {
+            State::Connected => Ok(()),
+            state => Err(Error::Connect {
+                addr: self.opts.url.clone(),
+                reason: format!("not connected to the NATS server ({state:?}); reconnecting"),
+            }),
+        }
+    }
+
+    fn publish_error(&self, subject: &str, e: async_nats::PublishError) -> Error {
+        match e.kind() {
+            async_nats::client::PublishErrorKind::MaxPayloadExceeded => Error::Protocol(format!(
+                "message to `{subject}` is too big for the NATS server at {} ({e}); raise the server's max_payload",
+                self.opts.url
+            )),
+            async_nats::client::PublishErrorKind::InvalidSubject => Error::Protocol(format!(
+                "`{subject}` is not a valid NATS subject (no whitespace or empty tokens): {e}"
+            )),
+            _ => Error::ConnectionClosed {
+                addr: self.opts.url.clone(),
+            },
+        }
+    }
+}
+
+fn body(msg: &Outbound, id: Option<&str>) -> Bytes {
+    // Metadata travels as NATS headers, as NestJS's NatsRecord headers do.
+    let mut buf = Vec::with_capacity(msg.pattern.len() + msg.data.len() + 48);
+    encode_request(&mut buf, &msg.pattern, &msg.data, None, id);
+    Bytes::from(buf)
+}
+
+impl ClientTransport for NatsClient {
+    fn connect(&self) -> BoxFuture<'_, Result<()>> {
+        async move { self.conn().await.map(drop) }.boxed()
+    }
+
+    fn request(&self, msg: Outbound) -> BoxFuture<'_, Result<Replies>> {
+        async move {
+            let conn = self.conn().await?;
+            // Registered before the state check: a drop after the check fails this call too.
+            let (id, rx) = self.pending.register(msg.route.clone())?;
+            self.check_connected(&conn)?;
+            let reply = format!("{}{id}", conn.inbox);
+            let payload = body(&msg, Some(&id));
+            let subject = msg.route.to_string();
+            let sent = match map_to_headers(msg.metadata.as_deref()) {
+                Some(h) => {
+                    conn.nats
+                        .publish_with_reply_and_headers(subject.clone(), reply, h, payload)
+                        .await
+                }
+                None => conn.nats.publish_with_reply(subject.clone(), reply, payload).await,
+            };
+            sent.map_err(|e| self.publish_error(&subject, e))?;
+            Ok(rx.boxed())
+        }
+        .boxed()
+    }
+
+    fn emit(&self, msg: Outbound) -> BoxFuture<'_, Result<()>> {
+        async move {
+            let conn = self.conn().await?;
+            self.check_connected(&conn)?;
+            let payload = body(&msg, None);
+            let subject = msg.route.to_string();
+            let headers = map_to_headers(msg.metadata.as_deref());
+            if let Some(js) = &conn.jetstream {
+                // Durable: done once the stream has stored the event.
+                let ack = match headers {
+                    Some(h) => js.publish_with_headers(subject.clone(), h, payload).await,
+                    None => js.publish(subject.clone(), payload).await,
+                };
+                let stored = match ack {
+                    Ok(ack) => ack.await.map_err(|e| e.to_string()),
+                    Err(e) => Err(e.to_string()),
+                };
+                return stored.map(drop).map_err(|e| {
+                    Error::Protocol(format!(
+                        "JetStream did not store the event on `{subject}` ({e}); is there a stream `{}` covering \
+                         this subject (a server with the same `jetstream` URL creates it)?",
+                        self.opts.jetstream.as_deref().unwrap_or_default()
+                    ))
+                });
+            }
+            let sent = match headers {
+                Some(h) => conn.nats.publish_with_headers(subject.clone(), h, payload).await,
+                None => conn.nats.publish(subject.clone(), payload).await,
+            };
+            sent.map_err(|e| self.publish_error(&subject, e))
+        }
+        .boxed()
+    }
+
+    fn close(&self) -> BoxFuture<'_, ()> {
+        async move {
+            let conn = self.current.write().expect("conn lock").take();
+            if let Some(conn) = conn {
+                // Events emitted just before close still go out.
+                let _ = tokio::time::timeout(Duration::from_secs(5), conn.nats.flush()).await;
+            }
+            self.pending.close(|| Error::Closed);
+        }
+        .boxed()
+    }
+}

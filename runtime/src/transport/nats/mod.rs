@@ -1,0 +1,214 @@
+//! The NATS transport, `nats://host:port`, wire-compatible with NestJS's `Transport.NATS`
+//! (nestjs-wire.md §4).
+//!
+//! - Requests and events go to the subject named by the route; a request carries a reply
+//!   subject, and every reply packet is published there without headers.
+//! - Caller headers travel as NATS headers and reach handlers as [`Context`](crate::Context)
+//!   headers.
+//! - A request nobody subscribes to gets the server's 503 no-responders status, which the
+//!   client turns into [`Error::NoHandler`] at once.
+//! - `?queue=<group>` puts the server's subscriptions in a queue group: several replicas share
+//!   the load, each message handled once. Without it every replica gets every message, as in
+//!   NestJS.
+//! - `?jetstream=<stream>` makes events durable: the server keeps a JetStream stream over its
+//!   event-only routes and consumes it with a durable consumer (`?durable=<name>`), acking
+//!   each event only after every listener succeeded; the client publishes events through
+//!   JetStream and waits for the stream's acknowledgement.
+//!
+//! The async-nats client reconnects on its own (with our backoff) and resubscribes; calls in
+//! flight when the connection drops fail at once.
+
+mod client;
+mod server;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use async_nats::{ConnectOptions, Event, HeaderMap};
+
+pub use client::NatsClient;
+pub use server::NatsListener;
+
+use super::Endpoint;
+use crate::error::{Error, Result};
+
+/// Query parameters the NATS transport takes.
+const PARAMS: &[&str] = &[
+    "queue",
+    "jetstream",
+    "durable",
+    "max_deliver",
+    "ack_wait_ms",
+    "name",
+    "connect_timeout_ms",
+];
+
+/// Settings from a `nats://` URL.
+#[derive(Debug, Clone)]
+struct NatsOptions {
+    /// The URL as given (for errors and `local_url`).
+    url: String,
+    /// What async-nats connects to: `nats://[user:pass@]host:port[,host:port…]`.
+    servers: Vec<String>,
+    /// Queue group of the server's subscriptions (NestJS `queue`); none by default.
+    queue: Option<String>,
+    /// JetStream stream carrying durable events; none (core NATS) by default.
+    jetstream: Option<String>,
+    /// Durable consumer name (servers with the same name share the work).
+    durable: String,
+    /// Deliveries of one event before JetStream gives up on it.
+    max_deliver: i64,
+    /// How long JetStream waits for an ack before redelivering.
+    ack_wait: Duration,
+    /// Connection name shown by the NATS server's monitoring.
+    name: Option<String>,
+    /// Overrides the connect timeout (client: the builder's, default 5 s; server: 5 s).
+    connect_timeout: Option<Duration>,
+}
+
+/// Default number of deliveries of a durable event.
+const DEFAULT_MAX_DELIVER: i64 = 10;
+/// Default ack wait of the durable consumer.
+const DEFAULT_ACK_WAIT: Duration = Duration::from_secs(30);
+
+impl NatsOptions {
+    fn parse(ep: &Endpoint) -> Result<Self> {
+        ep.only_params(PARAMS)?;
+        let bad = |reason: String| Error::InvalidUrl {
+            url: ep.as_str().to_owned(),
+            reason,
+        };
+        // `user:pass@host1:4222,host2:4222`: credentials apply to every server.
+        let (auth, hosts) = match ep.authority.rsplit_once('@') {
+            Some((auth, hosts)) => (format!("{auth}@"), hosts),
+            None => (String::new(), ep.authority.as_str()),
+        };
+        let servers: Vec<String> = hosts
+            .split(',')
+            .filter(|h| !h.is_empty())
+            .map(|h| format!("nats://{auth}{h}"))
+            .collect();
+        if servers.is_empty() {
+            return Err(bad("missing host:port".into()));
+        }
+        let non_empty = |key: &str| -> Result<Option<String>> {
+            match ep.param(key) {
+                Some("") => Err(bad(format!("query parameter `{key}` must not be empty"))),
+                other => Ok(other.map(str::to_owned)),
+            }
+        };
+        let jetstream = non_empty("jetstream")?;
+        if let Some(stream) = &jetstream
+            && !valid_js_name(stream)
+        {
+            return Err(bad(format!(
+                "JetStream stream name `{stream}` may not contain whitespace, `.`, `*`, `>`, `/` or `\\`"
+            )));
+        }
+        let durable = non_empty("durable")?.unwrap_or_else(|| "switchboard".to_owned());
+        if !valid_js_name(&durable) {
+            return Err(bad(format!(
+                "durable consumer name `{durable}` may not contain whitespace, `.`, `*`, `>`, `/` or `\\`"
+            )));
+        }
+        if jetstream.is_none() && (ep.param("durable").is_some() || ep.param("max_deliver").is_some()) {
+            return Err(bad("`durable` and `max_deliver` need `jetstream=<stream name>`".into()));
+        }
+        let max_deliver = ep.param_as::<i64>("max_deliver")?.unwrap_or(DEFAULT_MAX_DELIVER);
+        if max_deliver == 0 || max_deliver < -1 {
+            return Err(bad("`max_deliver` must be positive, or -1 for no limit".into()));
+        }
+        Ok(NatsOptions {
+            url: ep.as_str().to_owned(),
+            servers,
+            queue: non_empty("queue")?,
+            jetstream,
+            durable,
+            max_deliver,
+            ack_wait: ep
+                .param_as::<u64>("ack_wait_ms")?
+                .map_or(DEFAULT_ACK_WAIT, Duration::from_millis),
+            name: non_empty("name")?,
+            connect_timeout: ep.param_as::<u64>("connect_timeout_ms")?.map(Duration::from_millis),
+        })
+    }
+
+    /// Connects now; afterwards async-nats reconnects by itself, forever, with backoff.
+    async fn connect(
+        &self,
+        timeout: Duration,
+        on_event: impl Fn(Event) + Send + Sync + 'static,
+    ) -> Result<async_nats::Client> {
+        let mut opts = ConnectOptions::new()
+            .connection_timeout(self.connect_timeout.unwrap_or(timeout))
+            .max_reconnects(None)
+            .reconnect_delay_callback(reconnect_delay)
+            .event_callback(move |event| {
+                on_event(event);
+                std::future::ready(())
+            });
+        if let Some(name) = &self.name {
+            opts = opts.name(name);
+        }
+        opts.connect(self.servers.as_slice()).await.map_err(|e| Error::Connect {
+            addr: self.url.clone(),
+            reason: e.to_string(),
+        })
+    }
+}
+
+/// Backoff between reconnect attempts: 50 ms doubling up to 2 s.
+fn reconnect_delay(attempts: usize) -> Duration {
+    Duration::from_millis((50u64 << attempts.min(6)).min(2_000))
+}
+
+/// JetStream names must not contain these.
+fn valid_js_name(name: &str) -> bool {
+    !name.is_empty() && !name.contains(|c: char| c.is_whitespace() || matches!(c, '.' | '*' | '>' | '/' | '\\'))
+}
+
+/// NATS headers as handler metadata (the last value of a repeated header wins).
+fn headers_to_map(headers: &HeaderMap) -> HashMap<String, String> {
+    headers
+        .iter()
+        .filter_map(|(name, values)| Some((name.to_string(), values.last()?.to_string())))
+        .collect()
+}
+
+/// Caller metadata as NATS headers; `None` when there is nothing to send, so the message
+/// goes out as a plain `PUB`, as NestJS sends it.
+fn map_to_headers(meta: Option<&HashMap<String, String>>) -> Option<HeaderMap> {
+    let meta = meta.filter(|m| !m.is_empty())?;
+    let mut headers = HeaderMap::new();
+    for (k, v) in meta {
+        headers.insert(k.as_str(), v.as_str());
+    }
+    Some(headers)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts(url: &str) -> Result<NatsOptions> {
+        NatsOptions::parse(&Endpoint::parse(url)?)
+    }
+
+    #[test]
+    fn parses_urls() {
+        let o = opts("nats://127.0.0.1:4222").unwrap();
+        assert_eq!(o.servers, ["nats://127.0.0.1:4222"]);
+        assert!(o.queue.is_none() && o.jetstream.is_none());
+        let o = opts("nats://u:p@a:1,b:2?queue=workers&jetstream=EVENTS&durable=orders&max_deliver=3").unwrap();
+        assert_eq!(o.servers, ["nats://u:p@a:1", "nats://u:p@b:2"]);
+        assert_eq!(o.queue.as_deref(), Some("workers"));
+        assert_eq!(o.jetstream.as_deref(), Some("EVENTS"));
+        assert_eq!((o.durable.as_str(), o.max_deliver), ("orders", 3));
+        let err = |url: &str| opts(url).unwrap_err().to_string();
+        assert!(err("nats://h:1?qeue=x").contains("unknown query parameter `qeue`"));
+        assert!(err("nats://h:1?durable=x").contains("need `jetstream"));
+        assert!(err("nats://h:1?jetstream=a.b").contains("may not contain"));
+        assert!(err("nats://h:1?queue=").contains("must not be empty"));
+        assert!(err("nats://h:1?jetstream=S&max_deliver=0").contains("max_deliver"));
+    }
+}

@@ -1,0 +1,412 @@
+//! The NATS server: one subscription per route (in the URL's queue group, if any), each
+//! message handled on its own task, reply packets published to the message's reply subject.
+//! With `?jetstream=`, event-only routes are consumed from a durable JetStream consumer instead.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, AckKind, consumer::pull};
+use bytes::Bytes;
+use futures_util::future::{BoxFuture, FutureExt};
+use futures_util::stream::{self, BoxStream, StreamExt};
+use tokio::task::JoinSet;
+
+use super::{NatsOptions, headers_to_map};
+use crate::codec::{Outgoing, Packet, PacketError, encode_reply};
+use crate::dispatch::{Dispatched, Dispatcher, Incoming};
+use crate::error::{Error, Result, RpcError};
+use crate::transport::steps::Steps;
+use crate::transport::{Endpoint, Listener, Shutdown};
+
+/// Messages handled at once by one server; beyond it, messages wait in the subscriptions.
+const MAX_IN_FLIGHT: usize = 1024;
+/// How long to wait for a broker that is away before giving up on a message's ack.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The server side of the NATS transport, connected and ready to subscribe.
+pub struct NatsListener {
+    opts: NatsOptions,
+    nats: async_nats::Client,
+}
+
+impl std::fmt::Debug for NatsListener {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NatsListener").field("url", &self.opts.url).finish()
+    }
+}
+
+impl NatsListener {
+    /// Connects to the NATS server of `nats://host:port[?queue=…&jetstream=…]`; an
+    /// unreachable broker is reported here.
+    pub async fn bind(ep: &Endpoint) -> Result<Self> {
+        let opts = NatsOptions::parse(ep)?;
+        let url = opts.url.clone();
+        let nats = opts
+            .connect(CONNECT_TIMEOUT, move |event| match event {
+                async_nats::Event::Disconnected => {
+                    tracing::warn!(url = %url, "server lost its NATS connection; reconnecting")
+                }
+                async_nats::Event::Connected => {
+                    tracing::info!(url = %url, "server connected to NATS; subscriptions restored")
+                }
+                async_nats::Event::SlowConsumer(sid) => {
+                    tracing::warn!(url = %url, sid, "NATS slow consumer: the server dropped messages")
+                }
+                other => tracing::debug!(url = %url, event = %other, "NATS event"),
+            })
+            .await?;
+        Ok(NatsListener { opts, nats })
+    }
+}
+
+impl Listener for NatsListener {
+    fn local_url(&self) -> String {
+        self.opts.url.clone()
+    }
+
+    fn serve(self: Box<Self>, dispatcher: Dispatcher, shutdown: Shutdown) -> BoxFuture<'static, Result<()>> {
+        serve(*self, dispatcher, shutdown).boxed()
+    }
+}
+
+/// A message and the route whose subscription delivered it (NestJS routes by subscription).
+type Delivery = (&'static str, async_nats::Message);
+
+async fn serve(l: NatsListener, dispatcher: Dispatcher, mut shutdown: Shutdown) -> Result<()> {
+    let NatsListener { opts, nats } = l;
+    let routes = dispatcher.routes();
+    let mut durable_routes = Vec::new();
+    let mut subs = Vec::new();
+    // `routes()` lists a route once per key it is indexed under (its route and its written
+    // pattern): subscribe once per route.
+    let unique: std::collections::BTreeSet<&'static str> = routes
+        .routes()
+        .map(|r| routes.get(r).expect("listed routes resolve").route)
+        .collect();
+    for route in unique {
+        let handlers = routes.get(route).expect("listed routes resolve");
+        if opts.jetstream.is_some() && handlers.message.is_none() {
+            durable_routes.push(handlers.route);
+            continue;
+        }
+        let sub = match &opts.queue {
+            Some(q) => nats.queue_subscribe(route.to_owned(), q.clone()).await,
+            None => nats.subscribe(route.to_owned()).await,
+        }
+        .map_err(|e| Error::Protocol(format!("cannot subscribe to NATS subject `{route}`: {e}")))?;
+        let route = handlers.route;
+        subs.push(sub.map(move |m| (route, m)).boxed());
+    }
+    let mut core: stream::SelectAll<BoxStream<'static, Delivery>> = stream::select_all(subs);
+    let mut durable: stream::SelectAll<BoxStream<'static, DurableDelivery>> = match &opts.jetstream {
+        Some(stream_name) if !durable_routes.is_empty() => {
+            stream::select_all(durable_messages(&opts, &nats, stream_name, &durable_routes).await?)
+        }
+        _ => stream::select_all(Vec::new()),
+    };
+    // Subscriptions are in place once the server has seen them.
+    nats.flush().await.map_err(|e| Error::Connect {
+        addr: opts.url.clone(),
+        reason: e.to_string(),
+    })?;
+    tracing::info!(url = %opts.url, queue = ?opts.queue, durable = durable_routes.len(), "NATS server subscribed");
+
+    let mut tasks = JoinSet::new();
+    loop {
+        let room = tasks.len() < MAX_IN_FLIGHT;
+        tokio::select! {
+            _ = shutdown.wait() => break,
+            Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+            Some((route, msg)) = core.next(), if room => handle(&nats, &dispatcher, &mut tasks, route, msg),
+            Some((route, msg)) = durable.next(), if room => match msg {
+                Ok(msg) => handle_durable(&dispatcher, &mut tasks, route, msg, opts.max_deliver),
+                Err(e) => {
+                    // The consumer recovers by itself (missed heartbeats, a broker away); pause
+                    // so that a burst of errors does not spin.
+                    tracing::warn!(url = %opts.url, route, error = %e, "JetStream consumer error");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+        }
+    }
+    // Stop taking messages (unsubscribes), let in-flight ones finish, and send their replies.
+    drop(core);
+    drop(durable);
+    while tasks.join_next().await.is_some() {}
+    let _ = tokio::time::timeout(CONNECT_TIMEOUT, nats.flush()).await;
+    tracing::debug!(url = %opts.url, "NATS server stopped");
+    Ok(())
+}
+
+/// A durable event and the route whose consumer delivered it.
+type DurableDelivery = (
+    &'static str,
+    std::result::Result<jetstream::Message, jetstream::consumer::pull::MessagesError>,
+);
+
+/// The JetStream stream over the event-only routes, and one durable pull consumer per
+/// route, filtered on its subject: services sharing a stream only get their own events,
+/// and replicas sharing a `durable` name split them.
+async fn durable_messages(
+    opts: &NatsOptions,
+    nats: &async_nats::Client,
+    stream_name: &str,
+    routes: &[&'static str],
+) -> Result<Vec<BoxStream<'static, DurableDelivery>>> {
+    let js_err = |what: &str, e: &dyn std::fmt::Display| {
+        Error::Protocol(format!("JetStream {what} `{stream_name}` at {}: {e}", opts.url))
+    };
+    let js = jetstream::new(nats.clone());
+    let mut stream = js
+        .get_or_create_stream(jetstream::stream::Config {
+            name: stream_name.to_owned(),
+            subjects: routes.iter().map(|r| r.to_string()).collect(),
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| js_err("cannot create stream", &e))?;
+    // An existing stream (another service, an older version) must cover our subjects too.
+    let info = stream
+        .info()
+        .await
+        .map_err(|e| js_err("cannot read stream", &e))?
+        .clone();
+    let missing: Vec<_> = routes
+        .iter()
+        .filter(|r| !info.config.subjects.iter().any(|s| s == **r))
+        .collect();
+    if !missing.is_empty() {
+        let mut config = info.config.clone();
+        config.subjects.extend(missing.iter().map(|r| r.to_string()));
+        js.update_stream(config)
+            .await
+            .map_err(|e| js_err("cannot add our subjects to stream", &e))?;
+    }
+    let mut out = Vec::with_capacity(routes.len());
+    for &route in routes {
+        // Consumer names cannot hold every character a route can: name it by a stable hash.
+        let name = format!("{}-{:016x}", opts.durable, fnv1a(route.as_bytes()));
+        let consumer = stream
+            .get_or_create_consumer(
+                &name,
+                pull::Config {
+                    durable_name: Some(name.clone()),
+                    description: Some(format!("switchboard: events of `{route}`")),
+                    filter_subject: route.to_owned(),
+                    ack_policy: jetstream::consumer::AckPolicy::Explicit,
+                    ack_wait: opts.ack_wait,
+                    max_deliver: opts.max_deliver,
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(|e| js_err(&format!("cannot create durable consumer `{name}` on"), &e))?;
+        let messages = consumer
+            .messages()
+            .await
+            .map_err(|e| js_err("cannot consume from", &e))?;
+        out.push(messages.map(move |m| (route, m)).boxed());
+    }
+    Ok(out)
+}
+
+/// FNV-1a, 64 bits: stable across builds, unlike the standard library's hasher.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// What a message body means to a NestJS server (§0.4).
+enum Body<'a> {
+    /// A request (`id` present) or event with the packet's fields.
+    Packet(Packet<'a>),
+    /// Valid JSON without `pattern`/`data` (or not an object): an event whose data is the
+    /// whole body.
+    External,
+    /// Not JSON: NestJS crashes here; we log and answer or drop.
+    Invalid(String),
+}
+
+fn classify(payload: &[u8]) -> Body<'_> {
+    match Packet::parse(payload) {
+        Ok(p) if p.pattern.is_none() && p.data.is_none() => Body::External,
+        Ok(p) => Body::Packet(p),
+        Err(PacketError::NotAnObject) => Body::External,
+        Err(PacketError::InvalidJson(e)) => Body::Invalid(e.to_string()),
+        Err(PacketError::InvalidUtf8) => Body::Invalid("not UTF-8".into()),
+    }
+}
+
+/// Handler metadata: NATS headers, then v12's body `metadata` for keys the headers lack.
+fn metadata(
+    msg_headers: Option<&async_nats::HeaderMap>,
+    packet: Option<&Packet<'_>>,
+) -> Option<HashMap<String, String>> {
+    let mut meta = msg_headers.map(headers_to_map);
+    if let Some(body_meta) = packet.and_then(Packet::metadata_map) {
+        let meta = meta.get_or_insert_with(HashMap::new);
+        for (k, v) in body_meta {
+            meta.entry(k).or_insert(v);
+        }
+    }
+    meta
+}
+
+fn handle(
+    nats: &async_nats::Client,
+    dispatcher: &Dispatcher,
+    tasks: &mut JoinSet<()>,
+    route: &'static str,
+    msg: async_nats::Message,
+) {
+    let pattern = serde_json::to_string(route).expect("strings serialise");
+    let body = classify(&msg.payload);
+    let (data, id) = match &body {
+        Body::Packet(p) => (p.data.map(str::as_bytes), p.id),
+        Body::External => (Some(&msg.payload[..]), None),
+        Body::Invalid(e) => {
+            tracing::error!(subject = %msg.subject, error = %e, bytes = msg.payload.len(), "dropping a NATS message that is not JSON");
+            if let Some(reply) = msg.reply.clone() {
+                // No id to echo; a raw requester still gets an answer instead of a timeout.
+                let err = RpcError::new(format!("invalid JSON payload on `{}`: {e}", msg.subject));
+                let mut buf = Vec::new();
+                encode_reply(&mut buf, b"null", Outgoing::Error(&err));
+                let nats = nats.clone();
+                tasks.spawn(async move {
+                    let _ = nats.publish(reply, buf.into()).await;
+                });
+            }
+            return;
+        }
+    };
+    let packet = match &body {
+        Body::Packet(p) => Some(p),
+        _ => None,
+    };
+    let outcome = dispatcher.dispatch(Incoming {
+        pattern: &pattern,
+        data,
+        request: id.is_some(),
+        metadata: metadata(msg.headers.as_ref(), packet),
+        transport: "nats",
+    });
+    let id = id.map(|raw| Bytes::copy_from_slice(raw.as_bytes()));
+    match (outcome, id, msg.reply) {
+        (Dispatched::Reply(reply), Some(id), Some(to)) => {
+            let nats = nats.clone();
+            tasks.spawn(async move {
+                let mut steps = Steps::new(reply);
+                while let Some(step) = steps.next().await {
+                    let mut buf = Vec::new();
+                    encode_reply(&mut buf, &id, step.outgoing());
+                    if !publish_reply(&nats, &to, &id, buf).await {
+                        break;
+                    }
+                }
+            });
+        }
+        // A request without a reply subject: run it and drop the answer, as NestJS does.
+        (Dispatched::Reply(mut reply), _, _) => {
+            tasks.spawn(async move { while reply.next().await.is_some() {} });
+        }
+        (Dispatched::NoHandler { .. }, Some(id), Some(to)) => {
+            let nats = nats.clone();
+            tasks.spawn(async move {
+                let mut buf = Vec::new();
+                encode_reply(&mut buf, &id, Outgoing::NoHandler);
+                publish_reply(&nats, &to, &id, buf).await;
+            });
+        }
+        (Dispatched::Event(run), _, _) => {
+            tasks.spawn(run);
+        }
+        _ => {}
+    }
+}
+
+/// Publishes one reply packet; a packet too big for the broker becomes an error reply, so
+/// the caller is told instead of waiting for its deadline. False when nothing more should go.
+async fn publish_reply(nats: &async_nats::Client, to: &async_nats::Subject, id: &[u8], buf: Vec<u8>) -> bool {
+    let len = buf.len();
+    match nats.publish(to.clone(), buf.into()).await {
+        Ok(()) => true,
+        Err(e) if matches!(e.kind(), async_nats::client::PublishErrorKind::MaxPayloadExceeded) => {
+            tracing::error!(reply_to = %to, bytes = len, error = %e, "reply too big for the NATS server");
+            let err = RpcError::new(format!("the reply ({len} bytes) exceeds the NATS server's max_payload"));
+            let mut buf = Vec::new();
+            encode_reply(&mut buf, id, Outgoing::Error(&err));
+            let _ = nats.publish(to.clone(), buf.into()).await;
+            false
+        }
+        Err(e) => {
+            tracing::warn!(reply_to = %to, error = %e, "could not publish a reply");
+            false
+        }
+    }
+}
+
+/// A durable event: acked once every listener succeeded, otherwise redelivered (after a
+/// pause that grows with the number of deliveries).
+fn handle_durable(
+    dispatcher: &Dispatcher,
+    tasks: &mut JoinSet<()>,
+    route: &'static str,
+    msg: jetstream::Message,
+    max_deliver: i64,
+) {
+    let pattern = serde_json::to_string(route).expect("strings serialise");
+    let run = {
+        let body = classify(&msg.payload);
+        let data = match &body {
+            Body::Packet(p) => p.data.map(str::as_bytes),
+            Body::External => Some(&msg.payload[..]),
+            Body::Invalid(e) => {
+                tracing::error!(subject = %msg.subject, error = %e, "dropping a durable NATS event that is not JSON");
+                None
+            }
+        };
+        let packet = match &body {
+            Body::Packet(p) => Some(p),
+            _ => None,
+        };
+        match body {
+            Body::Invalid(_) => None,
+            _ => Some(dispatcher.dispatch_event(Incoming {
+                pattern: &pattern,
+                data,
+                request: false,
+                metadata: metadata(msg.headers.as_ref(), packet),
+                transport: "nats",
+            })),
+        }
+    };
+    tasks.spawn(async move {
+        let kind = match run {
+            // Not JSON: redelivery cannot help.
+            None => AckKind::Term,
+            // Nobody listens (already logged): nothing to retry.
+            Some(None) => AckKind::Ack,
+            Some(Some(run)) => {
+                if run.await {
+                    AckKind::Ack
+                } else {
+                    let delivered = msg.info().map(|i| i.delivered).unwrap_or(1).max(1);
+                    if delivered == max_deliver {
+                        tracing::error!(
+                            subject = %msg.subject,
+                            delivered,
+                            "a durable event failed on its last delivery (max_deliver); JetStream keeps it in \
+                             the stream but delivers it no more"
+                        );
+                    }
+                    AckKind::Nak(Some(Duration::from_millis(100u64 << delivered.min(7))))
+                }
+            }
+        };
+        if let Err(e) = msg.ack_with(kind).await {
+            // The broker redelivers after ack_wait: at least once, never lost.
+            tracing::warn!(subject = %msg.subject, error = %e, "could not acknowledge a durable event");
+        }
+    });
+}
