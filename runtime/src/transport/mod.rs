@@ -31,6 +31,7 @@ pub mod mem;
 pub mod mqtt;
 #[cfg(feature = "nats")]
 pub mod nats;
+#[cfg_attr(not(all(feature = "tcp", feature = "amqp")), allow(dead_code))]
 pub(crate) mod pending;
 #[cfg(feature = "redis")]
 pub mod redis;

@@ -1,0 +1,850 @@
+#![cfg(feature = "amqp")]
+//! The RabbitMQ transport against a real broker on 127.0.0.1:5672 (guest/guest).
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+use std::time::Duration;
+
+use common::*;
+use futures_util::StreamExt;
+use serde_json::{Value, json};
+use switchboard::prelude::*;
+use switchboard::{Client, Error, Microservice};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::process::{Child, Command};
+
+const BROKER: &str = "127.0.0.1:5672";
+
+switchboard_conformance! {
+    url: "amqp://127.0.0.1:5672?queue=sb-conformance&durable=false",
+    broker: "RabbitMQ on 127.0.0.1:5672",
+    fix: "run scripts/brokers.sh",
+    restart: restart_rabbitmq,
+}
+
+/// Restarts RabbitMQ's application (every connection drops), then waits until the broker
+/// answers the AMQP protocol header again.
+async fn restart_rabbitmq() {
+    for step in ["stop_app", "start_app"] {
+        let out = tokio::process::Command::new("rabbitmqctl")
+            .arg(step)
+            .output()
+            .await
+            .expect("rabbitmqctl runs");
+        assert!(
+            out.status.success(),
+            "rabbitmqctl {step}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while !speaks_amqp().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "RabbitMQ did not come back within 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// True when the broker answers the protocol header with `connection.start`.
+async fn speaks_amqp() -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(mut s) = tokio::net::TcpStream::connect(BROKER).await else {
+        return false;
+    };
+    let mut frame = [0u8; 1];
+    s.write_all(b"AMQP\x00\x00\x09\x01").await.is_ok()
+        && matches!(
+            tokio::time::timeout(Duration::from_secs(2), s.read(&mut frame)).await,
+            Ok(Ok(1)) if frame[0] == 1
+        )
+}
+
+/// True when RabbitMQ answers; otherwise fails under CI or skips loudly.
+async fn broker_up() -> bool {
+    let up = tokio::net::TcpStream::connect(BROKER).await.is_ok();
+    if !up {
+        missing(&format!("RabbitMQ on {BROKER}"), "run scripts/brokers.sh");
+    }
+    up
+}
+
+/// A URL on a queue of its own, so tests do not see each other's messages.
+fn url(queue: &str, extra: &str) -> String {
+    format!("amqp://{BROKER}?queue=sb-test-{queue}&durable=false{extra}")
+}
+
+// ---- Handlers of this binary's own tests ----
+
+/// `lb_work` requests handled by this process.
+static HANDLED: AtomicUsize = AtomicUsize::new(0);
+
+/// Answers with the id of the process that handled it.
+#[message_pattern("lb_work")]
+async fn lb_work(_n: u32) -> u32 {
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    HANDLED.fetch_add(1, SeqCst);
+    std::process::id()
+}
+
+/// Appends the event's number to the file named by `SB_AMQP_LOG`, slowly enough that a
+/// batch of 1,000 takes seconds.
+#[event_pattern("durable_evt")]
+async fn durable_evt(n: u32) {
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let path = std::env::var("SB_AMQP_LOG").expect("SB_AMQP_LOG is set");
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(path)
+        .unwrap();
+    std::io::Write::write_all(&mut f, format!("{n}\n").as_bytes()).unwrap();
+}
+
+/// Attempts per marker of the failing event handlers below.
+static ATTEMPTS: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+fn attempts(marker: &str) -> usize {
+    ATTEMPTS.lock().unwrap().iter().filter(|m| *m == marker).count()
+}
+
+/// Fails on its first two deliveries, succeeds on the third.
+#[event_pattern("fails_twice")]
+async fn fails_twice(marker: String) -> RpcResult<()> {
+    ATTEMPTS.lock().unwrap().push(marker.clone());
+    if attempts(&marker) <= 2 {
+        Err(RpcError::new("not yet"))
+    } else {
+        Ok(())
+    }
+}
+
+#[event_pattern("always_fails")]
+async fn always_fails(marker: String) -> RpcResult<()> {
+    ATTEMPTS.lock().unwrap().push(marker);
+    Err(RpcError::new("always"))
+}
+
+/// Not a test of its own: the consumer process of the load-balancing and kill tests, when
+/// they re-run this binary with `SB_AMQP_CHILD=<url>`. Serves until stdin closes, then shuts
+/// down gracefully and prints how many `lb_work` requests it handled.
+#[tokio::test]
+async fn child_process() {
+    let Ok(url) = std::env::var("SB_AMQP_CHILD") else {
+        return;
+    };
+    let server = Microservice::from_registry().listen(&url).start().await.unwrap();
+    println!("READY");
+    let _ = tokio::task::spawn_blocking(|| std::io::Read::read_to_end(&mut std::io::stdin(), &mut Vec::new())).await;
+    server.shutdown().await.unwrap();
+    println!("HANDLED {}", HANDLED.load(SeqCst));
+}
+
+/// A consumer process serving `url`.
+struct ChildServer {
+    child: Child,
+    lines: tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
+}
+
+impl ChildServer {
+    async fn start(url: &str, log: Option<&std::path::Path>) -> ChildServer {
+        let mut cmd = Command::new(std::env::current_exe().unwrap());
+        cmd.args(["child_process", "--exact", "--nocapture", "--test-threads", "1"])
+            .env("SB_AMQP_CHILD", url)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .kill_on_drop(true);
+        if let Some(log) = log {
+            cmd.env("SB_AMQP_LOG", log);
+        }
+        let mut child = cmd.spawn().expect("the test binary re-runs itself");
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let ready = tokio::time::timeout(Duration::from_secs(30), async {
+            while let Some(line) = lines.next_line().await.unwrap() {
+                // libtest may have written `test child_process ... ` on the same line.
+                if line.ends_with("READY") {
+                    return true;
+                }
+            }
+            false
+        });
+        assert!(
+            ready.await.expect("the child serves within 30 s"),
+            "the child exited before READY"
+        );
+        ChildServer { child, lines }
+    }
+
+    /// Graceful stop: closes stdin; returns the `lb_work` requests the child handled.
+    async fn stop(mut self) -> usize {
+        drop(self.child.stdin.take());
+        let handled = tokio::time::timeout(Duration::from_secs(30), async {
+            while let Some(line) = self.lines.next_line().await.unwrap() {
+                if let Some((_, n)) = line.split_once("HANDLED ") {
+                    return n.parse().unwrap();
+                }
+            }
+            panic!("the child exited without reporting");
+        });
+        let n = handled.await.expect("the child stops within 30 s");
+        let _ = self.child.wait().await;
+        n
+    }
+}
+
+/// Empties a queue (left over from an earlier run); a queue that does not exist is fine.
+async fn purge(queue: &str) {
+    let _ = Command::new("rabbitmqctl").args(["purge_queue", queue]).output().await;
+}
+
+/// Messages ready in a queue, as RabbitMQ counts them.
+async fn ready_messages(queue: &str) -> Option<u64> {
+    let out = Command::new("rabbitmqctl")
+        .args(["list_queues", "name", "messages_ready", "--quiet"])
+        .output()
+        .await
+        .expect("rabbitmqctl runs");
+    String::from_utf8_lossy(&out.stdout).lines().find_map(|line| {
+        let (name, n) = line.split_once('\t')?;
+        (name == queue).then(|| n.trim().parse().ok())?
+    })
+}
+
+#[tokio::test]
+async fn two_servers_on_one_queue_handle_each_request_once() {
+    let _broker = common::conformance::shared().await;
+    if !broker_up().await {
+        return;
+    }
+    let url = url("load-balance", "&prefetch=8");
+    purge("sb-test-load-balance").await;
+    let local = Microservice::from_registry().listen(&url).start().await.unwrap();
+    let child = ChildServer::start(&url, None).await;
+    let child_pid = child.child.id().unwrap();
+    let client = Client::builder(&url)
+        .timeout(Duration::from_secs(20))
+        .connect()
+        .await
+        .unwrap();
+    let calls = (0..200).map(|i| {
+        let client = client.clone();
+        async move { client.send_raw::<u32>("lb_work", i).await.unwrap() }
+    });
+    let pids = futures_util::future::join_all(calls).await;
+    let here = pids.iter().filter(|&&p| p == std::process::id()).count();
+    let there = pids.iter().filter(|&&p| p == child_pid).count();
+    assert_eq!(here + there, 200, "every reply comes from one of the two servers");
+    assert!(
+        here > 0 && there > 0,
+        "both servers took requests: {here} here, {there} in the child"
+    );
+    let child_handled = child.stop().await;
+    local.shutdown().await.unwrap();
+    assert_eq!(
+        child_handled, there,
+        "the child handled exactly the requests it answered"
+    );
+    assert_eq!(
+        HANDLED.load(SeqCst),
+        here,
+        "this process handled exactly the requests it answered"
+    );
+}
+
+#[tokio::test]
+async fn a_killed_consumer_loses_no_events() {
+    let _broker = common::conformance::shared().await;
+    if !broker_up().await {
+        return;
+    }
+    // Durable queue, persistent messages, acks after the handler (the default).
+    let url = format!("amqp://{BROKER}?queue=sb-test-kill&durable=true&persistent=true&prefetch=10");
+    purge("sb-test-kill").await;
+    let log = std::env::temp_dir().join(format!("sb-amqp-kill-{}.log", std::process::id()));
+    let _ = std::fs::remove_file(&log);
+    let handled = |log: &std::path::Path| -> Vec<u32> {
+        std::fs::read_to_string(log)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.parse().ok())
+            .collect()
+    };
+    let client = Client::builder(&url)
+        .timeout(Duration::from_secs(20))
+        .connect()
+        .await
+        .unwrap();
+    for n in 0..1000u32 {
+        client.emit_raw("durable_evt", n).await.unwrap();
+    }
+
+    let first = ChildServer::start(&url, Some(&log)).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while handled(&log).len() < 200 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the consumer handled too little within 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let mut first = first.child;
+    first.kill().await.unwrap(); // SIGKILL: no graceful shutdown, unacked messages in flight
+    let at_kill = handled(&log).len();
+    assert!(
+        at_kill < 1000,
+        "the consumer was killed in the middle of the batch ({at_kill} handled)"
+    );
+
+    let second = ChildServer::start(&url, Some(&log)).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let mut seen = handled(&log);
+        seen.sort_unstable();
+        seen.dedup();
+        if seen.len() == 1000 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "only {} of 1000 events handled after the restart (killed at {at_kill})",
+            seen.len()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    second.stop().await;
+    let all = handled(&log);
+    let mut distinct = all.clone();
+    distinct.sort_unstable();
+    distinct.dedup();
+    assert_eq!(
+        distinct,
+        (0..1000).collect::<Vec<_>>(),
+        "every event handled at least once"
+    );
+    eprintln!(
+        "killed after {at_kill} events; {} handled twice (redelivered after the kill)",
+        all.len() - 1000
+    );
+    assert_eq!(
+        ready_messages("sb-test-kill").await,
+        Some(0),
+        "nothing left in the queue"
+    );
+    let _ = std::fs::remove_file(&log);
+}
+
+#[tokio::test]
+async fn failing_events_are_retried_then_dead_lettered() {
+    let _broker = common::conformance::shared().await;
+    if !broker_up().await {
+        return;
+    }
+    let url = url("retry", "&max_retries=2");
+    purge("sb-test-retry").await;
+    purge("sb-test-retry.dlq").await;
+    let server = Microservice::from_registry().listen(&url).start().await.unwrap();
+    let client = Client::builder(&url)
+        .timeout(Duration::from_secs(10))
+        .connect()
+        .await
+        .unwrap();
+    let (flaky, doomed) = (
+        format!("flaky-{}", std::process::id()),
+        format!("doomed-{}", std::process::id()),
+    );
+    client.emit_raw("fails_twice", &flaky).await.unwrap();
+    client.emit_raw("always_fails", &doomed).await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while attempts(&flaky) < 3 || attempts(&doomed) < 3 || ready_messages("sb-test-retry.dlq").await != Some(1) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "flaky: {} attempts, doomed: {} attempts, dead letters: {:?}",
+            attempts(&flaky),
+            attempts(&doomed),
+            ready_messages("sb-test-retry.dlq").await
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Give a wrongly redelivered message time to show up.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        attempts(&flaky),
+        3,
+        "succeeded on the third delivery and was not delivered again"
+    );
+    assert_eq!(attempts(&doomed), 3, "one delivery plus max_retries=2 retries");
+    assert_eq!(
+        ready_messages("sb-test-retry.dlq").await,
+        Some(1),
+        "the doomed event is in <queue>.dlq"
+    );
+    assert_eq!(ready_messages("sb-test-retry").await, Some(0));
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn unhandled_messages_do_not_block_a_prefetch_of_one() {
+    let _broker = common::conformance::shared().await;
+    if !broker_up().await {
+        return;
+    }
+    // NestJS with noAck:false and prefetch 1 used to freeze on an unknown pattern (#11641):
+    // we nack those without requeue, so the next message still arrives.
+    let url = url("prefetch-one", "&prefetch=1");
+    purge("sb-test-prefetch-one").await;
+    let server = Microservice::from_registry().listen(&url).start().await.unwrap();
+    let client = Client::builder(&url)
+        .timeout(Duration::from_secs(5))
+        .connect()
+        .await
+        .unwrap();
+    client.emit_raw("nobody_listens", json!({})).await.unwrap();
+    let err = client.send_raw::<Value>("nobody_answers", json!({})).await.unwrap_err();
+    assert!(
+        matches!(&err, Error::NoHandler { pattern, .. } if pattern == "nobody_answers"),
+        "{err}"
+    );
+    for i in 0..5 {
+        assert_eq!(client.send_raw::<Value>("echo", json!(i)).await.unwrap(), json!(i));
+    }
+    assert_eq!(
+        ready_messages("sb-test-prefetch-one").await,
+        Some(0),
+        "nothing requeued"
+    );
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn shutdown_finishes_in_flight_requests_and_leaves_the_rest_queued() {
+    let _broker = common::conformance::shared().await;
+    if !broker_up().await {
+        return;
+    }
+    let url = url("shutdown", "");
+    purge("sb-test-shutdown").await;
+    let server = Microservice::from_registry().listen(&url).start().await.unwrap();
+    let client = Client::builder(&url)
+        .timeout(Duration::from_secs(10))
+        .connect()
+        .await
+        .unwrap();
+    assert_eq!(client.send(delay, 1).await.unwrap(), 1);
+    let slow = {
+        let client = client.clone();
+        tokio::spawn(async move { client.send(delay, 700).await })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    server.shutdown().await.unwrap();
+    assert_eq!(slow.await.unwrap().unwrap(), 700, "the request in flight was answered");
+    // Stopped: a new request waits in the queue for the next server instead of being taken.
+    let waiting = {
+        let client = client.clone();
+        tokio::spawn(async move { client.send(delay, 2).await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!waiting.is_finished(), "nobody consumes after shutdown");
+    let next = Microservice::from_registry().listen(&url).start().await.unwrap();
+    assert_eq!(waiting.await.unwrap().unwrap(), 2, "the next server answers it");
+    next.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn bad_urls_are_refused() {
+    let err = Client::builder("amqp://127.0.0.1:5672?queue=x&prefech=1")
+        .build()
+        .unwrap_err();
+    assert!(err.to_string().contains("unknown query parameter `prefech`"), "{err}");
+    let err = Microservice::from_registry()
+        .listen("amqp://127.0.0.1:5672?durable=maybe")
+        .start()
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("durable"), "{err}");
+}
+
+#[tokio::test]
+async fn an_unreachable_broker_fails_fast() {
+    // Nothing listens on port 1.
+    let err = Microservice::from_registry()
+        .listen("amqp://127.0.0.1:1")
+        .start()
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Connect { .. }), "{err}");
+    let client = Client::builder("amqp://127.0.0.1:1")
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let err = client.send_raw::<Value>("echo", 1).await.unwrap_err();
+    assert!(matches!(err, Error::Connect { .. }), "{err}");
+}
+
+#[tokio::test]
+async fn round_trip() {
+    let _broker = common::conformance::shared().await;
+    if !broker_up().await {
+        return;
+    }
+    let url = url("round-trip", "");
+    let server = Microservice::from_registry().listen(&url).start().await.unwrap();
+    let client = Client::builder(&url)
+        .timeout(Duration::from_secs(10))
+        .connect()
+        .await
+        .unwrap();
+    assert_eq!(
+        client.send_raw::<f64>(json!({"cmd": "sum"}), [1, 2, 3]).await.unwrap(),
+        6.0
+    );
+    let values: Vec<u32> = client
+        .send_raw::<u32>("stream", json!({}))
+        .stream()
+        .await
+        .unwrap()
+        .map(|v| v.unwrap())
+        .collect()
+        .await;
+    assert_eq!(values, [1, 2, 3]);
+    let err = client.send_raw::<Value>("rpc_string", json!({})).await.unwrap_err();
+    assert_eq!(
+        err.as_rpc().unwrap().value(),
+        &json!({"status": "error", "message": "bad thing"})
+    );
+    let err = client.send_raw::<Value>("nope", json!({})).await.unwrap_err();
+    assert!(
+        matches!(&err, Error::NoHandler { pattern, .. } if pattern == "nope"),
+        "{err}"
+    );
+    client.emit_raw("evt", json!({"marker": "rt"})).await.unwrap();
+    let mut seen = Vec::new();
+    for _ in 0..100 {
+        seen = client.send_raw::<Vec<Value>>("events_seen", json!({})).await.unwrap();
+        if seen.iter().filter(|e| e["data"]["marker"] == "rt").count() == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        seen.iter().filter(|e| e["data"]["marker"] == "rt").count(),
+        2,
+        "{seen:?}"
+    );
+    server.shutdown().await.unwrap();
+}
+
+// ---- NestJS interop (tests/nestjs: server.mjs / client.mjs with --url amqp://…) ----
+
+fn peer_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("nestjs")
+}
+
+/// True when NestJS `version` is installed; otherwise fails under CI or skips loudly.
+fn nest_installed(version: u8) -> bool {
+    let ok = peer_dir()
+        .join(format!("v{version}/node_modules/amqplib/package.json"))
+        .exists()
+        && std::process::Command::new("node")
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success());
+    if !ok {
+        missing(
+            &format!("NestJS {version} with amqplib (tests/nestjs/v{version}) or node"),
+            "run scripts/setup-nestjs.sh",
+        );
+    }
+    ok
+}
+
+/// Runs the NestJS client on `url` with a script of operations; returns one result each.
+async fn nest_client(version: u8, url: &str, ops: &[Value]) -> Vec<Value> {
+    let mut child = Command::new("node")
+        .arg(peer_dir().join("client.mjs"))
+        .args(["--nest", &version.to_string(), "--url", url])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("node runs");
+    let mut stdin = child.stdin.take().unwrap();
+    stdin
+        .write_all(Value::from(ops.to_vec()).to_string().as_bytes())
+        .await
+        .unwrap();
+    drop(stdin);
+    let out = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
+        .await
+        .expect("NestJS client finishes")
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "NestJS client failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let results: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "NestJS client printed no JSON ({e}): {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    });
+    assert_eq!(results.len(), ops.len());
+    results
+}
+
+fn send(pattern: Value, data: Value) -> Value {
+    json!({"op": "send", "pattern": pattern, "data": data, "timeout_ms": 10000})
+}
+
+async fn nest_client_calls_our_server(version: u8) {
+    let _broker = common::conformance::shared().await;
+    if !broker_up().await || !nest_installed(version) {
+        return;
+    }
+    let url = url(&format!("nest{version}-to-us"), "");
+    let server = Microservice::from_registry().listen(&url).start().await.unwrap();
+    let marker = format!("nest{version}-to-us-{}", std::process::id());
+    let mut ops = vec![
+        send(json!({"cmd": "sum"}), json!([1, 2, 3])),
+        send(json!("echo"), json!({"x": "é😀 ünïcødé"})),
+        send(json!({"cmd": "get_user"}), json!("42")),
+        send(
+            json!({"nested": {"a": "x", "b": 1}, "v": 2, "role": "user", "cmd": "get"}),
+            json!({}),
+        ),
+        send(json!("stream"), json!({})),
+        send(json!("slow_stream"), json!({})),
+        send(json!("empty_stream"), json!({})),
+        send(json!("rpc_string"), json!({})),
+        send(json!("rpc_object"), json!({})),
+        send(json!("panics"), json!(1)),
+        send(json!("nope"), json!({})),
+        send(json!("void_ret"), json!({})),
+        send(json!("null_ret"), json!({})),
+        send(json!("len"), json!("x".repeat(1 << 20))),
+        json!({"op": "emit", "pattern": "evt", "data": {"marker": marker}}),
+        json!({"op": "emit", "pattern": {"evt": 1}, "data": {"ignored": true}}),
+        json!({"op": "sleep", "ms": 200}),
+        send(json!("events_seen"), json!({})),
+        json!({"op": "send_many", "pattern": "echo", "data_list": (0..200).collect::<Vec<_>>(), "timeout_ms": 20000}),
+        send(json!({"cmd": "sum"}), json!("not numbers")),
+        send(json!("late_complete"), json!({})),
+    ];
+    if version >= 12 {
+        // v12 puts the dispatch hook's metadata in the body; we read it as headers.
+        ops.push(json!({"op": "set_metadata", "metadata": {"traceparent": "00-abc-def-01"}}));
+        ops.push(send(json!("meta"), json!({})));
+    }
+    let r = nest_client(version, &url, &ops).await;
+    assert_eq!(r[0], json!({"ok": [6]}));
+    assert_eq!(r[1], json!({"ok": [{"x": "é😀 ünïcødé"}]}));
+    assert_eq!(
+        r[2],
+        json!({"ok": [{"id": "42", "name": "John Doe", "email": "john@example.com"}]})
+    );
+    assert_eq!(r[3], json!({"ok": ["nested-ok"]}));
+    assert_eq!(r[4], json!({"ok": [1, 2, 3]}));
+    assert_eq!(r[5], json!({"ok": [0, 1, 2]}));
+    assert_eq!(r[6], json!({"ok": []}));
+    assert_eq!(r[7], json!({"err": {"status": "error", "message": "bad thing"}}));
+    assert_eq!(
+        r[8],
+        json!({"err": {"code": 42, "message": "custom msg", "extra": true}})
+    );
+    assert_eq!(
+        r[9],
+        json!({"err": {"status": "error", "message": "Internal server error"}})
+    );
+    assert_eq!(
+        r[10],
+        json!({"err": "There is no matching message handler defined in the remote service."})
+    );
+    assert_eq!(r[11], json!({"ok": []}));
+    assert_eq!(r[12], json!({"ok": [null]}));
+    assert_eq!(r[13], json!({"ok": [1 << 20]}));
+    assert_eq!(r[14], json!({"ok": true}));
+    let seen = r[17]["ok"][0].as_array().expect("events_seen returns a list");
+    for handler in ["a", "b"] {
+        assert!(
+            seen.iter()
+                .any(|e| e["handler"] == handler && e["data"]["marker"] == json!(marker)),
+            "{handler}: {seen:?}"
+        );
+    }
+    assert!(
+        !seen.iter().any(|e| e["data"]["ignored"] == json!(true)),
+        "an unknown event runs nothing"
+    );
+    let many = r[18]["ok"].as_array().expect("200 replies");
+    assert_eq!(many.len(), 200);
+    for (i, values) in many.iter().enumerate() {
+        assert_eq!(values, &json!([i]));
+    }
+    let invalid = r[19]["err"]["message"].as_str().unwrap_or_default();
+    assert!(invalid.starts_with("invalid payload for pattern"), "{}", r[19]);
+    assert_eq!(r[20], json!({"ok": ["first"]}), "completion in a separate packet");
+    if version >= 12 {
+        assert_eq!(r[22], json!({"ok": [{"traceparent": "00-abc-def-01"}]}));
+    }
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn nestjs_11_client_calls_our_server() {
+    nest_client_calls_our_server(11).await;
+}
+
+#[tokio::test]
+async fn nestjs_12_client_calls_our_server() {
+    nest_client_calls_our_server(12).await;
+}
+
+/// A NestJS server process, stopped when dropped.
+struct NestServer {
+    _child: Child,
+}
+
+async fn nest_server(version: u8, url: &str) -> NestServer {
+    let mut child = Command::new("node")
+        .arg(peer_dir().join("server.mjs"))
+        .args(["--nest", &version.to_string(), "--url", url])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("node runs");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+        .await
+        .expect("NestJS server starts within 30 s")
+        .unwrap()
+        .expect("NestJS server prints READY");
+    assert!(line.starts_with("READY"), "unexpected line: {line}");
+    NestServer { _child: child }
+}
+
+async fn our_client_calls_nest_server(version: u8) {
+    let _broker = common::conformance::shared().await;
+    if !broker_up().await || !nest_installed(version) {
+        return;
+    }
+    let url = url(&format!("us-to-nest{version}"), "");
+    let _nest = nest_server(version, &url).await;
+    let client = Client::builder(&url)
+        .timeout(Duration::from_secs(10))
+        .connect()
+        .await
+        .unwrap();
+
+    assert_eq!(
+        client.send_raw::<i64>(json!({"cmd": "sum"}), [1, 2, 3]).await.unwrap(),
+        6
+    );
+    let user: Value = client.send_raw(json!({"cmd": "get_user"}), "42").await.unwrap();
+    assert_eq!(user["name"], "John Doe");
+    let nested_reply: String = client
+        .send_raw(
+            json!({"cmd": "get", "role": "user", "v": 2, "nested": {"b": 1, "a": "x"}}),
+            json!({}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(nested_reply, "nested-ok");
+    let unicode = json!({"x": "é😀 ünïcødé"});
+    assert_eq!(client.send_raw::<Value>("echo", &unicode).await.unwrap(), unicode);
+
+    // Multi-value replies: one message per packet, completion merged or separate.
+    for (pattern, want) in [
+        ("stream", vec![1, 2, 3]),
+        ("slow_stream", vec![0, 1, 2]),
+        ("empty_stream", vec![]),
+    ] {
+        let values: Vec<u32> = client
+            .send_raw::<u32>(pattern, json!({}))
+            .stream()
+            .await
+            .unwrap()
+            .map(|v| v.unwrap())
+            .collect()
+            .await;
+        assert_eq!(values, want, "{pattern}");
+    }
+    client.send_raw::<()>("void_ret", json!({})).await.unwrap();
+    assert_eq!(
+        client.send_raw::<Option<u32>>("null_ret", json!({})).await.unwrap(),
+        None
+    );
+
+    // Errors.
+    let err = client.send_raw::<Value>("rpc_string", json!({})).await.unwrap_err();
+    assert_eq!(
+        err.as_rpc().unwrap().value(),
+        &json!({"status": "error", "message": "bad thing"})
+    );
+    let err = client.send_raw::<Value>("rpc_object", json!({})).await.unwrap_err();
+    assert_eq!(
+        err.as_rpc().unwrap().value(),
+        &json!({"code": 42, "message": "custom msg", "extra": true})
+    );
+    let err = client.send_raw::<Value>("plain_error", json!({})).await.unwrap_err();
+    assert_eq!(err.as_rpc().unwrap().message(), Some("Internal server error"));
+    let err = client.send_raw::<Value>("nope", json!({})).await.unwrap_err();
+    assert!(
+        matches!(&err, Error::NoHandler { pattern, .. } if pattern == "nope"),
+        "{err}"
+    );
+
+    // 1 MiB, ASCII and astral (NestJS counts UTF-16 units).
+    assert_eq!(
+        client.send_raw::<usize>("len", "x".repeat(1 << 20)).await.unwrap(),
+        1 << 20
+    );
+    assert_eq!(
+        client.send_raw::<usize>("len", "😀".repeat(1 << 18)).await.unwrap(),
+        1 << 19
+    );
+
+    // Events reach both NestJS listeners.
+    let marker = format!("us-to-nest{version}-{}", std::process::id());
+    client.emit_raw("evt", json!({"marker": marker})).await.unwrap();
+    let mut seen = Vec::new();
+    for _ in 0..100 {
+        seen = client.send_raw::<Vec<Value>>("events_seen", json!({})).await.unwrap();
+        if seen.iter().filter(|e| e["data"]["marker"] == json!(marker)).count() == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for handler in ["a", "b"] {
+        assert!(
+            seen.iter()
+                .any(|e| e["handler"] == handler && e["data"]["marker"] == json!(marker)),
+            "{handler}: {seen:?}"
+        );
+    }
+
+    // 200 concurrent requests on one channel, told apart by correlation_id alone.
+    let calls = (0..200).map(|i| {
+        let client = client.clone();
+        async move { client.send_raw::<Value>("echo", json!({"i": i})).await }
+    });
+    for (i, r) in futures_util::future::join_all(calls).await.into_iter().enumerate() {
+        assert_eq!(r.unwrap(), json!({"i": i}));
+    }
+}
+
+#[tokio::test]
+async fn our_client_calls_nestjs_11_server() {
+    our_client_calls_nest_server(11).await;
+}
+
+#[tokio::test]
+async fn our_client_calls_nestjs_12_server() {
+    our_client_calls_nest_server(12).await;
+}
