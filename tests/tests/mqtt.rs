@@ -1,0 +1,872 @@
+#![cfg(feature = "mqtt")]
+//! The MQTT transport against a real Mosquitto on 127.0.0.1:1883: the conformance suite
+//! (broker restart included), NestJS's bytes on the wire, plain messages from non-Nest
+//! producers, load balancing through shared subscriptions, and at-least-once events across
+//! a killed consumer.
+
+mod common;
+
+use std::collections::{BTreeMap, HashMap};
+use std::process::Stdio;
+use std::time::Duration;
+
+use common::*;
+use serde_json::{Value, json};
+use switchboard::prelude::*;
+use switchboard::{Client, Microservice};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+const BROKER: &str = "Mosquitto on 127.0.0.1:1883";
+const FIX: &str = "start it: mosquitto -d -c /etc/mosquitto/mosquitto.conf (or run scripts/brokers.sh)";
+const URL: &str = "mqtt://127.0.0.1:1883";
+const PID_FILE: &str = "/run/mosquitto/mosquitto.pid";
+
+switchboard_conformance! {
+    url: URL,
+    broker: BROKER,
+    fix: FIX,
+    restart: restart_mosquitto,
+}
+
+/// True when the broker answers; otherwise fails under CI or skips loudly.
+fn broker_up() -> bool {
+    let up = std::net::TcpStream::connect_timeout(&"127.0.0.1:1883".parse().unwrap(), Duration::from_secs(2)).is_ok();
+    if !up {
+        missing(BROKER, FIX);
+    }
+    up
+}
+
+/// Stops Mosquitto (by the PID in its pid file) and starts it again with the system config.
+async fn restart_mosquitto() {
+    let pid = std::fs::read_to_string(PID_FILE)
+        .unwrap_or_else(|e| panic!("cannot read {PID_FILE} to restart Mosquitto: {e}"))
+        .trim()
+        .to_owned();
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+    assert_eq!(
+        comm.trim(),
+        "mosquitto",
+        "{PID_FILE} names pid {pid}, which is not Mosquitto"
+    );
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(killed.success(), "kill -TERM {pid} failed");
+    for _ in 0..100 {
+        if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Down for a moment, so that clients notice.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let started = std::process::Command::new("mosquitto")
+        .args(["-d", "-c", "/etc/mosquitto/mosquitto.conf"])
+        .status()
+        .unwrap();
+    assert!(started.success(), "mosquitto did not start again");
+    for _ in 0..100 {
+        if std::net::TcpStream::connect("127.0.0.1:1883").is_ok() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("Mosquitto does not listen again after a restart");
+}
+
+async fn client(url: &str) -> Client {
+    Client::builder(url)
+        .timeout(Duration::from_secs(15))
+        .connect()
+        .await
+        .unwrap_or_else(|e| panic!("client connects to {url}: {e}"))
+}
+
+/// Starts a server with every handler of this binary and waits until it answers.
+async fn start_server(url: &str) -> switchboard::RunningServer {
+    let server = Microservice::from_registry().listen(url).start().await.unwrap();
+    let c = client(url).await;
+    for _ in 0..50 {
+        if c.with_timeout(Duration::from_millis(200)).send(delay, 0).await.is_ok() {
+            break;
+        }
+    }
+    server
+}
+
+/// `mosquitto_sub` printing `topic payload` lines for `topics`, once subscribed.
+async fn watch(port: u16, topics: &[&str], count: usize) -> Child {
+    let mut cmd = Command::new("mosquitto_sub");
+    cmd.args([
+        "-h",
+        "127.0.0.1",
+        "-p",
+        &port.to_string(),
+        "-v",
+        "-C",
+        &count.to_string(),
+        "-W",
+        "20",
+    ]);
+    for t in topics {
+        cmd.args(["-t", t]);
+    }
+    let child = cmd
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("mosquitto_sub (package mosquitto-clients) runs");
+    // mosquitto_sub has no "subscribed" signal; it subscribes right after connecting.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    child
+}
+
+async fn lines(child: Child) -> Vec<String> {
+    let out = child.wait_with_output().await.unwrap();
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+fn mosquitto_pub(port: u16, topic: &str, message: &str) {
+    let ok = std::process::Command::new("mosquitto_pub")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-t", topic, "-m", message])
+        .status()
+        .expect("mosquitto_pub (package mosquitto-clients) runs");
+    assert!(ok.success());
+}
+
+/// A Mosquitto of this test's own on a free port, so that no other server of this binary
+/// (which all serve the same topics) answers or listens in. Stopped when dropped.
+struct PrivateBroker {
+    _child: Child,
+    dir: std::path::PathBuf,
+    port: u16,
+}
+
+impl PrivateBroker {
+    async fn start() -> PrivateBroker {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let dir = std::env::temp_dir().join(format!("sb-mosquitto-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let conf = dir.join("mosquitto.conf");
+        std::fs::write(
+            &conf,
+            format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"),
+        )
+        .unwrap();
+        let child = Command::new("mosquitto")
+            .arg("-c")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("the mosquitto binary runs");
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return PrivateBroker {
+                    _child: child,
+                    dir,
+                    port,
+                };
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("a private mosquitto on port {port} did not start");
+    }
+
+    fn url(&self) -> String {
+        format!("mqtt://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for PrivateBroker {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// What our client and server put on the wire is what NestJS puts there (mqtt.txt):
+/// the request on the route's topic, the reply on `<topic>/reply`, events without an id.
+#[tokio::test]
+async fn wire_format_is_nestjs() {
+    if !broker_up() {
+        return;
+    }
+    let broker = PrivateBroker::start().await;
+    let _server = start_server(&broker.url()).await;
+    let c = client(&broker.url()).await;
+    let spy = watch(broker.port, &[r#"{"cmd":"sum"}"#, r#"{"cmd":"sum"}/reply"#, "evt"], 3).await;
+    assert_eq!(c.send(sum, vec![1.0, 2.0, 3.0]).await.unwrap(), 6.0);
+    c.emit_raw("evt", json!({"wire": 1})).await.unwrap();
+    let got = lines(spy).await;
+    assert_eq!(got.len(), 3, "{got:?}");
+    let (topic, request) = got[0].split_once(' ').unwrap();
+    assert_eq!(topic, r#"{"cmd":"sum"}"#);
+    let id = request
+        .strip_prefix(r#"{"pattern":{"cmd":"sum"},"data":[1,2,3],"id":""#)
+        .and_then(|rest| rest.strip_suffix(r#""}"#))
+        .unwrap_or_else(|| panic!("request is not NestJS's packet: {request}"));
+    assert!(id.len() == 21 && id.bytes().all(|b| b.is_ascii_hexdigit()), "{id}");
+    assert_eq!(
+        got[1],
+        format!(r#"{{"cmd":"sum"}}/reply {{"response":6,"isDisposed":true,"id":"{id}"}}"#)
+    );
+    assert_eq!(got[2], r#"evt {"pattern":"evt","data":{"wire":1}}"#);
+}
+
+/// Messages from producers that are not NestJS reach event listeners as NestJS delivers
+/// them: JSON without `pattern`/`data` is the data itself, anything else arrives as a string.
+#[tokio::test]
+async fn plain_messages_reach_event_listeners() {
+    if !broker_up() {
+        return;
+    }
+    let broker = PrivateBroker::start().await;
+    let _server = start_server(&broker.url()).await;
+    let c = client(&broker.url()).await;
+    let marker = format!("plain-{}", std::process::id());
+    mosquitto_pub(
+        broker.port,
+        "evt",
+        &json!({"marker": marker, "from": "mosquitto_pub"}).to_string(),
+    );
+    mosquitto_pub(broker.port, "evt", "not json at all");
+    // Not UTF-8: dropped with a logged error.
+    let junk = std::env::temp_dir().join(format!("sb-mqtt-junk-{}", std::process::id()));
+    std::fs::write(&junk, [0xff, 0xfe, 0x00, 0x80]).unwrap();
+    let ok = std::process::Command::new("mosquitto_pub")
+        .args(["-h", "127.0.0.1", "-p", &broker.port.to_string(), "-t", "evt", "-f"])
+        .arg(&junk)
+        .status()
+        .unwrap();
+    let _ = std::fs::remove_file(&junk);
+    assert!(ok.success());
+    // Still serving after the junk.
+    assert_eq!(common::conformance::await_events(&c, &marker, 2).await, 2);
+    let seen = c.send(events_seen, ()).await.unwrap();
+    assert!(
+        seen.iter()
+            .any(|e| e["data"] == json!({"marker": marker, "from": "mosquitto_pub"})),
+        "{seen:?}"
+    );
+    assert!(seen.iter().any(|e| e["data"] == json!("not json at all")), "{seen:?}");
+    assert_eq!(c.send(sum, vec![1.0]).await.unwrap(), 1.0);
+    // Junk on a reply topic the client listens to is skipped (NestJS's client throws).
+    mosquitto_pub(broker.port, r#"{"cmd":"sum"}/reply"#, "not json");
+    mosquitto_pub(
+        broker.port,
+        r#"{"cmd":"sum"}/reply"#,
+        r#"{"response":1,"id":"not-ours"}"#,
+    );
+    assert_eq!(c.send(sum, vec![2.0]).await.unwrap(), 2.0);
+}
+
+/// Requests with no server answer fail at the call's deadline, naming the pattern; they do
+/// not hang, and the client keeps working.
+#[tokio::test]
+async fn unknown_pattern_times_out_naming_it() {
+    if !broker_up() {
+        return;
+    }
+    let _broker = common::conformance::shared().await;
+    let c = client(URL).await;
+    let err = c
+        .with_timeout(Duration::from_millis(500))
+        .send_raw::<Value>(json!({"cmd": "nobody_serves_this"}), json!(1))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, switchboard::Error::Timeout { pattern, .. } if pattern == r#"{"cmd":"nobody_serves_this"}"#),
+        "{err}"
+    );
+}
+
+#[test]
+fn bad_urls_are_refused_clearly() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    for (url, needle) in [
+        ("mqtt://127.0.0.1:1883?qos=7", "qos"),
+        ("mqtt://127.0.0.1:1883?queue=x", "unknown query parameter `queue`"),
+        ("mqtt://127.0.0.1:1883?clean_session=false", "client_id"),
+    ] {
+        let err = rt
+            .block_on(Microservice::from_registry().listen(url).start())
+            .unwrap_err();
+        assert!(err.to_string().contains(needle), "{url}: {err}");
+    }
+    if broker_up() {
+        let err = rt
+            .block_on(async {
+                let c = client(&format!("{URL}?max_packet_size=1000")).await;
+                c.emit_raw("evt", "x".repeat(2000)).await
+            })
+            .unwrap_err();
+        assert!(err.to_string().contains("exceeds max_packet_size"), "{err}");
+    }
+    let err = rt.block_on(
+        Client::builder("mqtt://127.0.0.1:1?connect_timeout_ms=300")
+            .timeout(Duration::from_secs(5))
+            .connect(),
+    );
+    assert!(
+        matches!(err, Err(switchboard::Error::Connect { .. })),
+        "a dead broker fails the connect: {err:?}"
+    );
+}
+
+/// Shutdown stops taking messages but lets the requests in flight finish and answer.
+#[tokio::test]
+async fn shutdown_lets_in_flight_requests_finish() {
+    if !broker_up() {
+        return;
+    }
+    let broker = PrivateBroker::start().await;
+    let server = start_server(&broker.url()).await;
+    let c = client(&broker.url()).await;
+    let slow = {
+        let c = c.clone();
+        tokio::spawn(async move { c.send(delay, 400).await })
+    };
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    server.shutdown().await.unwrap();
+    assert_eq!(slow.await.unwrap().unwrap(), 400, "the request in flight was answered");
+    let err = c
+        .with_timeout(Duration::from_millis(500))
+        .send(delay, 1)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, switchboard::Error::Timeout { .. }),
+        "nobody serves after shutdown: {err}"
+    );
+}
+
+// ---- load balancing ------------------------------------------------------------------
+
+/// Which server instance handled each `lb_hit` request, by the runtime thread it ran on.
+static LB_HITS: std::sync::Mutex<Vec<(u64, String)>> = std::sync::Mutex::new(Vec::new());
+
+#[message_pattern("lb_hit")]
+async fn lb_hit(n: u64) -> u64 {
+    let thread = std::thread::current().name().unwrap_or_default().to_owned();
+    // Servers of other tests (the conformance one) answer too; only the two here count.
+    if thread.starts_with("lb-") {
+        LB_HITS.lock().unwrap().push((n, thread));
+    }
+    n
+}
+
+/// Starts a server on its own runtime, whose threads are named `name`.
+fn server_on_thread(name: &'static str, url: String) -> std::sync::mpsc::Sender<()> {
+    let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name(name)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let server = Microservice::new().handler(lb_hit).listen(url).start().await.unwrap();
+            ready_tx.send(()).unwrap();
+            tokio::task::spawn_blocking(move || stop_rx.recv()).await.unwrap().ok();
+            server.shutdown().await.unwrap();
+        });
+    });
+    ready_rx.recv_timeout(Duration::from_secs(10)).expect("server starts");
+    stop_tx
+}
+
+/// Two servers in one shared-subscription group: every request is handled exactly once,
+/// and both take a share.
+#[tokio::test]
+async fn group_load_balances_each_request_once() {
+    if !broker_up() {
+        return;
+    }
+    let _broker = common::conformance::shared().await;
+    let group = format!("lb{}", std::process::id());
+    let url = format!("{URL}?group={group}&qos=1");
+    let a = server_on_thread("lb-a", url.clone());
+    let b = server_on_thread("lb-b", url.clone());
+    tokio::time::sleep(Duration::from_millis(300)).await; // both SUBSCRIBEs reach the broker
+    let c = client(URL).await;
+    const N: u64 = 200;
+    let calls = (0..N).map(|n| {
+        let c = c.clone();
+        async move { c.send(lb_hit, n).await }
+    });
+    for (n, r) in futures_util::future::join_all(calls).await.into_iter().enumerate() {
+        assert_eq!(r.unwrap(), n as u64);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let hits = std::mem::take(&mut *LB_HITS.lock().unwrap());
+    let mut per_n: BTreeMap<u64, usize> = BTreeMap::new();
+    let mut per_server: HashMap<String, usize> = HashMap::new();
+    for (n, server) in hits {
+        *per_n.entry(n).or_default() += 1;
+        *per_server.entry(server).or_default() += 1;
+    }
+    assert_eq!(per_n.len() as u64, N, "every request handled");
+    assert!(per_n.values().all(|&k| k == 1), "each handled exactly once: {per_n:?}");
+    assert_eq!(per_server.len(), 2, "both servers took a share: {per_server:?}");
+    let _ = a.send(());
+    let _ = b.send(());
+}
+
+// ---- at-least-once events across a killed consumer -----------------------------------
+
+const DURABLE_LOG: &str = "SWITCHBOARD_MQTT_DURABLE_LOG";
+const DURABLE_ID: &str = "SWITCHBOARD_MQTT_DURABLE_ID";
+const EVENTS: u64 = 1000;
+
+/// Records each event in the file named by `SWITCHBOARD_MQTT_DURABLE_LOG` (set only in the
+/// consumer child process).
+#[event_pattern("durable_evt")]
+async fn durable_evt(data: Value) {
+    let Some(path) = std::env::var_os(DURABLE_LOG) else {
+        return;
+    };
+    // Slow enough that the consumer is killed with messages in flight.
+    tokio::time::sleep(Duration::from_millis(40)).await;
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .unwrap();
+    writeln!(f, "{data}").unwrap();
+}
+
+fn durable_url(client_id: &str) -> String {
+    format!("{URL}?qos=1&clean_session=false&client_id={client_id}")
+}
+
+/// The consumer process of `durable_events_survive_a_killed_consumer` (re-executed test
+/// binary); does nothing when run on its own.
+#[tokio::test]
+#[ignore = "helper process of durable_events_survive_a_killed_consumer"]
+async fn durable_consumer_process() {
+    let (Some(_), Some(id)) = (std::env::var_os(DURABLE_LOG), std::env::var(DURABLE_ID).ok()) else {
+        return;
+    };
+    let server = Microservice::new()
+        .handler(durable_evt)
+        .listen(durable_url(&id))
+        .start()
+        .await
+        .unwrap();
+    println!("READY");
+    std::future::pending::<()>().await;
+    drop(server);
+}
+
+fn spawn_consumer(log: &std::path::Path, id: &str) -> Child {
+    Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "durable_consumer_process", "--ignored", "--nocapture"])
+        .env(DURABLE_LOG, log)
+        .env(DURABLE_ID, id)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap()
+}
+
+async fn wait_ready(child: &mut Child) {
+    let mut out = BufReader::new(child.stdout.take().unwrap()).lines();
+    let ready = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(line) = out.next_line().await.unwrap() {
+            if line.contains("READY") {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert!(matches!(ready, Ok(true)), "the consumer process started");
+}
+
+/// The `n`s recorded for run `run`.
+fn handled(log: &std::path::Path, run: &str) -> Vec<u64> {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    text.lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["run"] == run)
+        .filter_map(|v| v["n"].as_u64())
+        .collect()
+}
+
+/// QoS 1, a kept session and acks after the handler: kill the consumer (SIGKILL) in the
+/// middle of 1,000 events, start it again, and every event has been handled at least once.
+#[tokio::test]
+async fn durable_events_survive_a_killed_consumer() {
+    if !broker_up() {
+        return;
+    }
+    let _broker = common::conformance::shared().await;
+    let id = format!("sb-durable-{}", std::process::id());
+    let log = std::env::temp_dir().join(format!("{id}.log"));
+    let _ = std::fs::remove_file(&log);
+    let c = client(&format!("{URL}?qos=1")).await;
+
+    let mut consumer = spawn_consumer(&log, &id);
+    wait_ready(&mut consumer).await;
+    // The first run creates the session: wait until its subscription is live.
+    let mut live = false;
+    for _ in 0..100 {
+        c.emit(durable_evt, json!({"run": "probe", "n": 0})).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if !handled(&log, "probe").is_empty() {
+            live = true;
+            break;
+        }
+    }
+    assert!(live, "the consumer receives events");
+
+    // 600 events, SIGKILL once 100 are handled (about 20 more are in flight, unacknowledged),
+    // 400 more while the consumer is down (the broker queues them for the kept session).
+    let run = "batch";
+    for n in 0..600 {
+        c.emit(durable_evt, json!({"run": run, "n": n})).await.unwrap();
+    }
+    for _ in 0..600 {
+        if handled(&log, run).len() >= 100 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    consumer.kill().await.unwrap();
+    let killed_after = handled(&log, run).len();
+    assert!(
+        (100..600).contains(&killed_after),
+        "the consumer was killed mid-batch ({killed_after} handled)"
+    );
+    for n in 600..EVENTS {
+        c.emit(durable_evt, json!({"run": run, "n": n})).await.unwrap();
+    }
+
+    let mut consumer = spawn_consumer(&log, &id);
+    wait_ready(&mut consumer).await;
+    let mut seen = Vec::new();
+    for _ in 0..600 {
+        seen = handled(&log, run);
+        seen.sort_unstable();
+        seen.dedup();
+        if seen.len() as u64 == EVENTS {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let total = handled(&log, run).len();
+    consumer.kill().await.unwrap();
+    // Forget the kept session on the broker.
+    let cleanup = Microservice::new()
+        .handler(durable_evt)
+        .listen(format!("{URL}?client_id={id}"))
+        .start()
+        .await
+        .unwrap();
+    cleanup.shutdown().await.unwrap();
+    let _ = std::fs::remove_file(&log);
+    let missing: Vec<u64> = (0..EVENTS).filter(|n| seen.binary_search(n).is_err()).collect();
+    eprintln!(
+        "killed after {killed_after} events; {total} handlings of {} distinct events (redelivered: handled, not yet acknowledged)",
+        seen.len()
+    );
+    assert!(missing.is_empty(), "events lost: {missing:?}");
+}
+
+// ---- NestJS interop -----------------------------------------------------------------
+
+fn peer_dir() -> std::path::PathBuf {
+    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("nestjs")
+}
+
+/// True when NestJS `version` and node are installed; otherwise fails under CI or skips loudly.
+fn nest_installed(version: u8) -> bool {
+    let ok = peer_dir()
+        .join(format!("v{version}/node_modules/@nestjs/microservices/package.json"))
+        .exists()
+        && peer_dir()
+            .join(format!("v{version}/node_modules/mqtt/package.json"))
+            .exists()
+        && std::process::Command::new("node")
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success());
+    if !ok {
+        missing(
+            &format!("NestJS {version} with mqtt (tests/nestjs/v{version}) or node"),
+            "run scripts/setup-nestjs.sh",
+        );
+    }
+    ok
+}
+
+fn send(pattern: Value, data: Value) -> Value {
+    json!({"op": "send", "pattern": pattern, "data": data, "timeout_ms": 10000})
+}
+
+/// Runs the NestJS client against `url` with a script of operations; returns one result each.
+async fn nest_client(version: u8, url: &str, ops: &[Value]) -> Vec<Value> {
+    use tokio::io::AsyncWriteExt;
+    let mut child = Command::new("node")
+        .arg(peer_dir().join("client.mjs"))
+        .args(["--nest", &version.to_string(), "--url", url])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("node runs");
+    let mut stdin = child.stdin.take().unwrap();
+    stdin
+        .write_all(Value::from(ops.to_vec()).to_string().as_bytes())
+        .await
+        .unwrap();
+    drop(stdin);
+    let out = tokio::time::timeout(Duration::from_secs(90), child.wait_with_output())
+        .await
+        .expect("NestJS client finishes")
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "NestJS client failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let results: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "NestJS client printed no JSON ({e}): {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    });
+    assert_eq!(results.len(), ops.len());
+    results
+}
+
+async fn nest_client_calls_our_server(version: u8) {
+    if !nest_installed(version) {
+        return;
+    }
+    let broker = PrivateBroker::start().await;
+    let server = start_server(&broker.url()).await;
+    let marker = format!("nest{version}-to-us");
+    let ops = vec![
+        send(json!({"cmd": "sum"}), json!([1, 2, 3])),
+        send(json!("echo"), json!({"x": "é😀 ünïcødé"})),
+        send(json!({"cmd": "get_user"}), json!("42")),
+        send(
+            json!({"nested": {"a": "x", "b": 1}, "v": 2, "role": "user", "cmd": "get"}),
+            json!({}),
+        ),
+        send(json!("stream"), json!({})),
+        send(json!("slow_stream"), json!({})),
+        send(json!("empty_stream"), json!({})),
+        send(json!("rpc_string"), json!({})),
+        send(json!("rpc_object"), json!({})),
+        send(json!("panics"), json!(1)),
+        json!({"op": "send", "pattern": "nope", "data": {}, "timeout_ms": 1000}),
+        send(json!("void_ret"), json!({})),
+        send(json!("null_ret"), json!({})),
+        send(json!("len"), json!("x".repeat(1 << 20))),
+        json!({"op": "emit", "pattern": "evt", "data": {"marker": marker}}),
+        json!({"op": "sleep", "ms": 200}),
+        send(json!("events_seen"), json!({})),
+    ];
+    let mut ops = ops;
+    if version >= 12 {
+        // v12's dispatch hook puts `metadata` in the packet; our handlers see it as headers.
+        ops.push(json!({"op": "set_metadata", "metadata": {"traceparent": "00-abc-def-01"}}));
+        ops.push(send(json!("meta"), json!({})));
+    }
+    let r = nest_client(version, &broker.url(), &ops).await;
+    assert_eq!(r[0], json!({"ok": [6]}));
+    assert_eq!(r[1], json!({"ok": [{"x": "é😀 ünïcødé"}]}));
+    assert_eq!(
+        r[2],
+        json!({"ok": [{"id": "42", "name": "John Doe", "email": "john@example.com"}]})
+    );
+    assert_eq!(r[3], json!({"ok": ["nested-ok"]}));
+    assert_eq!(r[4], json!({"ok": [1, 2, 3]}));
+    assert_eq!(r[5], json!({"ok": [0, 1, 2]}));
+    assert_eq!(r[6], json!({"ok": []}));
+    assert_eq!(r[7], json!({"err": {"status": "error", "message": "bad thing"}}));
+    assert_eq!(
+        r[8],
+        json!({"err": {"code": 42, "message": "custom msg", "extra": true}})
+    );
+    assert_eq!(
+        r[9],
+        json!({"err": {"status": "error", "message": "Internal server error"}})
+    );
+    // Nobody serves `nope`, so nothing answers on MQTT: the NestJS client times out.
+    assert_eq!(r[10]["err"]["name"], "TimeoutError", "{}", r[10]);
+    assert_eq!(r[11], json!({"ok": []}));
+    assert_eq!(r[12], json!({"ok": [null]}));
+    assert_eq!(r[13], json!({"ok": [1 << 20]}));
+    assert_eq!(r[14], json!({"ok": true}));
+    let seen = r[16]["ok"][0].as_array().expect("events_seen returns a list");
+    for handler in ["a", "b"] {
+        assert!(
+            seen.iter()
+                .any(|e| e["handler"] == handler && e["data"]["marker"] == json!(marker)),
+            "{handler}: {seen:?}"
+        );
+    }
+    if version >= 12 {
+        assert_eq!(r[18], json!({"ok": [{"traceparent": "00-abc-def-01"}]}));
+    }
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn nestjs_11_client_calls_our_server() {
+    nest_client_calls_our_server(11).await;
+}
+
+#[tokio::test]
+async fn nestjs_12_client_calls_our_server() {
+    nest_client_calls_our_server(12).await;
+}
+
+/// Starts the NestJS peer server on `url`; killed when dropped.
+async fn nest_server(version: u8, url: &str) -> Child {
+    let mut child = Command::new("node")
+        .arg(peer_dir().join("server.mjs"))
+        .args(["--nest", &version.to_string(), "--url", url])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("node runs");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+        .await
+        .expect("NestJS server starts within 30 s")
+        .unwrap()
+        .expect("NestJS server prints READY");
+    assert!(line.starts_with("READY"), "unexpected line: {line}");
+    child
+}
+
+const NEST_GET_USER: switchboard::MessageDef<String, User> =
+    switchboard::MessageDef::new(switchboard::pattern!(cmd = "get_user"));
+const NEST_SUM: switchboard::MessageDef<Vec<i64>, i64> =
+    switchboard::MessageDef::new(switchboard::pattern!(cmd = "sum"));
+
+async fn our_client_calls_nest_server(version: u8) {
+    use futures_util::StreamExt;
+    if !nest_installed(version) {
+        return;
+    }
+    let broker = PrivateBroker::start().await;
+    let _nest = nest_server(version, &broker.url()).await;
+    let c = client(&broker.url()).await;
+    // NestJS prints READY before its SUBACKs are in: wait until it answers.
+    for _ in 0..50 {
+        if c.with_timeout(Duration::from_millis(200))
+            .send_raw::<Value>("echo", 1)
+            .await
+            .is_ok()
+        {
+            break;
+        }
+    }
+    assert_eq!(c.send(NEST_SUM, vec![1, 2, 3]).await.unwrap(), 6);
+    assert_eq!(c.send(NEST_GET_USER, "42".to_string()).await.unwrap().name, "John Doe");
+    assert_eq!(c.send(nested, ()).await.unwrap(), "nested-ok");
+    let unicode = json!({"x": "é😀 ünïcødé", "ключ": "値"});
+    assert_eq!(c.send_raw::<Value>("echo", &unicode).await.unwrap(), unicode);
+    let values: Vec<u32> = c
+        .send_raw::<u32>("slow_stream", json!({}))
+        .stream()
+        .await
+        .unwrap()
+        .map(|v| v.unwrap())
+        .collect()
+        .await;
+    assert_eq!(values, [0, 1, 2]);
+    assert_eq!(c.send_raw::<u32>("stream", json!({})).await.unwrap(), 3);
+    let none: Vec<_> = c
+        .send_raw::<u32>("empty_stream", json!({}))
+        .stream()
+        .await
+        .unwrap()
+        .collect()
+        .await;
+    assert!(none.is_empty());
+    c.send_raw::<()>("void_ret", json!({})).await.unwrap();
+    assert_eq!(c.send_raw::<Option<u32>>("null_ret", json!({})).await.unwrap(), None);
+    let err = c.send_raw::<Value>("rpc_string", json!({})).await.unwrap_err();
+    assert_eq!(
+        err.as_rpc().unwrap().value(),
+        &json!({"status": "error", "message": "bad thing"})
+    );
+    let err = c.send_raw::<Value>("rpc_object", json!({})).await.unwrap_err();
+    assert_eq!(
+        err.as_rpc().unwrap().value(),
+        &json!({"code": 42, "message": "custom msg", "extra": true})
+    );
+    let err = c.send_raw::<Value>("plain_error", json!({})).await.unwrap_err();
+    assert_eq!(err.as_rpc().unwrap().message(), Some("Internal server error"));
+    let err = c
+        .with_timeout(Duration::from_millis(500))
+        .send_raw::<Value>("nope", json!({}))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, switchboard::Error::Timeout { pattern, .. } if pattern == "nope"),
+        "{err}"
+    );
+    assert_eq!(c.send_raw::<usize>("len", "😀".repeat(1 << 18)).await.unwrap(), 1 << 19);
+
+    let marker = format!("us-to-nest{version}");
+    c.emit_raw("evt", json!({"marker": marker})).await.unwrap();
+    let mut seen = Vec::new();
+    for _ in 0..100 {
+        seen = c.send_raw::<Vec<Value>>("events_seen", json!({})).await.unwrap();
+        if seen.iter().filter(|e| e["data"]["marker"] == json!(marker)).count() == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for handler in ["a", "b"] {
+        assert!(
+            seen.iter()
+                .any(|e| e["handler"] == handler && e["data"]["marker"] == json!(marker)),
+            "{handler}: {seen:?}"
+        );
+    }
+
+    // 200 concurrent requests to a NestJS server: none lost.
+    let calls = (0..200).map(|i| {
+        let c = c.clone();
+        async move { c.send_raw::<Value>("echo", json!({"i": i})).await }
+    });
+    for (i, r) in futures_util::future::join_all(calls).await.into_iter().enumerate() {
+        assert_eq!(r.unwrap(), json!({"i": i}));
+    }
+}
+
+#[tokio::test]
+async fn our_client_calls_nestjs_11_server() {
+    our_client_calls_nest_server(11).await;
+}
+
+#[tokio::test]
+async fn our_client_calls_nestjs_12_server() {
+    our_client_calls_nest_server(12).await;
+}
