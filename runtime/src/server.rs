@@ -11,6 +11,9 @@ use crate::error::{Error, Result};
 use crate::registry::{Handler, Registry};
 use crate::transport::{self, Shutdown};
 
+/// How long `start` waits for a broker transport to be ready (subscribed) before it returns.
+const READY_WAIT: Duration = Duration::from_secs(30);
+
 /// Default time in-flight requests get to finish on shutdown.
 pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -72,7 +75,8 @@ impl Microservice {
         self
     }
 
-    /// Binds every transport and starts serving in the background.
+    /// Binds every transport and starts serving in the background; returns once every transport
+    /// takes messages.
     pub async fn start(self) -> Result<RunningServer> {
         if self.urls.is_empty() {
             return Err(Error::Registry(
@@ -87,11 +91,25 @@ impl Microservice {
         let (stop, shutdown) = Shutdown::new();
         let mut tasks = JoinSet::new();
         let mut urls = Vec::with_capacity(listeners.len());
+        let mut readiness = Vec::new();
         for listener in listeners {
             let url = listener.local_url();
             tracing::info!(%url, handlers = self.registry.entries().len(), "listening");
+            readiness.extend(listener.ready().map(|ready| (url.clone(), ready)));
             tasks.spawn(listener.serve(dispatcher.clone(), shutdown.clone()));
             urls.push(url);
+        }
+        for (url, mut ready) in readiness {
+            match tokio::time::timeout(READY_WAIT, ready.wait_for(|&up| up)).await {
+                Ok(Ok(_)) => {}
+                // `serve` ended before it was ready: report why.
+                Ok(Err(_)) => {
+                    if let Some(Ok(Err(e))) = tasks.join_next().await {
+                        return Err(e);
+                    }
+                }
+                Err(_) => tracing::warn!(%url, "not ready to take messages after {READY_WAIT:?}; serving anyway"),
+            }
         }
         for entry in self.registry.entries() {
             tracing::debug!(route = entry.route, kind = ?entry.kind, handler = %entry.location(), "serving");

@@ -78,6 +78,13 @@ pub trait Listener: Send + 'static {
     /// Serves until `shutdown` fires, then stops taking new messages, lets in-flight ones
     /// finish and returns.
     fn serve(self: Box<Self>, dispatcher: Dispatcher, shutdown: Shutdown) -> BoxFuture<'static, Result<()>>;
+
+    /// For transports that take messages only once `serve` has set something up (a broker
+    /// subscription): a flag `serve` raises then, so that `Microservice::start` returns only
+    /// when a message sent right after it would be handled. `None`: ready as soon as bound.
+    fn ready(&self) -> Option<watch::Receiver<bool>> {
+        None
+    }
 }
 
 /// A signal that the server is shutting down. Cheap to clone.

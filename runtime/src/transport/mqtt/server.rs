@@ -29,6 +29,8 @@ pub struct MqttListener {
     opts: Options,
     client: AsyncClient,
     eventloop: EventLoop,
+    /// Raised once the broker acknowledged the subscriptions.
+    ready: tokio::sync::watch::Sender<bool>,
 }
 
 impl std::fmt::Debug for MqttListener {
@@ -71,6 +73,7 @@ impl MqttListener {
             opts,
             client,
             eventloop,
+            ready: tokio::sync::watch::Sender::new(false),
         })
     }
 }
@@ -82,6 +85,10 @@ impl Listener for MqttListener {
 
     fn serve(self: Box<Self>, dispatcher: Dispatcher, shutdown: Shutdown) -> BoxFuture<'static, Result<()>> {
         serve(*self, dispatcher, shutdown).boxed()
+    }
+
+    fn ready(&self) -> Option<tokio::sync::watch::Receiver<bool>> {
+        Some(self.ready.subscribe())
     }
 }
 
@@ -140,6 +147,7 @@ async fn serve(l: MqttListener, dispatcher: Dispatcher, mut shutdown: Shutdown) 
         opts,
         client,
         mut eventloop,
+        ready,
     } = l;
     let table = Arc::new(Table::new(dispatcher.routes(), &opts));
     if table.filters.is_empty() {
@@ -211,6 +219,8 @@ async fn serve(l: MqttListener, dispatcher: Dispatcher, mut shutdown: Shutdown) 
                     }
                 }
                 Ok(Event::Incoming(MqttPacket::SubAck(ack))) => {
+                    // One SUBSCRIBE carries every route, so its SUBACK means all are in place.
+                    ready.send_replace(true);
                     if ack.return_codes.iter().any(|c| matches!(c, rumqttc::SubscribeReasonCode::Failure)) {
                         tracing::error!(url = %opts.url, "the broker refused a subscription: some routes are not served");
                     }

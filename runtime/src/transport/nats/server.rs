@@ -27,6 +27,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct NatsListener {
     opts: NatsOptions,
     nats: async_nats::Client,
+    /// Raised once every subscription is in place.
+    ready: tokio::sync::watch::Sender<bool>,
 }
 
 impl std::fmt::Debug for NatsListener {
@@ -55,7 +57,11 @@ impl NatsListener {
                 other => tracing::debug!(url = %url, event = %other, "NATS event"),
             })
             .await?;
-        Ok(NatsListener { opts, nats })
+        Ok(NatsListener {
+            opts,
+            nats,
+            ready: tokio::sync::watch::Sender::new(false),
+        })
     }
 }
 
@@ -67,22 +73,21 @@ impl Listener for NatsListener {
     fn serve(self: Box<Self>, dispatcher: Dispatcher, shutdown: Shutdown) -> BoxFuture<'static, Result<()>> {
         serve(*self, dispatcher, shutdown).boxed()
     }
+
+    fn ready(&self) -> Option<tokio::sync::watch::Receiver<bool>> {
+        Some(self.ready.subscribe())
+    }
 }
 
 /// A message and the route whose subscription delivered it (NestJS routes by subscription).
 type Delivery = (&'static str, async_nats::Message);
 
 async fn serve(l: NatsListener, dispatcher: Dispatcher, mut shutdown: Shutdown) -> Result<()> {
-    let NatsListener { opts, nats } = l;
+    let NatsListener { opts, nats, ready } = l;
     let routes = dispatcher.routes();
     let mut durable_routes = Vec::new();
     let mut subs = Vec::new();
-    // `routes()` lists a route once per key it is indexed under (its route and its written
-    // pattern): subscribe once per route.
-    let unique: std::collections::BTreeSet<&'static str> = routes
-        .routes()
-        .map(|r| routes.get(r).expect("listed routes resolve").route)
-        .collect();
+    let unique: std::collections::BTreeSet<&str> = routes.routes().collect();
     for route in unique {
         let handlers = routes.get(route).expect("listed routes resolve");
         if opts.jetstream.is_some() && handlers.message.is_none() {
@@ -110,6 +115,7 @@ async fn serve(l: NatsListener, dispatcher: Dispatcher, mut shutdown: Shutdown) 
         reason: e.to_string(),
     })?;
     tracing::info!(url = %opts.url, queue = ?opts.queue, durable = durable_routes.len(), "NATS server subscribed");
+    ready.send_replace(true);
 
     let mut tasks = JoinSet::new();
     loop {

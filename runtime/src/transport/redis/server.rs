@@ -32,6 +32,8 @@ pub struct RedisListener {
     publisher: Arc<Publisher>,
     /// With `group=name`: replicas in the group claim each request, so one handles it.
     group: Option<Arc<str>>,
+    /// Raised once subscribed to every route.
+    ready: tokio::sync::watch::Sender<bool>,
 }
 
 impl std::fmt::Debug for RedisListener {
@@ -72,6 +74,7 @@ impl RedisListener {
             first: Some(first),
             publisher,
             group,
+            ready: tokio::sync::watch::Sender::new(false),
         })
     }
 }
@@ -83,6 +86,10 @@ impl Listener for RedisListener {
 
     fn serve(self: Box<Self>, dispatcher: Dispatcher, shutdown: Shutdown) -> BoxFuture<'static, Result<()>> {
         serve(*self, dispatcher, shutdown).boxed()
+    }
+
+    fn ready(&self) -> Option<tokio::sync::watch::Receiver<bool>> {
+        Some(self.ready.subscribe())
     }
 }
 
@@ -120,6 +127,7 @@ async fn serve(mut l: RedisListener, dispatcher: Dispatcher, mut shutdown: Shutd
                 }
                 backoff = BACKOFF_MIN;
                 tracing::debug!(addr = %l.addr, routes = ?routes, "subscribed");
+                l.ready.send_replace(true);
                 ps.into_on_message()
             }
             Err(e) => {
