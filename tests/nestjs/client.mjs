@@ -39,6 +39,8 @@ const REQUIRED = {
 let ops;
 try {
   let text = '';
+  // Decode as one UTF-8 stream: a character split across two chunks must not become U+FFFD.
+  process.stdin.setEncoding('utf8');
   for await (const chunk of process.stdin) text += chunk;
   ops = JSON.parse(text);
 } catch (e) {

@@ -33,7 +33,12 @@ export function nestOptions(Transport, url) {
         transport: Transport.KAFKA,
         options: {
           client: { brokers: u.host.split(','), clientId: q.client_id ?? 'nestjs-consumer' },
-          consumer: { groupId: q.group ?? 'nestjs-group' },
+          consumer: {
+            groupId: q.group ?? 'nestjs-group',
+            // Kafka: how long a fetch may wait for data (kafkajs' default is 5 s, which
+            // librdkafka's mock broker waits out in full before every reply).
+            ...(q.max_wait_ms ? { maxWaitTimeInMs: Number(q.max_wait_ms) } : {}),
+          },
         },
       };
     default:

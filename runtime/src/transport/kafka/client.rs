@@ -1,0 +1,320 @@
+//! The Kafka client: one producer for requests and events, and one consumer that reads the
+//! reply topics (`<route>.reply`) of the routes called so far.
+//!
+//! Unlike NestJS's client, the reply consumer joins no consumer group: it is assigned every
+//! partition of a reply topic, starting at the topic's end when the route is first called,
+//! so no rebalance delays the first call and replies are never routed to another instance.
+//! Replies for other clients' ids are skipped.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::future::{BoxFuture, FutureExt};
+use futures_util::stream::StreamExt;
+use rdkafka::admin::AdminClient;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Message, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::{Offset, TopicPartitionList};
+use tokio::sync::OnceCell;
+
+use super::{
+    CONTENT_TYPE, CORRELATION_ID, Ctx, HeaderMap, NEST_ERR, NEST_IS_DISPOSED, Options, REPLY_PARTITION, REPLY_TOPIC,
+    Shared, decode_error, decode_value, encode_value, ensure_topics, header, probe, watch_brokers,
+};
+use crate::error::{Error, Result, RpcError};
+use crate::handler::ReplyItem;
+use crate::transport::pending::Pending;
+use crate::transport::{ClientOptions, ClientTransport, Endpoint, Outbound, Replies};
+
+/// The client side of the Kafka transport.
+pub struct KafkaClient {
+    opts: Options,
+    connect_timeout: Duration,
+    pending: Arc<Pending>,
+    conn: OnceCell<Arc<Conn>>,
+    /// Serialises broker checks while the brokers are (or may be) down.
+    probing: tokio::sync::Mutex<()>,
+}
+
+impl std::fmt::Debug for KafkaClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaClient").field("url", &self.opts.url).finish()
+    }
+}
+
+/// The librdkafka clients, made on first use.
+struct Conn {
+    shared: Arc<Shared>,
+    producer: FutureProducer<Ctx>,
+    consumer: Arc<StreamConsumer<Ctx>>,
+    admin: AdminClient<Ctx>,
+    /// Reply topics set up so far, by route: the partition replies are asked for.
+    replies: Mutex<HashMap<String, Arc<OnceCell<i32>>>>,
+    reader: tokio::task::JoinHandle<()>,
+    watchdog: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        self.reader.abort();
+        self.watchdog.abort();
+    }
+}
+
+impl KafkaClient {
+    /// A client for `kafka://host:port[,host:port]?…`; connects on first use.
+    pub(crate) fn new(ep: &Endpoint, defaults: &ClientOptions) -> Result<Self> {
+        let opts = Options::parse(ep, false)?;
+        Ok(KafkaClient {
+            pending: Pending::new(opts.url.clone()),
+            opts,
+            connect_timeout: defaults.connect_timeout,
+            conn: OnceCell::new(),
+            probing: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    /// The clients, checked to reach a broker when the last check (or an error) said they
+    /// might not: a call while the brokers are down fails at once instead of at its deadline.
+    async fn conn(&self) -> Result<Arc<Conn>> {
+        let conn = self.conn.get_or_try_init(|| self.make_conn()).await?.clone();
+        if conn.shared.is_down() {
+            let _one = self.probing.lock().await;
+            if conn.shared.is_down() {
+                let (c, timeout) = (conn.clone(), self.connect_timeout);
+                tokio::task::spawn_blocking(move || probe(c.producer.client(), &c.shared, timeout))
+                    .await
+                    .map_err(|e| self.opts.connect_error(e))??;
+            }
+        }
+        Ok(conn)
+    }
+
+    async fn make_conn(&self) -> Result<Arc<Conn>> {
+        let shared = Shared::new(&self.opts.url, Some(self.pending.clone()));
+        let ctx = Ctx(shared.clone());
+        let producer: FutureProducer<Ctx> = self
+            .opts
+            .producer_config()
+            .create_with_context(ctx.clone())
+            .map_err(|e| self.opts.connect_error(e))?;
+        let consumer: StreamConsumer<Ctx> = self
+            .opts
+            .base_config()
+            .set("group.id", &self.opts.group)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            // A reply topic that was emptied (a broker that lost its data) is read from the start.
+            .set("auto.offset.reset", "earliest")
+            .set("fetch.wait.max.ms", self.opts.max_wait_ms.to_string())
+            .create_with_context(ctx.clone())
+            .map_err(|e| self.opts.connect_error(e))?;
+        let admin: AdminClient<Ctx> = self
+            .opts
+            .base_config()
+            .create_with_context(ctx)
+            .map_err(|e| self.opts.connect_error(e))?;
+        let consumer = Arc::new(consumer);
+        let reader = tokio::spawn(read_replies(consumer.clone(), shared.clone(), self.pending.clone()));
+        let watchdog = tokio::spawn(watch_brokers(producer.clone(), shared.clone()));
+        Ok(Arc::new(Conn {
+            shared,
+            producer,
+            consumer,
+            admin,
+            replies: Mutex::default(),
+            reader,
+            watchdog,
+        }))
+    }
+
+    /// Sets up `<route>.reply` once: created if missing, every partition assigned to the reply
+    /// consumer from the current end. Returns the partition to ask replies on.
+    async fn reply_partition(&self, conn: &Arc<Conn>, route: &str) -> Result<i32> {
+        let cell = conn
+            .replies
+            .lock()
+            .expect("replies lock")
+            .entry(route.to_owned())
+            .or_default()
+            .clone();
+        let partition = cell
+            .get_or_try_init(|| async {
+                let topic = format!("{route}.reply");
+                let counts =
+                    ensure_topics(&conn.admin, &conn.producer, &self.opts, std::slice::from_ref(&topic)).await?;
+                let count = counts.get(&topic).copied().unwrap_or(1);
+                let (consumer, t) = (conn.consumer.clone(), topic.clone());
+                let opts = self.opts.clone();
+                tokio::task::spawn_blocking(move || {
+                    // Start at the end as it is now: every reply to a request sent after this
+                    // lands at or after it.
+                    let mut tpl = TopicPartitionList::new();
+                    for p in 0..count {
+                        let (_, high) = consumer
+                            .fetch_watermarks(&t, p, Duration::from_secs(5))
+                            .map_err(|e| opts.connect_error(format!("offsets of topic `{t}`: {e}")))?;
+                        tpl.add_partition_offset(&t, p, Offset::Offset(high))
+                            .map_err(|e| Error::Protocol(e.to_string()))?;
+                    }
+                    consumer
+                        .incremental_assign(&tpl)
+                        .map_err(|e| Error::Protocol(format!("cannot read reply topic `{t}`: {e}")))
+                })
+                .await
+                .map_err(|e| Error::Protocol(e.to_string()))??;
+                tracing::debug!(url = %self.opts.url, %topic, partitions = count, "reading replies");
+                Ok::<_, Error>(0)
+            })
+            .await?;
+        Ok(*partition)
+    }
+
+    /// The record for `msg`, with `extra` headers after the caller's.
+    fn headers(msg: &Outbound, content_type: &str) -> OwnedHeaders {
+        let mut h = OwnedHeaders::new_with_capacity(msg.metadata.as_ref().map_or(0, |m| m.len()) + 4);
+        if let Some(meta) = &msg.metadata {
+            for (k, v) in meta.iter() {
+                if k != CONTENT_TYPE {
+                    h = header(h, k, v.as_bytes());
+                }
+            }
+        }
+        header(h, CONTENT_TYPE, content_type.as_bytes())
+    }
+
+    fn produce_error(&self, topic: &str, e: &KafkaError) -> Error {
+        match e.rdkafka_error_code() {
+            Some(RDKafkaErrorCode::MessageSizeTooLarge) => Error::Protocol(format!(
+                "the message to Kafka topic `{topic}` is too large (raise max_message_bytes, and the broker's limit): {e}"
+            )),
+            _ => self
+                .opts
+                .connect_error(format!("cannot produce to topic `{topic}`: {e}")),
+        }
+    }
+}
+
+impl ClientTransport for KafkaClient {
+    fn connect(&self) -> BoxFuture<'_, Result<()>> {
+        async move { self.conn().await.map(drop) }.boxed()
+    }
+
+    fn request(&self, msg: Outbound) -> BoxFuture<'_, Result<Replies>> {
+        async move {
+            let conn = self.conn().await?;
+            let partition = self.reply_partition(&conn, &msg.route).await?;
+            let (id, rx) = self.pending.register(msg.route.clone())?;
+            let encoded = encode_value(&msg.data);
+            let reply_topic = format!("{}.reply", msg.route);
+            let headers = Self::headers(&msg, encoded.content_type);
+            let headers = header(headers, CORRELATION_ID, id.as_bytes());
+            let headers = header(headers, REPLY_TOPIC, reply_topic.as_bytes());
+            let headers = header(headers, REPLY_PARTITION, partition.to_string().as_bytes());
+            let mut record = FutureRecord::<[u8], [u8]>::to(&msg.route).headers(headers);
+            if let Some(v) = &encoded.value {
+                record = record.payload(v.as_slice());
+            }
+            match conn.producer.send_result(record) {
+                Ok(delivery) => {
+                    // The call's stream is returned now; a failed delivery ends it.
+                    let (pending, err_topic) = (self.pending.clone(), msg.route.to_string());
+                    let url = self.opts.url.clone();
+                    tokio::spawn(async move {
+                        match delivery.await {
+                            Ok(Ok(_)) => {}
+                            Ok(Err((e, _))) => {
+                                let err = match e.rdkafka_error_code() {
+                                    Some(RDKafkaErrorCode::MessageSizeTooLarge) => Error::Protocol(format!(
+                                        "the request to Kafka topic `{err_topic}` is too large: {e}"
+                                    )),
+                                    _ => Error::Connect {
+                                        addr: url,
+                                        reason: format!("request to topic `{err_topic}` not delivered: {e}"),
+                                    },
+                                };
+                                pending.push(&id, Err(err), true);
+                            }
+                            Err(_) => pending.push(&id, Err(Error::ConnectionClosed { addr: url }), true),
+                        }
+                    });
+                    Ok(rx.boxed())
+                }
+                Err((e, _)) => Err(self.produce_error(&msg.route, &e)),
+            }
+        }
+        .boxed()
+    }
+
+    fn emit(&self, msg: Outbound) -> BoxFuture<'_, Result<()>> {
+        async move {
+            let conn = self.conn().await?;
+            let encoded = encode_value(&msg.data);
+            let headers = Self::headers(&msg, encoded.content_type);
+            let mut record = FutureRecord::<[u8], [u8]>::to(&msg.route).headers(headers);
+            if let Some(v) = &encoded.value {
+                record = record.payload(v.as_slice());
+            }
+            // Resolves once the broker has the event.
+            match conn.producer.send_result(record) {
+                Ok(delivery) => match delivery.await {
+                    Ok(Ok(_)) => Ok(()),
+                    Ok(Err((e, _))) => Err(self.produce_error(&msg.route, &e)),
+                    Err(_) => Err(Error::ConnectionClosed {
+                        addr: self.opts.url.clone(),
+                    }),
+                },
+                Err((e, _)) => Err(self.produce_error(&msg.route, &e)),
+            }
+        }
+        .boxed()
+    }
+
+    fn close(&self) -> BoxFuture<'_, ()> {
+        async move {
+            self.pending.close(|| Error::Closed);
+            if let Some(conn) = self.conn.get() {
+                conn.reader.abort();
+                conn.watchdog.abort();
+                let producer = conn.producer.clone();
+                let _ = tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(5))).await;
+            }
+        }
+        .boxed()
+    }
+}
+
+/// Routes reply records to their calls by `kafka_correlationId`.
+async fn read_replies(consumer: Arc<StreamConsumer<Ctx>>, shared: Arc<Shared>, pending: Arc<Pending>) {
+    loop {
+        let msg = match consumer.recv().await {
+            Ok(msg) => msg,
+            Err(e) => {
+                tracing::debug!(url = %shared.url, error = %e, "reply consumer error");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        shared.set_up();
+        let headers = HeaderMap::from_headers(msg.headers());
+        // Records without a correlation id are not replies (NestJS ignores them too).
+        let Some(id) = headers.get_str(CORRELATION_ID) else {
+            continue;
+        };
+        if let Some(err) = headers.get(NEST_ERR) {
+            pending.fail(&id, RpcError::from_value(decode_error(err)));
+            continue;
+        }
+        let last = headers.get(NEST_IS_DISPOSED).is_some();
+        let content_type = headers.get(CONTENT_TYPE);
+        match (msg.payload(), content_type) {
+            // Completion without a value. (A NestJS server also writes a final `null` value
+            // this way; NestJS's client surfaces it as an extra `null`, we do not.)
+            (None, None) if last => pending.finish(&id),
+            (payload, ct) => pending.push(&id, Ok(ReplyItem::Value(decode_value(payload, ct))), last),
+        }
+    }
+}

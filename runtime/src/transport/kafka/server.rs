@@ -1,0 +1,418 @@
+//! The Kafka server: one consumer in the server's group, subscribed to every route's topic,
+//! and one producer for replies.
+//!
+//! Messages are handled concurrently (up to `max_in_flight`); a message's offset is stored
+//! for commit only once it and every earlier message of its partition have been handled, so
+//! a server that dies mid-batch leaves the unhandled messages to the next member of its
+//! group (at-least-once).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::future::{BoxFuture, FutureExt};
+use futures_util::stream::StreamExt;
+use rdkafka::admin::AdminClient;
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::error::RDKafkaErrorCode;
+use rdkafka::message::{Message, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::util::Timeout;
+use rdkafka::{Offset, TopicPartitionList};
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+
+use super::{
+    CONTENT_TYPE, CORRELATION_ID, Ctx, HeaderMap, NEST_ERR, NEST_IS_DISPOSED, Options, REPLY_PARTITION, REPLY_TOPIC,
+    Shared, decode_value, encode_error, encode_value, ensure_topics, header, probe,
+};
+use crate::dispatch::{Dispatched, Dispatcher, Incoming};
+use crate::error::{NO_MESSAGE_HANDLER, Result};
+use crate::transport::steps::{Step, Steps};
+use crate::transport::{Endpoint, Listener, Shutdown};
+
+/// The server side of the Kafka transport.
+pub struct KafkaListener {
+    opts: Options,
+    shared: Arc<Shared>,
+    producer: FutureProducer<Ctx>,
+    admin: AdminClient<Ctx>,
+}
+
+impl std::fmt::Debug for KafkaListener {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaListener").field("url", &self.opts.url).finish()
+    }
+}
+
+impl KafkaListener {
+    /// Connects to the brokers named in `ep` (failing when none answers within 10 s).
+    pub async fn bind(ep: &Endpoint) -> Result<Self> {
+        let opts = Options::parse(ep, true)?;
+        let shared = Shared::new(&opts.url, None);
+        let producer: FutureProducer<Ctx> = opts
+            .producer_config()
+            .create_with_context(Ctx(shared.clone()))
+            .map_err(|e| opts.connect_error(e))?;
+        let admin: AdminClient<Ctx> = opts
+            .base_config()
+            .create_with_context(Ctx(shared.clone()))
+            .map_err(|e| opts.connect_error(e))?;
+        let (p, s) = (producer.clone(), shared.clone());
+        tokio::task::spawn_blocking(move || probe(p.client(), &s, Duration::from_secs(10)))
+            .await
+            .map_err(|e| opts.connect_error(e))??;
+        Ok(KafkaListener {
+            opts,
+            shared,
+            producer,
+            admin,
+        })
+    }
+}
+
+impl Listener for KafkaListener {
+    fn local_url(&self) -> String {
+        self.opts.url.clone()
+    }
+
+    fn serve(self: Box<Self>, dispatcher: Dispatcher, shutdown: Shutdown) -> BoxFuture<'static, Result<()>> {
+        serve(*self, dispatcher, shutdown).boxed()
+    }
+
+    /// Ready once the consumer group has given this server its partitions.
+    fn ready(&self) -> Option<tokio::sync::watch::Receiver<bool>> {
+        Some(self.shared.assigned.subscribe())
+    }
+}
+
+async fn serve(l: KafkaListener, dispatcher: Dispatcher, mut shutdown: Shutdown) -> Result<()> {
+    let topics: Vec<String> = dispatcher
+        .routes()
+        .routes()
+        .map(str::to_owned)
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    for topic in &topics {
+        if !is_legal_topic(topic) {
+            // NestJS has the same limit: Kafka takes only [a-zA-Z0-9._-], up to 249 characters.
+            tracing::warn!(url = %l.opts.url, %topic, "route is not a legal Kafka topic name; real brokers refuse it (use a string pattern such as `math.sum`)");
+        }
+    }
+    ensure_topics(&l.admin, &l.producer, &l.opts, &topics).await?;
+    let consumer: StreamConsumer<Ctx> = l
+        .opts
+        .base_config()
+        .set("group.id", &l.opts.group)
+        .set("session.timeout.ms", l.opts.session_timeout_ms.to_string())
+        .set(
+            "heartbeat.interval.ms",
+            (l.opts.session_timeout_ms / 10).clamp(100, 3000).to_string(),
+        )
+        // Offsets are stored by us once a message is handled, and committed in the background.
+        .set("enable.auto.commit", "true")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.commit.interval.ms", "1000")
+        .set(
+            "auto.offset.reset",
+            if l.opts.from_beginning { "earliest" } else { "latest" },
+        )
+        .set("fetch.wait.max.ms", l.opts.max_wait_ms.to_string())
+        .create_with_context(Ctx(l.shared.clone()))
+        .map_err(|e| l.opts.connect_error(e))?;
+    let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+    consumer
+        .subscribe(&names)
+        .map_err(|e| l.opts.connect_error(format!("cannot subscribe to {topics:?}: {e}")))?;
+    tracing::debug!(url = %l.opts.url, group = %l.opts.group, ?topics, "consuming");
+    let consumer = Arc::new(consumer);
+    let server = Arc::new(Server {
+        dispatcher,
+        producer: l.producer.clone(),
+        consumer: consumer.clone(),
+        tracker: Tracker::default(),
+    });
+    let permits = Arc::new(Semaphore::new(l.opts.max_in_flight));
+    let mut tasks = JoinSet::new();
+    'serve: loop {
+        let permit = tokio::select! {
+            biased;
+            _ = shutdown.wait() => break 'serve,
+            Some(_) = tasks.join_next(), if !tasks.is_empty() => continue,
+            permit = permits.clone().acquire_owned() => permit.expect("never closed"),
+        };
+        let msg = loop {
+            tokio::select! {
+                biased;
+                _ = shutdown.wait() => break 'serve,
+                Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+                msg = consumer.recv() => match msg {
+                    Ok(msg) => break msg,
+                    Err(e) => {
+                        // A lost broker is already reported (once) by the context.
+                        if e.rdkafka_error_code() == Some(RDKafkaErrorCode::BrokerTransportFailure) {
+                            tracing::debug!(url = %l.opts.url, error = %e, "Kafka consumer error");
+                        } else {
+                            tracing::warn!(url = %l.opts.url, error = %e, "Kafka consumer error");
+                        }
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                },
+            }
+        };
+        l.shared.set_up();
+        let record = Record {
+            topic: msg.topic().to_owned(),
+            partition: msg.partition(),
+            offset: msg.offset(),
+            value: msg.payload().map(<[u8]>::to_vec),
+            headers: HeaderMap::from_headers(msg.headers()),
+        };
+        drop(msg);
+        server.tracker.begin(&record.topic, record.partition, record.offset);
+        let server = server.clone();
+        tasks.spawn(async move {
+            server.handle(&record).await;
+            server.done(&record);
+            drop(permit);
+        });
+    }
+    // Stop taking messages; let those in flight finish, then commit what they handled.
+    tracing::debug!(url = %l.opts.url, in_flight = tasks.len(), "stopping");
+    while tasks.join_next().await.is_some() {}
+    let tpl = server.tracker.stored();
+    let producer = l.producer.clone();
+    drop(server);
+    let _ = tokio::task::spawn_blocking(move || {
+        if tpl.count() > 0
+            && let Err(e) = consumer.commit(&tpl, CommitMode::Sync)
+        {
+            tracing::warn!(error = %e, "could not commit the last offsets; their messages may be handled again");
+        }
+        // Dropping the consumer leaves the group, so its partitions move on at once.
+        drop(consumer);
+        let _ = producer.flush(Duration::from_secs(5));
+    })
+    .await;
+    Ok(())
+}
+
+/// Kafka's rule for topic names (object patterns such as `{"cmd":"sum"}` break it).
+fn is_legal_topic(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 249
+        && name != "."
+        && name != ".."
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// A consumed record, owned.
+struct Record {
+    topic: String,
+    partition: i32,
+    offset: i64,
+    value: Option<Vec<u8>>,
+    headers: HeaderMap,
+}
+
+struct Server {
+    dispatcher: Dispatcher,
+    producer: FutureProducer<Ctx>,
+    consumer: Arc<StreamConsumer<Ctx>>,
+    tracker: Tracker,
+}
+
+impl Server {
+    /// Handles one record as NestJS's `ServerKafka.handleMessage` does.
+    async fn handle(&self, r: &Record) {
+        let pattern = serde_json::to_string(&r.topic).unwrap_or_default();
+        let data = decode_value(r.value.as_deref(), r.headers.get(CONTENT_TYPE));
+        let metadata = r.headers.metadata();
+        let correlation = r.headers.get(CORRELATION_ID);
+        let reply_topic = r.headers.get_str(REPLY_TOPIC);
+        // NestJS treats a message for an event handler as an event, replies or not.
+        let event_route = self
+            .dispatcher
+            .routes()
+            .resolve(&pattern)
+            .is_ok_and(|h| h.message.is_none());
+        let (Some(id), Some(reply_topic), false) = (correlation, reply_topic, event_route) else {
+            if let Some(run) = self.dispatcher.dispatch_event(Incoming {
+                pattern: &pattern,
+                data: Some(&data),
+                request: false,
+                metadata,
+                transport: "kafka",
+            }) {
+                run.await;
+            }
+            return;
+        };
+        let to = ReplyTo {
+            topic: &reply_topic,
+            partition: r
+                .headers
+                .get_str(REPLY_PARTITION)
+                .and_then(|p| p.trim().parse::<f64>().ok())
+                .filter(|p| p.is_finite() && *p >= 0.0)
+                .map(|p| p as i32),
+            id,
+        };
+        match self.dispatcher.dispatch(Incoming {
+            pattern: &pattern,
+            data: Some(&data),
+            request: true,
+            metadata,
+            transport: "kafka",
+        }) {
+            Dispatched::Reply(reply) => {
+                let mut steps = Steps::new(reply);
+                while let Some(step) = steps.next().await {
+                    self.reply(&to, &step).await;
+                }
+            }
+            Dispatched::NoHandler { .. } => {
+                // NestJS sends the error without `kafka_nest-is-disposed`: it is terminal anyway.
+                let h = header(OwnedHeaders::new(), CORRELATION_ID, to.id);
+                let h = header(h, NEST_ERR, NO_MESSAGE_HANDLER.as_bytes());
+                self.send(&to, h, None).await;
+            }
+            Dispatched::Event(run) => run.await,
+            Dispatched::Ignored => {}
+        }
+    }
+
+    /// Sends one reply packet; waits until the broker has it, so the packets of one reply
+    /// stay in order.
+    async fn reply(&self, to: &ReplyTo<'_>, step: &Step) {
+        let h = header(OwnedHeaders::new_with_capacity(4), CORRELATION_ID, to.id);
+        match step {
+            Step::Value { json, last } => {
+                let encoded = encode_value(json);
+                let mut h = header(h, CONTENT_TYPE, encoded.content_type.as_bytes());
+                if *last {
+                    h = header(h, NEST_IS_DISPOSED, &[0]);
+                }
+                self.send(to, h, encoded.value.as_deref()).await;
+            }
+            Step::Done => self.send(to, header(h, NEST_IS_DISPOSED, &[0]), None).await,
+            Step::Error(err) => {
+                let h = header(h, NEST_ERR, &encode_error(err.value()));
+                self.send(to, header(h, NEST_IS_DISPOSED, &[0]), None).await;
+            }
+        }
+    }
+
+    async fn send(&self, to: &ReplyTo<'_>, headers: OwnedHeaders, value: Option<&[u8]>) {
+        let mut record = FutureRecord::<[u8], [u8]>::to(to.topic).headers(headers);
+        if let Some(p) = to.partition {
+            record = record.partition(p);
+        }
+        if let Some(v) = value {
+            record = record.payload(v);
+        }
+        if let Err((e, _)) = self.producer.send(record, Timeout::After(Duration::from_secs(5))).await {
+            tracing::warn!(topic = to.topic, error = %e, "could not send a reply");
+        }
+    }
+
+    /// Marks a record handled and stores the offset its partition can be committed at.
+    fn done(&self, r: &Record) {
+        if let Some(next) = self.tracker.end(&r.topic, r.partition, r.offset) {
+            let mut tpl = TopicPartitionList::new();
+            if tpl
+                .add_partition_offset(&r.topic, r.partition, Offset::Offset(next))
+                .is_ok()
+                && let Err(e) = self.consumer.store_offsets(&tpl)
+            {
+                // The partition moved to another member meanwhile: it will see the message again.
+                tracing::debug!(topic = %r.topic, partition = r.partition, error = %e, "offset not stored");
+            }
+        }
+    }
+}
+
+struct ReplyTo<'a> {
+    topic: &'a str,
+    partition: Option<i32>,
+    id: &'a [u8],
+}
+
+/// Offsets in flight per partition, so that only offsets below every unhandled message are
+/// committed.
+#[derive(Default)]
+struct Tracker(Mutex<HashMap<(String, i32), Part>>);
+
+#[derive(Default)]
+struct Part {
+    in_flight: BTreeMap<i64, u32>,
+    next: i64,
+    stored: i64,
+}
+
+impl Tracker {
+    fn begin(&self, topic: &str, partition: i32, offset: i64) {
+        let mut parts = self.0.lock().expect("tracker lock");
+        let part = parts.entry((topic.to_owned(), partition)).or_default();
+        *part.in_flight.entry(offset).or_default() += 1;
+        part.next = part.next.max(offset + 1);
+    }
+
+    /// The offset to store now, if it moved.
+    fn end(&self, topic: &str, partition: i32, offset: i64) -> Option<i64> {
+        let mut parts = self.0.lock().expect("tracker lock");
+        let part = parts.get_mut(&(topic.to_owned(), partition))?;
+        if let Some(n) = part.in_flight.get_mut(&offset) {
+            *n -= 1;
+            if *n == 0 {
+                part.in_flight.remove(&offset);
+            }
+        }
+        let committable = part.in_flight.keys().next().copied().unwrap_or(part.next);
+        (committable != part.stored).then(|| {
+            part.stored = committable;
+            committable
+        })
+    }
+
+    /// Every stored offset, to commit on shutdown.
+    fn stored(&self) -> TopicPartitionList {
+        let mut tpl = TopicPartitionList::new();
+        for ((topic, partition), part) in self.0.lock().expect("tracker lock").iter() {
+            if part.stored > 0 {
+                let _ = tpl.add_partition_offset(topic, *partition, Offset::Offset(part.stored));
+            }
+        }
+        tpl
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topic_names() {
+        assert!(is_legal_topic("math.sum_2-x"));
+        assert!(!is_legal_topic(r#"{"cmd":"sum"}"#));
+        assert!(!is_legal_topic(".."));
+    }
+
+    #[test]
+    fn offsets_are_stored_only_below_unhandled_messages() {
+        let t = Tracker::default();
+        for o in 0..3 {
+            t.begin("a", 0, o);
+        }
+        assert_eq!(t.end("a", 0, 1), None, "0 is still in flight");
+        assert_eq!(t.end("a", 0, 0), Some(2));
+        assert_eq!(t.end("a", 0, 2), Some(3));
+        t.begin("a", 0, 3);
+        t.begin("a", 0, 3); // redelivered after a rebalance
+        assert_eq!(t.end("a", 0, 3), None);
+        assert_eq!(t.end("a", 0, 3), Some(4));
+    }
+}
