@@ -26,6 +26,10 @@
 pub mod ast;
 pub mod attr;
 pub mod check;
+#[cfg(feature = "build")]
+pub mod client;
+#[cfg(feature = "proto")]
+pub mod proto;
 
 pub use ast::{ArgRole, HandlerArg, HandlerSig, PatternKind, ReturnKind};
 pub use attr::{PatValue, PatternArgs};

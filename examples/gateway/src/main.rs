@@ -13,8 +13,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use clap::Parser;
+use example_gateway::users::{NewUser, USER_CREATED, UsersClient};
 use example_math::{AddRequest, add};
-use example_users::{NewUser, USER_CREATED, create_user, get_user};
 use serde_json::json;
 use switchboard::{Client, Error};
 
@@ -39,7 +39,7 @@ struct Args {
 }
 
 struct Services {
-    users: Client,
+    users: UsersClient,
     math: Client,
     listeners: Vec<Client>,
 }
@@ -72,11 +72,11 @@ impl From<Error> for CallError {
 }
 
 async fn user_by_id(State(s): Shared, Path(id): Path<String>) -> Result<impl IntoResponse, CallError> {
-    Ok(Json(s.users.send(get_user, id).await?))
+    Ok(Json(s.users.get_user(id).await?))
 }
 
 async fn new_user(State(s): Shared, Json(data): Json<NewUser>) -> Result<impl IntoResponse, CallError> {
-    let user = s.users.send(create_user, data).await?;
+    let user = s.users.create_user(data).await?;
     for listener in &s.listeners {
         if let Err(e) = listener.emit(USER_CREATED, &user).await {
             // The user exists; a listener that is down misses the event (TCP has no broker to keep it).
@@ -97,7 +97,7 @@ async fn main() -> anyhow_free::Result {
         .init();
     let args = Args::parse();
     let services = Services {
-        users: Client::builder(&args.users).build()?,
+        users: UsersClient::new(Client::builder(&args.users).build()?),
         math: Client::builder(&args.math).build()?,
         listeners: args
             .events
