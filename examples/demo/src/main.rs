@@ -112,6 +112,18 @@ fn terminate(child: &Child) {
     }
 }
 
+/// Where one service listens on a broker. As with NestJS, each service gets its own RabbitMQ
+/// queue and its own Kafka consumer group; the other brokers route by pattern alone.
+fn service_url(broker: &str, service: &str) -> String {
+    let key = match broker.split("://").next() {
+        Some("amqp") => "queue",
+        Some("kafka") => "group",
+        _ => return broker.to_owned(),
+    };
+    let sep = if broker.contains('?') { '&' } else { '?' };
+    format!("{broker}{sep}{key}={service}")
+}
+
 /// `--broker URL`, if given.
 fn broker_arg() -> anyhow::Result<Option<String>> {
     let mut args = std::env::args().skip(1);
@@ -131,21 +143,34 @@ async fn main() -> anyhow::Result<()> {
     let broker = broker_arg()?;
     let [users, math, notifications, analytics, http_port] =
         [free_port()?, free_port()?, free_port()?, free_port()?, free_port()?];
-    let url = |port: u16| broker.clone().unwrap_or_else(|| format!("tcp://127.0.0.1:{port}"));
+    let url = |port: u16, service: &str| match &broker {
+        Some(b) => service_url(b, service),
+        None => format!("tcp://127.0.0.1:{port}"),
+    };
     let mut children = vec![
-        spawn(&dir, "users", &["--listen".into(), url(users)])?,
-        spawn(&dir, "math", &["--listen".into(), url(math)])?,
-        spawn(&dir, "notifications", &["--listen".into(), url(notifications)])?,
-        spawn(&dir, "analytics", &["--listen".into(), url(analytics)])?,
+        spawn(&dir, "users", &["--listen".into(), url(users, "users")])?,
+        spawn(&dir, "math", &["--listen".into(), url(math, "math")])?,
+        spawn(
+            &dir,
+            "notifications",
+            &["--listen".into(), url(notifications, "notifications")],
+        )?,
+        spawn(&dir, "analytics", &["--listen".into(), url(analytics, "analytics")])?,
     ];
     if broker.is_none() {
         for port in [users, math, notifications, analytics] {
             wait_for_port(port).await?;
         }
     }
+    // One emit reaches every listener on a pub/sub broker; RabbitMQ queues (like TCP) are
+    // point to point, so each listening service gets its own emit.
     let events = match &broker {
-        Some(b) => b.clone(),
-        None => format!("{},{}", url(notifications), url(analytics)),
+        Some(b) if !b.starts_with("amqp:") => b.clone(),
+        _ => format!(
+            "{},{}",
+            url(notifications, "notifications"),
+            url(analytics, "analytics")
+        ),
     };
     children.push(spawn(
         &dir,
@@ -154,9 +179,9 @@ async fn main() -> anyhow::Result<()> {
             "--http".into(),
             format!("127.0.0.1:{http_port}"),
             "--users".into(),
-            url(users),
+            url(users, "users"),
             "--math".into(),
-            url(math),
+            url(math, "math"),
             "--events".into(),
             events,
         ],
