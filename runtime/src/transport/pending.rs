@@ -8,7 +8,6 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context as TaskContext, Poll, Waker};
-use std::time::Instant;
 
 use bytes::Bytes;
 use futures_util::stream::Stream;
@@ -22,8 +21,15 @@ pub(crate) struct Pending {
     url: String,
     state: Mutex<State>,
     next_id: AtomicU64,
-    prefix: u32,
+    prefix: u64,
 }
+
+/// An id is [`PREFIX_HEX`] hex digits of the table's random prefix, then the call's number
+/// in the rest of NestJS's 21: 40 random bits, so that clients sharing a reply channel
+/// (Redis, MQTT, Kafka) do not reuse each other's ids, and 44 bits of calls.
+const PREFIX_HEX: usize = 10;
+const PREFIX_MASK: u64 = (1 << (4 * PREFIX_HEX)) - 1;
+const NUMBER_MASK: u64 = (1 << (4 * (21 - PREFIX_HEX))) - 1;
 
 #[derive(Default)]
 struct State {
@@ -46,7 +52,7 @@ impl Pending {
     /// replies arrive on. `route` names the call in a no-handler error. Dropping the stream
     /// (a timeout, a cancelled caller) forgets the id.
     pub(crate) fn register(self: &Arc<Self>, route: Cow<'static, str>) -> Result<(String, CallRx)> {
-        let n = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let n = self.next_id.fetch_add(1, Ordering::Relaxed) & NUMBER_MASK;
         let call = Arc::new(Call {
             route,
             inner: Mutex::default(),
@@ -62,7 +68,7 @@ impl Pending {
             pending: self.clone(),
             id: n,
         };
-        Ok((format!("{:05x}{n:016x}", self.prefix), rx))
+        Ok((format!("{:010x}{n:011x}", self.prefix), rx))
     }
 
     /// Routes a NestJS reply packet (`{"response"|"err"|"isDisposed", "id"}`) to its call by
@@ -101,7 +107,11 @@ impl Pending {
     pub(crate) fn push(&self, id: &str, item: Result<ReplyItem>, last: bool) {
         let Some(n) = self.parse_id(id) else { return };
         let mut state = self.state.lock().expect("pending lock");
-        let call = if last { state.calls.remove(&n) } else { state.calls.get(&n).cloned() };
+        let call = if last {
+            state.calls.remove(&n)
+        } else {
+            state.calls.get(&n).cloned()
+        };
         drop(state);
         if let Some(call) = call {
             call.push(item, last);
@@ -156,25 +166,35 @@ impl Pending {
 
     /// Our own ids only: a reply meant for another client on a shared channel is skipped.
     fn parse_id(&self, hex: &str) -> Option<u64> {
-        if hex.len() != 21 || !hex.is_ascii() || u32::from_str_radix(&hex[..5], 16).ok()? != self.prefix {
+        if hex.len() != 21 || !hex.is_ascii() || u64::from_str_radix(&hex[..PREFIX_HEX], 16).ok()? != self.prefix {
             return None;
         }
-        u64::from_str_radix(&hex[5..], 16).ok()
+        u64::from_str_radix(&hex[PREFIX_HEX..], 16).ok()
     }
 }
 
 impl std::fmt::Debug for Pending {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Pending").field("url", &self.url).field("calls", &self.len()).finish()
+        f.debug_struct("Pending")
+            .field("url", &self.url)
+            .field("calls", &self.len())
+            .finish()
     }
 }
 
-/// A random 20-bit prefix, so that ids of clients sharing a reply channel differ.
-fn id_prefix() -> u32 {
+/// A random 40-bit prefix, so that ids of clients sharing a reply channel differ: every
+/// table numbers its calls from 0, so two tables with the same prefix would make the same ids
+/// and take each other's replies.
+fn id_prefix() -> u64 {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u64(Instant::now().elapsed().as_nanos() as u64);
-    (h.finish() & 0xF_FFFF) as u32
+    h.write_u32(std::process::id());
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    h.finish() & PREFIX_MASK
 }
 
 /// The reply packets of one call, pushed by the transport's reader.
@@ -279,11 +299,49 @@ mod tests {
     async fn fail_all_keeps_taking_calls_and_close_does_not() {
         let p = Pending::new("test://x");
         let (_, rx) = p.register("r".into()).unwrap();
-        p.fail_all(|| Error::ConnectionClosed { addr: "test://x".into() });
+        p.fail_all(|| Error::ConnectionClosed {
+            addr: "test://x".into(),
+        });
         assert_eq!(collect(rx).await.len(), 1);
         assert!(p.register("r".into()).is_ok());
         p.close(|| Error::Closed);
         assert!(p.register("r".into()).is_err());
+    }
+
+    #[test]
+    fn tables_do_not_share_id_prefixes() {
+        // Clients on a shared reply channel tell their replies apart by the id prefix alone
+        // (each numbers its calls from 0): among a few thousand tables, no two may share one.
+        let n = 4096;
+        let prefixes: std::collections::HashSet<String> = (0..n)
+            .map(|_| {
+                let (id, _rx) = Pending::new("test://x").register("r".into()).unwrap();
+                assert_eq!(id.len(), 21);
+                assert!(
+                    id.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()),
+                    "{id}"
+                );
+                id[..PREFIX_HEX].to_owned()
+            })
+            .collect();
+        assert_eq!(prefixes.len(), n, "two tables made the same ids");
+    }
+
+    #[tokio::test]
+    async fn ids_stay_21_hex_digits_when_the_counter_wraps() {
+        let p = Pending::new("test://x");
+        p.next_id.store(NUMBER_MASK, Ordering::Relaxed);
+        let (last, rx1) = p.register("r".into()).unwrap();
+        let (wrapped, rx2) = p.register("r".into()).unwrap();
+        assert_eq!((last.len(), wrapped.len()), (21, 21));
+        p.deliver(&Bytes::from(format!(
+            r#"{{"response":1,"isDisposed":true,"id":"{last}"}}"#
+        )));
+        p.deliver(&Bytes::from(format!(
+            r#"{{"response":2,"isDisposed":true,"id":"{wrapped}"}}"#
+        )));
+        assert_eq!(collect(rx1).await, ["1"]);
+        assert_eq!(collect(rx2).await, ["2"]);
     }
 
     #[test]

@@ -91,6 +91,14 @@ impl Options {
                 reason: "`queue` must be 1 to 255 bytes long".into(),
             });
         }
+        let prefetch = ep.param_as("prefetch")?.unwrap_or(DEFAULT_PREFETCH);
+        if prefetch == 0 {
+            // RabbitMQ reads 0 as "no limit": the server would take the whole queue at once.
+            return Err(Error::InvalidUrl {
+                url: ep.as_str().to_owned(),
+                reason: "`prefetch` must be 1 to 65535 (0 would mean no limit on messages in flight)".into(),
+            });
+        }
         Ok(Options {
             url: mask_password(ep.as_str()),
             given: ep.as_str().to_owned(),
@@ -98,7 +106,7 @@ impl Options {
             queue,
             durable: ep.param_as("durable")?.unwrap_or(true),
             noack: ep.param_as("noack")?.unwrap_or(false),
-            prefetch: ep.param_as("prefetch")?.unwrap_or(DEFAULT_PREFETCH),
+            prefetch,
             max_retries: ep.param_as("max_retries")?.unwrap_or(DEFAULT_MAX_RETRIES),
             persistent: ep.param_as("persistent")?.unwrap_or(false),
             connect_timeout: ep
@@ -215,6 +223,13 @@ mod tests {
         assert_eq!((o.queue.as_str(), o.durable, o.max_retries), (DEFAULT_QUEUE, true, 3));
         let bad = Options::parse(&Endpoint::parse("amqp://h?qeue=x").unwrap(), Duration::from_secs(1));
         assert!(bad.unwrap_err().to_string().contains("unknown query parameter `qeue`"));
+        let unbounded = Options::parse(&Endpoint::parse("amqp://h?prefetch=0").unwrap(), Duration::from_secs(1));
+        assert!(
+            unbounded
+                .unwrap_err()
+                .to_string()
+                .contains("`prefetch` must be 1 to 65535")
+        );
         assert!(
             Options::parse(
                 &Endpoint::parse("amqp://h?durable=yes").unwrap(),

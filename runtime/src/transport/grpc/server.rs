@@ -3,12 +3,13 @@
 
 use std::convert::Infallible;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 use futures_util::stream::{BoxStream, Stream, StreamExt};
-use tokio::sync::mpsc;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tonic::body::Body;
 use tonic::server::{Grpc, NamedService, ServerStreamingService, UnaryService};
 use tonic::{Request, Response, Status};
@@ -21,6 +22,10 @@ use crate::error::{Error, Result};
 use crate::handler::{Reply, ReplyItem};
 use crate::transport::Shutdown;
 
+/// Events a server runs at once; an `Emit` beyond it waits for one to finish, so a caller
+/// that emits faster than the listeners run is slowed down instead of piling up tasks.
+const MAX_EVENTS_IN_FLIGHT: usize = 1024;
+
 /// Everything a call on the server needs: the handlers, the limits, and a token that keeps
 /// shutdown waiting while events run.
 #[derive(Clone)]
@@ -29,14 +34,27 @@ pub(crate) struct Shared {
     pub opts: ServerOptions,
     /// Dropped by each event's task when it ends; shutdown waits for all of them.
     pub events: mpsc::Sender<()>,
+    /// Room for events running in the background.
+    pub event_slots: Arc<Semaphore>,
 }
 
 impl Shared {
-    /// Runs an event's listeners in the background; shutdown waits for them.
-    pub(crate) fn spawn_event(&self, run: BoxFuture<'static, ()>) {
+    fn new(dispatcher: Dispatcher, opts: ServerOptions, events: mpsc::Sender<()>, max_events: usize) -> Self {
+        Shared {
+            dispatcher,
+            opts,
+            events,
+            event_slots: Arc::new(Semaphore::new(max_events)),
+        }
+    }
+
+    /// Runs an event's listeners in the background, in the room `slot` holds; shutdown
+    /// waits for them.
+    pub(crate) fn spawn_event(&self, run: BoxFuture<'static, ()>, slot: OwnedSemaphorePermit) {
         let token = self.events.clone();
         tokio::spawn(async move {
             run.await;
+            drop(slot);
             drop(token);
         });
     }
@@ -44,11 +62,7 @@ impl Shared {
 
 pub(super) async fn serve(l: GrpcListener, dispatcher: Dispatcher, mut shutdown: Shutdown) -> Result<()> {
     let (events, mut events_done) = mpsc::channel(1);
-    let shared = Shared {
-        dispatcher,
-        opts: l.opts.clone(),
-        events,
-    };
+    let shared = Shared::new(dispatcher, l.opts.clone(), events, MAX_EVENTS_IN_FLIGHT);
     let mut routes = tonic::service::Routes::builder();
     routes.add_service(Generic(shared.clone()));
     let mut added = std::collections::HashSet::new();
@@ -179,18 +193,28 @@ impl UnaryService<Packet> for EmitSvc {
     type Future = BoxFuture<'static, std::result::Result<Response<Accepted>, Status>>;
 
     fn call(&mut self, req: Request<Packet>) -> Self::Future {
-        let packet = req.into_inner();
-        let dispatched = self.0.dispatcher.dispatch(Incoming {
-            pattern: &packet.pattern,
-            data: packet.data.as_deref(),
-            request: false,
-            metadata: (!packet.metadata.is_empty()).then_some(packet.metadata),
-            transport: "grpc",
-        });
-        if let Dispatched::Event(run) = dispatched {
-            self.0.spawn_event(run);
-        }
-        Box::pin(std::future::ready(Ok(Response::new(Accepted {}))))
+        let shared = self.0.clone();
+        Box::pin(async move {
+            // Accepted once there is room to run it: the caller waits while the server is full.
+            let slot = shared
+                .event_slots
+                .clone()
+                .acquire_owned()
+                .await
+                .map_err(|_| Status::unavailable("the server is shutting down"))?;
+            let packet = req.into_inner();
+            let dispatched = shared.dispatcher.dispatch(Incoming {
+                pattern: &packet.pattern,
+                data: packet.data.as_deref(),
+                request: false,
+                metadata: (!packet.metadata.is_empty()).then_some(packet.metadata),
+                transport: "grpc",
+            });
+            if let Dispatched::Event(run) = dispatched {
+                shared.spawn_event(run, slot);
+            }
+            Ok(Response::new(Accepted {}))
+        })
     }
 }
 
@@ -243,5 +267,58 @@ impl<M: Send + 'static> Stream for Deadline<M> {
             return Poll::Ready(Some(Err(Status::deadline_exceeded("Deadline Exceeded"))));
         }
         Poll::Pending
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::handler::Inbound;
+    use crate::registry::{HandlerEntry, HandlerKind, Registry};
+
+    /// An event listener that never finishes.
+    fn stuck(_: Inbound<'_>) -> Reply {
+        Reply::from_unit(std::future::pending())
+    }
+
+    static STUCK: HandlerEntry = HandlerEntry {
+        kind: HandlerKind::Event,
+        route: "stuck",
+        pattern: "\"stuck\"",
+        name: "stuck",
+        module: module_path!(),
+        file: file!(),
+        line: line!(),
+        call: stuck,
+    };
+
+    fn emit() -> Request<Packet> {
+        Request::new(Packet {
+            pattern: "\"stuck\"".into(),
+            data: Some(bytes::Bytes::from_static(b"1")),
+            metadata: Default::default(),
+        })
+    }
+
+    #[tokio::test]
+    async fn emits_wait_for_room_instead_of_piling_up_events() {
+        let mut registry = Registry::new();
+        registry.add(&STUCK);
+        let (events, _done) = mpsc::channel(1);
+        let opts = ServerOptions { max_message_len: 1024 };
+        let shared = Shared::new(Dispatcher::new(registry.routes().unwrap()), opts, events, 2);
+        let mut svc = EmitSvc(shared.clone());
+        for _ in 0..2 {
+            let accepted = tokio::time::timeout(Duration::from_secs(1), svc.call(emit())).await;
+            assert!(
+                matches!(accepted, Ok(Ok(_))),
+                "an emit within the limit is accepted at once"
+            );
+        }
+        let third = tokio::time::timeout(Duration::from_millis(200), svc.call(emit())).await;
+        assert!(third.is_err(), "a third emit must wait while two events run");
+        assert_eq!(shared.event_slots.available_permits(), 0);
     }
 }

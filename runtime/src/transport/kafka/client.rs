@@ -7,6 +7,7 @@
 //! Replies for other clients' ids are skipped.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -35,8 +36,12 @@ pub struct KafkaClient {
     connect_timeout: Duration,
     pending: Arc<Pending>,
     conn: OnceCell<Arc<Conn>>,
-    /// Serialises broker checks while the brokers are (or may be) down.
-    probing: tokio::sync::Mutex<()>,
+    /// Broker checks so far.
+    probes: AtomicU64,
+    /// Serialises broker checks while the brokers are (or may be) down; holds the number and
+    /// error of the last check that failed, which the calls queued behind it share instead of
+    /// each waiting for a check of their own.
+    probing: tokio::sync::Mutex<Option<(u64, String)>>,
 }
 
 impl std::fmt::Debug for KafkaClient {
@@ -73,7 +78,8 @@ impl KafkaClient {
             opts,
             connect_timeout: defaults.connect_timeout,
             conn: OnceCell::new(),
-            probing: tokio::sync::Mutex::new(()),
+            probes: AtomicU64::new(0),
+            probing: tokio::sync::Mutex::new(None),
         })
     }
 
@@ -82,12 +88,27 @@ impl KafkaClient {
     async fn conn(&self) -> Result<Arc<Conn>> {
         let conn = self.conn.get_or_try_init(|| self.make_conn()).await?.clone();
         if conn.shared.is_down() {
-            let _one = self.probing.lock().await;
+            let seen = self.probes.load(Ordering::Acquire);
+            let mut failed = self.probing.lock().await;
             if conn.shared.is_down() {
+                if let Some((n, reason)) = &*failed
+                    && *n > seen
+                {
+                    return Err(self.opts.connect_error(reason));
+                }
+                let attempt = self.probes.fetch_add(1, Ordering::AcqRel) + 1;
                 let (c, timeout) = (conn.clone(), self.connect_timeout);
-                tokio::task::spawn_blocking(move || probe(c.producer.client(), &c.shared, timeout))
+                let probed = tokio::task::spawn_blocking(move || probe(c.producer.client(), &c.shared, timeout))
                     .await
-                    .map_err(|e| self.opts.connect_error(e))??;
+                    .map_err(|e| self.opts.connect_error(e))?;
+                if let Err(e) = probed {
+                    let reason = match &e {
+                        Error::Connect { reason, .. } => reason.clone(),
+                        other => other.to_string(),
+                    };
+                    *failed = Some((attempt, reason));
+                    return Err(e);
+                }
             }
         }
         Ok(conn)
@@ -316,5 +337,40 @@ async fn read_replies(consumer: Arc<StreamConsumer<Ctx>>, shared: Arc<Shared>, p
             (None, None) if last => pending.finish(&id),
             (payload, ct) => pending.push(&id, Ok(ReplyItem::Value(decode_value(payload, ct))), last),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn calls_queued_behind_a_failed_broker_check_share_its_error() {
+        // Nothing listens on port 1: every check waits for the whole connect timeout.
+        let opts = ClientOptions {
+            pool_size: 1,
+            connect_timeout: Duration::from_millis(700),
+            max_frame_len: 1 << 20,
+        };
+        let client = Arc::new(KafkaClient::new(&Endpoint::parse("kafka://127.0.0.1:1").unwrap(), &opts).unwrap());
+        let started = Instant::now();
+        let calls: Vec<_> = (0..6)
+            .map(|_| {
+                let c = client.clone();
+                tokio::spawn(async move { c.connect().await })
+            })
+            .collect();
+        for call in calls {
+            let result = call.await.unwrap();
+            assert!(matches!(result, Err(Error::Connect { .. })), "{result:?}");
+        }
+        // One check for all of them, not one after the other (6 × 700 ms).
+        assert!(
+            started.elapsed() < Duration::from_millis(2500),
+            "{:?}",
+            started.elapsed()
+        );
     }
 }

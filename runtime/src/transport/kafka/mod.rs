@@ -100,34 +100,32 @@ impl Options {
         let postfix = ep
             .param("postfix")
             .unwrap_or(if server { "-server" } else { "-client" });
-        let positive = |key: &str, v: i64| {
-            if v < 1 {
+        // librdkafka's settings are 32-bit; `max_in_flight` sizes a semaphore.
+        let within = |key: &str, default: i64, max: i64| -> Result<i64> {
+            let v = ep.param_as::<i64>(key)?.unwrap_or(default);
+            if (1..=max).contains(&v) {
+                Ok(v)
+            } else {
                 Err(Error::InvalidUrl {
                     url: ep.as_str().to_owned(),
-                    reason: format!("query parameter `{key}` must be at least 1"),
+                    reason: format!("query parameter `{key}` must be between 1 and {max}"),
                 })
-            } else {
-                Ok(v)
             }
         };
+        let int = i64::from(i32::MAX);
+        let permits = i64::try_from(tokio::sync::Semaphore::MAX_PERMITS).unwrap_or(i64::MAX);
         Ok(Options {
             url: ep.as_str().to_owned(),
             brokers: ep.authority.clone(),
             client_id: format!("{}{postfix}", ep.param("client_id").unwrap_or("nestjs-consumer")),
             group: format!("{}{postfix}", ep.param("group").unwrap_or("nestjs-group")),
             from_beginning: ep.param_as("from_beginning")?.unwrap_or(true),
-            partitions: positive("partitions", ep.param_as("partitions")?.unwrap_or(1))? as i32,
-            replication: positive("replication", ep.param_as("replication")?.unwrap_or(1))? as i32,
-            session_timeout_ms: positive(
-                "session_timeout_ms",
-                ep.param_as("session_timeout_ms")?.unwrap_or(30_000),
-            )? as u32,
-            max_in_flight: positive("max_in_flight", ep.param_as("max_in_flight")?.unwrap_or(256))? as usize,
-            max_message_bytes: positive(
-                "max_message_bytes",
-                ep.param_as("max_message_bytes")?.unwrap_or(16 << 20),
-            )? as usize,
-            max_wait_ms: positive("max_wait_ms", ep.param_as("max_wait_ms")?.unwrap_or(100))? as u32,
+            partitions: within("partitions", 1, int)? as i32,
+            replication: within("replication", 1, int)? as i32,
+            session_timeout_ms: within("session_timeout_ms", 30_000, int)? as u32,
+            max_in_flight: within("max_in_flight", 256, permits)? as usize,
+            max_message_bytes: within("max_message_bytes", 16 << 20, int)? as usize,
+            max_wait_ms: within("max_wait_ms", 100, int)? as u32,
         })
     }
 
@@ -549,5 +547,18 @@ mod tests {
         assert!(Options::parse(&ep, true).is_err());
         let ep = Endpoint::parse("kafka://h:1?partitions=0").unwrap();
         assert!(Options::parse(&ep, true).is_err());
+        // Out of range: a clear error, not a truncated setting or a panic when serving.
+        for bad in [
+            "max_in_flight=9223372036854775807",
+            "partitions=4294967297",
+            "session_timeout_ms=4294967296",
+        ] {
+            let ep = Endpoint::parse(&format!("kafka://h:1?{bad}")).unwrap();
+            let err = Options::parse(&ep, true).unwrap_err().to_string();
+            assert!(err.contains("must be between 1 and"), "{bad}: {err}");
+        }
+        let ep = Endpoint::parse("kafka://h:1?max_in_flight=1000000").unwrap();
+        let o = Options::parse(&ep, true).unwrap();
+        let _ = tokio::sync::Semaphore::new(o.max_in_flight);
     }
 }

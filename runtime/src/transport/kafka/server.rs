@@ -181,10 +181,15 @@ async fn serve(l: KafkaListener, dispatcher: Dispatcher, mut shutdown: Shutdown)
     // Stop taking messages; let those in flight finish, then commit what they handled.
     tracing::debug!(url = %l.opts.url, in_flight = tasks.len(), "stopping");
     while tasks.join_next().await.is_some() {}
-    let tpl = server.tracker.stored();
     let producer = l.producer.clone();
-    drop(server);
     let _ = tokio::task::spawn_blocking(move || {
+        // Only the partitions still ours: another member may have committed further on those
+        // the group moved away, and committing our older offset there would rewind it.
+        let tpl = match consumer.assignment() {
+            Ok(owned) => server.tracker.stored(&owned),
+            Err(_) => TopicPartitionList::new(),
+        };
+        drop(server);
         if tpl.count() > 0
             && let Err(e) = consumer.commit(&tpl, CommitMode::Sync)
         {
@@ -378,11 +383,12 @@ impl Tracker {
         })
     }
 
-    /// Every stored offset, to commit on shutdown.
-    fn stored(&self) -> TopicPartitionList {
+    /// The stored offsets of the partitions in `owned` (the consumer's assignment), to commit
+    /// on shutdown.
+    fn stored(&self, owned: &TopicPartitionList) -> TopicPartitionList {
         let mut tpl = TopicPartitionList::new();
         for ((topic, partition), part) in self.0.lock().expect("tracker lock").iter() {
-            if part.stored > 0 {
+            if part.stored > 0 && owned.find_partition(topic, *partition).is_some() {
                 let _ = tpl.add_partition_offset(topic, *partition, Offset::Offset(part.stored));
             }
         }
@@ -414,5 +420,22 @@ mod tests {
         t.begin("a", 0, 3); // redelivered after a rebalance
         assert_eq!(t.end("a", 0, 3), None);
         assert_eq!(t.end("a", 0, 3), Some(4));
+    }
+
+    #[test]
+    fn shutdown_commits_only_partitions_still_assigned() {
+        let t = Tracker::default();
+        for p in 0..3 {
+            t.begin("a", p, 10);
+            t.end("a", p, 10);
+        }
+        // Partition 0 moved to another member, which may have committed beyond 11 since.
+        let mut owned = TopicPartitionList::new();
+        owned.add_partition("a", 1);
+        owned.add_partition("a", 2);
+        let tpl = t.stored(&owned);
+        assert_eq!(tpl.count(), 2);
+        assert!(tpl.find_partition("a", 0).is_none());
+        assert_eq!(tpl.find_partition("a", 1).map(|e| e.offset()), Some(Offset::Offset(11)));
     }
 }

@@ -144,6 +144,24 @@ struct Shared {
     subs: Mutex<Subs>,
 }
 
+impl Shared {
+    /// Forgets every subscription; calls waiting for a SUBACK fail with `reason`.
+    fn fail_subscriptions(&self, reason: &str) {
+        let mut subs = self.subs.lock().expect("mqtt subs lock");
+        for (_, tx) in subs.topics.drain() {
+            tx.send_if_modified(|s| {
+                let waiting = *s == SubState::Waiting;
+                if waiting {
+                    *s = SubState::Failed(reason.to_owned());
+                }
+                waiting
+            });
+        }
+        subs.queued.clear();
+        subs.sent.clear();
+    }
+}
+
 struct Conn {
     client: AsyncClient,
     shared: Arc<Shared>,
@@ -258,8 +276,26 @@ impl Conn {
                 return Err(self.closed());
             }
         }
-        // The driver answers every waiter: SUBACK, refusal, or connection loss.
-        let state = rx.wait_for(|s| *s != SubState::Waiting).await.map(|s| s.clone());
+        // The driver answers every waiter: SUBACK, refusal, connection loss or close; a
+        // broker that never answers is given the connect timeout.
+        let waited = tokio::time::timeout(self.connect_timeout, rx.wait_for(|s| *s != SubState::Waiting))
+            .await
+            .map(|state| state.map(|s| s.clone()));
+        let state = match waited {
+            Ok(state) => state,
+            Err(_) => {
+                let reason = format!("no SUBACK within {:?}", self.connect_timeout);
+                // Forget the subscription, so that the next call subscribes again.
+                let mut subs = self.shared.subs.lock().expect("mqtt subs lock");
+                if let Some(tx) = subs.topics.get(&topic)
+                    && rx.same_channel(&tx.subscribe())
+                    && let Some(tx) = subs.topics.remove(&topic)
+                {
+                    tx.send_replace(SubState::Failed(reason.clone()));
+                }
+                Ok(SubState::Failed(reason))
+            }
+        };
         match state {
             Ok(SubState::Ready) => Ok(()),
             Ok(SubState::Failed(reason)) => Err(Error::Connect {
@@ -273,6 +309,8 @@ impl Conn {
     /// Stops the connection; calls in flight fail with [`Error::Closed`].
     fn shut(&self) {
         self.shared.pending.close(|| Error::Closed);
+        // Calls waiting for a SUBACK fail too: the driver stops before it would come.
+        self.shared.fail_subscriptions("client closed");
         let _ = self.client.try_disconnect();
         let driver = self.driver.clone();
         // Let the DISCONNECT go out, then stop the driver for good.
@@ -330,6 +368,7 @@ async fn drive(mut eventloop: EventLoop, shared: Arc<Shared>) {
                 shared.status.send_replace(Status::Down {
                     reason: Some("client closed".into()),
                 });
+                shared.fail_subscriptions("client closed");
                 return;
             }
             Ok(_) => {}
@@ -341,20 +380,7 @@ async fn drive(mut eventloop: EventLoop, shared: Arc<Shared>) {
                 });
                 // A new (clean) session starts without subscriptions, and rumqttc drops the
                 // SUBSCRIBEs it had not sent yet: every subscription starts over.
-                {
-                    let mut subs = shared.subs.lock().expect("mqtt subs lock");
-                    for (_, tx) in subs.topics.drain() {
-                        tx.send_if_modified(|s| {
-                            let waiting = *s == SubState::Waiting;
-                            if waiting {
-                                *s = SubState::Failed(format!("connection lost: {reason}"));
-                            }
-                            waiting
-                        });
-                    }
-                    subs.queued.clear();
-                    subs.sent.clear();
-                }
+                shared.fail_subscriptions(&format!("connection lost: {reason}"));
                 shared.pending.fail_all(|| Error::ConnectionClosed {
                     addr: shared.url.clone(),
                 });
@@ -367,5 +393,84 @@ async fn drive(mut eventloop: EventLoop, shared: Arc<Shared>) {
                 tokio::time::sleep(wait).await;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use bytes::Bytes;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    /// A broker that accepts the connection (CONNACK) and then never answers anything,
+    /// SUBSCRIBE included.
+    async fn mute_broker() -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut sock, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 1024];
+                    if sock.read(&mut buf).await.unwrap_or(0) == 0 {
+                        return;
+                    }
+                    let _ = sock.write_all(&[0x20, 0x02, 0x00, 0x00]).await;
+                    while sock.read(&mut buf).await.unwrap_or(0) > 0 {}
+                });
+            }
+        });
+        format!("mqtt://{addr}")
+    }
+
+    fn client(url: &str) -> MqttClient {
+        let opts = ClientOptions {
+            pool_size: 1,
+            connect_timeout: Duration::from_millis(300),
+            max_frame_len: super::super::DEFAULT_MAX_PACKET_SIZE,
+        };
+        MqttClient::new(&Endpoint::parse(url).unwrap(), &opts).unwrap()
+    }
+
+    fn outbound(route: &'static str) -> Outbound {
+        Outbound {
+            pattern: format!("\"{route}\"").into(),
+            route: route.into(),
+            data: Bytes::from_static(b"1"),
+            metadata: None,
+            timeout: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_subscription_the_broker_never_acknowledges_fails_at_the_connect_timeout() {
+        let c = client(&mute_broker().await);
+        let started = Instant::now();
+        let result = tokio::time::timeout(Duration::from_secs(5), c.request(outbound("sum"))).await;
+        let Ok(Err(e)) = result else {
+            panic!("the request hung waiting for a SUBACK");
+        };
+        assert!(e.to_string().contains("SUBACK"), "{e}");
+        assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
+    }
+
+    #[tokio::test]
+    async fn close_fails_calls_waiting_for_a_subscription() {
+        let url = mute_broker().await;
+        // A connect timeout longer than the test's patience: only close can end the wait.
+        let c = Arc::new(client(&format!("{url}?connect_timeout_ms=20000")));
+        c.connect().await.unwrap();
+        let waiting = tokio::spawn({
+            let c = c.clone();
+            async move { c.request(outbound("sum")).await.map(drop) }
+        });
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        c.close().await;
+        let result = tokio::time::timeout(Duration::from_secs(2), waiting).await;
+        let Ok(Ok(Err(_))) = result else {
+            panic!("a call waiting for its SUBACK was not failed by close");
+        };
     }
 }

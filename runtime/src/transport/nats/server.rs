@@ -109,11 +109,9 @@ async fn serve(l: NatsListener, dispatcher: Dispatcher, mut shutdown: Shutdown) 
         }
         _ => stream::select_all(Vec::new()),
     };
-    // Subscriptions are in place once the server has seen them.
-    nats.flush().await.map_err(|e| Error::Connect {
-        addr: opts.url.clone(),
-        reason: e.to_string(),
-    })?;
+    // Subscriptions are in place once the server has processed them (a flush only hands the
+    // SUBs to the socket).
+    confirm_subscribed(&nats, &opts.url).await?;
     tracing::info!(url = %opts.url, queue = ?opts.queue, durable = durable_routes.len(), "NATS server subscribed");
     ready.send_replace(true);
 
@@ -142,6 +140,31 @@ async fn serve(l: NatsListener, dispatcher: Dispatcher, mut shutdown: Shutdown) 
     let _ = tokio::time::timeout(CONNECT_TIMEOUT, nats.flush()).await;
     tracing::debug!(url = %opts.url, "NATS server stopped");
     Ok(())
+}
+
+/// Waits until the NATS server has registered every subscription sent so far on `nats`: it
+/// handles a connection's commands in order, so a message published to our own inbox after
+/// them comes back only once they are all in place.
+async fn confirm_subscribed(nats: &async_nats::Client, url: &str) -> Result<()> {
+    let failed = |reason: String| Error::Connect {
+        addr: url.to_owned(),
+        reason,
+    };
+    let inbox = nats.new_inbox();
+    let mut echo = nats
+        .subscribe(inbox.clone())
+        .await
+        .map_err(|e| failed(format!("cannot subscribe: {e}")))?;
+    nats.publish(inbox, Bytes::new())
+        .await
+        .map_err(|e| failed(format!("cannot publish: {e}")))?;
+    match tokio::time::timeout(CONNECT_TIMEOUT, echo.next()).await {
+        Ok(Some(_)) => Ok(()),
+        Ok(None) => Err(failed("the connection closed while subscribing".into())),
+        Err(_) => Err(failed(format!(
+            "the NATS server did not confirm the subscriptions within {CONNECT_TIMEOUT:?}"
+        ))),
+    }
 }
 
 /// A durable event and the route whose consumer delivered it.
@@ -415,4 +438,98 @@ fn handle_durable(
             tracing::warn!(subject = %msg.subject, error = %e, "could not acknowledge a durable event");
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+
+    use super::*;
+    use crate::handler::{Inbound, Reply};
+    use crate::registry::{HandlerEntry, HandlerKind, Registry};
+
+    fn noop(_: Inbound<'_>) -> Reply {
+        Reply::empty()
+    }
+
+    static EVT: HandlerEntry = HandlerEntry {
+        kind: HandlerKind::Event,
+        route: "evt",
+        pattern: "\"evt\"",
+        name: "noop",
+        module: module_path!(),
+        file: file!(),
+        line: line!(),
+        call: noop,
+    };
+
+    /// A NATS server that takes the connection and every command, but delivers the messages
+    /// a client sends to its own inbox only once `release` is notified: it is still busy
+    /// registering the client's subscriptions until then.
+    async fn slow_server(release: Arc<tokio::sync::Notify>) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((sock, _)) = listener.accept().await {
+                let release = release.clone();
+                tokio::spawn(async move {
+                    let (read, mut write) = sock.into_split();
+                    let info =
+                        r#"INFO {"server_id":"x","version":"2.9.10","proto":1,"headers":true,"max_payload":1048576}"#;
+                    write.write_all(format!("{info}\r\n").as_bytes()).await.unwrap();
+                    let mut lines = BufReader::new(read);
+                    let mut sids = std::collections::HashMap::new();
+                    let mut line = String::new();
+                    while lines.read_line(&mut line).await.unwrap_or(0) > 0 {
+                        let words: Vec<String> = line.split_whitespace().map(str::to_owned).collect();
+                        line.clear();
+                        match words.first().map(String::as_str) {
+                            Some("PING") => write.write_all(b"PONG\r\n").await.unwrap(),
+                            Some("SUB") => {
+                                sids.insert(words[1].clone(), words.last().unwrap().clone());
+                            }
+                            Some("PUB") => {
+                                let len: usize = words.last().unwrap().parse().unwrap();
+                                let mut payload = vec![0; len + 2];
+                                lines.read_exact(&mut payload).await.unwrap();
+                                if let Some(sid) = sids.get(&words[1]) {
+                                    release.notified().await;
+                                    let msg = format!("MSG {} {sid} {len}\r\n", words[1]);
+                                    write.write_all(msg.as_bytes()).await.unwrap();
+                                    write.write_all(&payload).await.unwrap();
+                                }
+                            }
+                            _ => {}
+                        }
+                    }
+                });
+            }
+        });
+        format!("nats://{addr}")
+    }
+
+    #[tokio::test]
+    async fn ready_waits_until_the_server_has_the_subscriptions() {
+        let release = Arc::new(tokio::sync::Notify::new());
+        let url = slow_server(release.clone()).await;
+        let listener = NatsListener::bind(&Endpoint::parse(&url).unwrap()).await.unwrap();
+        let mut ready = listener.ready().unwrap();
+        let mut registry = Registry::new();
+        registry.add(&EVT);
+        let (stop, shutdown) = Shutdown::new();
+        let serving = tokio::spawn(Box::new(listener).serve(Dispatcher::new(registry.routes().unwrap()), shutdown));
+        let early = tokio::time::timeout(Duration::from_millis(300), ready.wait_for(|&up| up))
+            .await
+            .is_ok();
+        assert!(!early, "ready before the server confirmed the subscriptions");
+        release.notify_one();
+        let confirmed = tokio::time::timeout(Duration::from_secs(3), ready.wait_for(|&up| up))
+            .await
+            .is_ok_and(|r| r.is_ok());
+        assert!(confirmed, "never ready");
+        stop.send_replace(true);
+        let _ = tokio::time::timeout(Duration::from_secs(5), serving).await;
+    }
 }
