@@ -455,7 +455,7 @@ fn check_fields(
 
 /// Total CPU time of every thread of process `pid` (scheduler statistics, ns precision;
 /// falls back to `stat` ticks, assumed 100 Hz, where schedstat is missing).
-fn cpu_time(pid: u32) -> Option<Duration> {
+pub fn cpu_time(pid: u32) -> Option<Duration> {
     let dir = PathBuf::from(format!("/proc/{pid}/task"));
     let mut total_ns: u64 = 0;
     let mut any = false;

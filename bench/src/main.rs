@@ -1,7 +1,10 @@
-//! Switchboard's TCP transport against a bare tokio "ceiling" server, in one run.
+//! Switchboard's TCP transport against a bare tokio "ceiling" server, in one run; and, with
+//! `--broker`, each broker transport against its bare client crate (see [`brokers`]).
 //!
 //! ```text
 //! cargo run --release -p switchboard-bench -- [--runs 3] [--duration-secs 5] [--scenario 4x64,1x1]
+//! cargo run --release -p switchboard-bench --features brokers -- --broker redis,nats,mqtt,amqp,kafka \
+//!     [--broker-in-flight 1,32] [--runs 3] [--duration-secs 5]
 //! ```
 //!
 //! Each measurement starts a fresh server child process (this binary re-executed with the
@@ -19,6 +22,7 @@
 //! out of time. Server children exit when this process does, however it ends (they watch
 //! their stdin, which only this process holds).
 
+mod brokers;
 mod ceiling;
 mod driver;
 mod frame;
@@ -42,8 +46,20 @@ const THROUGHPUT_TARGET: f64 = 0.8;
 const LATENCY_TARGET: f64 = 1.2;
 
 #[derive(Parser, Debug)]
-#[command(about = "Throughput and latency of Switchboard's TCP transport against a bare tokio ceiling")]
+#[command(
+    about = "Throughput and latency of Switchboard's TCP transport against a bare tokio ceiling, \
+             or (--broker) of its broker transports against their bare client crates"
+)]
 struct Args {
+    /// Measure these broker transports instead of TCP, each against its bare client crate doing
+    /// the same NestJS request/reply by hand (comma-separated: redis,nats,mqtt,amqp,kafka; each
+    /// needs its cargo feature, or `--features brokers`). Brokers on 127.0.0.1 at their default
+    /// ports (RabbitMQ as guest/guest); Kafka is librdkafka's mock cluster, in this process.
+    #[arg(long, value_delimiter = ',')]
+    broker: Vec<String>,
+    /// With --broker: calls in flight, one level per measurement (comma-separated).
+    #[arg(long, value_delimiter = ',', default_values_t = [1usize, 32])]
+    broker_in_flight: Vec<usize>,
     /// Scenarios as CONNECTIONSxIN_FLIGHT, comma-separated (default: 4x64,1x1).
     #[arg(long, value_delimiter = ',')]
     scenario: Vec<Scenario>,
@@ -170,6 +186,9 @@ fn main() -> ExitCode {
             }
         };
     }
+    if !args.broker.is_empty() {
+        return run_brokers(&args);
+    }
     match bench(&args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure::WrongReply(e)) => {
@@ -181,6 +200,52 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+fn run_brokers(args: &Args) -> ExitCode {
+    let secs = [args.duration_secs, args.warmup_secs, args.quiet_wait_secs];
+    if !(secs.iter().all(|v| v.is_finite() && *v >= 0.0 && *v < 1e6) && args.duration_secs > 0.0 && args.runs >= 1) {
+        eprintln!("error: need --duration-secs > 0, --warmup-secs >= 0, --quiet-wait-secs >= 0, --runs >= 1");
+        return ExitCode::from(2);
+    }
+    let plan = brokers::Plan {
+        brokers: args.broker.iter().map(|b| b.trim().to_ascii_lowercase()).collect(),
+        in_flight: args.broker_in_flight.clone(),
+        runs: args.runs,
+        warmup: Duration::from_secs_f64(args.warmup_secs),
+        duration: Duration::from_secs_f64(args.duration_secs),
+        quiet_wait: Duration::from_secs_f64(args.quiet_wait_secs),
+    };
+    // Bound the whole run, as for TCP.
+    let measurements = (plan.runs * plan.brokers.len() * plan.in_flight.len() * 2) as u32;
+    let budget = (plan.warmup + plan.duration + plan.quiet_wait + Duration::from_secs(45)) * measurements
+        + Duration::from_secs(90);
+    std::thread::spawn(move || {
+        std::thread::sleep(budget);
+        eprintln!("error: the benchmark did not finish within {budget:?}; giving up");
+        std::process::exit(3);
+    });
+    match brokers::run(&plan) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::WrongReply(e)) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+        Err(Failure::Setup(e)) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// The machine's load averages (1, 5, 15 min).
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 // ---------------------------------------------------------------- server child processes
@@ -439,12 +504,7 @@ fn bench(args: &Args) -> Result<(), Failure> {
         "switchboard-bench: {} CPUs, load average {}; {} run(s) x ({:?} warm-up + {:?} measured); \
          a fresh server process per measurement",
         allowed.len(),
-        std::fs::read_to_string("/proc/loadavg")
-            .unwrap_or_default()
-            .split_whitespace()
-            .take(3)
-            .collect::<Vec<_>>()
-            .join(" "),
+        load_average(),
         args.runs,
         warmup,
         duration,

@@ -1,0 +1,669 @@
+//! `--broker redis,nats,mqtt,amqp,kafka`: each broker transport against its bare client crate
+//! doing the same NestJS request/reply by hand, in the same run.
+//!
+//! For every broker, in-flight level and run, two measurements, alternating which goes first:
+//! - **bare**: the broker's client crate by hand (one file per broker in this directory): a
+//!   responder subscribed to the request channel/subject/topic/queue parses NestJS's
+//!   `{"pattern","data","id"}` and publishes `{"response":…,"isDisposed":true,"id":…}` to the
+//!   reply destination as NestJS does; a requester publishes requests and routes the replies
+//!   to their callers by id ([`Pending`]);
+//! - **switchboard**: a `Microservice` serving the `bench_add` handler on the broker's URL and
+//!   a typed `switchboard::Client` calling it.
+//!
+//! Both run in this one process on one multi-threaded tokio runtime (the broker is its own
+//! process; Kafka's is librdkafka's mock cluster, in this process too), under the same closed
+//! loop ([`drive`]): N tasks, each keeping one call in flight, every reply checked against
+//! `a + b`. Each measurement sets its side up from scratch, waits for one answered call, then
+//! warms up, measures, and tears everything down.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, anyhow, bail, ensure};
+use serde::Deserialize;
+use switchboard::prelude::*;
+use switchboard::{Client, Microservice};
+use tokio::sync::oneshot;
+use tokio::task::JoinSet;
+
+use crate::Failure;
+use crate::driver::{cpu_time, machine_busy};
+
+#[cfg(feature = "amqp")]
+mod amqp;
+#[cfg(feature = "kafka")]
+mod kafka;
+#[cfg(feature = "mqtt")]
+mod mqtt;
+#[cfg(feature = "nats")]
+mod nats;
+#[cfg(feature = "redis")]
+mod redis;
+
+/// Target: Switchboard's req/s at least this share of the bare client's…
+const THROUGHPUT_TARGET: f64 = 0.85;
+/// …and its p50 at most this multiple of the bare client's.
+const LATENCY_TARGET: f64 = 1.15;
+/// Deadline of one call, on both sides.
+const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The pattern both sides serve, as NestJS writes it, and its route (channel, subject, topic).
+/// Its own name, so that tests running against the same brokers never see our traffic.
+pub const PATTERN: &str = r#"{"cmd":"bench_add"}"#;
+pub const ROUTE: &str = PATTERN;
+
+#[derive(Serialize, Deserialize)]
+pub struct AddRequest {
+    pub a: i64,
+    pub b: i64,
+}
+
+#[derive(Serialize, Deserialize)]
+pub struct AddReply {
+    pub result: i64,
+}
+
+#[message_pattern(cmd = "bench_add")]
+async fn bench_add(req: AddRequest) -> AddReply {
+    AddReply {
+        result: req.a.wrapping_add(req.b),
+    }
+}
+
+// ---------------------------------------------------------------- what each broker provides
+
+/// One broker: where it is, and the bare request/reply over its client crate.
+pub trait Broker: Sized {
+    /// The bare requester.
+    type Bare: Caller;
+    /// Prepares the broker for one measurement (Kafka: a fresh mock cluster).
+    async fn start() -> anyhow::Result<Self>;
+    /// The URL Switchboard's server and client use.
+    fn url(&self) -> String;
+    /// Starts the bare responder and requester; their background tasks go in `tasks`.
+    async fn bare(&self, tasks: &mut JoinSet<()>) -> anyhow::Result<Self::Bare>;
+}
+
+/// Something that calls `bench_add(a, b)` and returns the result it got back.
+pub trait Caller: Clone + Send + Sync + 'static {
+    fn call(&self, a: i64, b: i64) -> impl Future<Output = anyhow::Result<i64>> + Send;
+    /// Replies that matched no call in flight (and were ignored).
+    fn strays(&self) -> u64 {
+        0
+    }
+}
+
+/// The Switchboard side's caller: the typed client, as a user calls.
+#[derive(Clone)]
+struct SwitchboardCaller(Client);
+
+impl Caller for SwitchboardCaller {
+    async fn call(&self, a: i64, b: i64) -> anyhow::Result<i64> {
+        Ok(self.0.send(bench_add, AddRequest { a, b }).await?.result)
+    }
+}
+
+// ---------------------------------------------------------------- the NestJS packets, by hand
+
+/// Request ids: 21 lowercase hex digits, like NestJS's; unique in this process.
+fn next_id() -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    format!("{:021x}", NEXT.fetch_add(1, Ordering::Relaxed))
+}
+
+/// `{"pattern":{"cmd":"bench_add"},"data":{"a":…,"b":…},"id":"…"}`.
+pub fn request_packet(id: &str, a: i64, b: i64) -> Vec<u8> {
+    format!(r#"{{"pattern":{PATTERN},"data":{{"a":{a},"b":{b}}},"id":"{id}"}}"#).into_bytes()
+}
+
+#[derive(Deserialize)]
+struct RequestPacket {
+    pattern: serde_json::Value,
+    data: AddRequest,
+    id: Option<String>,
+}
+
+/// The responder's work on one NestJS request packet: its id and the reply packet, without
+/// the id when `with_id` is false (RabbitMQ's replies); `None` for anything else.
+pub fn answer(body: &[u8], with_id: bool) -> Option<(String, Vec<u8>)> {
+    let req: RequestPacket = serde_json::from_slice(body).ok()?;
+    let expected: serde_json::Value = serde_json::from_str(PATTERN).expect("valid pattern");
+    if req.pattern != expected {
+        return None;
+    }
+    let id = req.id?;
+    let result = req.data.a.wrapping_add(req.data.b);
+    let reply = if with_id {
+        format!(r#"{{"response":{{"result":{result}}},"isDisposed":true,"id":"{id}"}}"#)
+    } else {
+        format!(r#"{{"response":{{"result":{result}}},"isDisposed":true}}"#)
+    };
+    Some((id, reply.into_bytes()))
+}
+
+/// The handler's result for a bare `data` value (Kafka carries no envelope).
+#[cfg_attr(not(feature = "kafka"), allow(dead_code))]
+pub fn answer_data(value: &[u8]) -> Option<Vec<u8>> {
+    let req: AddRequest = serde_json::from_slice(value).ok()?;
+    Some(format!(r#"{{"result":{}}}"#, req.a.wrapping_add(req.b)).into_bytes())
+}
+
+#[derive(Deserialize)]
+struct ReplyPacket {
+    #[serde(default)]
+    response: Option<AddReply>,
+    #[serde(default, rename = "isDisposed")]
+    is_disposed: Option<bool>,
+    #[serde(default)]
+    id: Option<String>,
+    #[serde(default)]
+    err: Option<serde_json::Value>,
+}
+
+/// A reply packet's id (if it has one) and what it means for the call.
+pub fn read_reply(body: &[u8]) -> (Option<String>, anyhow::Result<i64>) {
+    let reply: ReplyPacket = match serde_json::from_slice(body) {
+        Ok(r) => r,
+        Err(e) => {
+            let text = String::from_utf8_lossy(body);
+            return (None, Err(anyhow!("reply is not a NestJS packet ({e}): {text}")));
+        }
+    };
+    let outcome = match (reply.err, reply.is_disposed, reply.response) {
+        (Some(err), _, _) => Err(anyhow!("the responder answered with an error: {err}")),
+        (None, Some(true), Some(r)) => Ok(r.result),
+        _ => Err(anyhow!(
+            "reply without a response or without \"isDisposed\":true: {}",
+            String::from_utf8_lossy(body)
+        )),
+    };
+    (reply.id, outcome)
+}
+
+/// The bare requester's calls in flight, by id.
+#[derive(Default)]
+pub struct Pending {
+    calls: Mutex<HashMap<String, oneshot::Sender<anyhow::Result<i64>>>>,
+    /// Replies to ids not (or no longer) waiting, ignored as NestJS's clients ignore them.
+    stray: AtomicU64,
+}
+
+impl Pending {
+    /// Registers a call, lets `publish` send it, and waits for its reply.
+    pub async fn call<F>(&self, publish: impl FnOnce(String) -> F) -> anyhow::Result<i64>
+    where
+        F: Future<Output = anyhow::Result<()>>,
+    {
+        let id = next_id();
+        let (tx, rx) = oneshot::channel();
+        self.calls.lock().expect("pending").insert(id.clone(), tx);
+        let forget = Forget(self, &id);
+        publish(id.clone()).await?;
+        let reply = tokio::time::timeout(CALL_TIMEOUT, rx)
+            .await
+            .map_err(|_| anyhow!("no reply to request {id} within {CALL_TIMEOUT:?}"))?
+            .map_err(|_| anyhow!("the reply reader stopped"))?;
+        // Answered: `complete` already removed it.
+        std::mem::forget(forget);
+        reply
+    }
+
+    /// Hands a reply to its call.
+    pub fn complete(&self, id: &str, outcome: anyhow::Result<i64>) {
+        match self.calls.lock().expect("pending").remove(id) {
+            Some(tx) => {
+                let _ = tx.send(outcome);
+            }
+            None => {
+                self.stray.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Hands a reply packet (with its `id`) to its call.
+    pub fn complete_packet(&self, body: &[u8]) {
+        match read_reply(body) {
+            (Some(id), outcome) => self.complete(&id, outcome),
+            (None, outcome) => {
+                if let Err(e) = outcome {
+                    eprintln!("bare requester: {e:#}");
+                }
+                self.stray.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    pub fn strays(&self) -> u64 {
+        self.stray.load(Ordering::Relaxed)
+    }
+}
+
+/// Removes a call that ended without its reply (error, timeout, cancellation).
+struct Forget<'a>(&'a Pending, &'a str);
+
+impl Drop for Forget<'_> {
+    fn drop(&mut self) {
+        self.0.calls.lock().expect("pending").remove(self.1);
+    }
+}
+
+// ---------------------------------------------------------------- the closed loop
+
+/// The load of one measurement.
+#[derive(Debug, Clone, Copy)]
+pub struct Load {
+    pub in_flight: usize,
+    pub warmup: Duration,
+    pub duration: Duration,
+    pub seed: u64,
+}
+
+/// One measurement.
+#[derive(Debug, Clone)]
+pub struct Sample {
+    pub completed: u64,
+    pub window: Duration,
+    /// Sorted, ns, of the calls started and answered inside the window.
+    pub latencies_ns: Vec<u64>,
+    /// CPU this process (both ends of the side measured) used in the window.
+    pub process_cpu: Option<Duration>,
+    /// CPU the whole machine used in the window.
+    pub machine_busy: Option<Duration>,
+}
+
+impl Sample {
+    pub fn req_per_sec(&self) -> f64 {
+        self.completed as f64 / self.window.as_secs_f64()
+    }
+
+    pub fn quantile_us(&self, q: f64) -> f64 {
+        if self.latencies_ns.is_empty() {
+            return f64::NAN;
+        }
+        let rank = ((q * self.latencies_ns.len() as f64).ceil() as usize).clamp(1, self.latencies_ns.len());
+        self.latencies_ns[rank - 1] as f64 / 1000.0
+    }
+
+    pub fn process_cores(&self) -> Option<f64> {
+        Some(self.process_cpu?.as_secs_f64() / self.window.as_secs_f64())
+    }
+
+    /// Cores used by everything but this process: mostly the broker.
+    pub fn other_cores(&self) -> Option<f64> {
+        let other = self.machine_busy?.as_secs_f64() - self.process_cpu?.as_secs_f64();
+        Some(other.max(0.0) / self.window.as_secs_f64())
+    }
+}
+
+/// `load.in_flight` tasks, each calling in a loop; every result checked.
+async fn drive<C: Caller>(caller: C, load: Load) -> anyhow::Result<Sample> {
+    // The side is ready once one call went through (subscriptions made, consumer groups
+    // joined); a call lost while they settle is retried.
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        match caller.call(20, 22).await {
+            Ok(42) => break,
+            Ok(other) => bail!("first call: wrong result {other}, expected 42"),
+            Err(e) if attempts < 3 => eprintln!("(first call failed, retrying: {e:#})"),
+            Err(e) => return Err(e.context("the first call failed three times")),
+        }
+    }
+    let start = Instant::now();
+    let warm_end = start + load.warmup;
+    let end = warm_end + load.duration;
+    let cpu = tokio::spawn(async move {
+        tokio::time::sleep_until(warm_end.into()).await;
+        let before = (cpu_time(std::process::id()), machine_busy());
+        tokio::time::sleep_until(end.into()).await;
+        let after = (cpu_time(std::process::id()), machine_busy());
+        let diff = |a: Option<Duration>, b: Option<Duration>| Some(b?.saturating_sub(a?));
+        (diff(before.0, after.0), diff(before.1, after.1))
+    });
+    let mut tasks = JoinSet::new();
+    for task in 0..load.in_flight {
+        let caller = caller.clone();
+        let mut rng = (load.seed ^ (task as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15)) | 1;
+        tasks.spawn(async move {
+            let (mut completed, mut latencies) = (0u64, Vec::with_capacity(1 << 14));
+            loop {
+                let (a, b) = (operand(&mut rng), operand(&mut rng));
+                let sent = Instant::now();
+                let result = caller.call(a, b).await?;
+                let now = Instant::now();
+                ensure!(result == a + b, "wrong result {result} for {a} + {b}");
+                if now >= end {
+                    return anyhow::Ok((completed, latencies));
+                }
+                if now >= warm_end {
+                    completed += 1;
+                    if sent >= warm_end {
+                        latencies.push(now.duration_since(sent).as_nanos() as u64);
+                    }
+                }
+            }
+        });
+    }
+    let (mut completed, mut latencies_ns) = (0, Vec::new());
+    while let Some(done) = tasks.join_next().await {
+        let (n, lat) = done.context("a caller task panicked")??;
+        completed += n;
+        latencies_ns.extend(lat);
+    }
+    let (process_cpu, machine_busy) = cpu.await?;
+    latencies_ns.sort_unstable();
+    Ok(Sample {
+        completed,
+        window: load.duration,
+        latencies_ns,
+        process_cpu,
+        machine_busy,
+    })
+}
+
+/// A value in ±10^9 with a varying number of digits (xorshift64*).
+fn operand(rng: &mut u64) -> i64 {
+    *rng ^= *rng >> 12;
+    *rng ^= *rng << 25;
+    *rng ^= *rng >> 27;
+    let r = rng.wrapping_mul(0x2545_F491_4F6C_DD1D);
+    let magnitude = 10i64.pow((r >> 60) as u32 % 10);
+    (r as i64 >> 4) % magnitude
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Side {
+    Bare,
+    Switchboard,
+}
+
+impl Side {
+    fn label(self) -> &'static str {
+        match self {
+            Side::Bare => "bare",
+            Side::Switchboard => "switchboard",
+        }
+    }
+}
+
+/// One measurement of one side on broker `B`, set up from scratch and torn down after.
+/// Errors: [`Failure::WrongReply`] for a wrong or missing reply, else [`Failure::Setup`].
+async fn measure<B: Broker>(side: Side, load: Load) -> Result<(Sample, u64), Failure> {
+    let broker = B::start().await?;
+    match side {
+        Side::Bare => {
+            let mut tasks = JoinSet::new();
+            let caller = broker.bare(&mut tasks).await?;
+            let sample = drive(caller.clone(), load).await;
+            tasks.shutdown().await;
+            Ok((sample.map_err(Failure::WrongReply)?, caller.strays()))
+        }
+        Side::Switchboard => {
+            let url = broker.url();
+            let server = Microservice::new()
+                .handler(bench_add)
+                .listen(url.as_str())
+                .start()
+                .await
+                .with_context(|| format!("start the server on {url}"))?;
+            let client = Client::builder(&url)
+                .timeout(CALL_TIMEOUT)
+                .connect()
+                .await
+                .with_context(|| format!("connect the client to {url}"))?;
+            let sample = drive(SwitchboardCaller(client.clone()), load).await;
+            client.close().await;
+            let stopped = server.shutdown().await;
+            let sample = sample.map_err(Failure::WrongReply)?;
+            stopped.context("shut the server down")?;
+            Ok((sample, 0))
+        }
+    }
+}
+
+fn label_strays(strays: u64) -> String {
+    if strays == 0 {
+        String::new()
+    } else {
+        format!("  ({strays} stray replies ignored)")
+    }
+}
+
+// ---------------------------------------------------------------- orchestration and report
+
+/// The brokers compiled into this binary.
+pub const COMPILED: &[&str] = &[
+    #[cfg(feature = "redis")]
+    "redis",
+    #[cfg(feature = "nats")]
+    "nats",
+    #[cfg(feature = "mqtt")]
+    "mqtt",
+    #[cfg(feature = "amqp")]
+    "amqp",
+    #[cfg(feature = "kafka")]
+    "kafka",
+];
+
+async fn measure_named(name: &str, side: Side, load: Load) -> Result<(Sample, u64), Failure> {
+    match name {
+        #[cfg(feature = "redis")]
+        "redis" => measure::<redis::Redis>(side, load).await,
+        #[cfg(feature = "nats")]
+        "nats" => measure::<nats::Nats>(side, load).await,
+        #[cfg(feature = "mqtt")]
+        "mqtt" => measure::<mqtt::Mqtt>(side, load).await,
+        #[cfg(feature = "amqp")]
+        "amqp" => measure::<amqp::Amqp>(side, load).await,
+        #[cfg(feature = "kafka")]
+        "kafka" => measure::<kafka::Kafka>(side, load).await,
+        _ => {
+            let _ = (side, load);
+            Err(anyhow!("unknown broker {name:?}").into())
+        }
+    }
+}
+
+/// What `--broker` runs.
+pub struct Plan {
+    pub brokers: Vec<String>,
+    pub in_flight: Vec<usize>,
+    pub runs: usize,
+    pub warmup: Duration,
+    pub duration: Duration,
+    pub quiet_wait: Duration,
+}
+
+/// Runs the plan and prints the table. Errors: a wrong or missing reply, or a broker that
+/// could not be used.
+pub fn run(plan: &Plan) -> Result<(), Failure> {
+    if let Some(b) = plan.brokers.iter().find(|b| !COMPILED.contains(&b.as_str())) {
+        return Err(anyhow!(
+            "broker {b:?} is not compiled in (compiled: {COMPILED:?}); build with `--features {b}` or `--features brokers`"
+        )
+        .into());
+    }
+    if !plan.in_flight.iter().all(|&n| (1..=4096).contains(&n)) {
+        return Err(anyhow!("--broker-in-flight values must be in 1..=4096").into());
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("start the tokio runtime")?;
+    println!(
+        "switchboard-bench --broker: {} CPUs, load average {}; {} run(s) x ({:?} warm-up + {:?} measured)",
+        std::thread::available_parallelism().map_or(1, |n| n.get()),
+        crate::load_average(),
+        plan.runs,
+        plan.warmup,
+        plan.duration,
+    );
+    println!(
+        "  both sides in this one process, on one multi-threaded tokio runtime ({} workers, placed by the \
+         kernel); the broker is its own process (Kafka: librdkafka's mock cluster, in this process)",
+        std::thread::available_parallelism().map_or(1, |n| n.get()),
+    );
+    let sides = [Side::Bare, Side::Switchboard];
+    // results[broker][in_flight][side]
+    let mut results = vec![vec![vec![Vec::<Sample>::new(); 2]; plan.in_flight.len()]; plan.brokers.len()];
+    for run in 0..plan.runs {
+        for (bi, broker) in plan.brokers.iter().enumerate() {
+            for (li, &in_flight) in plan.in_flight.iter().enumerate() {
+                let mut order = [0, 1];
+                if (run + bi + li) % 2 == 1 {
+                    order.reverse();
+                }
+                for si in order {
+                    crate::wait_for_quiet(plan.quiet_wait);
+                    let load = Load {
+                        in_flight,
+                        warmup: plan.warmup,
+                        duration: plan.duration,
+                        seed: 0x5EED ^ ((run as u64) << 32) ^ ((li as u64) << 16) ^ bi as u64,
+                    };
+                    let what = || {
+                        format!(
+                            "{broker}, {} side, {in_flight} in flight, run {}",
+                            sides[si].label(),
+                            run + 1
+                        )
+                    };
+                    let (s, strays) = rt
+                        .block_on(measure_named(broker, sides[si], load))
+                        .map_err(|f| match f {
+                            Failure::WrongReply(e) => Failure::WrongReply(e.context(what())),
+                            Failure::Setup(e) => Failure::Setup(e.context(what())),
+                        })?;
+                    eprintln!(
+                        "run {}/{} {:<6} x{:<4} {:<12} {:>9.0} req/s  p50 {:>8.1} us  p99 {:>8.1} us  process {} other {} cores{}",
+                        run + 1,
+                        plan.runs,
+                        broker,
+                        in_flight,
+                        sides[si].label(),
+                        s.req_per_sec(),
+                        s.quantile_us(0.5),
+                        s.quantile_us(0.99),
+                        crate::fmt_opt(s.process_cores(), 2),
+                        crate::fmt_opt(s.other_cores(), 2),
+                        label_strays(strays),
+                    );
+                    results[bi][li][si].push(s);
+                    std::thread::sleep(Duration::from_millis(300));
+                }
+            }
+        }
+    }
+    report(plan, &results);
+    Ok(())
+}
+
+fn median(v: impl Iterator<Item = f64>) -> f64 {
+    crate::median(v.collect())
+}
+
+fn median_opt(v: impl Iterator<Item = Option<f64>>) -> Option<f64> {
+    v.collect::<Option<Vec<f64>>>().map(crate::median)
+}
+
+fn report(plan: &Plan, results: &[Vec<Vec<Vec<Sample>>>]) {
+    println!();
+    println!(
+        "{:<7} {:>9} {:<12} {:>10} {:>10} {:>10} {:>10} {:>10}",
+        "broker", "in-flight", "side", "req/s", "p50(us)", "p99(us)", "proc-cores", "oth-cores"
+    );
+    let mut verdicts = Vec::new();
+    for (bi, broker) in plan.brokers.iter().enumerate() {
+        for (li, in_flight) in plan.in_flight.iter().enumerate() {
+            let mut sums = Vec::new();
+            for (si, side) in [Side::Bare, Side::Switchboard].iter().enumerate() {
+                let runs = &results[bi][li][si];
+                let (rps, p50, p99) = (
+                    median(runs.iter().map(Sample::req_per_sec)),
+                    median(runs.iter().map(|s| s.quantile_us(0.5))),
+                    median(runs.iter().map(|s| s.quantile_us(0.99))),
+                );
+                println!(
+                    "{:<7} {:>9} {:<12} {:>10.0} {:>10.1} {:>10.1} {:>10} {:>10}",
+                    broker,
+                    in_flight,
+                    side.label(),
+                    rps,
+                    p50,
+                    p99,
+                    crate::fmt_opt(median_opt(runs.iter().map(Sample::process_cores)), 2),
+                    crate::fmt_opt(median_opt(runs.iter().map(Sample::other_cores)), 2),
+                );
+                sums.push((rps, p50, p99));
+            }
+            let (b, s) = (sums[0], sums[1]);
+            let (rps, p50) = (s.0 / b.0, s.1 / b.1);
+            println!(
+                "{:<7} {:>9} {:<12} {:>10.2} {:>10.2} {:>10.2}",
+                broker,
+                in_flight,
+                "ratio",
+                rps,
+                p50,
+                s.2 / b.2
+            );
+            let met = |ok: bool| if ok { "MET" } else { "NOT MET" };
+            verdicts.push(format!(
+                "{broker} x{in_flight}: throughput {rps:.3}x bare (target >= {THROUGHPUT_TARGET:.2}x): {}; \
+                 p50 {p50:.3}x bare (target <= {LATENCY_TARGET:.2}x): {}",
+                met(rps >= THROUGHPUT_TARGET),
+                met(p50 <= LATENCY_TARGET)
+            ));
+        }
+    }
+    println!();
+    println!(
+        "medians of {} run(s). ratio = switchboard / bare (req/s: higher is better; latency: lower is better). \
+         proc-cores: CPU of this process (both ends of the side measured); oth-cores: everything else, \
+         mostly the broker.",
+        plan.runs
+    );
+    for v in verdicts {
+        println!("target {v}");
+    }
+    #[cfg(feature = "kafka")]
+    if plan.brokers.iter().any(|b| b == "kafka") {
+        println!("note: {}", kafka::NOTE);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bare_packets_round_trip() {
+        let req = request_packet("000000000000000000001", 40, -2);
+        let (id, reply) = answer(&req, true).expect("a request for our pattern");
+        assert_eq!(id, "000000000000000000001");
+        let (got, outcome) = read_reply(&reply);
+        assert_eq!(got.as_deref(), Some(id.as_str()));
+        assert_eq!(outcome.unwrap(), 38);
+        // RabbitMQ's reply has no id; the correlation id property carries it.
+        let (_, reply) = answer(&req, false).unwrap();
+        let (got, outcome) = read_reply(&reply);
+        assert!(got.is_none());
+        assert_eq!(outcome.unwrap(), 38);
+    }
+
+    #[test]
+    fn bare_packets_are_checked() {
+        let other = br#"{"pattern":{"cmd":"sum"},"data":{"a":1,"b":2},"id":"x"}"#;
+        assert!(answer(other, true).is_none(), "another pattern is not answered");
+        for bad in [
+            r#"{"err":{"message":"x"},"isDisposed":true,"id":"1"}"#,
+            r#"{"response":{"result":3},"id":"1"}"#,
+            r#"{"isDisposed":true,"id":"1"}"#,
+            "not json",
+        ] {
+            assert!(read_reply(bad.as_bytes()).1.is_err(), "{bad}");
+        }
+    }
+}
