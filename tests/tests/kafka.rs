@@ -415,209 +415,44 @@ async fn client_reads_nestjs_replies() {
 }
 
 // ---------------------------------------------------------------------------------------
-// Interop with real NestJS (kafkajs), each test on a cluster of its own: on Kafka every
-// consumer group sees every message, so a server of ours and a NestJS server on one
-// cluster would both answer.
+// Interop with real NestJS (kafkajs; common/nest.rs), each test on a cluster of its own: on
+// Kafka every consumer group sees every message, so a server of ours and a NestJS server on
+// one cluster would both answer.
 
-/// NestJS's client reads replies with `KafkaParser`: numbers and other primitives arrive as
-/// strings, and a completion without a value adds a `null` (nestjs-wire.md §7.5). These
-/// expectations are NestJS's own behaviour against NestJS.
+/// What Kafka does in the shared scenarios: 1 MiB payloads; nothing answers an unknown
+/// pattern, so both clients time out; no packet metadata; NestJS's `KafkaParser` and its
+/// Kafka server as they are (nestjs-wire.md §7.5): the expectations are NestJS's own
+/// behaviour against NestJS, and our client reads NestJS's replies as its client does,
+/// minus the extra `null` on completion.
+const KAFKA: nest::Transport = nest::Transport {
+    payload: 1 << 20,
+    unknown: nest::Unknown::Silence,
+    metadata_from_nest: false,
+    metadata_to_nest: false,
+    nest_client_concurrent: true,
+    kafka_quirks: true,
+};
+
 async fn nest_client_calls_our_server(version: u8) {
     let cluster = Mock::start();
     let url = format!("kafka://{}?group=ours&max_wait_ms=100", cluster.bootstrap);
-    if !nest::nest_installed(version, &url) {
-        return;
+    if nest::nest_installed(version, &url) {
+        nest::nest_client_calls_our_server(version, &url, &KAFKA).await;
     }
-    let (server, url) = nest::serve(&url).await;
-    let marker = format!("nest{version}-to-us-{}", std::process::id());
-    let big = "x".repeat(1 << 20);
-    let astral = "😀".repeat(1 << 18);
-    let ops = vec![
-        nest::send(json!({"cmd": "sum"}), json!([1, 2, 3])),
-        nest::send(json!("echo"), json!({"x": "é😀 ünïcødé"})),
-        nest::send(json!({"cmd": "get_user"}), json!("42")),
-        nest::send(
-            json!({"nested": {"a": "x", "b": 1}, "v": 2, "role": "user", "cmd": "get"}),
-            json!({}),
-        ),
-        nest::send(json!("stream"), json!({})),
-        nest::send(json!("slow_stream"), json!({})),
-        nest::send(json!("empty_stream"), json!({})),
-        nest::send(json!("rpc_string"), json!({})),
-        nest::send(json!("rpc_object"), json!({})),
-        nest::send_within(json!("nope"), json!({}), 1500),
-        nest::send(json!("void_ret"), json!({})),
-        nest::send(json!("len"), json!(big)),
-        nest::send(json!("len"), json!(astral)),
-        nest::emit(json!("evt"), json!({"marker": marker})),
-        nest::sleep(500),
-        nest::send(json!("events_seen"), json!({})),
-        nest::send_many(json!("echo"), (0..200).map(|i| json!({"i": i})).collect()),
-        nest::send(json!({"cmd": "sum"}), json!("not numbers")),
-        nest::send(json!("late_complete"), json!({})),
-    ];
-    let r = nest::nest_client(version, &url, &ops).await;
-    assert_eq!(r[0], json!({"ok": ["6"]}), "NestJS reads a number reply as text");
-    assert_eq!(r[1], json!({"ok": [{"x": "é😀 ünïcødé"}]}));
-    assert_eq!(
-        r[2],
-        json!({"ok": [{"id": "42", "name": "John Doe", "email": "john@example.com"}]})
-    );
-    assert_eq!(r[3], json!({"ok": ["nested-ok"]}));
-    assert_eq!(r[4], json!({"ok": ["1", "2", "3"]}));
-    assert_eq!(r[5], json!({"ok": ["0", "1", "2"]}));
-    assert_eq!(r[6], json!({"ok": [null]}), "NestJS surfaces completion as null");
-    assert_eq!(r[7], json!({"err": {"status": "error", "message": "bad thing"}}));
-    assert_eq!(
-        r[8],
-        json!({"err": {"code": 42, "message": "custom msg", "extra": true}})
-    );
-    assert_eq!(r[9]["err"]["name"], "TimeoutError", "nobody consumes `nope`: {}", r[9]);
-    assert_eq!(r[10], json!({"ok": [null]}));
-    assert_eq!(r[11], json!({"ok": [(1 << 20).to_string()]}));
-    assert_eq!(r[12], json!({"ok": [(1 << 19).to_string()]}));
-    assert_eq!(r[13], json!({"ok": true}));
-    let seen = r[15]["ok"][0].as_array().expect("events_seen returns a list");
-    for handler in ["a", "b"] {
-        assert!(
-            seen.iter()
-                .any(|e| e["handler"] == handler && e["data"]["marker"] == json!(marker)),
-            "{handler}: {seen:?}"
-        );
-    }
-    let many = r[16]["ok"].as_array().expect("200 replies");
-    assert_eq!(many.len(), 200);
-    for (i, values) in many.iter().enumerate() {
-        assert_eq!(values, &json!([{"i": i}]));
-    }
-    let invalid = r[17]["err"]["message"].as_str().unwrap_or_default();
-    assert!(invalid.starts_with("invalid payload for pattern"), "{}", r[17]);
-    assert_eq!(r[18], json!({"ok": ["first", null]}), "completion in a separate record");
-    server.shutdown().await.unwrap();
 }
 
-#[tokio::test]
-async fn nestjs_11_client_calls_our_server() {
-    nest_client_calls_our_server(11).await;
-}
-
-#[tokio::test]
-async fn nestjs_12_client_calls_our_server() {
-    nest_client_calls_our_server(12).await;
-}
-
-/// Our client reads a NestJS server's replies as NestJS's client does, minus the extra
-/// `null` on completion: primitives arrive as text, since NestJS writes no type.
 async fn our_client_calls_nest_server(version: u8) {
     let cluster = Mock::start();
     let url = format!("kafka://{}?group=nest&max_wait_ms=100", cluster.bootstrap);
-    if !nest::nest_installed(version, &url) {
-        return;
+    if nest::nest_installed(version, &url) {
+        let nest = nest::NestServer::start(version, &url).await;
+        nest::our_client_calls_nest_server(&nest, &KAFKA).await;
     }
-    let nest = nest::NestServer::start(version, &url).await;
-    let c = Client::builder(nest.url())
-        .timeout(Duration::from_secs(15))
-        .connect()
-        .await
-        .unwrap();
-    let values = |pattern: &'static str| {
-        let c = c.clone();
-        async move {
-            c.send_raw::<Value>(pattern, json!({}))
-                .stream()
-                .await
-                .unwrap()
-                .map(|v| v.unwrap())
-                .collect::<Vec<_>>()
-                .await
-        }
-    };
-    assert_eq!(
-        c.send_raw::<Value>(json!({"cmd": "sum"}), [1, 2, 3]).await.unwrap(),
-        json!("6")
-    );
-    let user: User = c.send_raw(json!({"cmd": "get_user"}), "42").await.unwrap();
-    assert_eq!(user.id, "42");
-    let nested_ok: String = c
-        .send_raw(
-            json!({"cmd": "get", "role": "user", "v": 2, "nested": {"b": 1, "a": "x"}}),
-            json!({}),
-        )
-        .await
-        .unwrap();
-    assert_eq!(nested_ok, "nested-ok");
-    let unicode = json!({"x": "é😀 ünïcødé", "ключ": "値"});
-    assert_eq!(c.send_raw::<Value>("echo", &unicode).await.unwrap(), unicode);
-    assert_eq!(values("stream").await, [json!("1"), json!("2"), json!("3")]);
-    assert_eq!(
-        values("slow_stream").await,
-        [json!("0"), json!("1"), json!("2")],
-        "no extra null"
-    );
-    if version >= 12 {
-        assert!(values("empty_stream").await.is_empty());
-    }
-    // NestJS 11's Kafka server never answers a reply that completes without a value: its
-    // `combineStreamsAndThrowIfRetriable` waits for a first value, and the stuck handler
-    // stalls that server's consumer for good (fixed in 12). Not called on 11.
-    c.send_raw::<()>("void_ret", json!({})).await.unwrap();
-    assert_eq!(c.send_raw::<Option<u32>>("null_ret", json!({})).await.unwrap(), None);
-    let err = c.send_raw::<Value>("rpc_string", json!({})).await.unwrap_err();
-    assert_eq!(
-        err.as_rpc().unwrap().value(),
-        &json!({"status": "error", "message": "bad thing"})
-    );
-    let err = c.send_raw::<Value>("rpc_object", json!({})).await.unwrap_err();
-    assert_eq!(
-        err.as_rpc().unwrap().value(),
-        &json!({"code": 42, "message": "custom msg", "extra": true})
-    );
-    let err = c.send_raw::<Value>("plain_error", json!({})).await.unwrap_err();
-    assert_eq!(err.as_rpc().unwrap().message(), Some("Internal server error"));
-    let err = c
-        .with_timeout(Duration::from_millis(1500))
-        .send_raw::<Value>("nope", json!({}))
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(&err, Error::Timeout { pattern, .. } if pattern == "nope"),
-        "{err}"
-    );
-    let big = "😀".repeat(1 << 18);
-    assert_eq!(
-        c.send_raw::<Value>("len", &big).await.unwrap(),
-        json!((1 << 19).to_string())
-    );
-    let marker = format!("us-to-nest{version}-{}", std::process::id());
-    c.emit_raw("evt", json!({"marker": marker})).await.unwrap();
-    let mut both = false;
-    for _ in 0..100 {
-        let seen: Vec<Value> = c.send_raw("events_seen", json!({})).await.unwrap();
-        if seen.iter().filter(|e| e["data"]["marker"] == json!(marker)).count() == 2 {
-            both = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(both, "both NestJS listeners got the event");
-    let calls = (0..200).map(|i| {
-        let c = c.clone();
-        async move { c.send_raw::<Value>("echo", json!({"i": i})).await }
-    });
-    for (i, r) in futures_util::future::join_all(calls).await.into_iter().enumerate() {
-        assert_eq!(r.unwrap(), json!({"i": i}));
-    }
-    c.close().await;
 }
 
-#[tokio::test]
-async fn our_client_calls_nestjs_11_server() {
-    our_client_calls_nest_server(11).await;
-}
-
-#[tokio::test]
-async fn our_client_calls_nestjs_12_server() {
-    our_client_calls_nest_server(12).await;
+nest_interop_tests! {
+    nest_client: nest_client_calls_our_server,
+    our_client: our_client_calls_nest_server,
 }
 
 // ---------------------------------------------------------------------------------------

@@ -589,284 +589,37 @@ async fn durable_events_survive_a_killed_consumer() {
     assert!(missing.is_empty(), "events lost: {missing:?}");
 }
 
-// ---- NestJS interop -----------------------------------------------------------------
+// ---- NestJS interop (tests/nestjs, common/nest.rs), each on a private broker ----------
 
-fn peer_dir() -> std::path::PathBuf {
-    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("nestjs")
-}
-
-/// True when NestJS `version` and node are installed; otherwise fails under CI or skips loudly.
-fn nest_installed(version: u8) -> bool {
-    let ok = peer_dir()
-        .join(format!("v{version}/node_modules/@nestjs/microservices/package.json"))
-        .exists()
-        && peer_dir()
-            .join(format!("v{version}/node_modules/mqtt/package.json"))
-            .exists()
-        && std::process::Command::new("node")
-            .arg("--version")
-            .output()
-            .is_ok_and(|o| o.status.success());
-    if !ok {
-        missing(
-            &format!("NestJS {version} with mqtt (tests/nestjs/v{version}) or node"),
-            "run scripts/setup-nestjs.sh",
-        );
-    }
-    ok
-}
-
-fn send(pattern: Value, data: Value) -> Value {
-    json!({"op": "send", "pattern": pattern, "data": data, "timeout_ms": 10000})
-}
-
-/// Runs the NestJS client against `url` with a script of operations; returns one result each.
-async fn nest_client(version: u8, url: &str, ops: &[Value]) -> Vec<Value> {
-    use tokio::io::AsyncWriteExt;
-    let mut child = Command::new("node")
-        .arg(peer_dir().join("client.mjs"))
-        .args(["--nest", &version.to_string(), "--url", url])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("node runs");
-    let mut stdin = child.stdin.take().unwrap();
-    stdin
-        .write_all(Value::from(ops.to_vec()).to_string().as_bytes())
-        .await
-        .unwrap();
-    drop(stdin);
-    let out = tokio::time::timeout(Duration::from_secs(90), child.wait_with_output())
-        .await
-        .expect("NestJS client finishes")
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "NestJS client failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let results: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "NestJS client printed no JSON ({e}): {}",
-            String::from_utf8_lossy(&out.stdout)
-        )
-    });
-    assert_eq!(results.len(), ops.len());
-    results
-}
+/// What MQTT does in the shared scenarios: 1 MiB payloads; nothing answers an unknown
+/// pattern, so both clients time out; NestJS 12's packet metadata reaches our handlers (its
+/// MQTT handlers cannot read ours); NestJS's own client loses replies under concurrency.
+const MQTT: nest::Transport = nest::Transport {
+    payload: 1 << 20,
+    unknown: nest::Unknown::Silence,
+    metadata_from_nest: true,
+    metadata_to_nest: false,
+    nest_client_concurrent: false,
+    kafka_quirks: false,
+};
 
 async fn nest_client_calls_our_server(version: u8) {
-    if !nest_installed(version) {
-        return;
+    if nest::nest_installed(version, URL) {
+        let broker = PrivateBroker::start().await;
+        nest::nest_client_calls_our_server(version, &broker.url(), &MQTT).await;
     }
-    let broker = PrivateBroker::start().await;
-    let server = start_server(&broker.url()).await;
-    let marker = format!("nest{version}-to-us");
-    let ops = vec![
-        send(json!({"cmd": "sum"}), json!([1, 2, 3])),
-        send(json!("echo"), json!({"x": "é😀 ünïcødé"})),
-        send(json!({"cmd": "get_user"}), json!("42")),
-        send(
-            json!({"nested": {"a": "x", "b": 1}, "v": 2, "role": "user", "cmd": "get"}),
-            json!({}),
-        ),
-        send(json!("stream"), json!({})),
-        send(json!("slow_stream"), json!({})),
-        send(json!("empty_stream"), json!({})),
-        send(json!("rpc_string"), json!({})),
-        send(json!("rpc_object"), json!({})),
-        send(json!("panics"), json!(1)),
-        json!({"op": "send", "pattern": "nope", "data": {}, "timeout_ms": 1000}),
-        send(json!("void_ret"), json!({})),
-        send(json!("null_ret"), json!({})),
-        send(json!("len"), json!("x".repeat(1 << 20))),
-        json!({"op": "emit", "pattern": "evt", "data": {"marker": marker}}),
-        json!({"op": "sleep", "ms": 200}),
-        send(json!("events_seen"), json!({})),
-    ];
-    let mut ops = ops;
-    if version >= 12 {
-        // v12's dispatch hook puts `metadata` in the packet; our handlers see it as headers.
-        ops.push(json!({"op": "set_metadata", "metadata": {"traceparent": "00-abc-def-01"}}));
-        ops.push(send(json!("meta"), json!({})));
-    }
-    let r = nest_client(version, &broker.url(), &ops).await;
-    assert_eq!(r[0], json!({"ok": [6]}));
-    assert_eq!(r[1], json!({"ok": [{"x": "é😀 ünïcødé"}]}));
-    assert_eq!(
-        r[2],
-        json!({"ok": [{"id": "42", "name": "John Doe", "email": "john@example.com"}]})
-    );
-    assert_eq!(r[3], json!({"ok": ["nested-ok"]}));
-    assert_eq!(r[4], json!({"ok": [1, 2, 3]}));
-    assert_eq!(r[5], json!({"ok": [0, 1, 2]}));
-    assert_eq!(r[6], json!({"ok": []}));
-    assert_eq!(r[7], json!({"err": {"status": "error", "message": "bad thing"}}));
-    assert_eq!(
-        r[8],
-        json!({"err": {"code": 42, "message": "custom msg", "extra": true}})
-    );
-    assert_eq!(
-        r[9],
-        json!({"err": {"status": "error", "message": "Internal server error"}})
-    );
-    // Nobody serves `nope`, so nothing answers on MQTT: the NestJS client times out.
-    assert_eq!(r[10]["err"]["name"], "TimeoutError", "{}", r[10]);
-    assert_eq!(r[11], json!({"ok": []}));
-    assert_eq!(r[12], json!({"ok": [null]}));
-    assert_eq!(r[13], json!({"ok": [1 << 20]}));
-    assert_eq!(r[14], json!({"ok": true}));
-    let seen = r[16]["ok"][0].as_array().expect("events_seen returns a list");
-    for handler in ["a", "b"] {
-        assert!(
-            seen.iter()
-                .any(|e| e["handler"] == handler && e["data"]["marker"] == json!(marker)),
-            "{handler}: {seen:?}"
-        );
-    }
-    if version >= 12 {
-        assert_eq!(r[18], json!({"ok": [{"traceparent": "00-abc-def-01"}]}));
-    }
-    server.shutdown().await.unwrap();
 }
-
-#[tokio::test]
-async fn nestjs_11_client_calls_our_server() {
-    nest_client_calls_our_server(11).await;
-}
-
-#[tokio::test]
-async fn nestjs_12_client_calls_our_server() {
-    nest_client_calls_our_server(12).await;
-}
-
-/// Starts the NestJS peer server on `url`; killed when dropped.
-async fn nest_server(version: u8, url: &str) -> Child {
-    let mut child = Command::new("node")
-        .arg(peer_dir().join("server.mjs"))
-        .args(["--nest", &version.to_string(), "--url", url])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("node runs");
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
-        .await
-        .expect("NestJS server starts within 30 s")
-        .unwrap()
-        .expect("NestJS server prints READY");
-    assert!(line.starts_with("READY"), "unexpected line: {line}");
-    child
-}
-
-const NEST_GET_USER: switchboard::MessageDef<String, User> =
-    switchboard::MessageDef::new(switchboard::pattern!(cmd = "get_user"));
-const NEST_SUM: switchboard::MessageDef<Vec<i64>, i64> =
-    switchboard::MessageDef::new(switchboard::pattern!(cmd = "sum"));
 
 async fn our_client_calls_nest_server(version: u8) {
-    use futures_util::StreamExt;
-    if !nest_installed(version) {
-        return;
-    }
-    let broker = PrivateBroker::start().await;
-    let _nest = nest_server(version, &broker.url()).await;
-    let c = client(&broker.url()).await;
-    // NestJS prints READY before its SUBACKs are in: wait until it answers.
-    for _ in 0..50 {
-        if c.with_timeout(Duration::from_millis(200))
-            .send_raw::<Value>("echo", 1)
-            .await
-            .is_ok()
-        {
-            break;
-        }
-    }
-    assert_eq!(c.send(NEST_SUM, vec![1, 2, 3]).await.unwrap(), 6);
-    assert_eq!(c.send(NEST_GET_USER, "42".to_string()).await.unwrap().name, "John Doe");
-    assert_eq!(c.send(nested, ()).await.unwrap(), "nested-ok");
-    let unicode = json!({"x": "é😀 ünïcødé", "ключ": "値"});
-    assert_eq!(c.send_raw::<Value>("echo", &unicode).await.unwrap(), unicode);
-    let values: Vec<u32> = c
-        .send_raw::<u32>("slow_stream", json!({}))
-        .stream()
-        .await
-        .unwrap()
-        .map(|v| v.unwrap())
-        .collect()
-        .await;
-    assert_eq!(values, [0, 1, 2]);
-    assert_eq!(c.send_raw::<u32>("stream", json!({})).await.unwrap(), 3);
-    let none: Vec<_> = c
-        .send_raw::<u32>("empty_stream", json!({}))
-        .stream()
-        .await
-        .unwrap()
-        .collect()
-        .await;
-    assert!(none.is_empty());
-    c.send_raw::<()>("void_ret", json!({})).await.unwrap();
-    assert_eq!(c.send_raw::<Option<u32>>("null_ret", json!({})).await.unwrap(), None);
-    let err = c.send_raw::<Value>("rpc_string", json!({})).await.unwrap_err();
-    assert_eq!(
-        err.as_rpc().unwrap().value(),
-        &json!({"status": "error", "message": "bad thing"})
-    );
-    let err = c.send_raw::<Value>("rpc_object", json!({})).await.unwrap_err();
-    assert_eq!(
-        err.as_rpc().unwrap().value(),
-        &json!({"code": 42, "message": "custom msg", "extra": true})
-    );
-    let err = c.send_raw::<Value>("plain_error", json!({})).await.unwrap_err();
-    assert_eq!(err.as_rpc().unwrap().message(), Some("Internal server error"));
-    let err = c
-        .with_timeout(Duration::from_millis(500))
-        .send_raw::<Value>("nope", json!({}))
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(&err, switchboard::Error::Timeout { pattern, .. } if pattern == "nope"),
-        "{err}"
-    );
-    assert_eq!(c.send_raw::<usize>("len", "😀".repeat(1 << 18)).await.unwrap(), 1 << 19);
-
-    let marker = format!("us-to-nest{version}");
-    c.emit_raw("evt", json!({"marker": marker})).await.unwrap();
-    let mut seen = Vec::new();
-    for _ in 0..100 {
-        seen = c.send_raw::<Vec<Value>>("events_seen", json!({})).await.unwrap();
-        if seen.iter().filter(|e| e["data"]["marker"] == json!(marker)).count() == 2 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    for handler in ["a", "b"] {
-        assert!(
-            seen.iter()
-                .any(|e| e["handler"] == handler && e["data"]["marker"] == json!(marker)),
-            "{handler}: {seen:?}"
-        );
-    }
-
-    // 200 concurrent requests to a NestJS server: none lost.
-    let calls = (0..200).map(|i| {
-        let c = c.clone();
-        async move { c.send_raw::<Value>("echo", json!({"i": i})).await }
-    });
-    for (i, r) in futures_util::future::join_all(calls).await.into_iter().enumerate() {
-        assert_eq!(r.unwrap(), json!({"i": i}));
+    if nest::nest_installed(version, URL) {
+        let broker = PrivateBroker::start().await;
+        // NestJS prints READY before its SUBACKs are in: `start` waits until it answers.
+        let nest = nest::NestServer::start(version, &broker.url()).await;
+        nest::our_client_calls_nest_server(&nest, &MQTT).await;
     }
 }
 
-#[tokio::test]
-async fn our_client_calls_nestjs_11_server() {
-    our_client_calls_nest_server(11).await;
-}
-
-#[tokio::test]
-async fn our_client_calls_nestjs_12_server() {
-    our_client_calls_nest_server(12).await;
+nest_interop_tests! {
+    nest_client: nest_client_calls_our_server,
+    our_client: our_client_calls_nest_server,
 }

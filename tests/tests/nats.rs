@@ -16,11 +16,9 @@ use std::time::Duration;
 
 use common::conformance::await_events;
 use common::*;
-use futures_util::StreamExt;
-use serde::Deserialize;
 use serde_json::{Value, json};
 use switchboard::prelude::*;
-use switchboard::{Client, Error, MessageDef, Microservice, pattern};
+use switchboard::{Client, Error, Microservice};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
@@ -960,290 +958,39 @@ async fn durable_events_survive_a_broker_restart() {
 }
 
 // ---------------------------------------------------------------------------------------
-// NestJS interop (tests/nestjs, installed by scripts/setup-nestjs.sh), on 4222.
+// NestJS interop (tests/nestjs, common/nest.rs), on 4222.
 
-fn peer_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("nestjs")
-}
-
-fn nest_installed(version: u8) -> bool {
-    let ok = peer_dir()
-        .join(format!("v{version}/node_modules/@nestjs/microservices/package.json"))
-        .exists()
-        && std::process::Command::new("node")
-            .arg("--version")
-            .output()
-            .is_ok_and(|o| o.status.success());
-    if !ok {
-        missing(
-            &format!("NestJS {version} (tests/nestjs/v{version}) or node"),
-            "run scripts/setup-nestjs.sh",
-        );
-    }
-    ok
-}
-
-async fn nest_client(version: u8, url: &str, ops: &[Value]) -> Vec<Value> {
-    let mut child = Command::new("node")
-        .arg(peer_dir().join("client.mjs"))
-        .args(["--nest", &version.to_string(), "--url", url])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("node runs");
-    let mut stdin = child.stdin.take().unwrap();
-    stdin
-        .write_all(Value::from(ops.to_vec()).to_string().as_bytes())
-        .await
-        .unwrap();
-    drop(stdin);
-    let out = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
-        .await
-        .expect("NestJS client finishes")
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "NestJS client failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let results: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "NestJS client printed no JSON ({e}): {}",
-            String::from_utf8_lossy(&out.stdout)
-        )
-    });
-    assert_eq!(results.len(), ops.len());
-    results
-}
-
-fn send(pattern: Value, data: Value) -> Value {
-    json!({"op": "send", "pattern": pattern, "data": data, "timeout_ms": 10000})
-}
+/// What NATS on 4222 does in the shared scenarios: its default 1 MiB max_payload leaves
+/// room for 512 KiB of data and the envelope; the broker answers no-responders for an
+/// unknown pattern at once; NestJS 12's body metadata reaches our handlers, but NestJS reads
+/// no NATS headers, where our client puts its metadata.
+const NATS_PEER: nest::Transport = nest::Transport {
+    payload: 1 << 19,
+    unknown: nest::Unknown::NoResponders,
+    metadata_from_nest: true,
+    metadata_to_nest: false,
+    nest_client_concurrent: true,
+    kafka_quirks: false,
+};
 
 async fn nest_client_calls_our_server(version: u8) {
-    if !nats_up().await || !nest_installed(version) {
+    if !nats_up().await || !nest::nest_installed(version, NATS) {
         return;
     }
     let _turn = ON_4222.lock().await;
-    let server = serve_common(NATS).await;
-    let marker = format!("nest{version}-to-us-nats");
-    let mut ops = vec![
-        send(json!({"cmd": "sum"}), json!([1, 2, 3])),
-        send(json!("echo"), json!({"x": "é😀 ünïcødé"})),
-        send(json!({"cmd": "get_user"}), json!("42")),
-        send(
-            json!({"nested": {"a": "x", "b": 1}, "v": 2, "role": "user", "cmd": "get"}),
-            json!({}),
-        ),
-        send(json!("stream"), json!({})),
-        send(json!("slow_stream"), json!({})),
-        send(json!("empty_stream"), json!({})),
-        send(json!("rpc_string"), json!({})),
-        send(json!("rpc_object"), json!({})),
-        send(json!("panics"), json!(1)),
-        send(json!("nope"), json!({})),
-        send(json!("void_ret"), json!({})),
-        send(json!("null_ret"), json!({})),
-        send(json!("len"), json!("x".repeat(100_000))),
-        json!({"op": "emit", "pattern": "evt", "data": {"marker": marker}}),
-        json!({"op": "sleep", "ms": 200}),
-        send(json!("events_seen"), json!({})),
-        json!({"op": "send_many", "pattern": "echo", "data_list": (0..200).collect::<Vec<_>>(), "timeout_ms": 20000}),
-    ];
-    if version >= 12 {
-        ops.push(json!({"op": "set_metadata", "metadata": {"traceparent": "00-abc-def-01"}}));
-        ops.push(send(json!("meta"), json!({})));
-    }
-    let r = nest_client(version, NATS, &ops).await;
-    assert_eq!(r[0], json!({"ok": [6]}));
-    assert_eq!(r[1], json!({"ok": [{"x": "é😀 ünïcødé"}]}));
-    assert_eq!(
-        r[2],
-        json!({"ok": [{"id": "42", "name": "John Doe", "email": "john@example.com"}]})
-    );
-    assert_eq!(r[3], json!({"ok": ["nested-ok"]}));
-    assert_eq!(r[4], json!({"ok": [1, 2, 3]}));
-    assert_eq!(r[5], json!({"ok": [0, 1, 2]}));
-    assert_eq!(r[6], json!({"ok": []}));
-    assert_eq!(r[7], json!({"err": {"status": "error", "message": "bad thing"}}));
-    assert_eq!(
-        r[8],
-        json!({"err": {"code": 42, "message": "custom msg", "extra": true}})
-    );
-    assert_eq!(
-        r[9],
-        json!({"err": {"status": "error", "message": "Internal server error"}})
-    );
-    // Nobody subscribes to `nope`: the NestJS client gets the broker's no-responders answer.
-    let nope = r[10]["err"]["error_message"].as_str().unwrap_or_default();
-    assert!(nope.contains("no subscribers"), "{}", r[10]);
-    assert_eq!(r[11], json!({"ok": []}));
-    assert_eq!(r[12], json!({"ok": [null]}));
-    assert_eq!(r[13], json!({"ok": [100_000]}));
-    assert_eq!(r[14], json!({"ok": true}));
-    let seen = r[16]["ok"][0].as_array().expect("events_seen returns a list");
-    for handler in ["a", "b"] {
-        assert!(
-            seen.iter()
-                .any(|e| e["handler"] == handler && e["data"]["marker"] == json!(marker)),
-            "{handler}: {seen:?}"
-        );
-    }
-    let many = r[17]["ok"].as_array().expect("200 replies");
-    assert_eq!(many.len(), 200);
-    for (i, values) in many.iter().enumerate() {
-        assert_eq!(values, &json!([i]));
-    }
-    if version >= 12 {
-        // v12 puts its dispatch-hook metadata in the NATS body; handlers see it as headers.
-        assert_eq!(r[19], json!({"ok": [{"traceparent": "00-abc-def-01"}]}));
-    }
-    server.shutdown().await.unwrap();
+    nest::nest_client_calls_our_server(version, NATS, &NATS_PEER).await;
 }
-
-#[tokio::test]
-async fn nestjs_11_client_calls_our_server() {
-    nest_client_calls_our_server(11).await;
-}
-
-#[tokio::test]
-async fn nestjs_12_client_calls_our_server() {
-    nest_client_calls_our_server(12).await;
-}
-
-/// A NestJS server process, stopped when dropped.
-struct NestServer {
-    _child: Child,
-}
-
-async fn nest_server(version: u8, url: &str) -> NestServer {
-    let mut child = Command::new("node")
-        .arg(peer_dir().join("server.mjs"))
-        .args(["--nest", &version.to_string(), "--url", url])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("node runs");
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
-        .await
-        .expect("NestJS server starts within 30 s")
-        .unwrap()
-        .expect("NestJS server prints READY");
-    assert!(line.starts_with("READY"), "unexpected line: {line}");
-    NestServer { _child: child }
-}
-
-#[derive(Debug, PartialEq, Deserialize)]
-struct NestUser {
-    id: String,
-    name: String,
-    email: String,
-}
-
-const NEST_GET_USER: MessageDef<String, NestUser> = MessageDef::new(pattern!(cmd = "get_user"));
-const NEST_SUM: MessageDef<Vec<i64>, i64> = MessageDef::new(pattern!(cmd = "sum"));
-const NEST_NESTED: MessageDef<Value, String> =
-    MessageDef::new(pattern!(cmd = "get", role = "user", v = 2, nested = { b = 1, a = "x" }));
 
 async fn our_client_calls_nest_server(version: u8) {
-    if !nats_up().await || !nest_installed(version) {
+    if !nats_up().await || !nest::nest_installed(version, NATS) {
         return;
     }
     let _turn = ON_4222.lock().await;
-    let _nest = nest_server(version, NATS).await;
-    let client = client(NATS).await;
-
-    assert_eq!(client.send(NEST_SUM, vec![1, 2, 3]).await.unwrap(), 6);
-    assert_eq!(
-        client.send(NEST_GET_USER, "42".to_string()).await.unwrap().name,
-        "John Doe"
-    );
-    assert_eq!(client.send(NEST_NESTED, json!({})).await.unwrap(), "nested-ok");
-    let unicode = json!({"x": "é😀 ünïcødé"});
-    assert_eq!(client.send_raw::<Value>("echo", &unicode).await.unwrap(), unicode);
-    for (pattern, want) in [("stream", vec![1, 2, 3]), ("slow_stream", vec![0, 1, 2])] {
-        let values: Vec<u32> = client
-            .send_raw::<u32>(pattern, json!({}))
-            .stream()
-            .await
-            .unwrap()
-            .map(|v| v.unwrap())
-            .collect()
-            .await;
-        assert_eq!(values, want, "{pattern}");
-    }
-    let none: Vec<Result<u32, _>> = client
-        .send_raw::<u32>("empty_stream", json!({}))
-        .stream()
-        .await
-        .unwrap()
-        .collect()
-        .await;
-    assert!(none.is_empty());
-    client.send_raw::<()>("void_ret", json!({})).await.unwrap();
-    assert_eq!(
-        client.send_raw::<Option<u32>>("null_ret", json!({})).await.unwrap(),
-        None
-    );
-    let err = client.send_raw::<Value>("rpc_string", json!({})).await.unwrap_err();
-    assert_eq!(
-        err.as_rpc().unwrap().value(),
-        &json!({"status": "error", "message": "bad thing"})
-    );
-    let err = client.send_raw::<Value>("rpc_object", json!({})).await.unwrap_err();
-    assert_eq!(
-        err.as_rpc().unwrap().value(),
-        &json!({"code": 42, "message": "custom msg", "extra": true})
-    );
-    let err = client.send_raw::<Value>("plain_error", json!({})).await.unwrap_err();
-    assert_eq!(err.as_rpc().unwrap().message(), Some("Internal server error"));
-    let err = client.send_raw::<Value>("nope", json!({})).await.unwrap_err();
-    assert!(
-        matches!(&err, Error::NoHandler { pattern, .. } if pattern == "nope"),
-        "{err}"
-    );
-    assert_eq!(
-        client.send_raw::<usize>("len", "😀".repeat(100_000)).await.unwrap(),
-        200_000
-    );
-
-    let marker = format!("us-to-nest{version}-nats");
-    client.emit_raw("evt", json!({"marker": marker})).await.unwrap();
-    let mut seen = Vec::new();
-    for _ in 0..100 {
-        seen = client.send_raw::<Vec<Value>>("events_seen", json!({})).await.unwrap();
-        if seen.iter().filter(|e| e["data"]["marker"] == json!(marker)).count() == 2 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    for handler in ["a", "b"] {
-        assert!(
-            seen.iter()
-                .any(|e| e["handler"] == handler && e["data"]["marker"] == json!(marker)),
-            "{handler}: {seen:?}"
-        );
-    }
-    let calls = (0..200).map(|i| {
-        let client = client.clone();
-        async move { client.send_raw::<Value>("echo", json!({"i": i})).await }
-    });
-    for (i, r) in futures_util::future::join_all(calls).await.into_iter().enumerate() {
-        assert_eq!(r.unwrap(), json!({"i": i}));
-    }
-    client.close().await;
+    let nest = nest::NestServer::start(version, NATS).await;
+    nest::our_client_calls_nest_server(&nest, &NATS_PEER).await;
 }
 
-#[tokio::test]
-async fn our_client_calls_nestjs_11_server() {
-    our_client_calls_nest_server(11).await;
-}
-
-#[tokio::test]
-async fn our_client_calls_nestjs_12_server() {
-    our_client_calls_nest_server(12).await;
+nest_interop_tests! {
+    nest_client: nest_client_calls_our_server,
+    our_client: our_client_calls_nest_server,
 }

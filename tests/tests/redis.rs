@@ -684,197 +684,33 @@ async fn urls_are_checked_and_an_unreachable_broker_is_a_clear_error() {
 }
 
 // ---------------------------------------------------------------------------------------
-// Interop with NestJS 11 and 12 (tests/nestjs, installed by scripts/setup-nestjs.sh).
+// Interop with NestJS 11 and 12 (tests/nestjs, common/nest.rs), on a private Redis.
 
-fn peer_dir() -> std::path::PathBuf {
-    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("nestjs")
-}
-
-/// True when NestJS `version` is installed; otherwise fails under CI or skips loudly.
-fn nest_installed(version: u8) -> bool {
-    let ok = peer_dir()
-        .join(format!("v{version}/node_modules/ioredis/package.json"))
-        .exists()
-        && std::process::Command::new("node")
-            .arg("--version")
-            .output()
-            .is_ok_and(|o| o.status.success());
-    if !ok {
-        missing(
-            &format!("NestJS {version} with ioredis (tests/nestjs/v{version}) or node"),
-            "run scripts/setup-nestjs.sh",
-        );
-    }
-    ok
-}
-
-/// Runs the NestJS client on `url` with a script of operations; returns one result each.
-async fn nest_client(version: u8, url: &str, ops: &[Value]) -> Vec<Value> {
-    let mut child = Command::new("node")
-        .arg(peer_dir().join("client.mjs"))
-        .args(["--nest", &version.to_string(), "--url", url])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("node runs");
-    let mut stdin = child.stdin.take().unwrap();
-    stdin
-        .write_all(Value::from(ops.to_vec()).to_string().as_bytes())
-        .await
-        .unwrap();
-    drop(stdin);
-    let out = tokio::time::timeout(Duration::from_secs(90), child.wait_with_output())
-        .await
-        .expect("NestJS client finishes")
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "NestJS client failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let results: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "NestJS client printed no JSON ({e}): {}",
-            String::from_utf8_lossy(&out.stdout)
-        )
-    });
-    assert_eq!(results.len(), ops.len());
-    results
-}
-
-fn send(pattern: Value, data: Value) -> Value {
-    json!({"op": "send", "pattern": pattern, "data": data, "timeout_ms": 10000})
-}
+/// What Redis does in the shared scenarios: 1 MiB payloads; nobody subscribes to an unknown
+/// pattern, so our client fails at once (PUBLISH reaches no one) while NestJS's times out;
+/// NestJS 12 metadata both ways.
+const REDIS: nest::Transport = nest::Transport {
+    payload: 1 << 20,
+    unknown: nest::Unknown::NoSubscribers,
+    metadata_from_nest: true,
+    metadata_to_nest: true,
+    nest_client_concurrent: true,
+    kafka_quirks: false,
+};
 
 async fn nest_client_calls_our_server(version: u8) {
-    if !nest_installed(version) {
+    if !nest::nest_installed(version, "redis://") {
         return;
     }
     let Some(redis) = PrivateRedis::start().await else {
         return;
     };
-    let server = serve(&redis.url(), Microservice::from_registry()).await;
-    let marker = format!("nest{version}-to-us");
-    let mut ops = vec![
-        send(json!({"cmd": "sum"}), json!([1, 2, 3])),
-        send(json!("echo"), json!({"x": "é😀 ünïcødé"})),
-        send(json!({"cmd": "get_user"}), json!("42")),
-        send(
-            json!({"nested": {"a": "x", "b": 1}, "v": 2, "role": "user", "cmd": "get"}),
-            json!({}),
-        ),
-        send(json!("stream"), json!({})),
-        send(json!("slow_stream"), json!({})),
-        send(json!("empty_stream"), json!({})),
-        send(json!("rpc_string"), json!({})),
-        send(json!("rpc_object"), json!({})),
-        send(json!("panics"), json!(1)),
-        // Nobody subscribes to `nope`: a NestJS client on Redis waits until its timeout.
-        json!({"op": "send", "pattern": "nope", "data": {}, "timeout_ms": 1000}),
-        send(json!("void_ret"), json!({})),
-        send(json!("null_ret"), json!({})),
-        send(json!("len"), json!("x".repeat(1 << 20))),
-        json!({"op": "emit", "pattern": "evt", "data": {"marker": marker}}),
-        json!({"op": "emit", "pattern": {"evt": 1}, "data": {"ignored": true}}),
-        json!({"op": "sleep", "ms": 200}),
-        send(json!("events_seen"), json!({})),
-        json!({"op": "send_many", "pattern": "echo", "data_list": (0..200).collect::<Vec<_>>(), "timeout_ms": 20000}),
-        send(json!({"cmd": "sum"}), json!("not numbers")),
-    ];
-    if version >= 12 {
-        ops.push(json!({"op": "set_metadata", "metadata": {"traceparent": "00-abc-def-01"}}));
-        ops.push(send(json!("meta"), json!({})));
-    }
-    let r = nest_client(version, &redis.url(), &ops).await;
-    assert_eq!(r[0], json!({"ok": [6]}));
-    assert_eq!(r[1], json!({"ok": [{"x": "é😀 ünïcødé"}]}));
-    assert_eq!(
-        r[2],
-        json!({"ok": [{"id": "42", "name": "John Doe", "email": "john@example.com"}]})
-    );
-    assert_eq!(r[3], json!({"ok": ["nested-ok"]}));
-    assert_eq!(r[4], json!({"ok": [1, 2, 3]}));
-    assert_eq!(r[5], json!({"ok": [0, 1, 2]}));
-    assert_eq!(r[6], json!({"ok": []}));
-    assert_eq!(r[7], json!({"err": {"status": "error", "message": "bad thing"}}));
-    assert_eq!(
-        r[8],
-        json!({"err": {"code": 42, "message": "custom msg", "extra": true}})
-    );
-    assert_eq!(
-        r[9],
-        json!({"err": {"status": "error", "message": "Internal server error"}})
-    );
-    assert_eq!(r[10]["err"]["name"], "TimeoutError", "{}", r[10]);
-    assert_eq!(r[11], json!({"ok": []}));
-    assert_eq!(r[12], json!({"ok": [null]}));
-    assert_eq!(r[13], json!({"ok": [1 << 20]}));
-    assert_eq!(r[14], json!({"ok": true}));
-    let seen = r[17]["ok"][0].as_array().expect("events_seen returns a list");
-    for handler in ["a", "b"] {
-        assert!(
-            seen.iter()
-                .any(|e| e["handler"] == handler && e["data"]["marker"] == json!(marker)),
-            "{handler}: {seen:?}"
-        );
-    }
-    assert!(
-        !seen.iter().any(|e| e["data"]["ignored"] == json!(true)),
-        "an unknown event runs nothing"
-    );
-    let many = r[18]["ok"].as_array().expect("200 replies");
-    assert_eq!(many.len(), 200);
-    for (i, values) in many.iter().enumerate() {
-        assert_eq!(values, &json!([i]));
-    }
-    assert!(
-        r[19]["err"]["message"]
-            .as_str()
-            .unwrap()
-            .starts_with("invalid payload for pattern"),
-        "{}",
-        r[19]
-    );
-    if version >= 12 {
-        assert_eq!(r[21], json!({"ok": [{"traceparent": "00-abc-def-01"}]}));
-    }
-    server.shutdown().await.unwrap();
+    nest::nest_client_calls_our_server(version, &redis.url(), &REDIS).await;
 }
 
-#[tokio::test]
-async fn nestjs_11_client_calls_our_server() {
-    nest_client_calls_our_server(11).await;
-}
-
-#[tokio::test]
-async fn nestjs_12_client_calls_our_server() {
-    nest_client_calls_our_server(12).await;
-}
-
-/// A NestJS server process, stopped when dropped.
-struct NestServer {
-    _child: Child,
-}
-
-/// Starts the NestJS peer on `redis`, and waits until it has subscribed to its routes.
-async fn nest_server(version: u8, redis: &PrivateRedis) -> NestServer {
-    let mut child = Command::new("node")
-        .arg(peer_dir().join("server.mjs"))
-        .args(["--nest", &version.to_string(), "--url", &redis.url()])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("node runs");
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
-        .await
-        .expect("NestJS server starts within 30 s")
-        .unwrap()
-        .expect("NestJS server prints READY");
-    assert!(line.starts_with("READY"), "unexpected line: {line}");
+/// Waits until the NestJS peer has subscribed to the channels the scenario uses beyond
+/// `echo` (an event published before would reach no one).
+async fn nest_subscribed(redis: &PrivateRedis) {
     let mut raw = redis.raw().await;
     let until = Instant::now() + Duration::from_secs(10);
     loop {
@@ -889,137 +725,28 @@ async fn nest_server(version: u8, redis: &PrivateRedis) -> NestServer {
                 R::Int(1),
             ])
         {
-            break;
+            return;
         }
         assert!(Instant::now() < until, "NestJS server did not subscribe: {subs:?}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    NestServer { _child: child }
 }
 
-const NEST_GET_USER: switchboard::MessageDef<String, User> =
-    switchboard::MessageDef::new(switchboard::pattern!(cmd = "get_user"));
-const NEST_SUM: switchboard::MessageDef<Vec<i64>, i64> =
-    switchboard::MessageDef::new(switchboard::pattern!(cmd = "sum"));
-const NEST_NESTED: switchboard::MessageDef<Value, String> =
-    switchboard::MessageDef::new(switchboard::pattern!(cmd = "get", role = "user", v = 2, nested = { b = 1, a = "x" }));
-
 async fn our_client_calls_nest_server(version: u8) {
-    use futures_util::StreamExt;
-    if !nest_installed(version) {
+    if !nest::nest_installed(version, "redis://") {
         return;
     }
     let Some(redis) = PrivateRedis::start().await else {
         return;
     };
-    let _nest = nest_server(version, &redis).await;
-    let client = client(&redis.url()).await;
-
-    assert_eq!(client.send(NEST_SUM, vec![1, 2, 3]).await.unwrap(), 6);
-    assert_eq!(
-        client.send(NEST_GET_USER, "42".to_string()).await.unwrap().name,
-        "John Doe"
-    );
-    assert_eq!(client.send(NEST_NESTED, json!({})).await.unwrap(), "nested-ok");
-    let unicode = json!({"x": "é😀 ünïcødé"});
-    assert_eq!(client.send_raw::<Value>("echo", &unicode).await.unwrap(), unicode);
-
-    let values: Vec<u32> = client
-        .send_raw::<u32>("stream", json!({}))
-        .stream()
-        .await
-        .unwrap()
-        .map(|v| v.unwrap())
-        .collect()
-        .await;
-    assert_eq!(values, [1, 2, 3]);
-    let values: Vec<u32> = client
-        .send_raw::<u32>("slow_stream", json!({}))
-        .stream()
-        .await
-        .unwrap()
-        .map(|v| v.unwrap())
-        .collect()
-        .await;
-    assert_eq!(values, [0, 1, 2]);
-    let none: Vec<Result<u32, _>> = client
-        .send_raw::<u32>("empty_stream", json!({}))
-        .stream()
-        .await
-        .unwrap()
-        .collect()
-        .await;
-    assert!(none.is_empty());
-    client.send_raw::<()>("void_ret", json!({})).await.unwrap();
-    assert_eq!(
-        client.send_raw::<Option<u32>>("null_ret", json!({})).await.unwrap(),
-        None
-    );
-
-    let err = client.send_raw::<Value>("rpc_string", json!({})).await.unwrap_err();
-    assert_eq!(
-        err.as_rpc().unwrap().value(),
-        &json!({"status": "error", "message": "bad thing"})
-    );
-    let err = client.send_raw::<Value>("rpc_object", json!({})).await.unwrap_err();
-    assert_eq!(
-        err.as_rpc().unwrap().value(),
-        &json!({"code": 42, "message": "custom msg", "extra": true})
-    );
-    let err = client.send_raw::<Value>("plain_error", json!({})).await.unwrap_err();
-    assert_eq!(err.as_rpc().unwrap().message(), Some("Internal server error"));
-    // Where NestJS's own client would wait forever, ours fails at once.
-    let err = client.send_raw::<Value>("nope", json!({})).await.unwrap_err();
-    assert!(
-        matches!(&err, Error::NoHandler { pattern, .. } if pattern == "nope"),
-        "{err}"
-    );
-    assert_eq!(
-        client.send_raw::<usize>("len", "😀".repeat(1 << 18)).await.unwrap(),
-        1 << 19
-    );
-
-    let marker = format!("us-to-nest{version}");
-    client.emit_raw("evt", json!({"marker": marker})).await.unwrap();
-    let mut seen = Vec::new();
-    for _ in 0..100 {
-        seen = client.send_raw::<Vec<Value>>("events_seen", json!({})).await.unwrap();
-        if seen.iter().filter(|e| e["data"]["marker"] == json!(marker)).count() == 2 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    for handler in ["a", "b"] {
-        assert!(
-            seen.iter()
-                .any(|e| e["handler"] == handler && e["data"]["marker"] == json!(marker)),
-            "{handler}: {seen:?}"
-        );
-    }
-
-    let calls = (0..200).map(|i| {
-        let client = client.clone();
-        async move { client.send_raw::<Value>("echo", json!({"i": i})).await }
-    });
-    for (i, r) in futures_util::future::join_all(calls).await.into_iter().enumerate() {
-        assert_eq!(r.unwrap(), json!({"i": i}));
-    }
-
-    if version >= 12 {
-        let traced = client.with_metadata([("traceparent".to_string(), "00-abc-def-01".to_string())].into());
-        let metadata: Value = traced.send_raw("meta", json!({})).await.unwrap();
-        assert_eq!(metadata, json!({"traceparent": "00-abc-def-01"}));
-    }
+    let nest = nest::NestServer::start(version, &redis.url()).await;
+    nest_subscribed(&redis).await;
+    nest::our_client_calls_nest_server(&nest, &REDIS).await;
 }
 
-#[tokio::test]
-async fn our_client_calls_nestjs_11_server() {
-    our_client_calls_nest_server(11).await;
-}
-
-#[tokio::test]
-async fn our_client_calls_nestjs_12_server() {
-    our_client_calls_nest_server(12).await;
+nest_interop_tests! {
+    nest_client: nest_client_calls_our_server,
+    our_client: our_client_calls_nest_server,
 }
 
 // ---------------------------------------------------------------------------------------

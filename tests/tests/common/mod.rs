@@ -196,4 +196,5 @@ pub fn missing(what: &str, fix: &str) {
     eprintln!("SKIPPED: {what} is missing: {fix}");
 }
 pub mod conformance;
+pub mod nest;
 pub mod raw;
