@@ -1,13 +1,19 @@
 #!/usr/bin/env bash
 # The whole test suite, set-up included, on a fresh Debian machine with Rust:
-#   1. installs the NestJS peers (npm, pinned 11.x and 12.x) used by the interop tests;
-#   2. runs the demo (every example service on TCP loopback) as a smoke test;
-#   3. runs every Rust test: unit, integration, NestJS interop, trybuild UI, doc tests.
+#   1. installs and starts the brokers (Redis, NATS, Mosquitto, RabbitMQ) and build tools
+#      (cmake and libcurl headers for librdkafka, protoc) when missing: scripts/brokers.sh;
+#   2. installs the NestJS peers (npm, pinned 11.x and 12.x) used by the interop tests;
+#   3. runs the demo (every example service on TCP loopback, then over NATS) as a smoke test;
+#   4. runs every Rust test with every transport compiled in: unit, integration, the
+#      conformance suite per transport, NestJS interop, trybuild UI, doc tests.
 # Ends with one "N passed, N failed" line. With CI set, a missing peer fails its tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 command -v cargo >/dev/null || { echo "test.sh: cargo is not installed (https://rustup.rs)" >&2; exit 1; }
+
+echo "== brokers"
+scripts/brokers.sh
 
 echo "== NestJS peers"
 scripts/setup-nestjs.sh
@@ -15,12 +21,15 @@ tests/nestjs/selfcheck.sh
 
 echo "== demo"
 scripts/demo.sh
+scripts/demo.sh --broker nats://127.0.0.1:4222
 
 echo "== cargo test"
 log="$(mktemp)"
 trap 'rm -f "$log"' EXIT
 status=0
-cargo test --workspace --locked 2>&1 | tee "$log" || status=$?
+# A hung test must fail the run, not eat CI's time: the whole test step gets 30 minutes.
+timeout --signal=KILL 1800 cargo test --workspace --locked --features switchboard-tests/brokers,switchboard-tests/grpc \
+  2>&1 | tee "$log" || status=$?
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
      END { printf "tests: %d passed, %d failed\n", p, f }' "$log"
 exit "$status"
