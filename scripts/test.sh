@@ -28,7 +28,7 @@ log="$(mktemp)"
 trap 'rm -f "$log"' EXIT
 status=0
 # A hung test must fail the run, not eat CI's time: the whole test step gets 30 minutes.
-timeout --signal=KILL 1800 cargo test --workspace --locked --features switchboard-tests/brokers,switchboard-tests/grpc \
+timeout --signal=KILL 1800 cargo test --workspace --locked --features switchboard-tests/brokers,switchboard-tests/grpc,switchboard-bench/brokers \
   2>&1 | tee "$log" || status=$?
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
      END { printf "tests: %d passed, %d failed\n", p, f }' "$log"
