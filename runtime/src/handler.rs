@@ -100,7 +100,63 @@ pub struct Reply {
 /// One value (the common case, without stream machinery) or any number.
 enum Items {
     One(BoxFuture<'static, ReplyItem>),
+    /// A handler's own value, serialised only when it is ready: into the transport's buffer
+    /// when it polls with one ([`Reply::poll_into`]), else into a [`ReplyItem`].
+    Value(Pin<Box<dyn ValueFuture>>),
     Many(BoxStream<'static, ReplyItem>),
+}
+
+/// A handler future whose output is serialised on completion.
+trait ValueFuture: Send {
+    /// Polls the handler; when it is done, writes its value as JSON into `sink` (returning
+    /// `None`) or, without a sink, returns it encoded.
+    fn poll_value(
+        self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        sink: Option<&mut Vec<u8>>,
+    ) -> Poll<Option<ReplyItem>>;
+}
+
+pin_project_lite::pin_project! {
+    /// A handler's future and what to do with its output.
+    struct Valued<F, M> {
+        #[pin]
+        fut: F,
+        map: M,
+    }
+}
+
+impl<F, M, T> ValueFuture for Valued<F, M>
+where
+    F: Future + Send,
+    M: Fn(F::Output) -> Result<T, RpcError> + Send,
+    T: Serialize,
+{
+    fn poll_value(
+        self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        sink: Option<&mut Vec<u8>>,
+    ) -> Poll<Option<ReplyItem>> {
+        let this = self.project();
+        let value = match (this.map)(std::task::ready!(this.fut.poll(cx))) {
+            Ok(v) => v,
+            Err(e) => return Poll::Ready(Some(ReplyItem::Error(e))),
+        };
+        Poll::Ready(match sink {
+            None => Some(encode(&value)),
+            Some(out) => {
+                let start = out.len();
+                match crate::json::write(out, &value) {
+                    Ok(()) => None,
+                    Err(e) => {
+                        out.truncate(start);
+                        tracing::error!(error = %e, "a handler's reply could not be serialised");
+                        Some(ReplyItem::Error(RpcError::internal()))
+                    }
+                }
+            }
+        })
+    }
 }
 
 impl Reply {
@@ -140,24 +196,56 @@ impl Reply {
     pub fn from_value<F, T>(fut: F) -> Self
     where
         F: Future<Output = T> + Send + 'static,
-        T: Serialize,
+        T: Serialize + 'static,
     {
-        Self::one(async move { encode(&fut.await) })
+        Self::valued(Valued {
+            fut,
+            map: Ok::<T, RpcError>,
+        })
     }
 
     /// A reply from a fallible handler's future.
     pub fn from_result<F, T, E>(fut: F) -> Self
     where
         F: Future<Output = Result<T, E>> + Send + 'static,
-        T: Serialize,
-        E: Into<RpcError>,
+        T: Serialize + 'static,
+        E: Into<RpcError> + 'static,
     {
-        Self::one(async move {
-            match fut.await {
-                Ok(v) => encode(&v),
-                Err(e) => ReplyItem::Error(e.into()),
-            }
+        Self::valued(Valued {
+            fut,
+            map: |r: Result<T, E>| r.map_err(Into::into),
         })
+    }
+
+    fn valued(value: impl ValueFuture + 'static) -> Self {
+        Reply {
+            items: Items::Value(Box::pin(value)),
+            done: false,
+            handler: None,
+        }
+    }
+
+    /// True for a handler's single value, which [`poll_into`](Self::poll_into) can serialise
+    /// straight into a transport's buffer.
+    pub(crate) fn is_single_value(&self) -> bool {
+        matches!(self.items, Items::Value(_))
+    }
+
+    /// Polls a reply for its next item; a handler's single value is serialised straight into
+    /// `sink` (appended; `Ready(Some(None))`) instead of into an item of its own. Other
+    /// replies yield items as [`Stream::poll_next`] does (`Ready(Some(Some(item)))`).
+    pub(crate) fn poll_into(
+        &mut self,
+        cx: &mut TaskContext<'_>,
+        sink: &mut Vec<u8>,
+    ) -> Poll<Option<Option<ReplyItem>>> {
+        if self.done {
+            return Poll::Ready(None);
+        }
+        if !matches!(self.items, Items::Value(_)) {
+            return self.poll_next_unpin(cx).map(|item| item.map(Some));
+        }
+        self.poll_guarded(cx, Some(sink)).map(Some)
     }
 
     /// A completion-only reply from a handler returning `()`.
@@ -193,39 +281,51 @@ impl Reply {
     }
 }
 
-impl Stream for Reply {
-    type Item = ReplyItem;
-
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Option<ReplyItem>> {
-        let this = &mut *self;
-        if this.done {
+impl Reply {
+    /// Polls the items once, with panics caught (a panic ends the reply as NestJS's
+    /// `Internal server error`). `Ready(None)` from a `Value` means the value went to `sink`.
+    fn poll_guarded(&mut self, cx: &mut TaskContext<'_>, sink: Option<&mut Vec<u8>>) -> Poll<Option<ReplyItem>> {
+        if self.done {
             return Poll::Ready(None);
         }
-        let polled = std::panic::catch_unwind(AssertUnwindSafe(|| match &mut this.items {
-            Items::One(fut) => fut.as_mut().poll(cx).map(|item| {
-                this.done = true;
-                Some(item)
-            }),
-            Items::Many(items) => items.as_mut().poll_next(cx),
+        let items = &mut self.items;
+        let polled = std::panic::catch_unwind(AssertUnwindSafe(|| match items {
+            Items::One(fut) => fut.as_mut().poll(cx).map(|item| Some(Some(item))),
+            Items::Value(fut) => fut.as_mut().poll_value(cx, sink).map(Some),
+            Items::Many(items) => items.as_mut().poll_next(cx).map(|item| item.map(Some)),
         }));
         match polled {
-            Ok(Poll::Ready(Some(ReplyItem::Error(e)))) => {
-                this.done = true;
+            // One value (or one written to the sink): the reply is complete.
+            Ok(Poll::Ready(Some(item))) if !matches!(self.items, Items::Many(_)) => {
+                self.done = true;
+                Poll::Ready(item)
+            }
+            Ok(Poll::Ready(Some(Some(ReplyItem::Error(e))))) => {
+                self.done = true;
                 Poll::Ready(Some(ReplyItem::Error(e)))
             }
+            Ok(Poll::Ready(Some(item))) => Poll::Ready(item),
             Ok(Poll::Ready(None)) => {
-                this.done = true;
+                self.done = true;
                 Poll::Ready(None)
             }
-            Ok(other) => other,
+            Ok(Poll::Pending) => Poll::Pending,
             Err(_) => {
                 // A panicked future must not be polled again.
-                this.done = true;
-                let handler = this.handler.map_or_else(|| "?".to_owned(), |h| h.location());
+                self.done = true;
+                let handler = self.handler.map_or_else(|| "?".to_owned(), |h| h.location());
                 tracing::error!(%handler, "handler panicked");
                 Poll::Ready(Some(ReplyItem::Error(RpcError::internal())))
             }
         }
+    }
+}
+
+impl Stream for Reply {
+    type Item = ReplyItem;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Option<ReplyItem>> {
+        self.poll_guarded(cx, None)
     }
 }
 
@@ -322,5 +422,51 @@ impl<T> Stream for ReplyStream<T> {
 impl<T> fmt::Debug for ReplyStream<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("ReplyStream")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn poll_into(reply: &mut Reply, sink: &mut Vec<u8>) -> Poll<Option<Option<ReplyItem>>> {
+        reply.poll_into(&mut TaskContext::from_waker(std::task::Waker::noop()), sink)
+    }
+
+    #[test]
+    fn a_ready_value_is_written_in_place_and_ends_the_reply() {
+        let mut sink = b"prefix:".to_vec();
+        let mut reply = Reply::from_value(async { serde_json::json!({"result": 6.0}) });
+        assert!(reply.is_single_value());
+        assert!(matches!(poll_into(&mut reply, &mut sink), Poll::Ready(Some(None))));
+        assert_eq!(sink, br#"prefix:{"result":6}"#);
+        assert!(reply.is_done());
+        assert!(matches!(poll_into(&mut reply, &mut sink), Poll::Ready(None)));
+    }
+
+    #[test]
+    fn errors_and_panics_are_items_not_writes() {
+        let mut sink = Vec::new();
+        let mut failed = Reply::from_result(async { Err::<u32, _>(RpcError::new("bad")) });
+        match poll_into(&mut failed, &mut sink) {
+            Poll::Ready(Some(Some(ReplyItem::Error(e)))) => assert_eq!(e.message(), Some("bad")),
+            other => panic!("{other:?}"),
+        }
+        let mut panicked = Reply::from_value(async {
+            panic!("handler bug");
+            #[allow(unreachable_code)]
+            1u32
+        });
+        match poll_into(&mut panicked, &mut sink) {
+            Poll::Ready(Some(Some(ReplyItem::Error(e)))) => assert_eq!(e, RpcError::internal()),
+            other => panic!("{other:?}"),
+        }
+        assert!(sink.is_empty());
+    }
+
+    #[tokio::test]
+    async fn without_a_sink_the_value_is_an_item() {
+        let items: Vec<_> = Reply::from_value(async { 7u8 }).collect().await;
+        assert!(matches!(&items[..], [ReplyItem::Value(v)] if v.as_ref() == b"7"));
     }
 }

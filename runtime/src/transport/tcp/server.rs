@@ -18,7 +18,7 @@ use super::{ServerOptions, TcpListener};
 use crate::codec::{Outgoing, Packet, PacketError};
 use crate::dispatch::{Dispatched, Dispatcher, Incoming};
 use crate::error::Result;
-use crate::handler::Reply;
+use crate::handler::{Reply, ReplyItem};
 use crate::transport::Shutdown;
 use crate::transport::steps::{Step, Steps};
 
@@ -74,7 +74,9 @@ impl Stream for InFlight {
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Option<Self::Item>> {
         let this = self.get_mut();
-        this.steps.poll_step(cx).map(|step| step.map(|step| (this.id.clone(), step)))
+        this.steps
+            .poll_step(cx)
+            .map(|step| step.map(|step| (this.id.clone(), step)))
     }
 }
 
@@ -114,6 +116,8 @@ struct Conn {
     rbuf: BytesMut,
     wbuf: Vec<u8>,
     scratch: Vec<u8>,
+    /// A ready reply value's JSON, before it is framed into `wbuf`.
+    json: Vec<u8>,
     inflight: SelectAll<Work>,
     /// Complete frames may still be in `rbuf`, not dispatched for lack of room.
     backlog: bool,
@@ -142,6 +146,7 @@ async fn connection<R, W>(
         rbuf: BytesMut::with_capacity(16 * 1024),
         wbuf: Vec::with_capacity(16 * 1024),
         scratch: Vec::with_capacity(1024),
+        json: Vec::with_capacity(1024),
         inflight: SelectAll::new(),
         backlog: false,
     };
@@ -275,12 +280,44 @@ impl Conn {
 
     /// Polls a new reply right away: most handlers finish without waiting, and their reply
     /// is written straight from the received frame, without a trip through the in-flight set.
-    fn start_reply(&mut self, body: &Bytes, id: Range<usize>, reply: Reply) {
+    fn start_reply(&mut self, body: &Bytes, id: Range<usize>, mut reply: Reply) {
+        let mut cx = TaskContext::from_waker(std::task::Waker::noop());
+        if reply.is_single_value() && self.wbuf.len() < WRITE_HIGH_WATER {
+            // The common case: one value, ready at once, serialised straight into place.
+            let mut json = std::mem::take(&mut self.json);
+            json.clear();
+            let ready = match reply.poll_into(&mut cx, &mut json) {
+                Poll::Ready(Some(None)) => Some(Outgoing::Value {
+                    json: &json,
+                    last: true,
+                }),
+                Poll::Ready(Some(Some(ReplyItem::Value(v)))) => {
+                    json.clear();
+                    json.extend_from_slice(&v);
+                    Some(Outgoing::Value {
+                        json: &json,
+                        last: true,
+                    })
+                }
+                Poll::Ready(Some(Some(ReplyItem::Error(e)))) => {
+                    self.write(&body[id], Outgoing::Error(&e));
+                    self.json = json;
+                    return;
+                }
+                Poll::Ready(None) => Some(Outgoing::Done),
+                Poll::Pending => None,
+            };
+            if let Some(what) = ready {
+                self.write(&body[id], what);
+                self.json = json;
+                return;
+            }
+            self.json = json;
+        }
         let mut flight = InFlight {
             id: Bytes::new(),
             steps: Steps::new(reply),
         };
-        let mut cx = TaskContext::from_waker(std::task::Waker::noop());
         loop {
             // A long ready stream: write what we have first, poll the rest later.
             let step = match flight.steps.poll_step(&mut cx) {
