@@ -755,10 +755,10 @@ mod tests {
 
         /// Looks a user up.
         #[message_pattern(cmd = "get_user")]
-        pub async fn get_user(id: String) -> Result<User, RpcError> { todo!() }
+        pub async fn get_user(id: String) -> Result<User, RpcError> { Err(RpcError::new(id)) }
 
         #[message_pattern("users.list")]
-        async fn list(ctx: Context) -> ReplyStream<crate::User> { todo!() }
+        async fn list(ctx: Context) -> ReplyStream<crate::User> { ReplyStream::empty() }
 
         mod listeners {
             #[event_pattern("user_created")]

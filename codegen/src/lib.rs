@@ -13,7 +13,7 @@
 //! use switchboard_codegen::{HandlerDef, PatternKind};
 //!
 //! let item: syn::ItemFn = syn::parse_quote! {
-//!     async fn get_user(id: String) -> Result<User, RpcError> { todo!() }
+//!     async fn get_user(id: String) -> Result<User, RpcError> { Err(RpcError::new(id)) }
 //! };
 //! let attr = quote::quote!(cmd = "get_user");
 //! let def = HandlerDef::parse(PatternKind::Message, attr, &item).unwrap();

@@ -362,6 +362,29 @@ pub(crate) enum Outgoing<'a> {
 /// Appends a reply packet for request `id` (raw JSON, echoed verbatim) to `out`, with
 /// NestJS's key order.
 pub(crate) fn encode_reply(out: &mut Vec<u8>, id: &[u8], what: Outgoing<'_>) {
+    if let Outgoing::NoHandler = what {
+        out.extend_from_slice(b"{\"id\":");
+        out.extend_from_slice(id);
+        out.extend_from_slice(b",\"status\":\"error\",\"err\":\"");
+        out.extend_from_slice(NO_MESSAGE_HANDLER.as_bytes());
+        out.extend_from_slice(b"\"}");
+        return;
+    }
+    reply_fields(out, what);
+    out.extend_from_slice(b",\"id\":");
+    out.extend_from_slice(id);
+    out.push(b'}');
+}
+
+/// Appends a reply packet without `id`, as RabbitMQ replies are (the id travels as the
+/// message's `correlation_id`). Not for the no-handler reply, which RabbitMQ writes with its id.
+pub(crate) fn encode_reply_without_id(out: &mut Vec<u8>, what: Outgoing<'_>) {
+    reply_fields(out, what);
+    out.push(b'}');
+}
+
+/// A reply packet up to, not including, its `id` and closing brace.
+fn reply_fields(out: &mut Vec<u8>, what: Outgoing<'_>) {
     match what {
         Outgoing::Value { json, last } => {
             out.extend_from_slice(b"{\"response\":");
@@ -376,18 +399,13 @@ pub(crate) fn encode_reply(out: &mut Vec<u8>, id: &[u8], what: Outgoing<'_>) {
             crate::json::write(out, err.value()).expect("JSON values serialise");
             out.extend_from_slice(b",\"isDisposed\":true");
         }
+        // Only without an id: RabbitMQ writes its own, with the id and another key order.
         Outgoing::NoHandler => {
-            out.extend_from_slice(b"{\"id\":");
-            out.extend_from_slice(id);
-            out.extend_from_slice(b",\"status\":\"error\",\"err\":\"");
+            out.extend_from_slice(b"{\"err\":\"");
             out.extend_from_slice(NO_MESSAGE_HANDLER.as_bytes());
-            out.extend_from_slice(b"\"}");
-            return;
+            out.extend_from_slice(b"\",\"status\":\"error\"");
         }
     }
-    out.extend_from_slice(b",\"id\":");
-    out.extend_from_slice(id);
-    out.push(b'}');
 }
 
 /// Appends a request (`id` given) or event packet: `pattern, data[, metadata][, id]`.

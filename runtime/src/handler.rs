@@ -227,6 +227,7 @@ impl Reply {
 
     /// True for a handler's single value, which [`poll_into`](Self::poll_into) can serialise
     /// straight into a transport's buffer.
+    #[cfg_attr(not(feature = "tcp"), allow(dead_code))]
     pub(crate) fn is_single_value(&self) -> bool {
         matches!(self.items, Items::Value(_))
     }
@@ -234,6 +235,7 @@ impl Reply {
     /// Polls a reply for its next item; a handler's single value is serialised straight into
     /// `sink` (appended; `Ready(Some(None))`) instead of into an item of its own. Other
     /// replies yield items as [`Stream::poll_next`] does (`Ready(Some(Some(item)))`).
+    #[cfg_attr(not(feature = "tcp"), allow(dead_code))]
     pub(crate) fn poll_into(
         &mut self,
         cx: &mut TaskContext<'_>,

@@ -18,7 +18,13 @@
 
 // Built without any broker feature, only the shared part is here, with nothing to drive it.
 #![cfg_attr(
-    not(any(feature = "redis", feature = "nats", feature = "mqtt", feature = "amqp", feature = "kafka")),
+    not(any(
+        feature = "redis",
+        feature = "nats",
+        feature = "mqtt",
+        feature = "amqp",
+        feature = "kafka"
+    )),
     allow(dead_code)
 )]
 

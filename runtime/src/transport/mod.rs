@@ -22,6 +22,8 @@ use crate::handler::ReplyItem;
 
 #[cfg(feature = "amqp")]
 pub mod amqp;
+#[cfg(any(feature = "tcp", feature = "amqp"))]
+pub(crate) mod backoff;
 #[cfg(feature = "grpc")]
 pub mod grpc;
 #[cfg(feature = "kafka")]

@@ -6,7 +6,6 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::future::{BoxFuture, FutureExt};
@@ -18,11 +17,9 @@ use lapin::{BasicProperties, Channel, Confirmation, Connection, Consumer};
 use super::{Options, REPLY_TO, metadata_to_headers};
 use crate::codec::encode_request;
 use crate::error::{Error, Result};
+use crate::transport::backoff::Backoff;
 use crate::transport::pending::Pending;
 use crate::transport::{ClientOptions, ClientTransport, Endpoint, Outbound, Replies};
-
-const MIN_BACKOFF: Duration = Duration::from_millis(100);
-const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 /// The client side of the RabbitMQ transport; connects lazily.
 pub struct AmqpClient {
@@ -35,13 +32,6 @@ impl std::fmt::Debug for AmqpClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AmqpClient").field("queue", &self.opts.queue).finish()
     }
-}
-
-#[derive(Default)]
-struct Backoff {
-    failures: u32,
-    retry_at: Option<Instant>,
-    last_error: String,
 }
 
 /// One connection and the calls in flight on it.
@@ -81,28 +71,16 @@ impl AmqpClient {
         if let Some(s) = self.live() {
             return Ok(s);
         }
-        if let Some(at) = backoff.retry_at.filter(|at| *at > Instant::now()) {
-            return Err(self.opts.connect_error(format!(
-                "{} (next attempt in {} ms)",
-                backoff.last_error,
-                at.saturating_duration_since(Instant::now()).as_millis()
-            )));
+        if let Some(reason) = backoff.wait_reason() {
+            return Err(self.opts.connect_error(reason));
         }
         match self.open().await {
             Ok(s) => {
-                *backoff = Backoff::default();
+                backoff.succeeded();
                 *self.current.write().expect("session lock") = Some(s.clone());
                 Ok(s)
             }
-            Err(reason) => {
-                backoff.failures += 1;
-                let delay = MIN_BACKOFF
-                    .saturating_mul(1 << backoff.failures.min(6))
-                    .min(MAX_BACKOFF);
-                backoff.retry_at = Some(Instant::now() + delay);
-                backoff.last_error = reason.clone();
-                Err(self.opts.connect_error(reason))
-            }
+            Err(reason) => Err(self.opts.connect_error(backoff.failed(reason))),
         }
     }
 

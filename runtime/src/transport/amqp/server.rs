@@ -19,7 +19,7 @@ use lapin::{BasicProperties, Channel, Confirmation, Connection, Consumer};
 use tokio::task::JoinSet;
 
 use super::{Options, RETRIES_HEADER, headers_to_metadata};
-use crate::codec::{Outgoing, Packet};
+use crate::codec::{Packet, encode_reply_without_id};
 use crate::dispatch::{Dispatched, Dispatcher, Incoming};
 use crate::error::{NO_MESSAGE_HANDLER, Result};
 use crate::transport::steps::Steps;
@@ -257,7 +257,7 @@ fn handle(shared: &Arc<Shared>, dispatcher: &Dispatcher, d: Delivery, tasks: &mu
                 while let Some(step) = steps.next().await {
                     let Some(to) = &reply_to else { continue };
                     buf.clear();
-                    encode_reply(&mut buf, &[], step.outgoing());
+                    encode_reply_without_id(&mut buf, step.outgoing());
                     if let Err(e) = publish_reply(&shared.channel, to, &correlation_id, &buf).await {
                         tracing::debug!(error = %e, "could not send a reply");
                     }
@@ -276,7 +276,7 @@ fn handle(shared: &Arc<Shared>, dispatcher: &Dispatcher, d: Delivery, tasks: &mu
             tasks.spawn(async move {
                 if let Some(to) = &reply_to {
                     let mut buf = Vec::new();
-                    encode_reply(&mut buf, id.as_deref().unwrap_or(b"null"), Outgoing::NoHandler);
+                    encode_no_handler(&mut buf, id.as_deref().unwrap_or(b"null"));
                     if let Err(e) = publish_reply(&shared.channel, to, &correlation_id, &buf).await {
                         tracing::debug!(error = %e, "could not send a reply");
                     }
@@ -375,42 +375,28 @@ async fn publish_reply(
     Ok(())
 }
 
-/// NestJS's RMQ reply bodies: the TCP ones without `id` (`{"response":6,"isDisposed":true}`),
-/// except the no-handler reply, which has it, with its own key order.
-fn encode_reply(out: &mut Vec<u8>, id: &[u8], what: Outgoing<'_>) {
-    match what {
-        Outgoing::Value { json, last } => {
-            out.extend_from_slice(b"{\"response\":");
-            out.extend_from_slice(json);
-            if last {
-                out.extend_from_slice(b",\"isDisposed\":true");
-            }
-        }
-        Outgoing::Done => out.extend_from_slice(b"{\"isDisposed\":true"),
-        Outgoing::Error(err) => {
-            out.extend_from_slice(b"{\"err\":");
-            crate::json::write(out, err.value()).expect("JSON values serialise");
-            out.extend_from_slice(b",\"isDisposed\":true");
-        }
-        Outgoing::NoHandler => {
-            out.extend_from_slice(b"{\"id\":");
-            out.extend_from_slice(id);
-            out.extend_from_slice(b",\"err\":\"");
-            out.extend_from_slice(NO_MESSAGE_HANDLER.as_bytes());
-            out.extend_from_slice(b"\",\"status\":\"error\"");
-        }
-    }
-    out.push(b'}');
+/// NestJS's RMQ no-handler reply: unlike its other replies it has the `id`, and its own key
+/// order.
+fn encode_no_handler(out: &mut Vec<u8>, id: &[u8]) {
+    out.extend_from_slice(b"{\"id\":");
+    out.extend_from_slice(id);
+    out.extend_from_slice(b",\"err\":\"");
+    out.extend_from_slice(NO_MESSAGE_HANDLER.as_bytes());
+    out.extend_from_slice(b"\",\"status\":\"error\"}");
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::codec::Outgoing;
     use crate::error::RpcError;
 
     fn encoded(id: &[u8], what: Outgoing<'_>) -> String {
         let mut out = Vec::new();
-        encode_reply(&mut out, id, what);
+        match what {
+            Outgoing::NoHandler => encode_no_handler(&mut out, id),
+            what => encode_reply_without_id(&mut out, what),
+        }
         String::from_utf8(out).unwrap()
     }
 

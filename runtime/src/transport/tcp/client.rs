@@ -8,7 +8,6 @@
 use std::borrow::Cow;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use futures_util::future::{BoxFuture, FutureExt};
@@ -20,11 +19,10 @@ use super::frame::{FrameDecoder, encode_frame};
 use super::{client_options, connect_socket};
 use crate::codec::encode_request;
 use crate::error::{Error, Result};
+use crate::transport::backoff::Backoff;
 use crate::transport::pending::{CallRx, Pending};
 use crate::transport::{ClientOptions, ClientTransport, Endpoint, Outbound, Replies};
 
-const MIN_BACKOFF: Duration = Duration::from_millis(100);
-const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// Frames queued for one connection's writer before callers wait.
 const WRITE_QUEUE: usize = 1024;
 
@@ -53,13 +51,6 @@ impl std::fmt::Debug for TcpClient {
 struct Slot {
     current: RwLock<Option<Arc<Conn>>>,
     connecting: tokio::sync::Mutex<Backoff>,
-}
-
-#[derive(Default)]
-struct Backoff {
-    failures: u32,
-    retry_at: Option<Instant>,
-    last_error: String,
 }
 
 impl TcpClient {
@@ -103,28 +94,16 @@ impl TcpClient {
         {
             return Ok(conn.clone());
         }
-        if let Some(at) = backoff.retry_at.filter(|at| *at > Instant::now()) {
-            return Err(self.connect_error(format!(
-                "{} (next attempt in {} ms)",
-                backoff.last_error,
-                at.saturating_duration_since(Instant::now()).as_millis()
-            )));
+        if let Some(reason) = backoff.wait_reason() {
+            return Err(self.connect_error(reason));
         }
         match self.open(slot).await {
             Ok(conn) => {
-                *backoff = Backoff::default();
+                backoff.succeeded();
                 *slot.current.write().expect("slot lock") = Some(conn.clone());
                 Ok(conn)
             }
-            Err(reason) => {
-                backoff.failures += 1;
-                let delay = MIN_BACKOFF
-                    .saturating_mul(1 << backoff.failures.min(6))
-                    .min(MAX_BACKOFF);
-                backoff.retry_at = Some(Instant::now() + delay);
-                backoff.last_error = reason.clone();
-                Err(self.connect_error(reason))
-            }
+            Err(reason) => Err(self.connect_error(backoff.failed(reason))),
         }
     }
 
