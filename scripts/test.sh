@@ -3,7 +3,8 @@
 #   1. installs and starts the brokers (Redis, NATS, Mosquitto, RabbitMQ) and build tools
 #      (cmake and libcurl headers for librdkafka, protoc) when missing: scripts/brokers.sh;
 #   2. installs the NestJS peers (npm, pinned 11.x and 12.x) used by the interop tests;
-#   3. runs the demo (every example service on TCP loopback, then over NATS) as a smoke test;
+#   3. runs the demo (every example service on TCP loopback, then over each broker, Kafka
+#      being librdkafka's mock cluster) as a smoke test;
 #   4. runs every Rust test with every transport compiled in: unit, integration, the
 #      conformance suite per transport, NestJS interop, trybuild UI, doc tests.
 # Ends with one "N passed, N failed" line. With CI set, a missing peer fails its tests.
@@ -21,7 +22,10 @@ tests/nestjs/selfcheck.sh
 
 echo "== demo"
 scripts/demo.sh
-scripts/demo.sh --broker nats://127.0.0.1:4222
+for broker in redis://127.0.0.1:6379 nats://127.0.0.1:4222 mqtt://127.0.0.1:1883 \
+  amqp://guest:guest@127.0.0.1:5672 kafka://mock; do
+  scripts/demo.sh --broker "$broker"
+done
 
 echo "== cargo test"
 log="$(mktemp)"

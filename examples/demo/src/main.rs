@@ -5,9 +5,15 @@
 //!
 //! `demo --broker nats://127.0.0.1:4222` (or any broker URL) runs the same unchanged services
 //! over that broker instead: every service listens on it, and one emit reaches both listeners.
+//! `--broker kafka://mock` starts librdkafka's mock cluster in this process and runs the
+//! services over it (built with the `kafka-mock` feature), for machines without a Kafka broker.
+
+#[cfg(feature = "kafka-mock")]
+mod kafka_mock;
 
 use std::net::TcpListener;
 use std::process::Stdio;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, bail, ensure};
@@ -20,8 +26,11 @@ fn free_port() -> anyhow::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
+/// Every line the services printed, by service, for the checks at the end.
+type Logs = Arc<Mutex<Vec<(&'static str, String)>>>;
+
 /// Starts a sibling binary, prefixing each line it prints with its name.
-fn spawn(dir: &std::path::Path, name: &'static str, args: &[String]) -> anyhow::Result<Child> {
+fn spawn(dir: &std::path::Path, name: &'static str, args: &[String], logs: &Logs) -> anyhow::Result<Child> {
     let path = dir.join(name);
     let mut child = Command::new(&path)
         .args(args)
@@ -47,10 +56,13 @@ fn spawn(dir: &std::path::Path, name: &'static str, args: &[String]) -> anyhow::
     .into_iter()
     .flatten()
     {
+        let logs = logs.clone();
         tokio::spawn(async move {
             let mut lines = BufReader::new(out).lines();
             while let Ok(Some(line)) = lines.next_line().await {
-                println!("{name:>13} | {}", strip_timestamp(&line));
+                let line = strip_timestamp(&line).to_owned();
+                println!("{name:>13} | {line}");
+                logs.lock().expect("logs lock").push((name, line));
             }
         });
     }
@@ -141,6 +153,21 @@ async fn main() -> anyhow::Result<()> {
         .context("binary directory")?
         .to_path_buf();
     let broker = broker_arg()?;
+    #[cfg(feature = "kafka-mock")]
+    let (broker, _mock) = match broker.as_deref() {
+        Some(url) if url.starts_with("kafka://mock") => {
+            let mock = kafka_mock::KafkaMock::start()?;
+            let url = url.replacen("mock", mock.bootstrap(), 1);
+            println!("{:>13} | librdkafka's mock cluster on {url}", "demo");
+            (Some(url), Some(mock))
+        }
+        _ => (broker, None),
+    };
+    #[cfg(not(feature = "kafka-mock"))]
+    if broker.as_deref().is_some_and(|url| url.starts_with("kafka://mock")) {
+        bail!("kafka://mock needs the demo built with its `kafka-mock` feature (scripts/demo.sh does)");
+    }
+    let logs = Logs::default();
     let [users, math, notifications, analytics, http_port] =
         [free_port()?, free_port()?, free_port()?, free_port()?, free_port()?];
     let url = |port: u16, service: &str| match &broker {
@@ -148,14 +175,20 @@ async fn main() -> anyhow::Result<()> {
         None => format!("tcp://127.0.0.1:{port}"),
     };
     let mut children = vec![
-        spawn(&dir, "users", &["--listen".into(), url(users, "users")])?,
-        spawn(&dir, "math", &["--listen".into(), url(math, "math")])?,
+        spawn(&dir, "users", &["--listen".into(), url(users, "users")], &logs)?,
+        spawn(&dir, "math", &["--listen".into(), url(math, "math")], &logs)?,
         spawn(
             &dir,
             "notifications",
             &["--listen".into(), url(notifications, "notifications")],
+            &logs,
         )?,
-        spawn(&dir, "analytics", &["--listen".into(), url(analytics, "analytics")])?,
+        spawn(
+            &dir,
+            "analytics",
+            &["--listen".into(), url(analytics, "analytics")],
+            &logs,
+        )?,
     ];
     if broker.is_none() {
         for port in [users, math, notifications, analytics] {
@@ -185,6 +218,7 @@ async fn main() -> anyhow::Result<()> {
             "--events".into(),
             events,
         ],
+        &logs,
     )?);
     wait_for_port(http_port).await?;
     if broker.is_some() {
@@ -234,6 +268,24 @@ async fn main() -> anyhow::Result<()> {
             (200, json!({"result": 8.0})),
         )
         .await?;
+        // The `user_created` emit of `POST /users` reached both listeners.
+        for (service, says) in [
+            ("notifications", "sending welcome e-mail to Ada"),
+            ("analytics", "signup tracked"),
+        ] {
+            let mut waited = 0;
+            while !logs
+                .lock()
+                .expect("logs lock")
+                .iter()
+                .any(|(name, line)| *name == service && line.contains(says))
+            {
+                ensure!(waited < 100, "{service} did not log the user_created event within 10 s");
+                waited += 1;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            println!("{:>13} | {service} handled the user_created event", "demo");
+        }
         anyhow::Ok(())
     }
     .await;
