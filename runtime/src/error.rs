@@ -176,6 +176,14 @@ pub enum Error {
     /// The client has been closed.
     #[error("client is closed")]
     Closed,
+    /// A server's transport stopped serving before it was asked to (it panicked, say).
+    #[error("the transport at {url} stopped: {reason}")]
+    TransportStopped {
+        /// The URL it served.
+        url: String,
+        /// Why, as far as it is known.
+        reason: String,
+    },
     /// An I/O error from a socket or listener.
     #[error("{context}: {source}")]
     Io {

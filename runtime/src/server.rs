@@ -1,7 +1,10 @@
 //! [`Microservice`]: serves a set of handlers on one or more transports.
 
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::time::Duration;
+
+use futures_util::FutureExt;
 
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -96,7 +99,11 @@ impl Microservice {
             let url = listener.local_url();
             tracing::info!(%url, handlers = self.registry.entries().len(), "listening");
             readiness.extend(listener.ready().map(|ready| (url.clone(), ready)));
-            tasks.spawn(listener.serve(dispatcher.clone(), shutdown.clone()));
+            tasks.spawn(supervise(
+                url.clone(),
+                listener.serve(dispatcher.clone(), shutdown.clone()),
+                shutdown.clone(),
+            ));
             urls.push(url);
         }
         for (url, mut ready) in readiness {
@@ -132,12 +139,14 @@ impl Microservice {
         let mut server = self.start().await?;
         tokio::select! {
             () = signal => tracing::info!("shutting down"),
-            result = server.tasks.join_next() => {
-                // A transport stopped on its own: report it and stop the rest.
-                if let Some(Ok(Err(e))) = result {
-                    let _ = server.shutdown().await;
-                    return Err(e);
-                }
+            Some(result) = server.tasks.join_next() => {
+                // A transport stopped on its own (`supervise` made that an error): report it
+                // and stop the rest.
+                let _ = server.shutdown().await;
+                return match result {
+                    Ok(outcome) => outcome,
+                    Err(e) => Err(Error::Protocol(format!("a transport task failed: {e}"))),
+                };
             }
         }
         server.shutdown().await
@@ -176,8 +185,8 @@ impl RunningServer {
                     Ok(Err(e)) => {
                         first_error.get_or_insert(e);
                     }
-                    Err(e) if e.is_panic() => tracing::error!("a transport panicked while shutting down"),
-                    _ => {}
+                    Ok(Ok(())) => {}
+                    Err(e) => tracing::error!(error = %e, "a transport task failed while shutting down"),
                 }
             }
             first_error.map_or(Ok(()), Err)
@@ -189,6 +198,28 @@ impl RunningServer {
                 self.tasks.abort_all();
                 Ok(())
             }
+        }
+    }
+}
+
+/// Runs a transport's `serve`; a panic, or an end before shutdown, becomes
+/// [`Error::TransportStopped`], so that `run_until` fails instead of returning `Ok`.
+async fn supervise(url: String, serve: impl Future<Output = Result<()>>, shutdown: Shutdown) -> Result<()> {
+    let stopped = |reason: String| Error::TransportStopped {
+        url: url.clone(),
+        reason,
+    };
+    match AssertUnwindSafe(serve).catch_unwind().await {
+        Ok(Ok(())) if !shutdown.is_down() => Err(stopped("it ended without being asked to".into())),
+        Ok(result) => result,
+        Err(panic) => {
+            let reason = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a panic".into());
+            tracing::error!(%url, %reason, "the transport panicked");
+            Err(stopped(format!("it panicked: {reason}")))
         }
     }
 }
@@ -212,5 +243,30 @@ pub async fn shutdown_signal() {
     tokio::select! {
         () = ctrl_c => {},
         () = term => {},
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_transport_that_panics_or_ends_on_its_own_is_an_error() {
+        let (stop, shutdown) = Shutdown::new();
+        let url = || "tcp://127.0.0.1:1".to_owned();
+
+        let panicked = supervise(url(), async { panic!("boom") }, shutdown.clone()).await;
+        let err = panicked.unwrap_err().to_string();
+        assert_eq!(err, "the transport at tcp://127.0.0.1:1 stopped: it panicked: boom");
+
+        let ended = supervise(url(), async { Ok(()) }, shutdown.clone()).await;
+        assert!(matches!(ended, Err(Error::TransportStopped { .. })), "{ended:?}");
+
+        stop.send_replace(true);
+        supervise(url(), async { Ok(()) }, shutdown.clone())
+            .await
+            .expect("ending after shutdown is how a transport stops");
+        let failed = supervise(url(), async { Err(Error::Closed) }, shutdown).await;
+        assert!(matches!(failed, Err(Error::Closed)), "{failed:?}");
     }
 }
