@@ -378,6 +378,7 @@ pub(crate) fn encode_reply(out: &mut Vec<u8>, id: &[u8], what: Outgoing<'_>) {
 
 /// Appends a reply packet without `id`, as RabbitMQ replies are (the id travels as the
 /// message's `correlation_id`). Not for the no-handler reply, which RabbitMQ writes with its id.
+#[cfg_attr(not(feature = "amqp"), allow(dead_code))]
 pub(crate) fn encode_reply_without_id(out: &mut Vec<u8>, what: Outgoing<'_>) {
     reply_fields(out, what);
     out.push(b'}');

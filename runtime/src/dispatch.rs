@@ -22,7 +22,7 @@ use crate::registry::{HandlerEntry, RouteHandlers, Routes};
 #[derive(Debug)]
 pub struct Incoming<'a> {
     /// Raw JSON of the packet's `pattern` field (or, for brokers that route by channel,
-    /// the channel name as a JSON string).
+    /// `Routes::channel_pattern` of the channel).
     pub pattern: &'a str,
     /// The payload's JSON text; `None` when the packet had no `data`.
     pub data: Option<&'a [u8]>,

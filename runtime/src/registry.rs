@@ -177,6 +177,18 @@ impl Routes {
         self.lookup.get(route)
     }
 
+    /// The pattern to dispatch a message that arrived on `channel` with, for brokers that
+    /// route by channel (NestJS looks handlers up by channel there): the route itself when it
+    /// is served, so that dispatch needs no parsing, else the channel as a JSON string (a
+    /// miss that names it).
+    pub(crate) fn channel_pattern<'a>(&self, channel: &'a str) -> std::borrow::Cow<'a, str> {
+        if self.lookup.contains_key(channel) {
+            std::borrow::Cow::Borrowed(channel)
+        } else {
+            std::borrow::Cow::Owned(serde_json::Value::from(channel).to_string())
+        }
+    }
+
     /// Handlers for a pattern as it arrived on the wire (raw JSON of the `pattern` field),
     /// resolved as a NestJS server does; the route is returned for messages about misses.
     pub fn resolve(&self, raw_pattern: &str) -> std::result::Result<&Arc<RouteHandlers>, String> {

@@ -153,13 +153,15 @@ async fn serve(l: AmqpListener, dispatcher: Dispatcher, mut shutdown: Shutdown) 
         backoff = MIN_BACKOFF;
         tracing::info!(url = %opts.url, queue = %opts.queue, "consuming");
         loop {
+            // Reaped here rather than awaited in the select: a task waiting on `join_next` is
+            // woken by every handler that ends, one more wake-up per message.
+            while tasks.try_join_next().is_some() {}
             tokio::select! {
                 delivery = session.consumer.next() => match delivery {
                     Some(Ok(d)) => handle(&session.shared, &dispatcher, d, &mut tasks),
                     Some(Err(e)) => tracing::warn!(url = %opts.url, error = %e, "lost the RabbitMQ consumer"),
                     None => break,
                 },
-                Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
                 _ = shutdown.wait() => {
                     // Stop taking messages; the ones delivered but not handled yet go back
                     // to the queue when the channel closes (they are not acked).

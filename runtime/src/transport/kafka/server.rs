@@ -136,17 +136,18 @@ async fn serve(l: KafkaListener, dispatcher: Dispatcher, mut shutdown: Shutdown)
     let permits = Arc::new(Semaphore::new(l.opts.max_in_flight));
     let mut tasks = JoinSet::new();
     'serve: loop {
+        // Reaped here rather than awaited in the selects: a task waiting on `join_next` is
+        // woken by every handler that ends, one more wake-up per message.
+        while tasks.try_join_next().is_some() {}
         let permit = tokio::select! {
             biased;
             _ = shutdown.wait() => break 'serve,
-            Some(_) = tasks.join_next(), if !tasks.is_empty() => continue,
             permit = permits.clone().acquire_owned() => permit.expect("never closed"),
         };
         let msg = loop {
             tokio::select! {
                 biased;
                 _ = shutdown.wait() => break 'serve,
-                Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
                 msg = consumer.recv() => match msg {
                     Ok(msg) => break msg,
                     Err(e) => {
@@ -233,7 +234,7 @@ struct Server {
 impl Server {
     /// Handles one record as NestJS's `ServerKafka.handleMessage` does.
     async fn handle(&self, r: &Record) {
-        let pattern = serde_json::to_string(&r.topic).unwrap_or_default();
+        let pattern = self.dispatcher.routes().channel_pattern(&r.topic);
         let data = decode_value(r.value.as_deref(), r.headers.get(CONTENT_TYPE));
         let metadata = r.headers.metadata();
         let correlation = r.headers.get(CORRELATION_ID);

@@ -124,13 +124,12 @@ impl Table {
     /// The pattern to dispatch a message on `topic` with: the route it belongs to, or the
     /// topic as a JSON string (which the dispatcher reports as a miss).
     fn pattern<'a>(&'a self, routes: &Routes, topic: &'a str) -> Cow<'a, str> {
-        if routes.get(topic).is_some() {
-            return Cow::Borrowed(topic);
-        }
-        if let Some((_, route)) = self.wildcards.iter().find(|(f, _)| topic_matches(f, topic)) {
+        if routes.get(topic).is_none()
+            && let Some((_, route)) = self.wildcards.iter().find(|(f, _)| topic_matches(f, topic))
+        {
             return Cow::Borrowed(route);
         }
-        Cow::Owned(serde_json::Value::from(topic).to_string())
+        routes.channel_pattern(topic)
     }
 }
 

@@ -8,8 +8,9 @@ use std::time::Duration;
 use async_nats::jetstream::{self, AckKind, consumer::pull};
 use bytes::Bytes;
 use futures_util::future::{BoxFuture, FutureExt};
-use futures_util::stream::{self, BoxStream, StreamExt};
+use futures_util::stream::StreamExt;
 use tokio::task::JoinSet;
+use tokio_stream::StreamMap;
 
 use super::{NatsOptions, headers_to_map};
 use crate::codec::{Outgoing, Packet, PacketError, encode_reply};
@@ -79,14 +80,13 @@ impl Listener for NatsListener {
     }
 }
 
-/// A message and the route whose subscription delivered it (NestJS routes by subscription).
-type Delivery = (&'static str, async_nats::Message);
-
 async fn serve(l: NatsListener, dispatcher: Dispatcher, mut shutdown: Shutdown) -> Result<()> {
     let NatsListener { opts, nats, ready } = l;
     let routes = dispatcher.routes();
     let mut durable_routes = Vec::new();
-    let mut subs = Vec::new();
+    // Not `select_all`: its FuturesUnordered wakes the task again whenever it polled every
+    // stream, which made one needless worker wake-up (a futex call) per message.
+    let mut core = StreamMap::new();
     let unique: std::collections::BTreeSet<&str> = routes.routes().collect();
     for route in unique {
         let handlers = routes.get(route).expect("listed routes resolve");
@@ -99,16 +99,14 @@ async fn serve(l: NatsListener, dispatcher: Dispatcher, mut shutdown: Shutdown) 
             None => nats.subscribe(route.to_owned()).await,
         }
         .map_err(|e| Error::Protocol(format!("cannot subscribe to NATS subject `{route}`: {e}")))?;
-        let route = handlers.route;
-        subs.push(sub.map(move |m| (route, m)).boxed());
+        core.insert(handlers.route, sub);
     }
-    let mut core: stream::SelectAll<BoxStream<'static, Delivery>> = stream::select_all(subs);
-    let mut durable: stream::SelectAll<BoxStream<'static, DurableDelivery>> = match &opts.jetstream {
-        Some(stream_name) if !durable_routes.is_empty() => {
-            stream::select_all(durable_messages(&opts, &nats, stream_name, &durable_routes).await?)
-        }
-        _ => stream::select_all(Vec::new()),
-    };
+    let mut durable = StreamMap::new();
+    if let Some(stream_name) = &opts.jetstream
+        && !durable_routes.is_empty()
+    {
+        durable.extend(durable_messages(&opts, &nats, stream_name, &durable_routes).await?);
+    }
     // Subscriptions are in place once the server has processed them (a flush only hands the
     // SUBs to the socket).
     confirm_subscribed(&nats, &opts.url).await?;
@@ -117,10 +115,13 @@ async fn serve(l: NatsListener, dispatcher: Dispatcher, mut shutdown: Shutdown) 
 
     let mut tasks = JoinSet::new();
     loop {
+        // Reaped here rather than awaited in the select: a task waiting on `join_next` is
+        // woken by every handler that ends, one more wake-up per message.
+        while tasks.try_join_next().is_some() {}
         let room = tasks.len() < MAX_IN_FLIGHT;
         tokio::select! {
             _ = shutdown.wait() => break,
-            Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+            Some(_) = tasks.join_next(), if !room => {}
             Some((route, msg)) = core.next(), if room => handle(&nats, &dispatcher, &mut tasks, route, msg),
             Some((route, msg)) = durable.next(), if room => match msg {
                 Ok(msg) => handle_durable(&dispatcher, &mut tasks, route, msg, opts.max_deliver),
@@ -167,12 +168,6 @@ async fn confirm_subscribed(nats: &async_nats::Client, url: &str) -> Result<()> 
     }
 }
 
-/// A durable event and the route whose consumer delivered it.
-type DurableDelivery = (
-    &'static str,
-    std::result::Result<jetstream::Message, jetstream::consumer::pull::MessagesError>,
-);
-
 /// The JetStream stream over the event-only routes, and one durable pull consumer per
 /// route, filtered on its subject: services sharing a stream only get their own events,
 /// and replicas sharing a `durable` name split them.
@@ -181,7 +176,7 @@ async fn durable_messages(
     nats: &async_nats::Client,
     stream_name: &str,
     routes: &[&'static str],
-) -> Result<Vec<BoxStream<'static, DurableDelivery>>> {
+) -> Result<Vec<(&'static str, jetstream::consumer::pull::Stream)>> {
     let js_err = |what: &str, e: &dyn std::fmt::Display| {
         Error::Protocol(format!("JetStream {what} `{stream_name}` at {}: {e}", opts.url))
     };
@@ -234,7 +229,7 @@ async fn durable_messages(
             .messages()
             .await
             .map_err(|e| js_err("cannot consume from", &e))?;
-        out.push(messages.map(move |m| (route, m)).boxed());
+        out.push((route, messages));
     }
     Ok(out)
 }
@@ -289,7 +284,7 @@ fn handle(
     route: &'static str,
     msg: async_nats::Message,
 ) {
-    let pattern = serde_json::to_string(route).expect("strings serialise");
+    let pattern = dispatcher.routes().channel_pattern(route);
     let body = classify(&msg.payload);
     let (data, id) = match &body {
         Body::Packet(p) => (p.data.map(str::as_bytes), p.id),
@@ -384,7 +379,7 @@ fn handle_durable(
     msg: jetstream::Message,
     max_deliver: i64,
 ) {
-    let pattern = serde_json::to_string(route).expect("strings serialise");
+    let pattern = dispatcher.routes().channel_pattern(route);
     let run = {
         let body = classify(&msg.payload);
         let data = match &body {

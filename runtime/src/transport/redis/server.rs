@@ -238,7 +238,7 @@ fn handle(
     body: Bytes,
 ) -> Option<BoxFuture<'static, ()>> {
     // NestJS looks the handler up by the channel, not by the packet's pattern.
-    let pattern = serde_json::to_string(channel).expect("strings serialise");
+    let pattern = dispatcher.routes().channel_pattern(channel);
     let packet = match Packet::parse(&body) {
         Ok(p) if p.pattern.is_some() || p.data.is_some() => p,
         parsed => return external(dispatcher, &pattern, channel, &body, parsed.err()),
