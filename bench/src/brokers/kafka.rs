@@ -4,18 +4,24 @@
 //! partition with the correlation id and `kafka_nest-is-disposed` (one byte 0x00).
 //!
 //! The broker is librdkafka's mock cluster, a fresh one per measurement (no records or
-//! committed offsets carried over), on a thread of its own in this process. Both sides use
-//! the client settings Switchboard's transport uses (`linger.ms` 1, Nagle off,
-//! `fetch.wait.max.ms`, 5 ms here), so the comparison is of the code, not of librdkafka tuning.
+//! committed offsets carried over), on a thread of its own in this process; or, with
+//! `SWITCHBOARD_BENCH_KAFKA=host:port`, a running Kafka-protocol broker (Tansu, say), where
+//! every measurement uses consumer groups of its own that start at the topics' end. Both
+//! sides use the client settings Switchboard's transport uses (`linger.ms` 1, Nagle off,
+//! the same `fetch.wait.max.ms`), so the comparison is of the code, not of librdkafka tuning.
 //!
-//! Caveat, measured: the mock cluster answers a fetch only when `fetch.wait.max.ms` has
-//! passed, even when records are waiting, so every hop costs that wait (Switchboard's default
-//! is 100 ms; both sides use 5 ms here to leave the code's cost visible). A real broker
-//! answers a fetch as soon as `fetch.min.bytes` (1) is there.
+//! Caveat, measured: the mock cluster, and Tansu 0.6, answer a fetch only when
+//! `fetch.wait.max.ms` has passed, even when records are waiting, so a hop costs up to that
+//! wait (Switchboard's default is 100 ms; both sides use 5 ms here to leave the code's cost
+//! visible). Apache Kafka answers a fetch as soon as `fetch.min.bytes` (1) is there.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, mpsc};
+use std::time::Duration;
 
 use anyhow::{Context as _, anyhow};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
@@ -32,18 +38,60 @@ const REPLY_PARTITION: &str = "kafka_replyPartition";
 const IS_DISPOSED: &str = "kafka_nest-is-disposed";
 const ERR: &str = "kafka_nest-err";
 
-/// Both sides' `fetch.wait.max.ms`: the mock waits this long on every fetch, so it is kept
-/// short to leave some of the code's own cost visible.
+/// Both sides' `fetch.wait.max.ms`. The mock and Tansu 0.6 both answer a fetch only when it
+/// has passed, even when records wait, so it is kept short to leave the code's cost visible.
 const FETCH_WAIT_MS: &str = "5";
 
-/// Printed under the table.
-pub const NOTE: &str = "kafka: librdkafka's mock cluster answers each fetch only after fetch.wait.max.ms \
-    (5 ms here, both sides), so the timer is part of every call; a real broker answers at once";
+/// `host:port` of a running Kafka-protocol broker to measure on instead of the mock.
+const EXTERNAL: &str = "SWITCHBOARD_BENCH_KAFKA";
 
-/// A mock cluster, alive until this is dropped.
+/// Printed under the table.
+pub fn note() -> String {
+    match std::env::var(EXTERNAL) {
+        Ok(at) => format!(
+            "kafka: the broker at {at} ({EXTERNAL}); fetch.wait.max.ms {FETCH_WAIT_MS} ms on both sides \
+             (Tansu 0.6, like the mock, answers a fetch only after it)"
+        ),
+        Err(_) => format!(
+            "kafka: librdkafka's mock cluster answers each fetch only after fetch.wait.max.ms \
+             ({FETCH_WAIT_MS} ms here, both sides), so the timer is part of every call \
+             (another broker: {EXTERNAL}=host:port)"
+        ),
+    }
+}
+
+/// The broker of one measurement: a mock cluster (alive until this is dropped) or a running
+/// broker.
 pub struct Kafka {
     bootstrap: String,
-    _stop: mpsc::Sender<()>,
+    /// A running broker: the measurement's own consumer-group suffix.
+    external: Option<u64>,
+    _stop: Option<mpsc::Sender<()>>,
+}
+
+impl Kafka {
+    /// A consumer group of this measurement's own.
+    fn group(&self, name: &str) -> String {
+        match self.external {
+            Some(n) => format!("{name}-{}-{n}", std::process::id()),
+            None => name.to_owned(),
+        }
+    }
+
+    /// On a running broker: the topics, which it may not create by itself.
+    async fn create_topics(bootstrap: &str) -> anyhow::Result<()> {
+        let admin: AdminClient<DefaultClientContext> = config(bootstrap).create()?;
+        let reply = format!("{ROUTE}.reply");
+        let topics = [ROUTE, reply.as_str()].map(|t| NewTopic::new(t, 1, TopicReplication::Fixed(1)));
+        let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+        for result in admin.create_topics(&topics, &opts).await? {
+            match result {
+                Ok(_) | Err((_, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((topic, code)) => return Err(anyhow!("create topic {topic}: {code}")),
+            }
+        }
+        Ok(())
+    }
 }
 
 #[derive(Clone)]
@@ -73,6 +121,17 @@ impl Broker for Kafka {
     type Bare = Bare;
 
     async fn start() -> anyhow::Result<Self> {
+        if let Ok(bootstrap) = std::env::var(EXTERNAL) {
+            static MEASUREMENTS: AtomicU64 = AtomicU64::new(0);
+            Self::create_topics(&bootstrap)
+                .await
+                .with_context(|| format!("the Kafka broker at {bootstrap} ({EXTERNAL})"))?;
+            return Ok(Kafka {
+                bootstrap,
+                external: Some(MEASUREMENTS.fetch_add(1, Ordering::Relaxed)),
+                _stop: None,
+            });
+        }
         let (boot_tx, boot_rx) = mpsc::channel();
         let (stop, stopped) = mpsc::channel::<()>();
         // The cluster handle is not `Send`: a thread owns it until `stop` is dropped.
@@ -96,11 +155,20 @@ impl Broker for Kafka {
             .recv()
             .map_err(|_| anyhow!("the mock cluster thread ended"))?
             .context("start librdkafka's mock cluster")?;
-        Ok(Kafka { bootstrap, _stop: stop })
+        Ok(Kafka {
+            bootstrap,
+            external: None,
+            _stop: Some(stop),
+        })
     }
 
     fn url(&self) -> String {
-        format!("kafka://{}?max_wait_ms={FETCH_WAIT_MS}", self.bootstrap)
+        let mut url = format!("kafka://{}?max_wait_ms={FETCH_WAIT_MS}", self.bootstrap);
+        if self.external.is_some() {
+            // A group of its own, from the topic's end: earlier measurements' records stay.
+            url += &format!("&group={}&from_beginning=false", self.group("bench-sb"));
+        }
+        url
     }
 
     async fn bare(&self, tasks: &mut JoinSet<()>) -> anyhow::Result<Bare> {
@@ -108,8 +176,11 @@ impl Broker for Kafka {
 
         // Responder: a consumer group on the route's topic, a producer for the replies.
         let requests: StreamConsumer = config(&self.bootstrap)
-            .set("group.id", "bench-bare-server")
-            .set("auto.offset.reset", "earliest")
+            .set("group.id", self.group("bench-bare-server"))
+            .set(
+                "auto.offset.reset",
+                if self.external.is_some() { "latest" } else { "earliest" },
+            )
             .set("enable.auto.commit", "true")
             .set("session.timeout.ms", "6000")
             .set("fetch.wait.max.ms", FETCH_WAIT_MS)
@@ -156,14 +227,16 @@ impl Broker for Kafka {
             }
         });
 
-        // Requester: partition 0 of the reply topic, assigned (no group), from its start.
+        // Requester: partition 0 of the reply topic, assigned (no group), from its end as it
+        // is now (as Switchboard's client does).
         let consumer: StreamConsumer = config(&self.bootstrap)
             .set("group.id", "bench-bare-client")
             .set("enable.auto.commit", "false")
             .set("fetch.wait.max.ms", FETCH_WAIT_MS)
             .create()?;
+        let (_, end) = consumer.fetch_watermarks(&reply_topic, 0, Duration::from_secs(10))?;
         let mut tpl = TopicPartitionList::new();
-        tpl.add_partition_offset(&reply_topic, 0, Offset::Beginning)?;
+        tpl.add_partition_offset(&reply_topic, 0, Offset::Offset(end))?;
         consumer.assign(&tpl)?;
         let pending = Arc::new(Pending::default());
         let p = pending.clone();

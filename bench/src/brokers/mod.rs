@@ -642,7 +642,7 @@ fn report(plan: &Plan, results: &[Vec<Vec<Vec<Sample>>>]) {
     }
     #[cfg(feature = "kafka")]
     if plan.brokers.iter().any(|b| b == "kafka") {
-        println!("note: {}", kafka::NOTE);
+        println!("note: {}", kafka::note());
     }
 }
 
