@@ -501,6 +501,12 @@ async fn lb_evt(n: u64) {
 #[test]
 fn child_consumer_process() {
     let Ok(url) = std::env::var(CHILD_URL) else { return };
+    // The child's own log (errors, or what RUST_LOG asks for) goes to the test's stderr.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .try_init();
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async move {
         let server = Microservice::new()

@@ -58,6 +58,10 @@ struct Conn {
     admin: AdminClient<Ctx>,
     /// Reply topics set up so far, by route: the partition replies are asked for.
     replies: Mutex<HashMap<String, Arc<OnceCell<i32>>>>,
+    /// Route topics known to exist. A broker that does not create topics on demand (Tansu,
+    /// or Kafka with `auto.create.topics.enable=false`) would leave a record to a missing
+    /// one unsent until its deadline.
+    routes: Mutex<HashMap<String, Arc<OnceCell<()>>>>,
     reader: tokio::task::JoinHandle<()>,
     watchdog: tokio::task::JoinHandle<()>,
 }
@@ -147,6 +151,7 @@ impl KafkaClient {
             consumer,
             admin,
             replies: Mutex::default(),
+            routes: Mutex::default(),
             reader,
             watchdog,
         }))
@@ -194,6 +199,25 @@ impl KafkaClient {
         Ok(*partition)
     }
 
+    /// Makes sure the topic of `route` exists, once per route: created if missing, as the
+    /// server does for the routes it serves.
+    async fn route_topic(&self, conn: &Arc<Conn>, route: &str) -> Result<()> {
+        let cell = conn
+            .routes
+            .lock()
+            .expect("routes lock")
+            .entry(route.to_owned())
+            .or_default()
+            .clone();
+        cell.get_or_try_init(|| async {
+            ensure_topics(&conn.admin, &conn.producer, &self.opts, &[route.to_owned()])
+                .await
+                .map(drop)
+        })
+        .await
+        .copied()
+    }
+
     /// The record for `msg`, with `extra` headers after the caller's.
     fn headers(msg: &Outbound, content_type: &str) -> OwnedHeaders {
         let mut h = OwnedHeaders::new_with_capacity(msg.metadata.as_ref().map_or(0, |m| m.len()) + 4);
@@ -227,6 +251,7 @@ impl ClientTransport for KafkaClient {
     fn request(&self, msg: Outbound) -> BoxFuture<'_, Result<Replies>> {
         async move {
             let conn = self.conn().await?;
+            self.route_topic(&conn, &msg.route).await?;
             let partition = self.reply_partition(&conn, &msg.route).await?;
             let (id, rx) = self.pending.register(msg.route.clone())?;
             let encoded = encode_value(&msg.data);
@@ -273,6 +298,7 @@ impl ClientTransport for KafkaClient {
     fn emit(&self, msg: Outbound) -> BoxFuture<'_, Result<()>> {
         async move {
             let conn = self.conn().await?;
+            self.route_topic(&conn, &msg.route).await?;
             let encoded = encode_value(&msg.data);
             let headers = Self::headers(&msg, encoded.content_type);
             let mut record = FutureRecord::<[u8], [u8]>::to(&msg.route).headers(headers);
