@@ -181,6 +181,10 @@ impl Routes {
     /// route by channel (NestJS looks handlers up by channel there): the route itself when it
     /// is served, so that dispatch needs no parsing, else the channel as a JSON string (a
     /// miss that names it).
+    #[cfg_attr(
+        not(any(feature = "redis", feature = "nats", feature = "mqtt", feature = "kafka")),
+        allow(dead_code)
+    )]
     pub(crate) fn channel_pattern<'a>(&self, channel: &'a str) -> std::borrow::Cow<'a, str> {
         if self.lookup.contains_key(channel) {
             std::borrow::Cow::Borrowed(channel)

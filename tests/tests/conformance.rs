@@ -22,7 +22,7 @@ async fn tls_transport() {
     std::fs::write(&key_path, cert.signing_key.serialize_pem()).unwrap();
 
     let s = switchboard::Microservice::from_registry()
-        .listen(&format!(
+        .listen(format!(
             "tls://127.0.0.1:0?cert={}&key={}",
             cert_path.display(),
             key_path.display()

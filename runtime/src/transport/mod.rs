@@ -37,6 +37,17 @@ pub mod nats;
 pub(crate) mod pending;
 #[cfg(feature = "redis")]
 pub mod redis;
+#[cfg_attr(
+    not(any(
+        feature = "tcp",
+        feature = "redis",
+        feature = "nats",
+        feature = "mqtt",
+        feature = "amqp",
+        feature = "kafka"
+    )),
+    allow(dead_code)
+)]
 pub(crate) mod steps;
 #[cfg(feature = "tcp")]
 pub mod tcp;
@@ -249,6 +260,7 @@ pub(crate) async fn bind(url: &str) -> Result<Box<dyn Listener>> {
 }
 
 /// Creates the client side of the transport named by `url`.
+#[cfg_attr(not(feature = "tcp"), allow(unused_variables))]
 pub(crate) fn client(url: &str, opts: &ClientOptions) -> Result<Arc<dyn ClientTransport>> {
     let ep = Endpoint::parse(url)?;
     match ep.scheme.as_str() {
