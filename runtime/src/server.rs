@@ -97,7 +97,6 @@ impl Microservice {
         let mut readiness = Vec::new();
         for listener in listeners {
             let url = listener.local_url();
-            tracing::info!(%url, handlers = self.registry.entries().len(), "listening");
             readiness.extend(listener.ready().map(|ready| (url.clone(), ready)));
             tasks.spawn(supervise(
                 url.clone(),
@@ -117,6 +116,10 @@ impl Microservice {
                 }
                 Err(_) => tracing::warn!(%url, "not ready to take messages after {READY_WAIT:?}; serving anyway"),
             }
+        }
+        // Logged once every transport takes messages (a broker's subscriptions are in place).
+        for url in &urls {
+            tracing::info!(%url, handlers = self.registry.entries().len(), "listening");
         }
         for entry in self.registry.entries() {
             tracing::debug!(route = entry.route, kind = ?entry.kind, handler = %entry.location(), "serving");

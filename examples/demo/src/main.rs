@@ -77,6 +77,22 @@ fn strip_timestamp(line: &str) -> &str {
     }
 }
 
+/// Waits (up to 20 s) until `service` printed a line containing `says`.
+async fn wait_for_log(logs: &Logs, service: &str, says: &str, failed: &str) -> anyhow::Result<()> {
+    for _ in 0..200 {
+        let seen = logs
+            .lock()
+            .expect("logs lock")
+            .iter()
+            .any(|(name, line)| *name == service && line.contains(says));
+        if seen {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    bail!("{service} {failed} within 20 s")
+}
+
 async fn wait_for_port(port: u16) -> anyhow::Result<()> {
     for _ in 0..200 {
         if TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
@@ -222,18 +238,10 @@ async fn main() -> anyhow::Result<()> {
     )?);
     wait_for_port(http_port).await?;
     if broker.is_some() {
-        // Services announce nothing on a broker: wait until the users service answers.
-        let mut tries = 0;
-        while http(http_port, "GET", "/users/0", None).await.map(|r| r.0).unwrap_or(0) != 200 {
-            tries += 1;
-            ensure!(
-                tries < 100,
-                "the services did not answer through the broker within 20 s"
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
+        // A service logs "listening" once its subscriptions are in place on the broker.
+        for service in ["users", "math", "notifications", "analytics"] {
+            wait_for_log(&logs, service, "listening", "is not listening on the broker").await?;
         }
-        // Listeners subscribe at start-up too; give the slowest a moment.
-        tokio::time::sleep(Duration::from_millis(500)).await;
     }
     println!(
         "{:>13} | all services up; gateway on http://127.0.0.1:{http_port}",
@@ -273,17 +281,7 @@ async fn main() -> anyhow::Result<()> {
             ("notifications", "sending welcome e-mail to Ada"),
             ("analytics", "signup tracked"),
         ] {
-            let mut waited = 0;
-            while !logs
-                .lock()
-                .expect("logs lock")
-                .iter()
-                .any(|(name, line)| *name == service && line.contains(says))
-            {
-                ensure!(waited < 100, "{service} did not log the user_created event within 10 s");
-                waited += 1;
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
+            wait_for_log(&logs, service, says, "did not handle the user_created event").await?;
             println!("{:>13} | {service} handled the user_created event", "demo");
         }
         anyhow::Ok(())

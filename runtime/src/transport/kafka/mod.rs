@@ -321,10 +321,17 @@ async fn ensure_topics(
                 match r {
                     Ok(topic) => tracing::info!(url = %opts.url, %topic, "created Kafka topic"),
                     Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-                    Err((topic, code)) => tracing::warn!(url = %opts.url, %topic, ?code, "could not create topic"),
+                    // Refused (an illegal name, no permission): waiting for it would not help.
+                    Err((topic, code)) => {
+                        return Err(Error::Protocol(format!(
+                            "Kafka topic `{topic}` does not exist and the broker at {} refused to create it: {code}",
+                            opts.url
+                        )));
+                    }
                 }
             }
         }
+        // No CreateTopics at all (librdkafka's mock): the metadata request may still create them.
         Err(e) => tracing::warn!(url = %opts.url, error = %e, "could not create topics {missing:?}"),
     }
     let created = partition_counts(producer, opts, &missing, 20).await?;
