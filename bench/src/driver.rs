@@ -64,11 +64,7 @@ impl Measurement {
 
     /// The q-quantile latency in µs (nearest rank).
     pub fn quantile_us(&self, q: f64) -> f64 {
-        if self.latencies_ns.is_empty() {
-            return f64::NAN;
-        }
-        let rank = ((q * self.latencies_ns.len() as f64).ceil() as usize).clamp(1, self.latencies_ns.len());
-        f64::from(self.latencies_ns[rank - 1]) / 1000.0
+        nearest_rank(&self.latencies_ns, q).map_or(f64::NAN, |ns| f64::from(ns) / 1000.0)
     }
 
     /// Server CPU per request, in µs.
@@ -100,6 +96,12 @@ impl Measurement {
 struct Times {
     warm_end: Instant,
     end: Instant,
+}
+
+/// The nearest-rank q-quantile of sorted values; `None` when there are none.
+pub fn nearest_rank<T: Copy>(sorted: &[T], q: f64) -> Option<T> {
+    let n = sorted.len();
+    (n > 0).then(|| sorted[((q * n as f64).ceil() as usize).clamp(1, n) - 1])
 }
 
 /// Applies `load` to the server at `port` (process `server_pid`), on a single-threaded

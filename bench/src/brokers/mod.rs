@@ -41,7 +41,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinSet;
 
 use crate::Failure;
-use crate::driver::{cpu_time, machine_busy};
+use crate::driver::{cpu_time, machine_busy, nearest_rank};
 
 #[cfg(feature = "amqp")]
 mod amqp;
@@ -291,11 +291,7 @@ impl Sample {
     }
 
     pub fn quantile_us(&self, q: f64) -> f64 {
-        if self.latencies_ns.is_empty() {
-            return f64::NAN;
-        }
-        let rank = ((q * self.latencies_ns.len() as f64).ceil() as usize).clamp(1, self.latencies_ns.len());
-        self.latencies_ns[rank - 1] as f64 / 1000.0
+        nearest_rank(&self.latencies_ns, q).map_or(f64::NAN, |ns| ns as f64 / 1000.0)
     }
 
     pub fn process_cores(&self) -> Option<f64> {

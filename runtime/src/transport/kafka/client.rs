@@ -56,14 +56,31 @@ struct Conn {
     producer: FutureProducer<Ctx>,
     consumer: Arc<StreamConsumer<Ctx>>,
     admin: AdminClient<Ctx>,
-    /// Reply topics set up so far, by route: the partition replies are asked for.
-    replies: Mutex<HashMap<String, Arc<OnceCell<i32>>>>,
-    /// Route topics known to exist. A broker that does not create topics on demand (Tansu,
-    /// or Kafka with `auto.create.topics.enable=false`) would leave a record to a missing
-    /// one unsent until its deadline.
-    routes: Mutex<HashMap<String, Arc<OnceCell<()>>>>,
+    /// What is set up so far, by route.
+    routes: Mutex<HashMap<String, Arc<RouteSetup>>>,
     reader: tokio::task::JoinHandle<()>,
     watchdog: tokio::task::JoinHandle<()>,
+}
+
+/// A route's topics, each set up once.
+#[derive(Default)]
+struct RouteSetup {
+    /// The route's topic is known to exist. A broker that does not create topics on demand
+    /// (Tansu, or Kafka with `auto.create.topics.enable=false`) would leave a record to a
+    /// missing one unsent until its deadline.
+    topic: OnceCell<()>,
+    /// `<route>.reply` is read: the partition replies are asked for.
+    reply_partition: OnceCell<i32>,
+}
+
+impl Conn {
+    fn route(&self, route: &str) -> Arc<RouteSetup> {
+        let mut routes = self.routes.lock().expect("routes lock");
+        match routes.get(route) {
+            Some(setup) => setup.clone(),
+            None => routes.entry(route.to_owned()).or_default().clone(),
+        }
+    }
 }
 
 impl Drop for Conn {
@@ -150,7 +167,6 @@ impl KafkaClient {
             producer,
             consumer,
             admin,
-            replies: Mutex::default(),
             routes: Mutex::default(),
             reader,
             watchdog,
@@ -159,15 +175,9 @@ impl KafkaClient {
 
     /// Sets up `<route>.reply` once: created if missing, every partition assigned to the reply
     /// consumer from the current end. Returns the partition to ask replies on.
-    async fn reply_partition(&self, conn: &Arc<Conn>, route: &str) -> Result<i32> {
-        let cell = conn
-            .replies
-            .lock()
-            .expect("replies lock")
-            .entry(route.to_owned())
-            .or_default()
-            .clone();
-        let partition = cell
+    async fn reply_partition(&self, conn: &Arc<Conn>, setup: &RouteSetup, route: &str) -> Result<i32> {
+        let partition = setup
+            .reply_partition
             .get_or_try_init(|| async {
                 let topic = format!("{route}.reply");
                 let counts =
@@ -201,21 +211,16 @@ impl KafkaClient {
 
     /// Makes sure the topic of `route` exists, once per route: created if missing, as the
     /// server does for the routes it serves.
-    async fn route_topic(&self, conn: &Arc<Conn>, route: &str) -> Result<()> {
-        let cell = conn
-            .routes
-            .lock()
-            .expect("routes lock")
-            .entry(route.to_owned())
-            .or_default()
-            .clone();
-        cell.get_or_try_init(|| async {
-            ensure_topics(&conn.admin, &conn.producer, &self.opts, &[route.to_owned()])
-                .await
-                .map(drop)
-        })
-        .await
-        .copied()
+    async fn route_topic(&self, conn: &Arc<Conn>, setup: &RouteSetup, route: &str) -> Result<()> {
+        setup
+            .topic
+            .get_or_try_init(|| async {
+                ensure_topics(&conn.admin, &conn.producer, &self.opts, &[route.to_owned()])
+                    .await
+                    .map(drop)
+            })
+            .await
+            .copied()
     }
 
     /// The record for `msg`, with `extra` headers after the caller's.
@@ -251,8 +256,9 @@ impl ClientTransport for KafkaClient {
     fn request(&self, msg: Outbound) -> BoxFuture<'_, Result<Replies>> {
         async move {
             let conn = self.conn().await?;
-            self.route_topic(&conn, &msg.route).await?;
-            let partition = self.reply_partition(&conn, &msg.route).await?;
+            let setup = conn.route(&msg.route);
+            self.route_topic(&conn, &setup, &msg.route).await?;
+            let partition = self.reply_partition(&conn, &setup, &msg.route).await?;
             let (id, rx) = self.pending.register(msg.route.clone())?;
             let encoded = encode_value(&msg.data);
             let reply_topic = format!("{}.reply", msg.route);
@@ -298,7 +304,7 @@ impl ClientTransport for KafkaClient {
     fn emit(&self, msg: Outbound) -> BoxFuture<'_, Result<()>> {
         async move {
             let conn = self.conn().await?;
-            self.route_topic(&conn, &msg.route).await?;
+            self.route_topic(&conn, &conn.route(&msg.route), &msg.route).await?;
             let encoded = encode_value(&msg.data);
             let headers = Self::headers(&msg, encoded.content_type);
             let mut record = FutureRecord::<[u8], [u8]>::to(&msg.route).headers(headers);

@@ -124,7 +124,9 @@ impl Table {
     /// The pattern to dispatch a message on `topic` with: the route it belongs to, or the
     /// topic as a JSON string (which the dispatcher reports as a miss).
     fn pattern<'a>(&'a self, routes: &Routes, topic: &'a str) -> Cow<'a, str> {
-        if routes.get(topic).is_none()
+        // One lookup when there are no wildcard filters (the usual case).
+        if !self.wildcards.is_empty()
+            && routes.get(topic).is_none()
             && let Some((_, route)) = self.wildcards.iter().find(|(f, _)| topic_matches(f, topic))
         {
             return Cow::Borrowed(route);
