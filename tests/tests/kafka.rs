@@ -1,6 +1,6 @@
 //! The Kafka transport against librdkafka's mock cluster, run in this process (no Kafka
-//! broker is installed here; `rdkafka::mocking::MockCluster` speaks the Kafka protocol on a
-//! real TCP port, consumer groups and offset commits included). The conformance suite, the
+//! broker is installed here; `KafkaMock`, librdkafka's mock cluster, speaks the Kafka protocol
+//! on a real TCP port, consumer groups and offset commits included). The conformance suite, the
 //! NestJS wire format checked record by record, consumer-group load balancing, and
 //! at-least-once delivery across a killed consumer process.
 
@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::IntoFuture;
 use std::io::Write;
 use std::process::Stdio;
-use std::sync::{Arc, Mutex, OnceLock, mpsc};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use common::nest;
@@ -21,20 +21,20 @@ use futures_util::StreamExt;
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer as _};
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
-use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 use serde_json::{Value, json};
 use switchboard::prelude::*;
+use switchboard::transport::kafka::KafkaMock;
 use switchboard::{Client, Error, Microservice};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
-/// An in-process mock cluster: one broker, owned by its own thread (the handle is not
-/// `Send`), which takes broker down/up commands; the cluster stops when this is dropped.
+/// The broker: librdkafka's mock cluster in this process, or (in a child process) its
+/// parent's.
 struct Mock {
     bootstrap: String,
-    commands: Mutex<mpsc::Sender<(bool, mpsc::Sender<()>)>>,
+    cluster: Option<KafkaMock>,
 }
 
 /// The cluster the conformance suite and most tests use.
@@ -45,43 +45,22 @@ fn mock() -> &'static Mock {
         if let Ok(bootstrap) = std::env::var(CHILD_BROKERS) {
             return Mock {
                 bootstrap,
-                commands: Mutex::new(mpsc::channel().0),
+                cluster: None,
             };
         }
-        Mock::start()
+        let cluster = KafkaMock::start().expect("librdkafka's mock cluster starts");
+        Mock {
+            bootstrap: cluster.bootstrap().to_owned(),
+            cluster: Some(cluster),
+        }
     })
 }
 
 impl Mock {
-    fn start() -> Mock {
-        let (boot_tx, boot_rx) = mpsc::channel();
-        let (tx, rx) = mpsc::channel::<(bool, mpsc::Sender<()>)>();
-        std::thread::Builder::new()
-            .name("kafka-mock".into())
-            .spawn(move || {
-                let cluster = MockCluster::new(1).expect("librdkafka mock cluster starts");
-                boot_tx.send(cluster.bootstrap_servers()).unwrap();
-                for (up, done) in rx {
-                    let r = if up {
-                        cluster.broker_up(1)
-                    } else {
-                        cluster.broker_down(1)
-                    };
-                    r.expect("mock broker up/down");
-                    let _ = done.send(());
-                }
-            })
-            .expect("mock thread");
-        Mock {
-            bootstrap: boot_rx.recv().expect("mock cluster reports its address"),
-            commands: Mutex::new(tx),
-        }
-    }
-
+    /// Takes the broker down or back up (only the process that runs the cluster can).
     fn set_up(&self, up: bool) {
-        let (tx, rx) = mpsc::channel();
-        self.commands.lock().unwrap().send((up, tx)).unwrap();
-        rx.recv().unwrap();
+        let cluster = self.cluster.as_ref().expect("the cluster runs in this process");
+        cluster.set_up(up).expect("mock broker up/down");
     }
 }
 
@@ -434,16 +413,16 @@ const KAFKA: nest::Transport = nest::Transport {
 };
 
 async fn nest_client_calls_our_server(version: u8) {
-    let cluster = Mock::start();
-    let url = format!("kafka://{}?group=ours&max_wait_ms=100", cluster.bootstrap);
+    let cluster = KafkaMock::start().expect("librdkafka's mock cluster starts");
+    let url = format!("kafka://{}?group=ours&max_wait_ms=100", cluster.bootstrap());
     if nest::nest_installed(version, &url) {
         nest::nest_client_calls_our_server(version, &url, &KAFKA).await;
     }
 }
 
 async fn our_client_calls_nest_server(version: u8) {
-    let cluster = Mock::start();
-    let url = format!("kafka://{}?group=nest&max_wait_ms=100", cluster.bootstrap);
+    let cluster = KafkaMock::start().expect("librdkafka's mock cluster starts");
+    let url = format!("kafka://{}?group=nest&max_wait_ms=100", cluster.bootstrap());
     if nest::nest_installed(version, &url) {
         let nest = nest::NestServer::start(version, &url).await;
         nest::our_client_calls_nest_server(&nest, &KAFKA).await;

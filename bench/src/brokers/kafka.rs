@@ -15,8 +15,8 @@
 //! wait (Switchboard's default is 100 ms; both sides use 5 ms here to leave the code's cost
 //! visible). Apache Kafka answers a fetch as soon as `fetch.min.bytes` (1) is there.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, mpsc};
 use std::time::Duration;
 
 use anyhow::{Context as _, anyhow};
@@ -25,9 +25,9 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
-use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
+use switchboard::transport::kafka::KafkaMock;
 use tokio::task::JoinSet;
 
 use super::{Broker, Caller, Pending, ROUTE};
@@ -66,7 +66,7 @@ pub struct Kafka {
     bootstrap: String,
     /// A running broker: the measurement's own consumer-group suffix.
     external: Option<u64>,
-    _stop: Option<mpsc::Sender<()>>,
+    _mock: Option<KafkaMock>,
 }
 
 impl Kafka {
@@ -129,36 +129,16 @@ impl Broker for Kafka {
             return Ok(Kafka {
                 bootstrap,
                 external: Some(MEASUREMENTS.fetch_add(1, Ordering::Relaxed)),
-                _stop: None,
+                _mock: None,
             });
         }
-        let (boot_tx, boot_rx) = mpsc::channel();
-        let (stop, stopped) = mpsc::channel::<()>();
-        // The cluster handle is not `Send`: a thread owns it until `stop` is dropped.
-        std::thread::Builder::new().name("kafka-mock".into()).spawn(move || {
-            let cluster = MockCluster::new(1).and_then(|c| {
-                c.create_topic(ROUTE, 1, 1)?;
-                c.create_topic(&format!("{ROUTE}.reply"), 1, 1)?;
-                Ok(c)
-            });
-            match cluster {
-                Ok(c) => {
-                    let _ = boot_tx.send(Ok(c.bootstrap_servers()));
-                    let _ = stopped.recv();
-                }
-                Err(e) => {
-                    let _ = boot_tx.send(Err(e));
-                }
-            }
-        })?;
-        let bootstrap = boot_rx
-            .recv()
-            .map_err(|_| anyhow!("the mock cluster thread ended"))?
-            .context("start librdkafka's mock cluster")?;
+        let mock = KafkaMock::start()?;
+        mock.create_topic(ROUTE, 1)?;
+        mock.create_topic(&format!("{ROUTE}.reply"), 1)?;
         Ok(Kafka {
-            bootstrap,
+            bootstrap: mock.bootstrap().to_owned(),
             external: None,
-            _stop: Some(stop),
+            _mock: Some(mock),
         })
     }
 

@@ -8,9 +8,6 @@
 //! `--broker kafka://mock` starts librdkafka's mock cluster in this process and runs the
 //! services over it (built with the `kafka-mock` feature), for machines without a Kafka broker.
 
-#[cfg(feature = "kafka-mock")]
-mod kafka_mock;
-
 use std::net::TcpListener;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
@@ -172,7 +169,7 @@ async fn main() -> anyhow::Result<()> {
     #[cfg(feature = "kafka-mock")]
     let (broker, _mock) = match broker.as_deref() {
         Some(url) if url.starts_with("kafka://mock") => {
-            let mock = kafka_mock::KafkaMock::start()?;
+            let mock = switchboard::transport::kafka::KafkaMock::start()?;
             let url = url.replacen("mock", mock.bootstrap(), 1);
             println!("{:>13} | librdkafka's mock cluster on {url}", "demo");
             (Some(url), Some(mock))

@@ -28,6 +28,7 @@
 //!   broker answers as soon as data arrives; librdkafka's mock waits the full time).
 
 mod client;
+mod mock;
 mod server;
 
 use std::collections::HashMap;
@@ -48,6 +49,7 @@ use rdkafka::producer::{FutureProducer, Producer};
 use serde::de::IgnoredAny;
 
 pub use client::KafkaClient;
+pub use mock::KafkaMock;
 pub use server::KafkaListener;
 
 use super::Endpoint;
