@@ -1,8 +1,11 @@
-//! The model of a handler function: what its arguments and return type mean.
+//! The model of a handler function as written: its receiver, arguments and return type.
 //!
-//! Classification is syntactic, as it must be in a macro: an argument whose type's last path
-//! segment is `Context` is the context, any other is the payload; the return type's last
-//! segment decides how the reply is sent. [`HandlerSig::from_fn`] never fails: it records
+//! What an argument *is* (the payload, or an extractor such as `Context` or `State<T>`) and
+//! how the value returned becomes a reply are decided by traits when the generated code
+//! compiles, never by type names here. The return type is classified only to name the
+//! descriptor's reply type for callers: `Result<T, E>` (or `RpcResult<T>`, `io::Result<T>`)
+//! replies `T`, `ReplyStream<T>` and `impl Stream<Item = T>` reply `T`s, anything else
+//! (aliases included) replies itself. [`HandlerSig::from_signature`] never fails: it records
 //! what it sees, and [`crate::check::check_signature`] says what is not allowed.
 
 use proc_macro2::Span;
@@ -51,6 +54,8 @@ pub struct HandlerSig {
     pub ident: syn::Ident,
     /// Its visibility, given to the descriptor too.
     pub vis: Visibility,
+    /// Its `self` receiver, if any (handlers of a group take `&self`).
+    pub receiver: Option<syn::Receiver>,
     /// Its typed arguments, in order (a `self` receiver is not among them).
     pub args: Vec<HandlerArg>,
     /// What its return type means.
@@ -68,17 +73,6 @@ pub struct HandlerArg {
     pub pat: Pat,
     /// Its type.
     pub ty: Type,
-    /// What it receives.
-    pub role: ArgRole,
-}
-
-/// What an argument receives.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ArgRole {
-    /// The decoded payload.
-    Payload,
-    /// The message's `Context`.
-    Context,
 }
 
 /// How the return type becomes a reply.
@@ -89,7 +83,7 @@ pub enum ReturnKind {
     Unit,
     /// Any other type: one value, which must be `Serialize`.
     Value(Type),
-    /// `Result<T, E>`, `RpcResult<T>`, or another alias whose last segment is `Result`.
+    /// `Result<T, E>`, `RpcResult<T>`, or a path ending in `Result` (`io::Result<T>`).
     Fallible {
         /// The whole type.
         ty: Type,
@@ -133,11 +127,6 @@ impl HandlerSig {
                     index,
                     pat: (*t.pat).clone(),
                     ty: (*t.ty).clone(),
-                    role: if is_context(&t.ty) {
-                        ArgRole::Context
-                    } else {
-                        ArgRole::Payload
-                    },
                 }),
                 FnArg::Receiver(_) => None,
             })
@@ -149,20 +138,11 @@ impl HandlerSig {
         HandlerSig {
             ident: sig.ident.clone(),
             vis: vis.clone(),
+            receiver: sig.receiver().cloned(),
             args,
             ret,
             ret_span,
         }
-    }
-
-    /// The payload argument (the first, if several were written).
-    pub fn payload(&self) -> Option<&HandlerArg> {
-        self.args.iter().find(|a| a.role == ArgRole::Payload)
-    }
-
-    /// The `Context` argument, if any.
-    pub fn context(&self) -> Option<&HandlerArg> {
-        self.args.iter().find(|a| a.role == ArgRole::Context)
     }
 
     /// The function's name without `r#`: the handler's name in the registry.
@@ -192,16 +172,8 @@ impl ReturnKind {
     }
 }
 
-/// `Context`, `switchboard::Context`, `sb::Context`: judged by the last segment.
-/// A `&Context` is recognised too, so that the check can say to take it by value.
-pub fn is_context(ty: &Type) -> bool {
-    match ty {
-        Type::Reference(r) => is_context(&r.elem),
-        _ => last_segment(ty).is_some_and(|seg| seg.ident == "Context"),
-    }
-}
-
-fn last_segment(ty: &Type) -> Option<&syn::PathSegment> {
+/// The last segment of a type's path (`Context` for `sb::Context`), if it is a path.
+pub fn last_segment(ty: &Type) -> Option<&syn::PathSegment> {
     match ty {
         Type::Path(p) if p.qself.is_none() => p.path.segments.last(),
         Type::Group(g) => last_segment(&g.elem),
@@ -295,21 +267,18 @@ mod tests {
     }
 
     #[test]
-    fn payload_and_context_in_any_order() {
+    fn arguments_as_written() {
         let s = sig(quote!(
             pub async fn get_user(id: String, ctx: Context) -> User {}
         ));
         assert_eq!(s.name(), "get_user");
-        assert_eq!(text(&s.payload().unwrap().ty), "String");
-        assert_eq!(s.payload().unwrap().index, 0);
-        assert_eq!(s.context().unwrap().index, 1);
-
+        assert_eq!(text(&s.args[0].ty), "String");
+        assert_eq!(text(&s.args[1].ty), "Context");
         let s = sig(quote!(
             async fn f(ctx: switchboard::Context, mut p: Req) {}
         ));
-        assert_eq!(s.context().unwrap().index, 0);
-        assert_eq!(s.payload().unwrap().index, 1);
-        assert_eq!(text(&s.payload().unwrap().pat), "mut p");
+        assert_eq!(s.args[1].index, 1);
+        assert_eq!(text(&s.args[1].pat), "mut p");
     }
 
     #[test]
@@ -317,7 +286,7 @@ mod tests {
         let s = sig(quote!(
             async fn ping() {}
         ));
-        assert!(s.payload().is_none() && s.context().is_none());
+        assert!(s.args.is_empty() && s.receiver.is_none());
         assert!(matches!(s.ret, ReturnKind::Unit));
     }
 
@@ -328,6 +297,7 @@ mod tests {
         ));
         assert_eq!(s.args.len(), 1);
         assert_eq!(s.args[0].index, 1);
+        assert!(s.receiver.is_some());
     }
 
     #[test]

@@ -1,12 +1,15 @@
-//! Parsing of a pattern attribute's arguments: the pattern and the options after it.
+//! Parsing of a pattern attribute's arguments: the pattern, then options.
 //!
 //! ```text
 //! "math.add"                          string pattern
 //! 42 | -1.5                           number pattern
-//! cmd = "get", v = 2                  object pattern (a bare list of `key = value`)
-//! { cmd = "get" }, crate = path       braced object, so that options can follow
-//! "math.add", crate = path            options only ever follow a positional pattern
+//! { cmd = "get", v = 2 }              object pattern (as NestJS's `{ cmd: 'get', v: 2 }`)
+//! { cmd = "get" }, crate = path       options, each `name = value`, after the pattern
 //! ```
+//!
+//! The pattern is always one value and comes first, and every option is a `name = value`
+//! after it, so that options can be added without ever being read as a pattern's keys.
+//! Options: `crate = <path>` (where the `switchboard` crate is).
 //!
 //! Values are literals only (strings, numbers, `true`, `false`, `null`), nested objects
 //! `{ k = v, ... }` and arrays `[v, ...]`: the route is computed at compile time, so nothing
@@ -29,6 +32,9 @@ use crate::Errors;
 /// What a pattern value may be, said in every message about a value that is not one.
 const VALUE_FORMS: &str = "a string, a number, `true`, `false`, `null`, an object `{ key = value, ... }` \
      or an array `[value, ...]`";
+
+/// The options a pattern attribute takes, after its pattern.
+pub const OPTIONS: &[&str] = &["crate"];
 
 /// The arguments of `#[message_pattern(...)]`, `#[event_pattern(...)]` or `pattern!(...)`.
 #[derive(Debug, Clone)]
@@ -118,25 +124,36 @@ impl PatternArgs {
             return Err(errors.finish().unwrap_err());
         };
 
-        let starts_with_key = split_entry(first).is_some_and(|(key, _)| !is_crate_option(key));
-        let starts_with_option = split_entry(first).is_some_and(|(key, _)| is_crate_option(key));
-        let (value, options) = if starts_with_option {
-            errors.push(syn::Error::new(
-                first[0].span(),
-                "missing pattern before `crate = ...`: options may only follow a positional pattern, \
-                 as in `(\"math.add\", crate = path)` or `({ cmd = \"get_user\" }, crate = path)`",
-            ));
-            (None, &segments[..])
-        } else if starts_with_key {
-            // A bare `k = v, ...` list: every piece is a key; there is no room for options.
-            let span = first[0].span();
-            let entries = segments
-                .iter()
-                .filter_map(|seg| parse_entry(seg, true, &mut errors))
-                .collect();
-            (Some(PatValue::Object(PatObject { span, entries })), &[][..])
-        } else {
-            (parse_positional(first, &mut errors), &segments[1..])
+        let (value, options) = match split_entry(first) {
+            Some((key, _)) if is_option(key) => {
+                errors.push(syn::Error::new(
+                    key.span(),
+                    format!(
+                        "missing pattern before `{key} = ...`: the pattern comes first and options \
+                         follow it, as in `(\"math.add\", {key} = ...)` or `({{ cmd = \"get_user\" }}, {key} = ...)`"
+                    ),
+                ));
+                (None, &segments[..])
+            }
+            Some(_) => {
+                // `cmd = "x", role = "y"`: NestJS's `{ cmd: 'x', role: 'y' }` without its braces.
+                let keys: TokenStream = segments
+                    .iter()
+                    .take_while(|seg| split_entry(seg).is_some_and(|(k, _)| !is_option(k)))
+                    .flat_map(|seg| seg.iter().cloned())
+                    .collect();
+                errors.push(syn::Error::new_spanned(
+                    keys,
+                    "an object pattern goes in braces, as in NestJS: write `{ cmd = \"get_user\" }`; \
+                     `name = value` after the pattern is an option (the options are: crate)",
+                ));
+                let rest = segments
+                    .iter()
+                    .position(|seg| split_entry(seg).is_some_and(|(k, _)| is_option(k)))
+                    .unwrap_or(segments.len());
+                (None, &segments[rest..])
+            }
+            None => (parse_positional(first, &mut errors), &segments[1..]),
         };
 
         let mut crate_path: Option<Path> = None;
@@ -237,29 +254,21 @@ fn is_eq_continued(eq: &proc_macro2::Punct, rest: &[TokenTree]) -> bool {
     eq.spacing() == proc_macro2::Spacing::Joint && matches!(rest.first(), Some(TokenTree::Punct(_)))
 }
 
-fn is_crate_option(key: &TokenTree) -> bool {
-    matches!(key, TokenTree::Ident(i) if i == "crate")
+/// A known option's name.
+fn is_option(key: &TokenTree) -> bool {
+    matches!(key, TokenTree::Ident(i) if OPTIONS.iter().any(|o| i == o))
 }
 
 fn tokens_of(seg: &[TokenTree]) -> TokenStream {
     seg.iter().cloned().collect()
 }
 
-/// One `key = value` piece of an object. `top_level` is true for the bare attribute list,
-/// where `crate = ...` is taken for a misplaced option rather than a key.
-fn parse_entry(seg: &[TokenTree], top_level: bool, errors: &mut Errors) -> Option<PatEntry> {
+/// One `key = value` piece of an object.
+fn parse_entry(seg: &[TokenTree], errors: &mut Errors) -> Option<PatEntry> {
     let Some((key_tt, rest)) = split_entry(seg) else {
         errors.push(entry_shape_error(seg));
         return None;
     };
-    if top_level && is_crate_option(key_tt) {
-        errors.push(syn::Error::new(
-            key_tt.span(),
-            "`crate = ...` is an option and options may only follow a positional pattern: \
-             put the keys in braces, as in `{ cmd = \"get_user\" }, crate = path`",
-        ));
-        return None;
-    }
     let key = parse_key(key_tt, errors)?;
     if rest.is_empty() {
         errors.push(syn::Error::new_spanned(
@@ -339,7 +348,7 @@ fn parse_positional(seg: &[TokenTree], errors: &mut Errors) -> Option<PatValue> 
         errors.push(syn::Error::new(
             ident.span(),
             format!(
-                "`{name}` is not a pattern: write a string (`\"{name}\"`), or `{name} = <value>` \
+                "`{name}` is not a pattern: write a string (`\"{name}\"`), or `{{ {name} = <value> }}` \
                  for an object pattern; constants cannot be used because the route is computed \
                  at compile time"
             ),
@@ -354,8 +363,8 @@ fn parse_option(seg: &[TokenTree], seen: bool, errors: &mut Errors) -> Option<Pa
     let Some((TokenTree::Ident(name), rest)) = split_entry(seg) else {
         errors.push(syn::Error::new_spanned(
             tokens_of(seg),
-            "unexpected argument after the pattern: only options (`crate = <path>`) may follow it; \
-             for an object pattern, put all its keys in `{ ... }` or write them all as `key = value`",
+            "unexpected argument after the pattern: only options, `name = value`, may follow it \
+             (the options are: crate); an object pattern goes in braces: `{ cmd = \"get_user\" }`",
         ));
         return None;
     };
@@ -363,8 +372,10 @@ fn parse_option(seg: &[TokenTree], seen: bool, errors: &mut Errors) -> Option<Pa
         errors.push(syn::Error::new(
             name.span(),
             format!(
-                "unknown option `{}`: the only option is `crate = <path>` (the path to the \
-                 `switchboard` crate); to make `{}` a key of the pattern, put all keys in `{{ ... }}`",
+                "unknown option `{}`: the options are: crate (`crate = <path>`, the path to the \
+                 `switchboard` crate); if `{}` is a key of an object pattern, it goes inside the \
+                 pattern's braces: `{{ {} = ... }}`",
+                name.unraw(),
                 name.unraw(),
                 name.unraw()
             ),
@@ -424,7 +435,7 @@ fn parse_value(seg: &[TokenTree], errors: &mut Errors) -> Option<PatValue> {
         [TokenTree::Group(g)] if g.delimiter() == Delimiter::Brace => {
             let mut entries = Vec::new();
             for piece in split_commas(g.stream(), errors) {
-                entries.extend(parse_entry(&piece, false, errors));
+                entries.extend(parse_entry(&piece, errors));
             }
             Some(PatValue::Object(PatObject {
                 span: g.span(),
@@ -540,7 +551,7 @@ mod tests {
 
     #[test]
     fn object_patterns() {
-        let args = parse(quote!(cmd = "get_user"));
+        let args = parse(quote!({ cmd = "get_user" }));
         assert_eq!(args.route(), r#"{"cmd":"get_user"}"#);
         assert_eq!(args.json(), r#"{"cmd":"get_user"}"#);
         let braced = parse(quote!({ cmd = "get_user" }));
@@ -549,9 +560,9 @@ mod tests {
 
     #[test]
     fn keys_sort_like_nestjs_and_json_keeps_written_order() {
-        let args = parse(quote!(
+        let args = parse(quote!({
             cmd = "get", role = "user", v = 2, nested = { b = 1, a = "x" }, Zeta = "z", _x = 1
-        ));
+        }));
         assert_eq!(
             args.route(),
             r#"{"_x":1,"cmd":"get","nested":{"a":"x","b":1},"role":"user","v":2,"Zeta":"z"}"#
@@ -564,7 +575,7 @@ mod tests {
 
     #[test]
     fn every_value_form() {
-        let args = parse(quote!(
+        let args = parse(quote!({
             s = "x",
             i = 2,
             n = -3,
@@ -574,7 +585,7 @@ mod tests {
             z = null,
             l = [1, "x", [true]],
             o = {}
-        ));
+        }));
         assert_eq!(
             args.json(),
             r#"{"s":"x","i":2,"n":-3,"f":1.25,"t":true,"no":false,"z":null,"l":[1,"x",[true]],"o":{}}"#
@@ -587,7 +598,7 @@ mod tests {
 
     #[test]
     fn string_keys_and_raw_identifiers() {
-        let args = parse(quote!("Zeta" = "z", cmd = "x", r#type = 1, "with \"quote\"" = 2));
+        let args = parse(quote!({ "Zeta" = "z", cmd = "x", r#type = 1, "with \"quote\"" = 2 }));
         assert_eq!(args.route(), r#"{"cmd":"x","type":1,"with \"quote\"":2,"Zeta":"z"}"#);
     }
 
@@ -627,8 +638,8 @@ mod tests {
 
     #[test]
     fn key_without_value() {
-        assert!(error(quote!(cmd = "x", role)).contains("key `role` has no value"));
-        assert!(error(quote!(cmd =)).contains("key `cmd` has no value"));
+        assert!(error(quote!({ cmd = "x", role })).contains("key `role` has no value"));
+        assert!(error(quote!({ cmd = })).contains("key `cmd` has no value"));
         assert!(error(quote!({ "a" })).contains("key \"a\" has no value"));
         assert!(error(quote!(cmd)).contains("`cmd` is not a pattern"));
     }
@@ -640,40 +651,42 @@ mod tests {
 
     #[test]
     fn unsupported_values() {
-        assert!(error(quote!(cmd = FOO)).contains("`FOO` is not a pattern value"));
-        assert!(error(quote!(cmd = 1 + 2)).contains("unsupported pattern value"));
-        assert!(error(quote!(cmd = format!("x"))).contains("unsupported pattern value"));
-        assert!(error(quote!(cmd = (1, 2))).contains("write arrays with `[...]`"));
-        assert!(error(quote!(cmd = 'c')).contains("unsupported pattern value"));
-        assert!(error(quote!(cmd = -"x")).contains("unsupported pattern value"));
-        assert!(error(quote!(v = 1u32)).contains("remove the `u32` suffix"));
-        assert!(error(quote!(v = 1e400)).contains("out of range"));
+        assert!(error(quote!({ cmd = FOO })).contains("`FOO` is not a pattern value"));
+        assert!(error(quote!({ cmd = 1 + 2 })).contains("unsupported pattern value"));
+        assert!(error(quote!({ cmd = format!("x") })).contains("unsupported pattern value"));
+        assert!(error(quote!({ cmd = (1, 2) })).contains("write arrays with `[...]`"));
+        assert!(error(quote!({ cmd = 'c' })).contains("unsupported pattern value"));
+        assert!(error(quote!({ cmd = -"x" })).contains("unsupported pattern value"));
+        assert!(error(quote!({ v = 1u32 })).contains("remove the `u32` suffix"));
+        assert!(error(quote!({ v = 1e400 })).contains("out of range"));
     }
 
     #[test]
     fn all_syntax_errors_are_reported_together() {
-        let err = PatternArgs::parse(quote!(a = FOO, b, c = 1 + 1)).unwrap_err();
+        let err = PatternArgs::parse(quote!({ a = FOO, b, c = 1 + 1 })).unwrap_err();
         assert_eq!(err.into_iter().count(), 3);
     }
 
     #[test]
     fn option_errors() {
         let unknown = error(quote!("x", krate = foo));
-        assert!(
-            unknown.contains("unknown option `krate`: the only option is `crate = <path>`"),
-            "{unknown}"
-        );
+        assert!(unknown.contains("unknown option `krate`: the options are: crate"), "{unknown}");
+        let key = error(quote!("x", cmd = "y"));
+        assert!(key.contains("it goes inside the pattern's braces: `{ cmd = ... }`"), "{key}");
         assert!(error(quote!("x", crate = a, crate = b)).contains("`crate` is given twice"));
         assert!(error(quote!("x", crate = "a")).contains("expected the path"));
         assert!(error(quote!("x", crate =)).contains("`crate` needs a path"));
-        assert!(error(quote!(cmd = "x", crate = a)).contains("options may only follow a positional pattern"));
-        assert!(error(quote!(crate = a)).contains("options may only follow a positional pattern"));
+        let bare = error(quote!(cmd = "x", role = "y", crate = a));
+        assert!(bare.contains("an object pattern goes in braces"), "{bare}");
+        assert_eq!(PatternArgs::parse(quote!(cmd = "x", crate = a)).unwrap_err().into_iter().count(), 1);
+        assert!(error(quote!(crate = a)).contains("missing pattern before `crate = ...`"));
         assert!(error(quote!("x", "y")).contains("unexpected argument after the pattern"));
     }
 
     #[test]
     fn stray_commas() {
-        assert!(error(quote!(a = 1,, b = 2)).contains("unexpected `,`"));
+        assert!(error(quote!({ a = 1,, b = 2 })).contains("unexpected `,`"));
+        assert!(error(quote!("a",, crate = b)).contains("unexpected `,`"));
     }
 
     #[test]
@@ -685,7 +698,7 @@ mod tests {
     fn invisible_groups_from_macro_rules_are_unwrapped() {
         let lit = TokenTree::Literal(proc_macro2::Literal::string("x"));
         let group = proc_macro2::Group::new(Delimiter::None, lit.into());
-        let tokens: TokenStream = quote!(cmd = #group);
+        let tokens: TokenStream = quote!({ cmd = #group });
         assert_eq!(route(tokens), r#"{"cmd":"x"}"#);
     }
 }

@@ -7,10 +7,10 @@ use std::collections::HashMap;
 
 use switchboard_pattern::{MAX_DEPTH, MAX_DEPTH_MARKER, MAX_KEYS, TOO_MANY_KEYS_MARKER};
 use syn::visit::Visit;
-use syn::{FnArg, ItemFn, Type};
+use syn::{Signature, Type};
 
 use crate::Errors;
-use crate::ast::{ArgRole, HandlerSig, PatternKind, ReturnKind};
+use crate::ast::{HandlerSig, PatternKind, ReturnKind};
 use crate::attr::{PatValue, PatternArgs};
 
 /// Checks what the parser cannot see piece by piece: duplicate keys, nesting deeper than
@@ -22,13 +22,13 @@ pub fn check_pattern(args: &PatternArgs) -> syn::Result<()> {
             *span,
             format!(
                 "`{b}` cannot be a pattern on its own: NestJS keys handlers by text, and a boolean \
-                 is not one; use a string (`\"{b}\"`) or `key = {b}`"
+                 is not one; use a string (`\"{b}\"`) or `{{ key = {b} }}`"
             ),
         )),
         PatValue::Null(span) => errors.push(syn::Error::new(
             *span,
             "`null` cannot be a pattern on its own: NestJS keys handlers by text, and `null` is not \
-             one; use a string or `key = null`",
+             one; use a string or `{ key = null }`",
         )),
         value => check_value(value, 0, &mut errors),
     }
@@ -108,12 +108,20 @@ fn value_span(value: &PatValue) -> proc_macro2::Span {
     }
 }
 
-/// Checks a handler function: an `async fn` without `self`, generics, `const`, `unsafe` or
-/// `extern`; at most one payload and one `Context` argument, owned and nameable; a reply
-/// type the descriptor can name.
-pub fn check_signature(kind: PatternKind, item: &ItemFn, handler: &HandlerSig) -> syn::Result<()> {
+/// Where a handler is declared.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Place {
+    /// A free `async fn`.
+    Free,
+    /// A method in an `impl` block marked `#[handlers]`.
+    Group,
+}
+
+/// Checks a handler function: an `async fn` without generics, `const`, `unsafe` or `extern`;
+/// `&self` only in a group; arguments that own their data, each type taken once; a reply type
+/// the descriptor can name.
+pub fn check_signature(kind: PatternKind, sig: &Signature, handler: &HandlerSig, place: Place) -> syn::Result<()> {
     let attr = kind.attr_name();
-    let sig = &item.sig;
     let mut errors = Errors::default();
 
     if let Some(c) = &sig.constness {
@@ -161,39 +169,42 @@ pub fn check_signature(kind: PatternKind, item: &ItemFn, handler: &HandlerSig) -
         ));
     }
 
-    for input in &sig.inputs {
-        if let FnArg::Receiver(r) = input {
-            errors.push(syn::Error::new(
+    if let Some(r) = &handler.receiver {
+        match place {
+            Place::Free => errors.push(syn::Error::new(
                 r.self_token.span,
-                "a handler cannot take `self`: handlers are free functions; move this function out \
-                 of the `impl` block and pass what it needs in the payload",
-            ));
+                "a handler that takes `self` is a method of a group of handlers: mark its `impl` block \
+                 with `#[switchboard::handlers]` (the value then carries the handlers' dependencies), \
+                 or make it a free function",
+            )),
+            Place::Group if r.reference.is_none() || r.colon_token.is_some() => errors.push(syn::Error::new_spanned(
+                r,
+                "a group's handler takes `&self`: the group is shared by every message",
+            )),
+            Place::Group if r.mutability.is_some() => errors.push(syn::Error::new_spanned(
+                r,
+                "a group's handler takes `&self`, not `&mut self`: the group is shared by messages \
+                 handled at the same time; keep what changes behind a `Mutex` or an atomic",
+            )),
+            Place::Group => {}
         }
     }
 
-    let mut payloads = 0;
-    let mut contexts = 0;
+    let mut seen: Vec<String> = Vec::new();
     for arg in &handler.args {
         let typed = &sig.inputs[arg.index];
-        match arg.role {
-            ArgRole::Payload => {
-                payloads += 1;
-                if payloads == 2 {
-                    errors.push(syn::Error::new_spanned(
-                        typed,
-                        "a handler takes one payload argument, and this is a second one: wrap the \
-                         values in one struct that derives `Deserialize`, or in a tuple, as in \
-                         `(a, b): (i64, i64)`",
-                    ));
-                }
-            }
-            ArgRole::Context => {
-                contexts += 1;
-                if contexts == 2 {
-                    errors.push(syn::Error::new_spanned(typed, "`Context` is taken twice: take it once"));
-                }
-            }
+        let written = quote::ToTokens::to_token_stream(&arg.ty).to_string();
+        if seen.contains(&written) {
+            errors.push(syn::Error::new_spanned(
+                typed,
+                format!(
+                    "`{}` is taken twice: take it once (a handler takes one payload, and each \
+                     extractor once)",
+                    written.replace(' ', "")
+                ),
+            ));
         }
+        seen.push(written);
         let found = find_in_type(&arg.ty);
         if let Some(imp) = found.impl_trait {
             errors.push(syn::Error::new_spanned(
@@ -203,19 +214,17 @@ pub fn check_signature(kind: PatternKind, item: &ItemFn, handler: &HandlerSig) -
             ));
         }
         if let Some(r) = found.reference {
-            let msg = if arg.role == ArgRole::Context {
-                "take `Context` by value: remove the `&`".to_owned()
-            } else {
-                "a handler argument cannot be a reference: the payload is decoded into a new value, \
-                 so it must own its data; use an owned type such as `String` for `&str`"
-                    .to_owned()
-            };
-            errors.push(syn::Error::new_spanned(r, msg));
+            errors.push(syn::Error::new_spanned(
+                r,
+                "a handler argument cannot be a reference: it is made from the message and outlives \
+                 no caller, so it must own its data; remove the `&` (take `Context`, not `&Context`; \
+                 `String`, not `&str`)",
+            ));
         } else if let Some(lt) = found.lifetime {
             errors.push(syn::Error::new_spanned(
                 lt,
-                "a handler argument cannot borrow: the payload is decoded into a new value; use \
-                 `'static` or an owned type",
+                "a handler argument cannot borrow: it is made from the message; use `'static` or an \
+                 owned type",
             ));
         }
     }
@@ -295,9 +304,9 @@ mod tests {
     }
 
     fn sig_errors(tokens: proc_macro2::TokenStream) -> Vec<String> {
-        let item: ItemFn = syn::parse2(tokens).expect("a fn");
+        let item: syn::ItemFn = syn::parse2(tokens).expect("a fn");
         let sig = HandlerSig::from_fn(&item);
-        match check_signature(PatternKind::Message, &item, &sig) {
+        match check_signature(PatternKind::Message, &item.sig, &sig, Place::Free) {
             Ok(()) => Vec::new(),
             Err(e) => e.into_iter().map(|e| e.to_string()).collect(),
         }
@@ -313,16 +322,16 @@ mod tests {
 
     #[test]
     fn valid_patterns() {
-        assert!(pattern_errors(quote!(cmd = "x", nested = { a = 1 }, l = [1, 2])).is_empty());
+        assert!(pattern_errors(quote!({ cmd = "x", nested = { a = 1 }, l = [1, 2] })).is_empty());
         assert!(pattern_errors(quote!("math.add")).is_empty());
     }
 
     #[test]
     fn duplicate_keys_name_the_second_key() {
-        let errors = pattern_errors(quote!(cmd = "a", role = "b", cmd = "c"));
+        let errors = pattern_errors(quote!({ cmd = "a", role = "b", cmd = "c" }));
         assert_eq!(errors.len(), 1);
         assert!(errors[0].starts_with("duplicate key `cmd`"), "{errors:?}");
-        assert_eq!(pattern_errors(quote!(o = { a = 1, "a" = 2 })).len(), 1);
+        assert_eq!(pattern_errors(quote!({ o = { a = 1, "a" = 2 } })).len(), 1);
     }
 
     #[test]
@@ -344,7 +353,7 @@ mod tests {
     fn key_limit_matches_the_route_marker() {
         let pairs = |n: usize| {
             let keys = (0..n).map(|i| quote::format_ident!("k{}", i));
-            quote!(#(#keys = 1),*)
+            quote!({ #(#keys = 1),* })
         };
         assert!(pattern_errors(pairs(MAX_KEYS)).is_empty());
         let errors = pattern_errors(pairs(MAX_KEYS + 1));
@@ -354,7 +363,7 @@ mod tests {
             TOO_MANY_KEYS_MARKER
         );
         let items = (0..=MAX_KEYS).map(proc_macro2::Literal::usize_unsuffixed);
-        assert!(pattern_errors(quote!(l = [#(#items),*]))[0].starts_with("too many items"));
+        assert!(pattern_errors(quote!({ l = [#(#items),*] }))[0].starts_with("too many items"));
     }
 
     #[test]
@@ -414,8 +423,8 @@ mod tests {
             "cannot be `extern`",
             "cannot be generic",
             "cannot have a `where` clause",
-            "cannot take `self`",
-            "this is a second one",
+            "is a method of a group of handlers",
+            "`u32` is taken twice",
             "`Context` is taken twice",
             "cannot be `impl Trait`",
             "cannot be a reference",
@@ -475,7 +484,7 @@ mod tests {
             sig_errors(quote!(
                 async fn f(ctx: &Context) {}
             ))[0]
-                .contains("take `Context` by value")
+                .contains("take `Context`, not `&Context`")
         );
     }
 }

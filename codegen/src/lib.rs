@@ -6,7 +6,7 @@
 //! every rule is unit-tested without a compiler in the loop.
 //!
 //! - [`attr`]: the attribute's arguments, a pattern and options → [`PatternArgs`].
-//! - [`ast`]: a handler `fn` → [`HandlerSig`] (payload and `Context` arguments, return kind).
+//! - [`ast`]: a handler `fn` → [`HandlerSig`] (receiver, arguments, return kind).
 //! - [`check`]: the rules, every violation spanned at the token at fault, all reported at once.
 //!
 //! ```
@@ -15,10 +15,10 @@
 //! let item: syn::ItemFn = syn::parse_quote! {
 //!     async fn get_user(id: String) -> Result<User, RpcError> { Err(RpcError::new(id)) }
 //! };
-//! let attr = quote::quote!(cmd = "get_user");
+//! let attr = quote::quote!({ cmd = "get_user" });
 //! let def = HandlerDef::parse(PatternKind::Message, attr, &item).unwrap();
 //! assert_eq!(def.pattern.route(), r#"{"cmd":"get_user"}"#);
-//! assert!(def.sig.payload().is_some());
+//! assert_eq!(def.sig.args.len(), 1);
 //! ```
 
 #![warn(missing_docs)]
@@ -31,9 +31,9 @@ pub mod client;
 #[cfg(feature = "proto")]
 pub mod proto;
 
-pub use ast::{ArgRole, HandlerArg, HandlerSig, PatternKind, ReturnKind};
+pub use ast::{HandlerArg, HandlerSig, PatternKind, ReturnKind};
 pub use attr::{PatValue, PatternArgs};
-pub use check::{check_pattern, check_signature};
+pub use check::{Place, check_pattern, check_signature};
 
 use proc_macro2::TokenStream;
 
@@ -49,9 +49,32 @@ pub struct HandlerDef {
 }
 
 impl HandlerDef {
-    /// Parses and checks a handler from its attribute's arguments and its function.
-    /// Pattern and signature errors come back together.
+    /// Parses and checks a free handler function from its attribute's arguments and its
+    /// function. Pattern and signature errors come back together.
     pub fn parse(kind: PatternKind, attr: TokenStream, item: &syn::ItemFn) -> syn::Result<HandlerDef> {
+        Self::parse_in(kind, attr, &item.sig, &item.vis, Place::Free)
+    }
+
+    /// Parses and checks a handler method of a `#[handlers]` group.
+    pub fn parse_method(kind: PatternKind, attr: TokenStream, item: &syn::ImplItemFn) -> syn::Result<HandlerDef> {
+        Self::parse_in(kind, attr, &item.sig, &item.vis, Place::Group)
+    }
+
+    /// The pattern alone, when it parses and checks; for emitting a best-effort descriptor
+    /// next to signature errors.
+    pub fn pattern_only(attr: TokenStream) -> Option<PatternArgs> {
+        PatternArgs::parse(attr)
+            .ok()
+            .filter(|p| check_pattern(p).is_ok())
+    }
+
+    fn parse_in(
+        kind: PatternKind,
+        attr: TokenStream,
+        signature: &syn::Signature,
+        vis: &syn::Visibility,
+        place: Place,
+    ) -> syn::Result<HandlerDef> {
         let mut errors = Errors::default();
         let pattern = if attr.is_empty() {
             // Said here rather than by the parser, to name the attribute in the example.
@@ -60,7 +83,7 @@ impl HandlerDef {
                 proc_macro2::Span::call_site(),
                 format!(
                     "missing pattern: write `#[{name}(\"name\")]` for a string pattern or \
-                     `#[{name}(cmd = \"name\")]` for an object pattern"
+                     `#[{name}({{ cmd = \"name\" }})]` for an object pattern"
                 ),
             ));
             None
@@ -76,8 +99,8 @@ impl HandlerDef {
                 }
             }
         };
-        let sig = HandlerSig::from_fn(item);
-        errors.result(check_signature(kind, item, &sig));
+        let sig = HandlerSig::from_signature(signature, vis);
+        errors.result(check_signature(kind, signature, &sig, place));
         errors.finish()?;
         Ok(HandlerDef {
             kind,
@@ -139,7 +162,7 @@ mod tests {
         let item: syn::ItemFn = syn::parse_quote!(
             fn f(a: u32, b: u32) {}
         );
-        let err = HandlerDef::parse(PatternKind::Message, quote!(cmd = "a", cmd = "b"), &item).unwrap_err();
+        let err = HandlerDef::parse(PatternKind::Message, quote!({ cmd = "a", cmd = "b" }), &item).unwrap_err();
         let messages: Vec<String> = err.into_iter().map(|e| e.to_string()).collect();
         assert_eq!(messages.len(), 3, "{messages:#?}");
     }
@@ -156,7 +179,7 @@ mod tests {
     #[test]
     fn marked_functions_in_source() {
         let file: syn::File = syn::parse_quote! {
-            #[switchboard::message_pattern(cmd = "add")]
+            #[switchboard::message_pattern({ cmd = "add" })]
             pub async fn add(p: (i64, i64)) -> i64 { p.0 + p.1 }
 
             #[event_pattern("user_created")]

@@ -1,274 +1,308 @@
-//! Code generation: a checked [`HandlerDef`] → the renamed function, its descriptor struct,
-//! the registry entry and the spanned checks.
+//! Code generation for one handler: its descriptor (a type named like the function, in the
+//! type namespace only, and a `SCREAMING_CASE` constant of it), the glue that serves it,
+//! its registration and the spanned checks. The user's function itself is left as written.
 //!
 //! Everything generated reaches the runtime through `<crate>::__private` (imported as
-//! `__sb`), and every generated name starts with `__sb`, so nothing clashes with user code.
+//! `__sb`), and every generated local name starts with `__sb`, so nothing clashes with user code.
 
 use proc_macro2::{Span, TokenStream, TokenTree};
 use quote::{ToTokens, format_ident, quote, quote_spanned};
-use switchboard_codegen::{HandlerDef, PatternArgs, PatternKind, ReturnKind, check_pattern};
-use syn::{Attribute, Ident, ItemFn, Type};
+use switchboard_codegen::{HandlerDef, HandlerSig, PatternArgs, PatternKind, ReturnKind, check_pattern};
+use syn::{Attribute, Ident, Path, Type};
 
-/// `#[message_pattern]` / `#[event_pattern]`.
+/// `#[message_pattern]` / `#[event_pattern]` on a free function.
 ///
 /// On any error the function is emitted unchanged next to the errors (as tokio's macros
-/// do), so the rest of the crate still resolves it and only the real mistake is reported.
+/// do), and, when only the pattern is wrong, its descriptor too (as thiserror's fallback
+/// does), so the rest of the crate still resolves both and only the real mistake is reported.
 pub fn handler(kind: PatternKind, attr: TokenStream, item: TokenStream) -> TokenStream {
-    let func: ItemFn = match syn::parse2(item.clone()) {
+    let func: syn::ItemFn = match syn::parse2(item.clone()) {
         Ok(func) => func,
         Err(_) => {
+            let span = item.clone().into_iter().next().map_or_else(Span::call_site, |t| t.span());
             let err = syn::Error::new(
-                Span::call_site(),
+                span,
                 format!("`#[{}]` can only be used on an `async fn`", kind.attr_name()),
             )
             .to_compile_error();
             return quote!(#item #err);
         }
     };
-    match HandlerDef::parse(kind, attr, &func) {
-        Ok(def) => expand_handler(&def, func),
+    match HandlerDef::parse(kind, attr.clone(), &func) {
+        Ok(def) => expand_free(&def, &func),
         Err(err) => {
             let err = err.to_compile_error();
-            quote!(#item #err)
+            let sig = HandlerSig::from_fn(&func);
+            // A valid signature with a wrong pattern: still a descriptor, with no route.
+            let fallback = match (switchboard_codegen::check_signature(kind, &func.sig, &sig, switchboard_codegen::Place::Free), HandlerDef::pattern_only(attr)) {
+                (Ok(()), None) => {
+                    let pattern = PatternArgs::parse(quote!("")).expect("an empty string is a pattern");
+                    expand_free(&HandlerDef { kind, pattern, sig }, &func)
+                }
+                _ => quote!(#func),
+            };
+            quote!(#fallback #err)
         }
     }
 }
 
-/// `pattern!(...)`: a `PatternLit` constant expression.
-pub fn pattern(input: TokenStream) -> TokenStream {
-    let args = PatternArgs::parse(input).and_then(|args| check_pattern(&args).map(|()| args));
-    match args {
-        Ok(args) => {
-            let krate = args.crate_path();
-            let json = args.json();
-            let route = args.route();
-            quote!(#krate::PatternLit { json: #json, route: #route })
+/// The name of a handler's descriptor constant: `get_user` → `GET_USER`.
+pub fn const_name(fn_name: &Ident) -> Ident {
+    use syn::ext::IdentExt;
+    let name = fn_name.unraw().to_string();
+    let mut out = String::with_capacity(name.len() + 4);
+    let mut prev_lower = false;
+    for c in name.chars() {
+        if c.is_uppercase() && prev_lower {
+            out.push('_');
         }
-        Err(err) => {
-            // A block, so that several errors still form one expression.
-            let err = err.to_compile_error();
-            quote!({ #err })
-        }
+        prev_lower = c.is_lowercase() || c.is_ascii_digit();
+        out.extend(c.to_uppercase());
     }
+    Ident::new(&out, fn_name.span())
 }
 
-fn expand_handler(def: &HandlerDef, mut func: ItemFn) -> TokenStream {
+fn expand_free(def: &HandlerDef, func: &syn::ItemFn) -> TokenStream {
     let sig = &def.sig;
     let krate = def.pattern.crate_path();
     let ident = &sig.ident;
     let vis = &sig.vis;
-    let name = sig.name();
-    let inner = format_ident!("__sb_handler_{}", name, span = ident.span());
-    let route = def.pattern.route();
-    let json = def.pattern.json();
+    let konst = const_name(ident);
 
-    // Docs describe the handler, so they go to the descriptor (the name users see);
-    // `cfg`s go everywhere, so a handler compiled out takes its descriptor with it.
+    // Docs describe the handler, so the descriptor gets them too; `cfg`s go everywhere, so
+    // a handler compiled out takes its descriptor with it.
     let docs: Vec<&Attribute> = func.attrs.iter().filter(|a| a.path().is_ident("doc")).collect();
     let cfgs: Vec<&Attribute> = func.attrs.iter().filter(|a| a.path().is_ident("cfg")).collect();
-    let docs = quote!(#(#docs)*);
-    let cfgs = quote!(#(#cfgs)*);
-    func.attrs.retain(|a| !a.path().is_ident("doc"));
-    func.attrs.insert(0, syn::parse_quote!(#[doc(hidden)]));
-    // Handlers must be `async` even when they never wait; do not let clippy say otherwise.
-    func.attrs.insert(1, syn::parse_quote!(#[allow(clippy::unused_async)]));
-    func.sig.ident = inner.clone();
+    let const_doc = format!(
+        "The descriptor of [`{}`]: serve it with `Microservice::handler`, call it with `Client::{}`.",
+        ident,
+        if def.kind == PatternKind::Message { "send" } else { "emit" }
+    );
 
-    // Arguments are bound by position: the user's patterns (`mut id`, `Wrapper(x)`) stay in
-    // the user's function.
-    let arg_tys: Vec<&Type> = sig.args.iter().map(|a| &a.ty).collect();
-    let args: Vec<Ident> = sig.args.iter().map(|a| format_ident!("__sb_a{}", a.index)).collect();
-    let payload = sig.payload();
-    let request = match payload {
-        Some(p) => p.ty.to_token_stream(),
-        None => quote!(()),
-    };
-
-    let (deref_out, reply_ty) = reply_types(&sig.ret);
-    let deref_body = match &sig.ret {
-        ReturnKind::ImplStream { .. } => quote! {
-            let __sb_fut = (&__sb::probe::of(&__sb_fut)).sb_boxed(__sb_fut);
-            (&__sb::probe::output_of(&__sb_fut)).sb_into_reply_stream(__sb_fut)
-        },
-        _ => quote!((&__sb::probe::of(&__sb_fut)).sb_boxed(__sb_fut)),
-    };
-
-    let decode = match payload {
-        Some(p) => {
-            let a = format_ident!("__sb_a{}", p.index);
-            let ty = &p.ty;
-            quote! {
-                let #a: #ty = match (&__sb::probe::ty::<#ty>()).sb_decode(&__sb_inbound) {
-                    ::core::result::Result::Ok(v) => v,
-                    ::core::result::Result::Err(e) => return __sb::Reply::error(e),
-                };
-            }
-        }
-        // No payload to decode, but it must still be JSON.
-        None => quote! {
-            if let ::core::result::Result::Err(e) = __sb_inbound.check_payload() {
-                return __sb::Reply::error(e);
-            }
-        },
-    };
-    let context = sig.context().map(|c| {
-        let a = format_ident!("__sb_a{}", c.index);
-        quote!(let #a = __sb_inbound.into_context();)
-    });
-    let reply = match &sig.ret {
-        ReturnKind::Unit => quote!((&__sb::probe::of(&__sb_fut)).sb_unit(__sb_fut)),
-        ReturnKind::Value(_) | ReturnKind::ImplOther(_) => {
-            quote!((&__sb::probe::of(&__sb_fut)).sb_value(__sb_fut))
-        }
-        ReturnKind::Fallible { .. } => {
-            quote!((&__sb::probe::of(&__sb_fut)).sb_result(__sb_fut))
-        }
-        ReturnKind::ReplyStream { .. } => {
-            quote!((&__sb::probe::of(&__sb_fut)).sb_reply_stream(__sb_fut))
-        }
-        ReturnKind::ImplStream { .. } => {
-            quote!((&__sb::probe::of(&__sb_fut)).sb_stream(__sb_fut))
-        }
-    };
-
-    let handler_kind = match def.kind {
-        PatternKind::Message => quote!(Message),
-        PatternKind::Event => quote!(Event),
-    };
-    // `line!()` spanned at the name reports the name's line.
-    let line = quote_spanned!(ident.span()=> ::core::line!());
-
-    // No bounds here: `Client::send` and `emit` require `Serialize` / `DeserializeOwned` at
-    // the call, so a handler whose types lack them still serves and is still a descriptor.
-    let descriptor_impl = match def.kind {
-        PatternKind::Message => quote! {
-            impl __sb::Message for #ident {
-                type Request = #request;
-                type Reply = #reply_ty;
-                fn pattern_json(&self) -> &'static str { #json }
-                fn route(&self) -> &'static str { #route }
-            }
-        },
-        PatternKind::Event => quote! {
-            impl __sb::Event for #ident {
-                type Payload = #request;
-                fn pattern_json(&self) -> &'static str { #json }
-                fn route(&self) -> &'static str { #route }
-            }
-        },
-    };
-
-    let checks = checks(def, &inner, &args, &arg_tys);
+    let desc: Type = syn::parse_quote!(#ident);
+    let items = descriptor_items(def, &krate, &desc);
+    let glue = glue(def, &quote!(#ident), Receiver::None);
+    let serve_bounds = serve_bounds(sig);
+    let checks = checks(def, &quote!(#ident), None);
+    let info = info_static(def);
 
     quote! {
+        #[allow(clippy::unused_async)]
         #func
 
-        #cfgs
-        #docs
+        #(#cfgs)*
+        #[doc(hidden)]
         #[allow(non_camel_case_types)]
-        #[derive(Clone, Copy, Debug)]
-        #vis struct #ident;
+        #[derive(::core::clone::Clone, ::core::marker::Copy, ::core::fmt::Debug)]
+        #vis struct #ident {}
 
-        #cfgs
+        #(#cfgs)*
+        #(#docs)*
+        #[doc = ""]
+        #[doc = #const_doc]
+        #vis const #konst: #ident = #ident {};
+
+        #(#cfgs)*
         const _: () = {
             use #krate::__private as __sb;
 
-            // Keeps `get_user(id).await` working: the descriptor derefs to a function pointer.
-            impl ::core::ops::Deref for #ident {
-                type Target = fn(#(#arg_tys),*) -> __sb::BoxFuture<'static, #deref_out>;
-                fn deref(&self) -> &Self::Target {
-                    const __SB_F: fn(#(#arg_tys),*) -> __sb::BoxFuture<'static, #deref_out> = |#(#args),*| {
-                        #[allow(unused_imports)]
-                        use __sb::probe::{
-                            Boxed as _, BoxedFallback as _, IntoReplyStream as _, IntoReplyStreamFallback as _,
-                        };
-                        let __sb_fut = #inner(#(#args),*);
-                        #deref_body
-                    };
-                    &__SB_F
+            #info
+            impl __sb::Handler for #desc {
+                fn info(&self) -> &'static __sb::HandlerInfo {
+                    &__SB_INFO
                 }
             }
 
-            #[allow(unused_variables)]
-            fn __sb_call(__sb_inbound: __sb::Inbound<'_>) -> __sb::Reply {
+            impl<__SbS> __sb::Serve<__SbS> for #desc
+            where
+                __SbS: ::core::clone::Clone + ::core::marker::Send + ::core::marker::Sync + 'static,
+                #serve_bounds
+            {
+                fn call(self, mut __sb_req: __sb::Request, __sb_state: __SbS) -> __sb::BoxFuture<'static, __sb::Reply> {
+                    #glue
+                }
+            }
+
+            #items
+
+            fn __sb_stateless() -> ::core::option::Option<__sb::Route> {
                 #[allow(unused_imports)]
-                use __sb::probe::{
-                    Boxed as _, BoxedFallback as _, Decode as _, DecodeFallback as _,
-                    ResultReply as _, ResultReplyFallback as _, ReplyStreamReply as _,
-                    ReplyStreamReplyFallback as _, StreamReply as _, StreamReplyFallback as _,
-                    UnitReply as _, UnitReplyFallback as _, ValueReply as _, ValueReplyFallback as _,
-                };
-                #decode
-                #context
-                // Not boxed on its own: the reply boxes it together with its encoding.
-                let __sb_fut = #inner(#(#args),*);
-                #reply
+                use __sb::probe::{StatefulFallback as _, Stateless as _};
+                (&__sb::probe::ty::<#desc>()).sb_stateless(#ident {})
             }
-
-            static __SB_ENTRY: __sb::HandlerEntry = __sb::HandlerEntry {
-                kind: __sb::HandlerKind::#handler_kind,
-                route: #route,
-                pattern: #json,
-                name: #name,
-                module: ::core::module_path!(),
-                file: ::core::file!(),
-                line: #line,
-                call: __sb_call,
-            };
-            __sb::inventory::submit!(__sb::Registration(&__SB_ENTRY));
-
-            impl __sb::Handler for #ident {
-                fn entry(&self) -> &'static __sb::HandlerEntry {
-                    &__SB_ENTRY
-                }
-            }
-
-            #descriptor_impl
+            __sb::inventory::submit!(__sb::Registration { info: &__SB_INFO, stateless: __sb_stateless });
 
             #checks
         };
     }
 }
 
-/// The output type of the `Deref` function pointer, and the descriptor's reply type.
-fn reply_types(ret: &ReturnKind) -> (TokenStream, TokenStream) {
+/// How the generated glue calls the user's function.
+pub enum Receiver {
+    /// A free function, or an associated function of a group.
+    None,
+    /// A method taking `&self`, called on `this` (an `Arc` of the group).
+    Method,
+}
+
+/// `static __SB_INFO: HandlerInfo`.
+pub fn info_static(def: &HandlerDef) -> TokenStream {
+    let ident = &def.sig.ident;
+    let name = def.sig.name();
+    let route = def.pattern.route();
+    let json = def.pattern.json();
+    let kind = match def.kind {
+        PatternKind::Message => quote!(Request),
+        PatternKind::Event => quote!(Event),
+    };
+    // `line!()` spanned at the name reports the name's line.
+    let line = quote_spanned!(ident.span()=> ::core::line!());
+    quote! {
+        static __SB_INFO: __sb::HandlerInfo = __sb::HandlerInfo::new(
+            __sb::Kind::#kind, #route, #json, #name, ::core::module_path!(), ::core::file!(), #line,
+        );
+    }
+}
+
+/// `A0: FromRequest<__SbS>, …` for the `Serve`/`Group` impls.
+pub fn serve_bounds(sig: &HandlerSig) -> TokenStream {
+    let tys = sig.args.iter().map(|a| &a.ty);
+    quote!(#(#tys: __sb::FromRequest<__SbS>,)*)
+}
+
+/// The descriptor's `Message` or `Event` impl.
+pub fn descriptor_items(def: &HandlerDef, krate: &Path, desc: &Type) -> TokenStream {
+    let _ = krate;
+    let sig = &def.sig;
+    let route = def.pattern.route();
+    let json = def.pattern.json();
+    let list = arg_list(sig.args.iter().map(|a| &a.ty));
+    let request = quote!(__sb::RequestOf<#list>);
+    match def.kind {
+        PatternKind::Message => {
+            let reply = reply_type(&sig.ret);
+            quote! {
+                impl __sb::Message for #desc {
+                    type Request = #request;
+                    type Reply = #reply;
+                    fn pattern_json(&self) -> &'static str { #json }
+                    fn route(&self) -> &'static str { #route }
+                }
+            }
+        }
+        PatternKind::Event => quote! {
+            impl __sb::Event for #desc {
+                type Payload = #request;
+                fn pattern_json(&self) -> &'static str { #json }
+                fn route(&self) -> &'static str { #route }
+            }
+        },
+    }
+}
+
+/// `(A0, (A1, ()))`.
+fn arg_list<'a>(tys: impl DoubleEndedIterator<Item = &'a Type>) -> TokenStream {
+    tys.rev().fold(quote!(()), |rest, ty| quote!((#ty, #rest)))
+}
+
+/// The reply type callers decode, as the return type is written.
+fn reply_type(ret: &ReturnKind) -> TokenStream {
     match ret {
-        ReturnKind::Unit => (quote!(()), quote!(())),
-        ReturnKind::Value(ty) | ReturnKind::ImplOther(ty) => (quote!(#ty), quote!(#ty)),
-        ReturnKind::Fallible { ty, .. } => (quote!(#ty), quote!(<#ty as __sb::Fallible>::Ok)),
-        ReturnKind::ReplyStream { ty, .. } => (quote!(#ty), quote!(<#ty as __sb::Streamed>::Item)),
+        ReturnKind::Unit => quote!(()),
+        ReturnKind::Value(ty) | ReturnKind::ImplOther(ty) => quote!(#ty),
+        ReturnKind::Fallible { ty, .. } => quote!(<#ty as __sb::Fallible>::Ok),
+        ReturnKind::ReplyStream { ty, .. } => quote!(<#ty as __sb::Streamed>::Item),
         ReturnKind::ImplStream { item, .. } => {
             let item = item.as_ref().expect("checked: `impl Stream` names its item");
-            (quote!(__sb::ReplyStream<#item>), quote!(#item))
+            quote!(#item)
         }
     }
 }
 
+/// The body of `call`: the arguments extracted in order, the function called, its value
+/// made a reply; the whole boxed once.
+pub fn glue(def: &HandlerDef, callee: &TokenStream, receiver: Receiver) -> TokenStream {
+    let sig = &def.sig;
+    let args: Vec<Ident> = sig.args.iter().map(|a| format_ident!("__sb_a{}", a.index)).collect();
+    let extract = sig.args.iter().zip(&args).map(|(a, name)| {
+        let ty = &a.ty;
+        quote! {
+            let #name = match <#ty as __sb::FromRequest<__SbS>>::from_request(&mut __sb_req, &__sb_state).await {
+                ::core::result::Result::Ok(v) => v,
+                ::core::result::Result::Err(e) => return __sb::Reply::error(e),
+            };
+        }
+    });
+    let call = match receiver {
+        Receiver::None => quote!(#callee(#(#args),*)),
+        Receiver::Method => {
+            let method = &sig.ident;
+            quote!(__sb_this.#method(#(#args),*))
+        }
+    };
+    let respond = match &sig.ret {
+        ReturnKind::ImplStream { .. } => quote! {
+            #[allow(unused_imports)]
+            use __sb::probe::{StreamFallback as _, StreamReply as _};
+            (&__sb::probe::of(&__sb_out)).sb_stream_reply(__sb_out)
+        },
+        _ => quote! {
+            #[allow(unused_imports)]
+            use __sb::probe::{RespondFallback as _, RespondOwn as _, RespondResult as _, RespondValue as _};
+            (&&&__sb::probe::of(&__sb_out)).sb_respond(__sb_out)
+        },
+    };
+    quote! {
+        #[allow(unused_imports)]
+        use __sb::probe::{Boxed as _, BoxedFallback as _};
+        #[allow(unused_mut, unused_variables)]
+        let __sb_fut = async move {
+            #(#extract)*
+            let __sb_out = #call.await;
+            #respond
+        };
+        (&__sb::probe::of(&__sb_fut)).sb_boxed(__sb_fut)
+    }
+}
+
 /// Spanned checks, axum-style: each requirement is asserted once, at the user's token, so
-/// the compiler's message points at the user's code. The generated call sites do not
-/// repeat the bounds (see `__private::probe`), so each mistake is reported once.
-fn checks(def: &HandlerDef, inner: &Ident, args: &[Ident], arg_tys: &[&Type]) -> TokenStream {
+/// the compiler's message points at the user's code. The generated glue does not repeat the
+/// bounds (see `__private::probe`), so each mistake is reported once.
+pub fn checks(def: &HandlerDef, callee: &TokenStream, method_of: Option<&Type>) -> TokenStream {
     let sig = &def.sig;
     let mut out = TokenStream::new();
 
-    if let Some(p) = sig.payload() {
-        let ty = &p.ty;
-        out.extend(quote_spanned!(first_span(ty)=> __sb::assert_payload::<#ty>();));
+    for (i, arg) in sig.args.iter().enumerate() {
+        let ty = &arg.ty;
+        out.extend(quote_spanned!(first_span(ty)=> __sb::assert_arg::<#ty>();));
+        if i > 0 {
+            let before = arg_list(sig.args[..i].iter().map(|a| &a.ty));
+            out.extend(quote_spanned!(first_span(ty)=> __sb::assert_one_payload::<#before, #ty>();));
+        }
     }
 
+    let reply_check = |ty: &Type| {
+        let call = quote!((&&&&__sb::probe::ty::<#ty>()).sb_check_reply(););
+        let call = respan(call, first_span(ty));
+        quote! {
+            {
+                #[allow(unused_imports)]
+                use __sb::probe::{CheckBadResult as _, CheckFallback as _, CheckOwn as _, CheckResult as _, CheckValue as _};
+                #call
+            }
+        }
+    };
     match &sig.ret {
         ReturnKind::Unit | ReturnKind::ImplOther(_) => {}
-        ReturnKind::Value(ty) => out.extend(assert_reply(ty.to_token_stream(), ty)),
+        ReturnKind::Value(ty) => out.extend(reply_check(ty)),
         ReturnKind::Fallible { ty, ok, err } => {
             match ok {
-                Some(ok) => out.extend(assert_reply(ok.to_token_stream(), ok)),
+                Some(ok) => out.extend(reply_check(ok)),
                 None => out.extend(assert_reply(quote!(<#ty as __sb::Fallible>::Ok), ty)),
             }
             match err {
                 Some(err) => out.extend(quote_spanned!(first_span(err)=> __sb::assert_rpc_error::<#err>();)),
-                None => out.extend(quote_spanned!(first_span(ty)=>
-                    __sb::assert_rpc_error::<<#ty as __sb::FallibleError>::Err>();
-                )),
+                None => out.extend(reply_check(ty)),
             }
         }
         ReturnKind::ReplyStream { ty, item } => match item {
@@ -283,12 +317,24 @@ fn checks(def: &HandlerDef, inner: &Ident, args: &[Ident], arg_tys: &[&Type]) ->
         }
     }
 
+    let args: Vec<Ident> = sig.args.iter().map(|a| format_ident!("__sb_a{}", a.index)).collect();
+    let arg_tys: Vec<&Type> = sig.args.iter().map(|a| &a.ty).collect();
     let fut = quote_spanned!(sig.ident.span()=> &__sb_fut);
+    let (this_param, call, assert) = if let Some(self_ty) = method_of {
+        let method = &sig.ident;
+        (
+            quote!(__sb_this: &#self_ty,),
+            quote!(__sb_this.#method(#(#args),*)),
+            quote!(__sb::assert_send_future(#fut);),
+        )
+    } else {
+        (quote!(), quote!(#callee(#(#args),*)), quote!(__sb::assert_handler_future(#fut);))
+    };
     quote! {
         #[allow(dead_code, unused_variables, clippy::all)]
-        fn __sb_checks(#(#args: #arg_tys),*) {
-            let __sb_fut = #inner(#(#args),*);
-            __sb::assert_handler_future(#fut);
+        fn __sb_checks(#this_param #(#args: #arg_tys),*) {
+            let __sb_fut = #call;
+            #assert
             #out
         }
     }
@@ -318,6 +364,11 @@ fn respan(tokens: TokenStream, span: Span) -> TokenStream {
     tokens
         .into_iter()
         .map(|mut t| {
+            if let TokenTree::Group(g) = &t {
+                let mut inner = proc_macro2::Group::new(g.delimiter(), respan(g.stream(), span));
+                inner.set_span(span);
+                return TokenTree::Group(inner);
+            }
             t.set_span(span);
             t
         })
@@ -329,4 +380,22 @@ fn first_span(at: &impl ToTokens) -> Span {
         .into_iter()
         .next()
         .map_or_else(Span::call_site, |t| t.span())
+}
+
+/// `pattern!(...)`: a `PatternLit` constant expression.
+pub fn pattern(input: TokenStream) -> TokenStream {
+    let args = PatternArgs::parse(input).and_then(|args| check_pattern(&args).map(|()| args));
+    match args {
+        Ok(args) => {
+            let krate = args.crate_path();
+            let json = args.json();
+            let route = args.route();
+            quote!(#krate::PatternLit { json: #json, route: #route })
+        }
+        Err(err) => {
+            // A block, so that several errors still form one expression.
+            let err = err.to_compile_error();
+            quote!({ #err })
+        }
+    }
 }

@@ -13,13 +13,13 @@ pub struct User {
     pub name: String,
 }
 
-#[message_pattern(cmd = "get_user")]
+#[message_pattern({ cmd = "get_user" })]
 async fn get_user(id: String, ctx: Context) -> Result<User, RpcError> {
     if id == "0" {
         return Err(RpcError::new("no such user"));
     }
     Ok(User {
-        name: format!("user {id} via {}", ctx.pattern()),
+        name: format!("user {id} via {}", ctx.route()),
         id,
     })
 }
@@ -29,7 +29,7 @@ async fn add((a, b): (i64, i64)) -> i64 {
     a + b
 }
 
-#[message_pattern(cmd = "ping", v = 1)]
+#[message_pattern({ cmd = "ping", v = 1 })]
 async fn ping() {}
 
 #[message_pattern("count")]
@@ -58,13 +58,13 @@ async fn welcome(user: User) {
 
 async fn serve(name: &str) -> (RunningServer, Client) {
     let server = Microservice::new()
-        .handler(get_user)
-        .handler(add)
-        .handler(ping)
-        .handler(count)
-        .handler(ticks)
-        .handler(parse)
-        .handler(welcome)
+        .handler(GET_USER)
+        .handler(ADD)
+        .handler(PING)
+        .handler(COUNT)
+        .handler(TICKS)
+        .handler(PARSE)
+        .handler(WELCOME)
         .listen(format!("mem://{name}"))
         .start()
         .await
@@ -79,7 +79,7 @@ async fn serve(name: &str) -> (RunningServer, Client) {
 async fn every_reply_kind_round_trips() {
     let (server, client) = serve("macros-e2e").await;
 
-    let user = client.send(get_user, "42".to_string()).await.unwrap();
+    let user = client.send(GET_USER, "42".to_string()).await.unwrap();
     assert_eq!(
         user,
         User {
@@ -88,15 +88,15 @@ async fn every_reply_kind_round_trips() {
         }
     );
 
-    let err = client.send(get_user, "0".to_string()).await.unwrap_err();
+    let err = client.send(GET_USER, "0".to_string()).await.unwrap_err();
     assert!(err.to_string().contains("no such user"), "{err}");
 
-    assert_eq!(client.send(add, (2, 3)).await.unwrap(), 5);
-    client.send(ping, ()).await.unwrap();
-    assert_eq!(client.send(count, 3).await.unwrap(), 3, "the last value of a stream");
+    assert_eq!(client.send(ADD, (2, 3)).await.unwrap(), 5);
+    client.send(PING, ()).await.unwrap();
+    assert_eq!(client.send(COUNT, 3).await.unwrap(), 3, "the last value of a stream");
 
     let all: Vec<u32> = client
-        .send(ticks, 3)
+        .send(TICKS, 3)
         .stream()
         .await
         .unwrap()
@@ -105,8 +105,8 @@ async fn every_reply_kind_round_trips() {
         .await;
     assert_eq!(all, vec![0, 10, 20]);
 
-    assert_eq!(client.send(parse, "7".to_string()).await.unwrap(), 7);
-    let err = client.send(parse, "x".to_string()).await.unwrap_err();
+    assert_eq!(client.send(PARSE, "7".to_string()).await.unwrap(), 7);
+    let err = client.send(PARSE, "x".to_string()).await.unwrap_err();
     assert!(err.to_string().contains("not a number: x"), "{err}");
 
     server.shutdown().await.unwrap();
@@ -118,7 +118,7 @@ async fn a_payload_of_the_wrong_shape_is_an_error_not_a_crash() {
     let err = client.send_raw::<User>(serde_json_pattern(), 42).await.unwrap_err();
     assert!(err.to_string().contains("invalid payload"), "{err}");
     // The server is still there.
-    assert_eq!(client.send(add, (1, 1)).await.unwrap(), 2);
+    assert_eq!(client.send(ADD, (1, 1)).await.unwrap(), 2);
     server.shutdown().await.unwrap();
 }
 
@@ -136,7 +136,7 @@ async fn events_reach_their_listener() {
     let before = WELCOMED.load(Ordering::SeqCst);
     client
         .emit(
-            welcome,
+            WELCOME,
             User {
                 id: "1".into(),
                 name: "a".into(),
@@ -156,9 +156,9 @@ async fn events_reach_their_listener() {
 
 #[test]
 fn entries_describe_the_handlers() {
-    assert_eq!(ping.entry().route, r#"{"cmd":"ping","v":1}"#);
-    assert_eq!(get_user.entry().name, "get_user");
-    assert_eq!(welcome.entry().kind, switchboard::HandlerKind::Event);
+    assert_eq!(PING.info().route(), r#"{"cmd":"ping","v":1}"#);
+    assert_eq!(GET_USER.info().name(), "get_user");
+    assert_eq!(WELCOME.info().kind(), switchboard::Kind::Event);
 }
 
 #[tokio::test]
@@ -169,12 +169,12 @@ async fn handlers_declared_inside_a_function() {
     }
     assert_eq!(double(21).await, 42);
     let server = Microservice::new()
-        .handler(double)
+        .handler(DOUBLE)
         .listen("mem://macros-e2e-local")
         .start()
         .await
         .unwrap();
     let client = Client::connect("mem://macros-e2e-local").await.unwrap();
-    assert_eq!(client.send(double, 4).await.unwrap(), 8);
+    assert_eq!(client.send(DOUBLE, 4).await.unwrap(), 8);
     server.shutdown().await.unwrap();
 }

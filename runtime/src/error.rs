@@ -66,6 +66,11 @@ impl RpcError {
         }
     }
 
+    /// NestJS's "no matching message handler" error: the bare string it sends.
+    pub fn no_handler() -> Self {
+        RpcError(Value::String(NO_MESSAGE_HANDLER.into()))
+    }
+
     /// True for NestJS's "no matching message handler" reply.
     pub fn is_no_handler(&self) -> bool {
         self.message() == Some(NO_MESSAGE_HANDLER)
@@ -153,7 +158,7 @@ pub enum Error {
     /// A transport URL that does not parse or names a transport not compiled in.
     #[error("invalid transport url `{url}`: {reason}")]
     InvalidUrl {
-        /// The URL as given.
+        /// The URL as given (without its password).
         url: String,
         /// What is wrong with it.
         reason: String,
@@ -167,15 +172,70 @@ pub enum Error {
         #[source]
         source: serde_json::Error,
     },
-    /// A frame or packet that breaks the protocol.
-    #[error("protocol error: {0}")]
-    Protocol(String),
-    /// The handler set cannot be served (duplicates, nothing registered, …).
-    #[error("{0}")]
-    Registry(String),
+    /// The peer sent bytes that break the protocol.
+    #[error("invalid data from {peer}: {reason}")]
+    InvalidData {
+        /// The peer.
+        peer: String,
+        /// What was wrong.
+        reason: String,
+    },
+    /// A broker refused or failed an operation (subscribe, publish, create a stream or a
+    /// topic); `source` is the broker client's own error, when there is one.
+    #[error("{context}")]
+    Broker {
+        /// What was being done, where.
+        context: String,
+        /// The broker client's error.
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    },
+    /// A message larger than the transport or broker takes.
+    #[error("{context}: {size} bytes is more than the limit of {limit}")]
+    TooLarge {
+        /// What was being sent, where.
+        context: String,
+        /// Its size.
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// A service with no handler to serve.
+    #[error(
+        "no handlers to serve: mark async fns with #[message_pattern] or #[event_pattern] and add them with \
+         `.handler(GET_USER)` or `.group(...)`, or use `Microservice::from_registry()`"
+    )]
+    NoHandlers,
+    /// Two request handlers for one pattern.
+    #[error("pattern {route} has two request handlers: {first} and {second}")]
+    DuplicateHandler {
+        /// The route.
+        route: String,
+        /// The first handler.
+        first: String,
+        /// The second.
+        second: String,
+    },
+    /// Handlers found in the registry that take the service's state, which the registry
+    /// cannot give them: they must be added explicitly.
+    #[error(
+        "from_registry() cannot serve handlers that take `State<T>` (it does not know the state): \
+         add them with `.handler(...)` on `Microservice::new().with_state(...)`: {}",
+        handlers.join(", ")
+    )]
+    NeedsState {
+        /// The handlers, `module::name (file:line)`.
+        handlers: Vec<String>,
+    },
+    /// A service with no transport to listen on.
+    #[error("no transport to serve on: call .listen(\"tcp://127.0.0.1:3001\") or similar")]
+    NoTransport,
     /// The client has been closed.
     #[error("client is closed")]
     Closed,
+    /// A client layer failed the call with an error of its own.
+    #[error("a client layer failed the call: {0}")]
+    Layer(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// A server's transport stopped serving before it was asked to (it panicked, say).
     #[error("the transport at {url} stopped: {reason}")]
     TransportStopped {
@@ -204,6 +264,24 @@ impl Error {
         }
     }
 
+    /// A broker's failure, keeping the broker client's error as the `source`.
+    #[allow(dead_code)] // only the broker transports use it
+    pub(crate) fn broker(context: impl Into<String>, source: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Error::Broker {
+            context: context.into(),
+            source: Some(Box::new(source)),
+        }
+    }
+
+    /// A broker's refusal, with no error of the broker client's to keep.
+    #[allow(dead_code)] // only the broker transports use it
+    pub(crate) fn refused(context: impl Into<String>) -> Self {
+        Error::Broker {
+            context: context.into(),
+            source: None,
+        }
+    }
+
     /// The remote error value, when the remote handler answered with one.
     pub fn as_rpc(&self) -> Option<&RpcError> {
         match self {
@@ -217,4 +295,39 @@ impl From<RpcError> for Error {
     fn from(e: RpcError) -> Self {
         Error::Rpc(e)
     }
+}
+
+/// A failed call inside a handler, answered to that handler's caller: a remote handler's
+/// error as it is (so `?` passes it on unchanged), anything else as
+/// `{"status":"error","message":"<what failed>"}`.
+///
+/// ```
+/// use switchboard::prelude::*;
+///
+/// #[derive(Serialize, Deserialize)]
+/// struct User { id: String }
+///
+/// #[message_pattern("profile")]
+/// async fn profile(id: String, State(users): State<Client>) -> RpcResult<User> {
+///     const GET_USER: MessageDef<String, User> = MessageDef::new(pattern!("get_user"));
+///     let user = users.send(GET_USER, id).await?; // a failed call answers this request
+///     Ok(user)
+/// }
+/// ```
+impl From<Error> for RpcError {
+    fn from(e: Error) -> Self {
+        match e {
+            Error::Rpc(e) => e,
+            other => RpcError::new(other.to_string()),
+        }
+    }
+}
+
+/// The text of a panic's payload.
+pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic".into())
 }

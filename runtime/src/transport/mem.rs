@@ -3,18 +3,19 @@
 //! For tests and single-binary apps. A server bound to `mem://orders` is reachable by any
 //! client in the same process that connects to `mem://orders`.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
-use std::sync::{LazyLock, Mutex};
+use std::sync::{Arc, LazyLock, Mutex};
 
+use bytes::Bytes;
 use futures_util::future::{BoxFuture, FutureExt};
-use futures_util::stream::StreamExt;
 
-use super::{ClientTransport, Endpoint, Listener, Outbound, Replies, Shutdown};
-use crate::dispatch::{Dispatched, Dispatcher, Incoming};
+use super::{ClientTransport, Endpoint, Listener, Shutdown};
 use crate::error::{Error, Result};
+use crate::service::{Address, Context, Kind, Outbound, Payload, Replies, Request, Router};
 
 /// Servers bound in this process, by name.
-static SERVERS: LazyLock<Mutex<HashMap<String, Dispatcher>>> = LazyLock::new(Default::default);
+static SERVERS: LazyLock<Mutex<HashMap<String, Router>>> = LazyLock::new(Default::default);
 
 /// The server side of `mem://name`.
 #[derive(Debug)]
@@ -29,7 +30,7 @@ impl MemListener {
         let name = ep.authority.clone();
         if SERVERS.lock().expect("mem registry lock").contains_key(&name) {
             return Err(Error::InvalidUrl {
-                url: ep.as_str().into(),
+                url: ep.redacted(),
                 reason: "already bound in this process".into(),
             });
         }
@@ -42,18 +43,18 @@ impl Listener for MemListener {
         format!("mem://{}", self.name)
     }
 
-    fn serve(self: Box<Self>, dispatcher: Dispatcher, mut shutdown: Shutdown) -> BoxFuture<'static, Result<()>> {
+    fn serve(self: Box<Self>, router: Router, mut shutdown: Shutdown) -> BoxFuture<'static, Result<()>> {
         // Registered before the future is first polled, so the name answers as soon as the
         // server has started; unregistered when the future ends or is dropped (aborted).
         let bound = {
             let mut servers = SERVERS.lock().expect("mem registry lock");
             if servers.contains_key(&self.name) {
-                Err(Error::Registry(format!(
-                    "mem://{} is already bound in this process",
-                    self.name
-                )))
+                Err(Error::InvalidUrl {
+                    url: self.local_url(),
+                    reason: "already bound in this process".into(),
+                })
             } else {
-                servers.insert(self.name.clone(), dispatcher);
+                servers.insert(self.name.clone(), router);
                 Ok(Bound(self.name.clone()))
             }
         };
@@ -92,23 +93,29 @@ impl MemClient {
         })
     }
 
-    fn dispatch(&self, msg: &Outbound, request: bool) -> Result<Dispatched> {
-        let dispatcher = SERVERS
+    fn addr(&self) -> String {
+        format!("mem://{}", self.name)
+    }
+
+    /// The server's router, and the call as the request it receives.
+    fn request_for(&self, msg: Outbound) -> Result<(Router, Request)> {
+        let router = SERVERS
             .lock()
             .expect("mem registry lock")
             .get(&self.name)
             .cloned()
             .ok_or_else(|| Error::Connect {
-                addr: format!("mem://{}", self.name),
+                addr: self.addr(),
                 reason: "no server is bound to this name in this process".into(),
             })?;
-        Ok(dispatcher.dispatch(Incoming {
-            pattern: &msg.pattern,
-            data: Some(&msg.data),
-            request,
-            metadata: msg.metadata.as_deref().cloned(),
-            transport: "mem",
-        }))
+        let address = match msg.pattern {
+            Cow::Borrowed(p) => Address::static_pattern(p),
+            Cow::Owned(p) => Address::Pattern(Bytes::from(p)),
+        };
+        let ctx = Context::new("mem", msg.kind)
+            .with_headers(msg.headers)
+            .with_deadline(Some(msg.deadline));
+        Ok((router, Request::new(address, Payload::Json(msg.payload), ctx)))
     }
 }
 
@@ -118,23 +125,32 @@ impl ClientTransport for MemClient {
         std::future::ready(Ok(())).boxed()
     }
 
-    fn request(&self, msg: Outbound) -> BoxFuture<'_, Result<Replies>> {
-        let result = self.dispatch(&msg, true).and_then(|d| match d {
-            Dispatched::Reply(reply) => Ok(reply.map(Ok).boxed()),
-            Dispatched::NoHandler { route } => Err(Error::NoHandler {
-                pattern: route,
-                addr: format!("mem://{}", self.name),
-            }),
-            Dispatched::Event(_) | Dispatched::Ignored => unreachable!("a request always gets a reply"),
-        });
-        std::future::ready(result).boxed()
+    fn request(self: Arc<Self>, msg: Outbound) -> BoxFuture<'static, Result<Replies>> {
+        let route = msg.route.clone();
+        match self.request_for(msg) {
+            Ok((router, req)) => {
+                let reply = router.call(req);
+                async move {
+                    let reply = reply.await;
+                    if reply.is_no_handler() {
+                        return Err(Error::NoHandler {
+                            pattern: route.into_owned(),
+                            addr: self.addr(),
+                        });
+                    }
+                    Ok(Replies::from_reply(reply))
+                }
+                .boxed()
+            }
+            Err(e) => std::future::ready(Err(e)).boxed(),
+        }
     }
 
-    fn emit(&self, msg: Outbound) -> BoxFuture<'_, Result<()>> {
-        let result = self.dispatch(&msg, false).map(|d| {
-            if let Dispatched::Event(run) = d {
-                tokio::spawn(run);
-            }
+    fn emit(self: Arc<Self>, msg: Outbound) -> BoxFuture<'static, Result<()>> {
+        debug_assert_eq!(msg.kind, Kind::Event);
+        let result = self.request_for(msg).map(|(router, req)| {
+            // Like a broker: accepted now, handled on its own.
+            tokio::spawn(router.call(req));
         });
         std::future::ready(result).boxed()
     }

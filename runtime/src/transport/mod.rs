@@ -1,29 +1,31 @@
-//! Transports: how bytes reach handlers and replies reach callers.
+//! Transports: how bytes reach the service and replies reach callers.
 //!
 //! A transport is chosen by URL: `mem://name` (in-process) and `tcp://host:port` (NestJS's
-//! TCP protocol; `tls://host:port` for TLS) are built in. Server-side a transport is a
-//! [`Listener`] that decodes packets and hands them to a [`Dispatcher`];
-//! client-side it is a [`ClientTransport`] that sends [`Outbound`] packets and yields replies.
+//! TCP protocol; `tls://host:port` for TLS) are built in, the brokers and gRPC are cargo
+//! features. Server-side a transport is a [`Listener`]: it turns what it receives into
+//! [`Request`](crate::Request)s for the [`Router`] and sends back the replies; it never sees a
+//! handler. Client-side it is a [`ClientTransport`] that sends [`Outbound`] calls and yields
+//! [`Replies`]; a client wraps it in its layers.
+//!
+//! Both traits are public so that a transport can live outside this crate: serve one with
+//! `Microservice::serve_on(listener)`, call through one with `Client::over(transport)`.
 
-use std::borrow::Cow;
-use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use futures_util::future::BoxFuture;
-use futures_util::stream::BoxStream;
 use tokio::sync::watch;
 
-use crate::dispatch::Dispatcher;
 use crate::error::{Error, Result};
-use crate::handler::ReplyItem;
+use crate::service::{Outbound, Replies, Router};
 
 #[cfg(feature = "amqp")]
 pub mod amqp;
 #[cfg(any(feature = "tcp", feature = "amqp"))]
 pub(crate) mod backoff;
+#[cfg(any(feature = "redis", feature = "nats", feature = "mqtt", feature = "amqp", feature = "kafka"))]
+pub(crate) mod broker;
 #[cfg(feature = "grpc")]
 pub mod grpc;
 #[cfg(feature = "kafka")]
@@ -33,64 +35,33 @@ pub mod mem;
 pub mod mqtt;
 #[cfg(feature = "nats")]
 pub mod nats;
-#[cfg_attr(not(all(feature = "tcp", feature = "amqp")), allow(dead_code))]
-pub(crate) mod pending;
 #[cfg(feature = "redis")]
 pub mod redis;
-#[cfg_attr(
-    not(any(
-        feature = "tcp",
-        feature = "redis",
-        feature = "nats",
-        feature = "mqtt",
-        feature = "amqp",
-        feature = "kafka"
-    )),
-    allow(dead_code)
-)]
-pub(crate) mod steps;
 #[cfg(feature = "tcp")]
 pub mod tcp;
-
-/// A request or event on its way out.
-#[derive(Debug, Clone)]
-pub struct Outbound {
-    /// The pattern as JSON, as it goes in the packet's `pattern` field.
-    pub pattern: Cow<'static, str>,
-    /// The normalised route (channel/subject names on brokers; lookups in-process).
-    pub route: Cow<'static, str>,
-    /// The payload as JSON.
-    pub data: Bytes,
-    /// Headers (sent as NestJS 12's `metadata` on TCP).
-    pub metadata: Option<Arc<HashMap<String, String>>>,
-    /// The call's deadline, for transports that send it along (gRPC's `grpc-timeout`);
-    /// the caller enforces it either way.
-    pub timeout: Option<Duration>,
-}
-
-/// The packets of one reply, as a client receives them; ends after the last one.
-pub type Replies = BoxStream<'static, Result<ReplyItem>>;
 
 /// The client half of a transport.
 pub trait ClientTransport: Send + Sync + 'static {
     /// Connects now instead of on the first call, so that an unreachable peer is reported
     /// at once.
     fn connect(&self) -> BoxFuture<'_, Result<()>>;
-    /// Sends a request; the stream yields its reply packets.
-    fn request(&self, msg: Outbound) -> BoxFuture<'_, Result<Replies>>;
+    /// Sends a request; resolves once its first reply packet is in (or the reply is over),
+    /// with the packets of the reply.
+    fn request(self: Arc<Self>, msg: Outbound) -> BoxFuture<'static, Result<Replies>>;
     /// Sends an event; resolves once the transport has accepted it.
-    fn emit(&self, msg: Outbound) -> BoxFuture<'_, Result<()>>;
+    fn emit(self: Arc<Self>, msg: Outbound) -> BoxFuture<'static, Result<()>>;
     /// Closes connections; in-flight calls fail.
     fn close(&self) -> BoxFuture<'_, ()>;
 }
 
 /// The server half of a transport, bound and ready to serve.
 pub trait Listener: Send + 'static {
-    /// The URL it listens on, with the real port when port 0 was asked for.
+    /// The URL it listens on, with the real port when port 0 was asked for (and without a
+    /// password).
     fn local_url(&self) -> String;
-    /// Serves until `shutdown` fires, then stops taking new messages, lets in-flight ones
-    /// finish and returns.
-    fn serve(self: Box<Self>, dispatcher: Dispatcher, shutdown: Shutdown) -> BoxFuture<'static, Result<()>>;
+    /// Serves `router` until `shutdown` fires, then stops taking new messages, lets in-flight
+    /// ones finish and returns.
+    fn serve(self: Box<Self>, router: Router, shutdown: Shutdown) -> BoxFuture<'static, Result<()>>;
 
     /// For transports that take messages only once `serve` has set something up (a broker
     /// subscription): a flag `serve` raises then, so that `Microservice::start` returns only
@@ -130,6 +101,37 @@ pub(crate) struct ClientOptions {
     pub max_frame_len: usize,
 }
 
+impl Default for ClientOptions {
+    fn default() -> Self {
+        ClientOptions {
+            pool_size: 2,
+            connect_timeout: Duration::from_secs(5),
+            max_frame_len: 64 * 1024 * 1024,
+        }
+    }
+}
+
+/// `url` without the password of its user info, for logs, errors and `Debug`.
+pub fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    // Every `@`-separated user info before the last `@` (NATS lists hosts with commas).
+    let hosts: Vec<String> = authority
+        .split(',')
+        .map(|host| match host.rsplit_once('@') {
+            Some((user, at)) => match user.split_once(':') {
+                Some((name, _)) => format!("{name}:***@{at}"),
+                None => format!("{user}@{at}"),
+            },
+            None => host.to_owned(),
+        })
+        .collect();
+    format!("{scheme}://{}{tail}", hosts.join(","))
+}
+
 /// A transport URL: `scheme://authority?key=value&…`.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Endpoint {
@@ -146,7 +148,7 @@ impl Endpoint {
     /// Parses a transport URL.
     pub fn parse(url: &str) -> Result<Self> {
         let bad = |reason: &str| Error::InvalidUrl {
-            url: url.to_owned(),
+            url: redact(url),
             reason: reason.to_owned(),
         };
         let (scheme, rest) = url
@@ -176,9 +178,14 @@ impl Endpoint {
         })
     }
 
-    /// The URL as given.
+    /// The URL as given, password included: for connecting, never for messages.
     pub fn as_str(&self) -> &str {
         &self.url
+    }
+
+    /// The URL without its password, for logs and errors.
+    pub fn redacted(&self) -> String {
+        redact(&self.url)
     }
 
     /// A query parameter.
@@ -191,7 +198,7 @@ impl Endpoint {
         self.param(key)
             .map(|v| {
                 v.parse().map_err(|_| Error::InvalidUrl {
-                    url: self.url.clone(),
+                    url: self.redacted(),
                     reason: format!("query parameter `{key}` has an invalid value `{v}`"),
                 })
             })
@@ -203,7 +210,7 @@ impl Endpoint {
         match self.params.iter().find(|(k, _)| !known.contains(&k.as_str())) {
             None => Ok(()),
             Some((k, _)) => Err(Error::InvalidUrl {
-                url: self.url.clone(),
+                url: self.redacted(),
                 reason: format!(
                     "unknown query parameter `{k}`; this transport takes: {}",
                     known.join(", ")
@@ -215,7 +222,7 @@ impl Endpoint {
 
 impl fmt::Debug for Endpoint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.url)
+        f.write_str(&redact(&self.url))
     }
 }
 
@@ -296,7 +303,7 @@ fn unknown_scheme(ep: &Endpoint, scheme: &str) -> Error {
         ),
     };
     Error::InvalidUrl {
-        url: ep.as_str().to_owned(),
+        url: ep.redacted(),
         reason,
     }
 }
@@ -327,6 +334,18 @@ fn known_schemes() -> Vec<&'static str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn passwords_never_show() {
+        assert_eq!(redact("amqp://guest:secret@127.0.0.1:5672/vhost?x=1"), "amqp://guest:***@127.0.0.1:5672/vhost?x=1");
+        assert_eq!(redact("nats://a:pw@h1:4222,b:pw2@h2:4222"), "nats://a:***@h1:4222,b:***@h2:4222");
+        assert_eq!(redact("redis://token@h:6379"), "redis://token@h:6379");
+        assert_eq!(redact("tcp://127.0.0.1:3001"), "tcp://127.0.0.1:3001");
+        let ep = Endpoint::parse("redis://u:hunter2@h:1?bogus=1").unwrap();
+        assert!(!format!("{ep:?}").contains("hunter2"));
+        let err = ep.only_params(&[]).unwrap_err().to_string();
+        assert!(!err.contains("hunter2"), "{err}");
+    }
 
     #[test]
     fn parses_urls() {

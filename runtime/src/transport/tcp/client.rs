@@ -11,17 +11,17 @@ use std::sync::{Arc, RwLock};
 
 use bytes::{Bytes, BytesMut};
 use futures_util::future::{BoxFuture, FutureExt};
-use futures_util::stream::StreamExt;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, watch};
 
 use super::frame::{FrameDecoder, encode_frame};
 use super::{client_options, connect_socket};
-use crate::codec::encode_request;
 use crate::error::{Error, Result};
+use crate::service::{Outbound, Replies};
 use crate::transport::backoff::Backoff;
-use crate::transport::pending::{CallRx, Pending};
-use crate::transport::{ClientOptions, ClientTransport, Endpoint, Outbound, Replies};
+use crate::transport::{ClientOptions, ClientTransport, Endpoint};
+use crate::wire::nestjs::packet::encode_request;
+use crate::wire::nestjs::pending::{CallRx, Pending};
 
 /// Frames queued for one connection's writer before callers wait.
 const WRITE_QUEUE: usize = 1024;
@@ -152,31 +152,31 @@ impl ClientTransport for TcpClient {
         self.conn().map(|c| c.map(drop)).boxed()
     }
 
-    fn request(&self, msg: Outbound) -> BoxFuture<'_, Result<Replies>> {
+    fn request(self: Arc<Self>, msg: Outbound) -> BoxFuture<'static, Result<Replies>> {
         async move {
             let conn = self.conn().await?;
             let (id, rx) = conn.register(msg.route.clone())?;
-            let mut frame = Vec::with_capacity(msg.data.len() + msg.pattern.len() + 64);
-            let mut body = Vec::with_capacity(msg.data.len() + msg.pattern.len() + 48);
+            let mut frame = Vec::with_capacity(msg.payload.len() + msg.pattern.len() + 64);
+            let mut body = Vec::with_capacity(msg.payload.len() + msg.pattern.len() + 48);
             encode_request(
                 &mut body,
                 &msg.pattern,
-                &msg.data,
-                msg.metadata.as_deref(),
+                &msg.payload,
+                msg.headers.as_map(),
                 Some(id.as_str()),
             );
             encode_frame(&mut frame, &body);
             conn.send(frame).await?;
-            Ok(rx.boxed())
+            Replies::first_of(rx).await
         }
         .boxed()
     }
 
-    fn emit(&self, msg: Outbound) -> BoxFuture<'_, Result<()>> {
+    fn emit(self: Arc<Self>, msg: Outbound) -> BoxFuture<'static, Result<()>> {
         async move {
             let conn = self.conn().await?;
-            let mut body = Vec::with_capacity(msg.data.len() + msg.pattern.len() + 32);
-            encode_request(&mut body, &msg.pattern, &msg.data, msg.metadata.as_deref(), None);
+            let mut body = Vec::with_capacity(msg.payload.len() + msg.pattern.len() + 32);
+            encode_request(&mut body, &msg.pattern, &msg.payload, msg.headers.as_map(), None);
             let mut frame = Vec::with_capacity(body.len() + 12);
             encode_frame(&mut frame, &body);
             conn.send(frame).await
@@ -313,7 +313,10 @@ async fn reader<R: AsyncRead + Unpin>(mut r: R, conn: Arc<Conn>, slot: std::sync
                     Ok(None) => break,
                     Err(e) => {
                         tracing::warn!(url = %conn.url, error = %e, "invalid frame from server; closing");
-                        conn.shut(|| Error::Protocol(format!("invalid frame from {}: {e}", conn.url)));
+                        conn.shut(|| Error::InvalidData {
+                            peer: conn.url.clone(),
+                            reason: format!("invalid frame: {e}"),
+                        });
                         return forget(&slot, &conn);
                     }
                 }

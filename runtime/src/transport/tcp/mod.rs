@@ -1,7 +1,7 @@
 //! NestJS's TCP transport (`tcp://host:port`, and `tls://host:port` with the `tls` feature).
 //!
 //! Byte-compatible with `@nestjs/microservices` 10–12: `<len>#<json>` frames with the
-//! length in UTF-16 units, NestJS's packets and reply shapes (nestjs-wire.md §1).
+//! length in UTF-16 units, NestJS's packets and reply shapes (`docs/nestjs-wire.md` §1).
 //!
 //! URL query parameters:
 //! - both ends: `max_frame_len` (UTF-16 units, default 64 Mi);
@@ -15,7 +15,8 @@ use std::time::Duration;
 use futures_util::future::{BoxFuture, FutureExt};
 use tokio::net::TcpStream;
 
-use super::{ClientOptions, Dispatcher, Endpoint, Listener, Shutdown};
+use super::{ClientOptions, Endpoint, Listener, Shutdown};
+use crate::service::Router;
 use crate::error::{Error, Result};
 
 mod client;
@@ -100,8 +101,8 @@ impl Listener for TcpListener {
         }
     }
 
-    fn serve(self: Box<Self>, dispatcher: Dispatcher, shutdown: Shutdown) -> BoxFuture<'static, Result<()>> {
-        server::serve(*self, dispatcher, shutdown).boxed()
+    fn serve(self: Box<Self>, router: Router, shutdown: Shutdown) -> BoxFuture<'static, Result<()>> {
+        server::serve(*self, router, shutdown).boxed()
     }
 }
 

@@ -7,7 +7,7 @@ use std::pin::Pin;
 use std::task::{Context as TaskContext, Poll};
 
 use bytes::{Bytes, BytesMut};
-use futures_util::future::{BoxFuture, FutureExt};
+use futures_util::future::FutureExt;
 use futures_util::stream::{SelectAll, Stream, StreamExt};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::task::JoinSet;
@@ -15,14 +15,13 @@ use tokio::time::Instant;
 
 use super::frame::{FrameDecoder, encode_frame, utf16_len, write_length};
 use super::{ServerOptions, TcpListener};
-use crate::codec::{Outgoing, Packet, PacketError};
-use crate::dispatch::{Dispatched, Dispatcher, Incoming};
 use crate::error::Result;
-use crate::handler::{Reply, ReplyItem};
+use crate::service::{Address, Context, Kind, Payload, Reply, Request, Router, RouterFuture};
 use crate::transport::Shutdown;
-use crate::transport::steps::{Step, Steps};
+use crate::wire::nestjs::packet::{Outgoing, Packet, PacketError};
+use crate::wire::nestjs::steps::{Step, Steps};
 
-pub(super) async fn serve(l: TcpListener, dispatcher: Dispatcher, mut shutdown: Shutdown) -> Result<()> {
+pub(super) async fn serve(l: TcpListener, router: Router, mut shutdown: Shutdown) -> Result<()> {
     let mut conns = JoinSet::new();
     loop {
         tokio::select! {
@@ -30,14 +29,14 @@ pub(super) async fn serve(l: TcpListener, dispatcher: Dispatcher, mut shutdown: 
             accepted = l.listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     let _ = stream.set_nodelay(true);
-                    let (dispatcher, opts, shutdown) = (dispatcher.clone(), l.opts.clone(), shutdown.clone());
+                    let (router, opts, shutdown) = (router.clone(), l.opts.clone(), shutdown.clone());
                     #[cfg(feature = "tls")]
                     if let Some(acceptor) = l.tls.clone() {
                         conns.spawn(async move {
                             match tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(stream)).await {
                                 Ok(Ok(tls)) => {
                                     let (r, w) = tokio::io::split(tls);
-                                    connection(r, w, peer, dispatcher, opts, shutdown).await
+                                    connection(r, w, peer, router, opts, shutdown).await
                                 }
                                 Ok(Err(e)) => tracing::warn!(%peer, error = %e, "TLS handshake failed"),
                                 Err(_) => tracing::warn!(%peer, "TLS handshake timed out"),
@@ -46,7 +45,7 @@ pub(super) async fn serve(l: TcpListener, dispatcher: Dispatcher, mut shutdown: 
                         continue;
                     }
                     let (r, w) = stream.into_split();
-                    conns.spawn(connection(r, w, peer, dispatcher, opts, shutdown));
+                    conns.spawn(connection(r, w, peer, router, opts, shutdown));
                 }
                 Err(e) => {
                     // Out of file descriptors and the like: back off instead of spinning.
@@ -63,36 +62,34 @@ pub(super) async fn serve(l: TcpListener, dispatcher: Dispatcher, mut shutdown: 
     Ok(())
 }
 
-/// A request's reply in flight, with the raw id it answers.
-struct InFlight {
-    id: Bytes,
-    steps: Steps,
-}
-
-impl Stream for InFlight {
-    type Item = (Bytes, Step);
-
-    fn poll_next(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Option<Self::Item>> {
-        let this = self.get_mut();
-        this.steps
-            .poll_step(cx)
-            .map(|step| step.map(|step| (this.id.clone(), step)))
-    }
-}
-
-/// Work in flight on a connection: a request's reply, or an event's listeners.
+/// Work in flight on a connection: a request whose handler has not answered yet, a reply
+/// being streamed, or an event's listeners.
 enum Work {
-    Reply(InFlight),
-    Event(BoxFuture<'static, ()>),
+    Answering { id: Bytes, reply: RouterFuture },
+    Replying { id: Bytes, steps: Steps },
+    Event(RouterFuture),
 }
 
 impl Stream for Work {
     type Item = (Bytes, Step);
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Option<Self::Item>> {
-        match self.get_mut() {
-            Work::Reply(r) => Pin::new(r).poll_next(cx),
-            Work::Event(run) => run.as_mut().poll(cx).map(|()| None),
+        let this = self.get_mut();
+        loop {
+            match this {
+                Work::Answering { id, reply } => {
+                    let reply = std::task::ready!(reply.poll_unpin(cx));
+                    let id = std::mem::take(id);
+                    *this = Work::Replying {
+                        id,
+                        steps: Steps::new(reply),
+                    };
+                }
+                Work::Replying { id, steps } => {
+                    return steps.poll_step(cx).map(|step| step.map(|step| (id.clone(), step)));
+                }
+                Work::Event(run) => return run.poll_unpin(cx).map(|_| None),
+            }
         }
     }
 }
@@ -110,14 +107,12 @@ enum Close {
 
 struct Conn {
     peer: SocketAddr,
-    dispatcher: Dispatcher,
+    router: Router,
     opts: ServerOptions,
     decoder: FrameDecoder,
     rbuf: BytesMut,
     wbuf: Vec<u8>,
     scratch: Vec<u8>,
-    /// A ready reply value's JSON, before it is framed into `wbuf`.
-    json: Vec<u8>,
     inflight: SelectAll<Work>,
     /// Complete frames may still be in `rbuf`, not dispatched for lack of room.
     backlog: bool,
@@ -130,7 +125,7 @@ async fn connection<R, W>(
     mut rd: R,
     mut wr: W,
     peer: SocketAddr,
-    dispatcher: Dispatcher,
+    router: Router,
     opts: ServerOptions,
     mut shutdown: Shutdown,
 ) where
@@ -140,13 +135,12 @@ async fn connection<R, W>(
     tracing::debug!(%peer, "connection opened");
     let mut c = Conn {
         peer,
-        dispatcher,
+        router,
         decoder: FrameDecoder::new(opts.max_frame_len),
         opts,
         rbuf: BytesMut::with_capacity(16 * 1024),
         wbuf: Vec::with_capacity(16 * 1024),
         scratch: Vec::with_capacity(1024),
-        json: Vec::with_capacity(1024),
         inflight: SelectAll::new(),
         backlog: false,
     };
@@ -256,91 +250,71 @@ impl Conn {
                 continue;
             }
             let id = packet.id.map(|id| Packet::range_in(&body, id));
-            let outcome = self.dispatcher.dispatch(Incoming {
-                pattern: packet.pattern.unwrap_or("undefined"),
-                data: packet.data.map(str::as_bytes),
-                request: id.is_some(),
-                metadata: packet.metadata_map(),
-                transport: "tcp",
-            });
-            if matches!(outcome, Dispatched::NoHandler { .. } | Dispatched::Ignored)
+            let kind = if id.is_some() { Kind::Request } else { Kind::Event };
+            let address = match packet.pattern {
+                Some(p) => Address::pattern_in(&body, p),
+                None => Address::static_pattern("undefined"),
+            };
+            let payload = match packet.data {
+                Some(d) => Payload::Json(body.slice_ref(d.as_bytes())),
+                None => Payload::null(),
+            };
+            let ctx = Context::new("tcp", kind).with_headers(packet.headers());
+            let mut reply = self.router.call(Request::new(address, payload, ctx));
+            // Most handlers finish without waiting: polled right away, their reply is written
+            // straight from the received frame, without a trip through the in-flight set.
+            let mut cx = TaskContext::from_waker(std::task::Waker::noop());
+            let ready = reply.poll_unpin(&mut cx);
+            if let Poll::Ready(r) = &ready
+                && r.is_no_handler()
                 && packet.pattern.is_some_and(|p| !Packet::check_pattern(p))
             {
                 // The hand-split fast path does not parse patterns; a miss checks it here.
                 return Err(Close::Pattern);
             }
-            match (outcome, id) {
-                (Dispatched::Reply(reply), Some(id)) => self.start_reply(&body, id, reply),
-                (Dispatched::NoHandler { .. }, Some(id)) => self.write(&body[id], Outgoing::NoHandler),
-                (Dispatched::Event(run), _) => self.start(Work::Event(run)),
-                _ => {}
+            match (ready, id) {
+                (Poll::Ready(reply), Some(id)) => self.start_reply(&body, id, reply),
+                (Poll::Pending, Some(id)) => self.inflight.push(Work::Answering {
+                    id: body.slice(id),
+                    reply,
+                }),
+                (Poll::Pending, None) => self.inflight.push(Work::Event(reply)),
+                (Poll::Ready(_), None) => {}
             }
         }
     }
 
-    /// Polls a new reply right away: most handlers finish without waiting, and their reply
-    /// is written straight from the received frame, without a trip through the in-flight set.
-    fn start_reply(&mut self, body: &Bytes, id: Range<usize>, mut reply: Reply) {
-        let mut cx = TaskContext::from_waker(std::task::Waker::noop());
-        if reply.is_single_value() && self.wbuf.len() < WRITE_HIGH_WATER {
-            // The common case: one value, ready at once, serialised straight into place.
-            let mut json = std::mem::take(&mut self.json);
-            json.clear();
-            let ready = match reply.poll_into(&mut cx, &mut json) {
-                Poll::Ready(Some(None)) => Some(Outgoing::Value {
-                    json: &json,
-                    last: true,
-                }),
-                Poll::Ready(Some(Some(ReplyItem::Value(v)))) => {
-                    json.clear();
-                    json.extend_from_slice(&v);
-                    Some(Outgoing::Value {
-                        json: &json,
-                        last: true,
-                    })
-                }
-                Poll::Ready(Some(Some(ReplyItem::Error(e)))) => {
-                    self.write(&body[id], Outgoing::Error(&e));
-                    self.json = json;
-                    return;
-                }
-                Poll::Ready(None) => Some(Outgoing::Done),
-                Poll::Pending => None,
-            };
-            if let Some(what) = ready {
-                self.write(&body[id], what);
-                self.json = json;
-                return;
-            }
-            self.json = json;
+    /// Writes a ready reply: one value, completion or an error at once; a stream's steps
+    /// as far as they are ready, the rest from the in-flight set.
+    fn start_reply(&mut self, body: &Bytes, id: Range<usize>, reply: Reply) {
+        if reply.is_no_handler() {
+            return self.write(&body[id], Outgoing::NoHandler);
         }
-        let mut flight = InFlight {
-            id: Bytes::new(),
-            steps: Steps::new(reply),
-        };
+        if let Some(json) = reply.as_json() {
+            return self.write(&body[id], Outgoing::Value { json, last: true });
+        }
+        if let Some(e) = reply.as_error() {
+            return self.write(&body[id], Outgoing::Error(e));
+        }
+        if reply.is_done() {
+            return self.write(&body[id], Outgoing::Done);
+        }
+        let mut cx = TaskContext::from_waker(std::task::Waker::noop());
+        let mut steps = Steps::new(reply);
         loop {
             // A long ready stream: write what we have first, poll the rest later.
-            let step = match flight.steps.poll_step(&mut cx) {
+            let step = match steps.poll_step(&mut cx) {
                 Poll::Ready(Some(step)) if self.wbuf.len() < WRITE_HIGH_WATER => step,
                 Poll::Ready(None) => return,
                 polled => {
-                    flight.id = body.slice(id);
+                    let id = body.slice(id);
                     if let Poll::Ready(Some(step)) = polled {
-                        self.encode(&flight.id, step);
+                        self.encode(&id, step);
                     }
-                    return self.inflight.push(Work::Reply(flight));
+                    return self.inflight.push(Work::Replying { id, steps });
                 }
             };
             self.encode(&body[id.clone()], step);
-        }
-    }
-
-    /// Polls a new event right away; most listeners finish without waiting.
-    fn start(&mut self, mut work: Work) {
-        let mut cx = TaskContext::from_waker(std::task::Waker::noop());
-        if Pin::new(&mut work).poll_next(&mut cx).is_pending() {
-            // Polled again (with the connection's waker) by the in-flight set.
-            self.inflight.push(work);
         }
     }
 
@@ -357,11 +331,11 @@ impl Conn {
                 r#"{"response":,"id":}"#.len()
             };
             write_length(&mut self.wbuf, fixed + utf16_len(json) + utf16_len(id));
-            crate::codec::encode_reply(&mut self.wbuf, id, what);
+            crate::wire::nestjs::packet::encode_reply(&mut self.wbuf, id, what);
             return;
         }
         self.scratch.clear();
-        crate::codec::encode_reply(&mut self.scratch, id, what);
+        crate::wire::nestjs::packet::encode_reply(&mut self.scratch, id, what);
         encode_frame(&mut self.wbuf, &self.scratch);
     }
 }

@@ -1,4 +1,4 @@
-//! JSON output as JavaScript writes it: numbers in `Number.prototype.toString` form
+//! JSON as JavaScript writes it: numbers in `Number.prototype.toString` form
 //! (`6`, not `6.0`), so replies from a Rust handler are byte-identical to a NestJS one's.
 
 use serde::Serialize;
@@ -19,6 +19,11 @@ impl serde_json::ser::Formatter for JsFormatter {
 
 /// Appends `value` as JSON to `out`, JavaScript style.
 pub(crate) fn write<T: Serialize + ?Sized>(out: &mut Vec<u8>, value: &T) -> serde_json::Result<()> {
+    write_to(out, value)
+}
+
+/// Writes `value` as JSON, JavaScript style.
+pub(crate) fn write_to<W: std::io::Write, T: Serialize + ?Sized>(out: W, value: &T) -> serde_json::Result<()> {
     value.serialize(&mut serde_json::Serializer::with_formatter(out, JsFormatter))
 }
 

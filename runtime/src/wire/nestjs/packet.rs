@@ -186,6 +186,11 @@ impl<'a> Packet<'a> {
         )
     }
 
+    /// v12's `metadata` as headers.
+    pub fn headers(&self) -> crate::service::Headers {
+        self.metadata_map().map(Into::into).unwrap_or_default()
+    }
+
     /// How a NestJS client reads this packet as a reply (`createObserver`, §0.3).
     pub fn reply(&self) -> ReplyPacket<'a> {
         if let Some(err) = self.err.filter(|e| truthy(e)) {
@@ -397,7 +402,7 @@ fn reply_fields(out: &mut Vec<u8>, what: Outgoing<'_>) {
         Outgoing::Done => out.extend_from_slice(b"{\"isDisposed\":true"),
         Outgoing::Error(err) => {
             out.extend_from_slice(b"{\"err\":");
-            crate::json::write(out, err.value()).expect("JSON values serialise");
+            crate::wire::json::write(out, err.value()).expect("JSON values serialise");
             out.extend_from_slice(b",\"isDisposed\":true");
         }
         // Only without an id: RabbitMQ writes its own, with the id and another key order.

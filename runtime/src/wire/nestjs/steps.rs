@@ -7,12 +7,12 @@ use std::task::{Context as TaskContext, Poll};
 use bytes::Bytes;
 use futures_util::stream::{Stream, StreamExt};
 
-use crate::codec::Outgoing;
+use super::packet::Outgoing;
 use crate::error::RpcError;
-use crate::handler::{Reply, ReplyItem};
+use crate::service::{Reply, ReplyItem};
 
 /// One step of a reply, ready to encode.
-pub(crate) enum Step {
+pub enum Step {
     /// A value; `last` merges completion into it.
     Value { json: Bytes, last: bool },
     /// Completion without a value.
@@ -34,7 +34,7 @@ impl Step {
 
 /// A request's reply as a stream of steps, with completion merged into the last value when
 /// it follows at once, as NestJS does (`{"response":3,"isDisposed":true,…}`).
-pub(crate) struct Steps {
+pub struct Steps {
     reply: Reply,
     held: Option<Bytes>,
     error: Option<RpcError>,

@@ -12,9 +12,9 @@ use std::task::{Context as TaskContext, Poll, Waker};
 use bytes::Bytes;
 use futures_util::stream::Stream;
 
-use crate::codec::{Packet, ReplyPacket, rpc_error};
+use super::packet::{Packet, ReplyPacket, rpc_error};
 use crate::error::{Error, NO_MESSAGE_HANDLER, Result};
-use crate::handler::ReplyItem;
+use crate::service::ReplyItem;
 
 /// The calls in flight on one connection (or one broker client).
 pub(crate) struct Pending {

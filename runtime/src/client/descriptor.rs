@@ -69,7 +69,7 @@ impl<T> AsPayload<T> for &T {
 ///
 /// ```
 /// use switchboard::{MessageDef, pattern};
-/// pub const ADD: MessageDef<(i64, i64), i64> = MessageDef::new(pattern!(cmd = "add"));
+/// pub const ADD: MessageDef<(i64, i64), i64> = MessageDef::new(pattern!({ cmd = "add" }));
 /// pub const ECHO: MessageDef<String, String> = MessageDef::new(pattern!("echo"));
 /// ```
 pub struct MessageDef<Req, Rep> {

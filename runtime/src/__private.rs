@@ -1,0 +1,379 @@
+//! What the attribute macros expand to. Not public API: it changes with the macros.
+//!
+//! The macros only check and register; every rule about arguments and return types is a
+//! trait here, so that an alias (`type DbResult<T> = Result<T, DbError>`) or a user type
+//! named `Context` is what its traits say it is, not what its name suggests.
+
+pub use crate::client::descriptor::{Event, Message, PatternLit};
+pub use crate::error::RpcError;
+pub use crate::server::extract::{FromRequest, IsPayload, NoPayload};
+pub use crate::server::group::Group;
+pub use crate::server::handler::{Handler, HandlerInfo, Serve};
+pub use crate::server::registry::Registration;
+pub use crate::server::respond::{IntoReply, ReplyStream};
+pub use crate::server::state::{AnyState, FromRef};
+pub use crate::service::{Kind, Reply, Request, Route};
+pub use futures_util::future::BoxFuture;
+pub use inventory;
+pub use std::sync::Arc;
+
+use futures_util::stream::{Stream, StreamExt};
+use serde::Serialize;
+
+/// An `impl Stream<Item = T>` reply.
+pub fn stream_reply<S>(values: S) -> Reply
+where
+    S: Stream + Send + 'static,
+    S::Item: Serialize,
+{
+    Reply::values(values.map(Ok))
+}
+
+// ---- The payload type of a handler, from its arguments' types ----
+
+/// A handler's arguments as a type list `(A0, (A1, (A2, ())))`; `Found` is the payload
+/// marker of the one argument that is the payload, or `NoPayload`.
+pub trait ArgList {
+    /// `IsPayload<T>` or `NoPayload`.
+    type Found;
+}
+
+impl ArgList for () {
+    type Found = NoPayload;
+}
+
+impl<A, R> ArgList for (A, R)
+where
+    A: FromRequest<AnyState>,
+    R: ArgList,
+    (A::Payload, R::Found): Merge,
+{
+    type Found = <(A::Payload, R::Found) as Merge>::Out;
+}
+
+/// Two payload markers into one: at most one of them is a payload.
+#[diagnostic::on_unimplemented(
+    message = "a handler takes one payload argument, and this one has two",
+    label = "a second payload",
+    note = "wrap the values in one struct or tuple; or, if one of them is meant as an extractor, implement `switchboard::FromRequest` for it"
+)]
+pub trait Merge {
+    /// The merged marker.
+    type Out;
+}
+
+impl Merge for (NoPayload, NoPayload) {
+    type Out = NoPayload;
+}
+impl<T> Merge for (IsPayload<T>, NoPayload) {
+    type Out = IsPayload<T>;
+}
+impl<T> Merge for (NoPayload, IsPayload<T>) {
+    type Out = IsPayload<T>;
+}
+
+/// The payload type a marker names: `()` when there is none.
+pub trait PayloadType {
+    /// The type.
+    type Type;
+}
+
+impl PayloadType for NoPayload {
+    type Type = ();
+}
+impl<T> PayloadType for IsPayload<T> {
+    type Type = T;
+}
+
+/// The request type of a handler whose arguments are the list `L`.
+pub type RequestOf<L> = <<L as ArgList>::Found as PayloadType>::Type;
+
+// ---- Reply types, for descriptors ----
+
+/// The `Ok` type of a return type written `Result<T, E>` (or `RpcResult<T>`, `io::Result<T>`).
+pub trait Fallible {
+    /// The success type.
+    type Ok;
+}
+impl<T, E> Fallible for Result<T, E> {
+    type Ok = T;
+}
+
+/// The item type of a `ReplyStream<T>` return type.
+pub trait Streamed {
+    /// The value type.
+    type Item;
+}
+impl<T> Streamed for ReplyStream<T> {
+    type Item = T;
+}
+
+// ---- Spanned checks: each is called once at the user's token ----
+
+/// An argument is the payload (`Deserialize`) or an extractor (`FromRequest`).
+pub fn assert_arg<A: FromRequest<AnyState>>() {}
+
+/// The arguments before this one (`P`) and this one (`A`) hold at most one payload.
+pub fn assert_one_payload<P, A>()
+where
+    P: ArgList,
+    A: FromRequest<AnyState>,
+    (P::Found, A::Payload): Merge,
+{
+}
+
+/// Spanned at the user's reply type.
+pub fn assert_reply<T: ReplyType>() {}
+
+/// Spanned at the user's error type.
+pub fn assert_rpc_error<E>()
+where
+    RpcError: ErrorType<E>,
+{
+}
+
+/// Spanned at the user's function: its future must be `Send` (and `'static`, which it is
+/// when the arguments own their data).
+pub fn assert_handler_future<F: std::future::Future + Send + 'static>(_: &F) {}
+
+/// Spanned at a group method: its future must be `Send` (it borrows the group, which the
+/// generated code owns).
+pub fn assert_send_future<F: std::future::Future + Send>(_: &F) {}
+
+/// Spanned at an `impl Stream<Item = T>` return type: the stream must be `Send` and own its data.
+pub fn assert_stream<F>(_: &F)
+where
+    F: std::future::Future,
+    F::Output: Stream + Send + 'static,
+    <F::Output as Stream>::Item: Serialize + Send + 'static,
+{
+}
+
+// The traits below are their bound and nothing more; they exist so that the compiler's
+// first line tells a handler's author what is wrong in their terms.
+
+/// `Serialize`, as a handler's reply.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be a handler's reply: it does not implement `serde::Serialize`",
+    label = "the reply is encoded from this type",
+    note = "for a local type, add `#[derive(serde::Serialize)]` to it"
+)]
+pub trait ReplyType: Serialize {}
+impl<T: Serialize + ?Sized> ReplyType for T {}
+
+/// `E: Into<RpcError>`, as a handler's error. Implemented on `RpcError` so that the
+/// compiler, whose failing bound is `RpcError: From<E>`, shows this message.
+#[diagnostic::on_unimplemented(
+    message = "`{E}` cannot be a handler's error type: it does not convert into `RpcError`",
+    label = "errors are sent to the caller as `RpcError`",
+    note = "implement `From<{E}> for switchboard::RpcError`, or map the error with `.map_err(...)` inside the handler"
+)]
+pub trait ErrorType<E> {}
+impl<E: Into<RpcError>> ErrorType<E> for RpcError {}
+
+/// Autoref-specialised dispatch for the code the macros generate.
+///
+/// `(&&&&Probe::<T>).method()` resolves to the impl with the most `&`s whose bounds hold:
+/// that is how a handler's return value is told apart by traits (a `Result` through any
+/// alias, a stream, any other `Serialize` value), which generic code cannot do. The last
+/// level, on the `Never` that `Probe` derefs to, is reached only when every other failed;
+/// for the runtime dispatches that means a spanned check has already failed, so it never runs.
+pub mod probe {
+    use std::future::Future;
+    use std::marker::PhantomData;
+    use std::ops::Deref;
+
+    use futures_util::future::BoxFuture;
+    use serde::Serialize;
+
+    use super::{ErrorType, IntoReply, ReplyType, Serve};
+    use crate::error::RpcError;
+    use crate::service::{Reply, Route};
+
+    const NEVER: &str = "switchboard: a handler check failed at compile time, yet the code was run";
+
+    /// A type to dispatch on.
+    pub struct Probe<T>(PhantomData<fn() -> T>);
+
+    /// What `Probe` derefs to: the last resort of every dispatch.
+    pub struct Never<T>(PhantomData<fn() -> T>);
+
+    impl<T> Deref for Probe<T> {
+        type Target = Never<T>;
+        fn deref(&self) -> &Never<T> {
+            &Never(PhantomData)
+        }
+    }
+
+    /// The probe of a value's type.
+    pub fn of<T>(_: &T) -> Probe<T> {
+        Probe(PhantomData)
+    }
+
+    /// The probe of a named type.
+    pub fn ty<T>() -> Probe<T> {
+        Probe(PhantomData)
+    }
+
+    // -- A handler's future, boxed (asserted `Send` by `assert_handler_future`) --
+
+    /// Boxes the future.
+    pub trait Boxed<F: Future> {
+        /// The future, boxed.
+        fn sb_boxed(&self, fut: F) -> BoxFuture<'static, F::Output>;
+    }
+    impl<F: Future + Send + 'static> Boxed<F> for Probe<F> {
+        fn sb_boxed(&self, fut: F) -> BoxFuture<'static, F::Output> {
+            Box::pin(fut)
+        }
+    }
+    /// Fallback of [`Boxed`].
+    pub trait BoxedFallback<F: Future> {
+        /// Never runs.
+        fn sb_boxed(&self, fut: F) -> BoxFuture<'static, F::Output>;
+    }
+    impl<F: Future> BoxedFallback<F> for Never<F> {
+        fn sb_boxed(&self, _: F) -> BoxFuture<'static, F::Output> {
+            unreachable!("{NEVER}")
+        }
+    }
+
+    // -- A handler's return value as a reply: `(&&&probe).sb_respond(value)` --
+
+    /// A return type with a reply shape of its own.
+    pub trait RespondOwn<O> {
+        /// The reply.
+        fn sb_respond(&self, out: O) -> Reply;
+    }
+    impl<O: IntoReply> RespondOwn<O> for &&Probe<O> {
+        fn sb_respond(&self, out: O) -> Reply {
+            out.into_reply()
+        }
+    }
+    /// A `Result` of a plain value.
+    pub trait RespondResult<O> {
+        /// The reply.
+        fn sb_respond(&self, out: O) -> Reply;
+    }
+    impl<T: Serialize, E: Into<RpcError>> RespondResult<Result<T, E>> for &Probe<Result<T, E>> {
+        fn sb_respond(&self, out: Result<T, E>) -> Reply {
+            match out {
+                Ok(v) => Reply::value(&v),
+                Err(e) => Reply::error(e.into()),
+            }
+        }
+    }
+    /// Any other serialisable value.
+    pub trait RespondValue<O> {
+        /// The reply.
+        fn sb_respond(&self, out: O) -> Reply;
+    }
+    impl<O: Serialize> RespondValue<O> for Probe<O> {
+        fn sb_respond(&self, out: O) -> Reply {
+            Reply::value(&out)
+        }
+    }
+    /// Fallback of the reply dispatch.
+    pub trait RespondFallback<O> {
+        /// Never runs.
+        fn sb_respond(&self, out: O) -> Reply;
+    }
+    impl<O> RespondFallback<O> for Never<O> {
+        fn sb_respond(&self, _: O) -> Reply {
+            unreachable!("{NEVER}")
+        }
+    }
+
+    // -- An `impl Stream<Item = T>` reply (asserted by `assert_stream`) --
+
+    /// The stream's values as a reply.
+    pub trait StreamReply<S> {
+        /// The reply.
+        fn sb_stream_reply(&self, out: S) -> Reply;
+    }
+    impl<S> StreamReply<S> for Probe<S>
+    where
+        S: futures_util::stream::Stream + Send + 'static,
+        S::Item: Serialize,
+    {
+        fn sb_stream_reply(&self, out: S) -> Reply {
+            super::stream_reply(out)
+        }
+    }
+    /// Fallback of [`StreamReply`].
+    pub trait StreamFallback<S> {
+        /// Never runs.
+        fn sb_stream_reply(&self, out: S) -> Reply;
+    }
+    impl<S> StreamFallback<S> for Never<S> {
+        fn sb_stream_reply(&self, _: S) -> Reply {
+            unreachable!("{NEVER}")
+        }
+    }
+
+    // -- The same ladder as a check, spanned at the return type: `(&&&&probe).sb_check_reply()` --
+
+    /// A return type with a reply shape of its own: fine.
+    pub trait CheckOwn {
+        /// Checks nothing more.
+        fn sb_check_reply(&self) {}
+    }
+    impl<O: IntoReply> CheckOwn for &&&Probe<O> {}
+    /// A `Result` whose value serialises and whose error converts: fine.
+    pub trait CheckResult {
+        /// Checks nothing more.
+        fn sb_check_reply(&self) {}
+    }
+    impl<T: Serialize, E: Into<RpcError>> CheckResult for &&Probe<Result<T, E>> {}
+    /// Any other `Result`: says what is wrong with it (the method's bounds are checked at
+    /// the call, in the user's code).
+    pub trait CheckBadResult<T, E> {
+        /// Fails to compile, saying why.
+        fn sb_check_reply(&self)
+        where
+            T: ReplyType,
+            RpcError: ErrorType<E>,
+        {
+        }
+    }
+    impl<T, E> CheckBadResult<T, E> for &Probe<Result<T, E>> {}
+    /// Any other serialisable value: fine.
+    pub trait CheckValue {
+        /// Checks nothing more.
+        fn sb_check_reply(&self) {}
+    }
+    impl<O: Serialize> CheckValue for Probe<O> {}
+    /// Anything else: says it does not serialise.
+    pub trait CheckFallback<O> {
+        /// Fails to compile, saying why.
+        fn sb_check_reply(&self)
+        where
+            O: ReplyType,
+        {
+        }
+    }
+    impl<O> CheckFallback<O> for Never<O> {}
+
+    // -- A handler that needs no state, for the registry: `(&probe).sb_stateless(h)` --
+
+    /// A handler served without state.
+    pub trait Stateless<H> {
+        /// Its route.
+        fn sb_stateless(&self, handler: H) -> Option<Route>;
+    }
+    impl<H: Serve<()>> Stateless<H> for Probe<H> {
+        fn sb_stateless(&self, handler: H) -> Option<Route> {
+            Some(handler.into_route(()))
+        }
+    }
+    /// A handler that needs state.
+    pub trait StatefulFallback<H> {
+        /// `None`: it is added explicitly.
+        fn sb_stateless(&self, handler: H) -> Option<Route>;
+    }
+    impl<H> StatefulFallback<H> for Never<H> {
+        fn sb_stateless(&self, _: H) -> Option<Route> {
+            None
+        }
+    }
+}

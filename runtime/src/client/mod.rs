@@ -1,0 +1,310 @@
+//! The client side: [`Client`] calls patterns on a remote (or in-process) service.
+//!
+//! - [`descriptor`]: what a caller knows about a pattern (its payload and reply types);
+//! - [`call`]: one request or event on its way, and its reply;
+//! - [`stack`]: the transport as a `tower::Service`, and the layers over it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tower::{BoxError, Layer, Service};
+
+use crate::error::{Error, Result};
+use crate::service::{Headers, Kind, Outbound, Replies};
+use crate::transport::{self, ClientOptions, ClientTransport};
+
+pub mod call;
+pub mod descriptor;
+pub mod stack;
+
+use call::{Call, Emit};
+use descriptor::{AsPayload, Event, Message};
+pub use stack::{ClientService, Transport};
+
+/// Default deadline of a call.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A client of one service, chosen by URL. Cheap to clone; clones share connections.
+///
+/// ```
+/// use switchboard::prelude::*;
+///
+/// #[message_pattern({ cmd = "get_user" })]
+/// async fn get_user(id: String) -> RpcResult<String> {
+///     Ok(format!("user {id}"))
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> switchboard::Result<()> {
+/// # let server = Microservice::new().handler(GET_USER).listen("mem://users-doc").start().await?;
+/// let users = Client::connect("mem://users-doc").await?;
+/// let user = users.send(GET_USER, "42".to_string()).await?;   // typed: a `String` in, a `String` out
+/// assert_eq!(user, "user 42");
+/// // NestJS style, any pattern as JSON:
+/// let same: serde_json::Value = users.send_raw(serde_json::json!({"cmd": "get_user"}), "42").await?;
+/// assert_eq!(same, "user 42");
+/// # server.shutdown().await
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct Client {
+    label: Arc<str>,
+    transport: Arc<dyn ClientTransport>,
+    service: ClientService,
+    timeout: Duration,
+    headers: Headers,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("url", &self.label)
+            .field("timeout", &self.timeout)
+            .field("headers", &self.headers)
+            .finish()
+    }
+}
+
+type Wrap = Box<dyn FnOnce(ClientService) -> ClientService + Send>;
+
+/// Configures a [`Client`].
+pub struct ClientBuilder {
+    target: Target,
+    timeout: Duration,
+    opts: ClientOptions,
+    headers: Headers,
+    layers: Vec<Wrap>,
+}
+
+enum Target {
+    Url(String),
+    Custom(Arc<dyn ClientTransport>),
+}
+
+impl std::fmt::Debug for ClientBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let target = match &self.target {
+            Target::Url(url) => transport::redact(url),
+            Target::Custom(_) => "a custom transport".into(),
+        };
+        f.debug_struct("ClientBuilder")
+            .field("target", &target)
+            .field("timeout", &self.timeout)
+            .field("layers", &self.layers.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl ClientBuilder {
+    /// The deadline of every call (default 30 s).
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Connections kept to the server (default 2); each multiplexes many calls.
+    pub fn pool_size(mut self, n: usize) -> Self {
+        self.opts.pool_size = n.max(1);
+        self
+    }
+
+    /// How long one connection attempt may take (default 5 s).
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.opts.connect_timeout = timeout;
+        self
+    }
+
+    /// The largest reply frame accepted, in UTF-16 units (default 64 Mi).
+    pub fn max_frame_len(mut self, len: usize) -> Self {
+        self.opts.max_frame_len = len;
+        self
+    }
+
+    /// Headers sent with every call.
+    pub fn headers(mut self, headers: Headers) -> Self {
+        self.headers = headers;
+        self
+    }
+
+    /// Wraps every call in a `tower` layer; the layer added last is the outermost. The
+    /// innermost service is the transport ([`Transport`]); a request resolves once its
+    /// first reply packet is in, so a layer sees the outcome of each call.
+    pub fn layer<L>(mut self, layer: L) -> Self
+    where
+        L: Layer<ClientService> + Send + 'static,
+        L::Service: Service<Outbound, Response = Replies> + Clone + Send + Sync + 'static,
+        <L::Service as Service<Outbound>>::Error: Into<BoxError>,
+        <L::Service as Service<Outbound>>::Future: Send,
+    {
+        self.layers
+            .push(Box::new(move |inner: ClientService| ClientService::new(layer.layer(inner))));
+        self
+    }
+
+    /// A client that connects on its first call.
+    pub fn build(self) -> Result<Client> {
+        let (label, transport): (Arc<str>, Arc<dyn ClientTransport>) = match self.target {
+            Target::Url(url) => (transport::redact(&url).into(), transport::client(&url, &self.opts)?),
+            Target::Custom(t) => ("custom".into(), t),
+        };
+        let service = self
+            .layers
+            .into_iter()
+            .fold(ClientService::transport(Transport(transport.clone())), |inner, wrap| {
+                wrap(inner)
+            });
+        Ok(Client {
+            label,
+            transport,
+            service,
+            timeout: self.timeout,
+            headers: self.headers,
+        })
+    }
+
+    /// A client connected now: an unreachable server is an error here, not on the first call.
+    pub async fn connect(self) -> Result<Client> {
+        let client = self.build()?;
+        client.transport.connect().await?;
+        Ok(client)
+    }
+}
+
+impl Client {
+    /// Connects to the service at `url` with default settings.
+    pub async fn connect(url: &str) -> Result<Client> {
+        Self::builder(url).connect().await
+    }
+
+    /// Starts configuring a client for `url`.
+    pub fn builder(url: &str) -> ClientBuilder {
+        Self::builder_for(Target::Url(url.to_owned()))
+    }
+
+    /// Starts configuring a client over a transport of your own.
+    pub fn over(transport: impl ClientTransport) -> ClientBuilder {
+        Self::builder_for(Target::Custom(Arc::new(transport)))
+    }
+
+    fn builder_for(target: Target) -> ClientBuilder {
+        ClientBuilder {
+            target,
+            timeout: DEFAULT_TIMEOUT,
+            opts: ClientOptions::default(),
+            headers: Headers::new(),
+            layers: Vec::new(),
+        }
+    }
+
+    /// The URL this client calls (without its password).
+    pub fn url(&self) -> &str {
+        &self.label
+    }
+
+    /// The deadline of this client's calls.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// The same client with another deadline for its calls.
+    pub fn with_timeout(&self, timeout: Duration) -> Client {
+        Client {
+            timeout,
+            ..self.clone()
+        }
+    }
+
+    /// The same client, sending these headers with every call (NestJS 12's `metadata`,
+    /// e.g. `traceparent`).
+    pub fn with_headers(&self, headers: Headers) -> Client {
+        Client {
+            headers,
+            ..self.clone()
+        }
+    }
+
+    /// Calls a request/response pattern; await the [`Call`] for its reply (the last value,
+    /// for multi-value replies), or use [`Call::stream`] for every value.
+    pub fn send<M>(&self, pattern: M, payload: impl AsPayload<M::Request>) -> Call<M::Reply>
+    where
+        M: Message<Request: Serialize, Reply: DeserializeOwned>,
+    {
+        // The payload is encoded now, so the call borrows nothing of the caller's.
+        let out = self.outbound(Kind::Request, pattern.pattern_json().into(), pattern.route().into(), payload.as_payload());
+        Call::new(self, out)
+    }
+
+    /// Emits an event; the [`Emit`] resolves once the transport has accepted it.
+    pub fn emit<E>(&self, pattern: E, payload: impl AsPayload<E::Payload>) -> Emit
+    where
+        E: Event<Payload: Serialize>,
+    {
+        // NestJS's `emit` sends the route, not the pattern object.
+        let route = pattern.route();
+        let json = match pattern.pattern_json() {
+            json if json.starts_with('"') => json.into(),
+            _ => json_string(route).into(),
+        };
+        Emit::new(self, self.outbound(Kind::Event, json, route.into(), payload.as_payload()))
+    }
+
+    /// Calls a pattern given as JSON, NestJS style:
+    /// `let v: Value = client.send_raw(json!({"cmd": "add"}), json!({"a": 1, "b": 2})).await?`.
+    pub fn send_raw<R: DeserializeOwned>(&self, pattern: impl Serialize, data: impl Serialize) -> Call<R> {
+        let out = raw_pattern(&pattern)
+            .and_then(|(json, route)| self.outbound(Kind::Request, json.into(), route.into(), &data));
+        Call::new(self, out)
+    }
+
+    /// Emits an event to a pattern given as JSON.
+    pub fn emit_raw(&self, pattern: impl Serialize, data: impl Serialize) -> Emit {
+        let out = raw_pattern(&pattern)
+            .and_then(|(_, route)| self.outbound(Kind::Event, json_string(&route).into(), route.into(), &data));
+        Emit::new(self, out)
+    }
+
+    /// Closes the client's connections; calls in flight fail.
+    pub async fn close(&self) {
+        self.transport.close().await
+    }
+
+    pub(crate) fn service(&self) -> &ClientService {
+        &self.service
+    }
+
+    fn outbound<T: Serialize + ?Sized>(
+        &self,
+        kind: Kind,
+        pattern: std::borrow::Cow<'static, str>,
+        route: std::borrow::Cow<'static, str>,
+        payload: &T,
+    ) -> Result<Outbound> {
+        let data = crate::wire::json::to_vec(payload).map_err(|source| Error::Codec {
+            context: format!("cannot encode the payload for pattern {route}"),
+            source,
+        })?;
+        let mut out = Outbound::new(kind, pattern, route, Bytes::from(data), self.timeout);
+        out.headers = self.headers.clone();
+        Ok(out)
+    }
+}
+
+fn json_string(s: &str) -> String {
+    serde_json::to_string(s).expect("strings serialise")
+}
+
+/// The JSON and route of a pattern given as any serialisable value.
+fn raw_pattern(pattern: &impl Serialize) -> Result<(String, String)> {
+    let value = serde_json::to_value(pattern).map_err(|source| Error::Codec {
+        context: "cannot encode the pattern".into(),
+        source,
+    })?;
+    let route = match &value {
+        serde_json::Value::String(s) => switchboard_pattern::route_of_str(s.clone()),
+        other => switchboard_pattern::Pattern::from_json_value(other).route(),
+    };
+    Ok((value.to_string(), route))
+}

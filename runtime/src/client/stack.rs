@@ -1,0 +1,129 @@
+//! The client side's services: [`Transport`], a client transport as a `tower::Service`, and
+//! [`ClientService`], the type-erased stack of layers over it that a [`Client`](super::Client)
+//! calls.
+
+use std::fmt;
+use std::sync::Arc;
+use std::task::{Context as TaskContext, Poll};
+
+use futures_util::future::{BoxFuture, Either, FutureExt, MapOk, TryFutureExt};
+use tower::{BoxError, Service, ServiceExt};
+
+use crate::error::{Error, Result};
+use crate::service::{Kind, Outbound, Replies};
+use crate::transport::ClientTransport;
+
+/// A client transport as a `tower::Service`: what the first client layer wraps. A request
+/// resolves once its first reply packet has arrived; an event once the transport took it.
+#[derive(Clone)]
+pub struct Transport(pub(crate) Arc<dyn ClientTransport>);
+
+impl fmt::Debug for Transport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Transport")
+    }
+}
+
+type EmitFuture = MapOk<BoxFuture<'static, Result<()>>, fn(()) -> Replies>;
+
+impl Service<Outbound> for Transport {
+    type Response = Replies;
+    type Error = Error;
+    type Future = Either<BoxFuture<'static, Result<Replies>>, EmitFuture>;
+
+    fn poll_ready(&mut self, _: &mut TaskContext<'_>) -> Poll<Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, out: Outbound) -> Self::Future {
+        match out.kind {
+            Kind::Request => Either::Left(self.0.clone().request(out)),
+            Kind::Event => Either::Right(self.0.clone().emit(out).map_ok(empty as fn(()) -> Replies)),
+        }
+    }
+}
+
+fn empty(_: ()) -> Replies {
+    Replies::empty()
+}
+
+/// The service a [`Client`](super::Client) calls: its transport inside the layers given to
+/// [`ClientBuilder::layer`](super::ClientBuilder::layer), type-erased. Cheap to clone; each
+/// call clones the stack, so `poll_ready` (a concurrency or rate limit) applies per call.
+#[derive(Clone)]
+pub struct ClientService(Arc<dyn Erased>);
+
+trait Erased: Send + Sync {
+    fn call(&self, out: Outbound) -> BoxFuture<'static, Result<Replies>>;
+}
+
+impl Erased for Transport {
+    fn call(&self, out: Outbound) -> BoxFuture<'static, Result<Replies>> {
+        match Service::call(&mut self.clone(), out) {
+            Either::Left(request) => request,
+            Either::Right(emit) => emit.boxed(),
+        }
+    }
+}
+
+struct Tower<S>(S);
+
+impl<S> Erased for Tower<S>
+where
+    S: Service<Outbound, Response = Replies> + Clone + Send + Sync + 'static,
+    S::Error: Into<BoxError>,
+    S::Future: Send,
+{
+    fn call(&self, out: Outbound) -> BoxFuture<'static, Result<Replies>> {
+        self.0.clone().oneshot(out).map_err(|e| layer_error(e.into())).boxed()
+    }
+}
+
+/// A layer's error: ours as it is, anything else kept as the source of [`Error::Layer`].
+fn layer_error(e: BoxError) -> Error {
+    match e.downcast::<Error>() {
+        Ok(e) => *e,
+        Err(other) => Error::Layer(other),
+    }
+}
+
+impl ClientService {
+    pub(crate) fn transport(t: Transport) -> Self {
+        ClientService(Arc::new(t))
+    }
+
+    /// Any `tower::Service` of outbound calls.
+    pub fn new<S>(service: S) -> Self
+    where
+        S: Service<Outbound, Response = Replies> + Clone + Send + Sync + 'static,
+        S::Error: Into<BoxError>,
+        S::Future: Send,
+    {
+        ClientService(Arc::new(Tower(service)))
+    }
+
+    /// Calls the stack (no readiness to wait for).
+    pub fn call(&self, out: Outbound) -> BoxFuture<'static, Result<Replies>> {
+        self.0.call(out)
+    }
+}
+
+impl fmt::Debug for ClientService {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ClientService")
+    }
+}
+
+impl Service<Outbound> for ClientService {
+    type Response = Replies;
+    type Error = Error;
+    type Future = BoxFuture<'static, Result<Replies>>;
+
+    fn poll_ready(&mut self, _: &mut TaskContext<'_>) -> Poll<Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, out: Outbound) -> Self::Future {
+        ClientService::call(self, out)
+    }
+}

@@ -1,0 +1,147 @@
+//! [`FromRequest`]: how a handler's arguments are made from a message and the service's state.
+//!
+//! An argument is the payload when its type is decoded from the message (any
+//! `serde::Deserialize` type), and an extractor otherwise: [`Context`], [`Headers`],
+//! [`Deadline`], [`Extension`], [`State`](super::State), or a type of your own.
+
+use std::future::Future;
+
+use serde::de::DeserializeOwned;
+use tokio::time::Instant;
+
+use crate::error::RpcError;
+use crate::service::{Context, Headers, Payload, Request};
+
+/// Marks an extractor in [`FromRequest::Payload`]: it is not the message's payload.
+#[derive(Debug)]
+pub enum NoPayload {}
+
+/// Marks the payload in [`FromRequest::Payload`].
+#[derive(Debug)]
+pub struct IsPayload<T>(std::marker::PhantomData<fn() -> T>);
+
+/// A type a handler can take as an argument.
+///
+/// Every `serde::Deserialize` type is one: it is the payload, decoded from the message (a
+/// handler takes at most one). An extractor implements it to take something else from the
+/// message or from the service's state `S`:
+///
+/// ```
+/// use switchboard::prelude::*;
+/// use switchboard::{FromRequest, NoPayload, Request};
+///
+/// /// The caller's tenant, from the `tenant` header.
+/// struct Tenant(String);
+///
+/// impl<S: Sync> FromRequest<S> for Tenant {
+///     type Payload = NoPayload;
+///
+///     async fn from_request(req: &mut Request, _: &S) -> Result<Self, RpcError> {
+///         match req.headers().get("tenant") {
+///             Some(t) => Ok(Tenant(t.to_owned())),
+///             None => Err(RpcError::new("no tenant")),
+///         }
+///     }
+/// }
+///
+/// #[message_pattern("whoami")]
+/// async fn whoami(Tenant(tenant): Tenant) -> String {
+///     tenant
+/// }
+/// ```
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be a handler's argument",
+    label = "neither a payload nor an extractor",
+    note = "a payload is decoded from the message: its type implements `serde::Deserialize` (for a type of yours, add `#[derive(serde::Deserialize)]`)",
+    note = "an extractor implements `switchboard::FromRequest`: `Context`, `Headers`, `Deadline`, `Extension<T>`, `State<T>`"
+)]
+pub trait FromRequest<S>: Sized + Send {
+    /// [`NoPayload`] for an extractor; the payload type marks itself.
+    type Payload;
+
+    /// Takes the argument from the message (and the state); an error is the reply.
+    fn from_request(req: &mut Request, state: &S) -> impl Future<Output = Result<Self, RpcError>> + Send;
+}
+
+impl<S: Sync, T: DeserializeOwned + Send + 'static> FromRequest<S> for T {
+    type Payload = IsPayload<T>;
+
+    fn from_request(req: &mut Request, _: &S) -> impl Future<Output = Result<Self, RpcError>> + Send {
+        std::future::ready(decode_payload(req))
+    }
+}
+
+/// The payload as `T`: JSON decoded, or a value of that type taken as it is.
+pub(crate) fn decode_payload<T: DeserializeOwned + 'static>(req: &mut Request) -> Result<T, RpcError> {
+    let invalid = |req: &Request, why: &dyn std::fmt::Display| {
+        RpcError::new(format!("invalid payload for pattern {}: {why}", req.context().route()))
+    };
+    match req.take_payload() {
+        Some(Payload::Json(json)) => {
+            let decoded = serde_json::from_slice(&json).map_err(|e| invalid(req, &e));
+            req.set_payload(Payload::Json(json));
+            decoded
+        }
+        Some(Payload::Value(value)) => match value.downcast::<T>() {
+            Ok(v) => Ok(*v),
+            Err(value) => {
+                req.set_payload(Payload::Value(value));
+                Err(invalid(req, &format_args!("expected a `{}`", std::any::type_name::<T>())))
+            }
+        },
+        None => Err(invalid(req, &"the payload was already taken")),
+    }
+}
+
+impl<S: Sync> FromRequest<S> for Context {
+    type Payload = NoPayload;
+
+    fn from_request(req: &mut Request, _: &S) -> impl Future<Output = Result<Self, RpcError>> + Send {
+        std::future::ready(Ok(req.context().clone()))
+    }
+}
+
+impl<S: Sync> FromRequest<S> for Headers {
+    type Payload = NoPayload;
+
+    fn from_request(req: &mut Request, _: &S) -> impl Future<Output = Result<Self, RpcError>> + Send {
+        std::future::ready(Ok(req.headers().clone()))
+    }
+}
+
+/// When the caller stops waiting, if its transport says (gRPC sends `grpc-timeout`), as a
+/// handler's argument: `async fn report(req: Query, Deadline(deadline): Deadline)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Deadline(pub Option<Instant>);
+
+impl<S: Sync> FromRequest<S> for Deadline {
+    type Payload = NoPayload;
+
+    fn from_request(req: &mut Request, _: &S) -> impl Future<Output = Result<Self, RpcError>> + Send {
+        std::future::ready(Ok(Deadline(req.context().deadline())))
+    }
+}
+
+/// A value a layer attached to the message (see [`Extensions`](crate::Extensions)), as a
+/// handler's argument. Missing, it is a bug in the service: logged, and answered with
+/// `Internal server error`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Extension<T>(pub T);
+
+impl<S: Sync, T: Clone + Send + Sync + 'static> FromRequest<S> for Extension<T> {
+    type Payload = NoPayload;
+
+    fn from_request(req: &mut Request, _: &S) -> impl Future<Output = Result<Self, RpcError>> + Send {
+        std::future::ready(match req.context().extensions().get::<T>() {
+            Some(v) => Ok(Extension(v.clone())),
+            None => {
+                tracing::error!(
+                    extension = std::any::type_name::<T>(),
+                    route = req.context().route(),
+                    "a handler takes an extension that no layer added"
+                );
+                Err(RpcError::internal())
+            }
+        })
+    }
+}

@@ -1,0 +1,217 @@
+//! [`Handler`] and [`Serve`]: what `#[message_pattern]` and `#[event_pattern]` make of an
+//! `async fn`, and how a service serves it.
+
+use std::fmt;
+use std::marker::PhantomData;
+use std::sync::Arc;
+
+use futures_util::future::BoxFuture;
+use tower::{BoxError, Layer, Service};
+
+use crate::service::{Kind, Reply, Request, Route};
+
+/// What a handler is: its pattern, kind and source location. Made by the attribute macros.
+#[derive(Debug)]
+pub struct HandlerInfo {
+    kind: Kind,
+    route: &'static str,
+    pattern: &'static str,
+    name: &'static str,
+    module: &'static str,
+    file: &'static str,
+    line: u32,
+}
+
+impl HandlerInfo {
+    #[doc(hidden)]
+    #[allow(clippy::too_many_arguments)]
+    pub const fn new(
+        kind: Kind,
+        route: &'static str,
+        pattern: &'static str,
+        name: &'static str,
+        module: &'static str,
+        file: &'static str,
+        line: u32,
+    ) -> Self {
+        HandlerInfo {
+            kind,
+            route,
+            pattern,
+            name,
+            module,
+            file,
+            line,
+        }
+    }
+
+    /// Request handler (`#[message_pattern]`) or listener (`#[event_pattern]`).
+    pub fn kind(&self) -> Kind {
+        self.kind
+    }
+
+    /// The normalised route key.
+    pub fn route(&self) -> &'static str {
+        self.route
+    }
+
+    /// The pattern as JSON, as written.
+    pub fn pattern(&self) -> &'static str {
+        self.pattern
+    }
+
+    /// The function's name.
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+
+    /// `module::name (file:line)`, for messages about this handler.
+    pub fn location(&self) -> String {
+        format!("{}::{} ({}:{})", self.module, self.name, self.file, self.line)
+    }
+}
+
+/// A handler: every `#[message_pattern]` and `#[event_pattern]` function's descriptor (and
+/// every method's of a `#[handlers]` group) is one.
+///
+/// ```
+/// use switchboard::prelude::*;
+///
+/// #[message_pattern("ping")]
+/// async fn ping() -> &'static str { "pong" }
+///
+/// assert_eq!(PING.info().route(), "ping");
+/// assert_eq!(PING.info().name(), "ping");
+/// ```
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a handler",
+    label = "expected a handler's descriptor",
+    note = "`#[message_pattern] async fn get_user(..)` makes the descriptor `GET_USER`: pass that, not the function"
+)]
+pub trait Handler: Copy + Send + Sync + 'static {
+    /// The handler's pattern, kind and location.
+    fn info(&self) -> &'static HandlerInfo;
+
+    /// This handler wrapped in `layer` (a per-handler `tower` layer), for
+    /// `Microservice::handler`.
+    fn layer<L>(self, layer: L) -> Layered<Self, L> {
+        Layered { handler: self, layer }
+    }
+}
+
+/// A handler that can be served with state `S`: its arguments all come from a message and
+/// `S` (a `State<T>` argument needs `T: FromRef<S>`).
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be served by a service whose state is `{S}`",
+    label = "an argument of this handler cannot be extracted with state `{S}`",
+    note = "a `State<T>` argument needs `T` to be the state, or `impl FromRef<{S}> for T` (`#[derive(FromRef)]` on the state writes these); give the service its state with `Microservice::new().with_state(...)`"
+)]
+pub trait Serve<S>: Handler {
+    /// Serves one message.
+    fn call(self, req: Request, state: S) -> BoxFuture<'static, Reply>;
+
+    /// The handler as a route, its state bound.
+    fn into_route(self, state: S) -> Route
+    where
+        S: Clone + Send + Sync + 'static,
+    {
+        Route::from_fn(move |req| self.call(req, state.clone()))
+    }
+}
+
+/// A handler inside a `tower` layer of its own, made by [`Handler::layer`].
+#[derive(Clone, Copy)]
+pub struct Layered<H, L> {
+    handler: H,
+    layer: L,
+}
+
+impl<H: fmt::Debug, L> fmt::Debug for Layered<H, L> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Layered").field("handler", &self.handler).finish_non_exhaustive()
+    }
+}
+
+impl<H, L> Handler for Layered<H, L>
+where
+    H: Handler,
+    L: Copy + Send + Sync + 'static,
+{
+    fn info(&self) -> &'static HandlerInfo {
+        self.handler.info()
+    }
+}
+
+impl<H, L, S> Serve<S> for Layered<H, L>
+where
+    H: Serve<S>,
+    S: Clone + Send + Sync + 'static,
+    L: Layer<HandlerService<H, S>> + Copy + Send + Sync + 'static,
+    L::Service: Service<Request, Response = Reply> + Clone + Send + Sync + 'static,
+    <L::Service as Service<Request>>::Error: Into<BoxError>,
+    <L::Service as Service<Request>>::Future: Send,
+{
+    fn call(self, req: Request, state: S) -> BoxFuture<'static, Reply> {
+        self.into_route(state).call(req)
+    }
+
+    fn into_route(self, state: S) -> Route {
+        Route::new(self.layer.layer(HandlerService::new(self.handler, state)))
+    }
+}
+
+/// A handler and its state as a `tower::Service`: what a per-handler layer wraps.
+pub struct HandlerService<H, S> {
+    handler: H,
+    state: S,
+    _s: PhantomData<fn() -> S>,
+}
+
+impl<H: Copy, S: Clone> Clone for HandlerService<H, S> {
+    fn clone(&self) -> Self {
+        HandlerService {
+            handler: self.handler,
+            state: self.state.clone(),
+            _s: PhantomData,
+        }
+    }
+}
+
+impl<H, S> HandlerService<H, S> {
+    /// `handler` served with `state`.
+    pub fn new(handler: H, state: S) -> Self {
+        HandlerService {
+            handler,
+            state,
+            _s: PhantomData,
+        }
+    }
+}
+
+impl<H: Serve<S>, S: Clone + Send + Sync + 'static> Service<Request> for HandlerService<H, S> {
+    type Response = Reply;
+    type Error = std::convert::Infallible;
+    type Future = futures_util::future::Map<BoxFuture<'static, Reply>, fn(Reply) -> Result<Reply, Self::Error>>;
+
+    fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request) -> Self::Future {
+        use futures_util::FutureExt;
+        self.handler.call(req, self.state.clone()).map(Ok)
+    }
+}
+
+/// A handler ready to serve: its description and its route.
+#[derive(Clone)]
+pub(crate) struct Bound {
+    pub info: &'static HandlerInfo,
+    pub route: Route,
+}
+
+impl Bound {
+    pub fn location(&self) -> Arc<str> {
+        self.info.location().into()
+    }
+}

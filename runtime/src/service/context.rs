@@ -1,0 +1,119 @@
+//! [`Context`]: what a handler (or a layer) may know about a message besides its payload.
+
+use std::borrow::Cow;
+
+use tokio::time::Instant;
+
+use super::{Extensions, Headers};
+
+/// Whether the sender of a message waits for a reply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// A request (`send`): the sender waits for a reply.
+    Request,
+    /// An event (`emit`): nobody waits.
+    Event,
+}
+
+/// A message's details: its route, the transport it came on, its headers, its deadline and
+/// the extensions layers attached. A handler receives it by taking a `Context` argument.
+///
+/// ```
+/// use switchboard::prelude::*;
+///
+/// #[derive(Deserialize)]
+/// struct User {
+///     id: String,
+/// }
+///
+/// #[event_pattern("user_created")]
+/// async fn track_signup(user: User, ctx: Context) {
+///     let trace = ctx.headers().get("traceparent").unwrap_or("-");
+///     tracing::info!(id = user.id, route = ctx.route(), transport = ctx.transport(), trace, "signup");
+/// }
+/// ```
+#[derive(Debug, Clone)]
+pub struct Context {
+    route: Cow<'static, str>,
+    transport: &'static str,
+    kind: Kind,
+    headers: Headers,
+    deadline: Option<Instant>,
+    extensions: Extensions,
+}
+
+impl Context {
+    /// A context for a message of `kind` received over `transport`; its route is set when
+    /// the message is routed.
+    pub fn new(transport: &'static str, kind: Kind) -> Self {
+        Context {
+            route: Cow::Borrowed(""),
+            transport,
+            kind,
+            headers: Headers::new(),
+            deadline: None,
+            extensions: Extensions::new(),
+        }
+    }
+
+    /// The normalised route of the message (`{"cmd":"get_user"}`, `math.add`).
+    pub fn route(&self) -> &str {
+        &self.route
+    }
+
+    /// The transport it came in on: `"tcp"`, `"mem"`, `"nats"`, …
+    pub fn transport(&self) -> &'static str {
+        self.transport
+    }
+
+    /// Request or event.
+    pub fn kind(&self) -> Kind {
+        self.kind
+    }
+
+    /// True when the sender expects no reply.
+    pub fn is_event(&self) -> bool {
+        self.kind == Kind::Event
+    }
+
+    /// The message's headers.
+    pub fn headers(&self) -> &Headers {
+        &self.headers
+    }
+
+    /// The message's headers, to change.
+    pub fn headers_mut(&mut self) -> &mut Headers {
+        &mut self.headers
+    }
+
+    /// When the caller stops waiting, if its transport says (gRPC's `grpc-timeout`).
+    pub fn deadline(&self) -> Option<Instant> {
+        self.deadline
+    }
+
+    /// Values attached by layers.
+    pub fn extensions(&self) -> &Extensions {
+        &self.extensions
+    }
+
+    /// Values attached by layers, to change.
+    pub fn extensions_mut(&mut self) -> &mut Extensions {
+        &mut self.extensions
+    }
+
+    /// With these headers.
+    pub fn with_headers(mut self, headers: Headers) -> Self {
+        self.headers = headers;
+        self
+    }
+
+    /// With a deadline.
+    pub fn with_deadline(mut self, deadline: Option<Instant>) -> Self {
+        self.deadline = deadline;
+        self
+    }
+
+    pub(crate) fn set_route(&mut self, route: Cow<'static, str>) {
+        self.route = route;
+    }
+}

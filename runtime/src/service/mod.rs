@@ -1,0 +1,25 @@
+//! The seam between transports and handlers, on both sides of a call.
+//!
+//! Server side, a transport turns what it received into an owned [`Request`] and calls the
+//! [`Router`], a `tower::Service` that answers with a [`Reply`]; every layer of a service
+//! wraps a [`Route`]. Client side, a call is an [`Outbound`] that a transport (a `tower`
+//! service too, see [`crate::client`]) answers with [`Replies`]. Nothing here knows a
+//! socket or a handler.
+
+mod context;
+mod extensions;
+mod headers;
+mod outbound;
+mod reply;
+mod request;
+mod router;
+
+pub use context::{Context, Kind};
+pub use extensions::Extensions;
+pub use headers::Headers;
+pub(crate) use outbound::deadline_after;
+pub use outbound::{Outbound, Replies};
+pub use reply::{Reply, ReplyItem};
+pub use request::{Address, Payload, Request};
+pub use router::{Route, RouteInfo, Router, RouterFuture};
+pub(crate) use router::{Endpoint, RouterBuilder};

@@ -1,0 +1,286 @@
+//! [`Reply`]: what a service answers to one request or event, and [`ReplyItem`], one packet
+//! of it as a transport sends it and a client receives it.
+
+use std::fmt;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+use std::task::{Context as TaskContext, Poll};
+
+use bytes::{BufMut as _, Bytes, BytesMut};
+use futures_util::stream::{BoxStream, Stream, StreamExt};
+use serde::Serialize;
+
+use crate::error::RpcError;
+
+/// One packet of a reply: a JSON value or an error.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ReplyItem {
+    /// A value, as JSON text.
+    Value(Bytes),
+    /// An error; the reply ends with it.
+    Error(RpcError),
+}
+
+/// A handler's answer: zero or more values, or an error, then completion.
+///
+/// A plain value is one item; `()` is none (completion only, as NestJS sends for `void`);
+/// a stream is as many as it yields (NestJS's Observable replies). An error ends the reply.
+/// For an event the reply says whether the listeners succeeded. Layers may look at it
+/// or answer one of their own:
+///
+/// ```
+/// use switchboard::{Reply, RpcError};
+///
+/// let denied = Reply::error(RpcError::new("forbidden"));
+/// assert_eq!(denied.as_error().and_then(RpcError::message), Some("forbidden"));
+/// let value = Reply::value(&serde_json::json!({"result": 8.0}));
+/// assert_eq!(value.as_json().map(|b| &b[..]), Some(&br#"{"result":8}"#[..]));
+/// ```
+pub struct Reply(Inner);
+
+enum Inner {
+    Empty,
+    Value(Bytes),
+    Error(RpcError),
+    Stream(BoxStream<'static, ReplyItem>),
+    /// Nobody handles the pattern: transports answer with NestJS's own packet for it.
+    NoHandler,
+    /// A stream that has ended (or a single item already taken).
+    Done,
+}
+
+impl Reply {
+    /// Completion without a value.
+    pub fn empty() -> Self {
+        Reply(Inner::Empty)
+    }
+
+    /// NestJS's answer for a pattern nobody handles (`There is no matching message handler
+    /// defined in the remote service.`), which transports send in NestJS's own shape.
+    pub fn no_handler() -> Self {
+        Reply(Inner::NoHandler)
+    }
+
+    /// True for [`Reply::no_handler`].
+    pub fn is_no_handler(&self) -> bool {
+        matches!(self.0, Inner::NoHandler)
+    }
+
+    /// One error.
+    pub fn error(err: RpcError) -> Self {
+        Reply(Inner::Error(err))
+    }
+
+    /// One value, already JSON text.
+    pub fn json(json: Bytes) -> Self {
+        Reply(Inner::Value(json))
+    }
+
+    /// One value, serialised as JavaScript would write it; a value that cannot be
+    /// serialised is logged and answered with NestJS's `Internal server error`.
+    pub fn value<T: Serialize + ?Sized>(value: &T) -> Self {
+        match encode(value) {
+            ReplyItem::Value(json) => Reply(Inner::Value(json)),
+            ReplyItem::Error(e) => Reply(Inner::Error(e)),
+        }
+    }
+
+    /// Any number of packets; the reply ends after the first error. A panic while the
+    /// stream is polled ends it with NestJS's `Internal server error`.
+    pub fn stream(items: impl Stream<Item = ReplyItem> + Send + 'static) -> Self {
+        Reply(Inner::Stream(Guarded { items: items.boxed() }.boxed()))
+    }
+
+    /// Values that may fail part-way, serialised one by one.
+    pub fn values<T: Serialize>(values: impl Stream<Item = Result<T, RpcError>> + Send + 'static) -> Self {
+        Self::stream(values.map(|v| match v {
+            Ok(v) => encode(&v),
+            Err(e) => ReplyItem::Error(e),
+        }))
+    }
+
+    /// The error, when the reply is one error.
+    pub fn as_error(&self) -> Option<&RpcError> {
+        match &self.0 {
+            Inner::Error(e) => Some(e),
+            _ => None,
+        }
+    }
+
+    /// True when the reply is one error.
+    pub fn is_error(&self) -> bool {
+        matches!(self.0, Inner::Error(_))
+    }
+
+    /// The value's JSON, when the reply is one value.
+    pub fn as_json(&self) -> Option<&Bytes> {
+        match &self.0 {
+            Inner::Value(v) => Some(v),
+            _ => None,
+        }
+    }
+
+    /// True once nothing more will come, so a transport can mark the last value as final
+    /// without polling again.
+    pub fn is_done(&self) -> bool {
+        matches!(self.0, Inner::Done | Inner::Empty)
+    }
+
+    /// True for a reply of several packets (a stream).
+    pub fn is_stream(&self) -> bool {
+        matches!(self.0, Inner::Stream(_))
+    }
+
+    /// Runs the reply to its end without sending anything (an event's listener); true when
+    /// it ended without an error.
+    pub async fn drain(mut self) -> Result<(), RpcError> {
+        let mut result = Ok(());
+        while let Some(item) = self.next().await {
+            if let ReplyItem::Error(e) = item {
+                result = Err(e);
+            }
+        }
+        result
+    }
+}
+
+impl Stream for Reply {
+    type Item = ReplyItem;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Option<ReplyItem>> {
+        let item = match std::mem::replace(&mut self.0, Inner::Done) {
+            Inner::Empty | Inner::Done => None,
+            Inner::Value(v) => Some(ReplyItem::Value(v)),
+            Inner::Error(e) => Some(ReplyItem::Error(e)),
+            Inner::NoHandler => Some(ReplyItem::Error(RpcError::no_handler())),
+            Inner::Stream(mut items) => {
+                let polled = items.poll_next_unpin(cx);
+                if !matches!(polled, Poll::Ready(None) | Poll::Ready(Some(ReplyItem::Error(_)))) {
+                    self.0 = Inner::Stream(items);
+                }
+                return polled;
+            }
+        };
+        Poll::Ready(item)
+    }
+}
+
+impl fmt::Debug for Reply {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.0 {
+            Inner::Empty => f.write_str("Reply::Empty"),
+            Inner::Value(v) => write!(f, "Reply::Value({} bytes)", v.len()),
+            Inner::Error(e) => write!(f, "Reply::Error({e:?})"),
+            Inner::Stream(_) => f.write_str("Reply::Stream"),
+            Inner::NoHandler => f.write_str("Reply::NoHandler"),
+            Inner::Done => f.write_str("Reply::Done"),
+        }
+    }
+}
+
+impl From<RpcError> for Reply {
+    fn from(err: RpcError) -> Self {
+        Reply::error(err)
+    }
+}
+
+/// A stream whose panics end it with an error instead of unwinding into the transport.
+struct Guarded {
+    items: BoxStream<'static, ReplyItem>,
+}
+
+impl Stream for Guarded {
+    type Item = ReplyItem;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Option<ReplyItem>> {
+        let items = &mut self.items;
+        match std::panic::catch_unwind(AssertUnwindSafe(|| items.poll_next_unpin(cx))) {
+            Ok(polled) => polled,
+            Err(panic) => {
+                tracing::error!(panic = %crate::error::panic_message(&*panic), "a reply stream panicked");
+                // A panicked stream is not polled again.
+                self.items = futures_util::stream::empty().boxed();
+                Poll::Ready(Some(ReplyItem::Error(RpcError::internal())))
+            }
+        }
+    }
+}
+
+/// Serialises a reply value. Values go into a per-thread buffer and are split off it, so a
+/// small reply costs no allocation of its own (the buffer is reused once every reply cut
+/// from it has been dropped).
+pub(crate) fn encode<T: Serialize + ?Sized>(value: &T) -> ReplyItem {
+    const CHUNK: usize = 16 * 1024;
+    thread_local! {
+        static ARENA: std::cell::RefCell<BytesMut> = std::cell::RefCell::new(BytesMut::new());
+    }
+    let written = ARENA.with(|arena| {
+        // A `Serialize` impl that itself encodes a reply gets a buffer of its own.
+        let Ok(mut arena) = arena.try_borrow_mut() else {
+            return crate::wire::json::to_vec(value).map(Bytes::from);
+        };
+        if arena.capacity() < 512 {
+            arena.reserve(CHUNK);
+        }
+        let mut out = std::mem::take(&mut *arena).writer();
+        let result = crate::wire::json::write_to(&mut out, value);
+        let mut buf = out.into_inner();
+        let json = buf.split();
+        *arena = buf;
+        result.map(|()| json.freeze())
+    });
+    match written {
+        Ok(v) => ReplyItem::Value(v),
+        Err(e) => {
+            tracing::error!(error = %e, "a handler's reply could not be serialised");
+            ReplyItem::Error(RpcError::internal())
+        }
+    }
+}
+
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn one_value_then_the_end() {
+        let mut r = Reply::value(&serde_json::json!({"result": 6.0}));
+        assert_eq!(r.next().await, Some(ReplyItem::Value(Bytes::from_static(br#"{"result":6}"#))));
+        assert_eq!(r.next().await, None);
+        assert_eq!(Reply::empty().next().await, None);
+    }
+
+    #[tokio::test]
+    async fn a_stream_ends_at_its_first_error_and_survives_a_panic() {
+        let items = futures_util::stream::iter([
+            ReplyItem::Value(Bytes::from_static(b"1")),
+            ReplyItem::Error(RpcError::new("bad")),
+            ReplyItem::Value(Bytes::from_static(b"2")),
+        ]);
+        let got: Vec<_> = Reply::stream(items).collect().await;
+        assert_eq!(got.len(), 2);
+
+        let panicking = futures_util::stream::poll_fn(|_| -> Poll<Option<ReplyItem>> { panic!("handler bug") });
+        let got: Vec<_> = Reply::stream(panicking).collect().await;
+        assert_eq!(got, [ReplyItem::Error(RpcError::internal())]);
+    }
+
+    #[test]
+    fn encoded_values_are_cut_from_one_buffer() {
+        let a = encode(&1u8);
+        let b = encode(&"two");
+        assert_eq!(a, ReplyItem::Value(Bytes::from_static(b"1")));
+        assert_eq!(b, ReplyItem::Value(Bytes::from_static(b"\"two\"")));
+        // Larger than a chunk still works.
+        let big = "x".repeat(40_000);
+        let ReplyItem::Value(v) = encode(&big) else { panic!() };
+        assert_eq!(v.len(), 40_002);
+    }
+
+    #[tokio::test]
+    async fn drain_reports_the_error() {
+        assert!(Reply::empty().drain().await.is_ok());
+        assert_eq!(Reply::error(RpcError::new("x")).drain().await.unwrap_err().message(), Some("x"));
+    }
+}

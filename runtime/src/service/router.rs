@@ -1,0 +1,441 @@
+//! [`Router`]: the service every transport serves. It resolves a message's address as a
+//! NestJS server does and hands the message to that route's [`Route`], the handlers of one
+//! pattern wrapped in the service's layers.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::fmt;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context as TaskContext, Poll};
+
+use futures_util::future::{BoxFuture, FutureExt, join_all};
+use tower::{BoxError, Service, ServiceExt};
+
+use super::{Address, Kind, Reply, Request};
+use crate::error::RpcError;
+
+/// A service answering the messages of one route (or, as the router's fallback, of none),
+/// type-erased so that routes of any handler and any layer stack sit in one table. This is
+/// what a [`Layer`](tower::Layer) given to `Microservice::layer` wraps.
+#[derive(Clone)]
+pub struct Route(Arc<dyn Erased>);
+
+trait Erased: Send + Sync {
+    fn call(&self, req: Request) -> BoxFuture<'static, Reply>;
+}
+
+/// A `tower::Service` behind a [`Route`]: cloned for every call, as axum does, so that
+/// `poll_ready` (a concurrency limit, a rate limit) applies to each call.
+struct Tower<S>(S);
+
+impl<S> Erased for Tower<S>
+where
+    S: Service<Request, Response = Reply> + Clone + Send + Sync + 'static,
+    S::Error: Into<BoxError>,
+    S::Future: Send,
+{
+    fn call(&self, req: Request) -> BoxFuture<'static, Reply> {
+        let svc = self.0.clone();
+        Box::pin(async move {
+            match svc.oneshot(req).await {
+                Ok(reply) => reply,
+                Err(e) => error_reply(e.into()),
+            }
+        })
+    }
+}
+
+/// A layer's error as a reply: an [`RpcError`] as it is, anything else as NestJS's
+/// `Internal server error` (the error itself is logged, not sent).
+fn error_reply(e: BoxError) -> Reply {
+    match e.downcast::<RpcError>() {
+        Ok(rpc) => Reply::error(*rpc),
+        Err(other) => {
+            tracing::error!(error = %other, "a layer failed the message");
+            Reply::error(RpcError::internal())
+        }
+    }
+}
+
+struct Fn<F>(F);
+
+impl<F> Erased for Fn<F>
+where
+    F: std::ops::Fn(Request) -> BoxFuture<'static, Reply> + Send + Sync + 'static,
+{
+    fn call(&self, req: Request) -> BoxFuture<'static, Reply> {
+        (self.0)(req)
+    }
+}
+
+impl Route {
+    /// A route served by any `tower::Service` (a layer's error becomes an error reply).
+    pub fn new<S>(service: S) -> Self
+    where
+        S: Service<Request, Response = Reply> + Clone + Send + Sync + 'static,
+        S::Error: Into<BoxError>,
+        S::Future: Send,
+    {
+        Route(Arc::new(Tower(service)))
+    }
+
+    /// A route served by a function returning a boxed future (the handlers' own shape).
+    pub fn from_fn(f: impl std::ops::Fn(Request) -> BoxFuture<'static, Reply> + Send + Sync + 'static) -> Self {
+        Route(Arc::new(Fn(f)))
+    }
+
+    /// This route inside `layer`.
+    pub fn layer<L>(self, layer: &L) -> Route
+    where
+        L: tower::Layer<Route>,
+        L::Service: Service<Request, Response = Reply> + Clone + Send + Sync + 'static,
+        <L::Service as Service<Request>>::Error: Into<BoxError>,
+        <L::Service as Service<Request>>::Future: Send,
+    {
+        Route::new(layer.layer(self))
+    }
+
+    /// Calls the route (no readiness to wait for).
+    pub fn call(&self, req: Request) -> BoxFuture<'static, Reply> {
+        self.0.call(req)
+    }
+}
+
+impl fmt::Debug for Route {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Route")
+    }
+}
+
+impl Service<Request> for Route {
+    type Response = Reply;
+    type Error = Infallible;
+    type Future = futures_util::future::Map<BoxFuture<'static, Reply>, fn(Reply) -> Result<Reply, Infallible>>;
+
+    fn poll_ready(&mut self, _: &mut TaskContext<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request) -> Self::Future {
+        Route::call(self, req).map(Ok)
+    }
+}
+
+/// One handler of a route, as the router holds it.
+#[derive(Clone)]
+pub(crate) struct Endpoint {
+    /// `module::name (file:line)`, for logs.
+    pub location: Arc<str>,
+    pub route: Route,
+}
+
+/// The handlers of one pattern: at most one request handler and any number of event listeners.
+#[derive(Clone, Default)]
+pub(crate) struct Handlers {
+    pub message: Option<Endpoint>,
+    pub events: Vec<Endpoint>,
+}
+
+impl Handlers {
+    /// The route NestJS's rules make of them: a request goes to the request handler (or, if
+    /// there is none, to the listeners, answered with completion); an event goes to every
+    /// listener at once (or, if there is none, to the request handler, its answer dropped).
+    /// An event's reply is empty when every listener succeeded and the first failure
+    /// otherwise; a listener that panics fails without stopping the others.
+    pub fn into_route(self) -> Route {
+        let Handlers { message, events } = self;
+        match (message, events.is_empty()) {
+            // The common shape: one request handler, answering requests directly.
+            (Some(handler), true) => Route::from_fn(move |req| match req.kind() {
+                Kind::Request => handler.route.call(req),
+                Kind::Event => listen(&handler, req).boxed(),
+            }),
+            (message, _) => {
+                let events: Arc<[Endpoint]> = events.into();
+                Route::from_fn(move |req| match (req.kind(), &message) {
+                    (Kind::Request, Some(handler)) => handler.route.call(req),
+                    (Kind::Request, None) => {
+                        let run = listen_all(&events, req);
+                        async move {
+                            let _ = run.await;
+                            Reply::empty()
+                        }
+                        .boxed()
+                    }
+                    (Kind::Event, _) => listen_all(&events, req).boxed(),
+                })
+            }
+        }
+    }
+}
+
+/// Runs every listener, each with the message (a JSON payload is shared, not copied).
+fn listen_all(events: &[Endpoint], req: Request) -> impl Future<Output = Reply> + Send + 'static {
+    let mut runs = Vec::with_capacity(events.len());
+    let mut req = Some(req);
+    for (i, listener) in events.iter().enumerate() {
+        let last = i + 1 == events.len();
+        let copy = match &req {
+            Some(r) if !last => r.try_clone(),
+            _ => None,
+        };
+        if let Some(one) = copy.or_else(|| req.take()) {
+            runs.push(listen(listener, one));
+        }
+    }
+    join_all(runs).map(|replies| {
+        replies
+            .into_iter()
+            .find(Reply::is_error)
+            .unwrap_or_else(Reply::empty)
+    })
+}
+
+/// Runs one listener to its end; a failure is logged and returned, a panic is one.
+fn listen(listener: &Endpoint, req: Request) -> impl Future<Output = Reply> + Send + 'static {
+    let location = listener.location.clone();
+    let run = listener.route.call(req);
+    async move {
+        let reply = match AssertUnwindSafe(run).catch_unwind().await {
+            Ok(reply) => reply.drain().await,
+            Err(panic) => {
+                tracing::error!(handler = %location, panic = %crate::error::panic_message(&*panic), "event handler panicked");
+                Err(RpcError::internal())
+            }
+        };
+        match reply {
+            Ok(()) => Reply::empty(),
+            Err(e) => {
+                tracing::error!(handler = %location, error = %e, "event handler failed");
+                Reply::error(e)
+            }
+        }
+    }
+}
+
+/// A served pattern.
+#[derive(Debug)]
+pub struct RouteInfo {
+    route: &'static str,
+    request_handler: bool,
+    listeners: usize,
+    /// Names the route's handlers in panic logs.
+    label: &'static str,
+}
+
+impl RouteInfo {
+    /// The normalised route key (a broker's channel, subject or topic).
+    pub fn route(&self) -> &'static str {
+        self.route
+    }
+
+    /// True when a request handler serves it.
+    pub fn has_request_handler(&self) -> bool {
+        self.request_handler
+    }
+
+    /// How many event listeners it has.
+    pub fn listeners(&self) -> usize {
+        self.listeners
+    }
+}
+
+struct Entry {
+    info: RouteInfo,
+    route: Route,
+}
+
+/// The service a transport serves: every route of a `Microservice`, with its layers, and a
+/// fallback for patterns nobody handles. Cheap to clone.
+///
+/// Transports call it with [`Router::call`]; it is also a `tower::Service<Request>`.
+#[derive(Clone)]
+pub struct Router(Arc<Table>);
+
+struct Table {
+    /// Route keys, and patterns in their written JSON (a NestJS client sends an object
+    /// pattern in its written key order, so that form skips normalisation).
+    lookup: HashMap<Box<str>, Arc<Entry>, rustc_hash::FxBuildHasher>,
+    /// Each served route once, sorted.
+    routes: Vec<Arc<Entry>>,
+    fallback: Route,
+}
+
+impl fmt::Debug for Router {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(self.routes().map(|r| r.route)).finish()
+    }
+}
+
+/// Builds a [`Router`].
+#[derive(Default)]
+pub(crate) struct RouterBuilder {
+    routes: Vec<(&'static str, Vec<&'static str>, Handlers, Vec<Arc<str>>)>,
+}
+
+impl RouterBuilder {
+    /// Adds a handler of `route` (whose pattern JSON as written is `pattern`).
+    pub fn add(&mut self, route: &'static str, pattern: &'static str, kind: Kind, endpoint: Endpoint) {
+        let at = match self.routes.iter().position(|r| r.0 == route) {
+            Some(at) => at,
+            None => {
+                self.routes.push((route, Vec::new(), Handlers::default(), Vec::new()));
+                self.routes.len() - 1
+            }
+        };
+        let slot = &mut self.routes[at];
+        if !slot.1.contains(&pattern) {
+            slot.1.push(pattern);
+        }
+        slot.3.push(endpoint.location.clone());
+        match kind {
+            Kind::Request => slot.2.message = Some(endpoint),
+            Kind::Event => slot.2.events.push(endpoint),
+        }
+    }
+
+    /// The router: each route's handlers wrapped by `wrap` (the service's layers), the
+    /// fallback too.
+    pub fn build(self, wrap: impl std::ops::Fn(Route) -> Route) -> Router {
+        let mut lookup = HashMap::default();
+        let mut routes = Vec::with_capacity(self.routes.len());
+        for (route, patterns, handlers, locations) in self.routes {
+            let info = RouteInfo {
+                route,
+                request_handler: handlers.message.is_some(),
+                listeners: handlers.events.len(),
+                label: Box::leak(locations.join(", ").into_boxed_str()),
+            };
+            let entry = Arc::new(Entry {
+                info,
+                route: wrap(handlers.into_route()),
+            });
+            for p in patterns {
+                lookup.entry(Box::<str>::from(p)).or_insert_with(|| entry.clone());
+            }
+            lookup.insert(Box::<str>::from(route), entry.clone());
+            routes.push(entry);
+        }
+        routes.sort_by_key(|e| e.info.route);
+        Router(Arc::new(Table {
+            lookup,
+            routes,
+            fallback: wrap(Route::from_fn(|req| {
+                if req.kind() == Kind::Event {
+                    tracing::warn!(
+                        "There is no matching event handler defined in the remote service. Event pattern: {}",
+                        req.context().route()
+                    );
+                } else {
+                    tracing::debug!(pattern = %req.context().route(), "no matching message handler");
+                }
+                std::future::ready(Reply::no_handler()).boxed()
+            })),
+        }))
+    }
+}
+
+impl Router {
+    /// Serves one message: its route's reply, or the fallback's (a no-handler reply).
+    pub fn call(&self, mut req: Request) -> RouterFuture {
+        let (route, label) = match self.resolve(req.address()) {
+            Ok(entry) => {
+                req.context_mut().set_route(Cow::Borrowed(entry.info.route));
+                (&entry.route, entry.info.label)
+            }
+            Err(route) => {
+                req.context_mut().set_route(Cow::Owned(route));
+                (&self.0.fallback, "")
+            }
+        };
+        let inner = match std::panic::catch_unwind(AssertUnwindSafe(|| route.call(req))) {
+            Ok(fut) => fut,
+            Err(panic) => {
+                tracing::error!(handler = label, panic = %crate::error::panic_message(&*panic), "handler panicked");
+                std::future::ready(Reply::error(RpcError::internal())).boxed()
+            }
+        };
+        RouterFuture { inner, label }
+    }
+
+    /// Every served route once, in route order.
+    pub fn routes(&self) -> impl Iterator<Item = &RouteInfo> {
+        self.0.routes.iter().map(|e| &e.info)
+    }
+
+    /// The served route an address names, as a NestJS server resolves it; the route that
+    /// missed otherwise (for the no-handler message).
+    pub fn resolve_route(&self, address: &Address) -> Result<&RouteInfo, String> {
+        self.resolve(address).map(|e| &e.info)
+    }
+
+    fn resolve(&self, address: &Address) -> Result<&Arc<Entry>, String> {
+        let text = address.as_str();
+        if let Some(e) = self.0.lookup.get(text) {
+            return Ok(e);
+        }
+        let route = match address {
+            Address::Route(_) => text.to_owned(),
+            Address::Pattern(_) => match simple_json_string(text) {
+                Some(s) => switchboard_pattern::route_of_str(s.to_owned()),
+                None => switchboard_pattern::route_of_wire_pattern(text).unwrap_or_else(|| text.to_owned()),
+            },
+        };
+        self.0.lookup.get(route.as_str()).ok_or(route)
+    }
+}
+
+/// The content of a JSON string literal without escapes, without allocating.
+fn simple_json_string(raw: &str) -> Option<&str> {
+    let inner = raw.strip_prefix('"')?.strip_suffix('"')?;
+    (!inner.contains(['\\', '"'])).then_some(inner)
+}
+
+impl Service<Request> for Router {
+    type Response = Reply;
+    type Error = Infallible;
+    type Future = futures_util::future::Map<RouterFuture, fn(Reply) -> Result<Reply, Infallible>>;
+
+    fn poll_ready(&mut self, _: &mut TaskContext<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request) -> Self::Future {
+        Router::call(self, req).map(Ok)
+    }
+}
+
+/// A message being served: resolves to its reply. A panic in a handler or a layer resolves
+/// to NestJS's `Internal server error` (and is logged with the handler's name).
+#[must_use = "a reply does nothing unless polled"]
+pub struct RouterFuture {
+    inner: BoxFuture<'static, Reply>,
+    label: &'static str,
+}
+
+impl Future for RouterFuture {
+    type Output = Reply;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Reply> {
+        let inner = &mut self.inner;
+        match std::panic::catch_unwind(AssertUnwindSafe(|| inner.as_mut().poll(cx))) {
+            Ok(polled) => polled,
+            Err(panic) => {
+                tracing::error!(handler = self.label, panic = %crate::error::panic_message(&*panic), "handler panicked");
+                // A panicked future is not polled again.
+                self.inner = std::future::pending().boxed();
+                Poll::Ready(Reply::error(RpcError::internal()))
+            }
+        }
+    }
+}
+
+impl fmt::Debug for RouterFuture {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("RouterFuture")
+    }
+}
