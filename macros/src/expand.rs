@@ -258,6 +258,9 @@ pub fn glue(def: &HandlerDef, callee: &TokenStream, receiver: Receiver) -> Token
         #[allow(unused_mut, unused_variables)]
         let __sb_fut = async move {
             #(#extract)*
+            if let ::core::result::Result::Err(e) = __sb::check_unread_payload(&__sb_req) {
+                return __sb::Reply::error(e);
+            }
             let __sb_out = #call.await;
             #respond
         };

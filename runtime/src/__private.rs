@@ -20,6 +20,11 @@ pub use std::sync::Arc;
 use futures_util::stream::{Stream, StreamExt};
 use serde::Serialize;
 
+/// Checks that a payload no argument took is JSON; the error is the reply.
+pub fn check_unread_payload(req: &Request) -> Result<(), RpcError> {
+    crate::server::extract::check_unread_payload(req)
+}
+
 /// An `impl Stream<Item = T>` reply.
 pub fn stream_reply<S>(values: S) -> Reply
 where

@@ -433,10 +433,10 @@ async fn shutdown_finishes_in_flight_requests_and_leaves_the_rest_queued() {
         .connect()
         .await
         .unwrap();
-    assert_eq!(client.send(delay, 1).await.unwrap(), 1);
+    assert_eq!(client.send(DELAY, 1).await.unwrap(), 1);
     let slow = {
         let client = client.clone();
-        tokio::spawn(async move { client.send(delay, 700).await })
+        tokio::spawn(async move { client.send(DELAY, 700).await })
     };
     tokio::time::sleep(Duration::from_millis(200)).await;
     server.shutdown().await.unwrap();
@@ -444,7 +444,7 @@ async fn shutdown_finishes_in_flight_requests_and_leaves_the_rest_queued() {
     // Stopped: a new request waits in the queue for the next server instead of being taken.
     let waiting = {
         let client = client.clone();
-        tokio::spawn(async move { client.send(delay, 2).await })
+        tokio::spawn(async move { client.send(DELAY, 2).await })
     };
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(!waiting.is_finished(), "nobody consumes after shutdown");

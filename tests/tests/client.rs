@@ -27,12 +27,12 @@ async fn connection_loss_fails_in_flight_calls_at_once_and_the_client_reconnects
         .connect()
         .await
         .unwrap();
-    assert_eq!(client.send(echo, json!("before")).await.unwrap(), json!("before"));
+    assert_eq!(client.send(ECHO, json!("before")).await.unwrap(), json!("before"));
 
     // Kill the server with a call in flight: the call fails at once, not at its deadline.
     let in_flight = tokio::spawn({
         let client = client.clone();
-        async move { client.send(delay, 5_000).await }
+        async move { client.send(DELAY, 5_000).await }
     });
     tokio::time::sleep(Duration::from_millis(100)).await;
     let started = std::time::Instant::now();
@@ -42,14 +42,14 @@ async fn connection_loss_fails_in_flight_calls_at_once_and_the_client_reconnects
     assert!(started.elapsed() < Duration::from_secs(2));
 
     // While the server is down, calls fail fast with a connect error.
-    let err = client.send(echo, json!(1)).await.unwrap_err();
+    let err = client.send(ECHO, json!(1)).await.unwrap_err();
     assert!(matches!(err, Error::Connect { .. }), "{err}");
 
     // Bring it back on the same port; the same client reconnects (after its backoff).
     let s = serve(&url).await;
     let mut ok = None;
     for _ in 0..50 {
-        match client.send(echo, json!("after")).await {
+        match client.send(ECHO, json!("after")).await {
             Ok(v) => {
                 ok = Some(v);
                 break;
@@ -75,10 +75,10 @@ async fn bad_urls_and_empty_services_are_clear_errors() {
 
     let err = Microservice::new().listen("mem://empty").start().await.unwrap_err();
     assert!(err.to_string().contains("no handlers to serve"), "{err}");
-    let err = Microservice::new().handler(echo).start().await.unwrap_err();
+    let err = Microservice::new().handler(ECHO).start().await.unwrap_err();
     assert!(err.to_string().contains("no transport"), "{err}");
     let err = Microservice::new()
-        .handler(echo)
+        .handler(ECHO)
         .listen("tcp://127.0.0.1:0?frame=1")
         .start()
         .await
@@ -89,23 +89,23 @@ async fn bad_urls_and_empty_services_are_clear_errors() {
 #[tokio::test]
 async fn dropping_an_in_process_server_frees_its_name() {
     let s = Microservice::new()
-        .handler(echo)
+        .handler(ECHO)
         .listen("mem://dropped")
         .start()
         .await
         .unwrap();
     let client = Client::connect("mem://dropped").await.unwrap();
-    assert_eq!(client.send(echo, json!(1)).await.unwrap(), json!(1));
+    assert_eq!(client.send(ECHO, json!(1)).await.unwrap(), json!(1));
     drop(s);
     tokio::time::sleep(Duration::from_millis(50)).await;
-    assert!(matches!(client.send(echo, json!(1)).await, Err(Error::Connect { .. })));
+    assert!(matches!(client.send(ECHO, json!(1)).await, Err(Error::Connect { .. })));
     let again = Microservice::new()
-        .handler(echo)
+        .handler(ECHO)
         .listen("mem://dropped")
         .start()
         .await
         .unwrap();
-    assert_eq!(client.send(echo, json!(2)).await.unwrap(), json!(2));
+    assert_eq!(client.send(ECHO, json!(2)).await.unwrap(), json!(2));
     again.shutdown().await.unwrap();
 }
 
@@ -150,15 +150,15 @@ async fn a_garbled_reply_id_does_not_break_the_client() {
 #[tokio::test]
 async fn selected_handlers_only() {
     let s = Microservice::new()
-        .handler(echo)
+        .handler(ECHO)
         .listen("mem://selected")
         .start()
         .await
         .unwrap();
     let client = Client::connect("mem://selected").await.unwrap();
-    assert_eq!(client.send(echo, json!(1)).await.unwrap(), json!(1));
+    assert_eq!(client.send(ECHO, json!(1)).await.unwrap(), json!(1));
     assert!(matches!(
-        client.send(get_user, "1".to_string()).await,
+        client.send(GET_USER, "1".to_string()).await,
         Err(Error::NoHandler { .. })
     ));
     s.shutdown().await.unwrap();

@@ -12,7 +12,7 @@ use switchboard::{Client, Microservice};
 async fn round_trip(url: &str) {
     // The users service's handlers, as its own binary serves them.
     let server = Microservice::new()
-        .handler(example_users::get_user)
+        .handler(example_users::GET_USER)
         .handler(example_users::create_user)
         .listen(url)
         .start()

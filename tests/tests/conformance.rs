@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::echo;
+use common::ECHO;
 use serde_json::json;
 use switchboard::Client;
 
@@ -53,6 +53,6 @@ async fn tls_transport() {
         .timeout(Duration::from_millis(300))
         .build()
         .unwrap();
-    assert!(plain.send(echo, json!(1)).await.is_err());
+    assert!(plain.send(ECHO, json!(1)).await.is_err());
     s.shutdown().await.unwrap();
 }

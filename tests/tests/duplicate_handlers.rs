@@ -2,7 +2,7 @@
 
 use switchboard::prelude::*;
 
-#[message_pattern(cmd = "dup")]
+#[message_pattern({ cmd = "dup" })]
 async fn first() -> u32 {
     1
 }
@@ -12,7 +12,7 @@ async fn second() -> u32 {
     2
 }
 
-#[event_pattern(cmd = "dup")]
+#[event_pattern({ cmd = "dup" })]
 async fn listener() {}
 
 #[tokio::test]
@@ -35,8 +35,8 @@ async fn duplicate_request_handlers_name_both_functions() {
     );
     // Either one alone is fine, and so is the event listener beside it.
     let s = Microservice::new()
-        .handler(first)
-        .handler(listener)
+        .handler(FIRST)
+        .handler(LISTENER)
         .listen("mem://dup-ok")
         .start()
         .await

@@ -61,14 +61,14 @@ async fn dropped_call_cancels_the_handler() {
     // The client's deadline passes: the call is dropped, its HTTP/2 stream reset.
     let err = c
         .with_timeout(Duration::from_millis(200))
-        .send(grpc_slow, 5_000)
+        .send(GRPC_SLOW, 5_000)
         .await
         .unwrap_err();
     assert!(matches!(err, Error::Timeout { .. }), "{err}");
     // A call dropped by the caller (no deadline involved).
     let call = tokio::spawn({
         let c = c.clone();
-        async move { c.send(grpc_slow, 5_000).await }
+        async move { c.send(GRPC_SLOW, 5_000).await }
     });
     tokio::time::sleep(Duration::from_millis(200)).await;
     call.abort();
@@ -80,7 +80,7 @@ async fn dropped_call_cancels_the_handler() {
     }
     assert_eq!(STARTED.load(SeqCst) - started, 2);
     assert_eq!(CANCELLED.load(SeqCst) - cancelled, 2, "both handlers were dropped");
-    assert_eq!(c.send(common::delay, 1).await.unwrap(), 1, "the connection still works");
+    assert_eq!(c.send(common::DELAY, 1).await.unwrap(), 1, "the connection still works");
     s.shutdown().await.unwrap();
 }
 
@@ -124,7 +124,7 @@ async fn deadline_travels_as_grpc_timeout() {
     assert!(started.elapsed() < Duration::from_millis(2_000));
     // The handler does not see gRPC's own headers.
     let c = Client::connect(&url).await.unwrap();
-    assert_eq!(c.send(grpc_deadline_seen, ()).await.unwrap(), None);
+    assert_eq!(c.send(GRPC_DEADLINE_SEEN, ()).await.unwrap(), None);
     s.shutdown().await.unwrap();
 }
 
@@ -202,7 +202,7 @@ async fn shutdown_lets_in_flight_calls_finish() {
     let c = Client::connect(&url).await.unwrap();
     let call = tokio::spawn({
         let c = c.clone();
-        async move { c.send(common::delay, 300).await }
+        async move { c.send(common::DELAY, 300).await }
     });
     tokio::time::sleep(Duration::from_millis(100)).await;
     s.shutdown().await.unwrap();

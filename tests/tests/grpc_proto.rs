@@ -1,5 +1,5 @@
 //! Proto-first gRPC: tests/proto/hero.proto compiled by switchboard-codegen (build.rs), its
-//! methods served by `#[message_pattern(service = "HeroesService", rpc = "…")]` handlers that
+//! methods served by `#[message_pattern({ service = "HeroesService", rpc = "…" })]` handlers that
 //! take and return the prost messages; called with the tonic client generated from the same
 //! .proto. Unary, server-, client- and bidirectional streaming; NestJS's status mapping;
 //! metadata, deadlines and unserved methods.
@@ -24,7 +24,7 @@ fn name_of(id: i32) -> String {
     format!("hero-{id}")
 }
 
-#[message_pattern(service = "HeroesService", rpc = "FindOne")]
+#[message_pattern({ service = "HeroesService", rpc = "FindOne" })]
 async fn find_one(req: HeroById) -> Hero {
     Hero {
         id: req.id,
@@ -32,12 +32,12 @@ async fn find_one(req: HeroById) -> Hero {
     }
 }
 
-#[message_pattern(service = "HeroesService", rpc = "ListAll")]
+#[message_pattern({ service = "HeroesService", rpc = "ListAll" })]
 async fn list_all(_: Empty) -> ReplyStream<Hero> {
     ReplyStream::iter((1..=3).map(|id| Hero { id, name: name_of(id) }))
 }
 
-#[message_pattern(service = "HeroesService", rpc = "Count")]
+#[message_pattern({ service = "HeroesService", rpc = "Count" })]
 async fn count(reqs: GrpcStream<HeroById>) -> RpcResult<Total> {
     let ids: Vec<i32> = reqs
         .map(|r| r.map(|r| r.id))
@@ -51,7 +51,7 @@ async fn count(reqs: GrpcStream<HeroById>) -> RpcResult<Total> {
     })
 }
 
-#[message_pattern(service = "HeroesService", rpc = "FindMany")]
+#[message_pattern({ service = "HeroesService", rpc = "FindMany" })]
 async fn find_many(reqs: GrpcStream<HeroById>) -> ReplyStream<Hero> {
     ReplyStream::new(reqs.map(|r| {
         r.map(|r| Hero {
@@ -61,12 +61,12 @@ async fn find_many(reqs: GrpcStream<HeroById>) -> ReplyStream<Hero> {
     }))
 }
 
-#[message_pattern(service = "HeroesService", rpc = "Fail")]
+#[message_pattern({ service = "HeroesService", rpc = "Fail" })]
 async fn fail(_: HeroById) -> RpcResult<Hero> {
     Err(RpcError::from_value(json!({"code": 5, "message": "hero not found"})))
 }
 
-#[message_pattern(service = "HeroesService", rpc = "FailPlain")]
+#[message_pattern({ service = "HeroesService", rpc = "FailPlain" })]
 async fn fail_plain(req: HeroById) -> Hero {
     if req.id >= 0 {
         panic!("boom");
@@ -74,14 +74,14 @@ async fn fail_plain(req: HeroById) -> Hero {
     Hero::default()
 }
 
-#[message_pattern(service = "HeroesService", rpc = "Meta")]
+#[message_pattern({ service = "HeroesService", rpc = "Meta" })]
 async fn meta(_: Empty, ctx: Context) -> Headers {
     Headers {
         entries: ctx.headers().map(|(k, v)| (k.to_owned(), v.to_owned())).collect(),
     }
 }
 
-#[message_pattern(service = "HeroesService", rpc = "Slow")]
+#[message_pattern({ service = "HeroesService", rpc = "Slow" })]
 async fn slow(req: HeroById) -> Hero {
     tokio::time::sleep(Duration::from_millis(req.id as u64)).await;
     Hero {

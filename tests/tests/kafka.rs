@@ -99,10 +99,10 @@ async fn calls_fail_fast_while_the_broker_is_down() {
     let c = common::conformance::client(our_server())
         .await
         .with_timeout(Duration::from_secs(20));
-    assert_eq!(c.send(delay, 1).await.unwrap(), 1);
+    assert_eq!(c.send(DELAY, 1).await.unwrap(), 1);
     let slow = {
         let c = c.clone();
-        tokio::spawn(async move { c.send(delay, 4_000).await })
+        tokio::spawn(async move { c.send(DELAY, 4_000).await })
     };
     tokio::time::sleep(Duration::from_millis(300)).await;
     tokio::task::spawn_blocking(|| mock().set_up(false)).await.unwrap();
@@ -112,7 +112,7 @@ async fn calls_fail_fast_while_the_broker_is_down() {
         .unwrap()
         .unwrap();
     let failed_after = down.elapsed();
-    let new_call = c.send(delay, 1).await;
+    let new_call = c.send(DELAY, 1).await;
     let new_failed_after = down.elapsed();
     tokio::task::spawn_blocking(|| mock().set_up(true)).await.unwrap();
     assert!(
@@ -129,7 +129,7 @@ async fn calls_fail_fast_while_the_broker_is_down() {
         wait_until(30, || true).await && {
             let mut ok = false;
             for _ in 0..60 {
-                if c.with_timeout(Duration::from_secs(2)).send(delay, 1).await.is_ok() {
+                if c.with_timeout(Duration::from_secs(2)).send(DELAY, 1).await.is_ok() {
                     ok = true;
                     break;
                 }
@@ -489,9 +489,9 @@ fn child_consumer_process() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async move {
         let server = Microservice::new()
-            .handler(durable_evt)
-            .handler(lb_evt)
-            .handler(graceful_evt)
+            .handler(DURABLE_EVT)
+            .handler(LB_EVT)
+            .handler(GRACEFUL_EVT)
             .listen(url)
             .start()
             .await
@@ -747,7 +747,7 @@ async fn unreachable_broker_is_a_connect_error() {
         "fails by its connect timeout"
     );
     let err = Microservice::new()
-        .handler(echo)
+        .handler(ECHO)
         .listen("kafka://127.0.0.1:1")
         .start()
         .await

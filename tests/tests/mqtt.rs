@@ -90,7 +90,7 @@ async fn start_server(url: &str) -> switchboard::RunningServer {
     let server = Microservice::from_registry().listen(url).start().await.unwrap();
     let c = client(url).await;
     for _ in 0..50 {
-        if c.with_timeout(Duration::from_millis(200)).send(delay, 0).await.is_ok() {
+        if c.with_timeout(Duration::from_millis(200)).send(DELAY, 0).await.is_ok() {
             break;
         }
     }
@@ -207,7 +207,7 @@ async fn wire_format_is_nestjs() {
     let _server = start_server(&broker.url()).await;
     let c = client(&broker.url()).await;
     let spy = watch(broker.port, &[r#"{"cmd":"sum"}"#, r#"{"cmd":"sum"}/reply"#, "evt"], 3).await;
-    assert_eq!(c.send(sum, vec![1.0, 2.0, 3.0]).await.unwrap(), 6.0);
+    assert_eq!(c.send(SUM, vec![1.0, 2.0, 3.0]).await.unwrap(), 6.0);
     c.emit_raw("evt", json!({"wire": 1})).await.unwrap();
     let got = lines(spy).await;
     assert_eq!(got.len(), 3, "{got:?}");
@@ -254,14 +254,14 @@ async fn plain_messages_reach_event_listeners() {
     assert!(ok.success());
     // Still serving after the junk.
     assert_eq!(common::conformance::await_events(&c, &marker, 2).await, 2);
-    let seen = c.send(events_seen, ()).await.unwrap();
+    let seen = c.send(EVENTS_SEEN, ()).await.unwrap();
     assert!(
         seen.iter()
             .any(|e| e["data"] == json!({"marker": marker, "from": "mosquitto_pub"})),
         "{seen:?}"
     );
     assert!(seen.iter().any(|e| e["data"] == json!("not json at all")), "{seen:?}");
-    assert_eq!(c.send(sum, vec![1.0]).await.unwrap(), 1.0);
+    assert_eq!(c.send(SUM, vec![1.0]).await.unwrap(), 1.0);
     // Junk on a reply topic the client listens to is skipped (NestJS's client throws).
     mosquitto_pub(broker.port, r#"{"cmd":"sum"}/reply"#, "not json");
     mosquitto_pub(
@@ -269,7 +269,7 @@ async fn plain_messages_reach_event_listeners() {
         r#"{"cmd":"sum"}/reply"#,
         r#"{"response":1,"id":"not-ours"}"#,
     );
-    assert_eq!(c.send(sum, vec![2.0]).await.unwrap(), 2.0);
+    assert_eq!(c.send(SUM, vec![2.0]).await.unwrap(), 2.0);
 }
 
 /// Requests with no server answer fail at the call's deadline, naming the pattern; they do
@@ -336,14 +336,14 @@ async fn shutdown_lets_in_flight_requests_finish() {
     let c = client(&broker.url()).await;
     let slow = {
         let c = c.clone();
-        tokio::spawn(async move { c.send(delay, 400).await })
+        tokio::spawn(async move { c.send(DELAY, 400).await })
     };
     tokio::time::sleep(Duration::from_millis(150)).await;
     server.shutdown().await.unwrap();
     assert_eq!(slow.await.unwrap().unwrap(), 400, "the request in flight was answered");
     let err = c
         .with_timeout(Duration::from_millis(500))
-        .send(delay, 1)
+        .send(DELAY, 1)
         .await
         .unwrap_err();
     assert!(
@@ -379,7 +379,7 @@ fn server_on_thread(name: &'static str, url: String) -> std::sync::mpsc::Sender<
             .build()
             .unwrap();
         rt.block_on(async move {
-            let server = Microservice::new().handler(lb_hit).listen(url).start().await.unwrap();
+            let server = Microservice::new().handler(LB_HIT).listen(url).start().await.unwrap();
             ready_tx.send(()).unwrap();
             tokio::task::spawn_blocking(move || stop_rx.recv()).await.unwrap().ok();
             server.shutdown().await.unwrap();
@@ -406,7 +406,7 @@ async fn group_load_balances_each_request_once() {
     const N: u64 = 200;
     let calls = (0..N).map(|n| {
         let c = c.clone();
-        async move { c.send(lb_hit, n).await }
+        async move { c.send(LB_HIT, n).await }
     });
     for (n, r) in futures_util::future::join_all(calls).await.into_iter().enumerate() {
         assert_eq!(r.unwrap(), n as u64);
@@ -463,7 +463,7 @@ async fn durable_consumer_process() {
         return;
     };
     let server = Microservice::new()
-        .handler(durable_evt)
+        .handler(DURABLE_EVT)
         .listen(durable_url(&id))
         .start()
         .await
@@ -527,7 +527,7 @@ async fn durable_events_survive_a_killed_consumer() {
     // The first run creates the session: wait until its subscription is live.
     let mut live = false;
     for _ in 0..100 {
-        c.emit(durable_evt, json!({"run": "probe", "n": 0})).await.unwrap();
+        c.emit(DURABLE_EVT, json!({"run": "probe", "n": 0})).await.unwrap();
         tokio::time::sleep(Duration::from_millis(100)).await;
         if !handled(&log, "probe").is_empty() {
             live = true;
@@ -540,7 +540,7 @@ async fn durable_events_survive_a_killed_consumer() {
     // 400 more while the consumer is down (the broker queues them for the kept session).
     let run = "batch";
     for n in 0..600 {
-        c.emit(durable_evt, json!({"run": run, "n": n})).await.unwrap();
+        c.emit(DURABLE_EVT, json!({"run": run, "n": n})).await.unwrap();
     }
     for _ in 0..600 {
         if handled(&log, run).len() >= 100 {
@@ -555,7 +555,7 @@ async fn durable_events_survive_a_killed_consumer() {
         "the consumer was killed mid-batch ({killed_after} handled)"
     );
     for n in 600..EVENTS {
-        c.emit(durable_evt, json!({"run": run, "n": n})).await.unwrap();
+        c.emit(DURABLE_EVT, json!({"run": run, "n": n})).await.unwrap();
     }
 
     let mut consumer = spawn_consumer(&log, &id);
@@ -574,7 +574,7 @@ async fn durable_events_survive_a_killed_consumer() {
     consumer.kill().await.unwrap();
     // Forget the kept session on the broker.
     let cleanup = Microservice::new()
-        .handler(durable_evt)
+        .handler(DURABLE_EVT)
         .listen(format!("{URL}?client_id={id}"))
         .start()
         .await

@@ -502,19 +502,19 @@ async fn oversized_messages_are_clear_errors() {
     let _turn = ON_4222.lock().await;
     let server = serve_common(NATS).await;
     let c = client(NATS).await;
-    let err = c.send(len, "x".repeat(2 << 20)).await.unwrap_err();
+    let err = c.send(LEN, "x".repeat(2 << 20)).await.unwrap_err();
     assert!(matches!(&err, Error::Protocol(m) if m.contains("max_payload")), "{err}");
     let err = c.emit_raw("evt", "x".repeat(2 << 20)).await.unwrap_err();
     assert!(err.to_string().contains("max_payload"), "{err}");
     // The request fits, its reply does not: the caller gets an error reply.
-    let err = c.send(count_to_bytes, 700_000).await.unwrap_err();
+    let err = c.send(COUNT_TO_BYTES, 700_000).await.unwrap_err();
     assert!(
         err.as_rpc()
             .and_then(|e| e.message())
             .is_some_and(|m| m.contains("max_payload")),
         "{err}"
     );
-    assert_eq!(c.send(len, "fits".to_string()).await.unwrap(), 4);
+    assert_eq!(c.send(LEN, "fits".to_string()).await.unwrap(), 4);
     c.close().await;
     server.shutdown().await.unwrap();
 }
@@ -533,7 +533,7 @@ async fn unreachable_broker_fails_fast() {
         .build()
         .unwrap();
     let started = std::time::Instant::now();
-    let err = c.send(echo, json!(1)).await.unwrap_err();
+    let err = c.send(ECHO, json!(1)).await.unwrap_err();
     assert!(matches!(err, Error::Connect { .. }), "{err}");
     assert!(started.elapsed() < Duration::from_secs(20));
     let Err(err) = Microservice::from_registry().listen("nats://127.0.0.1:1").start().await else {
@@ -555,12 +555,12 @@ async fn graceful_shutdown_finishes_in_flight_requests() {
     let c = client(NATS).await;
     let slow = {
         let c = c.clone();
-        tokio::spawn(async move { c.send(delay, 500).await })
+        tokio::spawn(async move { c.send(DELAY, 500).await })
     };
     tokio::time::sleep(Duration::from_millis(150)).await;
     server.shutdown().await.unwrap();
     assert_eq!(slow.await.unwrap().unwrap(), 500, "the call in flight got its answer");
-    let err = c.send(delay, 1).await.unwrap_err();
+    let err = c.send(DELAY, 1).await.unwrap_err();
     assert!(
         matches!(err, Error::NoHandler { .. }),
         "nobody serves after shutdown: {err}"
@@ -601,8 +601,8 @@ fn instance(name: &str, url: String) -> tokio::sync::oneshot::Sender<()> {
                 .unwrap();
             rt.block_on(async move {
                 let server = Microservice::new()
-                    .handler(lb_work)
-                    .handler(fanout_evt)
+                    .handler(LB_WORK)
+                    .handler(FANOUT_EVT)
                     .listen(url)
                     .start()
                     .await
@@ -632,7 +632,7 @@ async fn queue_group_handles_each_request_once() {
     let c = client(&url).await;
     let calls = (0..200u64).map(|i| {
         let c = c.clone();
-        async move { c.send(lb_work, i).await }
+        async move { c.send(LB_WORK, i).await }
     });
     for (i, r) in futures_util::future::join_all(calls).await.into_iter().enumerate() {
         assert_eq!(r.unwrap(), i as u64);
@@ -666,7 +666,7 @@ async fn without_queue_every_replica_gets_every_event() {
     let b = instance("fan-b", NATS.to_owned());
     let c = client(NATS).await;
     for i in 0..20u64 {
-        c.emit(fanout_evt, i).await.unwrap();
+        c.emit(FANOUT_EVT, i).await.unwrap();
     }
     let mut n = 0;
     for _ in 0..200 {
@@ -741,7 +741,7 @@ async fn durable_consumer_child_process() {
         return;
     }
     let _server = Microservice::new()
-        .handler(durable_evt)
+        .handler(DURABLE_EVT)
         .listen(durable_url())
         .start()
         .await
@@ -799,7 +799,7 @@ async fn durable_events_survive_a_killed_consumer() {
     let c = client(&durable_url()).await;
     for n in 0..1000u64 {
         // Resolves once JetStream has stored the event.
-        c.emit(durable_evt, n).await.unwrap();
+        c.emit(DURABLE_EVT, n).await.unwrap();
     }
     for _ in 0..600 {
         if handled(&file).len() >= 200 {
@@ -864,7 +864,7 @@ async fn failed_durable_events_are_redelivered() {
     delete_stream(stream_name).await;
     let url = format!("{NATS}?jetstream={stream_name}&durable=flaky");
     let server = Microservice::new()
-        .handler(flaky_evt)
+        .handler(FLAKY_EVT)
         .listen(&url)
         .start()
         .await
@@ -875,7 +875,7 @@ async fn failed_durable_events_are_redelivered() {
     raw.publish("sb_flaky_evt", None, b"notjson").await;
     raw.ping().await;
     for n in 0..5u64 {
-        c.emit(flaky_evt, n).await.unwrap();
+        c.emit(FLAKY_EVT, n).await.unwrap();
     }
     for _ in 0..200 {
         if FLAKY.lock().unwrap().len() >= 10 {
@@ -921,20 +921,20 @@ async fn durable_events_survive_a_broker_restart() {
     delete_stream_at(SUITE_ADDR, stream_name).await;
     let url = format!("nats://{SUITE_ADDR}?jetstream={stream_name}&durable=restart&ack_wait_ms=2000");
     let server = Microservice::new()
-        .handler(restart_evt)
+        .handler(RESTART_EVT)
         .listen(&url)
         .start()
         .await
         .unwrap();
     let c = client(&url).await;
     for n in 0..100u64 {
-        c.emit(restart_evt, n).await.unwrap();
+        c.emit(RESTART_EVT, n).await.unwrap();
     }
     restart_suite_nats().await;
     let back = tokio::time::Instant::now() + Duration::from_secs(30);
     for n in 100..200u64 {
         // Fails fast while the client reconnects; the caller retries, as an app would.
-        while let Err(e) = c.emit(restart_evt, n).await {
+        while let Err(e) = c.emit(RESTART_EVT, n).await {
             assert!(
                 tokio::time::Instant::now() < back,
                 "emit still fails 30 s after the restart: {e}"

@@ -380,7 +380,7 @@ async fn non_nestjs_messages_reach_event_listeners_and_garbage_breaks_nothing() 
     };
     let s = serve(
         &redis.url(),
-        Microservice::new().handler(redis_raw_evt).handler(redis_fanout),
+        Microservice::new().handler(REDIS_RAW_EVT).handler(REDIS_FANOUT),
     )
     .await;
     let mut publ = redis.raw().await;
@@ -530,12 +530,12 @@ async fn every_replica_receives_each_message_and_the_caller_gets_one_reply() {
     };
     let one = serve(
         &redis.url(),
-        Microservice::new().handler(redis_fanout).handler(redis_fanout_evt),
+        Microservice::new().handler(REDIS_FANOUT).handler(REDIS_FANOUT_EVT),
     )
     .await;
     let two = serve(
         &redis.url(),
-        Microservice::new().handler(redis_fanout).handler(redis_fanout_evt),
+        Microservice::new().handler(REDIS_FANOUT).handler(REDIS_FANOUT_EVT),
     )
     .await;
     let c = client(&redis.url()).await;
@@ -567,11 +567,11 @@ async fn broker_restart_fails_calls_in_flight_and_both_ends_recover() {
     };
     let s = serve(&redis.url(), Microservice::from_registry()).await;
     let c = client(&redis.url()).await;
-    assert_eq!(c.send(echo, json!("before")).await.unwrap(), json!("before"));
+    assert_eq!(c.send(ECHO, json!("before")).await.unwrap(), json!("before"));
 
     let in_flight = tokio::spawn({
         let c = c.clone();
-        async move { c.send(delay, 5_000).await }
+        async move { c.send(DELAY, 5_000).await }
     });
     tokio::time::sleep(Duration::from_millis(200)).await;
     let started = Instant::now();
@@ -585,7 +585,7 @@ async fn broker_restart_fails_calls_in_flight_and_both_ends_recover() {
 
     // While Redis is down, calls fail with a connection error, quickly.
     let started = Instant::now();
-    let err = c.send(echo, json!(1)).await.unwrap_err();
+    let err = c.send(ECHO, json!(1)).await.unwrap_err();
     assert!(
         matches!(err, Error::Connect { .. } | Error::ConnectionClosed { .. }),
         "{err}"
@@ -593,7 +593,7 @@ async fn broker_restart_fails_calls_in_flight_and_both_ends_recover() {
     assert!(started.elapsed() < Duration::from_secs(3));
     let calls = (0..100).map(|i| {
         let c = c.clone();
-        async move { c.send(echo, json!(i)).await }
+        async move { c.send(ECHO, json!(i)).await }
     });
     for r in futures_util::future::join_all(calls).await {
         let err = r.unwrap_err();
@@ -612,7 +612,7 @@ async fn broker_restart_fails_calls_in_flight_and_both_ends_recover() {
     let mut last = None;
     let until = Instant::now() + Duration::from_secs(15);
     while Instant::now() < until {
-        match c.send(echo, json!("after")).await {
+        match c.send(ECHO, json!("after")).await {
             Ok(v) => {
                 last = Some(v);
                 break;
@@ -630,7 +630,7 @@ async fn broker_restart_fails_calls_in_flight_and_both_ends_recover() {
         }
     }
     assert_eq!(last, Some(json!("after")));
-    assert_eq!(c.send(sum, vec![1.0, 2.0]).await.unwrap(), 3.0);
+    assert_eq!(c.send(SUM, vec![1.0, 2.0]).await.unwrap(), 3.0);
     s.shutdown().await.unwrap();
 }
 
@@ -643,12 +643,12 @@ async fn shutdown_lets_requests_in_flight_finish_then_stops_consuming() {
     let c = client(&redis.url()).await;
     let in_flight = tokio::spawn({
         let c = c.clone();
-        async move { c.send(delay, 300).await }
+        async move { c.send(DELAY, 300).await }
     });
     tokio::time::sleep(Duration::from_millis(100)).await;
     s.shutdown().await.unwrap();
     assert_eq!(in_flight.await.unwrap().unwrap(), 300, "the reply was published");
-    let err = c.send(echo, json!(1)).await.unwrap_err();
+    let err = c.send(ECHO, json!(1)).await.unwrap_err();
     assert!(matches!(err, Error::NoHandler { .. }), "unsubscribed: {err}");
 }
 
@@ -677,7 +677,7 @@ async fn urls_are_checked_and_an_unreachable_broker_is_a_clear_error() {
     let err = Client::connect(&url).await.unwrap_err();
     assert!(matches!(err, Error::Connect { .. }), "{err}");
     let c = Client::builder(&url).build().unwrap();
-    let err = c.send(echo, json!(1)).await.unwrap_err();
+    let err = c.send(ECHO, json!(1)).await.unwrap_err();
     assert!(matches!(err, Error::Connect { .. }), "{err}");
     let err = Microservice::from_registry().listen(&url).start().await.unwrap_err();
     assert!(matches!(err, Error::Connect { .. }), "{err}");
@@ -767,8 +767,8 @@ async fn replicas_in_a_group_handle_each_request_once() {
         return;
     };
     let url = format!("{}?group=workers", redis.url());
-    let one = serve(&url, Microservice::new().handler(redis_group_work)).await;
-    let two = serve(&url, Microservice::new().handler(redis_group_work)).await;
+    let one = serve(&url, Microservice::new().handler(REDIS_GROUP_WORK)).await;
+    let two = serve(&url, Microservice::new().handler(REDIS_GROUP_WORK)).await;
     let mut raw = redis.raw().await;
     assert_eq!(
         raw.cmd(&["PUBSUB", "NUMSUB", "redis_group_work"]).await,
@@ -791,7 +791,7 @@ async fn replicas_in_a_group_handle_each_request_once() {
         "each request handled exactly once"
     );
     let err = Microservice::new()
-        .handler(redis_group_work)
+        .handler(REDIS_GROUP_WORK)
         .listen(format!("{}?group=", redis.url()))
         .start()
         .await

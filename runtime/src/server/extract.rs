@@ -77,11 +77,7 @@ pub(crate) fn decode_payload<T: DeserializeOwned + 'static>(req: &mut Request) -
         RpcError::new(format!("invalid payload for pattern {}: {why}", req.context().route()))
     };
     match req.take_payload() {
-        Some(Payload::Json(json)) => {
-            let decoded = serde_json::from_slice(&json).map_err(|e| invalid(req, &e));
-            req.set_payload(Payload::Json(json));
-            decoded
-        }
+        Some(Payload::Json(json)) => serde_json::from_slice(&json).map_err(|e| invalid(req, &e)),
         Some(Payload::Value(value)) => match value.downcast::<T>() {
             Ok(v) => Ok(*v),
             Err(value) => {
@@ -90,6 +86,17 @@ pub(crate) fn decode_payload<T: DeserializeOwned + 'static>(req: &mut Request) -
             }
         },
         None => Err(invalid(req, &"the payload was already taken")),
+    }
+}
+
+/// A payload no argument took must still be JSON, as NestJS's `JSON.parse` of the packet
+/// would have required.
+pub(crate) fn check_unread_payload(req: &Request) -> Result<(), RpcError> {
+    match req.payload() {
+        Some(Payload::Json(json)) => serde_json::from_slice::<serde::de::IgnoredAny>(json)
+            .map(drop)
+            .map_err(|e| RpcError::new(format!("invalid payload for pattern {}: {e}", req.context().route()))),
+        _ => Ok(()),
     }
 }
 

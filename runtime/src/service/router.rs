@@ -367,6 +367,15 @@ impl Router {
         self.0.routes.iter().map(|e| &e.info)
     }
 
+    /// The served route whose key is `channel` (a broker routes by channel), as an address
+    /// that costs no copy; any other channel as it is (the router answers it as a miss).
+    pub fn channel_address(&self, channel: &str) -> Address {
+        match self.0.lookup.get(channel) {
+            Some(e) => Address::static_route(e.info.route),
+            None => Address::route(channel),
+        }
+    }
+
     /// The served route an address names, as a NestJS server resolves it; the route that
     /// missed otherwise (for the no-handler message).
     pub fn resolve_route(&self, address: &Address) -> Result<&RouteInfo, String> {

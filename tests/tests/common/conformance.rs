@@ -104,7 +104,7 @@ pub async fn client(url: &str) -> Client {
 
 /// Typed and NestJS-style calls with object and string patterns.
 pub async fn patterns(c: &Client) {
-    let user = c.send(get_user, "42".to_string()).await.unwrap();
+    let user = c.send(GET_USER, "42".to_string()).await.unwrap();
     assert_eq!(
         user,
         User {
@@ -113,8 +113,8 @@ pub async fn patterns(c: &Client) {
             email: "john@example.com".into()
         }
     );
-    assert_eq!(c.send(sum, vec![1.0, 2.5]).await.unwrap(), 3.5);
-    assert_eq!(c.send(nested, ()).await.unwrap(), "nested-ok");
+    assert_eq!(c.send(SUM, vec![1.0, 2.5]).await.unwrap(), 3.5);
+    assert_eq!(c.send(NESTED, ()).await.unwrap(), "nested-ok");
     let v: Value = c.send_raw(json!({"cmd": "sum"}), json!([5, 3])).await.unwrap();
     assert_eq!(v, json!(8), "numbers are written as JavaScript writes them");
     let v: String = c
@@ -125,17 +125,17 @@ pub async fn patterns(c: &Client) {
         .await
         .unwrap();
     assert_eq!(v, "nested-ok", "object patterns match in any key order");
-    const ADD: switchboard::MessageDef<Vec<f64>, f64> = switchboard::MessageDef::new(pattern!(cmd = "sum"));
+    const ADD: switchboard::MessageDef<Vec<f64>, f64> = switchboard::MessageDef::new(pattern!({ cmd = "sum" }));
     assert_eq!(c.send(ADD, vec![2.0, 2.0]).await.unwrap(), 4.0);
-    c.send(void_ret, ()).await.unwrap();
-    assert_eq!(c.send(null_ret, ()).await.unwrap(), None);
+    c.send(VOID_RET, ()).await.unwrap();
+    assert_eq!(c.send(NULL_RET, ()).await.unwrap(), None);
 }
 
 /// Observable-style replies: the last value, every value, none, and an error mid-stream.
 pub async fn multi_value_replies(c: &Client) {
-    assert_eq!(c.send(stream, ()).await.unwrap(), 3);
+    assert_eq!(c.send(STREAM, ()).await.unwrap(), 3);
     let all: Vec<u32> = c
-        .send(slow_stream, ())
+        .send(SLOW_STREAM, ())
         .stream()
         .await
         .unwrap()
@@ -144,7 +144,7 @@ pub async fn multi_value_replies(c: &Client) {
         .await;
     assert_eq!(all, [0, 1, 2]);
     let many: Vec<u64> = c
-        .send(count_to, 50)
+        .send(COUNT_TO, 50)
         .stream()
         .await
         .unwrap()
@@ -152,9 +152,9 @@ pub async fn multi_value_replies(c: &Client) {
         .collect()
         .await;
     assert_eq!(many, (1..=50).collect::<Vec<_>>(), "values arrive in order");
-    let none: Vec<_> = c.send(empty_stream, ()).stream().await.unwrap().collect().await;
+    let none: Vec<_> = c.send(EMPTY_STREAM, ()).stream().await.unwrap().collect().await;
     assert!(none.is_empty());
-    let mixed: Vec<_> = c.send(stream_err, ()).stream().await.unwrap().collect().await;
+    let mixed: Vec<_> = c.send(STREAM_ERR, ()).stream().await.unwrap().collect().await;
     assert_eq!(mixed.len(), 2, "{mixed:?}");
     assert_eq!(*mixed[0].as_ref().unwrap(), 1);
     assert_eq!(
@@ -165,20 +165,20 @@ pub async fn multi_value_replies(c: &Client) {
 
 /// Errors keep NestJS's shapes; bad payloads and replies are clear errors.
 pub async fn errors(c: &Client) {
-    let err = c.send(rpc_string, ()).await.unwrap_err();
+    let err = c.send(RPC_STRING, ()).await.unwrap_err();
     assert_eq!(
         err.as_rpc().unwrap().value(),
         &json!({"status": "error", "message": "bad thing"})
     );
-    let err = c.send(rpc_object, ()).await.unwrap_err();
+    let err = c.send(RPC_OBJECT, ()).await.unwrap_err();
     assert_eq!(
         err.as_rpc().unwrap().value(),
         &json!({"code": 42, "message": "custom msg", "extra": true})
     );
-    let err = c.send(panics, 1).await.unwrap_err();
+    let err = c.send(PANICS, 1).await.unwrap_err();
     assert_eq!(err.as_rpc().unwrap().message(), Some("Internal server error"));
     assert_eq!(
-        c.send(panics, 0).await.unwrap(),
+        c.send(PANICS, 0).await.unwrap(),
         0,
         "the server survives a panicking handler"
     );
@@ -212,14 +212,14 @@ pub async fn unknown_pattern(c: &Client) {
 pub async fn deadlines(c: &Client) {
     let err = c
         .with_timeout(Duration::from_millis(200))
-        .send(delay, 2_000)
+        .send(DELAY, 2_000)
         .await
         .unwrap_err();
     assert!(
         matches!(&err, Error::Timeout { pattern, .. } if pattern == "delay"),
         "{err}"
     );
-    assert_eq!(c.send(delay, 1).await.unwrap(), 1, "the client works after a timeout");
+    assert_eq!(c.send(DELAY, 1).await.unwrap(), 1, "the client works after a timeout");
 }
 
 /// Unicode (astral characters included) survives both ways.
@@ -236,9 +236,9 @@ pub async fn unicode(c: &Client) {
 /// A 1 MiB payload, ASCII and astral.
 pub async fn one_mib_payload(c: &Client) {
     let big = "x".repeat(1 << 20);
-    assert_eq!(c.send(len, big).await.unwrap(), 1 << 20);
+    assert_eq!(c.send(LEN, big).await.unwrap(), 1 << 20);
     let big_unicode = "😀".repeat(1 << 18);
-    assert_eq!(c.send(len, big_unicode).await.unwrap(), 1 << 19);
+    assert_eq!(c.send(LEN, big_unicode).await.unwrap(), 1 << 19);
 }
 
 /// 200 concurrent requests on one client, each answered with its own value.
@@ -255,17 +255,17 @@ pub async fn concurrent_requests(c: &Client) {
 
 /// The handler sees the pattern, that it is a request, and the caller's headers.
 pub async fn context_and_headers(c: &Client) {
-    let info: Value = c.send(ctx_info, json!(null)).await.unwrap();
+    let info: Value = c.send(CTX_INFO, json!(null)).await.unwrap();
     assert_eq!(info["pattern"], "ctx_info");
     assert_eq!(info["event"], false);
-    let traced = c.with_metadata([("traceparent".to_string(), "00-abc-def-01".to_string())].into());
-    let headers = traced.send(meta, ()).await.unwrap();
+    let traced = c.with_headers([("traceparent", "00-abc-def-01")].into_iter().collect());
+    let headers = traced.send(META, ()).await.unwrap();
     assert_eq!(headers.get("traceparent").map(String::as_str), Some("00-abc-def-01"));
 }
 
 /// An event reaches every listener, typed or raw.
 pub async fn events(c: &Client, marker: &str) {
-    c.emit(evt_a, json!({"marker": marker})).await.unwrap();
+    c.emit(EVT_A, json!({"marker": marker})).await.unwrap();
     c.emit_raw("evt", json!({"marker": marker})).await.unwrap();
     assert_eq!(await_events(c, marker, 4).await, 4, "two events × two listeners");
 }
@@ -274,7 +274,7 @@ pub async fn events(c: &Client, marker: &str) {
 pub async fn await_events(c: &Client, marker: &str, want: usize) -> usize {
     let mut seen = 0;
     for _ in 0..200 {
-        let events = c.send(events_seen, ()).await.unwrap();
+        let events = c.send(EVENTS_SEEN, ()).await.unwrap();
         seen = events.iter().filter(|e| e["data"]["marker"] == json!(marker)).count();
         if seen >= want {
             break;
@@ -289,10 +289,10 @@ pub async fn await_events(c: &Client, marker: &str, want: usize) -> usize {
 /// server (it resubscribed) and the same client (it reconnected).
 pub async fn broker_restart<F: Future<Output = ()>>(url: &str, restart: impl FnOnce() -> F) {
     let c = client(url).await;
-    assert_eq!(c.send(delay, 1).await.unwrap(), 1);
+    assert_eq!(c.send(DELAY, 1).await.unwrap(), 1);
     let slow = {
         let c = c.with_timeout(Duration::from_secs(10));
-        tokio::spawn(async move { c.send(delay, 1_500).await })
+        tokio::spawn(async move { c.send(DELAY, 1_500).await })
     };
     tokio::time::sleep(Duration::from_millis(300)).await;
     restart().await;
@@ -304,7 +304,7 @@ pub async fn broker_restart<F: Future<Output = ()>>(url: &str, restart: impl FnO
 
     let back = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
-        let last = match c.with_timeout(Duration::from_secs(2)).send(delay, 1).await {
+        let last = match c.with_timeout(Duration::from_secs(2)).send(DELAY, 1).await {
             Ok(1) => break,
             other => format!("{other:?}"),
         };

@@ -11,7 +11,7 @@ use futures_util::StreamExt;
 use serde_json::{Value, json};
 use switchboard::prelude::*;
 
-#[message_pattern(cmd = "sum")]
+#[message_pattern({ cmd = "sum" })]
 pub async fn sum(numbers: Vec<f64>) -> f64 {
     numbers.iter().sum()
 }
@@ -28,7 +28,7 @@ pub struct User {
     pub email: String,
 }
 
-#[message_pattern(cmd = "get_user")]
+#[message_pattern({ cmd = "get_user" })]
 pub async fn get_user(id: String) -> User {
     User {
         id,
@@ -37,7 +37,7 @@ pub async fn get_user(id: String) -> User {
     }
 }
 
-#[message_pattern(cmd = "get", role = "user", v = 2, nested = { b = 1, a = "x" })]
+#[message_pattern({ cmd = "get", role = "user", v = 2, nested = { b = 1, a = "x" } })]
 pub async fn nested() -> String {
     "nested-ok".into()
 }
@@ -122,12 +122,12 @@ pub async fn delay(ms: u64) -> u64 {
 
 #[message_pattern("meta")]
 pub async fn meta(ctx: Context) -> HashMap<String, String> {
-    ctx.headers().map(|(k, v)| (k.to_owned(), v.to_owned())).collect()
+    ctx.headers().iter().map(|(k, v)| (k.to_owned(), v.to_owned())).collect()
 }
 
 #[message_pattern("ctx_info")]
 pub async fn ctx_info(_data: Value, ctx: Context) -> Value {
-    json!({"pattern": ctx.pattern(), "transport": ctx.transport(), "event": ctx.is_event()})
+    json!({"pattern": ctx.route(), "transport": ctx.transport(), "event": ctx.is_event()})
 }
 
 /// Events received by the two `evt` listeners, in arrival order.
@@ -152,13 +152,13 @@ pub async fn events_seen() -> Vec<Value> {
 
 /// Handlers of `tracked` running right now, and the most seen at once.
 pub static RUNNING: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-pub static MOST_RUNNING: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+pub static RUNNING_MAX: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 #[message_pattern("tracked")]
 pub async fn tracked(ms: u64) -> u64 {
     use std::sync::atomic::Ordering::SeqCst;
     let now = RUNNING.fetch_add(1, SeqCst) + 1;
-    MOST_RUNNING.fetch_max(now, SeqCst);
+    RUNNING_MAX.fetch_max(now, SeqCst);
     tokio::time::sleep(Duration::from_millis(ms)).await;
     RUNNING.fetch_sub(1, SeqCst);
     ms
@@ -166,7 +166,7 @@ pub async fn tracked(ms: u64) -> u64 {
 
 #[message_pattern("most_running")]
 pub async fn most_running() -> usize {
-    MOST_RUNNING.load(std::sync::atomic::Ordering::SeqCst)
+    RUNNING_MAX.load(std::sync::atomic::Ordering::SeqCst)
 }
 
 #[event_pattern("slow_evt")]

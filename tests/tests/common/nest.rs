@@ -412,11 +412,11 @@ pub async fn nest_client_calls_our_server(version: u8, url: &str, t: &Transport)
     server.shutdown().await.unwrap();
 }
 
-const NEST_GET_USER: MessageDef<String, User> = MessageDef::new(pattern!(cmd = "get_user"));
+const NEST_GET_USER: MessageDef<String, User> = MessageDef::new(pattern!({ cmd = "get_user" }));
 /// A number, or text where NestJS's `KafkaParser` reads replies.
-const NEST_SUM: MessageDef<Vec<i64>, Value> = MessageDef::new(pattern!(cmd = "sum"));
+const NEST_SUM: MessageDef<Vec<i64>, Value> = MessageDef::new(pattern!({ cmd = "sum" }));
 const NEST_NESTED: MessageDef<Value, String> =
-    MessageDef::new(pattern!(cmd = "get", role = "user", v = 2, nested = { b = 1, a = "x" }));
+    MessageDef::new(pattern!({ cmd = "get", role = "user", v = 2, nested = { b = 1, a = "x" } }));
 
 /// Every value of a multi-value reply.
 async fn values(client: &Client, pattern: &str) -> Vec<Value> {
@@ -560,7 +560,7 @@ pub async fn our_client_calls_nest_server(nest: &NestServer, t: &Transport) {
 
     // NestJS 12 reads our headers as packet metadata.
     if nest.version() >= 12 && t.metadata_to_nest {
-        let traced = client.with_metadata([("traceparent".to_string(), "00-abc-def-01".to_string())].into());
+        let traced = client.with_headers([("traceparent", "00-abc-def-01")].into_iter().collect());
         let metadata: Value = traced.send_raw("meta", json!({})).await.unwrap();
         assert_eq!(metadata, json!({"traceparent": "00-abc-def-01"}));
     }

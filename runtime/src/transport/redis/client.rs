@@ -12,10 +12,11 @@ use futures_util::stream::StreamExt;
 use tokio::task::AbortHandle;
 
 use super::{COMMAND_TIMEOUT, Publisher, connect_error, open, pubsub};
-use crate::codec::encode_request;
 use crate::error::{Error, Result};
-use crate::transport::pending::Pending;
-use crate::transport::{ClientOptions, ClientTransport, Endpoint, Outbound, Replies};
+use crate::service::{Outbound, Replies};
+use crate::transport::{ClientOptions, ClientTransport, Endpoint};
+use crate::wire::nestjs::packet::encode_request;
+use crate::wire::nestjs::pending::Pending;
 
 /// Reply channels a client keeps subscribed before it drops those no call waits on. NestJS
 /// unsubscribes as soon as a channel's last call ends; keeping them saves two round trips
@@ -214,8 +215,8 @@ impl RedisClient {
     async fn request(&self, msg: Outbound) -> Result<Replies> {
         let (id, rx) = self.shared.pending.register(msg.route.clone())?;
         let lease = self.lease(&format!("{}.reply", msg.route)).await?;
-        let mut body = Vec::with_capacity(msg.pattern.len() + msg.data.len() + 48);
-        encode_request(&mut body, &msg.pattern, &msg.data, msg.metadata.as_deref(), Some(&id));
+        let mut body = Vec::with_capacity(msg.pattern.len() + msg.payload.len() + 48);
+        encode_request(&mut body, &msg.pattern, &msg.payload, msg.headers.as_map(), Some(&id));
         let receivers = self.shared.publisher.publish(&msg.route, &body).await?;
         if receivers == 0 {
             // NestJS would wait for its deadline; nobody is subscribed, so no reply can come.
@@ -225,11 +226,10 @@ impl RedisClient {
             });
         }
         // The lease lives as long as the reply stream.
-        Ok(rx
-            .inspect(move |_| {
-                let _held = &lease;
-            })
-            .boxed())
+        Replies::first_of(rx.inspect(move |_| {
+            let _held = &lease;
+        }))
+        .await
     }
 }
 
@@ -303,14 +303,14 @@ impl ClientTransport for RedisClient {
         .boxed()
     }
 
-    fn request(&self, msg: Outbound) -> BoxFuture<'_, Result<Replies>> {
-        RedisClient::request(self, msg).boxed()
+    fn request(self: Arc<Self>, msg: Outbound) -> BoxFuture<'static, Result<Replies>> {
+        async move { RedisClient::request(&self, msg).await }.boxed()
     }
 
-    fn emit(&self, msg: Outbound) -> BoxFuture<'_, Result<()>> {
+    fn emit(self: Arc<Self>, msg: Outbound) -> BoxFuture<'static, Result<()>> {
         async move {
-            let mut body = Vec::with_capacity(msg.pattern.len() + msg.data.len() + 32);
-            encode_request(&mut body, &msg.pattern, &msg.data, msg.metadata.as_deref(), None);
+            let mut body = Vec::with_capacity(msg.pattern.len() + msg.payload.len() + 32);
+            encode_request(&mut body, &msg.pattern, &msg.payload, msg.headers.as_map(), None);
             // Like NestJS, an event nobody receives is not an error.
             self.shared.publisher.publish(&msg.route, &body).await.map(drop)
         }

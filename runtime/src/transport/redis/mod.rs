@@ -1,5 +1,5 @@
 //! NestJS's Redis transport (`redis://host:port`): pub/sub, byte-compatible with
-//! `@nestjs/microservices` 10–12 and ioredis (nestjs-wire.md §3).
+//! `@nestjs/microservices` 10–12 and ioredis (`docs/nestjs-wire.md` §3).
 //!
 //! - Requests and events are published on the channel named by the normalised route
 //!   (`{"cmd":"sum"}` is a literal channel name); replies on `<route>.reply`. The server
@@ -23,8 +23,8 @@
 //! URL: `redis://[user:password@]host:port`, query parameters:
 //! - both ends: `connect_timeout_ms` (default 5000 on the server, the client's connect
 //!   timeout on the client);
-//! - server: `max_in_flight` (requests and events being handled at once, default 1024;
-//!   when full the server stops reading until one finishes); `group` (opt-in load
+//! - server: `max_in_flight` (messages being handled at once, default 1024, as on every
+//!   transport; when full the server stops reading until one finishes); `group` (opt-in load
 //!   balancing, not in NestJS: the replicas started with the same `group=name` still all
 //!   receive each request, but only the one that claims it first, with `SET … NX` on a key
 //!   naming the group, channel, request id and a digest of the packet, handles it; one extra
@@ -58,7 +58,7 @@ const COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
 /// credentials or parameters).
 fn open(ep: &Endpoint) -> Result<(::redis::Client, String)> {
     let client = ::redis::Client::open(format!("redis://{}", ep.authority)).map_err(|e| Error::InvalidUrl {
-        url: ep.as_str().to_owned(),
+        url: ep.redacted(),
         reason: e.to_string(),
     })?;
     let host = ep.authority.rsplit_once('@').map_or(ep.authority.as_str(), |(_, h)| h);
@@ -168,7 +168,7 @@ impl Publisher {
                     addr: self.addr.clone(),
                 }
             } else {
-                Error::Protocol(format!("{what} on {} failed: {e}", self.addr))
+                Error::broker(format!("{what} on {} failed", self.addr), e)
             }
         })
     }

@@ -19,6 +19,8 @@ pub enum Step {
     Done,
     /// An error (terminal).
     Error(RpcError),
+    /// Nobody handles the pattern: NestJS's own reply for that (terminal).
+    NoHandler,
 }
 
 impl Step {
@@ -28,6 +30,7 @@ impl Step {
             Step::Value { json, last } => Outgoing::Value { json, last: *last },
             Step::Done => Outgoing::Done,
             Step::Error(err) => Outgoing::Error(err),
+            Step::NoHandler => Outgoing::NoHandler,
         }
     }
 }
@@ -35,6 +38,7 @@ impl Step {
 /// A request's reply as a stream of steps, with completion merged into the last value when
 /// it follows at once, as NestJS does (`{"response":3,"isDisposed":true,…}`).
 pub struct Steps {
+    no_handler: bool,
     reply: Reply,
     held: Option<Bytes>,
     error: Option<RpcError>,
@@ -45,6 +49,7 @@ impl Steps {
     /// The steps of `reply`.
     pub(crate) fn new(reply: Reply) -> Self {
         Steps {
+            no_handler: reply.is_no_handler(),
             reply,
             held: None,
             error: None,
@@ -55,6 +60,10 @@ impl Steps {
     /// The next step; polls the reply at most until it has one.
     pub(crate) fn poll_step(&mut self, cx: &mut TaskContext<'_>) -> Poll<Option<Step>> {
         let this = self;
+        if std::mem::take(&mut this.no_handler) {
+            this.done = true;
+            return Poll::Ready(Some(Step::NoHandler));
+        }
         if let Some(err) = this.error.take() {
             this.done = true;
             return Poll::Ready(Some(Step::Error(err)));
