@@ -1,5 +1,5 @@
 //! NestJS `JsonSocket` framing, `<len>#<json>` with `len` in UTF-16 code units
-//! (nestjs-wire.md §1.2), shared by the ceiling server and the load generator.
+//! (runtime/docs/nestjs-wire.md §1.2), shared by the ceiling server and the load generator.
 //!
 //! Deliberately simple: frames are split from a contiguous buffer, and a frame whose body
 //! is not all there yet is rescanned on the next read. Correct for any UTF-8 text; fast

@@ -269,44 +269,21 @@ fn read_items(file: &Path, items: &[Item], model: &mut Model) -> Result<(), GenE
                 let Some(def) = HandlerDef::from_marked_fn(f) else {
                     continue;
                 };
-                let def = def.map_err(|e| {
-                    let all: Vec<String> = e.clone().into_iter().map(|e| e.to_string()).collect();
-                    GenError::at(file, e.span(), all.join("; "))
-                })?;
-                let request = def
-                    .sig
-                    .payload()
-                    .map(|p| p.ty.clone())
-                    .unwrap_or_else(|| syn::parse_quote!(()));
-                let docs: Vec<Attribute> = f.attrs.iter().filter(|a| a.path().is_ident("doc")).cloned().collect();
-                let fn_name = def.sig.name();
-                match def.kind {
-                    PatternKind::Message => {
-                        let reply = def.sig.ret.reply_type().ok_or_else(|| {
-                            GenError::at(
-                                file,
-                                def.sig.ret_span,
-                                format!(
-                                    "cannot tell the reply type of `{fn_name}`: write it out, e.g. \
-                                     `Result<User, RpcError>` or `ReplyStream<User>`"
-                                ),
-                            )
-                        })?;
-                        model.messages.push(MessageItem {
-                            method: format_ident!("{}", fn_name),
-                            konst: format_ident!("{}", fn_name.to_uppercase()),
-                            json: def.pattern.json(),
-                            route: def.pattern.route(),
-                            request,
-                            reply,
-                            stream: def.sig.ret.is_stream(),
-                            docs,
-                            origin: origin(f.sig.ident.span()),
-                        });
-                    }
-                    PatternKind::Event => {
-                        push_event(model, &def.pattern, Some(&fn_name), request, origin(f.sig.ident.span()))
-                    }
+                read_handler(file, def, &f.attrs, model)?;
+            }
+            // A group of handlers: `#[handlers] impl Users { #[message_pattern(..)] async fn .. }`.
+            Item::Impl(block) if block.attrs.iter().any(|a| a.path().segments.last().is_some_and(|s| s.ident == "handlers")) => {
+                for item in &block.items {
+                    let syn::ImplItem::Fn(method) = item else { continue };
+                    let Some(attr) = method.attrs.iter().find(|a| PatternKind::of_attr(a).is_some()) else {
+                        continue;
+                    };
+                    let kind = PatternKind::of_attr(attr).expect("found above");
+                    let tokens = match &attr.meta {
+                        syn::Meta::List(list) => list.tokens.clone(),
+                        _ => TokenStream::new(),
+                    };
+                    read_handler(file, HandlerDef::parse_method(kind, tokens, method), &method.attrs, model)?;
                 }
             }
             Item::Const(c) => read_const(file, c, model)?,
@@ -323,6 +300,72 @@ fn read_items(file: &Path, items: &[Item], model: &mut Model) -> Result<(), GenE
         }
     }
     Ok(())
+}
+
+/// One handler, read into the model.
+fn read_handler(file: &Path, def: syn::Result<HandlerDef>, attrs: &[Attribute], model: &mut Model) -> Result<(), GenError> {
+    let def = def.map_err(|e| {
+        let all: Vec<String> = e.clone().into_iter().map(|e| e.to_string()).collect();
+        GenError::at(file, e.span(), all.join("; "))
+    })?;
+    let origin = format!("{}:{}", file.display(), def.sig.ident.span().start().line);
+    let request = payload_type(file, &def)?;
+    let docs: Vec<Attribute> = attrs.iter().filter(|a| a.path().is_ident("doc")).cloned().collect();
+    let fn_name = def.sig.name();
+    match def.kind {
+        PatternKind::Message => {
+            let reply = def.sig.ret.reply_type().ok_or_else(|| {
+                GenError::at(
+                    file,
+                    def.sig.ret_span,
+                    format!(
+                        "cannot tell the reply type of `{fn_name}`: write it out, e.g. \
+                         `Result<User, RpcError>` or `ReplyStream<User>`"
+                    ),
+                )
+            })?;
+            model.messages.push(MessageItem {
+                method: format_ident!("{}", fn_name),
+                konst: format_ident!("{}", fn_name.to_uppercase()),
+                json: def.pattern.json(),
+                route: def.pattern.route(),
+                request,
+                reply,
+                stream: def.sig.ret.is_stream(),
+                docs,
+                origin,
+            });
+        }
+        PatternKind::Event => push_event(model, &def.pattern, Some(&fn_name), request, origin),
+    }
+    Ok(())
+}
+
+/// Switchboard's extractors, by name: reading sources, codegen cannot ask the compiler which
+/// argument is the payload (the macros do, by trait), so it takes every argument whose type
+/// is not one of these for the payload.
+const EXTRACTORS: &[&str] = &["Context", "Headers", "Deadline", "Extension", "State"];
+
+/// The payload type of a handler read from source: its one argument that is not an
+/// extractor, or `()`.
+fn payload_type(file: &Path, def: &HandlerDef) -> Result<Type, GenError> {
+    let mut payloads = def.sig.args.iter().filter(|a| {
+        !crate::ast::last_segment(&a.ty).is_some_and(|seg| EXTRACTORS.iter().any(|e| seg.ident == e))
+    });
+    let payload = payloads.next();
+    if let Some(second) = payloads.next() {
+        return Err(GenError::at(
+            file,
+            syn::spanned::Spanned::span(&second.ty),
+            format!(
+                "`{}` takes several arguments that are not Switchboard extractors ({}): codegen \
+                 cannot tell which is the payload; wrap user extractors' types so that one payload is left",
+                def.sig.name(),
+                EXTRACTORS.join(", ")
+            ),
+        ));
+    }
+    Ok(payload.map_or_else(|| syn::parse_quote!(()), |p| p.ty.clone()))
 }
 
 fn add_type(model: &mut Model, ident: &syn::Ident, item: &Item, origin: String) {
@@ -576,7 +619,7 @@ fn render(
             #(#docs)*
             #sep
             #[doc = #extra]
-            pub fn #method(&self, payload: impl ::switchboard::AsPayload<#req>) -> ::switchboard::Call<'_, #rep> {
+            pub fn #method(&self, payload: impl ::switchboard::AsPayload<#req>) -> ::switchboard::Call<#rep> {
                 self.client.send(#konst, payload)
             }
         }
@@ -586,7 +629,7 @@ fn render(
         let doc = format!(" Emits `{}`; resolves once the transport has accepted it.", e.route);
         quote! {
             #[doc = #doc]
-            pub fn #method(&self, payload: impl ::switchboard::AsPayload<#payload>) -> ::switchboard::Emit<'_> {
+            pub fn #method(&self, payload: impl ::switchboard::AsPayload<#payload>) -> ::switchboard::Emit {
                 self.client.emit(#konst, payload)
             }
         }
@@ -754,11 +797,25 @@ mod tests {
         pub const USER_CREATED: EventDef<User> = EventDef::new(pattern!("user_created"));
 
         /// Looks a user up.
-        #[message_pattern(cmd = "get_user")]
+        #[message_pattern({ cmd = "get_user" })]
         pub async fn get_user(id: String) -> Result<User, RpcError> { Err(RpcError::new(id)) }
 
         #[message_pattern("users.list")]
         async fn list(ctx: Context) -> ReplyStream<crate::User> { ReplyStream::empty() }
+
+        pub struct Accounts { db: Db }
+
+        #[switchboard::handlers]
+        impl Accounts {
+            /// An account's balance.
+            #[message_pattern({ cmd = "balance" })]
+            pub async fn balance(&self, State(rates): State<Rates>, account: u64, ctx: Context) -> f64 { 0.0 }
+
+            #[event_pattern("account.closed")]
+            async fn closed(&self, id: u64) {}
+
+            fn helper(&self) {}
+        }
 
         mod listeners {
             #[event_pattern("user_created")]
@@ -774,11 +831,13 @@ mod tests {
         for want in [
             "pub struct UsersClient",
             "pub fn get_user(&self, payload: impl ::switchboard::AsPayload<String>",
-            "-> ::switchboard::Call<'_, User>",
+            "-> ::switchboard::Call<User>",
             r#"json: "{\"cmd\":\"get_user\"}""#,
             "pub fn list(&self, payload: impl ::switchboard::AsPayload<()>",
             "pub fn emit_user_created(&self, payload: impl ::switchboard::AsPayload<User>",
             "pub fn emit_user_deleted(&self, payload: impl ::switchboard::AsPayload<String>",
+            "pub fn balance(&self, payload: impl ::switchboard::AsPayload<u64>,) -> ::switchboard::Call<f64>",
+            "pub fn emit_account_closed(&self, payload: impl ::switchboard::AsPayload<u64>",
             "pub const USER_CREATED: ::switchboard::EventDef<User>",
             "#[derive(Debug, Clone, PartialEq, ::serde::Serialize, ::serde::Deserialize)]",
             "#[serde(rename_all = \"camelCase\")]",
@@ -804,13 +863,13 @@ mod tests {
         ext.insert("User".to_owned(), "shared::User".to_owned());
         let out = generate("Users", &[(PathBuf::from("lib.rs"), USERS.to_owned())], &ext).unwrap();
         assert!(!out.contains("pub struct User "), "{out}");
-        assert!(out.contains("::switchboard::Call<'_, shared::User>"), "{out}");
+        assert!(out.contains("::switchboard::Call<shared::User>"), "{out}");
     }
 
     #[test]
     fn errors_name_file_and_line() {
         let err =
-            users_gen("\n#[message_pattern(cmd = \"a\", cmd = \"b\")]\nasync fn f(x: u32) -> u32 { x }\n").unwrap_err();
+            users_gen("\n#[message_pattern({ cmd = \"a\", cmd = \"b\" })]\nasync fn f(x: u32) -> u32 { x }\n").unwrap_err();
         assert_eq!((err.line, err.file.to_str().unwrap()), (2, "src/lib.rs"), "{err}");
         assert!(err.to_string().starts_with("src/lib.rs:2:"), "{err}");
         assert!(err.message.contains("cmd"), "{err}");
@@ -819,5 +878,7 @@ mod tests {
         assert!(err.message.starts_with("cannot parse"), "{err}");
         let err = users_gen("#[message_pattern(\"x\")]\nfn not_async() {}").unwrap_err();
         assert_eq!(err.line, 2, "{err}");
+        let err = users_gen("#[message_pattern(\"x\")]\nasync fn two(a: u32, b: Tenant) {}").unwrap_err();
+        assert!(err.message.contains("cannot tell which is the payload"), "{err}");
     }
 }

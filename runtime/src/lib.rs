@@ -46,6 +46,7 @@
 
 pub mod client;
 pub mod error;
+pub mod json;
 pub mod middleware;
 pub mod server;
 pub mod service;

@@ -400,7 +400,7 @@ async fn client_reads_nestjs_replies() {
 
 /// What Kafka does in the shared scenarios: 1 MiB payloads; nothing answers an unknown
 /// pattern, so both clients time out; no packet metadata; NestJS's `KafkaParser` and its
-/// Kafka server as they are (nestjs-wire.md §7.5): the expectations are NestJS's own
+/// Kafka server as they are (runtime/docs/nestjs-wire.md §7.5): the expectations are NestJS's own
 /// behaviour against NestJS, and our client reads NestJS's replies as its client does,
 /// minus the extra `null` on completion.
 const KAFKA: nest::Transport = nest::Transport {

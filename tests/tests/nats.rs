@@ -503,7 +503,10 @@ async fn oversized_messages_are_clear_errors() {
     let server = serve_common(NATS).await;
     let c = client(NATS).await;
     let err = c.send(LEN, "x".repeat(2 << 20)).await.unwrap_err();
-    assert!(matches!(&err, Error::Protocol(m) if m.contains("max_payload")), "{err}");
+    assert!(
+        matches!(&err, Error::TooLarge { context, size, limit } if context.contains("max_payload") && size > limit),
+        "{err}"
+    );
     let err = c.emit_raw("evt", "x".repeat(2 << 20)).await.unwrap_err();
     assert!(err.to_string().contains("max_payload"), "{err}");
     // The request fits, its reply does not: the caller gets an error reply.

@@ -100,8 +100,14 @@ async fn wait_for_port(port: u16) -> anyhow::Result<()> {
     bail!("nothing listens on 127.0.0.1:{port} after 10 s")
 }
 
-/// A minimal HTTP/1.1 exchange, enough for the demo.
+/// A minimal HTTP/1.1 exchange, enough for the demo: the status and the body as JSON.
 async fn http(port: u16, method: &str, path: &str, body: Option<Value>) -> anyhow::Result<(u16, Value)> {
+    let (status, body) = http_raw(port, method, path, body).await?;
+    Ok((status, serde_json::from_str(&body).unwrap_or(Value::String(body))))
+}
+
+/// The status and the body as text.
+async fn http_raw(port: u16, method: &str, path: &str, body: Option<Value>) -> anyhow::Result<(u16, String)> {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).await?;
     let body = body.map(|b| b.to_string()).unwrap_or_default();
     let request = format!(
@@ -113,7 +119,7 @@ async fn http(port: u16, method: &str, path: &str, body: Option<Value>) -> anyho
     tokio::time::timeout(Duration::from_secs(10), stream.read_to_string(&mut response)).await??;
     let (head, body) = response.split_once("\r\n\r\n").context("malformed HTTP response")?;
     let status = head.split_whitespace().nth(1).context("no status")?.parse()?;
-    Ok((status, serde_json::from_str(body).unwrap_or(Value::String(body.into()))))
+    Ok((status, body.to_owned()))
 }
 
 async fn call(port: u16, method: &str, path: &str, body: Option<Value>, expect: (u16, Value)) -> anyhow::Result<()> {
@@ -199,7 +205,12 @@ async fn main() -> anyhow::Result<()> {
         spawn(
             &dir,
             "analytics",
-            &["--listen".into(), url(analytics, "analytics")],
+            &[
+                "--listen".into(),
+                url(analytics, "analytics"),
+                "--users".into(),
+                url(users, "users"),
+            ],
             &logs,
         )?,
     ];
@@ -228,6 +239,8 @@ async fn main() -> anyhow::Result<()> {
             url(users, "users"),
             "--math".into(),
             url(math, "math"),
+            "--analytics".into(),
+            url(analytics, "analytics"),
             "--events".into(),
             events,
         ],
@@ -246,6 +259,7 @@ async fn main() -> anyhow::Result<()> {
     );
 
     let result = async {
+        // Users are kept in the users service's store: the seed's user 42, then Ada.
         call(
             http_port,
             "GET",
@@ -259,20 +273,38 @@ async fn main() -> anyhow::Result<()> {
         .await?;
         call(
             http_port,
+            "GET",
+            "/users/7",
+            None,
+            (
+                404,
+                json!({"status": "error", "message": "user 7 not found", "code": 404}),
+            ),
+        )
+        .await?;
+        call(
+            http_port,
             "POST",
             "/users",
             Some(json!({"name": "Ada", "email": "ada@example.com"})),
-            (201, json!({"id": "123", "name": "Ada", "email": "ada@example.com"})),
+            (201, json!({"id": "100", "name": "Ada", "email": "ada@example.com"})),
         )
         .await?;
         call(
             http_port,
             "GET",
-            "/math/add?a=5&b=3",
+            "/users/100",
             None,
-            (200, json!({"result": 8.0})),
+            (200, json!({"id": "100", "name": "Ada", "email": "ada@example.com"})),
         )
         .await?;
+        // As NestJS writes it: `8`, not `8.0`.
+        let (status, body) = http_raw(http_port, "GET", "/math/add?a=5&b=3", None).await?;
+        ensure!(
+            (status, body.as_str()) == (200, r#"{"result":8}"#),
+            "GET /math/add?a=5&b=3: expected 200 {{\"result\":8}}, got {status} {body}"
+        );
+        println!("{:>13} | GET /math/add?a=5&b=3 -> {status} {body}", "demo");
         // The `user_created` emit of `POST /users` reached both listeners.
         for (service, says) in [
             ("notifications", "sending welcome e-mail to Ada"),
@@ -281,6 +313,15 @@ async fn main() -> anyhow::Result<()> {
             wait_for_log(&logs, service, says, "did not handle the user_created event").await?;
             println!("{:>13} | {service} handled the user_created event", "demo");
         }
+        // Analytics' handler asks the users service for the newest signup.
+        call(
+            http_port,
+            "GET",
+            "/signups/latest",
+            None,
+            (200, json!({"id": "100", "name": "Ada", "email": "ada@example.com"})),
+        )
+        .await?;
         anyhow::Ok(())
     }
     .await;

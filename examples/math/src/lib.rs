@@ -19,7 +19,7 @@ pub struct AddReply {
 }
 
 /// Adds two numbers.
-#[message_pattern(cmd = "add")]
+#[message_pattern({ cmd = "add" })]
 pub async fn add(req: AddRequest) -> AddReply {
     tracing::info!(a = req.a, b = req.b, "add");
     AddReply { result: req.a + req.b }

@@ -3,6 +3,7 @@
 //! It keeps its own copy of the user DTO, as a separately deployed service would.
 
 use clap::Parser;
+use example_common::Listen;
 use switchboard::prelude::*;
 
 #[derive(Debug, Deserialize)]
@@ -19,20 +20,17 @@ async fn send_welcome(user: User) {
 
 #[derive(Parser)]
 struct Args {
-    /// Transport URL to serve on; repeat for a hybrid service.
-    #[arg(long, default_value = "tcp://127.0.0.1:3003")]
-    listen: Vec<String>,
+    #[command(flatten)]
+    listen: Listen,
 }
 
 #[tokio::main]
 async fn main() -> switchboard::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
-        .init();
+    example_common::init_logging();
     let args = Args::parse();
-    args.listen
-        .iter()
-        .fold(Microservice::from_registry(), |m, url| m.listen(url))
+    // Its one handler is in this binary, so the registry has it.
+    Microservice::from_registry()
+        .listen_all(args.listen.or("tcp://127.0.0.1:3003"))
         .run()
         .await
 }

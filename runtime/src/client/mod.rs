@@ -282,7 +282,7 @@ impl Client {
         route: std::borrow::Cow<'static, str>,
         payload: &T,
     ) -> Result<Outbound> {
-        let data = crate::wire::json::to_vec(payload).map_err(|source| Error::Codec {
+        let data = crate::json::to_vec(payload).map_err(|source| Error::Codec {
             context: format!("cannot encode the payload for pattern {route}"),
             source,
         })?;

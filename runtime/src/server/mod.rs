@@ -174,6 +174,12 @@ impl<S: Clone + Send + Sync + 'static> Microservice<S> {
         self
     }
 
+    /// Serves on every transport in `urls`.
+    pub fn listen_all<U: Into<String>>(mut self, urls: impl IntoIterator<Item = U>) -> Self {
+        self.urls.extend(urls.into_iter().map(Into::into));
+        self
+    }
+
     /// Serves on a transport of your own.
     pub fn serve_on(mut self, listener: impl Listener) -> Self {
         self.listeners.push(Box::new(listener));

@@ -25,7 +25,8 @@ pub struct Outbound {
     pub route: Cow<'static, str>,
     /// The payload as JSON.
     pub payload: Bytes,
-    /// Headers (NestJS 12's `metadata` on TCP and Redis, native headers elsewhere).
+    /// Headers (in the packet as NestJS 12's `metadata` on TCP, Redis and MQTT; the
+    /// broker's own headers on NATS, RabbitMQ and Kafka; metadata on gRPC).
     pub headers: Headers,
     /// When the caller stops waiting.
     pub deadline: Instant,

@@ -217,13 +217,13 @@ pub(crate) fn encode<T: Serialize + ?Sized>(value: &T) -> ReplyItem {
     let written = ARENA.with(|arena| {
         // A `Serialize` impl that itself encodes a reply gets a buffer of its own.
         let Ok(mut arena) = arena.try_borrow_mut() else {
-            return crate::wire::json::to_vec(value).map(Bytes::from);
+            return crate::json::to_vec(value).map(Bytes::from);
         };
         if arena.capacity() < 512 {
             arena.reserve(CHUNK);
         }
         let mut out = std::mem::take(&mut *arena).writer();
-        let result = crate::wire::json::write_to(&mut out, value);
+        let result = crate::json::write_to(&mut out, value);
         let mut buf = out.into_inner();
         let json = buf.split();
         *arena = buf;

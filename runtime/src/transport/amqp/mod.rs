@@ -1,6 +1,6 @@
 //! NestJS's RabbitMQ transport (`amqp://user:pass@host:port/vhost?queue=…`), on `lapin`.
 //!
-//! Byte-compatible with `@nestjs/microservices`' RMQ transport (nestjs-wire.md §6): one queue
+//! Byte-compatible with `@nestjs/microservices`' RMQ transport (docs/nestjs-wire.md §6): one queue
 //! carries every pattern and the server routes by the body's `pattern`; a client publishes
 //! to the queue with `reply_to = amq.rabbitmq.reply-to` (direct reply-to) and
 //! `correlation_id = id`, and the server answers on `reply_to` with the same

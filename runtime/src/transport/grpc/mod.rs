@@ -11,7 +11,7 @@
 //!   `Service/Method` by the handler whose pattern is `{service: "Service", rpc: "Method"}`.
 //!   Unary, server-, client- and bidirectional-streaming methods all work; see [`proto`].
 //!
-//! Errors follow NestJS's mapping (nestjs-wire.md §8): an error with a numeric `code` becomes
+//! Errors follow NestJS's mapping (docs/nestjs-wire.md §8): an error with a numeric `code` becomes
 //! that status; anything else UNKNOWN, with `Internal server error` for unexpected failures.
 //! A call's deadline travels as `grpc-timeout`, and the server ends the reply with
 //! DEADLINE_EXCEEDED when it passes; a call the client drops (deadline, cancellation) resets

@@ -1,6 +1,6 @@
 //! The generic service's messages (`switchboard.proto`, written by hand with prost's derive
 //! so that the runtime needs no build script) and the mapping between [`RpcError`]s and
-//! gRPC statuses (nestjs-wire.md §8).
+//! gRPC statuses (docs/nestjs-wire.md §8).
 
 use std::collections::HashMap;
 

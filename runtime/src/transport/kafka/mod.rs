@@ -1,7 +1,7 @@
 //! The Kafka transport, `kafka://host:port[,host:port]?…`, wire-compatible with NestJS's
 //! `Transport.KAFKA` (kafkajs), on librdkafka (`rdkafka`).
 //!
-//! NestJS's Kafka protocol has no envelope (nestjs-wire.md §7): the topic is the route, the
+//! NestJS's Kafka protocol has no envelope (docs/nestjs-wire.md §7): the topic is the route, the
 //! record value is the payload, and requests carry the headers `kafka_correlationId`,
 //! `kafka_replyTopic` (`<route>.reply`) and `kafka_replyPartition`. Replies go to that topic
 //! and partition with the correlation id, `kafka_nest-err` for errors and
@@ -56,7 +56,7 @@ use super::Endpoint;
 use super::pending::Pending;
 use crate::error::{Error, Result};
 
-/// NestJS's header names (nestjs-wire.md §7.3, §7.5).
+/// NestJS's header names (docs/nestjs-wire.md §7.3, §7.5).
 pub(crate) const CORRELATION_ID: &str = "kafka_correlationId";
 pub(crate) const REPLY_TOPIC: &str = "kafka_replyTopic";
 pub(crate) const REPLY_PARTITION: &str = "kafka_replyPartition";

@@ -1,7 +1,7 @@
 //! NestJS's MQTT transport (`mqtt://[user:password@]host:port`), on `rumqttc` (MQTT 3.1.1,
 //! as mqtt.js speaks by default).
 //!
-//! Byte-compatible with `@nestjs/microservices` (nestjs-wire.md §5): a request or event is
+//! Byte-compatible with `@nestjs/microservices` (docs/nestjs-wire.md §5): a request or event is
 //! published to the topic named by the pattern's route, with NestJS's JSON packet as the
 //! payload; replies go to `<topic>/reply`, carrying the request `id` in the body.
 //!

@@ -14,11 +14,12 @@ use bytes::Bytes;
 use futures_util::future::{BoxFuture, FutureExt};
 use futures_util::stream::StreamExt;
 
-use super::{NatsOptions, map_to_headers};
-use crate::codec::encode_request;
+use super::{NatsOptions, to_nats_headers, wire_size};
 use crate::error::{Error, NO_MESSAGE_HANDLER, Result, RpcError};
-use crate::transport::pending::Pending;
-use crate::transport::{ClientOptions, ClientTransport, Endpoint, Outbound, Replies};
+use crate::service::{Outbound, Replies};
+use crate::transport::{ClientOptions, ClientTransport, Endpoint};
+use crate::wire::nestjs::packet::encode_request;
+use crate::wire::nestjs::pending::Pending;
 
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
@@ -190,26 +191,91 @@ impl NatsClient {
         }
     }
 
-    fn publish_error(&self, subject: &str, e: async_nats::PublishError) -> Error {
+    /// A failed publish of `msg`, whose packet and headers weigh `size` bytes.
+    fn publish_error(&self, conn: &Conn, msg: &Outbound, size: usize, e: async_nats::PublishError) -> Error {
         match e.kind() {
-            async_nats::client::PublishErrorKind::MaxPayloadExceeded => Error::Protocol(format!(
-                "message to `{subject}` is too big for the NATS server at {} ({e}); raise the server's max_payload",
-                self.opts.url
-            )),
-            async_nats::client::PublishErrorKind::InvalidSubject => Error::Protocol(format!(
-                "`{subject}` is not a valid NATS subject (no whitespace or empty tokens): {e}"
-            )),
+            async_nats::client::PublishErrorKind::MaxPayloadExceeded => Error::TooLarge {
+                context: format!(
+                    "message to `{}` for the NATS server at {} (raise the server's max_payload)",
+                    msg.route, self.opts.url
+                ),
+                size,
+                limit: conn.nats.server_info().max_payload,
+            },
+            async_nats::client::PublishErrorKind::InvalidSubject => Error::broker(
+                format!(
+                    "`{}` is not a valid NATS subject (no whitespace or empty tokens)",
+                    msg.route
+                ),
+                e,
+            ),
             _ => Error::ConnectionClosed {
                 addr: self.opts.url.clone(),
             },
         }
     }
+
+    async fn request(&self, msg: Outbound) -> Result<Replies> {
+        let conn = self.conn().await?;
+        // Registered before the state check: a drop after the check fails this call too.
+        let (id, rx) = self.pending.register(msg.route.clone())?;
+        self.check_connected(&conn)?;
+        let reply = format!("{}{id}", conn.inbox);
+        let payload = body(&msg, Some(&id));
+        let size = wire_size(&msg.headers, payload.len());
+        let subject = msg.route.to_string();
+        let sent = match to_nats_headers(&msg.headers) {
+            Some(h) => {
+                conn.nats
+                    .publish_with_reply_and_headers(subject, reply, h, payload)
+                    .await
+            }
+            None => conn.nats.publish_with_reply(subject, reply, payload).await,
+        };
+        sent.map_err(|e| self.publish_error(&conn, &msg, size, e))?;
+        Replies::first_of(rx).await
+    }
+
+    async fn emit(&self, msg: Outbound) -> Result<()> {
+        let conn = self.conn().await?;
+        self.check_connected(&conn)?;
+        let payload = body(&msg, None);
+        let size = wire_size(&msg.headers, payload.len());
+        let subject = msg.route.to_string();
+        let headers = to_nats_headers(&msg.headers);
+        if let Some(js) = &conn.jetstream {
+            // Durable: done once the stream has stored the event.
+            let stored = match headers {
+                Some(h) => js.publish_with_headers(subject.clone(), h, payload).await,
+                None => js.publish(subject.clone(), payload).await,
+            };
+            let stored = match stored {
+                Ok(ack) => ack.await,
+                Err(e) => Err(e),
+            };
+            return stored.map(drop).map_err(|e| {
+                Error::broker(
+                    format!(
+                        "JetStream did not store the event on `{subject}`; is there a stream `{}` covering \
+                         this subject (a server with the same `jetstream` URL creates it)?",
+                        self.opts.jetstream.as_deref().unwrap_or_default()
+                    ),
+                    e,
+                )
+            });
+        }
+        let sent = match headers {
+            Some(h) => conn.nats.publish_with_headers(subject, h, payload).await,
+            None => conn.nats.publish(subject, payload).await,
+        };
+        sent.map_err(|e| self.publish_error(&conn, &msg, size, e))
+    }
 }
 
 fn body(msg: &Outbound, id: Option<&str>) -> Bytes {
-    // Metadata travels as NATS headers, as NestJS's NatsRecord headers do.
-    let mut buf = Vec::with_capacity(msg.pattern.len() + msg.data.len() + 48);
-    encode_request(&mut buf, &msg.pattern, &msg.data, None, id);
+    // Headers travel as NATS headers, as NestJS's NatsRecord headers do.
+    let mut buf = Vec::with_capacity(msg.pattern.len() + msg.payload.len() + 48);
+    encode_request(&mut buf, &msg.pattern, &msg.payload, None, id);
     Bytes::from(buf)
 }
 
@@ -218,61 +284,12 @@ impl ClientTransport for NatsClient {
         async move { self.conn().await.map(drop) }.boxed()
     }
 
-    fn request(&self, msg: Outbound) -> BoxFuture<'_, Result<Replies>> {
-        async move {
-            let conn = self.conn().await?;
-            // Registered before the state check: a drop after the check fails this call too.
-            let (id, rx) = self.pending.register(msg.route.clone())?;
-            self.check_connected(&conn)?;
-            let reply = format!("{}{id}", conn.inbox);
-            let payload = body(&msg, Some(&id));
-            let subject = msg.route.to_string();
-            let sent = match map_to_headers(msg.metadata.as_deref()) {
-                Some(h) => {
-                    conn.nats
-                        .publish_with_reply_and_headers(subject.clone(), reply, h, payload)
-                        .await
-                }
-                None => conn.nats.publish_with_reply(subject.clone(), reply, payload).await,
-            };
-            sent.map_err(|e| self.publish_error(&subject, e))?;
-            Ok(rx.boxed())
-        }
-        .boxed()
+    fn request(self: Arc<Self>, msg: Outbound) -> BoxFuture<'static, Result<Replies>> {
+        async move { NatsClient::request(&self, msg).await }.boxed()
     }
 
-    fn emit(&self, msg: Outbound) -> BoxFuture<'_, Result<()>> {
-        async move {
-            let conn = self.conn().await?;
-            self.check_connected(&conn)?;
-            let payload = body(&msg, None);
-            let subject = msg.route.to_string();
-            let headers = map_to_headers(msg.metadata.as_deref());
-            if let Some(js) = &conn.jetstream {
-                // Durable: done once the stream has stored the event.
-                let ack = match headers {
-                    Some(h) => js.publish_with_headers(subject.clone(), h, payload).await,
-                    None => js.publish(subject.clone(), payload).await,
-                };
-                let stored = match ack {
-                    Ok(ack) => ack.await.map_err(|e| e.to_string()),
-                    Err(e) => Err(e.to_string()),
-                };
-                return stored.map(drop).map_err(|e| {
-                    Error::Protocol(format!(
-                        "JetStream did not store the event on `{subject}` ({e}); is there a stream `{}` covering \
-                         this subject (a server with the same `jetstream` URL creates it)?",
-                        self.opts.jetstream.as_deref().unwrap_or_default()
-                    ))
-                });
-            }
-            let sent = match headers {
-                Some(h) => conn.nats.publish_with_headers(subject.clone(), h, payload).await,
-                None => conn.nats.publish(subject.clone(), payload).await,
-            };
-            sent.map_err(|e| self.publish_error(&subject, e))
-        }
-        .boxed()
+    fn emit(self: Arc<Self>, msg: Outbound) -> BoxFuture<'static, Result<()>> {
+        async move { NatsClient::emit(&self, msg).await }.boxed()
     }
 
     fn close(&self) -> BoxFuture<'_, ()> {

@@ -1,5 +1,5 @@
 //! The NATS transport, `nats://host:port`, wire-compatible with NestJS's `Transport.NATS`
-//! (nestjs-wire.md §4).
+//! (docs/nestjs-wire.md §4).
 //!
 //! - Requests and events go to the subject named by the route; a request carries a reply
 //!   subject, and every reply packet is published there without headers.
@@ -17,11 +17,20 @@
 //!
 //! The async-nats client reconnects on its own (with our backoff) and resubscribes; calls in
 //! flight when the connection drops fail at once.
+//!
+//! URL: `nats://[user:password@]host:port[,host:port…]`, query parameters:
+//! - both ends: `name` (connection name shown by the NATS server's monitoring),
+//!   `connect_timeout_ms` (default 5000 on the server, the client's connect timeout on the
+//!   client), `jetstream=<stream>` (durable events, above);
+//! - server: `queue=<group>`; with `jetstream`: `durable=<name>` (default `switchboard`),
+//!   `max_deliver` (deliveries of one event, default 10, -1 for no limit) and `ack_wait_ms`
+//!   (default 30000); `max_in_flight` (messages being handled at once, default 1024, as on
+//!   every transport; when full the server stops taking messages, which wait in the
+//!   subscriptions or in the stream, until one finishes).
 
 mod client;
 mod server;
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use async_nats::{ConnectOptions, Event, HeaderMap};
@@ -29,8 +38,9 @@ use async_nats::{ConnectOptions, Event, HeaderMap};
 pub use client::NatsClient;
 pub use server::NatsListener;
 
-use super::Endpoint;
+use super::{Endpoint, broker};
 use crate::error::{Error, Result};
+use crate::service::Headers;
 
 /// Query parameters the NATS transport takes.
 const PARAMS: &[&str] = &[
@@ -41,12 +51,16 @@ const PARAMS: &[&str] = &[
     "ack_wait_ms",
     "name",
     "connect_timeout_ms",
+    broker::MAX_IN_FLIGHT,
 ];
+
+/// Default cap on messages being handled at once by one server.
+const DEFAULT_MAX_IN_FLIGHT: usize = 1024;
 
 /// Settings from a `nats://` URL.
 #[derive(Debug, Clone)]
 struct NatsOptions {
-    /// The URL as given (for errors and `local_url`).
+    /// The URL without its password (for logs, errors and `local_url`).
     url: String,
     /// What async-nats connects to: `nats://[user:pass@]host:port[,host:port…]`.
     servers: Vec<String>,
@@ -64,6 +78,8 @@ struct NatsOptions {
     name: Option<String>,
     /// Overrides the connect timeout (client: the builder's, default 5 s; server: 5 s).
     connect_timeout: Option<Duration>,
+    /// Messages a server handles at once.
+    max_in_flight: usize,
 }
 
 /// Default number of deliveries of a durable event.
@@ -75,7 +91,7 @@ impl NatsOptions {
     fn parse(ep: &Endpoint) -> Result<Self> {
         ep.only_params(PARAMS)?;
         let bad = |reason: String| Error::InvalidUrl {
-            url: ep.as_str().to_owned(),
+            url: ep.redacted(),
             reason,
         };
         // `user:pass@host1:4222,host2:4222`: credentials apply to every server.
@@ -119,7 +135,7 @@ impl NatsOptions {
             return Err(bad("`max_deliver` must be positive, or -1 for no limit".into()));
         }
         Ok(NatsOptions {
-            url: ep.as_str().to_owned(),
+            url: ep.redacted(),
             servers,
             queue: non_empty("queue")?,
             jetstream,
@@ -130,6 +146,7 @@ impl NatsOptions {
                 .map_or(DEFAULT_ACK_WAIT, Duration::from_millis),
             name: non_empty("name")?,
             connect_timeout: ep.param_as::<u64>("connect_timeout_ms")?.map(Duration::from_millis),
+            max_in_flight: broker::max_in_flight(ep, DEFAULT_MAX_IN_FLIGHT)?,
         })
     }
 
@@ -167,23 +184,34 @@ fn valid_js_name(name: &str) -> bool {
     !name.is_empty() && !name.contains(|c: char| c.is_whitespace() || matches!(c, '.' | '*' | '>' | '/' | '\\'))
 }
 
-/// NATS headers as handler metadata (the last value of a repeated header wins).
-fn headers_to_map(headers: &HeaderMap) -> HashMap<String, String> {
+/// NATS headers as a message's headers (the last value of a repeated header wins).
+fn nats_headers(headers: &HeaderMap) -> impl Iterator<Item = (String, String)> + '_ {
     headers
         .iter()
         .filter_map(|(name, values)| Some((name.to_string(), values.last()?.to_string())))
-        .collect()
 }
 
-/// Caller metadata as NATS headers; `None` when there is nothing to send, so the message
+/// A caller's headers as NATS headers; `None` when there is nothing to send, so the message
 /// goes out as a plain `PUB`, as NestJS sends it.
-fn map_to_headers(meta: Option<&HashMap<String, String>>) -> Option<HeaderMap> {
-    let meta = meta.filter(|m| !m.is_empty())?;
-    let mut headers = HeaderMap::new();
-    for (k, v) in meta {
-        headers.insert(k.as_str(), v.as_str());
+fn to_nats_headers(headers: &Headers) -> Option<HeaderMap> {
+    if headers.is_empty() {
+        return None;
     }
-    Some(headers)
+    let mut out = HeaderMap::new();
+    for (k, v) in headers.iter() {
+        out.insert(k, v);
+    }
+    Some(out)
+}
+
+/// What a message with these headers weighs against the server's `max_payload`, counted as
+/// async-nats counts it (the header block, then the payload).
+fn wire_size(headers: &Headers, payload: usize) -> usize {
+    if headers.is_empty() {
+        return payload;
+    }
+    let block: usize = headers.iter().map(|(k, v)| k.len() + v.len() + 4).sum();
+    "NATS/1.0\r\n".len() + block + 2 + payload
 }
 
 #[cfg(test)]

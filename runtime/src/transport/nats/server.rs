@@ -1,26 +1,24 @@
 //! The NATS server: one subscription per route (in the URL's queue group, if any), each
-//! message handled on its own task, reply packets published to the message's reply subject.
-//! With `?jetstream=`, event-only routes are consumed from a durable JetStream consumer instead.
+//! message handed to the shared broker loop, reply packets published to the message's reply
+//! subject. With `?jetstream=`, event-only routes are consumed from a durable JetStream
+//! consumer instead.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, AckKind, consumer::pull};
 use bytes::Bytes;
 use futures_util::future::{BoxFuture, FutureExt};
 use futures_util::stream::StreamExt;
-use tokio::task::JoinSet;
 use tokio_stream::StreamMap;
 
-use super::{NatsOptions, headers_to_map};
-use crate::codec::{Outgoing, Packet, PacketError, encode_reply};
-use crate::dispatch::{Dispatched, Dispatcher, Incoming};
+use super::{NatsOptions, nats_headers};
 use crate::error::{Error, Result, RpcError};
-use crate::transport::steps::Steps;
+use crate::service::{Address, Context, Headers, Kind, Request, Router};
+use crate::transport::broker::{self, Delivery, Inbound, ReplySink, Source};
 use crate::transport::{Endpoint, Listener, Shutdown};
+use crate::wire::nestjs::packet::{Outgoing, encode_reply};
+use crate::wire::nestjs::steps::Step;
 
-/// Messages handled at once by one server; beyond it, messages wait in the subscriptions.
-const MAX_IN_FLIGHT: usize = 1024;
 /// How long to wait for a broker that is away before giving up on a message's ack.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -71,8 +69,14 @@ impl Listener for NatsListener {
         self.opts.url.clone()
     }
 
-    fn serve(self: Box<Self>, dispatcher: Dispatcher, shutdown: Shutdown) -> BoxFuture<'static, Result<()>> {
-        serve(*self, dispatcher, shutdown).boxed()
+    fn serve(self: Box<Self>, router: Router, shutdown: Shutdown) -> BoxFuture<'static, Result<()>> {
+        async move {
+            let max_in_flight = self.opts.max_in_flight;
+            let source = Subscriptions::open(*self, &router).await?;
+            broker::serve(source, router, max_in_flight, shutdown).await;
+            Ok(())
+        }
+        .boxed()
     }
 
     fn ready(&self) -> Option<tokio::sync::watch::Receiver<bool>> {
@@ -80,67 +84,102 @@ impl Listener for NatsListener {
     }
 }
 
-async fn serve(l: NatsListener, dispatcher: Dispatcher, mut shutdown: Shutdown) -> Result<()> {
-    let NatsListener { opts, nats, ready } = l;
-    let routes = dispatcher.routes();
-    let mut durable_routes = Vec::new();
+/// Every route's subscription: core NATS, or a durable consumer for event-only routes with
+/// `?jetstream=`. async-nats reconnects and resubscribes by itself; the JetStream consumers
+/// recover by themselves too.
+struct Subscriptions {
+    opts: NatsOptions,
+    nats: async_nats::Client,
     // Not `select_all`: its FuturesUnordered wakes the task again whenever it polled every
     // stream, which made one needless worker wake-up (a futex call) per message.
-    let mut core = StreamMap::new();
-    let unique: std::collections::BTreeSet<&str> = routes.routes().collect();
-    for route in unique {
-        let handlers = routes.get(route).expect("listed routes resolve");
-        if opts.jetstream.is_some() && handlers.message.is_none() {
-            durable_routes.push(handlers.route);
-            continue;
-        }
-        let sub = match &opts.queue {
-            Some(q) => nats.queue_subscribe(route.to_owned(), q.clone()).await,
-            None => nats.subscribe(route.to_owned()).await,
-        }
-        .map_err(|e| Error::Protocol(format!("cannot subscribe to NATS subject `{route}`: {e}")))?;
-        core.insert(handlers.route, sub);
-    }
-    let mut durable = StreamMap::new();
-    if let Some(stream_name) = &opts.jetstream
-        && !durable_routes.is_empty()
-    {
-        durable.extend(durable_messages(&opts, &nats, stream_name, &durable_routes).await?);
-    }
-    // Subscriptions are in place once the server has processed them (a flush only hands the
-    // SUBs to the socket).
-    confirm_subscribed(&nats, &opts.url).await?;
-    tracing::info!(url = %opts.url, queue = ?opts.queue, durable = durable_routes.len(), "NATS server subscribed");
-    ready.send_replace(true);
+    core: StreamMap<&'static str, async_nats::Subscriber>,
+    durable: StreamMap<&'static str, pull::Stream>,
+}
 
-    let mut tasks = JoinSet::new();
-    loop {
-        // Reaped here rather than awaited in the select: a task waiting on `join_next` is
-        // woken by every handler that ends, one more wake-up per message.
-        while tasks.try_join_next().is_some() {}
-        let room = tasks.len() < MAX_IN_FLIGHT;
-        tokio::select! {
-            _ = shutdown.wait() => break,
-            Some(_) = tasks.join_next(), if !room => {}
-            Some((route, msg)) = core.next(), if room => handle(&nats, &dispatcher, &mut tasks, route, msg),
-            Some((route, msg)) = durable.next(), if room => match msg {
-                Ok(msg) => handle_durable(&dispatcher, &mut tasks, route, msg, opts.max_deliver),
-                Err(e) => {
-                    // The consumer recovers by itself (missed heartbeats, a broker away); pause
-                    // so that a burst of errors does not spin.
-                    tracing::warn!(url = %opts.url, route, error = %e, "JetStream consumer error");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
+impl Subscriptions {
+    /// Subscribes to every route of `router`; raises the listener's ready flag once the NATS
+    /// server has them all.
+    async fn open(l: NatsListener, router: &Router) -> Result<Self> {
+        let NatsListener { opts, nats, ready } = l;
+        let mut durable_routes = Vec::new();
+        let mut core = StreamMap::new();
+        for info in router.routes() {
+            let route = info.route();
+            if opts.jetstream.is_some() && !info.has_request_handler() {
+                durable_routes.push(route);
+                continue;
+            }
+            let sub = match &opts.queue {
+                Some(q) => nats.queue_subscribe(route.to_owned(), q.clone()).await,
+                None => nats.subscribe(route.to_owned()).await,
+            }
+            .map_err(|e| broker::subscribe_error(&format!("NATS subject `{route}`"), e))?;
+            core.insert(route, sub);
+        }
+        let mut durable = StreamMap::new();
+        if let Some(stream_name) = &opts.jetstream
+            && !durable_routes.is_empty()
+        {
+            durable.extend(durable_messages(&opts, &nats, stream_name, &durable_routes).await?);
+        }
+        // Subscriptions are in place once the server has processed them (a flush only hands
+        // the SUBs to the socket).
+        confirm_subscribed(&nats, &opts.url).await?;
+        tracing::info!(url = %opts.url, queue = ?opts.queue, durable = durable_routes.len(), "NATS server subscribed");
+        ready.send_replace(true);
+        Ok(Subscriptions {
+            opts,
+            nats,
+            core,
+            durable,
+        })
+    }
+}
+
+impl Source for Subscriptions {
+    type Delivery = Message;
+
+    async fn next(&mut self) -> Option<Message> {
+        loop {
+            tokio::select! {
+                Some((route, msg)) = self.core.next(), if !self.core.is_empty() => {
+                    return Some(Message::Core {
+                        route,
+                        msg,
+                        nats: self.nats.clone(),
+                    });
                 }
-            },
+                Some((route, msg)) = self.durable.next(), if !self.durable.is_empty() => match msg {
+                    Ok(msg) => {
+                        return Some(Message::Durable {
+                            route,
+                            msg,
+                            max_deliver: self.opts.max_deliver,
+                        });
+                    }
+                    Err(e) => {
+                        // The consumer recovers by itself (missed heartbeats, a broker away);
+                        // pause so that a burst of errors does not spin.
+                        tracing::warn!(url = %self.opts.url, route, error = %e, "JetStream consumer error");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                },
+                // Every subscription ended: the connection is closed for good.
+                else => return None,
+            }
         }
     }
-    // Stop taking messages (unsubscribes), let in-flight ones finish, and send their replies.
-    drop(core);
-    drop(durable);
-    while tasks.join_next().await.is_some() {}
-    let _ = tokio::time::timeout(CONNECT_TIMEOUT, nats.flush()).await;
-    tracing::debug!(url = %opts.url, "NATS server stopped");
-    Ok(())
+
+    async fn stop(&mut self) {
+        // Dropping the subscriptions unsubscribes; the connection stays for the replies.
+        self.core = StreamMap::new();
+        self.durable = StreamMap::new();
+    }
+
+    async fn close(self) {
+        let _ = tokio::time::timeout(CONNECT_TIMEOUT, self.nats.flush()).await;
+        tracing::debug!(url = %self.opts.url, "NATS server stopped");
+    }
 }
 
 /// Waits until the NATS server has registered every subscription sent so far on `nats`: it
@@ -176,9 +215,10 @@ async fn durable_messages(
     nats: &async_nats::Client,
     stream_name: &str,
     routes: &[&'static str],
-) -> Result<Vec<(&'static str, jetstream::consumer::pull::Stream)>> {
-    let js_err = |what: &str, e: &dyn std::fmt::Display| {
-        Error::Protocol(format!("JetStream {what} `{stream_name}` at {}: {e}", opts.url))
+) -> Result<Vec<(&'static str, pull::Stream)>> {
+    let js_err = |what: &str, e: Box<dyn std::error::Error + Send + Sync>| Error::Broker {
+        context: format!("JetStream {what} `{stream_name}` at {}", opts.url),
+        source: Some(e),
     };
     let js = jetstream::new(nats.clone());
     let mut stream = js
@@ -188,12 +228,12 @@ async fn durable_messages(
             ..Default::default()
         })
         .await
-        .map_err(|e| js_err("cannot create stream", &e))?;
+        .map_err(|e| js_err("cannot create stream", e.into()))?;
     // An existing stream (another service, an older version) must cover our subjects too.
     let info = stream
         .info()
         .await
-        .map_err(|e| js_err("cannot read stream", &e))?
+        .map_err(|e| js_err("cannot read stream", e.into()))?
         .clone();
     let missing: Vec<_> = routes
         .iter()
@@ -204,12 +244,12 @@ async fn durable_messages(
         config.subjects.extend(missing.iter().map(|r| r.to_string()));
         js.update_stream(config)
             .await
-            .map_err(|e| js_err("cannot add our subjects to stream", &e))?;
+            .map_err(|e| js_err("cannot add our subjects to stream", e.into()))?;
     }
     let mut out = Vec::with_capacity(routes.len());
     for &route in routes {
         // Consumer names cannot hold every character a route can: name it by a stable hash.
-        let name = format!("{}-{:016x}", opts.durable, fnv1a(route.as_bytes()));
+        let name = format!("{}-{:016x}", opts.durable, broker::fnv1a(route.as_bytes()));
         let consumer = stream
             .get_or_create_consumer(
                 &name,
@@ -224,215 +264,181 @@ async fn durable_messages(
                 },
             )
             .await
-            .map_err(|e| js_err(&format!("cannot create durable consumer `{name}` on"), &e))?;
+            .map_err(|e| js_err(&format!("cannot create durable consumer `{name}` on"), e.into()))?;
         let messages = consumer
             .messages()
             .await
-            .map_err(|e| js_err("cannot consume from", &e))?;
+            .map_err(|e| js_err("cannot consume from", e.into()))?;
         out.push((route, messages));
     }
     Ok(out)
 }
 
-/// FNV-1a, 64 bits: stable across builds, unlike the standard library's hasher.
-fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    })
+/// One message on a served route.
+enum Message {
+    /// From a core subscription: a request (with a reply subject) or an event.
+    Core {
+        route: &'static str,
+        msg: async_nats::Message,
+        nats: async_nats::Client,
+    },
+    /// A durable event, acknowledged once handled.
+    Durable {
+        route: &'static str,
+        msg: jetstream::Message,
+        max_deliver: i64,
+    },
 }
 
-/// What a message body means to a NestJS server (§0.4).
-enum Body<'a> {
-    /// A request (`id` present) or event with the packet's fields.
-    Packet(Packet<'a>),
-    /// Valid JSON without `pattern`/`data` (or not an object): an event whose data is the
-    /// whole body.
-    External,
-    /// Not JSON: NestJS crashes here; we log and answer or drop.
-    Invalid(String),
-}
-
-fn classify(payload: &[u8]) -> Body<'_> {
-    match Packet::parse(payload) {
-        Ok(p) if p.pattern.is_none() && p.data.is_none() => Body::External,
-        Ok(p) => Body::Packet(p),
-        Err(PacketError::NotAnObject) => Body::External,
-        Err(PacketError::InvalidJson(e)) => Body::Invalid(e.to_string()),
-        Err(PacketError::InvalidUtf8) => Body::Invalid("not UTF-8".into()),
-    }
-}
-
-/// Handler metadata: NATS headers, then v12's body `metadata` for keys the headers lack.
-fn metadata(
-    msg_headers: Option<&async_nats::HeaderMap>,
-    packet: Option<&Packet<'_>>,
-) -> Option<HashMap<String, String>> {
-    let mut meta = msg_headers.map(headers_to_map);
-    if let Some(body_meta) = packet.and_then(Packet::metadata_map) {
-        let meta = meta.get_or_insert_with(HashMap::new);
-        for (k, v) in body_meta {
-            meta.entry(k).or_insert(v);
+impl Delivery for Message {
+    async fn serve(self, router: Router) {
+        match self {
+            Message::Core { route, msg, nats } => serve_core(route, msg, &nats, &router).await,
+            Message::Durable {
+                route,
+                msg,
+                max_deliver,
+            } => serve_durable(route, msg, max_deliver, &router).await,
         }
     }
-    meta
 }
 
-fn handle(
-    nats: &async_nats::Client,
-    dispatcher: &Dispatcher,
-    tasks: &mut JoinSet<()>,
-    route: &'static str,
-    msg: async_nats::Message,
-) {
-    let pattern = dispatcher.routes().channel_pattern(route);
-    let body = classify(&msg.payload);
-    let (data, id) = match &body {
-        Body::Packet(p) => (p.data.map(str::as_bytes), p.id),
-        Body::External => (Some(&msg.payload[..]), None),
-        Body::Invalid(e) => {
-            tracing::error!(subject = %msg.subject, error = %e, bytes = msg.payload.len(), "dropping a NATS message that is not JSON");
-            if let Some(reply) = msg.reply.clone() {
+/// Why a body is not JSON, when it is not. NestJS's NATS server fails on such a message, so
+/// unlike Redis's it is not handed to listeners as text.
+fn not_json(body: &[u8]) -> Option<String> {
+    serde_json::from_slice::<serde::de::IgnoredAny>(body)
+        .err()
+        .map(|e| e.to_string())
+}
+
+/// The message as a request or event, or why it is not JSON. NATS headers win over v12's
+/// body `metadata` for keys both carry.
+fn read(route: &'static str, msg: &async_nats::Message, router: &Router) -> std::result::Result<(Request, Option<Bytes>), String> {
+    let (mut request, id) = match broker::read(&msg.payload, router.channel_address(route), "nats", Headers::new()) {
+        Inbound::Packet { request, id } => (request, id),
+        Inbound::External(event) => match not_json(&msg.payload) {
+            None => {
+                tracing::debug!(subject = %msg.subject, "a message that is not a NestJS packet; handing it to event listeners");
+                (event, None)
+            }
+            Some(why) => return Err(why),
+        },
+        Inbound::Invalid => return Err("not UTF-8".into()),
+    };
+    if let Some(headers) = &msg.headers {
+        request.context_mut().headers_mut().extend(nats_headers(headers));
+    }
+    Ok((request, id))
+}
+
+async fn serve_core(route: &'static str, msg: async_nats::Message, nats: &async_nats::Client, router: &Router) {
+    let (request, id) = match read(route, &msg, router) {
+        Ok(read) => read,
+        Err(why) => {
+            tracing::error!(subject = %msg.subject, error = %why, bytes = msg.payload.len(), "dropping a NATS message that is not JSON");
+            if let Some(to) = msg.reply {
                 // No id to echo; a raw requester still gets an answer instead of a timeout.
-                let err = RpcError::new(format!("invalid JSON payload on `{}`: {e}", msg.subject));
+                let err = RpcError::new(format!("invalid JSON payload on `{}`: {why}", msg.subject));
                 let mut buf = Vec::new();
                 encode_reply(&mut buf, b"null", Outgoing::Error(&err));
-                let nats = nats.clone();
-                tasks.spawn(async move {
-                    let _ = nats.publish(reply, buf.into()).await;
-                });
+                let _ = nats.publish(to, buf.into()).await;
             }
             return;
         }
     };
-    let packet = match &body {
-        Body::Packet(p) => Some(p),
-        _ => None,
-    };
-    let outcome = dispatcher.dispatch(Incoming {
-        pattern: &pattern,
-        data,
-        request: id.is_some(),
-        metadata: metadata(msg.headers.as_ref(), packet),
-        transport: "nats",
-    });
-    let id = id.map(|raw| Bytes::copy_from_slice(raw.as_bytes()));
-    match (outcome, id, msg.reply) {
-        (Dispatched::Reply(reply), Some(id), Some(to)) => {
-            let nats = nats.clone();
-            tasks.spawn(async move {
-                let mut steps = Steps::new(reply);
-                while let Some(step) = steps.next().await {
-                    let mut buf = Vec::new();
-                    encode_reply(&mut buf, &id, step.outgoing());
-                    if !publish_reply(&nats, &to, &id, buf).await {
-                        break;
-                    }
-                }
-            });
+    let reply = router.call(request).await;
+    match (id, msg.reply) {
+        (Some(id), Some(to)) => {
+            let mut sink = ReplyTo { nats, to, id };
+            if let Err(e) = broker::send_reply(reply, &mut sink).await {
+                tracing::warn!(reply_to = %sink.to, error = %e, "could not publish a reply");
+            }
         }
         // A request without a reply subject: run it and drop the answer, as NestJS does.
-        (Dispatched::Reply(mut reply), _, _) => {
-            tasks.spawn(async move { while reply.next().await.is_some() {} });
+        (Some(_), None) => {
+            let _ = reply.drain().await;
         }
-        (Dispatched::NoHandler { .. }, Some(id), Some(to)) => {
-            let nats = nats.clone();
-            tasks.spawn(async move {
-                let mut buf = Vec::new();
-                encode_reply(&mut buf, &id, Outgoing::NoHandler);
-                publish_reply(&nats, &to, &id, buf).await;
-            });
-        }
-        (Dispatched::Event(run), _, _) => {
-            tasks.spawn(run);
-        }
-        _ => {}
+        // An event: the router ran its listeners.
+        (None, _) => {}
     }
 }
 
-/// Publishes one reply packet; a packet too big for the broker becomes an error reply, so
-/// the caller is told instead of waiting for its deadline. False when nothing more should go.
-async fn publish_reply(nats: &async_nats::Client, to: &async_nats::Subject, id: &[u8], buf: Vec<u8>) -> bool {
-    let len = buf.len();
-    match nats.publish(to.clone(), buf.into()).await {
-        Ok(()) => true,
-        Err(e) if matches!(e.kind(), async_nats::client::PublishErrorKind::MaxPayloadExceeded) => {
-            tracing::error!(reply_to = %to, bytes = len, error = %e, "reply too big for the NATS server");
-            let err = RpcError::new(format!("the reply ({len} bytes) exceeds the NATS server's max_payload"));
-            let mut buf = Vec::new();
-            encode_reply(&mut buf, id, Outgoing::Error(&err));
-            let _ = nats.publish(to.clone(), buf.into()).await;
-            false
-        }
-        Err(e) => {
-            tracing::warn!(reply_to = %to, error = %e, "could not publish a reply");
-            false
+/// A request's reply subject.
+struct ReplyTo<'a> {
+    nats: &'a async_nats::Client,
+    to: async_nats::Subject,
+    id: Bytes,
+}
+
+impl ReplySink for ReplyTo<'_> {
+    async fn send(&mut self, step: Step) -> Result<()> {
+        let mut buf = Vec::new();
+        encode_reply(&mut buf, &self.id, step.outgoing());
+        let len = buf.len();
+        match self.nats.publish(self.to.clone(), buf.into()).await {
+            Ok(()) => Ok(()),
+            // Too big for the broker: an error reply instead, so that the caller is told
+            // instead of waiting for its deadline; nothing more goes.
+            Err(e) if matches!(e.kind(), async_nats::client::PublishErrorKind::MaxPayloadExceeded) => {
+                let err = RpcError::new(format!("the reply ({len} bytes) exceeds the NATS server's max_payload"));
+                let mut buf = Vec::new();
+                encode_reply(&mut buf, &self.id, Outgoing::Error(&err));
+                let _ = self.nats.publish(self.to.clone(), buf.into()).await;
+                Err(Error::TooLarge {
+                    context: format!("a reply to `{}` for the NATS server's max_payload", self.to),
+                    size: len,
+                    limit: self.nats.server_info().max_payload,
+                })
+            }
+            Err(e) => Err(Error::broker(format!("cannot publish a reply to `{}`", self.to), e)),
         }
     }
 }
 
 /// A durable event: acked once every listener succeeded, otherwise redelivered (after a
 /// pause that grows with the number of deliveries).
-fn handle_durable(
-    dispatcher: &Dispatcher,
-    tasks: &mut JoinSet<()>,
-    route: &'static str,
-    msg: jetstream::Message,
-    max_deliver: i64,
-) {
-    let pattern = dispatcher.routes().channel_pattern(route);
-    let run = {
-        let body = classify(&msg.payload);
-        let data = match &body {
-            Body::Packet(p) => p.data.map(str::as_bytes),
-            Body::External => Some(&msg.payload[..]),
-            Body::Invalid(e) => {
-                tracing::error!(subject = %msg.subject, error = %e, "dropping a durable NATS event that is not JSON");
-                None
+async fn serve_durable(route: &'static str, msg: jetstream::Message, max_deliver: i64, router: &Router) {
+    let kind = match read(route, &msg, router) {
+        Err(why) => {
+            tracing::error!(subject = %msg.subject, error = %why, "dropping a durable NATS event that is not JSON");
+            // Redelivery cannot help.
+            AckKind::Term
+        }
+        Ok((request, _)) => {
+            let reply = router.call(as_event(request)).await;
+            // Nobody listens (the router logged it): nothing to retry.
+            if reply.is_no_handler() || reply.drain().await.is_ok() {
+                AckKind::Ack
+            } else {
+                let delivered = msg.info().map(|i| i.delivered).unwrap_or(1).max(1);
+                if delivered == max_deliver {
+                    tracing::error!(
+                        subject = %msg.subject,
+                        delivered,
+                        "a durable event failed on its last delivery (max_deliver); JetStream keeps it in \
+                         the stream but delivers it no more"
+                    );
+                }
+                AckKind::Nak(Some(Duration::from_millis(100u64 << delivered.min(7))))
             }
-        };
-        let packet = match &body {
-            Body::Packet(p) => Some(p),
-            _ => None,
-        };
-        match body {
-            Body::Invalid(_) => None,
-            _ => Some(dispatcher.dispatch_event(Incoming {
-                pattern: &pattern,
-                data,
-                request: false,
-                metadata: metadata(msg.headers.as_ref(), packet),
-                transport: "nats",
-            })),
         }
     };
-    tasks.spawn(async move {
-        let kind = match run {
-            // Not JSON: redelivery cannot help.
-            None => AckKind::Term,
-            // Nobody listens (already logged): nothing to retry.
-            Some(None) => AckKind::Ack,
-            Some(Some(run)) => {
-                if run.await {
-                    AckKind::Ack
-                } else {
-                    let delivered = msg.info().map(|i| i.delivered).unwrap_or(1).max(1);
-                    if delivered == max_deliver {
-                        tracing::error!(
-                            subject = %msg.subject,
-                            delivered,
-                            "a durable event failed on its last delivery (max_deliver); JetStream keeps it in \
-                             the stream but delivers it no more"
-                        );
-                    }
-                    AckKind::Nak(Some(Duration::from_millis(100u64 << delivered.min(7))))
-                }
-            }
-        };
-        if let Err(e) = msg.ack_with(kind).await {
-            // The broker redelivers after ack_wait: at least once, never lost.
-            tracing::warn!(subject = %msg.subject, error = %e, "could not acknowledge a durable event");
-        }
-    });
+    if let Err(e) = msg.ack_with(kind).await {
+        // The broker redelivers after ack_wait: at least once, never lost.
+        tracing::warn!(subject = %msg.subject, error = %e, "could not acknowledge a durable event");
+    }
+}
+
+/// A durable message is an event even if its packet carries an id: nobody waits for a reply
+/// on a stream.
+fn as_event(mut request: Request) -> Request {
+    if request.kind() == Kind::Event {
+        return request;
+    }
+    let address: Address = request.address().clone();
+    let ctx = Context::new("nats", Kind::Event).with_headers(request.headers().clone());
+    let payload = request.take_payload().unwrap_or_else(crate::service::Payload::null);
+    Request::new(address, payload, ctx)
 }
 
 #[cfg(test)]
@@ -442,23 +448,21 @@ mod tests {
     use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
     use super::*;
-    use crate::handler::{Inbound, Reply};
-    use crate::registry::{HandlerEntry, HandlerKind, Registry};
+    use crate::service::{Endpoint as Handler, Reply, Route, RouterBuilder};
 
-    fn noop(_: Inbound<'_>) -> Reply {
-        Reply::empty()
+    fn router() -> Router {
+        let mut builder = RouterBuilder::default();
+        builder.add(
+            "evt",
+            "\"evt\"",
+            Kind::Event,
+            Handler {
+                location: "noop".into(),
+                route: Route::from_fn(|_| std::future::ready(Reply::empty()).boxed()),
+            },
+        );
+        builder.build(|route| route)
     }
-
-    static EVT: HandlerEntry = HandlerEntry {
-        kind: HandlerKind::Event,
-        route: "evt",
-        pattern: "\"evt\"",
-        name: "noop",
-        module: module_path!(),
-        file: file!(),
-        line: line!(),
-        call: noop,
-    };
 
     /// A NATS server that takes the connection and every command, but delivers the messages
     /// a client sends to its own inbox only once `release` is notified: it is still busy
@@ -511,10 +515,8 @@ mod tests {
         let url = slow_server(release.clone()).await;
         let listener = NatsListener::bind(&Endpoint::parse(&url).unwrap()).await.unwrap();
         let mut ready = listener.ready().unwrap();
-        let mut registry = Registry::new();
-        registry.add(&EVT);
         let (stop, shutdown) = Shutdown::new();
-        let serving = tokio::spawn(Box::new(listener).serve(Dispatcher::new(registry.routes().unwrap()), shutdown));
+        let serving = tokio::spawn(Box::new(listener).serve(router(), shutdown));
         let early = tokio::time::timeout(Duration::from_millis(300), ready.wait_for(|&up| up))
             .await
             .is_ok();

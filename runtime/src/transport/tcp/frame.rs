@@ -1,5 +1,5 @@
 //! NestJS's `JsonSocket` framing: `<length>#<json>`, the length counted in UTF-16 code
-//! units (JavaScript string length), not bytes (nestjs-wire.md §1.2).
+//! units (JavaScript string length), not bytes (docs/nestjs-wire.md §1.2).
 
 use bytes::{Buf, Bytes, BytesMut};
 

@@ -1,4 +1,4 @@
-//! NestJS's JSON packets (nestjs-wire.md §0): decoding requests, events and replies
+//! NestJS's JSON packets (docs/nestjs-wire.md §0): decoding requests, events and replies
 //! without copying payloads, and encoding them with NestJS's exact key order.
 
 use std::collections::HashMap;
@@ -402,7 +402,7 @@ fn reply_fields(out: &mut Vec<u8>, what: Outgoing<'_>) {
         Outgoing::Done => out.extend_from_slice(b"{\"isDisposed\":true"),
         Outgoing::Error(err) => {
             out.extend_from_slice(b"{\"err\":");
-            crate::wire::json::write(out, err.value()).expect("JSON values serialise");
+            crate::json::write(out, err.value()).expect("JSON values serialise");
             out.extend_from_slice(b",\"isDisposed\":true");
         }
         // Only without an id: RabbitMQ writes its own, with the id and another key order.

@@ -18,17 +18,21 @@ impl serde_json::ser::Formatter for JsFormatter {
 }
 
 /// Appends `value` as JSON to `out`, JavaScript style.
-pub(crate) fn write<T: Serialize + ?Sized>(out: &mut Vec<u8>, value: &T) -> serde_json::Result<()> {
+pub fn write<T: Serialize + ?Sized>(out: &mut Vec<u8>, value: &T) -> serde_json::Result<()> {
     write_to(out, value)
 }
 
 /// Writes `value` as JSON, JavaScript style.
-pub(crate) fn write_to<W: std::io::Write, T: Serialize + ?Sized>(out: W, value: &T) -> serde_json::Result<()> {
+pub fn write_to<W: std::io::Write, T: Serialize + ?Sized>(out: W, value: &T) -> serde_json::Result<()> {
     value.serialize(&mut serde_json::Serializer::with_formatter(out, JsFormatter))
 }
 
 /// Serialises `value` to JSON bytes, JavaScript style.
-pub(crate) fn to_vec<T: Serialize + ?Sized>(value: &T) -> serde_json::Result<Vec<u8>> {
+///
+/// ```
+/// assert_eq!(switchboard::json::to_vec(&serde_json::json!({"result": 8.0})).unwrap(), br#"{"result":8}"#);
+/// ```
+pub fn to_vec<T: Serialize + ?Sized>(value: &T) -> serde_json::Result<Vec<u8>> {
     let mut out = Vec::with_capacity(128);
     value.serialize(&mut serde_json::Serializer::with_formatter(&mut out, JsFormatter))?;
     Ok(out)
