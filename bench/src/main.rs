@@ -26,6 +26,7 @@ mod brokers;
 mod ceiling;
 mod driver;
 mod frame;
+mod mem;
 mod profile;
 mod serve;
 
@@ -41,9 +42,11 @@ use clap::{Parser, ValueEnum};
 use driver::{Load, Measurement};
 
 /// Throughput target: switchboard/ceiling req/s in the multi-request scenarios.
-const THROUGHPUT_TARGET: f64 = 0.8;
+const THROUGHPUT_TARGET: f64 = 0.95;
+/// Server CPU target: switchboard/ceiling CPU time per request in the multi-request scenarios.
+const CPU_TARGET: f64 = 1.10;
 /// Latency target: switchboard/ceiling p50 in the 1×1 scenario.
-const LATENCY_TARGET: f64 = 1.2;
+const LATENCY_TARGET: f64 = 1.05;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -93,6 +96,18 @@ struct Args {
     /// Measure only one server (for profiling); no ratios then.
     #[arg(long, value_enum)]
     only: Option<Kind>,
+    /// Also measure these variants of the Switchboard server, each against the same ceiling
+    /// (comma-separated): `layer` (one no-op `Microservice::layer`), `state` (the handler
+    /// takes `State`).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    with: Vec<Kind>,
+    /// The in-process row only: `mem://` calls through `Client` on one core, against a bare
+    /// JSON round trip (see `mem`).
+    #[arg(long)]
+    mem_only: bool,
+    /// Calls in flight for the in-process row.
+    #[arg(long, default_value_t = 64)]
+    mem_in_flight: usize,
     /// Profiling: serve this kind and drive it with `--requests` pipelined requests in one
     /// thread, a fixed workload for instruction counts (callgrind); prints nothing else.
     #[arg(long, value_enum)]
@@ -115,6 +130,12 @@ enum Kind {
     Ceiling,
     /// `Microservice` with the `add` handler.
     Switchboard,
+    /// The same with one no-op `Microservice::layer`.
+    #[value(name = "layer")]
+    SwitchboardLayer,
+    /// The same with a handler that takes `State`.
+    #[value(name = "state")]
+    SwitchboardState,
 }
 
 impl Kind {
@@ -122,12 +143,16 @@ impl Kind {
         match self {
             Kind::Ceiling => "ceiling",
             Kind::Switchboard => "switchboard",
+            Kind::SwitchboardLayer => "sb+layer",
+            Kind::SwitchboardState => "sb+state",
         }
     }
     fn arg(self) -> &'static str {
         match self {
             Kind::Ceiling => "bare",
             Kind::Switchboard => "switchboard",
+            Kind::SwitchboardLayer => "layer",
+            Kind::SwitchboardState => "state",
         }
     }
 }
@@ -188,6 +213,15 @@ fn main() -> ExitCode {
     }
     if !args.broker.is_empty() {
         return run_brokers(&args);
+    }
+    if args.mem_only {
+        return match mem::run(args.runs, Duration::from_secs_f64(args.duration_secs), args.mem_in_flight) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::from(1)
+            }
+        };
     }
     match bench(&args) {
         Ok(()) => ExitCode::SUCCESS,
@@ -266,7 +300,7 @@ fn serve_child(kind: Kind, threads: usize, cpus: &[usize]) -> anyhow::Result<()>
     });
     match kind {
         Kind::Ceiling => ceiling::run(threads),
-        Kind::Switchboard => serve::run(threads),
+        kind => serve::run(kind, threads),
     }
 }
 
@@ -403,7 +437,7 @@ impl Placement {
 }
 
 /// The CPUs this process may run on, in order.
-fn allowed_cpus() -> Vec<usize> {
+pub(crate) fn allowed_cpus() -> Vec<usize> {
     // SAFETY: cpu_set_t is plain data; sched_getaffinity fills it for this thread.
     unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
@@ -417,7 +451,7 @@ fn allowed_cpus() -> Vec<usize> {
 }
 
 /// Restricts the calling thread (and threads it spawns later) to `cpus`.
-fn pin_current_thread(cpus: &[usize]) -> std::io::Result<()> {
+pub(crate) fn pin_current_thread(cpus: &[usize]) -> std::io::Result<()> {
     // SAFETY: as above; sched_setaffinity(0, …) applies to the calling thread.
     unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
@@ -484,7 +518,11 @@ fn bench(args: &Args) -> Result<(), Failure> {
     let duration = Duration::from_secs_f64(args.duration_secs);
     let kinds: Vec<Kind> = match args.only {
         Some(k) => vec![k],
-        None => vec![Kind::Ceiling, Kind::Switchboard],
+        None => {
+            let mut kinds = vec![Kind::Ceiling, Kind::Switchboard];
+            kinds.extend(args.with.iter().filter(|k| !kinds.contains(k)).copied().collect::<Vec<_>>());
+            kinds
+        }
     };
 
     // Bound the whole run: every measurement gets its time, the wait for a quiet machine, the
@@ -568,6 +606,10 @@ fn bench(args: &Args) -> Result<(), Failure> {
         }
     }
     report(&scenarios, &kinds, &results);
+    if args.only.is_none() {
+        println!();
+        mem::run(args.runs, duration, args.mem_in_flight).map_err(Failure::WrongReply)?;
+    }
     Ok(())
 }
 
@@ -621,7 +663,7 @@ fn summarize(runs: &[Measurement]) -> Summary {
     }
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
+pub(crate) fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     let n = v.len();
     if n == 0 {
@@ -661,29 +703,44 @@ fn report(scenarios: &[Scenario], kinds: &[Kind], results: &[Vec<Vec<Measurement
                 fmt_opt(s.other_cores, 2)
             );
         }
-        if kinds.len() == 2 {
-            let (c, s) = (sums[0], sums[1]);
+        if kinds.len() < 2 || kinds[0] != Kind::Ceiling {
+            continue;
+        }
+        let c = sums[0];
+        for (ki, kind) in kinds.iter().enumerate().skip(1) {
+            let s = sums[ki];
             let cpu_ratio = s.cpu_per_req.zip(c.cpu_per_req).map(|(s, c)| s / c);
+            let label = format!("{}/ceil", kind.label());
             println!(
                 "{:<10} {:<12} {:>10.2} {:>9.2} {:>9.2} {:>12}",
                 scenario.to_string(),
-                "ratio",
+                label,
                 s.rps / c.rps,
                 s.p50 / c.p50,
                 s.p99 / c.p99,
                 fmt_opt(cpu_ratio, 2)
             );
+            let met = |ok: bool| if ok { "MET" } else { "NOT MET" };
             if scenario.connections * scenario.in_flight > 1 {
                 let r = s.rps / c.rps;
                 verdicts.push(format!(
-                    "{scenario}: throughput {r:.3}x the ceiling (target >= {THROUGHPUT_TARGET:.2}x): {}",
-                    if r >= THROUGHPUT_TARGET { "MET" } else { "NOT MET" }
+                    "{scenario} {}: throughput {r:.3}x the ceiling (target >= {THROUGHPUT_TARGET:.2}x): {}",
+                    kind.label(),
+                    met(r >= THROUGHPUT_TARGET)
                 ));
+                if let Some(r) = cpu_ratio {
+                    verdicts.push(format!(
+                        "{scenario} {}: server CPU per request {r:.3}x the ceiling's (target <= {CPU_TARGET:.2}x): {}",
+                        kind.label(),
+                        met(r <= CPU_TARGET)
+                    ));
+                }
             } else {
                 let r = s.p50 / c.p50;
                 verdicts.push(format!(
-                    "{scenario}: p50 latency {r:.3}x the ceiling (target <= {LATENCY_TARGET:.2}x): {}",
-                    if r <= LATENCY_TARGET { "MET" } else { "NOT MET" }
+                    "{scenario} {}: p50 latency {r:.3}x the ceiling (target <= {LATENCY_TARGET:.2}x): {}",
+                    kind.label(),
+                    met(r <= LATENCY_TARGET)
                 ));
             }
         }

@@ -26,8 +26,8 @@ pub fn run(kind: Kind, requests: usize) -> anyhow::Result<()> {
                 });
                 port
             }
-            Kind::Switchboard => {
-                let server = crate::serve::start().await?;
+            _ => {
+                let server = crate::serve::start(kind).await?;
                 let port = server.local_url().rsplit(':').next().unwrap_or_default().parse()?;
                 std::mem::forget(server);
                 port

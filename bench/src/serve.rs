@@ -1,7 +1,13 @@
 //! The Switchboard side: the `add` handler served by `Microservice` over `tcp://`, exactly
-//! as a user would write it.
+//! as a user would write it; in three variants, each measured against the same ceiling.
+
+use std::sync::Arc;
+use std::task::{Context as TaskContext, Poll};
 
 use switchboard::prelude::*;
+use switchboard::Request;
+
+use crate::Kind;
 
 #[derive(Deserialize)]
 pub struct AddRequest {
@@ -14,27 +20,75 @@ pub struct AddReply {
     result: i64,
 }
 
-#[message_pattern(cmd = "add")]
+#[message_pattern({ cmd = "add" })]
 async fn add(req: AddRequest) -> AddReply {
     AddReply {
         result: req.a.wrapping_add(req.b),
     }
 }
 
-/// Starts the server on a free loopback port.
-pub async fn start() -> switchboard::Result<switchboard::RunningServer> {
-    Microservice::new()
-        .handler(add)
-        .listen("tcp://127.0.0.1:0")
-        .start()
-        .await
+/// What a real service keeps in its state (a pool, a config): shared, behind an `Arc`.
+#[derive(Clone, Default)]
+pub struct Config {
+    bias: Arc<i64>,
+}
+
+/// The same handler, taking the service's state.
+#[message_pattern({ cmd = "add" })]
+async fn add_with_state(req: AddRequest, State(config): State<Config>) -> AddReply {
+    AddReply {
+        result: req.a.wrapping_add(req.b).wrapping_add(*config.bias),
+    }
+}
+
+/// A layer that does nothing, to measure what wrapping every route costs.
+#[derive(Clone, Copy)]
+struct Noop;
+
+impl<S> tower::Layer<S> for Noop {
+    type Service = NoopService<S>;
+    fn layer(&self, inner: S) -> NoopService<S> {
+        NoopService(inner)
+    }
+}
+
+#[derive(Clone)]
+struct NoopService<S>(S);
+
+impl<S: tower::Service<Request>> tower::Service<Request> for NoopService<S> {
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+    fn poll_ready(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<(), S::Error>> {
+        self.0.poll_ready(cx)
+    }
+    fn call(&mut self, req: Request) -> S::Future {
+        self.0.call(req)
+    }
+}
+
+/// Starts the server variant `kind` on a free loopback port.
+pub async fn start(kind: Kind) -> switchboard::Result<switchboard::RunningServer> {
+    let url = "tcp://127.0.0.1:0";
+    match kind {
+        Kind::SwitchboardLayer => Microservice::new().handler(ADD).layer(Noop).listen(url).start().await,
+        Kind::SwitchboardState => {
+            Microservice::new()
+                .with_state(Config::default())
+                .handler(ADD_WITH_STATE)
+                .listen(url)
+                .start()
+                .await
+        }
+        _ => Microservice::new().handler(ADD).listen(url).start().await,
+    }
 }
 
 /// Serves until the process exits; prints `port=<n>` on stdout once listening.
-pub fn run(threads: usize) -> anyhow::Result<()> {
+pub fn run(kind: Kind, threads: usize) -> anyhow::Result<()> {
     let rt = crate::server_runtime(threads)?;
     rt.block_on(async {
-        let server = start().await?;
+        let server = start(kind).await?;
         let url = server.local_url();
         let port = url
             .rsplit_once(':')

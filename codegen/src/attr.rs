@@ -118,8 +118,8 @@ impl PatternArgs {
         let Some(first) = segments.first() else {
             errors.push(syn::Error::new(
                 Span::call_site(),
-                "missing pattern: give a string (`\"math.add\"`), a number, or `key = value` pairs \
-                 (`cmd = \"get_user\"`)",
+                "missing pattern: give a string (`\"math.add\"`), a number, or an object in braces \
+                 (`{ cmd = \"get_user\" }`)",
             ));
             return Err(errors.finish().unwrap_err());
         };
@@ -137,15 +137,23 @@ impl PatternArgs {
             }
             Some(_) => {
                 // `cmd = "x", role = "y"`: NestJS's `{ cmd: 'x', role: 'y' }` without its braces.
-                let keys: TokenStream = segments
+                let entries: Vec<&Vec<TokenTree>> = segments
                     .iter()
                     .take_while(|seg| split_entry(seg).is_some_and(|(k, _)| !is_option(k)))
-                    .flat_map(|seg| seg.iter().cloned())
                     .collect();
+                let keys: TokenStream = entries.iter().flat_map(|seg| seg.iter().cloned()).collect();
+                let written = entries
+                    .iter()
+                    .map(|seg| tokens_of(seg).to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ");
                 errors.push(syn::Error::new_spanned(
                     keys,
-                    "an object pattern goes in braces, as in NestJS: write `{ cmd = \"get_user\" }`; \
-                     `name = value` after the pattern is an option (the options are: crate)",
+                    format!(
+                        "an object pattern goes in braces, as NestJS writes `{{ cmd: '...' }}`: write \
+                         `{{ {written} }}`; a `name = value` after the pattern is an option (the only one \
+                         is `crate`)"
+                    ),
                 ));
                 let rest = segments
                     .iter()
@@ -156,9 +164,10 @@ impl PatternArgs {
             None => (parse_positional(first, &mut errors), &segments[1..]),
         };
 
+        let pattern = value.is_some().then_some(first.as_slice());
         let mut crate_path: Option<Path> = None;
         for seg in options {
-            if let Some(path) = parse_option(seg, crate_path.is_some(), &mut errors) {
+            if let Some(path) = parse_option(seg, pattern, crate_path.is_some(), &mut errors) {
                 crate_path = Some(path);
             }
         }
@@ -280,6 +289,17 @@ fn parse_entry(seg: &[TokenTree], errors: &mut Errors) -> Option<PatEntry> {
         ));
         return None;
     }
+    // `a = "x" b = "y"`: a forgotten comma, not a strange value.
+    if let Some(i) = (1..rest.len()).find(|&i| split_entry(&rest[i..]).is_some()) {
+        errors.push(syn::Error::new(
+            rest[i].span(),
+            format!(
+                "expected `,` before `{}`: the entries of an object are separated by commas",
+                tokens_of(&rest[i..i + 1])
+            ),
+        ));
+        return None;
+    }
     let value = parse_value(rest, errors)?;
     Some(PatEntry { key, value })
 }
@@ -358,8 +378,9 @@ fn parse_positional(seg: &[TokenTree], errors: &mut Errors) -> Option<PatValue> 
     parse_value(seg, errors)
 }
 
-/// `crate = path`, after the pattern. `seen` says whether `crate` was given before.
-fn parse_option(seg: &[TokenTree], seen: bool, errors: &mut Errors) -> Option<Path> {
+/// `crate = path`, after the pattern (`pattern`, as written, when it parsed). `seen` says
+/// whether `crate` was given before.
+fn parse_option(seg: &[TokenTree], pattern: Option<&[TokenTree]>, seen: bool, errors: &mut Errors) -> Option<Path> {
     let Some((TokenTree::Ident(name), rest)) = split_entry(seg) else {
         errors.push(syn::Error::new_spanned(
             tokens_of(seg),
@@ -369,17 +390,33 @@ fn parse_option(seg: &[TokenTree], seen: bool, errors: &mut Errors) -> Option<Pa
         return None;
     };
     if name != "crate" {
-        errors.push(syn::Error::new(
-            name.span(),
-            format!(
-                "unknown option `{}`: the options are: crate (`crate = <path>`, the path to the \
-                 `switchboard` crate); if `{}` is a key of an object pattern, it goes inside the \
-                 pattern's braces: `{{ {} = ... }}`",
-                name.unraw(),
-                name.unraw(),
-                name.unraw()
-            ),
-        ));
+        let name = name.unraw();
+        let message = if looks_like_crate(&name.to_string()) {
+            format!("unknown option `{name}`: did you mean `crate = <path>`, the path to the `switchboard` crate?")
+        } else {
+            let entry = format!("{name} = {}", tokens_of(rest));
+            match pattern {
+                Some([TokenTree::Group(g)]) if g.delimiter() == Delimiter::Brace => {
+                    let inner = g.stream().to_string();
+                    let keys = if inner.trim().is_empty() {
+                        entry
+                    } else {
+                        format!("{}, {entry}", inner.trim())
+                    };
+                    format!(
+                        "unknown option `{name}`: the only option is `crate = <path>`, the path to the \
+                         `switchboard` crate; if `{name}` is a key of the pattern, it goes inside the \
+                         pattern's braces: `{{ {keys} }}`"
+                    )
+                }
+                _ => format!(
+                    "unknown option `{name}`: the only option is `crate = <path>`, the path to the \
+                     `switchboard` crate; to match a key `{name}`, the pattern is an object, with every \
+                     key inside its braces: `{{ {entry} }}`"
+                ),
+            }
+        };
+        errors.push(syn::Error::new(name.span(), message));
         return None;
     }
     if seen {
@@ -403,6 +440,21 @@ fn parse_option(seg: &[TokenTree], seen: bool, errors: &mut Errors) -> Option<Pa
             None
         }
     }
+}
+
+/// A misspelt `crate`: `krate`, `crate_`, `crates`, … (one letter off, five or more letters).
+fn looks_like_crate(name: &str) -> bool {
+    let (a, b): (Vec<char>, Vec<char>) = (name.to_lowercase().chars().collect(), "crate".chars().collect());
+    // Levenshtein distance, at most 2.
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.iter().enumerate() {
+        let mut cur = vec![i + 1];
+        for (j, cb) in b.iter().enumerate() {
+            cur.push((prev[j] + usize::from(ca != cb)).min(prev[j + 1] + 1).min(cur[j] + 1));
+        }
+        prev = cur;
+    }
+    (prev[b.len()] <= 1 && a.len() >= 5) || name == "switchboard" || name == "path"
 }
 
 /// A value: literal, `-` literal, `{...}` or `[...]`.
@@ -669,18 +721,48 @@ mod tests {
 
     #[test]
     fn option_errors() {
-        let unknown = error(quote!("x", krate = foo));
-        assert!(unknown.contains("unknown option `krate`: the options are: crate"), "{unknown}");
+        let typo = error(quote!("x", krate = foo));
+        assert!(
+            typo.contains("unknown option `krate`: did you mean `crate = <path>`"),
+            "{typo}"
+        );
+        let unknown = error(quote!("x", transport = "tcp"));
+        assert!(
+            unknown.contains("unknown option `transport`: the only option is `crate = <path>`"),
+            "{unknown}"
+        );
         let key = error(quote!("x", cmd = "y"));
-        assert!(key.contains("it goes inside the pattern's braces: `{ cmd = ... }`"), "{key}");
+        assert!(
+            key.contains("the pattern is an object, with every key inside its braces: `{ cmd = \"y\" }`"),
+            "{key}"
+        );
+        let key = error(quote!({ cmd = "x" }, role = "admin"));
+        assert!(
+            key.contains("it goes inside the pattern's braces: `{ cmd = \"x\", role = \"admin\" }`"),
+            "{key}"
+        );
+        let bare = error(quote!(cmd = "x"));
+        assert!(bare.contains("write `{ cmd = \"x\" }`"), "{bare}");
         assert!(error(quote!("x", crate = a, crate = b)).contains("`crate` is given twice"));
         assert!(error(quote!("x", crate = "a")).contains("expected the path"));
         assert!(error(quote!("x", crate =)).contains("`crate` needs a path"));
         let bare = error(quote!(cmd = "x", role = "y", crate = a));
         assert!(bare.contains("an object pattern goes in braces"), "{bare}");
-        assert_eq!(PatternArgs::parse(quote!(cmd = "x", crate = a)).unwrap_err().into_iter().count(), 1);
+        assert_eq!(
+            PatternArgs::parse(quote!(cmd = "x", crate = a))
+                .unwrap_err()
+                .into_iter()
+                .count(),
+            1
+        );
         assert!(error(quote!(crate = a)).contains("missing pattern before `crate = ...`"));
         assert!(error(quote!("x", "y")).contains("unexpected argument after the pattern"));
+    }
+
+    #[test]
+    fn missing_commas() {
+        assert!(error(quote!({ cmd = "x" role = "y" })).contains("expected `,` before `role`"));
+        assert!(error(quote!({ a = { b = 1 c = 2 } })).contains("expected `,` before `c`"));
     }
 
     #[test]

@@ -174,12 +174,23 @@ pub fn check_signature(kind: PatternKind, sig: &Signature, handler: &HandlerSig,
             Place::Free => errors.push(syn::Error::new(
                 r.self_token.span,
                 "a handler that takes `self` is a method of a group of handlers: mark its `impl` block \
-                 with `#[switchboard::handlers]` (the value then carries the handlers' dependencies), \
-                 or make it a free function",
+                 `#[handlers]` (the value then carries the handlers' dependencies, and is served with \
+                 `.group(value)`), or make the handler a free function",
             )),
             Place::Group if r.reference.is_none() || r.colon_token.is_some() => errors.push(syn::Error::new_spanned(
                 r,
-                "a group's handler takes `&self`: the group is shared by every message",
+                format!(
+                    "a group's handler takes `&self`, not `{}`: the group is shared by every message, so \
+                     its handlers borrow it; write `&self`",
+                    quote::ToTokens::to_token_stream(r)
+                        .to_string()
+                        .replace(" :: ", "::")
+                        .replace(" : ", ": ")
+                        .replace(" <", "<")
+                        .replace("< ", "<")
+                        .replace(" >", ">")
+                        .replace("& ", "&")
+                ),
             )),
             Place::Group if r.mutability.is_some() => errors.push(syn::Error::new_spanned(
                 r,
@@ -195,12 +206,12 @@ pub fn check_signature(kind: PatternKind, sig: &Signature, handler: &HandlerSig,
         let typed = &sig.inputs[arg.index];
         let written = quote::ToTokens::to_token_stream(&arg.ty).to_string();
         if seen.contains(&written) {
+            let ty = written.replace(' ', "");
             errors.push(syn::Error::new_spanned(
                 typed,
                 format!(
-                    "`{}` is taken twice: take it once (a handler takes one payload, and each \
-                     extractor once)",
-                    written.replace(' ', "")
+                    "`{ty}` is taken twice: a handler takes one payload, and each extractor once; to \
+                     receive several values, wrap them in one tuple or struct: `(a, b): ({ty}, {ty})`"
                 ),
             ));
         }
@@ -209,22 +220,21 @@ pub fn check_signature(kind: PatternKind, sig: &Signature, handler: &HandlerSig,
         if let Some(imp) = found.impl_trait {
             errors.push(syn::Error::new_spanned(
                 imp,
-                "a handler argument cannot be `impl Trait`: the payload is decoded into one concrete \
-                 type; name it",
+                "a handler's argument cannot be `impl Trait`: it is made from the message, so its type \
+                 must be concrete; write the type itself (`String`, not `impl Into<String>`)",
             ));
         }
         if let Some(r) = found.reference {
             errors.push(syn::Error::new_spanned(
                 r,
-                "a handler argument cannot be a reference: it is made from the message and outlives \
-                 no caller, so it must own its data; remove the `&` (take `Context`, not `&Context`; \
-                 `String`, not `&str`)",
+                "a handler's argument cannot be a reference: it is made from the message for this call, \
+                 so it owns its data; remove the `&` (take `String`, not `&str`; `Context`, not `&Context`)",
             ));
         } else if let Some(lt) = found.lifetime {
             errors.push(syn::Error::new_spanned(
                 lt,
-                "a handler argument cannot borrow: it is made from the message; use `'static` or an \
-                 owned type",
+                "a handler's argument cannot borrow: it is made from the message for this call, so it \
+                 owns its data; use an owned type (or `'static`)",
             ));
         }
     }
@@ -232,12 +242,13 @@ pub fn check_signature(kind: PatternKind, sig: &Signature, handler: &HandlerSig,
     match &handler.ret {
         ReturnKind::ImplOther(ty) => errors.push(syn::Error::new_spanned(
             ty,
-            "a handler cannot return `impl Trait` (other than `impl Stream<Item = T>`): callers \
-             need to name the reply type; return a concrete type",
+            "a handler cannot return `impl Trait` (other than `impl Stream<Item = T>`): its descriptor \
+             names the reply type for callers; return the concrete type",
         )),
         ReturnKind::ImplStream { ty, item: None } => errors.push(syn::Error::new_spanned(
             ty,
-            "name the stream's item type: `impl Stream<Item = T>`",
+            "name the stream's item type, as in `impl Stream<Item = u32>`: its descriptor names it for \
+             callers, who decode each value as that type",
         )),
         ReturnKind::ImplStream { item: Some(item), .. } => check_nameable(item, &mut errors),
         ReturnKind::Value(ty) | ReturnKind::Fallible { ty, .. } | ReturnKind::ReplyStream { ty, .. } => {
@@ -254,8 +265,8 @@ fn check_nameable(ty: &Type, errors: &mut Errors) {
     if let Some(imp) = find_in_type(ty).impl_trait {
         errors.push(syn::Error::new_spanned(
             imp,
-            "a handler's reply type cannot contain `impl Trait`: callers need to name it; \
-             use a concrete type",
+            "a handler's reply type cannot contain `impl Trait`: its descriptor names the reply type \
+             for callers; write the concrete type",
         ));
     }
 }
@@ -445,7 +456,7 @@ mod tests {
             sig_errors(quote!(
                 async fn f() -> impl Stream {}
             ))[0]
-                .contains("`impl Stream<Item = T>`")
+                .contains("name the stream's item type")
         );
         assert!(
             sig_errors(quote!(
@@ -484,7 +495,7 @@ mod tests {
             sig_errors(quote!(
                 async fn f(ctx: &Context) {}
             ))[0]
-                .contains("take `Context`, not `&Context`")
+                .contains("`Context`, not `&Context`")
         );
     }
 }

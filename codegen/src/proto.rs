@@ -1,11 +1,12 @@
 //! Build-time generation from `.proto` files (feature `proto`), wrapping tonic-prost-build.
 //!
 //! One call in `build.rs` generates, per proto package, into `$OUT_DIR/<package>.rs`:
-//! - prost message types, with serde derives, so handlers take and return them;
+//! - prost message types, with serde derives: a handler takes its request message as it is,
+//!   and its reply is serialised and decoded into the response message;
 //! - tonic's client and server for each service;
 //! - glue: `<Service>Handlers`, which implements tonic's server trait by calling the
 //!   binary's handlers (method `M` of service `S` → the handler of
-//!   `#[message_pattern(service = "S", rpc = "M")]`), registered so that every `grpc://`
+//!   `#[message_pattern({ service = "S", rpc = "M" })]`), registered so that every `grpc://`
 //!   listener of the binary serves the service; `<SERVICE>_<METHOD>` pattern constants; and
 //!   `connect_<service>(url)`, tonic's client on a `grpc://host:port` URL.
 //!
@@ -71,7 +72,8 @@ impl ProtoGen {
         if let Some(dir) = &self.out_dir {
             config.out_dir(dir);
         }
-        // Handlers take and return the messages through serde (as JSON on the way).
+        // Requests reach handlers as prost messages; replies come back as JSON, decoded into
+        // the response message; and the generic service's callers send them as JSON.
         config.type_attribute(".", "#[derive(::serde::Serialize, ::serde::Deserialize)]");
         config.message_attribute(".", "#[serde(default)]");
         let tonic = tonic_prost_build::configure().service_generator();
@@ -172,7 +174,7 @@ fn glue(service: &Service) -> String {
     });
     let doc = format!(
         " Serves `{full_name}` with this binary's handlers: method `M` by \
-         `#[message_pattern(service = \"{}\", rpc = \"M\")]`. Registered with every `grpc://` listener.",
+         `#[message_pattern({{ service = \"{}\", rpc = \"M\" }})]`. Registered with every `grpc://` listener.",
         service.proto_name
     );
     let connect_doc = format!(" tonic's `{full_name}` client on a `grpc://host:port` URL.");
@@ -306,6 +308,7 @@ message Hero { int32 id = 1; string name = 2; }
             "self.0.streaming(",
             "pub const HEROES_SERVICE_FIND_ONE: &str",
             "pub async fn connect_heroes_service(",
+            r#"`#[message_pattern({ service = "HeroesService", rpc = "M" })]`"#,
             "name: \"hero.HeroesService\"",
         ] {
             let flat = |s: &str| s.split_whitespace().collect::<String>();

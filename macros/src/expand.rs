@@ -4,11 +4,17 @@
 //!
 //! Everything generated reaches the runtime through `<crate>::__private` (imported as
 //! `__sb`), and every generated local name starts with `__sb`, so nothing clashes with user code.
+//!
+//! The user's argument and return types are written once, in the descriptor's `Sig` impl,
+//! whose `impl` token carries the span of the function's name: a type the compiler cannot
+//! find is then reported once, with the same help as for the function itself. Everything
+//! else names them through `ArgAt<D, N>` and `RetOf<D>`.
 
-use proc_macro2::{Span, TokenStream, TokenTree};
+use proc_macro2::{Delimiter, Group, Span, TokenStream, TokenTree};
 use quote::{ToTokens, format_ident, quote, quote_spanned};
 use switchboard_codegen::{HandlerDef, HandlerSig, PatternArgs, PatternKind, ReturnKind, check_pattern};
-use syn::{Attribute, Ident, Path, Type};
+use syn::ext::IdentExt;
+use syn::{Attribute, Ident, Type};
 
 /// `#[message_pattern]` / `#[event_pattern]` on a free function.
 ///
@@ -19,12 +25,7 @@ pub fn handler(kind: PatternKind, attr: TokenStream, item: TokenStream) -> Token
     let func: syn::ItemFn = match syn::parse2(item.clone()) {
         Ok(func) => func,
         Err(_) => {
-            let span = item.clone().into_iter().next().map_or_else(Span::call_site, |t| t.span());
-            let err = syn::Error::new(
-                span,
-                format!("`#[{}]` can only be used on an `async fn`", kind.attr_name()),
-            )
-            .to_compile_error();
+            let err = not_a_function(kind, &item).to_compile_error();
             return quote!(#item #err);
         }
     };
@@ -32,23 +33,99 @@ pub fn handler(kind: PatternKind, attr: TokenStream, item: TokenStream) -> Token
         Ok(def) => expand_free(&def, &func),
         Err(err) => {
             let err = err.to_compile_error();
-            let sig = HandlerSig::from_fn(&func);
-            // A valid signature with a wrong pattern: still a descriptor, with no route.
-            let fallback = match (switchboard_codegen::check_signature(kind, &func.sig, &sig, switchboard_codegen::Place::Free), HandlerDef::pattern_only(attr)) {
-                (Ok(()), None) => {
-                    let pattern = PatternArgs::parse(quote!("")).expect("an empty string is a pattern");
-                    expand_free(&HandlerDef { kind, pattern, sig }, &func)
-                }
-                _ => quote!(#func),
+            let fallback = match fallback_def(kind, attr, &func.sig, &func.vis, switchboard_codegen::Place::Free) {
+                Some(def) => expand_free(&def, &func),
+                None => quote!(#func),
             };
             quote!(#fallback #err)
         }
     }
 }
 
+/// The handler with an empty pattern, when its signature is right and only its pattern is
+/// wrong: its descriptor is still emitted, so callers compile and only the pattern is
+/// reported. `None` when the signature is wrong too (there is no descriptor to make).
+pub fn fallback_def(
+    kind: PatternKind,
+    attr: TokenStream,
+    signature: &syn::Signature,
+    vis: &syn::Visibility,
+    place: switchboard_codegen::Place,
+) -> Option<HandlerDef> {
+    let sig = HandlerSig::from_signature(signature, vis);
+    switchboard_codegen::check_signature(kind, signature, &sig, place).ok()?;
+    // A pattern that parses and checks means the error was elsewhere: emit nothing extra.
+    if HandlerDef::pattern_only(attr.clone()).is_some() {
+        return None;
+    }
+    // Keep a `crate = <path>` that parses, so that the descriptor reaches the runtime as the
+    // handler would have.
+    let krate = attr
+        .into_iter()
+        .collect::<Vec<_>>()
+        .split(|t| matches!(t, TokenTree::Punct(p) if p.as_char() == ','))
+        .find(|seg| matches!(seg.first(), Some(TokenTree::Ident(i)) if i == "crate"))
+        .map(|seg| seg.iter().cloned().collect::<TokenStream>());
+    let pattern = krate
+        .and_then(|opt| PatternArgs::parse(quote!("", #opt)).ok())
+        .unwrap_or_else(|| PatternArgs::parse(quote!("")).expect("an empty string is a pattern"));
+    Some(HandlerDef { kind, pattern, sig })
+}
+
+/// The error for an attribute on an item it does not go on: at the item's keyword and name
+/// (`struct GetUser`), saying what the item is. `goes_on` completes "`#[attr]` goes on …",
+/// and `advice` says what to do.
+pub fn wrong_item(attr: &str, goes_on: &str, advice: &str, item: &TokenStream) -> syn::Error {
+    let what = |kw: &dyn ToTokens, name: &dyn ToTokens, kind: &str| {
+        syn::Error::new_spanned(
+            quote!(#kw #name),
+            format!("`{attr}` goes on {goes_on}, and this is {kind}: {advice}"),
+        )
+    };
+    match syn::parse2::<syn::Item>(item.clone()) {
+        Ok(syn::Item::Struct(i)) => what(&i.struct_token, &i.ident, "a struct"),
+        Ok(syn::Item::Enum(i)) => what(&i.enum_token, &i.ident, "an enum"),
+        Ok(syn::Item::Union(i)) => what(&i.union_token, &i.ident, "a union"),
+        Ok(syn::Item::Const(i)) => what(&i.const_token, &i.ident, "a constant"),
+        Ok(syn::Item::Static(i)) => what(&i.static_token, &i.ident, "a static"),
+        Ok(syn::Item::Mod(i)) => what(&i.mod_token, &i.ident, "a module"),
+        Ok(syn::Item::Trait(i)) => what(&i.trait_token, &i.ident, "a trait"),
+        Ok(syn::Item::Type(i)) => what(&i.type_token, &i.ident, "a type alias"),
+        Ok(syn::Item::Impl(i)) => what(&i.impl_token, &i.self_ty, "an `impl` block"),
+        Ok(syn::Item::Use(i)) => what(&i.use_token, &i.tree, "a `use`"),
+        Ok(syn::Item::Fn(i)) => what(&i.sig.fn_token, &i.sig.ident, "a function"),
+        _ => {
+            let first = item
+                .clone()
+                .into_iter()
+                .next()
+                .map_or_else(Span::call_site, |t| t.span());
+            syn::Error::new(first, format!("`{attr}` goes on {goes_on}: {advice}"))
+        }
+    }
+}
+
+/// `#[message_pattern]` or `#[event_pattern]` on something that is not a function.
+pub fn not_a_function(kind: PatternKind, item: &TokenStream) -> syn::Error {
+    let attr = format!("#[{}]", kind.attr_name());
+    match syn::parse2::<syn::Item>(item.clone()) {
+        Ok(syn::Item::Impl(_)) => wrong_item(
+            &attr,
+            "an `async fn`",
+            &format!("mark the block `#[handlers]` and each handler method `{attr}`"),
+            item,
+        ),
+        _ => wrong_item(
+            &attr,
+            "an `async fn`",
+            "put it on the function that handles the message",
+            item,
+        ),
+    }
+}
+
 /// The name of a handler's descriptor constant: `get_user` → `GET_USER`.
 pub fn const_name(fn_name: &Ident) -> Ident {
-    use syn::ext::IdentExt;
     let name = fn_name.unraw().to_string();
     let mut out = String::with_capacity(name.len() + 4);
     let mut prev_lower = false;
@@ -62,12 +139,47 @@ pub fn const_name(fn_name: &Ident) -> Ident {
     Ident::new(&out, fn_name.span())
 }
 
+/// The visibility, inside a module generated next to an item of visibility `vis`, that makes
+/// an item visible exactly where `vis` makes the outer item visible (`pub(super)` for a
+/// private one). The descriptor has its function's visibility: a trait impl of a type more
+/// visible than the types in it is refused by the compiler.
+pub fn inner_vis(vis: &syn::Visibility) -> TokenStream {
+    match vis {
+        syn::Visibility::Public(_) => quote!(pub),
+        syn::Visibility::Inherited => quote!(pub(super)),
+        syn::Visibility::Restricted(r) => {
+            let path = &r.path;
+            let first = path.segments.first().map(|s| s.ident.to_string());
+            match first.as_deref() {
+                Some("self") => {
+                    let rest = path.segments.iter().skip(1);
+                    quote!(pub(in super #(::#rest)*))
+                }
+                Some("super") => quote!(pub(in super::#path)),
+                _ => quote!(pub(in #path)),
+            }
+        }
+    }
+}
+
+/// Where the names the attribute adds are reported: at the function's name, as made by the
+/// attribute, so that a clash with an item of the user's points at the handler and says
+/// that `#[message_pattern]` made the name.
+pub fn made_at(ident: &Ident) -> Span {
+    Span::call_site().located_at(ident.span())
+}
+
 fn expand_free(def: &HandlerDef, func: &syn::ItemFn) -> TokenStream {
     let sig = &def.sig;
     let krate = def.pattern.crate_path();
     let ident = &sig.ident;
-    let vis = &sig.vis;
-    let konst = const_name(ident);
+    let at = made_at(ident);
+    let vis = respan(sig.vis.to_token_stream(), at);
+    let konst = Ident::new(&const_name(ident).to_string(), at);
+    let module = Ident::new(&format!("__sb_{}", ident.unraw()), at);
+    let mut ty_name = ident.clone();
+    ty_name.set_span(at);
+    let ty_vis = respan(inner_vis(&sig.vis), at);
 
     // Docs describe the handler, so the descriptor gets them too; `cfg`s go everywhere, so
     // a handler compiled out takes its descriptor with it.
@@ -76,36 +188,75 @@ fn expand_free(def: &HandlerDef, func: &syn::ItemFn) -> TokenStream {
     let const_doc = format!(
         "The descriptor of [`{}`]: serve it with `Microservice::handler`, call it with `Client::{}`.",
         ident,
-        if def.kind == PatternKind::Message { "send" } else { "emit" }
+        if def.kind == PatternKind::Message {
+            "send"
+        } else {
+            "emit"
+        }
     );
 
-    let desc: Type = syn::parse_quote!(#ident);
-    let items = descriptor_items(def, &krate, &desc);
-    let glue = glue(def, &quote!(#ident), Receiver::None);
-    let serve_bounds = serve_bounds(sig);
-    let checks = checks(def, &quote!(#ident), None);
+    // The type lives in a module of its own, glob-imported next to the function: everything
+    // generated names it by its module's path, and an item of the user's with its name (a
+    // `mod get_user`) shadows the import instead of clashing with it.
+    let desc: Type = syn::parse_quote!(#module::#ty_name);
+    let target = Target {
+        def,
+        desc: &desc,
+        impl_span: ident.span(),
+        self_ty: None,
+    };
+    let sig_impl = target.sig_impl();
+    let items = target.descriptor_items();
+    let bounds = target.serve_bounds();
+    let serve_fn = target.serve_fn(&quote!(#ident));
+    let checks = target.checks(&quote!(#ident));
     let info = info_static(def);
+    // The constant is placed at the function's name, attributes included, so that the
+    // compiler points at the name, not the attribute, when it reports it (a clash with a
+    // `const GET_USER` of the user's).
+    let import = respan(quote!(#vis use #module::*;), at);
+    let konst_item = respan(quote!(#vis const #konst: #desc = #desc {};), at);
+    // The type too: the compiler shows where it is defined in messages about it.
+    let type_item = respan(
+        quote! {
+            #[doc(hidden)]
+            #[allow(non_snake_case)]
+            #vis mod #module {
+                #[allow(non_camel_case_types)]
+                #[derive(::core::clone::Clone, ::core::marker::Copy, ::core::fmt::Debug)]
+                #ty_vis struct #ty_name {}
+            }
+        },
+        at,
+    );
+    let const_attrs = respan(
+        quote! {
+            #(#cfgs)*
+            #(#docs)*
+            #[doc = ""]
+            #[doc = #const_doc]
+        },
+        at,
+    );
 
     quote! {
         #[allow(clippy::unused_async)]
         #func
 
         #(#cfgs)*
-        #[doc(hidden)]
-        #[allow(non_camel_case_types)]
-        #[derive(::core::clone::Clone, ::core::marker::Copy, ::core::fmt::Debug)]
-        #vis struct #ident {}
-
+        #type_item
         #(#cfgs)*
-        #(#docs)*
-        #[doc = ""]
-        #[doc = #const_doc]
-        #vis const #konst: #ident = #ident {};
+        #[doc(hidden)]
+        #import
+
+        #const_attrs
+        #konst_item
 
         #(#cfgs)*
         const _: () = {
             use #krate::__private as __sb;
 
+            #sig_impl
             #info
             impl __sb::Handler for #desc {
                 fn info(&self) -> &'static __sb::HandlerInfo {
@@ -113,22 +264,26 @@ fn expand_free(def: &HandlerDef, func: &syn::ItemFn) -> TokenStream {
                 }
             }
 
-            impl<__SbS> __sb::Serve<__SbS> for #desc
+            impl<S> __sb::Serve<S> for #desc
             where
-                __SbS: ::core::clone::Clone + ::core::marker::Send + ::core::marker::Sync + 'static,
-                #serve_bounds
+                S: ::core::clone::Clone + ::core::marker::Send + ::core::marker::Sync + 'static,
+                #bounds
             {
-                fn call(self, mut __sb_req: __sb::Request, __sb_state: __SbS) -> __sb::BoxFuture<'static, __sb::Reply> {
-                    #glue
+                fn call(self, __sb_req: __sb::Request, __sb_state: S) -> __sb::BoxFuture<'static, __sb::Reply> {
+                    #[allow(unused_imports)]
+                    use __sb::probe::{Boxed as _, BoxedFallback as _};
+                    let __sb_fut = __sb_serve::<S>(__sb_req, __sb_state);
+                    (&__sb::probe::of(&__sb_fut)).sb_boxed(__sb_fut)
                 }
             }
+            #serve_fn
 
             #items
 
             fn __sb_stateless() -> ::core::option::Option<__sb::Route> {
                 #[allow(unused_imports)]
                 use __sb::probe::{StatefulFallback as _, Stateless as _};
-                (&__sb::probe::ty::<#desc>()).sb_stateless(#ident {})
+                (&__sb::probe::ty::<#desc>()).sb_stateless(#desc {})
             }
             __sb::inventory::submit!(__sb::Registration { info: &__SB_INFO, stateless: __sb_stateless });
 
@@ -137,12 +292,286 @@ fn expand_free(def: &HandlerDef, func: &syn::ItemFn) -> TokenStream {
     }
 }
 
-/// How the generated glue calls the user's function.
-pub enum Receiver {
-    /// A free function, or an associated function of a group.
-    None,
-    /// A method taking `&self`, called on `this` (an `Arc` of the group).
-    Method,
+/// One handler's generated items, for a free function or a method of a group.
+pub struct Target<'a> {
+    /// The handler.
+    pub def: &'a HandlerDef,
+    /// The path of its descriptor type.
+    pub desc: &'a Type,
+    /// The span of the `Sig` impl's `impl` token: the function's name for a free function,
+    /// the `impl` token of its block for a method, so that the compiler reports a type it
+    /// cannot find there as it does in the function.
+    pub impl_span: Span,
+    /// The group's type, for a method of a group: `Self` in its types means it.
+    pub self_ty: Option<&'a Type>,
+}
+
+impl Target<'_> {
+    /// `ArgAt<D, N>`: the type of the argument at `index`.
+    fn arg(&self, index: usize) -> TokenStream {
+        let desc = self.desc;
+        let mut n = quote!(__sb::Z);
+        for _ in 0..index {
+            n = quote!(__sb::S<#n>);
+        }
+        quote!(__sb::ArgAt<#desc, #n>)
+    }
+
+    /// A type as the user wrote it, `Self` replaced by the group's type.
+    fn written(&self, ty: &Type) -> Type {
+        match self.self_ty {
+            Some(self_ty) => replace_self(ty, self_ty),
+            None => ty.clone(),
+        }
+    }
+
+    /// `impl Sig for D { type Args = (A0, (A1, ())); type Ret = R; }`: the only place the
+    /// user's types are written.
+    pub fn sig_impl(&self) -> TokenStream {
+        let desc = self.desc;
+        let sig = &self.def.sig;
+        let args: Vec<Type> = sig.args.iter().map(|a| self.written(&a.ty)).collect();
+        let list = args.iter().rev().fold(quote!(()), |rest, ty| quote!((#ty, #rest)));
+        let ret = match &sig.ret {
+            ReturnKind::Unit => quote!(()),
+            ReturnKind::Value(ty)
+            | ReturnKind::Fallible { ty, .. }
+            | ReturnKind::ReplyStream { ty, .. }
+            | ReturnKind::ImplOther(ty) => self.written(ty).to_token_stream(),
+            ReturnKind::ImplStream { item, .. } => match item {
+                Some(item) => self.written(item).to_token_stream(),
+                None => quote!(()),
+            },
+        };
+        let impl_token = Ident::new("impl", self.impl_span);
+        quote! {
+            #impl_token __sb::Sig for #desc {
+                type Args = #list;
+                type Ret = #ret;
+            }
+        }
+    }
+
+    /// `ArgAt<D, N>: FromRequest<S>, …` for the `Serve`/`Group` impls.
+    pub fn serve_bounds(&self) -> TokenStream {
+        let args = (0..self.def.sig.args.len()).map(|i| self.arg(i));
+        quote!(#(#args: __sb::FromRequest<S>,)*)
+    }
+
+    /// The descriptor's `Message` or `Event` impl. It holds only when the arguments hold at
+    /// most one payload (the `for<'__sb>` keeps the compiler from checking that here): when
+    /// they do not, the spanned checks say so at the argument, and a caller is told why the
+    /// descriptor cannot be called, instead of the attribute being blamed for it.
+    pub fn descriptor_items(&self) -> TokenStream {
+        let def = self.def;
+        let desc = self.desc;
+        let route = def.pattern.route();
+        let json = def.pattern.json();
+        let request = quote!(__sb::RequestOf<<#desc as __sb::Sig>::Args>);
+        let mut gate = quote!(for<'__sb> <#desc as __sb::Sig>::Args: __sb::RequestList,);
+        match def.kind {
+            PatternKind::Message => {
+                let ret = quote!(__sb::RetOf<#desc>);
+                let reply = match &def.sig.ret {
+                    ReturnKind::Unit => quote!(()),
+                    ReturnKind::Value(_) | ReturnKind::ImplStream { .. } | ReturnKind::ImplOther(_) => ret,
+                    ReturnKind::Fallible { .. } => {
+                        gate.extend(quote!(for<'__sb> #ret: __sb::Fallible,));
+                        quote!(<#ret as __sb::Fallible>::Ok)
+                    }
+                    ReturnKind::ReplyStream { .. } => {
+                        gate.extend(quote!(for<'__sb> #ret: __sb::Streamed,));
+                        quote!(<#ret as __sb::Streamed>::Item)
+                    }
+                };
+                quote! {
+                    impl __sb::Message for #desc where #gate {
+                        type Request = #request;
+                        type Reply = #reply;
+                        fn pattern_json(&self) -> &'static str { #json }
+                        fn route(&self) -> &'static str { #route }
+                    }
+                }
+            }
+            PatternKind::Event => quote! {
+                impl __sb::Event for #desc where #gate {
+                    type Payload = #request;
+                    fn pattern_json(&self) -> &'static str { #json }
+                    fn route(&self) -> &'static str { #route }
+                }
+            },
+        }
+    }
+
+    /// `fn __sb_serve<S>(..) -> impl Future<Output = Reply>`: the arguments extracted in
+    /// order, the function called, its value made a reply. A function of its own, so that
+    /// whether its future is `Send` is known where it is boxed (a non-`Send` handler is
+    /// reported once, by `assert_handler_future`, not again by the boxing).
+    ///
+    /// `callee` is the function's path; for a method, `this` is an `Arc` of the group.
+    pub fn serve_fn(&self, callee: &TokenStream) -> TokenStream {
+        let sig = &self.def.sig;
+        let bounds = self.serve_bounds();
+        let args: Vec<Ident> = sig.args.iter().map(|a| format_ident!("__sb_a{}", a.index)).collect();
+        let extract = sig.args.iter().enumerate().zip(&args).map(|((i, _), name)| {
+            let ty = self.arg(i);
+            quote! {
+                let #name = match <#ty as __sb::FromRequest<S>>::from_request(&mut __sb_req, &__sb_state).await {
+                    ::core::result::Result::Ok(v) => v,
+                    ::core::result::Result::Err(e) => return __sb::Reply::error(e),
+                };
+            }
+        });
+        let (this_param, call) = match (self.self_ty, &sig.receiver) {
+            (Some(self_ty), Some(_)) => {
+                let method = &sig.ident;
+                (
+                    quote!(__sb_this: __sb::Arc<#self_ty>,),
+                    quote!(__sb_this.#method(#(#args),*)),
+                )
+            }
+            (Some(self_ty), None) => (quote!(__sb_this: __sb::Arc<#self_ty>,), quote!(#callee(#(#args),*))),
+            (None, _) => (quote!(), quote!(#callee(#(#args),*))),
+        };
+        let respond = match &sig.ret {
+            ReturnKind::ImplStream { .. } => quote! {
+                #[allow(unused_imports)]
+                use __sb::probe::{StreamFallback as _, StreamReply as _};
+                (&__sb::probe::of(&__sb_out)).sb_stream_reply(__sb_out)
+            },
+            _ => quote! {
+                #[allow(unused_imports)]
+                use __sb::probe::{
+                    RespondEncoded as _, RespondFallback as _, RespondOwn as _, RespondResult as _,
+                    RespondResultEncoded as _, RespondValue as _,
+                };
+                let __sb_local = __sb_req.context().takes_local_reply();
+                (&&&&&__sb::probe::of(&__sb_out)).sb_respond(__sb_out, __sb_local)
+            },
+        };
+        quote! {
+            #[allow(unused_mut, unused_variables, clippy::manual_async_fn)]
+            fn __sb_serve<S>(#this_param mut __sb_req: __sb::Request, __sb_state: S) -> impl ::core::future::Future<Output = __sb::Reply>
+            where
+                S: ::core::clone::Clone + ::core::marker::Send + ::core::marker::Sync + 'static,
+                #bounds
+            {
+                async move {
+                    #(#extract)*
+                    if let ::core::result::Result::Err(e) = __sb::check_unread_payload(&__sb_req) {
+                        return __sb::Reply::error(e);
+                    }
+                    let __sb_out = #call.await;
+                    #respond
+                }
+            }
+        }
+    }
+
+    /// Spanned checks, axum-style: each requirement is asserted once, at the user's token, so
+    /// the compiler's message points at the user's code. The generated glue does not repeat
+    /// the bounds (see `__private::probe`), so each mistake is reported once.
+    pub fn checks(&self, callee: &TokenStream) -> TokenStream {
+        let sig = &self.def.sig;
+        let desc = self.desc;
+        let mut out = TokenStream::new();
+
+        // Each argument is the payload or an extractor …
+        for (i, arg) in sig.args.iter().enumerate() {
+            let ty = self.arg(i);
+            out.extend(respan(quote!(__sb::assert_arg::<#ty>();), first_span(&arg.ty)));
+        }
+        // … and at most one is the payload: counted in order, each argument after the
+        // payload refused at its own type.
+        out.extend(quote! {
+            #[allow(unused_imports)]
+            use __sb::probe::{ArgKnown as _, ArgUnknown as _};
+            let __sb_m = __sb::no_payload();
+        });
+        for (i, arg) in sig.args.iter().enumerate() {
+            let ty = self.arg(i);
+            let span = first_span(&arg.ty);
+            // `__sb_m` keeps the generated name's hygiene; the rest carries the user's span.
+            let amp = respan(quote!(&), span);
+            let probe = respan(quote!(__sb::probe::count::<#ty, _, _>), span);
+            let mut count = Group::new(Delimiter::Parenthesis, quote!(&__sb_m));
+            count.set_span(span);
+            let mut receiver = Group::new(Delimiter::Parenthesis, quote!(#amp #probe #count));
+            receiver.set_span(span);
+            let method = respan(quote!(.sb_arg()), span);
+            out.extend(quote!(let __sb_m = #receiver #method;));
+        }
+
+        let ret = quote!(__sb::RetOf<#desc>);
+        let reply_check = |ty: TokenStream, at: &dyn ToTokens| {
+            let call = respan(quote!((&&&&__sb::probe::ty::<#ty>()).sb_check_reply();), first_span(at));
+            quote! {
+                {
+                    #[allow(unused_imports)]
+                    use __sb::probe::{CheckBadResult as _, CheckFallback as _, CheckOwn as _, CheckResult as _, CheckValue as _};
+                    #call
+                }
+            }
+        };
+        let assert_reply =
+            |ty: TokenStream, at: &dyn ToTokens| respan(quote!(__sb::assert_reply::<#ty>();), first_span(at));
+        match &sig.ret {
+            ReturnKind::Unit | ReturnKind::ImplOther(_) => {}
+            ReturnKind::Value(ty) => out.extend(reply_check(ret, ty)),
+            ReturnKind::Fallible { ty, ok, err } => {
+                let ok_ty = quote!(<#ret as __sb::Fallible>::Ok);
+                let err_ty = quote!(<#ret as __sb::Fallible>::Err);
+                match ok {
+                    Some(ok) => out.extend(reply_check(ok_ty, ok)),
+                    None => out.extend(assert_reply(ok_ty, ty)),
+                }
+                match err {
+                    Some(err) => out.extend(respan(quote!(__sb::assert_rpc_error::<#err_ty>();), first_span(err))),
+                    None => out.extend(reply_check(ret, ty)),
+                }
+            }
+            ReturnKind::ReplyStream { ty, item } => {
+                let item_ty = quote!(<#ret as __sb::Streamed>::Item);
+                match item {
+                    Some(item) => out.extend(assert_reply(item_ty, item)),
+                    None => out.extend(assert_reply(item_ty, ty)),
+                }
+            }
+            ReturnKind::ImplStream { ty, item } => {
+                if let Some(item) = item {
+                    out.extend(assert_reply(ret, item));
+                }
+                out.extend(spanned_call(quote!(__sb::assert_stream), ty));
+            }
+        }
+
+        let args: Vec<Ident> = sig.args.iter().map(|a| format_ident!("__sb_a{}", a.index)).collect();
+        let arg_tys: Vec<TokenStream> = (0..sig.args.len()).map(|i| self.arg(i)).collect();
+        let fut = quote_spanned!(sig.ident.span()=> &__sb_fut);
+        let (this_param, call, assert) = match (self.self_ty, &sig.receiver) {
+            (Some(self_ty), Some(_)) => {
+                let method = &sig.ident;
+                (
+                    quote!(__sb_this: &#self_ty,),
+                    quote!(__sb_this.#method(#(#args),*)),
+                    quote!(__sb::assert_send_future(#fut);),
+                )
+            }
+            _ => (
+                quote!(),
+                quote!(#callee(#(#args),*)),
+                quote!(__sb::assert_handler_future(#fut);),
+            ),
+        };
+        quote! {
+            #[allow(dead_code, unused_variables, clippy::all)]
+            fn __sb_checks(#this_param #(#args: #arg_tys),*) {
+                let __sb_fut = #call;
+                #assert
+                #out
+            }
+        }
+    }
 }
 
 /// `static __SB_INFO: HandlerInfo`.
@@ -164,188 +593,26 @@ pub fn info_static(def: &HandlerDef) -> TokenStream {
     }
 }
 
-/// `A0: FromRequest<__SbS>, …` for the `Serve`/`Group` impls.
-pub fn serve_bounds(sig: &HandlerSig) -> TokenStream {
-    let tys = sig.args.iter().map(|a| &a.ty);
-    quote!(#(#tys: __sb::FromRequest<__SbS>,)*)
-}
-
-/// The descriptor's `Message` or `Event` impl.
-pub fn descriptor_items(def: &HandlerDef, krate: &Path, desc: &Type) -> TokenStream {
-    let _ = krate;
-    let sig = &def.sig;
-    let route = def.pattern.route();
-    let json = def.pattern.json();
-    let list = arg_list(sig.args.iter().map(|a| &a.ty));
-    let request = quote!(__sb::RequestOf<#list>);
-    match def.kind {
-        PatternKind::Message => {
-            let reply = reply_type(&sig.ret);
-            quote! {
-                impl __sb::Message for #desc {
-                    type Request = #request;
-                    type Reply = #reply;
-                    fn pattern_json(&self) -> &'static str { #json }
-                    fn route(&self) -> &'static str { #route }
-                }
-            }
-        }
-        PatternKind::Event => quote! {
-            impl __sb::Event for #desc {
-                type Payload = #request;
-                fn pattern_json(&self) -> &'static str { #json }
-                fn route(&self) -> &'static str { #route }
-            }
-        },
-    }
-}
-
-/// `(A0, (A1, ()))`.
-fn arg_list<'a>(tys: impl DoubleEndedIterator<Item = &'a Type>) -> TokenStream {
-    tys.rev().fold(quote!(()), |rest, ty| quote!((#ty, #rest)))
-}
-
-/// The reply type callers decode, as the return type is written.
-fn reply_type(ret: &ReturnKind) -> TokenStream {
-    match ret {
-        ReturnKind::Unit => quote!(()),
-        ReturnKind::Value(ty) | ReturnKind::ImplOther(ty) => quote!(#ty),
-        ReturnKind::Fallible { ty, .. } => quote!(<#ty as __sb::Fallible>::Ok),
-        ReturnKind::ReplyStream { ty, .. } => quote!(<#ty as __sb::Streamed>::Item),
-        ReturnKind::ImplStream { item, .. } => {
-            let item = item.as_ref().expect("checked: `impl Stream` names its item");
-            quote!(#item)
-        }
-    }
-}
-
-/// The body of `call`: the arguments extracted in order, the function called, its value
-/// made a reply; the whole boxed once.
-pub fn glue(def: &HandlerDef, callee: &TokenStream, receiver: Receiver) -> TokenStream {
-    let sig = &def.sig;
-    let args: Vec<Ident> = sig.args.iter().map(|a| format_ident!("__sb_a{}", a.index)).collect();
-    let extract = sig.args.iter().zip(&args).map(|(a, name)| {
-        let ty = &a.ty;
-        quote! {
-            let #name = match <#ty as __sb::FromRequest<__SbS>>::from_request(&mut __sb_req, &__sb_state).await {
-                ::core::result::Result::Ok(v) => v,
-                ::core::result::Result::Err(e) => return __sb::Reply::error(e),
-            };
-        }
-    });
-    let call = match receiver {
-        Receiver::None => quote!(#callee(#(#args),*)),
-        Receiver::Method => {
-            let method = &sig.ident;
-            quote!(__sb_this.#method(#(#args),*))
-        }
-    };
-    let respond = match &sig.ret {
-        ReturnKind::ImplStream { .. } => quote! {
-            #[allow(unused_imports)]
-            use __sb::probe::{StreamFallback as _, StreamReply as _};
-            (&__sb::probe::of(&__sb_out)).sb_stream_reply(__sb_out)
-        },
-        _ => quote! {
-            #[allow(unused_imports)]
-            use __sb::probe::{RespondFallback as _, RespondOwn as _, RespondResult as _, RespondValue as _};
-            (&&&__sb::probe::of(&__sb_out)).sb_respond(__sb_out)
-        },
-    };
-    quote! {
-        #[allow(unused_imports)]
-        use __sb::probe::{Boxed as _, BoxedFallback as _};
-        #[allow(unused_mut, unused_variables)]
-        let __sb_fut = async move {
-            #(#extract)*
-            if let ::core::result::Result::Err(e) = __sb::check_unread_payload(&__sb_req) {
-                return __sb::Reply::error(e);
-            }
-            let __sb_out = #call.await;
-            #respond
-        };
-        (&__sb::probe::of(&__sb_fut)).sb_boxed(__sb_fut)
-    }
-}
-
-/// Spanned checks, axum-style: each requirement is asserted once, at the user's token, so
-/// the compiler's message points at the user's code. The generated glue does not repeat the
-/// bounds (see `__private::probe`), so each mistake is reported once.
-pub fn checks(def: &HandlerDef, callee: &TokenStream, method_of: Option<&Type>) -> TokenStream {
-    let sig = &def.sig;
-    let mut out = TokenStream::new();
-
-    for (i, arg) in sig.args.iter().enumerate() {
-        let ty = &arg.ty;
-        out.extend(quote_spanned!(first_span(ty)=> __sb::assert_arg::<#ty>();));
-        if i > 0 {
-            let before = arg_list(sig.args[..i].iter().map(|a| &a.ty));
-            out.extend(quote_spanned!(first_span(ty)=> __sb::assert_one_payload::<#before, #ty>();));
-        }
-    }
-
-    let reply_check = |ty: &Type| {
-        let call = quote!((&&&&__sb::probe::ty::<#ty>()).sb_check_reply(););
-        let call = respan(call, first_span(ty));
-        quote! {
+/// `ty` with every `Self` type replaced by `self_ty` (a group's method may write `Self`,
+/// which means the group there and would mean the descriptor in generated impls).
+fn replace_self(ty: &Type, self_ty: &Type) -> Type {
+    use syn::visit_mut::VisitMut;
+    struct Replace<'a>(&'a Type);
+    impl VisitMut for Replace<'_> {
+        fn visit_type_mut(&mut self, ty: &mut Type) {
+            if let Type::Path(p) = ty
+                && p.qself.is_none()
+                && p.path.is_ident("Self")
             {
-                #[allow(unused_imports)]
-                use __sb::probe::{CheckBadResult as _, CheckFallback as _, CheckOwn as _, CheckResult as _, CheckValue as _};
-                #call
+                *ty = self.0.clone();
+                return;
             }
-        }
-    };
-    match &sig.ret {
-        ReturnKind::Unit | ReturnKind::ImplOther(_) => {}
-        ReturnKind::Value(ty) => out.extend(reply_check(ty)),
-        ReturnKind::Fallible { ty, ok, err } => {
-            match ok {
-                Some(ok) => out.extend(reply_check(ok)),
-                None => out.extend(assert_reply(quote!(<#ty as __sb::Fallible>::Ok), ty)),
-            }
-            match err {
-                Some(err) => out.extend(quote_spanned!(first_span(err)=> __sb::assert_rpc_error::<#err>();)),
-                None => out.extend(reply_check(ty)),
-            }
-        }
-        ReturnKind::ReplyStream { ty, item } => match item {
-            Some(item) => out.extend(assert_reply(item.to_token_stream(), item)),
-            None => out.extend(assert_reply(quote!(<#ty as __sb::Streamed>::Item), ty)),
-        },
-        ReturnKind::ImplStream { ty, item } => {
-            if let Some(item) = item {
-                out.extend(assert_reply(item.to_token_stream(), item));
-            }
-            out.extend(spanned_call(quote!(__sb::assert_stream), ty));
+            syn::visit_mut::visit_type_mut(self, ty);
         }
     }
-
-    let args: Vec<Ident> = sig.args.iter().map(|a| format_ident!("__sb_a{}", a.index)).collect();
-    let arg_tys: Vec<&Type> = sig.args.iter().map(|a| &a.ty).collect();
-    let fut = quote_spanned!(sig.ident.span()=> &__sb_fut);
-    let (this_param, call, assert) = if let Some(self_ty) = method_of {
-        let method = &sig.ident;
-        (
-            quote!(__sb_this: &#self_ty,),
-            quote!(__sb_this.#method(#(#args),*)),
-            quote!(__sb::assert_send_future(#fut);),
-        )
-    } else {
-        (quote!(), quote!(#callee(#(#args),*)), quote!(__sb::assert_handler_future(#fut);))
-    };
-    quote! {
-        #[allow(dead_code, unused_variables, clippy::all)]
-        fn __sb_checks(#this_param #(#args: #arg_tys),*) {
-            let __sb_fut = #call;
-            #assert
-            #out
-        }
-    }
-}
-
-/// `assert_reply::<T>()`, with the compiler's caret on the user's `T`.
-fn assert_reply(ty: TokenStream, at: &impl ToTokens) -> TokenStream {
-    quote_spanned!(first_span(at)=> __sb::assert_reply::<#ty>();)
+    let mut ty = ty.clone();
+    Replace(self_ty).visit_type_mut(&mut ty);
+    ty
 }
 
 /// `path(&__sb_fut);`, spanned from the first to the last token of `at`. The compiler
@@ -358,17 +625,18 @@ fn spanned_call(path: TokenStream, at: &impl ToTokens) -> TokenStream {
     let path = respan(path, first);
     let amp = quote_spanned!(first=> &);
     let name = Ident::new("__sb_fut", last);
-    let mut args = proc_macro2::Group::new(proc_macro2::Delimiter::Parenthesis, quote!(#amp #name));
+    let mut args = Group::new(Delimiter::Parenthesis, quote!(#amp #name));
     args.set_span(last);
     quote!(#path #args;)
 }
 
-fn respan(tokens: TokenStream, span: Span) -> TokenStream {
+/// Every token of `tokens` given `span`.
+pub fn respan(tokens: TokenStream, span: Span) -> TokenStream {
     tokens
         .into_iter()
         .map(|mut t| {
             if let TokenTree::Group(g) = &t {
-                let mut inner = proc_macro2::Group::new(g.delimiter(), respan(g.stream(), span));
+                let mut inner = Group::new(g.delimiter(), respan(g.stream(), span));
                 inner.set_span(span);
                 return TokenTree::Group(inner);
             }
@@ -378,7 +646,7 @@ fn respan(tokens: TokenStream, span: Span) -> TokenStream {
         .collect()
 }
 
-fn first_span(at: &impl ToTokens) -> Span {
+fn first_span(at: &dyn ToTokens) -> Span {
     at.to_token_stream()
         .into_iter()
         .next()

@@ -17,14 +17,35 @@ pub fn derive(input: TokenStream) -> TokenStream {
             Fields::Unnamed(f) => f.unnamed.iter().collect(),
             Fields::Unit => Vec::new(),
         },
-        _ => {
-            return syn::Error::new_spanned(name, "`#[derive(FromRef)]` works on structs: each field becomes a part of the state")
-                .to_compile_error();
+        Data::Enum(e) => {
+            let kw = e.enum_token;
+            return syn::Error::new_spanned(
+                quote!(#kw #name),
+                format!(
+                    "`#[derive(FromRef)]` goes on a state struct, whose fields are the parts a handler takes as \
+                     `State<Part>`; `{name}` is an enum: implement `FromRef<{name}> for Part` by hand for each part"
+                ),
+            )
+            .to_compile_error();
+        }
+        Data::Union(u) => {
+            let kw = u.union_token;
+            return syn::Error::new_spanned(
+                quote!(#kw #name),
+                "`#[derive(FromRef)]` goes on a state struct, whose fields are the parts a handler takes as `State<Part>`",
+            )
+            .to_compile_error();
         }
     };
     if !input.generics.params.is_empty() {
-        return syn::Error::new_spanned(&input.generics, "`#[derive(FromRef)]` needs a state type without generics")
-            .to_compile_error();
+        return syn::Error::new_spanned(
+            &input.generics,
+            format!(
+                "`#[derive(FromRef)]` needs a state type without generics (a service's state is one concrete \
+                 type); implement `FromRef<{name}<..>> for Part` by hand for each part"
+            ),
+        )
+        .to_compile_error();
     }
     let mut errors = TokenStream::new();
     let impls = fields.iter().enumerate().filter_map(|(i, field)| {
@@ -33,7 +54,8 @@ pub fn derive(input: TokenStream) -> TokenStream {
             match attr.parse_args::<syn::Ident>() {
                 Ok(word) if word == "skip" => skip = true,
                 _ => errors.extend(
-                    syn::Error::new_spanned(attr, "the only `from_ref` option is `#[from_ref(skip)]`").to_compile_error(),
+                    syn::Error::new_spanned(attr, "the only `from_ref` option is `#[from_ref(skip)]`")
+                        .to_compile_error(),
                 ),
             }
         }

@@ -3,19 +3,23 @@
 //! the type serves them all with `Microservice::group(value)`.
 
 use proc_macro2::{Span, TokenStream};
-use quote::{format_ident, quote};
-use switchboard_codegen::{HandlerDef, PatternArgs, PatternKind};
-use syn::{ImplItem, ItemImpl, Type};
+use quote::quote;
+use switchboard_codegen::{HandlerDef, PatternKind, Place};
+use syn::ext::IdentExt;
+use syn::{Ident, ImplItem, ItemImpl, Type};
 
-use crate::expand::{Receiver, checks, const_name, descriptor_items, glue, info_static, serve_bounds};
+use crate::expand::{Target, const_name, fallback_def, info_static, inner_vis, made_at, respan, wrong_item};
 
 pub fn handlers(attr: TokenStream, item: TokenStream) -> TokenStream {
     let mut block: ItemImpl = match syn::parse2(item.clone()) {
         Ok(block) => block,
         Err(_) => {
-            let span = item.clone().into_iter().next().map_or_else(Span::call_site, |t| t.span());
-            let err = syn::Error::new(span, "`#[handlers]` goes on an `impl` block of handler methods")
-                .to_compile_error();
+            let advice = match syn::parse2::<syn::Item>(item.clone()) {
+                Ok(syn::Item::Fn(_)) => "mark the function itself `#[message_pattern(...)]` or `#[event_pattern(...)]`",
+                _ => "put it on the `impl` block that holds the handler methods (`#[handlers] impl Users { ... }`)",
+            };
+            let err = wrong_item("#[handlers]", "an `impl` block of handler methods", advice, &item);
+            let err = err.to_compile_error();
             return quote!(#item #err);
         }
     };
@@ -27,28 +31,39 @@ pub fn handlers(attr: TokenStream, item: TokenStream) -> TokenStream {
     let krate: syn::Path = if attr.is_empty() {
         syn::parse_quote!(::switchboard)
     } else {
-        match PatternArgs::parse(quote!("", #attr)) {
-            Ok(args) => args.crate_path(),
-            Err(e) => {
-                push(e);
+        match syn::parse2::<CrateOption>(attr.clone()) {
+            Ok(CrateOption(path)) => path,
+            Err(_) => {
+                push(syn::Error::new_spanned(
+                    attr,
+                    "`#[handlers]` takes one option, `crate = <path>` (the path to the `switchboard` crate); \
+                     patterns go on the methods: `#[message_pattern(...)]`",
+                ));
                 syn::parse_quote!(::switchboard)
             }
         }
     };
+    let mut block_ok = true;
     if let Some((_, path, _)) = &block.trait_ {
+        block_ok = false;
         push(syn::Error::new_spanned(
             path,
-            "`#[handlers]` goes on an inherent `impl` block (`impl Users { ... }`), not a trait impl",
+            "`#[handlers]` goes on an inherent `impl` block (`impl Users { ... }`), not on a trait impl: \
+             move the handler methods into `impl Users { ... }`",
         ));
     }
     if !block.generics.params.is_empty() {
+        block_ok = false;
         push(syn::Error::new_spanned(
             &block.generics,
-            "a group of handlers cannot be generic: name its types",
+            "a group of handlers cannot be generic: its handlers' payload and reply types must be \
+             concrete; write the `impl` block for a concrete type (`impl Repo<Postgres> { ... }`)",
         ));
     }
 
-    // Take the pattern attributes off the methods, parsing each.
+    // Take the pattern attributes off the methods, parsing each. A method whose pattern is
+    // wrong but whose signature is right still gets its descriptor (with an empty pattern),
+    // so that the code using it reports nothing more.
     let mut defs = Vec::new();
     for item in &mut block.items {
         let ImplItem::Fn(method) = item else { continue };
@@ -61,16 +76,19 @@ pub fn handlers(attr: TokenStream, item: TokenStream) -> TokenStream {
             syn::Meta::List(list) => list.tokens.clone(),
             _ => TokenStream::new(),
         };
-        match HandlerDef::parse_method(kind, tokens, method) {
+        match HandlerDef::parse_method(kind, tokens.clone(), method) {
             Ok(def) => defs.push(def),
-            Err(e) => push(e),
+            Err(e) => {
+                push(e);
+                defs.extend(fallback_def(kind, tokens, &method.sig, &method.vis, Place::Group));
+            }
         }
         method.attrs.push(syn::parse_quote!(#[allow(clippy::unused_async)]));
     }
 
     let self_ty = &block.self_ty;
-    let expansion = if errors.is_none() {
-        expand(&defs, self_ty, &krate)
+    let expansion = if block_ok {
+        expand(&defs, self_ty, &krate, block.impl_token.span)
     } else {
         TokenStream::new()
     };
@@ -82,15 +100,32 @@ pub fn handlers(attr: TokenStream, item: TokenStream) -> TokenStream {
     }
 }
 
+/// `crate = <path>`, the only option of `#[handlers]`.
+struct CrateOption(syn::Path);
+
+impl syn::parse::Parse for CrateOption {
+    fn parse(input: syn::parse::ParseStream) -> syn::Result<Self> {
+        input.parse::<syn::Token![crate]>()?;
+        input.parse::<syn::Token![=]>()?;
+        let path = syn::Path::parse_mod_style(input)?;
+        input.parse::<Option<syn::Token![,]>>()?;
+        Ok(CrateOption(path))
+    }
+}
+
 /// The last segment of the group's type, for generated names.
 fn type_name(ty: &Type) -> String {
     match ty {
-        Type::Path(p) => p.path.segments.last().map_or_else(String::new, |s| s.ident.to_string()),
+        Type::Path(p) => p
+            .path
+            .segments
+            .last()
+            .map_or_else(String::new, |s| s.ident.unraw().to_string()),
         _ => String::new(),
     }
 }
 
-fn expand(defs: &[HandlerDef], self_ty: &Type, krate: &syn::Path) -> TokenStream {
+fn expand(defs: &[HandlerDef], self_ty: &Type, krate: &syn::Path, impl_span: Span) -> TokenStream {
     let mut items = TokenStream::new();
     let mut consts = TokenStream::new();
     let mut binds = Vec::new();
@@ -98,41 +133,52 @@ fn expand(defs: &[HandlerDef], self_ty: &Type, krate: &syn::Path) -> TokenStream
     for def in defs {
         let sig = &def.sig;
         let ident = &sig.ident;
-        let vis = &sig.vis;
-        let konst = const_name(ident);
-        let module = format_ident!("__sb_{}_{}", type_name(self_ty), ident);
+        let at = made_at(ident);
+        let vis = respan(quote::ToTokens::to_token_stream(&sig.vis), at);
+        let konst = Ident::new(&const_name(ident).to_string(), at);
+        let module = Ident::new(&format!("__sb_{}_{}", type_name(self_ty), ident.unraw()), at);
         let desc: Type = syn::parse_quote!(#module::#ident);
+        let ty_vis = respan(inner_vis(&sig.vis), at);
+        let target = Target {
+            def,
+            desc: &desc,
+            impl_span,
+            self_ty: Some(self_ty),
+        };
         let info = info_static(def);
-        let descriptor = descriptor_items(def, krate, &desc);
-        let receiver = match &sig.receiver {
-            Some(_) => Receiver::Method,
-            None => Receiver::None,
-        };
-        let callee = match &sig.receiver {
-            Some(_) => quote!(#self_ty),
-            None => quote!(<#self_ty>::#ident),
-        };
-        let body = glue(def, &callee, receiver);
-        let fn_bounds = serve_bounds(sig);
+        let sig_impl = target.sig_impl();
+        let descriptor = target.descriptor_items();
+        let fn_bounds = target.serve_bounds();
+        let callee = quote!(<#self_ty>::#ident);
+        let serve_fn = target.serve_fn(&callee);
+        let check = target.checks(&callee);
         bounds.extend(fn_bounds.clone());
-        let check = match &sig.receiver {
-            Some(_) => checks(def, &quote!(#self_ty), Some(self_ty)),
-            None => checks(def, &callee, None),
-        };
         let doc = format!(
             "The descriptor of [`{ident}`](Self::{ident}): call it with `Client::{}`.",
-            if def.kind == PatternKind::Message { "send" } else { "emit" }
+            if def.kind == PatternKind::Message {
+                "send"
+            } else {
+                "emit"
+            }
+        );
+        // At the method's name, as a free function's descriptor is at the function's.
+        let type_item = respan(
+            quote! {
+                #[doc(hidden)]
+                #[allow(non_snake_case)]
+                pub mod #module {
+                    #[allow(non_camel_case_types)]
+                    #[derive(::core::clone::Clone, ::core::marker::Copy, ::core::fmt::Debug)]
+                    #ty_vis struct #ident {}
+                }
+            },
+            at,
         );
         items.extend(quote! {
-            #[doc(hidden)]
-            #[allow(non_snake_case)]
-            pub mod #module {
-                #[allow(non_camel_case_types)]
-                #[derive(::core::clone::Clone, ::core::marker::Copy, ::core::fmt::Debug)]
-                pub struct #ident {}
-            }
+            #type_item
             const _: () = {
                 use #krate::__private as __sb;
+                #sig_impl
                 #info
                 impl __sb::Handler for #desc {
                     fn info(&self) -> &'static __sb::HandlerInfo {
@@ -140,18 +186,20 @@ fn expand(defs: &[HandlerDef], self_ty: &Type, krate: &syn::Path) -> TokenStream
                     }
                 }
                 #descriptor
-                impl #module::#ident {
+                #serve_fn
+                impl #desc {
                     #[doc(hidden)]
-                    pub fn __sb_bind<__SbS>(__sb_this: __sb::Arc<#self_ty>, __sb_state: &__SbS) -> (&'static __sb::HandlerInfo, __sb::Route)
+                    pub fn __sb_bind<S>(__sb_this: __sb::Arc<#self_ty>, __sb_state: &S) -> (&'static __sb::HandlerInfo, __sb::Route)
                     where
-                        __SbS: ::core::clone::Clone + ::core::marker::Send + ::core::marker::Sync + 'static,
+                        S: ::core::clone::Clone + ::core::marker::Send + ::core::marker::Sync + 'static,
                         #fn_bounds
                     {
+                        #[allow(unused_imports)]
+                        use __sb::probe::{Boxed as _, BoxedFallback as _};
                         let __sb_state = __sb_state.clone();
-                        let __sb_route = __sb::Route::from_fn(move |mut __sb_req: __sb::Request| {
-                            let __sb_this = __sb_this.clone();
-                            let __sb_state = __sb_state.clone();
-                            #body
+                        let __sb_route = __sb::Route::from_fn(move |__sb_req: __sb::Request| {
+                            let __sb_fut = __sb_serve::<S>(__sb_this.clone(), __sb_req, __sb_state.clone());
+                            (&__sb::probe::of(&__sb_fut)).sb_boxed(__sb_fut)
                         });
                         (&__SB_INFO, __sb_route)
                     }
@@ -159,11 +207,15 @@ fn expand(defs: &[HandlerDef], self_ty: &Type, krate: &syn::Path) -> TokenStream
                 #check
             };
         });
-        consts.extend(quote! {
-            #[doc = #doc]
-            #vis const #konst: #module::#ident = #module::#ident {};
-        });
-        binds.push(quote!(#module::#ident::__sb_bind(__sb_this.clone(), __sb_state)));
+        let konst_item = respan(
+            quote! {
+                #[doc = #doc]
+                #vis const #konst: #desc = #desc {};
+            },
+            at,
+        );
+        consts.extend(konst_item);
+        binds.push(quote!(#desc::__sb_bind(__sb_this.clone(), __sb_state)));
     }
     quote! {
         impl #self_ty {
@@ -172,12 +224,12 @@ fn expand(defs: &[HandlerDef], self_ty: &Type, krate: &syn::Path) -> TokenStream
         #items
         const _: () = {
             use #krate::__private as __sb;
-            impl<__SbS> __sb::Group<__SbS> for #self_ty
+            impl<S> __sb::Group<S> for #self_ty
             where
-                __SbS: ::core::clone::Clone + ::core::marker::Send + ::core::marker::Sync + 'static,
+                S: ::core::clone::Clone + ::core::marker::Send + ::core::marker::Sync + 'static,
                 #bounds
             {
-                fn bind(__sb_this: __sb::Arc<Self>, __sb_state: &__SbS) -> ::std::vec::Vec<(&'static __sb::HandlerInfo, __sb::Route)> {
+                fn bind(__sb_this: __sb::Arc<Self>, __sb_state: &S) -> ::std::vec::Vec<(&'static __sb::HandlerInfo, __sb::Route)> {
                     ::std::vec![#(#binds),*]
                 }
             }

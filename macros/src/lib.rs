@@ -85,10 +85,14 @@ mod group;
 ///
 /// The function stays as written. Next to it: the descriptor `GET_USER` (for
 /// `async fn get_user`), a constant of a type named `get_user` (which lives in the type
-/// namespace only, so it never shadows the function or a `let` binding). The descriptor
+/// namespace only, so it never shadows the function or a `let` binding; it is glob-imported,
+/// so a module or type of yours with that name takes precedence over it). The descriptor
 /// serves the handler (`Microservice::new().handler(GET_USER)`) and calls it
 /// (`client.send(GET_USER, id)`: a `Message` with the payload and reply types, which are
 /// checked at the call). The function is also registered for `Microservice::from_registry()`.
+///
+/// A mistake is reported at the token at fault and says what to do; when only the pattern is
+/// wrong, the descriptor is still generated, so the code that uses it reports nothing more.
 ///
 /// The reply type a caller decodes is the `Ok` type when the return type is written
 /// `Result<T, E>` (or `RpcResult<T>`, `io::Result<T>`), and the return type itself otherwise:

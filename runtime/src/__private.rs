@@ -17,6 +17,8 @@ pub use futures_util::future::BoxFuture;
 pub use inventory;
 pub use std::sync::Arc;
 
+use std::marker::PhantomData;
+
 use futures_util::stream::{Stream, StreamExt};
 use serde::Serialize;
 
@@ -33,6 +35,40 @@ where
 {
     Reply::values(values.map(Ok))
 }
+
+// ---- A handler's signature, written once ----
+
+/// A handler's argument and return types, as written. The macros write the user's types in
+/// this one impl (spanned as the function is, so that a type the compiler cannot find is
+/// reported once) and reach them everywhere else through [`ArgAt`] and [`RetOf`].
+pub trait Sig {
+    /// The arguments as a type list `(A0, (A1, ()))`, the receiver left out.
+    type Args;
+    /// The return type as written (`()` for none; the item type of an `impl Stream`).
+    type Ret;
+}
+
+/// The index 0, for [`At`].
+pub struct Z;
+/// The index after `N`, for [`At`].
+pub struct S<N>(PhantomData<N>);
+
+/// The type at index `N` of a type list.
+pub trait At<N> {
+    /// The type.
+    type Type;
+}
+impl<H, T> At<Z> for (H, T) {
+    type Type = H;
+}
+impl<H, T: At<N>, N> At<S<N>> for (H, T) {
+    type Type = T::Type;
+}
+
+/// The type of a handler's argument at index `N`.
+pub type ArgAt<D, N> = <<D as Sig>::Args as At<N>>::Type;
+/// A handler's return type.
+pub type RetOf<D> = <D as Sig>::Ret;
 
 // ---- The payload type of a handler, from its arguments' types ----
 
@@ -56,12 +92,9 @@ where
     type Found = <(A::Payload, R::Found) as Merge>::Out;
 }
 
-/// Two payload markers into one: at most one of them is a payload.
-#[diagnostic::on_unimplemented(
-    message = "a handler takes one payload argument, and this one has two",
-    label = "a second payload",
-    note = "wrap the values in one struct or tuple; or, if one of them is meant as an extractor, implement `switchboard::FromRequest` for it"
-)]
+/// Two payload markers into one: at most one of them is a payload. (A handler with two is
+/// reported at its second payload argument by [`SecondPayload`]; a descriptor's `Message`
+/// impl requires its arguments to fold, so it is not reported twice.)
 pub trait Merge {
     /// The merged marker.
     type Out;
@@ -90,18 +123,36 @@ impl<T> PayloadType for IsPayload<T> {
     type Type = T;
 }
 
+/// The request type of a handler whose arguments are the list `Self`: its payload's type,
+/// or `()`.
+pub trait RequestList {
+    /// The type.
+    type Type;
+}
+impl<L> RequestList for L
+where
+    L: ArgList,
+    L::Found: PayloadType,
+{
+    type Type = <L::Found as PayloadType>::Type;
+}
+
 /// The request type of a handler whose arguments are the list `L`.
-pub type RequestOf<L> = <<L as ArgList>::Found as PayloadType>::Type;
+pub type RequestOf<L> = <L as RequestList>::Type;
 
 // ---- Reply types, for descriptors ----
 
-/// The `Ok` type of a return type written `Result<T, E>` (or `RpcResult<T>`, `io::Result<T>`).
+/// The `Ok` and `Err` types of a return type written `Result<T, E>` (or `RpcResult<T>`,
+/// `io::Result<T>`).
 pub trait Fallible {
     /// The success type.
     type Ok;
+    /// The error type.
+    type Err;
 }
 impl<T, E> Fallible for Result<T, E> {
     type Ok = T;
+    type Err = E;
 }
 
 /// The item type of a `ReplyStream<T>` return type.
@@ -115,17 +166,73 @@ impl<T> Streamed for ReplyStream<T> {
 
 // ---- Spanned checks: each is called once at the user's token ----
 
-/// An argument is the payload (`Deserialize`) or an extractor (`FromRequest`).
-pub fn assert_arg<A: FromRequest<AnyState>>() {}
+/// `FromRequest`, as a handler's argument where it is declared (its state is not known
+/// there; `AnyState` provides every `State<T>`).
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be a handler's argument: it is neither the payload nor an extractor",
+    label = "neither the payload nor an extractor",
+    note = "the payload is decoded from the message: its type implements `serde::Deserialize` (for a type of yours, add `#[derive(serde::Deserialize)]`)",
+    note = "an extractor implements `switchboard::FromRequest`: `Context`, `Headers`, `Deadline`, `Extension<T>`, `State<T>`; a dependency of the service (a pool, a client) is a part of its state: take `State<{Self}>`"
+)]
+pub trait HandlerArg {}
+impl<A: FromRequest<AnyState>> HandlerArg for A {}
 
-/// The arguments before this one (`P`) and this one (`A`) hold at most one payload.
-pub fn assert_one_payload<P, A>()
-where
-    P: ArgList,
-    A: FromRequest<AnyState>,
-    (P::Found, A::Payload): Merge,
-{
+/// An argument is the payload (`Deserialize`) or an extractor (`FromRequest`).
+pub fn assert_arg<A: HandlerArg>() {}
+
+/// No payload among the arguments counted so far, in `__sb_checks` (see [`probe::ArgKnown`]).
+pub enum NoneYet {}
+/// A payload among the arguments counted so far.
+pub enum Taken {}
+
+/// The payload count of `__sb_checks`, as a type: [`NoneYet`] or [`Taken`], and the first
+/// payload's type (`NoneYet` before there is one).
+pub struct Payloads<Flag, First>(PhantomData<(Flag, First)>);
+
+/// No argument yet.
+pub fn no_payload() -> Payloads<NoneYet, NoneYet> {
+    Payloads(PhantomData)
 }
+
+/// The count after an argument whose marker is `Self`.
+pub trait Count<Flag, First> {
+    /// [`NoneYet`] or [`Taken`].
+    type Flag;
+    /// The first payload's type.
+    type First;
+}
+impl<Fl, F> Count<Fl, F> for NoPayload {
+    type Flag = Fl;
+    type First = F;
+}
+impl<T, F> Count<NoneYet, F> for IsPayload<T> {
+    type Flag = Taken;
+    type First = T;
+}
+impl<T, F> Count<Taken, F> for IsPayload<T> {
+    type Flag = Taken;
+    type First = F;
+}
+
+/// The marker `Self` of an argument of type `A`, after arguments that hold a payload
+/// (`Flag`) of type `First`: fine unless both are payloads. (On the marker, not on `A`, so
+/// that the compiler works the marker out before it looks for an impl.)
+#[diagnostic::on_unimplemented(
+    message = "a handler takes one payload, and `{A}` would be a second: it already takes `{First}`",
+    label = "a second payload",
+    note = "the payload is the one argument decoded from the message; to receive several values, wrap them in one struct or tuple: `(a, b): ({First}, {A})`",
+    note = "if `{A}` is not sent by the caller, make it an extractor: a part of the service's state is taken as `State<{A}>`; a type of yours can implement `switchboard::FromRequest`"
+)]
+pub trait SecondPayload<A, Flag, First> {}
+#[diagnostic::do_not_recommend]
+impl<A, Fl, F> SecondPayload<A, Fl, F> for NoPayload {}
+#[diagnostic::do_not_recommend]
+impl<A, T, Fl: Untaken, F> SecondPayload<A, Fl, F> for IsPayload<T> {}
+
+/// [`NoneYet`]: no payload before. (A bound rather than a type in the impl above, so that
+/// the compiler reports a second payload as [`SecondPayload`] says, not as a type mismatch.)
+pub trait Untaken {}
+impl Untaken for NoneYet {}
 
 /// Spanned at the user's reply type.
 pub fn assert_reply<T: ReplyType>() {}
@@ -191,7 +298,7 @@ pub mod probe {
     use futures_util::future::BoxFuture;
     use serde::Serialize;
 
-    use super::{ErrorType, IntoReply, ReplyType, Serve};
+    use super::{AnyState, Count, ErrorType, FromRequest, IntoReply, Payloads, ReplyType, SecondPayload, Serve};
     use crate::error::RpcError;
     use crate::service::{Reply, Route};
 
@@ -220,6 +327,37 @@ pub mod probe {
         Probe(PhantomData)
     }
 
+    // -- The payload count of `__sb_checks`: `(&probe::count::<A, _, _>(&before)).sb_arg()` --
+
+    /// The probe of argument type `A` after the count `before` (whose types are then known
+    /// when the method's bounds are checked, rather than inferred from them).
+    pub fn count<A, Fl, F>(before: &Payloads<Fl, F>) -> Probe<(A, Fl, F)> {
+        let _ = before;
+        Probe(PhantomData)
+    }
+
+    /// An argument that is the payload or an extractor: counted, and refused as a second
+    /// payload (the method's bound is checked at the call, spanned at the user's type).
+    #[allow(clippy::type_complexity)]
+    pub trait ArgKnown<A: FromRequest<AnyState>, Fl, F> {
+        /// The count after this argument.
+        fn sb_arg(&self) -> Payloads<<A::Payload as Count<Fl, F>>::Flag, <A::Payload as Count<Fl, F>>::First>
+        where
+            A::Payload: Count<Fl, F> + SecondPayload<A, Fl, F>,
+        {
+            Payloads(PhantomData)
+        }
+    }
+    impl<A: FromRequest<AnyState>, Fl, F> ArgKnown<A, Fl, F> for Probe<(A, Fl, F)> {}
+    /// Any other argument: `assert_arg` has said what is wrong with it; not counted.
+    pub trait ArgUnknown<Fl, F> {
+        /// The count, unchanged.
+        fn sb_arg(&self) -> Payloads<Fl, F> {
+            Payloads(PhantomData)
+        }
+    }
+    impl<A, Fl, F> ArgUnknown<Fl, F> for Never<(A, Fl, F)> {}
+
     // -- A handler's future, boxed (asserted `Send` by `assert_handler_future`) --
 
     /// Boxes the future.
@@ -243,48 +381,77 @@ pub mod probe {
         }
     }
 
-    // -- A handler's return value as a reply: `(&&&probe).sb_respond(value)` --
+    // -- A handler's return value as a reply: `(&&&&&probe).sb_respond(value, local)` --
+    // `local`: the sender takes the value as it is (an in-process call), when its type allows.
 
     /// A return type with a reply shape of its own.
     pub trait RespondOwn<O> {
         /// The reply.
-        fn sb_respond(&self, out: O) -> Reply;
+        fn sb_respond(&self, out: O, local: bool) -> Reply;
     }
-    impl<O: IntoReply> RespondOwn<O> for &&Probe<O> {
-        fn sb_respond(&self, out: O) -> Reply {
+    impl<O: IntoReply> RespondOwn<O> for &&&&Probe<O> {
+        fn sb_respond(&self, out: O, _: bool) -> Reply {
             out.into_reply()
         }
     }
-    /// A `Result` of a plain value.
+    /// A `Result` of a plain value that can be handed over in-process.
     pub trait RespondResult<O> {
         /// The reply.
-        fn sb_respond(&self, out: O) -> Reply;
+        fn sb_respond(&self, out: O, local: bool) -> Reply;
     }
-    impl<T: Serialize, E: Into<RpcError>> RespondResult<Result<T, E>> for &Probe<Result<T, E>> {
-        fn sb_respond(&self, out: Result<T, E>) -> Reply {
+    impl<T, E> RespondResult<Result<T, E>> for &&&Probe<Result<T, E>>
+    where
+        T: Serialize + Send + 'static,
+        E: Into<RpcError>,
+    {
+        fn sb_respond(&self, out: Result<T, E>, local: bool) -> Reply {
+            match out {
+                Ok(v) if local => Reply::local(v),
+                Ok(v) => Reply::value(&v),
+                Err(e) => Reply::error(e.into()),
+            }
+        }
+    }
+    /// A `Result` of a plain value that cannot: encoded.
+    pub trait RespondResultEncoded<O> {
+        /// The reply.
+        fn sb_respond(&self, out: O, local: bool) -> Reply;
+    }
+    impl<T: Serialize, E: Into<RpcError>> RespondResultEncoded<Result<T, E>> for &&Probe<Result<T, E>> {
+        fn sb_respond(&self, out: Result<T, E>, _: bool) -> Reply {
             match out {
                 Ok(v) => Reply::value(&v),
                 Err(e) => Reply::error(e.into()),
             }
         }
     }
-    /// Any other serialisable value.
+    /// Any other serialisable value that can be handed over in-process.
     pub trait RespondValue<O> {
         /// The reply.
-        fn sb_respond(&self, out: O) -> Reply;
+        fn sb_respond(&self, out: O, local: bool) -> Reply;
     }
-    impl<O: Serialize> RespondValue<O> for Probe<O> {
-        fn sb_respond(&self, out: O) -> Reply {
+    impl<O: Serialize + Send + 'static> RespondValue<O> for &Probe<O> {
+        fn sb_respond(&self, out: O, local: bool) -> Reply {
+            if local { Reply::local(out) } else { Reply::value(&out) }
+        }
+    }
+    /// Any other serialisable value: encoded.
+    pub trait RespondEncoded<O> {
+        /// The reply.
+        fn sb_respond(&self, out: O, local: bool) -> Reply;
+    }
+    impl<O: Serialize> RespondEncoded<O> for Probe<O> {
+        fn sb_respond(&self, out: O, _: bool) -> Reply {
             Reply::value(&out)
         }
     }
     /// Fallback of the reply dispatch.
     pub trait RespondFallback<O> {
         /// Never runs.
-        fn sb_respond(&self, out: O) -> Reply;
+        fn sb_respond(&self, out: O, local: bool) -> Reply;
     }
     impl<O> RespondFallback<O> for Never<O> {
-        fn sb_respond(&self, _: O) -> Reply {
+        fn sb_respond(&self, _: O, _: bool) -> Reply {
             unreachable!("{NEVER}")
         }
     }

@@ -453,6 +453,60 @@ async fn shutdown_finishes_in_flight_requests_and_leaves_the_rest_queued() {
     next.shutdown().await.unwrap();
 }
 
+/// `max_in_flight` bounds the handlers running at once below `prefetch`; with `noack` the
+/// messages already delivered (which the broker counts as taken) are still handled by a
+/// graceful shutdown.
+#[tokio::test]
+async fn max_in_flight_bounds_handlers_and_a_noack_shutdown_handles_what_it_took() {
+    let _broker = common::conformance::shared().await;
+    if !broker_up().await {
+        return;
+    }
+    let bounded = url("in-flight", "&prefetch=8&max_in_flight=2");
+    purge("sb-test-in-flight").await;
+    let server = Microservice::from_registry().listen(&bounded).start().await.unwrap();
+    let client = Client::builder(&bounded)
+        .timeout(Duration::from_secs(10))
+        .connect()
+        .await
+        .unwrap();
+    let calls = (0..12).map(|_| {
+        let client = client.clone();
+        async move { client.send(TRACKED, 100).await }
+    });
+    for r in futures_util::future::join_all(calls).await {
+        assert_eq!(r.unwrap(), 100);
+    }
+    assert_eq!(client.send(MOST_RUNNING, ()).await.unwrap(), 2);
+    server.shutdown().await.unwrap();
+
+    let noack = url("noack-drain", "&noack=true&max_in_flight=1");
+    purge("sb-test-noack-drain").await;
+    let server = Microservice::from_registry().listen(&noack).start().await.unwrap();
+    let client = Client::builder(&noack)
+        .timeout(Duration::from_secs(10))
+        .connect()
+        .await
+        .unwrap();
+    let calls: Vec<_> = (0..5)
+        .map(|_| {
+            let client = client.clone();
+            tokio::spawn(async move { client.send(DELAY, 200).await })
+        })
+        .collect();
+    // All delivered, one of them running.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    server.shutdown().await.unwrap();
+    for call in calls {
+        assert_eq!(
+            call.await.unwrap().unwrap(),
+            200,
+            "every delivered request was answered"
+        );
+    }
+    assert_eq!(ready_messages("sb-test-noack-drain").await, Some(0));
+}
+
 #[tokio::test]
 async fn bad_urls_are_refused() {
     let err = Client::builder("amqp://127.0.0.1:5672?queue=x&prefech=1")

@@ -12,8 +12,7 @@ use switchboard::{Client, Microservice};
 async fn round_trip(url: &str) {
     // The users service's handlers, as its own binary serves them.
     let server = Microservice::new()
-        .handler(example_users::GET_USER)
-        .handler(example_users::create_user)
+        .group(example_users::Users::new())
         .listen(url)
         .start()
         .await
@@ -28,11 +27,6 @@ async fn round_trip(url: &str) {
             email: "john@example.com".into()
         }
     );
-    let id = String::from("7");
-    assert_eq!(
-        users.get_user(&id).timeout(Duration::from_secs(5)).await.unwrap().id,
-        "7"
-    );
     let created = users
         .create_user(NewUser {
             name: "Ada".into(),
@@ -40,10 +34,18 @@ async fn round_trip(url: &str) {
         })
         .await
         .unwrap();
-    assert_eq!((created.id.as_str(), created.name.as_str()), ("123", "Ada"));
+    assert_eq!((created.id.as_str(), created.name.as_str()), ("100", "Ada"));
+    let id = created.id.clone();
+    assert_eq!(
+        users.get_user(&id).timeout(Duration::from_secs(5)).await.unwrap(),
+        created
+    );
+    // The group's error reaches the generated client as the remote error.
+    let missing = users.get_user("7".to_string()).await.unwrap_err();
+    assert_eq!(missing.as_rpc().and_then(switchboard::RpcError::message), Some("user 7 not found"));
     // The generated descriptors work with a plain client too.
     let plain = Client::connect(server.local_url()).await.unwrap();
-    assert_eq!(plain.send(users::GET_USER, "1".to_string()).await.unwrap().id, "1");
+    assert_eq!(plain.send(users::GET_USER, "42".to_string()).await.unwrap().id, "42");
     // Nobody listens to user_created on the users service; the emit is still accepted.
     users.emit_user_created(&created).await.unwrap();
     server.shutdown().await.unwrap();
@@ -62,7 +64,8 @@ async fn generated_client_over_grpc() {
 #[test]
 fn generated_route_keys_match_the_service() {
     use switchboard::Message;
-    assert_eq!(users::GET_USER.route(), example_users::get_user.route());
-    assert_eq!(users::CREATE_USER.route(), example_users::create_user.route());
-    assert_eq!(users::GET_USER.pattern_json(), example_users::get_user.pattern_json());
+    use example_users::Users;
+    assert_eq!(users::GET_USER.route(), Users::GET_USER.route());
+    assert_eq!(users::CREATE_USER.route(), Users::CREATE_USER.route());
+    assert_eq!(users::GET_USER.pattern_json(), Users::GET_USER.pattern_json());
 }

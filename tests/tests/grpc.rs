@@ -40,7 +40,7 @@ async fn grpc_slow(ms: u64) -> u64 {
 #[message_pattern("grpc_deadline_seen")]
 async fn grpc_deadline_seen(ctx: Context) -> Option<String> {
     // gRPC's own headers are not handler headers; the caller's are.
-    ctx.header("grpc-timeout").map(str::to_owned)
+    ctx.headers().get("grpc-timeout").map(str::to_owned)
 }
 
 async fn server() -> (switchboard::RunningServer, String) {

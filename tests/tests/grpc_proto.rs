@@ -77,7 +77,11 @@ async fn fail_plain(req: HeroById) -> Hero {
 #[message_pattern({ service = "HeroesService", rpc = "Meta" })]
 async fn meta(_: Empty, ctx: Context) -> Headers {
     Headers {
-        entries: ctx.headers().map(|(k, v)| (k.to_owned(), v.to_owned())).collect(),
+        entries: ctx
+            .headers()
+            .iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect(),
     }
 }
 

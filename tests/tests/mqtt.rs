@@ -352,6 +352,30 @@ async fn shutdown_lets_in_flight_requests_finish() {
     );
 }
 
+/// `max_in_flight` bounds the handlers running at once, at QoS 0 and at QoS 1, while the
+/// replies of those running keep flowing: every request is answered.
+#[tokio::test]
+async fn max_in_flight_bounds_the_handlers_running() {
+    if !broker_up() {
+        return;
+    }
+    let broker = PrivateBroker::start().await;
+    for qos in [0, 1] {
+        let url = format!("{}?qos={qos}&max_in_flight=2", broker.url());
+        let server = start_server(&url).await;
+        let c = client(&url).await;
+        let calls = (0..12).map(|_| {
+            let c = c.clone();
+            async move { c.send(TRACKED, 100).await }
+        });
+        for r in futures_util::future::join_all(calls).await {
+            assert_eq!(r.unwrap(), 100, "qos {qos}");
+        }
+        assert_eq!(c.send(MOST_RUNNING, ()).await.unwrap(), 2, "qos {qos}");
+        server.shutdown().await.unwrap();
+    }
+}
+
 // ---- load balancing ------------------------------------------------------------------
 
 /// Which server instance handled each `lb_hit` request, by the runtime thread it ran on.

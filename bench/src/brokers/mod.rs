@@ -77,7 +77,7 @@ pub struct AddReply {
     pub result: i64,
 }
 
-#[message_pattern(cmd = "bench_add")]
+#[message_pattern({ cmd = "bench_add" })]
 async fn bench_add(req: AddRequest) -> AddReply {
     AddReply {
         result: req.a.wrapping_add(req.b),
@@ -113,7 +113,7 @@ struct SwitchboardCaller(Client);
 
 impl Caller for SwitchboardCaller {
     async fn call(&self, a: i64, b: i64) -> anyhow::Result<i64> {
-        Ok(self.0.send(bench_add, AddRequest { a, b }).await?.result)
+        Ok(self.0.send(BENCH_ADD, AddRequest { a, b }).await?.result)
     }
 }
 
@@ -411,7 +411,7 @@ async fn measure<B: Broker>(side: Side, load: Load) -> Result<(Sample, u64), Fai
         Side::Switchboard => {
             let url = broker.url();
             let server = Microservice::new()
-                .handler(bench_add)
+                .handler(BENCH_ADD)
                 .listen(url.as_str())
                 .start()
                 .await

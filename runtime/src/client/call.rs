@@ -7,6 +7,7 @@
 use std::future::{Future, IntoFuture};
 use std::marker::PhantomData;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
 
@@ -16,24 +17,27 @@ use futures_util::stream::{Stream, StreamExt};
 use serde::de::DeserializeOwned;
 use tokio::time::{Instant, Sleep};
 
-use super::{Client, ClientService};
+use super::{Client, ClientService, Prepared};
 use crate::error::{Error, Result};
-use crate::service::{Outbound, Replies, ReplyItem, deadline_after};
+use crate::service::{Local, Replies, ReplyItem, RouterFuture, deadline_after};
+use crate::transport::mem::MemClient;
 
 /// A request, sent when awaited; resolves to the reply (the last value of a multi-value
 /// reply). Made by [`Client::send`] and [`Client::send_raw`].
 #[must_use = "a call does nothing until it is awaited"]
 pub struct Call<R> {
     service: ClientService,
-    out: Result<Outbound>,
+    local: Option<Arc<MemClient>>,
+    out: Result<Prepared>,
     timeout: Duration,
     _reply: PhantomData<fn() -> R>,
 }
 
 impl<R> Call<R> {
-    pub(crate) fn new(client: &Client, out: Result<Outbound>) -> Self {
+    pub(crate) fn new(client: &Client, out: Result<Prepared>) -> Self {
         Call {
             service: client.service().clone(),
+            local: client.in_process().cloned(),
             out,
             timeout: client.timeout(),
             _reply: PhantomData,
@@ -49,7 +53,7 @@ impl<R> Call<R> {
     /// Adds a header (NestJS 12's `metadata`) to this call.
     pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
         if let Ok(out) = &mut self.out {
-            out.headers.insert(name, value);
+            out.header(name, value);
         }
         self
     }
@@ -60,10 +64,9 @@ impl<R> Call<R> {
     where
         R: DeserializeOwned + Send + 'static,
     {
-        let mut out = self.out?;
         let after = self.timeout;
         let deadline = deadline_after(after);
-        out.deadline = deadline;
+        let out = self.out?.outbound(deadline);
         let route: std::sync::Arc<str> = out.route.as_ref().into();
         let timed_out = {
             let route = route.clone();
@@ -84,7 +87,8 @@ impl<R> Call<R> {
                 let item = match tokio::time::timeout_at(deadline, replies.next()).await {
                     Ok(None) => return None,
                     Ok(Some(Ok(ReplyItem::Value(v)))) => return Some((decode(&v, &route), Some(replies))),
-                    Ok(Some(Ok(ReplyItem::Error(e)))) => Err(Error::Rpc(e)),
+                    Ok(Some(Ok(ReplyItem::Local(v)))) => return Some((take(v, &route), Some(replies))),
+                    Ok(Some(Ok(ReplyItem::Error(e)))) => decode_error(e),
                     Ok(Some(Err(e))) => Err(e),
                     Err(_) => Err(timed_out()),
                 };
@@ -94,22 +98,30 @@ impl<R> Call<R> {
     }
 }
 
-impl<R: DeserializeOwned> IntoFuture for Call<R> {
+impl<R: DeserializeOwned + 'static> IntoFuture for Call<R> {
     type Output = Result<R>;
     type IntoFuture = CallFuture<R>;
 
     fn into_future(self) -> CallFuture<R> {
         let deadline = deadline_after(self.timeout);
         let (state, route) = match self.out {
-            Ok(mut out) => {
-                out.deadline = deadline;
+            Ok(out) => {
                 let route = out.route.clone();
-                (State::Sending(self.service.call(out)), route)
+                let state = match self.local {
+                    // In-process: a function call into the service's router.
+                    Some(mem) => match mem.call(out.outbound(deadline)) {
+                        Ok(reply) => State::Answering { reply, mem },
+                        Err(e) => State::Failed(Some(e)),
+                    },
+                    None => State::Sending(self.service.call(out.outbound(deadline))),
+                };
+                (state, route)
             }
             Err(e) => (State::Failed(Some(e)), "".into()),
         };
         CallFuture {
-            sleep: tokio::time::sleep_until(deadline),
+            sleep: None,
+            deadline,
             state,
             route,
             after: self.timeout,
@@ -122,8 +134,10 @@ pin_project_lite::pin_project! {
     /// A [`Call`] being awaited.
     #[must_use = "futures do nothing unless polled"]
     pub struct CallFuture<R> {
+        // Armed only when the reply is not there at once (an in-process call never needs it).
         #[pin]
-        sleep: Sleep,
+        sleep: Option<Sleep>,
+        deadline: Instant,
         state: State,
         route: std::borrow::Cow<'static, str>,
         after: Duration,
@@ -134,15 +148,16 @@ pin_project_lite::pin_project! {
 enum State {
     Failed(Option<Error>),
     Sending(BoxFuture<'static, Result<Replies>>),
-    Receiving { replies: Replies, last: Option<Bytes> },
+    Answering { reply: RouterFuture, mem: Arc<MemClient> },
+    Receiving { replies: Replies, last: Option<Last> },
     Done,
 }
 
-impl<R: DeserializeOwned> Future for CallFuture<R> {
+impl<R: DeserializeOwned + 'static> Future for CallFuture<R> {
     type Output = Result<R>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Result<R>> {
-        let this = self.project();
+        let mut this = self.project();
         loop {
             match this.state {
                 State::Failed(e) => {
@@ -158,11 +173,22 @@ impl<R: DeserializeOwned> Future for CallFuture<R> {
                     }
                     Poll::Pending => break,
                 },
+                State::Answering { reply, mem } => match Pin::new(reply).poll(cx) {
+                    Poll::Ready(reply) => match mem.replies(this.route, reply) {
+                        Ok(replies) => *this.state = State::Receiving { replies, last: None },
+                        Err(e) => {
+                            *this.state = State::Done;
+                            return Poll::Ready(Err(e));
+                        }
+                    },
+                    Poll::Pending => break,
+                },
                 State::Receiving { replies, last } => match replies.poll_next_unpin(cx) {
-                    Poll::Ready(Some(Ok(ReplyItem::Value(v)))) => *last = Some(v),
+                    Poll::Ready(Some(Ok(ReplyItem::Value(v)))) => *last = Some(Last::Json(v)),
+                    Poll::Ready(Some(Ok(ReplyItem::Local(v)))) => *last = Some(Last::Local(v)),
                     Poll::Ready(Some(Ok(ReplyItem::Error(e)))) => {
                         *this.state = State::Done;
-                        return Poll::Ready(Err(Error::Rpc(e)));
+                        return Poll::Ready(decode_error(e));
                     }
                     Poll::Ready(Some(Err(e))) => {
                         *this.state = State::Done;
@@ -170,7 +196,11 @@ impl<R: DeserializeOwned> Future for CallFuture<R> {
                     }
                     Poll::Ready(None) => {
                         // A completion-only reply decodes as `null`: `()`, `Option<T>`, `Value`.
-                        let result = decode(last.as_deref().unwrap_or(b"null"), this.route);
+                        let result = match last.take() {
+                            Some(Last::Json(v)) => decode(&v, this.route),
+                            Some(Last::Local(v)) => take(v, this.route),
+                            None => decode(b"null", this.route),
+                        };
                         *this.state = State::Done;
                         return Poll::Ready(result);
                     }
@@ -179,7 +209,11 @@ impl<R: DeserializeOwned> Future for CallFuture<R> {
                 State::Done => panic!("CallFuture polled after it completed"),
             }
         }
-        match this.sleep.poll(cx) {
+        if this.sleep.is_none() {
+            this.sleep.set(Some(tokio::time::sleep_until(*this.deadline)));
+        }
+        let sleep = this.sleep.as_pin_mut().expect("armed above");
+        match sleep.poll(cx) {
             Poll::Ready(()) => {
                 *this.state = State::Done;
                 Poll::Ready(Err(Error::Timeout {
@@ -197,12 +231,12 @@ impl<R: DeserializeOwned> Future for CallFuture<R> {
 #[must_use = "an event is not sent until it is awaited"]
 pub struct Emit {
     service: ClientService,
-    out: Result<Outbound>,
+    out: Result<Prepared>,
     timeout: Duration,
 }
 
 impl Emit {
-    pub(crate) fn new(client: &Client, out: Result<Outbound>) -> Self {
+    pub(crate) fn new(client: &Client, out: Result<Prepared>) -> Self {
         Emit {
             service: client.service().clone(),
             out,
@@ -219,7 +253,7 @@ impl Emit {
     /// Adds a header (NestJS 12's `metadata`) to this event.
     pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
         if let Ok(out) = &mut self.out {
-            out.headers.insert(name, value);
+            out.header(name, value);
         }
         self
     }
@@ -231,9 +265,8 @@ impl IntoFuture for Emit {
 
     fn into_future(self) -> Self::IntoFuture {
         Box::pin(async move {
-            let mut out = self.out?;
             let deadline: Instant = deadline_after(self.timeout);
-            out.deadline = deadline;
+            let out = self.out?.outbound(deadline);
             let route = out.route.clone();
             match tokio::time::timeout_at(deadline, self.service.call(out)).await {
                 Ok(r) => r.map(drop),
@@ -246,8 +279,38 @@ impl IntoFuture for Emit {
     }
 }
 
+/// The last value of a reply so far.
+enum Last {
+    Json(Bytes),
+    Local(Local),
+}
+
+/// A value handed back in-process: taken as it is when it is an `R`, decoded from its JSON
+/// otherwise.
+fn take<R: DeserializeOwned + 'static>(value: Local, route: &str) -> Result<R> {
+    match value.take::<R>() {
+        Ok(v) => Ok(v),
+        Err(other) => {
+            let json = other.to_json().map_err(|source| Error::Codec {
+                context: format!("cannot encode the reply of {route}"),
+                source,
+            })?;
+            decode(&json, route)
+        }
+    }
+}
+
+/// An error reply: the caller's `Err` when it asked for a `Result` that takes it, the call's
+/// error otherwise.
+fn decode_error<R: DeserializeOwned>(e: crate::error::RpcError) -> Result<R> {
+    match super::decode::error::<R>(&e) {
+        Some(value) => Ok(value),
+        None => Err(Error::Rpc(e)),
+    }
+}
+
 fn decode<R: DeserializeOwned>(json: &[u8], route: &str) -> Result<R> {
-    serde_json::from_slice(json).map_err(|source| Error::Codec {
+    super::decode::value(json).map_err(|source| Error::Codec {
         context: format!("cannot decode the reply of {route} as {}", std::any::type_name::<R>()),
         source,
     })

@@ -11,8 +11,9 @@ use std::marker::PhantomData;
 /// A request/response pattern with its payload and reply types.
 #[diagnostic::on_unimplemented(
     message = "`{Self}` is not a request/response pattern",
-    label = "not a `#[message_pattern]` handler or a `MessageDef`",
-    note = "events are sent with `emit`; request/response patterns with `send`"
+    label = "expected a `#[message_pattern]` handler's descriptor or a `MessageDef`",
+    note = "events are sent with `emit`; request/response patterns with `send`",
+    note = "a handler is called through its descriptor: `client.send(GET_USER, ..)` for `#[message_pattern] async fn get_user`, not the function"
 )]
 pub trait Message: Copy + Send + Sync + 'static {
     /// What the caller sends. (Calls require `Serialize`; a handler whose payload is not
@@ -30,8 +31,9 @@ pub trait Message: Copy + Send + Sync + 'static {
 /// A fire-and-forget pattern with its payload type.
 #[diagnostic::on_unimplemented(
     message = "`{Self}` is not an event pattern",
-    label = "not an `#[event_pattern]` handler or an `EventDef`",
-    note = "request/response patterns are called with `send`; events with `emit`"
+    label = "expected an `#[event_pattern]` handler's descriptor or an `EventDef`",
+    note = "request/response patterns are called with `send`; events are sent with `emit`",
+    note = "a listener is called through its descriptor: `client.emit(USER_CREATED, ..)` for `#[event_pattern] async fn user_created`, not the function"
 )]
 pub trait Event: Copy + Send + Sync + 'static {
     /// What the emitter sends. (Emitting requires `Serialize`.)
@@ -51,17 +53,31 @@ pub trait Event: Copy + Send + Sync + 'static {
 pub trait AsPayload<T> {
     /// The payload by reference.
     fn as_payload(&self) -> &T;
+
+    /// The payload itself, when it was given by value (an in-process call hands it over
+    /// without encoding it).
+    fn into_owned(self) -> Result<T, Self>
+    where
+        Self: Sized;
 }
 
 impl<T> AsPayload<T> for T {
     fn as_payload(&self) -> &T {
         self
     }
+
+    fn into_owned(self) -> Result<T, Self> {
+        Ok(self)
+    }
 }
 
 impl<T> AsPayload<T> for &T {
     fn as_payload(&self) -> &T {
         self
+    }
+
+    fn into_owned(self) -> Result<T, Self> {
+        Err(self)
     }
 }
 

@@ -13,10 +13,12 @@ use serde::de::DeserializeOwned;
 use tower::{BoxError, Layer, Service};
 
 use crate::error::{Error, Result};
-use crate::service::{Headers, Kind, Outbound, Replies};
+use crate::service::{Headers, Kind, Local, Outbound, Replies};
+use crate::transport::mem::MemClient;
 use crate::transport::{self, ClientOptions, ClientTransport};
 
 pub mod call;
+mod decode;
 pub mod descriptor;
 pub mod stack;
 
@@ -56,6 +58,9 @@ pub struct Client {
     service: ClientService,
     timeout: Duration,
     headers: Headers,
+    /// An in-process transport with no layer in between: requests go straight to the
+    /// service's router, and payloads given by value are handed over as they are.
+    local: Option<Arc<MemClient>>,
 }
 
 impl std::fmt::Debug for Client {
@@ -146,10 +151,17 @@ impl ClientBuilder {
 
     /// A client that connects on its first call.
     pub fn build(self) -> Result<Client> {
+        let mut mem = None;
         let (label, transport): (Arc<str>, Arc<dyn ClientTransport>) = match self.target {
+            Target::Url(url) if url.starts_with("mem://") => {
+                let client = Arc::new(MemClient::new(&transport::Endpoint::parse(&url)?)?);
+                mem = Some(client.clone());
+                (transport::redact(&url).into(), client)
+            }
             Target::Url(url) => (transport::redact(&url).into(), transport::client(&url, &self.opts)?),
             Target::Custom(t) => ("custom".into(), t),
         };
+        let local = mem.filter(|_| self.layers.is_empty());
         let service = self
             .layers
             .into_iter()
@@ -162,6 +174,7 @@ impl ClientBuilder {
             service,
             timeout: self.timeout,
             headers: self.headers,
+            local,
         })
     }
 
@@ -230,11 +243,18 @@ impl Client {
     /// for multi-value replies), or use [`Call::stream`] for every value.
     pub fn send<M>(&self, pattern: M, payload: impl AsPayload<M::Request>) -> Call<M::Reply>
     where
-        M: Message<Request: Serialize, Reply: DeserializeOwned>,
+        M: Message<Request: Serialize + Send + 'static, Reply: DeserializeOwned>,
     {
+        let (json, route) = (pattern.pattern_json().into(), pattern.route().into());
+        if self.local.is_some() {
+            match payload.into_owned() {
+                // In-process, a payload given by value is handed over as it is.
+                Ok(value) => return Call::new(self, Ok(self.prepared(Kind::Request, json, route, Body::Local(Local::new(value))))),
+                Err(payload) => return Call::new(self, self.outbound(Kind::Request, json, route, payload.as_payload())),
+            }
+        }
         // The payload is encoded now, so the call borrows nothing of the caller's.
-        let out = self.outbound(Kind::Request, pattern.pattern_json().into(), pattern.route().into(), payload.as_payload());
-        Call::new(self, out)
+        Call::new(self, self.outbound(Kind::Request, json, route, payload.as_payload()))
     }
 
     /// Emits an event; the [`Emit`] resolves once the transport has accepted it.
@@ -275,20 +295,73 @@ impl Client {
         &self.service
     }
 
+    pub(crate) fn in_process(&self) -> Option<&Arc<MemClient>> {
+        self.local.as_ref()
+    }
+
     fn outbound<T: Serialize + ?Sized>(
         &self,
         kind: Kind,
         pattern: std::borrow::Cow<'static, str>,
         route: std::borrow::Cow<'static, str>,
         payload: &T,
-    ) -> Result<Outbound> {
-        let data = crate::json::to_vec(payload).map_err(|source| Error::Codec {
+    ) -> Result<Prepared> {
+        let payload = crate::service::to_json(payload).map_err(|source| Error::Codec {
             context: format!("cannot encode the payload for pattern {route}"),
             source,
         })?;
-        let mut out = Outbound::new(kind, pattern, route, Bytes::from(data), self.timeout);
-        out.headers = self.headers.clone();
-        Ok(out)
+        Ok(self.prepared(kind, pattern, route, Body::Json(payload)))
+    }
+
+    fn prepared(
+        &self,
+        kind: Kind,
+        pattern: std::borrow::Cow<'static, str>,
+        route: std::borrow::Cow<'static, str>,
+        body: Body,
+    ) -> Prepared {
+        Prepared {
+            kind,
+            pattern,
+            route,
+            body,
+            headers: self.headers.clone(),
+        }
+    }
+}
+
+/// A prepared call's payload.
+enum Body {
+    Json(Bytes),
+    Local(Local),
+}
+
+/// A call, encoded, before it is sent: it becomes an [`Outbound`] with its deadline when
+/// awaited.
+pub(crate) struct Prepared {
+    kind: Kind,
+    pattern: std::borrow::Cow<'static, str>,
+    pub(crate) route: std::borrow::Cow<'static, str>,
+    body: Body,
+    pub(crate) headers: Headers,
+}
+
+impl Prepared {
+    /// The call, due at `deadline`.
+    pub(crate) fn outbound(self, deadline: tokio::time::Instant) -> Outbound {
+        let (payload, local) = match self.body {
+            Body::Json(json) => (json, None),
+            Body::Local(value) => (Bytes::new(), Some(value)),
+        };
+        let mut out = Outbound::new(self.kind, self.pattern, self.route, payload, deadline);
+        out.headers = self.headers;
+        out.local = local;
+        out
+    }
+
+    /// Adds a header.
+    pub(crate) fn header(&mut self, name: impl Into<String>, value: impl Into<String>) {
+        self.headers.insert(name, value);
     }
 }
 

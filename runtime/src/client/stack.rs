@@ -59,9 +59,9 @@ trait Erased: Send + Sync {
 
 impl Erased for Transport {
     fn call(&self, out: Outbound) -> BoxFuture<'static, Result<Replies>> {
-        match Service::call(&mut self.clone(), out) {
-            Either::Left(request) => request,
-            Either::Right(emit) => emit.boxed(),
+        match out.kind {
+            Kind::Request => self.0.clone().request(out),
+            Kind::Event => self.0.clone().emit(out).map_ok(empty).boxed(),
         }
     }
 }

@@ -50,10 +50,11 @@ pub struct IsPayload<T>(std::marker::PhantomData<fn() -> T>);
 /// }
 /// ```
 #[diagnostic::on_unimplemented(
-    message = "`{Self}` cannot be a handler's argument",
-    label = "neither a payload nor an extractor",
-    note = "a payload is decoded from the message: its type implements `serde::Deserialize` (for a type of yours, add `#[derive(serde::Deserialize)]`)",
-    note = "an extractor implements `switchboard::FromRequest`: `Context`, `Headers`, `Deadline`, `Extension<T>`, `State<T>`"
+    message = "the service's state `{S}` does not provide the handler's argument `{Self}`",
+    label = "this handler takes a `{Self}`",
+    note = "a `State<T>` argument needs the service's state to provide `T`: `T` is the state itself, or `impl FromRef<{S}> for T`; `#[derive(FromRef)]` on the state struct implements that for the type of each of its fields",
+    note = "a service gets its state from `Microservice::new().with_state(state)`, before its handlers are added",
+    note = "any other argument is the payload (a `serde::Deserialize` type) or an extractor that implements `FromRequest<{S}>`"
 )]
 pub trait FromRequest<S>: Sized + Send {
     /// [`NoPayload`] for an extractor; the payload type marks itself.
@@ -78,6 +79,13 @@ pub(crate) fn decode_payload<T: DeserializeOwned + 'static>(req: &mut Request) -
     };
     match req.take_payload() {
         Some(Payload::Json(json)) => serde_json::from_slice(&json).map_err(|e| invalid(req, &e)),
+        Some(Payload::Local(value)) => match value.take::<T>() {
+            Ok(v) => Ok(v),
+            Err(other) => {
+                let json = other.to_json().map_err(|e| invalid(req, &e))?;
+                serde_json::from_slice(&json).map_err(|e| invalid(req, &e))
+            }
+        },
         Some(Payload::Value(value)) => match value.downcast::<T>() {
             Ok(v) => Ok(*v),
             Err(value) => {
@@ -150,5 +158,15 @@ impl<S: Sync, T: Clone + Send + Sync + 'static> FromRequest<S> for Extension<T> 
                 Err(RpcError::internal())
             }
         })
+    }
+}
+
+/// A client- or bidirectional-streaming gRPC call's request stream, taken like a payload.
+#[cfg(feature = "grpc")]
+impl<S: Sync, T: Send + 'static> FromRequest<S> for crate::transport::grpc::GrpcStream<T> {
+    type Payload = IsPayload<Self>;
+
+    fn from_request(req: &mut Request, _: &S) -> impl Future<Output = Result<Self, RpcError>> + Send {
+        std::future::ready(crate::transport::grpc::proto::take_stream(req))
     }
 }

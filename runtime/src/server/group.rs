@@ -43,9 +43,10 @@ use crate::service::Route;
 /// # }
 /// ```
 #[diagnostic::on_unimplemented(
-    message = "`{Self}` is not a group of handlers served with state `{S}`",
-    label = "not an `impl` block marked `#[handlers]`, or an argument of one of its handlers needs other state",
-    note = "mark the `impl` block that holds its handler methods with `#[switchboard::handlers]`"
+    message = "`{Self}` is not a group of handlers",
+    label = "expected a value of a type whose `impl` block is marked `#[handlers]`",
+    note = "mark the `impl` block that holds its handler methods with `#[switchboard::handlers]`",
+    note = "a handler's descriptor (`GET_USER`) is served with `.handler(GET_USER)`"
 )]
 pub trait Group<S>: Send + Sync + Sized + 'static {
     /// Every handler of the group, bound to the shared value and the service's state.

@@ -84,11 +84,11 @@ impl HandlerInfo {
 /// assert_eq!(PING.info().name(), "ping");
 /// ```
 #[diagnostic::on_unimplemented(
-    message = "`{Self}` is not a handler",
-    label = "expected a handler's descriptor",
-    note = "`#[message_pattern] async fn get_user(..)` makes the descriptor `GET_USER`: pass that, not the function"
+    message = "`{Self}` is not a handler's descriptor",
+    label = "expected a descriptor made by `#[message_pattern]` or `#[event_pattern]`",
+    note = "`#[message_pattern] async fn get_user(..)` makes the descriptor `GET_USER` next to the function: pass `GET_USER`, not the function"
 )]
-pub trait Handler: Copy + Send + Sync + 'static {
+pub trait Handler: Clone + Send + Sync + 'static {
     /// The handler's pattern, kind and location.
     fn info(&self) -> &'static HandlerInfo;
 
@@ -102,9 +102,10 @@ pub trait Handler: Copy + Send + Sync + 'static {
 /// A handler that can be served with state `S`: its arguments all come from a message and
 /// `S` (a `State<T>` argument needs `T: FromRef<S>`).
 #[diagnostic::on_unimplemented(
-    message = "`{Self}` cannot be served by a service whose state is `{S}`",
-    label = "an argument of this handler cannot be extracted with state `{S}`",
-    note = "a `State<T>` argument needs `T` to be the state, or `impl FromRef<{S}> for T` (`#[derive(FromRef)]` on the state writes these); give the service its state with `Microservice::new().with_state(...)`"
+    message = "`{Self}` is not a handler's descriptor",
+    label = "expected a descriptor made by `#[message_pattern]` or `#[event_pattern]`",
+    note = "`#[message_pattern] async fn get_user(..)` makes the descriptor `GET_USER` next to the function: serve it with `.handler(GET_USER)`; the function itself is not a handler",
+    note = "a group of handlers (an `impl` block marked `#[handlers]`) is served with `.group(value)`"
 )]
 pub trait Serve<S>: Handler {
     /// Serves one message.
@@ -115,12 +116,12 @@ pub trait Serve<S>: Handler {
     where
         S: Clone + Send + Sync + 'static,
     {
-        Route::from_fn(move |req| self.call(req, state.clone()))
+        Route::from_fn(move |req| self.clone().call(req, state.clone()))
     }
 }
 
 /// A handler inside a `tower` layer of its own, made by [`Handler::layer`].
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 pub struct Layered<H, L> {
     handler: H,
     layer: L,
@@ -135,7 +136,7 @@ impl<H: fmt::Debug, L> fmt::Debug for Layered<H, L> {
 impl<H, L> Handler for Layered<H, L>
 where
     H: Handler,
-    L: Copy + Send + Sync + 'static,
+    L: Clone + Send + Sync + 'static,
 {
     fn info(&self) -> &'static HandlerInfo {
         self.handler.info()
@@ -146,7 +147,7 @@ impl<H, L, S> Serve<S> for Layered<H, L>
 where
     H: Serve<S>,
     S: Clone + Send + Sync + 'static,
-    L: Layer<HandlerService<H, S>> + Copy + Send + Sync + 'static,
+    L: Layer<HandlerService<H, S>> + Clone + Send + Sync + 'static,
     L::Service: Service<Request, Response = Reply> + Clone + Send + Sync + 'static,
     <L::Service as Service<Request>>::Error: Into<BoxError>,
     <L::Service as Service<Request>>::Future: Send,
@@ -167,10 +168,10 @@ pub struct HandlerService<H, S> {
     _s: PhantomData<fn() -> S>,
 }
 
-impl<H: Copy, S: Clone> Clone for HandlerService<H, S> {
+impl<H: Clone, S: Clone> Clone for HandlerService<H, S> {
     fn clone(&self) -> Self {
         HandlerService {
-            handler: self.handler,
+            handler: self.handler.clone(),
             state: self.state.clone(),
             _s: PhantomData,
         }
@@ -199,7 +200,7 @@ impl<H: Serve<S>, S: Clone + Send + Sync + 'static> Service<Request> for Handler
 
     fn call(&mut self, req: Request) -> Self::Future {
         use futures_util::FutureExt;
-        self.handler.call(req, self.state.clone()).map(Ok)
+        self.handler.clone().call(req, self.state.clone()).map(Ok)
     }
 }
 

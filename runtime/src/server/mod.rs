@@ -318,7 +318,7 @@ fn build_router(mut handlers: Vec<Bound>, from_registry: bool, layers: &[Wrap]) 
             },
         );
     }
-    Ok(builder.build(|route| layers.iter().fold(route, |route, wrap| wrap(route))))
+    Ok(builder.build(!layers.is_empty(), |route| layers.iter().fold(route, |route, wrap| wrap(route))))
 }
 
 /// A started service. Dropping it stops serving at once; [`shutdown`](Self::shutdown)

@@ -40,6 +40,8 @@ pub struct Context {
     headers: Headers,
     deadline: Option<Instant>,
     extensions: Extensions,
+    /// The sender is in this process and takes its reply as a value, not encoded.
+    local: bool,
 }
 
 impl Context {
@@ -53,6 +55,7 @@ impl Context {
             headers: Headers::new(),
             deadline: None,
             extensions: Extensions::new(),
+            local: false,
         }
     }
 
@@ -115,5 +118,15 @@ impl Context {
 
     pub(crate) fn set_route(&mut self, route: Cow<'static, str>) {
         self.route = route;
+    }
+
+    /// True when the reply may be handed back as a value ([`Reply::local`](super::Reply)):
+    /// the sender is in this process, and no layer of the service looks at replies.
+    pub fn takes_local_reply(&self) -> bool {
+        self.local
+    }
+
+    pub(crate) fn set_local(&mut self, local: bool) {
+        self.local = local;
     }
 }

@@ -10,11 +10,11 @@ use bytes::Bytes;
 use futures_util::stream::{BoxStream, Stream, StreamExt};
 use tokio::time::Instant;
 
-use super::{Extensions, Headers, Kind, Reply, ReplyItem};
+use super::{Extensions, Headers, Kind, Local, Reply, ReplyItem};
 use crate::error::Result;
 
 /// A request or event on its way out, as client layers and transports see it.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 #[non_exhaustive]
 pub struct Outbound {
     /// Request (a reply is awaited) or event.
@@ -32,16 +32,20 @@ pub struct Outbound {
     pub deadline: Instant,
     /// Values for the layers below (a layer above puts them here).
     pub extensions: Extensions,
+    /// The payload as a value, not encoded (`payload` is then empty): only for a transport
+    /// that [takes values](crate::transport::ClientTransport::takes_values), when no layer
+    /// is in between.
+    pub(crate) local: Option<Local>,
 }
 
 impl Outbound {
-    /// A call to `route` (whose pattern JSON is `pattern`) with a JSON payload, due in `timeout`.
+    /// A call to `route` (whose pattern JSON is `pattern`) with a JSON payload, due at `deadline`.
     pub fn new(
         kind: Kind,
         pattern: impl Into<Cow<'static, str>>,
         route: impl Into<Cow<'static, str>>,
         payload: Bytes,
-        timeout: Duration,
+        deadline: Instant,
     ) -> Self {
         Outbound {
             kind,
@@ -49,15 +53,42 @@ impl Outbound {
             route: route.into(),
             payload,
             headers: Headers::new(),
-            deadline: deadline_after(timeout),
+            deadline,
             extensions: Extensions::new(),
+            local: None,
         }
+    }
+
+    /// The payload as a value, if the call carries one instead of JSON (in-process calls).
+    pub fn take_local(&mut self) -> Option<Local> {
+        self.local.take()
     }
 
     /// The time left before the deadline (zero once it has passed), for transports that send
     /// it along (gRPC's `grpc-timeout`).
     pub fn timeout(&self) -> Duration {
         self.deadline.saturating_duration_since(Instant::now())
+    }
+}
+
+impl Clone for Outbound {
+    /// A copy (a retry's): a payload carried as a value is encoded in the copy, since a value
+    /// is not copied.
+    fn clone(&self) -> Self {
+        let payload = match &self.local {
+            Some(value) => value.to_json().unwrap_or_default(),
+            None => self.payload.clone(),
+        };
+        Outbound {
+            kind: self.kind,
+            pattern: self.pattern.clone(),
+            route: self.route.clone(),
+            payload,
+            headers: self.headers.clone(),
+            deadline: self.deadline,
+            extensions: self.extensions.clone(),
+            local: None,
+        }
     }
 }
 

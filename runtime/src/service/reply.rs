@@ -10,15 +10,49 @@ use bytes::{BufMut as _, Bytes, BytesMut};
 use futures_util::stream::{BoxStream, Stream, StreamExt};
 use serde::Serialize;
 
+use super::Local;
 use crate::error::RpcError;
 
 /// One packet of a reply: a JSON value or an error.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug)]
 pub enum ReplyItem {
     /// A value, as JSON text.
     Value(Bytes),
     /// An error; the reply ends with it.
     Error(RpcError),
+    /// A value handed back in-process, not encoded (see [`Local`]).
+    Local(Local),
+}
+
+impl ReplyItem {
+    /// The item with a `Local` value encoded, for transports that send bytes.
+    pub(crate) fn encoded(self) -> ReplyItem {
+        match self {
+            ReplyItem::Local(v) => match v.to_json() {
+                Ok(json) => ReplyItem::Value(json),
+                Err(e) => {
+                    tracing::error!(error = %e, "a handler's reply could not be serialised");
+                    ReplyItem::Error(RpcError::internal())
+                }
+            },
+            other => other,
+        }
+    }
+}
+
+impl PartialEq for ReplyItem {
+    /// Values compare by their JSON; a `Local` value by its JSON too.
+    fn eq(&self, other: &Self) -> bool {
+        let json = |item: &ReplyItem| match item {
+            ReplyItem::Value(v) => Some(v.clone()),
+            ReplyItem::Local(v) => v.to_json().ok(),
+            ReplyItem::Error(_) => None,
+        };
+        match (self, other) {
+            (ReplyItem::Error(a), ReplyItem::Error(b)) => a == b,
+            (a, b) => json(a).is_some() && json(a) == json(b),
+        }
+    }
 }
 
 /// A handler's answer: zero or more values, or an error, then completion.
@@ -43,6 +77,7 @@ enum Inner {
     Value(Bytes),
     Error(RpcError),
     Stream(BoxStream<'static, ReplyItem>),
+    Local(Local),
     /// Nobody handles the pattern: transports answer with NestJS's own packet for it.
     NoHandler,
     /// A stream that has ended (or a single item already taken).
@@ -79,10 +114,19 @@ impl Reply {
     /// One value, serialised as JavaScript would write it; a value that cannot be
     /// serialised is logged and answered with NestJS's `Internal server error`.
     pub fn value<T: Serialize + ?Sized>(value: &T) -> Self {
-        match encode(value) {
-            ReplyItem::Value(json) => Reply(Inner::Value(json)),
-            ReplyItem::Error(e) => Reply(Inner::Error(e)),
+        match to_json(value) {
+            Ok(json) => Reply(Inner::Value(json)),
+            Err(e) => {
+                tracing::error!(error = %e, "a handler's reply could not be serialised");
+                Reply(Inner::Error(RpcError::internal()))
+            }
         }
+    }
+
+    /// One value handed back in-process, not encoded (for a sender whose context
+    /// [takes local replies](super::Context::takes_local_reply)).
+    pub fn local<T: Serialize + Send + 'static>(value: T) -> Self {
+        Reply(Inner::Local(Local::new(value)))
     }
 
     /// Any number of packets; the reply ends after the first error. A panic while the
@@ -153,6 +197,7 @@ impl Stream for Reply {
             Inner::Value(v) => Some(ReplyItem::Value(v)),
             Inner::Error(e) => Some(ReplyItem::Error(e)),
             Inner::NoHandler => Some(ReplyItem::Error(RpcError::no_handler())),
+            Inner::Local(v) => Some(ReplyItem::Local(v)),
             Inner::Stream(mut items) => {
                 let polled = items.poll_next_unpin(cx);
                 if !matches!(polled, Poll::Ready(None) | Poll::Ready(Some(ReplyItem::Error(_)))) {
@@ -173,6 +218,7 @@ impl fmt::Debug for Reply {
             Inner::Error(e) => write!(f, "Reply::Error({e:?})"),
             Inner::Stream(_) => f.write_str("Reply::Stream"),
             Inner::NoHandler => f.write_str("Reply::NoHandler"),
+            Inner::Local(v) => write!(f, "Reply::{v:?}"),
             Inner::Done => f.write_str("Reply::Done"),
         }
     }
@@ -206,15 +252,27 @@ impl Stream for Guarded {
     }
 }
 
-/// Serialises a reply value. Values go into a per-thread buffer and are split off it, so a
-/// small reply costs no allocation of its own (the buffer is reused once every reply cut
-/// from it has been dropped).
+/// Serialises a reply value (see [`to_json`]); a value that cannot be serialised is logged
+/// and becomes NestJS's `Internal server error`.
 pub(crate) fn encode<T: Serialize + ?Sized>(value: &T) -> ReplyItem {
+    match to_json(value) {
+        Ok(v) => ReplyItem::Value(v),
+        Err(e) => {
+            tracing::error!(error = %e, "a handler's reply could not be serialised");
+            ReplyItem::Error(RpcError::internal())
+        }
+    }
+}
+
+/// Serialises a value as JavaScript would write it. Values go into a per-thread buffer and
+/// are split off it, so a small value costs no allocation of its own (the buffer is reused
+/// once every value cut from it has been dropped).
+pub(crate) fn to_json<T: Serialize + ?Sized>(value: &T) -> serde_json::Result<Bytes> {
     const CHUNK: usize = 16 * 1024;
     thread_local! {
         static ARENA: std::cell::RefCell<BytesMut> = std::cell::RefCell::new(BytesMut::new());
     }
-    let written = ARENA.with(|arena| {
+    ARENA.with(|arena| {
         // A `Serialize` impl that itself encodes a reply gets a buffer of its own.
         let Ok(mut arena) = arena.try_borrow_mut() else {
             return crate::json::to_vec(value).map(Bytes::from);
@@ -228,14 +286,7 @@ pub(crate) fn encode<T: Serialize + ?Sized>(value: &T) -> ReplyItem {
         let json = buf.split();
         *arena = buf;
         result.map(|()| json.freeze())
-    });
-    match written {
-        Ok(v) => ReplyItem::Value(v),
-        Err(e) => {
-            tracing::error!(error = %e, "a handler's reply could not be serialised");
-            ReplyItem::Error(RpcError::internal())
-        }
-    }
+    })
 }
 
 

@@ -5,7 +5,7 @@ use std::fmt;
 
 use bytes::Bytes;
 
-use super::{Context, Headers, Kind};
+use super::{Context, Headers, Kind, Local};
 
 /// How the sender addressed the message.
 #[derive(Clone, PartialEq, Eq)]
@@ -65,6 +65,9 @@ pub enum Payload {
     Json(Bytes),
     /// A value of the type the handler takes.
     Value(Box<dyn Any + Send>),
+    /// A value sent in-process, not encoded: taken as it is by a handler whose payload has
+    /// its type, decoded from its JSON by any other.
+    Local(Local),
 }
 
 impl Payload {
@@ -77,7 +80,7 @@ impl Payload {
     pub fn json(&self) -> Option<&[u8]> {
         match self {
             Payload::Json(b) => Some(b),
-            Payload::Value(_) => None,
+            Payload::Value(_) | Payload::Local(_) => None,
         }
     }
 }
@@ -87,6 +90,7 @@ impl fmt::Debug for Payload {
         match self {
             Payload::Json(b) => write!(f, "Json({} bytes)", b.len()),
             Payload::Value(_) => f.write_str("Value(..)"),
+            Payload::Local(v) => v.fmt(f),
         }
     }
 }
@@ -163,7 +167,7 @@ impl Request {
     pub(crate) fn try_clone(&self) -> Option<Request> {
         let payload = match &self.payload {
             Some(Payload::Json(b)) => Some(Payload::Json(b.clone())),
-            Some(Payload::Value(_)) => return None,
+            Some(Payload::Value(_) | Payload::Local(_)) => return None,
             None => None,
         };
         Some(Request {

@@ -263,6 +263,10 @@ struct Table {
     /// Each served route once, sorted.
     routes: Vec<Arc<Entry>>,
     fallback: Route,
+    /// Service-wide layers look at replies as JSON, so in-process callers get JSON too.
+    layered: bool,
+    /// Set once the service stops serving in-process callers that hold this router.
+    closed: std::sync::atomic::AtomicBool,
 }
 
 impl fmt::Debug for Router {
@@ -298,9 +302,9 @@ impl RouterBuilder {
         }
     }
 
-    /// The router: each route's handlers wrapped by `wrap` (the service's layers), the
-    /// fallback too.
-    pub fn build(self, wrap: impl std::ops::Fn(Route) -> Route) -> Router {
+    /// The router: each route's handlers wrapped by `wrap` (the service's layers, if
+    /// `layered`), the fallback too.
+    pub fn build(self, layered: bool, wrap: impl std::ops::Fn(Route) -> Route) -> Router {
         let mut lookup = HashMap::default();
         let mut routes = Vec::with_capacity(self.routes.len());
         for (route, patterns, handlers, locations) in self.routes {
@@ -324,6 +328,8 @@ impl RouterBuilder {
         Router(Arc::new(Table {
             lookup,
             routes,
+            layered,
+            closed: std::sync::atomic::AtomicBool::new(false),
             fallback: wrap(Route::from_fn(|req| {
                 if req.kind() == Kind::Event {
                     tracing::warn!(
@@ -342,6 +348,9 @@ impl RouterBuilder {
 impl Router {
     /// Serves one message: its route's reply, or the fallback's (a no-handler reply).
     pub fn call(&self, mut req: Request) -> RouterFuture {
+        if self.0.layered {
+            req.context_mut().set_local(false);
+        }
         let (route, label) = match self.resolve(req.address()) {
             Ok(entry) => {
                 req.context_mut().set_route(Cow::Borrowed(entry.info.route));
@@ -360,6 +369,16 @@ impl Router {
             }
         };
         RouterFuture { inner, label }
+    }
+
+    /// Marks the router as no longer served (its in-process listener stopped).
+    pub(crate) fn close(&self) {
+        self.0.closed.store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// True once [`close`](Self::close)d.
+    pub(crate) fn is_closed(&self) -> bool {
+        self.0.closed.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Every served route once, in route order.

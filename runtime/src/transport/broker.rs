@@ -103,6 +103,8 @@ fn log_panic(done: std::result::Result<(), tokio::task::JoinError>) {
 }
 
 /// What a broker received, read as NestJS reads it.
+// RabbitMQ and Kafka read messages their own way.
+#[cfg_attr(not(any(feature = "redis", feature = "nats", feature = "mqtt")), allow(dead_code))]
 pub(crate) enum Inbound {
     /// A NestJS packet: the request or event, and the raw `id` a request's reply echoes.
     Packet { request: Request, id: Option<Bytes> },
@@ -116,6 +118,7 @@ pub(crate) enum Inbound {
 /// Reads a message that arrived at `address` (a broker routing by channel passes
 /// `Router::channel_address(channel)`) as NestJS does. `headers` are the broker's own (NATS,
 /// AMQP); the packet's `metadata` is added to them.
+#[cfg_attr(not(any(feature = "redis", feature = "nats", feature = "mqtt")), allow(dead_code))]
 pub(crate) fn read(body: &Bytes, address: Address, transport: &'static str, headers: Headers) -> Inbound {
     match Packet::parse(body) {
         Ok(p) if p.pattern.is_some() || p.data.is_some() => {
@@ -142,6 +145,7 @@ pub(crate) fn read(body: &Bytes, address: Address, transport: &'static str, head
     }
 }
 
+#[cfg_attr(not(any(feature = "redis", feature = "nats", feature = "mqtt")), allow(dead_code))]
 fn external(address: Address, data: Bytes, transport: &'static str, headers: Headers) -> Request {
     let ctx = Context::new(transport, Kind::Event).with_headers(headers);
     Request::new(address, Payload::Json(data), ctx)

@@ -5,17 +5,17 @@
 
 use std::borrow::Cow;
 use std::collections::HashMap;
-use std::sync::{Arc, LazyLock, Mutex};
+use std::sync::{Arc, LazyLock, RwLock};
 
 use bytes::Bytes;
 use futures_util::future::{BoxFuture, FutureExt};
 
 use super::{ClientTransport, Endpoint, Listener, Shutdown};
 use crate::error::{Error, Result};
-use crate::service::{Address, Context, Kind, Outbound, Payload, Replies, Request, Router};
+use crate::service::{Address, Context, Kind, Outbound, Payload, Replies, Request, Router, RouterFuture};
 
 /// Servers bound in this process, by name.
-static SERVERS: LazyLock<Mutex<HashMap<String, Router>>> = LazyLock::new(Default::default);
+static SERVERS: LazyLock<RwLock<HashMap<String, Router>>> = LazyLock::new(Default::default);
 
 /// The server side of `mem://name`.
 #[derive(Debug)]
@@ -28,7 +28,7 @@ impl MemListener {
     pub fn bind(ep: &Endpoint) -> Result<Self> {
         ep.only_params(&[])?;
         let name = ep.authority.clone();
-        if SERVERS.lock().expect("mem registry lock").contains_key(&name) {
+        if SERVERS.read().expect("mem registry lock").contains_key(&name) {
             return Err(Error::InvalidUrl {
                 url: ep.redacted(),
                 reason: "already bound in this process".into(),
@@ -47,7 +47,7 @@ impl Listener for MemListener {
         // Registered before the future is first polled, so the name answers as soon as the
         // server has started; unregistered when the future ends or is dropped (aborted).
         let bound = {
-            let mut servers = SERVERS.lock().expect("mem registry lock");
+            let mut servers = SERVERS.write().expect("mem registry lock");
             if servers.contains_key(&self.name) {
                 Err(Error::InvalidUrl {
                     url: self.local_url(),
@@ -72,8 +72,11 @@ struct Bound(String);
 
 impl Drop for Bound {
     fn drop(&mut self) {
-        if let Ok(mut servers) = SERVERS.lock() {
-            servers.remove(&self.0);
+        if let Ok(mut servers) = SERVERS.write()
+            && let Some(router) = servers.remove(&self.0)
+        {
+            // Clients that kept it look the name up again.
+            router.close();
         }
     }
 }
@@ -82,6 +85,8 @@ impl Drop for Bound {
 #[derive(Debug)]
 pub struct MemClient {
     name: String,
+    /// The server's router, kept once found, until that server stops.
+    router: RwLock<Option<Router>>,
 }
 
 impl MemClient {
@@ -90,6 +95,7 @@ impl MemClient {
         ep.only_params(&[])?;
         Ok(MemClient {
             name: ep.authority.clone(),
+            router: RwLock::new(None),
         })
     }
 
@@ -97,10 +103,30 @@ impl MemClient {
         format!("mem://{}", self.name)
     }
 
-    /// The server's router, and the call as the request it receives.
-    fn request_for(&self, msg: Outbound) -> Result<(Router, Request)> {
+    /// Hands a call to the server's router (in this process, a function call): the reply.
+    pub(crate) fn call(&self, mut msg: Outbound) -> Result<RouterFuture> {
+        let payload = match msg.take_local() {
+            Some(value) => Payload::Local(value),
+            None => Payload::Json(msg.payload),
+        };
+        let local = matches!(payload, Payload::Local(_));
+        let address = match msg.pattern {
+            Cow::Borrowed(p) => Address::static_pattern(p),
+            Cow::Owned(p) => Address::Pattern(Bytes::from(p)),
+        };
+        let mut ctx = Context::new("mem", msg.kind)
+            .with_headers(msg.headers)
+            .with_deadline(Some(msg.deadline));
+        // A caller that handed its payload over as a value takes its reply the same way.
+        ctx.set_local(local);
+        let req = Request::new(address, payload, ctx);
+        if let Some(router) = &*self.router.read().expect("mem client lock")
+            && !router.is_closed()
+        {
+            return Ok(router.call(req));
+        }
         let router = SERVERS
-            .lock()
+            .read()
             .expect("mem registry lock")
             .get(&self.name)
             .cloned()
@@ -108,14 +134,20 @@ impl MemClient {
                 addr: self.addr(),
                 reason: "no server is bound to this name in this process".into(),
             })?;
-        let address = match msg.pattern {
-            Cow::Borrowed(p) => Address::static_pattern(p),
-            Cow::Owned(p) => Address::Pattern(Bytes::from(p)),
-        };
-        let ctx = Context::new("mem", msg.kind)
-            .with_headers(msg.headers)
-            .with_deadline(Some(msg.deadline));
-        Ok((router, Request::new(address, Payload::Json(msg.payload), ctx)))
+        let reply = router.call(req);
+        *self.router.write().expect("mem client lock") = Some(router);
+        Ok(reply)
+    }
+
+    /// A request's reply, as the client sees it: a pattern nobody handles is an error.
+    pub(crate) fn replies(&self, route: &str, reply: crate::service::Reply) -> Result<Replies> {
+        if reply.is_no_handler() {
+            return Err(Error::NoHandler {
+                pattern: route.to_owned(),
+                addr: self.addr(),
+            });
+        }
+        Ok(Replies::from_reply(reply))
     }
 }
 
@@ -127,35 +159,26 @@ impl ClientTransport for MemClient {
 
     fn request(self: Arc<Self>, msg: Outbound) -> BoxFuture<'static, Result<Replies>> {
         let route = msg.route.clone();
-        match self.request_for(msg) {
-            Ok((router, req)) => {
-                let reply = router.call(req);
-                async move {
-                    let reply = reply.await;
-                    if reply.is_no_handler() {
-                        return Err(Error::NoHandler {
-                            pattern: route.into_owned(),
-                            addr: self.addr(),
-                        });
-                    }
-                    Ok(Replies::from_reply(reply))
-                }
-                .boxed()
-            }
+        match self.call(msg) {
+            Ok(reply) => async move { self.replies(&route, reply.await) }.boxed(),
             Err(e) => std::future::ready(Err(e)).boxed(),
         }
     }
 
     fn emit(self: Arc<Self>, msg: Outbound) -> BoxFuture<'static, Result<()>> {
         debug_assert_eq!(msg.kind, Kind::Event);
-        let result = self.request_for(msg).map(|(router, req)| {
+        let result = self.call(msg).map(|run| {
             // Like a broker: accepted now, handled on its own.
-            tokio::spawn(router.call(req));
+            tokio::spawn(run);
         });
         std::future::ready(result).boxed()
     }
 
     fn close(&self) -> BoxFuture<'_, ()> {
         std::future::ready(()).boxed()
+    }
+
+    fn takes_values(&self) -> bool {
+        true
     }
 }

@@ -52,6 +52,12 @@ pub trait ClientTransport: Send + Sync + 'static {
     fn emit(self: Arc<Self>, msg: Outbound) -> BoxFuture<'static, Result<()>>;
     /// Closes connections; in-flight calls fail.
     fn close(&self) -> BoxFuture<'_, ()>;
+
+    /// True for a transport within this process, which takes a request's payload as a value
+    /// (`Outbound::local`) instead of JSON when it has one.
+    fn takes_values(&self) -> bool {
+        false
+    }
 }
 
 /// The server half of a transport, bound and ready to serve.

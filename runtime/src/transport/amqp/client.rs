@@ -15,11 +15,12 @@ use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Confirmation, Connection, Consumer};
 
 use super::{Options, REPLY_TO, metadata_to_headers};
-use crate::codec::encode_request;
 use crate::error::{Error, Result};
+use crate::service::{Outbound, Replies};
 use crate::transport::backoff::Backoff;
-use crate::transport::pending::Pending;
-use crate::transport::{ClientOptions, ClientTransport, Endpoint, Outbound, Replies};
+use crate::transport::{ClientOptions, ClientTransport, Endpoint};
+use crate::wire::nestjs::packet::encode_request;
+use crate::wire::nestjs::pending::Pending;
 
 /// The client side of the RabbitMQ transport; connects lazily.
 pub struct AmqpClient {
@@ -128,13 +129,13 @@ impl AmqpClient {
 
     fn properties(&self, msg: &Outbound) -> BasicProperties {
         BasicProperties::default()
-            .with_headers(metadata_to_headers(msg.metadata.as_deref()))
+            .with_headers(metadata_to_headers(msg.headers.as_map()))
             .with_delivery_mode(if self.opts.persistent { 2 } else { 1 })
     }
 
     fn publish_error(&self, session: &Session, e: lapin::Error) -> Error {
         if session.alive.load(Ordering::Acquire) && session.conn.status().connected() {
-            Error::Protocol(format!("publishing to queue `{}` failed: {e}", self.opts.queue))
+            Error::broker(format!("publishing to queue `{}` failed", self.opts.queue), e)
         } else {
             Error::ConnectionClosed {
                 addr: self.opts.url.clone(),
@@ -167,12 +168,12 @@ impl ClientTransport for AmqpClient {
         self.session().map(|s| s.map(drop)).boxed()
     }
 
-    fn request(&self, msg: Outbound) -> BoxFuture<'_, Result<Replies>> {
+    fn request(self: Arc<Self>, msg: Outbound) -> BoxFuture<'static, Result<Replies>> {
         async move {
             let session = self.session().await?;
             let (id, rx) = session.pending.register(msg.route.clone())?;
-            let mut body = Vec::with_capacity(msg.data.len() + msg.pattern.len() + 48);
-            encode_request(&mut body, &msg.pattern, &msg.data, None, Some(id.as_str()));
+            let mut body = Vec::with_capacity(msg.payload.len() + msg.pattern.len() + 48);
+            encode_request(&mut body, &msg.pattern, &msg.payload, None, Some(id.as_str()));
             let props = self
                 .properties(&msg)
                 .with_correlation_id(id.as_str().into())
@@ -194,20 +195,21 @@ impl ClientTransport for AmqpClient {
             let queue = self.opts.queue.clone();
             tokio::spawn(async move {
                 if let Ok(Confirmation::Nack(_)) = confirm.await {
-                    let refused = Error::Protocol(format!("RabbitMQ refused the request (queue `{queue}`)"));
+                    let refused = Error::refused(format!("RabbitMQ refused the request (queue `{queue}`)"));
                     pending.push(&id, Err(refused), true);
                 }
             });
-            Ok(rx.boxed())
+            Replies::first_of(rx).await
         }
         .boxed()
     }
 
-    fn emit(&self, msg: Outbound) -> BoxFuture<'_, Result<()>> {
+    fn emit(self: Arc<Self>, msg: Outbound) -> BoxFuture<'static, Result<()>> {
         async move {
             let session = self.session().await?;
-            let mut body = Vec::with_capacity(msg.data.len() + msg.pattern.len() + 32);
-            encode_request(&mut body, &msg.pattern, &msg.data, None, None);
+            let mut body = Vec::with_capacity(msg.payload.len() + msg.pattern.len() + 32);
+            encode_request(&mut body, &msg.pattern, &msg.payload, None, None);
+            let props = self.properties(&msg);
             let published = async {
                 session
                     .channel
@@ -216,14 +218,14 @@ impl ClientTransport for AmqpClient {
                         self.opts.queue.as_str().into(),
                         BasicPublishOptions::default(),
                         &body,
-                        self.properties(&msg),
+                        props,
                     )
                     .await?
                     .await
             };
             // Like NestJS, an event counts as sent once the broker has confirmed it.
             match published.await.map_err(|e| self.publish_error(&session, e))? {
-                Confirmation::Nack(_) => Err(Error::Protocol(format!(
+                Confirmation::Nack(_) => Err(Error::refused(format!(
                     "RabbitMQ refused the event (queue `{}`)",
                     self.opts.queue
                 ))),

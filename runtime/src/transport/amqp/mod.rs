@@ -18,9 +18,12 @@
 //! - server: `noack` (default `false`): `false` acks each message after its handler has
 //!   finished (the reply sent, or every event listener done), so a crash redelivers it;
 //!   `true` is NestJS's default auto-ack on delivery. `prefetch` (default 256, NestJS's
-//!   `prefetchCount`): unacked messages in flight per server. `max_retries` (default 3):
-//!   an event whose listener fails is delivered again up to this many times, then moved
-//!   to the queue `<queue>.dlq`.
+//!   `prefetchCount`): unacked messages the broker delivers to a server at once (not
+//!   applied with `noack`). `max_in_flight` (default: `prefetch`): messages being handled
+//!   at once, as on every transport; deliveries beyond it wait in the server, unacked (with
+//!   `noack` they are acked already, and are handled before a graceful shutdown ends).
+//!   `max_retries` (default 3): an event whose listener fails is delivered again up to this
+//!   many times, then moved to the queue `<queue>.dlq`.
 //! - client: `persistent` (default `false`): `delivery_mode` 2 instead of 1, so messages
 //!   in a durable queue survive a broker restart.
 
@@ -30,7 +33,7 @@ use std::time::Duration;
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{Channel, Connection, ConnectionProperties};
 
-use super::Endpoint;
+use super::{Endpoint, broker};
 use crate::error::{Error, Result};
 
 mod client;
@@ -60,21 +63,22 @@ const PARAMS: &[&str] = &[
     "prefetch",
     "max_retries",
     "persistent",
+    broker::MAX_IN_FLIGHT,
 ];
 
 /// The options of one `amqp://` URL.
 #[derive(Debug, Clone)]
 pub(crate) struct Options {
-    /// The URL with any password masked, for logs and errors.
+    /// The URL with any password masked, for logs, errors and `local_url`.
     pub url: String,
-    /// The URL as given.
-    pub given: String,
     /// What lapin connects to.
     uri: String,
     pub queue: String,
     pub durable: bool,
     pub noack: bool,
     pub prefetch: u16,
+    /// Messages a server handles at once.
+    pub max_in_flight: usize,
     pub max_retries: u32,
     pub persistent: bool,
     pub connect_timeout: Duration,
@@ -87,7 +91,7 @@ impl Options {
         let queue = ep.param("queue").unwrap_or(DEFAULT_QUEUE).to_owned();
         if queue.is_empty() || queue.len() > 255 {
             return Err(Error::InvalidUrl {
-                url: ep.as_str().to_owned(),
+                url: ep.redacted(),
                 reason: "`queue` must be 1 to 255 bytes long".into(),
             });
         }
@@ -95,18 +99,18 @@ impl Options {
         if prefetch == 0 {
             // RabbitMQ reads 0 as "no limit": the server would take the whole queue at once.
             return Err(Error::InvalidUrl {
-                url: ep.as_str().to_owned(),
+                url: ep.redacted(),
                 reason: "`prefetch` must be 1 to 65535 (0 would mean no limit on messages in flight)".into(),
             });
         }
         Ok(Options {
-            url: mask_password(ep.as_str()),
-            given: ep.as_str().to_owned(),
+            url: ep.redacted(),
             uri: format!("amqp://{}?heartbeat={heartbeat}", ep.authority),
             queue,
             durable: ep.param_as("durable")?.unwrap_or(true),
             noack: ep.param_as("noack")?.unwrap_or(false),
             prefetch,
+            max_in_flight: broker::max_in_flight(ep, usize::from(prefetch))?,
             max_retries: ep.param_as("max_retries")?.unwrap_or(DEFAULT_MAX_RETRIES),
             persistent: ep.param_as("persistent")?.unwrap_or(false),
             connect_timeout: ep
@@ -149,21 +153,6 @@ impl Options {
             .queue_declare(self.queue.as_str().into(), options, FieldTable::default())
             .await?;
         Ok(())
-    }
-}
-
-/// `amqp://user:secret@host` as `amqp://user:***@host`, so logs do not carry passwords.
-fn mask_password(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
-    };
-    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
-    match rest[..authority_end].rfind('@') {
-        Some(at) => match rest[..at].split_once(':') {
-            Some((user, _)) => format!("{scheme}://{user}:***{}", &rest[at..]),
-            None => url.to_owned(),
-        },
-        None => url.to_owned(),
     }
 }
 
@@ -219,6 +208,10 @@ mod tests {
             ("q", false, 5, false)
         );
         assert_eq!(o.dead_letter_queue(), "q.dlq");
+        assert_eq!(o.max_in_flight, 5, "max_in_flight follows prefetch");
+        assert_eq!(o.url, "amqp://u:***@h:5672/%2f?queue=q&durable=false&prefetch=5");
+        let ep = Endpoint::parse("amqp://h?prefetch=5&max_in_flight=2").unwrap();
+        assert_eq!(Options::parse(&ep, Duration::from_secs(1)).unwrap().max_in_flight, 2);
         let o = Options::parse(&Endpoint::parse("amqp://h").unwrap(), Duration::from_secs(1)).unwrap();
         assert_eq!((o.queue.as_str(), o.durable, o.max_retries), (DEFAULT_QUEUE, true, 3));
         let bad = Options::parse(&Endpoint::parse("amqp://h?qeue=x").unwrap(), Duration::from_secs(1));
@@ -237,11 +230,17 @@ mod tests {
             )
             .is_err()
         );
-        assert_eq!(
-            mask_password("amqp://u:s3cret@h:1/v?queue=a@b"),
-            "amqp://u:***@h:1/v?queue=a@b"
+        let secret = Options::parse(
+            &Endpoint::parse("amqp://u:s3cret@h:1/v?queue=a@b").unwrap(),
+            Duration::from_secs(1),
+        )
+        .unwrap();
+        assert_eq!(secret.url, "amqp://u:***@h:1/v?queue=a@b");
+        let bad = Options::parse(
+            &Endpoint::parse("amqp://u:s3cret@h:1?queue=").unwrap(),
+            Duration::from_secs(1),
         );
-        assert_eq!(mask_password("amqp://h:1?queue=a:b@c"), "amqp://h:1?queue=a:b@c");
+        assert!(!bad.unwrap_err().to_string().contains("s3cret"));
     }
 
     #[test]

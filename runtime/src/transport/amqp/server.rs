@@ -1,6 +1,7 @@
-//! The RabbitMQ server: consumes the queue, dispatches each message by its body's pattern,
-//! answers requests on their `reply_to`, and acks once a message has been handled.
-//! Reconnects with backoff when the broker goes away.
+//! The RabbitMQ server: consumes the queue and hands each delivery to the shared broker
+//! loop, which routes it by its body's pattern; requests are answered on their `reply_to`,
+//! and a message is acked once it has been handled. Reconnects with backoff when the broker
+//! goes away.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -9,21 +10,20 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::future::{BoxFuture, FutureExt};
 use futures_util::stream::StreamExt;
-use lapin::message::Delivery;
 use lapin::options::{
     BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions,
     ConfirmSelectOptions, QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Confirmation, Connection, Consumer};
-use tokio::task::JoinSet;
 
 use super::{Options, RETRIES_HEADER, headers_to_metadata};
-use crate::codec::{Packet, encode_reply_without_id};
-use crate::dispatch::{Dispatched, Dispatcher, Incoming};
-use crate::error::{NO_MESSAGE_HANDLER, Result};
-use crate::transport::steps::Steps;
+use crate::error::{Error, NO_MESSAGE_HANDLER, Result};
+use crate::service::{Address, Context, Kind, Payload, Request, Router};
+use crate::transport::broker::{self, Delivery, ReplySink, Source};
 use crate::transport::{Endpoint, Listener, Shutdown};
+use crate::wire::nestjs::packet::{Packet, encode_reply_without_id};
+use crate::wire::nestjs::steps::Step;
 
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
@@ -61,11 +61,24 @@ impl AmqpListener {
 
 impl Listener for AmqpListener {
     fn local_url(&self) -> String {
-        self.opts.given.clone()
+        self.opts.url.clone()
     }
 
-    fn serve(self: Box<Self>, dispatcher: Dispatcher, shutdown: Shutdown) -> BoxFuture<'static, Result<()>> {
-        serve(*self, dispatcher, shutdown).boxed()
+    fn serve(self: Box<Self>, router: Router, shutdown: Shutdown) -> BoxFuture<'static, Result<()>> {
+        let max_in_flight = self.opts.max_in_flight;
+        let source = Consuming {
+            opts: self.opts,
+            first: self.conn,
+            session: None,
+            backoff: MIN_BACKOFF,
+            router: router.clone(),
+            leftovers: Vec::new(),
+        };
+        async move {
+            broker::serve(source, router, max_in_flight, shutdown).await;
+            Ok(())
+        }
+        .boxed()
     }
 }
 
@@ -128,94 +141,194 @@ async fn setup(opts: &Options, conn: Connection) -> lapin::Result<Session> {
     })
 }
 
-async fn serve(l: AmqpListener, dispatcher: Dispatcher, mut shutdown: Shutdown) -> Result<()> {
-    let AmqpListener { opts, mut conn } = l;
-    let mut tasks = JoinSet::new();
-    let mut backoff = MIN_BACKOFF;
-    let mut last: Option<(Connection, Arc<Shared>)> = None;
-    while !shutdown.is_down() {
-        let session = tokio::select! {
-            s = open_session(&opts, conn.take()) => s,
-            _ = shutdown.wait() => break,
-        };
-        let mut session = match session {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!(url = %opts.url, error = %e, retry_in = ?backoff, "cannot consume from RabbitMQ; retrying");
-                tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {}
-                    _ = shutdown.wait() => break,
-                }
-                backoff = (backoff * 2).min(MAX_BACKOFF);
-                continue;
-            }
-        };
-        backoff = MIN_BACKOFF;
-        tracing::info!(url = %opts.url, queue = %opts.queue, "consuming");
-        loop {
-            // Reaped here rather than awaited in the select: a task waiting on `join_next` is
-            // woken by every handler that ends, one more wake-up per message.
-            while tasks.try_join_next().is_some() {}
-            tokio::select! {
-                delivery = session.consumer.next() => match delivery {
-                    Some(Ok(d)) => handle(&session.shared, &dispatcher, d, &mut tasks),
-                    Some(Err(e)) => tracing::warn!(url = %opts.url, error = %e, "lost the RabbitMQ consumer"),
-                    None => break,
-                },
-                _ = shutdown.wait() => {
-                    // Stop taking messages; the ones delivered but not handled yet go back
-                    // to the queue when the channel closes (they are not acked).
-                    let tag = session.consumer.tag();
-                    let _ = session.shared.channel.basic_cancel(tag, BasicCancelOptions::default()).await;
-                    break;
-                }
-            }
-        }
-        last = Some((session.conn, session.shared));
-        if !shutdown.is_down() {
-            tracing::warn!(url = %opts.url, "connection to RabbitMQ lost; reconnecting");
-        }
-    }
-    // In-flight handlers finish, then reply and ack on the still-open channel.
-    while tasks.join_next().await.is_some() {}
-    if let Some((conn, shared)) = last.filter(|(c, _)| c.status().connected()) {
-        // Channels first: closing the connection under open channels makes lapin log errors.
-        let _ = shared.channel.close(200, "OK".into()).await;
-        let _ = shared.confirm.close(200, "OK".into()).await;
-        let _ = conn.close(200, "OK".into()).await;
-    }
-    if let Some(conn) = conn.filter(|c| c.status().connected()) {
-        let _ = conn.close(200, "OK".into()).await;
-    }
-    Ok(())
+/// The server's consumer of the queue, opened again after the broker comes back.
+struct Consuming {
+    opts: Options,
+    /// The connection opened by `bind`, used for the first session.
+    first: Option<Connection>,
+    session: Option<Session>,
+    backoff: Duration,
+    /// With `noack`, for the messages delivered (so acked) but not taken when shutdown began.
+    router: Router,
+    leftovers: Vec<Message>,
 }
 
-/// Dispatches one delivery; the handler runs in its own task, which replies and acks.
-fn handle(shared: &Arc<Shared>, dispatcher: &Dispatcher, d: Delivery, tasks: &mut JoinSet<()>) {
-    let Delivery {
-        data,
-        properties,
-        acker,
-        ..
-    } = d;
-    let body = Bytes::from(data);
-    let manual = !shared.opts.noack;
-    let packet = match Packet::parse(&body) {
-        Ok(p) if p.pattern.is_some() || p.data.is_some() => p,
-        parsed => {
-            // NestJS reads such a body as an "external" message with an undefined pattern,
-            // which nothing handles.
-            let why = match parsed {
-                Ok(_) => "a JSON object without `pattern` and `data`",
-                Err(_) => "not a JSON object",
+impl Source for Consuming {
+    type Delivery = Message;
+
+    async fn next(&mut self) -> Option<Message> {
+        loop {
+            let Some(session) = &mut self.session else {
+                match open_session(&self.opts, self.first.take()).await {
+                    Ok(s) => {
+                        self.backoff = MIN_BACKOFF;
+                        tracing::info!(url = %self.opts.url, queue = %self.opts.queue, "consuming");
+                        self.session = Some(s);
+                    }
+                    Err(e) => {
+                        tracing::warn!(url = %self.opts.url, error = %e, retry_in = ?self.backoff, "cannot consume from RabbitMQ; retrying");
+                        tokio::time::sleep(self.backoff).await;
+                        self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+                    }
+                }
+                continue;
             };
-            tracing::warn!(queue = %shared.opts.queue, why, "An unsupported message was received. It has been negative acknowledged, so it will not be re-delivered. Pattern: undefined");
+            match session.consumer.next().await {
+                Some(Ok(delivery)) => {
+                    return Some(Message {
+                        delivery,
+                        shared: session.shared.clone(),
+                    });
+                }
+                Some(Err(e)) => tracing::warn!(url = %self.opts.url, error = %e, "lost the RabbitMQ consumer"),
+                None => {
+                    tracing::warn!(url = %self.opts.url, "connection to RabbitMQ lost; reconnecting");
+                    self.session = None;
+                }
+            }
+        }
+    }
+
+    async fn stop(&mut self) {
+        let Some(session) = &mut self.session else { return };
+        // Stop taking messages; the ones delivered but not handled yet go back to the queue
+        // when the channel closes (they are not acked).
+        let tag = session.consumer.tag();
+        let _ = session
+            .shared
+            .channel
+            .basic_cancel(tag, BasicCancelOptions::default())
+            .await;
+        if self.opts.noack {
+            // Without acks the broker counted those as taken: they are handled before closing.
+            while let Some(Some(Ok(delivery))) = session.consumer.next().now_or_never() {
+                self.leftovers.push(Message {
+                    delivery,
+                    shared: session.shared.clone(),
+                });
+            }
+        }
+    }
+
+    async fn close(mut self) {
+        if !self.leftovers.is_empty() {
+            tracing::debug!(url = %self.opts.url, messages = self.leftovers.len(), "handling the messages delivered before shutdown");
+            let router = self.router.clone();
+            futures_util::stream::iter(std::mem::take(&mut self.leftovers))
+                .for_each_concurrent(self.opts.max_in_flight, |m| m.serve(router.clone()))
+                .await;
+        }
+        // In-flight handlers have replied and acked on the still-open channel.
+        if let Some(session) = self.session.take().filter(|s| s.conn.status().connected()) {
+            // Channels first: closing the connection under open channels makes lapin log errors.
+            let _ = session.shared.channel.close(200, "OK".into()).await;
+            let _ = session.shared.confirm.close(200, "OK".into()).await;
+            let _ = session.conn.close(200, "OK".into()).await;
+        }
+        if let Some(conn) = self.first.take().filter(|c| c.status().connected()) {
+            let _ = conn.close(200, "OK".into()).await;
+        }
+    }
+}
+
+/// One delivery from the queue.
+struct Message {
+    delivery: lapin::message::Delivery,
+    shared: Arc<Shared>,
+}
+
+impl Delivery for Message {
+    async fn serve(self, router: Router) {
+        let lapin::message::Delivery {
+            data,
+            properties,
+            acker,
+            ..
+        } = self.delivery;
+        let shared = self.shared;
+        let body = Bytes::from(data);
+        let manual = !shared.opts.noack;
+        let packet = match Packet::parse(&body) {
+            Ok(p) if p.pattern.is_some() || p.data.is_some() => p,
+            parsed => {
+                // NestJS reads such a body as an "external" message with an undefined pattern,
+                // which nothing handles.
+                let why = match parsed {
+                    Ok(_) => "a JSON object without `pattern` and `data`",
+                    Err(_) => "not a JSON object",
+                };
+                tracing::warn!(queue = %shared.opts.queue, why, "An unsupported message was received. It has been negative acknowledged, so it will not be re-delivered. Pattern: undefined");
+                if manual {
+                    log_ack(acker.nack(drop_it()).await);
+                }
+                return;
+            }
+        };
+        // RabbitMQ routes by the packet's pattern: one queue carries every route.
+        let address = match packet.pattern {
+            Some(p) => Address::pattern_in(&body, p),
+            None => Address::static_pattern("undefined"),
+        };
+        let payload = match packet.data {
+            Some(d) => Payload::Json(body.slice_ref(d.as_bytes())),
+            None => Payload::null(),
+        };
+        let id = packet.id.map(|id| body.slice(Packet::range_in(&body, id)));
+        let kind = if id.is_some() { Kind::Request } else { Kind::Event };
+        let ctx = Context::new("amqp", kind).with_headers(headers(&properties, &packet).into());
+        let request = Request::new(address.clone(), payload, ctx);
+
+        let Some(id) = id else {
+            let reply = router.call(request).await;
             if manual {
-                tasks.spawn(async move { log_ack(acker.nack(drop_it()).await) });
+                // An event, acked once every listener has succeeded; a failure retries it.
+                if reply.is_no_handler() {
+                    log_ack(acker.nack(drop_it()).await);
+                } else if reply.drain().await.is_ok() {
+                    log_ack(acker.ack(BasicAckOptions::default()).await);
+                } else {
+                    retry(&shared, &body, properties, &acker).await;
+                }
             }
             return;
+        };
+        let reply = router.call(request).await;
+        let no_handler = reply.is_no_handler();
+        if no_handler {
+            let route = router.resolve_route(&address).err().unwrap_or_default();
+            tracing::warn!(queue = %shared.opts.queue, "An unsupported message was received. It has been negative acknowledged, so it will not be re-delivered. Pattern: {route}");
         }
-    };
+        match properties.reply_to() {
+            Some(to) => {
+                let mut sink = ReplyTo {
+                    channel: &shared.channel,
+                    to: to.clone(),
+                    correlation_id: properties.correlation_id().clone(),
+                    id,
+                    buf: Vec::new(),
+                };
+                if let Err(e) = broker::send_reply(reply, &mut sink).await {
+                    tracing::debug!(error = %e, "could not send a reply");
+                }
+            }
+            None => {
+                let _ = reply.drain().await;
+                if !no_handler {
+                    tracing::warn!(queue = %shared.opts.queue, "a request without reply_to was handled; its reply was dropped");
+                }
+            }
+        }
+        if manual {
+            match no_handler {
+                true => log_ack(acker.nack(drop_it()).await),
+                false => log_ack(acker.ack(BasicAckOptions::default()).await),
+            }
+        }
+    }
+}
+
+/// A message's headers: its AMQP headers, and v12's body `metadata` over them.
+fn headers(properties: &BasicProperties, packet: &Packet<'_>) -> HashMap<String, String> {
     let mut metadata = HashMap::new();
     if let Some(headers) = properties.headers() {
         headers_to_metadata(headers, &mut metadata);
@@ -224,75 +337,7 @@ fn handle(shared: &Arc<Shared>, dispatcher: &Dispatcher, d: Delivery, tasks: &mu
     if let Some(meta) = packet.metadata_map() {
         metadata.extend(meta);
     }
-    let incoming = Incoming {
-        pattern: packet.pattern.unwrap_or("undefined"),
-        data: packet.data.map(str::as_bytes),
-        request: packet.id.is_some(),
-        metadata: (!metadata.is_empty()).then_some(metadata),
-        transport: "amqp",
-    };
-    if packet.id.is_none() && manual {
-        // An event, acked once every listener has succeeded; a failure retries it.
-        let Some(run) = dispatcher.dispatch_event(incoming) else {
-            tasks.spawn(async move { log_ack(acker.nack(drop_it()).await) });
-            return;
-        };
-        let shared = shared.clone();
-        tasks.spawn(async move {
-            if run.await {
-                log_ack(acker.ack(BasicAckOptions::default()).await);
-            } else {
-                retry(&shared, &body, properties, &acker).await;
-            }
-        });
-        return;
-    }
-    let id = packet.id.map(|id| body.slice(Packet::range_in(&body, id)));
-    let reply_to = properties.reply_to().clone();
-    let correlation_id = properties.correlation_id().clone();
-    match dispatcher.dispatch(incoming) {
-        Dispatched::Reply(reply) => {
-            let shared = shared.clone();
-            tasks.spawn(async move {
-                let mut steps = Steps::new(reply);
-                let mut buf = Vec::new();
-                while let Some(step) = steps.next().await {
-                    let Some(to) = &reply_to else { continue };
-                    buf.clear();
-                    encode_reply_without_id(&mut buf, step.outgoing());
-                    if let Err(e) = publish_reply(&shared.channel, to, &correlation_id, &buf).await {
-                        tracing::debug!(error = %e, "could not send a reply");
-                    }
-                }
-                if reply_to.is_none() {
-                    tracing::warn!(queue = %shared.opts.queue, "a request without reply_to was handled; its reply was dropped");
-                }
-                if manual {
-                    log_ack(acker.ack(BasicAckOptions::default()).await);
-                }
-            });
-        }
-        Dispatched::NoHandler { route } => {
-            let shared = shared.clone();
-            tracing::warn!(queue = %shared.opts.queue, "An unsupported message was received. It has been negative acknowledged, so it will not be re-delivered. Pattern: {route}");
-            tasks.spawn(async move {
-                if let Some(to) = &reply_to {
-                    let mut buf = Vec::new();
-                    encode_no_handler(&mut buf, id.as_deref().unwrap_or(b"null"));
-                    if let Err(e) = publish_reply(&shared.channel, to, &correlation_id, &buf).await {
-                        tracing::debug!(error = %e, "could not send a reply");
-                    }
-                }
-                if manual {
-                    log_ack(acker.nack(drop_it()).await);
-                }
-            });
-        }
-        Dispatched::Event(run) => {
-            tasks.spawn(run);
-        }
-        Dispatched::Ignored => {}
-    }
+    metadata
 }
 
 /// Nack without requeue: NestJS's treatment of messages nobody handles.
@@ -360,21 +405,41 @@ async fn retry(shared: &Shared, body: &[u8], properties: BasicProperties, acker:
     }
 }
 
-async fn publish_reply(
-    channel: &Channel,
-    reply_to: &ShortString,
-    correlation_id: &Option<ShortString>,
-    body: &[u8],
-) -> lapin::Result<()> {
-    // NestJS's replies carry an empty headers table and the request's correlation id.
-    let mut props = BasicProperties::default().with_headers(FieldTable::default());
-    if let Some(id) = correlation_id {
-        props = props.with_correlation_id(id.clone());
+/// A request's `reply_to`, answered as NestJS's RMQ server answers: the body without `id`
+/// (but for the no-handler reply), the request's `correlation_id` beside it.
+struct ReplyTo<'a> {
+    channel: &'a Channel,
+    to: ShortString,
+    correlation_id: Option<ShortString>,
+    /// The request's raw `id`, for the no-handler reply.
+    id: Bytes,
+    buf: Vec<u8>,
+}
+
+impl ReplySink for ReplyTo<'_> {
+    async fn send(&mut self, step: Step) -> Result<()> {
+        self.buf.clear();
+        match step {
+            Step::NoHandler => encode_no_handler(&mut self.buf, &self.id),
+            step => encode_reply_without_id(&mut self.buf, step.outgoing()),
+        }
+        // NestJS's replies carry an empty headers table and the request's correlation id.
+        let mut props = BasicProperties::default().with_headers(FieldTable::default());
+        if let Some(id) = &self.correlation_id {
+            props = props.with_correlation_id(id.clone());
+        }
+        self.channel
+            .basic_publish(
+                "".into(),
+                self.to.clone(),
+                BasicPublishOptions::default(),
+                &self.buf,
+                props,
+            )
+            .await
+            .map_err(|e| Error::broker(format!("cannot send a reply to `{}`", self.to), e))?;
+        Ok(())
     }
-    channel
-        .basic_publish("".into(), reply_to.clone(), BasicPublishOptions::default(), body, props)
-        .await?;
-    Ok(())
 }
 
 /// NestJS's RMQ no-handler reply: unlike its other replies it has the `id`, and its own key
@@ -390,8 +455,8 @@ fn encode_no_handler(out: &mut Vec<u8>, id: &[u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::codec::Outgoing;
     use crate::error::RpcError;
+    use crate::wire::nestjs::packet::Outgoing;
 
     fn encoded(id: &[u8], what: Outgoing<'_>) -> String {
         let mut out = Vec::new();

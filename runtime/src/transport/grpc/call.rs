@@ -31,7 +31,7 @@ pub(crate) struct ServerOptions {
 /// shutdown waiting while events run. Cheap to clone.
 #[derive(Clone)]
 pub(crate) struct Shared {
-    pub router: Router,
+    router: Router,
     pub opts: ServerOptions,
     /// Dropped by each event's task when it ends; shutdown waits for all of them.
     events: mpsc::Sender<()>,
@@ -51,7 +51,8 @@ impl Shared {
     }
 
     /// Serves a request; its reply as the messages to send, each value's JSON in turn.
-    /// A pattern nobody handles is the call's status at once (UNIMPLEMENTED).
+    /// A pattern nobody handles is UNIMPLEMENTED: the call's status at once, unless a layer
+    /// makes the router wait (then the stream's).
     pub fn request(&self, req: Request) -> Result<BoxStream<'static, Result<Bytes, Status>>, Status> {
         let deadline = req.context().deadline();
         reply_stream(self.router.call(req), deadline)
@@ -74,15 +75,20 @@ impl Shared {
     }
 }
 
-/// A call's context: its metadata as headers, its `grpc-timeout` as the deadline.
+/// A call's context: its metadata as headers, a request's `grpc-timeout` as its deadline
+/// (an event's only bounds its acceptance: its listeners run afterwards, with none).
 pub(crate) fn context(meta: &MetadataMap, kind: Kind) -> Context {
+    let deadline = match kind {
+        Kind::Request => grpc_timeout(meta).map(deadline_after),
+        Kind::Event => None,
+    };
     Context::new("grpc", kind)
         .with_headers(headers_of(meta))
-        .with_deadline(grpc_timeout(meta).map(deadline_after))
+        .with_deadline(deadline)
 }
 
 /// The deadline a caller sent in `grpc-timeout`, if any.
-pub(crate) fn grpc_timeout(meta: &MetadataMap) -> Option<Duration> {
+fn grpc_timeout(meta: &MetadataMap) -> Option<Duration> {
     let v = meta.get("grpc-timeout")?.to_str().ok()?;
     if v.len() < 2 || v.len() > 9 {
         return None;
@@ -101,7 +107,7 @@ pub(crate) fn grpc_timeout(meta: &MetadataMap) -> Option<Duration> {
 }
 
 /// The gRPC metadata a handler sees as headers: the ASCII entries, minus gRPC's own.
-pub(crate) fn headers_of(meta: &MetadataMap) -> Headers {
+fn headers_of(meta: &MetadataMap) -> Headers {
     meta.iter()
         .filter_map(|kv| match kv {
             KeyAndValueRef::Ascii(k, v) => {
@@ -149,12 +155,17 @@ fn statuses(reply: Reply) -> BoxStream<'static, Result<Bytes, Status>> {
     if reply.is_no_handler() {
         return futures_util::stream::iter([Err(wire::no_handler_status())]).boxed();
     }
-    reply
-        .map(|item| match item {
-            ReplyItem::Value(json) => Ok(json),
-            ReplyItem::Error(err) => Err(wire::status_of(&err)),
-        })
-        .boxed()
+    reply.map(message_of).boxed()
+}
+
+/// One reply item as a gRPC message, or the status that ends the call.
+fn message_of(item: ReplyItem) -> Result<Bytes, Status> {
+    match item {
+        ReplyItem::Value(json) => Ok(json),
+        ReplyItem::Error(err) => Err(wire::status_of(&err)),
+        // A value handed back unencoded (only in-process senders ask for that): encoded here.
+        local @ ReplyItem::Local(_) => message_of(local.encoded()),
+    }
 }
 
 /// Ends a reply with DEADLINE_EXCEEDED once the caller's deadline has passed.
@@ -188,7 +199,82 @@ impl Stream for Deadline {
 
 #[cfg(test)]
 mod tests {
+    use futures_util::future::BoxFuture;
+
     use super::*;
+    use crate::service::{Address, Endpoint, Payload, Route, RouterBuilder};
+
+    /// A router serving `slow` (answers `1` after 10 s); with `waiting`, inside a layer that
+    /// yields once before it calls the route, as an async layer would.
+    fn router(waiting: bool) -> Router {
+        let mut routes = RouterBuilder::default();
+        let slow = Endpoint {
+            location: "slow".into(),
+            route: Route::from_fn(|_| {
+                Box::pin(async {
+                    tokio::time::sleep(Duration::from_secs(10)).await;
+                    Reply::json(Bytes::from_static(b"1"))
+                })
+            }),
+        };
+        routes.add("slow", "\"slow\"", Kind::Request, slow);
+        routes.build(waiting, move |route| {
+            if !waiting {
+                return route;
+            }
+            Route::from_fn(move |req| -> BoxFuture<'static, Reply> {
+                let route = route.clone();
+                Box::pin(async move {
+                    tokio::task::yield_now().await;
+                    route.call(req).await
+                })
+            })
+        })
+    }
+
+    fn shared(waiting: bool) -> Shared {
+        let opts = ServerOptions {
+            max_message_len: 1024,
+            max_in_flight: 1,
+        };
+        Shared::new(router(waiting), opts, mpsc::channel(1).0)
+    }
+
+    fn request(pattern: &'static str, deadline: Option<Duration>) -> Request {
+        let ctx = Context::new("grpc", Kind::Request).with_deadline(deadline.map(deadline_after));
+        Request::new(Address::static_pattern(pattern), Payload::null(), ctx)
+    }
+
+    #[tokio::test]
+    async fn a_miss_is_unimplemented_whether_or_not_the_router_waits() {
+        let status = shared(false)
+            .request(request("\"nope\"", None))
+            .err()
+            .expect("the call's status");
+        assert_eq!(status.code(), tonic::Code::Unimplemented);
+        let mut stream = shared(true).request(request("\"nope\"", None)).expect("a stream");
+        let status = stream.next().await.expect("an item").unwrap_err();
+        assert_eq!(
+            (status.code(), status.message()),
+            (tonic::Code::Unimplemented, crate::error::NO_MESSAGE_HANDLER)
+        );
+        assert!(stream.next().await.is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_deadline_ends_the_reply_and_covers_a_waiting_router() {
+        for waiting in [false, true] {
+            let mut stream = shared(waiting)
+                .request(request("\"slow\"", Some(Duration::from_millis(150))))
+                .expect("a stream");
+            let status = stream.next().await.expect("an item").unwrap_err();
+            assert_eq!(status.code(), tonic::Code::DeadlineExceeded, "waiting: {waiting}");
+            assert!(stream.next().await.is_none());
+        }
+        let mut stream = shared(true).request(request("\"slow\"", None)).expect("a stream");
+        assert_eq!(stream.next().await.expect("an item").unwrap(), Bytes::from_static(b"1"));
+        assert!(stream.next().await.is_none());
+    }
 
     #[test]
     fn grpc_timeouts() {
@@ -218,5 +304,10 @@ mod tests {
         assert_eq!(ctx.headers().get("x-trace"), Some("abc"));
         assert!(ctx.deadline().is_some());
         assert_eq!(ctx.transport(), "grpc");
+        assert_eq!(
+            context(&meta, Kind::Event).deadline(),
+            None,
+            "an event runs after the call"
+        );
     }
 }

@@ -13,26 +13,38 @@
 //!
 //! Errors follow NestJS's mapping (docs/nestjs-wire.md §8): an error with a numeric `code` becomes
 //! that status; anything else UNKNOWN, with `Internal server error` for unexpected failures.
-//! A call's deadline travels as `grpc-timeout`, and the server ends the reply with
-//! DEADLINE_EXCEEDED when it passes; a call the client drops (deadline, cancellation) resets
-//! its HTTP/2 stream, which drops the handler's future on the server.
+//! A call's deadline travels as `grpc-timeout` (handlers see it as their
+//! [`Deadline`](crate::Deadline)), and the server ends the reply with DEADLINE_EXCEEDED when
+//! it passes; a call the client drops (deadline, cancellation) resets its HTTP/2 stream,
+//! which drops the handler's future on the server. gRPC metadata (minus gRPC's own) reaches
+//! handlers as headers.
 //!
-//! URL query parameters: `max_message_len` (bytes, both ends, default 64 MiB);
-//! client: `connect_timeout_ms` (default 5000).
-
-use std::time::Duration;
+//! URL query parameters:
+//! - `max_message_len`: the cap on one message, in bytes, both ends (default 64 MiB);
+//! - server: `max_in_flight`: events run at once (default 1024); an `Emit` beyond it waits
+//!   until one finishes, so a caller that emits faster than the listeners run is slowed down
+//!   instead of piling up tasks. (Requests are bounded by HTTP/2's concurrent streams.)
+//! - client: `connect_timeout_ms` (default 5000).
+//!
+//! Inside: `server` is the generic service and [`proto`] the proto-first one; both serve
+//! their calls through `call` (the shared state, a call's context, a reply as statuses) and
+//! neither imports the other. `client` is the client side, [`wire`] the generic service's
+//! messages and the status mapping.
 
 use futures_util::future::{BoxFuture, FutureExt};
+use tokio::sync::{Semaphore, mpsc};
 
-use super::{ClientOptions, Dispatcher, Endpoint, Listener, Shutdown};
+use super::{Endpoint, Listener, Shutdown};
 use crate::error::{Error, Result};
+use crate::service::Router;
 
+mod call;
 mod client;
 pub mod proto;
 mod server;
 pub mod wire;
 
-pub use client::GrpcClient;
+pub use client::{GrpcClient, channel};
 pub use proto::{GrpcStream, ProtoServer, ProtoService};
 /// The gRPC and protobuf crates this transport is built on, for generated code and tests.
 pub use {prost, tonic, tonic_prost};
@@ -40,15 +52,15 @@ pub use {prost, tonic, tonic_prost};
 /// Default cap on one message, both ways.
 pub const DEFAULT_MAX_MESSAGE_LEN: usize = 64 * 1024 * 1024;
 
-#[derive(Debug, Clone)]
-pub(crate) struct ServerOptions {
-    pub max_message_len: usize,
-}
+/// The URL parameter bounding the work a server runs at once, named as on every transport.
+const MAX_IN_FLIGHT: &str = "max_in_flight";
+/// Events a server runs at once unless `max_in_flight` says otherwise.
+const DEFAULT_MAX_IN_FLIGHT: usize = 1024;
 
 /// The server side of the gRPC transport, bound to its address.
 pub struct GrpcListener {
     listener: tokio::net::TcpListener,
-    opts: ServerOptions,
+    opts: call::ServerOptions,
 }
 
 impl std::fmt::Debug for GrpcListener {
@@ -60,13 +72,17 @@ impl std::fmt::Debug for GrpcListener {
 impl GrpcListener {
     /// Binds `grpc://host:port` (port 0 picks a free one).
     pub async fn bind(ep: &Endpoint) -> Result<Self> {
-        ep.only_params(&["max_message_len"])?;
-        let opts = ServerOptions {
+        ep.only_params(&["max_message_len", MAX_IN_FLIGHT])?;
+        let opts = call::ServerOptions {
             max_message_len: ep.param_as("max_message_len")?.unwrap_or(DEFAULT_MAX_MESSAGE_LEN),
+            max_in_flight: ep
+                .param_as::<usize>(MAX_IN_FLIGHT)?
+                .unwrap_or(DEFAULT_MAX_IN_FLIGHT)
+                .clamp(1, Semaphore::MAX_PERMITS),
         };
         let listener = tokio::net::TcpListener::bind(&ep.authority)
             .await
-            .map_err(|e| Error::io(format!("cannot listen on {}", ep.as_str()), e))?;
+            .map_err(|e| Error::io(format!("cannot listen on {}", ep.redacted()), e))?;
         Ok(GrpcListener { listener, opts })
     }
 }
@@ -79,58 +95,27 @@ impl Listener for GrpcListener {
         }
     }
 
-    fn serve(self: Box<Self>, dispatcher: Dispatcher, shutdown: Shutdown) -> BoxFuture<'static, Result<()>> {
-        server::serve(*self, dispatcher, shutdown).boxed()
+    fn serve(self: Box<Self>, router: Router, shutdown: Shutdown) -> BoxFuture<'static, Result<()>> {
+        serve(*self, router, shutdown).boxed()
     }
 }
 
-/// An HTTP/2 channel to `grpc://host:port` (or `http://host:port`), for tonic clients
-/// generated from a `.proto`: `HeroesServiceClient::new(grpc::channel(url).await?)`.
-pub async fn channel(url: &str) -> Result<tonic::transport::Channel> {
-    let ep = Endpoint::parse(url)?;
-    if ep.scheme != "grpc" && ep.scheme != "http" {
-        return Err(Error::InvalidUrl {
-            url: url.to_owned(),
-            reason: "expected grpc://host:port".into(),
-        });
-    }
-    let opts = client_options(
-        &ep,
-        &ClientOptions {
-            pool_size: 1,
-            connect_timeout: Duration::from_secs(5),
-            max_frame_len: DEFAULT_MAX_MESSAGE_LEN,
-        },
-    )?;
-    tonic::transport::Endpoint::from_shared(format!("http://{}", ep.authority))
-        .map_err(|e| Error::InvalidUrl {
-            url: url.to_owned(),
-            reason: e.to_string(),
-        })?
-        .connect_timeout(opts.connect_timeout)
-        .tcp_nodelay(true)
-        .connect()
-        .await
-        .map_err(|e| Error::Connect {
-            addr: url.to_owned(),
-            reason: client::error_chain(&e),
-        })
-}
-
-/// Client settings read from the URL.
-#[derive(Debug, Clone)]
-pub(crate) struct GrpcClientOptions {
-    pub connect_timeout: Duration,
-    pub max_message_len: usize,
-}
-
-pub(crate) fn client_options(ep: &Endpoint, defaults: &ClientOptions) -> Result<GrpcClientOptions> {
-    ep.only_params(&["max_message_len", "connect_timeout_ms"])?;
-    Ok(GrpcClientOptions {
-        connect_timeout: ep
-            .param_as("connect_timeout_ms")?
-            .map(Duration::from_millis)
-            .unwrap_or(defaults.connect_timeout),
-        max_message_len: ep.param_as("max_message_len")?.unwrap_or(DEFAULT_MAX_MESSAGE_LEN),
-    })
+/// Serves the generic service and every proto-first one linked in, on one tonic server,
+/// until shutdown; then lets in-flight calls and running events finish.
+async fn serve(l: GrpcListener, router: Router, mut shutdown: Shutdown) -> Result<()> {
+    let url = l.local_url();
+    let (events, mut events_done) = mpsc::channel(1);
+    let shared = call::Shared::new(router, l.opts.clone(), events);
+    let mut routes = tonic::service::Routes::builder();
+    routes.add_service(server::Generic(shared.clone()));
+    proto::add_services(&mut routes, &shared);
+    let incoming = tonic::transport::server::TcpIncoming::from(l.listener).with_nodelay(Some(true));
+    let result = tonic::transport::Server::builder()
+        .add_routes(routes.routes())
+        .serve_with_incoming_shutdown(incoming, async move { shutdown.wait().await })
+        .await;
+    // In-flight calls have finished; let running events finish too (each holds a sender).
+    drop(shared);
+    let _ = events_done.recv().await;
+    result.map_err(|e| Error::broker(format!("the gRPC server on {url} failed"), e))
 }

@@ -8,37 +8,38 @@
 //! `#[message_pattern]` functions:
 //!
 //! ```ignore
-//! #[message_pattern(service = "HeroesService", rpc = "FindOne")]          // unary
-//! async fn find_one(req: HeroById) -> RpcResult<Hero> { … }
+//! #[message_pattern({ service = "HeroesService", rpc = "FindOne" })]      // unary
+//! async fn find_one(req: HeroById) -> RpcResult<Hero> { /* … */ }
 //!
-//! #[message_pattern(service = "HeroesService", rpc = "ListAll")]          // server streaming
-//! async fn list_all(_: Empty) -> ReplyStream<Hero> { … }
+//! #[message_pattern({ service = "HeroesService", rpc = "ListAll" })]      // server streaming
+//! async fn list_all(_: Empty) -> ReplyStream<Hero> { /* … */ }
 //!
-//! #[message_pattern(service = "HeroesService", rpc = "FindMany")]         // client or bidi streaming
-//! async fn find_many(reqs: GrpcStream<HeroById>) -> ReplyStream<Hero> { … }
+//! #[message_pattern({ service = "HeroesService", rpc = "FindMany" })]     // client or bidi streaming
+//! async fn find_many(reqs: GrpcStream<HeroById>) -> ReplyStream<Hero> { /* … */ }
 //! ```
 //!
-//! As in NestJS, a unary method answers with the handler's first value, a server-streaming
-//! one with every value; a method with no handler answers UNIMPLEMENTED. gRPC metadata
-//! reaches the handler as [`Context`](crate::Context) headers.
+//! A request message reaches its handler as it is (a [`Payload::Value`]), so the payload
+//! argument must be the method's input type; a streaming method's messages come as a
+//! [`GrpcStream`]. Replies are the handler's values serialised and decoded into the
+//! method's output type. As in NestJS, a unary method answers with the handler's first
+//! value, a server-streaming one with every value; a method with no handler answers
+//! UNIMPLEMENTED. gRPC metadata reaches the handler as [`Context`](crate::Context) headers,
+//! `grpc-timeout` as its deadline.
 
-use std::any::Any;
-use std::collections::HashMap;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{LazyLock, Mutex};
 use std::task::{Context as TaskContext, Poll};
 
+use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use futures_util::stream::{BoxStream, Stream, StreamExt};
-use serde::de::{DeserializeOwned, Error as _};
-use serde::{Deserialize, Deserializer, Serialize};
-use tonic::{Request, Response, Status, Streaming};
+use serde::de::DeserializeOwned;
+use tonic::metadata::MetadataMap;
+use tonic::{Response, Status, Streaming};
 
-use super::server::{Shared, grpc_timeout, headers_of, reply_stream};
+use super::call::{self, Shared};
 use super::wire;
-use crate::dispatch::{Dispatched, Incoming};
 use crate::error::RpcError;
+use crate::service::{Address, Kind, Payload, Request};
 
 /// A proto-first service linked into the binary: every `grpc://` listener adds it.
 /// Submitted by generated glue; not written by hand.
@@ -54,6 +55,18 @@ inventory::collect!(ProtoService);
 /// The services registered in this binary, by fully qualified name.
 pub fn services() -> Vec<&'static str> {
     inventory::iter::<ProtoService>.into_iter().map(|s| s.name).collect()
+}
+
+/// Adds every registered service to a listener's routes.
+pub(super) fn add_services(routes: &mut tonic::service::RoutesBuilder, shared: &Shared) {
+    let server = ProtoServer(shared.clone());
+    let mut added = std::collections::HashSet::new();
+    for proto in inventory::iter::<ProtoService> {
+        // The same generated module linked twice registers its services twice.
+        if added.insert(proto.name) {
+            (proto.add)(routes, &server);
+        }
+    }
 }
 
 /// What generated glue calls to serve a proto method through the handlers. Cheap to clone.
@@ -77,30 +90,35 @@ impl ProtoServer {
         self.0.opts.max_message_len
     }
 
-    /// A unary method: the handler's first value is the answer.
-    pub fn unary<Req, Resp>(&self, pattern: &'static str, req: Request<Req>) -> BoxFuture<'static, ProtoResult<Resp>>
+    /// A unary method: the handler takes the request message; its first value is the answer.
+    pub fn unary<Req, Resp>(
+        &self,
+        pattern: &'static str,
+        req: tonic::Request<Req>,
+    ) -> BoxFuture<'static, ProtoResult<Resp>>
     where
-        Req: Serialize,
+        Req: Send + 'static,
         Resp: DeserializeOwned + Send + 'static,
     {
         let (meta, _, msg) = req.into_parts();
-        let stream = to_json(&msg).and_then(|json| self.call::<Resp>(pattern, &meta, Payload::Json(json)));
-        Box::pin(async move { first(stream?).await })
+        let replies = self.call::<Resp>(pattern, &meta, Payload::Value(Box::new(msg)));
+        Box::pin(async move { first(replies?).await })
     }
 
-    /// A server-streaming method: every value of the handler's reply, in order.
+    /// A server-streaming method: the handler takes the request message; every value of its
+    /// reply is sent, in order.
     pub fn server_streaming<Req, Resp>(
         &self,
         pattern: &'static str,
-        req: Request<Req>,
-    ) -> BoxFuture<'static, ProtoResult<BoxStream<'static, Result<Resp, Status>>>>
+        req: tonic::Request<Req>,
+    ) -> BoxFuture<'static, ProtoResult<ResponseStream<Resp>>>
     where
-        Req: Serialize,
+        Req: Send + 'static,
         Resp: DeserializeOwned + Send + 'static,
     {
         let (meta, _, msg) = req.into_parts();
-        let stream = to_json(&msg).and_then(|json| self.call::<Resp>(pattern, &meta, Payload::Json(json)));
-        Box::pin(std::future::ready(stream.map(Response::new)))
+        let replies = self.call::<Resp>(pattern, &meta, Payload::Value(Box::new(msg)));
+        Box::pin(std::future::ready(replies.map(Response::new)))
     }
 
     /// A client-streaming method: the handler takes a [`GrpcStream`]; its first value is the
@@ -108,103 +126,70 @@ impl ProtoServer {
     pub fn client_streaming<Req, Resp>(
         &self,
         pattern: &'static str,
-        req: Request<Streaming<Req>>,
+        req: tonic::Request<Streaming<Req>>,
     ) -> BoxFuture<'static, ProtoResult<Resp>>
     where
         Req: Send + 'static,
         Resp: DeserializeOwned + Send + 'static,
     {
         let (meta, _, msgs) = req.into_parts();
-        let stream = self.call::<Resp>(pattern, &meta, Payload::Stream(GrpcStream::of(msgs)));
-        Box::pin(async move { first(stream?).await })
+        let replies = self.call::<Resp>(pattern, &meta, Payload::Value(Box::new(GrpcStream::of(msgs))));
+        Box::pin(async move { first(replies?).await })
     }
 
     /// A bidirectional method: the handler takes a [`GrpcStream`] and answers with a stream.
     pub fn streaming<Req, Resp>(
         &self,
         pattern: &'static str,
-        req: Request<Streaming<Req>>,
-    ) -> BoxFuture<'static, ProtoResult<BoxStream<'static, Result<Resp, Status>>>>
+        req: tonic::Request<Streaming<Req>>,
+    ) -> BoxFuture<'static, ProtoResult<ResponseStream<Resp>>>
     where
         Req: Send + 'static,
         Resp: DeserializeOwned + Send + 'static,
     {
         let (meta, _, msgs) = req.into_parts();
-        let stream = self.call::<Resp>(pattern, &meta, Payload::Stream(GrpcStream::of(msgs)));
-        Box::pin(std::future::ready(stream.map(Response::new)))
+        let replies = self.call::<Resp>(pattern, &meta, Payload::Value(Box::new(GrpcStream::of(msgs))));
+        Box::pin(std::future::ready(replies.map(Response::new)))
     }
 
+    /// Serves the method's request; its reply as response messages.
     fn call<Resp>(
         &self,
         pattern: &'static str,
-        meta: &tonic::metadata::MetadataMap,
+        meta: &MetadataMap,
         payload: Payload,
-    ) -> Result<BoxStream<'static, Result<Resp, Status>>, Status>
+    ) -> Result<ResponseStream<Resp>, Status>
     where
         Resp: DeserializeOwned + Send + 'static,
     {
-        let deadline = grpc_timeout(meta);
-        let headers = headers_of(meta);
-        let (json, token) = match payload {
-            Payload::Json(json) => (json, None),
-            Payload::Stream(s) => {
-                let id = NEXT.fetch_add(1, Ordering::Relaxed);
-                STREAMS.lock().expect("stream table").insert(id, s);
-                (format!(r#"{{"{STREAM_KEY}":{id}}}"#).into_bytes(), Some(id))
-            }
-        };
-        let dispatched = self.0.dispatcher.dispatch(Incoming {
-            pattern,
-            data: Some(&json),
-            request: true,
-            metadata: (!headers.is_empty()).then_some(headers),
-            transport: "grpc",
-        });
-        // The handler took its stream while decoding its payload (dispatch decodes at once);
-        // whatever is left was not taken by anyone.
-        if let Some(id) = token {
-            STREAMS.lock().expect("stream table").remove(&id);
-        }
-        match dispatched {
-            Dispatched::Reply(reply) => Ok(reply_stream(reply, deadline, |json| json)
-                .map(|item| {
-                    item.and_then(|json| {
-                        serde_json::from_slice::<Resp>(&json).map_err(|e| {
-                            tracing::error!(error = %e, "a handler's reply does not fit the method's response message");
-                            Status::unknown(crate::error::INTERNAL_SERVER_ERROR)
-                        })
-                    })
-                })
-                .boxed()),
-            Dispatched::NoHandler { .. } => Err(wire::no_handler_status()),
-            Dispatched::Event(_) | Dispatched::Ignored => unreachable!("a request always gets a reply"),
-        }
+        let req = Request::new(
+            Address::static_pattern(pattern),
+            payload,
+            call::context(meta, Kind::Request),
+        );
+        let values = self.0.request(req)?;
+        Ok(values
+            .map(|value| value.and_then(|json| response::<Resp>(&json)))
+            .boxed())
     }
 }
 
-enum Payload {
-    Json(Vec<u8>),
-    Stream(Box<dyn Any + Send>),
-}
-
-fn to_json<T: Serialize>(msg: &T) -> Result<Vec<u8>, Status> {
-    crate::json::to_vec(msg).map_err(|e| Status::internal(format!("cannot encode the request as JSON: {e}")))
+/// A reply value as the method's response message.
+fn response<Resp: DeserializeOwned>(json: &Bytes) -> Result<Resp, Status> {
+    serde_json::from_slice(json).map_err(|e| {
+        tracing::error!(error = %e, "a handler's reply does not fit the method's response message");
+        Status::unknown(crate::error::INTERNAL_SERVER_ERROR)
+    })
 }
 
 /// A unary answer: the first value; completion without one is an error.
-async fn first<Resp>(mut stream: BoxStream<'static, Result<Resp, Status>>) -> ProtoResult<Resp> {
+async fn first<Resp>(mut stream: ResponseStream<Resp>) -> ProtoResult<Resp> {
     match stream.next().await {
         Some(Ok(v)) => Ok(Response::new(v)),
         Some(Err(status)) => Err(status),
         None => Err(Status::unknown(crate::error::INTERNAL_SERVER_ERROR)),
     }
 }
-
-const STREAM_KEY: &str = "$switchboard_grpc_stream";
-static NEXT: AtomicU64 = AtomicU64::new(1);
-/// Incoming request streams on their way to a handler, between dispatch and the payload's
-/// decoding (which happens inside dispatch).
-static STREAMS: LazyLock<Mutex<HashMap<u64, Box<dyn Any + Send>>>> = LazyLock::new(Default::default);
 
 /// The request messages of a client-streaming or bidirectional gRPC call, as a handler's
 /// payload: `async fn find_many(reqs: GrpcStream<HeroById>) -> ReplyStream<Hero>`.
@@ -213,9 +198,8 @@ static STREAMS: LazyLock<Mutex<HashMap<u64, Box<dyn Any + Send>>>> = LazyLock::n
 pub struct GrpcStream<T>(BoxStream<'static, Result<T, RpcError>>);
 
 impl<T: Send + 'static> GrpcStream<T> {
-    fn of(s: Streaming<T>) -> Box<dyn Any + Send> {
-        let s = s.map(|item| item.map_err(|status| wire::rpc_error_of(&status)));
-        Box::new(GrpcStream(s.boxed()))
+    fn of(s: Streaming<T>) -> Self {
+        GrpcStream(s.map(|item| item.map_err(|status| wire::rpc_error_of(&status))).boxed())
     }
 
     /// A stream of messages from anything, for calling a handler directly (tests).
@@ -238,32 +222,84 @@ impl<T> std::fmt::Debug for GrpcStream<T> {
     }
 }
 
-impl<'de, T: Send + 'static> Deserialize<'de> for GrpcStream<T> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        struct Token {
-            #[serde(rename = "$switchboard_grpc_stream")]
-            id: u64,
+/// The request stream the call put in the request, for the handler's `GrpcStream` argument
+/// (its `FromRequest` impl is the server's, in `server::extract`).
+pub(crate) fn take_stream<T: Send + 'static>(req: &mut Request) -> Result<GrpcStream<T>, RpcError> {
+    let invalid = |req: &Request, why: &str| {
+        RpcError::new(format!("invalid payload for pattern {}: {why}", req.context().route()))
+    };
+    match req.take_payload() {
+        Some(Payload::Value(value)) => match value.downcast::<GrpcStream<T>>() {
+            Ok(stream) => Ok(*stream),
+            Err(value) => {
+                req.set_payload(Payload::Value(value));
+                Err(invalid(
+                    req,
+                    &format!("expected a `{}`", std::any::type_name::<GrpcStream<T>>()),
+                ))
+            }
+        },
+        Some(other) => {
+            req.set_payload(other);
+            Err(invalid(
+                req,
+                "a GrpcStream only comes from a client-streaming or bidirectional gRPC call",
+            ))
         }
-        let token = Token::deserialize(d).map_err(|_| {
-            D::Error::custom("a GrpcStream payload only comes from a client-streaming or bidirectional gRPC call")
-        })?;
-        let entry = STREAMS
-            .lock()
-            .expect("stream table")
-            .remove(&token.id)
-            .ok_or_else(|| D::Error::custom("this gRPC request stream was already taken"))?;
-        entry
-            .downcast::<GrpcStream<T>>()
-            .map(|s| *s)
-            .map_err(|_| D::Error::custom("the gRPC request stream carries another message type"))
+        None => Err(invalid(req, "the payload was already taken")),
     }
 }
 
-impl<T> Serialize for GrpcStream<T> {
-    fn serialize<S: serde::Serializer>(&self, _: S) -> Result<S::Ok, S::Error> {
-        Err(serde::ser::Error::custom(
-            "a GrpcStream is sent by a gRPC client-streaming call, not as a JSON payload",
-        ))
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::service::Context;
+
+    async fn extract<T: Send + 'static>(req: &mut Request) -> Result<GrpcStream<T>, RpcError> {
+        take_stream(req)
+    }
+
+    #[tokio::test]
+    async fn a_grpc_stream_is_taken_from_the_request() {
+        let stream = GrpcStream::new(futures_util::stream::iter([1u32, 2]));
+        let ctx = Context::new("grpc", Kind::Request);
+        let mut req = Request::new(
+            Address::static_pattern("\"sum\""),
+            Payload::Value(Box::new(stream)),
+            ctx,
+        );
+        let got: Vec<_> = extract::<u32>(&mut req).await.unwrap().collect().await;
+        assert_eq!(got, [Ok(1), Ok(2)]);
+        let again = extract::<u32>(&mut req).await.unwrap_err();
+        assert!(again.message().unwrap().contains("already taken"), "{again}");
+    }
+
+    #[tokio::test]
+    async fn anything_else_is_an_error_naming_the_pattern() {
+        let ctx = Context::new("grpc", Kind::Request);
+        let mut req = Request::new(
+            Address::static_pattern("\"sum\""),
+            Payload::Json(Bytes::from_static(b"[1]")),
+            ctx,
+        );
+        req.context_mut().set_route("sum".into());
+        let err = extract::<u32>(&mut req).await.unwrap_err();
+        assert_eq!(
+            err.message(),
+            Some(
+                "invalid payload for pattern sum: a GrpcStream only comes from a client-streaming or bidirectional gRPC call"
+            )
+        );
+        assert!(req.payload().is_some(), "the payload stays for whoever reads it");
+
+        let other = GrpcStream::new(futures_util::stream::iter(["x".to_owned()]));
+        req.set_payload(Payload::Value(Box::new(other)));
+        let err = extract::<u32>(&mut req).await.unwrap_err();
+        assert!(
+            err.message()
+                .unwrap()
+                .starts_with("invalid payload for pattern sum: expected a `"),
+            "{err}"
+        );
     }
 }

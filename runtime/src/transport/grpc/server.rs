@@ -127,7 +127,7 @@ mod tests {
             route: Route::from_fn(|_| std::future::pending().boxed()),
         };
         routes.add("stuck", "\"stuck\"", Kind::Event, listener);
-        routes.build(|route| route)
+        routes.build(false, |route| route)
     }
 
     fn emit() -> tonic::Request<Packet> {

@@ -12,11 +12,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::future::{BoxFuture, FutureExt};
-use futures_util::stream::StreamExt;
 use rdkafka::admin::AdminClient;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{Message, OwnedHeaders};
+use rdkafka::message::{Headers as _, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::OnceCell;
@@ -26,9 +25,9 @@ use super::{
     Shared, decode_error, decode_value, encode_value, ensure_topics, header, probe, watch_brokers,
 };
 use crate::error::{Error, Result, RpcError};
-use crate::handler::ReplyItem;
-use crate::transport::pending::Pending;
-use crate::transport::{ClientOptions, ClientTransport, Endpoint, Outbound, Replies};
+use crate::service::{Outbound, Replies, ReplyItem};
+use crate::transport::{ClientOptions, ClientTransport, Endpoint};
+use crate::wire::nestjs::pending::Pending;
 
 /// The client side of the Kafka transport.
 pub struct KafkaClient {
@@ -194,14 +193,14 @@ impl KafkaClient {
                             .fetch_watermarks(&t, p, Duration::from_secs(5))
                             .map_err(|e| opts.connect_error(format!("offsets of topic `{t}`: {e}")))?;
                         tpl.add_partition_offset(&t, p, Offset::Offset(high))
-                            .map_err(|e| Error::Protocol(e.to_string()))?;
+                            .map_err(|e| Error::broker(format!("cannot read reply topic `{t}`"), e))?;
                     }
                     consumer
                         .incremental_assign(&tpl)
-                        .map_err(|e| Error::Protocol(format!("cannot read reply topic `{t}`: {e}")))
+                        .map_err(|e| Error::broker(format!("cannot read reply topic `{t}`"), e))
                 })
                 .await
-                .map_err(|e| Error::Protocol(e.to_string()))??;
+                .map_err(|e| Error::broker(format!("cannot read reply topic `{topic}`"), e))??;
                 tracing::debug!(url = %self.opts.url, %topic, partitions = count, "reading replies");
                 Ok::<_, Error>(0)
             })
@@ -223,24 +222,21 @@ impl KafkaClient {
             .copied()
     }
 
-    /// The record for `msg`, with `extra` headers after the caller's.
+    /// The record headers for `msg`: the caller's, then its `content-type`.
     fn headers(msg: &Outbound, content_type: &str) -> OwnedHeaders {
-        let mut h = OwnedHeaders::new_with_capacity(msg.metadata.as_ref().map_or(0, |m| m.len()) + 4);
-        if let Some(meta) = &msg.metadata {
-            for (k, v) in meta.iter() {
-                if k != CONTENT_TYPE {
-                    h = header(h, k, v.as_bytes());
-                }
+        let mut h = OwnedHeaders::new_with_capacity(msg.headers.len() + 4);
+        for (k, v) in msg.headers.iter() {
+            if k != CONTENT_TYPE {
+                h = header(h, k, v.as_bytes());
             }
         }
         header(h, CONTENT_TYPE, content_type.as_bytes())
     }
 
-    fn produce_error(&self, topic: &str, e: &KafkaError) -> Error {
+    /// A record of `size` bytes that could not be produced to `topic`.
+    fn produce_error(&self, topic: &str, size: usize, e: KafkaError) -> Error {
         match e.rdkafka_error_code() {
-            Some(RDKafkaErrorCode::MessageSizeTooLarge) => Error::Protocol(format!(
-                "the message to Kafka topic `{topic}` is too large (raise max_message_bytes, and the broker's limit): {e}"
-            )),
+            Some(RDKafkaErrorCode::MessageSizeTooLarge) => too_large(topic, size, self.opts.max_message_bytes),
             _ => self
                 .opts
                 .connect_error(format!("cannot produce to topic `{topic}`: {e}")),
@@ -248,41 +244,58 @@ impl KafkaClient {
     }
 }
 
+/// A record the producer (or the broker) refused as too large.
+fn too_large(topic: &str, size: usize, limit: usize) -> Error {
+    Error::TooLarge {
+        context: format!("a message to Kafka topic `{topic}` (raise max_message_bytes, and the broker's limit)"),
+        size,
+        limit,
+    }
+}
+
+/// A record's value and headers, in bytes.
+fn record_size(value: Option<&[u8]>, headers: &OwnedHeaders) -> usize {
+    let headers: usize = headers
+        .iter()
+        .map(|h| h.key.len() + h.value.map_or(0, <[u8]>::len))
+        .sum();
+    value.map_or(0, <[u8]>::len) + headers
+}
+
 impl ClientTransport for KafkaClient {
     fn connect(&self) -> BoxFuture<'_, Result<()>> {
         async move { self.conn().await.map(drop) }.boxed()
     }
 
-    fn request(&self, msg: Outbound) -> BoxFuture<'_, Result<Replies>> {
+    fn request(self: Arc<Self>, msg: Outbound) -> BoxFuture<'static, Result<Replies>> {
         async move {
             let conn = self.conn().await?;
             let setup = conn.route(&msg.route);
             self.route_topic(&conn, &setup, &msg.route).await?;
             let partition = self.reply_partition(&conn, &setup, &msg.route).await?;
             let (id, rx) = self.pending.register(msg.route.clone())?;
-            let encoded = encode_value(&msg.data);
+            let encoded = encode_value(&msg.payload);
             let reply_topic = format!("{}.reply", msg.route);
             let headers = Self::headers(&msg, encoded.content_type);
             let headers = header(headers, CORRELATION_ID, id.as_bytes());
             let headers = header(headers, REPLY_TOPIC, reply_topic.as_bytes());
             let headers = header(headers, REPLY_PARTITION, partition.to_string().as_bytes());
+            let size = record_size(encoded.value.as_deref(), &headers);
             let mut record = FutureRecord::<[u8], [u8]>::to(&msg.route).headers(headers);
             if let Some(v) = &encoded.value {
                 record = record.payload(v.as_slice());
             }
             match conn.producer.send_result(record) {
                 Ok(delivery) => {
-                    // The call's stream is returned now; a failed delivery ends it.
+                    // A failed delivery ends the call.
                     let (pending, err_topic) = (self.pending.clone(), msg.route.to_string());
-                    let url = self.opts.url.clone();
+                    let (url, limit) = (self.opts.url.clone(), self.opts.max_message_bytes);
                     tokio::spawn(async move {
                         match delivery.await {
                             Ok(Ok(_)) => {}
                             Ok(Err((e, _))) => {
                                 let err = match e.rdkafka_error_code() {
-                                    Some(RDKafkaErrorCode::MessageSizeTooLarge) => Error::Protocol(format!(
-                                        "the request to Kafka topic `{err_topic}` is too large: {e}"
-                                    )),
+                                    Some(RDKafkaErrorCode::MessageSizeTooLarge) => too_large(&err_topic, size, limit),
                                     _ => Error::Connect {
                                         addr: url,
                                         reason: format!("request to topic `{err_topic}` not delivered: {e}"),
@@ -293,20 +306,21 @@ impl ClientTransport for KafkaClient {
                             Err(_) => pending.push(&id, Err(Error::ConnectionClosed { addr: url }), true),
                         }
                     });
-                    Ok(rx.boxed())
+                    Replies::first_of(rx).await
                 }
-                Err((e, _)) => Err(self.produce_error(&msg.route, &e)),
+                Err((e, _)) => Err(self.produce_error(&msg.route, size, e)),
             }
         }
         .boxed()
     }
 
-    fn emit(&self, msg: Outbound) -> BoxFuture<'_, Result<()>> {
+    fn emit(self: Arc<Self>, msg: Outbound) -> BoxFuture<'static, Result<()>> {
         async move {
             let conn = self.conn().await?;
             self.route_topic(&conn, &conn.route(&msg.route), &msg.route).await?;
-            let encoded = encode_value(&msg.data);
+            let encoded = encode_value(&msg.payload);
             let headers = Self::headers(&msg, encoded.content_type);
+            let size = record_size(encoded.value.as_deref(), &headers);
             let mut record = FutureRecord::<[u8], [u8]>::to(&msg.route).headers(headers);
             if let Some(v) = &encoded.value {
                 record = record.payload(v.as_slice());
@@ -315,12 +329,12 @@ impl ClientTransport for KafkaClient {
             match conn.producer.send_result(record) {
                 Ok(delivery) => match delivery.await {
                     Ok(Ok(_)) => Ok(()),
-                    Ok(Err((e, _))) => Err(self.produce_error(&msg.route, &e)),
+                    Ok(Err((e, _))) => Err(self.produce_error(&msg.route, size, e)),
                     Err(_) => Err(Error::ConnectionClosed {
                         addr: self.opts.url.clone(),
                     }),
                 },
-                Err((e, _)) => Err(self.produce_error(&msg.route, &e)),
+                Err((e, _)) => Err(self.produce_error(&msg.route, size, e)),
             }
         }
         .boxed()

@@ -29,8 +29,13 @@ impl std::fmt::Debug for KafkaMock {
     }
 }
 
-fn mock_error(what: &str, e: impl std::fmt::Display) -> Error {
-    Error::Protocol(format!("librdkafka's mock cluster: {what}: {e}"))
+fn mock_error(what: &str, e: impl std::error::Error + Send + Sync + 'static) -> Error {
+    Error::broker(format!("librdkafka's mock cluster: {what}"), e)
+}
+
+/// The cluster's thread ended.
+fn mock_gone(what: &str) -> Error {
+    Error::refused(format!("librdkafka's mock cluster: {what}: its thread ended"))
 }
 
 impl KafkaMock {
@@ -68,9 +73,7 @@ impl KafkaMock {
                 }
             })
             .map_err(|e| mock_error("cannot start its thread", e))?;
-        let bootstrap = boot_rx
-            .recv()
-            .map_err(|_| mock_error("cannot start", "its thread ended"))??;
+        let bootstrap = boot_rx.recv().map_err(|_| mock_gone("cannot start"))??;
         Ok(KafkaMock {
             bootstrap,
             commands: Mutex::new(commands),
@@ -95,7 +98,7 @@ impl KafkaMock {
     /// Sends a command to the cluster's thread and waits for its answer (blocking).
     fn ask(&self, command: impl FnOnce(mpsc::Sender<Result<()>>) -> Command) -> Result<()> {
         let (done, answer) = mpsc::channel();
-        let gone = || mock_error("cannot reach its thread", "it ended");
+        let gone = || mock_gone("cannot reach it");
         self.commands
             .lock()
             .expect("mock commands lock")

@@ -22,7 +22,8 @@
 //!   they are missing (route topics on a server, reply topics on a client).
 //! - `session_timeout_ms` (`30000`, kafkajs' default): how long a dead server keeps its
 //!   partitions before the group hands them to another member.
-//! - `max_in_flight` (`256`): messages a server handles at once.
+//! - `max_in_flight` (`256`): messages a server handles at once, as on every transport
+//!   (at least 1); beyond it, messages wait in the broker.
 //! - `max_message_bytes` (`16777216`): the largest record the producer sends.
 //! - `max_wait_ms` (`100`): how long a consumer's fetch waits for data at most (a real
 //!   broker answers as soon as data arrives; librdkafka's mock waits the full time).
@@ -52,9 +53,9 @@ pub use client::KafkaClient;
 pub use mock::KafkaMock;
 pub use server::KafkaListener;
 
-use super::Endpoint;
-use super::pending::Pending;
+use super::{Endpoint, broker};
 use crate::error::{Error, Result};
+use crate::wire::nestjs::pending::Pending;
 
 /// NestJS's header names (docs/nestjs-wire.md §7.3, §7.5).
 pub(crate) const CORRELATION_ID: &str = "kafka_correlationId";
@@ -75,14 +76,18 @@ const PARAMS: &[&str] = &[
     "partitions",
     "replication",
     "session_timeout_ms",
-    "max_in_flight",
+    broker::MAX_IN_FLIGHT,
     "max_message_bytes",
     "max_wait_ms",
 ];
 
+/// Default cap on messages being handled at once by one server.
+const DEFAULT_MAX_IN_FLIGHT: usize = 256;
+
 /// Settings from the URL.
 #[derive(Debug, Clone)]
 pub(crate) struct Options {
+    /// The URL without its password, for logs, errors and `local_url`.
     url: String,
     brokers: String,
     client_id: String,
@@ -102,22 +107,21 @@ impl Options {
         let postfix = ep
             .param("postfix")
             .unwrap_or(if server { "-server" } else { "-client" });
-        // librdkafka's settings are 32-bit; `max_in_flight` sizes a semaphore.
+        // librdkafka's settings are 32-bit.
         let within = |key: &str, default: i64, max: i64| -> Result<i64> {
             let v = ep.param_as::<i64>(key)?.unwrap_or(default);
             if (1..=max).contains(&v) {
                 Ok(v)
             } else {
                 Err(Error::InvalidUrl {
-                    url: ep.as_str().to_owned(),
+                    url: ep.redacted(),
                     reason: format!("query parameter `{key}` must be between 1 and {max}"),
                 })
             }
         };
         let int = i64::from(i32::MAX);
-        let permits = i64::try_from(tokio::sync::Semaphore::MAX_PERMITS).unwrap_or(i64::MAX);
         Ok(Options {
-            url: ep.as_str().to_owned(),
+            url: ep.redacted(),
             brokers: ep.authority.clone(),
             client_id: format!("{}{postfix}", ep.param("client_id").unwrap_or("nestjs-consumer")),
             group: format!("{}{postfix}", ep.param("group").unwrap_or("nestjs-group")),
@@ -125,7 +129,7 @@ impl Options {
             partitions: within("partitions", 1, int)? as i32,
             replication: within("replication", 1, int)? as i32,
             session_timeout_ms: within("session_timeout_ms", 30_000, int)? as u32,
-            max_in_flight: within("max_in_flight", 256, permits)? as usize,
+            max_in_flight: broker::max_in_flight(ep, DEFAULT_MAX_IN_FLIGHT)?,
             max_message_bytes: within("max_message_bytes", 16 << 20, int)? as usize,
             max_wait_ms: within("max_wait_ms", 100, int)? as u32,
         })
@@ -325,10 +329,13 @@ async fn ensure_topics(
                     Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
                     // Refused (an illegal name, no permission): waiting for it would not help.
                     Err((topic, code)) => {
-                        return Err(Error::Protocol(format!(
-                            "Kafka topic `{topic}` does not exist and the broker at {} refused to create it: {code}",
-                            opts.url
-                        )));
+                        return Err(Error::broker(
+                            format!(
+                                "Kafka topic `{topic}` does not exist and the broker at {} refused to create it",
+                                opts.url
+                            ),
+                            code,
+                        ));
                     }
                 }
             }
@@ -338,7 +345,7 @@ async fn ensure_topics(
     }
     let created = partition_counts(producer, opts, &missing, 20).await?;
     if let Some(topic) = missing.iter().find(|t| !created.contains_key(*t)) {
-        return Err(Error::Protocol(format!(
+        return Err(Error::refused(format!(
             "Kafka topic `{topic}` does not exist and could not be created at {}",
             opts.url
         )));
@@ -380,7 +387,7 @@ async fn partition_counts(
         Ok(partitions)
     })
     .await
-    .map_err(|e| Error::Protocol(format!("topic check failed: {e}")))?
+    .map_err(|e| Error::broker("the Kafka topic check failed", e))?
 }
 
 /// A record's headers by name (the last one wins, as in kafkajs).
@@ -557,17 +564,29 @@ mod tests {
         let ep = Endpoint::parse("kafka://h:1?partitions=0").unwrap();
         assert!(Options::parse(&ep, true).is_err());
         // Out of range: a clear error, not a truncated setting or a panic when serving.
-        for bad in [
-            "max_in_flight=9223372036854775807",
-            "partitions=4294967297",
-            "session_timeout_ms=4294967296",
-        ] {
+        for bad in ["partitions=4294967297", "session_timeout_ms=4294967296"] {
             let ep = Endpoint::parse(&format!("kafka://h:1?{bad}")).unwrap();
             let err = Options::parse(&ep, true).unwrap_err().to_string();
             assert!(err.contains("must be between 1 and"), "{bad}: {err}");
         }
-        let ep = Endpoint::parse("kafka://h:1?max_in_flight=1000000").unwrap();
-        let o = Options::parse(&ep, true).unwrap();
-        let _ = tokio::sync::Semaphore::new(o.max_in_flight);
+        // `max_in_flight` is read as on every transport: at least 1, at most what a semaphore holds.
+        assert_eq!(
+            Options::parse(&Endpoint::parse("kafka://h:1").unwrap(), true)
+                .unwrap()
+                .max_in_flight,
+            256
+        );
+        for (given, got) in [
+            ("0", 1),
+            ("1000000", 1_000_000),
+            ("9223372036854775807", tokio::sync::Semaphore::MAX_PERMITS),
+        ] {
+            let ep = Endpoint::parse(&format!("kafka://h:1?max_in_flight={given}")).unwrap();
+            let o = Options::parse(&ep, true).unwrap();
+            assert_eq!(o.max_in_flight, got, "{given}");
+            let _ = tokio::sync::Semaphore::new(o.max_in_flight);
+        }
+        let ep = Endpoint::parse("kafka://h:1?max_in_flight=-1").unwrap();
+        assert!(Options::parse(&ep, true).is_err());
     }
 }

@@ -1,17 +1,16 @@
 //! The Kafka server: one consumer in the server's group, subscribed to every route's topic,
 //! and one producer for replies.
 //!
-//! Messages are handled concurrently (up to `max_in_flight`); a message's offset is stored
-//! for commit only once it and every earlier message of its partition have been handled, so
-//! a server that dies mid-batch leaves the unhandled messages to the next member of its
-//! group (at-least-once).
+//! Messages are handled by the shared broker loop, concurrently (up to `max_in_flight`); a
+//! message's offset is stored for commit only once it and every earlier message of its
+//! partition have been handled, so a server that dies mid-batch leaves the unhandled
+//! messages to the next member of its group (at-least-once).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::future::{BoxFuture, FutureExt};
-use futures_util::stream::StreamExt;
 use rdkafka::admin::AdminClient;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::error::RDKafkaErrorCode;
@@ -19,17 +18,16 @@ use rdkafka::message::{Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::util::Timeout;
 use rdkafka::{Offset, TopicPartitionList};
-use tokio::sync::Semaphore;
-use tokio::task::JoinSet;
 
 use super::{
     CONTENT_TYPE, CORRELATION_ID, Ctx, HeaderMap, NEST_ERR, NEST_IS_DISPOSED, Options, REPLY_PARTITION, REPLY_TOPIC,
     Shared, decode_value, encode_error, encode_value, ensure_topics, header, probe,
 };
-use crate::dispatch::{Dispatched, Dispatcher, Incoming};
 use crate::error::{NO_MESSAGE_HANDLER, Result};
-use crate::transport::steps::{Step, Steps};
+use crate::service::{Context, Headers, Kind, Payload, Request, Router};
+use crate::transport::broker::{self, Delivery, ReplySink, Source};
 use crate::transport::{Endpoint, Listener, Shutdown};
+use crate::wire::nestjs::steps::Step;
 
 /// The server side of the Kafka transport.
 pub struct KafkaListener {
@@ -76,8 +74,14 @@ impl Listener for KafkaListener {
         self.opts.url.clone()
     }
 
-    fn serve(self: Box<Self>, dispatcher: Dispatcher, shutdown: Shutdown) -> BoxFuture<'static, Result<()>> {
-        serve(*self, dispatcher, shutdown).boxed()
+    fn serve(self: Box<Self>, router: Router, shutdown: Shutdown) -> BoxFuture<'static, Result<()>> {
+        async move {
+            let max_in_flight = self.opts.max_in_flight;
+            let source = Consuming::start(*self, &router).await?;
+            broker::serve(source, router, max_in_flight, shutdown).await;
+            Ok(())
+        }
+        .boxed()
     }
 
     /// Ready once the consumer group has given this server its partitions.
@@ -86,122 +90,135 @@ impl Listener for KafkaListener {
     }
 }
 
-async fn serve(l: KafkaListener, dispatcher: Dispatcher, mut shutdown: Shutdown) -> Result<()> {
-    let topics: Vec<String> = dispatcher
-        .routes()
-        .routes()
-        .map(str::to_owned)
-        .collect::<BTreeSet<_>>()
-        .into_iter()
-        .collect();
-    for topic in &topics {
-        if !is_legal_topic(topic) {
-            // NestJS has the same limit: Kafka takes only [a-zA-Z0-9._-], up to 249 characters.
-            tracing::warn!(url = %l.opts.url, %topic, "route is not a legal Kafka topic name; real brokers refuse it (use a string pattern such as `math.sum`)");
+/// The server's consumer, in its group, subscribed to every route's topic; librdkafka
+/// reconnects and rejoins by itself.
+struct Consuming {
+    opts: Options,
+    shared: Arc<Shared>,
+    producer: FutureProducer<Ctx>,
+    consumer: Arc<StreamConsumer<Ctx>>,
+    server: Arc<Server>,
+}
+
+impl Consuming {
+    async fn start(l: KafkaListener, router: &Router) -> Result<Self> {
+        // Each served route once, sorted.
+        let topics: Vec<String> = router.routes().map(|r| r.route().to_owned()).collect();
+        for topic in &topics {
+            if !is_legal_topic(topic) {
+                // NestJS has the same limit: Kafka takes only [a-zA-Z0-9._-], up to 249 characters.
+                tracing::warn!(url = %l.opts.url, %topic, "route is not a legal Kafka topic name; real brokers refuse it (use a string pattern such as `math.sum`)");
+            }
         }
+        ensure_topics(&l.admin, &l.producer, &l.opts, &topics).await?;
+        let consumer: StreamConsumer<Ctx> = l
+            .opts
+            .base_config()
+            .set("group.id", &l.opts.group)
+            .set("session.timeout.ms", l.opts.session_timeout_ms.to_string())
+            .set(
+                "heartbeat.interval.ms",
+                (l.opts.session_timeout_ms / 10).clamp(100, 3000).to_string(),
+            )
+            // Offsets are stored by us once a message is handled, and committed in the background.
+            .set("enable.auto.commit", "true")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.commit.interval.ms", "1000")
+            .set(
+                "auto.offset.reset",
+                if l.opts.from_beginning { "earliest" } else { "latest" },
+            )
+            .set("fetch.wait.max.ms", l.opts.max_wait_ms.to_string())
+            .create_with_context(Ctx(l.shared.clone()))
+            .map_err(|e| l.opts.connect_error(e))?;
+        let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+        consumer
+            .subscribe(&names)
+            .map_err(|e| l.opts.connect_error(format!("cannot subscribe to {topics:?}: {e}")))?;
+        tracing::debug!(url = %l.opts.url, group = %l.opts.group, ?topics, "consuming");
+        let consumer = Arc::new(consumer);
+        let server = Arc::new(Server {
+            producer: l.producer.clone(),
+            consumer: consumer.clone(),
+            tracker: Tracker::default(),
+        });
+        Ok(Consuming {
+            opts: l.opts,
+            shared: l.shared,
+            producer: l.producer,
+            consumer,
+            server,
+        })
     }
-    ensure_topics(&l.admin, &l.producer, &l.opts, &topics).await?;
-    let consumer: StreamConsumer<Ctx> = l
-        .opts
-        .base_config()
-        .set("group.id", &l.opts.group)
-        .set("session.timeout.ms", l.opts.session_timeout_ms.to_string())
-        .set(
-            "heartbeat.interval.ms",
-            (l.opts.session_timeout_ms / 10).clamp(100, 3000).to_string(),
-        )
-        // Offsets are stored by us once a message is handled, and committed in the background.
-        .set("enable.auto.commit", "true")
-        .set("enable.auto.offset.store", "false")
-        .set("auto.commit.interval.ms", "1000")
-        .set(
-            "auto.offset.reset",
-            if l.opts.from_beginning { "earliest" } else { "latest" },
-        )
-        .set("fetch.wait.max.ms", l.opts.max_wait_ms.to_string())
-        .create_with_context(Ctx(l.shared.clone()))
-        .map_err(|e| l.opts.connect_error(e))?;
-    let names: Vec<&str> = topics.iter().map(String::as_str).collect();
-    consumer
-        .subscribe(&names)
-        .map_err(|e| l.opts.connect_error(format!("cannot subscribe to {topics:?}: {e}")))?;
-    tracing::debug!(url = %l.opts.url, group = %l.opts.group, ?topics, "consuming");
-    let consumer = Arc::new(consumer);
-    let server = Arc::new(Server {
-        dispatcher,
-        producer: l.producer.clone(),
-        consumer: consumer.clone(),
-        tracker: Tracker::default(),
-    });
-    let permits = Arc::new(Semaphore::new(l.opts.max_in_flight));
-    let mut tasks = JoinSet::new();
-    'serve: loop {
-        // Reaped here rather than awaited in the selects: a task waiting on `join_next` is
-        // woken by every handler that ends, one more wake-up per message.
-        while tasks.try_join_next().is_some() {}
-        let permit = tokio::select! {
-            biased;
-            _ = shutdown.wait() => break 'serve,
-            permit = permits.clone().acquire_owned() => permit.expect("never closed"),
-        };
+}
+
+impl Source for Consuming {
+    type Delivery = Record;
+
+    async fn next(&mut self) -> Option<Record> {
         let msg = loop {
-            tokio::select! {
-                biased;
-                _ = shutdown.wait() => break 'serve,
-                msg = consumer.recv() => match msg {
-                    Ok(msg) => break msg,
-                    Err(e) => {
-                        // A lost broker is already reported (once) by the context.
-                        if e.rdkafka_error_code() == Some(RDKafkaErrorCode::BrokerTransportFailure) {
-                            tracing::debug!(url = %l.opts.url, error = %e, "Kafka consumer error");
-                        } else {
-                            tracing::warn!(url = %l.opts.url, error = %e, "Kafka consumer error");
-                        }
-                        tokio::time::sleep(Duration::from_millis(100)).await;
+            match self.consumer.recv().await {
+                Ok(msg) => break msg,
+                Err(e) => {
+                    // A lost broker is already reported (once) by the context.
+                    if e.rdkafka_error_code() == Some(RDKafkaErrorCode::BrokerTransportFailure) {
+                        tracing::debug!(url = %self.opts.url, error = %e, "Kafka consumer error");
+                    } else {
+                        tracing::warn!(url = %self.opts.url, error = %e, "Kafka consumer error");
                     }
-                },
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
             }
         };
-        l.shared.set_up();
+        self.shared.set_up();
         let record = Record {
             topic: msg.topic().to_owned(),
             partition: msg.partition(),
             offset: msg.offset(),
             value: msg.payload().map(<[u8]>::to_vec),
             headers: HeaderMap::from_headers(msg.headers()),
+            server: self.server.clone(),
         };
         drop(msg);
-        server.tracker.begin(&record.topic, record.partition, record.offset);
-        let server = server.clone();
-        tasks.spawn(async move {
-            server.handle(&record).await;
-            server.done(&record);
-            drop(permit);
-        });
+        self.server
+            .tracker
+            .begin(&record.topic, record.partition, record.offset);
+        Some(record)
     }
-    // Stop taking messages; let those in flight finish, then commit what they handled.
-    tracing::debug!(url = %l.opts.url, in_flight = tasks.len(), "stopping");
-    while tasks.join_next().await.is_some() {}
-    let producer = l.producer.clone();
-    let _ = tokio::task::spawn_blocking(move || {
-        // Only the partitions still ours: another member may have committed further on those
-        // the group moved away, and committing our older offset there would rewind it.
-        let tpl = match consumer.assignment() {
-            Ok(owned) => server.tracker.stored(&owned),
-            Err(_) => TopicPartitionList::new(),
-        };
-        drop(server);
-        if tpl.count() > 0
-            && let Err(e) = consumer.commit(&tpl, CommitMode::Sync)
-        {
-            tracing::warn!(error = %e, "could not commit the last offsets; their messages may be handled again");
-        }
-        // Dropping the consumer leaves the group, so its partitions move on at once.
-        drop(consumer);
-        let _ = producer.flush(Duration::from_secs(5));
-    })
-    .await;
-    Ok(())
+
+    async fn stop(&mut self) {
+        // The consumer stays in the group until `close`: the messages in flight store their
+        // offsets with it.
+        tracing::debug!(url = %self.opts.url, "stopping");
+    }
+
+    async fn close(self) {
+        // Every message taken has been handled: commit what they stored, then leave.
+        let Consuming {
+            producer,
+            consumer,
+            server,
+            ..
+        } = self;
+        let _ = tokio::task::spawn_blocking(move || {
+            // Only the partitions still ours: another member may have committed further on
+            // those the group moved away, and committing our older offset there would rewind it.
+            let tpl = match consumer.assignment() {
+                Ok(owned) => server.tracker.stored(&owned),
+                Err(_) => TopicPartitionList::new(),
+            };
+            drop(server);
+            if tpl.count() > 0
+                && let Err(e) = consumer.commit(&tpl, CommitMode::Sync)
+            {
+                tracing::warn!(error = %e, "could not commit the last offsets; their messages may be handled again");
+            }
+            // Dropping the consumer leaves the group, so its partitions move on at once.
+            drop(consumer);
+            let _ = producer.flush(Duration::from_secs(5));
+        })
+        .await;
+    }
 }
 
 /// Kafka's rule for topic names (object patterns such as `{"cmd":"sum"}` break it).
@@ -222,42 +239,45 @@ struct Record {
     offset: i64,
     value: Option<Vec<u8>>,
     headers: HeaderMap,
+    server: Arc<Server>,
+}
+
+impl Delivery for Record {
+    async fn serve(self, router: Router) {
+        self.server.handle(&self, &router).await;
+        // Only once handled: a server that dies before leaves the message to the next member.
+        self.server.done(&self);
+    }
 }
 
 struct Server {
-    dispatcher: Dispatcher,
     producer: FutureProducer<Ctx>,
     consumer: Arc<StreamConsumer<Ctx>>,
     tracker: Tracker,
 }
 
 impl Server {
-    /// Handles one record as NestJS's `ServerKafka.handleMessage` does.
-    async fn handle(&self, r: &Record) {
-        let pattern = self.dispatcher.routes().channel_pattern(&r.topic);
-        let data = decode_value(r.value.as_deref(), r.headers.get(CONTENT_TYPE));
-        let metadata = r.headers.metadata();
+    /// Handles one record as NestJS's `ServerKafka.handleMessage` does: the topic is the
+    /// route, the value the payload (Kafka has no packet around it).
+    async fn handle(&self, r: &Record, router: &Router) {
+        let address = router.channel_address(&r.topic);
+        let payload = Payload::Json(decode_value(r.value.as_deref(), r.headers.get(CONTENT_TYPE)));
+        let headers: Headers = r.headers.metadata().map(Headers::from).unwrap_or_default();
         let correlation = r.headers.get(CORRELATION_ID);
         let reply_topic = r.headers.get_str(REPLY_TOPIC);
         // NestJS treats a message for an event handler as an event, replies or not.
-        let event_route = self
-            .dispatcher
-            .routes()
-            .resolve(&pattern)
-            .is_ok_and(|h| h.message.is_none());
+        let event_route = router
+            .resolve_route(&address)
+            .is_ok_and(|route| !route.has_request_handler());
         let (Some(id), Some(reply_topic), false) = (correlation, reply_topic, event_route) else {
-            if let Some(run) = self.dispatcher.dispatch_event(Incoming {
-                pattern: &pattern,
-                data: Some(&data),
-                request: false,
-                metadata,
-                transport: "kafka",
-            }) {
-                run.await;
-            }
+            let ctx = Context::new("kafka", Kind::Event).with_headers(headers);
+            router.call(Request::new(address, payload, ctx)).await;
             return;
         };
-        let to = ReplyTo {
+        let ctx = Context::new("kafka", Kind::Request).with_headers(headers);
+        let reply = router.call(Request::new(address, payload, ctx)).await;
+        let mut to = ReplyTo {
+            server: self,
             topic: &reply_topic,
             partition: r
                 .headers
@@ -267,62 +287,7 @@ impl Server {
                 .map(|p| p as i32),
             id,
         };
-        match self.dispatcher.dispatch(Incoming {
-            pattern: &pattern,
-            data: Some(&data),
-            request: true,
-            metadata,
-            transport: "kafka",
-        }) {
-            Dispatched::Reply(reply) => {
-                let mut steps = Steps::new(reply);
-                while let Some(step) = steps.next().await {
-                    self.reply(&to, &step).await;
-                }
-            }
-            Dispatched::NoHandler { .. } => {
-                // NestJS sends the error without `kafka_nest-is-disposed`: it is terminal anyway.
-                let h = header(OwnedHeaders::new(), CORRELATION_ID, to.id);
-                let h = header(h, NEST_ERR, NO_MESSAGE_HANDLER.as_bytes());
-                self.send(&to, h, None).await;
-            }
-            Dispatched::Event(run) => run.await,
-            Dispatched::Ignored => {}
-        }
-    }
-
-    /// Sends one reply packet; waits until the broker has it, so the packets of one reply
-    /// stay in order.
-    async fn reply(&self, to: &ReplyTo<'_>, step: &Step) {
-        let h = header(OwnedHeaders::new_with_capacity(4), CORRELATION_ID, to.id);
-        match step {
-            Step::Value { json, last } => {
-                let encoded = encode_value(json);
-                let mut h = header(h, CONTENT_TYPE, encoded.content_type.as_bytes());
-                if *last {
-                    h = header(h, NEST_IS_DISPOSED, &[0]);
-                }
-                self.send(to, h, encoded.value.as_deref()).await;
-            }
-            Step::Done => self.send(to, header(h, NEST_IS_DISPOSED, &[0]), None).await,
-            Step::Error(err) => {
-                let h = header(h, NEST_ERR, &encode_error(err.value()));
-                self.send(to, header(h, NEST_IS_DISPOSED, &[0]), None).await;
-            }
-        }
-    }
-
-    async fn send(&self, to: &ReplyTo<'_>, headers: OwnedHeaders, value: Option<&[u8]>) {
-        let mut record = FutureRecord::<[u8], [u8]>::to(to.topic).headers(headers);
-        if let Some(p) = to.partition {
-            record = record.partition(p);
-        }
-        if let Some(v) = value {
-            record = record.payload(v);
-        }
-        if let Err((e, _)) = self.producer.send(record, Timeout::After(Duration::from_secs(5))).await {
-            tracing::warn!(topic = to.topic, error = %e, "could not send a reply");
-        }
+        let _ = broker::send_reply(reply, &mut to).await;
     }
 
     /// Marks a record handled and stores the offset its partition can be committed at.
@@ -341,10 +306,61 @@ impl Server {
     }
 }
 
+/// Where a request's reply records go: NestJS's reply packets as record headers.
 struct ReplyTo<'a> {
+    server: &'a Server,
     topic: &'a str,
     partition: Option<i32>,
     id: &'a [u8],
+}
+
+impl ReplyTo<'_> {
+    /// Sends one record; waits until the broker has it, so the packets of one reply stay in
+    /// order. A record the broker does not take is logged and skipped.
+    async fn produce(&self, headers: OwnedHeaders, value: Option<&[u8]>) {
+        let mut record = FutureRecord::<[u8], [u8]>::to(self.topic).headers(headers);
+        if let Some(p) = self.partition {
+            record = record.partition(p);
+        }
+        if let Some(v) = value {
+            record = record.payload(v);
+        }
+        let sent = self
+            .server
+            .producer
+            .send(record, Timeout::After(Duration::from_secs(5)))
+            .await;
+        if let Err((e, _)) = sent {
+            tracing::warn!(topic = self.topic, error = %e, "could not send a reply");
+        }
+    }
+}
+
+impl ReplySink for ReplyTo<'_> {
+    async fn send(&mut self, step: Step) -> Result<()> {
+        let h = header(OwnedHeaders::new_with_capacity(4), CORRELATION_ID, self.id);
+        match step {
+            Step::Value { json, last } => {
+                let encoded = encode_value(&json);
+                let mut h = header(h, CONTENT_TYPE, encoded.content_type.as_bytes());
+                if last {
+                    h = header(h, NEST_IS_DISPOSED, &[0]);
+                }
+                self.produce(h, encoded.value.as_deref()).await;
+            }
+            Step::Done => self.produce(header(h, NEST_IS_DISPOSED, &[0]), None).await,
+            Step::Error(err) => {
+                let h = header(h, NEST_ERR, &encode_error(err.value()));
+                self.produce(header(h, NEST_IS_DISPOSED, &[0]), None).await;
+            }
+            // NestJS sends the error without `kafka_nest-is-disposed`: it is terminal anyway.
+            Step::NoHandler => {
+                self.produce(header(h, NEST_ERR, NO_MESSAGE_HANDLER.as_bytes()), None)
+                    .await;
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Offsets in flight per partition, so that only offsets below every unhandled message are

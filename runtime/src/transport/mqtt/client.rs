@@ -6,16 +6,16 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
 use futures_util::future::{BoxFuture, FutureExt};
-use futures_util::stream::StreamExt;
 use rumqttc::{AsyncClient, Event, EventLoop, Outgoing, Packet as MqttPacket, QoS, SubscribeReasonCode};
 use tokio::sync::watch;
 use tokio::task::AbortHandle;
 
 use super::{Backoff, Options};
-use crate::codec::encode_request;
 use crate::error::{Error, Result};
-use crate::transport::pending::Pending;
-use crate::transport::{ClientOptions, ClientTransport, Endpoint, Outbound, Replies};
+use crate::service::{Outbound, Replies};
+use crate::transport::{ClientOptions, ClientTransport, Endpoint};
+use crate::wire::nestjs::packet::encode_request;
+use crate::wire::nestjs::pending::Pending;
 
 /// The client side of the MQTT transport. Connects on first use (or [`connect`]); while the
 /// broker is away it reconnects with backoff, failing the calls in flight at once.
@@ -62,37 +62,37 @@ impl ClientTransport for MqttClient {
         async move { self.conn().wait_up().await.map(drop) }.boxed()
     }
 
-    fn request(&self, msg: Outbound) -> BoxFuture<'_, Result<Replies>> {
+    fn request(self: Arc<Self>, msg: Outbound) -> BoxFuture<'static, Result<Replies>> {
         async move {
             let conn = self.conn();
             let epoch = conn.wait_up().await?;
             conn.check_topic(&msg.route)?;
             conn.subscribe(format!("{}/reply", msg.route)).await?;
             let (id, rx) = conn.shared.pending.register(msg.route.clone())?;
-            let mut body = Vec::with_capacity(msg.data.len() + msg.pattern.len() + 48);
+            let mut body = Vec::with_capacity(msg.payload.len() + msg.pattern.len() + 48);
             encode_request(
                 &mut body,
                 &msg.pattern,
-                &msg.data,
-                msg.metadata.as_deref(),
+                &msg.payload,
+                msg.headers.as_map(),
                 Some(id.as_str()),
             );
             conn.publish(&msg.route, body).await?;
             // The connection may have dropped between the checks and the publish, after the
             // in-flight calls were failed: then nobody would fail this one.
             conn.still_up(epoch)?;
-            Ok(rx.boxed())
+            Replies::first_of(rx).await
         }
         .boxed()
     }
 
-    fn emit(&self, msg: Outbound) -> BoxFuture<'_, Result<()>> {
+    fn emit(self: Arc<Self>, msg: Outbound) -> BoxFuture<'static, Result<()>> {
         async move {
             let conn = self.conn();
             let epoch = conn.wait_up().await?;
             conn.check_topic(&msg.route)?;
-            let mut body = Vec::with_capacity(msg.data.len() + msg.pattern.len() + 32);
-            encode_request(&mut body, &msg.pattern, &msg.data, msg.metadata.as_deref(), None);
+            let mut body = Vec::with_capacity(msg.payload.len() + msg.pattern.len() + 32);
+            encode_request(&mut body, &msg.pattern, &msg.payload, msg.headers.as_map(), None);
             conn.publish(&msg.route, body).await?;
             conn.still_up(epoch)
         }
@@ -229,7 +229,7 @@ impl Conn {
     /// Routes with MQTT wildcards or nothing in them cannot be published to.
     fn check_topic(&self, route: &str) -> Result<()> {
         if route.is_empty() || !rumqttc::valid_topic(route) {
-            return Err(Error::Protocol(format!(
+            return Err(Error::refused(format!(
                 "`{route}` is not an MQTT topic one can publish to (empty, or with `+`/`#`)"
             )));
         }
@@ -239,10 +239,11 @@ impl Conn {
     async fn publish(&self, topic: &str, body: Vec<u8>) -> Result<()> {
         let size = super::publish_size(topic, body.len());
         if size > self.max_packet_size {
-            return Err(Error::Protocol(format!(
-                "a {size}-byte MQTT packet exceeds max_packet_size ({} bytes)",
-                self.max_packet_size
-            )));
+            return Err(Error::TooLarge {
+                context: format!("an MQTT packet to `{topic}` exceeds max_packet_size"),
+                size,
+                limit: self.max_packet_size,
+            });
         }
         self.client
             .publish(topic, self.qos, false, body)
@@ -435,18 +436,18 @@ mod tests {
     }
 
     fn outbound(route: &'static str) -> Outbound {
-        Outbound {
-            pattern: format!("\"{route}\"").into(),
-            route: route.into(),
-            data: Bytes::from_static(b"1"),
-            metadata: None,
-            timeout: None,
-        }
+        Outbound::new(
+            crate::service::Kind::Request,
+            format!("\"{route}\""),
+            route,
+            Bytes::from_static(b"1"),
+            tokio::time::Instant::now() + Duration::from_secs(30),
+        )
     }
 
     #[tokio::test]
     async fn a_subscription_the_broker_never_acknowledges_fails_at_the_connect_timeout() {
-        let c = client(&mute_broker().await);
+        let c = Arc::new(client(&mute_broker().await));
         let started = Instant::now();
         let result = tokio::time::timeout(Duration::from_secs(5), c.request(outbound("sum"))).await;
         let Ok(Err(e)) = result else {

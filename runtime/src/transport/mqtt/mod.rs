@@ -34,15 +34,20 @@
 //!   queued QoS 1/2 messages) while the server is away; needs `client_id` (default `true`);
 //! - `keepalive`: seconds between pings (default 60, as mqtt.js);
 //! - `connect_timeout_ms`: wait for the broker's CONNACK (default 5000);
-//! - `max_packet_size`: largest MQTT packet sent or received, in bytes (default 64 MiB).
+//! - `max_packet_size`: largest MQTT packet sent or received, in bytes (default 64 MiB);
+//! - `max_in_flight` (server): messages being handled at once (default 1024, as on every
+//!   transport). rumqttc's event loop keeps running meanwhile (it carries the replies, acks
+//!   and pings): at QoS 1/2 the broker sends no more than its in-flight window of messages not
+//!   yet acknowledged, and at QoS 0 (no flow control) messages beyond the bound wait in memory.
 
 use std::time::Duration;
 
 use rumqttc::{AsyncClient, EventLoop, MqttOptions, QoS};
 
-use super::Endpoint;
+use super::{Endpoint, broker};
 use crate::error::{Error, Result};
 
+mod acks;
 mod client;
 mod server;
 
@@ -55,6 +60,8 @@ pub const DEFAULT_PORT: u16 = 1883;
 pub const DEFAULT_MAX_PACKET_SIZE: usize = 64 * 1024 * 1024;
 /// Default wait for the broker's CONNACK.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default cap on messages being handled at once by one server.
+pub const DEFAULT_MAX_IN_FLIGHT: usize = 1024;
 
 const PARAMS: &[&str] = &[
     "qos",
@@ -64,6 +71,7 @@ const PARAMS: &[&str] = &[
     "keepalive",
     "connect_timeout_ms",
     "max_packet_size",
+    broker::MAX_IN_FLIGHT,
 ];
 
 /// Requests queued towards rumqttc's event loop before callers wait.
@@ -74,6 +82,7 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// The options of an `mqtt://` URL.
 #[derive(Debug, Clone)]
 pub(crate) struct Options {
+    /// The URL without its password, for logs and errors.
     url: String,
     host: String,
     port: u16,
@@ -85,13 +94,15 @@ pub(crate) struct Options {
     keepalive: Duration,
     connect_timeout: Duration,
     max_packet_size: usize,
+    /// Messages a server handles at once.
+    max_in_flight: usize,
 }
 
 impl Options {
     fn parse(ep: &Endpoint, connect_timeout: Duration, max_packet_size: usize) -> Result<Self> {
         ep.only_params(PARAMS)?;
         let bad = |reason: String| Error::InvalidUrl {
-            url: ep.as_str().to_owned(),
+            url: ep.redacted(),
             reason,
         };
         let (credentials, hostport) = match ep.authority.rsplit_once('@') {
@@ -119,7 +130,7 @@ impl Options {
             return Err(bad(format!("`group` must not contain `/`, `+` or `#`: `{g}`")));
         }
         Ok(Options {
-            url: ep.as_str().to_owned(),
+            url: ep.redacted(),
             host,
             port,
             credentials,
@@ -134,6 +145,7 @@ impl Options {
                 .map(Duration::from_millis)
                 .unwrap_or(connect_timeout),
             max_packet_size: ep.param_as("max_packet_size")?.unwrap_or(max_packet_size),
+            max_in_flight: broker::max_in_flight(ep, DEFAULT_MAX_IN_FLIGHT)?,
         })
     }
 
@@ -258,6 +270,13 @@ mod tests {
         assert_eq!(o.qos, QoS::AtLeastOnce);
         assert_eq!(o.group.as_deref(), Some("g"));
         assert_eq!(o.keepalive, Duration::from_secs(5));
+        assert_eq!(o.max_in_flight, DEFAULT_MAX_IN_FLIGHT);
+        assert!(!o.url.contains("p%40ss"), "{}", o.url);
+        let ep = Endpoint::parse("mqtt://h?max_in_flight=3").unwrap();
+        assert_eq!(
+            Options::parse(&ep, DEFAULT_CONNECT_TIMEOUT, 10).unwrap().max_in_flight,
+            3
+        );
         let o = Options::parse(&Endpoint::parse("mqtt://broker").unwrap(), DEFAULT_CONNECT_TIMEOUT, 10).unwrap();
         assert_eq!((o.host.as_str(), o.port, o.qos), ("broker", 1883, QoS::AtMostOnce));
         assert_eq!(split_host_port("[::1]:1"), Some(("::1".into(), 1)));

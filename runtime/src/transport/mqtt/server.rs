@@ -1,28 +1,38 @@
-//! The MQTT server: subscribes to every route (through `$share/<group>/` when asked),
-//! dispatches each message by its topic as NestJS does, and publishes replies to
-//! `<topic>/reply`.
+//! The MQTT server: subscribes to every route (through `$share/<group>/` when asked), hands
+//! each message to the shared broker loop, routed by its topic as NestJS does, and publishes
+//! replies to `<topic>/reply`.
+//!
+//! rumqttc's event loop carries replies, acknowledgements and pings as well as incoming
+//! messages, so it must be polled all the time: were it paused while the server is full,
+//! handlers waiting to publish their replies (and pings) would stall with it. It runs in a
+//! task of its own that does nothing but poll it, and hands incoming messages over a channel
+//! that never makes it wait; the shared loop takes them from there, `max_in_flight` at a
+//! time. What waits in between: at QoS 1/2 at most the broker's in-flight window (a message
+//! is acknowledged only once handled, and the broker sends no more than its window of
+//! unacknowledged ones); at QoS 0, which has no flow control, whatever the broker pushes,
+//! in memory, as before this bound, when every message was handled at once. Nothing is
+//! dropped.
 
-use std::borrow::Cow;
-use std::collections::VecDeque;
-use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::future::{BoxFuture, FutureExt};
-use futures_util::stream::StreamExt;
 use rumqttc::{AsyncClient, Event, EventLoop, Outgoing, Packet as MqttPacket, Publish, QoS, SubscribeFilter};
-use tokio::sync::mpsc;
-use tokio::task::JoinSet;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
 
+use super::acks::Acks;
 use super::{Backoff, DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_PACKET_SIZE, Options, topic_matches};
-use crate::codec::{Outgoing as Reply, Packet, PacketError, encode_reply};
-use crate::dispatch::{Dispatched, Dispatcher, Incoming};
-use crate::error::{Error, Result};
-use crate::registry::Routes;
-use crate::transport::steps::Steps;
+use crate::error::{Error, Result, RpcError};
+use crate::service::{Address, Headers, Router};
+use crate::transport::broker::{self, Delivery, Inbound, ReplySink, Source};
 use crate::transport::{Endpoint, Listener, Shutdown};
+use crate::wire::nestjs::packet::{Outgoing as Packet, encode_reply};
+use crate::wire::nestjs::steps::Step;
+
+/// Messages waiting for the shared loop beyond which the server warns that it falls behind.
+const BACKLOG_WARNING: usize = 10_000;
 
 /// The server side of the MQTT transport, connected to its broker.
 pub struct MqttListener {
@@ -30,7 +40,7 @@ pub struct MqttListener {
     client: AsyncClient,
     eventloop: EventLoop,
     /// Raised once the broker acknowledged the subscriptions.
-    ready: tokio::sync::watch::Sender<bool>,
+    ready: watch::Sender<bool>,
 }
 
 impl std::fmt::Debug for MqttListener {
@@ -73,7 +83,7 @@ impl MqttListener {
             opts,
             client,
             eventloop,
-            ready: tokio::sync::watch::Sender::new(false),
+            ready: watch::Sender::new(false),
         })
     }
 }
@@ -83,30 +93,35 @@ impl Listener for MqttListener {
         self.opts.url.clone()
     }
 
-    fn serve(self: Box<Self>, dispatcher: Dispatcher, shutdown: Shutdown) -> BoxFuture<'static, Result<()>> {
-        serve(*self, dispatcher, shutdown).boxed()
+    fn serve(self: Box<Self>, router: Router, shutdown: Shutdown) -> BoxFuture<'static, Result<()>> {
+        async move {
+            let max_in_flight = self.opts.max_in_flight;
+            let source = Subscription::start(*self, &router).await?;
+            broker::serve(source, router, max_in_flight, shutdown).await;
+            Ok(())
+        }
+        .boxed()
     }
 
-    fn ready(&self) -> Option<tokio::sync::watch::Receiver<bool>> {
+    fn ready(&self) -> Option<watch::Receiver<bool>> {
         Some(self.ready.subscribe())
     }
 }
 
-/// What to subscribe to, and how a topic finds its handlers.
+/// What to subscribe to, and how a topic finds its route.
 struct Table {
     filters: Vec<SubscribeFilter>,
-    /// Routes that are MQTT filters (`+`, `#`, `$share/…`): matched in order when no
-    /// route equals the topic, as NestJS does.
-    wildcards: Vec<(String, String)>,
+    /// Routes that are MQTT filters (`+`, `#`, `$share/…`), as (bare filter, route): matched
+    /// in order when no route equals the topic, as NestJS does.
+    wildcards: Vec<(String, &'static str)>,
 }
 
 impl Table {
-    fn new(routes: &Routes, opts: &Options) -> Self {
+    fn new(router: &Router, opts: &Options) -> Self {
         let mut filters = Vec::new();
         let mut wildcards = Vec::new();
-        let mut names: Vec<&str> = routes.routes().collect();
-        names.sort_unstable();
-        for route in names {
+        for info in router.routes() {
+            let route = info.route();
             // A route written as a shared subscription is subscribed to as it is.
             let filter = match (&opts.group, route.starts_with("$share/")) {
                 (Some(group), false) => format!("$share/{group}/{route}"),
@@ -114,24 +129,25 @@ impl Table {
             };
             let bare = strip_share(route);
             if bare.contains(['+', '#']) || bare.len() != route.len() {
-                wildcards.push((bare.to_owned(), route.to_owned()));
+                wildcards.push((bare.to_owned(), route));
             }
             filters.push(SubscribeFilter::new(filter, opts.qos));
         }
         Table { filters, wildcards }
     }
 
-    /// The pattern to dispatch a message on `topic` with: the route it belongs to, or the
-    /// topic as a JSON string (which the dispatcher reports as a miss).
-    fn pattern<'a>(&'a self, routes: &Routes, topic: &'a str) -> Cow<'a, str> {
+    /// Where a message on `topic` goes: the route it belongs to, or the topic itself (which
+    /// the router answers as a miss).
+    fn address(&self, router: &Router, topic: &str) -> Address {
+        let address = router.channel_address(topic);
         // One lookup when there are no wildcard filters (the usual case).
-        if !self.wildcards.is_empty()
-            && routes.get(topic).is_none()
-            && let Some((_, route)) = self.wildcards.iter().find(|(f, _)| topic_matches(f, topic))
-        {
-            return Cow::Borrowed(route);
+        if self.wildcards.is_empty() || router.resolve_route(&address).is_ok() {
+            return address;
         }
-        routes.channel_pattern(topic)
+        match self.wildcards.iter().find(|(f, _)| topic_matches(f, topic)) {
+            Some((_, route)) => Address::static_route(route),
+            None => address,
+        }
     }
 }
 
@@ -143,254 +159,261 @@ fn strip_share(route: &str) -> &str {
         .map_or(route, |(_, filter)| filter)
 }
 
-async fn serve(l: MqttListener, dispatcher: Dispatcher, mut shutdown: Shutdown) -> Result<()> {
-    let MqttListener {
-        opts,
-        client,
-        mut eventloop,
-        ready,
-    } = l;
-    let table = Arc::new(Table::new(dispatcher.routes(), &opts));
-    if table.filters.is_empty() {
-        return Err(Error::Registry("no routes to subscribe to".into()));
-    }
-    subscribe(&client, &table).await?;
-    // Bumped on every connection loss: an ack for a message of an older connection would
-    // acknowledge whatever the broker numbered the same on the new one.
-    let epoch = Arc::new(AtomicU64::new(0));
-    let (ack_tx, ack_rx) = mpsc::unbounded_channel();
-    let acker = tokio::spawn(send_acks(client.clone(), epoch.clone(), ack_rx));
-    let mut acks = AckQueue::default();
-    let mut tasks: JoinSet<Option<u64>> = JoinSet::new();
-    let mut backoff = Backoff::new();
-    let mut draining = false;
-    loop {
-        if draining && tasks.is_empty() {
-            break;
-        }
-        tokio::select! {
-            biased;
-            _ = shutdown.wait(), if !draining => {
-                draining = true;
-                tracing::debug!(url = %opts.url, in_flight = tasks.len(), "MQTT server draining");
-                if opts.clean_session {
-                    // Stop the broker sending more; a kept session keeps its subscriptions,
-                    // so that messages queue up for the next run instead.
-                    for f in &table.filters {
-                        let _ = client.try_unsubscribe(f.path.clone());
-                    }
-                }
-            }
-            Some(done) = tasks.join_next(), if !tasks.is_empty() => {
-                if let Ok(Some(seq)) = done {
-                    acks.done(seq, epoch.load(Ordering::Acquire), &ack_tx);
-                }
-            }
-            event = eventloop.poll() => match event {
-                Ok(Event::Incoming(MqttPacket::Publish(p))) => {
-                    if draining {
-                        // Not acknowledged: with QoS 1/2 and a kept session the broker
-                        // sends it again to the next run.
-                        tracing::debug!(topic = %p.topic, "message arrived while shutting down; left unhandled");
-                    } else {
-                        let seq = acks.push(&p);
-                        let ctx = MessageCtx {
-                            client: client.clone(),
-                            qos: opts.qos,
-                            max_packet_size: opts.max_packet_size,
-                        };
-                        let work = handle(&dispatcher, &table, ctx, p);
-                        // Handlers' panics are caught by the dispatcher; this guards the
-                        // rest, so that a message is always marked done.
-                        tasks.spawn(AssertUnwindSafe(work).catch_unwind().map(move |_| seq));
-                    }
-                }
-                Ok(Event::Incoming(MqttPacket::ConnAck(ack))) => {
-                    backoff.reset();
-                    tracing::info!(url = %opts.url, session_present = ack.session_present, "MQTT server reconnected");
-                    if !draining {
-                        // A new session has no subscriptions; renewing those of a kept one is harmless.
-                        let (client, table) = (client.clone(), table.clone());
-                        tasks.spawn(async move {
-                            if let Err(e) = subscribe(&client, &table).await {
-                                tracing::error!(error = %e, "could not resubscribe");
-                            }
-                            None
-                        });
-                    }
-                }
-                Ok(Event::Incoming(MqttPacket::SubAck(ack))) => {
-                    // One SUBSCRIBE carries every route, so its SUBACK means all are in place.
-                    ready.send_replace(true);
-                    if ack.return_codes.iter().any(|c| matches!(c, rumqttc::SubscribeReasonCode::Failure)) {
-                        tracing::error!(url = %opts.url, "the broker refused a subscription: some routes are not served");
-                    }
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    epoch.fetch_add(1, Ordering::AcqRel);
-                    // The broker sends unacknowledged messages again on a kept session.
-                    acks.clear();
-                    let wait = backoff.next();
-                    tracing::warn!(url = %opts.url, error = %e, retry_in = ?wait, "MQTT server lost its broker connection");
-                    if draining {
-                        // Nothing can be answered any more; the handlers still finish.
-                        while tasks.join_next().await.is_some() {}
-                        break;
-                    }
-                    tokio::select! {
-                        _ = tokio::time::sleep(wait) => {}
-                        _ = shutdown.wait() => {}
-                    }
-                }
-            }
-        }
-    }
-    // Acks, then replies, are queued ahead of the DISCONNECT: polling until it is written
-    // flushes them.
-    drop(ack_tx);
-    let _ = acker.await;
-    let _ = client.try_disconnect();
-    let _ = tokio::time::timeout(Duration::from_secs(5), async {
-        loop {
-            match eventloop.poll().await {
-                Ok(Event::Outgoing(Outgoing::Disconnect)) | Err(_) => break,
-                Ok(_) => {}
-            }
-        }
-    })
-    .await;
-    Ok(())
-}
-
 async fn subscribe(client: &AsyncClient, table: &Table) -> Result<()> {
     client
         .subscribe_many(table.filters.iter().cloned())
         .await
-        .map_err(|e| Error::Protocol(format!("cannot subscribe: {e}")))
+        .map_err(|e| broker::subscribe_error("the MQTT routes", e))
 }
 
-/// QoS 1/2 messages of the current connection, in arrival order, waiting for their
-/// handlers. MQTT 3.1.1 (§4.6) wants acknowledgements in arrival order, so a finished
-/// message is acknowledged once every earlier one is.
-#[derive(Default)]
-struct AckQueue {
-    next: u64,
-    /// (sequence number, packet id, QoS, handled).
-    waiting: VecDeque<(u64, u16, QoS, bool)>,
-}
-
-impl AckQueue {
-    /// Registers a message; its sequence number comes back when it has been handled.
-    fn push(&mut self, p: &Publish) -> Option<u64> {
-        if p.qos == QoS::AtMostOnce {
-            return None;
-        }
-        self.next += 1;
-        self.waiting.push_back((self.next, p.pkid, p.qos, false));
-        Some(self.next)
-    }
-
-    fn done(&mut self, seq: u64, epoch: u64, out: &mpsc::UnboundedSender<(u64, u16, QoS)>) {
-        // Sequence numbers only grow, so a binary search finds it (if still current).
-        if let Ok(i) = self.waiting.binary_search_by_key(&seq, |w| w.0) {
-            self.waiting[i].3 = true;
-        }
-        while let Some(&(_, pkid, qos, true)) = self.waiting.front() {
-            self.waiting.pop_front();
-            let _ = out.send((epoch, pkid, qos));
-        }
-    }
-
-    fn clear(&mut self) {
-        self.waiting.clear();
-    }
-}
-
-/// Hands acknowledgements to rumqttc, dropping those of a connection that has gone.
-async fn send_acks(client: AsyncClient, epoch: Arc<AtomicU64>, mut rx: mpsc::UnboundedReceiver<(u64, u16, QoS)>) {
-    while let Some((at, pkid, qos)) = rx.recv().await {
-        if epoch.load(Ordering::Acquire) != at {
-            continue;
-        }
-        let mut ack = Publish::new("", qos, Bytes::new());
-        ack.pkid = pkid;
-        if client.ack(&ack).await.is_err() {
-            return;
-        }
-    }
-}
-
-/// What a message task needs to answer.
-struct MessageCtx {
+/// What the event loop's task and the message tasks share.
+struct Shared {
+    url: String,
     client: AsyncClient,
     qos: QoS,
     max_packet_size: usize,
+    table: Table,
+    acks: Arc<Acks>,
 }
 
-/// Decodes one message and returns its work: the reply, or the event's listeners. Never
-/// panics on bad input.
-fn handle(dispatcher: &Dispatcher, table: &Table, ctx: MessageCtx, p: Publish) -> BoxFuture<'static, ()> {
-    let body = p.payload;
-    let topic = p.topic;
-    let pattern = table.pattern(dispatcher.routes(), &topic);
-    // NestJS parses the payload if it can, and otherwise hands the text on as a string.
-    let text_as_json;
-    let (data, id, metadata): (Option<&[u8]>, Option<Bytes>, _) = match Packet::parse(&body) {
-        Ok(packet) if packet.pattern.is_some() || packet.data.is_some() => (
-            packet.data.map(str::as_bytes),
-            packet.id.map(|id| body.slice(Packet::range_in(&body, id))),
-            packet.metadata_map(),
-        ),
-        // Valid JSON without `pattern` and `data`: an "external" message, i.e. an event on the
-        // topic whose data is the whole message.
-        Ok(_) | Err(PacketError::NotAnObject) => (Some(&body[..]), None, None),
-        Err(PacketError::InvalidJson(_)) => {
-            text_as_json = serde_json::Value::from(String::from_utf8_lossy(&body)).to_string();
-            (Some(text_as_json.as_bytes()), None, None)
+/// The server's subscriptions, fed by the event loop's task.
+struct Subscription {
+    shared: Arc<Shared>,
+    /// Messages from the event loop's task; dropped once shutdown has begun, which tells it
+    /// to take no more.
+    messages: Option<mpsc::UnboundedReceiver<Message>>,
+    clean_session: bool,
+    /// The backlog size the next warning is for.
+    warn_at: usize,
+    driver: AbortOnDrop,
+    acker: AbortOnDrop,
+}
+
+impl Subscription {
+    async fn start(l: MqttListener, router: &Router) -> Result<Self> {
+        let MqttListener {
+            opts,
+            client,
+            eventloop,
+            ready,
+        } = l;
+        let table = Table::new(router, &opts);
+        if table.filters.is_empty() {
+            return Err(Error::NoHandlers);
         }
-        Err(PacketError::InvalidUtf8) => {
-            tracing::warn!(%topic, "dropping a message that is not UTF-8 text");
-            return futures_util::future::ready(()).boxed();
+        subscribe(&client, &table).await?;
+        let (acks, acker) = Acks::new(client.clone());
+        let shared = Arc::new(Shared {
+            url: opts.url.clone(),
+            client,
+            qos: opts.qos,
+            max_packet_size: opts.max_packet_size,
+            table,
+            acks: Arc::new(acks),
+        });
+        let (tx, rx) = mpsc::unbounded_channel();
+        let driver = tokio::spawn(drive(eventloop, shared.clone(), tx, ready));
+        Ok(Subscription {
+            shared,
+            messages: Some(rx),
+            clean_session: opts.clean_session,
+            warn_at: BACKLOG_WARNING,
+            driver: AbortOnDrop(driver),
+            acker: AbortOnDrop(acker),
+        })
+    }
+}
+
+impl Source for Subscription {
+    type Delivery = Message;
+
+    async fn next(&mut self) -> Option<Message> {
+        let messages = self.messages.as_mut()?;
+        let msg = messages.recv().await?;
+        let backlog = messages.len();
+        if backlog >= self.warn_at {
+            tracing::warn!(url = %self.shared.url, backlog, "MQTT messages are arriving faster than the server handles them (max_in_flight)");
+            self.warn_at *= 2;
+        } else if backlog == 0 {
+            self.warn_at = BACKLOG_WARNING;
         }
-    };
-    let outcome = dispatcher.dispatch(Incoming {
-        pattern: &pattern,
-        data,
-        request: id.is_some(),
-        metadata,
-        transport: "mqtt",
-    });
-    let reply_topic = format!("{topic}/reply");
-    match (outcome, id) {
-        (Dispatched::Reply(reply), Some(id)) => async move {
-            let mut steps = Steps::new(reply);
-            while let Some(step) = steps.next().await {
-                publish(&ctx, &reply_topic, &id, step.outgoing()).await;
+        Some(msg)
+    }
+
+    async fn stop(&mut self) {
+        // Messages not taken yet stay unacknowledged: with QoS 1/2 and a kept session the
+        // broker sends them again to the next run.
+        self.messages = None;
+        tracing::debug!(url = %self.shared.url, "MQTT server draining");
+        if self.clean_session {
+            // Stop the broker sending more; a kept session keeps its subscriptions, so that
+            // messages queue up for the next run instead.
+            for f in &self.shared.table.filters {
+                let _ = self.shared.client.try_unsubscribe(f.path.clone());
             }
         }
-        .boxed(),
-        (Dispatched::NoHandler { .. }, Some(id)) => async move {
-            publish(&ctx, &reply_topic, &id, Reply::NoHandler).await;
-        }
-        .boxed(),
-        (Dispatched::Event(run), _) => run,
-        _ => futures_util::future::ready(()).boxed(),
+    }
+
+    async fn close(mut self) {
+        // Acks, then the disconnect, queue up behind the replies: the event loop's task
+        // writes them all before it stops.
+        self.shared.acks.close();
+        let _ = (&mut self.acker.0).await;
+        let _ = self.shared.client.try_disconnect();
+        let _ = tokio::time::timeout(Duration::from_secs(5), &mut self.driver.0).await;
     }
 }
 
-async fn publish(ctx: &MessageCtx, topic: &str, id: &[u8], what: Reply<'_>) {
-    let mut out = Vec::with_capacity(64);
-    encode_reply(&mut out, id, what);
-    let size = super::publish_size(topic, out.len());
-    if size > ctx.max_packet_size {
-        // Too big to send (rumqttc would drop the connection): the caller gets an error
-        // instead of waiting for its deadline.
-        tracing::error!(%topic, size, max_packet_size = ctx.max_packet_size, "reply too large for max_packet_size");
-        out.clear();
-        encode_reply(&mut out, id, Reply::Error(&crate::error::RpcError::internal()));
+/// A task that stops when its handle is dropped (the server's future dropped without a
+/// shutdown must not leave the connection running).
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
-    if let Err(e) = ctx.client.publish(topic, ctx.qos, false, out).await {
-        tracing::error!(%topic, error = %e, "could not publish a reply");
+}
+
+/// Polls rumqttc's event loop and nothing else (see the module's comment): forwards
+/// messages, resubscribes after a reconnect, raises `ready` on the SUBACK.
+async fn drive(
+    mut eventloop: EventLoop,
+    shared: Arc<Shared>,
+    tx: mpsc::UnboundedSender<Message>,
+    ready: watch::Sender<bool>,
+) {
+    let mut backoff = Backoff::new();
+    loop {
+        match eventloop.poll().await {
+            Ok(Event::Incoming(MqttPacket::Publish(p))) => {
+                if tx.is_closed() {
+                    // Not acknowledged: with QoS 1/2 and a kept session the broker sends it
+                    // again to the next run.
+                    tracing::debug!(topic = %p.topic, "message arrived while shutting down; left unhandled");
+                    continue;
+                }
+                let seq = shared.acks.arrived(&p);
+                let _ = tx.send(Message {
+                    publish: p,
+                    seq,
+                    shared: shared.clone(),
+                });
+            }
+            Ok(Event::Incoming(MqttPacket::ConnAck(ack))) => {
+                backoff.reset();
+                tracing::info!(url = %shared.url, session_present = ack.session_present, "MQTT server reconnected");
+                if !tx.is_closed() {
+                    // A new session has no subscriptions; renewing those of a kept one is
+                    // harmless. Not awaited here: the request queue is emptied by this loop.
+                    let shared = shared.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = subscribe(&shared.client, &shared.table).await {
+                            tracing::error!(url = %shared.url, error = %e, "could not resubscribe");
+                        }
+                    });
+                }
+            }
+            Ok(Event::Incoming(MqttPacket::SubAck(ack))) => {
+                // One SUBSCRIBE carries every route, so its SUBACK means all are in place.
+                ready.send_replace(true);
+                if ack
+                    .return_codes
+                    .iter()
+                    .any(|c| matches!(c, rumqttc::SubscribeReasonCode::Failure))
+                {
+                    tracing::error!(url = %shared.url, "the broker refused a subscription: some routes are not served");
+                }
+            }
+            // Written once the server closes, after every reply and ack.
+            Ok(Event::Outgoing(Outgoing::Disconnect)) => return,
+            Ok(_) => {}
+            Err(e) => {
+                shared.acks.lost();
+                let wait = backoff.next();
+                tracing::warn!(url = %shared.url, error = %e, retry_in = ?wait, "MQTT server lost its broker connection");
+                if tx.is_closed() {
+                    // Shutting down: nothing can be answered any more; the handlers still finish.
+                    return;
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = tx.closed() => {}
+                }
+            }
+        }
+    }
+}
+
+/// One message on a served topic.
+struct Message {
+    publish: Publish,
+    /// Its place among the messages to acknowledge (QoS 1/2).
+    seq: Option<u64>,
+    shared: Arc<Shared>,
+}
+
+impl Delivery for Message {
+    async fn serve(self, router: Router) {
+        // Acknowledged once handled (or once its handling panicked), after its reply has
+        // been handed to rumqttc.
+        let _ticket = self.seq.map(|seq| self.shared.acks.ticket(seq));
+        let Publish { topic, payload, .. } = self.publish;
+        let address = self.shared.table.address(&router, &topic);
+        match broker::read(&payload, address, "mqtt", Headers::new()) {
+            Inbound::Packet { request, id } => {
+                let reply = router.call(request).await;
+                if let Some(id) = id {
+                    let mut sink = ReplyTo {
+                        shared: &self.shared,
+                        topic: format!("{topic}/reply"),
+                        id,
+                    };
+                    if let Err(e) = broker::send_reply(reply, &mut sink).await {
+                        tracing::error!(topic = %sink.topic, error = %e, "could not publish a reply");
+                    }
+                }
+            }
+            Inbound::External(event) => {
+                tracing::debug!(%topic, "a message that is not a NestJS packet; handing it to event listeners");
+                router.call(event).await;
+            }
+            Inbound::Invalid => tracing::warn!(%topic, "dropping a message that is not UTF-8 text"),
+        }
+    }
+}
+
+/// A request's reply topic.
+struct ReplyTo<'a> {
+    shared: &'a Shared,
+    topic: String,
+    id: Bytes,
+}
+
+impl ReplySink for ReplyTo<'_> {
+    async fn send(&mut self, step: Step) -> Result<()> {
+        let mut out = Vec::with_capacity(64);
+        encode_reply(&mut out, &self.id, step.outgoing());
+        let size = super::publish_size(&self.topic, out.len());
+        let limit = self.shared.max_packet_size;
+        let too_large = size > limit;
+        if too_large {
+            // Too big to send (rumqttc would drop the connection): the caller gets an error
+            // instead of waiting for its deadline, and nothing more.
+            out.clear();
+            encode_reply(&mut out, &self.id, Packet::Error(&RpcError::internal()));
+        }
+        self.shared
+            .client
+            .publish(&self.topic, self.shared.qos, false, out)
+            .await
+            .map_err(|e| Error::broker(format!("cannot publish a reply to `{}`", self.topic), e))?;
+        if too_large {
+            return Err(Error::TooLarge {
+                context: format!("a reply to `{}` (max_packet_size)", self.topic),
+                size,
+                limit,
+            });
+        }
+        Ok(())
     }
 }

@@ -232,7 +232,13 @@ mod tests {
         assert_eq!(o.queue.as_deref(), Some("workers"));
         assert_eq!(o.jetstream.as_deref(), Some("EVENTS"));
         assert_eq!((o.durable.as_str(), o.max_deliver), ("orders", 3));
+        assert_eq!(o.max_in_flight, DEFAULT_MAX_IN_FLIGHT);
+        let o = opts("nats://u:secret@h:1?max_in_flight=8").unwrap();
+        assert_eq!(o.max_in_flight, 8);
+        assert!(!o.url.contains("secret"), "{}", o.url);
+        assert_eq!(o.servers, ["nats://u:secret@h:1"]);
         let err = |url: &str| opts(url).unwrap_err().to_string();
+        assert!(!err("nats://u:secret@h:1?queue=").contains("secret"));
         assert!(err("nats://h:1?qeue=x").contains("unknown query parameter `qeue`"));
         assert!(err("nats://h:1?durable=x").contains("need `jetstream"));
         assert!(err("nats://h:1?jetstream=a.b").contains("may not contain"));

@@ -313,7 +313,11 @@ fn not_json(body: &[u8]) -> Option<String> {
 
 /// The message as a request or event, or why it is not JSON. NATS headers win over v12's
 /// body `metadata` for keys both carry.
-fn read(route: &'static str, msg: &async_nats::Message, router: &Router) -> std::result::Result<(Request, Option<Bytes>), String> {
+fn read(
+    route: &'static str,
+    msg: &async_nats::Message,
+    router: &Router,
+) -> std::result::Result<(Request, Option<Bytes>), String> {
     let (mut request, id) = match broker::read(&msg.payload, router.channel_address(route), "nats", Headers::new()) {
         Inbound::Packet { request, id } => (request, id),
         Inbound::External(event) => match not_json(&msg.payload) {
@@ -461,7 +465,7 @@ mod tests {
                 route: Route::from_fn(|_| std::future::ready(Reply::empty()).boxed()),
             },
         );
-        builder.build(|route| route)
+        builder.build(false, |route| route)
     }
 
     /// A NATS server that takes the connection and every command, but delivers the messages

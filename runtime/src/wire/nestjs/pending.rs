@@ -272,6 +272,7 @@ mod tests {
         rx.map(|item| match item {
             Ok(ReplyItem::Value(v)) => String::from_utf8(v.to_vec()).unwrap(),
             Ok(ReplyItem::Error(e)) => format!("err {}", e.value()),
+            Ok(ReplyItem::Local(v)) => format!("local {v:?}"),
             Err(e) => format!("error {e}"),
         })
         .collect()

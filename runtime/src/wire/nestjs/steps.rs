@@ -72,7 +72,7 @@ impl Steps {
             return Poll::Ready(None);
         }
         loop {
-            match this.reply.poll_next_unpin(cx) {
+            match this.reply.poll_next_unpin(cx).map(|item| item.map(ReplyItem::encoded)) {
                 Poll::Ready(Some(ReplyItem::Value(v))) if this.held.is_none() && this.reply.is_done() => {
                     this.done = true;
                     return Poll::Ready(Some(Step::Value { json: v, last: true }));
@@ -85,6 +85,7 @@ impl Steps {
                         }));
                     }
                 }
+                Poll::Ready(Some(ReplyItem::Local(_))) => unreachable!("encoded above"),
                 Poll::Ready(Some(ReplyItem::Error(err))) => match this.held.take() {
                     Some(prev) => {
                         this.error = Some(err);

@@ -1,6 +1,7 @@
-// The users client, generated at test time from examples/users by switchboard-codegen.
+// The users client, generated at test time from examples/users by switchboard-codegen (see
+// tests/codegen.rs, which says where it is).
 mod users {
-    include!("../generated/users_client.rs");
+    include!(concat!(env!("SWITCHBOARD_UI_GENERATED"), "/users_client.rs"));
 }
 
 async fn caller(users: &users::UsersClient) -> switchboard::Result<()> {

@@ -1,6 +1,6 @@
 use switchboard::prelude::*;
 
-#[message_pattern(cmd = "get_user", role = "admin", cmd = "find_user")]
+#[message_pattern({ cmd = "get_user", role = "admin", cmd = "find_user" })]
 async fn get_user(id: String) -> String {
     id
 }

@@ -2,7 +2,7 @@
 // callers compile and do not add "cannot find function" errors.
 use switchboard::prelude::*;
 
-#[message_pattern(cmd = "get_user", cmd = "find_user")]
+#[message_pattern({ cmd = "get_user", cmd = "find_user" })]
 async fn get_user(id: String) -> String {
     id
 }

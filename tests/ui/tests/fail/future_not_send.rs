@@ -4,7 +4,7 @@ use switchboard::prelude::*;
 
 async fn audit() {}
 
-#[message_pattern(cmd = "get_user")]
+#[message_pattern({ cmd = "get_user" })]
 async fn get_user(id: String) -> String {
     let shared = Rc::new(id);
     audit().await;
@@ -12,3 +12,15 @@ async fn get_user(id: String) -> String {
 }
 
 fn main() {}
+
+pub struct Users;
+
+#[handlers]
+impl Users {
+    #[message_pattern({ cmd = "find_user" })]
+    async fn find(&self, id: String) -> String {
+        let shared = Rc::new(id);
+        audit().await;
+        shared.to_string()
+    }
+}

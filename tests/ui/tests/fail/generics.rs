@@ -1,6 +1,6 @@
 use switchboard::prelude::*;
 
-#[message_pattern(cmd = "echo")]
+#[message_pattern({ cmd = "echo" })]
 async fn echo<T: Serialize>(value: T) -> T {
     value
 }

@@ -1,6 +1,6 @@
 use switchboard::prelude::*;
 
-#[message_pattern(cmd = "get_user", role)]
+#[message_pattern({ cmd = "get_user", role })]
 async fn get_user(id: String) -> String {
     id
 }

@@ -4,7 +4,7 @@ pub struct Query {
     pub id: String,
 }
 
-#[message_pattern(cmd = "find")]
+#[message_pattern({ cmd = "find" })]
 async fn find(query: Query) -> String {
     query.id
 }

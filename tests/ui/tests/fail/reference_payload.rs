@@ -1,6 +1,6 @@
 use switchboard::prelude::*;
 
-#[message_pattern(cmd = "greet")]
+#[message_pattern({ cmd = "greet" })]
 async fn greet(name: &str) -> String {
     format!("hello {name}")
 }

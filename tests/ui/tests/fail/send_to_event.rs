@@ -11,7 +11,7 @@ async fn user_created(user: User) {
 }
 
 async fn caller(client: &Client, user: User) -> switchboard::Result<()> {
-    client.send(user_created, user).await?;
+    client.send(USER_CREATED, user).await?;
     Ok(())
 }
 

@@ -5,13 +5,13 @@ pub struct User {
     pub id: String,
 }
 
-#[message_pattern(cmd = "get_user")]
+#[message_pattern({ cmd = "get_user" })]
 async fn get_user(id: String) -> Result<User, RpcError> {
     Ok(User { id })
 }
 
 async fn caller(client: &Client) -> switchboard::Result<()> {
-    let _user = client.send(get_user, 42).await?;
+    let _user = client.send(GET_USER, 42).await?;
     Ok(())
 }
 

@@ -1,9 +1,11 @@
-// A handler stays callable as a function, and its future runs as the user's function does.
+// The attribute leaves the function as written: it is called directly, with its own
+// arguments, and its future runs as the user's function does.
 use std::future::Future;
 use std::pin::pin;
 use std::task::{Context as TaskContext, Poll, Waker};
 
 use futures_util::stream::Stream;
+use switchboard::Kind;
 use switchboard::prelude::*;
 
 #[derive(Serialize, Deserialize, Debug, PartialEq)]
@@ -11,13 +13,13 @@ pub struct User {
     pub id: String,
 }
 
-#[message_pattern(cmd = "get_user")]
+#[message_pattern({ cmd = "get_user" })]
 pub async fn get_user(id: String, ctx: Context) -> Result<User, RpcError> {
     if id.is_empty() {
         return Err(RpcError::new("empty id"));
     }
     Ok(User {
-        id: format!("{id}@{}", ctx.pattern()),
+        id: format!("{id}@{}", ctx.transport()),
     })
 }
 
@@ -27,7 +29,7 @@ async fn add((a, b): (i64, i64)) -> i64 {
 }
 
 #[message_pattern("ticks")]
-async fn ticks(n: u32) -> impl Stream<Item = u32> {
+async fn ticks(n: u32) -> impl Stream<Item = u32> + Send {
     futures_util::stream::iter(0..n)
 }
 
@@ -50,20 +52,18 @@ async fn _in_async(ctx: Context) -> Result<User, RpcError> {
 }
 
 fn main() {
-    let ctx = Context::new("get_user", "mem");
+    let ctx = Context::new("test", Kind::Request);
     assert_eq!(
         run(get_user("1".into(), ctx.clone())).unwrap(),
-        User {
-            id: "1@get_user".into()
-        }
+        User { id: "1@test".into() }
     );
     assert!(run(get_user(String::new(), ctx)).is_err());
     assert_eq!(run(add((2, 3))), 5);
-    let stream: ReplyStream<u32> = run(ticks(3));
-    let _ = stream;
+    let _stream = run(ticks(3));
     run(user_created(User { id: "1".into() }));
 
-    // The descriptor derefs to a plain function pointer.
-    let f: fn((i64, i64)) -> _ = *add;
+    // The function is an ordinary function item, next to its descriptor.
+    let f: fn((i64, i64)) -> _ = add;
     assert_eq!(run(f((1, 1))), 2);
+    let _descriptor = ADD;
 }

@@ -1,10 +1,11 @@
-// Handlers are registered with their name, module, file and line.
+// Each handler's description names its pattern, kind, name, module, file and line, and
+// `Microservice::from_registry()` serves every handler linked into the binary.
+use switchboard::Kind;
 use switchboard::prelude::*;
-use switchboard::{Handler, HandlerKind, Registry};
 
 const GET_USER_LINE: u32 = line!() + 3;
 
-#[message_pattern(cmd = "get_user")]
+#[message_pattern({ cmd = "get_user" })]
 pub async fn get_user(id: String) -> String {
     id
 }
@@ -20,21 +21,24 @@ async fn track(user: String, ctx: Context) {
 }
 
 fn main() {
-    let entry = get_user.entry();
-    assert_eq!(entry.kind, HandlerKind::Message);
-    assert_eq!(entry.name, "get_user");
-    assert_eq!(entry.module, module_path!());
-    assert!(entry.file.ends_with("registry.rs"), "{}", entry.file);
-    assert_eq!(entry.line, GET_USER_LINE);
-    assert_eq!(welcome.entry().kind, HandlerKind::Event);
+    let info = GET_USER.info();
+    assert_eq!(info.kind(), Kind::Request);
+    assert_eq!(info.name(), "get_user");
+    assert_eq!(info.route(), r#"{"cmd":"get_user"}"#);
+    assert_eq!(
+        info.location(),
+        format!("{}::get_user ({}:{GET_USER_LINE})", module_path!(), file!())
+    );
+    assert_eq!(WELCOME.info().kind(), Kind::Event);
+    assert_eq!(TRACK.info().name(), "track");
 
-    let registry = Registry::collect();
-    let names: Vec<&str> = registry.entries().iter().map(|e| e.name).collect();
-    assert_eq!(names.len(), 3, "{names:?}");
-    for name in ["get_user", "welcome", "track"] {
-        assert!(names.contains(&name), "{name} missing from {names:?}");
-    }
-    assert!(registry.entries().iter().any(|e| std::ptr::eq(*e, get_user.entry())));
-    assert!(registry.routes().is_ok());
-    let _ = track;
+    let router = Microservice::from_registry()
+        .into_router()
+        .expect("every handler here needs no state");
+    let mut routes: Vec<(&str, bool, usize)> = router
+        .routes()
+        .map(|r| (r.route(), r.has_request_handler(), r.listeners()))
+        .collect();
+    routes.sort();
+    assert_eq!(routes, [("user_created", false, 2), (r#"{"cmd":"get_user"}"#, true, 0)]);
 }

@@ -1,4 +1,5 @@
-// Descriptors with the typed client: payload and reply types are checked at the call.
+// Descriptors with the typed client: payload and reply types are checked at the call, and
+// the payload is given by value or by reference.
 use switchboard::prelude::*;
 
 #[derive(Serialize, Deserialize)]
@@ -7,7 +8,7 @@ pub struct User {
     pub name: String,
 }
 
-#[message_pattern(cmd = "get_user")]
+#[message_pattern({ cmd = "get_user" })]
 pub async fn get_user(id: String) -> Result<User, RpcError> {
     Ok(User {
         name: format!("user {id}"),
@@ -25,17 +26,30 @@ pub async fn count(n: u32) -> ReplyStream<u32> {
     ReplyStream::iter(0..n)
 }
 
-fn _typed(c: &switchboard::Client, user: User) {
-    let _ = c.send(get_user, "42".to_string());
-    let _ = c.emit(user_created, &user);
+pub struct Users;
+
+#[handlers]
+impl Users {
+    #[message_pattern({ cmd = "find_user" })]
+    pub async fn find(&self, id: String) -> Option<User> {
+        let _ = id;
+        None
+    }
 }
 
-async fn _awaited(c: &switchboard::Client) -> switchboard::Result<()> {
+fn _typed(c: &Client, user: User) {
+    let _ = c.send(GET_USER, "42".to_string());
+    let _ = c.emit(USER_CREATED, &user);
+    let _ = c.send(Users::FIND, "42".to_string());
+}
+
+async fn _awaited(c: &Client) -> switchboard::Result<()> {
     let id = "42".to_string();
-    let user: User = c.send(get_user, &id).await?;
-    c.emit(user_created, user).await?;
-    let last: u32 = c.send(count, 3).await?;
-    let _ = last;
+    let user: User = c.send(GET_USER, &id).await?;
+    c.emit(USER_CREATED, user).await?;
+    let last: u32 = c.send(COUNT, 3).await?;
+    let found: Option<User> = c.send(Users::FIND, id).await?;
+    let _ = (last, found);
     Ok(())
 }
 

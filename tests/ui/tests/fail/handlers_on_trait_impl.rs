@@ -1,0 +1,16 @@
+use switchboard::prelude::*;
+
+pub trait Service {
+    fn name(&self) -> &'static str;
+}
+
+pub struct Users;
+
+#[handlers]
+impl Service for Users {
+    fn name(&self) -> &'static str {
+        "users"
+    }
+}
+
+fn main() {}
