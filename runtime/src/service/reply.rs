@@ -273,18 +273,15 @@ pub(crate) fn to_json<T: Serialize + ?Sized>(value: &T) -> serde_json::Result<By
         static ARENA: std::cell::RefCell<BytesMut> = std::cell::RefCell::new(BytesMut::new());
     }
     ARENA.with(|arena| {
-        // A `Serialize` impl that itself encodes a reply gets a buffer of its own.
+        // A `Serialize` impl that itself encodes a value gets a buffer of its own.
         let Ok(mut arena) = arena.try_borrow_mut() else {
             return crate::json::to_vec(value).map(Bytes::from);
         };
-        if arena.capacity() < 512 {
+        if arena.capacity() - arena.len() < 512 {
             arena.reserve(CHUNK);
         }
-        let mut out = std::mem::take(&mut *arena).writer();
-        let result = crate::json::write_to(&mut out, value);
-        let mut buf = out.into_inner();
-        let json = buf.split();
-        *arena = buf;
+        let result = crate::json::write_to((&mut *arena).writer(), value);
+        let json = arena.split();
         result.map(|()| json.freeze())
     })
 }

@@ -247,6 +247,9 @@ impl RouteInfo {
 struct Entry {
     info: RouteInfo,
     route: Route,
+    /// The request handler itself, when no service layer is around it: requests skip the
+    /// dispatch between requests and events.
+    requests: Option<Route>,
 }
 
 /// The service a transport serves: every route of a `Microservice`, with its layers, and a
@@ -314,9 +317,14 @@ impl RouterBuilder {
                 listeners: handlers.events.len(),
                 label: Box::leak(locations.join(", ").into_boxed_str()),
             };
+            let requests = match layered {
+                false => handlers.message.as_ref().map(|h| h.route.clone()),
+                true => None,
+            };
             let entry = Arc::new(Entry {
                 info,
                 route: wrap(handlers.into_route()),
+                requests,
             });
             for p in patterns {
                 lookup.entry(Box::<str>::from(p)).or_insert_with(|| entry.clone());
@@ -354,7 +362,11 @@ impl Router {
         let (route, label) = match self.resolve(req.address()) {
             Ok(entry) => {
                 req.context_mut().set_route(Cow::Borrowed(entry.info.route));
-                (&entry.route, entry.info.label)
+                let route = match (&entry.requests, req.kind()) {
+                    (Some(handler), Kind::Request) => handler,
+                    _ => &entry.route,
+                };
+                (route, entry.info.label)
             }
             Err(route) => {
                 req.context_mut().set_route(Cow::Owned(route));

@@ -21,9 +21,10 @@
 //!
 //! URL query parameters:
 //! - `max_message_len`: the cap on one message, in bytes, both ends (default 64 MiB);
-//! - server: `max_in_flight`: events run at once (default 1024); an `Emit` beyond it waits
-//!   until one finishes, so a caller that emits faster than the listeners run is slowed down
-//!   instead of piling up tasks. (Requests are bounded by HTTP/2's concurrent streams.)
+//! - server: `max_in_flight` (default 1024): events run at once, and requests handled at once
+//!   on one connection (HTTP/2 streams past it wait); an `Emit` beyond it waits until one
+//!   finishes, so a caller that emits faster than the listeners run is slowed down instead of
+//!   piling up tasks.
 //! - client: `connect_timeout_ms` (default 5000).
 //!
 //! Inside: `server` is the generic service and [`proto`] the proto-first one; both serve
@@ -111,6 +112,7 @@ async fn serve(l: GrpcListener, router: Router, mut shutdown: Shutdown) -> Resul
     proto::add_services(&mut routes, &shared);
     let incoming = tonic::transport::server::TcpIncoming::from(l.listener).with_nodelay(Some(true));
     let result = tonic::transport::Server::builder()
+        .concurrency_limit_per_connection(l.opts.max_in_flight)
         .add_routes(routes.routes())
         .serve_with_incoming_shutdown(incoming, async move { shutdown.wait().await })
         .await;
