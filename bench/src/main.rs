@@ -215,7 +215,11 @@ fn main() -> ExitCode {
         return run_brokers(&args);
     }
     if args.mem_only {
-        return match mem::run(args.runs, Duration::from_secs_f64(args.duration_secs), args.mem_in_flight) {
+        return match mem::run(
+            args.runs,
+            Duration::from_secs_f64(args.duration_secs),
+            args.mem_in_flight,
+        ) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("error: {e:#}");
@@ -520,7 +524,13 @@ fn bench(args: &Args) -> Result<(), Failure> {
         Some(k) => vec![k],
         None => {
             let mut kinds = vec![Kind::Ceiling, Kind::Switchboard];
-            kinds.extend(args.with.iter().filter(|k| !kinds.contains(k)).copied().collect::<Vec<_>>());
+            kinds.extend(
+                args.with
+                    .iter()
+                    .filter(|k| !kinds.contains(k))
+                    .copied()
+                    .collect::<Vec<_>>(),
+            );
             kinds
         }
     };

@@ -4,8 +4,8 @@
 use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll};
 
-use switchboard::prelude::*;
 use switchboard::Request;
+use switchboard::prelude::*;
 
 use crate::Kind;
 

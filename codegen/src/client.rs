@@ -272,7 +272,12 @@ fn read_items(file: &Path, items: &[Item], model: &mut Model) -> Result<(), GenE
                 read_handler(file, def, &f.attrs, model)?;
             }
             // A group of handlers: `#[handlers] impl Users { #[message_pattern(..)] async fn .. }`.
-            Item::Impl(block) if block.attrs.iter().any(|a| a.path().segments.last().is_some_and(|s| s.ident == "handlers")) => {
+            Item::Impl(block)
+                if block
+                    .attrs
+                    .iter()
+                    .any(|a| a.path().segments.last().is_some_and(|s| s.ident == "handlers")) =>
+            {
                 for item in &block.items {
                     let syn::ImplItem::Fn(method) = item else { continue };
                     let Some(attr) = method.attrs.iter().find(|a| PatternKind::of_attr(a).is_some()) else {
@@ -283,7 +288,12 @@ fn read_items(file: &Path, items: &[Item], model: &mut Model) -> Result<(), GenE
                         syn::Meta::List(list) => list.tokens.clone(),
                         _ => TokenStream::new(),
                     };
-                    read_handler(file, HandlerDef::parse_method(kind, tokens, method), &method.attrs, model)?;
+                    read_handler(
+                        file,
+                        HandlerDef::parse_method(kind, tokens, method),
+                        &method.attrs,
+                        model,
+                    )?;
                 }
             }
             Item::Const(c) => read_const(file, c, model)?,
@@ -303,7 +313,12 @@ fn read_items(file: &Path, items: &[Item], model: &mut Model) -> Result<(), GenE
 }
 
 /// One handler, read into the model.
-fn read_handler(file: &Path, def: syn::Result<HandlerDef>, attrs: &[Attribute], model: &mut Model) -> Result<(), GenError> {
+fn read_handler(
+    file: &Path,
+    def: syn::Result<HandlerDef>,
+    attrs: &[Attribute],
+    model: &mut Model,
+) -> Result<(), GenError> {
     let def = def.map_err(|e| {
         let all: Vec<String> = e.clone().into_iter().map(|e| e.to_string()).collect();
         GenError::at(file, e.span(), all.join("; "))
@@ -349,9 +364,11 @@ const EXTRACTORS: &[&str] = &["Context", "Headers", "Deadline", "Extension", "St
 /// The payload type of a handler read from source: its one argument that is not an
 /// extractor, or `()`.
 fn payload_type(file: &Path, def: &HandlerDef) -> Result<Type, GenError> {
-    let mut payloads = def.sig.args.iter().filter(|a| {
-        !crate::ast::last_segment(&a.ty).is_some_and(|seg| EXTRACTORS.iter().any(|e| seg.ident == e))
-    });
+    let mut payloads = def
+        .sig
+        .args
+        .iter()
+        .filter(|a| !crate::ast::last_segment(&a.ty).is_some_and(|seg| EXTRACTORS.iter().any(|e| seg.ident == e)));
     let payload = payloads.next();
     if let Some(second) = payloads.next() {
         return Err(GenError::at(
@@ -868,8 +885,8 @@ mod tests {
 
     #[test]
     fn errors_name_file_and_line() {
-        let err =
-            users_gen("\n#[message_pattern({ cmd = \"a\", cmd = \"b\" })]\nasync fn f(x: u32) -> u32 { x }\n").unwrap_err();
+        let err = users_gen("\n#[message_pattern({ cmd = \"a\", cmd = \"b\" })]\nasync fn f(x: u32) -> u32 { x }\n")
+            .unwrap_err();
         assert_eq!((err.line, err.file.to_str().unwrap()), (2, "src/lib.rs"), "{err}");
         assert!(err.to_string().starts_with("src/lib.rs:2:"), "{err}");
         assert!(err.message.contains("cmd"), "{err}");

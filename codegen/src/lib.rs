@@ -63,9 +63,7 @@ impl HandlerDef {
     /// The pattern alone, when it parses and checks; for emitting a best-effort descriptor
     /// next to signature errors.
     pub fn pattern_only(attr: TokenStream) -> Option<PatternArgs> {
-        PatternArgs::parse(attr)
-            .ok()
-            .filter(|p| check_pattern(p).is_ok())
+        PatternArgs::parse(attr).ok().filter(|p| check_pattern(p).is_ok())
     }
 
     fn parse_in(

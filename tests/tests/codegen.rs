@@ -42,7 +42,10 @@ async fn round_trip(url: &str) {
     );
     // The group's error reaches the generated client as the remote error.
     let missing = users.get_user("7".to_string()).await.unwrap_err();
-    assert_eq!(missing.as_rpc().and_then(switchboard::RpcError::message), Some("user 7 not found"));
+    assert_eq!(
+        missing.as_rpc().and_then(switchboard::RpcError::message),
+        Some("user 7 not found")
+    );
     // The generated descriptors work with a plain client too.
     let plain = Client::connect(server.local_url()).await.unwrap();
     assert_eq!(plain.send(users::GET_USER, "42".to_string()).await.unwrap().id, "42");
@@ -63,8 +66,8 @@ async fn generated_client_over_grpc() {
 
 #[test]
 fn generated_route_keys_match_the_service() {
-    use switchboard::Message;
     use example_users::Users;
+    use switchboard::Message;
     assert_eq!(users::GET_USER.route(), Users::GET_USER.route());
     assert_eq!(users::CREATE_USER.route(), Users::CREATE_USER.route());
     assert_eq!(users::GET_USER.pattern_json(), Users::GET_USER.pattern_json());

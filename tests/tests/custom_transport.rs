@@ -128,7 +128,10 @@ async fn a_transport_of_ones_own_serves_and_calls() {
         sent: AtomicUsize::new(0),
     };
     let client = Client::over(transport).connect().await.unwrap();
-    assert_eq!(client.send(SUM, vec![1, 2, 3]).header("unit", "kg").await.unwrap(), "6kg");
+    assert_eq!(
+        client.send(SUM, vec![1, 2, 3]).header("unit", "kg").await.unwrap(),
+        "6kg"
+    );
     client.emit(NOTED, "hello".to_string()).await.unwrap();
     let err = client.send_raw::<serde_json::Value>("nobody", 1).await.unwrap_err();
     assert!(err.as_rpc().is_some_and(RpcError::is_no_handler), "{err}");

@@ -6,9 +6,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use serde_json::{Value, json};
+use std::future::IntoFuture;
 use switchboard::middleware::{self, ClientNext, Next};
 use switchboard::prelude::*;
-use std::future::IntoFuture;
 
 use switchboard::{Error, Outbound, Reply, Request};
 
@@ -54,20 +54,43 @@ async fn handlers_take_state_parts_and_extractors() {
         .unwrap();
     for url in server.local_urls() {
         let client = Client::connect(url).await.unwrap();
-        assert_eq!(client.send(GREET, "Ada".to_string()).header("punct", "!").await.unwrap(), "hello Ada!");
+        assert_eq!(
+            client
+                .send(GREET, "Ada".to_string())
+                .header("punct", "!")
+                .await
+                .unwrap(),
+            "hello Ada!"
+        );
         // By reference too (encoded, even in-process).
+        #[allow(clippy::needless_borrows_for_generic_args)]
         assert_eq!(client.send(GREET, &"Bo".to_string()).await.unwrap(), "hello Bo");
     }
-    assert_eq!(app.hits.0.load(Ordering::SeqCst), 4, "the handlers share the service's state");
+    assert_eq!(
+        app.hits.0.load(Ordering::SeqCst),
+        4,
+        "the handlers share the service's state"
+    );
     let client = Client::connect("mem://seam-state").await.unwrap();
-    assert_eq!(client.send(WHOLE_STATE, ()).await.unwrap(), (4, true), "in-process calls carry their deadline");
+    assert_eq!(
+        client.send(WHOLE_STATE, ()).await.unwrap(),
+        (4, true),
+        "in-process calls carry their deadline"
+    );
     server.shutdown().await.unwrap();
 }
 
 #[tokio::test]
 async fn the_registry_refuses_handlers_that_need_state_unless_added() {
-    let err = Microservice::from_registry().listen("mem://seam-registry").start().await.unwrap_err();
-    assert!(matches!(&err, Error::NeedsState { handlers } if handlers.iter().any(|h| h.contains("seam::greet"))), "{err}");
+    let err = Microservice::from_registry()
+        .listen("mem://seam-registry")
+        .start()
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::NeedsState { handlers } if handlers.iter().any(|h| h.contains("seam::greet"))),
+        "{err}"
+    );
     assert!(err.to_string().contains("with_state"), "{err}");
 }
 
@@ -88,7 +111,11 @@ type DbResult<T> = Result<T, DbError>;
 
 #[message_pattern("seam.lookup")]
 async fn lookup(id: u32) -> DbResult<String> {
-    if id == 0 { Err(DbError { code: 7 }) } else { Ok(format!("row {id}")) }
+    if id == 0 {
+        Err(DbError { code: 7 })
+    } else {
+        Ok(format!("row {id}"))
+    }
 }
 
 /// A payload type of the user's that happens to be called `Context`.
@@ -118,13 +145,19 @@ async fn an_aliased_result_answers_its_value_or_its_error_on_the_wire() {
     let v: Value = client.send_raw("seam.lookup", 3).await.unwrap();
     assert_eq!(v, json!("row 3"));
     let err = client.send_raw::<Value>("seam.lookup", 0).await.unwrap_err();
-    assert_eq!(err.as_rpc().unwrap().value(), &json!({"status": "error", "message": "db", "code": 7}));
+    assert_eq!(
+        err.as_rpc().unwrap().value(),
+        &json!({"status": "error", "message": "db", "code": 7})
+    );
     // The typed descriptor of an alias replies the alias's type: its `Ok` from the value,
     // its `Err` from the error.
     assert_eq!(client.send(LOOKUP, 4).await.unwrap(), Ok("row 4".to_string()));
     assert_eq!(client.send(LOOKUP, 0).await.unwrap(), Err(DbError { code: 7 }));
     // A user type named `Context` is a payload; `switchboard::Context` is the extractor.
-    let t = client.send(TENANT, user::Context { tenant: "acme".into() }).await.unwrap();
+    let t = client
+        .send(TENANT, user::Context { tenant: "acme".into() })
+        .await
+        .unwrap();
     assert_eq!(t, "acme@tcp");
     server.shutdown().await.unwrap();
 }
@@ -133,7 +166,11 @@ async fn an_aliased_result_answers_its_value_or_its_error_on_the_wire() {
 
 #[message_pattern("seam.backend")]
 async fn double_it(n: i64) -> RpcResult<i64> {
-    if n < 0 { Err(RpcError::new("negative")) } else { Ok(n * 2) }
+    if n < 0 {
+        Err(RpcError::new("negative"))
+    } else {
+        Ok(n * 2)
+    }
 }
 
 const BACKEND: MessageDef<i64, i64> = MessageDef::new(pattern!("seam.backend"));
@@ -146,7 +183,12 @@ async fn front(n: i64, State(backend): State<Client>) -> RpcResult<i64> {
 
 #[tokio::test]
 async fn a_handler_calls_another_service_with_the_question_mark() {
-    let back = Microservice::new().handler(DOUBLE_IT).listen("tcp://127.0.0.1:0").start().await.unwrap();
+    let back = Microservice::new()
+        .handler(DOUBLE_IT)
+        .listen("tcp://127.0.0.1:0")
+        .start()
+        .await
+        .unwrap();
     let back_addr = back.local_url().trim_start_matches("tcp://").to_owned();
     let backend_client = Client::connect(back.local_url()).await.unwrap();
     let front_server = Microservice::new()
@@ -209,7 +251,12 @@ async fn a_group_serves_its_methods_with_its_own_dependencies() {
         placed: AtomicUsize::new(0),
     };
     assert_eq!(orders.describe(), "ord");
-    let server = Microservice::new().group(orders).listen("tcp://127.0.0.1:0").start().await.unwrap();
+    let server = Microservice::new()
+        .group(orders)
+        .listen("tcp://127.0.0.1:0")
+        .start()
+        .await
+        .unwrap();
     let client = Client::connect(server.local_url()).await.unwrap();
     assert_eq!(
         client.send(Orders::PLACE, "book".to_string()).await.unwrap(),
@@ -232,7 +279,12 @@ async fn a_group_serves_its_methods_with_its_own_dependencies() {
 #[tokio::test]
 async fn a_group_from_a_library_crate_is_served_and_called_by_its_descriptors() {
     use example_users::{NewUser, Users};
-    let server = Microservice::new().group(Users::new()).listen("mem://seam-users").start().await.unwrap();
+    let server = Microservice::new()
+        .group(Users::new())
+        .listen("mem://seam-users")
+        .start()
+        .await
+        .unwrap();
     let client = Client::connect("mem://seam-users").await.unwrap();
     let ada = client
         .send(
@@ -246,7 +298,10 @@ async fn a_group_from_a_library_crate_is_served_and_called_by_its_descriptors() 
         .unwrap();
     assert_eq!(client.send(Users::GET_USER, ada.id.clone()).await.unwrap(), ada);
     let missing = client.send(Users::GET_USER, "nope".to_string()).await.unwrap_err();
-    assert_eq!(missing.as_rpc().and_then(RpcError::message), Some("user nope not found"));
+    assert_eq!(
+        missing.as_rpc().and_then(RpcError::message),
+        Some("user nope not found")
+    );
     server.shutdown().await.unwrap();
 }
 
@@ -289,7 +344,11 @@ async fn a_service_layer_sees_route_headers_and_deadline_and_can_refuse() {
     assert_eq!(err.as_rpc().and_then(RpcError::message), Some("unauthorized"));
     assert_eq!(client.send(SECRET, ()).header("token", "ok").await.unwrap(), "42");
     // Patterns nobody handles go through the layers too.
-    let err = client.send_raw::<Value>("seam.nobody", ()).header("token", "ok").await.unwrap_err();
+    let err = client
+        .send_raw::<Value>("seam.nobody", ())
+        .header("token", "ok")
+        .await
+        .unwrap_err();
     assert!(matches!(err, Error::NoHandler { .. }), "{err}");
     let seen = SEEN.lock().unwrap().clone();
     assert!(seen.contains(&"seam.secret - false".to_string()), "{seen:?}");
@@ -333,7 +392,9 @@ async fn tower_layers_wrap_one_handler_or_all_of_them() {
     let err = client.send(SLOW, 500).await.unwrap_err();
     assert_eq!(err.as_rpc(), Some(&RpcError::internal()));
     // The concurrency limit applies to the route: calls made together run one at a time.
-    let calls: Vec<_> = (0..4).map(|_| tokio::spawn(client.send(LIMITED, 20).into_future())).collect();
+    let calls: Vec<_> = (0..4)
+        .map(|_| tokio::spawn(client.send(LIMITED, 20).into_future()))
+        .collect();
     for call in calls {
         assert_eq!(call.await.unwrap().unwrap(), 20);
     }
@@ -345,7 +406,12 @@ async fn tower_layers_wrap_one_handler_or_all_of_them() {
 
 #[tokio::test]
 async fn a_client_layer_sees_each_call_and_can_fail_it() {
-    let server = Microservice::new().handler(SECRET).listen("tcp://127.0.0.1:0").start().await.unwrap();
+    let server = Microservice::new()
+        .handler(SECRET)
+        .listen("tcp://127.0.0.1:0")
+        .start()
+        .await
+        .unwrap();
     let calls = Arc::new(AtomicUsize::new(0));
     let counted = calls.clone();
     let client = Client::builder(server.local_url())
@@ -375,7 +441,12 @@ async fn a_client_layer_sees_each_call_and_can_fail_it() {
 
 #[tokio::test]
 async fn a_tower_client_layer_error_keeps_its_source() {
-    let server = Microservice::new().handler(SLOW).listen("tcp://127.0.0.1:0").start().await.unwrap();
+    let server = Microservice::new()
+        .handler(SLOW)
+        .listen("tcp://127.0.0.1:0")
+        .start()
+        .await
+        .unwrap();
     let client = Client::builder(server.local_url())
         .layer(tower::timeout::TimeoutLayer::new(Duration::from_millis(50)))
         .connect()
@@ -392,7 +463,12 @@ async fn a_tower_client_layer_error_keeps_its_source() {
 
 #[tokio::test]
 async fn a_call_is_static_and_can_be_spawned_after_its_client_is_gone() {
-    let server = Microservice::new().handler(SLOW).listen("mem://seam-spawn").start().await.unwrap();
+    let server = Microservice::new()
+        .handler(SLOW)
+        .listen("mem://seam-spawn")
+        .start()
+        .await
+        .unwrap();
     let call = {
         let client = Client::connect("mem://seam-spawn").await.unwrap();
         client.send(SLOW, 5)
@@ -421,23 +497,39 @@ async fn in_process_values_reach_handlers_of_another_type_through_json() {
     let client = Client::connect("mem://seam-loose").await.unwrap();
     // A struct where the handler takes a string: decoded from its JSON, and refused as such.
     let err = client.send(GREET_LOOSE, Loose { name: "x" }).await.unwrap_err();
-    assert!(err.to_string().contains("invalid payload for pattern seam.greet"), "{err}");
+    assert!(
+        err.to_string().contains("invalid payload for pattern seam.greet"),
+        "{err}"
+    );
     // A reply of another type than the handler's: decoded from its JSON.
     const GREET_VALUE: MessageDef<String, Value> = MessageDef::new(pattern!("seam.greet"));
-    assert_eq!(client.send(GREET_VALUE, "Cy".to_string()).await.unwrap(), json!("hi Cy"));
+    assert_eq!(
+        client.send(GREET_VALUE, "Cy".to_string()).await.unwrap(),
+        json!("hi Cy")
+    );
     server.shutdown().await.unwrap();
 }
 
 #[tokio::test]
 async fn shutting_a_service_down_stops_its_in_process_callers() {
-    let server = Microservice::new().handler(SECRET).listen("mem://seam-stop").start().await.unwrap();
+    let server = Microservice::new()
+        .handler(SECRET)
+        .listen("mem://seam-stop")
+        .start()
+        .await
+        .unwrap();
     let client = Client::connect("mem://seam-stop").await.unwrap();
     assert_eq!(client.send(SECRET, ()).await.unwrap(), "42");
     server.shutdown().await.unwrap();
     let err = client.send(SECRET, ()).await.unwrap_err();
     assert!(matches!(err, Error::Connect { .. }), "{err:?}");
     // A new service under the same name serves the same client again.
-    let again = Microservice::new().handler(SECRET).listen("mem://seam-stop").start().await.unwrap();
+    let again = Microservice::new()
+        .handler(SECRET)
+        .listen("mem://seam-stop")
+        .start()
+        .await
+        .unwrap();
     assert_eq!(client.send(SECRET, ()).await.unwrap(), "42");
     again.shutdown().await.unwrap();
 }

@@ -12,7 +12,11 @@ pub struct Listen {
 impl Listen {
     /// The URLs given, or `default` when none was.
     pub fn or(self, default: &str) -> Vec<String> {
-        if self.urls.is_empty() { vec![default.to_owned()] } else { self.urls }
+        if self.urls.is_empty() {
+            vec![default.to_owned()]
+        } else {
+            self.urls
+        }
     }
 }
 

@@ -24,7 +24,10 @@ pub(crate) fn error<R: DeserializeOwned>(err: &RpcError) -> Option<R> {
     let mut de = serde_json::Deserializer::from_slice(&json);
     let mut seen = false;
     let value = R::deserialize(OnlyResult {
-        inner: Variant { de: &mut de, as_: "Err" },
+        inner: Variant {
+            de: &mut de,
+            as_: "Err",
+        },
         seen: &mut seen,
     });
     match value {
@@ -67,7 +70,11 @@ impl<'de> de::Deserializer<'de> for Variant<'_, 'de> {
         self.de.deserialize_unit_struct(name, visitor)
     }
 
-    fn deserialize_newtype_struct<V: Visitor<'de>>(self, name: &'static str, visitor: V) -> Result<V::Value, Self::Error> {
+    fn deserialize_newtype_struct<V: Visitor<'de>>(
+        self,
+        name: &'static str,
+        visitor: V,
+    ) -> Result<V::Value, Self::Error> {
         self.de.deserialize_newtype_struct(name, visitor)
     }
 
@@ -136,7 +143,11 @@ impl<'de> VariantAccess<'de> for Variant<'_, 'de> {
         de::Deserializer::deserialize_tuple(self.de, len, visitor)
     }
 
-    fn struct_variant<V: Visitor<'de>>(self, fields: &'static [&'static str], visitor: V) -> Result<V::Value, Self::Error> {
+    fn struct_variant<V: Visitor<'de>>(
+        self,
+        fields: &'static [&'static str],
+        visitor: V,
+    ) -> Result<V::Value, Self::Error> {
         de::Deserializer::deserialize_struct(self.de, "", fields, visitor)
     }
 }
@@ -197,10 +208,7 @@ mod tests {
         assert!(value::<u8>(b"300").is_err());
         assert!(value::<u8>(b"1 2").is_err(), "trailing data");
         // A `Result` nested inside another type keeps serde's own shape.
-        assert_eq!(
-            value::<Vec<Result<u8, String>>>(br#"[{"Ok":1}]"#).unwrap(),
-            vec![Ok(1)]
-        );
+        assert_eq!(value::<Vec<Result<u8, String>>>(br#"[{"Ok":1}]"#).unwrap(), vec![Ok(1)]);
     }
 
     #[test]

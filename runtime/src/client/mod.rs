@@ -144,8 +144,9 @@ impl ClientBuilder {
         <L::Service as Service<Outbound>>::Error: Into<BoxError>,
         <L::Service as Service<Outbound>>::Future: Send,
     {
-        self.layers
-            .push(Box::new(move |inner: ClientService| ClientService::new(layer.layer(inner))));
+        self.layers.push(Box::new(move |inner: ClientService| {
+            ClientService::new(layer.layer(inner))
+        }));
         self
     }
 
@@ -249,8 +250,15 @@ impl Client {
         if self.local.is_some() {
             match payload.into_owned() {
                 // In-process, a payload given by value is handed over as it is.
-                Ok(value) => return Call::new(self, Ok(self.prepared(Kind::Request, json, route, Body::Local(Local::new(value))))),
-                Err(payload) => return Call::new(self, self.outbound(Kind::Request, json, route, payload.as_payload())),
+                Ok(value) => {
+                    return Call::new(
+                        self,
+                        Ok(self.prepared(Kind::Request, json, route, Body::Local(Local::new(value)))),
+                    );
+                }
+                Err(payload) => {
+                    return Call::new(self, self.outbound(Kind::Request, json, route, payload.as_payload()));
+                }
             }
         }
         // The payload is encoded now, so the call borrows nothing of the caller's.
@@ -268,7 +276,10 @@ impl Client {
             json if json.starts_with('"') => json.into(),
             _ => json_string(route).into(),
         };
-        Emit::new(self, self.outbound(Kind::Event, json, route.into(), payload.as_payload()))
+        Emit::new(
+            self,
+            self.outbound(Kind::Event, json, route.into(), payload.as_payload()),
+        )
     }
 
     /// Calls a pattern given as JSON, NestJS style:

@@ -2,7 +2,7 @@
 //!
 //! An argument is the payload when its type is decoded from the message (any
 //! `serde::Deserialize` type), and an extractor otherwise: [`Context`], [`Headers`],
-//! [`Deadline`], [`Extension`], [`State`](super::State), or a type of your own.
+//! [`Deadline`], [`Extension`], [`State`](crate::State), or a type of your own.
 
 use std::future::Future;
 
@@ -90,7 +90,10 @@ pub(crate) fn decode_payload<T: DeserializeOwned + 'static>(req: &mut Request) -
             Ok(v) => Ok(*v),
             Err(value) => {
                 req.set_payload(Payload::Value(value));
-                Err(invalid(req, &format_args!("expected a `{}`", std::any::type_name::<T>())))
+                Err(invalid(
+                    req,
+                    &format_args!("expected a `{}`", std::any::type_name::<T>()),
+                ))
             }
         },
         None => Err(invalid(req, &"the payload was already taken")),

@@ -129,7 +129,9 @@ pub struct Layered<H, L> {
 
 impl<H: fmt::Debug, L> fmt::Debug for Layered<H, L> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Layered").field("handler", &self.handler).finish_non_exhaustive()
+        f.debug_struct("Layered")
+            .field("handler", &self.handler)
+            .finish_non_exhaustive()
     }
 }
 

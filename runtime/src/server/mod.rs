@@ -1,10 +1,10 @@
 //! The server side: [`Microservice`] serves handlers on one or more transports.
 //!
-//! - [`handler`]: what the attribute macros make of a function ([`Handler`], [`Serve`]);
+//! - [`handler`]: what the attribute macros make of a function ([`Handler`](handler::Handler), [`Serve`]);
 //! - [`extract`] and [`state`]: where a handler's arguments come from;
 //! - [`respond`]: how its return value becomes a reply;
 //! - [`group`]: handlers declared as methods of one type;
-//! - [`registry`]: every handler linked into the binary.
+//! - `registry`: every handler linked into the binary.
 
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
@@ -76,10 +76,16 @@ pub struct Microservice<S = ()> {
 impl<S> std::fmt::Debug for Microservice<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Microservice")
-            .field("handlers", &self.handlers.iter().map(|h| h.info.name()).collect::<Vec<_>>())
+            .field(
+                "handlers",
+                &self.handlers.iter().map(|h| h.info.name()).collect::<Vec<_>>(),
+            )
             .field("from_registry", &self.from_registry)
             .field("layers", &self.layers.len())
-            .field("urls", &self.urls.iter().map(|u| transport::redact(u)).collect::<Vec<_>>())
+            .field(
+                "urls",
+                &self.urls.iter().map(|u| transport::redact(u)).collect::<Vec<_>>(),
+            )
             .finish_non_exhaustive()
     }
 }
@@ -232,7 +238,9 @@ impl<S: Clone + Send + Sync + 'static> Microservice<S> {
                         return Err(e);
                     }
                 }
-                Err(_) => tracing::warn!(url = %transport::redact(&url), "not ready to take messages after {READY_WAIT:?}; serving anyway"),
+                Err(_) => {
+                    tracing::warn!(url = %transport::redact(&url), "not ready to take messages after {READY_WAIT:?}; serving anyway")
+                }
             }
         }
         // Logged once every transport takes messages (a broker's subscriptions are in place).
@@ -318,7 +326,9 @@ fn build_router(mut handlers: Vec<Bound>, from_registry: bool, layers: &[Wrap]) 
             },
         );
     }
-    Ok(builder.build(!layers.is_empty(), |route| layers.iter().fold(route, |route, wrap| wrap(route))))
+    Ok(builder.build(!layers.is_empty(), |route| {
+        layers.iter().fold(route, |route, wrap| wrap(route))
+    }))
 }
 
 /// A started service. Dropping it stops serving at once; [`shutdown`](Self::shutdown)

@@ -286,7 +286,6 @@ pub(crate) fn to_json<T: Serialize + ?Sized>(value: &T) -> serde_json::Result<By
     })
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -294,7 +293,10 @@ mod tests {
     #[tokio::test]
     async fn one_value_then_the_end() {
         let mut r = Reply::value(&serde_json::json!({"result": 6.0}));
-        assert_eq!(r.next().await, Some(ReplyItem::Value(Bytes::from_static(br#"{"result":6}"#))));
+        assert_eq!(
+            r.next().await,
+            Some(ReplyItem::Value(Bytes::from_static(br#"{"result":6}"#)))
+        );
         assert_eq!(r.next().await, None);
         assert_eq!(Reply::empty().next().await, None);
     }
@@ -329,6 +331,9 @@ mod tests {
     #[tokio::test]
     async fn drain_reports_the_error() {
         assert!(Reply::empty().drain().await.is_ok());
-        assert_eq!(Reply::error(RpcError::new("x")).drain().await.unwrap_err().message(), Some("x"));
+        assert_eq!(
+            Reply::error(RpcError::new("x")).drain().await.unwrap_err().message(),
+            Some("x")
+        );
     }
 }

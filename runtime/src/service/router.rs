@@ -187,12 +187,7 @@ fn listen_all(events: &[Endpoint], req: Request) -> impl Future<Output = Reply> 
             runs.push(listen(listener, one));
         }
     }
-    join_all(runs).map(|replies| {
-        replies
-            .into_iter()
-            .find(Reply::is_error)
-            .unwrap_or_else(Reply::empty)
-    })
+    join_all(runs).map(|replies| replies.into_iter().find(Reply::is_error).unwrap_or_else(Reply::empty))
 }
 
 /// Runs one listener to its end; a failure is logged and returned, a panic is one.
@@ -281,27 +276,41 @@ impl fmt::Debug for Router {
 /// Builds a [`Router`].
 #[derive(Default)]
 pub(crate) struct RouterBuilder {
-    routes: Vec<(&'static str, Vec<&'static str>, Handlers, Vec<Arc<str>>)>,
+    routes: Vec<Building>,
+}
+
+/// A route being built: its key, the patterns that name it as written, its handlers, and
+/// their locations (for logs).
+struct Building {
+    route: &'static str,
+    patterns: Vec<&'static str>,
+    handlers: Handlers,
+    locations: Vec<Arc<str>>,
 }
 
 impl RouterBuilder {
     /// Adds a handler of `route` (whose pattern JSON as written is `pattern`).
     pub fn add(&mut self, route: &'static str, pattern: &'static str, kind: Kind, endpoint: Endpoint) {
-        let at = match self.routes.iter().position(|r| r.0 == route) {
+        let at = match self.routes.iter().position(|r| r.route == route) {
             Some(at) => at,
             None => {
-                self.routes.push((route, Vec::new(), Handlers::default(), Vec::new()));
+                self.routes.push(Building {
+                    route,
+                    patterns: Vec::new(),
+                    handlers: Handlers::default(),
+                    locations: Vec::new(),
+                });
                 self.routes.len() - 1
             }
         };
         let slot = &mut self.routes[at];
-        if !slot.1.contains(&pattern) {
-            slot.1.push(pattern);
+        if !slot.patterns.contains(&pattern) {
+            slot.patterns.push(pattern);
         }
-        slot.3.push(endpoint.location.clone());
+        slot.locations.push(endpoint.location.clone());
         match kind {
-            Kind::Request => slot.2.message = Some(endpoint),
-            Kind::Event => slot.2.events.push(endpoint),
+            Kind::Request => slot.handlers.message = Some(endpoint),
+            Kind::Event => slot.handlers.events.push(endpoint),
         }
     }
 
@@ -310,7 +319,13 @@ impl RouterBuilder {
     pub fn build(self, layered: bool, wrap: impl std::ops::Fn(Route) -> Route) -> Router {
         let mut lookup = HashMap::default();
         let mut routes = Vec::with_capacity(self.routes.len());
-        for (route, patterns, handlers, locations) in self.routes {
+        for Building {
+            route,
+            patterns,
+            handlers,
+            locations,
+        } in self.routes
+        {
             let info = RouteInfo {
                 route,
                 request_handler: handlers.message.is_some(),

@@ -60,6 +60,10 @@ pub(crate) trait Delivery: Send + 'static {
 pub(crate) async fn serve<S: Source>(mut source: S, router: Router, max_in_flight: usize, mut shutdown: Shutdown) {
     let permits = Arc::new(Semaphore::new(max_in_flight));
     let mut tasks = JoinSet::new();
+    // One wait for the whole loop: a new one per message would register with the signal
+    // (a lock) each time.
+    let stop = shutdown.wait();
+    tokio::pin!(stop);
     loop {
         // Reaped here rather than awaited in the selects: a task waiting on `join_next` is
         // woken by every handler that ends, one more wake-up per message.
@@ -67,14 +71,17 @@ pub(crate) async fn serve<S: Source>(mut source: S, router: Router, max_in_fligh
             log_panic(done);
         }
         // Room for one more message first: while full, messages wait in the broker.
-        let permit = tokio::select! {
-            biased;
-            _ = shutdown.wait() => break,
-            permit = permits.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
+        let permit = match permits.clone().try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => tokio::select! {
+                biased;
+                _ = &mut stop => break,
+                permit = permits.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
+            },
         };
         let delivery = tokio::select! {
             biased;
-            _ = shutdown.wait() => break,
+            _ = &mut stop => break,
             next = source.next() => match next {
                 Some(delivery) => delivery,
                 None => break,
@@ -126,10 +133,7 @@ pub(crate) fn read(body: &Bytes, address: Address, transport: &'static str, head
             let kind = if id.is_some() { Kind::Request } else { Kind::Event };
             let mut headers = headers;
             headers.extend(p.headers().iter().map(|(k, v)| (k.to_owned(), v.to_owned())));
-            let payload = match p.data {
-                Some(d) => Payload::Json(body.slice_ref(d.as_bytes())),
-                None => Payload::null(),
-            };
+            let payload = p.payload(body);
             let ctx = Context::new(transport, kind).with_headers(headers);
             Inbound::Packet {
                 request: Request::new(address, payload, ctx),
@@ -188,18 +192,42 @@ mod tests {
     #[test]
     fn packets_external_messages_and_garbage() {
         let body = Bytes::from_static(br#"{"pattern":"sum","data":[1,2],"id":"7","metadata":{"k":"v"}}"#);
-        let Inbound::Packet { request, id } = read(&body, Address::static_route("sum"), "redis", Headers::new()) else { panic!() };
+        let Inbound::Packet { request, id } = read(&body, Address::static_route("sum"), "redis", Headers::new()) else {
+            panic!()
+        };
         assert_eq!(id.as_deref(), Some(&b"\"7\""[..]));
         assert_eq!(request.payload().and_then(Payload::json), Some(&b"[1,2]"[..]));
         assert_eq!(request.headers().get("k"), Some("v"));
         assert_eq!(request.kind(), Kind::Request);
 
-        let Inbound::External(ext) = read(&Bytes::from_static(b"[1]"), Address::static_route("sum"), "redis", Headers::new()) else { panic!() };
+        let Inbound::External(ext) = read(
+            &Bytes::from_static(b"[1]"),
+            Address::static_route("sum"),
+            "redis",
+            Headers::new(),
+        ) else {
+            panic!()
+        };
         assert_eq!(ext.payload().and_then(Payload::json), Some(&b"[1]"[..]));
         assert_eq!(ext.kind(), Kind::Event);
-        let Inbound::External(text) = read(&Bytes::from_static(b"hello"), Address::static_route("sum"), "redis", Headers::new()) else { panic!() };
+        let Inbound::External(text) = read(
+            &Bytes::from_static(b"hello"),
+            Address::static_route("sum"),
+            "redis",
+            Headers::new(),
+        ) else {
+            panic!()
+        };
         assert_eq!(text.payload().and_then(Payload::json), Some(&b"\"hello\""[..]));
-        assert!(matches!(read(&Bytes::from_static(b"\xff"), Address::static_route("sum"), "redis", Headers::new()), Inbound::Invalid));
+        assert!(matches!(
+            read(
+                &Bytes::from_static(b"\xff"),
+                Address::static_route("sum"),
+                "redis",
+                Headers::new()
+            ),
+            Inbound::Invalid
+        ));
     }
 
     #[test]

@@ -24,7 +24,13 @@ use crate::service::{Outbound, Replies, Router};
 pub mod amqp;
 #[cfg(any(feature = "tcp", feature = "amqp"))]
 pub(crate) mod backoff;
-#[cfg(any(feature = "redis", feature = "nats", feature = "mqtt", feature = "amqp", feature = "kafka"))]
+#[cfg(any(
+    feature = "redis",
+    feature = "nats",
+    feature = "mqtt",
+    feature = "amqp",
+    feature = "kafka"
+))]
 pub(crate) mod broker;
 #[cfg(feature = "grpc")]
 pub mod grpc;
@@ -343,8 +349,14 @@ mod tests {
 
     #[test]
     fn passwords_never_show() {
-        assert_eq!(redact("amqp://guest:secret@127.0.0.1:5672/vhost?x=1"), "amqp://guest:***@127.0.0.1:5672/vhost?x=1");
-        assert_eq!(redact("nats://a:pw@h1:4222,b:pw2@h2:4222"), "nats://a:***@h1:4222,b:***@h2:4222");
+        assert_eq!(
+            redact("amqp://guest:secret@127.0.0.1:5672/vhost?x=1"),
+            "amqp://guest:***@127.0.0.1:5672/vhost?x=1"
+        );
+        assert_eq!(
+            redact("nats://a:pw@h1:4222,b:pw2@h2:4222"),
+            "nats://a:***@h1:4222,b:***@h2:4222"
+        );
         assert_eq!(redact("redis://token@h:6379"), "redis://token@h:6379");
         assert_eq!(redact("tcp://127.0.0.1:3001"), "tcp://127.0.0.1:3001");
         let ep = Endpoint::parse("redis://u:hunter2@h:1?bogus=1").unwrap();

@@ -122,7 +122,10 @@ pub async fn delay(ms: u64) -> u64 {
 
 #[message_pattern("meta")]
 pub async fn meta(ctx: Context) -> HashMap<String, String> {
-    ctx.headers().iter().map(|(k, v)| (k.to_owned(), v.to_owned())).collect()
+    ctx.headers()
+        .iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
 }
 
 #[message_pattern("ctx_info")]

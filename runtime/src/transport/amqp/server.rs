@@ -19,7 +19,7 @@ use lapin::{BasicProperties, Channel, Confirmation, Connection, Consumer};
 
 use super::{Options, RETRIES_HEADER, headers_to_metadata};
 use crate::error::{Error, NO_MESSAGE_HANDLER, Result};
-use crate::service::{Address, Context, Kind, Payload, Request, Router};
+use crate::service::{Context, Kind, Request, Router};
 use crate::transport::broker::{self, Delivery, ReplySink, Source};
 use crate::transport::{Endpoint, Listener, Shutdown};
 use crate::wire::nestjs::packet::{Packet, encode_reply_without_id};
@@ -265,14 +265,7 @@ impl Delivery for Message {
             }
         };
         // RabbitMQ routes by the packet's pattern: one queue carries every route.
-        let address = match packet.pattern {
-            Some(p) => Address::pattern_in(&body, p),
-            None => Address::static_pattern("undefined"),
-        };
-        let payload = match packet.data {
-            Some(d) => Payload::Json(body.slice_ref(d.as_bytes())),
-            None => Payload::null(),
-        };
+        let (address, payload) = (packet.address(&body), packet.payload(&body));
         let id = packet.id.map(|id| body.slice(Packet::range_in(&body, id)));
         let kind = if id.is_some() { Kind::Request } else { Kind::Event };
         let ctx = Context::new("amqp", kind).with_headers(headers(&properties, &packet).into());

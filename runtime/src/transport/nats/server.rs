@@ -142,6 +142,7 @@ impl Source for Subscriptions {
     async fn next(&mut self) -> Option<Message> {
         loop {
             tokio::select! {
+                biased;
                 Some((route, msg)) = self.core.next(), if !self.core.is_empty() => {
                     return Some(Message::Core {
                         route,

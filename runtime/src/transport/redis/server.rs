@@ -235,7 +235,9 @@ impl Delivery for Message {
                     return;
                 }
                 // Better handled twice than not at all.
-                Err(e) => tracing::warn!(channel = %self.channel, error = %e, "could not claim a request; handling it anyway"),
+                Err(e) => {
+                    tracing::warn!(channel = %self.channel, error = %e, "could not claim a request; handling it anyway")
+                }
             }
         }
         // NestJS looks the handler up by the channel, not by the packet's pattern.

@@ -16,8 +16,8 @@ use futures_util::future::{BoxFuture, FutureExt};
 use tokio::net::TcpStream;
 
 use super::{ClientOptions, Endpoint, Listener, Shutdown};
-use crate::service::Router;
 use crate::error::{Error, Result};
+use crate::service::Router;
 
 mod client;
 pub mod frame;

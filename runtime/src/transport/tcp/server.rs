@@ -16,7 +16,7 @@ use tokio::time::Instant;
 use super::frame::{FrameDecoder, encode_frame, utf16_len, write_length};
 use super::{ServerOptions, TcpListener};
 use crate::error::Result;
-use crate::service::{Address, Context, Kind, Payload, Reply, Request, Router, RouterFuture};
+use crate::service::{Context, Kind, Reply, Request, Router, RouterFuture};
 use crate::transport::Shutdown;
 use crate::wire::nestjs::packet::{Outgoing, Packet, PacketError};
 use crate::wire::nestjs::steps::{Step, Steps};
@@ -251,14 +251,7 @@ impl Conn {
             }
             let id = packet.id.map(|id| Packet::range_in(&body, id));
             let kind = if id.is_some() { Kind::Request } else { Kind::Event };
-            let address = match packet.pattern {
-                Some(p) => Address::pattern_in(&body, p),
-                None => Address::static_pattern("undefined"),
-            };
-            let payload = match packet.data {
-                Some(d) => Payload::Json(body.slice_ref(d.as_bytes())),
-                None => Payload::null(),
-            };
+            let (address, payload) = (packet.address(&body), packet.payload(&body));
             let ctx = Context::new("tcp", kind).with_headers(packet.headers());
             let mut reply = self.router.call(Request::new(address, payload, ctx));
             // Most handlers finish without waiting: polled right away, their reply is written

@@ -186,6 +186,23 @@ impl<'a> Packet<'a> {
         )
     }
 
+    /// Where a request or event packet read from `frame` is addressed: its `pattern`, or
+    /// `undefined` (as NestJS reads a packet without one).
+    pub fn address(&self, frame: &bytes::Bytes) -> crate::service::Address {
+        match self.pattern {
+            Some(p) => crate::service::Address::pattern_in(frame, p),
+            None => crate::service::Address::static_pattern("undefined"),
+        }
+    }
+
+    /// The packet's `data`, sliced from `frame` without copying; `null` when absent.
+    pub fn payload(&self, frame: &bytes::Bytes) -> crate::service::Payload {
+        match self.data {
+            Some(d) => crate::service::Payload::Json(frame.slice_ref(d.as_bytes())),
+            None => crate::service::Payload::null(),
+        }
+    }
+
     /// v12's `metadata` as headers.
     pub fn headers(&self) -> crate::service::Headers {
         self.metadata_map().map(Into::into).unwrap_or_default()
