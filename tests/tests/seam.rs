@@ -63,8 +63,9 @@ async fn handlers_take_state_parts_and_extractors() {
             "hello Ada!"
         );
         // By reference too (encoded, even in-process).
-        #[allow(clippy::needless_borrows_for_generic_args)]
-        assert_eq!(client.send(GREET, &"Bo".to_string()).await.unwrap(), "hello Bo");
+        let name = "Bo".to_string();
+        let reply = client.send(GREET, &name).await.unwrap();
+        assert_eq!(reply, format!("hello {name}"));
     }
     assert_eq!(
         app.hits.0.load(Ordering::SeqCst),
