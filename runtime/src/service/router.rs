@@ -39,13 +39,23 @@ where
     S::Future: Send,
 {
     fn call(&self, req: Request) -> BoxFuture<'static, Reply> {
-        let svc = self.0.clone();
-        Box::pin(async move {
-            match svc.oneshot(req).await {
-                Ok(reply) => reply,
-                Err(e) => error_reply(e.into()),
-            }
-        })
+        let mut svc = self.0.clone();
+        // Most services are ready at once: call them now and box only their future. Asking
+        // with a no-op waker is safe: one that is not ready is asked again, with the task's
+        // waker, before it is called (tower allows `poll_ready` to be called repeatedly).
+        match svc.poll_ready(&mut TaskContext::from_waker(std::task::Waker::noop())) {
+            Poll::Ready(Ok(())) => Box::pin(
+                svc.call(req)
+                    .map(|result| result.unwrap_or_else(|e| error_reply(e.into()))),
+            ),
+            Poll::Ready(Err(e)) => Box::pin(std::future::ready(error_reply(e.into()))),
+            Poll::Pending => Box::pin(async move {
+                match svc.oneshot(req).await {
+                    Ok(reply) => reply,
+                    Err(e) => error_reply(e.into()),
+                }
+            }),
+        }
     }
 }
 
