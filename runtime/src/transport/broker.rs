@@ -87,7 +87,9 @@ pub(crate) async fn serve<S: Source>(mut source: S, router: Router, max_in_fligh
                 None => break,
             },
         };
-        let work = delivery.serve(router.clone());
+        // Boxed here: a delivery's future is kilobytes (it holds the reply's publish), and
+        // spawned as it is, it would be copied several times on its way into the task.
+        let work = Box::pin(delivery.serve(router.clone()));
         tasks.spawn(async move {
             work.await;
             drop(permit);
