@@ -75,7 +75,50 @@ impl RpcError {
     pub fn is_no_handler(&self) -> bool {
         self.message() == Some(NO_MESSAGE_HANDLER)
     }
+
+    /// The service could not take the call now (a limit, an open circuit, shutting down):
+    /// `{"status":"error","message":"…","code":"UNAVAILABLE"}`. Callers may retry it.
+    ///
+    /// ```
+    /// use switchboard::RpcError;
+    ///
+    /// let e = RpcError::unavailable("too many calls in flight");
+    /// assert!(e.is_unavailable());
+    /// assert!(!RpcError::new("no such user").is_unavailable());
+    /// ```
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self::with_code(message, UNAVAILABLE)
+    }
+
+    /// The caller's deadline had passed: `{"status":"error","message":"…","code":"DEADLINE_EXCEEDED"}`.
+    pub fn deadline_exceeded(message: impl Into<String>) -> Self {
+        Self::with_code(message, DEADLINE_EXCEEDED)
+    }
+
+    fn with_code(message: impl Into<String>, code: &str) -> Self {
+        let RpcError(Value::Object(mut map)) = Self::new(message) else {
+            unreachable!("RpcError::new makes an object")
+        };
+        map.insert("code".into(), Value::String(code.into()));
+        RpcError(Value::Object(map))
+    }
+
+    /// The `code` field of an object error (`"UNAVAILABLE"`, `"DEADLINE_EXCEEDED"`, or a user's own).
+    pub fn code(&self) -> Option<&str> {
+        match &self.0 {
+            Value::Object(map) => map.get("code").and_then(Value::as_str),
+            _ => None,
+        }
+    }
+
+    /// True for [`RpcError::unavailable`]: worth retrying.
+    pub fn is_unavailable(&self) -> bool {
+        self.code() == Some(UNAVAILABLE)
+    }
 }
+
+const UNAVAILABLE: &str = "UNAVAILABLE";
+const DEADLINE_EXCEEDED: &str = "DEADLINE_EXCEEDED";
 
 impl fmt::Display for RpcError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -233,6 +276,15 @@ pub enum Error {
     /// The client has been closed.
     #[error("client is closed")]
     Closed,
+    /// A resilience layer refused the call before it was sent: an open circuit, a full
+    /// bulkhead, a rate limit, a deadline already past.
+    #[error("call to pattern `{pattern}` refused: {reason}")]
+    Rejected {
+        /// The route of the call.
+        pattern: String,
+        /// Why.
+        reason: crate::resilience::Rejection,
+    },
     /// A client layer failed the call with an error of its own.
     #[error("a client layer failed the call: {0}")]
     Layer(#[source] Box<dyn std::error::Error + Send + Sync>),
@@ -279,6 +331,36 @@ impl Error {
         Error::Broker {
             context: context.into(),
             source: None,
+        }
+    }
+
+    /// True when trying the same call again may succeed: the connection failed or closed,
+    /// the call timed out, or the service answered [`RpcError::unavailable`]. A remote
+    /// handler's own error is not retryable, nor is a call this client refused itself.
+    ///
+    /// ```
+    /// use switchboard::{Error, RpcError};
+    ///
+    /// assert!(Error::Rpc(RpcError::unavailable("busy")).is_retryable());
+    /// assert!(!Error::Rpc(RpcError::new("no such user")).is_retryable());
+    /// ```
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Error::Connect { .. } | Error::ConnectionClosed { .. } | Error::Timeout { .. } => true,
+            Error::Rpc(e) => e.is_unavailable(),
+            _ => false,
+        }
+    }
+
+    /// True when the service could not answer (as opposed to answering with its own error):
+    /// what a fallback and a circuit breaker count. Every error but a remote handler's own
+    /// ([`Error::Rpc`] other than [`RpcError::unavailable`]) and a payload this side could
+    /// not encode or decode.
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            Error::Rpc(e) => e.is_unavailable(),
+            Error::Codec { .. } => false,
+            _ => true,
         }
     }
 

@@ -48,6 +48,7 @@ pub mod client;
 pub mod error;
 pub mod json;
 pub mod middleware;
+pub mod resilience;
 pub mod server;
 pub mod service;
 pub mod transport;
@@ -56,7 +57,7 @@ pub mod wire;
 #[doc(hidden)]
 pub mod __private;
 
-pub use client::call::{Call, Emit};
+pub use client::call::{Call, Emit, Fallback};
 pub use client::descriptor::{AsPayload, Event, EventDef, Message, MessageDef, PatternLit};
 pub use client::{Client, ClientBuilder};
 pub use error::{Error, Result, RpcError, RpcResult};

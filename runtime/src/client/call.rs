@@ -58,6 +58,50 @@ impl<R> Call<R> {
         self
     }
 
+    /// Marks the call as safe to repeat: a [`Retry`](crate::resilience::Retry) layer may
+    /// try it again after a retryable failure.
+    pub fn idempotent(mut self) -> Self {
+        if let Ok(out) = &mut self.out {
+            out.extensions.insert(crate::resilience::Idempotent);
+        }
+        self
+    }
+
+    /// Answers `value` instead of failing when the service could not answer: an open
+    /// circuit, a refused or timed-out call, a transport error, an `UNAVAILABLE` reply
+    /// ([`Error::is_unavailable`]). A remote handler's own error still comes back as an error.
+    ///
+    /// ```
+    /// use switchboard::prelude::*;
+    ///
+    /// #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    /// struct Status { status: String }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> switchboard::Result<()> {
+    /// const HEALTH: MessageDef<(), Status> = MessageDef::new(pattern!("health"));
+    /// // Nothing listens on this port: the call fails to connect, and the fallback answers.
+    /// let client = Client::builder("tcp://127.0.0.1:9").build()?;
+    /// let status = client.send(HEALTH, ()).fallback(Status { status: "degraded".into() }).await?;
+    /// assert_eq!(status.status, "degraded");
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn fallback(self, value: R) -> Fallback<R>
+    where
+        R: Send + 'static,
+    {
+        self.fallback_with(move |_| value)
+    }
+
+    /// Like [`fallback`](Self::fallback), with the answer made from the error.
+    pub fn fallback_with(self, f: impl FnOnce(&Error) -> R + Send + 'static) -> Fallback<R> {
+        Fallback {
+            call: self,
+            fallback: Box::new(f),
+        }
+    }
+
     /// Sends the call and yields each value of the reply as it arrives; the deadline covers
     /// the whole stream.
     pub async fn stream(self) -> Result<impl Stream<Item = Result<R>> + Send + 'static>
@@ -223,6 +267,30 @@ impl<R: DeserializeOwned + 'static> Future for CallFuture<R> {
             }
             Poll::Pending => Poll::Pending,
         }
+    }
+}
+
+/// A [`Call`] with an answer for when the service cannot give one ([`Call::fallback`]).
+#[must_use = "a call does nothing until it is awaited"]
+pub struct Fallback<R> {
+    call: Call<R>,
+    fallback: Box<dyn FnOnce(&Error) -> R + Send>,
+}
+
+impl<R: DeserializeOwned + Send + 'static> IntoFuture for Fallback<R> {
+    type Output = Result<R>;
+    type IntoFuture = BoxFuture<'static, Result<R>>;
+
+    fn into_future(self) -> Self::IntoFuture {
+        Box::pin(async move {
+            match self.call.await {
+                Err(e) if e.is_unavailable() => {
+                    tracing::debug!(error = %e, "call failed; answering with its fallback");
+                    Ok((self.fallback)(&e))
+                }
+                outcome => outcome,
+            }
+        })
     }
 }
 

@@ -13,7 +13,7 @@ use serde::de::DeserializeOwned;
 use tower::{BoxError, Layer, Service};
 
 use crate::error::{Error, Result};
-use crate::service::{Headers, Kind, Local, Outbound, Replies};
+use crate::service::{Extensions, Headers, Kind, Local, Outbound, Replies};
 use crate::transport::mem::MemClient;
 use crate::transport::{self, ClientOptions, ClientTransport};
 
@@ -337,6 +337,7 @@ impl Client {
             route,
             body,
             headers: self.headers.clone(),
+            extensions: Extensions::new(),
         }
     }
 }
@@ -355,6 +356,7 @@ pub(crate) struct Prepared {
     pub(crate) route: std::borrow::Cow<'static, str>,
     body: Body,
     pub(crate) headers: Headers,
+    pub(crate) extensions: Extensions,
 }
 
 impl Prepared {
@@ -366,6 +368,7 @@ impl Prepared {
         };
         let mut out = Outbound::new(self.kind, self.pattern, self.route, payload, deadline);
         out.headers = self.headers;
+        out.extensions = self.extensions;
         out.local = local;
         out
     }

@@ -116,6 +116,10 @@ impl Context {
         self
     }
 
+    pub(crate) fn route_cow(&self) -> &Cow<'static, str> {
+        &self.route
+    }
+
     pub(crate) fn set_route(&mut self, route: Cow<'static, str>) {
         self.route = route;
     }

@@ -11,7 +11,7 @@ use futures_util::stream::{BoxStream, Stream, StreamExt};
 use tokio::time::Instant;
 
 use super::{Extensions, Headers, Kind, Local, Reply, ReplyItem};
-use crate::error::Result;
+use crate::error::{Result, RpcError};
 
 /// A request or event on its way out, as client layers and transports see it.
 #[derive(Debug)]
@@ -136,6 +136,16 @@ impl Replies {
     /// A service's reply, received in-process.
     pub fn from_reply(reply: Reply) -> Self {
         Replies(Inner::Reply(reply))
+    }
+
+    /// The error the reply starts with, when its first packet has arrived and is one (what
+    /// a layer counts as the call's outcome).
+    pub fn first_error(&self) -> Option<&RpcError> {
+        match &self.0 {
+            Inner::Reply(reply) => reply.as_error(),
+            Inner::Started(Some(ReplyItem::Error(e)), _) => Some(e),
+            _ => None,
+        }
     }
 }
 

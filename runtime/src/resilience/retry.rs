@@ -1,0 +1,222 @@
+//! [`Retry`]: tries a failed call again, when that is safe and worth it.
+
+use std::sync::Arc;
+use std::task::{Context as TaskContext, Poll};
+use std::time::Duration;
+
+use futures_util::future::{BoxFuture, FutureExt};
+use tokio::time::Instant;
+use tower::retry::budget::{Budget, TpsBudget};
+use tower::{Layer, Service, ServiceExt};
+
+use crate::error::{Error, RpcError};
+use crate::service::{Kind, Outbound, Replies};
+
+/// The header carrying an attempt's number (`1` for the first) on a call that may be retried.
+pub const ATTEMPT_HEADER: &str = "sb-attempt";
+/// The header carrying a call's idempotency key: one random value per call, the same on
+/// every attempt, so a server can recognise a repeat. A key set by the caller is kept.
+pub const IDEMPOTENCY_KEY_HEADER: &str = "idempotency-key";
+
+/// Marks a call as safe to repeat, in its extensions ([`Call::idempotent`](crate::Call::idempotent)
+/// puts it there); only such calls are retried, unless the [`Retry`] is told
+/// [`any_call`](Retry::any_call).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Idempotent;
+
+/// Retries a client's failed requests with exponential backoff and full jitter.
+///
+/// Only a request that is safe to repeat ([`Idempotent`]), only after a retryable error
+/// ([`Error::is_retryable`]: the connection failed, the attempt timed out, the service
+/// answered `UNAVAILABLE`; never a handler's own error unless [`retry_if`](Self::retry_if)
+/// says so), at most `max_attempts` times in all (3), and only while the retry budget
+/// allows: retries may add at most 20 % to the calls made over the last 10 s, plus 10 a
+/// second (tower's [`TpsBudget`]), so a failing service does not get a storm. A wait that
+/// would end past the call's deadline is not started. Each attempt carries
+/// [`ATTEMPT_HEADER`] and [`IDEMPOTENCY_KEY_HEADER`].
+///
+/// The wait before attempt `n + 1` is random between zero and `min(max_delay, base × 2ⁿ⁻¹)`
+/// (100 ms and 2 s by default).
+#[derive(Clone)]
+pub struct Retry {
+    max_attempts: u32,
+    base: Duration,
+    max_delay: Duration,
+    any_call: bool,
+    retry_if: Arc<dyn Fn(&Error) -> bool + Send + Sync>,
+    budget: Arc<TpsBudget>,
+}
+
+impl std::fmt::Debug for Retry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Retry")
+            .field("max_attempts", &self.max_attempts)
+            .field("base", &self.base)
+            .field("max_delay", &self.max_delay)
+            .field("any_call", &self.any_call)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for Retry {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Retry {
+    /// 3 attempts, 100 ms base, 2 s cap, the default budget.
+    pub fn new() -> Self {
+        Retry {
+            max_attempts: 3,
+            base: Duration::from_millis(100),
+            max_delay: Duration::from_secs(2),
+            any_call: false,
+            retry_if: Arc::new(Error::is_retryable),
+            budget: Arc::new(TpsBudget::default()),
+        }
+    }
+
+    /// Attempts in all, the first included (at least 1).
+    pub fn max_attempts(mut self, n: u32) -> Self {
+        self.max_attempts = n.max(1);
+        self
+    }
+
+    /// The backoff: the first wait is at most `base`, each next one doubles, up to `max`.
+    pub fn backoff(mut self, base: Duration, max: Duration) -> Self {
+        self.base = base;
+        self.max_delay = max.max(base);
+        self
+    }
+
+    /// Which errors are worth another attempt (by default [`Error::is_retryable`]).
+    pub fn retry_if(mut self, f: impl Fn(&Error) -> bool + Send + Sync + 'static) -> Self {
+        self.retry_if = Arc::new(f);
+        self
+    }
+
+    /// Retries every request, not only those marked [`Idempotent`]: for a client whose
+    /// calls are all safe to repeat.
+    pub fn any_call(mut self) -> Self {
+        self.any_call = true;
+        self
+    }
+
+    /// The retry budget: over the last `ttl` (1 to 60 s), retries may be `ratio` of the
+    /// calls (0.2 is 20 %), plus `min_per_sec` a second. Out-of-range values are clamped.
+    pub fn budget(mut self, ttl: Duration, min_per_sec: u32, ratio: f32) -> Self {
+        let ttl = ttl.clamp(Duration::from_secs(1), Duration::from_secs(60));
+        let ratio = if ratio.is_nan() { 0.0 } else { ratio.clamp(0.0, 1000.0) };
+        self.budget = Arc::new(TpsBudget::new(ttl, min_per_sec.min(i32::MAX as u32 - 1), ratio));
+        self
+    }
+
+    /// The wait before the attempt after attempt `n`.
+    fn delay(&self, n: u32) -> Duration {
+        let ceiling = self.base.saturating_mul(1u32 << (n - 1).min(30)).min(self.max_delay);
+        let nanos = u64::try_from(ceiling.as_nanos()).unwrap_or(u64::MAX);
+        Duration::from_nanos(fastrand::u64(..=nanos))
+    }
+}
+
+impl<S> Layer<S> for Retry {
+    type Service = RetryService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        RetryService {
+            inner,
+            retry: self.clone(),
+        }
+    }
+}
+
+/// A client service behind a [`Retry`].
+#[derive(Clone, Debug)]
+pub struct RetryService<S> {
+    inner: S,
+    retry: Retry,
+}
+
+impl<S> Service<Outbound> for RetryService<S>
+where
+    S: Service<Outbound, Response = Replies, Error = Error> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = Replies;
+    type Error = Error;
+    type Future = BoxFuture<'static, Result<Replies, Error>>;
+
+    fn poll_ready(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<(), Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut out: Outbound) -> Self::Future {
+        let retry = self.retry.clone();
+        retry.budget.deposit();
+        let eligible = out.kind == Kind::Request
+            && retry.max_attempts > 1
+            && (retry.any_call || out.extensions.get::<Idempotent>().is_some());
+        if !eligible {
+            return self.inner.call(out).boxed();
+        }
+        if out.headers.get(IDEMPOTENCY_KEY_HEADER).is_none() {
+            out.headers
+                .insert(IDEMPOTENCY_KEY_HEADER, format!("{:032x}", fastrand::u128(..)));
+        }
+        let mut inner = self.inner.clone();
+        std::mem::swap(&mut inner, &mut self.inner);
+        async move {
+            let mut attempt = 1;
+            loop {
+                let mut this = out.clone();
+                this.headers.insert(ATTEMPT_HEADER, attempt.to_string());
+                let outcome = if attempt == 1 {
+                    inner.call(this).await
+                } else {
+                    match inner.ready().await {
+                        Ok(ready) => ready.call(this).await,
+                        Err(e) => Err(e),
+                    }
+                };
+                let worth_it = match &outcome {
+                    Ok(replies) => replies.first_error().is_some_and(RpcError::is_unavailable),
+                    Err(e) => (retry.retry_if)(e),
+                };
+                if !worth_it || attempt >= retry.max_attempts {
+                    return outcome;
+                }
+                let wait = retry.delay(attempt);
+                if Instant::now() + wait >= out.deadline {
+                    return outcome;
+                }
+                if !retry.budget.withdraw() {
+                    tracing::debug!(pattern = &*out.route, attempt, "retry budget spent; not retrying");
+                    return outcome;
+                }
+                tracing::debug!(pattern = &*out.route, attempt, ?wait, "retrying");
+                tokio::time::sleep(wait).await;
+                attempt += 1;
+            }
+        }
+        .boxed()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn full_jitter_stays_under_the_exponential_ceiling() {
+        let retry = Retry::new().backoff(Duration::from_millis(100), Duration::from_millis(500));
+        for n in 1..=6 {
+            let ceiling = Duration::from_millis([100, 200, 400, 500, 500, 500][n as usize - 1]);
+            let waits: Vec<_> = (0..200).map(|_| retry.delay(n)).collect();
+            assert!(waits.iter().all(|w| *w <= ceiling), "attempt {n}: {waits:?}");
+            // Full jitter spreads over the whole range, not around the ceiling.
+            assert!(waits.iter().any(|w| *w < ceiling / 4), "attempt {n}");
+            assert!(waits.iter().any(|w| *w > ceiling * 3 / 4), "attempt {n}");
+        }
+    }
+}

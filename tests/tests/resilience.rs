@@ -1,0 +1,427 @@
+//! Resilience on real transports: retries recover a flaky service, the breaker fails fast
+//! without a round trip and closes again, fallbacks answer when the server is killed in the
+//! middle of a call (every transport), the retry budget stops a storm, one rate limit and
+//! one bulkhead hold across transports.
+
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures_util::future::join_all;
+use switchboard::prelude::*;
+#[cfg(feature = "nats")]
+use switchboard::resilience::RateLimit;
+use switchboard::resilience::{
+    ATTEMPT_HEADER, Bulkhead, CircuitBreaker, CircuitState, IDEMPOTENCY_KEY_HEADER, Policy, Rejection, Retry,
+};
+use switchboard::{Error, RunningServer};
+
+/// What the flaky service does and saw.
+#[derive(Clone, Default)]
+struct Flaky {
+    /// Answer `UNAVAILABLE` to this many more calls.
+    fail_next: Arc<AtomicU32>,
+    calls: Arc<AtomicUsize>,
+    /// (attempt, idempotency key) of each call.
+    seen: Arc<Mutex<Vec<(String, String)>>>,
+}
+
+#[message_pattern("resilience.flaky")]
+async fn flaky(n: u32, State(f): State<Flaky>, headers: Headers) -> RpcResult<u32> {
+    f.calls.fetch_add(1, Ordering::SeqCst);
+    let header = |name| headers.get(name).unwrap_or_default().to_owned();
+    f.seen
+        .lock()
+        .unwrap()
+        .push((header(ATTEMPT_HEADER), header(IDEMPOTENCY_KEY_HEADER)));
+    if f.fail_next
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+        .is_ok()
+    {
+        return Err(RpcError::unavailable("flaky: try again"));
+    }
+    Ok(n)
+}
+
+#[message_pattern("resilience.slow")]
+async fn slow(ms: u64) -> u64 {
+    tokio::time::sleep(Duration::from_millis(ms)).await;
+    ms
+}
+
+/// A server on its own runtime, which [`Killed::kill`] drops at once (tasks and sockets gone
+/// without a goodbye, as when the process is killed).
+struct Killable {
+    url: String,
+    stop: Option<std::sync::mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Killable {
+    fn start(
+        url: &str,
+        state: Flaky,
+        wrap: impl FnOnce(Microservice<Flaky>) -> Microservice<Flaky> + Send + 'static,
+    ) -> Self {
+        let (url, (tx, rx)) = (url.to_owned(), std::sync::mpsc::channel());
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap();
+            let server: RunningServer = rt
+                .block_on(
+                    wrap(Microservice::new().with_state(state).handler(FLAKY).handler(SLOW))
+                        .listen(url)
+                        .start(),
+                )
+                .expect("server starts");
+            tx.send(server.local_url().to_owned()).unwrap();
+            let _ = stopped.recv();
+            std::mem::forget(server); // no graceful shutdown: the runtime goes with everything on it
+            rt.shutdown_background();
+        });
+        Killable {
+            url: rx.recv().expect("server reports its url"),
+            stop: Some(stop),
+            thread: Some(thread),
+        }
+    }
+
+    fn kill(&mut self) {
+        drop(self.stop.take());
+        self.thread.take().unwrap().join().unwrap();
+    }
+}
+
+impl Drop for Killable {
+    fn drop(&mut self) {
+        if self.thread.is_some() {
+            self.kill();
+        }
+    }
+}
+
+#[allow(dead_code)] // used by the broker tests only
+/// Skips (or, under CI, fails) when the broker behind `url` is not there.
+fn broker_up(url: &str, what: &str) -> bool {
+    let hostport = url.split("://").nth(1).unwrap().split(['/', '?']).next().unwrap();
+    let up = std::net::TcpStream::connect_timeout(&hostport.parse().unwrap(), Duration::from_secs(2)).is_ok();
+    if !up {
+        if std::env::var_os("CI").is_some() {
+            panic!("{what} is not reachable at {hostport} (CI is set): run scripts/brokers.sh");
+        }
+        eprintln!("SKIPPED: {what} is not reachable at {hostport}: run scripts/brokers.sh");
+    }
+    up
+}
+
+/// Retry, breaker and fallback against a flaky service on one transport.
+async fn flaky_service(server_url: &str) {
+    let state = Flaky::default();
+    let mut server = Killable::start(server_url, state.clone(), |m| m);
+    let url = server.url.clone();
+
+    // Retry recovers two transient failures; every attempt carries its number and one key.
+    let retrying = Client::builder(&url)
+        .timeout(Duration::from_secs(10))
+        .layer(
+            Policy::new().retry(
+                Retry::new()
+                    .max_attempts(3)
+                    .backoff(Duration::from_millis(5), Duration::from_millis(20)),
+            ),
+        )
+        .connect()
+        .await
+        .unwrap();
+    state.fail_next.store(2, Ordering::SeqCst);
+    assert_eq!(retrying.send(FLAKY, 7).idempotent().await.unwrap(), 7);
+    let seen = std::mem::take(&mut *state.seen.lock().unwrap());
+    let attempts: Vec<&str> = seen.iter().map(|(a, _)| a.as_str()).collect();
+    assert_eq!(attempts, ["1", "2", "3"], "{url}");
+    assert_eq!(seen[0].1.len(), 32, "an idempotency key was generated: {seen:?}");
+    assert!(
+        seen.iter().all(|(_, key)| *key == seen[0].1),
+        "the key is the same on every attempt: {seen:?}"
+    );
+    // A call not marked idempotent is not repeated.
+    state.fail_next.store(1, Ordering::SeqCst);
+    let err = retrying.send(FLAKY, 7).await.unwrap_err();
+    assert!(err.as_rpc().is_some_and(RpcError::is_unavailable), "{err}");
+    assert_eq!(state.seen.lock().unwrap().len(), 1, "{url}: tried once");
+    // Nor is a failure that is not retryable: the key a caller set is kept.
+    state.seen.lock().unwrap().clear();
+
+    // The breaker opens after 3 failures in a row, then fails fast without calling the service.
+    let breaker = CircuitBreaker::new()
+        .failure_rate(None)
+        .consecutive_failures(3)
+        .open_for(Duration::from_millis(500));
+    let guarded = Client::builder(&url)
+        .timeout(Duration::from_secs(10))
+        .layer(Policy::new().circuit_breaker(breaker.clone()))
+        .connect()
+        .await
+        .unwrap();
+    state.fail_next.store(u32::MAX, Ordering::SeqCst);
+    for _ in 0..3 {
+        assert!(guarded.send(FLAKY, 1).await.unwrap_err().is_retryable());
+    }
+    assert_eq!(breaker.state("resilience.flaky"), CircuitState::Open, "{url}");
+    let before = state.calls.load(Ordering::SeqCst);
+    let started = Instant::now();
+    for _ in 0..1000 {
+        let err = guarded.send(FLAKY, 1).await.unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::Rejected {
+                    reason: Rejection::CircuitOpen { .. },
+                    ..
+                }
+            ),
+            "{url}: {err}"
+        );
+    }
+    let per_call = started.elapsed() / 1000;
+    eprintln!("{url}: a call refused by the open circuit took {per_call:?}");
+    assert_eq!(
+        state.calls.load(Ordering::SeqCst),
+        before,
+        "{url}: no call reached the service"
+    );
+    // The fallback answers for an open circuit too.
+    assert_eq!(guarded.send(FLAKY, 1).fallback(99).await.unwrap(), 99);
+    // The service recovers; after the open time a probe goes through and closes the circuit.
+    state.fail_next.store(0, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(guarded.send(FLAKY, 5).await.unwrap(), 5, "{url}: the probe");
+    assert_eq!(breaker.state("resilience.flaky"), CircuitState::Closed, "{url}");
+    assert_eq!(guarded.send(FLAKY, 6).await.unwrap(), 6);
+
+    // Killed in the middle of a call: the fallback answers.
+    fallback_when_killed(&mut server, Duration::from_secs(3)).await;
+}
+
+/// Starts a slow call, kills the server under it, and expects the call's fallback.
+async fn fallback_when_killed(server: &mut Killable, attempt: Duration) {
+    let client = Client::builder(&server.url)
+        .timeout(Duration::from_secs(10))
+        .layer(Policy::new().attempt_timeout(attempt))
+        .connect()
+        .await
+        .unwrap();
+    // The handler is running when the server dies.
+    let call = tokio::spawn(
+        client
+            .send(SLOW, 5_000)
+            .fallback_with(|e| {
+                assert!(
+                    e.is_unavailable(),
+                    "the fallback fires because the service could not answer: {e}"
+                );
+                0
+            })
+            .into_future(),
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let url = server.url.clone();
+    server.kill();
+    let started = Instant::now();
+    assert_eq!(call.await.unwrap().unwrap(), 0, "{url}: the fallback value");
+    assert!(
+        started.elapsed() < Duration::from_secs(9),
+        "{url}: the fallback came before the call's deadline"
+    );
+}
+
+use std::future::IntoFuture;
+
+#[tokio::test]
+async fn in_process() {
+    flaky_service("mem://resilience").await;
+}
+
+#[tokio::test]
+async fn tcp() {
+    flaky_service("tcp://127.0.0.1:0").await;
+}
+
+/// NATS delivers a request to every subscriber of its subject: the tests using it take turns.
+#[cfg(feature = "nats")]
+static NATS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+#[cfg(feature = "nats")]
+#[tokio::test]
+async fn nats() {
+    let url = "nats://127.0.0.1:4222";
+    let _turn = NATS.lock().await;
+    if broker_up(url, "NATS") {
+        flaky_service(url).await;
+    }
+}
+
+#[cfg(feature = "amqp")]
+#[tokio::test]
+async fn rabbitmq() {
+    let url = "amqp://127.0.0.1:5672?queue=sb-test-resilience&durable=false";
+    if broker_up(url, "RabbitMQ") {
+        flaky_service(url).await;
+    }
+}
+
+#[cfg(feature = "redis")]
+#[tokio::test]
+async fn redis_fallback() {
+    let url = "redis://127.0.0.1:6379";
+    if broker_up(url, "Redis") {
+        let mut s = Killable::start(url, Flaky::default(), |m| m);
+        fallback_when_killed(&mut s, Duration::from_secs(1)).await;
+    }
+}
+
+#[cfg(feature = "mqtt")]
+#[tokio::test]
+async fn mqtt_fallback() {
+    let url = "mqtt://127.0.0.1:1883";
+    if broker_up(url, "Mosquitto") {
+        let mut s = Killable::start(url, Flaky::default(), |m| m);
+        fallback_when_killed(&mut s, Duration::from_secs(1)).await;
+    }
+}
+
+#[cfg(feature = "kafka")]
+#[tokio::test]
+async fn kafka_fallback() {
+    let cluster = switchboard::transport::kafka::KafkaMock::start().expect("librdkafka's mock cluster starts");
+    let url = format!("kafka://{}?session_timeout_ms=6000", cluster.bootstrap());
+    let mut s = Killable::start(&url, Flaky::default(), |m| m);
+    fallback_when_killed(&mut s, Duration::from_secs(2)).await;
+}
+
+#[cfg(feature = "grpc")]
+#[tokio::test]
+async fn grpc_fallback() {
+    let mut s = Killable::start("grpc://127.0.0.1:0", Flaky::default(), |m| m);
+    fallback_when_killed(&mut s, Duration::from_secs(3)).await;
+}
+
+/// A service that only ever answers `UNAVAILABLE` gets at most about 1.2 × the calls in
+/// attempts, whatever the retry policy says, thanks to the budget.
+#[tokio::test]
+async fn the_retry_budget_stops_a_storm() {
+    let state = Flaky::default();
+    state.fail_next.store(u32::MAX, Ordering::SeqCst);
+    let server = Killable::start("tcp://127.0.0.1:0", state.clone(), |m| m);
+    let client = Client::builder(&server.url)
+        .layer(
+            Policy::new().retry(
+                Retry::new()
+                    .max_attempts(5)
+                    .backoff(Duration::from_millis(1), Duration::from_millis(2)),
+            ),
+        )
+        .connect()
+        .await
+        .unwrap();
+    let calls = 1000;
+    for chunk in 0..calls / 50 {
+        let wave = (0..50).map(|i| client.send(FLAKY, chunk * 50 + i).idempotent().into_future());
+        for r in join_all(wave).await {
+            assert!(r.unwrap_err().is_retryable());
+        }
+    }
+    let attempts = state.calls.load(Ordering::SeqCst);
+    eprintln!("{calls} calls to a service that is down made {attempts} attempts (5 allowed per call)");
+    // 20 % of the calls, plus the budget's reserve (10 a second over its 10 s window) and what
+    // it earns in the seconds the test takes.
+    assert!(
+        attempts as u32 <= calls * 12 / 10 + 100 + 50,
+        "{attempts} attempts for {calls} calls"
+    );
+    assert!(attempts as u32 > calls, "some calls were retried");
+}
+
+/// 1,500 concurrent calls, split over TCP and NATS, against one limit of 5 a second: 5 a
+/// second are served, the others refused at once as `UNAVAILABLE`.
+#[cfg(feature = "nats")]
+#[tokio::test]
+async fn one_rate_limit_across_transports() {
+    let _turn = NATS.lock().await;
+    if !broker_up("nats://127.0.0.1:4222", "NATS") {
+        return;
+    }
+    let limit = RateLimit::per_second(5);
+    let server = Microservice::new()
+        .with_state(Flaky::default())
+        .handler(FLAKY)
+        .layer(limit)
+        .listen("tcp://127.0.0.1:0")
+        .listen("nats://127.0.0.1:4222?queue=sb-test-rate")
+        .start()
+        .await
+        .unwrap();
+    let tcp = Client::connect(&server.local_urls()[0]).await.unwrap();
+    let nats = Client::connect("nats://127.0.0.1:4222").await.unwrap();
+    // 1,500 calls in 30 waves of 50 over 3 seconds, each wave all at once.
+    let started = Instant::now();
+    let waves = (0..30u32).map(|wave| {
+        let (tcp, nats) = (tcp.clone(), nats.clone());
+        async move {
+            tokio::time::sleep(Duration::from_millis(100) * wave).await;
+            let calls = (0..50u32).map(|i| {
+                let c = if i % 2 == 0 { &tcp } else { &nats };
+                c.send(FLAKY, wave * 50 + i).into_future()
+            });
+            join_all(calls).await
+        }
+    });
+    let outcomes: Vec<_> = join_all(waves).await.into_iter().flatten().collect();
+    let elapsed = started.elapsed();
+    assert_eq!(outcomes.len(), 1500);
+    let served = outcomes.iter().filter(|r| r.is_ok()).count();
+    for r in outcomes.iter().filter_map(|r| r.as_ref().err()) {
+        assert!(r.as_rpc().is_some_and(RpcError::is_unavailable), "{r}");
+    }
+    eprintln!("1500 calls over {elapsed:?}: {served} served");
+    // A burst of 5, then 5 a second.
+    let (least, most) = (
+        (5.0 * elapsed.as_secs_f64()).floor() as usize,
+        5 + (5.0 * elapsed.as_secs_f64()).ceil() as usize,
+    );
+    assert!(
+        (least..=most).contains(&served),
+        "{served} served in {elapsed:?} (expected {least} to {most})"
+    );
+    server.shutdown().await.unwrap();
+}
+
+/// At most 2 slow calls at once and 2 waiting: of 10 concurrent calls, 4 are answered and
+/// 6 are refused at once.
+#[tokio::test]
+async fn a_bulkhead_sheds_what_it_cannot_queue() {
+    let server = Microservice::new()
+        .with_state(Flaky::default())
+        .handler(SLOW)
+        .layer(Bulkhead::new(2).queue(2))
+        .listen("tcp://127.0.0.1:0")
+        .start()
+        .await
+        .unwrap();
+    let client = Client::connect(server.local_url()).await.unwrap();
+    let started = Instant::now();
+    let outcomes = join_all((0..10).map(|_| client.send(SLOW, 300).into_future())).await;
+    let served = outcomes.iter().filter(|r| r.is_ok()).count();
+    assert_eq!(served, 4, "{outcomes:?}");
+    for r in outcomes.iter().filter_map(|r| r.as_ref().err()) {
+        assert!(r.is_retryable(), "{r}");
+    }
+    assert!(
+        started.elapsed() >= Duration::from_millis(600),
+        "the queued calls waited for a slot"
+    );
+    server.shutdown().await.unwrap();
+}
