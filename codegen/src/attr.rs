@@ -8,8 +8,10 @@
 //! ```
 //!
 //! The pattern is always one value and comes first, and every option is a `name = value`
-//! after it, so that options can be added without ever being read as a pattern's keys.
-//! Options: `crate = <path>` (where the `switchboard` crate is).
+//! (or, for a flag, a bare `name`) after it, so that options can be added without ever being
+//! read as a pattern's keys. Options: `crate = <path>` (where the `switchboard` crate is),
+//! and the pattern's policy (see [`PolicyOptions`]): `timeout = "2s"`, `concurrency = 32`,
+//! `rate = "200/s"`, `idempotent`, `retries = 2`.
 //!
 //! Values are literals only (strings, numbers, `true`, `false`, `null`), nested objects
 //! `{ k = v, ... }` and arrays `[v, ...]`: the route is computed at compile time, so nothing
@@ -34,7 +36,52 @@ const VALUE_FORMS: &str = "a string, a number, `true`, `false`, `null`, an objec
      or an array `[value, ...]`";
 
 /// The options a pattern attribute takes, after its pattern.
-pub const OPTIONS: &[&str] = &["crate"];
+pub const OPTIONS: &[&str] = &["crate", "timeout", "concurrency", "rate", "idempotent", "retries"];
+
+/// The options, as listed in messages.
+const OPTION_LIST: &str = "`crate = <path>`, `timeout = \"2s\"`, `concurrency = 32`, `rate = \"200/s\"`, \
+     `idempotent`, `retries = 2`";
+
+/// The policy options of a pattern attribute, each with where it was written.
+#[derive(Debug, Clone, Default)]
+pub struct PolicyOptions {
+    /// `timeout = "2s"`: milliseconds.
+    pub timeout: Option<(u64, Span)>,
+    /// `concurrency = 32`.
+    pub concurrency: Option<(u32, Span)>,
+    /// `rate = "200/s"`: calls, and the period in milliseconds.
+    pub rate: Option<(u32, u64, Span)>,
+    /// `idempotent`.
+    pub idempotent: Option<Span>,
+    /// `retries = 2`.
+    pub retries: Option<(u32, Span)>,
+}
+
+impl PolicyOptions {
+    /// True when none is given.
+    pub fn is_empty(&self) -> bool {
+        self.timeout.is_none()
+            && self.concurrency.is_none()
+            && self.rate.is_none()
+            && self.idempotent.is_none()
+            && self.retries.is_none()
+    }
+
+    /// An option given (the first in a fixed order), by name and place, for messages about
+    /// where options may go.
+    pub fn first(&self) -> Option<(&'static str, Span)> {
+        [
+            self.timeout.map(|(_, s)| ("timeout", s)),
+            self.concurrency.map(|(_, s)| ("concurrency", s)),
+            self.rate.map(|(_, _, s)| ("rate", s)),
+            self.idempotent.map(|s| ("idempotent", s)),
+            self.retries.map(|(_, s)| ("retries", s)),
+        ]
+        .into_iter()
+        .flatten()
+        .next()
+    }
+}
 
 /// The arguments of `#[message_pattern(...)]`, `#[event_pattern(...)]` or `pattern!(...)`.
 #[derive(Debug, Clone)]
@@ -43,6 +90,8 @@ pub struct PatternArgs {
     pub value: PatValue,
     /// `crate = <path>`: where the `switchboard` crate is, when it is not `::switchboard`.
     pub crate_path: Option<Path>,
+    /// The pattern's policy.
+    pub policy: PolicyOptions,
 }
 
 /// A pattern value as written, with spans for error messages.
@@ -125,6 +174,18 @@ impl PatternArgs {
         };
 
         let (value, options) = match split_entry(first) {
+            None if is_flag(first) => {
+                errors.push(syn::Error::new_spanned(
+                    tokens_of(first),
+                    format!(
+                        "missing pattern before `{}`: the pattern comes first and options follow it, \
+                         as in `(\"math.add\", {})`",
+                        tokens_of(first),
+                        tokens_of(first)
+                    ),
+                ));
+                (None, &segments[..])
+            }
             Some((key, _)) if is_option(key) => {
                 errors.push(syn::Error::new(
                     key.span(),
@@ -151,8 +212,7 @@ impl PatternArgs {
                     keys,
                     format!(
                         "an object pattern goes in braces, as NestJS writes `{{ cmd: '...' }}`: write \
-                         `{{ {written} }}`; a `name = value` after the pattern is an option (the only one \
-                         is `crate`)"
+                         `{{ {written} }}`; a `name = value` after the pattern is an option ({OPTION_LIST})"
                     ),
                 ));
                 let rest = segments
@@ -166,8 +226,9 @@ impl PatternArgs {
 
         let pattern = value.is_some().then_some(first.as_slice());
         let mut crate_path: Option<Path> = None;
+        let mut policy = PolicyOptions::default();
         for seg in options {
-            if let Some(path) = parse_option(seg, pattern, crate_path.is_some(), &mut errors) {
+            if let Some(path) = parse_option(seg, pattern, &mut policy, crate_path.is_some(), &mut errors) {
                 crate_path = Some(path);
             }
         }
@@ -176,6 +237,7 @@ impl PatternArgs {
         Ok(PatternArgs {
             value: value.expect("no error means a value was parsed"),
             crate_path,
+            policy,
         })
     }
 
@@ -266,6 +328,11 @@ fn is_eq_continued(eq: &proc_macro2::Punct, rest: &[TokenTree]) -> bool {
 /// A known option's name.
 fn is_option(key: &TokenTree) -> bool {
     matches!(key, TokenTree::Ident(i) if OPTIONS.iter().any(|o| i == o))
+}
+
+/// A bare flag option: `idempotent`.
+fn is_flag(seg: &[TokenTree]) -> bool {
+    matches!(seg, [TokenTree::Ident(i)] if i == "idempotent")
 }
 
 fn tokens_of(seg: &[TokenTree]) -> TokenStream {
@@ -378,17 +445,40 @@ fn parse_positional(seg: &[TokenTree], errors: &mut Errors) -> Option<PatValue> 
     parse_value(seg, errors)
 }
 
-/// `crate = path`, after the pattern (`pattern`, as written, when it parsed). `seen` says
-/// whether `crate` was given before.
-fn parse_option(seg: &[TokenTree], pattern: Option<&[TokenTree]>, seen: bool, errors: &mut Errors) -> Option<Path> {
+/// An option after the pattern (`pattern`, as written, when it parsed): `crate = path` is
+/// returned (`seen` says whether it was given before); a policy option goes into `policy`.
+fn parse_option(
+    seg: &[TokenTree],
+    pattern: Option<&[TokenTree]>,
+    policy: &mut PolicyOptions,
+    seen: bool,
+    errors: &mut Errors,
+) -> Option<Path> {
+    if let [TokenTree::Ident(flag)] = seg
+        && flag == "idempotent"
+    {
+        if policy.idempotent.replace(flag.span()).is_some() {
+            errors.push(syn::Error::new(
+                flag.span(),
+                "`idempotent` is given twice: give it once",
+            ));
+        }
+        return None;
+    }
     let Some((TokenTree::Ident(name), rest)) = split_entry(seg) else {
         errors.push(syn::Error::new_spanned(
             tokens_of(seg),
-            "unexpected argument after the pattern: only options, `name = value`, may follow it \
-             (the options are: crate); an object pattern goes in braces: `{ cmd = \"get_user\" }`",
+            format!(
+                "unexpected argument after the pattern: only options may follow it ({OPTION_LIST}); \
+                 an object pattern goes in braces: `{{ cmd = \"get_user\" }}`"
+            ),
         ));
         return None;
     };
+    if OPTIONS.iter().any(|o| name == o) && name != "crate" {
+        parse_policy(name, rest, policy, errors);
+        return None;
+    }
     if name != "crate" {
         let name = name.unraw();
         let message = if looks_like_crate(&name.to_string()) {
@@ -404,15 +494,13 @@ fn parse_option(seg: &[TokenTree], pattern: Option<&[TokenTree]>, seen: bool, er
                         format!("{}, {entry}", inner.trim())
                     };
                     format!(
-                        "unknown option `{name}`: the only option is `crate = <path>`, the path to the \
-                         `switchboard` crate; if `{name}` is a key of the pattern, it goes inside the \
-                         pattern's braces: `{{ {keys} }}`"
+                        "unknown option `{name}`: the options are {OPTION_LIST}; if `{name}` is a key \
+                         of the pattern, it goes inside the pattern's braces: `{{ {keys} }}`"
                     )
                 }
                 _ => format!(
-                    "unknown option `{name}`: the only option is `crate = <path>`, the path to the \
-                     `switchboard` crate; to match a key `{name}`, the pattern is an object, with every \
-                     key inside its braces: `{{ {entry} }}`"
+                    "unknown option `{name}`: the options are {OPTION_LIST}; to match a key `{name}`, \
+                     the pattern is an object, with every key inside its braces: `{{ {entry} }}`"
                 ),
             }
         };
@@ -440,6 +528,138 @@ fn parse_option(seg: &[TokenTree], pattern: Option<&[TokenTree]>, seen: bool, er
             None
         }
     }
+}
+
+/// `timeout = "2s"`, `concurrency = 32`, `rate = "200/s"`, `idempotent = true`, `retries = 2`.
+fn parse_policy(name: &proc_macro2::Ident, rest: &[TokenTree], policy: &mut PolicyOptions, errors: &mut Errors) {
+    let at = name.span();
+    let value = tokens_of(rest);
+    let lit = match rest {
+        [TokenTree::Literal(l)] => Some(Lit::new(l.clone())),
+        [TokenTree::Ident(i)] if i == "true" || i == "false" => {
+            Some(Lit::Bool(syn::LitBool::new(i == "true", i.span())))
+        }
+        _ => None,
+    };
+    let fail = |errors: &mut Errors, what: String| {
+        let err = if value.is_empty() {
+            syn::Error::new(at, what)
+        } else {
+            syn::Error::new_spanned(&value, what)
+        };
+        errors.push(err);
+    };
+    let twice =
+        |errors: &mut Errors| errors.push(syn::Error::new(at, format!("`{name}` is given twice: give it once")));
+    match name.to_string().as_str() {
+        "timeout" => match lit.as_ref().and_then(|l| match l {
+            Lit::Str(s) => Some(s.value()),
+            _ => None,
+        }) {
+            Some(text) => match parse_duration_ms(&text) {
+                Some(_) if policy.timeout.is_some() => twice(errors),
+                Some(ms) => policy.timeout = Some((ms, at)),
+                None => fail(
+                    errors,
+                    format!("`timeout` takes a duration such as \"2s\", \"500ms\" or \"1m30s\", not {value}"),
+                ),
+            },
+            None => fail(
+                errors,
+                "`timeout` takes a duration in a string: `timeout = \"2s\"` (units: ms, s, m, h)".into(),
+            ),
+        },
+        "concurrency" | "retries" => {
+            let max = if name == "retries" { 10 } else { 1_000_000 };
+            let n = match &lit {
+                Some(Lit::Int(i)) => i.base10_parse::<u32>().ok().filter(|n| (1..=max).contains(n)),
+                _ => None,
+            };
+            let slot = if name == "retries" {
+                &mut policy.retries
+            } else {
+                &mut policy.concurrency
+            };
+            match n {
+                Some(_) if slot.is_some() => twice(errors),
+                Some(n) => *slot = Some((n, at)),
+                None => fail(
+                    errors,
+                    format!("`{name}` takes a whole number from 1 to {max}: `{name} = 2`"),
+                ),
+            }
+        }
+        "rate" => {
+            let parsed = match &lit {
+                Some(Lit::Str(s)) => parse_rate(&s.value()),
+                _ => None,
+            };
+            match parsed {
+                Some(_) if policy.rate.is_some() => twice(errors),
+                Some((n, per)) => policy.rate = Some((n, per, at)),
+                None => fail(
+                    errors,
+                    "`rate` takes calls per period in a string: `rate = \"200/s\"` (per `s`, `m`, `h`, \
+                     or a duration: `\"10/100ms\"`)"
+                        .into(),
+                ),
+            }
+        }
+        "idempotent" => match lit {
+            Some(Lit::Bool(_)) if policy.idempotent.is_some() => twice(errors),
+            Some(Lit::Bool(b)) => {
+                if b.value {
+                    policy.idempotent = Some(at);
+                }
+            }
+            _ => fail(
+                errors,
+                "`idempotent` is a flag: write `idempotent` (or `idempotent = true`)".into(),
+            ),
+        },
+        _ => unreachable!("parse_policy is called for policy options only"),
+    }
+}
+
+/// `"2s"`, `"500ms"`, `"1m30s"`, `"1h"`: milliseconds, more than zero and at most a year.
+pub fn parse_duration_ms(text: &str) -> Option<u64> {
+    let mut total: u64 = 0;
+    let mut rest = text.trim();
+    if rest.is_empty() {
+        return None;
+    }
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+        if digits == 0 {
+            return None;
+        }
+        let n: u64 = rest[..digits].parse().ok()?;
+        rest = &rest[digits..];
+        let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+        let scale = match &rest[..unit_len] {
+            "ms" => 1,
+            "s" => 1_000,
+            "m" => 60_000,
+            "h" => 3_600_000,
+            _ => return None,
+        };
+        total = total.checked_add(n.checked_mul(scale)?)?;
+        rest = &rest[unit_len..];
+    }
+    (1..=365 * 24 * 3_600_000).contains(&total).then_some(total)
+}
+
+/// `"200/s"`, `"5/m"`, `"10/100ms"`: calls and the period in milliseconds.
+pub fn parse_rate(text: &str) -> Option<(u32, u64)> {
+    let (n, per) = text.split_once('/')?;
+    let n: u32 = n.trim().parse().ok().filter(|n| *n > 0)?;
+    let per = match per.trim() {
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        other => parse_duration_ms(other)?,
+    };
+    Some((n, per))
 }
 
 /// A misspelt `crate`: `krate`, `crate_`, `crates`, … (one letter off, five or more letters).
@@ -720,6 +940,55 @@ mod tests {
     }
 
     #[test]
+    fn durations_and_rates() {
+        assert_eq!(parse_duration_ms("2s"), Some(2_000));
+        assert_eq!(parse_duration_ms("500ms"), Some(500));
+        assert_eq!(parse_duration_ms("1m30s"), Some(90_000));
+        assert_eq!(parse_duration_ms("1h"), Some(3_600_000));
+        for bad in [
+            "",
+            "2",
+            "s",
+            "2 s",
+            "1.5s",
+            "0s",
+            "2d",
+            "-1s",
+            "99999999999999999999s",
+            "9000h",
+        ] {
+            assert_eq!(parse_duration_ms(bad), None, "{bad:?}");
+        }
+        assert_eq!(parse_rate("200/s"), Some((200, 1_000)));
+        assert_eq!(parse_rate("5/m"), Some((5, 60_000)));
+        assert_eq!(parse_rate("10/100ms"), Some((10, 100)));
+        for bad in ["200", "0/s", "x/s", "5/", "5/day"] {
+            assert_eq!(parse_rate(bad), None, "{bad:?}");
+        }
+        let p = PatternArgs::parse(quote!(
+            "x",
+            idempotent,
+            retries = 2,
+            timeout = "1s",
+            concurrency = 4,
+            rate = "3/s"
+        ))
+        .unwrap()
+        .policy;
+        assert!(p.idempotent.is_some());
+        assert_eq!(p.retries.map(|r| r.0), Some(2));
+        assert_eq!(p.timeout.map(|t| t.0), Some(1_000));
+        assert_eq!(p.concurrency.map(|c| c.0), Some(4));
+        assert_eq!(p.rate.map(|r| (r.0, r.1)), Some((3, 1_000)));
+        assert!(
+            PatternArgs::parse(quote!("x", idempotent = false))
+                .unwrap()
+                .policy
+                .is_empty()
+        );
+    }
+
+    #[test]
     fn option_errors() {
         let typo = error(quote!("x", krate = foo));
         assert!(
@@ -728,7 +997,7 @@ mod tests {
         );
         let unknown = error(quote!("x", transport = "tcp"));
         assert!(
-            unknown.contains("unknown option `transport`: the only option is `crate = <path>`"),
+            unknown.contains("unknown option `transport`: the options are `crate = <path>`, `timeout = \"2s\"`"),
             "{unknown}"
         );
         let key = error(quote!("x", cmd = "y"));

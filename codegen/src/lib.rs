@@ -89,6 +89,7 @@ impl HandlerDef {
             match PatternArgs::parse(attr) {
                 Ok(p) => {
                     errors.result(check_pattern(&p));
+                    errors.result(check_policy(kind, &p.policy));
                     Some(p)
                 }
                 Err(e) => {
@@ -125,6 +126,35 @@ impl HandlerDef {
             )),
         })
     }
+}
+
+/// The policy options that do not fit the handler: `retries` without `idempotent`, and the
+/// caller-side options on an event, which has no reply to retry.
+fn check_policy(kind: PatternKind, policy: &attr::PolicyOptions) -> syn::Result<()> {
+    let mut errors = Errors::default();
+    if kind == PatternKind::Event {
+        for (name, at) in [
+            ("idempotent", policy.idempotent),
+            ("retries", policy.retries.map(|(_, s)| s)),
+        ] {
+            if let Some(at) = at {
+                errors.push(syn::Error::new(
+                    at,
+                    format!(
+                        "`{name}` is for a `#[message_pattern]`, whose callers wait for a reply and may retry \
+                         it; an event's sender does not (a broker's redelivery covers a failed listener)"
+                    ),
+                ));
+            }
+        }
+    } else if let (Some((_, at)), None) = (policy.retries, policy.idempotent) {
+        errors.push(syn::Error::new(
+            at,
+            "`retries` repeats a call, which is only safe when a repeat does no harm: mark the handler \
+             `idempotent` (`#[message_pattern(\"...\", idempotent, retries = 2)]`) if it is, or drop `retries`",
+        ));
+    }
+    errors.finish()
 }
 
 /// Collects errors into one [`syn::Error`].

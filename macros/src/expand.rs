@@ -390,6 +390,7 @@ impl Target<'_> {
                         type Reply = #reply;
                         fn pattern_json(&self) -> &'static str { #json }
                         fn route(&self) -> &'static str { #route }
+                        fn options(&self) -> __sb::PatternOptions { __SB_INFO.options() }
                     }
                 }
             }
@@ -586,11 +587,33 @@ pub fn info_static(def: &HandlerDef) -> TokenStream {
     };
     // `line!()` spanned at the name reports the name's line.
     let line = quote_spanned!(ident.span()=> ::core::line!());
+    let options = policy_options(&def.pattern.policy);
     quote! {
         static __SB_INFO: __sb::HandlerInfo = __sb::HandlerInfo::new(
             __sb::Kind::#kind, #route, #json, #name, ::core::module_path!(), ::core::file!(), #line,
-        );
+        ).with_options(#options);
     }
+}
+
+/// The `PatternOptions` constant of what the attribute declares.
+fn policy_options(p: &switchboard_codegen::attr::PolicyOptions) -> TokenStream {
+    let mut o = quote!(__sb::PatternOptions::new());
+    if let Some((ms, _)) = p.timeout {
+        o.extend(quote!(.timeout(::core::time::Duration::from_millis(#ms))));
+    }
+    if let Some((n, _)) = p.concurrency {
+        o.extend(quote!(.concurrency(#n)));
+    }
+    if let Some((n, per, _)) = p.rate {
+        o.extend(quote!(.rate(#n, ::core::time::Duration::from_millis(#per))));
+    }
+    if p.idempotent.is_some() {
+        o.extend(quote!(.idempotent()));
+        if let Some((n, _)) = p.retries {
+            o.extend(quote!(.retries(#n)));
+        }
+    }
+    o
 }
 
 /// `ty` with every `Self` type replaced by `self_ty` (a group's method may write `Self`,
@@ -656,6 +679,17 @@ fn first_span(at: &dyn ToTokens) -> Span {
 /// `pattern!(...)`: a `PatternLit` constant expression.
 pub fn pattern(input: TokenStream) -> TokenStream {
     let args = PatternArgs::parse(input).and_then(|args| check_pattern(&args).map(|()| args));
+    let args = args.and_then(|args| match args.policy.first() {
+        None => Ok(args),
+        Some((name, at)) => Err(syn::Error::new(
+            at,
+            format!(
+                "`{name}` is declared where the pattern is served or called: on the handler \
+                 (`#[message_pattern(\"...\", {name} = ...)]`) or on the descriptor \
+                 (`MessageDef::new(pattern!(...)).with_options(PatternOptions::new().{name}(...))`), not in `pattern!`"
+            ),
+        )),
+    });
     match args {
         Ok(args) => {
             let krate = args.crate_path();

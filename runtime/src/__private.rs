@@ -12,6 +12,7 @@ pub use crate::server::handler::{Handler, HandlerInfo, Serve};
 pub use crate::server::registry::Registration;
 pub use crate::server::respond::{IntoReply, ReplyStream};
 pub use crate::server::state::{AnyState, FromRef};
+pub use crate::service::PatternOptions;
 pub use crate::service::{Kind, Reply, Request, Route};
 pub use futures_util::future::BoxFuture;
 pub use inventory;

@@ -77,48 +77,57 @@ impl RpcError {
     }
 
     /// The service could not take the call now (a limit, an open circuit, shutting down):
-    /// `{"status":"error","message":"…","code":"UNAVAILABLE"}`. Callers may retry it.
+    /// `{"status":"error","message":"…","code":14}`, gRPC's `UNAVAILABLE` as NestJS's gRPC
+    /// transport reads a numeric `code`. Callers may retry it.
     ///
     /// ```
     /// use switchboard::RpcError;
     ///
     /// let e = RpcError::unavailable("too many calls in flight");
     /// assert!(e.is_unavailable());
+    /// assert_eq!(e.value()["code"], 14);
     /// assert!(!RpcError::new("no such user").is_unavailable());
     /// ```
     pub fn unavailable(message: impl Into<String>) -> Self {
         Self::with_code(message, UNAVAILABLE)
     }
 
-    /// The caller's deadline had passed: `{"status":"error","message":"…","code":"DEADLINE_EXCEEDED"}`.
+    /// The caller's deadline had passed, or the handler ran out of time:
+    /// `{"status":"error","message":"…","code":4}` (gRPC's `DEADLINE_EXCEEDED`).
     pub fn deadline_exceeded(message: impl Into<String>) -> Self {
         Self::with_code(message, DEADLINE_EXCEEDED)
     }
 
-    fn with_code(message: impl Into<String>, code: &str) -> Self {
+    fn with_code(message: impl Into<String>, code: i64) -> Self {
         let RpcError(Value::Object(mut map)) = Self::new(message) else {
             unreachable!("RpcError::new makes an object")
         };
-        map.insert("code".into(), Value::String(code.into()));
+        map.insert("code".into(), Value::from(code));
         RpcError(Value::Object(map))
     }
 
-    /// The `code` field of an object error (`"UNAVAILABLE"`, `"DEADLINE_EXCEEDED"`, or a user's own).
-    pub fn code(&self) -> Option<&str> {
+    /// The numeric `code` of an object error: a gRPC status code by NestJS's convention.
+    pub fn code(&self) -> Option<i64> {
         match &self.0 {
-            Value::Object(map) => map.get("code").and_then(Value::as_str),
+            Value::Object(map) => map.get("code").and_then(Value::as_i64),
             _ => None,
         }
     }
 
-    /// True for [`RpcError::unavailable`]: worth retrying.
+    /// True for [`RpcError::deadline_exceeded`] (code 4); a client reports it as [`Error::Timeout`].
+    pub fn is_deadline_exceeded(&self) -> bool {
+        self.code() == Some(DEADLINE_EXCEEDED)
+    }
+
+    /// True for [`RpcError::unavailable`] (code 14, from any server): worth retrying.
     pub fn is_unavailable(&self) -> bool {
         self.code() == Some(UNAVAILABLE)
     }
 }
 
-const UNAVAILABLE: &str = "UNAVAILABLE";
-const DEADLINE_EXCEEDED: &str = "DEADLINE_EXCEEDED";
+/// gRPC's status codes, which NestJS's `RpcException({ code, message })` uses.
+const DEADLINE_EXCEEDED: i64 = 4;
+const UNAVAILABLE: i64 = 14;
 
 impl fmt::Display for RpcError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -380,8 +389,10 @@ impl From<RpcError> for Error {
 }
 
 /// A failed call inside a handler, answered to that handler's caller: a remote handler's
-/// error as it is (so `?` passes it on unchanged), anything else as
-/// `{"status":"error","message":"<what failed>"}`.
+/// error as it is (so `?` passes it on unchanged); a timeout as
+/// [`RpcError::deadline_exceeded`] and a call refused by a resilience layer as
+/// [`RpcError::unavailable`] (so the caller's caller times out or may retry in turn);
+/// anything else as `{"status":"error","message":"<what failed>"}`.
 ///
 /// ```
 /// use switchboard::prelude::*;
@@ -400,6 +411,13 @@ impl From<Error> for RpcError {
     fn from(e: Error) -> Self {
         match e {
             Error::Rpc(e) => e,
+            // Kept recognisable, so the caller's caller can time out or retry in turn.
+            Error::Timeout { .. }
+            | Error::Rejected {
+                reason: crate::resilience::Rejection::DeadlineExceeded,
+                ..
+            } => RpcError::deadline_exceeded(e.to_string()),
+            Error::Rejected { .. } => RpcError::unavailable(e.to_string()),
             other => RpcError::new(other.to_string()),
         }
     }

@@ -213,9 +213,12 @@ async fn wire_format_is_nestjs() {
     assert_eq!(got.len(), 3, "{got:?}");
     let (topic, request) = got[0].split_once(' ').unwrap();
     assert_eq!(topic, r#"{"cmd":"sum"}"#);
+    // NestJS 12's packet, its `metadata` carrying the time the call has left.
     let id = request
-        .strip_prefix(r#"{"pattern":{"cmd":"sum"},"data":[1,2,3],"id":""#)
-        .and_then(|rest| rest.strip_suffix(r#""}"#))
+        .strip_prefix(r#"{"pattern":{"cmd":"sum"},"data":[1,2,3],"metadata":{"sb-timeout-ms":""#)
+        .and_then(|rest| rest.split_once(r#""},"id":""#))
+        .filter(|(left, _)| left.parse::<u64>().is_ok_and(|ms| ms <= 15_000))
+        .and_then(|(_, rest)| rest.strip_suffix(r#""}"#))
         .unwrap_or_else(|| panic!("request is not NestJS's packet: {request}"));
     assert!(id.len() == 21 && id.bytes().all(|b| b.is_ascii_hexdigit()), "{id}");
     assert_eq!(

@@ -386,8 +386,9 @@ async fn server_speaks_nestjs_bytes() {
     server.shutdown().await.unwrap();
 }
 
-/// Our client's requests and events are NestJS's bytes on NestJS's subjects; headers go
-/// as NATS headers (HPUB), replies come back to a per-request inbox.
+/// Our client's requests and events are NestJS's bytes on NestJS's subjects; headers (the
+/// call's time left, at least) go as NATS headers (HPUB), replies come back to a
+/// per-request inbox.
 #[tokio::test]
 async fn client_speaks_nestjs_bytes() {
     if !nats_up().await {
@@ -406,7 +407,9 @@ async fn client_speaks_nestjs_bytes() {
     };
     let req = raw.next(Duration::from_secs(10)).await.expect("the request");
     assert_eq!(req.subject, subject);
-    assert!(req.headers.is_none(), "no headers: a plain PUB");
+    // One header, the time the call has left: an HPUB (NestJS reads NATS headers too).
+    let headers = req.headers.as_deref().expect("headers: an HPUB");
+    assert!(headers.starts_with("NATS/1.0\r\nsb-timeout-ms: "), "{headers:?}");
     let body: Value = serde_json::from_slice(&req.payload).unwrap();
     let id = body["id"].as_str().unwrap().to_owned();
     assert_eq!(id.len(), 21);

@@ -449,9 +449,12 @@ async fn our_client_sends_nestjs_bytes_after_subscribing_to_the_reply_channel() 
     assert_eq!(channel, r#"{"cmd":"sum"}"#);
     let v: Value = serde_json::from_str(&body).unwrap();
     let id = v["id"].as_str().unwrap().to_owned();
+    // NestJS 12's packet; its `metadata` carries the time the call has left.
+    let left = v["metadata"]["sb-timeout-ms"].as_str().unwrap_or_default().to_owned();
+    assert!(left.parse::<u64>().is_ok_and(|ms| ms <= 15_000), "{body}");
     assert_eq!(
         body,
-        format!(r#"{{"pattern":{{"cmd":"sum"}},"data":[1,2,3],"id":"{id}"}}"#)
+        format!(r#"{{"pattern":{{"cmd":"sum"}},"data":[1,2,3],"metadata":{{"sb-timeout-ms":"{left}"}},"id":"{id}"}}"#)
     );
     assert!(
         id.len() == 21 && id.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()),

@@ -425,3 +425,222 @@ async fn a_bulkhead_sheds_what_it_cannot_queue() {
     );
     server.shutdown().await.unwrap();
 }
+
+// ---------------------------------------------------------------- deadlines that travel
+
+/// A service in the chain: what it calls next, and what its handlers did.
+#[derive(Clone, Default)]
+struct Hop {
+    next: Option<Client>,
+    started: Arc<AtomicUsize>,
+    finished: Arc<AtomicUsize>,
+    /// When a handler of this hop was dropped before it finished.
+    dropped_at: Arc<Mutex<Option<Instant>>>,
+}
+
+/// Calls the next hop after `ms` of its own work; records being dropped half-way.
+#[message_pattern("chain.work")]
+async fn work(ms: u64, State(hop): State<Hop>) -> RpcResult<u64> {
+    hop.started.fetch_add(1, Ordering::SeqCst);
+    struct OnDrop(Option<Arc<Mutex<Option<Instant>>>>);
+    impl Drop for OnDrop {
+        fn drop(&mut self) {
+            if let Some(at) = self.0.take() {
+                *at.lock().unwrap() = Some(Instant::now());
+            }
+        }
+    }
+    let mut guard = OnDrop(Some(hop.dropped_at.clone()));
+    tokio::time::sleep(Duration::from_millis(ms)).await;
+    let out = match &hop.next {
+        // The next hop's client has a 10 s timeout: the call inherits what is left of ours.
+        Some(next) => next.send(WORK, ms).await?,
+        None => ms,
+    };
+    guard.0 = None;
+    hop.finished.fetch_add(1, Ordering::SeqCst);
+    Ok(out)
+}
+
+/// The time this request has left, in milliseconds, as its handler sees it.
+#[message_pattern("chain.left")]
+async fn left(Deadline(deadline): Deadline, State(hop): State<Hop>) -> RpcResult<u64> {
+    match &hop.next {
+        Some(next) => Ok(next.send(LEFT, ()).await?),
+        None => Ok(deadline.map_or(u64::MAX, |d| {
+            d.saturating_duration_since(tokio::time::Instant::now()).as_millis() as u64
+        })),
+    }
+}
+
+async fn hop(url: &str, next: Option<Client>) -> (RunningServer, Hop, Client) {
+    let hop = Hop { next, ..Hop::default() };
+    let server = Microservice::new()
+        .with_state(hop.clone())
+        .handler(WORK)
+        .handler(LEFT)
+        .listen(url)
+        .start()
+        .await
+        .unwrap();
+    let client = Client::builder(server.local_url())
+        .timeout(Duration::from_secs(10))
+        .connect()
+        .await
+        .unwrap();
+    (server, hop, client)
+}
+
+/// A → B → C with a 300 ms budget where B is slow: B is dropped at the deadline and C never
+/// starts; a hop's handler sees the caller's deadline, less what the hops before it spent.
+async fn deadline_chain(urls: [&str; 3]) {
+    let (c_server, c, to_c) = hop(urls[2], None).await;
+    let (b_server, b, to_b) = hop(urls[1], Some(to_c)).await;
+    let (a_server, a, to_a) = hop(urls[0], Some(to_b)).await;
+
+    let left = to_a.send(LEFT, ()).timeout(Duration::from_millis(300)).await.unwrap();
+    assert!(
+        (1..=300).contains(&left),
+        "{urls:?}: C saw {left} ms left of a 300 ms budget"
+    );
+
+    // Each hop works 200 ms before calling the next: B's work ends past the 300 ms budget.
+    let started = Instant::now();
+    let err = to_a
+        .send(WORK, 200)
+        .timeout(Duration::from_millis(300))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Timeout { .. }), "{urls:?}: {err}");
+    let deadline = started + Duration::from_millis(300);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(c.started.load(Ordering::SeqCst), 0, "{urls:?}: C never started");
+    assert_eq!(b.started.load(Ordering::SeqCst), 1);
+    assert_eq!(b.finished.load(Ordering::SeqCst) + a.finished.load(Ordering::SeqCst), 0);
+    let b_dropped = b
+        .dropped_at
+        .lock()
+        .unwrap()
+        .expect("B's handler was dropped at its deadline");
+    let wasted = b_dropped.saturating_duration_since(deadline);
+    eprintln!("{urls:?}: B worked {wasted:?} past the caller's deadline");
+    assert!(
+        b_dropped < started + Duration::from_millis(400),
+        "{urls:?}: B stopped before its work was done"
+    );
+
+    for s in [a_server, b_server, c_server] {
+        s.shutdown().await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn deadline_chain_in_process() {
+    deadline_chain(["mem://chain-a", "mem://chain-b", "mem://chain-c"]).await;
+}
+
+#[tokio::test]
+async fn deadline_chain_tcp() {
+    deadline_chain(["tcp://127.0.0.1:0"; 3]).await;
+}
+
+#[cfg(feature = "grpc")]
+#[tokio::test]
+async fn deadline_chain_grpc() {
+    deadline_chain(["grpc://127.0.0.1:0"; 3]).await;
+}
+
+#[cfg(feature = "nats")]
+#[tokio::test]
+async fn the_deadline_travels_over_nats() {
+    let _turn = NATS.lock().await;
+    if !broker_up("nats://127.0.0.1:4222", "NATS") {
+        return;
+    }
+    let (server, _, client) = hop("nats://127.0.0.1:4222", None).await;
+    let left = client.send(LEFT, ()).timeout(Duration::from_millis(300)).await.unwrap();
+    assert!((1..=300).contains(&left), "the handler saw {left} ms left");
+    server.shutdown().await.unwrap();
+}
+
+// ---------------------------------------------------------------- policy declared on the handler
+
+#[message_pattern("resilience.declared", idempotent, retries = 2)]
+async fn declared(n: u32, State(f): State<Flaky>, headers: Headers) -> RpcResult<u32> {
+    flaky(n, State(f), headers).await
+}
+
+#[message_pattern("resilience.limited", timeout = "200ms")]
+async fn limited(ms: u64) -> u64 {
+    tokio::time::sleep(Duration::from_millis(ms)).await;
+    ms
+}
+
+#[message_pattern("resilience.single", concurrency = 1)]
+async fn single(ms: u64) -> u64 {
+    tokio::time::sleep(Duration::from_millis(ms)).await;
+    ms
+}
+
+#[message_pattern("resilience.rated", rate = "2/s")]
+async fn rated() -> u32 {
+    1
+}
+
+/// What the attribute declares holds with no layer configured anywhere: the typed client
+/// retries an idempotent pattern and keeps its deadline; the server keeps its concurrency and
+/// rate.
+#[tokio::test]
+async fn the_policy_declared_on_the_handler_is_kept_by_both_ends() {
+    let state = Flaky::default();
+    let server = Microservice::new()
+        .with_state(state.clone())
+        .handler(DECLARED)
+        .handler(LIMITED)
+        .handler(SINGLE)
+        .handler(RATED)
+        .listen("tcp://127.0.0.1:0")
+        .start()
+        .await
+        .unwrap();
+    let client = Client::connect(server.local_url()).await.unwrap();
+
+    state.fail_next.store(2, Ordering::SeqCst);
+    assert_eq!(client.send(DECLARED, 3).await.unwrap(), 3, "two retries declared");
+    assert_eq!(state.calls.load(Ordering::SeqCst), 3);
+    state.fail_next.store(3, Ordering::SeqCst);
+    assert!(
+        client.send(DECLARED, 3).await.unwrap_err().is_retryable(),
+        "no more than two"
+    );
+    assert_eq!(state.calls.load(Ordering::SeqCst), 6);
+    // The hand-written equivalent, for a pattern served elsewhere.
+    const REMOTE: MessageDef<u32, u32> = MessageDef::new(pattern!("resilience.declared"))
+        .with_options(switchboard::PatternOptions::new().idempotent().retries(1));
+    state.fail_next.store(1, Ordering::SeqCst);
+    assert_eq!(client.send(REMOTE, 4).await.unwrap(), 4);
+
+    let started = Instant::now();
+    let err = client.send(LIMITED, 5_000).await.unwrap_err();
+    assert!(matches!(err, Error::Timeout { .. }), "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "the declared 200 ms, not the client's 30 s"
+    );
+    // A NestJS-style untyped call has no client deadline of that length: the server's limit answers.
+    let err = client.send_raw::<u64>("resilience.limited", 5_000).await.unwrap_err();
+    assert!(matches!(err, Error::Timeout { .. }), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(2));
+
+    let three = join_all((0..3).map(|_| client.send(SINGLE, 200).into_future())).await;
+    assert_eq!(
+        three.iter().filter(|r| r.is_ok()).count(),
+        2,
+        "one runs, one waits: {three:?}"
+    );
+    assert!(three.iter().filter_map(|r| r.as_ref().err()).all(Error::is_retryable));
+
+    let five = join_all((0..5).map(|_| client.send(RATED, ()).into_future())).await;
+    assert_eq!(five.iter().filter(|r| r.is_ok()).count(), 2, "{five:?}");
+    server.shutdown().await.unwrap();
+}

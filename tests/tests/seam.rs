@@ -352,9 +352,10 @@ async fn a_service_layer_sees_route_headers_and_deadline_and_can_refuse() {
         .unwrap_err();
     assert!(matches!(err, Error::NoHandler { .. }), "{err}");
     let seen = SEEN.lock().unwrap().clone();
-    assert!(seen.contains(&"seam.secret - false".to_string()), "{seen:?}");
-    assert!(seen.contains(&"seam.secret ok false".to_string()), "{seen:?}");
-    assert!(seen.contains(&"seam.nobody ok false".to_string()), "{seen:?}");
+    // The caller's deadline travels over TCP (as `sb-timeout-ms`): layers see it.
+    assert!(seen.contains(&"seam.secret - true".to_string()), "{seen:?}");
+    assert!(seen.contains(&"seam.secret ok true".to_string()), "{seen:?}");
+    assert!(seen.contains(&"seam.nobody ok true".to_string()), "{seen:?}");
     server.shutdown().await.unwrap();
 }
 

@@ -135,6 +135,80 @@ async fn call(port: u16, method: &str, path: &str, body: Option<Value>, expect: 
     Ok(())
 }
 
+/// How long the demo's breaker stays open before it lets a probe through (the seed's 30 s
+/// would make a slow demo).
+const HALF_OPEN_AFTER: Duration = Duration::from_secs(2);
+
+fn resilient_args(listen: String, math: String) -> Vec<String> {
+    vec![
+        "--listen".into(),
+        listen,
+        "--math".into(),
+        math,
+        "--half-open-after-ms".into(),
+        HALF_OPEN_AFTER.as_millis().to_string(),
+    ]
+}
+
+/// Kills math: the resilient service answers `degraded`, its breaker opens after five failed
+/// calls and then answers at once; math comes back, and after the open time a probe closes it.
+async fn degrade_and_recover(
+    dir: &std::path::Path,
+    children: &mut [Child],
+    math: u16,
+    http_port: u16,
+    logs: &Logs,
+) -> anyhow::Result<()> {
+    let killed = &mut children[1];
+    killed.start_kill()?;
+    killed.wait().await?;
+    println!("{:>13} | math killed (SIGKILL)", "demo");
+    let degraded = (200, json!({"status": "degraded"}));
+    for n in 1..=7 {
+        let started = std::time::Instant::now();
+        let got = http(http_port, "GET", "/resilient/add?a=5&b=3", None).await?;
+        println!(
+            "{:>13} < GET /resilient/add?a=5&b=3 #{n}: {} {} in {:?}",
+            "demo",
+            got.0,
+            got.1,
+            started.elapsed()
+        );
+        ensure!(
+            got == degraded,
+            "while math is down: expected {degraded:?}, got {got:?}"
+        );
+    }
+    wait_for_log(logs, "resilient", "circuit opened", "did not open its circuit").await?;
+    println!(
+        "{:>13} | the breaker opened: calls are answered without touching the network",
+        "demo"
+    );
+    children[1] = spawn(
+        dir,
+        "math",
+        &["--listen".into(), format!("tcp://127.0.0.1:{math}")],
+        logs,
+    )?;
+    wait_for_port(math).await?;
+    println!(
+        "{:>13} | math restarted; waiting {HALF_OPEN_AFTER:?} for the half-open probe",
+        "demo"
+    );
+    tokio::time::sleep(HALF_OPEN_AFTER + Duration::from_millis(200)).await;
+    call(
+        http_port,
+        "GET",
+        "/resilient/add?a=5&b=3",
+        None,
+        (200, json!({"result": 8})),
+    )
+    .await?;
+    wait_for_log(logs, "resilient", "circuit closed", "did not close its circuit").await?;
+    println!("{:>13} | the probe succeeded: the breaker closed", "demo");
+    Ok(())
+}
+
 fn terminate(child: &Child) {
     if let Some(pid) = child.id() {
         let _ = std::process::Command::new("kill")
@@ -187,8 +261,14 @@ async fn main() -> anyhow::Result<()> {
         bail!("kafka://mock needs the demo built with its `kafka-mock` feature (scripts/demo.sh does)");
     }
     let logs = Logs::default();
-    let [users, math, notifications, analytics, http_port] =
-        [free_port()?, free_port()?, free_port()?, free_port()?, free_port()?];
+    let [users, math, notifications, analytics, resilient, http_port] = [
+        free_port()?,
+        free_port()?,
+        free_port()?,
+        free_port()?,
+        free_port()?,
+        free_port()?,
+    ];
     let url = |port: u16, service: &str| match &broker {
         Some(b) => service_url(b, service),
         None => format!("tcp://127.0.0.1:{port}"),
@@ -213,9 +293,15 @@ async fn main() -> anyhow::Result<()> {
             ],
             &logs,
         )?,
+        spawn(
+            &dir,
+            "resilient",
+            &resilient_args(url(resilient, "resilient"), url(math, "math")),
+            &logs,
+        )?,
     ];
     if broker.is_none() {
-        for port in [users, math, notifications, analytics] {
+        for port in [users, math, notifications, analytics, resilient] {
             wait_for_port(port).await?;
         }
     }
@@ -241,6 +327,8 @@ async fn main() -> anyhow::Result<()> {
             url(math, "math"),
             "--analytics".into(),
             url(analytics, "analytics"),
+            "--resilient".into(),
+            url(resilient, "resilient"),
             "--events".into(),
             events,
         ],
@@ -249,7 +337,7 @@ async fn main() -> anyhow::Result<()> {
     wait_for_port(http_port).await?;
     if broker.is_some() {
         // A service logs "listening" once its subscriptions are in place on the broker.
-        for service in ["users", "math", "notifications", "analytics"] {
+        for service in ["users", "math", "notifications", "analytics", "resilient"] {
             wait_for_log(&logs, service, "listening", "is not listening on the broker").await?;
         }
     }
@@ -322,6 +410,18 @@ async fn main() -> anyhow::Result<()> {
             (200, json!({"id": "100", "name": "Ada", "email": "ada@example.com"})),
         )
         .await?;
+        // The resilient service's call to math, through its breaker, while math is up.
+        call(
+            http_port,
+            "GET",
+            "/resilient/add?a=5&b=3",
+            None,
+            (200, json!({"result": 8})),
+        )
+        .await?;
+        if broker.is_none() {
+            degrade_and_recover(&dir, &mut children, math, http_port, &logs).await?;
+        }
         anyhow::Ok(())
     }
     .await;
@@ -332,9 +432,10 @@ async fn main() -> anyhow::Result<()> {
     }
     // Each service drains and exits 0 on SIGTERM.
     let mut result = result;
-    for (child, name) in children
-        .iter_mut()
-        .zip(["users", "math", "notifications", "analytics", "gateway"])
+    for (child, name) in
+        children
+            .iter_mut()
+            .zip(["users", "math", "notifications", "analytics", "resilient", "gateway"])
     {
         let exit = tokio::time::timeout(Duration::from_secs(10), child.wait()).await;
         match exit {

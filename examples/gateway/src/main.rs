@@ -4,7 +4,9 @@
 //! - `GET /users/{id}` sends `{cmd: "get_user"}`;
 //! - `POST /users` sends `{cmd: "create_user"}`, then emits `user_created`;
 //! - `GET /math/add?a=5&b=3` sends `{cmd: "add"}`;
-//! - `GET /signups/latest` sends `{cmd: "latest_signup"}` to analytics, which asks users.
+//! - `GET /signups/latest` sends `{cmd: "latest_signup"}` to analytics, which asks users;
+//! - `GET /resilient/add?a=5&b=3` sends `{cmd: "resilient_add"}` to the resilient service,
+//!   which answers `{"status":"degraded"}` while math is down.
 //!
 //! Replies go out as JavaScript writes JSON (`{"result":8}`, not `8.0`), as a NestJS gateway's do.
 
@@ -19,6 +21,7 @@ use axum::{Json, Router};
 use clap::Parser;
 use example_gateway::users::{NewUser, USER_CREATED, User, UsersClient};
 use example_math::{ADD, AddRequest};
+use example_resilient::ResilientService;
 use serde::Serialize;
 use switchboard::{Client, Error, MessageDef, pattern};
 
@@ -39,6 +42,9 @@ struct Args {
     /// The analytics service.
     #[arg(long, default_value = "tcp://127.0.0.1:3004")]
     analytics: String,
+    /// The resilient service.
+    #[arg(long, default_value = "tcp://127.0.0.1:3005")]
+    resilient: String,
     /// Services that listen to `user_created` (point-to-point on TCP, so each gets its own emit).
     #[arg(
         long,
@@ -53,6 +59,7 @@ struct Services {
     users: UsersClient,
     math: Client,
     analytics: Client,
+    resilient: Client,
     listeners: Vec<Client>,
 }
 
@@ -125,6 +132,13 @@ async fn math_add(State(s): Shared, Query(req): Query<AddRequest>) -> Result<imp
     Ok(JsJson(StatusCode::OK, s.math.send(ADD, req).await?))
 }
 
+async fn resilient_add(State(s): Shared, Query(req): Query<AddRequest>) -> Result<impl IntoResponse, CallError> {
+    Ok(JsJson(
+        StatusCode::OK,
+        s.resilient.send(ResilientService::RESILIENT_ADD, req).await?,
+    ))
+}
+
 async fn latest_signup(State(s): Shared) -> Result<impl IntoResponse, CallError> {
     Ok(JsJson(StatusCode::OK, s.analytics.send(LATEST_SIGNUP, ()).await?))
 }
@@ -137,6 +151,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         users: UsersClient::new(Client::builder(&args.users).build()?),
         math: Client::builder(&args.math).build()?,
         analytics: Client::builder(&args.analytics).build()?,
+        resilient: Client::builder(&args.resilient).build()?,
         listeners: args
             .events
             .iter()
@@ -148,6 +163,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         .route("/users", post(new_user))
         .route("/math/add", get(math_add))
         .route("/signups/latest", get(latest_signup))
+        .route("/resilient/add", get(resilient_add))
         .with_state(Arc::new(services));
     let listener = tokio::net::TcpListener::bind(args.http).await?;
     tracing::info!("gateway listening on http://{}", listener.local_addr()?);

@@ -17,9 +17,11 @@ use futures_util::stream::{Stream, StreamExt};
 use serde::de::DeserializeOwned;
 use tokio::time::{Instant, Sleep};
 
+use tower::Layer;
+
 use super::{Client, ClientService, Prepared};
 use crate::error::{Error, Result};
-use crate::service::{Local, Replies, ReplyItem, RouterFuture, deadline_after};
+use crate::service::{Local, PatternOptions, Replies, ReplyItem, RouterFuture, deadline_after};
 use crate::transport::mem::MemClient;
 
 /// A request, sent when awaited; resolves to the reply (the last value of a multi-value
@@ -42,6 +44,25 @@ impl<R> Call<R> {
             timeout: client.timeout(),
             _reply: PhantomData,
         }
+    }
+
+    /// A typed call, under what its pattern declares: its deadline, idempotency and retries.
+    pub(crate) fn declared(mut self, client: &Client, options: PatternOptions) -> Self {
+        if options.is_empty() {
+            return self;
+        }
+        if let Some(d) = options.get_timeout() {
+            self.timeout = d;
+        }
+        if options.is_idempotent() {
+            self = self.idempotent();
+        }
+        if options.get_retries() > 0 {
+            let retry = client.retry().max_attempts(options.get_retries().saturating_add(1));
+            self.service = ClientService::new(retry.layer(self.service));
+            self.local = None;
+        }
+        self
     }
 
     /// This call's deadline, instead of the client's.
@@ -108,9 +129,14 @@ impl<R> Call<R> {
     where
         R: DeserializeOwned + Send + 'static,
     {
-        let after = self.timeout;
-        let deadline = deadline_after(after);
-        let out = self.out?.outbound(deadline);
+        let out = self.out?;
+        let Some((deadline, after)) = crate::service::deadline::of_call(self.timeout) else {
+            return Err(Error::Rejected {
+                pattern: out.route.to_string(),
+                reason: crate::resilience::Rejection::DeadlineExceeded,
+            });
+        };
+        let out = out.outbound(deadline);
         let route: std::sync::Arc<str> = out.route.as_ref().into();
         let timed_out = {
             let route = route.clone();
@@ -132,7 +158,7 @@ impl<R> Call<R> {
                     Ok(None) => return None,
                     Ok(Some(Ok(ReplyItem::Value(v)))) => return Some((decode(&v, &route), Some(replies))),
                     Ok(Some(Ok(ReplyItem::Local(v)))) => return Some((take(v, &route), Some(replies))),
-                    Ok(Some(Ok(ReplyItem::Error(e)))) => decode_error(e),
+                    Ok(Some(Ok(ReplyItem::Error(e)))) => decode_error(e, &route, after),
                     Ok(Some(Err(e))) => Err(e),
                     Err(_) => Err(timed_out()),
                 };
@@ -147,9 +173,17 @@ impl<R: DeserializeOwned + 'static> IntoFuture for Call<R> {
     type IntoFuture = CallFuture<R>;
 
     fn into_future(self) -> CallFuture<R> {
-        let deadline = deadline_after(self.timeout);
+        let deadline = crate::service::deadline::of_call(self.timeout);
         let (state, route) = match self.out {
+            Ok(out) if deadline.is_none() => {
+                let late = Error::Rejected {
+                    pattern: out.route.to_string(),
+                    reason: crate::resilience::Rejection::DeadlineExceeded,
+                };
+                (State::Failed(Some(late)), out.route)
+            }
             Ok(out) => {
+                let (deadline, _) = deadline.expect("checked above");
                 let route = out.route.clone();
                 let state = match self.local {
                     // In-process: a function call into the service's router.
@@ -165,10 +199,10 @@ impl<R: DeserializeOwned + 'static> IntoFuture for Call<R> {
         };
         CallFuture {
             sleep: None,
-            deadline,
+            deadline: deadline.map_or_else(Instant::now, |(d, _)| d),
             state,
             route,
-            after: self.timeout,
+            after: deadline.map_or(self.timeout, |(_, after)| after),
             _reply: PhantomData,
         }
     }
@@ -232,7 +266,7 @@ impl<R: DeserializeOwned + 'static> Future for CallFuture<R> {
                     Poll::Ready(Some(Ok(ReplyItem::Local(v)))) => *last = Some(Last::Local(v)),
                     Poll::Ready(Some(Ok(ReplyItem::Error(e)))) => {
                         *this.state = State::Done;
-                        return Poll::Ready(decode_error(e));
+                        return Poll::Ready(decode_error(e, this.route, *this.after));
                     }
                     Poll::Ready(Some(Err(e))) => {
                         *this.state = State::Done;
@@ -370,7 +404,15 @@ fn take<R: DeserializeOwned + 'static>(value: Local, route: &str) -> Result<R> {
 
 /// An error reply: the caller's `Err` when it asked for a `Result` that takes it, the call's
 /// error otherwise.
-fn decode_error<R: DeserializeOwned>(e: crate::error::RpcError) -> Result<R> {
+/// A remote error as the call's outcome: a `DEADLINE_EXCEEDED` answer (the server dropped
+/// the handler at this call's deadline, or a handler timed out) is this call timing out.
+fn decode_error<R: DeserializeOwned>(e: crate::error::RpcError, route: &str, after: Duration) -> Result<R> {
+    if e.is_deadline_exceeded() {
+        return Err(Error::Timeout {
+            pattern: route.to_owned(),
+            after,
+        });
+    }
     match super::decode::error::<R>(&e) {
         Some(value) => Ok(value),
         None => Err(Error::Rpc(e)),

@@ -8,6 +8,8 @@
 
 use std::marker::PhantomData;
 
+use crate::service::PatternOptions;
+
 /// A request/response pattern with its payload and reply types.
 #[diagnostic::on_unimplemented(
     message = "`{Self}` is not a request/response pattern",
@@ -26,6 +28,10 @@ pub trait Message: Copy + Send + Sync + 'static {
     fn pattern_json(&self) -> &'static str;
     /// The normalised route key.
     fn route(&self) -> &'static str;
+    /// The policy typed callers apply: deadline, idempotency, retries.
+    fn options(&self) -> PatternOptions {
+        PatternOptions::new()
+    }
 }
 
 /// A fire-and-forget pattern with its payload type.
@@ -90,6 +96,7 @@ impl<T> AsPayload<T> for &T {
 /// ```
 pub struct MessageDef<Req, Rep> {
     pattern: PatternLit,
+    options: PatternOptions,
     _types: PhantomData<fn(Req) -> Rep>,
 }
 
@@ -98,8 +105,15 @@ impl<Req, Rep> MessageDef<Req, Rep> {
     pub const fn new(pattern: PatternLit) -> Self {
         MessageDef {
             pattern,
+            options: PatternOptions::new(),
             _types: PhantomData,
         }
+    }
+
+    /// With the policy its callers apply ([`PatternOptions`]).
+    pub const fn with_options(mut self, options: PatternOptions) -> Self {
+        self.options = options;
+        self
     }
 }
 
@@ -118,6 +132,9 @@ impl<Req: 'static, Rep: 'static> Message for MessageDef<Req, Rep> {
     }
     fn route(&self) -> &'static str {
         self.pattern.route
+    }
+    fn options(&self) -> PatternOptions {
+        self.options
     }
 }
 

@@ -58,6 +58,8 @@ pub struct Client {
     service: ClientService,
     timeout: Duration,
     headers: Headers,
+    /// Retries for calls whose pattern declares them; one budget for the client.
+    retry: Arc<crate::resilience::Retry>,
     /// An in-process transport with no layer in between: requests go straight to the
     /// service's router, and payloads given by value are handed over as they are.
     local: Option<Arc<MemClient>>,
@@ -175,6 +177,7 @@ impl ClientBuilder {
             service,
             timeout: self.timeout,
             headers: self.headers,
+            retry: Arc::new(crate::resilience::Retry::new()),
             local,
         })
     }
@@ -246,6 +249,13 @@ impl Client {
     where
         M: Message<Request: Serialize + Send + 'static, Reply: DeserializeOwned>,
     {
+        self.call(pattern, payload).declared(self, pattern.options())
+    }
+
+    fn call<M>(&self, pattern: M, payload: impl AsPayload<M::Request>) -> Call<M::Reply>
+    where
+        M: Message<Request: Serialize + Send + 'static, Reply: DeserializeOwned>,
+    {
         let (json, route) = (pattern.pattern_json().into(), pattern.route().into());
         if self.local.is_some() {
             match payload.into_owned() {
@@ -300,6 +310,11 @@ impl Client {
     /// Closes the client's connections; calls in flight fail.
     pub async fn close(&self) {
         self.transport.close().await
+    }
+
+    /// The retry a typed call declaring `retries` gets (with this client's budget).
+    pub(crate) fn retry(&self) -> crate::resilience::Retry {
+        (*self.retry).clone()
     }
 
     pub(crate) fn service(&self) -> &ClientService {

@@ -10,7 +10,9 @@ use futures_util::future::{BoxFuture, Either, FutureExt, MapOk, TryFutureExt};
 use tower::{BoxError, Service, ServiceExt};
 
 use crate::error::{Error, Result};
-use crate::service::{Kind, Outbound, Replies};
+use tokio::time::Instant;
+
+use crate::service::{Kind, Outbound, Replies, TIMEOUT_HEADER, deadline};
 use crate::transport::ClientTransport;
 
 /// A client transport as a `tower::Service`: what the first client layer wraps. A request
@@ -35,11 +37,25 @@ impl Service<Outbound> for Transport {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, out: Outbound) -> Self::Future {
+    fn call(&mut self, mut out: Outbound) -> Self::Future {
         match out.kind {
-            Kind::Request => Either::Left(self.0.clone().request(out)),
+            Kind::Request => {
+                stamp(&*self.0, &mut out);
+                Either::Left(self.0.clone().request(out))
+            }
             Kind::Event => Either::Right(self.0.clone().emit(out).map_ok(empty as fn(()) -> Replies)),
         }
+    }
+}
+
+/// Writes the time a request has left into its headers, for the server to keep to (an
+/// in-process transport hands the deadline over as it is).
+fn stamp(transport: &dyn ClientTransport, out: &mut Outbound) {
+    if transport.takes_values() {
+        return;
+    }
+    if let Some(left) = deadline::header_value(out.deadline, Instant::now()) {
+        out.headers.insert(TIMEOUT_HEADER, left);
     }
 }
 
@@ -58,9 +74,12 @@ trait Erased: Send + Sync {
 }
 
 impl Erased for Transport {
-    fn call(&self, out: Outbound) -> BoxFuture<'static, Result<Replies>> {
+    fn call(&self, mut out: Outbound) -> BoxFuture<'static, Result<Replies>> {
         match out.kind {
-            Kind::Request => self.0.clone().request(out),
+            Kind::Request => {
+                stamp(&*self.0, &mut out);
+                self.0.clone().request(out)
+            }
             Kind::Event => self.0.clone().emit(out).map_ok(empty).boxed(),
         }
     }

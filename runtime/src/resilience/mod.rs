@@ -152,7 +152,9 @@ impl Guarded for Outbound {
 
     fn failed(outcome: &Result<Replies, Error>) -> bool {
         match outcome {
-            Ok(replies) => replies.first_error().is_some_and(RpcError::is_unavailable),
+            Ok(replies) => replies
+                .first_error()
+                .is_some_and(|e| e.is_unavailable() || e.is_deadline_exceeded()),
             Err(e) => e.is_unavailable(),
         }
     }
@@ -188,7 +190,7 @@ impl Guarded for Request {
         match outcome {
             Ok(reply) => reply
                 .as_error()
-                .is_some_and(|e| e.is_unavailable() || e.code() == Some("DEADLINE_EXCEEDED")),
+                .is_some_and(|e| e.is_unavailable() || e.is_deadline_exceeded()),
             Err(never) => match *never {},
         }
     }

@@ -9,7 +9,7 @@ use tokio::time::Instant;
 use tower::retry::budget::{Budget, TpsBudget};
 use tower::{Layer, Service, ServiceExt};
 
-use crate::error::{Error, RpcError};
+use crate::error::Error;
 use crate::service::{Kind, Outbound, Replies};
 
 /// The header carrying an attempt's number (`1` for the first) on a call that may be retried.
@@ -180,7 +180,9 @@ where
                     }
                 };
                 let worth_it = match &outcome {
-                    Ok(replies) => replies.first_error().is_some_and(RpcError::is_unavailable),
+                    Ok(replies) => replies
+                        .first_error()
+                        .is_some_and(|e| e.is_unavailable() || e.is_deadline_exceeded()),
                     Err(e) => (retry.retry_if)(e),
                 };
                 if !worth_it || attempt >= retry.max_attempts {

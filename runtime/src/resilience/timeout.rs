@@ -11,7 +11,10 @@ use super::Guarded;
 /// Gives up on a call after a time: on a client, each attempt (the call's own deadline,
 /// [`Call::timeout`](crate::Call::timeout), covers every attempt and the waits between
 /// them); on a server, the handler, which is then dropped and its caller answered with a
-/// `DEADLINE_EXCEEDED` error. The call's deadline still applies when it is sooner.
+/// `DEADLINE_EXCEEDED` error (a Switchboard client reports it as [`Error::Timeout`]). The
+/// call's deadline still applies when it is sooner.
+///
+/// [`Error::Timeout`]: crate::Error::Timeout
 ///
 /// ```
 /// use std::time::Duration;
@@ -34,7 +37,7 @@ use super::Guarded;
 ///     .await?;
 /// let client = Client::connect("mem://timeout-doc").await?;
 /// let err = client.send(SLOW, ()).await.unwrap_err();
-/// assert_eq!(err.as_rpc().and_then(|e| e.code()), Some("DEADLINE_EXCEEDED"));
+/// assert!(matches!(err, switchboard::Error::Timeout { .. }), "{err}");
 /// # server.shutdown().await
 /// # }
 /// ```

@@ -58,6 +58,6 @@ pub trait Group<S>: Send + Sync + Sized + 'static {
 pub(crate) fn bind<G: Group<S>, S>(group: G, state: &S) -> Vec<Bound> {
     G::bind(Arc::new(group), state)
         .into_iter()
-        .map(|(info, route)| Bound { info, route })
+        .map(|(info, route)| Bound::new(info, route))
         .collect()
 }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use futures_util::future::BoxFuture;
 use tower::{BoxError, Layer, Service};
 
-use crate::service::{Kind, Reply, Request, Route};
+use crate::service::{Kind, PatternOptions, Reply, Request, Route};
 
 /// What a handler is: its pattern, kind and source location. Made by the attribute macros.
 #[derive(Debug)]
@@ -20,6 +20,7 @@ pub struct HandlerInfo {
     module: &'static str,
     file: &'static str,
     line: u32,
+    options: PatternOptions,
 }
 
 impl HandlerInfo {
@@ -42,7 +43,19 @@ impl HandlerInfo {
             module,
             file,
             line,
+            options: PatternOptions::new(),
         }
+    }
+
+    #[doc(hidden)]
+    pub const fn with_options(mut self, options: PatternOptions) -> Self {
+        self.options = options;
+        self
+    }
+
+    /// What its attribute declares beyond the pattern.
+    pub fn options(&self) -> PatternOptions {
+        self.options
     }
 
     /// Request handler (`#[message_pattern]`) or listener (`#[event_pattern]`).
@@ -214,6 +227,23 @@ pub(crate) struct Bound {
 }
 
 impl Bound {
+    /// A handler's route, inside the limits its attribute declares: rate, then
+    /// concurrency, then time.
+    pub fn new(info: &'static HandlerInfo, mut route: Route) -> Self {
+        use crate::resilience::{Bulkhead, RateLimit, Timeout};
+        let o = info.options;
+        if let Some(d) = o.get_timeout() {
+            route = route.layer(&Timeout::new(d));
+        }
+        if let Some(n) = o.get_concurrency() {
+            route = route.layer(&Bulkhead::new(n as usize).queue(n as usize));
+        }
+        if let Some((n, per)) = o.get_rate() {
+            route = route.layer(&RateLimit::new(n, per));
+        }
+        Bound { info, route }
+    }
+
     pub fn location(&self) -> Arc<str> {
         self.info.location().into()
     }

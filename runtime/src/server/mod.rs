@@ -144,10 +144,8 @@ impl<S: Clone + Send + Sync + 'static> Microservice<S> {
     pub fn handler<H: Serve<S>>(mut self, handler: H) -> Self {
         let info = handler.info();
         self.handlers.retain(|h| !std::ptr::eq(h.info, info));
-        self.handlers.push(Bound {
-            info,
-            route: handler.into_route(self.state.clone()),
-        });
+        self.handlers
+            .push(Bound::new(info, handler.into_route(self.state.clone())));
         self
     }
 

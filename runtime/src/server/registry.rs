@@ -28,7 +28,7 @@ pub(crate) fn collect() -> (Vec<Bound>, Vec<&'static HandlerInfo>) {
     let mut stateful = Vec::new();
     for r in regs {
         match (r.stateless)() {
-            Some(route) => bound.push(Bound { info: r.info, route }),
+            Some(route) => bound.push(Bound::new(r.info, route)),
             None => stateful.push(r.info),
         }
     }

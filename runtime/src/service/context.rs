@@ -89,7 +89,8 @@ impl Context {
         &mut self.headers
     }
 
-    /// When the caller stops waiting, if its transport says (gRPC's `grpc-timeout`).
+    /// When the caller stops waiting, if it said (a Switchboard client always does; see
+    /// [`TIMEOUT_HEADER`](crate::service::TIMEOUT_HEADER)).
     pub fn deadline(&self) -> Option<Instant> {
         self.deadline
     }
@@ -114,6 +115,10 @@ impl Context {
     pub fn with_deadline(mut self, deadline: Option<Instant>) -> Self {
         self.deadline = deadline;
         self
+    }
+
+    pub(crate) fn set_deadline(&mut self, deadline: Instant) {
+        self.deadline = Some(deadline);
     }
 
     pub(crate) fn route_cow(&self) -> &Cow<'static, str> {

@@ -7,18 +7,22 @@
 //! socket or a handler.
 
 mod context;
+pub(crate) mod deadline;
 mod extensions;
 mod headers;
 mod local;
+mod options;
 mod outbound;
 mod reply;
 mod request;
 mod router;
 
 pub use context::{Context, Kind};
+pub use deadline::TIMEOUT_HEADER;
 pub use extensions::Extensions;
 pub use headers::Headers;
 pub use local::Local;
+pub use options::PatternOptions;
 pub(crate) use outbound::deadline_after;
 pub use outbound::{Outbound, Replies};
 pub(crate) use reply::to_json;

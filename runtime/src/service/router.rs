@@ -15,6 +15,8 @@ use std::task::{Context as TaskContext, Poll};
 use futures_util::future::{BoxFuture, FutureExt, join_all};
 use tower::{BoxError, Service, ServiceExt};
 
+use tokio::time::Instant;
+
 use super::{Address, Kind, Reply, Request};
 use crate::error::RpcError;
 
@@ -398,6 +400,26 @@ impl Router {
                 (&self.0.fallback, "")
             }
         };
+        let deadline = match req.context().deadline() {
+            Some(d) => Some(d),
+            None if req.headers().is_empty() => None,
+            None => {
+                let now = Instant::now();
+                let from_caller = super::deadline::from_headers(req.headers(), now);
+                if let Some(d) = from_caller {
+                    if d <= now {
+                        // The caller's budget is spent: the handler never starts.
+                        let late = RpcError::deadline_exceeded(format!(
+                            "{} arrived after its deadline",
+                            req.context().route()
+                        ));
+                        return RouterFuture::ready(Reply::error(late), label);
+                    }
+                    req.context_mut().set_deadline(d);
+                }
+                from_caller
+            }
+        };
         let inner = match std::panic::catch_unwind(AssertUnwindSafe(|| route.call(req))) {
             Ok(fut) => fut,
             Err(panic) => {
@@ -405,7 +427,12 @@ impl Router {
                 std::future::ready(Reply::error(RpcError::internal())).boxed()
             }
         };
-        RouterFuture { inner, label }
+        RouterFuture {
+            inner,
+            label,
+            deadline,
+            timer: None,
+        }
     }
 
     /// Marks the router as no longer served (its in-process listener stopped).
@@ -475,24 +502,64 @@ impl Service<Request> for Router {
 }
 
 /// A message being served: resolves to its reply. A panic in a handler or a layer resolves
-/// to NestJS's `Internal server error` (and is logged with the handler's name).
+/// to NestJS's `Internal server error` (and is logged with the handler's name). A request
+/// still running at its caller's deadline is dropped (cancelling its handler) and answered
+/// `DEADLINE_EXCEEDED`; calls its handler makes inherit that deadline.
 #[must_use = "a reply does nothing unless polled"]
 pub struct RouterFuture {
     inner: BoxFuture<'static, Reply>,
     label: &'static str,
+    deadline: Option<Instant>,
+    /// Armed only once the handler has to wait (most answer on their first poll).
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl RouterFuture {
+    fn ready(reply: Reply, label: &'static str) -> Self {
+        RouterFuture {
+            inner: std::future::ready(reply).boxed(),
+            label,
+            deadline: None,
+            timer: None,
+        }
+    }
 }
 
 impl Future for RouterFuture {
     type Output = Reply;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Reply> {
-        let inner = &mut self.inner;
-        match std::panic::catch_unwind(AssertUnwindSafe(|| inner.as_mut().poll(cx))) {
-            Ok(polled) => polled,
+        let this = &mut *self;
+        let inner = &mut this.inner;
+        let polled = super::deadline::within(this.deadline, || {
+            std::panic::catch_unwind(AssertUnwindSafe(|| inner.as_mut().poll(cx)))
+        });
+        match polled {
+            Ok(Poll::Ready(reply)) => Poll::Ready(reply),
+            Ok(Poll::Pending) => {
+                let Some(deadline) = this.deadline else {
+                    return Poll::Pending;
+                };
+                let timer = this
+                    .timer
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+                if timer.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                tracing::debug!(
+                    handler = this.label,
+                    "the caller's deadline passed; dropping the handler"
+                );
+                this.inner = std::future::pending().boxed();
+                this.deadline = None;
+                Poll::Ready(Reply::error(RpcError::deadline_exceeded(
+                    "the caller's deadline passed",
+                )))
+            }
             Err(panic) => {
-                tracing::error!(handler = self.label, panic = %crate::error::panic_message(&*panic), "handler panicked");
+                tracing::error!(handler = this.label, panic = %crate::error::panic_message(&*panic), "handler panicked");
                 // A panicked future is not polled again.
-                self.inner = std::future::pending().boxed();
+                this.inner = std::future::pending().boxed();
                 Poll::Ready(Reply::error(RpcError::internal()))
             }
         }

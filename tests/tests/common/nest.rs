@@ -561,7 +561,16 @@ pub async fn our_client_calls_nest_server(nest: &NestServer, t: &Transport) {
     // NestJS 12 reads our headers as packet metadata.
     if nest.version() >= 12 && t.metadata_to_nest {
         let traced = client.with_headers([("traceparent", "00-abc-def-01")].into_iter().collect());
-        let metadata: Value = traced.send_raw("meta", json!({})).await.unwrap();
+        let mut metadata: Value = traced.send_raw("meta", json!({})).await.unwrap();
+        // The time the call had left travels too (NestJS ignores it).
+        let left = metadata.as_object_mut().and_then(|m| m.remove("sb-timeout-ms"));
+        assert!(
+            left.as_ref()
+                .and_then(Value::as_str)
+                .and_then(|ms| ms.parse::<u64>().ok())
+                .is_some_and(|ms| ms <= 30_000),
+            "{left:?}"
+        );
         assert_eq!(metadata, json!({"traceparent": "00-abc-def-01"}));
     }
     client.close().await;
