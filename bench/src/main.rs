@@ -105,6 +105,10 @@ struct Args {
     /// JSON round trip (see `mem`).
     #[arg(long)]
     mem_only: bool,
+    /// The resilience row only: what a closed breaker and the whole client policy cost per
+    /// `mem://` call (see `mem::run_policy`).
+    #[arg(long)]
+    policy_only: bool,
     /// Calls in flight for the in-process row.
     #[arg(long, default_value_t = 64)]
     mem_in_flight: usize,
@@ -213,6 +217,19 @@ fn main() -> ExitCode {
     }
     if !args.broker.is_empty() {
         return run_brokers(&args);
+    }
+    if args.policy_only {
+        return match mem::run_policy(
+            args.runs,
+            Duration::from_secs_f64(args.duration_secs),
+            args.mem_in_flight,
+        ) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::from(1)
+            }
+        };
     }
     if args.mem_only {
         return match mem::run(
@@ -619,6 +636,8 @@ fn bench(args: &Args) -> Result<(), Failure> {
     if args.only.is_none() {
         println!();
         mem::run(args.runs, duration, args.mem_in_flight).map_err(Failure::WrongReply)?;
+        println!();
+        mem::run_policy(args.runs, duration, args.mem_in_flight).map_err(Failure::WrongReply)?;
     }
     Ok(())
 }

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use serde::{Deserialize, Serialize};
 use switchboard::prelude::*;
+use switchboard::resilience::{Bulkhead, CircuitBreaker, Policy, RateLimit, Retry};
 
 /// Calls between yields.
 const BATCH: u64 = 64;
@@ -43,10 +44,135 @@ fn add(req: MemAdd) -> MemSum {
     }
 }
 
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Side {
     Bare,
     Switchboard,
+    /// Through the client's layer stack, with a no-op layer: the baseline of the policy rows.
+    Layered,
+    /// With a closed circuit breaker.
+    Breaker,
+    /// With the whole policy (bulkhead, rate limit, breaker, retry, attempt timeout), none
+    /// of it triggered, on calls marked idempotent.
+    Policy,
+    /// The whole policy on calls that are not idempotent (so the retry step passes them on).
+    Guarded,
+}
+
+impl Side {
+    fn name(self) -> &'static str {
+        match self {
+            Side::Bare => "bare-json",
+            Side::Switchboard => "switchboard",
+            Side::Layered => "no-op layer",
+            Side::Breaker => "breaker",
+            Side::Policy => "full policy",
+            Side::Guarded => "policy, no retry",
+        }
+    }
+}
+
+/// The resilience rows: what a closed breaker and the whole client policy cost per call,
+/// measured as `mem://` calls through the client's layers against the same with one no-op
+/// layer (so the difference is the policy alone); then TCP calls from a client with the
+/// whole policy (not triggered: closed breaker, no retry) against one without.
+pub fn run_policy(runs: usize, duration: Duration, in_flight: usize) -> anyhow::Result<()> {
+    let cpus = crate::allowed_cpus();
+    let cpu = cpus.first().copied().unwrap_or(0);
+    crate::pin_current_thread(&[cpu]).context("pin the policy benchmark")?;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let mem = rt.block_on(policy_rows(
+        "mem://switchboard-bench",
+        &[Side::Layered, Side::Breaker, Side::Policy],
+        runs,
+        duration,
+        in_flight,
+    ))?;
+    let ns = |rate: f64| 1e9 / rate;
+    println!(
+        "policy: a closed breaker costs {:.0} ns a call, the whole policy {:.0} ns (mem://, over a no-op layer)",
+        ns(mem[1]) - ns(mem[0]),
+        ns(mem[2]) - ns(mem[0])
+    );
+    // The TCP server on the other CPUs, in its own runtime.
+    let server_cpus: Vec<usize> = cpus.iter().copied().filter(|c| *c != cpu).collect();
+    let (url_tx, url_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = crate::pin_current_thread(&server_cpus);
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .expect("server runtime");
+        rt.block_on(async move {
+            let server = Microservice::new()
+                .handler(MEM_ADD)
+                .listen("tcp://127.0.0.1:0")
+                .start()
+                .await;
+            match server {
+                Ok(s) => {
+                    let _ = url_tx.send(Ok(s.local_url().to_owned()));
+                    std::future::pending::<()>().await
+                }
+                Err(e) => {
+                    let _ = url_tx.send(Err(e));
+                }
+            }
+        })
+    });
+    let url = url_rx.recv().context("the TCP server thread")??;
+    let tcp = rt.block_on(policy_rows(
+        &url,
+        &[Side::Switchboard, Side::Guarded],
+        runs,
+        duration,
+        in_flight,
+    ))?;
+    println!(
+        "policy: over TCP the whole policy (not triggered) keeps {:.2} of the client's throughput without it (target >= 0.90)",
+        tcp[1] / tcp[0]
+    );
+    Ok(())
+}
+
+/// Measures each side against the service at `url`; prints the table, returns the medians.
+async fn policy_rows(
+    url: &str,
+    sides: &[Side],
+    runs: usize,
+    duration: Duration,
+    in_flight: usize,
+) -> anyhow::Result<Vec<f64>> {
+    let transport = url.split("://").next().unwrap_or_default();
+    let mut rates: Vec<Vec<f64>> = vec![Vec::new(); sides.len()];
+    for run in 0..runs {
+        for (i, side) in sides.iter().enumerate().cycle().skip(run).take(sides.len()) {
+            let rate = measure_at(url, *side, duration, in_flight.max(1)).await?;
+            eprintln!(
+                "run {}/{runs} {transport} x{in_flight:<4} {:<16} {rate:>12.0} calls/s",
+                run + 1,
+                side.name()
+            );
+            rates[i].push(rate);
+        }
+    }
+    let medians: Vec<f64> = rates.into_iter().map(crate::median).collect();
+    let ns = |rate: f64| 1e9 / rate;
+    println!(
+        "{:<10} {:<16} {:>10} {:>10} {:>12}",
+        "scenario", "side", "calls/s", "ns/call", "over first"
+    );
+    for (side, rate) in sides.iter().zip(&medians) {
+        println!(
+            "{:<10} {:<16} {:>10.0} {:>10.0} {:>12.0}",
+            format!("{transport} x{in_flight}"),
+            side.name(),
+            rate,
+            ns(*rate),
+            ns(*rate) - ns(medians[0])
+        );
+    }
+    Ok(medians)
 }
 
 pub fn run(runs: usize, duration: Duration, in_flight: usize) -> anyhow::Result<()> {
@@ -66,11 +192,11 @@ pub fn run(runs: usize, duration: Duration, in_flight: usize) -> anyhow::Result<
             eprintln!(
                 "run {}/{runs} mem x{in_flight:<4} {:<12} {rate:>12.0} calls/s",
                 run + 1,
-                if side == Side::Bare { "bare-json" } else { "switchboard" }
+                side.name()
             );
             match side {
                 Side::Bare => bare.push(rate),
-                Side::Switchboard => switchboard.push(rate),
+                _ => switchboard.push(rate),
             }
         }
     }
@@ -89,17 +215,31 @@ pub fn run(runs: usize, duration: Duration, in_flight: usize) -> anyhow::Result<
 }
 
 async fn measure(side: Side, duration: Duration, in_flight: usize) -> anyhow::Result<f64> {
+    measure_at("mem://switchboard-bench", side, duration, in_flight).await
+}
+
+/// Calls/s of `side` against `url` (a `mem://` service is started here; any other must be up).
+async fn measure_at(url: &str, side: Side, duration: Duration, in_flight: usize) -> anyhow::Result<f64> {
     let server = match side {
-        Side::Switchboard => Some(
-            Microservice::new()
-                .handler(MEM_ADD)
-                .listen("mem://switchboard-bench")
-                .start()
-                .await?,
-        ),
         Side::Bare => None,
+        _ if !url.starts_with("mem://") => None,
+        _ => Some(Microservice::new().handler(MEM_ADD).listen(url).start().await?),
     };
-    let client = Client::connect("mem://switchboard-bench").await?;
+    let builder = Client::builder(url);
+    let builder = match side {
+        Side::Bare | Side::Switchboard => builder,
+        Side::Layered => builder.layer(tower::layer::util::Identity::new()),
+        Side::Breaker => builder.layer(CircuitBreaker::new()),
+        Side::Policy | Side::Guarded => builder.layer(
+            Policy::new()
+                .bulkhead(Bulkhead::new(1 << 20))
+                .rate_limit(RateLimit::per_second(u32::MAX))
+                .circuit_breaker(CircuitBreaker::new())
+                .retry(Retry::new())
+                .attempt_timeout(Duration::from_secs(10)),
+        ),
+    };
+    let client = builder.connect().await?;
     let stop = Arc::new(AtomicBool::new(false));
     let calls = Arc::new(AtomicU64::new(0));
     // Warm up for a tenth of the measurement, then count.
@@ -112,8 +252,9 @@ async fn measure(side: Side, duration: Duration, in_flight: usize) -> anyhow::Re
                 for _ in 0..BATCH {
                     i = i.wrapping_add(1);
                     let result = match side {
-                        Side::Switchboard => client.send(MEM_ADD, MemAdd { a: i, b: 2 }).await?.result,
                         Side::Bare => bare_call(MemAdd { a: i, b: 2 })?.result,
+                        Side::Policy => client.send(MEM_ADD, MemAdd { a: i, b: 2 }).idempotent().await?.result,
+                        _ => client.send(MEM_ADD, MemAdd { a: i, b: 2 }).await?.result,
                     };
                     anyhow::ensure!(result == i.wrapping_add(2), "wrong answer {result} for {i} + 2");
                 }

@@ -644,3 +644,54 @@ async fn the_policy_declared_on_the_handler_is_kept_by_both_ends() {
     assert_eq!(five.iter().filter(|r| r.is_ok()).count(), 2, "{five:?}");
     server.shutdown().await.unwrap();
 }
+
+/// The policy's order: a timed-out attempt is a failure the breaker counts, and a retry
+/// happens inside the breaker (which counts the call once, after its last attempt).
+#[tokio::test]
+async fn attempt_timeouts_trip_the_breaker() {
+    let server = Killable::start("tcp://127.0.0.1:0", Flaky::default(), |m| m);
+    let breaker = CircuitBreaker::new().failure_rate(None).consecutive_failures(2);
+    let client = Client::builder(&server.url)
+        .layer(
+            Policy::new()
+                .circuit_breaker(breaker.clone())
+                .retry(
+                    Retry::new()
+                        .max_attempts(3)
+                        .backoff(Duration::from_millis(1), Duration::from_millis(2)),
+                )
+                .attempt_timeout(Duration::from_millis(50)),
+        )
+        .connect()
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let err = client.send(SLOW, 1_000).idempotent().await.unwrap_err();
+    assert!(matches!(err, Error::Timeout { .. }), "{err}");
+    assert!(
+        started.elapsed() >= Duration::from_millis(150),
+        "three attempts of 50 ms"
+    );
+    assert_eq!(
+        breaker.state("resilience.slow"),
+        CircuitState::Closed,
+        "one call, counted once"
+    );
+    assert!(client.send(SLOW, 1_000).await.is_err());
+    assert_eq!(
+        breaker.state("resilience.slow"),
+        CircuitState::Open,
+        "two timed-out calls in a row"
+    );
+    let err = client.send(SLOW, 1).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::Rejected {
+                reason: Rejection::CircuitOpen { .. },
+                ..
+            }
+        ),
+        "{err}"
+    );
+}

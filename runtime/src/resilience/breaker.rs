@@ -2,11 +2,14 @@
 //! through after a while to see whether it recovered.
 
 use std::collections::{HashMap, VecDeque};
+use std::future::{Future, Ready};
+use std::marker::PhantomData;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
 
-use futures_util::future::{BoxFuture, FutureExt};
+use futures_util::future::Either;
 use tokio::time::Instant;
 use tower::{Layer, Service};
 
@@ -49,7 +52,7 @@ pub enum CircuitState {
 #[derive(Clone)]
 pub struct CircuitBreaker {
     config: Arc<Config>,
-    circuits: Arc<RwLock<HashMap<Box<str>, Arc<Circuit>>>>,
+    circuits: Arc<RwLock<HashMap<Box<str>, Arc<Circuit>, rustc_hash::FxBuildHasher>>>,
 }
 
 #[derive(Debug, Clone)]
@@ -64,6 +67,8 @@ struct Config {
     growth: f64,
     max_open: Duration,
     probes: u32,
+    /// Outcomes need the clock: slow calls are counted, or the window is a span of time.
+    timed: bool,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -99,13 +104,16 @@ impl CircuitBreaker {
                 growth: 1.0,
                 max_open: Duration::from_secs(10),
                 probes: 1,
+                timed: false,
             }),
             circuits: Arc::default(),
         }
     }
 
     fn config(mut self, change: impl FnOnce(&mut Config)) -> Self {
-        change(Arc::make_mut(&mut self.config));
+        let c = Arc::make_mut(&mut self.config);
+        change(c);
+        c.timed = c.slow.is_some() || matches!(c.window, WindowKind::Time(_));
         self
     }
 
@@ -229,50 +237,87 @@ impl<S, R> Service<R> for CircuitBreakerService<S>
 where
     R: Guarded,
     S: Service<R, Response = R::Response, Error = R::Error>,
-    S::Future: Send + 'static,
 {
     type Response = R::Response;
     type Error = R::Error;
-    type Future = BoxFuture<'static, Result<R::Response, R::Error>>;
+    type Future = Either<Ready<Result<R::Response, R::Error>>, Guard<S::Future, R>>;
 
     fn poll_ready(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<(), R::Error>> {
         self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, req: R) -> Self::Future {
-        let circuit = self.breaker.circuit(req.route());
-        let started = Instant::now();
-        let ticket = match circuit.lock().acquire(started) {
-            Ok(ticket) => ticket,
-            Err(why) => return std::future::ready(R::reject(req.route(), why)).boxed(),
-        };
-        let call = self.inner.call(req);
-        async move {
-            let mut pending = Pending {
-                circuit,
-                ticket: Some(ticket),
-            };
-            let outcome = call.await;
-            let now = Instant::now();
-            if let Some(ticket) = pending.ticket.take() {
-                pending
-                    .circuit
-                    .lock()
-                    .record(ticket, R::failed(&outcome), now - started, now);
-            }
-            outcome
+        match self.breaker.enter(req.route()) {
+            Ok(pass) => Either::Right(Guard {
+                call: self.inner.call(req),
+                pass: Some(pass),
+                _call: PhantomData,
+            }),
+            Err(why) => Either::Left(std::future::ready(R::reject(req.route(), why))),
         }
-        .boxed()
     }
 }
 
-/// A call's place in its circuit, given back if the call is dropped before its outcome.
-struct Pending {
-    circuit: Arc<Circuit>,
-    ticket: Option<Ticket>,
+impl CircuitBreaker {
+    /// Lets a call to `route` through, or says why not.
+    pub(super) fn enter(&self, route: &str) -> Result<Pass, Rejection> {
+        let circuit = self.circuit(route);
+        // The clock is read only when the state or the configuration needs it.
+        let started = self.config.timed.then(Instant::now);
+        let ticket = circuit.lock().acquire(|| started.unwrap_or_else(Instant::now))?;
+        Ok(Pass {
+            circuit,
+            ticket: Some(ticket),
+            started,
+        })
+    }
 }
 
-impl Drop for Pending {
+pin_project_lite::pin_project! {
+    /// A call let through a [`CircuitBreaker`]: its outcome is counted when it ends.
+    pub struct Guard<F, R> {
+        #[pin]
+        call: F,
+        pass: Option<Pass>,
+        _call: PhantomData<fn() -> R>,
+    }
+}
+
+impl<F, R> Future for Guard<F, R>
+where
+    R: Guarded,
+    F: Future<Output = Result<R::Response, R::Error>>,
+{
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<F::Output> {
+        let this = self.project();
+        let outcome = std::task::ready!(this.call.poll(cx));
+        if let Some(pass) = this.pass.take() {
+            pass.finish(R::failed(&outcome));
+        }
+        Poll::Ready(outcome)
+    }
+}
+
+/// A call's place in its circuit; given back if the call is dropped before its outcome.
+pub(super) struct Pass {
+    circuit: Arc<Circuit>,
+    ticket: Option<Ticket>,
+    started: Option<Instant>,
+}
+
+impl Pass {
+    /// Counts the call's outcome.
+    pub(super) fn finish(mut self, failed: bool) {
+        if let Some(ticket) = self.ticket.take() {
+            let took = self.started.map(|s| s.elapsed());
+            self.circuit.lock().record(ticket, failed, took, Instant::now);
+        }
+    }
+}
+
+impl Drop for Pass {
     fn drop(&mut self) {
         if let Some(ticket) = self.ticket.take() {
             self.circuit.lock().cancel(ticket);
@@ -343,10 +388,19 @@ struct Ticket {
 }
 
 impl Machine {
-    fn acquire(&mut self, now: Instant) -> Result<Ticket, Rejection> {
+    fn acquire(&mut self, clock: impl FnOnce() -> Instant) -> Result<Ticket, Rejection> {
+        let now = match self.state {
+            State::Closed => return Ok(Ticket { epoch: self.epoch }),
+            State::Open { .. } => clock(),
+            _ => return self.acquire_at(None),
+        };
+        self.acquire_at(Some(now))
+    }
+
+    fn acquire_at(&mut self, now: Option<Instant>) -> Result<Ticket, Rejection> {
         match self.state {
             State::Closed => {}
-            State::Open { until } if now >= until => {
+            State::Open { until } if now.is_some_and(|now| now >= until) => {
                 self.enter(State::HalfOpen {
                     issued: 1,
                     succeeded: 0,
@@ -355,7 +409,7 @@ impl Machine {
             }
             State::Open { until } => {
                 return Err(Rejection::CircuitOpen {
-                    retry_after: until - now,
+                    retry_after: now.map_or(Duration::ZERO, |now| until.saturating_duration_since(now)),
                 });
             }
             State::HalfOpen { ref mut issued, .. } if *issued < self.config.probes => *issued += 1,
@@ -373,22 +427,28 @@ impl Machine {
         Ok(Ticket { epoch: self.epoch })
     }
 
-    fn record(&mut self, ticket: Ticket, failed: bool, took: Duration, now: Instant) {
+    /// Counts an outcome; `took` is known when the configuration needs it, and `clock` is
+    /// read only when the time matters.
+    fn record(&mut self, ticket: Ticket, failed: bool, took: Option<Duration>, clock: impl Fn() -> Instant) {
         if ticket.epoch != self.epoch {
             return;
         }
-        let slow = self.config.slow.is_some_and(|(threshold, _)| took >= threshold);
+        let slow = self
+            .config
+            .slow
+            .is_some_and(|(threshold, _)| took.is_some_and(|t| t >= threshold));
         match self.state {
             State::Closed => {
+                let now = self.config.timed.then(&clock);
                 self.window.push(now, failed, slow);
                 self.consecutive = if failed { self.consecutive + 1 } else { 0 };
                 if let Some(why) = self.trips(now) {
-                    self.open(now, why);
+                    self.open(clock(), why);
                 }
             }
             State::HalfOpen { issued, succeeded } => {
                 if failed || slow {
-                    self.open(now, "a probe failed");
+                    self.open(clock(), "a probe failed");
                 } else if succeeded + 1 >= self.config.probes {
                     self.close("the probes succeeded");
                 } else {
@@ -413,7 +473,7 @@ impl Machine {
     }
 
     /// Why the closed circuit should open now, if it should.
-    fn trips(&mut self, now: Instant) -> Option<&'static str> {
+    fn trips(&mut self, now: Option<Instant>) -> Option<&'static str> {
         let c = &self.config;
         if c.consecutive.is_some_and(|k| self.consecutive >= k) {
             return Some("too many failures in a row");
@@ -490,7 +550,8 @@ impl Window {
         }
     }
 
-    fn push(&mut self, now: Instant, failed: bool, slow: bool) {
+    /// Adds an outcome; `now` is given for a time window.
+    fn push(&mut self, now: Option<Instant>, failed: bool, slow: bool) {
         let (f, s) = (u32::from(failed), u32::from(slow));
         match self.kind {
             WindowKind::Calls(n) => {
@@ -504,7 +565,7 @@ impl Window {
                 self.calls.push_back(u8::from(failed) | (u8::from(slow) << 1));
             }
             WindowKind::Time(span) => {
-                let bucket = self.bucket(now, span);
+                let bucket = self.bucket(now.expect("a time window is timed"), span);
                 self.evict(bucket);
                 match self.buckets.back_mut() {
                     Some(b) if b.0 == bucket => {
@@ -521,8 +582,8 @@ impl Window {
         self.totals.2 += s;
     }
 
-    fn counts(&mut self, now: Instant) -> (u32, u32, u32) {
-        if let WindowKind::Time(span) = self.kind {
+    fn counts(&mut self, now: Option<Instant>) -> (u32, u32, u32) {
+        if let (WindowKind::Time(span), Some(now)) = (self.kind, now) {
             let bucket = self.bucket(now, span);
             self.evict(bucket);
         }

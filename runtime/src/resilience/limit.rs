@@ -8,7 +8,7 @@ use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
 
 use futures_util::future::{BoxFuture, FutureExt};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tower::{Layer, Service};
 
@@ -98,8 +98,7 @@ where
     }
 
     fn call(&mut self, req: R) -> Self::Future {
-        let b = &self.limit;
-        if let Ok(permit) = b.permits.clone().try_acquire_owned() {
+        if let Some(permit) = self.limit.try_enter() {
             let call = self.inner.call(req);
             return async move {
                 let outcome = call.await;
@@ -108,36 +107,54 @@ where
             }
             .boxed();
         }
-        // Full: wait in the queue if there is room in it.
-        let queued = b
-            .waiting
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < b.queue).then_some(n + 1))
-            .is_ok();
-        if !queued {
-            return std::future::ready(R::reject(req.route(), Rejection::Overloaded)).boxed();
-        }
-        let (permits, waiting) = (b.permits.clone(), b.waiting.clone());
-        let now = Instant::now();
-        let give_up = now
-            .checked_add(b.max_wait)
-            .unwrap_or(now + Duration::from_secs(86_400 * 365))
-            .min(req.deadline().unwrap_or(now + Duration::from_secs(86_400 * 365)));
         // The service that was made ready for this call is kept for it.
         let mut inner = self.inner.clone();
         std::mem::swap(&mut inner, &mut self.inner);
+        let limit = self.limit.clone();
         async move {
-            let permit = tokio::time::timeout_at(give_up, permits.acquire_owned()).await;
-            waiting.fetch_sub(1, Ordering::AcqRel);
-            match permit {
-                Ok(Ok(permit)) => {
+            match limit.wait(req.deadline()).await {
+                Ok(permit) => {
                     let outcome = inner.call(req).await;
                     drop(permit);
                     outcome
                 }
-                _ => R::reject(req.route(), Rejection::Overloaded),
+                Err(why) => R::reject(req.route(), why),
             }
         }
         .boxed()
+    }
+}
+
+impl Bulkhead {
+    /// A slot now, if one is free.
+    pub(super) fn try_enter(&self) -> Option<OwnedSemaphorePermit> {
+        self.permits.clone().try_acquire_owned().ok()
+    }
+
+    /// A slot after waiting in the queue (until `max_wait` or `deadline`), or
+    /// [`Rejection::Overloaded`] when the queue is full or the wait too long.
+    pub(super) async fn wait(&self, deadline: Option<Instant>) -> Result<OwnedSemaphorePermit, Rejection> {
+        let queued = self
+            .waiting
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.queue).then_some(n + 1)
+            })
+            .is_ok();
+        if !queued {
+            return Err(Rejection::Overloaded);
+        }
+        let now = Instant::now();
+        let never = now + Duration::from_secs(86_400 * 365);
+        let give_up = now
+            .checked_add(self.max_wait)
+            .unwrap_or(never)
+            .min(deadline.unwrap_or(never));
+        let permit = tokio::time::timeout_at(give_up, self.permits.clone().acquire_owned()).await;
+        self.waiting.fetch_sub(1, Ordering::AcqRel);
+        match permit {
+            Ok(Ok(permit)) => Ok(permit),
+            _ => Err(Rejection::Overloaded),
+        }
     }
 }
 
@@ -223,6 +240,18 @@ impl RateLimit {
     pub fn max_wait(mut self, d: Duration) -> Self {
         self.max_wait = d;
         self
+    }
+
+    /// Takes a slot, waiting for it if it is within `max_wait`, or refuses.
+    pub(super) async fn admit(&self) -> Result<(), Rejection> {
+        match self.take(Instant::now()) {
+            Ok(wait) if wait.is_zero() => Ok(()),
+            Ok(wait) => {
+                tokio::time::sleep(wait).await;
+                Ok(())
+            }
+            Err(retry_after) => Err(Rejection::RateLimited { retry_after }),
+        }
     }
 
     /// Takes a slot now, or one within `max_wait` (then returns how long to wait for it),

@@ -1,5 +1,6 @@
 //! [`Policy`]: the client's resilience layers, composed in the one order that makes sense.
 
+use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
 
@@ -7,7 +8,7 @@ use futures_util::future::{BoxFuture, FutureExt};
 use tokio::time::Instant;
 use tower::{Layer, Service};
 
-use super::{Bulkhead, CircuitBreaker, Guarded, RateLimit, Rejection, Retry, Timeout};
+use super::{Bulkhead, CircuitBreaker, Guarded, RateLimit, Rejection, Retry};
 use crate::client::ClientService;
 use crate::error::Error;
 use crate::service::{Outbound, Replies};
@@ -74,31 +75,22 @@ impl Layer<ClientService> for Policy {
     type Service = ClientService;
 
     fn layer(&self, transport: ClientService) -> ClientService {
-        let mut s = transport;
-        if let Some(d) = self.attempt_timeout {
-            s = ClientService::new(Timeout::new(d).layer(s));
-        }
-        if let Some(r) = &self.retry {
-            s = ClientService::new(r.layer(s));
-        }
-        if let Some(b) = &self.breaker {
-            s = ClientService::new(b.layer(s));
-        }
-        if let Some(r) = &self.rate {
-            s = ClientService::new(r.layer(s));
-        }
-        if let Some(b) = &self.bulkhead {
-            s = ClientService::new(b.layer(s));
-        }
-        ClientService::new(DeadlineCheck(s))
+        ClientService::new(PolicyService {
+            policy: Arc::new(self.clone()),
+            transport,
+        })
     }
 }
 
-/// Refuses a call whose deadline has passed before anything else is done for it.
+/// A [`Policy`] around a client's transport: every step in one future (one allocation
+/// for all of them, not one per layer).
 #[derive(Clone)]
-struct DeadlineCheck(ClientService);
+struct PolicyService {
+    policy: Arc<Policy>,
+    transport: ClientService,
+}
 
-impl Service<Outbound> for DeadlineCheck {
+impl Service<Outbound> for PolicyService {
     type Response = Replies;
     type Error = Error;
     type Future = BoxFuture<'static, Result<Replies, Error>>;
@@ -108,9 +100,68 @@ impl Service<Outbound> for DeadlineCheck {
     }
 
     fn call(&mut self, out: Outbound) -> Self::Future {
-        if out.deadline <= Instant::now() {
-            return std::future::ready(Outbound::reject(&out.route, Rejection::DeadlineExceeded)).boxed();
+        let (p, transport) = (self.policy.clone(), self.transport.clone());
+        async move {
+            let refuse = |route: &str, why| Outbound::reject(route, why);
+            if out.deadline <= Instant::now() {
+                return refuse(&out.route, Rejection::DeadlineExceeded);
+            }
+            let _slot = match &p.bulkhead {
+                None => None,
+                Some(b) => match b.try_enter() {
+                    Some(slot) => Some(slot),
+                    None => match b.wait(Some(out.deadline)).await {
+                        Ok(slot) => Some(slot),
+                        Err(why) => return refuse(&out.route, why),
+                    },
+                },
+            };
+            if let Some(r) = &p.rate
+                && let Err(why) = r.admit().await
+            {
+                return refuse(&out.route, why);
+            }
+            let pass = match &p.breaker {
+                None => None,
+                Some(b) => match b.enter(&out.route) {
+                    Ok(pass) => Some(pass),
+                    Err(why) => return refuse(&out.route, why),
+                },
+            };
+            let attempt = |out: Outbound| attempt(&transport, out, p.attempt_timeout);
+            let outcome = match &p.retry {
+                Some(r) if r.applies_to(&out) => r.run(out, attempt).await,
+                Some(r) => {
+                    r.count_call();
+                    attempt(out).await
+                }
+                None => attempt(out).await,
+            };
+            if let Some(pass) = pass {
+                pass.finish(Outbound::failed(&outcome));
+            }
+            outcome
         }
-        self.0.call(out)
+        .boxed()
     }
+}
+
+/// One attempt through the transport, within the per-attempt timeout.
+fn attempt(
+    transport: &ClientService,
+    out: Outbound,
+    limit: Option<Duration>,
+) -> BoxFuture<'static, Result<Replies, Error>> {
+    let Some(limit) = limit else {
+        return transport.call(out);
+    };
+    let route = out.route.clone();
+    let call = transport.call(out);
+    async move {
+        match tokio::time::timeout(limit, call).await {
+            Ok(outcome) => outcome,
+            Err(_) => Outbound::timed_out(&route, limit),
+        }
+    }
+    .boxed()
 }

@@ -151,57 +151,83 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut out: Outbound) -> Self::Future {
-        let retry = self.retry.clone();
-        retry.budget.deposit();
-        let eligible = out.kind == Kind::Request
-            && retry.max_attempts > 1
-            && (retry.any_call || out.extensions.get::<Idempotent>().is_some());
-        if !eligible {
+    fn call(&mut self, out: Outbound) -> Self::Future {
+        if !self.retry.applies_to(&out) {
+            self.retry.count_call();
             return self.inner.call(out).boxed();
         }
+        let retry = self.retry.clone();
+        let mut inner = self.inner.clone();
+        std::mem::swap(&mut inner, &mut self.inner);
+        let spare = inner.clone();
+        let mut ready = Some(inner);
+        async move {
+            retry
+                .run(out, move |attempt| match ready.take() {
+                    // The first attempt goes to the service made ready for this call.
+                    Some(mut inner) => inner.call(attempt).boxed(),
+                    None => {
+                        let mut inner = spare.clone();
+                        async move { inner.ready().await?.call(attempt).await }.boxed()
+                    }
+                })
+                .await
+        }
+        .boxed()
+    }
+}
+
+impl Retry {
+    /// True for a call this retries: a request, marked idempotent (or any, if so configured).
+    pub(super) fn applies_to(&self, out: &Outbound) -> bool {
+        out.kind == Kind::Request
+            && self.max_attempts > 1
+            && (self.any_call || out.extensions.get::<Idempotent>().is_some())
+    }
+
+    /// Counts a call that is not retried toward the budget (retries are a share of all calls).
+    pub(super) fn count_call(&self) {
+        self.budget.deposit();
+    }
+
+    /// Makes attempts of `out` with `attempt` until one succeeds, fails for good, or the
+    /// attempts, the budget or the deadline run out. The call must be one this
+    /// [`applies_to`](Self::applies_to).
+    pub(super) async fn run<F>(&self, mut out: Outbound, mut attempt: F) -> Result<Replies, Error>
+    where
+        F: FnMut(Outbound) -> BoxFuture<'static, Result<Replies, Error>>,
+    {
+        self.budget.deposit();
         if out.headers.get(IDEMPOTENCY_KEY_HEADER).is_none() {
             out.headers
                 .insert(IDEMPOTENCY_KEY_HEADER, format!("{:032x}", fastrand::u128(..)));
         }
-        let mut inner = self.inner.clone();
-        std::mem::swap(&mut inner, &mut self.inner);
-        async move {
-            let mut attempt = 1;
-            loop {
-                let mut this = out.clone();
-                this.headers.insert(ATTEMPT_HEADER, attempt.to_string());
-                let outcome = if attempt == 1 {
-                    inner.call(this).await
-                } else {
-                    match inner.ready().await {
-                        Ok(ready) => ready.call(this).await,
-                        Err(e) => Err(e),
-                    }
-                };
-                let worth_it = match &outcome {
-                    Ok(replies) => replies
-                        .first_error()
-                        .is_some_and(|e| e.is_unavailable() || e.is_deadline_exceeded()),
-                    Err(e) => (retry.retry_if)(e),
-                };
-                if !worth_it || attempt >= retry.max_attempts {
-                    return outcome;
-                }
-                let wait = retry.delay(attempt);
-                if Instant::now() + wait >= out.deadline {
-                    return outcome;
-                }
-                if !retry.budget.withdraw() {
-                    tracing::debug!(pattern = &*out.route, attempt, "retry budget spent; not retrying");
-                    return outcome;
-                }
-                tracing::debug!(pattern = &*out.route, attempt, ?wait, "retrying");
-                tokio::time::sleep(wait).await;
-                attempt += 1;
+        let mut n = 1;
+        loop {
+            let mut this = out.clone();
+            this.headers.insert(ATTEMPT_HEADER, n.to_string());
+            let outcome = attempt(this).await;
+            let worth_it = match &outcome {
+                Ok(replies) => replies
+                    .first_error()
+                    .is_some_and(|e| e.is_unavailable() || e.is_deadline_exceeded()),
+                Err(e) => (self.retry_if)(e),
+            };
+            if !worth_it || n >= self.max_attempts {
+                return outcome;
             }
+            let wait = self.delay(n);
+            if Instant::now() + wait >= out.deadline {
+                return outcome;
+            }
+            if !self.budget.withdraw() {
+                tracing::debug!(pattern = &*out.route, attempt = n, "retry budget spent; not retrying");
+                return outcome;
+            }
+            tracing::debug!(pattern = &*out.route, attempt = n, ?wait, "retrying");
+            tokio::time::sleep(wait).await;
+            n += 1;
         }
-        .boxed()
     }
 }
 

@@ -43,8 +43,7 @@ pub(crate) fn of_call(after: Duration) -> Option<(Instant, Duration)> {
 }
 
 /// Runs `f` (a poll of a handler) with `deadline` as the one calls inherit.
-pub(crate) fn within<R>(deadline: Option<Instant>, f: impl FnOnce() -> R) -> R {
-    let Some(deadline) = deadline else { return f() };
+pub(crate) fn within<R>(deadline: Instant, f: impl FnOnce() -> R) -> R {
     struct Restore(Option<Instant>);
     impl Drop for Restore {
         fn drop(&mut self) {
@@ -89,14 +88,11 @@ mod tests {
     fn a_handler_s_deadline_is_inherited_while_it_is_polled() {
         let d = Instant::now() + Duration::from_secs(1);
         assert_eq!(inherited(), None);
-        within(Some(d), || {
+        within(d, || {
             assert_eq!(inherited(), Some(d));
             let inner = d - Duration::from_millis(10);
-            within(Some(inner), || assert_eq!(inherited(), Some(inner)));
-            assert_eq!(inherited(), Some(d));
-            within(None, || {
-                assert_eq!(inherited(), Some(d), "no deadline of its own: the outer one")
-            });
+            within(inner, || assert_eq!(inherited(), Some(inner)));
+            assert_eq!(inherited(), Some(d), "the outer one is back");
         });
         assert_eq!(inherited(), None);
     }

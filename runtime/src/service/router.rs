@@ -531,9 +531,11 @@ impl Future for RouterFuture {
     fn poll(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Reply> {
         let this = &mut *self;
         let inner = &mut this.inner;
-        let polled = super::deadline::within(this.deadline, || {
-            std::panic::catch_unwind(AssertUnwindSafe(|| inner.as_mut().poll(cx)))
-        });
+        let mut poll = || std::panic::catch_unwind(AssertUnwindSafe(|| inner.as_mut().poll(cx)));
+        let polled = match this.deadline {
+            None => poll(),
+            Some(d) => super::deadline::within(d, poll),
+        };
         match polled {
             Ok(Poll::Ready(reply)) => Poll::Ready(reply),
             Ok(Poll::Pending) => {

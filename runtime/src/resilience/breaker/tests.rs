@@ -27,8 +27,8 @@ fn state(m: &Machine, now: Instant) -> CircuitState {
 /// One call, acquired and recorded at once.
 fn call(m: &mut Machine, failed: bool) -> Result<(), Rejection> {
     let now = Instant::now();
-    let t = m.acquire(now)?;
-    m.record(t, failed, Duration::ZERO, now);
+    let t = m.acquire(|| now)?;
+    m.record(t, failed, Some(Duration::ZERO), || now);
     Ok(())
 }
 
@@ -139,12 +139,12 @@ async fn slow_calls_open_it() {
     );
     let now = Instant::now();
     for took in [100, 600, 100] {
-        let t = m.acquire(now).unwrap();
-        m.record(t, false, Duration::from_millis(took), now);
+        let t = m.acquire(|| now).unwrap();
+        m.record(t, false, Some(Duration::from_millis(took)), || now);
     }
     assert_eq!(state(&m, now), CircuitState::Closed);
-    let t = m.acquire(now).unwrap();
-    m.record(t, false, Duration::from_millis(500), now);
+    let t = m.acquire(|| now).unwrap();
+    m.record(t, false, Some(Duration::from_millis(500)), || now);
     assert_eq!(state(&m, now), CircuitState::Open, "2 of 4 calls were slow");
 }
 
@@ -165,12 +165,12 @@ async fn half_open_lets_the_probes_through_and_closes_when_they_succeed() {
     ));
     tokio::time::advance(Duration::from_millis(1)).await;
     let now = Instant::now();
-    let first = m.acquire(now).expect("first probe");
-    let second = m.acquire(now).expect("second probe");
-    assert!(m.acquire(now).is_err(), "only two probes");
-    m.record(first, false, Duration::ZERO, now);
+    let first = m.acquire(|| now).expect("first probe");
+    let second = m.acquire(|| now).expect("second probe");
+    assert!(m.acquire(|| now).is_err(), "only two probes");
+    m.record(first, false, Some(Duration::ZERO), || now);
     assert_eq!(state(&m, now), CircuitState::HalfOpen, "one of two probes back");
-    m.record(second, false, Duration::ZERO, now);
+    m.record(second, false, Some(Duration::ZERO), || now);
     assert_eq!(state(&m, now), CircuitState::Closed);
 }
 
@@ -205,20 +205,20 @@ async fn a_failed_probe_reopens_it_for_longer() {
 async fn a_dropped_probe_gives_its_slot_back_and_late_outcomes_are_ignored() {
     let mut m = machine(CircuitBreaker::new().failure_rate(None).consecutive_failures(2));
     let now = Instant::now();
-    let late = m.acquire(now).unwrap();
+    let late = m.acquire(|| now).unwrap();
     call(&mut m, true).unwrap();
     call(&mut m, true).unwrap();
     assert_eq!(state(&m, now), CircuitState::Open);
     // A success from before the circuit opened says nothing about now.
-    m.record(late, false, Duration::ZERO, now);
+    m.record(late, false, Some(Duration::ZERO), || now);
     assert_eq!(state(&m, now), CircuitState::Open);
     tokio::time::advance(Duration::from_secs(10)).await;
     let now = Instant::now();
-    let probe = m.acquire(now).unwrap();
-    assert!(m.acquire(now).is_err());
+    let probe = m.acquire(|| now).unwrap();
+    assert!(m.acquire(|| now).is_err());
     m.cancel(probe);
-    let probe = m.acquire(now).expect("the dropped probe's slot is free again");
-    m.record(probe, false, Duration::ZERO, now);
+    let probe = m.acquire(|| now).expect("the dropped probe's slot is free again");
+    m.record(probe, false, Some(Duration::ZERO), || now);
     assert_eq!(state(&m, now), CircuitState::Closed);
 }
 
@@ -382,12 +382,12 @@ async fn agrees_with_the_reference_model() {
                 tokio::time::advance(Duration::from_millis(rng.u64(0..200))).await;
             }
             let now = Instant::now();
-            let ours = m.acquire(now);
+            let ours = m.acquire(|| now);
             let theirs = model.acquire(now);
             assert_eq!(ours.is_ok(), theirs, "seed {seed}, step {step}: let through?");
             if let Ok(ticket) = ours {
                 let failed = rng.f64() < failure_odds;
-                m.record(ticket, failed, Duration::ZERO, now);
+                m.record(ticket, failed, Some(Duration::ZERO), || now);
                 model.record(failed, now);
             }
         }
