@@ -695,3 +695,57 @@ async fn attempt_timeouts_trip_the_breaker() {
         "{err}"
     );
 }
+
+/// A client's own limits, in its policy: the bulkhead queues then sheds, the rate limit
+/// makes a call wait for its slot up to `max_wait`, then refuses; neither reaches the service.
+#[tokio::test]
+async fn a_client_policy_limits_its_own_calls() {
+    let state = Flaky::default();
+    let server = Killable::start("tcp://127.0.0.1:0", state.clone(), |m| m);
+    let client = Client::builder(&server.url)
+        .layer(Policy::new().bulkhead(Bulkhead::new(1).queue(1)))
+        .connect()
+        .await
+        .unwrap();
+    let three = join_all((0..3).map(|_| client.send(SLOW, 200).into_future())).await;
+    assert_eq!(three.iter().filter(|r| r.is_ok()).count(), 2, "{three:?}");
+    assert!(three.iter().filter_map(|r| r.as_ref().err()).all(|e| matches!(
+        e,
+        Error::Rejected {
+            reason: Rejection::Overloaded,
+            ..
+        }
+    )));
+
+    let limited = Client::builder(&server.url)
+        .layer(
+            Policy::new().rate_limit(
+                switchboard::resilience::RateLimit::per_second(10)
+                    .burst(1)
+                    .max_wait(Duration::from_millis(250)),
+            ),
+        )
+        .connect()
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let five = join_all((0..5).map(|i| limited.send(FLAKY, i).into_future())).await;
+    // Slots at 0, 100 and 200 ms are within the wait; the others would be at 300 and 400.
+    assert_eq!(five.iter().filter(|r| r.is_ok()).count(), 3, "{five:?}");
+    assert!(five.iter().filter_map(|r| r.as_ref().err()).all(|e| matches!(
+        e,
+        Error::Rejected {
+            reason: Rejection::RateLimited { .. },
+            ..
+        }
+    )));
+    assert!(
+        started.elapsed() >= Duration::from_millis(200),
+        "the third waited for its slot"
+    );
+    assert_eq!(
+        state.calls.load(Ordering::SeqCst),
+        3,
+        "refused calls never reached the service"
+    );
+}

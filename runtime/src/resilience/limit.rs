@@ -256,7 +256,7 @@ impl RateLimit {
 
     /// Takes a slot now, or one within `max_wait` (then returns how long to wait for it),
     /// or says when the next one would be free.
-    fn take(&self, now: Instant) -> Result<Duration, Duration> {
+    pub(super) fn take(&self, now: Instant) -> Result<Duration, Duration> {
         let g = &self.gcra;
         let now = u64::try_from(now.saturating_duration_since(g.origin).as_nanos()).unwrap_or(u64::MAX);
         let max_wait = u64::try_from(self.max_wait.as_nanos()).unwrap_or(u64::MAX);

@@ -1,12 +1,12 @@
 //! [`Policy`]: the client's resilience layers, composed in the one order that makes sense.
 
 use std::sync::Arc;
-use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
 
 use futures_util::future::{BoxFuture, FutureExt};
+use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
-use tower::{Layer, Service};
+use tower::Layer;
 
 use super::{Bulkhead, CircuitBreaker, Guarded, RateLimit, Rejection, Retry};
 use crate::client::ClientService;
@@ -75,71 +75,122 @@ impl Layer<ClientService> for Policy {
     type Service = ClientService;
 
     fn layer(&self, transport: ClientService) -> ClientService {
-        ClientService::new(PolicyService {
-            policy: Arc::new(self.clone()),
-            transport,
-        })
+        let policy = Arc::new(self.clone());
+        ClientService::direct(move |out| policy.call(&transport, out))
     }
 }
 
-/// A [`Policy`] around a client's transport: every step in one future (one allocation
-/// for all of them, not one per layer).
-#[derive(Clone)]
-struct PolicyService {
-    policy: Arc<Policy>,
-    transport: ClientService,
+/// How a call fares at the policy's limits.
+enum Admission {
+    /// In, holding its bulkhead slot if there is one.
+    Now(Option<OwnedSemaphorePermit>),
+    /// In after a wait for its rate slot (taken already).
+    After(Option<OwnedSemaphorePermit>, Duration),
+    /// The bulkhead makes it wait (the rate limit is not asked yet).
+    Later,
+    Refused(Rejection),
 }
 
-impl Service<Outbound> for PolicyService {
-    type Response = Replies;
-    type Error = Error;
-    type Future = BoxFuture<'static, Result<Replies, Error>>;
-
-    fn poll_ready(&mut self, _: &mut TaskContext<'_>) -> Poll<Result<(), Error>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, out: Outbound) -> Self::Future {
-        let (p, transport) = (self.policy.clone(), self.transport.clone());
-        async move {
-            let refuse = |route: &str, why| Outbound::reject(route, why);
-            if out.deadline <= Instant::now() {
-                return refuse(&out.route, Rejection::DeadlineExceeded);
-            }
-            let _slot = match &p.bulkhead {
-                None => None,
-                Some(b) => match b.try_enter() {
-                    Some(slot) => Some(slot),
-                    None => match b.wait(Some(out.deadline)).await {
-                        Ok(slot) => Some(slot),
-                        Err(why) => return refuse(&out.route, why),
-                    },
-                },
-            };
-            if let Some(r) = &p.rate
-                && let Err(why) = r.admit().await
-            {
-                return refuse(&out.route, why);
-            }
-            let pass = match &p.breaker {
-                None => None,
-                Some(b) => match b.enter(&out.route) {
-                    Ok(pass) => Some(pass),
-                    Err(why) => return refuse(&out.route, why),
-                },
-            };
-            let attempt = |out: Outbound| attempt(&transport, out, p.attempt_timeout);
-            let outcome = match &p.retry {
-                Some(r) if r.applies_to(&out) => r.run(out, attempt).await,
-                Some(r) => {
-                    r.count_call();
-                    attempt(out).await
+impl Policy {
+    /// One call through every step: admitted at once in the common case, so its future
+    /// holds only what the attempt needs.
+    fn call(self: &Arc<Self>, transport: &ClientService, out: Outbound) -> BoxFuture<'static, Result<Replies, Error>> {
+        match self.admit_now(&out) {
+            Admission::Now(slot) => self.guarded(transport, out, slot),
+            Admission::Refused(why) => std::future::ready(Outbound::reject(&out.route, why)).boxed(),
+            Admission::After(slot, wait) => {
+                let (policy, transport) = (self.clone(), transport.clone());
+                async move {
+                    tokio::time::sleep(wait).await;
+                    policy.guarded(&transport, out, slot).await
                 }
-                None => attempt(out).await,
-            };
+                .boxed()
+            }
+            Admission::Later => {
+                let (policy, transport) = (self.clone(), transport.clone());
+                async move {
+                    let slot = match &policy.bulkhead {
+                        None => None,
+                        Some(b) => match b.try_enter() {
+                            Some(slot) => Some(slot),
+                            None => match b.wait(Some(out.deadline)).await {
+                                Ok(slot) => Some(slot),
+                                Err(why) => return Outbound::reject(&out.route, why),
+                            },
+                        },
+                    };
+                    if let Some(r) = &policy.rate
+                        && let Err(why) = r.admit().await
+                    {
+                        return Outbound::reject(&out.route, why);
+                    }
+                    policy.guarded(&transport, out, slot).await
+                }
+                .boxed()
+            }
+        }
+    }
+
+    /// The deadline, the bulkhead and the rate limit, without waiting.
+    fn admit_now(&self, out: &Outbound) -> Admission {
+        let needs_clock = self.rate.is_some();
+        let now = needs_clock.then(Instant::now);
+        if now.is_some_and(|now| out.deadline <= now) {
+            return Admission::Refused(Rejection::DeadlineExceeded);
+        }
+        let slot = match &self.bulkhead {
+            None => None,
+            Some(b) => match b.try_enter() {
+                Some(slot) => Some(slot),
+                None => return Admission::Later,
+            },
+        };
+        if let (Some(r), Some(now)) = (&self.rate, now) {
+            match r.take(now) {
+                Ok(wait) if wait.is_zero() => {}
+                Ok(wait) => return Admission::After(slot, wait),
+                Err(retry_after) => return Admission::Refused(Rejection::RateLimited { retry_after }),
+            }
+        }
+        Admission::Now(slot)
+    }
+
+    /// The breaker, the retry and the attempts, for an admitted call.
+    fn guarded(
+        &self,
+        transport: &ClientService,
+        out: Outbound,
+        slot: Option<OwnedSemaphorePermit>,
+    ) -> BoxFuture<'static, Result<Replies, Error>> {
+        let pass = match &self.breaker {
+            None => None,
+            Some(b) => match b.enter(&out.route) {
+                Ok(pass) => Some(pass),
+                Err(why) => return std::future::ready(Outbound::reject(&out.route, why)).boxed(),
+            },
+        };
+        let (transport, limit) = (transport.clone(), self.attempt_timeout);
+        let attempt = move |out: Outbound| attempt(&transport, out, limit);
+        let call = match &self.retry {
+            Some(r) if r.applies_to(&out) => {
+                let r = r.clone();
+                async move { r.run(out, attempt).await }.boxed()
+            }
+            Some(r) => {
+                r.count_call();
+                attempt(out)
+            }
+            None => attempt(out),
+        };
+        if pass.is_none() && slot.is_none() {
+            return call;
+        }
+        async move {
+            let outcome = call.await;
             if let Some(pass) = pass {
                 pass.finish(Outbound::failed(&outcome));
             }
+            drop(slot);
             outcome
         }
         .boxed()
