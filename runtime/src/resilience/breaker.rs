@@ -15,6 +15,9 @@ use tower::{Layer, Service};
 
 use super::{Guarded, Rejection};
 
+/// Each route's circuit.
+type Circuits = HashMap<Box<str>, Arc<Circuit>, rustc_hash::FxBuildHasher>;
+
 /// A circuit's state, as [`CircuitBreaker::state`] reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CircuitState {
@@ -52,7 +55,7 @@ pub enum CircuitState {
 #[derive(Clone)]
 pub struct CircuitBreaker {
     config: Arc<Config>,
-    circuits: Arc<RwLock<HashMap<Box<str>, Arc<Circuit>, rustc_hash::FxBuildHasher>>>,
+    circuits: Arc<RwLock<Circuits>>,
 }
 
 #[derive(Debug, Clone)]

@@ -8,7 +8,7 @@ use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
 
 use futures_util::future::{BoxFuture, FutureExt};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::Notify;
 use tokio::time::Instant;
 use tower::{Layer, Service};
 
@@ -35,18 +35,51 @@ use super::{Guarded, Rejection};
 /// ```
 #[derive(Clone, Debug)]
 pub struct Bulkhead {
-    permits: Arc<Semaphore>,
-    waiting: Arc<AtomicUsize>,
+    slots: Arc<Slots>,
     queue: usize,
     max_wait: Duration,
+}
+
+/// The calls in, and those waiting; a counter, so the way in and out is one atomic step.
+#[derive(Debug)]
+struct Slots {
+    max: usize,
+    busy: AtomicUsize,
+    waiting: AtomicUsize,
+    freed: Notify,
+}
+
+/// A call's place in a [`Bulkhead`], given back when dropped.
+pub(super) struct Slot(Arc<Slots>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.busy.fetch_sub(1, Ordering::AcqRel);
+        if self.0.waiting.load(Ordering::Acquire) > 0 {
+            self.0.freed.notify_one();
+        }
+    }
+}
+
+/// Counts a waiting call out however its wait ends.
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl Bulkhead {
     /// At most `max` calls at once, none waiting.
     pub fn new(max: usize) -> Self {
         Bulkhead {
-            permits: Arc::new(Semaphore::new(max.clamp(1, Semaphore::MAX_PERMITS))),
-            waiting: Arc::default(),
+            slots: Arc::new(Slots {
+                max: max.max(1),
+                busy: AtomicUsize::new(0),
+                waiting: AtomicUsize::new(0),
+                freed: Notify::new(),
+            }),
             queue: 0,
             max_wait: Duration::MAX,
         }
@@ -127,14 +160,19 @@ where
 
 impl Bulkhead {
     /// A slot now, if one is free.
-    pub(super) fn try_enter(&self) -> Option<OwnedSemaphorePermit> {
-        self.permits.clone().try_acquire_owned().ok()
+    pub(super) fn try_enter(&self) -> Option<Slot> {
+        let s = &self.slots;
+        s.busy
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < s.max).then_some(n + 1))
+            .ok()
+            .map(|_| Slot(s.clone()))
     }
 
     /// A slot after waiting in the queue (until `max_wait` or `deadline`), or
     /// [`Rejection::Overloaded`] when the queue is full or the wait too long.
-    pub(super) async fn wait(&self, deadline: Option<Instant>) -> Result<OwnedSemaphorePermit, Rejection> {
-        let queued = self
+    pub(super) async fn wait(&self, deadline: Option<Instant>) -> Result<Slot, Rejection> {
+        let s = &self.slots;
+        let queued = s
             .waiting
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
                 (n < self.queue).then_some(n + 1)
@@ -143,17 +181,24 @@ impl Bulkhead {
         if !queued {
             return Err(Rejection::Overloaded);
         }
+        let _waiting = Waiting(&s.waiting);
         let now = Instant::now();
         let never = now + Duration::from_secs(86_400 * 365);
         let give_up = now
             .checked_add(self.max_wait)
             .unwrap_or(never)
             .min(deadline.unwrap_or(never));
-        let permit = tokio::time::timeout_at(give_up, self.permits.clone().acquire_owned()).await;
-        self.waiting.fetch_sub(1, Ordering::AcqRel);
-        match permit {
-            Ok(Ok(permit)) => Ok(permit),
-            _ => Err(Rejection::Overloaded),
+        loop {
+            // Registered before looking, so a slot freed in between wakes this wait.
+            let freed = s.freed.notified();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
+            if let Some(slot) = self.try_enter() {
+                return Ok(slot);
+            }
+            if tokio::time::timeout_at(give_up, freed).await.is_err() {
+                return Err(Rejection::Overloaded);
+            }
         }
     }
 }

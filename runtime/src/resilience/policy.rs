@@ -4,10 +4,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::future::{BoxFuture, FutureExt};
-use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 use tower::Layer;
 
+use super::limit::Slot;
 use super::{Bulkhead, CircuitBreaker, Guarded, RateLimit, Rejection, Retry};
 use crate::client::ClientService;
 use crate::error::Error;
@@ -83,9 +83,9 @@ impl Layer<ClientService> for Policy {
 /// How a call fares at the policy's limits.
 enum Admission {
     /// In, holding its bulkhead slot if there is one.
-    Now(Option<OwnedSemaphorePermit>),
+    Now(Option<Slot>),
     /// In after a wait for its rate slot (taken already).
-    After(Option<OwnedSemaphorePermit>, Duration),
+    After(Option<Slot>, Duration),
     /// The bulkhead makes it wait (the rate limit is not asked yet).
     Later,
     Refused(Rejection),
@@ -160,7 +160,7 @@ impl Policy {
         &self,
         transport: &ClientService,
         out: Outbound,
-        slot: Option<OwnedSemaphorePermit>,
+        slot: Option<Slot>,
     ) -> BoxFuture<'static, Result<Replies, Error>> {
         let pass = match &self.breaker {
             None => None,
@@ -176,11 +176,7 @@ impl Policy {
                 let r = r.clone();
                 async move { r.run(out, attempt).await }.boxed()
             }
-            Some(r) => {
-                r.count_call();
-                attempt(out)
-            }
-            None => attempt(out),
+            _ => attempt(out),
         };
         if pass.is_none() && slot.is_none() {
             return call;

@@ -30,8 +30,8 @@ pub struct Idempotent;
 /// ([`Error::is_retryable`]: the connection failed, the attempt timed out, the service
 /// answered `UNAVAILABLE`; never a handler's own error unless [`retry_if`](Self::retry_if)
 /// says so), at most `max_attempts` times in all (3), and only while the retry budget
-/// allows: retries may add at most 20 % to the calls made over the last 10 s, plus 10 a
-/// second (tower's [`TpsBudget`]), so a failing service does not get a storm. A wait that
+/// allows: retries may add at most 20 % to the retryable calls made over the last 10 s,
+/// plus 10 a second (tower's [`TpsBudget`]), so a failing service does not get a storm. A wait that
 /// would end past the call's deadline is not started. Each attempt carries
 /// [`ATTEMPT_HEADER`] and [`IDEMPOTENCY_KEY_HEADER`].
 ///
@@ -153,7 +153,6 @@ where
 
     fn call(&mut self, out: Outbound) -> Self::Future {
         if !self.retry.applies_to(&out) {
-            self.retry.count_call();
             return self.inner.call(out).boxed();
         }
         let retry = self.retry.clone();
@@ -183,11 +182,6 @@ impl Retry {
         out.kind == Kind::Request
             && self.max_attempts > 1
             && (self.any_call || out.extensions.get::<Idempotent>().is_some())
-    }
-
-    /// Counts a call that is not retried toward the budget (retries are a share of all calls).
-    pub(super) fn count_call(&self) {
-        self.budget.deposit();
     }
 
     /// Makes attempts of `out` with `attempt` until one succeeds, fails for good, or the
