@@ -749,3 +749,65 @@ async fn a_client_policy_limits_its_own_calls() {
         "refused calls never reached the service"
     );
 }
+
+/// What the hedged service saw: how many calls, and the keys they carried.
+#[derive(Clone, Default)]
+struct Hedged {
+    calls: Arc<AtomicUsize>,
+    keys: Arc<Mutex<Vec<String>>>,
+}
+
+/// The first call is slow (a replica in trouble); the others answer at once.
+#[message_pattern("resilience.hedged")]
+async fn hedged(n: u32, State(h): State<Hedged>, headers: Headers) -> u32 {
+    h.keys
+        .lock()
+        .unwrap()
+        .push(headers.get(IDEMPOTENCY_KEY_HEADER).unwrap_or_default().to_owned());
+    if h.calls.fetch_add(1, Ordering::SeqCst) == 0 {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    n
+}
+
+/// A hedged idempotent call answers with the second attempt when the first is slow; both
+/// carry one idempotency key; a call that is not idempotent is never sent twice.
+#[tokio::test]
+async fn a_slow_attempt_is_hedged() {
+    let h = Hedged::default();
+    let server = Microservice::new()
+        .with_state(h.clone())
+        .handler(HEDGED)
+        .listen("tcp://127.0.0.1:0")
+        .start()
+        .await
+        .unwrap();
+    let client = Client::builder(server.local_url())
+        .layer(Policy::new().hedge(Duration::from_millis(50)))
+        .connect()
+        .await
+        .unwrap();
+    let started = Instant::now();
+    assert_eq!(client.send(HEDGED, 7).idempotent().await.unwrap(), 7);
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "the hedge answered: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(h.calls.load(Ordering::SeqCst), 2);
+    let keys = h.keys.lock().unwrap().clone();
+    assert!(keys[0].len() == 32 && keys[0] == keys[1], "{keys:?}");
+    // A fast answer is not hedged; a call that is not idempotent is not either.
+    assert_eq!(client.send(HEDGED, 8).idempotent().await.unwrap(), 8);
+    assert_eq!(client.send(HEDGED, 9).await.unwrap(), 9);
+    assert_eq!(h.calls.load(Ordering::SeqCst), 4);
+    h.calls.store(0, Ordering::SeqCst);
+    let started = Instant::now();
+    assert_eq!(client.send(HEDGED, 10).await.unwrap(), 10);
+    assert!(
+        started.elapsed() >= Duration::from_secs(2),
+        "not idempotent: waited for the slow one"
+    );
+    assert_eq!(h.calls.load(Ordering::SeqCst), 1);
+    server.shutdown().await.unwrap();
+}

@@ -6,12 +6,13 @@ use std::time::Duration;
 use futures_util::future::{BoxFuture, FutureExt};
 use tokio::time::Instant;
 use tower::Layer;
+use tower::retry::budget::{Budget, TpsBudget};
 
 use super::limit::Slot;
-use super::{Bulkhead, CircuitBreaker, Guarded, RateLimit, Rejection, Retry};
+use super::{Bulkhead, CircuitBreaker, Guarded, IDEMPOTENCY_KEY_HEADER, Idempotent, RateLimit, Rejection, Retry};
 use crate::client::ClientService;
 use crate::error::Error;
-use crate::service::{Outbound, Replies};
+use crate::service::{Kind, Outbound, Replies};
 
 /// A client's resilience policy, for [`ClientBuilder::layer`](crate::ClientBuilder::layer).
 /// Whatever is configured is applied in this order, outermost first:
@@ -20,9 +21,11 @@ use crate::service::{Outbound, Replies};
 /// 2. the [`Bulkhead`], then the [`RateLimit`]: the caller's own limits;
 /// 3. the [`CircuitBreaker`]: an open circuit refuses the call without a round trip;
 /// 4. the [`Retry`], within its budget;
-/// 5. the per-attempt [`Timeout`], so a timed-out attempt is a failure the breaker counts
-///    and the retry may repeat;
-/// 6. the transport.
+/// 5. the per-attempt [`Timeout`](super::Timeout), so a timed-out attempt is a failure the
+///    breaker counts and the retry may repeat;
+/// 6. the hedge: an idempotent attempt with no answer after a delay is sent once more, and
+///    the first good answer wins (within a budget of its own, as the retry's);
+/// 7. the transport.
 ///
 /// The call's deadline ([`Call::timeout`](crate::Call::timeout)) covers everything.
 #[derive(Clone, Debug, Default)]
@@ -32,6 +35,22 @@ pub struct Policy {
     breaker: Option<CircuitBreaker>,
     retry: Option<Retry>,
     attempt_timeout: Option<Duration>,
+    hedge: Option<Hedge>,
+}
+
+/// When to send an attempt a second time, and how many second attempts may be sent.
+#[derive(Clone)]
+struct Hedge {
+    after: Duration,
+    budget: Arc<TpsBudget>,
+}
+
+impl std::fmt::Debug for Hedge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hedge")
+            .field("after", &self.after)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Policy {
@@ -67,6 +86,18 @@ impl Policy {
     /// Gives up on an attempt after `d` (the call's deadline still bounds the whole call).
     pub fn attempt_timeout(mut self, d: Duration) -> Self {
         self.attempt_timeout = Some(d);
+        self
+    }
+
+    /// Hedges idempotent requests: an attempt with no answer after `after` is sent again,
+    /// and the first good answer wins (the other is dropped). Second attempts may add at most
+    /// 20 % to the hedged calls over 10 s, plus 10 a second, as the retry budget, so a slow
+    /// service does not get twice the load. Only calls marked idempotent are hedged.
+    pub fn hedge(mut self, after: Duration) -> Self {
+        self.hedge = Some(Hedge {
+            after,
+            budget: Arc::new(TpsBudget::default()),
+        });
         self
     }
 }
@@ -169,8 +200,8 @@ impl Policy {
                 Err(why) => return std::future::ready(Outbound::reject(&out.route, why)).boxed(),
             },
         };
-        let (transport, limit) = (transport.clone(), self.attempt_timeout);
-        let attempt = move |out: Outbound| attempt(&transport, out, limit);
+        let (transport, limit, hedge) = (transport.clone(), self.attempt_timeout, self.hedge.clone());
+        let attempt = move |out: Outbound| attempt(&transport, out, limit, hedge.as_ref());
         let call = match &self.retry {
             Some(r) if r.applies_to(&out) => {
                 let r = r.clone();
@@ -193,21 +224,56 @@ impl Policy {
     }
 }
 
-/// One attempt through the transport, within the per-attempt timeout.
+/// One attempt through the transport (hedged, if it is to be), within the per-attempt timeout.
 fn attempt(
     transport: &ClientService,
     out: Outbound,
     limit: Option<Duration>,
+    hedge: Option<&Hedge>,
 ) -> BoxFuture<'static, Result<Replies, Error>> {
-    let Some(limit) = limit else {
-        return transport.call(out);
-    };
+    let hedge = hedge.filter(|_| out.kind == Kind::Request && out.extensions.get::<Idempotent>().is_some());
     let route = out.route.clone();
-    let call = transport.call(out);
+    let call = match hedge {
+        Some(h) => hedged(transport, out, h.clone()),
+        None => transport.call(out),
+    };
+    let Some(limit) = limit else {
+        return call;
+    };
     async move {
         match tokio::time::timeout(limit, call).await {
             Ok(outcome) => outcome,
             Err(_) => Outbound::timed_out(&route, limit),
+        }
+    }
+    .boxed()
+}
+
+/// Sends `out`, and once more if no answer came within the hedge's delay; the first good
+/// answer wins, and a failed one waits for the other. Both carry one idempotency key.
+fn hedged(transport: &ClientService, mut out: Outbound, hedge: Hedge) -> BoxFuture<'static, Result<Replies, Error>> {
+    if out.headers.get(IDEMPOTENCY_KEY_HEADER).is_none() {
+        out.headers
+            .insert(IDEMPOTENCY_KEY_HEADER, format!("{:032x}", fastrand::u128(..)));
+    }
+    let mut first = transport.call(out.clone());
+    let transport = transport.clone();
+    async move {
+        hedge.budget.deposit();
+        tokio::select! {
+            outcome = &mut first => return outcome,
+            () = tokio::time::sleep(hedge.after) => {}
+        }
+        if !hedge.budget.withdraw() {
+            return first.await;
+        }
+        tracing::debug!(pattern = &*out.route, after = ?hedge.after, "no answer yet; hedging");
+        let second = transport.call(out);
+        let (outcome, other) = futures_util::future::select(first, second).await.factor_first();
+        if Outbound::failed(&outcome) {
+            other.await
+        } else {
+            outcome
         }
     }
     .boxed()
