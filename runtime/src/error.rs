@@ -170,6 +170,30 @@ impl From<std::convert::Infallible> for RpcError {
     }
 }
 
+/// Why a resilience layer refused a call without trying it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Rejection {
+    /// The pattern's circuit is open: recent calls failed.
+    #[error("the circuit is open (next probe in {retry_after:?})")]
+    CircuitOpen {
+        /// When the circuit lets a probe through.
+        retry_after: Duration,
+    },
+    /// The bulkhead is full: too many calls in flight and waiting.
+    #[error("too many calls in flight")]
+    Overloaded,
+    /// Over the rate limit.
+    #[error("rate limit exceeded (next slot in {retry_after:?})")]
+    RateLimited {
+        /// When the next call would be let through.
+        retry_after: Duration,
+    },
+    /// The deadline passed before the call could start.
+    #[error("its deadline has passed")]
+    DeadlineExceeded,
+}
+
 /// Everything that can go wrong in a call, a server or a transport.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -292,7 +316,7 @@ pub enum Error {
         /// The route of the call.
         pattern: String,
         /// Why.
-        reason: crate::resilience::Rejection,
+        reason: Rejection,
     },
     /// A client layer failed the call with an error of its own.
     #[error("a client layer failed the call: {0}")]
@@ -414,7 +438,7 @@ impl From<Error> for RpcError {
             // Kept recognisable, so the caller's caller can time out or retry in turn.
             Error::Timeout { .. }
             | Error::Rejected {
-                reason: crate::resilience::Rejection::DeadlineExceeded,
+                reason: Rejection::DeadlineExceeded,
                 ..
             } => RpcError::deadline_exceeded(e.to_string()),
             Error::Rejected { .. } => RpcError::unavailable(e.to_string()),

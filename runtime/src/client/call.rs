@@ -83,7 +83,7 @@ impl<R> Call<R> {
     /// try it again after a retryable failure.
     pub fn idempotent(mut self) -> Self {
         if let Ok(out) = &mut self.out {
-            out.extensions.insert(crate::resilience::Idempotent);
+            out.extensions.insert(crate::service::Idempotent);
         }
         self
     }
@@ -133,7 +133,7 @@ impl<R> Call<R> {
         let Some((deadline, after)) = crate::service::deadline::of_call(self.timeout) else {
             return Err(Error::Rejected {
                 pattern: out.route.to_string(),
-                reason: crate::resilience::Rejection::DeadlineExceeded,
+                reason: crate::error::Rejection::DeadlineExceeded,
             });
         };
         let out = out.outbound(deadline);
@@ -178,7 +178,7 @@ impl<R: DeserializeOwned + 'static> IntoFuture for Call<R> {
             Ok(out) if deadline.is_none() => {
                 let late = Error::Rejected {
                     pattern: out.route.to_string(),
-                    reason: crate::resilience::Rejection::DeadlineExceeded,
+                    reason: crate::error::Rejection::DeadlineExceeded,
                 };
                 (State::Failed(Some(late)), out.route)
             }

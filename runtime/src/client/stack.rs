@@ -85,19 +85,6 @@ impl Erased for Transport {
     }
 }
 
-/// A function from calls to their futures, as a stack (for the crate's own composed layers,
-/// which need no readiness and no clone per call).
-struct Direct<F>(F);
-
-impl<F> Erased for Direct<F>
-where
-    F: Fn(Outbound) -> BoxFuture<'static, Result<Replies>> + Send + Sync,
-{
-    fn call(&self, out: Outbound) -> BoxFuture<'static, Result<Replies>> {
-        (self.0)(out)
-    }
-}
-
 struct Tower<S>(S);
 
 impl<S> Erased for Tower<S>
@@ -132,11 +119,6 @@ impl ClientService {
         S::Future: Send,
     {
         ClientService(Arc::new(Tower(service)))
-    }
-
-    /// A stack made of a function: each call is the future it returns.
-    pub(crate) fn direct(f: impl Fn(Outbound) -> BoxFuture<'static, Result<Replies>> + Send + Sync + 'static) -> Self {
-        ClientService(Arc::new(Direct(f)))
     }
 
     /// Calls the stack (no readiness to wait for).

@@ -67,35 +67,13 @@ mod policy;
 mod retry;
 mod timeout;
 
+pub use crate::error::Rejection;
+pub use crate::service::Idempotent;
 pub use breaker::{CircuitBreaker, CircuitBreakerService, CircuitState};
 pub use limit::{Bulkhead, Limited, RateLimit};
-pub use policy::Policy;
-pub use retry::{ATTEMPT_HEADER, IDEMPOTENCY_KEY_HEADER, Idempotent, Retry, RetryService};
+pub use policy::{Policy, PolicyService};
+pub use retry::{ATTEMPT_HEADER, IDEMPOTENCY_KEY_HEADER, Retry, RetryService};
 pub use timeout::{Timeout, TimeoutService};
-
-/// Why a layer refused a call without trying it.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum Rejection {
-    /// The pattern's circuit is open: recent calls failed.
-    #[error("the circuit is open (next probe in {retry_after:?})")]
-    CircuitOpen {
-        /// When the circuit lets a probe through.
-        retry_after: Duration,
-    },
-    /// The bulkhead is full: too many calls in flight and waiting.
-    #[error("too many calls in flight")]
-    Overloaded,
-    /// Over the rate limit.
-    #[error("rate limit exceeded (next slot in {retry_after:?})")]
-    RateLimited {
-        /// When the next call would be let through.
-        retry_after: Duration,
-    },
-    /// The deadline passed before the call could start.
-    #[error("its deadline has passed")]
-    DeadlineExceeded,
-}
 
 /// A call as the resilience layers see it, on either end: [`Request`] on a server,
 /// [`Outbound`] on a client. It says how to refuse a call and what counts as a failure.

@@ -4,13 +4,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::future::{BoxFuture, FutureExt};
+use std::task::{Context as TaskContext, Poll};
 use tokio::time::Instant;
-use tower::Layer;
+
 use tower::retry::budget::{Budget, TpsBudget};
+use tower::{Layer, Service, ServiceExt};
 
 use super::limit::Slot;
 use super::{Bulkhead, CircuitBreaker, Guarded, IDEMPOTENCY_KEY_HEADER, Idempotent, RateLimit, Rejection, Retry};
-use crate::client::ClientService;
 use crate::error::Error;
 use crate::service::{Kind, Outbound, Replies};
 
@@ -102,12 +103,40 @@ impl Policy {
     }
 }
 
-impl Layer<ClientService> for Policy {
-    type Service = ClientService;
+impl<S> Layer<S> for Policy {
+    type Service = PolicyService<S>;
 
-    fn layer(&self, transport: ClientService) -> ClientService {
-        let policy = Arc::new(self.clone());
-        ClientService::direct(move |out| policy.call(&transport, out))
+    fn layer(&self, transport: S) -> PolicyService<S> {
+        PolicyService {
+            policy: Arc::new(self.clone()),
+            transport,
+        }
+    }
+}
+
+/// A client's transport (or the layers over it) under a [`Policy`].
+#[derive(Clone, Debug)]
+pub struct PolicyService<S> {
+    policy: Arc<Policy>,
+    transport: S,
+}
+
+impl<S> Service<Outbound> for PolicyService<S>
+where
+    S: Service<Outbound, Response = Replies, Error = Error> + Clone + Send + Sync + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = Replies;
+    type Error = Error;
+    type Future = BoxFuture<'static, Result<Replies, Error>>;
+
+    fn poll_ready(&mut self, _: &mut TaskContext<'_>) -> Poll<Result<(), Error>> {
+        // Each attempt readies its own copy of the transport.
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, out: Outbound) -> Self::Future {
+        self.policy.call(&self.transport, out)
     }
 }
 
@@ -125,7 +154,7 @@ enum Admission {
 impl Policy {
     /// One call through every step: admitted at once in the common case, so its future
     /// holds only what the attempt needs.
-    fn call(self: &Arc<Self>, transport: &ClientService, out: Outbound) -> BoxFuture<'static, Result<Replies, Error>> {
+    fn call<S: Inner>(self: &Arc<Self>, transport: &S, out: Outbound) -> BoxFuture<'static, Result<Replies, Error>> {
         match self.admit_now(&out) {
             Admission::Now(slot) => self.guarded(transport, out, slot),
             Admission::Refused(why) => std::future::ready(Outbound::reject(&out.route, why)).boxed(),
@@ -187,9 +216,9 @@ impl Policy {
     }
 
     /// The breaker, the retry and the attempts, for an admitted call.
-    fn guarded(
+    fn guarded<S: Inner>(
         &self,
-        transport: &ClientService,
+        transport: &S,
         out: Outbound,
         slot: Option<Slot>,
     ) -> BoxFuture<'static, Result<Replies, Error>> {
@@ -225,8 +254,8 @@ impl Policy {
 }
 
 /// One attempt through the transport (hedged, if it is to be), within the per-attempt timeout.
-fn attempt(
-    transport: &ClientService,
+fn attempt<S: Inner>(
+    transport: &S,
     out: Outbound,
     limit: Option<Duration>,
     hedge: Option<&Hedge>,
@@ -235,7 +264,7 @@ fn attempt(
     let route = out.route.clone();
     let call = match hedge {
         Some(h) => hedged(transport, out, h.clone()),
-        None => transport.call(out),
+        None => transport.clone().oneshot(out).boxed(),
     };
     let Some(limit) = limit else {
         return call;
@@ -251,12 +280,12 @@ fn attempt(
 
 /// Sends `out`, and once more if no answer came within the hedge's delay; the first good
 /// answer wins, and a failed one waits for the other. Both carry one idempotency key.
-fn hedged(transport: &ClientService, mut out: Outbound, hedge: Hedge) -> BoxFuture<'static, Result<Replies, Error>> {
+fn hedged<S: Inner>(transport: &S, mut out: Outbound, hedge: Hedge) -> BoxFuture<'static, Result<Replies, Error>> {
     if out.headers.get(IDEMPOTENCY_KEY_HEADER).is_none() {
         out.headers
             .insert(IDEMPOTENCY_KEY_HEADER, format!("{:032x}", fastrand::u128(..)));
     }
-    let mut first = transport.call(out.clone());
+    let mut first = transport.clone().oneshot(out.clone()).boxed();
     let transport = transport.clone();
     async move {
         hedge.budget.deposit();
@@ -268,7 +297,7 @@ fn hedged(transport: &ClientService, mut out: Outbound, hedge: Hedge) -> BoxFutu
             return first.await;
         }
         tracing::debug!(pattern = &*out.route, after = ?hedge.after, "no answer yet; hedging");
-        let second = transport.call(out);
+        let second = transport.oneshot(out).boxed();
         let (outcome, other) = futures_util::future::select(first, second).await.factor_first();
         if Outbound::failed(&outcome) {
             other.await
@@ -277,4 +306,15 @@ fn hedged(transport: &ClientService, mut out: Outbound, hedge: Hedge) -> BoxFutu
         }
     }
     .boxed()
+}
+
+/// What the policy needs of the service it wraps: a client transport, or layers over one.
+trait Inner:
+    Service<Outbound, Response = Replies, Error = Error, Future: Send + 'static> + Clone + Send + Sync + 'static
+{
+}
+
+impl<S> Inner for S where
+    S: Service<Outbound, Response = Replies, Error = Error, Future: Send + 'static> + Clone + Send + Sync + 'static
+{
 }

@@ -10,19 +10,13 @@ use tower::retry::budget::{Budget, TpsBudget};
 use tower::{Layer, Service, ServiceExt};
 
 use crate::error::Error;
-use crate::service::{Kind, Outbound, Replies};
+use crate::service::{Idempotent, Kind, Outbound, Replies};
 
 /// The header carrying an attempt's number (`1` for the first) on a call that may be retried.
 pub const ATTEMPT_HEADER: &str = "sb-attempt";
 /// The header carrying a call's idempotency key: one random value per call, the same on
 /// every attempt, so a server can recognise a repeat. A key set by the caller is kept.
 pub const IDEMPOTENCY_KEY_HEADER: &str = "idempotency-key";
-
-/// Marks a call as safe to repeat, in its extensions ([`Call::idempotent`](crate::Call::idempotent)
-/// puts it there); only such calls are retried, unless the [`Retry`] is told
-/// [`any_call`](Retry::any_call).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Idempotent;
 
 /// Retries a client's failed requests with exponential backoff and full jitter.
 ///

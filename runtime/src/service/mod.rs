@@ -22,7 +22,7 @@ pub use deadline::TIMEOUT_HEADER;
 pub use extensions::Extensions;
 pub use headers::Headers;
 pub use local::Local;
-pub use options::PatternOptions;
+pub use options::{Idempotent, PatternOptions};
 pub(crate) use outbound::deadline_after;
 pub use outbound::{Outbound, Replies};
 pub(crate) use reply::to_json;

@@ -111,3 +111,9 @@ impl PatternOptions {
         self.timeout.is_none() && self.concurrency.is_none() && self.rate.is_none() && !self.idempotent
     }
 }
+
+/// Marks a call as safe to repeat, in its extensions ([`Call::idempotent`](crate::Call::idempotent)
+/// puts it there); only such calls are retried, unless the [`Retry`](crate::resilience::Retry) is told
+/// [`any_call`](crate::resilience::Retry::any_call).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Idempotent;
