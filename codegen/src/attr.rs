@@ -11,7 +11,7 @@
 //! (or, for a flag, a bare `name`) after it, so that options can be added without ever being
 //! read as a pattern's keys. Options: `crate = <path>` (where the `switchboard` crate is),
 //! and the pattern's policy (see [`PolicyOptions`]): `timeout = "2s"`, `concurrency = 32`,
-//! `rate = "200/s"`, `idempotent`, `retries = 2`.
+//! `rate = "200/s"`, `idempotent`, `retries = 2`; for events, `concurrent` or `key = "field"`.
 //!
 //! Values are literals only (strings, numbers, `true`, `false`, `null`), nested objects
 //! `{ k = v, ... }` and arrays `[v, ...]`: the route is computed at compile time, so nothing
@@ -36,11 +36,20 @@ const VALUE_FORMS: &str = "a string, a number, `true`, `false`, `null`, an objec
      or an array `[value, ...]`";
 
 /// The options a pattern attribute takes, after its pattern.
-pub const OPTIONS: &[&str] = &["crate", "timeout", "concurrency", "rate", "idempotent", "retries"];
+pub const OPTIONS: &[&str] = &[
+    "crate",
+    "timeout",
+    "concurrency",
+    "rate",
+    "idempotent",
+    "retries",
+    "concurrent",
+    "key",
+];
 
 /// The options, as listed in messages.
 const OPTION_LIST: &str = "`crate = <path>`, `timeout = \"2s\"`, `concurrency = 32`, `rate = \"200/s\"`, \
-     `idempotent`, `retries = 2`";
+     `idempotent`, `retries = 2`, `concurrent`, `key = \"field\"`";
 
 /// The policy options of a pattern attribute, each with where it was written.
 #[derive(Debug, Clone, Default)]
@@ -55,6 +64,10 @@ pub struct PolicyOptions {
     pub idempotent: Option<Span>,
     /// `retries = 2`.
     pub retries: Option<(u32, Span)>,
+    /// `concurrent`: an event pattern's events all at once.
+    pub concurrent: Option<Span>,
+    /// `key = "orderId"`: an event pattern's events in order per value of this field.
+    pub key: Option<(String, Span)>,
 }
 
 impl PolicyOptions {
@@ -65,6 +78,8 @@ impl PolicyOptions {
             && self.rate.is_none()
             && self.idempotent.is_none()
             && self.retries.is_none()
+            && self.concurrent.is_none()
+            && self.key.is_none()
     }
 
     /// An option given (the first in a fixed order), by name and place, for messages about
@@ -76,6 +91,8 @@ impl PolicyOptions {
             self.rate.map(|(_, _, s)| ("rate", s)),
             self.idempotent.map(|s| ("idempotent", s)),
             self.retries.map(|(_, s)| ("retries", s)),
+            self.concurrent.map(|s| ("concurrent", s)),
+            self.key.as_ref().map(|(_, s)| ("key", *s)),
         ]
         .into_iter()
         .flatten()
@@ -330,9 +347,12 @@ fn is_option(key: &TokenTree) -> bool {
     matches!(key, TokenTree::Ident(i) if OPTIONS.iter().any(|o| i == o))
 }
 
-/// A bare flag option: `idempotent`.
+/// The options written as a bare flag.
+const FLAGS: &[&str] = &["idempotent", "concurrent"];
+
+/// A bare flag option: `idempotent`, `concurrent`.
 fn is_flag(seg: &[TokenTree]) -> bool {
-    matches!(seg, [TokenTree::Ident(i)] if i == "idempotent")
+    matches!(seg, [TokenTree::Ident(i)] if FLAGS.iter().any(|f| i == f))
 }
 
 fn tokens_of(seg: &[TokenTree]) -> TokenStream {
@@ -455,12 +475,17 @@ fn parse_option(
     errors: &mut Errors,
 ) -> Option<Path> {
     if let [TokenTree::Ident(flag)] = seg
-        && flag == "idempotent"
+        && is_flag(seg)
     {
-        if policy.idempotent.replace(flag.span()).is_some() {
+        let slot = if flag == "idempotent" {
+            &mut policy.idempotent
+        } else {
+            &mut policy.concurrent
+        };
+        if slot.replace(flag.span()).is_some() {
             errors.push(syn::Error::new(
                 flag.span(),
-                "`idempotent` is given twice: give it once",
+                format!("`{flag}` is given twice: give it once"),
             ));
         }
         return None;
@@ -605,16 +630,35 @@ fn parse_policy(name: &proc_macro2::Ident, rest: &[TokenTree], policy: &mut Poli
                 ),
             }
         }
-        "idempotent" => match lit {
-            Some(Lit::Bool(_)) if policy.idempotent.is_some() => twice(errors),
-            Some(Lit::Bool(b)) => {
-                if b.value {
-                    policy.idempotent = Some(at);
+        "idempotent" | "concurrent" => {
+            let slot = if name == "idempotent" {
+                &mut policy.idempotent
+            } else {
+                &mut policy.concurrent
+            };
+            match lit {
+                Some(Lit::Bool(_)) if slot.is_some() => twice(errors),
+                Some(Lit::Bool(b)) => {
+                    if b.value {
+                        *slot = Some(at);
+                    }
                 }
+                _ => fail(
+                    errors,
+                    format!("`{name}` is a flag: write `{name}` (or `{name} = true`)"),
+                ),
+            }
+        }
+        "key" => match &lit {
+            Some(Lit::Str(_)) if policy.key.is_some() => twice(errors),
+            Some(Lit::Str(k)) if !k.value().is_empty() && k.value().len() <= 256 => {
+                policy.key = Some((k.value(), at));
             }
             _ => fail(
                 errors,
-                "`idempotent` is a flag: write `idempotent` (or `idempotent = true`)".into(),
+                "`key` names the payload field whose value orders the events, in a string: \
+                 `key = \"orderId\"`"
+                    .into(),
             ),
         },
         _ => unreachable!("parse_policy is called for policy options only"),

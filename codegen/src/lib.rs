@@ -128,8 +128,9 @@ impl HandlerDef {
     }
 }
 
-/// The policy options that do not fit the handler: `retries` without `idempotent`, and the
-/// caller-side options on an event, which has no reply to retry.
+/// The policy options that do not fit the handler: `retries` without `idempotent`, the
+/// caller-side options on an event (which has no reply to retry), event ordering on a request
+/// handler, and `concurrent` with `key`.
 fn check_policy(kind: PatternKind, policy: &attr::PolicyOptions) -> syn::Result<()> {
     let mut errors = Errors::default();
     if kind == PatternKind::Event {
@@ -147,7 +148,32 @@ fn check_policy(kind: PatternKind, policy: &attr::PolicyOptions) -> syn::Result<
                 ));
             }
         }
-    } else if let (Some((_, at)), None) = (policy.retries, policy.idempotent) {
+        if let (Some(_), Some((_, at))) = (policy.concurrent, &policy.key) {
+            errors.push(syn::Error::new(
+                *at,
+                "`concurrent` and `key` disagree: `concurrent` handles every event at once, `key = \"...\"` \
+                 keeps the order of events with the same key; give one",
+            ));
+        }
+    } else if let Some((name, at)) = [
+        policy.concurrent.map(|s| ("concurrent", s)),
+        policy.key.as_ref().map(|(_, s)| ("key", *s)),
+    ]
+    .into_iter()
+    .flatten()
+    .next()
+    {
+        errors.push(syn::Error::new(
+            at,
+            format!(
+                "`{name}` orders an `#[event_pattern]`'s events; a `#[message_pattern]`'s requests already run \
+                 concurrently, each started as it arrives"
+            ),
+        ));
+    }
+    if kind != PatternKind::Event
+        && let (Some((_, at)), None) = (policy.retries, policy.idempotent)
+    {
         errors.push(syn::Error::new(
             at,
             "`retries` repeats a call, which is only safe when a repeat does no harm: mark the handler \

@@ -607,6 +607,12 @@ fn policy_options(p: &switchboard_codegen::attr::PolicyOptions) -> TokenStream {
     if let Some((n, per, _)) = p.rate {
         o.extend(quote!(.rate(#n, ::core::time::Duration::from_millis(#per))));
     }
+    if p.concurrent.is_some() {
+        o.extend(quote!(.concurrent()));
+    }
+    if let Some((key, _)) = &p.key {
+        o.extend(quote!(.key(#key)));
+    }
     if p.idempotent.is_some() {
         o.extend(quote!(.idempotent()));
         if let Some((n, _)) = p.retries {

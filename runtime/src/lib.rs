@@ -68,8 +68,8 @@ pub use server::respond::{IntoReply, ReplyStream};
 pub use server::state::{FromRef, State};
 pub use server::{Microservice, RunningServer};
 pub use service::{
-    Address, Context, Extensions, Headers, Kind, Outbound, PatternOptions, Payload, Replies, Reply, ReplyItem, Request,
-    Route, Router,
+    Address, Context, EventOrder, Extensions, Headers, Kind, Outbound, PatternOptions, Payload, Replies, Reply,
+    ReplyItem, Request, Route, Router,
 };
 pub use switchboard_macros::{FromRef, event_pattern, handlers, message_pattern, pattern};
 

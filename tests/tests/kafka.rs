@@ -49,6 +49,11 @@ fn mock() -> &'static Mock {
             };
         }
         let cluster = KafkaMock::start().expect("librdkafka's mock cluster starts");
+        // Kafka keeps order per partition: the ordering cases use one-partition topics, as a
+        // NestJS consumer needs to keep order.
+        for topic in ["ordered_evt", "keyed_evt"] {
+            cluster.create_topic(topic, 1).expect("a one-partition topic");
+        }
         Mock {
             bootstrap: cluster.bootstrap().to_owned(),
             cluster: Some(cluster),
@@ -414,6 +419,8 @@ const KAFKA: nest::Transport = nest::Transport {
 
 async fn nest_client_calls_our_server(version: u8) {
     let cluster = KafkaMock::start().expect("librdkafka's mock cluster starts");
+    // Kafka keeps order per partition (NestJS's producer spreads unkeyed records).
+    cluster.create_topic("ordered_evt", 1).expect("a one-partition topic");
     let url = format!("kafka://{}?group=ours&max_wait_ms=100", cluster.bootstrap());
     if nest::nest_installed(version, &url) {
         nest::nest_client_calls_our_server(version, &url, &KAFKA).await;
@@ -422,6 +429,7 @@ async fn nest_client_calls_our_server(version: u8) {
 
 async fn our_client_calls_nest_server(version: u8) {
     let cluster = KafkaMock::start().expect("librdkafka's mock cluster starts");
+    cluster.create_topic("evt", 1).expect("a one-partition topic");
     let url = format!("kafka://{}?group=nest&max_wait_ms=100", cluster.bootstrap());
     if nest::nest_installed(version, &url) {
         let nest = nest::NestServer::start(version, &url).await;

@@ -811,3 +811,46 @@ async fn a_slow_attempt_is_hedged() {
     assert_eq!(h.calls.load(Ordering::SeqCst), 1);
     server.shutdown().await.unwrap();
 }
+
+// ---------------------------------------------------------------- events keep no caller deadline
+#[derive(Clone, Default)]
+struct Done(Arc<tokio::sync::Notify>);
+
+#[event_pattern("resilience.long_event")]
+async fn long_event(ms: u64, State(done): State<Done>) {
+    tokio::time::sleep(Duration::from_millis(ms)).await;
+    done.0.notify_one();
+}
+
+/// An emit's timeout is how long the emitter waits for the event to be accepted: a listener
+/// running longer than that is not cancelled (as on a broker, where events carry no deadline).
+async fn an_event_outlives_its_emit_timeout(url: &str) {
+    let done = Done::default();
+    let server = Microservice::new()
+        .with_state(done.clone())
+        .handler(LONG_EVENT)
+        .listen(url)
+        .start()
+        .await
+        .unwrap();
+    let client = Client::builder(server.local_url())
+        .timeout(Duration::from_millis(50))
+        .connect()
+        .await
+        .unwrap();
+    client.emit(LONG_EVENT, 300u64).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(10), done.0.notified())
+        .await
+        .expect("the listener ran to its end, past the emitter's 50 ms");
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn an_event_outlives_its_emit_timeout_in_process() {
+    an_event_outlives_its_emit_timeout("mem://long-event").await;
+}
+
+#[tokio::test]
+async fn an_event_outlives_its_emit_timeout_over_tcp() {
+    an_event_outlives_its_emit_timeout("tcp://127.0.0.1:0").await;
+}

@@ -321,6 +321,7 @@ fn build_router(mut handlers: Vec<Bound>, from_registry: bool, layers: &[Wrap]) 
             Endpoint {
                 location: h.location(),
                 route: h.route.clone(),
+                order: h.info.options().get_order(),
             },
         );
     }

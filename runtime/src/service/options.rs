@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+use super::EventOrder;
+
 /// A pattern's declared policy, written in its attribute
 /// (`#[message_pattern("charge", idempotent, retries = 2, timeout = "2s", concurrency = 32, rate = "200/s")]`)
 /// or on a hand-written descriptor ([`MessageDef::with_options`](crate::MessageDef::with_options)).
@@ -13,6 +15,9 @@ use std::time::Duration;
 /// - A typed caller ([`Client::send`](crate::Client::send)) gives the call `timeout` as its
 ///   deadline, marks it [`Idempotent`](crate::resilience::Idempotent) when it is, and retries
 ///   it `retries` times (with the client's retry budget) after a retryable failure.
+/// - An event pattern's events are handled one after another in arrival order, unless it is
+///   declared [`concurrent`](Self::concurrent) (`#[event_pattern("x", concurrent)]`) or
+///   ordered per [`key`](Self::key) (`#[event_pattern("x", key = "orderId")]`).
 ///
 /// `retries` needs `idempotent`: the attribute refuses it otherwise, and so does
 /// [`retries`](Self::retries) in a constant.
@@ -32,6 +37,7 @@ pub struct PatternOptions {
     rate: Option<(u32, Duration)>,
     idempotent: bool,
     retries: u32,
+    order: EventOrder,
 }
 
 impl PatternOptions {
@@ -43,6 +49,7 @@ impl PatternOptions {
             rate: None,
             idempotent: false,
             retries: 0,
+            order: EventOrder::InOrder,
         }
     }
 
@@ -81,6 +88,25 @@ impl PatternOptions {
         self
     }
 
+    /// An event pattern's events are handled concurrently, as they arrive, instead of one
+    /// after another.
+    pub const fn concurrent(mut self) -> Self {
+        self.order = EventOrder::Concurrent;
+        self
+    }
+
+    /// An event pattern's events are handled in arrival order among those whose payload has
+    /// the same value in the top-level field `field`, and concurrently across values.
+    pub const fn key(mut self, field: &'static str) -> Self {
+        self.order = EventOrder::ByKey(field);
+        self
+    }
+
+    /// How the pattern's events are handled.
+    pub const fn get_order(&self) -> EventOrder {
+        self.order
+    }
+
     /// The declared time limit.
     pub const fn get_timeout(&self) -> Option<Duration> {
         self.timeout
@@ -108,7 +134,11 @@ impl PatternOptions {
 
     /// True when nothing is declared.
     pub const fn is_empty(&self) -> bool {
-        self.timeout.is_none() && self.concurrency.is_none() && self.rate.is_none() && !self.idempotent
+        self.timeout.is_none()
+            && self.concurrency.is_none()
+            && self.rate.is_none()
+            && !self.idempotent
+            && matches!(self.order, EventOrder::InOrder)
     }
 }
 

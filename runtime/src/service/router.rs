@@ -17,6 +17,7 @@ use tower::{BoxError, Service, ServiceExt};
 
 use tokio::time::Instant;
 
+use super::order::{EventOrder, Sequencer};
 use super::{Address, Kind, Reply, Request};
 use crate::error::RpcError;
 
@@ -143,6 +144,8 @@ pub(crate) struct Endpoint {
     /// `module::name (file:line)`, for logs.
     pub location: Arc<str>,
     pub route: Route,
+    /// How the handler wants its events ordered.
+    pub order: EventOrder,
 }
 
 /// The handlers of one pattern: at most one request handler and any number of event listeners.
@@ -257,6 +260,8 @@ struct Entry {
     /// The request handler itself, when no service layer is around it: requests skip the
     /// dispatch between requests and events.
     requests: Option<Route>,
+    /// The turns of the route's events.
+    events: Sequencer,
 }
 
 /// The service a transport serves: every route of a `Microservice`, with its layers, and a
@@ -348,10 +353,12 @@ impl RouterBuilder {
                 false => handlers.message.as_ref().map(|h| h.route.clone()),
                 true => None,
             };
+            let order = EventOrder::of_listeners(handlers.events.iter().map(|e| e.order));
             let entry = Arc::new(Entry {
                 info,
                 route: wrap(handlers.into_route()),
                 requests,
+                events: Sequencer::new(order),
             });
             for p in patterns {
                 lookup.entry(Box::<str>::from(p)).or_insert_with(|| entry.clone());
@@ -386,18 +393,20 @@ impl Router {
         if self.0.layered {
             req.context_mut().set_local(false);
         }
-        let (route, label) = match self.resolve(req.address()) {
+        let (route, label, turn) = match self.resolve(req.address()) {
             Ok(entry) => {
                 req.context_mut().set_route(Cow::Borrowed(entry.info.route));
-                let route = match (&entry.requests, req.kind()) {
-                    (Some(handler), Kind::Request) => handler,
-                    _ => &entry.route,
+                let (route, turn) = match (&entry.requests, req.kind()) {
+                    (Some(handler), Kind::Request) => (handler, None),
+                    (None, Kind::Request) => (&entry.route, None),
+                    // Taken now, while messages reach the router in the order they arrived.
+                    (_, Kind::Event) => (&entry.route, entry.events.turn(&req)),
                 };
-                (route, entry.info.label)
+                (route, entry.info.label, turn)
             }
             Err(route) => {
                 req.context_mut().set_route(Cow::Owned(route));
-                (&self.0.fallback, "")
+                (&self.0.fallback, "", None)
             }
         };
         let deadline = match req.context().deadline() {
@@ -426,6 +435,10 @@ impl Router {
                 tracing::error!(handler = label, panic = %crate::error::panic_message(&*panic), "handler panicked");
                 std::future::ready(Reply::error(RpcError::internal())).boxed()
             }
+        };
+        let inner = match turn {
+            Some(turn) => turn.then(inner),
+            None => inner,
         };
         RouterFuture {
             inner,

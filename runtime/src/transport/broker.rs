@@ -52,8 +52,10 @@ pub(crate) trait Source: Send + 'static {
 
 /// One message from a broker.
 pub(crate) trait Delivery: Send + 'static {
-    /// Serves the message with `router`: replies and acknowledges as its broker does.
-    fn serve(self, router: Router) -> impl Future<Output = ()> + Send + 'static;
+    /// Hands the message to `router` before returning, so that messages reach the router in
+    /// the order they were delivered (which fixes the order of a pattern's events), and
+    /// returns the rest: waiting for the reply, sending it, acknowledging.
+    fn serve(self, router: &Router) -> impl Future<Output = ()> + Send + 'static;
 }
 
 /// Serves `source` until `shutdown`, then drains: the loop every broker runs.
@@ -89,7 +91,7 @@ pub(crate) async fn serve<S: Source>(mut source: S, router: Router, max_in_fligh
         };
         // Boxed here: a delivery's future is kilobytes (it holds the reply's publish), and
         // spawned as it is, it would be copied several times on its way into the task.
-        let work = Box::pin(delivery.serve(router.clone()));
+        let work = Box::pin(delivery.serve(&router));
         tasks.spawn(async move {
             work.await;
             drop(permit);

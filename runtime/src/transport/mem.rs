@@ -114,9 +114,12 @@ impl MemClient {
             Cow::Borrowed(p) => Address::static_pattern(p),
             Cow::Owned(p) => Address::Pattern(Bytes::from(p)),
         };
+        // A request's handler keeps to its caller's deadline; an event's deadline is only
+        // how long the emitter waits for it to be accepted, as on a broker.
+        let deadline = (msg.kind == Kind::Request).then_some(msg.deadline);
         let mut ctx = Context::new("mem", msg.kind)
             .with_headers(msg.headers)
-            .with_deadline(Some(msg.deadline));
+            .with_deadline(deadline);
         // A caller that handed its payload over as a value takes its reply the same way.
         ctx.set_local(local);
         let req = Request::new(address, payload, ctx);

@@ -4,6 +4,7 @@
 //! becomes its own `#[tokio::test]`. One server per suite serves the common handlers, on a
 //! background runtime that outlives the individual tests.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -284,6 +285,79 @@ pub async fn await_events(c: &Client, marker: &str, want: usize) -> usize {
     seen
 }
 
+/// Waits until `want` events of `marker` were recorded by the ordering listeners (or 20 s
+/// passed): their seqs per key, and the most that ran at once.
+pub async fn await_order(c: &Client, marker: &str, want: usize) -> (HashMap<String, Vec<u64>>, usize) {
+    let mut last = (HashMap::new(), 0);
+    for _ in 0..400 {
+        let seen: Value = c.send_raw("order_seen", marker).await.unwrap();
+        let seqs: HashMap<String, Vec<u64>> = serde_json::from_value(seen["seqs"].clone()).unwrap();
+        let most = seen["most"].as_u64().unwrap() as usize;
+        let n = seqs.values().map(Vec::len).sum::<usize>();
+        last = (seqs, most);
+        if n >= want {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    last
+}
+
+/// One sender's events for one pattern are handled in the order sent, one after another
+/// (their listener takes longer for earlier events, so any overlap would reorder them);
+/// five rounds of 20.
+pub async fn events_in_order(c: &Client) {
+    for round in 0..5 {
+        let marker = format!("in-order-{}-{round}-{}", std::process::id(), unique());
+        for seq in 0..20u64 {
+            c.emit_raw("ordered_evt", json!({"marker": marker, "seq": seq}))
+                .await
+                .unwrap();
+        }
+        let (seqs, most) = await_order(c, &marker, 20).await;
+        assert_eq!(
+            seqs.get(""),
+            Some(&(0..20).collect::<Vec<_>>()),
+            "round {round}: handled in the order sent"
+        );
+        assert_eq!(most, 1, "round {round}: one at a time");
+    }
+}
+
+/// Events declared `key = "key"` keep their order per key and run concurrently across keys;
+/// events declared `concurrent` run at once.
+pub async fn events_by_key_and_concurrent(c: &Client) {
+    let marker = format!("by-key-{}-{}", std::process::id(), unique());
+    for seq in 0..24u64 {
+        let key = format!("k{}", seq % 3);
+        c.emit_raw("keyed_evt", json!({"marker": marker, "seq": seq, "key": key}))
+            .await
+            .unwrap();
+    }
+    let (seqs, most) = await_order(c, &marker, 24).await;
+    for k in 0..3u64 {
+        let want: Vec<u64> = (0..24).filter(|s| s % 3 == k).collect();
+        assert_eq!(seqs.get(&format!("k{k}")), Some(&want), "in order within key k{k}");
+    }
+    assert!(most > 1, "keys ran concurrently (most at once: {most})");
+
+    let marker = format!("concurrent-{}-{}", std::process::id(), unique());
+    for seq in 0..8u64 {
+        c.emit_raw("concurrent_evt", json!({"marker": marker, "seq": seq}))
+            .await
+            .unwrap();
+    }
+    let (seqs, most) = await_order(c, &marker, 8).await;
+    assert_eq!(seqs.get("").map(Vec::len), Some(8));
+    assert!(most > 1, "declared concurrent, yet one at a time");
+}
+
+/// A number no other call in this process got.
+fn unique() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
 /// The broker goes away and comes back: a call in flight ends (with an error or its answer,
 /// never a hang), and once the broker is back, calls and events work again through the same
 /// server (it resubscribed) and the same client (it reconnected).
@@ -359,7 +433,7 @@ macro_rules! switchboard_conformance {
                 Some((url, suite::client(url).await))
             }
 
-            $crate::switchboard_conformance!(@cases patterns multi_value_replies errors unknown_pattern deadlines unicode one_mib_payload concurrent_requests context_and_headers);
+            $crate::switchboard_conformance!(@cases patterns multi_value_replies errors unknown_pattern deadlines unicode one_mib_payload concurrent_requests context_and_headers events_in_order events_by_key_and_concurrent);
 
             #[tokio::test]
             async fn events_reach_every_listener() {
@@ -403,4 +477,6 @@ pub async fn all(url: &str) {
     concurrent_requests(&c).await;
     context_and_headers(&c).await;
     events(&c, url).await;
+    events_in_order(&c).await;
+    events_by_key_and_concurrent(&c).await;
 }

@@ -178,6 +178,74 @@ pub async fn slow_evt(data: Value) {
     SEEN.lock().unwrap().push(json!({"handler": "slow", "data": data}));
 }
 
+/// What the ordering listeners saw, per marker: the `seq`s in the order handled (per key for
+/// `keyed_evt`), how many ran at once right now, and the most that ever did.
+#[derive(Default)]
+pub struct OrderLog {
+    seqs: HashMap<String, Vec<u64>>,
+    running: usize,
+    most: usize,
+}
+
+pub static ORDER: Mutex<Option<HashMap<String, OrderLog>>> = Mutex::new(None);
+
+#[derive(serde::Deserialize)]
+pub struct Ordered {
+    marker: String,
+    seq: u64,
+    #[serde(default)]
+    key: String,
+}
+
+/// Runs one ordering listener: counts it as running, waits `ms` (shorter for later events,
+/// so that events run at once would finish out of order), records its seq.
+async fn ordered(ev: Ordered, ms: u64) {
+    let start = |log: &mut OrderLog| {
+        log.running += 1;
+        log.most = log.most.max(log.running);
+    };
+    with_log(&ev.marker, start);
+    tokio::time::sleep(Duration::from_millis(ms)).await;
+    with_log(&ev.marker, |log| {
+        log.running -= 1;
+        log.seqs.entry(ev.key.clone()).or_default().push(ev.seq);
+    });
+}
+
+fn with_log<R>(marker: &str, f: impl FnOnce(&mut OrderLog) -> R) -> R {
+    let mut all = ORDER.lock().unwrap();
+    f(all
+        .get_or_insert_with(HashMap::new)
+        .entry(marker.to_owned())
+        .or_default())
+}
+
+/// In order, one at a time (the default).
+#[event_pattern("ordered_evt")]
+pub async fn ordered_evt(ev: Ordered) {
+    let ms = 5 - ev.seq % 5;
+    ordered(ev, ms).await;
+}
+
+/// In order per `key`, concurrently across keys.
+#[event_pattern("keyed_evt", key = "key")]
+pub async fn keyed_evt(ev: Ordered) {
+    let ms = 20 - ev.seq % 20;
+    ordered(ev, ms).await;
+}
+
+/// All at once.
+#[event_pattern("concurrent_evt", concurrent)]
+pub async fn concurrent_evt(ev: Ordered) {
+    ordered(ev, 100).await;
+}
+
+/// `{seqs: {key: [seq, ...]}, most: n}` for a marker.
+#[message_pattern("order_seen")]
+pub async fn order_seen(marker: String) -> Value {
+    with_log(&marker, |log| json!({"seqs": log.seqs, "most": log.most}))
+}
+
 /// A request handler that also records its payload, to see events sent to it.
 #[message_pattern("record")]
 pub async fn record(data: Value) -> usize {

@@ -323,6 +323,9 @@ pub async fn nest_client_calls_our_server(version: u8, url: &str, t: &Transport)
         send(json!({"cmd": "sum"}), json!("not numbers")),
         send(json!("late_complete"), json!({})),
     ];
+    // One NestJS sender's events for one pattern: handled in the order sent, one at a time.
+    let ordered = format!("nest{version}-in-order-{}", std::process::id());
+    ops.extend((0..20).map(|seq| emit(json!("ordered_evt"), json!({"marker": ordered, "seq": seq}))));
     let meta = ops.len() + 1;
     if version >= 12 {
         // v12's dispatch hook puts the metadata in the packet; our handlers see headers.
@@ -409,6 +412,14 @@ pub async fn nest_client_calls_our_server(version: u8, url: &str, t: &Transport)
     if version >= 12 && t.metadata_from_nest {
         assert_eq!(r[meta], json!({"ok": [{"traceparent": "00-abc-def-01"}]}));
     }
+    let ours = Client::builder(&url).connect().await.unwrap();
+    let (seqs, most) = super::conformance::await_order(&ours, &ordered, 20).await;
+    assert_eq!(
+        seqs.get(""),
+        Some(&(0..20).collect::<Vec<u64>>()),
+        "NestJS's events in the order sent"
+    );
+    assert_eq!(most, 1, "one at a time");
     server.shutdown().await.unwrap();
 }
 
@@ -540,6 +551,26 @@ pub async fn our_client_calls_nest_server(nest: &NestServer, t: &Transport) {
     let marker = format!("us-to-nest{}-{}", nest.version(), std::process::id());
     client.emit_raw("evt", json!({"marker": marker})).await.unwrap();
     await_events(&client, &marker, 2).await;
+    // One sender's events reach NestJS in the order sent (its listener records them as they come).
+    let ordered = format!("us-to-nest{}-in-order-{}", nest.version(), std::process::id());
+    for seq in 0..30 {
+        client
+            .emit_raw("evt", json!({"marker": ordered, "seq": seq}))
+            .await
+            .unwrap();
+    }
+    await_events(&client, &ordered, 60).await;
+    let seen = client.send_raw::<Vec<Value>>("events_seen", json!({})).await.unwrap();
+    let order: Vec<u64> = seen
+        .iter()
+        .filter(|e| e["handler"] == "a" && e["data"]["marker"] == json!(ordered))
+        .map(|e| e["data"]["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        order,
+        (0..30).collect::<Vec<u64>>(),
+        "NestJS saw our events in the order sent"
+    );
     let seen = client.send_raw::<Vec<Value>>("events_seen", json!({})).await.unwrap();
     for handler in ["a", "b"] {
         assert!(

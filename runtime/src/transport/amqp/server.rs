@@ -4,6 +4,7 @@
 //! goes away.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -215,7 +216,7 @@ impl Source for Consuming {
             tracing::debug!(url = %self.opts.url, messages = self.leftovers.len(), "handling the messages delivered before shutdown");
             let router = self.router.clone();
             futures_util::stream::iter(std::mem::take(&mut self.leftovers))
-                .for_each_concurrent(self.opts.max_in_flight, |m| m.serve(router.clone()))
+                .for_each_concurrent(self.opts.max_in_flight, |m| m.serve(&router))
                 .await;
         }
         // In-flight handlers have replied and acked on the still-open channel.
@@ -238,7 +239,7 @@ struct Message {
 }
 
 impl Delivery for Message {
-    async fn serve(self, router: Router) {
+    fn serve(self, router: &Router) -> impl Future<Output = ()> + Send + 'static {
         let lapin::message::Delivery {
             data,
             properties,
@@ -258,10 +259,12 @@ impl Delivery for Message {
                     Err(_) => "not a JSON object",
                 };
                 tracing::warn!(queue = %shared.opts.queue, why, "An unsupported message was received. It has been negative acknowledged, so it will not be re-delivered. Pattern: undefined");
-                if manual {
-                    log_ack(acker.nack(drop_it()).await);
+                return async move {
+                    if manual {
+                        log_ack(acker.nack(drop_it()).await);
+                    }
                 }
-                return;
+                .left_future();
             }
         };
         // RabbitMQ routes by the packet's pattern: one queue carries every route.
@@ -269,54 +272,57 @@ impl Delivery for Message {
         let id = packet.id.map(|id| body.slice(Packet::range_in(&body, id)));
         let kind = if id.is_some() { Kind::Request } else { Kind::Event };
         let ctx = Context::new("amqp", kind).with_headers(headers(&properties, &packet).into());
-        let request = Request::new(address.clone(), payload, ctx);
-
-        let Some(id) = id else {
-            let reply = router.call(request).await;
+        let reply = router.call(Request::new(address.clone(), payload, ctx));
+        let router = router.clone();
+        async move {
+            let Some(id) = id else {
+                let reply = reply.await;
+                if manual {
+                    // An event, acked once every listener has succeeded; a failure retries it.
+                    if reply.is_no_handler() {
+                        log_ack(acker.nack(drop_it()).await);
+                    } else if reply.drain().await.is_ok() {
+                        log_ack(acker.ack(BasicAckOptions::default()).await);
+                    } else {
+                        retry(&shared, &body, properties, &acker).await;
+                    }
+                }
+                return;
+            };
+            let reply = reply.await;
+            let no_handler = reply.is_no_handler();
+            if no_handler {
+                let route = router.resolve_route(&address).err().unwrap_or_default();
+                tracing::warn!(queue = %shared.opts.queue, "An unsupported message was received. It has been negative acknowledged, so it will not be re-delivered. Pattern: {route}");
+            }
+            match properties.reply_to() {
+                Some(to) => {
+                    let mut sink = ReplyTo {
+                        channel: &shared.channel,
+                        to: to.clone(),
+                        correlation_id: properties.correlation_id().clone(),
+                        id,
+                        buf: Vec::new(),
+                    };
+                    if let Err(e) = broker::send_reply(reply, &mut sink).await {
+                        tracing::debug!(error = %e, "could not send a reply");
+                    }
+                }
+                None => {
+                    let _ = reply.drain().await;
+                    if !no_handler {
+                        tracing::warn!(queue = %shared.opts.queue, "a request without reply_to was handled; its reply was dropped");
+                    }
+                }
+            }
             if manual {
-                // An event, acked once every listener has succeeded; a failure retries it.
-                if reply.is_no_handler() {
-                    log_ack(acker.nack(drop_it()).await);
-                } else if reply.drain().await.is_ok() {
-                    log_ack(acker.ack(BasicAckOptions::default()).await);
-                } else {
-                    retry(&shared, &body, properties, &acker).await;
-                }
-            }
-            return;
-        };
-        let reply = router.call(request).await;
-        let no_handler = reply.is_no_handler();
-        if no_handler {
-            let route = router.resolve_route(&address).err().unwrap_or_default();
-            tracing::warn!(queue = %shared.opts.queue, "An unsupported message was received. It has been negative acknowledged, so it will not be re-delivered. Pattern: {route}");
-        }
-        match properties.reply_to() {
-            Some(to) => {
-                let mut sink = ReplyTo {
-                    channel: &shared.channel,
-                    to: to.clone(),
-                    correlation_id: properties.correlation_id().clone(),
-                    id,
-                    buf: Vec::new(),
-                };
-                if let Err(e) = broker::send_reply(reply, &mut sink).await {
-                    tracing::debug!(error = %e, "could not send a reply");
-                }
-            }
-            None => {
-                let _ = reply.drain().await;
-                if !no_handler {
-                    tracing::warn!(queue = %shared.opts.queue, "a request without reply_to was handled; its reply was dropped");
+                match no_handler {
+                    true => log_ack(acker.nack(drop_it()).await),
+                    false => log_ack(acker.ack(BasicAckOptions::default()).await),
                 }
             }
         }
-        if manual {
-            match no_handler {
-                true => log_ack(acker.nack(drop_it()).await),
-                false => log_ack(acker.ack(BasicAckOptions::default()).await),
-            }
-        }
+        .right_future()
     }
 }
 

@@ -210,6 +210,7 @@ mod tests {
         let mut routes = RouterBuilder::default();
         let slow = Endpoint {
             location: "slow".into(),
+            order: Default::default(),
             route: Route::from_fn(|_| {
                 Box::pin(async {
                     tokio::time::sleep(Duration::from_secs(10)).await;

@@ -124,6 +124,7 @@ mod tests {
         let mut routes = RouterBuilder::default();
         let listener = Endpoint {
             location: Arc::from("stuck"),
+            order: Default::default(),
             route: Route::from_fn(|_| std::future::pending().boxed()),
         };
         routes.add("stuck", "\"stuck\"", Kind::Event, listener);

@@ -7,6 +7,7 @@
 //! messages to the next member of its group (at-least-once).
 
 use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -24,7 +25,7 @@ use super::{
     Shared, decode_value, encode_error, encode_value, ensure_topics, header, probe,
 };
 use crate::error::{NO_MESSAGE_HANDLER, Result};
-use crate::service::{Context, Headers, Kind, Payload, Request, Router};
+use crate::service::{Context, Headers, Kind, Payload, Request, Router, RouterFuture};
 use crate::transport::broker::{self, Delivery, ReplySink, Source};
 use crate::transport::{Endpoint, Listener, Shutdown};
 use crate::wire::nestjs::steps::Step;
@@ -243,12 +244,30 @@ struct Record {
 }
 
 impl Delivery for Record {
-    async fn serve(self, router: Router) {
-        self.server.handle(&self, &router).await;
-        // Only once handled: a server that dies before leaves the message to the next member.
-        self.server.done(&self);
+    fn serve(self, router: &Router) -> impl Future<Output = ()> + Send + 'static {
+        let (reply, to) = Server::route(&self, router);
+        async move {
+            let reply = reply.await;
+            match to {
+                Some((id, topic, partition)) => {
+                    let mut to = ReplyTo {
+                        server: &self.server,
+                        topic: &topic,
+                        partition,
+                        id: &id,
+                    };
+                    let _ = broker::send_reply(reply, &mut to).await;
+                }
+                None => drop(reply),
+            }
+            // Only once handled: a server that dies before leaves the message to the next member.
+            self.server.done(&self);
+        }
     }
 }
+
+/// Where a request's reply goes: its correlation id, reply topic and partition.
+type ReplyAddress = (Vec<u8>, String, Option<i32>);
 
 struct Server {
     producer: FutureProducer<Ctx>,
@@ -257,9 +276,10 @@ struct Server {
 }
 
 impl Server {
-    /// Handles one record as NestJS's `ServerKafka.handleMessage` does: the topic is the
-    /// route, the value the payload (Kafka has no packet around it).
-    async fn handle(&self, r: &Record, router: &Router) {
+    /// Hands one record to the router as NestJS's `ServerKafka.handleMessage` does (the topic
+    /// is the route, the value the payload: Kafka has no packet around it), with where a
+    /// request's reply goes: its correlation id, reply topic and partition.
+    fn route(r: &Record, router: &Router) -> (RouterFuture, Option<ReplyAddress>) {
         let address = router.channel_address(&r.topic);
         let payload = Payload::Json(decode_value(r.value.as_deref(), r.headers.get(CONTENT_TYPE)));
         let headers: Headers = r.headers.metadata().map(Headers::from).unwrap_or_default();
@@ -271,23 +291,17 @@ impl Server {
             .is_ok_and(|route| !route.has_request_handler());
         let (Some(id), Some(reply_topic), false) = (correlation, reply_topic, event_route) else {
             let ctx = Context::new("kafka", Kind::Event).with_headers(headers);
-            router.call(Request::new(address, payload, ctx)).await;
-            return;
+            return (router.call(Request::new(address, payload, ctx)), None);
         };
         let ctx = Context::new("kafka", Kind::Request).with_headers(headers);
-        let reply = router.call(Request::new(address, payload, ctx)).await;
-        let mut to = ReplyTo {
-            server: self,
-            topic: &reply_topic,
-            partition: r
-                .headers
-                .get_str(REPLY_PARTITION)
-                .and_then(|p| p.trim().parse::<f64>().ok())
-                .filter(|p| p.is_finite() && *p >= 0.0)
-                .map(|p| p as i32),
-            id,
-        };
-        let _ = broker::send_reply(reply, &mut to).await;
+        let partition = r
+            .headers
+            .get_str(REPLY_PARTITION)
+            .and_then(|p| p.trim().parse::<f64>().ok())
+            .filter(|p| p.is_finite() && *p >= 0.0)
+            .map(|p| p as i32);
+        let to = (id.to_vec(), reply_topic.to_owned(), partition);
+        (router.call(Request::new(address, payload, ctx)), Some(to))
     }
 
     /// Marks a record handled and stores the offset its partition can be committed at.

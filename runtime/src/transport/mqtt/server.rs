@@ -13,6 +13,7 @@
 //! in memory, as before this bound, when every message was handled at once. Nothing is
 //! dropped.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -353,31 +354,38 @@ struct Message {
 }
 
 impl Delivery for Message {
-    async fn serve(self, router: Router) {
+    fn serve(self, router: &Router) -> impl Future<Output = ()> + Send + 'static {
         // Acknowledged once handled (or once its handling panicked), after its reply has
         // been handed to rumqttc.
-        let _ticket = self.seq.map(|seq| self.shared.acks.ticket(seq));
+        let ticket = self.seq.map(|seq| self.shared.acks.ticket(seq));
         let Publish { topic, payload, .. } = self.publish;
-        let address = self.shared.table.address(&router, &topic);
-        match broker::read(&payload, address, "mqtt", Headers::new()) {
-            Inbound::Packet { request, id } => {
-                let reply = router.call(request).await;
-                if let Some(id) = id {
-                    let mut sink = ReplyTo {
-                        shared: &self.shared,
-                        topic: format!("{topic}/reply"),
-                        id,
-                    };
-                    if let Err(e) = broker::send_reply(reply, &mut sink).await {
-                        tracing::error!(topic = %sink.topic, error = %e, "could not publish a reply");
-                    }
-                }
-            }
+        let address = self.shared.table.address(router, &topic);
+        let (reply, id) = match broker::read(&payload, address, "mqtt", Headers::new()) {
+            Inbound::Packet { request, id } => (Some(router.call(request)), id),
             Inbound::External(event) => {
                 tracing::debug!(%topic, "a message that is not a NestJS packet; handing it to event listeners");
-                router.call(event).await;
+                (Some(router.call(event)), None)
             }
-            Inbound::Invalid => tracing::warn!(%topic, "dropping a message that is not UTF-8 text"),
+            Inbound::Invalid => {
+                tracing::warn!(%topic, "dropping a message that is not UTF-8 text");
+                (None, None)
+            }
+        };
+        let shared = self.shared;
+        async move {
+            let _ticket = ticket;
+            let Some(reply) = reply else { return };
+            let reply = reply.await;
+            if let Some(id) = id {
+                let mut sink = ReplyTo {
+                    shared: &shared,
+                    topic: format!("{topic}/reply"),
+                    id,
+                };
+                if let Err(e) = broker::send_reply(reply, &mut sink).await {
+                    tracing::error!(topic = %sink.topic, error = %e, "could not publish a reply");
+                }
+            }
         }
     }
 }

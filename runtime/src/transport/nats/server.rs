@@ -3,6 +3,7 @@
 //! subject. With `?jetstream=`, event-only routes are consumed from a durable JetStream
 //! consumer instead.
 
+use std::future::Future;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, AckKind, consumer::pull};
@@ -292,14 +293,14 @@ enum Message {
 }
 
 impl Delivery for Message {
-    async fn serve(self, router: Router) {
+    fn serve(self, router: &Router) -> impl Future<Output = ()> + Send + 'static {
         match self {
-            Message::Core { route, msg, nats } => serve_core(route, msg, &nats, &router).await,
+            Message::Core { route, msg, nats } => serve_core(route, msg, nats, router).left_future(),
             Message::Durable {
                 route,
                 msg,
                 max_deliver,
-            } => serve_durable(route, msg, max_deliver, &router).await,
+            } => serve_durable(route, msg, max_deliver, router).right_future(),
         }
     }
 }
@@ -336,35 +337,43 @@ fn read(
     Ok((request, id))
 }
 
-async fn serve_core(route: &'static str, msg: async_nats::Message, nats: &async_nats::Client, router: &Router) {
-    let (request, id) = match read(route, &msg, router) {
-        Ok(read) => read,
-        Err(why) => {
-            tracing::error!(subject = %msg.subject, error = %why, bytes = msg.payload.len(), "dropping a NATS message that is not JSON");
-            if let Some(to) = msg.reply {
-                // No id to echo; a raw requester still gets an answer instead of a timeout.
-                let err = RpcError::new(format!("invalid JSON payload on `{}`: {why}", msg.subject));
-                let mut buf = Vec::new();
-                encode_reply(&mut buf, b"null", Outgoing::Error(&err));
-                let _ = nats.publish(to, buf.into()).await;
+fn serve_core(
+    route: &'static str,
+    msg: async_nats::Message,
+    nats: async_nats::Client,
+    router: &Router,
+) -> impl Future<Output = ()> + Send + 'static {
+    let read = read(route, &msg, router).map(|(request, id)| (router.call(request), id));
+    async move {
+        let (reply, id) = match read {
+            Ok(read) => read,
+            Err(why) => {
+                tracing::error!(subject = %msg.subject, error = %why, bytes = msg.payload.len(), "dropping a NATS message that is not JSON");
+                if let Some(to) = msg.reply {
+                    // No id to echo; a raw requester still gets an answer instead of a timeout.
+                    let err = RpcError::new(format!("invalid JSON payload on `{}`: {why}", msg.subject));
+                    let mut buf = Vec::new();
+                    encode_reply(&mut buf, b"null", Outgoing::Error(&err));
+                    let _ = nats.publish(to, buf.into()).await;
+                }
+                return;
             }
-            return;
-        }
-    };
-    let reply = router.call(request).await;
-    match (id, msg.reply) {
-        (Some(id), Some(to)) => {
-            let mut sink = ReplyTo { nats, to, id };
-            if let Err(e) = broker::send_reply(reply, &mut sink).await {
-                tracing::warn!(reply_to = %sink.to, error = %e, "could not publish a reply");
+        };
+        let reply = reply.await;
+        match (id, msg.reply) {
+            (Some(id), Some(to)) => {
+                let mut sink = ReplyTo { nats: &nats, to, id };
+                if let Err(e) = broker::send_reply(reply, &mut sink).await {
+                    tracing::warn!(reply_to = %sink.to, error = %e, "could not publish a reply");
+                }
             }
+            // A request without a reply subject: run it and drop the answer, as NestJS does.
+            (Some(_), None) => {
+                let _ = reply.drain().await;
+            }
+            // An event: the router ran its listeners.
+            (None, _) => {}
         }
-        // A request without a reply subject: run it and drop the answer, as NestJS does.
-        (Some(_), None) => {
-            let _ = reply.drain().await;
-        }
-        // An event: the router ran its listeners.
-        (None, _) => {}
     }
 }
 
@@ -402,35 +411,43 @@ impl ReplySink for ReplyTo<'_> {
 
 /// A durable event: acked once every listener succeeded, otherwise redelivered (after a
 /// pause that grows with the number of deliveries).
-async fn serve_durable(route: &'static str, msg: jetstream::Message, max_deliver: i64, router: &Router) {
-    let kind = match read(route, &msg, router) {
-        Err(why) => {
-            tracing::error!(subject = %msg.subject, error = %why, "dropping a durable NATS event that is not JSON");
-            // Redelivery cannot help.
-            AckKind::Term
-        }
-        Ok((request, _)) => {
-            let reply = router.call(as_event(request)).await;
-            // Nobody listens (the router logged it): nothing to retry.
-            if reply.is_no_handler() || reply.drain().await.is_ok() {
-                AckKind::Ack
-            } else {
-                let delivered = msg.info().map(|i| i.delivered).unwrap_or(1).max(1);
-                if delivered == max_deliver {
-                    tracing::error!(
-                        subject = %msg.subject,
-                        delivered,
-                        "a durable event failed on its last delivery (max_deliver); JetStream keeps it in \
-                         the stream but delivers it no more"
-                    );
-                }
-                AckKind::Nak(Some(Duration::from_millis(100u64 << delivered.min(7))))
+fn serve_durable(
+    route: &'static str,
+    msg: jetstream::Message,
+    max_deliver: i64,
+    router: &Router,
+) -> impl Future<Output = ()> + Send + 'static {
+    let read = read(route, &msg, router).map(|(request, _)| router.call(as_event(request)));
+    async move {
+        let kind = match read {
+            Err(why) => {
+                tracing::error!(subject = %msg.subject, error = %why, "dropping a durable NATS event that is not JSON");
+                // Redelivery cannot help.
+                AckKind::Term
             }
+            Ok(reply) => {
+                let reply = reply.await;
+                // Nobody listens (the router logged it): nothing to retry.
+                if reply.is_no_handler() || reply.drain().await.is_ok() {
+                    AckKind::Ack
+                } else {
+                    let delivered = msg.info().map(|i| i.delivered).unwrap_or(1).max(1);
+                    if delivered == max_deliver {
+                        tracing::error!(
+                            subject = %msg.subject,
+                            delivered,
+                            "a durable event failed on its last delivery (max_deliver); JetStream keeps it in \
+                             the stream but delivers it no more"
+                        );
+                    }
+                    AckKind::Nak(Some(Duration::from_millis(100u64 << delivered.min(7))))
+                }
+            }
+        };
+        if let Err(e) = msg.ack_with(kind).await {
+            // The broker redelivers after ack_wait: at least once, never lost.
+            tracing::warn!(subject = %msg.subject, error = %e, "could not acknowledge a durable event");
         }
-    };
-    if let Err(e) = msg.ack_with(kind).await {
-        // The broker redelivers after ack_wait: at least once, never lost.
-        tracing::warn!(subject = %msg.subject, error = %e, "could not acknowledge a durable event");
     }
 }
 
@@ -463,6 +480,7 @@ mod tests {
             Kind::Event,
             Handler {
                 location: "noop".into(),
+                order: Default::default(),
                 route: Route::from_fn(|_| std::future::ready(Reply::empty()).boxed()),
             },
         );

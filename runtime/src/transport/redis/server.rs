@@ -2,6 +2,7 @@
 //! broker loop; replies are published on `<route>.reply`. Subscribes again after the broker
 //! comes back.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -214,7 +215,7 @@ struct Message {
 const CLAIM_TTL: Duration = Duration::from_secs(60);
 
 impl Delivery for Message {
-    async fn serve(self, router: Router) {
+    fn serve(self, router: &Router) -> impl Future<Output = ()> + Send + 'static {
         // For a server in a group: a request is handled only by the replica that claims it
         // first (`SET … NX` on a key made of the group, the channel, the request id and a
         // digest of the packet). Events, which carry no id, still reach every replica.
@@ -228,41 +229,57 @@ impl Delivery for Message {
                 self.channel,
                 broker::fnv1a(&self.body)
             );
-            match self.publisher.claim(&key, CLAIM_TTL).await {
-                Ok(true) => {}
-                Ok(false) => {
-                    tracing::trace!(channel = %self.channel, "another replica of the group took the request");
-                    return;
-                }
-                // Better handled twice than not at all.
-                Err(e) => {
-                    tracing::warn!(channel = %self.channel, error = %e, "could not claim a request; handling it anyway")
-                }
-            }
-        }
-        // NestJS looks the handler up by the channel, not by the packet's pattern.
-        let address = router.channel_address(&self.channel);
-        match broker::read(&self.body, address, "redis", Headers::new()) {
-            Inbound::Packet { request, id } => {
-                let reply = router.call(request).await;
-                if let Some(id) = id {
-                    let mut sink = ReplyTo {
-                        publisher: &self.publisher,
-                        channel: format!("{}.reply", self.channel),
-                        id,
-                        buf: Vec::new(),
-                    };
-                    if let Err(e) = broker::send_reply(reply, &mut sink).await {
-                        tracing::warn!(channel = %sink.channel, error = %e, "could not publish a reply");
+            let router = router.clone();
+            return async move {
+                match self.publisher.claim(&key, CLAIM_TTL).await {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        tracing::trace!(channel = %self.channel, "another replica of the group took the request");
+                        return;
+                    }
+                    // Better handled twice than not at all.
+                    Err(e) => {
+                        tracing::warn!(channel = %self.channel, error = %e, "could not claim a request; handling it anyway")
                     }
                 }
+                let work = self.route(&router);
+                work.await
             }
+            .boxed();
+        }
+        self.route(router).boxed()
+    }
+}
+
+impl Message {
+    /// Hands the message to the router now; then sends a request's reply.
+    fn route(self, router: &Router) -> impl Future<Output = ()> + Send + 'static {
+        // NestJS looks the handler up by the channel, not by the packet's pattern.
+        let address = router.channel_address(&self.channel);
+        let (reply, id) = match broker::read(&self.body, address, "redis", Headers::new()) {
+            Inbound::Packet { request, id } => (Some(router.call(request)), id),
             Inbound::External(event) => {
                 tracing::debug!(channel = %self.channel, "a message that is not a NestJS packet; handing it to event listeners");
-                router.call(event).await;
+                (Some(router.call(event)), None)
             }
             Inbound::Invalid => {
                 tracing::warn!(channel = %self.channel, "dropping a message that is not UTF-8 text");
+                (None, None)
+            }
+        };
+        async move {
+            let Some(reply) = reply else { return };
+            let reply = reply.await;
+            if let Some(id) = id {
+                let mut sink = ReplyTo {
+                    publisher: &self.publisher,
+                    channel: format!("{}.reply", self.channel),
+                    id,
+                    buf: Vec::new(),
+                };
+                if let Err(e) = broker::send_reply(reply, &mut sink).await {
+                    tracing::warn!(channel = %sink.channel, error = %e, "could not publish a reply");
+                }
             }
         }
     }

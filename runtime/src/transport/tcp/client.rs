@@ -3,7 +3,8 @@
 //! Callers encode their own frames and hand them to the connection's writer task, which
 //! batches whatever is queued into one write. A reader task routes reply packets to the
 //! waiting calls. A dropped connection fails its calls at once; the next call reconnects,
-//! with exponential backoff between failed attempts.
+//! with exponential backoff between failed attempts. Events all travel on the first
+//! connection, so that a server reads them in the order they were sent.
 
 use std::borrow::Cow;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -72,8 +73,15 @@ impl TcpClient {
         })
     }
 
+    /// The next connection of the pool, for a request.
     async fn conn(&self) -> Result<Arc<Conn>> {
-        let slot = &self.slots[self.next.fetch_add(1, Ordering::Relaxed) % self.slots.len()];
+        self.conn_at(self.next.fetch_add(1, Ordering::Relaxed) % self.slots.len())
+            .await
+    }
+
+    /// The pool's `i`th connection, (re)connected if need be.
+    async fn conn_at(&self, i: usize) -> Result<Arc<Conn>> {
+        let slot = &self.slots[i];
         if let Some(conn) = slot
             .current
             .read()
@@ -174,7 +182,8 @@ impl ClientTransport for TcpClient {
 
     fn emit(self: Arc<Self>, msg: Outbound) -> BoxFuture<'static, Result<()>> {
         async move {
-            let conn = self.conn().await?;
+            // Events all go on one connection, so the server reads them in the order sent.
+            let conn = self.conn_at(0).await?;
             let mut body = Vec::with_capacity(msg.payload.len() + msg.pattern.len() + 32);
             encode_request(&mut body, &msg.pattern, &msg.payload, msg.headers.as_map(), None);
             let mut frame = Vec::with_capacity(body.len() + 12);

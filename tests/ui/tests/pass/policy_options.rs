@@ -18,6 +18,16 @@ async fn audit(line: String) {
     let _ = line;
 }
 
+#[event_pattern("order_updated", key = "orderId")]
+async fn order_updated(order: serde_json::Value) {
+    let _ = order;
+}
+
+#[event_pattern("page_viewed", concurrent, concurrency = 64)]
+async fn page_viewed(url: String) {
+    let _ = url;
+}
+
 struct Billing;
 
 #[handlers]
@@ -43,5 +53,9 @@ fn main() {
     assert_eq!(AUDIT.info().options().get_concurrency(), Some(1));
     assert_eq!(Billing::REFUND.options().get_retries(), 1);
     assert_eq!(REMOTE.options().get_retries(), 3);
-    let _ = (charge, quote, audit);
+    use switchboard::EventOrder;
+    assert_eq!(AUDIT.info().options().get_order(), EventOrder::InOrder);
+    assert_eq!(ORDER_UPDATED.info().options().get_order(), EventOrder::ByKey("orderId"));
+    assert_eq!(PAGE_VIEWED.info().options().get_order(), EventOrder::Concurrent);
+    let _ = (charge, quote, audit, order_updated, page_viewed);
 }
