@@ -51,6 +51,7 @@ pub mod middleware;
 pub mod resilience;
 pub mod server;
 pub mod service;
+mod text;
 pub mod transport;
 pub mod wire;
 

@@ -75,7 +75,11 @@ impl<S: Sync, T: DeserializeOwned + Send + 'static> FromRequest<S> for T {
 /// The payload as `T`: JSON decoded, or a value of that type taken as it is.
 pub(crate) fn decode_payload<T: DeserializeOwned + 'static>(req: &mut Request) -> Result<T, RpcError> {
     let invalid = |req: &Request, why: &dyn std::fmt::Display| {
-        RpcError::new(format!("invalid payload for pattern {}: {why}", req.context().route()))
+        RpcError::new(format!(
+            "invalid payload for pattern {}: {}",
+            req.context().route(),
+            crate::text::payload_error(why)
+        ))
     };
     match req.take_payload() {
         Some(Payload::Json(json)) => serde_json::from_slice(&json).map_err(|e| invalid(req, &e)),
@@ -106,7 +110,13 @@ pub(crate) fn check_unread_payload(req: &Request) -> Result<(), RpcError> {
     match req.payload() {
         Some(Payload::Json(json)) => serde_json::from_slice::<serde::de::IgnoredAny>(json)
             .map(drop)
-            .map_err(|e| RpcError::new(format!("invalid payload for pattern {}: {e}", req.context().route()))),
+            .map_err(|e| {
+                RpcError::new(format!(
+                    "invalid payload for pattern {}: {}",
+                    req.context().route(),
+                    crate::text::payload_error(&e)
+                ))
+            }),
         _ => Ok(()),
     }
 }

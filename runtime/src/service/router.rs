@@ -227,6 +227,9 @@ fn listen(listener: &Endpoint, req: Request) -> impl Future<Output = Reply> + Se
     }
 }
 
+/// Warnings about events nobody handles, at most this many a second.
+static UNKNOWN_EVENTS: crate::text::Throttle = crate::text::Throttle::new(10);
+
 /// A served pattern.
 #[derive(Debug)]
 pub struct RouteInfo {
@@ -373,13 +376,17 @@ impl RouterBuilder {
             layered,
             closed: std::sync::atomic::AtomicBool::new(false),
             fallback: wrap(Route::from_fn(|req| {
+                // The pattern is the sender's text: escaped, cut, and a flood held back.
+                let pattern = crate::text::for_log(req.context().route());
                 if req.kind() == Kind::Event {
-                    tracing::warn!(
-                        "There is no matching event handler defined in the remote service. Event pattern: {}",
-                        req.context().route()
-                    );
+                    if let Some(held_back) = UNKNOWN_EVENTS.allow() {
+                        tracing::warn!(
+                            held_back,
+                            "There is no matching event handler defined in the remote service. Event pattern: {pattern}"
+                        );
+                    }
                 } else {
-                    tracing::debug!(pattern = %req.context().route(), "no matching message handler");
+                    tracing::debug!(%pattern, "no matching message handler");
                 }
                 std::future::ready(Reply::no_handler()).boxed()
             })),

@@ -136,6 +136,8 @@ pub fn redact(url: &str) -> String {
         .map(|host| match host.rsplit_once('@') {
             Some((user, at)) => match user.split_once(':') {
                 Some((name, _)) => format!("{name}:***@{at}"),
+                // NATS reads a lone user info as a token.
+                None if scheme == "nats" => format!("***@{at}"),
                 None => format!("{user}@{at}"),
             },
             None => host.to_owned(),
@@ -357,7 +359,8 @@ mod tests {
             redact("nats://a:pw@h1:4222,b:pw2@h2:4222"),
             "nats://a:***@h1:4222,b:***@h2:4222"
         );
-        assert_eq!(redact("redis://token@h:6379"), "redis://token@h:6379");
+        assert_eq!(redact("redis://user@h:6379"), "redis://user@h:6379");
+        assert_eq!(redact("nats://s3cr3t@h:4222"), "nats://***@h:4222");
         assert_eq!(redact("tcp://127.0.0.1:3001"), "tcp://127.0.0.1:3001");
         let ep = Endpoint::parse("redis://u:hunter2@h:1?bogus=1").unwrap();
         assert!(!format!("{ep:?}").contains("hunter2"));

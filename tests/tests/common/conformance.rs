@@ -73,7 +73,7 @@ pub fn server(
 }
 
 /// True when something accepts TCP connections at the URL's host:port (always for `mem`).
-fn reachable(url: &str) -> bool {
+pub fn reachable(url: &str) -> bool {
     let Some((scheme, rest)) = url.split_once("://") else {
         return false;
     };
@@ -192,6 +192,23 @@ pub async fn errors(c: &Client) {
     assert!(
         matches!(err, Error::Codec { .. }),
         "a reply of the wrong type is a decode error: {err}"
+    );
+    // A bad payload's error names the problem briefly: 512 KiB of text where numbers belong
+    // comes back as a short excerpt, and no Rust type name reaches the caller.
+    let big = "x".repeat(512 * 1024);
+    let err = c
+        .send_raw::<Value>(json!({"cmd": "sum"}), json!(big))
+        .await
+        .unwrap_err();
+    let message = err.as_rpc().and_then(|e| e.message()).unwrap_or_default().to_owned();
+    assert!(message.starts_with("invalid payload for pattern"), "{err}");
+    assert!(message.len() < 400, "{} bytes: {message}", message.len());
+    let err = c.send_raw::<Value>("add_point", json!("nope")).await.unwrap_err();
+    let message = err.as_rpc().and_then(|e| e.message()).unwrap_or_default().to_owned();
+    assert!(message.contains("expected an object"), "{message}");
+    assert!(
+        !message.contains("Point"),
+        "a Rust type name reached the caller: {message}"
     );
 }
 

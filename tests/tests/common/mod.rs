@@ -246,6 +246,18 @@ pub async fn order_seen(marker: String) -> Value {
     with_log(&marker, |log| json!({"seqs": log.seqs, "most": log.most}))
 }
 
+#[derive(serde::Deserialize)]
+pub struct Point {
+    x: i64,
+    y: i64,
+}
+
+/// A payload that is a Rust struct (its name must not reach a caller in an error).
+#[message_pattern("add_point")]
+pub async fn add_point(p: Point) -> i64 {
+    p.x + p.y
+}
+
 /// A request handler that also records its payload, to see events sent to it.
 #[message_pattern("record")]
 pub async fn record(data: Value) -> usize {

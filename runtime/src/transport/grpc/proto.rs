@@ -226,7 +226,11 @@ impl<T> std::fmt::Debug for GrpcStream<T> {
 /// (its `FromRequest` impl is the server's, in `server::extract`).
 pub(crate) fn take_stream<T: Send + 'static>(req: &mut Request) -> Result<GrpcStream<T>, RpcError> {
     let invalid = |req: &Request, why: &str| {
-        RpcError::new(format!("invalid payload for pattern {}: {why}", req.context().route()))
+        RpcError::new(format!(
+            "invalid payload for pattern {}: {}",
+            req.context().route(),
+            crate::text::payload_error(why)
+        ))
     };
     match req.take_payload() {
         Some(Payload::Value(value)) => match value.downcast::<GrpcStream<T>>() {

@@ -104,6 +104,13 @@ pub(crate) struct Options {
 impl Options {
     fn parse(ep: &Endpoint, server: bool) -> Result<Self> {
         ep.only_params(PARAMS)?;
+        if ep.authority.contains('@') {
+            // librdkafka would take it for a host name, and log it.
+            return Err(Error::InvalidUrl {
+                url: ep.redacted(),
+                reason: "credentials in a kafka:// URL are not supported (no SASL yet): give host:port only".into(),
+            });
+        }
         let postfix = ep
             .param("postfix")
             .unwrap_or(if server { "-server" } else { "-client" });

@@ -57,13 +57,34 @@ const PARAMS: &[&str] = &[
 /// Default cap on messages being handled at once by one server.
 const DEFAULT_MAX_IN_FLIGHT: usize = 1024;
 
+/// Credentials from a `nats://` URL: `user:password@` or `token@`.
+#[derive(Clone, Default)]
+enum Auth {
+    #[default]
+    None,
+    UserAndPassword(String, String),
+    Token(String),
+}
+
+impl std::fmt::Debug for Auth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Auth::None => "None",
+            Auth::UserAndPassword(..) => "UserAndPassword(***)",
+            Auth::Token(_) => "Token(***)",
+        })
+    }
+}
+
 /// Settings from a `nats://` URL.
 #[derive(Debug, Clone)]
 struct NatsOptions {
     /// The URL without its password (for logs, errors and `local_url`).
     url: String,
-    /// What async-nats connects to: `nats://[user:pass@]host:port[,host:port…]`.
+    /// What async-nats connects to: `nats://host:port`, each server of the URL.
     servers: Vec<String>,
+    /// The URL's credentials, handed to async-nats apart from the servers (which it logs).
+    auth: Auth,
     /// Queue group of the server's subscriptions (NestJS `queue`); none by default.
     queue: Option<String>,
     /// JetStream stream carrying durable events; none (core NATS) by default.
@@ -95,14 +116,18 @@ impl NatsOptions {
             reason,
         };
         // `user:pass@host1:4222,host2:4222`: credentials apply to every server.
+        let decode = |s: &str| super::percent_decode(s).ok_or_else(|| bad("bad %-escape in the login".into()));
         let (auth, hosts) = match ep.authority.rsplit_once('@') {
-            Some((auth, hosts)) => (format!("{auth}@"), hosts),
-            None => (String::new(), ep.authority.as_str()),
+            Some((login, hosts)) => match login.split_once(':') {
+                Some((user, pass)) => (Auth::UserAndPassword(decode(user)?, decode(pass)?), hosts),
+                None => (Auth::Token(decode(login)?), hosts),
+            },
+            None => (Auth::None, ep.authority.as_str()),
         };
         let servers: Vec<String> = hosts
             .split(',')
             .filter(|h| !h.is_empty())
-            .map(|h| format!("nats://{auth}{h}"))
+            .map(|h| format!("nats://{h}"))
             .collect();
         if servers.is_empty() {
             return Err(bad("missing host:port".into()));
@@ -137,6 +162,7 @@ impl NatsOptions {
         Ok(NatsOptions {
             url: ep.redacted(),
             servers,
+            auth,
             queue: non_empty("queue")?,
             jetstream,
             durable,
@@ -167,6 +193,11 @@ impl NatsOptions {
         if let Some(name) = &self.name {
             opts = opts.name(name);
         }
+        opts = match &self.auth {
+            Auth::None => opts,
+            Auth::UserAndPassword(user, pass) => opts.user_and_password(user.clone(), pass.clone()),
+            Auth::Token(token) => opts.token(token.clone()),
+        };
         opts.connect(self.servers.as_slice()).await.map_err(|e| Error::Connect {
             addr: self.url.clone(),
             reason: e.to_string(),
@@ -228,7 +259,8 @@ mod tests {
         assert_eq!(o.servers, ["nats://127.0.0.1:4222"]);
         assert!(o.queue.is_none() && o.jetstream.is_none());
         let o = opts("nats://u:p@a:1,b:2?queue=workers&jetstream=EVENTS&durable=orders&max_deliver=3").unwrap();
-        assert_eq!(o.servers, ["nats://u:p@a:1", "nats://u:p@b:2"]);
+        assert_eq!(o.servers, ["nats://a:1", "nats://b:2"]);
+        assert!(matches!(&o.auth, Auth::UserAndPassword(u, p) if u == "u" && p == "p"));
         assert_eq!(o.queue.as_deref(), Some("workers"));
         assert_eq!(o.jetstream.as_deref(), Some("EVENTS"));
         assert_eq!((o.durable.as_str(), o.max_deliver), ("orders", 3));
@@ -236,7 +268,10 @@ mod tests {
         let o = opts("nats://u:secret@h:1?max_in_flight=8").unwrap();
         assert_eq!(o.max_in_flight, 8);
         assert!(!o.url.contains("secret"), "{}", o.url);
-        assert_eq!(o.servers, ["nats://u:secret@h:1"]);
+        assert_eq!(o.servers, ["nats://h:1"]);
+        assert!(!format!("{o:?}").contains("secret"));
+        let o = opts("nats://s3cr%40t@h:1").unwrap();
+        assert!(matches!(&o.auth, Auth::Token(t) if t == "s3cr@t"));
         let err = |url: &str| opts(url).unwrap_err().to_string();
         assert!(!err("nats://u:secret@h:1?queue=").contains("secret"));
         assert!(err("nats://h:1?qeue=x").contains("unknown query parameter `qeue`"));
