@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use common::raw::{Raw, frame};
 use serde_json::{Value, json};
-use switchboard::{Microservice, RunningServer};
+use switchboard::{Client, Microservice, RunningServer};
 
 async fn server(query: &str) -> RunningServer {
     Microservice::from_registry()
@@ -334,6 +334,99 @@ async fn a_peer_silent_mid_frame_is_dropped() {
         r#"{"response":1,"isDisposed":true,"id":"i"}"#
     );
     s.shutdown().await.unwrap();
+}
+
+/// A frame must arrive whole within the timeout from its first byte: a peer trickling one
+/// byte at a time cannot keep a partial frame (and its buffer) alive.
+#[tokio::test]
+async fn a_peer_trickling_a_frame_is_dropped() {
+    let s = server("?incomplete_timeout_ms=500").await;
+    let mut raw = Raw::connect(s.local_url()).await;
+    raw.send("5000#").await;
+    let mut closed = false;
+    // Up to 8 s of one byte every 100 ms: far past the frame's 500 ms.
+    for _ in 0..80 {
+        raw.send("x").await;
+        if raw.closed_within(Duration::from_millis(100)).await {
+            closed = true;
+            break;
+        }
+    }
+    assert!(closed, "still open while the frame trickled in");
+    s.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn an_idle_connection_is_closed_and_others_are_served() {
+    let s = server("?idle_timeout_ms=300").await;
+    let mut idle = Raw::connect(s.local_url()).await;
+    assert_eq!(
+        exchange(&mut idle, r#"{"pattern":"echo","data":1,"id":"a"}"#).await,
+        r#"{"response":1,"isDisposed":true,"id":"a"}"#
+    );
+    assert!(idle.closed_within(Duration::from_secs(10)).await, "idle, yet kept open");
+    // A client reconnects by itself.
+    let client = Client::connect(s.local_url()).await.unwrap();
+    assert_eq!(client.send_raw::<u32>("echo", 1).await.unwrap(), 1);
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(client.send_raw::<u32>("echo", 2).await.unwrap(), 2);
+    s.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn connections_past_the_maximum_are_refused() {
+    let s = server("?max_connections=2").await;
+    let mut first = Raw::connect(s.local_url()).await;
+    let mut second = Raw::connect(s.local_url()).await;
+    let mut third = Raw::connect(s.local_url()).await;
+    assert!(third.closed_within(Duration::from_secs(10)).await, "a third connection");
+    for (raw, id) in [(&mut first, "1"), (&mut second, "2")] {
+        assert_eq!(
+            exchange(raw, &format!(r#"{{"pattern":"echo","data":1,"id":"{id}"}}"#)).await,
+            format!(r#"{{"response":1,"isDisposed":true,"id":"{id}"}}"#)
+        );
+    }
+    drop(first);
+    // Once one closes, a new one is taken (the server notices the close first).
+    let mut served = false;
+    for _ in 0..50 {
+        let mut next = Raw::connect(s.local_url()).await;
+        next.send_frame(r#"{"pattern":"echo","data":1,"id":"n"}"#).await;
+        if next.try_recv(Duration::from_millis(200)).await.is_some() {
+            served = true;
+            break;
+        }
+    }
+    assert!(served, "a connection is taken again below the maximum");
+    s.shutdown().await.unwrap();
+}
+
+/// The listen queue is 1024 by default (the kernel's 128 drops connects in a burst), as the
+/// kernel reports it for the listening socket.
+#[tokio::test]
+async fn the_listen_queue_is_deep() {
+    for (query, want) in [("", 1024), ("?backlog=4096", 4096)] {
+        let s = server(query).await;
+        let port = s.local_url().rsplit(':').next().unwrap().to_owned();
+        let out = std::process::Command::new("ss")
+            .args(["-ltnH", &format!("sport = :{port}")])
+            .output()
+            .expect("ss (iproute2) runs");
+        let text = String::from_utf8_lossy(&out.stdout);
+        // LISTEN  0  <backlog>  127.0.0.1:port ...: the third column is the queue's size.
+        let backlog: u32 = text
+            .split_whitespace()
+            .nth(2)
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no listening socket in: {text}"));
+        // The kernel caps it at net.core.somaxconn.
+        let cap: u32 = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+            .ok()
+            .and_then(|t| t.trim().parse().ok())
+            .unwrap_or(u32::MAX);
+        assert_eq!(backlog, want.min(cap), "{query}");
+        s.shutdown().await.unwrap();
+    }
 }
 
 #[tokio::test]

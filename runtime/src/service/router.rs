@@ -281,6 +281,9 @@ struct Table {
     /// Each served route once, sorted.
     routes: Vec<Arc<Entry>>,
     fallback: Route,
+    /// Longer addresses cannot name a served route, however written: they miss without
+    /// being parsed (an attacker's megabyte pattern costs a length check).
+    longest: usize,
     /// Service-wide layers look at replies as JSON, so in-process callers get JSON too.
     layered: bool,
     /// Set once the service stops serving in-process callers that hold this router.
@@ -370,7 +373,10 @@ impl RouterBuilder {
             routes.push(entry);
         }
         routes.sort_by_key(|e| e.info.route);
+        // Room for whitespace and escapes around the longest key, as a client may write it.
+        let longest = lookup.keys().map(|k| k.len()).max().unwrap_or(0) * 2 + 64;
         Router(Arc::new(Table {
+            longest,
             lookup,
             routes,
             layered,
@@ -490,6 +496,9 @@ impl Router {
         if let Some(e) = self.0.lookup.get(text) {
             return Ok(e);
         }
+        if text.len() > self.0.longest {
+            return Err(too_long(text));
+        }
         let route = match address {
             Address::Route(_) => text.to_owned(),
             Address::Pattern(_) => match simple_json_string(text) {
@@ -499,6 +508,15 @@ impl Router {
         };
         self.0.lookup.get(route.as_str()).ok_or(route)
     }
+}
+
+/// A miss too long to have parsed, as logs and errors name it: its start and its length.
+fn too_long(text: &str) -> String {
+    let mut end = 64.min(text.len());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}… ({} bytes)", &text[..end], text.len())
 }
 
 /// The content of a JSON string literal without escapes, without allocating.
@@ -591,5 +609,33 @@ impl Future for RouterFuture {
 impl fmt::Debug for RouterFuture {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("RouterFuture")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    #[test]
+    fn a_pattern_longer_than_any_route_misses_unparsed() {
+        let mut routes = RouterBuilder::default();
+        let endpoint = Endpoint {
+            location: "sum".into(),
+            route: Route::from_fn(|_| std::future::ready(Reply::empty()).boxed()),
+            order: Default::default(),
+        };
+        routes.add("sum", "\"sum\"", Kind::Request, endpoint);
+        let router = routes.build(false, |route| route);
+        let keys: Vec<String> = (0..100_000).map(|i| format!("\"k{i}\":1")).collect();
+        let big = format!("{{{}}}", keys.join(","));
+        let miss = router
+            .resolve_route(&Address::Pattern(Bytes::from(big.clone())))
+            .unwrap_err();
+        assert!(miss.ends_with(&format!("… ({} bytes)", big.len())), "{miss}");
+        assert!(miss.len() < 100);
+        // A short one is still normalised as NestJS does.
+        let short = Address::Pattern(Bytes::from_static(br#"{"b":1,"a":2}"#));
+        assert_eq!(router.resolve_route(&short).unwrap_err(), r#"{"a":2,"b":1}"#);
     }
 }

@@ -123,6 +123,29 @@ impl Default for ClientOptions {
     }
 }
 
+/// The listen queue of a server socket (the kernel's default of 128 drops connects in a burst).
+#[cfg_attr(not(any(feature = "tcp", feature = "grpc")), allow(dead_code))]
+pub(crate) const DEFAULT_BACKLOG: u32 = 1024;
+
+/// A listening socket on `authority` (`host:port`) with a listen queue of `backlog`.
+#[cfg_attr(not(any(feature = "tcp", feature = "grpc")), allow(dead_code))]
+pub(crate) async fn listen(authority: &str, backlog: u32) -> std::io::Result<tokio::net::TcpListener> {
+    let mut last = None;
+    for addr in tokio::net::lookup_host(authority).await? {
+        let socket = match addr {
+            std::net::SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+            std::net::SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+        };
+        // As std and tokio bind: a restarted server may take its port back at once.
+        socket.set_reuseaddr(true)?;
+        match socket.bind(addr).and_then(|()| socket.listen(backlog)) {
+            Ok(listener) => return Ok(listener),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, "no address to listen on")))
+}
+
 /// `url` without the password of its user info, for logs, errors and `Debug`.
 pub fn redact(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {

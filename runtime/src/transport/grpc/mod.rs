@@ -81,7 +81,7 @@ impl GrpcListener {
                 .unwrap_or(DEFAULT_MAX_IN_FLIGHT)
                 .clamp(1, Semaphore::MAX_PERMITS),
         };
-        let listener = tokio::net::TcpListener::bind(&ep.authority)
+        let listener = super::listen(&ep.authority, super::DEFAULT_BACKLOG)
             .await
             .map_err(|e| Error::io(format!("cannot listen on {}", ep.redacted()), e))?;
         Ok(GrpcListener { listener, opts })

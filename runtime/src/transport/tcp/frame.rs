@@ -20,6 +20,13 @@ pub enum FrameError {
         /// The cap.
         max: usize,
     },
+    /// The body takes more bytes than the cap allows (the cap counts both units and bytes:
+    /// a frame of 3-byte characters would otherwise take three times the memory).
+    #[error("frame exceeds the limit of {max} bytes")]
+    TooManyBytes {
+        /// The cap.
+        max: usize,
+    },
     /// The length ends inside a character, or the bytes are not UTF-8.
     #[error("frame body is not valid UTF-8 of the announced length")]
     InvalidUtf8,
@@ -39,7 +46,7 @@ pub struct FrameDecoder {
 }
 
 impl FrameDecoder {
-    /// A decoder refusing frames longer than `max_len` UTF-16 units.
+    /// A decoder refusing frames longer than `max_len` UTF-16 units or bytes.
     pub fn new(max_len: usize) -> Self {
         FrameDecoder {
             max_len,
@@ -115,6 +122,9 @@ impl FrameDecoder {
             if self.units == len {
                 return Ok(Some(i));
             }
+            if i >= self.max_len {
+                return Err(FrameError::TooManyBytes { max: self.max_len });
+            }
             let (units, owed) = match b {
                 0x00..=0x7F => (1, 0),
                 0xC0..=0xDF => (1, 1),
@@ -128,6 +138,9 @@ impl FrameDecoder {
                 // The announced length ends inside a surrogate pair.
                 return Err(FrameError::InvalidUtf8);
             }
+        }
+        if body.len() > self.max_len {
+            return Err(FrameError::TooManyBytes { max: self.max_len });
         }
         self.scanned = body.len();
         Ok((self.units == len && self.owed == 0).then_some(body.len()))
@@ -246,6 +259,12 @@ mod tests {
             Err(FrameError::CorruptedLength(_))
         ));
         assert_eq!(frames(b"11#", 10), Err(FrameError::TooLarge { len: 11, max: 10 }));
+        // Four characters, twelve bytes: within four units, past a cap of ten bytes.
+        assert_eq!(
+            frames("4#€€€€".as_bytes(), 10),
+            Err(FrameError::TooManyBytes { max: 10 })
+        );
+        assert_eq!(frames("3#€€€".as_bytes(), 10).unwrap().len(), 1);
         assert_eq!(frames(b"0#", 10).unwrap(), vec![""]);
     }
 

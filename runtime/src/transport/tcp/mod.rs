@@ -4,9 +4,12 @@
 //! length in UTF-16 units, NestJS's packets and reply shapes (`docs/nestjs-wire.md` §1).
 //!
 //! URL query parameters:
-//! - both ends: `max_frame_len` (UTF-16 units, default 64 Mi);
-//! - server: `max_in_flight` (per connection, default 256), `incomplete_timeout_ms`
-//!   (a peer silent mid-frame is dropped, default 30000);
+//! - both ends: `max_frame_len` (UTF-16 units, and as many bytes; default 64 Mi);
+//! - server: `max_in_flight` (per connection, default 256), `incomplete_timeout_ms` (a frame
+//!   must arrive whole within it from its first byte, default 30000), `idle_timeout_ms` (a
+//!   connection with nothing received and nothing in flight is closed, default 300000; 0:
+//!   never), `max_connections` (more are closed at once, with a warning; default 10000),
+//!   `backlog` (the listen queue, default 1024);
 //! - client: `pool` (connections, default 2), `connect_timeout_ms` (default 5000);
 //! - `tls://` server: `cert`, `key` (PEM files); client: `ca` (PEM file), `server_name`.
 
@@ -31,14 +34,24 @@ pub use client::TcpClient;
 pub const DEFAULT_MAX_FRAME_LEN: usize = 64 * 1024 * 1024;
 /// Default cap on requests being handled at once on one server connection.
 pub const DEFAULT_MAX_IN_FLIGHT: usize = 256;
-/// Default time a peer may stay silent in the middle of a frame (NestJS 11.2.5+'s default).
+/// Default time a frame may take to arrive whole, from its first byte (NestJS 11.2.5+'s
+/// incomplete-frame timeout, which NestJS restarts on every byte).
 pub const DEFAULT_INCOMPLETE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default time an idle connection (nothing received, nothing in flight) is kept.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+/// Default cap on a server's open connections.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+/// Default listen queue of a server (the kernel's default of 128 drops connects in a burst).
+pub const DEFAULT_BACKLOG: u32 = super::DEFAULT_BACKLOG;
 
 #[derive(Debug, Clone)]
 pub(crate) struct ServerOptions {
     pub max_frame_len: usize,
     pub max_in_flight: usize,
     pub incomplete_timeout: Duration,
+    /// `None`: never.
+    pub idle_timeout: Option<Duration>,
+    pub max_connections: usize,
 }
 
 /// The server side of the TCP transport, bound to its address.
@@ -60,7 +73,14 @@ impl TcpListener {
     /// Binds `tcp://host:port` (port 0 picks a free one).
     pub async fn bind(ep: &Endpoint) -> Result<Self> {
         let tls_params: &[&str] = if ep.scheme == "tls" { &["cert", "key"] } else { &[] };
-        let mut known = vec!["max_frame_len", "max_in_flight", "incomplete_timeout_ms"];
+        let mut known = vec![
+            "max_frame_len",
+            "max_in_flight",
+            "incomplete_timeout_ms",
+            "idle_timeout_ms",
+            "max_connections",
+            "backlog",
+        ];
         known.extend_from_slice(tls_params);
         ep.only_params(&known)?;
         let opts = ServerOptions {
@@ -73,16 +93,26 @@ impl TcpListener {
                 .param_as("incomplete_timeout_ms")?
                 .map(Duration::from_millis)
                 .unwrap_or(DEFAULT_INCOMPLETE_TIMEOUT),
+            idle_timeout: match ep.param_as::<u64>("idle_timeout_ms")? {
+                Some(0) => None,
+                Some(ms) => Some(Duration::from_millis(ms)),
+                None => Some(DEFAULT_IDLE_TIMEOUT),
+            },
+            max_connections: ep
+                .param_as::<usize>("max_connections")?
+                .unwrap_or(DEFAULT_MAX_CONNECTIONS)
+                .max(1),
         };
+        let backlog = ep.param_as::<u32>("backlog")?.unwrap_or(DEFAULT_BACKLOG).max(1);
         #[cfg(feature = "tls")]
         let tls = if ep.scheme == "tls" {
             Some(tls::acceptor(ep)?)
         } else {
             None
         };
-        let listener = tokio::net::TcpListener::bind(&ep.authority)
+        let listener = super::listen(&ep.authority, backlog)
             .await
-            .map_err(|e| Error::io(format!("cannot listen on {}", ep.as_str()), e))?;
+            .map_err(|e| Error::io(format!("cannot listen on {}", ep.redacted()), e))?;
         Ok(TcpListener {
             listener,
             scheme: if ep.scheme == "tls" { "tls" } else { "tcp" },

@@ -28,6 +28,12 @@ pub(super) async fn serve(l: TcpListener, router: Router, mut shutdown: Shutdown
             _ = shutdown.wait() => break,
             accepted = l.listener.accept() => match accepted {
                 Ok((stream, peer)) => {
+                    if conns.len() >= l.opts.max_connections {
+                        if let Some(held_back) = REFUSED.allow() {
+                            tracing::warn!(%peer, max_connections = l.opts.max_connections, held_back, "refusing a connection: the server has as many as it takes");
+                        }
+                        continue;
+                    }
                     let _ = stream.set_nodelay(true);
                     let (router, opts, shutdown) = (router.clone(), l.opts.clone(), shutdown.clone());
                     #[cfg(feature = "tls")]
@@ -61,6 +67,9 @@ pub(super) async fn serve(l: TcpListener, router: Router, mut shutdown: Shutdown
     while conns.join_next().await.is_some() {}
     Ok(())
 }
+
+/// Warnings about refused connections, at most this many a second.
+static REFUSED: crate::text::Throttle = crate::text::Throttle::new(10);
 
 /// Work in flight on a connection: a request whose handler has not answered yet, a reply
 /// being streamed, or an event's listeners.
@@ -116,6 +125,8 @@ struct Conn {
     inflight: SelectAll<Work>,
     /// Complete frames may still be in `rbuf`, not dispatched for lack of room.
     backlog: bool,
+    /// Frames taken off `rbuf` so far: the deadline of a partial frame is armed once per frame.
+    frames: u64,
 }
 
 /// Replies buffered before they are written out, at most (one reply may exceed it).
@@ -143,10 +154,19 @@ async fn connection<R, W>(
         scratch: Vec::with_capacity(1024),
         inflight: SelectAll::new(),
         backlog: false,
+        frames: 0,
     };
     let mut reading = !shutdown.is_down();
-    let silence = tokio::time::sleep(c.opts.incomplete_timeout);
-    tokio::pin!(silence);
+    // A partial frame must arrive whole by this deadline, counted from its first byte (a
+    // peer trickling a byte at a time cannot hold its buffer forever).
+    let whole = tokio::time::sleep(c.opts.incomplete_timeout);
+    tokio::pin!(whole);
+    let mut armed_for: Option<u64> = None;
+    // An idle connection is closed: checked when the timer fires, against the last read.
+    let idle_after = c.opts.idle_timeout.unwrap_or(std::time::Duration::MAX);
+    let idle = tokio::time::sleep_until(Instant::now().checked_add(idle_after).unwrap_or_else(far_future));
+    tokio::pin!(idle);
+    let mut last_read = Instant::now();
     loop {
         if !c.wbuf.is_empty() {
             // While the peer does not read, we neither read nor poll handlers: backpressure.
@@ -162,9 +182,9 @@ async fn connection<R, W>(
                 tracing::warn!(%peer, error = %e, "invalid data received; closing the connection");
                 break;
             }
-            if !c.backlog && c.decoder.is_mid_frame(&c.rbuf) {
-                // The peer's silence counts from when we are ready to read again.
-                silence.as_mut().reset(Instant::now() + c.opts.incomplete_timeout);
+            if !c.backlog && c.decoder.is_mid_frame(&c.rbuf) && armed_for != Some(c.frames) {
+                armed_for = Some(c.frames);
+                whole.as_mut().reset(Instant::now() + c.opts.incomplete_timeout);
             }
             if !c.wbuf.is_empty() {
                 continue;
@@ -199,9 +219,15 @@ async fn connection<R, W>(
                         tracing::warn!(%peer, error = %e, "invalid data received; closing the connection");
                         break;
                     }
-                    // Only a partial frame needs the silence timer (re)armed.
-                    if c.decoder.is_mid_frame(&c.rbuf) {
-                        silence.as_mut().reset(Instant::now() + c.opts.incomplete_timeout);
+                    // A partial frame's deadline is armed once, when it starts.
+                    if !c.decoder.is_mid_frame(&c.rbuf) {
+                        armed_for = None;
+                    } else if armed_for != Some(c.frames) {
+                        armed_for = Some(c.frames);
+                        whole.as_mut().reset(Instant::now() + c.opts.incomplete_timeout);
+                    }
+                    if c.opts.idle_timeout.is_some() {
+                        last_read = Instant::now();
                     }
                 }
                 Err(e) => {
@@ -209,9 +235,17 @@ async fn connection<R, W>(
                     return;
                 }
             },
-            _ = &mut silence, if can_read && mid_frame => {
-                tracing::warn!(%peer, timeout = ?c.opts.incomplete_timeout, "peer went silent in the middle of a frame; closing");
+            _ = &mut whole, if can_read && mid_frame => {
+                tracing::warn!(%peer, timeout = ?c.opts.incomplete_timeout, "a frame did not arrive whole in time; closing");
                 break;
+            }
+            _ = &mut idle, if can_read && !mid_frame && c.inflight.is_empty() => {
+                let due = last_read + idle_after;
+                if due <= Instant::now() {
+                    tracing::debug!(%peer, timeout = ?idle_after, "idle connection; closing");
+                    break;
+                }
+                idle.as_mut().reset(due);
             }
             _ = shutdown.wait(), if reading => reading = false,
         }
@@ -221,6 +255,11 @@ async fn connection<R, W>(
     }
     let _ = wr.shutdown().await;
     tracing::debug!(%peer, "connection closed");
+}
+
+/// An instant no timer reaches.
+fn far_future() -> Instant {
+    Instant::now() + std::time::Duration::from_secs(100 * 365 * 24 * 3600)
 }
 
 impl Conn {
@@ -236,6 +275,7 @@ impl Conn {
             let Some(body) = self.decoder.decode(&mut self.rbuf)? else {
                 return Ok(());
             };
+            self.frames += 1;
             let packet = match Packet::parse(&body) {
                 Ok(p) => p,
                 Err(PacketError::NotAnObject) => {
