@@ -28,6 +28,31 @@ pub const INTERNAL_SERVER_ERROR: &str = "Internal server error";
 /// The `err` text of NestJS's reply to a request nobody handles.
 pub const NO_MESSAGE_HANDLER: &str = "There is no matching message handler defined in the remote service.";
 
+/// Turns any error into NestJS's `Internal server error` for the caller, logging the error
+/// itself here ([`RpcError::internal_from`]): `?` without sending internals over the wire.
+///
+/// ```
+/// use switchboard::prelude::*;
+///
+/// #[message_pattern("user.name")]
+/// async fn user_name(id: u32) -> RpcResult<String> {
+///     let row: Result<String, std::io::Error> = Err(std::io::Error::other("db-7: disk full"));
+///     let name = row.or_internal()?;
+///     Ok(name)
+/// }
+/// # let _ = user_name;
+/// ```
+pub trait OrInternal<T> {
+    /// `Ok` as it is; an error logged, and `Internal server error` for the caller.
+    fn or_internal(self) -> Result<T, RpcError>;
+}
+
+impl<T, E: std::fmt::Display> OrInternal<T> for std::result::Result<T, E> {
+    fn or_internal(self) -> Result<T, RpcError> {
+        self.map_err(RpcError::internal_from)
+    }
+}
+
 impl RpcError {
     /// `RpcException('text')`: `{"status":"error","message":"text"}`.
     pub fn new(message: impl Into<String>) -> Self {
@@ -45,6 +70,21 @@ impl RpcError {
     /// What NestJS answers for an unexpected exception: `Internal server error`.
     pub fn internal() -> Self {
         Self::new(INTERNAL_SERVER_ERROR)
+    }
+
+    /// An internal failure, as NestJS answers an unexpected exception: the caller gets
+    /// `Internal server error`; `error` itself (which may name tables, hosts or files) is only
+    /// logged here. See [`OrInternal`] for the `?` form.
+    ///
+    /// ```
+    /// use switchboard::RpcError;
+    ///
+    /// let e = RpcError::internal_from("connection to db-7.internal:5432 refused");
+    /// assert_eq!(e.message(), Some("Internal server error"));
+    /// ```
+    pub fn internal_from(error: impl std::fmt::Display) -> Self {
+        tracing::error!(error = %error, "a handler failed; the caller is told `Internal server error`");
+        Self::internal()
     }
 
     /// The wire value.

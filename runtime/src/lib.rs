@@ -61,7 +61,7 @@ pub mod __private;
 pub use client::call::{Call, Emit, Fallback};
 pub use client::descriptor::{AsPayload, Event, EventDef, Message, MessageDef, PatternLit};
 pub use client::{Client, ClientBuilder};
-pub use error::{Error, Result, RpcError, RpcResult};
+pub use error::{Error, OrInternal, Result, RpcError, RpcResult};
 pub use server::extract::{Deadline, Extension, FromRequest, IsPayload, NoPayload};
 pub use server::group::Group;
 pub use server::handler::{Handler, HandlerInfo, HandlerService, Layered, Serve};
@@ -78,7 +78,8 @@ pub use switchboard_macros::{FromRef, event_pattern, handlers, message_pattern, 
 pub mod prelude {
     pub use crate::{
         Client, Context, Deadline, Event, EventDef, Extension, FromRef, Handler, Headers, Message, MessageDef,
-        Microservice, ReplyStream, RpcError, RpcResult, State, event_pattern, handlers, message_pattern, pattern,
+        Microservice, OrInternal, ReplyStream, RpcError, RpcResult, State, event_pattern, handlers, message_pattern,
+        pattern,
     };
     pub use serde::{Deserialize, Serialize};
 }

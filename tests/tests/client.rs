@@ -169,3 +169,65 @@ async fn handlers_are_still_plain_functions() {
     assert_eq!(get_user("7".to_string()).await.name, "John Doe");
     assert_eq!(sum(vec![1.0, 1.0]).await, 2.0);
 }
+
+// ---------------------------------------------------------------- ergonomics
+#[switchboard::message_pattern("client.hidden_failure")]
+async fn hidden_failure() -> switchboard::RpcResult<u32> {
+    use switchboard::OrInternal;
+    let row: Result<u32, std::io::Error> = Err(std::io::Error::other("db-7.internal:5432: disk full"));
+    row.or_internal()
+}
+
+/// `stream()` is usable as it comes (`.next()` without pinning), `one()` insists on exactly
+/// one value, `or_internal()` tells the caller nothing of the error, and `on_ready` is called
+/// with the URL to use once the service takes messages.
+#[tokio::test]
+async fn stream_one_or_internal_and_on_ready() {
+    use futures_util::StreamExt;
+
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let service = Microservice::from_registry()
+        .listen("tcp://127.0.0.1:0")
+        .on_ready(move |urls| {
+            let _ = ready_tx.send(urls[0].clone());
+        })
+        .run_until(async move {
+            let _ = stop_rx.await;
+        });
+    let checks = async move {
+        let url = tokio::time::timeout(Duration::from_secs(10), ready_rx)
+            .await
+            .expect("ready within 10 s")
+            .unwrap();
+        let c = Client::connect(&url).await.unwrap();
+
+        let mut values = c.send_raw::<u64>("count_to", 3).stream().await.unwrap();
+        let mut seen = Vec::new();
+        while let Some(v) = values.next().await {
+            seen.push(v.unwrap());
+        }
+        assert_eq!(seen, [1, 2, 3]);
+
+        assert_eq!(c.send_raw::<u64>("count_to", 1).one().await.unwrap(), 1);
+        let many = c.send_raw::<u64>("count_to", 2).one().await.unwrap_err();
+        assert!(
+            many.to_string().contains("expected one value, the reply had more"),
+            "{many}"
+        );
+        let none = c
+            .send_raw::<Option<u64>>("void_ret", json!({}))
+            .one()
+            .await
+            .unwrap_err();
+        assert!(none.to_string().contains("the reply had none"), "{none}");
+
+        let hidden = c.send(HIDDEN_FAILURE, ()).await.unwrap_err();
+        assert_eq!(hidden.as_rpc().and_then(|e| e.message()), Some("Internal server error"));
+        assert!(!hidden.to_string().contains("db-7"), "{hidden}");
+
+        stop_tx.send(()).unwrap();
+    };
+    let (served, ()) = tokio::join!(service, checks);
+    served.unwrap();
+}

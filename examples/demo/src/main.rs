@@ -122,6 +122,30 @@ async fn http_raw(port: u16, method: &str, path: &str, body: Option<Value>) -> a
     Ok((status, body.to_owned()))
 }
 
+/// Sends only a request's head, announcing a body of `length` bytes: the answer must come
+/// without the body.
+async fn http_head_only(port: u16, request_line: &str, length: u64) -> anyhow::Result<(u16, String)> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).await?;
+    let head = format!(
+        "{request_line} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {length}\r\n\r\n"
+    );
+    stream.write_all(head.as_bytes()).await?;
+    let mut response = Vec::new();
+    let mut chunk = [0u8; 4096];
+    // Read the answer's head and body, without waiting for a close the server need not make.
+    let text = loop {
+        let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut chunk)).await??;
+        response.extend_from_slice(&chunk[..n]);
+        let text = String::from_utf8_lossy(&response).into_owned();
+        if n == 0 || text.contains("\r\n\r\n{") && text.ends_with('}') {
+            break text;
+        }
+    };
+    let (head, body) = text.split_once("\r\n\r\n").context("malformed HTTP response")?;
+    let status = head.split_whitespace().nth(1).context("no status")?.parse()?;
+    Ok((status, body.to_owned()))
+}
+
 async fn call(port: u16, method: &str, path: &str, body: Option<Value>, expect: (u16, Value)) -> anyhow::Result<()> {
     println!(
         "{:>13} > {method} {path} {}",
@@ -179,6 +203,13 @@ async fn degrade_and_recover(
             "while math is down: expected {degraded:?}, got {got:?}"
         );
     }
+    // Without a fallback, the public gets a status and a word: no address, no OS error.
+    let (status, body) = http_raw(http_port, "GET", "/math/add?a=5&b=3", None).await?;
+    ensure!(
+        status == 503 && !body.contains("127.0.0.1") && !body.contains("os error"),
+        "math down, no fallback: expected a bare 503, got {status} {body}"
+    );
+    println!("{:>13} < GET /math/add?a=5&b=3 with math down: {status} {body}", "demo");
     wait_for_log(logs, "resilient", "circuit opened", "did not open its circuit").await?;
     println!(
         "{:>13} | the breaker opened: calls are answered without touching the network",
@@ -393,6 +424,20 @@ async fn main() -> anyhow::Result<()> {
             "GET /math/add?a=5&b=3: expected 200 {{\"result\":8}}, got {status} {body}"
         );
         println!("{:>13} | GET /math/add?a=5&b=3 -> {status} {body}", "demo");
+        // The caller's mistakes are 400s; a body announced too large is refused unread.
+        for query in ["a=NaN&b=1", "a=inf&b=1", "a=1e309&b=1"] {
+            let (status, body) = http_raw(http_port, "GET", &format!("/math/add?{query}"), None).await?;
+            ensure!(
+                status == 400,
+                "GET /math/add?{query}: expected 400, got {status} {body}"
+            );
+        }
+        let (status, body) = http_head_only(http_port, "POST /users", 10_000_000_000).await?;
+        ensure!(status == 413, "a 10 GB body: expected 413 at once, got {status} {body}");
+        println!(
+            "{:>13} | NaN, inf and 1e309 -> 400; a 10 GB Content-Length -> 413 unread",
+            "demo"
+        );
         // The `user_created` emit of `POST /users` reached both listeners.
         for (service, says) in [
             ("notifications", "sending welcome e-mail to Ada"),

@@ -9,12 +9,19 @@
 //!   which answers `{"status":"degraded"}` while math is down.
 //!
 //! Replies go out as JavaScript writes JSON (`{"result":8}`, not `8.0`), as a NestJS gateway's do.
+//!
+//! Facing the public: a request body over 64 KiB is refused (413) before it is read, a request
+//! gets 30 s in all, a caller's mistake is a 400, and a failure of the services behind is told
+//! as a status and a word (503 "service unavailable"), never their addresses or OS errors,
+//! which go to the log.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
 use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -81,30 +88,65 @@ impl<T: Serialize> IntoResponse for JsJson<T> {
     }
 }
 
+/// The largest request body taken.
+const MAX_BODY: usize = 64 * 1024;
+/// A request's whole time, body included.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// A failed call as an HTTP response: a remote error keeps its JSON, and its numeric `code`
-/// (as NestJS's `RpcException` carries one) becomes the status.
+/// (as NestJS's `RpcException` carries one, if it is an HTTP status) becomes the status.
+/// Anything else is logged and answered with its status and a word.
 struct CallError(Error);
 
 impl IntoResponse for CallError {
     fn into_response(self) -> Response {
-        let status = match &self.0 {
-            Error::Rpc(e) => e
+        if let Error::Rpc(e) = &self.0 {
+            let status = e
                 .value()
                 .get("code")
                 .and_then(serde_json::Value::as_u64)
                 .and_then(|c| u16::try_from(c).ok())
+                .filter(|c| (400..600).contains(c))
                 .and_then(|c| StatusCode::from_u16(c).ok())
-                .unwrap_or(StatusCode::BAD_GATEWAY),
-            Error::NoHandler { .. } => StatusCode::NOT_IMPLEMENTED,
-            Error::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
-            _ => StatusCode::SERVICE_UNAVAILABLE,
+                .unwrap_or(StatusCode::BAD_GATEWAY);
+            return (status, Json(e.value().clone())).into_response();
+        }
+        let (status, message) = match &self.0 {
+            Error::NoHandler { .. } => (StatusCode::NOT_IMPLEMENTED, "not implemented"),
+            Error::Timeout { .. } => (StatusCode::GATEWAY_TIMEOUT, "timed out"),
+            _ => (StatusCode::SERVICE_UNAVAILABLE, "service unavailable"),
         };
-        let body = match &self.0 {
-            Error::Rpc(e) => e.value().clone(),
-            e => serde_json::json!({"status": "error", "message": e.to_string()}),
-        };
-        (status, Json(body)).into_response()
+        tracing::warn!(error = %self.0, "a call failed");
+        error(status, message)
     }
+}
+
+/// `{"status":"error","message":...}` with `status`.
+fn error(status: StatusCode, message: &str) -> Response {
+    (status, Json(serde_json::json!({"status": "error", "message": message}))).into_response()
+}
+
+/// Refuses a body announced as too large before reading it, and gives the request its time.
+async fn bounded(req: Request, next: Next) -> Response {
+    let announced = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if announced.is_some_and(|n| n > MAX_BODY as u64) {
+        return error(StatusCode::PAYLOAD_TOO_LARGE, "request body too large");
+    }
+    match tokio::time::timeout(REQUEST_TIMEOUT, next.run(req)).await {
+        Ok(response) => response,
+        Err(_) => error(StatusCode::REQUEST_TIMEOUT, "request timed out"),
+    }
+}
+
+/// Operands a caller may send: finite numbers (`NaN`, `inf` and `1e309` are the caller's
+/// mistake, not the math service's).
+fn finite(req: &AddRequest) -> Option<Response> {
+    (!(req.a.is_finite() && req.b.is_finite()))
+        .then(|| error(StatusCode::BAD_REQUEST, "a and b must be finite numbers"))
 }
 
 impl From<Error> for CallError {
@@ -128,15 +170,24 @@ async fn new_user(State(s): Shared, Json(data): Json<NewUser>) -> Result<impl In
     Ok(JsJson(StatusCode::CREATED, user))
 }
 
-async fn math_add(State(s): Shared, Query(req): Query<AddRequest>) -> Result<impl IntoResponse, CallError> {
-    Ok(JsJson(StatusCode::OK, s.math.send(ADD, req).await?))
+async fn math_add(State(s): Shared, Query(req): Query<AddRequest>) -> Response {
+    if let Some(bad) = finite(&req) {
+        return bad;
+    }
+    match s.math.send(ADD, req).await {
+        Ok(sum) => JsJson(StatusCode::OK, sum).into_response(),
+        Err(e) => CallError(e).into_response(),
+    }
 }
 
-async fn resilient_add(State(s): Shared, Query(req): Query<AddRequest>) -> Result<impl IntoResponse, CallError> {
-    Ok(JsJson(
-        StatusCode::OK,
-        s.resilient.send(ResilientService::RESILIENT_ADD, req).await?,
-    ))
+async fn resilient_add(State(s): Shared, Query(req): Query<AddRequest>) -> Response {
+    if let Some(bad) = finite(&req) {
+        return bad;
+    }
+    match s.resilient.send(ResilientService::RESILIENT_ADD, req).await {
+        Ok(answer) => JsJson(StatusCode::OK, answer).into_response(),
+        Err(e) => CallError(e).into_response(),
+    }
 }
 
 async fn latest_signup(State(s): Shared) -> Result<impl IntoResponse, CallError> {
@@ -164,6 +215,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         .route("/math/add", get(math_add))
         .route("/signups/latest", get(latest_signup))
         .route("/resilient/add", get(resilient_add))
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(middleware::from_fn(bounded))
         .with_state(Arc::new(services));
     let listener = tokio::net::TcpListener::bind(args.http).await?;
     tracing::info!("gateway listening on http://{}", listener.local_addr()?);

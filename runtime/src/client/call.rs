@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
-use futures_util::stream::{Stream, StreamExt};
+use futures_util::stream::StreamExt;
 use serde::de::DeserializeOwned;
 use tokio::time::{Instant, Sleep};
 
@@ -124,8 +124,21 @@ impl<R> Call<R> {
     }
 
     /// Sends the call and yields each value of the reply as it arrives; the deadline covers
-    /// the whole stream.
-    pub async fn stream(self) -> Result<impl Stream<Item = Result<R>> + Send + 'static>
+    /// the whole stream. The stream is boxed (`Unpin`): `.next().await` works on it as it is.
+    ///
+    /// ```no_run
+    /// use futures_util::StreamExt;
+    /// use switchboard::Client;
+    ///
+    /// # async fn run(client: Client) -> switchboard::Result<()> {
+    /// let mut values = client.send_raw::<u32>("count_to", 3).stream().await?;
+    /// while let Some(value) = values.next().await {
+    ///     println!("{}", value?);
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn stream(self) -> Result<futures_util::stream::BoxStream<'static, Result<R>>>
     where
         R: DeserializeOwned + Send + 'static,
     {
@@ -164,7 +177,33 @@ impl<R> Call<R> {
                 };
                 Some((item, None))
             }
-        }))
+        })
+        .boxed())
+    }
+
+    /// The reply's one value: an error when the reply ends without one (completion only)
+    /// or carries more than one, where awaiting the call would take the last or `null`.
+    pub async fn one(self) -> Result<R>
+    where
+        R: DeserializeOwned + Send + 'static,
+    {
+        let route = match &self.out {
+            Ok(out) => out.route.to_string(),
+            Err(_) => String::new(),
+        };
+        let mut values = self.stream().await?;
+        let first = values.next().await.transpose()?;
+        let more = first.is_some() && values.next().await.transpose()?.is_some();
+        match (first, more) {
+            (Some(value), false) => Ok(value),
+            (found, _) => Err(Error::InvalidData {
+                peer: route,
+                reason: match found {
+                    None => "expected one value, the reply had none".into(),
+                    Some(_) => "expected one value, the reply had more".into(),
+                },
+            }),
+        }
     }
 }
 

@@ -71,7 +71,12 @@ pub struct Microservice<S = ()> {
     urls: Vec<String>,
     listeners: Vec<Box<dyn Listener>>,
     shutdown_timeout: Duration,
+    /// Called by `run`/`run_until` once every transport takes messages.
+    on_ready: Option<ReadyHook>,
 }
+
+/// What [`Microservice::on_ready`] calls, with the URLs peers use.
+type ReadyHook = Box<dyn FnOnce(&[String]) + Send>;
 
 impl<S> std::fmt::Debug for Microservice<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -108,6 +113,7 @@ impl Microservice {
             urls: Vec::new(),
             listeners: Vec::new(),
             shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
+            on_ready: None,
         }
     }
 
@@ -136,6 +142,7 @@ impl<S: Clone + Send + Sync + 'static> Microservice<S> {
             urls: self.urls,
             listeners: self.listeners,
             shutdown_timeout: self.shutdown_timeout,
+            on_ready: self.on_ready,
         }
     }
 
@@ -187,6 +194,27 @@ impl<S: Clone + Send + Sync + 'static> Microservice<S> {
     /// Serves on a transport of your own.
     pub fn serve_on(mut self, listener: impl Listener) -> Self {
         self.listeners.push(Box::new(listener));
+        self
+    }
+
+    /// Calls `ready` once every transport takes messages (a broker's subscriptions are in
+    /// place), with the URLs peers use (a TCP port 0 resolved), when the service is started by
+    /// [`run`](Self::run) or [`run_until`](Self::run_until): the place to print `READY` or
+    /// tell a supervisor. ([`start`](Self::start) returns at that moment instead.)
+    ///
+    /// ```no_run
+    /// use switchboard::Microservice;
+    ///
+    /// # async fn serve() -> switchboard::Result<()> {
+    /// Microservice::from_registry()
+    ///     .listen("tcp://127.0.0.1:0")
+    ///     .on_ready(|urls| println!("READY {}", urls[0]))
+    ///     .run()
+    ///     .await
+    /// # }
+    /// ```
+    pub fn on_ready(mut self, ready: impl FnOnce(&[String]) + Send + 'static) -> Self {
+        self.on_ready = Some(Box::new(ready));
         self
     }
 
@@ -259,8 +287,12 @@ impl<S: Clone + Send + Sync + 'static> Microservice<S> {
     }
 
     /// Serves until `signal` resolves, then shuts down gracefully.
-    pub async fn run_until(self, signal: impl Future<Output = ()>) -> Result<()> {
+    pub async fn run_until(mut self, signal: impl Future<Output = ()>) -> Result<()> {
+        let ready = self.on_ready.take();
         let mut server = self.start().await?;
+        if let Some(ready) = ready {
+            ready(server.local_urls());
+        }
         tokio::select! {
             () = signal => tracing::info!("shutting down"),
             Some(result) = server.tasks.join_next() => {
