@@ -83,6 +83,26 @@ pub(crate) fn payload_error(e: &(impl fmt::Display + ?Sized)) -> String {
     json_words(&ends.finish())
 }
 
+/// True when `e`'s message starts with `prefix`, without writing out the rest of it.
+pub(crate) fn starts_with(e: &impl fmt::Display, prefix: &str) -> bool {
+    struct Head<'a>(String, &'a str);
+    impl fmt::Write for Head<'_> {
+        fn write_str(&mut self, s: &str) -> fmt::Result {
+            for c in s.chars() {
+                if self.0.len() >= self.1.len() {
+                    // Enough read: stop the formatting.
+                    return Err(fmt::Error);
+                }
+                self.0.push(c);
+            }
+            Ok(())
+        }
+    }
+    let mut head = Head(String::new(), prefix);
+    let _ = write!(head, "{e}");
+    head.0.starts_with(prefix)
+}
+
 /// The first and last [`ERROR_END`] bytes of what is written, and how much was cut.
 #[derive(Default)]
 struct Ends {
@@ -193,6 +213,13 @@ mod tests {
         if allowed[3].is_none() {
             assert_eq!(t.held_back.load(Ordering::Relaxed), 7);
         }
+    }
+
+    #[test]
+    fn a_message_s_start_is_read_without_the_rest() {
+        let e = serde_json::from_str::<AddRequest>(r#"{"a":1,"a":2}"#).unwrap_err();
+        assert!(starts_with(&e, "duplicate field"));
+        assert!(!starts_with(&e, "invalid type"));
     }
 
     #[test]

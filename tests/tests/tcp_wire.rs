@@ -556,3 +556,23 @@ async fn shutdown_drains_in_flight_requests_and_refuses_new_connections() {
         "no longer listening"
     );
 }
+
+/// As NestJS reads a packet: the last of duplicate keys wins, and the length prefix is read
+/// by `parseInt` (a plus sign is taken).
+#[tokio::test]
+async fn duplicate_keys_and_a_signed_length_read_as_nestjs_reads_them() {
+    let s = server("").await;
+    let mut raw = Raw::connect(s.local_url()).await;
+    assert_eq!(
+        exchange(
+            &mut raw,
+            r#"{"pattern":"add_point","data":{"x":100,"y":3,"x":2},"id":"d"}"#
+        )
+        .await,
+        r#"{"response":5,"isDisposed":true,"id":"d"}"#
+    );
+    let body = r#"{"pattern":"echo","data":7,"id":"p"}"#;
+    raw.send(format!("+{}#{body}", body.len())).await;
+    assert_eq!(raw.recv().await, r#"{"response":7,"isDisposed":true,"id":"p"}"#);
+    s.shutdown().await.unwrap();
+}

@@ -7,6 +7,7 @@
 use std::future::Future;
 
 use serde::de::DeserializeOwned;
+use serde_json::Value;
 use tokio::time::Instant;
 
 use crate::error::RpcError;
@@ -82,7 +83,15 @@ pub(crate) fn decode_payload<T: DeserializeOwned + 'static>(req: &mut Request) -
         ))
     };
     match req.take_payload() {
-        Some(Payload::Json(json)) => serde_json::from_slice(&json).map_err(|e| invalid(req, &e)),
+        Some(Payload::Json(json)) => match serde_json::from_slice(&json) {
+            Ok(v) => Ok(v),
+            // JavaScript's `JSON.parse` keeps the last of duplicate keys; so do we, by reading
+            // the object as a map first (only on this error's path).
+            Err(e) if crate::text::starts_with(&e, "duplicate field") => serde_json::from_slice::<Value>(&json)
+                .and_then(T::deserialize)
+                .map_err(|e| invalid(req, &e)),
+            Err(e) => Err(invalid(req, &e)),
+        },
         Some(Payload::Local(value)) => match value.take::<T>() {
             Ok(v) => Ok(v),
             Err(other) => {

@@ -152,6 +152,8 @@ impl FrameDecoder {
 fn parse_length(prefix: &[u8]) -> Result<usize, FrameError> {
     let corrupted = || FrameError::CorruptedLength(String::from_utf8_lossy(prefix).into_owned());
     let trimmed = prefix.trim_ascii_start();
+    // `parseInt` takes a sign; a negative length is no frame.
+    let trimmed = trimmed.strip_prefix(b"+").unwrap_or(trimmed);
     let digits = trimmed.iter().take_while(|b| b.is_ascii_digit()).count();
     if digits == 0 {
         return Err(corrupted());
@@ -248,6 +250,9 @@ mod tests {
     fn lenient_prefix_like_parse_int() {
         assert_eq!(frames(b" 2#{}", 10).unwrap(), vec!["{}"]);
         assert_eq!(frames(b"2abc#{}", 10).unwrap(), vec!["{}"]);
+        assert_eq!(frames(b" +2#{}", 10).unwrap(), vec!["{}"], "parseInt takes a plus sign");
+        assert!(matches!(frames(b"-2#{}", 10), Err(FrameError::CorruptedLength(_))));
+        assert!(matches!(frames(b"+#{}", 10), Err(FrameError::CorruptedLength(_))));
     }
 
     #[test]
