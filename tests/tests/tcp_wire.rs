@@ -576,3 +576,29 @@ async fn duplicate_keys_and_a_signed_length_read_as_nestjs_reads_them() {
     assert_eq!(raw.recv().await, r#"{"response":7,"isDisposed":true,"id":"p"}"#);
     s.shutdown().await.unwrap();
 }
+
+/// Partial frames of all connections together are bounded: past `max_buffered_bytes`, the
+/// connection that needs more is closed, and the server goes on serving.
+#[tokio::test]
+async fn buffered_partial_frames_are_bounded_across_connections() {
+    let s = server("?max_buffered_bytes=1000000").await;
+    let part = format!("900000#{}", "x".repeat(700_000));
+    let mut a = Raw::connect(s.local_url()).await;
+    a.send(&part).await;
+    // Let the server take in the first before the second comes.
+    assert!(!a.closed_within(Duration::from_millis(300)).await, "within the budget");
+    let mut b = Raw::connect(s.local_url()).await;
+    b.send(&part).await;
+    assert!(b.closed_within(Duration::from_secs(10)).await, "past the budget");
+    assert!(
+        !a.closed_within(Duration::from_millis(200)).await,
+        "the first keeps its share"
+    );
+    drop(a);
+    let mut c = Raw::connect(s.local_url()).await;
+    assert_eq!(
+        exchange(&mut c, r#"{"pattern":"echo","data":1,"id":"c"}"#).await,
+        r#"{"response":1,"isDisposed":true,"id":"c"}"#
+    );
+    s.shutdown().await.unwrap();
+}

@@ -9,7 +9,9 @@
 //!   must arrive whole within it from its first byte, default 30000), `idle_timeout_ms` (a
 //!   connection with nothing received and nothing in flight is closed, default 300000; 0:
 //!   never), `max_connections` (more are closed at once, with a warning; default 10000),
-//!   `backlog` (the listen queue, default 1024);
+//!   `backlog` (the listen queue, default 1024), `max_buffered_bytes` (what all connections
+//!   may buffer of partial frames together beyond 64 KiB each; a connection that needs more
+//!   is closed, default 256 Mi);
 //! - client: `pool` (connections, default 2), `connect_timeout_ms` (default 5000);
 //! - `tls://` server: `cert`, `key` (PEM files); client: `ca` (PEM file), `server_name`.
 
@@ -22,6 +24,7 @@ use super::{ClientOptions, Endpoint, Listener, Shutdown};
 use crate::error::{Error, Result};
 use crate::service::Router;
 
+mod budget;
 mod client;
 pub mod frame;
 mod server;
@@ -41,6 +44,9 @@ pub const DEFAULT_INCOMPLETE_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 /// Default cap on a server's open connections.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+/// Default bytes of partial frames a server's connections may buffer together (beyond 64 KiB
+/// each).
+pub const DEFAULT_MAX_BUFFERED_BYTES: usize = 256 * 1024 * 1024;
 /// Default listen queue of a server (the kernel's default of 128 drops connects in a burst).
 pub const DEFAULT_BACKLOG: u32 = super::DEFAULT_BACKLOG;
 
@@ -52,6 +58,7 @@ pub(crate) struct ServerOptions {
     /// `None`: never.
     pub idle_timeout: Option<Duration>,
     pub max_connections: usize,
+    pub max_buffered_bytes: usize,
 }
 
 /// The server side of the TCP transport, bound to its address.
@@ -80,6 +87,7 @@ impl TcpListener {
             "idle_timeout_ms",
             "max_connections",
             "backlog",
+            "max_buffered_bytes",
         ];
         known.extend_from_slice(tls_params);
         ep.only_params(&known)?;
@@ -102,6 +110,7 @@ impl TcpListener {
                 .param_as::<usize>("max_connections")?
                 .unwrap_or(DEFAULT_MAX_CONNECTIONS)
                 .max(1),
+            max_buffered_bytes: ep.param_as("max_buffered_bytes")?.unwrap_or(DEFAULT_MAX_BUFFERED_BYTES),
         };
         let backlog = ep.param_as::<u32>("backlog")?.unwrap_or(DEFAULT_BACKLOG).max(1);
         #[cfg(feature = "tls")]

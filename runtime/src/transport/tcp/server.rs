@@ -13,6 +13,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
+use super::budget::{Budget, Share};
 use super::frame::{FrameDecoder, encode_frame, utf16_len, write_length};
 use super::{ServerOptions, TcpListener};
 use crate::error::Result;
@@ -23,6 +24,7 @@ use crate::wire::nestjs::steps::{Step, Steps};
 
 pub(super) async fn serve(l: TcpListener, router: Router, mut shutdown: Shutdown) -> Result<()> {
     let mut conns = JoinSet::new();
+    let budget = Budget::new(l.opts.max_buffered_bytes);
     loop {
         tokio::select! {
             _ = shutdown.wait() => break,
@@ -36,13 +38,14 @@ pub(super) async fn serve(l: TcpListener, router: Router, mut shutdown: Shutdown
                     }
                     let _ = stream.set_nodelay(true);
                     let (router, opts, shutdown) = (router.clone(), l.opts.clone(), shutdown.clone());
+                    let share = Share::new(budget.clone());
                     #[cfg(feature = "tls")]
                     if let Some(acceptor) = l.tls.clone() {
                         conns.spawn(async move {
                             match tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(stream)).await {
                                 Ok(Ok(tls)) => {
                                     let (r, w) = tokio::io::split(tls);
-                                    connection(r, w, peer, router, opts, shutdown).await
+                                    connection(r, w, peer, router, opts, shutdown, share).await
                                 }
                                 Ok(Err(e)) => tracing::warn!(%peer, error = %e, "TLS handshake failed"),
                                 Err(_) => tracing::warn!(%peer, "TLS handshake timed out"),
@@ -51,7 +54,7 @@ pub(super) async fn serve(l: TcpListener, router: Router, mut shutdown: Shutdown
                         continue;
                     }
                     let (r, w) = stream.into_split();
-                    conns.spawn(connection(r, w, peer, router, opts, shutdown));
+                    conns.spawn(connection(r, w, peer, router, opts, shutdown, share));
                 }
                 Err(e) => {
                     // Out of file descriptors and the like: back off instead of spinning.
@@ -70,6 +73,8 @@ pub(super) async fn serve(l: TcpListener, router: Router, mut shutdown: Shutdown
 
 /// Warnings about refused connections, at most this many a second.
 static REFUSED: crate::text::Throttle = crate::text::Throttle::new(10);
+/// Warnings about connections closed for want of buffer budget, at most this many a second.
+static OVER_BUDGET: crate::text::Throttle = crate::text::Throttle::new(10);
 
 /// Work in flight on a connection: a request whose handler has not answered yet, a reply
 /// being streamed, or an event's listeners.
@@ -139,6 +144,7 @@ async fn connection<R, W>(
     router: Router,
     opts: ServerOptions,
     mut shutdown: Shutdown,
+    mut share: Share,
 ) where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -197,6 +203,12 @@ async fn connection<R, W>(
         let mid_frame = c.decoder.is_mid_frame(&c.rbuf);
         if c.rbuf.capacity() - c.rbuf.len() < 4096 {
             c.rbuf.reserve(16 * 1024);
+        }
+        if !share.cover(c.rbuf.capacity()) {
+            if let Some(held_back) = OVER_BUDGET.allow() {
+                tracing::warn!(%peer, max_buffered_bytes = c.opts.max_buffered_bytes, held_back, "closing a connection: the server's buffers are full (partial frames of other peers)");
+            }
+            break;
         }
         tokio::select! {
             biased;
