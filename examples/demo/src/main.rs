@@ -362,6 +362,8 @@ async fn main() -> anyhow::Result<()> {
             url(resilient, "resilient"),
             "--events".into(),
             events,
+            "--header-timeout-ms".into(),
+            "1000".into(),
         ],
         &logs,
     )?);
@@ -438,6 +440,14 @@ async fn main() -> anyhow::Result<()> {
             "{:>13} | NaN, inf and 1e309 -> 400; a 10 GB Content-Length -> 413 unread",
             "demo"
         );
+        // A half-sent request head is not kept (the gateway's header timeout is 1 s here).
+        let mut half = TcpStream::connect(("127.0.0.1", http_port)).await?;
+        half.write_all(b"GET /math/add?a=1&b=2 HTTP/1.1\r\nHost: loc").await?;
+        let mut rest = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), half.read_to_end(&mut rest))
+            .await
+            .context("a half-sent request head was kept open for 10 s")??;
+        println!("{:>13} | a half-sent request head: closed by the gateway", "demo");
         // The `user_created` emit of `POST /users` reached both listeners.
         for (service, says) in [
             ("notifications", "sending welcome e-mail to Ada"),

@@ -10,8 +10,8 @@
 //!
 //! Replies go out as JavaScript writes JSON (`{"result":8}`, not `8.0`), as a NestJS gateway's do.
 //!
-//! Facing the public: a request body over 64 KiB is refused (413) before it is read, a request
-//! gets 30 s in all, a caller's mistake is a 400, and a failure of the services behind is told
+//! Facing the public: a request's head must arrive within 10 s (`--header-timeout-ms`), a request body over 64 KiB is
+//! refused (413) before it is read, a request gets 30 s in all, a caller's mistake is a 400, and a failure of the services behind is told
 //! as a status and a word (503 "service unavailable"), never their addresses or OS errors,
 //! which go to the log.
 
@@ -59,6 +59,9 @@ struct Args {
         default_value = "tcp://127.0.0.1:3003,tcp://127.0.0.1:3004"
     )]
     events: Vec<String>,
+    /// How long a request's head may take to arrive (a half-sent request line is not kept).
+    #[arg(long, default_value_t = 10_000)]
+    header_timeout_ms: u64,
 }
 
 /// The clients the handlers share, as axum state.
@@ -92,6 +95,8 @@ impl<T: Serialize> IntoResponse for JsJson<T> {
 const MAX_BODY: usize = 64 * 1024;
 /// A request's whole time, body included.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long open connections get to finish on shutdown.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A failed call as an HTTP response: a remote error keeps its JSON, and its numeric `code`
 /// (as NestJS's `RpcException` carries one, if it is an HTTP status) becomes the status.
@@ -220,8 +225,43 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         .with_state(Arc::new(services));
     let listener = tokio::net::TcpListener::bind(args.http).await?;
     tracing::info!("gateway listening on http://{}", listener.local_addr()?);
-    axum::serve(listener, app)
-        .with_graceful_shutdown(switchboard::server::shutdown_signal())
-        .await?;
+    serve(listener, app, Duration::from_millis(args.header_timeout_ms)).await;
     Ok(())
+}
+
+/// Serves HTTP/1.1 on `listener` with a header read timeout, until Ctrl-C or SIGTERM; then
+/// lets open connections finish (up to [`DRAIN_TIMEOUT`]).
+async fn serve(listener: tokio::net::TcpListener, app: Router, header_timeout: Duration) {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use hyper_util::service::TowerToHyperService;
+
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let stop = switchboard::server::shutdown_signal();
+    tokio::pin!(stop);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            () = &mut stop => break,
+        };
+        let conn = hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(header_timeout)
+            .serve_connection(TokioIo::new(stream), TowerToHyperService::new(app.clone()));
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(%peer, error = %e, "HTTP connection ended");
+            }
+        });
+    }
+    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown()).await.is_err() {
+        tracing::warn!("connections still open after {DRAIN_TIMEOUT:?}; closing them");
+    }
 }
