@@ -281,20 +281,15 @@ async fn malformed_frames_close_the_connection_but_not_the_server() {
             String::from_utf8_lossy(bytes)
         );
     }
-    // Inside a well-shaped packet: a broken pattern closes; a broken payload is an error reply.
+    // Inside a well-shaped packet, broken JSON anywhere closes, as NestJS's `JSON.parse` of
+    // the whole packet does: the pattern, the payload, the id.
     let mut raw = Raw::connect(s.local_url()).await;
     raw.send_frame(r#"{"pattern":{"cmd":,},"data":1,"id":"v"}"#).await;
     assert!(raw.closed_within(Duration::from_secs(2)).await, "broken pattern");
     let mut raw = Raw::connect(s.local_url()).await;
     raw.send_frame(r#"{"pattern":"void_ret","data":[1},"id":"v"}"#).await;
-    let reply: Value = serde_json::from_str(&raw.recv().await).unwrap();
-    assert!(
-        reply["err"]["message"]
-            .as_str()
-            .unwrap()
-            .starts_with("invalid payload for pattern void_ret"),
-        "{reply}"
-    );
+    assert!(raw.closed_within(Duration::from_secs(2)).await, "broken payload");
+    let mut raw = Raw::connect(s.local_url()).await;
     raw.send_frame(r#"{"pattern":"echo","data":1,"id":"\q"}"#).await;
     assert!(
         raw.closed_within(Duration::from_secs(2)).await,
@@ -600,5 +595,30 @@ async fn buffered_partial_frames_are_bounded_across_connections() {
         exchange(&mut c, r#"{"pattern":"echo","data":1,"id":"c"}"#).await,
         r#"{"response":1,"isDisposed":true,"id":"c"}"#
     );
+    s.shutdown().await.unwrap();
+}
+
+/// Malformed JSON in `data` closes the connection, as NestJS does, whether the packet takes
+/// the hand-split path or serde's (one space apart); valid JSON of the wrong shape is an error
+/// reply on both.
+#[tokio::test]
+async fn malformed_data_closes_the_connection_on_either_path() {
+    let s = server("").await;
+    for packet in [
+        r#"{"pattern":{"cmd":"sum"},"data":[1,,2],"id":"1"}"#,
+        r#"{"pattern":{"cmd":"sum"}, "data":[1,,2],"id":"1"}"#,
+    ] {
+        let mut raw = Raw::connect(s.local_url()).await;
+        raw.send_frame(packet).await;
+        assert!(raw.closed_within(Duration::from_secs(5)).await, "{packet}");
+    }
+    for packet in [
+        r#"{"pattern":{"cmd":"sum"},"data":"x","id":"1"}"#,
+        r#"{"pattern":{"cmd":"sum"}, "data":"x","id":"1"}"#,
+    ] {
+        let mut raw = Raw::connect(s.local_url()).await;
+        let reply = exchange(&mut raw, packet).await;
+        assert!(reply.contains("invalid payload for pattern"), "{packet}: {reply}");
+    }
     s.shutdown().await.unwrap();
 }

@@ -317,6 +317,15 @@ impl Conn {
                 // The hand-split fast path does not parse patterns; a miss checks it here.
                 return Err(Close::Pattern);
             }
+            if let Poll::Ready(r) = &ready
+                && r.is_error()
+                && let Some(data) = packet.data
+                && let Err(e) = serde_json::from_str::<serde::de::IgnoredAny>(data)
+            {
+                // NestJS closes the connection on malformed JSON anywhere in a packet; the hand
+                // split leaves `data` unchecked, so a failed handler's input is checked here.
+                return Err(Close::Json(e));
+            }
             match (ready, id) {
                 (Poll::Ready(reply), Some(id)) => self.start_reply(&body, id, reply),
                 (Poll::Pending, Some(id)) => self.inflight.push(Work::Answering {
