@@ -484,10 +484,11 @@ async fn lb_evt(n: u64) {
 }
 
 /// Not a test on its own: the body of the consumer process the tests below start (this test
-/// binary, re-run with `SB_KAFKA_CHILD_URL` set). Without that variable it returns at once.
+/// binary, re-run with `SB_KAFKA_CHILD_URL` set and `--ignored`).
 #[test]
+#[ignore = "run by the consumer-group and kill tests as a child process"]
 fn child_consumer_process() {
-    let Ok(url) = std::env::var(CHILD_URL) else { return };
+    let url = std::env::var(CHILD_URL).expect("SB_KAFKA_CHILD_URL: run by the tests that start consumer processes");
     // The child's own log (errors, or what RUST_LOG asks for) goes to the test's stderr.
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
@@ -520,7 +521,13 @@ struct ChildConsumer {
 
 fn start_consumer(url: &str) -> ChildConsumer {
     let mut child = Command::new(std::env::current_exe().unwrap())
-        .args(["child_consumer_process", "--exact", "--nocapture", "--test-threads=1"])
+        .args([
+            "child_consumer_process",
+            "--exact",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env(CHILD_URL, url)
         .env(CHILD_BROKERS, &mock().bootstrap)
         .stdout(Stdio::piped())
