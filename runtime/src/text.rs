@@ -22,7 +22,10 @@ pub(crate) fn for_log(text: &str) -> impl fmt::Display + '_ {
                     return write!(f, "… ({} bytes)", self.0.len());
                 }
                 written += c.len_utf8();
-                if c.is_control() {
+                // Control characters, and the invisible ones that reorder or hide text.
+                if c.is_control()
+                    || matches!(c, '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
+                {
                     write!(f, "{}", c.escape_default())?;
                 } else {
                     f.write_char(c)?;
@@ -225,6 +228,7 @@ mod tests {
     #[test]
     fn log_text_is_escaped_and_bounded() {
         assert_eq!(for_log("a\nINFO forged").to_string(), "a\\nINFO forged");
+        assert_eq!(for_log("evil\u{202E}txt").to_string(), "evil\\u{202e}txt");
         let long = "é".repeat(1000);
         let shown = for_log(&long).to_string();
         assert!(shown.len() < LOG_MAX + 32, "{}", shown.len());

@@ -622,3 +622,35 @@ async fn malformed_data_closes_the_connection_on_either_path() {
     }
     s.shutdown().await.unwrap();
 }
+
+/// A peer that stops reading its replies stalls only itself: its event, which later events of
+/// the pattern wait for, still runs, so another connection's events are handled.
+#[tokio::test]
+async fn a_peer_that_stops_reading_does_not_hold_up_others_events() {
+    let s = server("").await;
+    let mut stuck = Raw::connect(s.local_url()).await;
+    let marker = format!("stuck-{}", std::process::id());
+    stuck
+        .send_frame(&format!(
+            r#"{{"pattern":"ordered_evt","data":{{"marker":"{marker}-a","seq":0}}}}"#
+        ))
+        .await;
+    // Eight 1 MiB replies it never reads: the server's writes to it block.
+    let big = "x".repeat(1 << 20);
+    for i in 0..8 {
+        stuck
+            .send_frame(&format!(r#"{{"pattern":"echo","data":"{big}","id":"{i}"}}"#))
+            .await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let client = Client::connect(s.local_url()).await.unwrap();
+    let other = format!("{marker}-b");
+    client
+        .emit_raw("ordered_evt", json!({"marker": other, "seq": 0}))
+        .await
+        .unwrap();
+    let (seqs, _) = common::conformance::await_order(&client, &other, 1).await;
+    assert_eq!(seqs.get("").map(Vec::len), Some(1), "the other connection's event ran");
+    drop(stuck);
+    s.shutdown().await.unwrap();
+}

@@ -143,7 +143,7 @@ async fn bounded(req: Request, next: Next) -> Response {
     }
     match tokio::time::timeout(REQUEST_TIMEOUT, next.run(req)).await {
         Ok(response) => response,
-        Err(_) => error(StatusCode::REQUEST_TIMEOUT, "request timed out"),
+        Err(_) => error(StatusCode::GATEWAY_TIMEOUT, "timed out"),
     }
 }
 
@@ -261,6 +261,8 @@ async fn serve(listener: tokio::net::TcpListener, app: Router, header_timeout: D
             }
         });
     }
+    // New connections are refused at once while the open ones finish.
+    drop(listener);
     if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown()).await.is_err() {
         tracing::warn!("connections still open after {DRAIN_TIMEOUT:?}; closing them");
     }

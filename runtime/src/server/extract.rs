@@ -103,10 +103,9 @@ pub(crate) fn decode_payload<T: DeserializeOwned + 'static>(req: &mut Request) -
             Ok(v) => Ok(*v),
             Err(value) => {
                 req.set_payload(Payload::Value(value));
-                Err(invalid(
-                    req,
-                    &format_args!("expected a `{}`", std::any::type_name::<T>()),
-                ))
+                // The type's name is for our log, not for the caller.
+                tracing::debug!(expected = std::any::type_name::<T>(), "a payload value of another type");
+                Err(invalid(req, &"a value of another type"))
             }
         },
         None => Err(invalid(req, &"the payload was already taken")),

@@ -8,7 +8,7 @@
 //! on; dropping it (done, cancelled or panicked) lets the next one go.
 
 use std::collections::HashMap;
-use std::future::Future;
+
 use std::sync::{Arc, Mutex};
 
 use futures_util::FutureExt;
@@ -35,7 +35,7 @@ pub enum EventOrder {
 
 impl EventOrder {
     /// What a route's listeners together allow: concurrency only if every listener opts in,
-    /// order per key if none asks for more (the first key named wins), else in order.
+    /// order per key if they name one key (and the rest are concurrent), else in order.
     pub(crate) fn of_listeners(orders: impl IntoIterator<Item = EventOrder>) -> EventOrder {
         let mut all = orders.into_iter().peekable();
         if all.peek().is_none() {
@@ -45,9 +45,10 @@ impl EventOrder {
         for o in all {
             match o {
                 EventOrder::InOrder => return EventOrder::InOrder,
-                EventOrder::ByKey(k) => {
-                    key.get_or_insert(k);
-                }
+                EventOrder::ByKey(k) => match key {
+                    Some(other) if other != k => return EventOrder::InOrder,
+                    _ => key = Some(k),
+                },
                 EventOrder::Concurrent => {}
             }
         }
@@ -73,10 +74,29 @@ pub(crate) struct Keyed {
 type LastTurn = (u64, oneshot::Receiver<()>);
 
 /// An event's place: wait for `wait`, run, then drop `done` (which lets the next one go).
+/// Dropped before its own wait is over (cancelled, refused, its connection closed), it hands
+/// the wait on, so the next event still starts only after the one before this.
 pub(crate) struct Turn {
     wait: Option<oneshot::Receiver<()>>,
-    _done: oneshot::Sender<()>,
-    _forget: Option<Forget>,
+    done: Option<oneshot::Sender<()>>,
+    forget: Option<Forget>,
+}
+
+impl Drop for Turn {
+    fn drop(&mut self) {
+        let (Some(wait), Some(done)) = (self.wait.take(), self.done.take()) else {
+            return;
+        };
+        let forget = self.forget.take();
+        let relay = async move {
+            let _ = wait.await;
+            drop((done, forget));
+        };
+        // Without a runtime (only at process exit) the next event goes at once.
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(relay);
+        }
+    }
 }
 
 /// Removes a key's entry once its last queued event is over.
@@ -116,8 +136,8 @@ impl Sequencer {
                 let wait = last.lock().unwrap_or_else(|p| p.into_inner()).replace(rx);
                 Some(Turn {
                     wait,
-                    _done: tx,
-                    _forget: None,
+                    done: Some(tx),
+                    forget: None,
                 })
             }
             Sequencer::ByKey(field, keyed) => {
@@ -131,8 +151,8 @@ impl Sequencer {
                     .map(|(_, rx)| rx);
                 Some(Turn {
                     wait,
-                    _done: tx,
-                    _forget: Some(Forget {
+                    done: Some(tx),
+                    forget: Some(Forget {
                         keyed: keyed.clone(),
                         key,
                         seq,
@@ -144,25 +164,25 @@ impl Sequencer {
 }
 
 impl Turn {
-    /// `run` once the events before it are over; the turn ends with it (or when it is dropped).
-    pub(crate) fn then(mut self, run: BoxFuture<'static, Reply>) -> BoxFuture<'static, Reply> {
-        match self.wait.take() {
-            None => after(run, self).boxed(),
-            Some(wait) => async move {
-                // An error is a turn dropped without finishing (cancelled, panicked): go on.
+    /// Starts `run` (calls the route: a layer such as a bulkhead or a rate limit takes its
+    /// slot then, not while the event queues) once the events before it are over; the turn
+    /// ends with it.
+    pub(crate) fn then(
+        mut self,
+        run: impl FnOnce() -> BoxFuture<'static, Reply> + Send + 'static,
+    ) -> BoxFuture<'static, Reply> {
+        async move {
+            if let Some(wait) = self.wait.as_mut() {
+                // An error is a turn given up without a relay (no runtime): go on.
                 let _ = wait.await;
-                after(run, self).await
+                self.wait = None;
             }
-            .boxed(),
+            let reply = run().await;
+            drop(self);
+            reply
         }
+        .boxed()
     }
-}
-
-fn after(run: BoxFuture<'static, Reply>, turn: Turn) -> impl Future<Output = Reply> {
-    run.map(move |reply| {
-        drop(turn);
-        reply
-    })
 }
 
 /// Longest key kept: a longer value is cut (the events still group by what is kept).
@@ -257,6 +277,7 @@ mod tests {
         assert_eq!(EventOrder::of_listeners([Concurrent, InOrder]), InOrder);
         assert_eq!(EventOrder::of_listeners([Concurrent, ByKey("k")]), ByKey("k"));
         assert_eq!(EventOrder::of_listeners([ByKey("k"), InOrder]), InOrder);
+        assert_eq!(EventOrder::of_listeners([ByKey("k"), ByKey("j")]), InOrder);
     }
 
     /// Three events whose handlers would finish in reverse order run one after another.
@@ -276,7 +297,7 @@ mod tests {
                 Reply::empty()
             }
             .boxed();
-            let fut = seq.turn(&event("{}")).unwrap().then(run);
+            let fut = seq.turn(&event("{}")).unwrap().then(move || run);
             tasks.push(tokio::spawn(fut));
         }
         for t in tasks.into_iter().rev() {
@@ -291,15 +312,15 @@ mod tests {
         let first = seq
             .turn(&event(r#"{"id":1}"#))
             .unwrap()
-            .then(std::future::pending().boxed());
+            .then(|| std::future::pending().boxed());
         let other_key = seq
             .turn(&event(r#"{"id":2}"#))
             .unwrap()
-            .then(async { Reply::empty() }.boxed());
+            .then(|| async { Reply::empty() }.boxed());
         let second = seq
             .turn(&event(r#"{"id":1}"#))
             .unwrap()
-            .then(async { Reply::empty() }.boxed());
+            .then(|| async { Reply::empty() }.boxed());
         // Another key does not wait for key 1.
         assert!(other_key.now_or_never().is_some());
         let mut second = second;
@@ -313,5 +334,49 @@ mod tests {
             keyed.last.lock().unwrap().is_empty(),
             "no key kept once its events are over"
         );
+    }
+
+    /// An event given up while it queues (its connection closed, its deadline passed) does not
+    /// let the one after it start before the one before it is over; nor is the route called
+    /// for an event before its turn.
+    #[tokio::test]
+    async fn a_turn_given_up_in_the_queue_hands_its_wait_on() {
+        let seq = Sequencer::new(EventOrder::InOrder);
+        let (release, released) = oneshot::channel::<()>();
+        let first = seq.turn(&event("{}")).unwrap().then(move || {
+            async move {
+                let _ = released.await;
+                Reply::empty()
+            }
+            .boxed()
+        });
+        let called = Arc::new(AtomicUsize::new(0));
+        let second = {
+            let called = called.clone();
+            seq.turn(&event("{}")).unwrap().then(move || {
+                called.fetch_add(1, Ordering::SeqCst);
+                async { Reply::empty() }.boxed()
+            })
+        };
+        let third = seq
+            .turn(&event("{}"))
+            .unwrap()
+            .then(|| async { Reply::empty() }.boxed());
+        let first = tokio::spawn(first);
+        drop(second);
+        let mut third = tokio::spawn(third);
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert!(
+            (&mut third).now_or_never().is_none(),
+            "waits for the first, not the second"
+        );
+        assert_eq!(
+            called.load(Ordering::SeqCst),
+            0,
+            "a dropped event's route is never called"
+        );
+        release.send(()).unwrap();
+        first.await.unwrap();
+        third.await.unwrap();
     }
 }

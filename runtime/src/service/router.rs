@@ -442,16 +442,19 @@ impl Router {
                 from_caller
             }
         };
-        let inner = match std::panic::catch_unwind(AssertUnwindSafe(|| route.call(req))) {
-            Ok(fut) => fut,
-            Err(panic) => {
-                tracing::error!(handler = label, panic = %crate::error::panic_message(&*panic), "handler panicked");
-                std::future::ready(Reply::error(RpcError::internal())).boxed()
-            }
-        };
         let inner = match turn {
-            Some(turn) => turn.then(inner),
-            None => inner,
+            // Called once its turn comes (a panic then is caught where the future is polled).
+            Some(turn) => {
+                let route = route.clone();
+                turn.then(move || route.call(req))
+            }
+            None => match std::panic::catch_unwind(AssertUnwindSafe(|| route.call(req))) {
+                Ok(fut) => fut,
+                Err(panic) => {
+                    tracing::error!(handler = label, panic = %crate::error::panic_message(&*panic), "handler panicked");
+                    std::future::ready(Reply::error(RpcError::internal())).boxed()
+                }
+            },
         };
         RouterFuture {
             inner,

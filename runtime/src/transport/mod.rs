@@ -153,20 +153,18 @@ pub fn redact(url: &str) -> String {
     };
     let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
     let (authority, tail) = rest.split_at(authority_end);
-    // Every `@`-separated user info before the last `@` (NATS lists hosts with commas).
-    let hosts: Vec<String> = authority
-        .split(',')
-        .map(|host| match host.rsplit_once('@') {
-            Some((user, at)) => match user.split_once(':') {
-                Some((name, _)) => format!("{name}:***@{at}"),
-                // NATS reads a lone user info as a token.
-                None if scheme == "nats" => format!("***@{at}"),
-                None => format!("{user}@{at}"),
-            },
-            None => host.to_owned(),
-        })
-        .collect();
-    format!("{scheme}://{}{tail}", hosts.join(","))
+    // Everything before the last `@` is user info, as the transports read it (a password
+    // may hold `,` or `@`; NATS lists hosts after it with commas).
+    let authority = match authority.rsplit_once('@') {
+        Some((user, hosts)) => match user.split_once(':') {
+            Some((name, _)) => format!("{name}:***@{hosts}"),
+            // NATS reads a lone user info as a token.
+            None if scheme == "nats" => format!("***@{hosts}"),
+            None => format!("{user}@{hosts}"),
+        },
+        None => authority.to_owned(),
+    };
+    format!("{scheme}://{authority}{tail}")
 }
 
 /// A transport URL: `scheme://authority?key=value&…`.
@@ -378,10 +376,8 @@ mod tests {
             redact("amqp://guest:secret@127.0.0.1:5672/vhost?x=1"),
             "amqp://guest:***@127.0.0.1:5672/vhost?x=1"
         );
-        assert_eq!(
-            redact("nats://a:pw@h1:4222,b:pw2@h2:4222"),
-            "nats://a:***@h1:4222,b:***@h2:4222"
-        );
+        assert_eq!(redact("nats://a:pw@h1:4222,h2:4222"), "nats://a:***@h1:4222,h2:4222");
+        assert_eq!(redact("nats://u:p,ss@w@h:1"), "nats://u:***@h:1");
         assert_eq!(redact("redis://user@h:6379"), "redis://user@h:6379");
         assert_eq!(redact("nats://s3cr3t@h:4222"), "nats://***@h:4222");
         assert_eq!(redact("tcp://127.0.0.1:3001"), "tcp://127.0.0.1:3001");

@@ -81,7 +81,19 @@ static OVER_BUDGET: crate::text::Throttle = crate::text::Throttle::new(10);
 enum Work {
     Answering { id: Bytes, reply: RouterFuture },
     Replying { id: Bytes, steps: Steps },
-    Event(RouterFuture),
+    Event(EventTask),
+}
+
+/// An event that waits (for its turn, or in its listener) runs as a task of its own: a peer
+/// that stops reading its replies stalls its own connection, and so would hold up every
+/// later event of the pattern, on every connection, if its events ran on it. Still counted
+/// in the connection's `max_in_flight`; cancelled if the connection is dropped.
+struct EventTask(tokio::task::JoinHandle<Reply>);
+
+impl Drop for EventTask {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 impl Stream for Work {
@@ -102,7 +114,7 @@ impl Stream for Work {
                 Work::Replying { id, steps } => {
                     return steps.poll_step(cx).map(|step| step.map(|step| (id.clone(), step)));
                 }
-                Work::Event(run) => return run.poll_unpin(cx).map(|_| None),
+                Work::Event(run) => return run.0.poll_unpin(cx).map(|_| None),
             }
         }
     }
@@ -173,6 +185,8 @@ async fn connection<R, W>(
     let idle = tokio::time::sleep_until(Instant::now().checked_add(idle_after).unwrap_or_else(far_future));
     tokio::pin!(idle);
     let mut last_read = Instant::now();
+    // Work finished since the idle timer last looked: a long request is activity too.
+    let (mut finished, mut finished_seen) = (0u64, 0u64);
     loop {
         if !c.wbuf.is_empty() {
             // While the peer does not read, we neither read nor poll handlers: backpressure.
@@ -181,16 +195,14 @@ async fn connection<R, W>(
                 return;
             }
             c.wbuf.clear();
+            // Time spent waiting on the peer to read is not the partial frame's.
+            armed_for = None;
         }
         // Frames left in the buffer while the in-flight set was full or replies piled up.
         if reading && c.backlog && c.inflight.len() < c.opts.max_in_flight {
             if let Err(e) = c.frames() {
                 tracing::warn!(%peer, error = %e, "invalid data received; closing the connection");
                 break;
-            }
-            if !c.backlog && c.decoder.is_mid_frame(&c.rbuf) && armed_for != Some(c.frames) {
-                armed_for = Some(c.frames);
-                whole.as_mut().reset(Instant::now() + c.opts.incomplete_timeout);
             }
             if !c.wbuf.is_empty() {
                 continue;
@@ -201,6 +213,14 @@ async fn connection<R, W>(
         }
         let can_read = reading && !c.backlog;
         let mid_frame = c.decoder.is_mid_frame(&c.rbuf);
+        // A partial frame's deadline runs while we read: armed when it starts, and again
+        // when reading resumes after a pause of ours (a full in-flight set, a blocked write).
+        if !can_read {
+            armed_for = None;
+        } else if mid_frame && armed_for != Some(c.frames) {
+            armed_for = Some(c.frames);
+            whole.as_mut().reset(Instant::now() + c.opts.incomplete_timeout);
+        }
         if c.rbuf.capacity() - c.rbuf.len() < 4096 {
             c.rbuf.reserve(16 * 1024);
         }
@@ -213,6 +233,7 @@ async fn connection<R, W>(
         tokio::select! {
             biased;
             item = c.inflight.next(), if !c.inflight.is_empty() => {
+                finished += 1;
                 // `None` when the last work was an event: nothing to write.
                 if let Some((id, step)) = item {
                     c.encode(&id, step);
@@ -252,6 +273,10 @@ async fn connection<R, W>(
                 break;
             }
             _ = &mut idle, if can_read && !mid_frame && c.inflight.is_empty() => {
+                if finished != finished_seen {
+                    finished_seen = finished;
+                    last_read = last_read.max(Instant::now());
+                }
                 let due = last_read + idle_after;
                 if due <= Instant::now() {
                     tracing::debug!(%peer, timeout = ?idle_after, "idle connection; closing");
@@ -332,7 +357,7 @@ impl Conn {
                     id: body.slice(id),
                     reply,
                 }),
-                (Poll::Pending, None) => self.inflight.push(Work::Event(reply)),
+                (Poll::Pending, None) => self.inflight.push(Work::Event(EventTask(tokio::spawn(reply)))),
                 (Poll::Ready(_), None) => {}
             }
         }
