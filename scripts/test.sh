@@ -6,7 +6,8 @@
 #   3. runs the demo (every example service on TCP loopback, then over each broker, Kafka
 #      being librdkafka's mock cluster) as a smoke test;
 #   4. runs every Rust test with every transport compiled in: unit, integration, the
-#      conformance suite per transport, NestJS interop, trybuild UI, doc tests.
+#      conformance suite per transport, NestJS interop, trybuild UI, doc tests; then the
+#      codegen crate's .proto generation with its vendored protoc.
 # Ends with one "N passed, N failed, N skipped" line. CI is set unless CI=0: a missing
 # service or peer then fails its tests instead of skipping them.
 set -euo pipefail
@@ -40,6 +41,10 @@ status=0
 # A hung test must fail the run, not eat CI's time: the whole test step gets 30 minutes.
 timeout --signal=KILL 1800 cargo test --workspace --locked --features switchboard-tests/brokers,switchboard-tests/grpc,switchboard-bench/brokers \
   2>&1 | tee "$log" || status=$?
+# The codegen crate's `.proto` generation (unit and doc tests) with protoc from crates.io
+# (`vendored-protoc`): features the workspace build leaves off (a build-dependency's).
+timeout --signal=KILL 600 cargo test -p switchboard-codegen --locked --features vendored-protoc \
+  2>&1 | tee -a "$log" || status=$?
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
      END { printf "tests: %d passed, %d failed, %d skipped\n", p, f, s }' s="$(wc -l < "$SB_SKIP_LOG")" "$log"
 cat "$SB_SKIP_LOG"

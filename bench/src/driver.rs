@@ -38,6 +38,9 @@ pub struct Load {
     pub duration: Duration,
     /// Seeds the a,b values (different per run so no two runs send identical bytes).
     pub seed: u64,
+    /// NestJS 12 packets with `metadata` and the keys in another order (`id` first), which a
+    /// server cannot take by its canonical-order fast path.
+    pub meta: bool,
 }
 
 /// The outcome of one measurement.
@@ -134,7 +137,7 @@ pub fn run(port: u16, server_pid: u32, load: Load) -> anyhow::Result<Measurement
         let mut tasks = JoinSet::new();
         for (i, stream) in streams.into_iter().enumerate() {
             let seed = load.seed ^ (i as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-            tasks.spawn(connection(i as u16, stream, load.in_flight, times, seed));
+            tasks.spawn(connection(i as u16, stream, load.in_flight, times, seed, load.meta));
         }
         // CPU accounting over exactly the measured window.
         let cpu = tokio::spawn(async move {
@@ -190,6 +193,7 @@ async fn connection(
     depth: usize,
     times: Times,
     seed: u64,
+    meta: bool,
 ) -> anyhow::Result<ConnResult> {
     let now = Instant::now();
     let mut slots = vec![
@@ -204,7 +208,8 @@ async fn connection(
     let mut reqs = Gen {
         rng: seed | 1,
         seq: 0,
-        body: Vec::with_capacity(128),
+        body: Vec::with_capacity(256),
+        meta,
     };
     let mut rbuf: Vec<u8> = Vec::with_capacity(64 * 1024);
     let mut wbuf: Vec<u8> = Vec::with_capacity(16 * 1024);
@@ -281,7 +286,11 @@ struct Gen {
     rng: u64,
     seq: u64,
     body: Vec<u8>,
+    meta: bool,
 }
+
+/// The `metadata` of the `meta` packets: a W3C trace context, as NestJS 12's hook would add.
+const METADATA: &[u8] = br#"{"traceparent":"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}"#;
 
 impl Gen {
     /// Appends a fresh framed request for slot `i` to `out` and records what to expect.
@@ -297,13 +306,25 @@ impl Gen {
         };
         let body = &mut self.body;
         body.clear();
-        body.extend_from_slice(br#"{"pattern":{"cmd":"add"},"data":{"a":"#);
-        put_int(body, a);
-        body.extend_from_slice(br#","b":"#);
-        put_int(body, b);
-        body.extend_from_slice(br#"},"id":""#);
-        put_id(body, conn, i as u16, self.seq);
-        body.extend_from_slice(b"\"}");
+        if self.meta {
+            body.extend_from_slice(br#"{"id":""#);
+            put_id(body, conn, i as u16, self.seq);
+            body.extend_from_slice(br#"","pattern":{"cmd":"add"},"metadata":"#);
+            body.extend_from_slice(METADATA);
+            body.extend_from_slice(br#","data":{"b":"#);
+            put_int(body, b);
+            body.extend_from_slice(br#","a":"#);
+            put_int(body, a);
+            body.extend_from_slice(b"}}");
+        } else {
+            body.extend_from_slice(br#"{"pattern":{"cmd":"add"},"data":{"a":"#);
+            put_int(body, a);
+            body.extend_from_slice(br#","b":"#);
+            put_int(body, b);
+            body.extend_from_slice(br#"},"id":""#);
+            put_id(body, conn, i as u16, self.seq);
+            body.extend_from_slice(b"\"}");
+        }
         put_frame(out, body);
     }
 
@@ -505,11 +526,38 @@ mod tests {
     }
 
     #[test]
+    fn meta_packets_are_nestjs_12_packets_in_another_order() {
+        let mut reqs = Gen {
+            rng: 7,
+            seq: 0,
+            body: Vec::new(),
+            meta: true,
+        };
+        let mut slot = Slot {
+            seq: 0,
+            expect: 0,
+            sent: Instant::now(),
+            busy: false,
+        };
+        let mut wire = Vec::new();
+        reqs.request(0, 0, &mut slot, &mut wire);
+        let (range, _) = next_frame(&wire).unwrap().unwrap();
+        let body = std::str::from_utf8(&wire[range]).unwrap();
+        assert!(body.starts_with(r#"{"id":""#), "{body}");
+        let req: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert_eq!(req["pattern"], serde_json::json!({"cmd": "add"}));
+        assert!(req["metadata"]["traceparent"].is_string(), "{body}");
+        let sum = req["data"]["a"].as_i64().unwrap() + req["data"]["b"].as_i64().unwrap();
+        assert_eq!(sum, slot.expect);
+    }
+
+    #[test]
     fn replies_are_checked() {
         let mut reqs = Gen {
             rng: 7,
             seq: 0,
             body: Vec::new(),
+            meta: false,
         };
         let mut slots = vec![
             Slot {
@@ -555,6 +603,7 @@ mod tests {
             rng: 11,
             seq: 0,
             body: Vec::new(),
+            meta: false,
         };
         let mut slots = vec![
             Slot {

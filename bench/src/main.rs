@@ -63,7 +63,8 @@ struct Args {
     /// With --broker: calls in flight, one level per measurement (comma-separated).
     #[arg(long, value_delimiter = ',', default_values_t = [1usize, 32])]
     broker_in_flight: Vec<usize>,
-    /// Scenarios as CONNECTIONSxIN_FLIGHT, comma-separated (default: 4x64,1x1).
+    /// Scenarios as CONNECTIONSxIN_FLIGHT, comma-separated, `+meta` for NestJS 12 packets with
+    /// `metadata` and another key order (default: 4x64,4x64+meta,1x1).
     #[arg(long, value_delimiter = ',')]
     scenario: Vec<Scenario>,
     /// Adds a scenario with this many connections (with --in-flight, default 64).
@@ -173,17 +174,27 @@ enum Pin {
 struct Scenario {
     connections: usize,
     in_flight: usize,
+    /// NestJS 12 packets with `metadata`, keys in another order (the server's slow path).
+    meta: bool,
 }
 
 impl FromStr for Scenario {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        let (c, d) = s
+        let (shape, meta) = match s.trim().strip_suffix("+meta") {
+            Some(shape) => (shape, true),
+            None => (s, false),
+        };
+        let (c, d) = shape
             .split_once(['x', 'X'])
-            .ok_or_else(|| format!("expected CONNECTIONSxIN_FLIGHT like 4x64, got {s:?}"))?;
+            .ok_or_else(|| format!("expected CONNECTIONSxIN_FLIGHT[+meta] like 4x64, got {s:?}"))?;
         let num = |v: &str| v.trim().parse::<usize>().ok().filter(|n| (1..=0xFFFF).contains(n));
         match (num(c), num(d)) {
-            (Some(connections), Some(in_flight)) => Ok(Scenario { connections, in_flight }),
+            (Some(connections), Some(in_flight)) => Ok(Scenario {
+                connections,
+                in_flight,
+                meta,
+            }),
             _ => Err(format!("expected two numbers in 1..=65535 like 4x64, got {s:?}")),
         }
     }
@@ -191,7 +202,11 @@ impl FromStr for Scenario {
 
 impl std::fmt::Display for Scenario {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}x{}", self.connections, self.in_flight)
+        write!(f, "{}x{}", self.connections, self.in_flight)?;
+        if self.meta {
+            f.write_str("+meta")?;
+        }
+        Ok(())
     }
 }
 
@@ -507,6 +522,7 @@ fn bench(args: &Args) -> Result<(), Failure> {
         let s = Scenario {
             connections: args.connections.unwrap_or(4),
             in_flight: args.in_flight.unwrap_or(64),
+            meta: false,
         };
         if !(1..=0xFFFF).contains(&s.connections) || !(1..=0xFFFF).contains(&s.in_flight) {
             return Err(anyhow::anyhow!("--connections and --in-flight must be in 1..=65535").into());
@@ -514,16 +530,10 @@ fn bench(args: &Args) -> Result<(), Failure> {
         scenarios.push(s);
     }
     if scenarios.is_empty() {
-        scenarios = vec![
-            Scenario {
-                connections: 4,
-                in_flight: 64,
-            },
-            Scenario {
-                connections: 1,
-                in_flight: 1,
-            },
-        ];
+        scenarios = ["4x64", "4x64+meta", "1x1"]
+            .iter()
+            .map(|s| s.parse().expect("default scenarios parse"))
+            .collect();
     }
     let finite = [args.duration_secs, args.warmup_secs, args.quiet_wait_secs]
         .iter()
@@ -604,6 +614,7 @@ fn bench(args: &Args) -> Result<(), Failure> {
                     warmup,
                     duration,
                     seed: 0x5EED ^ ((run as u64) << 32) ^ ((si as u64) << 16),
+                    meta: scenario.meta,
                 };
                 let m = driver::run(server.port, server.child.id(), load).map_err(|e| {
                     Failure::WrongReply(e.context(format!(

@@ -2,13 +2,14 @@
 //! instruction-count profiling (`valgrind --tool=callgrind`), where wall-clock numbers mean
 //! nothing. One current-thread runtime runs the server and a client that writes 64
 //! pipelined requests at a time and reads their 64 replies, so the work per request (and the
-//! batching) is the same in every run.
+//! batching) is the same in every run. Every reply is checked against the bytes expected.
 
 use anyhow::Context as _;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::Kind;
+use crate::frame::next_frame;
 
 const BATCH: usize = 64;
 
@@ -40,20 +41,56 @@ pub fn run(kind: Kind, requests: usize) -> anyhow::Result<()> {
             let body = format!(r#"{{"pattern":{{"cmd":"add"}},"data":{{"a":{i},"b":2}},"id":"{i:021x}"}}"#);
             batch.extend_from_slice(format!("{}#{body}", body.len()).as_bytes());
         }
-        let mut buf = vec![0u8; 64 * 1024];
+        // Every reply is checked: the exact bytes NestJS would write for its request.
+        let expected: Vec<Vec<u8>> = (0..BATCH)
+            .map(|i| format!(r#"{{"response":{{"result":{}}},"isDisposed":true,"id":"{i:021x}"}}"#, i + 2).into_bytes())
+            .collect();
+        let mut rbuf: Vec<u8> = Vec::with_capacity(64 * 1024);
         let mut done = 0;
         while done < requests {
             stream.write_all(&batch).await?;
-            // Each reply has two `}`: count them until the whole batch is answered.
-            let mut braces = 0;
-            while braces < 2 * BATCH {
-                let n = stream.read(&mut buf).await?;
+            let mut seen = [false; BATCH];
+            let mut answered = 0;
+            while answered < BATCH {
+                rbuf.reserve(16 * 1024);
+                let n = stream.read_buf(&mut rbuf).await?;
                 anyhow::ensure!(n > 0, "server closed the connection");
-                braces += buf[..n].iter().filter(|&&b| b == b'}').count();
+                let mut used = 0;
+                while let Some((range, len)) = next_frame(&rbuf[used..])? {
+                    let body = &rbuf[used + range.start..used + range.end];
+                    let i = reply_index(body).filter(|&i| i < BATCH && !seen[i] && expected[i] == body);
+                    let Some(i) = i else {
+                        anyhow::bail!("wrong or repeated reply: {}", String::from_utf8_lossy(body));
+                    };
+                    seen[i] = true;
+                    answered += 1;
+                    used += len;
+                }
+                rbuf.drain(..used);
             }
             done += BATCH;
         }
         println!("{done} requests");
         Ok(())
     })
+}
+
+/// The request index a reply's id (21 hex digits at its end) stands for.
+fn reply_index(body: &[u8]) -> Option<usize> {
+    let id = body.strip_suffix(b"\"}")?;
+    let hex = std::str::from_utf8(id.get(id.len().checked_sub(21)?..)?).ok()?;
+    usize::from_str_radix(hex, 16).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reply_ids_name_their_request() {
+        let body = format!(r#"{{"response":{{"result":9}},"isDisposed":true,"id":"{:021x}"}}"#, 7);
+        assert_eq!(reply_index(body.as_bytes()), Some(7));
+        assert_eq!(reply_index(b"{}"), None);
+        assert_eq!(reply_index(br#"{"id":"zzzzzzzzzzzzzzzzzzzzz"}"#), None);
+    }
 }

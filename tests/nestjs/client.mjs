@@ -34,6 +34,7 @@ const REQUIRED = {
   emit: ['pattern', 'data'],
   send_many: ['pattern', 'data_list'],
   sleep: ['ms'],
+  send_until: ['pattern', 'data', 'contains', 'times'],
   set_metadata: ['metadata'],
 };
 let ops;
@@ -87,6 +88,16 @@ async function run(op) {
       return { ok: true };
     case 'send_many':
       return { ok: await Promise.all(op.data_list.map((d) => collect(op.pattern, d, op.timeout_ms ?? 10000))) };
+    case 'send_until': {
+      // Asks again (every 50 ms, up to within_ms) until the reply's JSON holds `contains`
+      // `times` times: waiting on a condition, not for a fixed time.
+      const until = Date.now() + (op.within_ms ?? 10000);
+      for (;;) {
+        const values = await collect(op.pattern, op.data, op.timeout_ms);
+        if (JSON.stringify(values).split(op.contains).length - 1 >= op.times || Date.now() > until) return { ok: values };
+        await new Promise((resolve) => setTimeout(resolve, 50));
+      }
+    }
     case 'sleep':
       await new Promise((resolve) => setTimeout(resolve, op.ms));
       return { ok: true };

@@ -112,14 +112,14 @@ fn attempts(marker: &str) -> usize {
     ATTEMPTS.lock().unwrap().iter().filter(|m| *m == marker).count()
 }
 
-/// Fails on its first two deliveries, succeeds on the third.
+/// Fails on its first delivery, panics on the second, succeeds on the third.
 #[event_pattern("fails_twice")]
 async fn fails_twice(marker: String) -> RpcResult<()> {
     ATTEMPTS.lock().unwrap().push(marker.clone());
-    if attempts(&marker) <= 2 {
-        Err(RpcError::new("not yet"))
-    } else {
-        Ok(())
+    match attempts(&marker) {
+        1 => Err(RpcError::new("not yet")),
+        2 => panic!("listener bug"),
+        _ => Ok(()),
     }
 }
 

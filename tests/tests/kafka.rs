@@ -51,7 +51,7 @@ fn mock() -> &'static Mock {
         let cluster = KafkaMock::start().expect("librdkafka's mock cluster starts");
         // Kafka keeps order per partition: the ordering cases use one-partition topics, as a
         // NestJS consumer needs to keep order.
-        for topic in ["ordered_evt", "keyed_evt"] {
+        for topic in ["ordered_evt", "keyed_evt", "kafka.blocked", "kafka.blocked_any"] {
             cluster.create_topic(topic, 1).expect("a one-partition topic");
         }
         Mock {
@@ -130,20 +130,15 @@ async fn calls_fail_fast_while_the_broker_is_down() {
         new_failed_after < Duration::from_secs(12),
         "failed after {new_failed_after:?}, by the connect timeout, not the call's 20 s"
     );
-    assert!(
-        wait_until(30, || true).await && {
-            let mut ok = false;
-            for _ in 0..60 {
-                if c.with_timeout(Duration::from_secs(2)).send(DELAY, 1).await.is_ok() {
-                    ok = true;
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(250)).await;
-            }
-            ok
-        },
-        "calls work again once the broker is back"
-    );
+    let mut back = false;
+    for _ in 0..60 {
+        if c.with_timeout(Duration::from_secs(2)).send(DELAY, 1).await.is_ok() {
+            back = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(back, "calls work again once the broker is back");
 }
 
 // ---------------------------------------------------------------------------------------
@@ -478,6 +473,28 @@ async fn graceful_evt(n: u64) {
     report("kafka.graceful", n);
 }
 
+/// Set in a child process: the event of the `kafka.blocked*` patterns whose handler never ends.
+const CHILD_BLOCK: &str = "SB_KAFKA_CHILD_BLOCK";
+
+/// Reports the start, then never ends for the event `SB_KAFKA_CHILD_BLOCK` names.
+async fn blocking(topic: &str, n: u64) {
+    report(&format!("{topic}:started"), n);
+    if std::env::var(CHILD_BLOCK).ok().and_then(|b| b.parse().ok()) == Some(n) {
+        std::future::pending::<()>().await;
+    }
+    report(topic, n);
+}
+
+#[event_pattern("kafka.blocked")]
+async fn blocked_evt(n: u64) {
+    blocking("kafka.blocked", n).await;
+}
+
+#[event_pattern("kafka.blocked_any", concurrent)]
+async fn blocked_any_evt(n: u64) {
+    blocking("kafka.blocked_any", n).await;
+}
+
 #[event_pattern("kafka.lb")]
 async fn lb_evt(n: u64) {
     report("kafka.lb", n);
@@ -501,6 +518,8 @@ fn child_consumer_process() {
             .handler(DURABLE_EVT)
             .handler(LB_EVT)
             .handler(GRACEFUL_EVT)
+            .handler(BLOCKED_EVT)
+            .handler(BLOCKED_ANY_EVT)
             .listen(url)
             .start()
             .await
@@ -520,6 +539,10 @@ struct ChildConsumer {
 }
 
 fn start_consumer(url: &str) -> ChildConsumer {
+    start_consumer_with(url, &[])
+}
+
+fn start_consumer_with(url: &str, env: &[(&str, &str)]) -> ChildConsumer {
     let mut child = Command::new(std::env::current_exe().unwrap())
         .args([
             "child_consumer_process",
@@ -530,6 +553,7 @@ fn start_consumer(url: &str) -> ChildConsumer {
         ])
         .env(CHILD_URL, url)
         .env(CHILD_BROKERS, &mock().bootstrap)
+        .envs(env.iter().copied())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .kill_on_drop(true)
@@ -637,6 +661,81 @@ async fn killed_consumer_loses_no_events() {
         by_second.len() < 1000,
         "the second consumer resumed from committed offsets, not from the start"
     );
+}
+
+/// The offset `group` has committed on partition 0 of `topic` (`None` before any commit).
+fn committed(group: &str, topic: &str) -> Option<i64> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &mock().bootstrap)
+        .set("group.id", group)
+        .create()
+        .expect("raw consumer");
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition(topic, 0);
+    let got = consumer.committed_offsets(tpl, Duration::from_secs(5)).ok()?;
+    match got.find_partition(topic, 0)?.offset() {
+        Offset::Offset(n) => Some(n),
+        _ => None,
+    }
+}
+
+/// One event's handler never ends (event 5 of 0..40, on one-partition topics, so offset = n).
+/// The group commits up to it and no further — while events 0..4 are handled in order, and
+/// while 6..39 are handled around it when the pattern is `concurrent` — and once the process is
+/// SIGKILLed with it still running, the next consumer starts with exactly that event: of the
+/// events the first one finished, none is handled again, and none is lost.
+#[tokio::test]
+async fn offsets_stop_at_a_handler_that_has_not_finished() {
+    let _broker = common::conformance::shared().await;
+    let group = format!("blocked-{}", std::process::id());
+    let url = format!("kafka://{}?group={group}&session_timeout_ms=6000", mock().bootstrap);
+    let c = Client::connect(mock_url()).await.unwrap();
+    let (ordered, any) = ("kafka.blocked", "kafka.blocked_any");
+    // One at a time, so that each event's offset is its number.
+    for n in 0..40 {
+        for topic in [ordered, any] {
+            c.emit_raw(topic, n).await.expect("event accepted by the broker");
+        }
+    }
+    let mut first = start_consumer_with(&url, &[(CHILD_BLOCK, "5")]);
+    let started = |c: &ChildConsumer, t: &str| c.seen(&format!("{t}:started"));
+    assert!(
+        wait_until(60, || {
+            started(&first, ordered).contains(&5) && first.seen(any).len() == 39 && started(&first, any).contains(&5)
+        })
+        .await,
+        "the first consumer reaches the blocked event: in order {:?}, concurrent {:?}",
+        first.seen(ordered),
+        first.seen(any)
+    );
+    assert_eq!(first.seen(ordered), (0..5).collect::<Vec<_>>(), "in order: nothing passes the blocked event");
+    // The group commits every second: wait for a commit to reach the blocked event, then for
+    // two more intervals, in which nothing may commit past it.
+    // The server's group id carries NestJS's `-server` postfix.
+    let server_group = format!("{group}-server");
+    let at_block = wait_until(30, || {
+        committed(&server_group, ordered) == Some(5) && committed(&server_group, any) == Some(5)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let (o, a) = (committed(&server_group, ordered), committed(&server_group, any));
+    assert!(at_block, "a commit reached the blocked event (committed: {o:?}, {a:?})");
+    assert_eq!((o, a), (Some(5), Some(5)), "nothing committed past a handler still running");
+    first.child.start_kill().unwrap();
+    first.child.wait().await.unwrap();
+
+    let second = start_consumer(&url);
+    assert!(
+        wait_until(60, || second.seen(ordered).len() >= 35 && second.seen(any).len() >= 35).await,
+        "the second consumer handles the rest: {:?} / {:?}",
+        second.seen(ordered),
+        second.seen(any)
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(second.seen(ordered), (5..40).collect::<Vec<_>>(), "in order: resumes at the blocked event, each once");
+    let mut again = second.seen(any);
+    again.sort_unstable();
+    assert_eq!(again, (5..40).collect::<Vec<_>>(), "concurrent: resumes at the blocked event");
 }
 
 /// SIGTERM in the middle of a batch: the consumer finishes what it has started, commits, and

@@ -8,6 +8,7 @@ mod common;
 
 use std::collections::{BTreeMap, HashMap};
 use std::process::Stdio;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::*;
@@ -97,40 +98,69 @@ async fn start_server(url: &str) -> switchboard::RunningServer {
     server
 }
 
-/// `mosquitto_sub` printing `topic payload` lines for `topics`, once subscribed.
-async fn watch(port: u16, topics: &[&str], count: usize) -> Child {
+/// `mosquitto_sub` printing `topic payload` lines for `topics`.
+struct Spy {
+    _child: Child,
+    lines: Arc<Mutex<Vec<String>>>,
+    probe: String,
+}
+
+/// Starts `mosquitto_sub` on `topics` and returns once it is subscribed: it has no
+/// "subscribed" signal, so it also subscribes (in the same SUBSCRIBE) to a probe topic, which
+/// is published to until the probe comes through.
+async fn watch(port: u16, topics: &[&str]) -> Spy {
+    let probe = format!("sb-probe-{}-{port}", std::process::id());
     let mut cmd = Command::new("mosquitto_sub");
-    cmd.args([
-        "-h",
-        "127.0.0.1",
-        "-p",
-        &port.to_string(),
-        "-v",
-        "-C",
-        &count.to_string(),
-        "-W",
-        "20",
-    ]);
+    cmd.args(["-h", "127.0.0.1", "-p", &port.to_string(), "-v", "-t", &probe]);
     for t in topics {
         cmd.args(["-t", t]);
     }
-    let child = cmd
+    let mut child = cmd
         .stdout(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
         .expect("mosquitto_sub (package mosquitto-clients) runs");
-    // mosquitto_sub has no "subscribed" signal; it subscribes right after connecting.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    child
+    let lines = Arc::new(Mutex::new(Vec::new()));
+    let mut out = BufReader::new(child.stdout.take().unwrap()).lines();
+    let seen = lines.clone();
+    tokio::spawn(async move {
+        while let Ok(Some(line)) = out.next_line().await {
+            seen.lock().unwrap().push(line);
+        }
+    });
+    let spy = Spy {
+        _child: child,
+        lines,
+        probe,
+    };
+    for _ in 0..100 {
+        let probe = spy.probe.clone();
+        tokio::task::spawn_blocking(move || mosquitto_pub(port, &probe, "ready"))
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if spy.lines.lock().unwrap().iter().any(|l| l.starts_with(&spy.probe)) {
+            return spy;
+        }
+    }
+    panic!("mosquitto_sub did not subscribe within 10 s");
 }
 
-async fn lines(child: Child) -> Vec<String> {
-    let out = child.wait_with_output().await.unwrap();
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(str::to_owned)
-        .collect()
+impl Spy {
+    /// The first `count` lines off the probe topic (waiting up to 20 s for them).
+    async fn lines(&self, count: usize) -> Vec<String> {
+        let got = || -> Vec<String> {
+            let lines = self.lines.lock().unwrap();
+            lines.iter().filter(|l| !l.starts_with(&self.probe)).cloned().collect()
+        };
+        for _ in 0..200 {
+            if got().len() >= count {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        got()
+    }
 }
 
 fn mosquitto_pub(port: u16, topic: &str, message: &str) {
@@ -206,10 +236,13 @@ async fn wire_format_is_nestjs() {
     let broker = PrivateBroker::start().await;
     let _server = start_server(&broker.url()).await;
     let c = client(&broker.url()).await;
-    let spy = watch(broker.port, &[r#"{"cmd":"sum"}"#, r#"{"cmd":"sum"}/reply"#, "evt"], 3).await;
+    let spy = watch(broker.port, &[r#"{"cmd":"sum"}"#, r#"{"cmd":"sum"}/reply"#, "evt"]).await;
     assert_eq!(c.send(SUM, vec![1.0, 2.0, 3.0]).await.unwrap(), 6.0);
     c.emit_raw("evt", json!({"wire": 1})).await.unwrap();
-    let got = lines(spy).await;
+    spy.lines(3).await;
+    // Anything more (a duplicate, say) would show up by now.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let got = spy.lines(3).await;
     assert_eq!(got.len(), 3, "{got:?}");
     let (topic, request) = got[0].split_once(' ').unwrap();
     assert_eq!(topic, r#"{"cmd":"sum"}"#);
@@ -428,7 +461,7 @@ async fn group_load_balances_each_request_once() {
     let url = format!("{URL}?group={group}&qos=1");
     let a = server_on_thread("lb-a", url.clone());
     let b = server_on_thread("lb-b", url.clone());
-    tokio::time::sleep(Duration::from_millis(300)).await; // both SUBSCRIBEs reach the broker
+    // No wait needed: each server starts once the broker acknowledged its SUBSCRIBE.
     let c = client(URL).await;
     const N: u64 = 200;
     let calls = (0..N).map(|n| {

@@ -738,6 +738,34 @@ async fn delete_stream_at(addr: &str, name: &str) {
     );
 }
 
+/// `num_pending` (not yet delivered) and `num_ack_pending` (delivered, not acked), summed
+/// over a stream's JetStream consumers (the server makes one per route), from the JetStream API.
+async fn stream_backlog(stream: &str) -> (u64, u64) {
+    let mut raw = RawNats::connect(NATS_ADDR).await;
+    let r = raw.request(&format!("$JS.API.CONSUMER.LIST.{stream}"), b"").await;
+    let v: Value = serde_json::from_slice(&r.payload).unwrap_or(Value::Null);
+    let consumers = v["consumers"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no consumer list: {v}"));
+    assert!(!consumers.is_empty(), "the stream has no consumer: {v}");
+    let sum = |k: &str| consumers.iter().map(|c| c[k].as_u64().unwrap_or(u64::MAX)).sum::<u64>();
+    (sum("num_pending"), sum("num_ack_pending"))
+}
+
+/// Waits (up to 3 s: acks follow the handlers at once) until the stream's consumers have
+/// nothing pending or unacked; returns what is left.
+async fn backlog_drains(stream: &str) -> (u64, u64) {
+    let mut left = (u64::MAX, u64::MAX);
+    for _ in 0..30 {
+        left = stream_backlog(stream).await;
+        if left == (0, 0) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    left
+}
+
 /// The consumer process of `durable_events_survive_a_killed_consumer` (this test binary run
 /// again); does nothing when run directly.
 #[tokio::test]
@@ -831,6 +859,7 @@ async fn durable_events_survive_a_killed_consumer() {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    let backlog = backlog_drains(DURABLE_STREAM).await;
     second.kill().await.unwrap();
     let total = handled(&file).len();
     eprintln!(
@@ -839,6 +868,7 @@ async fn durable_events_survive_a_killed_consumer() {
         total - 1000
     );
     assert!(missing_events.is_empty(), "lost events: {missing_events:?}");
+    assert_eq!(backlog, (0, 0), "every event acked: (pending, unacked)");
     c.close().await;
     delete_stream(DURABLE_STREAM).await;
     let _ = std::fs::remove_file(&file);
@@ -847,19 +877,24 @@ async fn durable_events_survive_a_killed_consumer() {
 /// How often each `sb_flaky_evt` number was delivered.
 static FLAKY: Mutex<Vec<u64>> = Mutex::new(Vec::new());
 
-/// Fails the first delivery of every event.
+/// Fails the first delivery of every event: odd ones by panicking.
 #[event_pattern("sb_flaky_evt")]
 async fn flaky_evt(n: u64) -> RpcResult<()> {
-    let mut seen = FLAKY.lock().unwrap();
-    seen.push(n);
-    if seen.iter().filter(|&&m| m == n).count() == 1 {
-        return Err(RpcError::new("first delivery fails"));
+    let first = {
+        let mut seen = FLAKY.lock().unwrap();
+        seen.push(n);
+        seen.iter().filter(|&&m| m == n).count() == 1
+    };
+    match first {
+        true if n % 2 == 1 => panic!("first delivery panics"),
+        true => Err(RpcError::new("first delivery fails")),
+        false => Ok(()),
     }
-    Ok(())
 }
 
-/// A listener that fails gets the event again (nak); once it succeeds it is acked and not
-/// delivered again. A client without a stream covering the subject gets a clear error.
+/// A listener that fails or panics gets the event again (nak); once it succeeds it is acked: the
+/// consumer has nothing left unacked, and nothing comes again after twice the ack wait. A
+/// client without a stream covering the subject gets a clear error.
 #[tokio::test]
 async fn failed_durable_events_are_redelivered() {
     if !nats_up().await {
@@ -868,7 +903,7 @@ async fn failed_durable_events_are_redelivered() {
     let _turn = ON_4222.lock().await;
     let stream_name = "SB_TEST_FLAKY";
     delete_stream(stream_name).await;
-    let url = format!("{NATS}?jetstream={stream_name}&durable=flaky");
+    let url = format!("{NATS}?jetstream={stream_name}&durable=flaky&ack_wait_ms=1000");
     let server = Microservice::new()
         .handler(FLAKY_EVT)
         .listen(&url)
@@ -889,8 +924,10 @@ async fn failed_durable_events_are_redelivered() {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    // Room for a redelivery that should not come.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let backlog = backlog_drains(stream_name).await;
+    // Past twice the ack wait: an event delivered and never acked would have come again.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(backlog, (0, 0), "every event acked: (pending, unacked)");
     let mut seen = FLAKY.lock().unwrap().clone();
     seen.sort();
     assert_eq!(

@@ -42,7 +42,6 @@ async fn restart_system_redis() {
 }
 
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -249,7 +248,7 @@ impl Resp {
     }
 }
 
-async fn serve(url: &str, ms: Microservice) -> RunningServer {
+async fn serve<S: Clone + Send + Sync + 'static>(url: &str, ms: Microservice<S>) -> RunningServer {
     ms.listen(url).start().await.expect("server starts")
 }
 
@@ -273,20 +272,52 @@ async fn redis_raw_evt(data: Value) {
     RAW_SEEN.lock().unwrap().push(data);
 }
 
-/// How often `redis_fanout` ran, over all servers in this process.
-static FANOUT_CALLS: AtomicUsize = AtomicUsize::new(0);
+/// What the replicas of one test handled: (replica, message), each replica a server on a
+/// thread of its own named after it (names unique to the test, so that the servers of other
+/// tests running alongside, which serve the same handlers, count for nothing here).
+static HANDLED: Mutex<Vec<(String, String)>> = Mutex::new(Vec::new());
+
+fn handled(what: &str) {
+    let me = std::thread::current().name().unwrap_or_default().to_owned();
+    HANDLED.lock().unwrap().push((me, what.to_owned()));
+}
+
+/// How many `what` the replica `name` handled.
+fn handled_by(name: &str, what: &str) -> usize {
+    let all = HANDLED.lock().unwrap();
+    all.iter().filter(|(r, w)| r == name && w == what).count()
+}
 
 #[message_pattern("redis_fanout")]
 async fn redis_fanout(n: u64) -> u64 {
-    FANOUT_CALLS.fetch_add(1, Ordering::SeqCst);
+    handled("call");
     n
 }
 
-static FANOUT_EVENTS: AtomicUsize = AtomicUsize::new(0);
-
 #[event_pattern("redis_fanout_evt")]
 async fn redis_fanout_evt(_n: u64) {
-    FANOUT_EVENTS.fetch_add(1, Ordering::SeqCst);
+    handled("event");
+}
+
+/// A server of every handler on `url`, on its own single-threaded runtime on a thread named
+/// `name`; stops when the returned sender is dropped.
+fn replica(name: &str, url: String) -> tokio::sync::oneshot::Sender<()> {
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name(name.to_owned())
+        .spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async move {
+                let server = serve(&url, Microservice::from_registry()).await;
+                ready_tx.send(()).unwrap();
+                let _ = stopped.await;
+                server.shutdown().await.unwrap();
+            })
+        })
+        .unwrap();
+    ready_rx.recv_timeout(Duration::from_secs(20)).expect("replica starts");
+    stop
 }
 
 // ---------------------------------------------------------------------------------------
@@ -531,18 +562,11 @@ async fn every_replica_receives_each_message_and_the_caller_gets_one_reply() {
     let Some(redis) = PrivateRedis::start().await else {
         return;
     };
-    let one = serve(
-        &redis.url(),
-        Microservice::new().handler(REDIS_FANOUT).handler(REDIS_FANOUT_EVT),
-    )
-    .await;
-    let two = serve(
-        &redis.url(),
-        Microservice::new().handler(REDIS_FANOUT).handler(REDIS_FANOUT_EVT),
-    )
-    .await;
+    let names = [format!("fan-a-{}", redis.port), format!("fan-b-{}", redis.port)];
+    let one = replica(&names[0], redis.url());
+    let two = replica(&names[1], redis.url());
     let c = client(&redis.url()).await;
-    let mut replies = Box::pin(c.send_raw::<u64>("redis_fanout", 7).stream().await.unwrap());
+    let mut replies = c.send_raw::<u64>("redis_fanout", 7).stream().await.unwrap();
     use futures_util::StreamExt;
     assert_eq!(replies.next().await.unwrap().unwrap(), 7);
     assert!(
@@ -550,17 +574,21 @@ async fn every_replica_receives_each_message_and_the_caller_gets_one_reply() {
         "one reply, though both replicas answered"
     );
     c.emit_raw("redis_fanout_evt", 1).await.unwrap();
+    let counts = || {
+        names
+            .iter()
+            .flat_map(|n| [handled_by(n, "call"), handled_by(n, "event")])
+            .collect::<Vec<_>>()
+    };
     let until = Instant::now() + Duration::from_secs(5);
-    while (FANOUT_CALLS.load(Ordering::SeqCst) < 2 || FANOUT_EVENTS.load(Ordering::SeqCst) < 2)
-        && Instant::now() < until
-    {
+    while counts() != [1; 4] && Instant::now() < until {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    // Redis pub/sub has no competing consumers: both replicas handled both messages.
-    assert_eq!(FANOUT_CALLS.load(Ordering::SeqCst), 2);
-    assert_eq!(FANOUT_EVENTS.load(Ordering::SeqCst), 2);
-    one.shutdown().await.unwrap();
-    two.shutdown().await.unwrap();
+    // Give a duplicate every chance to show up.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Redis pub/sub has no competing consumers: each replica handled each message once.
+    assert_eq!(counts(), [1; 4], "(calls, events) of each replica");
+    drop((one, two));
 }
 
 #[tokio::test]
@@ -755,11 +783,9 @@ nest_interop_tests! {
 // ---------------------------------------------------------------------------------------
 // Opt-in load balancing: replicas in one `group` claim each request.
 
-static GROUP_CALLS: AtomicUsize = AtomicUsize::new(0);
-
 #[message_pattern("redis_group_work")]
 async fn redis_group_work(n: u64) -> u64 {
-    GROUP_CALLS.fetch_add(1, Ordering::SeqCst);
+    handled("work");
     tokio::time::sleep(Duration::from_millis(5)).await;
     n * 2
 }
@@ -770,8 +796,9 @@ async fn replicas_in_a_group_handle_each_request_once() {
         return;
     };
     let url = format!("{}?group=workers", redis.url());
-    let one = serve(&url, Microservice::new().handler(REDIS_GROUP_WORK)).await;
-    let two = serve(&url, Microservice::new().handler(REDIS_GROUP_WORK)).await;
+    let names = [format!("grp-a-{}", redis.port), format!("grp-b-{}", redis.port)];
+    let one = replica(&names[0], url.clone());
+    let two = replica(&names[1], url.clone());
     let mut raw = redis.raw().await;
     assert_eq!(
         raw.cmd(&["PUBSUB", "NUMSUB", "redis_group_work"]).await,
@@ -788,11 +815,9 @@ async fn replicas_in_a_group_handle_each_request_once() {
     }
     // Give a late duplicate every chance to show up.
     tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(
-        GROUP_CALLS.load(Ordering::SeqCst),
-        200,
-        "each request handled exactly once"
-    );
+    let (a, b) = (handled_by(&names[0], "work"), handled_by(&names[1], "work"));
+    assert_eq!(a + b, 200, "each request handled exactly once");
+    assert!(a > 0 && b > 0, "both replicas took part: {a} and {b}");
     let err = Microservice::new()
         .handler(REDIS_GROUP_WORK)
         .listen(format!("{}?group=", redis.url()))
@@ -800,6 +825,5 @@ async fn replicas_in_a_group_handle_each_request_once() {
         .await
         .unwrap_err();
     assert!(err.to_string().contains("`group` needs a name"), "{err}");
-    one.shutdown().await.unwrap();
-    two.shutdown().await.unwrap();
+    drop((one, two));
 }

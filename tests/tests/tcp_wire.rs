@@ -3,10 +3,12 @@
 
 mod common;
 
+use std::sync::Mutex;
 use std::time::Duration;
 
 use common::raw::{Raw, frame};
 use serde_json::{Value, json};
+use switchboard::prelude::*;
 use switchboard::{Client, Microservice, RunningServer};
 
 async fn server(query: &str) -> RunningServer {
@@ -15,6 +17,35 @@ async fn server(query: &str) -> RunningServer {
         .start()
         .await
         .expect("server starts")
+}
+
+/// Markers of the `wire.slow*` handlers: started, and (events) finished.
+static STARTED: Mutex<Vec<String>> = Mutex::new(Vec::new());
+static FINISHED: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+#[message_pattern("wire.slow")]
+async fn wire_slow(marker: String) -> String {
+    STARTED.lock().unwrap().push(marker.clone());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    marker
+}
+
+#[event_pattern("wire.slow_evt")]
+async fn wire_slow_evt(marker: String) {
+    STARTED.lock().unwrap().push(marker.clone());
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    FINISHED.lock().unwrap().push(marker);
+}
+
+/// Waits (up to 5 s) until a `wire.slow*` handler started with `marker`.
+async fn started(marker: &str) {
+    for _ in 0..500 {
+        if STARTED.lock().unwrap().iter().any(|m| m == marker) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("{marker} did not start within 5 s");
 }
 
 async fn exchange(raw: &mut Raw, body: &str) -> String {
@@ -159,7 +190,8 @@ async fn pipelined_split_and_multibyte_frames() {
         assert!(replies.iter().any(|r| r == expected), "{expected} in {replies:?}");
     }
 
-    // One frame in three writes, split inside a two-byte character.
+    // One frame in three writes, split inside a two-byte character (the pauses put each part
+    // in a read of its own; nothing waits on them).
     let bytes = frame(r#"{"pattern":"echo","data":"é","id":"mb"}"#).into_bytes();
     let cut = bytes.iter().position(|&b| b == 0xC3).unwrap() + 1;
     raw.send(&bytes[..5]).await;
@@ -492,30 +524,19 @@ async fn a_long_ready_stream_is_written_as_it_goes() {
 async fn an_event_in_flight_when_the_peer_half_closes_still_runs() {
     let s = server("").await;
     let mut raw = Raw::connect(s.local_url()).await;
-    raw.send_frame(r#"{"pattern":"slow_evt","data":{"marker":"half-close"}}"#)
-        .await;
+    raw.send_frame(r#"{"pattern":"wire.slow_evt","data":"half-close"}"#).await;
     tokio::io::AsyncWriteExt::shutdown(&mut raw.stream).await.unwrap();
     assert!(
         raw.closed_within(Duration::from_secs(2)).await,
         "closed once the event has run"
     );
-    let mut other = Raw::connect(s.local_url()).await;
-    let seen = exchange(&mut other, r#"{"pattern":"events_seen","data":null,"id":"q"}"#).await;
-    assert!(seen.contains("half-close"), "{seen}");
+    assert!(FINISHED.lock().unwrap().iter().any(|m| m == "half-close"), "ran to its end");
     // And during a graceful shutdown.
-    other
-        .send_frame(r#"{"pattern":"slow_evt","data":{"marker":"at-shutdown"}}"#)
-        .await;
-    tokio::time::sleep(Duration::from_millis(20)).await;
+    let mut other = Raw::connect(s.local_url()).await;
+    other.send_frame(r#"{"pattern":"wire.slow_evt","data":"at-shutdown"}"#).await;
+    started("at-shutdown").await;
     s.shutdown().await.unwrap();
-    assert!(
-        common::SEEN
-            .lock()
-            .unwrap()
-            .iter()
-            .any(|e| e["data"]["marker"] == "at-shutdown"),
-        "drained"
-    );
+    assert!(FINISHED.lock().unwrap().iter().any(|m| m == "at-shutdown"), "drained");
 }
 
 #[tokio::test]
@@ -539,10 +560,10 @@ async fn shutdown_drains_in_flight_requests_and_refuses_new_connections() {
     let s = server("").await;
     let url = s.local_url().to_owned();
     let mut raw = Raw::connect(&url).await;
-    raw.send_frame(r#"{"pattern":"delay","data":300,"id":"slow"}"#).await;
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    raw.send_frame(r#"{"pattern":"wire.slow","data":"drained","id":"slow"}"#).await;
+    started("drained").await;
     let shutdown = tokio::spawn(s.shutdown());
-    assert_eq!(raw.recv().await, r#"{"response":300,"isDisposed":true,"id":"slow"}"#);
+    assert_eq!(raw.recv().await, r#"{"response":"drained","isDisposed":true,"id":"slow"}"#);
     assert!(raw.closed_within(Duration::from_secs(2)).await, "closed once drained");
     shutdown.await.unwrap().unwrap();
     let addr = url.trim_start_matches("tcp://");
@@ -635,7 +656,8 @@ async fn a_peer_that_stops_reading_does_not_hold_up_others_events() {
             r#"{{"pattern":"ordered_evt","data":{{"marker":"{marker}-a","seq":0}}}}"#
         ))
         .await;
-    // Eight 1 MiB replies it never reads: the server's writes to it block.
+    // Eight 1 MiB replies it never reads: the server's writes to it block. (The pause lets
+    // them fill the socket first; were it too short, the test would pass without the stall.)
     let big = "x".repeat(1 << 20);
     for i in 0..8 {
         stuck
@@ -653,4 +675,52 @@ async fn a_peer_that_stops_reading_does_not_hold_up_others_events() {
     assert_eq!(seqs.get("").map(Vec::len), Some(1), "the other connection's event ran");
     drop(stuck);
     s.shutdown().await.unwrap();
+}
+
+/// The client's frame cap holds against a server: a reply announced longer than
+/// `max_frame_len`, or longer in bytes, fails the call at once as invalid data (nothing
+/// buffered, no wait for the deadline), and the next call reconnects. A reply just under the
+/// cap is read.
+#[tokio::test]
+async fn the_client_caps_the_frames_a_server_sends() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut raw = Raw::from_stream(stream);
+                while let Some(body) = raw.try_recv(Duration::from_secs(30)).await {
+                    let packet: Value = serde_json::from_str(&body).unwrap();
+                    let id = packet["id"].as_str().unwrap().to_owned();
+                    let reply = |v: Value| {
+                        frame(&json!({"err": null, "response": v, "isDisposed": true, "id": id}).to_string())
+                    };
+                    match packet["data"].as_str().unwrap() {
+                        // The prefix alone, and a body that never comes.
+                        "announced" => raw.send("5000#{\"err\":null,").await,
+                        // 600 UTF-16 units, 1,800 bytes.
+                        "wide" => raw.send(reply(json!("€".repeat(600)))).await,
+                        "fits" => raw.send(reply(json!("x".repeat(900)))).await,
+                        other => raw.send(reply(json!(other))).await,
+                    }
+                }
+            });
+        }
+    });
+    let c = Client::builder(&format!("tcp://{addr}?max_frame_len=1024&pool=1"))
+        .timeout(Duration::from_secs(60))
+        .connect()
+        .await
+        .unwrap();
+    let fits: String = c.send_raw("echo", "fits").await.unwrap();
+    assert_eq!(fits.len(), 900, "a reply under the cap is read");
+    for over in ["announced", "wide"] {
+        let err = c.send_raw::<Value>("echo", over).await.unwrap_err();
+        assert!(
+            matches!(&err, switchboard::Error::InvalidData { reason, .. } if reason.contains("invalid frame")),
+            "{over}: {err:?}"
+        );
+        let again: String = c.send_raw("echo", "again").await.unwrap();
+        assert_eq!(again, "again", "after {over}: the next call reconnects");
+    }
 }

@@ -254,7 +254,7 @@ impl Caller for Bare {
     async fn call(&self, a: i64, b: i64) -> anyhow::Result<i64> {
         self.pending
             .call(|id| async move {
-                let value = format!(r#"{{"a":{a},"b":{b}}}"#);
+                let value = super::data_packet(a, b);
                 let headers = OwnedHeaders::new()
                     .insert(Header {
                         key: CORRELATION_ID,

@@ -35,6 +35,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, anyhow, bail, ensure};
 use serde::Deserialize;
+use serde_json::value::RawValue;
 use switchboard::prelude::*;
 use switchboard::{Client, Microservice};
 use tokio::sync::oneshot;
@@ -42,6 +43,7 @@ use tokio::task::JoinSet;
 
 use crate::Failure;
 use crate::driver::{cpu_time, machine_busy, nearest_rank};
+use crate::frame::put_int;
 
 #[cfg(feature = "amqp")]
 mod amqp;
@@ -118,65 +120,140 @@ impl Caller for SwitchboardCaller {
 }
 
 // ---------------------------------------------------------------- the NestJS packets, by hand
+//
+// As a careful hand-written client would do it, so that the bare side is a ceiling: ids are
+// numbers written as hex on the stack, packets are written straight into one buffer, requests
+// and replies are parsed with borrowed fields, the pattern is compared as raw text (as NestJS
+// writes it), and calls in flight are found by their number.
 
 /// Request ids: 21 lowercase hex digits, like NestJS's; unique in this process.
-fn next_id() -> String {
-    static NEXT: AtomicU64 = AtomicU64::new(1);
-    format!("{:021x}", NEXT.fetch_add(1, Ordering::Relaxed))
+#[derive(Clone, Copy)]
+pub struct Id {
+    n: u64,
+    hex: [u8; ID_LEN],
+}
+
+const ID_LEN: usize = 21;
+
+impl Id {
+    fn next() -> Id {
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let mut hex = [b'0'; ID_LEN];
+        let mut v = n;
+        for at in (0..ID_LEN).rev() {
+            hex[at] = b"0123456789abcdef"[(v & 0xF) as usize];
+            v >>= 4;
+        }
+        Id { n, hex }
+    }
+
+    /// The number an id's text stands for.
+    fn parse(text: &str) -> Option<u64> {
+        (text.len() == ID_LEN).then(|| u64::from_str_radix(text, 16).ok()).flatten()
+    }
+
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.hex).expect("hex digits")
+    }
+}
+
+impl std::ops::Deref for Id {
+    type Target = str;
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl std::fmt::Display for Id {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// `{"pattern":{"cmd":"bench_add"},"data":{"a":…,"b":…},"id":"…"}`.
 pub fn request_packet(id: &str, a: i64, b: i64) -> Vec<u8> {
-    format!(r#"{{"pattern":{PATTERN},"data":{{"a":{a},"b":{b}}},"id":"{id}"}}"#).into_bytes()
+    let mut out = Vec::with_capacity(96);
+    out.extend_from_slice(br#"{"pattern":"#);
+    out.extend_from_slice(PATTERN.as_bytes());
+    out.extend_from_slice(br#","data":{"a":"#);
+    put_int(&mut out, a);
+    out.extend_from_slice(br#","b":"#);
+    put_int(&mut out, b);
+    out.extend_from_slice(br#"},"id":""#);
+    out.extend_from_slice(id.as_bytes());
+    out.extend_from_slice(br#""}"#);
+    out
 }
 
 #[derive(Deserialize)]
-struct RequestPacket {
-    pattern: serde_json::Value,
+struct RequestPacket<'a> {
+    #[serde(borrow)]
+    pattern: &'a RawValue,
     data: AddRequest,
-    id: Option<String>,
+    #[serde(borrow, default)]
+    id: Option<&'a str>,
 }
 
 /// The responder's work on one NestJS request packet: its id and the reply packet, without
 /// the id when `with_id` is false (RabbitMQ's replies); `None` for anything else.
-pub fn answer(body: &[u8], with_id: bool) -> Option<(String, Vec<u8>)> {
-    let req: RequestPacket = serde_json::from_slice(body).ok()?;
-    let expected: serde_json::Value = serde_json::from_str(PATTERN).expect("valid pattern");
-    if req.pattern != expected {
+pub fn answer(body: &[u8], with_id: bool) -> Option<(&str, Vec<u8>)> {
+    let req: RequestPacket<'_> = serde_json::from_slice(body).ok()?;
+    if req.pattern.get() != PATTERN {
         return None;
     }
     let id = req.id?;
-    let result = req.data.a.wrapping_add(req.data.b);
-    let reply = if with_id {
-        format!(r#"{{"response":{{"result":{result}}},"isDisposed":true,"id":"{id}"}}"#)
-    } else {
-        format!(r#"{{"response":{{"result":{result}}},"isDisposed":true}}"#)
-    };
-    Some((id, reply.into_bytes()))
+    let mut reply = Vec::with_capacity(80);
+    reply.extend_from_slice(br#"{"response":{"result":"#);
+    put_int(&mut reply, req.data.a.wrapping_add(req.data.b));
+    reply.extend_from_slice(br#"},"isDisposed":true"#);
+    if with_id {
+        reply.extend_from_slice(br#","id":""#);
+        reply.extend_from_slice(id.as_bytes());
+        reply.push(b'"');
+    }
+    reply.push(b'}');
+    Some((id, reply))
+}
+
+/// `{"a":…,"b":…}`: a request's bare `data` (Kafka carries no envelope).
+#[cfg_attr(not(feature = "kafka"), allow(dead_code))]
+pub fn data_packet(a: i64, b: i64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(48);
+    out.extend_from_slice(br#"{"a":"#);
+    put_int(&mut out, a);
+    out.extend_from_slice(br#","b":"#);
+    put_int(&mut out, b);
+    out.push(b'}');
+    out
 }
 
 /// The handler's result for a bare `data` value (Kafka carries no envelope).
 #[cfg_attr(not(feature = "kafka"), allow(dead_code))]
 pub fn answer_data(value: &[u8]) -> Option<Vec<u8>> {
     let req: AddRequest = serde_json::from_slice(value).ok()?;
-    Some(format!(r#"{{"result":{}}}"#, req.a.wrapping_add(req.b)).into_bytes())
+    let mut out = Vec::with_capacity(32);
+    out.extend_from_slice(br#"{"result":"#);
+    put_int(&mut out, req.a.wrapping_add(req.b));
+    out.push(b'}');
+    Some(out)
 }
 
 #[derive(Deserialize)]
-struct ReplyPacket {
+struct ReplyPacket<'a> {
     #[serde(default)]
     response: Option<AddReply>,
     #[serde(default, rename = "isDisposed")]
     is_disposed: Option<bool>,
-    #[serde(default)]
-    id: Option<String>,
-    #[serde(default)]
-    err: Option<serde_json::Value>,
+    #[serde(borrow, default)]
+    id: Option<&'a str>,
+    #[serde(borrow, default)]
+    err: Option<&'a RawValue>,
 }
 
 /// A reply packet's id (if it has one) and what it means for the call.
-pub fn read_reply(body: &[u8]) -> (Option<String>, anyhow::Result<i64>) {
-    let reply: ReplyPacket = match serde_json::from_slice(body) {
+pub fn read_reply(body: &[u8]) -> (Option<&str>, anyhow::Result<i64>) {
+    let reply: ReplyPacket<'_> = match serde_json::from_slice(body) {
         Ok(r) => r,
         Err(e) => {
             let text = String::from_utf8_lossy(body);
@@ -184,8 +261,8 @@ pub fn read_reply(body: &[u8]) -> (Option<String>, anyhow::Result<i64>) {
         }
     };
     let outcome = match (reply.err, reply.is_disposed, reply.response) {
-        (Some(err), _, _) => Err(anyhow!("the responder answered with an error: {err}")),
-        (None, Some(true), Some(r)) => Ok(r.result),
+        (Some(err), _, _) if err.get() != "null" => Err(anyhow!("the responder answered with an error: {err}")),
+        (_, Some(true), Some(r)) => Ok(r.result),
         _ => Err(anyhow!(
             "reply without a response or without \"isDisposed\":true: {}",
             String::from_utf8_lossy(body)
@@ -194,25 +271,43 @@ pub fn read_reply(body: &[u8]) -> (Option<String>, anyhow::Result<i64>) {
     (reply.id, outcome)
 }
 
+/// Hashes a call's number as itself (numbers are unique and sequential).
+#[derive(Default)]
+struct IdHasher(u64);
+
+impl std::hash::Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, _: &[u8]) {
+        unreachable!("only u64 keys")
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+type Calls = HashMap<u64, oneshot::Sender<anyhow::Result<i64>>, std::hash::BuildHasherDefault<IdHasher>>;
+
 /// The bare requester's calls in flight, by id.
 #[derive(Default)]
 pub struct Pending {
-    calls: Mutex<HashMap<String, oneshot::Sender<anyhow::Result<i64>>>>,
+    calls: Mutex<Calls>,
     /// Replies to ids not (or no longer) waiting, ignored as NestJS's clients ignore them.
     stray: AtomicU64,
 }
 
 impl Pending {
     /// Registers a call, lets `publish` send it, and waits for its reply.
-    pub async fn call<F>(&self, publish: impl FnOnce(String) -> F) -> anyhow::Result<i64>
+    pub async fn call<F>(&self, publish: impl FnOnce(Id) -> F) -> anyhow::Result<i64>
     where
         F: Future<Output = anyhow::Result<()>>,
     {
-        let id = next_id();
+        let id = Id::next();
         let (tx, rx) = oneshot::channel();
-        self.calls.lock().expect("pending").insert(id.clone(), tx);
-        let forget = Forget(self, &id);
-        publish(id.clone()).await?;
+        self.calls.lock().expect("pending").insert(id.n, tx);
+        let forget = Forget(self, id.n);
+        publish(id).await?;
         let reply = tokio::time::timeout(CALL_TIMEOUT, rx)
             .await
             .map_err(|_| anyhow!("no reply to request {id} within {CALL_TIMEOUT:?}"))?
@@ -224,7 +319,8 @@ impl Pending {
 
     /// Hands a reply to its call.
     pub fn complete(&self, id: &str, outcome: anyhow::Result<i64>) {
-        match self.calls.lock().expect("pending").remove(id) {
+        let waiting = Id::parse(id).and_then(|n| self.calls.lock().expect("pending").remove(&n));
+        match waiting {
             Some(tx) => {
                 let _ = tx.send(outcome);
             }
@@ -237,7 +333,7 @@ impl Pending {
     /// Hands a reply packet (with its `id`) to its call.
     pub fn complete_packet(&self, body: &[u8]) {
         match read_reply(body) {
-            (Some(id), outcome) => self.complete(&id, outcome),
+            (Some(id), outcome) => self.complete(id, outcome),
             (None, outcome) => {
                 if let Err(e) = outcome {
                     eprintln!("bare requester: {e:#}");
@@ -253,11 +349,11 @@ impl Pending {
 }
 
 /// Removes a call that ended without its reply (error, timeout, cancellation).
-struct Forget<'a>(&'a Pending, &'a str);
+struct Forget<'a>(&'a Pending, u64);
 
 impl Drop for Forget<'_> {
     fn drop(&mut self) {
-        self.0.calls.lock().expect("pending").remove(self.1);
+        self.0.calls.lock().expect("pending").remove(&self.1);
     }
 }
 
@@ -652,13 +748,27 @@ mod tests {
         let (id, reply) = answer(&req, true).expect("a request for our pattern");
         assert_eq!(id, "000000000000000000001");
         let (got, outcome) = read_reply(&reply);
-        assert_eq!(got.as_deref(), Some(id.as_str()));
+        assert_eq!(got, Some(id));
         assert_eq!(outcome.unwrap(), 38);
         // RabbitMQ's reply has no id; the correlation id property carries it.
         let (_, reply) = answer(&req, false).unwrap();
         let (got, outcome) = read_reply(&reply);
         assert!(got.is_none());
         assert_eq!(outcome.unwrap(), 38);
+    }
+
+    #[test]
+    fn ids_are_nestjs_shaped_and_found_again() {
+        let (a, b) = (Id::next(), Id::next());
+        assert_eq!(a.len(), 21);
+        assert!(a.bytes().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()));
+        assert_ne!(a.as_str(), b.as_str());
+        assert_eq!(Id::parse(&a), Some(a.n));
+        assert_eq!(Id::parse("x"), None);
+        assert_eq!(Id::parse("00000000000000000000g"), None);
+        let data = data_packet(-5, 7);
+        assert_eq!(data, br#"{"a":-5,"b":7}"#);
+        assert_eq!(answer_data(&data).unwrap(), br#"{"result":2}"#);
     }
 
     #[test]

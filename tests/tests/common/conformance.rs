@@ -369,6 +369,28 @@ pub async fn events_by_key_and_concurrent(c: &Client) {
     assert!(most > 1, "declared concurrent, yet one at a time");
 }
 
+/// A listener that panics does not stop the pattern's other listener, nor the next event of
+/// its pattern (its turn is given back), nor the server (a durable transport delivers the
+/// event again, as after any failure); a reply stream that panics midway
+/// gives the caller the values so far, then NestJS's `Internal server error`.
+pub async fn panics_are_contained(c: &Client) {
+    for round in 0..2 {
+        let marker = format!("panic-{}-{round}-{}", std::process::id(), unique());
+        c.emit_raw("panic_evt", json!({"marker": marker})).await.unwrap();
+        // More than once where a failed event is delivered again (RabbitMQ's retries).
+        assert!(
+            await_events(c, &marker, 1).await >= 1,
+            "round {round}: the other listener ran"
+        );
+    }
+    let got: Vec<_> = c.send(STREAM_PANICS, ()).stream().await.unwrap().collect().await;
+    assert_eq!(got.len(), 3, "{got:?}");
+    assert_eq!((got[0].as_ref().ok(), got[1].as_ref().ok()), (Some(&1), Some(&2)), "{got:?}");
+    let err = got[2].as_ref().unwrap_err();
+    assert_eq!(err.as_rpc().and_then(RpcError::message), Some("Internal server error"), "{err:?}");
+    assert_eq!(c.send(ECHO, json!("still here")).await.unwrap(), json!("still here"));
+}
+
 /// A number no other call in this process got.
 fn unique() -> u64 {
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
@@ -392,6 +414,16 @@ pub async fn broker_restart<F: Future<Output = ()>>(url: &str, restart: impl FnO
         .expect("the in-flight call ends by its deadline")
         .expect("no panic");
     eprintln!("call in flight during the restart ended with: {outcome:?}");
+    match outcome {
+        Ok(v) => assert_eq!(v, 1_500, "the call in flight got its own answer"),
+        Err(e) => assert!(
+            matches!(
+                e,
+                Error::ConnectionClosed { .. } | Error::Connect { .. } | Error::Timeout { .. }
+            ) || e.as_rpc().is_some_and(RpcError::is_unavailable),
+            "the call in flight ends with a transport error or its deadline, not {e:?}"
+        ),
+    }
 
     let back = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
@@ -450,7 +482,7 @@ macro_rules! switchboard_conformance {
                 Some((url, suite::client(url).await))
             }
 
-            $crate::switchboard_conformance!(@cases patterns multi_value_replies errors unknown_pattern deadlines unicode one_mib_payload concurrent_requests context_and_headers events_in_order events_by_key_and_concurrent);
+            $crate::switchboard_conformance!(@cases patterns multi_value_replies errors unknown_pattern deadlines unicode one_mib_payload concurrent_requests context_and_headers events_in_order events_by_key_and_concurrent panics_are_contained);
 
             #[tokio::test]
             async fn events_reach_every_listener() {
@@ -496,4 +528,5 @@ pub async fn all(url: &str) {
     events(&c, url).await;
     events_in_order(&c).await;
     events_by_key_and_concurrent(&c).await;
+    panics_are_contained(&c).await;
 }

@@ -100,6 +100,26 @@ pub async fn panics(n: u32) -> u32 {
     n
 }
 
+/// Two values, then a panic.
+#[message_pattern("stream_panics")]
+pub async fn stream_panics() -> ReplyStream<u32> {
+    ReplyStream::from_stream(futures_util::stream::iter([1, 2, 3]).map(|n| {
+        assert!(n < 3, "stream bug");
+        n
+    }))
+}
+
+/// `panic_evt` has a listener that panics and one that records the event in [`SEEN`].
+#[event_pattern("panic_evt")]
+pub async fn panic_evt_boom(_data: Value) {
+    panic!("listener bug");
+}
+
+#[event_pattern("panic_evt")]
+pub async fn panic_evt_kept(data: Value) {
+    SEEN.lock().unwrap().push(json!({"handler": "kept", "data": data}));
+}
+
 #[message_pattern("void_ret")]
 pub async fn void_ret() {}
 

@@ -118,8 +118,10 @@ pub fn emit(pattern: Value, data: Value) -> Value {
     json!({"op": "emit", "pattern": pattern, "data": data})
 }
 
-pub fn sleep(ms: u64) -> Value {
-    json!({"op": "sleep", "ms": ms})
+/// A request sent again until its reply's JSON holds `contains` `times` times (up to 10 s):
+/// `{"ok": [values of the last reply]}`.
+pub fn send_until(pattern: Value, data: Value, contains: &str, times: usize) -> Value {
+    json!({"op": "send_until", "pattern": pattern, "data": data, "contains": contains, "times": times})
 }
 
 /// NestJS 12's packet metadata for the requests that follow.
@@ -317,7 +319,8 @@ pub async fn nest_client_calls_our_server(version: u8, url: &str, t: &Transport)
         send(json!("len"), json!(astral)),
         emit(json!("evt"), json!({"marker": marker})),
         emit(json!({"evt": 1}), json!({"ignored": true})),
-        sleep(500),
+        // Until both listeners recorded the marker; then what they saw.
+        send_until(json!("events_seen"), json!({}), &marker, 2),
         send(json!("events_seen"), json!({})),
         send_many(json!("echo"), (0..concurrent).map(|i| json!({"i": i})).collect()),
         send(json!({"cmd": "sum"}), json!("not numbers")),

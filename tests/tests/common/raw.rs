@@ -29,6 +29,14 @@ impl Raw {
         }
     }
 
+    /// A peer on an accepted connection (a hand-written server).
+    pub fn from_stream(stream: TcpStream) -> Raw {
+        Raw {
+            stream,
+            buf: Vec::new(),
+        }
+    }
+
     pub async fn send(&mut self, bytes: impl AsRef<[u8]>) {
         self.stream.write_all(bytes.as_ref()).await.expect("write");
     }

@@ -1,5 +1,5 @@
 //! NestJS's Redis transport (`redis://host:port`): pub/sub, byte-compatible with
-//! `@nestjs/microservices` 10–12 and ioredis (`docs/nestjs-wire.md` §3).
+//! `@nestjs/microservices` 11 and 12 (tested) and ioredis (`docs/nestjs-wire.md` §3).
 //!
 //! - Requests and events are published on the channel named by the normalised route
 //!   (`{"cmd":"sum"}` is a literal channel name); replies on `<route>.reply`. The server

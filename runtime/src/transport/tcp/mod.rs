@@ -1,6 +1,6 @@
 //! NestJS's TCP transport (`tcp://host:port`, and `tls://host:port` with the `tls` feature).
 //!
-//! Byte-compatible with `@nestjs/microservices` 10–12: `<len>#<json>` frames with the
+//! Byte-compatible with `@nestjs/microservices` 11 and 12 (the versions tested): `<len>#<json>` frames with the
 //! length in UTF-16 units, NestJS's packets and reply shapes (`docs/nestjs-wire.md` §1).
 //!
 //! URL query parameters:
