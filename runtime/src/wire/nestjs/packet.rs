@@ -94,6 +94,76 @@ impl<'de> Deserialize<'de> for Field {
     }
 }
 
+/// An object's string values, read in one pass (other values skipped unread).
+struct Strings(HashMap<String, String>);
+
+impl<'de> Deserialize<'de> for Strings {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct StringsVisitor;
+        impl<'de> Visitor<'de> for StringsVisitor {
+            type Value = Strings;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Strings, A::Error> {
+                let mut out = HashMap::with_capacity(map.size_hint().unwrap_or(2));
+                while let Some(key) = map.next_key::<String>()? {
+                    if let Some(value) = map.next_value::<MaybeString>()?.0 {
+                        out.insert(key, value);
+                    }
+                }
+                Ok(Strings(out))
+            }
+        }
+        d.deserialize_map(StringsVisitor)
+    }
+}
+
+/// A JSON string, or `None` for any other value (skipped).
+struct MaybeString(Option<String>);
+
+impl<'de> Deserialize<'de> for MaybeString {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct MaybeStringVisitor;
+        impl<'de> Visitor<'de> for MaybeStringVisitor {
+            type Value = MaybeString;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_str<E>(self, v: &str) -> Result<MaybeString, E> {
+                Ok(MaybeString(Some(v.to_owned())))
+            }
+            fn visit_string<E>(self, v: String) -> Result<MaybeString, E> {
+                Ok(MaybeString(Some(v)))
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<MaybeString, E> {
+                Ok(MaybeString(None))
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<MaybeString, E> {
+                Ok(MaybeString(None))
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<MaybeString, E> {
+                Ok(MaybeString(None))
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<MaybeString, E> {
+                Ok(MaybeString(None))
+            }
+            fn visit_unit<E>(self) -> Result<MaybeString, E> {
+                Ok(MaybeString(None))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<MaybeString, A::Error> {
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(MaybeString(None))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<MaybeString, A::Error> {
+                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(MaybeString(None))
+            }
+        }
+        d.deserialize_any(MaybeStringVisitor)
+    }
+}
+
 /// Why a frame's body is not a packet.
 #[derive(Debug)]
 pub(crate) enum PacketError {
@@ -174,16 +244,7 @@ impl<'a> Packet<'a> {
 
     /// v12's `metadata`: string values only, others ignored (NestJS types it `{string: string}`).
     pub fn metadata_map(&self) -> Option<HashMap<String, String>> {
-        let raw = self.metadata?;
-        let map: HashMap<String, serde_json::Value> = serde_json::from_str(raw).ok()?;
-        Some(
-            map.into_iter()
-                .filter_map(|(k, v)| match v {
-                    serde_json::Value::String(s) => Some((k, s)),
-                    _ => None,
-                })
-                .collect(),
-        )
+        serde_json::from_str::<Strings>(self.metadata?).ok().map(|s| s.0)
     }
 
     /// Where a request or event packet read from `frame` is addressed: its `pattern`, or
@@ -541,6 +602,19 @@ mod tests {
         assert_eq!(p.id.unwrap(), "null");
         let p = Packet::parse(br#"{"pattern":"x","data":1}"#).unwrap();
         assert!(p.id.is_none());
+    }
+
+    #[test]
+    fn metadata_keeps_string_values_only() {
+        let p = Packet::parse(
+            br#"{"id":"1","metadata":{"a":"x","b":1,"c":null,"d":[1,{"e":"f"}],"g":{"h":"i"},"j":"\u00e9\"","a":"y"},"pattern":"p"}"#,
+        )
+        .unwrap();
+        let mut got: Vec<_> = p.metadata_map().unwrap().into_iter().collect();
+        got.sort();
+        assert_eq!(got, [("a".into(), "y".into()), ("j".into(), "é\"".into())]);
+        let p = Packet::parse(br#"{"pattern":"p","metadata":"not an object"}"#).unwrap();
+        assert!(p.metadata_map().is_none());
     }
 
     #[test]
