@@ -43,7 +43,13 @@ pub fn run(kind: Kind, requests: usize) -> anyhow::Result<()> {
         }
         // Every reply is checked: the exact bytes NestJS would write for its request.
         let expected: Vec<Vec<u8>> = (0..BATCH)
-            .map(|i| format!(r#"{{"response":{{"result":{}}},"isDisposed":true,"id":"{i:021x}"}}"#, i + 2).into_bytes())
+            .map(|i| {
+                format!(
+                    r#"{{"response":{{"result":{}}},"isDisposed":true,"id":"{i:021x}"}}"#,
+                    i + 2
+                )
+                .into_bytes()
+            })
             .collect();
         let mut rbuf: Vec<u8> = Vec::with_capacity(64 * 1024);
         let mut done = 0;

@@ -228,3 +228,5 @@ fn write_json(p: &Pattern, out: &mut String) {
 
 #[cfg(test)]
 mod tests;
+
+pub mod units;

@@ -279,6 +279,14 @@ pub enum Error {
         /// What is wrong with it.
         reason: String,
     },
+    /// Configuration read at start-up that does not parse or does not fit the service.
+    #[error("invalid {what}: {reason}")]
+    InvalidConfig {
+        /// What was being read (`policy overrides`).
+        what: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// A payload that could not be serialised, or a reply that could not be decoded.
     #[error("{context}: {source}")]
     Codec {

@@ -72,8 +72,16 @@ fn generated_route_keys_match_the_service() {
     use example_users::Users;
     use switchboard::Message;
     for (generated, served, nest) in [
-        (users::GET_USER.route(), Users::GET_USER.route(), r#"{"cmd":"get_user"}"#),
-        (users::CREATE_USER.route(), Users::CREATE_USER.route(), r#"{"cmd":"create_user"}"#),
+        (
+            users::GET_USER.route(),
+            Users::GET_USER.route(),
+            r#"{"cmd":"get_user"}"#,
+        ),
+        (
+            users::CREATE_USER.route(),
+            Users::CREATE_USER.route(),
+            r#"{"cmd":"create_user"}"#,
+        ),
     ] {
         assert_eq!(generated, nest, "generated client");
         assert_eq!(served, nest, "service");

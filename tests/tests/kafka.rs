@@ -708,7 +708,11 @@ async fn offsets_stop_at_a_handler_that_has_not_finished() {
         first.seen(ordered),
         first.seen(any)
     );
-    assert_eq!(first.seen(ordered), (0..5).collect::<Vec<_>>(), "in order: nothing passes the blocked event");
+    assert_eq!(
+        first.seen(ordered),
+        (0..5).collect::<Vec<_>>(),
+        "in order: nothing passes the blocked event"
+    );
     // The group commits every second: wait for a commit to reach the blocked event, then for
     // two more intervals, in which nothing may commit past it.
     // The server's group id carries NestJS's `-server` postfix.
@@ -720,7 +724,11 @@ async fn offsets_stop_at_a_handler_that_has_not_finished() {
     tokio::time::sleep(Duration::from_millis(2500)).await;
     let (o, a) = (committed(&server_group, ordered), committed(&server_group, any));
     assert!(at_block, "a commit reached the blocked event (committed: {o:?}, {a:?})");
-    assert_eq!((o, a), (Some(5), Some(5)), "nothing committed past a handler still running");
+    assert_eq!(
+        (o, a),
+        (Some(5), Some(5)),
+        "nothing committed past a handler still running"
+    );
     first.child.start_kill().unwrap();
     first.child.wait().await.unwrap();
 
@@ -732,10 +740,18 @@ async fn offsets_stop_at_a_handler_that_has_not_finished() {
         second.seen(any)
     );
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(second.seen(ordered), (5..40).collect::<Vec<_>>(), "in order: resumes at the blocked event, each once");
+    assert_eq!(
+        second.seen(ordered),
+        (5..40).collect::<Vec<_>>(),
+        "in order: resumes at the blocked event, each once"
+    );
     let mut again = second.seen(any);
     again.sort_unstable();
-    assert_eq!(again, (5..40).collect::<Vec<_>>(), "concurrent: resumes at the blocked event");
+    assert_eq!(
+        again,
+        (5..40).collect::<Vec<_>>(),
+        "concurrent: resumes at the blocked event"
+    );
 }
 
 /// SIGTERM in the middle of a batch: the consumer finishes what it has started, commits, and

@@ -307,7 +307,10 @@ fn replica(name: &str, url: String) -> tokio::sync::oneshot::Sender<()> {
     std::thread::Builder::new()
         .name(name.to_owned())
         .spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
             rt.block_on(async move {
                 let server = serve(&url, Microservice::from_registry()).await;
                 ready_tx.send(()).unwrap();

@@ -645,6 +645,86 @@ async fn the_policy_declared_on_the_handler_is_kept_by_both_ends() {
     server.shutdown().await.unwrap();
 }
 
+/// Configuration changes what the attribute declares, without recompiling: on the server the
+/// concurrency, rate and time limits; on the client the deadline and the retries of idempotent
+/// patterns (never of others). A service refuses retries for its own non-idempotent pattern.
+#[tokio::test]
+async fn configuration_overrides_what_the_handler_declares() {
+    let state = Flaky::default();
+    let server = Microservice::new()
+        .with_state(state.clone())
+        .handler(FLAKY)
+        .handler(DECLARED)
+        .handler(SLOW)
+        .handler(SINGLE)
+        .handler(RATED)
+        .policy_overrides(
+            switchboard::Overrides::from_json(
+                r#"{ "resilience.single": { "concurrency": 3 },
+                     "resilience.slow": { "timeout": "100ms" },
+                     "resilience.rated": { "rate": "4/s" },
+                     "resilience.declared": { "retries": 9 } }"#,
+            )
+            .unwrap(),
+        )
+        .listen("tcp://127.0.0.1:0")
+        .start()
+        .await
+        .unwrap();
+    let plain = Client::connect(server.local_url()).await.unwrap();
+    let three = join_all((0..3).map(|_| plain.send(SINGLE, 200).into_future())).await;
+    assert!(
+        three.iter().all(Result::is_ok),
+        "concurrency 3, not the declared 1: {three:?}"
+    );
+    // Untyped, so only the server's limit applies: 100 ms instead of none.
+    let err = plain.send_raw::<u64>("resilience.slow", 5_000).await.unwrap_err();
+    assert!(matches!(err, Error::Timeout { .. }), "{err}");
+    let eight = join_all((0..8).map(|_| plain.send(RATED, ()).into_future())).await;
+    assert_eq!(
+        eight.iter().filter(|r| r.is_ok()).count(),
+        4,
+        "4/s, not the declared 2/s: {eight:?}"
+    );
+
+    let client = Client::builder(server.local_url())
+        .policy_overrides(
+            switchboard::Overrides::from_json(
+                r#"{ "*": { "retries": 4 }, "resilience.slow": { "timeout": "100ms" } }"#,
+            )
+            .unwrap(),
+        )
+        .connect()
+        .await
+        .unwrap();
+    state.fail_next.store(4, Ordering::SeqCst);
+    state.calls.store(0, Ordering::SeqCst);
+    assert_eq!(
+        client.send(DECLARED, 1).await.unwrap(),
+        1,
+        "four retries, not the declared two"
+    );
+    assert_eq!(state.calls.load(Ordering::SeqCst), 5);
+    state.fail_next.store(1, Ordering::SeqCst);
+    assert!(client.send(FLAKY, 1).await.is_err(), "not idempotent: never retried");
+    assert_eq!(state.calls.load(Ordering::SeqCst), 6);
+    let err = client.send(SLOW, 5_000).await.unwrap_err();
+    assert!(matches!(err, Error::Timeout { .. }), "the overridden deadline: {err}");
+    server.shutdown().await.unwrap();
+
+    let err = Microservice::new()
+        .handler(SLOW)
+        .policy_overrides(switchboard::Overrides::from_json(r#"{ "resilience.slow": { "retries": 1 } }"#).unwrap())
+        .listen("tcp://127.0.0.1:0")
+        .start()
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::InvalidConfig { reason, .. } if reason.contains("resilience.slow") && reason.contains("idempotent")),
+        "{err}"
+    );
+}
+
 /// The policy's order: a timed-out attempt is a failure the breaker counts, and a retry
 /// happens inside the breaker (which counts the call once, after its last attempt).
 #[tokio::test]

@@ -524,16 +524,22 @@ async fn a_long_ready_stream_is_written_as_it_goes() {
 async fn an_event_in_flight_when_the_peer_half_closes_still_runs() {
     let s = server("").await;
     let mut raw = Raw::connect(s.local_url()).await;
-    raw.send_frame(r#"{"pattern":"wire.slow_evt","data":"half-close"}"#).await;
+    raw.send_frame(r#"{"pattern":"wire.slow_evt","data":"half-close"}"#)
+        .await;
     tokio::io::AsyncWriteExt::shutdown(&mut raw.stream).await.unwrap();
     assert!(
         raw.closed_within(Duration::from_secs(2)).await,
         "closed once the event has run"
     );
-    assert!(FINISHED.lock().unwrap().iter().any(|m| m == "half-close"), "ran to its end");
+    assert!(
+        FINISHED.lock().unwrap().iter().any(|m| m == "half-close"),
+        "ran to its end"
+    );
     // And during a graceful shutdown.
     let mut other = Raw::connect(s.local_url()).await;
-    other.send_frame(r#"{"pattern":"wire.slow_evt","data":"at-shutdown"}"#).await;
+    other
+        .send_frame(r#"{"pattern":"wire.slow_evt","data":"at-shutdown"}"#)
+        .await;
     started("at-shutdown").await;
     s.shutdown().await.unwrap();
     assert!(FINISHED.lock().unwrap().iter().any(|m| m == "at-shutdown"), "drained");
@@ -560,10 +566,14 @@ async fn shutdown_drains_in_flight_requests_and_refuses_new_connections() {
     let s = server("").await;
     let url = s.local_url().to_owned();
     let mut raw = Raw::connect(&url).await;
-    raw.send_frame(r#"{"pattern":"wire.slow","data":"drained","id":"slow"}"#).await;
+    raw.send_frame(r#"{"pattern":"wire.slow","data":"drained","id":"slow"}"#)
+        .await;
     started("drained").await;
     let shutdown = tokio::spawn(s.shutdown());
-    assert_eq!(raw.recv().await, r#"{"response":"drained","isDisposed":true,"id":"slow"}"#);
+    assert_eq!(
+        raw.recv().await,
+        r#"{"response":"drained","isDisposed":true,"id":"slow"}"#
+    );
     assert!(raw.closed_within(Duration::from_secs(2)).await, "closed once drained");
     shutdown.await.unwrap().unwrap();
     let addr = url.trim_start_matches("tcp://");

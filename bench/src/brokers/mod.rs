@@ -150,7 +150,9 @@ impl Id {
 
     /// The number an id's text stands for.
     fn parse(text: &str) -> Option<u64> {
-        (text.len() == ID_LEN).then(|| u64::from_str_radix(text, 16).ok()).flatten()
+        (text.len() == ID_LEN)
+            .then(|| u64::from_str_radix(text, 16).ok())
+            .flatten()
     }
 
     pub fn as_str(&self) -> &str {

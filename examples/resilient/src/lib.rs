@@ -70,6 +70,8 @@ impl ResilientService {
             .open_for(settings.half_open_after);
         let math = Client::builder(math_url)
             .layer(Policy::new().circuit_breaker(breaker))
+            // Deadlines and retries changed without recompiling (SWITCHBOARD_POLICY).
+            .policy_overrides(switchboard::Overrides::from_env()?)
             .build()?;
         Ok(ResilientService { math })
     }

@@ -31,6 +31,7 @@ async fn main() -> switchboard::Result<()> {
     };
     Microservice::new()
         .group(ResilientService::new(&args.math, settings)?)
+        .policy_overrides(switchboard::Overrides::from_env()?)
         .listen_all(args.listen.or("tcp://127.0.0.1:3005"))
         .run()
         .await

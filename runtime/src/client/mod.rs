@@ -13,7 +13,7 @@ use serde::de::DeserializeOwned;
 use tower::{BoxError, Layer, Service};
 
 use crate::error::{Error, Result};
-use crate::service::{Extensions, Headers, Kind, Local, Outbound, Replies};
+use crate::service::{Extensions, Headers, Kind, Local, Outbound, Overrides, PatternOptions, Replies};
 use crate::transport::mem::MemClient;
 use crate::transport::{self, ClientOptions, ClientTransport};
 
@@ -60,6 +60,8 @@ pub struct Client {
     headers: Headers,
     /// Retries for calls whose pattern declares them; one budget for the client.
     retry: Arc<crate::resilience::Retry>,
+    /// Changes to what patterns declare for their callers.
+    overrides: Overrides,
     /// An in-process transport with no layer in between: requests go straight to the
     /// service's router, and payloads given by value are handed over as they are.
     local: Option<Arc<MemClient>>,
@@ -84,6 +86,7 @@ pub struct ClientBuilder {
     opts: ClientOptions,
     headers: Headers,
     layers: Vec<Wrap>,
+    overrides: Overrides,
 }
 
 enum Target {
@@ -136,6 +139,26 @@ impl ClientBuilder {
         self
     }
 
+    /// Changes what patterns declare for their typed callers (`timeout`, and `retries` of
+    /// idempotent patterns) from configuration, without recompiling: [`Overrides::from_env`]
+    /// reads them from `SWITCHBOARD_POLICY` or `SWITCHBOARD_POLICY_FILE`. Retries for a pattern
+    /// not declared `idempotent` are ignored, with a warning.
+    ///
+    /// ```no_run
+    /// use switchboard::{Client, Overrides};
+    ///
+    /// # async fn call() -> switchboard::Result<()> {
+    /// let client = Client::builder("tcp://127.0.0.1:3001")
+    ///     .policy_overrides(Overrides::from_env()?)
+    ///     .connect()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn policy_overrides(mut self, overrides: Overrides) -> Self {
+        self.overrides = overrides;
+        self
+    }
+
     /// Wraps every call in a `tower` layer; the layer added last is the outermost. The
     /// innermost service is the transport ([`Transport`]); a request resolves once its
     /// first reply packet is in, so a layer sees the outcome of each call.
@@ -178,6 +201,7 @@ impl ClientBuilder {
             timeout: self.timeout,
             headers: self.headers,
             retry: Arc::new(crate::resilience::Retry::new()),
+            overrides: self.overrides,
             local,
         })
     }
@@ -213,6 +237,7 @@ impl Client {
             opts: ClientOptions::default(),
             headers: Headers::new(),
             layers: Vec::new(),
+            overrides: Overrides::new(),
         }
     }
 
@@ -249,7 +274,27 @@ impl Client {
     where
         M: Message<Request: Serialize + Send + 'static, Reply: DeserializeOwned>,
     {
-        self.call(pattern, payload).declared(self, pattern.options())
+        let options = pattern.options();
+        let options = match self.overrides.is_empty() {
+            true => options,
+            false => self.overridden(pattern.route(), options),
+        };
+        self.call(pattern, payload).declared(self, options)
+    }
+
+    /// What `route` declares, changed by this client's overrides.
+    fn overridden(&self, route: &str, declared: PatternOptions) -> PatternOptions {
+        static REFUSED: crate::text::Throttle = crate::text::Throttle::new(1);
+        if self.overrides.retries_refused(route, declared)
+            && let Some(held_back) = REFUSED.allow()
+        {
+            tracing::warn!(
+                route = %crate::text::for_log(route),
+                held_back,
+                "policy overrides give retries to a pattern not declared `idempotent`; not retrying it"
+            );
+        }
+        self.overrides.apply(route, declared)
     }
 
     fn call<M>(&self, pattern: M, payload: impl AsPayload<M::Request>) -> Call<M::Reply>

@@ -227,21 +227,25 @@ pub(crate) struct Bound {
 }
 
 impl Bound {
-    /// A handler's route, inside the limits its attribute declares: rate, then
-    /// concurrency, then time.
-    pub fn new(info: &'static HandlerInfo, mut route: Route) -> Self {
+    pub fn new(info: &'static HandlerInfo, route: Route) -> Self {
+        Bound { info, route }
+    }
+
+    /// The handler's route inside the limits of `options` (what it declares, overridden):
+    /// rate, then concurrency, then time.
+    pub fn limited(&self, options: crate::service::PatternOptions) -> Route {
         use crate::resilience::{Bulkhead, RateLimit, Timeout};
-        let o = info.options;
-        if let Some(d) = o.get_timeout() {
+        let mut route = self.route.clone();
+        if let Some(d) = options.get_timeout() {
             route = route.layer(&Timeout::new(d));
         }
-        if let Some(n) = o.get_concurrency() {
+        if let Some(n) = options.get_concurrency() {
             route = route.layer(&Bulkhead::new(n as usize).queue(n as usize));
         }
-        if let Some((n, per)) = o.get_rate() {
+        if let Some((n, per)) = options.get_rate() {
             route = route.layer(&RateLimit::new(n, per));
         }
-        Bound { info, route }
+        route
     }
 
     pub fn location(&self) -> Arc<str> {

@@ -17,7 +17,7 @@ use tokio::task::JoinSet;
 use tower::{BoxError, Layer, Service};
 
 use crate::error::{Error, Result};
-use crate::service::{Endpoint, Kind, Reply, Request, Route, Router, RouterBuilder};
+use crate::service::{Endpoint, Kind, Overrides, Reply, Request, Route, Router, RouterBuilder};
 use crate::transport::{self, Listener, Shutdown};
 
 pub mod extract;
@@ -73,6 +73,8 @@ pub struct Microservice<S = ()> {
     shutdown_timeout: Duration,
     /// Called by `run`/`run_until` once every transport takes messages.
     on_ready: Option<ReadyHook>,
+    /// Changes to the limits the handlers declare.
+    overrides: Overrides,
 }
 
 /// What [`Microservice::on_ready`] calls, with the URLs peers use.
@@ -114,6 +116,7 @@ impl Microservice {
             listeners: Vec::new(),
             shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
             on_ready: None,
+            overrides: Overrides::new(),
         }
     }
 
@@ -143,6 +146,7 @@ impl<S: Clone + Send + Sync + 'static> Microservice<S> {
             listeners: self.listeners,
             shutdown_timeout: self.shutdown_timeout,
             on_ready: self.on_ready,
+            overrides: self.overrides,
         }
     }
 
@@ -218,6 +222,27 @@ impl<S: Clone + Send + Sync + 'static> Microservice<S> {
         self
     }
 
+    /// Changes the limits the handlers declare (`timeout`, `concurrency`, `rate`) from
+    /// configuration, without recompiling: [`Overrides::from_env`] reads them from
+    /// `SWITCHBOARD_POLICY` or `SWITCHBOARD_POLICY_FILE`. Starting fails when they give retries
+    /// to a pattern this service serves that is not declared `idempotent`.
+    ///
+    /// ```no_run
+    /// use switchboard::{Microservice, Overrides};
+    ///
+    /// # async fn serve() -> switchboard::Result<()> {
+    /// Microservice::from_registry()
+    ///     .policy_overrides(Overrides::from_env()?)
+    ///     .listen("tcp://127.0.0.1:3001")
+    ///     .run()
+    ///     .await
+    /// # }
+    /// ```
+    pub fn policy_overrides(mut self, overrides: Overrides) -> Self {
+        self.overrides = overrides;
+        self
+    }
+
     /// How long in-flight requests get to finish on shutdown (default 30 s).
     pub fn shutdown_timeout(mut self, timeout: Duration) -> Self {
         self.shutdown_timeout = timeout;
@@ -226,7 +251,7 @@ impl<S: Clone + Send + Sync + 'static> Microservice<S> {
 
     /// The service's router, as its transports serve it: for tests and transports of your own.
     pub fn into_router(self) -> Result<Router> {
-        build_router(self.handlers, self.from_registry, &self.layers)
+        build_router(self.handlers, self.from_registry, &self.layers, &self.overrides)
     }
 
     /// Binds every transport and starts serving in the background; returns once every transport
@@ -236,7 +261,7 @@ impl<S: Clone + Send + Sync + 'static> Microservice<S> {
             return Err(Error::NoTransport);
         }
         let handlers = self.handlers.len();
-        let router = build_router(self.handlers, self.from_registry, &self.layers)?;
+        let router = build_router(self.handlers, self.from_registry, &self.layers, &self.overrides)?;
         let mut listeners = self.listeners;
         for url in &self.urls {
             listeners.push(transport::bind(url).await?);
@@ -311,7 +336,12 @@ impl<S: Clone + Send + Sync + 'static> Microservice<S> {
 
 /// The routes of a service: its handlers (and the registry's, if asked), each route wrapped
 /// in the layers.
-fn build_router(mut handlers: Vec<Bound>, from_registry: bool, layers: &[Wrap]) -> Result<Router> {
+fn build_router(
+    mut handlers: Vec<Bound>,
+    from_registry: bool,
+    layers: &[Wrap],
+    overrides: &Overrides,
+) -> Result<Router> {
     if from_registry {
         let (registered, stateful) = registry::collect();
         let missing: Vec<String> = stateful
@@ -346,16 +376,32 @@ fn build_router(mut handlers: Vec<Bound>, from_registry: bool, layers: &[Wrap]) 
             seen.push(h);
         }
         tracing::debug!(route = h.info.route(), kind = ?h.info.kind(), handler = %h.info.location(), "serving");
+        let declared = h.info.options();
+        if overrides.retries_refused(h.info.route(), declared) {
+            return Err(Error::InvalidConfig {
+                what: "policy overrides",
+                reason: format!(
+                    "retries for `{}` ({}), which is not declared `idempotent`: a repeated call could do its work twice",
+                    h.info.route(),
+                    h.info.location()
+                ),
+            });
+        }
         builder.add(
             h.info.route(),
             h.info.pattern(),
             h.info.kind(),
             Endpoint {
                 location: h.location(),
-                route: h.route.clone(),
-                order: h.info.options().get_order(),
+                route: h.limited(overrides.apply(h.info.route(), declared)),
+                order: declared.get_order(),
             },
         );
+    }
+    for route in overrides.routes() {
+        if !handlers.iter().any(|h| h.info.route() == route) {
+            tracing::warn!(route = %crate::text::for_log(route), "policy overrides name a pattern this service does not serve");
+        }
     }
     Ok(builder.build(!layers.is_empty(), |route| {
         layers.iter().fold(route, |route, wrap| wrap(route))

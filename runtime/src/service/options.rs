@@ -132,6 +132,24 @@ impl PatternOptions {
         self.retries
     }
 
+    /// These options with the fields given replacing the declared ones; retries only where
+    /// the pattern is idempotent.
+    pub(crate) fn overridden(
+        mut self,
+        timeout: Option<Duration>,
+        concurrency: Option<u32>,
+        rate: Option<(u32, Duration)>,
+        retries: Option<u32>,
+    ) -> Self {
+        self.timeout = timeout.or(self.timeout);
+        self.concurrency = concurrency.or(self.concurrency);
+        self.rate = rate.or(self.rate);
+        if self.idempotent {
+            self.retries = retries.unwrap_or(self.retries);
+        }
+        self
+    }
+
     /// True when nothing is declared.
     pub const fn is_empty(&self) -> bool {
         self.timeout.is_none()

@@ -385,9 +385,17 @@ pub async fn panics_are_contained(c: &Client) {
     }
     let got: Vec<_> = c.send(STREAM_PANICS, ()).stream().await.unwrap().collect().await;
     assert_eq!(got.len(), 3, "{got:?}");
-    assert_eq!((got[0].as_ref().ok(), got[1].as_ref().ok()), (Some(&1), Some(&2)), "{got:?}");
+    assert_eq!(
+        (got[0].as_ref().ok(), got[1].as_ref().ok()),
+        (Some(&1), Some(&2)),
+        "{got:?}"
+    );
     let err = got[2].as_ref().unwrap_err();
-    assert_eq!(err.as_rpc().and_then(RpcError::message), Some("Internal server error"), "{err:?}");
+    assert_eq!(
+        err.as_rpc().and_then(RpcError::message),
+        Some("Internal server error"),
+        "{err:?}"
+    );
     assert_eq!(c.send(ECHO, json!("still here")).await.unwrap(), json!("still here"));
 }
 
