@@ -104,6 +104,14 @@ impl ClientTransport for MqttClient {
         async move {
             if let Some(conn) = conn {
                 conn.shut();
+                // Returns once the DISCONNECT, and the events queued before it, went out (or
+                // the driver was stopped): a process may exit right after.
+                for _ in 0..100 {
+                    if conn.driver.is_finished() {
+                        break;
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                }
             }
         }
         .boxed()

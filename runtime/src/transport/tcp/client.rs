@@ -26,6 +26,8 @@ use crate::wire::nestjs::pending::{CallRx, Pending};
 
 /// Frames queued for one connection's writer before callers wait.
 const WRITE_QUEUE: usize = 1024;
+/// How long closing waits for what was queued to be written.
+const FLUSH_ON_CLOSE: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// The client side of the TCP transport.
 pub struct TcpClient {
@@ -148,6 +150,7 @@ impl TcpClient {
             pending: Pending::new(self.url.clone()),
             closed: AtomicBool::new(false),
             close: watch::Sender::new(false),
+            written: watch::Sender::new(false),
         });
         tokio::spawn(writer(w, rx, conn.clone()));
         tokio::spawn(reader(r, conn.clone(), Arc::downgrade(slot), self.opts.max_frame_len));
@@ -195,10 +198,17 @@ impl ClientTransport for TcpClient {
 
     fn close(&self) -> BoxFuture<'_, ()> {
         async move {
+            let mut closing = Vec::new();
             for slot in &self.slots {
                 if let Some(conn) = slot.current.write().expect("slot lock").take() {
                     conn.shut(|| Error::Closed);
+                    closing.push(conn);
                 }
+            }
+            // Returns once what was sent is written (events emitted just before included).
+            for conn in closing {
+                let mut written = conn.written.subscribe();
+                let _ = tokio::time::timeout(FLUSH_ON_CLOSE, written.wait_for(|&w| w)).await;
             }
         }
         .boxed()
@@ -222,6 +232,8 @@ struct Conn {
     closed: AtomicBool,
     /// Fired once when the connection is shut, so both tasks stop.
     close: watch::Sender<bool>,
+    /// Raised by the writer once it has written what was queued and closed its half.
+    written: watch::Sender<bool>,
 }
 
 impl Conn {
@@ -257,6 +269,8 @@ async fn writer<W: AsyncWrite + Unpin>(mut w: W, mut rx: mpsc::Receiver<Vec<u8>>
     let mut batch = Vec::with_capacity(64);
     let mut buf = Vec::with_capacity(16 * 1024);
     let mut closed = conn.close.subscribe();
+    // False once a write failed or was cut off: nothing more can go on this socket.
+    let mut writable = true;
     loop {
         let n = tokio::select! {
             n = rx.recv_many(&mut batch, 256) => n,
@@ -271,16 +285,34 @@ async fn writer<W: AsyncWrite + Unpin>(mut w: W, mut rx: mpsc::Receiver<Vec<u8>>
         let written = tokio::select! {
             written = w.write_all(&buf) => written,
             // A peer that does not read must not keep a closed client's socket open.
-            _ = closed.wait_for(|&c| c) => break,
+            _ = closed.wait_for(|&c| c) => {
+                writable = false;
+                break;
+            }
         };
         if let Err(e) = written {
             tracing::debug!(url = %conn.url, error = %e, "write failed");
             conn.shut(|| Error::ConnectionClosed { addr: conn.url.clone() });
+            writable = false;
             break;
         }
         buf.clear();
     }
-    let _ = w.shutdown().await;
+    if writable {
+        // Closing: what was queued before still goes out (an emit that resolved must reach
+        // the server), within a bound.
+        for frame in batch.drain(..) {
+            buf.extend_from_slice(&frame);
+        }
+        while let Ok(frame) = rx.try_recv() {
+            buf.extend_from_slice(&frame);
+        }
+        if !buf.is_empty() {
+            let _ = tokio::time::timeout(FLUSH_ON_CLOSE, w.write_all(&buf)).await;
+        }
+    }
+    let _ = tokio::time::timeout(FLUSH_ON_CLOSE, w.shutdown()).await;
+    conn.written.send_replace(true);
 }
 
 /// Shuts the connection and frees its slot however the reader ends, a panic included.
