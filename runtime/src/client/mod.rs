@@ -352,7 +352,8 @@ impl Client {
         Emit::new(self, out)
     }
 
-    /// Closes the client's connections; calls in flight fail.
+    /// Closes the client's connections; calls in flight fail. Returns once what was already
+    /// sent (events emitted just before included) is written, within a few seconds.
     pub async fn close(&self) {
         self.transport.close().await
     }
