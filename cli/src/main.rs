@@ -4,12 +4,14 @@
 //! ```text
 //! switchboard call tcp://127.0.0.1:3001 '{"cmd":"sum"}' '[1,2,3]'
 //! echo '{"id":1}' | switchboard emit nats://127.0.0.1:4222 user_created -H tenant=acme
+//! switchboard listen redis://127.0.0.1:6379 user_created --json
 //! ```
 //!
 //! Exit codes (see [`outcome::Failure`]): 0 done, 2 bad usage or input, 3 no handler, 4 timeout,
 //! 5 cannot reach the service (refused, lost), 6 the handler answered an error, 1 anything else.
 
 mod input;
+mod listen;
 mod outcome;
 
 use std::process::ExitCode;
@@ -39,6 +41,23 @@ enum Command {
     Call(Target),
     /// Emits an event (nothing is printed once the transport took it).
     Emit(Target),
+    /// Prints the messages that pass on a broker (Redis, NATS, MQTT) for the patterns given,
+    /// or all: events, requests and their replies, one per line (`channel message`).
+    Listen(Listening),
+}
+
+#[derive(Args)]
+struct Listening {
+    /// The broker: redis://…, nats://…, mqtt://…
+    url: String,
+    /// Patterns to listen to, as for `call` (all when none is given).
+    patterns: Vec<String>,
+    /// Stop after this many messages.
+    #[arg(short = 'n', long)]
+    count: Option<usize>,
+    /// JSON lines: `{"channel":…,"message":…,"headers":…}`.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -65,16 +84,24 @@ struct Target {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let (emit, target) = match cli.command {
-        Command::Call(t) => (false, t),
-        Command::Emit(t) => (true, t),
+    let json = match &cli.command {
+        Command::Call(t) | Command::Emit(t) => t.json,
+        Command::Listen(l) => l.json,
     };
-    let out = Output { json: target.json };
+    let out = Output { json };
     let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => return out.fail(&Failure::other(format!("cannot start the runtime: {e}"))),
     };
-    match rt.block_on(run(emit, &target, &out)) {
+    let done = match &cli.command {
+        Command::Call(t) => rt.block_on(run(false, t, &out)),
+        Command::Emit(t) => rt.block_on(run(true, t, &out)),
+        Command::Listen(l) => {
+            let patterns: Vec<Value> = l.patterns.iter().map(|p| input::pattern(p)).collect();
+            rt.block_on(listen::listen(&l.url, &patterns, l.count, &out))
+        }
+    };
+    match done {
         Ok(()) => ExitCode::SUCCESS,
         Err(failure) => out.fail(&failure),
     }

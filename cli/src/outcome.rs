@@ -62,6 +62,13 @@ impl Failure {
         }
     }
 
+    pub fn unreachable(message: impl Into<String>) -> Self {
+        Failure {
+            kind: Kind::Unreachable,
+            message: message.into(),
+        }
+    }
+
     pub fn other(message: impl Into<String>) -> Self {
         Failure {
             kind: Kind::Other,

@@ -280,3 +280,90 @@ async fn calls_a_nestjs_server() {
     assert!(seen.contains(r#""from":"cli""#), "{seen}");
     node.kill().await.unwrap();
 }
+
+/// `switchboard listen` started on `url` for `args`; returns once it is subscribed.
+async fn listener(url: &str, extra: &[&str]) -> tokio::process::Child {
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_switchboard"))
+        .arg("listen")
+        .arg(url)
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("the switchboard binary runs");
+    let mut err = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(child.stderr.take().unwrap()));
+    let ready = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Ok(Some(line)) = err.next_line().await {
+            if line.starts_with("listening on") {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert_eq!(ready.ok(), Some(true), "listen on {url} subscribes");
+    child
+}
+
+/// What a listener printed once it stopped (after `--count` messages).
+async fn heard(child: tokio::process::Child) -> Vec<Value> {
+    let out = tokio::time::timeout(Duration::from_secs(10), child.wait_with_output())
+        .await
+        .expect("the listener stops after its count")
+        .unwrap();
+    assert!(out.status.success(), "{:?}", out.status);
+    text(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// On Redis, NATS and MQTT, `listen` overhears events, and on Redis a request and its reply,
+/// without taking them from the service.
+#[tokio::test]
+async fn listens_on_brokers() {
+    for (url, port) in [
+        ("redis://127.0.0.1:6379", 6379),
+        ("nats://127.0.0.1:4222", 4222),
+        ("mqtt://127.0.0.1:1883", 1883),
+    ] {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            return missing(&format!("a broker at {url}"), "run scripts/brokers.sh");
+        }
+        let server = serve(url).await;
+        let child = listener(url, &["cli.evt", "--count", "1", "--json"]).await;
+        let marker = format!("listen-{port}-{}", std::process::id());
+        let client = Client::connect(url).await.unwrap();
+        client.emit_raw("cli.evt", json!({"marker": marker})).await.unwrap();
+        let lines = heard(child).await;
+        assert_eq!(lines.len(), 1, "{url}: {lines:?}");
+        assert_eq!(lines[0]["channel"], "cli.evt", "{url}");
+        assert_eq!(lines[0]["message"]["data"]["marker"], json!(marker), "{url}: {lines:?}");
+        assert!(event_seen(&marker).await, "{url}: the service still got the event");
+        server.shutdown().await.unwrap();
+    }
+    let url = "redis://127.0.0.1:6379";
+    let server = serve(url).await;
+    let child = listener(url, &["cli.count", "-n", "2", "--json"]).await;
+    let client = Client::connect(url).await.unwrap();
+    assert_eq!(client.send_raw::<u32>("cli.count", 1).await.unwrap(), 1);
+    let lines = heard(child).await;
+    let channels: Vec<&str> = lines.iter().map(|l| l["channel"].as_str().unwrap()).collect();
+    assert_eq!(channels, ["cli.count", "cli.count.reply"], "{lines:?}");
+    assert_eq!(lines[1]["message"]["response"], json!(1));
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn listen_refuses_what_it_cannot_overhear() {
+    for url in [
+        "tcp://127.0.0.1:1",
+        "amqp://guest:guest@127.0.0.1:5672",
+        "kafka://127.0.0.1:9092",
+    ] {
+        let out = run(args(&["listen", url, "x"]), None).await;
+        assert_eq!(out.status.code(), Some(2), "{url}: {}", text(&out.stderr));
+        assert!(!text(&out.stderr).contains("guest:guest"), "{}", text(&out.stderr));
+    }
+}
