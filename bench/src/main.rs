@@ -141,6 +141,16 @@ enum Kind {
     /// The same with a handler that takes `State`.
     #[value(name = "state")]
     SwitchboardState,
+    /// Tracing on (feature `observability`): every span sampled and exported in batches over
+    /// OTLP to a collector in the server's process (so its cost is counted too).
+    #[value(name = "traced")]
+    Traced,
+    /// Tracing compiled in and set up, sampling nothing (`OTEL_TRACES_SAMPLER=always_off`).
+    #[value(name = "unsampled")]
+    Unsampled,
+    /// Metrics on: the Prometheus recorder installed.
+    #[value(name = "metered")]
+    Metered,
 }
 
 impl Kind {
@@ -150,6 +160,9 @@ impl Kind {
             Kind::Switchboard => "switchboard",
             Kind::SwitchboardLayer => "sb+layer",
             Kind::SwitchboardState => "sb+state",
+            Kind::Traced => "sb+traced",
+            Kind::Unsampled => "sb+unsampled",
+            Kind::Metered => "sb+metered",
         }
     }
     fn arg(self) -> &'static str {
@@ -158,6 +171,9 @@ impl Kind {
             Kind::Switchboard => "switchboard",
             Kind::SwitchboardLayer => "layer",
             Kind::SwitchboardState => "state",
+            Kind::Traced => "traced",
+            Kind::Unsampled => "unsampled",
+            Kind::Metered => "metered",
         }
     }
 }
@@ -378,6 +394,11 @@ impl ServerProc {
             None => Command::new(exe),
         };
         cmd.args(["--serve", kind.arg(), "--server-threads", &threads.to_string()]);
+        match kind {
+            Kind::Traced => cmd.env("OTEL_TRACES_SAMPLER", "always_on"),
+            Kind::Unsampled => cmd.env("OTEL_TRACES_SAMPLER", "always_off"),
+            _ => &mut cmd,
+        };
         if !cpus.is_empty() {
             cmd.arg("--cpus")
                 .arg(cpus.iter().map(usize::to_string).collect::<Vec<_>>().join(","));

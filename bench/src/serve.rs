@@ -80,8 +80,39 @@ pub async fn start(kind: Kind) -> switchboard::Result<switchboard::RunningServer
                 .start()
                 .await
         }
+        Kind::Traced | Kind::Unsampled | Kind::Metered => {
+            observe(kind).await;
+            Microservice::new().handler(ADD).listen(url).start().await
+        }
         _ => Microservice::new().handler(ADD).listen(url).start().await,
     }
+}
+
+/// Turns on what `kind` measures (tracing exported to a collector in this process, tracing
+/// that samples nothing, or metrics); kept for the life of the process.
+#[cfg(feature = "observability")]
+async fn observe(kind: Kind) {
+    if kind == Kind::Metered {
+        switchboard::metrics::install().expect("the metrics recorder installs");
+        return;
+    }
+    let collector = example_collector::Collector::counting("127.0.0.1:0")
+        .await
+        .expect("the collector starts");
+    let telemetry = switchboard::telemetry::builder("bench")
+        .endpoint(&collector.endpoint)
+        .init()
+        .expect("tracing starts");
+    std::mem::forget(telemetry);
+    std::mem::forget(collector);
+}
+
+#[cfg(not(feature = "observability"))]
+async fn observe(kind: Kind) {
+    panic!(
+        "the {} variant needs the bench built with --features observability",
+        kind.label()
+    );
 }
 
 /// Serves until the process exits; prints `port=<n>` on stdout once listening.

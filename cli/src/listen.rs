@@ -181,11 +181,7 @@ async fn mqtt(url: &str, routes: &[String], p: &mut Printer<'_>) -> Result<(), F
                     p.ready(&topics.join(", "));
                 }
             }
-            Event::Incoming(Packet::Publish(msg)) => {
-                if !p.print(&msg.topic, &msg.payload, None) {
-                    break;
-                }
-            }
+            Event::Incoming(Packet::Publish(msg)) if !p.print(&msg.topic, &msg.payload, None) => break,
             _ => {}
         }
     }

@@ -154,6 +154,18 @@ impl RpcError {
         }
     }
 
+    /// A short, stable name of the error for metrics and spans: `deadline_exceeded`,
+    /// `unavailable`, or `rpc_error` for a handler's own.
+    pub fn kind(&self) -> &'static str {
+        if self.is_deadline_exceeded() {
+            "deadline_exceeded"
+        } else if self.is_unavailable() {
+            "unavailable"
+        } else {
+            "rpc_error"
+        }
+    }
+
     /// True for [`RpcError::deadline_exceeded`] (code 4); a client reports it as [`Error::Timeout`].
     pub fn is_deadline_exceeded(&self) -> bool {
         self.code() == Some(DEADLINE_EXCEEDED)
@@ -232,6 +244,37 @@ pub enum Rejection {
     /// The deadline passed before the call could start.
     #[error("its deadline has passed")]
     DeadlineExceeded,
+}
+
+impl Error {
+    /// A short, stable name of what went wrong, for metrics and spans: `rpc_error`,
+    /// `unavailable`, `deadline_exceeded`, `no_handler`, `timeout`, `connect`,
+    /// `connection_closed`, `rejected`, `codec`, or `transport` for the rest.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Error::Rpc(rpc) => rpc.kind(),
+            Error::NoHandler { .. } => "no_handler",
+            Error::Timeout { .. } => "timeout",
+            Error::Connect { .. } => "connect",
+            Error::ConnectionClosed { .. } => "connection_closed",
+            Error::Rejected { .. } => "rejected",
+            Error::Codec { .. } => "codec",
+            _ => "transport",
+        }
+    }
+}
+
+impl Rejection {
+    /// A short name of the reason: `circuit_open`, `overloaded`, `rate_limited`,
+    /// `deadline_exceeded` (a metric's label).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Rejection::CircuitOpen { .. } => "circuit_open",
+            Rejection::Overloaded => "overloaded",
+            Rejection::RateLimited { .. } => "rate_limited",
+            Rejection::DeadlineExceeded => "deadline_exceeded",
+        }
+    }
 }
 
 /// Everything that can go wrong in a call, a server or a transport.

@@ -47,10 +47,15 @@
 pub mod client;
 pub mod error;
 pub mod json;
+#[cfg(feature = "metrics")]
+pub mod metrics;
 pub mod middleware;
 pub mod resilience;
 pub mod server;
 pub mod service;
+mod signal;
+#[cfg(feature = "telemetry")]
+pub mod telemetry;
 mod text;
 pub mod transport;
 pub mod wire;

@@ -4,13 +4,16 @@
 // kafka://, see transport.mjs). Prints exactly one line "READY <port>" on stdout once
 // listening (--port 0 picks a free port and reports it; 0 for broker transports); everything
 // else goes to stderr.
+// --trace NAME (v12): OpenTelemetry as service NAME (examples/nestjs-tracing/tracing.js): spans
+// exported over OTLP/gRPC to $OTEL_EXPORTER_OTLP_ENDPOINT, every handler traced, `relay` calls
+// traced and propagated.
 import { createRequire } from 'node:module';
 import { pathToFileURL } from 'node:url';
 import { parseArgs } from 'node:util';
 import { nestOptions } from './transport.mjs';
 
 function usage(msg) {
-  process.stderr.write(`${msg}\nusage: node server.mjs --nest 11|12 (--port N [--host 127.0.0.1] | --url URL)\n`);
+  process.stderr.write(`${msg}\nusage: node server.mjs --nest 11|12 (--port N [--host 127.0.0.1] | --url URL) [--trace NAME]\n`);
   process.exit(2);
 }
 
@@ -22,6 +25,7 @@ try {
       port: { type: 'string' },
       host: { type: 'string', default: '127.0.0.1' },
       url: { type: 'string' },
+      trace: { type: 'string' },
     },
   }).values;
 } catch (e) {
@@ -29,6 +33,8 @@ try {
 }
 if (!['11', '12'].includes(args.nest)) usage('--nest must be 11 or 12');
 if (!args.url && (!/^\d+$/.test(args.port ?? '') || Number(args.port) > 65535)) usage('--port must be 0..65535');
+if (args.trace !== undefined && args.nest !== '12') usage('--trace needs --nest 12 (NestJS 11 has no packet metadata)');
+if (args.trace === '') usage('--trace needs a service name');
 
 // Load NestJS from tests/nestjs/v<N>/node_modules, whatever the cwd is.
 // v11 is CommonJS, v12 is ESM only. rxjs resolves to its CJS build under Node in
@@ -39,14 +45,32 @@ const load = async (name) =>
 require('reflect-metadata');
 const { Controller, Module } = await load('@nestjs/common');
 const { NestFactory } = await load('@nestjs/core');
-const { MessagePattern, EventPattern, Payload, Ctx, RpcException, Transport } = await load('@nestjs/microservices');
-const { of, interval, EMPTY, take } = require('rxjs');
+const { MessagePattern, EventPattern, Payload, Ctx, RpcException, Transport, ClientProxyFactory } = await load('@nestjs/microservices');
+const { of, interval, EMPTY, take, firstValueFrom, timeout } = require('rxjs');
+
+// The tracing module lives in examples/; its @opentelemetry/* resolve from v12/node_modules.
+const tracing = args.trace
+  ? createRequire(import.meta.url)('../../examples/nestjs-tracing/tracing.js').withRequire(require)
+  : null;
+const tracer = tracing?.setupTracing(args.trace, { simple: true });
 
 // Nest's default logger writes info lines to stdout; stdout is reserved for READY.
 const toStderr = (level) => (...m) => process.stderr.write(`[nest ${level}] ${m.filter((x) => x !== undefined).map(String).join(' ')}\n`);
 const logger = Object.fromEntries(['log', 'error', 'warn', 'debug', 'verbose', 'fatal'].map((l) => [l, toStderr(l)]));
 
 const eventsSeen = [];
+
+// `relay`'s clients, one per URL, made on first use (traced with --trace).
+const relayClients = new Map();
+function relayClient(url) {
+  let client = relayClients.get(url);
+  if (!client) {
+    client = ClientProxyFactory.create(nestOptions(Transport, url));
+    if (tracing) tracing.traceClient(client);
+    relayClients.set(url, client);
+  }
+  return client;
+}
 
 // Plain-JS stand-in for a decorated TypeScript class. Handlers get only the payload
 // unless their parameters are decorated (see `meta` below).
@@ -70,6 +94,16 @@ class PeerController {
   eventsSeen() { return eventsSeen; }
   // v12's TcpContext exposes the packet's optional `metadata`; v11 has no getMetadata.
   meta(_data, ctx) { return ctx?.getMetadata?.() ?? null; }
+  // Sends `pattern`/`data` to the service at `url` (not kafka://) and replies with its first
+  // value (null if none). Its error value comes back as this handler's error; a local failure
+  // (timeout, refused connection) as {status:'error', message}.
+  async relay({ url, pattern, data, timeout_ms: ms = 5000 }) {
+    try {
+      return await firstValueFrom(relayClient(url).send(pattern, data).pipe(timeout(ms)), { defaultValue: null });
+    } catch (e) {
+      throw new RpcException(e instanceof Error ? e.message : e);
+    }
+  }
 }
 
 const messages = {
@@ -89,6 +123,7 @@ const messages = {
   delay: 'delay',
   eventsSeen: 'events_seen',
   meta: 'meta',
+  relay: 'relay',
 };
 const decorate = (decorator, method) =>
   decorator(PeerController.prototype, method, Object.getOwnPropertyDescriptor(PeerController.prototype, method));
@@ -106,6 +141,7 @@ Module({ controllers: [PeerController] })(AppModule);
 
 const url = args.url ?? `tcp://${args.host}:${args.port}`;
 const app = await NestFactory.createMicroservice(AppModule, { ...nestOptions(Transport, url), logger });
+if (tracing) app.useGlobalInterceptors(new tracing.TraceInterceptor());
 await app.listen();
 process.stdout.write(`READY ${url.startsWith('tcp:') ? app.unwrap().address().port : 0}\n`);
 
@@ -117,7 +153,9 @@ const stop = async (signal) => {
   // ServerTCP.close() does not end open client sockets, so exit explicitly.
   setTimeout(() => process.exit(0), 2000).unref();
   try {
+    await Promise.allSettled([...relayClients.values()].map((c) => c.close()));
     await app.close();
+    await tracer?.shutdown();
   } finally {
     process.exit(0);
   }

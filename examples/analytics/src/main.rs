@@ -67,7 +67,7 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> switchboard::Result<()> {
-    example_common::init_logging();
+    let _telemetry = example_common::init("analytics");
     let args = Args::parse();
     let app = App {
         signups: Signups::default(),

@@ -27,12 +27,21 @@ fn free_port() -> anyhow::Result<u16> {
 type Logs = Arc<Mutex<Vec<(&'static str, String)>>>;
 
 /// Starts a sibling binary, prefixing each line it prints with its name.
-fn spawn(dir: &std::path::Path, name: &'static str, args: &[String], logs: &Logs) -> anyhow::Result<Child> {
+fn spawn(
+    dir: &std::path::Path,
+    name: &'static str,
+    args: &[String],
+    logs: &Logs,
+    traces: &str,
+) -> anyhow::Result<Child> {
     let path = dir.join(name);
     let mut child = Command::new(&path)
         .args(args)
         .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
         .env("NO_COLOR", "1")
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", traces)
+        // Export spans within a fifth of a second (the default waits 5 s).
+        .env("OTEL_BSP_SCHEDULE_DELAY", "200")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true)
@@ -182,6 +191,7 @@ async fn degrade_and_recover(
     math: u16,
     http_port: u16,
     logs: &Logs,
+    traces: &str,
 ) -> anyhow::Result<()> {
     let killed = &mut children[1];
     killed.start_kill()?;
@@ -220,6 +230,7 @@ async fn degrade_and_recover(
         "math",
         &["--listen".into(), format!("tcp://127.0.0.1:{math}")],
         logs,
+        traces,
     )?;
     wait_for_port(math).await?;
     println!(
@@ -270,6 +281,50 @@ fn broker_arg() -> anyhow::Result<Option<String>> {
     }
 }
 
+/// Prints the trace of `POST /users` as the collector received it, and checks that it went
+/// gateway → users, and gateway → notifications and analytics, in one trace.
+async fn print_trace(collector: &example_collector::Collector) -> anyhow::Result<()> {
+    let expected = [
+        ("gateway", "POST /users"),
+        ("gateway", "send {\"cmd\":\"create_user\"}"),
+        ("users", "process {\"cmd\":\"create_user\"}"),
+        ("notifications", "process user_created"),
+        ("analytics", "process user_created"),
+    ];
+    let trace = |spans: &[example_collector::SpanRecord]| {
+        let root = spans.iter().find(|s| s.name == "POST /users")?;
+        let all = expected.iter().all(|(service, name)| {
+            spans
+                .iter()
+                .any(|s| s.trace_id == root.trace_id && &s.service == service && &s.name == name)
+        });
+        all.then(|| root.trace_id.clone())
+    };
+    let spans = collector
+        .wait_for(Duration::from_secs(20), || {}, |spans| trace(spans).is_some())
+        .await
+        .context("the trace of POST /users did not reach the collector within 20 s")?;
+    let id = trace(&spans).expect("checked");
+    let tree = example_collector::render(&spans, &id, |k| k == "messaging.system");
+    println!("{:>13} | one trace of POST /users ({id}):", "demo");
+    for line in tree.lines() {
+        println!("{:>13} |   {line}", "demo");
+    }
+    let users = spans
+        .iter()
+        .find(|s| s.name == expected[2].1 && s.trace_id == id)
+        .expect("checked");
+    let send = spans
+        .iter()
+        .find(|s| s.span_id == users.parent)
+        .context("create_user's parent span")?;
+    ensure!(
+        send.service == "gateway" && send.name == expected[1].1,
+        "create_user's parent is {send:?}, not the gateway's send"
+    );
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let dir = std::env::current_exe()?
@@ -292,6 +347,8 @@ async fn main() -> anyhow::Result<()> {
         bail!("kafka://mock needs the demo built with its `kafka-mock` feature (scripts/demo.sh does)");
     }
     let logs = Logs::default();
+    // Every service exports its spans here; the demo prints the trace of `POST /users`.
+    let collector = example_collector::Collector::start("127.0.0.1:0").await?;
     let [users, math, notifications, analytics, resilient, http_port] = [
         free_port()?,
         free_port()?,
@@ -305,13 +362,26 @@ async fn main() -> anyhow::Result<()> {
         None => format!("tcp://127.0.0.1:{port}"),
     };
     let mut children = vec![
-        spawn(&dir, "users", &["--listen".into(), url(users, "users")], &logs)?,
-        spawn(&dir, "math", &["--listen".into(), url(math, "math")], &logs)?,
+        spawn(
+            &dir,
+            "users",
+            &["--listen".into(), url(users, "users")],
+            &logs,
+            &collector.endpoint,
+        )?,
+        spawn(
+            &dir,
+            "math",
+            &["--listen".into(), url(math, "math")],
+            &logs,
+            &collector.endpoint,
+        )?,
         spawn(
             &dir,
             "notifications",
             &["--listen".into(), url(notifications, "notifications")],
             &logs,
+            &collector.endpoint,
         )?,
         spawn(
             &dir,
@@ -323,12 +393,14 @@ async fn main() -> anyhow::Result<()> {
                 url(users, "users"),
             ],
             &logs,
+            &collector.endpoint,
         )?,
         spawn(
             &dir,
             "resilient",
             &resilient_args(url(resilient, "resilient"), url(math, "math")),
             &logs,
+            &collector.endpoint,
         )?,
     ];
     if broker.is_none() {
@@ -366,6 +438,7 @@ async fn main() -> anyhow::Result<()> {
             "1000".into(),
         ],
         &logs,
+        &collector.endpoint,
     )?);
     wait_for_port(http_port).await?;
     if broker.is_some() {
@@ -456,6 +529,7 @@ async fn main() -> anyhow::Result<()> {
             wait_for_log(&logs, service, says, "did not handle the user_created event").await?;
             println!("{:>13} | {service} handled the user_created event", "demo");
         }
+        print_trace(&collector).await?;
         // Analytics' handler asks the users service for the newest signup.
         call(
             http_port,
@@ -475,7 +549,7 @@ async fn main() -> anyhow::Result<()> {
         )
         .await?;
         if broker.is_none() {
-            degrade_and_recover(&dir, &mut children, math, http_port, &logs).await?;
+            degrade_and_recover(&dir, &mut children, math, http_port, &logs, &collector.endpoint).await?;
         }
         anyhow::Ok(())
     }

@@ -199,9 +199,30 @@ async fn latest_signup(State(s): Shared) -> Result<impl IntoResponse, CallError>
     Ok(JsJson(StatusCode::OK, s.analytics.send(LATEST_SIGNUP, ()).await?))
 }
 
+/// Each request in a server span named for its route (`POST /users`): the calls and events
+/// it makes are one trace under it.
+async fn traced(req: Request, next: Next) -> Response {
+    use tracing::Instrument;
+    let route = req
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or_else(|| req.uri().path().to_owned(), |p| p.as_str().to_owned());
+    let span = tracing::info_span!(
+        "http",
+        otel.name = format!("{} {route}", req.method()),
+        otel.kind = "server",
+        http.request.method = %req.method(),
+        http.route = %route,
+        http.response.status_code = tracing::field::Empty,
+    );
+    let response = next.run(req).instrument(span.clone()).await;
+    span.record("http.response.status_code", response.status().as_u16());
+    response
+}
+
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    example_common::init_logging();
+    let _telemetry = example_common::init("gateway");
     let args = Args::parse();
     let services = Services {
         users: UsersClient::new(Client::builder(&args.users).build()?),
@@ -220,6 +241,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         .route("/math/add", get(math_add))
         .route("/signups/latest", get(latest_signup))
         .route("/resilient/add", get(resilient_add))
+        .route_layer(middleware::from_fn(traced))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(middleware::from_fn(bounded))
         .with_state(Arc::new(services));

@@ -26,7 +26,7 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> switchboard::Result<()> {
-    example_common::init_logging();
+    let _telemetry = example_common::init("notifications");
     let args = Args::parse();
     // Its one handler is in this binary, so the registry has it.
     Microservice::from_registry()

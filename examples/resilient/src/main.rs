@@ -23,7 +23,7 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> switchboard::Result<()> {
-    example_common::init_logging();
+    let _telemetry = example_common::init("resilient");
     let args = Args::parse();
     let settings = BreakerSettings {
         failures: args.failures,

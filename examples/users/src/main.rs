@@ -13,7 +13,7 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> switchboard::Result<()> {
-    example_common::init_logging();
+    let _telemetry = example_common::init("users");
     let args = Args::parse();
     Microservice::new()
         .group(Users::new())

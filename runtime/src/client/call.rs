@@ -225,12 +225,13 @@ impl<R: DeserializeOwned + 'static> IntoFuture for Call<R> {
                 let (deadline, _) = deadline.expect("checked above");
                 let route = out.route.clone();
                 let state = match self.local {
-                    // In-process: a function call into the service's router.
+                    // In-process, untraced: a function call into the service's router.
                     Some(mem) => match mem.call(out.outbound(deadline)) {
                         Ok(reply) => State::Answering { reply, mem },
                         Err(e) => State::Failed(Some(e)),
                     },
-                    None => State::Sending(self.service.call(out.outbound(deadline))),
+                    // Sent on the first poll, inside whatever span the future is polled in.
+                    None => State::Start(Some(Box::new((self.service, out.outbound(deadline))))),
                 };
                 (state, route)
             }
@@ -263,10 +264,18 @@ pin_project_lite::pin_project! {
 }
 
 enum State {
+    /// Not sent yet (boxed: a network call's future stays small for the in-process ones).
+    Start(Option<Box<(ClientService, crate::service::Outbound)>>),
     Failed(Option<Error>),
     Sending(BoxFuture<'static, Result<Replies>>),
-    Answering { reply: RouterFuture, mem: Arc<MemClient> },
-    Receiving { replies: Replies, last: Option<Last> },
+    Answering {
+        reply: RouterFuture,
+        mem: Arc<MemClient>,
+    },
+    Receiving {
+        replies: Replies,
+        last: Option<Last>,
+    },
     Done,
 }
 
@@ -277,6 +286,10 @@ impl<R: DeserializeOwned + 'static> Future for CallFuture<R> {
         let mut this = self.project();
         loop {
             match this.state {
+                State::Start(start) => {
+                    let (service, out) = *start.take().expect("started once");
+                    *this.state = State::Sending(service.call(out));
+                }
                 State::Failed(e) => {
                     let e = e.take().unwrap_or(Error::Closed);
                     *this.state = State::Done;
@@ -355,10 +368,15 @@ impl<R: DeserializeOwned + Send + 'static> IntoFuture for Fallback<R> {
     type IntoFuture = BoxFuture<'static, Result<R>>;
 
     fn into_future(self) -> Self::IntoFuture {
+        let route = match &self.call.out {
+            Ok(out) => out.route.clone(),
+            Err(_) => "".into(),
+        };
         Box::pin(async move {
             match self.call.await {
                 Err(e) if e.is_unavailable() => {
                     tracing::debug!(error = %e, "call failed; answering with its fallback");
+                    crate::signal::fell_back(&route);
                     Ok((self.fallback)(&e))
                 }
                 outcome => outcome,

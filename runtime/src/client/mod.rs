@@ -187,13 +187,15 @@ impl ClientBuilder {
             Target::Url(url) => (transport::redact(&url).into(), transport::client(&url, &self.opts)?),
             Target::Custom(t) => ("custom".into(), t),
         };
+        let scheme = match &label.split_once("://") {
+            Some((scheme, _)) => scheme.to_string(),
+            None => "custom".to_owned(),
+        };
         let local = mem.filter(|_| self.layers.is_empty());
-        let service = self
-            .layers
-            .into_iter()
-            .fold(ClientService::transport(Transport(transport.clone())), |inner, wrap| {
-                wrap(inner)
-            });
+        let service = self.layers.into_iter().fold(
+            ClientService::transport(Transport::new(transport.clone(), &scheme)),
+            |inner, wrap| wrap(inner),
+        );
         Ok(Client {
             label,
             transport,
@@ -368,6 +370,11 @@ impl Client {
     }
 
     pub(crate) fn in_process(&self) -> Option<&Arc<MemClient>> {
+        // A call that is traced goes through the transport, where its span is made.
+        #[cfg(feature = "telemetry")]
+        if crate::telemetry::span::recording() {
+            return None;
+        }
         self.local.as_ref()
     }
 

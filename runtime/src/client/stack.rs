@@ -6,7 +6,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll};
 
-use futures_util::future::{BoxFuture, Either, FutureExt, MapOk, TryFutureExt};
+use futures_util::future::{BoxFuture, FutureExt, TryFutureExt};
 use tower::{BoxError, Service, ServiceExt};
 
 use crate::error::{Error, Result};
@@ -18,7 +18,65 @@ use crate::transport::ClientTransport;
 /// A client transport as a `tower::Service`: what the first client layer wraps. A request
 /// resolves once its first reply packet has arrived; an event once the transport took it.
 #[derive(Clone)]
-pub struct Transport(pub(crate) Arc<dyn ClientTransport>);
+pub struct Transport {
+    inner: Arc<dyn ClientTransport>,
+    /// Its name in spans and metrics (`tcp`, `redis`, …).
+    #[cfg_attr(not(any(feature = "telemetry", feature = "metrics")), allow(dead_code))]
+    name: &'static str,
+}
+
+impl Transport {
+    /// `inner`, reached by a URL of `scheme`.
+    pub(crate) fn new(inner: Arc<dyn ClientTransport>, scheme: &str) -> Self {
+        Transport {
+            inner,
+            name: crate::transport::name_of(scheme),
+        }
+    }
+
+    /// Sends `out`: a request resolves to its replies once the first is in, an event once
+    /// the transport took it. With the `telemetry` feature, inside its `send <route>` span.
+    fn send(&self, out: Outbound) -> BoxFuture<'static, Result<Replies>> {
+        #[cfg(feature = "metrics")]
+        if let Some(called) = crate::metrics::Called::start() {
+            let (name, route, kind) = (self.name, out.route.clone(), out.kind);
+            let sent = self.traced(out);
+            return async move {
+                let outcome = sent.await;
+                called.done(name, &route, kind, &outcome);
+                outcome
+            }
+            .boxed();
+        }
+        self.traced(out)
+    }
+
+    #[cfg_attr(not(feature = "telemetry"), allow(unused_mut))]
+    fn traced(&self, mut out: Outbound) -> BoxFuture<'static, Result<Replies>> {
+        #[cfg(feature = "telemetry")]
+        if let Some(span) = crate::telemetry::span::client(&mut out, crate::telemetry::span::system(self.name)) {
+            use tracing::Instrument;
+            let sent = span.in_scope(|| self.dispatch(out));
+            return async move {
+                let outcome = sent.instrument(span.clone()).await;
+                crate::telemetry::span::sent(&span, &outcome);
+                outcome
+            }
+            .boxed();
+        }
+        self.dispatch(out)
+    }
+
+    fn dispatch(&self, mut out: Outbound) -> BoxFuture<'static, Result<Replies>> {
+        match out.kind {
+            Kind::Request => {
+                stamp(&*self.inner, &mut out);
+                self.inner.clone().request(out)
+            }
+            Kind::Event => self.inner.clone().emit(out).map_ok(empty).boxed(),
+        }
+    }
+}
 
 impl fmt::Debug for Transport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -26,25 +84,17 @@ impl fmt::Debug for Transport {
     }
 }
 
-type EmitFuture = MapOk<BoxFuture<'static, Result<()>>, fn(()) -> Replies>;
-
 impl Service<Outbound> for Transport {
     type Response = Replies;
     type Error = Error;
-    type Future = Either<BoxFuture<'static, Result<Replies>>, EmitFuture>;
+    type Future = BoxFuture<'static, Result<Replies>>;
 
     fn poll_ready(&mut self, _: &mut TaskContext<'_>) -> Poll<Result<()>> {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, mut out: Outbound) -> Self::Future {
-        match out.kind {
-            Kind::Request => {
-                stamp(&*self.0, &mut out);
-                Either::Left(self.0.clone().request(out))
-            }
-            Kind::Event => Either::Right(self.0.clone().emit(out).map_ok(empty as fn(()) -> Replies)),
-        }
+    fn call(&mut self, out: Outbound) -> Self::Future {
+        self.send(out)
     }
 }
 
@@ -74,14 +124,8 @@ trait Erased: Send + Sync {
 }
 
 impl Erased for Transport {
-    fn call(&self, mut out: Outbound) -> BoxFuture<'static, Result<Replies>> {
-        match out.kind {
-            Kind::Request => {
-                stamp(&*self.0, &mut out);
-                self.0.clone().request(out)
-            }
-            Kind::Event => self.0.clone().emit(out).map_ok(empty).boxed(),
-        }
+    fn call(&self, out: Outbound) -> BoxFuture<'static, Result<Replies>> {
+        self.send(out)
     }
 }
 

@@ -522,6 +522,15 @@ impl Machine {
     }
 
     fn enter(&mut self, state: State) {
+        let code = |s: &State| match s {
+            State::Closed => 0,
+            State::HalfOpen { .. } => 1,
+            State::Open { .. } => 2,
+            State::Isolated => 3,
+        };
+        if code(&state) != code(&self.state) {
+            crate::signal::circuit(&self.route, code(&state));
+        }
         self.state = state;
         self.epoch += 1;
         self.window.clear();

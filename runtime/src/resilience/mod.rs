@@ -115,6 +115,7 @@ impl Guarded for Outbound {
     }
 
     fn reject(route: &str, reason: Rejection) -> Result<Replies, Error> {
+        crate::signal::shed("client", route, reason.kind());
         Err(Error::Rejected {
             pattern: route.to_owned(),
             reason,
@@ -151,6 +152,7 @@ impl Guarded for Request {
     }
 
     fn reject(route: &str, why: Rejection) -> Result<Reply, Self::Error> {
+        crate::signal::shed("server", route, why.kind());
         let message = format!("{route} is unavailable: {why}");
         Ok(Reply::error(match why {
             Rejection::DeadlineExceeded => RpcError::deadline_exceeded(message),

@@ -213,6 +213,7 @@ impl Retry {
                 return outcome;
             }
             tracing::debug!(pattern = &*out.route, attempt = n, ?wait, "retrying");
+            crate::signal::retried(&out.route);
             tokio::time::sleep(wait).await;
             n += 1;
         }

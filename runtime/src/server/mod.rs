@@ -4,7 +4,10 @@
 //! - [`extract`] and [`state`]: where a handler's arguments come from;
 //! - [`respond`]: how its return value becomes a reply;
 //! - [`group`]: handlers declared as methods of one type;
-//! - `registry`: every handler linked into the binary.
+//! - `registry`: every handler linked into the binary;
+//! - [`Health`]: whether a running service is live and ready, answered on every transport as
+//!   the [`HEALTH_PATTERN`], over gRPC health checking, and (feature `http`) over HTTP by
+//!   [`Microservice::health_http`].
 
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
@@ -23,9 +26,15 @@ use crate::transport::{self, Listener, Shutdown};
 pub mod extract;
 pub mod group;
 pub mod handler;
+#[cfg(feature = "http")]
+mod http;
 pub(crate) mod registry;
 pub mod respond;
 pub mod state;
+
+pub use crate::transport::health::{
+    HEALTH_PATTERN, Health, HealthReport, HealthStatus, TransportHealth, health_pattern_of,
+};
 
 use group::Group;
 use handler::{Bound, Serve};
@@ -75,6 +84,13 @@ pub struct Microservice<S = ()> {
     on_ready: Option<ReadyHook>,
     /// Changes to the limits the handlers declare.
     overrides: Overrides,
+    /// The service's name ([`name`](Self::name)).
+    name: Option<String>,
+    /// Whether to answer the health pattern ([`health_pattern`](Self::health_pattern)).
+    health_pattern: bool,
+    /// Where to serve the HTTP health endpoint ([`health_http`](Self::health_http)).
+    #[cfg(feature = "http")]
+    http: Option<String>,
 }
 
 /// What [`Microservice::on_ready`] calls, with the URLs peers use.
@@ -83,6 +99,7 @@ type ReadyHook = Box<dyn FnOnce(&[String]) + Send>;
 impl<S> std::fmt::Debug for Microservice<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Microservice")
+            .field("name", &self.name)
             .field(
                 "handlers",
                 &self.handlers.iter().map(|h| h.info.name()).collect::<Vec<_>>(),
@@ -117,6 +134,10 @@ impl Microservice {
             shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
             on_ready: None,
             overrides: Overrides::new(),
+            name: None,
+            health_pattern: true,
+            #[cfg(feature = "http")]
+            http: None,
         }
     }
 
@@ -147,6 +168,10 @@ impl<S: Clone + Send + Sync + 'static> Microservice<S> {
             shutdown_timeout: self.shutdown_timeout,
             on_ready: self.on_ready,
             overrides: self.overrides,
+            name: self.name,
+            health_pattern: self.health_pattern,
+            #[cfg(feature = "http")]
+            http: self.http,
         }
     }
 
@@ -249,9 +274,125 @@ impl<S: Clone + Send + Sync + 'static> Microservice<S> {
         self
     }
 
+    /// Names the service (`users`): it then also answers its health on
+    /// `switchboard.health.<name>` (see [`HEALTH_PATTERN`]), and gRPC health checks for
+    /// service `<name>`. A name is ASCII letters, digits, `_`, `-` and `.` (not at either end,
+    /// not two in a row), at most 200 of them, so that it is a valid channel, subject, topic
+    /// and queue name on every transport; starting fails otherwise.
+    ///
+    /// ```
+    /// use switchboard::prelude::*;
+    ///
+    /// #[message_pattern("ping")]
+    /// async fn ping() -> &'static str {
+    ///     "pong"
+    /// }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> switchboard::Result<()> {
+    /// let service = Microservice::new().name("users").handler(PING).listen("mem://users-doc");
+    /// assert_eq!(service.service_name(), Some("users"));
+    /// let server = service.start().await?;
+    /// assert_eq!(server.service_name(), Some("users"));
+    /// server.shutdown().await
+    /// # }
+    /// ```
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+
+    /// The name given with [`name`](Self::name), if any.
+    pub fn service_name(&self) -> Option<&str> {
+        self.name.as_deref()
+    }
+
+    /// Whether the service answers the health pattern ([`HEALTH_PATTERN`] and its named form)
+    /// on its transports; on by default. Turn it off where the broker's permissions do not
+    /// let the service subscribe to it (a Redis ACL limiting channels, which refuses the whole
+    /// subscription; a Kafka cluster that refuses to create the topic); the HTTP endpoint,
+    /// gRPC health checks and [`RunningServer::health`] do not need it.
+    ///
+    /// ```
+    /// use switchboard::prelude::*;
+    /// use switchboard::server::HEALTH_PATTERN;
+    ///
+    /// #[message_pattern("ping")]
+    /// async fn ping() -> &'static str {
+    ///     "pong"
+    /// }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> switchboard::Result<()> {
+    /// let server = Microservice::new().handler(PING).health_pattern(false).listen("mem://quiet").start().await?;
+    /// let client = Client::connect("mem://quiet").await?;
+    /// let asked = client.send_raw::<String>(HEALTH_PATTERN, ()).await;
+    /// assert!(matches!(asked, Err(switchboard::Error::NoHandler { .. })));
+    /// server.shutdown().await
+    /// # }
+    /// ```
+    pub fn health_pattern(mut self, answer: bool) -> Self {
+        self.health_pattern = answer;
+        self
+    }
+
+    /// Serves the service's health over HTTP/1.1 on `addr` (`host:port`; port 0 picks a free
+    /// one, [`RunningServer::http_addr`] tells which), from start until the service is
+    /// shut down: `GET /health` and `GET /health/ready` answer 200 with the
+    /// [`HealthReport`] JSON while the service is ready and 503 with it otherwise (while
+    /// starting, while a broker is away, while draining), `GET /health/live` 200 while it is
+    /// live. Any other path is 404, another method 405. The endpoint is bounded (request head
+    /// within 10 s, 32 headers in 4 KiB, one request per connection, 256 connections), but
+    /// it answers anyone who reaches it: bind it where only your orchestrator does.
+    ///
+    /// ```
+    /// use switchboard::prelude::*;
+    /// use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    ///
+    /// #[message_pattern("ping")]
+    /// async fn ping() -> &'static str {
+    ///     "pong"
+    /// }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let server = Microservice::new()
+    ///     .handler(PING)
+    ///     .listen("tcp://127.0.0.1:0")
+    ///     .health_http("127.0.0.1:0")
+    ///     .start()
+    ///     .await?;
+    /// let mut http = tokio::net::TcpStream::connect(server.http_addr().unwrap()).await?;
+    /// http.write_all(b"GET /health HTTP/1.1\r\nhost: localhost\r\n\r\n").await?;
+    /// let mut answer = String::new();
+    /// http.read_to_string(&mut answer).await?;
+    /// assert!(answer.starts_with("HTTP/1.1 200 OK"));
+    /// let body = format!(r#"{{"status":"ok","live":true,"ready":true,"transports":[{{"url":"{}","ready":true}}]}}"#, server.local_url());
+    /// assert!(answer.ends_with(&body));
+    /// server.shutdown().await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    #[cfg(feature = "http")]
+    pub fn health_http(mut self, addr: impl Into<String>) -> Self {
+        self.http = Some(addr.into());
+        self
+    }
+
     /// The service's router, as its transports serve it: for tests and transports of your own.
+    /// It answers the health pattern too, as a service that is never draining and has no
+    /// transport (always ready).
     pub fn into_router(self) -> Result<Router> {
-        build_router(self.handlers, self.from_registry, &self.layers, &self.overrides)
+        check_name(self.name.as_deref())?;
+        let health = Health::new(self.name.as_deref(), &Shutdown::new().1);
+        let built = build_router(
+            self.handlers,
+            self.from_registry,
+            &self.layers,
+            &self.overrides,
+            self.health_pattern.then_some(&health),
+        )?;
+        Ok(built.router)
     }
 
     /// Binds every transport and starts serving in the background; returns once every transport
@@ -260,24 +401,44 @@ impl<S: Clone + Send + Sync + 'static> Microservice<S> {
         if self.urls.is_empty() && self.listeners.is_empty() {
             return Err(Error::NoTransport);
         }
+        check_name(self.name.as_deref())?;
         let handlers = self.handlers.len();
-        let router = build_router(self.handlers, self.from_registry, &self.layers, &self.overrides)?;
+        let (stop, shutdown) = Shutdown::new();
+        let health = Health::new(self.name.as_deref(), &shutdown);
+        let Built { router, builtin } = build_router(
+            self.handlers,
+            self.from_registry,
+            &self.layers,
+            &self.overrides,
+            self.health_pattern.then_some(&health),
+        )?;
         let mut listeners = self.listeners;
         for url in &self.urls {
-            listeners.push(transport::bind(url).await?);
+            listeners.push(transport::bind(url, &health).await?);
         }
-        let (stop, shutdown) = Shutdown::new();
+        let serving = health.watch_transports(listeners.iter().map(|l| (l.local_url(), l.ready())).collect());
+        // Up from now, so that probes see the service starting (live, not ready yet).
+        #[cfg(feature = "http")]
+        let http = match &self.http {
+            Some(addr) => Some(http::HttpEndpoint::start(addr, health.clone()).await?),
+            None => None,
+        };
         let mut tasks = JoinSet::new();
         let mut urls = Vec::with_capacity(listeners.len());
         let mut readiness = Vec::new();
-        for listener in listeners {
+        for (listener, serving) in listeners.into_iter().zip(serving) {
             let url = listener.local_url();
             readiness.extend(listener.ready().map(|ready| (url.clone(), ready)));
-            tasks.spawn(supervise(
+            let serve = supervise(
                 url.clone(),
                 listener.serve(router.clone(), shutdown.clone()),
                 shutdown.clone(),
-            ));
+            );
+            tasks.spawn(async move {
+                // Held while it serves: its end (or abort) marks the transport stopped.
+                let _serving = serving;
+                serve.await
+            });
             urls.push(url);
         }
         for (url, mut ready) in readiness {
@@ -295,14 +456,19 @@ impl<S: Clone + Send + Sync + 'static> Microservice<S> {
             }
         }
         // Logged once every transport takes messages (a broker's subscriptions are in place).
+        // The health patterns are not the user's: counted apart.
+        let routes = router.routes().count() - builtin;
         for url in &urls {
-            tracing::info!(url = %transport::redact(url), routes = router.routes().count(), handlers, "listening");
+            tracing::info!(url = %transport::redact(url), routes, handlers, "listening");
         }
         Ok(RunningServer {
             urls,
             stop,
             tasks,
             shutdown_timeout: self.shutdown_timeout,
+            health,
+            #[cfg(feature = "http")]
+            http,
         })
     }
 
@@ -334,14 +500,46 @@ impl<S: Clone + Send + Sync + 'static> Microservice<S> {
     }
 }
 
+/// Refuses a service name that is not a valid channel, subject, topic and queue name on
+/// every transport.
+fn check_name(name: Option<&str>) -> Result<()> {
+    let Some(name) = name else { return Ok(()) };
+    let valid = !name.is_empty()
+        && name.len() <= 200
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+        && !name.starts_with('.')
+        && !name.ends_with('.')
+        && !name.contains("..");
+    match valid {
+        true => Ok(()),
+        false => Err(Error::InvalidConfig {
+            what: "service name",
+            reason: format!(
+                "`{}`: a name is 1 to 200 ASCII letters, digits, `_`, `-` and `.` (not at either end, not two in a row)",
+                crate::text::for_log(name)
+            ),
+        }),
+    }
+}
+
+/// A service's router, and how many of its routes are built in (the health patterns).
+struct Built {
+    router: Router,
+    builtin: usize,
+}
+
 /// The routes of a service: its handlers (and the registry's, if asked), each route wrapped
-/// in the layers.
+/// in the layers, and, given the service's `health`, the health patterns the handlers leave
+/// free.
 fn build_router(
     mut handlers: Vec<Bound>,
     from_registry: bool,
     layers: &[Wrap],
     overrides: &Overrides,
-) -> Result<Router> {
+    health: Option<&Health>,
+) -> Result<Built> {
     if from_registry {
         let (registered, stateful) = registry::collect();
         let missing: Vec<String> = stateful
@@ -403,9 +601,58 @@ fn build_router(
             tracing::warn!(route = %crate::text::for_log(route), "policy overrides name a pattern this service does not serve");
         }
     }
-    Ok(builder.build(!layers.is_empty(), |route| {
-        layers.iter().fold(route, |route, wrap| wrap(route))
-    }))
+    let builtin = health.map_or(0, |health| add_health_routes(&mut builder, &handlers, health));
+    let router = builder.build(
+        !layers.is_empty(),
+        |route| layers.iter().fold(route, |route, wrap| wrap(route)),
+        observe,
+    );
+    Ok(Built { router, builtin })
+}
+
+/// Adds `switchboard.health` (and `switchboard.health.<name>`) as request routes answering
+/// the service's health report, unless a handler serves that pattern; how many it added.
+/// They are routes like any other: the service's layers wrap them.
+fn add_health_routes(builder: &mut RouterBuilder, handlers: &[Bound], health: &Health) -> usize {
+    let mut patterns = vec![HEALTH_PATTERN.to_owned()];
+    patterns.extend(health.name().map(health_pattern_of));
+    let mut added = 0;
+    for pattern in patterns {
+        if handlers.iter().any(|h| h.info.route() == pattern) {
+            tracing::debug!(%pattern, "a handler serves the health pattern: it answers instead of the built-in one");
+            continue;
+        }
+        // A string pattern's route is its text, and its JSON the quoted text. Leaked once
+        // per router, as the router's labels are.
+        let json = serde_json::Value::from(pattern.as_str()).to_string();
+        let route: &'static str = Box::leak(pattern.into_boxed_str());
+        let json: &'static str = Box::leak(json.into_boxed_str());
+        let health = health.clone();
+        builder.add(
+            route,
+            json,
+            Kind::Request,
+            Endpoint {
+                location: Arc::from("switchboard health"),
+                route: Route::from_fn(move |_| std::future::ready(Reply::json(health.to_json())).boxed()),
+                order: Default::default(),
+            },
+        );
+        tracing::debug!(route, "serving the built-in health pattern");
+        added += 1;
+    }
+    added
+}
+
+/// What every route is wrapped in, whatever the layers: its span (feature `telemetry`)
+/// around its metrics (feature `metrics`).
+fn observe(name: &'static str, route: Route) -> Route {
+    #[cfg(feature = "metrics")]
+    let route = crate::metrics::observe(name, route);
+    #[cfg(feature = "telemetry")]
+    let route = crate::telemetry::observe(route);
+    let _ = name;
+    route
 }
 
 /// A started service. Dropping it stops serving at once; [`shutdown`](Self::shutdown)
@@ -416,6 +663,10 @@ pub struct RunningServer {
     stop: watch::Sender<bool>,
     tasks: JoinSet<Result<()>>,
     shutdown_timeout: Duration,
+    health: Health,
+    /// The HTTP health endpoint, stopped after the transports.
+    #[cfg(feature = "http")]
+    http: Option<http::HttpEndpoint>,
 }
 
 impl RunningServer {
@@ -429,9 +680,37 @@ impl RunningServer {
         &self.urls[0]
     }
 
+    /// The service's health: live, ready, each transport's state (see [`Health`]).
+    pub fn health(&self) -> Health {
+        self.health.clone()
+    }
+
+    /// The service's name ([`Microservice::name`]), if it has one.
+    pub fn service_name(&self) -> Option<&str> {
+        self.health.name()
+    }
+
+    /// The address of the HTTP health endpoint ([`Microservice::health_http`]), with the
+    /// real port where port 0 was asked for; `None` without one.
+    #[cfg(feature = "http")]
+    pub fn http_addr(&self) -> Option<std::net::SocketAddr> {
+        self.http.as_ref().map(http::HttpEndpoint::addr)
+    }
+
     /// Stops taking new messages, waits for in-flight ones (up to the shutdown timeout),
-    /// then closes every transport.
+    /// then closes every transport. From the start the service is not ready (the health
+    /// pattern, the HTTP endpoint and gRPC health say so); the HTTP endpoint answers until
+    /// the transports are closed, then stops too.
     pub async fn shutdown(mut self) -> Result<()> {
+        let result = self.drain().await;
+        #[cfg(feature = "http")]
+        if let Some(http) = self.http.take() {
+            http.stop().await;
+        }
+        result
+    }
+
+    async fn drain(&mut self) -> Result<()> {
         self.stop.send_replace(true);
         let drain = async {
             let mut first_error = None;
@@ -500,6 +779,40 @@ pub async fn shutdown_signal() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_name_is_a_valid_subject_topic_and_channel_everywhere() {
+        for good in [None, Some("users"), Some("users-v2.eu_1"), Some("A9")] {
+            assert!(check_name(good).is_ok(), "{good:?}");
+        }
+        let long = "x".repeat(201);
+        for bad in [
+            "",
+            " ",
+            "a b",
+            ".a",
+            "a.",
+            "a..b",
+            "a*",
+            "a>",
+            "a/b",
+            "$share",
+            "é",
+            long.as_str(),
+        ] {
+            let err = check_name(Some(bad)).unwrap_err();
+            assert!(
+                matches!(
+                    err,
+                    Error::InvalidConfig {
+                        what: "service name",
+                        ..
+                    }
+                ),
+                "{bad:?}: {err}"
+            );
+        }
+    }
 
     #[tokio::test]
     async fn a_transport_that_panics_or_ends_on_its_own_is_an_error() {

@@ -338,8 +338,15 @@ impl RouterBuilder {
     }
 
     /// The router: each route's handlers wrapped by `wrap` (the service's layers, if
-    /// `layered`), the fallback too.
-    pub fn build(self, layered: bool, wrap: impl std::ops::Fn(Route) -> Route) -> Router {
+    /// `layered`), the fallback too, and all of it by `observe` (telemetry, which does not
+    /// look at payloads, so in-process callers keep their values and requests their
+    /// short path).
+    pub fn build(
+        self,
+        layered: bool,
+        wrap: impl std::ops::Fn(Route) -> Route,
+        observe: impl std::ops::Fn(&'static str, Route) -> Route,
+    ) -> Router {
         let mut lookup = HashMap::default();
         let mut routes = Vec::with_capacity(self.routes.len());
         for Building {
@@ -356,13 +363,13 @@ impl RouterBuilder {
                 label: Box::leak(locations.join(", ").into_boxed_str()),
             };
             let requests = match layered {
-                false => handlers.message.as_ref().map(|h| h.route.clone()),
+                false => handlers.message.as_ref().map(|h| observe(route, h.route.clone())),
                 true => None,
             };
             let order = EventOrder::of_listeners(handlers.events.iter().map(|e| e.order));
             let entry = Arc::new(Entry {
                 info,
-                route: wrap(handlers.into_route()),
+                route: observe(route, wrap(handlers.into_route())),
                 requests,
                 events: Sequencer::new(order),
             });
@@ -381,21 +388,24 @@ impl RouterBuilder {
             routes,
             layered,
             closed: std::sync::atomic::AtomicBool::new(false),
-            fallback: wrap(Route::from_fn(|req| {
-                // The pattern is the sender's text: escaped, cut, and a flood held back.
-                let pattern = crate::text::for_log(req.context().route());
-                if req.kind() == Kind::Event {
-                    if let Some(held_back) = UNKNOWN_EVENTS.allow() {
-                        tracing::warn!(
-                            held_back,
-                            "There is no matching event handler defined in the remote service. Event pattern: {pattern}"
-                        );
+            fallback: observe(
+                "",
+                wrap(Route::from_fn(|req| {
+                    // The pattern is the sender's text: escaped, cut, and a flood held back.
+                    let pattern = crate::text::for_log(req.context().route());
+                    if req.kind() == Kind::Event {
+                        if let Some(held_back) = UNKNOWN_EVENTS.allow() {
+                            tracing::warn!(
+                                held_back,
+                                "There is no matching event handler defined in the remote service. Event pattern: {pattern}"
+                            );
+                        }
+                    } else {
+                        tracing::debug!(%pattern, "no matching message handler");
                     }
-                } else {
-                    tracing::debug!(%pattern, "no matching message handler");
-                }
-                std::future::ready(Reply::no_handler()).boxed()
-            })),
+                    std::future::ready(Reply::no_handler()).boxed()
+                })),
+            ),
         }))
     }
 }
@@ -629,7 +639,7 @@ mod tests {
             order: Default::default(),
         };
         routes.add("sum", "\"sum\"", Kind::Request, endpoint);
-        let router = routes.build(false, |route| route);
+        let router = routes.build(false, |route| route, |_, route| route);
         let keys: Vec<String> = (0..100_000).map(|i| format!("\"k{i}\":1")).collect();
         let big = format!("{{{}}}", keys.join(","));
         let miss = router

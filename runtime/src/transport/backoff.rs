@@ -12,6 +12,8 @@ pub(crate) struct Backoff {
     failures: u32,
     retry_at: Option<Instant>,
     last_error: String,
+    /// Connections made so far (kept across failures).
+    connections: u64,
 }
 
 impl Backoff {
@@ -34,9 +36,14 @@ impl Backoff {
         reason
     }
 
-    /// Records a successful attempt.
-    pub(crate) fn succeeded(&mut self) {
-        *self = Backoff::default();
+    /// Records a successful attempt; true when an earlier connection was lost (a reconnect).
+    pub(crate) fn succeeded(&mut self) -> bool {
+        let connections = self.connections + 1;
+        *self = Backoff {
+            connections,
+            ..Backoff::default()
+        };
+        connections > 1
     }
 }
 
@@ -53,7 +60,8 @@ mod tests {
             b.wait_reason()
                 .is_some_and(|r| r.starts_with("refused (next attempt in"))
         );
-        b.succeeded();
+        assert!(!b.succeeded(), "a first connection");
         assert_eq!(b.wait_reason(), None);
+        assert!(b.succeeded(), "then a reconnect");
     }
 }

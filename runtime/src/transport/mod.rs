@@ -34,6 +34,7 @@ pub(crate) mod backoff;
 pub(crate) mod broker;
 #[cfg(feature = "grpc")]
 pub mod grpc;
+pub mod health;
 #[cfg(feature = "kafka")]
 pub mod kafka;
 pub mod mem;
@@ -77,7 +78,9 @@ pub trait Listener: Send + 'static {
 
     /// For transports that take messages only once `serve` has set something up (a broker
     /// subscription): a flag `serve` raises then, so that `Microservice::start` returns only
-    /// when a message sent right after it would be handled. `None`: ready as soon as bound.
+    /// when a message sent right after it would be handled, and lowers while it cannot take
+    /// messages (the broker connection lost, until it is subscribed again): the service's
+    /// [`Health`](health::Health) reads it. `None`: ready as soon as bound.
     fn ready(&self) -> Option<watch::Receiver<bool>> {
         None
     }
@@ -128,7 +131,7 @@ impl Default for ClientOptions {
 pub(crate) const DEFAULT_BACKLOG: u32 = 1024;
 
 /// A listening socket on `authority` (`host:port`) with a listen queue of `backlog`.
-#[cfg_attr(not(any(feature = "tcp", feature = "grpc")), allow(dead_code))]
+#[cfg_attr(not(any(feature = "tcp", feature = "grpc", feature = "http")), allow(dead_code))]
 pub(crate) async fn listen(authority: &str, backlog: u32) -> std::io::Result<tokio::net::TcpListener> {
     let mut last = None;
     for addr in tokio::net::lookup_host(authority).await? {
@@ -144,6 +147,22 @@ pub(crate) async fn listen(authority: &str, backlog: u32) -> std::io::Result<tok
         }
     }
     Err(last.unwrap_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, "no address to listen on")))
+}
+
+/// The name a transport goes by in contexts, spans and metrics, from its URL scheme:
+/// `tls` is `tcp`, a scheme not built in is `custom`.
+pub(crate) fn name_of(scheme: &str) -> &'static str {
+    match scheme {
+        "tcp" | "tls" => "tcp",
+        "mem" => "mem",
+        "redis" | "rediss" => "redis",
+        "nats" => "nats",
+        "mqtt" | "mqtts" => "mqtt",
+        "amqp" | "amqps" => "amqp",
+        "kafka" => "kafka",
+        "grpc" => "grpc",
+        _ => "custom",
+    }
 }
 
 /// `url` without the password of its user info, for logs, errors and `Debug`.
@@ -278,8 +297,10 @@ fn percent_decode(s: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
-/// Binds the server side of the transport named by `url`.
-pub(crate) async fn bind(url: &str) -> Result<Box<dyn Listener>> {
+/// Binds the server side of the transport named by `url`; `health` is the service's, for
+/// transports that answer health checks of their own (gRPC).
+#[cfg_attr(not(feature = "grpc"), allow(unused_variables))]
+pub(crate) async fn bind(url: &str, health: &health::Health) -> Result<Box<dyn Listener>> {
     let ep = Endpoint::parse(url)?;
     match ep.scheme.as_str() {
         "mem" => Ok(Box::new(mem::MemListener::bind(&ep)?)),
@@ -296,7 +317,9 @@ pub(crate) async fn bind(url: &str) -> Result<Box<dyn Listener>> {
         #[cfg(feature = "kafka")]
         "kafka" => Ok(Box::new(kafka::KafkaListener::bind(&ep).await?)),
         #[cfg(feature = "grpc")]
-        "grpc" => Ok(Box::new(grpc::GrpcListener::bind(&ep).await?)),
+        "grpc" => Ok(Box::new(
+            grpc::GrpcListener::bind(&ep).await?.with_health(health.clone()),
+        )),
         other => Err(unknown_scheme(&ep, other)),
     }
 }

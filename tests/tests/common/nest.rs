@@ -63,9 +63,22 @@ pub fn nest_installed(version: u8, url: &str) -> bool {
 /// Runs the NestJS client (tests/nestjs/client.mjs) on `url` with a script of operations;
 /// returns one result each.
 pub async fn nest_client(version: u8, url: &str, ops: &[Value]) -> Vec<Value> {
+    nest_client_with(version, url, ops, &[], &[]).await
+}
+
+/// [`nest_client`] with more arguments (`--trace <name>`) and environment variables.
+pub async fn nest_client_with(
+    version: u8,
+    url: &str,
+    ops: &[Value],
+    args: &[&str],
+    envs: &[(&str, &str)],
+) -> Vec<Value> {
     let mut child = Command::new("node")
         .arg(peer_dir().join("client.mjs"))
         .args(["--nest", &version.to_string(), "--url", url])
+        .args(args)
+        .envs(envs.iter().copied())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -183,9 +196,16 @@ impl NestServer {
     /// its READY line, then until `echo` answers. A transport that needs more (all routes
     /// subscribed, say) checks it after this returns.
     pub async fn start(version: u8, url: &str) -> NestServer {
+        Self::start_with(version, url, &[], &[]).await
+    }
+
+    /// [`start`](Self::start) with more arguments (`--trace <name>`) and environment variables.
+    pub async fn start_with(version: u8, url: &str, args: &[&str], envs: &[(&str, &str)]) -> NestServer {
         let mut child = Command::new("node")
             .arg(peer_dir().join("server.mjs"))
             .args(["--nest", &version.to_string(), "--url", url])
+            .args(args)
+            .envs(envs.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .kill_on_drop(true)

@@ -77,7 +77,9 @@ impl AmqpClient {
         }
         match self.open().await {
             Ok(s) => {
-                backoff.succeeded();
+                if backoff.succeeded() {
+                    crate::signal::reconnected("amqp");
+                }
                 *self.current.write().expect("session lock") = Some(s.clone());
                 Ok(s)
             }

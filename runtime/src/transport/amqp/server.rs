@@ -34,6 +34,9 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 pub struct AmqpListener {
     opts: Options,
     conn: Option<Connection>,
+    /// Up while consuming the queue: lowered when the connection is lost, raised again once
+    /// consuming again.
+    ready: tokio::sync::watch::Sender<bool>,
 }
 
 impl std::fmt::Debug for AmqpListener {
@@ -56,7 +59,11 @@ impl AmqpListener {
             .await
             .map_err(|e| opts.connect_error(format!("declaring queue `{}`: {e}", opts.queue)))?;
         let _ = channel.close(200, "OK".into()).await;
-        Ok(AmqpListener { opts, conn: Some(conn) })
+        Ok(AmqpListener {
+            opts,
+            conn: Some(conn),
+            ready: tokio::sync::watch::Sender::new(false),
+        })
     }
 }
 
@@ -74,12 +81,19 @@ impl Listener for AmqpListener {
             backoff: MIN_BACKOFF,
             router: router.clone(),
             leftovers: Vec::new(),
+            ready: self.ready,
         };
         async move {
             broker::serve(source, router, max_in_flight, shutdown).await;
             Ok(())
         }
         .boxed()
+    }
+
+    /// Messages sent from `bind` on wait in the queue; this says whether the server
+    /// consumes them.
+    fn ready(&self) -> Option<tokio::sync::watch::Receiver<bool>> {
+        Some(self.ready.subscribe())
     }
 }
 
@@ -152,6 +166,8 @@ struct Consuming {
     /// With `noack`, for the messages delivered (so acked) but not taken when shutdown began.
     router: Router,
     leftovers: Vec<Message>,
+    /// The listener's ready flag.
+    ready: tokio::sync::watch::Sender<bool>,
 }
 
 impl Source for Consuming {
@@ -160,11 +176,17 @@ impl Source for Consuming {
     async fn next(&mut self) -> Option<Message> {
         loop {
             let Some(session) = &mut self.session else {
-                match open_session(&self.opts, self.first.take()).await {
+                let first = self.first.take();
+                let again = first.is_none();
+                match open_session(&self.opts, first).await {
                     Ok(s) => {
+                        if again {
+                            crate::signal::reconnected("amqp");
+                        }
                         self.backoff = MIN_BACKOFF;
                         tracing::info!(url = %self.opts.url, queue = %self.opts.queue, "consuming");
                         self.session = Some(s);
+                        self.ready.send_replace(true);
                     }
                     Err(e) => {
                         tracing::warn!(url = %self.opts.url, error = %e, retry_in = ?self.backoff, "cannot consume from RabbitMQ; retrying");
@@ -184,6 +206,7 @@ impl Source for Consuming {
                 Some(Err(e)) => tracing::warn!(url = %self.opts.url, error = %e, "lost the RabbitMQ consumer"),
                 None => {
                     tracing::warn!(url = %self.opts.url, "connection to RabbitMQ lost; reconnecting");
+                    self.ready.send_replace(false);
                     self.session = None;
                 }
             }

@@ -219,18 +219,22 @@ mod tests {
             }),
         };
         routes.add("slow", "\"slow\"", Kind::Request, slow);
-        routes.build(waiting, move |route| {
-            if !waiting {
-                return route;
-            }
-            Route::from_fn(move |req| -> BoxFuture<'static, Reply> {
-                let route = route.clone();
-                Box::pin(async move {
-                    tokio::task::yield_now().await;
-                    route.call(req).await
+        routes.build(
+            waiting,
+            move |route| {
+                if !waiting {
+                    return route;
+                }
+                Route::from_fn(move |req| -> BoxFuture<'static, Reply> {
+                    let route = route.clone();
+                    Box::pin(async move {
+                        tokio::task::yield_now().await;
+                        route.call(req).await
+                    })
                 })
-            })
-        })
+            },
+            |_, route| route,
+        )
     }
 
     fn shared(waiting: bool) -> Shared {

@@ -19,6 +19,14 @@
 //! which drops the handler's future on the server. gRPC metadata (minus gRPC's own) reaches
 //! handlers as headers.
 //!
+//! The server also serves gRPC health checking (`grpc.health.v1.Health`, tonic-health's
+//! service; [`tonic_health`]'s client calls it): `Check` and `Watch` answer `SERVING` while
+//! the service is ready (every transport takes messages, see
+//! [`Health`]) and `NOT_SERVING` otherwise, for the service `""`, for
+//! the generic service `switchboard.Switchboard`, and for the service's
+//! [name](crate::Microservice::name) when it has one. Once shutdown begins they answer
+//! `NOT_SERVING` and end open `Watch` streams, so that the drain does not wait for them.
+//!
 //! URL query parameters:
 //! - `max_message_len`: the cap on one message, in bytes, both ends (default 64 MiB);
 //! - server: `max_in_flight` (default 1024): events run at once, and requests handled at once
@@ -35,20 +43,23 @@
 use futures_util::future::{BoxFuture, FutureExt};
 use tokio::sync::{Semaphore, mpsc};
 
+use super::health::Health;
 use super::{Endpoint, Listener, Shutdown};
 use crate::error::{Error, Result};
 use crate::service::Router;
 
 mod call;
 mod client;
+mod health;
 pub mod proto;
 mod server;
 pub mod wire;
 
 pub use client::{GrpcClient, channel};
 pub use proto::{GrpcStream, ProtoServer, ProtoService};
-/// The gRPC and protobuf crates this transport is built on, for generated code and tests.
-pub use {prost, tonic, tonic_prost};
+/// The gRPC and protobuf crates this transport is built on, for generated code and tests
+/// (`tonic_health`'s client checks a server's health).
+pub use {prost, tonic, tonic_health, tonic_prost};
 
 /// Default cap on one message, both ways.
 pub const DEFAULT_MAX_MESSAGE_LEN: usize = 64 * 1024 * 1024;
@@ -62,6 +73,8 @@ const DEFAULT_MAX_IN_FLIGHT: usize = 1024;
 pub struct GrpcListener {
     listener: tokio::net::TcpListener,
     opts: call::ServerOptions,
+    /// The service's health, for gRPC health checks; without it, serving until shutdown.
+    health: Option<Health>,
 }
 
 impl std::fmt::Debug for GrpcListener {
@@ -84,7 +97,18 @@ impl GrpcListener {
         let listener = super::listen(&ep.authority, super::DEFAULT_BACKLOG)
             .await
             .map_err(|e| Error::io(format!("cannot listen on {}", ep.redacted()), e))?;
-        Ok(GrpcListener { listener, opts })
+        Ok(GrpcListener {
+            listener,
+            opts,
+            health: None,
+        })
+    }
+
+    /// Answers gRPC health checks with `health` (the whole service's) instead of this
+    /// transport's own state.
+    pub(crate) fn with_health(mut self, health: Health) -> Self {
+        self.health = Some(health);
+        self
     }
 }
 
@@ -110,12 +134,14 @@ async fn serve(l: GrpcListener, router: Router, mut shutdown: Shutdown) -> Resul
     let mut routes = tonic::service::Routes::builder();
     routes.add_service(server::Generic(shared.clone()));
     proto::add_services(&mut routes, &shared);
+    let health = l.health.unwrap_or_else(|| Health::new(None, &shutdown));
+    let reporting = health::Reporter::start(&mut routes, health).await.run();
     let incoming = tonic::transport::server::TcpIncoming::from(l.listener).with_nodelay(Some(true));
-    let result = tonic::transport::Server::builder()
+    let server = tonic::transport::Server::builder()
         .concurrency_limit_per_connection(l.opts.max_in_flight)
         .add_routes(routes.routes())
-        .serve_with_incoming_shutdown(incoming, async move { shutdown.wait().await })
-        .await;
+        .serve_with_incoming_shutdown(incoming, async move { shutdown.wait().await });
+    let (result, ()) = futures_util::future::join(server, reporting).await;
     // In-flight calls have finished; let running events finish too (each holds a sender).
     drop(shared);
     let _ = events_done.recv().await;

@@ -128,7 +128,7 @@ mod tests {
             route: Route::from_fn(|_| std::future::pending().boxed()),
         };
         routes.add("stuck", "\"stuck\"", Kind::Event, listener);
-        routes.build(false, |route| route)
+        routes.build(false, |route| route, |_, route| route)
     }
 
     fn emit() -> tonic::Request<Packet> {

@@ -185,7 +185,8 @@ pub(crate) struct Shared {
     /// Signalled when a broker refused a connection: the client checks whether any broker
     /// is still reachable.
     suspect: tokio::sync::Notify,
-    /// Raised when a server's consumer first gets its partitions from the group.
+    /// A server's ready flag: raised when its consumer gets its partitions from the group,
+    /// lowered while no broker answers (`server::watch_brokers`).
     assigned: tokio::sync::watch::Sender<bool>,
 }
 

@@ -85,7 +85,8 @@ impl Listener for KafkaListener {
         .boxed()
     }
 
-    /// Ready once the consumer group has given this server its partitions.
+    /// Ready once the consumer group has given this server its partitions; not ready while
+    /// no broker answers, ready again once one does.
     fn ready(&self) -> Option<tokio::sync::watch::Receiver<bool>> {
         Some(self.shared.assigned.subscribe())
     }
@@ -99,6 +100,48 @@ struct Consuming {
     producer: FutureProducer<Ctx>,
     consumer: Arc<StreamConsumer<Ctx>>,
     server: Arc<Server>,
+    /// Lowers the ready flag while no broker answers (`watch_brokers`).
+    _watchdog: AbortOnDrop,
+}
+
+/// A task that stops when the server does.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Runs while the server does: when a broker refuses connections (librdkafka says so through
+/// the context), checks whether any broker still answers. While none does the server is not
+/// ready (it takes no messages); once one answers again it is, as it was before (librdkafka
+/// reconnects and keeps its group membership by itself).
+async fn watch_brokers(producer: FutureProducer<Ctx>, shared: Arc<Shared>) {
+    let reachable = |timeout| {
+        let (p, s) = (producer.clone(), shared.clone());
+        async move {
+            tokio::task::spawn_blocking(move || probe(p.client(), &s, timeout))
+                .await
+                .is_ok_and(|r| r.is_ok())
+        }
+    };
+    loop {
+        shared.suspect.notified().await;
+        if !reachable(Duration::from_millis(1500)).await {
+            let was_ready = shared.assigned.send_replace(false);
+            tracing::warn!(url = %shared.url, "no Kafka broker reachable; the server is not ready");
+            while !reachable(Duration::from_millis(1500)).await {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            tracing::info!(url = %shared.url, "a Kafka broker answers again");
+            if was_ready {
+                shared.assigned.send_replace(true);
+            }
+        }
+        // The refusals repeat with every reconnect attempt; one check a second is enough.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
 }
 
 impl Consuming {
@@ -143,12 +186,14 @@ impl Consuming {
             consumer: consumer.clone(),
             tracker: Tracker::default(),
         });
+        let watchdog = AbortOnDrop(tokio::spawn(watch_brokers(l.producer.clone(), l.shared.clone())));
         Ok(Consuming {
             opts: l.opts,
             shared: l.shared,
             producer: l.producer,
             consumer,
             server,
+            _watchdog: watchdog,
         })
     }
 }

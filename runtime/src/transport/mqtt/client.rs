@@ -347,6 +347,7 @@ async fn drive(mut eventloop: EventLoop, shared: Arc<Shared>) {
                 connections += 1;
                 if connections > 1 {
                     tracing::info!(url = %shared.url, "MQTT client reconnected");
+                    crate::signal::reconnected("mqtt");
                 }
                 shared.status.send_replace(Status::Up(connections));
             }

@@ -40,7 +40,8 @@ pub struct MqttListener {
     opts: Options,
     client: AsyncClient,
     eventloop: EventLoop,
-    /// Raised once the broker acknowledged the subscriptions.
+    /// Up while subscribed: raised once the broker acknowledged the subscriptions, lowered
+    /// when the connection is lost, raised again on the next SUBACK.
     ready: watch::Sender<bool>,
 }
 
@@ -276,7 +277,8 @@ impl Drop for AbortOnDrop {
 }
 
 /// Polls rumqttc's event loop and nothing else (see the module's comment): forwards
-/// messages, resubscribes after a reconnect, raises `ready` on the SUBACK.
+/// messages, resubscribes after a reconnect, raises `ready` on the SUBACK and lowers it when
+/// the connection is lost.
 async fn drive(
     mut eventloop: EventLoop,
     shared: Arc<Shared>,
@@ -303,6 +305,7 @@ async fn drive(
             Ok(Event::Incoming(MqttPacket::ConnAck(ack))) => {
                 backoff.reset();
                 tracing::info!(url = %shared.url, session_present = ack.session_present, "MQTT server reconnected");
+                crate::signal::reconnected("mqtt");
                 if !tx.is_closed() {
                     // A new session has no subscriptions; renewing those of a kept one is
                     // harmless. Not awaited here: the request queue is emptied by this loop.
@@ -329,6 +332,8 @@ async fn drive(
             Ok(Event::Outgoing(Outgoing::Disconnect)) => return,
             Ok(_) => {}
             Err(e) => {
+                // Not ready until the broker has acknowledged the subscriptions again.
+                ready.send_replace(false);
                 shared.acks.lost();
                 let wait = backoff.next();
                 tracing::warn!(url = %shared.url, error = %e, retry_in = ?wait, "MQTT server lost its broker connection");

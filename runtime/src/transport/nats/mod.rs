@@ -182,11 +182,20 @@ impl NatsOptions {
         timeout: Duration,
         on_event: impl Fn(Event) + Send + Sync + 'static,
     ) -> Result<async_nats::Client> {
+        let lost = std::sync::atomic::AtomicBool::new(false);
         let mut opts = ConnectOptions::new()
             .connection_timeout(self.connect_timeout.unwrap_or(timeout))
             .max_reconnects(None)
             .reconnect_delay_callback(reconnect_delay)
             .event_callback(move |event| {
+                // Connected follows the first connection too: a reconnect is one after a loss.
+                match event {
+                    Event::Disconnected => lost.store(true, std::sync::atomic::Ordering::Relaxed),
+                    Event::Connected if lost.swap(false, std::sync::atomic::Ordering::Relaxed) => {
+                        crate::signal::reconnected("nats")
+                    }
+                    _ => {}
+                }
                 on_event(event);
                 std::future::ready(())
             });

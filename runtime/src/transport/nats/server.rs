@@ -4,6 +4,8 @@
 //! consumer instead.
 
 use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_nats::jetstream::{self, AckKind, consumer::pull};
@@ -27,8 +29,12 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct NatsListener {
     opts: NatsOptions,
     nats: async_nats::Client,
-    /// Raised once every subscription is in place.
+    /// Up while subscribed: raised once every subscription is in place, lowered when the
+    /// connection is lost, raised again when async-nats has reconnected (it subscribes
+    /// again first).
     ready: tokio::sync::watch::Sender<bool>,
+    /// Set once every subscription was in place: from then on a reconnection means ready.
+    subscribed: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for NatsListener {
@@ -43,14 +49,23 @@ impl NatsListener {
     pub async fn bind(ep: &Endpoint) -> Result<Self> {
         let opts = NatsOptions::parse(ep)?;
         let url = opts.url.clone();
+        let ready = tokio::sync::watch::Sender::new(false);
+        let subscribed = Arc::new(AtomicBool::new(false));
+        let (up, was_subscribed) = (ready.clone(), subscribed.clone());
         let nats = opts
             .connect(CONNECT_TIMEOUT, move |event| match event {
                 async_nats::Event::Disconnected => {
+                    up.send_replace(false);
                     tracing::warn!(url = %url, "server lost its NATS connection; reconnecting")
                 }
-                async_nats::Event::Connected => {
+                // Also the first connection, before `serve` subscribes: ready only after that.
+                // On a reconnection async-nats sends the subscriptions again before anything
+                // else, so they are in place within a round trip.
+                async_nats::Event::Connected if was_subscribed.load(Ordering::Acquire) => {
+                    up.send_replace(true);
                     tracing::info!(url = %url, "server connected to NATS; subscriptions restored")
                 }
+                async_nats::Event::Connected => tracing::debug!(url = %url, "server connected to NATS"),
                 async_nats::Event::SlowConsumer(sid) => {
                     tracing::warn!(url = %url, sid, "NATS slow consumer: the server dropped messages")
                 }
@@ -60,7 +75,8 @@ impl NatsListener {
         Ok(NatsListener {
             opts,
             nats,
-            ready: tokio::sync::watch::Sender::new(false),
+            ready,
+            subscribed,
         })
     }
 }
@@ -101,7 +117,12 @@ impl Subscriptions {
     /// Subscribes to every route of `router`; raises the listener's ready flag once the NATS
     /// server has them all.
     async fn open(l: NatsListener, router: &Router) -> Result<Self> {
-        let NatsListener { opts, nats, ready } = l;
+        let NatsListener {
+            opts,
+            nats,
+            ready,
+            subscribed,
+        } = l;
         let mut durable_routes = Vec::new();
         let mut core = StreamMap::new();
         for info in router.routes() {
@@ -127,7 +148,12 @@ impl Subscriptions {
         // the SUBs to the socket).
         confirm_subscribed(&nats, &opts.url).await?;
         tracing::info!(url = %opts.url, queue = ?opts.queue, durable = durable_routes.len(), "NATS server subscribed");
-        ready.send_replace(true);
+        subscribed.store(true, Ordering::Release);
+        // Unless the connection was lost meanwhile (async-nats then subscribes again itself,
+        // and the reconnection raises the flag).
+        if nats.connection_state() == async_nats::connection::State::Connected {
+            ready.send_replace(true);
+        }
         Ok(Subscriptions {
             opts,
             nats,
@@ -484,7 +510,7 @@ mod tests {
                 route: Route::from_fn(|_| std::future::ready(Reply::empty()).boxed()),
             },
         );
-        builder.build(false, |route| route)
+        builder.build(false, |route| route, |_, route| route)
     }
 
     /// A NATS server that takes the connection and every command, but delivers the messages

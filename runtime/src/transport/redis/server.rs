@@ -33,7 +33,8 @@ pub struct RedisListener {
     publisher: Arc<Publisher>,
     /// With `group=name`: replicas in the group claim each request, so one handles it.
     group: Option<Arc<str>>,
-    /// Raised once subscribed to every route.
+    /// Up while subscribed to every route: lowered when the subscriber connection is lost,
+    /// raised again once subscribed again.
     ready: tokio::sync::watch::Sender<bool>,
 }
 
@@ -140,6 +141,7 @@ impl Subscription {
                 Ok(ps) => {
                     if std::mem::take(&mut self.reconnecting) {
                         tracing::info!(addr = %self.l.addr, "reconnected to redis; subscribed again");
+                        crate::signal::reconnected("redis");
                     }
                     self.backoff = BACKOFF_MIN;
                     tracing::debug!(addr = %self.l.addr, routes = ?self.routes, "subscribed");
@@ -182,6 +184,8 @@ impl Source for Subscription {
                 }
                 None => {
                     tracing::warn!(addr = %self.l.addr, "lost the redis subscriber connection; reconnecting");
+                    // Not ready until subscribed again.
+                    self.l.ready.send_replace(false);
                     self.messages = None;
                     self.reconnecting = true;
                     // Same broker: the publisher's connection is gone too, though it would

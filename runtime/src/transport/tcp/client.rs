@@ -109,7 +109,9 @@ impl TcpClient {
         }
         match self.open(slot).await {
             Ok(conn) => {
-                backoff.succeeded();
+                if backoff.succeeded() {
+                    crate::signal::reconnected("tcp");
+                }
                 *slot.current.write().expect("slot lock") = Some(conn.clone());
                 Ok(conn)
             }

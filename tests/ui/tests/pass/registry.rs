@@ -40,5 +40,13 @@ fn main() {
         .map(|r| (r.route(), r.has_request_handler(), r.listeners()))
         .collect();
     routes.sort();
-    assert_eq!(routes, [("user_created", false, 2), (r#"{"cmd":"get_user"}"#, true, 0)]);
+    // Every service answers its health on `switchboard.health` too.
+    assert_eq!(
+        routes,
+        [
+            ("switchboard.health", true, 0),
+            ("user_created", false, 2),
+            (r#"{"cmd":"get_user"}"#, true, 0)
+        ]
+    );
 }

@@ -1,0 +1,119 @@
+//! Metrics (feature `metrics`), through the [`metrics`](https://docs.rs/metrics) facade: per pattern and
+//! transport, messages handled and calls made (by outcome), their latency as histograms,
+//! messages in flight, reconnects, and the resilience layers' retries, sheds, fallbacks and
+//! circuit states. [`install`] sets up the Prometheus recorder in one line; [`render`] is
+//! what a `/metrics` endpoint answers.
+//!
+//! ```
+//! # fn main() -> switchboard::Result<()> {
+//! switchboard::metrics::install()?;
+//! // … serve; every handled message and call is counted …
+//! let text = switchboard::metrics::render().expect("installed");
+//! assert!(text.is_empty() || text.contains("switchboard_"));
+//! # Ok(()) }
+//! ```
+//!
+//! A service exporting through another recorder (StatsD, OpenTelemetry) installs it with
+//! `metrics::set_global_recorder` and calls [`enable`]. Install before the service starts.
+
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+use crate::error::{Error, Result};
+
+mod observe;
+pub(crate) use observe::{Called, observe};
+
+/// The metrics' names, as Prometheus shows them.
+pub mod names {
+    /// Counter of messages handled: labels `transport`, `route`, `kind` (`request`,
+    /// `event`), `outcome` (`ok`, `rpc_error`, `unavailable`, `deadline_exceeded`,
+    /// `no_handler`, `cancelled`).
+    pub const HANDLED: &str = "switchboard_messages_handled_total";
+    /// Histogram of the time to handle a message, in seconds: `transport`, `route`, `kind`.
+    pub const HANDLE_DURATION: &str = "switchboard_message_handle_duration_seconds";
+    /// Gauge of messages being handled: `transport`, `route`.
+    pub const IN_FLIGHT: &str = "switchboard_messages_in_flight";
+    /// Counter of calls made by clients: `transport`, `route`, `kind`, `outcome` (`ok`, or
+    /// the error's kind: `rpc_error`, `timeout`, `connect`, `rejected`, …).
+    pub const CALLS: &str = "switchboard_calls_total";
+    /// Histogram of a call's time to its first reply (an event's: to the transport taking
+    /// it), in seconds: `transport`, `route`, `kind`.
+    pub const CALL_DURATION: &str = "switchboard_call_duration_seconds";
+    /// Counter of reconnections after a lost connection: `transport`.
+    pub const RECONNECTS: &str = "switchboard_reconnects_total";
+    /// Counter of retried attempts: `route`.
+    pub const RETRIES: &str = "switchboard_retries_total";
+    /// Counter of calls refused by a resilience layer: `side` (`client`, `server`), `route`,
+    /// `reason` (`circuit_open`, `overloaded`, `rate_limited`, `deadline_exceeded`).
+    pub const SHED: &str = "switchboard_shed_total";
+    /// Counter of calls answered by their fallback: `route`.
+    pub const FALLBACKS: &str = "switchboard_fallbacks_total";
+    /// Gauge of a circuit's state (0 closed, 1 half-open, 2 open, 3 isolated): `route`.
+    pub const CIRCUIT_STATE: &str = "switchboard_circuit_state";
+    /// Counter of circuit state changes: `route`, `to`.
+    pub const CIRCUIT_TRANSITIONS: &str = "switchboard_circuit_transitions_total";
+}
+
+/// Histogram boundaries, in seconds: OpenTelemetry's recommended duration buckets
+/// (5 ms … 10 s), below them five sub-millisecond ones for in-process and LAN calls.
+pub const BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5,
+    10.0,
+];
+
+static ENABLED: AtomicBool = AtomicBool::new(false);
+static PROMETHEUS: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// True once metrics are recorded ([`install`] or [`enable`]).
+#[inline]
+pub(crate) fn enabled() -> bool {
+    ENABLED.load(Ordering::Relaxed)
+}
+
+/// Records Switchboard's metrics with the process's global recorder, one of your own.
+pub fn enable() {
+    ENABLED.store(true, Ordering::Relaxed);
+}
+
+/// Installs a Prometheus recorder as the process's global one, with [`BUCKETS`] for every
+/// histogram, and starts recording. Fails if another global recorder is installed.
+pub fn install() -> Result<()> {
+    if PROMETHEUS.get().is_some() {
+        return Ok(());
+    }
+    let handle = PrometheusBuilder::new()
+        .set_buckets(BUCKETS)
+        .and_then(|b| b.set_buckets_for_metric(Matcher::Suffix("_seconds".into()), BUCKETS))
+        .map_err(|e| config(e.to_string()))?
+        .install_recorder()
+        .map_err(|e| config(e.to_string()))?;
+    let _ = PROMETHEUS.set(handle.clone());
+    // The recorder drains histogram samples into buckets on upkeep as well as on render.
+    std::thread::Builder::new()
+        .name("switchboard-metrics".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(Duration::from_secs(5));
+                handle.run_upkeep();
+            }
+        })
+        .map_err(|e| config(e.to_string()))?;
+    enable();
+    Ok(())
+}
+
+/// The Prometheus text exposition of every metric, if [`install`] was called.
+pub fn render() -> Option<String> {
+    PROMETHEUS.get().map(PrometheusHandle::render)
+}
+
+fn config(reason: String) -> Error {
+    Error::InvalidConfig {
+        what: "metrics",
+        reason,
+    }
+}
