@@ -645,12 +645,20 @@ fn add_health_routes(builder: &mut RouterBuilder, handlers: &[Bound], health: &H
 }
 
 /// What every route is wrapped in, whatever the layers: its span (feature `telemetry`)
-/// around its metrics (feature `metrics`).
+/// around its metrics (feature `metrics`). Decided when the service starts: a process that
+/// records neither (no recorder installed, no subscriber for the spans, or a sampler that
+/// samples nothing) serves as if the features were off.
 fn observe(name: &'static str, route: Route) -> Route {
     #[cfg(feature = "metrics")]
-    let route = crate::metrics::observe(name, route);
+    let route = match crate::metrics::enabled() {
+        true => crate::metrics::observe(name, route),
+        false => route,
+    };
     #[cfg(feature = "telemetry")]
-    let route = crate::telemetry::observe(route);
+    let route = match crate::telemetry::span::recording() {
+        true => crate::telemetry::observe(route),
+        false => route,
+    };
     let _ = name;
     route
 }

@@ -22,7 +22,9 @@
 //! # Ok(()) }
 //! ```
 //!
-//! A service with a subscriber of its own adds [`Builder::layer`] to it instead.
+//! A service with a subscriber of its own adds [`Builder::layer`] to it instead. Set tracing
+//! up before starting services: a service decides when it starts whether its routes make
+//! spans (none when no subscriber records them or the sampler samples nothing).
 
 use std::time::Duration;
 
