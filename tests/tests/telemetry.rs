@@ -389,3 +389,42 @@ async fn one_trace_across_nestjs_and_rust_over_nats() {
     nest_to_rust_to_nest("nats://127.0.0.1:4222").await;
     rust_to_nest_to_rust("nats://127.0.0.1:4222", "nats").await;
 }
+
+/// A pattern nobody serves is the sender's text: its span is named `process (unmatched)`, so
+/// senders cannot grow the set of span names; the text stays, escaped, as its destination.
+#[tokio::test]
+async fn unmatched_patterns_share_one_span_name() {
+    let observed = observed();
+    let server = Microservice::new()
+        .handler(ADD_ONE)
+        .listen("tcp://127.0.0.1:0")
+        .start()
+        .await
+        .unwrap();
+    let client = Client::connect(server.local_url()).await.unwrap();
+    let root = tracing::info_span!("case", otel.name = "case unmatched");
+    let err = async { client.send_raw::<Value>("traced.nobody\n", json!(1)).await }
+        .instrument(root)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, switchboard::Error::NoHandler { .. }), "{err}");
+    let spans = observed
+        .collector
+        .wait_for(
+            Duration::from_secs(20),
+            || {
+                let _ = observed.telemetry.flush();
+            },
+            |spans| render(spans, "case unmatched").is_some_and(|t| t.lines().count() >= 3),
+        )
+        .await
+        .expect("the spans arrive");
+    let tree = render(&spans, "case unmatched").unwrap();
+    assert!(
+        tree.contains(
+            "process (unmatched) [server] error.type=no_handler messaging.destination.name=traced.nobody\\n "
+        ),
+        "{tree}"
+    );
+    server.shutdown().await.unwrap();
+}

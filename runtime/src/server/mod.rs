@@ -656,7 +656,7 @@ fn observe(name: &'static str, route: Route) -> Route {
     };
     #[cfg(feature = "telemetry")]
     let route = match crate::telemetry::span::recording() {
-        true => crate::telemetry::observe(route),
+        true => crate::telemetry::observe(name, route),
         false => route,
     };
     let _ = name;

@@ -19,10 +19,12 @@ pub const TARGET: &str = "switchboard::telemetry";
 /// made at all, and no context is propagated.
 pub(crate) static NEVER_SAMPLED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
-/// True when a subscriber records Switchboard's spans.
+/// True when a subscriber may record Switchboard's spans (INFO). Asked of the subscriber's
+/// most verbose level, not with `tracing::enabled!`: outside an event or a span, that leaves
+/// per-layer filters' state behind and the next event on the thread can be dropped.
 pub(crate) fn recording() -> bool {
     !NEVER_SAMPLED.load(std::sync::atomic::Ordering::Relaxed)
-        && tracing::enabled!(kind: tracing::metadata::Kind::SPAN, target: TARGET, tracing::Level::INFO)
+        && tracing::level_filters::LevelFilter::current() >= tracing::level_filters::LevelFilter::INFO
 }
 
 /// `messaging.system` of a transport: OpenTelemetry's well-known name where there is one.
@@ -33,14 +35,20 @@ pub(crate) fn system(transport: &str) -> &'static str {
     }
 }
 
-/// The span of a message being handled, its parent read from the message's headers; `None`
-/// when no subscriber records it (then nothing else is done).
-pub(crate) fn server(req: &Request) -> Option<Span> {
+/// The span of a message to the route `name` (empty: a pattern nobody serves), its parent read
+/// from the message's headers; `None` when no subscriber records it (then nothing else is
+/// done). A pattern nobody serves is the sender's text: the span's name says `(unmatched)`, so
+/// senders cannot grow the set of span names, and the text is kept escaped and cut.
+pub(crate) fn server(req: &Request, name: &'static str) -> Option<Span> {
     if NEVER_SAMPLED.load(std::sync::atomic::Ordering::Relaxed) {
         return None;
     }
     let ctx = req.context();
-    let route = ctx.route();
+    let destination = Destination(name, ctx.route());
+    let name = match name {
+        "" => "(unmatched)",
+        served => served,
+    };
     let (kind, otel_kind) = match ctx.kind() {
         Kind::Request => ("request", "server"),
         Kind::Event => ("event", "consumer"),
@@ -48,10 +56,10 @@ pub(crate) fn server(req: &Request) -> Option<Span> {
     let span = tracing::info_span!(
         target: TARGET,
         "process",
-        otel.name = format_args!("process {route}").to_string(),
+        otel.name = format!("process {name}"),
         otel.kind = otel_kind,
         messaging.system = system(ctx.transport()),
-        messaging.destination.name = route,
+        messaging.destination.name = %destination,
         messaging.operation.type = "process",
         messaging.operation.name = "process",
         switchboard.kind = kind,
@@ -82,6 +90,19 @@ pub(crate) fn server(req: &Request) -> Option<Span> {
     Some(span)
 }
 
+/// `messaging.destination.name` of a handled message: a served route as it is, a sender's
+/// text escaped and cut.
+struct Destination<'a>(&'static str, &'a str);
+
+impl std::fmt::Display for Destination<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            "" => crate::text::for_log(self.1).fmt(f),
+            served => f.write_str(served),
+        }
+    }
+}
+
 /// Records how a handled message ended.
 pub(crate) fn served(span: &Span, reply: &Reply) {
     if reply.is_no_handler() {
@@ -105,7 +126,7 @@ pub(crate) fn client(out: &mut Outbound, system: &'static str) -> Option<Span> {
     let span = tracing::info_span!(
         target: TARGET,
         "send",
-        otel.name = format_args!("send {route}").to_string(),
+        otel.name = format!("send {route}"),
         otel.kind = otel_kind,
         messaging.system = system,
         messaging.destination.name = route,
