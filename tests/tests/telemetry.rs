@@ -50,6 +50,16 @@ fn observed() -> &'static Observed {
     })
 }
 
+/// Every span exported so far once `done` holds of them (ours flushed meanwhile); `None` if
+/// it does not within `within`.
+async fn exported(within: Duration, done: impl Fn(&[SpanRecord]) -> bool) -> Option<Vec<SpanRecord>> {
+    let observed = observed();
+    let flush = || {
+        let _ = observed.telemetry.flush();
+    };
+    observed.collector.wait_for(within, flush, done).await
+}
+
 /// The client `front` calls, set once the service's URL is known.
 #[derive(Clone, Default)]
 struct Downstream(Arc<OnceLock<Client>>);
@@ -119,22 +129,16 @@ async fn traced(system: &str, server_url: &str, client_url: impl FnOnce(&str) ->
     .await;
 
     let root_name = format!("case {system}");
-    let spans = observed
-        .collector
-        .wait_for(
-            Duration::from_secs(20),
-            || {
-                let _ = observed.telemetry.flush();
-            },
-            |spans| render(spans, &root_name).is_some_and(|t| t.lines().count() >= 10),
+    let spans = exported(Duration::from_secs(20), |spans| {
+        render(spans, &root_name).is_some_and(|t| t.lines().count() >= 10)
+    })
+    .await
+    .unwrap_or_else(|| {
+        panic!(
+            "{system}: the spans did not arrive within 20 s: {:#?}",
+            observed.collector.spans()
         )
-        .await
-        .unwrap_or_else(|| {
-            panic!(
-                "{system}: the spans did not arrive within 20 s: {:#?}",
-                observed.collector.spans()
-            )
-        });
+    });
     let tree = render(&spans, &root_name).unwrap();
     let mut expected = EXPECTED.replace("{s}", system);
     if system == "mem" {
@@ -266,22 +270,12 @@ async fn chain(trace: &str, chain: &[(&str, &str, &str)]) -> Vec<SpanRecord> {
         }
         true
     };
-    observed
-        .collector
-        .wait_for(
-            Duration::from_secs(30),
-            || {
-                let _ = observed.telemetry.flush();
-            },
-            holds,
+    exported(Duration::from_secs(30), holds).await.unwrap_or_else(|| {
+        panic!(
+            "trace {trace} does not hold {chain:?}; as received:\n{}",
+            observed.collector.tree(trace, |k| k == "messaging.system")
         )
-        .await
-        .unwrap_or_else(|| {
-            panic!(
-                "trace {trace} does not hold {chain:?}; as received:\n{}",
-                observed.collector.tree(trace, |k| k == "messaging.system")
-            )
-        })
+    })
 }
 
 /// A NestJS 12 client → a Switchboard service → a NestJS 12 service, on `url`'s transport
@@ -345,18 +339,11 @@ async fn rust_to_nest_to_rust(url: &str, system: &str) {
         .await
         .unwrap();
     assert_eq!(relayed, json!(2));
-    let observed = observed();
-    let spans = observed
-        .collector
-        .wait_for(
-            Duration::from_secs(20),
-            || {
-                let _ = observed.telemetry.flush();
-            },
-            |spans| spans.iter().any(|s| s.name == root_name),
-        )
-        .await
-        .expect("the root span is exported");
+    let spans = exported(Duration::from_secs(20), |spans| {
+        spans.iter().any(|s| s.name == root_name)
+    })
+    .await
+    .expect("the root span is exported");
     let trace = spans.iter().find(|s| s.name == root_name).unwrap().trace_id.clone();
     chain(
         &trace,
@@ -394,7 +381,7 @@ async fn one_trace_across_nestjs_and_rust_over_nats() {
 /// senders cannot grow the set of span names; the text stays, escaped, as its destination.
 #[tokio::test]
 async fn unmatched_patterns_share_one_span_name() {
-    let observed = observed();
+    observed(); // tracing set up before the service starts
     let server = Microservice::new()
         .handler(ADD_ONE)
         .listen("tcp://127.0.0.1:0")
@@ -408,17 +395,11 @@ async fn unmatched_patterns_share_one_span_name() {
         .await
         .unwrap_err();
     assert!(matches!(err, switchboard::Error::NoHandler { .. }), "{err}");
-    let spans = observed
-        .collector
-        .wait_for(
-            Duration::from_secs(20),
-            || {
-                let _ = observed.telemetry.flush();
-            },
-            |spans| render(spans, "case unmatched").is_some_and(|t| t.lines().count() >= 3),
-        )
-        .await
-        .expect("the spans arrive");
+    let spans = exported(Duration::from_secs(20), |spans| {
+        render(spans, "case unmatched").is_some_and(|t| t.lines().count() >= 3)
+    })
+    .await
+    .expect("the spans arrive");
     let tree = render(&spans, "case unmatched").unwrap();
     assert!(
         tree.contains(
