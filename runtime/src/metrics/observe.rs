@@ -26,7 +26,8 @@ struct Handles {
     ok: Counter,
     duration: Histogram,
     in_flight: Gauge,
-    labels: [(&'static str, String); 3],
+    /// Transport, route and kind labels, for the outcomes other than `ok`.
+    labels: [&'static str; 3],
 }
 
 impl Handles {
@@ -37,17 +38,13 @@ impl Handles {
             ok: metrics::counter!(names::HANDLED, "transport" => transport, "route" => route, "kind" => kind, "outcome" => "ok"),
             duration: metrics::histogram!(names::HANDLE_DURATION, "transport" => transport, "route" => route, "kind" => kind),
             in_flight: metrics::gauge!(names::IN_FLIGHT, "transport" => transport, "route" => route),
-            labels: [
-                ("transport", transport.to_owned()),
-                ("route", route.to_owned()),
-                ("kind", kind.to_owned()),
-            ],
+            labels: [transport, route, kind],
         }
     }
 
     fn failed(&self, outcome: &'static str) {
-        let [(_, t), (_, r), (_, k)] = &self.labels;
-        metrics::counter!(names::HANDLED, "transport" => t.clone(), "route" => r.clone(), "kind" => k.clone(), "outcome" => outcome)
+        let [transport, route, kind] = self.labels;
+        metrics::counter!(names::HANDLED, "transport" => transport, "route" => route, "kind" => kind, "outcome" => outcome)
             .increment(1);
     }
 }
@@ -64,20 +61,18 @@ fn route_label(route: &'static str) -> &'static str {
     if route.is_empty() { "(unmatched)" } else { route }
 }
 
-/// `route` (named `name`, empty for the fallback) counting the messages it handles.
+/// `route` (named `name`, empty for the fallback) counting the messages it handles; a service
+/// wraps its routes in it when it starts with metrics [`enabled`].
 pub(crate) fn observe(name: &'static str, route: Route) -> Route {
     // Leaked once per route, transport and kind (a bounded few): a message then touches no
     // reference count.
     let slots: Arc<[OnceLock<&'static Handles>; 18]> = Arc::new(std::array::from_fn(|_| OnceLock::new()));
     Route::from_fn(move |req| {
-        if !enabled() {
-            return route.call(req);
-        }
         let ctx = req.context();
-        let (transport, kind) = (TRANSPORTS[slot(ctx.transport())], ctx.kind());
-        let at = slot(transport) * 2 + usize::from(kind == Kind::Event);
-        let handles: &'static Handles =
-            slots[at].get_or_init(|| Box::leak(Box::new(Handles::new(transport, name, kind))));
+        let (at, kind) = (slot(ctx.transport()), ctx.kind());
+        let transport = TRANSPORTS[at];
+        let handles: &'static Handles = slots[at * 2 + usize::from(kind == Kind::Event)]
+            .get_or_init(|| Box::leak(Box::new(Handles::new(transport, name, kind))));
         let reply = route.call(req);
         let guard = InFlight::start(handles);
         async move {
