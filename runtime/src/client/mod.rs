@@ -354,6 +354,13 @@ impl Client {
         Emit::new(self, out)
     }
 
+    /// Resolves once every event emitted before has left this process (written to the socket,
+    /// or taken by the broker); fails if one may have been lost on a broken connection.
+    /// What an outbox waits for before it marks events as published.
+    pub async fn flush(&self) -> Result<()> {
+        self.transport.flush().await
+    }
+
     /// Closes the client's connections; calls in flight fail. Returns once what was already
     /// sent (events emitted just before included) is written, within a few seconds.
     pub async fn close(&self) {

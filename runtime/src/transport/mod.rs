@@ -59,6 +59,12 @@ pub trait ClientTransport: Send + Sync + 'static {
     fn emit(self: Arc<Self>, msg: Outbound) -> BoxFuture<'static, Result<()>>;
     /// Closes connections; in-flight calls fail.
     fn close(&self) -> BoxFuture<'_, ()>;
+    /// Resolves once every event whose `emit` resolved before has left this process (written
+    /// to the socket, or taken by the broker), or fails if one may not have. The default is for
+    /// transports whose `emit` already waits for that.
+    fn flush(&self) -> BoxFuture<'_, Result<()>> {
+        Box::pin(std::future::ready(Ok(())))
+    }
 
     /// True for a transport within this process, which takes a request's payload as a value
     /// (`Outbound::local`) instead of JSON when it has one.

@@ -54,6 +54,8 @@ impl std::fmt::Debug for TcpClient {
 struct Slot {
     current: RwLock<Option<Arc<Conn>>>,
     connecting: tokio::sync::Mutex<Backoff>,
+    /// Set when a connection of this slot ended with frames it never wrote.
+    lost: Arc<AtomicBool>,
 }
 
 impl TcpClient {
@@ -153,6 +155,9 @@ impl TcpClient {
             closed: AtomicBool::new(false),
             close: watch::Sender::new(false),
             written: watch::Sender::new(false),
+            markers: tokio::sync::Mutex::new(0),
+            flushed: watch::Sender::new(0),
+            lost: slot.lost.clone(),
         });
         tokio::spawn(writer(w, rx, conn.clone()));
         tokio::spawn(reader(r, conn.clone(), Arc::downgrade(slot), self.opts.max_frame_len));
@@ -198,6 +203,21 @@ impl ClientTransport for TcpClient {
         .boxed()
     }
 
+    fn flush(&self) -> BoxFuture<'_, Result<()>> {
+        async move {
+            let slot = &self.slots[0];
+            let conn = slot.current.read().expect("slot lock").clone();
+            if let Some(conn) = conn {
+                conn.flush().await?;
+            }
+            if slot.lost.swap(false, Ordering::AcqRel) {
+                return Err(Error::ConnectionClosed { addr: self.url.clone() });
+            }
+            Ok(())
+        }
+        .boxed()
+    }
+
     fn close(&self) -> BoxFuture<'_, ()> {
         async move {
             let mut closing = Vec::new();
@@ -236,6 +256,11 @@ struct Conn {
     close: watch::Sender<bool>,
     /// Raised by the writer once it has written what was queued and closed its half.
     written: watch::Sender<bool>,
+    /// Flush markers (empty frames) queued, one flusher at a time so they count in order.
+    markers: tokio::sync::Mutex<u64>,
+    /// Flush markers the writer has written past.
+    flushed: watch::Sender<u64>,
+    lost: Arc<AtomicBool>,
 }
 
 impl Conn {
@@ -252,6 +277,23 @@ impl Conn {
             .send(frame)
             .await
             .map_err(|_| Error::ConnectionClosed { addr: self.url.clone() })
+    }
+
+    /// Waits until everything queued before is written to the socket.
+    async fn flush(&self) -> Result<()> {
+        let closed = || Error::ConnectionClosed { addr: self.url.clone() };
+        let mut flushed = self.flushed.subscribe();
+        let marker = {
+            let mut markers = self.markers.lock().await;
+            self.send(Vec::new()).await?;
+            *markers += 1;
+            *markers
+        };
+        let mut shut = self.close.subscribe();
+        tokio::select! {
+            done = flushed.wait_for(|&f| f >= marker) => done.map(drop).map_err(|_| closed()),
+            _ = shut.wait_for(|&c| c) => Err(closed()),
+        }
     }
 
     /// Marks the connection dead and fails every call in flight.
@@ -281,7 +323,9 @@ async fn writer<W: AsyncWrite + Unpin>(mut w: W, mut rx: mpsc::Receiver<Vec<u8>>
         if n == 0 || conn.is_closed() {
             break;
         }
+        let mut markers = 0;
         for frame in batch.drain(..) {
+            markers += frame.is_empty() as u64;
             buf.extend_from_slice(&frame);
         }
         let written = tokio::select! {
@@ -298,7 +342,14 @@ async fn writer<W: AsyncWrite + Unpin>(mut w: W, mut rx: mpsc::Receiver<Vec<u8>>
             writable = false;
             break;
         }
+        if markers > 0 {
+            conn.flushed.send_modify(|f| *f += markers);
+        }
         buf.clear();
+    }
+    if !writable || !rx.is_empty() || !batch.is_empty() {
+        // Events that resolved may not have gone out: the next flush says so.
+        conn.lost.store(true, Ordering::Release);
     }
     if writable {
         // Closing: what was queued before still goes out (an emit that resolved must reach

@@ -1,0 +1,207 @@
+//! The consumer's side of at-least-once delivery: an inbox that remembers which idempotency
+//! keys it has handled, so a message delivered twice has its effect once.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::task::{Context as TaskContext, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+use switchboard::{Reply, Request, Route};
+use tower::{Layer, Service};
+
+use crate::error::Result;
+use crate::projection::IDEMPOTENCY_KEY;
+
+/// Keys a memory inbox remembers before forgetting the oldest.
+const MEMORY_KEYS: usize = 100_000;
+
+/// Remembers handled [`IDEMPOTENCY_KEY`]s (and a request's reply, answered again to a retry).
+/// As a service layer ([`Inbox::layer`]) it skips messages whose key it has seen; a message
+/// without the header goes through.
+///
+/// A key is recorded after its handler succeeded: a consumer killed in between handles the
+/// message again. For an effect that must happen exactly once, write it and the key in one
+/// transaction ([`SqliteReadModel`](crate::SqliteReadModel) does so for read models).
+///
+/// ```
+/// use switchboard::prelude::*;
+/// use switchboard_eventstore::Inbox;
+///
+/// #[event_pattern("USER_CREATED")]
+/// async fn welcome(_user: serde_json::Value) {}
+///
+/// let inbox = Inbox::memory();
+/// let service = Microservice::new().handler(WELCOME).layer(inbox.layer()).listen("mem://welcome");
+/// # drop(service);
+/// ```
+#[derive(Clone)]
+pub struct Inbox {
+    backend: Backend,
+}
+
+#[derive(Clone)]
+enum Backend {
+    Memory(Arc<Mutex<Remembered>>),
+    #[cfg(feature = "sqlite")]
+    Sqlite(Arc<Mutex<rusqlite::Connection>>),
+}
+
+#[derive(Default)]
+struct Remembered {
+    replies: HashMap<String, Option<Bytes>>,
+    order: VecDeque<String>,
+}
+
+impl std::fmt::Debug for Inbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self.backend {
+            Backend::Memory(_) => "Inbox(memory)",
+            #[cfg(feature = "sqlite")]
+            Backend::Sqlite(_) => "Inbox(sqlite)",
+        })
+    }
+}
+
+impl Inbox {
+    /// An inbox in memory (the last 100,000 keys): survives nothing.
+    pub fn memory() -> Self {
+        Inbox { backend: Backend::Memory(Arc::default()) }
+    }
+
+    /// An inbox in an SQLite file (`synchronous=NORMAL`: a recorded key survives a process
+    /// kill). Keys older than 7 days are forgotten.
+    #[cfg(feature = "sqlite")]
+    pub fn sqlite(path: impl AsRef<std::path::Path>) -> Result<Self> {
+        let conn = rusqlite::Connection::open(path)?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.busy_timeout(Duration::from_secs(10))?;
+        conn.execute_batch(
+            "CREATE TABLE IF NOT EXISTS sb_inbox (key TEXT PRIMARY KEY, reply BLOB, at INTEGER NOT NULL) WITHOUT ROWID;
+             CREATE INDEX IF NOT EXISTS sb_inbox_at ON sb_inbox (at);",
+        )?;
+        let week = Duration::from_secs(7 * 24 * 3600).as_millis() as i64;
+        conn.execute("DELETE FROM sb_inbox WHERE at < ?1", [crate::memory::now_millis() - week])?;
+        Ok(Inbox { backend: Backend::Sqlite(Arc::new(Mutex::new(conn))) })
+    }
+
+    /// `Some(reply)` if `key` was handled (`reply` is `None` for an event).
+    pub async fn seen(&self, key: &str) -> Result<Option<Option<Bytes>>> {
+        match &self.backend {
+            Backend::Memory(m) => Ok(m.lock().unwrap_or_else(|e| e.into_inner()).replies.get(key).cloned()),
+            #[cfg(feature = "sqlite")]
+            Backend::Sqlite(conn) => {
+                let (conn, key) = (conn.clone(), key.to_owned());
+                blocking(move || {
+                    use rusqlite::OptionalExtension;
+                    let conn = conn.lock().unwrap_or_else(|e| e.into_inner());
+                    let reply = conn
+                        .prepare_cached("SELECT reply FROM sb_inbox WHERE key = ?1")?
+                        .query_row([key], |r| r.get::<_, Option<Vec<u8>>>(0))
+                        .optional()?;
+                    Ok(reply.map(|r| r.map(Bytes::from)))
+                })
+                .await
+            }
+        }
+    }
+
+    /// Records `key` as handled, with the reply to answer again.
+    pub async fn record(&self, key: &str, reply: Option<Bytes>) -> Result<()> {
+        match &self.backend {
+            Backend::Memory(m) => {
+                let mut m = m.lock().unwrap_or_else(|e| e.into_inner());
+                if m.replies.insert(key.to_owned(), reply).is_none() {
+                    m.order.push_back(key.to_owned());
+                }
+                while m.order.len() > MEMORY_KEYS {
+                    if let Some(old) = m.order.pop_front() {
+                        m.replies.remove(&old);
+                    }
+                }
+                Ok(())
+            }
+            #[cfg(feature = "sqlite")]
+            Backend::Sqlite(conn) => {
+                let (conn, key) = (conn.clone(), key.to_owned());
+                blocking(move || {
+                    let conn = conn.lock().unwrap_or_else(|e| e.into_inner());
+                    conn.prepare_cached("INSERT OR REPLACE INTO sb_inbox (key, reply, at) VALUES (?1, ?2, ?3)")?
+                        .execute(rusqlite::params![key, reply.as_deref(), crate::memory::now_millis()])?;
+                    Ok(())
+                })
+                .await
+            }
+        }
+    }
+
+    /// The service layer: skips messages already handled, answers a repeated request with
+    /// the reply it got the first time.
+    pub fn layer(&self) -> InboxLayer {
+        InboxLayer(self.clone())
+    }
+}
+
+#[cfg(feature = "sqlite")]
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f).await.map_err(|_| crate::Error::Closed)?
+}
+
+/// The layer [`Inbox::layer`] makes.
+#[derive(Clone, Debug)]
+pub struct InboxLayer(Inbox);
+
+impl Layer<Route> for InboxLayer {
+    type Service = InboxService;
+
+    fn layer(&self, inner: Route) -> InboxService {
+        InboxService { inbox: self.0.clone(), inner }
+    }
+}
+
+/// The service [`InboxLayer`] makes.
+#[derive(Clone, Debug)]
+pub struct InboxService {
+    inbox: Inbox,
+    inner: Route,
+}
+
+impl Service<Request> for InboxService {
+    type Response = Reply;
+    type Error = std::convert::Infallible;
+    type Future = BoxFuture<'static, Result<Reply, std::convert::Infallible>>;
+
+    fn poll_ready(&mut self, _: &mut TaskContext<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request) -> Self::Future {
+        let Some(key) = req.headers().get(IDEMPOTENCY_KEY).map(str::to_owned) else {
+            let reply = self.inner.call(req);
+            return Box::pin(async move { Ok(reply.await) });
+        };
+        let (inbox, inner) = (self.inbox.clone(), self.inner.clone());
+        Box::pin(async move {
+            let event = req.context().is_event();
+            match inbox.seen(&key).await {
+                Ok(Some(Some(reply))) => return Ok(Reply::json(reply)),
+                Ok(Some(None)) => return Ok(Reply::empty()),
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::error!(error = %e, "inbox unavailable; message refused");
+                    return Ok(Reply::error(switchboard::RpcError::internal()));
+                }
+            }
+            let reply = inner.call(req).await;
+            if !reply.is_error() && !reply.is_stream() {
+                let json = if event { None } else { reply.as_json().cloned() };
+                if let Err(e) = inbox.record(&key, json).await {
+                    tracing::error!(error = %e, "inbox did not record a handled message");
+                }
+            }
+            Ok(reply)
+        })
+    }
+}

@@ -1,0 +1,273 @@
+//! The one writer thread: takes every write waiting in its queue, runs each in a savepoint of
+//! one `BEGIN IMMEDIATE` transaction, commits once (group commit), then answers each.
+
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, TryRecvError};
+
+use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
+use tokio::sync::{oneshot, watch};
+
+use crate::error::{Error, Result};
+use crate::memory::{already_appended, now_millis};
+use crate::snapshot::Snapshot;
+use crate::store::{Append, Appended, ExpectedVersion, StreamState};
+
+/// How many queued writes one transaction takes at most.
+const MAX_GROUP: usize = 1024;
+
+pub(super) enum Job {
+    Append(Vec<Append>, oneshot::Sender<Result<Vec<Appended>>>),
+    Truncate(String, u64, oneshot::Sender<Result<()>>),
+    Tombstone(String, ExpectedVersion, oneshot::Sender<Result<()>>),
+    Checkpoint(String, u64, oneshot::Sender<Result<()>>),
+    Snapshot(Snapshot, oneshot::Sender<Result<()>>),
+}
+
+/// A finished job's answer, held until the commit is known.
+enum Answer {
+    Append(oneshot::Sender<Result<Vec<Appended>>>, Result<Vec<Appended>>),
+    Unit(oneshot::Sender<Result<()>>, Result<()>),
+}
+
+impl Answer {
+    fn send(self, commit: &Result<(), String>) {
+        match (self, commit) {
+            (Answer::Append(tx, result), Ok(())) => drop(tx.send(result)),
+            (Answer::Unit(tx, result), Ok(())) => drop(tx.send(result)),
+            (Answer::Append(tx, _), Err(e)) => drop(tx.send(Err(commit_failed(e)))),
+            (Answer::Unit(tx, _), Err(e)) => drop(tx.send(Err(commit_failed(e)))),
+        }
+    }
+}
+
+fn commit_failed(e: &str) -> Error {
+    Error::Invalid(format!("the transaction did not commit: {e}"))
+}
+
+pub(super) fn run(mut conn: Connection, jobs: Receiver<Job>, head: Arc<watch::Sender<u64>>) {
+    let mut group = Vec::with_capacity(MAX_GROUP);
+    while let Ok(first) = jobs.recv() {
+        group.push(first);
+        while group.len() < MAX_GROUP {
+            match jobs.try_recv() {
+                Ok(job) => group.push(job),
+                Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
+            }
+        }
+        let (answers, commit, new_head) = run_group(&mut conn, group.drain(..));
+        if let Some(h) = new_head.filter(|_| commit.is_ok()) {
+            head.send_if_modified(|old| std::mem::replace(old, h) != h);
+        }
+        for answer in answers {
+            answer.send(&commit);
+        }
+    }
+}
+
+fn run_group(
+    conn: &mut Connection,
+    group: impl Iterator<Item = Job>,
+) -> (Vec<Answer>, Result<(), String>, Option<u64>) {
+    let mut answers = Vec::new();
+    let tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
+        Ok(tx) => tx,
+        Err(e) => {
+            let e = e.to_string();
+            answers.extend(group.map(|job| refuse(job, &e)));
+            return (answers, Err(e), None);
+        }
+    };
+    let mut head = match read_head(&tx) {
+        Ok(h) => h,
+        Err(e) => {
+            let e = e.to_string();
+            answers.extend(group.map(|job| refuse(job, &e)));
+            return (answers, Err(e), None);
+        }
+    };
+    let start = head;
+    for job in group {
+        answers.push(in_savepoint(&tx, &mut head, job));
+    }
+    let commit = (|| {
+        if head != start {
+            tx.execute("UPDATE es_head SET position = ?1 WHERE id = 0", [head as i64])?;
+        }
+        tx.commit()
+    })()
+    .map_err(|e| e.to_string());
+    (answers, commit, Some(head))
+}
+
+fn refuse(job: Job, e: &str) -> Answer {
+    match job {
+        Job::Append(_, tx) => Answer::Append(tx, Err(commit_failed(e))),
+        Job::Truncate(_, _, tx) | Job::Tombstone(_, _, tx) | Job::Checkpoint(_, _, tx) | Job::Snapshot(_, tx) => {
+            Answer::Unit(tx, Err(commit_failed(e)))
+        }
+    }
+}
+
+/// Runs `f` in a savepoint, so that its failure undoes only its own writes.
+fn savepoint<T>(tx: &Transaction<'_>, head: &mut u64, f: impl FnOnce(&mut u64) -> Result<T>) -> Result<T> {
+    let before = *head;
+    tx.execute_batch("SAVEPOINT job")?;
+    match f(head) {
+        Ok(value) => {
+            tx.execute_batch("RELEASE job")?;
+            Ok(value)
+        }
+        Err(e) => {
+            tx.execute_batch("ROLLBACK TO job; RELEASE job")?;
+            *head = before;
+            Err(e)
+        }
+    }
+}
+
+fn in_savepoint(tx: &Transaction<'_>, head: &mut u64, job: Job) -> Answer {
+    match job {
+        Job::Append(appends, reply) => Answer::Append(reply, savepoint(tx, head, |head| append(tx, head, &appends))),
+        Job::Truncate(stream, revision, reply) => {
+            Answer::Unit(reply, savepoint(tx, head, |_| truncate(tx, &stream, revision)))
+        }
+        Job::Tombstone(stream, expected, reply) => {
+            Answer::Unit(reply, savepoint(tx, head, |_| tombstone(tx, &stream, expected)))
+        }
+        Job::Checkpoint(name, position, reply) => Answer::Unit(
+            reply,
+            savepoint(tx, head, |_| {
+                tx.prepare_cached(
+                    "INSERT INTO es_checkpoints (name, position) VALUES (?1, ?2)
+                     ON CONFLICT (name) DO UPDATE SET position = excluded.position",
+                )?
+                .execute(params![name, position as i64])?;
+                Ok(())
+            }),
+        ),
+        Job::Snapshot(snapshot, reply) => Answer::Unit(
+            reply,
+            savepoint(tx, head, |_| {
+                tx.prepare_cached(
+                    "INSERT INTO es_snapshots (stream, revision, schema, data) VALUES (?1, ?2, ?3, ?4)
+                     ON CONFLICT (stream) DO UPDATE SET revision = excluded.revision, schema = excluded.schema,
+                     data = excluded.data WHERE excluded.revision >= es_snapshots.revision",
+                )?
+                .execute(params![snapshot.stream, snapshot.revision as i64, snapshot.schema, text(&snapshot.data)?])?;
+                Ok(())
+            }),
+        ),
+    }
+}
+
+fn read_head(tx: &Transaction<'_>) -> rusqlite::Result<u64> {
+    tx.prepare_cached("SELECT position FROM es_head WHERE id = 0")?
+        .query_row([], |row| row.get::<_, i64>(0))
+        .map(|h| h as u64)
+}
+
+pub(super) fn stream_state(conn: &Connection, stream: &str) -> rusqlite::Result<StreamState> {
+    let row = conn
+        .prepare_cached("SELECT revision, deleted FROM es_streams WHERE stream = ?1")?
+        .query_row([stream], |row| Ok((row.get::<_, i64>(0)?, row.get::<_, bool>(1)?)))
+        .optional()?;
+    Ok(match row {
+        None => StreamState::NoStream,
+        Some((_, true)) => StreamState::Deleted,
+        Some((revision, false)) => StreamState::At(revision as u64),
+    })
+}
+
+fn stored(tx: &Transaction<'_>, id: &uuid::Uuid) -> rusqlite::Result<Option<(String, u64, u64)>> {
+    tx.prepare_cached("SELECT stream, revision, position FROM es_events WHERE id = ?1")?
+        .query_row([id.as_bytes()], |row| {
+            Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)? as u64, row.get::<_, i64>(2)? as u64))
+        })
+        .optional()
+}
+
+fn text(bytes: &[u8]) -> Result<&str> {
+    std::str::from_utf8(bytes).map_err(|_| Error::Invalid("JSON that is not UTF-8".into()))
+}
+
+fn append(tx: &Transaction<'_>, head: &mut u64, appends: &[Append]) -> Result<Vec<Appended>> {
+    let now = now_millis();
+    let mut out = Vec::with_capacity(appends.len());
+    for (i, append) in appends.iter().enumerate() {
+        if appends[..i].iter().any(|a| a.stream == append.stream) {
+            return Err(Error::Invalid(format!("stream `{}` appears twice in one append", append.stream)));
+        }
+        if let Some(done) = already_appended(append, |id| Ok(stored(tx, id)?))? {
+            out.push(done);
+            continue;
+        }
+        let actual = stream_state(tx, &append.stream)?;
+        if actual == StreamState::Deleted {
+            return Err(Error::StreamDeleted(append.stream.clone()));
+        }
+        if !actual.satisfies(append.expected) {
+            return Err(Error::WrongExpectedVersion { stream: append.stream.clone(), expected: append.expected, actual });
+        }
+        let mut insert = tx.prepare_cached(
+            "INSERT INTO es_events (position, stream, revision, id, name, version, data, metadata, recorded_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        )?;
+        let mut revision = actual.next_revision();
+        for event in &append.events {
+            *head += 1;
+            let inserted = insert.execute(params![
+                *head as i64,
+                append.stream,
+                revision as i64,
+                event.id.as_bytes(),
+                event.name,
+                event.version,
+                text(&event.data)?,
+                text(&event.metadata)?,
+                now,
+            ]);
+            if let Err(e) = inserted {
+                return Err(match stored(tx, &event.id)? {
+                    Some((stream, revision, _)) => Error::DuplicateEvent { id: event.id, stream, revision },
+                    None => e.into(),
+                });
+            }
+            revision += 1;
+        }
+        let last = revision - 1;
+        tx.prepare_cached(
+            "INSERT INTO es_streams (stream, revision) VALUES (?1, ?2)
+             ON CONFLICT (stream) DO UPDATE SET revision = excluded.revision",
+        )?
+        .execute(params![append.stream, last as i64])?;
+        out.push(Appended { revision: last, position: *head });
+    }
+    Ok(out)
+}
+
+fn truncate(tx: &Transaction<'_>, stream: &str, revision: u64) -> Result<()> {
+    if stream_state(tx, stream)? == StreamState::Deleted {
+        return Err(Error::StreamDeleted(stream.into()));
+    }
+    tx.prepare_cached("DELETE FROM es_events WHERE stream = ?1 AND revision < ?2")?
+        .execute(params![stream, revision.min(i64::MAX as u64) as i64])?;
+    Ok(())
+}
+
+fn tombstone(tx: &Transaction<'_>, stream: &str, expected: ExpectedVersion) -> Result<()> {
+    let actual = stream_state(tx, stream)?;
+    if actual == StreamState::Deleted {
+        return Err(Error::StreamDeleted(stream.into()));
+    }
+    if !actual.satisfies(expected) {
+        return Err(Error::WrongExpectedVersion { stream: stream.into(), expected, actual });
+    }
+    tx.prepare_cached("DELETE FROM es_events WHERE stream = ?1")?.execute([stream])?;
+    tx.prepare_cached("DELETE FROM es_snapshots WHERE stream = ?1")?.execute([stream])?;
+    tx.prepare_cached(
+        "INSERT INTO es_streams (stream, revision, deleted) VALUES (?1, -1, 1)
+         ON CONFLICT (stream) DO UPDATE SET deleted = 1",
+    )?
+    .execute([stream])?;
+    Ok(())
+}
