@@ -29,6 +29,7 @@ mod frame;
 mod mem;
 mod profile;
 mod serve;
+mod store;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::process::{Child, Command, ExitCode, Stdio};
@@ -106,6 +107,10 @@ struct Args {
     /// JSON round trip (see `mem`).
     #[arg(long)]
     mem_only: bool,
+    /// The event store rows only: appends and replay on SQLite against a bare rusqlite loop
+    /// (see `store`).
+    #[arg(long)]
+    store_only: bool,
     /// The resilience row only: what a closed breaker and the whole client policy cost per
     /// `mem://` call (see `mem::run_policy`).
     #[arg(long)]
@@ -255,6 +260,15 @@ fn main() -> ExitCode {
             Duration::from_secs_f64(args.duration_secs),
             args.mem_in_flight,
         ) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::from(1)
+            }
+        };
+    }
+    if args.store_only {
+        return match store::run(args.runs, Duration::from_secs_f64(args.duration_secs)) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("error: {e:#}");

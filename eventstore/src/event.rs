@@ -208,6 +208,7 @@ pub(crate) fn check_name(what: &'static str, name: &str) -> Result<()> {
 }
 
 fn check_json(what: &'static str, bytes: &[u8]) -> Result<()> {
+    std::str::from_utf8(bytes).map_err(|_| Error::Invalid(format!("event {what} is not UTF-8")))?;
     serde_json::from_slice::<serde::de::IgnoredAny>(bytes)
         .map(drop)
         .map_err(|e| Error::Invalid(format!("event {what} is not JSON: {e}")))

@@ -140,6 +140,9 @@ impl EventStore for MemoryStore {
                     return Err(Error::Invalid(format!("stream `{}` appears twice in one append", append.stream)));
                 }
                 for event in &append.events {
+                    if let Some((stream, revision)) = state.ids.get(&event.id) {
+                        return Err(Error::DuplicateEvent { id: event.id, stream: stream.clone(), revision: *revision });
+                    }
                     if !fresh_ids.insert(event.id) {
                         return Err(Error::Invalid(format!("event {} appears twice in one append", event.id)));
                     }
@@ -225,7 +228,10 @@ impl EventStore for MemoryStore {
         }
         let end = revision.min(s.positions.len() as u64);
         for rev in s.truncated..end {
-            state.log[s.positions[rev as usize] as usize - 1] = None;
+            // Deleted events are forgotten, ids included, as the SQL stores delete their rows.
+            if let Some(gone) = state.log[s.positions[rev as usize] as usize - 1].take() {
+                state.ids.remove(&gone.id);
+            }
         }
         s.truncated = s.truncated.max(end);
         Ok(())
@@ -247,6 +253,7 @@ impl EventStore for MemoryStore {
         }
         s.truncated = s.positions.len() as u64;
         s.deleted = true;
+        state.ids.retain(|_, (owner, _)| owner != stream);
         state.snapshots.remove(stream);
         Ok(())
     }
@@ -264,6 +271,7 @@ impl EventStore for MemoryStore {
     }
 
     async fn save_checkpoint(&self, name: &str, position: u64) -> Result<()> {
+        crate::event::check_name("checkpoint name", name)?;
         self.lock().checkpoints.insert(name.into(), position);
         Ok(())
     }

@@ -156,7 +156,8 @@ impl ReadStream {
 ///   checks each stream's [`ExpectedVersion`] in the same transaction;
 /// - appending events whose ids are already stored, in the same stream at the same place,
 ///   succeeds without writing again (a retried append is stored once); an id stored anywhere
-///   else is [`Error::DuplicateEvent`](crate::Error::DuplicateEvent);
+///   else is [`Error::DuplicateEvent`](crate::Error::DuplicateEvent); the ids of deleted events
+///   (truncated or tombstoned) are forgotten with them;
 /// - global positions start at 1, have no gaps except where events were deleted, and are in
 ///   commit order: once [`head`](Self::head) is `n`, no event at a position `≤ n` can still
 ///   appear, so a reader that has passed a position never misses an event behind it.

@@ -86,14 +86,16 @@ impl SqliteStore {
         let conn = Connection::open(&path)?;
         schema::configure(&conn, synchronous)?;
         conn.execute_batch(schema::TABLES)?;
-        let head: i64 = conn.query_row("SELECT position FROM es_head WHERE id = 0", [], |r| r.get(0))?;
-        let head = Arc::new(watch::channel(head as u64).0);
+        let head = Arc::new(watch::channel(writer::read_head(&conn)?).0);
+        let checkpointer = Connection::open(&path)?;
+        schema::configure(&checkpointer, synchronous)?;
         let (jobs, queue) = sync_channel(QUEUE);
+        let (checkpoint, requests) = sync_channel(1);
         let writer_head = head.clone();
-        std::thread::Builder::new()
-            .name("sqlite-writer".into())
-            .spawn(move || writer::run(conn, queue, writer_head))
-            .map_err(|e| Error::Invalid(format!("cannot start the writer thread: {e}")))?;
+        let thread = |name: &str| std::thread::Builder::new().name(name.into());
+        let cannot = |e: std::io::Error| Error::Invalid(format!("cannot start the store's threads: {e}"));
+        thread("sqlite-checkpoint").spawn(move || writer::checkpoint(checkpointer, requests)).map_err(cannot)?;
+        thread("sqlite-writer").spawn(move || writer::run(conn, queue, writer_head, checkpoint)).map_err(cannot)?;
         Ok(SqliteStore { inner: Arc::new(Inner { path, jobs, readers: Mutex::new(Vec::new()), head }) })
     }
 
@@ -221,11 +223,7 @@ impl EventStore for SqliteStore {
     }
 
     async fn head(&self) -> Result<u64> {
-        self.read(|conn| {
-            let head: i64 = conn.prepare_cached("SELECT position FROM es_head WHERE id = 0")?.query_row([], |r| r.get(0))?;
-            Ok(head as u64)
-        })
-        .await
+        self.read(|conn| Ok(writer::read_head(conn)?)).await
     }
 
     fn watch_head(&self) -> watch::Receiver<u64> {

@@ -47,5 +47,7 @@ pub(super) fn configure(conn: &Connection, synchronous: Synchronous) -> rusqlite
     conn.pragma_update(None, "synchronous", synchronous.pragma())?;
     conn.busy_timeout(std::time::Duration::from_secs(10))?;
     conn.set_prepared_statement_cache_capacity(64);
+    // The checkpointer thread keeps the WAL short; this is only the backstop (64 MiB).
+    conn.pragma_update(None, "wal_autocheckpoint", 16384)?;
     Ok(())
 }

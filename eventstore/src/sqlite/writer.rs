@@ -2,7 +2,7 @@
 //! one `BEGIN IMMEDIATE` transaction, commits once (group commit), then answers each.
 
 use std::sync::Arc;
-use std::sync::mpsc::{Receiver, TryRecvError};
+use std::sync::mpsc::{Receiver, SyncSender, TryRecvError};
 
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
 use tokio::sync::{oneshot, watch};
@@ -44,8 +44,15 @@ fn commit_failed(e: &str) -> Error {
     Error::Invalid(format!("the transaction did not commit: {e}"))
 }
 
-pub(super) fn run(mut conn: Connection, jobs: Receiver<Job>, head: Arc<watch::Sender<u64>>) {
+/// Commits between two checkpoint requests.
+const CHECKPOINT_EVERY: u32 = 128;
+
+/// The writer: `checkpoint` asks the checkpointer thread to copy the WAL into the database,
+/// which the writer's own commits would otherwise do now and then, stalling every append
+/// behind them for milliseconds.
+pub(super) fn run(mut conn: Connection, jobs: Receiver<Job>, head: Arc<watch::Sender<u64>>, checkpoint: SyncSender<()>) {
     let mut group = Vec::with_capacity(MAX_GROUP);
+    let mut commits = 0u32;
     while let Ok(first) = jobs.recv() {
         group.push(first);
         while group.len() < MAX_GROUP {
@@ -57,9 +64,23 @@ pub(super) fn run(mut conn: Connection, jobs: Receiver<Job>, head: Arc<watch::Se
         let (answers, commit, new_head) = run_group(&mut conn, group.drain(..));
         if let Some(h) = new_head.filter(|_| commit.is_ok()) {
             head.send_if_modified(|old| std::mem::replace(old, h) != h);
+            commits += 1;
+            if commits % CHECKPOINT_EVERY == 0 {
+                let _ = checkpoint.try_send(());
+            }
         }
         for answer in answers {
             answer.send(&commit);
+        }
+    }
+}
+
+/// The checkpointer: on request, copies what it can of the WAL into the database without
+/// waiting for readers or the writer (`PASSIVE`).
+pub(super) fn checkpoint(conn: Connection, requests: Receiver<()>) {
+    while requests.recv().is_ok() {
+        if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+            tracing::debug!(error = %e, "checkpoint failed");
         }
     }
 }
@@ -85,17 +106,10 @@ fn run_group(
             return (answers, Err(e), None);
         }
     };
-    let start = head;
     for job in group {
         answers.push(in_savepoint(&tx, &mut head, job));
     }
-    let commit = (|| {
-        if head != start {
-            tx.execute("UPDATE es_head SET position = ?1 WHERE id = 0", [head as i64])?;
-        }
-        tx.commit()
-    })()
-    .map_err(|e| e.to_string());
+    let commit = tx.commit().map_err(|e| e.to_string());
     (answers, commit, Some(head))
 }
 
@@ -109,16 +123,21 @@ fn refuse(job: Job, e: &str) -> Answer {
 }
 
 /// Runs `f` in a savepoint, so that its failure undoes only its own writes.
-fn savepoint<T>(tx: &Transaction<'_>, head: &mut u64, f: impl FnOnce(&mut u64) -> Result<T>) -> Result<T> {
+fn savepoint<T, E: From<rusqlite::Error>>(
+    tx: &Transaction<'_>,
+    head: &mut u64,
+    f: impl FnOnce(&mut u64) -> Result<T, E>,
+) -> Result<T, E> {
     let before = *head;
-    tx.execute_batch("SAVEPOINT job")?;
+    tx.prepare_cached("SAVEPOINT job")?.execute([])?;
     match f(head) {
         Ok(value) => {
-            tx.execute_batch("RELEASE job")?;
+            tx.prepare_cached("RELEASE job")?.execute([])?;
             Ok(value)
         }
         Err(e) => {
-            tx.execute_batch("ROLLBACK TO job; RELEASE job")?;
+            tx.prepare_cached("ROLLBACK TO job")?.execute([])?;
+            tx.prepare_cached("RELEASE job")?.execute([])?;
             *head = before;
             Err(e)
         }
@@ -127,12 +146,21 @@ fn savepoint<T>(tx: &Transaction<'_>, head: &mut u64, f: impl FnOnce(&mut u64) -
 
 fn in_savepoint(tx: &Transaction<'_>, head: &mut u64, job: Job) -> Answer {
     match job {
-        Job::Append(appends, reply) => Answer::Append(reply, savepoint(tx, head, |head| append(tx, head, &appends))),
+        Job::Append(appends, reply) => {
+            // Most appends are new: try without looking their ids up first, and take the
+            // careful path (idempotent retries, duplicate ids) only when that fails.
+            let result = match savepoint(tx, head, |head| append(tx, head, &appends, false)) {
+                Ok(done) => Ok(done),
+                Err(Fail::Store(e)) => Err(e),
+                Err(Fail::Slow) => savepoint(tx, head, |head| append(tx, head, &appends, true)).map_err(Fail::into_error),
+            };
+            Answer::Append(reply, result)
+        }
         Job::Truncate(stream, revision, reply) => {
-            Answer::Unit(reply, savepoint(tx, head, |_| truncate(tx, &stream, revision)))
+            Answer::Unit(reply, savepoint(tx, head, |head| truncate(tx, *head, &stream, revision)))
         }
         Job::Tombstone(stream, expected, reply) => {
-            Answer::Unit(reply, savepoint(tx, head, |_| tombstone(tx, &stream, expected)))
+            Answer::Unit(reply, savepoint(tx, head, |head| tombstone(tx, *head, &stream, expected)))
         }
         Job::Checkpoint(name, position, reply) => Answer::Unit(
             reply,
@@ -160,21 +188,37 @@ fn in_savepoint(tx: &Transaction<'_>, head: &mut u64, job: Job) -> Answer {
     }
 }
 
-fn read_head(tx: &Transaction<'_>) -> rusqlite::Result<u64> {
-    tx.prepare_cached("SELECT position FROM es_head WHERE id = 0")?
-        .query_row([], |row| row.get::<_, i64>(0))
-        .map(|h| h as u64)
+/// The last position given out: the last event's, or, when the newest events were deleted,
+/// what `es_head` kept of it (positions are never given out twice).
+pub(super) fn read_head(conn: &Connection) -> rusqlite::Result<u64> {
+    conn.prepare_cached(
+        "SELECT max(position, coalesce((SELECT max(position) FROM es_events), 0)) FROM es_head WHERE id = 0",
+    )?
+    .query_row([], |row| row.get::<_, i64>(0))
+    .map(|h| h as u64)
 }
 
+/// Before deleting events: keeps the head, in case the newest event is among them.
+fn keep_head(tx: &Transaction<'_>, head: u64) -> rusqlite::Result<()> {
+    tx.prepare_cached("UPDATE es_head SET position = max(position, ?1) WHERE id = 0")?.execute([head as i64])?;
+    Ok(())
+}
+
+/// A stream's state: its last event's revision, unless a deletion recorded it (with the
+/// deleted flag, or the revision its events reached before a truncation) in `es_streams`.
+/// Appends write no `es_streams` row: one page less per commit.
 pub(super) fn stream_state(conn: &Connection, stream: &str) -> rusqlite::Result<StreamState> {
-    let row = conn
-        .prepare_cached("SELECT revision, deleted FROM es_streams WHERE stream = ?1")?
-        .query_row([stream], |row| Ok((row.get::<_, i64>(0)?, row.get::<_, bool>(1)?)))
-        .optional()?;
-    Ok(match row {
-        None => StreamState::NoStream,
-        Some((_, true)) => StreamState::Deleted,
-        Some((revision, false)) => StreamState::At(revision as u64),
+    let (deleted, revision) = conn
+        .prepare_cached(
+            "SELECT coalesce((SELECT deleted FROM es_streams WHERE stream = ?1), 0),
+                    max(coalesce((SELECT revision FROM es_streams WHERE stream = ?1), -1),
+                        coalesce((SELECT max(revision) FROM es_events WHERE stream = ?1), -1))",
+        )?
+        .query_row([stream], |row| Ok((row.get::<_, bool>(0)?, row.get::<_, i64>(1)?)))?;
+    Ok(match (deleted, revision) {
+        (true, _) => StreamState::Deleted,
+        (false, r) if r < 0 => StreamState::NoStream,
+        (false, r) => StreamState::At(r as u64),
     })
 }
 
@@ -190,23 +234,49 @@ fn text(bytes: &[u8]) -> Result<&str> {
     std::str::from_utf8(bytes).map_err(|_| Error::Invalid("JSON that is not UTF-8".into()))
 }
 
-fn append(tx: &Transaction<'_>, head: &mut u64, appends: &[Append]) -> Result<Vec<Appended>> {
+/// Why an append failed: an error, or the fast path asking for the careful one.
+enum Fail {
+    Slow,
+    Store(Error),
+}
+
+impl Fail {
+    fn into_error(self) -> Error {
+        match self {
+            Fail::Store(e) => e,
+            Fail::Slow => Error::Invalid("the append could not be sorted out".into()),
+        }
+    }
+}
+
+impl<E: Into<Error>> From<E> for Fail {
+    fn from(e: E) -> Self {
+        Fail::Store(e.into())
+    }
+}
+
+/// Appends; with `check_ids` false, any sign that an id may be stored already (a unique
+/// violation, an unexpected stream state) fails with [`Fail::Slow`] instead of being sorted out.
+fn append(tx: &Transaction<'_>, head: &mut u64, appends: &[Append], check_ids: bool) -> Result<Vec<Appended>, Fail> {
     let now = now_millis();
     let mut out = Vec::with_capacity(appends.len());
     for (i, append) in appends.iter().enumerate() {
         if appends[..i].iter().any(|a| a.stream == append.stream) {
-            return Err(Error::Invalid(format!("stream `{}` appears twice in one append", append.stream)));
+            return Err(Error::Invalid(format!("stream `{}` appears twice in one append", append.stream)).into());
         }
-        if let Some(done) = already_appended(append, |id| Ok(stored(tx, id)?))? {
+        if check_ids && let Some(done) = already_appended(append, |id| Ok(stored(tx, id)?))? {
             out.push(done);
             continue;
         }
         let actual = stream_state(tx, &append.stream)?;
+        if !check_ids && !actual.satisfies(append.expected) {
+            return Err(Fail::Slow);
+        }
         if actual == StreamState::Deleted {
-            return Err(Error::StreamDeleted(append.stream.clone()));
+            return Err(Error::StreamDeleted(append.stream.clone()).into());
         }
         if !actual.satisfies(append.expected) {
-            return Err(Error::WrongExpectedVersion { stream: append.stream.clone(), expected: append.expected, actual });
+            return Err(Error::WrongExpectedVersion { stream: append.stream.clone(), expected: append.expected, actual }.into());
         }
         let mut insert = tx.prepare_cached(
             "INSERT INTO es_events (position, stream, revision, id, name, version, data, metadata, recorded_at)
@@ -227,34 +297,42 @@ fn append(tx: &Transaction<'_>, head: &mut u64, appends: &[Append]) -> Result<Ve
                 now,
             ]);
             if let Err(e) = inserted {
+                if !check_ids {
+                    return Err(Fail::Slow);
+                }
                 return Err(match stored(tx, &event.id)? {
-                    Some((stream, revision, _)) => Error::DuplicateEvent { id: event.id, stream, revision },
+                    Some((stream, revision, _)) => Error::DuplicateEvent { id: event.id, stream, revision }.into(),
                     None => e.into(),
                 });
             }
             revision += 1;
         }
         let last = revision - 1;
-        tx.prepare_cached(
-            "INSERT INTO es_streams (stream, revision) VALUES (?1, ?2)
-             ON CONFLICT (stream) DO UPDATE SET revision = excluded.revision",
-        )?
-        .execute(params![append.stream, last as i64])?;
         out.push(Appended { revision: last, position: *head });
     }
     Ok(out)
 }
 
-fn truncate(tx: &Transaction<'_>, stream: &str, revision: u64) -> Result<()> {
-    if stream_state(tx, stream)? == StreamState::Deleted {
-        return Err(Error::StreamDeleted(stream.into()));
-    }
+fn truncate(tx: &Transaction<'_>, head: u64, stream: &str, revision: u64) -> Result<()> {
+    let StreamState::At(last) = stream_state(tx, stream)? else {
+        return match stream_state(tx, stream)? {
+            StreamState::Deleted => Err(Error::StreamDeleted(stream.into())),
+            _ => Ok(()),
+        };
+    };
+    keep_head(tx, head)?;
+    // The stream's revision outlives its deleted events.
+    tx.prepare_cached(
+        "INSERT INTO es_streams (stream, revision) VALUES (?1, ?2)
+         ON CONFLICT (stream) DO UPDATE SET revision = max(revision, excluded.revision)",
+    )?
+    .execute(params![stream, last as i64])?;
     tx.prepare_cached("DELETE FROM es_events WHERE stream = ?1 AND revision < ?2")?
         .execute(params![stream, revision.min(i64::MAX as u64) as i64])?;
     Ok(())
 }
 
-fn tombstone(tx: &Transaction<'_>, stream: &str, expected: ExpectedVersion) -> Result<()> {
+fn tombstone(tx: &Transaction<'_>, head: u64, stream: &str, expected: ExpectedVersion) -> Result<()> {
     let actual = stream_state(tx, stream)?;
     if actual == StreamState::Deleted {
         return Err(Error::StreamDeleted(stream.into()));
@@ -262,6 +340,7 @@ fn tombstone(tx: &Transaction<'_>, stream: &str, expected: ExpectedVersion) -> R
     if !actual.satisfies(expected) {
         return Err(Error::WrongExpectedVersion { stream: stream.into(), expected, actual });
     }
+    keep_head(tx, head)?;
     tx.prepare_cached("DELETE FROM es_events WHERE stream = ?1")?.execute([stream])?;
     tx.prepare_cached("DELETE FROM es_snapshots WHERE stream = ?1")?.execute([stream])?;
     tx.prepare_cached(
