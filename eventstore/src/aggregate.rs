@@ -119,6 +119,13 @@ pub trait Aggregate: Default + Clone + Serialize + DeserializeOwned + Send + Syn
     fn apply(&mut self, event: Self::Event);
     /// The events a command produces given the current state, or why it is refused.
     fn handle(&self, command: Self::Command) -> Result<Vec<Self::Event>, Self::Error>;
+    /// The state a snapshot written by code whose `SCHEMA` was `schema` means now, if it can be
+    /// converted (typically: decode the old state type, then `From`); `None`, the default,
+    /// rebuilds the state from the events instead.
+    fn upcast_snapshot(schema: u64, data: &[u8]) -> Option<Self> {
+        let _ = (schema, data);
+        None
+    }
 }
 
 /// A stamp for [`Aggregate::SCHEMA`]: FNV-1a of the type's name and a version.
@@ -251,8 +258,7 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
         let mut next = 0;
         if self.snapshot_every.is_some()
             && let Some(snapshot) = self.store.load_snapshot(&stream).await?
-            && *snapshot.schema == *self.schema
-            && let Ok(from_snapshot) = serde_json::from_slice::<A>(&snapshot.data)
+            && let Some(from_snapshot) = self.from_snapshot(&snapshot)
         {
             state = from_snapshot;
             next = snapshot.revision + 1;
@@ -276,6 +282,20 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
             return Box::pin(self.load(id)).await;
         }
         Ok(Loaded { id: id.to_owned(), state, stream: at })
+    }
+
+    /// The state in a snapshot: as it is if this code wrote it, upcast if older code with
+    /// another `SCHEMA` did and the aggregate knows how, else none.
+    fn from_snapshot(&self, snapshot: &Snapshot) -> Option<A> {
+        if *snapshot.schema == *self.schema {
+            return serde_json::from_slice(&snapshot.data).ok();
+        }
+        let schema = u64::from_str_radix(snapshot.schema.split('-').next()?, 16).ok()?;
+        if schema == A::SCHEMA {
+            // Same declared schema, different shape: changed without a bump; not trusted.
+            return None;
+        }
+        A::upcast_snapshot(schema, &snapshot.data)
     }
 
     /// Appends `events` to a loaded aggregate if its stream has not moved, and folds them in.

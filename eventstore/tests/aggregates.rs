@@ -288,3 +288,55 @@ async fn a_snapshot_survives_reopening_the_file() {
     let user = Repository::<User, _>::new(store).snapshot_every(3).load("1").await.unwrap();
     assert_eq!(user.state.name, "Ada");
 }
+
+/// A snapshot written under an older `SCHEMA` is upcast by the aggregate's typed function
+/// instead of being thrown away.
+#[tokio::test]
+async fn an_older_snapshot_is_upcast_when_the_aggregate_knows_how() {
+    #[derive(Clone, Debug, Default, Serialize, Deserialize)]
+    struct UserV3 {
+        display: String,
+        email: String,
+        deleted: bool,
+        changes: u32,
+        from_snapshot: bool,
+    }
+    impl From<User> for UserV3 {
+        fn from(old: User) -> Self {
+            UserV3 { display: old.name, email: old.email, deleted: old.deleted, changes: old.changes, from_snapshot: true }
+        }
+    }
+    impl Aggregate for UserV3 {
+        const TYPE: &'static str = "user";
+        const SCHEMA: u64 = schema_of("User", 3);
+        type Event = UserEvent;
+        type Command = Command;
+        type Error = Refused;
+        fn apply(&mut self, event: UserEvent) {
+            self.changes += 1;
+            match event {
+                UserEvent::Created(e) => (self.display, self.email) = (e.name, e.email),
+                UserEvent::EmailUpdated(e) => self.email = e.email,
+                UserEvent::Deleted(_) => self.deleted = true,
+            }
+        }
+        fn handle(&self, _: Command) -> Result<Vec<UserEvent>, Refused> {
+            Ok(Vec::new())
+        }
+        fn upcast_snapshot(schema: u64, data: &[u8]) -> Option<Self> {
+            (schema == schema_of("User", 1)).then(|| serde_json::from_slice::<User>(data).ok().map(Self::from))?
+        }
+    }
+
+    let (_dir, store) = store();
+    let v1 = Repository::<User, _>::new(store.clone()).snapshot_every(100);
+    v1.execute("1", create("Ada")).await.unwrap();
+    v1.execute("1", Command::UpdateEmail("a@1".into())).await.unwrap();
+    let loaded = v1.load("1").await.unwrap();
+    v1.snapshot(&loaded).await.unwrap();
+    v1.execute("1", Command::UpdateEmail("a@2".into())).await.unwrap();
+
+    let user = Repository::<UserV3, _>::new(store.clone()).snapshot_every(100).load("1").await.unwrap();
+    assert!(user.state.from_snapshot, "started from the upcast v1 snapshot");
+    assert_eq!((user.state.display.as_str(), user.state.email.as_str(), user.state.changes), ("Ada", "a@2", 3));
+}

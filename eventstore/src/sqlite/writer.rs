@@ -53,6 +53,7 @@ const CHECKPOINT_EVERY: u32 = 128;
 pub(super) fn run(mut conn: Connection, jobs: Receiver<Job>, head: Arc<watch::Sender<u64>>, checkpoint: SyncSender<()>) {
     let mut group = Vec::with_capacity(MAX_GROUP);
     let mut commits = 0u32;
+    let mut known = Known::default();
     while let Ok(first) = jobs.recv() {
         group.push(first);
         while group.len() < MAX_GROUP {
@@ -61,7 +62,7 @@ pub(super) fn run(mut conn: Connection, jobs: Receiver<Job>, head: Arc<watch::Se
                 Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
             }
         }
-        let (answers, commit, new_head) = run_group(&mut conn, group.drain(..));
+        let (answers, commit, new_head) = run_group(&mut conn, &mut known, group.drain(..));
         if let Some(h) = new_head.filter(|_| commit.is_ok()) {
             head.send_if_modified(|old| std::mem::replace(old, h) != h);
             commits += 1;
@@ -85,8 +86,46 @@ pub(super) fn checkpoint(conn: Connection, requests: Receiver<()>) {
     }
 }
 
+/// Stream states the writer knows, valid while no other connection has written the file
+/// (`PRAGMA data_version` tells): an append needs no query to check its expected version.
+#[derive(Default)]
+struct Known {
+    data_version: i64,
+    streams: std::collections::HashMap<String, StreamState>,
+}
+
+/// Streams remembered at most.
+const KNOWN_STREAMS: usize = 65_536;
+
+impl Known {
+    fn state(&mut self, tx: &Transaction<'_>, stream: &str) -> rusqlite::Result<StreamState> {
+        if let Some(state) = self.streams.get(stream) {
+            return Ok(*state);
+        }
+        stream_state(tx, stream)
+    }
+
+    fn set(&mut self, stream: &str, state: StreamState) {
+        if self.streams.len() >= KNOWN_STREAMS {
+            self.streams.clear();
+        }
+        self.streams.insert(stream.to_owned(), state);
+    }
+
+    /// At the start of a transaction: forgets everything if another connection committed.
+    fn check(&mut self, tx: &Transaction<'_>) -> rusqlite::Result<()> {
+        let version: i64 = tx.prepare_cached("PRAGMA data_version")?.query_row([], |r| r.get(0))?;
+        if version != self.data_version {
+            self.streams.clear();
+            self.data_version = version;
+        }
+        Ok(())
+    }
+}
+
 fn run_group(
     conn: &mut Connection,
+    known: &mut Known,
     group: impl Iterator<Item = Job>,
 ) -> (Vec<Answer>, Result<(), String>, Option<u64>) {
     let mut answers = Vec::new();
@@ -98,7 +137,7 @@ fn run_group(
             return (answers, Err(e), None);
         }
     };
-    let mut head = match read_head(&tx) {
+    let mut head = match known.check(&tx).and_then(|()| read_head(&tx)) {
         Ok(h) => h,
         Err(e) => {
             let e = e.to_string();
@@ -107,9 +146,13 @@ fn run_group(
         }
     };
     for job in group {
-        answers.push(in_savepoint(&tx, &mut head, job));
+        answers.push(in_savepoint(&tx, &mut head, known, job));
     }
     let commit = tx.commit().map_err(|e| e.to_string());
+    if commit.is_err() {
+        // What this group wrote is gone: so is what it taught.
+        known.streams.clear();
+    }
     (answers, commit, Some(head))
 }
 
@@ -144,15 +187,28 @@ fn savepoint<T, E: From<rusqlite::Error>>(
     }
 }
 
-fn in_savepoint(tx: &Transaction<'_>, head: &mut u64, job: Job) -> Answer {
+fn in_savepoint(tx: &Transaction<'_>, head: &mut u64, known: &mut Known, job: Job) -> Answer {
+    if !matches!(&job, Job::Append(appends, _) if appends.len() == 1 && appends[0].events.len() <= MAX_ROWS) {
+        // Only the fast path keeps `known` up to date.
+        known.streams.clear();
+    }
     match job {
         Job::Append(appends, reply) => {
             // Most appends are new: try without looking their ids up first, and take the
             // careful path (idempotent retries, duplicate ids) only when that fails.
-            let result = match savepoint(tx, head, |head| append(tx, head, &appends, false)) {
+            let fast = match &appends[..] {
+                // One stream, a few events: one INSERT statement, atomic by itself, so no
+                // savepoint is needed.
+                [one] if one.events.len() <= MAX_ROWS => append_in_one_statement(tx, head, known, one).map(|a| vec![a]),
+                _ => savepoint(tx, head, |head| append(tx, head, &appends, false)),
+            };
+            let result = match fast {
                 Ok(done) => Ok(done),
                 Err(Fail::Store(e)) => Err(e),
-                Err(Fail::Slow) => savepoint(tx, head, |head| append(tx, head, &appends, true)).map_err(Fail::into_error),
+                Err(Fail::Slow) => {
+                    known.streams.clear();
+                    savepoint(tx, head, |head| append(tx, head, &appends, true)).map_err(Fail::into_error)
+                }
             };
             Answer::Append(reply, result)
         }
@@ -311,6 +367,52 @@ fn append(tx: &Transaction<'_>, head: &mut u64, appends: &[Append], check_ids: b
         out.push(Appended { revision: last, position: *head });
     }
     Ok(out)
+}
+
+/// Rows one INSERT statement takes in the fast path.
+const MAX_ROWS: usize = 16;
+
+/// The fast path for an append to one stream: its expected state checked, its events written
+/// by one statement (which SQLite undoes whole if it fails); anything unusual is
+/// [`Fail::Slow`], with nothing written and `head` unchanged.
+fn append_in_one_statement(
+    tx: &Transaction<'_>,
+    head: &mut u64,
+    known: &mut Known,
+    append: &Append,
+) -> Result<Appended, Fail> {
+    let actual = known.state(tx, &append.stream)?;
+    if !actual.satisfies(append.expected) {
+        return Err(Fail::Slow);
+    }
+    let n = append.events.len();
+    let sql = {
+        let row = "(?, ?, ?, ?, ?, ?, ?, ?, ?)";
+        let rows = vec![row; n].join(", ");
+        format!("INSERT INTO es_events (position, stream, revision, id, name, version, data, metadata, recorded_at) VALUES {rows}")
+    };
+    let mut insert = tx.prepare_cached(&sql)?;
+    let (now, first) = (now_millis(), actual.next_revision());
+    for (i, event) in append.events.iter().enumerate() {
+        let at = i * 9;
+        insert.raw_bind_parameter(at + 1, (*head + 1 + i as u64) as i64)?;
+        insert.raw_bind_parameter(at + 2, append.stream.as_str())?;
+        insert.raw_bind_parameter(at + 3, (first + i as u64) as i64)?;
+        insert.raw_bind_parameter(at + 4, event.id.as_bytes())?;
+        insert.raw_bind_parameter(at + 5, event.name.as_str())?;
+        insert.raw_bind_parameter(at + 6, event.version)?;
+        insert.raw_bind_parameter(at + 7, text(&event.data)?)?;
+        insert.raw_bind_parameter(at + 8, text(&event.metadata)?)?;
+        insert.raw_bind_parameter(at + 9, now)?;
+    }
+    if insert.raw_execute().is_err() {
+        // A stored id (a retry, or a duplicate): sorted out by the careful path.
+        return Err(Fail::Slow);
+    }
+    *head += n as u64;
+    let revision = first + n as u64 - 1;
+    known.set(&append.stream, StreamState::At(revision));
+    Ok(Appended { revision, position: *head })
 }
 
 fn truncate(tx: &Transaction<'_>, head: u64, stream: &str, revision: u64) -> Result<()> {

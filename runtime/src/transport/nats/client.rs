@@ -292,6 +292,18 @@ impl ClientTransport for NatsClient {
         async move { NatsClient::emit(&self, msg).await }.boxed()
     }
 
+    fn flush(&self) -> BoxFuture<'_, Result<()>> {
+        async move {
+            // Core NATS publishes are buffered in the client: written once flushed.
+            let conn = self.current.read().expect("conn lock").clone();
+            match conn {
+                Some(conn) => conn.nats.flush().await.map_err(|e| Error::broker("NATS flush failed", e)),
+                None => Ok(()),
+            }
+        }
+        .boxed()
+    }
+
     fn close(&self) -> BoxFuture<'_, ()> {
         async move {
             let conn = self.current.write().expect("conn lock").take();
