@@ -78,14 +78,16 @@ macro_rules! events {
 /// State rebuilt from a stream: `apply` folds each event in, `handle` decides what a command
 /// makes happen.
 ///
-/// `SCHEMA`, with a hash of the default state's JSON shape, stamps its snapshots; a snapshot
-/// whose stamp differs (written by older code) is ignored and the state is rebuilt from the
-/// events. [`schema_of`] derives `SCHEMA` from the type's name and a version to bump when
-/// `apply` changes what the state means.
+/// Snapshots are stamped with `SCHEMA` and a hash of the default state's JSON shape; a
+/// snapshot whose stamp differs (written by other code) is ignored, or handed to
+/// [`upcast_snapshot`](Self::upcast_snapshot). Write the impl under
+/// [`#[aggregate]`](crate::aggregate) and `SCHEMA` is a hash of the block's code: change
+/// `apply` and older snapshots stop being trusted, with nothing to remember. (Or set it by
+/// hand with [`schema_of`] and bump it.)
 ///
 /// ```
 /// use serde::{Deserialize, Serialize};
-/// use switchboard_eventstore::{Aggregate, StoredEvent, schema_of};
+/// use switchboard_eventstore::{Aggregate, StoredEvent, aggregate};
 ///
 /// #[derive(Clone, Serialize, Deserialize)]
 /// pub struct Deposited { pub amount: u64 }
@@ -94,9 +96,9 @@ macro_rules! events {
 /// #[derive(Clone, Default, Serialize, Deserialize)]
 /// pub struct Account { balance: u64 }
 ///
+/// #[aggregate]
 /// impl Aggregate for Account {
 ///     const TYPE: &'static str = "account";
-///     const SCHEMA: u64 = schema_of("Account", 1);
 ///     type Event = Deposited;
 ///     type Command = u64;
 ///     type Error = std::convert::Infallible;

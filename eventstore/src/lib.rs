@@ -16,6 +16,8 @@ pub mod event;
 pub mod inbox;
 pub mod memory;
 pub mod outbox;
+#[cfg(feature = "postgres")]
+pub mod postgres;
 pub mod projection;
 #[cfg(feature = "sqlite")]
 pub mod read_model;
@@ -25,6 +27,7 @@ pub mod sqlite;
 pub mod store;
 pub mod subscription;
 
+pub use switchboard_eventstore_macros::aggregate;
 pub use aggregate::{Aggregate, EventSet, ExecuteError, Loaded, Repository, schema_of};
 pub use error::{Error, Result};
 pub use inbox::{Inbox, InboxLayer};
@@ -35,6 +38,8 @@ pub use read_model::SqliteReadModel;
 pub use subscription::{Reader, Subscription};
 pub use event::{MAX_NAME_LEN, NewEvent, Recorded, StoredEvent, upcast};
 pub use memory::MemoryStore;
+#[cfg(feature = "postgres")]
+pub use postgres::PgStore;
 pub use snapshot::Snapshot;
 #[cfg(feature = "sqlite")]
 pub use sqlite::{SqliteStore, Synchronous};

@@ -340,3 +340,69 @@ async fn an_older_snapshot_is_upcast_when_the_aggregate_knows_how() {
     assert!(user.state.from_snapshot, "started from the upcast v1 snapshot");
     assert_eq!((user.state.display.as_str(), user.state.email.as_str(), user.state.changes), ("Ada", "a@2", 3));
 }
+
+/// `#[aggregate]` hashes the impl block: a reworded doc comment keeps the stamp, a changed
+/// `apply` changes it, and the snapshot of the old code is then ignored.
+mod stamped {
+    use super::*;
+    use switchboard_eventstore::aggregate;
+
+    #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+    pub struct Added {
+        pub n: u64,
+    }
+    impl StoredEvent for Added {
+        const NAME: &'static str = "ADDED";
+    }
+
+    macro_rules! counter {
+        ($module:ident, $doc:literal, |$state:ident, $event:ident| $apply:expr) => {
+            pub mod $module {
+                use super::*;
+                #[derive(Clone, Debug, Default, Serialize, Deserialize)]
+                pub struct Counter {
+                    pub total: u64,
+                }
+                #[aggregate]
+                impl Aggregate for Counter {
+                    #[doc = $doc]
+                    const TYPE: &'static str = "counter";
+                    type Event = Added;
+                    type Command = u64;
+                    type Error = std::convert::Infallible;
+                    fn apply(&mut self, $event: Added) {
+                        let $state = self;
+                        $apply
+                    }
+                    fn handle(&self, n: u64) -> Result<Vec<Added>, Self::Error> {
+                        Ok(vec![Added { n }])
+                    }
+                }
+            }
+        };
+    }
+    counter!(v1, "Counts.", |state, event| state.total += event.n);
+    counter!(v1_reworded, "Adds the numbers up.", |state, event| state.total += event.n);
+    counter!(v2, "Counts.", |state, event| state.total += 2 * event.n);
+
+    #[tokio::test]
+    async fn the_stamp_follows_the_code_not_the_comments() {
+        assert_eq!(<v1::Counter as Aggregate>::SCHEMA, <v1_reworded::Counter as Aggregate>::SCHEMA);
+        assert_ne!(<v1::Counter as Aggregate>::SCHEMA, <v2::Counter as Aggregate>::SCHEMA);
+
+        let (_dir, store) = store();
+        let old = Repository::<v1::Counter, _>::new(store.clone()).snapshot_every(1000);
+        old.execute("c", 5).await.unwrap();
+        let loaded = old.load("c").await.unwrap();
+        old.snapshot(&loaded).await.unwrap();
+
+        let same = Repository::<v1_reworded::Counter, _>::new(store.clone()).snapshot_every(1000);
+        let mut tampered = store.load_snapshot("counter-c").await.unwrap().unwrap();
+        tampered.data = br#"{"total":1000}"#.to_vec().into();
+        store.save_snapshot(tampered).await.unwrap();
+        assert_eq!(same.load("c").await.unwrap().state.total, 1000, "same code: the snapshot is used");
+
+        let new = Repository::<v2::Counter, _>::new(store.clone()).snapshot_every(1000);
+        assert_eq!(new.load("c").await.unwrap().state.total, 10, "changed apply: rebuilt from the events");
+    }
+}

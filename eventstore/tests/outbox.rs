@@ -158,6 +158,8 @@ async fn writer_and_relay_child_process() {
     for i in 0..KILLED_TOTAL {
         let stream = format!("order-{}", i % 37);
         store.append(stream, ExpectedVersion::Any, vec![order(i)]).await.unwrap();
+        // Acknowledged: from here on it must survive a SIGKILL.
+        println!("ACK {i}");
     }
     let reader = Subscription::new(store.clone(), "outbox");
     loop {
@@ -205,11 +207,27 @@ async fn a_killed_writer_and_relay_lose_nothing_and_duplicate_no_effect() {
 
     let mut kills = 0;
     while kills < 5 {
-        let (mut child, _lines) = writer_and_relay(&db, &url).await;
+        let (mut child, mut lines) = writer_and_relay(&db, &url).await;
+        let acked = tokio::spawn(async move {
+            let mut acked = Vec::new();
+            while let Ok(Some(line)) = lines.next_line().await {
+                if let Some(i) = line.strip_prefix("ACK ").and_then(|i| i.parse::<u64>().ok()) {
+                    acked.push(i);
+                }
+            }
+            acked
+        });
         tokio::time::sleep(Duration::from_millis(fastrand::u64(20..400))).await;
         child.start_kill().unwrap(); // SIGKILL
         child.wait().await.unwrap();
         kills += 1;
+        // Every append the killed writer saw succeed is in the file.
+        let acked = acked.await.unwrap();
+        let store = SqliteStore::open(&db).unwrap();
+        let stored: std::collections::HashSet<Uuid> =
+            store.read_all(0, usize::MAX).await.unwrap().into_iter().map(|e| e.id).collect();
+        let lost: Vec<_> = acked.iter().filter(|i| !stored.contains(&order_id(**i))).collect();
+        assert!(lost.is_empty(), "acknowledged appends lost by a SIGKILL: {lost:?}");
     }
     let published_before_last_run = *seen.deliveries.lock().unwrap();
     let (mut child, mut lines) = writer_and_relay(&db, &url).await;
