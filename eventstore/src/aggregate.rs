@@ -260,7 +260,7 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
         let mut next = 0;
         if self.snapshot_every.is_some()
             && let Some(snapshot) = self.store.load_snapshot(&stream).await?
-            && let Some(from_snapshot) = self.from_snapshot(&snapshot)
+            && let Some(from_snapshot) = self.state_in(&snapshot)
         {
             state = from_snapshot;
             next = snapshot.revision + 1;
@@ -288,7 +288,7 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
 
     /// The state in a snapshot: as it is if this code wrote it, upcast if older code with
     /// another `SCHEMA` did and the aggregate knows how, else none.
-    fn from_snapshot(&self, snapshot: &Snapshot) -> Option<A> {
+    fn state_in(&self, snapshot: &Snapshot) -> Option<A> {
         if *snapshot.schema == *self.schema {
             return serde_json::from_slice(&snapshot.data).ok();
         }

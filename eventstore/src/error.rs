@@ -86,6 +86,10 @@ pub enum Error {
         /// The handler's last error.
         message: String,
     },
+    /// The transaction holding this write (and the others committed with it) did not commit:
+    /// nothing of it was written.
+    #[error("the write did not commit: {0}")]
+    NotCommitted(String),
     /// Publishing through the outbox failed.
     #[error("publishing failed")]
     Publish(#[source] switchboard::Error),

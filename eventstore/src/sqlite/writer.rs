@@ -41,7 +41,7 @@ impl Answer {
 }
 
 fn commit_failed(e: &str) -> Error {
-    Error::Invalid(format!("the transaction did not commit: {e}"))
+    Error::NotCommitted(e.to_owned())
 }
 
 /// Commits between two checkpoint requests.
@@ -66,7 +66,7 @@ pub(super) fn run(mut conn: Connection, jobs: Receiver<Job>, head: Arc<watch::Se
         if let Some(h) = new_head.filter(|_| commit.is_ok()) {
             head.send_if_modified(|old| std::mem::replace(old, h) != h);
             commits += 1;
-            if commits % CHECKPOINT_EVERY == 0 {
+            if commits.is_multiple_of(CHECKPOINT_EVERY) {
                 let _ = checkpoint.try_send(());
             }
         }

@@ -1,6 +1,8 @@
 //! The analytics service: counts signups (`user_created` events) in its state, and answers
 //! `{cmd: "latest_signup"}` by asking the users service for the newest user (a handler
-//! calling another service, with `?`).
+//! calling another service, with `?`). It also counts the user-events service's stored
+//! events (`USER_CREATED`, `EMAIL_UPDATED`, `USER_DELETED`, published by its outbox) behind an
+//! inbox, so an event delivered again counts once; `{cmd: "es_events"}` answers the counts.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -8,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use clap::Parser;
 use example_common::Listen;
 use switchboard::prelude::*;
+use switchboard_eventstore::Inbox;
 
 /// The users service's `get_user`, as this service knows it (it does not link the users crate).
 const GET_USER: MessageDef<String, User> = MessageDef::new(pattern!({ cmd = "get_user" }));
@@ -23,6 +26,7 @@ struct User {
 #[derive(Clone, FromRef)]
 struct App {
     signups: Signups,
+    stored: StoredEvents,
     users: Client,
 }
 
@@ -31,6 +35,58 @@ struct App {
 struct Signups {
     total: Arc<AtomicU64>,
     latest: Arc<Mutex<Option<String>>>,
+}
+
+/// The user-events service's events seen so far, by kind.
+#[derive(Clone, Default)]
+struct StoredEvents {
+    created: Arc<AtomicU64>,
+    email_updated: Arc<AtomicU64>,
+    deleted: Arc<AtomicU64>,
+}
+
+/// What `es_events` answers.
+#[derive(Debug, Serialize)]
+struct StoredEventCounts {
+    created: u64,
+    email_updated: u64,
+    deleted: u64,
+}
+
+/// The user-events service's events, as its outbox publishes them: only the id is read.
+#[derive(Debug, Deserialize)]
+struct UserRef {
+    id: String,
+}
+
+fn count(kind: &AtomicU64, event: &str, user: &UserRef) {
+    let total = kind.fetch_add(1, Ordering::Relaxed) + 1;
+    tracing::info!(id = %user.id, total, "{event} counted");
+}
+
+#[event_pattern("USER_CREATED")]
+async fn count_created(user: UserRef, State(stored): State<StoredEvents>) {
+    count(&stored.created, "USER_CREATED", &user);
+}
+
+#[event_pattern("EMAIL_UPDATED")]
+async fn count_email_updated(user: UserRef, State(stored): State<StoredEvents>) {
+    count(&stored.email_updated, "EMAIL_UPDATED", &user);
+}
+
+#[event_pattern("USER_DELETED")]
+async fn count_deleted(user: UserRef, State(stored): State<StoredEvents>) {
+    count(&stored.deleted, "USER_DELETED", &user);
+}
+
+/// How many of the user-events service's events this instance has counted.
+#[message_pattern({ cmd = "es_events" })]
+async fn es_events(State(stored): State<StoredEvents>) -> StoredEventCounts {
+    StoredEventCounts {
+        created: stored.created.load(Ordering::Relaxed),
+        email_updated: stored.email_updated.load(Ordering::Relaxed),
+        deleted: stored.deleted.load(Ordering::Relaxed),
+    }
 }
 
 #[event_pattern("user_created")]
@@ -71,6 +127,7 @@ async fn main() -> switchboard::Result<()> {
     let args = Args::parse();
     let app = App {
         signups: Signups::default(),
+        stored: StoredEvents::default(),
         users: Client::builder(&args.users).build()?,
     };
     Microservice::new()
@@ -78,6 +135,12 @@ async fn main() -> switchboard::Result<()> {
         .handler(TRACK_SIGNUP)
         .handler(SIGNUPS)
         .handler(LATEST_SIGNUP)
+        .handler(COUNT_CREATED)
+        .handler(COUNT_EMAIL_UPDATED)
+        .handler(COUNT_DELETED)
+        .handler(ES_EVENTS)
+        // An event the outbox publishes again (its `idempotency-key` seen) is counted once.
+        .layer(Inbox::memory().layer())
         .listen_all(args.listen.or("tcp://127.0.0.1:3004"))
         .run()
         .await

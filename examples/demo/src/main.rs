@@ -3,6 +3,10 @@
 //! shows the calls and events flowing through the services' logs. Exits non-zero if any
 //! answer is wrong, so it doubles as a smoke test.
 //!
+//! The event-sourced users service (user-events) runs beside them, on a temporary SQLite file:
+//! the demo creates, updates and deletes a user through it, reads the user rebuilt by replay
+//! and its history, and waits for its outbox to reach analytics.
+//!
 //! `demo --broker nats://127.0.0.1:4222` (or any broker URL) runs the same unchanged services
 //! over that broker instead: every service listens on it, and one emit reaches both listeners.
 //! `--broker kafka://mock` starts librdkafka's mock cluster in this process and runs the
@@ -15,6 +19,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail, ensure};
 use serde_json::{Value, json};
+use switchboard::Client;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
@@ -251,6 +256,162 @@ async fn degrade_and_recover(
     Ok(())
 }
 
+/// Sends `{cmd}` to a service directly, printing the exchange: its reply, or the error it
+/// answered with as `Err`.
+async fn send(client: &Client, cmd: &str, payload: Value) -> anyhow::Result<Result<Value, Value>> {
+    println!("{:>13} > {cmd} {payload}", "demo");
+    let reply = match client.send_raw::<Value>(json!({ "cmd": cmd }), payload).await {
+        Ok(reply) => Ok(reply),
+        Err(switchboard::Error::Rpc(e)) => Err(e.value().clone()),
+        Err(e) => return Err(e).with_context(|| format!("{cmd} failed")),
+    };
+    match &reply {
+        Ok(value) => println!("{:>13} < {value}", "demo"),
+        Err(value) => println!("{:>13} < error {value}", "demo"),
+    }
+    Ok(reply)
+}
+
+/// `send`, expecting `expect`.
+async fn expect(client: &Client, cmd: &str, payload: Value, expect: Result<Value, Value>) -> anyhow::Result<()> {
+    let got = send(client, cmd, payload.clone()).await?;
+    ensure!(got == expect, "{cmd} {payload}: expected {expect:?}, got {got:?}");
+    Ok(())
+}
+
+/// The event names, revisions and positions `es.user_history` lists, and the events' ids.
+async fn history(client: &Client, id: &str) -> anyhow::Result<Vec<(String, u64, u64, String)>> {
+    let entries = send(client, "es.user_history", json!(id))
+        .await?
+        .map_err(|e| anyhow::anyhow!("es.user_history {id}: {e}"))?;
+    let entries = entries.as_array().context("es.user_history: not a list")?;
+    entries
+        .iter()
+        .map(|e| {
+            Some((
+                e.get("name")?.as_str()?.to_owned(),
+                e.get("revision")?.as_u64()?,
+                e.get("position")?.as_u64()?,
+                e.get("id")?.as_str()?.to_owned(),
+            ))
+        })
+        .collect::<Option<_>>()
+        .context("es.user_history: an entry is not {name, id, revision, position}")
+}
+
+fn names(events: &[(String, u64, u64, String)]) -> String {
+    let names: Vec<_> = events.iter().map(|(name, ..)| name.as_str()).collect();
+    names.join(", ")
+}
+
+/// The event-sourced users service: commands become stored events, a read replays them, and
+/// the outbox publishes them to analytics, which counts each once.
+async fn event_sourcing(user_events: &Client, analytics: &Client) -> anyhow::Result<()> {
+    let grace = |email: &str| json!({"id": "1", "name": "Grace", "email": email});
+    expect(
+        user_events,
+        "es.create_user",
+        json!({"name": "Grace", "email": "grace@example.com"}),
+        Ok(grace("grace@example.com")),
+    )
+    .await?;
+    expect(
+        user_events,
+        "es.update_email",
+        json!({"id": "1", "email": "grace@navy.mil"}),
+        Ok(grace("grace@navy.mil")),
+    )
+    .await?;
+    expect(user_events, "es.get_user", json!("1"), Ok(grace("grace@navy.mil"))).await?;
+    let events = history(user_events, "1").await?;
+    ensure!(
+        events.len() == 2,
+        "user 1 should have 2 events after create and update, has {}",
+        names(&events)
+    );
+    println!(
+        "{:>13} | es.get_user: user 1 rebuilt by replay from {} events ({})",
+        "demo",
+        events.len(),
+        names(&events)
+    );
+    expect(user_events, "es.delete_user", json!("1"), Ok(json!(true))).await?;
+    expect(
+        user_events,
+        "es.get_user",
+        json!("1"),
+        Err(json!({"status": "error", "message": "user 1 not found", "code": 404})),
+    )
+    .await?;
+    let events = history(user_events, "1").await?;
+    let expected = [("USER_CREATED", 0), ("EMAIL_UPDATED", 1), ("USER_DELETED", 2)];
+    ensure!(
+        events.len() == expected.len()
+            && events
+                .iter()
+                .zip(expected)
+                .all(|((name, revision, ..), (n, r))| name == n && *revision == r)
+            && events.windows(2).all(|w| w[0].2 < w[1].2),
+        "es.user_history 1: expected {expected:?} in position order, got {events:?}"
+    );
+    for (name, revision, position, _) in &events {
+        println!("{:>13} |   revision {revision}, position {position}: {name}", "demo");
+    }
+    println!(
+        "{:>13} | deleted: es.get_user is a 404, the history keeps all 3 events",
+        "demo"
+    );
+    // The outbox publishes every stored event; analytics counts each kind once.
+    let want = json!({"created": 1, "email_updated": 1, "deleted": 1});
+    let started = std::time::Instant::now();
+    let mut last = Value::Null;
+    while started.elapsed() < Duration::from_secs(20) {
+        match analytics.send_raw::<Value>(json!({"cmd": "es_events"}), ()).await {
+            Ok(counts) if counts == want => {
+                println!(
+                    "{:>13} | the outbox reached analytics in {:?}: es_events -> {counts}",
+                    "demo",
+                    started.elapsed()
+                );
+                return redelivered(analytics, &events[0].3, &want).await;
+            }
+            Ok(counts) => {
+                let over = ["created", "email_updated", "deleted"]
+                    .iter()
+                    .any(|k| counts.get(k).and_then(Value::as_u64).unwrap_or(0) > 1);
+                ensure!(!over, "analytics counted an event more than once: {counts}");
+                last = counts;
+            }
+            Err(e) => last = Value::String(e.to_string()),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    bail!("the outbox did not reach analytics within 20 s: es_events -> {last}, expected {want}")
+}
+
+/// Delivers the outbox's `USER_CREATED` again, as a relay restarted before its checkpoint
+/// would (same event id in the `idempotency-key` header): analytics' inbox skips it.
+async fn redelivered(analytics: &Client, event_id: &str, want: &Value) -> anyhow::Result<()> {
+    let user = json!({"id": "1", "name": "Grace", "email": "grace@example.com"});
+    println!("{:>13} > USER_CREATED {user} again, idempotency-key {event_id}", "demo");
+    analytics
+        .emit_raw("USER_CREATED", &user)
+        .header("idempotency-key", event_id)
+        .await?;
+    analytics.flush().await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let counts = analytics.send_raw::<Value>(json!({"cmd": "es_events"}), ()).await?;
+    ensure!(
+        &counts == want,
+        "a redelivered USER_CREATED was counted again: es_events -> {counts}, expected {want}"
+    );
+    println!(
+        "{:>13} | analytics' inbox skipped the redelivery: es_events -> {counts}",
+        "demo"
+    );
+    Ok(())
+}
+
 fn terminate(child: &Child) {
     if let Some(pid) = child.id() {
         let _ = std::process::Command::new("kill")
@@ -349,7 +510,8 @@ async fn main() -> anyhow::Result<()> {
     let logs = Logs::default();
     // Every service exports its spans here; the demo prints the trace of `POST /users`.
     let collector = example_collector::Collector::start("127.0.0.1:0").await?;
-    let [users, math, notifications, analytics, resilient, http_port] = [
+    let [users, math, notifications, analytics, resilient, user_events, http_port] = [
+        free_port()?,
         free_port()?,
         free_port()?,
         free_port()?,
@@ -360,6 +522,14 @@ async fn main() -> anyhow::Result<()> {
     let url = |port: u16, service: &str| match &broker {
         Some(b) => service_url(b, service),
         None => format!("tcp://127.0.0.1:{port}"),
+    };
+    // The user-events service's store: a new file each run, removed at the end.
+    let db = std::env::temp_dir().join(format!("switchboard-demo-{}.db", std::process::id()));
+    // Its outbox publishes to analytics: a broker routes by pattern, RabbitMQ and TCP to one
+    // service's queue or port.
+    let publish = match &broker {
+        Some(b) if !b.starts_with("amqp:") => b.clone(),
+        _ => url(analytics, "analytics"),
     };
     let mut children = vec![
         spawn(
@@ -402,9 +572,23 @@ async fn main() -> anyhow::Result<()> {
             &logs,
             &collector.endpoint,
         )?,
+        spawn(
+            &dir,
+            "user-events",
+            &[
+                "--listen".into(),
+                url(user_events, "user-events"),
+                "--publish".into(),
+                publish,
+                "--db".into(),
+                db.display().to_string(),
+            ],
+            &logs,
+            &collector.endpoint,
+        )?,
     ];
     if broker.is_none() {
-        for port in [users, math, notifications, analytics, resilient] {
+        for port in [users, math, notifications, analytics, resilient, user_events] {
             wait_for_port(port).await?;
         }
     }
@@ -443,7 +627,14 @@ async fn main() -> anyhow::Result<()> {
     wait_for_port(http_port).await?;
     if broker.is_some() {
         // A service logs "listening" once its subscriptions are in place on the broker.
-        for service in ["users", "math", "notifications", "analytics", "resilient"] {
+        for service in [
+            "users",
+            "math",
+            "notifications",
+            "analytics",
+            "resilient",
+            "user-events",
+        ] {
             wait_for_log(&logs, service, "listening", "is not listening on the broker").await?;
         }
     }
@@ -551,7 +742,12 @@ async fn main() -> anyhow::Result<()> {
         if broker.is_none() {
             degrade_and_recover(&dir, &mut children, math, http_port, &logs, &collector.endpoint).await?;
         }
-        anyhow::Ok(())
+        let user_events = Client::builder(&url(user_events, "user-events")).build()?;
+        let analytics = Client::builder(&url(analytics, "analytics")).build()?;
+        let done = event_sourcing(&user_events, &analytics).await;
+        user_events.close().await;
+        analytics.close().await;
+        done
     }
     .await;
 
@@ -561,11 +757,15 @@ async fn main() -> anyhow::Result<()> {
     }
     // Each service drains and exits 0 on SIGTERM.
     let mut result = result;
-    for (child, name) in
-        children
-            .iter_mut()
-            .zip(["users", "math", "notifications", "analytics", "resilient", "gateway"])
-    {
+    for (child, name) in children.iter_mut().zip([
+        "users",
+        "math",
+        "notifications",
+        "analytics",
+        "resilient",
+        "user-events",
+        "gateway",
+    ]) {
         let exit = tokio::time::timeout(Duration::from_secs(10), child.wait()).await;
         match exit {
             Ok(Ok(status)) if status.success() => {}
@@ -575,6 +775,11 @@ async fn main() -> anyhow::Result<()> {
                 )));
             }
         }
+    }
+    for suffix in ["", "-wal", "-shm"] {
+        let mut file = db.clone().into_os_string();
+        file.push(suffix);
+        let _ = std::fs::remove_file(file);
     }
     match &result {
         Ok(()) => println!(
