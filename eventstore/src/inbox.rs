@@ -22,7 +22,9 @@ const MEMORY_KEYS: usize = 100_000;
 /// without the header goes through.
 ///
 /// A key is recorded after its handler succeeded: a consumer killed in between handles the
-/// message again. For an effect that must happen exactly once, write it and the key in one
+/// message again. Copies of one key arriving at once in one process run one at a time (the
+/// later ones find the first's record); replicas of a consumer sharing an SQLite inbox do
+/// not coordinate that way. For an effect that must happen exactly once, write it and the key in one
 /// transaction ([`SqliteReadModel`](crate::SqliteReadModel) does so for read models).
 ///
 /// ```
@@ -39,6 +41,42 @@ const MEMORY_KEYS: usize = 100_000;
 #[derive(Clone)]
 pub struct Inbox {
     backend: Backend,
+    running: Arc<Running>,
+}
+
+/// Keys being handled in this process: a copy arriving meanwhile waits for the first.
+#[derive(Default)]
+struct Running {
+    keys: Mutex<std::collections::HashSet<String>>,
+    done: tokio::sync::Notify,
+}
+
+/// Held while a key's message is handled.
+struct Claim {
+    running: Arc<Running>,
+    key: String,
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        self.running.keys.lock().unwrap_or_else(|e| e.into_inner()).remove(&self.key);
+        self.running.done.notify_waiters();
+    }
+}
+
+impl Inbox {
+    /// Waits until no other message with `key` is being handled here, then holds it.
+    async fn claim(&self, key: &str) -> Claim {
+        loop {
+            let done = self.running.done.notified();
+            tokio::pin!(done);
+            done.as_mut().enable();
+            if self.running.keys.lock().unwrap_or_else(|e| e.into_inner()).insert(key.to_owned()) {
+                return Claim { running: self.running.clone(), key: key.to_owned() };
+            }
+            done.await;
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -67,7 +105,7 @@ impl std::fmt::Debug for Inbox {
 impl Inbox {
     /// An inbox in memory (the last 100,000 keys): survives nothing.
     pub fn memory() -> Self {
-        Inbox { backend: Backend::Memory(Arc::default()) }
+        Inbox { backend: Backend::Memory(Arc::default()), running: Arc::default() }
     }
 
     /// An inbox in an SQLite file (`synchronous=NORMAL`: a recorded key survives a process
@@ -84,7 +122,7 @@ impl Inbox {
         )?;
         let week = Duration::from_secs(7 * 24 * 3600).as_millis() as i64;
         conn.execute("DELETE FROM sb_inbox WHERE at < ?1", [crate::memory::now_millis() - week])?;
-        Ok(Inbox { backend: Backend::Sqlite(Arc::new(Mutex::new(conn))) })
+        Ok(Inbox { backend: Backend::Sqlite(Arc::new(Mutex::new(conn))), running: Arc::default() })
     }
 
     /// `Some(reply)` if `key` was handled (`reply` is `None` for an event).
@@ -185,6 +223,8 @@ impl Service<Request> for InboxService {
         let (inbox, inner) = (self.inbox.clone(), self.inner.clone());
         Box::pin(async move {
             let event = req.context().is_event();
+            // Copies arriving together: one runs, the others then find its record.
+            let _claim = inbox.claim(&key).await;
             match inbox.seen(&key).await {
                 Ok(Some(Some(reply))) => return Ok(Reply::json(reply)),
                 Ok(Some(None)) => return Ok(Reply::empty()),

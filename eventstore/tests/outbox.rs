@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
+use std::future::IntoFuture;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -106,6 +107,41 @@ async fn charge(State(seen): State<Seen>, amount: u64) -> String {
     let mut effects = seen.effects.lock().unwrap();
     *effects.entry(amount).or_default() += 1;
     format!("charge-{}", effects.len())
+}
+
+#[message_pattern("slow_charge")]
+async fn slow_charge(State(seen): State<Seen>, amount: u64) -> u64 {
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let mut effects = seen.effects.lock().unwrap();
+    *effects.entry(amount).or_default() += 1;
+    effects[&amount] as u64
+}
+
+/// Copies of one request arriving together (a client retrying before the first answered):
+/// the handler runs once, every copy gets its reply.
+#[tokio::test]
+async fn concurrent_copies_of_a_request_run_once() {
+    let seen = Seen::default();
+    let server = Microservice::new()
+        .with_state(seen.clone())
+        .handler(SLOW_CHARGE)
+        .layer(Inbox::memory().layer())
+        .listen("tcp://127.0.0.1:0")
+        .start()
+        .await
+        .unwrap();
+    let client = Client::connect(server.local_url()).await.unwrap();
+    let calls: Vec<_> = (0..8)
+        .map(|_| {
+            let call = client.send(SLOW_CHARGE, 7).header(IDEMPOTENCY_KEY, "charge-7");
+            tokio::spawn(call.into_future())
+        })
+        .collect();
+    for call in calls {
+        assert_eq!(call.await.unwrap().unwrap(), 1, "every copy answered with the first run's reply");
+    }
+    assert_eq!(seen.effects.lock().unwrap()[&7], 1);
+    server.shutdown().await.unwrap();
 }
 
 #[tokio::test]
