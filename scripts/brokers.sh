@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Makes sure the brokers the tests use are installed and running on 127.0.0.1, and the build
 # tools the broker and gRPC crates need are installed (Debian):
-#   Redis 6379, NATS with JetStream 4222, Mosquitto 1883, RabbitMQ 5672.
+#   Redis 6379, NATS with JetStream 4222, Mosquitto 1883, RabbitMQ 5672, PostgreSQL 5432
+#   (the event store's PgStore tests: user postgres, trust authentication on 127.0.0.1).
 # Kafka needs no broker here: the tests run librdkafka's mock cluster.
 # A broker already answering on its port is left alone. Idempotent. Exit 1 if one fails.
 set -uo pipefail
@@ -22,6 +23,8 @@ for pair in redis-server:redis-server nats-server:nats-server mosquitto:mosquitt
 done
 [[ -f /usr/include/x86_64-linux-gnu/curl/curl.h || -f /usr/include/curl/curl.h ]] || need+=(libcurl4-openssl-dev)
 [[ -f /usr/include/sasl/sasl.h ]] || need+=(libsasl2-dev)
+pg_fresh=0
+compgen -G "/etc/postgresql/*/main" >/dev/null || { need+=(postgresql); pg_fresh=1; }
 if ((${#need[@]})); then
   echo "brokers: installing ${need[*]}"
   as_root apt-get update -qq
@@ -54,6 +57,25 @@ start nats 4222 10 start-stop-daemon --start --oknodo --background --exec /usr/s
   -a 127.0.0.1 -p 4222 -js -sd /var/lib/nats-server -l /var/log/nats-server.log
 start mosquitto 1883 10 mosquitto -d -c /etc/mosquitto/mosquitto.conf
 start rabbitmq 5672 60 rabbitmq-server -detached
+
+# --- PostgreSQL: the Debian cluster `main` of the newest installed version. A fresh install
+# gets what the project machines have: trust authentication for local TCP connections.
+pg_version=$(ls /etc/postgresql 2>/dev/null | sort -V | tail -n 1)
+if [[ -z $pg_version ]]; then
+  echo "brokers: postgresql FAILED to install" >&2
+  failed=1
+else
+  pg_hba=/etc/postgresql/$pg_version/main/pg_hba.conf
+  if ((pg_fresh)); then
+    as_root sed -i -E 's#^(host[[:space:]]+all[[:space:]]+all[[:space:]]+(127\.0\.0\.1/32|::1/128)[[:space:]]+)[[:alnum:]-]+#\1trust#' "$pg_hba"
+  fi
+  start postgresql 5432 30 as_root pg_ctlcluster --skip-systemctl-redirect "$pg_version" main start
+  if port_open 5432 && ! PGCONNECT_TIMEOUT=5 psql -h 127.0.0.1 -U postgres -Atqc 'select 1' >/dev/null 2>&1; then
+    echo "brokers: postgresql is up but user postgres cannot connect to 127.0.0.1 without a password (see $pg_hba)" >&2
+    failed=1
+  fi
+fi
+# --- end PostgreSQL
 
 # --- NATS transport's conformance suite (tests/tests/nats.rs): a second nats-server on 4223
 # with an 8 MB max_payload (the suite sends 1 MiB payloads) and JetStream; the suite restarts it.

@@ -107,8 +107,8 @@ struct Args {
     /// JSON round trip (see `mem`).
     #[arg(long)]
     mem_only: bool,
-    /// The event store rows only: appends and replay on SQLite against a bare rusqlite loop
-    /// (see `store`).
+    /// The event store rows only: appends and replay on SQLite against a bare rusqlite loop,
+    /// and with `--features postgres` PostgreSQL against a bare sqlx loop (see `store`).
     #[arg(long)]
     store_only: bool,
     /// The resilience row only: what a closed breaker and the whole client policy cost per
@@ -268,7 +268,12 @@ fn main() -> ExitCode {
         };
     }
     if args.store_only {
-        return match store::run(args.runs, Duration::from_secs_f64(args.duration_secs)) {
+        let secs = Duration::from_secs_f64(args.duration_secs);
+        #[cfg(feature = "postgres")]
+        let result = store::run(args.runs, secs).and_then(|()| store::run_postgres(args.runs, secs));
+        #[cfg(not(feature = "postgres"))]
+        let result = store::run(args.runs, secs);
+        return match result {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("error: {e:#}");

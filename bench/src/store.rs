@@ -28,7 +28,11 @@ struct Tick {
 fn payload(n: u64) -> Vec<u8> {
     let mut json = serde_json::to_vec(&Tick { n, pad: String::new() }).unwrap();
     let pad = 256usize.saturating_sub(json.len());
-    json = serde_json::to_vec(&Tick { n, pad: "x".repeat(pad) }).unwrap();
+    json = serde_json::to_vec(&Tick {
+        n,
+        pad: "x".repeat(pad),
+    })
+    .unwrap();
     json
 }
 
@@ -36,7 +40,11 @@ struct Dir(PathBuf);
 
 impl Dir {
     fn new(tag: &str) -> anyhow::Result<Self> {
-        let dir = std::env::temp_dir().join(format!("sb-bench-store-{}-{tag}-{}", std::process::id(), fastrand::u64(..)));
+        let dir = std::env::temp_dir().join(format!(
+            "sb-bench-store-{}-{tag}-{}",
+            std::process::id(),
+            fastrand::u64(..)
+        ));
         std::fs::create_dir_all(&dir)?;
         Ok(Dir(dir))
     }
@@ -52,7 +60,13 @@ impl Drop for Dir {
 }
 
 /// Events/s appended by `writers` tasks, `per_append` events each call, for `secs`.
-async fn ours(path: &Path, sync: Synchronous, writers: usize, per_append: usize, secs: Duration) -> anyhow::Result<f64> {
+async fn ours(
+    path: &Path,
+    sync: Synchronous,
+    writers: usize,
+    per_append: usize,
+    secs: Duration,
+) -> anyhow::Result<f64> {
     let store = SqliteStore::open_with(path, sync)?;
     let stop = Arc::new(AtomicBool::new(false));
     let count = Arc::new(AtomicU64::new(0));
@@ -63,8 +77,12 @@ async fn ours(path: &Path, sync: Synchronous, writers: usize, per_append: usize,
             tokio::spawn(async move {
                 let mut n = 0u64;
                 while !stop.load(Ordering::Relaxed) {
-                    let events = (0..per_append).map(|i| NewEvent::raw("TICK", 1, payload(n + i as u64))).collect();
-                    store.append(format!("w{w}-{}", n % 1000), ExpectedVersion::Any, events).await?;
+                    let events = (0..per_append)
+                        .map(|i| NewEvent::raw("TICK", 1, payload(n + i as u64)))
+                        .collect();
+                    store
+                        .append(format!("w{w}-{}", n % 1000), ExpectedVersion::Any, events)
+                        .await?;
                     n += per_append as u64;
                     count.fetch_add(per_append as u64, Ordering::Relaxed);
                 }
@@ -84,7 +102,11 @@ async fn ours(path: &Path, sync: Synchronous, writers: usize, per_append: usize,
 fn bare(path: &Path, sync: Synchronous, per_tx: usize, secs: Duration) -> anyhow::Result<f64> {
     let conn = rusqlite::Connection::open(path)?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
-    conn.pragma_update(None, "synchronous", if sync == Synchronous::Full { "FULL" } else { "NORMAL" })?;
+    conn.pragma_update(
+        None,
+        "synchronous",
+        if sync == Synchronous::Full { "FULL" } else { "NORMAL" },
+    )?;
     conn.execute_batch(
         "CREATE TABLE t (position INTEGER PRIMARY KEY, stream TEXT NOT NULL, revision INTEGER NOT NULL, id BLOB NOT NULL,
          name TEXT NOT NULL, version INTEGER NOT NULL, data TEXT NOT NULL, metadata TEXT NOT NULL, recorded_at INTEGER NOT NULL);",
@@ -101,7 +123,14 @@ fn bare(path: &Path, sync: Synchronous, per_tx: usize, secs: Duration) -> anyhow
             for _ in 0..per_tx {
                 n += 1;
                 let data = String::from_utf8(payload(n))?;
-                insert.execute(rusqlite::params![n as i64, "s", n as i64, uuid::Uuid::now_v7().as_bytes(), "TICK", data])?;
+                insert.execute(rusqlite::params![
+                    n as i64,
+                    "s",
+                    n as i64,
+                    uuid::Uuid::now_v7().as_bytes(),
+                    "TICK",
+                    data
+                ])?;
             }
         }
         tx.commit()?;
@@ -114,7 +143,9 @@ async fn replay(dir: &Dir, n: u64) -> anyhow::Result<(f64, f64)> {
     let path = dir.file("replay.db");
     let store = SqliteStore::open(&path)?;
     for chunk in 0..n / 1000 {
-        let events = (0..1000).map(|i| NewEvent::raw("TICK", 1, payload(chunk * 1000 + i))).collect();
+        let events = (0..1000)
+            .map(|i| NewEvent::raw("TICK", 1, payload(chunk * 1000 + i)))
+            .collect();
         store.append("replayed", ExpectedVersion::Any, events).await?;
     }
     let started = Instant::now();
@@ -152,8 +183,13 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 /// Runs every row `runs` times and prints medians.
 pub fn run(runs: usize, secs: Duration) -> anyhow::Result<()> {
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-    println!("event store, SQLite (rusqlite, bundled), 256-byte events, medians of {runs}; ceiling = bare rusqlite loop, same settings");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    println!(
+        "event store, SQLite (rusqlite, bundled), 256-byte events, medians of {runs}; ceiling = bare rusqlite loop, same settings"
+    );
     println!("{:<22} {:>14} {:>14} {:>8}", "row", "ours/s", "ceiling/s", "ratio");
     let rows: [(&str, Synchronous, usize, usize, usize); 3] = [
         ("append normal x4", Synchronous::Normal, 4, 1, 1),
@@ -167,7 +203,10 @@ pub fn run(runs: usize, secs: Duration) -> anyhow::Result<()> {
         for _ in 0..runs {
             let dir = Dir::new("append")?;
             b.push(bare(&dir.file("bare.db"), sync, per_tx, secs).context("bare loop")?);
-            o.push(rt.block_on(ours(&dir.file("ours.db"), sync, writers, per_append, secs)).context("store")?);
+            o.push(
+                rt.block_on(ours(&dir.file("ours.db"), sync, writers, per_append, secs))
+                    .context("store")?,
+            );
         }
         let (o, b) = (median(o), median(b));
         println!("{name:<22} {o:>14.0} {b:>14.0} {:>8.2}", o / b);
@@ -184,5 +223,134 @@ pub fn run(runs: usize, secs: Duration) -> anyhow::Result<()> {
     }
     let (o, b) = (median(o), median(b));
     println!("{:<22} {o:>14.0} {b:>14.0} {:>8.2}", "replay (decode)", o / b);
+    Ok(())
+}
+
+/// The PostgreSQL rows (feature `postgres`): appends/s and p99 at 1, 4 and 16 writers, one
+/// 256-byte event per append, against a bare sqlx loop (one single-row INSERT per statement
+/// per writer, each on its own connection, into a table with the same columns and indexes).
+#[cfg(feature = "postgres")]
+pub fn run_postgres(runs: usize, secs: Duration) -> anyhow::Result<()> {
+    use switchboard_eventstore::PgStore;
+    use switchboard_eventstore::postgres::sqlx;
+
+    let url = std::env::var("SB_POSTGRES_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    println!(
+        "event store, PostgreSQL (sqlx), 256-byte events, medians of {runs}; ceiling = bare sqlx INSERT loop, a connection of its own per writer"
+    );
+    println!(
+        "{:<22} {:>12} {:>10} {:>12} {:>10} {:>8}",
+        "writers", "ours/s", "p99 ms", "ceiling/s", "p99 ms", "ratio"
+    );
+
+    /// Runs `writers` tasks calling `one(w, n)` for `secs`: (calls/s, p99).
+    async fn drive<F, Fut>(writers: usize, secs: Duration, one: F) -> anyhow::Result<(f64, Duration)>
+    where
+        F: Fn(usize, u64) -> Fut + Clone + Send + 'static,
+        Fut: std::future::Future<Output = anyhow::Result<()>> + Send,
+    {
+        let stop = Arc::new(AtomicBool::new(false));
+        let started = Instant::now();
+        let tasks: Vec<_> = (0..writers)
+            .map(|w| {
+                let (stop, one) = (stop.clone(), one.clone());
+                tokio::spawn(async move {
+                    let mut latencies = Vec::new();
+                    let mut n = 0;
+                    while !stop.load(Ordering::Relaxed) {
+                        let t = Instant::now();
+                        one(w, n).await?;
+                        latencies.push(t.elapsed());
+                        n += 1;
+                    }
+                    anyhow::Ok(latencies)
+                })
+            })
+            .collect();
+        tokio::time::sleep(secs).await;
+        stop.store(true, Ordering::Relaxed);
+        let mut all = Vec::new();
+        for task in tasks {
+            all.extend(task.await??);
+        }
+        let rate = all.len() as f64 / started.elapsed().as_secs_f64();
+        all.sort();
+        let p99 = all.get(all.len() * 99 / 100).copied().unwrap_or_default();
+        Ok((rate, p99))
+    }
+
+    for writers in [1usize, 4, 16] {
+        let (mut ours, mut ours_p99, mut bare, mut bare_p99) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..runs {
+            let schema = format!("sb_bench_{}", fastrand::u64(..));
+            rt.block_on(async {
+                let pool = sqlx::postgres::PgPoolOptions::new().max_connections(writers as u32 + 1).connect(&url).await?;
+                sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}"))).execute(&pool).await?;
+                sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "CREATE TABLE {schema}.t (position bigserial PRIMARY KEY, stream text NOT NULL, revision bigint NOT NULL,
+                     id uuid NOT NULL UNIQUE, name text NOT NULL, version integer NOT NULL, data json NOT NULL,
+                     metadata json NOT NULL, recorded_at bigint NOT NULL, UNIQUE (stream, revision))"
+                )))
+                .execute(&pool)
+                .await?;
+                let insert = format!(
+                    "INSERT INTO {schema}.t (stream, revision, id, name, version, data, metadata, recorded_at)
+                     VALUES ($1, 0, $2, 'TICK', 1, $3::json, '{{}}'::json, 0)"
+                );
+                // Each writer on a connection of its own, no pool in between.
+                let mut conns = Vec::new();
+                for _ in 0..writers {
+                    let conn = <sqlx::PgConnection as sqlx::Connection>::connect(&url).await?;
+                    conns.push(Arc::new(tokio::sync::Mutex::new(conn)));
+                }
+                let (rate, p99) = drive(writers, secs, move |w, n| {
+                    let (conn, insert) = (conns[w].clone(), insert.clone());
+                    async move {
+                        let data = String::from_utf8(payload(n))?;
+                        let mut conn = conn.lock().await;
+                        sqlx::query(sqlx::AssertSqlSafe(insert))
+                            .bind(format!("w{w}-{n}"))
+                            .bind(uuid::Uuid::now_v7())
+                            .bind(data)
+                            .execute(&mut *conn)
+                            .await?;
+                        Ok(())
+                    }
+                })
+                .await?;
+                bare.push(rate);
+                bare_p99.push(p99.as_secs_f64() * 1e3);
+
+                let store = PgStore::builder(url.clone()).schema(format!("{schema}_es")).connect().await?;
+                let (rate, p99) = drive(writers, secs, move |w, n| {
+                    let store = store.clone();
+                    async move {
+                        let event = NewEvent::raw("TICK", 1, payload(n));
+                        store.append(format!("w{w}-{}", n % 1000), ExpectedVersion::Any, vec![event]).await?;
+                        Ok(())
+                    }
+                })
+                .await?;
+                ours.push(rate);
+                ours_p99.push(p99.as_secs_f64() * 1e3);
+                for s in [schema.clone(), format!("{schema}_es")] {
+                    sqlx::query(sqlx::AssertSqlSafe(format!("DROP SCHEMA {s} CASCADE"))).execute(&pool).await?;
+                }
+                anyhow::Ok(())
+            })
+            .context("postgres row")?;
+        }
+        let (o, b) = (median(ours), median(bare));
+        println!(
+            "{writers:<22} {o:>12.0} {:>10.2} {b:>12.0} {:>10.2} {:>8.2}",
+            median(ours_p99),
+            median(bare_p99),
+            o / b
+        );
+    }
     Ok(())
 }

@@ -211,13 +211,21 @@ pub struct Repository<A, S> {
 
 impl<A, S: Clone> Clone for Repository<A, S> {
     fn clone(&self) -> Self {
-        Repository { store: self.store.clone(), schema: self.schema.clone(), snapshot_every: self.snapshot_every, retries: self.retries, _aggregate: PhantomData }
+        Repository {
+            store: self.store.clone(),
+            schema: self.schema.clone(),
+            snapshot_every: self.snapshot_every,
+            retries: self.retries,
+            _aggregate: PhantomData,
+        }
     }
 }
 
 impl<A, S> fmt::Debug for Repository<A, S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Repository").field("snapshot_every", &self.snapshot_every).finish_non_exhaustive()
+        f.debug_struct("Repository")
+            .field("snapshot_every", &self.snapshot_every)
+            .finish_non_exhaustive()
     }
 }
 
@@ -228,7 +236,13 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
     /// A repository over `store`, without snapshots, retrying a command 3 times when another
     /// writer got there first.
     pub fn new(store: S) -> Self {
-        Repository { store, schema: schema_stamp::<A>().into(), snapshot_every: None, retries: 3, _aggregate: PhantomData }
+        Repository {
+            store,
+            schema: schema_stamp::<A>().into(),
+            snapshot_every: None,
+            retries: 3,
+            _aggregate: PhantomData,
+        }
     }
 
     /// Takes a snapshot, in the background, each time a stream passes a multiple of `n` events.
@@ -266,7 +280,10 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
             next = snapshot.revision + 1;
         }
         loop {
-            let events = self.store.read_stream(&stream, ReadStream::forwards(next, PAGE)).await?;
+            let events = self
+                .store
+                .read_stream(&stream, ReadStream::forwards(next, PAGE))
+                .await?;
             let done = events.len() < PAGE;
             for recorded in &events {
                 state.apply(A::Event::decode(recorded)?);
@@ -283,7 +300,11 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
             // Written between the reads: load again from the start of what is missing.
             return Box::pin(self.load(id)).await;
         }
-        Ok(Loaded { id: id.to_owned(), state, stream: at })
+        Ok(Loaded {
+            id: id.to_owned(),
+            state,
+            stream: at,
+        })
     }
 
     /// The state in a snapshot: as it is if this code wrote it, upcast if older code with
@@ -306,7 +327,10 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
             return Ok(None);
         }
         let encoded = events.iter().map(EventSet::encode).collect::<Result<Vec<_>>>()?;
-        let appended = self.store.append(Self::stream_of(&loaded.id), loaded.expected(), encoded).await?;
+        let appended = self
+            .store
+            .append(Self::stream_of(&loaded.id), loaded.expected(), encoded)
+            .await?;
         let before = loaded.stream.next_revision();
         for event in events {
             loaded.state.apply(event);
@@ -340,10 +364,17 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
 
     /// Saves a snapshot of `loaded` now.
     pub async fn snapshot(&self, loaded: &Loaded<A>) -> Result<()> {
-        let StreamState::At(revision) = loaded.stream else { return Ok(()) };
+        let StreamState::At(revision) = loaded.stream else {
+            return Ok(());
+        };
         let data = serde_json::to_vec(&loaded.state).map_err(Error::Encode)?;
         self.store
-            .save_snapshot(Snapshot { stream: Self::stream_of(&loaded.id), revision, schema: self.schema.to_string(), data: data.into() })
+            .save_snapshot(Snapshot {
+                stream: Self::stream_of(&loaded.id),
+                revision,
+                schema: self.schema.to_string(),
+                data: data.into(),
+            })
             .await
     }
 

@@ -54,7 +54,11 @@ pub trait StoredEvent: Serialize + DeserializeOwned + Send + 'static {
     /// Decodes data stored under an older `version`. The default knows none.
     fn upcast(version: u32, data: &[u8]) -> Result<Self> {
         let _ = data;
-        Err(Error::UnknownVersion { name: Self::NAME.into(), version, current: Self::VERSION })
+        Err(Error::UnknownVersion {
+            name: Self::NAME.into(),
+            version,
+            current: Self::VERSION,
+        })
     }
 }
 
@@ -65,14 +69,25 @@ pub mod upcast {
     /// Decodes `data` stored as `name` version `version` into `E`, upcasting older versions.
     pub fn decode<E: StoredEvent>(name: &str, version: u32, data: &[u8]) -> Result<E> {
         if name != E::NAME {
-            return Err(Error::UnexpectedEvent { expected: E::NAME, found: name.into() });
+            return Err(Error::UnexpectedEvent {
+                expected: E::NAME,
+                found: name.into(),
+            });
         }
         if version == E::VERSION {
-            serde_json::from_slice(data).map_err(|source| Error::Decode { name: name.into(), version, source })
+            serde_json::from_slice(data).map_err(|source| Error::Decode {
+                name: name.into(),
+                version,
+                source,
+            })
         } else if version < E::VERSION {
             E::upcast(version, data)
         } else {
-            Err(Error::UnknownVersion { name: name.into(), version, current: E::VERSION })
+            Err(Error::UnknownVersion {
+                name: name.into(),
+                version,
+                current: E::VERSION,
+            })
         }
     }
 

@@ -59,7 +59,11 @@ struct Claim {
 
 impl Drop for Claim {
     fn drop(&mut self) {
-        self.running.keys.lock().unwrap_or_else(|e| e.into_inner()).remove(&self.key);
+        self.running
+            .keys
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.key);
         self.running.done.notify_waiters();
     }
 }
@@ -71,8 +75,17 @@ impl Inbox {
             let done = self.running.done.notified();
             tokio::pin!(done);
             done.as_mut().enable();
-            if self.running.keys.lock().unwrap_or_else(|e| e.into_inner()).insert(key.to_owned()) {
-                return Claim { running: self.running.clone(), key: key.to_owned() };
+            if self
+                .running
+                .keys
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(key.to_owned())
+            {
+                return Claim {
+                    running: self.running.clone(),
+                    key: key.to_owned(),
+                };
             }
             done.await;
         }
@@ -105,7 +118,10 @@ impl std::fmt::Debug for Inbox {
 impl Inbox {
     /// An inbox in memory (the last 100,000 keys): survives nothing.
     pub fn memory() -> Self {
-        Inbox { backend: Backend::Memory(Arc::default()), running: Arc::default() }
+        Inbox {
+            backend: Backend::Memory(Arc::default()),
+            running: Arc::default(),
+        }
     }
 
     /// An inbox in an SQLite file (`synchronous=NORMAL`: a recorded key survives a process
@@ -121,8 +137,14 @@ impl Inbox {
              CREATE INDEX IF NOT EXISTS sb_inbox_at ON sb_inbox (at);",
         )?;
         let week = Duration::from_secs(7 * 24 * 3600).as_millis() as i64;
-        conn.execute("DELETE FROM sb_inbox WHERE at < ?1", [crate::memory::now_millis() - week])?;
-        Ok(Inbox { backend: Backend::Sqlite(Arc::new(Mutex::new(conn))), running: Arc::default() })
+        conn.execute(
+            "DELETE FROM sb_inbox WHERE at < ?1",
+            [crate::memory::now_millis() - week],
+        )?;
+        Ok(Inbox {
+            backend: Backend::Sqlite(Arc::new(Mutex::new(conn))),
+            running: Arc::default(),
+        })
     }
 
     /// `Some(reply)` if `key` was handled (`reply` is `None` for an event).
@@ -195,7 +217,10 @@ impl Layer<Route> for InboxLayer {
     type Service = InboxService;
 
     fn layer(&self, inner: Route) -> InboxService {
-        InboxService { inbox: self.0.clone(), inner }
+        InboxService {
+            inbox: self.0.clone(),
+            inner,
+        }
     }
 }
 

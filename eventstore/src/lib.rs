@@ -27,20 +27,20 @@ pub mod sqlite;
 pub mod store;
 pub mod subscription;
 
-pub use switchboard_eventstore_macros::aggregate;
 pub use aggregate::{Aggregate, EventSet, ExecuteError, Loaded, Repository, schema_of};
 pub use error::{Error, Result};
+pub use event::{MAX_NAME_LEN, NewEvent, Recorded, StoredEvent, upcast};
 pub use inbox::{Inbox, InboxLayer};
+pub use memory::MemoryStore;
 pub use outbox::Relay;
+#[cfg(feature = "postgres")]
+pub use postgres::PgStore;
 pub use projection::{IDEMPOTENCY_KEY, Projection};
 #[cfg(feature = "sqlite")]
 pub use read_model::SqliteReadModel;
-pub use subscription::{Reader, Subscription};
-pub use event::{MAX_NAME_LEN, NewEvent, Recorded, StoredEvent, upcast};
-pub use memory::MemoryStore;
-#[cfg(feature = "postgres")]
-pub use postgres::PgStore;
 pub use snapshot::Snapshot;
 #[cfg(feature = "sqlite")]
 pub use sqlite::{SqliteStore, Synchronous};
 pub use store::{Append, Appended, Direction, EventStore, ExpectedVersion, ReadStream, StreamState};
+pub use subscription::{Reader, Subscription};
+pub use switchboard_eventstore_macros::aggregate;

@@ -66,7 +66,10 @@ impl Default for MemoryStore {
 impl MemoryStore {
     /// An empty store.
     pub fn new() -> Self {
-        MemoryStore { inner: Arc::default(), head: Arc::new(watch::channel(0).0) }
+        MemoryStore {
+            inner: Arc::default(),
+            head: Arc::new(watch::channel(0).0),
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -94,7 +97,13 @@ pub(crate) fn already_appended(
             {
                 result = Some(Appended { revision, position })
             }
-            (Some((stream, revision, _)), _, _) => return Err(Error::DuplicateEvent { id: event.id, stream, revision }),
+            (Some((stream, revision, _)), _, _) => {
+                return Err(Error::DuplicateEvent {
+                    id: event.id,
+                    stream,
+                    revision,
+                });
+            }
             (None, _, _) => {
                 return Err(Error::Invalid(format!(
                     "event {} was not stored with the events before it in this append: a retried append must repeat the same events",
@@ -107,7 +116,9 @@ pub(crate) fn already_appended(
 }
 
 pub(crate) fn now_millis() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
 }
 
 impl EventStore for MemoryStore {
@@ -137,14 +148,24 @@ impl EventStore for MemoryStore {
                     });
                 }
                 if appends.iter().filter(|a| a.stream == append.stream).count() > 1 {
-                    return Err(Error::Invalid(format!("stream `{}` appears twice in one append", append.stream)));
+                    return Err(Error::Invalid(format!(
+                        "stream `{}` appears twice in one append",
+                        append.stream
+                    )));
                 }
                 for event in &append.events {
                     if let Some((stream, revision)) = state.ids.get(&event.id) {
-                        return Err(Error::DuplicateEvent { id: event.id, stream: stream.clone(), revision: *revision });
+                        return Err(Error::DuplicateEvent {
+                            id: event.id,
+                            stream: stream.clone(),
+                            revision: *revision,
+                        });
                     }
                     if !fresh_ids.insert(event.id) {
-                        return Err(Error::Invalid(format!("event {} appears twice in one append", event.id)));
+                        return Err(Error::Invalid(format!(
+                            "event {} appears twice in one append",
+                            event.id
+                        )));
                     }
                 }
             }
@@ -159,7 +180,10 @@ impl EventStore for MemoryStore {
             }
             let state = &mut *state;
             let stream = state.streams.entry(append.stream.clone()).or_default();
-            let mut appended = Appended { revision: 0, position: 0 };
+            let mut appended = Appended {
+                revision: 0,
+                position: 0,
+            };
             for event in append.events {
                 let position = state.log.len() as u64 + 1;
                 let revision = stream.positions.len() as u64;
@@ -188,7 +212,9 @@ impl EventStore for MemoryStore {
 
     async fn read_stream(&self, stream: &str, read: ReadStream) -> Result<Vec<Recorded>> {
         let state = self.lock();
-        let Some(s) = state.streams.get(stream) else { return Ok(Vec::new()) };
+        let Some(s) = state.streams.get(stream) else {
+            return Ok(Vec::new());
+        };
         if s.deleted {
             return Err(Error::StreamDeleted(stream.into()));
         }
@@ -222,7 +248,9 @@ impl EventStore for MemoryStore {
     async fn truncate_before(&self, stream: &str, revision: u64) -> Result<()> {
         let mut state = self.lock();
         let state = &mut *state;
-        let Some(s) = state.streams.get_mut(stream) else { return Ok(()) };
+        let Some(s) = state.streams.get_mut(stream) else {
+            return Ok(());
+        };
         if s.deleted {
             return Err(Error::StreamDeleted(stream.into()));
         }
@@ -244,7 +272,11 @@ impl EventStore for MemoryStore {
             return Err(Error::StreamDeleted(stream.into()));
         }
         if !actual.satisfies(expected) {
-            return Err(Error::WrongExpectedVersion { stream: stream.into(), expected, actual });
+            return Err(Error::WrongExpectedVersion {
+                stream: stream.into(),
+                expected,
+                actual,
+            });
         }
         let state = &mut *state;
         let s = state.streams.entry(stream.into()).or_default();
@@ -282,7 +314,10 @@ impl EventStore for MemoryStore {
 
     async fn save_snapshot(&self, snapshot: Snapshot) -> Result<()> {
         let mut state = self.lock();
-        let keep = state.snapshots.get(&snapshot.stream).is_some_and(|old| old.revision > snapshot.revision);
+        let keep = state
+            .snapshots
+            .get(&snapshot.stream)
+            .is_some_and(|old| old.revision > snapshot.revision);
         if !keep {
             state.snapshots.insert(snapshot.stream.clone(), snapshot);
         }

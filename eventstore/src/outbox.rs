@@ -41,14 +41,21 @@ pub struct Relay<S> {
 
 impl<S> std::fmt::Debug for Relay<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Relay").field("client", &self.client.url()).finish_non_exhaustive()
+        f.debug_struct("Relay")
+            .field("client", &self.client.url())
+            .finish_non_exhaustive()
     }
 }
 
 impl<S: EventStore> Relay<S> {
     /// A relay publishing every stored event through `client`, checkpoint `outbox`.
     pub fn new(store: S, client: Client) -> Self {
-        Relay { subscription: Subscription::new(store, "outbox").batch(256), client, filter: None, retry: Duration::from_millis(200) }
+        Relay {
+            subscription: Subscription::new(store, "outbox").batch(256),
+            client,
+            filter: None,
+            retry: Duration::from_millis(200),
+        }
     }
 
     /// The subscription it reads with, to tune (its checkpoint's name when several relays
@@ -69,7 +76,9 @@ impl<S: EventStore> Relay<S> {
         let mut reader = self.subscription.reader().await?;
         loop {
             let events = reader.next_batch().await?;
-            let Some(last) = events.last().map(|e| e.position) else { return Ok(reader.position()) };
+            let Some(last) = events.last().map(|e| e.position) else {
+                return Ok(reader.position());
+            };
             self.publish(&events).await?;
             reader.commit(last).await?;
         }
@@ -102,8 +111,12 @@ impl<S: EventStore> Relay<S> {
     /// Emits a batch in order, then waits until it has left the process: only then may the
     /// checkpoint pass it.
     async fn publish(&self, events: &[Recorded]) -> Result<()> {
-        for event in events.iter().filter(|e| self.filter.as_ref().is_none_or(|keep| keep(e))) {
-            let text = std::str::from_utf8(&event.data).map_err(|_| Error::Invalid("stored data is not UTF-8".into()))?;
+        for event in events
+            .iter()
+            .filter(|e| self.filter.as_ref().is_none_or(|keep| keep(e)))
+        {
+            let text =
+                std::str::from_utf8(&event.data).map_err(|_| Error::Invalid("stored data is not UTF-8".into()))?;
             let data: &RawValue =
                 serde_json::from_str(text).map_err(|e| Error::Invalid(format!("stored data is not JSON: {e}")))?;
             self.client

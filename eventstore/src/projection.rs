@@ -43,7 +43,11 @@ pub struct Projection<S> {
 impl<S: EventStore> Projection<S> {
     /// A projection named `name` (its checkpoint) into `router`'s handlers.
     pub fn new(store: S, name: impl Into<String>, router: Router) -> Self {
-        Projection { subscription: Subscription::new(store, name), router, retries: 5 }
+        Projection {
+            subscription: Subscription::new(store, name),
+            router,
+            retries: 5,
+        }
     }
 
     /// The subscription it reads with, to tune.
@@ -79,7 +83,9 @@ impl<S: EventStore> Projection<S> {
         let mut tries = 0;
         loop {
             let reply = self.router.call(request(&event)).await;
-            let Some(err) = reply.as_error().filter(|_| !reply.is_no_handler()) else { return Ok(()) };
+            let Some(err) = reply.as_error().filter(|_| !reply.is_no_handler()) else {
+                return Ok(());
+            };
             if tries >= self.retries {
                 return Err(Error::Handler {
                     name: event.name.clone(),
@@ -105,5 +111,9 @@ fn headers(event: &Recorded) -> Headers {
 
 fn request(event: &Recorded) -> Request {
     let ctx = Context::new("eventstore", Kind::Event).with_headers(headers(event));
-    Request::new(Address::route(event.name.clone()), Payload::Json(event.data.clone()), ctx)
+    Request::new(
+        Address::route(event.name.clone()),
+        Payload::Json(event.data.clone()),
+        ctx,
+    )
 }

@@ -44,7 +44,9 @@ pub struct SqliteReadModel {
 
 impl std::fmt::Debug for SqliteReadModel {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SqliteReadModel").field("name", &self.name).finish_non_exhaustive()
+        f.debug_struct("SqliteReadModel")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
     }
 }
 
@@ -62,7 +64,11 @@ impl SqliteReadModel {
         conn.execute_batch(
             "CREATE TABLE IF NOT EXISTS sb_read_models (name TEXT PRIMARY KEY, position INTEGER NOT NULL) WITHOUT ROWID",
         )?;
-        Ok(SqliteReadModel { name: name.into(), inner: Arc::new(Mutex::new((conn, Box::new(apply)))), batch: 1024 })
+        Ok(SqliteReadModel {
+            name: name.into(),
+            inner: Arc::new(Mutex::new((conn, Box::new(apply)))),
+            batch: 1024,
+        })
     }
 
     /// The model's checkpoint: the position of the last event in it.
@@ -76,7 +82,10 @@ impl SqliteReadModel {
     }
 
     /// Runs `f` on the model's connection (to query it).
-    pub async fn query<T: Send + 'static>(&self, f: impl FnOnce(&Connection) -> Result<T> + Send + 'static) -> Result<T> {
+    pub async fn query<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
         let inner = self.inner.clone();
         blocking(move || f(&inner.lock().unwrap_or_else(|e| e.into_inner()).0)).await
     }

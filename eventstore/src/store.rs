@@ -91,13 +91,20 @@ pub struct Append {
 impl Append {
     /// An append of `events` to `stream` if it is `expected`.
     pub fn new(stream: impl Into<String>, expected: ExpectedVersion, events: Vec<NewEvent>) -> Self {
-        Append { stream: stream.into(), expected, events }
+        Append {
+            stream: stream.into(),
+            expected,
+            events,
+        }
     }
 
     pub(crate) fn validate(&self) -> Result<()> {
         crate::event::check_name("stream name", &self.stream)?;
         if self.events.is_empty() {
-            return Err(crate::Error::Invalid(format!("an append to `{}` has no events", self.stream)));
+            return Err(crate::Error::Invalid(format!(
+                "an append to `{}` has no events",
+                self.stream
+            )));
         }
         self.events.iter().try_for_each(NewEvent::validate)
     }
@@ -135,17 +142,29 @@ pub struct ReadStream {
 impl ReadStream {
     /// Oldest first from revision `from`, at most `limit`.
     pub fn forwards(from: u64, limit: usize) -> Self {
-        ReadStream { from, direction: Direction::Forwards, limit }
+        ReadStream {
+            from,
+            direction: Direction::Forwards,
+            limit,
+        }
     }
 
     /// Newest first, at most `limit`.
     pub fn backwards(limit: usize) -> Self {
-        ReadStream { from: u64::MAX, direction: Direction::Backwards, limit }
+        ReadStream {
+            from: u64::MAX,
+            direction: Direction::Backwards,
+            limit,
+        }
     }
 
     /// Newest first from revision `from` downwards.
     pub fn backwards_from(from: u64, limit: usize) -> Self {
-        ReadStream { from, direction: Direction::Backwards, limit }
+        ReadStream {
+            from,
+            direction: Direction::Backwards,
+            limit,
+        }
     }
 }
 

@@ -37,7 +37,12 @@ pub struct Subscription<S> {
 impl<S: EventStore> Subscription<S> {
     /// A subscription whose checkpoint is saved under `name`.
     pub fn new(store: S, name: impl Into<String>) -> Self {
-        Subscription { store, name: name.into(), batch: 512, poll: Duration::from_secs(1) }
+        Subscription {
+            store,
+            name: name.into(),
+            batch: 512,
+            poll: Duration::from_secs(1),
+        }
     }
 
     /// Saves its checkpoint under `name` instead.
@@ -84,7 +89,9 @@ impl<S: EventStore> Subscription<S> {
         let mut reader = self.reader().await?;
         loop {
             let events = reader.next_batch().await?;
-            let Some(last) = events.last().map(|e| e.position) else { return Ok(reader.position()) };
+            let Some(last) = events.last().map(|e| e.position) else {
+                return Ok(reader.position());
+            };
             for event in events {
                 handle(event).await?;
             }
@@ -120,7 +127,11 @@ impl<S: EventStore> Subscription<S> {
     pub async fn reader(&self) -> Result<Reader<'_, S>> {
         let head = self.store.watch_head();
         let position = self.store.checkpoint(&self.name).await?.unwrap_or(0);
-        Ok(Reader { subscription: self, position, head })
+        Ok(Reader {
+            subscription: self,
+            position,
+            head,
+        })
     }
 }
 
@@ -142,12 +153,18 @@ impl<S: EventStore> Reader<'_, S> {
     /// The next events after the reader's position (empty when caught up).
     pub async fn next_batch(&mut self) -> Result<Vec<Recorded>> {
         self.head.mark_unchanged();
-        self.subscription.store.read_all(self.position, self.subscription.batch).await
+        self.subscription
+            .store
+            .read_all(self.position, self.subscription.batch)
+            .await
     }
 
     /// Saves the checkpoint at `position` (the last event handled).
     pub async fn commit(&mut self, position: u64) -> Result<()> {
-        self.subscription.store.save_checkpoint(&self.subscription.name, position).await?;
+        self.subscription
+            .store
+            .save_checkpoint(&self.subscription.name, position)
+            .await?;
         self.position = position;
         Ok(())
     }

@@ -22,7 +22,10 @@ struct UserCreated {
 }
 impl From<UserCreatedV1> for UserCreated {
     fn from(v1: UserCreatedV1) -> Self {
-        UserCreated { email: format!("{}@unknown", v1.name.to_lowercase()), name: v1.name }
+        UserCreated {
+            email: format!("{}@unknown", v1.name.to_lowercase()),
+            name: v1.name,
+        }
     }
 }
 impl StoredEvent for UserCreated {
@@ -110,7 +113,10 @@ fn store() -> (tempfile::TempDir, SqliteStore) {
 }
 
 fn create(name: &str) -> Command {
-    Command::Create { name: name.into(), email: format!("{name}@example.com") }
+    Command::Create {
+        name: name.into(),
+        email: format!("{name}@example.com"),
+    }
 }
 
 #[tokio::test]
@@ -118,7 +124,10 @@ async fn commands_become_events_and_replay_rebuilds_the_state() {
     let (_dir, store) = store();
     let users = Repository::<User, _>::new(store.clone());
     users.execute("1", create("Ada")).await.unwrap();
-    users.execute("1", Command::UpdateEmail("ada@lovelace.org".into())).await.unwrap();
+    users
+        .execute("1", Command::UpdateEmail("ada@lovelace.org".into()))
+        .await
+        .unwrap();
     let user = users.load("1").await.unwrap();
     assert_eq!(user.state.email, "ada@lovelace.org");
     assert_eq!(user.stream, StreamState::At(1));
@@ -129,7 +138,10 @@ async fn commands_become_events_and_replay_rebuilds_the_state() {
     let refused = users.execute("1", create("Ada")).await.unwrap_err();
     assert!(matches!(refused, ExecuteError::Refused(Refused::Exists)), "{refused:?}");
     let refused = users.execute("2", Command::Delete).await.unwrap_err();
-    assert!(matches!(refused, ExecuteError::Refused(Refused::Missing)), "{refused:?}");
+    assert!(
+        matches!(refused, ExecuteError::Refused(Refused::Missing)),
+        "{refused:?}"
+    );
 }
 
 #[tokio::test]
@@ -139,10 +151,23 @@ async fn a_stale_save_is_refused_and_execute_retries_on_the_new_state() {
     users.execute("1", create("Ada")).await.unwrap();
     let mut first = users.load("1").await.unwrap();
     let mut second = users.load("1").await.unwrap();
-    users.save(&mut first, vec![EmailUpdated { email: "a@1".into() }.into()]).await.unwrap();
-    let stale = users.save(&mut second, vec![EmailUpdated { email: "a@2".into() }.into()]).await.unwrap_err();
+    users
+        .save(&mut first, vec![EmailUpdated { email: "a@1".into() }.into()])
+        .await
+        .unwrap();
+    let stale = users
+        .save(&mut second, vec![EmailUpdated { email: "a@2".into() }.into()])
+        .await
+        .unwrap_err();
     assert!(
-        matches!(stale, Error::WrongExpectedVersion { expected: ExpectedVersion::Exact(0), actual: StreamState::At(1), .. }),
+        matches!(
+            stale,
+            Error::WrongExpectedVersion {
+                expected: ExpectedVersion::Exact(0),
+                actual: StreamState::At(1),
+                ..
+            }
+        ),
         "{stale:?}"
     );
 
@@ -150,7 +175,12 @@ async fn a_stale_save_is_refused_and_execute_retries_on_the_new_state() {
     let tasks: Vec<_> = (0..8)
         .map(|i| {
             let users = users.clone().retries(50);
-            tokio::spawn(async move { users.execute("1", Command::UpdateEmail(format!("{i}@x"))).await.map(drop) })
+            tokio::spawn(async move {
+                users
+                    .execute("1", Command::UpdateEmail(format!("{i}@x")))
+                    .await
+                    .map(drop)
+            })
         })
         .collect();
     for task in tasks {
@@ -165,7 +195,10 @@ async fn snapshots_are_taken_every_n_events_and_loading_uses_them() {
     let users = Repository::<User, _>::new(store.clone()).snapshot_every(10);
     users.execute("1", create("Ada")).await.unwrap();
     for i in 0..24 {
-        users.execute("1", Command::UpdateEmail(format!("{i}@x"))).await.unwrap();
+        users
+            .execute("1", Command::UpdateEmail(format!("{i}@x")))
+            .await
+            .unwrap();
     }
     // Taken in the background: wait until the one at revision 19 is there.
     let snapshot = tokio::time::timeout(std::time::Duration::from_secs(30), async {
@@ -240,7 +273,10 @@ async fn a_snapshot_from_older_code_is_ignored() {
 
     let v2 = Repository::<UserV2, _>::new(store.clone()).snapshot_every(5);
     let user = v2.load("1").await.unwrap();
-    assert_eq!(user.state.email_changes, 5, "rebuilt from events, not from the v1 snapshot (which would say 0)");
+    assert_eq!(
+        user.state.email_changes, 5,
+        "rebuilt from events, not from the v1 snapshot (which would say 0)"
+    );
 
     // A bumped SCHEMA alone also changes the stamp.
     assert_ne!(schema_of("User", 1), schema_of("User", 2));
@@ -264,11 +300,25 @@ async fn stored_old_versions_are_upcast_when_loading() {
 
     // A version newer than the code: a clear error, not a wrong state.
     store
-        .append("user-8", ExpectedVersion::NoStream, vec![NewEvent::raw("USER_CREATED", 3, r#"{"x":1}"#)])
+        .append(
+            "user-8",
+            ExpectedVersion::NoStream,
+            vec![NewEvent::raw("USER_CREATED", 3, r#"{"x":1}"#)],
+        )
         .await
         .unwrap();
     let err = users.load("8").await.unwrap_err();
-    assert!(matches!(err, Error::UnknownVersion { version: 3, current: 2, .. }), "{err:?}");
+    assert!(
+        matches!(
+            err,
+            Error::UnknownVersion {
+                version: 3,
+                current: 2,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
 }
 
 #[tokio::test]
@@ -285,7 +335,11 @@ async fn a_snapshot_survives_reopening_the_file() {
     let store = SqliteStore::open(&path).unwrap();
     let snapshot = store.load_snapshot("user-1").await.unwrap().expect("kept");
     assert_eq!(snapshot.revision, 0);
-    let user = Repository::<User, _>::new(store).snapshot_every(3).load("1").await.unwrap();
+    let user = Repository::<User, _>::new(store)
+        .snapshot_every(3)
+        .load("1")
+        .await
+        .unwrap();
     assert_eq!(user.state.name, "Ada");
 }
 
@@ -303,7 +357,13 @@ async fn an_older_snapshot_is_upcast_when_the_aggregate_knows_how() {
     }
     impl From<User> for UserV3 {
         fn from(old: User) -> Self {
-            UserV3 { display: old.name, email: old.email, deleted: old.deleted, changes: old.changes, from_snapshot: true }
+            UserV3 {
+                display: old.name,
+                email: old.email,
+                deleted: old.deleted,
+                changes: old.changes,
+                from_snapshot: true,
+            }
         }
     }
     impl Aggregate for UserV3 {
@@ -336,9 +396,20 @@ async fn an_older_snapshot_is_upcast_when_the_aggregate_knows_how() {
     v1.snapshot(&loaded).await.unwrap();
     v1.execute("1", Command::UpdateEmail("a@2".into())).await.unwrap();
 
-    let user = Repository::<UserV3, _>::new(store.clone()).snapshot_every(100).load("1").await.unwrap();
+    let user = Repository::<UserV3, _>::new(store.clone())
+        .snapshot_every(100)
+        .load("1")
+        .await
+        .unwrap();
     assert!(user.state.from_snapshot, "started from the upcast v1 snapshot");
-    assert_eq!((user.state.display.as_str(), user.state.email.as_str(), user.state.changes), ("Ada", "a@2", 3));
+    assert_eq!(
+        (
+            user.state.display.as_str(),
+            user.state.email.as_str(),
+            user.state.changes
+        ),
+        ("Ada", "a@2", 3)
+    );
 }
 
 /// `#[aggregate]` hashes the impl block: a reworded doc comment keeps the stamp, a changed
@@ -382,12 +453,16 @@ mod stamped {
         };
     }
     counter!(v1, "Counts.", |state, event| state.total += event.n);
-    counter!(v1_reworded, "Adds the numbers up.", |state, event| state.total += event.n);
+    counter!(v1_reworded, "Adds the numbers up.", |state, event| state.total +=
+        event.n);
     counter!(v2, "Counts.", |state, event| state.total += 2 * event.n);
 
     #[tokio::test]
     async fn the_stamp_follows_the_code_not_the_comments() {
-        assert_eq!(<v1::Counter as Aggregate>::SCHEMA, <v1_reworded::Counter as Aggregate>::SCHEMA);
+        assert_eq!(
+            <v1::Counter as Aggregate>::SCHEMA,
+            <v1_reworded::Counter as Aggregate>::SCHEMA
+        );
         assert_ne!(<v1::Counter as Aggregate>::SCHEMA, <v2::Counter as Aggregate>::SCHEMA);
 
         let (_dir, store) = store();
@@ -400,9 +475,17 @@ mod stamped {
         let mut tampered = store.load_snapshot("counter-c").await.unwrap().unwrap();
         tampered.data = br#"{"total":1000}"#.to_vec().into();
         store.save_snapshot(tampered).await.unwrap();
-        assert_eq!(same.load("c").await.unwrap().state.total, 1000, "same code: the snapshot is used");
+        assert_eq!(
+            same.load("c").await.unwrap().state.total,
+            1000,
+            "same code: the snapshot is used"
+        );
 
         let new = Repository::<v2::Counter, _>::new(store.clone()).snapshot_every(1000);
-        assert_eq!(new.load("c").await.unwrap().state.total, 10, "changed apply: rebuilt from the events");
+        assert_eq!(
+            new.load("c").await.unwrap().state.total,
+            10,
+            "changed apply: rebuilt from the events"
+        );
     }
 }

@@ -3,10 +3,10 @@
 //! causes no duplicate effect downstream.
 
 use std::collections::HashMap;
+use std::future::IntoFuture;
 use std::path::Path;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
-use std::future::IntoFuture;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -39,10 +39,11 @@ async fn order_placed(State(seen): State<Seen>, order: OrderPlaced) {
 async fn consumer(seen: Seen, inbox: Inbox) -> RunningServer {
     let counted = seen.clone();
     // Counts every delivery, before the inbox.
-    let counting = switchboard::middleware::from_fn(move |req: switchboard::Request, next: switchboard::middleware::Next| {
-        *counted.deliveries.lock().unwrap() += 1;
-        next.run(req)
-    });
+    let counting =
+        switchboard::middleware::from_fn(move |req: switchboard::Request, next: switchboard::middleware::Next| {
+            *counted.deliveries.lock().unwrap() += 1;
+            next.run(req)
+        });
     Microservice::new()
         .with_state(seen.clone())
         .handler(ORDER_PLACED)
@@ -85,17 +86,30 @@ async fn the_relay_publishes_on_commit_and_the_inbox_keeps_effects_single() {
     let running = tokio::spawn(async move { relay.run(async { drop(stopped.await) }).await });
 
     for i in 0..100 {
-        store.append(format!("order-{i}"), ExpectedVersion::NoStream, vec![order(i)]).await.unwrap();
+        store
+            .append(format!("order-{i}"), ExpectedVersion::NoStream, vec![order(i)])
+            .await
+            .unwrap();
     }
     wait_for(Duration::from_secs(30), || seen.effects.lock().unwrap().len() == 100).await;
     assert_eq!(store.checkpoint("outbox").await.unwrap(), Some(100));
 
     // The same event delivered again (a relay restarted before its checkpoint): no effect.
-    client.emit(ORDER_PLACED, &OrderPlaced { i: 5 }).header(IDEMPOTENCY_KEY, order_id(5).to_string()).await.unwrap();
+    client
+        .emit(ORDER_PLACED, &OrderPlaced { i: 5 })
+        .header(IDEMPOTENCY_KEY, order_id(5).to_string())
+        .await
+        .unwrap();
     client.emit(ORDER_PLACED, &OrderPlaced { i: 1000 }).await.unwrap();
     wait_for(Duration::from_secs(30), || *seen.deliveries.lock().unwrap() == 102).await;
-    wait_for(Duration::from_secs(30), || seen.effects.lock().unwrap().contains_key(&1000)).await;
-    assert!(seen.effects.lock().unwrap().values().all(|n| *n == 1), "every effect once");
+    wait_for(Duration::from_secs(30), || {
+        seen.effects.lock().unwrap().contains_key(&1000)
+    })
+    .await;
+    assert!(
+        seen.effects.lock().unwrap().values().all(|n| *n == 1),
+        "every effect once"
+    );
 
     stop.send(()).unwrap();
     running.await.unwrap().unwrap();
@@ -138,7 +152,11 @@ async fn concurrent_copies_of_a_request_run_once() {
         })
         .collect();
     for call in calls {
-        assert_eq!(call.await.unwrap().unwrap(), 1, "every copy answered with the first run's reply");
+        assert_eq!(
+            call.await.unwrap().unwrap(),
+            1,
+            "every copy answered with the first run's reply"
+        );
     }
     assert_eq!(seen.effects.lock().unwrap()[&7], 1);
     server.shutdown().await.unwrap();
@@ -193,7 +211,10 @@ async fn writer_and_relay_child_process() {
     println!("READY");
     for i in 0..KILLED_TOTAL {
         let stream = format!("order-{}", i % 37);
-        store.append(stream, ExpectedVersion::Any, vec![order(i)]).await.unwrap();
+        store
+            .append(stream, ExpectedVersion::Any, vec![order(i)])
+            .await
+            .unwrap();
         // Acknowledged: from here on it must survive a SIGKILL.
         println!("ACK {i}");
     }
@@ -208,7 +229,13 @@ async fn writer_and_relay_child_process() {
     std::future::pending::<()>().await;
 }
 
-async fn writer_and_relay(db: &Path, url: &str) -> (tokio::process::Child, tokio::io::Lines<BufReader<tokio::process::ChildStdout>>) {
+async fn writer_and_relay(
+    db: &Path,
+    url: &str,
+) -> (
+    tokio::process::Child,
+    tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
+) {
     let mut child = Command::new(std::env::current_exe().unwrap())
         .args(["--exact", "writer_and_relay_child_process", "--ignored", "--nocapture"])
         .env("SB_OUTBOX_DB", db)
@@ -260,8 +287,13 @@ async fn a_killed_writer_and_relay_lose_nothing_and_duplicate_no_effect() {
         // Every append the killed writer saw succeed is in the file.
         let acked = acked.await.unwrap();
         let store = SqliteStore::open(&db).unwrap();
-        let stored: std::collections::HashSet<Uuid> =
-            store.read_all(0, usize::MAX).await.unwrap().into_iter().map(|e| e.id).collect();
+        let stored: std::collections::HashSet<Uuid> = store
+            .read_all(0, usize::MAX)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| e.id)
+            .collect();
         let lost: Vec<_> = acked.iter().filter(|i| !stored.contains(&order_id(**i))).collect();
         assert!(lost.is_empty(), "acknowledged appends lost by a SIGKILL: {lost:?}");
     }
@@ -284,9 +316,15 @@ async fn a_killed_writer_and_relay_lose_nothing_and_duplicate_no_effect() {
     let store = SqliteStore::open(&db).unwrap();
     let all = store.read_all(0, usize::MAX).await.unwrap();
     assert_eq!(all.len() as u64, KILLED_TOTAL, "every order stored exactly once");
-    assert!(all.iter().enumerate().all(|(n, e)| e.position == n as u64 + 1), "positions 1..=N");
+    assert!(
+        all.iter().enumerate().all(|(n, e)| e.position == n as u64 + 1),
+        "positions 1..=N"
+    );
     // Delivered (the relay's last publishes are in flight until the consumer has them).
-    wait_for(Duration::from_secs(60), || seen.effects.lock().unwrap().len() as u64 == KILLED_TOTAL).await;
+    wait_for(Duration::from_secs(60), || {
+        seen.effects.lock().unwrap().len() as u64 == KILLED_TOTAL
+    })
+    .await;
     let effects = seen.effects.lock().unwrap().clone();
     let twice: Vec<_> = effects.iter().filter(|(_, n)| **n != 1).collect();
     assert!(twice.is_empty(), "effects not exactly once: {twice:?}");

@@ -41,7 +41,9 @@ async fn write(store: SqliteStore) {
                 while written < share {
                     let n = fastrand::u64(1..=8).min(share - written);
                     let stream = format!("s-{}", fastrand::u64(0..STREAMS));
-                    let events = (0..n).map(|i| NewEvent::raw("TICKED", 1, format!("[{w},{}]", written + i))).collect();
+                    let events = (0..n)
+                        .map(|i| NewEvent::raw("TICKED", 1, format!("[{w},{}]", written + i)))
+                        .collect();
                     store.append(stream, ExpectedVersion::Any, events).await.unwrap();
                     written += n;
                     if fastrand::u8(..) < 8 {
@@ -81,15 +83,24 @@ async fn a_million_events_from_sixteen_writers_reach_every_projection_once() {
     let store = SqliteStore::open(dir.path().join("events.db")).unwrap();
     let (stop, stopped) = tokio::sync::watch::channel(false);
 
-    let followers: Vec<_> = (0..3).map(|i| tokio::spawn(follow(store.clone(), format!("follower-{i}"), stopped.clone()))).collect();
+    let followers: Vec<_> = (0..3)
+        .map(|i| tokio::spawn(follow(store.clone(), format!("follower-{i}"), stopped.clone())))
+        .collect();
 
     // `#[event_pattern]` handlers as a projection.
     let tally = Tally::default();
-    let router = Microservice::new().with_state(tally.clone()).handler(TICKED).into_router().unwrap();
+    let router = Microservice::new()
+        .with_state(tally.clone())
+        .handler(TICKED)
+        .into_router()
+        .unwrap();
     let projection = Projection::new(store.clone(), "tally", router);
     let mut projection_stop = stopped.clone();
-    let projected =
-        tokio::spawn(async move { projection.run(async move { drop(projection_stop.wait_for(|s| *s).await) }).await });
+    let projected = tokio::spawn(async move {
+        projection
+            .run(async move { drop(projection_stop.wait_for(|s| *s).await) })
+            .await
+    });
 
     // A read model with a primary key per event: a repeat would fail its insert.
     let model = SqliteReadModel::open(dir.path().join("model.db"), "ticks", |tx, event| {
@@ -103,8 +114,11 @@ async fn a_million_events_from_sixteen_writers_reach_every_projection_once() {
     let model_store = store.clone();
     let model_run = model.clone();
     let mut model_stop = stopped.clone();
-    let modelled =
-        tokio::spawn(async move { model_run.run(&model_store, async move { drop(model_stop.wait_for(|s| *s).await) }).await });
+    let modelled = tokio::spawn(async move {
+        model_run
+            .run(&model_store, async move { drop(model_stop.wait_for(|s| *s).await) })
+            .await
+    });
 
     write(store.clone()).await;
     let head = store.head().await.unwrap();
@@ -133,12 +147,22 @@ async fn a_million_events_from_sixteen_writers_reach_every_projection_once() {
     projected.await.unwrap().unwrap();
     modelled.await.unwrap().unwrap();
 
-    assert_eq!(tally.handled.load(Ordering::Relaxed), TOTAL, "each event handled once by the projection");
+    assert_eq!(
+        tally.handled.load(Ordering::Relaxed),
+        TOTAL,
+        "each event handled once by the projection"
+    );
     for (stream, n) in tally.per_stream.lock().unwrap().iter() {
-        assert!(stream.starts_with("s-"), "the handler sees the event's stream: {stream}");
+        assert!(
+            stream.starts_with("s-"),
+            "the handler sees the event's stream: {stream}"
+        );
         let _ = n;
     }
-    let rows: i64 = model.query(|c| Ok(c.query_row("SELECT count(*) FROM ticks", [], |r| r.get(0))?)).await.unwrap();
+    let rows: i64 = model
+        .query(|c| Ok(c.query_row("SELECT count(*) FROM ticks", [], |r| r.get(0))?))
+        .await
+        .unwrap();
     assert_eq!(rows as u64, TOTAL);
     // The model agrees with the store stream by stream.
     let per_stream: Vec<(String, i64)> = model
@@ -160,7 +184,10 @@ async fn a_million_events_from_sixteen_writers_reach_every_projection_once() {
         .await
         .unwrap();
     assert_eq!(rebuilt, TOTAL);
-    let rows: i64 = model.query(|c| Ok(c.query_row("SELECT count(*) FROM ticks", [], |r| r.get(0))?)).await.unwrap();
+    let rows: i64 = model
+        .query(|c| Ok(c.query_row("SELECT count(*) FROM ticks", [], |r| r.get(0))?))
+        .await
+        .unwrap();
     assert_eq!(rows as u64, TOTAL);
 }
 
@@ -171,10 +198,21 @@ async fn a_projection_resumes_from_its_checkpoint() {
     let dir = tempfile::tempdir().unwrap();
     let store = SqliteStore::open(dir.path().join("events.db")).unwrap();
     for i in 0..5_000u64 {
-        store.append(format!("s-{}", i % 10), ExpectedVersion::Any, vec![NewEvent::raw("TICKED", 1, "{}")]).await.unwrap();
+        store
+            .append(
+                format!("s-{}", i % 10),
+                ExpectedVersion::Any,
+                vec![NewEvent::raw("TICKED", 1, "{}")],
+            )
+            .await
+            .unwrap();
     }
     let tally = Tally::default();
-    let router = Microservice::new().with_state(tally.clone()).handler(TICKED).into_router().unwrap();
+    let router = Microservice::new()
+        .with_state(tally.clone())
+        .handler(TICKED)
+        .into_router()
+        .unwrap();
     let projection = Projection::new(store.clone(), "tally", router).subscription(|s| s.batch(100));
     let first = tokio::spawn({
         let projection = projection.clone();
@@ -194,6 +232,10 @@ async fn a_projection_resumes_from_its_checkpoint() {
     assert!(handled_before >= saved, "the checkpoint never passes what was handled");
     projection.catch_up().await.unwrap();
     let total = tally.handled.load(Ordering::Relaxed);
-    assert_eq!(total - handled_before, 5_000 - saved, "resumed right after the checkpoint");
+    assert_eq!(
+        total - handled_before,
+        5_000 - saved,
+        "resumed right after the checkpoint"
+    );
     assert_eq!(store.checkpoint("tally").await.unwrap(), Some(5_000));
 }

@@ -23,9 +23,18 @@ async fn a_write_by_another_connection_is_seen_by_the_next_append() {
 
     a.append("t", ExpectedVersion::NoStream, vec![event()]).await.unwrap();
     b.append("t", ExpectedVersion::Exact(0), vec![event()]).await.unwrap();
-    let stale = a.append("t", ExpectedVersion::Exact(0), vec![event()]).await.unwrap_err();
+    let stale = a
+        .append("t", ExpectedVersion::Exact(0), vec![event()])
+        .await
+        .unwrap_err();
     assert!(
-        matches!(stale, Error::WrongExpectedVersion { actual: StreamState::At(1), .. }),
+        matches!(
+            stale,
+            Error::WrongExpectedVersion {
+                actual: StreamState::At(1),
+                ..
+            }
+        ),
         "{stale:?}"
     );
     let appended = a.append("t", ExpectedVersion::Exact(1), vec![event()]).await.unwrap();
@@ -40,8 +49,14 @@ async fn positions_of_deleted_events_are_never_reused() {
     let path = dir.path().join("events.db");
     {
         let store = SqliteStore::open(&path).unwrap();
-        store.append("a", ExpectedVersion::Any, vec![event(), event()]).await.unwrap();
-        store.append("b", ExpectedVersion::Any, vec![event(), event()]).await.unwrap();
+        store
+            .append("a", ExpectedVersion::Any, vec![event(), event()])
+            .await
+            .unwrap();
+        store
+            .append("b", ExpectedVersion::Any, vec![event(), event()])
+            .await
+            .unwrap();
         store.tombstone("b", ExpectedVersion::Any).await.unwrap();
         assert_eq!(store.head().await.unwrap(), 4);
     }
@@ -53,7 +68,10 @@ async fn positions_of_deleted_events_are_never_reused() {
     store.truncate_before("c", 1).await.unwrap();
     drop(store);
     let store = SqliteStore::open(&path).unwrap();
-    let next = store.append("c", ExpectedVersion::Exact(0), vec![event()]).await.unwrap();
+    let next = store
+        .append("c", ExpectedVersion::Exact(0), vec![event()])
+        .await
+        .unwrap();
     assert_eq!((next.revision, next.position), (1, 6));
 }
 
@@ -65,6 +83,8 @@ async fn a_file_that_is_not_a_database_is_a_clear_error() {
     std::fs::write(&path, vec![b'x'; 8192]).unwrap();
     let err = SqliteStore::open(&path).err().expect("refused");
     assert!(matches!(err, Error::Sqlite(_)), "{err:?}");
-    let missing = SqliteStore::open(dir.path().join("no/such/dir/events.db")).err().expect("refused");
+    let missing = SqliteStore::open(dir.path().join("no/such/dir/events.db"))
+        .err()
+        .expect("refused");
     assert!(matches!(missing, Error::Sqlite(_)), "{missing:?}");
 }

@@ -22,7 +22,14 @@ async fn publishes_to_nest(url: &str) {
     let marker = format!("outbox-{}-{}", std::process::id(), fastrand::u64(..));
     for seq in 0..20 {
         let data = serde_json::to_vec(&json!({"marker": marker, "seq": seq})).unwrap();
-        store.append(format!("order-{}", seq % 3), ExpectedVersion::Any, vec![NewEvent::raw("evt", 1, data)]).await.unwrap();
+        store
+            .append(
+                format!("order-{}", seq % 3),
+                ExpectedVersion::Any,
+                vec![NewEvent::raw("evt", 1, data)],
+            )
+            .await
+            .unwrap();
     }
     let relay = Relay::new(store.clone(), client.clone());
     assert_eq!(relay.flush().await.unwrap(), 20, "every stored event published");
@@ -30,7 +37,10 @@ async fn publishes_to_nest(url: &str) {
     let mut seen = Vec::new();
     for _ in 0..400 {
         let all: Vec<Value> = client.send_raw("events_seen", json!({})).await.unwrap();
-        seen = all.into_iter().filter(|e| e["data"]["marker"] == json!(marker)).collect();
+        seen = all
+            .into_iter()
+            .filter(|e| e["data"]["marker"] == json!(marker))
+            .collect();
         if seen.len() >= 40 {
             break;
         }
@@ -42,7 +52,11 @@ async fn publishes_to_nest(url: &str) {
             .filter(|e| e["handler"] == handler)
             .map(|e| e["data"]["seq"].as_u64().unwrap())
             .collect();
-        assert_eq!(order, (0..20).collect::<Vec<u64>>(), "NestJS listener {handler}: each event once, in stored order");
+        assert_eq!(
+            order,
+            (0..20).collect::<Vec<u64>>(),
+            "NestJS listener {handler}: each event once, in stored order"
+        );
     }
 }
 

@@ -30,8 +30,11 @@ fn expand(args: Tokens, input: Tokens) -> Result<Tokens, Tokens> {
         Ok(item) => item,
         Err(e) => {
             let span = e.span();
-            return Err(syn::Error::new(span, "`#[aggregate]` goes on an `impl Aggregate for YourType { … }` block")
-                .to_compile_error());
+            return Err(syn::Error::new(
+                span,
+                "`#[aggregate]` goes on an `impl Aggregate for YourType { … }` block",
+            )
+            .to_compile_error());
         }
     };
     if item.trait_.is_none() {
@@ -77,5 +80,7 @@ fn hash_of(item: &ItemImpl) -> u64 {
     let mut copy = item.clone();
     NoDocs.visit_item_impl_mut(&mut copy);
     let text = copy.into_token_stream().to_string();
-    text.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3))
+    text.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
+    })
 }

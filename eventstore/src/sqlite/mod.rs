@@ -94,9 +94,20 @@ impl SqliteStore {
         let writer_head = head.clone();
         let thread = |name: &str| std::thread::Builder::new().name(name.into());
         let cannot = |e: std::io::Error| Error::Invalid(format!("cannot start the store's threads: {e}"));
-        thread("sqlite-checkpoint").spawn(move || writer::checkpoint(checkpointer, requests)).map_err(cannot)?;
-        thread("sqlite-writer").spawn(move || writer::run(conn, queue, writer_head, checkpoint)).map_err(cannot)?;
-        Ok(SqliteStore { inner: Arc::new(Inner { path, jobs, readers: Mutex::new(Vec::new()), head }) })
+        thread("sqlite-checkpoint")
+            .spawn(move || writer::checkpoint(checkpointer, requests))
+            .map_err(cannot)?;
+        thread("sqlite-writer")
+            .spawn(move || writer::run(conn, queue, writer_head, checkpoint))
+            .map_err(cannot)?;
+        Ok(SqliteStore {
+            inner: Arc::new(Inner {
+                path,
+                jobs,
+                readers: Mutex::new(Vec::new()),
+                head,
+            }),
+        })
     }
 
     /// The file.
@@ -111,9 +122,10 @@ impl SqliteStore {
         // A full queue blocks the sender: off the async threads.
         match jobs.try_send(job) {
             Ok(()) => {}
-            Err(std::sync::mpsc::TrySendError::Full(job)) => {
-                tokio::task::spawn_blocking(move || jobs.send(job)).await.map_err(|_| Error::Closed)?.map_err(|_| Error::Closed)?
-            }
+            Err(std::sync::mpsc::TrySendError::Full(job)) => tokio::task::spawn_blocking(move || jobs.send(job))
+                .await
+                .map_err(|_| Error::Closed)?
+                .map_err(|_| Error::Closed)?,
             Err(std::sync::mpsc::TrySendError::Disconnected(_)) => return Err(Error::Closed),
         }
         rx.await.map_err(|_| Error::Closed)?
@@ -199,8 +211,9 @@ impl EventStore for SqliteStore {
 
     async fn read_all(&self, after: u64, limit: usize) -> Result<Vec<Recorded>> {
         self.read(move |conn| {
-            let mut stmt =
-                conn.prepare_cached(&format!("SELECT {COLUMNS} FROM es_events WHERE position > ?1 ORDER BY position LIMIT ?2"))?;
+            let mut stmt = conn.prepare_cached(&format!(
+                "SELECT {COLUMNS} FROM es_events WHERE position > ?1 ORDER BY position LIMIT ?2"
+            ))?;
             let rows = stmt.query_map(params![clamp(after), clamp(limit as u64)], recorded)?;
             Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
         })

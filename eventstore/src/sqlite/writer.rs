@@ -50,7 +50,12 @@ const CHECKPOINT_EVERY: u32 = 128;
 /// The writer: `checkpoint` asks the checkpointer thread to copy the WAL into the database,
 /// which the writer's own commits would otherwise do now and then, stalling every append
 /// behind them for milliseconds.
-pub(super) fn run(mut conn: Connection, jobs: Receiver<Job>, head: Arc<watch::Sender<u64>>, checkpoint: SyncSender<()>) {
+pub(super) fn run(
+    mut conn: Connection,
+    jobs: Receiver<Job>,
+    head: Arc<watch::Sender<u64>>,
+    checkpoint: SyncSender<()>,
+) {
     let mut group = Vec::with_capacity(MAX_GROUP);
     let mut commits = 0u32;
     let mut known = Known::default();
@@ -212,12 +217,14 @@ fn in_savepoint(tx: &Transaction<'_>, head: &mut u64, known: &mut Known, job: Jo
             };
             Answer::Append(reply, result)
         }
-        Job::Truncate(stream, revision, reply) => {
-            Answer::Unit(reply, savepoint(tx, head, |head| truncate(tx, *head, &stream, revision)))
-        }
-        Job::Tombstone(stream, expected, reply) => {
-            Answer::Unit(reply, savepoint(tx, head, |head| tombstone(tx, *head, &stream, expected)))
-        }
+        Job::Truncate(stream, revision, reply) => Answer::Unit(
+            reply,
+            savepoint(tx, head, |head| truncate(tx, *head, &stream, revision)),
+        ),
+        Job::Tombstone(stream, expected, reply) => Answer::Unit(
+            reply,
+            savepoint(tx, head, |head| tombstone(tx, *head, &stream, expected)),
+        ),
         Job::Checkpoint(name, position, reply) => Answer::Unit(
             reply,
             savepoint(tx, head, |_| {
@@ -237,7 +244,12 @@ fn in_savepoint(tx: &Transaction<'_>, head: &mut u64, known: &mut Known, job: Jo
                      ON CONFLICT (stream) DO UPDATE SET revision = excluded.revision, schema = excluded.schema,
                      data = excluded.data WHERE excluded.revision >= es_snapshots.revision",
                 )?
-                .execute(params![snapshot.stream, snapshot.revision as i64, snapshot.schema, text(&snapshot.data)?])?;
+                .execute(params![
+                    snapshot.stream,
+                    snapshot.revision as i64,
+                    snapshot.schema,
+                    text(&snapshot.data)?
+                ])?;
                 Ok(())
             }),
         ),
@@ -256,7 +268,8 @@ pub(super) fn read_head(conn: &Connection) -> rusqlite::Result<u64> {
 
 /// Before deleting events: keeps the head, in case the newest event is among them.
 fn keep_head(tx: &Transaction<'_>, head: u64) -> rusqlite::Result<()> {
-    tx.prepare_cached("UPDATE es_head SET position = max(position, ?1) WHERE id = 0")?.execute([head as i64])?;
+    tx.prepare_cached("UPDATE es_head SET position = max(position, ?1) WHERE id = 0")?
+        .execute([head as i64])?;
     Ok(())
 }
 
@@ -281,7 +294,11 @@ pub(super) fn stream_state(conn: &Connection, stream: &str) -> rusqlite::Result<
 fn stored(tx: &Transaction<'_>, id: &uuid::Uuid) -> rusqlite::Result<Option<(String, u64, u64)>> {
     tx.prepare_cached("SELECT stream, revision, position FROM es_events WHERE id = ?1")?
         .query_row([id.as_bytes()], |row| {
-            Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)? as u64, row.get::<_, i64>(2)? as u64))
+            Ok((
+                row.get::<_, String>(0)?,
+                row.get::<_, i64>(1)? as u64,
+                row.get::<_, i64>(2)? as u64,
+            ))
         })
         .optional()
 }
@@ -332,7 +349,12 @@ fn append(tx: &Transaction<'_>, head: &mut u64, appends: &[Append], check_ids: b
             return Err(Error::StreamDeleted(append.stream.clone()).into());
         }
         if !actual.satisfies(append.expected) {
-            return Err(Error::WrongExpectedVersion { stream: append.stream.clone(), expected: append.expected, actual }.into());
+            return Err(Error::WrongExpectedVersion {
+                stream: append.stream.clone(),
+                expected: append.expected,
+                actual,
+            }
+            .into());
         }
         let mut insert = tx.prepare_cached(
             "INSERT INTO es_events (position, stream, revision, id, name, version, data, metadata, recorded_at)
@@ -357,14 +379,22 @@ fn append(tx: &Transaction<'_>, head: &mut u64, appends: &[Append], check_ids: b
                     return Err(Fail::Slow);
                 }
                 return Err(match stored(tx, &event.id)? {
-                    Some((stream, revision, _)) => Error::DuplicateEvent { id: event.id, stream, revision }.into(),
+                    Some((stream, revision, _)) => Error::DuplicateEvent {
+                        id: event.id,
+                        stream,
+                        revision,
+                    }
+                    .into(),
                     None => e.into(),
                 });
             }
             revision += 1;
         }
         let last = revision - 1;
-        out.push(Appended { revision: last, position: *head });
+        out.push(Appended {
+            revision: last,
+            position: *head,
+        });
     }
     Ok(out)
 }
@@ -389,7 +419,9 @@ fn append_in_one_statement(
     let sql = {
         let row = "(?, ?, ?, ?, ?, ?, ?, ?, ?)";
         let rows = vec![row; n].join(", ");
-        format!("INSERT INTO es_events (position, stream, revision, id, name, version, data, metadata, recorded_at) VALUES {rows}")
+        format!(
+            "INSERT INTO es_events (position, stream, revision, id, name, version, data, metadata, recorded_at) VALUES {rows}"
+        )
     };
     let mut insert = tx.prepare_cached(&sql)?;
     let (now, first) = (now_millis(), actual.next_revision());
@@ -412,7 +444,10 @@ fn append_in_one_statement(
     *head += n as u64;
     let revision = first + n as u64 - 1;
     known.set(&append.stream, StreamState::At(revision));
-    Ok(Appended { revision, position: *head })
+    Ok(Appended {
+        revision,
+        position: *head,
+    })
 }
 
 fn truncate(tx: &Transaction<'_>, head: u64, stream: &str, revision: u64) -> Result<()> {
@@ -440,11 +475,17 @@ fn tombstone(tx: &Transaction<'_>, head: u64, stream: &str, expected: ExpectedVe
         return Err(Error::StreamDeleted(stream.into()));
     }
     if !actual.satisfies(expected) {
-        return Err(Error::WrongExpectedVersion { stream: stream.into(), expected, actual });
+        return Err(Error::WrongExpectedVersion {
+            stream: stream.into(),
+            expected,
+            actual,
+        });
     }
     keep_head(tx, head)?;
-    tx.prepare_cached("DELETE FROM es_events WHERE stream = ?1")?.execute([stream])?;
-    tx.prepare_cached("DELETE FROM es_snapshots WHERE stream = ?1")?.execute([stream])?;
+    tx.prepare_cached("DELETE FROM es_events WHERE stream = ?1")?
+        .execute([stream])?;
+    tx.prepare_cached("DELETE FROM es_snapshots WHERE stream = ?1")?
+        .execute([stream])?;
     tx.prepare_cached(
         "INSERT INTO es_streams (stream, revision, deleted) VALUES (?1, -1, 1)
          ON CONFLICT (stream) DO UPDATE SET deleted = 1",

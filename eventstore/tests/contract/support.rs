@@ -102,9 +102,11 @@ pub async fn dump<S: EventStore>(store: &S, streams: &[&str]) -> Dump {
     for s in streams {
         states.push((s.to_string(), state(store, s).await));
     }
+    // Read before the awaits: a watch borrow held across them blocks the store's writer.
+    let watched = *store.watch_head().borrow();
     Dump {
         head: head(store).await,
-        watched: *store.watch_head().borrow(),
+        watched,
         events: all_events(store).await,
         states,
     }

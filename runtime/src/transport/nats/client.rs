@@ -297,7 +297,11 @@ impl ClientTransport for NatsClient {
             // Core NATS publishes are buffered in the client: written once flushed.
             let conn = self.current.read().expect("conn lock").clone();
             match conn {
-                Some(conn) => conn.nats.flush().await.map_err(|e| Error::broker("NATS flush failed", e)),
+                Some(conn) => conn
+                    .nats
+                    .flush()
+                    .await
+                    .map_err(|e| Error::broker("NATS flush failed", e)),
                 None => Ok(()),
             }
         }
