@@ -137,16 +137,7 @@ impl EventStore for MemoryStore {
             })?;
             if done.is_none() {
                 let actual = state_of(&state, &append.stream);
-                if actual == StreamState::Deleted {
-                    return Err(Error::StreamDeleted(append.stream.clone()));
-                }
-                if !actual.satisfies(append.expected) {
-                    return Err(Error::WrongExpectedVersion {
-                        stream: append.stream.clone(),
-                        expected: append.expected,
-                        actual,
-                    });
-                }
+                actual.check(&append.stream, append.expected)?;
                 if appends.iter().filter(|a| a.stream == append.stream).count() > 1 {
                     return Err(Error::Invalid(format!(
                         "stream `{}` appears twice in one append",
@@ -268,16 +259,7 @@ impl EventStore for MemoryStore {
     async fn tombstone(&self, stream: &str, expected: ExpectedVersion) -> Result<()> {
         let mut state = self.lock();
         let actual = state_of(&state, stream);
-        if actual == StreamState::Deleted {
-            return Err(Error::StreamDeleted(stream.into()));
-        }
-        if !actual.satisfies(expected) {
-            return Err(Error::WrongExpectedVersion {
-                stream: stream.into(),
-                expected,
-                actual,
-            });
-        }
+        actual.check(stream, expected)?;
         let state = &mut *state;
         let s = state.streams.entry(stream.into()).or_default();
         for &position in &s.positions[s.truncated as usize..] {

@@ -54,6 +54,19 @@ impl StreamState {
         }
     }
 
+    /// `Ok` if a write expecting `expected` may go on in this state: the stream's error otherwise.
+    pub fn check(self, stream: &str, expected: ExpectedVersion) -> crate::Result<()> {
+        match self {
+            StreamState::Deleted => Err(crate::Error::StreamDeleted(stream.into())),
+            actual if actual.satisfies(expected) => Ok(()),
+            actual => Err(crate::Error::WrongExpectedVersion {
+                stream: stream.into(),
+                expected,
+                actual,
+            }),
+        }
+    }
+
     /// Whether `expected` holds for this state.
     pub fn satisfies(self, expected: ExpectedVersion) -> bool {
         match (expected, self) {

@@ -417,17 +417,7 @@ async fn attempt_job(
             continue;
         }
         let actual = known.state(&append.stream);
-        if actual == StreamState::Deleted {
-            return Err(Error::StreamDeleted(append.stream.clone()).into());
-        }
-        if !actual.satisfies(append.expected) {
-            return Err(Error::WrongExpectedVersion {
-                stream: append.stream.clone(),
-                expected: append.expected,
-                actual,
-            }
-            .into());
-        }
+        actual.check(&append.stream, append.expected)?;
         for event in &append.events {
             if let Some((stream, revision, _)) = known.ids.get(&event.id) {
                 return Err(Error::DuplicateEvent {

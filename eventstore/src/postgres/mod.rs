@@ -435,16 +435,7 @@ impl EventStore for PgStore {
                 .fetch_optional(&mut *tx)
                 .await?;
         let actual = state_of(row);
-        if actual == StreamState::Deleted {
-            return Err(Error::StreamDeleted(stream.into()));
-        }
-        if !actual.satisfies(expected) {
-            return Err(Error::WrongExpectedVersion {
-                stream: stream.into(),
-                expected,
-                actual,
-            });
-        }
+        actual.check(stream, expected)?;
         sqlx::query(
             "WITH events AS (DELETE FROM es_events WHERE stream = $1),
              snapshots AS (DELETE FROM es_snapshots WHERE stream = $1)

@@ -345,17 +345,7 @@ fn append(tx: &Transaction<'_>, head: &mut u64, appends: &[Append], check_ids: b
         if !check_ids && !actual.satisfies(append.expected) {
             return Err(Fail::Slow);
         }
-        if actual == StreamState::Deleted {
-            return Err(Error::StreamDeleted(append.stream.clone()).into());
-        }
-        if !actual.satisfies(append.expected) {
-            return Err(Error::WrongExpectedVersion {
-                stream: append.stream.clone(),
-                expected: append.expected,
-                actual,
-            }
-            .into());
-        }
+        actual.check(&append.stream, append.expected)?;
         let mut insert = tx.prepare_cached(
             "INSERT INTO es_events (position, stream, revision, id, name, version, data, metadata, recorded_at)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
@@ -471,16 +461,7 @@ fn truncate(tx: &Transaction<'_>, head: u64, stream: &str, revision: u64) -> Res
 
 fn tombstone(tx: &Transaction<'_>, head: u64, stream: &str, expected: ExpectedVersion) -> Result<()> {
     let actual = stream_state(tx, stream)?;
-    if actual == StreamState::Deleted {
-        return Err(Error::StreamDeleted(stream.into()));
-    }
-    if !actual.satisfies(expected) {
-        return Err(Error::WrongExpectedVersion {
-            stream: stream.into(),
-            expected,
-            actual,
-        });
-    }
+    actual.check(stream, expected)?;
     keep_head(tx, head)?;
     tx.prepare_cached("DELETE FROM es_events WHERE stream = ?1")?
         .execute([stream])?;
