@@ -5,11 +5,14 @@
 //! switchboard call tcp://127.0.0.1:3001 '{"cmd":"sum"}' '[1,2,3]'
 //! echo '{"id":1}' | switchboard emit nats://127.0.0.1:4222 user_created -H tenant=acme
 //! switchboard listen redis://127.0.0.1:6379 user_created --json
+//! switchboard events tail sqlite:users.db --stream user-42
+//! switchboard events replay sqlite:users.db --name USER_CREATED --to nats://127.0.0.1:4222
 //! ```
 //!
 //! Exit codes (see [`outcome::Failure`]): 0 done, 2 bad usage or input, 3 no handler, 4 timeout,
 //! 5 cannot reach the service (refused, lost), 6 the handler answered an error, 1 anything else.
 
+mod events;
 mod input;
 mod listen;
 mod outcome;
@@ -44,6 +47,75 @@ enum Command {
     /// Prints the messages that pass on a broker (Redis, NATS, MQTT) for the patterns given,
     /// or all: events, requests and their replies, one per line (`channel message`).
     Listen(Listening),
+    /// Reads an event store (an SQLite file or PostgreSQL) and publishes its events again.
+    #[command(subcommand)]
+    Events(Events),
+}
+
+#[derive(Subcommand)]
+enum Events {
+    /// Prints a store's events in order (all of them, one stream's, one name's), then, with
+    /// --follow, each new one as it is committed.
+    ///
+    /// switchboard events tail sqlite:users.db --last 20 --follow
+    Tail(Tail),
+    /// Publishes a store's events again on a transport, in order: the name as the pattern, the
+    /// data as the payload, the id in the `idempotency-key` header.
+    ///
+    /// switchboard events replay sqlite:users.db --from 1 --to tcp://127.0.0.1:3004
+    Replay(Replay),
+}
+
+#[derive(Args)]
+struct Selected {
+    /// The store: sqlite:PATH (or a path ending in .db), or postgres://…[?schema=NAME].
+    store: String,
+    /// One stream only.
+    #[arg(long)]
+    stream: Option<String>,
+    /// Events with this name only.
+    #[arg(long)]
+    name: Option<String>,
+    /// From this global position (with --stream: this revision), inclusive.
+    #[arg(long)]
+    from: Option<u64>,
+    /// JSON lines.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct Tail {
+    #[command(flatten)]
+    selected: Selected,
+    /// Start with the last N events.
+    #[arg(long, value_name = "N")]
+    last: Option<usize>,
+    /// Keep printing new events as they are committed.
+    #[arg(short, long)]
+    follow: bool,
+    /// Stop after this many events.
+    #[arg(short = 'n', long)]
+    count: Option<usize>,
+}
+
+#[derive(Args)]
+struct Replay {
+    #[command(flatten)]
+    selected: Selected,
+    /// Where to publish: any transport URL.
+    #[arg(long, value_name = "URL")]
+    to: String,
+}
+
+impl Selected {
+    fn selection(&self) -> events::Selection<'_> {
+        events::Selection {
+            stream: self.stream.as_deref(),
+            name: self.name.as_deref(),
+            from: self.from,
+        }
+    }
 }
 
 #[derive(Args)]
@@ -87,6 +159,8 @@ fn main() -> ExitCode {
     let json = match &cli.command {
         Command::Call(t) | Command::Emit(t) => t.json,
         Command::Listen(l) => l.json,
+        Command::Events(Events::Tail(t)) => t.selected.json,
+        Command::Events(Events::Replay(r)) => r.selected.json,
     };
     let out = Output { json };
     let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
@@ -99,6 +173,17 @@ fn main() -> ExitCode {
         Command::Listen(l) => {
             let patterns: Vec<Value> = l.patterns.iter().map(|p| input::pattern(p)).collect();
             rt.block_on(listen::listen(&l.url, &patterns, l.count, &out))
+        }
+        Command::Events(Events::Tail(t)) => rt.block_on(events::tail(
+            &t.selected.store,
+            &t.selected.selection(),
+            t.last,
+            t.follow,
+            t.count,
+            &out,
+        )),
+        Command::Events(Events::Replay(r)) => {
+            rt.block_on(events::replay(&r.selected.store, &r.selected.selection(), &r.to, &out))
         }
     };
     match done {

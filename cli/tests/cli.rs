@@ -367,3 +367,199 @@ async fn listen_refuses_what_it_cannot_overhear() {
         assert!(!text(&out.stderr).contains("guest:guest"), "{}", text(&out.stderr));
     }
 }
+
+/// `events tail` and `events replay` on an SQLite store: everything, one stream, one name, the
+/// last N, following new commits, and publishing again to a service that counts what arrives.
+#[tokio::test]
+async fn tails_and_replays_an_event_store() {
+    use switchboard_eventstore::{EventStore, ExpectedVersion, NewEvent, SqliteStore};
+
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("users.db");
+    let store_url = format!("sqlite:{}", db.display());
+    let store = SqliteStore::open(&db).unwrap();
+    let marker = format!("replayed-{}", std::process::id());
+    let event = |name: &str, n: u32| NewEvent::raw(name, 1, json!({"marker": marker, "n": n}).to_string());
+    store
+        .append(
+            "user-1",
+            ExpectedVersion::NoStream,
+            vec![event("cli.evt", 1), event("EMAIL_UPDATED", 2)],
+        )
+        .await
+        .unwrap();
+    store
+        .append("user-2", ExpectedVersion::NoStream, vec![event("cli.evt", 3)])
+        .await
+        .unwrap();
+
+    let lines = |out: &Output| -> Vec<Value> {
+        text(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("a JSON line"))
+            .collect()
+    };
+    let out = run(args(&["events", "tail", &store_url, "--json"]), None).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let all = lines(&out);
+    let positions: Vec<_> = all.iter().map(|e| e["position"].as_u64().unwrap()).collect();
+    assert_eq!(positions, [1, 2, 3]);
+    assert_eq!(all[1]["stream"], "user-1");
+    assert_eq!(all[1]["revision"], 1);
+    assert_eq!(all[1]["name"], "EMAIL_UPDATED");
+    assert_eq!(all[1]["data"]["n"], 2);
+
+    let out = run(args(&["events", "tail", &store_url, "--stream", "user-1"]), None).await;
+    let human = text(&out.stdout);
+    assert!(human.starts_with("#1 user-1@0 cli.evt v1 {"), "{human}");
+    assert_eq!(human.lines().count(), 2);
+    let out = run(
+        args(&["events", "tail", &store_url, "--name", "cli.evt", "--json"]),
+        None,
+    )
+    .await;
+    assert_eq!(
+        lines(&out)
+            .iter()
+            .map(|e| e["position"].as_u64().unwrap())
+            .collect::<Vec<_>>(),
+        [1, 3]
+    );
+    let out = run(args(&["events", "tail", &store_url, "--last", "1", "--json"]), None).await;
+    assert_eq!(lines(&out)[0]["position"], 3);
+
+    // --follow prints what is committed while it runs.
+    let mut follower = tokio::process::Command::new(env!("CARGO_BIN_EXE_switchboard"))
+        .args(["events", "tail", &store_url, "--follow", "-n", "5", "--json"])
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let stdout = follower.stdout.take().unwrap();
+    let mut followed = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stdout));
+    for _ in 0..3 {
+        tokio::time::timeout(Duration::from_secs(30), followed.next_line())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+    }
+    store
+        .append(
+            "user-3",
+            ExpectedVersion::Any,
+            vec![event("cli.evt", 4), event("cli.evt", 5)],
+        )
+        .await
+        .unwrap();
+    let mut newer = Vec::new();
+    while let Some(line) = tokio::time::timeout(Duration::from_secs(30), followed.next_line())
+        .await
+        .unwrap()
+        .unwrap()
+    {
+        newer.push(
+            serde_json::from_str::<Value>(&line).unwrap()["position"]
+                .as_u64()
+                .unwrap(),
+        );
+    }
+    assert_eq!(newer, [4, 5], "the followed commits, then it stops at -n 5");
+    assert!(follower.wait().await.unwrap().success());
+
+    // Replay the cli.evt events to a service.
+    let server = serve("tcp://127.0.0.1:0").await;
+    let out = run(
+        args(&[
+            "events",
+            "replay",
+            &store_url,
+            "--name",
+            "cli.evt",
+            "--to",
+            server.local_url(),
+            "--json",
+        ]),
+        None,
+    )
+    .await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(lines(&out)[0], json!({"replayed": 4}));
+    for _ in 0..250 {
+        if EVENTS
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|e| e["marker"] == json!(marker))
+            .count()
+            >= 4
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let ns: Vec<_> = EVENTS
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|e| e["marker"] == json!(marker))
+        .map(|e| e["n"].clone())
+        .collect();
+    assert_eq!(ns, [json!(1), json!(3), json!(4), json!(5)], "in stored order");
+    server.shutdown().await.unwrap();
+
+    // No store there: usage error, nothing created.
+    let nowhere = dir.path().join("nowhere.db");
+    let out = run(args(&["events", "tail", &nowhere.display().to_string()]), None).await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(!nowhere.exists());
+}
+
+/// `events tail` on a PostgreSQL store, in a schema of its own.
+#[tokio::test]
+async fn tails_a_postgres_store() {
+    use switchboard_eventstore::{EventStore, ExpectedVersion, NewEvent, PgStore};
+
+    let url = std::env::var("SB_POSTGRES_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+    let schema = format!("cli_t_{}_{}", std::process::id(), fastrand_suffix());
+    let store = match PgStore::builder(url.clone()).schema(schema.clone()).connect().await {
+        Ok(store) => store,
+        Err(e) => return missing("PostgreSQL", &format!("{e}; start it with scripts/brokers.sh")),
+    };
+    store
+        .append(
+            "acct-1",
+            ExpectedVersion::NoStream,
+            vec![NewEvent::raw("OPENED", 1, "{\"by\":\"cli\"}")],
+        )
+        .await
+        .unwrap();
+    let out = run(
+        args(&["events", "tail", &format!("{url}?schema={schema}"), "--json"]),
+        None,
+    )
+    .await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let line: Value = serde_json::from_str(text(&out.stdout).trim()).unwrap();
+    assert_eq!(
+        (
+            line["stream"].as_str(),
+            line["name"].as_str(),
+            line["data"]["by"].as_str()
+        ),
+        (Some("acct-1"), Some("OPENED"), Some("cli"))
+    );
+    let _ = switchboard_eventstore::postgres::sqlx::query(switchboard_eventstore::postgres::sqlx::AssertSqlSafe(
+        format!("DROP SCHEMA {schema} CASCADE"),
+    ))
+    .execute(store.pool())
+    .await;
+}
+
+fn fastrand_suffix() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+        % 1_000_000_007
+}
