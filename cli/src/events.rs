@@ -25,6 +25,32 @@ pub struct Selection<'a> {
     pub from: Option<u64>,
 }
 
+impl Selection<'_> {
+    /// The next page from `at` (a revision with a stream, else a position; inclusive), the
+    /// events of other names left out; moves `at` past the page. True if the page was full
+    /// (more may follow at once).
+    async fn page<S: EventStore>(&self, store: &S, at: &mut u64) -> Result<(Vec<Recorded>, bool), Failure> {
+        let page = match self.stream {
+            Some(stream) => store.read_stream(stream, ReadStream::forwards(*at, PAGE)).await,
+            None => store.read_all(at.saturating_sub(1), PAGE).await,
+        }
+        .map_err(|e| Failure::other(e.to_string()))?;
+        let full = page.len() == PAGE;
+        if let Some(last) = page.last() {
+            *at = if self.stream.is_some() {
+                last.revision + 1
+            } else {
+                last.position + 1
+            };
+        }
+        let page = page
+            .into_iter()
+            .filter(|e| self.name.is_none_or(|n| n == e.name))
+            .collect();
+        Ok((page, full))
+    }
+}
+
 /// Opens the store `url` names, refusing to create one.
 async fn open(url: &str) -> Result<Store, Failure> {
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
@@ -132,20 +158,8 @@ async fn tail_in<S: EventStore>(
     let mut head = store.watch_head();
     loop {
         head.mark_unchanged();
-        let page = match sel.stream {
-            Some(stream) => store.read_stream(stream, ReadStream::forwards(at, PAGE)).await,
-            None => store.read_all(at.saturating_sub(1), PAGE).await,
-        }
-        .map_err(fail)?;
-        let full = page.len() == PAGE;
+        let (page, full) = sel.page(store, &mut at).await?;
         for event in &page {
-            at = match sel.stream {
-                Some(_) => event.revision + 1,
-                None => event.position + 1,
-            };
-            if sel.name.is_some_and(|n| n != event.name) {
-                continue;
-            }
             print(event, out);
             if let Some(n) = &mut left {
                 *n -= 1;
@@ -186,23 +200,11 @@ pub async fn replay(url: &str, sel: &Selection<'_>, to: &str, out: &Output) -> R
 }
 
 async fn replay_in<S: EventStore>(store: &S, sel: &Selection<'_>, client: &Client) -> Result<u64, Failure> {
-    let fail = |e: switchboard_eventstore::Error| Failure::other(e.to_string());
     let mut at = sel.from.unwrap_or(0);
     let mut n = 0;
     loop {
-        let page = match sel.stream {
-            Some(stream) => store.read_stream(stream, ReadStream::forwards(at, PAGE)).await,
-            None => store.read_all(at.saturating_sub(1), PAGE).await,
-        }
-        .map_err(fail)?;
+        let (page, full) = sel.page(store, &mut at).await?;
         for event in &page {
-            at = match sel.stream {
-                Some(_) => event.revision + 1,
-                None => event.position + 1,
-            };
-            if sel.name.is_some_and(|name| name != event.name) {
-                continue;
-            }
             let data: Value = serde_json::from_slice(&event.data).unwrap_or(Value::Null);
             client
                 .emit_raw(&event.name, data)
@@ -211,7 +213,7 @@ async fn replay_in<S: EventStore>(store: &S, sel: &Selection<'_>, client: &Clien
                 .map_err(Failure::from)?;
             n += 1;
         }
-        if page.len() < PAGE {
+        if !full {
             client.flush().await.map_err(Failure::from)?;
             return Ok(n);
         }
