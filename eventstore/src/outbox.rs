@@ -12,7 +12,7 @@ use crate::error::{Error, Result};
 use crate::event::Recorded;
 use crate::projection::IDEMPOTENCY_KEY;
 use crate::store::EventStore;
-use crate::subscription::Subscription;
+use crate::subscription::{Subscription, last_position};
 
 type Filter = Arc<dyn Fn(&Recorded) -> bool + Send + Sync>;
 
@@ -74,38 +74,27 @@ impl<S: EventStore> Relay<S> {
     /// Publishes what is there, then returns (a failed publish is an error).
     pub async fn flush(&self) -> Result<u64> {
         let mut reader = self.subscription.reader().await?;
-        loop {
-            let events = reader.next_batch().await?;
-            let Some(last) = events.last().map(|e| e.position) else {
-                return Ok(reader.position());
-            };
+        while let Some(events) = reader.next().await? {
             self.publish(&events).await?;
-            reader.commit(last).await?;
+            reader.commit(last_position(&events)).await?;
         }
+        Ok(reader.position())
     }
 
     /// Publishes, then follows commits until `stop` resolves. A batch that fails (the broker
     /// is away, a connection broke) is published again, in order, until it goes through.
-    pub async fn run(&self, stop: impl Future<Output = ()>) -> Result<()> {
-        let mut reader = self.subscription.reader().await?;
-        tokio::pin!(stop);
-        loop {
-            let events = reader.next_batch().await?;
-            let Some(last) = events.last().map(|e| e.position) else {
-                tokio::select! {
-                    _ = &mut stop => return Ok(()),
-                    _ = reader.wait() => continue,
-                }
-            };
+    pub async fn run(&self, stop: impl Future<Output = ()> + Send) -> Result<()> {
+        let mut reader = self.subscription.reader().await?.until(stop);
+        while let Some(events) = reader.next().await? {
             while let Err(e) = self.publish(&events).await {
                 tracing::warn!(from = events[0].position, error = %e, "outbox publish failed; retrying");
-                tokio::select! {
-                    _ = &mut stop => return Ok(()),
-                    _ = tokio::time::sleep(self.retry) => {}
+                if !reader.pause(self.retry).await {
+                    return Ok(());
                 }
             }
-            reader.commit(last).await?;
+            reader.commit(last_position(&events)).await?;
         }
+        Ok(())
     }
 
     /// Emits a batch in order, then waits until it has left the process: only then may the

@@ -69,7 +69,7 @@ impl<S: EventStore> Projection<S> {
     }
 
     /// Delivers, then follows new events until `stop` resolves.
-    pub async fn run(&self, stop: impl Future<Output = ()>) -> Result<()> {
+    pub async fn run(&self, stop: impl Future<Output = ()> + Send) -> Result<()> {
         self.subscription.run(|event| self.deliver(event), stop).await
     }
 

@@ -1,6 +1,7 @@
 //! Catch-up-then-live subscriptions to the global sequence, with a durable checkpoint.
 
 use std::future::Future;
+use std::pin::Pin;
 use std::time::Duration;
 
 use crate::error::Result;
@@ -81,46 +82,24 @@ impl<S: EventStore> Subscription<S> {
     }
 
     /// Delivers every event after the checkpoint, then returns once caught up.
-    pub async fn catch_up<F, Fut>(&self, mut handle: F) -> Result<u64>
+    pub async fn catch_up<F, Fut>(&self, handle: F) -> Result<u64>
     where
         F: FnMut(Recorded) -> Fut,
         Fut: Future<Output = Result<()>>,
     {
         let mut reader = self.reader().await?;
-        loop {
-            let events = reader.next_batch().await?;
-            let Some(last) = events.last().map(|e| e.position) else {
-                return Ok(reader.position());
-            };
-            for event in events {
-                handle(event).await?;
-            }
-            reader.commit(last).await?;
-        }
+        deliver(&mut reader, handle).await?;
+        Ok(reader.position())
     }
 
     /// Catches up, then delivers new events as they commit, until `stop` resolves or `handle`
     /// fails.
-    pub async fn run<F, Fut>(&self, mut handle: F, stop: impl Future<Output = ()>) -> Result<()>
+    pub async fn run<F, Fut>(&self, handle: F, stop: impl Future<Output = ()> + Send) -> Result<()>
     where
         F: FnMut(Recorded) -> Fut,
         Fut: Future<Output = Result<()>>,
     {
-        let mut reader = self.reader().await?;
-        tokio::pin!(stop);
-        loop {
-            let events = reader.next_batch().await?;
-            let Some(last) = events.last().map(|e| e.position) else {
-                tokio::select! {
-                    _ = &mut stop => return Ok(()),
-                    _ = reader.wait() => continue,
-                }
-            };
-            for event in events {
-                handle(event).await?;
-            }
-            reader.commit(last).await?;
-        }
+        deliver(&mut self.reader().await?.until(stop), handle).await
     }
 
     /// A reader from the saved checkpoint, to take batches by hand.
@@ -131,32 +110,92 @@ impl<S: EventStore> Subscription<S> {
             subscription: self,
             position,
             head,
+            stop: None,
+            stopped: false,
         })
     }
 }
 
-/// Batches of a [`Subscription`], by hand: [`next_batch`](Self::next_batch), handle them,
-/// [`commit`](Self::commit) the last position; [`wait`](Self::wait) when a batch is empty.
-#[derive(Debug)]
+/// Hands each event of each batch to `handle`, moving the checkpoint after each batch.
+async fn deliver<S, F, Fut>(reader: &mut Reader<'_, S>, mut handle: F) -> Result<()>
+where
+    S: EventStore,
+    F: FnMut(Recorded) -> Fut,
+    Fut: Future<Output = Result<()>>,
+{
+    while let Some(events) = reader.next().await? {
+        let last = last_position(&events);
+        for event in events {
+            handle(event).await?;
+        }
+        reader.commit(last).await?;
+    }
+    Ok(())
+}
+
+/// The position of a batch's last event (0 for none).
+pub(crate) fn last_position(events: &[Recorded]) -> u64 {
+    events.last().map_or(0, |e| e.position)
+}
+
+/// Batches of a [`Subscription`], by hand: [`next`](Self::next), handle them,
+/// [`commit`](Self::commit) the last position.
 pub struct Reader<'a, S> {
     subscription: &'a Subscription<S>,
     position: u64,
     head: tokio::sync::watch::Receiver<u64>,
+    /// Set by [`until`](Self::until): follow new commits until it resolves.
+    stop: Option<Pin<Box<dyn Future<Output = ()> + Send + 'a>>>,
+    stopped: bool,
 }
 
-impl<S: EventStore> Reader<'_, S> {
+impl<S> std::fmt::Debug for Reader<'_, S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reader")
+            .field("position", &self.position)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<'a, S: EventStore> Reader<'a, S> {
+    /// Once caught up, waits for new commits instead of ending, until `stop` resolves.
+    pub fn until(mut self, stop: impl Future<Output = ()> + Send + 'a) -> Self {
+        self.stop = Some(Box::pin(stop));
+        self
+    }
+
     /// The position of the last committed event.
     pub fn position(&self) -> u64 {
         self.position
     }
 
-    /// The next events after the reader's position (empty when caught up).
-    pub async fn next_batch(&mut self) -> Result<Vec<Recorded>> {
-        self.head.mark_unchanged();
-        self.subscription
-            .store
-            .read_all(self.position, self.subscription.batch)
-            .await
+    /// The next events after the reader's position; once caught up, `None`, or with
+    /// [`until`](Self::until) the next commit's events (`None` once `stop` resolved).
+    pub async fn next(&mut self) -> Result<Option<Vec<Recorded>>> {
+        loop {
+            if self.stopped {
+                return Ok(None);
+            }
+            // Marked seen before reading: a commit after the read is a change to wait for;
+            // deleted events past the position are not (they would make this spin).
+            self.head.borrow_and_update();
+            let events = self
+                .subscription
+                .store
+                .read_all(self.position, self.subscription.batch)
+                .await?;
+            if !events.is_empty() {
+                return Ok(Some(events));
+            }
+            let Some(stop) = self.stop.as_mut() else {
+                return Ok(None);
+            };
+            tokio::select! {
+                _ = stop => self.stopped = true,
+                _ = self.head.changed() => {}
+                _ = tokio::time::sleep(self.subscription.poll) => {}
+            }
+        }
     }
 
     /// Saves the checkpoint at `position` (the last event handled).
@@ -169,14 +208,15 @@ impl<S: EventStore> Reader<'_, S> {
         Ok(())
     }
 
-    /// Waits until a commit moves the head past the position (or the poll interval passes).
-    pub async fn wait(&mut self) {
-        if *self.head.borrow() > self.position {
-            return;
+    /// Sleeps for `period`; false if `stop` resolved meanwhile (the reader then ends).
+    pub async fn pause(&mut self, period: Duration) -> bool {
+        match self.stop.as_mut() {
+            Some(stop) if !self.stopped => tokio::select! {
+                _ = stop => self.stopped = true,
+                _ = tokio::time::sleep(period) => {}
+            },
+            _ => tokio::time::sleep(period).await,
         }
-        tokio::select! {
-            _ = self.head.changed() => {}
-            _ = tokio::time::sleep(self.subscription.poll) => {}
-        }
+        !self.stopped
     }
 }
