@@ -10,7 +10,7 @@ use uuid::Uuid;
 use crate::error::{Error, Result};
 use crate::event::Recorded;
 use crate::snapshot::Snapshot;
-use crate::store::{Append, Appended, Direction, EventStore, ExpectedVersion, ReadStream, StreamState};
+use crate::store::{Append, Appended, Direction, EventStore, ExpectedVersion, ReadStream, StreamState, advance_head};
 
 /// An event store in memory. Clones share it.
 ///
@@ -197,7 +197,7 @@ impl EventStore for MemoryStore {
         }
         let head = state.log.len() as u64;
         drop(state);
-        self.head.send_if_modified(|h| std::mem::replace(h, head) != head);
+        advance_head(&self.head, head);
         Ok(out)
     }
 

@@ -244,3 +244,22 @@ pub trait EventStore: Clone + Send + Sync + 'static {
     /// Saves a stream's snapshot, replacing an older one (never a newer one).
     fn save_snapshot(&self, snapshot: Snapshot) -> impl Future<Output = Result<()>> + Send;
 }
+
+/// Raises the watched head to `to` if it is behind: commits can be reported out of order (two
+/// appenders unlocking in one order and reporting in the other; our commits directly, other
+/// processes' through a notification), and a reader must never see the head go back.
+///
+/// Looks first under the shared lock: the exclusive one is taken only to move the head, so a
+/// report that arrives after the head moved never waits for a receiver holding a `borrow()`.
+pub(crate) fn advance_head(head: &watch::Sender<u64>, to: u64) {
+    if *head.borrow() >= to {
+        return;
+    }
+    head.send_if_modified(|h| {
+        let moved = to > *h;
+        if moved {
+            *h = to;
+        }
+        moved
+    });
+}

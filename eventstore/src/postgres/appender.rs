@@ -26,7 +26,7 @@ use uuid::Uuid;
 
 use crate::error::{Error, Result};
 use crate::memory::already_appended;
-use crate::store::{Append, Appended, ExpectedVersion, StreamState};
+use crate::store::{Append, Appended, ExpectedVersion, StreamState, advance_head};
 
 /// How many queued appends one group takes at most.
 const MAX_GROUP: usize = 256;
@@ -55,25 +55,6 @@ pub(super) struct Appender {
     pub(super) carry: Option<Job>,
     /// How many jobs the last group had: their callers are likely to be back soon.
     pub(super) last_group: usize,
-}
-
-/// Raises the watched head to `to` if it is behind (commits may be seen out of order: ours
-/// directly, others' through `NOTIFY`).
-///
-/// Looks first under the shared lock: the exclusive one is taken only to move the head, so the
-/// notification of our own commit, which arrives after the head moved, never waits for a
-/// receiver that holds a `borrow()` (across an `.await`, on the same thread, that would hang).
-pub(super) fn advance(head: &watch::Sender<u64>, to: u64) {
-    if *head.borrow() >= to {
-        return;
-    }
-    head.send_if_modified(|h| {
-        let moved = to > *h;
-        if moved {
-            *h = to;
-        }
-        moved
-    });
 }
 
 impl Appender {
@@ -146,7 +127,7 @@ impl Appender {
         };
         let uncertain = match fast {
             Ok(written) => {
-                advance(&self.head, written.head);
+                advance_head(&self.head, written.head);
                 let mut results = written.results.into_iter();
                 for job in group {
                     let answer = results.by_ref().take(job.appends.len()).collect();
@@ -203,7 +184,7 @@ impl Appender {
             return fail_all(answers.into_iter().map(|(reply, _)| reply), &e, broken(&e));
         }
         if let Some(head) = head {
-            advance(&self.head, head);
+            advance_head(&self.head, head);
         }
         for (reply, answer) in answers {
             let _ = reply.send(answer);

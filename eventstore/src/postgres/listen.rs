@@ -9,7 +9,7 @@ use sqlx::PgPool;
 use sqlx::postgres::PgListener;
 use tokio::sync::watch;
 
-use super::appender::advance;
+use crate::store::advance_head;
 
 /// The longest wait between two attempts to listen again.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
@@ -59,7 +59,7 @@ pub(super) async fn run(
         };
         match current.try_recv().await {
             Ok(Some(notification)) => match notification.payload().parse::<u64>() {
-                Ok(position) => advance(&head, position),
+                Ok(position) => advance_head(&head, position),
                 Err(_) => tracing::debug!(payload = notification.payload(), "a notification that is not a head"),
             },
             // The connection was lost and is back, listening again: what was missed is in the head.
@@ -77,7 +77,7 @@ async fn resync(pool: &PgPool, head: &watch::Sender<u64>) {
     let mut backoff = Duration::from_millis(50);
     loop {
         match read_head(pool).await {
-            Ok(position) => return advance(head, position),
+            Ok(position) => return advance_head(head, position),
             Err(e) => {
                 tracing::warn!(error = %e, "the event store cannot read its head; retrying");
                 tokio::time::sleep(backoff).await;

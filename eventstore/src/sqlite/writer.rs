@@ -10,7 +10,7 @@ use tokio::sync::{oneshot, watch};
 use crate::error::{Error, Result};
 use crate::memory::{already_appended, now_millis};
 use crate::snapshot::Snapshot;
-use crate::store::{Append, Appended, ExpectedVersion, StreamState};
+use crate::store::{Append, Appended, ExpectedVersion, StreamState, advance_head};
 
 /// How many queued writes one transaction takes at most.
 const MAX_GROUP: usize = 1024;
@@ -69,7 +69,7 @@ pub(super) fn run(
         }
         let (answers, commit, new_head) = run_group(&mut conn, &mut known, group.drain(..));
         if let Some(h) = new_head.filter(|_| commit.is_ok()) {
-            head.send_if_modified(|old| std::mem::replace(old, h) != h);
+            advance_head(&head, h);
             commits += 1;
             if commits.is_multiple_of(CHECKPOINT_EVERY) {
                 let _ = checkpoint.try_send(());
