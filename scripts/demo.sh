@@ -9,5 +9,5 @@ cd "$(dirname "$0")/.."
 features=()
 [[ "${1:-}" == --broker ]] && features=(--features switchboard/brokers,example-demo/kafka-mock)
 cargo build --quiet -p example-users -p example-math -p example-notifications -p example-analytics \
-  -p example-gateway -p example-resilient -p example-user-events -p example-demo "${features[@]}"
+  -p example-gateway -p example-resilient -p example-user-events -p example-orders -p example-demo "${features[@]}"
 exec target/debug/demo "$@"

@@ -28,6 +28,7 @@ mod driver;
 mod frame;
 mod mem;
 mod profile;
+mod saga;
 mod serve;
 mod store;
 
@@ -111,6 +112,14 @@ struct Args {
     /// and with `--features postgres` PostgreSQL against a bare sqlx loop (see `store`).
     #[arg(long)]
     store_only: bool,
+    /// The saga rows only: three-step sagas over `mem://` participants on the SQLite saga log
+    /// (NORMAL and FULL), and with `--features postgres` on PostgreSQL, each against the same
+    /// three calls made with the client directly (see `saga`).
+    #[arg(long)]
+    saga_only: bool,
+    /// Sagas in flight (concurrent starters, each in a closed loop) in the saga rows.
+    #[arg(long, default_value_t = 1000)]
+    saga_in_flight: usize,
     /// The resilience row only: what a closed breaker and the whole client policy cost per
     /// `mem://` call (see `mem::run_policy`).
     #[arg(long)]
@@ -273,6 +282,34 @@ fn main() -> ExitCode {
         let result = store::run(args.runs, secs).and_then(|()| store::run_postgres(args.runs, secs));
         #[cfg(not(feature = "postgres"))]
         let result = store::run(args.runs, secs);
+        return match result {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::from(1)
+            }
+        };
+    }
+    if args.saga_only {
+        let plan = saga::Plan {
+            runs: args.runs.max(1),
+            in_flight: args.saga_in_flight.max(1),
+            warmup: Duration::from_secs_f64(args.warmup_secs),
+            duration: Duration::from_secs_f64(args.duration_secs),
+        };
+        // Bound the whole run: every row's runs get their time (the ceiling's and the sagas'
+        // warm-up and window, the latency probe, the drain) and some slack.
+        let budget = (plan.warmup * 2 + plan.duration * 3 + Duration::from_secs(75)) * (plan.runs as u32 * 3)
+            + Duration::from_secs(90);
+        std::thread::spawn(move || {
+            std::thread::sleep(budget);
+            eprintln!("error: the benchmark did not finish within {budget:?}; giving up");
+            std::process::exit(3);
+        });
+        #[cfg(feature = "postgres")]
+        let result = saga::run(plan).and_then(|()| saga::run_postgres(plan));
+        #[cfg(not(feature = "postgres"))]
+        let result = saga::run(plan);
         return match result {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

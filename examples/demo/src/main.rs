@@ -7,6 +7,12 @@
 //! the demo creates, updates and deletes a user through it, reads the user rebuilt by replay
 //! and its history, and waits for its outbox to reach analytics.
 //!
+//! The order saga (examples/orders) runs as four more processes: inventory, payment and shipping
+//! behind inboxes, and the orchestrator with its saga log in a temporary SQLite file. One order
+//! completes; one is declined by payment and its reservation released; for a third the
+//! orchestrator is SIGKILLed while shipping works on it, restarted on the same file, and
+//! finishes the saga, charging once.
+//!
 //! `demo --broker nats://127.0.0.1:4222` (or any broker URL) runs the same unchanged services
 //! over that broker instead: every service listens on it, and one emit reaches both listeners.
 //! `--broker kafka://mock` starts librdkafka's mock cluster in this process and runs the
@@ -39,7 +45,19 @@ fn spawn(
     logs: &Logs,
     traces: &str,
 ) -> anyhow::Result<Child> {
-    let path = dir.join(name);
+    spawn_as(dir, name, name, args, logs, traces)
+}
+
+/// Starts the sibling binary `binary`, prefixing each line it prints with `name`.
+fn spawn_as(
+    dir: &std::path::Path,
+    binary: &str,
+    name: &'static str,
+    args: &[String],
+    logs: &Logs,
+    traces: &str,
+) -> anyhow::Result<Child> {
+    let path = dir.join(binary);
     let mut child = Command::new(&path)
         .args(args)
         .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
@@ -90,13 +108,19 @@ fn strip_timestamp(line: &str) -> &str {
 
 /// Waits (up to 20 s) until `service` printed a line containing `says`.
 async fn wait_for_log(logs: &Logs, service: &str, says: &str, failed: &str) -> anyhow::Result<()> {
+    wait_for_logs(logs, service, says, 1, failed).await
+}
+
+/// Waits (up to 20 s) until `service` printed `times` lines containing `says`.
+async fn wait_for_logs(logs: &Logs, service: &str, says: &str, times: usize, failed: &str) -> anyhow::Result<()> {
     for _ in 0..200 {
         let seen = logs
             .lock()
             .expect("logs lock")
             .iter()
-            .any(|(name, line)| *name == service && line.contains(says));
-        if seen {
+            .filter(|(name, line)| *name == service && line.contains(says))
+            .count();
+        if seen >= times {
             return Ok(());
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -259,8 +283,17 @@ async fn degrade_and_recover(
 /// Sends `{cmd}` to a service directly, printing the exchange: its reply, or the error it
 /// answered with as `Err`.
 async fn send(client: &Client, cmd: &str, payload: Value) -> anyhow::Result<Result<Value, Value>> {
+    exchange(client, json!({ "cmd": cmd }), cmd, payload).await
+}
+
+/// `send` for a string pattern (`orders.create`).
+async fn ask(client: &Client, pattern: &str, payload: Value) -> anyhow::Result<Result<Value, Value>> {
+    exchange(client, json!(pattern), pattern, payload).await
+}
+
+async fn exchange(client: &Client, pattern: Value, cmd: &str, payload: Value) -> anyhow::Result<Result<Value, Value>> {
     println!("{:>13} > {cmd} {payload}", "demo");
-    let reply = match client.send_raw::<Value>(json!({ "cmd": cmd }), payload).await {
+    let reply = match client.send_raw::<Value>(pattern, payload).await {
         Ok(reply) => Ok(reply),
         Err(switchboard::Error::Rpc(e)) => Err(e.value().clone()),
         Err(e) => return Err(e).with_context(|| format!("{cmd} failed")),
@@ -412,6 +445,204 @@ async fn redelivered(analytics: &Client, event_id: &str, want: &Value) -> anyhow
     Ok(())
 }
 
+/// The order services' clients, and how the orchestrator is started (again, after the kill).
+struct OrderFlow {
+    orders: Client,
+    inventory: Client,
+    payment: Client,
+    shipping: Client,
+    /// The orchestrator's place in `children`, and its arguments.
+    at: usize,
+    args: Vec<String>,
+    /// Its TCP port; `None` on a broker.
+    port: Option<u16>,
+    /// Whether to kill it (not on Kafka, where a killed consumer keeps its partitions until
+    /// the group's session times out).
+    kill: bool,
+}
+
+/// `ask`, expecting a reply (not an error).
+async fn ok(client: &Client, pattern: &str, payload: Value) -> anyhow::Result<Value> {
+    ask(client, pattern, payload)
+        .await?
+        .map_err(|e| anyhow::anyhow!("{pattern}: answered the error {e}"))
+}
+
+/// A JSON string's text (for the demo's lines).
+fn text(value: &Value) -> &str {
+    value.as_str().unwrap_or("?")
+}
+
+/// How many entries of a list `pattern` answers for `order`.
+async fn count(client: &Client, pattern: &str, order: &str) -> anyhow::Result<usize> {
+    let list = ok(client, pattern, json!(order)).await?;
+    Ok(list.as_array().with_context(|| format!("{pattern}: not a list"))?.len())
+}
+
+/// The seed's order saga over four services: one order completes; one is declined by payment
+/// and its reservation released; and one survives its orchestrator's SIGKILL while shipping
+/// works on it: the restarted orchestrator finishes it from the saga log, charging once.
+async fn order_saga(
+    flow: &OrderFlow,
+    dir: &std::path::Path,
+    children: &mut [Child],
+    logs: &Logs,
+    traces: &str,
+) -> anyhow::Result<()> {
+    let stock = |v: &Value| (v["available"].as_u64(), v["reserved"].as_u64());
+    let widgets = ok(&flow.inventory, "inventory.stock", json!("widget")).await?;
+
+    // 1. Every step succeeds.
+    let done = ok(
+        &flow.orders,
+        "orders.create",
+        json!({"id": "order-1", "sku": "widget", "qty": 2, "amount": 250}),
+    )
+    .await?;
+    let order = &done["order"];
+    ensure!(
+        done["status"] == "completed" && order["shipment"].is_string() && order["payment"].is_string(),
+        "order-1: expected completed with a payment and a shipment, got {done}"
+    );
+    let after = ok(&flow.inventory, "inventory.stock", json!("widget")).await?;
+    ensure!(
+        stock(&after) == (stock(&widgets).0.map(|n| n - 2), stock(&widgets).1.map(|n| n + 2)),
+        "order-1 should hold 2 widgets: stock {widgets} before, {after} after"
+    );
+    println!(
+        "{:>13} | order-1 completed: reserved {}, charged {}, shipped {}",
+        "demo",
+        text(&order["reservation"]),
+        text(&order["payment"]),
+        text(&order["shipment"])
+    );
+
+    // 2. Payment declines (over its limit): the pivot failed, so the reservation is released.
+    let before = after;
+    let declined = ok(
+        &flow.orders,
+        "orders.create",
+        json!({"id": "order-2", "sku": "widget", "qty": 1, "amount": 5000}),
+    )
+    .await?;
+    let order = &declined["order"];
+    ensure!(
+        declined["status"] == "compensated"
+            && declined["error"].as_str().is_some_and(|e| e.contains("declined"))
+            && order["reservation"].is_string()
+            && order["payment"].is_null(),
+        "order-2: expected compensated after a declined payment, with a reservation, got {declined}"
+    );
+    let after = ok(&flow.inventory, "inventory.stock", json!("widget")).await?;
+    ensure!(
+        after == before,
+        "order-2's reservation was not released: stock {before} before, {after} after"
+    );
+    let log = ok(&flow.orders, "orders.get", json!("order-2")).await?;
+    ensure!(
+        log["log"]
+            .as_array()
+            .is_some_and(|l| l.iter().any(|e| e == "reserve undone")),
+        "order-2's saga log does not show the release: {log}"
+    );
+    ensure!(
+        count(&flow.payment, "payment.charges", "order-2").await? == 0,
+        "order-2 was charged"
+    );
+    println!(
+        "{:>13} | order-2 compensated: payment declined, reservation {} released (widget stock back to {} available)",
+        "demo",
+        text(&order["reservation"]),
+        after["available"]
+    );
+
+    if !flow.kill {
+        println!(
+            "{:>13} | (the orchestrator kill runs on TCP and the other brokers, not on Kafka)",
+            "demo"
+        );
+        return Ok(());
+    }
+    // 3. The orchestrator is killed while shipping (slow for order-3) works on the last step.
+    let orders = flow.orders.clone();
+    let pending = tokio::spawn(async move {
+        orders
+            .send_raw::<Value>(
+                "orders.create",
+                json!({"id": "order-3", "sku": "widget", "qty": 1, "amount": 400}),
+            )
+            .await
+    });
+    println!(
+        "{:>13} > orders.create {}",
+        "demo",
+        json!({"id": "order-3", "sku": "widget", "qty": 1, "amount": 400})
+    );
+    wait_for_log(logs, "shipping", "shipping slowly", "did not start shipping order-3").await?;
+    let killed = &mut children[flow.at];
+    killed.start_kill()?;
+    killed.wait().await?;
+    println!(
+        "{:>13} | orders (the orchestrator) killed (SIGKILL) while shipping works on order-3",
+        "demo"
+    );
+    match tokio::time::timeout(Duration::from_secs(2), pending).await {
+        Ok(Ok(Ok(reply))) => bail!("orders.create order-3 answered although its orchestrator was killed: {reply}"),
+        Ok(Ok(Err(e))) => println!("{:>13} < orders.create order-3: {e}", "demo"),
+        _ => println!("{:>13} < orders.create order-3: no answer", "demo"),
+    }
+    children[flow.at] = spawn_as(dir, "orders", "orders", &flow.args, logs, traces)?;
+    match flow.port {
+        Some(port) => wait_for_port(port).await?,
+        None => wait_for_logs(logs, "orders", "listening", 2, "did not listen again").await?,
+    }
+    println!("{:>13} | orders restarted on the same saga log", "demo");
+    let started = std::time::Instant::now();
+    let done = loop {
+        let got = flow.orders.send_raw::<Value>("orders.get", json!("order-3")).await;
+        match got {
+            Ok(view) if view["status"] == "completed" => break view,
+            Ok(view) if view["status"] != "running" => bail!("order-3 did not complete: {view}"),
+            _ if started.elapsed() > Duration::from_secs(30) => bail!("order-3 did not complete within 30 s: {got:?}"),
+            _ => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    };
+    println!(
+        "{:>13} < orders.get order-3: {} {:?} after the restart",
+        "demo",
+        text(&done["status"]),
+        started.elapsed()
+    );
+    let log: Vec<&str> = done["log"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect();
+    println!("{:>13} |   saga log: {}", "demo", log.join(", "));
+    let charges = count(&flow.payment, "payment.charges", "order-3").await?;
+    let shipments = count(&flow.shipping, "shipping.shipments", "order-3").await?;
+    let sends = |step: &str| log.iter().filter(|l| l.starts_with(&format!("{step} sent"))).count();
+    ensure!(
+        charges == 1 && shipments == 1 && sends("charge") == 1 && sends("ship") >= 2,
+        "order-3: expected one charge, one shipment, ship sent again after the restart; got {charges} charge(s), \
+         {shipments} shipment(s), log {log:?}"
+    );
+    ensure!(
+        done["order"]["shipment"].is_string(),
+        "order-3 completed without a shipment: {done}"
+    );
+    println!(
+        "{:>13} | order-3 completed after the restart: charged once ({}), shipped once ({}); ship was sent {} times \
+         with one idempotency key",
+        "demo",
+        text(&done["order"]["payment"]),
+        text(&done["order"]["shipment"]),
+        sends("ship")
+    );
+    Ok(())
+}
+
 fn terminate(child: &Child) {
     if let Some(pid) = child.id() {
         let _ = std::process::Command::new("kill")
@@ -519,12 +750,15 @@ async fn main() -> anyhow::Result<()> {
         free_port()?,
         free_port()?,
     ];
+    let [inventory, payment, shipping, orders] = [free_port()?, free_port()?, free_port()?, free_port()?];
     let url = |port: u16, service: &str| match &broker {
         Some(b) => service_url(b, service),
         None => format!("tcp://127.0.0.1:{port}"),
     };
     // The user-events service's store: a new file each run, removed at the end.
     let db = std::env::temp_dir().join(format!("switchboard-demo-{}.db", std::process::id()));
+    // The order orchestrator's saga log, the same file after its restart.
+    let saga_log = std::env::temp_dir().join(format!("switchboard-demo-orders-{}.db", std::process::id()));
     // Its outbox publishes to analytics: a broker routes by pattern, RabbitMQ and TCP to one
     // service's queue or port.
     let publish = match &broker {
@@ -625,6 +859,49 @@ async fn main() -> anyhow::Result<()> {
         &collector.endpoint,
     )?);
     wait_for_port(http_port).await?;
+    // The order saga's services: three participants and the orchestrator (the last child).
+    let order_args = vec![
+        "orchestrator".into(),
+        "--listen".into(),
+        url(orders, "orders"),
+        "--log".into(),
+        saga_log.display().to_string(),
+        "--inventory".into(),
+        url(inventory, "inventory"),
+        "--payment".into(),
+        url(payment, "payment"),
+        "--shipping".into(),
+        url(shipping, "shipping"),
+    ];
+    // Payment declines over 1000; shipping is slow for order-3, killed meanwhile.
+    for (name, port, flag, value) in [
+        ("inventory", inventory, "--stock", "widget=10"),
+        ("payment", payment, "--limit", "1000"),
+        ("shipping", shipping, "--slow-order", "order-3"),
+    ] {
+        let args = [
+            name.into(),
+            "--listen".into(),
+            url(port, name),
+            flag.into(),
+            value.into(),
+        ];
+        children.push(spawn_as(&dir, "orders", name, &args, &logs, &collector.endpoint)?);
+    }
+    let orchestrator_at = children.len();
+    children.push(spawn_as(
+        &dir,
+        "orders",
+        "orders",
+        &order_args,
+        &logs,
+        &collector.endpoint,
+    )?);
+    if broker.is_none() {
+        for port in [inventory, payment, shipping, orders] {
+            wait_for_port(port).await?;
+        }
+    }
     if broker.is_some() {
         // A service logs "listening" once its subscriptions are in place on the broker.
         for service in [
@@ -634,6 +911,10 @@ async fn main() -> anyhow::Result<()> {
             "analytics",
             "resilient",
             "user-events",
+            "inventory",
+            "payment",
+            "shipping",
+            "orders",
         ] {
             wait_for_log(&logs, service, "listening", "is not listening on the broker").await?;
         }
@@ -747,6 +1028,21 @@ async fn main() -> anyhow::Result<()> {
         let done = event_sourcing(&user_events, &analytics).await;
         user_events.close().await;
         analytics.close().await;
+        done?;
+        let flow = OrderFlow {
+            orders: Client::builder(&url(orders, "orders")).build()?,
+            inventory: Client::builder(&url(inventory, "inventory")).build()?,
+            payment: Client::builder(&url(payment, "payment")).build()?,
+            shipping: Client::builder(&url(shipping, "shipping")).build()?,
+            at: orchestrator_at,
+            args: order_args,
+            port: broker.is_none().then_some(orders),
+            kill: !broker.as_deref().is_some_and(|b| b.starts_with("kafka:")),
+        };
+        let done = order_saga(&flow, &dir, &mut children, &logs, &collector.endpoint).await;
+        for client in [&flow.orders, &flow.inventory, &flow.payment, &flow.shipping] {
+            client.close().await;
+        }
         done
     }
     .await;
@@ -765,6 +1061,10 @@ async fn main() -> anyhow::Result<()> {
         "resilient",
         "user-events",
         "gateway",
+        "inventory",
+        "payment",
+        "shipping",
+        "orders",
     ]) {
         let exit = tokio::time::timeout(Duration::from_secs(10), child.wait()).await;
         match exit {
@@ -776,8 +1076,11 @@ async fn main() -> anyhow::Result<()> {
             }
         }
     }
-    for suffix in ["", "-wal", "-shm"] {
-        let mut file = db.clone().into_os_string();
+    for (file, suffix) in [&db, &saga_log]
+        .into_iter()
+        .flat_map(|f| ["", "-wal", "-shm", ".lock"].map(|s| (f, s)))
+    {
+        let mut file = file.clone().into_os_string();
         file.push(suffix);
         let _ = std::fs::remove_file(file);
     }
