@@ -107,6 +107,7 @@ impl<S: SagaState, L: SagaLog> Resume<L> for Def<S> {
             progress,
             state,
             lost,
+            pending: Vec::new(),
         };
         tokio::spawn(run.run());
         Ok(())
@@ -120,7 +121,7 @@ pub(crate) struct Shared<L> {
     defs: RwLock<HashMap<&'static str, Arc<dyn Resume<L>>>>,
     /// Sagas running here, with the flag that tells them they were lost.
     running: Mutex<HashMap<String, Arc<AtomicBool>>>,
-    waiters: Mutex<HashMap<String, Vec<oneshot::Sender<()>>>>,
+    waiters: Mutex<HashMap<String, Vec<oneshot::Sender<Option<Progress>>>>>,
     observers: Vec<Observer>,
     notify: Option<Client>,
     pub(crate) stop: watch::Sender<bool>,
@@ -163,19 +164,28 @@ impl<L: SagaLog> Shared<L> {
                 tracing::warn!(error = %e, "could not emit saga.stuck");
             }
         }
-        if !progress.status.is_active() {
+        if progress.status.is_active() {
+            // Lost to another writer: waiters here look in the log.
+            self.wake(id, None);
+        } else {
             if let Err(e) = self.log.release(&self.owner, id).await {
                 tracing::warn!(error = %e, "could not release the saga's lease");
             }
-            self.wake(id);
+            self.wake(id, Some(progress));
         }
     }
 
-    fn wake(&self, id: &str) {
+    /// Hands waiters the saga's final progress (so they need not read the log), or `None` to
+    /// make them read it.
+    fn wake(&self, id: &str, ended: Option<&Progress>) {
         let waiters = self.waiters.lock().unwrap_or_else(|e| e.into_inner()).remove(id);
         for w in waiters.into_iter().flatten() {
-            let _ = w.send(());
+            let _ = w.send(ended.cloned());
         }
+    }
+
+    fn runs_here(&self, id: &str) -> bool {
+        self.running.lock().unwrap_or_else(|e| e.into_inner()).contains_key(id)
     }
 
     fn resume(self: &Arc<Self>, record: Record) {
@@ -206,6 +216,8 @@ impl<L: SagaLog> Shared<L> {
     /// Claims and resumes sagas, and renews leases, until stopped.
     async fn claim_loop(self: Arc<Self>) {
         let mut stop = self.stop.subscribe();
+        let renew_every = self.log.lease().map(|lease| lease / 3);
+        let mut renewed = tokio::time::Instant::now();
         loop {
             let running: HashSet<String> = self
                 .running
@@ -214,17 +226,20 @@ impl<L: SagaLog> Shared<L> {
                 .keys()
                 .cloned()
                 .collect();
-            let ids: Vec<String> = running.iter().cloned().collect();
-            match self.log.renew(&self.owner, &ids).await {
-                Ok(lost) => {
-                    let running = self.running.lock().unwrap_or_else(|e| e.into_inner());
-                    for id in lost {
-                        if let Some(flag) = running.get(&id) {
-                            flag.store(true, Ordering::Release);
+            if renew_every.is_some_and(|every| renewed.elapsed() >= every) {
+                renewed = tokio::time::Instant::now();
+                let ids: Vec<String> = running.iter().cloned().collect();
+                match self.log.renew(&self.owner, &ids).await {
+                    Ok(lost) => {
+                        let running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+                        for id in lost {
+                            if let Some(flag) = running.get(&id) {
+                                flag.store(true, Ordering::Release);
+                            }
                         }
                     }
+                    Err(e) => tracing::warn!(error = %e, "could not renew saga leases"),
                 }
-                Err(e) => tracing::warn!(error = %e, "could not renew saga leases"),
             }
             let room = self.max_running.saturating_sub(running.len());
             if room > 0 {
@@ -233,8 +248,9 @@ impl<L: SagaLog> Shared<L> {
                     Err(e) => tracing::warn!(error = %e, "could not claim sagas"),
                 }
             }
+            let pause = renew_every.map_or(self.claim_every, |every| every.min(self.claim_every));
             tokio::select! {
-                () = tokio::time::sleep(self.claim_every) => {}
+                () = tokio::time::sleep(pause) => {}
                 _ = stop.wait_for(|s| *s) => return,
             }
         }
@@ -468,11 +484,20 @@ impl<L: SagaLog> Orchestrator<L> {
         self.shared.log.write(&self.shared.owner, write).await?;
         tracing::info!(saga = %id, status = %progress.status, "operator command logged");
         if progress.status.is_active() {
-            if let Some(record) = self.shared.log.load(id).await? {
-                self.shared.resume(record);
+            let here = self
+                .shared
+                .defs
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .contains_key(progress.saga.as_str());
+            match self.shared.log.load(id).await? {
+                Some(record) if here => self.shared.resume(record),
+                // Not run here (a command-line operator): free for the orchestrator that runs
+                // the log to claim.
+                _ => self.shared.log.release(&self.shared.owner, id).await?,
             }
         } else {
-            self.shared.wake(id);
+            self.shared.wake(id, Some(&progress));
         }
         Ok(())
     }
@@ -557,11 +582,20 @@ impl<S: SagaState, L: SagaLog> Sagas<S, L> {
                 here.retain(|w| !w.is_closed());
                 here.push(tx);
             }
-            if let Some(outcome) = self.outcome(id).await? {
+            // A saga running here hands its end to the waiter; others are read from the log
+            // (and polled, for runs in another replica).
+            let here = shared.runs_here(id);
+            if !here && let Some(outcome) = self.outcome(id).await? {
                 return Ok(outcome);
             }
-            // Woken by a run here; polled for runs elsewhere (another replica).
-            let _ = tokio::time::timeout(Duration::from_secs(1), rx).await;
+            let patience = if here {
+                Duration::from_secs(30)
+            } else {
+                Duration::from_secs(1)
+            };
+            if let Ok(Ok(Some(ended))) = tokio::time::timeout(patience, rx).await {
+                return outcome_of(id, ended);
+            }
         }
     }
 
@@ -582,16 +616,20 @@ impl<S: SagaState, L: SagaLog> Sagas<S, L> {
         if progress.status.is_active() {
             return Ok(None);
         }
-        let state = serde_json::from_value(progress.state).map_err(|source| Error::Json {
-            id: id.into(),
-            what: "the logged state does not decode".into(),
-            source,
-        })?;
-        Ok(Some(Outcome {
-            id: id.into(),
-            status: progress.status,
-            state,
-            error: progress.error,
-        }))
+        outcome_of(id, progress).map(Some)
     }
+}
+
+fn outcome_of<S: SagaState>(id: &str, progress: Progress) -> Result<Outcome<S>> {
+    let state = serde_json::from_value(progress.state).map_err(|source| Error::Json {
+        id: id.into(),
+        what: "the logged state does not decode".into(),
+        source,
+    })?;
+    Ok(Outcome {
+        id: id.into(),
+        status: progress.status,
+        state,
+        error: progress.error,
+    })
 }

@@ -54,6 +54,9 @@ pub(crate) struct Run<S, L> {
     pub(crate) progress: Progress,
     pub(crate) state: S,
     pub(crate) lost: Arc<std::sync::atomic::AtomicBool>,
+    /// Transitions applied to `progress` but written with the next write (a reply goes out
+    /// with the next step's `step_sent`: still logged before that step is sent).
+    pub(crate) pending: Vec<Transition>,
 }
 
 impl<S: SagaState, L: SagaLog> Run<S, L> {
@@ -155,15 +158,17 @@ impl<S: SagaState, L: SagaLog> Run<S, L> {
             Ok(json) => json,
             Err(e) => return self.park(i, format!("the reply does not fit the state: {e}")).await,
         };
-        let mut ts = vec![Transition::StepReplied {
+        let replied = Transition::StepReplied {
             step: i as u32,
             reply,
             state: json,
-        }];
+        };
         if i + 1 == self.def.steps.len() {
-            ts.push(Transition::Completed);
+            self.log(vec![replied, Transition::Completed]).await?;
+        } else {
+            self.progress.apply(&replied);
+            self.pending.push(replied);
         }
-        self.log(ts).await?;
         self.state = state;
         Ok(())
     }
@@ -296,6 +301,10 @@ impl<S: SagaState, L: SagaLog> Run<S, L> {
     async fn log(&mut self, ts: Vec<Transition>) -> Result<(), Stop> {
         let mut after = self.progress.clone();
         ts.iter().for_each(|t| after.apply(t));
+        let mut ts = ts;
+        if !self.pending.is_empty() {
+            ts.splice(0..0, std::mem::take(&mut self.pending));
+        }
         let wake_at = match after.status {
             Status::Running => after.wake_at,
             Status::Compensating => after.undo.iter().filter_map(|u| u.wake_at).min(),

@@ -355,7 +355,8 @@ async fn starting_an_id_twice_starts_one_saga() {
 }
 
 /// An orchestrator stopped right after a reply was logged; another on the same log finishes
-/// the saga without repeating the step (in process: the SIGKILL tests are in `crash.rs`).
+/// the saga without repeating an effect: the charge it may have sent goes again with its key
+/// (in process; the SIGKILL tests are in `crash.rs`).
 #[tokio::test]
 async fn a_new_orchestrator_resumes_where_the_log_says() {
     let f = fixture().await;
@@ -388,10 +389,8 @@ async fn a_new_orchestrator_resumes_where_the_log_says() {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert_eq!(o.show("o-1").await.unwrap().summary.status, Status::Running);
-        assert!(
-            f.books.applied("payment.charge").is_empty(),
-            "stopped before the charge"
-        );
+        // The reply went to the log with the charge's `step_sent`: the charge may be out.
+        assert!(f.books.applied("payment.charge").len() <= 1);
     }
     // Another process would be refused the file while the first holds it; here the first
     // orchestrator's log is dropped with it.

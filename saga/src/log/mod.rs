@@ -314,6 +314,12 @@ pub trait SagaLog: Clone + Send + Sync + 'static {
         running: &HashSet<String>,
     ) -> impl Future<Output = Result<Vec<Record>>> + Send;
 
+    /// How long a lease lasts, where sagas are leased: the orchestrator renews its leases
+    /// three times per lease.
+    fn lease(&self) -> Option<std::time::Duration> {
+        None
+    }
+
     /// Keeps `owner`'s leases of `ids` alive; returns those it lost. Nothing to do where sagas
     /// are not leased.
     fn renew(&self, owner: &str, ids: &[String]) -> impl Future<Output = Result<Vec<String>>> + Send {

@@ -257,6 +257,8 @@ impl PgLogBuilder {
             check_schema(schema)?;
             options = options.options([("search_path", format!("\"{schema}\""))]);
         }
+        // The statements are few and their plans do not depend on the values: plan once.
+        options = options.options([("plan_cache_mode", "force_generic_plan")]);
         let pool = PgPoolOptions::new()
             .max_connections(self.max_connections)
             .acquire_timeout(self.acquire_timeout)
@@ -368,6 +370,10 @@ fn clamp(n: u64) -> i64 {
 }
 
 impl SagaLog for PgLog {
+    fn lease(&self) -> Option<Duration> {
+        Some(Duration::from_millis(self.inner.lease as u64))
+    }
+
     async fn write(&self, owner: &str, w: Write) -> Result<()> {
         let name = validate(&w)?;
         let seq = clamp(w.after + w.transitions.len() as u64);

@@ -17,6 +17,8 @@ use crate::error::{Error, Result};
 const QUEUE: usize = 8192;
 /// Writes committed together at most.
 const MAX_GROUP: usize = 1024;
+/// Commits between requests to the checkpointer thread.
+const CHECKPOINT_EVERY: u32 = 8;
 
 const TABLES: &str = "
 CREATE TABLE IF NOT EXISTS sb_sagas (
@@ -34,9 +36,9 @@ CREATE TABLE IF NOT EXISTS sb_saga_log (
     seq INTEGER NOT NULL,
     at INTEGER NOT NULL,
     kind TEXT NOT NULL,
-    data TEXT NOT NULL,
-    PRIMARY KEY (id, seq)
-) WITHOUT ROWID;
+    data TEXT NOT NULL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS sb_saga_log_entry ON sb_saga_log (id, seq);
 ";
 
 /// Sagas in one SQLite file (WAL). Clones share it; the writer thread stops with the last.
@@ -89,15 +91,25 @@ impl SqliteLog {
         let path = path.as_ref().to_path_buf();
         let conn = connect(&path, synchronous)?;
         conn.execute_batch(TABLES)?;
+        // The writer's commits would copy the WAL into the database now and then, stalling
+        // every write behind them: a thread of its own does it (a big automatic threshold
+        // stays as a safety net).
+        conn.execute_batch("PRAGMA wal_autocheckpoint=16384; PRAGMA cache_size=-65536;")?;
         let reader = connect(&path, synchronous)?;
+        let checkpointer = connect(&path, synchronous)?;
         let (jobs, queue) = sync_channel(QUEUE);
-        std::thread::Builder::new()
-            .name("saga-log-writer".into())
-            .spawn(move || run_writer(conn, queue))
-            .map_err(|source| Error::Io {
-                what: "cannot start the saga log's writer thread".into(),
-                source,
-            })?;
+        let (checkpoint, requests) = sync_channel(1);
+        let thread = |name: &str| std::thread::Builder::new().name(name.into());
+        let cannot = |source| Error::Io {
+            what: "cannot start the saga log's threads".into(),
+            source,
+        };
+        thread("saga-log-checkpoint")
+            .spawn(move || run_checkpointer(checkpointer, requests))
+            .map_err(cannot)?;
+        thread("saga-log-writer")
+            .spawn(move || run_writer(conn, queue, checkpoint))
+            .map_err(cannot)?;
         Ok(SqliteLog {
             inner: Arc::new(Inner {
                 path,
@@ -160,8 +172,9 @@ fn connect(path: &Path, synchronous: Synchronous) -> Result<Connection> {
     Ok(conn)
 }
 
-fn run_writer(mut conn: Connection, jobs: Receiver<Job>) {
+fn run_writer(mut conn: Connection, jobs: Receiver<Job>, checkpoint: SyncSender<()>) {
     let mut group = Vec::with_capacity(MAX_GROUP);
+    let mut commits = 0u32;
     while let Ok(first) = jobs.recv() {
         group.push(first);
         while group.len() < MAX_GROUP {
@@ -171,6 +184,10 @@ fn run_writer(mut conn: Connection, jobs: Receiver<Job>) {
             }
         }
         let (results, commit) = write_group(&mut conn, &group);
+        commits = commits.wrapping_add(1);
+        if commits.is_multiple_of(CHECKPOINT_EVERY) {
+            let _ = checkpoint.try_send(());
+        }
         for (job, result) in group.drain(..).zip(results) {
             let answer = match (&commit, result) {
                 (Ok(()), result) => result,
@@ -184,25 +201,62 @@ fn run_writer(mut conn: Connection, jobs: Receiver<Job>) {
     }
 }
 
-/// Writes every job in one transaction, each in its own savepoint, so one refused write does
-/// not undo the others.
+/// Copies what it can of the WAL into the database when asked, without waiting for anyone.
+fn run_checkpointer(conn: Connection, requests: Receiver<()>) {
+    while requests.recv().is_ok() {
+        if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+            tracing::debug!(error = %e, "saga log checkpoint failed");
+        }
+    }
+}
+
+/// Writes every job in one transaction. A write refused by its guard (conflict, existing id)
+/// has written nothing, so the group needs no savepoints; only when SQLite itself fails in
+/// the middle of a write is the group run again with one savepoint per write.
 fn write_group(conn: &mut Connection, group: &[Job]) -> (Vec<Result<()>>, rusqlite::Result<()>) {
+    let at = now_ms() as i64;
+    let encoded: Vec<Result<Vec<String>>> = group.iter().map(|job| encode(&job.write)).collect();
+    let tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
+        Ok(tx) => tx,
+        Err(e) => return (Vec::new(), Err(e)),
+    };
+    let mut results = Vec::with_capacity(group.len());
+    for (job, data) in group.iter().zip(&encoded) {
+        let result = match data {
+            Ok(data) => write_one(&tx, &job.write, data, at),
+            Err(e) => Err(Error::Invalid(e.to_string())),
+        };
+        if matches!(result, Err(Error::Sqlite(_))) {
+            drop(tx);
+            return write_group_carefully(conn, group, &encoded, at);
+        }
+        results.push(result);
+    }
+    (results, tx.commit())
+}
+
+fn write_group_carefully(
+    conn: &mut Connection,
+    group: &[Job],
+    encoded: &[Result<Vec<String>>],
+    at: i64,
+) -> (Vec<Result<()>>, rusqlite::Result<()>) {
     let mut tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
         Ok(tx) => tx,
         Err(e) => return (Vec::new(), Err(e)),
     };
-    let at = now_ms() as i64;
     let mut results = Vec::with_capacity(group.len());
-    for job in group {
-        let result = match tx.savepoint() {
-            Ok(mut sp) => match write_one(&sp, &job.write, at) {
+    for (job, data) in group.iter().zip(encoded) {
+        let result = match (data, tx.savepoint()) {
+            (Err(e), _) => Err(Error::Invalid(e.to_string())),
+            (Ok(_), Err(e)) => Err(e.into()),
+            (Ok(data), Ok(mut sp)) => match write_one(&sp, &job.write, data, at) {
                 Ok(()) => sp.commit().map_err(Error::from),
                 Err(e) => {
                     let _ = sp.rollback();
                     Err(e)
                 }
             },
-            Err(e) => Err(e.into()),
         };
         results.push(result);
     }
@@ -210,11 +264,27 @@ fn write_group(conn: &mut Connection, group: &[Job]) -> (Vec<Result<()>>, rusqli
     (results, commit)
 }
 
-fn write_one(conn: &Connection, w: &Write, at: i64) -> Result<()> {
-    let name = validate(w)?;
+/// The write checked and its transitions as JSON, before anything is written.
+fn encode(w: &Write) -> Result<Vec<String>> {
+    validate(w)?;
+    w.transitions
+        .iter()
+        .map(|t| {
+            serde_json::to_string(t).map_err(|source| Error::Json {
+                id: w.id.clone(),
+                what: "a transition does not encode".into(),
+                source,
+            })
+        })
+        .collect()
+}
+
+/// One write; its first statement is its guard, so a refused write has changed nothing.
+fn write_one(conn: &Connection, w: &Write, data: &[String], at: i64) -> Result<()> {
     let seq = w.after + w.transitions.len() as u64;
     let wake = w.wake_at.map(|t| t as i64);
     if w.after == 0 {
+        let name = validate(w)?;
         let inserted = conn
             .prepare_cached(
                 "INSERT INTO sb_sagas (id, saga, status, seq, created_at, updated_at, wake_at)
@@ -225,24 +295,26 @@ fn write_one(conn: &Connection, w: &Write, at: i64) -> Result<()> {
             return Err(Error::Exists(w.id.clone()));
         }
     } else {
-        let updated = conn
+        // The status is set only when it changes: setting it rewrites its index entry.
+        let status: Option<String> = conn
             .prepare_cached(
-                "UPDATE sb_sagas SET status = ?2, seq = ?3, updated_at = ?4, wake_at = ?5
-                 WHERE id = ?1 AND seq = ?6",
+                "UPDATE sb_sagas SET seq = ?2, updated_at = ?3, wake_at = ?4
+                 WHERE id = ?1 AND seq = ?5 RETURNING status",
             )?
-            .execute(params![w.id, w.status.as_str(), seq as i64, at, wake, w.after as i64])?;
-        if updated == 0 {
-            return Err(Error::Conflict(w.id.clone()));
+            .query_row(params![w.id, seq as i64, at, wake, w.after as i64], |row| row.get(0))
+            .optional()?;
+        match status {
+            None => return Err(Error::Conflict(w.id.clone())),
+            Some(old) if old != w.status.as_str() => {
+                conn.prepare_cached("UPDATE sb_sagas SET status = ?2 WHERE id = ?1")?
+                    .execute(params![w.id, w.status.as_str()])?;
+            }
+            Some(_) => {}
         }
     }
     let mut insert =
         conn.prepare_cached("INSERT INTO sb_saga_log (id, seq, at, kind, data) VALUES (?1, ?2, ?3, ?4, ?5)")?;
-    for (i, t) in w.transitions.iter().enumerate() {
-        let data = serde_json::to_string(t).map_err(|source| Error::Json {
-            id: w.id.clone(),
-            what: "a transition does not encode".into(),
-            source,
-        })?;
+    for (i, (t, data)) in w.transitions.iter().zip(data).enumerate() {
         insert.execute(params![w.id, (w.after + 1 + i as u64) as i64, at, t.kind(), data])?;
     }
     Ok(())

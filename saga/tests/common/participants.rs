@@ -35,6 +35,8 @@ pub struct Books {
     pub attempts: Mutex<HashMap<String, Vec<String>>>,
     /// Scripted acts, by pattern, used up in order.
     pub script: Mutex<HashMap<&'static str, VecDeque<Act>>>,
+    /// Every request as it arrived, before the inbox: (idempotency key, attempt).
+    pub raw: Mutex<Vec<(String, String)>>,
     /// Rules by payload, for many sagas at once: a charge of an amount ending in 7 is
     /// declined; a shipment's first delivery for an odd payment is unavailable.
     pub rules: bool,
@@ -133,8 +135,18 @@ pub async fn ship(payment: u64, State(b): State<Shared>, headers: Headers) -> Rp
 /// A microservice serving every participant over `url`, behind an inbox that answers a
 /// repeated idempotency key with its first reply.
 pub fn participants(books: Shared, url: &str) -> Microservice<Shared> {
+    let seen = books.clone();
+    let record =
+        switchboard::middleware::from_fn(move |req: switchboard::Request, next: switchboard::middleware::Next| {
+            let headers = req.headers();
+            let key = headers.get("idempotency-key").unwrap_or("-").to_owned();
+            let attempt = headers.get("sb-attempt").unwrap_or("-").to_owned();
+            seen.raw.lock().unwrap().push((key, attempt));
+            next.run(req)
+        });
     Microservice::new()
         .layer(switchboard_saga::Inbox::memory().layer())
+        .layer(record)
         .with_state(books)
         .handler(RESERVE)
         .handler(RELEASE)
