@@ -7,6 +7,8 @@
 //! switchboard listen redis://127.0.0.1:6379 user_created --json
 //! switchboard events tail sqlite:users.db --stream user-42
 //! switchboard events replay sqlite:users.db --name USER_CREATED --to nats://127.0.0.1:4222
+//! switchboard saga list sqlite:orders.db --status stuck
+//! switchboard saga retry sqlite:orders.db order-42
 //! ```
 //!
 //! Exit codes (see [`outcome::Failure`]): 0 done, 2 bad usage or input, 3 no handler, 4 timeout,
@@ -16,6 +18,7 @@ mod events;
 mod input;
 mod listen;
 mod outcome;
+mod saga;
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -50,6 +53,74 @@ enum Command {
     /// Reads an event store (an SQLite file or PostgreSQL) and publishes its events again.
     #[command(subcommand)]
     Events(Events),
+    /// Lists, shows and operates the sagas of a saga log (an SQLite file or PostgreSQL).
+    #[command(subcommand)]
+    Saga(SagaCommand),
+}
+
+#[derive(Subcommand)]
+enum SagaCommand {
+    /// Lists sagas, newest first.
+    ///
+    /// switchboard saga list sqlite:orders.db --status stuck --status compensating
+    List(SagaList),
+    /// Shows a saga with every entry of its log: steps, attempts, errors.
+    ///
+    /// switchboard saga show sqlite:orders.db order-42
+    Show(SagaOne),
+    /// Tries a stuck saga's failing step or compensation again, with fresh attempts; the
+    /// orchestrator running the log picks it up.
+    ///
+    /// switchboard saga retry sqlite:orders.db order-42
+    Retry(SagaOne),
+    /// Counts a stuck saga's failing step (past the pivot) or compensation as done, and lets
+    /// the saga go on.
+    ///
+    /// switchboard saga skip sqlite:orders.db order-42
+    Skip(SagaOne),
+    /// Ends a stuck saga as it is.
+    ///
+    /// switchboard saga abort sqlite:orders.db order-42 --reason "refunded by hand"
+    Abort(SagaAbort),
+}
+
+#[derive(Args)]
+struct SagaList {
+    /// The log: sqlite:PATH (or a path ending in .db), or postgres://…[?schema=NAME].
+    log: String,
+    /// Only sagas in this status (running, compensating, completed, compensated, stuck,
+    /// aborted); repeatable.
+    #[arg(long)]
+    status: Vec<String>,
+    /// Only sagas of this definition.
+    #[arg(long)]
+    saga: Option<String>,
+    /// At most this many.
+    #[arg(short = 'n', long, default_value_t = 100)]
+    limit: usize,
+    /// JSON lines.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct SagaOne {
+    /// The log: sqlite:PATH (or a path ending in .db), or postgres://…[?schema=NAME].
+    log: String,
+    /// The saga's id.
+    id: String,
+    /// JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct SagaAbort {
+    #[command(flatten)]
+    one: SagaOne,
+    /// Why, kept in the log.
+    #[arg(long)]
+    reason: String,
 }
 
 #[derive(Subcommand)]
@@ -161,6 +232,9 @@ fn main() -> ExitCode {
         Command::Listen(l) => l.json,
         Command::Events(Events::Tail(t)) => t.selected.json,
         Command::Events(Events::Replay(r)) => r.selected.json,
+        Command::Saga(SagaCommand::List(l)) => l.json,
+        Command::Saga(SagaCommand::Show(o) | SagaCommand::Retry(o) | SagaCommand::Skip(o)) => o.json,
+        Command::Saga(SagaCommand::Abort(a)) => a.one.json,
     };
     let out = Output { json };
     let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
@@ -184,6 +258,23 @@ fn main() -> ExitCode {
         )),
         Command::Events(Events::Replay(r)) => {
             rt.block_on(events::replay(&r.selected.store, &r.selected.selection(), &r.to, &out))
+        }
+        Command::Saga(command) => {
+            let (log, action) = match command {
+                SagaCommand::List(l) => (
+                    &l.log,
+                    saga::Action::List {
+                        statuses: &l.status,
+                        saga: l.saga.as_deref(),
+                        limit: l.limit,
+                    },
+                ),
+                SagaCommand::Show(o) => (&o.log, saga::Action::Show(&o.id)),
+                SagaCommand::Retry(o) => (&o.log, saga::Action::Retry(&o.id)),
+                SagaCommand::Skip(o) => (&o.log, saga::Action::Skip(&o.id)),
+                SagaCommand::Abort(a) => (&a.one.log, saga::Action::Abort(&a.one.id, &a.reason)),
+            };
+            rt.block_on(saga::run(log, action, &out))
         }
     };
     match done {

@@ -563,3 +563,123 @@ fn fastrand_suffix() -> u64 {
         .as_nanos() as u64
         % 1_000_000_007
 }
+
+/// The saga test's participants: a reservation, a charge that is always declined, and a
+/// release that fails while `RELEASE_DOWN` is set.
+static RELEASE_DOWN: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
+#[message_pattern("cli.saga.reserve")]
+async fn cli_saga_reserve(n: u32) -> u32 {
+    n
+}
+
+#[message_pattern("cli.saga.charge")]
+async fn cli_saga_charge(_n: u32) -> RpcResult<u32> {
+    Err(RpcError::new("card declined"))
+}
+
+#[message_pattern("cli.saga.release")]
+async fn cli_saga_release(_n: u32) -> RpcResult<()> {
+    if RELEASE_DOWN.load(std::sync::atomic::Ordering::SeqCst) {
+        return Err(RpcError::unavailable("inventory is down"));
+    }
+    Ok(())
+}
+
+/// `saga list|show|retry|abort` on an SQLite log that an orchestrator in this process runs:
+/// two sagas parked because a compensation kept failing; one retried from the command line is
+/// picked up by the orchestrator and compensated, the other aborted; mistakes exit with 2.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lists_shows_and_operates_sagas() {
+    use switchboard_saga::log::SqliteLog;
+    use switchboard_saga::{Orchestrator, Saga, Status, Step};
+
+    let _participants = Microservice::new()
+        .handler(CLI_SAGA_RESERVE)
+        .handler(CLI_SAGA_CHARGE)
+        .handler(CLI_SAGA_RELEASE)
+        .listen("mem://cli-saga")
+        .start()
+        .await
+        .unwrap();
+    let client = switchboard::Client::connect("mem://cli-saga").await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("orders.db");
+    let log_url = format!("sqlite:{}", db.display());
+    let quick = Duration::from_millis(10);
+    let saga = Saga::<u32>::new("order")
+        .step(Step::new("reserve", &client, CLI_SAGA_RESERVE, |n: &u32| *n).compensate(CLI_SAGA_RELEASE, |_, r| *r))
+        .pivot(Step::new("charge", &client, CLI_SAGA_CHARGE, |n: &u32| *n))
+        .compensation_retry(2, quick, quick, Duration::from_secs(5));
+    let orchestrator = Orchestrator::builder(SqliteLog::open(&db).unwrap())
+        .claim_every(Duration::from_millis(50))
+        .build();
+    let orders = orchestrator.register(saga);
+    orchestrator.start();
+    assert_eq!(orders.run("o-1", 1).await.unwrap().status, Status::Stuck);
+    assert_eq!(orders.run("o-2", 2).await.unwrap().status, Status::Stuck);
+
+    let out = run(args(&["saga", "list", &log_url, "--status", "stuck", "--json"]), None).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let listed: Vec<Value> = text(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let ids: Vec<&str> = listed.iter().map(|s| s["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["o-2", "o-1"], "newest first");
+    assert_eq!(listed[0]["status"], "stuck");
+
+    let out = run(args(&["saga", "show", &log_url, "o-1"]), None).await;
+    let shown = text(&out.stdout);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    for part in [
+        "o-1  order  stuck",
+        "step_failed",
+        "card declined",
+        "compensation_retrying",
+        "inventory is down",
+    ] {
+        assert!(shown.contains(part), "{part:?} in:\n{shown}");
+    }
+
+    // The inventory is back: the operator retries o-1 from the terminal.
+    RELEASE_DOWN.store(false, std::sync::atomic::Ordering::SeqCst);
+    let out = run(args(&["saga", "retry", &log_url, "o-1", "--json"]), None).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout).trim(), r#"{"id":"o-1","status":"compensating"}"#);
+    let done = tokio::time::timeout(Duration::from_secs(30), orders.wait("o-1"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        done.status,
+        Status::Compensated,
+        "the orchestrator picked the retried saga up"
+    );
+
+    let out = run(
+        args(&[
+            "saga",
+            "abort",
+            &log_url,
+            "o-2",
+            "--reason",
+            "refunded by hand",
+            "--json",
+        ]),
+        None,
+    )
+    .await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout).trim(), r#"{"id":"o-2","status":"aborted"}"#);
+
+    for mistake in [
+        args(&["saga", "retry", &log_url, "o-1"]),
+        args(&["saga", "show", &log_url, "nobody"]),
+        args(&["saga", "list", &log_url, "--status", "sleeping"]),
+        args(&["saga", "list", "sqlite:/nonexistent/orders.db"]),
+    ] {
+        let out = run(mistake.clone(), None).await;
+        assert_eq!(out.status.code(), Some(2), "{mistake:?}: {}", text(&out.stderr));
+    }
+}
