@@ -3,13 +3,13 @@
 //!
 //! A store is named `sqlite:PATH` (or a path ending in `.db`), or `postgres://…[?schema=NAME]`.
 
-use std::path::Path;
 use std::time::Duration;
 
 use serde_json::{Value, json};
 use switchboard::Client;
 use switchboard_eventstore::{EventStore, IDEMPOTENCY_KEY, ReadStream, Recorded, SqliteStore};
 
+use crate::input::{self, Database};
 use crate::outcome::{Failure, Output};
 
 /// Events read per round trip.
@@ -51,39 +51,23 @@ impl Selection<'_> {
     }
 }
 
-/// Opens the store `url` names, refusing to create one.
+/// Opens the event store `url` names, refusing to create one.
 async fn open(url: &str) -> Result<Store, Failure> {
-    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        return postgres(url).await;
+    match input::database(url, "event store")? {
+        Database::Sqlite(path) => SqliteStore::open(path)
+            .map(Store::Sqlite)
+            .map_err(|e| Failure::other(e.to_string())),
+        Database::Postgres { url, schema } => postgres(url, schema).await,
     }
-    let path = url
-        .strip_prefix("sqlite://")
-        .or_else(|| url.strip_prefix("sqlite:"))
-        .unwrap_or(url);
-    if !url.starts_with("sqlite:") && !path.ends_with(".db") {
-        return Err(Failure::usage(format!(
-            "{url:?} names no store: use sqlite:PATH (or a path ending in .db) or postgres://…"
-        )));
-    }
-    if !Path::new(path).is_file() {
-        return Err(Failure::usage(format!("no event store at {path}")));
-    }
-    SqliteStore::open(path)
-        .map(Store::Sqlite)
-        .map_err(|e| Failure::other(e.to_string()))
 }
 
 #[cfg(feature = "postgres")]
-async fn postgres(url: &str) -> Result<Store, Failure> {
-    let (base, schema) = match url.split_once("?schema=") {
-        Some((base, schema)) => (base, Some(schema)),
-        None => (url, None),
-    };
-    let mut builder = switchboard_eventstore::PgStore::builder(base).max_connections(2);
+async fn postgres(url: &str, schema: Option<&str>) -> Result<Store, Failure> {
+    let mut builder = switchboard_eventstore::PgStore::builder(url).max_connections(2);
     if let Some(schema) = schema {
         builder = builder.schema(schema);
     }
-    // The store's errors never quote the URL's password.
+    // Its errors never quote the URL's password.
     builder
         .connect()
         .await
@@ -92,7 +76,7 @@ async fn postgres(url: &str) -> Result<Store, Failure> {
 }
 
 #[cfg(not(feature = "postgres"))]
-async fn postgres(_url: &str) -> Result<Store, Failure> {
+async fn postgres(_url: &str, _schema: Option<&str>) -> Result<Store, Failure> {
     Err(Failure::usage(
         "this build has no PostgreSQL support (feature `postgres`)",
     ))

@@ -83,6 +83,39 @@ pub fn traceparent(trace: &str) -> Result<String, Failure> {
     Ok(format!("00-{trace}-{span:016x}-01"))
 }
 
+/// Where an event store or a saga log is.
+pub enum Database<'a> {
+    /// An SQLite file that exists.
+    Sqlite(&'a str),
+    /// A PostgreSQL URL without its `?schema=`, and the schema.
+    Postgres { url: &'a str, schema: Option<&'a str> },
+}
+
+/// `sqlite:PATH` (or a path ending in `.db`; the file must exist, it is never created), or
+/// `postgres://…[?schema=NAME]`. `what` names the thing in errors ("event store", "saga log").
+pub fn database<'a>(url: &'a str, what: &str) -> Result<Database<'a>, Failure> {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        let (url, schema) = match url.split_once("?schema=") {
+            Some((url, schema)) => (url, Some(schema)),
+            None => (url, None),
+        };
+        return Ok(Database::Postgres { url, schema });
+    }
+    let path = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))
+        .unwrap_or(url);
+    if !url.starts_with("sqlite:") && !path.ends_with(".db") {
+        return Err(Failure::usage(format!(
+            "{url:?} names no {what}: use sqlite:PATH (or a path ending in .db) or postgres://…"
+        )));
+    }
+    if !std::path::Path::new(path).is_file() {
+        return Err(Failure::usage(format!("no {what} at {path}")));
+    }
+    Ok(Database::Sqlite(path))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -4,12 +4,11 @@
 //!
 //! A log is named `sqlite:PATH` (or a path ending in `.db`), or `postgres://…[?schema=NAME]`.
 
-use std::path::Path;
-
 use serde_json::{Value, json};
 use switchboard_saga::log::{Record, SagaLog, SqliteLog, Summary, now_ms};
 use switchboard_saga::{Error, Filter, Orchestrator, Status};
 
+use crate::input::{self, Database};
 use crate::outcome::{Failure, Output};
 
 /// What to do.
@@ -37,39 +36,23 @@ enum Log {
     Postgres(switchboard_saga::log::PgLog),
 }
 
-/// Opens the log `url` names, refusing to create one.
+/// Opens the saga log `url` names, refusing to create one.
 async fn open(url: &str) -> Result<Log, Failure> {
-    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        return postgres(url).await;
+    match input::database(url, "saga log")? {
+        Database::Sqlite(path) => SqliteLog::open(path)
+            .map(Log::Sqlite)
+            .map_err(|e| Failure::other(e.to_string())),
+        Database::Postgres { url, schema } => postgres(url, schema).await,
     }
-    let path = url
-        .strip_prefix("sqlite://")
-        .or_else(|| url.strip_prefix("sqlite:"))
-        .unwrap_or(url);
-    if !url.starts_with("sqlite:") && !path.ends_with(".db") {
-        return Err(Failure::usage(format!(
-            "{url:?} names no saga log: use sqlite:PATH (or a path ending in .db) or postgres://…"
-        )));
-    }
-    if !Path::new(path).is_file() {
-        return Err(Failure::usage(format!("no saga log at {path}")));
-    }
-    SqliteLog::open(path)
-        .map(Log::Sqlite)
-        .map_err(|e| Failure::other(e.to_string()))
 }
 
 #[cfg(feature = "postgres")]
-async fn postgres(url: &str) -> Result<Log, Failure> {
-    let (base, schema) = match url.split_once("?schema=") {
-        Some((base, schema)) => (base, Some(schema)),
-        None => (url, None),
-    };
-    let mut builder = switchboard_saga::log::PgLog::builder(base).max_connections(2);
+async fn postgres(url: &str, schema: Option<&str>) -> Result<Log, Failure> {
+    let mut builder = switchboard_saga::log::PgLog::builder(url).max_connections(2);
     if let Some(schema) = schema {
         builder = builder.schema(schema);
     }
-    // The log's errors never quote the URL's password.
+    // Its errors never quote the URL's password.
     builder
         .connect()
         .await
@@ -78,7 +61,7 @@ async fn postgres(url: &str) -> Result<Log, Failure> {
 }
 
 #[cfg(not(feature = "postgres"))]
-async fn postgres(_url: &str) -> Result<Log, Failure> {
+async fn postgres(_url: &str, _schema: Option<&str>) -> Result<Log, Failure> {
     Err(Failure::usage(
         "this build has no PostgreSQL support (feature `postgres`)",
     ))

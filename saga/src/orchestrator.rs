@@ -561,13 +561,12 @@ impl<S: SagaState, L: SagaLog> Sagas<S, L> {
             id: &id,
             transition: &started,
         });
-        let mut progress = Progress::fold(&[crate::log::Entry {
+        let progress = Progress::fold(&[crate::log::Entry {
             seq: 1,
             at: 0,
             transition: started,
         }])
         .expect("a started transition folds");
-        progress.seq = 1;
         self.def.clone().resume(shared.clone(), id, progress)
     }
 

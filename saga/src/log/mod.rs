@@ -265,6 +265,16 @@ pub struct Write {
     pub wake_at: Option<u64>,
 }
 
+impl Write {
+    /// The definition a new saga's `started` entry names (empty for later writes).
+    pub(crate) fn saga_name(&self) -> &str {
+        match self.transitions.first() {
+            Some(Transition::Started { saga, .. }) => saga,
+            _ => "",
+        }
+    }
+}
+
 /// Which sagas `list` returns, newest first.
 #[derive(Debug, Clone, Default)]
 pub struct Filter {
@@ -359,18 +369,16 @@ pub(crate) fn validate(write: &Write) -> Result<&str> {
         .iter()
         .enumerate()
         .filter(|(_, t)| matches!(t, Transition::Started { .. }));
-    let mut name = None;
-    for (i, t) in starts {
-        match t {
-            Transition::Started { saga, .. } if i == 0 && write.after == 0 => name = Some(saga.as_str()),
-            _ => return Err(Error::Invalid("`started` can only be a saga's first entry".into())),
+    for (i, _) in starts {
+        if i != 0 || write.after != 0 {
+            return Err(Error::Invalid("`started` can only be a saga's first entry".into()));
         }
     }
-    match name {
-        Some(name) => Ok(name),
-        None if write.after == 0 => Err(Error::Invalid("a new saga's first entry must be `started`".into())),
-        None => Ok(""),
+    let name = write.saga_name();
+    if write.after == 0 && !matches!(write.transitions[0], Transition::Started { .. }) {
+        return Err(Error::Invalid("a new saga's first entry must be `started`".into()));
     }
+    Ok(name)
 }
 
 /// The longest saga id accepted.

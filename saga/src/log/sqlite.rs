@@ -264,9 +264,8 @@ fn write_group_carefully(
     (results, commit)
 }
 
-/// The write checked and its transitions as JSON, before anything is written.
+/// The write's transitions as JSON, before anything is written (`write` validated it).
 fn encode(w: &Write) -> Result<Vec<String>> {
-    validate(w)?;
     w.transitions
         .iter()
         .map(|t| {
@@ -284,7 +283,7 @@ fn write_one(conn: &Connection, w: &Write, data: &[String], at: i64) -> Result<(
     let seq = w.after + w.transitions.len() as u64;
     let wake = w.wake_at.map(|t| t as i64);
     if w.after == 0 {
-        let name = validate(w)?;
+        let name = w.saga_name();
         let inserted = conn
             .prepare_cached(
                 "INSERT INTO sb_sagas (id, saga, status, seq, created_at, updated_at, wake_at)
