@@ -2,7 +2,8 @@
 # Makes sure the brokers the tests use are installed and running on 127.0.0.1, and the build
 # tools the broker and gRPC crates need are installed (Debian):
 #   Redis 6379, NATS with JetStream 4222, Mosquitto 1883, RabbitMQ 5672, PostgreSQL 5432
-#   (the event store's PgStore tests: user postgres, trust authentication on 127.0.0.1).
+#   (the event store's PgStore tests: user postgres, trust authentication on 127.0.0.1),
+#   etcd 2379 (service discovery).
 # Kafka needs no broker here: the tests run librdkafka's mock cluster.
 # A broker already answering on its port is left alone. Idempotent. Exit 1 if one fails.
 set -uo pipefail
@@ -18,11 +19,14 @@ wait_port() { # port seconds
 # Packages: brokers, plus cmake/libcurl (librdkafka's build) and protoc (tonic/prost).
 need=()
 for pair in redis-server:redis-server nats-server:nats-server mosquitto:mosquitto \
-  rabbitmq-server:rabbitmq-server cmake:cmake pkg-config:pkg-config protoc:protobuf-compiler; do
+  rabbitmq-server:rabbitmq-server cmake:cmake pkg-config:pkg-config protoc:protobuf-compiler \
+  etcd:etcd-server; do
   command -v "${pair%%:*}" >/dev/null || [[ -x /usr/sbin/${pair%%:*} ]] || need+=("${pair#*:}")
 done
 [[ -f /usr/include/x86_64-linux-gnu/curl/curl.h || -f /usr/include/curl/curl.h ]] || need+=(libcurl4-openssl-dev)
 [[ -f /usr/include/sasl/sasl.h ]] || need+=(libsasl2-dev)
+# etcd-client's build compiles protos that import google/protobuf/*.proto.
+[[ -f /usr/include/google/protobuf/timestamp.proto ]] || need+=(libprotobuf-dev)
 pg_fresh=0
 compgen -G "/etc/postgresql/*/main" >/dev/null || { need+=(postgresql); pg_fresh=1; }
 if ((${#need[@]})); then
@@ -57,6 +61,14 @@ start nats 4222 10 start-stop-daemon --start --oknodo --background --exec /usr/s
   -a 127.0.0.1 -p 4222 -js -sd /var/lib/nats-server -l /var/log/nats-server.log
 start mosquitto 1883 10 mosquitto -d -c /etc/mosquitto/mosquitto.conf
 start rabbitmq 5672 60 rabbitmq-server -detached
+
+# Debian's package starts no etcd here (no systemd); a data dir of its own, wiped at each start
+# (the registry holds only leased keys).
+etcd_dir=/tmp/switchboard-etcd
+start etcd 2379 20 bash -c "rm -rf $etcd_dir && mkdir -p $etcd_dir && setsid -f etcd --name switchboard --data-dir $etcd_dir \
+  --listen-client-urls http://127.0.0.1:2379 --advertise-client-urls http://127.0.0.1:2379 \
+  --listen-peer-urls http://127.0.0.1:2380 --initial-advertise-peer-urls http://127.0.0.1:2380 \
+  --initial-cluster switchboard=http://127.0.0.1:2380 > $etcd_dir.log 2>&1"
 
 # --- PostgreSQL: the Debian cluster `main` of the newest installed version. A fresh install
 # gets what the project machines have: trust authentication for local TCP connections.

@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # The whole test suite, set-up included, on a fresh Debian machine with Rust:
-#   1. installs and starts the brokers (Redis, NATS, Mosquitto, RabbitMQ) and build tools
+#   1. installs and starts the brokers (Redis, NATS, Mosquitto, RabbitMQ), PostgreSQL and etcd, and build tools
 #      (cmake and libcurl headers for librdkafka, protoc) when missing: scripts/brokers.sh;
 #   2. installs the NestJS peers (npm, pinned 11.x and 12.x) used by the interop tests;
 #   3. runs the demo (every example service on TCP loopback, then over each broker, Kafka
-#      being librdkafka's mock cluster) as a smoke test;
+#      being librdkafka's mock cluster, then service discovery through etcd) as a smoke test;
 #   4. runs every Rust test with every transport compiled in: unit, integration, the
 #      conformance suite per transport, NestJS interop, trybuild UI, doc tests; then the
 #      codegen crate's .proto generation with its vendored protoc.
@@ -32,6 +32,7 @@ for broker in redis://127.0.0.1:6379 nats://127.0.0.1:4222 mqtt://127.0.0.1:1883
   amqp://guest:guest@127.0.0.1:5672 kafka://mock; do
   scripts/demo.sh --broker "$broker"
 done
+scripts/demo.sh --registry etcd://127.0.0.1:2379
 
 echo "== cargo test"
 log="$(mktemp)"
@@ -39,7 +40,7 @@ export SB_SKIP_LOG="$(mktemp)"
 trap 'rm -f "$log" "$SB_SKIP_LOG"' EXIT
 status=0
 # A hung test must fail the run, not eat CI's time: the whole test step gets 30 minutes.
-timeout --signal=KILL 1800 cargo test --workspace --locked --features switchboard-tests/brokers,switchboard-tests/grpc,switchboard-tests/telemetry,switchboard-tests/metrics,switchboard-tests/http,switchboard-bench/brokers,switchboard-bench/postgres,switchboard-eventstore/postgres,switchboard-saga/postgres \
+timeout --signal=KILL 1800 cargo test --workspace --locked --features switchboard-tests/brokers,switchboard-tests/grpc,switchboard-tests/telemetry,switchboard-tests/metrics,switchboard-tests/http,switchboard-bench/brokers,switchboard-bench/postgres,switchboard-eventstore/postgres,switchboard-saga/postgres,switchboard-discovery/etcd,switchboard-discovery/consul,switchboard-discovery/dns \
   2>&1 | tee "$log" || status=$?
 # The codegen crate's `.proto` generation (unit and doc tests) with protoc from crates.io
 # (`vendored-protoc`): features the workspace build leaves off (a build-dependency's).

@@ -215,6 +215,8 @@ struct MessageItem {
     stream: bool,
     docs: Vec<Attribute>,
     origin: String,
+    /// What the handler declares for its callers: `.timeout(..)`, `.idempotent().retries(n)`.
+    options: TokenStream,
 }
 
 /// An event pattern found in the sources.
@@ -349,11 +351,32 @@ fn read_handler(
                 stream: def.sig.ret.is_stream(),
                 docs,
                 origin,
+                options: caller_options(&def.pattern.policy),
             });
         }
         PatternKind::Event => push_event(model, &def.pattern, Some(&fn_name), request, origin),
     }
     Ok(())
+}
+
+/// What a handler's attribute declares for its callers, as `.with_options(..)` on its
+/// descriptor: the deadline, and retries of an idempotent pattern (the server's own limits,
+/// `concurrency` and `rate`, are not the caller's).
+fn caller_options(p: &crate::attr::PolicyOptions) -> TokenStream {
+    let mut o = TokenStream::new();
+    if let Some((ms, _)) = p.timeout {
+        o.extend(quote!(.timeout(::core::time::Duration::from_millis(#ms))));
+    }
+    if p.idempotent.is_some() {
+        o.extend(quote!(.idempotent()));
+        if let Some((n, _)) = p.retries {
+            o.extend(quote!(.retries(#n)));
+        }
+    }
+    match o.is_empty() {
+        true => o,
+        false => quote!(.with_options(::switchboard::PatternOptions::new()#o)),
+    }
 }
 
 /// Switchboard's extractors, by name: reading sources, codegen cannot ask the compiler which
@@ -472,6 +495,7 @@ fn read_const(file: &Path, c: &syn::ItemConst, model: &mut Model) -> Result<(), 
                 stream: false,
                 docs: c.attrs.iter().filter(|a| a.path().is_ident("doc")).cloned().collect(),
                 origin,
+                options: TokenStream::new(),
             });
         }
         _ => {
@@ -607,12 +631,12 @@ fn render(
         files.join(", ")
     );
     let consts = messages.iter().map(|m| {
-        let (konst, json, route, req, rep) = (&m.konst, &m.json, &m.route, &m.request, &m.reply);
+        let (konst, json, route, req, rep, options) = (&m.konst, &m.json, &m.route, &m.request, &m.reply, &m.options);
         let doc = format!(" `{route}` ({}).", m.origin);
         quote! {
             #[doc = #doc]
             pub const #konst: ::switchboard::MessageDef<#req, #rep> =
-                ::switchboard::MessageDef::new(::switchboard::PatternLit { json: #json, route: #route });
+                ::switchboard::MessageDef::new(::switchboard::PatternLit { json: #json, route: #route })#options;
         }
     });
     let event_consts = events.iter().map(|e| {
@@ -872,6 +896,26 @@ mod tests {
             "one method per event"
         );
         syn::parse_file(&out).expect("the output parses");
+    }
+
+    #[test]
+    fn callers_keep_what_the_handler_declares_for_them() {
+        let out = users_gen(
+            "#[message_pattern(\"charge\", idempotent, retries = 2, timeout = \"2s\", concurrency = 8)]\n\
+             async fn charge(cents: u64) -> u64 { cents }\n\
+             #[message_pattern(\"plain\")]\nasync fn plain(x: u32) -> u32 { x }\n",
+        )
+        .unwrap();
+        let squeezed: String = out.split_whitespace().collect();
+        assert!(
+            squeezed.contains(
+                ".with_options(::switchboard::PatternOptions::new().timeout(::core::time::Duration::from_millis(2000u64)).idempotent().retries(2u32)"
+            ),
+            "{out}"
+        );
+        // The server's own limits are not the caller's; a plain pattern declares nothing.
+        assert!(!squeezed.contains("concurrency"), "{out}");
+        assert_eq!(squeezed.matches("with_options").count(), 1, "{out}");
     }
 
     #[test]

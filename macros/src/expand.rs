@@ -210,7 +210,7 @@ fn expand_free(def: &HandlerDef, func: &syn::ItemFn) -> TokenStream {
     let bounds = target.serve_bounds();
     let serve_fn = target.serve_fn(&quote!(#ident));
     let checks = target.checks(&quote!(#ident));
-    let info = info_static(def);
+    let info = info_static(def, &desc);
     // The constant is placed at the function's name, attributes included, so that the
     // compiler points at the name, not the attribute, when it reports it (a clash with a
     // `const GET_USER` of the user's).
@@ -391,6 +391,15 @@ impl Target<'_> {
                         fn pattern_json(&self) -> &'static str { #json }
                         fn route(&self) -> &'static str { #route }
                         fn options(&self) -> __sb::PatternOptions { __SB_INFO.options() }
+                        fn contract(&self) -> ::core::option::Option<__sb::Contract> {
+                            static __SB_CONTRACT: ::std::sync::OnceLock<__sb::Contract> = ::std::sync::OnceLock::new();
+                            #[allow(unused_imports)]
+                            use __sb::probe::{Shaped as _, Unshaped as _};
+                            ::core::option::Option::Some(*__SB_CONTRACT.get_or_init(|| __sb::Contract::of(&[
+                                (&__sb::probe::ty::<<Self as __sb::Message>::Request>()).sb_shape(),
+                                (&__sb::probe::ty::<<Self as __sb::Message>::Reply>()).sb_shape(),
+                            ])))
+                        }
                     }
                 }
             }
@@ -399,6 +408,14 @@ impl Target<'_> {
                     type Payload = #request;
                     fn pattern_json(&self) -> &'static str { #json }
                     fn route(&self) -> &'static str { #route }
+                    fn contract(&self) -> ::core::option::Option<__sb::Contract> {
+                        static __SB_CONTRACT: ::std::sync::OnceLock<__sb::Contract> = ::std::sync::OnceLock::new();
+                        #[allow(unused_imports)]
+                        use __sb::probe::{Shaped as _, Unshaped as _};
+                        ::core::option::Option::Some(*__SB_CONTRACT.get_or_init(|| __sb::Contract::of(&[
+                            (&__sb::probe::ty::<<Self as __sb::Event>::Payload>()).sb_shape(),
+                        ])))
+                    }
                 }
             },
         }
@@ -576,7 +593,7 @@ impl Target<'_> {
 }
 
 /// `static __SB_INFO: HandlerInfo`.
-pub fn info_static(def: &HandlerDef) -> TokenStream {
+pub fn info_static(def: &HandlerDef, desc: &Type) -> TokenStream {
     let ident = &def.sig.ident;
     let name = def.sig.name();
     let route = def.pattern.route();
@@ -588,10 +605,19 @@ pub fn info_static(def: &HandlerDef) -> TokenStream {
     // `line!()` spanned at the name reports the name's line.
     let line = quote_spanned!(ident.span()=> ::core::line!());
     let options = policy_options(&def.pattern.policy);
+    let contract = match def.kind {
+        PatternKind::Message => quote!(MessageContract),
+        PatternKind::Event => quote!(EventContract),
+    };
     quote! {
         static __SB_INFO: __sb::HandlerInfo = __sb::HandlerInfo::new(
             __sb::Kind::#kind, #route, #json, #name, ::core::module_path!(), ::core::file!(), #line,
-        ).with_options(#options);
+        ).with_options(#options).with_contract(__sb_contract);
+        fn __sb_contract() -> ::core::option::Option<__sb::Contract> {
+            #[allow(unused_imports)]
+            use __sb::probe::{#contract as _, NoContract as _};
+            (&__sb::probe::ty::<#desc>()).sb_contract(#desc {})
+        }
     }
 }
 

@@ -145,7 +145,7 @@ fn expand(defs: &[HandlerDef], self_ty: &Type, krate: &syn::Path, impl_span: Spa
             impl_span,
             self_ty: Some(self_ty),
         };
-        let info = info_static(def);
+        let info = info_static(def, &desc);
         let sig_impl = target.sig_impl();
         let descriptor = target.descriptor_items();
         let fn_bounds = target.serve_bounds();

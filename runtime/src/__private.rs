@@ -5,6 +5,7 @@
 //! named `Context` is what its traits say it is, not what its name suggests.
 
 pub use crate::client::descriptor::{Event, Message, PatternLit};
+pub use crate::contract::Contract;
 pub use crate::error::RpcError;
 pub use crate::server::extract::{FromRequest, IsPayload, NoPayload};
 pub use crate::server::group::Group;
@@ -358,6 +359,63 @@ pub mod probe {
         }
     }
     impl<A, Fl, F> ArgUnknown<Fl, F> for Never<(A, Fl, F)> {}
+
+    // -- A descriptor's contract: `(&probe::ty::<D>()).sb_contract(D {})` --
+
+    /// A request handler's descriptor: its `Message` impl computes the contract.
+    pub trait MessageContract<M> {
+        /// The contract.
+        fn sb_contract(&self, desc: M) -> Option<crate::Contract>;
+    }
+    impl<M: crate::Message> MessageContract<M> for Probe<M> {
+        fn sb_contract(&self, desc: M) -> Option<crate::Contract> {
+            desc.contract()
+        }
+    }
+    /// A listener's descriptor: its `Event` impl computes the contract.
+    pub trait EventContract<E> {
+        /// The contract.
+        fn sb_contract(&self, desc: E) -> Option<crate::Contract>;
+    }
+    impl<E: crate::Event> EventContract<E> for Probe<E> {
+        fn sb_contract(&self, desc: E) -> Option<crate::Contract> {
+            desc.contract()
+        }
+    }
+    /// A descriptor whose arguments were refused (reported at them): no contract.
+    pub trait NoContract<D> {
+        /// None.
+        fn sb_contract(&self, desc: D) -> Option<crate::Contract> {
+            let _ = desc;
+            None
+        }
+    }
+    impl<D> NoContract<D> for Never<D> {}
+
+    // -- A type's shape for its contract: `(&probe::ty::<T>()).sb_shape()` --
+
+    /// A `Deserialize` type: traced ([`shape_of`](crate::contract::shape_of)).
+    pub trait Shaped {
+        /// The shape.
+        fn sb_shape(&self) -> u64;
+    }
+    // `'static`, not any lifetime: a probe cannot fall back on a lifetime (`&'static str`
+    // is `Deserialize<'static>` only), it would fail instead.
+    impl<T: serde::Deserialize<'static>> Shaped for Probe<T> {
+        fn sb_shape(&self) -> u64 {
+            crate::contract::shape_of::<T>()
+        }
+    }
+    /// Any other type (a reply only serialised): known by its name.
+    pub trait Unshaped {
+        /// The shape.
+        fn sb_shape(&self) -> u64;
+    }
+    impl<T> Unshaped for Never<T> {
+        fn sb_shape(&self) -> u64 {
+            crate::contract::shape_of_name(std::any::type_name::<T>())
+        }
+    }
 
     // -- A handler's future, boxed (asserted `Send` by `assert_handler_future`) --
 

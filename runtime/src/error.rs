@@ -249,7 +249,7 @@ pub enum Rejection {
 impl Error {
     /// A short, stable name of what went wrong, for metrics and spans: `rpc_error`,
     /// `unavailable`, `deadline_exceeded`, `no_handler`, `timeout`, `connect`,
-    /// `connection_closed`, `rejected`, `codec`, or `transport` for the rest.
+    /// `connection_closed`, `rejected`, `incompatible`, `codec`, or `transport` for the rest.
     pub fn kind(&self) -> &'static str {
         match self {
             Error::Rpc(rpc) => rpc.kind(),
@@ -258,6 +258,7 @@ impl Error {
             Error::Connect { .. } => "connect",
             Error::ConnectionClosed { .. } => "connection_closed",
             Error::Rejected { .. } => "rejected",
+            Error::Incompatible { .. } => "incompatible",
             Error::Codec { .. } => "codec",
             _ => "transport",
         }
@@ -408,6 +409,17 @@ pub enum Error {
         pattern: String,
         /// Why.
         reason: Rejection,
+    },
+    /// No instance of a discovered service serves the pattern with the caller's contract: the
+    /// instances were built from other payload or reply types (a mixed-version deploy).
+    #[error("no instance of `{service}` serves pattern `{pattern}` as this client was built to call it: {reason}")]
+    Incompatible {
+        /// The route of the call.
+        pattern: String,
+        /// The service.
+        service: String,
+        /// What the instances serve instead.
+        reason: String,
     },
     /// A client layer failed the call with an error of its own.
     #[error("a client layer failed the call: {0}")]

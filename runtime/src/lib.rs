@@ -45,6 +45,7 @@
 #![warn(missing_docs)]
 
 pub mod client;
+pub mod contract;
 pub mod error;
 pub mod json;
 #[cfg(feature = "metrics")]
@@ -65,7 +66,8 @@ pub mod __private;
 
 pub use client::call::{Call, Emit, Fallback};
 pub use client::descriptor::{AsPayload, Event, EventDef, Message, MessageDef, PatternLit};
-pub use client::{Client, ClientBuilder};
+pub use client::{Client, ClientBuilder, Discover};
+pub use contract::Contract;
 pub use error::{Error, OrInternal, Result, RpcError, RpcResult};
 pub use server::extract::{Deadline, Extension, FromRequest, IsPayload, NoPayload};
 pub use server::group::Group;

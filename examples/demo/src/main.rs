@@ -13,6 +13,10 @@
 //! orchestrator is SIGKILLed while shipping works on it, restarted on the same file, and
 //! finishes the saga, charging once.
 //!
+//! `demo --registry etcd://127.0.0.1:2379` runs the seed's service registry instead (see
+//! [`discovery`]): two users instances register in etcd, the gateway finds them by name, one
+//! is SIGKILLed mid-stream and no request fails (built with the examples' `etcd` features).
+//!
 //! `demo --broker nats://127.0.0.1:4222` (or any broker URL) runs the same unchanged services
 //! over that broker instead: every service listens on it, and one emit reaches both listeners.
 //! `--broker kafka://mock` starts librdkafka's mock cluster in this process and runs the
@@ -29,6 +33,8 @@ use switchboard::Client;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
+
+mod discovery;
 
 /// A free port for a service, below Linux's ephemeral range (32768 and up): a port the kernel
 /// hands out for `:0` or to an outgoing connection could be taken (or, by a client connecting
@@ -675,13 +681,24 @@ fn service_url(broker: &str, service: &str) -> String {
     format!("{broker}{sep}{key}={service}")
 }
 
-/// `--broker URL`, if given.
-fn broker_arg() -> anyhow::Result<Option<String>> {
+/// What the demo runs.
+enum Mode {
+    /// Every service, on TCP or over the broker given.
+    System { broker: Option<String> },
+    /// Service discovery through the registry given.
+    Registry(String),
+}
+
+/// `--broker URL` or `--registry URL`, if given.
+fn mode_arg() -> anyhow::Result<Mode> {
     let mut args = std::env::args().skip(1);
     match (args.next().as_deref(), args.next(), args.next()) {
-        (None, ..) => Ok(None),
-        (Some("--broker"), Some(url), None) => Ok(Some(url)),
-        _ => bail!("usage: demo [--broker URL]   (e.g. --broker nats://127.0.0.1:4222)"),
+        (None, ..) => Ok(Mode::System { broker: None }),
+        (Some("--broker"), Some(url), None) => Ok(Mode::System { broker: Some(url) }),
+        (Some("--registry"), Some(url), None) => Ok(Mode::Registry(url)),
+        _ => bail!(
+            "usage: demo [--broker URL | --registry URL]   (e.g. --broker nats://127.0.0.1:4222, --registry etcd://127.0.0.1:2379)"
+        ),
     }
 }
 
@@ -735,7 +752,14 @@ async fn main() -> anyhow::Result<()> {
         .parent()
         .context("binary directory")?
         .to_path_buf();
-    let broker = broker_arg()?;
+    let broker = match mode_arg()? {
+        Mode::System { broker } => broker,
+        Mode::Registry(registry) => {
+            let logs = Logs::default();
+            let collector = example_collector::Collector::start("127.0.0.1:0").await?;
+            return discovery::run(&dir, &registry, &logs, &collector.endpoint).await;
+        }
+    };
     #[cfg(feature = "kafka-mock")]
     let (broker, _mock) = match broker.as_deref() {
         Some(url) if url.starts_with("kafka://mock") => {

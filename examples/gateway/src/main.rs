@@ -40,7 +40,8 @@ struct Args {
     /// Address of the HTTP server.
     #[arg(long, default_value = "127.0.0.1:3000")]
     http: SocketAddr,
-    /// The users service.
+    /// The users service: a transport URL, or (feature `etcd`) a registry URL naming it,
+    /// `etcd://127.0.0.1:2379/users`, to balance over its instances.
     #[arg(long, default_value = "tcp://127.0.0.1:3001")]
     users: String,
     /// The math service.
@@ -220,12 +221,21 @@ async fn traced(req: Request, next: Next) -> Response {
     response
 }
 
+/// A client of the service at `url`: a transport, or a registry naming the service.
+async fn client(url: &str) -> switchboard::Result<Client> {
+    #[cfg(feature = "etcd")]
+    if switchboard_discovery::is_registry_url(url) {
+        return switchboard_discovery::builder(url).await?.build();
+    }
+    Client::builder(url).build()
+}
+
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let _telemetry = example_common::init("gateway");
     let args = Args::parse();
     let services = Services {
-        users: UsersClient::new(Client::builder(&args.users).build()?),
+        users: UsersClient::new(client(&args.users).await?),
         math: Client::builder(&args.math).build()?,
         analytics: Client::builder(&args.analytics).build()?,
         resilient: Client::builder(&args.resilient).build()?,

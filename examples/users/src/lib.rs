@@ -63,8 +63,9 @@ impl Default for Users {
 
 #[handlers]
 impl Users {
-    /// Looks a user up; an unknown id is an error with `code: 404`.
-    #[message_pattern({ cmd = "get_user" })]
+    /// Looks a user up; an unknown id is an error with `code: 404`. A read: callers may
+    /// repeat it (on another instance, when one dies mid-call).
+    #[message_pattern({ cmd = "get_user" }, idempotent, retries = 3)]
     pub async fn get_user(&self, id: String) -> RpcResult<User> {
         tracing::info!(%id, "get_user");
         let found = self.store.read().expect("users lock").get(&id).cloned();

@@ -8,6 +8,7 @@
 
 use std::marker::PhantomData;
 
+use crate::contract::Contract;
 use crate::service::PatternOptions;
 
 /// A request/response pattern with its payload and reply types.
@@ -32,6 +33,11 @@ pub trait Message: Copy + Send + Sync + 'static {
     fn options(&self) -> PatternOptions {
         PatternOptions::new()
     }
+    /// The fingerprint of its payload and reply types ([`Contract`]): a handler's descriptor
+    /// has one; `None` for a [`MessageDef`], whose caller vouches for the types.
+    fn contract(&self) -> Option<Contract> {
+        None
+    }
 }
 
 /// A fire-and-forget pattern with its payload type.
@@ -48,6 +54,11 @@ pub trait Event: Copy + Send + Sync + 'static {
     fn pattern_json(&self) -> &'static str;
     /// The normalised route key.
     fn route(&self) -> &'static str;
+    /// The fingerprint of its payload type ([`Contract`]): a listener's descriptor has one;
+    /// `None` for an [`EventDef`].
+    fn contract(&self) -> Option<Contract> {
+        None
+    }
 }
 
 /// A payload argument for a pattern whose payload type is `T`: `T` itself or `&T`.

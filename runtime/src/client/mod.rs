@@ -12,6 +12,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tower::{BoxError, Layer, Service};
 
+use crate::contract::Contract;
 use crate::error::{Error, Result};
 use crate::service::{Extensions, Headers, Kind, Local, Outbound, Overrides, PatternOptions, Replies};
 use crate::transport::mem::MemClient;
@@ -65,6 +66,9 @@ pub struct Client {
     /// An in-process transport with no layer in between: requests go straight to the
     /// service's router, and payloads given by value are handed over as they are.
     local: Option<Arc<MemClient>>,
+    /// Found through discovery: each typed call carries its pattern's [`Contract`], so that
+    /// instances serving another contract are skipped.
+    discovered: bool,
 }
 
 impl std::fmt::Debug for Client {
@@ -92,6 +96,20 @@ pub struct ClientBuilder {
 enum Target {
     Url(String),
     Custom(Arc<dyn ClientTransport>),
+    Discovered {
+        service: String,
+        transport: Arc<dyn ClientTransport>,
+    },
+    /// Discovery could not make a transport: `build` says why.
+    Failed(Error),
+}
+
+/// Where a client finds the instances of a service, and how it spreads calls over them: what
+/// [`Client::discover`] takes. The registries of `switchboard-discovery` (etcd, Consul, DNS,
+/// static lists) are ones.
+pub trait Discover {
+    /// A transport over the instances of `service`, balancing each call.
+    fn transport(&self, service: &str) -> Result<Arc<dyn ClientTransport>>;
 }
 
 impl std::fmt::Debug for ClientBuilder {
@@ -99,6 +117,8 @@ impl std::fmt::Debug for ClientBuilder {
         let target = match &self.target {
             Target::Url(url) => transport::redact(url),
             Target::Custom(_) => "a custom transport".into(),
+            Target::Discovered { service, .. } => format!("discovered {service}"),
+            Target::Failed(e) => format!("failed: {e}"),
         };
         f.debug_struct("ClientBuilder")
             .field("target", &target)
@@ -186,7 +206,10 @@ impl ClientBuilder {
             }
             Target::Url(url) => (transport::redact(&url).into(), transport::client(&url, &self.opts)?),
             Target::Custom(t) => ("custom".into(), t),
+            Target::Discovered { service, transport } => (format!("discover://{service}").into(), transport),
+            Target::Failed(e) => return Err(e),
         };
+        let discovered = label.starts_with("discover://");
         let scheme = match &label.split_once("://") {
             Some((scheme, _)) => scheme.to_string(),
             None => "custom".to_owned(),
@@ -205,6 +228,7 @@ impl ClientBuilder {
             retry: Arc::new(crate::resilience::Retry::new()),
             overrides: self.overrides,
             local,
+            discovered,
         })
     }
 
@@ -225,6 +249,47 @@ impl Client {
     /// Starts configuring a client for `url`.
     pub fn builder(url: &str) -> ClientBuilder {
         Self::builder_for(Target::Url(url.to_owned()))
+    }
+
+    /// Starts configuring a client of the service named `service`, whose instances
+    /// `registry` finds: each call goes to one of them, balanced, and a typed call skips the
+    /// instances whose [`Contract`] for its pattern differs from the descriptor's. The
+    /// registries of `switchboard-discovery` (etcd, Consul, DNS, static lists) are the usual
+    /// ones; any [`Discover`] will do:
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use switchboard::prelude::*;
+    /// use switchboard::{Discover, transport::ClientTransport};
+    ///
+    /// #[message_pattern("ping")]
+    /// async fn ping() -> String { "pong".into() }
+    ///
+    /// /// Every service at `mem://<name>`.
+    /// struct InProcess;
+    /// impl Discover for InProcess {
+    ///     fn transport(&self, service: &str) -> switchboard::Result<Arc<dyn ClientTransport>> {
+    ///         switchboard::transport::client_for(&format!("mem://{service}"))
+    ///     }
+    /// }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> switchboard::Result<()> {
+    /// let server = Microservice::new().handler(PING).listen("mem://pinger").start().await?;
+    /// let pinger = Client::discover("pinger", &InProcess).connect().await?;
+    /// assert_eq!(pinger.send(PING, ()).await?, "pong");
+    /// assert_eq!(pinger.url(), "discover://pinger");
+    /// # server.shutdown().await
+    /// # }
+    /// ```
+    pub fn discover(service: &str, registry: &impl Discover) -> ClientBuilder {
+        match registry.transport(service) {
+            Ok(transport) => Self::builder_for(Target::Discovered {
+                service: service.to_owned(),
+                transport,
+            }),
+            Err(e) => Self::builder_for(Target::Failed(e)),
+        }
     }
 
     /// Starts configuring a client over a transport of your own.
@@ -319,7 +384,11 @@ impl Client {
             }
         }
         // The payload is encoded now, so the call borrows nothing of the caller's.
-        Call::new(self, self.outbound(Kind::Request, json, route, payload.as_payload()))
+        let mut out = self.outbound(Kind::Request, json, route, payload.as_payload());
+        if self.discovered {
+            contracted(&mut out, pattern.contract());
+        }
+        Call::new(self, out)
     }
 
     /// Emits an event; the [`Emit`] resolves once the transport has accepted it.
@@ -333,10 +402,11 @@ impl Client {
             json if json.starts_with('"') => json.into(),
             _ => json_string(route).into(),
         };
-        Emit::new(
-            self,
-            self.outbound(Kind::Event, json, route.into(), payload.as_payload()),
-        )
+        let mut out = self.outbound(Kind::Event, json, route.into(), payload.as_payload());
+        if self.discovered {
+            contracted(&mut out, pattern.contract());
+        }
+        Emit::new(self, out)
     }
 
     /// Calls a pattern given as JSON, NestJS style:
@@ -451,6 +521,13 @@ impl Prepared {
     /// Adds a header.
     pub(crate) fn header(&mut self, name: impl Into<String>, value: impl Into<String>) {
         self.headers.insert(name, value);
+    }
+}
+
+/// Adds the pattern's contract to a call for a discovered service's balancer.
+fn contracted(out: &mut Result<Prepared>, contract: Option<Contract>) {
+    if let (Ok(out), Some(contract)) = (out, contract) {
+        out.extensions.insert(contract);
     }
 }
 

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use futures_util::future::BoxFuture;
 use tower::{BoxError, Layer, Service};
 
+use crate::contract::Contract;
 use crate::service::{Kind, PatternOptions, Reply, Request, Route};
 
 /// What a handler is: its pattern, kind and source location. Made by the attribute macros.
@@ -21,6 +22,7 @@ pub struct HandlerInfo {
     file: &'static str,
     line: u32,
     options: PatternOptions,
+    contract: Option<fn() -> Option<Contract>>,
 }
 
 impl HandlerInfo {
@@ -44,6 +46,7 @@ impl HandlerInfo {
             file,
             line,
             options: PatternOptions::new(),
+            contract: None,
         }
     }
 
@@ -51,6 +54,18 @@ impl HandlerInfo {
     pub const fn with_options(mut self, options: PatternOptions) -> Self {
         self.options = options;
         self
+    }
+
+    #[doc(hidden)]
+    pub const fn with_contract(mut self, contract: fn() -> Option<Contract>) -> Self {
+        self.contract = Some(contract);
+        self
+    }
+
+    /// The fingerprint of its payload and reply types, as its descriptor's
+    /// [`Message::contract`](crate::Message::contract) (or [`Event`](crate::Event)'s) gives it.
+    pub fn contract(&self) -> Option<Contract> {
+        self.contract.and_then(|contract| contract())
     }
 
     /// What its attribute declares beyond the pattern.

@@ -22,7 +22,9 @@ use tower::{BoxError, Layer, Service};
 use crate::error::{Error, Result};
 use crate::service::{Endpoint, Kind, Overrides, Reply, Request, Route, Router, RouterBuilder};
 use crate::transport::{self, Listener, Shutdown};
+use announce::{Announce, Announced, Announcement, Served};
 
+pub mod announce;
 pub mod extract;
 pub mod group;
 pub mod handler;
@@ -41,6 +43,13 @@ use handler::{Bound, Serve};
 
 /// How long `start` waits for a broker transport to be ready (subscribed) before it returns.
 const READY_WAIT: Duration = Duration::from_secs(30);
+
+/// How long a registered service keeps serving after it has deregistered, before it drains,
+/// so that callers see it leave before it stops taking calls.
+pub const DEFAULT_DEREGISTER_GRACE: Duration = Duration::from_secs(1);
+
+/// How long one registry gets to register or deregister the service.
+const ANNOUNCE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Default time in-flight requests get to finish on shutdown.
 pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -91,6 +100,12 @@ pub struct Microservice<S = ()> {
     /// Where to serve the HTTP health endpoint ([`health_http`](Self::health_http)).
     #[cfg(feature = "http")]
     http: Option<String>,
+    /// Registries to register with ([`register`](Self::register)).
+    registries: Vec<Arc<dyn Announce>>,
+    /// The version registered ([`version`](Self::version)).
+    version: Option<String>,
+    /// How long to serve after deregistering ([`deregister_grace`](Self::deregister_grace)).
+    deregister_grace: Duration,
 }
 
 /// What [`Microservice::on_ready`] calls, with the URLs peers use.
@@ -138,6 +153,9 @@ impl Microservice {
             health_pattern: true,
             #[cfg(feature = "http")]
             http: None,
+            registries: Vec::new(),
+            version: None,
+            deregister_grace: DEFAULT_DEREGISTER_GRACE,
         }
     }
 
@@ -172,6 +190,9 @@ impl<S: Clone + Send + Sync + 'static> Microservice<S> {
             health_pattern: self.health_pattern,
             #[cfg(feature = "http")]
             http: self.http,
+            registries: self.registries,
+            version: self.version,
+            deregister_grace: self.deregister_grace,
         }
     }
 
@@ -217,6 +238,72 @@ impl<S: Clone + Send + Sync + 'static> Microservice<S> {
     /// Serves on every transport in `urls`.
     pub fn listen_all<U: Into<String>>(mut self, urls: impl IntoIterator<Item = U>) -> Self {
         self.urls.extend(urls.into_iter().map(Into::into));
+        self
+    }
+
+    /// Registers the service with `registry` once every transport takes messages, and
+    /// deregisters it first thing on shutdown (then serves for the
+    /// [`deregister_grace`](Self::deregister_grace) before it drains, so that no caller's new
+    /// call lands on a draining instance). The service needs a [`name`](Self::name). The
+    /// registries of `switchboard-discovery` (etcd, Consul, in-process) are the usual ones; any
+    /// [`Announce`] will do:
+    ///
+    /// ```
+    /// use std::sync::{Arc, Mutex};
+    /// use futures_util::future::{BoxFuture, FutureExt};
+    /// use switchboard::prelude::*;
+    /// use switchboard::server::announce::{Announce, Announced, Announcement};
+    ///
+    /// #[message_pattern("ping")]
+    /// async fn ping() -> &'static str { "pong" }
+    ///
+    /// /// Writes down who is up.
+    /// #[derive(Clone, Default)]
+    /// struct Book(Arc<Mutex<Vec<String>>>);
+    /// #[derive(Debug)]
+    /// struct Entry(Arc<Mutex<Vec<String>>>, String);
+    ///
+    /// impl Announce for Book {
+    ///     fn announce(&self, service: Announcement) -> BoxFuture<'static, switchboard::Result<Box<dyn Announced>>> {
+    ///         let line = format!("{} at {}", service.name, service.urls[0]);
+    ///         self.0.lock().unwrap().push(line.clone());
+    ///         let entry = Entry(self.0.clone(), line);
+    ///         async move { Ok(Box::new(entry) as Box<dyn Announced>) }.boxed()
+    ///     }
+    /// }
+    /// impl Announced for Entry {
+    ///     fn withdraw(self: Box<Self>) -> BoxFuture<'static, switchboard::Result<()>> {
+    ///         self.0.lock().unwrap().retain(|l| *l != self.1);
+    ///         async { Ok(()) }.boxed()
+    ///     }
+    /// }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> switchboard::Result<()> {
+    /// let book = Book::default();
+    /// let server = Microservice::new().name("pinger").handler(PING).register(book.clone())
+    ///     .listen("mem://pinger-registered").start().await?;
+    /// assert_eq!(*book.0.lock().unwrap(), ["pinger at mem://pinger-registered"]);
+    /// server.shutdown().await?;
+    /// assert!(book.0.lock().unwrap().is_empty());
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn register(mut self, registry: impl Announce) -> Self {
+        self.registries.push(Arc::new(registry));
+        self
+    }
+
+    /// The version a registry records for this service (none by default).
+    pub fn version(mut self, version: impl Into<String>) -> Self {
+        self.version = Some(version.into());
+        self
+    }
+
+    /// How long a registered service keeps serving after deregistering, before it drains
+    /// (default [`DEFAULT_DEREGISTER_GRACE`]): the time callers need to see it leave.
+    pub fn deregister_grace(mut self, grace: Duration) -> Self {
+        self.deregister_grace = grace;
         self
     }
 
@@ -402,10 +489,20 @@ impl<S: Clone + Send + Sync + 'static> Microservice<S> {
             return Err(Error::NoTransport);
         }
         check_name(self.name.as_deref())?;
+        if !self.registries.is_empty() && self.name.is_none() {
+            return Err(Error::InvalidConfig {
+                what: "service",
+                reason: "a service registered with a registry needs a name: `.name(\"users\")`".into(),
+            });
+        }
         let handlers = self.handlers.len();
         let (stop, shutdown) = Shutdown::new();
         let health = Health::new(self.name.as_deref(), &shutdown);
-        let Built { router, builtin } = build_router(
+        let Built {
+            router,
+            builtin,
+            served,
+        } = build_router(
             self.handlers,
             self.from_registry,
             &self.layers,
@@ -461,12 +558,40 @@ impl<S: Clone + Send + Sync + 'static> Microservice<S> {
         for url in &urls {
             tracing::info!(url = %transport::redact(url), routes, handlers, "listening");
         }
+        let mut announced = Vec::with_capacity(self.registries.len());
+        for registry in &self.registries {
+            let announcement = Announcement {
+                name: health.name().unwrap_or_default().to_owned(),
+                version: self.version.clone(),
+                urls: urls.iter().map(|u| transport::redact(u)).collect(),
+                patterns: served.clone(),
+                health: health.clone(),
+            };
+            let registered = tokio::time::timeout(ANNOUNCE_TIMEOUT, registry.announce(announcement)).await;
+            match registered {
+                Ok(Ok(registration)) => announced.push(registration),
+                // Dropping the tasks stops the transports; those registered expire or are withdrawn.
+                Ok(Err(e)) => {
+                    withdraw(announced).await;
+                    return Err(e);
+                }
+                Err(_) => {
+                    withdraw(announced).await;
+                    return Err(Error::InvalidConfig {
+                        what: "registry",
+                        reason: format!("it did not register the service within {ANNOUNCE_TIMEOUT:?}"),
+                    });
+                }
+            }
+        }
         Ok(RunningServer {
             urls,
             stop,
             tasks,
             shutdown_timeout: self.shutdown_timeout,
             health,
+            announced,
+            deregister_grace: self.deregister_grace,
             #[cfg(feature = "http")]
             http,
         })
@@ -524,10 +649,12 @@ fn check_name(name: Option<&str>) -> Result<()> {
     }
 }
 
-/// A service's router, and how many of its routes are built in (the health patterns).
+/// A service's router, how many of its routes are built in (the health patterns), and the
+/// patterns of its handlers as a registry records them.
 struct Built {
     router: Router,
     builtin: usize,
+    served: Vec<Served>,
 }
 
 /// The routes of a service: its handlers (and the registry's, if asked), each route wrapped
@@ -602,12 +729,24 @@ fn build_router(
         }
     }
     let builtin = health.map_or(0, |health| add_health_routes(&mut builder, &handlers, health));
+    let served = handlers
+        .iter()
+        .map(|h| Served {
+            route: h.info.route().to_owned(),
+            kind: h.info.kind(),
+            contract: h.info.contract(),
+        })
+        .collect();
     let router = builder.build(
         !layers.is_empty(),
         |route| layers.iter().fold(route, |route, wrap| wrap(route)),
         observe,
     );
-    Ok(Built { router, builtin })
+    Ok(Built {
+        router,
+        builtin,
+        served,
+    })
 }
 
 /// Adds `switchboard.health` (and `switchboard.health.<name>`) as request routes answering
@@ -672,6 +811,9 @@ pub struct RunningServer {
     tasks: JoinSet<Result<()>>,
     shutdown_timeout: Duration,
     health: Health,
+    /// Registrations, withdrawn first on shutdown.
+    announced: Vec<Box<dyn Announced>>,
+    deregister_grace: Duration,
     /// The HTTP health endpoint, stopped after the transports.
     #[cfg(feature = "http")]
     http: Option<http::HttpEndpoint>,
@@ -719,6 +861,13 @@ impl RunningServer {
     }
 
     async fn drain(&mut self) -> Result<()> {
+        let announced = std::mem::take(&mut self.announced);
+        if !announced.is_empty() {
+            withdraw(announced).await;
+            // Still serving, so that a call sent before a caller saw the service leave is
+            // answered, not refused.
+            tokio::time::sleep(self.deregister_grace).await;
+        }
         self.stop.send_replace(true);
         let drain = async {
             let mut first_error = None;
@@ -742,6 +891,18 @@ impl RunningServer {
             }
         }
     }
+}
+
+/// Withdraws registrations; a registry that fails or hangs is logged, the others go on.
+async fn withdraw(announced: Vec<Box<dyn Announced>>) {
+    let all = announced.into_iter().map(|registration| async move {
+        match tokio::time::timeout(ANNOUNCE_TIMEOUT, registration.withdraw()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "could not deregister the service"),
+            Err(_) => tracing::warn!("the registry did not deregister the service within {ANNOUNCE_TIMEOUT:?}"),
+        }
+    });
+    futures_util::future::join_all(all).await;
 }
 
 /// Runs a transport's `serve`; a panic, or an end before shutdown, becomes

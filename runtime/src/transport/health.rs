@@ -212,9 +212,9 @@ impl Health {
         Bytes::from(serde_json::to_vec(&self.report()).unwrap_or_default())
     }
 
-    /// Something to wait on for the next change of this health (gRPC's `Watch` follows it).
-    #[cfg_attr(not(feature = "grpc"), allow(dead_code))]
-    pub(crate) fn subscribe(&self) -> HealthWatch {
+    /// Something to wait on for the next change of this health (gRPC's `Watch` and a
+    /// discovery registration follow it).
+    pub fn subscribe(&self) -> HealthWatch {
         let mut sources = vec![self.0.draining.clone()];
         for t in self.transports() {
             sources.push(t.serving.clone());
@@ -225,15 +225,21 @@ impl Health {
 }
 
 /// Resolves [`changed`](Self::changed) when anything a [`Health`] is made of changes.
-#[cfg_attr(not(feature = "grpc"), allow(dead_code))]
-pub(crate) struct HealthWatch {
+pub struct HealthWatch {
     sources: Vec<watch::Receiver<bool>>,
 }
 
-#[cfg_attr(not(feature = "grpc"), allow(dead_code))]
+impl std::fmt::Debug for HealthWatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HealthWatch")
+            .field("sources", &self.sources.len())
+            .finish()
+    }
+}
+
 impl HealthWatch {
     /// Waits for the next change (for ever, once every source is gone).
-    pub(crate) async fn changed(&mut self) {
+    pub async fn changed(&mut self) {
         loop {
             if self.sources.is_empty() {
                 return std::future::pending().await;

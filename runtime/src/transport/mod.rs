@@ -332,6 +332,12 @@ pub(crate) async fn bind(url: &str, health: &health::Health) -> Result<Box<dyn L
 
 /// Creates the client side of the transport named by `url`.
 #[cfg_attr(not(feature = "tcp"), allow(unused_variables))]
+/// The client transport for `url`, with default options: what a balancer over several
+/// instances calls each of them through. (A [`Client`](crate::Client) is the usual way in.)
+pub fn client_for(url: &str) -> Result<Arc<dyn ClientTransport>> {
+    client(url, &ClientOptions::default())
+}
+
 pub(crate) fn client(url: &str, opts: &ClientOptions) -> Result<Arc<dyn ClientTransport>> {
     let ep = Endpoint::parse(url)?;
     match ep.scheme.as_str() {

@@ -1,0 +1,193 @@
+//! [`Endpoint`]: one instance URL a balancer calls, with its load (Peak-EWMA of round-trip
+//! times × calls in flight) and its passive health (ejected after a refused connection or a
+//! run of failures, readmitted once a connection succeeds again).
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use switchboard::Error;
+use switchboard::transport::ClientTransport;
+use tokio::time::Instant;
+
+/// How fast the round-trip estimate forgets a peak.
+const DECAY: Duration = Duration::from_secs(10);
+/// Failures in a row (timeouts, `UNAVAILABLE`) that eject an endpoint.
+const FAILURES_TO_EJECT: u32 = 5;
+/// The first ejection; each next one in a row doubles, up to [`MAX_EJECTION`].
+const BASE_EJECTION: Duration = Duration::from_millis(500);
+const MAX_EJECTION: Duration = Duration::from_secs(30);
+
+/// One URL calls go to.
+pub(crate) struct Endpoint {
+    pub url: String,
+    pub transport: Arc<dyn ClientTransport>,
+    in_flight: AtomicUsize,
+    state: Mutex<State>,
+}
+
+struct State {
+    /// Round-trip estimate in nanoseconds, and when it was last updated; `None` before the
+    /// first reply.
+    rtt: Option<(f64, Instant)>,
+    failures: u32,
+    /// While ejected, until a connection attempt succeeds.
+    ejected: bool,
+    /// Ejections in a row (the next one lasts longer).
+    ejections: u32,
+}
+
+impl Endpoint {
+    pub fn new(url: String, transport: Arc<dyn ClientTransport>) -> Self {
+        Endpoint {
+            url,
+            transport,
+            in_flight: AtomicUsize::new(0),
+            state: Mutex::new(State {
+                rtt: None,
+                failures: 0,
+                ejected: false,
+                ejections: 0,
+            }),
+        }
+    }
+
+    pub fn is_ejected(&self) -> bool {
+        self.state.lock().expect("endpoint lock").ejected
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// What a call here would cost: the round-trip estimate times the calls waiting. Before
+    /// its first reply an endpoint takes one call, not a burst.
+    pub fn cost(&self) -> f64 {
+        let pending = self.in_flight() as f64 + 1.0;
+        match self.state.lock().expect("endpoint lock").rtt {
+            Some((rtt, _)) => rtt * pending,
+            None if pending <= 1.0 => 0.0,
+            None => f64::MAX / 4.0,
+        }
+    }
+
+    /// Counts a call in; the guard records how it went.
+    pub fn start(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight {
+            endpoint: self.clone(),
+            at: Instant::now(),
+            done: false,
+        }
+    }
+
+    fn finish(self: &Arc<Self>, at: Instant, outcome: Outcome) {
+        self.in_flight.fetch_sub(1, Ordering::Relaxed);
+        let now = Instant::now();
+        let eject = {
+            let mut state = self.state.lock().expect("endpoint lock");
+            match outcome {
+                Outcome::Answered => {
+                    let sample = now.duration_since(at).as_nanos() as f64;
+                    state.rtt = Some(match state.rtt {
+                        // A peak is taken at once; a lower sample is averaged in.
+                        Some((est, _)) if sample > est => (sample, now),
+                        Some((est, then)) => {
+                            let w = (-(now.duration_since(then).as_secs_f64()) / DECAY.as_secs_f64()).exp();
+                            (est * w + sample * (1.0 - w), now)
+                        }
+                        None => (sample, now),
+                    });
+                    state.failures = 0;
+                    state.ejections = 0;
+                    false
+                }
+                Outcome::Refused => !state.ejected,
+                Outcome::Failed => {
+                    state.failures += 1;
+                    state.failures >= FAILURES_TO_EJECT && !state.ejected
+                }
+                Outcome::Cancelled => false,
+            }
+        };
+        if eject {
+            self.eject();
+        }
+    }
+
+    /// Takes the endpoint out of rotation; a task tries to connect after a backoff, and lets
+    /// it back in once that works.
+    fn eject(self: &Arc<Self>) {
+        let wait = {
+            let mut state = self.state.lock().expect("endpoint lock");
+            state.ejected = true;
+            state.failures = 0;
+            state.ejections += 1;
+            BASE_EJECTION
+                .saturating_mul(1 << (state.ejections - 1).min(8))
+                .min(MAX_EJECTION)
+        };
+        tracing::info!(url = %self.url, ?wait, "instance ejected");
+        let endpoint = Arc::downgrade(self);
+        tokio::spawn(readmit(endpoint, wait));
+    }
+}
+
+/// Tries to connect after `wait`, then after longer waits, until a connection succeeds or the
+/// endpoint is gone (its instance left the registry).
+async fn readmit(endpoint: Weak<Endpoint>, mut wait: Duration) {
+    loop {
+        tokio::time::sleep(wait).await;
+        let Some(e) = endpoint.upgrade() else { return };
+        match e.transport.connect().await {
+            Ok(()) => {
+                e.state.lock().expect("endpoint lock").ejected = false;
+                tracing::info!(url = %e.url, "instance readmitted");
+                return;
+            }
+            Err(err) => {
+                tracing::debug!(url = %e.url, error = %err, "instance still unreachable");
+                wait = wait.saturating_mul(2).min(MAX_EJECTION);
+            }
+        }
+    }
+}
+
+enum Outcome {
+    /// A reply (a handler's own error included): the instance works.
+    Answered,
+    /// The connection was refused or broke: the instance is probably gone.
+    Refused,
+    /// A timeout or `UNAVAILABLE`.
+    Failed,
+    /// The caller stopped waiting before an outcome.
+    Cancelled,
+}
+
+/// A call in flight to an endpoint.
+pub(crate) struct InFlight {
+    endpoint: Arc<Endpoint>,
+    at: Instant,
+    done: bool,
+}
+
+impl InFlight {
+    pub fn done<T>(mut self, result: &Result<T, Error>) {
+        self.done = true;
+        let outcome = match result {
+            Ok(_) => Outcome::Answered,
+            Err(Error::Connect { .. } | Error::ConnectionClosed { .. }) => Outcome::Refused,
+            Err(e) if e.is_retryable() => Outcome::Failed,
+            Err(_) => Outcome::Answered,
+        };
+        self.endpoint.finish(self.at, outcome);
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if !self.done {
+            self.endpoint.finish(self.at, Outcome::Cancelled);
+        }
+    }
+}

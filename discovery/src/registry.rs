@@ -1,0 +1,210 @@
+//! [`Registry`]: a backend with the options clients of it use; what a service registers
+//! with ([`Announce`]) and a client finds services through ([`Discover`]).
+
+use std::fmt;
+use std::sync::Arc;
+
+use futures_util::future::{BoxFuture, FutureExt};
+use switchboard::server::announce::{Announce, Announced, Announcement};
+use switchboard::transport::ClientTransport;
+use switchboard::{Client, Discover};
+use tokio::sync::Mutex;
+use tokio::task::JoinHandle;
+
+use crate::backend::{Backend, Lease, Watch};
+use crate::balance::{Balance, Balanced};
+use crate::instance::Status;
+use crate::{Instance, Result};
+
+/// A service registry: where services register themselves and clients find them.
+///
+/// ```
+/// use switchboard::prelude::*;
+/// use switchboard_discovery::Registry;
+///
+/// #[message_pattern("users.get")]
+/// async fn get_user(id: u64) -> String { format!("user {id}") }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let registry = Registry::connect("mem://doc").await?;  // or etcd://127.0.0.1:2379, consul://…
+/// let a = Microservice::new().name("users").handler(GET_USER).register(registry.clone())
+///     .listen("tcp://127.0.0.1:0").start().await?;
+/// let b = Microservice::new().name("users").handler(GET_USER).register(registry.clone())
+///     .listen("tcp://127.0.0.1:0").start().await?;
+///
+/// let users = Client::discover("users", &registry).connect().await?;  // balanced over a and b
+/// assert_eq!(users.send(GET_USER, 7).await?, "user 7");
+/// assert_eq!(registry.instances("users").await?.len(), 2);
+/// # a.shutdown().await?; b.shutdown().await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Registry {
+    backend: Arc<dyn Backend>,
+    pub(crate) options: ClientOptions,
+}
+
+/// How clients of a registry pick and reach instances.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct ClientOptions {
+    pub balance: Balance,
+    /// The scheme of the instance URL calls use (`tcp`, `grpc`, …); by default the first of
+    /// an instance's URLs in the order tcp, tls, grpc, mem, then the brokers.
+    pub transport: Option<String>,
+}
+
+impl fmt::Debug for Registry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Registry")
+            .field("backend", &self.backend.describe())
+            .field("balance", &self.options.balance)
+            .field("transport", &self.options.transport)
+            .finish()
+    }
+}
+
+impl Registry {
+    /// A registry over `backend`.
+    pub fn new(backend: impl Backend) -> Self {
+        Registry {
+            backend: Arc::new(backend),
+            options: ClientOptions::default(),
+        }
+    }
+
+    /// The registry at `url`: `mem://name` (in this process), `static://host:port,…/service`,
+    /// `etcd://host:port[,host:port]` (feature `etcd`), `consul://host:port` (feature
+    /// `consul`), `dns://[resolver]?domain=…` (feature `dns`). Query parameters
+    /// `balance=p2c|round_robin|hash:<field>` and `transport=<scheme>` set what its clients do.
+    pub async fn connect(url: &str) -> Result<Registry> {
+        crate::url::registry(url).await
+    }
+
+    /// Clients of this registry balance calls with `balance` (default [`Balance::PeakEwma`]).
+    pub fn balance(mut self, balance: Balance) -> Self {
+        self.options.balance = balance;
+        self
+    }
+
+    /// Clients of this registry call instances on their URL of this scheme (`tcp`, `grpc`, …).
+    pub fn transport(mut self, scheme: impl Into<String>) -> Self {
+        self.options.transport = Some(scheme.into());
+        self
+    }
+
+    /// The backend.
+    pub fn backend(&self) -> &Arc<dyn Backend> {
+        &self.backend
+    }
+
+    /// Registers `instance` by hand (a service registers itself with
+    /// [`Microservice::register`](switchboard::Microservice::register)).
+    pub async fn register(&self, instance: Instance) -> Result<Box<dyn Lease>> {
+        self.backend.register(instance).await
+    }
+
+    /// The instances of `service` now.
+    pub async fn instances(&self, service: &str) -> Result<Vec<Instance>> {
+        Ok(self.backend.watch(service).await?.current().to_vec())
+    }
+
+    /// The instances of `service`, kept up to date.
+    pub async fn watch(&self, service: &str) -> Result<Watch> {
+        self.backend.watch(service).await
+    }
+
+    /// A client of `service` through this registry, connected (at least one instance found).
+    pub async fn client(&self, service: &str) -> switchboard::Result<Client> {
+        Client::discover(service, self).connect().await
+    }
+}
+
+impl Discover for Registry {
+    fn transport(&self, service: &str) -> switchboard::Result<Arc<dyn ClientTransport>> {
+        Ok(Arc::new(Balanced::new(service, self.clone())))
+    }
+}
+
+impl Announce for Registry {
+    fn announce(&self, service: Announcement) -> BoxFuture<'static, switchboard::Result<Box<dyn Announced>>> {
+        let backend = self.backend.clone();
+        async move {
+            let instance = Instance::announced(&service);
+            let lease = backend.register(instance.clone()).await?;
+            tracing::info!(service = %instance.service, id = %instance.id, registry = %backend.describe(), "registered");
+            let lease = Arc::new(Mutex::new(Some(lease)));
+            let follow = tokio::spawn(follow_health(instance.clone(), service.health.clone(), lease.clone()));
+            Ok(Box::new(Registration {
+                instance,
+                backend: backend.describe(),
+                lease,
+                follow,
+            }) as Box<dyn Announced>)
+        }
+        .boxed()
+    }
+}
+
+/// Marks the instance critical while the service is not ready, passing again once it is.
+async fn follow_health(
+    mut instance: Instance,
+    health: switchboard::server::Health,
+    lease: Arc<Mutex<Option<Box<dyn Lease>>>>,
+) {
+    let mut changes = health.subscribe();
+    loop {
+        let status = match health.is_ready() {
+            true => Status::Passing,
+            false => Status::Critical,
+        };
+        if status != instance.status {
+            instance.status = status;
+            if let Some(lease) = lease.lock().await.as_ref()
+                && let Err(e) = lease.update(instance.clone()).await
+            {
+                tracing::warn!(service = %instance.service, id = %instance.id, error = %e, "could not update the registration");
+            }
+        }
+        changes.changed().await;
+    }
+}
+
+/// A service's registration, withdrawn on shutdown.
+struct Registration {
+    instance: Instance,
+    backend: String,
+    lease: Arc<Mutex<Option<Box<dyn Lease>>>>,
+    follow: JoinHandle<()>,
+}
+
+impl fmt::Debug for Registration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Registration")
+            .field("service", &self.instance.service)
+            .field("id", &self.instance.id)
+            .field("registry", &self.backend)
+            .finish()
+    }
+}
+
+impl Announced for Registration {
+    fn withdraw(self: Box<Self>) -> BoxFuture<'static, switchboard::Result<()>> {
+        async move {
+            self.follow.abort();
+            let Some(lease) = self.lease.lock().await.take() else {
+                return Ok(());
+            };
+            lease.deregister().await?;
+            tracing::info!(service = %self.instance.service, id = %self.instance.id, "deregistered");
+            Ok(())
+        }
+        .boxed()
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        self.follow.abort();
+    }
+}
