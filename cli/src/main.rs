@@ -5,6 +5,7 @@
 //! switchboard call tcp://127.0.0.1:3001 '{"cmd":"sum"}' '[1,2,3]'
 //! echo '{"id":1}' | switchboard emit nats://127.0.0.1:4222 user_created -H tenant=acme
 //! switchboard listen redis://127.0.0.1:6379 user_created --json
+//! switchboard describe tcp://127.0.0.1:3001 --schemas
 //! switchboard events tail sqlite:users.db --stream user-42
 //! switchboard events replay sqlite:users.db --name USER_CREATED --to nats://127.0.0.1:4222
 //! switchboard saga list sqlite:orders.db --status stuck
@@ -14,6 +15,7 @@
 //! Exit codes (see [`outcome::Failure`]): 0 done, 2 bad usage or input, 3 no handler, 4 timeout,
 //! 5 cannot reach the service (refused, lost), 6 the handler answered an error, 1 anything else.
 
+mod describe;
 mod events;
 mod input;
 mod listen;
@@ -50,6 +52,11 @@ enum Command {
     /// Prints the messages that pass on a broker (Redis, NATS, MQTT) for the patterns given,
     /// or all: events, requests and their replies, one per line (`channel message`).
     Listen(Listening),
+    /// Shows what a Switchboard service serves: each pattern's kind, policy, contract, and
+    /// payload and reply types (its built-in describe pattern; a NestJS service cannot).
+    ///
+    /// switchboard describe tcp://127.0.0.1:3001 --schemas
+    Describe(Describing),
     /// Reads an event store (an SQLite file or PostgreSQL) and publishes its events again.
     #[command(subcommand)]
     Events(Events),
@@ -204,6 +211,24 @@ struct Listening {
 }
 
 #[derive(Args)]
+struct Describing {
+    /// The service: tcp://host:port, tls://…, redis://…, nats://…, mqtt://…, amqp://…, kafka://…, grpc://…
+    url: String,
+    /// On a broker several services share: the one with this name (`Microservice::name`).
+    #[arg(long)]
+    name: Option<String>,
+    /// The whole JSON Schemas of payloads and replies, not one-line summaries.
+    #[arg(long)]
+    schemas: bool,
+    /// How long to wait: `500ms`, `5s`, `1m`.
+    #[arg(short, long, default_value = "10s", value_name = "DURATION")]
+    timeout: String,
+    /// The description as JSON, as the service answered it.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
 struct Target {
     /// The service: tcp://host:port, tls://…, redis://…, nats://…, mqtt://…, amqp://…, kafka://…, grpc://…
     url: String,
@@ -230,6 +255,7 @@ fn main() -> ExitCode {
     let json = match &cli.command {
         Command::Call(t) | Command::Emit(t) => t.json,
         Command::Listen(l) => l.json,
+        Command::Describe(d) => d.json,
         Command::Events(Events::Tail(t)) => t.selected.json,
         Command::Events(Events::Replay(r)) => r.selected.json,
         Command::Saga(SagaCommand::List(l)) => l.json,
@@ -248,6 +274,10 @@ fn main() -> ExitCode {
             let patterns: Vec<Value> = l.patterns.iter().map(|p| input::pattern(p)).collect();
             rt.block_on(listen::listen(&l.url, &patterns, l.count, &out))
         }
+        Command::Describe(d) => rt.block_on(async {
+            let timeout = input::duration(&d.timeout)?;
+            describe::describe(&d.url, d.name.as_deref(), d.schemas, timeout, &out).await
+        }),
         Command::Events(Events::Tail(t)) => rt.block_on(events::tail(
             &t.selected.store,
             &t.selected.selection(),

@@ -75,6 +75,14 @@ impl Failure {
             message: message.into(),
         }
     }
+
+    /// The same kind (and exit code), told in other words.
+    pub fn with_message(self, message: impl Into<String>) -> Self {
+        Failure {
+            message: message.into(),
+            ..self
+        }
+    }
 }
 
 impl std::fmt::Display for Failure {

@@ -43,6 +43,21 @@ async fn evt(data: Value) {
     EVENTS.lock().unwrap().push(data);
 }
 
+#[derive(Serialize, Deserialize)]
+struct Order {
+    id: String,
+    lines: Vec<(String, u32)>,
+    note: Option<String>,
+}
+
+#[message_pattern({ cmd = "order.place" }, idempotent, retries = 2, timeout = "3s")]
+async fn place_order(order: Order) -> RpcResult<u64> {
+    Ok(order.lines.len() as u64)
+}
+
+#[event_pattern("order.placed", key = "id")]
+async fn order_placed(_order: Order) {}
+
 /// Runs the binary with `args` and `stdin`.
 fn cli(args: &[&str], stdin: Option<&str>) -> Output {
     let mut child = Command::new(env!("CARGO_BIN_EXE_switchboard"))
@@ -267,6 +282,14 @@ async fn calls_a_nestjs_server() {
         "{}",
         text(&out.stdout)
     );
+    // A NestJS service cannot describe itself: said in words, exit 3 (no handler).
+    let out = run(args(&["describe", &url]), None).await;
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("does not describe itself"),
+        "{}",
+        text(&out.stderr)
+    );
     let out = run(args(&["emit", &url, "evt", r#"{"from":"cli"}"#]), None).await;
     assert!(out.status.success());
     let mut seen = String::new();
@@ -279,6 +302,75 @@ async fn calls_a_nestjs_server() {
     }
     assert!(seen.contains(r#""from":"cli""#), "{seen}");
     node.kill().await.unwrap();
+}
+
+#[tokio::test]
+async fn describes_a_service() {
+    let server = Microservice::new()
+        .name("shop")
+        .version("2.1.0")
+        .handler(PLACE_ORDER)
+        .handler(ORDER_PLACED)
+        .listen("tcp://127.0.0.1:0")
+        .start()
+        .await
+        .unwrap();
+    let url = server.local_url().to_owned();
+    let (place, placed) = (PLACE_ORDER.contract().unwrap(), ORDER_PLACED.contract().unwrap());
+    let out = run(args(&["describe", &url]), None).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(
+        text(&out.stdout),
+        format!(
+            "shop 2.1.0: 2 patterns
+
+event    order.placed
+  handler   cli::order_placed
+  policy    by key id
+  contract  {placed}
+  payload   {{id: string, lines: [(string, integer)], note?: string}}
+
+request  {{\"cmd\":\"order.place\"}}
+  handler   cli::place_order
+  policy    timeout 3000 ms, idempotent, retries 2
+  contract  {place}
+  payload   {{id: string, lines: [(string, integer)], note?: string}}
+  reply     integer
+"
+        )
+    );
+
+    // By name (for a broker several services share), as JSON, with whole schemas.
+    let out = run(args(&["describe", &url, "--name", "shop", "--json"]), None).await;
+    let described: Value = serde_json::from_str(text(&out.stdout).trim()).unwrap();
+    assert_eq!(described["name"], "shop");
+    assert_eq!(
+        described["patterns"][1]["policy"],
+        json!({"timeout_ms": 3000, "idempotent": true, "retries": 2})
+    );
+    assert_eq!(described["patterns"][1]["contract"], place.to_string());
+    assert_eq!(
+        described["patterns"][1]["payload"]["required"],
+        json!(["id", "lines"]),
+        "{described}"
+    );
+    let out = run(args(&["describe", &url, "--schemas"]), None).await;
+    assert!(text(&out.stdout).contains("\"prefixItems\""), "{}", text(&out.stdout));
+    let out = run(args(&["describe", &url, "--name", "other"]), None).await;
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    server.shutdown().await.unwrap();
+
+    // Turned off: nothing answers.
+    let quiet = Microservice::new()
+        .handler(PLACE_ORDER)
+        .describe_pattern(false)
+        .listen("tcp://127.0.0.1:0")
+        .start()
+        .await
+        .unwrap();
+    let out = run(args(&["describe", quiet.local_url()]), None).await;
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    quiet.shutdown().await.unwrap();
 }
 
 /// `switchboard listen` started on `url` for `args`; returns once it is subscribed.

@@ -4,6 +4,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::task::{Context as TaskContext, Poll};
+#[cfg(feature = "sqlite")]
 use std::time::Duration;
 
 use bytes::Bytes;

@@ -391,14 +391,14 @@ impl Target<'_> {
                         fn pattern_json(&self) -> &'static str { #json }
                         fn route(&self) -> &'static str { #route }
                         fn options(&self) -> __sb::PatternOptions { __SB_INFO.options() }
-                        fn contract(&self) -> ::core::option::Option<__sb::Contract> {
-                            static __SB_CONTRACT: ::std::sync::OnceLock<__sb::Contract> = ::std::sync::OnceLock::new();
+                        fn signature(&self) -> ::core::option::Option<&'static __sb::Signature> {
+                            static __SB_SIGNATURE: ::std::sync::OnceLock<__sb::Signature> = ::std::sync::OnceLock::new();
                             #[allow(unused_imports)]
                             use __sb::probe::{Shaped as _, Unshaped as _};
-                            ::core::option::Option::Some(*__SB_CONTRACT.get_or_init(|| __sb::Contract::of(&[
+                            ::core::option::Option::Some(__SB_SIGNATURE.get_or_init(|| __sb::Signature::new(
                                 (&__sb::probe::ty::<<Self as __sb::Message>::Request>()).sb_shape(),
-                                (&__sb::probe::ty::<<Self as __sb::Message>::Reply>()).sb_shape(),
-                            ])))
+                                ::core::option::Option::Some((&__sb::probe::ty::<<Self as __sb::Message>::Reply>()).sb_shape()),
+                            )))
                         }
                     }
                 }
@@ -408,13 +408,14 @@ impl Target<'_> {
                     type Payload = #request;
                     fn pattern_json(&self) -> &'static str { #json }
                     fn route(&self) -> &'static str { #route }
-                    fn contract(&self) -> ::core::option::Option<__sb::Contract> {
-                        static __SB_CONTRACT: ::std::sync::OnceLock<__sb::Contract> = ::std::sync::OnceLock::new();
+                    fn signature(&self) -> ::core::option::Option<&'static __sb::Signature> {
+                        static __SB_SIGNATURE: ::std::sync::OnceLock<__sb::Signature> = ::std::sync::OnceLock::new();
                         #[allow(unused_imports)]
                         use __sb::probe::{Shaped as _, Unshaped as _};
-                        ::core::option::Option::Some(*__SB_CONTRACT.get_or_init(|| __sb::Contract::of(&[
+                        ::core::option::Option::Some(__SB_SIGNATURE.get_or_init(|| __sb::Signature::new(
                             (&__sb::probe::ty::<<Self as __sb::Event>::Payload>()).sb_shape(),
-                        ])))
+                            ::core::option::Option::None,
+                        )))
                     }
                 }
             },
@@ -605,18 +606,18 @@ pub fn info_static(def: &HandlerDef, desc: &Type) -> TokenStream {
     // `line!()` spanned at the name reports the name's line.
     let line = quote_spanned!(ident.span()=> ::core::line!());
     let options = policy_options(&def.pattern.policy);
-    let contract = match def.kind {
-        PatternKind::Message => quote!(MessageContract),
-        PatternKind::Event => quote!(EventContract),
+    let signature = match def.kind {
+        PatternKind::Message => quote!(MessageSignature),
+        PatternKind::Event => quote!(EventSignature),
     };
     quote! {
         static __SB_INFO: __sb::HandlerInfo = __sb::HandlerInfo::new(
             __sb::Kind::#kind, #route, #json, #name, ::core::module_path!(), ::core::file!(), #line,
-        ).with_options(#options).with_contract(__sb_contract);
-        fn __sb_contract() -> ::core::option::Option<__sb::Contract> {
+        ).with_options(#options).with_signature(__sb_signature);
+        fn __sb_signature() -> ::core::option::Option<&'static __sb::Signature> {
             #[allow(unused_imports)]
-            use __sb::probe::{#contract as _, NoContract as _};
-            (&__sb::probe::ty::<#desc>()).sb_contract(#desc {})
+            use __sb::probe::{#signature as _, NoSignature as _};
+            (&__sb::probe::ty::<#desc>()).sb_signature(#desc {})
         }
     }
 }

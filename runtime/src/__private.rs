@@ -5,7 +5,7 @@
 //! named `Context` is what its traits say it is, not what its name suggests.
 
 pub use crate::client::descriptor::{Event, Message, PatternLit};
-pub use crate::contract::Contract;
+pub use crate::contract::{Shape, Signature};
 pub use crate::error::RpcError;
 pub use crate::server::extract::{FromRequest, IsPayload, NoPayload};
 pub use crate::server::group::Group;
@@ -360,60 +360,60 @@ pub mod probe {
     }
     impl<A, Fl, F> ArgUnknown<Fl, F> for Never<(A, Fl, F)> {}
 
-    // -- A descriptor's contract: `(&probe::ty::<D>()).sb_contract(D {})` --
+    // -- A descriptor's signature: `(&probe::ty::<D>()).sb_signature(D {})` --
 
-    /// A request handler's descriptor: its `Message` impl computes the contract.
-    pub trait MessageContract<M> {
-        /// The contract.
-        fn sb_contract(&self, desc: M) -> Option<crate::Contract>;
+    /// A request handler's descriptor: its `Message` impl traces the types.
+    pub trait MessageSignature<M> {
+        /// The signature.
+        fn sb_signature(&self, desc: M) -> Option<&'static crate::contract::Signature>;
     }
-    impl<M: crate::Message> MessageContract<M> for Probe<M> {
-        fn sb_contract(&self, desc: M) -> Option<crate::Contract> {
-            desc.contract()
+    impl<M: crate::Message> MessageSignature<M> for Probe<M> {
+        fn sb_signature(&self, desc: M) -> Option<&'static crate::contract::Signature> {
+            desc.signature()
         }
     }
-    /// A listener's descriptor: its `Event` impl computes the contract.
-    pub trait EventContract<E> {
-        /// The contract.
-        fn sb_contract(&self, desc: E) -> Option<crate::Contract>;
+    /// A listener's descriptor: its `Event` impl traces the type.
+    pub trait EventSignature<E> {
+        /// The signature.
+        fn sb_signature(&self, desc: E) -> Option<&'static crate::contract::Signature>;
     }
-    impl<E: crate::Event> EventContract<E> for Probe<E> {
-        fn sb_contract(&self, desc: E) -> Option<crate::Contract> {
-            desc.contract()
+    impl<E: crate::Event> EventSignature<E> for Probe<E> {
+        fn sb_signature(&self, desc: E) -> Option<&'static crate::contract::Signature> {
+            desc.signature()
         }
     }
-    /// A descriptor whose arguments were refused (reported at them): no contract.
-    pub trait NoContract<D> {
+    /// A descriptor whose arguments were refused (reported at them): no signature.
+    pub trait NoSignature<D> {
         /// None.
-        fn sb_contract(&self, desc: D) -> Option<crate::Contract> {
+        fn sb_signature(&self, desc: D) -> Option<&'static crate::contract::Signature> {
             let _ = desc;
             None
         }
     }
-    impl<D> NoContract<D> for Never<D> {}
+    impl<D> NoSignature<D> for Never<D> {}
 
-    // -- A type's shape for its contract: `(&probe::ty::<T>()).sb_shape()` --
+    // -- A type's shape: `(&probe::ty::<T>()).sb_shape()` --
 
-    /// A `Deserialize` type: traced ([`shape_of`](crate::contract::shape_of)).
+    /// A `Deserialize` type: traced ([`Shape::of`](crate::contract::Shape::of)).
     pub trait Shaped {
         /// The shape.
-        fn sb_shape(&self) -> u64;
+        fn sb_shape(&self) -> crate::contract::Shape;
     }
     // `'static`, not any lifetime: a probe cannot fall back on a lifetime (`&'static str`
     // is `Deserialize<'static>` only), it would fail instead.
     impl<T: serde::Deserialize<'static>> Shaped for Probe<T> {
-        fn sb_shape(&self) -> u64 {
-            crate::contract::shape_of::<T>()
+        fn sb_shape(&self) -> crate::contract::Shape {
+            crate::contract::Shape::of::<T>()
         }
     }
     /// Any other type (a reply only serialised): known by its name.
     pub trait Unshaped {
         /// The shape.
-        fn sb_shape(&self) -> u64;
+        fn sb_shape(&self) -> crate::contract::Shape;
     }
     impl<T> Unshaped for Never<T> {
-        fn sb_shape(&self) -> u64 {
-            crate::contract::shape_of_name(std::any::type_name::<T>())
+        fn sb_shape(&self) -> crate::contract::Shape {
+            crate::contract::Shape::Named(std::any::type_name::<T>().to_owned())
         }
     }
 

@@ -138,7 +138,7 @@ impl Shared {
         let mut members = Vec::with_capacity(instances.len());
         for instance in instances.iter().filter(|i| i.status == Status::Passing) {
             let Some(url) = self.url_of(instance) else {
-                tracing::warn!(service = %self.service, id = %instance.id, urls = ?instance.urls, "no URL of this instance can be called from here; skipped");
+                tracing::warn!(service = %self.service, id = %instance.id, urls = ?instance.urls, "no URL of this instance can be called from here (a broker's, registered without its password: connect to the broker); skipped");
                 continue;
             };
             let endpoint = match endpoints.get(url) {
@@ -175,14 +175,22 @@ impl Shared {
     }
 
     /// The URL of `instance` calls go to.
+    /// A URL registered without its password (`amqp://guest:***@…`) cannot be called: a broker
+    /// service's callers connect to the broker themselves.
     fn url_of<'i>(&self, instance: &'i Instance) -> Option<&'i str> {
         const ORDER: [&str; 9] = ["tcp", "tls", "grpc", "mem", "nats", "redis", "amqp", "mqtt", "kafka"];
         let scheme = |url: &str| url.split_once("://").map(|(s, _)| s.to_owned()).unwrap_or_default();
+        let callable = |url: &&String| !url.contains("***@");
         match &self.registry.options.transport {
-            Some(wanted) => instance.urls.iter().find(|u| &scheme(u) == wanted).map(String::as_str),
+            Some(wanted) => instance
+                .urls
+                .iter()
+                .filter(callable)
+                .find(|u| &scheme(u) == wanted)
+                .map(String::as_str),
             None => ORDER
                 .iter()
-                .find_map(|s| instance.urls.iter().find(|u| scheme(u) == *s))
+                .find_map(|s| instance.urls.iter().filter(callable).find(|u| scheme(u) == *s))
                 .map(String::as_str),
         }
     }

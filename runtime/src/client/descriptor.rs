@@ -8,7 +8,7 @@
 
 use std::marker::PhantomData;
 
-use crate::contract::Contract;
+use crate::contract::{Contract, Signature};
 use crate::service::PatternOptions;
 
 /// A request/response pattern with its payload and reply types.
@@ -33,10 +33,14 @@ pub trait Message: Copy + Send + Sync + 'static {
     fn options(&self) -> PatternOptions {
         PatternOptions::new()
     }
-    /// The fingerprint of its payload and reply types ([`Contract`]): a handler's descriptor
+    /// What its payload and reply types look like ([`Signature`]): a handler's descriptor
     /// has one; `None` for a [`MessageDef`], whose caller vouches for the types.
-    fn contract(&self) -> Option<Contract> {
+    fn signature(&self) -> Option<&'static Signature> {
         None
+    }
+    /// The fingerprint of its payload and reply types ([`Contract`]), from its signature.
+    fn contract(&self) -> Option<Contract> {
+        self.signature().map(Signature::contract)
     }
 }
 
@@ -54,10 +58,14 @@ pub trait Event: Copy + Send + Sync + 'static {
     fn pattern_json(&self) -> &'static str;
     /// The normalised route key.
     fn route(&self) -> &'static str;
-    /// The fingerprint of its payload type ([`Contract`]): a listener's descriptor has one;
+    /// What its payload type looks like ([`Signature`]): a listener's descriptor has one;
     /// `None` for an [`EventDef`].
-    fn contract(&self) -> Option<Contract> {
+    fn signature(&self) -> Option<&'static Signature> {
         None
+    }
+    /// The fingerprint of its payload type ([`Contract`]), from its signature.
+    fn contract(&self) -> Option<Contract> {
+        self.signature().map(Signature::contract)
     }
 }
 

@@ -7,17 +7,59 @@
 //! contracts when it registers with a discovery backend, and a client found through discovery
 //! skips the instances whose contract for a pattern differs from its own.
 //!
-//! The fingerprint is taken from what serde sees of each type: field names, variant names,
-//! sequence, map, option and primitive kinds, nested as they are ([`shape_of`]). Renaming a Rust
-//! type changes nothing on the wire and nothing here; adding, renaming or retyping a field does.
-//! A type that is not `Deserialize` (a reply only ever serialised) is known by its name instead.
+//! The fingerprint is taken from what serde sees of each type ([`Shape`]): field names, variant
+//! names, sequence, map, option and primitive kinds, nested as they are. Renaming a Rust type
+//! changes nothing on the wire and nothing here; adding, renaming or retyping a field does. A
+//! type that is not `Deserialize` (a reply only ever serialised) is known by its name instead.
+//! The same shapes give the JSON Schemas a service describes itself with
+//! ([`Signature`], the built-in describe pattern).
 
 use std::fmt;
 use std::str::FromStr;
 
 mod shape;
 
-pub use shape::shape_of;
+pub use shape::{Shape, shape_of};
+
+/// What a pattern's types look like: its payload's shape, its reply's (requests only), and
+/// the [`Contract`] they make.
+///
+/// ```
+/// use switchboard::prelude::*;
+///
+/// #[message_pattern("users.get")]
+/// async fn get_user(id: u64) -> Option<String> { None }
+///
+/// let signature = GET_USER.signature().unwrap();
+/// assert_eq!(signature.payload.json_schema(), serde_json::json!({ "type": "integer", "minimum": 0 }));
+/// assert_eq!(Some(signature.contract()), GET_USER.contract());
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Signature {
+    /// The payload's shape.
+    pub payload: Shape,
+    /// The reply's shape; `None` for an event.
+    pub reply: Option<Shape>,
+    contract: Contract,
+}
+
+impl Signature {
+    /// The signature of a pattern with these shapes.
+    pub fn new(payload: Shape, reply: Option<Shape>) -> Self {
+        let mut shapes = vec![payload.fingerprint()];
+        shapes.extend(reply.as_ref().map(Shape::fingerprint));
+        Signature {
+            contract: Contract::of(&shapes),
+            payload,
+            reply,
+        }
+    }
+
+    /// The contract of these types.
+    pub fn contract(&self) -> Contract {
+        self.contract
+    }
+}
 
 /// The fingerprint of a pattern's payload and reply types (64 bits, shown as 16 hex digits).
 ///
@@ -38,8 +80,8 @@ pub use shape::shape_of;
 pub struct Contract(u64);
 
 impl Contract {
-    /// The contract of a pattern whose types have the given shapes ([`shape_of`]), in order
-    /// (payload, then reply).
+    /// The contract of a pattern whose types have the given shape fingerprints
+    /// ([`Shape::fingerprint`]), in order (payload, then reply).
     pub fn of(shapes: &[u64]) -> Contract {
         let mut h = shape::Fnv::new();
         for s in shapes {
@@ -86,13 +128,4 @@ impl FromStr for Contract {
             false => Err(ParseContractError),
         }
     }
-}
-
-/// The shape of a type known only by its name (not `Deserialize`).
-#[doc(hidden)]
-pub fn shape_of_name(name: &str) -> u64 {
-    let mut h = shape::Fnv::new();
-    h.write(b"name:");
-    h.write(name.as_bytes());
-    h.finish()
 }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use futures_util::future::BoxFuture;
 use tower::{BoxError, Layer, Service};
 
-use crate::contract::Contract;
+use crate::contract::{Contract, Signature};
 use crate::service::{Kind, PatternOptions, Reply, Request, Route};
 
 /// What a handler is: its pattern, kind and source location. Made by the attribute macros.
@@ -22,7 +22,7 @@ pub struct HandlerInfo {
     file: &'static str,
     line: u32,
     options: PatternOptions,
-    contract: Option<fn() -> Option<Contract>>,
+    signature: Option<fn() -> Option<&'static Signature>>,
 }
 
 impl HandlerInfo {
@@ -46,7 +46,7 @@ impl HandlerInfo {
             file,
             line,
             options: PatternOptions::new(),
-            contract: None,
+            signature: None,
         }
     }
 
@@ -57,15 +57,20 @@ impl HandlerInfo {
     }
 
     #[doc(hidden)]
-    pub const fn with_contract(mut self, contract: fn() -> Option<Contract>) -> Self {
-        self.contract = Some(contract);
+    pub const fn with_signature(mut self, signature: fn() -> Option<&'static Signature>) -> Self {
+        self.signature = Some(signature);
         self
     }
 
-    /// The fingerprint of its payload and reply types, as its descriptor's
-    /// [`Message::contract`](crate::Message::contract) (or [`Event`](crate::Event)'s) gives it.
+    /// What its payload and reply types look like, as its descriptor's
+    /// [`Message::signature`](crate::Message::signature) (or [`Event`](crate::Event)'s) gives it.
+    pub fn signature(&self) -> Option<&'static Signature> {
+        self.signature.and_then(|signature| signature())
+    }
+
+    /// The fingerprint of its payload and reply types ([`Signature::contract`]).
     pub fn contract(&self) -> Option<Contract> {
-        self.contract.and_then(|contract| contract())
+        self.signature().map(Signature::contract)
     }
 
     /// What its attribute declares beyond the pattern.
@@ -86,6 +91,11 @@ impl HandlerInfo {
     /// The pattern as JSON, as written.
     pub fn pattern(&self) -> &'static str {
         self.pattern
+    }
+
+    /// The module it is declared in.
+    pub fn module(&self) -> &'static str {
+        self.module
     }
 
     /// The function's name.

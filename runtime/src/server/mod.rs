@@ -14,6 +14,7 @@ use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use futures_util::FutureExt;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -25,6 +26,7 @@ use crate::transport::{self, Listener, Shutdown};
 use announce::{Announce, Announced, Announcement, Served};
 
 pub mod announce;
+pub mod describe;
 pub mod extract;
 pub mod group;
 pub mod handler;
@@ -97,6 +99,8 @@ pub struct Microservice<S = ()> {
     name: Option<String>,
     /// Whether to answer the health pattern ([`health_pattern`](Self::health_pattern)).
     health_pattern: bool,
+    /// Whether to answer the describe pattern ([`describe_pattern`](Self::describe_pattern)).
+    describe_pattern: bool,
     /// Where to serve the HTTP health endpoint ([`health_http`](Self::health_http)).
     #[cfg(feature = "http")]
     http: Option<String>,
@@ -151,6 +155,7 @@ impl Microservice {
             overrides: Overrides::new(),
             name: None,
             health_pattern: true,
+            describe_pattern: true,
             #[cfg(feature = "http")]
             http: None,
             registries: Vec::new(),
@@ -188,6 +193,7 @@ impl<S: Clone + Send + Sync + 'static> Microservice<S> {
             overrides: self.overrides,
             name: self.name,
             health_pattern: self.health_pattern,
+            describe_pattern: self.describe_pattern,
             #[cfg(feature = "http")]
             http: self.http,
             registries: self.registries,
@@ -423,6 +429,15 @@ impl<S: Clone + Send + Sync + 'static> Microservice<S> {
         self
     }
 
+    /// Whether to answer [`describe::DESCRIBE_PATTERN`] (and `switchboard.describe.<name>`)
+    /// with the service's patterns, policies, contracts and payload and reply JSON Schemas
+    /// (default: yes; a handler of that pattern answers instead). `switchboard describe <url>`
+    /// prints it. Turn it off where callers should not see the service's types.
+    pub fn describe_pattern(mut self, answer: bool) -> Self {
+        self.describe_pattern = answer;
+        self
+    }
+
     /// Serves the service's health over HTTP/1.1 on `addr` (`host:port`; port 0 picks a free
     /// one, [`RunningServer::http_addr`] tells which), from start until the service is
     /// shut down: `GET /health` and `GET /health/ready` answer 200 with the
@@ -477,7 +492,11 @@ impl<S: Clone + Send + Sync + 'static> Microservice<S> {
             self.from_registry,
             &self.layers,
             &self.overrides,
-            self.health_pattern.then_some(&health),
+            Builtins {
+                name: self.name.as_deref(),
+                health: self.health_pattern.then_some(&health),
+                describe: self.describe_pattern.then_some(self.version.as_deref()),
+            },
         )?;
         Ok(built.router)
     }
@@ -507,7 +526,11 @@ impl<S: Clone + Send + Sync + 'static> Microservice<S> {
             self.from_registry,
             &self.layers,
             &self.overrides,
-            self.health_pattern.then_some(&health),
+            Builtins {
+                name: self.name.as_deref(),
+                health: self.health_pattern.then_some(&health),
+                describe: self.describe_pattern.then_some(self.version.as_deref()),
+            },
         )?;
         let mut listeners = self.listeners;
         for url in &self.urls {
@@ -660,12 +683,20 @@ struct Built {
 /// The routes of a service: its handlers (and the registry's, if asked), each route wrapped
 /// in the layers, and, given the service's `health`, the health patterns the handlers leave
 /// free.
+/// The built-in patterns a service answers: health (given its health) and describe (given its
+/// version).
+struct Builtins<'a> {
+    name: Option<&'a str>,
+    health: Option<&'a Health>,
+    describe: Option<Option<&'a str>>,
+}
+
 fn build_router(
     mut handlers: Vec<Bound>,
     from_registry: bool,
     layers: &[Wrap],
     overrides: &Overrides,
-    health: Option<&Health>,
+    builtins: Builtins<'_>,
 ) -> Result<Built> {
     if from_registry {
         let (registered, stateful) = registry::collect();
@@ -728,7 +759,32 @@ fn build_router(
             tracing::warn!(route = %crate::text::for_log(route), "policy overrides name a pattern this service does not serve");
         }
     }
-    let builtin = health.map_or(0, |health| add_health_routes(&mut builder, &handlers, health));
+    let mut builtin = 0;
+    if let Some(health) = builtins.health {
+        let health = health.clone();
+        builtin += add_builtin(
+            &mut builder,
+            &handlers,
+            HEALTH_PATTERN,
+            builtins.name,
+            "health",
+            move || health.to_json(),
+        );
+    }
+    if let Some(version) = builtins.describe {
+        let name = builtins.name;
+        let described = describe::describe(name, version, &handlers, overrides);
+        // Computed once: the handlers do not change while the service runs.
+        let json = Bytes::from(serde_json::to_vec(&described).unwrap_or_default());
+        builtin += add_builtin(
+            &mut builder,
+            &handlers,
+            describe::DESCRIBE_PATTERN,
+            name,
+            "describe",
+            move || json.clone(),
+        );
+    }
     let served = handlers
         .iter()
         .map(|h| Served {
@@ -749,16 +805,23 @@ fn build_router(
     })
 }
 
-/// Adds `switchboard.health` (and `switchboard.health.<name>`) as request routes answering
-/// the service's health report, unless a handler serves that pattern; how many it added.
-/// They are routes like any other: the service's layers wrap them.
-fn add_health_routes(builder: &mut RouterBuilder, handlers: &[Bound], health: &Health) -> usize {
-    let mut patterns = vec![HEALTH_PATTERN.to_owned()];
-    patterns.extend(health.name().map(health_pattern_of));
+/// Adds the built-in pattern `base` (and `<base>.<name>` for a named service) as request
+/// routes answering `answer()`, unless a handler serves that pattern; how many it added. They
+/// are routes like any other: the service's layers wrap them.
+fn add_builtin(
+    builder: &mut RouterBuilder,
+    handlers: &[Bound],
+    base: &str,
+    name: Option<&str>,
+    what: &'static str,
+    answer: impl Fn() -> Bytes + Clone + Send + Sync + 'static,
+) -> usize {
+    let mut patterns = vec![base.to_owned()];
+    patterns.extend(name.map(|name| format!("{base}.{name}")));
     let mut added = 0;
     for pattern in patterns {
         if handlers.iter().any(|h| h.info.route() == pattern) {
-            tracing::debug!(%pattern, "a handler serves the health pattern: it answers instead of the built-in one");
+            tracing::debug!(%pattern, "a handler serves the built-in {what} pattern: it answers instead");
             continue;
         }
         // A string pattern's route is its text, and its JSON the quoted text. Leaked once
@@ -766,18 +829,18 @@ fn add_health_routes(builder: &mut RouterBuilder, handlers: &[Bound], health: &H
         let json = serde_json::Value::from(pattern.as_str()).to_string();
         let route: &'static str = Box::leak(pattern.into_boxed_str());
         let json: &'static str = Box::leak(json.into_boxed_str());
-        let health = health.clone();
+        let answer = answer.clone();
         builder.add(
             route,
             json,
             Kind::Request,
             Endpoint {
-                location: Arc::from("switchboard health"),
-                route: Route::from_fn(move |_| std::future::ready(Reply::json(health.to_json())).boxed()),
+                location: Arc::from(format!("switchboard {what}")),
+                route: Route::from_fn(move |_| std::future::ready(Reply::json(answer())).boxed()),
                 order: Default::default(),
             },
         );
-        tracing::debug!(route, "serving the built-in health pattern");
+        tracing::debug!(route, "serving the built-in {what} pattern");
         added += 1;
     }
     added

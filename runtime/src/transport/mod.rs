@@ -338,6 +338,18 @@ pub fn client_for(url: &str) -> Result<Arc<dyn ClientTransport>> {
     client(url, &ClientOptions::default())
 }
 
+#[cfg_attr(
+    not(any(
+        feature = "tcp",
+        feature = "redis",
+        feature = "nats",
+        feature = "mqtt",
+        feature = "amqp",
+        feature = "kafka",
+        feature = "grpc"
+    )),
+    allow(unused_variables)
+)]
 pub(crate) fn client(url: &str, opts: &ClientOptions) -> Result<Arc<dyn ClientTransport>> {
     let ep = Endpoint::parse(url)?;
     match ep.scheme.as_str() {

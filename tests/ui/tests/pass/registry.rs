@@ -40,10 +40,11 @@ fn main() {
         .map(|r| (r.route(), r.has_request_handler(), r.listeners()))
         .collect();
     routes.sort();
-    // Every service answers its health on `switchboard.health` too.
+    // Every service answers its description and its health too.
     assert_eq!(
         routes,
         [
+            ("switchboard.describe", true, 0),
             ("switchboard.health", true, 0),
             ("user_created", false, 2),
             (r#"{"cmd":"get_user"}"#, true, 0)
