@@ -481,3 +481,35 @@ async fn a_service_that_is_not_ready_is_registered_critical_and_skipped() {
     flaky.shutdown().await.unwrap();
     steady.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_url_registered_without_its_password_is_not_called() {
+    let registry = registry("redacted").await;
+    let seen = Seen::default();
+    let reachable = instance(&registry, &seen).await;
+    // A broker service registers its URL without the password: a caller cannot use it.
+    let lease = registry
+        .register(Instance::new("users", "on-a-broker", ["amqp://guest:***@127.0.0.1:1/"]))
+        .await
+        .unwrap();
+    let users = Client::discover("users", &registry).connect().await.unwrap();
+    // Not idempotent: a call sent to the broker URL would fail, not be retried.
+    for t in 0..20 {
+        users
+            .send(
+                KEYED,
+                Keyed {
+                    tenant: format!("t{t}"),
+                },
+            )
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        seen.calls.load(Ordering::SeqCst),
+        20,
+        "every call went to the callable instance"
+    );
+    lease.deregister().await.unwrap();
+    reachable.shutdown().await.unwrap();
+}
