@@ -96,12 +96,14 @@ impl Instance {
         }
     }
 
-    /// The record of a service announcing itself, with a fresh instance id.
-    pub fn announced(service: &Announcement) -> Self {
+    /// The record of a service announcing itself, with a fresh instance id. A URL on an
+    /// unspecified address (`0.0.0.0`, `[::]`: every interface) is registered with `host`
+    /// instead, where callers on other machines reach it.
+    pub fn announced(service: &Announcement, host: &str) -> Self {
         Instance {
             service: service.name.clone(),
             id: format!("{}-{:016x}", service.name, fastrand::u64(..)),
-            urls: service.urls.clone(),
+            urls: service.urls.iter().map(|url| advertised(url, host)).collect(),
             version: service.version.clone(),
             status: match service.health.is_ready() {
                 true => Status::Passing,
@@ -139,6 +141,38 @@ impl Instance {
     }
 }
 
+/// `url` with an unspecified host (`0.0.0.0`, `[::]`) replaced by `host`.
+fn advertised(url: &str, host: &str) -> String {
+    for any in ["0.0.0.0:", "[::]:"] {
+        if let Some((scheme, rest)) = url.split_once("://")
+            && let Some(port_and_tail) = rest.strip_prefix(any)
+        {
+            let host = match host.contains(':') && !host.starts_with('[') {
+                true => format!("[{host}]"),
+                false => host.to_owned(),
+            };
+            return format!("{scheme}://{host}:{port_and_tail}");
+        }
+    }
+    url.to_owned()
+}
+
+/// Where callers on other machines reach this one: `SWITCHBOARD_ADVERTISE_HOST`, else the
+/// machine's host name.
+pub(crate) fn default_advertise_host() -> String {
+    std::env::var("SWITCHBOARD_ADVERTISE_HOST")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .or_else(|| {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .ok()
+                .map(|h| h.trim().to_owned())
+        })
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".to_owned())
+}
+
 impl From<&Served> for Pattern {
     fn from(served: &Served) -> Self {
         Pattern {
@@ -149,6 +183,28 @@ impl From<&Served> for Pattern {
             },
             contract: served.contract,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::advertised;
+
+    #[test]
+    fn unspecified_hosts_are_advertised() {
+        assert_eq!(advertised("tcp://0.0.0.0:3001", "10.0.0.5"), "tcp://10.0.0.5:3001");
+        assert_eq!(
+            advertised("grpc://[::]:50051", "users-1.svc"),
+            "grpc://users-1.svc:50051"
+        );
+        assert_eq!(advertised("tcp://0.0.0.0:3001", "fd00::5"), "tcp://[fd00::5]:3001");
+        assert_eq!(
+            advertised("tls://0.0.0.0:3443?server_name=users", "h"),
+            "tls://h:3443?server_name=users"
+        );
+        assert_eq!(advertised("tcp://127.0.0.1:3001", "10.0.0.5"), "tcp://127.0.0.1:3001");
+        assert_eq!(advertised("nats://0.0.0.0:4222", "h"), "nats://h:4222");
+        assert_eq!(advertised("mem://users", "h"), "mem://users");
     }
 }
 

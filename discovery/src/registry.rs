@@ -52,6 +52,8 @@ pub(crate) struct ClientOptions {
     /// The scheme of the instance URL calls use (`tcp`, `grpc`, …); by default the first of
     /// an instance's URLs in the order tcp, tls, grpc, mem, then the brokers.
     pub transport: Option<String>,
+    /// The host a service on `0.0.0.0` registers its URLs with.
+    pub advertise: Option<String>,
 }
 
 impl fmt::Debug for Registry {
@@ -93,6 +95,13 @@ impl Registry {
         self
     }
 
+    /// The host a service listening on every interface (`0.0.0.0`, `[::]`) registers its URLs
+    /// with (default: `SWITCHBOARD_ADVERTISE_HOST`, else the machine's host name).
+    pub fn advertise(mut self, host: impl Into<String>) -> Self {
+        self.options.advertise = Some(host.into());
+        self
+    }
+
     /// The backend.
     pub fn backend(&self) -> &Arc<dyn Backend> {
         &self.backend
@@ -129,8 +138,13 @@ impl Discover for Registry {
 impl Announce for Registry {
     fn announce(&self, service: Announcement) -> BoxFuture<'static, switchboard::Result<Box<dyn Announced>>> {
         let backend = self.backend.clone();
+        let host = self
+            .options
+            .advertise
+            .clone()
+            .unwrap_or_else(crate::instance::default_advertise_host);
         async move {
-            let instance = Instance::announced(&service);
+            let instance = Instance::announced(&service, &host);
             let lease = backend.register(instance.clone()).await?;
             tracing::info!(service = %instance.service, id = %instance.id, registry = %backend.describe(), "registered");
             let lease = Arc::new(Mutex::new(Some(lease)));

@@ -513,3 +513,25 @@ async fn a_url_registered_without_its_password_is_not_called() {
     lease.deregister().await.unwrap();
     reachable.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_service_on_every_interface_registers_where_it_is_reached() {
+    let registry = registry("advertise").await.advertise("127.0.0.1");
+    let seen = Seen::default();
+    let server = Microservice::new()
+        .name("users")
+        .with_state(seen.clone())
+        .handler(GET_USER)
+        .register(registry.clone())
+        .deregister_grace(Duration::ZERO)
+        .listen("tcp://0.0.0.0:0")
+        .start()
+        .await
+        .unwrap();
+    let port = server.local_url().rsplit(':').next().unwrap().to_owned();
+    let listed = registry.instances("users").await.unwrap();
+    assert_eq!(listed[0].urls, [format!("tcp://127.0.0.1:{port}")]);
+    let users = Client::discover("users", &registry).connect().await.unwrap();
+    assert_eq!(users.send(GET_USER, GetUser { id: 9 }).await.unwrap(), 9);
+    server.shutdown().await.unwrap();
+}

@@ -300,7 +300,8 @@ impl<S: Clone + Send + Sync + 'static> Microservice<S> {
         self
     }
 
-    /// The version a registry records for this service (none by default).
+    /// The version a registry records for this service and the describe pattern reports
+    /// (none by default).
     pub fn version(mut self, version: impl Into<String>) -> Self {
         self.version = Some(version.into());
         self
