@@ -1,8 +1,9 @@
 //! `listen`: prints what passes on a broker — events, requests and their replies — for the
 //! patterns given (or everything), without taking it from the services: Redis, NATS and MQTT
-//! deliver every message to every subscriber. RabbitMQ hands a queue's messages to one
-//! consumer, and TCP and gRPC are point to point: there is nothing to overhear. Kafka would
-//! need a consumer group of its own: not yet.
+//! deliver every message to every subscriber; on Kafka the listener is a consumer group of its
+//! own (the services' groups keep their offsets), reading from the end. RabbitMQ hands a
+//! queue's messages to one consumer, and TCP and gRPC are point to point: there is nothing to
+//! overhear.
 
 use serde_json::{Value, json};
 
@@ -26,14 +27,13 @@ pub async fn listen(url: &str, patterns: &[Value], count: Option<usize>, out: &O
         "amqp" => Err(Failure::usage(
             "amqp: a queue's messages go to one consumer, so listening would take them from the service",
         )),
-        "kafka" => Err(Failure::usage(
-            "kafka: not yet (it needs a consumer group of its own; use kcat meanwhile)",
-        )),
+        #[cfg(feature = "brokers")]
+        "kafka" => kafka(url, &routes, &mut printer).await,
         "tcp" | "tls" | "grpc" | "mem" => Err(Failure::usage(format!(
             "{scheme}: point to point, there is nothing to overhear (use call)"
         ))),
         _ => Err(Failure::usage(format!(
-            "cannot listen on {url:?}: use redis://, nats:// or mqtt://"
+            "cannot listen on {url:?}: use redis://, nats://, mqtt:// or kafka://"
         ))),
     }
 }
@@ -186,5 +186,91 @@ async fn mqtt(url: &str, routes: &[String], p: &mut Printer<'_>) -> Result<(), F
         }
     }
     let _ = client.disconnect().await;
+    Ok(())
+}
+
+#[cfg(feature = "brokers")]
+async fn kafka(url: &str, routes: &[String], p: &mut Printer<'_>) -> Result<(), Failure> {
+    use rdkafka::Message as _;
+    use rdkafka::consumer::{Consumer, StreamConsumer};
+    use rdkafka::message::Headers as _;
+
+    let authority = url
+        .trim_start_matches("kafka://")
+        .split(['/', '?'])
+        .next()
+        .unwrap_or_default();
+    if authority.is_empty() || authority.contains('@') {
+        return Err(Failure::usage(
+            "listen on kafka:// takes host:port[,host:port] (no credentials yet)",
+        ));
+    }
+    if routes.is_empty() {
+        return Err(Failure::usage(
+            "kafka: name the patterns to listen to (a consumer sees topics that exist when it subscribes)",
+        ));
+    }
+    // Partitions assigned by hand at their end offsets: no group is joined, so the services'
+    // groups and offsets are left as they are, and what is produced from then on is seen.
+    let consumer: StreamConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", authority)
+        .set("group.id", format!("switchboard-listen-{}", std::process::id()))
+        .set("enable.auto.commit", "false")
+        .create()
+        .map_err(|e| unreachable(url, e))?;
+    // NestJS's Kafka transport: requests and events on the route's topic, replies on `<route>.reply`.
+    let wanted: Vec<String> = routes.iter().flat_map(|r| [r.clone(), format!("{r}.reply")]).collect();
+    let wait = std::time::Duration::from_secs(10);
+    // Blocking calls: the command's runtime has nothing else to run meanwhile.
+    let (assignment, topics) = (|| {
+        let mut assignment = rdkafka::TopicPartitionList::new();
+        let mut topics = Vec::new();
+        for topic in &wanted {
+            let metadata = consumer
+                .fetch_metadata(Some(topic), wait)
+                .map_err(|e| unreachable(url, e))?;
+            let Some(found) = metadata
+                .topics()
+                .iter()
+                .find(|t| t.name() == topic && t.error().is_none())
+            else {
+                continue;
+            };
+            for partition in found.partitions() {
+                let (_, high) = consumer
+                    .fetch_watermarks(topic, partition.id(), wait)
+                    .map_err(|e| unreachable(url, e))?;
+                assignment
+                    .add_partition_offset(topic, partition.id(), rdkafka::Offset::Offset(high))
+                    .map_err(|e| unreachable(url, e))?;
+            }
+            topics.push(topic.clone());
+        }
+        Ok::<_, Failure>((assignment, topics))
+    })()?;
+    if topics.is_empty() {
+        return Err(Failure::usage(format!(
+            "kafka: none of the topics {} exists",
+            wanted.join(", ")
+        )));
+    }
+    consumer.assign(&assignment).map_err(|e| unreachable(url, e))?;
+    let mut messages = consumer.stream();
+    p.ready(&topics.join(", "));
+    while let Some(message) = futures_util::StreamExt::next(&mut messages).await {
+        let message = message.map_err(|e| unreachable(url, e))?;
+        let headers = message.headers().map(|h| {
+            h.iter()
+                .map(|header| {
+                    let value = header.value.map(String::from_utf8_lossy).unwrap_or_default();
+                    (header.key.to_owned(), Value::from(value.into_owned()))
+                })
+                .collect::<serde_json::Map<_, _>>()
+                .into()
+        });
+        if !p.print(message.topic(), message.payload().unwrap_or_default(), headers) {
+            break;
+        }
+    }
     Ok(())
 }

@@ -49,8 +49,9 @@ enum Command {
     Call(Target),
     /// Emits an event (nothing is printed once the transport took it).
     Emit(Target),
-    /// Prints the messages that pass on a broker (Redis, NATS, MQTT) for the patterns given,
-    /// or all: events, requests and their replies, one per line (`channel message`).
+    /// Prints the messages that pass on a broker (Redis, NATS, MQTT, Kafka) for the patterns
+    /// given, or all (not on Kafka): events, requests and their replies, one per line
+    /// (`channel message`).
     Listen(Listening),
     /// Shows what a Switchboard service serves: each pattern's kind, policy, contract, and
     /// payload and reply types (its built-in describe pattern; a NestJS service cannot).

@@ -447,12 +447,59 @@ async fn listens_on_brokers() {
     server.shutdown().await.unwrap();
 }
 
+/// On Kafka the listener is a consumer group of its own: it sees the events from when it is
+/// assigned, and the service's group still gets them (librdkafka's mock cluster).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listens_on_kafka() {
+    let mock = switchboard::transport::kafka::KafkaMock::start().unwrap();
+    let url = format!("kafka://{}", mock.bootstrap());
+    mock.create_topic("cli.evt", 1).unwrap();
+    let server = serve(&url).await;
+    let child = listener(&url, &["cli.evt", "--count", "2", "--json"]).await;
+    let marker = format!("kafka-{}", std::process::id());
+    let client = Client::connect(&url).await.unwrap();
+    for n in 0..2 {
+        client
+            .emit_raw("cli.evt", json!({"marker": marker, "n": n}))
+            .await
+            .unwrap();
+    }
+    client.flush().await.unwrap();
+    let lines = heard(child).await;
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    for (n, line) in lines.iter().enumerate() {
+        assert_eq!(line["channel"], "cli.evt", "{lines:?}");
+        assert_eq!(line["message"], json!({"marker": marker, "n": n}), "{lines:?}");
+    }
+    // The service's group joins on its own time: up to 20 s.
+    let mut seen = false;
+    for _ in 0..4 {
+        seen = seen || event_seen(&marker).await;
+    }
+    assert!(seen, "the service's own group still got the events");
+    let out = run(args(&["listen", &url]), None).await;
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "patterns are needed on Kafka: {}",
+        text(&out.stderr)
+    );
+    let out = run(args(&["listen", &url, "no.such.topic"]), None).await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("none of the topics"),
+        "{}",
+        text(&out.stderr)
+    );
+    server.shutdown().await.unwrap();
+}
+
 #[tokio::test]
 async fn listen_refuses_what_it_cannot_overhear() {
     for url in [
         "tcp://127.0.0.1:1",
         "amqp://guest:guest@127.0.0.1:5672",
-        "kafka://127.0.0.1:9092",
+        "kafka://guest:guest@127.0.0.1:9092",
     ] {
         let out = run(args(&["listen", url, "x"]), None).await;
         assert_eq!(out.status.code(), Some(2), "{url}: {}", text(&out.stderr));
