@@ -20,6 +20,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::backend::{Backend, Lease, Publisher, Watch};
+use crate::backoff::{Backoff, jitter};
 use crate::url::RegistryUrl;
 use crate::{Error, Instance, Result, Status};
 
@@ -666,38 +667,6 @@ async fn heartbeat(consul: Consul, state: Arc<Mutex<Instance>>) {
             }
         }
     }
-}
-
-/// Waits that double from `first` up to `max`, with a little jitter.
-struct Backoff {
-    first: Duration,
-    max: Duration,
-    next: Duration,
-}
-
-impl Backoff {
-    fn new(first: Duration, max: Duration) -> Self {
-        Backoff {
-            first,
-            max,
-            next: first,
-        }
-    }
-
-    fn next(&mut self) -> Duration {
-        let now = self.next;
-        self.next = (now * 2).min(self.max);
-        now + jitter(now / 8)
-    }
-
-    fn reset(&mut self) {
-        self.next = self.first;
-    }
-}
-
-/// A random duration from 0 to `max`.
-fn jitter(max: Duration) -> Duration {
-    Duration::from_nanos(fastrand::u64(..=max.as_nanos().min(u128::from(u64::MAX)) as u64))
 }
 
 /// One entry of `GET /v1/health/service/<name>` (the fields read).

@@ -15,6 +15,7 @@ use hickory_resolver::proto::rr::{Name, RData, RecordType};
 use tokio::time::Instant;
 
 use crate::backend::{Backend, Lease, Publisher, Watch};
+use crate::backoff::Backoff;
 use crate::url::RegistryUrl;
 use crate::{Error, Instance, Result};
 
@@ -361,7 +362,7 @@ fn seconds(ttl: u32) -> Duration {
 /// Resolves the service again whenever its records expire, publishing what changed, until
 /// nobody watches.
 async fn follow(lookup: Lookup, publisher: Publisher, mut wait: Duration) {
-    let mut backoff = FIRST_BACKOFF;
+    let mut backoff = Backoff::new(FIRST_BACKOFF, MAX_BACKOFF);
     let refresh = async {
         loop {
             tokio::time::sleep(wait).await;
@@ -369,12 +370,11 @@ async fn follow(lookup: Lookup, publisher: Publisher, mut wait: Duration) {
                 Ok(resolved) => {
                     publisher.publish(resolved.instances);
                     wait = resolved.refresh;
-                    backoff = FIRST_BACKOFF;
+                    backoff.reset();
                 }
                 Err(e) => {
-                    tracing::warn!(service = %lookup.service, srv = %lookup.name, error = %e, retry_in = ?backoff, "cannot resolve the service's SRV records; keeping the last instances");
-                    wait = backoff;
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                    wait = backoff.next();
+                    tracing::warn!(service = %lookup.service, srv = %lookup.name, error = %e, retry_in = ?wait, "cannot resolve the service's SRV records; keeping the last instances");
                 }
             }
         }

@@ -20,6 +20,7 @@ use tokio::sync::{Mutex, OnceCell};
 use tokio::task::JoinHandle;
 
 use crate::backend::{Backend, Lease, Publisher, Watch};
+use crate::backoff::Backoff;
 use crate::{Error, Instance, RegistryUrl, Result};
 
 /// Where instances are registered unless `prefix=` says otherwise.
@@ -419,31 +420,6 @@ fn check_name(what: &str, name: &str) -> Result<()> {
     Ok(())
 }
 
-/// Reconnection delays: [`BACKOFF_FIRST`] doubling up to a maximum, with some jitter.
-struct Backoff {
-    next: Duration,
-    max: Duration,
-}
-
-impl Backoff {
-    fn new(max: Duration) -> Self {
-        Backoff {
-            next: BACKOFF_FIRST,
-            max,
-        }
-    }
-
-    fn reset(&mut self) {
-        self.next = BACKOFF_FIRST;
-    }
-
-    async fn wait(&mut self) {
-        let jittered = self.next.mul_f64(0.75 + fastrand::f64() * 0.25);
-        tokio::time::sleep(jittered).await;
-        self.next = (self.next * 2).min(self.max);
-    }
-}
-
 impl Backend for Etcd {
     fn register(&self, instance: Instance) -> BoxFuture<'static, Result<Box<dyn Lease>>> {
         let etcd = self.clone();
@@ -508,7 +484,7 @@ async fn follow(
     mut revision: i64,
 ) {
     let prefix = etcd.service_prefix(service);
-    let mut backoff = Backoff::new(BACKOFF_MAX);
+    let mut backoff = Backoff::new(BACKOFF_FIRST, BACKOFF_MAX);
     loop {
         match watch_from(
             etcd,
@@ -632,7 +608,7 @@ async fn keep_alive(shared: Arc<Registered>) {
     let etcd = &shared.etcd;
     let ttl = etcd.ttl();
     // Reconnect within a third of the TTL at worst, so that a short outage keeps the lease.
-    let mut backoff = Backoff::new(BACKOFF_MAX.min(ttl / 3));
+    let mut backoff = Backoff::new(BACKOFF_FIRST, BACKOFF_MAX.min(ttl / 3));
     loop {
         let lease = shared.state.lock().await.lease;
         let ended = match lease {

@@ -42,6 +42,8 @@
 #![warn(missing_docs)]
 
 mod backend;
+#[cfg(any(feature = "etcd", feature = "consul", feature = "dns"))]
+mod backoff;
 mod balance;
 #[cfg(feature = "consul")]
 pub mod consul;

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use switchboard::Error;
-use switchboard::transport::ClientTransport;
+use switchboard::transport::{ClientTransport, redact};
 use tokio::time::Instant;
 
 /// How fast the round-trip estimate forgets a peak.
@@ -127,7 +127,7 @@ impl Endpoint {
                 .saturating_mul(1 << (state.ejections - 1).min(8))
                 .min(MAX_EJECTION)
         };
-        tracing::info!(url = %self.url, ?wait, "instance ejected");
+        tracing::info!(url = %redact(&self.url), ?wait, "instance ejected");
         let endpoint = Arc::downgrade(self);
         tokio::spawn(readmit(endpoint, wait));
     }
@@ -142,11 +142,11 @@ async fn readmit(endpoint: Weak<Endpoint>, mut wait: Duration) {
         match e.transport.connect().await {
             Ok(()) => {
                 e.state.lock().expect("endpoint lock").ejected = false;
-                tracing::info!(url = %e.url, "instance readmitted");
+                tracing::info!(url = %redact(&e.url), "instance readmitted");
                 return;
             }
             Err(err) => {
-                tracing::debug!(url = %e.url, error = %err, "instance still unreachable");
+                tracing::debug!(url = %redact(&e.url), error = %err, "instance still unreachable");
                 wait = wait.saturating_mul(2).min(MAX_EJECTION);
             }
         }

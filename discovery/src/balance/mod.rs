@@ -121,7 +121,7 @@ impl Shared {
                         addr: self.label.clone(),
                         reason: format!("cannot list the instances: {e}"),
                     })?;
-                self.update(&watch.current())?;
+                self.update(&watch.current());
                 let (following, dropped) = tokio::sync::oneshot::channel();
                 let _ = self._following.set(following);
                 tokio::spawn(follow(Arc::downgrade(self), watch, dropped));
@@ -133,12 +133,12 @@ impl Shared {
 
     /// Takes the registry's list: passing instances become members; endpoints no instance
     /// uses any more are closed once their calls are done.
-    fn update(&self, instances: &[Instance]) -> Result<(), Error> {
+    fn update(&self, instances: &[Instance]) {
         let mut endpoints = self.endpoints.write().expect("endpoints lock");
         let mut members = Vec::with_capacity(instances.len());
         for instance in instances.iter().filter(|i| i.status == Status::Passing) {
             let Some(url) = self.url_of(instance) else {
-                tracing::warn!(service = %self.service, id = %instance.id, urls = ?instance.urls, "no URL of this instance can be called from here (a broker's, registered without its password: connect to the broker); skipped");
+                tracing::warn!(service = %self.service, id = %instance.id, urls = ?instance.urls.iter().map(|u| switchboard::transport::redact(u)).collect::<Vec<_>>(), "no URL of this instance can be called from here (a broker's, registered without its password: connect to the broker); skipped");
                 continue;
             };
             let endpoint = match endpoints.get(url) {
@@ -171,7 +171,6 @@ impl Shared {
         }
         tracing::debug!(service = %self.service, members = members.len(), removed = gone.len(), "instances updated");
         *self.members.write().expect("members lock") = members.into();
-        Ok(())
     }
 
     /// The URL of `instance` calls go to.
@@ -318,7 +317,7 @@ async fn follow(shared: Weak<Shared>, mut watch: Watch, mut dropped: tokio::sync
             _ = &mut dropped => return,
         }
         let Some(shared) = shared.upgrade() else { return };
-        let _ = shared.update(&watch.current());
+        shared.update(&watch.current());
     }
 }
 

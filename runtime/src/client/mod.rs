@@ -198,6 +198,7 @@ impl ClientBuilder {
     /// A client that connects on its first call.
     pub fn build(self) -> Result<Client> {
         let mut mem = None;
+        let discovered = matches!(self.target, Target::Discovered { .. });
         let (label, transport): (Arc<str>, Arc<dyn ClientTransport>) = match self.target {
             Target::Url(url) if url.starts_with("mem://") => {
                 let client = Arc::new(MemClient::new(&transport::Endpoint::parse(&url)?)?);
@@ -209,7 +210,6 @@ impl ClientBuilder {
             Target::Discovered { service, transport } => (format!("discover://{service}").into(), transport),
             Target::Failed(e) => return Err(e),
         };
-        let discovered = label.starts_with("discover://");
         let scheme = match &label.split_once("://") {
             Some((scheme, _)) => scheme.to_string(),
             None => "custom".to_owned(),
