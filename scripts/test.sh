@@ -19,6 +19,10 @@ export CI="${CI:-1}"
 
 command -v cargo >/dev/null || { echo "test.sh: cargo is not installed (https://rustup.rs)" >&2; exit 1; }
 
+# Incremental caches only help rebuilds, which a CI run never does; they double target/.
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
+echo "== disk: $(df -h --output=avail . | tail -1 | tr -d ' ') free"
+
 echo "== brokers"
 scripts/brokers.sh
 
