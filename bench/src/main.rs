@@ -24,6 +24,7 @@
 
 mod brokers;
 mod ceiling;
+mod codec;
 mod driver;
 mod frame;
 mod mem;
@@ -108,6 +109,10 @@ struct Args {
     /// JSON round trip (see `mem`).
     #[arg(long)]
     mem_only: bool,
+    /// The codec rows only: `Client` calls with NestJS's JSON against the same with
+    /// `?codec=msgpack`, over TCP and `mem://`, as msgpack/JSON ratios (see `codec`).
+    #[arg(long)]
+    codec_only: bool,
     /// The event store rows only: appends and replay on SQLite against a bare rusqlite loop,
     /// and with `--features postgres` PostgreSQL against a bare sqlx loop (see `store`).
     #[arg(long)]
@@ -311,6 +316,19 @@ fn main() -> ExitCode {
         #[cfg(not(feature = "postgres"))]
         let result = saga::run(plan);
         return match result {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::from(1)
+            }
+        };
+    }
+    if args.codec_only {
+        return match codec::run(
+            args.runs,
+            Duration::from_secs_f64(args.duration_secs),
+            args.mem_in_flight,
+        ) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("error: {e:#}");

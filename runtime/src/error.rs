@@ -259,7 +259,7 @@ impl Error {
             Error::ConnectionClosed { .. } => "connection_closed",
             Error::Rejected { .. } => "rejected",
             Error::Incompatible { .. } => "incompatible",
-            Error::Codec { .. } => "codec",
+            Error::Codec { .. } | Error::MsgPack { .. } => "codec",
             _ => "transport",
         }
     }
@@ -339,6 +339,16 @@ pub enum Error {
         /// The serde error.
         #[source]
         source: serde_json::Error,
+    },
+    /// A payload or reply that could not be encoded or decoded as MessagePack
+    /// (`?codec=msgpack`).
+    #[error("{context}: {source}")]
+    MsgPack {
+        /// What was being encoded or decoded.
+        context: String,
+        /// The MessagePack error.
+        #[source]
+        source: crate::wire::msgpack::MsgPackError,
     },
     /// The peer sent bytes that break the protocol.
     #[error("invalid data from {peer}: {reason}")]
@@ -495,7 +505,7 @@ impl Error {
     pub fn is_unavailable(&self) -> bool {
         match self {
             Error::Rpc(e) => e.is_unavailable(),
-            Error::Codec { .. } => false,
+            Error::Codec { .. } | Error::MsgPack { .. } => false,
             _ => true,
         }
     }

@@ -11,6 +11,9 @@ use switchboard::Client;
 
 switchboard_conformance!(mod in_process, url: "mem://conformance", broker: "", fix: "");
 switchboard_conformance!(mod tcp, url: "tcp://127.0.0.1:0", broker: "", fix: "");
+// Switchboard's own codec between Switchboard peers: the same behaviour, in MessagePack.
+switchboard_conformance!(mod in_process_msgpack, url: "mem://conformance-msgpack", broker: "", fix: "", client_query: "?codec=msgpack");
+switchboard_conformance!(mod tcp_msgpack, url: "tcp://127.0.0.1:0", broker: "", fix: "", client_query: "?codec=msgpack");
 
 #[tokio::test]
 async fn tls_transport() {

@@ -171,6 +171,7 @@ impl<R> Call<R> {
                     Ok(None) => return None,
                     Ok(Some(Ok(ReplyItem::Value(v)))) => return Some((decode(&v, &route), Some(replies))),
                     Ok(Some(Ok(ReplyItem::Local(v)))) => return Some((take(v, &route), Some(replies))),
+                    Ok(Some(Ok(ReplyItem::MsgPack(v)))) => return Some((unpack(&v, &route), Some(replies))),
                     Ok(Some(Ok(ReplyItem::Error(e)))) => decode_error(e, &route, after),
                     Ok(Some(Err(e))) => Err(e),
                     Err(_) => Err(timed_out()),
@@ -316,6 +317,7 @@ impl<R: DeserializeOwned + 'static> Future for CallFuture<R> {
                 State::Receiving { replies, last } => match replies.poll_next_unpin(cx) {
                     Poll::Ready(Some(Ok(ReplyItem::Value(v)))) => *last = Some(Last::Json(v)),
                     Poll::Ready(Some(Ok(ReplyItem::Local(v)))) => *last = Some(Last::Local(v)),
+                    Poll::Ready(Some(Ok(ReplyItem::MsgPack(v)))) => *last = Some(Last::MsgPack(v)),
                     Poll::Ready(Some(Ok(ReplyItem::Error(e)))) => {
                         *this.state = State::Done;
                         return Poll::Ready(decode_error(e, this.route, *this.after));
@@ -329,6 +331,7 @@ impl<R: DeserializeOwned + 'static> Future for CallFuture<R> {
                         let result = match last.take() {
                             Some(Last::Json(v)) => decode(&v, this.route),
                             Some(Last::Local(v)) => take(v, this.route),
+                            Some(Last::MsgPack(v)) => unpack(&v, this.route),
                             None => decode(b"null", this.route),
                         };
                         *this.state = State::Done;
@@ -442,6 +445,7 @@ impl IntoFuture for Emit {
 enum Last {
     Json(Bytes),
     Local(Local),
+    MsgPack(Bytes),
 }
 
 /// A value handed back in-process: taken as it is when it is an `R`, decoded from its JSON
@@ -474,6 +478,14 @@ fn decode_error<R: DeserializeOwned>(e: crate::error::RpcError, route: &str, aft
         Some(value) => Ok(value),
         None => Err(Error::Rpc(e)),
     }
+}
+
+/// A MessagePack reply value (`?codec=msgpack`) as `R`.
+fn unpack<R: DeserializeOwned>(bytes: &[u8], route: &str) -> Result<R> {
+    super::decode::packed(bytes).map_err(|source| Error::MsgPack {
+        context: format!("cannot decode the reply of {route} as {}", std::any::type_name::<R>()),
+        source,
+    })
 }
 
 fn decode<R: DeserializeOwned>(json: &[u8], route: &str) -> Result<R> {

@@ -18,6 +18,17 @@ pub(crate) fn value<R: DeserializeOwned>(json: &[u8]) -> serde_json::Result<R> {
     Ok(value)
 }
 
+/// Decodes a MessagePack reply value (`?codec=msgpack`) as `R`, as [`value`] does JSON.
+pub(crate) fn packed<R: DeserializeOwned>(bytes: &[u8]) -> Result<R, crate::wire::msgpack::MsgPackError> {
+    let mut rd = bytes;
+    let value = R::deserialize(Variant {
+        de: &mut crate::wire::msgpack::deserializer(&mut rd),
+        as_: "Ok",
+    })?;
+    crate::wire::msgpack::at_end(rd)?;
+    Ok(value)
+}
+
 /// An error reply as `R`, when `R` is a `Result` whose error type it decodes into.
 pub(crate) fn error<R: DeserializeOwned>(err: &RpcError) -> Option<R> {
     let json = serde_json::to_vec(err.value()).ok()?;
@@ -36,9 +47,10 @@ pub(crate) fn error<R: DeserializeOwned>(err: &RpcError) -> Option<R> {
     }
 }
 
-/// serde_json's deserializer, whose `Result` (if the target is one) is the variant `as_`.
-struct Variant<'a, 'de> {
-    de: &'a mut serde_json::Deserializer<SliceRead<'de>>,
+/// A deserializer (serde_json's, rmp_serde's), whose `Result` (if the target is one) is the
+/// variant `as_`.
+struct Variant<D> {
+    de: D,
     as_: &'static str,
 }
 
@@ -54,8 +66,8 @@ macro_rules! forward {
     };
 }
 
-impl<'de> de::Deserializer<'de> for Variant<'_, 'de> {
-    type Error = serde_json::Error;
+impl<'de, D: de::Deserializer<'de>> de::Deserializer<'de> for Variant<D> {
+    type Error = D::Error;
 
     forward! {
         deserialize_any deserialize_bool deserialize_i8 deserialize_i16 deserialize_i32
@@ -114,22 +126,22 @@ impl<'de> de::Deserializer<'de> for Variant<'_, 'de> {
     }
 
     fn is_human_readable(&self) -> bool {
-        true
+        self.de.is_human_readable()
     }
 }
 
-impl<'de> EnumAccess<'de> for Variant<'_, 'de> {
-    type Error = serde_json::Error;
+impl<'de, D: de::Deserializer<'de>> EnumAccess<'de> for Variant<D> {
+    type Error = D::Error;
     type Variant = Self;
 
     fn variant_seed<S: DeserializeSeed<'de>>(self, seed: S) -> Result<(S::Value, Self), Self::Error> {
-        let name = seed.deserialize(de::value::StrDeserializer::<serde_json::Error>::new(self.as_))?;
+        let name = seed.deserialize(de::value::StrDeserializer::<D::Error>::new(self.as_))?;
         Ok((name, self))
     }
 }
 
-impl<'de> VariantAccess<'de> for Variant<'_, 'de> {
-    type Error = serde_json::Error;
+impl<'de, D: de::Deserializer<'de>> VariantAccess<'de> for Variant<D> {
+    type Error = D::Error;
 
     fn unit_variant(self) -> Result<(), Self::Error> {
         de::Deserialize::deserialize(self.de)
@@ -155,7 +167,7 @@ impl<'de> VariantAccess<'de> for Variant<'_, 'de> {
 /// [`Variant`] that notes whether the target asked for a `Result` at all: an error reply
 /// only becomes a value of a `Result` type.
 struct OnlyResult<'a, 'de, 'b> {
-    inner: Variant<'a, 'de>,
+    inner: Variant<&'a mut serde_json::Deserializer<SliceRead<'de>>>,
     seen: &'b mut bool,
 }
 

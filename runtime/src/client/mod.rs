@@ -66,6 +66,9 @@ pub struct Client {
     /// An in-process transport with no layer in between: requests go straight to the
     /// service's router, and payloads given by value are handed over as they are.
     local: Option<Arc<MemClient>>,
+    /// A transport that encodes payloads itself (`?codec=msgpack`), with no layer in between:
+    /// a payload given by value is handed to it as it is, to be encoded once, in its codec.
+    packs: bool,
     /// Found through discovery: each typed call carries its pattern's [`Contract`], so that
     /// instances serving another contract are skipped.
     discovered: bool,
@@ -199,6 +202,12 @@ impl ClientBuilder {
     pub fn build(self) -> Result<Client> {
         let mut mem = None;
         let discovered = matches!(self.target, Target::Discovered { .. });
+        let packs = match &self.target {
+            Target::Url(url) => transport::Endpoint::parse(url)
+                .and_then(|mut ep| crate::wire::msgpack::Codec::take(&mut ep))
+                .is_ok_and(|codec| codec == crate::wire::msgpack::Codec::MsgPack),
+            _ => false,
+        };
         let (label, transport): (Arc<str>, Arc<dyn ClientTransport>) = match self.target {
             Target::Url(url) if url.starts_with("mem://") => {
                 let client = Arc::new(MemClient::new(&transport::Endpoint::parse(&url)?)?);
@@ -215,6 +224,7 @@ impl ClientBuilder {
             None => "custom".to_owned(),
         };
         let local = mem.filter(|_| self.layers.is_empty());
+        let packs = self.layers.is_empty() && packs;
         let service = self.layers.into_iter().fold(
             ClientService::transport(Transport::new(transport.clone(), &scheme)),
             |inner, wrap| wrap(inner),
@@ -228,6 +238,7 @@ impl ClientBuilder {
             retry: Arc::new(crate::resilience::Retry::new()),
             overrides: self.overrides,
             local,
+            packs,
             discovered,
         })
     }
@@ -369,9 +380,10 @@ impl Client {
         M: Message<Request: Serialize + Send + 'static, Reply: DeserializeOwned>,
     {
         let (json, route) = (pattern.pattern_json().into(), pattern.route().into());
-        if self.local.is_some() {
+        if self.local.is_some() || self.packs {
             match payload.into_owned() {
-                // In-process, a payload given by value is handed over as it is.
+                // In-process, a payload given by value is handed over as it is; a msgpack
+                // transport encodes it straight from the value.
                 Ok(value) => {
                     return Call::new(
                         self,

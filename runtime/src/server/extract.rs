@@ -73,7 +73,7 @@ impl<S: Sync, T: DeserializeOwned + Send + 'static> FromRequest<S> for T {
     }
 }
 
-/// The payload as `T`: JSON decoded, or a value of that type taken as it is.
+/// The payload as `T`: JSON or MessagePack decoded, or a value of that type taken as it is.
 pub(crate) fn decode_payload<T: DeserializeOwned + 'static>(req: &mut Request) -> Result<T, RpcError> {
     let invalid = |req: &Request, why: &dyn std::fmt::Display| {
         RpcError::new(format!(
@@ -92,6 +92,7 @@ pub(crate) fn decode_payload<T: DeserializeOwned + 'static>(req: &mut Request) -
                 .map_err(|e| invalid(req, &e)),
             Err(e) => Err(invalid(req, &e)),
         },
+        Some(Payload::MsgPack(bytes)) => crate::wire::msgpack::from_msgpack(&bytes).map_err(|e| invalid(req, &e)),
         Some(Payload::Local(value)) => match value.take::<T>() {
             Ok(v) => Ok(v),
             Err(other) => {
@@ -113,18 +114,22 @@ pub(crate) fn decode_payload<T: DeserializeOwned + 'static>(req: &mut Request) -
 }
 
 /// A payload no argument took must still be JSON, as NestJS's `JSON.parse` of the packet
-/// would have required.
+/// would have required (and MessagePack one value).
 pub(crate) fn check_unread_payload(req: &Request) -> Result<(), RpcError> {
+    let invalid = |e: &dyn std::fmt::Display| {
+        RpcError::new(format!(
+            "invalid payload for pattern {}: {}",
+            req.context().route(),
+            crate::text::payload_error(e)
+        ))
+    };
     match req.payload() {
         Some(Payload::Json(json)) => serde_json::from_slice::<serde::de::IgnoredAny>(json)
             .map(drop)
-            .map_err(|e| {
-                RpcError::new(format!(
-                    "invalid payload for pattern {}: {}",
-                    req.context().route(),
-                    crate::text::payload_error(&e)
-                ))
-            }),
+            .map_err(|e| invalid(&e)),
+        Some(Payload::MsgPack(bytes)) => crate::wire::msgpack::from_msgpack::<serde::de::IgnoredAny>(bytes)
+            .map(drop)
+            .map_err(|e| invalid(&e)),
         _ => Ok(()),
     }
 }

@@ -40,7 +40,8 @@ pub struct Context {
     headers: Headers,
     deadline: Option<Instant>,
     extensions: Extensions,
-    /// The sender is in this process and takes its reply as a value, not encoded.
+    /// The reply is taken as a value, not encoded: the sender is in this process, or its
+    /// connection encodes the value itself (`?codec=msgpack`).
     local: bool,
 }
 
@@ -130,7 +131,8 @@ impl Context {
     }
 
     /// True when the reply may be handed back as a value ([`Reply::local`](super::Reply)):
-    /// the sender is in this process, and no layer of the service looks at replies.
+    /// the sender is in this process (or its connection encodes the value itself, as a
+    /// `?codec=msgpack` one does), and no layer of the service looks at replies.
     pub fn takes_local_reply(&self) -> bool {
         self.local
     }

@@ -12,6 +12,7 @@ use serde::Serialize;
 pub struct Local {
     value: Box<dyn Any + Send>,
     to_json: fn(&(dyn Any + Send)) -> serde_json::Result<Bytes>,
+    to_msgpack: fn(&(dyn Any + Send)) -> Result<Bytes, crate::wire::msgpack::MsgPackError>,
     type_name: &'static str,
 }
 
@@ -23,6 +24,10 @@ impl Local {
             to_json: |v| {
                 let v = v.downcast_ref::<T>().expect("a Local keeps the type it was made with");
                 super::to_json(v)
+            },
+            to_msgpack: |v| {
+                let v = v.downcast_ref::<T>().expect("a Local keeps the type it was made with");
+                crate::wire::msgpack::to_msgpack(v)
             },
             type_name: std::any::type_name::<T>(),
         }
@@ -39,6 +44,11 @@ impl Local {
     /// The value as JSON, as JavaScript would write it.
     pub(crate) fn to_json(&self) -> serde_json::Result<Bytes> {
         (self.to_json)(&*self.value)
+    }
+
+    /// The value as MessagePack (`?codec=msgpack`), straight from the value.
+    pub(crate) fn to_msgpack(&self) -> Result<Bytes, crate::wire::msgpack::MsgPackError> {
+        (self.to_msgpack)(&*self.value)
     }
 }
 
@@ -57,6 +67,7 @@ mod tests {
         let v = Local::new(vec![1u8, 2]);
         let v = v.take::<String>().unwrap_err();
         assert_eq!(v.to_json().unwrap(), Bytes::from_static(b"[1,2]"));
+        assert_eq!(v.to_msgpack().unwrap(), Bytes::from_static(&[0x92, 1, 2]));
         assert_eq!(v.take::<Vec<u8>>().unwrap(), [1, 2]);
     }
 }

@@ -197,6 +197,10 @@ fn key_of(payload: Option<&Payload>, field: &str) -> Box<str> {
             Ok(b) => std::borrow::Cow::Owned(b.to_vec()),
             Err(_) => return Box::from(""),
         },
+        Some(Payload::MsgPack(b)) => match crate::wire::msgpack::msgpack_to_json(b) {
+            Ok(b) => std::borrow::Cow::Owned(b.to_vec()),
+            Err(_) => return Box::from(""),
+        },
         _ => return Box::from(""),
     };
     let mut key = field_of(&json, field).unwrap_or_default();

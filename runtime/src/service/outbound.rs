@@ -33,8 +33,8 @@ pub struct Outbound {
     /// Values for the layers below (a layer above puts them here).
     pub extensions: Extensions,
     /// The payload as a value, not encoded (`payload` is then empty): only for a transport
-    /// that [takes values](crate::transport::ClientTransport::takes_values), when no layer
-    /// is in between.
+    /// that [takes values](crate::transport::ClientTransport::takes_values) or encodes
+    /// payloads itself (`?codec=msgpack`), when no layer is in between.
     pub(crate) local: Option<Local>,
 }
 

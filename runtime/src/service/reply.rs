@@ -22,6 +22,8 @@ pub enum ReplyItem {
     Error(RpcError),
     /// A value handed back in-process, not encoded (see [`Local`]).
     Local(Local),
+    /// A value as one MessagePack value, from a Switchboard peer over `?codec=msgpack`.
+    MsgPack(Bytes),
 }
 
 impl ReplyItem {
@@ -35,17 +37,43 @@ impl ReplyItem {
                     ReplyItem::Error(RpcError::internal())
                 }
             },
+            // Only a reply relayed from a msgpack peer: JSON for a JSON one.
+            ReplyItem::MsgPack(v) => match crate::wire::msgpack::msgpack_to_json(&v) {
+                Ok(json) => ReplyItem::Value(json),
+                Err(e) => {
+                    tracing::error!(error = %e, "a MessagePack reply could not be converted to JSON");
+                    ReplyItem::Error(RpcError::internal())
+                }
+            },
             other => other,
+        }
+    }
+
+    /// The item with its value as MessagePack, for a `?codec=msgpack` connection: a `Local`
+    /// value encoded straight, JSON converted.
+    pub(crate) fn packed(self) -> ReplyItem {
+        let packed = match self {
+            ReplyItem::Local(v) => v.to_msgpack(),
+            ReplyItem::Value(json) => crate::wire::msgpack::json_to_msgpack(&json),
+            other => return other,
+        };
+        match packed {
+            Ok(v) => ReplyItem::MsgPack(v),
+            Err(e) => {
+                tracing::error!(error = %e, "a handler's reply could not be serialised");
+                ReplyItem::Error(RpcError::internal())
+            }
         }
     }
 }
 
 impl PartialEq for ReplyItem {
-    /// Values compare by their JSON; a `Local` value by its JSON too.
+    /// Values compare by their JSON; a `Local` or MessagePack value by its JSON too.
     fn eq(&self, other: &Self) -> bool {
         let json = |item: &ReplyItem| match item {
             ReplyItem::Value(v) => Some(v.clone()),
             ReplyItem::Local(v) => v.to_json().ok(),
+            ReplyItem::MsgPack(v) => crate::wire::msgpack::msgpack_to_json(v).ok(),
             ReplyItem::Error(_) => None,
         };
         match (self, other) {

@@ -75,6 +75,8 @@ pub enum Payload {
     /// A value sent in-process, not encoded: taken as it is by a handler whose payload has
     /// its type, decoded from its JSON by any other.
     Local(Local),
+    /// One MessagePack value, from a Switchboard peer that asked for `?codec=msgpack`.
+    MsgPack(Bytes),
 }
 
 impl Payload {
@@ -87,7 +89,7 @@ impl Payload {
     pub fn json(&self) -> Option<&[u8]> {
         match self {
             Payload::Json(b) => Some(b),
-            Payload::Value(_) | Payload::Local(_) => None,
+            Payload::Value(_) | Payload::Local(_) | Payload::MsgPack(_) => None,
         }
     }
 }
@@ -98,6 +100,7 @@ impl fmt::Debug for Payload {
             Payload::Json(b) => write!(f, "Json({} bytes)", b.len()),
             Payload::Value(_) => f.write_str("Value(..)"),
             Payload::Local(v) => v.fmt(f),
+            Payload::MsgPack(b) => write!(f, "MsgPack({} bytes)", b.len()),
         }
     }
 }
@@ -169,11 +172,12 @@ impl Request {
         self.payload = Some(payload);
     }
 
-    /// A copy for another listener of the same event: a JSON payload is shared, a typed one
-    /// is not copied (`None`).
+    /// A copy for another listener of the same event: an encoded payload is shared, a typed
+    /// one is not copied (`None`).
     pub(crate) fn try_clone(&self) -> Option<Request> {
         let payload = match &self.payload {
             Some(Payload::Json(b)) => Some(Payload::Json(b.clone())),
+            Some(Payload::MsgPack(b)) => Some(Payload::MsgPack(b.clone())),
             Some(Payload::Value(_) | Payload::Local(_)) => return None,
             None => None,
         };

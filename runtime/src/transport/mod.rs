@@ -307,7 +307,10 @@ fn percent_decode(s: &str) -> Option<String> {
 /// transports that answer health checks of their own (gRPC).
 #[cfg_attr(not(feature = "grpc"), allow(unused_variables))]
 pub(crate) async fn bind(url: &str, health: &health::Health) -> Result<Box<dyn Listener>> {
-    let ep = Endpoint::parse(url)?;
+    let mut ep = Endpoint::parse(url)?;
+    // A server serves every codec it speaks (TCP tells them apart per connection): `codec`
+    // only checks that a NestJS peer could not be served what it cannot read.
+    crate::wire::msgpack::Codec::take(&mut ep)?;
     match ep.scheme.as_str() {
         "mem" => Ok(Box::new(mem::MemListener::bind(&ep)?)),
         #[cfg(feature = "tcp")]
@@ -351,11 +354,12 @@ pub fn client_for(url: &str) -> Result<Arc<dyn ClientTransport>> {
     allow(unused_variables)
 )]
 pub(crate) fn client(url: &str, opts: &ClientOptions) -> Result<Arc<dyn ClientTransport>> {
-    let ep = Endpoint::parse(url)?;
+    let mut ep = Endpoint::parse(url)?;
+    let codec = crate::wire::msgpack::Codec::take(&mut ep)?;
     match ep.scheme.as_str() {
-        "mem" => Ok(Arc::new(mem::MemClient::new(&ep)?)),
+        "mem" => Ok(Arc::new(mem::MemClient::with_codec(&ep, codec)?)),
         #[cfg(feature = "tcp")]
-        "tcp" | "tls" => Ok(Arc::new(tcp::TcpClient::new(&ep, opts)?)),
+        "tcp" | "tls" => Ok(Arc::new(tcp::TcpClient::new(&ep, opts, codec)?)),
         #[cfg(feature = "redis")]
         "redis" => Ok(Arc::new(redis::RedisClient::new(&ep, opts)?)),
         #[cfg(feature = "nats")]

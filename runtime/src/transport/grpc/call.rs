@@ -165,6 +165,7 @@ fn message_of(item: ReplyItem) -> Result<Bytes, Status> {
         ReplyItem::Error(err) => Err(wire::status_of(&err)),
         // A value handed back unencoded (only in-process senders ask for that): encoded here.
         local @ ReplyItem::Local(_) => message_of(local.encoded()),
+        packed @ ReplyItem::MsgPack(_) => message_of(packed.encoded()),
     }
 }
 

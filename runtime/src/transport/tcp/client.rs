@@ -18,9 +18,10 @@ use tokio::sync::{mpsc, watch};
 use super::frame::{FrameDecoder, encode_frame};
 use super::{client_options, connect_socket};
 use crate::error::{Error, Result};
-use crate::service::{Outbound, Replies};
+use crate::service::{Outbound, Replies, ReplyItem};
 use crate::transport::backoff::Backoff;
 use crate::transport::{ClientOptions, ClientTransport, Endpoint};
+use crate::wire::msgpack::{self, Codec, frame};
 use crate::wire::nestjs::packet::encode_request;
 use crate::wire::nestjs::pending::{CallRx, Pending};
 
@@ -34,6 +35,8 @@ pub struct TcpClient {
     url: String,
     addr: String,
     opts: ClientOptions,
+    /// NestJS's JSON frames, or Switchboard's msgpack ones after a hello.
+    codec: Codec,
     slots: Vec<Arc<Slot>>,
     next: AtomicUsize,
     #[cfg(feature = "tls")]
@@ -60,9 +63,10 @@ struct Slot {
 
 impl TcpClient {
     /// A client for `tcp://host:port`; connects lazily.
-    pub(crate) fn new(ep: &Endpoint, defaults: &ClientOptions) -> Result<Self> {
+    pub(crate) fn new(ep: &Endpoint, defaults: &ClientOptions, codec: Codec) -> Result<Self> {
         let opts = client_options(ep, defaults)?;
         Ok(TcpClient {
+            codec,
             url: ep.as_str().to_owned(),
             addr: ep.authority.clone(),
             slots: (0..opts.pool_size).map(|_| Arc::default()).collect(),
@@ -134,12 +138,43 @@ impl TcpClient {
             .map_err(|e| e.to_string())?;
         #[cfg(feature = "tls")]
         if let Some(tls) = &self.tls {
-            let stream = tls.connect(stream, self.opts.connect_timeout).await?;
+            let mut stream = tls.connect(stream, self.opts.connect_timeout).await?;
+            self.hello(&mut stream).await?;
             let (r, w) = tokio::io::split(stream);
             return Ok(self.start(r, w, slot));
         }
+        let mut stream = stream;
+        self.hello(&mut stream).await?;
         let (r, w) = stream.into_split();
         Ok(self.start(r, w, slot))
+    }
+
+    /// A msgpack connection starts with Switchboard's hello, which a Switchboard server
+    /// answers in kind; a NestJS server never does (it waits for the `#` of a length
+    /// prefix, or closes the connection), so no answer within the connect timeout is an error.
+    async fn hello<S: AsyncRead + AsyncWrite + Unpin>(&self, stream: &mut S) -> std::result::Result<(), String> {
+        if self.codec != Codec::MsgPack {
+            return Ok(());
+        }
+        let timeout = self.opts.connect_timeout;
+        let exchange = async {
+            stream.write_all(&frame::HELLO).await?;
+            // TLS holds what is written until flushed.
+            stream.flush().await?;
+            let mut answer = [0u8; frame::HELLO.len()];
+            stream.read_exact(&mut answer).await?;
+            Ok::<_, std::io::Error>(answer)
+        };
+        let why = match tokio::time::timeout(timeout, exchange).await {
+            Ok(Ok(answer)) if answer == frame::HELLO => return Ok(()),
+            Ok(Ok(_)) => "it answered something else".to_owned(),
+            Ok(Err(e)) => format!("the connection ended ({e})"),
+            Err(_) => format!("no answer within {timeout:?}"),
+        };
+        Err(format!(
+            "the server did not take codec=msgpack ({why}): only a Switchboard server speaks it; \
+             a NestJS server (or another peer) reads JSON only, so drop `codec=msgpack` from this URL"
+        ))
     }
 
     fn start<R, W>(&self, r: R, w: W, slot: &Arc<Slot>) -> Arc<Conn>
@@ -160,7 +195,13 @@ impl TcpClient {
             lost: slot.lost.clone(),
         });
         tokio::spawn(writer(w, rx, conn.clone()));
-        tokio::spawn(reader(r, conn.clone(), Arc::downgrade(slot), self.opts.max_frame_len));
+        tokio::spawn(reader(
+            r,
+            conn.clone(),
+            Arc::downgrade(slot),
+            self.opts.max_frame_len,
+            self.codec,
+        ));
         conn
     }
 }
@@ -170,8 +211,17 @@ impl ClientTransport for TcpClient {
         self.conn().map(|c| c.map(drop)).boxed()
     }
 
-    fn request(self: Arc<Self>, msg: Outbound) -> BoxFuture<'static, Result<Replies>> {
+    fn request(self: Arc<Self>, mut msg: Outbound) -> BoxFuture<'static, Result<Replies>> {
         async move {
+            if self.codec == Codec::MsgPack {
+                let data = packed_payload(&mut msg)?;
+                let conn = self.conn().await?;
+                let (id, rx) = conn.register(msg.route.clone())?;
+                let mut frame = Vec::with_capacity(data.len() + msg.pattern.len() + 64);
+                frame::encode_request(&mut frame, Some(&id), &msg.pattern, msg.headers.as_map(), &data);
+                conn.send(frame).await?;
+                return Replies::first_of(rx).await;
+            }
             let conn = self.conn().await?;
             let (id, rx) = conn.register(msg.route.clone())?;
             let mut frame = Vec::with_capacity(msg.payload.len() + msg.pattern.len() + 64);
@@ -190,9 +240,16 @@ impl ClientTransport for TcpClient {
         .boxed()
     }
 
-    fn emit(self: Arc<Self>, msg: Outbound) -> BoxFuture<'static, Result<()>> {
+    fn emit(self: Arc<Self>, mut msg: Outbound) -> BoxFuture<'static, Result<()>> {
         async move {
             // Events all go on one connection, so the server reads them in the order sent.
+            if self.codec == Codec::MsgPack {
+                let data = packed_payload(&mut msg)?;
+                let conn = self.conn_at(0).await?;
+                let mut frame = Vec::with_capacity(data.len() + msg.pattern.len() + 32);
+                frame::encode_request(&mut frame, None, &msg.pattern, msg.headers.as_map(), &data);
+                return conn.send(frame).await;
+            }
             let conn = self.conn_at(0).await?;
             let mut body = Vec::with_capacity(msg.payload.len() + msg.pattern.len() + 32);
             encode_request(&mut body, &msg.pattern, &msg.payload, msg.headers.as_map(), None);
@@ -307,6 +364,49 @@ impl Conn {
     fn deliver(&self, body: &Bytes) {
         self.pending.deliver(body);
     }
+
+    /// Routes one msgpack reply frame to its call; a frame that is not one is skipped.
+    fn deliver_packed(&self, body: &Bytes) {
+        let (id, tag, value) = match frame::parse_reply(body) {
+            Ok(reply) => reply,
+            Err(e) => {
+                tracing::warn!(url = %self.url, error = %e, "ignoring a reply frame");
+                return;
+            }
+        };
+        match tag {
+            frame::Tag::Value | frame::Tag::Last => {
+                let last = tag == frame::Tag::Last;
+                self.pending.push(id, Ok(ReplyItem::MsgPack(body.slice(value))), last);
+            }
+            frame::Tag::Done => self.pending.finish(id),
+            frame::Tag::NoHandler => self.pending.fail(id, crate::error::RpcError::no_handler()),
+            frame::Tag::Error => match msgpack::from_msgpack::<serde_json::Value>(&body[value]) {
+                Ok(err) => self.pending.fail(id, crate::error::RpcError::from_value(err)),
+                Err(e) => self.pending.push(
+                    id,
+                    Err(Error::InvalidData {
+                        peer: self.url.clone(),
+                        reason: format!("an error reply that is not MessagePack: {e}"),
+                    }),
+                    true,
+                ),
+            },
+        }
+    }
+}
+
+/// The payload of `msg` as MessagePack: straight from the value when the call carries one,
+/// converted from its JSON otherwise (a raw call, an event, a call through layers).
+fn packed_payload(msg: &mut Outbound) -> Result<Bytes> {
+    let packed = match msg.take_local() {
+        Some(value) => value.to_msgpack(),
+        None => msgpack::json_to_msgpack(&msg.payload),
+    };
+    packed.map_err(|source| Error::MsgPack {
+        context: format!("cannot encode the payload for pattern {}", msg.route),
+        source,
+    })
 }
 
 async fn writer<W: AsyncWrite + Unpin>(mut w: W, mut rx: mpsc::Receiver<Vec<u8>>, conn: Arc<Conn>) {
@@ -383,12 +483,18 @@ impl Drop for ReaderGuard {
     }
 }
 
-async fn reader<R: AsyncRead + Unpin>(mut r: R, conn: Arc<Conn>, slot: std::sync::Weak<Slot>, max_frame_len: usize) {
+async fn reader<R: AsyncRead + Unpin>(
+    mut r: R,
+    conn: Arc<Conn>,
+    slot: std::sync::Weak<Slot>,
+    max_frame_len: usize,
+    codec: Codec,
+) {
     let _guard = ReaderGuard {
         conn: conn.clone(),
         slot: slot.clone(),
     };
-    let mut decoder = FrameDecoder::new(max_frame_len);
+    let mut decoder = Frames::new(codec, max_frame_len);
     let mut buf = BytesMut::with_capacity(16 * 1024);
     let mut closed = conn.close.subscribe();
     let reason = loop {
@@ -403,6 +509,7 @@ async fn reader<R: AsyncRead + Unpin>(mut r: R, conn: Arc<Conn>, slot: std::sync
             Ok(0) => break Some("closed by the server".to_owned()),
             Ok(_) => loop {
                 match decoder.decode(&mut buf) {
+                    Ok(Some(body)) if codec == Codec::MsgPack => conn.deliver_packed(&body),
                     Ok(Some(body)) => conn.deliver(&body),
                     Ok(None) => break,
                     Err(e) => {
@@ -423,6 +530,28 @@ async fn reader<R: AsyncRead + Unpin>(mut r: R, conn: Arc<Conn>, slot: std::sync
     }
     conn.shut(|| Error::ConnectionClosed { addr: conn.url.clone() });
     forget(&slot, &conn);
+}
+
+/// A connection's frame decoder, for its codec.
+enum Frames {
+    Json(FrameDecoder),
+    Packed(frame::FrameDecoder),
+}
+
+impl Frames {
+    fn new(codec: Codec, max_frame_len: usize) -> Self {
+        match codec {
+            Codec::Json => Frames::Json(FrameDecoder::new(max_frame_len)),
+            Codec::MsgPack => Frames::Packed(frame::FrameDecoder::new(max_frame_len)),
+        }
+    }
+
+    fn decode(&mut self, buf: &mut BytesMut) -> std::result::Result<Option<Bytes>, String> {
+        match self {
+            Frames::Json(d) => d.decode(buf).map_err(|e| e.to_string()),
+            Frames::Packed(d) => d.decode(buf).map_err(|e| e.to_string()),
+        }
+    }
 }
 
 /// Clears the slot so the next call reconnects.

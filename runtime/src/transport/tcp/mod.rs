@@ -12,7 +12,9 @@
 //!   `backlog` (the listen queue, default 1024), `max_buffered_bytes` (what all connections
 //!   may buffer of partial frames together beyond 64 KiB each; a connection that needs more
 //!   is closed, default 256 Mi);
-//! - client: `pool` (connections, default 2), `connect_timeout_ms` (default 5000);
+//! - client: `pool` (connections, default 2), `connect_timeout_ms` (default 5000), `codec`
+//!   (`json`, NestJS's, the default; `msgpack`, Switchboard's own, for Switchboard servers
+//!   only: see `wire::msgpack`; a server serves both on one port);
 //! - `tls://` server: `cert`, `key` (PEM files); client: `ca` (PEM file), `server_name`.
 
 use std::time::Duration;

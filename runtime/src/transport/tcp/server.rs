@@ -1,12 +1,15 @@
 //! The TCP server: accepts connections and runs one task per connection that reads frames,
 //! dispatches them, and writes replies, batching writes and bounding in-flight work.
+//!
+//! A connection speaks NestJS's JSON frames, or Switchboard's msgpack ones when it opens with
+//! their hello (`wire::msgpack`): told apart by its first byte, so one port serves both.
 
 use std::net::SocketAddr;
 use std::ops::Range;
 use std::pin::Pin;
 use std::task::{Context as TaskContext, Poll};
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use futures_util::future::FutureExt;
 use futures_util::stream::{SelectAll, Stream, StreamExt};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -17,8 +20,9 @@ use super::budget::{Budget, Share};
 use super::frame::{FrameDecoder, encode_frame, utf16_len, write_length};
 use super::{ServerOptions, TcpListener};
 use crate::error::Result;
-use crate::service::{Context, Kind, Reply, Request, Router, RouterFuture};
+use crate::service::{Address, Context, Kind, Payload, Reply, Request, Router, RouterFuture};
 use crate::transport::Shutdown;
+use crate::wire::msgpack::{self, Codec, frame};
 use crate::wire::nestjs::packet::{Outgoing, Packet, PacketError};
 use crate::wire::nestjs::steps::{Step, Steps};
 
@@ -75,12 +79,21 @@ pub(super) async fn serve(l: TcpListener, router: Router, mut shutdown: Shutdown
 static REFUSED: crate::text::Throttle = crate::text::Throttle::new(10);
 /// Warnings about connections closed for want of buffer budget, at most this many a second.
 static OVER_BUDGET: crate::text::Throttle = crate::text::Throttle::new(10);
+/// Warnings about invalid msgpack packets, at most this many a second.
+static INVALID: crate::text::Throttle = crate::text::Throttle::new(10);
 
 /// Work in flight on a connection: a request whose handler has not answered yet, a reply
 /// being streamed, or an event's listeners.
 enum Work {
-    Answering { id: Bytes, reply: RouterFuture },
-    Replying { id: Bytes, steps: Steps },
+    Answering {
+        id: Bytes,
+        reply: RouterFuture,
+        codec: Codec,
+    },
+    Replying {
+        id: Bytes,
+        steps: Steps,
+    },
     Event(EventTask),
 }
 
@@ -103,13 +116,14 @@ impl Stream for Work {
         let this = self.get_mut();
         loop {
             match this {
-                Work::Answering { id, reply } => {
+                Work::Answering { id, reply, codec } => {
                     let reply = std::task::ready!(reply.poll_unpin(cx));
                     let id = std::mem::take(id);
-                    *this = Work::Replying {
-                        id,
-                        steps: Steps::new(reply),
+                    let steps = match codec {
+                        Codec::Json => Steps::new(reply),
+                        Codec::MsgPack => Steps::packed(reply),
                     };
+                    *this = Work::Replying { id, steps };
                 }
                 Work::Replying { id, steps } => {
                     return steps.poll_step(cx).map(|step| step.map(|step| (id.clone(), step)));
@@ -129,6 +143,10 @@ enum Close {
     Json(serde_json::Error),
     #[error("the pattern is not JSON")]
     Pattern,
+    #[error(transparent)]
+    Packed(#[from] frame::FrameError),
+    #[error("the connection opened with neither a NestJS frame nor Switchboard's msgpack hello")]
+    Hello,
 }
 
 struct Conn {
@@ -136,6 +154,9 @@ struct Conn {
     router: Router,
     opts: ServerOptions,
     decoder: FrameDecoder,
+    /// The connection's codec, once its first bytes have told (`None` before).
+    codec: Option<Codec>,
+    packed: frame::FrameDecoder,
     rbuf: BytesMut,
     wbuf: Vec<u8>,
     scratch: Vec<u8>,
@@ -166,6 +187,8 @@ async fn connection<R, W>(
         peer,
         router,
         decoder: FrameDecoder::new(opts.max_frame_len),
+        codec: None,
+        packed: frame::FrameDecoder::new(opts.max_frame_len),
         opts,
         rbuf: BytesMut::with_capacity(16 * 1024),
         wbuf: Vec::with_capacity(16 * 1024),
@@ -303,6 +326,27 @@ impl Conn {
     /// Handles every complete frame in the read buffer.
     fn frames(&mut self) -> std::result::Result<(), Close> {
         self.backlog = false;
+        match self.codec {
+            Some(Codec::Json) => {}
+            Some(Codec::MsgPack) => return self.packed_frames(),
+            None => match self.rbuf.first() {
+                None => return Ok(()),
+                Some(&first) if first == frame::HELLO[0] => {
+                    let Some(hello) = self.rbuf.get(..frame::HELLO.len()) else {
+                        return Ok(());
+                    };
+                    if hello != frame::HELLO {
+                        return Err(Close::Hello);
+                    }
+                    self.rbuf.advance(frame::HELLO.len());
+                    self.wbuf.extend_from_slice(&frame::HELLO);
+                    self.codec = Some(Codec::MsgPack);
+                    tracing::debug!(peer = %self.peer, "msgpack connection");
+                    return self.packed_frames();
+                }
+                Some(_) => self.codec = Some(Codec::Json),
+            },
+        }
         loop {
             if self.inflight.len() >= self.opts.max_in_flight || self.wbuf.len() >= WRITE_HIGH_WATER {
                 // Leave the rest in the buffer until work completes or the replies are written.
@@ -356,6 +400,7 @@ impl Conn {
                 (Poll::Pending, Some(id)) => self.inflight.push(Work::Answering {
                     id: body.slice(id),
                     reply,
+                    codec: Codec::Json,
                 }),
                 (Poll::Pending, None) => self.inflight.push(Work::Event(EventTask(tokio::spawn(reply)))),
                 (Poll::Ready(_), None) => {}
@@ -398,7 +443,102 @@ impl Conn {
     }
 
     fn encode(&mut self, id: &[u8], step: Step) {
+        if self.codec == Some(Codec::MsgPack) {
+            return self.encode_packed(id, step);
+        }
         self.write(id, step.outgoing());
+    }
+
+    /// [`frames`](Self::frames) on a msgpack connection. A frame that is not a packet is
+    /// answered with an error when its id could be read, skipped otherwise: the length
+    /// prefix still says where the next frame starts, so the connection goes on.
+    fn packed_frames(&mut self) -> std::result::Result<(), Close> {
+        loop {
+            if self.inflight.len() >= self.opts.max_in_flight || self.wbuf.len() >= WRITE_HIGH_WATER {
+                self.backlog = true;
+                return Ok(());
+            }
+            let Some(body) = self.packed.decode(&mut self.rbuf)? else {
+                return Ok(());
+            };
+            self.frames += 1;
+            let packet = match frame::parse_request(&body) {
+                Ok(packet) => packet,
+                Err((id, e)) => {
+                    if let Some(held_back) = INVALID.allow() {
+                        tracing::warn!(peer = %self.peer, error = %e, held_back, "invalid msgpack packet");
+                    }
+                    if let Some(id) = id {
+                        let err = crate::error::RpcError::new(e.to_string());
+                        self.encode_packed(&body[id], Step::Error(err));
+                    }
+                    continue;
+                }
+            };
+            let kind = if packet.id.is_some() {
+                Kind::Request
+            } else {
+                Kind::Event
+            };
+            let address = Address::Pattern(body.slice(packet.pattern));
+            let payload = Payload::MsgPack(body.slice(packet.data));
+            let mut ctx = Context::new("tcp", kind).with_headers(packet.headers);
+            // Replies as values, encoded once, straight to MessagePack (see `Steps::packed`).
+            ctx.set_local(true);
+            let mut reply = self.router.call(Request::new(address, payload, ctx));
+            let mut cx = TaskContext::from_waker(std::task::Waker::noop());
+            match (reply.poll_unpin(&mut cx), packet.id) {
+                (Poll::Ready(reply), Some(id)) => self.start_packed(&body, id, reply),
+                (Poll::Pending, Some(id)) => self.inflight.push(Work::Answering {
+                    id: body.slice(id),
+                    reply,
+                    codec: Codec::MsgPack,
+                }),
+                (Poll::Pending, None) => self.inflight.push(Work::Event(EventTask(tokio::spawn(reply)))),
+                (Poll::Ready(_), None) => {}
+            }
+        }
+    }
+
+    /// [`start_reply`](Self::start_reply) on a msgpack connection.
+    fn start_packed(&mut self, body: &Bytes, id: Range<usize>, reply: Reply) {
+        let mut cx = TaskContext::from_waker(std::task::Waker::noop());
+        let mut steps = Steps::packed(reply);
+        loop {
+            let step = match steps.poll_step(&mut cx) {
+                Poll::Ready(Some(step)) if self.wbuf.len() < WRITE_HIGH_WATER => step,
+                Poll::Ready(None) => return,
+                polled => {
+                    let id = body.slice(id);
+                    if let Poll::Ready(Some(step)) = polled {
+                        self.encode_packed(&id, step);
+                    }
+                    return self.inflight.push(Work::Replying { id, steps });
+                }
+            };
+            self.encode_packed(&body[id.clone()], step);
+        }
+    }
+
+    fn encode_packed(&mut self, id: &[u8], step: Step) {
+        use frame::Tag;
+        match step {
+            Step::Value { json: value, last } => {
+                let tag = if last { Tag::Last } else { Tag::Value };
+                frame::encode_reply(&mut self.wbuf, id, tag, Some(&value));
+            }
+            Step::Done => frame::encode_reply(&mut self.wbuf, id, Tag::Done, None),
+            Step::NoHandler => frame::encode_reply(&mut self.wbuf, id, Tag::NoHandler, None),
+            Step::Error(err) => match msgpack::to_msgpack(err.value()) {
+                Ok(value) => frame::encode_reply(&mut self.wbuf, id, Tag::Error, Some(&value)),
+                Err(e) => {
+                    tracing::error!(error = %e, "an error reply could not be serialised");
+                    let value = msgpack::to_msgpack(crate::error::RpcError::internal().value())
+                        .expect("a JSON value serialises");
+                    frame::encode_reply(&mut self.wbuf, id, Tag::Error, Some(&value));
+                }
+            },
+        }
     }
 
     fn write(&mut self, id: &[u8], what: Outgoing<'_>) {

@@ -273,6 +273,7 @@ mod tests {
             Ok(ReplyItem::Value(v)) => String::from_utf8(v.to_vec()).unwrap(),
             Ok(ReplyItem::Error(e)) => format!("err {}", e.value()),
             Ok(ReplyItem::Local(v)) => format!("local {v:?}"),
+            Ok(ReplyItem::MsgPack(v)) => format!("msgpack {v:?}"),
             Err(e) => format!("error {e}"),
         })
         .collect()

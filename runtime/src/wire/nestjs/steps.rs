@@ -13,7 +13,7 @@ use crate::service::{Reply, ReplyItem};
 
 /// One step of a reply, ready to encode.
 pub enum Step {
-    /// A value; `last` merges completion into it.
+    /// A value (JSON text; MessagePack from [`Steps::packed`]); `last` merges completion into it.
     Value { json: Bytes, last: bool },
     /// Completion without a value.
     Done,
@@ -38,6 +38,8 @@ impl Step {
 /// A request's reply as a stream of steps, with completion merged into the last value when
 /// it follows at once, as NestJS does (`{"response":3,"isDisposed":true,…}`).
 pub struct Steps {
+    /// Values as MessagePack instead of JSON.
+    packed: bool,
     no_handler: bool,
     reply: Reply,
     held: Option<Bytes>,
@@ -48,7 +50,17 @@ pub struct Steps {
 impl Steps {
     /// The steps of `reply`.
     pub(crate) fn new(reply: Reply) -> Self {
+        Self::with(reply, false)
+    }
+
+    /// The steps of `reply`, its values as MessagePack (`?codec=msgpack`).
+    pub(crate) fn packed(reply: Reply) -> Self {
+        Self::with(reply, true)
+    }
+
+    fn with(reply: Reply, packed: bool) -> Self {
         Steps {
+            packed,
             no_handler: reply.is_no_handler(),
             reply,
             held: None,
@@ -72,12 +84,19 @@ impl Steps {
             return Poll::Ready(None);
         }
         loop {
-            match this.reply.poll_next_unpin(cx).map(|item| item.map(ReplyItem::encoded)) {
-                Poll::Ready(Some(ReplyItem::Value(v))) if this.held.is_none() && this.reply.is_done() => {
+            let packed = this.packed;
+            let polled = this
+                .reply
+                .poll_next_unpin(cx)
+                .map(|item| item.map(|item| if packed { item.packed() } else { item.encoded() }));
+            match polled {
+                Poll::Ready(Some(ReplyItem::Value(v) | ReplyItem::MsgPack(v)))
+                    if this.held.is_none() && this.reply.is_done() =>
+                {
                     this.done = true;
                     return Poll::Ready(Some(Step::Value { json: v, last: true }));
                 }
-                Poll::Ready(Some(ReplyItem::Value(v))) => {
+                Poll::Ready(Some(ReplyItem::Value(v) | ReplyItem::MsgPack(v))) => {
                     if let Some(prev) = this.held.replace(v) {
                         return Poll::Ready(Some(Step::Value {
                             json: prev,

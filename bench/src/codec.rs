@@ -1,0 +1,195 @@
+//! The codec rows (`--codec-only`): the same calls through `Client` with NestJS's JSON and
+//! with Switchboard's MessagePack (`?codec=msgpack`), over TCP and in-process, in one run;
+//! reported as msgpack/JSON ratios.
+//!
+//! Two payloads: `add` (two numbers in, one out: framing dominates) and `order` (a record of
+//! a dozen line items, 880 bytes of JSON: the codec dominates). The TCP server runs on the
+//! other CPUs in its own runtime; the clients on one current-thread runtime pinned to the
+//! first CPU, `in_flight` tasks each calling in a loop. Every answer is checked.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use serde::{Deserialize, Serialize};
+use switchboard::prelude::*;
+
+/// Calls between yields.
+const BATCH: u64 = 16;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Line {
+    sku: String,
+    quantity: u32,
+    unit_price: f64,
+    gift: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Order {
+    id: u64,
+    customer: String,
+    email: String,
+    lines: Vec<Line>,
+    notes: Option<String>,
+}
+
+#[derive(Serialize, Deserialize)]
+pub struct Add {
+    a: i64,
+    b: i64,
+}
+
+#[message_pattern({ cmd = "codec_add" })]
+async fn codec_add(req: Add) -> i64 {
+    req.a.wrapping_add(req.b)
+}
+
+/// The order back, its id bumped (so every reply is checked against its request).
+#[message_pattern({ cmd = "codec_order" })]
+async fn codec_order(mut order: Order) -> Order {
+    order.id = order.id.wrapping_add(1);
+    order
+}
+
+fn order(id: u64) -> Order {
+    Order {
+        id,
+        customer: "Ada Lovelace".into(),
+        email: "ada@example.com".into(),
+        lines: (0..12)
+            .map(|i| Line {
+                sku: format!("SKU-{i:05}"),
+                quantity: i + 1,
+                // Exact in binary: serde_json's default float parsing may be 1 ULP off
+                // otherwise (its `float_roundtrip` feature is off), and every reply is compared.
+                unit_price: 9.75 + f64::from(i),
+                gift: i % 3 == 0,
+            })
+            .collect(),
+        notes: Some("leave at the door".into()),
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Payload {
+    Add,
+    Order,
+}
+
+pub fn run(runs: usize, duration: Duration, in_flight: usize) -> anyhow::Result<()> {
+    let cpus = crate::allowed_cpus();
+    let cpu = cpus.first().copied().unwrap_or(0);
+    let server_cpus: Vec<usize> = cpus.iter().copied().filter(|c| *c != cpu).collect();
+    let (url_tx, url_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = crate::pin_current_thread(&server_cpus);
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .expect("server runtime");
+        rt.block_on(async move {
+            let server = Microservice::new()
+                .handler(CODEC_ADD)
+                .handler(CODEC_ORDER)
+                .listen("tcp://127.0.0.1:0")
+                .start()
+                .await;
+            match server {
+                Ok(s) => {
+                    let _ = url_tx.send(Ok(s.local_url().to_owned()));
+                    std::future::pending::<()>().await
+                }
+                Err(e) => {
+                    let _ = url_tx.send(Err(e));
+                }
+            }
+        })
+    });
+    let tcp = url_rx.recv().context("the TCP server thread")??;
+    crate::pin_current_thread(&[cpu]).context("pin the codec benchmark")?;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let _mem = rt.block_on(
+        Microservice::new()
+            .handler(CODEC_ADD)
+            .handler(CODEC_ORDER)
+            .listen("mem://codec-bench")
+            .start(),
+    )?;
+    println!(
+        "{:<16} {:>12} {:>12} {:>14}",
+        "scenario", "json calls/s", "msgpack", "msgpack/json"
+    );
+    for (name, base) in [("tcp", tcp.as_str()), ("mem", "mem://codec-bench")] {
+        for payload in [Payload::Add, Payload::Order] {
+            let urls = [base.to_owned(), format!("{base}?codec=msgpack")];
+            let mut rates = [Vec::new(), Vec::new()];
+            for run in 0..runs {
+                // Alternate which codec goes first.
+                for k in [run % 2, 1 - run % 2] {
+                    let rate = rt.block_on(measure(&urls[k], payload, duration, in_flight.max(1)))?;
+                    eprintln!(
+                        "run {}/{runs} {name} {payload:?} x{in_flight} {:<8} {rate:>12.0} calls/s",
+                        run + 1,
+                        ["json", "msgpack"][k]
+                    );
+                    rates[k].push(rate);
+                }
+            }
+            let [json, packed] = rates.map(crate::median);
+            println!(
+                "{:<16} {:>12.0} {:>12.0} {:>14.2}",
+                format!("{name} {payload:?} x{in_flight}").to_lowercase(),
+                json,
+                packed,
+                packed / json
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Calls/s of `payload` calls to the service at `url`.
+async fn measure(url: &str, payload: Payload, duration: Duration, in_flight: usize) -> anyhow::Result<f64> {
+    let client = Client::builder(url).connect().await?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let calls = Arc::new(AtomicU64::new(0));
+    let mut tasks = tokio::task::JoinSet::new();
+    for t in 0..in_flight {
+        let (client, stop, calls) = (client.clone(), stop.clone(), calls.clone());
+        tasks.spawn(async move {
+            let mut i = t as u64 * 1_000_000;
+            while !stop.load(Ordering::Relaxed) {
+                for _ in 0..BATCH {
+                    i = i.wrapping_add(1);
+                    match payload {
+                        Payload::Add => {
+                            let got = client.send(CODEC_ADD, Add { a: i as i64, b: 2 }).await?;
+                            anyhow::ensure!(got == i as i64 + 2, "wrong sum {got} for {i} + 2");
+                        }
+                        Payload::Order => {
+                            let got = client.send(CODEC_ORDER, order(i)).await?;
+                            let mut want = order(i);
+                            want.id += 1;
+                            anyhow::ensure!(got == want, "wrong order back for {i}: {got:?}, not {want:?}");
+                        }
+                    }
+                }
+                calls.fetch_add(BATCH, Ordering::Relaxed);
+                tokio::task::yield_now().await;
+            }
+            anyhow::Ok(())
+        });
+    }
+    tokio::time::sleep(duration / 10).await;
+    let (start, before) = (Instant::now(), calls.load(Ordering::Relaxed));
+    tokio::time::sleep(duration).await;
+    let (elapsed, after) = (start.elapsed(), calls.load(Ordering::Relaxed));
+    stop.store(true, Ordering::Relaxed);
+    while let Some(done) = tasks.join_next().await {
+        done??;
+    }
+    client.close().await;
+    Ok((after - before) as f64 / elapsed.as_secs_f64())
+}
