@@ -57,6 +57,8 @@ pub mod service;
 mod signal;
 #[cfg(feature = "telemetry")]
 pub mod telemetry;
+#[cfg(feature = "testing")]
+pub mod testing;
 mod text;
 pub mod transport;
 pub mod wire;
