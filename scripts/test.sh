@@ -44,7 +44,7 @@ export SB_SKIP_LOG="$(mktemp)"
 trap 'rm -f "$log" "$SB_SKIP_LOG"' EXIT
 status=0
 # A hung test must fail the run, not eat CI's time: the whole test step gets 30 minutes.
-timeout --signal=KILL 1800 cargo test --workspace --locked --features switchboard-tests/brokers,switchboard-tests/grpc,switchboard-tests/telemetry,switchboard-tests/metrics,switchboard-tests/http,switchboard-bench/brokers,switchboard-bench/postgres,switchboard-eventstore/postgres,switchboard-saga/postgres,switchboard-discovery/etcd,switchboard-discovery/consul,switchboard-discovery/dns \
+timeout --signal=KILL 1800 cargo test --workspace --locked --features switchboard/testing,switchboard-tests/brokers,switchboard-tests/grpc,switchboard-tests/telemetry,switchboard-tests/metrics,switchboard-tests/http,switchboard-bench/brokers,switchboard-bench/postgres,switchboard-eventstore/postgres,switchboard-saga/postgres,switchboard-discovery/etcd,switchboard-discovery/consul,switchboard-discovery/dns \
   2>&1 | tee "$log" || status=$?
 # The codegen crate's `.proto` generation (unit and doc tests) with protoc from crates.io
 # (`vendored-protoc`): features the workspace build leaves off (a build-dependency's).

@@ -19,32 +19,66 @@ pub async fn describe(
     timeout: Duration,
     out: &Output,
 ) -> Result<(), Failure> {
-    let pattern = name.map_or_else(|| DESCRIBE_PATTERN.to_owned(), describe_pattern_of);
     let client = Client::builder(url)
         .timeout(timeout)
         .connect_timeout(timeout.min(Duration::from_secs(5)))
         .build()
         .map_err(Failure::from)?;
-    let answer = client.send_raw::<Value>(pattern.as_str(), Value::Null).await;
+    let answer = fetch(&client, name).await;
     client.close().await;
-    let value = answer.map_err(|e| match e {
+    let value = answer.map_err(|e| failure(e, url, name, timeout))?;
+    print(value, name, schemas, out)
+}
+
+/// What the service behind `client` (or the one named `name` on a shared broker) says of
+/// itself, as it came. A service that does not describe itself (NestJS, or Switchboard with
+/// `describe_pattern(false)`) gives [`Error::NoHandler`], or on MQTT [`Error::Timeout`].
+pub async fn fetch(client: &Client, name: Option<&str>) -> Result<Value, Error> {
+    client.send_raw::<Value>(pattern(name).as_str(), Value::Null).await
+}
+
+/// Whether `e`, from [`fetch`], means the service does not describe itself.
+pub fn undescribed(e: &Error) -> bool {
+    // MQTT has no "no handler" answer: a missing describe is a timeout there.
+    matches!(e, Error::NoHandler { .. } | Error::Timeout { .. })
+}
+
+/// `e`, from [`fetch`], said in words for a user of `url`.
+pub fn failure(e: Error, url: &str, name: Option<&str>, timeout: Duration) -> Failure {
+    let pattern = pattern(name);
+    match e {
         Error::NoHandler { .. } => Failure::from(e).with_message(format!(
             "the service at {url} does not describe itself: nothing answers `{pattern}` (a NestJS service cannot; a Switchboard one may have turned it off with `describe_pattern(false)`)"
         )),
-        // MQTT has no "no handler" answer: a missing describe is a timeout there.
         Error::Timeout { .. } => Failure::from(e).with_message(format!(
             "no answer to `{pattern}` from {url} within {timeout:?}: a NestJS service cannot describe itself, nor a Switchboard one with `describe_pattern(false)`"
         )),
         e => Failure::from(e),
-    })?;
+    }
+}
+
+/// The answer of [`fetch`] read as a [`Description`].
+pub fn parse(value: Value, name: Option<&str>) -> Result<Description, Failure> {
+    serde_json::from_value(value).map_err(|e| {
+        Failure::other(format!(
+            "the answer to `{}` is not a service description: {e}",
+            pattern(name)
+        ))
+    })
+}
+
+/// Prints the answer of [`fetch`]: as it came with `--json`, else as a table for people.
+pub fn print(value: Value, name: Option<&str>, schemas: bool, out: &Output) -> Result<(), Failure> {
     if out.json {
         println!("{value}");
         return Ok(());
     }
-    let description: Description = serde_json::from_value(value)
-        .map_err(|e| Failure::other(format!("the answer to `{pattern}` is not a service description: {e}")))?;
-    print!("{}", render(&description, schemas));
+    print!("{}", render(&parse(value, name)?, schemas));
     Ok(())
+}
+
+fn pattern(name: Option<&str>) -> String {
+    name.map_or_else(|| DESCRIBE_PATTERN.to_owned(), describe_pattern_of)
 }
 
 /// The description as text for people.

@@ -6,6 +6,7 @@
 //! echo '{"id":1}' | switchboard emit nats://127.0.0.1:4222 user_created -H tenant=acme
 //! switchboard listen redis://127.0.0.1:6379 user_created --json
 //! switchboard describe tcp://127.0.0.1:3001 --schemas
+//! switchboard repl tcp://127.0.0.1:3001          # the same at a prompt: history, Tab completion
 //! switchboard events tail sqlite:users.db --stream user-42
 //! switchboard events replay sqlite:users.db --name USER_CREATED --to nats://127.0.0.1:4222
 //! switchboard saga list sqlite:orders.db --status stuck
@@ -15,11 +16,13 @@
 //! Exit codes (see [`outcome::Failure`]): 0 done, 2 bad usage or input, 3 no handler, 4 timeout,
 //! 5 cannot reach the service (refused, lost), 6 the handler answered an error, 1 anything else.
 
+mod bench;
 mod describe;
 mod events;
 mod input;
 mod listen;
 mod outcome;
+mod repl;
 mod saga;
 
 use std::process::ExitCode;
@@ -64,6 +67,16 @@ enum Command {
     /// Lists, shows and operates the sagas of a saga log (an SQLite file or PostgreSQL).
     #[command(subcommand)]
     Saga(SagaCommand),
+    /// Runs call, emit, listen and describe at a prompt, against one service kept connected: history, Tab
+    /// completion of the service's patterns (from its describe pattern), colours.
+    ///
+    /// switchboard repl tcp://127.0.0.1:3001
+    Repl(repl::Repl),
+    /// Load on one pattern: calls/s and latency percentiles (closed loop with -c over -k
+    /// connections, or open loop with --rate), as a table or JSON; --compare, --plot.
+    ///
+    /// switchboard bench tcp://127.0.0.1:3001 '{"cmd":"add"}' '{"a":1,"b":2}' -k 4 -c 256 -d 10s
+    Bench(bench::BenchArgs),
 }
 
 #[derive(Subcommand)]
@@ -262,6 +275,8 @@ fn main() -> ExitCode {
         Command::Saga(SagaCommand::List(l)) => l.json,
         Command::Saga(SagaCommand::Show(o) | SagaCommand::Retry(o) | SagaCommand::Skip(o)) => o.json,
         Command::Saga(SagaCommand::Abort(a)) => a.one.json,
+        Command::Repl(_) => false,
+        Command::Bench(b) => b.json,
     };
     let out = Output { json };
     let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
@@ -290,6 +305,8 @@ fn main() -> ExitCode {
         Command::Events(Events::Replay(r)) => {
             rt.block_on(events::replay(&r.selected.store, &r.selected.selection(), &r.to, &out))
         }
+        Command::Repl(r) => repl::run(r),
+        Command::Bench(b) => bench::run(b, &out),
         Command::Saga(command) => {
             let (log, action) = match command {
                 SagaCommand::List(l) => (

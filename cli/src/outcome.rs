@@ -76,6 +76,11 @@ impl Failure {
         }
     }
 
+    /// The kind of failure in words: `no handler`, `timeout`, `unreachable`, …
+    pub fn kind_name(&self) -> String {
+        self.kind.name().replace('_', " ")
+    }
+
     /// The same kind (and exit code), told in other words.
     pub fn with_message(self, message: impl Into<String>) -> Self {
         Failure {

@@ -1,5 +1,6 @@
-//! The `switchboard` binary against real services: a Switchboard server over TCP and NATS, and
-//! the NestJS 12 peer (tests/nestjs) over TCP. Each failure kind has its exit code.
+//! The `switchboard` binary against real services: Switchboard servers on every transport but
+//! the in-process one, and the NestJS 12 peer (tests/nestjs) over TCP, Redis, NATS, MQTT and
+//! RabbitMQ. Each failure kind has its exit code.
 
 use std::collections::HashMap;
 use std::process::{Command, Output, Stdio};
@@ -229,9 +230,9 @@ async fn calls_over_a_broker() {
     server.shutdown().await.unwrap();
 }
 
-/// Waits (up to 5 s) until `cli.evt` got `marker`.
+/// Waits (up to 15 s: a Kafka consumer group takes seconds to form) until `cli.evt` got `marker`.
 async fn event_seen(marker: &str) -> bool {
-    for _ in 0..250 {
+    for _ in 0..750 {
         if EVENTS.lock().unwrap().iter().any(|e| e["marker"] == json!(marker)) {
             return true;
         }
@@ -240,19 +241,21 @@ async fn event_seen(marker: &str) -> bool {
     false
 }
 
-/// The same commands against NestJS 12's own TCP server (tests/nestjs/server.mjs).
-#[tokio::test]
-async fn calls_a_nestjs_server() {
+/// NestJS 12's own server (tests/nestjs/server.mjs) with `args` (`--port 0` or `--url …`),
+/// and the port it printed; `None` (after [`missing`]) when the peer is not installed.
+async fn nestjs(args: &[&str]) -> Option<(tokio::process::Child, String)> {
     let peer = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/nestjs");
     if !peer
         .join("v12/node_modules/@nestjs/microservices/package.json")
         .exists()
     {
-        return missing("NestJS 12 (tests/nestjs/v12)", "run scripts/setup-nestjs.sh");
+        missing("NestJS 12 (tests/nestjs/v12)", "run scripts/setup-nestjs.sh");
+        return None;
     }
     let mut node = tokio::process::Command::new("node")
         .arg(peer.join("server.mjs"))
-        .args(["--nest", "12", "--port", "0"])
+        .args(["--nest", "12"])
+        .args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .kill_on_drop(true)
@@ -265,6 +268,15 @@ async fn calls_a_nestjs_server() {
         .unwrap()
         .unwrap_or_default();
     let port = ready.strip_prefix("READY ").expect("READY <port>").to_owned();
+    Some((node, port))
+}
+
+/// The same commands against NestJS 12's own TCP server (tests/nestjs/server.mjs).
+#[tokio::test]
+async fn calls_a_nestjs_server() {
+    let Some((mut node, port)) = nestjs(&["--port", "0"]).await else {
+        return;
+    };
     let url = format!("tcp://127.0.0.1:{port}");
 
     let out = run(args(&["call", &url, r#"{"cmd":"sum"}"#, "[1,2,3]"]), None).await;
@@ -302,6 +314,119 @@ async fn calls_a_nestjs_server() {
     }
     assert!(seen.contains(r#""from":"cli""#), "{seen}");
     node.kill().await.unwrap();
+}
+
+/// `call`, `emit` and `listen` against NestJS 12 servers on Redis, NATS, MQTT and RabbitMQ
+/// (`listen` is refused on RabbitMQ, where overhearing would take messages from the queue).
+#[tokio::test]
+async fn calls_emits_and_listens_with_nestjs_on_brokers() {
+    let queue = format!("cli-nest-{}", std::process::id());
+    let amqp = format!("amqp://guest:guest@127.0.0.1:5672?queue={queue}&durable=false");
+    for (url, port) in [
+        ("redis://127.0.0.1:6379", 6379),
+        ("nats://127.0.0.1:4222", 4222),
+        ("mqtt://127.0.0.1:1883", 1883),
+        (amqp.as_str(), 5672),
+    ] {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            return missing(&format!("a broker at 127.0.0.1:{port}"), "run scripts/brokers.sh");
+        }
+        let Some((mut node, _)) = nestjs(&["--url", url]).await else {
+            return;
+        };
+        let out = run(args(&["call", url, r#"{"cmd":"sum"}"#, "[1,2,3]"]), None).await;
+        assert_eq!(text(&out.stdout), "6\n", "{url}: {}", text(&out.stderr));
+        let out = run(args(&["call", url, "stream", "--json"]), None).await;
+        assert_eq!(
+            text(&out.stdout),
+            "{\"value\":1}\n{\"value\":2}\n{\"value\":3}\n{\"ok\":true}\n",
+            "{url}: {}",
+            text(&out.stderr)
+        );
+
+        let marker = format!("nest-{port}-{}", std::process::id());
+        let child = match port {
+            5672 => None,
+            _ => Some(listener(url, &["evt", "--count", "1", "--json"]).await),
+        };
+        let out = run(
+            args(&["emit", url, "evt", &json!({"marker": marker}).to_string()]),
+            None,
+        )
+        .await;
+        assert!(out.status.success(), "{url}: {}", text(&out.stderr));
+        if let Some(child) = child {
+            let lines = heard(child).await;
+            assert_eq!(lines[0]["channel"], "evt", "{url}: {lines:?}");
+            assert_eq!(lines[0]["message"]["data"]["marker"], json!(marker), "{url}: {lines:?}");
+        } else {
+            let out = run(args(&["listen", url, "evt"]), None).await;
+            assert_eq!(out.status.code(), Some(2), "{url}: {}", text(&out.stderr));
+        }
+        let mut seen = String::new();
+        for _ in 0..50 {
+            seen = text(&run(args(&["call", url, "events_seen"]), None).await.stdout);
+            if seen.contains(&marker) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(seen.contains(&marker), "{url}: NestJS got the event: {seen}");
+        node.kill().await.unwrap();
+    }
+}
+
+/// `call` and `emit` against Switchboard services on the transports the other tests leave out:
+/// Redis, RabbitMQ, Kafka (librdkafka's mock cluster), gRPC and TLS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_and_emits_on_every_transport() {
+    for port in [6379, 5672] {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            return missing(&format!("a broker at 127.0.0.1:{port}"), "run scripts/brokers.sh");
+        }
+    }
+    let mock = switchboard::transport::kafka::KafkaMock::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    let (cert_path, key_path) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert_path, cert.cert.pem()).unwrap();
+    std::fs::write(&key_path, cert.signing_key.serialize_pem()).unwrap();
+    let queue = format!("cli-every-{}", std::process::id());
+    let servers = [
+        "redis://127.0.0.1:6379".to_owned(),
+        format!("amqp://guest:guest@127.0.0.1:5672?queue={queue}&durable=false"),
+        format!("kafka://{}", mock.bootstrap()),
+        "grpc://127.0.0.1:0".to_owned(),
+        format!(
+            "tls://127.0.0.1:0?cert={}&key={}",
+            cert_path.display(),
+            key_path.display()
+        ),
+    ];
+    for listen in servers {
+        let server = serve(&listen).await;
+        let url = match listen.split_once("://").unwrap().0 {
+            "grpc" => server.local_url().to_owned(),
+            "tls" => format!(
+                "{}?ca={}&server_name=localhost",
+                server.local_url(),
+                cert_path.display()
+            ),
+            _ => listen.clone(),
+        };
+        let scheme = listen.split_once("://").unwrap().0;
+        let out = run(args(&["call", &url, "cli.count", "3", "--timeout", "20s"]), None).await;
+        assert_eq!(text(&out.stdout), "1\n2\n3\n", "{scheme}: {}", text(&out.stderr));
+        let marker = format!("every-{scheme}-{}", std::process::id());
+        let out = run(
+            args(&["emit", &url, "cli.evt", &json!({"marker": marker}).to_string()]),
+            None,
+        )
+        .await;
+        assert!(out.status.success(), "{scheme}: {}", text(&out.stderr));
+        assert!(event_seen(&marker).await, "{scheme}: the event reached its listener");
+        server.shutdown().await.unwrap();
+    }
 }
 
 #[tokio::test]
