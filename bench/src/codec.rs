@@ -9,7 +9,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Context as _;
 use serde::{Deserialize, Serialize};
@@ -82,32 +82,7 @@ pub fn run(runs: usize, duration: Duration, in_flight: usize) -> anyhow::Result<
     let cpus = crate::allowed_cpus();
     let cpu = cpus.first().copied().unwrap_or(0);
     let server_cpus: Vec<usize> = cpus.iter().copied().filter(|c| *c != cpu).collect();
-    let (url_tx, url_rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = crate::pin_current_thread(&server_cpus);
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()
-            .expect("server runtime");
-        rt.block_on(async move {
-            let server = Microservice::new()
-                .handler(CODEC_ADD)
-                .handler(CODEC_ORDER)
-                .listen("tcp://127.0.0.1:0")
-                .start()
-                .await;
-            match server {
-                Ok(s) => {
-                    let _ = url_tx.send(Ok(s.local_url().to_owned()));
-                    std::future::pending::<()>().await
-                }
-                Err(e) => {
-                    let _ = url_tx.send(Err(e));
-                }
-            }
-        })
-    });
-    let tcp = url_rx.recv().context("the TCP server thread")??;
+    let tcp = crate::serve::spawn_tcp(Microservice::new().handler(CODEC_ADD).handler(CODEC_ORDER), server_cpus)?;
     crate::pin_current_thread(&[cpu]).context("pin the codec benchmark")?;
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let _mem = rt.block_on(
@@ -182,14 +157,7 @@ async fn measure(url: &str, payload: Payload, duration: Duration, in_flight: usi
             anyhow::Ok(())
         });
     }
-    tokio::time::sleep(duration / 10).await;
-    let (start, before) = (Instant::now(), calls.load(Ordering::Relaxed));
-    tokio::time::sleep(duration).await;
-    let (elapsed, after) = (start.elapsed(), calls.load(Ordering::Relaxed));
-    stop.store(true, Ordering::Relaxed);
-    while let Some(done) = tasks.join_next().await {
-        done??;
-    }
+    let rate = crate::mem::window(tasks, &calls, &stop, duration).await?;
     client.close().await;
-    Ok((after - before) as f64 / elapsed.as_secs_f64())
+    Ok(rate)
 }

@@ -269,17 +269,11 @@ fn main() -> ExitCode {
         return run_brokers(&args);
     }
     if args.policy_only {
-        return match mem::run_policy(
+        return finished(mem::run_policy(
             args.runs,
             Duration::from_secs_f64(args.duration_secs),
             args.mem_in_flight,
-        ) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("error: {e:#}");
-                ExitCode::from(1)
-            }
-        };
+        ));
     }
     if args.store_only {
         let secs = Duration::from_secs_f64(args.duration_secs);
@@ -287,13 +281,7 @@ fn main() -> ExitCode {
         let result = store::run(args.runs, secs).and_then(|()| store::run_postgres(args.runs, secs));
         #[cfg(not(feature = "postgres"))]
         let result = store::run(args.runs, secs);
-        return match result {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("error: {e:#}");
-                ExitCode::from(1)
-            }
-        };
+        return finished(result);
     }
     if args.saga_only {
         let plan = saga::Plan {
@@ -315,39 +303,21 @@ fn main() -> ExitCode {
         let result = saga::run(plan).and_then(|()| saga::run_postgres(plan));
         #[cfg(not(feature = "postgres"))]
         let result = saga::run(plan);
-        return match result {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("error: {e:#}");
-                ExitCode::from(1)
-            }
-        };
+        return finished(result);
     }
     if args.codec_only {
-        return match codec::run(
+        return finished(codec::run(
             args.runs,
             Duration::from_secs_f64(args.duration_secs),
             args.mem_in_flight,
-        ) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("error: {e:#}");
-                ExitCode::from(1)
-            }
-        };
+        ));
     }
     if args.mem_only {
-        return match mem::run(
+        return finished(mem::run(
             args.runs,
             Duration::from_secs_f64(args.duration_secs),
             args.mem_in_flight,
-        ) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("error: {e:#}");
-                ExitCode::from(1)
-            }
-        };
+        ));
     }
     match bench(&args) {
         Ok(()) => ExitCode::SUCCESS,
@@ -399,6 +369,17 @@ fn run_brokers(args: &Args) -> ExitCode {
 }
 
 /// The machine's load averages (1, 5, 15 min).
+/// The exit of a run that printed its own results: 1, saying why, when it failed.
+fn finished(result: anyhow::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
 fn load_average() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .unwrap_or_default()

@@ -96,31 +96,7 @@ pub fn run_policy(runs: usize, duration: Duration, in_flight: usize) -> anyhow::
     );
     // The TCP server on the other CPUs, in its own runtime.
     let server_cpus: Vec<usize> = cpus.iter().copied().filter(|c| *c != cpu).collect();
-    let (url_tx, url_rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = crate::pin_current_thread(&server_cpus);
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()
-            .expect("server runtime");
-        rt.block_on(async move {
-            let server = Microservice::new()
-                .handler(MEM_ADD)
-                .listen("tcp://127.0.0.1:0")
-                .start()
-                .await;
-            match server {
-                Ok(s) => {
-                    let _ = url_tx.send(Ok(s.local_url().to_owned()));
-                    std::future::pending::<()>().await
-                }
-                Err(e) => {
-                    let _ = url_tx.send(Err(e));
-                }
-            }
-        })
-    });
-    let url = url_rx.recv().context("the TCP server thread")??;
+    let url = crate::serve::spawn_tcp(Microservice::new().handler(MEM_ADD), server_cpus)?;
     let tcp = rt.block_on(policy_rows(
         &url,
         &[Side::Switchboard, Side::Guarded],
@@ -264,6 +240,22 @@ async fn measure_at(url: &str, side: Side, duration: Duration, in_flight: usize)
             anyhow::Ok(())
         });
     }
+    let rate = window(tasks, &calls, &stop, duration).await?;
+    if let Some(server) = server {
+        server.shutdown().await?;
+    }
+    Ok(rate)
+}
+
+/// The bare side: the JSON an in-process call cannot avoid, and the function.
+/// The calls a second that `tasks` count in `calls` over `duration`, after a tenth of it to
+/// warm up; then `stop` them and wait for them.
+pub(crate) async fn window(
+    mut tasks: tokio::task::JoinSet<anyhow::Result<()>>,
+    calls: &AtomicU64,
+    stop: &AtomicBool,
+    duration: Duration,
+) -> anyhow::Result<f64> {
     tokio::time::sleep(duration / 10).await;
     let (start, before) = (Instant::now(), calls.load(Ordering::Relaxed));
     tokio::time::sleep(duration).await;
@@ -272,13 +264,9 @@ async fn measure_at(url: &str, side: Side, duration: Duration, in_flight: usize)
     while let Some(done) = tasks.join_next().await {
         done??;
     }
-    if let Some(server) = server {
-        server.shutdown().await?;
-    }
     Ok((after - before) as f64 / elapsed.as_secs_f64())
 }
 
-/// The bare side: the JSON an in-process call cannot avoid, and the function.
 fn bare_call(req: MemAdd) -> anyhow::Result<MemSum> {
     let payload = serde_json::to_vec(&req)?;
     let decoded: MemAdd = serde_json::from_slice(&payload)?;

@@ -132,3 +132,33 @@ pub fn run(kind: Kind, threads: usize) -> anyhow::Result<()> {
         Ok(())
     })
 }
+
+/// Serves `service` over `tcp://127.0.0.1:0` on a thread of its own pinned to `cpus`, in a
+/// multi-threaded runtime; returns its URL once it listens.
+pub fn spawn_tcp<S: Clone + Send + Sync + 'static>(
+    service: Microservice<S>,
+    cpus: Vec<usize>,
+) -> anyhow::Result<String> {
+    let (url_tx, url_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = crate::pin_current_thread(&cpus);
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .expect("server runtime");
+        rt.block_on(async move {
+            match service.listen("tcp://127.0.0.1:0").start().await {
+                Ok(s) => {
+                    let _ = url_tx.send(Ok(s.local_url().to_owned()));
+                    std::future::pending::<()>().await
+                }
+                Err(e) => {
+                    let _ = url_tx.send(Err(e));
+                }
+            }
+        })
+    });
+    Ok(url_rx
+        .recv()
+        .map_err(|_| anyhow::anyhow!("the TCP server thread ended"))??)
+}

@@ -8,6 +8,9 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use switchboard::prelude::*;
 
+mod common;
+use common::nestjs;
+
 #[message_pattern({ cmd = "bench.sum" })]
 async fn sum(numbers: Vec<f64>) -> f64 {
     numbers.iter().sum()
@@ -484,41 +487,12 @@ async fn help_has_examples() {
     }
 }
 
-/// A service this test needs is missing: fails under CI, else says so and skips.
-fn missing(what: &str, fix: &str) {
-    assert!(std::env::var_os("CI").is_none(), "{what} is missing (CI is set): {fix}");
-    eprintln!("SKIPPED: {what} is missing: {fix}");
-    if let Some(log) = std::env::var_os("SB_SKIP_LOG") {
-        let mut f = std::fs::OpenOptions::new().append(true).create(true).open(log).unwrap();
-        let _ = std::io::Write::write_all(&mut f, format!("cli bench: {what}\n").as_bytes());
-    }
-}
-
 /// NestJS 12's own TCP server (tests/nestjs/server.mjs) under load, through both drivers.
 #[tokio::test]
 async fn benches_a_nestjs_server() {
-    let peer = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/nestjs");
-    if !peer
-        .join("v12/node_modules/@nestjs/microservices/package.json")
-        .exists()
-    {
-        return missing("NestJS 12 (tests/nestjs/v12)", "run scripts/setup-nestjs.sh");
-    }
-    let mut node = tokio::process::Command::new("node")
-        .arg(peer.join("server.mjs"))
-        .args(["--nest", "12", "--port", "0"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("node runs");
-    let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(node.stdout.take().unwrap()));
-    let ready = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
-        .await
-        .expect("the NestJS peer starts within 30 s")
-        .unwrap()
-        .unwrap_or_default();
-    let port = ready.strip_prefix("READY ").expect("READY <port>").to_owned();
+    let Some((mut node, port)) = nestjs(&["--port", "0"]).await else {
+        return;
+    };
     let url = format!("tcp://127.0.0.1:{port}");
     for driver in ["auto", "client"] {
         let out = bench(&[

@@ -15,6 +15,9 @@ use rexpect::reader::Options;
 use rexpect::session::PtySession;
 use switchboard::prelude::*;
 
+mod common;
+use common::missing;
+
 /// How long any one expected output may take before the test fails as hung.
 const HANG_GUARD_MS: u64 = 60_000;
 
@@ -259,16 +262,6 @@ impl Drop for Peer {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
-    }
-}
-
-/// A service this test needs is missing: fails under CI, else says so and skips.
-fn missing(what: &str, fix: &str) {
-    assert!(std::env::var_os("CI").is_none(), "{what} is missing (CI is set): {fix}");
-    eprintln!("SKIPPED: {what} is missing: {fix}");
-    if let Some(log) = std::env::var_os("SB_SKIP_LOG") {
-        let mut f = std::fs::OpenOptions::new().append(true).create(true).open(log).unwrap();
-        let _ = std::io::Write::write_all(&mut f, format!("cli repl: {what}\n").as_bytes());
     }
 }
 

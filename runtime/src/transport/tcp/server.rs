@@ -395,16 +395,7 @@ impl Conn {
                 // split leaves `data` unchecked, so a failed handler's input is checked here.
                 return Err(Close::Json(e));
             }
-            match (ready, id) {
-                (Poll::Ready(reply), Some(id)) => self.start_reply(&body, id, reply),
-                (Poll::Pending, Some(id)) => self.inflight.push(Work::Answering {
-                    id: body.slice(id),
-                    reply,
-                    codec: Codec::Json,
-                }),
-                (Poll::Pending, None) => self.inflight.push(Work::Event(EventTask(tokio::spawn(reply)))),
-                (Poll::Ready(_), None) => {}
-            }
+            self.dispatched(&body, id, ready, reply, Codec::Json);
         }
     }
 
@@ -423,8 +414,35 @@ impl Conn {
         if reply.is_done() {
             return self.write(&body[id], Outgoing::Done);
         }
+        self.stream_reply(body, id, Steps::new(reply));
+    }
+
+    /// A routed message, polled once: a ready reply written now, a pending one or an
+    /// event's listeners left to the in-flight set.
+    fn dispatched(
+        &mut self,
+        body: &Bytes,
+        id: Option<Range<usize>>,
+        ready: Poll<Reply>,
+        reply: RouterFuture,
+        codec: Codec,
+    ) {
+        match (ready, id, codec) {
+            (Poll::Ready(reply), Some(id), Codec::Json) => self.start_reply(body, id, reply),
+            (Poll::Ready(reply), Some(id), Codec::MsgPack) => self.stream_reply(body, id, Steps::packed(reply)),
+            (Poll::Pending, Some(id), codec) => self.inflight.push(Work::Answering {
+                id: body.slice(id),
+                reply,
+                codec,
+            }),
+            (Poll::Pending, None, _) => self.inflight.push(Work::Event(EventTask(tokio::spawn(reply)))),
+            (Poll::Ready(_), None, _) => {}
+        }
+    }
+
+    /// Writes a reply's steps as far as they are ready, the rest from the in-flight set.
+    fn stream_reply(&mut self, body: &Bytes, id: Range<usize>, mut steps: Steps) {
         let mut cx = TaskContext::from_waker(std::task::Waker::noop());
-        let mut steps = Steps::new(reply);
         loop {
             // A long ready stream: write what we have first, poll the rest later.
             let step = match steps.poll_step(&mut cx) {
@@ -486,37 +504,8 @@ impl Conn {
             // Replies as values, encoded once, straight to MessagePack (see `Steps::packed`).
             ctx.set_local(true);
             let mut reply = self.router.call(Request::new(address, payload, ctx));
-            let mut cx = TaskContext::from_waker(std::task::Waker::noop());
-            match (reply.poll_unpin(&mut cx), packet.id) {
-                (Poll::Ready(reply), Some(id)) => self.start_packed(&body, id, reply),
-                (Poll::Pending, Some(id)) => self.inflight.push(Work::Answering {
-                    id: body.slice(id),
-                    reply,
-                    codec: Codec::MsgPack,
-                }),
-                (Poll::Pending, None) => self.inflight.push(Work::Event(EventTask(tokio::spawn(reply)))),
-                (Poll::Ready(_), None) => {}
-            }
-        }
-    }
-
-    /// [`start_reply`](Self::start_reply) on a msgpack connection.
-    fn start_packed(&mut self, body: &Bytes, id: Range<usize>, reply: Reply) {
-        let mut cx = TaskContext::from_waker(std::task::Waker::noop());
-        let mut steps = Steps::packed(reply);
-        loop {
-            let step = match steps.poll_step(&mut cx) {
-                Poll::Ready(Some(step)) if self.wbuf.len() < WRITE_HIGH_WATER => step,
-                Poll::Ready(None) => return,
-                polled => {
-                    let id = body.slice(id);
-                    if let Poll::Ready(Some(step)) = polled {
-                        self.encode_packed(&id, step);
-                    }
-                    return self.inflight.push(Work::Replying { id, steps });
-                }
-            };
-            self.encode_packed(&body[id.clone()], step);
+            let ready = reply.poll_unpin(&mut TaskContext::from_waker(std::task::Waker::noop()));
+            self.dispatched(&body, packet.id, ready, reply, Codec::MsgPack);
         }
     }
 
