@@ -39,7 +39,7 @@ use outcome::{Failure, Output};
 #[command(
     name = "switchboard",
     version,
-    about = "Call and emit against Switchboard and NestJS services on any transport"
+    about = "Call, emit, listen, describe, bench and a REPL against Switchboard and NestJS services on any transport; event stores and saga logs"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -49,12 +49,20 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Sends a request and prints each value of the reply, one JSON value per line.
+    ///
+    /// switchboard call tcp://127.0.0.1:3001 '{"cmd":"sum"}' '[1,2,3]'
+    ///
+    /// echo '"42"' | switchboard call nats://127.0.0.1:4222 '{"cmd":"get_user"}' --timeout 2s --json
     Call(Target),
     /// Emits an event (nothing is printed once the transport took it).
+    ///
+    /// switchboard emit redis://127.0.0.1:6379 user_created '{"id":"42"}' -H tenant=acme
     Emit(Target),
     /// Prints the messages that pass on a broker (Redis, NATS, MQTT, Kafka) for the patterns
     /// given, or all (not on Kafka): events, requests and their replies, one per line
     /// (`channel message`).
+    ///
+    /// switchboard listen nats://127.0.0.1:4222 user_created '{"cmd":"get_user"}' --json
     Listen(Listening),
     /// Shows what a Switchboard service serves: each pattern's kind, policy, contract, and
     /// payload and reply types (its built-in describe pattern; a NestJS service cannot).
@@ -212,7 +220,7 @@ impl Selected {
 
 #[derive(Args)]
 struct Listening {
-    /// The broker: redis://…, nats://…, mqtt://…
+    /// The broker: redis://…, nats://…, mqtt://…, kafka://…
     url: String,
     /// Patterns to listen to, as for `call` (all when none is given).
     patterns: Vec<String>,

@@ -910,3 +910,35 @@ async fn lists_shows_and_operates_sagas() {
         assert_eq!(out.status.code(), Some(2), "{mistake:?}: {}", text(&out.stderr));
     }
 }
+
+/// Every command's `--help` shows it in use.
+#[test]
+fn every_command_has_examples_in_its_help() {
+    for command in [
+        &["call"][..],
+        &["emit"],
+        &["listen"],
+        &["describe"],
+        &["events", "tail"],
+        &["events", "replay"],
+        &["saga", "list"],
+        &["saga", "show"],
+        &["saga", "retry"],
+        &["saga", "skip"],
+        &["saga", "abort"],
+        &["bench"],
+        &["repl"],
+    ] {
+        let mut line = command.to_vec();
+        line.push("--help");
+        let out = cli(&line, None);
+        assert!(out.status.success(), "{command:?}");
+        let example = format!("switchboard {} ", command.join(" "));
+        assert!(
+            text(&out.stdout).contains(&example),
+            "`{}` shows no example:\n{}",
+            line.join(" "),
+            text(&out.stdout)
+        );
+    }
+}
