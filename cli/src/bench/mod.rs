@@ -333,8 +333,10 @@ pub fn run(args: &BenchArgs, out: &Output) -> Result<(), Failure> {
         (None, Stop::Duration(d)) => d,
         (None, Stop::Count(_)) => Duration::ZERO,
     };
+    // The report is printed and saved: a password in the URL stays out of it.
+    let url = switchboard::transport::redact(&args.url);
     let setup = Setup {
-        url: &args.url,
+        url: &url,
         pattern,
         driver,
         open: plan.rate.is_some(),
