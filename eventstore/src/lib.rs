@@ -34,7 +34,7 @@ pub use inbox::{Inbox, InboxLayer};
 pub use memory::MemoryStore;
 pub use outbox::Relay;
 #[cfg(feature = "postgres")]
-pub use postgres::PgStore;
+pub use postgres::{PgReadModel, PgStore};
 pub use projection::{IDEMPOTENCY_KEY, Projection};
 #[cfg(feature = "sqlite")]
 pub use read_model::SqliteReadModel;

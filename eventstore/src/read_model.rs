@@ -125,20 +125,7 @@ impl SqliteReadModel {
 
     /// Catches up, then follows commits until `stop` resolves.
     pub async fn run<S: EventStore>(&self, store: &S, stop: impl Future<Output = ()>) -> Result<()> {
-        let mut head = store.watch_head();
-        tokio::pin!(stop);
-        loop {
-            head.mark_unchanged();
-            let at = self.catch_up(store).await?;
-            if *head.borrow() > at {
-                continue;
-            }
-            tokio::select! {
-                _ = &mut stop => return Ok(()),
-                _ = head.changed() => {}
-                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-            }
-        }
+        follow(store, stop, || self.catch_up(store)).await
     }
 
     /// Empties the checkpoint, so the next run replays every event; clear the model's tables
@@ -158,6 +145,31 @@ impl SqliteReadModel {
         })
         .await?;
         self.catch_up(store).await
+    }
+}
+
+/// Runs `catch_up` until `stop` resolves: again at once when the store's head moved past it
+/// meanwhile, else on the next commit (or after a second, for a head another process moved
+/// without this one hearing).
+pub(crate) async fn follow<S, F, Fut>(store: &S, stop: impl Future<Output = ()>, mut catch_up: F) -> Result<()>
+where
+    S: EventStore,
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<u64>>,
+{
+    let mut head = store.watch_head();
+    tokio::pin!(stop);
+    loop {
+        head.mark_unchanged();
+        let at = catch_up().await?;
+        if *head.borrow() > at {
+            continue;
+        }
+        tokio::select! {
+            _ = &mut stop => return Ok(()),
+            _ = head.changed() => {}
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
     }
 }
 

@@ -174,6 +174,26 @@ async fn watch_head_sees_another_process_commit() {
         .unwrap();
 }
 
+/// A commit soon after another is not notified by itself: the appender notifies it once idle.
+#[tokio::test]
+async fn watch_head_sees_the_last_of_a_burst_of_commits() {
+    let Some((a, b)) = two_stores().await else { return };
+    let mut rx = a.watch_head();
+    let mut last = 0;
+    for n in 0..50 {
+        last = b
+            .append("burst", ExpectedVersion::Any, vec![event(n)])
+            .await
+            .unwrap()
+            .position;
+    }
+    // Nothing on `a` is called: only a notification can move its head there.
+    tokio::time::timeout(WAIT, rx.wait_for(|h| *h == last))
+        .await
+        .expect("the last commit is notified")
+        .unwrap();
+}
+
 #[tokio::test]
 async fn watch_head_catches_up_after_the_listener_reconnects() {
     let Some((a, b)) = two_stores().await else { return };

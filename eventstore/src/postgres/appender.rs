@@ -15,9 +15,15 @@
 //! transaction, each append in its own SAVEPOINT: it looks up stored ids and stream states, tells
 //! retries, duplicates and wrong versions apart exactly, writes the rest with the same statement,
 //! and commits once. Every caller is answered after the commit.
+//!
+//! Other processes learn of commits through `NOTIFY`, which costs every commit a lock, a queue
+//! entry and a wake-up of each listener: a commit notifies only if the last notification is
+//! `NOTIFY_EVERY` old; one that did not is notified by a statement of its own when the appender
+//! has nothing to write by then. The store's own watch moves on every commit.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{Connection, PgConnection, Row};
@@ -36,6 +42,9 @@ const MAX_GROUP_BYTES: usize = 16 << 20;
 const COALESCE_YIELDS: usize = 4;
 /// Optimistic attempts of a careful append before it takes the head's lock first.
 const OPTIMISTIC_ATTEMPTS: u32 = 2;
+/// The longest other processes wait to hear of a commit (when this process lives on; else they
+/// see it at the next commit's notification or their own poll).
+const NOTIFY_EVERY: Duration = Duration::from_millis(2);
 
 /// One `append_multi` call waiting for its answer.
 pub(super) struct Job {
@@ -55,6 +64,10 @@ pub(super) struct Appender {
     pub(super) carry: Option<Job>,
     /// How many jobs the last group had: their callers are likely to be back soon.
     pub(super) last_group: usize,
+    /// When the last notification went out.
+    pub(super) notified: Option<Instant>,
+    /// The head of a commit that went out without a notification, not yet notified.
+    pub(super) unnotified: Option<u64>,
 }
 
 impl Appender {
@@ -63,7 +76,7 @@ impl Appender {
         loop {
             let first = match self.carry.take() {
                 Some(job) => job,
-                None => match self.jobs.recv().await {
+                None => match self.next().await {
                     Some(job) => job,
                     None => break,
                 },
@@ -80,8 +93,63 @@ impl Appender {
             self.last_group = group.len();
             self.run_group(group).await;
         }
+        self.notify_unnotified().await;
         if let Some(conn) = self.conn.take() {
             let _ = conn.close().await;
+        }
+    }
+
+    /// The next job; while a commit waits for its notification, it goes out when it is due.
+    async fn next(&mut self) -> Option<Job> {
+        if self.unnotified.is_some() {
+            let due = self.notified.map_or_else(Instant::now, |at| at + NOTIFY_EVERY);
+            match tokio::time::timeout_at(due.into(), self.jobs.recv()).await {
+                Ok(job) => return job,
+                Err(_) => self.notify_unnotified().await,
+            }
+        }
+        self.jobs.recv().await
+    }
+
+    /// The channel to notify in the next commit: `None` while the last notification is recent.
+    fn notify_channel(&self) -> Option<String> {
+        let due = self.notified.is_none_or(|at| at.elapsed() >= NOTIFY_EVERY);
+        due.then(|| self.channel.clone())
+    }
+
+    /// After a commit that moved the head to `head`, notified or not.
+    fn committed(&mut self, head: u64, notified: bool) {
+        advance_head(&self.head, head);
+        if notified {
+            self.notified = Some(Instant::now());
+            self.unnotified = None;
+        } else {
+            self.unnotified = Some(head);
+        }
+    }
+
+    /// Notifies a commit that went out without a notification. If this fails, other processes
+    /// see the commit at the next notification or their own poll.
+    async fn notify_unnotified(&mut self) {
+        let Some(head) = self.unnotified.take() else { return };
+        let channel = self.channel.clone();
+        let sent = match self.connection().await {
+            Ok(conn) => sqlx::query("SELECT pg_notify($1, $2)")
+                .bind(channel)
+                .bind(head.to_string())
+                .execute(conn)
+                .await
+                .map(drop),
+            Err(e) => Err(e),
+        };
+        match sent {
+            Ok(()) => self.notified = Some(Instant::now()),
+            Err(e) => {
+                tracing::debug!(error = %e, "the event store could not notify a commit");
+                if broken(&e) {
+                    self.conn = None;
+                }
+            }
         }
     }
 
@@ -111,7 +179,7 @@ impl Appender {
     }
 
     async fn run_group(&mut self, group: Vec<Job>) {
-        let channel = self.channel.clone();
+        let channel = self.notify_channel();
         let fast = match self.connection().await {
             Ok(conn) => {
                 let mut batch = Batch::default();
@@ -121,13 +189,13 @@ impl Appender {
                         batch.push(append, kind, exact);
                     }
                 }
-                batch.write(conn, &channel).await
+                batch.write(conn, channel.as_deref()).await
             }
             Err(e) => Err(e),
         };
         let uncertain = match fast {
             Ok(written) => {
-                advance_head(&self.head, written.head);
+                self.committed(written.head, channel.is_some());
                 let mut results = written.results.into_iter();
                 for job in group {
                     let answer = results.by_ref().take(job.appends.len()).collect();
@@ -151,7 +219,7 @@ impl Appender {
     /// The group again, each append in its own savepoint of one transaction. `uncertain`: the
     /// fast path may have stored it (its connection broke), so a failure here leaves that open.
     async fn careful(&mut self, group: Vec<Job>, uncertain: bool) {
-        let channel = self.channel.clone();
+        let channel = self.notify_channel();
         let conn = match self.connection().await {
             Ok(conn) => conn,
             Err(e) => return fail_all(group.into_iter().map(|j| j.reply), &e, uncertain),
@@ -165,7 +233,7 @@ impl Appender {
         let mut answers = Vec::with_capacity(group.len());
         let mut jobs = group.into_iter();
         for job in jobs.by_ref() {
-            match careful_job(conn, &job.appends, &mut locked, &channel).await {
+            match careful_job(conn, &job.appends, &mut locked, channel.as_deref()).await {
                 Ok((results, moved)) => {
                     head = head.max(moved);
                     answers.push((job.reply, Ok(results)));
@@ -184,7 +252,7 @@ impl Appender {
             return fail_all(answers.into_iter().map(|(reply, _)| reply), &e, broken(&e));
         }
         if let Some(head) = head {
-            advance_head(&self.head, head);
+            self.committed(head, channel.is_some());
         }
         for (reply, answer) in answers {
             let _ = reply.send(answer);
@@ -266,7 +334,7 @@ async fn careful_job(
     conn: &mut PgConnection,
     appends: &[Append],
     locked: &mut bool,
-    channel: &str,
+    channel: Option<&str>,
 ) -> std::result::Result<(Vec<Appended>, Option<u64>), Failure> {
     let locked_before = *locked;
     execute(conn, "SAVEPOINT job").await.map_err(Failure::Conn)?;
@@ -375,7 +443,7 @@ async fn attempt_job(
     appends: &[Append],
     locked: &mut bool,
     attempt: u32,
-    channel: &str,
+    channel: Option<&str>,
 ) -> std::result::Result<(Vec<Appended>, Option<u64>), Attempt> {
     if attempt >= OPTIMISTIC_ATTEMPTS && !*locked {
         // Lost the race twice: take the lock first, so that the checks hold until the commit.
@@ -476,12 +544,13 @@ struct Written {
 /// commits: it comes first, before any stream row is locked), moves each stream's revision if
 /// its expectation holds (kinds: 0 any, 1 no stream, 2 stream exists, 3 exact), inserts the
 /// events at the positions after the old head and the revisions after each stream's old one,
-/// and notifies listeners of the new head. A stream whose expectation fails has no row in
+/// and, with a channel, notifies it of the new head. A stream whose expectation fails has no row in
 /// `moved`, so its events get a NULL revision and the statement fails as a whole.
 const WRITE: &str = "
 WITH h AS (
     UPDATE es_head SET position = position + $1 WHERE id = 0
-    RETURNING position - $1 AS base, pg_notify($13, position::text) IS NULL AS notified
+    RETURNING position - $1 AS base,
+        (CASE WHEN $13::text IS NOT NULL THEN pg_notify($13, position::text) END) IS NULL AS notified
 ),
 s AS (
     SELECT * FROM UNNEST($2::text[], $3::bigint[], $4::int[], $5::bigint[]) AS s (stream, n, kind, exact)
@@ -526,7 +595,8 @@ SELECT h.base, moved.stream, moved.prev FROM h, moved";
 const WRITE_ONE: &str = "
 WITH h AS (
     UPDATE es_head SET position = position + $1 WHERE id = 0
-    RETURNING position - $1 AS base, pg_notify($10, position::text) IS NULL AS notified
+    RETURNING position - $1 AS base,
+        (CASE WHEN $10::text IS NOT NULL THEN pg_notify($10, position::text) END) IS NULL AS notified
 ),
 upserted AS (
     INSERT INTO es_streams AS t (stream, revision)
@@ -574,7 +644,8 @@ impl<'a> Batch<'a> {
         }
     }
 
-    async fn write(self, conn: &mut PgConnection, channel: &str) -> std::result::Result<Written, sqlx::Error> {
+    /// Writes, notifying `channel` of the new head if given.
+    async fn write(self, conn: &mut PgConnection, channel: Option<&str>) -> std::result::Result<Written, sqlx::Error> {
         let rows = if let [(stream, _, _)] = self.appends[..] {
             sqlx::query(WRITE_ONE)
                 .bind(self.total)

@@ -8,7 +8,10 @@
 //!   else one transaction with each append in its own savepoint (see `appender.rs`).
 //! - Reads, and the writes that are not appends, use a pool.
 //! - [`watch_head`](EventStore::watch_head) moves on this store's commits directly and on other
-//!   processes' through `LISTEN`/`NOTIFY` on the channel `<schema>_es_head`.
+//!   processes' through `LISTEN`/`NOTIFY` on the channel `<schema>_es_head`, a few milliseconds
+//!   after the commit at most while its process lives (commits close together share one
+//!   notification; if the process dies first, others see the commit at the next notification or
+//!   their own poll).
 //!
 //! Tables (`es_events`, `es_streams`, `es_head`, `es_checkpoints`, `es_snapshots`) are created
 //! when missing, in the schema given to [`PgStoreBuilder::schema`] or else the connection's
@@ -16,6 +19,7 @@
 
 mod appender;
 mod listen;
+mod read_model;
 mod schema;
 
 use std::fmt;
@@ -36,6 +40,8 @@ use appender::{Appender, Job};
 
 /// The sqlx this store is built on, for queries of one's own on [`PgStore::pool`].
 pub use sqlx;
+
+pub use read_model::PgReadModel;
 
 /// Appends queued beyond this wait (backpressure instead of unbounded memory).
 const QUEUE: usize = 1024;
@@ -233,6 +239,8 @@ impl PgStoreBuilder {
             channel: channel.clone(),
             carry: None,
             last_group: 0,
+            notified: None,
+            unnotified: None,
         };
         tokio::spawn(appender.run());
         let listener =

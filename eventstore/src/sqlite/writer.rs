@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, SyncSender, TryRecvError};
+use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
 use tokio::sync::{oneshot, watch};
@@ -59,7 +60,7 @@ pub(super) fn run(
     let mut group = Vec::with_capacity(MAX_GROUP);
     let mut commits = 0u32;
     let mut known = Known::default();
-    while let Ok(first) = jobs.recv() {
+    while let Some(first) = next(&jobs) {
         group.push(first);
         while group.len() < MAX_GROUP {
             match jobs.try_recv() {
@@ -77,6 +78,25 @@ pub(super) fn run(
         }
         for answer in answers {
             answer.send(&commit);
+        }
+    }
+}
+
+/// How long the writer keeps looking for the next write before it sleeps. The callers answered
+/// by the last commit are usually back within this; waking a sleeping thread costs tens of µs,
+/// and all that time the writer would be idle.
+const LINGER: Duration = Duration::from_micros(50);
+
+/// The next write, `None` once every sender is gone.
+fn next(jobs: &Receiver<Job>) -> Option<Job> {
+    let until = Instant::now() + LINGER;
+    loop {
+        match jobs.try_recv() {
+            Ok(job) => return Some(job),
+            Err(TryRecvError::Disconnected) => return None,
+            Err(TryRecvError::Empty) if Instant::now() >= until => return jobs.recv().ok(),
+            // Yields rather than spins: the callers' threads may need this core to come back.
+            Err(TryRecvError::Empty) => std::thread::yield_now(),
         }
     }
 }
