@@ -1,6 +1,6 @@
 // OpenTelemetry tracing for NestJS 12 microservices talking to Switchboard (or to each other):
 // W3C trace context (`traceparent`, `tracestate`, `baggage`) in NestJS 12's packet `metadata`
-// (TCP, Redis, MQTT) and in NATS message headers, spans named and attributed like
+// (TCP, Redis, MQTT), in NATS message headers and in Kafka record headers, spans named and attributed like
 // Switchboard's (`send <route>` / `process <route>`, OpenTelemetry's messaging conventions).
 // Plain CommonJS, no build step. See README.md beside it.
 //
@@ -225,7 +225,7 @@ function withRequire(req) {
 
   /**
    * NestJS interceptor for microservice handlers: continues the caller's trace from the
-   * message (NestJS 12 `metadata` on TCP/Redis/MQTT, NATS headers), runs the handler inside a
+   * message (NestJS 12 `metadata` on TCP/Redis/MQTT, NATS, AMQP and Kafka headers), runs the handler inside a
    * `process <route>` span (SERVER for @MessagePattern, CONSUMER for @EventPattern), records
    * its failure and ends the span when the handler's stream settles. Other contexts (HTTP in a
    * hybrid app) pass through untouched.
@@ -302,8 +302,12 @@ function withRequire(req) {
    * kind CLIENT that ends with the reply stream (complete, error, or unsubscribe), `emit()` in
    * one of kind PRODUCER that ends once the event is handed to the transport; each outgoing
    * packet carries the span's `traceparent` (+ `tracestate`, `baggage`) in `packet.metadata`
-   * (merged into what is there), and on NATS also in the message headers. `system` is the
-   * `messaging.system` attribute (default: from the client's class). Returns the client.
+   * (merged into what is there), and on NATS also in the message headers. On Kafka, whose
+   * serializer drops `metadata`, they go in the record's headers instead: the payload is sent
+   * as a Kafka message `{ value: payload, headers }` (one the application passes, with `key`
+   * or `value`, keeps its fields and gets the keys merged into its `headers`), which NestJS's
+   * serializer unwraps as it always does. `system` is the `messaging.system` attribute
+   * (default: from the client's class). Returns the client.
    *
    * Uses NestJS 12's `setOnDispatchHook`; a hook the application sets (before or after) still
    * runs, before the trace keys are merged in. On a client without that hook (NestJS <= 11)
@@ -374,6 +378,20 @@ function withRequire(req) {
       }
     };
 
+    // Kafka: the context as record headers (a copy; the caller's payload is not touched).
+    const kafkaMessage = (data, active) => {
+      // NestJS refuses a null payload itself: left as it is for that.
+      if (data === null || data === undefined) return data;
+      const carrier = {};
+      otel.propagation.inject(active, carrier);
+      if (!Object.keys(carrier).length) return data;
+      const isMessage = data !== null && typeof data === 'object' && ('key' in data || 'value' in data);
+      if (!isMessage) return { value: data, headers: carrier };
+      const headers = data.headers && typeof data.headers === 'object' ? data.headers : {};
+      return { ...data, headers: { ...headers, ...carrier } };
+    };
+    const outgoing = (data, active) => (sys === 'kafka' ? kafkaMessage(data, active) : data);
+
     const send = client.send;
     client.send = function tracedSend(pattern, data) {
       // Cold, like the original: the span starts when the reply stream is subscribed.
@@ -388,7 +406,7 @@ function withRequire(req) {
           }
         };
         const sub = otel.context.with(active, () =>
-          send.call(client, pattern, data).subscribe({
+          send.call(client, pattern, outgoing(data, active)).subscribe({
             next: (v) => subscriber.next(v),
             error: (err) => {
               fail(otel, span, err);
@@ -413,7 +431,7 @@ function withRequire(req) {
       // Hot, like the original: dispatched now, whether or not anyone subscribes.
       const span = startSpan(pattern, 'emit');
       const active = otel.trace.setSpan(otel.context.active(), span);
-      const out = otel.context.with(active, () => emit.call(client, pattern, data));
+      const out = otel.context.with(active, () => emit.call(client, pattern, outgoing(data, active)));
       out.subscribe({
         error: (err) => {
           fail(otel, span, err);

@@ -1,10 +1,12 @@
 //! OpenTelemetry tracing on every transport, asserted on the spans a real exporter sends to
 //! an OTLP collector in this process (examples/collector): one trace from a caller's span
 //! through a service, a call that service makes and an event, with the names, kinds and
-//! attributes pinned per transport; and one trace across NestJS 12 and Rust, both ways, with
-//! the NestJS side traced by examples/nestjs-tracing.
+//! attributes pinned per transport; one trace across NestJS 12 and Rust, both ways, with the
+//! NestJS side traced by examples/nestjs-tracing; and export over OTLP/HTTP set up from the
+//! `OTEL_*` variables, to an HTTP collector in this process.
 
-#![cfg(all(feature = "telemetry", feature = "brokers", feature = "grpc"))]
+// Each transport's cases need its feature: `--features telemetry,brokers,grpc` runs them all.
+#![cfg(feature = "telemetry")]
 
 mod common;
 
@@ -198,31 +200,37 @@ async fn tcp() {
     traced("tcp", "tcp://127.0.0.1:0", same).await;
 }
 
+#[cfg(feature = "grpc")]
 #[tokio::test]
 async fn grpc() {
     traced("grpc", "grpc://127.0.0.1:0", same).await;
 }
 
+#[cfg(feature = "redis")]
 #[tokio::test]
 async fn redis() {
     traced("redis", "redis://127.0.0.1:6379", same).await;
 }
 
+#[cfg(feature = "nats")]
 #[tokio::test]
 async fn nats() {
     traced("nats", "nats://127.0.0.1:4222", same).await;
 }
 
+#[cfg(feature = "mqtt")]
 #[tokio::test]
 async fn mqtt() {
     traced("mqtt", "mqtt://127.0.0.1:1883", same).await;
 }
 
+#[cfg(feature = "amqp")]
 #[tokio::test]
 async fn rabbitmq() {
     traced("rabbitmq", "amqp://127.0.0.1:5672?queue=sb-traced&durable=false", same).await;
 }
 
+#[cfg(feature = "kafka")]
 #[tokio::test]
 async fn kafka() {
     let cluster = switchboard::transport::kafka::KafkaMock::start().expect("librdkafka's mock cluster starts");
@@ -365,16 +373,76 @@ async fn one_trace_across_nestjs_and_rust_over_tcp() {
     rust_to_nest_to_rust("tcp://127.0.0.1:0", "tcp").await;
 }
 
+#[cfg(feature = "redis")]
 #[tokio::test]
 async fn one_trace_across_nestjs_and_rust_over_redis() {
     nest_to_rust_to_nest("redis://127.0.0.1:6379").await;
     rust_to_nest_to_rust("redis://127.0.0.1:6379", "redis").await;
 }
 
+#[cfg(feature = "nats")]
 #[tokio::test]
 async fn one_trace_across_nestjs_and_rust_over_nats() {
     nest_to_rust_to_nest("nats://127.0.0.1:4222").await;
     rust_to_nest_to_rust("nats://127.0.0.1:4222", "nats").await;
+}
+
+/// Kafka, whose NestJS serializer drops `metadata`: the context travels as record headers both
+/// ways (examples/nestjs-tracing wraps the NestJS client's payload as a Kafka message with
+/// headers; its interceptor reads them from `KafkaContext`). A NestJS 12 client → a Switchboard
+/// service → a NestJS 12 service, on librdkafka's mock cluster: one trace. (The NestJS peer's
+/// `relay` does not speak Kafka, so the reverse trip is the Rust → NestJS hop of this one.)
+#[cfg(feature = "kafka")]
+#[tokio::test]
+async fn one_trace_across_nestjs_and_rust_over_kafka() {
+    let cluster = switchboard::transport::kafka::KafkaMock::start().expect("librdkafka's mock cluster starts");
+    let nest_url = format!("kafka://{}?group=traced-nest&max_wait_ms=100", cluster.bootstrap());
+    if !nest::nest_installed(12, &nest_url) {
+        return;
+    }
+    let endpoint = observed().collector.endpoint.clone();
+    let env = [("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str())];
+    let nest_b = NestServer::start_with(12, &nest_url, &["--trace", "nest-b"], &env).await;
+    let rust = Microservice::new()
+        .handler(NEST_RELAY)
+        .listen(format!(
+            "kafka://{}?group=traced-rust&max_wait_ms=100",
+            cluster.bootstrap()
+        ))
+        .start()
+        .await
+        .unwrap();
+    // An object: NestJS's Kafka parser reads a bare number in a reply as text.
+    let ops = [
+        nest::send(
+            json!("traced.nest.relay"),
+            json!({"url": nest_b.url(), "pattern": "echo", "data": {"n": 7}}),
+        ),
+        json!({"op": "traceparent"}),
+    ];
+    let results = nest::nest_client_with(12, rust.local_url(), &ops, &["--trace", "nest-client"], &env).await;
+    assert_eq!(results[0], json!({"ok": [{"n": 7}]}), "{results:?}");
+    let traceparent = results[1]["ok"].as_str().unwrap_or_else(|| panic!("{results:?}"));
+    let trace = traceparent.split('-').nth(1).unwrap();
+    let spans = chain(
+        trace,
+        &[
+            ("nest-client", "send traced.nest.relay", "client"),
+            ("traced-tests", "process traced.nest.relay", "server"),
+            ("traced-tests", "send echo", "client"),
+            ("nest-b", "process echo", "server"),
+        ],
+    )
+    .await;
+    let kafka = |s: &&SpanRecord| s.trace_id == trace && s.name != "client send";
+    assert!(
+        spans
+            .iter()
+            .filter(kafka)
+            .all(|s| s.attributes.get("messaging.system").map(String::as_str) == Some("kafka")),
+        "{spans:#?}"
+    );
+    rust.shutdown().await.unwrap();
 }
 
 /// A pattern nobody serves is the sender's text: its span is named `process (unmatched)`, so
@@ -408,4 +476,277 @@ async fn unmatched_patterns_share_one_span_name() {
         "{tree}"
     );
     server.shutdown().await.unwrap();
+}
+
+// OTLP over HTTP. The exporter is set up from `OTEL_*` variables, so each case runs its calls
+// in a child process (this test binary, the same test, with `SB_OTLP_CHILD` set) whose spans
+// reach an OTLP/HTTP collector in this process.
+
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::{Bytes, Incoming};
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use prost::Message;
+
+/// What the child does, in `SB_OTLP_CHILD`: `calls` (tracing from `init`), `each` (exporting
+/// each span as it ends) or `bad` (`init` must refuse the protocol).
+const CHILD: &str = "SB_OTLP_CHILD";
+/// A token in `OTEL_EXPORTER_OTLP_HEADERS`: it must reach the collector and nothing else.
+const TOKEN: &str = "hunter2-otlp";
+
+/// One POST the collector received.
+#[derive(Debug, Clone)]
+struct Post {
+    path: String,
+    content_type: String,
+    authorization: String,
+    user_agent: String,
+}
+
+/// An OTLP/HTTP collector (HTTP/1.1, `application/x-protobuf` or `application/json`): every
+/// POST on any path, and the spans of those it could decode.
+#[derive(Clone, Default)]
+struct HttpCollector {
+    posts: Arc<std::sync::Mutex<Vec<Post>>>,
+    spans: Arc<std::sync::Mutex<Vec<SpanRecord>>>,
+}
+
+impl HttpCollector {
+    /// Listens on a free port; its `http://127.0.0.1:<port>`.
+    async fn start(&self) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let collector = self.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let collector = collector.clone();
+                let service = hyper::service::service_fn(move |req| {
+                    let collector = collector.clone();
+                    async move { Ok::<_, std::convert::Infallible>(collector.receive(req).await) }
+                });
+                tokio::spawn(
+                    hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service),
+                );
+            }
+        });
+        base
+    }
+
+    async fn receive(&self, req: hyper::Request<Incoming>) -> hyper::Response<Full<Bytes>> {
+        let header = |name: &str| {
+            req.headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_owned()
+        };
+        let post = Post {
+            path: req.uri().path().to_owned(),
+            content_type: header("content-type"),
+            authorization: header("authorization"),
+            user_agent: header("user-agent"),
+        };
+        let answer = |status: u16, body: &'static [u8]| {
+            hyper::Response::builder()
+                .status(status)
+                .header("content-type", post.content_type.as_str())
+                .body(Full::new(Bytes::from_static(body)))
+                .unwrap()
+        };
+        if req.method() != hyper::Method::POST {
+            return answer(405, b"");
+        }
+        let Ok(body) = Limited::new(req.into_body(), 16 << 20).collect().await else {
+            return answer(413, b"");
+        };
+        let body = body.to_bytes();
+        let decoded = match post.content_type.as_str() {
+            "application/x-protobuf" => ExportTraceServiceRequest::decode(body).ok(),
+            "application/json" => serde_json::from_slice::<ExportTraceServiceRequest>(&body).ok(),
+            _ => None,
+        };
+        self.posts.lock().unwrap().push(post.clone());
+        let Some(request) = decoded else {
+            return answer(400, b"");
+        };
+        self.spans.lock().unwrap().extend(example_collector::records(request));
+        // An empty ExportTraceServiceResponse: no bytes in protobuf, `{}` in JSON.
+        match post.content_type.as_str() {
+            "application/json" => answer(200, b"{}"),
+            _ => answer(200, b""),
+        }
+    }
+}
+
+/// Runs `test` (this very test) again in a child process with only `env` of the `OTEL_*`
+/// variables, and what it prints; panics if it does not end within 60 s.
+async fn child(test: &str, mode: &str, env: &[(&str, &str)]) -> (std::process::ExitStatus, String) {
+    let mut command = tokio::process::Command::new(std::env::current_exe().unwrap());
+    command
+        .args(["--exact", test, "--nocapture", "--test-threads=1"])
+        .env(CHILD, mode)
+        // Everything the child logs is looked through for the token.
+        .env("RUST_LOG", "trace")
+        .kill_on_drop(true);
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("OTEL_") {
+            command.env_remove(name);
+        }
+    }
+    command.envs(env.iter().copied());
+    let out = tokio::time::timeout(Duration::from_secs(60), command.output())
+        .await
+        .expect("the child ends within 60 s")
+        .unwrap();
+    let printed = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status, printed)
+}
+
+/// In the child: tracing set up from the environment, then over TCP the calls of [`EXPECTED`]
+/// but the event (whose handling could outlast the exit), in a root span `case tcp`; the spans
+/// are exported when `Telemetry` is dropped at the end.
+async fn child_calls(mode: &str) {
+    let telemetry = match mode {
+        "each" => switchboard::telemetry::builder("traced-tests")
+            .export_each_span()
+            .init(),
+        _ => switchboard::telemetry::init("traced-tests"),
+    }
+    .expect("telemetry starts from the environment");
+    assert_eq!(format!("{telemetry:?}"), "Telemetry { .. }");
+    let down = Downstream::default();
+    let server = Microservice::new()
+        .with_state(down.clone())
+        .handler(FRONT)
+        .handler(ADD_ONE)
+        .handler(FAILS)
+        .listen("tcp://127.0.0.1:0")
+        .start()
+        .await
+        .unwrap();
+    down.0.set(Client::connect(server.local_url()).await.unwrap()).unwrap();
+    let client = Client::connect(server.local_url()).await.unwrap();
+    async {
+        assert_eq!(client.send(FRONT, 41).await.unwrap(), 42);
+        client.send(FAILS, ()).await.unwrap_err();
+    }
+    .instrument(tracing::info_span!("case", otel.name = "case tcp"))
+    .await;
+    server.shutdown().await.unwrap();
+    telemetry.shutdown();
+}
+
+/// The child's trace as the collector got it, once its root and six spans under it arrived
+/// (they have when the child exits; the wait only bounds a slow machine).
+async fn child_trace(collector: &HttpCollector) -> String {
+    let until = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let spans = collector.spans.lock().unwrap().clone();
+        let tree = render(&spans, "case tcp");
+        if tree.as_ref().is_some_and(|t| t.lines().count() >= 7) || tokio::time::Instant::now() > until {
+            return tree.unwrap_or_else(|| panic!("no root span arrived: {spans:#?}"));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The request part of [`EXPECTED`] over TCP.
+fn expected_over_tcp() -> String {
+    EXPECTED
+        .replace("{s}", "tcp")
+        .lines()
+        .take(7)
+        .map(|l| format!("{l}\n"))
+        .collect()
+}
+
+/// `OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf` and the generic endpoint (to which
+/// `/v1/traces` is appended): the spans of a call over TCP, its handler's call and a failed
+/// call arrive as one trace with each span under its parent; the headers of
+/// `OTEL_EXPORTER_OTLP_HEADERS` reach the collector and nothing the child prints.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn otlp_over_http_protobuf() {
+    if let Ok(mode) = std::env::var(CHILD) {
+        return child_calls(&mode).await;
+    }
+    let collector = HttpCollector::default();
+    let base = collector.start().await;
+    let headers = format!("authorization=Bearer%20{TOKEN},x-tenant=acme");
+    let env = [
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", base.as_str()),
+        ("OTEL_EXPORTER_OTLP_HEADERS", headers.as_str()),
+    ];
+    // Batched (`init`), and each span exported from the thread that ends it.
+    for mode in ["calls", "each"] {
+        collector.spans.lock().unwrap().clear();
+        let (status, printed) = child("otlp_over_http_protobuf", mode, &env).await;
+        assert!(status.success(), "{mode}: the child failed:\n{printed}");
+        assert!(!printed.contains(TOKEN), "{mode}: the token was printed:\n{printed}");
+        assert!(
+            printed.contains("front calls add_one"),
+            "{mode}: the child logs at trace:\n{printed}"
+        );
+        let tree = child_trace(&collector).await;
+        assert_eq!(tree, expected_over_tcp(), "{mode}: spans as exported:\n{tree}");
+    }
+    let posts = collector.posts.lock().unwrap().clone();
+    assert!(!posts.is_empty());
+    for post in posts {
+        assert_eq!(post.path, "/v1/traces", "{post:?}");
+        assert_eq!(post.content_type, "application/x-protobuf", "{post:?}");
+        assert_eq!(post.authorization, format!("Bearer {TOKEN}"), "{post:?}");
+        assert!(post.user_agent.starts_with("OTel-OTLP-Exporter-Rust/"), "{post:?}");
+    }
+}
+
+/// `OTEL_EXPORTER_OTLP_TRACES_PROTOCOL=http/json` and the per-signal endpoint, used as it is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn otlp_over_http_json() {
+    if let Ok(mode) = std::env::var(CHILD) {
+        return child_calls(&mode).await;
+    }
+    let collector = HttpCollector::default();
+    let endpoint = format!("{}/collect/traces", collector.start().await);
+    let env = [
+        // The per-signal variables win over the generic ones.
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+        ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "http/json"),
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:9"),
+        ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", endpoint.as_str()),
+    ];
+    let (status, printed) = child("otlp_over_http_json", "calls", &env).await;
+    assert!(status.success(), "the child failed:\n{printed}");
+    let tree = child_trace(&collector).await;
+    assert_eq!(tree, expected_over_tcp(), "spans as exported:\n{tree}");
+    for post in collector.posts.lock().unwrap().iter() {
+        assert_eq!(post.path, "/collect/traces", "{post:?}");
+        assert_eq!(post.content_type, "application/json", "{post:?}");
+    }
+}
+
+/// A protocol `init` does not know is an error naming the variable and the choices (the SDK
+/// alone would fall back to its default without a word).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_otlp_protocol_fails_init() {
+    if std::env::var(CHILD).is_ok() {
+        let err = switchboard::telemetry::init("traced-tests").unwrap_err();
+        assert!(matches!(err, switchboard::Error::InvalidConfig { .. }), "{err:?}");
+        println!("init: {err}");
+        return;
+    }
+    let env = [("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "http/xml")];
+    let (status, printed) = child("an_unknown_otlp_protocol_fails_init", "bad", &env).await;
+    assert!(status.success(), "the child failed:\n{printed}");
+    assert!(
+        printed.contains(
+            "init: invalid telemetry: OTEL_EXPORTER_OTLP_TRACES_PROTOCOL: unknown OTLP protocol `http/xml`: \
+             expected grpc, http/protobuf or http/json"
+        ),
+        "{printed}"
+    );
 }

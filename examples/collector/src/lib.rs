@@ -65,39 +65,46 @@ impl TraceService for Store {
                 partial_success: None,
             }));
         }
-        let mut kept = self.spans.lock().unwrap();
-        for resource in request.resource_spans {
-            let service = resource
-                .resource
-                .iter()
-                .flat_map(|r| r.attributes.iter())
-                .find(|kv| kv.key == "service.name")
-                .map(value)
-                .unwrap_or_default();
-            for span in resource.scope_spans.into_iter().flat_map(|s| s.spans) {
-                kept.push(SpanRecord {
-                    service: service.clone(),
-                    trace_id: hex(&span.trace_id),
-                    span_id: hex(&span.span_id),
-                    parent: hex(&span.parent_span_id),
-                    name: span.name,
-                    kind: match span.kind {
-                        2 => "server",
-                        3 => "client",
-                        4 => "producer",
-                        5 => "consumer",
-                        _ => "internal",
-                    },
-                    attributes: span.attributes.iter().map(|kv| (kv.key.clone(), value(kv))).collect(),
-                    links: span.links.iter().map(|l| (hex(&l.trace_id), hex(&l.span_id))).collect(),
-                    error: span.status.is_some_and(|s| s.code == 2),
-                });
-            }
-        }
+        self.spans.lock().unwrap().extend(records(request));
         Ok(tonic::Response::new(ExportTraceServiceResponse {
             partial_success: None,
         }))
     }
+}
+
+/// The spans of an export request (decoded from OTLP/gRPC, or from an OTLP/HTTP body by
+/// whoever received it), as records.
+pub fn records(request: ExportTraceServiceRequest) -> Vec<SpanRecord> {
+    let mut records = Vec::new();
+    for resource in request.resource_spans {
+        let service = resource
+            .resource
+            .iter()
+            .flat_map(|r| r.attributes.iter())
+            .find(|kv| kv.key == "service.name")
+            .map(value)
+            .unwrap_or_default();
+        for span in resource.scope_spans.into_iter().flat_map(|s| s.spans) {
+            records.push(SpanRecord {
+                service: service.clone(),
+                trace_id: hex(&span.trace_id),
+                span_id: hex(&span.span_id),
+                parent: hex(&span.parent_span_id),
+                name: span.name,
+                kind: match span.kind {
+                    2 => "server",
+                    3 => "client",
+                    4 => "producer",
+                    5 => "consumer",
+                    _ => "internal",
+                },
+                attributes: span.attributes.iter().map(|kv| (kv.key.clone(), value(kv))).collect(),
+                links: span.links.iter().map(|l| (hex(&l.trace_id), hex(&l.span_id))).collect(),
+                error: span.status.is_some_and(|s| s.code == 2),
+            });
+        }
+    }
+    records
 }
 
 fn value(kv: &KeyValue) -> String {

@@ -9,13 +9,15 @@
 //! headers, so a handler's own spans and logs nest under the caller's trace and a call it
 //! makes continues it. Without a subscriber that records them, the spans cost a check.
 //!
-//! [`init`] sets all of it up in one line, exporting over OTLP/gRPC and logging to stderr:
+//! [`init`] sets all of it up in one line, exporting over OTLP (gRPC unless
+//! `OTEL_EXPORTER_OTLP_PROTOCOL` says `http/protobuf` or `http/json`) and logging to stderr:
 //!
 //! ```no_run
 //! # #[tokio::main]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! // OTEL_EXPORTER_OTLP_ENDPOINT (default http://localhost:4317), OTEL_SERVICE_NAME,
-//! // OTEL_TRACES_SAMPLER and RUST_LOG are honoured.
+//! // OTEL_EXPORTER_OTLP_PROTOCOL, OTEL_EXPORTER_OTLP_ENDPOINT (default http://localhost:4317,
+//! // or :4318 over HTTP), OTEL_EXPORTER_OTLP_HEADERS, OTEL_SERVICE_NAME, OTEL_TRACES_SAMPLER
+//! // and RUST_LOG are honoured, and the `_TRACES_` variants of the `OTEL_EXPORTER_OTLP_` ones.
 //! let telemetry = switchboard::telemetry::init("users")?;
 //! // … serve …
 //! telemetry.shutdown(); // exports what is left
@@ -27,6 +29,7 @@
 //! spans (none when no subscriber records them or the sampler samples nothing).
 
 use std::time::Duration;
+use std::{fmt, str::FromStr};
 
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_otlp::WithExportConfig;
@@ -39,14 +42,16 @@ use tracing_subscriber::{EnvFilter, Layer, Registry};
 use crate::error::{Error, Result};
 
 mod observe;
+mod otlp_http;
 pub(crate) mod propagation;
 pub mod span;
 
 pub(crate) use observe::observe;
 
 /// Sets up tracing for a service named `service` with the defaults: spans exported in
-/// batches over OTLP/gRPC, logs to stderr filtered by `RUST_LOG` (default `info`), as the
-/// process's global subscriber. Call it inside a Tokio runtime, once.
+/// batches over OTLP (gRPC, or HTTP as `OTEL_EXPORTER_OTLP_PROTOCOL` says), logs to stderr
+/// filtered by `RUST_LOG` (default `info`), as the process's global subscriber. Call it inside
+/// a Tokio runtime, once.
 pub fn init(service: &str) -> Result<Telemetry> {
     builder(service).init()
 }
@@ -56,8 +61,69 @@ pub fn builder(service: &str) -> Builder {
     Builder {
         service: service.to_owned(),
         endpoint: None,
+        protocol: None,
         each_span: false,
     }
+}
+
+/// How spans travel to the collector: the values of `OTEL_EXPORTER_OTLP_PROTOCOL`.
+///
+/// ```
+/// use switchboard::telemetry::Protocol;
+///
+/// assert_eq!("http/protobuf".parse::<Protocol>().unwrap(), Protocol::HttpProtobuf);
+/// assert_eq!(Protocol::Grpc.to_string(), "grpc");
+/// assert!("http".parse::<Protocol>().is_err());
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Protocol {
+    /// `grpc`: OTLP/gRPC, to port 4317 by default. The default protocol.
+    Grpc,
+    /// `http/protobuf`: OTLP/HTTP (`POST /v1/traces`, HTTP/1.1) with protobuf bodies, to port
+    /// 4318 by default.
+    HttpProtobuf,
+    /// `http/json`: OTLP/HTTP with JSON bodies.
+    HttpJson,
+}
+
+impl Protocol {
+    fn named(name: &str) -> Option<Protocol> {
+        [Protocol::Grpc, Protocol::HttpProtobuf, Protocol::HttpJson]
+            .into_iter()
+            .find(|p| p.as_str() == name.trim())
+    }
+
+    /// The name `OTEL_EXPORTER_OTLP_PROTOCOL` gives it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Grpc => "grpc",
+            Protocol::HttpProtobuf => "http/protobuf",
+            Protocol::HttpJson => "http/json",
+        }
+    }
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Protocol {
+    type Err = Error;
+
+    /// `grpc`, `http/protobuf` or `http/json`, as the OpenTelemetry specification spells them.
+    fn from_str(s: &str) -> Result<Self> {
+        Protocol::named(s).ok_or_else(|| config(unknown_protocol(s)))
+    }
+}
+
+fn unknown_protocol(name: &str) -> String {
+    format!(
+        "unknown OTLP protocol `{}`: expected grpc, http/protobuf or http/json",
+        crate::text::for_log(name)
+    )
 }
 
 /// Configures tracing; made by [`builder`].
@@ -65,14 +131,38 @@ pub fn builder(service: &str) -> Builder {
 pub struct Builder {
     service: String,
     endpoint: Option<String>,
+    protocol: Option<Protocol>,
     each_span: bool,
 }
 
 impl Builder {
-    /// The OTLP/gRPC collector to export to, instead of `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`,
-    /// `OTEL_EXPORTER_OTLP_ENDPOINT` or `http://localhost:4317`.
+    /// The collector to export to, instead of `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`,
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT` or the protocol's default. Over HTTP this is the whole
+    /// URL spans are posted to, path included (`http://localhost:4318/v1/traces`), as the
+    /// `_TRACES_` variable is; `OTEL_EXPORTER_OTLP_ENDPOINT` is a base that `/v1/traces` is
+    /// appended to.
     pub fn endpoint(mut self, url: impl Into<String>) -> Self {
         self.endpoint = Some(url.into());
+        self
+    }
+
+    /// The protocol to export with, instead of `OTEL_EXPORTER_OTLP_TRACES_PROTOCOL`,
+    /// `OTEL_EXPORTER_OTLP_PROTOCOL` or gRPC. HTTP is plain HTTP/1.1: an `https` endpoint is
+    /// refused (send to a local collector or agent).
+    ///
+    /// ```no_run
+    /// use switchboard::telemetry::{self, Protocol};
+    ///
+    /// # #[tokio::main]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let telemetry = telemetry::builder("users")
+    ///     .protocol(Protocol::HttpProtobuf)
+    ///     .endpoint("http://127.0.0.1:4318/v1/traces")
+    ///     .init()?;
+    /// # drop(telemetry); Ok(()) }
+    /// ```
+    pub fn protocol(mut self, protocol: Protocol) -> Self {
+        self.protocol = Some(protocol);
         self
     }
 
@@ -135,11 +225,34 @@ impl Builder {
     }
 
     fn provider(self) -> Result<SdkTracerProvider> {
-        let mut exporter = opentelemetry_otlp::SpanExporter::builder().with_tonic();
-        if let Some(url) = self.endpoint {
-            exporter = exporter.with_endpoint(url);
+        let env = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+        let exporter = match protocol(self.protocol, &env)? {
+            Protocol::Grpc => {
+                let mut exporter = opentelemetry_otlp::SpanExporter::builder()
+                    .with_tonic()
+                    .with_protocol(opentelemetry_otlp::Protocol::Grpc);
+                if let Some(url) = self.endpoint {
+                    exporter = exporter.with_endpoint(url);
+                }
+                exporter.build()
+            }
+            http => {
+                use opentelemetry_otlp::WithHttpConfig;
+                let url = http_endpoint(self.endpoint.as_deref(), &env)?;
+                let client = otlp_http::OtlpHttpClient::start(timeout(&env))
+                    .map_err(|e| config(format!("cannot start the OTLP/HTTP exporter's thread: {e}")))?;
+                opentelemetry_otlp::SpanExporter::builder()
+                    .with_http()
+                    .with_protocol(match http {
+                        Protocol::HttpJson => opentelemetry_otlp::Protocol::HttpJson,
+                        _ => opentelemetry_otlp::Protocol::HttpBinary,
+                    })
+                    .with_endpoint(url)
+                    .with_http_client(client)
+                    .build()
+            }
         }
-        let exporter = exporter.build().map_err(|e| config(e.to_string()))?;
+        .map_err(|e| config(e.to_string()))?;
         let service = std::env::var("OTEL_SERVICE_NAME")
             .ok()
             .filter(|s| !s.is_empty())
@@ -158,6 +271,60 @@ impl Builder {
     }
 }
 
+/// The protocol chosen in code, else by `OTEL_EXPORTER_OTLP_TRACES_PROTOCOL`, else by
+/// `OTEL_EXPORTER_OTLP_PROTOCOL`, else gRPC; a value it does not know is an error naming the
+/// variable (the SDK would silently fall back).
+fn protocol(chosen: Option<Protocol>, env: &dyn Fn(&str) -> Option<String>) -> Result<Protocol> {
+    if let Some(chosen) = chosen {
+        return Ok(chosen);
+    }
+    for var in ["OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL"] {
+        if let Some(value) = env(var) {
+            return Protocol::named(&value).ok_or_else(|| config(format!("{var}: {}", unknown_protocol(&value))));
+        }
+    }
+    Ok(Protocol::Grpc)
+}
+
+/// The URL spans are posted to over HTTP, after the specification: the one chosen in code or
+/// `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` as they are, else `OTEL_EXPORTER_OTLP_ENDPOINT` with
+/// `/v1/traces` appended, else `http://localhost:4318/v1/traces`. Plain `http` only.
+fn http_endpoint(chosen: Option<&str>, env: &dyn Fn(&str) -> Option<String>) -> Result<String> {
+    let (url, from) = match (chosen, env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")) {
+        (Some(url), _) => (url.trim().to_owned(), "the endpoint"),
+        (None, Some(url)) => (url.trim().to_owned(), "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"),
+        (None, None) => match env("OTEL_EXPORTER_OTLP_ENDPOINT") {
+            Some(base) => (
+                format!("{}/v1/traces", base.trim().trim_end_matches('/')),
+                "OTEL_EXPORTER_OTLP_ENDPOINT",
+            ),
+            None => ("http://localhost:4318/v1/traces".to_owned(), "the default"),
+        },
+    };
+    // The URL is not echoed: it may carry user info.
+    let uri: http::Uri = url
+        .parse()
+        .map_err(|_| config(format!("{from} is not a URL (OTLP over HTTP)")))?;
+    match uri.scheme_str() {
+        Some("http") if uri.host().is_some_and(|h| !h.is_empty()) => Ok(url),
+        Some("https") => Err(config(format!(
+            "{from} is https: OTLP over HTTP is plain HTTP here (no TLS); send to a local collector or agent"
+        ))),
+        _ => Err(config(format!(
+            "{from} must be an http:// URL with a host (OTLP over HTTP)"
+        ))),
+    }
+}
+
+/// `OTEL_EXPORTER_OTLP_TRACES_TIMEOUT` or `OTEL_EXPORTER_OTLP_TIMEOUT` (milliseconds), as the
+/// SDK reads them; 10 s otherwise.
+fn timeout(env: &dyn Fn(&str) -> Option<String>) -> Duration {
+    ["OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "OTEL_EXPORTER_OTLP_TIMEOUT"]
+        .into_iter()
+        .find_map(|var| env(var)?.trim().parse::<u64>().ok())
+        .map_or(Duration::from_secs(10), Duration::from_millis)
+}
+
 fn config(reason: String) -> Error {
     Error::InvalidConfig {
         what: "telemetry",
@@ -166,9 +333,16 @@ fn config(reason: String) -> Error {
 }
 
 /// The running tracer provider. Dropping it exports the spans still buffered (at most 5 s).
-#[derive(Debug)]
 pub struct Telemetry {
     provider: SdkTracerProvider,
+}
+
+// The provider's own Debug reaches the exporter and its headers (`OTEL_EXPORTER_OTLP_HEADERS`
+// carries tokens): none of it is shown.
+impl fmt::Debug for Telemetry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Telemetry").finish_non_exhaustive()
+    }
 }
 
 impl Telemetry {
@@ -188,5 +362,120 @@ impl Drop for Telemetry {
         if let Err(e) = self.provider.shutdown_with_timeout(Duration::from_secs(5)) {
             tracing::debug!(error = %e, "telemetry shutdown");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An environment of `vars` alone.
+    fn env<'a>(vars: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
+        move |name| vars.iter().find(|(k, _)| *k == name).map(|(_, v)| v.to_string())
+    }
+
+    #[test]
+    fn protocol_from_code_then_traces_variable_then_generic_then_grpc() {
+        let both = [
+            ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "http/json"),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+        ];
+        assert_eq!(protocol(Some(Protocol::Grpc), &env(&both)).unwrap(), Protocol::Grpc);
+        assert_eq!(protocol(None, &env(&both)).unwrap(), Protocol::HttpJson);
+        assert_eq!(protocol(None, &env(&both[1..])).unwrap(), Protocol::HttpProtobuf);
+        assert_eq!(protocol(None, &env(&[])).unwrap(), Protocol::Grpc);
+    }
+
+    #[test]
+    fn an_unknown_protocol_names_its_variable_and_the_choices() {
+        let bad = [("OTEL_EXPORTER_OTLP_PROTOCOL", "http/xml\u{202e}")];
+        let err = protocol(None, &env(&bad)).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "invalid telemetry: OTEL_EXPORTER_OTLP_PROTOCOL: unknown OTLP protocol `http/xml\\u{202e}`: \
+             expected grpc, http/protobuf or http/json"
+        );
+        assert!("HTTP/protobuf".parse::<Protocol>().is_err());
+        for p in [Protocol::Grpc, Protocol::HttpProtobuf, Protocol::HttpJson] {
+            assert_eq!(p.to_string().parse::<Protocol>().unwrap(), p);
+        }
+    }
+
+    #[test]
+    fn http_endpoints_follow_the_specification() {
+        let traces = ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://traces:4318/custom");
+        let base = ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318");
+        let at = |chosen, vars: &[(&str, &str)]| http_endpoint(chosen, &env(vars)).unwrap();
+        // Chosen in code and the per-signal variable: as they are.
+        assert_eq!(
+            at(Some("http://code:1/v1/traces"), &[traces, base]),
+            "http://code:1/v1/traces"
+        );
+        assert_eq!(at(None, &[traces, base]), "http://traces:4318/custom");
+        // The generic one is a base.
+        assert_eq!(at(None, &[base]), "http://collector:4318/v1/traces");
+        let slash = ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318/prefix/");
+        assert_eq!(at(None, &[slash]), "http://collector:4318/prefix/v1/traces");
+        assert_eq!(at(None, &[]), "http://localhost:4318/v1/traces");
+    }
+
+    #[test]
+    fn https_and_garbage_endpoints_are_refused_without_echoing_them() {
+        let err = |url: &str| {
+            http_endpoint(None, &env(&[("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", url)]))
+                .unwrap_err()
+                .to_string()
+        };
+        let https = err("https://user:hunter2@collector:4318/v1/traces");
+        assert!(
+            https.contains("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT is https") && !https.contains("hunter2"),
+            "{https}"
+        );
+        let garbage = err("not a url hunter2");
+        assert!(
+            garbage.contains("is not a URL") && !garbage.contains("hunter2"),
+            "{garbage}"
+        );
+        assert!(err("grpc://collector:4317").contains("must be an http:// URL"));
+        assert!(err("/v1/traces").contains("must be an http:// URL"));
+    }
+
+    #[test]
+    fn timeouts_in_milliseconds() {
+        assert_eq!(timeout(&env(&[])), Duration::from_secs(10));
+        assert_eq!(
+            timeout(&env(&[("OTEL_EXPORTER_OTLP_TIMEOUT", "2500")])),
+            Duration::from_millis(2500)
+        );
+        let both = [
+            ("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "7"),
+            ("OTEL_EXPORTER_OTLP_TIMEOUT", "2500"),
+        ];
+        assert_eq!(timeout(&env(&both)), Duration::from_millis(7));
+        assert_eq!(
+            timeout(&env(&[("OTEL_EXPORTER_OTLP_TIMEOUT", "soon")])),
+            Duration::from_secs(10)
+        );
+    }
+
+    /// The exporter's headers (tokens) stay out of `Debug`, though the SDK's own shows them.
+    #[test]
+    fn debug_shows_no_header() {
+        use opentelemetry_otlp::{WithExportConfig, WithHttpConfig};
+        let client = otlp_http::OtlpHttpClient::start(Duration::from_secs(1)).unwrap();
+        let exporter = opentelemetry_otlp::SpanExporter::builder()
+            .with_http()
+            .with_endpoint("http://127.0.0.1:9/v1/traces")
+            .with_headers([("authorization".to_owned(), "Bearer hunter2".to_owned())].into())
+            .with_http_client(client)
+            .build()
+            .unwrap();
+        let provider = SdkTracerProvider::builder().with_simple_exporter(exporter).build();
+        assert!(
+            format!("{provider:?}").contains("hunter2"),
+            "the case this guards against"
+        );
+        let telemetry = Telemetry { provider };
+        assert_eq!(format!("{telemetry:?}"), "Telemetry { .. }");
     }
 }
