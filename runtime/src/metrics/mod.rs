@@ -18,13 +18,14 @@
 
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
 
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 use crate::error::{Error, Result};
 
 mod observe;
+mod prometheus;
+mod series;
 pub(crate) use observe::{Called, observe};
 
 /// The metrics' names, as Prometheus shows them.
@@ -66,7 +67,13 @@ pub const BUCKETS: &[f64] = &[
 ];
 
 static ENABLED: AtomicBool = AtomicBool::new(false);
-static PROMETHEUS: OnceLock<PrometheusHandle> = OnceLock::new();
+static PROMETHEUS: OnceLock<Installed> = OnceLock::new();
+
+/// What [`install`] set up: the exporter's handle (counters and gauges) and the histograms.
+struct Installed {
+    handle: PrometheusHandle,
+    histograms: &'static prometheus::Histograms,
+}
 
 /// True once metrics are recorded ([`install`] or [`enable`]).
 #[inline]
@@ -74,41 +81,43 @@ pub(crate) fn enabled() -> bool {
     ENABLED.load(Ordering::Relaxed)
 }
 
+/// The histograms of [`install`]'s recorder, if it is the one installed.
+fn histograms() -> Option<&'static prometheus::Histograms> {
+    PROMETHEUS.get().map(|p| p.histograms)
+}
+
 /// Records Switchboard's metrics with the process's global recorder, one of your own.
 pub fn enable() {
+    observe::warm_up();
     ENABLED.store(true, Ordering::Relaxed);
 }
 
 /// Installs a Prometheus recorder as the process's global one, with [`BUCKETS`] for every
 /// histogram, and starts recording. Fails if another global recorder is installed.
+///
+/// Counters and gauges are the exporter's (`metrics-exporter-prometheus`); histograms are
+/// counted into their buckets as they are recorded, per thread, and [`render`] writes them
+/// as the exporter would.
 pub fn install() -> Result<()> {
     if PROMETHEUS.get().is_some() {
         return Ok(());
     }
-    let handle = PrometheusBuilder::new()
-        .set_buckets(BUCKETS)
-        .and_then(|b| b.set_buckets_for_metric(Matcher::Suffix("_seconds".into()), BUCKETS))
-        .map_err(|e| config(e.to_string()))?
-        .install_recorder()
-        .map_err(|e| config(e.to_string()))?;
-    let _ = PROMETHEUS.set(handle.clone());
-    // The recorder drains histogram samples into buckets on upkeep as well as on render.
-    std::thread::Builder::new()
-        .name("switchboard-metrics".into())
-        .spawn(move || {
-            loop {
-                std::thread::sleep(Duration::from_secs(5));
-                handle.run_upkeep();
-            }
-        })
-        .map_err(|e| config(e.to_string()))?;
+    let prometheus = PrometheusBuilder::new().build_recorder();
+    let handle = prometheus.handle();
+    let histograms: &'static prometheus::Histograms = Box::leak(Box::default());
+    metrics::set_global_recorder(prometheus::Recorder { prometheus, histograms }).map_err(|e| config(e.to_string()))?;
+    let _ = PROMETHEUS.set(Installed { handle, histograms });
     enable();
     Ok(())
 }
 
 /// The Prometheus text exposition of every metric, if [`install`] was called.
 pub fn render() -> Option<String> {
-    PROMETHEUS.get().map(PrometheusHandle::render)
+    let installed = PROMETHEUS.get()?;
+    observe::publish();
+    let mut text = installed.handle.render();
+    installed.histograms.render(&mut text);
+    Some(text)
 }
 
 fn config(reason: String) -> Error {

@@ -29,6 +29,86 @@ pub struct Route(Arc<dyn Erased>);
 
 trait Erased: Send + Sync {
     fn call(&self, req: Request) -> BoxFuture<'static, Reply>;
+
+    /// The route inside and its watch, if this is [`Route::watched`].
+    #[cfg(feature = "metrics")]
+    fn watched(&self) -> Option<(&Route, &dyn Watch)> {
+        None
+    }
+}
+
+/// Told when a message of a [`Route::watched`] starts and how it ends, with no future of its
+/// own around the route's: the router keeps the [`Watching`] in its reply future, so the
+/// metrics cost no allocation per message.
+#[cfg(feature = "metrics")]
+pub(crate) trait Watch: Send + Sync + 'static {
+    /// `req` is about to be handled.
+    fn start(&self, req: &Request) -> Watching;
+}
+
+/// Told how a watched message ended: its reply, or `None` if it was dropped first
+/// (cancelled, past its deadline, or panicked).
+#[cfg(feature = "metrics")]
+pub(crate) trait Watcher: Sync {
+    fn end(&self, started: u64, reply: Option<&Reply>);
+}
+
+/// A watched message being handled; dropped before [`end`](Self::end), it tells its
+/// watcher it ended without a reply.
+#[cfg(feature = "metrics")]
+pub(crate) struct Watching {
+    watcher: &'static dyn Watcher,
+    started: u64,
+}
+
+#[cfg(feature = "metrics")]
+impl Watching {
+    pub(crate) fn new(watcher: &'static dyn Watcher, started: u64) -> Self {
+        Watching { watcher, started }
+    }
+
+    fn end(self, reply: &Reply) {
+        self.watcher.end(self.started, Some(reply));
+        std::mem::forget(self);
+    }
+}
+
+#[cfg(feature = "metrics")]
+impl Drop for Watching {
+    fn drop(&mut self) {
+        self.watcher.end(self.started, None);
+    }
+}
+
+/// Set once a route is watched: until then the router does not ask routes (a process
+/// without metrics pays one load per message).
+#[cfg(feature = "metrics")]
+static WATCHED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+#[cfg(feature = "metrics")]
+struct Watched<W> {
+    inner: Route,
+    watch: W,
+}
+
+#[cfg(feature = "metrics")]
+impl<W: Watch> Erased for Watched<W> {
+    /// Called other than by the router (inside another layer): the watch goes in a future
+    /// around the route's.
+    fn call(&self, req: Request) -> BoxFuture<'static, Reply> {
+        let watching = self.watch.start(&req);
+        let reply = self.inner.call(req);
+        async move {
+            let reply = reply.await;
+            watching.end(&reply);
+            reply
+        }
+        .boxed()
+    }
+
+    fn watched(&self) -> Option<(&Route, &dyn Watch)> {
+        Some((&self.inner, &self.watch))
+    }
 }
 
 /// A `tower::Service` behind a [`Route`]: cloned for every call, as axum does, so that
@@ -115,6 +195,13 @@ impl Route {
     /// Calls the route (no readiness to wait for).
     pub fn call(&self, req: Request) -> BoxFuture<'static, Reply> {
         self.0.call(req)
+    }
+
+    /// `inner`, its messages told to `watch`.
+    #[cfg(feature = "metrics")]
+    pub(crate) fn watched(inner: Route, watch: impl Watch) -> Route {
+        WATCHED.store(true, std::sync::atomic::Ordering::Relaxed);
+        Route(Arc::new(Watched { inner, watch }))
     }
 }
 
@@ -452,25 +539,46 @@ impl Router {
                 from_caller
             }
         };
+        #[cfg(feature = "metrics")]
+        let mut watching = None;
         let inner = match turn {
             // Called once its turn comes (a panic then is caught where the future is polled).
             Some(turn) => {
                 let route = route.clone();
                 turn.then(move || route.call(req))
             }
-            None => match std::panic::catch_unwind(AssertUnwindSafe(|| route.call(req))) {
-                Ok(fut) => fut,
-                Err(panic) => {
-                    tracing::error!(handler = label, panic = %crate::error::panic_message(&*panic), "handler panicked");
-                    std::future::ready(Reply::error(RpcError::internal())).boxed()
+            None => {
+                // A watched route's watch is kept in the reply future, not in one around it.
+                #[cfg(feature = "metrics")]
+                let route = match WATCHED.load(std::sync::atomic::Ordering::Relaxed) {
+                    true => match route.0.watched() {
+                        Some((inner, watch)) => {
+                            watching = Some(watch.start(&req));
+                            inner
+                        }
+                        None => route,
+                    },
+                    false => route,
+                };
+                match std::panic::catch_unwind(AssertUnwindSafe(|| route.call(req))) {
+                    Ok(fut) => fut,
+                    Err(panic) => {
+                        // Counted as a message dropped before its reply, as a panic while
+                        // polled is.
+                        #[cfg(feature = "metrics")]
+                        drop(watching.take());
+                        handler_panicked(label, panic)
+                    }
                 }
-            },
+            }
         };
         RouterFuture {
             inner,
             label,
             deadline,
             timer: None,
+            #[cfg(feature = "metrics")]
+            watching,
         }
     }
 
@@ -523,6 +631,12 @@ impl Router {
     }
 }
 
+/// A handler that panicked when called: logged, answered NestJS's `Internal server error`.
+fn handler_panicked(label: &'static str, panic: Box<dyn std::any::Any + Send>) -> BoxFuture<'static, Reply> {
+    tracing::error!(handler = label, panic = %crate::error::panic_message(&*panic), "handler panicked");
+    std::future::ready(Reply::error(RpcError::internal())).boxed()
+}
+
 /// A miss too long to have parsed, as logs and errors name it: its start and its length.
 fn too_long(text: &str) -> String {
     let mut end = 64.min(text.len());
@@ -563,6 +677,9 @@ pub struct RouterFuture {
     deadline: Option<Instant>,
     /// Armed only once the handler has to wait (most answer on their first poll).
     timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// The route's watch (metrics), told the reply; dropped with the future if it has none.
+    #[cfg(feature = "metrics")]
+    watching: Option<Watching>,
 }
 
 impl RouterFuture {
@@ -572,6 +689,8 @@ impl RouterFuture {
             label,
             deadline: None,
             timer: None,
+            #[cfg(feature = "metrics")]
+            watching: None,
         }
     }
 }
@@ -588,7 +707,13 @@ impl Future for RouterFuture {
             Some(d) => super::deadline::within(d, poll),
         };
         match polled {
-            Ok(Poll::Ready(reply)) => Poll::Ready(reply),
+            Ok(Poll::Ready(reply)) => {
+                #[cfg(feature = "metrics")]
+                if let Some(watching) = this.watching.take() {
+                    watching.end(&reply);
+                }
+                Poll::Ready(reply)
+            }
             Ok(Poll::Pending) => {
                 let Some(deadline) = this.deadline else {
                     return Poll::Pending;
@@ -605,6 +730,8 @@ impl Future for RouterFuture {
                 );
                 this.inner = std::future::pending().boxed();
                 this.deadline = None;
+                #[cfg(feature = "metrics")]
+                drop(this.watching.take());
                 Poll::Ready(Reply::error(RpcError::deadline_exceeded(
                     "the caller's deadline passed",
                 )))
@@ -613,6 +740,8 @@ impl Future for RouterFuture {
                 tracing::error!(handler = this.label, panic = %crate::error::panic_message(&*panic), "handler panicked");
                 // A panicked future is not polled again.
                 this.inner = std::future::pending().boxed();
+                #[cfg(feature = "metrics")]
+                drop(this.watching.take());
                 Poll::Ready(Reply::error(RpcError::internal()))
             }
         }
@@ -650,5 +779,84 @@ mod tests {
         // A short one is still normalised as NestJS does.
         let short = Address::Pattern(Bytes::from_static(br#"{"b":1,"a":2}"#));
         assert_eq!(router.resolve_route(&short).unwrap_err(), r#"{"a":2,"b":1}"#);
+    }
+
+    #[cfg(feature = "metrics")]
+    use crate::service::{Context, Payload};
+
+    /// What a test watch saw: starts, then each end (`ok`, `error`, or `dropped`).
+    #[cfg(feature = "metrics")]
+    #[derive(Default)]
+    struct Seen(std::sync::Mutex<Vec<&'static str>>);
+
+    #[cfg(feature = "metrics")]
+    impl Watcher for Seen {
+        fn end(&self, started: u64, reply: Option<&Reply>) {
+            assert_eq!(started, 7, "the start's token comes back");
+            let end = match reply {
+                Some(r) if r.is_error() => "error",
+                Some(_) => "ok",
+                None => "dropped",
+            };
+            self.0.lock().unwrap().push(end);
+        }
+    }
+
+    #[cfg(feature = "metrics")]
+    impl Watch for &'static Seen {
+        fn start(&self, _: &Request) -> Watching {
+            self.0.lock().unwrap().push("start");
+            Watching::new(*self, 7)
+        }
+    }
+
+    #[cfg(feature = "metrics")]
+    #[tokio::test]
+    async fn a_watched_route_is_told_each_end_without_a_future_around_it() {
+        let seen: &'static Seen = Box::leak(Box::default());
+        let mut routes = RouterBuilder::default();
+        let handler = Route::from_fn(|req| {
+            let what = req.payload().and_then(Payload::json).unwrap_or_default().to_vec();
+            match what.as_slice() {
+                b"\"panic\"" => panic!("the handler panics when called"),
+                b"\"fail\"" => std::future::ready(Reply::error(RpcError::new("no"))).boxed(),
+                b"\"wait\"" => std::future::pending().boxed(),
+                _ => std::future::ready(Reply::empty()).boxed(),
+            }
+        });
+        let endpoint = Endpoint {
+            location: "watched".into(),
+            route: handler,
+            order: Default::default(),
+        };
+        routes.add("watched", "\"watched\"", Kind::Request, endpoint);
+        let router = routes.build(false, |route| route, |_, route| Route::watched(route, seen));
+        let call = |data: &'static str| {
+            router.call(Request::new(
+                Address::static_route("watched"),
+                Payload::Json(data.into()),
+                Context::new("mem", Kind::Request),
+            ))
+        };
+        assert!(!call("\"ok\"").await.is_error());
+        assert!(call("\"fail\"").await.is_error());
+        assert!(call("\"panic\"").await.is_error(), "a panic is an internal error");
+        let mut waiting = call("\"wait\"");
+        assert!((&mut waiting).now_or_never().is_none(), "the handler waits");
+        drop(waiting);
+        // Called by something other than the router (a layer around it): the same ends.
+        let inner = Route::watched(Route::from_fn(|_| std::future::ready(Reply::empty()).boxed()), seen);
+        let req = Request::new(
+            Address::static_route("watched"),
+            Payload::null(),
+            Context::new("mem", Kind::Request),
+        );
+        assert!(!inner.call(req).await.is_error());
+        assert_eq!(
+            *seen.0.lock().unwrap(),
+            [
+                "start", "ok", "start", "error", "start", "dropped", "start", "dropped", "start", "ok"
+            ]
+        );
     }
 }
