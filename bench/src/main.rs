@@ -136,6 +136,18 @@ struct Args {
     /// thread, a fixed workload for instruction counts (callgrind); prints nothing else.
     #[arg(long, value_enum)]
     profile: Option<Kind>,
+    /// Profiling: `--requests` calls through a client with this policy side (`layered`,
+    /// `breaker`, `policy`, `guarded`, `switchboard`), 64 in flight, on one thread, a fixed
+    /// workload for instruction counts (callgrind); `--profile-tcp` calls over TCP.
+    #[arg(long, value_enum)]
+    profile_calls: Option<mem::Side>,
+    /// With `--profile`: NestJS 12 packets with `metadata` (a trace context, between `data`
+    /// and `id`, as NestJS 12 writes them).
+    #[arg(long)]
+    profile_meta: bool,
+    /// With `--profile-calls`: over TCP instead of `mem://`.
+    #[arg(long)]
+    profile_tcp: bool,
     /// Requests for `--profile`.
     #[arg(long, default_value_t = 100_000)]
     requests: usize,
@@ -257,13 +269,16 @@ fn main() -> ExitCode {
         };
     }
     if let Some(kind) = args.profile {
-        return match profile::run(kind, args.requests) {
+        return match profile::run(kind, args.requests, args.profile_meta) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("profile: {e:#}");
                 ExitCode::from(2)
             }
         };
+    }
+    if let Some(side) = args.profile_calls {
+        return finished(mem::profile_calls(side, args.profile_tcp, args.requests));
     }
     if !args.broker.is_empty() {
         return run_brokers(&args);

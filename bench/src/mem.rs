@@ -44,8 +44,8 @@ fn add(req: MemAdd) -> MemSum {
     }
 }
 
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Side {
+#[derive(Clone, Copy, PartialEq, Eq, Debug, clap::ValueEnum)]
+pub enum Side {
     Bare,
     Switchboard,
     /// Through the client's layer stack, with a no-op layer: the baseline of the policy rows.
@@ -94,6 +94,10 @@ pub fn run_policy(runs: usize, duration: Duration, in_flight: usize) -> anyhow::
         ns(mem[1]) - ns(mem[0]),
         ns(mem[2]) - ns(mem[0])
     );
+    let (one, two) = (closed_breaker_ns(1), closed_breaker_ns(2));
+    println!(
+        "policy: a closed breaker's own work (enter, then a success) is {one:.1} ns a call on one thread; two threads on one circuit: {two:.1} ns a call (of their total time; fastest of 30 passes)"
+    );
     // The TCP server on the other CPUs, in its own runtime.
     let server_cpus: Vec<usize> = cpus.iter().copied().filter(|c| *c != cpu).collect();
     let url = crate::serve::spawn_tcp(Microservice::new().handler(MEM_ADD), server_cpus)?;
@@ -109,6 +113,32 @@ pub fn run_policy(runs: usize, duration: Duration, in_flight: usize) -> anyhow::
         tcp[1] / tcp[0]
     );
     Ok(())
+}
+
+/// What a closed breaker's own work costs, entering and recording a success, without the
+/// call around it: the fastest of 30 passes of 200,000 calls a thread (the fastest, because a
+/// pass that another process interrupts only ever measures slower), with `threads` threads on
+/// one circuit, per call of all of them.
+fn closed_breaker_ns(threads: usize) -> f64 {
+    const N: u32 = 200_000;
+    let breaker = CircuitBreaker::new();
+    (0..30)
+        .map(|_| {
+            let start = Instant::now();
+            std::thread::scope(|s| {
+                for _ in 0..threads {
+                    s.spawn(|| {
+                        for _ in 0..N {
+                            if let Ok(pass) = breaker.try_enter("bench.add") {
+                                pass.finish(false);
+                            }
+                        }
+                    });
+                }
+            });
+            start.elapsed().as_nanos() as f64 / (f64::from(N) * threads as f64)
+        })
+        .fold(f64::INFINITY, f64::min)
 }
 
 /// Measures each side against the service at `url`; prints the table, returns the medians.
@@ -201,21 +231,7 @@ async fn measure_at(url: &str, side: Side, duration: Duration, in_flight: usize)
         _ if !url.starts_with("mem://") => None,
         _ => Some(Microservice::new().handler(MEM_ADD).listen(url).start().await?),
     };
-    let builder = Client::builder(url);
-    let builder = match side {
-        Side::Bare | Side::Switchboard => builder,
-        Side::Layered => builder.layer(tower::layer::util::Identity::new()),
-        Side::Breaker => builder.layer(CircuitBreaker::new()),
-        Side::Policy | Side::Guarded => builder.layer(
-            Policy::new()
-                .bulkhead(Bulkhead::new(1 << 20))
-                .rate_limit(RateLimit::per_second(u32::MAX))
-                .circuit_breaker(CircuitBreaker::new())
-                .retry(Retry::new())
-                .attempt_timeout(Duration::from_secs(10)),
-        ),
-    };
-    let client = builder.connect().await?;
+    let client = client_for(url, side).await?;
     let stop = Arc::new(AtomicBool::new(false));
     let calls = Arc::new(AtomicU64::new(0));
     // Warm up for a tenth of the measurement, then count.
@@ -245,6 +261,66 @@ async fn measure_at(url: &str, side: Side, duration: Duration, in_flight: usize)
         server.shutdown().await?;
     }
     Ok(rate)
+}
+
+/// The client of `side` for `url`.
+async fn client_for(url: &str, side: Side) -> anyhow::Result<Client> {
+    let builder = Client::builder(url);
+    let builder = match side {
+        Side::Bare | Side::Switchboard => builder,
+        Side::Layered => builder.layer(tower::layer::util::Identity::new()),
+        Side::Breaker => builder.layer(CircuitBreaker::new()),
+        Side::Policy | Side::Guarded => builder.layer(
+            Policy::new()
+                .bulkhead(Bulkhead::new(1 << 20))
+                .rate_limit(RateLimit::per_second(u32::MAX))
+                .circuit_breaker(CircuitBreaker::new())
+                .retry(Retry::new())
+                .attempt_timeout(Duration::from_secs(10)),
+        ),
+    };
+    Ok(builder.connect().await?)
+}
+
+/// `--profile-calls <side>`: `requests` calls of `side`, 64 in flight, on one thread, against a
+/// `mem://` service (or, with `tcp`, a TCP one in the same runtime): a fixed workload for
+/// instruction counts (callgrind), where wall-clock numbers mean nothing.
+pub fn profile_calls(side: Side, tcp: bool, requests: usize) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    rt.block_on(async move {
+        let url = if tcp {
+            "tcp://127.0.0.1:0"
+        } else {
+            "mem://switchboard-profile"
+        };
+        let server = Microservice::new().handler(MEM_ADD).listen(url).start().await?;
+        let url = if tcp {
+            server.local_url().to_owned()
+        } else {
+            url.to_owned()
+        };
+        let client = client_for(&url, side).await?;
+        let mut tasks = tokio::task::JoinSet::new();
+        for t in 0..64 {
+            let client = client.clone();
+            tasks.spawn(async move {
+                for i in (t..requests as i64).step_by(64) {
+                    let call = client.send(MEM_ADD, MemAdd { a: i, b: 2 });
+                    let sum = match side {
+                        Side::Policy => call.idempotent().await?,
+                        _ => call.await?,
+                    };
+                    anyhow::ensure!(sum.result == i + 2, "wrong answer {} for {i} + 2", sum.result);
+                }
+                anyhow::Ok(())
+            });
+        }
+        while let Some(done) = tasks.join_next().await {
+            done??;
+        }
+        println!("{requests} calls");
+        Ok(())
+    })
 }
 
 /// The bare side: the JSON an in-process call cannot avoid, and the function.

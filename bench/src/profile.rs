@@ -3,6 +3,7 @@
 //! nothing. One current-thread runtime runs the server and a client that writes 64
 //! pipelined requests at a time and reads their 64 replies, so the work per request (and the
 //! batching) is the same in every run. Every reply is checked against the bytes expected.
+//! `--profile-meta` sends NestJS 12 packets with a `metadata` trace context.
 
 use anyhow::Context as _;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -13,7 +14,7 @@ use crate::frame::next_frame;
 
 const BATCH: usize = 64;
 
-pub fn run(kind: Kind, requests: usize) -> anyhow::Result<()> {
+pub fn run(kind: Kind, requests: usize, meta: bool) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     rt.block_on(async move {
         let port = match kind {
@@ -38,7 +39,12 @@ pub fn run(kind: Kind, requests: usize) -> anyhow::Result<()> {
         stream.set_nodelay(true)?;
         let mut batch = Vec::new();
         for i in 0..BATCH {
-            let body = format!(r#"{{"pattern":{{"cmd":"add"}},"data":{{"a":{i},"b":2}},"id":"{i:021x}"}}"#);
+            // With `meta`, as a NestJS 12 client with a tracing hook writes it.
+            let metadata = match meta {
+                true => r#","metadata":{"traceparent":"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"}"#,
+                false => "",
+            };
+            let body = format!(r#"{{"pattern":{{"cmd":"add"}},"data":{{"a":{i},"b":2}}{metadata},"id":"{i:021x}"}}"#);
             batch.extend_from_slice(format!("{}#{body}", body.len()).as_bytes());
         }
         // Every reply is checked: the exact bytes NestJS would write for its request.

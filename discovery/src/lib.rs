@@ -35,9 +35,13 @@
 //! Balancing ([`Balance`]): power of two choices over Peak-EWMA load (default), round robin,
 //! or rendezvous hashing on a payload field. An instance that refuses connections is ejected at
 //! once and readmitted once a connection succeeds; one that keeps failing is ejected for a
-//! while. For broker transports (Redis, NATS, RabbitMQ, MQTT, Kafka) the broker balances (queue
-//! groups, consumer groups): every instance has the same URL, so a discovered client has one
-//! endpoint and the registry reports membership and health only.
+//! while. With [`Registry::circuit_breaker`] (or `?circuit=5,30s`) each instance has its own
+//! circuit per pattern, so an instance failing one pattern is left out of that pattern's calls
+//! only. Hedges and retries go to an instance the call has not tried yet
+//! ([`Tried`](switchboard::resilience::Tried)). For broker transports (Redis, NATS, RabbitMQ,
+//! MQTT, Kafka) the broker balances (queue groups, consumer groups): every instance has the same
+//! URL, so a discovered client has one endpoint and the registry reports membership and health
+//! only.
 
 #![warn(missing_docs)]
 
@@ -68,7 +72,7 @@ pub use registry::Registry;
 pub use url::RegistryUrl;
 
 /// A client of the service named in `url`'s path, found through the registry the URL names:
-/// `etcd://127.0.0.1:2379/users?balance=p2c`, `mem://tests/users`,
+/// `etcd://127.0.0.1:2379/users?balance=p2c`, `mem://tests/users?circuit=5,30s`,
 /// `static://10.0.0.1:3001,10.0.0.2:3001/users`. Connected: at least one instance is found.
 pub async fn connect(url: &str) -> switchboard::Result<switchboard::Client> {
     url::builder(url).await?.connect().await

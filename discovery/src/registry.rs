@@ -5,6 +5,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use futures_util::future::{BoxFuture, FutureExt};
+use switchboard::resilience::CircuitBreaker;
 use switchboard::server::announce::{Announce, Announced, Announcement};
 use switchboard::transport::ClientTransport;
 use switchboard::{Client, Discover};
@@ -54,6 +55,8 @@ pub(crate) struct ClientOptions {
     pub transport: Option<String>,
     /// The host a service on `0.0.0.0` registers its URLs with.
     pub advertise: Option<String>,
+    /// The breaker each instance of a client's service gets its own circuits from.
+    pub circuit: Option<CircuitBreaker>,
 }
 
 impl fmt::Debug for Registry {
@@ -62,6 +65,7 @@ impl fmt::Debug for Registry {
             .field("backend", &self.backend.describe())
             .field("balance", &self.options.balance)
             .field("transport", &self.options.transport)
+            .field("circuit", &self.options.circuit)
             .finish()
     }
 }
@@ -78,7 +82,9 @@ impl Registry {
     /// The registry at `url`: `mem://name` (in this process), `static://host:port,…/service`,
     /// `etcd://host:port[,host:port]` (feature `etcd`), `consul://host:port` (feature
     /// `consul`), `dns://[resolver]?domain=…` (feature `dns`). Query parameters
-    /// `balance=p2c|round_robin|hash:<field>` and `transport=<scheme>` set what its clients do.
+    /// `balance=p2c|round_robin|hash:<field>`, `transport=<scheme>` and
+    /// `circuit=<failures in a row>[,<open time>]` (`circuit=5,30s`: circuits per instance, see
+    /// [`circuit_breaker`](Self::circuit_breaker)) set what its clients do.
     pub async fn connect(url: &str) -> Result<Registry> {
         crate::url::registry(url).await
     }
@@ -99,6 +105,39 @@ impl Registry {
     /// with (default: `SWITCHBOARD_ADVERTISE_HOST`, else the machine's host name).
     pub fn advertise(mut self, host: impl Into<String>) -> Self {
         self.options.advertise = Some(host.into());
+        self
+    }
+
+    /// Clients of this registry keep circuits per instance: each instance (endpoint) gets its
+    /// own circuit per pattern, configured as `breaker` ([`CircuitBreaker::detached`]), so one
+    /// failing instance is left out of that pattern's calls while the others take them. A call
+    /// goes to an instance whose circuit for its pattern is closed (or half-open, as a probe);
+    /// when every instance serving it is open, the call is refused at once with
+    /// [`Rejected`](switchboard::Error::Rejected) /
+    /// [`CircuitOpen`](switchboard::resilience::Rejection::CircuitOpen), without a round trip.
+    /// A failure is what [`Guarded::failed`](switchboard::resilience::Guarded::failed) says of a
+    /// client's call: the instance could not be reached, did not answer before the call's
+    /// deadline, or answered `UNAVAILABLE`; a handler's own error is an answer. An attempt its
+    /// caller gave up on earlier (a lost hedge, a per-attempt timeout) is not counted. Each
+    /// client has its own circuits; transitions are `tracing` events naming the instance URL
+    /// (its password hidden). `breaker` itself keeps no circuits of its own here.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use switchboard::resilience::CircuitBreaker;
+    /// use switchboard_discovery::Registry;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let registry = Registry::connect("mem://circuits-doc").await?.circuit_breaker(
+    ///     CircuitBreaker::new().consecutive_failures(5).open_for(Duration::from_secs(30)),
+    /// );
+    /// let users = switchboard::Client::discover("users", &registry).build()?;
+    /// # drop(users);
+    /// # Ok(()) }
+    /// ```
+    pub fn circuit_breaker(mut self, breaker: CircuitBreaker) -> Self {
+        self.options.circuit = Some(breaker);
         self
     }
 

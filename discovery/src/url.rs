@@ -1,8 +1,11 @@
 //! Registry URLs: `mem://name`, `static://host:port,…/service`, `etcd://…`, `consul://…`,
-//! `dns://…`, each with the client options `balance=` and `transport=`.
+//! `dns://…`, each with the client options `balance=`, `transport=` and `circuit=`.
 
 use std::collections::HashMap;
 use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
+
+use switchboard::resilience::CircuitBreaker;
 
 use crate::balance::Balance;
 use crate::{Error, List, Memory, Registry, Result};
@@ -63,13 +66,16 @@ impl RegistryUrl {
     /// Refuses query parameters not in `known` (the client options are always known).
     pub fn only(&self, known: &[&str]) -> Result<()> {
         for (k, _) in &self.query {
-            if !known.contains(&k.as_str()) && k != "balance" && k != "transport" {
+            if !known.contains(&k.as_str()) && !CLIENT_OPTIONS.contains(&k.as_str()) {
                 return Err(self.invalid(format!("unknown parameter `{k}`")));
             }
         }
         Ok(())
     }
 }
+
+/// The query parameters every registry URL takes: how its clients call.
+const CLIENT_OPTIONS: [&str; 3] = ["balance", "transport", "circuit"];
 
 /// `url` with the values of `token`/`password` parameters and a user info's password hidden.
 pub(crate) fn redact(url: &str) -> String {
@@ -146,7 +152,39 @@ fn client_options(mut registry: Registry, url: &RegistryUrl) -> Result<Registry>
     {
         registry = registry.transport(scheme);
     }
+    if let Some(circuit) = url.param("circuit") {
+        registry = registry.circuit_breaker(circuit_option(circuit).map_err(|reason| url.invalid(reason))?);
+    }
     Ok(registry)
+}
+
+/// `circuit=<n>[,<open time>]`: each instance's circuit for a pattern opens after `n` failures
+/// in a row, for the open time (`500ms`, `30s`, `2m`; 10 s by default).
+fn circuit_option(value: &str) -> std::result::Result<CircuitBreaker, String> {
+    let bad = || format!("bad circuit `{value}`: <failures in a row>[,<open time>], e.g. circuit=5,30s");
+    let (n, open) = match value.split_once(',') {
+        Some((n, open)) => (n, Some(open)),
+        None => (value, None),
+    };
+    let n: u32 = n.trim().parse().ok().filter(|&n| n > 0).ok_or_else(bad)?;
+    let mut breaker = CircuitBreaker::new().failure_rate(None).consecutive_failures(n);
+    if let Some(open) = open {
+        breaker = breaker.open_for(duration(open.trim()).ok_or_else(bad)?);
+    }
+    Ok(breaker)
+}
+
+/// `250ms`, `30s`, `2m`: at most a day.
+fn duration(text: &str) -> Option<Duration> {
+    let (digits, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit())?);
+    let n: u64 = digits.parse().ok()?;
+    let d = match unit {
+        "ms" => Duration::from_millis(n),
+        "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n.checked_mul(60)?),
+        _ => return None,
+    };
+    (d <= Duration::from_secs(86_400)).then_some(d)
 }
 
 /// The in-process registry called `name` (one per name in the process).
@@ -171,4 +209,36 @@ pub(crate) async fn builder(url: &str) -> switchboard::Result<switchboard::Clien
     };
     let registry = registry(url).await?;
     Ok(switchboard::Client::discover(&service, &registry))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn circuit_option_takes_a_count_and_an_open_time() {
+        assert!(circuit_option("5").is_ok());
+        assert!(circuit_option("5,30s").is_ok());
+        assert!(circuit_option("3, 250ms").is_ok());
+        assert!(circuit_option("1,2m").is_ok());
+        for bad in [
+            "",
+            "0",
+            "-1",
+            "x",
+            "5,",
+            "5,30",
+            "5,30h",
+            "5,s",
+            "5,99999999999999999999s",
+            "5,1441m",
+            "5,1s,2",
+        ] {
+            let err = circuit_option(bad).expect_err(bad);
+            assert!(err.contains("circuit=5,30s"), "{bad}: {err}");
+        }
+        assert_eq!(duration("250ms"), Some(Duration::from_millis(250)));
+        assert_eq!(duration("2m"), Some(Duration::from_secs(120)));
+        assert_eq!(duration("1440m"), Some(Duration::from_secs(86_400)));
+    }
 }

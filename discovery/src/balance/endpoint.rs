@@ -1,13 +1,15 @@
 //! [`Endpoint`]: one instance URL a balancer calls, with its load (Peak-EWMA of round-trip
-//! times × calls in flight) and its passive health (ejected after a refused connection or a
-//! run of failures, readmitted once a connection succeeds again).
+//! times × calls in flight), its passive health (ejected after a refused connection or a
+//! run of failures, readmitted once a connection succeeds again) and its own circuits.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::borrow::Cow;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use switchboard::Error;
+use switchboard::resilience::{CircuitBreaker, CircuitPass, CircuitState, Rejection};
 use switchboard::transport::{ClientTransport, redact};
+use switchboard::{Error, Outbound};
 use tokio::time::Instant;
 
 /// How fast the round-trip estimate forgets a peak.
@@ -21,7 +23,12 @@ const MAX_EJECTION: Duration = Duration::from_secs(30);
 /// One URL calls go to.
 pub(crate) struct Endpoint {
     pub url: String,
+    /// Unique in the process: the key a call's [`Tried`](switchboard::resilience::Tried)
+    /// record holds.
+    pub id: u64,
     pub transport: Arc<dyn ClientTransport>,
+    /// This endpoint's circuits, one per route, when the registry configures a breaker.
+    circuits: Option<CircuitBreaker>,
     in_flight: AtomicUsize,
     state: Mutex<State>,
 }
@@ -38,10 +45,13 @@ struct State {
 }
 
 impl Endpoint {
-    pub fn new(url: String, transport: Arc<dyn ClientTransport>) -> Self {
+    pub fn new(url: String, transport: Arc<dyn ClientTransport>, circuits: Option<CircuitBreaker>) -> Self {
+        static NEXT_ID: AtomicU64 = AtomicU64::new(1);
         Endpoint {
             url,
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             transport,
+            circuits,
             in_flight: AtomicUsize::new(0),
             state: Mutex::new(State {
                 rtt: None,
@@ -130,6 +140,100 @@ impl Endpoint {
         tracing::info!(url = %redact(&self.url), ?wait, "instance ejected");
         let endpoint = Arc::downgrade(self);
         tokio::spawn(readmit(endpoint, wait));
+    }
+}
+
+impl Endpoint {
+    /// The state of this endpoint's circuit for `route` (closed without a breaker).
+    pub fn circuit(&self, route: &str) -> CircuitState {
+        self.circuits.as_ref().map_or(CircuitState::Closed, |b| b.state(route))
+    }
+
+    /// Lets `out` through this endpoint's circuit for its route, or says why not. `seen` is
+    /// the circuit's state when the balancer chose this endpoint.
+    pub fn enter(self: &Arc<Self>, out: &Outbound, seen: CircuitState) -> Result<Circuited, Rejection> {
+        let deadline = out.deadline;
+        let Some(breaker) = &self.circuits else {
+            return Ok(Circuited { pass: None, deadline });
+        };
+        let pass = breaker.try_enter(&out.route)?;
+        let route = out.route.clone();
+        if seen == CircuitState::HalfOpen {
+            tracing::info!(pattern = &*route, url = %redact(&self.url), "instance circuit half-open: sending a probe");
+        }
+        Ok(Circuited {
+            pass: Some(Passed {
+                pass,
+                endpoint: self.clone(),
+                route,
+                seen,
+            }),
+            deadline,
+        })
+    }
+}
+
+/// A call let through an endpoint's circuit; its outcome goes to the circuit.
+pub(crate) struct Circuited {
+    pass: Option<Passed>,
+    deadline: Instant,
+}
+
+struct Passed {
+    pass: CircuitPass,
+    endpoint: Arc<Endpoint>,
+    route: Cow<'static, str>,
+    /// The circuit's state when the call was let through.
+    seen: CircuitState,
+}
+
+impl Circuited {
+    /// Counts the call's outcome: `failed` when the instance could not answer.
+    pub fn finish(mut self, failed: bool) {
+        if let Some(p) = self.pass.take() {
+            p.finish(failed);
+        }
+    }
+}
+
+impl Drop for Circuited {
+    /// The call was dropped unfinished: past its deadline it timed out (a failure); before
+    /// it the caller stopped waiting (a lost hedge, a per-attempt timeout) and the pass,
+    /// dropped, counts nothing.
+    fn drop(&mut self) {
+        if let Some(p) = self.pass.take()
+            && Instant::now() >= self.deadline
+        {
+            p.finish(true);
+        }
+    }
+}
+
+impl Passed {
+    fn finish(self, failed: bool) {
+        let Passed {
+            pass,
+            endpoint,
+            route,
+            seen,
+        } = self;
+        pass.finish(failed);
+        // A closed circuit changes only on a failure; only then is its state read again.
+        if !failed && seen == CircuitState::Closed {
+            return;
+        }
+        let now = endpoint.circuit(&route);
+        if now == seen {
+            return;
+        }
+        let url = redact(&endpoint.url);
+        match now {
+            CircuitState::Closed => tracing::info!(pattern = &*route, %url, "instance circuit closed"),
+            CircuitState::Open => {
+                tracing::warn!(pattern = &*route, %url, "instance circuit opened: calls go to other instances")
+            }
+            _ => {}
+        }
     }
 }
 

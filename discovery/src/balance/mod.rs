@@ -9,6 +9,7 @@ use std::sync::{Arc, RwLock, Weak};
 use std::time::Duration;
 
 use futures_util::future::{BoxFuture, FutureExt};
+use switchboard::resilience::{Guarded, Rejection, Tried};
 use switchboard::transport::ClientTransport;
 use switchboard::{Contract, Error, Outbound, Replies};
 use tokio::sync::OnceCell;
@@ -19,7 +20,7 @@ use crate::instance::{Fit, Instance, Status};
 
 mod endpoint;
 
-use endpoint::Endpoint;
+use endpoint::{Circuited, Endpoint};
 
 /// How long a removed instance's connections stay open for the calls still on them.
 const CLOSE_AFTER: Duration = Duration::from_secs(30);
@@ -145,7 +146,8 @@ impl Shared {
                 Some(e) => e.clone(),
                 None => match switchboard::transport::client_for(url) {
                     Ok(transport) => {
-                        let e = Arc::new(Endpoint::new(url.to_owned(), transport));
+                        let circuits = self.registry.options.circuit.as_ref().map(|b| b.detached());
+                        let e = Arc::new(Endpoint::new(url.to_owned(), transport, circuits));
                         endpoints.insert(url.to_owned(), e.clone());
                         e
                     }
@@ -194,8 +196,10 @@ impl Shared {
         }
     }
 
-    /// The endpoint for `out`.
-    fn pick(&self, out: &Outbound) -> Result<Arc<Endpoint>, Error> {
+    /// The endpoint for `out`, let through its circuit for the route. Left out: instances
+    /// whose circuit for the route is open (with all open, the call is refused); then, while
+    /// others remain, ejected instances and instances this call already tried.
+    fn pick(&self, out: &Outbound) -> Result<(Arc<Endpoint>, Circuited), Error> {
         let members = self.members.read().expect("members lock").clone();
         let contract = out.extensions.get::<Contract>().copied();
         let mut other_contract = 0;
@@ -210,18 +214,66 @@ impl Shared {
         if fit.is_empty() {
             return Err(self.none_fit(out, members.len(), other_contract));
         }
-        // Ejected instances are left out while others remain; with none left, all are tried.
+        let tried = out.extensions.get::<Tried>().filter(|t| !t.is_empty());
+        // The one chosen is let through its circuit for the route; one that refuses (open, or
+        // its probes out) is left out and the choice made again among the others.
+        let mut retry_after: Option<Duration> = None;
+        while !fit.is_empty() {
+            let chosen = self.choose(out, &fit, tried);
+            let seen = chosen.endpoint.circuit(&out.route);
+            match chosen.endpoint.enter(out, seen) {
+                Ok(pass) => {
+                    if let Some(tried) = out.extensions.get::<Tried>() {
+                        tried.record(chosen.endpoint.id);
+                    }
+                    return Ok((chosen.endpoint.clone(), pass));
+                }
+                Err(why) => {
+                    if let Rejection::CircuitOpen { retry_after: r } = why {
+                        retry_after = Some(retry_after.map_or(r, |least| least.min(r)));
+                    }
+                    let refused = chosen.endpoint.clone();
+                    fit.retain(|m| !Arc::ptr_eq(&m.endpoint, &refused));
+                }
+            }
+        }
+        // Every instance that serves the route has its circuit open: refused, no round trip.
+        let reason = Rejection::CircuitOpen {
+            retry_after: retry_after.unwrap_or_default(),
+        };
+        tracing::debug!(service = %self.service, pattern = &*out.route, "every instance's circuit is open: call refused");
+        // As the client's own breaker refuses (counted as shed).
+        let refused = <Outbound as Guarded>::reject(&out.route, reason.clone()).err();
+        Err(refused.unwrap_or_else(|| Error::Rejected {
+            pattern: out.route.to_string(),
+            reason,
+        }))
+    }
+
+    /// The member of `fit` to call: ejected ones are left out while others remain, then those
+    /// already `tried`; then the balance picks.
+    fn choose<'m>(&self, out: &Outbound, fit: &[&'m Member], tried: Option<&Tried>) -> &'m Member {
         let healthy: Vec<&Member> = fit.iter().copied().filter(|m| !m.endpoint.is_ejected()).collect();
-        let pool = if healthy.is_empty() { &fit } else { &healthy };
-        let chosen = match &self.registry.options.balance {
+        let mut pool = if healthy.is_empty() { fit } else { &healthy[..] };
+        let untried: Vec<&Member>;
+        if let Some(tried) = tried {
+            untried = pool
+                .iter()
+                .copied()
+                .filter(|m| !tried.contains(m.endpoint.id))
+                .collect();
+            if !untried.is_empty() {
+                pool = &untried;
+            }
+        }
+        match &self.registry.options.balance {
             Balance::RoundRobin => pool[self.next.fetch_add(1, Ordering::Relaxed) % pool.len()],
             Balance::Hash { field } => match key_of(&out.payload, field) {
                 Some(key) => rendezvous(pool, &key),
                 None => two_choices(pool),
             },
             Balance::PeakEwma => two_choices(pool),
-        };
-        Ok(chosen.endpoint.clone())
+        }
     }
 
     fn none_fit(&self, out: &Outbound, members: usize, other_contract: usize) -> Error {
@@ -244,17 +296,20 @@ impl Shared {
         }
     }
 
-    /// Sends `out` to the instance picked for it, counting the call in its load and health.
+    /// Sends `out` to the instance picked for it, counting the call in its load, its health
+    /// and its circuit (where `failed` says what is a failure).
     async fn send<T>(
         self: Arc<Self>,
         out: Outbound,
         send: impl FnOnce(Arc<dyn ClientTransport>, Outbound) -> BoxFuture<'static, switchboard::Result<T>>,
+        failed: fn(&switchboard::Result<T>) -> bool,
     ) -> switchboard::Result<T> {
         self.start().await?;
-        let endpoint = self.pick(&out)?;
+        let (endpoint, circuit) = self.pick(&out)?;
         let call = endpoint.start();
         let result = send(endpoint.transport.clone(), out).await;
         call.done(&result);
+        circuit.finish(failed(&result));
         result
     }
 
@@ -354,11 +409,21 @@ impl ClientTransport for Balanced {
     }
 
     fn request(self: Arc<Self>, out: Outbound) -> BoxFuture<'static, switchboard::Result<Replies>> {
-        self.shared.clone().send(out, |t, out| t.request(out)).boxed()
+        self.shared
+            .clone()
+            .send(out, |t, out| t.request(out), <Outbound as Guarded>::failed)
+            .boxed()
     }
 
     fn emit(self: Arc<Self>, out: Outbound) -> BoxFuture<'static, switchboard::Result<()>> {
-        self.shared.clone().send(out, |t, out| t.emit(out)).boxed()
+        self.shared
+            .clone()
+            .send(
+                out,
+                |t, out| t.emit(out),
+                |r| r.as_ref().is_err_and(Error::is_unavailable),
+            )
+            .boxed()
     }
 
     fn close(&self) -> BoxFuture<'_, ()> {

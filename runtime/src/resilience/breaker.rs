@@ -5,6 +5,7 @@ use std::collections::{HashMap, VecDeque};
 use std::future::{Future, Ready};
 use std::marker::PhantomData;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
@@ -188,13 +189,13 @@ impl CircuitBreaker {
 
     /// Opens `route`'s circuit until [`reset`](Self::reset), whatever the calls do.
     pub fn isolate(&self, route: &str) {
-        self.circuit(route).lock().isolate();
+        self.circuit(route).with(Machine::isolate);
     }
 
     /// Closes `route`'s circuit and forgets its window.
     pub fn reset(&self, route: &str) {
         if let Some(c) = self.find(route) {
-            c.lock().close("reset");
+            c.with(|m| m.close("reset"));
         }
     }
 
@@ -250,7 +251,7 @@ where
     }
 
     fn call(&mut self, req: R) -> Self::Future {
-        match self.breaker.enter(req.route()) {
+        match self.breaker.enter_until(req.route(), req.deadline()) {
             Ok(pass) => Either::Right(Guard {
                 call: self.inner.call(req),
                 pass: Some(pass),
@@ -264,14 +265,22 @@ where
 impl CircuitBreaker {
     /// Lets a call to `route` through, or says why not.
     pub(super) fn enter(&self, route: &str) -> Result<Pass, Rejection> {
+        self.enter_until(route, None)
+    }
+
+    /// As [`enter`](Self::enter), for a call due at `deadline`: dropped at or after it, the
+    /// call counts as timed out (a failure) rather than cancelled, so a caller's own deadline
+    /// opens the circuit of a service that hangs even without a per-attempt timeout.
+    pub(super) fn enter_until(&self, route: &str, deadline: Option<Instant>) -> Result<Pass, Rejection> {
         let circuit = self.circuit(route);
         // The clock is read only when the state or the configuration needs it.
         let started = self.config.timed.then(Instant::now);
-        let ticket = circuit.lock().acquire(|| started.unwrap_or_else(Instant::now))?;
+        let ticket = circuit.acquire(|| started.unwrap_or_else(Instant::now))?;
         Ok(Pass {
             circuit,
             ticket: Some(ticket),
             started,
+            deadline,
         })
     }
 }
@@ -308,6 +317,7 @@ pub(super) struct Pass {
     circuit: Arc<Circuit>,
     ticket: Option<Ticket>,
     started: Option<Instant>,
+    deadline: Option<Instant>,
 }
 
 impl Pass {
@@ -315,7 +325,7 @@ impl Pass {
     pub(super) fn finish(mut self, failed: bool) {
         if let Some(ticket) = self.ticket.take() {
             let took = self.started.map(|s| s.elapsed());
-            self.circuit.lock().record(ticket, failed, took, Instant::now);
+            self.circuit.record(ticket, failed, took, Instant::now);
         }
     }
 }
@@ -323,44 +333,101 @@ impl Pass {
 impl Drop for Pass {
     fn drop(&mut self) {
         if let Some(ticket) = self.ticket.take() {
-            self.circuit.lock().cancel(ticket);
+            let now = Instant::now();
+            match self.deadline {
+                Some(deadline) if now >= deadline => {
+                    let took = self.started.map(|s| now.duration_since(s));
+                    self.circuit.record(ticket, true, took, || now);
+                }
+                _ => self.circuit.with(|m| m.cancel(ticket)),
+            }
         }
     }
 }
 
+/// One route's circuit: its state machine behind a lock, and a gate word that lets the
+/// common case (a closed circuit, a call that succeeds) through without taking it.
+///
+/// The gate holds the machine's epoch (bits 32..64), [`FAST`] while the circuit is closed and
+/// a success cannot trip it, and the successes counted since the lock was last taken (bits
+/// 0..31), which the next locked operation adds to the window first.
 struct Circuit {
     machine: Mutex<Machine>,
+    gate: AtomicU64,
 }
+
+const FAST: u64 = 1 << 31;
+const COUNTED: u64 = FAST - 1;
 
 impl Circuit {
     fn new(config: Arc<Config>, route: &str) -> Self {
-        let window = Window::new(config.window);
+        let machine = Machine::new(config, route);
+        let gate = AtomicU64::new(machine.gate());
         Circuit {
-            machine: Mutex::new(Machine {
-                route: route.into(),
-                config,
-                state: State::Closed,
-                window,
-                consecutive: 0,
-                openings: 0,
-                epoch: 0,
-            }),
+            machine: Mutex::new(machine),
+            gate,
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Machine> {
-        self.machine.lock().unwrap_or_else(PoisonError::into_inner)
+    /// Runs `f` on the machine, with the successes counted outside the lock added first,
+    /// and publishes what changed.
+    fn with<R>(&self, f: impl FnOnce(&mut Machine) -> R) -> R {
+        let mut m = self.machine.lock().unwrap_or_else(PoisonError::into_inner);
+        let counted = self.gate.fetch_and(!COUNTED, Ordering::AcqRel);
+        if epoch_of(counted) == m.epoch {
+            m.succeeded(counted & COUNTED);
+        }
+        let (epoch, fast) = (m.epoch, m.fast());
+        let r = f(&mut m);
+        if m.epoch != epoch {
+            self.gate.store(m.gate(), Ordering::Release);
+        } else if m.fast() != fast {
+            match m.fast() {
+                true => self.gate.fetch_or(FAST, Ordering::AcqRel),
+                false => self.gate.fetch_and(!FAST, Ordering::AcqRel),
+            };
+        }
+        r
+    }
+
+    fn acquire(&self, clock: impl FnOnce() -> Instant) -> Result<Ticket, Rejection> {
+        let gate = self.gate.load(Ordering::Acquire);
+        if gate & FAST != 0 {
+            return Ok(Ticket { epoch: epoch_of(gate) });
+        }
+        self.with(|m| m.acquire(clock))
+    }
+
+    fn record(&self, ticket: Ticket, failed: bool, took: Option<Duration>, clock: impl Fn() -> Instant) {
+        if !failed {
+            // Counted in the gate while the circuit is still closed in the ticket's epoch.
+            let mut gate = self.gate.load(Ordering::Relaxed);
+            while epoch_of(gate) == ticket.epoch && gate & FAST != 0 && gate & COUNTED != COUNTED {
+                match self
+                    .gate
+                    .compare_exchange_weak(gate, gate + 1, Ordering::AcqRel, Ordering::Relaxed)
+                {
+                    Ok(_) => return,
+                    Err(now) => gate = now,
+                }
+            }
+        }
+        self.with(|m| m.record(ticket, failed, took, clock));
     }
 
     fn state(&self, now: Instant) -> CircuitState {
-        match self.lock().state {
+        self.with(|m| match m.state {
             State::Closed => CircuitState::Closed,
             State::Open { until } if now >= until => CircuitState::HalfOpen,
             State::Open { .. } => CircuitState::Open,
             State::HalfOpen { .. } => CircuitState::HalfOpen,
             State::Isolated => CircuitState::Isolated,
-        }
+        })
     }
+}
+
+fn epoch_of(gate: u64) -> u32 {
+    (gate >> 32) as u32
 }
 
 /// The state machine of one circuit; time comes in as an argument, so it is tested with
@@ -374,7 +441,7 @@ struct Machine {
     /// Times opened since it last closed (for the growing open time).
     openings: u32,
     /// Changes on every transition: outcomes of calls let through in an earlier state are ignored.
-    epoch: u64,
+    epoch: u32,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -387,10 +454,55 @@ enum State {
 
 #[derive(Debug, Clone, Copy)]
 struct Ticket {
-    epoch: u64,
+    epoch: u32,
 }
 
 impl Machine {
+    fn new(config: Arc<Config>, route: &str) -> Self {
+        Machine {
+            route: route.into(),
+            window: Window::new(config.window),
+            config,
+            state: State::Closed,
+            consecutive: 0,
+            openings: 0,
+            epoch: 0,
+        }
+    }
+
+    /// True while a success cannot change anything but the window: the circuit is closed,
+    /// the clock plays no part, and the rates are judged already (or never will be), so more
+    /// successes only lower them.
+    fn fast(&self) -> bool {
+        let c = &self.config;
+        let judged = match self.window.kind {
+            WindowKind::Calls(n) => n < c.minimum_calls as usize || self.window.totals.0 >= c.minimum_calls,
+            WindowKind::Time(_) => false,
+        };
+        matches!(self.state, State::Closed) && !c.timed && judged
+    }
+
+    /// The gate word for this state, with no successes counted.
+    fn gate(&self) -> u64 {
+        (u64::from(self.epoch) << 32) | if self.fast() { FAST } else { 0 }
+    }
+
+    /// Adds `n` successes counted outside the lock while the circuit was closed (the window
+    /// holds at most its length of them).
+    fn succeeded(&mut self, n: u64) {
+        if n == 0 {
+            return;
+        }
+        let keep = match self.window.kind {
+            WindowKind::Calls(len) => n.min(len as u64),
+            WindowKind::Time(_) => n,
+        };
+        for _ in 0..keep {
+            self.window.push(None, false, false);
+        }
+        self.consecutive = 0;
+    }
+
     fn acquire(&mut self, clock: impl FnOnce() -> Instant) -> Result<Ticket, Rejection> {
         let now = match self.state {
             State::Closed => return Ok(Ticket { epoch: self.epoch }),
@@ -532,7 +644,7 @@ impl Machine {
             crate::signal::circuit(&self.route, code(&state));
         }
         self.state = state;
-        self.epoch += 1;
+        self.epoch = self.epoch.wrapping_add(1);
         self.window.clear();
         self.consecutive = 0;
     }
@@ -630,3 +742,125 @@ impl Window {
 
 #[cfg(test)]
 mod tests;
+
+/// A call let through by [`CircuitBreaker::try_enter`]: [`finish`](Self::finish) counts its
+/// outcome; dropped unfinished, the call counts as cancelled (a half-open probe's slot is given
+/// back, nothing is counted).
+#[must_use = "a pass dropped unfinished counts as a cancelled call"]
+pub struct CircuitPass {
+    pass: Pass,
+}
+
+impl std::fmt::Debug for CircuitPass {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CircuitPass").finish_non_exhaustive()
+    }
+}
+
+impl CircuitPass {
+    /// Counts the call's outcome: `failed` when the service could not answer (what
+    /// [`Guarded::failed`] says of it), not for a handler's own error.
+    pub fn finish(self, failed: bool) {
+        self.pass.finish(failed);
+    }
+}
+
+impl CircuitBreaker {
+    /// Lets a call to `route` through, or says why not, for code that guards calls without the
+    /// `tower` layer (a balancer keeping a breaker per instance). The caller reports the outcome
+    /// through the pass.
+    ///
+    /// ```
+    /// use switchboard::resilience::{CircuitBreaker, CircuitState, Rejection};
+    ///
+    /// let breaker = CircuitBreaker::new().consecutive_failures(2);
+    /// for _ in 0..2 {
+    ///     breaker.try_enter("orders.get").unwrap().finish(true);
+    /// }
+    /// assert_eq!(breaker.state("orders.get"), CircuitState::Open);
+    /// assert!(matches!(breaker.try_enter("orders.get"), Err(Rejection::CircuitOpen { .. })));
+    /// ```
+    pub fn try_enter(&self, route: &str) -> Result<CircuitPass, Rejection> {
+        self.enter(route).map(|pass| CircuitPass { pass })
+    }
+
+    /// A breaker with this one's configuration and circuits of its own (all closed), for one
+    /// instance of a service among several. Clones share circuits; a detached breaker does not.
+    ///
+    /// ```
+    /// use switchboard::resilience::{CircuitBreaker, CircuitState};
+    ///
+    /// let per_instance = CircuitBreaker::new().consecutive_failures(1);
+    /// let (a, b) = (per_instance.detached(), per_instance.detached());
+    /// a.try_enter("p").unwrap().finish(true);
+    /// assert_eq!(a.state("p"), CircuitState::Open);
+    /// assert_eq!(b.state("p"), CircuitState::Closed);
+    /// assert_eq!(per_instance.state("p"), CircuitState::Closed);
+    /// ```
+    pub fn detached(&self) -> CircuitBreaker {
+        CircuitBreaker {
+            config: self.config.clone(),
+            circuits: Arc::default(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod pass_tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_pass_counts_its_outcome_and_a_dropped_one_gives_its_probe_back() {
+        let b = CircuitBreaker::new()
+            .consecutive_failures(2)
+            .open_for(Duration::from_millis(200));
+        b.try_enter("p").unwrap().finish(true);
+        b.try_enter("p").unwrap().finish(false);
+        b.try_enter("p").unwrap().finish(true);
+        assert_eq!(
+            b.state("p"),
+            CircuitState::Closed,
+            "a success in between resets the run"
+        );
+        b.try_enter("p").unwrap().finish(true);
+        assert_eq!(b.state("p"), CircuitState::Open);
+        let Err(Rejection::CircuitOpen { retry_after }) = b.try_enter("p") else {
+            panic!("an open circuit refuses");
+        };
+        assert_eq!(retry_after, Duration::from_millis(200));
+        assert_eq!(b.state("q"), CircuitState::Closed, "circuits are per route");
+        b.try_enter("q").unwrap().finish(false);
+
+        tokio::time::advance(Duration::from_millis(200)).await;
+        assert_eq!(b.state("p"), CircuitState::HalfOpen);
+        let probe = b.try_enter("p").unwrap();
+        assert!(b.try_enter("p").is_err(), "one probe at a time");
+        drop(probe);
+        let probe = b.try_enter("p").expect("a dropped probe gives its slot back");
+        probe.finish(true);
+        assert_eq!(b.state("p"), CircuitState::Open, "a failed probe reopens");
+
+        tokio::time::advance(Duration::from_millis(200)).await;
+        b.try_enter("p").unwrap().finish(false);
+        assert_eq!(b.state("p"), CircuitState::Closed, "a good probe closes");
+    }
+
+    #[test]
+    fn a_detached_breaker_has_the_configuration_and_its_own_circuits() {
+        let shared = CircuitBreaker::new().consecutive_failures(3);
+        let clone = shared.clone();
+        let own = shared.detached();
+        for _ in 0..3 {
+            own.try_enter("p").unwrap().finish(true);
+        }
+        assert_eq!(own.state("p"), CircuitState::Open, "same threshold: 3 in a row");
+        assert_eq!(shared.state("p"), CircuitState::Closed);
+        for _ in 0..2 {
+            shared.try_enter("p").unwrap().finish(true);
+        }
+        assert_eq!(shared.state("p"), CircuitState::Closed, "2 are under the threshold");
+        clone.try_enter("p").unwrap().finish(true);
+        assert_eq!(shared.state("p"), CircuitState::Open, "clones share their circuits");
+        assert_eq!(own.detached().state("p"), CircuitState::Closed);
+    }
+}

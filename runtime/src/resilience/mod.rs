@@ -14,10 +14,12 @@
 //!
 //! - [`CircuitBreaker`]: failure rate and slow-call rate over a sliding window, or
 //!   consecutive failures; open for a time that may grow; half-open with a few probes;
-//!   one circuit per pattern.
+//!   one circuit per pattern ([`CircuitBreaker::try_enter`] and [`CircuitBreaker::detached`]
+//!   let a balancer keep one per pattern and instance, as `switchboard-discovery` does).
 //! - [`Retry`]: exponential backoff with full jitter, a retry budget, retryable errors only
 //!   ([`Error::is_retryable`]), idempotent calls only; each attempt carries its number and
-//!   a stable idempotency key in its headers.
+//!   a stable idempotency key in its headers, and its attempts (and hedges) share a [`Tried`]
+//!   record, so a balancer sends a later attempt to another instance.
 //! - [`Timeout`]: a limit per attempt (on a client) or per handler call (on a server).
 //! - [`Bulkhead`]: at most N calls at once, a bounded queue, load shedding past it.
 //! - [`RateLimit`]: a GCRA limit shared by every connection and transport it is given to.
@@ -68,8 +70,8 @@ mod retry;
 mod timeout;
 
 pub use crate::error::Rejection;
-pub use crate::service::Idempotent;
-pub use breaker::{CircuitBreaker, CircuitBreakerService, CircuitState};
+pub use crate::service::{Idempotent, Tried};
+pub use breaker::{CircuitBreaker, CircuitBreakerService, CircuitPass, CircuitState};
 pub use limit::{Bulkhead, Limited, RateLimit};
 pub use policy::{Policy, PolicyService};
 pub use retry::{ATTEMPT_HEADER, IDEMPOTENCY_KEY_HEADER, Retry, RetryService};

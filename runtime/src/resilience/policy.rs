@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::future::{BoxFuture, FutureExt};
+use std::future::Future;
 use std::task::{Context as TaskContext, Poll};
 use tokio::time::Instant;
 
@@ -13,7 +14,7 @@ use tower::{Layer, Service, ServiceExt};
 use super::limit::Slot;
 use super::{Bulkhead, CircuitBreaker, Guarded, IDEMPOTENCY_KEY_HEADER, Idempotent, RateLimit, Rejection, Retry};
 use crate::error::Error;
-use crate::service::{Kind, Outbound, Replies};
+use crate::service::{Kind, Outbound, Replies, Tried};
 
 /// A client's resilience policy, for [`ClientBuilder::layer`](crate::ClientBuilder::layer).
 /// Whatever is configured is applied in this order, outermost first:
@@ -24,8 +25,9 @@ use crate::service::{Kind, Outbound, Replies};
 /// 4. the [`Retry`], within its budget;
 /// 5. the per-attempt [`Timeout`](super::Timeout), so a timed-out attempt is a failure the
 ///    breaker counts and the retry may repeat;
-/// 6. the hedge: an idempotent attempt with no answer after a delay is sent once more, and
-///    the first good answer wins (within a budget of its own, as the retry's);
+/// 6. the hedge: an idempotent attempt with no answer after a delay is sent once more (on a
+///    discovered client, to another instance: see [`Tried`]), and the first good answer wins
+///    (within a budget of its own, as the retry's);
 /// 7. the transport.
 ///
 /// The call's deadline ([`Call::timeout`](crate::Call::timeout)) covers everything.
@@ -93,7 +95,9 @@ impl Policy {
     /// Hedges idempotent requests: an attempt with no answer after `after` is sent again,
     /// and the first good answer wins (the other is dropped). Second attempts may add at most
     /// 20 % to the hedged calls over 10 s, plus 10 a second, as the retry budget, so a slow
-    /// service does not get twice the load. Only calls marked idempotent are hedged.
+    /// service does not get twice the load. Only calls marked idempotent are hedged. On a
+    /// discovered client the second attempt goes to another instance than the first
+    /// ([`Tried`]).
     pub fn hedge(mut self, after: Duration) -> Self {
         self.hedge = Some(Hedge {
             after,
@@ -224,32 +228,92 @@ impl Policy {
     ) -> BoxFuture<'static, Result<Replies, Error>> {
         let pass = match &self.breaker {
             None => None,
-            Some(b) => match b.enter(&out.route) {
+            Some(b) => match b.enter_until(&out.route, Some(out.deadline)) {
                 Ok(pass) => Some(pass),
                 Err(why) => return std::future::ready(Outbound::reject(&out.route, why)).boxed(),
             },
         };
+        let retried = self.retry.as_ref().filter(|r| r.applies_to(&out));
+        let hedged = self.hedge.is_some() && out.kind == Kind::Request && out.extensions.get::<Idempotent>().is_some();
+        if retried.is_none() && !hedged {
+            // The common case: one attempt, in one future. Its timeout needs no timer of its
+            // own when the call's deadline comes first (the call ends then, and the breaker
+            // counts a call dropped at its deadline as timed out).
+            let limit = self
+                .attempt_timeout
+                .filter(|limit| Instant::now() + *limit < out.deadline);
+            return Admitted {
+                route: out.route.clone(),
+                call: transport.clone().oneshot(out),
+                timer: None,
+                limit,
+                pass,
+                slot,
+            }
+            .boxed();
+        }
         let (transport, limit, hedge) = (transport.clone(), self.attempt_timeout, self.hedge.clone());
         let attempt = move |out: Outbound| attempt(&transport, out, limit, hedge.as_ref());
-        let call = match &self.retry {
-            Some(r) if r.applies_to(&out) => {
+        let call = match retried {
+            Some(r) => {
                 let r = r.clone();
                 async move { r.run(out, attempt).await }.boxed()
             }
-            _ => attempt(out),
+            None => attempt(out),
         };
-        if pass.is_none() && slot.is_none() {
-            return call;
-        }
-        async move {
-            let outcome = call.await;
-            if let Some(pass) = pass {
-                pass.finish(Outbound::failed(&outcome));
-            }
-            drop(slot);
-            outcome
+        Admitted {
+            route: Default::default(),
+            call,
+            timer: None,
+            limit: None,
+            pass,
+            slot,
         }
         .boxed()
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// An admitted call: its attempts, under the per-attempt timeout when it is one attempt,
+    /// counted by the breaker, holding the bulkhead slot until it ends.
+    struct Admitted<F> {
+        #[pin]
+        call: F,
+        // Armed when the call first waits (an answer ready at once needs no timer).
+        #[pin]
+        timer: Option<tokio::time::Sleep>,
+        limit: Option<Duration>,
+        route: std::borrow::Cow<'static, str>,
+        pass: Option<super::breaker::Pass>,
+        slot: Option<Slot>,
+    }
+}
+
+impl<F: Future<Output = Result<Replies, Error>>> Future for Admitted<F> {
+    type Output = F::Output;
+
+    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<F::Output> {
+        let mut this = self.project();
+        let outcome = match this.call.poll(cx) {
+            Poll::Ready(outcome) => outcome,
+            Poll::Pending => {
+                let Some(limit) = *this.limit else {
+                    return Poll::Pending;
+                };
+                if this.timer.is_none() {
+                    this.timer.set(Some(tokio::time::sleep(limit)));
+                }
+                match this.timer.as_pin_mut().map(|t| t.poll(cx)) {
+                    Some(Poll::Ready(())) => Outbound::timed_out(this.route, limit),
+                    _ => return Poll::Pending,
+                }
+            }
+        };
+        if let Some(pass) = this.pass.take() {
+            pass.finish(Outbound::failed(&outcome));
+        }
+        this.slot.take();
+        Poll::Ready(outcome)
     }
 }
 
@@ -279,12 +343,14 @@ fn attempt<S: Inner>(
 }
 
 /// Sends `out`, and once more if no answer came within the hedge's delay; the first good
-/// answer wins, and a failed one waits for the other. Both carry one idempotency key.
+/// answer wins, and a failed one waits for the other. Both carry one idempotency key, and
+/// one [`Tried`] record, so a balancer sends the second to another instance.
 fn hedged<S: Inner>(transport: &S, mut out: Outbound, hedge: Hedge) -> BoxFuture<'static, Result<Replies, Error>> {
     if out.headers.get(IDEMPOTENCY_KEY_HEADER).is_none() {
         out.headers
-            .insert(IDEMPOTENCY_KEY_HEADER, format!("{:032x}", fastrand::u128(..)));
+            .insert(IDEMPOTENCY_KEY_HEADER, super::retry::idempotency_key());
     }
+    Tried::attach(&mut out);
     let mut first = transport.clone().oneshot(out.clone()).boxed();
     let transport = transport.clone();
     async move {

@@ -10,7 +10,7 @@ use tower::retry::budget::{Budget, TpsBudget};
 use tower::{Layer, Service, ServiceExt};
 
 use crate::error::Error;
-use crate::service::{Idempotent, Kind, Outbound, Replies};
+use crate::service::{Idempotent, Kind, Outbound, Replies, Tried};
 
 /// The header carrying an attempt's number (`1` for the first) on a call that may be retried.
 pub const ATTEMPT_HEADER: &str = "sb-attempt";
@@ -27,7 +27,8 @@ pub const IDEMPOTENCY_KEY_HEADER: &str = "idempotency-key";
 /// allows: retries may add at most 20 % to the retryable calls made over the last 10 s,
 /// plus 10 a second (tower's [`TpsBudget`]), so a failing service does not get a storm. A wait that
 /// would end past the call's deadline is not started. Each attempt carries
-/// [`ATTEMPT_HEADER`] and [`IDEMPOTENCY_KEY_HEADER`].
+/// [`ATTEMPT_HEADER`] and [`IDEMPOTENCY_KEY_HEADER`], and the attempts share a [`Tried`]
+/// record, so a discovered client sends a retry to an instance not tried yet.
 ///
 /// The wait before attempt `n + 1` is random between zero and `min(max_delay, base × 2ⁿ⁻¹)`
 /// (100 ms and 2 s by default).
@@ -187,13 +188,18 @@ impl Retry {
     {
         self.budget.deposit();
         if out.headers.get(IDEMPOTENCY_KEY_HEADER).is_none() {
-            out.headers
-                .insert(IDEMPOTENCY_KEY_HEADER, format!("{:032x}", fastrand::u128(..)));
+            out.headers.insert(IDEMPOTENCY_KEY_HEADER, idempotency_key());
         }
+        // Shared by the attempts, so a balancer sends a retry to another instance.
+        Tried::attach(&mut out);
+        // The first attempt shares the call's headers as they are (no copy of the map).
+        out.headers.insert(ATTEMPT_HEADER, "1");
         let mut n = 1;
         loop {
             let mut this = out.clone();
-            this.headers.insert(ATTEMPT_HEADER, n.to_string());
+            if n > 1 {
+                this.headers.insert(ATTEMPT_HEADER, n.to_string());
+            }
             let outcome = attempt(this).await;
             let worth_it = match &outcome {
                 Ok(replies) => replies
@@ -220,9 +226,31 @@ impl Retry {
     }
 }
 
+/// A fresh idempotency key: 128 random bits as 32 lowercase hex digits (without the
+/// formatting machinery, which costs more than the rest of a retried call's set-up).
+pub(super) fn idempotency_key() -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let bits = fastrand::u128(..);
+    let digits: Vec<u8> = (0..32).rev().map(|i| HEX[((bits >> (i * 4)) & 0xf) as usize]).collect();
+    String::from_utf8(digits).expect("hex digits are ASCII")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_idempotency_key_is_32_hex_digits_and_fresh() {
+        let (a, b) = (idempotency_key(), idempotency_key());
+        assert_eq!(a.len(), 32);
+        assert!(
+            a.bytes().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()),
+            "{a}"
+        );
+        assert_ne!(a, b);
+        let bits = u128::from_str_radix(&a, 16).expect("hex");
+        assert_eq!(format!("{bits:032x}"), a);
+    }
 
     #[test]
     fn full_jitter_stays_under_the_exponential_ceiling() {

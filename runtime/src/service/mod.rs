@@ -18,6 +18,7 @@ mod overrides;
 mod reply;
 mod request;
 mod router;
+mod tried;
 
 pub use context::{Context, Kind};
 pub use deadline::TIMEOUT_HEADER;
@@ -34,3 +35,6 @@ pub use reply::{Reply, ReplyItem};
 pub use request::{Address, Payload, Request};
 pub(crate) use router::{Endpoint, RouterBuilder};
 pub use router::{Route, RouteInfo, Router, RouterFuture};
+#[cfg(feature = "metrics")]
+pub(crate) use router::{Watch, Watcher, Watching};
+pub use tried::Tried;

@@ -10,7 +10,7 @@ use crate::error::Error;
 use crate::service::{Kind, Outbound, Replies};
 
 fn machine(b: CircuitBreaker) -> Machine {
-    let Circuit { machine } = Circuit::new(b.config, "p");
+    let Circuit { machine, .. } = Circuit::new(b.config, "p");
     machine.into_inner().unwrap()
 }
 
@@ -284,6 +284,32 @@ async fn the_layer_fails_fast_without_calling_the_service() {
     assert_eq!(breaker.state("b"), CircuitState::Closed);
 }
 
+/// A call that hangs until its caller's deadline drops it counts as timed out, with no
+/// per-attempt timeout configured: a service that hangs opens the circuit (the seed's case).
+/// A call dropped before its deadline is only cancelled.
+#[tokio::test(start_paused = true)]
+async fn a_call_dropped_at_its_deadline_is_a_failure() {
+    let hangs = tower::service_fn(|_: Outbound| std::future::pending::<Result<Replies, Error>>());
+    let breaker = CircuitBreaker::new().failure_rate(None).consecutive_failures(2);
+    let svc = breaker.layer(hangs);
+    let call = |after: Duration| {
+        let out = Outbound::new(Kind::Request, "p", "p", bytes::Bytes::new(), Instant::now() + after);
+        let deadline = out.deadline;
+        tokio::time::timeout_at(deadline, svc.clone().oneshot(out))
+    };
+    // Given up on before their deadline: cancelled, not counted.
+    for _ in 0..3 {
+        let early = tokio::time::timeout(Duration::from_millis(10), call(Duration::from_secs(1)));
+        assert!(early.await.is_err());
+    }
+    assert_eq!(breaker.state("p"), CircuitState::Closed);
+    // Dropped at their deadline: two timeouts in a row open it.
+    for _ in 0..2 {
+        assert!(call(Duration::from_millis(100)).await.is_err());
+    }
+    assert_eq!(breaker.state("p"), CircuitState::Open);
+}
+
 /// The reference: keeps every outcome since the last transition and recomputes from them.
 struct Model {
     window: Option<usize>,
@@ -349,6 +375,51 @@ impl Model {
 /// lets through exactly the calls the model does.
 #[tokio::test(start_paused = true)]
 async fn agrees_with_the_reference_model() {
+    against_the_model(|config| {
+        let mut m = machine(config);
+        let mut held = None;
+        move |now: Instant, outcome: Option<bool>| match outcome {
+            None => {
+                held = m.acquire(|| now).ok();
+                held.is_some()
+            }
+            Some(failed) => {
+                m.record(held.take().expect("acquired"), failed, Some(Duration::ZERO), || now);
+                true
+            }
+        }
+    })
+    .await;
+}
+
+/// The same through the circuit's gate, where successes of a closed circuit are counted
+/// without the lock and added to the window later: no call is let through, or refused,
+/// that the model would not.
+#[tokio::test(start_paused = true)]
+async fn the_lock_free_path_agrees_with_the_reference_model() {
+    against_the_model(|config| {
+        let circuit = Circuit::new(config.config, "p");
+        let mut held = None;
+        move |now: Instant, outcome: Option<bool>| match outcome {
+            None => {
+                held = circuit.acquire(|| now).ok();
+                held.is_some()
+            }
+            Some(failed) => {
+                circuit.record(held.take().expect("acquired"), failed, None, || now);
+                true
+            }
+        }
+    })
+    .await;
+}
+
+/// Runs 200 random sequences through `ours` (made per sequence from its breaker): called with
+/// `None` it acquires ("let through?"), with `Some(failed)` it records the call just acquired.
+async fn against_the_model<F>(mut ours: impl FnMut(CircuitBreaker) -> F)
+where
+    F: FnMut(Instant, Option<bool>) -> bool,
+{
     for seed in 0..200u64 {
         let mut rng = fastrand::Rng::with_seed(seed);
         let (window, minimum) = (rng.usize(1..30), rng.usize(1..30));
@@ -356,7 +427,7 @@ async fn agrees_with_the_reference_model() {
         let consecutive = rng.usize(1..10);
         let probes = rng.usize(1..4);
         let open_for = Duration::from_millis(rng.u64(1..500));
-        let mut m = machine(
+        let mut call = ours(
             CircuitBreaker::new()
                 .window_calls(window)
                 .minimum_calls(minimum as u32)
@@ -382,14 +453,42 @@ async fn agrees_with_the_reference_model() {
                 tokio::time::advance(Duration::from_millis(rng.u64(0..200))).await;
             }
             let now = Instant::now();
-            let ours = m.acquire(|| now);
-            let theirs = model.acquire(now);
-            assert_eq!(ours.is_ok(), theirs, "seed {seed}, step {step}: let through?");
-            if let Ok(ticket) = ours {
+            let let_through = call(now, None);
+            assert_eq!(
+                let_through,
+                model.acquire(now),
+                "seed {seed}, step {step}: let through?"
+            );
+            if let_through {
                 let failed = rng.f64() < failure_odds;
-                m.record(ticket, failed, Some(Duration::ZERO), || now);
+                call(now, Some(failed));
                 model.record(failed, now);
             }
         }
     }
+}
+
+/// Many threads succeeding at once on a closed circuit lose no success: with 40,000 of them
+/// in the window, 39,999 failures keep the rate under a half, and one more opens it.
+#[test]
+fn successes_counted_without_the_lock_are_not_lost() {
+    let breaker = CircuitBreaker::new()
+        .window_calls(100_000)
+        .minimum_calls(10)
+        .failure_rate(0.5);
+    std::thread::scope(|s| {
+        for _ in 0..4 {
+            s.spawn(|| {
+                for _ in 0..10_000 {
+                    breaker.enter("p").expect("closed").finish(false);
+                }
+            });
+        }
+    });
+    for _ in 0..39_999 {
+        breaker.enter("p").expect("still closed").finish(true);
+    }
+    assert_eq!(breaker.state("p"), CircuitState::Closed);
+    breaker.enter("p").expect("still closed").finish(true);
+    assert_eq!(breaker.state("p"), CircuitState::Open);
 }

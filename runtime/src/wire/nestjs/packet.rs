@@ -193,12 +193,14 @@ impl<'a> Packet<'a> {
         }
     }
 
-    /// A request or event exactly as NestJS clients write it, `{"pattern":P,"data":D,"id":I}`
-    /// (no spaces, this order, `id` a scalar), split by hand: the hot path. Anything else is
-    /// left to serde_json.
+    /// A request or event exactly as NestJS clients write it, `{"pattern":P,"data":D,"id":I}`,
+    /// with v12's `"metadata":M` between `data` and `id` (as NestJS 12 and Switchboard clients
+    /// write it), no spaces, this order, `id` a scalar: split by hand, the hot path. Anything
+    /// else is left to serde_json.
     fn canonical(text: &'a str) -> Option<Packet<'a>> {
         const PATTERN: &[u8] = br#"{"pattern":"#;
         const DATA: &[u8] = br#","data":"#;
+        const METADATA: &[u8] = br#","metadata":"#;
         const ID: &[u8] = br#","id":"#;
         let b = text.as_bytes();
         let mut at = PATTERN.len();
@@ -215,6 +217,17 @@ impl<'a> Packet<'a> {
         let end = value_end(b, at)?;
         let data = &text[at..end];
         at = end;
+        let mut metadata = None;
+        if b[at..].starts_with(METADATA) {
+            at += METADATA.len();
+            let end = value_end(b, at)?;
+            let meta = &text[at..end];
+            // Checked whole here, as serde_json would: a packet with broken metadata is refused,
+            // not served without its headers.
+            serde_json::from_str::<IgnoredAny>(meta).ok()?;
+            metadata = Some(meta);
+            at = end;
+        }
         let mut id = None;
         if b[at..].starts_with(ID) {
             at += ID.len();
@@ -226,6 +239,7 @@ impl<'a> Packet<'a> {
             pattern: Some(pattern),
             data: Some(data),
             id,
+            metadata,
             ..Packet::default()
         })
     }
@@ -654,21 +668,28 @@ mod tests {
             r#"{"pattern":"echo","data":-1.5e3,"id":null}"#,
             r#"{"pattern":"echo","data":null,"id":"x"}"#,
             r#"{"pattern":"echo","data":"}","id":"x"}"#,
+            // NestJS 12 (and Switchboard) clients: metadata between data and id.
+            r#"{"pattern":{"cmd":"add"},"data":{"a":1},"metadata":{"traceparent":"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01","sb-timeout-ms":"29999"},"id":"7"}"#,
+            r#"{"pattern":"evt","data":[1],"metadata":{"k":"}\"{"}}"#,
+            r#"{"pattern":"echo","data":1,"metadata":{},"id":"x"}"#,
         ];
         for case in cases {
             let fast = Packet::canonical(case).unwrap_or_else(|| panic!("fast path takes {case}"));
             let slow: Packet<'_> = serde_json::from_str(case).unwrap();
             assert_eq!(
-                (fast.pattern, fast.data, fast.id),
-                (slow.pattern, slow.data, slow.id),
+                (fast.pattern, fast.data, fast.id, fast.metadata),
+                (slow.pattern, slow.data, slow.id, slow.metadata),
                 "{case}"
             );
+            assert_eq!(fast.metadata_map(), slow.metadata_map(), "{case}");
         }
         // Other shapes, and ids that are not plain scalars, go to serde_json.
         for other in [
             r#"{"data":1,"pattern":"echo","id":"x"}"#,
             r#"{ "pattern":"echo","data":1,"id":"x"}"#,
-            r#"{"pattern":"echo","data":1,"metadata":{"a":"b"},"id":"x"}"#,
+            r#"{"pattern":"echo","data":1,"id":"x","metadata":{"a":"b"}}"#,
+            r#"{"pattern":"echo","data":1,"metadata":{"a":"b",},"id":"x"}"#,
+            r#"{"pattern":"echo","data":1,"metadata":{"a":tru},"id":"x"}"#,
             r#"{"pattern":"echo","data":1,"id":{"n":1}}"#,
             r#"{"pattern":"echo","data":1,"id":01}"#,
             r#"{"pattern":"echo","data":1,"id":"x"} "#,
