@@ -214,14 +214,20 @@ async fn instances_fail_over_rejoin_and_restart_without_losing_a_call() {
     let users = Client::discover("users", &registry).connect().await.unwrap();
     let (task, outcomes, stop) = load(users);
 
-    // Spread: every instance answers.
+    // Spread: every instance answers a fair part (the balancer favours the faster ones, and a
+    // busy machine makes one slower for a while: 2 % of the calls at least).
     let started = Instant::now();
     tokio::time::sleep(Duration::from_secs(1)).await;
     {
         let seen = outcomes.lock().unwrap();
         for i in &instances {
             let n = answered_by(&seen, started, i.pid());
-            assert!(n > 50, "instance {} answered {n} of {} calls", i.pid(), seen.len());
+            assert!(
+                n * 50 > seen.len(),
+                "instance {} answered {n} of {} calls",
+                i.pid(),
+                seen.len()
+            );
         }
     }
 

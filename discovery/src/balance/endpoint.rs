@@ -71,11 +71,13 @@ impl Endpoint {
     }
 
     /// What a call here would cost: the round-trip estimate times the calls waiting. Before
-    /// its first reply an endpoint takes one call, not a burst.
+    /// its first reply an endpoint takes one call, not a burst. The estimate decays towards
+    /// zero while no reply comes in, so an endpoint whose last reply was slow (a cold start, a
+    /// passing stall) is tried again instead of being left out for good.
     pub fn cost(&self) -> f64 {
         let pending = self.in_flight() as f64 + 1.0;
         match self.state.lock().expect("endpoint lock").rtt {
-            Some((rtt, _)) => rtt * pending,
+            Some((rtt, at)) => decayed(rtt, at, Instant::now()) * pending,
             None if pending <= 1.0 => 0.0,
             None => f64::MAX / 4.0,
         }
@@ -101,7 +103,7 @@ impl Endpoint {
                     let sample = now.duration_since(at).as_nanos() as f64;
                     state.rtt = Some(match state.rtt {
                         // A peak is taken at once; a lower sample is averaged in.
-                        Some((est, _)) if sample > est => (sample, now),
+                        Some((est, then)) if sample > decayed(est, then, now) => (sample, now),
                         Some((est, then)) => {
                             let w = (-(now.duration_since(then).as_secs_f64()) / DECAY.as_secs_f64()).exp();
                             (est * w + sample * (1.0 - w), now)
@@ -237,6 +239,11 @@ impl Passed {
     }
 }
 
+/// An estimate made at `then`, as it stands at `now`: it decays towards zero over [`DECAY`].
+fn decayed(estimate: f64, then: Instant, now: Instant) -> f64 {
+    estimate * (-(now.saturating_duration_since(then).as_secs_f64()) / DECAY.as_secs_f64()).exp()
+}
+
 /// Tries to connect after `wait`, then after longer waits, until a connection succeeds or the
 /// endpoint is gone (its instance left the registry).
 async fn readmit(endpoint: Weak<Endpoint>, mut wait: Duration) {
@@ -293,5 +300,36 @@ impl Drop for InFlight {
         if !self.done {
             self.endpoint.finish(self.at, Outcome::Cancelled);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One slow reply does not keep an endpoint out for good: its estimate decays while no
+    /// other reply comes in, and a fast reply later brings it down further.
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_reply_weighs_less_as_time_passes() {
+        let transport = switchboard::transport::client_for("tcp://127.0.0.1:9").unwrap();
+        let e = Arc::new(Endpoint::new("tcp://127.0.0.1:9".into(), transport, None));
+        let call = e.start();
+        tokio::time::advance(Duration::from_millis(100)).await;
+        call.done(&Ok::<(), Error>(()));
+        let slow = e.cost();
+        assert!((slow - 100e6).abs() < 1e6, "{slow}");
+        tokio::time::advance(DECAY).await;
+        let later = e.cost();
+        assert!(
+            (later - slow / std::f64::consts::E).abs() < 1e6,
+            "{later} after one decay time"
+        );
+        tokio::time::advance(DECAY * 3).await;
+        assert!(e.cost() < slow / 50.0, "{} after four", e.cost());
+        // A slower reply than what is left of the estimate is taken at once (a peak).
+        let call = e.start();
+        tokio::time::advance(Duration::from_millis(20)).await;
+        call.done(&Ok::<(), Error>(()));
+        assert!((e.cost() - 20e6).abs() < 1e6, "{}", e.cost());
     }
 }

@@ -149,6 +149,10 @@ impl Shared {
                         let circuits = self.registry.options.circuit.as_ref().map(|b| b.detached());
                         let e = Arc::new(Endpoint::new(url.to_owned(), transport, circuits));
                         endpoints.insert(url.to_owned(), e.clone());
+                        // Connected ahead of its first call, whose round trip would otherwise
+                        // include the connection and make a new instance look slow.
+                        let transport = e.transport.clone();
+                        tokio::spawn(async move { transport.connect().await });
                         e
                     }
                     Err(e) => {
@@ -379,6 +383,9 @@ async fn follow(shared: Weak<Shared>, mut watch: Watch, mut dropped: tokio::sync
 /// Closes an endpoint no instance uses once its calls are done (or after [`CLOSE_AFTER`]).
 async fn close_when_idle(endpoint: Arc<Endpoint>) {
     let deadline = tokio::time::Instant::now() + CLOSE_AFTER;
+    // A call that picked it just before it was removed, on another thread, counts itself in
+    // within moments: not closed under it.
+    tokio::time::sleep(Duration::from_secs(1)).await;
     while endpoint.in_flight() > 0 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
