@@ -289,32 +289,37 @@ async fn chain(trace: &str, chain: &[(&str, &str, &str)]) -> Vec<SpanRecord> {
 /// A NestJS 12 client → a Switchboard service → a NestJS 12 service, on `url`'s transport
 /// (`tcp://127.0.0.1:0` for a port each): one trace, each hop the child of the one before.
 async fn nest_to_rust_to_nest(url: &str) {
-    if !nest::nest_installed(12, url) {
-        return;
+    nest_rust_nest(url, url, json!(7)).await;
+}
+
+/// [`nest_to_rust_to_nest`] with the NestJS services on `nest_url`, the Switchboard one on
+/// `rust_url`, relaying `data`: the trace's id and spans, `None` without NestJS 12 (skipped).
+async fn nest_rust_nest(nest_url: &str, rust_url: &str, data: serde_json::Value) -> Option<(String, Vec<SpanRecord>)> {
+    if !nest::nest_installed(12, nest_url) {
+        return None;
     }
     let endpoint = observed().collector.endpoint.clone();
     let env = [("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str())];
-    let nest_b = NestServer::start_with(12, url, &["--trace", "nest-b"], &env).await;
+    let nest_b = NestServer::start_with(12, nest_url, &["--trace", "nest-b"], &env).await;
     let rust = Microservice::new()
         .handler(NEST_RELAY)
-        .listen(url)
+        .listen(rust_url)
         .start()
         .await
         .unwrap();
-    let rust_url = rust.local_url().to_owned();
     let ops = [
         nest::send(
             json!("traced.nest.relay"),
-            json!({"url": nest_b.url(), "pattern": "echo", "data": 7}),
+            json!({"url": nest_b.url(), "pattern": "echo", "data": data}),
         ),
         json!({"op": "traceparent"}),
     ];
-    let results = nest::nest_client_with(12, &rust_url, &ops, &["--trace", "nest-client"], &env).await;
-    assert_eq!(results[0], json!({"ok": [7]}), "{results:?}");
+    let results = nest::nest_client_with(12, rust.local_url(), &ops, &["--trace", "nest-client"], &env).await;
+    assert_eq!(results[0], json!({ "ok": [data] }), "{results:?}");
     let traceparent = results[1]["ok"].as_str().unwrap_or_else(|| panic!("{results:?}"));
-    let trace = traceparent.split('-').nth(1).unwrap();
-    chain(
-        trace,
+    let trace = traceparent.split('-').nth(1).unwrap().to_owned();
+    let spans = chain(
+        &trace,
         &[
             ("nest-client", "send traced.nest.relay", "client"),
             ("traced-tests", "process traced.nest.relay", "server"),
@@ -324,6 +329,7 @@ async fn nest_to_rust_to_nest(url: &str) {
     )
     .await;
     rust.shutdown().await.unwrap();
+    Some((trace, spans))
 }
 
 /// A Switchboard client → a NestJS 12 service → a Switchboard service: one trace.
@@ -396,44 +402,11 @@ async fn one_trace_across_nestjs_and_rust_over_nats() {
 #[tokio::test]
 async fn one_trace_across_nestjs_and_rust_over_kafka() {
     let cluster = switchboard::transport::kafka::KafkaMock::start().expect("librdkafka's mock cluster starts");
-    let nest_url = format!("kafka://{}?group=traced-nest&max_wait_ms=100", cluster.bootstrap());
-    if !nest::nest_installed(12, &nest_url) {
-        return;
-    }
-    let endpoint = observed().collector.endpoint.clone();
-    let env = [("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str())];
-    let nest_b = NestServer::start_with(12, &nest_url, &["--trace", "nest-b"], &env).await;
-    let rust = Microservice::new()
-        .handler(NEST_RELAY)
-        .listen(format!(
-            "kafka://{}?group=traced-rust&max_wait_ms=100",
-            cluster.bootstrap()
-        ))
-        .start()
-        .await
-        .unwrap();
+    let url = |group: &str| format!("kafka://{}?group={group}&max_wait_ms=100", cluster.bootstrap());
     // An object: NestJS's Kafka parser reads a bare number in a reply as text.
-    let ops = [
-        nest::send(
-            json!("traced.nest.relay"),
-            json!({"url": nest_b.url(), "pattern": "echo", "data": {"n": 7}}),
-        ),
-        json!({"op": "traceparent"}),
-    ];
-    let results = nest::nest_client_with(12, rust.local_url(), &ops, &["--trace", "nest-client"], &env).await;
-    assert_eq!(results[0], json!({"ok": [{"n": 7}]}), "{results:?}");
-    let traceparent = results[1]["ok"].as_str().unwrap_or_else(|| panic!("{results:?}"));
-    let trace = traceparent.split('-').nth(1).unwrap();
-    let spans = chain(
-        trace,
-        &[
-            ("nest-client", "send traced.nest.relay", "client"),
-            ("traced-tests", "process traced.nest.relay", "server"),
-            ("traced-tests", "send echo", "client"),
-            ("nest-b", "process echo", "server"),
-        ],
-    )
-    .await;
+    let Some((trace, spans)) = nest_rust_nest(&url("traced-nest"), &url("traced-rust"), json!({"n": 7})).await else {
+        return;
+    };
     let kafka = |s: &&SpanRecord| s.trace_id == trace && s.name != "client send";
     assert!(
         spans
@@ -442,7 +415,6 @@ async fn one_trace_across_nestjs_and_rust_over_kafka() {
             .all(|s| s.attributes.get("messaging.system").map(String::as_str) == Some("kafka")),
         "{spans:#?}"
     );
-    rust.shutdown().await.unwrap();
 }
 
 /// A pattern nobody serves is the sender's text: its span is named `process (unmatched)`, so

@@ -154,32 +154,26 @@ impl Endpoint {
     /// Lets `out` through this endpoint's circuit for its route, or says why not. `seen` is
     /// the circuit's state when the balancer chose this endpoint.
     pub fn enter(self: &Arc<Self>, out: &Outbound, seen: CircuitState) -> Result<Circuited, Rejection> {
-        let deadline = out.deadline;
         let Some(breaker) = &self.circuits else {
-            return Ok(Circuited { pass: None, deadline });
+            return Ok(Circuited(None));
         };
-        let pass = breaker.try_enter(&out.route)?;
+        // Dropped past its deadline, the call counts as timed out.
+        let pass = breaker.try_enter(&out.route)?.due(out.deadline);
         let route = out.route.clone();
         if seen == CircuitState::HalfOpen {
             tracing::info!(pattern = &*route, url = %redact(&self.url), "instance circuit half-open: sending a probe");
         }
-        Ok(Circuited {
-            pass: Some(Passed {
-                pass,
-                endpoint: self.clone(),
-                route,
-                seen,
-            }),
-            deadline,
-        })
+        Ok(Circuited(Some(Passed {
+            pass,
+            endpoint: self.clone(),
+            route,
+            seen,
+        })))
     }
 }
 
 /// A call let through an endpoint's circuit; its outcome goes to the circuit.
-pub(crate) struct Circuited {
-    pass: Option<Passed>,
-    deadline: Instant,
-}
+pub(crate) struct Circuited(Option<Passed>);
 
 struct Passed {
     pass: CircuitPass,
@@ -192,36 +186,36 @@ struct Passed {
 impl Circuited {
     /// Counts the call's outcome: `failed` when the instance could not answer.
     pub fn finish(mut self, failed: bool) {
-        if let Some(p) = self.pass.take() {
-            p.finish(failed);
+        if let Some(p) = self.0.take() {
+            p.settle(Some(failed));
         }
     }
 }
 
 impl Drop for Circuited {
-    /// The call was dropped unfinished: past its deadline it timed out (a failure); before
-    /// it the caller stopped waiting (a lost hedge, a per-attempt timeout) and the pass,
-    /// dropped, counts nothing.
+    /// Dropped unfinished: the pass counts it (timed out past its deadline, else cancelled).
     fn drop(&mut self) {
-        if let Some(p) = self.pass.take()
-            && Instant::now() >= self.deadline
-        {
-            p.finish(true);
+        if let Some(p) = self.0.take() {
+            p.settle(None);
         }
     }
 }
 
 impl Passed {
-    fn finish(self, failed: bool) {
+    /// Gives the pass its outcome (`None`: dropped unfinished) and logs a transition it caused.
+    fn settle(self, failed: Option<bool>) {
         let Passed {
             pass,
             endpoint,
             route,
             seen,
         } = self;
-        pass.finish(failed);
+        match failed {
+            Some(failed) => pass.finish(failed),
+            None => drop(pass),
+        }
         // A closed circuit changes only on a failure; only then is its state read again.
-        if !failed && seen == CircuitState::Closed {
+        if failed == Some(false) && seen == CircuitState::Closed {
             return;
         }
         let now = endpoint.circuit(&route);

@@ -745,7 +745,7 @@ mod tests;
 
 /// A call let through by [`CircuitBreaker::try_enter`]: [`finish`](Self::finish) counts its
 /// outcome; dropped unfinished, the call counts as cancelled (a half-open probe's slot is given
-/// back, nothing is counted).
+/// back, nothing is counted), or as timed out once past the deadline given to [`due`](Self::due).
 #[must_use = "a pass dropped unfinished counts as a cancelled call"]
 pub struct CircuitPass {
     pass: Pass,
@@ -762,6 +762,13 @@ impl CircuitPass {
     /// [`Guarded::failed`] says of it), not for a handler's own error.
     pub fn finish(self, failed: bool) {
         self.pass.finish(failed);
+    }
+
+    /// The call's caller stops waiting at `deadline`: dropped unfinished at or after it, the
+    /// call counts as timed out (a failure), as the breaker's own layer counts it.
+    pub fn due(mut self, deadline: Instant) -> Self {
+        self.pass.deadline = Some(deadline);
+        self
     }
 }
 

@@ -241,9 +241,9 @@ impl Policy {
             // counts a call dropped at its deadline as timed out).
             let limit = self
                 .attempt_timeout
-                .filter(|limit| Instant::now() + *limit < out.deadline);
+                .filter(|limit| Instant::now() + *limit < out.deadline)
+                .map(|limit| (limit, out.route.clone()));
             return Admitted {
-                route: out.route.clone(),
                 call: transport.clone().oneshot(out),
                 timer: None,
                 limit,
@@ -262,7 +262,6 @@ impl Policy {
             None => attempt(out),
         };
         Admitted {
-            route: Default::default(),
             call,
             timer: None,
             limit: None,
@@ -282,8 +281,8 @@ pin_project_lite::pin_project! {
         // Armed when the call first waits (an answer ready at once needs no timer).
         #[pin]
         timer: Option<tokio::time::Sleep>,
-        limit: Option<Duration>,
-        route: std::borrow::Cow<'static, str>,
+        // The per-attempt timeout, and the route to name in its error.
+        limit: Option<(Duration, std::borrow::Cow<'static, str>)>,
         pass: Option<super::breaker::Pass>,
         slot: Option<Slot>,
     }
@@ -297,14 +296,14 @@ impl<F: Future<Output = Result<Replies, Error>>> Future for Admitted<F> {
         let outcome = match this.call.poll(cx) {
             Poll::Ready(outcome) => outcome,
             Poll::Pending => {
-                let Some(limit) = *this.limit else {
+                let Some((limit, route)) = this.limit else {
                     return Poll::Pending;
                 };
                 if this.timer.is_none() {
-                    this.timer.set(Some(tokio::time::sleep(limit)));
+                    this.timer.set(Some(tokio::time::sleep(*limit)));
                 }
                 match this.timer.as_pin_mut().map(|t| t.poll(cx)) {
-                    Some(Poll::Ready(())) => Outbound::timed_out(this.route, limit),
+                    Some(Poll::Ready(())) => Outbound::timed_out(route, *limit),
                     _ => return Poll::Pending,
                 }
             }

@@ -220,12 +220,12 @@ impl<'a> Packet<'a> {
         let mut metadata = None;
         if b[at..].starts_with(METADATA) {
             at += METADATA.len();
-            let end = value_end(b, at)?;
-            let meta = &text[at..end];
-            // Checked whole here, as serde_json would: a packet with broken metadata is refused,
-            // not served without its headers.
-            serde_json::from_str::<IgnoredAny>(meta).ok()?;
-            metadata = Some(meta);
+            // Checked whole while its end is found, as serde_json would: a packet with broken
+            // metadata is refused, not served without its headers.
+            let mut values = serde_json::Deserializer::from_str(&text[at..]).into_iter::<IgnoredAny>();
+            values.next()?.ok()?;
+            let end = at + values.byte_offset();
+            metadata = Some(&text[at..end]);
             at = end;
         }
         let mut id = None;
