@@ -934,3 +934,52 @@ async fn an_event_outlives_its_emit_timeout_in_process() {
 async fn an_event_outlives_its_emit_timeout_over_tcp() {
     an_event_outlives_its_emit_timeout("tcp://127.0.0.1:0").await;
 }
+
+/// One value, then nothing: the reply never completes.
+#[message_pattern("resilience.drip")]
+async fn drip(n: u32) -> impl futures_util::Stream<Item = u32> + Send {
+    use futures_util::StreamExt;
+    futures_util::stream::once(std::future::ready(n)).chain(futures_util::stream::pending())
+}
+
+/// A call whose attempt timeout comes before its deadline has no timer of its own while the
+/// attempt runs (the attempt's is enough); once the first reply packet is in, the call's
+/// deadline still bounds the rest of the reply.
+#[tokio::test]
+async fn the_deadline_bounds_a_reply_after_its_attempt() {
+    let server = Microservice::new()
+        .handler(DRIP)
+        .handler(SLOW)
+        .listen("tcp://127.0.0.1:0")
+        .start()
+        .await
+        .unwrap();
+    let client = Client::builder(server.local_url())
+        .timeout(Duration::from_millis(600))
+        .layer(Policy::new().attempt_timeout(Duration::from_millis(300)))
+        .connect()
+        .await
+        .unwrap();
+    // The attempt's timer ends a call that gets no answer.
+    let started = Instant::now();
+    match tokio::time::timeout(Duration::from_secs(10), client.send(SLOW, 5_000)).await {
+        Ok(Err(Error::Timeout { after, .. })) => assert_eq!(after, Duration::from_millis(300)),
+        other => panic!("expected the attempt to time out, got {other:?}"),
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "ended by the attempt timeout"
+    );
+    // The first packet ends the attempt; the call's deadline, not the attempt's, ends the
+    // wait for the rest.
+    let started = Instant::now();
+    match tokio::time::timeout(Duration::from_secs(10), client.send(DRIP, 7)).await {
+        Ok(Err(Error::Timeout { after, .. })) => assert_eq!(after, Duration::from_millis(600)),
+        other => panic!("expected the call to time out at its deadline, got {other:?}"),
+    }
+    assert!(
+        started.elapsed() >= Duration::from_millis(600),
+        "the rest of the reply had until the call's deadline"
+    );
+    server.shutdown().await.unwrap();
+}

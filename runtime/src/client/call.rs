@@ -21,6 +21,7 @@ use tower::Layer;
 
 use super::{Client, ClientService, Prepared};
 use crate::error::{Error, Result};
+use crate::resilience::policy::Held;
 use crate::service::{Local, PatternOptions, Replies, ReplyItem, RouterFuture, deadline_after};
 use crate::transport::mem::MemClient;
 
@@ -268,7 +269,9 @@ enum State {
     /// Not sent yet (boxed: a network call's future stays small for the in-process ones).
     Start(Option<Box<(ClientService, crate::service::Outbound)>>),
     Failed(Option<Error>),
-    Sending(BoxFuture<'static, Result<Replies>>),
+    /// In the stack; a single attempt through a policy with what it holds (counted here,
+    /// its timeout kept by this future's timer).
+    Sending(BoxFuture<'static, Result<Replies>>, Option<Held>),
     Answering {
         reply: RouterFuture,
         mem: Arc<MemClient>,
@@ -289,18 +292,26 @@ impl<R: DeserializeOwned + 'static> Future for CallFuture<R> {
             match this.state {
                 State::Start(start) => {
                     let (service, out) = *start.take().expect("started once");
-                    *this.state = State::Sending(service.call(out));
+                    let sent = service.send(out);
+                    *this.state = State::Sending(sent.replies, sent.held);
                 }
                 State::Failed(e) => {
                     let e = e.take().unwrap_or(Error::Closed);
                     *this.state = State::Done;
                     return Poll::Ready(Err(e));
                 }
-                State::Sending(fut) => match fut.as_mut().poll(cx) {
-                    Poll::Ready(Ok(replies)) => *this.state = State::Receiving { replies, last: None },
-                    Poll::Ready(Err(e)) => {
-                        *this.state = State::Done;
-                        return Poll::Ready(Err(e));
+                State::Sending(fut, held) => match fut.as_mut().poll(cx) {
+                    Poll::Ready(outcome) => {
+                        if let Some(held) = held.take() {
+                            held.finish(&outcome);
+                        }
+                        match outcome {
+                            Ok(replies) => *this.state = State::Receiving { replies, last: None },
+                            Err(e) => {
+                                *this.state = State::Done;
+                                return Poll::Ready(Err(e));
+                            }
+                        }
                     }
                     Poll::Pending => break,
                 },
@@ -342,17 +353,28 @@ impl<R: DeserializeOwned + 'static> Future for CallFuture<R> {
                 State::Done => panic!("CallFuture polled after it completed"),
             }
         }
-        if this.sleep.is_none() {
-            this.sleep.set(Some(tokio::time::sleep_until(*this.deadline)));
+        // One timer: at the attempt's timeout while that runs, then at the call's deadline.
+        let attempt = match this.state {
+            State::Sending(_, Some(held)) => held.due(),
+            _ => None,
+        };
+        let due = attempt.unwrap_or(*this.deadline);
+        match this.sleep.as_mut().as_pin_mut() {
+            None => this.sleep.set(Some(tokio::time::sleep_until(due))),
+            Some(sleep) if sleep.deadline() != due => sleep.reset(due),
+            Some(_) => {}
         }
         let sleep = this.sleep.as_pin_mut().expect("armed above");
         match sleep.poll(cx) {
             Poll::Ready(()) => {
-                *this.state = State::Done;
-                Poll::Ready(Err(Error::Timeout {
-                    pattern: this.route.to_string(),
-                    after: *this.after,
-                }))
+                let state = std::mem::replace(this.state, State::Done);
+                Poll::Ready(match state {
+                    State::Sending(_, Some(held)) if attempt.is_some() => Err(held.timed_out()),
+                    _ => Err(Error::Timeout {
+                        pattern: this.route.to_string(),
+                        after: *this.after,
+                    }),
+                })
             }
             Poll::Pending => Poll::Pending,
         }

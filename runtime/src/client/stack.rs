@@ -12,6 +12,8 @@ use tower::{BoxError, Service, ServiceExt};
 use crate::error::{Error, Result};
 use tokio::time::Instant;
 
+use crate::resilience::PolicyService;
+use crate::resilience::policy::{Held, Started};
 use crate::service::{Kind, Outbound, Replies, TIMEOUT_HEADER, deadline};
 use crate::transport::ClientTransport;
 
@@ -120,12 +122,49 @@ fn empty(_: ()) -> Replies {
 pub struct ClientService(Arc<dyn Erased>);
 
 trait Erased: Send + Sync {
-    fn call(&self, out: Outbound) -> BoxFuture<'static, Result<Replies>>;
+    fn call(&self, out: Outbound) -> Sent;
 }
 
 impl Erased for Transport {
-    fn call(&self, out: Outbound) -> BoxFuture<'static, Result<Replies>> {
-        self.send(out)
+    fn call(&self, out: Outbound) -> Sent {
+        Sent::plain(self.send(out))
+    }
+}
+
+/// A policy over the stack is called as it is: no clone of it, and a single attempt comes
+/// back as the transport's own future with what it holds, so a [`Call`](super::Call) polls
+/// it with no future around it and keeps to its timeout with the one timer it has anyway.
+impl Erased for PolicyService<ClientService> {
+    fn call(&self, out: Outbound) -> Sent {
+        match self.start(out) {
+            Started::Held(call, held) => Sent {
+                replies: call.into_inner(),
+                held: Some(held),
+            },
+            Started::Whole(call) => Sent::plain(call),
+        }
+    }
+}
+
+/// A call on its way through the stack: the future of its replies and, for a single
+/// attempt through a policy, what the attempt holds until it ends (see [`Held`]).
+pub(crate) struct Sent {
+    pub(crate) replies: BoxFuture<'static, Result<Replies>>,
+    pub(crate) held: Option<Held>,
+}
+
+impl Sent {
+    /// A call whose future keeps to everything itself.
+    fn plain(replies: BoxFuture<'static, Result<Replies>>) -> Self {
+        Sent { replies, held: None }
+    }
+
+    /// The call as one future that keeps to everything itself.
+    fn whole(self) -> BoxFuture<'static, Result<Replies>> {
+        match self.held {
+            None => self.replies,
+            Some(held) => Started::Held(self.replies, held).whole(),
+        }
     }
 }
 
@@ -137,8 +176,17 @@ where
     S::Error: Into<BoxError>,
     S::Future: Send,
 {
-    fn call(&self, out: Outbound) -> BoxFuture<'static, Result<Replies>> {
-        self.0.clone().oneshot(out).map_err(|e| layer_error(e.into())).boxed()
+    fn call(&self, out: Outbound) -> Sent {
+        Sent::plain(self.0.clone().oneshot(out).map_err(|e| layer_error(e.into())).boxed())
+    }
+}
+
+/// `service` as a `T`, if that is what it is (as axum avoids boxing a boxed service twice).
+fn downcast<T: 'static, S: 'static>(service: S) -> std::result::Result<T, S> {
+    let mut slot = Some(service);
+    match (&mut slot as &mut dyn std::any::Any).downcast_mut::<Option<T>>() {
+        Some(found) => Ok(found.take().expect("just filled")),
+        None => Err(slot.expect("not taken")),
     }
 }
 
@@ -162,11 +210,19 @@ impl ClientService {
         S::Error: Into<BoxError>,
         S::Future: Send,
     {
-        ClientService(Arc::new(Tower(service)))
+        match downcast::<PolicyService<ClientService>, S>(service) {
+            Ok(policy) => ClientService(Arc::new(policy)),
+            Err(service) => ClientService(Arc::new(Tower(service))),
+        }
     }
 
     /// Calls the stack (no readiness to wait for).
     pub fn call(&self, out: Outbound) -> BoxFuture<'static, Result<Replies>> {
+        self.0.call(out).whole()
+    }
+
+    /// Calls the stack; a single attempt through a policy comes back with what it holds.
+    pub(crate) fn send(&self, out: Outbound) -> Sent {
         self.0.call(out)
     }
 }

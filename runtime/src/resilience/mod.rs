@@ -65,7 +65,7 @@ use crate::service::{Outbound, Replies, Reply, Request};
 
 mod breaker;
 mod limit;
-mod policy;
+pub(crate) mod policy;
 mod retry;
 mod timeout;
 

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::future::{BoxFuture, FutureExt};
+use futures_util::future::{BoxFuture, Either, FutureExt};
 use std::future::Future;
 use std::task::{Context as TaskContext, Poll};
 use tokio::time::Instant;
@@ -140,14 +140,48 @@ where
     }
 
     fn call(&mut self, out: Outbound) -> Self::Future {
+        self.policy.call(&self.transport, out).whole()
+    }
+}
+
+impl<S> PolicyService<S>
+where
+    S: Service<Outbound, Response = Replies, Error = Error> + Clone + Send + Sync + 'static,
+    S::Future: Send + 'static,
+{
+    /// Calls through the policy without a clone of it; a single attempt comes back as the
+    /// transport's own future with what it holds, for a caller that polls it itself.
+    pub(crate) fn start(&self, out: Outbound) -> Started<Attempt<S>> {
         self.policy.call(&self.transport, out)
+    }
+}
+
+/// The transport's future for one attempt.
+pub(crate) type Attempt<S> = Either<<S as Service<Outbound>>::Future, BoxFuture<'static, Result<Replies, Error>>>;
+
+/// A call through a [`Policy`], as it starts.
+pub(crate) enum Started<F> {
+    /// One attempt: the transport's future, and what the call holds until it ends (whoever
+    /// polls it counts the outcome through that, and keeps to its timeout).
+    Held(F, Held),
+    /// Anything else (refused, waiting, retried, hedged): one future of its own.
+    Whole(BoxFuture<'static, Result<Replies, Error>>),
+}
+
+impl<F: Future<Output = Result<Replies, Error>> + Send + 'static> Started<F> {
+    /// The call as one future that keeps to everything itself.
+    pub(crate) fn whole(self) -> BoxFuture<'static, Result<Replies, Error>> {
+        match self {
+            Started::Held(call, held) => held.around(call),
+            Started::Whole(call) => call,
+        }
     }
 }
 
 /// How a call fares at the policy's limits.
 enum Admission {
-    /// In, holding its bulkhead slot if there is one.
-    Now(Option<Slot>),
+    /// In, holding its bulkhead slot if there is one; the clock when it was read.
+    Now(Option<Slot>, Option<Instant>),
     /// In after a wait for its rate slot (taken already).
     After(Option<Slot>, Duration),
     /// The bulkhead makes it wait (the rate limit is not asked yet).
@@ -158,15 +192,15 @@ enum Admission {
 impl Policy {
     /// One call through every step: admitted at once in the common case, so its future
     /// holds only what the attempt needs.
-    fn call<S: Inner>(self: &Arc<Self>, transport: &S, out: Outbound) -> BoxFuture<'static, Result<Replies, Error>> {
-        match self.admit_now(&out) {
-            Admission::Now(slot) => self.guarded(transport, out, slot),
+    fn call<S: Inner>(self: &Arc<Self>, transport: &S, out: Outbound) -> Started<Attempt<S>> {
+        let later = match self.admit_now(&out) {
+            Admission::Now(slot, now) => return self.guarded(transport, out, slot, now),
             Admission::Refused(why) => std::future::ready(Outbound::reject(&out.route, why)).boxed(),
             Admission::After(slot, wait) => {
                 let (policy, transport) = (self.clone(), transport.clone());
                 async move {
                     tokio::time::sleep(wait).await;
-                    policy.guarded(&transport, out, slot).await
+                    policy.guarded(&transport, out, slot, None).whole().await
                 }
                 .boxed()
             }
@@ -188,11 +222,12 @@ impl Policy {
                     {
                         return Outbound::reject(&out.route, why);
                     }
-                    policy.guarded(&transport, out, slot).await
+                    policy.guarded(&transport, out, slot, None).whole().await
                 }
                 .boxed()
             }
-        }
+        };
+        Started::Whole(later)
     }
 
     /// The deadline, the bulkhead and the rate limit, without waiting.
@@ -216,41 +251,48 @@ impl Policy {
                 Err(retry_after) => return Admission::Refused(Rejection::RateLimited { retry_after }),
             }
         }
-        Admission::Now(slot)
+        Admission::Now(slot, now)
     }
 
-    /// The breaker, the retry and the attempts, for an admitted call.
+    /// The breaker, the retry and the attempts, for an admitted call (`now`: the clock, if
+    /// the admission read it).
     fn guarded<S: Inner>(
         &self,
         transport: &S,
         out: Outbound,
         slot: Option<Slot>,
-    ) -> BoxFuture<'static, Result<Replies, Error>> {
+        now: Option<Instant>,
+    ) -> Started<Attempt<S>> {
         let pass = match &self.breaker {
             None => None,
             Some(b) => match b.enter_until(&out.route, Some(out.deadline)) {
                 Ok(pass) => Some(pass),
-                Err(why) => return std::future::ready(Outbound::reject(&out.route, why)).boxed(),
+                Err(why) => return Started::Whole(std::future::ready(Outbound::reject(&out.route, why)).boxed()),
             },
         };
         let retried = self.retry.as_ref().filter(|r| r.applies_to(&out));
         let hedged = self.hedge.is_some() && out.kind == Kind::Request && out.extensions.get::<Idempotent>().is_some();
         if retried.is_none() && !hedged {
-            // The common case: one attempt, in one future. Its timeout needs no timer of its
-            // own when the call's deadline comes first (the call ends then, and the breaker
-            // counts a call dropped at its deadline as timed out).
-            let limit = self
-                .attempt_timeout
-                .filter(|limit| Instant::now() + *limit < out.deadline)
-                .map(|limit| (limit, out.route.clone()));
-            return Admitted {
-                call: transport.clone().oneshot(out),
-                timer: None,
-                limit,
-                pass,
-                slot,
-            }
-            .boxed();
+            // The common case: one attempt. Its timeout needs no timer when the call's
+            // deadline comes first (the call ends then, and the breaker counts a call dropped
+            // at its deadline as timed out); when it comes first, its timer is the only one
+            // the call needs.
+            let limit = self.attempt_timeout.and_then(|limit| {
+                let at = now.unwrap_or_else(Instant::now) + limit;
+                (at < out.deadline).then(|| Limit {
+                    at,
+                    after: limit,
+                    route: out.route.clone(),
+                })
+            });
+            return Started::Held(
+                start(transport, out),
+                Held {
+                    pass,
+                    _slot: slot,
+                    limit,
+                },
+            );
         }
         let (transport, limit, hedge) = (transport.clone(), self.attempt_timeout, self.hedge.clone());
         let attempt = move |out: Outbound| attempt(&transport, out, limit, hedge.as_ref());
@@ -261,30 +303,79 @@ impl Policy {
             }
             None => attempt(out),
         };
+        let held = Held {
+            pass,
+            _slot: slot,
+            limit: None,
+        };
+        Started::Whole(held.around(call))
+    }
+}
+
+/// A single attempt's timeout: when it ends the attempt, and how it is named in the error.
+struct Limit {
+    at: Instant,
+    after: Duration,
+    route: std::borrow::Cow<'static, str>,
+}
+
+/// What an admitted call holds until it ends: its breaker pass (its outcome is counted),
+/// its bulkhead slot, and its attempt's timeout when that comes before the call's deadline.
+pub(crate) struct Held {
+    pass: Option<super::breaker::Pass>,
+    // Freed when the call ends, with the rest.
+    _slot: Option<Slot>,
+    limit: Option<Limit>,
+}
+
+impl Held {
+    /// When the attempt's timeout ends the call, if it comes before the call's deadline.
+    pub(crate) fn due(&self) -> Option<Instant> {
+        self.limit.as_ref().map(|l| l.at)
+    }
+
+    /// Counts the call's outcome and frees its slot.
+    pub(crate) fn finish(mut self, outcome: &Result<Replies, Error>) {
+        if let Some(pass) = self.pass.take() {
+            pass.finish(Outbound::failed(outcome));
+        }
+    }
+
+    /// The call's error once its attempt's timeout has passed, counted as a failure (to be
+    /// called only when [`due`](Self::due) said when).
+    pub(crate) fn timed_out(self) -> Error {
+        let outcome = match &self.limit {
+            Some(limit) => Outbound::timed_out(&limit.route, limit.after),
+            None => Err(Error::Closed),
+        };
+        self.finish(&outcome);
+        outcome.err().unwrap_or(Error::Closed)
+    }
+
+    /// `call` under what it holds, as one future.
+    fn around<F>(self, call: F) -> BoxFuture<'static, Result<Replies, Error>>
+    where
+        F: Future<Output = Result<Replies, Error>> + Send + 'static,
+    {
         Admitted {
             call,
             timer: None,
-            limit: None,
-            pass,
-            slot,
+            held: Some(self),
         }
         .boxed()
     }
 }
 
 pin_project_lite::pin_project! {
-    /// An admitted call: its attempts, under the per-attempt timeout when it is one attempt,
-    /// counted by the breaker, holding the bulkhead slot until it ends.
+    /// An admitted call as one future: under its attempt's timeout, counted by the breaker,
+    /// holding the bulkhead slot until it ends.
     struct Admitted<F> {
         #[pin]
         call: F,
         // Armed when the call first waits (an answer ready at once needs no timer).
         #[pin]
         timer: Option<tokio::time::Sleep>,
-        // The per-attempt timeout, and the route to name in its error.
-        limit: Option<(Duration, std::borrow::Cow<'static, str>)>,
-        pass: Option<super::breaker::Pass>,
-        slot: Option<Slot>,
+        held: Option<Held>,
     }
 }
 
@@ -293,26 +384,31 @@ impl<F: Future<Output = Result<Replies, Error>>> Future for Admitted<F> {
 
     fn poll(self: std::pin::Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<F::Output> {
         let mut this = self.project();
-        let outcome = match this.call.poll(cx) {
-            Poll::Ready(outcome) => outcome,
-            Poll::Pending => {
-                let Some((limit, route)) = this.limit else {
-                    return Poll::Pending;
-                };
-                if this.timer.is_none() {
-                    this.timer.set(Some(tokio::time::sleep(*limit)));
-                }
-                match this.timer.as_pin_mut().map(|t| t.poll(cx)) {
-                    Some(Poll::Ready(())) => Outbound::timed_out(route, *limit),
-                    _ => return Poll::Pending,
-                }
-            }
-        };
-        if let Some(pass) = this.pass.take() {
-            pass.finish(Outbound::failed(&outcome));
+        let held = this.held.take().expect("Admitted polled after it completed");
+        if let Poll::Ready(outcome) = this.call.poll(cx) {
+            held.finish(&outcome);
+            return Poll::Ready(outcome);
         }
-        this.slot.take();
-        Poll::Ready(outcome)
+        if let Some(due) = held.due() {
+            if this.timer.is_none() {
+                this.timer.set(Some(tokio::time::sleep_until(due)));
+            }
+            if let Some(Poll::Ready(())) = this.timer.as_pin_mut().map(|t| t.poll(cx)) {
+                return Poll::Ready(Err(held.timed_out()));
+            }
+        }
+        *this.held = Some(held);
+        Poll::Pending
+    }
+}
+
+/// The transport's call of `out`, handed over now when the transport is ready at once (a
+/// client's stack always is), else on the first poll.
+fn start<S: Inner>(transport: &S, out: Outbound) -> Either<S::Future, BoxFuture<'static, Result<Replies, Error>>> {
+    let mut transport = transport.clone();
+    match transport.poll_ready(&mut TaskContext::from_waker(std::task::Waker::noop())) {
+        Poll::Ready(Ok(())) => Either::Left(transport.call(out)),
+        _ => Either::Right(transport.oneshot(out).boxed()),
     }
 }
 
