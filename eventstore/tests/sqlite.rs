@@ -41,6 +41,26 @@ async fn a_write_by_another_connection_is_seen_by_the_next_append() {
     assert_eq!((appended.revision, appended.position), (2, 5));
 }
 
+/// The writer remembers the head between commits; one by another connection moves it, and the
+/// next append takes the position after it.
+#[tokio::test]
+async fn positions_follow_another_connections_commits() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("events.db");
+    let a = SqliteStore::open(&path).unwrap();
+    let b = SqliteStore::open(&path).unwrap();
+    let mut positions = Vec::new();
+    for i in 0..6 {
+        let (store, stream) = if i % 3 == 0 { (&b, "b") } else { (&a, "a") };
+        let appended = store
+            .append(stream, ExpectedVersion::Any, vec![event(), event()])
+            .await
+            .unwrap();
+        positions.push(appended.position);
+    }
+    assert_eq!(positions, [2, 4, 6, 8, 10, 12]);
+}
+
 /// Deleting the newest events (truncation, tombstone) does not hand their positions out again,
 /// even after reopening the file: a reader past them would miss what came next.
 #[tokio::test]

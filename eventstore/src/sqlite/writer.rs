@@ -111,12 +111,15 @@ pub(super) fn checkpoint(conn: Connection, requests: Receiver<()>) {
     }
 }
 
-/// Stream states the writer knows, valid while no other connection has written the file
-/// (`PRAGMA data_version` tells): an append needs no query to check its expected version.
+/// Stream states and the head the writer knows, valid while no other connection has written
+/// the file (`PRAGMA data_version` tells): an append needs no query to check its expected
+/// version, a group none to find its first position.
 #[derive(Default)]
 struct Known {
     data_version: i64,
     streams: std::collections::HashMap<String, StreamState>,
+    /// The head after this connection's last commit.
+    head: Option<u64>,
 }
 
 /// Streams remembered at most.
@@ -142,9 +145,18 @@ impl Known {
         let version: i64 = tx.prepare_cached("PRAGMA data_version")?.query_row([], |r| r.get(0))?;
         if version != self.data_version {
             self.streams.clear();
+            self.head = None;
             self.data_version = version;
         }
         Ok(())
+    }
+
+    fn head(&mut self, tx: &Transaction<'_>) -> rusqlite::Result<u64> {
+        self.check(tx)?;
+        match self.head {
+            Some(head) => Ok(head),
+            None => read_head(tx),
+        }
     }
 }
 
@@ -162,7 +174,7 @@ fn run_group(
             return (answers, Err(e), None);
         }
     };
-    let mut head = match known.check(&tx).and_then(|()| read_head(&tx)) {
+    let mut head = match known.head(&tx) {
         Ok(h) => h,
         Err(e) => {
             let e = e.to_string();
@@ -174,9 +186,12 @@ fn run_group(
         answers.push(in_savepoint(&tx, &mut head, known, job));
     }
     let commit = tx.commit().map_err(|e| e.to_string());
-    if commit.is_err() {
+    if commit.is_ok() {
+        known.head = Some(head);
+    } else {
         // What this group wrote is gone: so is what it taught.
         known.streams.clear();
+        known.head = None;
     }
     (answers, commit, Some(head))
 }
@@ -412,6 +427,18 @@ fn append(tx: &Transaction<'_>, head: &mut u64, appends: &[Append], check_ids: b
 /// Rows one INSERT statement takes in the fast path.
 const MAX_ROWS: usize = 16;
 
+/// The fast path's INSERT of 1 to [`MAX_ROWS`] rows, made once rather than per append.
+static INSERT_ROWS: std::sync::LazyLock<Vec<String>> = std::sync::LazyLock::new(|| {
+    (1..=MAX_ROWS)
+        .map(|n| {
+            let rows = vec!["(?, ?, ?, ?, ?, ?, ?, ?, ?)"; n].join(", ");
+            format!(
+                "INSERT INTO es_events (position, stream, revision, id, name, version, data, metadata, recorded_at) VALUES {rows}"
+            )
+        })
+        .collect()
+});
+
 /// The fast path for an append to one stream: its expected state checked, its events written
 /// by one statement (which SQLite undoes whole if it fails); anything unusual is
 /// [`Fail::Slow`], with nothing written and `head` unchanged.
@@ -426,14 +453,10 @@ fn append_in_one_statement(
         return Err(Fail::Slow);
     }
     let n = append.events.len();
-    let sql = {
-        let row = "(?, ?, ?, ?, ?, ?, ?, ?, ?)";
-        let rows = vec![row; n].join(", ");
-        format!(
-            "INSERT INTO es_events (position, stream, revision, id, name, version, data, metadata, recorded_at) VALUES {rows}"
-        )
+    let Some(sql) = n.checked_sub(1).and_then(|i| INSERT_ROWS.get(i)) else {
+        return Err(Fail::Slow);
     };
-    let mut insert = tx.prepare_cached(&sql)?;
+    let mut insert = tx.prepare_cached(sql)?;
     let (now, first) = (now_millis(), actual.next_revision());
     for (i, event) in append.events.iter().enumerate() {
         let at = i * 9;
