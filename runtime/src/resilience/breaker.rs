@@ -208,14 +208,55 @@ impl CircuitBreaker {
     }
 
     fn circuit(&self, route: &str) -> Arc<Circuit> {
-        if let Some(c) = self.find(route) {
+        if let Some(c) = Last::get(&self.circuits, route) {
             return c;
         }
-        let mut circuits = self.circuits.write().unwrap_or_else(PoisonError::into_inner);
-        circuits
-            .entry(route.into())
-            .or_insert_with(|| Arc::new(Circuit::new(self.config.clone(), route)))
-            .clone()
+        let circuit = match self.find(route) {
+            Some(c) => c,
+            None => {
+                let mut circuits = self.circuits.write().unwrap_or_else(PoisonError::into_inner);
+                circuits
+                    .entry(route.into())
+                    .or_insert_with(|| Arc::new(Circuit::new(self.config.clone(), route)))
+                    .clone()
+            }
+        };
+        Last::set(&self.circuits, route, &circuit);
+        circuit
+    }
+}
+
+/// The circuit a thread entered last: calls mostly go to one route after another through one
+/// breaker, and finding it there costs no lock, no hash and no write to memory other threads
+/// read (the map's lock word is shared by every thread calling through the breaker).
+/// Circuits are never taken out of a breaker's map, so one found stays the route's.
+struct Last {
+    /// Whose map it came from: held weakly (a dropped breaker's map is not kept), and held,
+    /// so no other map can take its address while it is compared with.
+    circuits: std::sync::Weak<RwLock<Circuits>>,
+    route: Box<str>,
+    circuit: Arc<Circuit>,
+}
+
+thread_local! {
+    static LAST: std::cell::RefCell<Option<Last>> = const { std::cell::RefCell::new(None) };
+}
+
+impl Last {
+    fn get(circuits: &Arc<RwLock<Circuits>>, route: &str) -> Option<Arc<Circuit>> {
+        LAST.with_borrow(|last| {
+            last.as_ref()
+                .filter(|l| std::ptr::eq(l.circuits.as_ptr(), Arc::as_ptr(circuits)) && *l.route == *route)
+                .map(|l| l.circuit.clone())
+        })
+    }
+
+    fn set(circuits: &Arc<RwLock<Circuits>>, route: &str, circuit: &Arc<Circuit>) {
+        LAST.set(Some(Last {
+            circuits: Arc::downgrade(circuits),
+            route: route.into(),
+            circuit: circuit.clone(),
+        }));
     }
 }
 
@@ -869,5 +910,28 @@ mod pass_tests {
         clone.try_enter("p").unwrap().finish(true);
         assert_eq!(shared.state("p"), CircuitState::Open, "clones share their circuits");
         assert_eq!(own.detached().state("p"), CircuitState::Closed);
+    }
+
+    #[test]
+    fn the_circuit_a_thread_entered_last_is_its_breakers_and_its_routes() {
+        let one = CircuitBreaker::new().consecutive_failures(1);
+        let other = one.detached();
+        // Taking turns on one thread: each call finds its own breaker's circuit.
+        one.try_enter("p").unwrap().finish(true);
+        assert!(other.try_enter("p").is_ok(), "the other breaker's circuit is closed");
+        assert!(one.try_enter("p").is_err(), "this one's is open");
+        assert!(one.try_enter(&String::from("q")).is_ok(), "another route");
+        assert!(one.try_enter("p").is_err());
+        // A breaker made where a dropped one was does not find the dropped one's circuit.
+        for _ in 0..100 {
+            let open = CircuitBreaker::new().consecutive_failures(1);
+            open.try_enter("r").unwrap().finish(true);
+            assert!(open.try_enter("r").is_err());
+            drop(open);
+            assert!(
+                CircuitBreaker::new().try_enter("r").is_ok(),
+                "a new breaker's circuit is closed"
+            );
+        }
     }
 }
