@@ -23,10 +23,11 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 use crate::error::{Error, Result};
 
+mod clock;
 mod observe;
 mod prometheus;
 mod series;
-pub(crate) use observe::{Called, observe};
+pub(crate) use observe::{Called, arrival_now, observe};
 
 /// The metrics' names, as Prometheus shows them.
 pub mod names {
@@ -35,6 +36,8 @@ pub mod names {
     /// `no_handler`, `cancelled`).
     pub const HANDLED: &str = "switchboard_messages_handled_total";
     /// Histogram of the time to handle a message, in seconds: `transport`, `route`, `kind`.
+    /// It runs from the message's arrival to its reply; over TCP the arrival is the read that
+    /// brought the message, so messages read together wait for each other's handling.
     pub const HANDLE_DURATION: &str = "switchboard_message_handle_duration_seconds";
     /// Gauge of messages being handled: `transport`, `route`.
     pub const IN_FLIGHT: &str = "switchboard_messages_in_flight";
@@ -88,7 +91,7 @@ fn histograms() -> Option<&'static prometheus::Histograms> {
 
 /// Records Switchboard's metrics with the process's global recorder, one of your own.
 pub fn enable() {
-    observe::warm_up();
+    clock::warm_up();
     ENABLED.store(true, Ordering::Relaxed);
 }
 

@@ -1,7 +1,9 @@
 //! Counting handled messages per route and calls per transport.
 //!
-//! With [`install`](super::install)'s recorder, a message costs two clock reads and a few
-//! plain stores into the recording thread's own shard ([`Series`]): the histogram counts
+//! With [`install`](super::install)'s recorder, a message costs a clock read at its end (its
+//! start is its transport's read when the transport gives its [`Arrival`], another clock read
+//! otherwise) and a few plain stores into the recording thread's own shard ([`Series`]), the
+//! duration kept in the clock's ticks: the histogram counts
 //! every reply, so `ok` is its count less the failures, and what is in flight its starts
 //! less its count and the cancelled; [`publish`] hands those to the exporter when it renders.
 //! With another recorder every message goes through the `metrics` facade's handles.
@@ -16,9 +18,9 @@ use rustc_hash::FxBuildHasher;
 
 use super::prometheus::Histograms;
 use super::series::Series;
-use super::{enabled, names};
+use super::{clock, enabled, names};
 use crate::error::{Error, RpcError};
-use crate::service::{Kind, Replies, Reply, Request, Route, Watch, Watcher, Watching};
+use crate::service::{Arrival, Kind, Replies, Reply, Request, Route, Watch, Watcher, Watching};
 
 /// The transports a route's handles are kept for (any other counts as `custom`).
 const TRANSPORTS: [&str; 9] = ["mem", "tcp", "redis", "nats", "mqtt", "amqp", "kafka", "grpc", "custom"];
@@ -49,28 +51,10 @@ fn slot(transport: &str, kind: Kind) -> usize {
     at * 2 + usize::from(kind == Kind::Event)
 }
 
-/// The clock of the durations: the CPU's counter where it is reliable (a read costs a few
-/// nanoseconds), the monotonic clock otherwise.
-fn clock() -> &'static quanta::Clock {
-    static CLOCK: OnceLock<quanta::Clock> = OnceLock::new();
-    CLOCK.get_or_init(quanta::Clock::new)
-}
-
+/// The clock now, if metrics are recorded: a transport's [`Arrival`].
 #[inline]
-fn now() -> u64 {
-    clock().raw()
-}
-
-/// Seconds since `start` (a [`now`]).
-#[inline]
-fn since(start: u64) -> f64 {
-    let clock = clock();
-    clock.delta_as_nanos(start, clock.raw()) as f64 * 1e-9
-}
-
-/// Sets the clock up (it calibrates itself once, for a few milliseconds), before any message.
-pub(crate) fn warm_up() {
-    clock();
+pub(crate) fn arrival_now() -> Option<u64> {
+    enabled().then(clock::now)
 }
 
 /// The side a series counts.
@@ -198,9 +182,9 @@ impl Handles {
         }
     }
 
-    /// A message or call that took `seconds` ended, `ok` or failed with `failure`.
+    /// A message or call that took `ticks` of the [`clock`] ended, `ok` or failed with `failure`.
     #[inline]
-    fn finish(&self, seconds: f64, failure: Option<&'static str>) {
+    fn finish(&self, ticks: u64, failure: Option<&'static str>) {
         if let Some(outcome) = failure {
             self.outcome(outcome);
             if let Some(fast) = &self.fast {
@@ -210,12 +194,12 @@ impl Handles {
             }
         }
         match &self.fast {
-            Some(fast) => fast.series.record(seconds),
+            Some(fast) => fast.series.record_ticks(ticks),
             None => {
                 if let Some(gauge) = &self.in_flight {
                     gauge.decrement(1.0);
                 }
-                self.duration.record(seconds);
+                self.duration.record(clock::seconds(ticks));
                 if failure.is_none() {
                     self.ok.increment(1);
                 }
@@ -259,7 +243,7 @@ impl Watcher for Handles {
                 } else {
                     reply.as_error().map(RpcError::kind)
                 };
-                self.finish(since(started), failure);
+                self.finish(clock::since(started), failure);
             }
         }
     }
@@ -293,19 +277,23 @@ struct Observer {
 
 impl Watch for Observer {
     #[inline]
-    fn start(&self, req: &Request) -> Watching {
+    fn start(&self, req: &Request, arrival: Option<Arrival>) -> Watching {
         let ctx = req.context();
         let at = slot(ctx.transport(), ctx.kind());
         let handles = *self.slots[at].get_or_init(|| Handles::served(at, route_label(self.name)));
         handles.start();
-        Watching::new(handles, now())
+        let started = match arrival {
+            Some(Arrival(at)) => at,
+            None => clock::now(),
+        };
+        Watching::new(handles, started)
     }
 }
 
 /// `route` (named `name`, empty for the fallback) counting the messages it handles; a service
 /// wraps its routes in it when it starts with metrics [`enabled`].
 pub(crate) fn observe(name: &'static str, route: Route) -> Route {
-    warm_up();
+    clock::warm_up();
     Route::watched(
         route,
         Observer {
@@ -331,12 +319,12 @@ impl Called {
     /// Starts timing a call, if metrics are on.
     #[inline]
     pub(crate) fn start() -> Option<Called> {
-        enabled().then(|| Called { start: now() })
+        enabled().then(|| Called { start: clock::now() })
     }
 
     /// Records a call to `route` over `transport` and how it ended.
     pub(crate) fn done(self, transport: &'static str, route: &str, kind: Kind, outcome: &Result<Replies, Error>) {
-        let seconds = since(self.start);
+        let ticks = clock::since(self.start);
         let failure = match outcome {
             Ok(replies) => replies.first_error().map(RpcError::kind),
             Err(e) => Some(e.kind()),
@@ -355,8 +343,14 @@ impl Called {
             .ok()
             .flatten();
         match handles {
-            Some(h) => h.finish(seconds, failure),
-            None => uncached(transport, route, kind_label(kind), seconds, failure.unwrap_or("ok")),
+            Some(h) => h.finish(ticks, failure),
+            None => uncached(
+                transport,
+                route,
+                kind_label(kind),
+                clock::seconds(ticks),
+                failure.unwrap_or("ok"),
+            ),
         }
     }
 }
@@ -384,6 +378,26 @@ mod tests {
     }
 
     #[test]
+    fn a_message_is_timed_from_its_arrival_when_its_transport_gives_one() {
+        use crate::service::{Address, Context, Payload};
+        let observer = Observer {
+            name: "timed",
+            slots: std::array::from_fn(|_| OnceLock::new()),
+        };
+        let req = || {
+            Request::new(
+                Address::static_route("timed"),
+                Payload::null(),
+                Context::new("tcp", Kind::Request),
+            )
+        };
+        assert_eq!(observer.start(&req(), Some(Arrival(5))).started(), 5);
+        let before = clock::now();
+        let started = observer.start(&req(), None).started();
+        assert!((before..=clock::now()).contains(&started), "read when it starts");
+    }
+
+    #[test]
     fn ok_and_in_flight_are_derived_from_the_histogram_when_rendered() {
         let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
         let prometheus = recorder.handle();
@@ -404,8 +418,8 @@ mod tests {
             for _ in 0..4 {
                 h.start();
             }
-            h.finish(0.001, None);
-            h.finish(0.002, Some("rpc_error"));
+            h.finish(1000, None);
+            h.finish(2000, Some("rpc_error"));
             h.cancelled();
             h.publish();
             let text = prometheus.render();
@@ -413,7 +427,7 @@ mod tests {
             assert_eq!(value(&text, failed), 1.0);
             assert_eq!(value(&text, cancelled), 1.0);
             assert_eq!(value(&text, in_flight), 1.0);
-            h.finish(0.003, None);
+            h.finish(3000, None);
             h.publish();
             let text = prometheus.render();
             assert_eq!(value(&text, ok), 2.0, "{text}");

@@ -5,7 +5,7 @@
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, OnceLock, PoisonError};
 
-use super::BUCKETS;
+use super::{BUCKETS, clock};
 
 /// Threads with a shard of their own; any more share one, with atomic additions.
 const SHARDS: usize = 64;
@@ -52,6 +52,8 @@ struct Shard {
     buckets: [AtomicU64; LEN],
     /// The samples' sum, as `f64` bits.
     sum: AtomicU64,
+    /// The durations' sum, in the clock's ticks.
+    ticks: AtomicU64,
     /// Messages started (the in-flight gauge is started minus finished).
     started: AtomicU64,
 }
@@ -73,12 +75,11 @@ impl Default for Series {
 }
 
 impl Series {
-    /// Records a sample (seconds, for the durations): after this, scrapes count it.
+    /// Records a sample (seconds): after this, scrapes count it.
     #[inline]
     pub(crate) fn record(&self, value: f64) {
         let at = BUCKETS.iter().position(|b| value <= *b).unwrap_or(BUCKETS.len());
-        let i = slot();
-        match self.own.get(i) {
+        match self.own.get(slot()) {
             Some(own) => {
                 let shard = own.get_or_init(Box::default);
                 // Only this thread writes its shard. The sum first: a scrape that sees the
@@ -94,6 +95,28 @@ impl Series {
                     .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |bits| {
                         Some((f64::from_bits(bits) + value).to_bits())
                     });
+                self.shared.buckets[at].fetch_add(1, Ordering::Release);
+            }
+        }
+    }
+
+    /// Records a duration in the clock's ticks (see [`clock`]): the same as recording its
+    /// seconds, with no conversion until a scrape.
+    #[inline]
+    pub(crate) fn record_ticks(&self, ticks: u64) {
+        let at = clock::bucket(ticks);
+        match self.own.get(slot()) {
+            Some(own) => {
+                let shard = own.get_or_init(Box::default);
+                // As in `record`: the sum before the count.
+                shard.ticks.store(
+                    shard.ticks.load(Ordering::Relaxed).wrapping_add(ticks),
+                    Ordering::Relaxed,
+                );
+                bump(&shard.buckets[at]);
+            }
+            None => {
+                self.shared.ticks.fetch_add(ticks, Ordering::Relaxed);
                 self.shared.buckets[at].fetch_add(1, Ordering::Release);
             }
         }
@@ -120,14 +143,19 @@ impl Series {
     /// The samples in each bucket (not cumulative; the last: above every bound) and their sum.
     pub(crate) fn buckets(&self) -> ([u64; LEN], f64) {
         let mut counts = [0; LEN];
-        let mut sum = 0.0;
+        let (mut sum, mut ticks) = (0.0, 0u64);
         for shard in self.shards() {
             for (n, b) in counts.iter_mut().zip(&shard.buckets) {
                 *n += b.load(Ordering::Acquire);
             }
             sum += f64::from_bits(shard.sum.load(Ordering::Relaxed));
+            ticks = ticks.wrapping_add(shard.ticks.load(Ordering::Relaxed));
         }
-        (counts, sum)
+        // Only durations have ticks (and only then is the clock asked).
+        match ticks {
+            0 => (counts, sum),
+            _ => (counts, sum + clock::seconds(ticks)),
+        }
     }
 
     /// Samples recorded. Every start counted before one of them is seen by a
@@ -192,6 +220,25 @@ mod tests {
         assert_eq!(series.count(), 3 * n);
         assert_eq!(series.started(), n);
         assert!((sum - n as f64 * 100.00105).abs() < 1e-6, "{sum}");
+    }
+
+    #[test]
+    fn durations_in_ticks_count_as_their_seconds() {
+        let series = Series::default();
+        // A tick past the last one within 1 ms, and one within it.
+        let ms = (1..).map(|n| n * 1000).find(|&t| clock::seconds(t) > 0.001).unwrap();
+        series.record_ticks(ms);
+        series.record_ticks(ms / 4);
+        series.record(0.5);
+        let (buckets, sum) = series.buckets();
+        let of = |seconds: f64| BUCKETS.iter().position(|b| seconds <= *b).unwrap();
+        assert_eq!(buckets[of(clock::seconds(ms))], 1);
+        assert!(of(clock::seconds(ms)) > 3, "above 1 ms");
+        assert_eq!(buckets[of(clock::seconds(ms / 4))], 1);
+        assert_eq!(buckets[of(0.5)], 1);
+        assert_eq!(series.count(), 3);
+        let expected = 0.5 + clock::seconds(ms + ms / 4);
+        assert!((sum - expected).abs() < 1e-12, "{sum} {expected}");
     }
 
     #[test]

@@ -42,8 +42,25 @@ trait Erased: Send + Sync {
 /// metrics cost no allocation per message.
 #[cfg(feature = "metrics")]
 pub(crate) trait Watch: Send + Sync + 'static {
-    /// `req` is about to be handled.
-    fn start(&self, req: &Request) -> Watching;
+    /// `req`, which arrived at `arrival` if its transport said, is about to be handled.
+    fn start(&self, req: &Request, arrival: Option<Arrival>) -> Watching;
+}
+
+/// When a transport read a message, by the metrics' clock: where the message's handling time
+/// starts. Messages that came in one read share it, so they cost one clock read, not one each.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Arrival(#[cfg_attr(not(feature = "metrics"), allow(dead_code))] pub(crate) u64);
+
+impl Arrival {
+    /// Now, if metrics are recorded (`None` otherwise: nobody would read it).
+    #[inline]
+    pub(crate) fn now() -> Option<Arrival> {
+        #[cfg(feature = "metrics")]
+        let now = crate::metrics::arrival_now().map(Arrival);
+        #[cfg(not(feature = "metrics"))]
+        let now = None;
+        now
+    }
 }
 
 /// Told how a watched message ended: its reply, or `None` if it was dropped first
@@ -65,6 +82,11 @@ pub(crate) struct Watching {
 impl Watching {
     pub(crate) fn new(watcher: &'static dyn Watcher, started: u64) -> Self {
         Watching { watcher, started }
+    }
+
+    #[cfg(test)]
+    pub(crate) fn started(&self) -> u64 {
+        self.started
     }
 
     fn end(self, reply: &Reply) {
@@ -96,7 +118,7 @@ impl<W: Watch> Erased for Watched<W> {
     /// Called other than by the router (inside another layer): the watch goes in a future
     /// around the route's.
     fn call(&self, req: Request) -> BoxFuture<'static, Reply> {
-        let watching = self.watch.start(&req);
+        let watching = self.watch.start(&req, None);
         let reply = self.inner.call(req);
         async move {
             let reply = reply.await;
@@ -499,7 +521,13 @@ impl RouterBuilder {
 
 impl Router {
     /// Serves one message: its route's reply, or the fallback's (a no-handler reply).
-    pub fn call(&self, mut req: Request) -> RouterFuture {
+    pub fn call(&self, req: Request) -> RouterFuture {
+        self.call_arrived(req, None)
+    }
+
+    /// [`call`](Self::call) for a message that arrived at `arrival`.
+    #[cfg_attr(not(feature = "metrics"), allow(unused_variables))]
+    pub(crate) fn call_arrived(&self, mut req: Request, arrival: Option<Arrival>) -> RouterFuture {
         if self.0.layered {
             req.context_mut().set_local(false);
         }
@@ -553,7 +581,7 @@ impl Router {
                 let route = match WATCHED.load(std::sync::atomic::Ordering::Relaxed) {
                     true => match route.0.watched() {
                         Some((inner, watch)) => {
-                            watching = Some(watch.start(&req));
+                            watching = Some(watch.start(&req, arrival));
                             inner
                         }
                         None => route,
@@ -784,7 +812,8 @@ mod tests {
     #[cfg(feature = "metrics")]
     use crate::service::{Context, Payload};
 
-    /// What a test watch saw: starts, then each end (`ok`, `error`, or `dropped`).
+    /// What a test watch saw: starts (`arrived` when given an arrival, which it checks),
+    /// then each end (`ok`, `error`, or `dropped`).
     #[cfg(feature = "metrics")]
     #[derive(Default)]
     struct Seen(std::sync::Mutex<Vec<&'static str>>);
@@ -804,8 +833,15 @@ mod tests {
 
     #[cfg(feature = "metrics")]
     impl Watch for &'static Seen {
-        fn start(&self, _: &Request) -> Watching {
-            self.0.lock().unwrap().push("start");
+        fn start(&self, _: &Request, arrival: Option<Arrival>) -> Watching {
+            let start = match arrival {
+                Some(Arrival(at)) => {
+                    assert_eq!(at, 7, "the transport's arrival");
+                    "arrived"
+                }
+                None => "start",
+            };
+            self.0.lock().unwrap().push(start);
             Watching::new(*self, 7)
         }
     }
@@ -844,6 +880,12 @@ mod tests {
         let mut waiting = call("\"wait\"");
         assert!((&mut waiting).now_or_never().is_none(), "the handler waits");
         drop(waiting);
+        let arrived = Request::new(
+            Address::static_route("watched"),
+            Payload::Json("\"ok\"".into()),
+            Context::new("tcp", Kind::Request),
+        );
+        assert!(!router.call_arrived(arrived, Some(Arrival(7))).await.is_error());
         // Called by something other than the router (a layer around it): the same ends.
         let inner = Route::watched(Route::from_fn(|_| std::future::ready(Reply::empty()).boxed()), seen);
         let req = Request::new(
@@ -855,7 +897,7 @@ mod tests {
         assert_eq!(
             *seen.0.lock().unwrap(),
             [
-                "start", "ok", "start", "error", "start", "dropped", "start", "dropped", "start", "ok"
+                "start", "ok", "start", "error", "start", "dropped", "start", "dropped", "arrived", "ok", "start", "ok"
             ]
         );
     }

@@ -20,7 +20,7 @@ use super::budget::{Budget, Share};
 use super::frame::{FrameDecoder, encode_frame, utf16_len, write_length};
 use super::{ServerOptions, TcpListener};
 use crate::error::Result;
-use crate::service::{Address, Context, Kind, Payload, Reply, Request, Router, RouterFuture};
+use crate::service::{Address, Arrival, Context, Kind, Payload, Reply, Request, Router, RouterFuture};
 use crate::transport::Shutdown;
 use crate::wire::msgpack::{self, Codec, frame};
 use crate::wire::nestjs::packet::{Outgoing, Packet, PacketError};
@@ -165,6 +165,8 @@ struct Conn {
     backlog: bool,
     /// Frames taken off `rbuf` so far: the deadline of a partial frame is armed once per frame.
     frames: u64,
+    /// When the last read came in (metrics on): the arrival of every message it brought.
+    arrival: Option<Arrival>,
 }
 
 /// Replies buffered before they are written out, at most (one reply may exceed it).
@@ -196,6 +198,7 @@ async fn connection<R, W>(
         inflight: SelectAll::new(),
         backlog: false,
         frames: 0,
+        arrival: None,
     };
     let mut reading = !shutdown.is_down();
     // A partial frame must arrive whole by this deadline, counted from its first byte (a
@@ -271,6 +274,7 @@ async fn connection<R, W>(
             read = rd.read_buf(&mut c.rbuf), if can_read => match read {
                 Ok(0) => reading = false,
                 Ok(_) => {
+                    c.arrival = Arrival::now();
                     if let Err(e) = c.frames() {
                         tracing::warn!(%peer, error = %e, "invalid data received; closing the connection");
                         break;
@@ -374,7 +378,9 @@ impl Conn {
             let kind = if id.is_some() { Kind::Request } else { Kind::Event };
             let (address, payload) = (packet.address(&body), packet.payload(&body));
             let ctx = Context::new("tcp", kind).with_headers(packet.headers());
-            let mut reply = self.router.call(Request::new(address, payload, ctx));
+            let mut reply = self
+                .router
+                .call_arrived(Request::new(address, payload, ctx), self.arrival);
             // Most handlers finish without waiting: polled right away, their reply is written
             // straight from the received frame, without a trip through the in-flight set.
             let mut cx = TaskContext::from_waker(std::task::Waker::noop());
@@ -503,7 +509,9 @@ impl Conn {
             let mut ctx = Context::new("tcp", kind).with_headers(packet.headers);
             // Replies as values, encoded once, straight to MessagePack (see `Steps::packed`).
             ctx.set_local(true);
-            let mut reply = self.router.call(Request::new(address, payload, ctx));
+            let mut reply = self
+                .router
+                .call_arrived(Request::new(address, payload, ctx), self.arrival);
             let ready = reply.poll_unpin(&mut TaskContext::from_waker(std::task::Waker::noop()));
             self.dispatched(&body, packet.id, ready, reply, Codec::MsgPack);
         }
