@@ -27,7 +27,7 @@ mod clock;
 mod observe;
 mod prometheus;
 mod series;
-pub(crate) use observe::{Called, arrival_now, observe};
+pub(crate) use observe::{Called, Together, arrival_now, observe};
 
 /// The metrics' names, as Prometheus shows them.
 pub mod names {
@@ -36,8 +36,9 @@ pub mod names {
     /// `no_handler`, `cancelled`).
     pub const HANDLED: &str = "switchboard_messages_handled_total";
     /// Histogram of the time to handle a message, in seconds: `transport`, `route`, `kind`.
-    /// It runs from the message's arrival to its reply; over TCP the arrival is the read that
-    /// brought the message, so messages read together wait for each other's handling.
+    /// Over TCP it runs from the read that brought the message to its reply going out: a
+    /// reply ready while that read's messages are handled goes out, and is timed, with theirs
+    /// (so messages read together count each other's handling; two clock reads a read).
     pub const HANDLE_DURATION: &str = "switchboard_message_handle_duration_seconds";
     /// Gauge of messages being handled: `transport`, `route`.
     pub const IN_FLIGHT: &str = "switchboard_messages_in_flight";

@@ -1,14 +1,15 @@
 //! Counting handled messages per route and calls per transport.
 //!
-//! With [`install`](super::install)'s recorder, a message costs a clock read at its end (its
-//! start is its transport's read when the transport gives its [`Arrival`], another clock read
-//! otherwise) and a few plain stores into the recording thread's own shard ([`Series`]), the
-//! duration kept in the clock's ticks: the histogram counts
+//! With [`install`](super::install)'s recorder, a message costs two clock reads, at its start
+//! and its end, and a few plain stores into the recording thread's own shard ([`Series`]),
+//! the duration kept in the clock's ticks. Over TCP the reads are shared: a message starts
+//! at the read that brought it ([`Arrival`]), and a reply ready while that read's messages
+//! are handled ends when they are done ([`Together`]). The histogram counts
 //! every reply, so `ok` is its count less the failures, and what is in flight its starts
 //! less its count and the cancelled; [`publish`] hands those to the exporter when it renders.
 //! With another recorder every message goes through the `metrics` facade's handles.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
@@ -75,6 +76,9 @@ struct Handles {
     /// The counter's name, and its transport, route and kind labels, for the other outcomes.
     total: &'static str,
     labels: [&'static str; 3],
+    /// Messages handled over TCP: a reply ready while its read is handled is timed with the
+    /// others of that read ([`Together`]).
+    together: bool,
 }
 
 struct Fast {
@@ -164,6 +168,7 @@ impl Handles {
             fast,
             total,
             labels,
+            together: side == Side::Handled && transport == "tcp",
         }
     }
 
@@ -234,7 +239,7 @@ impl Handles {
 }
 
 impl Watcher for Handles {
-    fn end(&self, started: u64, reply: Option<&Reply>) {
+    fn end(&'static self, started: u64, reply: Option<&Reply>) {
         match reply {
             None => self.cancelled(),
             Some(reply) => {
@@ -243,9 +248,53 @@ impl Watcher for Handles {
                 } else {
                     reply.as_error().map(RpcError::kind)
                 };
-                self.finish(clock::since(started), failure);
+                if self.together && TOGETHER.get() {
+                    ENDED.with_borrow_mut(|ended| ended.push((self, started, failure)));
+                } else {
+                    self.finish(clock::since(started), failure);
+                }
             }
         }
+    }
+}
+
+thread_local! {
+    /// A TCP read's messages are being handled on this thread ([`Together`]).
+    static TOGETHER: Cell<bool> = const { Cell::new(false) };
+    /// Their replies so far: handles, start and failure.
+    static ENDED: RefCell<Vec<(&'static Handles, u64, Option<&'static str>)>> = const { RefCell::new(Vec::new()) };
+}
+
+/// While a TCP connection handles the messages of one read: the replies ready meanwhile go
+/// out together when it is dropped, so they are timed then, with one clock read for all.
+pub(crate) struct Together(());
+
+impl Together {
+    /// `None` unless metrics are recorded.
+    #[inline]
+    pub(crate) fn open() -> Option<Together> {
+        enabled().then(Together::begin)
+    }
+
+    fn begin() -> Together {
+        TOGETHER.set(true);
+        Together(())
+    }
+}
+
+impl Drop for Together {
+    fn drop(&mut self) {
+        let _ = TOGETHER.try_with(|open| open.set(false));
+        let _ = ENDED.try_with(|ended| {
+            let mut ended = ended.borrow_mut();
+            if ended.is_empty() {
+                return;
+            }
+            let now = clock::now();
+            for (handles, started, failure) in ended.drain(..) {
+                handles.finish(now.saturating_sub(started), failure);
+            }
+        });
     }
 }
 
@@ -395,6 +444,37 @@ mod tests {
         let before = clock::now();
         let started = observer.start(&req(), None).started();
         assert!((before..=clock::now()).contains(&started), "read when it starts");
+    }
+
+    #[test]
+    fn replies_ready_during_a_read_are_timed_when_they_go_out() {
+        let histograms: &'static Histograms = Box::leak(Box::default());
+        let handles = |transport| -> &'static Handles {
+            Box::leak(Box::new(Handles::new(
+                Side::Handled,
+                [transport, "together", "request"],
+                Some(histograms),
+            )))
+        };
+        let (tcp, mem) = (handles("tcp"), handles("mem"));
+        let count = |h: &Handles| h.fast.as_ref().unwrap().series.count();
+        let together = Together::begin();
+        let started = clock::now();
+        tcp.end(started, Some(&Reply::empty()));
+        mem.end(started, Some(&Reply::empty()));
+        assert_eq!(count(tcp), 0, "not before its read's replies go out");
+        assert_eq!(count(mem), 1, "another transport's message is timed at its end");
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        drop(together);
+        assert_eq!(count(tcp), 1);
+        let (buckets, _) = tcp.fast.as_ref().unwrap().series.buckets();
+        assert!(
+            buckets[..4].iter().all(|&n| n == 0),
+            "timed when they went out, 2 ms on: {buckets:?}"
+        );
+        // Outside a read: at once.
+        tcp.end(clock::now(), Some(&Reply::empty()));
+        assert_eq!(count(tcp), 2);
     }
 
     #[test]

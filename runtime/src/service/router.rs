@@ -67,7 +67,7 @@ impl Arrival {
 /// (cancelled, past its deadline, or panicked).
 #[cfg(feature = "metrics")]
 pub(crate) trait Watcher: Sync {
-    fn end(&self, started: u64, reply: Option<&Reply>);
+    fn end(&'static self, started: u64, reply: Option<&Reply>);
 }
 
 /// A watched message being handled; dropped before [`end`](Self::end), it tells its
@@ -820,7 +820,7 @@ mod tests {
 
     #[cfg(feature = "metrics")]
     impl Watcher for Seen {
-        fn end(&self, started: u64, reply: Option<&Reply>) {
+        fn end(&'static self, started: u64, reply: Option<&Reply>) {
             assert_eq!(started, 7, "the start's token comes back");
             let end = match reply {
                 Some(r) if r.is_error() => "error",

@@ -329,6 +329,9 @@ fn far_future() -> Instant {
 impl Conn {
     /// Handles every complete frame in the read buffer.
     fn frames(&mut self) -> std::result::Result<(), Close> {
+        // The replies ready by the time this returns are written together.
+        #[cfg(feature = "metrics")]
+        let _together = crate::metrics::Together::open();
         self.backlog = false;
         match self.codec {
             Some(Codec::Json) => {}
