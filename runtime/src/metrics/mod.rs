@@ -27,7 +27,9 @@ mod clock;
 mod observe;
 mod prometheus;
 mod series;
-pub(crate) use observe::{Called, Together, arrival_now, observe};
+#[cfg_attr(not(feature = "tcp"), allow(unused_imports))]
+pub(crate) use observe::Together;
+pub(crate) use observe::{Called, arrival_now, observe};
 
 /// The metrics' names, as Prometheus shows them.
 pub mod names {

@@ -267,8 +267,10 @@ thread_local! {
 
 /// While a TCP connection handles the messages of one read: the replies ready meanwhile go
 /// out together when it is dropped, so they are timed then, with one clock read for all.
+#[cfg_attr(not(feature = "tcp"), allow(dead_code))]
 pub(crate) struct Together(());
 
+#[cfg_attr(not(feature = "tcp"), allow(dead_code))]
 impl Together {
     /// `None` unless metrics are recorded.
     #[inline]

@@ -33,7 +33,10 @@ pub use overrides::{Overrides, POLICY_ENV, POLICY_FILE_ENV};
 pub(crate) use reply::to_json;
 pub use reply::{Reply, ReplyItem};
 pub use request::{Address, Payload, Request};
-pub(crate) use router::{Arrival, Endpoint, RouterBuilder};
+// The TCP server is the one transport that reads arrivals.
+#[cfg_attr(not(feature = "tcp"), allow(unused_imports))]
+pub(crate) use router::Arrival;
+pub(crate) use router::{Endpoint, RouterBuilder};
 pub use router::{Route, RouteInfo, Router, RouterFuture};
 #[cfg(feature = "metrics")]
 pub(crate) use router::{Watch, Watcher, Watching};

@@ -54,6 +54,7 @@ pub(crate) struct Arrival(#[cfg_attr(not(feature = "metrics"), allow(dead_code))
 impl Arrival {
     /// Now, if metrics are recorded (`None` otherwise: nobody would read it).
     #[inline]
+    #[cfg_attr(not(feature = "tcp"), allow(dead_code))]
     pub(crate) fn now() -> Option<Arrival> {
         #[cfg(feature = "metrics")]
         let now = crate::metrics::arrival_now().map(Arrival);
