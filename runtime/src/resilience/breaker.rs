@@ -221,7 +221,7 @@ impl CircuitBreaker {
                     .clone()
             }
         };
-        Last::set(&self.circuits, route, &circuit);
+        Last::set(&self.circuits, &circuit);
         circuit
     }
 }
@@ -234,7 +234,6 @@ struct Last {
     /// Whose map it came from: held weakly (a dropped breaker's map is not kept), and held,
     /// so no other map can take its address while it is compared with.
     circuits: std::sync::Weak<RwLock<Circuits>>,
-    route: Box<str>,
     circuit: Arc<Circuit>,
 }
 
@@ -246,15 +245,14 @@ impl Last {
     fn get(circuits: &Arc<RwLock<Circuits>>, route: &str) -> Option<Arc<Circuit>> {
         LAST.with_borrow(|last| {
             last.as_ref()
-                .filter(|l| std::ptr::eq(l.circuits.as_ptr(), Arc::as_ptr(circuits)) && *l.route == *route)
+                .filter(|l| std::ptr::eq(l.circuits.as_ptr(), Arc::as_ptr(circuits)) && *l.circuit.route == *route)
                 .map(|l| l.circuit.clone())
         })
     }
 
-    fn set(circuits: &Arc<RwLock<Circuits>>, route: &str, circuit: &Arc<Circuit>) {
+    fn set(circuits: &Arc<RwLock<Circuits>>, circuit: &Arc<Circuit>) {
         LAST.set(Some(Last {
             circuits: Arc::downgrade(circuits),
-            route: route.into(),
             circuit: circuit.clone(),
         }));
     }
@@ -395,6 +393,8 @@ impl Drop for Pass {
 struct Circuit {
     machine: Mutex<Machine>,
     gate: AtomicU64,
+    /// Its route, outside the lock (for [`Last`]).
+    route: Box<str>,
 }
 
 const FAST: u64 = 1 << 31;
@@ -407,6 +407,7 @@ impl Circuit {
         Circuit {
             machine: Mutex::new(machine),
             gate,
+            route: route.into(),
         }
     }
 
