@@ -4,7 +4,7 @@
 
 use std::borrow::Cow;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
 use switchboard::resilience::{CircuitBreaker, CircuitPass, CircuitState, Rejection};
@@ -30,6 +30,9 @@ pub(crate) struct Endpoint {
     /// This endpoint's circuits, one per route, when the registry configures a breaker.
     circuits: Option<CircuitBreaker>,
     in_flight: AtomicUsize,
+    /// When its first connection was up: a call started before then waited for the connection,
+    /// so its round trip is no sample of the instance's speed.
+    connected: OnceLock<Instant>,
     state: Mutex<State>,
 }
 
@@ -53,6 +56,7 @@ impl Endpoint {
             transport,
             circuits,
             in_flight: AtomicUsize::new(0),
+            connected: OnceLock::new(),
             state: Mutex::new(State {
                 rtt: None,
                 failures: 0,
@@ -64,6 +68,11 @@ impl Endpoint {
 
     pub fn is_ejected(&self) -> bool {
         self.state.lock().expect("endpoint lock").ejected
+    }
+
+    /// Notes that a connection to the instance is up (the first time only counts).
+    pub fn mark_connected(&self) {
+        let _ = self.connected.set(Instant::now());
     }
 
     pub fn in_flight(&self) -> usize {
@@ -99,6 +108,14 @@ impl Endpoint {
         let eject = {
             let mut state = self.state.lock().expect("endpoint lock");
             match outcome {
+                // Sent before the first connection was up: it answered, but its round trip
+                // includes the connection (it set one up itself when none was noted).
+                Outcome::Answered if self.connected.get().is_none_or(|c| at < *c) => {
+                    self.mark_connected();
+                    state.failures = 0;
+                    state.ejections = 0;
+                    false
+                }
                 Outcome::Answered => {
                     let sample = now.duration_since(at).as_nanos() as f64;
                     state.rtt = Some(match state.rtt {
@@ -246,6 +263,7 @@ async fn readmit(endpoint: Weak<Endpoint>, mut wait: Duration) {
         let Some(e) = endpoint.upgrade() else { return };
         match e.transport.connect().await {
             Ok(()) => {
+                e.mark_connected();
                 e.state.lock().expect("endpoint lock").ejected = false;
                 tracing::info!(url = %redact(&e.url), "instance readmitted");
                 return;
@@ -307,6 +325,7 @@ mod tests {
     async fn a_slow_reply_weighs_less_as_time_passes() {
         let transport = switchboard::transport::client_for("tcp://127.0.0.1:9").unwrap();
         let e = Arc::new(Endpoint::new("tcp://127.0.0.1:9".into(), transport, None));
+        e.mark_connected();
         let call = e.start();
         tokio::time::advance(Duration::from_millis(100)).await;
         call.done(&Ok::<(), Error>(()));
@@ -325,5 +344,36 @@ mod tests {
         tokio::time::advance(Duration::from_millis(20)).await;
         call.done(&Ok::<(), Error>(()));
         assert!((e.cost() - 20e6).abs() < 1e6, "{}", e.cost());
+    }
+
+    /// A new instance's first calls wait for its connection: their round trips say nothing of
+    /// its speed, so they do not make it look slow (a slow peak would keep it out for tens of
+    /// seconds); the first call sent once it is connected is the first sample.
+    #[tokio::test(start_paused = true)]
+    async fn calls_sent_before_the_connection_is_up_are_no_sample() {
+        let transport = switchboard::transport::client_for("tcp://127.0.0.1:9").unwrap();
+        let e = Arc::new(Endpoint::new("tcp://127.0.0.1:9".into(), transport, None));
+        let early = e.start();
+        tokio::time::advance(Duration::from_millis(150)).await;
+        e.mark_connected();
+        tokio::time::advance(Duration::from_millis(1)).await;
+        early.done(&Ok::<(), Error>(()));
+        assert_eq!(e.cost(), 0.0, "no estimate yet: the next call is taken");
+        let warm = e.start();
+        tokio::time::advance(Duration::from_millis(2)).await;
+        warm.done(&Ok::<(), Error>(()));
+        assert!((e.cost() - 2e6).abs() < 1e5, "{}", e.cost());
+
+        // With no connection noted, a call that answers set one up itself: the next is a sample.
+        let transport = switchboard::transport::client_for("tcp://127.0.0.1:9").unwrap();
+        let e = Arc::new(Endpoint::new("tcp://127.0.0.1:9".into(), transport, None));
+        let first = e.start();
+        tokio::time::advance(Duration::from_millis(80)).await;
+        first.done(&Ok::<(), Error>(()));
+        assert_eq!(e.cost(), 0.0);
+        let second = e.start();
+        tokio::time::advance(Duration::from_millis(3)).await;
+        second.done(&Ok::<(), Error>(()));
+        assert!((e.cost() - 3e6).abs() < 1e5, "{}", e.cost());
     }
 }

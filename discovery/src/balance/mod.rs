@@ -149,10 +149,16 @@ impl Shared {
                         let circuits = self.registry.options.circuit.as_ref().map(|b| b.detached());
                         let e = Arc::new(Endpoint::new(url.to_owned(), transport, circuits));
                         endpoints.insert(url.to_owned(), e.clone());
-                        // Connected ahead of its first call, whose round trip would otherwise
-                        // include the connection and make a new instance look slow.
-                        let transport = e.transport.clone();
-                        tokio::spawn(async move { transport.connect().await });
+                        // Connected ahead of its first calls; those sent before it is up are
+                        // not taken as samples of its speed.
+                        let (transport, endpoint) = (e.transport.clone(), Arc::downgrade(&e));
+                        tokio::spawn(async move {
+                            if transport.connect().await.is_ok()
+                                && let Some(e) = endpoint.upgrade()
+                            {
+                                e.mark_connected();
+                            }
+                        });
                         e
                     }
                     Err(e) => {
