@@ -15,8 +15,70 @@ use std::sync::Arc;
 /// assert_eq!(headers.get("traceparent").map(str::len), Some(55));
 /// assert!(headers.get("tenant").is_none());
 /// ```
-#[derive(Clone, Default, PartialEq, Eq)]
-pub struct Headers(Option<Arc<HashMap<String, String>>>);
+#[derive(Clone, Default)]
+pub struct Headers(Option<Arc<Map>>);
+
+/// Up to [`FEW`] headers in a vector, searched in order (a message has a few: comparing
+/// them beats hashing a key); a map beyond that, so a peer that sends thousands costs no
+/// quadratic time.
+#[derive(Clone)]
+enum Map {
+    Few(Vec<(String, String)>),
+    Many(HashMap<String, String>),
+}
+
+const FEW: usize = 16;
+
+impl Map {
+    fn get(&self, name: &str) -> Option<&str> {
+        match self {
+            Map::Few(v) => v.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str()),
+            Map::Many(m) => m.get(name).map(String::as_str),
+        }
+    }
+
+    fn insert(&mut self, name: String, value: String) {
+        match self {
+            Map::Few(v) => match v.iter().position(|(k, _)| *k == name) {
+                Some(at) => v[at].1 = value,
+                None if v.len() < FEW => v.push((name, value)),
+                None => {
+                    let mut m: HashMap<String, String> = std::mem::take(v).into_iter().collect();
+                    m.insert(name, value);
+                    *self = Map::Many(m);
+                }
+            },
+            Map::Many(m) => {
+                m.insert(name, value);
+            }
+        }
+    }
+
+    fn remove(&mut self, name: &str) -> Option<String> {
+        match self {
+            Map::Few(v) => {
+                let at = v.iter().position(|(k, _)| k == name)?;
+                Some(v.remove(at).1)
+            }
+            Map::Many(m) => m.remove(name),
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Map::Few(v) => v.len(),
+            Map::Many(m) => m.len(),
+        }
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        let (few, many) = match self {
+            Map::Few(v) => (Some(v.iter().map(|(k, v)| (k.as_str(), v.as_str()))), None),
+            Map::Many(m) => (None, Some(m.iter().map(|(k, v)| (k.as_str(), v.as_str())))),
+        };
+        few.into_iter().flatten().chain(many.into_iter().flatten())
+    }
+}
 
 impl Headers {
     /// No headers.
@@ -26,19 +88,20 @@ impl Headers {
 
     /// One header's value.
     pub fn get(&self, name: &str) -> Option<&str> {
-        self.0.as_ref()?.get(name).map(String::as_str)
+        self.0.as_ref()?.get(name)
     }
 
     /// Sets a header, replacing an earlier value.
     pub fn insert(&mut self, name: impl Into<String>, value: impl Into<String>) {
-        Arc::make_mut(self.0.get_or_insert_with(Default::default)).insert(name.into(), value.into());
+        let map = self.0.get_or_insert_with(|| Arc::new(Map::Few(Vec::with_capacity(2))));
+        Arc::make_mut(map).insert(name.into(), value.into());
     }
 
     /// Removes a header, returning its value.
     pub fn remove(&mut self, name: &str) -> Option<String> {
         let map = self.0.as_mut()?;
         let old = Arc::make_mut(map).remove(name);
-        if map.is_empty() {
+        if map.len() == 0 {
             self.0 = None;
         }
         old
@@ -46,37 +109,44 @@ impl Headers {
 
     /// Every header, in no particular order.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.0
-            .iter()
-            .flat_map(|m| m.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        self.0.iter().flat_map(|m| m.iter())
     }
 
     /// True when there are none.
     pub fn is_empty(&self) -> bool {
-        self.0.as_ref().is_none_or(|m| m.is_empty())
+        self.len() == 0
     }
 
     /// How many there are.
     pub fn len(&self) -> usize {
         self.0.as_ref().map_or(0, |m| m.len())
     }
+}
 
-    /// The headers as a map, `None` when there are none.
-    pub fn as_map(&self) -> Option<&HashMap<String, String>> {
-        self.0.as_deref().filter(|m| !m.is_empty())
+impl PartialEq for Headers {
+    /// The same names with the same values, in any order.
+    fn eq(&self, other: &Self) -> bool {
+        self.len() == other.len() && self.iter().all(|(k, v)| other.get(k) == Some(v))
     }
 }
 
+impl Eq for Headers {}
+
 impl From<HashMap<String, String>> for Headers {
     fn from(map: HashMap<String, String>) -> Self {
-        Headers((!map.is_empty()).then(|| Arc::new(map)))
+        match map.len() {
+            0 => Headers(None),
+            n if n <= FEW => Headers(Some(Arc::new(Map::Few(map.into_iter().collect())))),
+            _ => Headers(Some(Arc::new(Map::Many(map)))),
+        }
     }
 }
 
 impl<K: Into<String>, V: Into<String>> FromIterator<(K, V)> for Headers {
     fn from_iter<I: IntoIterator<Item = (K, V)>>(iter: I) -> Self {
-        let map: HashMap<String, String> = iter.into_iter().map(|(k, v)| (k.into(), v.into())).collect();
-        map.into()
+        let mut headers = Headers::new();
+        headers.extend(iter);
+        headers
     }
 }
 
@@ -109,7 +179,30 @@ mod tests {
         assert_eq!((a.len(), b.len()), (2, 1));
         assert_eq!(a.remove("x").as_deref(), Some("1"));
         assert_eq!(a.remove("y").as_deref(), Some("2"));
-        assert!(a.is_empty() && a.as_map().is_none());
+        assert!(a.is_empty() && a == Headers::new());
+    }
+
+    /// Past a few headers the vector becomes a map: the same answers, no quadratic time for
+    /// a peer that sends thousands; equality ignores order either way.
+    #[test]
+    fn many_headers_keep_their_last_values() {
+        let mut many = Headers::new();
+        for round in 0..2 {
+            for i in 0..1000 {
+                many.insert(format!("h{i}"), format!("{round}-{i}"));
+            }
+        }
+        assert_eq!(many.len(), 1000);
+        assert_eq!(many.get("h999"), Some("1-999"));
+        assert_eq!(many.remove("h0").as_deref(), Some("1-0"));
+        assert_eq!(many.iter().count(), 999);
+        let few: Headers = [("a", "1"), ("b", "2"), ("a", "3")].into_iter().collect();
+        let reversed: Headers = [("b", "2"), ("a", "3")].into_iter().collect();
+        assert_eq!((few.len(), few.get("a")), (2, Some("3")));
+        assert_eq!(few, reversed);
+        assert_ne!(few, [("b", "2"), ("a", "1")].into_iter().collect::<Headers>());
+        let from_map: Headers = HashMap::from([("a".to_string(), "3".to_string()), ("b".into(), "2".into())]).into();
+        assert_eq!(from_map, few);
     }
 
     #[test]

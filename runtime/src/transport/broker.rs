@@ -132,11 +132,17 @@ pub(crate) enum Inbound {
 #[cfg_attr(not(any(feature = "redis", feature = "nats", feature = "mqtt")), allow(dead_code))]
 pub(crate) fn read(body: &Bytes, address: Address, transport: &'static str, headers: Headers) -> Inbound {
     match Packet::parse(body) {
-        Ok(p) if p.pattern.is_some() || p.data.is_some() => {
+        Ok(mut p) if p.pattern.is_some() || p.data.is_some() => {
             let id = p.id.map(|id| body.slice(Packet::range_in(body, id)));
             let kind = if id.is_some() { Kind::Request } else { Kind::Event };
-            let mut headers = headers;
-            headers.extend(p.headers().iter().map(|(k, v)| (k.to_owned(), v.to_owned())));
+            let headers = match headers.is_empty() {
+                true => p.headers(),
+                false => {
+                    let mut headers = headers;
+                    headers.extend(p.headers().iter().map(|(k, v)| (k.to_owned(), v.to_owned())));
+                    headers
+                }
+            };
             let payload = p.payload(body);
             let ctx = Context::new(transport, kind).with_headers(headers);
             Inbound::Packet {

@@ -131,7 +131,7 @@ impl AmqpClient {
 
     fn properties(&self, msg: &Outbound) -> BasicProperties {
         BasicProperties::default()
-            .with_headers(metadata_to_headers(msg.headers.as_map()))
+            .with_headers(metadata_to_headers(&msg.headers))
             .with_delivery_mode(if self.opts.persistent { 2 } else { 1 })
     }
 
@@ -175,7 +175,13 @@ impl ClientTransport for AmqpClient {
             let session = self.session().await?;
             let (id, rx) = session.pending.register(msg.route.clone())?;
             let mut body = Vec::with_capacity(msg.payload.len() + msg.pattern.len() + 48);
-            encode_request(&mut body, &msg.pattern, &msg.payload, None, Some(id.as_str()));
+            encode_request(
+                &mut body,
+                &msg.pattern,
+                &msg.payload,
+                &crate::service::Headers::new(),
+                Some(id.as_str()),
+            );
             let props = self
                 .properties(&msg)
                 .with_correlation_id(id.as_str().into())
@@ -210,7 +216,13 @@ impl ClientTransport for AmqpClient {
         async move {
             let session = self.session().await?;
             let mut body = Vec::with_capacity(msg.payload.len() + msg.pattern.len() + 32);
-            encode_request(&mut body, &msg.pattern, &msg.payload, None, None);
+            encode_request(
+                &mut body,
+                &msg.pattern,
+                &msg.payload,
+                &crate::service::Headers::new(),
+                None,
+            );
             let props = self.properties(&msg);
             let published = async {
                 session

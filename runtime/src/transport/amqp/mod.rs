@@ -181,12 +181,12 @@ pub(crate) fn headers_to_metadata(headers: &FieldTable, into: &mut HashMap<Strin
 }
 
 /// Metadata as an AMQP headers table (long strings, as amqplib writes JS strings).
-pub(crate) fn metadata_to_headers(metadata: Option<&HashMap<String, String>>) -> FieldTable {
+pub(crate) fn metadata_to_headers(metadata: &crate::service::Headers) -> FieldTable {
     let mut table = FieldTable::default();
-    for (k, v) in metadata.into_iter().flatten() {
-        match ShortString::try_new(k.as_str()) {
+    for (k, v) in metadata.iter() {
+        match ShortString::try_new(k) {
             Ok(key) => {
-                table.insert(key, AMQPValue::LongString(v.as_str().into()));
+                table.insert(key, AMQPValue::LongString(v.into()));
             }
             Err(_) => tracing::warn!(header = %k, "header name longer than 255 bytes; not sent"),
         }
@@ -245,8 +245,8 @@ mod tests {
 
     #[test]
     fn headers_round_trip_as_strings() {
-        let meta = HashMap::from([("traceparent".to_owned(), "00-abc".to_owned())]);
-        let mut table = metadata_to_headers(Some(&meta));
+        let meta: crate::service::Headers = [("traceparent", "00-abc")].into_iter().collect();
+        let mut table = metadata_to_headers(&meta);
         table.insert("n".into(), AMQPValue::LongInt(7));
         table.insert("nested".into(), AMQPValue::FieldTable(FieldTable::default()));
         let mut back = HashMap::new();

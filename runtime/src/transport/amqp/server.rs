@@ -357,7 +357,7 @@ fn headers(properties: &BasicProperties, packet: &Packet<'_>) -> HashMap<String,
         metadata.remove(RETRIES_HEADER);
     }
     if let Some(meta) = packet.metadata_map() {
-        metadata.extend(meta);
+        metadata.extend(meta.iter().map(|(k, v)| (k.to_owned(), v.to_owned())));
     }
     metadata
 }

@@ -275,7 +275,13 @@ impl NatsClient {
 fn body(msg: &Outbound, id: Option<&str>) -> Bytes {
     // Headers travel as NATS headers, as NestJS's NatsRecord headers do.
     let mut buf = Vec::with_capacity(msg.pattern.len() + msg.payload.len() + 48);
-    encode_request(&mut buf, &msg.pattern, &msg.payload, None, id);
+    encode_request(
+        &mut buf,
+        &msg.pattern,
+        &msg.payload,
+        &crate::service::Headers::new(),
+        id,
+    );
     Bytes::from(buf)
 }
 

@@ -218,7 +218,7 @@ impl ClientTransport for TcpClient {
                 let conn = self.conn().await?;
                 let (id, rx) = conn.register(msg.route.clone())?;
                 let mut frame = Vec::with_capacity(data.len() + msg.pattern.len() + 64);
-                frame::encode_request(&mut frame, Some(&id), &msg.pattern, msg.headers.as_map(), &data);
+                frame::encode_request(&mut frame, Some(&id), &msg.pattern, &msg.headers, &data);
                 conn.send(frame).await?;
                 return Replies::first_of(rx).await;
             }
@@ -226,13 +226,7 @@ impl ClientTransport for TcpClient {
             let (id, rx) = conn.register(msg.route.clone())?;
             let mut frame = Vec::with_capacity(msg.payload.len() + msg.pattern.len() + 64);
             let mut body = Vec::with_capacity(msg.payload.len() + msg.pattern.len() + 48);
-            encode_request(
-                &mut body,
-                &msg.pattern,
-                &msg.payload,
-                msg.headers.as_map(),
-                Some(id.as_str()),
-            );
+            encode_request(&mut body, &msg.pattern, &msg.payload, &msg.headers, Some(id.as_str()));
             encode_frame(&mut frame, &body);
             conn.send(frame).await?;
             Replies::first_of(rx).await
@@ -247,12 +241,12 @@ impl ClientTransport for TcpClient {
                 let data = packed_payload(&mut msg)?;
                 let conn = self.conn_at(0).await?;
                 let mut frame = Vec::with_capacity(data.len() + msg.pattern.len() + 32);
-                frame::encode_request(&mut frame, None, &msg.pattern, msg.headers.as_map(), &data);
+                frame::encode_request(&mut frame, None, &msg.pattern, &msg.headers, &data);
                 return conn.send(frame).await;
             }
             let conn = self.conn_at(0).await?;
             let mut body = Vec::with_capacity(msg.payload.len() + msg.pattern.len() + 32);
-            encode_request(&mut body, &msg.pattern, &msg.payload, msg.headers.as_map(), None);
+            encode_request(&mut body, &msg.pattern, &msg.payload, &msg.headers, None);
             let mut frame = Vec::with_capacity(body.len() + 12);
             encode_frame(&mut frame, &body);
             conn.send(frame).await

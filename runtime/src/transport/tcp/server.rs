@@ -364,7 +364,7 @@ impl Conn {
                 return Ok(());
             };
             self.frames += 1;
-            let packet = match Packet::parse(&body) {
+            let mut packet = match Packet::parse(&body) {
                 Ok(p) => p,
                 Err(PacketError::NotAnObject) => {
                     tracing::warn!(peer = %self.peer, "There is no matching event handler defined in the remote service. Event pattern: undefined");

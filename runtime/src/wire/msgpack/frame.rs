@@ -1,7 +1,6 @@
 //! Switchboard's msgpack frames on TCP: the hello, then `u32`-length-prefixed bodies (see
 //! the parent module for their layout).
 
-use std::collections::HashMap;
 use std::ops::Range;
 
 use bytes::{Buf, Bytes, BytesMut};
@@ -94,7 +93,7 @@ pub(crate) fn encode_request(
     out: &mut Vec<u8>,
     id: Option<&str>,
     pattern: &str,
-    headers: Option<&HashMap<String, String>>,
+    headers: &crate::service::Headers,
     data: &[u8],
 ) {
     let at = start_frame(out);
@@ -104,10 +103,9 @@ pub(crate) fn encode_request(
         None => rmp::encode::write_nil(out).expect("writing to a Vec cannot fail"),
     }
     write_str(out, pattern);
-    let headers = headers.filter(|h| !h.is_empty());
-    let n = headers.map_or(0, HashMap::len);
+    let n = headers.len();
     rmp::encode::write_map_len(out, u32::try_from(n).unwrap_or(u32::MAX)).expect("writing to a Vec cannot fail");
-    for (k, v) in headers.into_iter().flatten() {
+    for (k, v) in headers.iter() {
         write_str(out, k);
         write_str(out, v);
     }
@@ -222,10 +220,10 @@ mod tests {
 
     #[test]
     fn requests_and_replies_read_back() {
-        let headers: HashMap<String, String> = [("traceparent".to_owned(), "00-1".to_owned())].into();
+        let headers: crate::service::Headers = [("traceparent", "00-1")].into_iter().collect();
         let data = to_msgpack(&[1, 2]).unwrap();
         let mut out = Vec::new();
-        encode_request(&mut out, Some("abc"), "\"sum\"", Some(&headers), &data);
+        encode_request(&mut out, Some("abc"), "\"sum\"", &headers, &data);
         let mut buf = BytesMut::from(&out[..]);
         let mut dec = FrameDecoder::new(1024);
         let body = dec.decode(&mut buf).unwrap().unwrap();
@@ -237,7 +235,7 @@ mod tests {
         assert_eq!(&body[req.data], &data[..]);
 
         out.clear();
-        encode_request(&mut out, None, "\"evt\"", None, b"\xC0");
+        encode_request(&mut out, None, "\"evt\"", &crate::service::Headers::new(), b"\xC0");
         let body = FrameDecoder::new(1024)
             .decode(&mut BytesMut::from(&out[..]))
             .unwrap()

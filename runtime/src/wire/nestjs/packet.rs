@@ -1,7 +1,6 @@
 //! NestJS's JSON packets (docs/nestjs-wire.md §0): decoding requests, events and replies
 //! without copying payloads, and encoding them with NestJS's exact key order.
 
-use std::collections::HashMap;
 use std::ops::Range;
 
 use serde::de::{IgnoredAny, MapAccess, Visitor};
@@ -22,6 +21,8 @@ pub(crate) struct Packet<'a> {
     pub response: Option<&'a str>,
     pub err: Option<&'a str>,
     pub is_disposed: Option<&'a str>,
+    /// `metadata` already read into headers while the packet was split by hand.
+    read_metadata: Option<crate::service::Headers>,
 }
 
 impl<'de> Deserialize<'de> for Packet<'de> {
@@ -95,7 +96,7 @@ impl<'de> Deserialize<'de> for Field {
 }
 
 /// An object's string values, read in one pass (other values skipped unread).
-struct Strings(HashMap<String, String>);
+struct Strings(crate::service::Headers);
 
 impl<'de> Deserialize<'de> for Strings {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -106,7 +107,7 @@ impl<'de> Deserialize<'de> for Strings {
                 f.write_str("a JSON object")
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Strings, A::Error> {
-                let mut out = HashMap::with_capacity(map.size_hint().unwrap_or(2));
+                let mut out = crate::service::Headers::new();
                 while let Some(key) = map.next_key::<String>()? {
                     if let Some(value) = map.next_value::<MaybeString>()?.0 {
                         out.insert(key, value);
@@ -181,7 +182,7 @@ impl<'a> Packet<'a> {
     pub fn parse(body: &'a [u8]) -> Result<Packet<'a>, PacketError> {
         // Checked once here, so the parser does not check each raw value again.
         let text = std::str::from_utf8(body).map_err(|_| PacketError::InvalidUtf8)?;
-        if let Some(p) = Self::canonical(text) {
+        if let Some(p) = Self::split(text) {
             return Ok(p);
         }
         match serde_json::from_str::<Packet<'a>>(text) {
@@ -193,11 +194,15 @@ impl<'a> Packet<'a> {
         }
     }
 
+    /// A request or event split by hand, the hot path; `None` leaves it to serde_json.
+    fn split(text: &'a str) -> Option<Packet<'a>> {
+        Self::nestjs_layout(text).or_else(|| Self::any_order(text))
+    }
+
     /// A request or event exactly as NestJS clients write it, `{"pattern":P,"data":D,"id":I}`,
     /// with v12's `"metadata":M` between `data` and `id` (as NestJS 12 and Switchboard clients
-    /// write it), no spaces, this order, `id` a scalar: split by hand, the hot path. Anything
-    /// else is left to serde_json.
-    fn canonical(text: &'a str) -> Option<Packet<'a>> {
+    /// write it), no spaces, this order, `id` a scalar: straight-line code for the usual packet.
+    fn nestjs_layout(text: &'a str) -> Option<Packet<'a>> {
         const PATTERN: &[u8] = br#"{"pattern":"#;
         const DATA: &[u8] = br#","data":"#;
         const METADATA: &[u8] = br#","metadata":"#;
@@ -217,16 +222,13 @@ impl<'a> Packet<'a> {
         let end = value_end(b, at)?;
         let data = &text[at..end];
         at = end;
-        let mut metadata = None;
+        let (mut metadata, mut read_metadata) = (None, None);
         if b[at..].starts_with(METADATA) {
             at += METADATA.len();
-            // Checked whole while its end is found, as serde_json would: a packet with broken
-            // metadata is refused, not served without its headers.
-            let mut values = serde_json::Deserializer::from_str(&text[at..]).into_iter::<IgnoredAny>();
-            values.next()?.ok()?;
-            let end = at + values.byte_offset();
-            metadata = Some(&text[at..end]);
-            at = end;
+            let (len, headers) = read_metadata_at(&text[at..])?;
+            metadata = Some(&text[at..at + len]);
+            read_metadata = headers;
+            at += len;
         }
         let mut id = None;
         if b[at..].starts_with(ID) {
@@ -240,8 +242,60 @@ impl<'a> Packet<'a> {
             data: Some(data),
             id,
             metadata,
+            read_metadata,
             ..Packet::default()
         })
+    }
+
+    /// A request or event with no key but `pattern`, `data`, `metadata` and `id`, each at
+    /// most once, in any order, with JSON's whitespace, written without escapes in the keys,
+    /// `id` a scalar (other clients than NestJS's, written by hand or by a JSON library).
+    fn any_order(text: &'a str) -> Option<Packet<'a>> {
+        let b = text.as_bytes();
+        let mut p = Packet::default();
+        let open = skip_space(b, 0);
+        if b.get(open) != Some(&b'{') {
+            return None;
+        }
+        let mut at = skip_space(b, open + 1);
+        if b.get(at) == Some(&b'}') {
+            return (skip_space(b, at + 1) == b.len()).then_some(p);
+        }
+        loop {
+            // A key is told by its first letter, then compared whole (its closing quote too).
+            let rest = &b[at..];
+            let (len, slot, scalar) = match rest.get(1)? {
+                b'p' if rest.starts_with(br#""pattern""#) => (9, &mut p.pattern, false),
+                b'd' if rest.starts_with(br#""data""#) => (6, &mut p.data, false),
+                b'm' if rest.starts_with(br#""metadata""#) => (10, &mut p.metadata, false),
+                b'i' if rest.starts_with(br#""id""#) => (4, &mut p.id, true),
+                _ => return None,
+            };
+            if slot.is_some() {
+                return None; // a repeated key: `JSON.parse` keeps the last, serde_json too
+            }
+            at = skip_space(b, at + len);
+            if b.get(at) != Some(&b':') {
+                return None;
+            }
+            at = skip_space(b, at + 1);
+            let end = if scalar { scalar_end(b, at)? } else { value_end(b, at)? };
+            *slot = Some(&text[at..end]);
+            at = skip_space(b, end);
+            match b.get(at) {
+                Some(b',') => at = skip_space(b, at + 1),
+                Some(b'}') if skip_space(b, at + 1) == b.len() => break,
+                _ => return None,
+            }
+        }
+        if let Some(metadata) = p.metadata {
+            let (len, headers) = read_metadata_at(metadata)?;
+            if len != metadata.len() {
+                return None;
+            }
+            p.read_metadata = headers;
+        }
+        Some(p)
     }
 
     /// True when a `pattern` that matched no route is valid JSON (a pattern that matched is
@@ -257,7 +311,10 @@ impl<'a> Packet<'a> {
     }
 
     /// v12's `metadata`: string values only, others ignored (NestJS types it `{string: string}`).
-    pub fn metadata_map(&self) -> Option<HashMap<String, String>> {
+    pub fn metadata_map(&self) -> Option<crate::service::Headers> {
+        if let Some(read) = &self.read_metadata {
+            return Some(read.clone());
+        }
         serde_json::from_str::<Strings>(self.metadata?).ok().map(|s| s.0)
     }
 
@@ -278,9 +335,12 @@ impl<'a> Packet<'a> {
         }
     }
 
-    /// v12's `metadata` as headers.
-    pub fn headers(&self) -> crate::service::Headers {
-        self.metadata_map().map(Into::into).unwrap_or_default()
+    /// v12's `metadata` as headers (taken when the packet's split read them already).
+    pub fn headers(&mut self) -> crate::service::Headers {
+        self.read_metadata
+            .take()
+            .or_else(|| self.metadata_map())
+            .unwrap_or_default()
     }
 
     /// How a NestJS client reads this packet as a reply (`createObserver`, §0.3).
@@ -298,6 +358,19 @@ impl<'a> Packet<'a> {
             (None, false) => ReplyPacket::Value(null()),
         }
     }
+}
+
+/// `metadata` at the start of `text`: its length, checked whole as serde_json would (a packet
+/// with broken metadata is refused, not served without its headers), and its string values
+/// read in the same pass (`None` for JSON that is not an object). `None` when it is not JSON.
+fn read_metadata_at(text: &str) -> Option<(usize, Option<crate::service::Headers>)> {
+    let mut values = serde_json::Deserializer::from_str(text).into_iter::<Strings>();
+    if let Ok(strings) = values.next()? {
+        return Some((values.byte_offset(), Some(strings.0)));
+    }
+    let mut values = serde_json::Deserializer::from_str(text).into_iter::<IgnoredAny>();
+    values.next()?.ok()?;
+    Some((values.byte_offset(), None))
 }
 
 fn null() -> &'static str {
@@ -373,12 +446,23 @@ fn needs_look(w: u64) -> u64 {
     zero_byte(w ^ (ONES * u64::from(b'"'))) | zero_byte(w ^ (ONES * u64::from(b'\\'))) | below_space
 }
 
+/// Where JSON whitespace from `at` ends.
+#[inline(always)]
+fn skip_space(b: &[u8], mut at: usize) -> usize {
+    while matches!(b.get(at), Some(b' ' | b'\t' | b'\n' | b'\r')) {
+        at += 1;
+    }
+    at
+}
+
 /// End of a JSON string, number, `true`, `false` or `null` starting at `at`, checked.
 fn scalar_end(b: &[u8], at: usize) -> Option<usize> {
     if *b.get(at)? == b'"' {
         return string_end(b, at);
     }
-    let len = b[at..].iter().position(|&c| c == b',' || c == b'}')?;
+    let len = b[at..]
+        .iter()
+        .position(|&c| matches!(c, b',' | b'}' | b']' | b' ' | b'\t' | b'\n' | b'\r'))?;
     let token = &b[at..at + len];
     let valid = matches!(token, b"true" | b"false" | b"null") || is_json_number(token);
     valid.then_some(at + len)
@@ -511,16 +595,24 @@ pub(crate) fn encode_request(
     out: &mut Vec<u8>,
     pattern: &str,
     data: &[u8],
-    metadata: Option<&HashMap<String, String>>,
+    metadata: &crate::service::Headers,
     id: Option<&str>,
 ) {
     out.extend_from_slice(b"{\"pattern\":");
     out.extend_from_slice(pattern.as_bytes());
     out.extend_from_slice(b",\"data\":");
     out.extend_from_slice(data);
-    if let Some(meta) = metadata.filter(|m| !m.is_empty()) {
-        out.extend_from_slice(b",\"metadata\":");
-        serde_json::to_writer(&mut *out, meta).expect("string maps serialise");
+    if !metadata.is_empty() {
+        out.extend_from_slice(b",\"metadata\":{");
+        for (i, (k, v)) in metadata.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            serde_json::to_writer(&mut *out, k).expect("strings serialise");
+            out.push(b':');
+            serde_json::to_writer(&mut *out, v).expect("strings serialise");
+        }
+        out.push(b'}');
     }
     if let Some(id) = id {
         out.extend_from_slice(b",\"id\":\"");
@@ -595,12 +687,12 @@ mod tests {
     #[test]
     fn requests_use_nestjs_key_order() {
         let mut out = Vec::new();
-        let meta = HashMap::from([("traceparent".to_string(), "00-abc-def-01".to_string())]);
+        let meta: crate::service::Headers = [("traceparent", "00-abc-def-01")].into_iter().collect();
         encode_request(
             &mut out,
             r#"{"cmd":"sum","a":1}"#,
             b"[1,2,3]",
-            Some(&meta),
+            &meta,
             Some("a18e27d5afe707e15ae91"),
         );
         assert_eq!(
@@ -624,7 +716,12 @@ mod tests {
             br#"{"id":"1","metadata":{"a":"x","b":1,"c":null,"d":[1,{"e":"f"}],"g":{"h":"i"},"j":"\u00e9\"","a":"y"},"pattern":"p"}"#,
         )
         .unwrap();
-        let mut got: Vec<_> = p.metadata_map().unwrap().into_iter().collect();
+        let mut got: Vec<(String, String)> = p
+            .metadata_map()
+            .unwrap()
+            .iter()
+            .map(|(k, v)| (k.into(), v.into()))
+            .collect();
         got.sort();
         assert_eq!(got, [("a".into(), "y".into()), ("j".into(), "é\"".into())]);
         let p = Packet::parse(br#"{"pattern":"p","metadata":"not an object"}"#).unwrap();
@@ -658,7 +755,7 @@ mod tests {
     }
 
     #[test]
-    fn the_canonical_fast_path_agrees_with_serde() {
+    fn the_fast_paths_agree_with_serde() {
         let cases = [
             r#"{"pattern":{"cmd":"sum"},"data":[1,2,3],"id":"abc1"}"#,
             r#"{"pattern":"echo","data":{"x":"é😀 \" }"},"id":"u1"}"#,
@@ -672,9 +769,20 @@ mod tests {
             r#"{"pattern":{"cmd":"add"},"data":{"a":1},"metadata":{"traceparent":"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01","sb-timeout-ms":"29999"},"id":"7"}"#,
             r#"{"pattern":"evt","data":[1],"metadata":{"k":"}\"{"}}"#,
             r#"{"pattern":"echo","data":1,"metadata":{},"id":"x"}"#,
+            // Other orders and JSON's whitespace.
+            r#"{"data":1,"pattern":"echo","id":"x"}"#,
+            r#"{"id":"a1","metadata":{"traceparent":"00-1-2-01"},"pattern":{"cmd":"add"},"data":{"a":1}}"#,
+            r#"{ "pattern":"echo","data":1,"id":"x"}"#,
+            " {\n  \"pattern\" : \"echo\" ,\r\n\t\"data\": [1, 2] , \"id\" : 7 \n} ",
+            r#"{"pattern":"echo","data":1,"id":"x","metadata":{"a":"b"}}"#,
+            r#"{"pattern":"echo","data":1,"id":"x"} "#,
+            r#"{"pattern":"echo","data":true,"id":false}"#,
+            r#"{"id":"x"}"#,
+            r#"{}"#,
+            r#"{ }"#,
         ];
         for case in cases {
-            let fast = Packet::canonical(case).unwrap_or_else(|| panic!("fast path takes {case}"));
+            let fast = Packet::split(case).unwrap_or_else(|| panic!("fast path takes {case}"));
             let slow: Packet<'_> = serde_json::from_str(case).unwrap();
             assert_eq!(
                 (fast.pattern, fast.data, fast.id, fast.metadata),
@@ -685,19 +793,92 @@ mod tests {
         }
         // Other shapes, and ids that are not plain scalars, go to serde_json.
         for other in [
-            r#"{"data":1,"pattern":"echo","id":"x"}"#,
-            r#"{ "pattern":"echo","data":1,"id":"x"}"#,
-            r#"{"pattern":"echo","data":1,"id":"x","metadata":{"a":"b"}}"#,
+            r#"{"pattern":"echo","data":1,"id":"a","id":"b"}"#,
+            r#"{"pattern":"echo","data":1,"other":2,"id":"x"}"#,
+            r#"{"pattern":"x","d\u0061ta":7}"#,
+            r#"{"pattern":"echo","data":1,"id":"x",}"#,
+            r#"{,"pattern":"echo"}"#,
+            r#"{"pattern" "echo"}"#,
+            r#"{"pattern":"echo""data":1}"#,
+            r#"{"pattern":"echo","data":1,"id":"x"}}"#,
+            r#"{"pattern":"echo","data":1,"id":"x"} x"#,
+            r#"{"pattern":"echo","data":1"#,
             r#"{"pattern":"echo","data":1,"metadata":{"a":"b",},"id":"x"}"#,
             r#"{"pattern":"echo","data":1,"metadata":{"a":tru},"id":"x"}"#,
             r#"{"pattern":"echo","data":1,"id":{"n":1}}"#,
             r#"{"pattern":"echo","data":1,"id":01}"#,
-            r#"{"pattern":"echo","data":1,"id":"x"} "#,
             r#"{"pattern":"echo","data":tru,"id":"x"}"#,
             r#"{"pattern":"echo","data":1,"id":"\q"}"#,
             r#"{"pattern":"echo","data":1,"id":"\u12"}"#,
         ] {
-            assert!(Packet::canonical(other).is_none(), "{other}");
+            assert!(Packet::split(other).is_none(), "{other}");
+        }
+    }
+
+    /// Random packets of the four request keys, in any order, some repeated, with random
+    /// whitespace and values (some invalid): whatever the fast path takes, serde_json reads
+    /// alike; what serde_json refuses, the fast path refuses too; and a packet with no repeated
+    /// key that serde_json reads is taken by the fast path.
+    #[test]
+    fn any_order_and_whitespace_agree_with_serde() {
+        const KEYS: [&str; 4] = ["pattern", "data", "metadata", "id"];
+        const SCALARS: [&str; 12] = [
+            r#""x""#,
+            r#""a\"b\u00e9""#,
+            "7",
+            "-0.5e3",
+            "true",
+            "null",
+            "tru",
+            "01",
+            r#""\q""#,
+            "1.",
+            "-",
+            r#""é""#,
+        ];
+        const NESTED: [&str; 5] = [
+            r#"{"cmd":"add"}"#,
+            "[1,[2,{}]]",
+            r#"{"a":"}"}"#,
+            "{}",
+            r#"{"k":"v","n":1}"#,
+        ];
+        const SPACE: [&str; 5] = ["", "", " ", "\n\t", "\r\n "];
+        let space = || SPACE[fastrand::usize(..SPACE.len())];
+        for _ in 0..20_000 {
+            let mut keys: Vec<&str> = (0..fastrand::usize(0..6)).map(|_| KEYS[fastrand::usize(..4)]).collect();
+            fastrand::shuffle(&mut keys);
+            let fields: Vec<String> = keys
+                .iter()
+                .map(|&k| {
+                    let value = match (k, fastrand::bool()) {
+                        ("id", _) | (_, false) => SCALARS[fastrand::usize(..SCALARS.len())],
+                        (_, true) => NESTED[fastrand::usize(..NESTED.len())],
+                    };
+                    format!(r#"{}"{k}"{}:{}{value}{}"#, space(), space(), space(), space())
+                })
+                .collect();
+            let text = format!("{}{{{}{}}}{}", space(), fields.join(","), space(), space());
+            let fast = Packet::split(&text);
+            let slow = serde_json::from_str::<Packet<'_>>(&text);
+            match (&fast, &slow) {
+                (Some(f), Ok(s)) => assert_eq!(
+                    (f.pattern, f.data, f.id, f.metadata),
+                    (s.pattern, s.data, s.id, s.metadata),
+                    "{text}"
+                ),
+                (Some(_), Err(e)) => panic!("the fast path took what serde_json refuses ({e}): {text}"),
+                (None, Ok(_)) => {
+                    let mut unique = keys.clone();
+                    unique.sort();
+                    unique.dedup();
+                    assert!(
+                        unique.len() < keys.len(),
+                        "the fast path left a plain packet to serde_json: {text}"
+                    );
+                }
+                (None, Err(_)) => {}
+            }
         }
     }
 
