@@ -67,7 +67,8 @@ struct Args {
     #[arg(long, value_delimiter = ',', default_values_t = [1usize, 32])]
     broker_in_flight: Vec<usize>,
     /// Scenarios as CONNECTIONSxIN_FLIGHT, comma-separated, `+meta` for NestJS 12 packets with
-    /// `metadata` and another key order (default: 4x64,4x64+meta,1x1).
+    /// `metadata` and another key order (default: 4x64,4x64+meta,1x1, then the `mem://` and
+    /// policy rows; scenarios named here run alone).
     #[arg(long, value_delimiter = ',')]
     scenario: Vec<Scenario>,
     /// Adds a scenario with this many connections (with --in-flight, default 64).
@@ -609,6 +610,7 @@ impl From<anyhow::Error> for Failure {
 
 fn bench(args: &Args) -> Result<(), Failure> {
     let mut scenarios = args.scenario.clone();
+    let default_set = scenarios.is_empty() && args.connections.is_none() && args.in_flight.is_none();
     if args.connections.is_some() || args.in_flight.is_some() {
         let s = Scenario {
             connections: args.connections.unwrap_or(4),
@@ -735,7 +737,7 @@ fn bench(args: &Args) -> Result<(), Failure> {
         }
     }
     report(&scenarios, &kinds, &results);
-    if args.only.is_none() {
+    if args.only.is_none() && default_set {
         println!();
         mem::run(args.runs, duration, args.mem_in_flight).map_err(Failure::WrongReply)?;
         println!();
