@@ -135,9 +135,11 @@ pub(crate) fn read(body: &Bytes, address: Address, transport: &'static str, head
         Ok(mut p) if p.pattern.is_some() || p.data.is_some() => {
             let id = p.id.map(|id| body.slice(Packet::range_in(body, id)));
             let kind = if id.is_some() { Kind::Request } else { Kind::Event };
-            let headers = match headers.is_empty() {
-                true => p.headers(),
-                false => {
+            let headers = match (headers.is_empty(), p.metadata) {
+                // Taken as parsed: no second map.
+                (true, _) => p.headers(),
+                (false, None) => headers,
+                (false, Some(_)) => {
                     let mut headers = headers;
                     headers.extend(p.headers().iter().map(|(k, v)| (k.to_owned(), v.to_owned())));
                     headers

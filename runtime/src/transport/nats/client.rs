@@ -5,11 +5,12 @@
 //! The reply subject also carries the id, which is how the server's 503 no-responders status
 //! (which has no body) finds its call.
 
+use std::borrow::Cow;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use async_nats::connection::State;
-use async_nats::{Event, StatusCode};
+use async_nats::{Event, StatusCode, Subject};
 use bytes::Bytes;
 use futures_util::future::{BoxFuture, FutureExt};
 use futures_util::stream::StreamExt;
@@ -80,6 +81,13 @@ impl NatsClient {
         if let Some(conn) = self.current.read().expect("conn lock").clone() {
             return Ok(conn);
         }
+        // Boxed: held inline, the connecting future (kilobytes) would make every call's
+        // future as big, and each call allocate and copy that much.
+        Box::pin(self.connect_now()).await
+    }
+
+    /// Connects, unless another call did meanwhile or the last attempt failed too recently.
+    async fn connect_now(&self) -> Result<Arc<Conn>> {
         let mut backoff = self.connecting.lock().await;
         if let Some(conn) = self.current.read().expect("conn lock").clone() {
             return Ok(conn);
@@ -192,12 +200,12 @@ impl NatsClient {
     }
 
     /// A failed publish of `msg`, whose packet and headers weigh `size` bytes.
-    fn publish_error(&self, conn: &Conn, msg: &Outbound, size: usize, e: async_nats::PublishError) -> Error {
+    fn publish_error(&self, conn: &Conn, route: &str, size: usize, e: async_nats::PublishError) -> Error {
         match e.kind() {
             async_nats::client::PublishErrorKind::MaxPayloadExceeded => Error::TooLarge {
                 context: format!(
                     "message to `{}` for the NATS server at {} (raise the server's max_payload)",
-                    msg.route, self.opts.url
+                    route, self.opts.url
                 ),
                 size,
                 limit: conn.nats.server_info().max_payload,
@@ -205,7 +213,7 @@ impl NatsClient {
             async_nats::client::PublishErrorKind::InvalidSubject => Error::broker(
                 format!(
                     "`{}` is not a valid NATS subject (no whitespace or empty tokens)",
-                    msg.route
+                    route
                 ),
                 e,
             ),
@@ -215,7 +223,9 @@ impl NatsClient {
         }
     }
 
-    async fn request(&self, msg: Outbound) -> Result<Replies> {
+    /// Sends a request; taking the client by `Arc`, the future is the whole call (a wrapper
+    /// around it would hold `msg` a second time).
+    async fn request(self: Arc<Self>, msg: Outbound) -> Result<Replies> {
         let conn = self.conn().await?;
         // Registered before the state check: a drop after the check fails this call too.
         let (id, rx) = self.pending.register(msg.route.clone())?;
@@ -223,16 +233,19 @@ impl NatsClient {
         let reply = format!("{}{id}", conn.inbox);
         let payload = body(&msg, Some(&id));
         let size = wire_size(&msg.headers, payload.len());
-        let subject = msg.route.to_string();
-        let sent = match to_nats_headers(&msg.headers) {
-            Some(h) => {
-                conn.nats
-                    .publish_with_reply_and_headers(subject, reply, h, payload)
-                    .await
-            }
-            None => conn.nats.publish_with_reply(subject, reply, payload).await,
-        };
-        sent.map_err(|e| self.publish_error(&conn, &msg, size, e))?;
+        let headers = to_nats_headers(&msg.headers);
+        // Only the route is kept: each call allocates this future.
+        let (route, subject) = subject(msg);
+        // One publish future in this one, whichever it is.
+        let sent = match headers {
+            Some(h) => conn
+                .nats
+                .publish_with_reply_and_headers(subject, reply, h, payload)
+                .left_future(),
+            None => conn.nats.publish_with_reply(subject, reply, payload).right_future(),
+        }
+        .await;
+        sent.map_err(|e| self.publish_error(&conn, &route, size, e))?;
         Replies::first_of(rx).await
     }
 
@@ -241,8 +254,8 @@ impl NatsClient {
         self.check_connected(&conn)?;
         let payload = body(&msg, None);
         let size = wire_size(&msg.headers, payload.len());
-        let subject = msg.route.to_string();
         let headers = to_nats_headers(&msg.headers);
+        let (route, subject) = subject(msg);
         if let Some(js) = &conn.jetstream {
             // Durable: done once the stream has stored the event.
             let stored = match headers {
@@ -268,8 +281,18 @@ impl NatsClient {
             Some(h) => conn.nats.publish_with_headers(subject, h, payload).await,
             None => conn.nats.publish(subject, payload).await,
         };
-        sent.map_err(|e| self.publish_error(&conn, &msg, size, e))
+        sent.map_err(|e| self.publish_error(&conn, &route, size, e))
     }
+}
+
+/// `msg`'s route, and the subject it is published on: a route known at compile time is not
+/// copied (a `String` would be, twice).
+fn subject(msg: Outbound) -> (Cow<'static, str>, Subject) {
+    let subject = match &msg.route {
+        Cow::Borrowed(route) => Subject::from_static(route),
+        Cow::Owned(route) => Subject::from(route.as_str()),
+    };
+    (msg.route, subject)
 }
 
 fn body(msg: &Outbound, id: Option<&str>) -> Bytes {
@@ -291,7 +314,7 @@ impl ClientTransport for NatsClient {
     }
 
     fn request(self: Arc<Self>, msg: Outbound) -> BoxFuture<'static, Result<Replies>> {
-        async move { NatsClient::request(&self, msg).await }.boxed()
+        Box::pin(NatsClient::request(self, msg))
     }
 
     fn emit(self: Arc<Self>, msg: Outbound) -> BoxFuture<'static, Result<()>> {
@@ -324,5 +347,27 @@ impl ClientTransport for NatsClient {
             self.pending.close(|| Error::Closed);
         }
         .boxed()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every call allocates its request's future: the connecting path, which runs once, is
+    /// kept out of it (it made it several KiB, each call allocating and copying that much).
+    #[test]
+    fn a_call_s_future_holds_no_connecting() {
+        let ep = Endpoint::parse("nats://127.0.0.1:4222").unwrap();
+        let client = Arc::new(NatsClient::new(&ep, &ClientOptions::default()).unwrap());
+        let out = Outbound::new(
+            crate::service::Kind::Request,
+            r#""route""#,
+            "route",
+            Bytes::new(),
+            tokio::time::Instant::now(),
+        );
+        let request = NatsClient::request(client, out);
+        assert!(size_of_val(&request) <= 1536, "{} bytes", size_of_val(&request));
     }
 }

@@ -19,7 +19,7 @@ use crate::error::{Error, Result, RpcError};
 use crate::service::{Address, Context, Headers, Kind, Request, Router};
 use crate::transport::broker::{self, Delivery, Inbound, ReplySink, Source};
 use crate::transport::{Endpoint, Listener, Shutdown};
-use crate::wire::nestjs::packet::{Outgoing, encode_reply};
+use crate::wire::nestjs::packet::{Outgoing, encode_reply, reply_capacity};
 use crate::wire::nestjs::steps::Step;
 
 /// How long to wait for a broker that is away before giving up on a message's ack.
@@ -106,7 +106,9 @@ impl Listener for NatsListener {
 /// recover by themselves too.
 struct Subscriptions {
     opts: NatsOptions,
-    nats: async_nats::Client,
+    /// Shared with every message: a clone of the client allocates, and is 150 bytes of
+    /// every message's future.
+    nats: Arc<async_nats::Client>,
     // Not `select_all`: its FuturesUnordered wakes the task again whenever it polled every
     // stream, which made one needless worker wake-up (a futex call) per message.
     core: StreamMap<&'static str, async_nats::Subscriber>,
@@ -156,7 +158,7 @@ impl Subscriptions {
         }
         Ok(Subscriptions {
             opts,
-            nats,
+            nats: Arc::new(nats),
             core,
             durable,
         })
@@ -308,7 +310,7 @@ enum Message {
     Core {
         route: &'static str,
         msg: async_nats::Message,
-        nats: async_nats::Client,
+        nats: Arc<async_nats::Client>,
     },
     /// A durable event, acknowledged once handled.
     Durable {
@@ -326,7 +328,8 @@ impl Delivery for Message {
                 route,
                 msg,
                 max_deliver,
-            } => serve_durable(route, msg, max_deliver, router).right_future(),
+                // Boxed: far bigger than a core message's future, which would be as big otherwise.
+            } => serve_durable(route, msg, max_deliver, router).boxed().right_future(),
         }
     }
 }
@@ -366,27 +369,18 @@ fn read(
 fn serve_core(
     route: &'static str,
     msg: async_nats::Message,
-    nats: async_nats::Client,
+    nats: Arc<async_nats::Client>,
     router: &Router,
 ) -> impl Future<Output = ()> + Send + 'static {
-    let read = read(route, &msg, router).map(|(request, id)| (router.call(request), id));
+    let (reply, id) = match read(route, &msg, router) {
+        Ok((request, id)) => (router.call(request), id),
+        Err(why) => return refuse(msg, nats, why).boxed().left_future(),
+    };
+    // Only what the reply needs is kept: this future is allocated for every message.
+    let to = msg.reply;
     async move {
-        let (reply, id) = match read {
-            Ok(read) => read,
-            Err(why) => {
-                tracing::error!(subject = %msg.subject, error = %why, bytes = msg.payload.len(), "dropping a NATS message that is not JSON");
-                if let Some(to) = msg.reply {
-                    // No id to echo; a raw requester still gets an answer instead of a timeout.
-                    let err = RpcError::new(format!("invalid JSON payload on `{}`: {why}", msg.subject));
-                    let mut buf = Vec::new();
-                    encode_reply(&mut buf, b"null", Outgoing::Error(&err));
-                    let _ = nats.publish(to, buf.into()).await;
-                }
-                return;
-            }
-        };
         let reply = reply.await;
-        match (id, msg.reply) {
+        match (id, to) {
             (Some(id), Some(to)) => {
                 let mut sink = ReplyTo { nats: &nats, to, id };
                 if let Err(e) = broker::send_reply(reply, &mut sink).await {
@@ -401,6 +395,19 @@ fn serve_core(
             (None, _) => {}
         }
     }
+    .right_future()
+}
+
+/// Drops a message that is not JSON; a requester is answered with an error.
+async fn refuse(msg: async_nats::Message, nats: Arc<async_nats::Client>, why: String) {
+    tracing::error!(subject = %msg.subject, error = %why, bytes = msg.payload.len(), "dropping a NATS message that is not JSON");
+    if let Some(to) = msg.reply {
+        // No id to echo; a raw requester still gets an answer instead of a timeout.
+        let err = RpcError::new(format!("invalid JSON payload on `{}`: {why}", msg.subject));
+        let mut buf = Vec::new();
+        encode_reply(&mut buf, b"null", Outgoing::Error(&err));
+        let _ = nats.publish(to, buf.into()).await;
+    }
 }
 
 /// A request's reply subject.
@@ -411,27 +418,41 @@ struct ReplyTo<'a> {
 }
 
 impl ReplySink for ReplyTo<'_> {
-    async fn send(&mut self, step: Step) -> Result<()> {
-        let mut buf = Vec::new();
-        encode_reply(&mut buf, &self.id, step.outgoing());
+    fn send(&mut self, step: Step) -> impl Future<Output = Result<()>> + Send {
+        // Encoded before the future, which then holds neither the step nor the rare paths:
+        // it is part of every reply's future.
+        let what = step.outgoing();
+        let mut buf = Vec::with_capacity(reply_capacity(&self.id, &what));
+        encode_reply(&mut buf, &self.id, what);
         let len = buf.len();
-        match self.nats.publish(self.to.clone(), buf.into()).await {
-            Ok(()) => Ok(()),
-            // Too big for the broker: an error reply instead, so that the caller is told
-            // instead of waiting for its deadline; nothing more goes.
-            Err(e) if matches!(e.kind(), async_nats::client::PublishErrorKind::MaxPayloadExceeded) => {
-                let err = RpcError::new(format!("the reply ({len} bytes) exceeds the NATS server's max_payload"));
-                let mut buf = Vec::new();
-                encode_reply(&mut buf, &self.id, Outgoing::Error(&err));
-                let _ = self.nats.publish(self.to.clone(), buf.into()).await;
-                Err(Error::TooLarge {
-                    context: format!("a reply to `{}` for the NATS server's max_payload", self.to),
-                    size: len,
-                    limit: self.nats.server_info().max_payload,
-                })
+        let this = &*self;
+        async move {
+            let sent = this.nats.publish(this.to.clone(), buf.into()).await;
+            match sent {
+                Ok(()) => Ok(()),
+                // Too big for the broker: an error reply instead, so that the caller is told
+                // instead of waiting for its deadline; nothing more goes.
+                Err(e) if matches!(e.kind(), async_nats::client::PublishErrorKind::MaxPayloadExceeded) => {
+                    Box::pin(this.too_large(len)).await
+                }
+                Err(e) => Err(Error::broker(format!("cannot publish a reply to `{}`", this.to), e)),
             }
-            Err(e) => Err(Error::broker(format!("cannot publish a reply to `{}`", self.to), e)),
         }
+    }
+}
+
+impl ReplyTo<'_> {
+    /// Tells the caller its reply of `len` bytes was too big for the broker.
+    async fn too_large(&self, len: usize) -> Result<()> {
+        let err = RpcError::new(format!("the reply ({len} bytes) exceeds the NATS server's max_payload"));
+        let mut buf = Vec::new();
+        encode_reply(&mut buf, &self.id, Outgoing::Error(&err));
+        let _ = self.nats.publish(self.to.clone(), buf.into()).await;
+        Err(Error::TooLarge {
+            context: format!("a reply to `{}` for the NATS server's max_payload", self.to),
+            size: len,
+            limit: self.nats.server_info().max_payload,
+        })
     }
 }
 

@@ -107,6 +107,13 @@ impl Publisher {
         if let Some(c) = self.conn.lock().expect("publisher lock").clone() {
             return Ok(c);
         }
+        // Boxed: held inline, the connecting future (kilobytes) would make every publish's
+        // future as big, and each call allocate and copy that much.
+        Box::pin(self.connect()).await
+    }
+
+    /// Opens the connection, unless another call opened it meanwhile.
+    async fn connect(&self) -> Result<(u64, MultiplexedConnection)> {
         let seen = self.generation.load(Ordering::Acquire);
         let mut attempt = self.connecting.lock().await;
         if let Some(c) = self.conn.lock().expect("publisher lock").clone() {

@@ -15,7 +15,7 @@ use crate::error::{Error, Result};
 use crate::service::{Headers, Router};
 use crate::transport::broker::{self, Delivery, Inbound, ReplySink, Source};
 use crate::transport::{Endpoint, Listener, Shutdown};
-use crate::wire::nestjs::packet::{Packet, encode_reply};
+use crate::wire::nestjs::packet::{Packet, encode_reply, reply_capacity};
 use crate::wire::nestjs::steps::Step;
 
 /// First and longest wait between attempts to reach a broker that went away.
@@ -298,15 +298,56 @@ struct ReplyTo<'a> {
 }
 
 impl ReplySink for ReplyTo<'_> {
-    async fn send(&mut self, step: Step) -> Result<()> {
+    fn send(&mut self, step: Step) -> impl Future<Output = Result<()>> + Send {
+        // Encoded before the future, which then holds neither the step nor a second publish:
+        // it is part of every reply's future.
         self.buf.clear();
-        encode_reply(&mut self.buf, &self.id, step.outgoing());
-        // Once more on a fresh connection if the one it was written to turned out to be dead
-        // (a broker restart): a client ignores a duplicate reply, while a lost one would
-        // leave it waiting until its deadline.
-        match self.publisher.publish(&self.channel, &self.buf).await {
-            Err(Error::ConnectionClosed { .. }) => self.publisher.publish(&self.channel, &self.buf).await.map(drop),
-            other => other.map(drop),
+        let what = step.outgoing();
+        self.buf.reserve(reply_capacity(&self.id, &what));
+        encode_reply(&mut self.buf, &self.id, what);
+        let (publisher, channel, buf) = (self.publisher, &self.channel, &self.buf);
+        async move {
+            let sent = publisher.publish(channel, buf).await;
+            match sent {
+                // Once more on a fresh connection if the one it was written to turned out to
+                // be dead (a broker restart): a client ignores a duplicate reply, while a lost
+                // one would leave it waiting until its deadline.
+                Err(Error::ConnectionClosed { .. }) => Box::pin(publisher.publish(channel, buf)).await.map(drop),
+                other => other.map(drop),
+            }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::service::{Endpoint as Handler, Kind, Reply, Route, RouterBuilder};
+
+    /// Each message's future is allocated: it must not carry the publisher's connecting
+    /// path or a second publish (see the client's test).
+    #[test]
+    fn a_message_s_future_holds_no_connecting() {
+        let mut builder = RouterBuilder::default();
+        builder.add(
+            "sum",
+            "\"sum\"",
+            Kind::Request,
+            Handler {
+                location: "noop".into(),
+                order: Default::default(),
+                route: Route::from_fn(|_| std::future::ready(Reply::empty()).boxed()),
+            },
+        );
+        let router = builder.build(false, |route| route, |_, route| route);
+        let (client, addr) = open(&Endpoint::parse("redis://127.0.0.1:6379").unwrap()).unwrap();
+        let message = Message {
+            body: Bytes::from_static(br#"{"pattern":"sum","data":1,"id":"1"}"#),
+            channel: "sum".into(),
+            publisher: Arc::new(Publisher::new(client, addr, Duration::from_secs(1))),
+            group: None,
+        };
+        let work = message.route(&router);
+        assert!(size_of_val(&work) <= 1024, "{} bytes", size_of_val(&work));
     }
 }

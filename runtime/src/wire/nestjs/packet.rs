@@ -540,6 +540,19 @@ pub(crate) enum Outgoing<'a> {
     NoHandler,
 }
 
+/// Room for the reply packet [`encode_reply`] writes (exact for values and completion), so
+/// that it is written without growing its buffer.
+pub(crate) fn reply_capacity(id: &[u8], what: &Outgoing<'_>) -> usize {
+    let body = match what {
+        Outgoing::Value { json, .. } => json.len(),
+        Outgoing::Done => 0,
+        // Its message, more or less: a larger buffer is grown once.
+        Outgoing::Error(_) | Outgoing::NoHandler => 64,
+    };
+    // `{"response":…,"isDisposed":true,"id":…}`.
+    body + id.len() + 40
+}
+
 /// Appends a reply packet for request `id` (raw JSON, echoed verbatim) to `out`, with
 /// NestJS's key order.
 pub(crate) fn encode_reply(out: &mut Vec<u8>, id: &[u8], what: Outgoing<'_>) {

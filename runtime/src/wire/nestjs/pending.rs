@@ -68,7 +68,7 @@ impl Pending {
             pending: self.clone(),
             id: n,
         };
-        Ok((format!("{:010x}{n:011x}", self.prefix), rx))
+        Ok((hex_id(self.prefix, n), rx))
     }
 
     /// Routes a NestJS reply packet (`{"response"|"err"|"isDisposed", "id"}`) to its call by
@@ -182,6 +182,19 @@ impl std::fmt::Debug for Pending {
     }
 }
 
+/// `prefix` in [`PREFIX_HEX`] lowercase hex digits, then `n` in the rest of 21.
+fn hex_id(prefix: u64, n: u64) -> String {
+    let mut id = [0u8; 21];
+    for (i, digit) in id.iter_mut().enumerate() {
+        let (value, shift) = match i < PREFIX_HEX {
+            true => (prefix, 4 * (PREFIX_HEX - 1 - i)),
+            false => (n, 4 * (20 - i)),
+        };
+        *digit = b"0123456789abcdef"[((value >> shift) & 0xF) as usize];
+    }
+    String::from_utf8(id.to_vec()).expect("hex digits")
+}
+
 /// A random 40-bit prefix, so that ids of clients sharing a reply channel differ: every
 /// table numbers its calls from 0, so two tables with the same prefix would make the same ids
 /// and take each other's replies.
@@ -205,6 +218,9 @@ struct Call {
 
 #[derive(Default)]
 struct CallState {
+    /// The first item waiting, then the rest: most replies are one packet, which then costs
+    /// no queue.
+    first: Option<Result<ReplyItem>>,
     items: VecDeque<Result<ReplyItem>>,
     done: bool,
     waker: Option<Waker>,
@@ -216,7 +232,10 @@ impl Call {
         if s.done {
             return;
         }
-        s.items.push_back(item);
+        match s.first {
+            None if s.items.is_empty() => s.first = Some(item),
+            _ => s.items.push_back(item),
+        }
         s.done = last;
         if let Some(w) = s.waker.take() {
             w.wake();
@@ -243,7 +262,7 @@ impl Stream for CallRx {
     type Item = Result<ReplyItem>;
     fn poll_next(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Option<Self::Item>> {
         let mut s = self.call.inner.lock().expect("call lock");
-        if let Some(item) = s.items.pop_front() {
+        if let Some(item) = s.first.take().or_else(|| s.items.pop_front()) {
             return Poll::Ready(Some(item));
         }
         if s.done {
