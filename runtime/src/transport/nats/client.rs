@@ -349,25 +349,3 @@ impl ClientTransport for NatsClient {
         .boxed()
     }
 }
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Every call allocates its request's future: the connecting path, which runs once, is
-    /// kept out of it (it made it several KiB, each call allocating and copying that much).
-    #[test]
-    fn a_call_s_future_holds_no_connecting() {
-        let ep = Endpoint::parse("nats://127.0.0.1:4222").unwrap();
-        let client = Arc::new(NatsClient::new(&ep, &ClientOptions::default()).unwrap());
-        let out = Outbound::new(
-            crate::service::Kind::Request,
-            r#""route""#,
-            "route",
-            Bytes::new(),
-            tokio::time::Instant::now(),
-        );
-        let request = NatsClient::request(client, out);
-        assert!(size_of_val(&request) <= 1536, "{} bytes", size_of_val(&request));
-    }
-}

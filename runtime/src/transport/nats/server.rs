@@ -183,7 +183,7 @@ impl Source for Subscriptions {
                     Ok(msg) => {
                         return Some(Message::Durable {
                             route,
-                            msg,
+                            msg: Box::new(msg),
                             max_deliver: self.opts.max_deliver,
                         });
                     }
@@ -315,7 +315,8 @@ enum Message {
     /// A durable event, acknowledged once handled.
     Durable {
         route: &'static str,
-        msg: jetstream::Message,
+        // Boxed: a core message, the common one, is a quarter of its size.
+        msg: Box<jetstream::Message>,
         max_deliver: i64,
     },
 }
@@ -329,7 +330,7 @@ impl Delivery for Message {
                 msg,
                 max_deliver,
                 // Boxed: far bigger than a core message's future, which would be as big otherwise.
-            } => serve_durable(route, msg, max_deliver, router).boxed().right_future(),
+            } => serve_durable(route, *msg, max_deliver, router).boxed().right_future(),
         }
     }
 }
