@@ -12,7 +12,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use switchboard_eventstore::postgres::sqlx;
-use switchboard_eventstore::{Appended, Error, EventStore, ExpectedVersion, NewEvent, PgStore, StreamState};
+use switchboard_eventstore::{
+    Appended, Error, EventStore, ExpectedVersion, NewEvent, PgStore, ReadStream, StreamState,
+};
 use tokio::sync::Barrier;
 use uuid::Uuid;
 
@@ -302,4 +304,203 @@ async fn appends_go_on_after_the_appender_loses_its_connection() {
         store.append("s", ExpectedVersion::Exact(0), vec![again]).await.unwrap(),
         second
     );
+}
+
+/// Several appenders of two stores expecting the same revision of one stream, round after
+/// round: exactly one wins each round, the others are told the winner's revision.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn racing_expectations_across_stores_have_one_winner_per_revision() {
+    let Some((a, b)) = two_stores().await else { return };
+    for round in 0..20u64 {
+        let expected = match round {
+            0 => ExpectedVersion::NoStream,
+            r => ExpectedVersion::Exact(r - 1),
+        };
+        let tasks: Vec<_> = (0..8u64)
+            .map(|t| {
+                let store = if t % 2 == 0 { a.clone() } else { b.clone() };
+                tokio::spawn(async move { store.append("s", expected, vec![event(round * 100 + t)]).await })
+            })
+            .collect();
+        let mut wins = 0;
+        for task in tasks {
+            match tokio::time::timeout(WAIT, task).await.expect("append hung").unwrap() {
+                Ok(appended) => {
+                    assert_eq!(appended.revision, round);
+                    wins += 1;
+                }
+                Err(Error::WrongExpectedVersion { actual, .. }) => assert_eq!(actual, StreamState::At(round)),
+                Err(e) => panic!("round {round}: {e}"),
+            }
+        }
+        assert_eq!(wins, 1, "round {round}");
+    }
+    let events = a.read_stream("s", ReadStream::forwards(0, 100)).await.unwrap();
+    assert_eq!(
+        events.iter().map(|r| r.revision).collect::<Vec<_>>(),
+        (0..20).collect::<Vec<_>>()
+    );
+    assert_eq!(b.stream_state("s").await.unwrap(), StreamState::At(19));
+}
+
+/// Waits until `n` statements of the stores in `schema` whose text contains `like` wait for a
+/// lock.
+async fn until_waiting(store: &PgStore, schema: &str, like: &str, n: i64) {
+    let waiting = async {
+        loop {
+            let count: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_stat_activity
+                 WHERE application_name = 'switchboard-eventstore ' || $1 AND wait_event_type = 'Lock'
+                 AND query LIKE '%' || $2 || '%'",
+            )
+            .bind(schema)
+            .bind(like)
+            .fetch_one(store.pool())
+            .await
+            .unwrap();
+            if count >= n {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    };
+    tokio::time::timeout(WAIT, waiting)
+        .await
+        .unwrap_or_else(|_| panic!("{n} statements like `{like}` never waited"));
+}
+
+/// An append reads the stream with the snapshot its statement started with; when a tombstone,
+/// or an append and a truncation, of another process commit while it waits for the head's lock,
+/// what it read is stale. It must see that and start over: neither append to the deleted
+/// stream nor take a revision another append took and a truncation deleted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn deletions_committed_while_an_append_waits_are_seen() {
+    let schema = pg_common::fresh_schema();
+    let (Some(a), Some(b)) = tokio::join!(pg_common::store_in(&schema), pg_common::store_in(&schema)) else {
+        return;
+    };
+    a.append("gone", ExpectedVersion::NoStream, vec![event(0)])
+        .await
+        .unwrap();
+    a.append("cut", ExpectedVersion::NoStream, vec![event(1)])
+        .await
+        .unwrap();
+
+    // Tombstone: queued behind a lock on the head, then an append of the other store.
+    let mut holder = a.pool().begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM es_head WHERE id = 0 FOR NO KEY UPDATE")
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    let tombstone = tokio::spawn({
+        let b = b.clone();
+        async move { b.tombstone("gone", ExpectedVersion::Any).await }
+    });
+    until_waiting(&a, &schema, "deletions = deletions + 1", 1).await;
+    let append = tokio::spawn({
+        let a = a.clone();
+        async move { a.append("gone", ExpectedVersion::Any, vec![event(2)]).await }
+    });
+    until_waiting(&a, &schema, "SET position = position +", 1).await;
+    holder.commit().await.unwrap();
+    tombstone.await.unwrap().unwrap();
+    let appended = append.await.unwrap();
+    assert!(matches!(appended, Err(Error::StreamDeleted(_))), "{appended:?}");
+    assert_eq!(a.stream_state("gone").await.unwrap(), StreamState::Deleted);
+    assert!(a.read_all(0, 100).await.unwrap().iter().all(|r| r.stream != "gone"));
+
+    // Truncation: an append of `b` (revision 1) and its truncation queue first, then `a`'s append,
+    // whose snapshot sees revision 0 as the last.
+    let mut holder = a.pool().begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM es_head WHERE id = 0 FOR NO KEY UPDATE")
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    let first = tokio::spawn({
+        let b = b.clone();
+        async move { b.append("cut", ExpectedVersion::Any, vec![event(3)]).await }
+    });
+    until_waiting(&a, &schema, "SET position = position +", 1).await;
+    let truncate = tokio::spawn({
+        let b = b.clone();
+        async move { b.truncate_before("cut", u64::MAX).await }
+    });
+    until_waiting(&a, &schema, "deletions = deletions + 1", 1).await;
+    let second = tokio::spawn({
+        let a = a.clone();
+        async move { a.append("cut", ExpectedVersion::Any, vec![event(4)]).await }
+    });
+    until_waiting(&a, &schema, "SET position = position +", 2).await;
+    holder.commit().await.unwrap();
+    assert_eq!(first.await.unwrap().unwrap().revision, 1);
+    truncate.await.unwrap().unwrap();
+    assert_eq!(second.await.unwrap().unwrap().revision, 2);
+    let left = a.read_stream("cut", ReadStream::forwards(0, 100)).await.unwrap();
+    assert_eq!(left.iter().map(|r| r.revision).collect::<Vec<_>>(), [2]);
+    assert_eq!(b.stream_state("cut").await.unwrap(), StreamState::At(2));
+}
+
+/// Tables made before appends stopped writing `es_streams` (and before `es_head.deletions`):
+/// their stream rows hold revisions, which the events may since have passed; a store connecting
+/// to them adds what is missing and goes on from the right revisions.
+#[tokio::test]
+async fn tables_of_the_earlier_layout_keep_working() {
+    let Some(probe) = pg_common::store().await else { return };
+    let schema = pg_common::fresh_schema();
+    // The name is `es_t_` and 32 hex digits: safe to quote.
+    let setup = format!(
+        "CREATE SCHEMA \"{schema}\";
+         SET LOCAL search_path = \"{schema}\";
+         CREATE TABLE es_events (
+             position bigint PRIMARY KEY, stream text NOT NULL, revision bigint NOT NULL, id uuid NOT NULL,
+             name text NOT NULL, version bigint NOT NULL, data json NOT NULL, metadata json NOT NULL,
+             recorded_at bigint NOT NULL,
+             CONSTRAINT es_events_stream UNIQUE (stream, revision), CONSTRAINT es_events_id UNIQUE (id));
+         CREATE TABLE es_streams (stream text PRIMARY KEY, revision bigint NOT NULL, deleted boolean NOT NULL DEFAULT false);
+         CREATE TABLE es_head (id integer PRIMARY KEY CHECK (id = 0), position bigint NOT NULL);
+         CREATE TABLE es_checkpoints (name text PRIMARY KEY, position bigint NOT NULL);
+         CREATE TABLE es_snapshots (stream text PRIMARY KEY, revision bigint NOT NULL, schema text NOT NULL, data json NOT NULL);
+         INSERT INTO es_head VALUES (0, 4);
+         INSERT INTO es_events VALUES
+             (1, 'kept', 0, gen_random_uuid(), 'E', 1, '{{}}', '{{}}', 0),
+             (2, 'kept', 1, gen_random_uuid(), 'E', 1, '{{}}', '{{}}', 0),
+             (4, 'dead', 0, gen_random_uuid(), 'E', 1, '{{}}', '{{}}', 0);
+         INSERT INTO es_streams VALUES ('kept', 1, false), ('cut', 2, false), ('dead', 0, false), ('tomb', -1, true);"
+    );
+    let mut tx = probe.pool().begin().await.unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(setup))
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+
+    let store = pg_common::store_in(&schema).await.unwrap();
+    for (stream, state) in [
+        ("kept", StreamState::At(1)),
+        ("cut", StreamState::At(2)),
+        ("tomb", StreamState::Deleted),
+        ("new", StreamState::NoStream),
+    ] {
+        assert_eq!(store.stream_state(stream).await.unwrap(), state, "{stream}");
+    }
+    let kept = store
+        .append("kept", ExpectedVersion::Exact(1), vec![event(1)])
+        .await
+        .unwrap();
+    assert_eq!((kept.revision, kept.position), (2, 5));
+    let cut = store
+        .append("cut", ExpectedVersion::Exact(2), vec![event(2), event(3)])
+        .await
+        .unwrap();
+    assert_eq!((cut.revision, cut.position), (4, 7));
+    assert!(matches!(
+        store.append("tomb", ExpectedVersion::Any, vec![event(4)]).await,
+        Err(Error::StreamDeleted(_))
+    ));
+    // The stale row of `kept` (revision 1) is passed by its events.
+    store.truncate_before("kept", 10).await.unwrap();
+    assert_eq!(store.stream_state("kept").await.unwrap(), StreamState::At(2));
+    store.tombstone("dead", ExpectedVersion::Exact(0)).await.unwrap();
+    assert_eq!(store.stream_state("dead").await.unwrap(), StreamState::Deleted);
+    assert_eq!(store.head().await.unwrap(), 7);
 }

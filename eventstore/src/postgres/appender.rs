@@ -6,12 +6,20 @@
 //! handed out in commit order, without gaps (a sequence would leave gaps and hand numbers out
 //! before commit, so a reader could pass a position that commits later).
 //!
-//! The fast path writes a whole group in one statement outside an explicit transaction: it moves
-//! the head (taking its lock), moves each stream's revision with a compare-and-set that checks
-//! the append's expected version against the newest committed row, and inserts all events, from
-//! arrays (`UNNEST`). It is atomic and commits on its own, so a group costs one round trip. Any
-//! failed expectation or stored id makes it fail as a whole (a revision left NULL by a failed
-//! compare-and-set, or a unique violation); then the careful path runs the group again in one
+//! A stream's revision is its last event's (or what a truncation kept in `es_streams`), so an
+//! append writes only the head and its events. The fast path writes a whole group in one
+//! statement outside an explicit transaction: it moves the head (taking its lock), checks each
+//! append's expected version against the streams' state, and inserts all events, from arrays
+//! (`UNNEST`). It reads with the snapshot of its start, which misses what committed while it
+//! waited for the head's lock; that is safe because what others commit meanwhile is either
+//! - an append: the revisions it took are still stored, so taking one of them again is a unique
+//!   violation of `(stream, revision)` (which also undoes a check passed on the old state), or
+//! - a truncation or tombstone: it moved the head's `deletions` (under the same lock), and the
+//!   head is moved only if `deletions` is still what the snapshot read.
+//!
+//! It is atomic and commits on its own, so a group costs one round trip. Any failed
+//! expectation, stale snapshot or stored id makes it fail as a whole (a revision or position
+//! left NULL, or a unique violation); then the careful path runs the group again in one
 //! transaction, each append in its own SAVEPOINT: it looks up stored ids and stream states, tells
 //! retries, duplicates and wrong versions apart exactly, writes the rest with the same statement,
 //! and commits once. Every caller is answered after the commit.
@@ -384,7 +392,8 @@ impl<E: Into<Failure>> From<E> for Attempt {
 }
 
 /// Whether a failed write may be a race lost since the checks: a unique violation (an id or a
-/// revision stored meanwhile) or a NULL revision (a compare-and-set that missed).
+/// revision stored meanwhile) or a NULL revision or position (an expectation that no longer
+/// holds, a deletion committed meanwhile).
 fn raced(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(db) if matches!(db.code().as_deref(), Some("23505" | "23502")))
 }
@@ -408,7 +417,9 @@ async fn known(conn: &mut PgConnection, appends: &[Append]) -> std::result::Resu
     let rows = sqlx::query(
         "SELECT e.id, e.stream, e.revision, e.position, false AS deleted FROM es_events e WHERE e.id = ANY($1)
          UNION ALL
-         SELECT NULL, s.stream, s.revision, 0, s.deleted FROM es_streams s WHERE s.stream = ANY($2)",
+         SELECT NULL, s.stream, greatest(t.revision, (SELECT max(revision) FROM es_events e WHERE e.stream = s.stream), -1),
+                0, coalesce(t.deleted, false)
+         FROM UNNEST($2::text[]) AS s (stream) LEFT JOIN es_streams t ON t.stream = s.stream",
     )
     .bind(ids)
     .bind(streams)
@@ -425,12 +436,9 @@ async fn known(conn: &mut PgConnection, appends: &[Append]) -> std::result::Resu
                     .insert(id, (stream, revision as u64, row.try_get::<i64, _>(3)? as u64));
             }
             None => {
-                let state = match (row.try_get::<bool, _>(4)?, revision) {
-                    (true, _) => StreamState::Deleted,
-                    (false, r) if r < 0 => StreamState::NoStream,
-                    (false, r) => StreamState::At(r as u64),
-                };
-                known.states.insert(stream, state);
+                known
+                    .states
+                    .insert(stream, super::state_of(row.try_get::<bool, _>(4)?, revision));
             }
         }
     }
@@ -541,87 +549,69 @@ struct Written {
 }
 
 /// The write, for streams that are all different: moves the head (its row lock orders the
-/// commits: it comes first, before any stream row is locked), moves each stream's revision if
-/// its expectation holds (kinds: 0 any, 1 no stream, 2 stream exists, 3 exact), inserts the
-/// events at the positions after the old head and the revisions after each stream's old one,
-/// and, with a channel, notifies it of the new head. A stream whose expectation fails has no row in
-/// `moved`, so its events get a NULL revision and the statement fails as a whole.
+/// commits) unless a deletion committed since the statement's snapshot, checks each stream's
+/// expectation against its state (kinds: 0 any, 1 no stream, 2 stream exists, 3 exact), inserts
+/// the events at the positions after the old head and the revisions after each stream's last
+/// one, and, with a channel, notifies it of the new head. A stream whose expectation fails has no
+/// row in `moved`, so its events get a NULL revision; a head left alone gives NULL positions:
+/// either way the statement fails as a whole.
 const WRITE: &str = "
 WITH h AS (
-    UPDATE es_head SET position = position + $1 WHERE id = 0
+    UPDATE es_head SET position = position + $1
+    WHERE id = 0 AND deletions = (SELECT deletions FROM es_head WHERE id = 0)
     RETURNING position - $1 AS base,
         (CASE WHEN $13::text IS NOT NULL THEN pg_notify($13, position::text) END) IS NULL AS notified
 ),
 s AS (
     SELECT * FROM UNNEST($2::text[], $3::bigint[], $4::int[], $5::bigint[]) AS s (stream, n, kind, exact)
 ),
-checked AS (
-    UPDATE es_streams t SET revision = t.revision + s.n
-    FROM h, s
-    WHERE t.stream = s.stream AND s.kind IN (2, 3) AND NOT t.deleted AND (s.kind = 2 OR t.revision = s.exact)
-    RETURNING t.stream, t.revision
-),
-created AS (
-    INSERT INTO es_streams (stream, revision)
-    SELECT s.stream, s.n - 1 FROM h, s WHERE s.kind = 1
-    ON CONFLICT (stream) DO NOTHING
-    RETURNING stream, revision
-),
-anyhow AS (
-    INSERT INTO es_streams AS t (stream, revision)
-    SELECT s.stream, s.n - 1 FROM h, s WHERE s.kind = 0
-    ON CONFLICT (stream) DO UPDATE SET revision = t.revision + excluded.revision + 1 WHERE NOT t.deleted
-    RETURNING stream, revision
-),
 moved AS (
-    SELECT m.stream, m.revision - s.n AS prev
-    FROM (SELECT * FROM checked UNION ALL SELECT * FROM created UNION ALL SELECT * FROM anyhow) m
-    JOIN s ON s.stream = m.stream
+    SELECT st.stream, st.revision AS prev
+    FROM (
+        SELECT s.stream, s.kind, s.exact, coalesce(t.deleted, false) AS deleted,
+            greatest(t.revision, (SELECT max(e.revision) FROM es_events e WHERE e.stream = s.stream), -1) AS revision
+        FROM s LEFT JOIN es_streams t ON t.stream = s.stream
+    ) st
+    WHERE NOT st.deleted AND CASE st.kind WHEN 0 THEN true WHEN 1 THEN st.revision < 0
+        WHEN 2 THEN st.revision >= 0 ELSE st.revision = st.exact END
 ),
 inserted AS (
     INSERT INTO es_events (position, stream, revision, id, name, version, data, metadata, recorded_at)
-    SELECT h.base + e.ord, e.stream, moved.prev + e.idx, e.id, e.name, e.version, e.data::json, e.metadata::json,
-           floor(extract(epoch FROM now()) * 1000)::bigint
-    FROM h
-    CROSS JOIN UNNEST($6::text[], $7::bigint[], $8::uuid[], $9::text[], $10::bigint[], $11::text[], $12::text[])
+    SELECT (SELECT base FROM h) + e.ord, e.stream, moved.prev + e.idx, e.id, e.name, e.version, e.data::json,
+           e.metadata::json, floor(extract(epoch FROM now()) * 1000)::bigint
+    FROM UNNEST($6::text[], $7::bigint[], $8::uuid[], $9::text[], $10::bigint[], $11::text[], $12::text[])
         WITH ORDINALITY AS e (stream, idx, id, name, version, data, metadata, ord)
     LEFT JOIN moved ON moved.stream = e.stream
 )
-SELECT h.base, moved.stream, moved.prev FROM h, moved";
+SELECT (SELECT base FROM h), moved.stream, moved.prev FROM moved";
 
 /// [`WRITE`] for the most common group, one append: the same steps on one stream, with
-/// scalars instead of arrays and joins (a tenth cheaper for the server). Kinds 0 and 1 go through
-/// the upsert (1 never updates), 2 and 3 through the update.
+/// scalars instead of arrays and joins.
 const WRITE_ONE: &str = "
 WITH h AS (
-    UPDATE es_head SET position = position + $1 WHERE id = 0
+    UPDATE es_head SET position = position + $1
+    WHERE id = 0 AND deletions = (SELECT deletions FROM es_head WHERE id = 0)
     RETURNING position - $1 AS base,
         (CASE WHEN $10::text IS NOT NULL THEN pg_notify($10, position::text) END) IS NULL AS notified
 ),
-upserted AS (
-    INSERT INTO es_streams AS t (stream, revision)
-    SELECT $2, $1 - 1 FROM h WHERE $3 IN (0, 1)
-    ON CONFLICT (stream) DO UPDATE SET revision = t.revision + $1 WHERE $3 = 0 AND NOT t.deleted
-    RETURNING revision - $1 AS prev
-),
-updated AS (
-    UPDATE es_streams t SET revision = t.revision + $1
-    FROM h
-    WHERE $3 IN (2, 3) AND t.stream = $2 AND NOT t.deleted AND ($3 = 2 OR t.revision = $4)
-    RETURNING t.revision - $1 AS prev
-),
 moved AS (
-    SELECT prev FROM upserted UNION ALL SELECT prev FROM updated
+    SELECT st.revision AS prev
+    FROM (
+        SELECT coalesce(t.deleted, false) AS deleted,
+            greatest(t.revision, (SELECT max(revision) FROM es_events WHERE stream = $2), -1) AS revision
+        FROM (SELECT) one LEFT JOIN es_streams t ON t.stream = $2
+    ) st
+    WHERE NOT st.deleted AND CASE $3 WHEN 0 THEN true WHEN 1 THEN st.revision < 0
+        WHEN 2 THEN st.revision >= 0 ELSE st.revision = $4 END
 ),
 inserted AS (
     INSERT INTO es_events (position, stream, revision, id, name, version, data, metadata, recorded_at)
-    SELECT h.base + e.ord, $2, (SELECT prev FROM moved) + e.ord, e.id, e.name, e.version, e.data::json,
-           e.metadata::json, floor(extract(epoch FROM now()) * 1000)::bigint
-    FROM h
-    CROSS JOIN UNNEST($5::uuid[], $6::text[], $7::bigint[], $8::text[], $9::text[])
+    SELECT (SELECT base FROM h) + e.ord, $2, (SELECT prev FROM moved) + e.ord, e.id, e.name, e.version,
+           e.data::json, e.metadata::json, floor(extract(epoch FROM now()) * 1000)::bigint
+    FROM UNNEST($5::uuid[], $6::text[], $7::bigint[], $8::text[], $9::text[])
         WITH ORDINALITY AS e (id, name, version, data, metadata, ord)
 )
-SELECT h.base, $2::text, (SELECT prev FROM moved) FROM h";
+SELECT (SELECT base FROM h), $2::text, (SELECT prev FROM moved)";
 
 impl<'a> Batch<'a> {
     fn push(&mut self, append: &'a Append, kind: i32, exact: i64) {

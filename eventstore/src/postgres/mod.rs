@@ -13,6 +13,11 @@
 //!   notification; if the process dies first, others see the commit at the next notification or
 //!   their own poll).
 //!
+//! - A stream's revision is its last event's, read from the `(stream, revision)` index: appends
+//!   write only the head and the events. `es_streams` keeps what deleting events would lose (the
+//!   revision a truncation reached, the tombstone's flag); those deletions take the head's lock and
+//!   count themselves in it, so an append whose snapshot is older than one starts over.
+//!
 //! Tables (`es_events`, `es_streams`, `es_head`, `es_checkpoints`, `es_snapshots`) are created
 //! when missing, in the schema given to [`PgStoreBuilder::schema`] or else the connection's
 //! current schema. Event data and metadata are `json` columns, which keep the bytes as given.
@@ -307,17 +312,40 @@ fn recorded(row: &PgRow, at: usize) -> Result<Recorded> {
     })
 }
 
+async fn execute(conn: &mut PgConnection, sql: &'static str) -> std::result::Result<(), sqlx::Error> {
+    sqlx::query(sql).execute(conn).await.map(drop)
+}
+
 fn clamp(n: u64) -> i64 {
     n.min(i64::MAX as u64) as i64
 }
 
-fn state_of(row: Option<(i64, bool)>) -> StreamState {
-    match row {
-        None => StreamState::NoStream,
-        Some((_, true)) => StreamState::Deleted,
-        Some((revision, false)) if revision < 0 => StreamState::NoStream,
-        Some((revision, false)) => StreamState::At(revision as u64),
+/// A stream's state from its `deleted` flag and revision (`-1`: none).
+fn state_of(deleted: bool, revision: i64) -> StreamState {
+    match (deleted, revision) {
+        (true, _) => StreamState::Deleted,
+        (false, r) if r < 0 => StreamState::NoStream,
+        (false, r) => StreamState::At(r as u64),
     }
+}
+
+/// Stream `$1`'s deleted flag and revision: the greater of its last event's and what a
+/// truncation kept in `es_streams`, `-1` when it has neither.
+const STATE: &str = "
+SELECT coalesce(t.deleted, false),
+       greatest(t.revision, (SELECT max(revision) FROM es_events WHERE stream = $1), -1)
+FROM (SELECT) one LEFT JOIN es_streams t ON t.stream = $1";
+
+/// Moves the head's deletion count, taking its lock: appends wait until the commit, and those
+/// that read before it start over (see the appender).
+const COUNT_DELETION: &str = "UPDATE es_head SET deletions = deletions + 1 WHERE id = 0";
+
+async fn state(conn: &mut PgConnection, stream: &str) -> Result<StreamState> {
+    let (deleted, revision) = sqlx::query_as::<_, (bool, i64)>(STATE)
+        .bind(stream)
+        .fetch_one(conn)
+        .await?;
+    Ok(state_of(deleted, revision))
 }
 
 /// Whether the stream is deleted, then its events, from one snapshot.
@@ -402,48 +430,39 @@ impl EventStore for PgStore {
     }
 
     async fn stream_state(&self, stream: &str) -> Result<StreamState> {
-        let row = sqlx::query_as::<_, (i64, bool)>("SELECT revision, deleted FROM es_streams WHERE stream = $1")
-            .bind(stream)
-            .fetch_optional(&self.inner.pool)
-            .await?;
-        Ok(state_of(row))
+        state(&mut *self.inner.pool.acquire().await?, stream).await
     }
 
     async fn truncate_before(&self, stream: &str, revision: u64) -> Result<()> {
-        // The stream's row lock orders it with appends and tombstones of the stream; a
-        // tombstone committed meanwhile is seen (the locked row is read again).
-        let deleted: bool = sqlx::query_scalar(
-            "WITH st AS (SELECT deleted FROM es_streams WHERE stream = $1 FOR NO KEY UPDATE),
-             gone AS (
-                 DELETE FROM es_events
-                 WHERE stream = $1 AND revision < $2 AND NOT coalesce((SELECT deleted FROM st), false)
+        let mut tx = self.inner.pool.begin().await?;
+        execute(&mut tx, COUNT_DELETION).await?;
+        let last = match state(&mut tx, stream).await? {
+            StreamState::At(last) => last,
+            StreamState::NoStream => return Ok(()),
+            StreamState::Deleted => return Err(Error::StreamDeleted(stream.into())),
+        };
+        // The stream's revision outlives its deleted events.
+        sqlx::query(
+            "WITH kept AS (
+                 INSERT INTO es_streams AS t (stream, revision) VALUES ($1, $3)
+                 ON CONFLICT (stream) DO UPDATE SET revision = greatest(t.revision, excluded.revision)
              )
-             SELECT coalesce((SELECT deleted FROM st), false)",
+             DELETE FROM es_events WHERE stream = $1 AND revision < $2",
         )
         .bind(stream)
         .bind(clamp(revision))
-        .fetch_one(&self.inner.pool)
+        .bind(clamp(last))
+        .execute(&mut *tx)
         .await?;
-        if deleted {
-            return Err(Error::StreamDeleted(stream.into()));
-        }
+        tx.commit().await?;
         Ok(())
     }
 
     async fn tombstone(&self, stream: &str, expected: ExpectedVersion) -> Result<()> {
         let mut tx = self.inner.pool.begin().await?;
-        // The head's lock first, as appends take it: then no append is between its checks and
-        // its commit, and the stream's state read next is the last word.
-        sqlx::query("SELECT 1 FROM es_head WHERE id = 0 FOR NO KEY UPDATE")
-            .execute(&mut *tx)
-            .await?;
-        let row =
-            sqlx::query_as::<_, (i64, bool)>("SELECT revision, deleted FROM es_streams WHERE stream = $1 FOR UPDATE")
-                .bind(stream)
-                .fetch_optional(&mut *tx)
-                .await?;
-        let actual = state_of(row);
-        actual.check(stream, expected)?;
+        // Under the head's lock no append commits, so the state read next is the last word.
+        execute(&mut tx, COUNT_DELETION).await?;
+        state(&mut tx, stream).await?.check(stream, expected)?;
         sqlx::query(
             "WITH events AS (DELETE FROM es_events WHERE stream = $1),
              snapshots AS (DELETE FROM es_snapshots WHERE stream = $1)

@@ -8,7 +8,10 @@ use crate::error::{Error, Result};
 /// The tables, in the schema the connection's `search_path` names. `data` and `metadata` are
 /// `json`, not `jsonb`: `json` keeps the text as it was given, so the bytes round-trip.
 /// `es_head` holds the last position handed out; appends move it in their own transaction, so its
-/// row lock orders their commits (see the appender).
+/// row lock orders their commits (see the appender). It also counts the truncations and
+/// tombstones (`deletions`), so that an append can tell one committed after its snapshot.
+/// `es_streams` has a row only for a stream that was truncated or tombstoned: a stream's
+/// revision is otherwise its last event's.
 const TABLES: &str = "
 SET LOCAL client_min_messages = warning;
 CREATE TABLE IF NOT EXISTS es_events (
@@ -31,7 +34,8 @@ CREATE TABLE IF NOT EXISTS es_streams (
 );
 CREATE TABLE IF NOT EXISTS es_head (
     id integer PRIMARY KEY CHECK (id = 0),
-    position bigint NOT NULL
+    position bigint NOT NULL,
+    deletions bigint NOT NULL DEFAULT 0
 );
 INSERT INTO es_head (id, position) VALUES (0, 0) ON CONFLICT (id) DO NOTHING;
 CREATE TABLE IF NOT EXISTS es_checkpoints (
@@ -45,6 +49,10 @@ CREATE TABLE IF NOT EXISTS es_snapshots (
     data json NOT NULL
 );
 ";
+
+/// What tables made before `es_head.deletions` lack (their `es_streams` rows, which appends
+/// kept up to date then, hold revisions no greater than the events': they stay right).
+const DELETIONS: &str = "ALTER TABLE es_head ADD COLUMN IF NOT EXISTS deletions bigint NOT NULL DEFAULT 0";
 
 /// The longest identifier PostgreSQL keeps (`NAMEDATALEN - 1`).
 const MAX_IDENTIFIER: usize = 63;
@@ -108,10 +116,14 @@ pub(super) async fn create(conn: &mut PgConnection, schema: Option<&str>) -> Res
         .execute(&mut *tx)
         .await?;
     // Only what is missing: a user without the right to create may use what exists.
-    let (has_schema, tables): (bool, i64) = sqlx::query_as(
+    let (has_schema, tables, has_deletions): (bool, i64, bool) = sqlx::query_as(
         "SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1),
                 (SELECT count(*) FROM pg_tables WHERE schemaname = $1
-                 AND tablename IN ('es_events', 'es_streams', 'es_head', 'es_checkpoints', 'es_snapshots'))",
+                 AND tablename IN ('es_events', 'es_streams', 'es_head', 'es_checkpoints', 'es_snapshots')),
+                EXISTS (SELECT 1 FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid
+                        JOIN pg_namespace n ON n.oid = c.relnamespace
+                        WHERE n.nspname = $1 AND c.relname = 'es_head' AND a.attname = 'deletions'
+                        AND NOT a.attisdropped)",
     )
     .bind(&schema)
     .fetch_one(&mut *tx)
@@ -127,6 +139,9 @@ pub(super) async fn create(conn: &mut PgConnection, schema: Option<&str>) -> Res
     }
     if tables < 5 {
         sqlx::raw_sql(TABLES).execute(&mut *tx).await?;
+    }
+    if !has_deletions {
+        sqlx::raw_sql(DELETIONS).execute(&mut *tx).await?;
     }
     tx.commit().await?;
     Ok(schema)
