@@ -504,3 +504,68 @@ async fn tables_of_the_earlier_layout_keep_working() {
     assert_eq!(store.stream_state("dead").await.unwrap(), StreamState::Deleted);
     assert_eq!(store.head().await.unwrap(), 7);
 }
+
+/// A store remembers the revisions its appends left, so as not to read them again; another
+/// store appending to, truncating or deleting the stream meanwhile makes that stale, and each
+/// append is still judged on what is stored.
+#[tokio::test]
+async fn a_revision_remembered_by_one_store_and_moved_by_another() {
+    let Some((a, b)) = two_stores().await else { return };
+    a.append("s", ExpectedVersion::NoStream, vec![event(0)]).await.unwrap();
+    b.append("s", ExpectedVersion::Exact(0), vec![event(1)]).await.unwrap();
+    let stale = a.append("s", ExpectedVersion::Exact(0), vec![event(2)]).await;
+    assert!(
+        matches!(
+            stale,
+            Err(Error::WrongExpectedVersion {
+                actual: StreamState::At(1),
+                ..
+            })
+        ),
+        "{stale:?}"
+    );
+    b.append("s", ExpectedVersion::Any, vec![event(3)]).await.unwrap();
+    assert_eq!(
+        a.append("s", ExpectedVersion::Any, vec![event(4)])
+            .await
+            .unwrap()
+            .revision,
+        3
+    );
+    b.append("s", ExpectedVersion::Exact(3), vec![event(5)]).await.unwrap();
+    assert_eq!(
+        a.append("s", ExpectedVersion::StreamExists, vec![event(6)])
+            .await
+            .unwrap()
+            .revision,
+        5
+    );
+    let revisions: Vec<u64> = a
+        .read_stream("s", ReadStream::forwards(0, 100))
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.revision)
+        .collect();
+    assert_eq!(revisions, [0, 1, 2, 3, 4, 5]);
+
+    // Deletions by the other store: what `a` remembers of those streams is void.
+    a.append("cut", ExpectedVersion::NoStream, vec![event(7)])
+        .await
+        .unwrap();
+    b.append("cut", ExpectedVersion::Any, vec![event(8)]).await.unwrap();
+    b.truncate_before("cut", u64::MAX).await.unwrap();
+    assert_eq!(
+        a.append("cut", ExpectedVersion::Any, vec![event(9)])
+            .await
+            .unwrap()
+            .revision,
+        2
+    );
+    a.append("gone", ExpectedVersion::NoStream, vec![event(10)])
+        .await
+        .unwrap();
+    b.tombstone("gone", ExpectedVersion::Any).await.unwrap();
+    let appended = a.append("gone", ExpectedVersion::Any, vec![event(11)]).await;
+    assert!(matches!(appended, Err(Error::StreamDeleted(_))), "{appended:?}");
+}

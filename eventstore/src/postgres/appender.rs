@@ -24,6 +24,10 @@
 //! retries, duplicates and wrong versions apart exactly, writes the rest with the same statement,
 //! and commits once. Every caller is answered after the commit.
 //!
+//! The appender remembers the revisions its writes left (`Revisions`): an append to one of
+//! those streams reads nothing of it and, for one event, runs a statement hardly bigger than a
+//! bare INSERT (`WRITE_EVENT`).
+//!
 //! Other processes learn of commits through `NOTIFY`, which costs every commit a lock, a queue
 //! entry and a wake-up of each listener: a commit notifies only if the last notification is
 //! `NOTIFY_EVERY` old; one that did not is notified by a statement of its own when the appender
@@ -50,6 +54,9 @@ const MAX_GROUP_BYTES: usize = 16 << 20;
 const COALESCE_YIELDS: usize = 4;
 /// Optimistic attempts of a careful append before it takes the head's lock first.
 const OPTIMISTIC_ATTEMPTS: u32 = 2;
+/// Streams whose revisions an appender remembers at most (beyond, it forgets them all and starts
+/// again).
+const MAX_REVISIONS: usize = 1 << 16;
 /// The longest other processes wait to hear of a commit (when this process lives on; else they
 /// see it at the next commit's notification or their own poll).
 const NOTIFY_EVERY: Duration = Duration::from_millis(2);
@@ -76,6 +83,49 @@ pub(super) struct Appender {
     pub(super) notified: Option<Instant>,
     /// The head of a commit that went out without a notification, not yet notified.
     pub(super) unnotified: Option<u64>,
+    pub(super) revisions: Revisions,
+}
+
+/// The revisions this appender's writes left, good while no truncation or tombstone has
+/// committed since: an append to one of these streams reads nothing of it. (Another process
+/// appending to one meanwhile cannot go unnoticed: it took the next revision, so writing that
+/// again is a unique violation, and the careful path sorts it out.)
+#[derive(Default)]
+pub(super) struct Revisions {
+    /// The head's `deletions` when they were written; `None`: nothing is remembered.
+    deletions: Option<i64>,
+    streams: HashMap<String, u64>,
+}
+
+impl Revisions {
+    /// The remembered revision of `append`'s stream, if its expectation holds for it (else the
+    /// write reads the stream and the careful path tells why it failed).
+    fn of(&self, append: &Append) -> Option<u64> {
+        self.deletions?;
+        let revision = *self.streams.get(&append.stream)?;
+        StreamState::At(revision).satisfies(append.expected).then_some(revision)
+    }
+
+    /// After a write that found `deletions` in the head and left `written`.
+    fn learn<'a>(&mut self, deletions: i64, written: impl Iterator<Item = (&'a str, u64)>) {
+        if self.deletions != Some(deletions) || self.streams.len() >= MAX_REVISIONS {
+            self.streams.clear();
+        }
+        self.deletions = Some(deletions);
+        for (stream, revision) in written {
+            match self.streams.get_mut(stream) {
+                Some(known) => *known = revision,
+                None => {
+                    self.streams.insert(stream.to_owned(), revision);
+                }
+            }
+        }
+    }
+
+    fn forget(&mut self) {
+        self.deletions = None;
+        self.streams.clear();
+    }
 }
 
 impl Appender {
@@ -188,22 +238,26 @@ impl Appender {
 
     async fn run_group(&mut self, group: Vec<Job>) {
         let channel = self.notify_channel();
-        let fast = match self.connection().await {
-            Ok(conn) => {
-                let mut batch = Batch::default();
-                for job in &group {
-                    for append in &job.appends {
-                        let (kind, exact) = kind_of(append.expected);
-                        batch.push(append, kind, exact);
-                    }
-                }
-                batch.write(conn, channel.as_deref()).await
+        let mut batch = Batch {
+            deletions: self.revisions.deletions,
+            ..Batch::default()
+        };
+        for job in &group {
+            for append in &job.appends {
+                let (kind, exact) = kind_of(append.expected);
+                batch.push(append, kind, exact, self.revisions.of(append));
             }
+        }
+        let fast = match self.connection().await {
+            Ok(conn) => batch.write(conn, channel.as_deref()).await,
             Err(e) => Err(e),
         };
         let uncertain = match fast {
             Ok(written) => {
                 self.committed(written.head, channel.is_some());
+                let streams = group.iter().flat_map(|job| &job.appends).map(|a| a.stream.as_str());
+                let revisions = written.results.iter().map(|r| r.revision);
+                self.revisions.learn(written.deletions, streams.zip(revisions));
                 let mut results = written.results.into_iter();
                 for job in group {
                     let answer = results.by_ref().take(job.appends.len()).collect();
@@ -227,6 +281,8 @@ impl Appender {
     /// The group again, each append in its own savepoint of one transaction. `uncertain`: the
     /// fast path may have stored it (its connection broke), so a failure here leaves that open.
     async fn careful(&mut self, group: Vec<Job>, uncertain: bool) {
+        // What failed may be a remembered revision gone stale.
+        self.revisions.forget();
         let channel = self.notify_channel();
         let conn = match self.connection().await {
             Ok(conn) => conn,
@@ -493,7 +549,7 @@ async fn attempt_job(
             StreamState::At(r) => kind_of(ExpectedVersion::Exact(r)),
             _ => kind_of(ExpectedVersion::NoStream),
         };
-        batch.push(append, kind, exact);
+        batch.push(append, kind, exact, None);
         results.push(None);
     }
     if batch.appends.is_empty() {
@@ -531,6 +587,10 @@ struct Batch<'a> {
     appends: Vec<(&'a str, i64, i64)>,
     stream_kind: Vec<i32>,
     stream_exact: Vec<i64>,
+    /// Per append: its stream's revision if known (then it is not read).
+    stream_known: Vec<Option<i64>>,
+    /// The head's `deletions` the known revisions need (else the statement's snapshot's).
+    deletions: Option<i64>,
     event_stream: Vec<&'a str>,
     event_index: Vec<i64>,
     event_id: Vec<Uuid>,
@@ -544,32 +604,37 @@ struct Batch<'a> {
 struct Written {
     /// The head after it.
     head: u64,
+    /// The head's `deletions`.
+    deletions: i64,
     /// One per append, in order.
     results: Vec<Appended>,
 }
 
 /// The write, for streams that are all different: moves the head (its row lock orders the
-/// commits) unless a deletion committed since the statement's snapshot, checks each stream's
-/// expectation against its state (kinds: 0 any, 1 no stream, 2 stream exists, 3 exact), inserts
-/// the events at the positions after the old head and the revisions after each stream's last
-/// one, and, with a channel, notifies it of the new head. A stream whose expectation fails has no
-/// row in `moved`, so its events get a NULL revision; a head left alone gives NULL positions:
-/// either way the statement fails as a whole.
+/// commits) unless a deletion committed since the statement's snapshot (or, given `$15`, since
+/// the known revisions `$14` were written), checks each stream's expectation against its state
+/// (kinds: 0 any, 1 no stream, 2 stream exists, 3 exact), inserts the events at the positions
+/// after the old head and the revisions after each stream's last one, and, with a channel,
+/// notifies it of the new head. A stream whose expectation fails has no row in `moved`, so its
+/// events get a NULL revision; a head left alone gives NULL positions: either way the statement
+/// fails as a whole.
 const WRITE: &str = "
 WITH h AS (
     UPDATE es_head SET position = position + $1
-    WHERE id = 0 AND deletions = (SELECT deletions FROM es_head WHERE id = 0)
-    RETURNING position - $1 AS base,
+    WHERE id = 0 AND deletions = coalesce($15, (SELECT deletions FROM es_head WHERE id = 0))
+    RETURNING position - $1 AS base, deletions,
         (CASE WHEN $13::text IS NOT NULL THEN pg_notify($13, position::text) END) IS NULL AS notified
 ),
 s AS (
-    SELECT * FROM UNNEST($2::text[], $3::bigint[], $4::int[], $5::bigint[]) AS s (stream, n, kind, exact)
+    SELECT * FROM UNNEST($2::text[], $3::bigint[], $4::int[], $5::bigint[], $14::bigint[])
+        AS s (stream, n, kind, exact, known)
 ),
 moved AS (
     SELECT st.stream, st.revision AS prev
     FROM (
         SELECT s.stream, s.kind, s.exact, coalesce(t.deleted, false) AS deleted,
-            greatest(t.revision, (SELECT max(e.revision) FROM es_events e WHERE e.stream = s.stream), -1) AS revision
+            coalesce(s.known, greatest(t.revision,
+                (SELECT max(e.revision) FROM es_events e WHERE e.stream = s.stream), -1)) AS revision
         FROM s LEFT JOIN es_streams t ON t.stream = s.stream
     ) st
     WHERE NOT st.deleted AND CASE st.kind WHEN 0 THEN true WHEN 1 THEN st.revision < 0
@@ -583,23 +648,24 @@ inserted AS (
         WITH ORDINALITY AS e (stream, idx, id, name, version, data, metadata, ord)
     LEFT JOIN moved ON moved.stream = e.stream
 )
-SELECT (SELECT base FROM h), moved.stream, moved.prev FROM moved";
+SELECT (SELECT base FROM h), (SELECT deletions FROM h), moved.stream, moved.prev FROM moved";
 
 /// [`WRITE`] for the most common group, one append: the same steps on one stream, with
-/// scalars instead of arrays and joins.
+/// scalars instead of arrays and joins; a known revision (`$12`) leaves the stream unread.
 const WRITE_ONE: &str = "
 WITH h AS (
     UPDATE es_head SET position = position + $1
-    WHERE id = 0 AND deletions = (SELECT deletions FROM es_head WHERE id = 0)
-    RETURNING position - $1 AS base,
+    WHERE id = 0 AND deletions = coalesce($11, (SELECT deletions FROM es_head WHERE id = 0))
+    RETURNING position - $1 AS base, deletions,
         (CASE WHEN $10::text IS NOT NULL THEN pg_notify($10, position::text) END) IS NULL AS notified
 ),
 moved AS (
     SELECT st.revision AS prev
     FROM (
         SELECT coalesce(t.deleted, false) AS deleted,
-            greatest(t.revision, (SELECT max(revision) FROM es_events WHERE stream = $2), -1) AS revision
-        FROM (SELECT) one LEFT JOIN es_streams t ON t.stream = $2
+            coalesce($12, greatest(t.revision, (SELECT max(revision) FROM es_events WHERE stream = $2), -1))
+                AS revision
+        FROM (SELECT) one LEFT JOIN (SELECT * FROM es_streams WHERE stream = $2 AND $12 IS NULL) t ON true
     ) st
     WHERE NOT st.deleted AND CASE $3 WHEN 0 THEN true WHEN 1 THEN st.revision < 0
         WHEN 2 THEN st.revision >= 0 ELSE st.revision = $4 END
@@ -611,15 +677,28 @@ inserted AS (
     FROM UNNEST($5::uuid[], $6::text[], $7::bigint[], $8::text[], $9::text[])
         WITH ORDINALITY AS e (id, name, version, data, metadata, ord)
 )
-SELECT (SELECT base FROM h), $2::text, (SELECT prev FROM moved)";
+SELECT (SELECT base FROM h), (SELECT deletions FROM h), $2::text, (SELECT prev FROM moved)";
+
+/// [`WRITE_ONE`] for one event to a stream whose revision `$3 - 1` is known, while the head's
+/// `deletions` is still `$1`: nothing to read or check, so the plan is about as small as the bare
+/// INSERT's. A head left alone (a deletion committed since) gives a NULL position.
+const WRITE_EVENT: &str = "
+WITH h AS (
+    UPDATE es_head SET position = position + 1 WHERE id = 0 AND deletions = $1
+    RETURNING position, (CASE WHEN $9::text IS NOT NULL THEN pg_notify($9, position::text) END) IS NULL AS notified
+)
+INSERT INTO es_events (position, stream, revision, id, name, version, data, metadata, recorded_at)
+VALUES ((SELECT position FROM h), $2, $3, $4, $5, $6, $7::json, $8::json, floor(extract(epoch FROM now()) * 1000)::bigint)
+RETURNING position";
 
 impl<'a> Batch<'a> {
-    fn push(&mut self, append: &'a Append, kind: i32, exact: i64) {
+    fn push(&mut self, append: &'a Append, kind: i32, exact: i64, known: Option<u64>) {
         let n = append.events.len() as i64;
         self.total += n;
         self.appends.push((&append.stream, n, self.total));
         self.stream_kind.push(kind);
         self.stream_exact.push(exact);
+        self.stream_known.push(known.map(|r| r as i64));
         for (i, event) in append.events.iter().enumerate() {
             self.event_stream.push(&append.stream);
             self.event_index.push(i as i64 + 1);
@@ -636,6 +715,31 @@ impl<'a> Batch<'a> {
 
     /// Writes, notifying `channel` of the new head if given.
     async fn write(self, conn: &mut PgConnection, channel: Option<&str>) -> std::result::Result<Written, sqlx::Error> {
+        if let ([(stream, 1, _)], Some(deletions), [Some(known)]) =
+            (&self.appends[..], self.deletions, &self.stream_known[..])
+        {
+            let revision = known + 1;
+            let position: i64 = sqlx::query_scalar(WRITE_EVENT)
+                .bind(deletions)
+                .bind(*stream)
+                .bind(revision)
+                .bind(self.event_id[0])
+                .bind(self.event_name[0])
+                .bind(self.event_version[0])
+                .bind(self.event_data[0])
+                .bind(self.event_metadata[0])
+                .bind(channel)
+                .fetch_one(conn)
+                .await?;
+            return Ok(Written {
+                head: position as u64,
+                deletions,
+                results: vec![Appended {
+                    revision: revision as u64,
+                    position: position as u64,
+                }],
+            });
+        }
         let rows = if let [(stream, _, _)] = self.appends[..] {
             sqlx::query(WRITE_ONE)
                 .bind(self.total)
@@ -648,6 +752,8 @@ impl<'a> Batch<'a> {
                 .bind(self.event_data)
                 .bind(self.event_metadata)
                 .bind(channel)
+                .bind(self.deletions)
+                .bind(self.stream_known[0])
                 .fetch_all(conn)
                 .await?
         } else {
@@ -667,16 +773,19 @@ impl<'a> Batch<'a> {
                 .bind(self.event_data)
                 .bind(self.event_metadata)
                 .bind(channel)
+                .bind(self.stream_known)
+                .bind(self.deletions)
                 .fetch_all(conn)
                 .await?
         };
-        let mut base = None;
+        let mut head = None;
         let mut prev = HashMap::with_capacity(rows.len());
         for row in &rows {
-            base = Some(row.try_get::<i64, _>(0)?);
-            prev.insert(row.try_get::<&str, _>(1)?, row.try_get::<i64, _>(2)?);
+            head = Some((row.try_get::<i64, _>(0)?, row.try_get::<i64, _>(1)?));
+            prev.insert(row.try_get::<&str, _>(2)?, row.try_get::<i64, _>(3)?);
         }
-        let base = base.ok_or_else(|| sqlx::Error::Protocol("the append statement returned no rows".into()))?;
+        let (base, deletions) =
+            head.ok_or_else(|| sqlx::Error::Protocol("the append statement returned no rows".into()))?;
         let results = self
             .appends
             .iter()
@@ -692,6 +801,7 @@ impl<'a> Batch<'a> {
             .collect::<std::result::Result<_, sqlx::Error>>()?;
         Ok(Written {
             head: (base + self.total) as u64,
+            deletions,
             results,
         })
     }

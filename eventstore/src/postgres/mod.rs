@@ -246,6 +246,7 @@ impl PgStoreBuilder {
             last_group: 0,
             notified: None,
             unnotified: None,
+            revisions: Default::default(),
         };
         tokio::spawn(appender.run());
         let listener =
