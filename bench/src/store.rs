@@ -289,7 +289,10 @@ pub fn run_postgres(runs: usize, secs: Duration) -> anyhow::Result<()> {
         .split(',')
         .filter_map(|n| n.trim().parse().ok())
         .collect();
-    for writers in [1usize, 4, 16].into_iter().filter(|w| only.is_empty() || only.contains(w)) {
+    for writers in [1usize, 4, 16]
+        .into_iter()
+        .filter(|w| only.is_empty() || only.contains(w))
+    {
         let (mut ours, mut ours_p99, mut bare, mut bare_p99) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for _ in 0..runs {
             let schema = format!("sb_bench_{}", fastrand::u64(..));
