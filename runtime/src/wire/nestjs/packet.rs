@@ -542,6 +542,7 @@ pub(crate) enum Outgoing<'a> {
 
 /// Room for the reply packet [`encode_reply`] writes (exact for values and completion), so
 /// that it is written without growing its buffer.
+#[cfg_attr(not(any(feature = "redis", feature = "nats")), allow(dead_code))]
 pub(crate) fn reply_capacity(id: &[u8], what: &Outgoing<'_>) -> usize {
     let body = match what {
         Outgoing::Value { json, .. } => json.len(),
