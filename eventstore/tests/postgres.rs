@@ -343,6 +343,17 @@ async fn racing_expectations_across_stores_have_one_winner_per_revision() {
     assert_eq!(b.stream_state("s").await.unwrap(), StreamState::At(19));
 }
 
+/// A transaction holding the head's row lock: appends, truncations and tombstones queue behind
+/// it until it commits.
+async fn hold_head(store: &PgStore) -> sqlx::Transaction<'static, sqlx::Postgres> {
+    let mut holder = store.pool().begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM es_head WHERE id = 0 FOR NO KEY UPDATE")
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    holder
+}
+
 /// Waits until `n` statements of the stores in `schema` whose text contains `like` wait for a
 /// lock.
 async fn until_waiting(store: &PgStore, schema: &str, like: &str, n: i64) {
@@ -387,11 +398,7 @@ async fn deletions_committed_while_an_append_waits_are_seen() {
         .unwrap();
 
     // Tombstone: queued behind a lock on the head, then an append of the other store.
-    let mut holder = a.pool().begin().await.unwrap();
-    sqlx::query("SELECT 1 FROM es_head WHERE id = 0 FOR NO KEY UPDATE")
-        .execute(&mut *holder)
-        .await
-        .unwrap();
+    let holder = hold_head(&a).await;
     let tombstone = tokio::spawn({
         let b = b.clone();
         async move { b.tombstone("gone", ExpectedVersion::Any).await }
@@ -411,11 +418,7 @@ async fn deletions_committed_while_an_append_waits_are_seen() {
 
     // Truncation: an append of `b` (revision 1) and its truncation queue first, then `a`'s append,
     // whose snapshot sees revision 0 as the last.
-    let mut holder = a.pool().begin().await.unwrap();
-    sqlx::query("SELECT 1 FROM es_head WHERE id = 0 FOR NO KEY UPDATE")
-        .execute(&mut *holder)
-        .await
-        .unwrap();
+    let holder = hold_head(&a).await;
     let first = tokio::spawn({
         let b = b.clone();
         async move { b.append("cut", ExpectedVersion::Any, vec![event(3)]).await }

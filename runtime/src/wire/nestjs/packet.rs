@@ -264,11 +264,11 @@ impl<'a> Packet<'a> {
         loop {
             // A key is told by its first letter, then compared whole (its closing quote too).
             let rest = &b[at..];
-            let (len, slot, scalar) = match rest.get(1)? {
-                b'p' if rest.starts_with(br#""pattern""#) => (9, &mut p.pattern, false),
-                b'd' if rest.starts_with(br#""data""#) => (6, &mut p.data, false),
-                b'm' if rest.starts_with(br#""metadata""#) => (10, &mut p.metadata, false),
-                b'i' if rest.starts_with(br#""id""#) => (4, &mut p.id, true),
+            let (len, slot, read) = match rest.get(1)? {
+                b'p' if rest.starts_with(br#""pattern""#) => (9, &mut p.pattern, Read::Value),
+                b'd' if rest.starts_with(br#""data""#) => (6, &mut p.data, Read::Value),
+                b'm' if rest.starts_with(br#""metadata""#) => (10, &mut p.metadata, Read::Metadata),
+                b'i' if rest.starts_with(br#""id""#) => (4, &mut p.id, Read::Scalar),
                 _ => return None,
             };
             if slot.is_some() {
@@ -279,7 +279,15 @@ impl<'a> Packet<'a> {
                 return None;
             }
             at = skip_space(b, at + 1);
-            let end = if scalar { scalar_end(b, at)? } else { value_end(b, at)? };
+            let end = match read {
+                Read::Value => value_end(b, at)?,
+                Read::Scalar => scalar_end(b, at)?,
+                Read::Metadata => {
+                    let (len, headers) = read_metadata_at(&text[at..])?;
+                    p.read_metadata = headers;
+                    at + len
+                }
+            };
             *slot = Some(&text[at..end]);
             at = skip_space(b, end);
             match b.get(at) {
@@ -287,13 +295,6 @@ impl<'a> Packet<'a> {
                 Some(b'}') if skip_space(b, at + 1) == b.len() => break,
                 _ => return None,
             }
-        }
-        if let Some(metadata) = p.metadata {
-            let (len, headers) = read_metadata_at(metadata)?;
-            if len != metadata.len() {
-                return None;
-            }
-            p.read_metadata = headers;
         }
         Some(p)
     }
@@ -358,6 +359,14 @@ impl<'a> Packet<'a> {
             (None, false) => ReplyPacket::Value(null()),
         }
     }
+}
+
+/// How [`Packet::any_order`] finds a value's end: by nesting (checked later), as a checked
+/// scalar, or read whole into headers.
+enum Read {
+    Value,
+    Scalar,
+    Metadata,
 }
 
 /// `metadata` at the start of `text`: its length, checked whole as serde_json would (a packet
