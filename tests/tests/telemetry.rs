@@ -490,18 +490,59 @@ impl HttpCollector {
         let collector = self.clone();
         tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
-                let collector = collector.clone();
-                let service = hyper::service::service_fn(move |req| {
-                    let collector = collector.clone();
-                    async move { Ok::<_, std::convert::Infallible>(collector.receive(req).await) }
-                });
-                tokio::spawn(
-                    hyper::server::conn::http1::Builder::new()
-                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service),
-                );
+                tokio::spawn(collector.clone().serve(stream));
             }
         });
         base
+    }
+
+    /// Listens over TLS on a free port, with `pki`'s server certificate, and takes only
+    /// clients with a certificate from its CA; its `https://localhost:<port>`.
+    async fn start_tls(&self, pki: &Pki) -> String {
+        use tokio_rustls::rustls::pki_types::pem::PemObject;
+        use tokio_rustls::rustls::{self, RootCertStore, ServerConfig, server::WebPkiClientVerifier};
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut roots = RootCertStore::empty();
+        roots.add(pem_certs(&pki.ca_pem).remove(0)).unwrap();
+        let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+            .build()
+            .unwrap();
+        let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(pki.server_key.as_bytes()).unwrap();
+        let config = ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(pem_certs(&pki.server_cert), key)
+            .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("https://localhost:{}", listener.local_addr().unwrap().port());
+        let collector = self.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let (collector, acceptor) = (collector.clone(), acceptor.clone());
+                tokio::spawn(async move {
+                    // A client the verifier refuses ends here: nothing is posted.
+                    if let Ok(tls) = acceptor.accept(stream).await {
+                        collector.serve(tls).await;
+                    }
+                });
+            }
+        });
+        base
+    }
+
+    async fn serve<S>(self, stream: S)
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+    {
+        let service = hyper::service::service_fn(move |req| {
+            let collector = self.clone();
+            async move { Ok::<_, std::convert::Infallible>(collector.receive(req).await) }
+        });
+        let _ = hyper::server::conn::http1::Builder::new()
+            .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+            .await;
     }
 
     async fn receive(&self, req: hyper::Request<Incoming>) -> hyper::Response<Full<Bytes>> {
@@ -615,9 +656,14 @@ async fn child_calls(mode: &str) {
 /// The child's trace as the collector got it, once its root and six spans under it arrived
 /// (they have when the child exits; the wait only bounds a slow machine).
 async fn child_trace(collector: &HttpCollector) -> String {
+    child_trace_of(|| collector.spans.lock().unwrap().clone()).await
+}
+
+/// [`child_trace`] of the spans `received` returns.
+async fn child_trace_of(received: impl Fn() -> Vec<SpanRecord>) -> String {
     let until = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
-        let spans = collector.spans.lock().unwrap().clone();
+        let spans = received();
         let tree = render(&spans, "case tcp");
         if tree.as_ref().is_some_and(|t| t.lines().count() >= 7) || tokio::time::Instant::now() > until {
             return tree.unwrap_or_else(|| panic!("no root span arrived: {spans:#?}"));
@@ -721,4 +767,129 @@ async fn an_unknown_otlp_protocol_fails_init() {
         ),
         "{printed}"
     );
+}
+
+// OTLP over TLS, to collectors that take only clients with a certificate from their CA.
+
+/// A CA, a server certificate for `localhost` and a client certificate, both signed by the
+/// CA; the CA and the client's files written to a directory of their own.
+struct Pki {
+    _dir: tempfile::TempDir,
+    ca_pem: String,
+    server_cert: String,
+    server_key: String,
+    ca_path: String,
+    client_cert_path: String,
+    client_key_path: String,
+    /// A line of the client key's PEM: it must never be printed.
+    client_key_line: String,
+}
+
+impl Pki {
+    fn new() -> Pki {
+        use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, ExtendedKeyUsagePurpose, IsCa, KeyPair};
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "switchboard test CA");
+        let ca = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
+        let leaf = |name: &str, usage: ExtendedKeyUsagePurpose| {
+            let key = KeyPair::generate().unwrap();
+            let mut params = CertificateParams::new(vec![name.to_owned()]).unwrap();
+            params.extended_key_usages = vec![usage];
+            let cert = params.signed_by(&key, &*ca).unwrap();
+            (cert.pem(), key.serialize_pem())
+        };
+        let (server_cert, server_key) = leaf("localhost", ExtendedKeyUsagePurpose::ServerAuth);
+        let (client_cert, client_key) = leaf("traced-tests", ExtendedKeyUsagePurpose::ClientAuth);
+        let dir = tempfile::tempdir().unwrap();
+        let write = |name: &str, text: &str| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, text).unwrap();
+            path.to_string_lossy().into_owned()
+        };
+        Pki {
+            ca_path: write("ca.pem", &ca.pem()),
+            client_cert_path: write("client.pem", &client_cert),
+            client_key_path: write("client-key.pem", &client_key),
+            client_key_line: client_key.lines().nth(1).unwrap().to_owned(),
+            ca_pem: ca.pem(),
+            server_cert,
+            server_key,
+            _dir: dir,
+        }
+    }
+
+    /// The variables that name the CA and the client's certificate and key.
+    fn env(&self) -> [(&'static str, &str); 3] {
+        [
+            ("OTEL_EXPORTER_OTLP_CERTIFICATE", self.ca_path.as_str()),
+            ("OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE", self.client_cert_path.as_str()),
+            ("OTEL_EXPORTER_OTLP_CLIENT_KEY", self.client_key_path.as_str()),
+        ]
+    }
+}
+
+fn pem_certs(pem: &str) -> Vec<tokio_rustls::rustls::pki_types::CertificateDer<'static>> {
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    tokio_rustls::rustls::pki_types::CertificateDer::pem_slice_iter(pem.as_bytes())
+        .collect::<Result<_, _>>()
+        .unwrap()
+}
+
+/// OTLP/HTTP to an `https` endpoint with the CA and a client certificate from the
+/// `OTEL_EXPORTER_OTLP_*` variables: the trace arrives whole, and nothing of the key is
+/// printed. Without the CA (the system's roots do not know it) the collector gets nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn otlp_over_https_with_a_client_certificate() {
+    if let Ok(mode) = std::env::var(CHILD) {
+        return child_calls(&mode).await;
+    }
+    let pki = Pki::new();
+    let collector = HttpCollector::default();
+    let base = collector.start_tls(&pki).await;
+    let protocol = ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf");
+    let endpoint = ("OTEL_EXPORTER_OTLP_ENDPOINT", base.as_str());
+
+    let mut env = vec![protocol, endpoint];
+    env.extend(pki.env());
+    let (status, printed) = child("otlp_over_https_with_a_client_certificate", "calls", &env).await;
+    assert!(status.success(), "the child failed:\n{printed}");
+    assert!(
+        !printed.contains(&pki.client_key_line),
+        "the key was printed:\n{printed}"
+    );
+    let tree = child_trace(&collector).await;
+    assert_eq!(tree, expected_over_tcp(), "spans as exported:\n{tree}");
+
+    // The collector's certificate is not trusted: the child still runs, its spans go nowhere.
+    collector.posts.lock().unwrap().clear();
+    let env = [protocol, endpoint, pki.env()[1], pki.env()[2]];
+    let (status, printed) = child("otlp_over_https_with_a_client_certificate", "calls", &env).await;
+    assert!(status.success(), "the child failed:\n{printed}");
+    // The child exported (and failed) before it exited: nothing can still arrive.
+    assert!(collector.posts.lock().unwrap().is_empty());
+}
+
+/// OTLP/gRPC (the default protocol) to an `https` endpoint, with the same variables.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn otlp_over_grpc_tls_with_a_client_certificate() {
+    if let Ok(mode) = std::env::var(CHILD) {
+        return child_calls(&mode).await;
+    }
+    let pki = Pki::new();
+    let collector = Collector::start_tls("127.0.0.1:0", &pki.server_cert, &pki.server_key, &pki.ca_pem)
+        .await
+        .unwrap();
+    let mut env = vec![("OTEL_EXPORTER_OTLP_ENDPOINT", collector.endpoint.as_str())];
+    env.extend(pki.env());
+    let (status, printed) = child("otlp_over_grpc_tls_with_a_client_certificate", "calls", &env).await;
+    assert!(status.success(), "the child failed:\n{printed}");
+    assert!(
+        !printed.contains(&pki.client_key_line),
+        "the key was printed:\n{printed}"
+    );
+    let tree = child_trace_of(|| collector.spans()).await;
+    assert_eq!(tree, expected_over_tcp(), "spans as exported:\n{tree}");
 }

@@ -20,6 +20,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{Tra
 use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
 use opentelemetry_proto::tonic::common::v1::any_value::Value as Any;
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue};
+use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 
 /// One exported span, with ids as lowercase hex.
 #[derive(Debug, Clone)]
@@ -146,16 +147,38 @@ impl Collector {
         self.store.received.load(std::sync::atomic::Ordering::Relaxed)
     }
 
+    /// A collector over TLS (`https://localhost:<port>`, for a certificate that names
+    /// `localhost`): its certificate chain and key, and the CA whose certificates clients must
+    /// present (mutual TLS), all PEM.
+    pub async fn start_tls(addr: &str, cert: &str, key: &str, client_ca: &str) -> std::io::Result<Collector> {
+        let tls = ServerTlsConfig::new()
+            .identity(Identity::from_pem(cert, key))
+            .client_ca_root(Certificate::from_pem(client_ca));
+        Self::serve_with(addr, false, Some(tls)).await
+    }
+
     async fn serve(addr: &str, count_only: bool) -> std::io::Result<Collector> {
+        Self::serve_with(addr, count_only, None).await
+    }
+
+    async fn serve_with(addr: &str, count_only: bool, tls: Option<ServerTlsConfig>) -> std::io::Result<Collector> {
         let listener = tokio::net::TcpListener::bind(addr).await?;
-        let endpoint = format!("http://{}", listener.local_addr()?);
+        let port = listener.local_addr()?.port();
+        let endpoint = match tls {
+            Some(_) => format!("https://localhost:{port}"),
+            None => format!("http://{}", listener.local_addr()?),
+        };
         let store = Store {
             count_only,
             ..Store::default()
         };
         let service = TraceServiceServer::new(store.clone());
+        let mut server = tonic::transport::Server::builder();
+        if let Some(tls) = tls {
+            server = server.tls_config(tls).map_err(std::io::Error::other)?;
+        }
         tokio::spawn(
-            tonic::transport::Server::builder()
+            server
                 .add_service(service)
                 .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
         );

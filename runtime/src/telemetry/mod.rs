@@ -18,6 +18,9 @@
 //! // OTEL_EXPORTER_OTLP_PROTOCOL, OTEL_EXPORTER_OTLP_ENDPOINT (default http://localhost:4317,
 //! // or :4318 over HTTP), OTEL_EXPORTER_OTLP_HEADERS, OTEL_SERVICE_NAME, OTEL_TRACES_SAMPLER
 //! // and RUST_LOG are honoured, and the `_TRACES_` variants of the `OTEL_EXPORTER_OTLP_` ones.
+//! // An https endpoint is reached over TLS, trusting the CA certificates in the file
+//! // OTEL_EXPORTER_OTLP_CERTIFICATE names (else the system's), with the client certificate
+//! // and key of OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE and _CLIENT_KEY if set (mutual TLS).
 //! let telemetry = switchboard::telemetry::init("users")?;
 //! // … serve …
 //! telemetry.shutdown(); // exports what is left
@@ -45,6 +48,7 @@ mod observe;
 mod otlp_http;
 pub(crate) mod propagation;
 pub mod span;
+mod tls;
 
 pub(crate) use observe::observe;
 
@@ -147,8 +151,8 @@ impl Builder {
     }
 
     /// The protocol to export with, instead of `OTEL_EXPORTER_OTLP_TRACES_PROTOCOL`,
-    /// `OTEL_EXPORTER_OTLP_PROTOCOL` or gRPC. HTTP is plain HTTP/1.1: an `https` endpoint is
-    /// refused (send to a local collector or agent).
+    /// `OTEL_EXPORTER_OTLP_PROTOCOL` or gRPC. HTTP is HTTP/1.1, over TLS to an `https`
+    /// endpoint (as gRPC is).
     ///
     /// ```no_run
     /// use switchboard::telemetry::{self, Protocol};
@@ -228,9 +232,17 @@ impl Builder {
         let env = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
         let exporter = match protocol(self.protocol, &env)? {
             Protocol::Grpc => {
+                use opentelemetry_otlp::WithTonicConfig;
                 let mut exporter = opentelemetry_otlp::SpanExporter::builder()
                     .with_tonic()
                     .with_protocol(opentelemetry_otlp::Protocol::Grpc);
+                // The SDK reads the endpoint variables itself; the certificates are ours to read.
+                let url = self.endpoint.clone().or_else(|| {
+                    env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").or_else(|| env("OTEL_EXPORTER_OTLP_ENDPOINT"))
+                });
+                if url.as_deref().is_some_and(is_https) {
+                    exporter = exporter.with_tls_config(tls::TlsFiles::from_env(&env)?.tonic());
+                }
                 if let Some(url) = self.endpoint {
                     exporter = exporter.with_endpoint(url);
                 }
@@ -239,7 +251,11 @@ impl Builder {
             http => {
                 use opentelemetry_otlp::WithHttpConfig;
                 let url = http_endpoint(self.endpoint.as_deref(), &env)?;
-                let client = otlp_http::OtlpHttpClient::start(timeout(&env))
+                let tls = match is_https(&url) {
+                    true => Some(tls::TlsFiles::from_env(&env)?.rustls()?),
+                    false => None,
+                };
+                let client = otlp_http::OtlpHttpClient::start(timeout(&env), tls)
                     .map_err(|e| config(format!("cannot start the OTLP/HTTP exporter's thread: {e}")))?;
                 opentelemetry_otlp::SpanExporter::builder()
                     .with_http()
@@ -288,7 +304,7 @@ fn protocol(chosen: Option<Protocol>, env: &dyn Fn(&str) -> Option<String>) -> R
 
 /// The URL spans are posted to over HTTP, after the specification: the one chosen in code or
 /// `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` as they are, else `OTEL_EXPORTER_OTLP_ENDPOINT` with
-/// `/v1/traces` appended, else `http://localhost:4318/v1/traces`. Plain `http` only.
+/// `/v1/traces` appended, else `http://localhost:4318/v1/traces`; `http` or `https`.
 fn http_endpoint(chosen: Option<&str>, env: &dyn Fn(&str) -> Option<String>) -> Result<String> {
     let (url, from) = match (chosen, env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")) {
         (Some(url), _) => (url.trim().to_owned(), "the endpoint"),
@@ -306,14 +322,18 @@ fn http_endpoint(chosen: Option<&str>, env: &dyn Fn(&str) -> Option<String>) -> 
         .parse()
         .map_err(|_| config(format!("{from} is not a URL (OTLP over HTTP)")))?;
     match uri.scheme_str() {
-        Some("http") if uri.host().is_some_and(|h| !h.is_empty()) => Ok(url),
-        Some("https") => Err(config(format!(
-            "{from} is https: OTLP over HTTP is plain HTTP here (no TLS); send to a local collector or agent"
-        ))),
+        Some("http" | "https") if uri.host().is_some_and(|h| !h.is_empty()) => Ok(url),
         _ => Err(config(format!(
-            "{from} must be an http:// URL with a host (OTLP over HTTP)"
+            "{from} must be an http:// or https:// URL with a host (OTLP over HTTP)"
         ))),
     }
+}
+
+/// Whether the collector at `url` is reached over TLS.
+fn is_https(url: &str) -> bool {
+    url.trim()
+        .get(..8)
+        .is_some_and(|scheme| scheme.eq_ignore_ascii_case("https://"))
 }
 
 /// `OTEL_EXPORTER_OTLP_TRACES_TIMEOUT` or `OTEL_EXPORTER_OTLP_TIMEOUT` (milliseconds), as the
@@ -420,24 +440,25 @@ mod tests {
     }
 
     #[test]
-    fn https_and_garbage_endpoints_are_refused_without_echoing_them() {
+    fn garbage_endpoints_are_refused_without_echoing_them() {
         let err = |url: &str| {
             http_endpoint(None, &env(&[("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", url)]))
                 .unwrap_err()
                 .to_string()
         };
-        let https = err("https://user:hunter2@collector:4318/v1/traces");
-        assert!(
-            https.contains("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT is https") && !https.contains("hunter2"),
-            "{https}"
+        let https = ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "https://collector:4318/v1/traces");
+        assert_eq!(
+            http_endpoint(None, &env(&[https])).unwrap(),
+            "https://collector:4318/v1/traces"
         );
+        assert!(is_https(" HTTPS://collector") && !is_https("http://collector"));
         let garbage = err("not a url hunter2");
         assert!(
             garbage.contains("is not a URL") && !garbage.contains("hunter2"),
             "{garbage}"
         );
-        assert!(err("grpc://collector:4317").contains("must be an http:// URL"));
-        assert!(err("/v1/traces").contains("must be an http:// URL"));
+        assert!(err("grpc://collector:4317").contains("must be an http:// or https:// URL"));
+        assert!(err("/v1/traces").contains("must be an http:// or https:// URL"));
     }
 
     #[test]
@@ -462,7 +483,7 @@ mod tests {
     #[test]
     fn debug_shows_no_header() {
         use opentelemetry_otlp::{WithExportConfig, WithHttpConfig};
-        let client = otlp_http::OtlpHttpClient::start(Duration::from_secs(1)).unwrap();
+        let client = otlp_http::OtlpHttpClient::start(Duration::from_secs(1), None).unwrap();
         let exporter = opentelemetry_otlp::SpanExporter::builder()
             .with_http()
             .with_endpoint("http://127.0.0.1:9/v1/traces")
