@@ -18,7 +18,7 @@ use futures_util::StreamExt;
 use futures_util::future::BoxFuture;
 use serde_json::{Value, json};
 use switchboard::prelude::*;
-use switchboard::server::{HEALTH_PATTERN, Health, HealthReport, HealthStatus};
+use switchboard::server::{HEALTH_PATTERN, Health, HealthCheck, HealthReport, HealthStatus};
 use switchboard::transport::grpc::tonic_health::pb::health_check_response::ServingStatus;
 use switchboard::transport::grpc::tonic_health::pb::health_client::HealthClient;
 use switchboard::transport::grpc::tonic_health::pb::{HealthCheckRequest, HealthCheckResponse};
@@ -814,4 +814,90 @@ async fn dropping_the_server_closes_the_endpoint() {
     assert_eq!(http(addr, "GET", "/health").await.0, 200);
     drop(server);
     eventually("the port closed", || async { TcpStream::connect(addr).await.is_err() }).await;
+}
+
+// ---------------------------------------------------------------------------------------
+// Checks of the service's own.
+
+/// `PING` to the Redis at `addr` on a new connection, `+PONG` expected.
+async fn redis_ping(addr: &str) -> Result<(), String> {
+    let mut conn = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    conn.write_all(b"PING\r\n").await.map_err(|e| e.to_string())?;
+    let mut answer = [0u8; 7];
+    conn.read_exact(&mut answer)
+        .await
+        .map_err(|e| format!("no answer: {e}"))?;
+    match &answer {
+        b"+PONG\r\n" => Ok(()),
+        other => Err(format!("answered {:?}", String::from_utf8_lossy(other))),
+    }
+}
+
+/// A service whose own check pings Redis (through a proxy the test takes away): ready at
+/// once (`start` ran the check), not ready while Redis is away though its transport is (503
+/// on `/health/ready` with the check's reason, still live, gRPC health NOT_SERVING), ready
+/// again when Redis is back.
+#[tokio::test]
+async fn a_check_of_the_service_s_own_follows_its_dependency() {
+    if !broker_up("Redis", REDIS).await {
+        return;
+    }
+    let mut proxy = Proxy::start(REDIS).await;
+    let target = proxy.addr();
+    let check = HealthCheck::new("redis", move || {
+        let target = target.clone();
+        async move { redis_ping(&target).await }
+    })
+    .every(Duration::from_millis(100))
+    .timeout(Duration::from_secs(2));
+    let server = Microservice::new()
+        .handler(common::ECHO)
+        .listen("grpc://127.0.0.1:0")
+        .health_http("127.0.0.1:0")
+        .health_check(check)
+        .start()
+        .await
+        .unwrap();
+    let addr = server.http_addr().unwrap();
+    let (status, body) = http(addr, "GET", "/health/ready").await;
+    assert_eq!(status, 200, "{body}");
+    let report: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(report["checks"], json!([{"name": "redis", "ready": true}]), "{report}");
+    let grpc_status = || async {
+        let channel = tonic::transport::Endpoint::from_shared(server.local_url().replacen("grpc://", "http://", 1))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let answer = HealthClient::new(channel)
+            .check(HealthCheckRequest { service: String::new() })
+            .await
+            .unwrap();
+        answer.into_inner().status
+    };
+    assert_eq!(grpc_status().await, ServingStatus::Serving as i32);
+
+    proxy.stop().await;
+    eventually("not ready without Redis", || async {
+        http(addr, "GET", "/health/ready").await.0 == 503
+    })
+    .await;
+    let (_, body) = http(addr, "GET", "/health").await;
+    let report: HealthReport = serde_json::from_str(&body).unwrap();
+    assert!(report.live && !report.ready && report.transports[0].ready, "{report:?}");
+    assert!(!report.checks[0].ready, "{report:?}");
+    assert!(
+        report.checks[0].error.as_deref().is_some_and(|e| !e.is_empty()),
+        "{report:?}"
+    );
+    assert_eq!(http(addr, "GET", "/health/live").await.0, 200);
+    assert_eq!(grpc_status().await, ServingStatus::NotServing as i32);
+
+    proxy.restart().await;
+    eventually("ready with Redis back", || async {
+        http(addr, "GET", "/health/ready").await.0 == 200
+    })
+    .await;
+    assert_eq!(grpc_status().await, ServingStatus::Serving as i32);
+    server.shutdown().await.unwrap();
 }

@@ -26,6 +26,7 @@ use crate::transport::{self, Listener, Shutdown};
 use announce::{Announce, Announced, Announcement, Served};
 
 pub mod announce;
+mod check;
 pub mod describe;
 pub mod extract;
 pub mod group;
@@ -37,8 +38,9 @@ pub mod respond;
 pub mod state;
 
 pub use crate::transport::health::{
-    HEALTH_PATTERN, Health, HealthReport, HealthStatus, TransportHealth, health_pattern_of,
+    CheckHealth, HEALTH_PATTERN, Health, HealthReport, HealthStatus, TransportHealth, health_pattern_of,
 };
+pub use check::HealthCheck;
 
 use group::Group;
 use handler::{Bound, Serve};
@@ -110,6 +112,8 @@ pub struct Microservice<S = ()> {
     version: Option<String>,
     /// How long to serve after deregistering ([`deregister_grace`](Self::deregister_grace)).
     deregister_grace: Duration,
+    /// Readiness checks of the service's own ([`health_check`](Self::health_check)).
+    checks: Vec<HealthCheck>,
 }
 
 /// What [`Microservice::on_ready`] calls, with the URLs peers use.
@@ -161,6 +165,7 @@ impl Microservice {
             registries: Vec::new(),
             version: None,
             deregister_grace: DEFAULT_DEREGISTER_GRACE,
+            checks: Vec::new(),
         }
     }
 
@@ -199,6 +204,7 @@ impl<S: Clone + Send + Sync + 'static> Microservice<S> {
             registries: self.registries,
             version: self.version,
             deregister_grace: self.deregister_grace,
+            checks: self.checks,
         }
     }
 
@@ -482,6 +488,13 @@ impl<S: Clone + Send + Sync + 'static> Microservice<S> {
         self
     }
 
+    /// Adds a readiness check of the service's own (a database, a service it depends on): the
+    /// service is ready only while it passed its last run. See [`HealthCheck`].
+    pub fn health_check(mut self, check: HealthCheck) -> Self {
+        self.checks.push(check);
+        self
+    }
+
     /// The service's router, as its transports serve it: for tests and transports of your own.
     /// It answers the health pattern too, as a service that is never draining and has no
     /// transport (always ready).
@@ -538,6 +551,7 @@ impl<S: Clone + Send + Sync + 'static> Microservice<S> {
             listeners.push(transport::bind(url, &health).await?);
         }
         let serving = health.watch_transports(listeners.iter().map(|l| (l.local_url(), l.ready())).collect());
+        let checks = check::register(self.checks, &health);
         // Up from now, so that probes see the service starting (live, not ready yet).
         #[cfg(feature = "http")]
         let http = match &self.http {
@@ -576,6 +590,7 @@ impl<S: Clone + Send + Sync + 'static> Microservice<S> {
                 }
             }
         }
+        let checks = checks.start(&shutdown).await;
         // Logged once every transport takes messages (a broker's subscriptions are in place).
         // The health patterns are not the user's: counted apart.
         let routes = router.routes().count() - builtin;
@@ -618,6 +633,7 @@ impl<S: Clone + Send + Sync + 'static> Microservice<S> {
             deregister_grace: self.deregister_grace,
             #[cfg(feature = "http")]
             http,
+            _checks: checks,
         })
     }
 
@@ -881,6 +897,8 @@ pub struct RunningServer {
     /// The HTTP health endpoint, stopped after the transports.
     #[cfg(feature = "http")]
     http: Option<http::HttpEndpoint>,
+    /// The tasks running the service's own checks (they end at shutdown, or with this).
+    _checks: JoinSet<()>,
 }
 
 impl RunningServer {

@@ -7,10 +7,14 @@
 //! (the brokers), while that flag is up: broker transports lower it when they lose their
 //! connection and raise it again once they are connected and subscribed.
 //!
-//! Nothing here is on a message's path: the state is the transports' own flags, read when
-//! someone asks (the `switchboard.health` pattern, the HTTP endpoint, gRPC health).
+//! A service may add checks of its own ([`HealthCheck`](crate::server::HealthCheck): a
+//! database, a downstream service): it is ready only while each passed its last run.
+//!
+//! Nothing here is on a message's path: the state is the transports' own flags and the checks'
+//! last results, read when someone asks (the `switchboard.health` pattern, the HTTP endpoint,
+//! gRPC health).
 
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use bytes::Bytes;
 use futures_util::future::select_all;
@@ -81,6 +85,33 @@ struct Inner {
     draining: watch::Receiver<bool>,
     /// The service's transports, set once they are bound.
     transports: OnceLock<Vec<Probe>>,
+    /// The service's own checks, set once they run.
+    checks: OnceLock<Vec<CheckProbe>>,
+}
+
+/// What is known of one of the service's own checks.
+struct CheckProbe {
+    name: String,
+    /// Up while its last run passed (down until the first has).
+    ready: watch::Receiver<bool>,
+    /// Why its last run failed.
+    error: Arc<Mutex<Option<String>>>,
+}
+
+/// The sending side of a check's state, for the task that runs it.
+pub(crate) struct CheckState {
+    ready: watch::Sender<bool>,
+    error: Arc<Mutex<Option<String>>>,
+}
+
+impl CheckState {
+    /// Records a run's result; true when readiness changed.
+    pub(crate) fn set(&self, result: std::result::Result<(), String>) -> bool {
+        let ready = result.is_ok();
+        *self.error.lock().expect("check error lock") = result.err();
+        self.ready
+            .send_if_modified(|was| std::mem::replace(was, ready) != ready)
+    }
 }
 
 /// What is known of one transport.
@@ -131,7 +162,32 @@ impl Health {
             name: name.map(Arc::from),
             draining: shutdown.0.clone(),
             transports: OnceLock::new(),
+            checks: OnceLock::new(),
         }))
+    }
+
+    /// Records the service's own checks by name, not ready until each has passed; the returned
+    /// states, in the same order, are for the tasks that run them. Only the first call counts.
+    pub(crate) fn watch_checks(&self, names: Vec<String>) -> Vec<CheckState> {
+        let mut states = Vec::with_capacity(names.len());
+        let probes = names
+            .into_iter()
+            .map(|name| {
+                let (ready, rx) = watch::channel(false);
+                let error = Arc::new(Mutex::new(Some("not run yet".to_owned())));
+                states.push(CheckState {
+                    ready,
+                    error: error.clone(),
+                });
+                CheckProbe { name, ready: rx, error }
+            })
+            .collect();
+        let _ = self.0.checks.set(probes);
+        states
+    }
+
+    fn checks(&self) -> &[CheckProbe] {
+        self.0.checks.get().map_or(&[], Vec::as_slice)
     }
 
     /// Records the service's transports (each URL with its ready flag, if any); the
@@ -175,9 +231,12 @@ impl Health {
         self.is_draining() || self.transports().iter().all(Probe::is_serving)
     }
 
-    /// True while every transport takes messages and the service is not shutting down.
+    /// True while every transport takes messages, each of the service's own checks passed its
+    /// last run, and the service is not shutting down.
     pub fn is_ready(&self) -> bool {
-        !self.is_draining() && self.transports().iter().all(Probe::is_ready)
+        !self.is_draining()
+            && self.transports().iter().all(Probe::is_ready)
+            && self.checks().iter().all(|c| *c.ready.borrow())
     }
 
     /// The state of the service and of each transport, as the health pattern and the HTTP
@@ -191,8 +250,23 @@ impl Health {
                 ready: t.is_ready(),
             })
             .collect();
+        let checks: Vec<CheckHealth> = self
+            .checks()
+            .iter()
+            .map(|c| {
+                let ready = *c.ready.borrow();
+                CheckHealth {
+                    name: c.name.clone(),
+                    ready,
+                    error: match ready {
+                        true => None,
+                        false => c.error.lock().expect("check error lock").clone(),
+                    },
+                }
+            })
+            .collect();
         let live = self.is_live();
-        let ready = !self.is_draining() && transports.iter().all(|t| t.ready);
+        let ready = !self.is_draining() && transports.iter().all(|t| t.ready) && checks.iter().all(|c| c.ready);
         HealthReport {
             status: if live && ready {
                 HealthStatus::Ok
@@ -202,6 +276,7 @@ impl Health {
             live,
             ready,
             transports,
+            checks,
             name: self.name().map(str::to_owned),
         }
     }
@@ -219,6 +294,11 @@ impl Health {
         for t in self.transports() {
             sources.push(t.serving.clone());
             sources.extend(t.ready.clone());
+        }
+        sources.extend(self.checks().iter().map(|c| c.ready.clone()));
+        // From now on: a change made before this call (a check's first run) is not news.
+        for source in &mut sources {
+            source.borrow_and_update();
         }
         HealthWatch { sources }
     }
@@ -270,6 +350,10 @@ pub struct HealthReport {
     pub ready: bool,
     /// Each transport, in the order they were listened on.
     pub transports: Vec<TransportHealth>,
+    /// The service's own checks ([`HealthCheck`](crate::server::HealthCheck)), in the order
+    /// they were added; absent when it has none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub checks: Vec<CheckHealth>,
     /// The service's name, if it has one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
@@ -293,6 +377,19 @@ pub struct TransportHealth {
     pub url: String,
     /// True while it takes messages.
     pub ready: bool,
+}
+
+/// One of the service's own checks in a [`HealthReport`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct CheckHealth {
+    /// The check's name.
+    pub name: String,
+    /// True while its last run passed.
+    pub ready: bool,
+    /// Why it is not ready: its last run's error, `no answer within …`, or `not run yet`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 #[cfg(test)]
