@@ -296,10 +296,6 @@ impl Health {
             sources.extend(t.ready.clone());
         }
         sources.extend(self.checks().iter().map(|c| c.ready.clone()));
-        // From now on: a change made before this call (a check's first run) is not news.
-        for source in &mut sources {
-            source.borrow_and_update();
-        }
         HealthWatch { sources }
     }
 }
