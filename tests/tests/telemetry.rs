@@ -893,3 +893,34 @@ async fn otlp_over_grpc_tls_with_a_client_certificate() {
     let tree = child_trace_of(|| collector.spans()).await;
     assert_eq!(tree, expected_over_tcp(), "spans as exported:\n{tree}");
 }
+
+/// An `https` endpoint whose CA file holds no certificate fails `init`, naming the variable,
+/// over gRPC (whose own TLS would read the file only when it first connects) as over HTTP.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ca_file_without_a_certificate_fails_init() {
+    if std::env::var(CHILD).is_ok() {
+        let err = switchboard::telemetry::init("traced-tests").unwrap_err();
+        assert!(matches!(err, switchboard::Error::InvalidConfig { .. }), "{err:?}");
+        println!("init: {err}");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let junk = dir.path().join("ca.pem");
+    std::fs::write(&junk, "not a certificate").unwrap();
+    let junk = junk.to_string_lossy().into_owned();
+    for protocol in ["grpc", "http/protobuf"] {
+        let env = [
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", protocol),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "https://localhost:4317"),
+            ("OTEL_EXPORTER_OTLP_CERTIFICATE", junk.as_str()),
+        ];
+        let (status, printed) = child("a_ca_file_without_a_certificate_fails_init", "bad", &env).await;
+        assert!(status.success(), "{protocol}: the child failed:\n{printed}");
+        assert!(
+            printed.contains(
+                "init: invalid telemetry: OTEL_EXPORTER_OTLP_CERTIFICATE: no certificate in PEM form in the file"
+            ),
+            "{protocol}: {printed}"
+        );
+    }
+}

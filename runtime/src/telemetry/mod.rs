@@ -241,7 +241,11 @@ impl Builder {
                     env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").or_else(|| env("OTEL_EXPORTER_OTLP_ENDPOINT"))
                 });
                 if url.as_deref().is_some_and(is_https) {
-                    exporter = exporter.with_tls_config(tls::TlsFiles::from_env(&env)?.tonic());
+                    let files = tls::TlsFiles::from_env(&env)?;
+                    // tonic reads the files only when it connects: checked here, so that
+                    // `init` fails on a file that holds no certificate or key.
+                    files.rustls()?;
+                    exporter = exporter.with_tls_config(files.tonic());
                 }
                 if let Some(url) = self.endpoint {
                     exporter = exporter.with_endpoint(url);

@@ -70,7 +70,7 @@ impl TlsFiles {
         tls
     }
 
-    /// For the HTTP exporter; checks the files' contents (tonic checks them when it connects).
+    /// For the HTTP exporter, and to check the files: tonic reads them only when it connects.
     pub(super) fn rustls(&self) -> Result<Arc<ClientConfig>> {
         let mut roots = RootCertStore::empty();
         match &self.ca {
