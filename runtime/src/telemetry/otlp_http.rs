@@ -1,4 +1,4 @@
-//! The HTTP client of the OTLP/HTTP exporter: plain HTTP/1.1 over hyper, on a thread of its
+//! The HTTP client of the OTLP/HTTP exporter: HTTP/1.1 over hyper, on a thread of its
 //! own. The SDK exports from its batch thread (outside any runtime) or, with
 //! `export_each_span`, from whichever thread ends a span (blocking it): a runtime of our own
 //! serves both without depending on the application's. One kept-alive connection, over TLS
