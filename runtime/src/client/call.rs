@@ -73,7 +73,7 @@ impl<R> Call<R> {
     }
 
     /// Adds a header (NestJS 12's `metadata`) to this call.
-    pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+    pub fn header<N: AsRef<str> + Into<String>>(mut self, name: N, value: impl Into<String>) -> Self {
         if let Ok(out) = &mut self.out {
             out.header(name, value);
         }
@@ -435,7 +435,7 @@ impl Emit {
     }
 
     /// Adds a header (NestJS 12's `metadata`) to this event.
-    pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+    pub fn header<N: AsRef<str> + Into<String>>(mut self, name: N, value: impl Into<String>) -> Self {
         if let Ok(out) = &mut self.out {
             out.header(name, value);
         }

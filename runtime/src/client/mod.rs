@@ -531,7 +531,7 @@ impl Prepared {
     }
 
     /// Adds a header.
-    pub(crate) fn header(&mut self, name: impl Into<String>, value: impl Into<String>) {
+    pub(crate) fn header<N: AsRef<str> + Into<String>>(&mut self, name: N, value: impl Into<String>) {
         self.headers.insert(name, value);
     }
 }

@@ -1,9 +1,12 @@
 //! [`Headers`]: the string key/value pairs that travel beside a payload (NestJS 12's
 //! `metadata`, NATS and Kafka headers, AMQP headers, gRPC metadata).
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
+
+use smallvec::SmallVec;
 
 /// A message's headers. Cheap to clone: the map is shared until someone changes it.
 ///
@@ -19,15 +22,34 @@ use std::sync::Arc;
 pub struct Headers(Option<Arc<Map>>);
 
 /// Up to [`FEW`] headers in a vector, searched in order (a message has a few: comparing
-/// them beats hashing a key); a map beyond that, so a peer that sends thousands costs no
-/// quadratic time.
+/// them beats hashing a key), the first two inside the map's own allocation; a map beyond
+/// that, so a peer that sends thousands costs no quadratic time.
 #[derive(Clone)]
 enum Map {
-    Few(Vec<(String, String)>),
-    Many(HashMap<String, String>),
+    Few(SmallVec<[(Name, String); 2]>),
+    Many(HashMap<Name, String>),
 }
 
 const FEW: usize = 16;
+
+/// A header's name: the ones Switchboard and W3C tracing put on most messages are kept
+/// without an allocation of their own.
+type Name = Cow<'static, str>;
+
+const KNOWN: [&str; 5] = [
+    crate::service::TIMEOUT_HEADER,
+    "traceparent",
+    "tracestate",
+    "baggage",
+    crate::resilience::IDEMPOTENCY_KEY_HEADER,
+];
+
+fn name_of<N: AsRef<str> + Into<String>>(name: N) -> Name {
+    match KNOWN.iter().find(|known| **known == name.as_ref()) {
+        Some(known) => Cow::Borrowed(known),
+        None => Cow::Owned(name.into()),
+    }
+}
 
 impl Map {
     fn get(&self, name: &str) -> Option<&str> {
@@ -37,13 +59,13 @@ impl Map {
         }
     }
 
-    fn insert(&mut self, name: String, value: String) {
+    fn insert(&mut self, name: Name, value: String) {
         match self {
             Map::Few(v) => match v.iter().position(|(k, _)| *k == name) {
                 Some(at) => v[at].1 = value,
                 None if v.len() < FEW => v.push((name, value)),
                 None => {
-                    let mut m: HashMap<String, String> = std::mem::take(v).into_iter().collect();
+                    let mut m: HashMap<Name, String> = std::mem::take(v).into_iter().collect();
                     m.insert(name, value);
                     *self = Map::Many(m);
                 }
@@ -73,8 +95,8 @@ impl Map {
 
     fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
         let (few, many) = match self {
-            Map::Few(v) => (Some(v.iter().map(|(k, v)| (k.as_str(), v.as_str()))), None),
-            Map::Many(m) => (None, Some(m.iter().map(|(k, v)| (k.as_str(), v.as_str())))),
+            Map::Few(v) => (Some(v.iter().map(|(k, v)| (&**k, v.as_str()))), None),
+            Map::Many(m) => (None, Some(m.iter().map(|(k, v)| (&**k, v.as_str())))),
         };
         few.into_iter().flatten().chain(many.into_iter().flatten())
     }
@@ -92,9 +114,9 @@ impl Headers {
     }
 
     /// Sets a header, replacing an earlier value.
-    pub fn insert(&mut self, name: impl Into<String>, value: impl Into<String>) {
-        let map = self.0.get_or_insert_with(|| Arc::new(Map::Few(Vec::with_capacity(2))));
-        Arc::make_mut(map).insert(name.into(), value.into());
+    pub fn insert<N: AsRef<str> + Into<String>>(&mut self, name: N, value: impl Into<String>) {
+        let map = self.0.get_or_insert_with(|| Arc::new(Map::Few(SmallVec::new())));
+        Arc::make_mut(map).insert(name_of(name), value.into());
     }
 
     /// Removes a header, returning its value.
@@ -134,15 +156,16 @@ impl Eq for Headers {}
 
 impl From<HashMap<String, String>> for Headers {
     fn from(map: HashMap<String, String>) -> Self {
-        match map.len() {
+        let named = map.into_iter().map(|(k, v)| (name_of(k), v));
+        match named.len() {
             0 => Headers(None),
-            n if n <= FEW => Headers(Some(Arc::new(Map::Few(map.into_iter().collect())))),
-            _ => Headers(Some(Arc::new(Map::Many(map)))),
+            n if n <= FEW => Headers(Some(Arc::new(Map::Few(named.collect())))),
+            _ => Headers(Some(Arc::new(Map::Many(named.collect())))),
         }
     }
 }
 
-impl<K: Into<String>, V: Into<String>> FromIterator<(K, V)> for Headers {
+impl<K: AsRef<str> + Into<String>, V: Into<String>> FromIterator<(K, V)> for Headers {
     fn from_iter<I: IntoIterator<Item = (K, V)>>(iter: I) -> Self {
         let mut headers = Headers::new();
         headers.extend(iter);
@@ -150,7 +173,7 @@ impl<K: Into<String>, V: Into<String>> FromIterator<(K, V)> for Headers {
     }
 }
 
-impl<K: Into<String>, V: Into<String>> Extend<(K, V)> for Headers {
+impl<K: AsRef<str> + Into<String>, V: Into<String>> Extend<(K, V)> for Headers {
     fn extend<I: IntoIterator<Item = (K, V)>>(&mut self, iter: I) {
         for (k, v) in iter {
             self.insert(k, v);
@@ -203,6 +226,26 @@ mod tests {
         assert_ne!(few, [("b", "2"), ("a", "1")].into_iter().collect::<Headers>());
         let from_map: Headers = HashMap::from([("a".to_string(), "3".to_string()), ("b".into(), "2".into())]).into();
         assert_eq!(from_map, few);
+    }
+
+    /// The names on most messages are kept without an allocation of their own, whatever the
+    /// caller passed them as; they read and compare as any other.
+    #[test]
+    fn known_names_are_kept_without_allocating() {
+        let mut h = Headers::new();
+        h.insert(crate::service::TIMEOUT_HEADER, "100");
+        h.insert(String::from("traceparent"), "00-1");
+        h.insert("tenant", "acme");
+        let Some(Map::Few(v)) = h.0.as_deref() else {
+            panic!("a few headers are a vector")
+        };
+        let borrowed: Vec<bool> = v.iter().map(|(k, _)| matches!(k, Cow::Borrowed(_))).collect();
+        assert_eq!(borrowed, [true, true, false]);
+        assert_eq!(h.get("traceparent"), Some("00-1"));
+        let same: Headers = [("tenant", "acme"), ("traceparent", "00-1"), ("sb-timeout-ms", "100")]
+            .into_iter()
+            .collect();
+        assert_eq!(h, same);
     }
 
     #[test]
