@@ -844,7 +844,7 @@ async fn a_check_of_the_service_s_own_follows_its_dependency() {
     }
     let mut proxy = Proxy::start(REDIS).await;
     let target = proxy.addr();
-    let check = HealthCheck::new("redis", move || {
+    let redis = HealthCheck::new("redis", move || {
         let target = target.clone();
         async move { redis_ping(&target).await }
     })
@@ -854,7 +854,7 @@ async fn a_check_of_the_service_s_own_follows_its_dependency() {
         .handler(common::ECHO)
         .listen("grpc://127.0.0.1:0")
         .health_http("127.0.0.1:0")
-        .health_check(check)
+        .health_check(redis)
         .start()
         .await
         .unwrap();
@@ -863,19 +863,8 @@ async fn a_check_of_the_service_s_own_follows_its_dependency() {
     assert_eq!(status, 200, "{body}");
     let report: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(report["checks"], json!([{"name": "redis", "ready": true}]), "{report}");
-    let grpc_status = || async {
-        let channel = tonic::transport::Endpoint::from_shared(server.local_url().replacen("grpc://", "http://", 1))
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
-        let answer = HealthClient::new(channel)
-            .check(HealthCheckRequest { service: String::new() })
-            .await
-            .unwrap();
-        answer.into_inner().status
-    };
-    assert_eq!(grpc_status().await, ServingStatus::Serving as i32);
+    let mut grpc = HealthClient::new(grpc::channel(server.local_url()).await.unwrap());
+    assert_eq!(check(&mut grpc, "").await, Ok(ServingStatus::Serving));
 
     proxy.stop().await;
     eventually("not ready without Redis", || async {
@@ -891,13 +880,13 @@ async fn a_check_of_the_service_s_own_follows_its_dependency() {
         "{report:?}"
     );
     assert_eq!(http(addr, "GET", "/health/live").await.0, 200);
-    assert_eq!(grpc_status().await, ServingStatus::NotServing as i32);
+    assert_eq!(check(&mut grpc, "").await, Ok(ServingStatus::NotServing));
 
     proxy.restart().await;
     eventually("ready with Redis back", || async {
         http(addr, "GET", "/health/ready").await.0 == 200
     })
     .await;
-    assert_eq!(grpc_status().await, ServingStatus::Serving as i32);
+    assert_eq!(check(&mut grpc, "").await, Ok(ServingStatus::Serving));
     server.shutdown().await.unwrap();
 }

@@ -752,14 +752,10 @@ async fn otlp_over_http_json() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unknown_otlp_protocol_fails_init() {
     if std::env::var(CHILD).is_ok() {
-        let err = switchboard::telemetry::init("traced-tests").unwrap_err();
-        assert!(matches!(err, switchboard::Error::InvalidConfig { .. }), "{err:?}");
-        println!("init: {err}");
-        return;
+        return child_init_fails();
     }
     let env = [("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "http/xml")];
-    let (status, printed) = child("an_unknown_otlp_protocol_fails_init", "bad", &env).await;
-    assert!(status.success(), "the child failed:\n{printed}");
+    let printed = init_refusal("an_unknown_otlp_protocol_fails_init", &env).await;
     assert!(
         printed.contains(
             "init: invalid telemetry: OTEL_EXPORTER_OTLP_TRACES_PROTOCOL: unknown OTLP protocol `http/xml`: \
@@ -767,6 +763,20 @@ async fn an_unknown_otlp_protocol_fails_init() {
         ),
         "{printed}"
     );
+}
+
+/// In the child: `init` must refuse the environment; what it said is printed.
+fn child_init_fails() {
+    let err = switchboard::telemetry::init("traced-tests").unwrap_err();
+    assert!(matches!(err, switchboard::Error::InvalidConfig { .. }), "{err:?}");
+    println!("init: {err}");
+}
+
+/// What a child of `test` with `env` printed, once [`child_init_fails`] passed in it.
+async fn init_refusal(test: &str, env: &[(&str, &str)]) -> String {
+    let (status, printed) = child(test, "bad", env).await;
+    assert!(status.success(), "the child failed:\n{printed}");
+    printed
 }
 
 // OTLP over TLS, to collectors that take only clients with a certificate from their CA.
@@ -899,10 +909,7 @@ async fn otlp_over_grpc_tls_with_a_client_certificate() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_ca_file_without_a_certificate_fails_init() {
     if std::env::var(CHILD).is_ok() {
-        let err = switchboard::telemetry::init("traced-tests").unwrap_err();
-        assert!(matches!(err, switchboard::Error::InvalidConfig { .. }), "{err:?}");
-        println!("init: {err}");
-        return;
+        return child_init_fails();
     }
     let dir = tempfile::tempdir().unwrap();
     let junk = dir.path().join("ca.pem");
@@ -914,8 +921,7 @@ async fn a_ca_file_without_a_certificate_fails_init() {
             ("OTEL_EXPORTER_OTLP_ENDPOINT", "https://localhost:4317"),
             ("OTEL_EXPORTER_OTLP_CERTIFICATE", junk.as_str()),
         ];
-        let (status, printed) = child("a_ca_file_without_a_certificate_fails_init", "bad", &env).await;
-        assert!(status.success(), "{protocol}: the child failed:\n{printed}");
+        let printed = init_refusal("a_ca_file_without_a_certificate_fails_init", &env).await;
         assert!(
             printed.contains(
                 "init: invalid telemetry: OTEL_EXPORTER_OTLP_CERTIFICATE: no certificate in PEM form in the file"

@@ -28,8 +28,8 @@ type Run = Arc<dyn Fn() -> BoxFuture<'static, Result<(), String>> + Send + Sync>
 /// while each of its checks passed its last run (and, as before, every transport takes
 /// messages). Checks run when the service starts (`start` returns once each has run) and then
 /// every 10 s ([`every`](Self::every)), each run bounded by 2 s ([`timeout`](Self::timeout)),
-/// in the background: the health
-/// pattern, the HTTP endpoint, gRPC health and registries read their last result. A check is
+/// in the background: the health pattern, the HTTP endpoint, gRPC health and registries read
+/// their last result. A check is
 /// not ready until its first run has passed; a failure is logged once when it starts and its
 /// error shown in the [`HealthReport`](crate::server::HealthReport) (so keep secrets out of
 /// it), a recovery logged once.
@@ -133,11 +133,7 @@ impl HealthCheck {
 /// At most [`ERROR_MAX`] bytes of `text`, cut at a character.
 fn cut(mut text: String) -> String {
     if text.len() > ERROR_MAX {
-        let mut end = ERROR_MAX;
-        while !text.is_char_boundary(end) {
-            end -= 1;
-        }
-        text.truncate(end);
+        text.truncate(text.floor_char_boundary(ERROR_MAX));
         text.push('…');
     }
     text
@@ -157,7 +153,7 @@ impl Pending {
     /// end with the returned set.
     pub(crate) async fn start(self, shutdown: &Shutdown) -> JoinSet<()> {
         futures_util::future::join_all(self.0.iter().map(|(check, state)| async move {
-            record(check, state, check.run_once().await);
+            record(check, state, check.run_once().await, true);
         }))
         .await;
         let mut tasks = JoinSet::new();
@@ -169,7 +165,7 @@ impl Pending {
                         _ = shutdown.wait() => return,
                         _ = tokio::time::sleep(check.every) => {}
                     }
-                    record(&check, &state, check.run_once().await);
+                    record(&check, &state, check.run_once().await, false);
                 }
             });
         }
@@ -177,11 +173,11 @@ impl Pending {
     }
 }
 
-/// Records a run's result, and logs a change.
-fn record(check: &HealthCheck, state: &CheckState, result: Result<(), String>) {
-    let failed = result.as_ref().err().cloned();
-    if state.set(result) {
-        match failed {
+/// Records a run's result, and logs a change (the `first` run's failure is one: the check was
+/// not ready before it, but nobody heard why).
+fn record(check: &HealthCheck, state: &CheckState, result: Result<(), String>, first: bool) {
+    if state.set(result) || (first && state.failing().is_some()) {
+        match state.failing() {
             None => tracing::info!(check = %check.name, "health check passes"),
             Some(e) => {
                 tracing::warn!(check = %check.name, error = %crate::text::for_log(&e), "health check fails: not ready")

@@ -204,13 +204,7 @@ fn key_of(payload: Option<&Payload>, field: &str) -> Box<str> {
         _ => return Box::from(""),
     };
     let mut key = field_of(&json, field).unwrap_or_default();
-    if key.len() > MAX_KEY {
-        let mut end = MAX_KEY;
-        while !key.is_char_boundary(end) {
-            end -= 1;
-        }
-        key.truncate(end);
-    }
+    key.truncate(key.floor_char_boundary(MAX_KEY));
     key.into_boxed_str()
 }
 

@@ -668,11 +668,7 @@ fn handler_panicked(label: &'static str, panic: Box<dyn std::any::Any + Send>) -
 
 /// A miss too long to have parsed, as logs and errors name it: its start and its length.
 fn too_long(text: &str) -> String {
-    let mut end = 64.min(text.len());
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}… ({} bytes)", &text[..end], text.len())
+    format!("{}… ({} bytes)", &text[..text.floor_char_boundary(64)], text.len())
 }
 
 /// The content of a JSON string literal without escapes, without allocating.

@@ -237,10 +237,11 @@ impl Builder {
                     .with_tonic()
                     .with_protocol(opentelemetry_otlp::Protocol::Grpc);
                 // The SDK reads the endpoint variables itself; the certificates are ours to read.
-                let url = self.endpoint.clone().or_else(|| {
-                    env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").or_else(|| env("OTEL_EXPORTER_OTLP_ENDPOINT"))
-                });
-                if url.as_deref().is_some_and(is_https) {
+                let https = match &self.endpoint {
+                    Some(url) => is_https(url),
+                    None => signal_var(&env, "ENDPOINT").is_some_and(|(_, url)| is_https(&url)),
+                };
+                if https {
                     let files = tls::TlsFiles::from_env(&env)?;
                     // tonic reads the files only when it connects: checked here, so that
                     // `init` fails on a file that holds no certificate or key.
@@ -298,12 +299,23 @@ fn protocol(chosen: Option<Protocol>, env: &dyn Fn(&str) -> Option<String>) -> R
     if let Some(chosen) = chosen {
         return Ok(chosen);
     }
-    for var in ["OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL"] {
-        if let Some(value) = env(var) {
-            return Protocol::named(&value).ok_or_else(|| config(format!("{var}: {}", unknown_protocol(&value))));
+    match signal_var(env, "PROTOCOL") {
+        Some((var, value)) => {
+            Protocol::named(&value).ok_or_else(|| config(format!("{var}: {}", unknown_protocol(&value))))
         }
+        None => Ok(Protocol::Grpc),
     }
-    Ok(Protocol::Grpc)
+}
+
+/// `OTEL_EXPORTER_OTLP_TRACES_<name>` if it is set, else `OTEL_EXPORTER_OTLP_<name>`: the
+/// variable's name and value.
+fn signal_var(env: &dyn Fn(&str) -> Option<String>, name: &str) -> Option<(String, String)> {
+    [
+        format!("OTEL_EXPORTER_OTLP_TRACES_{name}"),
+        format!("OTEL_EXPORTER_OTLP_{name}"),
+    ]
+    .into_iter()
+    .find_map(|var| env(&var).map(|value| (var, value)))
 }
 
 /// The URL spans are posted to over HTTP, after the specification: the one chosen in code or

@@ -10,7 +10,7 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_rustls::rustls::{self, ClientConfig, RootCertStore};
 
-use super::config;
+use super::{config, signal_var};
 use crate::error::Result;
 
 /// The PEM files of the collector's TLS, read. No `Debug`: it holds a private key.
@@ -26,13 +26,8 @@ impl TlsFiles {
     /// client certificate without its key (or the reverse), is an error naming the variable.
     pub(super) fn from_env(env: &dyn Fn(&str) -> Option<String>) -> Result<TlsFiles> {
         let read = |name: &str| -> Result<Option<Vec<u8>>> {
-            let (var, path) = match (
-                env(&format!("OTEL_EXPORTER_OTLP_TRACES_{name}")),
-                env(&format!("OTEL_EXPORTER_OTLP_{name}")),
-            ) {
-                (Some(path), _) => (format!("OTEL_EXPORTER_OTLP_TRACES_{name}"), path),
-                (None, Some(path)) => (format!("OTEL_EXPORTER_OTLP_{name}"), path),
-                (None, None) => return Ok(None),
+            let Some((var, path)) = signal_var(env, name) else {
+                return Ok(None);
             };
             let path = path.trim();
             std::fs::read(path)
@@ -59,10 +54,9 @@ impl TlsFiles {
 
     /// For the gRPC exporter (tonic).
     pub(super) fn tonic(&self) -> ClientTlsConfig {
-        let mut tls = ClientTlsConfig::new();
-        tls = match &self.ca {
-            Some(ca) => tls.ca_certificate(Certificate::from_pem(ca)),
-            None => tls.with_native_roots(),
+        let mut tls = match &self.ca {
+            Some(ca) => ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca)),
+            None => ClientTlsConfig::new().with_native_roots(),
         };
         if let Some((cert, key)) = &self.identity {
             tls = tls.identity(Identity::from_pem(cert, key));

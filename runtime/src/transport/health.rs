@@ -14,7 +14,7 @@
 //! last results, read when someone asks (the `switchboard.health` pattern, the HTTP endpoint,
 //! gRPC health).
 
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 use futures_util::future::select_all;
@@ -92,25 +92,49 @@ struct Inner {
 /// What is known of one of the service's own checks.
 struct CheckProbe {
     name: String,
-    /// Up while its last run passed (down until the first has).
-    ready: watch::Receiver<bool>,
-    /// Why its last run failed.
-    error: Arc<Mutex<Option<String>>>,
+    /// Why it is not ready (its last run failed, or it has not run yet); `None` while ready.
+    failing: watch::Receiver<Option<String>>,
+}
+
+impl CheckProbe {
+    fn is_ready(&self) -> bool {
+        self.failing.borrow().is_none()
+    }
 }
 
 /// The sending side of a check's state, for the task that runs it.
-pub(crate) struct CheckState {
-    ready: watch::Sender<bool>,
-    error: Arc<Mutex<Option<String>>>,
-}
+pub(crate) struct CheckState(watch::Sender<Option<String>>);
 
 impl CheckState {
-    /// Records a run's result; true when readiness changed.
+    /// Records a run's result; true when readiness changed (only that wakes a
+    /// [`HealthWatch`]: a new reason for the same failure is no news).
     pub(crate) fn set(&self, result: std::result::Result<(), String>) -> bool {
-        let ready = result.is_ok();
-        *self.error.lock().expect("check error lock") = result.err();
-        self.ready
-            .send_if_modified(|was| std::mem::replace(was, ready) != ready)
+        let failing = result.err();
+        self.0.send_if_modified(|was| {
+            let flipped = was.is_some() != failing.is_some();
+            *was = failing;
+            flipped
+        })
+    }
+
+    /// Why the check is not ready, if it is not.
+    pub(crate) fn failing(&self) -> Option<String> {
+        self.0.borrow().clone()
+    }
+}
+
+/// Something a [`HealthWatch`] follows.
+enum Source {
+    Flag(watch::Receiver<bool>),
+    Check(watch::Receiver<Option<String>>),
+}
+
+impl Source {
+    async fn changed(&mut self) -> Result<(), watch::error::RecvError> {
+        match self {
+            Source::Flag(rx) => rx.changed().await,
+            Source::Check(rx) => rx.changed().await,
+        }
     }
 }
 
@@ -173,13 +197,9 @@ impl Health {
         let probes = names
             .into_iter()
             .map(|name| {
-                let (ready, rx) = watch::channel(false);
-                let error = Arc::new(Mutex::new(Some("not run yet".to_owned())));
-                states.push(CheckState {
-                    ready,
-                    error: error.clone(),
-                });
-                CheckProbe { name, ready: rx, error }
+                let (state, failing) = watch::channel(Some("not run yet".to_owned()));
+                states.push(CheckState(state));
+                CheckProbe { name, failing }
             })
             .collect();
         let _ = self.0.checks.set(probes);
@@ -236,7 +256,7 @@ impl Health {
     pub fn is_ready(&self) -> bool {
         !self.is_draining()
             && self.transports().iter().all(Probe::is_ready)
-            && self.checks().iter().all(|c| *c.ready.borrow())
+            && self.checks().iter().all(CheckProbe::is_ready)
     }
 
     /// The state of the service and of each transport, as the health pattern and the HTTP
@@ -254,14 +274,11 @@ impl Health {
             .checks()
             .iter()
             .map(|c| {
-                let ready = *c.ready.borrow();
+                let error = c.failing.borrow().clone();
                 CheckHealth {
                     name: c.name.clone(),
-                    ready,
-                    error: match ready {
-                        true => None,
-                        false => c.error.lock().expect("check error lock").clone(),
-                    },
+                    ready: error.is_none(),
+                    error,
                 }
             })
             .collect();
@@ -290,19 +307,19 @@ impl Health {
     /// Something to wait on for the next change of this health (gRPC's `Watch` and a
     /// discovery registration follow it).
     pub fn subscribe(&self) -> HealthWatch {
-        let mut sources = vec![self.0.draining.clone()];
+        let mut sources = vec![Source::Flag(self.0.draining.clone())];
         for t in self.transports() {
-            sources.push(t.serving.clone());
-            sources.extend(t.ready.clone());
+            sources.push(Source::Flag(t.serving.clone()));
+            sources.extend(t.ready.clone().map(Source::Flag));
         }
-        sources.extend(self.checks().iter().map(|c| c.ready.clone()));
+        sources.extend(self.checks().iter().map(|c| Source::Check(c.failing.clone())));
         HealthWatch { sources }
     }
 }
 
 /// Resolves [`changed`](Self::changed) when anything a [`Health`] is made of changes.
 pub struct HealthWatch {
-    sources: Vec<watch::Receiver<bool>>,
+    sources: Vec<Source>,
 }
 
 impl std::fmt::Debug for HealthWatch {
