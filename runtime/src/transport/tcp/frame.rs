@@ -64,6 +64,11 @@ impl FrameDecoder {
 
     /// Takes the next complete frame body off the front of `buf`.
     pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Bytes>, FrameError> {
+        Ok(self.decode_body(buf)?.map(|body| body.bytes))
+    }
+
+    /// [`decode`](Self::decode), keeping what the length count learnt of the text.
+    pub fn decode_body(&mut self, buf: &mut BytesMut) -> Result<Option<Body>, FrameError> {
         let (len, start) = match self.header {
             Some(h) => h,
             None => match self.read_header(buf)? {
@@ -71,16 +76,22 @@ impl FrameDecoder {
                 None => return Ok(None),
             },
         };
-        let Some(end) = self.body_end(&buf[start..], len)? else {
-            return Ok(None);
+        // Fast path: all-ASCII bodies are one unit per byte.
+        let ascii = self.scanned == 0 && buf.len() - start >= len && buf[start..start + len].is_ascii();
+        let end = match ascii {
+            true => len,
+            false => match self.body_end(&buf[start..], len)? {
+                Some(end) => end,
+                None => return Ok(None),
+            },
         };
         buf.advance(start);
-        let body = buf.split_to(end).freeze();
+        let bytes = buf.split_to(end).freeze();
         self.header = None;
         self.scanned = 0;
         self.units = 0;
         self.owed = 0;
-        Ok(Some(body))
+        Ok(Some(Body { bytes, ascii }))
     }
 
     fn read_header(&mut self, buf: &BytesMut) -> Result<Option<(usize, usize)>, FrameError> {
@@ -103,10 +114,6 @@ impl FrameDecoder {
 
     /// Byte length of a body of `len` UTF-16 units at the front of `body`, once it is all there.
     fn body_end(&mut self, body: &[u8], len: usize) -> Result<Option<usize>, FrameError> {
-        // Fast path: all-ASCII bodies are one unit per byte.
-        if self.scanned == 0 && body.len() >= len && body[..len].is_ascii() {
-            return Ok(Some(len));
-        }
         for (i, &b) in body.iter().enumerate().skip(self.scanned) {
             let continuation = b & 0xC0 == 0x80;
             if continuation {
@@ -144,6 +151,31 @@ impl FrameDecoder {
         }
         self.scanned = body.len();
         Ok((self.units == len && self.owed == 0).then_some(body.len()))
+    }
+}
+
+/// A frame's body, as [`FrameDecoder::decode_body`] took it.
+#[derive(Debug)]
+pub struct Body {
+    bytes: Bytes,
+    /// Every byte was seen to be ASCII while the length was counted.
+    ascii: bool,
+}
+
+impl Body {
+    /// The body's bytes.
+    pub fn bytes(&self) -> &Bytes {
+        &self.bytes
+    }
+
+    /// The body as text; `None` if it is not UTF-8 (checked here only when the length count
+    /// did not see ASCII throughout).
+    pub fn text(&self) -> Option<&str> {
+        match self.ascii {
+            // SAFETY: ASCII is UTF-8; `ascii` is set only by the decoder, after checking.
+            true => Some(unsafe { std::str::from_utf8_unchecked(&self.bytes) }),
+            false => std::str::from_utf8(&self.bytes).ok(),
+        }
     }
 }
 
@@ -278,6 +310,21 @@ mod tests {
         assert_eq!(frames(b"3#a\xffb", 10), Err(FrameError::InvalidUtf8));
         // 😀 is two units; a length of 1 ends inside it.
         assert_eq!(frames("1#😀".as_bytes(), 10), Err(FrameError::InvalidUtf8));
+    }
+
+    #[test]
+    fn a_body_is_text_only_if_it_is_utf8() {
+        let body = |input: &[u8]| {
+            FrameDecoder::new(100)
+                .decode_body(&mut BytesMut::from(input))
+                .unwrap()
+                .unwrap()
+        };
+        assert_eq!(body(b"2#{}").text(), Some("{}"));
+        assert_eq!(body("3#\"é\"".as_bytes()).text(), Some("\"é\""));
+        // An overlong `/`: one unit by its lead byte, still not UTF-8.
+        assert_eq!(body(b"1#\xc0\xaf").text(), None);
+        assert_eq!(&body(b"1#\xc0\xaf").bytes()[..], b"\xc0\xaf");
     }
 
     #[test]

@@ -360,26 +360,28 @@ impl Conn {
                 self.backlog = true;
                 return Ok(());
             }
-            let Some(body) = self.decoder.decode(&mut self.rbuf)? else {
+            let Some(frame) = self.decoder.decode_body(&mut self.rbuf)? else {
                 return Ok(());
             };
             self.frames += 1;
-            let mut packet = match Packet::parse(&body) {
-                Ok(p) => p,
-                Err(PacketError::NotAnObject) => {
+            let (body, text) = (frame.bytes(), frame.text());
+            let mut packet = match text.map(Packet::parse_text) {
+                Some(Ok(p)) => p,
+                None => return Err(Close::Frame(super::frame::FrameError::InvalidUtf8)),
+                Some(Err(PacketError::NotAnObject)) => {
                     tracing::warn!(peer = %self.peer, "There is no matching event handler defined in the remote service. Event pattern: undefined");
                     continue;
                 }
-                Err(PacketError::InvalidJson(e)) => return Err(Close::Json(e)),
-                Err(PacketError::InvalidUtf8) => return Err(Close::Frame(super::frame::FrameError::InvalidUtf8)),
+                Some(Err(PacketError::InvalidJson(e))) => return Err(Close::Json(e)),
+                Some(Err(PacketError::InvalidUtf8)) => return Err(Close::Frame(super::frame::FrameError::InvalidUtf8)),
             };
             if packet.pattern.is_none() && packet.data.is_none() {
                 // NestJS reads such a packet as an event with no pattern: nothing handles it.
                 continue;
             }
-            let id = packet.id.map(|id| Packet::range_in(&body, id));
+            let id = packet.id.map(|id| Packet::range_in(body, id));
             let kind = if id.is_some() { Kind::Request } else { Kind::Event };
-            let (address, payload) = (packet.address(&body), packet.payload(&body));
+            let (address, payload) = (packet.address(body), packet.payload(body));
             let ctx = Context::new("tcp", kind).with_headers(packet.headers());
             let mut reply = self
                 .router
@@ -404,7 +406,7 @@ impl Conn {
                 // split leaves `data` unchecked, so a failed handler's input is checked here.
                 return Err(Close::Json(e));
             }
-            self.dispatched(&body, id, ready, reply, Codec::Json);
+            self.dispatched(body, id, ready, reply, Codec::Json);
         }
     }
 

@@ -181,7 +181,11 @@ impl<'a> Packet<'a> {
     /// Parses a packet body.
     pub fn parse(body: &'a [u8]) -> Result<Packet<'a>, PacketError> {
         // Checked once here, so the parser does not check each raw value again.
-        let text = std::str::from_utf8(body).map_err(|_| PacketError::InvalidUtf8)?;
+        Self::parse_text(std::str::from_utf8(body).map_err(|_| PacketError::InvalidUtf8)?)
+    }
+
+    /// [`parse`](Self::parse) of a body already known to be text.
+    pub fn parse_text(text: &'a str) -> Result<Packet<'a>, PacketError> {
         if let Some(p) = Self::split(text) {
             return Ok(p);
         }
@@ -395,14 +399,16 @@ fn value_end(b: &[u8], at: usize) -> Option<usize> {
         b'{' | b'[' => {
             let mut depth = 0usize;
             let mut i = at;
-            while i < b.len() {
-                match b[i] {
-                    b'"' => {
-                        i = string_end(b, i)?;
-                        continue;
-                    }
-                    b'{' | b'[' => depth += 1,
-                    b'}' | b']' => {
+            while let Some(&c) = b.get(i) {
+                if c == b'"' {
+                    i = string_end(b, i)?;
+                    continue;
+                }
+                // `[` and `{`, `]` and `}` differ only in 0x20: two compares, not a jump
+                // table per byte.
+                match c | 0x20 {
+                    b'{' => depth += 1,
+                    b'}' => {
                         depth -= 1;
                         if depth == 0 {
                             return Some(i + 1);
@@ -788,6 +794,7 @@ mod tests {
             r#"{"pattern":"echo","data":-1.5e3,"id":null}"#,
             r#"{"pattern":"echo","data":null,"id":"x"}"#,
             r#"{"pattern":"echo","data":"}","id":"x"}"#,
+            r#"{"pattern":"echo","data":[{"a":[1,{"b":"]}"}]},[],{}],"id":"x"}"#,
             // NestJS 12 (and Switchboard) clients: metadata between data and id.
             r#"{"pattern":{"cmd":"add"},"data":{"a":1},"metadata":{"traceparent":"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01","sb-timeout-ms":"29999"},"id":"7"}"#,
             r#"{"pattern":"evt","data":[1],"metadata":{"k":"}\"{"}}"#,
