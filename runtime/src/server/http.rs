@@ -13,15 +13,18 @@
 //! whoever can reach its port, so it is bounded: HTTP/1.1 only, one request per connection
 //! (no keep-alive), the request head within 10 s (a slow client is cut off), at most 32
 //! headers in 4 KiB (431 beyond), request bodies never read, and at most 256 connections at
-//! once (more are closed at once, as the TCP transport does).
+//! once (more are closed at once, as the TCP transport does). With the `tls` feature it
+//! serves `https://` too, its certificate and key named as `tls://` names them.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::FutureExt;
 use http_body_util::Full;
 use hyper::header::{ALLOW, CACHE_CONTROL, CONTENT_TYPE, HeaderValue};
+use hyper::server::conn::http1::Builder;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::task::{JoinHandle, JoinSet};
@@ -113,15 +116,30 @@ pub(crate) struct HttpEndpoint {
 }
 
 impl HttpEndpoint {
-    /// Binds `addr` (`host:port`, port 0 for any; an `http://` prefix is allowed) and serves
-    /// `health` on it.
+    /// Binds `addr` (`host:port`, port 0 for any; `http://host:port`, or, with the `tls`
+    /// feature, `https://host:port?cert=<PEM file>&key=<PEM file>`) and serves `health` on it.
     pub(crate) async fn start(addr: &str, health: Health) -> Result<Self> {
-        let authority = addr.strip_prefix("http://").unwrap_or(addr).trim_end_matches('/');
-        let cannot = |e| Error::io(format!("cannot listen on http://{authority}"), e);
-        let listener = crate::transport::listen(authority, BACKLOG).await.map_err(cannot)?;
+        let (scheme, authority, tls) = match addr.contains("://") {
+            false => ("http", addr.trim_end_matches('/').to_owned(), None),
+            true => {
+                let ep = crate::transport::Endpoint::parse(addr)?;
+                let tls = match ep.scheme.as_str() {
+                    "http" => None,
+                    #[cfg(feature = "tls")]
+                    "https" => Some(crate::transport::tcp::tls::acceptor(&ep)?),
+                    #[cfg(not(feature = "tls"))]
+                    "https" => return Err(invalid(&ep, "https:// needs switchboard's `tls` feature")),
+                    _ => return Err(invalid(&ep, "the health endpoint is http:// or https://")),
+                };
+                let scheme = if tls.is_some() { "https" } else { "http" };
+                (scheme, ep.authority, tls)
+            }
+        };
+        let cannot = |e| Error::io(format!("cannot listen on {scheme}://{authority}"), e);
+        let listener = crate::transport::listen(&authority, BACKLOG).await.map_err(cannot)?;
         let addr = listener.local_addr().map_err(cannot)?;
-        let task = tokio::spawn(serve(listener, health, MAX_CONNECTIONS));
-        tracing::info!(url = %format_args!("http://{addr}"), "health endpoint listening");
+        let task = tokio::spawn(serve(listener, tls, health, MAX_CONNECTIONS));
+        tracing::info!(url = %format_args!("{scheme}://{addr}"), "health endpoint listening");
         Ok(HttpEndpoint { addr, task })
     }
 
@@ -146,8 +164,21 @@ impl Drop for HttpEndpoint {
 /// Warnings about refused connections, at most this many a second.
 static REFUSED: crate::text::Throttle = crate::text::Throttle::new(10);
 
+/// What answers `https://`; nothing can be one without the `tls` feature.
+#[cfg(feature = "tls")]
+type Acceptor = tokio_rustls::TlsAcceptor;
+#[cfg(not(feature = "tls"))]
+type Acceptor = Infallible;
+
+fn invalid(ep: &crate::transport::Endpoint, reason: &str) -> Error {
+    Error::InvalidUrl {
+        url: ep.redacted(),
+        reason: reason.to_owned(),
+    }
+}
+
 /// Accepts connections until aborted; each answers one request.
-async fn serve(listener: tokio::net::TcpListener, health: Health, max_connections: usize) {
+async fn serve(listener: tokio::net::TcpListener, tls: Option<Acceptor>, health: Health, max_connections: usize) {
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(HEADER_TIMEOUT)
@@ -167,13 +198,21 @@ async fn serve(listener: tokio::net::TcpListener, health: Health, max_connection
                         }
                         continue;
                     }
-                    let health = health.clone();
-                    let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
-                        std::future::ready(Ok::<_, Infallible>(handle(req.method(), req.uri().path(), &health)))
-                    });
-                    let conn = http.serve_connection(TokioIo::new(stream), service);
+                    let (http, health) = (http.clone(), health.clone());
+                    let answered = match tls.clone() {
+                        None => answer(http, stream, health).boxed(),
+                        #[cfg(feature = "tls")]
+                        Some(acceptor) => async move {
+                            let stream = acceptor.accept(stream).await.map_err(|e| format!("TLS handshake failed: {e}"))?;
+                            answer(http, stream, health).await
+                        }
+                        .boxed(),
+                        #[cfg(not(feature = "tls"))]
+                        Some(never) => match never {},
+                    };
+                    // The whole connection, its TLS handshake included, within the deadline.
                     conns.spawn(async move {
-                        match tokio::time::timeout(CONNECTION_DEADLINE, conn).await {
+                        match tokio::time::timeout(CONNECTION_DEADLINE, answered).await {
                             Ok(Ok(())) => {}
                             Ok(Err(e)) => tracing::debug!(%peer, error = %e, "health endpoint connection failed"),
                             Err(_) => tracing::debug!(%peer, "health endpoint connection cut off after {CONNECTION_DEADLINE:?}"),
@@ -189,6 +228,19 @@ async fn serve(listener: tokio::net::TcpListener, health: Health, max_connection
             Some(_) = conns.join_next(), if !conns.is_empty() => {}
         }
     }
+}
+
+/// Answers the one request of a connection.
+async fn answer<I>(http: Builder, io: I, health: Health) -> std::result::Result<(), String>
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+        std::future::ready(Ok::<_, Infallible>(handle(req.method(), req.uri().path(), &health)))
+    });
+    http.serve_connection(TokioIo::new(io), service)
+        .await
+        .map_err(|e| e.to_string())
 }
 
 #[cfg(test)]
@@ -266,7 +318,7 @@ mod tests {
         let health = Health::new(None, &shutdown);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        tokio::spawn(serve(listener, health, max_connections));
+        tokio::spawn(serve(listener, None, health, max_connections));
         addr
     }
 
@@ -316,5 +368,55 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
         assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    }
+
+    #[cfg(feature = "tls")]
+    #[tokio::test]
+    async fn https_answers_over_tls_and_only_over_tls() {
+        use rustls_pki_types::ServerName;
+        use tokio_rustls::rustls::{ClientConfig, RootCertStore, crypto::ring};
+
+        let dir = tempfile::tempdir().unwrap();
+        let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+        let (cert_file, key_file) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+        std::fs::write(&cert_file, cert.cert.pem()).unwrap();
+        std::fs::write(&key_file, cert.signing_key.serialize_pem()).unwrap();
+        let (_stop, shutdown) = Shutdown::new();
+        let health = Health::new(None, &shutdown);
+        let url = format!(
+            "https://127.0.0.1:0?cert={}&key={}",
+            cert_file.display(),
+            key_file.display()
+        );
+        let endpoint = HttpEndpoint::start(&url, health.clone()).await.unwrap();
+
+        let mut roots = RootCertStore::empty();
+        roots.add(cert.cert.der().clone()).unwrap();
+        let config = ClientConfig::builder_with_provider(std::sync::Arc::new(ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let tcp = tokio::net::TcpStream::connect(endpoint.addr()).await.unwrap();
+        let mut tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+            .connect(ServerName::try_from("localhost").unwrap(), tcp)
+            .await
+            .unwrap();
+        tls.write_all(b"GET /health HTTP/1.1\r\nhost: a\r\n\r\n").await.unwrap();
+        let mut answer = Vec::new();
+        // The server closes after its one answer, perhaps without a TLS close_notify.
+        let _ = tls.read_to_end(&mut answer).await;
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        assert!(answer.contains(r#""ready":true"#), "{answer}");
+
+        let plain = exchange(endpoint.addr(), b"GET /health HTTP/1.1\r\nhost: a\r\n\r\n").await;
+        assert!(!plain.contains("HTTP/1.1"), "no answer in plain HTTP: {plain}");
+
+        let no_key = format!("https://127.0.0.1:0?cert={}", cert_file.display());
+        let err = HttpEndpoint::start(&no_key, health.clone()).await.unwrap_err();
+        assert!(err.to_string().contains("https:// needs `key="), "{err}");
+        let err = HttpEndpoint::start("tcp://127.0.0.1:0", health).await.unwrap_err();
+        assert!(err.to_string().contains("http:// or https://"), "{err}");
     }
 }

@@ -452,7 +452,9 @@ impl<S: Clone + Send + Sync + 'static> Microservice<S> {
     /// starting, while a broker is away, while draining), `GET /health/live` 200 while it is
     /// live. Any other path is 404, another method 405. The endpoint is bounded (request head
     /// within 10 s, 32 headers in 4 KiB, one request per connection, 256 connections), but
-    /// it answers anyone who reaches it: bind it where only your orchestrator does.
+    /// it answers anyone who reaches it: bind it where only your orchestrator does. With the
+    /// `tls` feature, `https://host:port?cert=<PEM file>&key=<PEM file>` serves it over TLS
+    /// (an unreadable file fails [`start`](Self::start)); `http://host:port` is `host:port`.
     ///
     /// ```
     /// use switchboard::prelude::*;

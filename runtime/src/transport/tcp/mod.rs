@@ -31,7 +31,7 @@ mod client;
 pub mod frame;
 mod server;
 #[cfg(feature = "tls")]
-mod tls;
+pub(crate) mod tls;
 
 pub use client::TcpClient;
 

@@ -1,4 +1,5 @@
-//! TLS for the TCP transport (`tls://`), with rustls and the ring provider.
+//! TLS for the TCP transport (`tls://`) and the HTTP endpoint (`https://`), with rustls and
+//! the ring provider.
 //!
 //! The server reads its certificate chain and key from the PEM files named by the `cert`
 //! and `key` URL parameters; the client trusts the CA certificates in the `ca` file and
@@ -30,7 +31,7 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 
 fn required<'a>(ep: &'a Endpoint, key: &str, what: &str) -> Result<&'a str> {
     ep.param(key)
-        .ok_or_else(|| invalid(ep, format!("tls:// needs `{key}=<path to {what} PEM file>`")))
+        .ok_or_else(|| invalid(ep, format!("{}:// needs `{key}=<path to {what} PEM file>`", ep.scheme)))
 }
 
 fn certs(ep: &Endpoint, path: &str) -> Result<Vec<CertificateDer<'static>>> {
@@ -43,8 +44,8 @@ fn certs(ep: &Endpoint, path: &str) -> Result<Vec<CertificateDer<'static>>> {
     Ok(certs)
 }
 
-/// The server's TLS acceptor.
-pub(super) fn acceptor(ep: &Endpoint) -> Result<TlsAcceptor> {
+/// The server's TLS acceptor (for `tls://`, and the HTTP endpoint's `https://`).
+pub(crate) fn acceptor(ep: &Endpoint) -> Result<TlsAcceptor> {
     let chain = certs(ep, required(ep, "cert", "certificate")?)?;
     let key_path = required(ep, "key", "private key")?;
     let key = PrivateKeyDer::from_pem_file(key_path)
