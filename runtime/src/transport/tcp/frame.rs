@@ -68,6 +68,17 @@ impl FrameDecoder {
     }
 
     /// [`decode`](Self::decode), keeping what the length count learnt of the text.
+    ///
+    /// ```
+    /// use bytes::BytesMut;
+    /// use switchboard::transport::tcp::frame::FrameDecoder;
+    ///
+    /// let mut buf = BytesMut::from(&b"2#{}3#[1"[..]);
+    /// let mut frames = FrameDecoder::new(1024);
+    /// let body = frames.decode_body(&mut buf).unwrap().unwrap();
+    /// assert_eq!(body.text(), Some("{}"));
+    /// assert!(frames.decode_body(&mut buf).unwrap().is_none(), "the next one is not all there");
+    /// ```
     pub fn decode_body(&mut self, buf: &mut BytesMut) -> Result<Option<Body>, FrameError> {
         let (len, start) = match self.header {
             Some(h) => h,
