@@ -176,8 +176,10 @@ impl Pending {
 /// Records a run's result, and logs a change (the `first` run's failure is one: the check was
 /// not ready before it, but nobody heard why).
 fn record(check: &HealthCheck, state: &CheckState, result: Result<(), String>, first: bool) {
-    if state.set(result) || (first && state.failing().is_some()) {
-        match state.failing() {
+    let changed = state.set(result);
+    let failing = state.failing();
+    if changed || (first && failing.is_some()) {
+        match failing {
             None => tracing::info!(check = %check.name, "health check passes"),
             Some(e) => {
                 tracing::warn!(check = %check.name, error = %crate::text::for_log(&e), "health check fails: not ready")

@@ -245,7 +245,9 @@ impl Builder {
                     let files = tls::TlsFiles::from_env(&env)?;
                     // tonic reads the files only when it connects: checked here, so that
                     // `init` fails on a file that holds no certificate or key.
-                    files.rustls()?;
+                    if !files.is_empty() {
+                        files.rustls()?;
+                    }
                     exporter = exporter.with_tls_config(files.tonic());
                 }
                 if let Some(url) = self.endpoint {

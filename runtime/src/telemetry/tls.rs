@@ -52,6 +52,11 @@ impl TlsFiles {
         Ok(TlsFiles { ca, identity })
     }
 
+    /// True when no variable named a file (the system's roots, no client certificate).
+    pub(super) fn is_empty(&self) -> bool {
+        self.ca.is_none() && self.identity.is_none()
+    }
+
     /// For the gRPC exporter (tonic).
     pub(super) fn tonic(&self) -> ClientTlsConfig {
         let mut tls = match &self.ca {

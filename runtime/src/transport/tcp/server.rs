@@ -367,13 +367,14 @@ impl Conn {
             let (body, text) = (frame.bytes(), frame.text());
             let mut packet = match text.map(Packet::parse_text) {
                 Some(Ok(p)) => p,
-                None => return Err(Close::Frame(super::frame::FrameError::InvalidUtf8)),
+                None | Some(Err(PacketError::InvalidUtf8)) => {
+                    return Err(Close::Frame(super::frame::FrameError::InvalidUtf8));
+                }
                 Some(Err(PacketError::NotAnObject)) => {
                     tracing::warn!(peer = %self.peer, "There is no matching event handler defined in the remote service. Event pattern: undefined");
                     continue;
                 }
                 Some(Err(PacketError::InvalidJson(e))) => return Err(Close::Json(e)),
-                Some(Err(PacketError::InvalidUtf8)) => return Err(Close::Frame(super::frame::FrameError::InvalidUtf8)),
             };
             if packet.pattern.is_none() && packet.data.is_none() {
                 // NestJS reads such a packet as an event with no pattern: nothing handles it.
