@@ -24,6 +24,8 @@ mod listen;
 mod outcome;
 mod repl;
 mod saga;
+#[cfg(feature = "telemetry")]
+mod trace;
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -264,7 +266,8 @@ struct Target {
     /// How long to wait: `500ms`, `5s`, `1m`.
     #[arg(short, long, default_value = "10s", value_name = "DURATION")]
     timeout: String,
-    /// A W3C trace id (32 hex digits) for the call: sent as `traceparent` with a new span id.
+    /// A W3C trace id (32 hex digits) for the call: sent as `traceparent` with a new span id (with
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT` set, the command's exported spans join that trace).
     #[arg(long, value_name = "HEX32")]
     trace_id: Option<String>,
     /// JSON lines on stdout, errors included: `{"value":…}`, `{"ok":true}`, `{"error":{"kind":…,"message":…}}`.
@@ -292,8 +295,8 @@ fn main() -> ExitCode {
         Err(e) => return out.fail(&Failure::other(format!("cannot start the runtime: {e}"))),
     };
     let done = match &cli.command {
-        Command::Call(t) => rt.block_on(run(false, t, &out)),
-        Command::Emit(t) => rt.block_on(run(true, t, &out)),
+        Command::Call(t) => rt.block_on(traced(false, t, &out)),
+        Command::Emit(t) => rt.block_on(traced(true, t, &out)),
         Command::Listen(l) => {
             let patterns: Vec<Value> = l.patterns.iter().map(|p| input::pattern(p)).collect();
             rt.block_on(listen::listen(&l.url, &patterns, l.count, &out))
@@ -339,7 +342,25 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(emit: bool, t: &Target, out: &Output) -> Result<(), Failure> {
+/// `call` or `emit`; with the feature `telemetry` and an OTLP endpoint configured, in a span
+/// that is exported (see `trace`).
+async fn traced(emit: bool, t: &Target, out: &Output) -> Result<(), Failure> {
+    let traceparent = t.trace_id.as_deref().map(input::traceparent).transpose()?;
+    #[cfg(feature = "telemetry")]
+    {
+        use tracing::Instrument as _;
+        let exporter = trace::start();
+        let name = if emit { "switchboard emit" } else { "switchboard call" };
+        let span = trace::command(name, traceparent.as_deref());
+        let done = run(emit, t, traceparent, out).instrument(span).await;
+        exporter.finish().await;
+        done
+    }
+    #[cfg(not(feature = "telemetry"))]
+    run(emit, t, traceparent, out).await
+}
+
+async fn run(emit: bool, t: &Target, traceparent: Option<String>, out: &Output) -> Result<(), Failure> {
     let timeout = input::duration(&t.timeout)?;
     let pattern = input::pattern(&t.pattern);
     let payload = input::payload(t.payload.as_deref())?;
@@ -348,8 +369,8 @@ async fn run(emit: bool, t: &Target, out: &Output) -> Result<(), Failure> {
         .iter()
         .map(|h| input::header(h))
         .collect::<Result<Vec<_>, _>>()?;
-    if let Some(trace) = &t.trace_id {
-        headers.push(("traceparent".to_owned(), input::traceparent(trace)?));
+    if let Some(traceparent) = traceparent {
+        headers.push(("traceparent".to_owned(), traceparent));
     }
     let client = Client::builder(&t.url)
         .timeout(timeout)

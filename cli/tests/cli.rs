@@ -153,6 +153,135 @@ async fn calls_and_emits_over_tcp() {
     server.shutdown().await.unwrap();
 }
 
+/// An OTLP/HTTP collector taking `http/json`: every export's body, parsed.
+#[cfg(feature = "telemetry")]
+async fn json_collector() -> (String, std::sync::Arc<Mutex<Vec<Value>>>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let exports = std::sync::Arc::new(Mutex::new(Vec::new()));
+    let kept = exports.clone();
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            let kept = kept.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 8192];
+                loop {
+                    // One request: its head, then `content-length` bytes of body.
+                    let head_end = loop {
+                        if let Some(at) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            break at + 4;
+                        }
+                        match conn.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    };
+                    let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
+                    let len: usize = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .and_then(|v| v.trim().parse().ok())
+                        .unwrap_or(0);
+                    while buf.len() < head_end + len {
+                        match conn.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    let body: Vec<u8> = buf.drain(..head_end + len).skip(head_end).collect();
+                    kept.lock()
+                        .unwrap()
+                        .push(serde_json::from_slice(&body).unwrap_or(Value::Null));
+                    let ok = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}";
+                    if conn.write_all(ok).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (url, exports)
+}
+
+/// Every span in the exports, by name.
+#[cfg(feature = "telemetry")]
+fn exported_spans(exports: &[Value]) -> HashMap<String, Value> {
+    let mut spans = HashMap::new();
+    for export in exports {
+        for resource in export["resourceSpans"].as_array().into_iter().flatten() {
+            for scope in resource["scopeSpans"].as_array().into_iter().flatten() {
+                for span in scope["spans"].as_array().into_iter().flatten() {
+                    spans.insert(span["name"].as_str().unwrap_or_default().to_owned(), span.clone());
+                }
+            }
+        }
+    }
+    spans
+}
+
+/// The CLI with OTLP variables pointing at `collector`.
+#[cfg(feature = "telemetry")]
+async fn traced_cli(collector: &str, list: &[&str]) -> Output {
+    let (collector, list) = (collector.to_owned(), args(list));
+    tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_switchboard"))
+            .args(&list)
+            .env("OTEL_EXPORTER_OTLP_ENDPOINT", collector)
+            .env("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json")
+            .env_remove("OTEL_SDK_DISABLED")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap()
+}
+
+#[cfg(feature = "telemetry")]
+#[tokio::test]
+async fn exports_the_spans_of_a_call_when_an_otlp_endpoint_is_set() {
+    let server = serve("tcp://127.0.0.1:0").await;
+    let url = server.local_url().to_owned();
+    let (collector, exports) = json_collector().await;
+
+    // Given a trace id: the command's span and the call's are in that trace, the call's span is
+    // the command's child, and the service is handed the call's span as its parent.
+    let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let out = traced_cli(&collector, &["call", &url, "cli.headers", "null", "--trace-id", trace]).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let seen: Value = serde_json::from_str(text(&out.stdout).trim()).unwrap();
+    let spans = exported_spans(&exports.lock().unwrap());
+    let (command, send) = (&spans["switchboard call"], &spans["send cli.headers"]);
+    assert_eq!(command["traceId"], trace, "{command}");
+    assert_eq!(send["traceId"], trace, "{send}");
+    assert_eq!(send["parentSpanId"], command["spanId"]);
+    assert!(send["kind"] == json!(3) || send["kind"] == "SPAN_KIND_CLIENT", "{send}");
+    let span_id = send["spanId"].as_str().unwrap();
+    assert_eq!(seen["traceparent"], format!("00-{trace}-{span_id}-01"));
+
+    // Without one, a trace of its own; an event is a PRODUCER span.
+    exports.lock().unwrap().clear();
+    let out = traced_cli(&collector, &["emit", &url, "cli.evt", r#"{"marker":"traced"}"#]).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let spans = exported_spans(&exports.lock().unwrap());
+    let (command, send) = (&spans["switchboard emit"], &spans["send cli.evt"]);
+    assert_eq!(send["traceId"], command["traceId"]);
+    assert_ne!(command["traceId"], trace);
+    assert!(
+        send["kind"] == json!(4) || send["kind"] == "SPAN_KIND_PRODUCER",
+        "{send}"
+    );
+
+    // With no endpoint set, nothing is sent.
+    exports.lock().unwrap().clear();
+    let out = run(args(&["call", &url, r#"{"cmd":"sum"}"#, "[1,2]"]), None).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(exports.lock().unwrap().is_empty());
+    server.shutdown().await.unwrap();
+}
+
 #[tokio::test]
 async fn each_failure_has_its_exit_code() {
     let server = serve("tcp://127.0.0.1:0").await;

@@ -60,6 +60,29 @@ pub fn init(service: &str) -> Result<Telemetry> {
     builder(service).init()
 }
 
+/// Makes `span` continue the trace whose W3C context (`traceparent`, `tracestate`, `baggage`) is
+/// in `headers`: for work that starts from something Switchboard did not receive itself, such as
+/// an HTTP request at a gateway or a trace id given on a command line. Calls made inside `span`
+/// then join that trace. `false`, and `span` left as it was, when the headers hold no valid
+/// context, no OpenTelemetry layer records `span`, or it has started already (been entered).
+///
+/// ```
+/// use switchboard::Headers;
+///
+/// let mut headers = Headers::new();
+/// headers.insert("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
+/// let span = tracing::info_span!("checkout");
+/// // Nothing records spans in this example (no `telemetry::init`), so there is nothing to join.
+/// assert!(!switchboard::telemetry::continue_trace(&span, &headers));
+/// ```
+pub fn continue_trace(span: &tracing::Span, headers: &crate::service::Headers) -> bool {
+    use opentelemetry::trace::TraceContextExt as _;
+    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+
+    let parent = propagation::extract(headers);
+    parent.span().span_context().is_valid() && span.set_parent(parent).is_ok()
+}
+
 /// Tracing for a service named `service` (unless `OTEL_SERVICE_NAME` names it), to configure.
 pub fn builder(service: &str) -> Builder {
     Builder {
@@ -410,6 +433,33 @@ mod tests {
     /// An environment of `vars` alone.
     fn env<'a>(vars: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
         move |name| vars.iter().find(|(k, _)| *k == name).map(|(_, v)| v.to_string())
+    }
+
+    #[test]
+    fn continue_trace_joins_a_valid_context_before_the_span_starts() {
+        use opentelemetry::trace::TraceContextExt as _;
+        use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+
+        let provider = SdkTracerProvider::builder().build();
+        let subscriber = Registry::default().with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
+        tracing::subscriber::with_default(subscriber, || {
+            let mut headers = crate::service::Headers::new();
+            headers.insert("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
+            let span = tracing::info_span!("gateway");
+            assert!(continue_trace(&span, &headers));
+            let trace = span.context().span().span_context().trace_id();
+            assert_eq!(trace.to_string(), "4bf92f3577b34da6a3ce929d0e0e4736");
+
+            // No context, a broken one, or a span already started: left as it was.
+            let other = tracing::info_span!("other");
+            assert!(!continue_trace(&other, &crate::service::Headers::new()));
+            let mut broken = crate::service::Headers::new();
+            broken.insert("traceparent", "00-00000000000000000000000000000000-00f067aa0ba902b7-01");
+            assert!(!continue_trace(&other, &broken));
+            let own = other.context().span().span_context().trace_id();
+            assert!(!continue_trace(&other, &headers));
+            assert_ne!(own.to_string(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        });
     }
 
     #[test]
