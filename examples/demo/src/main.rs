@@ -158,16 +158,34 @@ async fn wait_for_port(port: u16) -> anyhow::Result<()> {
 
 /// A minimal HTTP/1.1 exchange, enough for the demo: the status and the body as JSON.
 async fn http(port: u16, method: &str, path: &str, body: Option<Value>) -> anyhow::Result<(u16, Value)> {
-    let (status, body) = http_raw(port, method, path, body).await?;
+    http_in_trace(port, method, path, body, None).await
+}
+
+/// [`http`] from a caller that traces: its `traceparent` sent along.
+async fn http_in_trace(
+    port: u16,
+    method: &str,
+    path: &str,
+    body: Option<Value>,
+    traceparent: Option<&str>,
+) -> anyhow::Result<(u16, Value)> {
+    let (status, body) = http_raw(port, method, path, body, traceparent).await?;
     Ok((status, serde_json::from_str(&body).unwrap_or(Value::String(body))))
 }
 
-/// The status and the body as text.
-async fn http_raw(port: u16, method: &str, path: &str, body: Option<Value>) -> anyhow::Result<(u16, String)> {
+/// The status and the body as text; with a `traceparent`, as a caller that traces sends it.
+async fn http_raw(
+    port: u16,
+    method: &str,
+    path: &str,
+    body: Option<Value>,
+    traceparent: Option<&str>,
+) -> anyhow::Result<(u16, String)> {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).await?;
     let body = body.map(|b| b.to_string()).unwrap_or_default();
+    let traceparent = traceparent.map(|t| format!("traceparent: {t}\r\n")).unwrap_or_default();
     let request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n{traceparent}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     );
     stream.write_all(request.as_bytes()).await?;
@@ -203,12 +221,24 @@ async fn http_head_only(port: u16, request_line: &str, length: u64) -> anyhow::R
 }
 
 async fn call(port: u16, method: &str, path: &str, body: Option<Value>, expect: (u16, Value)) -> anyhow::Result<()> {
+    call_in_trace(port, method, path, body, expect, None).await
+}
+
+/// [`call`] from a caller that traces: its `traceparent` sent along.
+async fn call_in_trace(
+    port: u16,
+    method: &str,
+    path: &str,
+    body: Option<Value>,
+    expect: (u16, Value),
+    traceparent: Option<&str>,
+) -> anyhow::Result<()> {
     println!(
         "{:>13} > {method} {path} {}",
         "demo",
         body.as_ref().map(|b| b.to_string()).unwrap_or_default()
     );
-    let got = http(port, method, path, body).await?;
+    let got = http_in_trace(port, method, path, body, traceparent).await?;
     println!("{:>13} < {} {}", "demo", got.0, got.1);
     ensure!(got == expect, "{method} {path}: expected {expect:?}, got {got:?}");
     tokio::time::sleep(Duration::from_millis(150)).await;
@@ -261,7 +291,7 @@ async fn degrade_and_recover(
         );
     }
     // Without a fallback, the public gets a status and a word: no address, no OS error.
-    let (status, body) = http_raw(http_port, "GET", "/math/add?a=5&b=3", None).await?;
+    let (status, body) = http_raw(http_port, "GET", "/math/add?a=5&b=3", None, None).await?;
     ensure!(
         status == 503 && !body.contains("127.0.0.1") && !body.contains("os error"),
         "math down, no fallback: expected a bare 503, got {status} {body}"
@@ -702,8 +732,12 @@ fn mode_arg() -> anyhow::Result<Mode> {
     }
 }
 
+/// The trace context the demo's `POST /users` comes with: the caller's trace, and its span.
+const CALLER_TRACEPARENT: &str = "00-5b8aa5a2d2c872e8321cf37308d69df2-051581bf3cb55c13-01";
+
 /// Prints the trace of `POST /users` as the collector received it, and checks that it went
-/// gateway → users, and gateway → notifications and analytics, in one trace.
+/// gateway → users, and gateway → notifications and analytics, in one trace: the caller's,
+/// under the caller's span.
 async fn print_trace(collector: &example_collector::Collector) -> anyhow::Result<()> {
     let expected = [
         ("gateway", "POST /users"),
@@ -726,6 +760,15 @@ async fn print_trace(collector: &example_collector::Collector) -> anyhow::Result
         .await
         .context("the trace of POST /users did not reach the collector within 20 s")?;
     let id = trace(&spans).expect("checked");
+    let root = spans
+        .iter()
+        .find(|s| s.name == expected[0].1 && s.trace_id == id)
+        .expect("checked");
+    ensure!(
+        CALLER_TRACEPARENT == format!("00-{id}-{}-01", root.parent),
+        "POST /users is not in its caller's trace under the caller's span: trace {id}, parent {}",
+        root.parent
+    );
     let tree = example_collector::render(&spans, &id, |k| k == "messaging.system");
     println!("{:>13} | one trace of POST /users ({id}):", "demo");
     for line in tree.lines() {
@@ -984,12 +1027,15 @@ async fn main() -> anyhow::Result<()> {
             ),
         )
         .await?;
-        call(
+        // From a caller that traces, as a browser or an upstream service with OpenTelemetry
+        // would: the gateway continues its trace.
+        call_in_trace(
             http_port,
             "POST",
             "/users",
             Some(json!({"name": "Ada", "email": "ada@example.com"})),
             (201, json!({"id": "100", "name": "Ada", "email": "ada@example.com"})),
+            Some(CALLER_TRACEPARENT),
         )
         .await?;
         call(
@@ -1001,7 +1047,7 @@ async fn main() -> anyhow::Result<()> {
         )
         .await?;
         // As NestJS writes it: `8`, not `8.0`.
-        let (status, body) = http_raw(http_port, "GET", "/math/add?a=5&b=3", None).await?;
+        let (status, body) = http_raw(http_port, "GET", "/math/add?a=5&b=3", None, None).await?;
         ensure!(
             (status, body.as_str()) == (200, r#"{"result":8}"#),
             "GET /math/add?a=5&b=3: expected 200 {{\"result\":8}}, got {status} {body}"
@@ -1009,7 +1055,7 @@ async fn main() -> anyhow::Result<()> {
         println!("{:>13} | GET /math/add?a=5&b=3 -> {status} {body}", "demo");
         // The caller's mistakes are 400s; a body announced too large is refused unread.
         for query in ["a=NaN&b=1", "a=inf&b=1", "a=1e309&b=1"] {
-            let (status, body) = http_raw(http_port, "GET", &format!("/math/add?{query}"), None).await?;
+            let (status, body) = http_raw(http_port, "GET", &format!("/math/add?{query}"), None, None).await?;
             ensure!(
                 status == 400,
                 "GET /math/add?{query}: expected 400, got {status} {body}"

@@ -201,7 +201,7 @@ async fn latest_signup(State(s): Shared) -> Result<impl IntoResponse, CallError>
 }
 
 /// Each request in a server span named for its route (`POST /users`): the calls and events
-/// it makes are one trace under it.
+/// it makes are one trace under it, inside the caller's trace when it sent one (`traceparent`).
 async fn traced(req: Request, next: Next) -> Response {
     use tracing::Instrument;
     let route = req
@@ -216,6 +216,13 @@ async fn traced(req: Request, next: Next) -> Response {
         http.route = %route,
         http.response.status_code = tracing::field::Empty,
     );
+    let mut caller = switchboard::Headers::new();
+    for name in ["traceparent", "tracestate", "baggage"] {
+        if let Some(value) = req.headers().get(name).and_then(|v| v.to_str().ok()) {
+            caller.insert(name, value);
+        }
+    }
+    switchboard::telemetry::continue_trace(&span, &caller);
     let response = next.run(req).instrument(span.clone()).await;
     span.record("http.response.status_code", response.status().as_u16());
     response
