@@ -221,15 +221,15 @@ fn exported_spans(exports: &[Value]) -> HashMap<String, Value> {
     spans
 }
 
-/// The CLI with OTLP variables pointing at `collector`.
+/// The CLI with OTLP variables pointing at `collector`, over `protocol`.
 #[cfg(feature = "telemetry")]
-async fn traced_cli(collector: &str, list: &[&str]) -> Output {
-    let (collector, list) = (collector.to_owned(), args(list));
+async fn traced_cli(collector: &str, protocol: &str, list: &[&str]) -> Output {
+    let (collector, protocol, list) = (collector.to_owned(), protocol.to_owned(), args(list));
     tokio::task::spawn_blocking(move || {
         Command::new(env!("CARGO_BIN_EXE_switchboard"))
             .args(&list)
             .env("OTEL_EXPORTER_OTLP_ENDPOINT", collector)
-            .env("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json")
+            .env("OTEL_EXPORTER_OTLP_PROTOCOL", protocol)
             .env_remove("OTEL_SDK_DISABLED")
             .stdin(Stdio::null())
             .output()
@@ -249,7 +249,12 @@ async fn exports_the_spans_of_a_call_when_an_otlp_endpoint_is_set() {
     // Given a trace id: the command's span and the call's are in that trace, the call's span is
     // the command's child, and the service is handed the call's span as its parent.
     let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
-    let out = traced_cli(&collector, &["call", &url, "cli.headers", "null", "--trace-id", trace]).await;
+    let out = traced_cli(
+        &collector,
+        "http/json",
+        &["call", &url, "cli.headers", "null", "--trace-id", trace],
+    )
+    .await;
     assert!(out.status.success(), "{}", text(&out.stderr));
     let seen: Value = serde_json::from_str(text(&out.stdout).trim()).unwrap();
     let spans = exported_spans(&exports.lock().unwrap());
@@ -263,7 +268,12 @@ async fn exports_the_spans_of_a_call_when_an_otlp_endpoint_is_set() {
 
     // Without one, a trace of its own; an event is a PRODUCER span.
     exports.lock().unwrap().clear();
-    let out = traced_cli(&collector, &["emit", &url, "cli.evt", r#"{"marker":"traced"}"#]).await;
+    let out = traced_cli(
+        &collector,
+        "http/json",
+        &["emit", &url, "cli.evt", r#"{"marker":"traced"}"#],
+    )
+    .await;
     assert!(out.status.success(), "{}", text(&out.stderr));
     let spans = exported_spans(&exports.lock().unwrap());
     let (command, send) = (&spans["switchboard emit"], &spans["send cli.evt"]);
@@ -273,6 +283,24 @@ async fn exports_the_spans_of_a_call_when_an_otlp_endpoint_is_set() {
         send["kind"] == json!(4) || send["kind"] == "SPAN_KIND_PRODUCER",
         "{send}"
     );
+
+    // Over OTLP/gRPC, the default protocol, from the CLI's single-threaded runtime.
+    let grpc = example_collector::Collector::start("127.0.0.1:0").await.unwrap();
+    let out = traced_cli(
+        &grpc.endpoint,
+        "grpc",
+        &["call", &url, "cli.count", "2", "--trace-id", trace],
+    )
+    .await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let spans = grpc.spans();
+    let names: Vec<(&str, &str, &str)> = spans
+        .iter()
+        .map(|s| (s.name.as_str(), s.kind, s.trace_id.as_str()))
+        .collect();
+    assert!(names.contains(&("switchboard call", "internal", trace)), "{names:?}");
+    assert!(names.contains(&("send cli.count", "client", trace)), "{names:?}");
+    assert!(spans.iter().all(|s| s.service == "switchboard-cli"), "{names:?}");
 
     // With no endpoint set, nothing is sent.
     exports.lock().unwrap().clear();
@@ -872,6 +900,7 @@ async fn tails_and_replays_an_event_store() {
 }
 
 /// `events tail` on a PostgreSQL store, in a schema of its own.
+#[cfg(feature = "postgres")]
 #[tokio::test]
 async fn tails_a_postgres_store() {
     use switchboard_eventstore::{EventStore, ExpectedVersion, NewEvent, PgStore};
@@ -912,6 +941,7 @@ async fn tails_a_postgres_store() {
     .await;
 }
 
+#[cfg(feature = "postgres")]
 fn fastrand_suffix() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
