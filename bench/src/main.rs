@@ -158,6 +158,9 @@ struct Args {
     /// Internal: CPUs the server child pins itself to.
     #[arg(long, value_delimiter = ',', hide = true)]
     cpus: Vec<usize>,
+    /// Internal: run as the OTLP collector child that the `traced` server exports to.
+    #[arg(long, hide = true)]
+    collect: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -174,7 +177,8 @@ enum Kind {
     #[value(name = "state")]
     SwitchboardState,
     /// Tracing on (feature `observability`): every span sampled and exported in batches over
-    /// OTLP to a collector in the server's process (so its cost is counted too).
+    /// OTLP to a collector in a process of its own, as in production (`--profile traced`: in
+    /// the server's process, its decoding counted).
     #[value(name = "traced")]
     Traced,
     /// Tracing compiled in and set up, sampling nothing (`OTEL_TRACES_SAMPLER=always_off`).
@@ -260,6 +264,15 @@ impl std::fmt::Display for Scenario {
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    if args.collect {
+        return match serve::collect_child() {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("collector: {e:#}");
+                ExitCode::from(2)
+            }
+        };
+    }
     if let Some(kind) = args.serve {
         return match serve_child(kind, args.server_threads, &args.cpus) {
             Ok(()) => ExitCode::SUCCESS,
@@ -415,16 +428,21 @@ fn serve_child(kind: Kind, threads: usize, cpus: &[usize]) -> anyhow::Result<()>
         // worker count (available_parallelism) follows it.
         pin_current_thread(cpus).context("pin the server")?;
     }
+    exit_with_parent();
+    match kind {
+        Kind::Ceiling => ceiling::run(threads),
+        kind => serve::run(kind, threads),
+    }
+}
+
+/// Exits this child process once the parent goes away (its stdin closes).
+pub(crate) fn exit_with_parent() {
     std::thread::spawn(|| {
         let mut buf = [0u8; 64];
         let mut stdin = std::io::stdin();
         while matches!(stdin.read(&mut buf), Ok(n) if n > 0) {}
         std::process::exit(0);
     });
-    match kind {
-        Kind::Ceiling => ceiling::run(threads),
-        kind => serve::run(kind, threads),
-    }
 }
 
 /// The runtime both servers use: multi-threaded, one worker per core unless told otherwise.
@@ -448,6 +466,40 @@ struct ServerProc {
     kind: Kind,
     child: Child,
     port: u16,
+    /// The `traced` server's OTLP collector: a process of its own, as in production, so that
+    /// decoding the spans is not counted as the server's CPU.
+    collector: Option<Child>,
+}
+
+/// The port a child announces on its first line of stdout (`port=<n>`), within 30 s.
+fn announced_port(child: &mut Child, what: &str) -> anyhow::Result<u16> {
+    let stdout = child.stdout.take().expect("piped");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = BufReader::new(stdout).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    let line = rx
+        .recv_timeout(Duration::from_secs(30))
+        .with_context(|| format!("the {what} did not report its port within 30 s"))?;
+    line.trim()
+        .strip_prefix("port=")
+        .and_then(|p| p.parse().ok())
+        .with_context(|| format!("the {what} did not start (said {:?})", line.trim()))
+}
+
+/// Asks a child to exit by closing its stdin; kills it if it has not within 10 s.
+fn stop_child(child: &mut Child) {
+    drop(child.stdin.take());
+    for _ in 0..100 {
+        if matches!(child.try_wait(), Ok(Some(_))) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
 }
 
 impl ServerProc {
@@ -465,8 +517,22 @@ impl ServerProc {
             None => Command::new(exe),
         };
         cmd.args(["--serve", kind.arg(), "--server-threads", &threads.to_string()]);
+        let mut collector = None;
         match kind {
-            Kind::Traced => cmd.env("OTEL_TRACES_SAMPLER", "always_on"),
+            Kind::Traced => {
+                let mut child = Command::new(std::env::current_exe().context("locate this executable")?)
+                    .arg("--collect")
+                    .stdin(Stdio::piped())
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::inherit())
+                    .spawn()
+                    .context("start the OTLP collector")?;
+                let port = announced_port(&mut child, "OTLP collector");
+                collector = Some(child);
+                let port = port?;
+                cmd.env("OTEL_TRACES_SAMPLER", "always_on")
+                    .env(serve::OTLP_ENDPOINT, format!("http://127.0.0.1:{port}"))
+            }
             Kind::Unsampled => cmd.env("OTEL_TRACES_SAMPLER", "always_off"),
             _ => &mut cmd,
         };
@@ -480,22 +546,13 @@ impl ServerProc {
             .stderr(Stdio::inherit())
             .spawn()
             .with_context(|| format!("start the {} server", kind.label()))?;
-        let mut proc = ServerProc { kind, child, port: 0 };
-        let stdout = proc.child.stdout.take().expect("piped");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let mut line = String::new();
-            let _ = BufReader::new(stdout).read_line(&mut line);
-            let _ = tx.send(line);
-        });
-        let line = rx
-            .recv_timeout(Duration::from_secs(30))
-            .with_context(|| format!("the {} server did not report its port within 30 s", kind.label()))?;
-        proc.port = line
-            .trim()
-            .strip_prefix("port=")
-            .and_then(|p| p.parse().ok())
-            .with_context(|| format!("the {} server did not start (said {:?})", kind.label(), line.trim()))?;
+        let mut proc = ServerProc {
+            kind,
+            child,
+            port: 0,
+            collector,
+        };
+        proc.port = announced_port(&mut proc.child, &format!("{} server", kind.label()))?;
         Ok(proc)
     }
 }
@@ -503,15 +560,10 @@ impl ServerProc {
 impl Drop for ServerProc {
     fn drop(&mut self) {
         // Closing stdin asks the server to exit, so a profiler wrapping it can write its report.
-        drop(self.child.stdin.take());
-        for _ in 0..100 {
-            if matches!(self.child.try_wait(), Ok(Some(_))) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
+        stop_child(&mut self.child);
+        if let Some(collector) = &mut self.collector {
+            stop_child(collector);
         }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

@@ -88,23 +88,60 @@ pub async fn start(kind: Kind) -> switchboard::Result<switchboard::RunningServer
     }
 }
 
-/// Turns on what `kind` measures (tracing exported to a collector in this process, tracing
-/// that samples nothing, or metrics); kept for the life of the process.
+/// The variable that names the OTLP collector the `traced` server exports to (the benchmark
+/// starts one in a process of its own); without it, a collector in the server's process.
+pub const OTLP_ENDPOINT: &str = "SWITCHBOARD_BENCH_OTLP";
+
+/// Turns on what `kind` measures (tracing exported to a collector, tracing that samples
+/// nothing, or metrics); kept for the life of the process.
 #[cfg(feature = "observability")]
 async fn observe(kind: Kind) {
     if kind == Kind::Metered {
         switchboard::metrics::install().expect("the metrics recorder installs");
         return;
     }
-    let collector = example_collector::Collector::counting("127.0.0.1:0")
-        .await
-        .expect("the collector starts");
+    let endpoint = match std::env::var(OTLP_ENDPOINT) {
+        Ok(endpoint) => endpoint,
+        // In this process (`--profile traced`: one process under callgrind, decoding counted).
+        Err(_) => {
+            let collector = example_collector::Collector::counting("127.0.0.1:0")
+                .await
+                .expect("the collector starts");
+            let endpoint = collector.endpoint.clone();
+            std::mem::forget(collector);
+            endpoint
+        }
+    };
     let telemetry = switchboard::telemetry::builder("bench")
-        .endpoint(&collector.endpoint)
+        .endpoint(endpoint)
         .init()
         .expect("tracing starts");
     std::mem::forget(telemetry);
-    std::mem::forget(collector);
+}
+
+/// Runs as the `traced` server's OTLP collector (counting the spans it receives) until the
+/// parent closes stdin.
+#[cfg(feature = "observability")]
+pub fn collect_child() -> anyhow::Result<()> {
+    crate::exit_with_parent();
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(async {
+        let collector = example_collector::Collector::counting("127.0.0.1:0").await?;
+        let port = collector
+            .endpoint
+            .rsplit_once(':')
+            .and_then(|(_, p)| p.parse().ok())
+            .ok_or_else(|| anyhow::anyhow!("no port in {:?}", collector.endpoint))?;
+        crate::announce_port(port);
+        std::future::pending::<()>().await;
+        drop(collector);
+        Ok(())
+    })
+}
+
+#[cfg(not(feature = "observability"))]
+pub fn collect_child() -> anyhow::Result<()> {
+    anyhow::bail!("the collector needs the bench built with --features observability")
 }
 
 #[cfg(not(feature = "observability"))]
