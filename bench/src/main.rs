@@ -454,6 +454,16 @@ pub(crate) fn server_runtime(threads: usize) -> std::io::Result<tokio::runtime::
     b.enable_all().build()
 }
 
+/// Tells the parent where the child listens, from its URL (`scheme://host:port`).
+pub(crate) fn announce_url(url: &str) -> anyhow::Result<()> {
+    let port = url
+        .rsplit_once(':')
+        .and_then(|(_, p)| p.parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("no port in {url:?}"))?;
+    announce_port(port);
+    Ok(())
+}
+
 /// Tells the parent where the child listens.
 pub(crate) fn announce_port(port: u16) {
     let mut out = std::io::stdout().lock();
@@ -511,25 +521,25 @@ impl ServerProc {
         let mut cmd = match words.next() {
             Some(tool) => {
                 let mut cmd = Command::new(tool);
-                cmd.args(words).arg(exe);
+                cmd.args(words).arg(&exe);
                 cmd
             }
-            None => Command::new(exe),
+            None => Command::new(&exe),
         };
         cmd.args(["--serve", kind.arg(), "--server-threads", &threads.to_string()]);
         let mut collector = None;
         match kind {
             Kind::Traced => {
-                let mut child = Command::new(std::env::current_exe().context("locate this executable")?)
+                let mut child = Command::new(&exe)
                     .arg("--collect")
                     .stdin(Stdio::piped())
                     .stdout(Stdio::piped())
                     .stderr(Stdio::inherit())
                     .spawn()
                     .context("start the OTLP collector")?;
-                let port = announced_port(&mut child, "OTLP collector");
+                // On failure the child goes with its stdin, which makes it exit.
+                let port = announced_port(&mut child, "OTLP collector")?;
                 collector = Some(child);
-                let port = port?;
                 cmd.env("OTEL_TRACES_SAMPLER", "always_on")
                     .env(serve::OTLP_ENDPOINT, format!("http://127.0.0.1:{port}"))
             }

@@ -127,12 +127,7 @@ pub fn collect_child() -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async {
         let collector = example_collector::Collector::counting("127.0.0.1:0").await?;
-        let port = collector
-            .endpoint
-            .rsplit_once(':')
-            .and_then(|(_, p)| p.parse().ok())
-            .ok_or_else(|| anyhow::anyhow!("no port in {:?}", collector.endpoint))?;
-        crate::announce_port(port);
+        crate::announce_url(&collector.endpoint)?;
         std::future::pending::<()>().await;
         drop(collector);
         Ok(())
@@ -157,12 +152,7 @@ pub fn run(kind: Kind, threads: usize) -> anyhow::Result<()> {
     let rt = crate::server_runtime(threads)?;
     rt.block_on(async {
         let server = start(kind).await?;
-        let url = server.local_url();
-        let port = url
-            .rsplit_once(':')
-            .and_then(|(_, p)| p.parse().ok())
-            .ok_or_else(|| anyhow::anyhow!("no port in local_url {url:?}"))?;
-        crate::announce_port(port);
+        crate::announce_url(server.local_url())?;
         // The parent ends this process (stdin closes); until then, serve.
         std::future::pending::<()>().await;
         drop(server);

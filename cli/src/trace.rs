@@ -46,15 +46,14 @@ impl Exporter {
         let Some(telemetry) = self.0 else { return };
         // Blocking, and the gRPC exporter needs the runtime driven meanwhile.
         let flushed = tokio::task::spawn_blocking(move || {
-            let flushed = telemetry.flush();
+            let flushed = telemetry.flush().map_err(|e| e.to_string());
             telemetry.shutdown();
             flushed
         })
-        .await;
-        match flushed {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => eprintln!("switchboard: could not export the spans: {e}"),
-            Err(e) => eprintln!("switchboard: could not export the spans: {e}"),
+        .await
+        .unwrap_or_else(|e| Err(e.to_string()));
+        if let Err(e) = flushed {
+            eprintln!("switchboard: could not export the spans: {e}");
         }
     }
 }

@@ -78,7 +78,7 @@ pub async fn run(dir: &Path, registry: &str, logs: &Logs, traces: &str) -> anyho
             instances[0].start_kill()?;
             killed = Some(before);
         }
-        let requests = (0..CONCURRENCY).map(|_| http(http_port, "GET", "/users/42", None));
+        let requests = (0..CONCURRENCY).map(|_| http(http_port, "GET", "/users/42", None, None));
         for outcome in futures_util::future::join_all(requests).await {
             match outcome {
                 Ok((200, body)) if body["name"] == json!("John Doe") => {}

@@ -157,12 +157,8 @@ async fn wait_for_port(port: u16) -> anyhow::Result<()> {
 }
 
 /// A minimal HTTP/1.1 exchange, enough for the demo: the status and the body as JSON.
-async fn http(port: u16, method: &str, path: &str, body: Option<Value>) -> anyhow::Result<(u16, Value)> {
-    http_in_trace(port, method, path, body, None).await
-}
-
-/// [`http`] from a caller that traces: its `traceparent` sent along.
-async fn http_in_trace(
+/// With a `traceparent`, as a caller that traces sends it.
+async fn http(
     port: u16,
     method: &str,
     path: &str,
@@ -173,7 +169,7 @@ async fn http_in_trace(
     Ok((status, serde_json::from_str(&body).unwrap_or(Value::String(body))))
 }
 
-/// The status and the body as text; with a `traceparent`, as a caller that traces sends it.
+/// The status and the body as text.
 async fn http_raw(
     port: u16,
     method: &str,
@@ -238,7 +234,7 @@ async fn call_in_trace(
         "demo",
         body.as_ref().map(|b| b.to_string()).unwrap_or_default()
     );
-    let got = http_in_trace(port, method, path, body, traceparent).await?;
+    let got = http(port, method, path, body, traceparent).await?;
     println!("{:>13} < {} {}", "demo", got.0, got.1);
     ensure!(got == expect, "{method} {path}: expected {expect:?}, got {got:?}");
     tokio::time::sleep(Duration::from_millis(150)).await;
@@ -277,7 +273,7 @@ async fn degrade_and_recover(
     let degraded = (200, json!({"status": "degraded"}));
     for n in 1..=7 {
         let started = std::time::Instant::now();
-        let got = http(http_port, "GET", "/resilient/add?a=5&b=3", None).await?;
+        let got = http(http_port, "GET", "/resilient/add?a=5&b=3", None, None).await?;
         println!(
             "{:>13} < GET /resilient/add?a=5&b=3 #{n}: {} {} in {:?}",
             "demo",
