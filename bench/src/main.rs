@@ -98,7 +98,8 @@ struct Args {
     /// other processes' bursts skew results; 0 disables.
     #[arg(long, default_value_t = 20.0)]
     quiet_wait_secs: f64,
-    /// Measure only one server (for profiling); no ratios then.
+    /// Measure only one server (for profiling; with --broker: `bare` or `switchboard`); no
+    /// ratios then.
     #[arg(long, value_enum)]
     only: Option<Kind>,
     /// Also measure these variants of the Switchboard server, each against the same ceiling
@@ -374,6 +375,15 @@ fn run_brokers(args: &Args) -> ExitCode {
         warmup: Duration::from_secs_f64(args.warmup_secs),
         duration: Duration::from_secs_f64(args.duration_secs),
         quiet_wait: Duration::from_secs_f64(args.quiet_wait_secs),
+        only: match args.only {
+            None => None,
+            Some(Kind::Ceiling) => Some(brokers::Side::Bare),
+            Some(Kind::Switchboard) => Some(brokers::Side::Switchboard),
+            Some(other) => {
+                eprintln!("error: with --broker, --only takes bare or switchboard, not {other:?}");
+                return ExitCode::from(2);
+            }
+        },
     };
     // Bound the whole run, as for TCP.
     let measurements = (plan.runs * plan.brokers.len() * plan.in_flight.len() * 2) as u32;

@@ -479,8 +479,9 @@ fn operand(rng: &mut u64) -> i64 {
     (r as i64 >> 4) % magnitude
 }
 
+/// One side of a broker measurement.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Side {
+pub enum Side {
     Bare,
     Switchboard,
 }
@@ -580,6 +581,8 @@ pub struct Plan {
     pub warmup: Duration,
     pub duration: Duration,
     pub quiet_wait: Duration,
+    /// Measure only this side (for profiling); no ratios then.
+    pub only: Option<Side>,
 }
 
 /// Runs the plan and prints the table. Errors: a wrong or missing reply, or a broker that
@@ -622,6 +625,9 @@ pub fn run(plan: &Plan) -> Result<(), Failure> {
                     order.reverse();
                 }
                 for si in order {
+                    if plan.only.is_some_and(|only| only != sides[si]) {
+                        continue;
+                    }
                     crate::wait_for_quiet(plan.quiet_wait);
                     let load = Load {
                         in_flight,
@@ -703,6 +709,9 @@ fn report(plan: &Plan, results: &[Vec<Vec<Vec<Sample>>>]) {
                     crate::fmt_opt(median_opt(runs.iter().map(Sample::other_cores)), 2),
                 );
                 sums.push((rps, p50, p99));
+            }
+            if plan.only.is_some() {
+                continue;
             }
             let (b, s) = (sums[0], sums[1]);
             let (rps, p50) = (s.0 / b.0, s.1 / b.1);

@@ -3,21 +3,25 @@
 //! A broker supplies a [`Source`] of [`Delivery`]s (its subscription, reconnecting by
 //! itself); each delivery knows how to become a request, where its reply packets go, and how
 //! to acknowledge itself. The loop here does the rest, the same way on every broker: at most
-//! `max_in_flight` messages handled at once (the broker keeps the rest), finished work reaped
-//! without waking the loop, and on shutdown: stop taking messages, let the ones in flight
-//! finish (and reply, and acknowledge), then close.
+//! `max_in_flight` messages handled at once (the broker keeps the rest), a handler that
+//! answers at once run and its reply sent by the loop itself and one that waits given a task,
+//! finished tasks reaped without waking the loop, and on shutdown: stop taking messages, let
+//! the ones in flight finish (and reply, and acknowledge), then close.
 
 use std::future::Future;
-use std::sync::Arc;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+use std::task::{Context as TaskContext, Poll};
 
 use bytes::Bytes;
-use futures_util::stream::StreamExt;
+use futures_util::future::FutureExt;
+use futures_util::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use super::{Endpoint, Shutdown};
 use crate::error::{Error, Result};
-use crate::service::{Address, Context, Headers, Kind, Payload, Reply, Request, Router};
+use crate::service::{Address, Context, Headers, Kind, Payload, Reply, Request, Router, RouterFuture};
 use crate::wire::nestjs::packet::{Packet, PacketError};
 use crate::wire::nestjs::steps::{Step, Steps};
 
@@ -55,53 +59,128 @@ pub(crate) trait Delivery: Send + 'static {
     /// Hands the message to `router` before returning, so that messages reach the router in
     /// the order they were delivered (which fixes the order of a pattern's events), and
     /// returns the rest: waiting for the reply, sending it, acknowledging.
-    fn serve(self, router: &Router) -> impl Future<Output = ()> + Send + 'static;
+    fn serve(self, router: &Router) -> Handling<impl Future<Output = ()> + Send + 'static>;
+}
+
+/// What is left of a message once handed to the router.
+pub(crate) struct Handling<F> {
+    /// Its handler is still running (it waits on something, or for its turn): the rest gets
+    /// a task of its own, so that handlers that wait run in parallel. Otherwise (most
+    /// handlers answer at once) the rest is sending the reply and acknowledging, which the
+    /// serve loop drives itself: no task to spawn, and the message is freed on the thread
+    /// that read it (glibc's allocator locks an arena for a block freed on another thread).
+    pub waits: bool,
+    pub rest: F,
+}
+
+impl<F> Handling<F> {
+    /// The rest of a message whose handler has answered already, or never ran.
+    pub(crate) fn done(rest: F) -> Self {
+        Handling { waits: false, rest }
+    }
+}
+
+/// A routed message's reply, polled once where it was routed.
+pub(crate) enum Started {
+    Ready(Option<Reply>),
+    Waiting(RouterFuture),
+}
+
+/// Polls a routed message's reply once, right away: most handlers answer without waiting.
+pub(crate) fn start(mut reply: RouterFuture) -> Started {
+    match reply.poll_unpin(&mut TaskContext::from_waker(std::task::Waker::noop())) {
+        Poll::Ready(reply) => Started::Ready(Some(reply)),
+        Poll::Pending => Started::Waiting(reply),
+    }
+}
+
+impl Started {
+    /// The handler has not answered yet.
+    pub(crate) fn waits(&self) -> bool {
+        matches!(self, Started::Waiting(_))
+    }
+}
+
+impl Future for Started {
+    type Output = Reply;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Reply> {
+        match self.get_mut() {
+            Started::Ready(reply) => Poll::Ready(reply.take().expect("a reply is taken once")),
+            Started::Waiting(reply) => reply.poll_unpin(cx),
+        }
+    }
 }
 
 /// Serves `source` until `shutdown`, then drains: the loop every broker runs.
 pub(crate) async fn serve<S: Source>(mut source: S, router: Router, max_in_flight: usize, mut shutdown: Shutdown) {
-    let permits = Arc::new(Semaphore::new(max_in_flight));
+    // Messages whose handlers answered at once: their replies' sending, driven here.
+    let mut sending = FuturesUnordered::new();
+    // Messages whose handlers wait, each in a task.
     let mut tasks = JoinSet::new();
     // One wait for the whole loop: a new one per message would register with the signal
     // (a lock) each time.
     let stop = shutdown.wait();
     tokio::pin!(stop);
-    loop {
+    'serve: loop {
         // Reaped here rather than awaited in the selects: a task waiting on `join_next` is
         // woken by every handler that ends, one more wake-up per message.
         while let Some(done) = tasks.try_join_next() {
             log_panic(done);
         }
         // Room for one more message first: while full, messages wait in the broker.
-        let permit = match permits.clone().try_acquire_owned() {
-            Ok(permit) => permit,
-            Err(_) => tokio::select! {
+        if sending.len() + tasks.len() >= max_in_flight {
+            tokio::select! {
                 biased;
                 _ = &mut stop => break,
-                permit = permits.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
-            },
+                Some(()) = sending.next(), if !sending.is_empty() => {}
+                Some(done) = tasks.join_next(), if !tasks.is_empty() => log_panic(done),
+            }
+            continue;
+        }
+        let delivery = {
+            // Kept across the replies sent meanwhile: a source's `next` need not be
+            // cancel-safe.
+            let next = source.next();
+            tokio::pin!(next);
+            loop {
+                tokio::select! {
+                    biased;
+                    _ = &mut stop => break 'serve,
+                    Some(()) = sending.next(), if !sending.is_empty() => {}
+                    next = &mut next => match next {
+                        Some(delivery) => break delivery,
+                        None => break 'serve,
+                    },
+                }
+            }
         };
-        let delivery = tokio::select! {
-            biased;
-            _ = &mut stop => break,
-            next = source.next() => match next {
-                Some(delivery) => delivery,
-                None => break,
-            },
-        };
-        // Boxed here: a delivery's future is kilobytes (it holds the reply's publish), and
-        // spawned as it is, it would be copied several times on its way into the task.
-        let work = Box::pin(delivery.serve(&router));
-        tasks.spawn(async move {
-            work.await;
-            drop(permit);
-        });
+        let Handling { waits, rest } = delivery.serve(&router);
+        if waits {
+            // Boxed here: a delivery's future is kilobytes, and spawned as it is, it would be
+            // copied several times on its way into the task.
+            tasks.spawn(Box::pin(rest));
+        } else {
+            sending.push(AssertUnwindSafe(rest).catch_unwind().map(log_caught as fn(_)));
+        }
     }
     source.stop().await;
-    while let Some(done) = tasks.join_next().await {
-        log_panic(done);
-    }
+    let sent = async { while sending.next().await.is_some() {} };
+    let handled = async {
+        while let Some(done) = tasks.join_next().await {
+            log_panic(done);
+        }
+    };
+    tokio::join!(sent, handled);
     source.close().await;
+}
+
+/// A panic while sending a reply (the transport's own code: handlers' panics are caught by
+/// the router), logged as a task's would be.
+fn log_caught(done: std::thread::Result<()>) {
+    if let Err(panic) = done {
+        tracing::error!(panic = %crate::error::panic_message(&*panic), "sending a reply panicked");
+    }
 }
 
 fn log_panic(done: std::result::Result<(), tokio::task::JoinError>) {
@@ -240,6 +319,163 @@ mod tests {
             ),
             Inbound::Invalid
         ));
+    }
+
+    /// A source of deliveries whose handlers answer at once or wait, each finishing when
+    /// its gate opens; it counts what it handed out, and its stop and close.
+    mod fake {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicUsize, Ordering};
+
+        use tokio::sync::{Semaphore, mpsc};
+
+        use super::super::{Delivery, Handling, Source};
+        use crate::service::Router;
+
+        #[derive(Default)]
+        pub struct Seen {
+            pub taken: AtomicUsize,
+            pub finished: AtomicUsize,
+            pub stopped: AtomicUsize,
+            pub closed: AtomicUsize,
+        }
+
+        pub struct Fake {
+            pub rx: mpsc::UnboundedReceiver<Msg>,
+            pub seen: Arc<Seen>,
+        }
+
+        pub struct Msg {
+            pub waits: bool,
+            pub gate: Arc<Semaphore>,
+            pub seen: Arc<Seen>,
+        }
+
+        impl Source for Fake {
+            type Delivery = Msg;
+
+            async fn next(&mut self) -> Option<Msg> {
+                let msg = self.rx.recv().await?;
+                self.seen.taken.fetch_add(1, Ordering::SeqCst);
+                Some(msg)
+            }
+
+            async fn stop(&mut self) {
+                self.seen.stopped.fetch_add(1, Ordering::SeqCst);
+            }
+
+            async fn close(self) {
+                assert_eq!(self.seen.stopped.load(Ordering::SeqCst), 1, "closed before it stopped");
+                self.seen.closed.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+
+        impl Delivery for Msg {
+            fn serve(self, _: &Router) -> Handling<impl Future<Output = ()> + Send + 'static> {
+                let Msg { waits, gate, seen } = self;
+                Handling {
+                    waits,
+                    rest: async move {
+                        let _open = gate.acquire().await.expect("gates stay open");
+                        seen.finished.fetch_add(1, Ordering::SeqCst);
+                    },
+                }
+            }
+        }
+    }
+
+    async fn settle() {
+        for _ in 0..50 {
+            tokio::task::yield_now().await;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+
+    /// `max_in_flight` counts messages whose replies the loop sends and messages in tasks
+    /// alike, and shutdown lets both finish before the source closes.
+    #[tokio::test]
+    async fn the_in_flight_bound_and_the_drain_cover_both_kinds_of_work() {
+        use std::sync::Arc;
+        use std::sync::atomic::Ordering::SeqCst;
+
+        use tokio::sync::{Semaphore, mpsc};
+
+        let seen = Arc::new(fake::Seen::default());
+        let (tx, rx) = mpsc::unbounded_channel();
+        let source = fake::Fake { rx, seen: seen.clone() };
+        let router = crate::service::RouterBuilder::default().build(false, |route| route, |_, route| route);
+        let (stop, shutdown) = Shutdown::new();
+        let serving = tokio::spawn(serve(source, router, 2, shutdown));
+
+        let gates: Vec<_> = (0..3).map(|_| Arc::new(Semaphore::new(0))).collect();
+        for (gate, waits) in gates.iter().zip([false, true, false]) {
+            let msg = fake::Msg {
+                waits,
+                gate: gate.clone(),
+                seen: seen.clone(),
+            };
+            assert!(tx.send(msg).is_ok());
+        }
+        settle().await;
+        assert_eq!(
+            seen.taken.load(SeqCst),
+            2,
+            "a third message was taken past max_in_flight = 2"
+        );
+
+        // The one the loop drives itself finishes: room for the third.
+        gates[0].add_permits(1);
+        settle().await;
+        assert_eq!(seen.finished.load(SeqCst), 1);
+        assert_eq!(seen.taken.load(SeqCst), 3);
+
+        // Shutdown with one message in a task and one in the loop: both finish first.
+        stop.send_replace(true);
+        settle().await;
+        assert_eq!(seen.stopped.load(SeqCst), 1, "shutdown stops taking messages");
+        assert_eq!(seen.closed.load(SeqCst), 0, "closed with messages in flight");
+        assert!(!serving.is_finished());
+        gates[1].add_permits(1);
+        gates[2].add_permits(1);
+        tokio::time::timeout(std::time::Duration::from_secs(5), serving)
+            .await
+            .expect("the loop ends once the messages in flight are done")
+            .expect("the loop does not panic");
+        assert_eq!(seen.finished.load(SeqCst), 3);
+        assert_eq!(seen.closed.load(SeqCst), 1);
+    }
+
+    /// A message whose handler waits does not hold up the ones after it, nor does one whose
+    /// reply is slow to send.
+    #[tokio::test]
+    async fn waiting_work_of_either_kind_does_not_hold_up_later_messages() {
+        use std::sync::Arc;
+        use std::sync::atomic::Ordering::SeqCst;
+
+        use tokio::sync::{Semaphore, mpsc};
+
+        let seen = Arc::new(fake::Seen::default());
+        let (tx, rx) = mpsc::unbounded_channel();
+        let source = fake::Fake { rx, seen: seen.clone() };
+        let router = crate::service::RouterBuilder::default().build(false, |route| route, |_, route| route);
+        let (_stop, shutdown) = Shutdown::new();
+        let _serving = tokio::spawn(serve(source, router, 16, shutdown));
+        let (stuck, open) = (Arc::new(Semaphore::new(0)), Arc::new(Semaphore::new(16)));
+        for (gate, waits) in [(&stuck, true), (&stuck, false), (&open, false), (&open, true)] {
+            let msg = fake::Msg {
+                waits,
+                gate: gate.clone(),
+                seen: seen.clone(),
+            };
+            assert!(tx.send(msg).is_ok());
+        }
+        settle().await;
+        assert_eq!(seen.taken.load(SeqCst), 4);
+        assert_eq!(
+            seen.finished.load(SeqCst),
+            2,
+            "the two open messages finish behind the stuck ones"
+        );
     }
 
     #[test]

@@ -21,7 +21,7 @@ use lapin::{BasicProperties, Channel, Confirmation, Connection, Consumer};
 use super::{Options, RETRIES_HEADER, headers_to_metadata};
 use crate::error::{Error, NO_MESSAGE_HANDLER, Result};
 use crate::service::{Context, Kind, Request, Router};
-use crate::transport::broker::{self, Delivery, ReplySink, Source};
+use crate::transport::broker::{self, Delivery, Handling, ReplySink, Source};
 use crate::transport::{Endpoint, Listener, Shutdown};
 use crate::wire::nestjs::packet::{Packet, encode_reply_without_id};
 use crate::wire::nestjs::steps::Step;
@@ -239,7 +239,7 @@ impl Source for Consuming {
             tracing::debug!(url = %self.opts.url, messages = self.leftovers.len(), "handling the messages delivered before shutdown");
             let router = self.router.clone();
             futures_util::stream::iter(std::mem::take(&mut self.leftovers))
-                .for_each_concurrent(self.opts.max_in_flight, |m| m.serve(&router))
+                .for_each_concurrent(self.opts.max_in_flight, |m| m.serve(&router).rest)
                 .await;
         }
         // In-flight handlers have replied and acked on the still-open channel.
@@ -262,7 +262,7 @@ struct Message {
 }
 
 impl Delivery for Message {
-    fn serve(self, router: &Router) -> impl Future<Output = ()> + Send + 'static {
+    fn serve(self, router: &Router) -> Handling<impl Future<Output = ()> + Send + 'static> {
         let lapin::message::Delivery {
             data,
             properties,
@@ -282,12 +282,14 @@ impl Delivery for Message {
                     Err(_) => "not a JSON object",
                 };
                 tracing::warn!(queue = %shared.opts.queue, why, "An unsupported message was received. It has been negative acknowledged, so it will not be re-delivered. Pattern: undefined");
-                return async move {
-                    if manual {
-                        log_ack(acker.nack(drop_it()).await);
+                return Handling::done(
+                    async move {
+                        if manual {
+                            log_ack(acker.nack(drop_it()).await);
+                        }
                     }
-                }
-                .left_future();
+                    .left_future(),
+                );
             }
         };
         // RabbitMQ routes by the packet's pattern: one queue carries every route.
@@ -295,9 +297,10 @@ impl Delivery for Message {
         let id = packet.id.map(|id| body.slice(Packet::range_in(&body, id)));
         let kind = if id.is_some() { Kind::Request } else { Kind::Event };
         let ctx = Context::new("amqp", kind).with_headers(headers(&properties, &packet).into());
-        let reply = router.call(Request::new(address.clone(), payload, ctx));
+        let reply = broker::start(router.call(Request::new(address.clone(), payload, ctx)));
         let router = router.clone();
-        async move {
+        let waits = reply.waits();
+        let rest = async move {
             let Some(id) = id else {
                 let reply = reply.await;
                 if manual {
@@ -344,8 +347,11 @@ impl Delivery for Message {
                     false => log_ack(acker.ack(BasicAckOptions::default()).await),
                 }
             }
+        };
+        Handling {
+            waits,
+            rest: rest.right_future(),
         }
-        .right_future()
     }
 }
 

@@ -26,7 +26,7 @@ use super::{
 };
 use crate::error::{NO_MESSAGE_HANDLER, Result};
 use crate::service::{Context, Headers, Kind, Payload, Request, Router, RouterFuture};
-use crate::transport::broker::{self, Delivery, ReplySink, Source};
+use crate::transport::broker::{self, Delivery, Handling, ReplySink, Source};
 use crate::transport::{Endpoint, Listener, Shutdown};
 use crate::wire::nestjs::steps::Step;
 
@@ -289,9 +289,11 @@ struct Record {
 }
 
 impl Delivery for Record {
-    fn serve(self, router: &Router) -> impl Future<Output = ()> + Send + 'static {
+    fn serve(self, router: &Router) -> Handling<impl Future<Output = ()> + Send + 'static> {
         let (reply, to) = Server::route(&self, router);
-        async move {
+        let reply = broker::start(reply);
+        let waits = reply.waits();
+        let rest = async move {
             let reply = reply.await;
             match to {
                 Some((id, topic, partition)) => {
@@ -307,7 +309,8 @@ impl Delivery for Record {
             }
             // Only once handled: a server that dies before leaves the message to the next member.
             self.server.done(&self);
-        }
+        };
+        Handling { waits, rest }
     }
 }
 

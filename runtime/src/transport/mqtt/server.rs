@@ -27,7 +27,7 @@ use super::acks::Acks;
 use super::{Backoff, DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_PACKET_SIZE, Options, topic_matches};
 use crate::error::{Error, Result, RpcError};
 use crate::service::{Address, Headers, Router};
-use crate::transport::broker::{self, Delivery, Inbound, ReplySink, Source};
+use crate::transport::broker::{self, Delivery, Handling, Inbound, ReplySink, Source};
 use crate::transport::{Endpoint, Listener, Shutdown};
 use crate::wire::nestjs::packet::{Outgoing as Packet, encode_reply};
 use crate::wire::nestjs::steps::Step;
@@ -359,17 +359,17 @@ struct Message {
 }
 
 impl Delivery for Message {
-    fn serve(self, router: &Router) -> impl Future<Output = ()> + Send + 'static {
+    fn serve(self, router: &Router) -> Handling<impl Future<Output = ()> + Send + 'static> {
         // Acknowledged once handled (or once its handling panicked), after its reply has
         // been handed to rumqttc.
         let ticket = self.seq.map(|seq| self.shared.acks.ticket(seq));
         let Publish { topic, payload, .. } = self.publish;
         let address = self.shared.table.address(router, &topic);
         let (reply, id) = match broker::read(&payload, address, "mqtt", Headers::new()) {
-            Inbound::Packet { request, id } => (Some(router.call(request)), id),
+            Inbound::Packet { request, id } => (Some(broker::start(router.call(request))), id),
             Inbound::External(event) => {
                 tracing::debug!(%topic, "a message that is not a NestJS packet; handing it to event listeners");
-                (Some(router.call(event)), None)
+                (Some(broker::start(router.call(event))), None)
             }
             Inbound::Invalid => {
                 tracing::warn!(%topic, "dropping a message that is not UTF-8 text");
@@ -377,7 +377,8 @@ impl Delivery for Message {
             }
         };
         let shared = self.shared;
-        async move {
+        let waits = reply.as_ref().is_some_and(broker::Started::waits);
+        let rest = async move {
             let _ticket = ticket;
             let Some(reply) = reply else { return };
             let reply = reply.await;
@@ -391,7 +392,8 @@ impl Delivery for Message {
                     tracing::error!(topic = %sink.topic, error = %e, "could not publish a reply");
                 }
             }
-        }
+        };
+        Handling { waits, rest }
     }
 }
 

@@ -17,7 +17,7 @@ use tokio_stream::StreamMap;
 use super::{NatsOptions, nats_headers};
 use crate::error::{Error, Result, RpcError};
 use crate::service::{Address, Context, Headers, Kind, Request, Router};
-use crate::transport::broker::{self, Delivery, Inbound, ReplySink, Source};
+use crate::transport::broker::{self, Delivery, Handling, Inbound, ReplySink, Source};
 use crate::transport::{Endpoint, Listener, Shutdown};
 use crate::wire::nestjs::packet::{Outgoing, encode_reply, reply_capacity};
 use crate::wire::nestjs::steps::Step;
@@ -322,15 +322,27 @@ enum Message {
 }
 
 impl Delivery for Message {
-    fn serve(self, router: &Router) -> impl Future<Output = ()> + Send + 'static {
+    fn serve(self, router: &Router) -> Handling<impl Future<Output = ()> + Send + 'static> {
         match self {
-            Message::Core { route, msg, nats } => serve_core(route, msg, nats, router).left_future(),
+            Message::Core { route, msg, nats } => {
+                let Handling { waits, rest } = serve_core(route, msg, nats, router);
+                Handling {
+                    waits,
+                    rest: rest.left_future(),
+                }
+            }
             Message::Durable {
                 route,
                 msg,
                 max_deliver,
-                // Boxed: far bigger than a core message's future, which would be as big otherwise.
-            } => serve_durable(route, *msg, max_deliver, router).boxed().right_future(),
+            } => {
+                let Handling { waits, rest } = serve_durable(route, *msg, max_deliver, router);
+                Handling {
+                    waits,
+                    // Boxed: far bigger than a core message's future, which would be as big otherwise.
+                    rest: rest.boxed().right_future(),
+                }
+            }
         }
     }
 }
@@ -372,14 +384,15 @@ fn serve_core(
     msg: async_nats::Message,
     nats: Arc<async_nats::Client>,
     router: &Router,
-) -> impl Future<Output = ()> + Send + 'static {
+) -> Handling<impl Future<Output = ()> + Send + 'static> {
     let (reply, id) = match read(route, &msg, router) {
-        Ok((request, id)) => (router.call(request), id),
-        Err(why) => return refuse(msg, nats, why).boxed().left_future(),
+        Ok((request, id)) => (broker::start(router.call(request)), id),
+        Err(why) => return Handling::done(refuse(msg, nats, why).boxed().left_future()),
     };
     // Only what the reply needs is kept: this future is allocated for every message.
     let to = msg.reply;
-    async move {
+    let waits = reply.waits();
+    let rest = async move {
         let reply = reply.await;
         match (id, to) {
             (Some(id), Some(to)) => {
@@ -395,8 +408,11 @@ fn serve_core(
             // An event: the router ran its listeners.
             (None, _) => {}
         }
+    };
+    Handling {
+        waits,
+        rest: rest.right_future(),
     }
-    .right_future()
 }
 
 /// Drops a message that is not JSON; a requester is answered with an error.
@@ -464,9 +480,10 @@ fn serve_durable(
     msg: jetstream::Message,
     max_deliver: i64,
     router: &Router,
-) -> impl Future<Output = ()> + Send + 'static {
-    let read = read(route, &msg, router).map(|(request, _)| router.call(as_event(request)));
-    async move {
+) -> Handling<impl Future<Output = ()> + Send + 'static> {
+    let read = read(route, &msg, router).map(|(request, _)| broker::start(router.call(as_event(request))));
+    let waits = read.as_ref().is_ok_and(broker::Started::waits);
+    let rest = async move {
         let kind = match read {
             Err(why) => {
                 tracing::error!(subject = %msg.subject, error = %why, "dropping a durable NATS event that is not JSON");
@@ -496,7 +513,8 @@ fn serve_durable(
             // The broker redelivers after ack_wait: at least once, never lost.
             tracing::warn!(subject = %msg.subject, error = %e, "could not acknowledge a durable event");
         }
-    }
+    };
+    Handling { waits, rest }
 }
 
 /// A durable message is an event even if its packet carries an id: nobody waits for a reply

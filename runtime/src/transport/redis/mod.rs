@@ -146,8 +146,11 @@ impl Publisher {
 
     /// Publishes `body` on `channel`; returns how many subscribers received it.
     async fn publish(&self, channel: &str, body: &[u8]) -> Result<usize> {
-        self.query("PUBLISH", ::redis::cmd("PUBLISH").arg(channel).arg(body))
-            .await
+        // Sized up front: grown argument by argument, its two buffers are reallocated on
+        // every message.
+        let mut cmd = ::redis::Cmd::with_capacity(3, "PUBLISH".len() + channel.len() + body.len());
+        cmd.arg("PUBLISH").arg(channel).arg(body);
+        self.query("PUBLISH", &cmd).await
     }
 
     /// Sets `key` unless it exists (expiring after `ttl`); true when this call set it.
@@ -164,7 +167,10 @@ impl Publisher {
 
     async fn query<T: ::redis::FromRedisValue>(&self, what: &str, cmd: &::redis::Cmd) -> Result<T> {
         let (generation, mut conn) = self.conn().await?;
-        cmd.query_async::<T>(&mut conn).await.map_err(|e| {
+        // Not `query_async`, which boxes a future for every command.
+        let value = conn.send_packed_command(cmd).await;
+        let value = value.and_then(|v| Ok(::redis::from_redis_value(v.extract_error()?)?));
+        value.map_err(|e| {
             if is_fatal(&e) {
                 let mut slot = self.conn.lock().expect("publisher lock");
                 if slot.as_ref().is_some_and(|(g, _)| *g == generation) {
@@ -183,6 +189,17 @@ impl Publisher {
     fn disconnect(&self) {
         self.conn.lock().expect("publisher lock").take();
     }
+}
+
+/// A message's payload as `Bytes` without a copy: the message itself is the owner.
+fn payload(msg: ::redis::Msg) -> bytes::Bytes {
+    struct Payload(::redis::Msg);
+    impl AsRef<[u8]> for Payload {
+        fn as_ref(&self) -> &[u8] {
+            self.0.get_payload_bytes()
+        }
+    }
+    bytes::Bytes::from_owner(Payload(msg))
 }
 
 /// Opens a subscriber connection within `timeout`.

@@ -10,10 +10,10 @@ use bytes::Bytes;
 use futures_util::future::{BoxFuture, FutureExt};
 use futures_util::stream::{BoxStream, StreamExt};
 
-use super::{COMMAND_TIMEOUT, DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_IN_FLIGHT, Publisher, open, pubsub};
+use super::{COMMAND_TIMEOUT, DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_IN_FLIGHT, Publisher, open, payload, pubsub};
 use crate::error::{Error, Result};
 use crate::service::{Headers, Router};
-use crate::transport::broker::{self, Delivery, Inbound, ReplySink, Source};
+use crate::transport::broker::{self, Delivery, Handling, Inbound, ReplySink, Source};
 use crate::transport::{Endpoint, Listener, Shutdown};
 use crate::wire::nestjs::packet::{Packet, encode_reply, reply_capacity};
 use crate::wire::nestjs::steps::Step;
@@ -76,6 +76,16 @@ impl RedisListener {
             ready: tokio::sync::watch::Sender::new(false),
         })
     }
+
+    /// A served channel, with what its messages' replies need.
+    fn channel(&self, name: &str) -> Arc<Channel> {
+        Arc::new(Channel {
+            name: name.into(),
+            reply: format!("{name}.reply").into(),
+            publisher: self.publisher.clone(),
+            group: self.group.clone(),
+        })
+    }
 }
 
 impl Listener for RedisListener {
@@ -88,9 +98,11 @@ impl Listener for RedisListener {
         routes.sort();
         routes.dedup();
         let max_in_flight = self.max_in_flight;
+        let channels = routes.iter().map(|route| self.channel(route)).collect();
         let source = Subscription {
             l: *self,
             routes,
+            channels,
             messages: None,
             backoff: BACKOFF_MIN,
             reconnecting: false,
@@ -112,6 +124,8 @@ impl Listener for RedisListener {
 struct Subscription {
     l: RedisListener,
     routes: Vec<String>,
+    /// The channel of each route, in the same order.
+    channels: Vec<Arc<Channel>>,
     messages: Option<BoxStream<'static, ::redis::Msg>>,
     backoff: Duration,
     reconnecting: bool,
@@ -175,11 +189,15 @@ impl Source for Subscription {
             let messages = self.messages.as_mut().expect("subscribed above");
             match messages.next().await {
                 Some(msg) => {
+                    let name = msg.get_channel_name();
+                    let channel = match self.routes.binary_search_by(|r| r.as_str().cmp(name)) {
+                        Ok(at) => self.channels[at].clone(),
+                        // Not one we subscribed to: cannot happen, but costs only this.
+                        Err(_) => self.l.channel(name),
+                    };
                     return Some(Message {
-                        body: Bytes::copy_from_slice(msg.get_payload_bytes()),
-                        channel: msg.get_channel_name().to_owned(),
-                        publisher: self.l.publisher.clone(),
-                        group: self.l.group.clone(),
+                        body: payload(msg),
+                        channel,
                     });
                 }
                 None => {
@@ -206,12 +224,19 @@ impl Source for Subscription {
     }
 }
 
+/// A served channel: its name, its reply channel, and where replies go. Made once, shared
+/// by its messages.
+struct Channel {
+    name: Box<str>,
+    reply: Box<str>,
+    publisher: Arc<Publisher>,
+    group: Option<Arc<str>>,
+}
+
 /// One message on a served channel.
 struct Message {
     body: Bytes,
-    channel: String,
-    publisher: Arc<Publisher>,
-    group: Option<Arc<str>>,
+    channel: Arc<Channel>,
 }
 
 /// How long a claim on a request is kept: only replicas that receive the same PUBLISH race
@@ -219,65 +244,71 @@ struct Message {
 const CLAIM_TTL: Duration = Duration::from_secs(60);
 
 impl Delivery for Message {
-    fn serve(self, router: &Router) -> impl Future<Output = ()> + Send + 'static {
+    fn serve(self, router: &Router) -> Handling<impl Future<Output = ()> + Send + 'static> {
         // For a server in a group: a request is handled only by the replica that claims it
         // first (`SET … NX` on a key made of the group, the channel, the request id and a
         // digest of the packet). Events, which carry no id, still reach every replica.
-        if let Some(group) = &self.group
+        if let Some(group) = &self.channel.group
             && let Ok(p) = Packet::parse(&self.body)
             && (p.pattern.is_some() || p.data.is_some())
             && let Some(id) = p.id
         {
             let key = format!(
                 "switchboard:claim:{group}:{}:{id}:{:016x}",
-                self.channel,
+                self.channel.name,
                 broker::fnv1a(&self.body)
             );
             let router = router.clone();
-            return async move {
-                match self.publisher.claim(&key, CLAIM_TTL).await {
+            let rest = async move {
+                match self.channel.publisher.claim(&key, CLAIM_TTL).await {
                     Ok(true) => {}
                     Ok(false) => {
-                        tracing::trace!(channel = %self.channel, "another replica of the group took the request");
+                        tracing::trace!(channel = %self.channel.name, "another replica of the group took the request");
                         return;
                     }
                     // Better handled twice than not at all.
                     Err(e) => {
-                        tracing::warn!(channel = %self.channel, error = %e, "could not claim a request; handling it anyway")
+                        tracing::warn!(channel = %self.channel.name, error = %e, "could not claim a request; handling it anyway")
                     }
                 }
-                let work = self.route(&router);
-                work.await
+                self.route(&router).rest.await
             }
             .boxed();
+            // Routed once claimed: the handler runs in a task of its own.
+            return Handling { waits: true, rest };
         }
-        self.route(router).boxed()
+        let Handling { waits, rest } = self.route(router);
+        Handling {
+            waits,
+            rest: rest.boxed(),
+        }
     }
 }
 
 impl Message {
     /// Hands the message to the router now; then sends a request's reply.
-    fn route(self, router: &Router) -> impl Future<Output = ()> + Send + 'static {
+    fn route(self, router: &Router) -> Handling<impl Future<Output = ()> + Send + 'static> {
         // NestJS looks the handler up by the channel, not by the packet's pattern.
-        let address = router.channel_address(&self.channel);
+        let address = router.channel_address(&self.channel.name);
         let (reply, id) = match broker::read(&self.body, address, "redis", Headers::new()) {
-            Inbound::Packet { request, id } => (Some(router.call(request)), id),
+            Inbound::Packet { request, id } => (Some(broker::start(router.call(request))), id),
             Inbound::External(event) => {
-                tracing::debug!(channel = %self.channel, "a message that is not a NestJS packet; handing it to event listeners");
-                (Some(router.call(event)), None)
+                tracing::debug!(channel = %self.channel.name, "a message that is not a NestJS packet; handing it to event listeners");
+                (Some(broker::start(router.call(event))), None)
             }
             Inbound::Invalid => {
-                tracing::warn!(channel = %self.channel, "dropping a message that is not UTF-8 text");
+                tracing::warn!(channel = %self.channel.name, "dropping a message that is not UTF-8 text");
                 (None, None)
             }
         };
-        async move {
+        let waits = reply.as_ref().is_some_and(broker::Started::waits);
+        let rest = async move {
             let Some(reply) = reply else { return };
             let reply = reply.await;
             if let Some(id) = id {
                 let mut sink = ReplyTo {
-                    publisher: &self.publisher,
-                    channel: format!("{}.reply", self.channel),
+                    publisher: &self.channel.publisher,
+                    channel: &self.channel.reply,
                     id,
                     buf: Vec::new(),
                 };
@@ -285,14 +316,15 @@ impl Message {
                     tracing::warn!(channel = %sink.channel, error = %e, "could not publish a reply");
                 }
             }
-        }
+        };
+        Handling { waits, rest }
     }
 }
 
 /// A request's reply channel.
 struct ReplyTo<'a> {
     publisher: &'a Publisher,
-    channel: String,
+    channel: &'a str,
     id: Bytes,
     buf: Vec<u8>,
 }
@@ -305,7 +337,7 @@ impl ReplySink for ReplyTo<'_> {
         let what = step.outgoing();
         self.buf.reserve(reply_capacity(&self.id, &what));
         encode_reply(&mut self.buf, &self.id, what);
-        let (publisher, channel, buf) = (self.publisher, &self.channel, &self.buf);
+        let (publisher, channel, buf) = (self.publisher, self.channel, &self.buf);
         async move {
             let sent = publisher.publish(channel, buf).await;
             match sent {
@@ -343,11 +375,21 @@ mod tests {
         let (client, addr) = open(&Endpoint::parse("redis://127.0.0.1:6379").unwrap()).unwrap();
         let message = Message {
             body: Bytes::from_static(br#"{"pattern":"sum","data":1,"id":"1"}"#),
-            channel: "sum".into(),
-            publisher: Arc::new(Publisher::new(client, addr, Duration::from_secs(1))),
-            group: None,
+            channel: Arc::new(Channel {
+                name: "sum".into(),
+                reply: "sum.reply".into(),
+                publisher: Arc::new(Publisher::new(client, addr, Duration::from_secs(1))),
+                group: None,
+            }),
         };
-        let work = message.route(&router);
-        assert!(size_of_val(&work) <= 1024, "{} bytes", size_of_val(&work));
+        let publish = size_of_val(&message.channel.publisher.publish("sum.reply", b"{}"));
+        let work = message.route(&router).rest;
+        // The reply's publish and the message's own state; a second publish (the retry) or
+        // the connecting path would add as much again.
+        assert!(
+            size_of_val(&work) < publish + 1024,
+            "{} bytes, the publish {publish}",
+            size_of_val(&work)
+        );
     }
 }
