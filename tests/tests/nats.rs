@@ -386,9 +386,9 @@ async fn server_speaks_nestjs_bytes() {
     server.shutdown().await.unwrap();
 }
 
-/// Our client's requests and events are NestJS's bytes on NestJS's subjects; headers (the
-/// call's time left, at least) go as NATS headers (HPUB), replies come back to a
-/// per-request inbox.
+/// Our client's requests and events are NestJS's bytes on NestJS's subjects; a caller's
+/// headers go as NATS headers (HPUB), Switchboard's own (the call's time left) in the packet's
+/// `metadata`; replies come back to a per-request inbox.
 #[tokio::test]
 async fn client_speaks_nestjs_bytes() {
     if !nats_up().await {
@@ -407,9 +407,8 @@ async fn client_speaks_nestjs_bytes() {
     };
     let req = raw.next(Duration::from_secs(10)).await.expect("the request");
     assert_eq!(req.subject, subject);
-    // One header, the time the call has left: an HPUB (NestJS reads NATS headers too).
-    let headers = req.headers.as_deref().expect("headers: an HPUB");
-    assert!(headers.starts_with("NATS/1.0\r\nsb-timeout-ms: "), "{headers:?}");
+    // No caller headers: a plain PUB, the time the call has left in the packet.
+    assert_eq!(req.headers, None);
     let body: Value = serde_json::from_slice(&req.payload).unwrap();
     let id = body["id"].as_str().unwrap().to_owned();
     assert_eq!(id.len(), 21);
@@ -417,9 +416,14 @@ async fn client_speaks_nestjs_bytes() {
         id.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()),
         "{id}"
     );
+    let left = body["metadata"]["sb-timeout-ms"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(left.parse::<u64>().is_ok_and(|ms| ms > 0 && ms <= 30_000), "{body}");
     assert_eq!(
         req.text(),
-        format!(r#"{{"pattern":"{subject}","data":{{"a":1}},"id":"{id}"}}"#)
+        format!(r#"{{"pattern":"{subject}","data":{{"a":1}},"metadata":{{"sb-timeout-ms":"{left}"}},"id":"{id}"}}"#)
     );
     let inbox = req.reply.expect("a reply subject");
     assert!(inbox.starts_with("_INBOX."), "{inbox}");
@@ -449,11 +453,13 @@ async fn client_speaks_nestjs_bytes() {
     assert_eq!(req.subject, r#"{"cmd":"sb_wire"}"#);
     let headers = req.headers.clone().expect("HPUB");
     assert!(
-        headers.starts_with("NATS/1.0\r\n") && headers.contains("x-trace: abc\r\n"),
+        headers.starts_with("NATS/1.0\r\n") && headers.contains("x-trace: abc\r\n") && !headers.contains("sb-"),
         "{headers:?}"
     );
     let body: Value = serde_json::from_slice(&req.payload).unwrap();
     assert_eq!(body["pattern"], json!({"cmd": "sb_wire"}));
+    assert!(body["metadata"].get("sb-timeout-ms").is_some(), "{body}");
+    assert!(body["metadata"].get("x-trace").is_none(), "{body}");
     let id = body["id"].as_str().unwrap();
     raw.publish(
         req.reply.as_deref().unwrap(),

@@ -179,7 +179,7 @@ impl ClientTransport for AmqpClient {
                 &mut body,
                 &msg.pattern,
                 &msg.payload,
-                &crate::service::Headers::new(),
+                std::iter::empty(),
                 Some(id.as_str()),
             );
             let props = self
@@ -216,13 +216,7 @@ impl ClientTransport for AmqpClient {
         async move {
             let session = self.session().await?;
             let mut body = Vec::with_capacity(msg.payload.len() + msg.pattern.len() + 32);
-            encode_request(
-                &mut body,
-                &msg.pattern,
-                &msg.payload,
-                &crate::service::Headers::new(),
-                None,
-            );
+            encode_request(&mut body, &msg.pattern, &msg.payload, std::iter::empty(), None);
             let props = self.properties(&msg);
             let published = async {
                 session

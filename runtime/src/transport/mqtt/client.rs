@@ -70,7 +70,13 @@ impl ClientTransport for MqttClient {
             conn.subscribe(format!("{}/reply", msg.route)).await?;
             let (id, rx) = conn.shared.pending.register(msg.route.clone())?;
             let mut body = Vec::with_capacity(msg.payload.len() + msg.pattern.len() + 48);
-            encode_request(&mut body, &msg.pattern, &msg.payload, &msg.headers, Some(id.as_str()));
+            encode_request(
+                &mut body,
+                &msg.pattern,
+                &msg.payload,
+                msg.headers.iter(),
+                Some(id.as_str()),
+            );
             conn.publish(&msg.route, body).await?;
             // The connection may have dropped between the checks and the publish, after the
             // in-flight calls were failed: then nobody would fail this one.
@@ -86,7 +92,7 @@ impl ClientTransport for MqttClient {
             let epoch = conn.wait_up().await?;
             conn.check_topic(&msg.route)?;
             let mut body = Vec::with_capacity(msg.payload.len() + msg.pattern.len() + 32);
-            encode_request(&mut body, &msg.pattern, &msg.payload, &msg.headers, None);
+            encode_request(&mut body, &msg.pattern, &msg.payload, msg.headers.iter(), None);
             conn.publish(&msg.route, body).await?;
             conn.still_up(epoch)
         }

@@ -296,15 +296,12 @@ fn subject(msg: Outbound) -> (Cow<'static, str>, Subject) {
 }
 
 fn body(msg: &Outbound, id: Option<&str>) -> Bytes {
-    // Headers travel as NATS headers, as NestJS's NatsRecord headers do.
-    let mut buf = Vec::with_capacity(msg.pattern.len() + msg.payload.len() + 48);
-    encode_request(
-        &mut buf,
-        &msg.pattern,
-        &msg.payload,
-        &crate::service::Headers::new(),
-        id,
-    );
+    // The caller's headers travel as NATS headers, as NestJS's NatsRecord headers do;
+    // Switchboard's own in the packet.
+    let own = || msg.headers.iter().filter(|(k, _)| super::own(k));
+    let room: usize = own().map(|(k, v)| k.len() + v.len() + 6).sum();
+    let mut buf = Vec::with_capacity(msg.pattern.len() + msg.payload.len() + room + 64);
+    encode_request(&mut buf, &msg.pattern, &msg.payload, own(), id);
     Bytes::from(buf)
 }
 

@@ -233,7 +233,7 @@ impl RedisClient {
         let (id, rx) = self.shared.pending.register(msg.route.clone())?;
         let lease = self.lease(&msg.route).await?;
         let mut body = Vec::with_capacity(request_capacity(&msg));
-        encode_request(&mut body, &msg.pattern, &msg.payload, &msg.headers, Some(&id));
+        encode_request(&mut body, &msg.pattern, &msg.payload, msg.headers.iter(), Some(&id));
         let receivers = self.shared.publisher.publish(&msg.route, &body).await?;
         if receivers == 0 {
             // NestJS would wait for its deadline; nobody is subscribed, so no reply can come.
@@ -338,7 +338,7 @@ impl ClientTransport for RedisClient {
     fn emit(self: Arc<Self>, msg: Outbound) -> BoxFuture<'static, Result<()>> {
         async move {
             let mut body = Vec::with_capacity(request_capacity(&msg));
-            encode_request(&mut body, &msg.pattern, &msg.payload, &msg.headers, None);
+            encode_request(&mut body, &msg.pattern, &msg.payload, msg.headers.iter(), None);
             // Like NestJS, an event nobody receives is not an error.
             self.shared.publisher.publish(&msg.route, &body).await.map(drop)
         }

@@ -226,7 +226,13 @@ impl ClientTransport for TcpClient {
             let (id, rx) = conn.register(msg.route.clone())?;
             let mut frame = Vec::with_capacity(msg.payload.len() + msg.pattern.len() + 64);
             let mut body = Vec::with_capacity(msg.payload.len() + msg.pattern.len() + 48);
-            encode_request(&mut body, &msg.pattern, &msg.payload, &msg.headers, Some(id.as_str()));
+            encode_request(
+                &mut body,
+                &msg.pattern,
+                &msg.payload,
+                msg.headers.iter(),
+                Some(id.as_str()),
+            );
             encode_frame(&mut frame, &body);
             conn.send(frame).await?;
             Replies::first_of(rx).await
@@ -246,7 +252,7 @@ impl ClientTransport for TcpClient {
             }
             let conn = self.conn_at(0).await?;
             let mut body = Vec::with_capacity(msg.payload.len() + msg.pattern.len() + 32);
-            encode_request(&mut body, &msg.pattern, &msg.payload, &msg.headers, None);
+            encode_request(&mut body, &msg.pattern, &msg.payload, msg.headers.iter(), None);
             let mut frame = Vec::with_capacity(body.len() + 12);
             encode_frame(&mut frame, &body);
             conn.send(frame).await

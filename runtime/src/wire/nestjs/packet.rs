@@ -620,20 +620,21 @@ fn reply_fields(out: &mut Vec<u8>, what: Outgoing<'_>) {
 }
 
 /// Appends a request (`id` given) or event packet: `pattern, data[, metadata][, id]`.
-pub(crate) fn encode_request(
+pub(crate) fn encode_request<'a>(
     out: &mut Vec<u8>,
     pattern: &str,
     data: &[u8],
-    metadata: &crate::service::Headers,
+    metadata: impl IntoIterator<Item = (&'a str, &'a str)>,
     id: Option<&str>,
 ) {
     out.extend_from_slice(b"{\"pattern\":");
     out.extend_from_slice(pattern.as_bytes());
     out.extend_from_slice(b",\"data\":");
     out.extend_from_slice(data);
-    if !metadata.is_empty() {
+    let mut metadata = metadata.into_iter().peekable();
+    if metadata.peek().is_some() {
         out.extend_from_slice(b",\"metadata\":{");
-        for (i, (k, v)) in metadata.iter().enumerate() {
+        for (i, (k, v)) in metadata.enumerate() {
             if i > 0 {
                 out.push(b',');
             }
@@ -721,7 +722,7 @@ mod tests {
             &mut out,
             r#"{"cmd":"sum","a":1}"#,
             b"[1,2,3]",
-            &meta,
+            meta.iter(),
             Some("a18e27d5afe707e15ae91"),
         );
         assert_eq!(
