@@ -75,6 +75,7 @@ pub(crate) struct Handling<F> {
 
 impl<F> Handling<F> {
     /// The rest of a message whose handler has answered already, or never ran.
+    #[cfg_attr(not(any(feature = "nats", feature = "amqp")), allow(dead_code))]
     pub(crate) fn done(rest: F) -> Self {
         Handling { waits: false, rest }
     }

@@ -94,14 +94,13 @@ impl Listener for RedisListener {
     }
 
     fn serve(self: Box<Self>, router: Router, shutdown: Shutdown) -> BoxFuture<'static, Result<()>> {
-        let mut routes: Vec<String> = router.routes().map(|r| r.route().to_owned()).collect();
-        routes.sort();
+        let mut routes: Vec<&str> = router.routes().map(|r| r.route()).collect();
+        routes.sort_unstable();
         routes.dedup();
         let max_in_flight = self.max_in_flight;
         let channels = routes.iter().map(|route| self.channel(route)).collect();
         let source = Subscription {
             l: *self,
-            routes,
             channels,
             messages: None,
             backoff: BACKOFF_MIN,
@@ -123,8 +122,7 @@ impl Listener for RedisListener {
 /// The server's subscription to every route, renewed after the broker comes back.
 struct Subscription {
     l: RedisListener,
-    routes: Vec<String>,
-    /// The channel of each route, in the same order.
+    /// The channel of every route, sorted by name.
     channels: Vec<Arc<Channel>>,
     messages: Option<BoxStream<'static, ::redis::Msg>>,
     backoff: Duration,
@@ -144,7 +142,8 @@ impl Subscription {
                         .await
                         .map_err(|e| e.to_string())?,
                 };
-                match tokio::time::timeout(COMMAND_TIMEOUT, ps.subscribe(&self.routes)).await {
+                let names: Vec<&str> = self.channels.iter().map(|c| &*c.name).collect();
+                match tokio::time::timeout(COMMAND_TIMEOUT, ps.subscribe(names)).await {
                     Ok(Ok(())) => Ok(ps),
                     Ok(Err(e)) => Err(e.to_string()),
                     Err(_) => Err(format!("SUBSCRIBE not acknowledged within {COMMAND_TIMEOUT:?}")),
@@ -158,7 +157,8 @@ impl Subscription {
                         crate::signal::reconnected("redis");
                     }
                     self.backoff = BACKOFF_MIN;
-                    tracing::debug!(addr = %self.l.addr, routes = ?self.routes, "subscribed");
+                    let routes: Vec<&str> = self.channels.iter().map(|c| &*c.name).collect();
+                    tracing::debug!(addr = %self.l.addr, ?routes, "subscribed");
                     self.l.ready.send_replace(true);
                     self.messages = Some(ps.into_on_message().boxed());
                     return true;
@@ -190,7 +190,7 @@ impl Source for Subscription {
             match messages.next().await {
                 Some(msg) => {
                     let name = msg.get_channel_name();
-                    let channel = match self.routes.binary_search_by(|r| r.as_str().cmp(name)) {
+                    let channel = match self.channels.binary_search_by(|c| (*c.name).cmp(name)) {
                         Ok(at) => self.channels[at].clone(),
                         // Not one we subscribed to: cannot happen, but costs only this.
                         Err(_) => self.l.channel(name),
