@@ -129,27 +129,20 @@ pub(crate) async fn serve<S: Source>(mut source: S, router: Router, max_in_fligh
         while let Some(done) = tasks.try_join_next() {
             log_panic(done);
         }
-        // Room for one more message first: while full, messages wait in the broker.
-        if sending.len() + tasks.len() >= max_in_flight {
-            tokio::select! {
-                biased;
-                _ = &mut stop => break,
-                Some(()) = sending.next(), if !sending.is_empty() => {}
-                Some(done) = tasks.join_next(), if !tasks.is_empty() => log_panic(done),
-            }
-            continue;
-        }
         let delivery = {
             // Kept across the replies sent meanwhile: a source's `next` need not be
             // cancel-safe.
             let next = source.next();
             tokio::pin!(next);
             loop {
+                // Room for one more message first: while full, messages wait in the broker.
+                let room = sending.len() + tasks.len() < max_in_flight;
                 tokio::select! {
                     biased;
                     _ = &mut stop => break 'serve,
                     Some(()) = sending.next(), if !sending.is_empty() => {}
-                    next = &mut next => match next {
+                    Some(done) = tasks.join_next(), if !room && !tasks.is_empty() => log_panic(done),
+                    next = &mut next, if room => match next {
                         Some(delivery) => break delivery,
                         None => break 'serve,
                     },
@@ -385,6 +378,40 @@ mod tests {
         }
     }
 
+    /// The serve loop over a fake source, allowing `max_in_flight`: what the source saw,
+    /// where its messages come from, the shutdown switch, and the loop.
+    fn serving(
+        max_in_flight: usize,
+    ) -> (
+        std::sync::Arc<fake::Seen>,
+        tokio::sync::mpsc::UnboundedSender<fake::Msg>,
+        tokio::sync::watch::Sender<bool>,
+        tokio::task::JoinHandle<()>,
+    ) {
+        let seen = std::sync::Arc::new(fake::Seen::default());
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let source = fake::Fake { rx, seen: seen.clone() };
+        let router = crate::service::RouterBuilder::default().build(false, |route| route, |_, route| route);
+        let (stop, shutdown) = Shutdown::new();
+        let serving = tokio::spawn(serve(source, router, max_in_flight, shutdown));
+        (seen, tx, stop, serving)
+    }
+
+    /// Sends the fake source a message whose handler waits or not, finishing once `gate` opens.
+    fn deliver(
+        tx: &tokio::sync::mpsc::UnboundedSender<fake::Msg>,
+        seen: &std::sync::Arc<fake::Seen>,
+        gate: &std::sync::Arc<tokio::sync::Semaphore>,
+        waits: bool,
+    ) {
+        let msg = fake::Msg {
+            waits,
+            gate: gate.clone(),
+            seen: seen.clone(),
+        };
+        assert!(tx.send(msg).is_ok());
+    }
+
     async fn settle() {
         for _ in 0..50 {
             tokio::task::yield_now().await;
@@ -399,23 +426,12 @@ mod tests {
         use std::sync::Arc;
         use std::sync::atomic::Ordering::SeqCst;
 
-        use tokio::sync::{Semaphore, mpsc};
+        use tokio::sync::Semaphore;
 
-        let seen = Arc::new(fake::Seen::default());
-        let (tx, rx) = mpsc::unbounded_channel();
-        let source = fake::Fake { rx, seen: seen.clone() };
-        let router = crate::service::RouterBuilder::default().build(false, |route| route, |_, route| route);
-        let (stop, shutdown) = Shutdown::new();
-        let serving = tokio::spawn(serve(source, router, 2, shutdown));
-
+        let (seen, tx, stop, serving) = serving(2);
         let gates: Vec<_> = (0..3).map(|_| Arc::new(Semaphore::new(0))).collect();
         for (gate, waits) in gates.iter().zip([false, true, false]) {
-            let msg = fake::Msg {
-                waits,
-                gate: gate.clone(),
-                seen: seen.clone(),
-            };
-            assert!(tx.send(msg).is_ok());
+            deliver(&tx, &seen, gate, waits);
         }
         settle().await;
         assert_eq!(
@@ -453,22 +469,12 @@ mod tests {
         use std::sync::Arc;
         use std::sync::atomic::Ordering::SeqCst;
 
-        use tokio::sync::{Semaphore, mpsc};
+        use tokio::sync::Semaphore;
 
-        let seen = Arc::new(fake::Seen::default());
-        let (tx, rx) = mpsc::unbounded_channel();
-        let source = fake::Fake { rx, seen: seen.clone() };
-        let router = crate::service::RouterBuilder::default().build(false, |route| route, |_, route| route);
-        let (_stop, shutdown) = Shutdown::new();
-        let _serving = tokio::spawn(serve(source, router, 16, shutdown));
+        let (seen, tx, _stop, _serving) = serving(16);
         let (stuck, open) = (Arc::new(Semaphore::new(0)), Arc::new(Semaphore::new(16)));
         for (gate, waits) in [(&stuck, true), (&stuck, false), (&open, false), (&open, true)] {
-            let msg = fake::Msg {
-                waits,
-                gate: gate.clone(),
-                seen: seen.clone(),
-            };
-            assert!(tx.send(msg).is_ok());
+            deliver(&tx, &seen, gate, waits);
         }
         settle().await;
         assert_eq!(seen.taken.load(SeqCst), 4);
