@@ -176,7 +176,7 @@ async fn watch_head_sees_another_process_commit() {
         .unwrap();
 }
 
-/// A commit soon after another is not notified by itself: the appender notifies it once idle.
+/// Commits close together share a notification: the last of a burst is notified all the same.
 #[tokio::test]
 async fn watch_head_sees_the_last_of_a_burst_of_commits() {
     let Some((a, b)) = two_stores().await else { return };

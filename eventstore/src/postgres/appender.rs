@@ -28,14 +28,11 @@
 //! those streams reads nothing of it and, for one event, runs a statement hardly bigger than a
 //! bare INSERT (`WRITE_EVENT`).
 //!
-//! Other processes learn of commits through `NOTIFY`, which costs every commit a lock, a queue
-//! entry and a wake-up of each listener: a commit notifies only if the last notification is
-//! `NOTIFY_EVERY` old; one that did not is notified by a statement of its own when the appender
-//! has nothing to write by then. The store's own watch moves on every commit.
+//! The store's own watch moves on every commit; other processes learn of them from the
+//! notifier (`notify.rs`), which the appender tells its head.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{Connection, PgConnection, Row};
@@ -57,9 +54,6 @@ const OPTIMISTIC_ATTEMPTS: u32 = 2;
 /// Streams whose revisions an appender remembers at most (beyond, it forgets them all and starts
 /// again).
 const MAX_REVISIONS: usize = 1 << 16;
-/// The longest other processes wait to hear of a commit (when this process lives on; else they
-/// see it at the next commit's notification or their own poll).
-const NOTIFY_EVERY: Duration = Duration::from_millis(2);
 
 /// One `append_multi` call waiting for its answer.
 pub(super) struct Job {
@@ -73,16 +67,13 @@ pub(super) struct Appender {
     pub(super) conn: Option<PgConnection>,
     pub(super) jobs: mpsc::Receiver<Job>,
     pub(super) head: Arc<watch::Sender<u64>>,
-    pub(super) channel: String,
+    /// This appender's last commit, for the notifier.
+    pub(super) own: watch::Sender<u64>,
     /// A job taken from the queue that touches a stream of the group before it: it goes first
     /// in the next group.
     pub(super) carry: Option<Job>,
     /// How many jobs the last group had: their callers are likely to be back soon.
     pub(super) last_group: usize,
-    /// When the last notification went out.
-    pub(super) notified: Option<Instant>,
-    /// The head of a commit that went out without a notification, not yet notified.
-    pub(super) unnotified: Option<u64>,
     pub(super) revisions: Revisions,
 }
 
@@ -134,7 +125,7 @@ impl Appender {
         loop {
             let first = match self.carry.take() {
                 Some(job) => job,
-                None => match self.next().await {
+                None => match self.jobs.recv().await {
                     Some(job) => job,
                     None => break,
                 },
@@ -151,64 +142,15 @@ impl Appender {
             self.last_group = group.len();
             self.run_group(group).await;
         }
-        self.notify_unnotified().await;
         if let Some(conn) = self.conn.take() {
             let _ = conn.close().await;
         }
     }
 
-    /// The next job; while a commit waits for its notification, it goes out when it is due.
-    async fn next(&mut self) -> Option<Job> {
-        if self.unnotified.is_some() {
-            let due = self.notified.map_or_else(Instant::now, |at| at + NOTIFY_EVERY);
-            match tokio::time::timeout_at(due.into(), self.jobs.recv()).await {
-                Ok(job) => return job,
-                Err(_) => self.notify_unnotified().await,
-            }
-        }
-        self.jobs.recv().await
-    }
-
-    /// The channel to notify in the next commit: `None` while the last notification is recent.
-    fn notify_channel(&self) -> Option<String> {
-        let due = self.notified.is_none_or(|at| at.elapsed() >= NOTIFY_EVERY);
-        due.then(|| self.channel.clone())
-    }
-
-    /// After a commit that moved the head to `head`, notified or not.
-    fn committed(&mut self, head: u64, notified: bool) {
+    /// After a commit that moved the head to `head`.
+    fn committed(&mut self, head: u64) {
         advance_head(&self.head, head);
-        if notified {
-            self.notified = Some(Instant::now());
-            self.unnotified = None;
-        } else {
-            self.unnotified = Some(head);
-        }
-    }
-
-    /// Notifies a commit that went out without a notification. If this fails, other processes
-    /// see the commit at the next notification or their own poll.
-    async fn notify_unnotified(&mut self) {
-        let Some(head) = self.unnotified.take() else { return };
-        let channel = self.channel.clone();
-        let sent = match self.connection().await {
-            Ok(conn) => sqlx::query("SELECT pg_notify($1, $2)")
-                .bind(channel)
-                .bind(head.to_string())
-                .execute(conn)
-                .await
-                .map(drop),
-            Err(e) => Err(e),
-        };
-        match sent {
-            Ok(()) => self.notified = Some(Instant::now()),
-            Err(e) => {
-                tracing::debug!(error = %e, "the event store could not notify a commit");
-                if broken(&e) {
-                    self.conn = None;
-                }
-            }
-        }
+        self.own.send_replace(head);
     }
 
     /// `first` and whatever else is queued, up to the limits; streams are unique in a group.
@@ -237,7 +179,6 @@ impl Appender {
     }
 
     async fn run_group(&mut self, group: Vec<Job>) {
-        let channel = self.notify_channel();
         let mut batch = Batch {
             deletions: self.revisions.deletions,
             ..Batch::default()
@@ -249,12 +190,12 @@ impl Appender {
             }
         }
         let fast = match self.connection().await {
-            Ok(conn) => batch.write(conn, channel.as_deref()).await,
+            Ok(conn) => batch.write(conn).await,
             Err(e) => Err(e),
         };
         let uncertain = match fast {
             Ok(written) => {
-                self.committed(written.head, channel.is_some());
+                self.committed(written.head);
                 let streams = group.iter().flat_map(|job| &job.appends).map(|a| a.stream.as_str());
                 let revisions = written.results.iter().map(|r| r.revision);
                 self.revisions.learn(written.deletions, streams.zip(revisions));
@@ -283,7 +224,6 @@ impl Appender {
     async fn careful(&mut self, group: Vec<Job>, uncertain: bool) {
         // What failed may be a remembered revision gone stale.
         self.revisions.forget();
-        let channel = self.notify_channel();
         let conn = match self.connection().await {
             Ok(conn) => conn,
             Err(e) => return fail_all(group.into_iter().map(|j| j.reply), &e, uncertain),
@@ -297,7 +237,7 @@ impl Appender {
         let mut answers = Vec::with_capacity(group.len());
         let mut jobs = group.into_iter();
         for job in jobs.by_ref() {
-            match careful_job(conn, &job.appends, &mut locked, channel.as_deref()).await {
+            match careful_job(conn, &job.appends, &mut locked).await {
                 Ok((results, moved)) => {
                     head = head.max(moved);
                     answers.push((job.reply, Ok(results)));
@@ -316,7 +256,7 @@ impl Appender {
             return fail_all(answers.into_iter().map(|(reply, _)| reply), &e, broken(&e));
         }
         if let Some(head) = head {
-            self.committed(head, channel.is_some());
+            self.committed(head);
         }
         for (reply, answer) in answers {
             let _ = reply.send(answer);
@@ -398,13 +338,12 @@ async fn careful_job(
     conn: &mut PgConnection,
     appends: &[Append],
     locked: &mut bool,
-    channel: Option<&str>,
 ) -> std::result::Result<(Vec<Appended>, Option<u64>), Failure> {
     let locked_before = *locked;
     execute(conn, "SAVEPOINT job").await.map_err(Failure::Conn)?;
     let mut attempt = 0;
     let result = loop {
-        match attempt_job(conn, appends, locked, attempt, channel).await {
+        match attempt_job(conn, appends, locked, attempt).await {
             Err(Attempt::Raced) => {
                 execute(conn, "ROLLBACK TO SAVEPOINT job")
                     .await
@@ -507,7 +446,6 @@ async fn attempt_job(
     appends: &[Append],
     locked: &mut bool,
     attempt: u32,
-    channel: Option<&str>,
 ) -> std::result::Result<(Vec<Appended>, Option<u64>), Attempt> {
     if attempt >= OPTIMISTIC_ATTEMPTS && !*locked {
         // Lost the race twice: take the lock first, so that the checks hold until the commit.
@@ -555,7 +493,7 @@ async fn attempt_job(
     if batch.appends.is_empty() {
         return Ok((results.into_iter().flatten().collect(), None));
     }
-    let written = match batch.write(conn, channel).await {
+    let written = match batch.write(conn).await {
         Ok(written) => written,
         Err(e) if raced(&e) && !checked_under_lock => return Err(Attempt::Raced),
         Err(e) => return Err(e.into()),
@@ -611,22 +549,20 @@ struct Written {
 }
 
 /// The write, for streams that are all different: moves the head (its row lock orders the
-/// commits) unless a deletion committed since the statement's snapshot (or, given `$15`, since
-/// the known revisions `$14` were written), checks each stream's expectation against its state
+/// commits) unless a deletion committed since the statement's snapshot (or, given `$14`, since
+/// the known revisions `$13` were written), checks each stream's expectation against its state
 /// (kinds: 0 any, 1 no stream, 2 stream exists, 3 exact), inserts the events at the positions
-/// after the old head and the revisions after each stream's last one, and, with a channel,
-/// notifies it of the new head. A stream whose expectation fails has no row in `moved`, so its
+/// after the old head and the revisions after each stream's last one. A stream whose expectation fails has no row in `moved`, so its
 /// events get a NULL revision; a head left alone gives NULL positions: either way the statement
 /// fails as a whole.
 const WRITE: &str = "
 WITH h AS (
     UPDATE es_head SET position = position + $1
-    WHERE id = 0 AND deletions = coalesce($15, (SELECT deletions FROM es_head WHERE id = 0))
-    RETURNING position - $1 AS base, deletions,
-        (CASE WHEN $13::text IS NOT NULL THEN pg_notify($13, position::text) END) IS NULL AS notified
+    WHERE id = 0 AND deletions = coalesce($14, (SELECT deletions FROM es_head WHERE id = 0))
+    RETURNING position - $1 AS base, deletions
 ),
 s AS (
-    SELECT * FROM UNNEST($2::text[], $3::bigint[], $4::int[], $5::bigint[], $14::bigint[])
+    SELECT * FROM UNNEST($2::text[], $3::bigint[], $4::int[], $5::bigint[], $13::bigint[])
         AS s (stream, n, kind, exact, known)
 ),
 moved AS (
@@ -651,21 +587,20 @@ inserted AS (
 SELECT (SELECT base FROM h), (SELECT deletions FROM h), moved.stream, moved.prev FROM moved";
 
 /// [`WRITE`] for the most common group, one append: the same steps on one stream, with
-/// scalars instead of arrays and joins; a known revision (`$12`) leaves the stream unread.
+/// scalars instead of arrays and joins; a known revision (`$11`) leaves the stream unread.
 const WRITE_ONE: &str = "
 WITH h AS (
     UPDATE es_head SET position = position + $1
-    WHERE id = 0 AND deletions = coalesce($11, (SELECT deletions FROM es_head WHERE id = 0))
-    RETURNING position - $1 AS base, deletions,
-        (CASE WHEN $10::text IS NOT NULL THEN pg_notify($10, position::text) END) IS NULL AS notified
+    WHERE id = 0 AND deletions = coalesce($10, (SELECT deletions FROM es_head WHERE id = 0))
+    RETURNING position - $1 AS base, deletions
 ),
 moved AS (
     SELECT st.revision AS prev
     FROM (
         SELECT coalesce(t.deleted, false) AS deleted,
-            coalesce($12, greatest(t.revision, (SELECT max(revision) FROM es_events WHERE stream = $2), -1))
+            coalesce($11, greatest(t.revision, (SELECT max(revision) FROM es_events WHERE stream = $2), -1))
                 AS revision
-        FROM (SELECT) one LEFT JOIN (SELECT * FROM es_streams WHERE stream = $2 AND $12 IS NULL) t ON true
+        FROM (SELECT) one LEFT JOIN (SELECT * FROM es_streams WHERE stream = $2 AND $11 IS NULL) t ON true
     ) st
     WHERE NOT st.deleted AND CASE $3 WHEN 0 THEN true WHEN 1 THEN st.revision < 0
         WHEN 2 THEN st.revision >= 0 ELSE st.revision = $4 END
@@ -685,7 +620,7 @@ SELECT (SELECT base FROM h), (SELECT deletions FROM h), $2::text, (SELECT prev F
 const WRITE_EVENT: &str = "
 WITH h AS (
     UPDATE es_head SET position = position + 1 WHERE id = 0 AND deletions = $1
-    RETURNING position, (CASE WHEN $9::text IS NOT NULL THEN pg_notify($9, position::text) END) IS NULL AS notified
+    RETURNING position
 )
 INSERT INTO es_events (position, stream, revision, id, name, version, data, metadata, recorded_at)
 VALUES ((SELECT position FROM h), $2, $3, $4, $5, $6, $7::json, $8::json, floor(extract(epoch FROM now()) * 1000)::bigint)
@@ -713,8 +648,7 @@ impl<'a> Batch<'a> {
         }
     }
 
-    /// Writes, notifying `channel` of the new head if given.
-    async fn write(self, conn: &mut PgConnection, channel: Option<&str>) -> std::result::Result<Written, sqlx::Error> {
+    async fn write(self, conn: &mut PgConnection) -> std::result::Result<Written, sqlx::Error> {
         if let ([(stream, 1, _)], Some(deletions), [Some(known)]) =
             (&self.appends[..], self.deletions, &self.stream_known[..])
         {
@@ -728,7 +662,6 @@ impl<'a> Batch<'a> {
                 .bind(self.event_version[0])
                 .bind(self.event_data[0])
                 .bind(self.event_metadata[0])
-                .bind(channel)
                 .fetch_one(conn)
                 .await?;
             return Ok(Written {
@@ -751,7 +684,6 @@ impl<'a> Batch<'a> {
                 .bind(self.event_version)
                 .bind(self.event_data)
                 .bind(self.event_metadata)
-                .bind(channel)
                 .bind(self.deletions)
                 .bind(self.stream_known[0])
                 .fetch_all(conn)
@@ -772,7 +704,6 @@ impl<'a> Batch<'a> {
                 .bind(self.event_version)
                 .bind(self.event_data)
                 .bind(self.event_metadata)
-                .bind(channel)
                 .bind(self.stream_known)
                 .bind(self.deletions)
                 .fetch_all(conn)

@@ -9,9 +9,9 @@
 //! - Reads, and the writes that are not appends, use a pool.
 //! - [`watch_head`](EventStore::watch_head) moves on this store's commits directly and on other
 //!   processes' through `LISTEN`/`NOTIFY` on the channel `<schema>_es_head`, a few milliseconds
-//!   after the commit at most while its process lives (commits close together share one
-//!   notification; if the process dies first, others see the commit at the next notification or
-//!   their own poll).
+//!   after the commit at most while its process lives (a task of its own notifies, off the commit
+//!   path, and commits close together share one notification; if the process dies first, others
+//!   see the commit at the next notification or their own poll).
 //!
 //! - A stream's revision is its last event's, read from the `(stream, revision)` index: appends
 //!   write only the head and the events. `es_streams` keeps what deleting events would lose (the
@@ -24,6 +24,7 @@
 
 mod appender;
 mod listen;
+mod notify;
 mod read_model;
 mod schema;
 
@@ -171,8 +172,9 @@ impl PgStoreBuilder {
         self
     }
 
-    /// The most pooled connections for reads and other writes (default 10). The appender and
-    /// the listener have one connection each besides.
+    /// The most pooled connections for reads and other writes (default 10). The appender, the
+    /// listener and the notifier have one connection each besides (the notifier's from the first
+    /// commit on).
     pub fn max_connections(mut self, n: u32) -> Self {
         self.max_connections = n.max(1);
         self
@@ -236,16 +238,16 @@ impl PgStoreBuilder {
 
         let conn = PgConnection::connect_with(&options).await?;
         let (jobs, queue) = mpsc::channel(QUEUE);
+        let (own, commits) = watch::channel(0);
+        tokio::spawn(notify::run(options.clone(), channel.clone(), commits));
         let appender = Appender {
             options,
             conn: Some(conn),
             jobs: queue,
             head: head.clone(),
-            channel: channel.clone(),
+            own,
             carry: None,
             last_group: 0,
-            notified: None,
-            unnotified: None,
             revisions: Default::default(),
         };
         tokio::spawn(appender.run());
