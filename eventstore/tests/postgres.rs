@@ -572,3 +572,44 @@ async fn a_revision_remembered_by_one_store_and_moved_by_another() {
     let appended = a.append("gone", ExpectedVersion::Any, vec![event(11)]).await;
     assert!(matches!(appended, Err(Error::StreamDeleted(_))), "{appended:?}");
 }
+
+/// A store's connections (pool, appender, listener, notifier) all close once it is dropped: no
+/// task of it lives on.
+#[tokio::test]
+async fn dropping_the_store_closes_its_connections() {
+    let schema = pg_common::fresh_schema();
+    let Some(store) = pg_common::store_in(&schema).await else {
+        return;
+    };
+    // A commit, so that the notifier has connected too.
+    store
+        .append("s", ExpectedVersion::NoStream, vec![event(1)])
+        .await
+        .unwrap();
+    let mut watcher = <sqlx::PgConnection as sqlx::Connection>::connect(&pg_common::url())
+        .await
+        .unwrap();
+    let count = "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'switchboard-eventstore ' || $1";
+    let open: i64 = sqlx::query_scalar(count)
+        .bind(&schema)
+        .fetch_one(&mut watcher)
+        .await
+        .unwrap();
+    assert!(open >= 4, "pool, appender, listener and notifier: {open} connections");
+    drop(store);
+    tokio::time::timeout(WAIT, async {
+        loop {
+            let open: i64 = sqlx::query_scalar(count)
+                .bind(&schema)
+                .fetch_one(&mut watcher)
+                .await
+                .unwrap();
+            if open == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("the store's connections close after it is dropped");
+}
