@@ -552,9 +552,9 @@ struct Written {
 /// commits) unless a deletion committed since the statement's snapshot (or, given `$14`, since
 /// the known revisions `$13` were written), checks each stream's expectation against its state
 /// (kinds: 0 any, 1 no stream, 2 stream exists, 3 exact), inserts the events at the positions
-/// after the old head and the revisions after each stream's last one. A stream whose expectation fails has no row in `moved`, so its
-/// events get a NULL revision; a head left alone gives NULL positions: either way the statement
-/// fails as a whole.
+/// after the old head and the revisions after each stream's last one. A stream whose expectation
+/// fails has no row in `moved`, so its events get a NULL revision; a head left alone gives NULL
+/// positions: either way the statement fails as a whole.
 const WRITE: &str = "
 WITH h AS (
     UPDATE es_head SET position = position + $1
