@@ -1,4 +1,4 @@
-//! `call` and `emit` as spans of a trace, exported over OTLP when an endpoint is configured the
+//! `call` and `emit`, and each command of the REPL, as spans of a trace, exported over OTLP when an endpoint is configured the
 //! standard way (`OTEL_EXPORTER_OTLP_ENDPOINT` or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`, with the
 //! other `OTEL_*` variables); without one, nothing is set up and nothing is sent.
 
@@ -60,7 +60,7 @@ impl Exporter {
 
 /// The span a command's call runs in: the root of a new trace, or, given a `traceparent`
 /// (`--trace-id`), a part of that trace. Disabled, at no cost, when nothing exports.
-pub fn command(name: &'static str, traceparent: Option<&str>) -> tracing::Span {
+pub fn command(name: &str, traceparent: Option<&str>) -> tracing::Span {
     let span = tracing::info_span!("switchboard", otel.name = name, otel.kind = "internal");
     if let Some(traceparent) = traceparent {
         let mut headers = Headers::new();

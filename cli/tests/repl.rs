@@ -70,8 +70,14 @@ fn runtime() -> tokio::runtime::Runtime {
 
 /// `switchboard repl <url>` with `extra` arguments on a new pseudo-terminal.
 fn repl(url: &str, extra: &[&str]) -> PtySession {
+    repl_with(url, extra, &[])
+}
+
+/// [`repl`] with the environment variables `env` set.
+fn repl_with(url: &str, extra: &[&str], env: &[(&str, &str)]) -> PtySession {
     let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_switchboard"));
     command.arg("repl").arg(url).args(extra).env("TERM", "xterm-256color");
+    command.envs(env.iter().copied());
     let options = Options::new()
         .timeout_ms(Some(HANG_GUARD_MS))
         .strip_ansi_escape_codes(true);
@@ -157,6 +163,67 @@ fn calls_completes_and_goes_on_after_errors() {
 
     enter(&mut p, &prompt, "exit");
     exits_with(&mut p, 0);
+    rt.block_on(server.shutdown()).unwrap();
+}
+
+/// With an OTLP endpoint set, each command at the prompt is exported as a trace of its own,
+/// or as part of the trace of a `traceparent` header set in the REPL, with its call's span as
+/// its child.
+#[cfg(feature = "telemetry")]
+#[test]
+fn exports_a_span_per_command_when_an_otlp_endpoint_is_set() {
+    let rt = runtime();
+    let (server, url) = serve(&rt);
+    let collector = rt
+        .block_on(example_collector::Collector::start("127.0.0.1:0"))
+        .expect("the collector starts");
+    let prompt = format!("{url}> ");
+    let env = [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", collector.endpoint.as_str()),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+        ("OTEL_SDK_DISABLED", "false"),
+    ];
+    let mut p = repl_with(&url, &["--no-history"], &env);
+    expect(&mut p, "patterns; `help` lists the commands");
+    enter(&mut p, &prompt, "call repl.count 2");
+    expect(&mut p, "1\r\n2\r\n");
+    let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    enter(
+        &mut p,
+        &prompt,
+        &format!("header traceparent=00-{trace}-00f067aa0ba902b7-01"),
+    );
+    enter(&mut p, &prompt, "emit repl.happened {}");
+    expect(&mut p, "emitted");
+    enter(&mut p, &prompt, "exit");
+    exits_with(&mut p, 0);
+
+    // Flushed before the REPL exited.
+    let spans = collector.spans();
+    let find = |name: &str| {
+        spans.iter().find(|s| s.name == name).unwrap_or_else(|| {
+            let names: Vec<&str> = spans.iter().map(|s| s.name.as_str()).collect();
+            panic!("no span {name:?} among {names:?}")
+        })
+    };
+    let (call, send) = (find("switchboard call"), find("send repl.count"));
+    assert_eq!(call.parent, "", "a trace of its own: {call:?}");
+    assert_eq!(
+        (send.trace_id.as_str(), send.parent.as_str()),
+        (call.trace_id.as_str(), call.span_id.as_str())
+    );
+    assert_eq!(send.kind, "client");
+    let (emit, produce) = (find("switchboard emit"), find("send repl.happened"));
+    assert_eq!(
+        (emit.trace_id.as_str(), emit.parent.as_str()),
+        (trace, "00f067aa0ba902b7")
+    );
+    assert_eq!(
+        (produce.trace_id.as_str(), produce.parent.as_str()),
+        (trace, emit.span_id.as_str())
+    );
+    assert_eq!(produce.kind, "producer");
+    assert!(spans.iter().all(|s| s.service == "switchboard-cli"), "{spans:?}");
     rt.block_on(server.shutdown()).unwrap();
 }
 

@@ -120,18 +120,21 @@ pub fn run(args: &Repl) -> Result<(), Failure> {
         patterns,
         style,
     ))?;
+    // Each command a trace of its own, exported while the REPL runs (see `trace`).
+    #[cfg(feature = "telemetry")]
+    let exporter = {
+        let _runtime = rt.enter();
+        crate::trace::start()
+    };
     let mut history_failed = false;
-    loop {
+    let outcome = loop {
         let prompt = style.prompt(&redact(&session.url));
         let line = match editor.readline(&prompt) {
             Ok(line) => line,
             // Ctrl-C at the prompt drops the line, as in a shell.
             Err(ReadlineError::Interrupted) => continue,
-            Err(ReadlineError::Eof) => break,
-            Err(e) => {
-                rt.block_on(session.client.close());
-                return Err(Failure::other(format!("cannot read the terminal: {e}")));
-            }
+            Err(ReadlineError::Eof) => break Ok(()),
+            Err(e) => break Err(Failure::other(format!("cannot read the terminal: {e}"))),
         };
         let command = commands::parse(&line);
         // `exit` left out of the history, so that Up and Enter never leaves by surprise.
@@ -147,7 +150,7 @@ pub fn run(args: &Repl) -> Result<(), Failure> {
             }
         }
         match command {
-            Ok(Command::Exit) => break,
+            Ok(Command::Exit) => break Ok(()),
             Ok(command) => {
                 if let Err(failure) = session.execute(command, &rt) {
                     style.error(&failure);
@@ -155,9 +158,11 @@ pub fn run(args: &Repl) -> Result<(), Failure> {
             }
             Err(failure) => style.error(&failure),
         }
-    }
+    };
     rt.block_on(session.client.close());
-    Ok(())
+    #[cfg(feature = "telemetry")]
+    rt.block_on(exporter.finish());
+    outcome
 }
 
 /// The line editor: completion and hints from `helper`, the history from `history`.
@@ -295,13 +300,15 @@ impl Session {
             Command::Nothing | Command::Exit => Ok(()),
             Command::Call(message) => {
                 let (client, pattern, payload, headers) = self.prepare(message);
-                self.cancellable(rt, "call", async {
+                let parent = traceparent(&headers);
+                self.cancellable(rt, "call", parent.as_deref(), async {
                     crate::call(&client, pattern, payload, headers, &out).await
                 })
             }
             Command::Emit(message) => {
                 let (client, pattern, payload, headers) = self.prepare(message);
-                self.cancellable(rt, "emit", async {
+                let parent = traceparent(&headers);
+                self.cancellable(rt, "emit", parent.as_deref(), async {
                     crate::send_event(&client, pattern, payload, headers).await?;
                     out.done(true);
                     Ok(())
@@ -309,9 +316,9 @@ impl Session {
             }
             Command::Listen { patterns, count, json } => {
                 let out = Output { json };
-                self.cancellable(rt, "listen", listen::listen(&self.url, &patterns, count, &out))
+                self.cancellable(rt, "listen", None, listen::listen(&self.url, &patterns, count, &out))
             }
-            Command::Describe { schemas, json } => self.cancellable(rt, "describe", async {
+            Command::Describe { schemas, json } => self.cancellable(rt, "describe", None, async {
                 let name = self.name.as_deref();
                 let value = describe::fetch(&self.client, name)
                     .await
@@ -365,13 +372,22 @@ impl Session {
     }
 
     /// Runs `command` until it ends or Ctrl-C is pressed (which cancels it: dropping a call
-    /// forgets its reply).
+    /// forgets its reply); with the feature `telemetry`, in a span `switchboard <what>`, part
+    /// of the trace of `traceparent` (a `traceparent` header the line sends) if given.
     fn cancellable(
         &self,
         rt: &tokio::runtime::Runtime,
         what: &str,
+        traceparent: Option<&str>,
         command: impl Future<Output = Result<(), Failure>>,
     ) -> Result<(), Failure> {
+        #[cfg(feature = "telemetry")]
+        let command = tracing::Instrument::instrument(
+            command,
+            crate::trace::command(&format!("switchboard {what}"), traceparent),
+        );
+        #[cfg(not(feature = "telemetry"))]
+        let _ = traceparent;
         rt.block_on(async {
             tokio::select! {
                 // Listening first, so a Ctrl-C pressed as soon as the call is sent is seen.
@@ -414,6 +430,14 @@ impl Session {
         );
         println!("Tab completes commands, patterns and flags; Up and Down walk the history; Ctrl-C cancels a call.");
     }
+}
+
+/// The `traceparent` among a line's headers, which its command's span continues.
+fn traceparent(headers: &[(String, String)]) -> Option<String> {
+    headers
+        .iter()
+        .find(|(name, _)| name.eq_ignore_ascii_case("traceparent"))
+        .map(|(_, value)| value.clone())
 }
 
 /// One client for `url`, connected on first use.
