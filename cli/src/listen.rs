@@ -5,6 +5,9 @@
 //! queue's messages to one consumer, and TCP and gRPC are point to point: there is nothing to
 //! overhear.
 
+// Without the broker transports only the refusals are left.
+#![cfg_attr(not(feature = "brokers"), allow(unused))]
+
 use serde_json::{Value, json};
 
 use crate::outcome::{Failure, Output};
