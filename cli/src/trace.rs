@@ -1,6 +1,7 @@
-//! `call` and `emit`, and each command of the REPL, as spans of a trace, exported over OTLP when an endpoint is configured the
-//! standard way (`OTEL_EXPORTER_OTLP_ENDPOINT` or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`, with the
-//! other `OTEL_*` variables); without one, nothing is set up and nothing is sent.
+//! `call`, `emit` and each command of the REPL as spans of a trace, exported over OTLP when an
+//! endpoint is configured the standard way (`OTEL_EXPORTER_OTLP_ENDPOINT` or
+//! `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`, with the other `OTEL_*` variables); without one,
+//! nothing is set up and nothing is sent.
 
 use switchboard::Headers;
 use switchboard::telemetry::Telemetry;

@@ -586,27 +586,27 @@ async fn dropping_the_store_closes_its_connections() {
         .append("s", ExpectedVersion::NoStream, vec![event(1)])
         .await
         .unwrap();
+    /// The connections the store in `schema` has open (they carry its name).
+    async fn open(watcher: &mut sqlx::PgConnection, schema: &str) -> i64 {
+        sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'switchboard-eventstore ' || $1",
+        )
+        .bind(schema)
+        .fetch_one(watcher)
+        .await
+        .unwrap()
+    }
     let mut watcher = <sqlx::PgConnection as sqlx::Connection>::connect(&pg_common::url())
         .await
         .unwrap();
-    let count = "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'switchboard-eventstore ' || $1";
-    let open: i64 = sqlx::query_scalar(count)
-        .bind(&schema)
-        .fetch_one(&mut watcher)
-        .await
-        .unwrap();
-    assert!(open >= 4, "pool, appender, listener and notifier: {open} connections");
+    let before = open(&mut watcher, &schema).await;
+    assert!(
+        before >= 4,
+        "pool, appender, listener and notifier: {before} connections"
+    );
     drop(store);
     tokio::time::timeout(WAIT, async {
-        loop {
-            let open: i64 = sqlx::query_scalar(count)
-                .bind(&schema)
-                .fetch_one(&mut watcher)
-                .await
-                .unwrap();
-            if open == 0 {
-                break;
-            }
+        while open(&mut watcher, &schema).await > 0 {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     })
