@@ -26,7 +26,7 @@ pub async fn describe(
         .map_err(Failure::from)?;
     let answer = fetch(&client, name).await;
     client.close().await;
-    let value = answer.map_err(|e| failure(e, url, name, timeout))?;
+    let value = answer.map_err(|e| failure(e, &switchboard::transport::redact(url), name, timeout))?;
     print(value, name, schemas, out)
 }
 

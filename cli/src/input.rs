@@ -107,7 +107,8 @@ pub fn database<'a>(url: &'a str, what: &str) -> Result<Database<'a>, Failure> {
         .unwrap_or(url);
     if !url.starts_with("sqlite:") && !path.ends_with(".db") {
         return Err(Failure::usage(format!(
-            "{url:?} names no {what}: use sqlite:PATH (or a path ending in .db) or postgres://…"
+            "{:?} names no {what}: use sqlite:PATH (or a path ending in .db) or postgres://…",
+            switchboard::transport::redact(url)
         )));
     }
     if !std::path::Path::new(path).is_file() {

@@ -35,8 +35,13 @@ pub async fn listen(url: &str, patterns: &[Value], count: Option<usize>, out: &O
         "tcp" | "tls" | "grpc" | "mem" => Err(Failure::usage(format!(
             "{scheme}: point to point, there is nothing to overhear (use call)"
         ))),
+        #[cfg(not(feature = "brokers"))]
+        "nats" | "redis" | "mqtt" | "kafka" => Err(Failure::usage(format!(
+            "{scheme}: this build has no broker transports (feature `brokers`)"
+        ))),
         _ => Err(Failure::usage(format!(
-            "cannot listen on {url:?}: use redis://, nats://, mqtt:// or kafka://"
+            "cannot listen on {:?}: use redis://, nats://, mqtt:// or kafka://",
+            switchboard::transport::redact(url)
         ))),
     }
 }
@@ -154,7 +159,7 @@ async fn mqtt(url: &str, routes: &[String], p: &mut Printer<'_>) -> Result<(), F
         Some((h, port)) => (
             h,
             port.parse()
-                .map_err(|_| Failure::usage(format!("bad port in {url:?}")))?,
+                .map_err(|_| Failure::usage(format!("bad port in {:?}", switchboard::transport::redact(url))))?,
         ),
         None => (authority, 1883),
     };

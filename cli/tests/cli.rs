@@ -11,7 +11,9 @@ use serde_json::{Value, json};
 use switchboard::prelude::*;
 
 mod common;
-use common::{missing, nestjs};
+#[cfg(any(feature = "brokers", feature = "postgres"))]
+use common::missing;
+use common::nestjs;
 
 #[message_pattern({ cmd = "sum" })]
 async fn sum(numbers: Vec<f64>) -> f64 {
@@ -349,6 +351,7 @@ async fn each_failure_has_its_exit_code() {
     assert_eq!(code(&out), Some(5), "refused: {}", text(&out.stderr));
 }
 
+#[cfg(feature = "brokers")]
 #[tokio::test]
 async fn calls_over_a_broker() {
     let url = "nats://127.0.0.1:4222";
@@ -438,6 +441,7 @@ async fn calls_a_nestjs_server() {
 
 /// `call`, `emit` and `listen` against NestJS 12 servers on Redis, NATS, MQTT and RabbitMQ
 /// (`listen` is refused on RabbitMQ, where overhearing would take messages from the queue).
+#[cfg(feature = "brokers")]
 #[tokio::test]
 async fn calls_emits_and_listens_with_nestjs_on_brokers() {
     let queue = format!("cli-nest-{}", std::process::id());
@@ -498,6 +502,7 @@ async fn calls_emits_and_listens_with_nestjs_on_brokers() {
 
 /// `call` and `emit` against Switchboard services on the transports the other tests leave out:
 /// Redis, RabbitMQ, Kafka (librdkafka's mock cluster), gRPC and TLS.
+#[cfg(all(feature = "brokers", feature = "grpc", feature = "tls"))]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_and_emits_on_every_transport() {
     for port in [6379, 5672] {
@@ -619,6 +624,7 @@ request  {{\"cmd\":\"order.place\"}}
 }
 
 /// `switchboard listen` started on `url` for `args`; returns once it is subscribed.
+#[cfg(feature = "brokers")]
 async fn listener(url: &str, extra: &[&str]) -> tokio::process::Child {
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_switchboard"))
         .arg("listen")
@@ -644,6 +650,7 @@ async fn listener(url: &str, extra: &[&str]) -> tokio::process::Child {
 }
 
 /// What a listener printed once it stopped (after `--count` messages).
+#[cfg(feature = "brokers")]
 async fn heard(child: tokio::process::Child) -> Vec<Value> {
     let out = tokio::time::timeout(Duration::from_secs(10), child.wait_with_output())
         .await
@@ -658,6 +665,7 @@ async fn heard(child: tokio::process::Child) -> Vec<Value> {
 
 /// On Redis, NATS and MQTT, `listen` overhears events, and on Redis a request and its reply,
 /// without taking them from the service.
+#[cfg(feature = "brokers")]
 #[tokio::test]
 async fn listens_on_brokers() {
     for (url, port) in [
@@ -694,6 +702,7 @@ async fn listens_on_brokers() {
 
 /// On Kafka the listener is a consumer group of its own: it sees the events from when it is
 /// assigned, and the service's group still gets them (librdkafka's mock cluster).
+#[cfg(feature = "brokers")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn listens_on_kafka() {
     let mock = switchboard::transport::kafka::KafkaMock::start().unwrap();
@@ -745,10 +754,47 @@ async fn listen_refuses_what_it_cannot_overhear() {
         "tcp://127.0.0.1:1",
         "amqp://guest:guest@127.0.0.1:5672",
         "kafka://guest:guest@127.0.0.1:9092",
+        "http://guest:guest@127.0.0.1:1",
+        "mqtt://guest:guest@127.0.0.1:port",
     ] {
         let out = run(args(&["listen", url, "x"]), None).await;
         assert_eq!(out.status.code(), Some(2), "{url}: {}", text(&out.stderr));
         assert!(!text(&out.stderr).contains("guest:guest"), "{}", text(&out.stderr));
+    }
+}
+
+/// A password or token in a URL stays out of every message, whatever the command fails on.
+#[tokio::test]
+async fn no_url_secret_reaches_an_error() {
+    let cases: &[(&[&str], i32)] = &[
+        (&["events", "tail", "mysql://guest:s3cret@127.0.0.1/db"], 2),
+        (&["saga", "list", "mysql://guest:s3cret@127.0.0.1/db"], 2),
+        (&["bench", "tcp://guest:s3cret@127.0.0.1:1", "x", "-n", "1"], 5),
+    ];
+    for (list, code) in cases {
+        let out = run(args(list), None).await;
+        assert_eq!(out.status.code(), Some(*code), "{list:?}: {}", text(&out.stderr));
+        assert!(!text(&out.stderr).contains("s3cret"), "{list:?}: {}", text(&out.stderr));
+    }
+    // A NATS server without authentication takes any token: the call reaches it, and no
+    // service answers the describe pattern.
+    #[cfg(feature = "brokers")]
+    {
+        if std::net::TcpStream::connect("127.0.0.1:4222").is_err() {
+            return missing("NATS on 127.0.0.1:4222", "run scripts/brokers.sh");
+        }
+        let out = run(
+            args(&["describe", "nats://s3cret@127.0.0.1:4222", "--name", "nobody"]),
+            None,
+        )
+        .await;
+        assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+        assert!(
+            text(&out.stderr).contains("nats://***@127.0.0.1:4222"),
+            "{}",
+            text(&out.stderr)
+        );
+        assert!(!text(&out.stderr).contains("s3cret"), "{}", text(&out.stderr));
     }
 }
 

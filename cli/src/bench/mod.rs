@@ -259,12 +259,13 @@ pub fn run(args: &BenchArgs, out: &Output) -> Result<(), Failure> {
                 let connect = tokio::net::TcpStream::connect(addr.as_str());
                 let stream = match tokio::time::timeout(plan.timeout.min(Duration::from_secs(5)), connect).await {
                     Ok(Ok(s)) => s,
-                    Ok(Err(e)) => return Err(Failure::unreachable(format!("cannot connect to {}: {e}", args.url))),
+                    Ok(Err(e)) => {
+                        let url = switchboard::transport::redact(&args.url);
+                        return Err(Failure::unreachable(format!("cannot connect to {url}: {e}")));
+                    }
                     Err(_) => {
-                        return Err(Failure::unreachable(format!(
-                            "cannot connect to {}: timed out",
-                            args.url
-                        )));
+                        let url = switchboard::transport::redact(&args.url);
+                        return Err(Failure::unreachable(format!("cannot connect to {url}: timed out")));
                     }
                 };
                 let _ = stream.set_nodelay(true);
