@@ -770,6 +770,8 @@ async fn no_url_secret_reaches_an_error() {
         (&["events", "tail", "mysql://guest:s3cret@127.0.0.1/db"], 2),
         (&["saga", "list", "mysql://guest:s3cret@127.0.0.1/db"], 2),
         (&["bench", "tcp://guest:s3cret@127.0.0.1:1", "x", "-n", "1"], 5),
+        (&["call", "tcp://guest:s3cret@127.0.0.1:1", "x"], 5),
+        (&["call", "redis://127.0.0.1:1?password=s3cret", "x"], 2),
     ];
     for (list, code) in cases {
         let out = run(args(list), None).await;

@@ -151,14 +151,15 @@ impl fmt::Debug for Consul {
 
 impl Consul {
     /// The agent at `address` (`http://host:port`, or `host:port`), without a token, with
-    /// the default TTL (10 s), removal after 1 min critical, and queries waiting 1 min.
+    /// the default TTL (10 s), removal after 1 min critical, and queries waiting 1 min. User
+    /// info in the address is dropped: Consul takes the [`token`](Self::token) instead.
     pub fn new(address: impl Into<String>) -> Self {
         let address = address.into();
         let address = address.trim().trim_end_matches('/');
-        let address = match address.contains("://") {
-            true => address.to_owned(),
-            false => format!("http://{address}"),
-        };
+        let (scheme, rest) = address.split_once("://").unwrap_or(("http", address));
+        // Up to the last `@`, whatever a password holds: an agent's address has no other.
+        let rest = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
+        let address = format!("{scheme}://{rest}");
         Consul {
             address: address.into(),
             token: None,
@@ -865,6 +866,20 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn user_info_in_an_address_is_dropped() {
+        for (given, kept) in [
+            ("http://u:s3cret@consul:8500", "http://consul:8500"),
+            ("u:s3/cret@consul:8500/", "http://consul:8500"),
+            ("https://consul.internal:8501", "https://consul.internal:8501"),
+            ("127.0.0.1:8500", "http://127.0.0.1:8500"),
+        ] {
+            let consul = Consul::new(given);
+            assert_eq!(&*consul.address, kept, "{given}");
+            assert!(!format!("{consul:?}").contains("s3"), "{consul:?}");
+        }
+    }
 
     #[test]
     fn index_rules_follow_consuls_documentation() {

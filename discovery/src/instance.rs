@@ -15,13 +15,14 @@ use switchboard::server::announce::{Announcement, Served};
 /// let json = serde_json::to_string(&users).unwrap();
 /// assert_eq!(serde_json::from_str::<Instance>(&json).unwrap(), users);
 /// ```
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Instance {
     /// The service's name.
     pub service: String,
     /// This instance's id, unique among the service's instances.
     pub id: String,
-    /// The URLs it serves on, without passwords.
+    /// The URLs it serves on: without passwords when registered by a service; as listed in
+    /// a static list (`Debug` hides their passwords).
     pub urls: Vec<String>,
     /// Its version, if it gave one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -32,6 +33,21 @@ pub struct Instance {
     /// The patterns it serves; empty when not known (a static list, DNS, a NestJS service).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub patterns: Vec<Pattern>,
+}
+
+/// Without passwords: a static list's URLs carry the credentials its callers connect with.
+impl std::fmt::Debug for Instance {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let urls: Vec<String> = self.urls.iter().map(|u| switchboard::transport::redact(u)).collect();
+        f.debug_struct("Instance")
+            .field("service", &self.service)
+            .field("id", &self.id)
+            .field("urls", &urls)
+            .field("version", &self.version)
+            .field("status", &self.status)
+            .field("patterns", &self.patterns)
+            .finish()
+    }
 }
 
 /// Whether an instance takes calls.

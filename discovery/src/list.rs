@@ -25,13 +25,14 @@ impl List {
         Self::default()
     }
 
-    /// `service` at each of `urls` (one instance per URL, its id the URL).
+    /// `service` at each of `urls` (one instance per URL, its id the URL without its password:
+    /// ids are logged).
     pub fn service<U: Into<String>>(mut self, service: &str, urls: impl IntoIterator<Item = U>) -> Self {
         let instances = urls
             .into_iter()
             .map(|url| {
                 let url = url.into();
-                Instance::new(service, url.clone(), [url])
+                Instance::new(service, switchboard::transport::redact(&url), [url])
             })
             .collect();
         self.services.insert(service.to_owned(), instances);

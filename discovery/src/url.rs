@@ -6,12 +6,14 @@ use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use switchboard::resilience::CircuitBreaker;
+use switchboard::transport::redact;
 
 use crate::balance::Balance;
 use crate::{Error, List, Memory, Registry, Result};
 
-/// A registry URL taken apart, for a backend's `from_url`.
-#[derive(Debug, Clone)]
+/// A registry URL taken apart, for a backend's `from_url`. Its `Debug` shows the URL without
+/// secrets.
+#[derive(Clone)]
 pub struct RegistryUrl {
     /// `etcd`, `consul`, …
     pub scheme: String,
@@ -23,6 +25,12 @@ pub struct RegistryUrl {
     pub query: Vec<(String, String)>,
     /// The URL without secrets, for errors.
     pub shown: String,
+}
+
+impl std::fmt::Debug for RegistryUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("RegistryUrl").field(&self.shown).finish()
+    }
 }
 
 impl RegistryUrl {
@@ -76,24 +84,6 @@ impl RegistryUrl {
 
 /// The query parameters every registry URL takes: how its clients call.
 const CLIENT_OPTIONS: [&str; 3] = ["balance", "transport", "circuit"];
-
-/// `url` with the values of `token`/`password` parameters and a user info's password hidden.
-pub(crate) fn redact(url: &str) -> String {
-    let base = switchboard::transport::redact(url);
-    match base.split_once('?') {
-        None => base,
-        Some((head, query)) => {
-            let query: Vec<String> = query
-                .split('&')
-                .map(|pair| match pair.split_once('=') {
-                    Some((k, _)) if matches!(k, "token" | "password") => format!("{k}=***"),
-                    _ => pair.to_owned(),
-                })
-                .collect();
-            format!("{head}?{}", query.join("&"))
-        }
-    }
-}
 
 /// The registry at `url`, with its client options.
 pub(crate) async fn registry(url: &str) -> Result<Registry> {
@@ -214,6 +204,19 @@ pub(crate) async fn builder(url: &str) -> switchboard::Result<switchboard::Clien
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn secrets_stay_out_of_debug_and_errors() {
+        let url = RegistryUrl::parse("consul://h:8500?Token=s3cret&ttl=10s").unwrap();
+        assert_eq!(
+            format!("{url:?}"),
+            r#"RegistryUrl("consul://h:8500?Token=***&ttl=10s")"#
+        );
+        let err = url.only(&["ttl"]).unwrap_err().to_string();
+        assert!(err.contains("`Token`") && !err.contains("s3cret"), "{err}");
+        let list = List::new().service("orders", ["amqp://guest:s3cret@mq:5672/"]);
+        assert!(!format!("{list:?}").contains("s3cret"), "{list:?}");
+    }
 
     #[test]
     fn circuit_option_takes_a_count_and_an_open_time() {

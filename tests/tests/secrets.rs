@@ -146,6 +146,40 @@ async fn nats_token() {
     .await;
 }
 
+/// The user info runs to the last `@` before the query, as the transports read it: a `/` in
+/// a password, a scheme in capitals, a secret in a query parameter.
+#[tokio::test]
+async fn secrets_wherever_the_url_holds_them() {
+    for (url, unreachable, secret, starts) in [
+        (
+            "nats://me:s3cr/et-a@127.0.0.1:4222",
+            "nats://me:s3cr/et-a@127.0.0.1:1",
+            "s3cr/et-a",
+            true,
+        ),
+        (
+            "mqtt://me:s3cr/et-b@127.0.0.1:1883",
+            "mqtt://me:s3cr/et-b@127.0.0.1:1",
+            "s3cr/et-b",
+            true,
+        ),
+        (
+            "NATS://s3cret-c@127.0.0.1:4222",
+            "NATS://s3cret-c@127.0.0.1:1",
+            "s3cret-c",
+            true,
+        ),
+        (
+            "nats://127.0.0.1:4222?token=s3cret-d",
+            "nats://127.0.0.1:1?token=s3cret-d",
+            "s3cret-d",
+            false,
+        ),
+    ] {
+        never_shown(url, unreachable, secret, starts).await;
+    }
+}
+
 #[tokio::test]
 async fn mqtt() {
     never_shown(

@@ -135,7 +135,8 @@ impl HttpEndpoint {
                 (scheme, ep.authority, tls)
             }
         };
-        let cannot = |e| Error::io(format!("cannot listen on {scheme}://{authority}"), e);
+        let shown = crate::transport::redact(&format!("{scheme}://{authority}"));
+        let cannot = |e| Error::io(format!("cannot listen on {shown}"), e);
         let listener = crate::transport::listen(&authority, BACKLOG).await.map_err(cannot)?;
         let addr = listener.local_addr().map_err(cannot)?;
         let task = tokio::spawn(serve(listener, tls, health, MAX_CONNECTIONS));

@@ -153,13 +153,24 @@ fn unknown_protocol(name: &str) -> String {
     )
 }
 
-/// Configures tracing; made by [`builder`].
-#[derive(Debug, Clone)]
+/// Configures tracing; made by [`builder`]. Its `Debug` shows the endpoint without a password.
+#[derive(Clone)]
 pub struct Builder {
     service: String,
     endpoint: Option<String>,
     protocol: Option<Protocol>,
     each_span: bool,
+}
+
+impl std::fmt::Debug for Builder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Builder")
+            .field("service", &self.service)
+            .field("endpoint", &self.endpoint.as_deref().map(crate::transport::redact))
+            .field("protocol", &self.protocol)
+            .field("each_span", &self.each_span)
+            .finish()
+    }
 }
 
 impl Builder {
@@ -253,6 +264,17 @@ impl Builder {
 
     fn provider(self) -> Result<SdkTracerProvider> {
         let env = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+        // The SDK's errors quote the endpoint as given, user info included.
+        let given = (self.endpoint.clone())
+            .or_else(|| signal_var(&env, "ENDPOINT").map(|(_, url)| url))
+            .map(|url| url.trim().to_owned());
+        let scrub = |e: opentelemetry_otlp::ExporterBuildError| {
+            let message = e.to_string();
+            config(match &given {
+                Some(url) if !url.is_empty() => message.replace(url.as_str(), &crate::transport::redact(url)),
+                _ => message,
+            })
+        };
         let exporter = match protocol(self.protocol, &env)? {
             Protocol::Grpc => {
                 use opentelemetry_otlp::WithTonicConfig;
@@ -298,7 +320,7 @@ impl Builder {
                     .build()
             }
         }
-        .map_err(|e| config(e.to_string()))?;
+        .map_err(scrub)?;
         let service = std::env::var("OTEL_SERVICE_NAME")
             .ok()
             .filter(|s| !s.is_empty())
@@ -527,6 +549,21 @@ mod tests {
         );
         assert!(err("grpc://collector:4317").contains("must be an http:// or https:// URL"));
         assert!(err("/v1/traces").contains("must be an http:// or https:// URL"));
+    }
+
+    /// A password in a gRPC endpoint stays out of the SDK's error and of the builder's `Debug`.
+    #[tokio::test]
+    async fn a_grpc_endpoint_s_password_is_not_echoed() {
+        let chosen = builder("svc")
+            .endpoint("https://u:p^ss@collector:4317")
+            .protocol(Protocol::Grpc);
+        let shown = format!("{chosen:?}");
+        assert!(
+            shown.contains("u:***@collector:4317") && !shown.contains("p^ss"),
+            "{shown}"
+        );
+        let err = chosen.provider().expect_err("not a URI").to_string();
+        assert!(err.contains("u:***@collector:4317") && !err.contains("p^ss"), "{err}");
     }
 
     #[test]

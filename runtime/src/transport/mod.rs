@@ -171,25 +171,72 @@ pub(crate) fn name_of(scheme: &str) -> &'static str {
     }
 }
 
-/// `url` without the password of its user info, for logs, errors and `Debug`.
+/// `url` without its secrets, for logs, errors and `Debug`: the password of its user info (all
+/// of a NATS user info, which NATS reads as a token) and the values of query parameters named
+/// like a secret (`password`, `token`, `secret`, in any case: `sasl.password`, `access_token`).
+///
+/// ```
+/// use switchboard::transport::redact;
+///
+/// assert_eq!(redact("amqp://guest:s3cret@mq:5672/orders"), "amqp://guest:***@mq:5672/orders");
+/// assert_eq!(redact("redis://h:6379?password=s3cret&x=1"), "redis://h:6379?password=***&x=1");
+/// ```
 pub fn redact(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
+    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+    // The authority runs to the query, as `Endpoint` and the transports read it (an AMQP
+    // vhost follows it), and everything before its last `@` is user info (a password may hold
+    // `,`, `/` or `@`; NATS lists hosts after it with commas). A `?` in a password would start
+    // a query the URL cannot have (no `=`, no `&` before the `@`): it stays in the user info.
+    let query_at = match (rest.find('?'), rest.rfind('@')) {
+        (Some(q), Some(at)) if q < at && !rest[q..at].contains(['=', '&']) => rest[at..].find('?').map(|q| at + q),
+        (q, _) => q,
     };
-    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
-    let (authority, tail) = rest.split_at(authority_end);
-    // Everything before the last `@` is user info, as the transports read it (a password
-    // may hold `,` or `@`; NATS lists hosts after it with commas).
-    let authority = match authority.rsplit_once('@') {
-        Some((user, hosts)) => match user.split_once(':') {
-            Some((name, _)) => format!("{name}:***@{hosts}"),
-            // NATS reads a lone user info as a token.
-            None if scheme == "nats" => format!("***@{hosts}"),
-            None => format!("{user}@{hosts}"),
-        },
-        None => authority.to_owned(),
+    let (authority, query) = match query_at {
+        Some(q) => (&rest[..q], Some(&rest[q + 1..])),
+        None => (rest, None),
     };
-    format!("{scheme}://{authority}{tail}")
+    let mut out = String::with_capacity(url.len());
+    if !scheme.is_empty() {
+        out.push_str(scheme);
+        out.push_str("://");
+    }
+    match authority.rsplit_once('@') {
+        Some((user, hosts)) => {
+            match user.split_once(':') {
+                Some((name, _)) if !scheme.is_empty() => out.push_str(&format!("{name}:***")),
+                None if !scheme.is_empty() && !scheme.eq_ignore_ascii_case("nats") => out.push_str(user),
+                // A NATS token, or no scheme to say how the user info is read.
+                _ => out.push_str("***"),
+            }
+            out.push('@');
+            out.push_str(hosts);
+        }
+        None => out.push_str(authority),
+    }
+    if let Some(query) = query {
+        out.push('?');
+        for (i, pair) in query.split('&').enumerate() {
+            if i > 0 {
+                out.push('&');
+            }
+            match pair.split_once('=') {
+                Some((key, _)) if is_secret(key) => {
+                    out.push_str(key);
+                    out.push_str("=***");
+                }
+                _ => out.push_str(pair),
+            }
+        }
+    }
+    out
+}
+
+/// A query parameter whose value is a secret, by its name.
+fn is_secret(key: &str) -> bool {
+    let key = key.to_ascii_lowercase();
+    ["password", "passwd", "token", "secret"]
+        .iter()
+        .any(|word| key.contains(word))
 }
 
 /// A transport URL: `scheme://authority?key=value&…`.
@@ -259,7 +306,10 @@ impl Endpoint {
             .map(|v| {
                 v.parse().map_err(|_| Error::InvalidUrl {
                     url: self.redacted(),
-                    reason: format!("query parameter `{key}` has an invalid value `{v}`"),
+                    reason: match is_secret(key) {
+                        true => format!("query parameter `{key}` has an invalid value"),
+                        false => format!("query parameter `{key}` has an invalid value `{v}`"),
+                    },
                 })
             })
             .transpose()
@@ -432,6 +482,22 @@ mod tests {
         assert_eq!(redact("redis://user@h:6379"), "redis://user@h:6379");
         assert_eq!(redact("nats://s3cr3t@h:4222"), "nats://***@h:4222");
         assert_eq!(redact("tcp://127.0.0.1:3001"), "tcp://127.0.0.1:3001");
+        // Read as the transports read them: the user info runs to the last `@` before the
+        // query, whatever the password holds.
+        assert_eq!(redact("nats://u:pa/ss@h:4222"), "nats://u:***@h:4222");
+        assert_eq!(redact("mqtt://u:p/a?b@h:1883"), "mqtt://u:***@h:1883");
+        assert_eq!(redact("amqp://u:p@ss@h/vhost"), "amqp://u:***@h/vhost");
+        assert_eq!(redact("NATS://s3cr3t@h:4222"), "NATS://***@h:4222");
+        // No scheme to say how it is read: all of the user info goes.
+        assert_eq!(redact("nats:/u:pw@h"), "***@h");
+        // Query parameters named like secrets, in any case.
+        assert_eq!(
+            redact("kafka://h:9092?sasl.password=pw&Token=t&client_secret=s&group=g"),
+            "kafka://h:9092?sasl.password=***&Token=***&client_secret=***&group=g"
+        );
+        assert_eq!(redact("consul://h?token"), "consul://h?token");
+        assert_eq!(redact("kafka://h:9092?group=me@corp"), "kafka://h:9092?group=me@corp");
+        assert_eq!(redact("nats://u:p?w@h:1?x=1"), "nats://u:***@h:1?x=1");
         let ep = Endpoint::parse("redis://u:hunter2@h:1?bogus=1").unwrap();
         assert!(!format!("{ep:?}").contains("hunter2"));
         let err = ep.only_params(&[]).unwrap_err().to_string();

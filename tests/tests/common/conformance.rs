@@ -80,8 +80,10 @@ pub fn reachable(url: &str) -> bool {
     if scheme == "mem" {
         return true;
     }
-    let authority = rest.split(['/', '?']).next().unwrap_or_default();
+    // User info runs to the last `@` before the query (a password may hold a `/`).
+    let authority = rest.split('?').next().unwrap_or_default();
     let hostport = authority.rsplit('@').next().unwrap_or_default();
+    let hostport = hostport.split('/').next().unwrap_or_default();
     let first = hostport.split(',').next().unwrap_or_default();
     if first.ends_with(":0") {
         return true; // a server we bind ourselves

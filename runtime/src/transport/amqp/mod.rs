@@ -67,7 +67,7 @@ const PARAMS: &[&str] = &[
 ];
 
 /// The options of one `amqp://` URL.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub(crate) struct Options {
     /// The URL with any password masked, for logs, errors and `local_url`.
     pub url: String,
@@ -82,6 +82,15 @@ pub(crate) struct Options {
     pub max_retries: u32,
     pub persistent: bool,
     pub connect_timeout: Duration,
+}
+
+/// The URL without its password: the rest holds the credentials.
+impl std::fmt::Debug for Options {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Options")
+            .field("url", &self.url)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Options {

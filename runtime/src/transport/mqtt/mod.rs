@@ -80,7 +80,7 @@ const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 /// The options of an `mqtt://` URL.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub(crate) struct Options {
     /// The URL without its password, for logs and errors.
     url: String,
@@ -96,6 +96,15 @@ pub(crate) struct Options {
     max_packet_size: usize,
     /// Messages a server handles at once.
     max_in_flight: usize,
+}
+
+/// The URL without its password: the rest holds the credentials.
+impl std::fmt::Debug for Options {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Options")
+            .field("url", &self.url)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Options {

@@ -67,7 +67,7 @@ impl TcpClient {
         let opts = client_options(ep, defaults)?;
         Ok(TcpClient {
             codec,
-            url: ep.as_str().to_owned(),
+            url: ep.redacted(),
             addr: ep.authority.clone(),
             slots: (0..opts.pool_size).map(|_| Arc::default()).collect(),
             opts,

@@ -20,7 +20,7 @@ use crate::transport::Endpoint;
 
 fn invalid(ep: &Endpoint, reason: impl std::fmt::Display) -> Error {
     Error::InvalidUrl {
-        url: ep.as_str().to_owned(),
+        url: ep.redacted(),
         reason: reason.to_string(),
     }
 }
