@@ -398,6 +398,10 @@ async fn the_records_say_what_was_sent_emitted_and_handled() {
     assert_eq!(handled[0].header("tenant"), Some("acme"));
     assert_eq!(handled[0].payload_as::<u32>().unwrap(), 4);
     assert_eq!(handled[0].outcome, Outcome::Replied(vec![json!(50)]));
+    // `Debug` names the headers, as `Headers` does, and shows no value (one may be a token).
+    for shown in [format!("{:?}", sent[0]), format!("{:?}", handled[0])] {
+        assert!(shown.contains("\"tenant\"") && !shown.contains("acme"), "{shown}");
+    }
     // The call the handler made to the backend, through the backend's harness client.
     let called = backend.sent("echo");
     assert_eq!((called.len(), &called[0].payload), (1, &json!(5)));

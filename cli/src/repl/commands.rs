@@ -77,6 +77,28 @@ pub enum Command {
     Exit,
 }
 
+impl Command {
+    /// Whether the line carries a secret (a password in a URL, an authorization header): such
+    /// a line is kept out of the history file, as redis-cli keeps no `AUTH`.
+    pub fn holds_secret(&self) -> bool {
+        match self {
+            Command::Connect(url) => switchboard::transport::redact(url) != *url,
+            Command::Header(HeaderChange::Set(name, _)) => secret_header(name),
+            Command::Call(m) | Command::Emit(m) => m.headers.iter().any(|(name, _)| secret_header(name)),
+            _ => false,
+        }
+    }
+}
+
+/// A header whose value is a credential, by its name.
+fn secret_header(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    matches!(name.as_str(), "authorization" | "proxy-authorization" | "cookie")
+        || ["token", "secret", "password", "api-key", "apikey"]
+            .iter()
+            .any(|word| name.contains(word))
+}
+
 /// A call or an event to send.
 #[derive(Debug, PartialEq)]
 pub struct Message {
@@ -355,6 +377,21 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+
+    #[test]
+    fn lines_with_secrets_are_known() {
+        let secret = |line: &str| parse(line).unwrap().holds_secret();
+        assert!(secret("connect redis://:s3cret@127.0.0.1:6379"));
+        assert!(secret("connect nats://s3cret@127.0.0.1:4222"));
+        assert!(secret("connect nats://127.0.0.1:4222?token=s3cret"));
+        assert!(secret(r#"header "Authorization: Bearer x""#));
+        assert!(secret("header x-api-key:k"));
+        assert!(secret(r#"call sum [1] -H "x-auth-token:t""#));
+        assert!(!secret("connect tcp://127.0.0.1:3001"));
+        assert!(!secret("header tenant:acme"));
+        assert!(!secret("header --clear authorization"));
+        assert!(!secret("call sum [1] -H tenant:acme"));
+    }
 
     fn message(line: &str) -> Message {
         match parse(line).unwrap() {

@@ -62,7 +62,8 @@ At the prompt:
   help
 
 Tab completes commands, the service's patterns (from `describe`) and flags; Up and Down walk the
-history; Ctrl-C cancels a running call; Ctrl-D or `exit` leaves.")]
+history (lines with a secret, a URL's password or an authorization header, are not kept in it);
+Ctrl-C cancels a running call; Ctrl-D or `exit` leaves.")]
 pub struct Repl {
     /// The service: tcp://host:port, tls://…, redis://…, nats://…, mqtt://…, amqp://…, kafka://…, grpc://…
     url: String,
@@ -137,8 +138,13 @@ pub fn run(args: &Repl) -> Result<(), Failure> {
             Err(e) => break Err(Failure::other(format!("cannot read the terminal: {e}"))),
         };
         let command = commands::parse(&line);
-        // `exit` left out of the history, so that Up and Enter never leaves by surprise.
-        if !line.trim().is_empty() && !matches!(command, Ok(Command::Exit)) {
+        // `exit` left out of the history, so that Up and Enter never leaves by surprise; a line
+        // with a secret too, so that the file holds none.
+        let kept = match &command {
+            Ok(command) => !matches!(command, Command::Exit) && !command.holds_secret(),
+            Err(_) => true,
+        };
+        if !line.trim().is_empty() && kept {
             let _ = editor.add_history_entry(line.as_str());
             // Written line by line, so a killed terminal loses nothing; said once if it cannot be.
             if let Some(path) = &history

@@ -74,7 +74,7 @@ pub enum Outcome {
 /// # Ok(())
 /// # }
 /// ```
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 #[non_exhaustive]
 pub struct Handled {
     /// The pattern's route (`math.add`, `{"cmd":"get_user"}`).
@@ -140,7 +140,7 @@ impl Handled {
 /// # Ok(())
 /// # }
 /// ```
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 #[non_exhaustive]
 pub struct Sent {
     /// The pattern's route.
@@ -165,6 +165,40 @@ impl Sent {
     /// One header.
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers.get(name).map(String::as_str)
+    }
+}
+
+/// Header names only, as [`Headers`]' own `Debug`: a value may be a token.
+struct Names<'a>(&'a BTreeMap<String, String>);
+
+impl std::fmt::Debug for Names<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_set().entries(self.0.keys()).finish()
+    }
+}
+
+impl std::fmt::Debug for Handled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Handled")
+            .field("route", &self.route)
+            .field("kind", &self.kind)
+            .field("payload", &self.payload)
+            .field("headers", &Names(&self.headers))
+            .field("outcome", &self.outcome)
+            .field("at", &self.at)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for Sent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sent")
+            .field("route", &self.route)
+            .field("kind", &self.kind)
+            .field("payload", &self.payload)
+            .field("headers", &Names(&self.headers))
+            .field("at", &self.at)
+            .finish()
     }
 }
 
