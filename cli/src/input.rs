@@ -51,15 +51,15 @@ pub fn payload(arg: Option<&str>) -> Result<Value, Failure> {
     serde_json::from_str(&text).map_err(|e| Failure::usage(format!("the payload is not JSON: {e}")))
 }
 
-/// `name=value` (or `name:value`).
+/// `name=value` (or `name:value`). A refused one is not quoted whole: it may hold a token.
 pub fn header(text: &str) -> Result<(String, String), Failure> {
-    let (name, value) = text
-        .split_once('=')
-        .or_else(|| text.split_once(':'))
-        .ok_or_else(|| Failure::usage(format!("header {text:?} is not NAME=VALUE")))?;
+    let (name, value) = text.split_once('=').or_else(|| text.split_once(':')).ok_or_else(|| {
+        let first = text.split_whitespace().next().unwrap_or_default();
+        Failure::usage(format!("the header starting {first:?} is not NAME=VALUE"))
+    })?;
     let name = name.trim();
     if name.is_empty() {
-        return Err(Failure::usage(format!("header {text:?} has no name")));
+        return Err(Failure::usage("a header has no name: NAME=VALUE"));
     }
     Ok((name.to_owned(), value.trim().to_owned()))
 }

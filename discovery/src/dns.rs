@@ -142,7 +142,8 @@ impl Dns {
             "" => Dns::system(),
             authority => Dns::with_resolver(parse_server(authority).ok_or_else(|| {
                 url.invalid(format!(
-                    "`{authority}` is not a DNS server's address: an IP address and port (10.96.0.10:53), or nothing for the system's resolvers"
+                    "`{}` is not a DNS server's address: an IP address and port (10.96.0.10:53), or nothing for the system's resolvers",
+                    switchboard::transport::redact(authority)
                 ))
             })?),
         };

@@ -42,8 +42,14 @@ impl RegistryUrl {
             reason: reason.to_owned(),
         };
         let (scheme, rest) = url.split_once("://").ok_or_else(|| invalid("expected scheme://…"))?;
-        let (rest, query) = rest.split_once('?').unwrap_or((rest, ""));
-        let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
+        let (rest, query) = switchboard::transport::split_query(rest);
+        let query = query.unwrap_or_default();
+        // The path starts after the user info (a password may hold a `/`).
+        let hosts_at = rest.rfind('@').map_or(0, |at| at + 1);
+        let (authority, path) = match rest[hosts_at..].find('/') {
+            Some(slash) => (&rest[..hosts_at + slash], &rest[hosts_at + slash + 1..]),
+            None => (rest, ""),
+        };
         let mut pairs = Vec::new();
         for pair in query.split('&').filter(|p| !p.is_empty()) {
             let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
@@ -214,6 +220,13 @@ mod tests {
         );
         let err = url.only(&["ttl"]).unwrap_err().to_string();
         assert!(err.contains("`Token`") && !err.contains("s3cret"), "{err}");
+        let url = RegistryUrl::parse("etcd://u:s3/cr?et@h:2379/svc?x=1").unwrap();
+        assert_eq!(
+            (url.authority.as_str(), url.path.as_str()),
+            ("u:s3/cr?et@h:2379", "svc")
+        );
+        assert_eq!(url.param("x"), Some("1"));
+        assert!(!url.shown.contains("s3") && !url.shown.contains("et@"), "{}", url.shown);
         let list = List::new().service("orders", ["amqp://guest:s3cret@mq:5672/"]);
         assert!(!format!("{list:?}").contains("s3cret"), "{list:?}");
     }

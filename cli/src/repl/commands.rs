@@ -77,26 +77,22 @@ pub enum Command {
     Exit,
 }
 
-impl Command {
-    /// Whether the line carries a secret (a password in a URL, an authorization header): such
-    /// a line is kept out of the history file, as redis-cli keeps no `AUTH`.
-    pub fn holds_secret(&self) -> bool {
-        match self {
-            Command::Connect(url) => switchboard::transport::redact(url) != *url,
-            Command::Header(HeaderChange::Set(name, _)) => secret_header(name),
-            Command::Call(m) | Command::Emit(m) => m.headers.iter().any(|(name, _)| secret_header(name)),
-            _ => false,
-        }
-    }
-}
-
-/// A header whose value is a credential, by its name.
-fn secret_header(name: &str) -> bool {
-    let name = name.to_ascii_lowercase();
-    matches!(name.as_str(), "authorization" | "proxy-authorization" | "cookie")
-        || ["token", "secret", "password", "api-key", "apikey"]
-            .iter()
-            .any(|word| name.contains(word))
+/// Whether a line carries a secret (a password in a URL, an authorization header, a payload's
+/// `password`), parsed or not: such a line is kept out of the history file, as redis-cli keeps
+/// no `AUTH`.
+pub fn holds_secret(line: &str) -> bool {
+    let quotes = ['"', '\''];
+    line.split_whitespace().any(|word| {
+        let word = word.trim_matches(quotes);
+        // `name:value` and `name=value` pieces: headers, and a JSON payload's members.
+        let named = word.split([',', '{', '}', '[', ']']).any(|piece| {
+            let piece = piece.trim_matches(quotes);
+            piece
+                .split_once([':', '='])
+                .is_some_and(|(name, _)| switchboard::transport::is_secret_name(name.trim_matches(quotes)))
+        });
+        named || switchboard::transport::redact(word) != word
+    })
 }
 
 /// A call or an event to send.
@@ -380,7 +376,7 @@ mod tests {
 
     #[test]
     fn lines_with_secrets_are_known() {
-        let secret = |line: &str| parse(line).unwrap().holds_secret();
+        let secret = holds_secret;
         assert!(secret("connect redis://:s3cret@127.0.0.1:6379"));
         assert!(secret("connect nats://s3cret@127.0.0.1:4222"));
         assert!(secret("connect nats://127.0.0.1:4222?token=s3cret"));
@@ -391,6 +387,11 @@ mod tests {
         assert!(!secret("header tenant:acme"));
         assert!(!secret("header --clear authorization"));
         assert!(!secret("call sum [1] -H tenant:acme"));
+        // Lines that do not parse, too.
+        assert!(secret("connect redis://:pw@h extra"));
+        assert!(secret("call s [1] -H authorization:t -t bad"));
+        assert!(secret(r#"call login {"user":"ada","password":"pw"}"#));
+        assert!(!secret(r#"call {"cmd":"sum"} [1,2]"#));
     }
 
     fn message(line: &str) -> Message {
@@ -473,6 +474,11 @@ mod tests {
         assert!(error("call sum {oops").contains("not JSON"));
         assert!(error("call sum 1 -H").contains("-H needs a value"));
         assert!(error("call sum 1 -H novalue").contains("NAME=VALUE"));
+        let refused = error(r#"call sum 1 -H "Authorization Bearer s3cret""#);
+        assert!(
+            refused.contains("\"Authorization\"") && !refused.contains("s3cret"),
+            "{refused}"
+        );
         assert!(error("call sum 1 -t soon").contains("not a duration"));
         assert!(error("call sum -").contains("stdin"));
         assert!(error("describe now").contains("does not take"));

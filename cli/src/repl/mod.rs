@@ -140,10 +140,7 @@ pub fn run(args: &Repl) -> Result<(), Failure> {
         let command = commands::parse(&line);
         // `exit` left out of the history, so that Up and Enter never leaves by surprise; a line
         // with a secret too, so that the file holds none.
-        let kept = match &command {
-            Ok(command) => !matches!(command, Command::Exit) && !command.holds_secret(),
-            Err(_) => true,
-        };
+        let kept = !matches!(command, Ok(Command::Exit)) && !commands::holds_secret(&line);
         if !line.trim().is_empty() && kept {
             let _ = editor.add_history_entry(line.as_str());
             // Written line by line, so a killed terminal loses nothing; said once if it cannot be.

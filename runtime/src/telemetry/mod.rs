@@ -265,7 +265,9 @@ impl Builder {
     fn provider(self) -> Result<SdkTracerProvider> {
         let env = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
         // The SDK's errors quote the endpoint as given, user info included.
-        let given = (self.endpoint.clone())
+        let given = self
+            .endpoint
+            .clone()
             .or_else(|| signal_var(&env, "ENDPOINT").map(|(_, url)| url))
             .map(|url| url.trim().to_owned());
         let scrub = |e: opentelemetry_otlp::ExporterBuildError| {

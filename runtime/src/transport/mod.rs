@@ -172,8 +172,8 @@ pub(crate) fn name_of(scheme: &str) -> &'static str {
 }
 
 /// `url` without its secrets, for logs, errors and `Debug`: the password of its user info (all
-/// of a NATS user info, which NATS reads as a token) and the values of query parameters named
-/// like a secret (`password`, `token`, `secret`, in any case: `sasl.password`, `access_token`).
+/// of a NATS user info, which NATS reads as a token) and the values of query parameters whose
+/// names [say a secret](is_secret_name).
 ///
 /// ```
 /// use switchboard::transport::redact;
@@ -182,31 +182,35 @@ pub(crate) fn name_of(scheme: &str) -> &'static str {
 /// assert_eq!(redact("redis://h:6379?password=s3cret&x=1"), "redis://h:6379?password=***&x=1");
 /// ```
 pub fn redact(url: &str) -> String {
-    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
-    // The authority runs to the query, as `Endpoint` and the transports read it (an AMQP
-    // vhost follows it), and everything before its last `@` is user info (a password may hold
-    // `,`, `/` or `@`; NATS lists hosts after it with commas). A `?` in a password would start
-    // a query the URL cannot have (no `=`, no `&` before the `@`): it stays in the user info.
-    let query_at = match (rest.find('?'), rest.rfind('@')) {
-        (Some(q), Some(at)) if q < at && !rest[q..at].contains(['=', '&']) => rest[at..].find('?').map(|q| at + q),
-        (q, _) => q,
+    let (scheme, rest) = match url.split_once("://") {
+        Some((scheme, rest)) if is_scheme(scheme) => (scheme, rest),
+        _ => ("", url),
     };
-    let (authority, query) = match query_at {
-        Some(q) => (&rest[..q], Some(&rest[q + 1..])),
-        None => (rest, None),
-    };
+    let (authority, query) = split_query(rest);
     let mut out = String::with_capacity(url.len());
     if !scheme.is_empty() {
         out.push_str(scheme);
         out.push_str("://");
     }
+    // Everything before the authority's last `@` is user info, as the transports read it (a
+    // password may hold `,`, `/` or `@`; NATS lists hosts after it with commas).
     match authority.rsplit_once('@') {
         Some((user, hosts)) => {
             match user.split_once(':') {
-                Some((name, _)) if !scheme.is_empty() => out.push_str(&format!("{name}:***")),
-                None if !scheme.is_empty() && !scheme.eq_ignore_ascii_case("nats") => out.push_str(user),
-                // A NATS token, or no scheme to say how the user info is read.
-                _ => out.push_str("***"),
+                _ if scheme.is_empty() => {
+                    // No scheme to say how it is read (a typo, a path): what follows the last
+                    // `/` goes, so that the message still shows what it is about.
+                    let kept = user.rfind('/').map_or(0, |slash| slash + 1);
+                    out.push_str(&user[..kept]);
+                    out.push_str("***");
+                }
+                Some((name, _)) => {
+                    out.push_str(name);
+                    out.push_str(":***");
+                }
+                // NATS reads a lone user info as a token; elsewhere it is a user name.
+                None if scheme.eq_ignore_ascii_case("nats") => out.push_str("***"),
+                None => out.push_str(user),
             }
             out.push('@');
             out.push_str(hosts);
@@ -220,7 +224,7 @@ pub fn redact(url: &str) -> String {
                 out.push('&');
             }
             match pair.split_once('=') {
-                Some((key, _)) if is_secret(key) => {
+                Some((key, value)) if !value.is_empty() && is_secret_name(&percent_decode(key).unwrap_or_default()) => {
                     out.push_str(key);
                     out.push_str("=***");
                 }
@@ -231,12 +235,73 @@ pub fn redact(url: &str) -> String {
     out
 }
 
-/// A query parameter whose value is a secret, by its name.
-fn is_secret(key: &str) -> bool {
-    let key = key.to_ascii_lowercase();
-    ["password", "passwd", "token", "secret"]
-        .iter()
-        .any(|word| key.contains(word))
+/// Whether a query parameter or header with this name holds a credential (`password`,
+/// `sasl.password`, `access_token`, `client_secret`, `authorization`, `x-api-key`, `cookie`,
+/// in any case): its value is kept out of messages.
+pub fn is_secret_name(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    [
+        "password",
+        "passwd",
+        "token",
+        "secret",
+        "authorization",
+        "api-key",
+        "apikey",
+        "cookie",
+    ]
+    .iter()
+    .any(|word| name.contains(word))
+}
+
+/// A URL scheme: a letter, then letters, digits, `+`, `-`, `.`.
+fn is_scheme(s: &str) -> bool {
+    s.starts_with(|c: char| c.is_ascii_alphabetic())
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
+}
+
+/// What follows `scheme://`, split into the authority (with any path: an AMQP vhost, a
+/// registry's service) and the query, as [`Endpoint`] and [`redact`] read it. The query starts
+/// at the first `?`, unless that `?` is in a password: no `@` before it, one after it, and no
+/// host list before it.
+///
+/// ```
+/// use switchboard::transport::split_query;
+///
+/// assert_eq!(split_query("h:1883?qos=1"), ("h:1883", Some("qos=1")));
+/// assert_eq!(split_query("me:s3cr?et@h:1883?qos=1"), ("me:s3cr?et@h:1883", Some("qos=1")));
+/// ```
+pub fn split_query(rest: &str) -> (&str, Option<&str>) {
+    let Some(q) = rest.find('?') else {
+        return (rest, None);
+    };
+    let before = &rest[..q];
+    if !before.contains('@')
+        && !is_host_list(before)
+        && let Some(at) = rest[q..].find('@').map(|i| q + i)
+    {
+        return match rest[at..].find('?') {
+            Some(next) => (&rest[..at + next], Some(&rest[at + next + 1..])),
+            None => (rest, None),
+        };
+    }
+    (before, Some(&rest[q + 1..]))
+}
+
+/// `host`, `host:port`, `[v6]:port`, comma-separated, then any path.
+fn is_host_list(s: &str) -> bool {
+    let hosts = s.split('/').next().unwrap_or_default();
+    hosts.split(',').all(|host| {
+        let port = match host.strip_prefix('[') {
+            Some(v6) => match v6.split_once(']') {
+                Some((_, rest)) => rest.strip_prefix(':'),
+                None => return false,
+            },
+            None => host.split_once(':').map(|(_, port)| port),
+        };
+        !host.is_empty() && port.is_none_or(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+    })
 }
 
 /// A transport URL: `scheme://authority?key=value&…`.
@@ -261,7 +326,8 @@ impl Endpoint {
         let (scheme, rest) = url
             .split_once("://")
             .ok_or_else(|| bad("expected scheme://address, e.g. tcp://127.0.0.1:3001"))?;
-        let (authority, query) = rest.split_once('?').unwrap_or((rest, ""));
+        let (authority, query) = split_query(rest);
+        let query = query.unwrap_or_default();
         let authority = authority.trim_end_matches('/');
         if authority.is_empty() {
             return Err(bad("missing address"));
@@ -306,7 +372,7 @@ impl Endpoint {
             .map(|v| {
                 v.parse().map_err(|_| Error::InvalidUrl {
                     url: self.redacted(),
-                    reason: match is_secret(key) {
+                    reason: match is_secret_name(key) {
                         true => format!("query parameter `{key}` has an invalid value"),
                         false => format!("query parameter `{key}` has an invalid value `{v}`"),
                     },
@@ -488,20 +554,40 @@ mod tests {
         assert_eq!(redact("mqtt://u:p/a?b@h:1883"), "mqtt://u:***@h:1883");
         assert_eq!(redact("amqp://u:p@ss@h/vhost"), "amqp://u:***@h/vhost");
         assert_eq!(redact("NATS://s3cr3t@h:4222"), "NATS://***@h:4222");
-        // No scheme to say how it is read: all of the user info goes.
-        assert_eq!(redact("nats:/u:pw@h"), "***@h");
+        assert_eq!(redact("nats://u:p?a=b@h:1"), "nats://u:***@h:1");
+        // No scheme to say how it is read: what follows the last `/` goes.
+        assert_eq!(redact("nats:/u:pw@h"), "nats:/***@h");
+        assert_eq!(redact("/data/a@b.db"), "/data/***@b.db");
+        assert_eq!(redact("u:p@h?x=http://y"), "***@h?x=http://y");
         // Query parameters named like secrets, in any case.
         assert_eq!(
             redact("kafka://h:9092?sasl.password=pw&Token=t&client_secret=s&group=g"),
             "kafka://h:9092?sasl.password=***&Token=***&client_secret=***&group=g"
         );
         assert_eq!(redact("consul://h?token"), "consul://h?token");
+        assert_eq!(redact("consul://h?token="), "consul://h?token=", "nothing to hide");
+        assert_eq!(redact("redis://h?pass%77ord=pw"), "redis://h?pass%77ord=***");
         assert_eq!(redact("kafka://h:9092?group=me@corp"), "kafka://h:9092?group=me@corp");
         assert_eq!(redact("nats://u:p?w@h:1?x=1"), "nats://u:***@h:1?x=1");
         let ep = Endpoint::parse("redis://u:hunter2@h:1?bogus=1").unwrap();
         assert!(!format!("{ep:?}").contains("hunter2"));
         let err = ep.only_params(&[]).unwrap_err().to_string();
         assert!(!err.contains("hunter2"), "{err}");
+        // A `?` in a password is read as the password, as `redact` reads it.
+        let ep = Endpoint::parse("mqtt://me:s3cr?et@h:1883?qos=1").unwrap();
+        assert_eq!(
+            (ep.authority.as_str(), ep.param("qos")),
+            ("me:s3cr?et@h:1883", Some("1"))
+        );
+        let err = ep.only_params(&[]).unwrap_err().to_string();
+        assert!(
+            err.contains("me:***@h:1883") && !err.contains("s3cr") && !err.contains("et@"),
+            "{err}"
+        );
+        // An invalid secret parameter is not quoted.
+        let ep = Endpoint::parse("redis://h:1?token=s3cret").unwrap();
+        let err = ep.param_as::<u32>("token").unwrap_err().to_string();
+        assert!(err.contains("`token`") && !err.contains("s3cret"), "{err}");
     }
 
     #[test]

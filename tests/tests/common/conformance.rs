@@ -80,8 +80,8 @@ pub fn reachable(url: &str) -> bool {
     if scheme == "mem" {
         return true;
     }
-    // User info runs to the last `@` before the query (a password may hold a `/`).
-    let authority = rest.split('?').next().unwrap_or_default();
+    // User info runs to the last `@` before the query (a password may hold a `/` or `?`).
+    let (authority, _) = switchboard::transport::split_query(rest);
     let hostport = authority.rsplit('@').next().unwrap_or_default();
     let hostport = hostport.split('/').next().unwrap_or_default();
     let first = hostport.split(',').next().unwrap_or_default();
