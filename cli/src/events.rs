@@ -106,7 +106,7 @@ pub async fn tail(
     sel: &Selection<'_>,
     last: Option<usize>,
     follow: bool,
-    count: Option<usize>,
+    count: Option<u64>,
     out: &Output,
 ) -> Result<(), Failure> {
     let store = open(url).await?;
@@ -118,7 +118,7 @@ async fn tail_in<S: EventStore>(
     sel: &Selection<'_>,
     last: Option<usize>,
     follow: bool,
-    count: Option<usize>,
+    count: Option<u64>,
     out: &Output,
 ) -> Result<(), Failure> {
     let fail = |e: switchboard_eventstore::Error| Failure::other(e.to_string());

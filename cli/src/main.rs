@@ -196,9 +196,9 @@ struct Tail {
     /// Keep printing new events as they are committed.
     #[arg(short, long)]
     follow: bool,
-    /// Stop after this many events.
-    #[arg(short = 'n', long)]
-    count: Option<usize>,
+    /// Stop after this many events (at least 1).
+    #[arg(short = 'n', long, value_parser = clap::value_parser!(u64).range(1..))]
+    count: Option<u64>,
 }
 
 #[derive(Args)]

@@ -401,6 +401,7 @@ async fn bad_usage_exits_2_and_an_unreachable_service_5() {
     let p = r#"{"cmd":"bench.sum"}"#;
     for bad in [
         vec![url.as_str(), p, "[1]", "--rate", "0"],
+        vec![url.as_str(), p, "[1]", "--rate", "1e-20"],
         vec![url.as_str(), p, "[1]", "--rate", "fast"],
         vec![url.as_str(), p, "[1]", "-c", "2", "-k", "4"],
         vec![url.as_str(), p, "[1]", "-c", "0"],

@@ -831,6 +831,8 @@ async fn tails_and_replays_an_event_store() {
             .map(|l| serde_json::from_str(l).expect("a JSON line"))
             .collect()
     };
+    let out = run(args(&["events", "tail", &store_url, "-n", "0"]), None).await;
+    assert_eq!(out.status.code(), Some(2), "-n 0 is refused: {}", text(&out.stderr));
     let out = run(args(&["events", "tail", &store_url, "--json"]), None).await;
     assert!(out.status.success(), "{}", text(&out.stderr));
     let all = lines(&out);

@@ -269,6 +269,11 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
 
     /// Loads aggregate `id`: its snapshot, if one of this code's, then the events after it.
     pub async fn load(&self, id: &str) -> Result<Loaded<A>> {
+        self.load_after(id, None).await
+    }
+
+    /// [`load`](Self::load); `last` is where the previous attempt's reading ended.
+    async fn load_after(&self, id: &str, last: Option<u64>) -> Result<Loaded<A>> {
         let stream = Self::stream_of(id);
         let mut state = A::default();
         let mut next = 0;
@@ -297,8 +302,17 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
         if let StreamState::At(r) = at
             && r + 1 != next
         {
-            // Written between the reads: load again from the start of what is missing.
-            return Box::pin(self.load(id)).await;
+            // Written between the reads: load again, as long as that gets further. A stream
+            // whose events were truncated past its last snapshot of this code's (or a snapshot
+            // past the stream's end) never matches, however often it is read.
+            if last != Some(next) {
+                return Box::pin(self.load_after(id, Some(next))).await;
+            }
+            return Err(Error::Invalid(format!(
+                "`{stream}` is at revision {r}, yet its snapshot and events read up to revision {next} \
+                 (exclusive): its events were truncated past its last usable snapshot, or a snapshot \
+                 is ahead of the stream"
+            )));
         }
         Ok(Loaded {
             id: id.to_owned(),

@@ -17,10 +17,12 @@ use crate::projection::IDEMPOTENCY_KEY;
 
 /// Keys a memory inbox remembers before forgetting the oldest.
 const MEMORY_KEYS: usize = 100_000;
+/// The longest key an inbox records: a key comes from the sender, and each is kept.
+const MAX_KEY_LEN: usize = 256;
 
 /// Remembers handled [`IDEMPOTENCY_KEY`]s (and a request's reply, answered again to a retry).
 /// As a service layer ([`Inbox::layer`]) it skips messages whose key it has seen; a message
-/// without the header goes through.
+/// without the header goes through, and one whose key is over 256 bytes is refused.
 ///
 /// A key is recorded after its handler succeeded: a consumer killed in between handles the
 /// message again. Copies of one key arriving at once in one process run one at a time (the
@@ -246,6 +248,10 @@ impl Service<Request> for InboxService {
             let reply = self.inner.call(req);
             return Box::pin(async move { Ok(reply.await) });
         };
+        if key.len() > MAX_KEY_LEN {
+            let refused = format!("an {IDEMPOTENCY_KEY} header is at most {MAX_KEY_LEN} bytes");
+            return Box::pin(async move { Ok(Reply::error(switchboard::RpcError::new(refused))) });
+        }
         let (inbox, inner) = (self.inbox.clone(), self.inner.clone());
         Box::pin(async move {
             let event = req.context().is_event();

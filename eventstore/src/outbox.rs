@@ -82,11 +82,16 @@ impl<S: EventStore> Relay<S> {
     }
 
     /// Publishes, then follows commits until `stop` resolves. A batch that fails (the broker
-    /// is away, a connection broke) is published again, in order, until it goes through.
+    /// is away, a connection broke) is published again, in order, until it goes through; an
+    /// event that can never be published (stored data that is not JSON) ends the run with
+    /// [`Error::Invalid`] instead of stalling every later one.
     pub async fn run(&self, stop: impl Future<Output = ()> + Send) -> Result<()> {
         let mut reader = self.subscription.reader().await?.until(stop);
         while let Some(events) = reader.next().await? {
             while let Err(e) = self.publish(&events).await {
+                if let Error::Invalid(_) = e {
+                    return Err(e);
+                }
                 tracing::warn!(from = events[0].position, error = %e, "outbox publish failed; retrying");
                 if !reader.pause(self.retry).await {
                     return Ok(());

@@ -251,6 +251,14 @@ pub trait EventStore: Clone + Send + Sync + 'static {
 ///
 /// Looks first under the shared lock: the exclusive one is taken only to move the head, so a
 /// report that arrives after the head moved never waits for a receiver holding a `borrow()`.
+/// A position or revision read back from a database, which stores them signed: a negative one
+/// (a row written by other hands) is an error, not a number near `u64::MAX` that would stall a
+/// reader or overflow the next revision.
+pub(crate) fn stored_position(n: i64) -> Result<u64> {
+    u64::try_from(n)
+        .map_err(|_| crate::error::Error::Invalid(format!("a stored position or revision is negative ({n})")))
+}
+
 pub(crate) fn advance_head(head: &watch::Sender<u64>, to: u64) {
     if *head.borrow() >= to {
         return;

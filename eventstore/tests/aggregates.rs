@@ -3,8 +3,8 @@
 
 use serde::{Deserialize, Serialize};
 use switchboard_eventstore::{
-    Aggregate, Error, EventStore, ExecuteError, ExpectedVersion, NewEvent, ReadStream, Repository, SqliteStore,
-    StoredEvent, StreamState, events, schema_of, upcast,
+    Aggregate, Error, EventStore, ExecuteError, ExpectedVersion, MemoryStore, NewEvent, ReadStream, Repository,
+    SqliteStore, StoredEvent, StreamState, events, schema_of, upcast,
 };
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -142,6 +142,27 @@ async fn commands_become_events_and_replay_rebuilds_the_state() {
         matches!(refused, ExecuteError::Refused(Refused::Missing)),
         "{refused:?}"
     );
+}
+
+/// A stream truncated past everything it had, with no snapshot to start from, cannot be
+/// rebuilt: loading says so (it used to reload forever), on SQLite and in memory.
+#[tokio::test]
+async fn a_stream_truncated_past_its_snapshot_is_an_error_not_a_loop() {
+    let (_dir, sqlite) = store();
+    truncated_past_everything(sqlite).await;
+    truncated_past_everything(MemoryStore::new()).await;
+}
+
+async fn truncated_past_everything<S: EventStore + Clone + 'static>(store: S) {
+    let users = Repository::<User, _>::new(store.clone());
+    users.execute("1", create("Ada")).await.unwrap();
+    users
+        .execute("1", Command::UpdateEmail("ada@lovelace.org".into()))
+        .await
+        .unwrap();
+    store.truncate_before("user-1", 2).await.unwrap();
+    let err = users.load("1").await.unwrap_err().to_string();
+    assert!(err.contains("truncated past its last usable snapshot"), "{err}");
 }
 
 #[tokio::test]

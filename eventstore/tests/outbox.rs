@@ -116,6 +116,32 @@ async fn the_relay_publishes_on_commit_and_the_inbox_keeps_effects_single() {
     server.shutdown().await.unwrap();
 }
 
+/// A stored event that can never be published (its data altered outside the store into text
+/// that is not JSON) ends the relay's run with an error, instead of stalling every later event
+/// behind retries.
+#[tokio::test]
+async fn an_event_that_can_never_be_published_ends_the_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = consumer(Seen::default(), Inbox::memory()).await;
+    let path = dir.path().join("events.db");
+    let store = SqliteStore::open(&path).unwrap();
+    store
+        .append("order-1", ExpectedVersion::NoStream, vec![order(1)])
+        .await
+        .unwrap();
+    rusqlite::Connection::open(&path)
+        .unwrap()
+        .execute("UPDATE es_events SET data = 'not json'", [])
+        .unwrap();
+    let client = Client::connect(server.local_url()).await.unwrap();
+    let relay = Relay::new(store.clone(), client);
+    let ended = tokio::time::timeout(Duration::from_secs(30), relay.run(std::future::pending())).await;
+    let err = ended.expect("the run ends").unwrap_err().to_string();
+    assert!(err.contains("not JSON"), "{err}");
+    assert_eq!(store.checkpoint("outbox").await.unwrap(), None, "nothing passed it");
+    server.shutdown().await.unwrap();
+}
+
 #[message_pattern("charge")]
 async fn charge(State(seen): State<Seen>, amount: u64) -> String {
     let mut effects = seen.effects.lock().unwrap();
@@ -186,6 +212,11 @@ async fn a_repeated_request_gets_the_first_reply_without_running_again() {
     client.send(CHARGE, 20).await.unwrap();
     client.send(CHARGE, 20).await.unwrap();
     assert_eq!(seen.effects.lock().unwrap()[&20], 2);
+    // A key is the sender's and the inbox keeps each: an outsized one is refused, unhandled.
+    let huge = client.send(CHARGE, 30).header(IDEMPOTENCY_KEY, "k".repeat(257)).await;
+    let err = huge.unwrap_err().to_string();
+    assert!(err.contains("at most 256 bytes"), "{err}");
+    assert!(!seen.effects.lock().unwrap().contains_key(&30));
     server.shutdown().await.unwrap();
 
     // The inbox survives a restart of the consumer.

@@ -70,6 +70,11 @@ async fn bad_urls_and_empty_services_are_clear_errors() {
     assert!(err.to_string().contains("expected scheme://address"), "{err}");
     let err = Client::connect("tcp://127.0.0.1:9?pool=x").await.unwrap_err();
     assert!(err.to_string().contains("`pool`"), "{err}");
+    // A pool is allocated up front: a huge one (a registry's entry, say) is refused, not tried.
+    let err = Client::connect("tcp://127.0.0.1:9?pool=2305843009213693952")
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("`pool` is at most 1024"), "{err}");
     let err = Client::connect("tcp://127.0.0.1:9").await.unwrap_err();
     assert!(matches!(err, Error::Connect { .. }), "{err}");
 

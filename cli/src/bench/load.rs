@@ -127,7 +127,7 @@ pub async fn open(
     // Calls k are due at k / rate: those before the measured part are the warm-up.
     let warmup_calls = ((clock.measured - clock.start).as_secs_f64() * rate).ceil() as u64;
     let total = match plan.stop {
-        Stop::Count(n) => warmup_calls + n,
+        Stop::Count(n) => warmup_calls.saturating_add(n),
         Stop::Duration(d) => (((clock.measured - clock.start) + d).as_secs_f64() * rate).ceil() as u64,
     };
     let permits = Arc::new(Semaphore::new(0));

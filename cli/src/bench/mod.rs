@@ -437,9 +437,11 @@ fn rate(text: &str) -> Result<f64, Failure> {
         },
     };
     match number.parse::<f64>().map(|n| n * scale) {
-        Ok(r) if r.is_finite() && r > 0.0 && r <= MAX_RATE => Ok(r),
+        // Below one call a second a run measures nothing, and the pacing's intervals outgrow
+        // what a `Duration` holds.
+        Ok(r) if (1.0..=MAX_RATE).contains(&r) => Ok(r),
         _ => Err(Failure::usage(format!(
-            "--rate {text:?} is not a rate of calls per second above 0 (like 20000, 50k or 1.5M, at most 100M)"
+            "--rate {text:?} is not a rate of calls per second (like 20000, 50k or 1.5M; from 1 to 100M)"
         ))),
     }
 }

@@ -492,7 +492,7 @@ impl EventStore for PgStore {
             .bind(name)
             .fetch_optional(&self.inner.pool)
             .await?;
-        Ok(position.map(|p| p as u64))
+        position.map(crate::store::stored_position).transpose()
     }
 
     async fn save_checkpoint(&self, name: &str, position: u64) -> Result<()> {
@@ -515,12 +515,15 @@ impl EventStore for PgStore {
         .bind(stream)
         .fetch_optional(&self.inner.pool)
         .await?;
-        Ok(row.map(|(revision, schema, data)| Snapshot {
-            stream: stream.into(),
-            revision: revision as u64,
-            schema,
-            data: Bytes::from(data),
-        }))
+        row.map(|(revision, schema, data)| {
+            Ok(Snapshot {
+                stream: stream.into(),
+                revision: crate::store::stored_position(revision)?,
+                schema,
+                data: Bytes::from(data),
+            })
+        })
+        .transpose()
     }
 
     async fn save_snapshot(&self, snapshot: Snapshot) -> Result<()> {

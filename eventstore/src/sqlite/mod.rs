@@ -250,7 +250,7 @@ impl EventStore for SqliteStore {
                 .prepare_cached("SELECT position FROM es_checkpoints WHERE name = ?1")?
                 .query_row([name], |r| r.get::<_, i64>(0))
                 .optional()?;
-            Ok(position.map(|p| p as u64))
+            position.map(crate::store::stored_position).transpose()
         })
         .await
     }
@@ -267,16 +267,27 @@ impl EventStore for SqliteStore {
             Ok(conn
                 .prepare_cached("SELECT revision, schema, data FROM es_snapshots WHERE stream = ?1")?
                 .query_row([&stream], |r| {
-                    Ok(Snapshot {
-                        stream: stream.clone(),
-                        revision: r.get::<_, i64>(0)? as u64,
-                        schema: r.get(1)?,
-                        data: Bytes::copy_from_slice(r.get_ref(2)?.as_bytes()?),
-                    })
+                    let revision = r.get::<_, i64>(0)?;
+                    Ok((
+                        revision,
+                        Snapshot {
+                            stream: stream.clone(),
+                            revision: 0,
+                            schema: r.get(1)?,
+                            data: Bytes::copy_from_slice(r.get_ref(2)?.as_bytes()?),
+                        },
+                    ))
                 })
                 .optional()?)
         })
-        .await
+        .await?
+        .map(|(revision, snapshot)| {
+            Ok(Snapshot {
+                revision: crate::store::stored_position(revision)?,
+                ..snapshot
+            })
+        })
+        .transpose()
     }
 
     async fn save_snapshot(&self, snapshot: Snapshot) -> Result<()> {

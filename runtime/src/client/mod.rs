@@ -138,9 +138,9 @@ impl ClientBuilder {
         self
     }
 
-    /// Connections kept to the server (default 2); each multiplexes many calls.
+    /// Connections kept to the server (default 2, at most 1024); each multiplexes many calls.
     pub fn pool_size(mut self, n: usize) -> Self {
-        self.opts.pool_size = n.max(1);
+        self.opts.pool_size = n.clamp(1, crate::transport::MAX_POOL);
         self
     }
 

@@ -114,6 +114,10 @@ impl Shutdown {
     }
 }
 
+/// The most connections one client pools (each a socket and a reader task): a `pool` from a
+/// URL (a registry's entry, say) is held to it.
+pub(crate) const MAX_POOL: usize = 1024;
+
 /// Client options shared by transports.
 #[derive(Debug, Clone)]
 pub(crate) struct ClientOptions {

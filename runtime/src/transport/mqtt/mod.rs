@@ -32,7 +32,8 @@
 //!   so that servers in the same group share the messages (load balancing);
 //! - `clean_session` (server) = `true|false`: `false` keeps the session (subscriptions and
 //!   queued QoS 1/2 messages) while the server is away; needs `client_id` (default `true`);
-//! - `keepalive`: seconds between pings (default 60, as mqtt.js);
+//! - `keepalive`: seconds between pings (default 60, as mqtt.js; at most 65535, its two bytes
+//!   on the wire);
 //! - `connect_timeout_ms`: wait for the broker's CONNACK (default 5000);
 //! - `max_packet_size`: largest MQTT packet sent or received, in bytes (default 64 MiB);
 //! - `max_in_flight` (server): messages being handled at once (default 1024, as on every
@@ -129,7 +130,8 @@ impl Options {
             2 => QoS::ExactlyOnce,
             n => return Err(bad(format!("query parameter `qos` must be 0, 1 or 2, not {n}"))),
         };
-        let keepalive = ep.param_as::<u64>("keepalive")?.unwrap_or(60);
+        // MQTT sends it in two bytes: a larger one would reach the broker truncated.
+        let keepalive = ep.param_as::<u16>("keepalive")?.unwrap_or(60);
         let client_id = ep.param("client_id").filter(|id| !id.is_empty()).map(str::to_owned);
         let clean_session = ep.param_as::<bool>("clean_session")?.unwrap_or(true);
         let group = ep.param("group").filter(|g| !g.is_empty()).map(str::to_owned);
@@ -148,7 +150,7 @@ impl Options {
             group,
             clean_session,
             // rumqttc takes whole seconds, 0 turning pings off.
-            keepalive: Duration::from_secs(keepalive),
+            keepalive: Duration::from_secs(u64::from(keepalive)),
             connect_timeout: ep
                 .param_as("connect_timeout_ms")?
                 .map(Duration::from_millis)
@@ -279,6 +281,11 @@ mod tests {
         assert_eq!(o.qos, QoS::AtLeastOnce);
         assert_eq!(o.group.as_deref(), Some("g"));
         assert_eq!(o.keepalive, Duration::from_secs(5));
+        let ep = Endpoint::parse("mqtt://h?keepalive=65536").unwrap();
+        let err = Options::parse(&ep, DEFAULT_CONNECT_TIMEOUT, 10)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("`keepalive`"), "{err}");
         assert_eq!(o.max_in_flight, DEFAULT_MAX_IN_FLIGHT);
         assert!(!o.url.contains("p%40ss"), "{}", o.url);
         let ep = Endpoint::parse("mqtt://h?max_in_flight=3").unwrap();

@@ -162,8 +162,15 @@ pub(crate) fn client_options(ep: &Endpoint, defaults: &ClientOptions) -> Result<
         known.extend_from_slice(&["ca", "server_name"]);
     }
     ep.only_params(&known)?;
+    let pool_size = ep.param_as::<usize>("pool")?.unwrap_or(defaults.pool_size).max(1);
+    if pool_size > super::MAX_POOL {
+        return Err(Error::InvalidUrl {
+            url: ep.redacted(),
+            reason: format!("query parameter `pool` is at most {}", super::MAX_POOL),
+        });
+    }
     Ok(ClientOptions {
-        pool_size: ep.param_as::<usize>("pool")?.unwrap_or(defaults.pool_size).max(1),
+        pool_size,
         connect_timeout: ep
             .param_as("connect_timeout_ms")?
             .map(Duration::from_millis)
