@@ -269,56 +269,57 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
 
     /// Loads aggregate `id`: its snapshot, if one of this code's, then the events after it.
     pub async fn load(&self, id: &str) -> Result<Loaded<A>> {
-        self.load_after(id, None).await
+        let stream = Self::stream_of(id);
+        // Where the last attempt's reading ended.
+        let mut last = None;
+        loop {
+            let (state, next) = self.read(&stream).await?;
+            let at = self.store.stream_state(&stream).await?;
+            match at {
+                // Written between the reads: read again, as long as that gets further. A stream
+                // whose events were truncated past its last snapshot of this code's (or a
+                // snapshot past the stream's end) never matches, however often it is read.
+                StreamState::At(r) if r + 1 != next && last != Some(next) => last = Some(next),
+                StreamState::At(r) if r + 1 != next => {
+                    return Err(Error::Invalid(format!(
+                        "`{stream}` is at revision {r}, yet its snapshot and events read up to revision \
+                         {next} (exclusive): its events were truncated past its last usable snapshot, \
+                         or a snapshot is ahead of the stream"
+                    )));
+                }
+                _ => {
+                    return Ok(Loaded {
+                        id: id.to_owned(),
+                        state,
+                        stream: at,
+                    });
+                }
+            }
+        }
     }
 
-    /// [`load`](Self::load); `last` is where the previous attempt's reading ended.
-    async fn load_after(&self, id: &str, last: Option<u64>) -> Result<Loaded<A>> {
-        let stream = Self::stream_of(id);
+    /// The state from `stream`'s snapshot and the events after it, and the next revision.
+    async fn read(&self, stream: &str) -> Result<(A, u64)> {
         let mut state = A::default();
         let mut next = 0;
         if self.snapshot_every.is_some()
-            && let Some(snapshot) = self.store.load_snapshot(&stream).await?
+            && let Some(snapshot) = self.store.load_snapshot(stream).await?
             && let Some(from_snapshot) = self.state_in(&snapshot)
         {
             state = from_snapshot;
             next = snapshot.revision + 1;
         }
         loop {
-            let events = self
-                .store
-                .read_stream(&stream, ReadStream::forwards(next, PAGE))
-                .await?;
+            let events = self.store.read_stream(stream, ReadStream::forwards(next, PAGE)).await?;
             let done = events.len() < PAGE;
             for recorded in &events {
                 state.apply(A::Event::decode(recorded)?);
                 next = recorded.revision + 1;
             }
             if done {
-                break;
+                return Ok((state, next));
             }
         }
-        let at = self.store.stream_state(&stream).await?;
-        if let StreamState::At(r) = at
-            && r + 1 != next
-        {
-            // Written between the reads: load again, as long as that gets further. A stream
-            // whose events were truncated past its last snapshot of this code's (or a snapshot
-            // past the stream's end) never matches, however often it is read.
-            if last != Some(next) {
-                return Box::pin(self.load_after(id, Some(next))).await;
-            }
-            return Err(Error::Invalid(format!(
-                "`{stream}` is at revision {r}, yet its snapshot and events read up to revision {next} \
-                 (exclusive): its events were truncated past its last usable snapshot, or a snapshot \
-                 is ahead of the stream"
-            )));
-        }
-        Ok(Loaded {
-            id: id.to_owned(),
-            state,
-            stream: at,
-        })
     }
 
     /// The state in a snapshot: as it is if this code wrote it, upcast if older code with

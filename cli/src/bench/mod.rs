@@ -255,18 +255,13 @@ pub fn run(args: &BenchArgs, out: &Output) -> Result<(), Failure> {
             let addr = args.url["tcp://".len()..].trim_end_matches('/').to_owned();
             let template = Arc::new(template);
             let mut streams = Vec::with_capacity(plan.connections);
+            let shown = switchboard::transport::redact(&args.url);
             for _ in 0..plan.connections {
                 let connect = tokio::net::TcpStream::connect(addr.as_str());
                 let stream = match tokio::time::timeout(plan.timeout.min(Duration::from_secs(5)), connect).await {
                     Ok(Ok(s)) => s,
-                    Ok(Err(e)) => {
-                        let url = switchboard::transport::redact(&args.url);
-                        return Err(Failure::unreachable(format!("cannot connect to {url}: {e}")));
-                    }
-                    Err(_) => {
-                        let url = switchboard::transport::redact(&args.url);
-                        return Err(Failure::unreachable(format!("cannot connect to {url}: timed out")));
-                    }
+                    Ok(Err(e)) => return Err(Failure::unreachable(format!("cannot connect to {shown}: {e}"))),
+                    Err(_) => return Err(Failure::unreachable(format!("cannot connect to {shown}: timed out"))),
                 };
                 let _ = stream.set_nodelay(true);
                 streams.push(stream);

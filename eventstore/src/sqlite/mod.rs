@@ -264,30 +264,24 @@ impl EventStore for SqliteStore {
     async fn load_snapshot(&self, stream: &str) -> Result<Option<Snapshot>> {
         let stream = stream.to_owned();
         self.read(move |conn| {
-            Ok(conn
+            let row = conn
                 .prepare_cached("SELECT revision, schema, data FROM es_snapshots WHERE stream = ?1")?
                 .query_row([&stream], |r| {
-                    let revision = r.get::<_, i64>(0)?;
-                    Ok((
-                        revision,
-                        Snapshot {
-                            stream: stream.clone(),
-                            revision: 0,
-                            schema: r.get(1)?,
-                            data: Bytes::copy_from_slice(r.get_ref(2)?.as_bytes()?),
-                        },
-                    ))
+                    let data = Bytes::copy_from_slice(r.get_ref(2)?.as_bytes()?);
+                    Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, data))
                 })
-                .optional()?)
-        })
-        .await?
-        .map(|(revision, snapshot)| {
-            Ok(Snapshot {
-                revision: crate::store::stored_position(revision)?,
-                ..snapshot
+                .optional()?;
+            row.map(|(revision, schema, data)| {
+                Ok(Snapshot {
+                    revision: crate::store::stored_position(revision)?,
+                    stream,
+                    schema,
+                    data,
+                })
             })
+            .transpose()
         })
-        .transpose()
+        .await
     }
 
     async fn save_snapshot(&self, snapshot: Snapshot) -> Result<()> {

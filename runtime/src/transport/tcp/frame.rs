@@ -229,18 +229,6 @@ pub fn encode_frame(out: &mut Vec<u8>, body: &[u8]) {
 
 /// Appends the `<len>#` prefix of a frame whose body is `len` UTF-16 units long.
 pub fn write_length(out: &mut Vec<u8>, mut len: usize) {
-    // The usual lengths as fixed-size copies: a copy of a variable 2 to 4 bytes is a call to
-    // `memmove`, which showed in the server's profile.
-    let d = |n: usize| b'0' + (n % 10) as u8;
-    match len {
-        0..10 => return out.extend_from_slice(&[d(len), b'#']),
-        10..100 => return out.extend_from_slice(&[d(len / 10), d(len), b'#']),
-        100..1000 => return out.extend_from_slice(&[d(len / 100), d(len / 10), d(len), b'#']),
-        1000..10000 => {
-            return out.extend_from_slice(&[d(len / 1000), d(len / 100), d(len / 10), d(len), b'#']);
-        }
-        _ => {}
-    }
     let mut digits = [0u8; 20];
     let mut at = digits.len();
     loop {
