@@ -22,6 +22,8 @@ use opentelemetry_proto::tonic::common::v1::any_value::Value as Any;
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue};
 use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 
+mod count;
+
 /// One exported span, with ids as lowercase hex.
 #[derive(Debug, Clone)]
 pub struct SpanRecord {
@@ -42,9 +44,8 @@ pub struct SpanRecord {
 #[derive(Clone, Default)]
 struct Store {
     spans: Arc<Mutex<Vec<SpanRecord>>>,
-    /// Spans received; with `count_only`, the only thing kept.
+    /// Spans received.
     received: Arc<std::sync::atomic::AtomicU64>,
-    count_only: bool,
 }
 
 #[tonic::async_trait]
@@ -61,11 +62,6 @@ impl TraceService for Store {
             .map(|s| s.spans.len())
             .sum();
         self.received.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
-        if self.count_only {
-            return Ok(tonic::Response::new(ExportTraceServiceResponse {
-                partial_success: None,
-            }));
-        }
         self.spans.lock().unwrap().extend(records(request));
         Ok(tonic::Response::new(ExportTraceServiceResponse {
             partial_success: None,
@@ -168,20 +164,24 @@ impl Collector {
             Some(_) => format!("https://localhost:{port}"),
             None => format!("http://{}", listener.local_addr()?),
         };
-        let store = Store {
-            count_only,
-            ..Store::default()
-        };
-        let service = TraceServiceServer::new(store.clone());
+        let store = Store::default();
         let mut server = tonic::transport::Server::builder();
         if let Some(tls) = tls {
             server = server.tls_config(tls).map_err(std::io::Error::other)?;
         }
-        tokio::spawn(
-            server
-                .add_service(service)
-                .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
-        );
+        let incoming = tonic::transport::server::TcpIncoming::from(listener);
+        match count_only {
+            true => tokio::spawn(
+                server
+                    .add_service(count::Counting(store.received.clone()))
+                    .serve_with_incoming(incoming),
+            ),
+            false => tokio::spawn(
+                server
+                    .add_service(TraceServiceServer::new(store.clone()))
+                    .serve_with_incoming(incoming),
+            ),
+        };
         Ok(Collector { endpoint, store })
     }
 

@@ -56,12 +56,11 @@ impl Transport {
     #[cfg_attr(not(feature = "telemetry"), allow(unused_mut))]
     fn traced(&self, mut out: Outbound) -> BoxFuture<'static, Result<Replies>> {
         #[cfg(feature = "telemetry")]
-        if let Some(span) = crate::telemetry::span::client(&mut out, crate::telemetry::span::system(self.name)) {
-            use tracing::Instrument;
-            let sent = span.in_scope(|| self.dispatch(out));
+        if let Some(sending) = crate::telemetry::span::client(&mut out, crate::telemetry::span::system(self.name)) {
+            let sent = self.dispatch(out);
             return async move {
-                let outcome = sent.instrument(span.clone()).await;
-                crate::telemetry::span::sent(&span, &outcome);
+                let outcome = sent.await;
+                sending.sent(&outcome);
                 outcome
             }
             .boxed();

@@ -2,12 +2,15 @@
 //! NestJS peers.
 //!
 //! With the feature on, every call a [`Client`](crate::Client) sends or emits and every
-//! message a service handles is a `tracing` span named after OpenTelemetry's messaging
-//! conventions ([`span`]): `send <route>` on the caller (CLIENT for a request, PRODUCER for
-//! an event), `process <route>` on the service (SERVER, or CONSUMER linked to its producer).
-//! Their W3C context (`traceparent`, `tracestate`, `baggage`) travels in each transport's
-//! headers, so a handler's own spans and logs nest under the caller's trace and a call it
-//! makes continues it. Without a subscriber that records them, the spans cost a check.
+//! message a service handles is a span named after OpenTelemetry's messaging conventions
+//! ([`span`]): `send <route>` on the caller (CLIENT for a request, PRODUCER for an event),
+//! `process <route>` on the service (SERVER, or CONSUMER linked to its producer). Their W3C
+//! context (`traceparent`, `tracestate`, `baggage`) travels in each transport's headers, so a
+//! handler's own `tracing` spans nest under the caller's trace and a call it makes continues
+//! it. Switchboard records and exports its own spans itself (fixed-size records, encoded
+//! straight into OTLP on a thread of their own); the application's `tracing` spans go
+//! through `tracing-opentelemetry` and the OpenTelemetry SDK, to the same collector. Before
+//! [`init`] (or [`Builder::layer`]), no span is made.
 //!
 //! [`init`] sets all of it up in one line, exporting over OTLP (gRPC unless
 //! `OTEL_EXPORTER_OTLP_PROTOCOL` says `http/protobuf` or `http/json`) and logging to stderr:
@@ -44,9 +47,13 @@ use tracing_subscriber::{EnvFilter, Layer, Registry};
 
 use crate::error::{Error, Result};
 
+pub(crate) mod encode;
+mod export;
 mod observe;
 mod otlp_http;
 pub(crate) mod propagation;
+pub(crate) mod record;
+mod sampler;
 pub mod span;
 mod tls;
 
@@ -212,7 +219,7 @@ impl Builder {
     }
 
     /// The tracer provider and a `tracing` layer that records spans with it, for a
-    /// subscriber of your own.
+    /// subscriber of your own. Switchboard's own spans are exported from then on.
     ///
     /// ```no_run
     /// use tracing_subscriber::layer::SubscriberExt;
@@ -228,15 +235,20 @@ impl Builder {
     where
         S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
     {
-        let provider = self.provider()?;
+        let (provider, recorder) = self.start()?;
         let tracer: SdkTracer = provider.tracer("switchboard");
+        // Switchboard's log spans (`span::TARGET`) are for the logs: its spans are exported
+        // by its own recorder.
+        let spans = tracing_subscriber::filter::Targets::new()
+            .with_target(span::TARGET, tracing_subscriber::filter::LevelFilter::OFF)
+            .with_default(tracing_subscriber::filter::LevelFilter::INFO);
         let layer = tracing_opentelemetry::layer()
             .with_tracer(tracer)
             .with_tracked_inactivity(false)
             .with_threads(false)
-            .with_filter(tracing_subscriber::filter::LevelFilter::INFO);
+            .with_filter(spans);
         opentelemetry::global::set_tracer_provider(provider.clone());
-        Ok((layer, Telemetry { provider }))
+        Ok((layer, Telemetry { provider, recorder }))
     }
 
     /// Installs the global subscriber: the OpenTelemetry layer, and logs to stderr filtered by
@@ -262,7 +274,10 @@ impl Builder {
         Ok(telemetry)
     }
 
-    fn provider(self) -> Result<SdkTracerProvider> {
+    /// The SDK's provider, for the application's spans, and Switchboard's recorder (`None`
+    /// when the sampler samples nothing: then no span is made at all), both exporting to the
+    /// same collector the same way.
+    fn start(self) -> Result<(SdkTracerProvider, Option<&'static export::Recorder>)> {
         let env = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
         // The SDK's errors quote the endpoint as given, user info included.
         let given = self
@@ -277,18 +292,21 @@ impl Builder {
                 _ => message,
             })
         };
-        let exporter = match protocol(self.protocol, &env)? {
+        let sampler = sampler::Sampler::from_env(&env)?;
+        let headers = export::headers(&env);
+        let (exporter, sender) = match protocol(self.protocol, &env)? {
             Protocol::Grpc => {
                 use opentelemetry_otlp::WithTonicConfig;
                 let mut exporter = opentelemetry_otlp::SpanExporter::builder()
                     .with_tonic()
                     .with_protocol(opentelemetry_otlp::Protocol::Grpc);
                 // The SDK reads the endpoint variables itself; the certificates are ours to read.
-                let https = match &self.endpoint {
-                    Some(url) => is_https(url),
-                    None => signal_var(&env, "ENDPOINT").is_some_and(|(_, url)| is_https(&url)),
-                };
-                if https {
+                let endpoint = given
+                    .clone()
+                    .filter(|url| !url.is_empty())
+                    .unwrap_or_else(|| "http://localhost:4317".to_owned());
+                let mut tls = None;
+                if is_https(&endpoint) {
                     let files = tls::TlsFiles::from_env(&env)?;
                     // tonic reads the files only when it connects: checked here, so that
                     // `init` fails on a file that holds no certificate or key.
@@ -296,11 +314,18 @@ impl Builder {
                         files.rustls()?;
                     }
                     exporter = exporter.with_tls_config(files.tonic());
+                    tls = Some(files.tonic());
                 }
                 if let Some(url) = self.endpoint {
                     exporter = exporter.with_endpoint(url);
                 }
-                exporter.build()
+                let sender = export::Sender::Grpc {
+                    endpoint,
+                    tls,
+                    headers,
+                    timeout: timeout(&env),
+                };
+                (exporter.build(), sender)
             }
             http => {
                 use opentelemetry_otlp::WithHttpConfig;
@@ -311,33 +336,55 @@ impl Builder {
                 };
                 let client = otlp_http::OtlpHttpClient::start(timeout(&env), tls)
                     .map_err(|e| config(format!("cannot start the OTLP/HTTP exporter's thread: {e}")))?;
-                opentelemetry_otlp::SpanExporter::builder()
+                let exporter = opentelemetry_otlp::SpanExporter::builder()
                     .with_http()
                     .with_protocol(match http {
                         Protocol::HttpJson => opentelemetry_otlp::Protocol::HttpJson,
                         _ => opentelemetry_otlp::Protocol::HttpBinary,
                     })
-                    .with_endpoint(url)
-                    .with_http_client(client)
-                    .build()
+                    .with_endpoint(url.clone())
+                    .with_http_client(client.clone())
+                    .build();
+                let sender = export::Sender::Http {
+                    url,
+                    json: http == Protocol::HttpJson,
+                    client,
+                    headers,
+                };
+                (exporter, sender)
             }
-        }
-        .map_err(scrub)?;
+        };
+        let exporter = exporter.map_err(scrub)?;
         let service = std::env::var("OTEL_SERVICE_NAME")
             .ok()
             .filter(|s| !s.is_empty())
             .unwrap_or(self.service);
         let resource = Resource::builder().with_service_name(service).build();
-        // The SDK reads OTEL_TRACES_SAMPLER itself; when it samples nothing, spans are not
-        // even made (each would cost a span in the subscriber for nothing).
-        let never = std::env::var("OTEL_TRACES_SAMPLER").is_ok_and(|s| s.trim() == "always_off");
-        span::NEVER_SAMPLED.store(never, std::sync::atomic::Ordering::Relaxed);
-        let builder = SdkTracerProvider::builder().with_resource(resource);
-        Ok(match self.each_span {
+        let recorder = match sampler.never() {
+            true => None,
+            false => {
+                let attributes: Vec<(String, String)> = resource
+                    .iter()
+                    .map(|(key, value)| (key.to_string(), value.to_string()))
+                    .collect();
+                let batching = export::Batching::from_env(&env, self.each_span);
+                Some(export::start(
+                    sampler,
+                    batching,
+                    encode::Encoder::new(&attributes),
+                    sender,
+                )?)
+            }
+        };
+        let builder = SdkTracerProvider::builder()
+            .with_resource(resource)
+            .with_sampler(sampler.sdk());
+        let provider = match self.each_span {
             true => builder.with_simple_exporter(exporter),
             false => builder.with_batch_exporter(exporter),
         }
-        .build())
+        .build();
+        Ok((provider, recorder))
     }
 }
 
@@ -417,9 +464,10 @@ fn config(reason: String) -> Error {
     }
 }
 
-/// The running tracer provider. Dropping it exports the spans still buffered (at most 5 s).
+/// The running exporters. Dropping it exports the spans still buffered (at most 5 s).
 pub struct Telemetry {
     provider: SdkTracerProvider,
+    recorder: Option<&'static export::Recorder>,
 }
 
 // The provider's own Debug reaches the exporter and its headers (`OTEL_EXPORTER_OTLP_HEADERS`
@@ -433,7 +481,15 @@ impl fmt::Debug for Telemetry {
 impl Telemetry {
     /// Exports every span ended so far.
     pub fn flush(&self) -> Result<()> {
-        self.provider.force_flush().map_err(|e| config(e.to_string()))
+        let ours = self.recorder.map_or(Ok(()), |r| r.flush(Duration::from_secs(30)));
+        self.provider.force_flush().map_err(|e| config(e.to_string()))?;
+        ours
+    }
+
+    /// Switchboard's spans dropped so far because they ended faster than they could be
+    /// exported (more than `OTEL_BSP_MAX_QUEUE_SIZE` waiting).
+    pub fn dropped(&self) -> u64 {
+        self.recorder.map_or(0, |r| r.dropped())
     }
 
     /// Exports what is left and stops exporting.
@@ -444,6 +500,9 @@ impl Telemetry {
 
 impl Drop for Telemetry {
     fn drop(&mut self) {
+        if let Some(recorder) = self.recorder {
+            recorder.stop(Duration::from_secs(5));
+        }
         if let Err(e) = self.provider.shutdown_with_timeout(Duration::from_secs(5)) {
             tracing::debug!(error = %e, "telemetry shutdown");
         }
@@ -564,7 +623,7 @@ mod tests {
             shown.contains("u:***@collector:4317") && !shown.contains("p^ss"),
             "{shown}"
         );
-        let err = chosen.provider().expect_err("not a URI").to_string();
+        let err = chosen.start().err().expect("not a URI").to_string();
         assert!(err.contains("u:***@collector:4317") && !err.contains("p^ss"), "{err}");
     }
 
@@ -603,7 +662,10 @@ mod tests {
             format!("{provider:?}").contains("hunter2"),
             "the case this guards against"
         );
-        let telemetry = Telemetry { provider };
+        let telemetry = Telemetry {
+            provider,
+            recorder: None,
+        };
         assert_eq!(format!("{telemetry:?}"), "Telemetry { .. }");
     }
 }

@@ -1,28 +1,68 @@
 //! [`observe`]: the span of every message a service handles.
 
-use futures_util::future::FutureExt;
-use tracing::Instrument;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 
-use super::span;
-use crate::service::Route;
+use futures_util::future::BoxFuture;
+
+use super::span::{self, Processing};
+use crate::service::{Reply, Route};
 
 /// `route` (named `name`, empty for the answer to patterns nobody serves) with each message it
-/// handles in a `process <name>` span, whose parent is taken
-/// from the message's headers. A service with the `telemetry` feature wraps every route in
-/// it, outside its own layers, so what they do (a refusal by a rate limit) is in the span.
-/// A plain function over [`Route`], not a `tower` layer: when nothing records spans it adds
-/// no allocation to the call.
+/// handles in a `process <name>` span, whose parent is taken from the message's headers. A
+/// service with the `telemetry` feature wraps every route in it, outside its own layers, so
+/// what they do (a refusal by a rate limit) is in the span.
 pub(crate) fn observe(name: &'static str, route: Route) -> Route {
+    let Some(recorder) = super::export::recorder() else {
+        return route;
+    };
     Route::from_fn(move |req| {
-        let Some(span) = span::server(&req, name) else {
-            return route.call(req);
+        let processing = span::server(recorder, &req, name);
+        let inner = {
+            let _current = processing.context.clone().attach();
+            let _log = processing.log.as_ref().map(tracing::Span::enter);
+            route.call(req)
         };
-        let reply = span.in_scope(|| route.call(req));
-        async move {
-            let reply = reply.instrument(span.clone()).await;
-            span::served(&span, &reply);
-            reply
-        }
-        .boxed()
+        Box::pin(Traced {
+            inner,
+            processing: Some(processing),
+        })
     })
+}
+
+/// A message's reply future, polled inside its span's context.
+struct Traced {
+    inner: BoxFuture<'static, Reply>,
+    processing: Option<Processing>,
+}
+
+impl Future for Traced {
+    type Output = Reply;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Reply> {
+        let this = &mut *self;
+        let polled = match &this.processing {
+            Some(processing) => {
+                let _current = processing.context.clone().attach();
+                let _log = processing.log.as_ref().map(tracing::Span::enter);
+                this.inner.as_mut().poll(cx)
+            }
+            None => this.inner.as_mut().poll(cx),
+        };
+        if let Poll::Ready(reply) = &polled
+            && let Some(processing) = this.processing.take()
+        {
+            processing.end(Some(reply));
+        }
+        polled
+    }
+}
+
+impl Drop for Traced {
+    fn drop(&mut self) {
+        if let Some(processing) = self.processing.take() {
+            processing.end(None);
+        }
+    }
 }

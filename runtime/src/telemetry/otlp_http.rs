@@ -25,6 +25,7 @@ type Reply = Result<Response<Bytes>, HttpError>;
 type Job = (Request<Bytes>, oneshot::Sender<Reply>);
 
 /// Sends each request through the exporter's thread; the thread ends when this is dropped.
+#[derive(Clone)]
 pub(crate) struct OtlpHttpClient {
     jobs: mpsc::Sender<Job>,
 }

@@ -47,8 +47,16 @@ pub(crate) fn extract(headers: &Headers) -> Context {
 }
 
 /// Writes `cx` (a span and its baggage) into outgoing headers.
+#[cfg(test)]
 pub(crate) fn inject(cx: &Context, headers: &mut Headers) {
     W3C.inject_context(cx, &mut Writer(headers));
+}
+
+/// Writes the baggage of `cx` into outgoing headers (a call's span context is written by its
+/// span).
+pub(crate) fn inject_baggage(cx: &Context, headers: &mut Headers) {
+    static BAGGAGE: LazyLock<BaggagePropagator> = LazyLock::new(BaggagePropagator::new);
+    BAGGAGE.inject_context(cx, &mut Writer(headers));
 }
 
 #[cfg(test)]

@@ -2,29 +2,32 @@
 //! messaging conventions: `send <route>` (CLIENT for a request, PRODUCER for an event) on the
 //! caller, `process <route>` (SERVER for a request, CONSUMER for an event, linked to its
 //! producer) on the service.
+//!
+//! They are records of Switchboard's own ([`record`](super::record)), not `tracing` spans:
+//! a sampled message costs a few stores and a clock read at each end. While a message is
+//! handled its span's context is the current OpenTelemetry context, so the handler's own
+//! `tracing` spans (recorded by the OpenTelemetry layer, which takes that context as their
+//! parent) and the calls it makes continue its trace.
 
-use opentelemetry::trace::TraceContextExt;
-use tracing::Span;
-use tracing::field::Empty;
-use tracing_opentelemetry::OpenTelemetrySpanExt;
+use std::borrow::Cow;
+use std::sync::Arc;
 
+use opentelemetry::trace::{TraceContextExt, TraceFlags, TraceState};
+
+use super::export::{self, Recorder};
 use super::propagation;
+use super::record::{self, SAMPLED, SpanContext, SpanKind, SpanRecord};
 use crate::error::Error;
 use crate::service::{Kind, Outbound, Replies, Reply, Request};
 
-/// The target of every span Switchboard makes, to filter them (`switchboard::telemetry=off`).
+/// The target of the `tracing` spans that put Switchboard's span (and its `trace_id`) before
+/// the log lines of a handler, when a log filter asks for them (`switchboard::telemetry=info`).
 pub const TARGET: &str = "switchboard::telemetry";
 
-/// Set when the process samples no trace (`OTEL_TRACES_SAMPLER=always_off`): then no span is
-/// made at all, and no context is propagated.
-pub(crate) static NEVER_SAMPLED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-
-/// True when a subscriber may record Switchboard's spans (INFO). Asked of the subscriber's
-/// most verbose level, not with `tracing::enabled!`: outside an event or a span, that leaves
-/// per-layer filters' state behind and the next event on the thread can be dropped.
+/// True when Switchboard's spans are recorded: [`init`](super::init) or
+/// [`Builder::layer`](super::Builder::layer) set an exporter up, with a sampler that samples.
 pub(crate) fn recording() -> bool {
-    !NEVER_SAMPLED.load(std::sync::atomic::Ordering::Relaxed)
-        && tracing::level_filters::LevelFilter::current() >= tracing::level_filters::LevelFilter::INFO
+    export::recorder().is_some()
 }
 
 /// `messaging.system` of a transport: OpenTelemetry's well-known name where there is one.
@@ -35,125 +38,323 @@ pub(crate) fn system(transport: &str) -> &'static str {
     }
 }
 
+/// A message being handled: its span, and that span's context as the OpenTelemetry context
+/// its handler runs in.
+pub(crate) struct Processing {
+    record: SpanRecord,
+    pub(crate) context: opentelemetry::Context,
+    /// For the logs, when a filter asks for Switchboard's spans.
+    pub(crate) log: Option<tracing::Span>,
+    recorder: &'static Recorder,
+}
+
 /// The span of a message to the route `name` (empty: a pattern nobody serves), its parent read
-/// from the message's headers; `None` when no subscriber records it (then nothing else is
-/// done). A pattern nobody serves is the sender's text: the span's name says `(unmatched)`, so
-/// senders cannot grow the set of span names, and the text is kept escaped and cut.
-pub(crate) fn server(req: &Request, name: &'static str) -> Option<Span> {
+/// from the message's headers. A pattern nobody serves is the sender's text: the span's name
+/// says `(unmatched)`, so senders cannot grow the set of span names, and the text is kept
+/// escaped and cut.
+pub(crate) fn server(recorder: &'static Recorder, req: &Request, name: &'static str) -> Processing {
+    let start = record::now();
     let ctx = req.context();
-    let destination = Destination(name, ctx.route());
-    let name = match name {
-        "" => "(unmatched)",
-        served => served,
+    let (destination, name) = match name {
+        "" => (
+            Cow::Owned(crate::text::for_log(ctx.route()).to_string()),
+            Cow::Borrowed("(unmatched)"),
+        ),
+        served => (Cow::Borrowed(served), Cow::Borrowed(served)),
     };
-    let (kind, otel_kind) = match ctx.kind() {
-        Kind::Request => ("request", "server"),
-        Kind::Event => ("event", "consumer"),
+    let (kind, switchboard_kind) = match ctx.kind() {
+        Kind::Request => (SpanKind::Server, "request"),
+        Kind::Event => (SpanKind::Consumer, "event"),
     };
-    let span = tracing::info_span!(
+    let (parent, base) = remote_parent(ctx.headers());
+    let trace_id = parent.as_ref().map_or_else(record::trace_id, |p| p.trace_id);
+    let sampled = recorder
+        .sampler
+        .sample(&trace_id, parent.as_ref().map(|p| p.flags & SAMPLED != 0));
+    let record = SpanRecord {
+        trace_id,
+        span_id: record::span_id(),
+        parent_span_id: parent.as_ref().map_or([0; 8], |p| p.span_id),
+        parent_is_remote: parent.is_some(),
+        flags: if sampled { SAMPLED } else { 0 },
+        trace_state: parent.as_ref().and_then(|p| p.trace_state.clone()),
+        kind,
+        name,
+        destination,
+        system: system(ctx.transport()),
+        operation_name: "process",
+        switchboard_kind: Some(switchboard_kind),
+        body_size: None,
+        error_type: None,
+        link: match ctx.kind() {
+            Kind::Event => parent,
+            Kind::Request => None,
+        },
+        start,
+        end: 0,
+    };
+    let context = base.with_remote_span_context(otel(&record.context()));
+    let log = tracing::info_span!(
         target: TARGET,
         "process",
-        otel.name = format!("process {name}"),
-        otel.kind = otel_kind,
-        messaging.system = system(ctx.transport()),
-        messaging.destination.name = %destination,
-        messaging.operation.type = "process",
-        messaging.operation.name = "process",
-        switchboard.kind = kind,
-        trace_id = Empty,
-        error.type = Empty,
-        otel.status_code = Empty,
+        otel.name = %format_args!("process {}", record.name),
+        messaging.destination.name = %record.destination,
+        trace_id = %Hex(&record.trace_id),
     );
-    if span.is_disabled() {
-        return None;
+    Processing {
+        log: (!log.is_disabled()).then_some(log),
+        record,
+        context,
+        recorder,
     }
-    if !ctx.headers().is_empty() {
-        let parent = propagation::extract(ctx.headers());
-        let remote = parent.span().span_context().clone();
-        if remote.is_valid() {
-            span.record("trace_id", tracing::field::display(remote.trace_id()));
-            let _ = span.set_parent(parent);
-            if ctx.kind() == Kind::Event {
-                span.add_link(remote);
+}
+
+impl Processing {
+    /// Ends the span: with `reply`, or cancelled (`None`: dropped before it replied).
+    pub(crate) fn end(mut self, reply: Option<&Reply>) {
+        self.record.end = record::now();
+        if let Some(reply) = reply {
+            if reply.is_no_handler() {
+                self.record.error_type = Some("no_handler");
+            } else if let Some(e) = reply.as_error() {
+                self.record.error_type = Some(e.kind());
             }
-            return Some(span);
         }
-    }
-    // A new trace: its id, for the logs inside the handler.
-    let own = span.context().span().span_context().trace_id();
-    if own != opentelemetry::trace::TraceId::INVALID {
-        span.record("trace_id", tracing::field::display(own));
-    }
-    Some(span)
-}
-
-/// `messaging.destination.name` of a handled message: a served route as it is, a sender's
-/// text escaped and cut.
-struct Destination<'a>(&'static str, &'a str);
-
-impl std::fmt::Display for Destination<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self.0 {
-            "" => crate::text::for_log(self.1).fmt(f),
-            served => f.write_str(served),
-        }
+        self.recorder.record(self.record);
     }
 }
 
-/// Records how a handled message ended.
-pub(crate) fn served(span: &Span, reply: &Reply) {
-    if reply.is_no_handler() {
-        fail(span, "no_handler");
-    } else if let Some(e) = reply.as_error() {
-        fail(span, e.kind());
+/// The caller's span context from a message's headers, and the OpenTelemetry context to build
+/// the message's on (its baggage). A `traceparent` alone is read here; with `tracestate` or
+/// `baggage`, by the W3C propagators.
+fn remote_parent(headers: &crate::service::Headers) -> (Option<SpanContext>, opentelemetry::Context) {
+    if headers.is_empty() {
+        return (None, opentelemetry::Context::new());
     }
+    if headers.get("tracestate").is_none() && headers.get("baggage").is_none() {
+        let parent = headers.get("traceparent").and_then(parse_traceparent);
+        return (parent, opentelemetry::Context::new());
+    }
+    let cx = propagation::extract(headers);
+    let parent = ours(cx.span().span_context()).map(|p| SpanContext { remote: true, ..p });
+    (parent, cx)
 }
 
-/// The span of a call about to be sent, child of the current span, its context written into
-/// the call's headers; `None` when no subscriber records it.
-pub(crate) fn client(out: &mut Outbound, system: &'static str) -> Option<Span> {
-    if NEVER_SAMPLED.load(std::sync::atomic::Ordering::Relaxed) {
+/// A W3C `traceparent` (version 00, or a later one read as 00 says); `None` when invalid.
+pub(crate) fn parse_traceparent(value: &str) -> Option<SpanContext> {
+    let value = value.trim();
+    let b = value.as_bytes();
+    if b.len() < 55 || b[2] != b'-' || b[35] != b'-' || b[52] != b'-' {
         return None;
     }
-    let route = &*out.route;
-    let (op, otel_kind) = match out.kind {
-        Kind::Request => ("send", "client"),
-        Kind::Event => ("emit", "producer"),
+    let version = hex_byte(&b[0..2])?;
+    if version == 0xff || (version == 0 && b.len() != 55) || (b.len() > 55 && b[55] != b'-') {
+        return None;
+    }
+    let mut trace_id = [0; 16];
+    for (i, out) in trace_id.iter_mut().enumerate() {
+        *out = hex_byte(&b[3 + 2 * i..5 + 2 * i])?;
+    }
+    let mut span_id = [0; 8];
+    for (i, out) in span_id.iter_mut().enumerate() {
+        *out = hex_byte(&b[36 + 2 * i..38 + 2 * i])?;
+    }
+    let flags = hex_byte(&b[53..55])?;
+    if trace_id == [0; 16] || span_id == [0; 8] {
+        return None;
+    }
+    Some(SpanContext {
+        trace_id,
+        span_id,
+        flags: flags & SAMPLED,
+        trace_state: None,
+        remote: true,
+    })
+}
+
+/// Two lowercase hex digits, as W3C trace context requires.
+fn hex_byte(two: &[u8]) -> Option<u8> {
+    let digit = |c: u8| match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        _ => None,
     };
-    let span = tracing::info_span!(
-        target: TARGET,
-        "send",
-        otel.name = format!("send {route}"),
-        otel.kind = otel_kind,
-        messaging.system = system,
-        messaging.destination.name = route,
-        messaging.operation.type = "send",
-        messaging.operation.name = op,
-        // Not encoded when handed over in-process as a value.
-        messaging.message.body.size = (out.local.is_none()).then_some(out.payload.len()),
-        error.type = Empty,
-        otel.status_code = Empty,
-    );
-    if span.is_disabled() {
-        return None;
-    }
-    propagation::inject(&span.context(), &mut out.headers);
-    Some(span)
+    Some(digit(two[0])? << 4 | digit(two[1])?)
 }
 
-/// Records how a call ended (a request: its first reply packet; an event: its hand-over).
-pub(crate) fn sent(span: &Span, outcome: &Result<Replies, Error>) {
-    match outcome {
-        Err(e) => fail(span, e.kind()),
-        Ok(replies) => {
-            if let Some(e) = replies.first_error() {
-                fail(span, e.kind());
-            }
+/// Lowercase hex of an id.
+pub(crate) struct Hex<'a>(pub(crate) &'a [u8]);
+
+impl std::fmt::Display for Hex<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for b in self.0 {
+            write!(f, "{b:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+/// An OpenTelemetry span context as ours; `None` when invalid.
+fn ours(sc: &opentelemetry::trace::SpanContext) -> Option<SpanContext> {
+    if !sc.is_valid() {
+        return None;
+    }
+    let state = sc.trace_state().header();
+    Some(SpanContext {
+        trace_id: sc.trace_id().to_bytes(),
+        span_id: sc.span_id().to_bytes(),
+        flags: sc.trace_flags().to_u8() & SAMPLED,
+        trace_state: (!state.is_empty()).then(|| Arc::from(state)),
+        remote: sc.is_remote(),
+    })
+}
+
+/// Ours as OpenTelemetry's, for the handler's context.
+fn otel(sc: &SpanContext) -> opentelemetry::trace::SpanContext {
+    let state = sc
+        .trace_state
+        .as_deref()
+        .and_then(|s| s.parse::<TraceState>().ok())
+        .unwrap_or_default();
+    opentelemetry::trace::SpanContext::new(
+        opentelemetry::trace::TraceId::from_bytes(sc.trace_id),
+        opentelemetry::trace::SpanId::from_bytes(sc.span_id),
+        TraceFlags::new(sc.flags),
+        sc.remote,
+        state,
+    )
+}
+
+/// A call being sent; dropped before it is [`sent`](Self::sent) (cancelled), its span ends
+/// then.
+pub(crate) struct Sending {
+    record: Option<SpanRecord>,
+    recorder: &'static Recorder,
+}
+
+impl Drop for Sending {
+    fn drop(&mut self) {
+        if let Some(mut record) = self.record.take() {
+            record.end = record::now();
+            self.recorder.record(record);
         }
     }
 }
 
-fn fail(span: &Span, kind: &'static str) {
-    span.record("error.type", kind);
-    span.record("otel.status_code", "ERROR");
+/// The span of a call about to be sent, child of the current context (a handled message, or
+/// an application span), its context written into the call's headers; `None` when
+/// Switchboard's spans are not recorded.
+pub(crate) fn client(out: &mut Outbound, system: &'static str) -> Option<Sending> {
+    let recorder = export::recorder()?;
+    let start = record::now();
+    let parent = opentelemetry::Context::map_current(|cx| {
+        use opentelemetry::baggage::BaggageExt;
+        if !cx.baggage().is_empty() {
+            propagation::inject_baggage(cx, &mut out.headers);
+        }
+        ours(cx.span().span_context())
+    });
+    let trace_id = parent.as_ref().map_or_else(record::trace_id, |p| p.trace_id);
+    let sampled = recorder
+        .sampler
+        .sample(&trace_id, parent.as_ref().map(|p| p.flags & SAMPLED != 0));
+    let (kind, operation_name) = match out.kind {
+        Kind::Request => (SpanKind::Client, "send"),
+        Kind::Event => (SpanKind::Producer, "emit"),
+    };
+    let record = SpanRecord {
+        trace_id,
+        span_id: record::span_id(),
+        parent_span_id: parent.as_ref().map_or([0; 8], |p| p.span_id),
+        parent_is_remote: parent.as_ref().is_some_and(|p| p.remote),
+        flags: if sampled { SAMPLED } else { 0 },
+        trace_state: parent.and_then(|p| p.trace_state),
+        kind,
+        name: out.route.clone(),
+        destination: out.route.clone(),
+        system,
+        operation_name,
+        switchboard_kind: None,
+        // Not encoded when handed over in-process as a value.
+        body_size: out.local.is_none().then_some(out.payload.len() as u64),
+        error_type: None,
+        link: None,
+        start,
+        end: 0,
+    };
+    out.headers.insert(
+        "traceparent",
+        format!(
+            "00-{}-{}-{:02x}",
+            Hex(&record.trace_id),
+            Hex(&record.span_id),
+            record.flags
+        ),
+    );
+    match &record.trace_state {
+        Some(state) => out.headers.insert("tracestate", &**state),
+        None => drop(out.headers.remove("tracestate")),
+    }
+    Some(Sending {
+        record: Some(record),
+        recorder,
+    })
+}
+
+impl Sending {
+    /// Ends the span of a call (a request: at its first reply packet; an event: at its
+    /// hand-over).
+    pub(crate) fn sent(mut self, outcome: &Result<Replies, Error>) {
+        if let Some(record) = &mut self.record {
+            record.error_type = match outcome {
+                Err(e) => Some(e.kind()),
+                Ok(replies) => replies.first_error().map(|e| e.kind()),
+            };
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn traceparents_after_the_w3c_rules() {
+        let ok = parse_traceparent("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01").unwrap();
+        assert_eq!(Hex(&ok.trace_id).to_string(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(Hex(&ok.span_id).to_string(), "00f067aa0ba902b7");
+        assert_eq!((ok.flags, ok.remote), (SAMPLED, true));
+        // A later version may append fields; only flags' sampled bit is kept.
+        let later = parse_traceparent("01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-03-extra").unwrap();
+        assert_eq!(later.flags, SAMPLED);
+        for bad in [
+            "",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-0g",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736_00f067aa0ba902b7-01",
+            "00-zz-\u{202e}-01",
+        ] {
+            assert!(parse_traceparent(bad).is_none(), "{bad}");
+        }
+    }
+
+    /// The propagator and the fast path read the same contexts.
+    #[test]
+    fn the_fast_path_agrees_with_the_propagator() {
+        for value in [
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-x",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+        ] {
+            let mut headers = crate::service::Headers::new();
+            headers.insert("traceparent", value);
+            let theirs = propagation::extract(&headers);
+            assert_eq!(parse_traceparent(value), ours(theirs.span().span_context()), "{value}");
+        }
+    }
 }
