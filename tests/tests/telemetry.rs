@@ -735,15 +735,43 @@ async fn otlp_over_http_json() {
         ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "http/json"),
         ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:9"),
         ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", endpoint.as_str()),
+        // Switchboard's spans in the logs too: a handler's lines carry its message's trace id.
+        ("RUST_LOG", "trace,switchboard::telemetry=info"),
     ];
     let (status, printed) = child("otlp_over_http_json", "calls", &env).await;
     assert!(status.success(), "the child failed:\n{printed}");
     let tree = child_trace(&collector).await;
     assert_eq!(tree, expected_over_tcp(), "spans as exported:\n{tree}");
+    let spans = collector.spans.lock().unwrap().clone();
+    let trace = &spans.iter().find(|s| s.name == "case tcp").unwrap().trace_id;
+    let plain = strip_ansi(&printed);
+    let line = plain
+        .lines()
+        .find(|l| l.contains("front calls add_one"))
+        .unwrap_or_else(|| panic!("the handler's line is missing:\n{plain}"));
+    assert!(
+        line.contains(&format!("trace_id={trace}")) && line.contains("process traced.front"),
+        "{line}"
+    );
     for post in collector.posts.lock().unwrap().iter() {
         assert_eq!(post.path, "/collect/traces", "{post:?}");
         assert_eq!(post.content_type, "application/json", "{post:?}");
     }
+}
+
+/// `text` without its terminal colours.
+fn strip_ansi(text: &str) -> String {
+    let mut plain = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\u{1b}' => {
+                chars.by_ref().find(|&c| c == 'm');
+            }
+            c => plain.push(c),
+        }
+    }
+    plain
 }
 
 /// A protocol `init` does not know is an error naming the variable and the choices (the SDK

@@ -47,6 +47,8 @@ use tracing_subscriber::{EnvFilter, Layer, Registry};
 
 use crate::error::{Error, Result};
 
+mod bridge;
+mod current;
 pub(crate) mod encode;
 mod export;
 mod observe;
@@ -242,11 +244,13 @@ impl Builder {
         let spans = tracing_subscriber::filter::Targets::new()
             .with_target(span::TARGET, tracing_subscriber::filter::LevelFilter::OFF)
             .with_default(tracing_subscriber::filter::LevelFilter::INFO);
-        let layer = tracing_opentelemetry::layer()
-            .with_tracer(tracer)
-            .with_tracked_inactivity(false)
-            .with_threads(false)
-            .with_filter(spans);
+        let layer = bridge::Bridge(
+            tracing_opentelemetry::layer()
+                .with_tracer(tracer)
+                .with_tracked_inactivity(false)
+                .with_threads(false),
+        )
+        .with_filter(spans);
         opentelemetry::global::set_tracer_provider(provider.clone());
         Ok((layer, Telemetry { provider, recorder }))
     }

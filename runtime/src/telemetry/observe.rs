@@ -20,7 +20,7 @@ pub(crate) fn observe(name: &'static str, route: Route) -> Route {
     Route::from_fn(move |req| {
         let processing = span::server(recorder, &req, name);
         let inner = {
-            let _current = processing.context.clone().attach();
+            let _current = super::current::enter(&processing.current);
             let _log = processing.log.as_ref().map(tracing::Span::enter);
             route.call(req)
         };
@@ -44,7 +44,7 @@ impl Future for Traced {
         let this = &mut *self;
         let polled = match &this.processing {
             Some(processing) => {
-                let _current = processing.context.clone().attach();
+                let _current = super::current::enter(&processing.current);
                 let _log = processing.log.as_ref().map(tracing::Span::enter);
                 this.inner.as_mut().poll(cx)
             }

@@ -128,9 +128,9 @@ pub(crate) fn now() -> u64 {
 }
 
 thread_local! {
-    /// Per-thread xorshift state, seeded from the process's random hasher keys and the
-    /// thread: ids need to be unique, not secret.
-    static RNG: Cell<u64> = Cell::new(seed());
+    /// Per-thread xorshift state (0 until first used), seeded from the process's random hasher
+    /// keys and the clock: ids need to be unique, not secret.
+    static RNG: Cell<u64> = const { Cell::new(0) };
 }
 
 fn seed() -> u64 {
@@ -142,8 +142,11 @@ fn seed() -> u64 {
 
 fn next() -> u64 {
     RNG.with(|state| {
+        let mut x = match state.get() {
+            0 => seed(),
+            x => x,
+        };
         // xorshift64*
-        let mut x = state.get();
         x ^= x >> 12;
         x ^= x << 25;
         x ^= x >> 27;

@@ -5,15 +5,16 @@
 //!
 //! They are records of Switchboard's own ([`record`](super::record)), not `tracing` spans:
 //! a sampled message costs a few stores and a clock read at each end. While a message is
-//! handled its span's context is the current OpenTelemetry context, so the handler's own
-//! `tracing` spans (recorded by the OpenTelemetry layer, which takes that context as their
-//! parent) and the calls it makes continue its trace.
+//! handled its span is this thread's current one ([`current`](super::current)), so the
+//! handler's own `tracing` spans (parented by [`bridge`](super::bridge)) and the calls it
+//! makes continue its trace.
 
 use std::borrow::Cow;
 use std::sync::Arc;
 
 use opentelemetry::trace::{TraceContextExt, TraceFlags, TraceState};
 
+use super::current::{self, Current};
 use super::export::{self, Recorder};
 use super::propagation;
 use super::record::{self, SAMPLED, SpanContext, SpanKind, SpanRecord};
@@ -42,7 +43,7 @@ pub(crate) fn system(transport: &str) -> &'static str {
 /// its handler runs in.
 pub(crate) struct Processing {
     record: SpanRecord,
-    pub(crate) context: opentelemetry::Context,
+    pub(crate) current: Current,
     /// For the logs, when a filter asks for Switchboard's spans.
     pub(crate) log: Option<tracing::Span>,
     recorder: &'static Recorder,
@@ -93,7 +94,10 @@ pub(crate) fn server(recorder: &'static Recorder, req: &Request, name: &'static 
         start,
         end: 0,
     };
-    let context = base.with_remote_span_context(otel(&record.context()));
+    let current = Current {
+        span: record.context(),
+        base,
+    };
     let log = tracing::info_span!(
         target: TARGET,
         "process",
@@ -104,7 +108,7 @@ pub(crate) fn server(recorder: &'static Recorder, req: &Request, name: &'static 
     Processing {
         log: (!log.is_disabled()).then_some(log),
         record,
-        context,
+        current,
         recorder,
     }
 }
@@ -127,17 +131,16 @@ impl Processing {
 /// The caller's span context from a message's headers, and the OpenTelemetry context to build
 /// the message's on (its baggage). A `traceparent` alone is read here; with `tracestate` or
 /// `baggage`, by the W3C propagators.
-fn remote_parent(headers: &crate::service::Headers) -> (Option<SpanContext>, opentelemetry::Context) {
+fn remote_parent(headers: &crate::service::Headers) -> (Option<SpanContext>, Option<opentelemetry::Context>) {
     if headers.is_empty() {
-        return (None, opentelemetry::Context::new());
+        return (None, None);
     }
     if headers.get("tracestate").is_none() && headers.get("baggage").is_none() {
-        let parent = headers.get("traceparent").and_then(parse_traceparent);
-        return (parent, opentelemetry::Context::new());
+        return (headers.get("traceparent").and_then(parse_traceparent), None);
     }
     let cx = propagation::extract(headers);
     let parent = ours(cx.span().span_context()).map(|p| SpanContext { remote: true, ..p });
-    (parent, cx)
+    (parent, Some(cx))
 }
 
 /// A W3C `traceparent` (version 00, or a later one read as 00 says); `None` when invalid.
@@ -210,7 +213,7 @@ fn ours(sc: &opentelemetry::trace::SpanContext) -> Option<SpanContext> {
 }
 
 /// Ours as OpenTelemetry's, for the handler's context.
-fn otel(sc: &SpanContext) -> opentelemetry::trace::SpanContext {
+pub(crate) fn otel(sc: &SpanContext) -> opentelemetry::trace::SpanContext {
     let state = sc
         .trace_state
         .as_deref()
@@ -247,12 +250,23 @@ impl Drop for Sending {
 pub(crate) fn client(out: &mut Outbound, system: &'static str) -> Option<Sending> {
     let recorder = export::recorder()?;
     let start = record::now();
-    let parent = opentelemetry::Context::map_current(|cx| {
+    let mut baggage = |cx: &opentelemetry::Context| {
         use opentelemetry::baggage::BaggageExt;
         if !cx.baggage().is_empty() {
             propagation::inject_baggage(cx, &mut out.headers);
         }
-        ours(cx.span().span_context())
+    };
+    let parent = current::innermost(|message| match message {
+        Some(message) => {
+            if let Some(base) = &message.base {
+                baggage(base);
+            }
+            Some(message.span.clone())
+        }
+        None => opentelemetry::Context::map_current(|cx| {
+            baggage(cx);
+            ours(cx.span().span_context())
+        }),
     });
     let trace_id = parent.as_ref().map_or_else(record::trace_id, |p| p.trace_id);
     let sampled = recorder
