@@ -550,6 +550,11 @@ impl ServerProc {
                 // On failure the child goes with its stdin, which makes it exit.
                 let port = announced_port(&mut child, "OTLP collector")?;
                 collector = Some(child);
+                // Every span exported: at these rates the specification's queue of 2048 would
+                // drop some (a dropped span costs nothing, and the server says so).
+                if std::env::var_os("OTEL_BSP_MAX_QUEUE_SIZE").is_none() {
+                    cmd.env("OTEL_BSP_MAX_QUEUE_SIZE", "65536");
+                }
                 cmd.env("OTEL_TRACES_SAMPLER", "always_on")
                     .env(serve::OTLP_ENDPOINT, format!("http://127.0.0.1:{port}"))
             }

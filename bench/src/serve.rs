@@ -116,7 +116,19 @@ async fn observe(kind: Kind) {
         .endpoint(endpoint)
         .init()
         .expect("tracing starts");
-    std::mem::forget(telemetry);
+    // A span dropped is a span not paid for: said, so that a run that drops is not read as
+    // a cheap one.
+    std::thread::spawn(move || {
+        let mut said = 0;
+        loop {
+            std::thread::sleep(std::time::Duration::from_secs(1));
+            let dropped = telemetry.dropped();
+            if dropped > said {
+                eprintln!("traced server: {dropped} spans dropped so far (the export queue was full)");
+                said = dropped;
+            }
+        }
+    });
 }
 
 /// Runs as the `traced` server's OTLP collector (counting the spans it receives) until the

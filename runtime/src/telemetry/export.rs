@@ -192,8 +192,7 @@ fn spawn(sampler: Sampler, batching: Batching, encoder: Encoder, sender: Sender)
 /// The exporter's thread: waits for a full batch, a flush or the delay, then sends what is
 /// queued in batches.
 fn drain(recorder: &'static Recorder, runtime: &tokio::runtime::Runtime, encoder: &Encoder, sender: &Connected) {
-    let mut body = Vec::<u8>::new();
-    let mut batch = Vec::with_capacity(recorder.batching.max_batch);
+    let mut spare = Vec::new();
     let mut failing = false;
     loop {
         let mut queue = recorder.queue.lock().unwrap_or_else(|e| e.into_inner());
@@ -218,30 +217,23 @@ fn drain(recorder: &'static Recorder, runtime: &tokio::runtime::Runtime, encoder
         }
         let asked = queue.asked;
         let stop = recorder.stopped.load(Ordering::Relaxed);
-        let mut failure = None;
-        while !queue.spans.is_empty() {
-            let n = queue.spans.len().min(recorder.batching.max_batch);
-            batch.extend(queue.spans.drain(..n));
-            drop(queue);
-            body.clear();
-            sender.encode(encoder, &batch, &mut body);
-            batch.clear();
-            let room = body.capacity();
-            let sent = Bytes::from(std::mem::replace(&mut body, Vec::with_capacity(room)));
-            if let Err(e) = runtime.block_on(sender.send(sent)) {
-                if !failing {
-                    tracing::warn!(error = %e, "cannot export spans");
-                }
-                failing = true;
-                failure = Some(e.to_string());
-            } else {
-                failing = false;
-            }
-            queue = recorder.queue.lock().unwrap_or_else(|e| e.into_inner());
+        // Everything queued is taken at once (draining a batch from the front would move the
+        // rest each time), then sent in batches, a few at a time.
+        let taken = std::mem::replace(&mut queue.spans, std::mem::take(&mut spare));
+        drop(queue);
+        let failure = runtime.block_on(send_all(sender, encoder, &taken, recorder.batching.max_batch));
+        if let Some(e) = &failure
+            && !failing
+        {
+            tracing::warn!(error = %e, "cannot export spans");
         }
+        failing = failure.is_some();
+        spare = taken;
+        spare.clear();
+        let mut queue = recorder.queue.lock().unwrap_or_else(|e| e.into_inner());
         queue.done = asked;
-        if failure.is_some() {
-            queue.failure = failure;
+        if let Some(e) = failure {
+            queue.failure = Some(e.to_string());
         }
         drop(queue);
         recorder.flushed.notify_all();
@@ -249,6 +241,32 @@ fn drain(recorder: &'static Recorder, runtime: &tokio::runtime::Runtime, encoder
             return;
         }
     }
+}
+
+/// Exports sent at once, each waiting for the collector's answer.
+const IN_FLIGHT: usize = 4;
+
+/// Sends `spans` in batches of `max_batch`, [`IN_FLIGHT`] at a time; the last failure.
+async fn send_all(sender: &Connected, encoder: &Encoder, spans: &[SpanRecord], max_batch: usize) -> Option<Error> {
+    use futures_util::StreamExt;
+    let mut sending = futures_util::stream::FuturesUnordered::new();
+    let mut failure = None;
+    for batch in spans.chunks(max_batch) {
+        if sending.len() == IN_FLIGHT
+            && let Some(Err(e)) = sending.next().await
+        {
+            failure = Some(e);
+        }
+        let mut body = Vec::new();
+        sender.encode(encoder, batch, &mut body);
+        sending.push(sender.send(Bytes::from(body)));
+    }
+    while let Some(sent) = sending.next().await {
+        if let Err(e) = sent {
+            failure = Some(e);
+        }
+    }
+    failure
 }
 
 /// Who sends: the collector tells Switchboard's exports from the SDK's.
