@@ -491,7 +491,18 @@ impl Telemetry {
     }
 
     /// Switchboard's spans dropped so far because they ended faster than they could be
-    /// exported (more than `OTEL_BSP_MAX_QUEUE_SIZE` waiting).
+    /// exported (more than `OTEL_BSP_MAX_QUEUE_SIZE` waiting): worth watching at high rates.
+    ///
+    /// ```no_run
+    /// # #[tokio::main]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let telemetry = switchboard::telemetry::init("users")?;
+    /// // … serve …
+    /// if telemetry.dropped() > 0 {
+    ///     eprintln!("raise OTEL_BSP_MAX_QUEUE_SIZE: {} spans dropped", telemetry.dropped());
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub fn dropped(&self) -> u64 {
         self.recorder.map_or(0, |r| r.dropped())
     }
