@@ -124,7 +124,7 @@ async fn observe(kind: Kind) {
             std::thread::sleep(std::time::Duration::from_secs(1));
             let dropped = telemetry.dropped();
             if dropped > said {
-                eprintln!("traced server: {dropped} spans dropped so far (the export queue was full)");
+                eprintln!("traced server: {dropped} spans dropped so far (export queue full, or export failed)");
                 said = dropped;
             }
         }

@@ -806,6 +806,26 @@ async fn init_refusal(test: &str, env: &[(&str, &str)]) -> String {
     printed
 }
 
+/// A header gRPC cannot carry fails `init` with an error, not a panic (the exporter's runtime
+/// was dropped inside the caller's), and its value is not shown.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_header_grpc_cannot_carry_fails_init() {
+    if std::env::var(CHILD).is_ok() {
+        return child_init_fails();
+    }
+    let env = [
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:9"),
+        ("OTEL_EXPORTER_OTLP_HEADERS", "x-token=s3cret%0Aline"),
+    ];
+    let printed = init_refusal("a_header_grpc_cannot_carry_fails_init", &env).await;
+    assert!(
+        printed.contains("init: invalid telemetry: OTEL_EXPORTER_OTLP_HEADERS holds a header gRPC cannot carry")
+            && !printed.contains("s3cret"),
+        "{printed}"
+    );
+}
+
 // OTLP over TLS, to collectors that take only clients with a certificate from their CA.
 
 /// A CA, a server certificate for `localhost` and a client certificate, both signed by the

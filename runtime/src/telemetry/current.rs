@@ -39,28 +39,23 @@ thread_local! {
     static ENTERED: Cell<Option<Entered>> = const { Cell::new(None) };
 }
 
-/// `current` is this thread's until the guard drops.
-pub(crate) fn enter(current: &Current) -> Guard<'_> {
+/// Runs `f` with `current` as this thread's handled message (what it replaces is restored
+/// after, even if `f` panics).
+pub(crate) fn within<R>(current: &Current, f: impl FnOnce() -> R) -> R {
     let otel = opentelemetry::Context::map_current(|cx| cx.span().span_context().span_id());
-    let previous = ENTERED.replace(Some(Entered {
+    let _restore = Restore(ENTERED.replace(Some(Entered {
         current: current as *const Current,
         otel,
-    }));
-    Guard {
-        previous,
-        _current: std::marker::PhantomData,
-    }
+    })));
+    f()
 }
 
 /// Restores what was entered before.
-pub(crate) struct Guard<'a> {
-    previous: Option<Entered>,
-    _current: std::marker::PhantomData<&'a Current>,
-}
+struct Restore(Option<Entered>);
 
-impl Drop for Guard<'_> {
+impl Drop for Restore {
     fn drop(&mut self) {
-        ENTERED.set(self.previous);
+        ENTERED.set(self.0);
     }
 }
 
@@ -70,8 +65,8 @@ pub(crate) fn innermost<R>(f: impl FnOnce(Option<&Current>) -> R) -> R {
     let entered = ENTERED
         .get()
         .filter(|e| opentelemetry::Context::map_current(|cx| cx.span().span_context().span_id()) == e.otel);
-    // SAFETY: an `Entered` is set only by `enter`, whose guard borrows the `Current` and
-    // restores the previous value when dropped: the pointer is live while it is set.
+    // SAFETY: an `Entered` is set only inside `within`, which borrows the `Current` for the
+    // whole time it is set and restores the previous value when it returns or unwinds.
     f(entered.and_then(|e| unsafe { e.current.as_ref() }))
 }
 
@@ -97,15 +92,15 @@ mod tests {
     fn entered_spans_nest_and_unwind() {
         let (a, b) = (current(1), current(2));
         innermost(|c| assert!(c.is_none()));
-        {
-            let _a = enter(&a);
+        within(&a, || {
             innermost(|c| assert_eq!(c.unwrap().span.span_id, [1; 8]));
-            {
-                let _b = enter(&b);
-                innermost(|c| assert_eq!(c.unwrap().span.span_id, [2; 8]));
-            }
+            within(&b, || innermost(|c| assert_eq!(c.unwrap().span.span_id, [2; 8])));
             innermost(|c| assert_eq!(c.unwrap().span.span_id, [1; 8]));
-        }
+            // A panic inside unwinds what it entered.
+            let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| within(&b, || panic!("handler"))));
+            assert!(caught.is_err());
+            innermost(|c| assert_eq!(c.unwrap().span.span_id, [1; 8]));
+        });
         innermost(|c| assert!(c.is_none()));
     }
 
@@ -114,13 +109,14 @@ mod tests {
     #[test]
     fn a_context_attached_inside_is_innermost() {
         let a = current(1);
-        let _a = enter(&a);
-        let inner = current(3).otel();
-        {
-            let _attached = inner.attach();
-            innermost(|c| assert!(c.is_none()));
-        }
-        innermost(|c| assert_eq!(c.unwrap().span.span_id, [1; 8]));
+        within(&a, || {
+            let inner = current(3).otel();
+            {
+                let _attached = inner.attach();
+                innermost(|c| assert!(c.is_none()));
+            }
+            innermost(|c| assert_eq!(c.unwrap().span.span_id, [1; 8]));
+        });
         let otel = a.otel();
         assert_eq!(otel.span().span_context().span_id().to_bytes(), [1; 8]);
         assert!(otel.span().span_context().is_sampled());

@@ -56,6 +56,9 @@ pub(crate) struct Recorder {
     /// Spans refused because the queue was full.
     dropped: AtomicU64,
     stopped: AtomicBool,
+    /// The recorder that was active when this one started, active again when this one stops
+    /// (a second `init` that fails must not turn off the first's spans).
+    previous: Option<&'static Recorder>,
 }
 
 #[derive(Default)]
@@ -105,7 +108,7 @@ impl Recorder {
         }
     }
 
-    /// Spans dropped so far because the queue was full.
+    /// Spans dropped so far: the queue was full, or their export failed.
     pub(crate) fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
     }
@@ -139,13 +142,20 @@ impl Recorder {
         if let Err(e) = self.flush(within) {
             tracing::debug!(error = %e, "telemetry shutdown");
         }
+        let previous = self
+            .previous
+            .filter(|p| !p.stopped.load(Ordering::Relaxed))
+            .map_or(std::ptr::null_mut(), |p| p as *const Recorder as *mut Recorder);
         let _ = ACTIVE.compare_exchange(
             self as *const Recorder as *mut Recorder,
-            std::ptr::null_mut(),
+            previous,
             Ordering::AcqRel,
             Ordering::Relaxed,
         );
+        // Under the lock: the exporter's thread cannot be between its check and its wait.
+        let queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
         self.stopped.store(true, Ordering::Relaxed);
+        drop(queue);
         self.wake.notify_one();
     }
 }
@@ -173,19 +183,39 @@ fn spawn(sampler: Sampler, batching: Batching, encoder: Encoder, sender: Sender)
         flushed: Condvar::new(),
         dropped: AtomicU64::new(0),
         stopped: AtomicBool::new(false),
+        previous: recorder(),
     }));
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| super::config(format!("cannot start the span exporter: {e}")))?;
-    let sender = {
-        let _inside = runtime.enter();
-        sender.connect()?
-    };
+    // The runtime is made, used and dropped on the exporter's thread: dropping one on the
+    // caller's (inside its own runtime) would panic.
+    let (ready, started) = std::sync::mpsc::channel();
     std::thread::Builder::new()
         .name("switchboard-spans".into())
-        .spawn(move || drain(recorder, &runtime, &encoder, &sender))
+        .spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(runtime) => runtime,
+                Err(e) => {
+                    let _ = ready.send(Err(super::config(format!("cannot start the span exporter: {e}"))));
+                    return;
+                }
+            };
+            let connected = {
+                let _inside = runtime.enter();
+                sender.connect()
+            };
+            match connected {
+                Ok(sender) => {
+                    let _ = ready.send(Ok(()));
+                    drain(recorder, &runtime, &encoder, &sender);
+                }
+                Err(e) => {
+                    let _ = ready.send(Err(e));
+                }
+            }
+        })
         .map_err(|e| super::config(format!("cannot start the span exporter's thread: {e}")))?;
+    started
+        .recv()
+        .unwrap_or_else(|_| Err(super::config("the span exporter's thread stopped".to_owned())))?;
     Ok(recorder)
 }
 
@@ -217,11 +247,13 @@ fn drain(recorder: &'static Recorder, runtime: &tokio::runtime::Runtime, encoder
         }
         let asked = queue.asked;
         let stop = recorder.stopped.load(Ordering::Relaxed);
+        super::record::anchor();
         // Everything queued is taken at once (draining a batch from the front would move the
         // rest each time), then sent in batches, a few at a time.
         let taken = std::mem::replace(&mut queue.spans, std::mem::take(&mut spare));
         drop(queue);
-        let failure = runtime.block_on(send_all(sender, encoder, &taken, recorder.batching.max_batch));
+        let (failure, lost) = runtime.block_on(send_all(sender, encoder, &taken, recorder.batching.max_batch));
+        recorder.dropped.fetch_add(lost, Ordering::Relaxed);
         if let Some(e) = &failure
             && !failing
         {
@@ -232,9 +264,8 @@ fn drain(recorder: &'static Recorder, runtime: &tokio::runtime::Runtime, encoder
         spare.clear();
         let mut queue = recorder.queue.lock().unwrap_or_else(|e| e.into_inner());
         queue.done = asked;
-        if let Some(e) = failure {
-            queue.failure = Some(e.to_string());
-        }
+        // What a flush reports: how the exports it waited for went.
+        queue.failure = failure.map(|e| e.to_string());
         drop(queue);
         recorder.flushed.notify_all();
         if stop {
@@ -246,27 +277,41 @@ fn drain(recorder: &'static Recorder, runtime: &tokio::runtime::Runtime, encoder
 /// Exports sent at once, each waiting for the collector's answer.
 const IN_FLIGHT: usize = 4;
 
-/// Sends `spans` in batches of `max_batch`, [`IN_FLIGHT`] at a time; the last failure.
-async fn send_all(sender: &Connected, encoder: &Encoder, spans: &[SpanRecord], max_batch: usize) -> Option<Error> {
+/// Sends `spans` in batches of `max_batch`, [`IN_FLIGHT`] at a time; after a failure the rest
+/// is not tried (the collector is down or refusing). The failure and the spans not exported.
+async fn send_all(
+    sender: &Connected,
+    encoder: &Encoder,
+    spans: &[SpanRecord],
+    max_batch: usize,
+) -> (Option<Error>, u64) {
     use futures_util::StreamExt;
     let mut sending = futures_util::stream::FuturesUnordered::new();
     let mut failure = None;
-    for batch in spans.chunks(max_batch) {
-        if sending.len() == IN_FLIGHT
-            && let Some(Err(e)) = sending.next().await
+    let mut lost = 0;
+    let mut batches = spans.chunks(max_batch);
+    loop {
+        if failure.is_none()
+            && sending.len() < IN_FLIGHT
+            && let Some(batch) = batches.next()
         {
-            failure = Some(e);
+            let mut body = Vec::new();
+            sender.encode(encoder, batch, &mut body);
+            let n = batch.len() as u64;
+            sending.push(async move { sender.send(Bytes::from(body)).await.map_err(|e| (e, n)) });
+            continue;
         }
-        let mut body = Vec::new();
-        sender.encode(encoder, batch, &mut body);
-        sending.push(sender.send(Bytes::from(body)));
-    }
-    while let Some(sent) = sending.next().await {
-        if let Err(e) = sent {
-            failure = Some(e);
+        match sending.next().await {
+            Some(Ok(())) => {}
+            Some(Err((e, n))) => {
+                lost += n;
+                failure = Some(e);
+            }
+            None => break,
         }
     }
-    failure
+    lost += batches.map(|b| b.len() as u64).sum::<u64>();
+    (failure, lost)
 }
 
 /// Who sends: the collector tells Switchboard's exports from the SDK's.
@@ -316,6 +361,7 @@ impl Sender {
                 let mut at = tonic::transport::Endpoint::from_shared(endpoint)
                     .map_err(|_| bad())?
                     .timeout(timeout)
+                    .connect_timeout(timeout)
                     .user_agent(USER_AGENT)
                     .map_err(|_| bad())?;
                 if let Some(tls) = tls {

@@ -92,6 +92,24 @@ pub fn continue_trace(span: &tracing::Span, headers: &crate::service::Headers) -
     parent.span().span_context().is_valid() && span.set_parent(parent).is_ok()
 }
 
+/// The OpenTelemetry context of the message this code handles (its `process` span, and the
+/// baggage it came with); outside a handler, [`opentelemetry::Context::current`]. Inside a
+/// handler the message's span is current for Switchboard's calls and for `tracing` spans, but
+/// it is not attached as OpenTelemetry's current context (that would cost every message an
+/// allocation): code that propagates by hand (an HTTP call with its own propagator) or hands
+/// the context to a spawned task asks for it here.
+///
+/// ```
+/// use opentelemetry::trace::TraceContextExt;
+///
+/// // Outside a handler, and with nothing current: no span.
+/// let cx = switchboard::telemetry::current_context();
+/// assert!(!cx.span().span_context().is_valid());
+/// ```
+pub fn current_context() -> opentelemetry::Context {
+    current::innermost(|message| message.map(current::Current::otel)).unwrap_or_else(opentelemetry::Context::current)
+}
+
 /// Tracing for a service named `service` (unless `OTEL_SERVICE_NAME` names it), to configure.
 pub fn builder(service: &str) -> Builder {
     Builder {
@@ -490,8 +508,9 @@ impl Telemetry {
         ours
     }
 
-    /// Switchboard's spans dropped so far because they ended faster than they could be
-    /// exported (more than `OTEL_BSP_MAX_QUEUE_SIZE` waiting): worth watching at high rates.
+    /// Switchboard's spans dropped so far: they ended faster than they could be exported (more
+    /// than `OTEL_BSP_MAX_QUEUE_SIZE` waiting), or the collector refused or could not be
+    /// reached.
     ///
     /// ```no_run
     /// # #[tokio::main]
@@ -558,6 +577,37 @@ mod tests {
             assert!(!continue_trace(&other, &headers));
             assert_ne!(own.to_string(), "4bf92f3577b34da6a3ce929d0e0e4736");
         });
+    }
+
+    /// Inside a handled message, its span; once a context is attached inside, that one.
+    #[test]
+    fn the_current_context_is_the_handled_message_s() {
+        use opentelemetry::trace::TraceContextExt as _;
+        let message = current::Current {
+            span: record::SpanContext {
+                trace_id: [7; 16],
+                span_id: [8; 8],
+                flags: record::SAMPLED,
+                trace_state: None,
+                remote: false,
+            },
+            base: None,
+        };
+        current::within(&message, || {
+            let cx = current_context();
+            assert_eq!(cx.span().span_context().span_id().to_bytes(), [8; 8]);
+            assert!(cx.span().span_context().is_sampled());
+            let inner = opentelemetry::Context::new().with_remote_span_context(opentelemetry::trace::SpanContext::new(
+                opentelemetry::trace::TraceId::from_bytes([7; 16]),
+                opentelemetry::trace::SpanId::from_bytes([9; 8]),
+                opentelemetry::trace::TraceFlags::SAMPLED,
+                false,
+                Default::default(),
+            ));
+            let _attached = inner.attach();
+            assert_eq!(current_context().span().span_context().span_id().to_bytes(), [9; 8]);
+        });
+        assert!(!current_context().span().span_context().is_valid());
     }
 
     #[test]

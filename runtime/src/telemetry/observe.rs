@@ -19,11 +19,10 @@ pub(crate) fn observe(name: &'static str, route: Route) -> Route {
     };
     Route::from_fn(move |req| {
         let processing = span::server(recorder, &req, name);
-        let inner = {
-            let _current = super::current::enter(&processing.current);
+        let inner = super::current::within(&processing.current, || {
             let _log = processing.log.as_ref().map(tracing::Span::enter);
             route.call(req)
-        };
+        });
         Box::pin(Traced {
             inner,
             processing: Some(processing),
@@ -43,11 +42,10 @@ impl Future for Traced {
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Reply> {
         let this = &mut *self;
         let polled = match &this.processing {
-            Some(processing) => {
-                let _current = super::current::enter(&processing.current);
+            Some(processing) => super::current::within(&processing.current, || {
                 let _log = processing.log.as_ref().map(tracing::Span::enter);
                 this.inner.as_mut().poll(cx)
-            }
+            }),
             None => this.inner.as_mut().poll(cx),
         };
         if let Poll::Ready(reply) = &polled

@@ -6,6 +6,7 @@ use std::borrow::Cow;
 use std::cell::Cell;
 use std::sync::Arc;
 use std::sync::LazyLock;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// W3C `sampled` trace flag.
@@ -95,36 +96,37 @@ impl SpanRecord {
     }
 }
 
-/// The wall clock read once, then advanced by the CPU's counter (`quanta`: a read costs a few
-/// nanoseconds where a `clock_gettime` costs tens on some VMs), so durations never go negative
-/// when the wall clock is set back.
-struct Epoch {
-    clock: quanta::Clock,
-    at: u64,
-    wall: u64,
+/// The CPU's counter (`quanta`: a read costs a few nanoseconds where a `clock_gettime` costs
+/// tens on some VMs), turned into wall-clock time by an offset that [`anchor`] refreshes from
+/// the wall clock (the exporter's thread does, every batch or schedule delay), so the counter's
+/// drift and the wall clock's steps reach the spans within seconds.
+static CLOCK: LazyLock<quanta::Clock> = LazyLock::new(quanta::Clock::new);
+
+/// Wall-clock nanoseconds less the counter's, wrapping.
+static OFFSET: AtomicU64 = AtomicU64::new(0);
+
+/// Sets the clock up (it calibrates itself once, for a few milliseconds) and anchors it.
+pub(crate) fn warm_up() {
+    anchor();
 }
 
-static EPOCH: LazyLock<Epoch> = LazyLock::new(|| {
-    let clock = quanta::Clock::new();
-    let at = clock.raw();
+/// Re-reads the wall clock.
+pub(crate) fn anchor() {
+    let clock = &*CLOCK;
+    let counted = clock.delta_as_nanos(0, clock.raw());
     let wall = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64);
-    Epoch { clock, at, wall }
-});
-
-/// Sets the clock up (it calibrates itself once, for a few milliseconds), before any span.
-pub(crate) fn warm_up() {
-    LazyLock::force(&EPOCH);
+    OFFSET.store(wall.wrapping_sub(counted), Ordering::Relaxed);
 }
 
 /// Now, in nanoseconds since the Unix epoch.
 #[inline]
 pub(crate) fn now() -> u64 {
-    let epoch = &*EPOCH;
-    epoch
-        .wall
-        .saturating_add(epoch.clock.delta_as_nanos(epoch.at, epoch.clock.raw()))
+    let clock = &*CLOCK;
+    clock
+        .delta_as_nanos(0, clock.raw())
+        .wrapping_add(OFFSET.load(Ordering::Relaxed))
 }
 
 thread_local! {
@@ -192,6 +194,7 @@ mod tests {
 
     #[test]
     fn the_clock_is_the_wall_clock_and_goes_forward() {
+        warm_up();
         let wall = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos() as u64;
         let (a, b) = (now(), now());
         assert!(b >= a);

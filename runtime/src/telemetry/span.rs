@@ -116,7 +116,8 @@ pub(crate) fn server(recorder: &'static Recorder, req: &Request, name: &'static 
 impl Processing {
     /// Ends the span: with `reply`, or cancelled (`None`: dropped before it replied).
     pub(crate) fn end(mut self, reply: Option<&Reply>) {
-        self.record.end = record::now();
+        // Never before its start, whatever the clock's anchor did meanwhile.
+        self.record.end = record::now().max(self.record.start);
         if let Some(reply) = reply {
             if reply.is_no_handler() {
                 self.record.error_type = Some("no_handler");
@@ -138,8 +139,16 @@ fn remote_parent(headers: &crate::service::Headers) -> (Option<SpanContext>, Opt
     if headers.get("tracestate").is_none() && headers.get("baggage").is_none() {
         return (headers.get("traceparent").and_then(parse_traceparent), None);
     }
+    // The span context is read as the fast path reads it (the SDK's parser accepts more), its
+    // trace state if valid; the propagators bring the baggage.
     let cx = propagation::extract(headers);
-    let parent = ours(cx.span().span_context()).map(|p| SpanContext { remote: true, ..p });
+    let parent = headers.get("traceparent").and_then(parse_traceparent).map(|p| {
+        let state = cx.span().span_context().trace_state().header();
+        SpanContext {
+            trace_state: (!state.is_empty()).then(|| Arc::from(state)),
+            ..p
+        }
+    });
     (parent, Some(cx))
 }
 
@@ -238,7 +247,7 @@ pub(crate) struct Sending {
 impl Drop for Sending {
     fn drop(&mut self) {
         if let Some(mut record) = self.record.take() {
-            record.end = record::now();
+            record.end = record::now().max(record.start);
             self.recorder.record(record);
         }
     }
@@ -258,7 +267,17 @@ pub(crate) fn client(out: &mut Outbound, system: &'static str) -> Option<Sending
     };
     let parent = current::innermost(|message| match message {
         Some(message) => {
-            if let Some(base) = &message.base {
+            // Baggage the handler made current (an attached context keeps the span) wins over
+            // what the message brought.
+            let own = opentelemetry::Context::map_current(|cx| {
+                use opentelemetry::baggage::BaggageExt;
+                let own = !cx.baggage().is_empty();
+                if own {
+                    baggage(cx);
+                }
+                own
+            });
+            if let (false, Some(base)) = (own, &message.base) {
                 baggage(base);
             }
             Some(message.span.clone())
@@ -353,6 +372,29 @@ mod tests {
             "00-zz-\u{202e}-01",
         ] {
             assert!(parse_traceparent(bad).is_none(), "{bad}");
+        }
+    }
+
+    /// A `tracestate` or `baggage` beside a `traceparent` does not change how it is read.
+    #[test]
+    fn the_slow_path_reads_traceparent_as_the_fast_one() {
+        for value in [
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-1-2-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-1",
+        ] {
+            let mut headers = crate::service::Headers::new();
+            headers.insert("traceparent", value);
+            headers.insert("baggage", "tenant=acme");
+            headers.insert("tracestate", "vendor=x");
+            let (parent, base) = remote_parent(&headers);
+            let expected = parse_traceparent(value).map(|p| SpanContext {
+                trace_state: Some(Arc::from("vendor=x")),
+                ..p
+            });
+            assert_eq!(parent, expected, "{value}");
+            use opentelemetry::baggage::BaggageExt;
+            assert_eq!(base.unwrap().baggage().len(), 1);
         }
     }
 
