@@ -178,10 +178,10 @@ macro_rules! for_each_attribute {
             $body;
         }
         {
-            let ($key, $value) = ("messaging.operation.name", Value::Str(span.operation_name));
+            let ($key, $value) = ("messaging.operation.name", Value::Str(span.kind.operation_name()));
             $body;
         }
-        if let Some(kind) = span.switchboard_kind {
+        if let Some(kind) = span.kind.switchboard_kind() {
             let ($key, $value) = ("switchboard.kind", Value::Str(kind));
             $body;
         }
@@ -615,8 +615,6 @@ mod tests {
             name: Cow::Borrowed(name),
             destination: Cow::Owned(destination.to_owned()),
             system: "tcp",
-            operation_name: kind.operation(),
-            switchboard_kind: None,
             body_size: None,
             error_type: None,
             link: None,
@@ -636,7 +634,6 @@ mod tests {
         server.parent_span_id = [0xde, 0xad, 0xbe, 0xef, 0, 0, 0, 1];
         server.parent_is_remote = true;
         server.trace_state = Some("vendor=a,other=b".into());
-        server.switchboard_kind = Some("request");
         server.error_type = Some("timeout");
 
         let mut consumer = record(SpanKind::Consumer, "user.created", "user.created");
@@ -644,7 +641,6 @@ mod tests {
         consumer.span_id = [9; 8];
         consumer.flags = 0;
         consumer.system = "nats";
-        consumer.switchboard_kind = Some("event");
         consumer.link = Some(SpanContext {
             trace_id: [0xab; 16],
             span_id: [0xcd; 8],
@@ -654,7 +650,6 @@ mod tests {
         });
 
         let mut producer = record(SpanKind::Producer, "commandes.créées", "commandes.créées→日本");
-        producer.operation_name = "emit";
         producer.body_size = Some(300_000);
         producer.link = Some(SpanContext {
             trace_id: [1; 16],
@@ -726,9 +721,9 @@ mod tests {
             string("messaging.system", record.system),
             string("messaging.destination.name", &record.destination),
             string("messaging.operation.type", record.kind.operation()),
-            string("messaging.operation.name", record.operation_name),
+            string("messaging.operation.name", record.kind.operation_name()),
         ];
-        if let Some(kind) = record.switchboard_kind {
+        if let Some(kind) = record.kind.switchboard_kind() {
             attributes.push(string("switchboard.kind", kind));
         }
         if let Some(size) = record.body_size {

@@ -325,12 +325,15 @@ pub(crate) enum Sender {
         headers: Vec<(String, String)>,
         timeout: Duration,
     },
-    Http {
-        url: String,
-        json: bool,
-        client: OtlpHttpClient,
-        headers: Vec<(String, String)>,
-    },
+    Http(Http),
+}
+
+/// OTLP/HTTP: the same whether configured or ready.
+pub(crate) struct Http {
+    pub(crate) url: String,
+    pub(crate) json: bool,
+    pub(crate) client: OtlpHttpClient,
+    pub(crate) headers: Vec<(String, String)>,
 }
 
 /// A sender ready to send (the gRPC channel made, lazily connected).
@@ -339,12 +342,7 @@ pub(crate) enum Connected {
         channel: tonic::transport::Channel,
         headers: tonic::metadata::MetadataMap,
     },
-    Http {
-        url: String,
-        json: bool,
-        client: OtlpHttpClient,
-        headers: Vec<(String, String)>,
-    },
+    Http(Http),
 }
 
 impl Sender {
@@ -390,17 +388,7 @@ impl Sender {
                     headers: metadata,
                 })
             }
-            Sender::Http {
-                url,
-                json,
-                client,
-                headers,
-            } => Ok(Connected::Http {
-                url,
-                json,
-                client,
-                headers,
-            }),
+            Sender::Http(http) => Ok(Connected::Http(http)),
         }
     }
 }
@@ -408,7 +396,7 @@ impl Sender {
 impl Connected {
     fn encode(&self, encoder: &Encoder, spans: &[SpanRecord], out: &mut Vec<u8>) {
         match self {
-            Connected::Http { json: true, .. } => encoder.json(spans, out),
+            Connected::Http(Http { json: true, .. }) => encoder.json(spans, out),
             _ => encoder.protobuf(spans, out),
         }
     }
@@ -433,12 +421,12 @@ impl Connected {
                     .map(drop)
                     .map_err(|status| failed(format!("the OTLP collector refused spans: {}", status.code())))
             }
-            Connected::Http {
+            Connected::Http(Http {
                 url,
                 json,
                 client,
                 headers,
-            } => {
+            }) => {
                 use opentelemetry_http::HttpClient;
                 let mut request = http::Request::post(url.as_str())
                     .header(http::header::USER_AGENT, USER_AGENT)
@@ -519,33 +507,16 @@ pub(crate) fn headers(env: &dyn Fn(&str) -> Option<String>) -> Vec<(String, Stri
         .filter_map(|pair| {
             let (key, value) = pair.split_once('=')?;
             let key = key.trim();
-            (!key.is_empty()).then(|| (key.to_owned(), percent_decode(value.trim())))
+            (!key.is_empty()).then(|| {
+                // A value whose escapes do not decode is taken as written.
+                let value = value.trim();
+                (
+                    key.to_owned(),
+                    crate::transport::percent_decode(value).unwrap_or_else(|| value.to_owned()),
+                )
+            })
         })
         .collect()
-}
-
-fn percent_decode(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = |b: u8| (b as char).to_digit(16);
-        match (
-            bytes[i],
-            bytes.get(i + 1).copied().and_then(hex),
-            bytes.get(i + 2).copied().and_then(hex),
-        ) {
-            (b'%', Some(hi), Some(lo)) => {
-                out.push((hi * 16 + lo) as u8);
-                i += 3;
-            }
-            (b, _, _) => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[cfg(test)]
@@ -556,7 +527,7 @@ mod tests {
     #[test]
     fn headers_are_pairs_with_decoded_values() {
         let vars = [("OTEL_EXPORTER_OTLP_HEADERS", "api-key=a%20b%2Cc, x=1,broken,=v")];
-        let env = |name: &str| vars.iter().find(|(k, _)| *k == name).map(|(_, v)| v.to_string());
+        let env = crate::telemetry::tests::env(&vars);
         assert_eq!(
             headers(&env),
             [
@@ -578,8 +549,6 @@ mod tests {
             name: "r".into(),
             destination: "r".into(),
             system: "tcp",
-            operation_name: "process",
-            switchboard_kind: Some("request"),
             body_size: None,
             error_type: None,
             link: None,
@@ -628,12 +597,12 @@ mod tests {
     }
 
     fn sender(url: String) -> Sender {
-        Sender::Http {
+        Sender::Http(Http {
             url,
             json: false,
             client: OtlpHttpClient::start(Duration::from_secs(5), None).unwrap(),
             headers: vec![("authorization".into(), "Bearer hunter2".into())],
-        }
+        })
     }
 
     fn batching(max_queue: usize) -> Batching {
@@ -707,7 +676,7 @@ mod tests {
             ("OTEL_BSP_MAX_QUEUE_SIZE", "100"),
             ("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "512"),
         ];
-        let env = |name: &str| vars.iter().find(|(k, _)| *k == name).map(|(_, v)| v.to_string());
+        let env = crate::telemetry::tests::env(&vars);
         let b = Batching::from_env(&env, false);
         assert_eq!((b.max_queue, b.max_batch, b.delay), (100, 100, Duration::from_secs(5)));
         let none = |_: &str| None;

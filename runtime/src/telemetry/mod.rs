@@ -367,12 +367,12 @@ impl Builder {
                     .with_endpoint(url.clone())
                     .with_http_client(client.clone())
                     .build();
-                let sender = export::Sender::Http {
+                let sender = export::Sender::Http(export::Http {
                     url,
                     json: http == Protocol::HttpJson,
                     client,
                     headers,
-                };
+                });
                 (exporter, sender)
             }
         };
@@ -547,8 +547,8 @@ impl Drop for Telemetry {
 mod tests {
     use super::*;
 
-    /// An environment of `vars` alone.
-    fn env<'a>(vars: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
+    /// An environment of `vars` alone (for this module's tests and its submodules').
+    pub(super) fn env<'a>(vars: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
         move |name| vars.iter().find(|(k, _)| *k == name).map(|(_, v)| v.to_string())
     }
 

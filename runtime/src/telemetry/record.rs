@@ -30,6 +30,24 @@ impl SpanKind {
             SpanKind::Server | SpanKind::Consumer => "process",
         }
     }
+
+    /// `messaging.operation.name`: `send` a request, `emit` an event, `process` either.
+    pub(crate) fn operation_name(self) -> &'static str {
+        match self {
+            SpanKind::Client => "send",
+            SpanKind::Producer => "emit",
+            SpanKind::Server | SpanKind::Consumer => "process",
+        }
+    }
+
+    /// `switchboard.kind`, on the service's spans: `request` or `event`.
+    pub(crate) fn switchboard_kind(self) -> Option<&'static str> {
+        match self {
+            SpanKind::Server => Some("request"),
+            SpanKind::Consumer => Some("event"),
+            SpanKind::Client | SpanKind::Producer => None,
+        }
+    }
 }
 
 /// A span context: what a link or a parent names.
@@ -64,10 +82,6 @@ pub(crate) struct SpanRecord {
     pub(crate) destination: Cow<'static, str>,
     /// `messaging.system`.
     pub(crate) system: &'static str,
-    /// `messaging.operation.name`: `process`, `send` or `emit`.
-    pub(crate) operation_name: &'static str,
-    /// `switchboard.kind` (`request` or `event`), on the service's spans.
-    pub(crate) switchboard_kind: Option<&'static str>,
     /// `messaging.message.body.size`, on a call's span when its payload was encoded.
     pub(crate) body_size: Option<u64>,
     /// `error.type`; a span with one has the status ERROR.

@@ -109,10 +109,7 @@ fn by_ratio(ratio: f64, trace_id: &[u8; 16]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn env<'a>(vars: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
-        move |name| vars.iter().find(|(k, _)| *k == name).map(|(_, v)| v.to_string())
-    }
+    use crate::telemetry::tests::env;
 
     #[test]
     fn read_from_the_environment() {

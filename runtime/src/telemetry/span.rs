@@ -63,28 +63,23 @@ pub(crate) fn server(recorder: &'static Recorder, req: &Request, name: &'static 
         ),
         served => (Cow::Borrowed(served), Cow::Borrowed(served)),
     };
-    let (kind, switchboard_kind) = match ctx.kind() {
-        Kind::Request => (SpanKind::Server, "request"),
-        Kind::Event => (SpanKind::Consumer, "event"),
+    let kind = match ctx.kind() {
+        Kind::Request => SpanKind::Server,
+        Kind::Event => SpanKind::Consumer,
     };
     let (parent, base) = remote_parent(ctx.headers());
-    let trace_id = parent.as_ref().map_or_else(record::trace_id, |p| p.trace_id);
-    let sampled = recorder
-        .sampler
-        .sample(&trace_id, parent.as_ref().map(|p| p.flags & SAMPLED != 0));
+    let (trace_id, parent_span_id, flags) = lineage(recorder, parent.as_ref());
     let record = SpanRecord {
         trace_id,
         span_id: record::span_id(),
-        parent_span_id: parent.as_ref().map_or([0; 8], |p| p.span_id),
+        parent_span_id,
         parent_is_remote: parent.is_some(),
-        flags: if sampled { SAMPLED } else { 0 },
+        flags,
         trace_state: parent.as_ref().and_then(|p| p.trace_state.clone()),
         kind,
         name,
         destination,
         system: system(ctx.transport()),
-        operation_name: "process",
-        switchboard_kind: Some(switchboard_kind),
         body_size: None,
         error_type: None,
         link: match ctx.kind() {
@@ -127,6 +122,20 @@ impl Processing {
         }
         self.recorder.record(self.record);
     }
+}
+
+/// A new span's trace id, parent span id (zero for a root) and flags under `parent` (a new
+/// trace without one), sampled as the recorder's sampler decides.
+fn lineage(recorder: &Recorder, parent: Option<&SpanContext>) -> ([u8; 16], [u8; 8], u8) {
+    let trace_id = parent.map_or_else(record::trace_id, |p| p.trace_id);
+    let sampled = recorder
+        .sampler
+        .sample(&trace_id, parent.map(|p| p.flags & SAMPLED != 0));
+    (
+        trace_id,
+        parent.map_or([0; 8], |p| p.span_id),
+        if sampled { SAMPLED } else { 0 },
+    )
 }
 
 /// The caller's span context from a message's headers, and the OpenTelemetry context to build
@@ -287,27 +296,21 @@ pub(crate) fn client(out: &mut Outbound, system: &'static str) -> Option<Sending
             ours(cx.span().span_context())
         }),
     });
-    let trace_id = parent.as_ref().map_or_else(record::trace_id, |p| p.trace_id);
-    let sampled = recorder
-        .sampler
-        .sample(&trace_id, parent.as_ref().map(|p| p.flags & SAMPLED != 0));
-    let (kind, operation_name) = match out.kind {
-        Kind::Request => (SpanKind::Client, "send"),
-        Kind::Event => (SpanKind::Producer, "emit"),
-    };
+    let (trace_id, parent_span_id, flags) = lineage(recorder, parent.as_ref());
     let record = SpanRecord {
         trace_id,
         span_id: record::span_id(),
-        parent_span_id: parent.as_ref().map_or([0; 8], |p| p.span_id),
+        parent_span_id,
         parent_is_remote: parent.as_ref().is_some_and(|p| p.remote),
-        flags: if sampled { SAMPLED } else { 0 },
+        flags,
         trace_state: parent.and_then(|p| p.trace_state),
-        kind,
+        kind: match out.kind {
+            Kind::Request => SpanKind::Client,
+            Kind::Event => SpanKind::Producer,
+        },
         name: out.route.clone(),
         destination: out.route.clone(),
         system,
-        operation_name,
-        switchboard_kind: None,
         // Not encoded when handed over in-process as a value.
         body_size: out.local.is_none().then_some(out.payload.len() as u64),
         error_type: None,
