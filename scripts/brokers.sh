@@ -60,7 +60,17 @@ start redis 6379 10 redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 63
 start nats 4222 10 start-stop-daemon --start --oknodo --background --exec /usr/sbin/nats-server -- \
   -a 127.0.0.1 -p 4222 -js -sd /var/lib/nats-server -l /var/log/nats-server.log
 start mosquitto 1883 10 mosquitto -d -c /etc/mosquitto/mosquitto.conf
-start rabbitmq 5672 60 rabbitmq-server -detached
+# RabbitMQ usually answers in about 10 s, but once failed to within 60 s on a freshly booted
+# machine: wait longer, and on failure say why (its log), stop what is left and try once more.
+failed_before=$failed
+start rabbitmq 5672 120 rabbitmq-server -detached
+if ! port_open 5672; then
+  tail -n 20 /var/log/rabbitmq/rabbit@*.log 2>/dev/null | sed 's/^/brokers: rabbitmq log: /' >&2
+  rabbitmqctl stop >/dev/null 2>&1 || pkill -f 'beam.*rabbit' || true
+  sleep 2
+  failed=$failed_before # the retry decides
+  start rabbitmq 5672 120 rabbitmq-server -detached
+fi
 
 # Debian's package starts no etcd here (no systemd); a data dir of its own, wiped at each start
 # (the registry holds only leased keys).
