@@ -832,3 +832,129 @@ async fn replicas_in_a_group_handle_each_request_once() {
     assert!(err.to_string().contains("`group` needs a name"), "{err}");
     drop((one, two));
 }
+
+// ---------------------------------------------------------------------------------------
+// A server that falls behind, and credentials.
+
+/// Holds `redis_backlog` events until the test lets them go.
+static BACKLOG_GATE: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(0);
+static BACKLOG_HANDLED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+#[event_pattern("redis_backlog")]
+async fn redis_backlog(_data: Value) {
+    BACKLOG_GATE.acquire().await.unwrap().forget();
+    BACKLOG_HANDLED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// The ids of the connections subscribed to something.
+async fn subscriber_ids(raw: &mut Resp) -> Vec<String> {
+    let list = raw.cmd(&["CLIENT", "LIST", "TYPE", "pubsub"]).await.text();
+    list.lines()
+        .filter_map(|l| l.split(' ').find_map(|kv| kv.strip_prefix("id=")).map(str::to_owned))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_server_that_falls_behind_leaves_its_backlog_in_redis() {
+    let Some(redis) = PrivateRedis::start().await else {
+        return;
+    };
+    let mut raw = redis.raw().await;
+    // A subscriber more than 1 MiB behind is disconnected by Redis.
+    let set = raw
+        .cmd(&["CONFIG", "SET", "client-output-buffer-limit", "pubsub 1mb 0 0"])
+        .await;
+    assert_eq!(set, R::Simple("OK".into()));
+    let s = serve(
+        &format!("{}?max_in_flight=1", redis.url()),
+        Microservice::new().handler(REDIS_BACKLOG).handler(ECHO),
+    )
+    .await;
+    let before = subscriber_ids(&mut raw).await;
+    assert_eq!(before.len(), 1, "the server's one subscriber connection");
+
+    // 48 MiB of events at a server handling none: more than the socket buffers hold, so
+    // Redis's own buffer for the subscriber passes its limit, unless the server reads them
+    // all into memory (as it did through redis-rs's subscriber task).
+    let data = "x".repeat(64 * 1024);
+    let packet = json!({ "pattern": "redis_backlog", "data": data }).to_string();
+    let published = 768;
+    for _ in 0..published {
+        raw.publish("redis_backlog", &packet).await;
+    }
+    let until = Instant::now() + Duration::from_secs(20);
+    loop {
+        let now = subscriber_ids(&mut raw).await;
+        if !now.contains(&before[0]) {
+            break;
+        }
+        assert!(
+            Instant::now() < until,
+            "Redis never disconnected the server: it read its backlog into its own memory"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Let the handler go: the server subscribes again and serves on.
+    BACKLOG_GATE.add_permits(published);
+    let c = client(&redis.url()).await;
+    let until = Instant::now() + Duration::from_secs(20);
+    loop {
+        match c.send(ECHO, json!("back")).await {
+            Ok(v) => break assert_eq!(v, json!("back")),
+            Err(e) => assert!(Instant::now() < until, "the server did not come back: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let handled = BACKLOG_HANDLED.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        handled < published,
+        "what Redis dropped is not handled (pub/sub is at most once): {handled}"
+    );
+    s.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_password_and_an_acl_user_are_sent_and_a_wrong_one_is_refused() {
+    let Some(redis) = PrivateRedis::start().await else {
+        return;
+    };
+    let mut raw = redis.raw().await;
+    let user = raw
+        .cmd(&["ACL", "SETUSER", "sb", "on", ">sb-pass", "~*", "&*", "+@all"])
+        .await;
+    assert_eq!(user, R::Simple("OK".into()));
+    assert_eq!(
+        raw.cmd(&["CONFIG", "SET", "requirepass", "default-pass"]).await,
+        R::Simple("OK".into())
+    );
+    let port = redis.port;
+    for url in [
+        format!("redis://:default-pass@127.0.0.1:{port}"),
+        format!("redis://sb:sb-pass@127.0.0.1:{port}"),
+    ] {
+        let s = serve(&url, Microservice::new().handler(ECHO)).await;
+        let c = client(&url).await;
+        assert_eq!(c.send(ECHO, json!(url)).await.unwrap(), json!(url));
+        s.shutdown().await.unwrap();
+    }
+    for url in [
+        format!("redis://127.0.0.1:{port}"),
+        format!("redis://:wrong@127.0.0.1:{port}"),
+        format!("redis://sb:wrong@127.0.0.1:{port}"),
+    ] {
+        let err = Microservice::new()
+            .handler(ECHO)
+            .listen(&url)
+            .start()
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::Connect { .. }), "{url}: {err}");
+        let text = err.to_string();
+        assert!(
+            text.contains("NOAUTH") || text.contains("WRONGPASS"),
+            "{url}: Redis's reason is given: {text}"
+        );
+        assert!(!text.contains("wrong"), "{url}: no password shown: {text}");
+    }
+}

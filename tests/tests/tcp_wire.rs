@@ -401,6 +401,45 @@ async fn an_idle_connection_is_closed_and_others_are_served() {
 }
 
 #[tokio::test]
+async fn a_peer_that_stops_reading_is_closed_after_the_idle_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let s = server("?idle_timeout_ms=300").await;
+    let addr = s.local_url().trim_start_matches("tcp://").to_owned();
+    let (mut rd, mut wr) = tokio::net::TcpStream::connect(addr).await.unwrap().into_split();
+    // 32 echoes of 1 MiB, more than the socket buffers hold: the server's writes block, and
+    // then its reads, so this write blocks too until the server gives up.
+    let n = 32;
+    let big = "x".repeat(1 << 20);
+    let requests: String = (0..n)
+        .map(|i| frame(&format!(r#"{{"pattern":"echo","data":"{big}","id":"{i}"}}"#)))
+        .collect();
+    let writer = tokio::spawn(async move {
+        let _ = wr.write_all(requests.as_bytes()).await;
+        wr
+    });
+    // Longer than the idle timeout without reading a byte.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut bytes = 0;
+    let mut chunk = vec![0; 1 << 16];
+    loop {
+        match tokio::time::timeout(Duration::from_secs(20), rd.read(&mut chunk)).await {
+            Ok(Ok(0) | Err(_)) => break,
+            Ok(Ok(got)) => bytes += got,
+            Err(_) => panic!("the connection is still open after 20 s"),
+        }
+    }
+    assert!(
+        bytes < n * (1 << 20),
+        "all {n} replies were written ({bytes} bytes): the server waited for a peer that had stopped reading"
+    );
+    drop(writer.await.unwrap());
+    // The server serves on, and shuts down without waiting for that peer.
+    let client = Client::connect(s.local_url()).await.unwrap();
+    assert_eq!(client.send_raw::<u32>("echo", 1).await.unwrap(), 1);
+    s.shutdown().await.unwrap();
+}
+
+#[tokio::test]
 async fn connections_past_the_maximum_are_refused() {
     let s = server("?max_connections=2").await;
     let mut first = Raw::connect(s.local_url()).await;

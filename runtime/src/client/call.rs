@@ -126,6 +126,9 @@ impl<R> Call<R> {
 
     /// Sends the call and yields each value of the reply as it arrives; the deadline covers
     /// the whole stream. The stream is boxed (`Unpin`): `.next().await` works on it as it is.
+    /// On TCP and the brokers values arrive on a connection other calls share, which cannot
+    /// wait for one caller: a caller that leaves more than 64 MiB of values unread gets
+    /// [`Error::TooLarge`] instead of the rest (gRPC's flow control makes the server wait).
     ///
     /// ```no_run
     /// use futures_util::StreamExt;

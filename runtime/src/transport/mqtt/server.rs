@@ -9,12 +9,14 @@
 //! that never makes it wait; the shared loop takes them from there, `max_in_flight` at a
 //! time. What waits in between: at QoS 1/2 at most the broker's in-flight window (a message
 //! is acknowledged only once handled, and the broker sends no more than its window of
-//! unacknowledged ones); at QoS 0, which has no flow control, whatever the broker pushes,
-//! in memory, as before this bound, when every message was handled at once. Nothing is
-//! dropped.
+//! unacknowledged ones); at QoS 0, which has no flow control, whatever the broker pushes, up
+//! to [`QOS0_BACKLOG`] bytes of payloads: past that, QoS 0 messages are dropped (at most once
+//! allows it; a broker drops them too when its queue for a slow subscriber is full), counted
+//! in a warning. QoS 1 and 2 messages are never dropped.
 
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -34,6 +36,10 @@ use crate::wire::nestjs::steps::Step;
 
 /// Messages waiting for the shared loop beyond which the server warns that it falls behind.
 const BACKLOG_WARNING: usize = 10_000;
+/// Bytes of payloads waiting for the shared loop past which QoS 0 messages are dropped.
+pub(crate) const QOS0_BACKLOG: usize = 64 * 1024 * 1024;
+/// Warnings about dropped QoS 0 messages, at most one a second.
+static DROPPED: crate::text::Throttle = crate::text::Throttle::new(1);
 
 /// The server side of the MQTT transport, connected to its broker.
 pub struct MqttListener {
@@ -176,6 +182,8 @@ struct Shared {
     max_packet_size: usize,
     table: Table,
     acks: Arc<Acks>,
+    /// Bytes of payloads waiting for the shared loop.
+    waiting: AtomicUsize,
 }
 
 /// The server's subscriptions, fed by the event loop's task.
@@ -212,6 +220,7 @@ impl Subscription {
             max_packet_size: opts.max_packet_size,
             table,
             acks: Arc::new(acks),
+            waiting: AtomicUsize::new(0),
         });
         let (tx, rx) = mpsc::unbounded_channel();
         let driver = tokio::spawn(drive(eventloop, shared.clone(), tx, ready));
@@ -232,6 +241,9 @@ impl Source for Subscription {
     async fn next(&mut self) -> Option<Message> {
         let messages = self.messages.as_mut()?;
         let msg = messages.recv().await?;
+        self.shared
+            .waiting
+            .fetch_sub(msg.publish.payload.len(), Ordering::Relaxed);
         let backlog = messages.len();
         if backlog >= self.warn_at {
             tracing::warn!(url = %self.shared.url, backlog, "MQTT messages are arriving faster than the server handles them (max_in_flight)");
@@ -295,6 +307,14 @@ async fn drive(
                     tracing::debug!(topic = %p.topic, "message arrived while shutting down; left unhandled");
                     continue;
                 }
+                let waiting = shared.waiting.load(Ordering::Relaxed);
+                if p.qos == QoS::AtMostOnce && waiting + p.payload.len() > QOS0_BACKLOG {
+                    if let Some(held_back) = DROPPED.allow() {
+                        tracing::warn!(url = %shared.url, topic = %crate::text::for_log(&p.topic), waiting, held_back, "dropping a QoS 0 message: the server falls too far behind (max_in_flight)");
+                    }
+                    continue;
+                }
+                shared.waiting.fetch_add(p.payload.len(), Ordering::Relaxed);
                 let seq = shared.acks.arrived(&p);
                 let _ = tx.send(Message {
                     publish: p,

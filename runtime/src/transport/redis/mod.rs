@@ -13,8 +13,11 @@
 //!   client completes on the first final reply and ignores the others.
 //! - Delivery is at most once: nothing is stored, so a message published while no server is
 //!   subscribed (or while a server reconnects) is lost, and a server that dies mid-request
-//!   leaves its caller to fail at the deadline. A server whose backlog outgrows Redis's
-//!   `client-output-buffer-limit pubsub` is disconnected by Redis, and reconnects.
+//!   leaves its caller to fail at the deadline. A server reads its subscription only as fast
+//!   as it handles messages (`max_in_flight`), so a backlog waits in Redis, not in the
+//!   server's memory; one that outgrows Redis's `client-output-buffer-limit pubsub` (32 MiB
+//!   by default) gets the server disconnected by Redis, and it subscribes again (the backlog
+//!   is lost, as pub/sub loses messages).
 //! - NestJS's `wildcards: true` (PSUBSCRIBE) server mode is not offered: its replies go to
 //!   `<subscription pattern>.reply`, which only a client sending to the literal pattern hears.
 //! - A message that is not a NestJS packet (not JSON, or JSON without `pattern`/`data`)
@@ -42,6 +45,7 @@ use crate::error::{Error, Result};
 
 mod client;
 mod server;
+mod subscriber;
 
 pub use client::RedisClient;
 pub use server::RedisListener;

@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::future::{BoxFuture, FutureExt};
-use futures_util::stream::{BoxStream, StreamExt};
 
-use super::{COMMAND_TIMEOUT, DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_IN_FLIGHT, Publisher, open, payload, pubsub};
+use super::subscriber::Subscriber;
+use super::{COMMAND_TIMEOUT, DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_IN_FLIGHT, Publisher, open};
 use crate::error::{Error, Result};
 use crate::service::{Headers, Router};
 use crate::transport::broker::{self, Delivery, Handling, Inbound, ReplySink, Source};
@@ -29,7 +29,7 @@ pub struct RedisListener {
     connect_timeout: Duration,
     max_in_flight: usize,
     /// The subscriber connection opened by `bind`, used for the first subscription.
-    first: Option<::redis::aio::PubSub>,
+    first: Option<Subscriber>,
     publisher: Arc<Publisher>,
     /// With `group=name`: replicas in the group claim each request, so one handles it.
     group: Option<Arc<str>>,
@@ -63,7 +63,7 @@ impl RedisListener {
             .unwrap_or(DEFAULT_CONNECT_TIMEOUT);
         let max_in_flight = broker::max_in_flight(ep, DEFAULT_MAX_IN_FLIGHT)?;
         let (client, addr) = open(ep)?;
-        let first = pubsub(&client, &addr, connect_timeout).await?;
+        let first = Subscriber::connect(client.get_connection_info(), &addr, connect_timeout).await?;
         let publisher = Arc::new(Publisher::new(client.clone(), addr.clone(), connect_timeout));
         Ok(RedisListener {
             client,
@@ -124,7 +124,7 @@ struct Subscription {
     l: RedisListener,
     /// The channel of every route, sorted by name.
     channels: Vec<Arc<Channel>>,
-    messages: Option<BoxStream<'static, ::redis::Msg>>,
+    messages: Option<Subscriber>,
     backoff: Duration,
     reconnecting: bool,
     shutdown: Shutdown,
@@ -136,22 +136,26 @@ impl Subscription {
         while !self.shutdown.is_down() {
             let first = self.l.first.take();
             let subscribed = async {
-                let mut ps = match first {
-                    Some(ps) => ps,
-                    None => pubsub(&self.l.client, &self.l.addr, self.l.connect_timeout)
-                        .await
-                        .map_err(|e| e.to_string())?,
+                let mut sub = match first {
+                    Some(sub) => sub,
+                    None => Subscriber::connect(
+                        self.l.client.get_connection_info(),
+                        &self.l.addr,
+                        self.l.connect_timeout,
+                    )
+                    .await
+                    .map_err(|e| e.to_string())?,
                 };
                 let names: Vec<&str> = self.channels.iter().map(|c| &*c.name).collect();
-                match tokio::time::timeout(COMMAND_TIMEOUT, ps.subscribe(names)).await {
-                    Ok(Ok(())) => Ok(ps),
+                match tokio::time::timeout(COMMAND_TIMEOUT, sub.subscribe(&names)).await {
+                    Ok(Ok(())) => Ok(sub),
                     Ok(Err(e)) => Err(e.to_string()),
                     Err(_) => Err(format!("SUBSCRIBE not acknowledged within {COMMAND_TIMEOUT:?}")),
                 }
             }
             .await;
             match subscribed {
-                Ok(ps) => {
+                Ok(sub) => {
                     if std::mem::take(&mut self.reconnecting) {
                         tracing::info!(addr = %self.l.addr, "reconnected to redis; subscribed again");
                         crate::signal::reconnected("redis");
@@ -160,7 +164,7 @@ impl Subscription {
                     let routes: Vec<&str> = self.channels.iter().map(|c| &*c.name).collect();
                     tracing::debug!(addr = %self.l.addr, ?routes, "subscribed");
                     self.l.ready.send_replace(true);
-                    self.messages = Some(ps.into_on_message().boxed());
+                    self.messages = Some(sub);
                     return true;
                 }
                 Err(e) => {
@@ -189,14 +193,14 @@ impl Source for Subscription {
             let messages = self.messages.as_mut().expect("subscribed above");
             match messages.next().await {
                 Some(msg) => {
-                    let name = msg.get_channel_name();
-                    let channel = match self.channels.binary_search_by(|c| (*c.name).cmp(name)) {
+                    let name = &msg.channel[..];
+                    let channel = match self.channels.binary_search_by(|c| c.name.as_bytes().cmp(name)) {
                         Ok(at) => self.channels[at].clone(),
                         // Not one we subscribed to: cannot happen, but costs only this.
-                        Err(_) => self.l.channel(name),
+                        Err(_) => self.l.channel(&String::from_utf8_lossy(name)),
                     };
                     return Some(Message {
-                        body: payload(msg),
+                        body: msg.payload,
                         channel,
                     });
                 }

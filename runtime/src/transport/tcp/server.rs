@@ -216,7 +216,7 @@ async fn connection<R, W>(
     loop {
         if !c.wbuf.is_empty() {
             // While the peer does not read, we neither read nor poll handlers: backpressure.
-            if let Err(e) = wr.write_all(&c.wbuf).await {
+            if let Err(e) = write_out(&mut wr, &c.wbuf, idle_after).await {
                 tracing::debug!(%peer, error = %e, "write failed; closing");
                 return;
             }
@@ -315,10 +315,31 @@ async fn connection<R, W>(
         }
     }
     if !c.wbuf.is_empty() {
-        let _ = wr.write_all(&c.wbuf).await;
+        let _ = write_out(&mut wr, &c.wbuf, idle_after).await;
     }
     let _ = wr.shutdown().await;
     tracing::debug!(%peer, "connection closed");
+}
+
+/// Writes `buf` whole. A peer that takes none of it for `stall` (the idle timeout) has
+/// stopped reading: the write fails, so that the peer cannot hold its connection, its
+/// requests' replies and a drain open for ever. A peer that reads slowly keeps it going.
+async fn write_out<W: AsyncWrite + Unpin>(wr: &mut W, buf: &[u8], stall: std::time::Duration) -> std::io::Result<()> {
+    let mut at = 0;
+    while at < buf.len() {
+        match tokio::time::timeout(stall, wr.write(&buf[at..])).await {
+            Ok(Ok(0)) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(Ok(n)) => at += n,
+            Ok(Err(e)) => return Err(e),
+            Err(_) => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("the peer read nothing for {stall:?}"),
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// An instant no timer reaches.

@@ -114,7 +114,7 @@ impl Pending {
         };
         drop(state);
         if let Some(call) = call {
-            call.push(item, last);
+            call.push(&self.url, item, last);
         }
     }
 
@@ -142,14 +142,14 @@ impl Pending {
         } else {
             Ok(ReplyItem::Error(err))
         };
-        call.push(item, true);
+        call.push(&self.url, item, true);
     }
 
     /// Fails every call in flight (the connection dropped); new calls are still taken.
     pub(crate) fn fail_all(&self, error: impl Fn() -> Error) {
         let calls = std::mem::take(&mut self.state.lock().expect("pending lock").calls);
         for call in calls.into_values() {
-            call.push(Err(error()), true);
+            call.push(&self.url, Err(error()), true);
         }
     }
 
@@ -210,6 +210,11 @@ fn id_prefix() -> u64 {
     h.finish() & PREFIX_MASK
 }
 
+/// Bytes of reply values a call may hold that its caller has not taken yet. A stream's
+/// values arrive on a connection that other calls share, so its reader cannot wait for one
+/// slow caller: past this the call fails instead of holding more.
+const MAX_QUEUED: usize = 64 * 1024 * 1024;
+
 /// The reply packets of one call, pushed by the transport's reader.
 struct Call {
     route: Cow<'static, str>,
@@ -222,21 +227,48 @@ struct CallState {
     /// no queue.
     first: Option<Result<ReplyItem>>,
     items: VecDeque<Result<ReplyItem>>,
+    /// Bytes of the values waiting.
+    queued: usize,
     done: bool,
     waker: Option<Waker>,
 }
 
+/// The bytes a waiting item holds.
+fn size(item: &Result<ReplyItem>) -> usize {
+    match item {
+        Ok(ReplyItem::Value(b) | ReplyItem::MsgPack(b)) => b.len(),
+        _ => 0,
+    }
+}
+
 impl Call {
-    fn push(&self, item: Result<ReplyItem>, last: bool) {
+    /// `url` names the peer in an error.
+    fn push(&self, url: &str, item: Result<ReplyItem>, last: bool) {
         let mut s = self.inner.lock().expect("call lock");
         if s.done {
             return;
         }
-        match s.first {
-            None if s.items.is_empty() => s.first = Some(item),
-            _ => s.items.push_back(item),
+        let queued = s.queued + size(&item);
+        let waiting = s.first.is_some() || !s.items.is_empty();
+        if waiting && queued > MAX_QUEUED {
+            // What was taken stays taken; what waits goes, and the call ends with the reason.
+            tracing::warn!(%url, pattern = %self.route, "a reply stream's caller does not keep up; failing the call");
+            s.first = Some(Err(Error::TooLarge {
+                context: format!("replies to `{}` from {url} waiting for the caller", self.route),
+                size: queued,
+                limit: MAX_QUEUED,
+            }));
+            s.items = VecDeque::new();
+            s.queued = 0;
+            s.done = true;
+        } else {
+            s.queued = queued;
+            match s.first {
+                None if s.items.is_empty() => s.first = Some(item),
+                _ => s.items.push_back(item),
+            }
+            s.done = last;
         }
-        s.done = last;
         if let Some(w) = s.waker.take() {
             w.wake();
         }
@@ -263,6 +295,7 @@ impl Stream for CallRx {
     fn poll_next(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Option<Self::Item>> {
         let mut s = self.call.inner.lock().expect("call lock");
         if let Some(item) = s.first.take().or_else(|| s.items.pop_front()) {
+            s.queued -= size(&item);
             return Poll::Ready(Some(item));
         }
         if s.done {
@@ -313,6 +346,33 @@ mod tests {
         let got = collect(rx2).await;
         assert_eq!(got[0], r#""x""#);
         assert!(got[1].starts_with("error") && got[1].contains("r2"), "{got:?}");
+        assert_eq!(p.len(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_stream_its_caller_does_not_read_fails_instead_of_growing() {
+        let p = Pending::new("test://x");
+        let (id, mut rx) = p.register("feed".into()).unwrap();
+        let value = Bytes::from(vec![b'1'; 20 << 20]);
+        p.push(&id, Ok(ReplyItem::Value(value.clone())), false);
+        // Taken as it comes: no limit on a stream's length.
+        for _ in 0..8 {
+            p.push(&id, Ok(ReplyItem::Value(value.clone())), false);
+            assert!(matches!(rx.next().await, Some(Ok(ReplyItem::Value(_)))));
+        }
+        // Left waiting: past 64 MiB the call ends with the reason.
+        for _ in 0..4 {
+            p.push(&id, Ok(ReplyItem::Value(value.clone())), false);
+        }
+        match rx.next().await {
+            Some(Err(Error::TooLarge { context, limit, .. })) => {
+                assert_eq!(limit, MAX_QUEUED);
+                assert!(context.contains("`feed`") && context.contains("test://x"), "{context}");
+            }
+            other => panic!("{:?}", other.map(|r| r.map(|_| ()))),
+        }
+        assert!(rx.next().await.is_none(), "the call has ended");
+        drop(rx);
         assert_eq!(p.len(), 0);
     }
 
