@@ -95,7 +95,15 @@ impl<'de> Deserialize<'de> for Field {
     }
 }
 
-/// An object's string values, read in one pass (other values skipped unread).
+/// Entries of a packet's `metadata` kept as headers; more are skipped. A peer's thousands of
+/// tiny entries would otherwise cost an allocation or two each, many times the frame.
+const MAX_METADATA_ENTRIES: usize = 128;
+
+/// Warnings about skipped metadata entries, at most one a second.
+static TOO_MANY: crate::text::Throttle = crate::text::Throttle::new(1);
+
+/// An object's string values, read in one pass (other values skipped unread), at most
+/// [`MAX_METADATA_ENTRIES`].
 struct Strings(crate::service::Headers);
 
 impl<'de> Deserialize<'de> for Strings {
@@ -108,10 +116,31 @@ impl<'de> Deserialize<'de> for Strings {
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Strings, A::Error> {
                 let mut out = crate::service::Headers::new();
-                while let Some(key) = map.next_key::<String>()? {
-                    if let Some(value) = map.next_value::<MaybeString>()?.0 {
-                        out.insert(key, value);
+                let (mut entries, mut skipped) = (0, 0);
+                loop {
+                    if entries < MAX_METADATA_ENTRIES {
+                        let Some(key) = map.next_key::<String>()? else { break };
+                        entries += 1;
+                        if let Some(value) = map.next_value::<MaybeString>()?.0 {
+                            out.insert(key, value);
+                        }
+                    } else {
+                        // Past the cap: checked as JSON, nothing kept.
+                        if map.next_key::<IgnoredAny>()?.is_none() {
+                            break;
+                        }
+                        map.next_value::<IgnoredAny>()?;
+                        skipped += 1;
                     }
+                }
+                if skipped > 0
+                    && let Some(held_back) = TOO_MANY.allow()
+                {
+                    tracing::warn!(
+                        skipped,
+                        held_back,
+                        "a packet's metadata has more than {MAX_METADATA_ENTRIES} entries; the rest are ignored"
+                    );
                 }
                 Ok(Strings(out))
             }
@@ -756,6 +785,28 @@ mod tests {
         assert_eq!(got, [("a".into(), "y".into()), ("j".into(), "é\"".into())]);
         let p = Packet::parse(br#"{"pattern":"p","metadata":"not an object"}"#).unwrap();
         assert!(p.metadata_map().is_none());
+    }
+
+    #[test]
+    fn metadata_keeps_its_first_entries_only() {
+        // 100,000 entries in 1.3 MB: all checked as JSON, 128 kept.
+        let entries: Vec<String> = (0..100_000).map(|i| format!(r#""k{i}":"v""#)).collect();
+        let body = format!(
+            r#"{{"pattern":"p","metadata":{{{}}},"data":1,"id":"1"}}"#,
+            entries.join(",")
+        );
+        let mut p = Packet::parse(body.as_bytes()).unwrap();
+        let headers = p.headers();
+        assert_eq!(headers.iter().count(), MAX_METADATA_ENTRIES);
+        assert_eq!(headers.get("k0"), Some("v"));
+        assert_eq!(headers.get("k127"), Some("v"));
+        assert_eq!(headers.get("k128"), None);
+        // Broken JSON past the cap still refuses the packet.
+        let body = format!(
+            r#"{{"pattern":"p","metadata":{{{},"x":nope}},"data":1}}"#,
+            entries[..200].join(",")
+        );
+        assert!(Packet::parse(body.as_bytes()).is_err());
     }
 
     #[test]
