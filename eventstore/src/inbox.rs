@@ -19,6 +19,12 @@ use crate::projection::IDEMPOTENCY_KEY;
 const MEMORY_KEYS: usize = 100_000;
 /// The longest key an inbox records: a key comes from the sender, and each is kept.
 const MAX_KEY_LEN: usize = 256;
+/// An SQLite inbox forgets keys older than this, when opened and every
+/// [`PRUNE_EVERY`] records: it holds at most this long's keys and that many more.
+#[cfg(feature = "sqlite")]
+const KEEP: Duration = Duration::from_secs(7 * 24 * 3600);
+#[cfg(feature = "sqlite")]
+const PRUNE_EVERY: u32 = 4096;
 
 /// Remembers handled [`IDEMPOTENCY_KEY`]s (and a request's reply, answered again to a retry).
 /// As a service layer ([`Inbox::layer`]) it skips messages whose key it has seen; a message
@@ -99,7 +105,26 @@ impl Inbox {
 enum Backend {
     Memory(Arc<Mutex<Remembered>>),
     #[cfg(feature = "sqlite")]
-    Sqlite(Arc<Mutex<rusqlite::Connection>>),
+    Sqlite(Arc<Mutex<SqliteInbox>>),
+}
+
+#[cfg(feature = "sqlite")]
+struct SqliteInbox {
+    conn: rusqlite::Connection,
+    /// Keys recorded since old ones were last forgotten.
+    recorded: u32,
+}
+
+#[cfg(feature = "sqlite")]
+impl SqliteInbox {
+    fn prune(&mut self) -> Result<()> {
+        self.recorded = 0;
+        let before = crate::memory::now_millis() - KEEP.as_millis() as i64;
+        self.conn
+            .prepare_cached("DELETE FROM sb_inbox WHERE at < ?1")?
+            .execute([before])?;
+        Ok(())
+    }
 }
 
 #[derive(Default)]
@@ -128,7 +153,8 @@ impl Inbox {
     }
 
     /// An inbox in an SQLite file (`synchronous=NORMAL`: a recorded key survives a process
-    /// kill). Keys older than 7 days are forgotten.
+    /// kill). Keys older than 7 days are forgotten (when it is opened, and every 4,096 keys
+    /// recorded).
     #[cfg(feature = "sqlite")]
     pub fn sqlite(path: impl AsRef<std::path::Path>) -> Result<Self> {
         let conn = rusqlite::Connection::open(path)?;
@@ -139,13 +165,10 @@ impl Inbox {
             "CREATE TABLE IF NOT EXISTS sb_inbox (key TEXT PRIMARY KEY, reply BLOB, at INTEGER NOT NULL) WITHOUT ROWID;
              CREATE INDEX IF NOT EXISTS sb_inbox_at ON sb_inbox (at);",
         )?;
-        let week = Duration::from_secs(7 * 24 * 3600).as_millis() as i64;
-        conn.execute(
-            "DELETE FROM sb_inbox WHERE at < ?1",
-            [crate::memory::now_millis() - week],
-        )?;
+        let mut inbox = SqliteInbox { conn, recorded: 0 };
+        inbox.prune()?;
         Ok(Inbox {
-            backend: Backend::Sqlite(Arc::new(Mutex::new(conn))),
+            backend: Backend::Sqlite(Arc::new(Mutex::new(inbox))),
             running: Arc::default(),
         })
     }
@@ -159,8 +182,9 @@ impl Inbox {
                 let (conn, key) = (conn.clone(), key.to_owned());
                 blocking(move || {
                     use rusqlite::OptionalExtension;
-                    let conn = conn.lock().unwrap_or_else(|e| e.into_inner());
-                    let reply = conn
+                    let inbox = conn.lock().unwrap_or_else(|e| e.into_inner());
+                    let reply = inbox
+                        .conn
                         .prepare_cached("SELECT reply FROM sb_inbox WHERE key = ?1")?
                         .query_row([key], |r| r.get::<_, Option<Vec<u8>>>(0))
                         .optional()?;
@@ -190,9 +214,15 @@ impl Inbox {
             Backend::Sqlite(conn) => {
                 let (conn, key) = (conn.clone(), key.to_owned());
                 blocking(move || {
-                    let conn = conn.lock().unwrap_or_else(|e| e.into_inner());
-                    conn.prepare_cached("INSERT OR REPLACE INTO sb_inbox (key, reply, at) VALUES (?1, ?2, ?3)")?
+                    let mut inbox = conn.lock().unwrap_or_else(|e| e.into_inner());
+                    inbox
+                        .conn
+                        .prepare_cached("INSERT OR REPLACE INTO sb_inbox (key, reply, at) VALUES (?1, ?2, ?3)")?
                         .execute(rusqlite::params![key, reply.as_deref(), crate::memory::now_millis()])?;
+                    inbox.recorded += 1;
+                    if inbox.recorded >= PRUNE_EVERY {
+                        inbox.prune()?;
+                    }
                     Ok(())
                 })
                 .await
@@ -275,5 +305,37 @@ impl Service<Request> for InboxService {
             }
             Ok(reply)
         })
+    }
+}
+
+#[cfg(all(test, feature = "sqlite"))]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn an_sqlite_inbox_forgets_old_keys_as_it_goes_not_only_when_opened() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("inbox.db");
+        let inbox = Inbox::sqlite(&path).unwrap();
+        // Keys recorded more than a week ago, as a long-running consumer would have them.
+        let old = crate::memory::now_millis() - KEEP.as_millis() as i64 - 1000;
+        let other = rusqlite::Connection::open(&path).unwrap();
+        for i in 0..10 {
+            other
+                .execute(
+                    "INSERT INTO sb_inbox (key, reply, at) VALUES (?1, NULL, ?2)",
+                    rusqlite::params![format!("old{i}"), old],
+                )
+                .unwrap();
+        }
+        for i in 0..PRUNE_EVERY - 1 {
+            inbox.record(&format!("new{i}"), None).await.unwrap();
+        }
+        assert!(inbox.seen("old0").await.unwrap().is_some(), "kept until the next prune");
+        inbox.record("last", None).await.unwrap();
+        assert!(inbox.seen("old0").await.unwrap().is_none(), "forgotten");
+        assert!(inbox.seen("old9").await.unwrap().is_none());
+        assert_eq!(inbox.seen("new0").await.unwrap(), Some(None), "this week's keys stay");
+        assert_eq!(inbox.seen("last").await.unwrap(), Some(None));
     }
 }
