@@ -459,11 +459,12 @@ async fn shutdown_finishes_in_flight_requests_and_leaves_the_rest_queued() {
     next.shutdown().await.unwrap();
 }
 
-/// `max_in_flight` bounds the handlers running at once below `prefetch`; with `noack` the
-/// messages already delivered (which the broker counts as taken) are still handled by a
-/// graceful shutdown.
+/// `max_in_flight` bounds the handlers running at once below `prefetch`; with `noack` too
+/// the broker sends no more than `prefetch` ahead of the handlers (the rest stays in the
+/// queue, not in the server's memory), and what the server had not taken when it stopped goes
+/// back to the queue, for the next server.
 #[tokio::test]
-async fn max_in_flight_bounds_handlers_and_a_noack_shutdown_handles_what_it_took() {
+async fn max_in_flight_bounds_handlers_and_noack_leaves_the_rest_in_the_queue() {
     let _broker = common::conformance::shared().await;
     if !broker_up().await {
         return;
@@ -486,30 +487,53 @@ async fn max_in_flight_bounds_handlers_and_a_noack_shutdown_handles_what_it_took
     assert_eq!(client.send(MOST_RUNNING, ()).await.unwrap(), 2);
     server.shutdown().await.unwrap();
 
-    let noack = url("noack-drain", "&noack=true&max_in_flight=1");
+    let noack = url("noack-drain", "&noack=true&prefetch=4&max_in_flight=1");
     purge("sb-test-noack-drain").await;
     let server = Microservice::from_registry().listen(&noack).start().await.unwrap();
     let client = Client::builder(&noack)
-        .timeout(Duration::from_secs(10))
+        .timeout(Duration::from_secs(20))
         .connect()
         .await
         .unwrap();
-    let calls: Vec<_> = (0..5)
+    // The first request holds the server's one slot while the others arrive.
+    let first = {
+        let client = client.clone();
+        tokio::spawn(async move { client.send(DELAY, 1_500).await })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let n = 40;
+    let calls: Vec<_> = (0..n)
         .map(|_| {
             let client = client.clone();
-            tokio::spawn(async move { client.send(DELAY, 200).await })
+            tokio::spawn(async move { client.send(DELAY, 1).await })
         })
         .collect();
-    // All delivered, one of them running.
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    server.shutdown().await.unwrap();
-    for call in calls {
-        assert_eq!(
-            call.await.unwrap().unwrap(),
-            200,
-            "every delivered request was answered"
+    // Four delivered ahead (prefetch; the running one is acked already), the rest in the queue.
+    let until = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let ready = ready_messages("sb-test-noack-drain").await;
+        if ready == Some(n - 4) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < until,
+            "{ready:?} of {n} left in the queue: the broker pushed past prefetch"
         );
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    assert!(!first.is_finished(), "the server was still busy with the first request");
+    server.shutdown().await.unwrap();
+    assert_eq!(
+        first.await.unwrap().unwrap(),
+        1_500,
+        "the request it had taken was answered"
+    );
+    // What it had not taken went back; the next server answers it.
+    let next = Microservice::from_registry().listen(&noack).start().await.unwrap();
+    for call in calls {
+        assert_eq!(call.await.unwrap().unwrap(), 1, "every request was answered");
+    }
+    next.shutdown().await.unwrap();
     assert_eq!(ready_messages("sb-test-noack-drain").await, Some(0));
 }
 

@@ -17,11 +17,12 @@
 //!   connect timeout, 5000 on the server).
 //! - server: `noack` (default `false`): `false` acks each message after its handler has
 //!   finished (the reply sent, or every event listener done), so a crash redelivers it;
-//!   `true` is NestJS's default auto-ack on delivery. `prefetch` (default 256, NestJS's
-//!   `prefetchCount`): unacked messages the broker delivers to a server at once (not
-//!   applied with `noack`). `max_in_flight` (default: `prefetch`): messages being handled
-//!   at once, as on every transport; deliveries beyond it wait in the server, unacked (with
-//!   `noack` they are acked already, and are handled before a graceful shutdown ends).
+//!   `true` acks it as the server takes it, before handling (NestJS's default auto-ack, but
+//!   acked by the server rather than by the broker on delivery, so that `prefetch` still
+//!   bounds what the broker pushes). `prefetch` (default 256, NestJS's `prefetchCount`):
+//!   unacked messages the broker delivers to a server at once. `max_in_flight` (default:
+//!   `prefetch`): messages being handled at once, as on every transport; deliveries beyond
+//!   it wait in the server, unacked, and go back to the queue if the server stops.
 //!   `max_retries` (default 3): an event whose listener fails is delivered again up to this
 //!   many times, then moved to the queue `<queue>.dlq`.
 //! - client: `persistent` (default `false`): `delivery_mode` 2 instead of 1, so messages

@@ -79,8 +79,6 @@ impl Listener for AmqpListener {
             first: self.conn,
             session: None,
             backoff: MIN_BACKOFF,
-            router: router.clone(),
-            leftovers: Vec::new(),
             ready: self.ready,
         };
         async move {
@@ -124,9 +122,7 @@ async fn open_session(opts: &Options, conn: Option<Connection>) -> std::result::
 async fn setup(opts: &Options, conn: Connection) -> lapin::Result<Session> {
     let channel = conn.create_channel().await?;
     opts.declare(&channel).await?;
-    if !opts.noack {
-        channel.basic_qos(opts.prefetch, BasicQosOptions::default()).await?;
-    }
+    channel.basic_qos(opts.prefetch, BasicQosOptions::default()).await?;
     let confirm = conn.create_channel().await?;
     confirm.confirm_select(ConfirmSelectOptions::default()).await?;
     if !opts.noack {
@@ -138,10 +134,9 @@ async fn setup(opts: &Options, conn: Connection) -> lapin::Result<Session> {
             .queue_declare(opts.dead_letter_queue().into(), dlq, FieldTable::default())
             .await?;
     }
-    let consume = BasicConsumeOptions {
-        no_ack: opts.noack,
-        ..Default::default()
-    };
+    // Acked by us even with `noack` (as each message is taken): the broker's own no-ack
+    // mode ignores `prefetch` and pushes the whole queue, which would wait in our memory.
+    let consume = BasicConsumeOptions::default();
     let consumer = channel
         .basic_consume(opts.queue.as_str().into(), "".into(), consume, FieldTable::default())
         .await?;
@@ -163,9 +158,6 @@ struct Consuming {
     first: Option<Connection>,
     session: Option<Session>,
     backoff: Duration,
-    /// With `noack`, for the messages delivered (so acked) but not taken when shutdown began.
-    router: Router,
-    leftovers: Vec<Message>,
     /// The listener's ready flag.
     ready: tokio::sync::watch::Sender<bool>,
 }
@@ -198,6 +190,10 @@ impl Source for Consuming {
             };
             match session.consumer.next().await {
                 Some(Ok(delivery)) => {
+                    if self.opts.noack {
+                        // `noack`: acked as it is taken, before it is handled.
+                        log_ack(delivery.acker.ack(BasicAckOptions::default()).await);
+                    }
                     return Some(Message {
                         delivery,
                         shared: session.shared.clone(),
@@ -215,33 +211,17 @@ impl Source for Consuming {
 
     async fn stop(&mut self) {
         let Some(session) = &mut self.session else { return };
-        // Stop taking messages; the ones delivered but not handled yet go back to the queue
-        // when the channel closes (they are not acked).
+        // Stop taking messages; the ones delivered but not taken yet go back to the queue
+        // when the channel closes (they are not acked, `noack` or not).
         let tag = session.consumer.tag();
         let _ = session
             .shared
             .channel
             .basic_cancel(tag, BasicCancelOptions::default())
             .await;
-        if self.opts.noack {
-            // Without acks the broker counted those as taken: they are handled before closing.
-            while let Some(Some(Ok(delivery))) = session.consumer.next().now_or_never() {
-                self.leftovers.push(Message {
-                    delivery,
-                    shared: session.shared.clone(),
-                });
-            }
-        }
     }
 
     async fn close(mut self) {
-        if !self.leftovers.is_empty() {
-            tracing::debug!(url = %self.opts.url, messages = self.leftovers.len(), "handling the messages delivered before shutdown");
-            let router = self.router.clone();
-            futures_util::stream::iter(std::mem::take(&mut self.leftovers))
-                .for_each_concurrent(self.opts.max_in_flight, |m| m.serve(&router).rest)
-                .await;
-        }
         // In-flight handlers have replied and acked on the still-open channel.
         if let Some(session) = self.session.take().filter(|s| s.conn.status().connected()) {
             // Channels first: closing the connection under open channels makes lapin log errors.
