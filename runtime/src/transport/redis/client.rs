@@ -10,9 +10,12 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::future::{BoxFuture, FutureExt};
 use futures_util::stream::StreamExt;
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
 
-use super::{COMMAND_TIMEOUT, Publisher, connect_error, open, payload, pubsub};
+use super::subscriber::{Event, Subscriber, command};
+use super::{COMMAND_TIMEOUT, Publisher, connect_error, open};
 use crate::error::{Error, Result};
 #[cfg(test)]
 use crate::service::Kind;
@@ -63,7 +66,11 @@ struct Channels {
 
 struct SubConn {
     generation: u64,
-    sink: ::redis::aio::PubSubSink,
+    /// Where SUBSCRIBE and UNSUBSCRIBE are written.
+    writer: OwnedWriteHalf,
+    /// One per channel (un)subscribed, from the reader task, in the order Redis answers;
+    /// never more than the commands written under the subscriber lock ask for.
+    confirmed: mpsc::UnboundedReceiver<()>,
     reader: AbortHandle,
 }
 
@@ -114,8 +121,9 @@ impl RedisClient {
                 }
             }
             let attempt = self.sub_attempts.fetch_add(1, Ordering::AcqRel) + 1;
-            let ps = match pubsub(&self.shared.client, &self.shared.addr, self.connect_timeout).await {
-                Ok(ps) => ps,
+            let info = self.shared.client.get_connection_info();
+            let sub = match Subscriber::connect(info, &self.shared.addr, self.connect_timeout).await {
+                Ok(sub) => sub,
                 Err(e) => {
                     let reason = match &e {
                         Error::Connect { reason, .. } => reason.clone(),
@@ -125,7 +133,8 @@ impl RedisClient {
                     return Err(e);
                 }
             };
-            let (sink, mut messages) = ps.split();
+            let Subscriber { mut reader, writer } = sub;
+            let (confirm, confirmed) = mpsc::unbounded_channel();
             let generation = {
                 let mut ch = self.shared.channels.lock().expect("channels lock");
                 let generation = next_generation();
@@ -137,9 +146,13 @@ impl RedisClient {
             };
             let shared = self.shared.clone();
             let reader = tokio::spawn(async move {
-                while let Some(msg) = messages.next().await {
-                    if msg.get_channel_name().ends_with(".reply") {
-                        shared.pending.deliver(&payload(msg));
+                while let Some(event) = reader.next().await {
+                    match event {
+                        Event::Message(msg) if msg.channel.ends_with(b".reply") => shared.pending.deliver(&msg.payload),
+                        Event::Message(_) => {}
+                        Event::Confirmed => {
+                            let _ = confirm.send(());
+                        }
                     }
                 }
                 shared.lost(generation);
@@ -148,7 +161,8 @@ impl RedisClient {
             tracing::debug!(addr = %self.shared.addr, "redis subscriber connected");
             *slot = Some(SubConn {
                 generation,
-                sink,
+                writer,
+                confirmed,
                 reader,
             });
         }
@@ -193,15 +207,25 @@ impl RedisClient {
             }
         };
         let result = async {
+            let channel = reply_channel(route);
+            let mut args: Vec<&str> = vec!["UNSUBSCRIBE"];
+            args.extend(idle.iter().map(String::as_str));
             if !idle.is_empty() {
-                conn.sink.unsubscribe(&idle).await?;
+                command(&mut conn.writer, &args).await?;
             }
-            conn.sink.subscribe(reply_channel(route)).await
+            command(&mut conn.writer, &["SUBSCRIBE", &channel]).await?;
+            for _ in 0..idle.len() + 1 {
+                if conn.confirmed.recv().await.is_none() {
+                    return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof));
+                }
+            }
+            Ok(())
         };
         match tokio::time::timeout(COMMAND_TIMEOUT, result).await {
             Ok(Ok(())) => {}
             failed => {
                 let reason = match failed {
+                    Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => "the connection closed".to_owned(),
                     Ok(Err(e)) => e.to_string(),
                     _ => format!("SUBSCRIBE not acknowledged within {COMMAND_TIMEOUT:?}"),
                 };

@@ -194,23 +194,3 @@ impl Publisher {
         self.conn.lock().expect("publisher lock").take();
     }
 }
-
-/// A message's payload as `Bytes` without a copy: the message itself is the owner.
-fn payload(msg: ::redis::Msg) -> bytes::Bytes {
-    struct Payload(::redis::Msg);
-    impl AsRef<[u8]> for Payload {
-        fn as_ref(&self) -> &[u8] {
-            self.0.get_payload_bytes()
-        }
-    }
-    bytes::Bytes::from_owner(Payload(msg))
-}
-
-/// Opens a subscriber connection within `timeout`.
-async fn pubsub(client: &::redis::Client, addr: &str, timeout: Duration) -> Result<::redis::aio::PubSub> {
-    match tokio::time::timeout(timeout, client.get_async_pubsub()).await {
-        Ok(Ok(ps)) => Ok(ps),
-        Ok(Err(e)) => Err(connect_error(addr, e)),
-        Err(_) => Err(connect_error(addr, format!("no answer within {timeout:?}"))),
-    }
-}

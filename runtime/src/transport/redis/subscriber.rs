@@ -1,11 +1,13 @@
-//! The server's subscriber connection, read by the serve loop itself: Redis's RESP2 pub/sub
-//! replies parsed in place from the read buffer, each message's payload a slice of it.
+//! A subscriber connection of our own (the server's subscription, the client's reply
+//! channels): Redis's RESP2 pub/sub replies parsed in place from the read buffer, each
+//! message's payload a slice of it.
 //!
 //! Not redis-rs's `aio::PubSub`, whose task reads the socket as fast as Redis writes into an
 //! unbounded channel: a server that falls behind would hold its whole backlog in memory. Read
 //! only when the serve loop has room for a message, the backlog stays in the socket and then in
 //! Redis, whose `client-output-buffer-limit pubsub` disconnects a subscriber that falls too far
-//! behind (the server then subscribes again). And a message no longer crosses tasks.
+//! behind (the server then subscribes again). And a message crosses no task on its way: the
+//! server's serve loop reads it, the client's reader task hands it to the call.
 
 use std::io;
 use std::ops::Range;
@@ -14,6 +16,7 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
 use super::connect_error;
 use crate::error::{Error, Result};
@@ -32,12 +35,17 @@ pub(super) struct Published {
     pub(super) payload: Bytes,
 }
 
-/// A connection in subscriber mode.
+/// What a subscriber connection receives.
+pub(super) enum Event {
+    Message(Published),
+    /// A channel's SUBSCRIBE or UNSUBSCRIBE confirmed (Redis answers them in order).
+    Confirmed,
+}
+
+/// A connection in subscriber mode: its reading half, and its writing half for commands.
 pub(super) struct Subscriber {
-    stream: TcpStream,
-    rbuf: BytesMut,
-    /// `redis://host:port`, for errors.
-    addr: String,
+    pub(super) reader: Reader,
+    pub(super) writer: OwnedWriteHalf,
 }
 
 impl Subscriber {
@@ -51,10 +59,14 @@ impl Subscriber {
                 .await
                 .map_err(|e| connect_error(addr, e))?;
             let _ = stream.set_nodelay(true);
+            let (rd, writer) = stream.into_split();
             let mut sub = Subscriber {
-                stream,
-                rbuf: BytesMut::with_capacity(16 * 1024),
-                addr: addr.to_owned(),
+                reader: Reader {
+                    rd,
+                    rbuf: BytesMut::with_capacity(16 * 1024),
+                    addr: addr.to_owned(),
+                },
+                writer,
             };
             // AUTH when the URL has a password, then PING: refused at once (NOAUTH) when Redis
             // wants a password the URL lacks, not later by SUBSCRIBE.
@@ -63,11 +75,15 @@ impl Subscriber {
                 let mut args = vec!["AUTH"];
                 args.extend(redis.username());
                 args.push(password);
-                sub.command(&args).await.map_err(|e| connect_error(addr, e))?;
-                sub.expect_status(addr, "AUTH").await?;
+                command(&mut sub.writer, &args)
+                    .await
+                    .map_err(|e| connect_error(addr, e))?;
+                sub.reader.expect_status("AUTH").await?;
             }
-            sub.command(&["PING"]).await.map_err(|e| connect_error(addr, e))?;
-            sub.expect_status(addr, "PING").await?;
+            command(&mut sub.writer, &["PING"])
+                .await
+                .map_err(|e| connect_error(addr, e))?;
+            sub.reader.expect_status("PING").await?;
             Ok(sub)
         };
         match tokio::time::timeout(timeout, connected).await {
@@ -82,15 +98,22 @@ impl Subscriber {
         let mut args = Vec::with_capacity(channels.len() + 1);
         args.push("SUBSCRIBE");
         args.extend_from_slice(channels);
-        self.command(&args).await.map_err(|e| self.io_error(e))?;
+        command(&mut self.writer, &args)
+            .await
+            .map_err(|e| self.reader.io_error(e))?;
         for channel in channels {
-            match self.reply().await.map_err(|e| self.io_error(e))? {
+            match self.reader.reply().await.map_err(|e| self.reader.io_error(e))? {
                 Reply::Items(items) if items.kind() == b"subscribe" && items.get(1) == channel.as_bytes() => {}
-                Reply::Error(text) => return Err(Error::refused(format!("SUBSCRIBE on {} failed: {text}", self.addr))),
+                Reply::Error(text) => {
+                    return Err(Error::refused(format!(
+                        "SUBSCRIBE on {} failed: {text}",
+                        self.reader.addr
+                    )));
+                }
                 _ => {
                     return Err(Error::refused(format!(
                         "unexpected answer to SUBSCRIBE from {}",
-                        self.addr
+                        self.reader.addr
                     )));
                 }
             }
@@ -100,6 +123,38 @@ impl Subscriber {
 
     /// The next message; `None` once the connection is closed or broken (logged).
     pub(super) async fn next(&mut self) -> Option<Published> {
+        loop {
+            if let Event::Message(m) = self.reader.next().await? {
+                return Some(m);
+            }
+        }
+    }
+}
+
+/// Writes one command as an array of bulk strings.
+pub(super) async fn command(w: &mut OwnedWriteHalf, args: &[&str]) -> io::Result<()> {
+    let mut out = Vec::with_capacity(16 + args.iter().map(|a| a.len() + 16).sum::<usize>());
+    out.extend_from_slice(format!("*{}\r\n", args.len()).as_bytes());
+    for arg in args {
+        out.extend_from_slice(format!("${}\r\n", arg.len()).as_bytes());
+        out.extend_from_slice(arg.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    w.write_all(&out).await
+}
+
+/// A subscriber connection's reading half.
+pub(super) struct Reader {
+    rd: OwnedReadHalf,
+    rbuf: BytesMut,
+    /// `redis://host:port`, for errors.
+    addr: String,
+}
+
+impl Reader {
+    /// The next message or confirmation; `None` once the connection is closed or broken
+    /// (logged).
+    pub(super) async fn next(&mut self) -> Option<Event> {
         loop {
             let reply = match self.reply().await {
                 Ok(reply) => reply,
@@ -112,12 +167,15 @@ impl Subscriber {
             };
             match reply {
                 Reply::Items(items) if items.kind() == b"message" && items.len == 3 => {
-                    return Some(Published {
+                    return Some(Event::Message(Published {
                         channel: items.take(1),
                         payload: items.take(2),
-                    });
+                    }));
                 }
-                // Confirmations and pongs.
+                Reply::Items(items) if matches!(items.kind(), b"subscribe" | b"unsubscribe") => {
+                    return Some(Event::Confirmed);
+                }
+                // Pongs.
                 Reply::Items(_) | Reply::Status => {}
                 Reply::Error(text) => {
                     tracing::warn!(addr = %self.addr, error = %text, "redis subscriber connection answered an error");
@@ -129,11 +187,11 @@ impl Subscriber {
 
     /// Reads a status reply (`+OK`, `+PONG`); an error reply fails the connection with
     /// Redis's text, which names no password (`WRONGPASS invalid username-password pair`).
-    async fn expect_status(&mut self, addr: &str, command: &str) -> Result<()> {
-        match self.reply().await.map_err(|e| connect_error(addr, e))? {
+    async fn expect_status(&mut self, command: &str) -> Result<()> {
+        match self.reply().await.map_err(|e| connect_error(&self.addr, e))? {
             Reply::Status => Ok(()),
-            Reply::Error(text) => Err(connect_error(addr, text)),
-            Reply::Items(_) => Err(connect_error(addr, format!("unexpected answer to {command}"))),
+            Reply::Error(text) => Err(connect_error(&self.addr, text)),
+            Reply::Items(_) => Err(connect_error(&self.addr, format!("unexpected answer to {command}"))),
         }
     }
 
@@ -147,18 +205,6 @@ impl Subscriber {
         }
     }
 
-    /// Writes one command as an array of bulk strings.
-    async fn command(&mut self, args: &[&str]) -> io::Result<()> {
-        let mut out = Vec::with_capacity(16 + args.iter().map(|a| a.len() + 16).sum::<usize>());
-        out.extend_from_slice(format!("*{}\r\n", args.len()).as_bytes());
-        for arg in args {
-            out.extend_from_slice(format!("${}\r\n", arg.len()).as_bytes());
-            out.extend_from_slice(arg.as_bytes());
-            out.extend_from_slice(b"\r\n");
-        }
-        self.stream.write_all(&out).await
-    }
-
     /// Reads one whole reply (cancel safe: what was read stays in the buffer).
     async fn reply(&mut self) -> io::Result<Reply> {
         loop {
@@ -169,7 +215,7 @@ impl Subscriber {
                 }
                 Parsed::Partial(need) => {
                     self.rbuf.reserve(need.saturating_sub(self.rbuf.len()).max(4096));
-                    if self.stream.read_buf(&mut self.rbuf).await? == 0 {
+                    if self.rd.read_buf(&mut self.rbuf).await? == 0 {
                         return Err(io::ErrorKind::UnexpectedEof.into());
                     }
                 }
