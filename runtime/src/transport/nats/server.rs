@@ -67,7 +67,7 @@ impl NatsListener {
                 }
                 async_nats::Event::Connected => tracing::debug!(url = %url, "server connected to NATS"),
                 async_nats::Event::SlowConsumer(sid) => {
-                    tracing::warn!(url = %url, sid, "NATS slow consumer: the server dropped messages")
+                    tracing::warn!(url = %url, sid, "NATS slow consumer: a subscription's buffer (65,536 messages, async-nats's) was full; messages dropped (max_in_flight)")
                 }
                 other => tracing::debug!(url = %url, event = %other, "NATS event"),
             })
