@@ -411,8 +411,10 @@ async fn deletions_committed_while_an_append_waits_are_seen() {
     until_waiting(&a, &schema, "SET position = position +", 1).await;
     holder.commit().await.unwrap();
     tombstone.await.unwrap().unwrap();
+    // PostgreSQL usually grants the head's lock in the order asked, but does not promise it:
+    // the append may go before the tombstone, and then succeeds (and its event is deleted).
     let appended = append.await.unwrap();
-    assert!(matches!(appended, Err(Error::StreamDeleted(_))), "{appended:?}");
+    assert!(matches!(appended, Ok(_) | Err(Error::StreamDeleted(_))), "{appended:?}");
     assert_eq!(a.stream_state("gone").await.unwrap(), StreamState::Deleted);
     assert!(a.read_all(0, 100).await.unwrap().iter().all(|r| r.stream != "gone"));
 
@@ -424,9 +426,11 @@ async fn deletions_committed_while_an_append_waits_are_seen() {
         async move { b.append("cut", ExpectedVersion::Any, vec![event(3)]).await }
     });
     until_waiting(&a, &schema, "SET position = position +", 1).await;
+    // Before revision 2: whether `a`'s append (revision 2) commits before or after the
+    // truncation (the lock's order is not promised), what is left is the same.
     let truncate = tokio::spawn({
         let b = b.clone();
-        async move { b.truncate_before("cut", u64::MAX).await }
+        async move { b.truncate_before("cut", 2).await }
     });
     until_waiting(&a, &schema, "deletions = deletions + 1", 1).await;
     let second = tokio::spawn({
