@@ -413,13 +413,11 @@ async fn max_in_flight_bounds_the_handlers_running() {
 }
 
 /// Holds `mqtt_qos0_backlog` events until the test lets them go.
-static QOS0_GATE: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(0);
-static QOS0_HANDLED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+static QOS0: Gate = Gate::new();
 
 #[event_pattern("mqtt_qos0_backlog")]
 async fn mqtt_qos0_backlog(_data: String) {
-    QOS0_GATE.acquire().await.unwrap().forget();
-    QOS0_HANDLED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    QOS0.pass().await;
 }
 
 /// QoS 0 has no flow control: a server that falls behind keeps at most 64 MiB of payloads
@@ -446,7 +444,7 @@ async fn qos0_messages_past_the_backlog_bound_are_dropped() {
         }
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
-    QOS0_GATE.add_permits(sent);
+    QOS0.open(sent);
     // One message at a time: once a later request is answered, every event kept before it
     // has been handled. (The request may itself be dropped while the backlog is full.)
     let mut answered = false;
@@ -457,7 +455,7 @@ async fn qos0_messages_past_the_backlog_bound_are_dropped() {
         }
     }
     assert!(answered, "the server serves on");
-    let handled = QOS0_HANDLED.load(std::sync::atomic::Ordering::Relaxed);
+    let handled = QOS0.passed();
     assert!(handled > 0, "the first events were handled");
     // About 64 kept (more only if some arrived after the gate opened); all 256 without the
     // bound.

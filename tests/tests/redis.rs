@@ -837,13 +837,11 @@ async fn replicas_in_a_group_handle_each_request_once() {
 // A server that falls behind, and credentials.
 
 /// Holds `redis_backlog` events until the test lets them go.
-static BACKLOG_GATE: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(0);
-static BACKLOG_HANDLED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+static BACKLOG: Gate = Gate::new();
 
 #[event_pattern("redis_backlog")]
 async fn redis_backlog(_data: Value) {
-    BACKLOG_GATE.acquire().await.unwrap().forget();
-    BACKLOG_HANDLED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    BACKLOG.pass().await;
 }
 
 /// The ids of the connections subscribed to something.
@@ -896,7 +894,7 @@ async fn a_server_that_falls_behind_leaves_its_backlog_in_redis() {
     }
 
     // Let the handler go: the server subscribes again and serves on.
-    BACKLOG_GATE.add_permits(published);
+    BACKLOG.open(published);
     let c = client(&redis.url()).await;
     let until = Instant::now() + Duration::from_secs(20);
     loop {
@@ -906,7 +904,7 @@ async fn a_server_that_falls_behind_leaves_its_backlog_in_redis() {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let handled = BACKLOG_HANDLED.load(std::sync::atomic::Ordering::Relaxed);
+    let handled = BACKLOG.passed();
     assert!(
         handled < published,
         "what Redis dropped is not handled (pub/sub is at most once): {handled}"

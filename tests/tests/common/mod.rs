@@ -305,6 +305,37 @@ pub fn missing(what: &str, fix: &str) {
         }
     }
 }
+/// Holds a test's handler until the test opens it, counting those that passed: for a server
+/// whose slots are all taken.
+pub struct Gate {
+    permits: tokio::sync::Semaphore,
+    passed: std::sync::atomic::AtomicUsize,
+}
+
+impl Gate {
+    pub const fn new() -> Self {
+        Gate {
+            permits: tokio::sync::Semaphore::const_new(0),
+            passed: std::sync::atomic::AtomicUsize::new(0),
+        }
+    }
+
+    /// Waits until the gate lets one more through.
+    pub async fn pass(&self) {
+        self.permits.acquire().await.unwrap().forget();
+        self.passed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Lets `n` more through.
+    pub fn open(&self, n: usize) {
+        self.permits.add_permits(n);
+    }
+
+    pub fn passed(&self) -> usize {
+        self.passed.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
 pub mod conformance;
 pub mod nest;
 pub mod raw;

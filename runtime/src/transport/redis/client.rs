@@ -207,13 +207,14 @@ impl RedisClient {
             }
         };
         let result = async {
-            let channel = reply_channel(route);
-            let mut args: Vec<&str> = vec!["UNSUBSCRIBE"];
-            args.extend(idle.iter().map(String::as_str));
             if !idle.is_empty() {
+                let args: Vec<&str> = std::iter::once("UNSUBSCRIBE")
+                    .chain(idle.iter().map(String::as_str))
+                    .collect();
                 command(&mut conn.writer, &args).await?;
             }
-            command(&mut conn.writer, &["SUBSCRIBE", &channel]).await?;
+            command(&mut conn.writer, &["SUBSCRIBE", &reply_channel(route)]).await?;
+            // Redis confirms each channel, in order.
             for _ in 0..idle.len() + 1 {
                 if conn.confirmed.recv().await.is_none() {
                     return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof));

@@ -8,7 +8,8 @@
 //! - server: `max_in_flight` (per connection, default 256), `incomplete_timeout_ms` (a frame
 //!   must arrive whole within it from its first byte, default 30000), `idle_timeout_ms` (a
 //!   connection with nothing received and nothing in flight is closed, and so is one whose
-//!   peer takes none of its replies for as long; default 300000; 0: never), `max_connections` (more are closed at once, with a warning; default 10000),
+//!   peer takes none of its replies for as long; default 300000; 0: never),
+//!   `max_connections` (more are closed at once, with a warning; default 10000),
 //!   `backlog` (the listen queue, default 1024), `max_buffered_bytes` (what all connections
 //!   may buffer of partial frames together beyond 64 KiB each; a connection that needs more
 //!   is closed, default 256 Mi);
