@@ -956,3 +956,138 @@ async fn a_password_and_an_acl_user_are_sent_and_a_wrong_one_is_refused() {
         assert!(!text.contains("wrong"), "{url}: no password shown: {text}");
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// A subscriber connection that goes silent: pinged, then replaced.
+
+/// A TCP proxy to a private Redis whose connections the test can freeze: they stay open and
+/// carry nothing either way, as a connection that a NAT or a load balancer dropped from its
+/// table without telling either end. Connections made after the freeze pass.
+struct FreezingProxy {
+    port: u16,
+    freezes: tokio::sync::watch::Sender<u64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl FreezingProxy {
+    async fn start(target: u16) -> FreezingProxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let freezes = tokio::sync::watch::Sender::new(0u64);
+        let watch = freezes.subscribe();
+        let task = tokio::spawn(async move {
+            let mut conns = tokio::task::JoinSet::new();
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let mut watch = watch.clone();
+                conns.spawn(async move {
+                    let born = *watch.borrow_and_update();
+                    let Ok(mut outbound) = TcpStream::connect(("127.0.0.1", target)).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = async { watch.wait_for(|&n| n != born).await.is_ok() } => {
+                            // Frozen: both sockets held open, nothing read or written.
+                            std::future::pending::<()>().await;
+                        }
+                    }
+                });
+            }
+        });
+        FreezingProxy { port, freezes, task }
+    }
+
+    fn freeze(&self) {
+        self.freezes.send_modify(|n| *n += 1);
+    }
+}
+
+impl Drop for FreezingProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Whether `echo` answers through `c` within `within`, trying every 100 ms.
+async fn answers_within(c: &Client, within: Duration) -> bool {
+    let until = Instant::now() + within;
+    while Instant::now() < until {
+        let quick = c.with_timeout(Duration::from_millis(500));
+        if quick.send(ECHO, json!("again")).await.ok() == Some(json!("again")) {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}
+
+#[tokio::test]
+async fn a_silent_subscriber_connection_is_pinged_then_replaced() {
+    let Some(redis) = PrivateRedis::start().await else {
+        return;
+    };
+    let proxy = FreezingProxy::start(redis.port).await;
+    let url = format!("redis://127.0.0.1:{}?ping_interval_ms=200", proxy.port);
+    let s = serve(&url, Microservice::new().handler(ECHO)).await;
+    let c = client(&redis.url()).await;
+    assert_eq!(c.send(ECHO, json!("before")).await.unwrap(), json!("before"));
+
+    // The server's connections to Redis go silent; Redis still counts it subscribed and
+    // writes its messages into the void.
+    proxy.freeze();
+    assert!(
+        answers_within(&c, Duration::from_secs(15)).await,
+        "the server kept waiting on its silent subscriber connection"
+    );
+    assert!(s.health().is_ready(), "{:?}", s.health().report());
+    s.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_client_whose_reply_connection_goes_silent_replaces_it() {
+    let Some(redis) = PrivateRedis::start().await else {
+        return;
+    };
+    let proxy = FreezingProxy::start(redis.port).await;
+    let s = serve(&redis.url(), Microservice::new().handler(ECHO)).await;
+    let url = format!("redis://127.0.0.1:{}?ping_interval_ms=200", proxy.port);
+    let c = client(&url).await;
+    assert_eq!(c.send(ECHO, json!("before")).await.unwrap(), json!("before"));
+
+    // The client's connections go silent: its requests reach nobody, the replies nobody.
+    proxy.freeze();
+    assert!(
+        answers_within(&c, Duration::from_secs(15)).await,
+        "the client kept its silent reply connection, and every call timed out"
+    );
+    s.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn ping_interval_ms_is_checked() {
+    let Some(redis) = PrivateRedis::start().await else {
+        return;
+    };
+    let Err(bad) = Microservice::new()
+        .handler(ECHO)
+        .listen(format!("{}?ping_interval_ms=soon", redis.url()))
+        .start()
+        .await
+    else {
+        panic!("a server with ping_interval_ms=soon started");
+    };
+    assert!(bad.to_string().contains("ping_interval_ms"), "{bad}");
+    let Err(bad) = Client::connect(&format!("{}?ping_interval_ms=-1", redis.url())).await else {
+        panic!("a client with ping_interval_ms=-1 was made");
+    };
+    assert!(bad.to_string().contains("ping_interval_ms"), "{bad}");
+    // 0 turns it off: the server starts and serves.
+    let s = serve(
+        &format!("{}?ping_interval_ms=0", redis.url()),
+        Microservice::new().handler(ECHO),
+    )
+    .await;
+    let c = client(&redis.url()).await;
+    assert_eq!(c.send(ECHO, json!(1)).await.unwrap(), json!(1));
+    s.shutdown().await.unwrap();
+}

@@ -37,6 +37,8 @@ pub mod grpc;
 pub mod health;
 #[cfg(feature = "kafka")]
 pub mod kafka;
+#[cfg(any(feature = "tcp", feature = "redis"))]
+pub(crate) mod keepalive;
 pub mod mem;
 #[cfg(feature = "mqtt")]
 pub mod mqtt;

@@ -35,6 +35,8 @@ const IDLE_REPLY_CHANNELS: usize = 256;
 pub struct RedisClient {
     shared: Arc<Shared>,
     connect_timeout: Duration,
+    /// Silence on the subscriber connection after which Redis is sent a PING (`None`: never).
+    ping_every: Option<Duration>,
     /// The subscriber connection; held while connecting and (un)subscribing.
     sub: tokio::sync::Mutex<Option<SubConn>>,
     /// Subscriber connection attempts so far, and the number and error of the last one that
@@ -66,8 +68,8 @@ struct Channels {
 
 struct SubConn {
     generation: u64,
-    /// Where SUBSCRIBE and UNSUBSCRIBE are written.
-    writer: OwnedWriteHalf,
+    /// Where SUBSCRIBE and UNSUBSCRIBE are written, and the reader task's PINGs.
+    writer: Arc<tokio::sync::Mutex<OwnedWriteHalf>>,
     /// One per channel (un)subscribed, from the reader task, in the order Redis answers;
     /// never more than the commands written under the subscriber lock ask for.
     confirmed: mpsc::UnboundedReceiver<()>,
@@ -84,7 +86,7 @@ impl RedisClient {
     /// A client for the broker named by `redis://host:port`; connects on first use (or on
     /// [`ClientTransport::connect`]).
     pub(crate) fn new(ep: &Endpoint, opts: &ClientOptions) -> Result<Self> {
-        ep.only_params(&["connect_timeout_ms"])?;
+        ep.only_params(&["connect_timeout_ms", "ping_interval_ms"])?;
         let connect_timeout = ep
             .param_as("connect_timeout_ms")?
             .map(Duration::from_millis)
@@ -99,6 +101,7 @@ impl RedisClient {
                 channels: Mutex::default(),
             }),
             connect_timeout,
+            ping_every: super::ping_interval(ep)?,
             sub: tokio::sync::Mutex::new(None),
             sub_attempts: AtomicU64::new(0),
             sub_failed: Mutex::new((0, String::new())),
@@ -144,12 +147,12 @@ impl RedisClient {
                 };
                 generation
             };
-            let shared = self.shared.clone();
+            let (shared, pings, every) = (self.shared.clone(), writer.clone(), self.ping_every);
             let reader = tokio::spawn(async move {
-                while let Some(event) = reader.next().await {
+                while let Some(event) = reader.next_alive(every, &pings).await {
                     match event {
                         Event::Message(msg) if msg.channel.ends_with(b".reply") => shared.pending.deliver(&msg.payload),
-                        Event::Message(_) => {}
+                        Event::Message(_) | Event::Pong => {}
                         Event::Confirmed => {
                             let _ = confirm.send(());
                         }
@@ -207,13 +210,15 @@ impl RedisClient {
             }
         };
         let result = async {
+            let mut writer = conn.writer.lock().await;
             if !idle.is_empty() {
                 let args: Vec<&str> = std::iter::once("UNSUBSCRIBE")
                     .chain(idle.iter().map(String::as_str))
                     .collect();
-                command(&mut conn.writer, &args).await?;
+                command(&mut writer, &args).await?;
             }
-            command(&mut conn.writer, &["SUBSCRIBE", &reply_channel(route)]).await?;
+            command(&mut writer, &["SUBSCRIBE", &reply_channel(route)]).await?;
+            drop(writer);
             // Redis confirms each channel, in order.
             for _ in 0..idle.len() + 1 {
                 if conn.confirmed.recv().await.is_none() {

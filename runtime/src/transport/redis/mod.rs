@@ -25,13 +25,19 @@
 //!
 //! URL: `redis://[user:password@]host:port`, query parameters:
 //! - both ends: `connect_timeout_ms` (default 5000 on the server, the client's connect
-//!   timeout on the client);
+//!   timeout on the client); `ping_interval_ms` (default 30000, 0 for never): after that
+//!   long without a word from Redis on a subscriber connection (the server's subscription,
+//!   the client's reply channels), Redis is sent a PING, and without an answer in as long
+//!   again the connection is taken for dead and replaced (the client's calls waiting on it
+//!   fail). A half-open connection, behind a NAT or a proxy that lost it, would otherwise
+//!   keep the server waiting for ever and fail every call of the client at its deadline;
 //! - server: `max_in_flight` (messages being handled at once, default 1024, as on every
 //!   transport; when full the server stops reading until one finishes); `group` (opt-in load
 //!   balancing, not in NestJS: the replicas started with the same `group=name` still all
 //!   receive each request, but only the one that claims it first, with `SET … NX` on a key
 //!   naming the group, channel, request id and a digest of the packet, handles it; one extra
 //!   Redis round trip per request; events still reach every replica).
+//! - The subscriber connections also have TCP keepalive on, as the TCP transport's.
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -67,6 +73,18 @@ fn open(ep: &Endpoint) -> Result<(::redis::Client, String)> {
     })?;
     let host = ep.authority.rsplit_once('@').map_or(ep.authority.as_str(), |(_, h)| h);
     Ok((client, format!("redis://{host}")))
+}
+
+/// Silence on a subscriber connection after which Redis is sent a PING, unless the URL's
+/// `ping_interval_ms` says otherwise (0: never).
+const DEFAULT_PING_INTERVAL: Duration = Duration::from_secs(30);
+
+fn ping_interval(ep: &Endpoint) -> Result<Option<Duration>> {
+    Ok(match ep.param_as::<u64>("ping_interval_ms")? {
+        Some(0) => None,
+        Some(ms) => Some(Duration::from_millis(ms)),
+        None => Some(DEFAULT_PING_INTERVAL),
+    })
 }
 
 fn connect_error(addr: &str, e: impl std::fmt::Display) -> Error {

@@ -28,6 +28,8 @@ pub struct RedisListener {
     addr: String,
     connect_timeout: Duration,
     max_in_flight: usize,
+    /// Silence on the subscriber connection after which Redis is sent a PING (`None`: never).
+    ping_every: Option<Duration>,
     /// The subscriber connection opened by `bind`, used for the first subscription.
     first: Option<Subscriber>,
     publisher: Arc<Publisher>,
@@ -47,7 +49,7 @@ impl std::fmt::Debug for RedisListener {
 impl RedisListener {
     /// Connects to the broker named by `redis://host:port`; fails if it cannot be reached.
     pub async fn bind(ep: &Endpoint) -> Result<Self> {
-        ep.only_params(&["connect_timeout_ms", broker::MAX_IN_FLIGHT, "group"])?;
+        ep.only_params(&["connect_timeout_ms", broker::MAX_IN_FLIGHT, "group", "ping_interval_ms"])?;
         let group = match ep.param("group") {
             Some("") => {
                 return Err(Error::InvalidUrl {
@@ -62,6 +64,7 @@ impl RedisListener {
             .map(Duration::from_millis)
             .unwrap_or(DEFAULT_CONNECT_TIMEOUT);
         let max_in_flight = broker::max_in_flight(ep, DEFAULT_MAX_IN_FLIGHT)?;
+        let ping_every = super::ping_interval(ep)?;
         let (client, addr) = open(ep)?;
         let first = Subscriber::connect(client.get_connection_info(), &addr, connect_timeout).await?;
         let publisher = Arc::new(Publisher::new(client.clone(), addr.clone(), connect_timeout));
@@ -70,6 +73,7 @@ impl RedisListener {
             addr,
             connect_timeout,
             max_in_flight,
+            ping_every,
             first: Some(first),
             publisher,
             group,
@@ -191,7 +195,7 @@ impl Source for Subscription {
                 return None;
             }
             let messages = self.messages.as_mut().expect("subscribed above");
-            match messages.next().await {
+            match messages.next(self.l.ping_every).await {
                 Some(msg) => {
                     let name = &msg.channel[..];
                     let channel = match self.channels.binary_search_by(|c| c.name.as_bytes().cmp(name)) {

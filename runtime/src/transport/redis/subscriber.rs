@@ -9,8 +9,11 @@
 //! behind (the server then subscribes again). And a message crosses no task on its way: the
 //! server's serve loop reads it, the client's reader task hands it to the call.
 
+use std::future::Future;
 use std::io;
 use std::ops::Range;
+use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -40,12 +43,15 @@ pub(super) enum Event {
     Message(Published),
     /// A channel's SUBSCRIBE or UNSUBSCRIBE confirmed (Redis answers them in order).
     Confirmed,
+    /// The answer to a PING.
+    Pong,
 }
 
-/// A connection in subscriber mode: its reading half, and its writing half for commands.
+/// A connection in subscriber mode: its reading half, and its writing half for commands
+/// (shared with the PINGs of [`Reader::next_alive`]).
 pub(super) struct Subscriber {
     pub(super) reader: Reader,
-    pub(super) writer: OwnedWriteHalf,
+    pub(super) writer: Arc<tokio::sync::Mutex<OwnedWriteHalf>>,
 }
 
 impl Subscriber {
@@ -59,14 +65,12 @@ impl Subscriber {
                 .await
                 .map_err(|e| connect_error(addr, e))?;
             let _ = stream.set_nodelay(true);
-            let (rd, writer) = stream.into_split();
-            let mut sub = Subscriber {
-                reader: Reader {
-                    rd,
-                    rbuf: BytesMut::with_capacity(16 * 1024),
-                    addr: addr.to_owned(),
-                },
-                writer,
+            crate::transport::keepalive::client(&stream).map_err(|e| connect_error(addr, e))?;
+            let (rd, mut writer) = stream.into_split();
+            let mut reader = Reader {
+                rd,
+                rbuf: BytesMut::with_capacity(16 * 1024),
+                addr: addr.to_owned(),
             };
             // AUTH when the URL has a password, then PING: refused at once (NOAUTH) when Redis
             // wants a password the URL lacks, not later by SUBSCRIBE.
@@ -75,16 +79,17 @@ impl Subscriber {
                 let mut args = vec!["AUTH"];
                 args.extend(redis.username());
                 args.push(password);
-                command(&mut sub.writer, &args)
-                    .await
-                    .map_err(|e| connect_error(addr, e))?;
-                sub.reader.expect_status("AUTH").await?;
+                command(&mut writer, &args).await.map_err(|e| connect_error(addr, e))?;
+                reader.expect_status("AUTH").await?;
             }
-            command(&mut sub.writer, &["PING"])
+            command(&mut writer, &["PING"])
                 .await
                 .map_err(|e| connect_error(addr, e))?;
-            sub.reader.expect_status("PING").await?;
-            Ok(sub)
+            reader.expect_status("PING").await?;
+            Ok(Subscriber {
+                reader,
+                writer: Arc::new(tokio::sync::Mutex::new(writer)),
+            })
         };
         match tokio::time::timeout(timeout, connected).await {
             Ok(sub) => sub,
@@ -98,7 +103,7 @@ impl Subscriber {
         let mut args = Vec::with_capacity(channels.len() + 1);
         args.push("SUBSCRIBE");
         args.extend_from_slice(channels);
-        command(&mut self.writer, &args)
+        command(&mut *self.writer.lock().await, &args)
             .await
             .map_err(|e| self.reader.io_error(e))?;
         for channel in channels {
@@ -121,10 +126,11 @@ impl Subscriber {
         Ok(())
     }
 
-    /// The next message; `None` once the connection is closed or broken (logged).
-    pub(super) async fn next(&mut self) -> Option<Published> {
+    /// The next message; `None` once the connection is closed, broken or silent (logged;
+    /// see [`Reader::next_alive`]).
+    pub(super) async fn next(&mut self, ping_every: Option<Duration>) -> Option<Published> {
         loop {
-            if let Event::Message(m) = self.reader.next().await? {
+            if let Event::Message(m) = self.reader.next_alive(ping_every, &self.writer).await? {
                 return Some(m);
             }
         }
@@ -175,10 +181,54 @@ impl Reader {
                 Reply::Items(items) if matches!(items.kind(), b"subscribe" | b"unsubscribe") => {
                     return Some(Event::Confirmed);
                 }
-                // Pongs.
+                Reply::Items(items) if items.kind() == b"pong" => return Some(Event::Pong),
                 Reply::Items(_) | Reply::Status => {}
                 Reply::Error(text) => {
                     tracing::warn!(addr = %self.addr, error = %text, "redis subscriber connection answered an error");
+                    return None;
+                }
+            }
+        }
+    }
+
+    /// [`next`](Self::next), or `None` once the connection is silent: after `every` without a
+    /// word from Redis, it is sent a PING through `writer`, and without a word in as long again the
+    /// connection is taken for dead (logged). A half-open connection (behind a NAT or a proxy
+    /// that lost it) or a hung Redis never fails by itself, and a subscriber only reads:
+    /// without this it would wait for ever. Silence counts only while waiting here, not while
+    /// the caller is busy elsewhere. `every` of `None`: never pinged.
+    pub(super) async fn next_alive(
+        &mut self,
+        every: Option<Duration>,
+        writer: &tokio::sync::Mutex<OwnedWriteHalf>,
+    ) -> Option<Event> {
+        let Some(every) = every else {
+            return self.next().await;
+        };
+        let mut pinged = false;
+        loop {
+            // What is read already needs no timer (most messages, under load): the timer's
+            // setup would be a good part of a message's cost.
+            let waited = {
+                let mut next = std::pin::pin!(self.next());
+                match std::future::poll_fn(|cx| Poll::Ready(next.as_mut().poll(cx))).await {
+                    Poll::Ready(event) => Ok(event),
+                    Poll::Pending => tokio::time::timeout(every, next).await,
+                }
+            };
+            match waited {
+                Ok(Some(Event::Pong)) => pinged = false,
+                Ok(event) => return event,
+                Err(_) if !pinged => {
+                    pinged = true;
+                    let ping = async { command(&mut *writer.lock().await, &["PING"]).await };
+                    if !matches!(tokio::time::timeout(every, ping).await, Ok(Ok(()))) {
+                        tracing::warn!(addr = %self.addr, "cannot write a PING to redis; taking the subscriber connection for dead");
+                        return None;
+                    }
+                }
+                Err(_) => {
+                    tracing::warn!(addr = %self.addr, waited = ?every, "redis did not answer a PING; taking the subscriber connection for dead");
                     return None;
                 }
             }

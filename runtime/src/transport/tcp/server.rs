@@ -41,6 +41,7 @@ pub(super) async fn serve(l: TcpListener, router: Router, mut shutdown: Shutdown
                         continue;
                     }
                     let _ = stream.set_nodelay(true);
+                    let _ = crate::transport::keepalive::server(&stream);
                     let (router, opts, shutdown) = (router.clone(), l.opts.clone(), shutdown.clone());
                     let share = Share::new(budget.clone());
                     #[cfg(feature = "tls")]
