@@ -1,10 +1,11 @@
-//! TCP keepalive on the connections Switchboard holds open itself (TCP and TLS, both ends;
-//! Redis subscribers). A peer that vanished without a FIN or RST (a host that lost power, a
+//! TCP keepalive on the connections Switchboard holds open (TCP and TLS, both ends; Redis's,
+//! ours and redis-rs's; gRPC, both ends, through tonic's settings). A peer that vanished without a FIN or RST (a host that lost power, a
 //! NAT or load balancer that dropped the connection from its table) is otherwise never
 //! noticed by a connection that only reads, and by one that writes only after the kernel's
 //! fifteen minutes of retransmissions; every call on it fails at its deadline meanwhile. The
-//! probes also keep such middleboxes from forgetting an idle connection. NATS, MQTT, AMQP,
-//! Kafka and gRPC have heartbeats of their own.
+//! probes also keep such middleboxes from forgetting an idle connection. NATS, MQTT and AMQP
+//! have heartbeats of their own. (gRPC has HTTP/2 PINGs, but gRPC servers by default answer
+//! a client that pings more often than every five minutes with GOAWAY, `too_many_pings`.)
 
 use std::time::Duration;
 
@@ -12,28 +13,35 @@ use socket2::{SockRef, TcpKeepalive};
 use tokio::net::TcpStream;
 
 /// Idle time before the first probe.
-const IDLE: Duration = Duration::from_secs(30);
+pub(crate) const IDLE: Duration = Duration::from_secs(30);
 /// Time between unanswered probes.
-#[cfg(target_os = "linux")]
-const INTERVAL: Duration = Duration::from_secs(10);
+#[cfg_attr(not(any(target_os = "linux", feature = "grpc")), allow(dead_code))]
+pub(crate) const INTERVAL: Duration = Duration::from_secs(10);
 /// Unanswered probes after which the connection fails.
-#[cfg(target_os = "linux")]
-const PROBES: u32 = 3;
+#[cfg_attr(not(any(target_os = "linux", feature = "grpc")), allow(dead_code))]
+pub(crate) const PROBES: u32 = 3;
 /// Data sent and not acknowledged for this long fails a client's connection
 /// (`TCP_USER_TIMEOUT`).
 #[cfg(target_os = "linux")]
-const UNACKED: Duration = Duration::from_secs(60);
+pub(crate) const UNACKED: Duration = Duration::from_secs(60);
 
+#[cfg_attr(not(any(feature = "tcp", feature = "redis")), allow(dead_code))]
 /// A server's end: an idle connection whose peer is gone fails about a minute after it went
 /// silent (on Linux; elsewhere after the system's probe count and interval). Replies it
 /// cannot deliver are bounded by the server's own write deadline.
 pub(crate) fn server(stream: &TcpStream) -> std::io::Result<()> {
+    SockRef::from(stream).set_tcp_keepalive(&probes())
+}
+
+/// The probes' settings, for connections that others open (redis-rs's).
+pub(crate) fn probes() -> TcpKeepalive {
     let probes = TcpKeepalive::new().with_time(IDLE);
     #[cfg(target_os = "linux")]
     let probes = probes.with_interval(INTERVAL).with_retries(PROBES);
-    SockRef::from(stream).set_tcp_keepalive(&probes)
+    probes
 }
 
+#[cfg_attr(not(any(feature = "tcp", feature = "redis")), allow(dead_code))]
 /// A client's end: as a server's, and on Linux a request that the peer does not acknowledge
 /// within a minute fails the connection too (the calls on it fail, the next go to a new
 /// one), as does a peer that takes nothing it is sent for a minute.

@@ -37,7 +37,7 @@ pub mod grpc;
 pub mod health;
 #[cfg(feature = "kafka")]
 pub mod kafka;
-#[cfg(any(feature = "tcp", feature = "redis"))]
+#[cfg(any(feature = "tcp", feature = "redis", feature = "grpc"))]
 pub(crate) mod keepalive;
 pub mod mem;
 #[cfg(feature = "mqtt")]

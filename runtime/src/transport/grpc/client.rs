@@ -49,7 +49,10 @@ fn endpoint(ep: &Endpoint, opts: &GrpcClientOptions) -> Result<tonic::transport:
                 reason: e.to_string(),
             })?
             .connect_timeout(opts.connect_timeout)
-            .tcp_nodelay(true),
+            .tcp_nodelay(true)
+            .tcp_keepalive(Some(crate::transport::keepalive::IDLE))
+            .tcp_keepalive_interval(Some(crate::transport::keepalive::INTERVAL))
+            .tcp_keepalive_retries(Some(crate::transport::keepalive::PROBES)),
     )
 }
 

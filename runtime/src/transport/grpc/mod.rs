@@ -136,7 +136,11 @@ async fn serve(l: GrpcListener, router: Router, mut shutdown: Shutdown) -> Resul
     proto::add_services(&mut routes, &shared);
     let health = l.health.unwrap_or_else(|| Health::new(None, &shutdown));
     let reporting = health::Reporter::start(&mut routes, health).await.run();
-    let incoming = tonic::transport::server::TcpIncoming::from(l.listener).with_nodelay(Some(true));
+    let incoming = tonic::transport::server::TcpIncoming::from(l.listener)
+        .with_nodelay(Some(true))
+        .with_keepalive(Some(crate::transport::keepalive::IDLE))
+        .with_keepalive_interval(Some(crate::transport::keepalive::INTERVAL))
+        .with_keepalive_retries(Some(crate::transport::keepalive::PROBES));
     let server = tonic::transport::Server::builder()
         .concurrency_limit_per_connection(l.opts.max_in_flight)
         .add_routes(routes.routes())

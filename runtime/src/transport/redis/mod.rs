@@ -37,16 +37,16 @@
 //!   receive each request, but only the one that claims it first, with `SET … NX` on a key
 //!   naming the group, channel, request id and a digest of the packet, handles it; one extra
 //!   Redis round trip per request; events still reach every replica).
-//! - The subscriber connections also have TCP keepalive on, as the TCP transport's.
+//! - Every connection to Redis has TCP keepalive on, as the TCP transport's.
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use ::redis::aio::MultiplexedConnection;
-use ::redis::{AsyncConnectionConfig, RedisError};
+use ::redis::{AsyncConnectionConfig, IntoConnectionInfo, RedisError};
 
-use super::Endpoint;
+use super::{Endpoint, keepalive};
 use crate::error::{Error, Result};
 
 mod client;
@@ -67,10 +67,18 @@ const COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
 /// The Redis client for `ep`, and the address used in errors (`redis://host:port`, without
 /// credentials or parameters).
 fn open(ep: &Endpoint) -> Result<(::redis::Client, String)> {
-    let client = ::redis::Client::open(format!("redis://{}", ep.authority)).map_err(|e| Error::InvalidUrl {
+    let invalid = |e: RedisError| Error::InvalidUrl {
         url: ep.redacted(),
         reason: e.to_string(),
-    })?;
+    };
+    let info = format!("redis://{}", ep.authority)
+        .into_connection_info()
+        .map_err(invalid)?;
+    // redis-rs's own connections (the publishers) keep alive as ours do.
+    let tcp = info.tcp_settings().clone().set_keepalive(keepalive::probes());
+    #[cfg(target_os = "linux")]
+    let tcp = tcp.set_user_timeout(keepalive::UNACKED);
+    let client = ::redis::Client::open(info.set_tcp_settings(tcp)).map_err(invalid)?;
     let host = ep.authority.rsplit_once('@').map_or(ep.authority.as_str(), |(_, h)| h);
     Ok((client, format!("redis://{host}")))
 }
