@@ -16,6 +16,18 @@ pub(crate) fn reconnected(transport: &'static str) {
     let _ = transport;
 }
 
+/// A message dropped on arrival, never handled (`reason`: `backlog`, `slow_consumer`).
+#[inline]
+#[cfg_attr(not(any(feature = "mqtt", feature = "nats")), allow(dead_code))]
+pub(crate) fn dropped(transport: &'static str, reason: &'static str) {
+    #[cfg(feature = "metrics")]
+    if crate::metrics::enabled() {
+        ::metrics::counter!(names::DROPPED, "transport" => transport, "reason" => reason).increment(1);
+    }
+    #[cfg(not(feature = "metrics"))]
+    let _ = (transport, reason);
+}
+
 /// A call is sent again.
 #[inline]
 pub(crate) fn retried(route: &str) {

@@ -66,8 +66,8 @@ async fn tcp_connections_of_both_ends() {
         .start()
         .await
         .unwrap();
-    let port = port_of(&server.local_url());
-    let client = Client::connect(&server.local_url()).await.unwrap();
+    let port = port_of(server.local_url());
+    let client = Client::connect(server.local_url()).await.unwrap();
     let echoed: serde_json::Value = client.send_raw("echo", json!(1)).await.unwrap();
     assert_eq!(echoed, json!(1));
     let n = all_keepalive("the server's end", |local, _| local == port).await;
@@ -87,8 +87,8 @@ async fn grpc_connections_of_both_ends() {
         .start()
         .await
         .unwrap();
-    let port = port_of(&server.local_url());
-    let client = Client::connect(&server.local_url()).await.unwrap();
+    let port = port_of(server.local_url());
+    let client = Client::connect(server.local_url()).await.unwrap();
     let echoed: serde_json::Value = client.send_raw("echo", json!(1)).await.unwrap();
     assert_eq!(echoed, json!(1));
     all_keepalive("the gRPC server's end", |local, _| local == port).await;

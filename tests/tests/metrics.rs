@@ -74,9 +74,15 @@ async fn scrape_until(what: &str, done: impl Fn(&str) -> bool) -> String {
     );
 }
 
+/// The recorder, installed once for the tests of this binary (they run at once).
+fn install() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| switchboard::metrics::install().unwrap());
+}
+
 #[tokio::test]
 async fn messages_calls_latency_reconnects_and_resilience_are_counted() {
-    switchboard::metrics::install().unwrap();
+    install();
     let server = service()
         .listen("tcp://127.0.0.1:0")
         .health_http("127.0.0.1:0")
@@ -315,4 +321,52 @@ async fn scrape(addr: std::net::SocketAddr) -> String {
     let mut answer = String::new();
     http.read_to_string(&mut answer).await.unwrap();
     answer
+}
+
+/// Closed until the NATS test below opens it.
+#[cfg(feature = "nats")]
+static GATE: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(0);
+
+#[cfg(feature = "nats")]
+#[event_pattern("metered.gated")]
+async fn gated(_n: u64) {
+    let _ = GATE.acquire().await.map(|p| p.forget());
+}
+
+/// A NATS server that falls behind: async-nats keeps 65,536 messages of a subscription and
+/// drops the next ones; each is counted.
+#[cfg(feature = "nats")]
+#[tokio::test]
+async fn messages_a_nats_subscription_drops_are_counted() {
+    const NATS: &str = "nats://127.0.0.1:4222";
+    if tokio::net::TcpStream::connect("127.0.0.1:4222").await.is_err() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "NATS on 4222 is missing: run scripts/brokers.sh"
+        );
+        return;
+    }
+    install();
+    let server = Microservice::new()
+        .handler(GATED)
+        .listen(format!("{NATS}?max_in_flight=1"))
+        .start()
+        .await
+        .unwrap();
+    let client = Client::connect(NATS).await.unwrap();
+    let sent = 70_000u64;
+    for n in 0..sent {
+        client.emit(GATED, n).await.unwrap();
+    }
+    let dropped = [("transport", "nats"), ("reason", "slow_consumer")];
+    let text = scrape_until("messages dropped", |t| {
+        sample(t, "switchboard_messages_dropped_total", &dropped).is_some_and(|n| n >= 1.0)
+    })
+    .await;
+    let n = sample(&text, "switchboard_messages_dropped_total", &dropped).unwrap();
+    // At most what did not fit: one being handled and 65,536 waiting.
+    assert!(n <= (sent - 65_537) as f64, "{n} of {sent} dropped");
+    GATE.add_permits(tokio::sync::Semaphore::MAX_PERMITS / 2);
+    client.close().await;
+    server.shutdown().await.unwrap();
 }

@@ -427,6 +427,9 @@ async fn qos0_messages_past_the_backlog_bound_are_dropped() {
     if !broker_up() {
         return;
     }
+    // Counted too, with metrics on.
+    #[cfg(feature = "metrics")]
+    switchboard::metrics::install().unwrap();
     let broker = PrivateBroker::start().await;
     let url = format!("{}?qos=0&max_in_flight=1", broker.url());
     let server = start_server(&url).await;
@@ -463,6 +466,22 @@ async fn qos0_messages_past_the_backlog_bound_are_dropped() {
         handled < sent / 2,
         "{handled} of {sent} 1 MiB events handled: far more than 64 MiB were kept waiting"
     );
+    #[cfg(feature = "metrics")]
+    {
+        let text = switchboard::metrics::render().unwrap();
+        let line = r#"switchboard_messages_dropped_total{transport="mqtt",reason="backlog"} "#;
+        let dropped: usize = text
+            .lines()
+            .find_map(|l| l.strip_prefix(line))
+            .unwrap_or_else(|| panic!("no dropped messages counted:\n{text}"))
+            .parse()
+            .unwrap();
+        // The broker may drop some too (QoS 0), so not exactly the rest.
+        assert!(
+            dropped >= 1 && handled + dropped <= sent,
+            "{handled} handled, {dropped} dropped of {sent}"
+        );
+    }
     server.shutdown().await.unwrap();
 }
 

@@ -52,6 +52,11 @@ pub mod names {
     pub const CALL_DURATION: &str = "switchboard_call_duration_seconds";
     /// Counter of reconnections after a lost connection: `transport`.
     pub const RECONNECTS: &str = "switchboard_reconnects_total";
+    /// Counter of messages dropped on arrival, never handled: `transport`, `reason`
+    /// (`backlog`: an MQTT server's QoS 0 messages past its 64 MiB of waiting payloads;
+    /// `slow_consumer`: async-nats's buffer of a NATS subscription was full, a server's or a
+    /// client's reply inbox).
+    pub const DROPPED: &str = "switchboard_messages_dropped_total";
     /// Counter of retried attempts: `route`.
     pub const RETRIES: &str = "switchboard_retries_total";
     /// Counter of calls refused by a resilience layer: `side` (`client`, `server`), `route`,

@@ -309,6 +309,7 @@ async fn drive(
                 }
                 let waiting = shared.waiting.load(Ordering::Relaxed);
                 if p.qos == QoS::AtMostOnce && waiting + p.payload.len() > QOS0_BACKLOG {
+                    crate::signal::dropped("mqtt", "backlog");
                     if let Some(held_back) = DROPPED.allow() {
                         tracing::warn!(url = %shared.url, topic = %crate::text::for_log(&p.topic), waiting, held_back, "dropping a QoS 0 message: the server falls too far behind (max_in_flight)");
                     }

@@ -142,7 +142,10 @@ impl NatsClient {
                 }
                 Event::Connected => tracing::info!(url = %url, "connected to the NATS server"),
                 Event::SlowConsumer(sid) => {
-                    tracing::warn!(url = %url, sid, "NATS slow consumer: replies were dropped")
+                    crate::signal::dropped("nats", "slow_consumer");
+                    if let Some(held_back) = super::SLOW_CONSUMER.allow() {
+                        tracing::warn!(url = %url, sid, held_back, "NATS slow consumer: replies were dropped (async-nats's buffer of the reply inbox was full)")
+                    }
                 }
                 other => tracing::debug!(url = %url, event = %other, "NATS event"),
             })

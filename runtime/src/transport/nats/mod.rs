@@ -217,6 +217,9 @@ impl NatsOptions {
     }
 }
 
+/// Warnings about messages async-nats dropped (one event each), at most one a second.
+static SLOW_CONSUMER: crate::text::Throttle = crate::text::Throttle::new(1);
+
 /// Backoff between reconnect attempts: 50 ms doubling up to 2 s.
 fn reconnect_delay(attempts: usize) -> Duration {
     Duration::from_millis((50u64 << attempts.min(6)).min(2_000))
