@@ -6,6 +6,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures_util::StreamExt;
 use futures_util::future::{BoxFuture, FutureExt};
 use hickory_resolver::TokioResolver;
 use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolverConfig, ResolverOpts};
@@ -30,6 +31,8 @@ const EMPTY_REFRESH: Duration = Duration::from_secs(5);
 const FIRST_BACKOFF: Duration = Duration::from_secs(1);
 /// The longest wait between failed resolutions.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// Targets whose addresses are looked up at once.
+const ADDRESS_LOOKUPS: usize = 16;
 
 /// Services found in DNS SRV records. Finding only: registering with it is refused (DNS
 /// records are published by the platform: Kubernetes, Consul, a zone file).
@@ -41,7 +44,8 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 ///
 /// Each SRV record of the answer becomes an [`Instance`]: its id is `target:port`, its URLs
 /// `<transport>://<ip>:<port>` for each address of the target (the A/AAAA records of the
-/// answer's additional section when the server sent them, else looked up; a `tls` URL names
+/// answer's additional section when the server sent them, else looked up, 16 targets at a
+/// time, so a slow server does not time each target one after another; a `tls` URL names
 /// the target as its `server_name`; a client calls the first), passing, its patterns not
 /// known. Only the records of the lowest priority are used, and their weights are not: the
 /// client's [`Balance`](crate::Balance) spreads the calls over the instances. A target of `.`
@@ -306,34 +310,28 @@ impl Lookup {
             .min()
             .unwrap_or(EMPTY_REFRESH);
         let lowest = records.iter().map(|(_, srv)| srv.priority).min();
+        let targets: Vec<_> = records
+            .iter()
+            .filter(|(_, srv)| Some(srv.priority) == lowest && !srv.target.is_root())
+            .map(|(_, srv)| *srv)
+            .collect();
+        // Each target's addresses, a few targets at a time (one after another, a slow server
+        // would time each).
+        let mut lookups = targets.iter().map(|srv| self.addresses(&answer, srv, now));
+        let mut running = futures_util::stream::FuturesOrdered::new();
+        let mut addresses = Vec::with_capacity(targets.len());
+        loop {
+            running.extend(lookups.by_ref().take(ADDRESS_LOOKUPS - running.len()));
+            match running.next().await {
+                Some(found) => addresses.push(found),
+                None => break,
+            }
+        }
         let mut instances = Vec::new();
-        for (_, srv) in records.iter().filter(|(_, srv)| Some(srv.priority) == lowest) {
-            if srv.target.is_root() {
-                continue;
-            }
-            let mut addrs: Vec<IpAddr> = Vec::new();
-            for r in answer.additionals().iter().filter(|r| r.name == srv.target) {
-                let ip = match &r.data {
-                    RData::A(a) => IpAddr::V4(a.0),
-                    RData::AAAA(aaaa) => IpAddr::V6(aaaa.0),
-                    _ => continue,
-                };
-                ttl = ttl.min(seconds(r.ttl));
-                addrs.push(ip);
-            }
-            if addrs.is_empty() {
-                self.resolver.clear_lookup_cache(srv.target.clone(), RecordType::A);
-                self.resolver.clear_lookup_cache(srv.target.clone(), RecordType::AAAA);
-                match self.resolver.lookup_ip(srv.target.clone()).await {
-                    Ok(ips) => {
-                        ttl = ttl.min(ips.valid_until().saturating_duration_since(now.into_std()));
-                        addrs.extend(ips.iter());
-                    }
-                    Err(e) if e.is_no_records_found() => {
-                        tracing::debug!(service = %self.service, target = %srv.target, "the target of an SRV record has no address; skipped");
-                    }
-                    Err(e) => return Err(e),
-                }
+        for (srv, found) in targets.iter().zip(addresses) {
+            let (addrs, until) = found?;
+            if let Some(until) = until {
+                ttl = ttl.min(until);
             }
             if addrs.is_empty() {
                 continue;
@@ -353,6 +351,43 @@ impl Lookup {
             instances,
             refresh: ttl.clamp(MIN_REFRESH, MAX_REFRESH),
         })
+    }
+}
+
+impl Lookup {
+    /// A target's addresses, and how long they hold: from the answer's additional section
+    /// when it carries them, else looked up; none when the target has none.
+    async fn addresses(
+        &self,
+        answer: &hickory_resolver::lookup::Lookup,
+        srv: &hickory_resolver::proto::rr::rdata::SRV,
+        now: Instant,
+    ) -> std::result::Result<(Vec<IpAddr>, Option<Duration>), NetError> {
+        let mut addrs = Vec::new();
+        let mut until = None::<Duration>;
+        for r in answer.additionals().iter().filter(|r| r.name == srv.target) {
+            match &r.data {
+                RData::A(a) => addrs.push(IpAddr::V4(a.0)),
+                RData::AAAA(aaaa) => addrs.push(IpAddr::V6(aaaa.0)),
+                _ => continue,
+            }
+            until = Some(until.map_or(seconds(r.ttl), |t| t.min(seconds(r.ttl))));
+        }
+        if addrs.is_empty() {
+            self.resolver.clear_lookup_cache(srv.target.clone(), RecordType::A);
+            self.resolver.clear_lookup_cache(srv.target.clone(), RecordType::AAAA);
+            match self.resolver.lookup_ip(srv.target.clone()).await {
+                Ok(ips) => {
+                    until = Some(ips.valid_until().saturating_duration_since(now.into_std()));
+                    addrs.extend(ips.iter());
+                }
+                Err(e) if e.is_no_records_found() => {
+                    tracing::debug!(service = %self.service, target = %srv.target, "the target of an SRV record has no address; skipped");
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok((addrs, until))
     }
 }
 

@@ -117,6 +117,26 @@ async fn addresses_are_looked_up_when_the_answer_has_none() {
     assert_eq!(instances[0].urls, ["tcp://127.0.0.2:3001"]);
 }
 
+/// Without addresses in the answer, the targets' are looked up together, not one after
+/// another (a slow server would time each): this server answers none until asked for all.
+#[tokio::test]
+async fn the_targets_addresses_are_looked_up_together() {
+    let dns_server = Responder::start().await;
+    dns_server.set_glue(false);
+    let targets: Vec<String> = (0..6).map(|i| format!("t{i}.example.test")).collect();
+    let records = (0..6).map(|i| srv(0, 3000 + i, &targets[usize::from(i)])).collect();
+    dns_server.set_srv(USERS, records);
+    for (i, target) in (2..).zip(&targets) {
+        dns_server.set_host(target, Ipv4Addr::new(127, 0, 0, i));
+    }
+    dns_server.hold_addresses(targets.len());
+
+    let instances = Registry::new(dns(&dns_server)).instances("users").await.unwrap();
+    let expected: Vec<String> = (0..6).map(|i| format!("t{i}.example.test:{}", 3000 + i)).collect();
+    assert_eq!(ids(&instances), expected, "every target, in the records' order");
+    assert_eq!(instances[5].urls, ["tcp://127.0.0.7:3005"]);
+}
+
 #[tokio::test]
 async fn changed_records_are_seen_once_their_ttl_runs_out() {
     let dns_server = Responder::start().await;

@@ -333,8 +333,8 @@ async fn gated(_n: u64) {
     let _ = GATE.acquire().await.map(|p| p.forget());
 }
 
-/// A NATS server that falls behind: async-nats keeps 65,536 messages of a subscription and
-/// drops the next ones; each is counted.
+/// A NATS server that falls behind: async-nats keeps `subscription_capacity` messages of a
+/// subscription and drops the next ones; each is counted.
 #[cfg(feature = "nats")]
 #[tokio::test]
 async fn messages_a_nats_subscription_drops_are_counted() {
@@ -349,23 +349,27 @@ async fn messages_a_nats_subscription_drops_are_counted() {
     install();
     let server = Microservice::new()
         .handler(GATED)
-        .listen(format!("{NATS}?max_in_flight=1"))
+        .listen(format!("{NATS}?max_in_flight=1&subscription_capacity=1000"))
         .start()
         .await
         .unwrap();
     let client = Client::connect(NATS).await.unwrap();
-    let sent = 70_000u64;
+    let sent = 3_000u64;
     for n in 0..sent {
         client.emit(GATED, n).await.unwrap();
     }
     let dropped = [("transport", "nats"), ("reason", "slow_consumer")];
+    // With async-nats's default capacity (65,536) none would be dropped. Not every drop is
+    // counted: async-nats reports each on a channel of its own that holds 128.
     let text = scrape_until("messages dropped", |t| {
         sample(t, "switchboard_messages_dropped_total", &dropped).is_some_and(|n| n >= 1.0)
     })
     .await;
     let n = sample(&text, "switchboard_messages_dropped_total", &dropped).unwrap();
-    // At most what did not fit: one being handled and 65,536 waiting.
-    assert!(n <= (sent - 65_537) as f64, "{n} of {sent} dropped");
+    assert!(
+        n <= (sent - 1_000) as f64,
+        "{n} of {sent} dropped, more than did not fit"
+    );
     GATE.add_permits(tokio::sync::Semaphore::MAX_PERMITS / 2);
     client.close().await;
     server.shutdown().await.unwrap();

@@ -42,6 +42,8 @@ struct Zone {
     glue: bool,
     /// Answer every query with SERVFAIL.
     fail: bool,
+    /// Hold address queries until this many names are asked for (0: answer at once).
+    hold: usize,
 }
 
 /// The server; stops when dropped.
@@ -73,6 +75,7 @@ impl Responder {
             ttl: 1,
             glue: true,
             fail: false,
+            hold: 0,
         }));
         let queries = Arc::new(AtomicUsize::new(0));
         let task = tokio::spawn(serve(socket, zone.clone(), queries.clone()));
@@ -118,6 +121,12 @@ impl Responder {
         self.zone.lock().unwrap().fail = fail;
     }
 
+    /// Holds every A query unanswered until A records of `names` different names are asked
+    /// for, then answers them all: a resolver that asks one after another gets no answer.
+    pub fn hold_addresses(&self, names: usize) {
+        self.zone.lock().unwrap().hold = names;
+    }
+
     /// How many queries were answered.
     pub fn queries(&self) -> usize {
         self.queries.load(Ordering::SeqCst)
@@ -126,6 +135,7 @@ impl Responder {
 
 async fn serve(socket: UdpSocket, zone: Arc<Mutex<Zone>>, queries: Arc<AtomicUsize>) {
     let mut buf = vec![0u8; 4096];
+    let mut held: Vec<(Message, SocketAddr)> = Vec::new();
     loop {
         let Ok((n, from)) = socket.recv_from(&mut buf).await else {
             return;
@@ -133,10 +143,27 @@ async fn serve(socket: UdpSocket, zone: Arc<Mutex<Zone>>, queries: Arc<AtomicUsi
         let Ok(request) = Message::from_vec(&buf[..n]) else {
             continue;
         };
-        let response = answer(&request, &zone.lock().unwrap());
-        queries.fetch_add(1, Ordering::SeqCst);
-        let bytes = response.to_vec().expect("encode a DNS response");
-        let _ = socket.send_to(&bytes, from).await;
+        let hold = zone.lock().unwrap().hold;
+        let address = request.queries.first().is_some_and(|q| q.query_type() == RecordType::A);
+        let ready = if hold > 0 && address {
+            held.push((request, from));
+            let names: std::collections::HashSet<String> = held
+                .iter()
+                .filter_map(|(m, _)| m.queries.first().map(|q| key(&q.name().to_string())))
+                .collect();
+            match names.len() >= hold {
+                true => std::mem::take(&mut held),
+                false => continue,
+            }
+        } else {
+            vec![(request, from)]
+        };
+        for (request, from) in ready {
+            let response = answer(&request, &zone.lock().unwrap());
+            queries.fetch_add(1, Ordering::SeqCst);
+            let bytes = response.to_vec().expect("encode a DNS response");
+            let _ = socket.send_to(&bytes, from).await;
+        }
     }
 }
 

@@ -55,7 +55,8 @@ pub mod names {
     /// Counter of messages dropped on arrival, never handled: `transport`, `reason`
     /// (`backlog`: an MQTT server's QoS 0 messages past its 64 MiB of waiting payloads;
     /// `slow_consumer`: async-nats's buffer of a NATS subscription was full, a server's or a
-    /// client's reply inbox).
+    /// client's reply inbox; counted as async-nats reports them, on a channel that holds 128
+    /// reports, so a burst may count fewer than it dropped).
     pub const DROPPED: &str = "switchboard_messages_dropped_total";
     /// Counter of retried attempts: `route`.
     pub const RETRIES: &str = "switchboard_retries_total";

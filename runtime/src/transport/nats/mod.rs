@@ -30,6 +30,11 @@
 //!   (default 30000); `max_in_flight` (messages being handled at once, default 1024, as on
 //!   every transport; when full the server stops taking messages, which wait in the
 //!   subscriptions or in the stream, until one finishes).
+//! - both ends: `subscription_capacity` (default 65536, async-nats's): messages a
+//!   subscription (a server's route, a client's reply inbox) keeps while it is not read;
+//!   past that, core NATS messages are dropped, warned of and counted
+//!   (`switchboard_messages_dropped_total`). With large payloads, lower it to bound the
+//!   memory a server that falls behind holds.
 
 mod client;
 mod server;
@@ -54,11 +59,14 @@ const PARAMS: &[&str] = &[
     "ack_wait_ms",
     "name",
     "connect_timeout_ms",
+    "subscription_capacity",
     broker::MAX_IN_FLIGHT,
 ];
 
 /// Default cap on messages being handled at once by one server.
 const DEFAULT_MAX_IN_FLIGHT: usize = 1024;
+/// async-nats's own default: messages a subscription keeps before it drops the next.
+const DEFAULT_SUBSCRIPTION_CAPACITY: usize = 65_536;
 
 /// Credentials from a `nats://` URL: `user:password@` or `token@`.
 #[derive(Clone, Default)]
@@ -104,6 +112,8 @@ struct NatsOptions {
     connect_timeout: Option<Duration>,
     /// Messages a server handles at once.
     max_in_flight: usize,
+    /// Messages async-nats keeps for each subscription that is not read fast enough.
+    subscription_capacity: usize,
 }
 
 /// Default number of deliveries of a durable event.
@@ -176,6 +186,11 @@ impl NatsOptions {
             name: non_empty("name")?,
             connect_timeout: ep.param_as::<u64>("connect_timeout_ms")?.map(Duration::from_millis),
             max_in_flight: broker::max_in_flight(ep, DEFAULT_MAX_IN_FLIGHT)?,
+            subscription_capacity: match ep.param_as::<usize>("subscription_capacity")? {
+                Some(0) => return Err(bad("`subscription_capacity` must be at least 1".into())),
+                Some(n) => n,
+                None => DEFAULT_SUBSCRIPTION_CAPACITY,
+            },
         })
     }
 
@@ -190,6 +205,7 @@ impl NatsOptions {
             .connection_timeout(self.connect_timeout.unwrap_or(timeout))
             .max_reconnects(None)
             .reconnect_delay_callback(reconnect_delay)
+            .subscription_capacity(self.subscription_capacity)
             .event_callback(move |event| {
                 // Connected follows the first connection too: a reconnect is one after a loss.
                 match event {
@@ -298,6 +314,13 @@ mod tests {
     #[test]
     fn parses_urls() {
         let o = opts("nats://127.0.0.1:4222").unwrap();
+        assert_eq!(o.subscription_capacity, 65_536);
+        assert_eq!(
+            opts("nats://h?subscription_capacity=64").unwrap().subscription_capacity,
+            64
+        );
+        let zero = opts("nats://h?subscription_capacity=0").unwrap_err().to_string();
+        assert!(zero.contains("`subscription_capacity` must be at least 1"), "{zero}");
         assert_eq!(o.servers, ["nats://127.0.0.1:4222"]);
         assert!(o.queue.is_none() && o.jetstream.is_none());
         let o = opts("nats://u:p@a:1,b:2?queue=workers&jetstream=EVENTS&durable=orders&max_deliver=3").unwrap();

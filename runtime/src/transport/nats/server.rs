@@ -70,7 +70,7 @@ impl NatsListener {
                     // One event a message dropped: counted each, warned of once a second.
                     crate::signal::dropped("nats", "slow_consumer");
                     if let Some(held_back) = super::SLOW_CONSUMER.allow() {
-                        tracing::warn!(url = %url, sid, held_back, "NATS slow consumer: a subscription's buffer (65,536 messages, async-nats's) was full; messages dropped (max_in_flight)")
+                        tracing::warn!(url = %url, sid, held_back, "NATS slow consumer: a subscription's buffer (subscription_capacity, 65,536 messages by default) was full; messages dropped (max_in_flight)")
                     }
                 }
                 other => tracing::debug!(url = %url, event = %other, "NATS event"),
