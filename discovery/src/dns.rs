@@ -45,7 +45,8 @@ const ADDRESS_LOOKUPS: usize = 16;
 /// Each SRV record of the answer becomes an [`Instance`]: its id is `target:port`, its URLs
 /// `<transport>://<ip>:<port>` for each address of the target (the A/AAAA records of the
 /// answer's additional section when the server sent them, else looked up, 16 targets at a
-/// time, so a slow server does not time each target one after another; a `tls` URL names
+/// time, so a slow server does not time each target one after another; a lookup that fails,
+/// rather than finding no address, fails the resolution; a `tls` URL names
 /// the target as its `server_name`; a client calls the first), passing, its patterns not
 /// known. Only the records of the lowest priority are used, and their weights are not: the
 /// client's [`Balance`](crate::Balance) spreads the calls over the instances. A target of `.`
@@ -374,20 +375,47 @@ impl Lookup {
             until = Some(until.map_or(seconds(r.ttl), |t| t.min(seconds(r.ttl))));
         }
         if addrs.is_empty() {
-            self.resolver.clear_lookup_cache(srv.target.clone(), RecordType::A);
-            self.resolver.clear_lookup_cache(srv.target.clone(), RecordType::AAAA);
-            match self.resolver.lookup_ip(srv.target.clone()).await {
-                Ok(ips) => {
-                    until = Some(ips.valid_until().saturating_duration_since(now.into_std()));
-                    addrs.extend(ips.iter());
-                }
-                Err(e) if e.is_no_records_found() => {
-                    tracing::debug!(service = %self.service, target = %srv.target, "the target of an SRV record has no address; skipped");
-                }
-                Err(e) => return Err(e),
+            // A and AAAA asked apart: hickory's `lookup_ip` asks for AAAA when the A query
+            // fails for any reason, so a timed-out A read as "no address", and the target left
+            // the list instead of the resolution failing (which keeps the last list).
+            let (v4, v6) = tokio::join!(
+                self.records(&srv.target, RecordType::A),
+                self.records(&srv.target, RecordType::AAAA)
+            );
+            let (v4, v6) = match (v4, v6) {
+                (Ok(v4), Ok(v6)) => (v4, v6),
+                // One family's addresses are enough.
+                (Ok(Some(v4)), Err(_)) => (Some(v4), None),
+                (Err(_), Ok(Some(v6))) => (None, Some(v6)),
+                (Err(e), _) | (_, Err(e)) => return Err(e),
+            };
+            for found in [v4, v6].into_iter().flatten() {
+                until = Some(found.valid_until().saturating_duration_since(now.into_std()));
+                addrs.extend(found.answers().iter().filter_map(|r| match &r.data {
+                    RData::A(a) => Some(IpAddr::V4(a.0)),
+                    RData::AAAA(aaaa) => Some(IpAddr::V6(aaaa.0)),
+                    _ => None,
+                }));
+            }
+            if addrs.is_empty() {
+                tracing::debug!(service = %self.service, target = %srv.target, "the target of an SRV record has no address; skipped");
             }
         }
         Ok((addrs, until))
+    }
+
+    /// `name`'s records of `kind`, asked afresh; `None` when it has none.
+    async fn records(
+        &self,
+        name: &Name,
+        kind: RecordType,
+    ) -> std::result::Result<Option<hickory_resolver::lookup::Lookup>, NetError> {
+        self.resolver.clear_lookup_cache(name.clone(), kind);
+        match self.resolver.lookup(name.clone(), kind).await {
+            Ok(found) => Ok(Some(found)),
+            Err(e) if e.is_no_records_found() => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 }
 

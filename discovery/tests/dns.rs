@@ -137,6 +137,24 @@ async fn the_targets_addresses_are_looked_up_together() {
     assert_eq!(instances[5].urls, ["tcp://127.0.0.7:3005"]);
 }
 
+/// A target whose address query goes unanswered fails the resolution (the last list is
+/// kept) rather than leaving the list as if it had no address.
+#[tokio::test]
+async fn an_unanswered_address_query_is_a_failure_not_an_empty_target() {
+    let dns_server = Responder::start().await;
+    dns_server.set_glue(false);
+    dns_server.set_srv(
+        USERS,
+        vec![srv(0, 3001, "a.example.test"), srv(0, 3002, "b.example.test")],
+    );
+    dns_server.set_host("a.example.test", Ipv4Addr::new(127, 0, 0, 2));
+    dns_server.set_host("b.example.test", Ipv4Addr::new(127, 0, 0, 3));
+    // A queries are held until three names are asked for: never, with two targets.
+    dns_server.hold_addresses(3);
+    let found = Registry::new(dns(&dns_server)).instances("users").await;
+    assert!(found.is_err(), "{found:?}");
+}
+
 #[tokio::test]
 async fn changed_records_are_seen_once_their_ttl_runs_out() {
     let dns_server = Responder::start().await;
