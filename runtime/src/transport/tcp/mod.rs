@@ -20,10 +20,10 @@
 //!
 //! Both ends turn TCP keepalive on (first probe after 30 s idle, then every 10 s, three
 //! unanswered ones fail the connection), and the client, on Linux, also fails a connection
-//! whose sent data goes unacknowledged for 60 s (`TCP_USER_TIMEOUT`): a peer that vanished
-//! without closing (its host lost power, a NAT forgot the connection) is found in about a
-//! minute, and the client's calls then go to a new connection instead of each timing out on
-//! the dead one.
+//! whose sent data goes unacknowledged, or untaken by a server that stopped reading (a full
+//! receive window), for 60 s (`TCP_USER_TIMEOUT`): a peer that vanished without closing (its
+//! host lost power, a NAT forgot the connection) is found in about a minute, and the client's
+//! calls then go to a new connection instead of each timing out on the dead one.
 
 use std::time::Duration;
 
