@@ -1,11 +1,12 @@
 //! TCP keepalive on the connections Switchboard holds open (TCP and TLS, both ends; Redis's,
-//! ours and redis-rs's; gRPC, both ends, through tonic's settings). A peer that vanished without a FIN or RST (a host that lost power, a
-//! NAT or load balancer that dropped the connection from its table) is otherwise never
-//! noticed by a connection that only reads, and by one that writes only after the kernel's
-//! fifteen minutes of retransmissions; every call on it fails at its deadline meanwhile. The
-//! probes also keep such middleboxes from forgetting an idle connection. NATS, MQTT and AMQP
-//! have heartbeats of their own. (gRPC has HTTP/2 PINGs, but gRPC servers by default answer
-//! a client that pings more often than every five minutes with GOAWAY, `too_many_pings`.)
+//! ours and redis-rs's; gRPC, both ends, through tonic's settings). A peer that vanished
+//! without a FIN or RST (a host that lost power, a NAT or load balancer that dropped the
+//! connection from its table) is otherwise never noticed by a connection that only reads, and
+//! by one that writes only after the kernel's fifteen minutes of retransmissions; every call
+//! on it fails at its deadline meanwhile. The probes also keep such middleboxes from
+//! forgetting an idle connection. NATS, MQTT and AMQP have heartbeats of their own. (gRPC has
+//! HTTP/2 PINGs, but gRPC servers by default answer a client that pings more often than every
+//! five minutes with GOAWAY, `too_many_pings`.)
 
 use std::time::Duration;
 
