@@ -54,47 +54,35 @@ async fn all_keepalive(what: &str, pick: impl Fn(u16, u16) -> bool) -> usize {
     }
 }
 
-fn port_of(url: &str) -> u16 {
-    url.rsplit(':').next().and_then(|p| p.parse().ok()).expect("a port")
+/// Serves `echo` on `listen` (a URL with port 0), calls it once, and checks the server's and
+/// the client's ends of their connections.
+async fn both_ends(listen: &str) {
+    let server = Microservice::new()
+        .handler(common::ECHO)
+        .listen(listen)
+        .start()
+        .await
+        .unwrap();
+    let url = server.local_url();
+    let port: u16 = url.rsplit(':').next().and_then(|p| p.parse().ok()).expect("a port");
+    let client = Client::connect(url).await.unwrap();
+    let echoed: serde_json::Value = client.send_raw("echo", json!(1)).await.unwrap();
+    assert_eq!(echoed, json!(1));
+    all_keepalive(&format!("{listen}: the server's end"), |local, _| local == port).await;
+    all_keepalive(&format!("{listen}: the client's end"), |_, remote| remote == port).await;
+    client.close().await;
+    server.shutdown().await.unwrap();
 }
 
 #[tokio::test]
 async fn tcp_connections_of_both_ends() {
-    let server = Microservice::new()
-        .handler(common::ECHO)
-        .listen("tcp://127.0.0.1:0")
-        .start()
-        .await
-        .unwrap();
-    let port = port_of(server.local_url());
-    let client = Client::connect(server.local_url()).await.unwrap();
-    let echoed: serde_json::Value = client.send_raw("echo", json!(1)).await.unwrap();
-    assert_eq!(echoed, json!(1));
-    let n = all_keepalive("the server's end", |local, _| local == port).await;
-    assert!(n >= 1);
-    let n = all_keepalive("the client's end", |_, remote| remote == port).await;
-    assert!(n >= 1);
-    client.close().await;
-    server.shutdown().await.unwrap();
+    both_ends("tcp://127.0.0.1:0").await;
 }
 
 #[cfg(feature = "grpc")]
 #[tokio::test]
 async fn grpc_connections_of_both_ends() {
-    let server = Microservice::new()
-        .handler(common::ECHO)
-        .listen("grpc://127.0.0.1:0")
-        .start()
-        .await
-        .unwrap();
-    let port = port_of(server.local_url());
-    let client = Client::connect(server.local_url()).await.unwrap();
-    let echoed: serde_json::Value = client.send_raw("echo", json!(1)).await.unwrap();
-    assert_eq!(echoed, json!(1));
-    all_keepalive("the gRPC server's end", |local, _| local == port).await;
-    all_keepalive("the gRPC client's end", |_, remote| remote == port).await;
-    client.close().await;
-    server.shutdown().await.unwrap();
+    both_ends("grpc://127.0.0.1:0").await;
 }
 
 #[cfg(feature = "redis")]
