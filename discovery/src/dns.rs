@@ -318,6 +318,8 @@ impl Lookup {
             .collect();
         // Each target's addresses, a few targets at a time (one after another, a slow server
         // would time each).
+        // (`stream::buffered` would do, but its closure's future fails the spawned task's
+        // `Send` check: a known higher-ranked lifetime limitation.)
         let mut lookups = targets.iter().map(|srv| self.addresses(&answer, srv, now));
         let mut running = futures_util::stream::FuturesOrdered::new();
         let mut addresses = Vec::with_capacity(targets.len());
@@ -367,12 +369,10 @@ impl Lookup {
         let mut addrs = Vec::new();
         let mut until = None::<Duration>;
         for r in answer.additionals().iter().filter(|r| r.name == srv.target) {
-            match &r.data {
-                RData::A(a) => addrs.push(IpAddr::V4(a.0)),
-                RData::AAAA(aaaa) => addrs.push(IpAddr::V6(aaaa.0)),
-                _ => continue,
+            if let Some(ip) = ip(r) {
+                addrs.push(ip);
+                until = Some(until.map_or(seconds(r.ttl), |t| t.min(seconds(r.ttl))));
             }
-            until = Some(until.map_or(seconds(r.ttl), |t| t.min(seconds(r.ttl))));
         }
         if addrs.is_empty() {
             // A and AAAA asked apart: hickory's `lookup_ip` asks for AAAA when the A query
@@ -390,12 +390,9 @@ impl Lookup {
                 (Err(e), _) | (_, Err(e)) => return Err(e),
             };
             for found in [v4, v6].into_iter().flatten() {
-                until = Some(found.valid_until().saturating_duration_since(now.into_std()));
-                addrs.extend(found.answers().iter().filter_map(|r| match &r.data {
-                    RData::A(a) => Some(IpAddr::V4(a.0)),
-                    RData::AAAA(aaaa) => Some(IpAddr::V6(aaaa.0)),
-                    _ => None,
-                }));
+                let valid = found.valid_until().saturating_duration_since(now.into_std());
+                until = Some(until.map_or(valid, |t| t.min(valid)));
+                addrs.extend(found.answers().iter().filter_map(ip));
             }
             if addrs.is_empty() {
                 tracing::debug!(service = %self.service, target = %srv.target, "the target of an SRV record has no address; skipped");
@@ -416,6 +413,15 @@ impl Lookup {
             Err(e) if e.is_no_records_found() => Ok(None),
             Err(e) => Err(e),
         }
+    }
+}
+
+/// An address record's address.
+fn ip(r: &hickory_resolver::proto::rr::Record) -> Option<IpAddr> {
+    match &r.data {
+        RData::A(a) => Some(IpAddr::V4(a.0)),
+        RData::AAAA(aaaa) => Some(IpAddr::V6(aaaa.0)),
+        _ => None,
     }
 }
 

@@ -26,10 +26,10 @@ pub(crate) const PROBES: u32 = 3;
 #[cfg(target_os = "linux")]
 pub(crate) const UNACKED: Duration = Duration::from_secs(60);
 
-#[cfg_attr(not(any(feature = "tcp", feature = "redis")), allow(dead_code))]
 /// A server's end: an idle connection whose peer is gone fails about a minute after it went
 /// silent (on Linux; elsewhere after the system's probe count and interval). Replies it
 /// cannot deliver are bounded by the server's own write deadline.
+#[cfg_attr(not(any(feature = "tcp", feature = "redis")), allow(dead_code))]
 pub(crate) fn server(stream: &TcpStream) -> std::io::Result<()> {
     SockRef::from(stream).set_tcp_keepalive(&probes())
 }
@@ -42,10 +42,10 @@ pub(crate) fn probes() -> TcpKeepalive {
     probes
 }
 
-#[cfg_attr(not(any(feature = "tcp", feature = "redis")), allow(dead_code))]
 /// A client's end: as a server's, and on Linux a request that the peer does not acknowledge
 /// within a minute fails the connection too (the calls on it fail, the next go to a new
 /// one), as does a peer that takes nothing it is sent for a minute.
+#[cfg_attr(not(any(feature = "tcp", feature = "redis")), allow(dead_code))]
 pub(crate) fn client(stream: &TcpStream) -> std::io::Result<()> {
     server(stream)?;
     #[cfg(target_os = "linux")]

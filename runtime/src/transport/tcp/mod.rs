@@ -187,16 +187,3 @@ pub(crate) fn client_options(ep: &Endpoint, defaults: &ClientOptions) -> Result<
         max_frame_len: ep.param_as("max_frame_len")?.unwrap_or(defaults.max_frame_len),
     })
 }
-
-#[cfg(test)]
-mod tests {
-    #[tokio::test]
-    async fn client_connections_have_keepalive() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap().to_string();
-        let stream = super::connect_socket(&addr, super::Duration::from_secs(5))
-            .await
-            .unwrap();
-        assert!(socket2::SockRef::from(&stream).keepalive().unwrap());
-    }
-}
