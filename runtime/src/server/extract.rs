@@ -83,7 +83,7 @@ pub(crate) fn decode_payload<T: DeserializeOwned + 'static>(req: &mut Request) -
         ))
     };
     match req.take_payload() {
-        Some(Payload::Json(json)) => match serde_json::from_slice(&json) {
+        Some(Payload::Json(json)) => match from_json(&json) {
             Ok(v) => Ok(v),
             // JavaScript's `JSON.parse` keeps the last of duplicate keys; so do we, by reading
             // the object as a map first (only on this error's path).
@@ -110,6 +110,16 @@ pub(crate) fn decode_payload<T: DeserializeOwned + 'static>(req: &mut Request) -
             }
         },
         None => Err(invalid(req, &"the payload was already taken")),
+    }
+}
+
+/// `T` from JSON text. ASCII text (most payloads) is read as a `str`, so serde_json does not
+/// check each string it reads for UTF-8 again.
+fn from_json<T: DeserializeOwned>(json: &[u8]) -> serde_json::Result<T> {
+    match json.is_ascii() {
+        // SAFETY: ASCII is UTF-8.
+        true => serde_json::from_str(unsafe { std::str::from_utf8_unchecked(json) }),
+        false => serde_json::from_slice(json),
     }
 }
 

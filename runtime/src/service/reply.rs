@@ -6,7 +6,7 @@ use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::task::{Context as TaskContext, Poll};
 
-use bytes::{BufMut as _, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use futures_util::stream::{BoxStream, Stream, StreamExt};
 use serde::Serialize;
 
@@ -308,10 +308,32 @@ pub(crate) fn to_json<T: Serialize + ?Sized>(value: &T) -> serde_json::Result<By
         if arena.capacity() - arena.len() < 512 {
             arena.reserve(CHUNK);
         }
-        let result = crate::json::write_to((&mut *arena).writer(), value);
+        let result = crate::json::write_to(Append(&mut arena), value);
         let json = arena.split();
         result.map(|()| json.freeze())
     })
+}
+
+/// `io::Write` onto the end of a `BytesMut`: serde_json writes a value in many small pieces,
+/// and `bytes`' own writer takes each through `write` and the default `write_all` loop.
+struct Append<'a>(&'a mut BytesMut);
+
+impl std::io::Write for Append<'_> {
+    #[inline]
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    #[inline]
+    fn write_all(&mut self, buf: &[u8]) -> std::io::Result<()> {
+        self.0.extend_from_slice(buf);
+        Ok(())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -454,6 +454,7 @@ fn value_end(b: &[u8], at: usize) -> Option<usize> {
 }
 
 /// End of a JSON string starting at `at` (a `"`); control characters make it invalid.
+#[inline(always)]
 fn string_end(b: &[u8], at: usize) -> Option<usize> {
     let mut i = at + 1;
     loop {
