@@ -20,6 +20,8 @@ struct Seen {
     while_draining: Arc<AtomicUsize>,
     draining: Arc<AtomicBool>,
     keys: Arc<Mutex<Vec<String>>>,
+    /// Calls left to answer slowly (50 ms).
+    slow_calls: Arc<AtomicUsize>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -37,6 +39,12 @@ struct GetUserV2 {
 #[message_pattern("users.get", idempotent, retries = 5)]
 async fn get_user(req: GetUser, State(seen): State<Seen>) -> u64 {
     seen.calls.fetch_add(1, Ordering::SeqCst);
+    let slow = seen
+        .slow_calls
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+    if slow.is_ok() {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     if seen.draining.load(Ordering::SeqCst) {
         seen.while_draining.fetch_add(1, Ordering::SeqCst);
     }
@@ -114,6 +122,33 @@ async fn calls_spread_over_every_instance() {
     }
     let after: Vec<usize> = calls(&seen).iter().zip(&before).map(|(a, b)| a - b).collect();
     assert_eq!(after, [10, 10, 10], "round robin takes each instance in turn");
+    for s in servers {
+        s.shutdown().await.unwrap();
+    }
+}
+
+/// An instance whose first replies were slow (a cold start, a stall) takes its share again
+/// once it is fast: one slow reply used to keep it out for the minute its estimate took to
+/// decay to its peer's, as power of two choices never picks the dearer of two instances.
+#[tokio::test]
+async fn an_instance_slow_at_first_takes_calls_again() {
+    let registry = registry("slow-start").await;
+    let (slow, fast) = (Seen::default(), Seen::default());
+    slow.slow_calls.store(2, Ordering::SeqCst);
+    let servers = [instance(&registry, &slow).await, instance(&registry, &fast).await];
+    let users = Client::discover("users", &registry).connect().await.unwrap();
+    let started = std::time::Instant::now();
+    let mut id = 0;
+    while slow.calls.load(Ordering::SeqCst) < 100 {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the instance slow at first took {} of {id} calls in 10 s",
+            slow.calls.load(Ordering::SeqCst)
+        );
+        assert_eq!(users.send(GET_USER, GetUser { id }).await.unwrap(), id);
+        id += 1;
+    }
+    assert_eq!(slow.slow_calls.load(Ordering::SeqCst), 0, "its slow calls were made");
     for s in servers {
         s.shutdown().await.unwrap();
     }

@@ -14,6 +14,12 @@ use tokio::time::Instant;
 
 /// How fast the round-trip estimate forgets a peak.
 const DECAY: Duration = Duration::from_secs(10);
+/// An estimate no reply has refreshed for this long says little of the instance now: the next
+/// reply replaces it instead of being averaged in.
+const STALE: Duration = Duration::from_millis(250);
+/// Calls the balancer has started since an endpoint's last one, past which the endpoint, idle
+/// and with a stale estimate, is worth a call again (see [`Endpoint::cost`]).
+const STARVED_AFTER: u64 = 64;
 /// Failures in a row (timeouts, `UNAVAILABLE`) that eject an endpoint.
 const FAILURES_TO_EJECT: u32 = 5;
 /// The first ejection; each next one in a row doubles, up to [`MAX_EJECTION`].
@@ -30,6 +36,8 @@ pub(crate) struct Endpoint {
     /// This endpoint's circuits, one per route, when the registry configures a breaker.
     circuits: Option<CircuitBreaker>,
     in_flight: AtomicUsize,
+    /// The balancer's count of calls started when this endpoint last started one.
+    last_started: AtomicU64,
     /// When its first connection was up: a call started before then waited for the connection,
     /// so its round trip is no sample of the instance's speed.
     connected: OnceLock<Instant>,
@@ -56,6 +64,7 @@ impl Endpoint {
             transport,
             circuits,
             in_flight: AtomicUsize::new(0),
+            last_started: AtomicU64::new(0),
             connected: OnceLock::new(),
             state: Mutex::new(State {
                 rtt: None,
@@ -79,21 +88,35 @@ impl Endpoint {
         self.in_flight.load(Ordering::Relaxed)
     }
 
-    /// What a call here would cost: the round-trip estimate times the calls waiting. Before
-    /// its first reply an endpoint takes one call, not a burst. The estimate decays towards
-    /// zero while no reply comes in, so an endpoint whose last reply was slow (a cold start, a
-    /// passing stall) is tried again instead of being left out for good.
-    pub fn cost(&self) -> f64 {
-        let pending = self.in_flight() as f64 + 1.0;
+    /// What a call here would cost, when the balancer has started `calls` calls so far: the
+    /// round-trip estimate times the calls waiting. Before its first reply an endpoint takes
+    /// one call, not a burst. An endpoint whose last reply was slow (a cold start, a passing
+    /// stall) is left out, and so gets no reply to show that it is fast again: its estimate
+    /// decays, but from a peak a hundred times its peers' that takes about a minute. So once
+    /// [`STARVED_AFTER`] calls have gone elsewhere and its estimate is [`STALE`], an idle
+    /// endpoint costs nothing: it takes one call, whose reply replaces the estimate. A slow
+    /// instance is thus sent one call in that many, at most one every [`STALE`].
+    pub fn cost(&self, calls: u64) -> f64 {
+        let in_flight = self.in_flight();
+        let pending = in_flight as f64 + 1.0;
+        let now = Instant::now();
         match self.state.lock().expect("endpoint lock").rtt {
-            Some((rtt, at)) => decayed(rtt, at, Instant::now()) * pending,
+            Some((_, at))
+                if in_flight == 0
+                    && now.saturating_duration_since(at) >= STALE
+                    && calls.saturating_sub(self.last_started.load(Ordering::Relaxed)) >= STARVED_AFTER =>
+            {
+                0.0
+            }
+            Some((rtt, at)) => decayed(rtt, at, now) * pending,
             None if pending <= 1.0 => 0.0,
             None => f64::MAX / 4.0,
         }
     }
 
-    /// Counts a call in; the guard records how it went.
-    pub fn start(self: &Arc<Self>) -> InFlight {
+    /// Counts a call in, the balancer's `call`-th; the guard records how it went.
+    pub fn start(self: &Arc<Self>, call: u64) -> InFlight {
+        self.last_started.store(call, Ordering::Relaxed);
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         InFlight {
             endpoint: self.clone(),
@@ -119,6 +142,8 @@ impl Endpoint {
                 Outcome::Answered => {
                     let sample = now.duration_since(at).as_nanos() as f64;
                     state.rtt = Some(match state.rtt {
+                        // What the instance does now, not what it did then.
+                        Some((_, then)) if now.saturating_duration_since(then) >= STALE => (sample, now),
                         // A peak is taken at once; a lower sample is averaged in.
                         Some((est, then)) if sample > decayed(est, then, now) => (sample, now),
                         Some((est, then)) => {
@@ -326,24 +351,24 @@ mod tests {
         let transport = switchboard::transport::client_for("tcp://127.0.0.1:9").unwrap();
         let e = Arc::new(Endpoint::new("tcp://127.0.0.1:9".into(), transport, None));
         e.mark_connected();
-        let call = e.start();
+        let call = e.start(0);
         tokio::time::advance(Duration::from_millis(100)).await;
         call.done(&Ok::<(), Error>(()));
-        let slow = e.cost();
+        let slow = e.cost(0);
         assert!((slow - 100e6).abs() < 1e6, "{slow}");
         tokio::time::advance(DECAY).await;
-        let later = e.cost();
+        let later = e.cost(0);
         assert!(
             (later - slow / std::f64::consts::E).abs() < 1e6,
             "{later} after one decay time"
         );
         tokio::time::advance(DECAY * 3).await;
-        assert!(e.cost() < slow / 50.0, "{} after four", e.cost());
+        assert!(e.cost(0) < slow / 50.0, "{} after four", e.cost(0));
         // A slower reply than what is left of the estimate is taken at once (a peak).
-        let call = e.start();
+        let call = e.start(0);
         tokio::time::advance(Duration::from_millis(20)).await;
         call.done(&Ok::<(), Error>(()));
-        assert!((e.cost() - 20e6).abs() < 1e6, "{}", e.cost());
+        assert!((e.cost(0) - 20e6).abs() < 1e6, "{}", e.cost(0));
     }
 
     /// A new instance's first calls wait for its connection: their round trips say nothing of
@@ -353,27 +378,52 @@ mod tests {
     async fn calls_sent_before_the_connection_is_up_are_no_sample() {
         let transport = switchboard::transport::client_for("tcp://127.0.0.1:9").unwrap();
         let e = Arc::new(Endpoint::new("tcp://127.0.0.1:9".into(), transport, None));
-        let early = e.start();
+        let early = e.start(0);
         tokio::time::advance(Duration::from_millis(150)).await;
         e.mark_connected();
         tokio::time::advance(Duration::from_millis(1)).await;
         early.done(&Ok::<(), Error>(()));
-        assert_eq!(e.cost(), 0.0, "no estimate yet: the next call is taken");
-        let warm = e.start();
+        assert_eq!(e.cost(0), 0.0, "no estimate yet: the next call is taken");
+        let warm = e.start(0);
         tokio::time::advance(Duration::from_millis(2)).await;
         warm.done(&Ok::<(), Error>(()));
-        assert!((e.cost() - 2e6).abs() < 1e5, "{}", e.cost());
+        assert!((e.cost(0) - 2e6).abs() < 1e5, "{}", e.cost(0));
 
         // With no connection noted, a call that answers set one up itself: the next is a sample.
         let transport = switchboard::transport::client_for("tcp://127.0.0.1:9").unwrap();
         let e = Arc::new(Endpoint::new("tcp://127.0.0.1:9".into(), transport, None));
-        let first = e.start();
+        let first = e.start(0);
         tokio::time::advance(Duration::from_millis(80)).await;
         first.done(&Ok::<(), Error>(()));
-        assert_eq!(e.cost(), 0.0);
-        let second = e.start();
+        assert_eq!(e.cost(0), 0.0);
+        let second = e.start(0);
         tokio::time::advance(Duration::from_millis(3)).await;
         second.done(&Ok::<(), Error>(()));
-        assert!((e.cost() - 3e6).abs() < 1e5, "{}", e.cost());
+        assert!((e.cost(0) - 3e6).abs() < 1e5, "{}", e.cost(0));
+    }
+
+    /// An instance left out after a slow reply is sent a call again once others have taken
+    /// [`STARVED_AFTER`] calls and its estimate is [`STALE`]; a fast reply then replaces the
+    /// estimate (averaged in, it would leave a 100 ms peak at some 98 ms).
+    #[tokio::test(start_paused = true)]
+    async fn an_endpoint_left_out_after_a_slow_reply_is_tried_again() {
+        let transport = switchboard::transport::client_for("tcp://127.0.0.1:9").unwrap();
+        let e = Arc::new(Endpoint::new("tcp://127.0.0.1:9".into(), transport, None));
+        e.mark_connected();
+        let call = e.start(1);
+        tokio::time::advance(Duration::from_millis(100)).await;
+        call.done(&Ok::<(), Error>(()));
+        // Calls went elsewhere, but not for long enough yet, or not enough of them.
+        assert!(e.cost(1 + STARVED_AFTER) > 90e6, "{}", e.cost(1 + STARVED_AFTER));
+        tokio::time::advance(STALE).await;
+        assert!(e.cost(STARVED_AFTER) > 90e6, "{}", e.cost(STARVED_AFTER));
+        // Both: one call is sent to it; while it is in flight, no other.
+        assert_eq!(e.cost(1 + STARVED_AFTER), 0.0);
+        let probe = e.start(2 + STARVED_AFTER);
+        assert!(e.cost(3 + 2 * STARVED_AFTER) > 90e6);
+        tokio::time::advance(Duration::from_millis(1)).await;
+        probe.done(&Ok::<(), Error>(()));
+        let now = e.cost(3 + STARVED_AFTER);
+        assert!((now - 1e6).abs() < 1e5, "{now}");
     }
 }

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::str::FromStr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock, Weak};
 use std::time::Duration;
 
@@ -30,7 +30,10 @@ const CLOSE_AFTER: Duration = Duration::from_secs(30);
 #[non_exhaustive]
 pub enum Balance {
     /// Power of two choices over Peak-EWMA load (round-trip estimate × calls in flight): two
-    /// instances drawn at random, the less loaded one called. The default.
+    /// instances drawn at random, the less loaded one called. An instance left out since a
+    /// slow reply is sent one call again once 64 calls have gone elsewhere and 250 ms have
+    /// passed, and its estimate starts over from that reply, so a passing stall does not keep
+    /// it out for the minute a decaying peak would. The default.
     #[default]
     PeakEwma,
     /// Each instance in turn.
@@ -82,6 +85,8 @@ struct Shared {
     /// Dropped with the client: stops following the registry.
     _following: std::sync::OnceLock<tokio::sync::oneshot::Sender<()>>,
     next: AtomicUsize,
+    /// Calls started so far (an endpoint left out for many is tried again).
+    calls: AtomicU64,
 }
 
 #[derive(Clone)]
@@ -102,6 +107,7 @@ impl Balanced {
                 started: OnceCell::new(),
                 _following: std::sync::OnceLock::new(),
                 next: AtomicUsize::new(0),
+                calls: AtomicU64::new(0),
             }),
         }
     }
@@ -280,9 +286,9 @@ impl Shared {
             Balance::RoundRobin => pool[self.next.fetch_add(1, Ordering::Relaxed) % pool.len()],
             Balance::Hash { field } => match key_of(&out.payload, field) {
                 Some(key) => rendezvous(pool, &key),
-                None => two_choices(pool),
+                None => two_choices(pool, self.calls.load(Ordering::Relaxed)),
             },
-            Balance::PeakEwma => two_choices(pool),
+            Balance::PeakEwma => two_choices(pool, self.calls.load(Ordering::Relaxed)),
         }
     }
 
@@ -316,7 +322,7 @@ impl Shared {
     ) -> switchboard::Result<T> {
         self.start().await?;
         let (endpoint, circuit) = self.pick(&out)?;
-        let call = endpoint.start();
+        let call = endpoint.start(self.calls.fetch_add(1, Ordering::Relaxed) + 1);
         let result = send(endpoint.transport.clone(), out).await;
         call.done(&result);
         circuit.finish(failed(&result));
@@ -334,13 +340,13 @@ impl Shared {
 }
 
 /// Power of two choices: the cheaper of two drawn at random.
-fn two_choices<'m>(pool: &[&'m Member]) -> &'m Member {
+fn two_choices<'m>(pool: &[&'m Member], calls: u64) -> &'m Member {
     match pool.len() {
         1 => pool[0],
         n => {
             let a = fastrand::usize(..n);
             let b = (a + 1 + fastrand::usize(..n - 1)) % n;
-            match pool[a].endpoint.cost() <= pool[b].endpoint.cost() {
+            match pool[a].endpoint.cost(calls) <= pool[b].endpoint.cost(calls) {
                 true => pool[a],
                 false => pool[b],
             }
