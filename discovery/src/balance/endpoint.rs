@@ -344,16 +344,26 @@ impl Drop for InFlight {
 mod tests {
     use super::*;
 
+    /// An endpoint nothing listens at (calls are never sent: the tests time them by hand).
+    fn endpoint() -> Arc<Endpoint> {
+        let transport = switchboard::transport::client_for("tcp://127.0.0.1:9").unwrap();
+        Arc::new(Endpoint::new("tcp://127.0.0.1:9".into(), transport, None))
+    }
+
+    /// `e`'s call, the balancer's `call`-th, answered after `ms`.
+    async fn answered(e: &Arc<Endpoint>, call: u64, ms: u64) {
+        let started = e.start(call);
+        tokio::time::advance(Duration::from_millis(ms)).await;
+        started.done(&Ok::<(), Error>(()));
+    }
+
     /// One slow reply does not keep an endpoint out for good: its estimate decays while no
     /// other reply comes in, and a fast reply later brings it down further.
     #[tokio::test(start_paused = true)]
     async fn a_slow_reply_weighs_less_as_time_passes() {
-        let transport = switchboard::transport::client_for("tcp://127.0.0.1:9").unwrap();
-        let e = Arc::new(Endpoint::new("tcp://127.0.0.1:9".into(), transport, None));
+        let e = endpoint();
         e.mark_connected();
-        let call = e.start(0);
-        tokio::time::advance(Duration::from_millis(100)).await;
-        call.done(&Ok::<(), Error>(()));
+        answered(&e, 0, 100).await;
         let slow = e.cost(0);
         assert!((slow - 100e6).abs() < 1e6, "{slow}");
         tokio::time::advance(DECAY).await;
@@ -365,9 +375,7 @@ mod tests {
         tokio::time::advance(DECAY * 3).await;
         assert!(e.cost(0) < slow / 50.0, "{} after four", e.cost(0));
         // A slower reply than what is left of the estimate is taken at once (a peak).
-        let call = e.start(0);
-        tokio::time::advance(Duration::from_millis(20)).await;
-        call.done(&Ok::<(), Error>(()));
+        answered(&e, 0, 20).await;
         assert!((e.cost(0) - 20e6).abs() < 1e6, "{}", e.cost(0));
     }
 
@@ -376,29 +384,21 @@ mod tests {
     /// seconds); the first call sent once it is connected is the first sample.
     #[tokio::test(start_paused = true)]
     async fn calls_sent_before_the_connection_is_up_are_no_sample() {
-        let transport = switchboard::transport::client_for("tcp://127.0.0.1:9").unwrap();
-        let e = Arc::new(Endpoint::new("tcp://127.0.0.1:9".into(), transport, None));
+        let e = endpoint();
         let early = e.start(0);
         tokio::time::advance(Duration::from_millis(150)).await;
         e.mark_connected();
         tokio::time::advance(Duration::from_millis(1)).await;
         early.done(&Ok::<(), Error>(()));
         assert_eq!(e.cost(0), 0.0, "no estimate yet: the next call is taken");
-        let warm = e.start(0);
-        tokio::time::advance(Duration::from_millis(2)).await;
-        warm.done(&Ok::<(), Error>(()));
+        answered(&e, 0, 2).await;
         assert!((e.cost(0) - 2e6).abs() < 1e5, "{}", e.cost(0));
 
         // With no connection noted, a call that answers set one up itself: the next is a sample.
-        let transport = switchboard::transport::client_for("tcp://127.0.0.1:9").unwrap();
-        let e = Arc::new(Endpoint::new("tcp://127.0.0.1:9".into(), transport, None));
-        let first = e.start(0);
-        tokio::time::advance(Duration::from_millis(80)).await;
-        first.done(&Ok::<(), Error>(()));
+        let e = endpoint();
+        answered(&e, 0, 80).await;
         assert_eq!(e.cost(0), 0.0);
-        let second = e.start(0);
-        tokio::time::advance(Duration::from_millis(3)).await;
-        second.done(&Ok::<(), Error>(()));
+        answered(&e, 0, 3).await;
         assert!((e.cost(0) - 3e6).abs() < 1e5, "{}", e.cost(0));
     }
 
@@ -407,12 +407,9 @@ mod tests {
     /// estimate (averaged in, it would leave a 100 ms peak at some 98 ms).
     #[tokio::test(start_paused = true)]
     async fn an_endpoint_left_out_after_a_slow_reply_is_tried_again() {
-        let transport = switchboard::transport::client_for("tcp://127.0.0.1:9").unwrap();
-        let e = Arc::new(Endpoint::new("tcp://127.0.0.1:9".into(), transport, None));
+        let e = endpoint();
         e.mark_connected();
-        let call = e.start(1);
-        tokio::time::advance(Duration::from_millis(100)).await;
-        call.done(&Ok::<(), Error>(()));
+        answered(&e, 1, 100).await;
         // Calls went elsewhere, but not for long enough yet, or not enough of them.
         assert!(e.cost(1 + STARVED_AFTER) > 90e6, "{}", e.cost(1 + STARVED_AFTER));
         tokio::time::advance(STALE).await;
