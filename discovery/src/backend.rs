@@ -4,7 +4,7 @@
 use std::fmt;
 use std::sync::Arc;
 
-use futures_util::future::BoxFuture;
+use futures_util::future::{BoxFuture, FutureExt};
 use tokio::sync::watch;
 
 use crate::{Instance, Result};
@@ -18,6 +18,14 @@ pub trait Backend: Send + Sync + 'static {
     /// The instances of `service`, listed once before this resolves, then kept up to date
     /// until every clone of the [`Watch`] is dropped.
     fn watch(&self, service: &str) -> BoxFuture<'static, Result<Watch>>;
+
+    /// The instances of `service` now, sorted by id, listed once. By default the first list of
+    /// a [`watch`](Self::watch) that is then dropped; a backend that can list without setting
+    /// up what following takes (a watch stream, a blocking query) does that instead.
+    fn list(&self, service: &str) -> BoxFuture<'static, Result<Vec<Instance>>> {
+        let watch = self.watch(service);
+        async move { Ok(watch.await?.current().to_vec()) }.boxed()
+    }
 
     /// What it is, for `Debug` and logs (never a password or token).
     fn describe(&self) -> String;
@@ -88,9 +96,91 @@ impl Publisher {
 }
 
 /// Sorted by id, one record per id (the last one given).
-fn normalise(mut instances: Vec<Instance>) -> Arc<[Instance]> {
+fn normalise(instances: Vec<Instance>) -> Arc<[Instance]> {
+    sorted(instances).into()
+}
+
+/// `instances` sorted by id, one per id (the last listed).
+pub(crate) fn sorted(mut instances: Vec<Instance>) -> Vec<Instance> {
     instances.reverse();
     instances.sort_by(|a, b| a.id.cmp(&b.id));
     instances.dedup_by(|a, b| a.id == b.id);
-    instances.into()
+    instances
+}
+
+#[cfg(test)]
+mod tests {
+    use futures_util::future::FutureExt;
+
+    use super::*;
+    use crate::{Error, Registry};
+
+    /// A backend that lists and cannot follow (`follows: false`), or follows and lists only
+    /// through the trait's default (`true`).
+    struct Test {
+        follows: bool,
+    }
+
+    /// The same, with its own `list`.
+    struct ListOnly;
+
+    impl Backend for Test {
+        fn register(&self, instance: Instance) -> BoxFuture<'static, Result<Box<dyn Lease>>> {
+            let refused = Error::refused(format!("cannot register {}", instance.id));
+            std::future::ready(Err(refused)).boxed()
+        }
+
+        fn watch(&self, service: &str) -> BoxFuture<'static, Result<Watch>> {
+            let result = match self.follows {
+                true => Ok(Watch::channel(two(service)).1),
+                false => Err(Error::refused("no watch here")),
+            };
+            std::future::ready(result).boxed()
+        }
+
+        fn describe(&self) -> String {
+            "a test backend".to_owned()
+        }
+    }
+
+    impl Backend for ListOnly {
+        fn register(&self, instance: Instance) -> BoxFuture<'static, Result<Box<dyn Lease>>> {
+            Test { follows: false }.register(instance)
+        }
+
+        fn watch(&self, service: &str) -> BoxFuture<'static, Result<Watch>> {
+            Test { follows: false }.watch(service)
+        }
+
+        fn list(&self, service: &str) -> BoxFuture<'static, Result<Vec<Instance>>> {
+            std::future::ready(Ok(sorted(two(service)))).boxed()
+        }
+
+        fn describe(&self) -> String {
+            "a test backend that only lists".to_owned()
+        }
+    }
+
+    fn two(service: &str) -> Vec<Instance> {
+        vec![
+            Instance::new(service, "b", ["tcp://127.0.0.1:2"]),
+            Instance::new(service, "a", ["tcp://127.0.0.1:1"]),
+        ]
+    }
+
+    /// `Registry::instances` lists once, through the backend's `list` (no watch is set up:
+    /// this one has none), or by default through a watch; sorted by id either way.
+    #[tokio::test]
+    async fn instances_are_listed_without_a_watch() {
+        let ids = |listed: Vec<Instance>| listed.into_iter().map(|i| i.id).collect::<Vec<_>>();
+        let listed = Registry::new(ListOnly).instances("users").await.unwrap();
+        assert_eq!(ids(listed), ["a", "b"]);
+        let listed = Registry::new(Test { follows: true }).instances("users").await.unwrap();
+        assert_eq!(ids(listed), ["a", "b"], "by default, through a watch");
+        let err = Registry::new(Test { follows: false })
+            .instances("users")
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("no watch here"), "{err}");
+    }
 }

@@ -484,6 +484,16 @@ impl Backend for Consul {
         .boxed()
     }
 
+    fn list(&self, service: &str) -> BoxFuture<'static, Result<Vec<Instance>>> {
+        let consul = self.clone();
+        let service = service.to_owned();
+        async move {
+            let (_, instances) = consul.health(&service, 0, &mut HashSet::new()).await?;
+            Ok(crate::backend::sorted(instances))
+        }
+        .boxed()
+    }
+
     fn describe(&self) -> String {
         match self.token {
             Some(_) => format!("Consul agent at {} (with an ACL token)", self.address),

@@ -177,6 +177,28 @@ impl Dns {
         }
     }
 
+    /// `service`'s lookup, and its first resolution.
+    async fn first(&self, service: String) -> Result<(Lookup, Resolved)> {
+        let srv = self.srv_name(&service);
+        let name: Name = srv
+            .parse()
+            .map_err(|e| Error::backend(format!("`{service}` cannot be looked up in DNS as `{srv}`"), e))?;
+        let lookup = Lookup {
+            resolver: self.resolver()?,
+            name,
+            service,
+            transport: self.transport.clone(),
+        };
+        let first = lookup.resolve().await.map_err(|e| {
+            Error::backend(
+                format!("cannot resolve the SRV records `{srv}` ({})", self.describe()),
+                e,
+            )
+        })?;
+        tracing::debug!(service = %lookup.service, srv = %srv, instances = first.instances.len(), "resolved");
+        Ok((lookup, first))
+    }
+
     fn resolver(&self) -> Result<TokioResolver> {
         let mut built = self.resolver.lock().expect("resolver lock");
         if let Some(resolver) = built.as_ref() {
@@ -228,26 +250,20 @@ impl Backend for Dns {
         let dns = self.clone();
         let service = service.to_owned();
         async move {
-            let srv = dns.srv_name(&service);
-            let name: Name = srv
-                .parse()
-                .map_err(|e| Error::backend(format!("`{service}` cannot be looked up in DNS as `{srv}`"), e))?;
-            let lookup = Lookup {
-                resolver: dns.resolver()?,
-                name,
-                service: service.clone(),
-                transport: dns.transport.clone(),
-            };
-            let first = lookup.resolve().await.map_err(|e| {
-                Error::backend(
-                    format!("cannot resolve the SRV records `{srv}` ({})", dns.describe()),
-                    e,
-                )
-            })?;
-            tracing::debug!(service = %service, srv = %srv, instances = first.instances.len(), "resolved");
+            let (lookup, first) = dns.first(service).await?;
             let (publisher, watch) = Watch::channel(first.instances);
             tokio::spawn(follow(lookup, publisher, first.refresh));
             Ok(watch)
+        }
+        .boxed()
+    }
+
+    fn list(&self, service: &str) -> BoxFuture<'static, Result<Vec<Instance>>> {
+        let dns = self.clone();
+        let service = service.to_owned();
+        async move {
+            let (_, first) = dns.first(service).await?;
+            Ok(crate::backend::sorted(first.instances))
         }
         .boxed()
     }

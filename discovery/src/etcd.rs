@@ -303,7 +303,7 @@ impl Etcd {
     }
 
     /// Lists `<prefix>/<service>/`: the valid records by key, and the revision read.
-    async fn list(&self, service: &str) -> Result<(HashMap<String, Instance>, i64)> {
+    async fn listing(&self, service: &str) -> Result<(HashMap<String, Instance>, i64)> {
         let prefix = self.service_prefix(service);
         let mut client = self.client().await?;
         let response = timed(
@@ -451,7 +451,7 @@ impl Backend for Etcd {
         let service = service.to_owned();
         async move {
             check_name("service", &service)?;
-            let (instances, revision) = etcd.list(&service).await?;
+            let (instances, revision) = etcd.listing(&service).await?;
             let (publisher, watch) = Watch::channel(instances.values().cloned().collect());
             tokio::spawn(async move {
                 tokio::select! {
@@ -460,6 +460,17 @@ impl Backend for Etcd {
                 }
             });
             Ok(watch)
+        }
+        .boxed()
+    }
+
+    fn list(&self, service: &str) -> BoxFuture<'static, Result<Vec<Instance>>> {
+        let etcd = self.clone();
+        let service = service.to_owned();
+        async move {
+            check_name("service", &service)?;
+            let (instances, _) = etcd.listing(&service).await?;
+            Ok(crate::backend::sorted(instances.into_values().collect()))
         }
         .boxed()
     }
@@ -503,7 +514,7 @@ async fn follow(
         // Whatever happened while not watching is read again.
         loop {
             backoff.wait().await;
-            match etcd.list(service).await {
+            match etcd.listing(service).await {
                 Ok((now, at)) => {
                     instances = now;
                     revision = at;

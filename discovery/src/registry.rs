@@ -152,9 +152,10 @@ impl Registry {
         self.backend.register(instance).await
     }
 
-    /// The instances of `service` now.
+    /// The instances of `service` now, sorted by id: listed once (an etcd range read, one
+    /// Consul health query, one DNS resolution), not followed as [`watch`](Self::watch) does.
     pub async fn instances(&self, service: &str) -> Result<Vec<Instance>> {
-        Ok(self.backend.watch(service).await?.current().to_vec())
+        self.backend.list(service).await
     }
 
     /// The instances of `service`, kept up to date.
