@@ -279,6 +279,11 @@ impl Builder {
     /// `trace_id`, before the lines logged inside it): formatting every span's fields for a log
     /// line costs more than the rest of a message's handling.
     pub fn init(self) -> Result<Telemetry> {
+        // Checked first, so a call that cannot install its subscriber starts no exporter: its
+        // recorder would take the running one's place (and its spans) until it stopped.
+        if tracing::dispatcher::has_been_set() {
+            return Err(already_set("it was set before"));
+        }
         let (otel, telemetry) = self.layer::<Registry>()?;
         let filter = match std::env::var("RUST_LOG") {
             Ok(directives) if directives.contains(span::TARGET) => EnvFilter::new(directives),
@@ -288,11 +293,11 @@ impl Builder {
         let logs = tracing_subscriber::fmt::layer()
             .with_writer(std::io::stderr)
             .with_filter(filter);
-        Registry::default().with(otel).with(logs).try_init().map_err(|e| {
-            config(format!(
-                "a global tracing subscriber is already set ({e}); add `builder(…).layer()` to it instead"
-            ))
-        })?;
+        Registry::default()
+            .with(otel)
+            .with(logs)
+            .try_init()
+            .map_err(|e| already_set(&e.to_string()))?;
         Ok(telemetry)
     }
 
@@ -408,6 +413,13 @@ impl Builder {
         .build();
         Ok((provider, recorder))
     }
+}
+
+/// `init`'s error when the process has a global subscriber already.
+fn already_set(why: &str) -> Error {
+    config(format!(
+        "a global tracing subscriber is already set ({why}); add `builder(…).layer()` to it instead"
+    ))
 }
 
 /// The protocol chosen in code, else by `OTEL_EXPORTER_OTLP_TRACES_PROTOCOL`, else by
