@@ -17,9 +17,16 @@ const DECAY: Duration = Duration::from_secs(10);
 /// An estimate no reply has refreshed for this long says little of the instance now: the next
 /// reply replaces it instead of being averaged in.
 const STALE: Duration = Duration::from_millis(250);
-/// Calls the balancer has started since an endpoint's last one, past which the endpoint, idle
-/// and with a stale estimate, is worth a call again (see [`Endpoint::cost`]).
-const STARVED_AFTER: u64 = 64;
+/// An idle endpoint with a stale estimate is worth a call again once the balancer has started
+/// this many times its fair share of calls elsewhere (see [`Endpoint::cost`]), and at least
+/// [`MIN_STARVED_AFTER`]: a slow instance then gets a sixteenth of its share at most.
+const FAIR_SHARES: u64 = 16;
+const MIN_STARVED_AFTER: u64 = 64;
+
+/// Calls started elsewhere past which an endpoint of a pool of `members` is left out.
+pub(crate) fn starved_after(members: usize) -> u64 {
+    (FAIR_SHARES * members as u64).max(MIN_STARVED_AFTER)
+}
 /// Failures in a row (timeouts, `UNAVAILABLE`) that eject an endpoint.
 const FAILURES_TO_EJECT: u32 = 5;
 /// The first ejection; each next one in a row doubles, up to [`MAX_EJECTION`].
@@ -93,10 +100,11 @@ impl Endpoint {
     /// one call, not a burst. An endpoint whose last reply was slow (a cold start, a passing
     /// stall) is left out, and so gets no reply to show that it is fast again: its estimate
     /// decays, but from a peak a hundred times its peers' that takes about a minute. So once
-    /// [`STARVED_AFTER`] calls have gone elsewhere and its estimate is [`STALE`], an idle
-    /// endpoint costs nothing: it takes one call, whose reply replaces the estimate. A slow
-    /// instance is thus sent one call in that many, at most one every [`STALE`].
-    pub fn cost(&self, calls: u64) -> f64 {
+    /// `starved_after` calls ([`starved_after`]) have gone elsewhere and its estimate is
+    /// [`STALE`], an idle endpoint costs nothing: it takes one call, whose reply replaces the
+    /// estimate. A slow instance is thus sent one call in that many, at most one every
+    /// [`STALE`].
+    pub fn cost(&self, calls: u64, starved_after: u64) -> f64 {
         let in_flight = self.in_flight();
         let pending = in_flight as f64 + 1.0;
         let now = Instant::now();
@@ -104,7 +112,7 @@ impl Endpoint {
             Some((_, at))
                 if in_flight == 0
                     && now.saturating_duration_since(at) >= STALE
-                    && calls.saturating_sub(self.last_started.load(Ordering::Relaxed)) >= STARVED_AFTER =>
+                    && calls.saturating_sub(self.last_started.load(Ordering::Relaxed)) >= starved_after =>
             {
                 0.0
             }
@@ -364,19 +372,27 @@ mod tests {
         let e = endpoint();
         e.mark_connected();
         answered(&e, 0, 100).await;
-        let slow = e.cost(0);
+        let slow = e.cost(0, MIN_STARVED_AFTER);
         assert!((slow - 100e6).abs() < 1e6, "{slow}");
         tokio::time::advance(DECAY).await;
-        let later = e.cost(0);
+        let later = e.cost(0, MIN_STARVED_AFTER);
         assert!(
             (later - slow / std::f64::consts::E).abs() < 1e6,
             "{later} after one decay time"
         );
         tokio::time::advance(DECAY * 3).await;
-        assert!(e.cost(0) < slow / 50.0, "{} after four", e.cost(0));
+        assert!(
+            e.cost(0, MIN_STARVED_AFTER) < slow / 50.0,
+            "{} after four",
+            e.cost(0, MIN_STARVED_AFTER)
+        );
         // A slower reply than what is left of the estimate is taken at once (a peak).
         answered(&e, 0, 20).await;
-        assert!((e.cost(0) - 20e6).abs() < 1e6, "{}", e.cost(0));
+        assert!(
+            (e.cost(0, MIN_STARVED_AFTER) - 20e6).abs() < 1e6,
+            "{}",
+            e.cost(0, MIN_STARVED_AFTER)
+        );
     }
 
     /// A new instance's first calls wait for its connection: their round trips say nothing of
@@ -390,37 +406,53 @@ mod tests {
         e.mark_connected();
         tokio::time::advance(Duration::from_millis(1)).await;
         early.done(&Ok::<(), Error>(()));
-        assert_eq!(e.cost(0), 0.0, "no estimate yet: the next call is taken");
+        assert_eq!(
+            e.cost(0, MIN_STARVED_AFTER),
+            0.0,
+            "no estimate yet: the next call is taken"
+        );
         answered(&e, 0, 2).await;
-        assert!((e.cost(0) - 2e6).abs() < 1e5, "{}", e.cost(0));
+        assert!(
+            (e.cost(0, MIN_STARVED_AFTER) - 2e6).abs() < 1e5,
+            "{}",
+            e.cost(0, MIN_STARVED_AFTER)
+        );
 
         // With no connection noted, a call that answers set one up itself: the next is a sample.
         let e = endpoint();
         answered(&e, 0, 80).await;
-        assert_eq!(e.cost(0), 0.0);
+        assert_eq!(e.cost(0, MIN_STARVED_AFTER), 0.0);
         answered(&e, 0, 3).await;
-        assert!((e.cost(0) - 3e6).abs() < 1e5, "{}", e.cost(0));
+        assert!(
+            (e.cost(0, MIN_STARVED_AFTER) - 3e6).abs() < 1e5,
+            "{}",
+            e.cost(0, MIN_STARVED_AFTER)
+        );
     }
 
     /// An instance left out after a slow reply is sent a call again once others have taken
-    /// [`STARVED_AFTER`] calls and its estimate is [`STALE`]; a fast reply then replaces the
+    /// [`starved_after`] calls and its estimate is [`STALE`]; a fast reply then replaces the
     /// estimate (averaged in, it would leave a 100 ms peak at some 98 ms).
     #[tokio::test(start_paused = true)]
     async fn an_endpoint_left_out_after_a_slow_reply_is_tried_again() {
+        assert_eq!(starved_after(3), MIN_STARVED_AFTER, "three instances: at least 64");
+        assert_eq!(starved_after(50), 800, "fifty: sixteen times a fair share");
+        const N: u64 = MIN_STARVED_AFTER;
+        let cost = |e: &Arc<Endpoint>, calls: u64| e.cost(calls, N);
         let e = endpoint();
         e.mark_connected();
         answered(&e, 1, 100).await;
         // Calls went elsewhere, but not for long enough yet, or not enough of them.
-        assert!(e.cost(1 + STARVED_AFTER) > 90e6, "{}", e.cost(1 + STARVED_AFTER));
+        assert!(cost(&e, 1 + N) > 90e6, "{}", cost(&e, 1 + N));
         tokio::time::advance(STALE).await;
-        assert!(e.cost(STARVED_AFTER) > 90e6, "{}", e.cost(STARVED_AFTER));
+        assert!(cost(&e, N) > 90e6, "{}", cost(&e, N));
         // Both: one call is sent to it; while it is in flight, no other.
-        assert_eq!(e.cost(1 + STARVED_AFTER), 0.0);
-        let probe = e.start(2 + STARVED_AFTER);
-        assert!(e.cost(3 + 2 * STARVED_AFTER) > 90e6);
+        assert_eq!(cost(&e, 1 + N), 0.0);
+        let probe = e.start(2 + N);
+        assert!(cost(&e, 3 + 2 * N) > 90e6);
         tokio::time::advance(Duration::from_millis(1)).await;
         probe.done(&Ok::<(), Error>(()));
-        let now = e.cost(3 + STARVED_AFTER);
+        let now = cost(&e, 3 + N);
         assert!((now - 1e6).abs() < 1e5, "{now}");
     }
 }

@@ -31,9 +31,10 @@ const CLOSE_AFTER: Duration = Duration::from_secs(30);
 pub enum Balance {
     /// Power of two choices over Peak-EWMA load (round-trip estimate × calls in flight): two
     /// instances drawn at random, the less loaded one called. An instance left out since a
-    /// slow reply is sent one call again once 64 calls have gone elsewhere and 250 ms have
-    /// passed, and its estimate starts over from that reply, so a passing stall does not keep
-    /// it out for the minute a decaying peak would. The default.
+    /// slow reply is sent one call again once sixteen times its fair share of calls (64 at
+    /// least) have gone elsewhere and 250 ms have passed, and its estimate starts over from
+    /// that reply, so a passing stall does not keep it out for the minute a decaying peak
+    /// would. The default.
     #[default]
     PeakEwma,
     /// Each instance in turn.
@@ -346,7 +347,8 @@ fn two_choices<'m>(pool: &[&'m Member], calls: u64) -> &'m Member {
         n => {
             let a = fastrand::usize(..n);
             let b = (a + 1 + fastrand::usize(..n - 1)) % n;
-            match pool[a].endpoint.cost(calls) <= pool[b].endpoint.cost(calls) {
+            let starved_after = endpoint::starved_after(n);
+            match pool[a].endpoint.cost(calls, starved_after) <= pool[b].endpoint.cost(calls, starved_after) {
                 true => pool[a],
                 false => pool[b],
             }
