@@ -154,6 +154,24 @@ async fn an_instance_slow_at_first_takes_calls_again() {
     }
 }
 
+/// And one that stays slow takes few calls: it is tried again now and then, no more.
+#[tokio::test]
+async fn an_instance_that_stays_slow_takes_few_calls() {
+    let registry = registry("stays-slow").await;
+    let (slow, fast) = (Seen::default(), Seen::default());
+    slow.slow_calls.store(usize::MAX, Ordering::SeqCst);
+    let servers = [instance(&registry, &slow).await, instance(&registry, &fast).await];
+    let users = Client::discover("users", &registry).connect().await.unwrap();
+    for id in 0..2_000 {
+        assert_eq!(users.send(GET_USER, GetUser { id }).await.unwrap(), id);
+    }
+    let taken = slow.calls.load(Ordering::SeqCst);
+    assert!(taken <= 100, "the slow instance took {taken} of 2,000 calls");
+    for s in servers {
+        s.shutdown().await.unwrap();
+    }
+}
+
 #[tokio::test]
 async fn a_key_goes_to_one_instance() {
     let registry = registry("hash").await;
