@@ -27,6 +27,7 @@ const MIN_STARVED_AFTER: u64 = 64;
 pub(crate) fn starved_after(members: usize) -> u64 {
     (FAIR_SHARES * members as u64).max(MIN_STARVED_AFTER)
 }
+
 /// Failures in a row (timeouts, `UNAVAILABLE`) that eject an endpoint.
 const FAILURES_TO_EJECT: u32 = 5;
 /// The first ejection; each next one in a row doubles, up to [`MAX_EJECTION`].
@@ -122,9 +123,15 @@ impl Endpoint {
         }
     }
 
+    /// Notes that the balancer chose this endpoint when it had started `calls`: a caller
+    /// choosing before this call starts no longer finds it left out (one call, not a burst).
+    pub fn chosen(&self, calls: u64) {
+        self.last_started.fetch_max(calls, Ordering::Relaxed);
+    }
+
     /// Counts a call in, the balancer's `call`-th; the guard records how it went.
     pub fn start(self: &Arc<Self>, call: u64) -> InFlight {
-        self.last_started.store(call, Ordering::Relaxed);
+        self.last_started.fetch_max(call, Ordering::Relaxed);
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         InFlight {
             endpoint: self.clone(),

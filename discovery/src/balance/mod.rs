@@ -340,9 +340,10 @@ impl Shared {
     }
 }
 
-/// Power of two choices: the cheaper of two drawn at random.
+/// Power of two choices: the cheaper of two drawn at random, when the balancer has started
+/// `calls` calls.
 fn two_choices<'m>(pool: &[&'m Member], calls: u64) -> &'m Member {
-    match pool.len() {
+    let chosen = match pool.len() {
         1 => pool[0],
         n => {
             let a = fastrand::usize(..n);
@@ -353,7 +354,9 @@ fn two_choices<'m>(pool: &[&'m Member], calls: u64) -> &'m Member {
                 false => pool[b],
             }
         }
-    }
+    };
+    chosen.endpoint.chosen(calls);
+    chosen
 }
 
 /// The member whose id scores highest with `key`.
@@ -463,5 +466,45 @@ impl ClientTransport for Balanced {
             Ok(())
         }
         .boxed()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn member(id: &str) -> Member {
+        let transport = switchboard::transport::client_for("tcp://127.0.0.1:9").unwrap();
+        let endpoint = Arc::new(Endpoint::new("tcp://127.0.0.1:9".into(), transport, None));
+        endpoint.mark_connected();
+        Member {
+            instance: Instance::new("users", id, ["tcp://127.0.0.1:9"]),
+            endpoint,
+        }
+    }
+
+    /// The balancer's `call`-th call to `m`, answered after `ms`.
+    async fn answered(m: &Member, call: u64, ms: u64) {
+        let started = m.endpoint.start(call);
+        tokio::time::advance(Duration::from_millis(ms)).await;
+        started.done(&Ok::<(), Error>(()));
+    }
+
+    /// An instance left out since a slow reply is sent one call, not one per caller that
+    /// chooses before that call starts.
+    #[tokio::test(start_paused = true)]
+    async fn a_left_out_instance_is_chosen_once_until_its_call_starts() {
+        let (slow, fast) = (member("slow"), member("fast"));
+        answered(&slow, 1, 100).await;
+        // Its estimate grows stale (250 ms) while 60 calls go to the other.
+        tokio::time::advance(Duration::from_millis(300)).await;
+        answered(&fast, 60, 1).await;
+        let calls = 1 + endpoint::starved_after(2) + 5;
+        let pool = [&slow, &fast];
+        let picks: Vec<&str> = (0..10)
+            .map(|_| two_choices(&pool, calls).instance.id.as_str())
+            .collect();
+        assert_eq!(picks.iter().filter(|&&id| id == "slow").count(), 1, "{picks:?}");
+        assert_eq!(picks[0], "slow", "the left-out one first: {picks:?}");
     }
 }
