@@ -489,7 +489,7 @@ impl Backend for Consul {
         let service = service.to_owned();
         async move {
             let (_, instances) = consul.health(&service, 0, &mut HashSet::new()).await?;
-            Ok(crate::backend::sorted(instances))
+            Ok(instances)
         }
         .boxed()
     }

@@ -261,11 +261,7 @@ impl Backend for Dns {
     fn list(&self, service: &str) -> BoxFuture<'static, Result<Vec<Instance>>> {
         let dns = self.clone();
         let service = service.to_owned();
-        async move {
-            let (_, first) = dns.first(service).await?;
-            Ok(crate::backend::sorted(first.instances))
-        }
-        .boxed()
+        async move { Ok(dns.first(service).await?.1.instances) }.boxed()
     }
 
     fn describe(&self) -> String {

@@ -470,7 +470,7 @@ impl Backend for Etcd {
         async move {
             check_name("service", &service)?;
             let (instances, _) = etcd.listing(&service).await?;
-            Ok(crate::backend::sorted(instances.into_values().collect()))
+            Ok(instances.into_values().collect())
         }
         .boxed()
     }

@@ -155,7 +155,7 @@ impl Registry {
     /// The instances of `service` now, sorted by id: listed once (an etcd range read, one
     /// Consul health query, one DNS resolution), not followed as [`watch`](Self::watch) does.
     pub async fn instances(&self, service: &str) -> Result<Vec<Instance>> {
-        self.backend.list(service).await
+        Ok(crate::backend::sorted(self.backend.list(service).await?))
     }
 
     /// The instances of `service`, kept up to date.

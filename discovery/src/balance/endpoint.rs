@@ -44,8 +44,8 @@ pub(crate) struct Endpoint {
     /// This endpoint's circuits, one per route, when the registry configures a breaker.
     circuits: Option<CircuitBreaker>,
     in_flight: AtomicUsize,
-    /// The balancer's count of calls started when this endpoint last started one.
-    last_started: AtomicU64,
+    /// The balancer's count of choices when it last chose this endpoint.
+    last_chosen: AtomicU64,
     /// When its first connection was up: a call started before then waited for the connection,
     /// so its round trip is no sample of the instance's speed.
     connected: OnceLock<Instant>,
@@ -72,7 +72,7 @@ impl Endpoint {
             transport,
             circuits,
             in_flight: AtomicUsize::new(0),
-            last_started: AtomicU64::new(0),
+            last_chosen: AtomicU64::new(0),
             connected: OnceLock::new(),
             state: Mutex::new(State {
                 rtt: None,
@@ -96,7 +96,7 @@ impl Endpoint {
         self.in_flight.load(Ordering::Relaxed)
     }
 
-    /// What a call here would cost, when the balancer has started `calls` calls so far: the
+    /// What a call here would cost, when the balancer has made `calls` choices so far: the
     /// round-trip estimate times the calls waiting. Before its first reply an endpoint takes
     /// one call, not a burst. An endpoint whose last reply was slow (a cold start, a passing
     /// stall) is left out, and so gets no reply to show that it is fast again: its estimate
@@ -113,7 +113,7 @@ impl Endpoint {
             Some((_, at))
                 if in_flight == 0
                     && now.saturating_duration_since(at) >= STALE
-                    && calls.saturating_sub(self.last_started.load(Ordering::Relaxed)) >= starved_after =>
+                    && calls.saturating_sub(self.last_chosen.load(Ordering::Relaxed)) >= starved_after =>
             {
                 0.0
             }
@@ -123,15 +123,14 @@ impl Endpoint {
         }
     }
 
-    /// Notes that the balancer chose this endpoint when it had started `calls`: a caller
+    /// Notes that the balancer chose this endpoint, its `calls`-th choice: at once, so a caller
     /// choosing before this call starts no longer finds it left out (one call, not a burst).
     pub fn chosen(&self, calls: u64) {
-        self.last_started.fetch_max(calls, Ordering::Relaxed);
+        self.last_chosen.fetch_max(calls, Ordering::Relaxed);
     }
 
-    /// Counts a call in, the balancer's `call`-th; the guard records how it went.
-    pub fn start(self: &Arc<Self>, call: u64) -> InFlight {
-        self.last_started.fetch_max(call, Ordering::Relaxed);
+    /// Counts a call in; the guard records how it went.
+    pub fn start(self: &Arc<Self>) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         InFlight {
             endpoint: self.clone(),
@@ -365,9 +364,10 @@ mod tests {
         Arc::new(Endpoint::new("tcp://127.0.0.1:9".into(), transport, None))
     }
 
-    /// `e`'s call, the balancer's `call`-th, answered after `ms`.
+    /// `e` chosen, the balancer's `call`-th choice, and its call answered after `ms`.
     async fn answered(e: &Arc<Endpoint>, call: u64, ms: u64) {
-        let started = e.start(call);
+        e.chosen(call);
+        let started = e.start();
         tokio::time::advance(Duration::from_millis(ms)).await;
         started.done(&Ok::<(), Error>(()));
     }
@@ -408,7 +408,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn calls_sent_before_the_connection_is_up_are_no_sample() {
         let e = endpoint();
-        let early = e.start(0);
+        let early = e.start();
         tokio::time::advance(Duration::from_millis(150)).await;
         e.mark_connected();
         tokio::time::advance(Duration::from_millis(1)).await;
@@ -455,7 +455,8 @@ mod tests {
         assert!(cost(&e, N) > 90e6, "{}", cost(&e, N));
         // Both: one call is sent to it; while it is in flight, no other.
         assert_eq!(cost(&e, 1 + N), 0.0);
-        let probe = e.start(2 + N);
+        e.chosen(2 + N);
+        let probe = e.start();
         assert!(cost(&e, 3 + 2 * N) > 90e6);
         tokio::time::advance(Duration::from_millis(1)).await;
         probe.done(&Ok::<(), Error>(()));

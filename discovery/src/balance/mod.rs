@@ -86,8 +86,8 @@ struct Shared {
     /// Dropped with the client: stops following the registry.
     _following: std::sync::OnceLock<tokio::sync::oneshot::Sender<()>>,
     next: AtomicUsize,
-    /// Calls started so far (an endpoint left out for many is tried again).
-    calls: AtomicU64,
+    /// Choices made so far (an endpoint left out of many is tried again).
+    choices: AtomicU64,
 }
 
 #[derive(Clone)]
@@ -108,7 +108,7 @@ impl Balanced {
                 started: OnceCell::new(),
                 _following: std::sync::OnceLock::new(),
                 next: AtomicUsize::new(0),
-                calls: AtomicU64::new(0),
+                choices: AtomicU64::new(0),
             }),
         }
     }
@@ -287,9 +287,9 @@ impl Shared {
             Balance::RoundRobin => pool[self.next.fetch_add(1, Ordering::Relaxed) % pool.len()],
             Balance::Hash { field } => match key_of(&out.payload, field) {
                 Some(key) => rendezvous(pool, &key),
-                None => two_choices(pool, self.calls.load(Ordering::Relaxed)),
+                None => two_choices(pool, self.choices.fetch_add(1, Ordering::Relaxed) + 1),
             },
-            Balance::PeakEwma => two_choices(pool, self.calls.load(Ordering::Relaxed)),
+            Balance::PeakEwma => two_choices(pool, self.choices.fetch_add(1, Ordering::Relaxed) + 1),
         }
     }
 
@@ -323,7 +323,7 @@ impl Shared {
     ) -> switchboard::Result<T> {
         self.start().await?;
         let (endpoint, circuit) = self.pick(&out)?;
-        let call = endpoint.start(self.calls.fetch_add(1, Ordering::Relaxed) + 1);
+        let call = endpoint.start();
         let result = send(endpoint.transport.clone(), out).await;
         call.done(&result);
         circuit.finish(failed(&result));
@@ -340,8 +340,7 @@ impl Shared {
     }
 }
 
-/// Power of two choices: the cheaper of two drawn at random, when the balancer has started
-/// `calls` calls.
+/// Power of two choices: the cheaper of two drawn at random, the balancer's `calls`-th choice.
 fn two_choices<'m>(pool: &[&'m Member], calls: u64) -> &'m Member {
     let chosen = match pool.len() {
         1 => pool[0],
@@ -485,7 +484,8 @@ mod tests {
 
     /// The balancer's `call`-th call to `m`, answered after `ms`.
     async fn answered(m: &Member, call: u64, ms: u64) {
-        let started = m.endpoint.start(call);
+        m.endpoint.chosen(call);
+        let started = m.endpoint.start();
         tokio::time::advance(Duration::from_millis(ms)).await;
         started.done(&Ok::<(), Error>(()));
     }
@@ -502,7 +502,7 @@ mod tests {
         let calls = 1 + endpoint::starved_after(2) + 5;
         let pool = [&slow, &fast];
         let picks: Vec<&str> = (0..10)
-            .map(|_| two_choices(&pool, calls).instance.id.as_str())
+            .map(|i| two_choices(&pool, calls + i).instance.id.as_str())
             .collect();
         assert_eq!(picks.iter().filter(|&&id| id == "slow").count(), 1, "{picks:?}");
         assert_eq!(picks[0], "slow", "the left-out one first: {picks:?}");
