@@ -127,16 +127,23 @@ async fn calls_spread_over_every_instance() {
     }
 }
 
+/// Two instances of `users` in registry `name`, the first answering its first `slow_calls`
+/// calls in 50 ms: what it saw, both servers, and a balanced client.
+async fn slow_and_fast(name: &str, slow_calls: usize) -> (Seen, [RunningServer; 2], Client) {
+    let registry = registry(name).await;
+    let (slow, fast) = (Seen::default(), Seen::default());
+    slow.slow_calls.store(slow_calls, Ordering::SeqCst);
+    let servers = [instance(&registry, &slow).await, instance(&registry, &fast).await];
+    let users = Client::discover("users", &registry).connect().await.unwrap();
+    (slow, servers, users)
+}
+
 /// An instance whose first replies were slow (a cold start, a stall) takes its share again
 /// once it is fast: one slow reply used to keep it out for the minute its estimate took to
 /// decay to its peer's, as power of two choices never picks the dearer of two instances.
 #[tokio::test]
 async fn an_instance_slow_at_first_takes_calls_again() {
-    let registry = registry("slow-start").await;
-    let (slow, fast) = (Seen::default(), Seen::default());
-    slow.slow_calls.store(2, Ordering::SeqCst);
-    let servers = [instance(&registry, &slow).await, instance(&registry, &fast).await];
-    let users = Client::discover("users", &registry).connect().await.unwrap();
+    let (slow, servers, users) = slow_and_fast("slow-start", 2).await;
     let started = std::time::Instant::now();
     let mut id = 0;
     while slow.calls.load(Ordering::SeqCst) < 100 {
@@ -157,11 +164,7 @@ async fn an_instance_slow_at_first_takes_calls_again() {
 /// And one that stays slow takes few calls: it is tried again now and then, no more.
 #[tokio::test]
 async fn an_instance_that_stays_slow_takes_few_calls() {
-    let registry = registry("stays-slow").await;
-    let (slow, fast) = (Seen::default(), Seen::default());
-    slow.slow_calls.store(usize::MAX, Ordering::SeqCst);
-    let servers = [instance(&registry, &slow).await, instance(&registry, &fast).await];
-    let users = Client::discover("users", &registry).connect().await.unwrap();
+    let (slow, servers, users) = slow_and_fast("stays-slow", usize::MAX).await;
     for id in 0..2_000 {
         assert_eq!(users.send(GET_USER, GetUser { id }).await.unwrap(), id);
     }
