@@ -298,7 +298,11 @@ impl Service<Request> for InboxService {
             }
             let reply = inner.call(req).await;
             if !reply.is_error() && !reply.is_stream() {
-                let json = if event { None } else { reply.as_json().cloned() };
+                let json = if event {
+                    None
+                } else {
+                    reply.as_json().map(Bytes::copy_from_slice)
+                };
                 if let Err(e) = inbox.record(&key, json).await {
                     tracing::error!(error = %e, "inbox did not record a handled message");
                 }

@@ -543,6 +543,44 @@ async fn many_pipelined_requests_with_big_replies_are_all_answered() {
 }
 
 #[tokio::test]
+async fn requests_that_wait_keep_their_payload_and_id_while_the_read_buffer_is_reused() {
+    // A small frame's payload is copied off the read buffer, a big one's shared with it:
+    // either way a handler that waits must still see its own bytes after the buffer has
+    // taken many more frames.
+    let s = server("").await;
+    let mut raw = Raw::connect(s.local_url()).await;
+    let markers = [
+        format!("small-{}", "s".repeat(20)),
+        format!("big-{}", "b".repeat(40 * 1024)),
+    ];
+    let mut frames = String::new();
+    for (i, marker) in markers.iter().enumerate() {
+        frames += &frame(&format!(
+            r#"{{"pattern":"wire.slow","data":"{marker}","id":"slow{i}"}}"#
+        ));
+        for j in 0..500 {
+            frames += &frame(&format!(
+                r#"{{"pattern":"echo","data":"{i}-{j:0>64}","id":"f{i}-{j}"}}"#
+            ));
+        }
+    }
+    raw.send(frames).await;
+    let mut slow = std::collections::HashMap::new();
+    for _ in 0..1002 {
+        let reply: Value = serde_json::from_str(&raw.recv().await).unwrap();
+        let id = reply["id"].as_str().unwrap().to_owned();
+        let response = reply["response"].as_str().unwrap().to_owned();
+        match id.strip_prefix('f').and_then(|f| f.split_once('-')) {
+            Some((i, j)) => assert_eq!(response, format!("{i}-{j:0>64}"), "{id}"),
+            None => assert!(slow.insert(id, response).is_none(), "one reply each"),
+        }
+    }
+    assert_eq!(slow.get("slow0"), Some(&markers[0]));
+    assert_eq!(slow.get("slow1"), Some(&markers[1]));
+    s.shutdown().await.unwrap();
+}
+
+#[tokio::test]
 async fn a_long_ready_stream_is_written_as_it_goes() {
     let s = server("").await;
     let mut raw = Raw::connect(s.local_url()).await;

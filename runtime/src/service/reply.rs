@@ -6,7 +6,7 @@ use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::task::{Context as TaskContext, Poll};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use futures_util::stream::{BoxStream, Stream, StreamExt};
 use serde::Serialize;
 
@@ -103,6 +103,8 @@ pub struct Reply(Inner);
 enum Inner {
     Empty,
     Value(Bytes),
+    /// A short value's JSON, held in the reply itself: no allocation of its own.
+    Short(Short),
     Error(RpcError),
     Stream(BoxStream<'static, ReplyItem>),
     Local(Local),
@@ -142,8 +144,12 @@ impl Reply {
     /// One value, serialised as JavaScript would write it; a value that cannot be
     /// serialised is logged and answered with NestJS's `Internal server error`.
     pub fn value<T: Serialize + ?Sized>(value: &T) -> Self {
-        match to_json(value) {
-            Ok(json) => Reply(Inner::Value(json)),
+        let held = |json: &[u8]| match Short::new(json) {
+            Some(short) => Inner::Short(short),
+            None => Inner::Value(Bytes::copy_from_slice(json)),
+        };
+        match write_json(value, held) {
+            Ok(inner) => Reply(inner),
             Err(e) => {
                 tracing::error!(error = %e, "a handler's reply could not be serialised");
                 Reply(Inner::Error(RpcError::internal()))
@@ -185,9 +191,10 @@ impl Reply {
     }
 
     /// The value's JSON, when the reply is one value.
-    pub fn as_json(&self) -> Option<&Bytes> {
+    pub fn as_json(&self) -> Option<&[u8]> {
         match &self.0 {
             Inner::Value(v) => Some(v),
+            Inner::Short(v) => Some(v.as_bytes()),
             _ => None,
         }
     }
@@ -223,6 +230,7 @@ impl Stream for Reply {
         let item = match std::mem::replace(&mut self.0, Inner::Done) {
             Inner::Empty | Inner::Done => None,
             Inner::Value(v) => Some(ReplyItem::Value(v)),
+            Inner::Short(v) => Some(ReplyItem::Value(Bytes::copy_from_slice(v.as_bytes()))),
             Inner::Error(e) => Some(ReplyItem::Error(e)),
             Inner::NoHandler => Some(ReplyItem::Error(RpcError::no_handler())),
             Inner::Local(v) => Some(ReplyItem::Local(v)),
@@ -243,6 +251,7 @@ impl fmt::Debug for Reply {
         match &self.0 {
             Inner::Empty => f.write_str("Reply::Empty"),
             Inner::Value(v) => write!(f, "Reply::Value({} bytes)", v.len()),
+            Inner::Short(v) => write!(f, "Reply::Value({} bytes)", v.as_bytes().len()),
             Inner::Error(e) => write!(f, "Reply::Error({e:?})"),
             Inner::Stream(_) => f.write_str("Reply::Stream"),
             Inner::NoHandler => f.write_str("Reply::NoHandler"),
@@ -292,53 +301,82 @@ pub(crate) fn encode<T: Serialize + ?Sized>(value: &T) -> ReplyItem {
     }
 }
 
-/// Serialises a value as JavaScript would write it. Values go into a per-thread buffer and
-/// are split off it, so a small value costs no allocation of its own (the buffer is reused
-/// once every value cut from it has been dropped).
+/// Serialises a value as JavaScript would write it, into a `Bytes` that owns its buffer
+/// alone, so dropping it touches no reference count (values split off a shared buffer
+/// cost two atomic operations each, more than the copy of a small one).
 pub(crate) fn to_json<T: Serialize + ?Sized>(value: &T) -> serde_json::Result<Bytes> {
-    const CHUNK: usize = 16 * 1024;
+    write_json(value, Bytes::copy_from_slice)
+}
+
+/// Serialises a value as JavaScript would write it, in a per-thread buffer, and hands the
+/// JSON to `take`.
+fn write_json<T: Serialize + ?Sized, R>(value: &T, take: impl FnOnce(&[u8]) -> R) -> serde_json::Result<R> {
     thread_local! {
-        static ARENA: std::cell::RefCell<BytesMut> = std::cell::RefCell::new(BytesMut::new());
+        static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
     }
-    ARENA.with(|arena| {
+    SCRATCH.with(|scratch| {
         // A `Serialize` impl that itself encodes a value gets a buffer of its own.
-        let Ok(mut arena) = arena.try_borrow_mut() else {
-            return crate::json::to_vec(value).map(Bytes::from);
+        let Ok(mut scratch) = scratch.try_borrow_mut() else {
+            return crate::json::to_vec(value).map(|json| take(&json));
         };
-        if arena.capacity() - arena.len() < 512 {
-            arena.reserve(CHUNK);
+        scratch.clear();
+        let result = crate::json::write_to(&mut *scratch, value).map(|()| take(&scratch));
+        if scratch.capacity() > 64 * 1024 {
+            // One huge value does not keep its buffer's size for the thread's life.
+            *scratch = Vec::new();
         }
-        let result = crate::json::write_to(Append(&mut arena), value);
-        let json = arena.split();
-        result.map(|()| json.freeze())
+        result
     })
 }
 
-/// `io::Write` onto the end of a `BytesMut`: serde_json writes a value in many small pieces,
-/// and `bytes`' own writer takes each through `write` and the default `write_all` loop.
-struct Append<'a>(&'a mut BytesMut);
+/// The longest JSON a [`Reply`] holds in itself: as much as fits beside its other shapes.
+const SHORT: usize = 62;
 
-impl std::io::Write for Append<'_> {
-    #[inline]
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.extend_from_slice(buf);
-        Ok(buf.len())
+/// A short value's JSON, inline.
+#[derive(Clone, Copy)]
+struct Short {
+    len: u8,
+    bytes: [u8; SHORT],
+}
+
+impl Short {
+    fn new(json: &[u8]) -> Option<Short> {
+        let mut short = Short {
+            len: u8::try_from(json.len()).ok().filter(|&len| usize::from(len) <= SHORT)?,
+            bytes: [0; SHORT],
+        };
+        short.bytes[..json.len()].copy_from_slice(json);
+        Some(short)
     }
 
-    #[inline]
-    fn write_all(&mut self, buf: &[u8]) -> std::io::Result<()> {
-        self.0.extend_from_slice(buf);
-        Ok(())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
+    fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..usize::from(self.len)]
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn short_and_long_values_read_the_same() {
+        // Either side of the longest value a reply holds in itself.
+        for len in [0, SHORT - 3, SHORT - 2, SHORT - 1, 1000] {
+            let value = "x".repeat(len);
+            let json = format!("\"{value}\"");
+            let mut r = Reply::value(&value);
+            assert_eq!(r.as_json(), Some(json.as_bytes()), "{len}");
+            assert_eq!(format!("{r:?}"), format!("Reply::Value({} bytes)", json.len()));
+            assert_eq!(r.next().await, Some(ReplyItem::Value(Bytes::from(json))), "{len}");
+            assert_eq!(r.next().await, None);
+        }
+    }
+
+    #[test]
+    #[cfg(target_pointer_width = "64")]
+    fn a_short_value_held_inline_does_not_make_a_reply_bigger() {
+        assert_eq!(std::mem::size_of::<Reply>(), 72);
+    }
 
     #[tokio::test]
     async fn one_value_then_the_end() {

@@ -387,7 +387,7 @@ pub struct Router(Arc<Table>);
 struct Table {
     /// Route keys, and patterns in their written JSON (a NestJS client sends an object
     /// pattern in its written key order, so that form skips normalisation).
-    lookup: HashMap<Box<str>, Arc<Entry>, rustc_hash::FxBuildHasher>,
+    lookup: HashMap<&'static str, Arc<Entry>, rustc_hash::FxBuildHasher>,
     /// Each served route once, sorted.
     routes: Vec<Arc<Entry>>,
     fallback: Route,
@@ -484,9 +484,9 @@ impl RouterBuilder {
                 events: Sequencer::new(order),
             });
             for p in patterns {
-                lookup.entry(Box::<str>::from(p)).or_insert_with(|| entry.clone());
+                lookup.entry(p).or_insert_with(|| entry.clone());
             }
-            lookup.insert(Box::<str>::from(route), entry.clone());
+            lookup.insert(route, entry.clone());
             routes.push(entry);
         }
         routes.sort_by_key(|e| e.info.route);
@@ -527,12 +527,30 @@ impl Router {
     }
 
     /// [`call`](Self::call) for a message that arrived at `arrival`.
+    pub(crate) fn call_arrived(&self, req: Request, arrival: Option<Arrival>) -> RouterFuture {
+        let found = Found(self.resolve(req.address()));
+        self.call_found(found, req, arrival)
+    }
+
+    /// A pattern read off the wire, looked up once: the address its request carries (the
+    /// served pattern's own text when it names one, so the frame it came in is not held)
+    /// and where [`call_found`](Self::call_found) sends it.
+    pub(crate) fn find_pattern(&self, json: &str) -> (Address, Found<'_>) {
+        if let Some((&key, entry)) = self.0.lookup.get_key_value(json) {
+            return (Address::static_pattern(key), Found(Ok(entry)));
+        }
+        let address = Address::pattern(json);
+        let found = Found(self.resolve(&address));
+        (address, found)
+    }
+
+    /// [`call_arrived`](Self::call_arrived) for a request whose address was looked up.
     #[cfg_attr(not(feature = "metrics"), allow(unused_variables))]
-    pub(crate) fn call_arrived(&self, mut req: Request, arrival: Option<Arrival>) -> RouterFuture {
+    pub(crate) fn call_found(&self, found: Found<'_>, mut req: Request, arrival: Option<Arrival>) -> RouterFuture {
         if self.0.layered {
             req.context_mut().set_local(false);
         }
-        let (route, label, turn) = match self.resolve(req.address()) {
+        let (route, label, turn) = match found.0 {
             Ok(entry) => {
                 req.context_mut().set_route(Cow::Borrowed(entry.info.route));
                 let (route, turn) = match (&entry.requests, req.kind()) {
@@ -659,6 +677,9 @@ impl Router {
         self.0.lookup.get(route.as_str()).ok_or(route)
     }
 }
+
+/// Where an address leads: a served route, or the route that missed.
+pub(crate) struct Found<'a>(Result<&'a Arc<Entry>, String>);
 
 /// A handler that panicked when called: logged, answered NestJS's `Internal server error`.
 fn handler_panicked(label: &'static str, panic: Box<dyn std::any::Any + Send>) -> BoxFuture<'static, Reply> {

@@ -9,7 +9,6 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
 use futures_util::future::{BoxFuture, FutureExt};
 use futures_util::stream::{Stream, StreamExt};
 use serde::de::DeserializeOwned;
@@ -333,7 +332,7 @@ fn json_of(payload: Option<&Payload>) -> Value {
     }
 }
 
-fn parse(bytes: &Bytes) -> Value {
+fn parse(bytes: &[u8]) -> Value {
     serde_json::from_slice(bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(bytes).into_owned()))
 }
 

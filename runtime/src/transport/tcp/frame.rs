@@ -80,6 +80,18 @@ impl FrameDecoder {
     /// assert!(frames.decode_body(&mut buf).unwrap().is_none(), "the next one is not all there");
     /// ```
     pub fn decode_body(&mut self, buf: &mut BytesMut) -> Result<Option<Body>, FrameError> {
+        let Some(Framed { body, ascii }) = self.next_in(buf)? else {
+            return Ok(None);
+        };
+        buf.advance(body.start);
+        let bytes = buf.split_to(body.len()).freeze();
+        Ok(Some(Body { bytes, ascii }))
+    }
+
+    /// Where the next complete frame's body lies in `buf`, without taking it off: the caller
+    /// removes `..body.end` from the front of `buf` before looking for the next frame (and
+    /// leaves `buf`'s front alone while this finds only part of one).
+    pub fn next_in(&mut self, buf: &[u8]) -> Result<Option<Framed>, FrameError> {
         let (len, start) = match self.header {
             Some(h) => h,
             None => match self.read_header(buf)? {
@@ -96,16 +108,17 @@ impl FrameDecoder {
                 None => return Ok(None),
             },
         };
-        buf.advance(start);
-        let bytes = buf.split_to(end).freeze();
         self.header = None;
         self.scanned = 0;
         self.units = 0;
         self.owed = 0;
-        Ok(Some(Body { bytes, ascii }))
+        Ok(Some(Framed {
+            body: start..start + end,
+            ascii,
+        }))
     }
 
-    fn read_header(&mut self, buf: &BytesMut) -> Result<Option<(usize, usize)>, FrameError> {
+    fn read_header(&mut self, buf: &[u8]) -> Result<Option<(usize, usize)>, FrameError> {
         let window = &buf[..buf.len().min(MAX_PREFIX + 1)];
         let Some(hash) = window.iter().position(|&b| b == b'#') else {
             if buf.len() > MAX_PREFIX {
@@ -163,6 +176,15 @@ impl FrameDecoder {
         self.scanned = body.len();
         Ok((self.units == len && self.owed == 0).then_some(body.len()))
     }
+}
+
+/// Where a complete frame's body lies, as [`FrameDecoder::next_in`] found it.
+#[derive(Debug)]
+pub struct Framed {
+    /// The body's bytes in the buffer searched.
+    pub body: std::ops::Range<usize>,
+    /// Every byte was seen to be ASCII while the length was counted.
+    pub ascii: bool,
 }
 
 /// A frame's body, as [`FrameDecoder::decode_body`] took it.

@@ -5,7 +5,6 @@
 //! their hello (`wire::msgpack`): told apart by its first byte, so one port serves both.
 
 use std::net::SocketAddr;
-use std::ops::Range;
 use std::pin::Pin;
 use std::task::{Context as TaskContext, Poll};
 
@@ -172,6 +171,9 @@ struct Conn {
 
 /// Replies buffered before they are written out, at most (one reply may exceed it).
 const WRITE_HIGH_WATER: usize = 64 * 1024;
+/// Frames longer than this are taken off the read buffer and their payloads shared with it;
+/// shorter ones' payloads are copied.
+const SHARED_OVER: usize = 16 * 1024;
 
 async fn connection<R, W>(
     mut rd: R,
@@ -376,96 +378,124 @@ impl Conn {
                 Some(_) => self.codec = Some(Codec::Json),
             },
         }
+        // The frames are read where they lie in the buffer, taken out for the while.
+        let mut rbuf = std::mem::take(&mut self.rbuf);
+        let handled = self.json_frames(&mut rbuf);
+        self.rbuf = rbuf;
+        handled
+    }
+
+    /// [`frames`](Self::frames) on a NestJS connection.
+    fn json_frames(&mut self, rbuf: &mut BytesMut) -> std::result::Result<(), Close> {
         loop {
             if self.inflight.len() >= self.opts.max_in_flight || self.wbuf.len() >= WRITE_HIGH_WATER {
                 // Leave the rest in the buffer until work completes or the replies are written.
                 self.backlog = true;
                 return Ok(());
             }
-            let Some(frame) = self.decoder.decode_body(&mut self.rbuf)? else {
+            let Some(framed) = self.decoder.next_in(rbuf)? else {
                 return Ok(());
             };
             self.frames += 1;
-            let (body, text) = (frame.bytes(), frame.text());
-            let mut packet = match text.map(Packet::parse_text) {
-                Some(Ok(p)) => p,
-                None | Some(Err(PacketError::InvalidUtf8)) => {
-                    return Err(Close::Frame(super::frame::FrameError::InvalidUtf8));
-                }
-                Some(Err(PacketError::NotAnObject)) => {
-                    tracing::warn!(peer = %self.peer, "There is no matching event handler defined in the remote service. Event pattern: undefined");
-                    continue;
-                }
-                Some(Err(PacketError::InvalidJson(e))) => return Err(Close::Json(e)),
-            };
-            if packet.pattern.is_none() && packet.data.is_none() {
-                // NestJS reads such a packet as an event with no pattern: nothing handles it.
-                continue;
+            if framed.body.len() > SHARED_OVER {
+                rbuf.advance(framed.body.start);
+                let frame = rbuf.split_to(framed.body.len()).freeze();
+                self.json_frame(&frame, Some(&frame), framed.ascii)?;
+            } else {
+                let handled = self.json_frame(&rbuf[framed.body.clone()], None, framed.ascii);
+                rbuf.advance(framed.body.end);
+                handled?;
             }
-            let id = packet.id.map(|id| Packet::range_in(body, id));
-            let kind = if id.is_some() { Kind::Request } else { Kind::Event };
-            let (address, payload) = (packet.address(body), packet.payload(body));
-            let ctx = Context::new("tcp", kind).with_headers(packet.headers());
-            let mut reply = self
-                .router
-                .call_arrived(Request::new(address, payload, ctx), self.arrival);
-            // Most handlers finish without waiting: polled right away, their reply is written
-            // straight from the received frame, without a trip through the in-flight set.
-            let mut cx = TaskContext::from_waker(std::task::Waker::noop());
-            let ready = reply.poll_unpin(&mut cx);
-            if let Poll::Ready(r) = &ready
-                && r.is_no_handler()
-                && packet.pattern.is_some_and(|p| !Packet::check_pattern(p))
-            {
-                // The hand-split fast path does not parse patterns; a miss checks it here.
-                return Err(Close::Pattern);
-            }
-            if let Poll::Ready(r) = &ready
-                && r.is_error()
-                && let Some(data) = packet.data
-                && let Err(e) = serde_json::from_str::<serde::de::IgnoredAny>(data)
-            {
-                // NestJS closes the connection on malformed JSON anywhere in a packet; the hand
-                // split leaves `data` unchecked, so a failed handler's input is checked here.
-                return Err(Close::Json(e));
-            }
-            self.dispatched(body, id, ready, reply, Codec::Json);
         }
+    }
+
+    /// Handles one NestJS packet. A small one is read where it lies in the read buffer and its
+    /// payload copied (cheaper than sharing the buffer: no reference count to touch, and a
+    /// request that waits does not hold the buffer); a larger one comes `shared`, taken off
+    /// the buffer, and its payload is a slice of it.
+    fn json_frame(&mut self, body: &[u8], shared: Option<&Bytes>, ascii: bool) -> std::result::Result<(), Close> {
+        let text = match ascii {
+            // SAFETY: ASCII is UTF-8; the decoder saw every byte.
+            true => Ok(unsafe { std::str::from_utf8_unchecked(body) }),
+            false => std::str::from_utf8(body),
+        };
+        let mut packet = match text.map(Packet::parse_text) {
+            Ok(Ok(p)) => p,
+            Err(_) | Ok(Err(PacketError::InvalidUtf8)) => {
+                return Err(Close::Frame(super::frame::FrameError::InvalidUtf8));
+            }
+            Ok(Err(PacketError::NotAnObject)) => {
+                tracing::warn!(peer = %self.peer, "There is no matching event handler defined in the remote service. Event pattern: undefined");
+                return Ok(());
+            }
+            Ok(Err(PacketError::InvalidJson(e))) => return Err(Close::Json(e)),
+        };
+        if packet.pattern.is_none() && packet.data.is_none() {
+            // NestJS reads such a packet as an event with no pattern: nothing handles it.
+            return Ok(());
+        }
+        let id = packet.id.map(str::as_bytes);
+        let kind = if id.is_some() { Kind::Request } else { Kind::Event };
+        let (address, found) = self.router.find_pattern(packet.pattern.unwrap_or("undefined"));
+        let payload = match (packet.data, shared) {
+            (None, _) => Payload::null(),
+            (Some(data), Some(frame)) => Payload::Json(frame.slice_ref(data.as_bytes())),
+            (Some(data), None) => Payload::Json(Bytes::copy_from_slice(data.as_bytes())),
+        };
+        let ctx = Context::new("tcp", kind).with_headers(packet.headers());
+        let mut reply = self
+            .router
+            .call_found(found, Request::new(address, payload, ctx), self.arrival);
+        // Most handlers finish without waiting: polled right away, their reply is written
+        // straight from the received frame, without a trip through the in-flight set.
+        let mut cx = TaskContext::from_waker(std::task::Waker::noop());
+        let ready = reply.poll_unpin(&mut cx);
+        if let Poll::Ready(r) = &ready
+            && r.is_no_handler()
+            && packet.pattern.is_some_and(|p| !Packet::check_pattern(p))
+        {
+            // The hand-split fast path does not parse patterns; a miss checks it here.
+            return Err(Close::Pattern);
+        }
+        if let Poll::Ready(r) = &ready
+            && r.is_error()
+            && let Some(data) = packet.data
+            && let Err(e) = serde_json::from_str::<serde::de::IgnoredAny>(data)
+        {
+            // NestJS closes the connection on malformed JSON anywhere in a packet; the hand
+            // split leaves `data` unchecked, so a failed handler's input is checked here.
+            return Err(Close::Json(e));
+        }
+        self.dispatched(id, ready, reply, Codec::Json);
+        Ok(())
     }
 
     /// Writes a ready reply: one value, completion or an error at once; a stream's steps
     /// as far as they are ready, the rest from the in-flight set.
-    fn start_reply(&mut self, body: &Bytes, id: Range<usize>, reply: Reply) {
+    fn start_reply(&mut self, id: &[u8], reply: Reply) {
         if reply.is_no_handler() {
-            return self.write(&body[id], Outgoing::NoHandler);
+            return self.write(id, Outgoing::NoHandler);
         }
         if let Some(json) = reply.as_json() {
-            return self.write(&body[id], Outgoing::Value { json, last: true });
+            return self.write(id, Outgoing::Value { json, last: true });
         }
         if let Some(e) = reply.as_error() {
-            return self.write(&body[id], Outgoing::Error(e));
+            return self.write(id, Outgoing::Error(e));
         }
         if reply.is_done() {
-            return self.write(&body[id], Outgoing::Done);
+            return self.write(id, Outgoing::Done);
         }
-        self.stream_reply(body, id, Steps::new(reply));
+        self.stream_reply(id, Steps::new(reply));
     }
 
     /// A routed message, polled once: a ready reply written now, a pending one or an
     /// event's listeners left to the in-flight set.
-    fn dispatched(
-        &mut self,
-        body: &Bytes,
-        id: Option<Range<usize>>,
-        ready: Poll<Reply>,
-        reply: RouterFuture,
-        codec: Codec,
-    ) {
+    fn dispatched(&mut self, id: Option<&[u8]>, ready: Poll<Reply>, reply: RouterFuture, codec: Codec) {
         match (ready, id, codec) {
-            (Poll::Ready(reply), Some(id), Codec::Json) => self.start_reply(body, id, reply),
-            (Poll::Ready(reply), Some(id), Codec::MsgPack) => self.stream_reply(body, id, Steps::packed(reply)),
+            (Poll::Ready(reply), Some(id), Codec::Json) => self.start_reply(id, reply),
+            (Poll::Ready(reply), Some(id), Codec::MsgPack) => self.stream_reply(id, Steps::packed(reply)),
             (Poll::Pending, Some(id), codec) => self.inflight.push(Work::Answering {
-                id: body.slice(id),
+                id: Bytes::copy_from_slice(id),
                 reply,
                 codec,
             }),
@@ -475,7 +505,7 @@ impl Conn {
     }
 
     /// Writes a reply's steps as far as they are ready, the rest from the in-flight set.
-    fn stream_reply(&mut self, body: &Bytes, id: Range<usize>, mut steps: Steps) {
+    fn stream_reply(&mut self, id: &[u8], mut steps: Steps) {
         let mut cx = TaskContext::from_waker(std::task::Waker::noop());
         loop {
             // A long ready stream: write what we have first, poll the rest later.
@@ -483,14 +513,14 @@ impl Conn {
                 Poll::Ready(Some(step)) if self.wbuf.len() < WRITE_HIGH_WATER => step,
                 Poll::Ready(None) => return,
                 polled => {
-                    let id = body.slice(id);
                     if let Poll::Ready(Some(step)) = polled {
-                        self.encode(&id, step);
+                        self.encode(id, step);
                     }
+                    let id = Bytes::copy_from_slice(id);
                     return self.inflight.push(Work::Replying { id, steps });
                 }
             };
-            self.encode(&body[id.clone()], step);
+            self.encode(id, step);
         }
     }
 
@@ -541,7 +571,7 @@ impl Conn {
                 .router
                 .call_arrived(Request::new(address, payload, ctx), self.arrival);
             let ready = reply.poll_unpin(&mut TaskContext::from_waker(std::task::Waker::noop()));
-            self.dispatched(&body, packet.id, ready, reply, Codec::MsgPack);
+            self.dispatched(packet.id.map(|id| &body[id]), ready, reply, Codec::MsgPack);
         }
     }
 

@@ -354,6 +354,7 @@ impl<'a> Packet<'a> {
 
     /// Where a request or event packet read from `frame` is addressed: its `pattern`, or
     /// `undefined` (as NestJS reads a packet without one).
+    #[cfg(feature = "amqp")]
     pub fn address(&self, frame: &bytes::Bytes) -> crate::service::Address {
         match self.pattern {
             Some(p) => crate::service::Address::pattern_in(frame, p),
@@ -362,6 +363,7 @@ impl<'a> Packet<'a> {
     }
 
     /// The packet's `data`, sliced from `frame` without copying; `null` when absent.
+    #[cfg(feature = "amqp")]
     pub fn payload(&self, frame: &bytes::Bytes) -> crate::service::Payload {
         match self.data {
             Some(d) => crate::service::Payload::Json(frame.slice_ref(d.as_bytes())),
