@@ -165,6 +165,24 @@ impl From<HashMap<String, String>> for Headers {
     }
 }
 
+/// Headers being read off the wire: built unshared, so an insert touches no reference count.
+#[derive(Default)]
+pub(crate) struct Building(Option<Map>);
+
+impl Building {
+    /// Sets a header, replacing an earlier value.
+    pub(crate) fn insert(&mut self, name: &str, value: String) {
+        self.0
+            .get_or_insert_with(|| Map::Few(SmallVec::new()))
+            .insert(name_of(name), value);
+    }
+
+    /// The headers built.
+    pub(crate) fn done(self) -> Headers {
+        Headers(self.0.map(Arc::new))
+    }
+}
+
 impl<K: AsRef<str> + Into<String>, V: Into<String>> FromIterator<(K, V)> for Headers {
     fn from_iter<I: IntoIterator<Item = (K, V)>>(iter: I) -> Self {
         let mut headers = Headers::new();

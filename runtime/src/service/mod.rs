@@ -9,7 +9,7 @@
 mod context;
 pub(crate) mod deadline;
 mod extensions;
-mod headers;
+pub(crate) mod headers;
 mod local;
 mod options;
 mod order;

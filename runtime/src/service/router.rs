@@ -568,23 +568,26 @@ impl Router {
         };
         let deadline = match req.context().deadline() {
             Some(d) => Some(d),
-            None if req.headers().is_empty() => None,
-            None => {
-                let now = Instant::now();
-                let from_caller = super::deadline::from_headers(req.headers(), now);
-                if let Some(d) = from_caller {
-                    if d <= now {
-                        // The caller's budget is spent: the handler never starts.
-                        let late = RpcError::deadline_exceeded(format!(
-                            "{} arrived after its deadline",
-                            req.context().route()
-                        ));
-                        return RouterFuture::ready(Reply::error(late), label);
+            // The clock is read only for a request that says how long it has.
+            None => match super::deadline::from_headers(req.headers()) {
+                None => None,
+                Some(left) => {
+                    let now = Instant::now();
+                    let from_caller = now.checked_add(left);
+                    if let Some(d) = from_caller {
+                        if d <= now {
+                            // The caller's budget is spent: the handler never starts.
+                            let late = RpcError::deadline_exceeded(format!(
+                                "{} arrived after its deadline",
+                                req.context().route()
+                            ));
+                            return RouterFuture::ready(Reply::error(late), label);
+                        }
+                        req.context_mut().set_deadline(d);
                     }
-                    req.context_mut().set_deadline(d);
+                    from_caller
                 }
-                from_caller
-            }
+            },
         };
         #[cfg(feature = "metrics")]
         let mut watching = None;

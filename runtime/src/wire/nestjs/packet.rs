@@ -115,14 +115,16 @@ impl<'de> Deserialize<'de> for Strings {
                 f.write_str("a JSON object")
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Strings, A::Error> {
-                let mut out = crate::service::Headers::new();
+                let mut out = crate::service::headers::Building::default();
                 let (mut entries, mut skipped) = (0, 0);
                 loop {
                     if entries < MAX_METADATA_ENTRIES {
-                        let Some(key) = map.next_key::<String>()? else { break };
+                        let Some(Key(key)) = map.next_key::<Key<'de>>()? else {
+                            break;
+                        };
                         entries += 1;
                         if let Some(value) = map.next_value::<MaybeString>()?.0 {
-                            out.insert(key, value);
+                            out.insert(&key, value);
                         }
                     } else {
                         // Past the cap: checked as JSON, nothing kept.
@@ -142,10 +144,35 @@ impl<'de> Deserialize<'de> for Strings {
                         "a packet's metadata has more than {MAX_METADATA_ENTRIES} entries; the rest are ignored"
                     );
                 }
-                Ok(Strings(out))
+                Ok(Strings(out.done()))
             }
         }
         d.deserialize_map(StringsVisitor)
+    }
+}
+
+/// A metadata key, borrowed from the packet unless it has escapes.
+struct Key<'de>(std::borrow::Cow<'de, str>);
+
+impl<'de> Deserialize<'de> for Key<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct KeyVisitor;
+        impl<'de> Visitor<'de> for KeyVisitor {
+            type Value = Key<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Key<'de>, E> {
+                Ok(Key(v.into()))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Key<'de>, E> {
+                Ok(Key(v.to_owned().into()))
+            }
+            fn visit_string<E>(self, v: String) -> Result<Key<'de>, E> {
+                Ok(Key(v.into()))
+            }
+        }
+        d.deserialize_str(KeyVisitor)
     }
 }
 
@@ -788,6 +815,16 @@ mod tests {
         assert_eq!(got, [("a".into(), "y".into()), ("j".into(), "é\"".into())]);
         let p = Packet::parse(br#"{"pattern":"p","metadata":"not an object"}"#).unwrap();
         assert!(p.metadata_map().is_none());
+        // Keys are read in place unless escaped; escaped ones read the same.
+        let mut p = Packet::parse(
+            br#"{"pattern":"p","metadata":{"tr\u0061ceparent":"t","k\"ey":"v","plain":"w"},"data":1,"id":"1"}"#,
+        )
+        .unwrap();
+        let headers = p.headers();
+        assert_eq!(headers.get("traceparent"), Some("t"));
+        assert_eq!(headers.get("k\"ey"), Some("v"));
+        assert_eq!(headers.get("plain"), Some("w"));
+        assert_eq!(headers.len(), 3);
     }
 
     #[test]
