@@ -535,6 +535,7 @@ impl Router {
     /// A pattern read off the wire, looked up once: the address its request carries (the
     /// served pattern's own text when it names one, so the frame it came in is not held)
     /// and where [`call_found`](Self::call_found) sends it.
+    #[cfg(feature = "tcp")]
     pub(crate) fn find_pattern(&self, json: &str) -> (Address, Found<'_>) {
         if let Some((&key, entry)) = self.0.lookup.get_key_value(json) {
             return (Address::static_pattern(key), Found(Ok(entry)));
