@@ -569,7 +569,10 @@ async fn requests_that_wait_keep_their_payload_and_id_while_the_read_buffer_is_r
     for _ in 0..1002 {
         let reply: Value = serde_json::from_str(&raw.recv().await).unwrap();
         let id = reply["id"].as_str().unwrap().to_owned();
-        let response = reply["response"].as_str().unwrap().to_owned();
+        let response = reply["response"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{reply}"))
+            .to_owned();
         match id.strip_prefix('f').and_then(|f| f.split_once('-')) {
             Some((i, j)) => assert_eq!(response, format!("{i}-{j:0>64}"), "{id}"),
             None => assert!(slow.insert(id, response).is_none(), "one reply each"),
