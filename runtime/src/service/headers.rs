@@ -171,10 +171,10 @@ pub(crate) struct Building(Option<Map>);
 
 impl Building {
     /// Sets a header, replacing an earlier value.
-    pub(crate) fn insert(&mut self, name: &str, value: String) {
+    pub(crate) fn insert<N: AsRef<str> + Into<String>>(&mut self, name: N, value: impl Into<String>) {
         self.0
             .get_or_insert_with(|| Map::Few(SmallVec::new()))
-            .insert(name_of(name), value);
+            .insert(name_of(name), value.into());
     }
 
     /// The headers built.
@@ -185,9 +185,11 @@ impl Building {
 
 impl<K: AsRef<str> + Into<String>, V: Into<String>> FromIterator<(K, V)> for Headers {
     fn from_iter<I: IntoIterator<Item = (K, V)>>(iter: I) -> Self {
-        let mut headers = Headers::new();
-        headers.extend(iter);
-        headers
+        let mut headers = Building::default();
+        for (k, v) in iter {
+            headers.insert(k, v);
+        }
+        headers.done()
     }
 }
 

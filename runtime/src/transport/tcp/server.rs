@@ -436,12 +436,8 @@ impl Conn {
         }
         let id = packet.id.map(str::as_bytes);
         let kind = if id.is_some() { Kind::Request } else { Kind::Event };
-        let (address, found) = self.router.find_pattern(packet.pattern.unwrap_or("undefined"));
-        let payload = match (packet.data, shared) {
-            (None, _) => Payload::null(),
-            (Some(data), Some(frame)) => Payload::Json(frame.slice_ref(data.as_bytes())),
-            (Some(data), None) => Payload::Json(Bytes::copy_from_slice(data.as_bytes())),
-        };
+        let (address, found) = self.router.find_pattern(packet.pattern_or_undefined());
+        let payload = packet.payload(shared);
         let ctx = Context::new("tcp", kind).with_headers(packet.headers());
         let mut reply = self
             .router

@@ -124,7 +124,7 @@ impl<'de> Deserialize<'de> for Strings {
                         };
                         entries += 1;
                         if let Some(value) = map.next_value::<MaybeString>()?.0 {
-                            out.insert(&key, value);
+                            out.insert(&*key, value);
                         }
                     } else {
                         // Past the cap: checked as JSON, nothing kept.
@@ -150,6 +150,9 @@ impl<'de> Deserialize<'de> for Strings {
         d.deserialize_map(StringsVisitor)
     }
 }
+
+/// How NestJS reads a packet's missing `pattern`.
+const UNDEFINED: &str = "undefined";
 
 /// A metadata key, borrowed from the packet unless it has escapes.
 struct Key<'de>(std::borrow::Cow<'de, str>);
@@ -379,22 +382,28 @@ impl<'a> Packet<'a> {
         serde_json::from_str::<Strings>(self.metadata?).ok().map(|s| s.0)
     }
 
-    /// Where a request or event packet read from `frame` is addressed: its `pattern`, or
-    /// `undefined` (as NestJS reads a packet without one).
+    /// The `pattern` as written, or `undefined` (as NestJS reads a packet without one).
+    pub fn pattern_or_undefined(&self) -> &'a str {
+        self.pattern.unwrap_or(UNDEFINED)
+    }
+
+    /// Where a request or event packet read from `frame` is addressed (see
+    /// [`pattern_or_undefined`](Self::pattern_or_undefined)), sliced from it.
     #[cfg(feature = "amqp")]
     pub fn address(&self, frame: &bytes::Bytes) -> crate::service::Address {
         match self.pattern {
             Some(p) => crate::service::Address::pattern_in(frame, p),
-            None => crate::service::Address::static_pattern("undefined"),
+            None => crate::service::Address::static_pattern(UNDEFINED),
         }
     }
 
-    /// The packet's `data`, sliced from `frame` without copying; `null` when absent.
-    #[cfg(feature = "amqp")]
-    pub fn payload(&self, frame: &bytes::Bytes) -> crate::service::Payload {
-        match self.data {
-            Some(d) => crate::service::Payload::Json(frame.slice_ref(d.as_bytes())),
-            None => crate::service::Payload::null(),
+    /// The packet's `data`, `null` when absent: sliced from the `shared` frame it was read
+    /// from, copied when there is none (a small frame read in place).
+    pub fn payload(&self, shared: Option<&bytes::Bytes>) -> crate::service::Payload {
+        match (self.data, shared) {
+            (None, _) => crate::service::Payload::null(),
+            (Some(d), Some(frame)) => crate::service::Payload::Json(frame.slice_ref(d.as_bytes())),
+            (Some(d), None) => crate::service::Payload::Json(bytes::Bytes::copy_from_slice(d.as_bytes())),
         }
     }
 
