@@ -269,11 +269,8 @@ fn expand_free(def: &HandlerDef, func: &syn::ItemFn) -> TokenStream {
                 S: ::core::clone::Clone + ::core::marker::Send + ::core::marker::Sync + 'static,
                 #bounds
             {
-                fn call(self, __sb_req: __sb::Request, __sb_state: S) -> __sb::BoxFuture<'static, __sb::Reply> {
-                    #[allow(unused_imports)]
-                    use __sb::probe::{Boxed as _, BoxedFallback as _};
-                    let __sb_fut = __sb_serve::<S>(__sb_req, __sb_state);
-                    (&__sb::probe::of(&__sb_fut)).sb_boxed(__sb_fut)
+                fn call(self, __sb_req: __sb::Request, __sb_state: &S) -> __sb::BoxFuture<'static, __sb::Reply> {
+                    __sb_serve::<S>(__sb_req, __sb_state)
                 }
             }
             #serve_fn
@@ -422,35 +419,52 @@ impl Target<'_> {
         }
     }
 
-    /// `fn __sb_serve<S>(..) -> impl Future<Output = Reply>`: the arguments extracted in
-    /// order, the function called, its value made a reply. A function of its own, so that
-    /// whether its future is `Send` is known where it is boxed (a non-`Send` handler is
-    /// reported once, by `assert_handler_future`, not again by the boxing).
+    /// `fn __sb_serve<S>(..) -> BoxFuture<Reply>`: the arguments taken in order, the function
+    /// called, its value made a reply. Arguments that can be taken at once are (every
+    /// extractor of the crate can), so the boxed future holds only them and the function's
+    /// own future (`__sb_run`); from the first that cannot be, the rest are taken by a future
+    /// that holds the message and a clone of the state (`__sb_later`). Each future is made by
+    /// a function of its own, so that whether it is `Send` is known where it is boxed (a
+    /// non-`Send` handler is reported once, by `assert_handler_future`, not again by the
+    /// boxing).
     ///
     /// `callee` is the function's path; for a method, `this` is an `Arc` of the group.
     pub fn serve_fn(&self, callee: &TokenStream) -> TokenStream {
         let sig = &self.def.sig;
         let bounds = self.serve_bounds();
         let args: Vec<Ident> = sig.args.iter().map(|a| format_ident!("__sb_a{}", a.index)).collect();
-        let extract = sig.args.iter().enumerate().zip(&args).map(|((i, _), name)| {
-            let ty = self.arg(i);
+        let now: Vec<Ident> = sig.args.iter().map(|a| format_ident!("__sb_n{}", a.index)).collect();
+        let types: Vec<TokenStream> = (0..sig.args.len()).map(|i| self.arg(i)).collect();
+        let later_params = now
+            .iter()
+            .zip(&types)
+            .map(|(now, ty)| quote!(#now: ::core::option::Option<#ty>,));
+        let extract = args.iter().zip(&now).zip(&types).map(|((name, now), ty)| {
             quote! {
-                let #name = match <#ty as __sb::FromRequest<S>>::from_request(&mut __sb_req, &__sb_state).await {
-                    ::core::result::Result::Ok(v) => v,
-                    ::core::result::Result::Err(e) => return __sb::Reply::error(e),
+                let #name = match #now {
+                    ::core::option::Option::Some(v) => v,
+                    ::core::option::Option::None => match <#ty as __sb::FromRequest<S>>::from_request(&mut __sb_req, &__sb_state).await {
+                        ::core::result::Result::Ok(v) => v,
+                        ::core::result::Result::Err(e) => return __sb::Reply::error(e),
+                    },
                 };
             }
         });
-        let (this_param, call) = match (self.self_ty, &sig.receiver) {
+        let (this_param, this_arg, call) = match (self.self_ty, &sig.receiver) {
             (Some(self_ty), Some(_)) => {
                 let method = &sig.ident;
                 (
                     quote!(__sb_this: __sb::Arc<#self_ty>,),
+                    quote!(__sb_this,),
                     quote!(__sb_this.#method(#(#args),*)),
                 )
             }
-            (Some(self_ty), None) => (quote!(__sb_this: __sb::Arc<#self_ty>,), quote!(#callee(#(#args),*))),
-            (None, _) => (quote!(), quote!(#callee(#(#args),*))),
+            (Some(self_ty), None) => (
+                quote!(__sb_this: __sb::Arc<#self_ty>,),
+                quote!(__sb_this,),
+                quote!(#callee(#(#args),*)),
+            ),
+            (None, _) => (quote!(), quote!(), quote!(#callee(#(#args),*))),
         };
         let respond = match &sig.ret {
             ReturnKind::ImplStream { .. } => quote! {
@@ -464,13 +478,20 @@ impl Target<'_> {
                     RespondEncoded as _, RespondFallback as _, RespondOwn as _, RespondResult as _,
                     RespondResultEncoded as _, RespondValue as _,
                 };
-                let __sb_local = __sb_req.context().takes_local_reply();
                 (&&&&&__sb::probe::of(&__sb_out)).sb_respond(__sb_out, __sb_local)
             },
         };
         quote! {
-            #[allow(unused_mut, unused_variables, clippy::manual_async_fn)]
-            fn __sb_serve<S>(#this_param mut __sb_req: __sb::Request, __sb_state: S) -> impl ::core::future::Future<Output = __sb::Reply>
+            #[allow(unused_variables, clippy::manual_async_fn, clippy::too_many_arguments)]
+            fn __sb_run(#this_param #(#args: #types,)* __sb_local: bool) -> impl ::core::future::Future<Output = __sb::Reply> {
+                async move {
+                    let __sb_out = #call.await;
+                    #respond
+                }
+            }
+
+            #[allow(unused_mut, unused_variables, clippy::manual_async_fn, clippy::too_many_arguments)]
+            fn __sb_later<S>(#this_param mut __sb_req: __sb::Request, __sb_state: S, #(#later_params)*) -> impl ::core::future::Future<Output = __sb::Reply> + use<S>
             where
                 S: ::core::clone::Clone + ::core::marker::Send + ::core::marker::Sync + 'static,
                 #bounds
@@ -480,8 +501,39 @@ impl Target<'_> {
                     if let ::core::result::Result::Err(e) = __sb::check_unread_payload(&__sb_req) {
                         return __sb::Reply::error(e);
                     }
-                    let __sb_out = #call.await;
-                    #respond
+                    let __sb_local = __sb_req.context().takes_local_reply();
+                    __sb_run(#this_arg #(#args,)* __sb_local).await
+                }
+            }
+
+            #[allow(unused_mut, unused_variables, unreachable_patterns)]
+            fn __sb_serve<S>(#this_param mut __sb_req: __sb::Request, __sb_state: &S) -> __sb::BoxFuture<'static, __sb::Reply>
+            where
+                S: ::core::clone::Clone + ::core::marker::Send + ::core::marker::Sync + 'static,
+                #bounds
+            {
+                #[allow(unused_imports)]
+                use __sb::probe::{Boxed as _, BoxedFallback as _};
+                let mut __sb_taking = __sb::Taking::default();
+                #(let #now = __sb_taking.now::<#types, S>(&mut __sb_req, __sb_state);)*
+                if let ::core::option::Option::Some(e) = __sb_taking.failed() {
+                    return __sb::failed(e);
+                }
+                match (#(#now,)*) {
+                    (#(::core::option::Option::Some(#args),)*) => {
+                        if let ::core::result::Result::Err(e) = __sb::check_unread_payload(&__sb_req) {
+                            return __sb::failed(e);
+                        }
+                        let __sb_local = __sb_req.context().takes_local_reply();
+                        // The message is done with before the handler runs.
+                        ::core::mem::drop(__sb_req);
+                        let __sb_fut = __sb_run(#this_arg #(#args,)* __sb_local);
+                        (&__sb::probe::of(&__sb_fut)).sb_boxed(__sb_fut)
+                    }
+                    (#(#now,)*) => {
+                        let __sb_fut = __sb_later::<S>(#this_arg __sb_req, ::core::clone::Clone::clone(__sb_state), #(#now,)*);
+                        (&__sb::probe::of(&__sb_fut)).sb_boxed(__sb_fut)
+                    }
                 }
             }
         }

@@ -194,12 +194,9 @@ fn expand(defs: &[HandlerDef], self_ty: &Type, krate: &syn::Path, impl_span: Spa
                         S: ::core::clone::Clone + ::core::marker::Send + ::core::marker::Sync + 'static,
                         #fn_bounds
                     {
-                        #[allow(unused_imports)]
-                        use __sb::probe::{Boxed as _, BoxedFallback as _};
                         let __sb_state = __sb_state.clone();
                         let __sb_route = __sb::Route::from_fn(move |__sb_req: __sb::Request| {
-                            let __sb_fut = __sb_serve::<S>(__sb_this.clone(), __sb_req, __sb_state.clone());
-                            (&__sb::probe::of(&__sb_fut)).sb_boxed(__sb_fut)
+                            __sb_serve::<S>(__sb_this.clone(), __sb_req, &__sb_state)
                         });
                         (&__SB_INFO, __sb_route)
                     }

@@ -29,6 +29,46 @@ pub fn check_unread_payload(req: &Request) -> Result<(), RpcError> {
     crate::server::extract::check_unread_payload(req)
 }
 
+/// Taking a handler's arguments at once: in order while they can be; the first that cannot
+/// be and those after it are taken by the handler's future; the first that fails is the reply.
+#[derive(Default)]
+pub struct Taking {
+    later: bool,
+    failed: Option<RpcError>,
+}
+
+impl Taking {
+    /// Argument `T`, if it and every argument before it could be taken at once.
+    #[inline]
+    pub fn now<T: FromRequest<St>, St>(&mut self, req: &mut Request, state: &St) -> Option<T> {
+        if self.later || self.failed.is_some() {
+            return None;
+        }
+        match T::from_request_now(req, state) {
+            Some(Ok(v)) => Some(v),
+            Some(Err(e)) => {
+                self.failed = Some(e);
+                None
+            }
+            None => {
+                self.later = true;
+                None
+            }
+        }
+    }
+
+    /// The error of the argument that failed, if one did.
+    #[inline]
+    pub fn failed(&mut self) -> Option<RpcError> {
+        self.failed.take()
+    }
+}
+
+/// The reply of a handler whose argument failed before its future ran.
+pub fn failed(e: RpcError) -> BoxFuture<'static, Reply> {
+    Box::pin(std::future::ready(Reply::error(e)))
+}
+
 /// An `impl Stream<Item = T>` reply.
 pub fn stream_reply<S>(values: S) -> Reply
 where

@@ -79,7 +79,7 @@ pub use server::state::{FromRef, State};
 pub use server::{Microservice, RunningServer};
 pub use service::{
     Address, Context, EventOrder, Extensions, Headers, Kind, Outbound, Overrides, POLICY_ENV, POLICY_FILE_ENV,
-    PatternOptions, Payload, Replies, Reply, ReplyItem, Request, Route, Router,
+    PatternOptions, Payload, Replies, Reply, ReplyItem, Request, Route, RouteFuture, Router,
 };
 pub use switchboard_macros::{FromRef, event_pattern, handlers, message_pattern, pattern};
 

@@ -81,6 +81,68 @@ async fn handlers_take_state_parts_and_extractors() {
     server.shutdown().await.unwrap();
 }
 
+/// The caller's tenant, from a header, taken after a wait: the arguments after it are taken
+/// in the handler's future, in order, with the service's state kept for them.
+struct Tenant(String);
+
+impl<S: Sync> switchboard::FromRequest<S> for Tenant {
+    type Payload = switchboard::NoPayload;
+
+    async fn from_request(req: &mut Request, _: &S) -> Result<Self, RpcError> {
+        tokio::task::yield_now().await;
+        match req.headers().get("tenant") {
+            Some(t) => Ok(Tenant(t.to_owned())),
+            None => Err(RpcError::new("no tenant")),
+        }
+    }
+}
+
+#[message_pattern("seam.tenant_greet")]
+async fn tenant_greet(State(g): State<Greeting>, Tenant(t): Tenant, name: String, State(hits): State<Hits>) -> String {
+    hits.0.fetch_add(1, Ordering::SeqCst);
+    format!("{} {name} of {t}", g.0)
+}
+
+#[tokio::test]
+async fn an_extractor_that_waits_is_taken_in_order_with_the_state_after_it() {
+    let app = App {
+        greeting: Greeting("hello"),
+        hits: Hits::default(),
+    };
+    let server = Microservice::new()
+        .with_state(app.clone())
+        .handler(TENANT_GREET)
+        .listen("tcp://127.0.0.1:0")
+        .start()
+        .await
+        .unwrap();
+    let client = Client::connect(server.local_url()).await.unwrap();
+    let reply = client
+        .send(TENANT_GREET, "Ada".to_string())
+        .header("tenant", "acme")
+        .await;
+    assert_eq!(reply.unwrap(), "hello Ada of acme");
+    let err = client.send(TENANT_GREET, "Bo".to_string()).await.unwrap_err();
+    assert_eq!(err.as_rpc().and_then(RpcError::message), Some("no tenant"));
+    // A payload that is not a string fails at its own argument, after the tenant's.
+    let err = client
+        .send_raw::<String>("seam.tenant_greet", 7)
+        .header("tenant", "acme")
+        .await
+        .unwrap_err();
+    let message = err.as_rpc().and_then(RpcError::message).unwrap_or_default();
+    assert!(
+        message.contains("invalid payload for pattern seam.tenant_greet"),
+        "{message}"
+    );
+    assert_eq!(
+        app.hits.0.load(Ordering::SeqCst),
+        1,
+        "only the call that had every argument ran"
+    );
+    server.shutdown().await.unwrap();
+}
+
 #[tokio::test]
 async fn the_registry_refuses_handlers_that_need_state_unless_added() {
     let err = Microservice::from_registry()
@@ -401,6 +463,83 @@ async fn tower_layers_wrap_one_handler_or_all_of_them() {
         assert_eq!(call.await.unwrap().unwrap(), 20);
     }
     assert_eq!(RUNNING_MAX.load(Ordering::SeqCst), 1);
+    server.shutdown().await.unwrap();
+}
+
+#[message_pattern("seam.gated")]
+async fn gated(n: u32) -> u32 {
+    n
+}
+
+/// A layer's service with a life of its own: it counts how often it is asked whether it is
+/// ready, says "not yet" the first time any instance is asked, fails when asked the
+/// `fail_at`-th time, and that instance stays broken (so it must not be called again).
+#[derive(Clone)]
+struct Gate<S> {
+    inner: S,
+    asked: Arc<AtomicUsize>,
+    not_yet: Arc<std::sync::atomic::AtomicBool>,
+    fail_at: usize,
+    broken: bool,
+}
+
+impl<S: tower::Service<Request>> tower::Service<Request> for Gate<S> {
+    type Response = S::Response;
+    type Error = tower::BoxError;
+    type Future = futures_util::future::MapErr<S::Future, fn(S::Error) -> tower::BoxError>;
+
+    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), tower::BoxError>> {
+        if self.not_yet.swap(false, Ordering::SeqCst) {
+            cx.waker().wake_by_ref();
+            return std::task::Poll::Pending;
+        }
+        if self.broken {
+            return std::task::Poll::Ready(Err(RpcError::new("called after it failed").into()));
+        }
+        if self.asked.fetch_add(1, Ordering::SeqCst) + 1 == self.fail_at {
+            self.broken = true;
+            return std::task::Poll::Ready(Err(RpcError::new("gate failed").into()));
+        }
+        self.inner.poll_ready(cx).map_err(|_| "inner not ready".into())
+    }
+
+    fn call(&mut self, req: Request) -> Self::Future {
+        use futures_util::TryFutureExt;
+        self.inner.call(req).map_err(|_| unreachable!("a route does not fail"))
+    }
+}
+
+#[tokio::test]
+async fn a_layer_is_asked_before_every_call_and_an_instance_that_failed_is_not_called_again() {
+    let asked = Arc::new(AtomicUsize::new(0));
+    let layer = {
+        let asked = asked.clone();
+        tower::layer::layer_fn(move |inner| Gate {
+            inner,
+            asked: asked.clone(),
+            not_yet: Arc::new(true.into()),
+            fail_at: 4,
+            broken: false,
+        })
+    };
+    let server = Microservice::new()
+        .handler(GATED)
+        .layer(layer)
+        .listen("tcp://127.0.0.1:0")
+        .start()
+        .await
+        .unwrap();
+    let client = Client::connect(server.local_url()).await.unwrap();
+    let mut answers = Vec::new();
+    for n in 1..=8 {
+        answers.push(client.send(GATED, n).await.map_err(|e| e.to_string()));
+    }
+    assert_eq!(answers[..3], [Ok(1), Ok(2), Ok(3)], "{answers:?}");
+    let failed = answers[3].as_ref().unwrap_err();
+    assert!(failed.contains("gate failed"), "{failed}");
+    assert_eq!(answers[4..], [Ok(5), Ok(6), Ok(7), Ok(8)], "{answers:?}");
+    // Asked once before each call that reached it (a "not yet" is asked again, not counted).
+    assert_eq!(asked.load(Ordering::SeqCst), 8);
     server.shutdown().await.unwrap();
 }
 

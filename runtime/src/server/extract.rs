@@ -63,6 +63,15 @@ pub trait FromRequest<S>: Sized + Send {
 
     /// Takes the argument from the message (and the state); an error is the reply.
     fn from_request(req: &mut Request, state: &S) -> impl Future<Output = Result<Self, RpcError>> + Send;
+
+    /// Takes the argument without waiting, if it can; `None` (the default) has it taken by
+    /// [`from_request`](Self::from_request) instead, and must leave the request as it was.
+    /// A handler whose arguments are all taken at once holds no clone of the service's
+    /// state while it runs (every extractor of this crate is taken at once).
+    fn from_request_now(req: &mut Request, state: &S) -> Option<Result<Self, RpcError>> {
+        let _ = (req, state);
+        None
+    }
 }
 
 impl<S: Sync, T: DeserializeOwned + Send + 'static> FromRequest<S> for T {
@@ -70,6 +79,10 @@ impl<S: Sync, T: DeserializeOwned + Send + 'static> FromRequest<S> for T {
 
     fn from_request(req: &mut Request, _: &S) -> impl Future<Output = Result<Self, RpcError>> + Send {
         std::future::ready(decode_payload(req))
+    }
+
+    fn from_request_now(req: &mut Request, _: &S) -> Option<Result<Self, RpcError>> {
+        Some(decode_payload(req))
     }
 }
 
@@ -150,6 +163,10 @@ impl<S: Sync> FromRequest<S> for Context {
     fn from_request(req: &mut Request, _: &S) -> impl Future<Output = Result<Self, RpcError>> + Send {
         std::future::ready(Ok(req.context().clone()))
     }
+
+    fn from_request_now(req: &mut Request, _: &S) -> Option<Result<Self, RpcError>> {
+        Some(Ok(req.context().clone()))
+    }
 }
 
 impl<S: Sync> FromRequest<S> for Headers {
@@ -157,6 +174,10 @@ impl<S: Sync> FromRequest<S> for Headers {
 
     fn from_request(req: &mut Request, _: &S) -> impl Future<Output = Result<Self, RpcError>> + Send {
         std::future::ready(Ok(req.headers().clone()))
+    }
+
+    fn from_request_now(req: &mut Request, _: &S) -> Option<Result<Self, RpcError>> {
+        Some(Ok(req.headers().clone()))
     }
 }
 
@@ -171,6 +192,10 @@ impl<S: Sync> FromRequest<S> for Deadline {
     fn from_request(req: &mut Request, _: &S) -> impl Future<Output = Result<Self, RpcError>> + Send {
         std::future::ready(Ok(Deadline(req.context().deadline())))
     }
+
+    fn from_request_now(req: &mut Request, _: &S) -> Option<Result<Self, RpcError>> {
+        Some(Ok(Deadline(req.context().deadline())))
+    }
 }
 
 /// A value a layer attached to the message (see [`Extensions`](crate::Extensions)), as a
@@ -183,7 +208,17 @@ impl<S: Sync, T: Clone + Send + Sync + 'static> FromRequest<S> for Extension<T> 
     type Payload = NoPayload;
 
     fn from_request(req: &mut Request, _: &S) -> impl Future<Output = Result<Self, RpcError>> + Send {
-        std::future::ready(match req.context().extensions().get::<T>() {
+        std::future::ready(Extension::take(req))
+    }
+
+    fn from_request_now(req: &mut Request, _: &S) -> Option<Result<Self, RpcError>> {
+        Some(Extension::take(req))
+    }
+}
+
+impl<T: Clone + Send + Sync + 'static> Extension<T> {
+    fn take(req: &Request) -> Result<Self, RpcError> {
+        match req.context().extensions().get::<T>() {
             Some(v) => Ok(Extension(v.clone())),
             None => {
                 tracing::error!(
@@ -193,7 +228,7 @@ impl<S: Sync, T: Clone + Send + Sync + 'static> FromRequest<S> for Extension<T> 
                 );
                 Err(RpcError::internal())
             }
-        })
+        }
     }
 }
 
@@ -204,5 +239,9 @@ impl<S: Sync, T: Send + 'static> FromRequest<S> for crate::transport::grpc::Grpc
 
     fn from_request(req: &mut Request, _: &S) -> impl Future<Output = Result<Self, RpcError>> + Send {
         std::future::ready(crate::transport::grpc::proto::take_stream(req))
+    }
+
+    fn from_request_now(req: &mut Request, _: &S) -> Option<Result<Self, RpcError>> {
+        Some(crate::transport::grpc::proto::take_stream(req))
     }
 }

@@ -9,7 +9,7 @@ use futures_util::future::BoxFuture;
 use tower::{BoxError, Layer, Service};
 
 use crate::contract::{Contract, Signature};
-use crate::service::{Kind, PatternOptions, Reply, Request, Route};
+use crate::service::{Kind, PatternOptions, Reply, Request, Route, RouteFuture};
 
 /// What a handler is: its pattern, kind and source location. Made by the attribute macros.
 #[derive(Debug)]
@@ -146,15 +146,16 @@ pub trait Handler: Clone + Send + Sync + 'static {
     note = "a group of handlers (an `impl` block marked `#[handlers]`) is served with `.group(value)`"
 )]
 pub trait Serve<S>: Handler {
-    /// Serves one message.
-    fn call(self, req: Request, state: S) -> BoxFuture<'static, Reply>;
+    /// Serves one message. The state is cloned only for an argument that cannot be taken
+    /// at once (see [`FromRequest::from_request_now`](crate::FromRequest::from_request_now)).
+    fn call(self, req: Request, state: &S) -> BoxFuture<'static, Reply>;
 
     /// The handler as a route, its state bound.
     fn into_route(self, state: S) -> Route
     where
         S: Clone + Send + Sync + 'static,
     {
-        Route::from_fn(move |req| self.clone().call(req, state.clone()))
+        Route::from_fn(move |req| self.clone().call(req, &state))
     }
 }
 
@@ -192,8 +193,8 @@ where
     <L::Service as Service<Request>>::Error: Into<BoxError>,
     <L::Service as Service<Request>>::Future: Send,
 {
-    fn call(self, req: Request, state: S) -> BoxFuture<'static, Reply> {
-        self.into_route(state).call(req)
+    fn call(self, req: Request, state: &S) -> BoxFuture<'static, Reply> {
+        self.into_route(state.clone()).call(req)
     }
 
     fn into_route(self, state: S) -> Route {
@@ -232,15 +233,14 @@ impl<H, S> HandlerService<H, S> {
 impl<H: Serve<S>, S: Clone + Send + Sync + 'static> Service<Request> for HandlerService<H, S> {
     type Response = Reply;
     type Error = std::convert::Infallible;
-    type Future = futures_util::future::Map<BoxFuture<'static, Reply>, fn(Reply) -> Result<Reply, Self::Error>>;
+    type Future = RouteFuture;
 
     fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
         std::task::Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, req: Request) -> Self::Future {
-        use futures_util::FutureExt;
-        self.handler.clone().call(req, self.state.clone()).map(Ok)
+    fn call(&mut self, req: Request) -> RouteFuture {
+        self.handler.clone().call(req, &self.state).into()
     }
 }
 

@@ -230,6 +230,12 @@ impl<S: Clone + Send + Sync + 'static> Microservice<S> {
 
     /// Wraps every route (each pattern's handlers, and the answer to patterns nobody
     /// handles) in a `tower` layer. The layer added last is the outermost.
+    ///
+    /// Each thread calls one instance of the layer's service, cloned from it, for as long as
+    /// it is ready: `poll_ready` comes before every call; an instance that is not ready is
+    /// awaited by that call alone (the next gets a fresh clone), and one whose `poll_ready`
+    /// fails or that panics is not called again. A service that returns its inner
+    /// [`Route`]'s future as it is ([`RouteFuture`](crate::RouteFuture)) adds no allocation.
     pub fn layer<L>(mut self, layer: L) -> Self
     where
         L: Layer<Route> + Send + Sync + 'static,

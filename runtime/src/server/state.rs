@@ -67,6 +67,10 @@ impl<S: Sync, T: FromRef<S> + Send> FromRequest<S> for State<T> {
     fn from_request(_: &mut Request, state: &S) -> impl Future<Output = Result<Self, RpcError>> + Send {
         std::future::ready(Ok(State(T::from_ref(state))))
     }
+
+    fn from_request_now(_: &mut Request, state: &S) -> Option<Result<Self, RpcError>> {
+        Some(Ok(State(T::from_ref(state))))
+    }
 }
 
 /// The state that descriptors are typed against, which provides every part: a handler's

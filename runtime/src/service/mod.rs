@@ -37,7 +37,7 @@ pub use request::{Address, Payload, Request};
 #[cfg_attr(not(feature = "tcp"), allow(unused_imports))]
 pub(crate) use router::Arrival;
 pub(crate) use router::{Endpoint, RouterBuilder};
-pub use router::{Route, RouteInfo, Router, RouterFuture};
+pub use router::{Route, RouteFuture, RouteInfo, Router, RouterFuture};
 #[cfg(feature = "metrics")]
 pub(crate) use router::{Watch, Watcher, Watching};
 pub use tried::Tried;

@@ -3,6 +3,7 @@
 //! pattern wrapped in the service's layers.
 
 use std::borrow::Cow;
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::fmt;
@@ -13,6 +14,7 @@ use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll};
 
 use futures_util::future::{BoxFuture, FutureExt, join_all};
+use thread_local::ThreadLocal;
 use tower::{BoxError, Service, ServiceExt};
 
 use tokio::time::Instant;
@@ -134,9 +136,14 @@ impl<W: Watch> Erased for Watched<W> {
     }
 }
 
-/// A `tower::Service` behind a [`Route`]: cloned for every call, as axum does, so that
-/// `poll_ready` (a concurrency limit, a rate limit) applies to each call.
-struct Tower<S>(S);
+/// A `tower::Service` behind a [`Route`]. Each thread keeps an instance (cloned from the
+/// layer's service) and calls it while it is ready, so a call clones nothing; `poll_ready`
+/// (a concurrency limit, a rate limit) still comes before each call. An instance that is not
+/// ready goes with the call that waits for it, and one that fails or panics is not reused.
+struct Tower<S: Send> {
+    service: S,
+    ready: ThreadLocal<Cell<Option<S>>>,
+}
 
 impl<S> Erased for Tower<S>
 where
@@ -145,15 +152,17 @@ where
     S::Future: Send,
 {
     fn call(&self, req: Request) -> BoxFuture<'static, Reply> {
-        let mut svc = self.0.clone();
+        let slot = self.ready.get_or_default();
+        let mut svc = slot.take().unwrap_or_else(|| self.service.clone());
         // Most services are ready at once: call them now and box only their future. Asking
         // with a no-op waker is safe: one that is not ready is asked again, with the task's
         // waker, before it is called (tower allows `poll_ready` to be called repeatedly).
         match svc.poll_ready(&mut TaskContext::from_waker(std::task::Waker::noop())) {
-            Poll::Ready(Ok(())) => Box::pin(
-                svc.call(req)
-                    .map(|result| result.unwrap_or_else(|e| error_reply(e.into()))),
-            ),
+            Poll::Ready(Ok(())) => {
+                let future = svc.call(req);
+                slot.set(Some(svc));
+                boxed(future)
+            }
             Poll::Ready(Err(e)) => Box::pin(std::future::ready(error_reply(e.into()))),
             Poll::Pending => Box::pin(async move {
                 match svc.oneshot(req).await {
@@ -163,6 +172,22 @@ where
             }),
         }
     }
+}
+
+/// A service's future as a route's. A layer that hands back the future of the route inside
+/// it (one that only looks at requests) adds no allocation.
+fn boxed<F, E>(future: F) -> BoxFuture<'static, Reply>
+where
+    F: Future<Output = Result<Reply, E>> + Send + 'static,
+    E: Into<BoxError>,
+{
+    let mut slot = Some(future);
+    let any: &mut dyn std::any::Any = &mut slot;
+    if let Some(RouteFuture(inner)) = any.downcast_mut::<Option<RouteFuture>>().and_then(Option::take) {
+        return inner;
+    }
+    let future = slot.expect("taken only when it is a route's");
+    Box::pin(future.map(|result| result.unwrap_or_else(|e| error_reply(e.into()))))
 }
 
 /// A layer's error as a reply: an [`RpcError`] as it is, anything else as NestJS's
@@ -196,7 +221,10 @@ impl Route {
         S::Error: Into<BoxError>,
         S::Future: Send,
     {
-        Route(Arc::new(Tower(service)))
+        Route(Arc::new(Tower {
+            service,
+            ready: ThreadLocal::new(),
+        }))
     }
 
     /// A route served by a function returning a boxed future (the handlers' own shape).
@@ -237,14 +265,39 @@ impl fmt::Debug for Route {
 impl Service<Request> for Route {
     type Response = Reply;
     type Error = Infallible;
-    type Future = futures_util::future::Map<BoxFuture<'static, Reply>, fn(Reply) -> Result<Reply, Infallible>>;
+    type Future = RouteFuture;
 
     fn poll_ready(&mut self, _: &mut TaskContext<'_>) -> Poll<Result<(), Infallible>> {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, req: Request) -> Self::Future {
-        Route::call(self, req).map(Ok)
+    fn call(&mut self, req: Request) -> RouteFuture {
+        RouteFuture(Route::call(self, req))
+    }
+}
+
+/// A [`Route`]'s reply, as a `tower::Service`'s future. A layer whose service returns it
+/// unchanged costs no allocation per message.
+#[must_use = "a reply does nothing unless polled"]
+pub struct RouteFuture(BoxFuture<'static, Reply>);
+
+impl From<BoxFuture<'static, Reply>> for RouteFuture {
+    fn from(future: BoxFuture<'static, Reply>) -> Self {
+        RouteFuture(future)
+    }
+}
+
+impl fmt::Debug for RouteFuture {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("RouteFuture")
+    }
+}
+
+impl Future for RouteFuture {
+    type Output = Result<Reply, Infallible>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
+        self.0.as_mut().poll(cx).map(Ok)
     }
 }
 
@@ -808,6 +861,62 @@ impl fmt::Debug for RouterFuture {
 mod tests {
     use super::*;
     use bytes::Bytes;
+
+    /// A layer's service that hands back its route's future as it is.
+    #[derive(Clone)]
+    struct Pass(Route);
+
+    impl Service<Request> for Pass {
+        type Response = Reply;
+        type Error = Infallible;
+        type Future = RouteFuture;
+        fn poll_ready(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<(), Infallible>> {
+            self.0.poll_ready(cx)
+        }
+        fn call(&mut self, req: Request) -> RouteFuture {
+            Service::call(&mut self.0, req)
+        }
+    }
+
+    /// A layer's service with a future of its own, which fails requests whose route it refuses.
+    #[derive(Clone)]
+    struct Refuse(Route);
+
+    impl Service<Request> for Refuse {
+        type Response = Reply;
+        type Error = BoxError;
+        type Future = BoxFuture<'static, Result<Reply, BoxError>>;
+        fn poll_ready(&mut self, _: &mut TaskContext<'_>) -> Poll<Result<(), BoxError>> {
+            Poll::Ready(Ok(()))
+        }
+        fn call(&mut self, req: Request) -> Self::Future {
+            let refused = req.address().as_str() == "no";
+            let reply = Service::call(&mut self.0, req);
+            async move {
+                match refused {
+                    true => Err(RpcError::new("refused").into()),
+                    false => Ok(reply.await.unwrap_or_else(|never| match never {})),
+                }
+            }
+            .boxed()
+        }
+    }
+
+    fn request(route: &str) -> Request {
+        let ctx = crate::service::Context::new("test", Kind::Request);
+        Request::new(Address::route(route), crate::service::Payload::null(), ctx)
+    }
+
+    #[tokio::test]
+    async fn a_layer_that_hands_back_its_routes_future_answers_as_the_route_does() {
+        let inner = Route::from_fn(|_| std::future::ready(Reply::value(&7)).boxed());
+        let passed = Route::new(Pass(inner.clone()));
+        assert_eq!(passed.call(request("yes")).await.as_json(), Some(&b"7"[..]));
+        let refusing = Route::new(Refuse(inner));
+        assert_eq!(refusing.call(request("yes")).await.as_json(), Some(&b"7"[..]));
+        let refused = refusing.call(request("no")).await;
+        assert!(refused.is_error(), "{refused:?}");
+    }
 
     #[test]
     fn a_pattern_longer_than_any_route_misses_unparsed() {

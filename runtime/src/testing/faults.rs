@@ -18,7 +18,7 @@ use tokio::sync::oneshot;
 use tower::{BoxError, Layer, Service};
 
 use crate::error::RpcError;
-use crate::service::{Kind, Payload, Reply, Request, Route};
+use crate::service::{Kind, Payload, Reply, Request, Route, RouteFuture};
 
 /// How long a message held back for reordering waits for its window to fill, by default.
 const DEFAULT_HOLD: Duration = Duration::from_millis(100);
@@ -382,14 +382,14 @@ impl fmt::Debug for FaultService {
 impl Service<Request> for FaultService {
     type Response = Reply;
     type Error = Infallible;
-    type Future = futures_util::future::Map<BoxFuture<'static, Reply>, fn(Reply) -> Result<Reply, Infallible>>;
+    type Future = RouteFuture;
 
     fn poll_ready(&mut self, _: &mut TaskContext<'_>) -> Poll<Result<(), Infallible>> {
         Poll::Ready(Ok(()))
     }
 
     fn call(&mut self, req: Request) -> Self::Future {
-        self.plan.apply(&self.inner, req).map(Ok)
+        self.plan.apply(&self.inner, req).into()
     }
 }
 
