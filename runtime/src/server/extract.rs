@@ -74,11 +74,16 @@ pub trait FromRequest<S>: Sized + Send {
     }
 }
 
+/// `from_request` of an extractor that is always taken at once: its `from_request_now`.
+pub(crate) fn at_once<T: FromRequest<S>, S>(req: &mut Request, state: &S) -> std::future::Ready<Result<T, RpcError>> {
+    std::future::ready(T::from_request_now(req, state).unwrap_or_else(|| Err(RpcError::internal())))
+}
+
 impl<S: Sync, T: DeserializeOwned + Send + 'static> FromRequest<S> for T {
     type Payload = IsPayload<T>;
 
-    fn from_request(req: &mut Request, _: &S) -> impl Future<Output = Result<Self, RpcError>> + Send {
-        std::future::ready(decode_payload(req))
+    fn from_request(req: &mut Request, state: &S) -> impl Future<Output = Result<Self, RpcError>> + Send {
+        at_once(req, state)
     }
 
     fn from_request_now(req: &mut Request, _: &S) -> Option<Result<Self, RpcError>> {
@@ -160,8 +165,8 @@ pub(crate) fn check_unread_payload(req: &Request) -> Result<(), RpcError> {
 impl<S: Sync> FromRequest<S> for Context {
     type Payload = NoPayload;
 
-    fn from_request(req: &mut Request, _: &S) -> impl Future<Output = Result<Self, RpcError>> + Send {
-        std::future::ready(Ok(req.context().clone()))
+    fn from_request(req: &mut Request, state: &S) -> impl Future<Output = Result<Self, RpcError>> + Send {
+        at_once(req, state)
     }
 
     fn from_request_now(req: &mut Request, _: &S) -> Option<Result<Self, RpcError>> {
@@ -172,8 +177,8 @@ impl<S: Sync> FromRequest<S> for Context {
 impl<S: Sync> FromRequest<S> for Headers {
     type Payload = NoPayload;
 
-    fn from_request(req: &mut Request, _: &S) -> impl Future<Output = Result<Self, RpcError>> + Send {
-        std::future::ready(Ok(req.headers().clone()))
+    fn from_request(req: &mut Request, state: &S) -> impl Future<Output = Result<Self, RpcError>> + Send {
+        at_once(req, state)
     }
 
     fn from_request_now(req: &mut Request, _: &S) -> Option<Result<Self, RpcError>> {
@@ -189,8 +194,8 @@ pub struct Deadline(pub Option<Instant>);
 impl<S: Sync> FromRequest<S> for Deadline {
     type Payload = NoPayload;
 
-    fn from_request(req: &mut Request, _: &S) -> impl Future<Output = Result<Self, RpcError>> + Send {
-        std::future::ready(Ok(Deadline(req.context().deadline())))
+    fn from_request(req: &mut Request, state: &S) -> impl Future<Output = Result<Self, RpcError>> + Send {
+        at_once(req, state)
     }
 
     fn from_request_now(req: &mut Request, _: &S) -> Option<Result<Self, RpcError>> {
@@ -207,18 +212,12 @@ pub struct Extension<T>(pub T);
 impl<S: Sync, T: Clone + Send + Sync + 'static> FromRequest<S> for Extension<T> {
     type Payload = NoPayload;
 
-    fn from_request(req: &mut Request, _: &S) -> impl Future<Output = Result<Self, RpcError>> + Send {
-        std::future::ready(Extension::take(req))
+    fn from_request(req: &mut Request, state: &S) -> impl Future<Output = Result<Self, RpcError>> + Send {
+        at_once(req, state)
     }
 
     fn from_request_now(req: &mut Request, _: &S) -> Option<Result<Self, RpcError>> {
-        Some(Extension::take(req))
-    }
-}
-
-impl<T: Clone + Send + Sync + 'static> Extension<T> {
-    fn take(req: &Request) -> Result<Self, RpcError> {
-        match req.context().extensions().get::<T>() {
+        Some(match req.context().extensions().get::<T>() {
             Some(v) => Ok(Extension(v.clone())),
             None => {
                 tracing::error!(
@@ -228,7 +227,7 @@ impl<T: Clone + Send + Sync + 'static> Extension<T> {
                 );
                 Err(RpcError::internal())
             }
-        }
+        })
     }
 }
 
@@ -237,8 +236,8 @@ impl<T: Clone + Send + Sync + 'static> Extension<T> {
 impl<S: Sync, T: Send + 'static> FromRequest<S> for crate::transport::grpc::GrpcStream<T> {
     type Payload = IsPayload<Self>;
 
-    fn from_request(req: &mut Request, _: &S) -> impl Future<Output = Result<Self, RpcError>> + Send {
-        std::future::ready(crate::transport::grpc::proto::take_stream(req))
+    fn from_request(req: &mut Request, state: &S) -> impl Future<Output = Result<Self, RpcError>> + Send {
+        at_once(req, state)
     }
 
     fn from_request_now(req: &mut Request, _: &S) -> Option<Result<Self, RpcError>> {

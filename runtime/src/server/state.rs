@@ -64,8 +64,8 @@ impl<T: Clone> FromRef<T> for T {
 impl<S: Sync, T: FromRef<S> + Send> FromRequest<S> for State<T> {
     type Payload = NoPayload;
 
-    fn from_request(_: &mut Request, state: &S) -> impl Future<Output = Result<Self, RpcError>> + Send {
-        std::future::ready(Ok(State(T::from_ref(state))))
+    fn from_request(req: &mut Request, state: &S) -> impl Future<Output = Result<Self, RpcError>> + Send {
+        super::extract::at_once(req, state)
     }
 
     fn from_request_now(_: &mut Request, state: &S) -> Option<Result<Self, RpcError>> {
