@@ -6,6 +6,7 @@
 //! also survives losing power. Either way, many concurrent appends share one commit.
 
 mod schema;
+mod vfs;
 mod writer;
 
 use std::path::{Path, PathBuf};
@@ -83,7 +84,8 @@ impl SqliteStore {
     /// Opens the store with the durability asked for.
     pub fn open_with(path: impl AsRef<Path>, synchronous: Synchronous) -> Result<Self> {
         let path = path.as_ref().to_path_buf();
-        let conn = Connection::open(&path)?;
+        vfs::register()?;
+        let conn = Connection::open_with_flags_and_vfs(&path, OpenFlags::default(), vfs::NAME)?;
         schema::configure(&conn, synchronous)?;
         conn.execute_batch(schema::TABLES)?;
         let head = Arc::new(watch::channel(writer::read_head(&conn)?).0);
