@@ -147,6 +147,7 @@ impl SqliteStore {
                     )?;
                     conn.busy_timeout(std::time::Duration::from_secs(10))?;
                     conn.set_prepared_statement_cache_capacity(32);
+                    schema::plans_kept(&conn)?;
                     conn
                 }
             };

@@ -47,7 +47,37 @@ pub(super) fn configure(conn: &Connection, synchronous: Synchronous) -> rusqlite
     conn.pragma_update(None, "synchronous", synchronous.pragma())?;
     conn.busy_timeout(std::time::Duration::from_secs(10))?;
     conn.set_prepared_statement_cache_capacity(64);
+    plans_kept(conn)?;
     // The checkpointer thread keeps the WAL short; this is only the backstop (64 MiB).
     conn.pragma_update(None, "wal_autocheckpoint", 16384)?;
     Ok(())
+}
+
+/// Statements keep the plan they were prepared with. Otherwise (the bundled SQLite is built
+/// with `STAT4`) a statement that looks a stream up by a bound name in an index that is not the
+/// primary key is compiled again for every new name: some 20 µs on the writer thread for each
+/// append to a stream it has not seen.
+pub(super) fn plans_kept(conn: &Connection) -> rusqlite::Result<()> {
+    conn.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)
+        .map(drop)
+}
+
+#[cfg(test)]
+mod tests {
+    use rusqlite::StatementStatus;
+
+    use super::*;
+
+    #[test]
+    fn looking_up_new_streams_does_not_compile_the_statement_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = Connection::open(dir.path().join("t.db")).unwrap();
+        configure(&conn, Synchronous::Normal).unwrap();
+        conn.execute_batch(TABLES).unwrap();
+        for i in 0..20 {
+            super::super::writer::stream_state(&conn, &format!("order-{i}")).unwrap();
+        }
+        let statement = conn.prepare_cached(super::super::writer::STREAM_STATE).unwrap();
+        assert_eq!(statement.get_status(StatementStatus::RePrepare), 0);
+    }
 }

@@ -308,16 +308,16 @@ fn keep_head(tx: &Transaction<'_>, head: u64) -> rusqlite::Result<()> {
     Ok(())
 }
 
+pub(super) const STREAM_STATE: &str = "SELECT coalesce((SELECT deleted FROM es_streams WHERE stream = ?1), 0),
+        max(coalesce((SELECT revision FROM es_streams WHERE stream = ?1), -1),
+            coalesce((SELECT max(revision) FROM es_events WHERE stream = ?1), -1))";
+
 /// A stream's state: its last event's revision, unless a deletion recorded it (with the
 /// deleted flag, or the revision its events reached before a truncation) in `es_streams`.
 /// Appends write no `es_streams` row: one page less per commit.
 pub(super) fn stream_state(conn: &Connection, stream: &str) -> rusqlite::Result<StreamState> {
     let (deleted, revision) = conn
-        .prepare_cached(
-            "SELECT coalesce((SELECT deleted FROM es_streams WHERE stream = ?1), 0),
-                    max(coalesce((SELECT revision FROM es_streams WHERE stream = ?1), -1),
-                        coalesce((SELECT max(revision) FROM es_events WHERE stream = ?1), -1))",
-        )?
+        .prepare_cached(STREAM_STATE)?
         .query_row([stream], |row| Ok((row.get::<_, bool>(0)?, row.get::<_, i64>(1)?)))?;
     Ok(match (deleted, revision) {
         (true, _) => StreamState::Deleted,
