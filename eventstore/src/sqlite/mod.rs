@@ -84,8 +84,7 @@ impl SqliteStore {
     /// Opens the store with the durability asked for.
     pub fn open_with(path: impl AsRef<Path>, synchronous: Synchronous) -> Result<Self> {
         let path = path.as_ref().to_path_buf();
-        vfs::register()?;
-        let conn = Connection::open_with_flags_and_vfs(&path, OpenFlags::default(), vfs::NAME)?;
+        let conn = open_writer(&path)?;
         schema::configure(&conn, synchronous)?;
         conn.execute_batch(schema::TABLES)?;
         let head = Arc::new(watch::channel(writer::read_head(&conn)?).0);
@@ -161,6 +160,14 @@ impl SqliteStore {
         .await
         .map_err(|_| Error::Closed)?
     }
+}
+
+/// Opens `path` for the one connection of a process that writes it: its commits reach the WAL
+/// in one write each, not two calls a page. The store's writer and the saga log's open with it.
+#[doc(hidden)]
+pub fn open_writer(path: &Path) -> rusqlite::Result<Connection> {
+    vfs::register()?;
+    Connection::open_with_flags_and_vfs(path, OpenFlags::default(), vfs::NAME)
 }
 
 fn recorded(row: &rusqlite::Row<'_>) -> rusqlite::Result<Recorded> {

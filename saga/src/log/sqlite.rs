@@ -89,14 +89,14 @@ impl SqliteLog {
     /// Opens the log with the durability asked for.
     pub fn open_with(path: impl AsRef<Path>, synchronous: Synchronous) -> Result<Self> {
         let path = path.as_ref().to_path_buf();
-        let conn = connect(&path, synchronous)?;
+        let conn = configure(switchboard_eventstore::sqlite::open_writer(&path)?, synchronous)?;
         conn.execute_batch(TABLES)?;
         // The writer's commits would copy the WAL into the database now and then, stalling
         // every write behind them: a thread of its own does it (a big automatic threshold
         // stays as a safety net).
         conn.execute_batch("PRAGMA wal_autocheckpoint=16384; PRAGMA cache_size=-65536;")?;
-        let reader = connect(&path, synchronous)?;
-        let checkpointer = connect(&path, synchronous)?;
+        let reader = configure(Connection::open(&path)?, synchronous)?;
+        let checkpointer = configure(Connection::open(&path)?, synchronous)?;
         let (jobs, queue) = sync_channel(QUEUE);
         let (checkpoint, requests) = sync_channel(1);
         let thread = |name: &str| std::thread::Builder::new().name(name.into());
@@ -160,8 +160,7 @@ impl SqliteLog {
     }
 }
 
-fn connect(path: &Path, synchronous: Synchronous) -> Result<Connection> {
-    let conn = Connection::open(path)?;
+fn configure(conn: Connection, synchronous: Synchronous) -> Result<Connection> {
     let sync = match synchronous {
         Synchronous::Full => "FULL",
         _ => "NORMAL",
