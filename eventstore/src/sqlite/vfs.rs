@@ -9,10 +9,10 @@
 //! frames are written), and this connection flushes before it reads, syncs, truncates or asks
 //! the size of the WAL, before a write that does not continue the buffer, and at 1 MiB. So the
 //! file receives the same bytes in the same order, only in fewer calls: an append that
-//! returned is in the operating system's hands exactly as before. (Where the file system does
-//! not promise power-safe overwrites, SQLite pads commits with frames written in pieces; there
-//! nothing is kept.) Only the writer connection opens through it; every other file is the
-//! default VFS's own.
+//! returned is in the operating system's hands exactly as before. (Where the database does
+//! not promise power-safe overwrites, `psow=0`, SQLite pads commits with frames written in
+//! pieces; there nothing is kept.) Only a writer thread's connection opens through it (the
+//! store's, the saga log's, by `open_writer`); every other file is the default VFS's own.
 
 use std::ffi::{CStr, c_int, c_void};
 use std::sync::OnceLock;
@@ -35,7 +35,7 @@ const POWER_SAFE_DEFAULT: c_int = 1;
 /// A frame header: page number, database size after a commit (0 otherwise), salts, checksum.
 const FRAME_HEADER: usize = 24;
 
-/// Registers the VFS (once) for the writer's connection to open with.
+/// Registers the VFS (once) for writer connections to open with.
 pub(super) fn register() -> rusqlite::Result<()> {
     static REGISTERED: OnceLock<Result<(), c_int>> = OnceLock::new();
     let registered = *REGISTERED.get_or_init(|| {
