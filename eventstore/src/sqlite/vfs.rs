@@ -300,17 +300,29 @@ mod tests {
 
     /// A writer through the VFS and a reader through the default one, on one WAL database.
     fn pair(dir: &tempfile::TempDir) -> (Connection, Connection) {
+        pair_with(dir, "", "NORMAL")
+    }
+
+    /// [`pair`], the writer opened with URI parameters `query` and `synchronous`.
+    fn pair_with(dir: &tempfile::TempDir, query: &str, synchronous: &str) -> (Connection, Connection) {
         register().unwrap();
         let path = dir.path().join("t.db");
-        let writer = Connection::open_with_flags_and_vfs(&path, OpenFlags::default(), NAME).unwrap();
+        let uri = format!("file:{}{query}", path.display());
+        let flags = OpenFlags::default() | OpenFlags::SQLITE_OPEN_URI;
+        let writer = Connection::open_with_flags_and_vfs(&uri, flags, NAME).unwrap();
         writer
-            .execute_batch(
-                "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;
+            .execute_batch(&format!(
+                "PRAGMA journal_mode = WAL; PRAGMA synchronous = {synchronous};
                  CREATE TABLE t (id INTEGER PRIMARY KEY, k TEXT NOT NULL, v TEXT NOT NULL);
-                 CREATE INDEX t_k ON t (k);",
-            )
+                 CREATE INDEX t_k ON t (k);"
+            ))
             .unwrap();
         (writer, Connection::open(&path).unwrap())
+    }
+
+    fn assert_intact(conn: &Connection) {
+        let check: String = conn.query_row("PRAGMA integrity_check", [], |r| r.get(0)).unwrap();
+        assert_eq!(check, "ok");
     }
 
     fn insert(conn: &Connection, from: i64, n: i64) {
@@ -355,8 +367,7 @@ mod tests {
         let made = writes() - before;
         assert!((700 * 1024 / PIECE..2000).contains(&made), "{made} writes");
         assert_eq!(count(&reader), 2000);
-        let check: String = reader.query_row("PRAGMA integrity_check", [], |r| r.get(0)).unwrap();
-        assert_eq!(check, "ok");
+        assert_intact(&reader);
     }
 
     #[test]
@@ -380,27 +391,14 @@ mod tests {
             .query_row("SELECT count(*) FROM t WHERE v = 'changed'", [], |r| r.get(0))
             .unwrap();
         assert_eq!(changed, 0);
-        for conn in [&writer, &reader] {
-            let check: String = conn.query_row("PRAGMA integrity_check", [], |r| r.get(0)).unwrap();
-            assert_eq!(check, "ok");
-        }
+        assert_intact(&writer);
+        assert_intact(&reader);
     }
 
     #[test]
     fn without_power_safe_overwrites_each_write_goes_through_and_padded_commits_read_back() {
-        register().unwrap();
         let dir = tempfile::tempdir().unwrap();
-        let uri = format!("file:{}?psow=0", dir.path().join("t.db").display());
-        let flags = OpenFlags::default() | OpenFlags::SQLITE_OPEN_URI;
-        let writer = Connection::open_with_flags_and_vfs(&uri, flags, NAME).unwrap();
-        writer
-            .execute_batch(
-                "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL;
-                 CREATE TABLE t (id INTEGER PRIMARY KEY, k TEXT NOT NULL, v TEXT NOT NULL);
-                 CREATE INDEX t_k ON t (k);",
-            )
-            .unwrap();
-        let reader = Connection::open(dir.path().join("t.db")).unwrap();
+        let (writer, reader) = pair_with(&dir, "?psow=0", "FULL");
         for round in 0..20 {
             let before = writes();
             insert(&writer, round * 10, 3);
@@ -410,8 +408,7 @@ mod tests {
             );
             assert_eq!(count(&reader), 3 * (round + 1));
         }
-        let check: String = reader.query_row("PRAGMA integrity_check", [], |r| r.get(0)).unwrap();
-        assert_eq!(check, "ok");
+        assert_intact(&reader);
     }
 
     #[test]
