@@ -226,9 +226,14 @@ pub fn run(runs: usize, secs: Duration) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Turns each side of a PostgreSQL run takes.
+#[cfg(feature = "postgres")]
+const SLICES: u32 = 6;
+
 /// The PostgreSQL rows (feature `postgres`): appends/s and p99 at 1, 4 and 16 writers, one
 /// 256-byte event per append, against a bare sqlx loop (one single-row INSERT per statement
-/// per writer, each on its own connection, into a table with the same columns and indexes).
+/// per writer, each on its own connection, into a table with the same columns and indexes),
+/// the two taking turns in [`SLICES`] slices of each run.
 #[cfg(feature = "postgres")]
 pub fn run_postgres(runs: usize, secs: Duration) -> anyhow::Result<()> {
     use switchboard_eventstore::PgStore;
@@ -247,8 +252,38 @@ pub fn run_postgres(runs: usize, secs: Duration) -> anyhow::Result<()> {
         "writers", "ours/s", "p99 ms", "ceiling/s", "p99 ms", "ratio"
     );
 
-    /// Runs `writers` tasks calling `one(w, n)` for `secs`: (calls/s, p99).
-    async fn drive<F, Fut>(writers: usize, secs: Duration, one: F) -> anyhow::Result<(f64, Duration)>
+    /// What one side's calls did over its slices of a run.
+    struct Tally {
+        elapsed: Duration,
+        latencies: Vec<Duration>,
+        /// Each writer's next `n`: its calls number on from one slice to the next.
+        next: Vec<u64>,
+    }
+
+    impl Tally {
+        fn new(writers: usize) -> Tally {
+            Tally {
+                elapsed: Duration::ZERO,
+                latencies: Vec::new(),
+                next: vec![0; writers],
+            }
+        }
+
+        /// Calls/s and p99 in ms.
+        fn result(mut self) -> (f64, f64) {
+            let rate = self.latencies.len() as f64 / self.elapsed.as_secs_f64();
+            self.latencies.sort();
+            let p99 = self
+                .latencies
+                .get(self.latencies.len() * 99 / 100)
+                .copied()
+                .unwrap_or_default();
+            (rate, p99.as_secs_f64() * 1e3)
+        }
+    }
+
+    /// Runs `writers` tasks calling `one(w, n)` for `secs`, into `tally`.
+    async fn drive<F, Fut>(writers: usize, secs: Duration, tally: &mut Tally, one: F) -> anyhow::Result<()>
     where
         F: Fn(usize, u64) -> Fut + Clone + Send + 'static,
         Fut: std::future::Future<Output = anyhow::Result<()>> + Send,
@@ -257,30 +292,28 @@ pub fn run_postgres(runs: usize, secs: Duration) -> anyhow::Result<()> {
         let started = Instant::now();
         let tasks: Vec<_> = (0..writers)
             .map(|w| {
-                let (stop, one) = (stop.clone(), one.clone());
+                let (stop, one, mut n) = (stop.clone(), one.clone(), tally.next[w]);
                 tokio::spawn(async move {
                     let mut latencies = Vec::new();
-                    let mut n = 0;
                     while !stop.load(Ordering::Relaxed) {
                         let t = Instant::now();
                         one(w, n).await?;
                         latencies.push(t.elapsed());
                         n += 1;
                     }
-                    anyhow::Ok(latencies)
+                    anyhow::Ok((latencies, n))
                 })
             })
             .collect();
         tokio::time::sleep(secs).await;
         stop.store(true, Ordering::Relaxed);
-        let mut all = Vec::new();
-        for task in tasks {
-            all.extend(task.await??);
+        for (w, task) in tasks.into_iter().enumerate() {
+            let (latencies, next) = task.await??;
+            tally.latencies.extend(latencies);
+            tally.next[w] = next;
         }
-        let rate = all.len() as f64 / started.elapsed().as_secs_f64();
-        all.sort();
-        let p99 = all.get(all.len() * 99 / 100).copied().unwrap_or_default();
-        Ok((rate, p99))
+        tally.elapsed += started.elapsed();
+        Ok(())
     }
 
     // SB_PG_WRITERS=1,4 runs only those rows (profiling).
@@ -316,7 +349,7 @@ pub fn run_postgres(runs: usize, secs: Duration) -> anyhow::Result<()> {
                     let conn = <sqlx::PgConnection as sqlx::Connection>::connect(&url).await?;
                     conns.push(Arc::new(tokio::sync::Mutex::new(conn)));
                 }
-                let (rate, p99) = drive(writers, secs, move |w, n| {
+                let bare_one = move |w: usize, n: u64| {
                     let (conn, insert) = (conns[w].clone(), insert.clone());
                     async move {
                         let data = String::from_utf8(payload(n))?;
@@ -329,23 +362,29 @@ pub fn run_postgres(runs: usize, secs: Duration) -> anyhow::Result<()> {
                             .await?;
                         Ok(())
                     }
-                })
-                .await?;
-                bare.push(rate);
-                bare_p99.push(p99.as_secs_f64() * 1e3);
-
+                };
                 let store = PgStore::builder(url.clone()).schema(format!("{schema}_es")).connect().await?;
-                let (rate, p99) = drive(writers, secs, move |w, n| {
+                let ours_one = move |w: usize, n: u64| {
                     let store = store.clone();
                     async move {
                         let event = NewEvent::raw("TICK", 1, payload(n));
                         store.append(format!("w{w}-{}", n % 1000), ExpectedVersion::Any, vec![event]).await?;
                         Ok(())
                     }
-                })
-                .await?;
+                };
+                // The two sides take turns in short slices, so that a disk whose fsync rate
+                // drifts during a run (these VMs' do, by 2x within minutes) weighs on both alike.
+                let (mut bare_tally, mut ours_tally) = (Tally::new(writers), Tally::new(writers));
+                for _ in 0..SLICES {
+                    drive(writers, secs / SLICES, &mut bare_tally, bare_one.clone()).await?;
+                    drive(writers, secs / SLICES, &mut ours_tally, ours_one.clone()).await?;
+                }
+                let (rate, p99) = bare_tally.result();
+                bare.push(rate);
+                bare_p99.push(p99);
+                let (rate, p99) = ours_tally.result();
                 ours.push(rate);
-                ours_p99.push(p99.as_secs_f64() * 1e3);
+                ours_p99.push(p99);
                 for s in [schema.clone(), format!("{schema}_es")] {
                     sqlx::query(sqlx::AssertSqlSafe(format!("DROP SCHEMA {s} CASCADE"))).execute(&pool).await?;
                 }
