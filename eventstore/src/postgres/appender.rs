@@ -554,7 +554,8 @@ struct Written {
 /// (kinds: 0 any, 1 no stream, 2 stream exists, 3 exact), inserts the events at the positions
 /// after the old head and the revisions after each stream's last one. A stream whose expectation
 /// fails has no row in `moved`, so its events get a NULL revision; a head left alone gives NULL
-/// positions: either way the statement fails as a whole.
+/// positions: either way the statement fails as a whole. The last parameter (here `$15`) is the
+/// commit time, in all three statements.
 const WRITE: &str = "
 WITH h AS (
     UPDATE es_head SET position = position + $1
