@@ -27,6 +27,13 @@ pub fn write_to<W: std::io::Write, T: Serialize + ?Sized>(out: W, value: &T) -> 
     value.serialize(&mut serde_json::Serializer::with_formatter(out, JsFormatter))
 }
 
+/// Writes `value` as JSON into `out`, JavaScript style, and hands `out` back.
+pub(crate) fn write_into<W: std::io::Write, T: Serialize + ?Sized>(out: W, value: &T) -> serde_json::Result<W> {
+    let mut ser = serde_json::Serializer::with_formatter(out, JsFormatter);
+    value.serialize(&mut ser)?;
+    Ok(ser.into_inner())
+}
+
 /// Serialises `value` to JSON bytes, JavaScript style.
 ///
 /// ```

@@ -144,11 +144,7 @@ impl Reply {
     /// One value, serialised as JavaScript would write it; a value that cannot be
     /// serialised is logged and answered with NestJS's `Internal server error`.
     pub fn value<T: Serialize + ?Sized>(value: &T) -> Self {
-        let held = |json: &[u8]| match Short::new(json) {
-            Some(short) => Inner::Short(short),
-            None => Inner::Value(Bytes::copy_from_slice(json)),
-        };
-        match write_json(value, held) {
+        match write_json(value, Inner::Short, |json| Inner::Value(Bytes::copy_from_slice(json))) {
             Ok(inner) => Reply(inner),
             Err(e) => {
                 tracing::error!(error = %e, "a handler's reply could not be serialised");
@@ -305,28 +301,84 @@ pub(crate) fn encode<T: Serialize + ?Sized>(value: &T) -> ReplyItem {
 /// alone, so dropping it touches no reference count (values split off a shared buffer
 /// cost two atomic operations each, more than the copy of a small one).
 pub(crate) fn to_json<T: Serialize + ?Sized>(value: &T) -> serde_json::Result<Bytes> {
-    write_json(value, Bytes::copy_from_slice)
+    write_json(
+        value,
+        |short| Bytes::copy_from_slice(short.as_bytes()),
+        Bytes::copy_from_slice,
+    )
 }
 
-/// Serialises a value as JavaScript would write it, in a per-thread buffer, and hands the
-/// JSON to `take`.
-fn write_json<T: Serialize + ?Sized, R>(value: &T, take: impl FnOnce(&[u8]) -> R) -> serde_json::Result<R> {
+/// Serialises a value as JavaScript would write it: JSON that fits a [`Short`] is written
+/// straight into one, longer JSON into a per-thread buffer that is handed to `long`.
+fn write_json<T: Serialize + ?Sized, R>(
+    value: &T,
+    short: impl FnOnce(Short) -> R,
+    long: impl FnOnce(&[u8]) -> R,
+) -> serde_json::Result<R> {
     thread_local! {
         static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
     }
     SCRATCH.with(|scratch| {
         // A `Serialize` impl that itself encodes a value gets a buffer of its own.
         let Ok(mut scratch) = scratch.try_borrow_mut() else {
-            return crate::json::to_vec(value).map(|json| take(&json));
+            let json = crate::json::to_vec(value)?;
+            return Ok(Short::new(&json).map_or_else(|| long(&json), short));
         };
         scratch.clear();
-        let result = crate::json::write_to(&mut *scratch, value).map(|()| take(&scratch));
+        let out = ShortFirst {
+            short: Short::EMPTY,
+            long: &mut scratch,
+            spilled: false,
+        };
+        let out = crate::json::write_into(out, value)?;
+        let result = match out.spilled {
+            false => short(out.short),
+            true => long(out.long),
+        };
         if scratch.capacity() > 64 * 1024 {
             // One huge value does not keep its buffer's size for the thread's life.
             *scratch = Vec::new();
         }
-        result
+        Ok(result)
     })
+}
+
+/// Where [`write_json`] writes: a [`Short`] until the JSON outgrows it, then `long`.
+struct ShortFirst<'a> {
+    short: Short,
+    long: &'a mut Vec<u8>,
+    spilled: bool,
+}
+
+impl ShortFirst<'_> {
+    #[cold]
+    fn spill(&mut self, buf: &[u8]) {
+        if !self.spilled {
+            self.long.extend_from_slice(self.short.as_bytes());
+            self.spilled = true;
+        }
+        self.long.extend_from_slice(buf);
+    }
+}
+
+impl std::io::Write for ShortFirst<'_> {
+    #[inline]
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.write_all(buf).map(|()| buf.len())
+    }
+
+    #[inline]
+    fn write_all(&mut self, buf: &[u8]) -> std::io::Result<()> {
+        if !self.spilled && self.short.push(buf) {
+            return Ok(());
+        }
+        self.spill(buf);
+        Ok(())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// The longest JSON a [`Reply`] holds in itself: as much as fits beside its other shapes.
@@ -340,13 +392,44 @@ struct Short {
 }
 
 impl Short {
+    const EMPTY: Short = Short {
+        len: 0,
+        bytes: [0; SHORT],
+    };
+
     fn new(json: &[u8]) -> Option<Short> {
-        let mut short = Short {
-            len: u8::try_from(json.len()).ok().filter(|&len| usize::from(len) <= SHORT)?,
-            bytes: [0; SHORT],
+        let mut short = Short::EMPTY;
+        short.push(json).then_some(short)
+    }
+
+    /// Appends `more` if it fits. The short pieces a serializer writes (a brace, a key, a
+    /// number) are copied by fixed-size moves, not a call to `memcpy` each.
+    #[inline(always)]
+    fn push(&mut self, more: &[u8]) -> bool {
+        let (at, n) = (usize::from(self.len), more.len());
+        let Some(to) = self.bytes.get_mut(at..at + n) else {
+            return false;
         };
-        short.bytes[..json.len()].copy_from_slice(json);
-        Some(short)
+        match n {
+            0 => {}
+            // Overlapping moves cover every length in each range.
+            1..=3 => {
+                to[0] = more[0];
+                to[n / 2] = more[n / 2];
+                to[n - 1] = more[n - 1];
+            }
+            4..=7 => {
+                to[..4].copy_from_slice(&more[..4]);
+                to[n - 4..].copy_from_slice(&more[n - 4..]);
+            }
+            8..=16 => {
+                to[..8].copy_from_slice(&more[..8]);
+                to[n - 8..].copy_from_slice(&more[n - 8..]);
+            }
+            _ => to.copy_from_slice(more),
+        }
+        self.len += n as u8; // at most SHORT
+        true
     }
 
     fn as_bytes(&self) -> &[u8] {
@@ -357,6 +440,46 @@ impl Short {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn short_pieces_of_every_length_add_up() {
+        let text: Vec<u8> = (0..SHORT as u8).map(|i| b'a' + i % 26).collect();
+        for first in 0..=SHORT {
+            for second in 0..=SHORT - first {
+                let mut short = Short::EMPTY;
+                assert!(short.push(&text[..first]) && short.push(&text[first..first + second]));
+                assert_eq!(short.as_bytes(), &text[..first + second], "{first} + {second}");
+            }
+            let mut full = Short::new(&text[..first]).unwrap();
+            assert!(!full.push(&vec![b'x'; SHORT - first + 1]), "no room past {SHORT} bytes");
+            assert_eq!(full.as_bytes(), &text[..first]);
+        }
+    }
+
+    #[test]
+    fn values_that_outgrow_a_short_are_written_whole() {
+        // Spilling in the middle of a piece, and a value serialised inside another's.
+        struct Nested(String);
+        impl Serialize for Nested {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                let inner = to_json(&self.0).map_err(serde::ser::Error::custom)?;
+                s.serialize_str(std::str::from_utf8(&inner).unwrap())
+            }
+        }
+        for len in [SHORT - 4, SHORT - 2, SHORT, SHORT + 7, 500] {
+            let value = serde_json::json!({ "k": "y".repeat(len), "n": 1.0 });
+            let json = to_json(&value).unwrap();
+            assert_eq!(
+                json,
+                serde_json::to_vec(&serde_json::json!({ "k": "y".repeat(len), "n": 1 })).unwrap()
+            );
+            let nested = to_json(&Nested("z".repeat(len))).unwrap();
+            assert_eq!(
+                nested,
+                serde_json::to_vec(&serde_json::to_string(&"z".repeat(len)).unwrap()).unwrap()
+            );
+        }
+    }
 
     #[tokio::test]
     async fn short_and_long_values_read_the_same() {

@@ -438,10 +438,10 @@ impl Conn {
         let kind = if id.is_some() { Kind::Request } else { Kind::Event };
         let (address, found) = self.router.find_pattern(packet.pattern_or_undefined());
         let payload = packet.payload(shared);
-        let ctx = Context::new("tcp", kind).with_headers(packet.headers());
-        let mut reply = self
-            .router
-            .call_found(found, Request::new(address, payload, ctx), self.arrival);
+        let mut req = Request::new(address, payload, Context::new("tcp", kind));
+        // Set in place: a context built with its headers and then moved stalls on the move.
+        *req.context_mut().headers_mut() = packet.headers();
+        let mut reply = self.router.call_found(found, req, self.arrival);
         // Most handlers finish without waiting: polled right away, their reply is written
         // straight from the received frame, without a trip through the in-flight set.
         let mut cx = TaskContext::from_waker(std::task::Waker::noop());

@@ -4,6 +4,7 @@
 //!
 //! - `packet`: requests, events and replies, decoded without copying payloads and encoded
 //!   in NestJS's key order;
+//! - `scan`: where a JSON value ends, sixteen bytes at a time;
 //! - `steps`: a reply as the packets a server sends for it;
 //! - `pending`: a client's calls in flight, by id.
 
@@ -13,4 +14,5 @@
 pub(crate) mod packet;
 #[cfg_attr(not(all(feature = "tcp", feature = "amqp")), allow(dead_code))]
 pub(crate) mod pending;
+mod scan;
 pub(crate) mod steps;

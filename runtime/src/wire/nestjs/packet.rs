@@ -7,6 +7,7 @@ use serde::de::{IgnoredAny, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer};
 use serde_json::value::RawValue;
 
+use super::scan::{scalar_end, skip_space, value_end};
 use crate::error::{NO_MESSAGE_HANDLER, RpcError};
 
 /// A packet as received, fields borrowed from the frame. Every field is kept raw so that
@@ -457,130 +458,6 @@ fn null() -> &'static str {
     "null"
 }
 
-/// End of the JSON value starting at `at`: strings and scalars checked, objects and arrays
-/// found by nesting. Their insides are checked by whoever reads them: the handler's
-/// decoding for `data`, the route lookup (or `Packet::check_pattern`) for `pattern`.
-fn value_end(b: &[u8], at: usize) -> Option<usize> {
-    match *b.get(at)? {
-        b'"' => string_end(b, at),
-        b'{' | b'[' => {
-            let mut depth = 0usize;
-            let mut i = at;
-            while let Some(&c) = b.get(i) {
-                if c == b'"' {
-                    i = string_end(b, i)?;
-                    continue;
-                }
-                // `[` and `{`, `]` and `}` differ only in 0x20: two compares, not a jump
-                // table per byte.
-                match c | 0x20 {
-                    b'{' => depth += 1,
-                    b'}' => {
-                        depth -= 1;
-                        if depth == 0 {
-                            return Some(i + 1);
-                        }
-                    }
-                    _ => {}
-                }
-                i += 1;
-            }
-            None
-        }
-        _ => scalar_end(b, at),
-    }
-}
-
-/// End of a JSON string starting at `at` (a `"`); control characters make it invalid.
-#[inline(always)]
-fn string_end(b: &[u8], at: usize) -> Option<usize> {
-    let mut i = at + 1;
-    loop {
-        // Eight bytes at a time, straight to the first one that needs a look.
-        while let Some(word) = b.get(i..i + 8) {
-            let look = needs_look(u64::from_le_bytes(word.try_into().expect("eight bytes")));
-            if look != 0 {
-                i += look.trailing_zeros() as usize / 8;
-                break;
-            }
-            i += 8;
-        }
-        match *b.get(i)? {
-            b'"' => return Some(i + 1),
-            // Only JSON's escapes: an `id` is echoed back verbatim and must stay valid JSON.
-            b'\\' => match b.get(i + 1)? {
-                b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => i += 2,
-                b'u' if b.get(i + 2..i + 6)?.iter().all(u8::is_ascii_hexdigit) => i += 6,
-                _ => return None,
-            },
-            0x00..=0x1F => return None,
-            _ => i += 1,
-        }
-    }
-}
-
-/// The high bit of each byte of `w` that is `"`, `\\` or a control character (below 0x20),
-/// exact up to the first such byte (the bits above it may be spurious).
-fn needs_look(w: u64) -> u64 {
-    const ONES: u64 = 0x0101_0101_0101_0101;
-    const HIGH: u64 = 0x8080_8080_8080_8080;
-    let zero_byte = |v: u64| v.wrapping_sub(ONES) & !v & HIGH;
-    let below_space = w.wrapping_sub(ONES * 0x20) & !w & HIGH;
-    zero_byte(w ^ (ONES * u64::from(b'"'))) | zero_byte(w ^ (ONES * u64::from(b'\\'))) | below_space
-}
-
-/// Where JSON whitespace from `at` ends.
-#[inline(always)]
-fn skip_space(b: &[u8], mut at: usize) -> usize {
-    while matches!(b.get(at), Some(b' ' | b'\t' | b'\n' | b'\r')) {
-        at += 1;
-    }
-    at
-}
-
-/// End of a JSON string, number, `true`, `false` or `null` starting at `at`, checked.
-fn scalar_end(b: &[u8], at: usize) -> Option<usize> {
-    if *b.get(at)? == b'"' {
-        return string_end(b, at);
-    }
-    let len = b[at..]
-        .iter()
-        .position(|&c| matches!(c, b',' | b'}' | b']' | b' ' | b'\t' | b'\n' | b'\r'))?;
-    let token = &b[at..at + len];
-    let valid = matches!(token, b"true" | b"false" | b"null") || is_json_number(token);
-    valid.then_some(at + len)
-}
-
-/// JSON's number grammar: `-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?`.
-fn is_json_number(t: &[u8]) -> bool {
-    let digits = |t: &[u8], i: usize| i + t[i..].iter().take_while(|c| c.is_ascii_digit()).count();
-    let mut i = usize::from(t.first() == Some(&b'-'));
-    match t.get(i) {
-        Some(b'0') => i += 1,
-        Some(b'1'..=b'9') => i = digits(t, i),
-        _ => return false,
-    }
-    if t.get(i) == Some(&b'.') {
-        let j = digits(t, i + 1);
-        if j == i + 1 {
-            return false;
-        }
-        i = j;
-    }
-    if matches!(t.get(i), Some(b'e' | b'E')) {
-        i += 1;
-        if matches!(t.get(i), Some(b'+' | b'-')) {
-            i += 1;
-        }
-        let j = digits(t, i);
-        if j == i {
-            return false;
-        }
-        i = j;
-    }
-    i == t.len()
-}
-
 /// JavaScript truthiness of a JSON value.
 fn truthy(v: &str) -> bool {
     !matches!(v, "null" | "false" | "0" | "-0" | "\"\"") && !is_zero(v)
@@ -728,30 +605,6 @@ mod tests {
         let mut out = Vec::new();
         encode_reply(&mut out, id.as_bytes(), what);
         String::from_utf8(out).unwrap()
-    }
-
-    #[test]
-    fn strings_end_at_their_closing_quote_wherever_it_falls() {
-        for pad in 0..20 {
-            let fill = "a".repeat(pad);
-            let ok = [
-                format!(r#""{fill}""#),
-                format!(r#""{fill}\"x""#),
-                format!(r#""{fill}\\""#),
-                format!(r#""{fill}\u00e9é""#),
-            ];
-            for text in ok {
-                let b = format!("{text},").into_bytes();
-                assert_eq!(string_end(&b, 0), Some(text.len()), "{text}");
-            }
-            for bad in [
-                format!("\"{fill}\u{1}\""),
-                format!(r#""{fill}\x""#),
-                format!(r#""{fill}"#),
-            ] {
-                assert_eq!(string_end(bad.as_bytes(), 0), None, "{bad:?}");
-            }
-        }
     }
 
     #[test]
