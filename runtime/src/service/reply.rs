@@ -144,13 +144,21 @@ impl Reply {
     /// One value, serialised as JavaScript would write it; a value that cannot be
     /// serialised is logged and answered with NestJS's `Internal server error`.
     pub fn value<T: Serialize + ?Sized>(value: &T) -> Self {
-        match write_json(value, Inner::Short, |json| Inner::Value(Bytes::copy_from_slice(json))) {
-            Ok(inner) => Reply(inner),
+        // Written where it is returned from: bytes just stored and then moved would make the
+        // move wait for them.
+        let mut reply = Reply(Inner::Short(Short::EMPTY));
+        let Inner::Short(short) = &mut reply.0 else {
+            unreachable!("made short above")
+        };
+        match write_json(value, short, Bytes::copy_from_slice) {
+            Ok(None) => {}
+            Ok(Some(long)) => reply.0 = Inner::Value(long),
             Err(e) => {
                 tracing::error!(error = %e, "a handler's reply could not be serialised");
-                Reply(Inner::Error(RpcError::internal()))
+                reply.0 = Inner::Error(RpcError::internal());
             }
         }
+        reply
     }
 
     /// One value handed back in-process, not encoded (for a sender whose context
@@ -301,20 +309,19 @@ pub(crate) fn encode<T: Serialize + ?Sized>(value: &T) -> ReplyItem {
 /// alone, so dropping it touches no reference count (values split off a shared buffer
 /// cost two atomic operations each, more than the copy of a small one).
 pub(crate) fn to_json<T: Serialize + ?Sized>(value: &T) -> serde_json::Result<Bytes> {
-    write_json(
-        value,
-        |short| Bytes::copy_from_slice(short.as_bytes()),
-        Bytes::copy_from_slice,
-    )
+    let mut short = Short::EMPTY;
+    let long = write_json(value, &mut short, Bytes::copy_from_slice)?;
+    Ok(long.unwrap_or_else(|| Bytes::copy_from_slice(short.as_bytes())))
 }
 
 /// Serialises a value as JavaScript would write it: JSON that fits a [`Short`] is written
-/// straight into one, longer JSON into a per-thread buffer that is handed to `long`.
+/// straight into `short` (`None` then), longer JSON into a per-thread buffer that is handed
+/// to `long`.
 fn write_json<T: Serialize + ?Sized, R>(
     value: &T,
-    short: impl FnOnce(Short) -> R,
+    short: &mut Short,
     long: impl FnOnce(&[u8]) -> R,
-) -> serde_json::Result<R> {
+) -> serde_json::Result<Option<R>> {
     thread_local! {
         static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
     }
@@ -322,19 +329,22 @@ fn write_json<T: Serialize + ?Sized, R>(
         // A `Serialize` impl that itself encodes a value gets a buffer of its own.
         let Ok(mut scratch) = scratch.try_borrow_mut() else {
             let json = crate::json::to_vec(value)?;
-            return Ok(Short::new(&json).map_or_else(|| long(&json), short));
+            return Ok(match Short::new(&json) {
+                Some(s) => {
+                    *short = s;
+                    None
+                }
+                None => Some(long(&json)),
+            });
         };
         scratch.clear();
         let out = ShortFirst {
-            short: Short::EMPTY,
+            short,
             long: &mut scratch,
             spilled: false,
         };
         let out = crate::json::write_into(out, value)?;
-        let result = match out.spilled {
-            false => short(out.short),
-            true => long(out.long),
-        };
+        let result = out.spilled.then(|| long(out.long));
         if scratch.capacity() > 64 * 1024 {
             // One huge value does not keep its buffer's size for the thread's life.
             *scratch = Vec::new();
@@ -345,7 +355,7 @@ fn write_json<T: Serialize + ?Sized, R>(
 
 /// Where [`write_json`] writes: a [`Short`] until the JSON outgrows it, then `long`.
 struct ShortFirst<'a> {
-    short: Short,
+    short: &'a mut Short,
     long: &'a mut Vec<u8>,
     spilled: bool,
 }
