@@ -24,7 +24,7 @@ pub fn write<T: Serialize + ?Sized>(out: &mut Vec<u8>, value: &T) -> serde_json:
 
 /// Writes `value` as JSON, JavaScript style.
 pub fn write_to<W: std::io::Write, T: Serialize + ?Sized>(out: W, value: &T) -> serde_json::Result<()> {
-    value.serialize(&mut serde_json::Serializer::with_formatter(out, JsFormatter))
+    write_into(out, value).map(drop)
 }
 
 /// Writes `value` as JSON into `out`, JavaScript style, and hands `out` back.
