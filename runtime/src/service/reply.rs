@@ -338,13 +338,15 @@ fn write_json<T: Serialize + ?Sized, R>(
             });
         };
         scratch.clear();
-        let out = ShortFirst {
-            short,
-            long: &mut scratch,
-            spilled: false,
-        };
-        let out = crate::json::write_into(out, value)?;
-        let result = out.spilled.then(|| long(out.long));
+        let out = crate::json::write_into(
+            ShortFirst {
+                short,
+                long: &mut scratch,
+            },
+            value,
+        )?;
+        // What spills is never empty, and the buffer starts empty.
+        let result = (!out.long.is_empty()).then(|| long(out.long));
         if scratch.capacity() > 64 * 1024 {
             // One huge value does not keep its buffer's size for the thread's life.
             *scratch = Vec::new();
@@ -353,19 +355,18 @@ fn write_json<T: Serialize + ?Sized, R>(
     })
 }
 
-/// Where [`write_json`] writes: a [`Short`] until the JSON outgrows it, then `long`.
+/// Where [`write_json`] writes: a [`Short`] until the JSON outgrows it, then `long` (empty
+/// until then).
 struct ShortFirst<'a> {
     short: &'a mut Short,
     long: &'a mut Vec<u8>,
-    spilled: bool,
 }
 
 impl ShortFirst<'_> {
     #[cold]
     fn spill(&mut self, buf: &[u8]) {
-        if !self.spilled {
+        if self.long.is_empty() {
             self.long.extend_from_slice(self.short.as_bytes());
-            self.spilled = true;
         }
         self.long.extend_from_slice(buf);
     }
@@ -379,7 +380,7 @@ impl std::io::Write for ShortFirst<'_> {
 
     #[inline]
     fn write_all(&mut self, buf: &[u8]) -> std::io::Result<()> {
-        if !self.spilled && self.short.push(buf) {
+        if self.long.is_empty() && self.short.push(buf) {
             return Ok(());
         }
         self.spill(buf);
