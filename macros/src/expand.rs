@@ -269,7 +269,7 @@ fn expand_free(def: &HandlerDef, func: &syn::ItemFn) -> TokenStream {
                 S: ::core::clone::Clone + ::core::marker::Send + ::core::marker::Sync + 'static,
                 #bounds
             {
-                fn call(self, __sb_req: __sb::Request, __sb_state: &S) -> __sb::BoxFuture<'static, __sb::Reply> {
+                fn call(self, __sb_req: &mut __sb::Request, __sb_state: &S) -> __sb::BoxFuture<'static, __sb::Reply> {
                     __sb_serve::<S>(__sb_req, __sb_state)
                 }
             }
@@ -507,7 +507,7 @@ impl Target<'_> {
             }
 
             #[allow(unused_mut, unused_variables, unreachable_patterns)]
-            fn __sb_serve<S>(#this_param mut __sb_req: __sb::Request, __sb_state: &S) -> __sb::BoxFuture<'static, __sb::Reply>
+            fn __sb_serve<S>(#this_param __sb_req: &mut __sb::Request, __sb_state: &S) -> __sb::BoxFuture<'static, __sb::Reply>
             where
                 S: ::core::clone::Clone + ::core::marker::Send + ::core::marker::Sync + 'static,
                 #bounds
@@ -515,23 +515,22 @@ impl Target<'_> {
                 #[allow(unused_imports)]
                 use __sb::probe::{Boxed as _, BoxedFallback as _};
                 let mut __sb_taking = __sb::Taking::default();
-                #(let #now = __sb_taking.now::<#types, S>(&mut __sb_req, __sb_state);)*
+                #(let #now = __sb_taking.now::<#types, S>(__sb_req, __sb_state);)*
                 if let ::core::option::Option::Some(e) = __sb_taking.failed() {
                     return __sb::failed(e);
                 }
                 match (#(#now,)*) {
                     (#(::core::option::Option::Some(#args),)*) => {
-                        if let ::core::result::Result::Err(e) = __sb::check_unread_payload(&__sb_req) {
+                        if let ::core::result::Result::Err(e) = __sb::check_unread_payload(__sb_req) {
                             return __sb::failed(e);
                         }
                         let __sb_local = __sb_req.context().takes_local_reply();
-                        // The message is done with before the handler runs.
-                        ::core::mem::drop(__sb_req);
+                        // The rest of the message stays with the caller, which drops it.
                         let __sb_fut = __sb_run(#this_arg #(#args,)* __sb_local);
                         (&__sb::probe::of(&__sb_fut)).sb_boxed(__sb_fut)
                     }
                     (#(#now,)*) => {
-                        let __sb_fut = __sb_later::<S>(#this_arg __sb_req, ::core::clone::Clone::clone(__sb_state), #(#now,)*);
+                        let __sb_fut = __sb_later::<S>(#this_arg __sb::take_request(__sb_req), ::core::clone::Clone::clone(__sb_state), #(#now,)*);
                         (&__sb::probe::of(&__sb_fut)).sb_boxed(__sb_fut)
                     }
                 }

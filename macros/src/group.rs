@@ -195,7 +195,7 @@ fn expand(defs: &[HandlerDef], self_ty: &Type, krate: &syn::Path, impl_span: Spa
                         #fn_bounds
                     {
                         let __sb_state = __sb_state.clone();
-                        let __sb_route = __sb::Route::from_fn(move |__sb_req: __sb::Request| {
+                        let __sb_route = __sb::serving(move |__sb_req: &mut __sb::Request| {
                             __sb_serve::<S>(__sb_this.clone(), __sb_req, &__sb_state)
                         });
                         (&__SB_INFO, __sb_route)

@@ -64,6 +64,17 @@ impl Taking {
     }
 }
 
+/// A handler's route: `serve` takes its arguments from the request it is lent.
+pub fn serving(serve: impl Fn(&mut Request) -> BoxFuture<'static, Reply> + Send + Sync + 'static) -> Route {
+    Route::serving(serve)
+}
+
+/// The request, for a handler's future that takes its arguments later (its caller keeps an
+/// empty one).
+pub fn take_request(req: &mut Request) -> Request {
+    req.take()
+}
+
 /// The reply of a handler whose argument failed before its future ran.
 pub fn failed(e: RpcError) -> BoxFuture<'static, Reply> {
     Box::pin(std::future::ready(Reply::error(e)))

@@ -146,16 +146,17 @@ pub trait Handler: Clone + Send + Sync + 'static {
     note = "a group of handlers (an `impl` block marked `#[handlers]`) is served with `.group(value)`"
 )]
 pub trait Serve<S>: Handler {
-    /// Serves one message. The state is cloned only for an argument that cannot be taken
-    /// at once (see [`FromRequest::from_request_now`](crate::FromRequest::from_request_now)).
-    fn call(self, req: Request, state: &S) -> BoxFuture<'static, Reply>;
+    /// Serves one message, taking from `req` what the handler needs (its caller drops the
+    /// rest). The state is cloned only for an argument that cannot be taken at once (see
+    /// [`FromRequest::from_request_now`](crate::FromRequest::from_request_now)).
+    fn call(self, req: &mut Request, state: &S) -> BoxFuture<'static, Reply>;
 
     /// The handler as a route, its state bound.
     fn into_route(self, state: S) -> Route
     where
         S: Clone + Send + Sync + 'static,
     {
-        Route::from_fn(move |req| self.clone().call(req, &state))
+        Route::serving(move |req| self.clone().call(req, &state))
     }
 }
 
@@ -193,8 +194,8 @@ where
     <L::Service as Service<Request>>::Error: Into<BoxError>,
     <L::Service as Service<Request>>::Future: Send,
 {
-    fn call(self, req: Request, state: &S) -> BoxFuture<'static, Reply> {
-        self.into_route(state.clone()).call(req)
+    fn call(self, req: &mut Request, state: &S) -> BoxFuture<'static, Reply> {
+        self.into_route(state.clone()).call_in_place(req)
     }
 
     fn into_route(self, state: S) -> Route {
@@ -239,8 +240,8 @@ impl<H: Serve<S>, S: Clone + Send + Sync + 'static> Service<Request> for Handler
         std::task::Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, req: Request) -> RouteFuture {
-        self.handler.clone().call(req, &self.state).into()
+    fn call(&mut self, mut req: Request) -> RouteFuture {
+        self.handler.clone().call(&mut req, &self.state).into()
     }
 }
 

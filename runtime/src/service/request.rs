@@ -172,6 +172,17 @@ impl Request {
         self.payload = Some(payload);
     }
 
+    /// Takes the request out, leaving an empty one behind: for a holder of `&mut Request`
+    /// that must pass it on by value (a handler that keeps it, a `tower` layer).
+    pub(crate) fn take(&mut self) -> Request {
+        let empty = Request {
+            address: Address::Route(Bytes::new()),
+            payload: None,
+            ctx: Context::new("", Kind::Event),
+        };
+        std::mem::replace(self, empty)
+    }
+
     /// A copy for another listener of the same event: an encoded payload is shared, a typed
     /// one is not copied (`None`).
     pub(crate) fn try_clone(&self) -> Option<Request> {

@@ -17,11 +17,11 @@ pub(crate) fn observe(name: &'static str, route: Route) -> Route {
     let Some(recorder) = super::export::recorder() else {
         return route;
     };
-    Route::from_fn(move |req| {
-        let processing = span::server(recorder, &req, name);
+    Route::serving(move |req| {
+        let processing = span::server(recorder, req, name);
         let inner = super::current::within(&processing.current, || {
             let _log = processing.log.as_ref().map(tracing::Span::enter);
-            route.call(req)
+            route.call_in_place(req)
         });
         Box::pin(Traced {
             inner,

@@ -441,7 +441,7 @@ impl Conn {
         let mut req = Request::new(address, payload, Context::new("tcp", kind));
         // Set in place: a context built with its headers and then moved stalls on the move.
         *req.context_mut().headers_mut() = packet.headers();
-        let mut reply = self.router.call_found(found, req, self.arrival);
+        let mut reply = self.router.call_found(found, &mut req, self.arrival);
         // Most handlers finish without waiting: polled right away, their reply is written
         // straight from the received frame, without a trip through the in-flight set.
         let mut cx = TaskContext::from_waker(std::task::Waker::noop());
