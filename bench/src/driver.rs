@@ -61,6 +61,18 @@ pub struct Measurement {
 }
 
 impl Measurement {
+    /// This measurement and `other` as one (latencies unsorted).
+    fn and(mut self, other: Measurement) -> Measurement {
+        let sum = |a: Option<Duration>, b: Option<Duration>| Some(a? + b?);
+        self.completed += other.completed;
+        self.window += other.window;
+        self.latencies_ns.extend_from_slice(&other.latencies_ns);
+        self.server_cpu = sum(self.server_cpu, other.server_cpu);
+        self.driver_cpu = sum(self.driver_cpu, other.driver_cpu);
+        self.machine_busy = sum(self.machine_busy, other.machine_busy);
+        self
+    }
+
     pub fn req_per_sec(&self) -> f64 {
         self.completed as f64 / self.window.as_secs_f64()
     }
@@ -107,9 +119,31 @@ pub fn nearest_rank<T: Copy>(sorted: &[T], q: f64) -> Option<T> {
     (n > 0).then(|| sorted[((q * n as f64).ceil() as usize).clamp(1, n) - 1])
 }
 
-/// Applies `load` to the server at `port` (process `server_pid`), on a single-threaded
-/// runtime of its own. Any wrong, missing or unexpected reply is an error.
-pub fn run(port: u16, server_pid: u32, load: Load) -> anyhow::Result<Measurement> {
+/// A server under load: where it listens and which process it is (for its CPU time).
+#[derive(Debug, Clone, Copy)]
+pub struct Target {
+    pub port: u16,
+    pub pid: u32,
+}
+
+/// The measured length of one slice, about. The servers take turns in slices this short so
+/// that a slower spell of the machine (a neighbour on the host, a frequency change) falls on
+/// all of them alike: on a shared 2-vCPU machine a fixed loop was seen to take 22 to 36 ms
+/// from one try to the next, in spells of a few hundred milliseconds.
+const SLICE: Duration = Duration::from_millis(100);
+
+/// Load applied at the start of each slice before it counts: the server was idle while the
+/// others had their turn, and its caches hold their data.
+const SLICE_WARMUP: Duration = Duration::from_millis(20);
+
+/// Applies `load` to each target in turn, on a single-threaded runtime of its own, and
+/// returns one measurement per target, in order.
+///
+/// Each target is warmed up once (`load.warmup`), then `load.duration` is cut into slices of
+/// about [`SLICE`] and the targets take turns, slice by slice, the order rotating by one each
+/// slice (and by `rotate` more), so every target is measured under the same conditions. A
+/// target's measurement sums its slices. Any wrong, missing or unexpected reply is an error.
+pub fn run(targets: &[Target], load: Load, rotate: usize) -> anyhow::Result<Vec<Measurement>> {
     ensure!(
         load.connections >= 1 && load.connections <= 0xFFFF,
         "connections must be 1..=65535"
@@ -118,58 +152,105 @@ pub fn run(port: u16, server_pid: u32, load: Load) -> anyhow::Result<Measurement
         load.in_flight >= 1 && load.in_flight <= 0xFFFF,
         "in-flight must be 1..=65535"
     );
+    ensure!(!targets.is_empty(), "no server to measure");
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     rt.block_on(async move {
         // Connect everything first, so connection set-up is not part of the run.
-        let mut streams = Vec::with_capacity(load.connections);
-        for _ in 0..load.connections {
-            let stream = TcpStream::connect(("127.0.0.1", port))
-                .await
-                .with_context(|| format!("connect to 127.0.0.1:{port}"))?;
-            stream.set_nodelay(true)?;
-            streams.push(stream);
+        let mut conns = Vec::with_capacity(targets.len());
+        for target in targets {
+            let mut these = Vec::with_capacity(load.connections);
+            for i in 0..load.connections {
+                let stream = TcpStream::connect(("127.0.0.1", target.port))
+                    .await
+                    .with_context(|| format!("connect to 127.0.0.1:{}", target.port))?;
+                stream.set_nodelay(true)?;
+                let seed = load.seed ^ (i as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+                these.push(Conn::new(i as u16, stream, load.in_flight, seed, load.meta));
+            }
+            conns.push(these);
         }
-        let start = Instant::now();
-        let times = Times {
-            warm_end: start + load.warmup,
-            end: start + load.warmup + load.duration,
-        };
-        let mut tasks = JoinSet::new();
-        for (i, stream) in streams.into_iter().enumerate() {
-            let seed = load.seed ^ (i as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-            tasks.spawn(connection(i as u16, stream, load.in_flight, times, seed, load.meta));
+        for (t, target) in targets.iter().enumerate() {
+            let (back, _) = phase(std::mem::take(&mut conns[t]), target.pid, load.warmup, Duration::ZERO).await?;
+            conns[t] = back;
         }
-        // CPU accounting over exactly the measured window.
-        let cpu = tokio::spawn(async move {
-            tokio::time::sleep_until(times.warm_end.into()).await;
-            let before = (cpu_time(server_pid), cpu_time(std::process::id()), machine_busy());
-            tokio::time::sleep_until(times.end.into()).await;
-            let after = (cpu_time(server_pid), cpu_time(std::process::id()), machine_busy());
-            let diff = |a: Option<Duration>, b: Option<Duration>| Some(b?.saturating_sub(a?));
-            (
-                diff(before.0, after.0),
-                diff(before.1, after.1),
-                diff(before.2, after.2),
-            )
-        });
-        let mut completed = 0;
-        let mut latencies = Vec::new();
-        while let Some(done) = tasks.join_next().await {
-            let conn = done.context("a driver task panicked")??;
-            completed += conn.completed;
-            latencies.extend_from_slice(&conn.latencies_ns);
+        let slices = (load.duration.as_secs_f64() / SLICE.as_secs_f64()).round().max(1.0) as u32;
+        let slice = load.duration / slices;
+        let mut totals: Vec<Option<Measurement>> = vec![None; targets.len()];
+        for k in 0..slices as usize {
+            for j in 0..targets.len() {
+                let t = (j + k + rotate) % targets.len();
+                let (back, m) = phase(std::mem::take(&mut conns[t]), targets[t].pid, SLICE_WARMUP, slice).await?;
+                conns[t] = back;
+                totals[t] = Some(match totals[t].take() {
+                    Some(total) => total.and(m),
+                    None => m,
+                });
+            }
         }
-        let (server_cpu, driver_cpu, machine_busy) = cpu.await?;
-        latencies.sort_unstable();
-        Ok(Measurement {
+        Ok(totals
+            .into_iter()
+            .map(|m| {
+                let mut m = m.expect("every target had slices");
+                m.latencies_ns.sort_unstable();
+                m
+            })
+            .collect())
+    })
+}
+
+/// Drives `conns` (one server's connections) for `warmup`, then measures `window`, then lets
+/// the outstanding requests drain. Returns the connections for the next phase.
+async fn phase(
+    conns: Vec<Conn>,
+    server_pid: u32,
+    warmup: Duration,
+    window: Duration,
+) -> anyhow::Result<(Vec<Conn>, Measurement)> {
+    let start = Instant::now();
+    let times = Times {
+        warm_end: start + warmup,
+        end: start + warmup + window,
+    };
+    let mut tasks = JoinSet::new();
+    let count = conns.len();
+    for conn in conns {
+        tasks.spawn(connection(conn, times));
+    }
+    // CPU accounting over exactly the measured window.
+    let cpu = tokio::spawn(async move {
+        tokio::time::sleep_until(times.warm_end.into()).await;
+        let before = (cpu_time(server_pid), cpu_time(std::process::id()), machine_busy());
+        tokio::time::sleep_until(times.end.into()).await;
+        let after = (cpu_time(server_pid), cpu_time(std::process::id()), machine_busy());
+        let diff = |a: Option<Duration>, b: Option<Duration>| Some(b?.saturating_sub(a?));
+        (
+            diff(before.0, after.0),
+            diff(before.1, after.1),
+            diff(before.2, after.2),
+        )
+    });
+    let mut back = Vec::with_capacity(count);
+    let mut completed = 0;
+    let mut latencies = Vec::new();
+    while let Some(done) = tasks.join_next().await {
+        let (conn, result) = done.context("a driver task panicked")??;
+        completed += result.completed;
+        latencies.extend_from_slice(&result.latencies_ns);
+        back.push(conn);
+    }
+    back.sort_by_key(|c| c.id);
+    let (server_cpu, driver_cpu, machine_busy) = cpu.await?;
+    Ok((
+        back,
+        Measurement {
             completed,
-            window: load.duration,
+            window,
             latencies_ns: latencies,
             server_cpu,
             driver_cpu,
             machine_busy,
-        })
-    })
+        },
+    ))
 }
 
 struct ConnResult {
@@ -186,47 +267,68 @@ struct Slot {
     busy: bool,
 }
 
-/// The per-connection closed loop.
-async fn connection(
-    conn: u16,
-    mut stream: TcpStream,
-    depth: usize,
-    times: Times,
-    seed: u64,
-    meta: bool,
-) -> anyhow::Result<ConnResult> {
-    let now = Instant::now();
-    let mut slots = vec![
-        Slot {
+/// One connection and what it keeps between phases (its request sequence, its buffers).
+struct Conn {
+    id: u16,
+    stream: TcpStream,
+    slots: Vec<Slot>,
+    reqs: Gen,
+    rbuf: Vec<u8>,
+    wbuf: Vec<u8>,
+    reissued: Vec<usize>,
+}
+
+impl Conn {
+    fn new(id: u16, stream: TcpStream, depth: usize, seed: u64, meta: bool) -> Conn {
+        let slot = Slot {
             seq: 0,
             expect: 0,
-            sent: now,
-            busy: false
+            sent: Instant::now(),
+            busy: false,
         };
-        depth
-    ];
-    let mut reqs = Gen {
-        rng: seed | 1,
-        seq: 0,
-        body: Vec::with_capacity(256),
-        meta,
-    };
-    let mut rbuf: Vec<u8> = Vec::with_capacity(64 * 1024);
-    let mut wbuf: Vec<u8> = Vec::with_capacity(16 * 1024);
-    let mut reissued: Vec<usize> = Vec::with_capacity(depth);
+        Conn {
+            id,
+            stream,
+            slots: vec![slot; depth],
+            reqs: Gen {
+                rng: seed | 1,
+                seq: 0,
+                body: Vec::with_capacity(256),
+                meta,
+            },
+            rbuf: Vec::with_capacity(64 * 1024),
+            wbuf: Vec::with_capacity(16 * 1024),
+            reissued: Vec::with_capacity(depth),
+        }
+    }
+}
+
+/// The per-connection closed loop of one phase: fills every slot, replaces each reply by a
+/// new request until `times.end`, then waits for the rest.
+async fn connection(mut c: Conn, times: Times) -> anyhow::Result<(Conn, ConnResult)> {
+    let conn = c.id;
     let mut result = ConnResult {
         completed: 0,
         latencies_ns: Vec::with_capacity(1 << 16),
     };
+    let Conn {
+        stream,
+        slots,
+        reqs,
+        rbuf,
+        wbuf,
+        reissued,
+        ..
+    } = &mut c;
 
     for (i, slot) in slots.iter_mut().enumerate() {
-        reqs.request(conn, i, slot, &mut wbuf);
+        reqs.request(conn, i, slot, wbuf);
     }
     let sent = Instant::now();
     slots.iter_mut().for_each(|s| s.sent = sent);
-    stream.write_all(&wbuf).await.context("write requests")?;
+    stream.write_all(wbuf).await.context("write requests")?;
     wbuf.clear();
-    let mut outstanding = depth;
+    let mut outstanding = slots.len();
 
     let deadline = tokio::time::sleep_until((times.end + DRAIN_TIMEOUT).into());
     tokio::pin!(deadline);
@@ -236,7 +338,7 @@ async fn connection(
         }
         let read = tokio::select! {
             biased;
-            read = stream.read_buf(&mut rbuf) => read.context("read replies")?,
+            read = stream.read_buf(rbuf) => read.context("read replies")?,
             () = &mut deadline => bail!(
                 "connection {conn}: {outstanding} replies still missing {DRAIN_TIMEOUT:?} after the end of the run"
             ),
@@ -252,7 +354,7 @@ async fn connection(
             next_frame(&rbuf[used..]).with_context(|| format!("connection {conn}: bad reply framing"))?
         {
             let body = &rbuf[used + range.start..used + range.end];
-            let i = check_reply(conn, body, &mut slots)?;
+            let i = check_reply(conn, body, slots)?;
             outstanding -= 1;
             if in_window {
                 result.completed += 1;
@@ -262,7 +364,7 @@ async fn connection(
                 }
             }
             if !stopping {
-                reqs.request(conn, i, &mut slots[i], &mut wbuf);
+                reqs.request(conn, i, &mut slots[i], wbuf);
                 reissued.push(i);
                 outstanding += 1;
             }
@@ -274,11 +376,16 @@ async fn connection(
             for i in reissued.drain(..) {
                 slots[i].sent = sent;
             }
-            stream.write_all(&wbuf).await.context("write requests")?;
+            stream.write_all(wbuf).await.context("write requests")?;
             wbuf.clear();
         }
     }
-    Ok(result)
+    ensure!(
+        rbuf.is_empty(),
+        "connection {conn}: {} bytes after the last reply",
+        rbuf.len()
+    );
+    Ok((c, result))
 }
 
 /// Writes requests: unique ids, varying operands.
@@ -514,6 +621,43 @@ pub fn machine_busy() -> Option<Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn servers_take_turns_and_each_gets_its_whole_window() {
+        // Two ceiling servers in this process, on a runtime of their own.
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let targets: Vec<Target> = (0..2)
+            .map(|_| {
+                let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
+                let port = listener.local_addr().unwrap().port();
+                rt.spawn(async move {
+                    while let Ok((stream, _)) = listener.accept().await {
+                        tokio::spawn(crate::ceiling::connection(stream));
+                    }
+                });
+                Target {
+                    port,
+                    pid: std::process::id(),
+                }
+            })
+            .collect();
+        let load = Load {
+            connections: 2,
+            in_flight: 4,
+            warmup: Duration::from_millis(50),
+            duration: SLICE * 3,
+            seed: 1,
+            meta: false,
+        };
+        let measured = run(&targets, load, 1).unwrap();
+        assert_eq!(measured.len(), 2);
+        for m in &measured {
+            assert_eq!(m.window, SLICE * 3, "three slices each");
+            assert!(m.completed > 0 && !m.latencies_ns.is_empty());
+            assert!(m.latencies_ns.is_sorted());
+            assert!(m.server_cpu.is_some());
+        }
+    }
 
     #[test]
     fn ids_round_trip() {

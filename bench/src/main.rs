@@ -7,11 +7,13 @@
 //!     [--broker-in-flight 1,32] [--runs 3] [--duration-secs 5]
 //! ```
 //!
-//! Each measurement starts a fresh server child process (this binary re-executed with the
-//! hidden `--serve bare|switchboard`) with its own multi-threaded tokio runtime, so the
-//! driver and the server never share a runtime. The driver (this process, one thread,
-//! current-thread runtime) applies the same closed-loop load to both servers, alternating
-//! which goes first in each run, checks every reply, and prints the median of the runs.
+//! Each run starts a fresh child process per server (this binary re-executed with the hidden
+//! `--serve bare|switchboard|…`), each with its own multi-threaded tokio runtime, so the driver
+//! and a server never share a runtime. The driver (this process, one thread, current-thread
+//! runtime) applies the same closed-loop load to every server, the servers taking turns in
+//! slices of a tenth of a second (see [`driver::run`]) so that a drift of the machine's speed
+//! falls on all of them alike; it checks every reply and prints, per server, the median of
+//! the runs and, against the ceiling, the median of the runs' ratios.
 //!
 //! CPU placement (`--pin`, default `auto`): throughput scenarios put the driver on one CPU
 //! and the server on the others; the 1x1 latency scenario puts both on one CPU. Left to the
@@ -80,10 +82,12 @@ struct Args {
     /// Measured seconds per server, scenario and run.
     #[arg(long, default_value_t = 5.0)]
     duration_secs: f64,
-    /// Warm-up seconds before each measurement (load applied, nothing recorded).
+    /// Warm-up seconds before measuring (load applied, nothing recorded); over TCP, for each
+    /// server at the start of each run.
     #[arg(long, default_value_t = 1.0)]
     warmup_secs: f64,
-    /// Runs; each run measures both servers (alternating which goes first), the table shows medians.
+    /// Runs; tables show their medians. Over TCP the servers take turns in slices within a
+    /// run, and a ratio to the ceiling is the median of the runs' ratios.
     #[arg(long, default_value_t = 3)]
     runs: usize,
     /// Worker threads of each server's runtime (0: tokio's default, one per CPU the server may use).
@@ -94,8 +98,8 @@ struct Args {
     /// auto: split for throughput scenarios, same for 1x1 (see `Placement::of`).
     #[arg(long, value_enum, default_value = "auto")]
     pin: Pin,
-    /// Before each measurement wait (up to this long) until the machine is idle, since
-    /// other processes' bursts skew results; 0 disables.
+    /// Before each measurement (over TCP, each run) wait (up to this long) until the machine
+    /// is idle, since other processes' bursts skew results; 0 disables.
     #[arg(long, default_value_t = 20.0)]
     quiet_wait_secs: f64,
     /// Measure only one server (for profiling; with --broker: `bare` or `switchboard`); no
@@ -483,7 +487,6 @@ pub(crate) fn announce_port(port: u16) {
 
 /// A server child process; killed when dropped (also while unwinding from a panic).
 struct ServerProc {
-    kind: Kind,
     child: Child,
     port: u16,
     /// The `traced` server's OTLP collector: a process of its own, as in production, so that
@@ -572,7 +575,6 @@ impl ServerProc {
             .spawn()
             .with_context(|| format!("start the {} server", kind.label()))?;
         let mut proc = ServerProc {
-            kind,
             child,
             port: 0,
             collector,
@@ -746,8 +748,8 @@ fn bench(args: &Args) -> Result<(), Failure> {
 
     let allowed = allowed_cpus();
     println!(
-        "switchboard-bench: {} CPUs, load average {}; {} run(s) x ({:?} warm-up + {:?} measured); \
-         a fresh server process per measurement",
+        "switchboard-bench: {} CPUs, load average {}; {} run(s) x ({:?} warm-up + {:?} measured per server); \
+         fresh server processes each run, taking turns in slices",
         allowed.len(),
         load_average(),
         args.runs,
@@ -766,34 +768,34 @@ fn bench(args: &Args) -> Result<(), Failure> {
     for run in 0..args.runs {
         for (si, &scenario) in scenarios.iter().enumerate() {
             let place = &placements[si];
-            // Alternate the order so neither server always runs on a "warmer" machine.
-            let mut order: Vec<usize> = (0..kinds.len()).collect();
-            if run % 2 == 1 {
-                order.reverse();
-            }
-            for ki in order {
-                wait_for_quiet(Duration::from_secs_f64(args.quiet_wait_secs));
-                // A fresh process each time: no thread placement, allocator or socket state
-                // carried over from the previous measurement.
-                let server = ServerProc::spawn(kinds[ki], args.server_threads, &place.server_cpus)?;
-                // The driver's runtime runs on this thread.
-                pin_current_thread(&place.driver_cpus).context("pin the driver")?;
-                let load = Load {
-                    connections: scenario.connections,
-                    in_flight: scenario.in_flight,
-                    warmup,
-                    duration,
-                    seed: 0x5EED ^ ((run as u64) << 32) ^ ((si as u64) << 16),
-                    meta: scenario.meta,
-                };
-                let m = driver::run(server.port, server.child.id(), load).map_err(|e| {
-                    Failure::WrongReply(e.context(format!(
-                        "{} server, scenario {scenario}, run {}",
-                        server.kind.label(),
-                        run + 1
-                    )))
-                })?;
-                drop(server);
+            wait_for_quiet(Duration::from_secs_f64(args.quiet_wait_secs));
+            // Fresh processes each run: no thread placement, allocator or socket state
+            // carried over from the previous one. All of them are up at once and take turns.
+            let servers = kinds
+                .iter()
+                .map(|&kind| ServerProc::spawn(kind, args.server_threads, &place.server_cpus))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            // The driver's runtime runs on this thread.
+            pin_current_thread(&place.driver_cpus).context("pin the driver")?;
+            let load = Load {
+                connections: scenario.connections,
+                in_flight: scenario.in_flight,
+                warmup,
+                duration,
+                seed: 0x5EED ^ ((run as u64) << 32) ^ ((si as u64) << 16),
+                meta: scenario.meta,
+            };
+            let targets: Vec<driver::Target> = servers
+                .iter()
+                .map(|s| driver::Target {
+                    port: s.port,
+                    pid: s.child.id(),
+                })
+                .collect();
+            let measured = driver::run(&targets, load, run)
+                .map_err(|e| Failure::WrongReply(e.context(format!("scenario {scenario}, run {}", run + 1))))?;
+            drop(servers);
+            for (ki, m) in measured.into_iter().enumerate() {
                 eprintln!(
                     "run {}/{} {:<8} {:<12} {:>10.0} req/s  p50 {:>8.1} us  p99 {:>8.1} us  server {} driver {} other {} cores",
                     run + 1,
@@ -808,9 +810,9 @@ fn bench(args: &Args) -> Result<(), Failure> {
                     fmt_opt(m.other_cores(), 2),
                 );
                 results[si][ki].push(m);
-                // Let the closed connections settle.
-                std::thread::sleep(Duration::from_millis(200));
             }
+            // Let the closed connections settle.
+            std::thread::sleep(Duration::from_millis(200));
         }
     }
     report(&scenarios, &kinds, &results);
@@ -916,23 +918,35 @@ fn report(scenarios: &[Scenario], kinds: &[Kind], results: &[Vec<Vec<Measurement
         if kinds.len() < 2 || kinds[0] != Kind::Ceiling {
             continue;
         }
-        let c = sums[0];
+        let ceiling = &results[si][0];
         for (ki, kind) in kinds.iter().enumerate().skip(1) {
-            let s = sums[ki];
-            let cpu_ratio = s.cpu_per_req.zip(c.cpu_per_req).map(|(s, c)| s / c);
+            // Each run measured both in alternating slices, so a run's ratio compares like with
+            // like; the row is the median of the runs' ratios.
+            let ratio = |f: &dyn Fn(&Measurement) -> Option<f64>| {
+                results[si][ki]
+                    .iter()
+                    .zip(ceiling)
+                    .map(|(s, c)| Some(f(s)? / f(c)?))
+                    .collect::<Option<Vec<f64>>>()
+                    .map(median)
+            };
+            let rps = ratio(&|m| Some(m.req_per_sec())).unwrap_or(f64::NAN);
+            let p50 = ratio(&|m| Some(m.quantile_us(0.50))).unwrap_or(f64::NAN);
+            let p99 = ratio(&|m| Some(m.quantile_us(0.99))).unwrap_or(f64::NAN);
+            let cpu_ratio = ratio(&Measurement::server_cpu_us_per_req);
             let label = format!("{}/ceil", kind.label());
             println!(
                 "{:<10} {:<12} {:>10.2} {:>9.2} {:>9.2} {:>12}",
                 scenario.to_string(),
                 label,
-                s.rps / c.rps,
-                s.p50 / c.p50,
-                s.p99 / c.p99,
+                rps,
+                p50,
+                p99,
                 fmt_opt(cpu_ratio, 2)
             );
             let met = |ok: bool| if ok { "MET" } else { "NOT MET" };
             if scenario.connections * scenario.in_flight > 1 {
-                let r = s.rps / c.rps;
+                let r = rps;
                 verdicts.push(format!(
                     "{scenario} {}: throughput {r:.3}x the ceiling (target >= {THROUGHPUT_TARGET:.2}x): {}",
                     kind.label(),
@@ -946,7 +960,7 @@ fn report(scenarios: &[Scenario], kinds: &[Kind], results: &[Vec<Vec<Measurement
                     ));
                 }
             } else {
-                let r = s.p50 / c.p50;
+                let r = p50;
                 verdicts.push(format!(
                     "{scenario} {}: p50 latency {r:.3}x the ceiling (target <= {LATENCY_TARGET:.2}x): {}",
                     kind.label(),
@@ -957,8 +971,8 @@ fn report(scenarios: &[Scenario], kinds: &[Kind], results: &[Vec<Vec<Measurement
     }
     println!();
     println!(
-        "ratio = switchboard / ceiling (req/s: higher is better; latency and cpu/req: lower is better). \
-         cpu/req: server CPU time per request; srv-/drv-/oth-cores: CPU used by the server, the driver and \
+        "ratio = switchboard / ceiling, the median of the runs' ratios (req/s: higher is better; latency and \
+         cpu/req: lower is better). cpu/req: server CPU time per request; srv-/drv-/oth-cores: CPU used by the server, the driver and \
          everything else during the window."
     );
     for v in verdicts {
