@@ -401,6 +401,29 @@ async fn an_idle_connection_is_closed_and_others_are_served() {
 }
 
 #[tokio::test]
+async fn a_connection_in_use_is_kept_and_closed_once_quiet_for_the_idle_timeout() {
+    let s = server("?idle_timeout_ms=400").await;
+    let mut raw = Raw::connect(s.local_url()).await;
+    // A request every 100 ms for three timeouts keeps it open.
+    for i in 0..12 {
+        assert_eq!(
+            exchange(&mut raw, &format!(r#"{{"pattern":"echo","data":{i},"id":"{i}"}}"#)).await,
+            format!(r#"{{"response":{i},"isDisposed":true,"id":"{i}"}}"#)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let quiet = std::time::Instant::now();
+    assert!(raw.closed_within(Duration::from_secs(10)).await, "idle, yet kept open");
+    // The last request was 100 ms before `quiet`: closing sooner than this is too early.
+    assert!(
+        quiet.elapsed() >= Duration::from_millis(300),
+        "closed {:?} after its last request, before its idle timeout of 400 ms",
+        quiet.elapsed() + Duration::from_millis(100)
+    );
+    s.shutdown().await.unwrap();
+}
+
+#[tokio::test]
 async fn a_peer_that_stops_reading_is_closed_after_the_idle_timeout() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let s = server("?idle_timeout_ms=300").await;

@@ -7,8 +7,8 @@
 //! - both ends: `max_frame_len` (UTF-16 units, and as many bytes; default 64 Mi);
 //! - server: `max_in_flight` (per connection, default 256), `incomplete_timeout_ms` (a frame
 //!   must arrive whole within it from its first byte, default 30000), `idle_timeout_ms` (a
-//!   connection with nothing received and nothing in flight is closed, and so is one whose
-//!   peer takes none of its replies for as long; default 300000; 0: never),
+//!   connection with nothing received and nothing in flight is closed, within an eighth more,
+//!   and so is one whose peer takes none of its replies for as long; default 300000; 0: never),
 //!   `max_connections` (more are closed at once, with a warning; default 10000),
 //!   `backlog` (the listen queue, default 1024), `max_buffered_bytes` (what all connections
 //!   may buffer of partial frames together beyond 64 KiB each; a connection that needs more
@@ -37,6 +37,7 @@ use crate::service::Router;
 mod budget;
 mod client;
 pub mod frame;
+mod gate;
 mod server;
 #[cfg(feature = "tls")]
 pub(crate) mod tls;

@@ -17,6 +17,7 @@ use tokio::time::Instant;
 
 use super::budget::{Budget, Share};
 use super::frame::{FrameDecoder, encode_frame, utf16_len, write_length};
+use super::gate::Gated;
 use super::{ServerOptions, TcpListener};
 use crate::error::Result;
 use crate::service::{Address, Arrival, Context, Kind, Payload, Reply, Request, Router, RouterFuture};
@@ -158,6 +159,8 @@ struct Conn {
     codec: Option<Codec>,
     packed: frame::FrameDecoder,
     rbuf: BytesMut,
+    /// Small frames' payloads, copied ([`copy_payload`]).
+    payloads: BytesMut,
     wbuf: Vec<u8>,
     scratch: Vec<u8>,
     inflight: SelectAll<Work>,
@@ -171,6 +174,9 @@ struct Conn {
 
 /// Replies buffered before they are written out, at most (one reply may exceed it).
 const WRITE_HIGH_WATER: usize = 64 * 1024;
+/// The block small payloads are copied into: small, so that a request that waits holds
+/// little besides its own bytes (at most `max_in_flight` blocks a connection).
+const PAYLOAD_BLOCK: usize = 2 * 1024;
 /// Frames longer than this are taken off the read buffer and their payloads shared with it;
 /// shorter ones' payloads are copied.
 const SHARED_OVER: usize = 16 * 1024;
@@ -196,6 +202,7 @@ async fn connection<R, W>(
         packed: frame::FrameDecoder::new(opts.max_frame_len),
         opts,
         rbuf: BytesMut::with_capacity(16 * 1024),
+        payloads: BytesMut::with_capacity(PAYLOAD_BLOCK),
         wbuf: Vec::with_capacity(16 * 1024),
         scratch: Vec::with_capacity(1024),
         inflight: SelectAll::new(),
@@ -209,13 +216,18 @@ async fn connection<R, W>(
     let whole = tokio::time::sleep(c.opts.incomplete_timeout);
     tokio::pin!(whole);
     let mut armed_for: Option<u64> = None;
-    // An idle connection is closed: checked when the timer fires, against the last read.
+    // An idle connection is closed. Reads and finished work (a long request is activity too)
+    // are counted, not timed, and the timer looks at the count every eighth of the timeout:
+    // a connection goes between one and one and an eighth timeouts after its last activity.
     let idle_after = c.opts.idle_timeout.unwrap_or(std::time::Duration::MAX);
-    let idle = tokio::time::sleep_until(Instant::now().checked_add(idle_after).unwrap_or_else(far_future));
-    tokio::pin!(idle);
-    let mut last_read = Instant::now();
-    // Work finished since the idle timer last looked: a long request is activity too.
-    let (mut finished, mut finished_seen) = (0u64, 0u64);
+    let look_every = idle_after / 8;
+    let next_look = |now: Instant| now.checked_add(look_every).unwrap_or_else(far_future);
+    let mut quiet_since = Instant::now();
+    let mut idle = Gated::new(tokio::time::sleep_until(next_look(quiet_since)));
+    let (mut activity, mut activity_seen) = (0u64, 0u64);
+    // One wait for the whole connection: a new one each turn would join and leave the
+    // signal's waiter list around every request.
+    let mut down = Gated::new(shutdown.wait());
     loop {
         if !c.wbuf.is_empty() {
             // While the peer does not read, we neither read nor poll handlers: backpressure.
@@ -262,7 +274,7 @@ async fn connection<R, W>(
         tokio::select! {
             biased;
             item = c.inflight.next(), if !c.inflight.is_empty() => {
-                finished += 1;
+                activity += 1;
                 // `None` when the last work was an event: nothing to write.
                 if let Some((id, step)) = item {
                     c.encode(&id, step);
@@ -289,9 +301,7 @@ async fn connection<R, W>(
                         armed_for = Some(c.frames);
                         whole.as_mut().reset(Instant::now() + c.opts.incomplete_timeout);
                     }
-                    if c.opts.idle_timeout.is_some() {
-                        last_read = Instant::now();
-                    }
+                    activity += 1;
                 }
                 Err(e) => {
                     tracing::debug!(%peer, error = %e, "read failed; closing");
@@ -303,18 +313,18 @@ async fn connection<R, W>(
                 break;
             }
             _ = &mut idle, if can_read && !mid_frame && c.inflight.is_empty() => {
-                if finished != finished_seen {
-                    finished_seen = finished;
-                    last_read = last_read.max(Instant::now());
+                let now = Instant::now();
+                if activity != activity_seen {
+                    activity_seen = activity;
+                    quiet_since = now;
                 }
-                let due = last_read + idle_after;
-                if due <= Instant::now() {
+                if now.saturating_duration_since(quiet_since) >= idle_after {
                     tracing::debug!(%peer, timeout = ?idle_after, "idle connection; closing");
                     break;
                 }
-                idle.as_mut().reset(due);
+                idle.get_mut().reset(next_look(now));
             }
-            _ = shutdown.wait(), if reading => reading = false,
+            _ = &mut down, if reading => reading = false,
         }
     }
     if !c.wbuf.is_empty() {
@@ -330,7 +340,12 @@ async fn connection<R, W>(
 async fn write_out<W: AsyncWrite + Unpin>(wr: &mut W, buf: &[u8], stall: std::time::Duration) -> std::io::Result<()> {
     let mut at = 0;
     while at < buf.len() {
-        match tokio::time::timeout(stall, wr.write(&buf[at..])).await {
+        // The socket usually takes it at once: the timer is only set when it does not.
+        let written = match wr.write(&buf[at..]).now_or_never() {
+            Some(written) => Ok(written),
+            None => tokio::time::timeout(stall, wr.write(&buf[at..])).await,
+        };
+        match written {
             Ok(Ok(0)) => return Err(std::io::ErrorKind::WriteZero.into()),
             Ok(Ok(n)) => at += n,
             Ok(Err(e)) => return Err(e),
@@ -343,6 +358,15 @@ async fn write_out<W: AsyncWrite + Unpin>(wr: &mut W, buf: &[u8], stall: std::ti
         }
     }
     Ok(())
+}
+
+/// A small frame's payload, copied into the block of a connection's payloads and taken off
+/// it: one allocation for many requests rather than one each.
+fn copy_payload(block: &mut BytesMut, data: &[u8]) -> Bytes {
+    // Reclaimed in place once the requests before have let go of it, else a new block.
+    block.reserve(data.len());
+    block.extend_from_slice(data);
+    block.split().freeze()
 }
 
 /// An instant no timer reaches.
@@ -410,9 +434,9 @@ impl Conn {
     }
 
     /// Handles one NestJS packet. A small one is read where it lies in the read buffer and its
-    /// payload copied (cheaper than sharing the buffer: no reference count to touch, and a
-    /// request that waits does not hold the buffer); a larger one comes `shared`, taken off
-    /// the buffer, and its payload is a slice of it.
+    /// payload copied into the connection's payload block (a request that waits holds that
+    /// small block, not the read buffer); a larger one comes `shared`, taken off the buffer,
+    /// and its payload is a slice of it.
     fn json_frame(&mut self, body: &[u8], shared: Option<&Bytes>, ascii: bool) -> std::result::Result<(), Close> {
         let text = match ascii {
             // SAFETY: ASCII is UTF-8; the decoder saw every byte.
@@ -437,7 +461,10 @@ impl Conn {
         let id = packet.id.map(str::as_bytes);
         let kind = if id.is_some() { Kind::Request } else { Kind::Event };
         let (address, found) = self.router.find_pattern(packet.pattern_or_undefined());
-        let payload = packet.payload(shared);
+        let payload = match (packet.data, shared) {
+            (Some(data), None) => Payload::Json(copy_payload(&mut self.payloads, data.as_bytes())),
+            _ => packet.payload(shared),
+        };
         let mut req = Request::new(address, payload, Context::new("tcp", kind));
         // Set in place: a context built with its headers and then moved stalls on the move.
         *req.context_mut().headers_mut() = packet.headers();
@@ -607,5 +634,35 @@ impl Conn {
         self.scratch.clear();
         crate::wire::nestjs::packet::encode_reply(&mut self.scratch, id, what);
         encode_frame(&mut self.wbuf, &self.scratch);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payloads_share_a_block_that_is_reused_once_let_go() {
+        let mut block = BytesMut::with_capacity(PAYLOAD_BLOCK);
+        let first = copy_payload(&mut block, b"{\"a\":1}");
+        let second = copy_payload(&mut block, b"[2]");
+        assert_eq!((&first[..], &second[..]), (&b"{\"a\":1}"[..], &b"[2]"[..]));
+        assert_eq!(second.as_ptr(), first[first.len()..].as_ptr(), "not in one block");
+        let start = first.as_ptr();
+        drop((first, second));
+        // Payloads let go of at once, to the end of the block: the next one starts it over.
+        let fill = |block: &mut BytesMut| {
+            while block.capacity() >= 100 {
+                drop(copy_payload(block, &[b'1'; 100]));
+            }
+        };
+        fill(&mut block);
+        let held = copy_payload(&mut block, &[b'2'; 100]);
+        assert_eq!(held.as_ptr(), start, "the block let go of was not reused");
+        // One still held keeps its bytes; the next payloads go to a new block.
+        fill(&mut block);
+        let next = copy_payload(&mut block, &[b'3'; 100]);
+        assert_ne!(next.as_ptr(), start);
+        assert_eq!((&held[..], &next[..]), (&[b'2'; 100][..], &[b'3'; 100][..]));
     }
 }
