@@ -61,16 +61,16 @@ pub struct Measurement {
 }
 
 impl Measurement {
-    /// This measurement and `other` as one (latencies unsorted).
-    fn and(mut self, other: Measurement) -> Measurement {
-        let sum = |a: Option<Duration>, b: Option<Duration>| Some(a? + b?);
-        self.completed += other.completed;
-        self.window += other.window;
-        self.latencies_ns.extend_from_slice(&other.latencies_ns);
-        self.server_cpu = sum(self.server_cpu, other.server_cpu);
-        self.driver_cpu = sum(self.driver_cpu, other.driver_cpu);
-        self.machine_busy = sum(self.machine_busy, other.machine_busy);
-        self
+    /// Nothing measured yet: slices are added to it.
+    fn empty() -> Measurement {
+        Measurement {
+            completed: 0,
+            window: Duration::ZERO,
+            latencies_ns: Vec::new(),
+            server_cpu: Some(Duration::ZERO),
+            driver_cpu: Some(Duration::ZERO),
+            machine_busy: Some(Duration::ZERO),
+        }
     }
 
     pub fn req_per_sec(&self) -> f64 {
@@ -169,51 +169,42 @@ pub fn run(targets: &[Target], load: Load, rotate: usize) -> anyhow::Result<Vec<
             }
             conns.push(these);
         }
+        let mut warm = Measurement::empty();
         for (t, target) in targets.iter().enumerate() {
-            let (back, _) = phase(std::mem::take(&mut conns[t]), target.pid, load.warmup, Duration::ZERO).await?;
-            conns[t] = back;
+            phase(&mut conns[t], target.pid, load.warmup, Duration::ZERO, &mut warm).await?;
         }
         let slices = (load.duration.as_secs_f64() / SLICE.as_secs_f64()).round().max(1.0) as u32;
         let slice = load.duration / slices;
-        let mut totals: Vec<Option<Measurement>> = vec![None; targets.len()];
+        let mut totals: Vec<Measurement> = targets.iter().map(|_| Measurement::empty()).collect();
         for k in 0..slices as usize {
             for j in 0..targets.len() {
                 let t = (j + k + rotate) % targets.len();
-                let (back, m) = phase(std::mem::take(&mut conns[t]), targets[t].pid, SLICE_WARMUP, slice).await?;
-                conns[t] = back;
-                totals[t] = Some(match totals[t].take() {
-                    Some(total) => total.and(m),
-                    None => m,
-                });
+                phase(&mut conns[t], targets[t].pid, SLICE_WARMUP, slice, &mut totals[t]).await?;
             }
         }
-        Ok(totals
-            .into_iter()
-            .map(|m| {
-                let mut m = m.expect("every target had slices");
-                m.latencies_ns.sort_unstable();
-                m
-            })
-            .collect())
+        for m in &mut totals {
+            m.latencies_ns.sort_unstable();
+        }
+        Ok(totals)
     })
 }
 
 /// Drives `conns` (one server's connections) for `warmup`, then measures `window`, then lets
-/// the outstanding requests drain. Returns the connections for the next phase.
+/// the outstanding requests drain; adds what it measured to `total` (latencies unsorted).
 async fn phase(
-    conns: Vec<Conn>,
+    conns: &mut Vec<Conn>,
     server_pid: u32,
     warmup: Duration,
     window: Duration,
-) -> anyhow::Result<(Vec<Conn>, Measurement)> {
+    total: &mut Measurement,
+) -> anyhow::Result<()> {
     let start = Instant::now();
     let times = Times {
         warm_end: start + warmup,
         end: start + warmup + window,
     };
     let mut tasks = JoinSet::new();
-    let count = conns.len();
-    for conn in conns {
+    for conn in conns.drain(..) {
         tasks.spawn(connection(conn, times));
     }
     // CPU accounting over exactly the measured window.
@@ -229,33 +220,21 @@ async fn phase(
             diff(before.2, after.2),
         )
     });
-    let mut back = Vec::with_capacity(count);
-    let mut completed = 0;
-    let mut latencies = Vec::new();
     while let Some(done) = tasks.join_next().await {
-        let (conn, result) = done.context("a driver task panicked")??;
-        completed += result.completed;
-        latencies.extend_from_slice(&result.latencies_ns);
-        back.push(conn);
+        let (mut conn, completed) = done.context("a driver task panicked")??;
+        total.completed += completed;
+        total.latencies_ns.extend_from_slice(&conn.latencies_ns);
+        conn.latencies_ns.clear();
+        conns.push(conn);
     }
-    back.sort_by_key(|c| c.id);
+    conns.sort_by_key(|c| c.id);
     let (server_cpu, driver_cpu, machine_busy) = cpu.await?;
-    Ok((
-        back,
-        Measurement {
-            completed,
-            window,
-            latencies_ns: latencies,
-            server_cpu,
-            driver_cpu,
-            machine_busy,
-        },
-    ))
-}
-
-struct ConnResult {
-    completed: u64,
-    latencies_ns: Vec<u32>,
+    let add = |sum: &mut Option<Duration>, part: Option<Duration>| *sum = sum.zip(part).map(|(s, p)| s + p);
+    total.window += window;
+    add(&mut total.server_cpu, server_cpu);
+    add(&mut total.driver_cpu, driver_cpu);
+    add(&mut total.machine_busy, machine_busy);
+    Ok(())
 }
 
 /// One outstanding request.
@@ -276,6 +255,8 @@ struct Conn {
     rbuf: Vec<u8>,
     wbuf: Vec<u8>,
     reissued: Vec<usize>,
+    /// Latencies of the phase being driven, kept between phases for their capacity.
+    latencies_ns: Vec<u32>,
 }
 
 impl Conn {
@@ -299,18 +280,17 @@ impl Conn {
             rbuf: Vec::with_capacity(64 * 1024),
             wbuf: Vec::with_capacity(16 * 1024),
             reissued: Vec::with_capacity(depth),
+            latencies_ns: Vec::with_capacity(1 << 16),
         }
     }
 }
 
 /// The per-connection closed loop of one phase: fills every slot, replaces each reply by a
 /// new request until `times.end`, then waits for the rest.
-async fn connection(mut c: Conn, times: Times) -> anyhow::Result<(Conn, ConnResult)> {
+/// Returns the connection and the replies received inside the window.
+async fn connection(mut c: Conn, times: Times) -> anyhow::Result<(Conn, u64)> {
     let conn = c.id;
-    let mut result = ConnResult {
-        completed: 0,
-        latencies_ns: Vec::with_capacity(1 << 16),
-    };
+    let mut completed = 0;
     let Conn {
         stream,
         slots,
@@ -318,6 +298,7 @@ async fn connection(mut c: Conn, times: Times) -> anyhow::Result<(Conn, ConnResu
         rbuf,
         wbuf,
         reissued,
+        latencies_ns,
         ..
     } = &mut c;
 
@@ -357,10 +338,10 @@ async fn connection(mut c: Conn, times: Times) -> anyhow::Result<(Conn, ConnResu
             let i = check_reply(conn, body, slots)?;
             outstanding -= 1;
             if in_window {
-                result.completed += 1;
+                completed += 1;
                 if slots[i].sent >= times.warm_end {
                     let ns = now.duration_since(slots[i].sent).as_nanos();
-                    result.latencies_ns.push(u32::try_from(ns).unwrap_or(u32::MAX));
+                    latencies_ns.push(u32::try_from(ns).unwrap_or(u32::MAX));
                 }
             }
             if !stopping {
@@ -385,7 +366,7 @@ async fn connection(mut c: Conn, times: Times) -> anyhow::Result<(Conn, ConnResu
         "connection {conn}: {} bytes after the last reply",
         rbuf.len()
     );
-    Ok((c, result))
+    Ok((c, completed))
 }
 
 /// Writes requests: unique ids, varying operands.

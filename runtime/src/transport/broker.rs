@@ -218,7 +218,7 @@ pub(crate) fn read(body: &Bytes, address: Address, transport: &'static str, head
                     headers
                 }
             };
-            let payload = p.payload(Some(body));
+            let payload = p.payload(body);
             let ctx = Context::new(transport, kind).with_headers(headers);
             Inbound::Packet {
                 request: Request::new(address, payload, ctx),

@@ -273,7 +273,7 @@ impl Delivery for Message {
             }
         };
         // RabbitMQ routes by the packet's pattern: one queue carries every route.
-        let (address, payload) = (packet.address(&body), packet.payload(Some(&body)));
+        let (address, payload) = (packet.address(&body), packet.payload(&body));
         let id = packet.id.map(|id| body.slice(Packet::range_in(&body, id)));
         let kind = if id.is_some() { Kind::Request } else { Kind::Event };
         let ctx = Context::new("amqp", kind).with_headers(headers(&properties, &packet).into());

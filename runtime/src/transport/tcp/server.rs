@@ -461,9 +461,10 @@ impl Conn {
         let id = packet.id.map(str::as_bytes);
         let kind = if id.is_some() { Kind::Request } else { Kind::Event };
         let (address, found) = self.router.find_pattern(packet.pattern_or_undefined());
-        let payload = match (packet.data, shared) {
-            (Some(data), None) => Payload::Json(copy_payload(&mut self.payloads, data.as_bytes())),
-            _ => packet.payload(shared),
+        let payload = match (shared, packet.data) {
+            (Some(frame), _) => packet.payload(frame),
+            (None, Some(data)) => Payload::Json(copy_payload(&mut self.payloads, data.as_bytes())),
+            (None, None) => Payload::null(),
         };
         let mut req = Request::new(address, payload, Context::new("tcp", kind));
         // Set in place: a context built with its headers and then moved stalls on the move.

@@ -398,13 +398,11 @@ impl<'a> Packet<'a> {
         }
     }
 
-    /// The packet's `data`, `null` when absent: sliced from the `shared` frame it was read
-    /// from, copied when there is none (a small frame read in place).
-    pub fn payload(&self, shared: Option<&bytes::Bytes>) -> crate::service::Payload {
-        match (self.data, shared) {
-            (None, _) => crate::service::Payload::null(),
-            (Some(d), Some(frame)) => crate::service::Payload::Json(frame.slice_ref(d.as_bytes())),
-            (Some(d), None) => crate::service::Payload::Json(bytes::Bytes::copy_from_slice(d.as_bytes())),
+    /// The packet's `data`, `null` when absent, sliced from the `frame` it was read from.
+    pub fn payload(&self, frame: &bytes::Bytes) -> crate::service::Payload {
+        match self.data {
+            None => crate::service::Payload::null(),
+            Some(d) => crate::service::Payload::Json(frame.slice_ref(d.as_bytes())),
         }
     }
 
