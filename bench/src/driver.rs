@@ -130,11 +130,11 @@ pub struct Target {
 /// that a slower spell of the machine (a neighbour on the host, a frequency change) falls on
 /// all of them alike: on a shared 2-vCPU machine a fixed loop was seen to take 22 to 36 ms
 /// from one try to the next, in spells of a few hundred milliseconds.
-const SLICE: Duration = Duration::from_millis(100);
+pub(crate) const SLICE: Duration = Duration::from_millis(100);
 
 /// Load applied at the start of each slice before it counts: the server was idle while the
 /// others had their turn, and its caches hold their data.
-const SLICE_WARMUP: Duration = Duration::from_millis(20);
+pub(crate) const SLICE_WARMUP: Duration = Duration::from_millis(20);
 
 /// Applies `load` to each target in turn, on a single-threaded runtime of its own, and
 /// returns one measurement per target, in order.

@@ -21,7 +21,9 @@ use tokio::task::JoinSet;
 use super::{Broker, Caller, Pending};
 
 const AUTHORITY: &str = "guest:guest@127.0.0.1:5672";
+/// Switchboard's queue, and the bare side's: both sides are up at once.
 const QUEUE: &str = "switchboard_bench";
+const BARE_QUEUE: &str = "switchboard_bench_bare";
 const REPLY_TO: &str = "amq.rabbitmq.reply-to";
 const PREFETCH: u16 = 256;
 
@@ -49,7 +51,7 @@ async fn declare(channel: &Channel) -> anyhow::Result<()> {
         ..Default::default()
     };
     channel
-        .queue_declare(QUEUE.into(), durable, FieldTable::default())
+        .queue_declare(BARE_QUEUE.into(), durable, FieldTable::default())
         .await?;
     Ok(())
 }
@@ -75,7 +77,7 @@ impl Broker for Amqp {
         replies.confirm_select(ConfirmSelectOptions::default()).await?;
         let mut requests = channel
             .basic_consume(
-                QUEUE.into(),
+                BARE_QUEUE.into(),
                 "".into(),
                 BasicConsumeOptions::default(),
                 FieldTable::default(),
@@ -156,7 +158,13 @@ impl Caller for Bare {
                     .with_reply_to(REPLY_TO.into());
                 // Sent (not waiting for the broker's confirm; the reply is what counts).
                 self.channel
-                    .basic_publish("".into(), QUEUE.into(), BasicPublishOptions::default(), &body, props)
+                    .basic_publish(
+                        "".into(),
+                        BARE_QUEUE.into(),
+                        BasicPublishOptions::default(),
+                        &body,
+                        props,
+                    )
                     .await?;
                 Ok(())
             })

@@ -30,7 +30,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use switchboard::transport::kafka::KafkaMock;
 use tokio::task::JoinSet;
 
-use super::{Broker, Caller, Pending, ROUTE};
+use super::{BARE_ROUTE, Broker, Caller, Pending, ROUTE};
 
 const CORRELATION_ID: &str = "kafka_correlationId";
 const REPLY_TOPIC: &str = "kafka_replyTopic";
@@ -81,8 +81,10 @@ impl Kafka {
     /// On a running broker: the topics, which it may not create by itself.
     async fn create_topics(bootstrap: &str) -> anyhow::Result<()> {
         let admin: AdminClient<DefaultClientContext> = config(bootstrap).create()?;
-        let reply = format!("{ROUTE}.reply");
-        let topics = [ROUTE, reply.as_str()].map(|t| NewTopic::new(t, 1, TopicReplication::Fixed(1)));
+        let names = topics();
+        let topics = names
+            .each_ref()
+            .map(|t| NewTopic::new(t, 1, TopicReplication::Fixed(1)));
         let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
         for result in admin.create_topics(&topics, &opts).await? {
             match result {
@@ -92,6 +94,12 @@ impl Kafka {
         }
         Ok(())
     }
+}
+
+/// Both sides' request and reply topics.
+fn topics() -> [String; 4] {
+    let reply = |route: &str| format!("{route}.reply");
+    [ROUTE.to_owned(), reply(ROUTE), BARE_ROUTE.to_owned(), reply(BARE_ROUTE)]
 }
 
 #[derive(Clone)]
@@ -133,8 +141,9 @@ impl Broker for Kafka {
             });
         }
         let mock = KafkaMock::start()?;
-        mock.create_topic(ROUTE, 1)?;
-        mock.create_topic(&format!("{ROUTE}.reply"), 1)?;
+        for topic in topics() {
+            mock.create_topic(&topic, 1)?;
+        }
         Ok(Kafka {
             bootstrap: mock.bootstrap().to_owned(),
             external: None,
@@ -152,7 +161,7 @@ impl Broker for Kafka {
     }
 
     async fn bare(&self, tasks: &mut JoinSet<()>) -> anyhow::Result<Bare> {
-        let reply_topic = format!("{ROUTE}.reply");
+        let reply_topic = format!("{BARE_ROUTE}.reply");
 
         // Responder: a consumer group on the route's topic, a producer for the replies.
         let requests: StreamConsumer = config(&self.bootstrap)
@@ -165,7 +174,7 @@ impl Broker for Kafka {
             .set("session.timeout.ms", "6000")
             .set("fetch.wait.max.ms", FETCH_WAIT_MS)
             .create()?;
-        requests.subscribe(&[ROUTE])?;
+        requests.subscribe(&[BARE_ROUTE])?;
         let replies = producer(&self.bootstrap)?;
         tasks.spawn(async move {
             loop {
@@ -268,7 +277,7 @@ impl Caller for Bare {
                         key: REPLY_PARTITION,
                         value: Some("0"),
                     });
-                let record = FutureRecord::<(), _>::to(ROUTE).payload(&value).headers(headers);
+                let record = FutureRecord::<(), _>::to(BARE_ROUTE).payload(&value).headers(headers);
                 // Queued; the delivery report is not awaited (the reply is what counts).
                 let _delivery = self
                     .producer

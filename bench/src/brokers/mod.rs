@@ -1,7 +1,7 @@
 //! `--broker redis,nats,mqtt,amqp,kafka`: each broker transport against its bare client crate
 //! doing the same NestJS request/reply by hand, in the same run.
 //!
-//! For every broker, in-flight level and run, two measurements, alternating which goes first:
+//! For every broker, in-flight level and run, both sides are measured in turns:
 //! - **bare**: the broker's client crate by hand (one file per broker in this directory): a
 //!   responder subscribed to the request channel/subject/topic/queue parses NestJS's
 //!   `{"pattern","data","id"}` and publishes `{"response":…,"isDisposed":true,"id":…}` to the
@@ -12,9 +12,11 @@
 //!
 //! Both run in this one process on one multi-threaded tokio runtime (the broker is its own
 //! process; Kafka's is librdkafka's mock cluster, in this process too), under the same closed
-//! loop ([`drive`]): N tasks, each keeping one call in flight, every reply checked against
-//! `a + b`. Each measurement sets its side up from scratch, waits for one answered call, then
-//! warms up, measures, and tears everything down.
+//! loop ([`phase`]): N tasks, each keeping one call in flight, every reply checked against
+//! `a + b`. Each run sets both sides up at once on their own routes, waits for one answered
+//! call on each, warms each up, then cuts the measured time into slices of about a tenth of a
+//! second that the sides take in turn, as the TCP rows do ([`measure`]); then it tears
+//! everything down. A ratio is the median of the runs' ratios.
 
 // Built without any broker feature, only the shared part is here, with nothing to drive it.
 #![cfg_attr(
@@ -42,7 +44,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinSet;
 
 use crate::Failure;
-use crate::driver::{cpu_time, machine_busy, nearest_rank};
+use crate::driver::{SLICE, SLICE_WARMUP, cpu_time, machine_busy, nearest_rank};
 use crate::frame::put_int;
 
 #[cfg(feature = "amqp")]
@@ -63,10 +65,15 @@ const LATENCY_TARGET: f64 = 1.15;
 /// Deadline of one call, on both sides.
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The pattern both sides serve, as NestJS writes it, and its route (channel, subject, topic).
-/// Its own name, so that tests running against the same brokers never see our traffic.
+/// The pattern Switchboard's side serves, as NestJS writes it, and its route (channel,
+/// subject, topic). Its own name, so that tests running against the same brokers never see our
+/// traffic.
 pub const PATTERN: &str = r#"{"cmd":"bench_add"}"#;
 pub const ROUTE: &str = PATTERN;
+/// The bare side's: another route, so that both sides can be up on one broker at once, of the
+/// same length, so that both sides' packets are the same size.
+pub const BARE_PATTERN: &str = r#"{"cmd":"bench_raw"}"#;
+pub const BARE_ROUTE: &str = BARE_PATTERN;
 
 #[derive(Serialize, Deserialize)]
 pub struct AddRequest {
@@ -173,11 +180,11 @@ impl std::fmt::Display for Id {
     }
 }
 
-/// `{"pattern":{"cmd":"bench_add"},"data":{"a":…,"b":…},"id":"…"}`.
+/// `{"pattern":{"cmd":"bench_raw"},"data":{"a":…,"b":…},"id":"…"}`.
 pub fn request_packet(id: &str, a: i64, b: i64) -> Vec<u8> {
     let mut out = Vec::with_capacity(96);
     out.extend_from_slice(br#"{"pattern":"#);
-    out.extend_from_slice(PATTERN.as_bytes());
+    out.extend_from_slice(BARE_PATTERN.as_bytes());
     out.extend_from_slice(br#","data":{"a":"#);
     put_int(&mut out, a);
     out.extend_from_slice(br#","b":"#);
@@ -201,7 +208,7 @@ struct RequestPacket<'a> {
 /// the id when `with_id` is false (RabbitMQ's replies); `None` for anything else.
 pub fn answer(body: &[u8], with_id: bool) -> Option<(&str, Vec<u8>)> {
     let req: RequestPacket<'_> = serde_json::from_slice(body).ok()?;
-    if req.pattern.get() != PATTERN {
+    if req.pattern.get() != BARE_PATTERN {
         return None;
     }
     let id = req.id?;
@@ -370,20 +377,31 @@ pub struct Load {
     pub seed: u64,
 }
 
-/// One measurement.
+/// One side's measurement.
 #[derive(Debug, Clone)]
 pub struct Sample {
     pub completed: u64,
     pub window: Duration,
-    /// Sorted, ns, of the calls started and answered inside the window.
+    /// Sorted, ns, of the calls started and answered inside the window's slices.
     pub latencies_ns: Vec<u64>,
-    /// CPU this process (both ends of the side measured) used in the window.
+    /// CPU this process (both ends of the side measured; the other side is idle) used in the
+    /// window.
     pub process_cpu: Option<Duration>,
     /// CPU the whole machine used in the window.
     pub machine_busy: Option<Duration>,
 }
 
 impl Sample {
+    fn empty() -> Sample {
+        Sample {
+            completed: 0,
+            window: Duration::ZERO,
+            latencies_ns: Vec::new(),
+            process_cpu: Some(Duration::ZERO),
+            machine_busy: Some(Duration::ZERO),
+        }
+    }
+
     pub fn req_per_sec(&self) -> f64 {
         self.completed as f64 / self.window.as_secs_f64()
     }
@@ -403,23 +421,35 @@ impl Sample {
     }
 }
 
-/// `load.in_flight` tasks, each calling in a loop; every result checked.
-async fn drive<C: Caller>(caller: C, load: Load) -> anyhow::Result<Sample> {
-    // The side is ready once one call went through (subscriptions made, consumer groups
-    // joined); a call lost while they settle is retried.
+/// Waits until `caller` is answered once (subscriptions made, consumer groups joined); a call
+/// lost while they settle is retried.
+async fn first_call<C: Caller>(caller: &C) -> anyhow::Result<()> {
     let mut attempts = 0;
     loop {
         attempts += 1;
         match caller.call(20, 22).await {
-            Ok(42) => break,
+            Ok(42) => return Ok(()),
             Ok(other) => bail!("first call: wrong result {other}, expected 42"),
             Err(e) if attempts < 3 => eprintln!("(first call failed, retrying: {e:#})"),
             Err(e) => return Err(e.context("the first call failed three times")),
         }
     }
+}
+
+/// `load.in_flight` tasks, each calling in a loop for `warmup`, then for `window`, every
+/// result checked; adds what the window measured to `total` (latencies unsorted). `phase`
+/// numbers the call, so that each gets its own operands.
+async fn phase<C: Caller>(
+    caller: &C,
+    load: Load,
+    phase: u64,
+    warmup: Duration,
+    window: Duration,
+    total: &mut Sample,
+) -> anyhow::Result<()> {
     let start = Instant::now();
-    let warm_end = start + load.warmup;
-    let end = warm_end + load.duration;
+    let warm_end = start + warmup;
+    let end = warm_end + window;
     let cpu = tokio::spawn(async move {
         tokio::time::sleep_until(warm_end.into()).await;
         let before = (cpu_time(std::process::id()), machine_busy());
@@ -431,9 +461,10 @@ async fn drive<C: Caller>(caller: C, load: Load) -> anyhow::Result<Sample> {
     let mut tasks = JoinSet::new();
     for task in 0..load.in_flight {
         let caller = caller.clone();
-        let mut rng = (load.seed ^ (task as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15)) | 1;
+        let stream = (phase << 32) + task as u64 + 1;
+        let mut rng = (load.seed ^ stream.wrapping_mul(0x9E37_79B9_7F4A_7C15)) | 1;
         tasks.spawn(async move {
-            let (mut completed, mut latencies) = (0u64, Vec::with_capacity(1 << 14));
+            let (mut completed, mut latencies) = (0u64, Vec::new());
             loop {
                 let (a, b) = (operand(&mut rng), operand(&mut rng));
                 let sent = Instant::now();
@@ -452,21 +483,17 @@ async fn drive<C: Caller>(caller: C, load: Load) -> anyhow::Result<Sample> {
             }
         });
     }
-    let (mut completed, mut latencies_ns) = (0, Vec::new());
     while let Some(done) = tasks.join_next().await {
-        let (n, lat) = done.context("a caller task panicked")??;
-        completed += n;
-        latencies_ns.extend(lat);
+        let (n, latencies) = done.context("a caller task panicked")??;
+        total.completed += n;
+        total.latencies_ns.extend(latencies);
     }
     let (process_cpu, machine_busy) = cpu.await?;
-    latencies_ns.sort_unstable();
-    Ok(Sample {
-        completed,
-        window: load.duration,
-        latencies_ns,
-        process_cpu,
-        machine_busy,
-    })
+    let add = |sum: &mut Option<Duration>, part: Option<Duration>| *sum = sum.zip(part).map(|(s, p)| s + p);
+    total.window += window;
+    add(&mut total.process_cpu, process_cpu);
+    add(&mut total.machine_busy, machine_busy);
+    Ok(())
 }
 
 /// A value in ±10^9 with a varying number of digits (xorshift64*).
@@ -495,19 +522,22 @@ impl Side {
     }
 }
 
-/// One measurement of one side on broker `B`, set up from scratch and torn down after.
-/// Errors: [`Failure::WrongReply`] for a wrong or missing reply, else [`Failure::Setup`].
-async fn measure<B: Broker>(side: Side, load: Load) -> Result<(Sample, u64), Failure> {
+/// Both sides (or `only` one) on broker `B`: set up at once, each answered once and warmed up
+/// once, then measured in turns. `load.duration` is cut into slices of about [`SLICE`], which
+/// the sides take in turn, the first rotating each slice (and by `rotate`), so that a slower
+/// spell of the machine falls on both alike. A side's sample sums its slices. Everything is
+/// torn down after. Errors: [`Failure::WrongReply`] for a wrong or missing reply, else
+/// [`Failure::Setup`].
+async fn measure<B: Broker>(load: Load, only: Option<Side>, rotate: usize) -> Result<Measured, Failure> {
     let broker = B::start().await?;
-    match side {
-        Side::Bare => {
-            let mut tasks = JoinSet::new();
-            let caller = broker.bare(&mut tasks).await?;
-            let sample = drive(caller.clone(), load).await;
-            tasks.shutdown().await;
-            Ok((sample.map_err(Failure::WrongReply)?, caller.strays()))
-        }
-        Side::Switchboard => {
+    let mut tasks = JoinSet::new();
+    let bare = match only {
+        Some(Side::Switchboard) => None,
+        _ => Some(broker.bare(&mut tasks).await.context("start the bare side")?),
+    };
+    let switchboard = match only {
+        Some(Side::Bare) => None,
+        _ => {
             let url = broker.url();
             let server = Microservice::new()
                 .handler(BENCH_ADD)
@@ -520,14 +550,69 @@ async fn measure<B: Broker>(side: Side, load: Load) -> Result<(Sample, u64), Fai
                 .connect()
                 .await
                 .with_context(|| format!("connect the client to {url}"))?;
-            let sample = drive(SwitchboardCaller(client.clone()), load).await;
-            client.close().await;
-            let stopped = server.shutdown().await;
-            let sample = sample.map_err(Failure::WrongReply)?;
-            stopped.context("shut the server down")?;
-            Ok((sample, 0))
+            Some((server, SwitchboardCaller(client)))
+        }
+    };
+    let outcome = turns(bare.as_ref(), switchboard.as_ref().map(|(_, c)| c), load, rotate).await;
+    let strays = bare.as_ref().map_or(0, Caller::strays);
+    tasks.shutdown().await;
+    if let Some((server, client)) = switchboard {
+        client.0.close().await;
+        server.shutdown().await.context("shut the server down")?;
+    }
+    let [bare, switchboard] = outcome.map_err(Failure::WrongReply)?;
+    Ok(Measured {
+        bare,
+        switchboard,
+        strays,
+    })
+}
+
+/// What [`measure`] got: a sample per side measured, and the bare requester's stray replies.
+struct Measured {
+    bare: Option<Sample>,
+    switchboard: Option<Sample>,
+    strays: u64,
+}
+
+/// [`measure`]'s turns, over the sides that are up.
+async fn turns<C: Caller>(
+    bare: Option<&C>,
+    switchboard: Option<&SwitchboardCaller>,
+    load: Load,
+    rotate: usize,
+) -> anyhow::Result<[Option<Sample>; 2]> {
+    if let Some(c) = bare {
+        first_call(c).await.context("the bare side")?;
+    }
+    if let Some(c) = switchboard {
+        first_call(c).await.context("the switchboard side")?;
+    }
+    let mut warm = Sample::empty();
+    let mut totals = [bare.map(|_| Sample::empty()), switchboard.map(|_| Sample::empty())];
+    let slices = (load.duration.as_secs_f64() / SLICE.as_secs_f64()).round().max(1.0) as u32;
+    let slice = load.duration / slices;
+    // Phase 0 and 1 warm up; then every slice of every side is a phase of its own.
+    for k in 0..=slices as usize {
+        for j in 0..2 {
+            let side = (j + k + rotate) % 2;
+            let (warmup, window, total) = match (k, &mut totals[side]) {
+                (_, None) => continue,
+                (0, Some(_)) => (load.warmup, Duration::ZERO, &mut warm),
+                (_, Some(total)) => (SLICE_WARMUP, slice, total),
+            };
+            let n = (k * 2 + j) as u64;
+            match side {
+                0 => phase(bare.expect("up"), load, n, warmup, window, total).await,
+                _ => phase(switchboard.expect("up"), load, n, warmup, window, total).await,
+            }
+            .with_context(|| format!("the {} side", [Side::Bare, Side::Switchboard][side].label()))?;
         }
     }
+    for sample in totals.iter_mut().flatten() {
+        sample.latencies_ns.sort_unstable();
+    }
+    Ok(totals)
 }
 
 fn label_strays(strays: u64) -> String {
@@ -554,20 +639,20 @@ pub const COMPILED: &[&str] = &[
     "kafka",
 ];
 
-async fn measure_named(name: &str, side: Side, load: Load) -> Result<(Sample, u64), Failure> {
+async fn measure_named(name: &str, load: Load, only: Option<Side>, rotate: usize) -> Result<Measured, Failure> {
     match name {
         #[cfg(feature = "redis")]
-        "redis" => measure::<redis::Redis>(side, load).await,
+        "redis" => measure::<redis::Redis>(load, only, rotate).await,
         #[cfg(feature = "nats")]
-        "nats" => measure::<nats::Nats>(side, load).await,
+        "nats" => measure::<nats::Nats>(load, only, rotate).await,
         #[cfg(feature = "mqtt")]
-        "mqtt" => measure::<mqtt::Mqtt>(side, load).await,
+        "mqtt" => measure::<mqtt::Mqtt>(load, only, rotate).await,
         #[cfg(feature = "amqp")]
-        "amqp" => measure::<amqp::Amqp>(side, load).await,
+        "amqp" => measure::<amqp::Amqp>(load, only, rotate).await,
         #[cfg(feature = "kafka")]
-        "kafka" => measure::<kafka::Kafka>(side, load).await,
+        "kafka" => measure::<kafka::Kafka>(load, only, rotate).await,
         _ => {
-            let _ = (side, load);
+            let _ = (load, only, rotate);
             Err(anyhow!("unknown broker {name:?}").into())
         }
     }
@@ -614,57 +699,49 @@ pub fn run(plan: &Plan) -> Result<(), Failure> {
          kernel); the broker is its own process (Kafka: librdkafka's mock cluster, in this process)",
         std::thread::available_parallelism().map_or(1, |n| n.get()),
     );
-    let sides = [Side::Bare, Side::Switchboard];
-    // results[broker][in_flight][side]
+    // results[broker][in_flight][side]: a sample per run, both sides measured in the same runs.
     let mut results = vec![vec![vec![Vec::<Sample>::new(); 2]; plan.in_flight.len()]; plan.brokers.len()];
     for run in 0..plan.runs {
         for (bi, broker) in plan.brokers.iter().enumerate() {
             for (li, &in_flight) in plan.in_flight.iter().enumerate() {
-                let mut order = [0, 1];
-                if (run + bi + li) % 2 == 1 {
-                    order.reverse();
-                }
-                for si in order {
-                    if plan.only.is_some_and(|only| only != sides[si]) {
-                        continue;
-                    }
-                    crate::wait_for_quiet(plan.quiet_wait);
-                    let load = Load {
-                        in_flight,
-                        warmup: plan.warmup,
-                        duration: plan.duration,
-                        seed: 0x5EED ^ ((run as u64) << 32) ^ ((li as u64) << 16) ^ bi as u64,
-                    };
-                    let what = || {
-                        format!(
-                            "{broker}, {} side, {in_flight} in flight, run {}",
-                            sides[si].label(),
-                            run + 1
-                        )
-                    };
-                    let (s, strays) = rt
-                        .block_on(measure_named(broker, sides[si], load))
-                        .map_err(|f| match f {
-                            Failure::WrongReply(e) => Failure::WrongReply(e.context(what())),
-                            Failure::Setup(e) => Failure::Setup(e.context(what())),
-                        })?;
+                crate::wait_for_quiet(plan.quiet_wait);
+                let load = Load {
+                    in_flight,
+                    warmup: plan.warmup,
+                    duration: plan.duration,
+                    seed: 0x5EED ^ ((run as u64) << 40) ^ ((li as u64) << 24) ^ ((bi as u64) << 20),
+                };
+                let what = || format!("{broker}, {in_flight} in flight, run {}", run + 1);
+                let measured = rt
+                    .block_on(measure_named(broker, load, plan.only, run + bi + li))
+                    .map_err(|f| match f {
+                        Failure::WrongReply(e) => Failure::WrongReply(e.context(what())),
+                        Failure::Setup(e) => Failure::Setup(e.context(what())),
+                    })?;
+                let sides = [(Side::Bare, measured.bare), (Side::Switchboard, measured.switchboard)];
+                for (si, (side, sample)) in sides.into_iter().enumerate() {
+                    let Some(s) = sample else { continue };
                     eprintln!(
                         "run {}/{} {:<6} x{:<4} {:<12} {:>9.0} req/s  p50 {:>8.1} us  p99 {:>8.1} us  process {} other {} cores{}",
                         run + 1,
                         plan.runs,
                         broker,
                         in_flight,
-                        sides[si].label(),
+                        side.label(),
                         s.req_per_sec(),
                         s.quantile_us(0.5),
                         s.quantile_us(0.99),
                         crate::fmt_opt(s.process_cores(), 2),
                         crate::fmt_opt(s.other_cores(), 2),
-                        label_strays(strays),
+                        if side == Side::Bare {
+                            label_strays(measured.strays)
+                        } else {
+                            String::new()
+                        },
                     );
                     results[bi][li][si].push(s);
-                    std::thread::sleep(Duration::from_millis(300));
                 }
+                std::thread::sleep(Duration::from_millis(300));
             }
         }
     }
@@ -689,32 +766,27 @@ fn report(plan: &Plan, results: &[Vec<Vec<Vec<Sample>>>]) {
     let mut verdicts = Vec::new();
     for (bi, broker) in plan.brokers.iter().enumerate() {
         for (li, in_flight) in plan.in_flight.iter().enumerate() {
-            let mut sums = Vec::new();
             for (si, side) in [Side::Bare, Side::Switchboard].iter().enumerate() {
                 let runs = &results[bi][li][si];
-                let (rps, p50, p99) = (
-                    median(runs.iter().map(Sample::req_per_sec)),
-                    median(runs.iter().map(|s| s.quantile_us(0.5))),
-                    median(runs.iter().map(|s| s.quantile_us(0.99))),
-                );
                 println!(
                     "{:<7} {:>9} {:<12} {:>10.0} {:>10.1} {:>10.1} {:>10} {:>10}",
                     broker,
                     in_flight,
                     side.label(),
-                    rps,
-                    p50,
-                    p99,
+                    median(runs.iter().map(Sample::req_per_sec)),
+                    median(runs.iter().map(|s| s.quantile_us(0.5))),
+                    median(runs.iter().map(|s| s.quantile_us(0.99))),
                     crate::fmt_opt(median_opt(runs.iter().map(Sample::process_cores)), 2),
                     crate::fmt_opt(median_opt(runs.iter().map(Sample::other_cores)), 2),
                 );
-                sums.push((rps, p50, p99));
             }
             if plan.only.is_some() {
                 continue;
             }
-            let (b, s) = (sums[0], sums[1]);
-            let (rps, p50) = (s.0 / b.0, s.1 / b.1);
+            // Each run measured both sides in turns: a ratio is the median of the runs' ratios.
+            let (bare, sb) = (&results[bi][li][0], &results[bi][li][1]);
+            let ratio = |f: fn(&Sample) -> f64| median(bare.iter().zip(sb).map(|(b, s)| f(s) / f(b)));
+            let (rps, p50) = (ratio(Sample::req_per_sec), ratio(|s| s.quantile_us(0.5)));
             println!(
                 "{:<7} {:>9} {:<12} {:>10.2} {:>10.2} {:>10.2}",
                 broker,
@@ -722,7 +794,7 @@ fn report(plan: &Plan, results: &[Vec<Vec<Vec<Sample>>>]) {
                 "ratio",
                 rps,
                 p50,
-                s.2 / b.2
+                ratio(|s| s.quantile_us(0.99))
             );
             let met = |ok: bool| if ok { "MET" } else { "NOT MET" };
             verdicts.push(format!(
@@ -735,9 +807,9 @@ fn report(plan: &Plan, results: &[Vec<Vec<Vec<Sample>>>]) {
     }
     println!();
     println!(
-        "medians of {} run(s). ratio = switchboard / bare (req/s: higher is better; latency: lower is better). \
-         proc-cores: CPU of this process (both ends of the side measured); oth-cores: everything else, \
-         mostly the broker.",
+        "medians of {} run(s), each measuring both sides in turns. ratio = median of the runs' switchboard / bare \
+         (req/s: higher is better; latency: lower is better). proc-cores: CPU of this process (both ends of \
+         the side measured); oth-cores: everything else, mostly the broker.",
         plan.runs
     );
     for v in verdicts {
@@ -752,6 +824,59 @@ fn report(plan: &Plan, results: &[Vec<Vec<Vec<Sample>>>]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A bare side in this process: adds, or, when `off_by` is not 0, answers wrongly.
+    #[derive(Clone)]
+    struct Adder {
+        off_by: i64,
+    }
+
+    impl Caller for Adder {
+        async fn call(&self, a: i64, b: i64) -> anyhow::Result<i64> {
+            tokio::task::yield_now().await;
+            Ok(a + b + self.off_by)
+        }
+    }
+
+    #[test]
+    fn sides_take_turns_and_each_gets_its_whole_window() {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(async {
+            let url = "mem://bench-brokers-turns";
+            let server = Microservice::new()
+                .handler(BENCH_ADD)
+                .listen(url)
+                .start()
+                .await
+                .unwrap();
+            let client = SwitchboardCaller(Client::builder(url).connect().await.unwrap());
+            let load = Load {
+                in_flight: 4,
+                warmup: Duration::from_millis(30),
+                duration: SLICE * 3,
+                seed: 1,
+            };
+            let [bare, sb] = turns(Some(&Adder { off_by: 0 }), Some(&client), load, 1).await.unwrap();
+            for sample in [bare.unwrap(), sb.unwrap()] {
+                assert_eq!(sample.window, SLICE * 3, "three slices each");
+                assert!(sample.completed > 0 && !sample.latencies_ns.is_empty());
+                assert!(sample.latencies_ns.is_sorted());
+            }
+
+            // One side only: the other is neither measured nor called.
+            let [bare, sb] = turns(None::<&Adder>, Some(&client), load, 0).await.unwrap();
+            assert!(bare.is_none());
+            assert_eq!(sb.unwrap().window, SLICE * 3);
+
+            // A wrong result fails the measurement and names the side.
+            let err = turns(Some(&Adder { off_by: 1 }), None, load, 0).await.unwrap_err();
+            let text = format!("{err:#}");
+            assert!(text.contains("bare side") && text.contains("wrong result"), "{text}");
+
+            client.0.close().await;
+            server.shutdown().await.unwrap();
+        });
+    }
 
     #[test]
     fn bare_packets_round_trip() {

@@ -10,7 +10,7 @@ use anyhow::{Context as _, bail};
 use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS};
 use tokio::task::JoinSet;
 
-use super::{Broker, Caller, Pending, ROUTE};
+use super::{BARE_ROUTE, Broker, Caller, Pending};
 
 const HOST: &str = "127.0.0.1";
 const PORT: u16 = 1883;
@@ -67,11 +67,11 @@ impl Broker for Mqtt {
     }
 
     async fn bare(&self, tasks: &mut JoinSet<()>) -> anyhow::Result<Bare> {
-        let reply_topic = format!("{ROUTE}/reply");
+        let reply_topic = format!("{BARE_ROUTE}/reply");
 
         // Responder: each request answered in its own task (the event loop must keep polling
         // while replies queue up: the client's queue drains only through it).
-        let (server, mut events) = subscribed("responder", ROUTE).await?;
+        let (server, mut events) = subscribed("responder", BARE_ROUTE).await?;
         let reply_topic: Arc<str> = reply_topic.into();
         tasks.spawn(async move {
             loop {
@@ -97,7 +97,7 @@ impl Broker for Mqtt {
         });
 
         // Requester.
-        let (client, mut events) = subscribed("requester", &format!("{ROUTE}/reply")).await?;
+        let (client, mut events) = subscribed("requester", &format!("{BARE_ROUTE}/reply")).await?;
         let pending = Arc::new(Pending::default());
         let p = pending.clone();
         tasks.spawn(async move {
@@ -121,7 +121,7 @@ impl Caller for Bare {
         self.pending
             .call(|id| async move {
                 let body = super::request_packet(&id, a, b);
-                self.client.publish(ROUTE, QoS::AtMostOnce, false, body).await?;
+                self.client.publish(BARE_ROUTE, QoS::AtMostOnce, false, body).await?;
                 Ok(())
             })
             .await

@@ -9,7 +9,7 @@ use anyhow::Context as _;
 use futures_util::StreamExt as _;
 use tokio::task::JoinSet;
 
-use super::{Broker, Caller, Pending, ROUTE};
+use super::{BARE_ROUTE, Broker, Caller, Pending};
 
 const ADDR: &str = "127.0.0.1:4222";
 
@@ -37,7 +37,7 @@ impl Broker for Nats {
         // Responder: its own connection, as a separate service would have; each request
         // answered in its own task, as a server does (a slow handler must not hold up the rest).
         let server = async_nats::connect(ADDR).await.context("connect to NATS")?;
-        let mut requests = server.subscribe(ROUTE).await?;
+        let mut requests = server.subscribe(BARE_ROUTE).await?;
         server.flush().await?;
         tasks.spawn(async move {
             while let Some(msg) = requests.next().await {
@@ -75,7 +75,7 @@ impl Caller for Bare {
             .call(|id| async move {
                 let body = super::request_packet(&id, a, b);
                 self.client
-                    .publish_with_reply(ROUTE, format!("{}.{id}", self.inbox), body.into())
+                    .publish_with_reply(BARE_ROUTE, format!("{}.{id}", self.inbox), body.into())
                     .await?;
                 Ok(())
             })

@@ -9,7 +9,7 @@ use futures_util::StreamExt as _;
 use redis::aio::MultiplexedConnection;
 use tokio::task::JoinSet;
 
-use super::{Broker, Caller, Pending, ROUTE};
+use super::{BARE_ROUTE, Broker, Caller, Pending};
 
 const ADDR: &str = "redis://127.0.0.1:6379";
 
@@ -42,11 +42,11 @@ impl Broker for Redis {
 
     async fn bare(&self, tasks: &mut JoinSet<()>) -> anyhow::Result<Bare> {
         let client = redis::Client::open(ADDR)?;
-        let reply_channel = format!("{ROUTE}.reply");
+        let reply_channel = format!("{BARE_ROUTE}.reply");
 
         // Responder: subscribed to the route; each request answered in its own task.
         let mut requests = client.get_async_pubsub().await.context("connect to Redis")?;
-        requests.subscribe(ROUTE).await?;
+        requests.subscribe(BARE_ROUTE).await?;
         let responder = client.get_multiplexed_async_connection().await?;
         let to = reply_channel.clone();
         tasks.spawn(async move {
@@ -87,8 +87,8 @@ impl Caller for Bare {
         self.pending
             .call(|id| async move {
                 let mut conn = self.publisher.clone();
-                let receivers = publish(&mut conn, ROUTE, &super::request_packet(&id, a, b)).await?;
-                ensure!(receivers > 0, "nobody is subscribed to {ROUTE}");
+                let receivers = publish(&mut conn, BARE_ROUTE, &super::request_packet(&id, a, b)).await?;
+                ensure!(receivers > 0, "nobody is subscribed to {BARE_ROUTE}");
                 Ok(())
             })
             .await
