@@ -18,6 +18,8 @@ use anyhow::Context as _;
 use serde::{Deserialize, Serialize};
 use switchboard_eventstore::{EventStore, ExpectedVersion, NewEvent, ReadStream, SqliteStore, Synchronous};
 
+use crate::median;
+
 #[derive(Serialize, Deserialize)]
 struct Tick {
     n: u64,
@@ -174,11 +176,6 @@ async fn replay(dir: &Dir, n: u64) -> anyhow::Result<(f64, f64)> {
     let bare = n as f64 / started.elapsed().as_secs_f64();
     anyhow::ensure!(sum == bare_sum, "replay read other events than the bare loop");
     Ok((ours, bare))
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }
 
 /// Runs every row `runs` times and prints medians.
