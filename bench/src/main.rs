@@ -82,12 +82,12 @@ struct Args {
     /// Measured seconds per server, scenario and run.
     #[arg(long, default_value_t = 5.0)]
     duration_secs: f64,
-    /// Warm-up seconds before measuring (load applied, nothing recorded); over TCP, for each
-    /// server at the start of each run.
+    /// Warm-up seconds before measuring (load applied, nothing recorded); over TCP and with
+    /// --broker, for each server (side) at the start of each run.
     #[arg(long, default_value_t = 1.0)]
     warmup_secs: f64,
-    /// Runs; tables show their medians. Over TCP the servers take turns in slices within a
-    /// run, and a ratio to the ceiling is the median of the runs' ratios.
+    /// Runs; tables show their medians. Over TCP (and with --broker) the servers (the two
+    /// sides) take turns in slices within a run, and a ratio is the median of the runs' ratios.
     #[arg(long, default_value_t = 3)]
     runs: usize,
     /// Worker threads of each server's runtime (0: tokio's default, one per CPU the server may use).
@@ -98,7 +98,7 @@ struct Args {
     /// auto: split for throughput scenarios, same for 1x1 (see `Placement::of`).
     #[arg(long, value_enum, default_value = "auto")]
     pin: Pin,
-    /// Before each measurement (over TCP, each run) wait (up to this long) until the machine
+    /// Before each measurement (over TCP and with --broker, each run) wait (up to this long) until the machine
     /// is idle, since other processes' bursts skew results; 0 disables.
     #[arg(long, default_value_t = 20.0)]
     quiet_wait_secs: f64,
