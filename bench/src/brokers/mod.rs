@@ -437,12 +437,12 @@ async fn first_call<C: Caller>(caller: &C) -> anyhow::Result<()> {
 }
 
 /// `load.in_flight` tasks, each calling in a loop for `warmup`, then for `window`, every
-/// result checked; adds what the window measured to `total` (latencies unsorted). `phase`
-/// numbers the call, so that each gets its own operands.
+/// result checked; adds what the window measured to `total` (latencies unsorted). `n` numbers
+/// the phase, so that each gets operands of its own.
 async fn phase<C: Caller>(
     caller: &C,
     load: Load,
-    phase: u64,
+    n: u64,
     warmup: Duration,
     window: Duration,
     total: &mut Sample,
@@ -461,7 +461,7 @@ async fn phase<C: Caller>(
     let mut tasks = JoinSet::new();
     for task in 0..load.in_flight {
         let caller = caller.clone();
-        let stream = (phase << 32) + task as u64 + 1;
+        let stream = (n << 32) + task as u64 + 1;
         let mut rng = (load.seed ^ stream.wrapping_mul(0x9E37_79B9_7F4A_7C15)) | 1;
         tasks.spawn(async move {
             let (mut completed, mut latencies) = (0u64, Vec::new());
@@ -592,21 +592,22 @@ async fn turns<C: Caller>(
     let mut totals = [bare.map(|_| Sample::empty()), switchboard.map(|_| Sample::empty())];
     let slices = (load.duration.as_secs_f64() / SLICE.as_secs_f64()).round().max(1.0) as u32;
     let slice = load.duration / slices;
-    // Phase 0 and 1 warm up; then every slice of every side is a phase of its own.
+    // The first round warms each side up; each later one is a slice for each.
     for k in 0..=slices as usize {
         for j in 0..2 {
             let side = (j + k + rotate) % 2;
-            let (warmup, window, total) = match (k, &mut totals[side]) {
-                (_, None) => continue,
-                (0, Some(_)) => (load.warmup, Duration::ZERO, &mut warm),
-                (_, Some(total)) => (SLICE_WARMUP, slice, total),
+            let Some(total) = totals[side].as_mut() else { continue };
+            let (warmup, window, total) = match k {
+                0 => (load.warmup, Duration::ZERO, &mut warm),
+                _ => (SLICE_WARMUP, slice, total),
             };
             let n = (k * 2 + j) as u64;
-            match side {
-                0 => phase(bare.expect("up"), load, n, warmup, window, total).await,
-                _ => phase(switchboard.expect("up"), load, n, warmup, window, total).await,
-            }
-            .with_context(|| format!("the {} side", [Side::Bare, Side::Switchboard][side].label()))?;
+            let done = match (side, bare, switchboard) {
+                (0, Some(c), _) => phase(c, load, n, warmup, window, total).await,
+                (1, _, Some(c)) => phase(c, load, n, warmup, window, total).await,
+                _ => continue,
+            };
+            done.with_context(|| format!("the {} side", [Side::Bare, Side::Switchboard][side].label()))?;
         }
     }
     for sample in totals.iter_mut().flatten() {
@@ -768,6 +769,9 @@ fn report(plan: &Plan, results: &[Vec<Vec<Vec<Sample>>>]) {
         for (li, in_flight) in plan.in_flight.iter().enumerate() {
             for (si, side) in [Side::Bare, Side::Switchboard].iter().enumerate() {
                 let runs = &results[bi][li][si];
+                if runs.is_empty() {
+                    continue; // not measured (`--only`)
+                }
                 println!(
                     "{:<7} {:>9} {:<12} {:>10.0} {:>10.1} {:>10.1} {:>10} {:>10}",
                     broker,
