@@ -207,19 +207,7 @@ async fn phase(
     for conn in conns.drain(..) {
         tasks.spawn(connection(conn, times));
     }
-    // CPU accounting over exactly the measured window.
-    let cpu = tokio::spawn(async move {
-        tokio::time::sleep_until(times.warm_end.into()).await;
-        let before = (cpu_time(server_pid), cpu_time(std::process::id()), machine_busy());
-        tokio::time::sleep_until(times.end.into()).await;
-        let after = (cpu_time(server_pid), cpu_time(std::process::id()), machine_busy());
-        let diff = |a: Option<Duration>, b: Option<Duration>| Some(b?.saturating_sub(a?));
-        (
-            diff(before.0, after.0),
-            diff(before.1, after.1),
-            diff(before.2, after.2),
-        )
-    });
+    let cpu = cpu_over([server_pid, std::process::id()], times.warm_end, times.end);
     while let Some(done) = tasks.join_next().await {
         let (mut conn, completed) = done.context("a driver task panicked")??;
         total.completed += completed;
@@ -228,13 +216,37 @@ async fn phase(
         conns.push(conn);
     }
     conns.sort_by_key(|c| c.id);
-    let (server_cpu, driver_cpu, machine_busy) = cpu.await?;
-    let add = |sum: &mut Option<Duration>, part: Option<Duration>| *sum = sum.zip(part).map(|(s, p)| s + p);
+    let ([server_cpu, driver_cpu], machine_busy) = cpu.await?;
     total.window += window;
-    add(&mut total.server_cpu, server_cpu);
-    add(&mut total.driver_cpu, driver_cpu);
-    add(&mut total.machine_busy, machine_busy);
+    add_time(&mut total.server_cpu, server_cpu);
+    add_time(&mut total.driver_cpu, driver_cpu);
+    add_time(&mut total.machine_busy, machine_busy);
     Ok(())
+}
+
+/// The CPU time of processes `pids`, and the machine's busy time, over exactly
+/// `warm_end..end`: read by a task of its own, spawned now, at both ends.
+pub(crate) fn cpu_over<const N: usize>(
+    pids: [u32; N],
+    warm_end: Instant,
+    end: Instant,
+) -> tokio::task::JoinHandle<([Option<Duration>; N], Option<Duration>)> {
+    tokio::spawn(async move {
+        tokio::time::sleep_until(warm_end.into()).await;
+        let before = (pids.map(cpu_time), machine_busy());
+        tokio::time::sleep_until(end.into()).await;
+        let after = (pids.map(cpu_time), machine_busy());
+        let diff = |a: Option<Duration>, b: Option<Duration>| Some(b?.saturating_sub(a?));
+        (
+            std::array::from_fn(|i| diff(before.0[i], after.0[i])),
+            diff(before.1, after.1),
+        )
+    })
+}
+
+/// Adds `part` to a sum of slices' times, which is unknown once any part is.
+pub(crate) fn add_time(sum: &mut Option<Duration>, part: Option<Duration>) {
+    *sum = sum.zip(part).map(|(s, p)| s + p);
 }
 
 /// One outstanding request.

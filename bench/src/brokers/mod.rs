@@ -44,7 +44,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinSet;
 
 use crate::Failure;
-use crate::driver::{SLICE, SLICE_WARMUP, cpu_time, machine_busy, nearest_rank};
+use crate::driver::{SLICE, SLICE_WARMUP, add_time, cpu_over, nearest_rank};
 use crate::frame::put_int;
 
 #[cfg(feature = "amqp")]
@@ -450,14 +450,7 @@ async fn phase<C: Caller>(
     let start = Instant::now();
     let warm_end = start + warmup;
     let end = warm_end + window;
-    let cpu = tokio::spawn(async move {
-        tokio::time::sleep_until(warm_end.into()).await;
-        let before = (cpu_time(std::process::id()), machine_busy());
-        tokio::time::sleep_until(end.into()).await;
-        let after = (cpu_time(std::process::id()), machine_busy());
-        let diff = |a: Option<Duration>, b: Option<Duration>| Some(b?.saturating_sub(a?));
-        (diff(before.0, after.0), diff(before.1, after.1))
-    });
+    let cpu = cpu_over([std::process::id()], warm_end, end);
     let mut tasks = JoinSet::new();
     for task in 0..load.in_flight {
         let caller = caller.clone();
@@ -488,11 +481,10 @@ async fn phase<C: Caller>(
         total.completed += n;
         total.latencies_ns.extend(latencies);
     }
-    let (process_cpu, machine_busy) = cpu.await?;
-    let add = |sum: &mut Option<Duration>, part: Option<Duration>| *sum = sum.zip(part).map(|(s, p)| s + p);
+    let ([process_cpu], machine_busy) = cpu.await?;
     total.window += window;
-    add(&mut total.process_cpu, process_cpu);
-    add(&mut total.machine_busy, machine_busy);
+    add_time(&mut total.process_cpu, process_cpu);
+    add_time(&mut total.machine_busy, machine_busy);
     Ok(())
 }
 
