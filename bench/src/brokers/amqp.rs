@@ -42,7 +42,12 @@ async fn connect() -> anyhow::Result<Connection> {
         ConnectionProperties::default(),
     )
     .await
-    .with_context(|| format!("connect to RabbitMQ at {AUTHORITY}"))
+    .with_context(|| {
+        format!(
+            "connect to RabbitMQ at {}",
+            switchboard::transport::redact(&format!("amqp://{AUTHORITY}"))
+        )
+    })
 }
 
 async fn declare(channel: &Channel) -> anyhow::Result<()> {

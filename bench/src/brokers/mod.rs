@@ -39,6 +39,7 @@ use anyhow::{Context as _, anyhow, bail, ensure};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use switchboard::prelude::*;
+use switchboard::transport::redact;
 use switchboard::{Client, Microservice};
 use tokio::sync::oneshot;
 use tokio::task::JoinSet;
@@ -536,12 +537,12 @@ async fn measure<B: Broker>(load: Load, only: Option<Side>, rotate: usize) -> Re
                 .listen(url.as_str())
                 .start()
                 .await
-                .with_context(|| format!("start the server on {url}"))?;
+                .with_context(|| format!("start the server on {}", redact(&url)))?;
             let client = Client::builder(&url)
                 .timeout(CALL_TIMEOUT)
                 .connect()
                 .await
-                .with_context(|| format!("connect the client to {url}"))?;
+                .with_context(|| format!("connect the client to {}", redact(&url)))?;
             Some((server, SwitchboardCaller(client)))
         }
     };
