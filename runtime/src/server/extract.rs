@@ -92,24 +92,27 @@ impl<S: Sync, T: DeserializeOwned + Send + 'static> FromRequest<S> for T {
 }
 
 /// The payload as `T`: JSON or MessagePack decoded, or a value of that type taken as it is.
+///
+/// Only ASCII JSON that decodes is decoded here; every other case is a function of its own, so
+/// that this, on every request's path, is short code with nothing cold between its steps.
 pub(crate) fn decode_payload<T: DeserializeOwned + 'static>(req: &mut Request) -> Result<T, RpcError> {
-    let invalid = |req: &Request, why: &dyn std::fmt::Display| {
-        RpcError::new(format!(
-            "invalid payload for pattern {}: {}",
-            req.context().route(),
-            crate::text::payload_error(why)
-        ))
-    };
     match req.take_payload() {
-        Some(Payload::Json(json)) => match from_json(&json) {
-            Ok(v) => Ok(v),
-            // JavaScript's `JSON.parse` keeps the last of duplicate keys; so do we, by reading
-            // the object as a map first (only on this error's path).
-            Err(e) if crate::text::starts_with(&e, "duplicate field") => serde_json::from_slice::<Value>(&json)
-                .and_then(T::deserialize)
-                .map_err(|e| invalid(req, &e)),
-            Err(e) => Err(invalid(req, &e)),
-        },
+        Some(Payload::Json(json)) if json.is_ascii() => {
+            // SAFETY: ASCII is UTF-8; read as a `str`, its strings are not checked again.
+            match serde_json::from_str(unsafe { std::str::from_utf8_unchecked(&json) }) {
+                Ok(v) => Ok(v),
+                Err(e) => json_failed(req, &json, e),
+            }
+        }
+        other => decode_other(req, other),
+    }
+}
+
+/// [`decode_payload`] of anything but ASCII JSON.
+#[inline(never)]
+fn decode_other<T: DeserializeOwned + 'static>(req: &mut Request, payload: Option<Payload>) -> Result<T, RpcError> {
+    match payload {
+        Some(Payload::Json(json)) => serde_json::from_slice(&json).or_else(|e| json_failed(req, &json, e)),
         Some(Payload::MsgPack(bytes)) => crate::wire::msgpack::from_msgpack(&bytes).map_err(|e| invalid(req, &e)),
         Some(Payload::Local(value)) => match value.take::<T>() {
             Ok(v) => Ok(v),
@@ -131,33 +134,39 @@ pub(crate) fn decode_payload<T: DeserializeOwned + 'static>(req: &mut Request) -
     }
 }
 
-/// `T` from JSON text. ASCII text (most payloads) is read as a `str`, so serde_json does not
-/// check each string it reads for UTF-8 again.
-fn from_json<T: DeserializeOwned>(json: &[u8]) -> serde_json::Result<T> {
-    match json.is_ascii() {
-        // SAFETY: ASCII is UTF-8.
-        true => serde_json::from_str(unsafe { std::str::from_utf8_unchecked(json) }),
-        false => serde_json::from_slice(json),
+/// A JSON payload that did not decode as `T`. JavaScript's `JSON.parse` keeps the last of
+/// duplicate keys; so do we, by reading the object as a map first (only on this path).
+#[cold]
+#[inline(never)]
+fn json_failed<T: DeserializeOwned>(req: &Request, json: &[u8], e: serde_json::Error) -> Result<T, RpcError> {
+    if crate::text::starts_with(&e, "duplicate field") {
+        return serde_json::from_slice::<Value>(json)
+            .and_then(T::deserialize)
+            .map_err(|e| invalid(req, &e));
     }
+    Err(invalid(req, &e))
+}
+
+/// The error for a payload that is not what the handler takes.
+#[cold]
+fn invalid(req: &Request, why: &dyn std::fmt::Display) -> RpcError {
+    RpcError::new(format!(
+        "invalid payload for pattern {}: {}",
+        req.context().route(),
+        crate::text::payload_error(why)
+    ))
 }
 
 /// A payload no argument took must still be JSON, as NestJS's `JSON.parse` of the packet
 /// would have required (and MessagePack one value).
 pub(crate) fn check_unread_payload(req: &Request) -> Result<(), RpcError> {
-    let invalid = |e: &dyn std::fmt::Display| {
-        RpcError::new(format!(
-            "invalid payload for pattern {}: {}",
-            req.context().route(),
-            crate::text::payload_error(e)
-        ))
-    };
     match req.payload() {
         Some(Payload::Json(json)) => serde_json::from_slice::<serde::de::IgnoredAny>(json)
             .map(drop)
-            .map_err(|e| invalid(&e)),
+            .map_err(|e| invalid(req, &e)),
         Some(Payload::MsgPack(bytes)) => crate::wire::msgpack::from_msgpack::<serde::de::IgnoredAny>(bytes)
             .map(drop)
-            .map_err(|e| invalid(&e)),
+            .map_err(|e| invalid(req, &e)),
         _ => Ok(()),
     }
 }
@@ -242,5 +251,71 @@ impl<S: Sync, T: Send + 'static> FromRequest<S> for crate::transport::grpc::Grpc
 
     fn from_request_now(req: &mut Request, _: &S) -> Option<Result<Self, RpcError>> {
         Some(crate::transport::grpc::proto::take_stream(req))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde::Deserialize;
+
+    use super::decode_payload;
+    use crate::service::{Address, Context, Kind, Local, Payload, Request};
+
+    #[derive(Debug, PartialEq, Deserialize, serde::Serialize)]
+    struct Point {
+        x: i64,
+        label: String,
+    }
+
+    fn req(payload: Payload) -> Request {
+        let mut req = Request::new(Address::static_route("p"), payload, Context::new("mem", Kind::Request));
+        req.context_mut().set_route("p".into());
+        req
+    }
+
+    fn decode(payload: Payload) -> Result<Point, String> {
+        decode_payload::<Point>(&mut req(payload)).map_err(|e| e.message().unwrap_or_default().to_owned())
+    }
+
+    fn point(x: i64, label: &str) -> Point {
+        Point { x, label: label.into() }
+    }
+
+    #[test]
+    fn json_decodes_ascii_or_not_and_keeps_the_last_of_duplicate_keys() {
+        let json = |s: &str| Payload::Json(s.to_owned().into());
+        assert_eq!(decode(json(r#"{"x":1,"label":"a"}"#)), Ok(point(1, "a")));
+        assert_eq!(decode(json(r#"{"x":1,"label":"é"}"#)), Ok(point(1, "é")));
+        assert_eq!(decode(json(r#"{"x":1,"label":"a","x":2}"#)), Ok(point(2, "a")));
+        assert_eq!(decode(json(r#"{"x":1,"label":"é","x":3}"#)), Ok(point(3, "é")));
+        let bad = decode(json(r#"{"x":"one","label":"é"}"#)).unwrap_err();
+        assert!(bad.starts_with("invalid payload for pattern p: "), "{bad}");
+        let bad = decode(json(r#"{"x":1}"#)).unwrap_err();
+        assert!(bad.contains("missing field `label`"), "{bad}");
+    }
+
+    #[test]
+    fn msgpack_local_and_value_payloads_decode_or_say_why_not() {
+        let packed = crate::wire::msgpack::to_msgpack(&point(4, "m")).unwrap();
+        assert_eq!(decode(Payload::MsgPack(packed)), Ok(point(4, "m")));
+        // A value of the handler's type is taken as it is; another one goes through JSON.
+        assert_eq!(decode(Payload::Local(Local::new(point(5, "l")))), Ok(point(5, "l")));
+        let other = serde_json::json!({"x": 6, "label": "j"});
+        assert_eq!(decode(Payload::Local(Local::new(other))), Ok(point(6, "j")));
+        assert_eq!(decode(Payload::Value(Box::new(point(7, "v")))), Ok(point(7, "v")));
+        let mut wrong = req(Payload::Value(Box::new(7u8)));
+        let e = decode_payload::<Point>(&mut wrong).unwrap_err();
+        assert_eq!(
+            e.message(),
+            Some("invalid payload for pattern p: a value of another type")
+        );
+        assert!(wrong.payload().is_some(), "a value of another type is put back");
+        let mut taken = req(Payload::null());
+        taken.take_payload();
+        let e = decode_payload::<Point>(&mut taken).unwrap_err();
+        assert_eq!(
+            e.message(),
+            Some("invalid payload for pattern p: the payload was already taken")
+        );
     }
 }

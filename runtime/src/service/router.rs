@@ -677,11 +677,7 @@ impl Router {
                     if let Some(d) = from_caller {
                         if d <= now {
                             // The caller's budget is spent: the handler never starts.
-                            let late = RpcError::deadline_exceeded(format!(
-                                "{} arrived after its deadline",
-                                req.context().route()
-                            ));
-                            return RouterFuture::ready(Reply::error(late), label);
+                            return RouterFuture::ready(arrived_late(req), label);
                         }
                         req.context_mut().set_deadline(d);
                     }
@@ -783,6 +779,15 @@ impl Router {
 
 /// Where an address leads: a served route, or the route that missed.
 pub(crate) struct Found<'a>(Result<&'a Arc<Entry>, String>);
+
+/// The reply to a request whose caller's deadline passed before it arrived.
+#[cold]
+fn arrived_late(req: &Request) -> Reply {
+    Reply::error(RpcError::deadline_exceeded(format!(
+        "{} arrived after its deadline",
+        req.context().route()
+    )))
+}
 
 /// A handler that panicked when called: logged, answered NestJS's `Internal server error`.
 fn handler_panicked(label: &'static str, panic: Box<dyn std::any::Any + Send>) -> BoxFuture<'static, Reply> {

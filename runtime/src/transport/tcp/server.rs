@@ -369,6 +369,13 @@ fn copy_payload(block: &mut BytesMut, data: &[u8]) -> Bytes {
     block.split().freeze()
 }
 
+/// A packet that is JSON but not an object: NestJS reads it as an event with an undefined
+/// pattern, which nothing handles.
+#[cold]
+fn not_an_object(peer: &SocketAddr) {
+    tracing::warn!(%peer, "There is no matching event handler defined in the remote service. Event pattern: undefined");
+}
+
 /// An instant no timer reaches.
 fn far_future() -> Instant {
     Instant::now() + std::time::Duration::from_secs(100 * 365 * 24 * 3600)
@@ -449,7 +456,7 @@ impl Conn {
                 return Err(Close::Frame(super::frame::FrameError::InvalidUtf8));
             }
             Ok(Err(PacketError::NotAnObject)) => {
-                tracing::warn!(peer = %self.peer, "There is no matching event handler defined in the remote service. Event pattern: undefined");
+                not_an_object(&self.peer);
                 return Ok(());
             }
             Ok(Err(PacketError::InvalidJson(e))) => return Err(Close::Json(e)),
