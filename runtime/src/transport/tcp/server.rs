@@ -473,9 +473,11 @@ impl Conn {
             (None, Some(data)) => Payload::Json(copy_payload(&mut self.payloads, data.as_bytes())),
             (None, None) => Payload::null(),
         };
-        let mut req = Request::new(address, payload, Context::new("tcp", kind));
-        // Set in place: a context built with its headers and then moved stalls on the move.
-        *req.context_mut().headers_mut() = packet.headers();
+        let mut req = Some(Request::new(address, payload, Context::new("tcp", kind)));
+        if let Some(req) = &mut req {
+            // Set in place: a context built with its headers and then moved stalls on the move.
+            *req.context_mut().headers_mut() = packet.headers();
+        }
         let mut reply = self.router.call_found(found, &mut req, self.arrival);
         // Most handlers finish without waiting: polled right away, their reply is written
         // straight from the received frame, without a trip through the in-flight set.
