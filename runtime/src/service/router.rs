@@ -644,9 +644,9 @@ impl Router {
     }
 
     /// [`call`](Self::call) for a message that arrived at `arrival`.
-    pub(crate) fn call_arrived(&self, req: Request, arrival: Option<Arrival>) -> RouterFuture {
+    pub(crate) fn call_arrived(&self, mut req: Request, arrival: Option<Arrival>) -> RouterFuture {
         let found = Found(self.resolve(req.address()));
-        self.call_found(found, &mut Some(req), arrival)
+        self.call_found(found, &mut req, arrival)
     }
 
     /// A pattern read off the wire, looked up once: the address its request carries (the
@@ -663,16 +663,11 @@ impl Router {
     }
 
     /// [`call_arrived`](Self::call_arrived) for a request whose address was looked up. The
-    /// handler takes what it needs from the request in `slot`, a layer takes it whole; the
+    /// handler takes what it needs from the request `held`, a layer takes it whole; the
     /// caller drops what is left.
     #[cfg_attr(not(feature = "metrics"), allow(unused_variables))]
-    pub(crate) fn call_found(
-        &self,
-        found: Found<'_>,
-        slot: &mut Option<Request>,
-        arrival: Option<Arrival>,
-    ) -> RouterFuture {
-        let Some(req) = slot.as_mut() else {
+    pub(crate) fn call_found(&self, found: Found<'_>, held: &mut impl Held, arrival: Option<Arrival>) -> RouterFuture {
+        let Some(req) = held.request() else {
             return RouterFuture::ready(Reply::error(RpcError::internal()), "");
         };
         if self.0.layered {
@@ -717,7 +712,7 @@ impl Router {
         let mut watching = None;
         let inner = match turn {
             // Called once its turn comes (a panic then is caught where the future is polled).
-            Some(turn) => match slot.take() {
+            Some(turn) => match held.take() {
                 Some(req) => {
                     let route = route.clone();
                     turn.then(move || route.call(req))
@@ -737,7 +732,7 @@ impl Router {
                     },
                     false => route,
                 };
-                match std::panic::catch_unwind(AssertUnwindSafe(|| route.call_slot(slot))) {
+                match std::panic::catch_unwind(AssertUnwindSafe(|| held.call(route))) {
                     Ok(fut) => fut,
                     Err(panic) => {
                         // Counted as a message dropped before its reply, as a panic while
@@ -810,6 +805,50 @@ impl Router {
 
 /// Where an address leads: a served route, or the route that missed.
 pub(crate) struct Found<'a>(Result<&'a Arc<Entry>, String>);
+
+/// Where a request waits while the router routes it: where it was built, so that a layer that
+/// takes it whole leaves an empty request behind; or in a slot (the TCP server's), where it
+/// leaves `None`, with nothing to build and drop.
+pub(crate) trait Held {
+    /// The request, unless taken.
+    fn request(&mut self) -> Option<&mut Request>;
+    /// The request whole, unless taken.
+    fn take(&mut self) -> Option<Request>;
+    /// Calls `route` with the request.
+    fn call(&mut self, route: &Route) -> BoxFuture<'static, Reply>;
+}
+
+impl Held for Request {
+    #[inline(always)]
+    fn request(&mut self) -> Option<&mut Request> {
+        Some(self)
+    }
+
+    fn take(&mut self) -> Option<Request> {
+        Some(Request::take(self))
+    }
+
+    #[inline(always)]
+    fn call(&mut self, route: &Route) -> BoxFuture<'static, Reply> {
+        route.call_in_place(self)
+    }
+}
+
+impl Held for Option<Request> {
+    #[inline(always)]
+    fn request(&mut self) -> Option<&mut Request> {
+        self.as_mut()
+    }
+
+    fn take(&mut self) -> Option<Request> {
+        Option::take(self)
+    }
+
+    #[inline(always)]
+    fn call(&mut self, route: &Route) -> BoxFuture<'static, Reply> {
+        route.call_slot(self)
+    }
+}
 
 /// The reply of a route called with an empty slot, which the router never does.
 #[cold]
