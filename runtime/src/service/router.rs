@@ -43,10 +43,7 @@ trait Erased: Send + Sync {
     /// [`call_in_place`](Self::call_in_place) with the request in a slot: a route that needs
     /// it whole moves it out, leaving `None` rather than an empty request to build and drop.
     fn call_slot(&self, slot: &mut Option<Request>) -> BoxFuture<'static, Reply> {
-        match slot {
-            Some(req) => self.call_in_place(req),
-            None => taken_slot(),
-        }
+        self.call_in_place(slot.get_or_insert_with(unreachable_request))
     }
 
     /// The route inside and its watch, if this is [`Route::watched`].
@@ -667,9 +664,7 @@ impl Router {
     /// caller drops what is left.
     #[cfg_attr(not(feature = "metrics"), allow(unused_variables))]
     pub(crate) fn call_found(&self, found: Found<'_>, held: &mut impl Held, arrival: Option<Arrival>) -> RouterFuture {
-        let Some(req) = held.request() else {
-            return RouterFuture::ready(Reply::error(RpcError::internal()), "");
-        };
+        let req = held.request();
         if self.0.layered {
             req.context_mut().set_local(false);
         }
@@ -712,13 +707,10 @@ impl Router {
         let mut watching = None;
         let inner = match turn {
             // Called once its turn comes (a panic then is caught where the future is polled).
-            Some(turn) => match held.take() {
-                Some(req) => {
-                    let route = route.clone();
-                    turn.then(move || route.call(req))
-                }
-                None => taken_slot(),
-            },
+            Some(turn) => {
+                let (route, req) = (route.clone(), held.take());
+                turn.then(move || route.call(req))
+            }
             None => {
                 // A watched route's watch is kept in the reply future, not in one around it.
                 #[cfg(feature = "metrics")]
@@ -810,22 +802,22 @@ pub(crate) struct Found<'a>(Result<&'a Arc<Entry>, String>);
 /// takes it whole leaves an empty request behind; or in a slot (the TCP server's), where it
 /// leaves `None`, with nothing to build and drop.
 pub(crate) trait Held {
-    /// The request, unless taken.
-    fn request(&mut self) -> Option<&mut Request>;
-    /// The request whole, unless taken.
-    fn take(&mut self) -> Option<Request>;
+    /// The request.
+    fn request(&mut self) -> &mut Request;
+    /// The request whole.
+    fn take(&mut self) -> Request;
     /// Calls `route` with the request.
     fn call(&mut self, route: &Route) -> BoxFuture<'static, Reply>;
 }
 
 impl Held for Request {
     #[inline(always)]
-    fn request(&mut self) -> Option<&mut Request> {
-        Some(self)
+    fn request(&mut self) -> &mut Request {
+        self
     }
 
-    fn take(&mut self) -> Option<Request> {
-        Some(Request::take(self))
+    fn take(&mut self) -> Request {
+        Request::take(self)
     }
 
     #[inline(always)]
@@ -836,12 +828,12 @@ impl Held for Request {
 
 impl Held for Option<Request> {
     #[inline(always)]
-    fn request(&mut self) -> Option<&mut Request> {
-        self.as_mut()
+    fn request(&mut self) -> &mut Request {
+        self.get_or_insert_with(unreachable_request)
     }
 
-    fn take(&mut self) -> Option<Request> {
-        Option::take(self)
+    fn take(&mut self) -> Request {
+        Option::take(self).unwrap_or_else(unreachable_request)
     }
 
     #[inline(always)]
@@ -850,15 +842,7 @@ impl Held for Option<Request> {
     }
 }
 
-/// The reply of a route called with an empty slot, which the router never does.
-#[cold]
-fn taken_slot() -> BoxFuture<'static, Reply> {
-    tracing::error!("a route was called without its request");
-    std::future::ready(Reply::error(RpcError::internal())).boxed()
-}
-
-/// What an empty slot gives a layer, which the router never lets happen: an event nobody
-/// handles.
+/// What an empty slot holds, which the router never lets happen: an event nobody handles.
 #[cold]
 fn unreachable_request() -> Request {
     tracing::error!("a route was called without its request");
