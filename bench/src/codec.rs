@@ -5,7 +5,8 @@
 //! Two payloads: `add` (two numbers in, one out: framing dominates) and `order` (a record of
 //! a dozen line items, 880 bytes of JSON: the codec dominates). The TCP server runs on the
 //! other CPUs in its own runtime; the clients on one current-thread runtime pinned to the
-//! first CPU, `in_flight` tasks each calling in a loop. Every answer is checked.
+//! first CPU, `in_flight` tasks each calling in a loop, JSON and MessagePack taking turns in
+//! slices of each run. Every answer is checked.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -14,6 +15,8 @@ use std::time::Duration;
 use anyhow::Context as _;
 use serde::{Deserialize, Serialize};
 use switchboard::prelude::*;
+
+use crate::mem::{Tally, take_turns};
 
 /// Calls between yields.
 const BATCH: u64 = 16;
@@ -97,37 +100,40 @@ pub fn run(runs: usize, duration: Duration, in_flight: usize) -> anyhow::Result<
         "scenario", "json calls/s", "msgpack", "msgpack/json"
     );
     for (name, base) in [("tcp", tcp.as_str()), ("mem", "mem://codec-bench")] {
+        let clients = rt.block_on(async {
+            let json = Client::builder(base).connect().await?;
+            let packed = Client::builder(&format!("{base}?codec=msgpack")).connect().await?;
+            anyhow::Ok([json, packed])
+        })?;
         for payload in [Payload::Add, Payload::Order] {
-            let urls = [base.to_owned(), format!("{base}?codec=msgpack")];
-            let mut rates = [Vec::new(), Vec::new()];
-            for run in 0..runs {
-                // Alternate which codec goes first.
-                for k in [run % 2, 1 - run % 2] {
-                    let rate = rt.block_on(measure(&urls[k], payload, duration, in_flight.max(1)))?;
-                    eprintln!(
-                        "run {}/{runs} {name} {payload:?} x{in_flight} {:<8} {rate:>12.0} calls/s",
-                        run + 1,
-                        ["json", "msgpack"][k]
-                    );
-                    rates[k].push(rate);
-                }
-            }
-            let [json, packed] = rates.map(crate::median);
-            println!(
-                "{:<16} {:>12.0} {:>12.0} {:>14.2}",
-                format!("{name} {payload:?} x{in_flight}").to_lowercase(),
-                json,
-                packed,
-                packed / json
-            );
+            let row = format!("{name} {payload:?} x{in_flight}").to_lowercase();
+            let rates = rt.block_on(take_turns(
+                &row,
+                &["json", "msgpack"],
+                runs,
+                duration,
+                |k, warmup, window| drive(&clients[k], payload, in_flight.max(1), warmup, window),
+            ))?;
+            let ratio = crate::median(rates[1].iter().zip(&rates[0]).map(|(p, j)| p / j).collect());
+            let [json, packed] = [&rates[0], &rates[1]].map(|r| crate::median(r.clone()));
+            println!("{row:<16} {json:>12.0} {packed:>12.0} {ratio:>14.2}");
+        }
+        for client in clients {
+            rt.block_on(client.close());
         }
     }
     Ok(())
 }
 
-/// Calls/s of `payload` calls to the service at `url`.
-async fn measure(url: &str, payload: Payload, duration: Duration, in_flight: usize) -> anyhow::Result<f64> {
-    let client = Client::builder(url).connect().await?;
+/// `in_flight` tasks making `payload` calls through `client` for `warmup`, then counted for
+/// `window`.
+async fn drive(
+    client: &Client,
+    payload: Payload,
+    in_flight: usize,
+    warmup: Duration,
+    window: Duration,
+) -> anyhow::Result<Tally> {
     let stop = Arc::new(AtomicBool::new(false));
     let calls = Arc::new(AtomicU64::new(0));
     let mut tasks = tokio::task::JoinSet::new();
@@ -157,7 +163,5 @@ async fn measure(url: &str, payload: Payload, duration: Duration, in_flight: usi
             anyhow::Ok(())
         });
     }
-    let rate = crate::mem::window(tasks, &calls, &stop, duration).await?;
-    client.close().await;
-    Ok(rate)
+    crate::mem::window(tasks, &calls, &stop, warmup, window).await
 }

@@ -3,8 +3,11 @@
 //! function, encode the reply, decode it) in the same run.
 //!
 //! One current-thread runtime pinned to one CPU runs `in_flight` tasks, each calling in a
-//! loop and yielding every `BATCH` calls; every answer is checked.
+//! loop and yielding every `BATCH` calls; every answer is checked. The sides take turns in
+//! slices of a run ([`take_turns`]), as the TCP servers do, so a slower spell of the machine
+//! falls on both alike.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -13,6 +16,8 @@ use anyhow::Context as _;
 use serde::{Deserialize, Serialize};
 use switchboard::prelude::*;
 use switchboard::resilience::{Bulkhead, CircuitBreaker, Policy, RateLimit, Retry};
+
+use crate::driver::{SLICE, SLICE_WARMUP};
 
 /// Calls between yields.
 const BATCH: u64 = 64;
@@ -141,7 +146,8 @@ fn closed_breaker_ns(threads: usize) -> f64 {
         .fold(f64::INFINITY, f64::min)
 }
 
-/// Measures each side against the service at `url`; prints the table, returns the medians.
+/// Measures each side against the service at `url` (a `mem://` one is started here; any
+/// other must be up), the sides taking turns; prints the table, returns the medians.
 async fn policy_rows(
     url: &str,
     sides: &[Side],
@@ -150,17 +156,25 @@ async fn policy_rows(
     in_flight: usize,
 ) -> anyhow::Result<Vec<f64>> {
     let transport = url.split("://").next().unwrap_or_default();
-    let mut rates: Vec<Vec<f64>> = vec![Vec::new(); sides.len()];
-    for run in 0..runs {
-        for (i, side) in sides.iter().enumerate().cycle().skip(run).take(sides.len()) {
-            let rate = measure_at(url, *side, duration, in_flight.max(1)).await?;
-            eprintln!(
-                "run {}/{runs} {transport} x{in_flight:<4} {:<16} {rate:>12.0} calls/s",
-                run + 1,
-                side.name()
-            );
-            rates[i].push(rate);
-        }
+    let server = match url.starts_with("mem://") {
+        true => Some(Microservice::new().handler(MEM_ADD).listen(url).start().await?),
+        false => None,
+    };
+    let mut clients = Vec::with_capacity(sides.len());
+    for side in sides {
+        clients.push(client_for(url, *side).await?);
+    }
+    let names: Vec<&str> = sides.iter().map(|s| s.name()).collect();
+    let rates = take_turns(
+        &format!("{transport} x{in_flight}"),
+        &names,
+        runs,
+        duration,
+        |i, warmup, window| drive(sides[i], &clients[i], in_flight.max(1), warmup, window),
+    )
+    .await?;
+    if let Some(server) = server {
+        server.shutdown().await?;
     }
     let medians: Vec<f64> = rates.into_iter().map(crate::median).collect();
     let ns = |rate: f64| 1e9 / rate;
@@ -182,35 +196,32 @@ async fn policy_rows(
 }
 
 pub fn run(runs: usize, duration: Duration, in_flight: usize) -> anyhow::Result<()> {
+    const URL: &str = "mem://switchboard-bench";
     let cpu = crate::allowed_cpus().first().copied().unwrap_or(0);
     crate::pin_current_thread(&[cpu]).context("pin the in-process benchmark")?;
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let mut bare = Vec::new();
-    let mut switchboard = Vec::new();
-    for run in 0..runs {
-        let order = if run % 2 == 0 {
-            [Side::Bare, Side::Switchboard]
-        } else {
-            [Side::Switchboard, Side::Bare]
-        };
-        for side in order {
-            let rate = rt.block_on(measure(side, duration, in_flight.max(1)))?;
-            eprintln!(
-                "run {}/{runs} mem x{in_flight:<4} {:<12} {rate:>12.0} calls/s",
-                run + 1,
-                side.name()
-            );
-            match side {
-                Side::Bare => bare.push(rate),
-                _ => switchboard.push(rate),
-            }
-        }
-    }
-    let (b, s) = (crate::median(bare), crate::median(switchboard));
+    let rates = rt.block_on(async {
+        let server = Microservice::new().handler(MEM_ADD).listen(URL).start().await?;
+        let client = client_for(URL, Side::Switchboard).await?;
+        let sides = [Side::Bare, Side::Switchboard];
+        let names = sides.map(Side::name);
+        let rates = take_turns(
+            &format!("mem x{in_flight}"),
+            &names,
+            runs,
+            duration,
+            |i, warmup, window| drive(sides[i], &client, in_flight.max(1), warmup, window),
+        )
+        .await?;
+        server.shutdown().await?;
+        anyhow::Ok(rates)
+    })?;
+    let ratio = crate::median(rates[1].iter().zip(&rates[0]).map(|(s, b)| s / b).collect());
+    let [b, s] = [&rates[0], &rates[1]].map(|r| crate::median(r.clone()));
     println!("{:<10} {:<12} {:>10}", "scenario", "side", "calls/s");
     println!("{:<10} {:<12} {:>10.0}", format!("mem x{in_flight}"), "bare-json", b);
     println!("{:<10} {:<12} {:>10.0}", format!("mem x{in_flight}"), "switchboard", s);
-    println!("{:<10} {:<12} {:>10.2}", format!("mem x{in_flight}"), "ratio", s / b);
+    println!("{:<10} {:<12} {:>10.2}", format!("mem x{in_flight}"), "ratio", ratio);
     println!(
         "target mem x{in_flight}: {:.2} M calls/s through Client on one core (target >= {:.1} M): {}",
         s / 1e6,
@@ -220,21 +231,17 @@ pub fn run(runs: usize, duration: Duration, in_flight: usize) -> anyhow::Result<
     Ok(())
 }
 
-async fn measure(side: Side, duration: Duration, in_flight: usize) -> anyhow::Result<f64> {
-    measure_at("mem://switchboard-bench", side, duration, in_flight).await
-}
-
-/// Calls/s of `side` against `url` (a `mem://` service is started here; any other must be up).
-async fn measure_at(url: &str, side: Side, duration: Duration, in_flight: usize) -> anyhow::Result<f64> {
-    let server = match side {
-        Side::Bare => None,
-        _ if !url.starts_with("mem://") => None,
-        _ => Some(Microservice::new().handler(MEM_ADD).listen(url).start().await?),
-    };
-    let client = client_for(url, side).await?;
+/// `in_flight` tasks calling through `client` (or, for [`Side::Bare`], the bare round trip)
+/// for `warmup`, then counted for `window`.
+async fn drive(
+    side: Side,
+    client: &Client,
+    in_flight: usize,
+    warmup: Duration,
+    window: Duration,
+) -> anyhow::Result<Tally> {
     let stop = Arc::new(AtomicBool::new(false));
     let calls = Arc::new(AtomicU64::new(0));
-    // Warm up for a tenth of the measurement, then count.
     let mut tasks = tokio::task::JoinSet::new();
     for t in 0..in_flight {
         let (client, stop, calls) = (client.clone(), stop.clone(), calls.clone());
@@ -256,11 +263,7 @@ async fn measure_at(url: &str, side: Side, duration: Duration, in_flight: usize)
             anyhow::Ok(())
         });
     }
-    let rate = window(tasks, &calls, &stop, duration).await?;
-    if let Some(server) = server {
-        server.shutdown().await?;
-    }
-    Ok(rate)
+    self::window(tasks, &calls, &stop, warmup, window).await
 }
 
 /// The client of `side` for `url`.
@@ -323,16 +326,29 @@ pub fn profile_calls(side: Side, tcp: bool, requests: usize) -> anyhow::Result<(
     })
 }
 
-/// The bare side: the JSON an in-process call cannot avoid, and the function.
-/// The calls a second that `tasks` count in `calls` over `duration`, after a tenth of it to
-/// warm up; then `stop` them and wait for them.
+/// Calls counted over a time.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub(crate) struct Tally {
+    pub calls: u64,
+    pub elapsed: Duration,
+}
+
+impl Tally {
+    pub(crate) fn rate(self) -> f64 {
+        self.calls as f64 / self.elapsed.as_secs_f64()
+    }
+}
+
+/// The calls that `tasks` count in `calls` over `duration`, after `warmup`; then `stop` them
+/// and wait for them.
 pub(crate) async fn window(
     mut tasks: tokio::task::JoinSet<anyhow::Result<()>>,
     calls: &AtomicU64,
     stop: &AtomicBool,
+    warmup: Duration,
     duration: Duration,
-) -> anyhow::Result<f64> {
-    tokio::time::sleep(duration / 10).await;
+) -> anyhow::Result<Tally> {
+    tokio::time::sleep(warmup).await;
     let (start, before) = (Instant::now(), calls.load(Ordering::Relaxed));
     tokio::time::sleep(duration).await;
     let (elapsed, after) = (start.elapsed(), calls.load(Ordering::Relaxed));
@@ -340,12 +356,113 @@ pub(crate) async fn window(
     while let Some(done) = tasks.join_next().await {
         done??;
     }
-    Ok((after - before) as f64 / elapsed.as_secs_f64())
+    Ok(Tally {
+        calls: after - before,
+        elapsed,
+    })
 }
 
+/// The rates of `names.len()` sides over `runs` runs (`[side][run]`), the sides taking turns:
+/// each is warmed up once, then each run's `duration` is cut into slices of about [`SLICE`],
+/// every side measured in each (after [`SLICE_WARMUP`]), the order rotating by one each slice
+/// and each run, as the TCP servers take turns. `measure(side, warmup, window)` measures one.
+pub(crate) async fn take_turns<F, Fut>(
+    row: &str,
+    names: &[&str],
+    runs: usize,
+    duration: Duration,
+    mut measure: F,
+) -> anyhow::Result<Vec<Vec<f64>>>
+where
+    F: FnMut(usize, Duration, Duration) -> Fut,
+    Fut: Future<Output = anyhow::Result<Tally>>,
+{
+    for side in 0..names.len() {
+        measure(side, duration / 10, SLICE_WARMUP).await?;
+    }
+    let slices = (duration.as_secs_f64() / SLICE.as_secs_f64()).round().max(1.0) as u32;
+    let slice = duration / slices;
+    let mut rates = vec![Vec::with_capacity(runs); names.len()];
+    for run in 0..runs {
+        let mut totals = vec![Tally::default(); names.len()];
+        for k in 0..slices as usize {
+            for j in 0..names.len() {
+                let side = (j + k + run) % names.len();
+                let tally = measure(side, SLICE_WARMUP, slice).await?;
+                totals[side].calls += tally.calls;
+                totals[side].elapsed += tally.elapsed;
+            }
+        }
+        for (side, total) in totals.into_iter().enumerate() {
+            eprintln!(
+                "run {}/{runs} {row:<10} {:<16} {:>12.0} calls/s",
+                run + 1,
+                names[side],
+                total.rate()
+            );
+            rates[side].push(total.rate());
+        }
+    }
+    Ok(rates)
+}
+
+/// The bare side: the JSON an in-process call cannot avoid, and the function.
 fn bare_call(req: MemAdd) -> anyhow::Result<MemSum> {
     let payload = serde_json::to_vec(&req)?;
     let decoded: MemAdd = serde_json::from_slice(&payload)?;
     let reply = serde_json::to_vec(&add(decoded))?;
     Ok(serde_json::from_slice(&reply)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sides_take_turns_in_rotating_order_and_each_gets_its_whole_window() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let mut order = Vec::new();
+        let rates = rt
+            .block_on(take_turns("test", &["a", "b"], 2, SLICE * 3, |side, warmup, window| {
+                order.push((side, warmup, window));
+                std::future::ready(Ok(Tally {
+                    calls: 10 * (side as u64 + 1),
+                    elapsed: window,
+                }))
+            }))
+            .unwrap();
+        // One warm-up each, then three slices a run, both sides in each, the order rotating.
+        let sides: Vec<usize> = order.iter().map(|(side, _, _)| *side).collect();
+        assert_eq!(sides, [0, 1, 0, 1, 1, 0, 0, 1, 1, 0, 0, 1, 1, 0]);
+        assert!(order[2..].iter().all(|(_, w, d)| *w == SLICE_WARMUP && *d == SLICE));
+        // Each side's rate is its calls over its own three slices.
+        let per_sec = |calls: f64| calls * 3.0 / (SLICE * 3).as_secs_f64();
+        assert_eq!(rates, [vec![per_sec(10.0); 2], vec![per_sec(20.0); 2]]);
+    }
+
+    #[test]
+    fn the_mem_row_measures_both_sides_and_checks_every_answer() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let rates = rt.block_on(async {
+            let url = "mem://take-turns-test";
+            let server = Microservice::new().handler(MEM_ADD).listen(url).start().await.unwrap();
+            let client = client_for(url, Side::Switchboard).await.unwrap();
+            let sides = [Side::Bare, Side::Switchboard];
+            let rates = take_turns("mem", &sides.map(Side::name), 1, SLICE * 2, |i, warmup, window| {
+                drive(sides[i], &client, 4, warmup, window)
+            })
+            .await
+            .unwrap();
+            server.shutdown().await.unwrap();
+            rates
+        });
+        assert_eq!(rates.len(), 2);
+        assert!(rates.iter().all(|r| r.len() == 1 && r[0] > 0.0), "{rates:?}");
+    }
 }
