@@ -229,7 +229,10 @@ impl<S: Clone + Send + Sync + 'static> Microservice<S> {
     }
 
     /// Wraps every route (each pattern's handlers, and the answer to patterns nobody
-    /// handles) in a `tower` layer. The layer added last is the outermost.
+    /// handles) in a `tower` layer. The layer added last is the outermost. A pattern with one
+    /// request handler and no listeners (the usual shape) has that handler right inside the
+    /// layer, which sees its replies, to events too; where a pattern has listeners, the layer
+    /// sees an event's outcome (completion, or the first listener's error).
     ///
     /// Each thread calls one instance of the layer's service, cloned from it, for as long as
     /// it is ready: `poll_ready` comes before every call; an instance that is not ready is

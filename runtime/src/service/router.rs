@@ -484,8 +484,8 @@ impl RouteInfo {
 struct Entry {
     info: RouteInfo,
     route: Route,
-    /// The request handler itself, when no service layer is around it: requests skip the
-    /// dispatch between requests and events.
+    /// The request handler (in the service's layers, when the route has no listeners):
+    /// requests skip the dispatch between requests and events.
     requests: Option<Route>,
     /// The turns of the route's events.
     events: Sequencer,
@@ -586,14 +586,30 @@ impl RouterBuilder {
                 listeners: handlers.events.len(),
                 label: Box::leak(locations.join(", ").into_boxed_str()),
             };
-            let requests = match layered {
-                false => handlers.message.as_ref().map(|h| observe(route, h.route.clone())),
-                true => None,
-            };
             let order = EventOrder::of_listeners(handlers.events.iter().map(|e| e.order));
+            let (all, requests) = match (layered, handlers.message.clone(), handlers.events.is_empty()) {
+                (false, message, _) => {
+                    let requests = message.map(|h| observe(route, h.route));
+                    (wrap(handlers.into_route()), requests)
+                }
+                // The usual shape, one request handler: the layers wrap it, and requests
+                // call them straight; its events reach them through the same instance.
+                (true, Some(handler), true) => {
+                    let layered = wrap(handler.route.clone());
+                    let events = Handlers {
+                        message: Some(Endpoint {
+                            route: layered.clone(),
+                            ..handler
+                        }),
+                        events: Vec::new(),
+                    };
+                    (events.into_route(), Some(observe(route, layered)))
+                }
+                (true, _, _) => (wrap(handlers.into_route()), None),
+            };
             let entry = Arc::new(Entry {
                 info,
-                route: observe(route, wrap(handlers.into_route())),
+                route: observe(route, all),
                 requests,
                 events: Sequencer::new(order),
             });
@@ -1036,6 +1052,80 @@ mod tests {
         assert_eq!(refusing.call(request("yes")).await.as_json(), Some(&b"7"[..]));
         let refused = refusing.call(request("no")).await;
         assert!(refused.is_error(), "{refused:?}");
+    }
+
+    /// What a [`Count`] layer saw: the services it made, and the kinds of the messages
+    /// that reached them.
+    type Counts = Arc<std::sync::Mutex<(usize, Vec<Kind>)>>;
+
+    /// A layer that counts the services it makes and what they are called with.
+    #[derive(Clone, Default)]
+    struct Count(Counts);
+
+    impl tower::Layer<Route> for Count {
+        type Service = Counted;
+        fn layer(&self, inner: Route) -> Counted {
+            self.0.lock().unwrap().0 += 1;
+            Counted(inner, self.0.clone())
+        }
+    }
+
+    #[derive(Clone)]
+    struct Counted(Route, Counts);
+
+    impl Service<Request> for Counted {
+        type Response = Reply;
+        type Error = Infallible;
+        type Future = RouteFuture;
+        fn poll_ready(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<(), Infallible>> {
+            self.0.poll_ready(cx)
+        }
+        fn call(&mut self, req: Request) -> RouteFuture {
+            self.1.lock().unwrap().1.push(req.kind());
+            Service::call(&mut self.0, req)
+        }
+    }
+
+    #[tokio::test]
+    async fn a_service_layer_wraps_each_route_once_and_sees_its_requests_and_events() {
+        // A handler answering 7, or failing on `"fail"`.
+        let handler = |location: &str| Endpoint {
+            location: location.into(),
+            route: Route::from_fn(|req| {
+                let reply = match req.payload().and_then(super::Payload::json) {
+                    Some(b"\"fail\"") => Reply::error(RpcError::new("no")),
+                    _ => Reply::value(&7),
+                };
+                std::future::ready(reply).boxed()
+            }),
+            order: Default::default(),
+        };
+        let mut routes = RouterBuilder::default();
+        routes.add("one", "\"one\"", Kind::Request, handler("one"));
+        routes.add("both", "\"both\"", Kind::Request, handler("both"));
+        routes.add("both", "\"both\"", Kind::Event, handler("both's listener"));
+        let count = Count::default();
+        let router = routes.build(true, |route| route.layer(&count), |_, route| route);
+        assert_eq!(count.0.lock().unwrap().0, 3, "one service a route, and the fallback's");
+        let call = |route: &'static str, kind: Kind, data: &'static str| {
+            let ctx = super::Context::new("mem", kind);
+            router.call(Request::new(
+                Address::static_route(route),
+                super::Payload::Json(data.into()),
+                ctx,
+            ))
+        };
+        // A request has its handler's answer; an event, completion or the failure.
+        assert_eq!(call("one", Kind::Request, "1").await.as_json(), Some(&b"7"[..]));
+        assert!(call("one", Kind::Event, "1").await.is_done());
+        assert!(call("one", Kind::Event, "\"fail\"").await.is_error());
+        assert!(call("one", Kind::Request, "\"fail\"").await.is_error());
+        assert_eq!(call("both", Kind::Request, "1").await.as_json(), Some(&b"7"[..]));
+        assert!(call("both", Kind::Event, "1").await.is_done());
+        assert!(call("none", Kind::Request, "1").await.is_no_handler());
+        use Kind::{Event, Request as Req};
+        assert_eq!(count.0.lock().unwrap().1, [Req, Event, Event, Req, Req, Event, Req]);
+        assert_eq!(count.0.lock().unwrap().0, 3, "and no service made since");
     }
 
     #[test]
