@@ -3,7 +3,8 @@
 //! A connection's `select!` polls every branch that is not ready on each turn, and at one
 //! request in flight a turn is a request. The branches that almost never fire (the shutdown
 //! signal, the idle timer) cost most there: a watch's waiter takes a lock on every poll, a
-//! timer checks its entry. Behind a gate, such a branch costs a flag check until it wakes.
+//! timer checks its entry. Behind a gate, such a branch costs a flag check until it wakes:
+//! a load, not an atomic read-modify-write (each of which waits for the core's pending stores).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -19,6 +20,8 @@ pub(super) struct Gated<F> {
     flag: Arc<Flag>,
     /// The waker `fut` sees: it raises the flag, then wakes whatever task polled last.
     waker: Waker,
+    /// The task's waker as last registered in `flag.task`, which holds it until a wake.
+    registered: Option<Waker>,
 }
 
 struct Flag {
@@ -47,6 +50,7 @@ impl<F: Future> Gated<F> {
             fut: Box::pin(fut),
             waker: Waker::from(flag.clone()),
             flag,
+            registered: None,
         }
     }
 
@@ -62,8 +66,17 @@ impl<F: Future> Future for Gated<F> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
         let this = self.get_mut();
+        // Not woken, and the same task registered: a wake from now on raises the flag and
+        // wakes this task, which polls again.
+        if !this.flag.woken.load(Ordering::Acquire) && this.registered.as_ref().is_some_and(|w| w.will_wake(cx.waker()))
+        {
+            return Poll::Pending;
+        }
         // The task first: a wake after this finds it; one before has raised the flag.
         this.flag.task.register(cx.waker());
+        if !this.registered.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            this.registered = Some(cx.waker().clone());
+        }
         if !this.flag.woken.swap(false, Ordering::AcqRel) {
             return Poll::Pending;
         }
@@ -95,6 +108,27 @@ mod tests {
         tx.send(()).unwrap();
         assert!((&mut gated).now_or_never().is_some());
         assert_eq!(polls.load(Ordering::Relaxed), 2);
+    }
+
+    #[test]
+    fn a_wake_reaches_the_task_that_polled_last() {
+        struct Count(std::sync::atomic::AtomicUsize);
+        impl Wake for Count {
+            fn wake(self: Arc<Self>) {
+                self.0.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+        let (a, b) = (Arc::new(Count(0.into())), Arc::new(Count(0.into())));
+        let (wa, wb) = (Waker::from(a.clone()), Waker::from(b.clone()));
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let mut gated = Gated::new(rx);
+        let mut poll = |waker: &Waker| Pin::new(&mut gated).poll(&mut Context::from_waker(waker));
+        assert!(poll(&wa).is_pending());
+        assert!(poll(&wa).is_pending(), "the same task, not woken: pending at once");
+        assert!(poll(&wb).is_pending(), "another task: registered in its place");
+        tx.send(()).unwrap();
+        assert_eq!((a.0.load(Ordering::SeqCst), b.0.load(Ordering::SeqCst)), (0, 1));
+        assert!(poll(&wb).is_ready());
     }
 
     #[tokio::test(start_paused = true)]
