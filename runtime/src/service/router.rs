@@ -1054,38 +1054,6 @@ mod tests {
         assert!(refused.is_error(), "{refused:?}");
     }
 
-    /// What a [`Count`] layer saw: the services it made, and the kinds of the messages
-    /// that reached them.
-    type Counts = Arc<std::sync::Mutex<(usize, Vec<Kind>)>>;
-
-    /// A layer that counts the services it makes and what they are called with.
-    #[derive(Clone, Default)]
-    struct Count(Counts);
-
-    impl tower::Layer<Route> for Count {
-        type Service = Counted;
-        fn layer(&self, inner: Route) -> Counted {
-            self.0.lock().unwrap().0 += 1;
-            Counted(inner, self.0.clone())
-        }
-    }
-
-    #[derive(Clone)]
-    struct Counted(Route, Counts);
-
-    impl Service<Request> for Counted {
-        type Response = Reply;
-        type Error = Infallible;
-        type Future = RouteFuture;
-        fn poll_ready(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<(), Infallible>> {
-            self.0.poll_ready(cx)
-        }
-        fn call(&mut self, req: Request) -> RouteFuture {
-            self.1.lock().unwrap().1.push(req.kind());
-            Service::call(&mut self.0, req)
-        }
-    }
-
     #[tokio::test]
     async fn a_service_layer_wraps_each_route_once_and_sees_its_requests_and_events() {
         // A handler answering 7, or failing on `"fail"`.
@@ -1104,9 +1072,25 @@ mod tests {
         routes.add("one", "\"one\"", Kind::Request, handler("one"));
         routes.add("both", "\"both\"", Kind::Request, handler("both"));
         routes.add("both", "\"both\"", Kind::Event, handler("both's listener"));
-        let count = Count::default();
-        let router = routes.build(true, |route| route.layer(&count), |_, route| route);
-        assert_eq!(count.0.lock().unwrap().0, 3, "one service a route, and the fallback's");
+        // A layer that notes the kind of each message it sees; and how many times it is applied.
+        let (made, seen) = (
+            std::sync::atomic::AtomicUsize::new(0),
+            Arc::new(std::sync::Mutex::new(Vec::new())),
+        );
+        let router = routes.build(
+            true,
+            |route| {
+                made.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let seen = seen.clone();
+                route.layer(&tower::util::MapRequestLayer::new(move |req: Request| {
+                    seen.lock().unwrap().push(req.kind());
+                    req
+                }))
+            },
+            |_, route| route,
+        );
+        let made = || made.load(std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(made(), 3, "one service a route, and the fallback's");
         let call = |route: &'static str, kind: Kind, data: &'static str| {
             let ctx = super::Context::new("mem", kind);
             router.call(Request::new(
@@ -1124,8 +1108,8 @@ mod tests {
         assert!(call("both", Kind::Event, "1").await.is_done());
         assert!(call("none", Kind::Request, "1").await.is_no_handler());
         use Kind::{Event, Request as Req};
-        assert_eq!(count.0.lock().unwrap().1, [Req, Event, Event, Req, Req, Event, Req]);
-        assert_eq!(count.0.lock().unwrap().0, 3, "and no service made since");
+        assert_eq!(*seen.lock().unwrap(), [Req, Event, Event, Req, Req, Event, Req]);
+        assert_eq!(made(), 3, "and no service made since");
     }
 
     #[test]

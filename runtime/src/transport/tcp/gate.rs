@@ -66,15 +66,15 @@ impl<F: Future> Future for Gated<F> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
         let this = self.get_mut();
+        let same = this.registered.as_ref().is_some_and(|w| w.will_wake(cx.waker()));
         // Not woken, and the same task registered: a wake from now on raises the flag and
         // wakes this task, which polls again.
-        if !this.flag.woken.load(Ordering::Acquire) && this.registered.as_ref().is_some_and(|w| w.will_wake(cx.waker()))
-        {
+        if same && !this.flag.woken.load(Ordering::Acquire) {
             return Poll::Pending;
         }
         // The task first: a wake after this finds it; one before has raised the flag.
         this.flag.task.register(cx.waker());
-        if !this.registered.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+        if !same {
             this.registered = Some(cx.waker().clone());
         }
         if !this.flag.woken.swap(false, Ordering::AcqRel) {
