@@ -26,7 +26,8 @@ pub struct Outbound {
     /// The payload as JSON.
     pub payload: Bytes,
     /// Headers (in the packet as NestJS 12's `metadata` on TCP, Redis and MQTT; the
-    /// broker's own headers on NATS, RabbitMQ and Kafka; metadata on gRPC).
+    /// broker's own headers on NATS, RabbitMQ and Kafka, except Switchboard's own `sb-…`
+    /// ones, which NATS carries in `metadata`; metadata on gRPC).
     pub headers: Headers,
     /// When the caller stops waiting.
     pub deadline: Instant,
