@@ -129,5 +129,14 @@ mod tests {
         )
         .unwrap();
         assert!(String::from_utf8_lossy(&out).contains(r#"{"id":7,"status":"error""#));
+        // NestJS 12's `metadata` (the `+sb` and `+meta` scenarios) is skipped, not refused.
+        out.clear();
+        answer(
+            br#"{"pattern":{"cmd":"add"},"data":{"a":1,"b":2},"metadata":{"sb-timeout-ms":"5000"},"id":"x2"}"#,
+            &mut body,
+            &mut out,
+        )
+        .unwrap();
+        assert!(String::from_utf8_lossy(&out).ends_with(r#"{"response":{"result":3},"isDisposed":true,"id":"x2"}"#));
     }
 }

@@ -38,9 +38,22 @@ pub struct Load {
     pub duration: Duration,
     /// Seeds the a,b values (different per run so no two runs send identical bytes).
     pub seed: u64,
-    /// NestJS 12 packets with `metadata` and the keys in another order (`id` first), which a
-    /// server cannot take by its canonical-order fast path.
-    pub meta: bool,
+    /// What the requests look like.
+    pub packets: Packets,
+}
+
+/// The shape of the request packets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Packets {
+    /// `{"pattern","data","id"}`, as NestJS clients write them.
+    #[default]
+    Canonical,
+    /// As a Switchboard client writes them: NestJS 12's `metadata`, holding the caller's time
+    /// left (`sb-timeout-ms`), between `data` and `id`.
+    Switchboard,
+    /// NestJS 12 packets with a trace context in `metadata` and the keys in another order
+    /// (`id` first), which a server cannot take by its canonical-order fast path.
+    OutOfOrder,
 }
 
 /// The outcome of one measurement.
@@ -165,7 +178,7 @@ pub fn run(targets: &[Target], load: Load, rotate: usize) -> anyhow::Result<Vec<
                     .with_context(|| format!("connect to 127.0.0.1:{}", target.port))?;
                 stream.set_nodelay(true)?;
                 let seed = load.seed ^ (i as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-                these.push(Conn::new(i as u16, stream, load.in_flight, seed, load.meta));
+                these.push(Conn::new(i as u16, stream, load.in_flight, seed, load.packets));
             }
             conns.push(these);
         }
@@ -272,7 +285,7 @@ struct Conn {
 }
 
 impl Conn {
-    fn new(id: u16, stream: TcpStream, depth: usize, seed: u64, meta: bool) -> Conn {
+    fn new(id: u16, stream: TcpStream, depth: usize, seed: u64, packets: Packets) -> Conn {
         let slot = Slot {
             seq: 0,
             expect: 0,
@@ -287,7 +300,7 @@ impl Conn {
                 rng: seed | 1,
                 seq: 0,
                 body: Vec::with_capacity(256),
-                meta,
+                packets,
             },
             rbuf: Vec::with_capacity(64 * 1024),
             wbuf: Vec::with_capacity(16 * 1024),
@@ -386,10 +399,10 @@ struct Gen {
     rng: u64,
     seq: u64,
     body: Vec<u8>,
-    meta: bool,
+    packets: Packets,
 }
 
-/// The `metadata` of the `meta` packets: a W3C trace context, as NestJS 12's hook would add.
+/// The `metadata` of the out-of-order packets: a W3C trace context, as NestJS 12's hook would add.
 const METADATA: &[u8] = br#"{"traceparent":"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}"#;
 
 impl Gen {
@@ -406,7 +419,7 @@ impl Gen {
         };
         let body = &mut self.body;
         body.clear();
-        if self.meta {
+        if self.packets == Packets::OutOfOrder {
             body.extend_from_slice(br#"{"id":""#);
             put_id(body, conn, i as u16, self.seq);
             body.extend_from_slice(br#"","pattern":{"cmd":"add"},"metadata":"#);
@@ -421,7 +434,11 @@ impl Gen {
             put_int(body, a);
             body.extend_from_slice(br#","b":"#);
             put_int(body, b);
-            body.extend_from_slice(br#"},"id":""#);
+            body.extend_from_slice(match self.packets {
+                // A Switchboard client's default timeout, as the time left when it sends.
+                Packets::Switchboard => br#"},"metadata":{"sb-timeout-ms":"5000"},"id":""#,
+                _ => br#"},"id":""#,
+            });
             put_id(body, conn, i as u16, self.seq);
             body.extend_from_slice(b"\"}");
         }
@@ -640,7 +657,7 @@ mod tests {
             warmup: Duration::from_millis(50),
             duration: SLICE * 3,
             seed: 1,
-            meta: false,
+            packets: Packets::Canonical,
         };
         let measured = run(&targets, load, 1).unwrap();
         assert_eq!(measured.len(), 2);
@@ -662,13 +679,13 @@ mod tests {
         assert_eq!(parse_id("0003003f000012345678G"), None);
     }
 
-    #[test]
-    fn meta_packets_are_nestjs_12_packets_in_another_order() {
+    /// One request of this shape, checked to expect its operands' sum: its body, and parsed.
+    fn one_request(packets: Packets) -> (String, serde_json::Value) {
         let mut reqs = Gen {
             rng: 7,
             seq: 0,
             body: Vec::new(),
-            meta: true,
+            packets,
         };
         let mut slot = Slot {
             seq: 0,
@@ -679,13 +696,31 @@ mod tests {
         let mut wire = Vec::new();
         reqs.request(0, 0, &mut slot, &mut wire);
         let (range, _) = next_frame(&wire).unwrap().unwrap();
-        let body = std::str::from_utf8(&wire[range]).unwrap();
-        assert!(body.starts_with(r#"{"id":""#), "{body}");
-        let req: serde_json::Value = serde_json::from_str(body).unwrap();
-        assert_eq!(req["pattern"], serde_json::json!({"cmd": "add"}));
-        assert!(req["metadata"]["traceparent"].is_string(), "{body}");
+        let body = std::str::from_utf8(&wire[range]).unwrap().to_owned();
+        let req: serde_json::Value = serde_json::from_str(&body).unwrap();
         let sum = req["data"]["a"].as_i64().unwrap() + req["data"]["b"].as_i64().unwrap();
         assert_eq!(sum, slot.expect);
+        (body, req)
+    }
+
+    #[test]
+    fn meta_packets_are_nestjs_12_packets_in_another_order() {
+        let (body, req) = one_request(Packets::OutOfOrder);
+        assert!(body.starts_with(r#"{"id":""#), "{body}");
+        assert_eq!(req["pattern"], serde_json::json!({"cmd": "add"}));
+        assert!(req["metadata"]["traceparent"].is_string(), "{body}");
+    }
+
+    #[test]
+    fn switchboard_packets_carry_the_time_left_where_a_switchboard_client_writes_it() {
+        let (body, req) = one_request(Packets::Switchboard);
+        // NestJS's own key order, which the server's fast path takes.
+        assert!(body.starts_with(r#"{"pattern":{"cmd":"add"},"data":{"a":"#), "{body}");
+        assert!(
+            body.contains(r#"},"metadata":{"sb-timeout-ms":"5000"},"id":""#),
+            "{body}"
+        );
+        assert_eq!(req["metadata"]["sb-timeout-ms"], "5000");
     }
 
     #[test]
@@ -694,7 +729,7 @@ mod tests {
             rng: 7,
             seq: 0,
             body: Vec::new(),
-            meta: false,
+            packets: Packets::Canonical,
         };
         let mut slots = vec![
             Slot {
@@ -740,7 +775,7 @@ mod tests {
             rng: 11,
             seq: 0,
             body: Vec::new(),
-            meta: false,
+            packets: Packets::Canonical,
         };
         let mut slots = vec![
             Slot {

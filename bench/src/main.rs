@@ -44,7 +44,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::{Parser, ValueEnum};
 
-use driver::{Load, Measurement};
+use driver::{Load, Measurement, Packets};
 
 /// Throughput target: switchboard/ceiling req/s in the multi-request scenarios.
 const THROUGHPUT_TARGET: f64 = 0.95;
@@ -68,8 +68,9 @@ struct Args {
     /// With --broker: calls in flight, one level per measurement (comma-separated).
     #[arg(long, value_delimiter = ',', default_values_t = [1usize, 32])]
     broker_in_flight: Vec<usize>,
-    /// Scenarios as CONNECTIONSxIN_FLIGHT, comma-separated, `+meta` for NestJS 12 packets with
-    /// `metadata` and another key order (default: 4x64,4x64+meta,1x1, then the `mem://` and
+    /// Scenarios as CONNECTIONSxIN_FLIGHT, comma-separated; `+sb` for packets as a Switchboard
+    /// client writes them (its time left in `metadata`), `+meta` for NestJS 12 packets with a
+    /// trace context in `metadata` and another key order (default: 4x64,4x64+sb,4x64+meta,1x1, then the `mem://` and
     /// policy rows; scenarios named here run alone).
     #[arg(long, value_delimiter = ',')]
     scenario: Vec<Scenario>,
@@ -231,26 +232,28 @@ enum Pin {
 struct Scenario {
     connections: usize,
     in_flight: usize,
-    /// NestJS 12 packets with `metadata`, keys in another order (the server's slow path).
-    meta: bool,
+    /// What the requests look like (`+sb`, `+meta`).
+    packets: Packets,
 }
 
 impl FromStr for Scenario {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        let (shape, meta) = match s.trim().strip_suffix("+meta") {
-            Some(shape) => (shape, true),
-            None => (s, false),
+        let s = s.trim();
+        let (shape, packets) = match (s.strip_suffix("+meta"), s.strip_suffix("+sb")) {
+            (Some(shape), _) => (shape, Packets::OutOfOrder),
+            (_, Some(shape)) => (shape, Packets::Switchboard),
+            _ => (s, Packets::Canonical),
         };
         let (c, d) = shape
             .split_once(['x', 'X'])
-            .ok_or_else(|| format!("expected CONNECTIONSxIN_FLIGHT[+meta] like 4x64, got {s:?}"))?;
+            .ok_or_else(|| format!("expected CONNECTIONSxIN_FLIGHT[+sb|+meta] like 4x64, got {s:?}"))?;
         let num = |v: &str| v.trim().parse::<usize>().ok().filter(|n| (1..=0xFFFF).contains(n));
         match (num(c), num(d)) {
             (Some(connections), Some(in_flight)) => Ok(Scenario {
                 connections,
                 in_flight,
-                meta,
+                packets,
             }),
             _ => Err(format!("expected two numbers in 1..=65535 like 4x64, got {s:?}")),
         }
@@ -260,10 +263,11 @@ impl FromStr for Scenario {
 impl std::fmt::Display for Scenario {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}x{}", self.connections, self.in_flight)?;
-        if self.meta {
-            f.write_str("+meta")?;
-        }
-        Ok(())
+        f.write_str(match self.packets {
+            Packets::Canonical => "",
+            Packets::Switchboard => "+sb",
+            Packets::OutOfOrder => "+meta",
+        })
     }
 }
 
@@ -694,7 +698,7 @@ fn bench(args: &Args) -> Result<(), Failure> {
         let s = Scenario {
             connections: args.connections.unwrap_or(4),
             in_flight: args.in_flight.unwrap_or(64),
-            meta: false,
+            packets: Packets::Canonical,
         };
         if !(1..=0xFFFF).contains(&s.connections) || !(1..=0xFFFF).contains(&s.in_flight) {
             return Err(anyhow::anyhow!("--connections and --in-flight must be in 1..=65535").into());
@@ -702,7 +706,7 @@ fn bench(args: &Args) -> Result<(), Failure> {
         scenarios.push(s);
     }
     if scenarios.is_empty() {
-        scenarios = ["4x64", "4x64+meta", "1x1"]
+        scenarios = ["4x64", "4x64+sb", "4x64+meta", "1x1"]
             .iter()
             .map(|s| s.parse().expect("default scenarios parse"))
             .collect();
@@ -783,7 +787,7 @@ fn bench(args: &Args) -> Result<(), Failure> {
                 warmup,
                 duration,
                 seed: 0x5EED ^ ((run as u64) << 32) ^ ((si as u64) << 16),
-                meta: scenario.meta,
+                packets: scenario.packets,
             };
             let targets: Vec<driver::Target> = servers
                 .iter()
@@ -977,5 +981,28 @@ fn report(scenarios: &[Scenario], kinds: &[Kind], results: &[Vec<Vec<Measurement
     );
     for v in verdicts {
         println!("target {v}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scenarios_name_their_packets_and_print_as_written() {
+        for (text, packets) in [
+            ("4x64", Packets::Canonical),
+            ("4x64+sb", Packets::Switchboard),
+            ("4x64+meta", Packets::OutOfOrder),
+        ] {
+            let scenario: Scenario = text.parse().unwrap();
+            assert_eq!(
+                (scenario.connections, scenario.in_flight, scenario.packets),
+                (4, 64, packets)
+            );
+            assert_eq!(scenario.to_string(), text);
+        }
+        assert!("4x64+json".parse::<Scenario>().is_err());
+        assert!("0x64".parse::<Scenario>().is_err());
     }
 }
