@@ -36,6 +36,8 @@ pub use request::{Address, Payload, Request};
 // The TCP server is the one transport that reads arrivals.
 #[cfg_attr(not(feature = "tcp"), allow(unused_imports))]
 pub(crate) use router::Arrival;
+#[cfg(feature = "tcp")]
+pub(crate) use router::ReadTogether;
 pub(crate) use router::{Endpoint, RouterBuilder};
 pub use router::{Route, RouteFuture, RouteInfo, Router, RouterFuture};
 #[cfg(feature = "metrics")]

@@ -20,7 +20,7 @@ use super::frame::{FrameDecoder, encode_frame, utf16_len, write_length};
 use super::gate::Gated;
 use super::{ServerOptions, TcpListener};
 use crate::error::Result;
-use crate::service::{Address, Arrival, Context, Kind, Payload, Reply, Request, Router, RouterFuture};
+use crate::service::{Address, Arrival, Context, Kind, Payload, ReadTogether, Reply, Request, Router, RouterFuture};
 use crate::transport::Shutdown;
 use crate::wire::msgpack::{self, Codec, frame};
 use crate::wire::nestjs::packet::{Outgoing, Packet, PacketError};
@@ -170,6 +170,8 @@ struct Conn {
     frames: u64,
     /// When the last read came in (metrics on): the arrival of every message it brought.
     arrival: Option<Arrival>,
+    /// The clock as the frames being dispatched are, read once for all their deadlines.
+    now: Option<Instant>,
 }
 
 /// Replies buffered before they are written out, at most (one reply may exceed it).
@@ -209,6 +211,7 @@ async fn connection<R, W>(
         backlog: false,
         frames: 0,
         arrival: None,
+        now: None,
     };
     let mut reading = !shutdown.is_down();
     // A partial frame must arrive whole by this deadline, counted from its first byte (a
@@ -387,6 +390,8 @@ impl Conn {
         // The replies ready by the time this returns are written together.
         #[cfg(feature = "metrics")]
         let _together = crate::metrics::Together::open();
+        // Not the clock of an earlier batch: one that waited must not seem to have had time.
+        self.now = None;
         self.backlog = false;
         match self.codec {
             Some(Codec::Json) => {}
@@ -473,8 +478,11 @@ impl Conn {
             (None, Some(data)) => Payload::Json(copy_payload(&mut self.payloads, data.as_bytes())),
             (None, None) => Payload::null(),
         };
-        let mut req = Some(Request::new(address, payload, Context::new("tcp", kind)));
-        if let Some(req) = &mut req {
+        let mut req = ReadTogether {
+            slot: Some(Request::new(address, payload, Context::new("tcp", kind))),
+            now: &mut self.now,
+        };
+        if let Some(req) = &mut req.slot {
             // Set in place: a context built with its headers and then moved stalls on the move.
             *req.context_mut().headers_mut() = packet.headers();
         }
