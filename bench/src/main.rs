@@ -70,8 +70,8 @@ struct Args {
     broker_in_flight: Vec<usize>,
     /// Scenarios as CONNECTIONSxIN_FLIGHT, comma-separated; `+sb` for packets as a Switchboard
     /// client writes them (its time left in `metadata`), `+meta` for NestJS 12 packets with a
-    /// trace context in `metadata` and another key order (default: 4x64,4x64+sb,4x64+meta,1x1, then the `mem://` and
-    /// policy rows; scenarios named here run alone).
+    /// trace context in `metadata` and another key order (default: 4x64,4x64+sb,4x64+meta,1x1,
+    /// then the `mem://` and policy rows; scenarios named here run alone).
     #[arg(long, value_delimiter = ',')]
     scenario: Vec<Scenario>,
     /// Adds a scenario with this many connections (with --in-flight, default 64).
@@ -240,11 +240,10 @@ impl FromStr for Scenario {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
         let s = s.trim();
-        let (shape, packets) = match (s.strip_suffix("+meta"), s.strip_suffix("+sb")) {
-            (Some(shape), _) => (shape, Packets::OutOfOrder),
-            (_, Some(shape)) => (shape, Packets::Switchboard),
-            _ => (s, Packets::Canonical),
-        };
+        let (shape, packets) = [Packets::Switchboard, Packets::OutOfOrder]
+            .into_iter()
+            .find_map(|p| Some((s.strip_suffix(suffix(p))?, p)))
+            .unwrap_or((s, Packets::Canonical));
         let (c, d) = shape
             .split_once(['x', 'X'])
             .ok_or_else(|| format!("expected CONNECTIONSxIN_FLIGHT[+sb|+meta] like 4x64, got {s:?}"))?;
@@ -262,12 +261,16 @@ impl FromStr for Scenario {
 
 impl std::fmt::Display for Scenario {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}x{}", self.connections, self.in_flight)?;
-        f.write_str(match self.packets {
-            Packets::Canonical => "",
-            Packets::Switchboard => "+sb",
-            Packets::OutOfOrder => "+meta",
-        })
+        write!(f, "{}x{}{}", self.connections, self.in_flight, suffix(self.packets))
+    }
+}
+
+/// How a scenario's name says the shape of its packets.
+fn suffix(packets: Packets) -> &'static str {
+    match packets {
+        Packets::Canonical => "",
+        Packets::Switchboard => "+sb",
+        Packets::OutOfOrder => "+meta",
     }
 }
 

@@ -600,26 +600,27 @@ async fn dropping_the_store_closes_its_connections() {
         .await
         .unwrap()
     }
+    /// The count once `done` holds of it, or the last one after [`WAIT`].
+    async fn settled(watcher: &mut sqlx::PgConnection, schema: &str, done: impl Fn(i64) -> bool) -> i64 {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let n = open(watcher, schema).await;
+            if done(n) || tokio::time::Instant::now() >= deadline {
+                return n;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
     let mut watcher = <sqlx::PgConnection as sqlx::Connection>::connect(&pg_common::url())
         .await
         .unwrap();
     // The notifier connects off the appender's path, so it may still be connecting.
-    let mut before = open(&mut watcher, &schema).await;
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while before < 4 && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        before = open(&mut watcher, &schema).await;
-    }
+    let before = settled(&mut watcher, &schema, |n| n >= 4).await;
     assert!(
         before >= 4,
         "pool, appender, listener and notifier: {before} connections"
     );
     drop(store);
-    tokio::time::timeout(WAIT, async {
-        while open(&mut watcher, &schema).await > 0 {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    })
-    .await
-    .expect("the store's connections close after it is dropped");
+    let after = settled(&mut watcher, &schema, |n| n == 0).await;
+    assert_eq!(after, 0, "the store's connections close after it is dropped");
 }

@@ -848,7 +848,7 @@ impl Held for ReadTogether<'_> {
     }
 
     fn take(&mut self) -> Request {
-        self.slot.take().unwrap_or_else(unreachable_request)
+        Held::take(&mut self.slot)
     }
 
     #[inline(always)]
